@@ -1,0 +1,85 @@
+//! `TierAlloc`: the `GlobalAlloc` entry points.
+//!
+//! Owns: the mapping from `Layout` requests to heap calls. May touch: `heap::thread` (the
+//! paths), `heap::size_class`. Keeps GlobalAlloc's contract exactly: null on failure (never a
+//! panic or abort), any alignment a `Layout` can express either served or refused with null.
+
+use crate::heap::size_class::{bin_of, MEDIUM_MAX};
+use crate::heap::thread;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+
+/// The tieralloc global allocator.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// # fn main() { let v = vec![1u8; 100]; assert_eq!(v.len(), 100); }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TierAlloc {
+    _private: (),
+}
+
+impl TierAlloc {
+    /// The allocator; it holds no state of its own, so every `TierAlloc` is the same one.
+    pub const fn new() -> Self {
+        TierAlloc { _private: () }
+    }
+}
+
+// SAFETY: every method follows GlobalAlloc's contract: memory returned is valid for the layout,
+// unique until freed, and freeing accepts exactly what was returned (the heap finds the block's
+// owner from its address, so any thread may free).
+unsafe impl GlobalAlloc for TierAlloc {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size();
+        let align = layout.align();
+        if align <= 16 && size <= MEDIUM_MAX {
+            // SAFETY: bin_of returns a bin < NBINS for sizes up to MEDIUM_MAX.
+            unsafe { thread::alloc_bin(bin_of(size.max(align))) }
+        } else {
+            // SAFETY: align is a power of two (Layout guarantees it).
+            unsafe { thread::alloc_generic(size, align, false) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
+        // SAFETY: p came from this allocator and is freed once (caller's contract).
+        unsafe { thread::free(p) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size();
+        let align = layout.align();
+        if align <= 16 && size <= MEDIUM_MAX {
+            // SAFETY: as in alloc; size <= the bin's block size.
+            unsafe { thread::alloc_bin_zeroed(bin_of(size.max(align)), size) }
+        } else {
+            // SAFETY: as in alloc.
+            unsafe { thread::alloc_generic(size, align, true) }
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: p is a live block of ours with `layout` (caller's contract).
+        unsafe {
+            if thread::resize_in_place(p, new_size) {
+                return p;
+            }
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return ptr::null_mut();
+            };
+            let q = self.alloc(new_layout);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                thread::free(p);
+            }
+            q
+        }
+    }
+}

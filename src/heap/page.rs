@@ -1,0 +1,158 @@
+//! Pages: carving blocks, and gathering the blocks freed into a page back into its free list.
+//!
+//! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
+//! `thread_free` list. May touch: the page descriptor (from `heap::segment`) and
+//! `heap::remote`. Only the page's owner heap calls these.
+
+use super::remote::Block;
+use super::segment::{Page, PageKind};
+use super::size_class::bin_size;
+use core::ptr;
+
+/// How many bytes of a fresh page one extension carves at most (keeps RSS to what is used).
+const EXTEND_BYTES: usize = 16 << 10;
+
+impl Page {
+    /// Sets up a page just taken from its segment to hold blocks of `bin`.
+    pub fn init_bin(&mut self, bin: usize, bytes: usize) {
+        let size = bin_size(bin);
+        self.kind = PageKind::Bin as u8;
+        self.bin = bin as u8;
+        self.block_size = size as u32;
+        self.reserved = (bytes / size) as u32;
+        self.capacity = 0;
+        self.used = 0;
+        self.free = ptr::null_mut();
+        self.local_free = ptr::null_mut();
+        self.free_is_zero = self.fresh;
+    }
+
+    /// Carves more blocks from the untouched part of the page onto `free` (which is empty).
+    /// Returns false if the page has no room left.
+    #[inline]
+    pub fn extend(&mut self) -> bool {
+        debug_assert!(self.free.is_null());
+        let left = (self.reserved - self.capacity) as usize;
+        if left == 0 {
+            return false;
+        }
+        let size = self.block_size as usize;
+        let n = left.min((EXTEND_BYTES / size).max(1));
+        let first = self.start as usize + self.capacity as usize * size;
+        // SAFETY: blocks [capacity, capacity+n) lie inside the page (n <= reserved-capacity)
+        // and were never handed out, so we may write their links.
+        unsafe {
+            for i in 0..n - 1 {
+                let b = (first + i * size) as *mut Block;
+                (*b).next = (first + (i + 1) * size) as *mut Block;
+            }
+            (*((first + (n - 1) * size) as *mut Block)).next = ptr::null_mut();
+        }
+        self.free = first as *mut Block;
+        self.capacity += n as u32;
+        self.free_is_zero = self.fresh;
+        true
+    }
+
+    /// Moves remote frees and local frees onto `free` if `free` is empty. Returns the number
+    /// of remote frees collected.
+    #[inline]
+    pub fn collect(&mut self) -> u32 {
+        let mut remote = 0;
+        if self.thread_free.has_blocks() {
+            let mut list = self.thread_free.take_all();
+            if !list.is_null() {
+                // Count and find the tail.
+                let head = list;
+                let mut tail = list;
+                remote = 1;
+                // SAFETY: the list was built by `RemoteFree::push` from blocks of this page;
+                // the acquire in `take_all` makes their links visible.
+                unsafe {
+                    while !(*tail).next.is_null() {
+                        tail = (*tail).next;
+                        remote += 1;
+                    }
+                    (*tail).next = self.local_free;
+                }
+                list = head;
+                self.local_free = list;
+                self.used -= remote;
+            }
+        }
+        if self.free.is_null() && !self.local_free.is_null() {
+            self.free = self.local_free;
+            self.local_free = ptr::null_mut();
+            self.free_is_zero = false;
+        }
+        remote
+    }
+
+    /// Whether the page has a block to hand out without carving.
+    #[inline]
+    pub fn has_free(&self) -> bool {
+        !self.free.is_null()
+    }
+
+    /// Whether the page can still hand out a block (now, or by carving).
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        !self.free.is_null() || !self.local_free.is_null() || self.capacity < self.reserved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::segment::{Segment, SEGMENTS, SEGMENT_SIZE};
+    use super::super::size_class::bin_of;
+    use super::*;
+    use crate::sync::Ordering;
+
+    #[test]
+    fn carving_hands_out_distinct_blocks_and_collect_recycles_them() {
+        let seg = Segment::map_normal(0, false);
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let page = &mut *Segment::take_slices(seg, 1, false);
+            let bin = bin_of(100);
+            page.init_bin(bin, Segment::run_bytes(1, 1));
+            assert_eq!(page.reserved as usize, (64 << 10) / bin_size(bin));
+            let mut seen = std::collections::HashSet::new();
+            let mut blocks = vec![];
+            loop {
+                if page.free.is_null() && !page.extend() {
+                    break;
+                }
+                let b = page.free;
+                page.free = (*b).next;
+                page.used += 1;
+                assert!(seen.insert(b as usize));
+                assert_eq!((b as usize - page.start as usize) % bin_size(bin), 0);
+                blocks.push(b);
+            }
+            assert_eq!(blocks.len(), page.reserved as usize);
+            // Half freed locally, half "remotely".
+            for (i, &b) in blocks.iter().enumerate() {
+                if i % 2 == 0 {
+                    (*b).next = page.local_free;
+                    page.local_free = b;
+                    page.used -= 1;
+                } else {
+                    page.thread_free.push(b);
+                }
+            }
+            let remote = page.collect();
+            assert_eq!(remote as usize, blocks.len() / 2);
+            assert_eq!(page.used, 0);
+            let mut n = 0;
+            let mut b = page.free;
+            while !b.is_null() {
+                n += 1;
+                b = (*b).next;
+            }
+            assert_eq!(n, blocks.len());
+            crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The lock-free pieces of cross-thread freeing, kept apart from the rest of the heap so that
+//! loom can check them on their own (tests/loom.rs).
+//!
+//! Owns: [`RemoteFree`], a page's list of blocks freed by other threads, with a two-bit
+//! delayed-free state in its low bits; and [`BlockStack`], a heap's list of "delayed" blocks.
+//! Touches only the first word of the blocks pushed onto them (the intrusive link).
+//!
+//! Protocol (after mimalloc's delayed free, written anew):
+//! - `NORMAL`: a remote free is one CAS that pushes the block onto the page's list; the owner
+//!   takes the whole list with one swap when it runs out of blocks.
+//! - `USE_DELAYED`: the page is full and sits in no queue, so the owner would never look at its
+//!   list. The first remote free flips the state to `DELAYED_FREEING` instead of pushing, puts
+//!   the block on the owner heap's [`BlockStack`], then sets the state back to `NORMAL`. The
+//!   owner learns the page has room again when it drains that stack.
+//! - `DELAYED_FREEING`: a remote thread is between those two steps. The owner does not free
+//!   the page, nor hand the heap away at thread exit, until it is over.
+//! - `NEVER_DELAYED`: the page's owner is leaving or gone (abandoned); every free pushes.
+
+use crate::sync::{spin_hint, AtomicPtr, AtomicUsize, Ordering};
+use core::ptr;
+
+/// A free block: only its first word, the link, has meaning.
+#[repr(C)]
+pub struct Block {
+    /// The next block in whatever list this block is on.
+    pub next: *mut Block,
+}
+
+/// The page's delayed-free state (the low two bits of [`RemoteFree`]).
+pub type DelayState = usize;
+/// Remote frees push onto the page's own list.
+pub const NORMAL: DelayState = 0;
+/// The page is full: the next remote free goes to the owner heap's delayed stack.
+pub const USE_DELAYED: DelayState = 1;
+/// A remote thread is pushing onto the owner heap's delayed stack right now.
+pub const DELAYED_FREEING: DelayState = 2;
+/// The owner is gone or going: always push onto the page's list.
+pub const NEVER_DELAYED: DelayState = 3;
+const STATE_MASK: usize = 3;
+
+/// A page's list of blocks freed by threads other than its owner.
+pub struct RemoteFree {
+    word: AtomicUsize,
+}
+
+/// What [`RemoteFree::push`] did with the block.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// The block is on the page's list; the caller is done and must not touch the page again.
+    OnPage,
+    /// The state was `USE_DELAYED` and is now `DELAYED_FREEING`; the block was not pushed.
+    /// The caller must put it on the owner's delayed stack and then call
+    /// [`RemoteFree::finish_delayed`].
+    Delayed,
+}
+
+impl RemoteFree {
+    /// An empty list in state `NORMAL`.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        RemoteFree {
+            word: AtomicUsize::new(0),
+        }
+    }
+    /// An empty list in state `NORMAL`.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        RemoteFree {
+            word: AtomicUsize::new(0),
+        }
+    }
+
+    /// Frees `block` from a thread that does not own the page.
+    ///
+    /// # Safety
+    /// `block` must be a block of this page that the caller owns and that is on no list; it
+    /// must be at least 8-byte aligned.
+    pub unsafe fn push(&self, block: *mut Block) -> Pushed {
+        let mut old = self.word.load(Ordering::Relaxed);
+        loop {
+            let (new, result) = if old & STATE_MASK == USE_DELAYED {
+                ((old & !STATE_MASK) | DELAYED_FREEING, Pushed::Delayed)
+            } else {
+                // SAFETY: the caller owns `block`; writing its link before publishing it with
+                // the release CAS below is what makes the list readable by the owner.
+                unsafe { (*block).next = (old & !STATE_MASK) as *mut Block };
+                ((block as usize) | (old & STATE_MASK), Pushed::OnPage)
+            };
+            match self
+                .word
+                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return result,
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Ends a `Pushed::Delayed` free: `DELAYED_FREEING` becomes `NORMAL`, keeping the list.
+    pub fn finish_delayed(&self) {
+        let mut old = self.word.load(Ordering::Relaxed);
+        loop {
+            debug_assert_eq!(old & STATE_MASK, DELAYED_FREEING);
+            let new = old & !STATE_MASK; // NORMAL
+            match self
+                .word
+                .compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Takes every block pushed so far (owner only), leaving the state as it is. Returns the
+    /// head of the taken list (null if none).
+    #[inline]
+    pub fn take_all(&self) -> *mut Block {
+        let mut old = self.word.load(Ordering::Relaxed);
+        loop {
+            if old & !STATE_MASK == 0 {
+                return ptr::null_mut();
+            }
+            match self.word.compare_exchange_weak(
+                old,
+                old & STATE_MASK,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return (old & !STATE_MASK) as *mut Block,
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Whether any block is waiting (a cheap relaxed peek for the owner).
+    #[inline]
+    pub fn has_blocks(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !STATE_MASK != 0
+    }
+
+    /// The current state.
+    pub fn state(&self) -> DelayState {
+        self.word.load(Ordering::Acquire) & STATE_MASK
+    }
+
+    /// Owner only: moves to `to` unless a delayed free is in flight. Returns false (changing
+    /// nothing) if the state is `DELAYED_FREEING`, or if it is `NEVER_DELAYED` and
+    /// `override_never` is false.
+    pub fn try_set_state(&self, to: DelayState, override_never: bool) -> bool {
+        let mut old = self.word.load(Ordering::Relaxed);
+        loop {
+            let cur = old & STATE_MASK;
+            if cur == DELAYED_FREEING || (cur == NEVER_DELAYED && !override_never) {
+                return false;
+            }
+            if cur == to {
+                return true;
+            }
+            match self.word.compare_exchange_weak(
+                old,
+                (old & !STATE_MASK) | to,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(c) => old = c,
+            }
+        }
+    }
+
+    /// Owner only, when leaving: waits out any delayed free in flight, then sets
+    /// `NEVER_DELAYED`. Afterwards no thread will touch the owner heap's delayed stack on this
+    /// page's behalf.
+    pub fn set_never_delayed(&self) {
+        loop {
+            if self.try_set_state(NEVER_DELAYED, true) {
+                return;
+            }
+            spin_hint();
+        }
+    }
+
+    /// Owner only, when adopting or reinitialising a page that no thread can be freeing into
+    /// with a delayed free: forces the state, keeping the list.
+    pub fn force_state(&self, to: DelayState) {
+        let mut old = self.word.load(Ordering::Relaxed);
+        loop {
+            match self.word.compare_exchange_weak(
+                old,
+                (old & !STATE_MASK) | to,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(c) => old = c,
+            }
+        }
+    }
+}
+
+impl Default for RemoteFree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A multi-producer stack of blocks, drained whole by one consumer (a heap's delayed frees).
+/// Push is a CAS loop; the consumer takes everything with one swap, so there is no ABA.
+pub struct BlockStack {
+    head: AtomicPtr<Block>,
+}
+
+impl BlockStack {
+    /// An empty stack.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        BlockStack {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+    /// An empty stack.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        BlockStack {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Pushes `block`.
+    ///
+    /// # Safety
+    /// The caller owns `block`, which is on no other list.
+    pub unsafe fn push(&self, block: *mut Block) {
+        let mut old = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we own `block`; its link is published by the release CAS.
+            unsafe { (*block).next = old };
+            match self
+                .head
+                .compare_exchange_weak(old, block, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
+    /// Takes every block (consumer only).
+    #[inline]
+    pub fn take_all(&self) -> *mut Block {
+        if self.head.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        self.head.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+}
+
+impl Default for BlockStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}

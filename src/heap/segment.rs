@@ -1,0 +1,588 @@
+//! Segments: 4 MiB, 4 MiB-aligned pieces of address space, and the pages carved from them.
+//!
+//! Owns: the segment header (which lives in the segment's first bytes), the page descriptors
+//! inside it, the slice bitmaps, the per-node pools of empty segments and the list of
+//! abandoned segments. May touch: `sys::os` (map, purge), `heap::remote`, `heap::size_class`.
+//!
+//! Invariants:
+//! - Every pointer tieralloc hands out lies in the first 4 MiB of the mapping it came from,
+//!   so `ptr & !SEGMENT_MASK` is its segment header: O(1), no lock, no search.
+//! - A normal segment is 64 slices of 64 KiB. A page is a run of slices; the descriptor of its
+//!   first slice is the page, and every other slice's descriptor holds `back`, the distance
+//!   to it. Slice 0 begins with the header, so its page starts at `HEADER_SIZE`.
+//! - A normal segment has exactly one owner heap (`owner`, the heap's address) or none (0:
+//!   pooled or abandoned). Only the owner changes its pages' lists and the slice bitmaps;
+//!   without an owner, only the holder of the pool or abandoned lock does.
+//! - A huge segment holds one object and has no owner: any thread may free it.
+
+use super::remote::{Block, RemoteFree};
+use crate::sync::{AtomicUsize, Ordering, SpinLock};
+use crate::sys::os;
+use core::cell::UnsafeCell;
+use core::ptr;
+
+/// log2 of the segment size.
+pub const SEGMENT_SHIFT: usize = 22;
+/// Segment size and alignment: 4 MiB.
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+/// Mask of the offset inside a segment.
+pub const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
+/// log2 of the slice size.
+pub const SLICE_SHIFT: usize = 16;
+/// Slice size: 64 KiB.
+pub const SLICE_SIZE: usize = 1 << SLICE_SHIFT;
+/// Slices per segment.
+pub const SLICES: usize = SEGMENT_SIZE / SLICE_SIZE;
+/// Bytes at the start of a segment taken by its header.
+pub const HEADER_SIZE: usize =
+    (core::mem::size_of::<Segment>() + os::OS_PAGE - 1) & !(os::OS_PAGE - 1);
+/// The largest object that gets a page of its own inside a segment; anything bigger (or more
+/// aligned than a slice) gets a huge segment.
+pub const LARGE_MAX: usize = SEGMENT_SIZE / 2;
+/// The largest alignment tieralloc serves (a huge object sits at this offset of its segment).
+pub const MAX_ALIGN: usize = SEGMENT_SIZE / 2;
+
+const _: () = assert!(HEADER_SIZE <= SLICE_SIZE / 4);
+
+/// What a segment holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum SegmentKind {
+    /// 64 slices carved into pages.
+    Normal = 0,
+    /// One object bigger than `LARGE_MAX` (or aligned more than a slice).
+    Huge = 1,
+}
+
+/// What a page holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum PageKind {
+    /// Not in use (its slices are free), or a continuation slice of a multi-slice page.
+    Free = 0,
+    /// Blocks of one bin.
+    Bin = 1,
+    /// One large object.
+    Large = 2,
+}
+
+/// Page flags.
+pub const PAGE_IN_FULL: u8 = 1;
+
+/// A page descriptor. Fields other than `thread_free` belong to the owner heap.
+#[repr(C)]
+pub struct Page {
+    /// Blocks ready to hand out (the fast path pops here).
+    pub free: *mut Block,
+    /// Blocks freed by the owner, moved to `free` when it runs dry.
+    pub local_free: *mut Block,
+    /// Blocks handed out and not yet freed back to `free`/`local_free` (remote frees still on
+    /// `thread_free` count as used until collected).
+    pub used: u32,
+    /// Blocks carved from the page's memory so far.
+    pub capacity: u32,
+    /// Blocks that fit in the page.
+    pub reserved: u32,
+    /// Size of each block (for a large page: the whole usable page).
+    pub block_size: u32,
+    /// The bin (for bin pages).
+    pub bin: u8,
+    /// `PAGE_IN_FULL`: the page is in no queue (full bin page, or any large page).
+    pub flags: u8,
+    /// A `PageKind`.
+    pub kind: u8,
+    /// Number of slices (first descriptor only).
+    pub slice_count: u8,
+    /// For continuation slices: distance back to the first slice. 0 on the first.
+    pub back: u8,
+    /// The not-yet-carved part of the page, and the blocks on `free`, are zero but for their
+    /// links.
+    pub free_is_zero: bool,
+    /// The memory past `capacity` has never been written since it was mapped or purged.
+    pub fresh: bool,
+    _pad: u8,
+    /// Blocks freed by other threads, and the delayed-free state.
+    pub thread_free: RemoteFree,
+    /// Queue links (owner only).
+    pub next: *mut Page,
+    /// Queue links (owner only).
+    pub prev: *mut Page,
+    /// First byte of the page's blocks.
+    pub start: *mut u8,
+}
+
+impl Page {
+    /// An unused descriptor.
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const EMPTY: Page = Page {
+        free: ptr::null_mut(),
+        local_free: ptr::null_mut(),
+        used: 0,
+        capacity: 0,
+        reserved: 0,
+        block_size: 0,
+        bin: 0,
+        flags: 0,
+        kind: PageKind::Free as u8,
+        slice_count: 0,
+        back: 0,
+        free_is_zero: false,
+        fresh: false,
+        _pad: 0,
+        thread_free: RemoteFree::new(),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+        start: ptr::null_mut(),
+    };
+
+    /// The segment this descriptor lives in.
+    #[inline]
+    pub fn segment(&self) -> *mut Segment {
+        (self as *const Page as usize & !SEGMENT_MASK) as *mut Segment
+    }
+
+    /// Index of this descriptor's slice.
+    #[inline]
+    pub fn slice_index(&self) -> usize {
+        let seg = self.segment() as usize;
+        (self as *const Page as usize - seg - core::mem::offset_of!(Segment, pages))
+            / core::mem::size_of::<Page>()
+    }
+}
+
+/// A segment header.
+#[repr(C)]
+pub struct Segment {
+    /// Address of the owning heap, or 0 (pooled, abandoned, or huge).
+    pub owner: AtomicUsize,
+    /// A `SegmentKind`.
+    pub kind: SegmentKind,
+    /// Set while on the abandoned list (guarded by its lock).
+    pub abandoned: bool,
+    /// The NUMA node the segment's memory is bound to.
+    pub node: u16,
+    /// The memory tier of that node (0 = fastest).
+    pub tier: u8,
+    /// Bytes mapped from the segment's start.
+    pub map_size: usize,
+    /// Huge segments: offset of the object, and its usable size.
+    pub huge_offset: usize,
+    /// Huge segments: usable bytes from `huge_offset`.
+    pub huge_size: usize,
+    /// Bit i set: slice i is in no page (owner only).
+    pub free_slices: u64,
+    /// Bit i set: slice i's page area may be resident (written since mapped or purged). The
+    /// header, in front of slice 0's page area, is not tracked: it is never purged.
+    pub dirty: u64,
+    /// When free dirty slices are due to be purged (ms, 0 = nothing pending).
+    pub purge_at: u64,
+    /// Pages in use.
+    pub used_pages: u32,
+    /// List links: the owner heap's segments, a pool, or the abandoned list.
+    pub next: *mut Segment,
+    /// List links.
+    pub prev: *mut Segment,
+    /// Slice descriptors.
+    pub pages: [Page; SLICES],
+}
+
+/// The segment holding `p`.
+#[inline(always)]
+pub fn segment_of(p: *const u8) -> *mut Segment {
+    (p as usize & !SEGMENT_MASK) as *mut Segment
+}
+
+/// The page holding `p`, which must lie in a page in use of a normal segment.
+///
+/// # Safety
+/// `p` must point into a live block of a normal segment.
+#[inline(always)]
+pub unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
+    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
+    // SAFETY: idx < SLICES because p is inside the segment; the slice's descriptor was written
+    // when the block's page was made, which happened before the block was handed out.
+    unsafe {
+        let d = (*seg).pages.as_mut_ptr().add(idx);
+        d.sub((*d).back as usize)
+    }
+}
+
+/// All ones for `n` slices from bit 0.
+#[inline]
+pub fn run_mask(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The first index of a run of `n` set bits in `bits`, searching from `from`.
+pub fn find_run(bits: u64, n: usize, from: usize) -> Option<usize> {
+    if n == 0 || n > 64 {
+        return None;
+    }
+    let mut m = bits & !run_mask(from);
+    for i in 1..n {
+        m &= bits >> i;
+    }
+    if m == 0 {
+        None
+    } else {
+        Some(m.trailing_zeros() as usize)
+    }
+}
+
+impl Segment {
+    /// Maps and initialises a normal segment for `owner` on `node`. Null if the kernel refuses.
+    pub fn map_normal(node: u32, bind: bool) -> *mut Segment {
+        let p = os::map_aligned(
+            SEGMENT_SIZE,
+            SEGMENT_SIZE,
+            if bind { Some(node) } else { None },
+        );
+        if p.is_null() {
+            return ptr::null_mut();
+        }
+        let seg = p as *mut Segment;
+        // SAFETY: p is a fresh, zeroed, SEGMENT_SIZE mapping of ours; the header fits in its
+        // first HEADER_SIZE bytes. Zero is a valid Page::EMPTY except for `kind` (Free = 0)
+        // and the null pointers (all-zero), so only the non-zero fields are written.
+        unsafe {
+            (*seg).kind = SegmentKind::Normal;
+            (*seg).node = node as u16;
+            (*seg).map_size = SEGMENT_SIZE;
+            (*seg).free_slices = u64::MAX;
+        }
+        SEGMENTS.fetch_add(1, Ordering::Relaxed);
+        seg
+    }
+
+    /// Start of slice `i`'s memory usable by a page.
+    #[inline]
+    pub fn slice_start(seg: *mut Segment, i: usize) -> *mut u8 {
+        let off = if i == 0 {
+            HEADER_SIZE
+        } else {
+            i << SLICE_SHIFT
+        };
+        (seg as usize + off) as *mut u8
+    }
+
+    /// Bytes a page of `n` slices from slice `i` can hold.
+    #[inline]
+    pub fn run_bytes(i: usize, n: usize) -> usize {
+        (n << SLICE_SHIFT) - if i == 0 { HEADER_SIZE } else { 0 }
+    }
+
+    /// Takes `n` free slices (owner only) and returns the first one's descriptor, set up as
+    /// an empty page of those slices. Large runs never start at slice 0.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn take_slices(seg: *mut Segment, n: usize, allow_slice0: bool) -> *mut Page {
+        // SAFETY: the caller owns the segment, so its bitmaps and descriptors are ours.
+        unsafe {
+            let s = &mut *seg;
+            let from = if allow_slice0 { 0 } else { 1 };
+            let Some(i) = find_run(s.free_slices, n, from) else {
+                return ptr::null_mut();
+            };
+            let mask = run_mask(n) << i;
+            let fresh = s.dirty & mask == 0;
+            s.free_slices &= !mask;
+            s.dirty |= mask;
+            s.used_pages += 1;
+            let pages = s.pages.as_mut_ptr();
+            for j in 1..n {
+                let d = &mut *pages.add(i + j);
+                d.back = j as u8;
+                d.kind = PageKind::Free as u8;
+            }
+            let page = &mut *pages.add(i);
+            page.back = 0;
+            page.slice_count = n as u8;
+            page.start = Segment::slice_start(seg, i);
+            page.fresh = fresh;
+            page.free = ptr::null_mut();
+            page.local_free = ptr::null_mut();
+            page.used = 0;
+            page.capacity = 0;
+            page.flags = 0;
+            page.next = ptr::null_mut();
+            page.prev = ptr::null_mut();
+            page.thread_free.force_state(super::remote::NORMAL);
+            os::COMMITTED.fetch_add(Segment::run_bytes(i, n), Ordering::Relaxed);
+            page
+        }
+    }
+
+    /// Gives a page's slices back to its segment (owner only). Returns true if the segment now
+    /// has no page in use.
+    ///
+    /// # Safety
+    /// The caller owns the page's segment and the page holds no live block.
+    pub unsafe fn free_page(page: *mut Page, now: u64, delay: u64) -> bool {
+        // SAFETY: the caller owns the segment; the page is unused, so no other thread reads
+        // these descriptors any more.
+        unsafe {
+            let seg = (*page).segment();
+            let s = &mut *seg;
+            let i = (*page).slice_index();
+            let n = (*page).slice_count as usize;
+            debug_assert!(s.free_slices & (run_mask(n) << i) == 0, "page freed twice");
+            debug_assert!(s.owner.load(Ordering::Relaxed) != 0 || s.kind == SegmentKind::Normal);
+            (*page).kind = PageKind::Free as u8;
+            (*page).free = ptr::null_mut();
+            (*page).local_free = ptr::null_mut();
+            s.free_slices |= run_mask(n) << i;
+            s.used_pages -= 1;
+            if s.purge_at == 0 {
+                s.purge_at = now + delay;
+            }
+            os::COMMITTED.fetch_sub(Segment::run_bytes(i, n), Ordering::Relaxed);
+            s.used_pages == 0
+        }
+    }
+
+    /// Returns the physical memory of free, dirty slices to the OS (owner or lock holder).
+    ///
+    /// # Safety
+    /// The caller owns `seg` (or holds the lock of the list it is on).
+    pub unsafe fn purge_free(seg: *mut Segment) {
+        // SAFETY: exclusive access per the contract; free slices hold no live block.
+        unsafe {
+            let s = &mut *seg;
+            s.purge_at = 0;
+            let mut todo = s.free_slices & s.dirty;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                let run = (!(todo >> i)).trailing_zeros() as usize;
+                let start = Segment::slice_start(seg, i);
+                os::decommit(start, Segment::run_bytes(i, run));
+                let mask = run_mask(run) << i;
+                todo &= !mask;
+                s.dirty &= !mask;
+            }
+        }
+    }
+}
+
+/// Normal segments mapped right now.
+pub static SEGMENTS: AtomicUsize = AtomicUsize::new(0);
+/// Pages abandoned by exiting threads, and adopted again.
+pub static PAGES_ABANDONED: AtomicUsize = AtomicUsize::new(0);
+/// Pages adopted after being abandoned.
+pub static PAGES_ADOPTED: AtomicUsize = AtomicUsize::new(0);
+
+/// A locked list of segments with no owner.
+pub struct SegmentList {
+    lock: SpinLock,
+    head: UnsafeCell<*mut Segment>,
+    /// Segments on the list (readable without the lock, as a hint).
+    pub count: AtomicUsize,
+}
+
+// SAFETY: `head` and the links of listed segments are only touched with `lock` held.
+unsafe impl Sync for SegmentList {}
+
+impl SegmentList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        SegmentList {
+            lock: SpinLock::new(),
+            head: UnsafeCell::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pushes `seg` (which nobody owns) at the front.
+    ///
+    /// # Safety
+    /// `seg` is a normal segment with owner 0 that is on no list.
+    pub unsafe fn push(&self, seg: *mut Segment) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock; seg is unlisted and unowned.
+        unsafe { self.push_locked(seg) }
+    }
+
+    unsafe fn push_locked(&self, seg: *mut Segment) {
+        // SAFETY: the caller holds the lock; see `push`.
+        unsafe {
+            let head = *self.head.get();
+            (*seg).prev = ptr::null_mut();
+            (*seg).next = head;
+            if !head.is_null() {
+                (*head).prev = seg;
+            }
+            *self.head.get() = seg;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    unsafe fn unlink_locked(&self, seg: *mut Segment) {
+        // SAFETY: the caller holds the lock and seg is on this list.
+        unsafe {
+            let (p, n) = ((*seg).prev, (*seg).next);
+            if p.is_null() {
+                *self.head.get() = n;
+            } else {
+                (*p).next = n;
+            }
+            if !n.is_null() {
+                (*n).prev = p;
+            }
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Pops the front segment, giving it to `owner`.
+    pub fn pop(&self, owner: usize) -> *mut Segment {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return ptr::null_mut();
+        }
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock.
+        unsafe {
+            let seg = *self.head.get();
+            if !seg.is_null() {
+                self.unlink_locked(seg);
+                (*seg).abandoned = false;
+                (*seg).owner.store(owner, Ordering::Release);
+            }
+            seg
+        }
+    }
+
+    /// Takes `seg` off the list for `owner` if it is still on it.
+    ///
+    /// # Safety
+    /// `seg` must be a normal segment that cannot be unmapped while we look at it (the caller
+    /// holds a live block in it).
+    pub unsafe fn claim(&self, seg: *mut Segment, owner: usize) -> bool {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock, which guards `abandoned` and the links.
+        unsafe {
+            if !(*seg).abandoned || (*seg).owner.load(Ordering::Relaxed) != 0 {
+                return false;
+            }
+            self.unlink_locked(seg);
+            (*seg).abandoned = false;
+            (*seg).owner.store(owner, Ordering::Release);
+        }
+        true
+    }
+
+    /// Marks `seg` abandoned and pushes it.
+    ///
+    /// # Safety
+    /// As for `push`.
+    pub unsafe fn push_abandoned(&self, seg: *mut Segment) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock; seg is unlisted and its owner just let go of it.
+        unsafe {
+            (*seg).abandoned = true;
+            (*seg).owner.store(0, Ordering::Release);
+            self.push_locked(seg);
+        }
+    }
+
+    /// Unmaps every segment whose purge time has passed (pool only). Returns how many.
+    pub fn unmap_expired(&self, now: u64) -> usize {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let Some(_g) = self.lock.try_lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        // SAFETY: we hold the lock; pooled segments have no owner and no live block.
+        unsafe {
+            let mut seg = *self.head.get();
+            while !seg.is_null() {
+                let next = (*seg).next;
+                if (*seg).purge_at <= now {
+                    self.unlink_locked(seg);
+                    SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+                    os::unmap(seg as *mut u8, SEGMENT_SIZE);
+                    n += 1;
+                }
+                seg = next;
+            }
+        }
+        n
+    }
+}
+
+impl Default for SegmentList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The most NUMA nodes the allocator keeps separate pools for.
+pub const MAX_NODES: usize = 64;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_LIST: SegmentList = SegmentList::new();
+/// Per-node pools of empty segments.
+pub static POOLS: [SegmentList; MAX_NODES] = [EMPTY_LIST; MAX_NODES];
+/// Segments whose owner thread exited while they held live blocks.
+pub static ABANDONED: SegmentList = SegmentList::new();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fits_and_slices_are_64k() {
+        assert!(HEADER_SIZE >= core::mem::size_of::<Segment>());
+        assert_eq!(HEADER_SIZE % os::OS_PAGE, 0);
+        assert_eq!(SLICES, 64);
+    }
+
+    #[test]
+    fn find_run_finds_the_first_fitting_run() {
+        assert_eq!(find_run(u64::MAX, 1, 0), Some(0));
+        assert_eq!(find_run(u64::MAX, 3, 1), Some(1));
+        assert_eq!(find_run(0b1110_0110, 3, 0), Some(5));
+        assert_eq!(find_run(0b1110_0110, 2, 0), Some(1));
+        assert_eq!(find_run(0b1110_0110, 4, 0), None);
+        assert_eq!(find_run(u64::MAX, 64, 0), Some(0));
+        assert_eq!(find_run(u64::MAX << 1, 64, 0), None);
+        assert_eq!(find_run(1 << 63, 1, 0), Some(63));
+    }
+
+    #[test]
+    fn slices_are_taken_and_given_back() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let p = Segment::take_slices(seg, 8, false);
+            assert_eq!((*p).slice_index(), 1);
+            assert_eq!((*p).start as usize, seg as usize + SLICE_SIZE);
+            assert!((*p).fresh);
+            for j in 1..8 {
+                // A pointer anywhere in the run finds the first descriptor.
+                let q = page_of(seg, (*p).start.add(j * SLICE_SIZE + 17));
+                assert_eq!(q, p);
+            }
+            let p0 = Segment::take_slices(seg, 1, true);
+            assert_eq!((*p0).slice_index(), 0);
+            assert_eq!((*p0).start as usize, seg as usize + HEADER_SIZE);
+            assert_eq!((*seg).used_pages, 2);
+            assert!(!Segment::free_page(p, 0, 0));
+            assert!(Segment::free_page(p0, 0, 0));
+            assert_eq!((*seg).free_slices, u64::MAX);
+            Segment::purge_free(seg);
+            assert_eq!((*seg).dirty, 0);
+            let again = Segment::take_slices(seg, 8, false);
+            assert!((*again).fresh, "purged slices count as fresh again");
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,1209 @@
+//! The thread-local heap: the fast paths, the slow paths behind them, thread exit, purging.
+//!
+//! Owns: one `Heap` per thread (in a `const`-initialised `thread_local!`, so reaching it is a
+//! TLS offset, no lazy-init check), its bin queues, its segments, its delayed-free stack, its
+//! huge-span cache and its statistics counters; the registry of live heaps; the thread-exit
+//! hook. May touch: `heap::{page, segment, remote, huge, size_class}`, `sys`, `config`.
+//!
+//! Invariants:
+//! - `pages[bin]` is the first page of bin `bin`'s queue, or the static `EMPTY_PAGE`, whose
+//!   `free` is null, so the fast path needs no "is there a page" branch.
+//! - A page is in its bin's queue exactly when it is a bin page without `PAGE_IN_FULL`.
+//!   Full pages and large pages sit in no queue; their delayed-free state is `USE_DELAYED`,
+//!   so the first remote free tells us (through `delayed`) that they have room again.
+//! - Only the owner thread touches anything but `delayed` and the stats counters (which other
+//!   threads only read).
+//! - On thread exit every page is set `NEVER_DELAYED` (waiting out delayed frees in flight)
+//!   before the heap lets go of its segments, so no thread can push onto `delayed` after the
+//!   heap is gone.
+
+use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
+use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
+use super::segment::{
+    page_of, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED, LARGE_MAX, MAX_NODES,
+    PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
+};
+use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
+use crate::config;
+use crate::sync::{AtomicU64, Ordering, SpinLock};
+use crate::sys::{numa, os};
+use core::cell::UnsafeCell;
+use core::ptr;
+
+/// Bin index used for large pages in the statistics arrays.
+pub const LARGE_BIN: usize = NBINS;
+
+/// Per-thread counters. The owner bumps them with a relaxed load and store (no read-modify-
+/// write); readers merge them under the registry lock.
+pub struct HeapStats {
+    /// Blocks handed out per bin (and large pages at `LARGE_BIN`).
+    pub allocs: [AtomicU64; NBINS + 1],
+    /// Blocks freed per bin by this thread (whoever allocated them).
+    pub frees: [AtomicU64; NBINS + 1],
+    /// Bytes of large pages allocated and freed.
+    pub large_alloc_bytes: AtomicU64,
+    /// Bytes of large pages freed.
+    pub large_free_bytes: AtomicU64,
+    /// Huge objects allocated and freed, and their bytes.
+    pub huge_allocs: AtomicU64,
+    /// Huge objects freed.
+    pub huge_frees: AtomicU64,
+    /// Bytes of huge objects allocated.
+    pub huge_alloc_bytes: AtomicU64,
+    /// Bytes of huge objects freed.
+    pub huge_free_bytes: AtomicU64,
+    /// Frees of blocks owned by another thread.
+    pub remote_frees: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+
+impl HeapStats {
+    /// All zero.
+    pub const fn new() -> Self {
+        HeapStats {
+            allocs: [ZERO; NBINS + 1],
+            frees: [ZERO; NBINS + 1],
+            large_alloc_bytes: ZERO,
+            large_free_bytes: ZERO,
+            huge_allocs: ZERO,
+            huge_frees: ZERO,
+            huge_alloc_bytes: ZERO,
+            huge_free_bytes: ZERO,
+            remote_frees: ZERO,
+        }
+    }
+
+    fn merge_into(&self, dst: &HeapStats) {
+        for i in 0..=NBINS {
+            dst.allocs[i].fetch_add(self.allocs[i].load(Ordering::Relaxed), Ordering::Relaxed);
+            dst.frees[i].fetch_add(self.frees[i].load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let pairs = [
+            (&self.large_alloc_bytes, &dst.large_alloc_bytes),
+            (&self.large_free_bytes, &dst.large_free_bytes),
+            (&self.huge_allocs, &dst.huge_allocs),
+            (&self.huge_frees, &dst.huge_frees),
+            (&self.huge_alloc_bytes, &dst.huge_alloc_bytes),
+            (&self.huge_free_bytes, &dst.huge_free_bytes),
+            (&self.remote_frees, &dst.remote_frees),
+        ];
+        for (s, d) in pairs {
+            d.fetch_add(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    fn reset(&self) {
+        for i in 0..=NBINS {
+            self.allocs[i].store(0, Ordering::Relaxed);
+            self.frees[i].store(0, Ordering::Relaxed);
+        }
+        for c in [
+            &self.large_alloc_bytes,
+            &self.large_free_bytes,
+            &self.huge_allocs,
+            &self.huge_frees,
+            &self.huge_alloc_bytes,
+            &self.huge_free_bytes,
+            &self.remote_frees,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for HeapStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Adds `n` to an owner-only counter without a read-modify-write instruction.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+const UNINIT: u8 = 0;
+const ACTIVE: u8 = 1;
+const LEAVING: u8 = 2;
+
+/// A thread's heap.
+pub struct Heap {
+    /// The fast path's entry: the current page of each bin.
+    pages: [*mut Page; NBINS],
+    /// The last page of each bin's queue.
+    tails: [*mut Page; NBINS],
+    /// Blocks freed by other threads into our full pages.
+    delayed: BlockStack,
+    /// Our normal segments (linked through `Segment::next/prev`).
+    segments: *mut Segment,
+    state: u8,
+    node: u32,
+    tick: u32,
+    next_purge_ms: u64,
+    huge_cache: [CacheEntry; CACHE_SLOTS],
+    /// This thread's counters.
+    pub stats: HeapStats,
+    reg_next: *mut Heap,
+    reg_prev: *mut Heap,
+}
+
+struct SyncPage(Page);
+// SAFETY: EMPTY_PAGE is never written: its `free` is null, so every path that would write it
+// goes to the slow path first, which never touches it.
+unsafe impl Sync for SyncPage {}
+static EMPTY_PAGE: SyncPage = SyncPage(Page::EMPTY);
+
+#[inline(always)]
+fn empty_page() -> *mut Page {
+    &EMPTY_PAGE.0 as *const Page as *mut Page
+}
+
+impl Heap {
+    const fn new() -> Heap {
+        Heap {
+            pages: [&EMPTY_PAGE.0 as *const Page as *mut Page; NBINS],
+            tails: [ptr::null_mut(); NBINS],
+            delayed: BlockStack::new(),
+            segments: ptr::null_mut(),
+            state: UNINIT,
+            node: 0,
+            tick: 0,
+            next_purge_ms: 0,
+            huge_cache: [EMPTY_ENTRY; CACHE_SLOTS],
+            stats: HeapStats::new(),
+            reg_next: ptr::null_mut(),
+            reg_prev: ptr::null_mut(),
+        }
+    }
+}
+
+thread_local! {
+    static HEAP: UnsafeCell<Heap> = const { UnsafeCell::new(Heap::new()) };
+}
+
+/// The calling thread's heap.
+#[inline(always)]
+pub fn heap() -> *mut Heap {
+    HEAP.with(|h| h.get())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry of live heaps (for statistics) and the thread-exit hook.
+
+struct Registry {
+    lock: SpinLock,
+    head: UnsafeCell<*mut Heap>,
+}
+// SAFETY: `head` and the heaps' reg links are only touched with `lock` held.
+unsafe impl Sync for Registry {}
+static REGISTRY: Registry = Registry {
+    lock: SpinLock::new(),
+    head: UnsafeCell::new(ptr::null_mut()),
+};
+/// Counters of threads that have exited.
+pub static RETIRED: HeapStats = HeapStats::new();
+
+/// Calls `f` with the counters of every live heap, then with those of exited threads.
+pub fn for_each_stats(mut f: impl FnMut(&HeapStats)) {
+    let _g = REGISTRY.lock.lock();
+    // SAFETY: we hold the registry lock, so listed heaps stay alive and linked; their counters
+    // are atomics, so reading them while their owners bump them is no data race.
+    unsafe {
+        let mut h = *REGISTRY.head.get();
+        while !h.is_null() {
+            f(&(*h).stats);
+            h = (*h).reg_next;
+        }
+    }
+    f(&RETIRED);
+}
+
+static KEY_STATE: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+static mut KEY: libc::pthread_key_t = 0;
+
+fn thread_key() -> Option<libc::pthread_key_t> {
+    // 0: not made, 1: being made, 2: made, 3: failed.
+    loop {
+        match KEY_STATE.load(Ordering::Acquire) {
+            2 => {
+                // SAFETY: KEY was written before KEY_STATE became 2 (release/acquire).
+                return Some(unsafe { KEY });
+            }
+            3 => return None,
+            0 => {
+                if KEY_STATE
+                    .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    let mut k: libc::pthread_key_t = 0;
+                    // SAFETY: k is a valid out-pointer; the destructor is an extern "C" fn
+                    // that lives for the whole program.
+                    let r = unsafe { libc::pthread_key_create(&mut k, Some(thread_done)) };
+                    if r == 0 {
+                        // SAFETY: only the thread that won the CAS writes KEY, before
+                        // publishing it.
+                        unsafe { KEY = k };
+                        KEY_STATE.store(2, Ordering::Release);
+                    } else {
+                        KEY_STATE.store(3, Ordering::Release);
+                    }
+                }
+            }
+            _ => crate::sync::spin_hint(),
+        }
+    }
+}
+
+extern "C" fn thread_done(arg: *mut libc::c_void) {
+    let h = arg as *mut Heap;
+    // SAFETY: the key's value is only ever set to the calling thread's own heap, and glibc runs
+    // key destructors on that thread before its TLS is released.
+    unsafe { heap_done(h) };
+}
+
+/// Makes `h` ready for use. Returns false if it cannot be (never, today; kept for OOM
+/// handling of future per-heap metadata).
+#[cold]
+unsafe fn heap_init(h: *mut Heap) -> bool {
+    config::init_once();
+    // SAFETY: h is the calling thread's heap.
+    unsafe {
+        let hp = &mut *h;
+        if hp.state == ACTIVE {
+            return true;
+        }
+        // Mark active first: whatever the steps below allocate is served by this heap.
+        hp.state = ACTIVE;
+        hp.node = (numa::current_node() as usize).min(MAX_NODES - 1) as u32;
+        hp.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        {
+            let _g = REGISTRY.lock.lock();
+            let head = *REGISTRY.head.get();
+            hp.reg_prev = ptr::null_mut();
+            hp.reg_next = head;
+            if !head.is_null() {
+                (*head).reg_prev = h;
+            }
+            *REGISTRY.head.get() = h;
+        }
+        if let Some(k) = thread_key() {
+            libc::pthread_setspecific(k, h as *const libc::c_void);
+        }
+    }
+    true
+}
+
+/// Hands everything of `h` back: called on thread exit (and by tests).
+///
+/// # Safety
+/// `h` is the calling thread's heap, and nothing of it is in use by this thread's code.
+pub unsafe fn heap_done(h: *mut Heap) {
+    // SAFETY: h is ours (see contract); the steps follow the module's exit invariant.
+    unsafe {
+        let hp = &mut *h;
+        if hp.state != ACTIVE {
+            return;
+        }
+        hp.state = LEAVING;
+        // 1. No more delayed frees onto us: wait out any in flight.
+        let mut seg = hp.segments;
+        while !seg.is_null() {
+            for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
+            seg = (*seg).next;
+        }
+        // 2. Take in what was delayed; it is all ours.
+        drain_delayed(h);
+        // 3. Collect remote frees and give back empty pages.
+        let now = os::now_ms();
+        let mut seg = hp.segments;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            for_each_used_page(seg, |p| {
+                (*p).collect();
+                if (*p).used == 0 {
+                    Segment::free_page(p, now, 0);
+                }
+            });
+            // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+            if (*seg).used_pages == 0 {
+                release_segment(seg, now);
+            } else {
+                PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+                ABANDONED.push_abandoned(seg);
+            }
+            seg = next;
+        }
+        hp.segments = ptr::null_mut();
+        // 5. Huge spans we kept.
+        for e in hp.huge_cache.iter_mut() {
+            if !e.seg.is_null() {
+                huge::unmap(e.seg);
+                *e = EMPTY_ENTRY;
+            }
+        }
+        // 6. Counters, registry.
+        {
+            let _g = REGISTRY.lock.lock();
+            hp.stats.merge_into(&RETIRED);
+            hp.stats.reset();
+            if hp.reg_prev.is_null() {
+                *REGISTRY.head.get() = hp.reg_next;
+            } else {
+                (*hp.reg_prev).reg_next = hp.reg_next;
+            }
+            if !hp.reg_next.is_null() {
+                (*hp.reg_next).reg_prev = hp.reg_prev;
+            }
+            hp.reg_next = ptr::null_mut();
+            hp.reg_prev = ptr::null_mut();
+        }
+        // 7. Back to a blank heap: a later allocation on this thread (from another TLS
+        // destructor) starts over and registers again.
+        hp.pages = [empty_page(); NBINS];
+        hp.tails = [ptr::null_mut(); NBINS];
+        hp.state = UNINIT;
+    }
+}
+
+/// Runs `f` on every page in use in `seg` (owner only).
+unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
+    // SAFETY: the caller owns seg; descriptors of pages in use are valid.
+    unsafe {
+        let mut i = 0;
+        while i < SLICES {
+            if (*seg).free_slices & (1u64 << i) != 0 {
+                i += 1;
+                continue;
+            }
+            let p = (*seg).pages.as_mut_ptr().add(i);
+            let n = ((*p).slice_count as usize).max(1);
+            f(p);
+            i += n;
+        }
+    }
+}
+
+/// Purges a segment that holds nothing and puts it in its node's pool.
+unsafe fn release_segment(seg: *mut Segment, now: u64) {
+    // SAFETY: the caller owned seg and it has no page in use.
+    unsafe {
+        Segment::purge_free(seg);
+        (*seg).owner.store(0, Ordering::Release);
+        (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let node = ((*seg).node as usize).min(MAX_NODES - 1);
+        POOLS[node].push(seg);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bin queues.
+
+impl Heap {
+    #[inline]
+    unsafe fn queue_push_front(&mut self, bin: usize, p: *mut Page) {
+        // SAFETY: p is one of our bin pages in no queue; bin < NBINS.
+        unsafe {
+            let head = self.pages[bin];
+            (*p).prev = ptr::null_mut();
+            if head == empty_page() {
+                (*p).next = ptr::null_mut();
+                self.tails[bin] = p;
+            } else {
+                (*p).next = head;
+                (*head).prev = p;
+            }
+            self.pages[bin] = p;
+        }
+    }
+
+    #[inline]
+    unsafe fn queue_push_back(&mut self, bin: usize, p: *mut Page) {
+        // SAFETY: as for push_front.
+        unsafe {
+            if self.pages[bin] == empty_page() {
+                return self.queue_push_front(bin, p);
+            }
+            let tail = self.tails[bin];
+            (*p).next = ptr::null_mut();
+            (*p).prev = tail;
+            (*tail).next = p;
+            self.tails[bin] = p;
+        }
+    }
+
+    #[inline]
+    unsafe fn queue_remove(&mut self, bin: usize, p: *mut Page) {
+        // SAFETY: p is in bin's queue.
+        unsafe {
+            let (prev, next) = ((*p).prev, (*p).next);
+            if prev.is_null() {
+                self.pages[bin] = if next.is_null() { empty_page() } else { next };
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                self.tails[bin] = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*p).next = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocation.
+
+/// Pops a block of `bin` (the fast path). Null only when memory is exhausted.
+///
+/// # Safety
+/// `bin < NBINS`.
+#[inline(always)]
+pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
+    let h = heap();
+    // SAFETY: h is this thread's heap; pages[bin] is a valid page (maybe EMPTY_PAGE, whose
+    // free is null, so we never write it).
+    unsafe {
+        let page = *(*h).pages.get_unchecked(bin);
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = (*block).next;
+            (*page).used += 1;
+            bump((*h).stats.allocs.get_unchecked(bin), 1);
+            return block as *mut u8;
+        }
+        alloc_bin_slow(h, bin, false)
+    }
+}
+
+/// Like [`alloc_bin`], but the first `size` bytes are zero.
+///
+/// # Safety
+/// `bin < NBINS` and `size <= bin_size(bin)`.
+#[inline]
+pub unsafe fn alloc_bin_zeroed(bin: usize, size: usize) -> *mut u8 {
+    let h = heap();
+    // SAFETY: as in alloc_bin; the block is ours to write once popped.
+    unsafe {
+        let page = *(*h).pages.get_unchecked(bin);
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = (*block).next;
+            (*page).used += 1;
+            bump((*h).stats.allocs.get_unchecked(bin), 1);
+            if (*page).free_is_zero {
+                (*block).next = ptr::null_mut();
+            } else {
+                ptr::write_bytes(block as *mut u8, 0, size);
+            }
+            return block as *mut u8;
+        }
+        // The slow path clears what needs clearing when asked to.
+        alloc_bin_slow(h, bin, true)
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: h is this thread's heap and bin < NBINS; pages we touch are ours.
+    unsafe {
+        if (*h).state != ACTIVE && !heap_init(h) {
+            return ptr::null_mut();
+        }
+        heap_tick(h);
+        drain_delayed(h);
+        let hp = &mut *h;
+        let mut page = hp.pages[bin];
+        while !page.is_null() && page != empty_page() {
+            let next = (*page).next;
+            (*page).collect();
+            if (*page).has_free() || (*page).extend() {
+                if hp.pages[bin] != page {
+                    hp.queue_remove(bin, page);
+                    hp.queue_push_front(bin, page);
+                }
+                return pop_fresh(h, page, bin, zero);
+            }
+            page_to_full(h, bin, page);
+            if (*page).flags & PAGE_IN_FULL == 0 {
+                // A remote free slipped in while it went full: it is back at the front.
+                return pop_fresh(h, page, bin, zero);
+            }
+            page = next;
+        }
+        let page = new_bin_page(h, bin);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        hp.queue_push_front(bin, page);
+        (*page).extend();
+        pop_fresh(h, page, bin, zero)
+    }
+}
+
+#[inline]
+unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: page is ours, in bin's queue, and has a free block.
+    unsafe {
+        let block = (*page).free;
+        (*page).free = (*block).next;
+        (*page).used += 1;
+        bump(&(*h).stats.allocs[bin], 1);
+        if zero {
+            if (*page).free_is_zero {
+                (*block).next = ptr::null_mut();
+            } else {
+                ptr::write_bytes(block as *mut u8, 0, (*page).block_size as usize);
+            }
+        }
+        block as *mut u8
+    }
+}
+
+/// Takes `page` (which has no free block) out of its queue and marks it full.
+unsafe fn page_to_full(h: *mut Heap, bin: usize, page: *mut Page) {
+    // SAFETY: page is ours and in bin's queue.
+    unsafe {
+        (*h).queue_remove(bin, page);
+        (*page).flags |= PAGE_IN_FULL;
+        (*page).thread_free.try_set_state(USE_DELAYED, false);
+        // A remote free may have landed before the state changed: look once more.
+        if (*page).thread_free.has_blocks() {
+            (*page).collect();
+            if (*page).has_free() {
+                unfull(h, page);
+            }
+        }
+    }
+}
+
+unsafe fn unfull(h: *mut Heap, page: *mut Page) {
+    // SAFETY: page is one of our full bin pages.
+    unsafe {
+        (*page).flags &= !PAGE_IN_FULL;
+        // If a delayed free is in flight it ends in NORMAL by itself.
+        (*page).thread_free.try_set_state(NORMAL, false);
+        (*h).queue_push_front((*page).bin as usize, page);
+    }
+}
+
+/// A fresh page for `bin` from our segments, an adopted one, the pool, or the OS.
+unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
+    let n = page_slices(bin);
+    // SAFETY: h is ours; take_slices is called on our own segments.
+    unsafe {
+        let page = take_slices(h, n, n == 1);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        let bytes = Segment::run_bytes((*page).slice_index(), n);
+        (*page).init_bin(bin, bytes);
+        page
+    }
+}
+
+/// `n` slices from one of our segments, adopting or mapping a segment if none has room.
+unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
+    // SAFETY: all segments on our list are ours.
+    unsafe {
+        let mut seg = (*h).segments;
+        while !seg.is_null() {
+            let p = Segment::take_slices(seg, n, allow_slice0);
+            if !p.is_null() {
+                return p;
+            }
+            seg = (*seg).next;
+        }
+        // Adopt abandoned segments first: their free slices and live pages are reused.
+        while ABANDONED.count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED.pop(h as usize);
+            if seg.is_null() {
+                break;
+            }
+            adopt_segment(h, seg);
+            let p = Segment::take_slices(seg, n, allow_slice0);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        let node = (*h).node as usize;
+        let mut seg = POOLS[node].pop(h as usize);
+        if seg.is_null() {
+            seg = Segment::map_normal(node as u32, true);
+            if seg.is_null() {
+                return ptr::null_mut();
+            }
+            (*seg).owner.store(h as usize, Ordering::Release);
+        }
+        (*seg).purge_at = 0;
+        link_segment(h, seg);
+        Segment::take_slices(seg, n, allow_slice0)
+    }
+}
+
+unsafe fn link_segment(h: *mut Heap, seg: *mut Segment) {
+    // SAFETY: seg is ours and on no list.
+    unsafe {
+        (*seg).prev = ptr::null_mut();
+        (*seg).next = (*h).segments;
+        if !(*h).segments.is_null() {
+            (*(*h).segments).prev = seg;
+        }
+        (*h).segments = seg;
+    }
+}
+
+unsafe fn unlink_segment(h: *mut Heap, seg: *mut Segment) {
+    // SAFETY: seg is on our list.
+    unsafe {
+        let (p, n) = ((*seg).prev, (*seg).next);
+        if p.is_null() {
+            (*h).segments = n;
+        } else {
+            (*p).next = n;
+        }
+        if !n.is_null() {
+            (*n).prev = p;
+        }
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+    }
+}
+
+/// Takes over an abandoned segment whose owner we just became.
+unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
+    // SAFETY: we own seg now (its owner field holds our address); its pages are NEVER_DELAYED,
+    // so no thread is in a delayed free on them.
+    unsafe {
+        link_segment(h, seg);
+        (*seg).purge_at = 0;
+        let now = os::now_ms();
+        let mut adopted = 0usize;
+        for_each_used_page(seg, |p| {
+            adopted += 1;
+            (*p).thread_free.force_state(NORMAL);
+            (*p).flags = 0;
+            (*p).next = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+            (*p).collect();
+            if (*p).used == 0 {
+                Segment::free_page(p, now, config::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                return;
+            }
+            if (*p).kind == PageKind::Large as u8 {
+                (*p).flags = PAGE_IN_FULL;
+                (*p).thread_free.try_set_state(USE_DELAYED, false);
+                if (*p).thread_free.has_blocks() {
+                    (*p).collect();
+                    if (*p).used == 0 {
+                        free_large_page(h, p);
+                    }
+                }
+            } else if (*p).has_room() {
+                (*h).queue_push_back((*p).bin as usize, p);
+            } else {
+                (*p).flags = PAGE_IN_FULL;
+                (*p).thread_free.try_set_state(USE_DELAYED, false);
+                if (*p).thread_free.has_blocks() {
+                    (*p).collect();
+                    if (*p).has_free() {
+                        unfull(h, p);
+                    }
+                }
+            }
+        });
+        PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
+    }
+}
+
+/// Allocation of anything that is not a plain bin request: aligned, large, huge.
+///
+/// # Safety
+/// None beyond GlobalAlloc's: `align` is a power of two.
+#[cold]
+pub unsafe fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: each branch keeps to its callee's contract.
+    unsafe {
+        if align <= 16 && size <= MEDIUM_MAX {
+            let bin = bin_of(size.max(align));
+            return if zero {
+                alloc_bin_zeroed(bin, size)
+            } else {
+                alloc_bin(bin)
+            };
+        }
+        if align <= os::OS_PAGE && size <= MEDIUM_MAX {
+            if let Some(bin) = bin_for_aligned(size, align) {
+                return if zero {
+                    alloc_bin_zeroed(bin, size)
+                } else {
+                    alloc_bin(bin)
+                };
+            }
+        }
+        if align <= SLICE_SIZE && size <= LARGE_MAX {
+            return alloc_large(size, zero);
+        }
+        alloc_huge(size, align, zero)
+    }
+}
+
+unsafe fn alloc_large(size: usize, zero: bool) -> *mut u8 {
+    let h = heap();
+    // SAFETY: h is ours; the page we get is ours.
+    unsafe {
+        if (*h).state != ACTIVE && !heap_init(h) {
+            return ptr::null_mut();
+        }
+        heap_tick(h);
+        drain_delayed(h);
+        let n = size.div_ceil(SLICE_SIZE).max(1);
+        let page = take_slices(h, n, false);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        let p = &mut *page;
+        p.kind = PageKind::Large as u8;
+        p.bin = LARGE_BIN as u8;
+        p.block_size = (n * SLICE_SIZE) as u32;
+        p.reserved = 1;
+        p.capacity = 1;
+        p.used = 1;
+        p.flags = PAGE_IN_FULL;
+        p.thread_free.force_state(USE_DELAYED);
+        bump(&(*h).stats.allocs[LARGE_BIN], 1);
+        bump(&(*h).stats.large_alloc_bytes, p.block_size as u64);
+        if zero && !p.fresh {
+            ptr::write_bytes(p.start, 0, size);
+        }
+        p.fresh = false;
+        p.start
+    }
+}
+
+unsafe fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some((offset, map_size)) = huge::layout_for(size, align) else {
+        return ptr::null_mut();
+    };
+    let h = heap();
+    // SAFETY: h is ours; cached segments are ours alone.
+    unsafe {
+        if (*h).state != ACTIVE && !heap_init(h) {
+            return ptr::null_mut();
+        }
+        heap_tick(h);
+        let node = (*h).node;
+        // A cached mapping that is big enough and not wastefully so.
+        let mut seg = ptr::null_mut();
+        for e in (*h).huge_cache.iter_mut() {
+            if !e.seg.is_null() {
+                let ms = (*e.seg).map_size;
+                if ms >= map_size && ms - map_size <= map_size / 4 {
+                    seg = e.seg;
+                    *e = EMPTY_ENTRY;
+                    break;
+                }
+            }
+        }
+        let reused = !seg.is_null();
+        if reused {
+            let ms = (*seg).map_size;
+            huge::init(seg, ms, offset, size, node);
+        } else {
+            seg = huge::map(map_size, offset, size, node, true);
+            if seg.is_null() {
+                return ptr::null_mut();
+            }
+            os::COMMITTED.fetch_add(map_size, Ordering::Relaxed);
+        }
+        let obj = huge::object(seg);
+        bump(&(*h).stats.huge_allocs, 1);
+        bump(&(*h).stats.huge_alloc_bytes, (*seg).huge_size as u64);
+        if zero && reused {
+            ptr::write_bytes(obj, 0, size);
+        }
+        obj
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free.
+
+/// Frees `p` (any block tieralloc handed out, from any thread).
+///
+/// # Safety
+/// `p` was returned by this allocator and is not freed yet.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    let seg = segment_of(p);
+    let h = heap();
+    // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
+    unsafe {
+        if (*seg).owner.load(Ordering::Relaxed) == h as usize {
+            let page = page_of(seg, p);
+            let b = p as *mut Block;
+            (*b).next = (*page).local_free;
+            (*page).local_free = b;
+            (*page).used -= 1;
+            bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
+            if (*page).used == 0 || (*page).flags != 0 {
+                free_local_slow(h, page);
+            }
+        } else {
+            free_other(h, seg, p);
+        }
+    }
+}
+
+/// Frees a block of one of our own pages outside the fast path (delayed frees, adoption).
+/// `count`: whether this free is counted here (false when the remote thread counted it).
+unsafe fn free_local(h: *mut Heap, page: *mut Page, b: *mut Block, count: bool) {
+    // SAFETY: page is ours and b is a live block of it.
+    unsafe {
+        (*b).next = (*page).local_free;
+        (*page).local_free = b;
+        (*page).used -= 1;
+        if count {
+            bump(&(*h).stats.frees[(*page).bin as usize], 1);
+        }
+        if (*page).used == 0 || (*page).flags != 0 {
+            free_local_slow(h, page);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_local_slow(h: *mut Heap, page: *mut Page) {
+    // SAFETY: page is ours.
+    unsafe {
+        free_local_page_event(h, page);
+        // Last: the tick may collect and retire pages, including this one.
+        heap_tick(h);
+    }
+}
+
+unsafe fn free_local_page_event(h: *mut Heap, page: *mut Page) {
+    // SAFETY: page is ours.
+    unsafe {
+        if (*page).kind == PageKind::Large as u8 {
+            free_large_page(h, page);
+            return;
+        }
+        let bin = (*page).bin as usize;
+        if (*page).used == 0 {
+            if (*page).flags & PAGE_IN_FULL != 0 {
+                (*page).flags &= !PAGE_IN_FULL;
+                (*page).thread_free.try_set_state(NORMAL, false);
+                retire_page(page);
+            } else if (*h).pages[bin] != page {
+                (*h).queue_remove(bin, page);
+                retire_page(page);
+            }
+            // The current page of its bin stays, so alloc/free of one object does not map and
+            // purge a page each time.
+        } else if (*page).flags & PAGE_IN_FULL != 0 {
+            unfull(h, page);
+        }
+    }
+}
+
+unsafe fn free_large_page(h: *mut Heap, page: *mut Page) {
+    // SAFETY: page is one of our large pages, now unused.
+    unsafe {
+        bump(&(*h).stats.large_free_bytes, (*page).block_size as u64);
+        (*page).flags = 0;
+        (*page).thread_free.force_state(NORMAL);
+        retire_page(page);
+    }
+}
+
+/// Gives an unused page's slices back to its segment. A segment left empty stays on our
+/// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
+/// large object does not go through the pool each time.
+unsafe fn retire_page(page: *mut Page) {
+    // SAFETY: page is ours, unused and in no queue.
+    unsafe {
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        Segment::free_page(page, os::now_ms(), delay);
+    }
+}
+
+/// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one.
+#[cold]
+#[inline(never)]
+unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
+    unsafe {
+        if (*h).state == UNINIT {
+            // Register this thread's counters (and exit hook) before it counts anything.
+            heap_init(h);
+        }
+        if (*seg).kind == SegmentKind::Huge {
+            free_huge(h, seg);
+            return;
+        }
+        let page = page_of(seg, p);
+        if (*seg).owner.load(Ordering::Acquire) == 0 {
+            // Abandoned: adopt the whole segment so its memory is not stranded, then free
+            // locally. (Our live block keeps the segment from being released meanwhile.)
+            if (*h).state == ACTIVE && ABANDONED.claim(seg, h as usize) {
+                adopt_segment(h, seg);
+                free_local(h, page, p as *mut Block, true);
+                return;
+            }
+        }
+        bump(&(*h).stats.frees[(*page).bin as usize], 1);
+        bump(&(*h).stats.remote_frees, 1);
+        match (*page).thread_free.push(p as *mut Block) {
+            Pushed::OnPage => {}
+            Pushed::Delayed => {
+                // The state is DELAYED_FREEING, so the owner cannot leave until we finish.
+                let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
+                (*owner).delayed.push(p as *mut Block);
+                (*page).thread_free.finish_delayed();
+            }
+        }
+    }
+}
+
+unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
+    // SAFETY: seg is a huge segment whose object is being freed by us; nobody else uses it.
+    unsafe {
+        bump(&(*h).stats.huge_frees, 1);
+        bump(&(*h).stats.huge_free_bytes, (*seg).huge_size as u64);
+        if (*h).state == ACTIVE {
+            let now = os::now_ms();
+            for e in (*h).huge_cache.iter_mut() {
+                if e.seg.is_null() {
+                    *e = CacheEntry { seg, freed_at: now };
+                    heap_tick(h);
+                    return;
+                }
+            }
+        }
+        os::COMMITTED.fetch_sub((*seg).map_size, Ordering::Relaxed);
+        huge::unmap(seg);
+    }
+}
+
+/// Takes in blocks that other threads freed into our full pages.
+unsafe fn drain_delayed(h: *mut Heap) {
+    // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
+    unsafe {
+        let mut b = (*h).delayed.take_all();
+        while !b.is_null() {
+            let next = (*b).next;
+            let seg = segment_of(b as *const u8);
+            let page = page_of(seg, b as *const u8);
+            if (*page).thread_free.state() == DELAYED_FREEING {
+                // Its pusher has not finished; freeing now could retire the page under it.
+                (*h).delayed.push(b);
+            } else {
+                // The remote thread counted the free.
+                free_local(h, page, b, false);
+            }
+            b = next;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Purging: memory goes back to the OS after the delay, driven from slow paths.
+
+#[inline]
+unsafe fn heap_tick(h: *mut Heap) {
+    // SAFETY: h is ours.
+    unsafe {
+        (*h).tick = (*h).tick.wrapping_add(1);
+        if (*h).tick & 15 != 0 || (*h).state != ACTIVE {
+            return;
+        }
+        let now = os::now_ms();
+        if now < (*h).next_purge_ms {
+            return;
+        }
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        (*h).next_purge_ms = now + (delay / 4).max(1);
+        heap_collect(h, now, delay);
+    }
+}
+
+/// Collects remote frees, retires empty pages, purges what has waited long enough, adopts
+/// stranded segments. Cost: one pass over our pages; runs at most every delay/4 ms.
+#[cold]
+unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
+    // SAFETY: h is ours; all pages and segments touched are ours.
+    unsafe {
+        drain_delayed(h);
+        for bin in 0..NBINS {
+            let mut page = (*h).pages[bin];
+            while !page.is_null() && page != empty_page() {
+                let next = (*page).next;
+                if (*page).thread_free.has_blocks() {
+                    (*page).collect();
+                }
+                if (*page).used == 0 && (*h).pages[bin] != page {
+                    (*h).queue_remove(bin, page);
+                    retire_page(page);
+                }
+                page = next;
+            }
+        }
+        let mut seg = (*h).segments;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            if (*seg).purge_at != 0 && now >= (*seg).purge_at {
+                if (*seg).used_pages == 0 {
+                    unlink_segment(h, seg);
+                    release_segment(seg, now);
+                } else {
+                    Segment::purge_free(seg);
+                }
+            }
+            seg = next;
+        }
+        for e in (*h).huge_cache.iter_mut() {
+            if !e.seg.is_null() && e.freed_at + delay <= now {
+                os::COMMITTED.fetch_sub((*e.seg).map_size, Ordering::Relaxed);
+                huge::unmap(e.seg);
+                *e = EMPTY_ENTRY;
+            }
+        }
+        POOLS[(*h).node as usize].unmap_expired(now);
+        // Segments stranded by exited threads: take one per pass, so their free memory is
+        // purged and their live pages are collected even if no thread frees into them.
+        if ABANDONED.count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED.pop(h as usize);
+            if !seg.is_null() {
+                adopt_segment(h, seg);
+                if (*seg).used_pages == 0 {
+                    unlink_segment(h, seg);
+                    release_segment(seg, now);
+                }
+            }
+        }
+    }
+}
+
+/// Forces a collection and purge of the calling thread's heap now, whatever the delay.
+pub fn collect_now() {
+    let h = heap();
+    // SAFETY: h is ours.
+    unsafe {
+        if (*h).state != ACTIVE {
+            return;
+        }
+        let now = os::now_ms();
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes and in-place reallocation.
+
+/// The usable size of the block at `p`.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    let seg = segment_of(p);
+    // SAFETY: p is live, so its segment and page descriptors are valid.
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            return (*seg).huge_size - (p as usize - huge::object(seg) as usize);
+        }
+        let page = page_of(seg, p);
+        let bs = (*page).block_size as usize;
+        bs - ((p as usize - (*page).start as usize) % bs)
+    }
+}
+
+/// Tries to make the block at `p` hold `new_size` bytes without moving it. Returns true if it
+/// now does.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+    let seg = segment_of(p);
+    // SAFETY: p is live; we only change pages we own.
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            let cap = (*seg).huge_size;
+            return new_size <= cap && new_size > LARGE_MAX && new_size >= cap / 2;
+        }
+        let page = page_of(seg, p);
+        let cap = (*page).block_size as usize;
+        if (*page).kind == PageKind::Bin as u8 {
+            // Shrinking by more than half moves, so a small object does not pin a big block.
+            return new_size <= cap && (new_size * 2 >= cap || cap <= 32);
+        }
+        // Large page.
+        let h = heap();
+        let owner = (*seg).owner.load(Ordering::Relaxed) == h as usize;
+        if new_size <= MEDIUM_MAX {
+            return new_size <= cap && new_size * 2 >= cap;
+        }
+        let i = (*page).slice_index();
+        let n = (*page).slice_count as usize;
+        let want = new_size.div_ceil(SLICE_SIZE);
+        if want <= n {
+            if want < n && owner {
+                // Give the tail slices back to the segment.
+                let tail = super::segment::run_mask(n - want) << (i + want);
+                (*seg).free_slices |= tail;
+                for j in want..n {
+                    let d = (*seg).pages.as_mut_ptr().add(i + j);
+                    (*d).back = 0;
+                }
+                (*page).slice_count = want as u8;
+                let shrink = (n - want) * SLICE_SIZE;
+                (*page).block_size -= shrink as u32;
+                os::COMMITTED.fetch_sub(shrink, Ordering::Relaxed);
+                bump(&(*h).stats.large_free_bytes, shrink as u64);
+                if (*seg).purge_at == 0 {
+                    (*seg).purge_at = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                }
+            }
+            return true;
+        }
+        if new_size > LARGE_MAX || !owner || i + want > SLICES {
+            return false;
+        }
+        let extra = super::segment::run_mask(want - n) << (i + n);
+        if (*seg).free_slices & extra != extra {
+            return false;
+        }
+        (*seg).free_slices &= !extra;
+        (*seg).dirty |= extra;
+        for j in n..want {
+            let d = (*seg).pages.as_mut_ptr().add(i + j);
+            (*d).back = j as u8;
+            (*d).kind = PageKind::Free as u8;
+        }
+        (*page).slice_count = want as u8;
+        let grow = ((want - n) * SLICE_SIZE) as u64;
+        (*page).block_size += grow as u32;
+        os::COMMITTED.fetch_add(grow as usize, Ordering::Relaxed);
+        bump(&(*h).stats.large_alloc_bytes, grow);
+        true
+    }
+}
+
+/// Segments in the node pools and abandoned right now (for statistics).
+pub fn segment_counts() -> (usize, usize, usize) {
+    let pooled = POOLS.iter().map(|p| p.count.load(Ordering::Relaxed)).sum();
+    (
+        SEGMENTS.load(Ordering::Relaxed),
+        pooled,
+        ABANDONED.count.load(Ordering::Relaxed),
+    )
+}

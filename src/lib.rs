@@ -1,0 +1,48 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Under `--cfg loom` only the lock-free pieces are built, for tests/loom.rs.
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/remote.rs"]
+pub mod remote;
+#[cfg(loom)]
+mod sync;
+
+#[cfg(not(loom))]
+mod config;
+#[cfg(not(loom))]
+mod global;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod heap;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod sync;
+#[cfg(not(loom))]
+mod sys;
+
+#[cfg(not(loom))]
+pub use global::TierAlloc;
+#[cfg(not(loom))]
+pub use stats::{stats, ClassStats, Stats};
+
+/// Collects remote frees and returns idle memory of the calling thread's heap to the OS now,
+/// without waiting for the purge delay.
+#[cfg(not(loom))]
+pub fn collect() {
+    heap::thread::collect_now();
+}
+
+/// The usable size of a block that tieralloc returned: at least the size asked for.
+///
+/// # Safety
+/// `p` must be a live pointer returned by [`TierAlloc`].
+#[cfg(not(loom))]
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { heap::thread::usable_size(p) }
+}

@@ -1,0 +1,240 @@
+//! Statistics: snapshots merged from the per-thread counters and the process-wide ones.
+//!
+//! Owns: the public [`Stats`] snapshot and its table form, and the exit-time printer.
+//! May touch: `heap::thread` (to read every heap's counters under the registry lock),
+//! `heap::segment` and `sys::os` (process-wide counters). Counting costs the fast path one
+//! plain add to a thread-local counter; all merging happens here, on read.
+
+use crate::heap::segment::{PAGES_ABANDONED, PAGES_ADOPTED};
+use crate::heap::size_class::{bin_size, NBINS};
+use crate::heap::thread::{self, HeapStats, LARGE_BIN};
+use crate::sync::Ordering;
+use crate::sys::os;
+use serde::{Deserialize, Serialize};
+
+/// One size class in a [`Stats`] snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassStats {
+    /// Block size of the class in bytes.
+    pub block_size: usize,
+    /// Blocks allocated since the start.
+    pub allocs: u64,
+    /// Blocks freed since the start.
+    pub frees: u64,
+    /// Blocks live now.
+    pub live: u64,
+}
+
+/// A snapshot of the allocator's state, from [`stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Bytes in live blocks (block sizes, so including in-class rounding).
+    pub bytes_live: u64,
+    /// Bytes handed to pages and spans and not purged since: an upper bound on resident.
+    pub bytes_committed: u64,
+    /// Bytes of address space mapped.
+    pub bytes_reserved: u64,
+    /// Normal (4 MiB) segments mapped.
+    pub segments: u64,
+    /// Of those, empty ones waiting in the node pools.
+    pub segments_pooled: u64,
+    /// Of those, ones left behind by exited threads and not yet adopted.
+    pub segments_abandoned: u64,
+    /// Per size class, smallest first (only classes ever used).
+    pub classes: Vec<ClassStats>,
+    /// Large objects (own page inside a segment) allocated, freed, and their live bytes.
+    pub large_allocs: u64,
+    /// Large objects freed.
+    pub large_frees: u64,
+    /// Bytes of live large objects.
+    pub large_bytes_live: u64,
+    /// Huge objects (own mapping) allocated.
+    pub huge_allocs: u64,
+    /// Huge objects freed.
+    pub huge_frees: u64,
+    /// Bytes of live huge objects.
+    pub huge_bytes_live: u64,
+    /// Frees of blocks that another thread owned.
+    pub remote_frees: u64,
+    /// Pages left behind by exiting threads.
+    pub pages_abandoned: u64,
+    /// Pages taken over again by live threads.
+    pub pages_adopted: u64,
+    /// Purges (madvise or unmap of idle memory).
+    pub purges: u64,
+    /// Bytes those purges returned.
+    pub purged_bytes: u64,
+    /// mmap calls the kernel refused.
+    pub map_failures: u64,
+}
+
+/// Sums kept on the stack, so the exit printer needs no allocation.
+struct Totals {
+    allocs: [u64; NBINS + 1],
+    frees: [u64; NBINS + 1],
+    large_alloc_bytes: u64,
+    large_free_bytes: u64,
+    huge_allocs: u64,
+    huge_frees: u64,
+    huge_alloc_bytes: u64,
+    huge_free_bytes: u64,
+    remote_frees: u64,
+}
+
+fn totals() -> Totals {
+    let mut t = Totals {
+        allocs: [0; NBINS + 1],
+        frees: [0; NBINS + 1],
+        large_alloc_bytes: 0,
+        large_free_bytes: 0,
+        huge_allocs: 0,
+        huge_frees: 0,
+        huge_alloc_bytes: 0,
+        huge_free_bytes: 0,
+        remote_frees: 0,
+    };
+    // Nothing in this closure allocates: the registry lock is held.
+    thread::for_each_stats(|s: &HeapStats| {
+        for i in 0..=NBINS {
+            t.allocs[i] = t.allocs[i].wrapping_add(s.allocs[i].load(Ordering::Relaxed));
+            t.frees[i] = t.frees[i].wrapping_add(s.frees[i].load(Ordering::Relaxed));
+        }
+        let add = |d: &mut u64, c: &crate::sync::AtomicU64| {
+            *d = d.wrapping_add(c.load(Ordering::Relaxed))
+        };
+        add(&mut t.large_alloc_bytes, &s.large_alloc_bytes);
+        add(&mut t.large_free_bytes, &s.large_free_bytes);
+        add(&mut t.huge_allocs, &s.huge_allocs);
+        add(&mut t.huge_frees, &s.huge_frees);
+        add(&mut t.huge_alloc_bytes, &s.huge_alloc_bytes);
+        add(&mut t.huge_free_bytes, &s.huge_free_bytes);
+        add(&mut t.remote_frees, &s.remote_frees);
+    });
+    t
+}
+
+/// Takes a snapshot. Counters of different threads are read one after the other, so a
+/// snapshot taken while other threads allocate is consistent only to within their activity.
+pub fn stats() -> Stats {
+    let t = totals();
+    let (segments, pooled, abandoned) = thread::segment_counts();
+    let mut s = Stats {
+        bytes_committed: os::COMMITTED.load(Ordering::Relaxed) as u64,
+        bytes_reserved: os::RESERVED.load(Ordering::Relaxed) as u64,
+        segments: segments as u64,
+        segments_pooled: pooled as u64,
+        segments_abandoned: abandoned as u64,
+        large_allocs: t.allocs[LARGE_BIN],
+        large_frees: t.frees[LARGE_BIN],
+        large_bytes_live: t.large_alloc_bytes.saturating_sub(t.large_free_bytes),
+        huge_allocs: t.huge_allocs,
+        huge_frees: t.huge_frees,
+        huge_bytes_live: t.huge_alloc_bytes.saturating_sub(t.huge_free_bytes),
+        remote_frees: t.remote_frees,
+        pages_abandoned: PAGES_ABANDONED.load(Ordering::Relaxed) as u64,
+        pages_adopted: PAGES_ADOPTED.load(Ordering::Relaxed) as u64,
+        purges: os::PURGES.load(Ordering::Relaxed),
+        purged_bytes: os::PURGED_BYTES.load(Ordering::Relaxed),
+        map_failures: os::MAP_FAILURES.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let mut live = s.large_bytes_live + s.huge_bytes_live;
+    for bin in 0..NBINS {
+        if t.allocs[bin] == 0 && t.frees[bin] == 0 {
+            continue;
+        }
+        let n = t.allocs[bin].saturating_sub(t.frees[bin]);
+        live += n * bin_size(bin) as u64;
+        s.classes.push(ClassStats {
+            block_size: bin_size(bin),
+            allocs: t.allocs[bin],
+            frees: t.frees[bin],
+            live: n,
+        });
+    }
+    s.bytes_live = live;
+    s
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn write_table(w: &mut dyn core::fmt::Write, s: &Stats) -> core::fmt::Result {
+    writeln!(w, "tieralloc statistics")?;
+    writeln!(
+        w,
+        "  live        {:>12} B  ({:.1} MiB)",
+        s.bytes_live,
+        mib(s.bytes_live)
+    )?;
+    writeln!(
+        w,
+        "  committed   {:>12} B  ({:.1} MiB)",
+        s.bytes_committed,
+        mib(s.bytes_committed)
+    )?;
+    writeln!(
+        w,
+        "  reserved    {:>12} B  ({:.1} MiB)",
+        s.bytes_reserved,
+        mib(s.bytes_reserved)
+    )?;
+    writeln!(
+        w,
+        "  segments    {:>12}  ({} pooled, {} abandoned)",
+        s.segments, s.segments_pooled, s.segments_abandoned
+    )?;
+    writeln!(
+        w,
+        "  large       {:>12} allocs {:>12} frees {:>12} B live",
+        s.large_allocs, s.large_frees, s.large_bytes_live
+    )?;
+    writeln!(
+        w,
+        "  huge        {:>12} allocs {:>12} frees {:>12} B live",
+        s.huge_allocs, s.huge_frees, s.huge_bytes_live
+    )?;
+    writeln!(w, "  remote frees {:>11}", s.remote_frees)?;
+    writeln!(
+        w,
+        "  pages       {:>12} abandoned {:>9} adopted",
+        s.pages_abandoned, s.pages_adopted
+    )?;
+    writeln!(
+        w,
+        "  purges      {:>12} ({:.1} MiB)   mmap failures {}",
+        s.purges,
+        mib(s.purged_bytes),
+        s.map_failures
+    )?;
+    writeln!(
+        w,
+        "  {:>10} {:>14} {:>14} {:>12}",
+        "class", "allocs", "frees", "live"
+    )?;
+    for c in &s.classes {
+        writeln!(
+            w,
+            "  {:>10} {:>14} {:>14} {:>12}",
+            c.block_size, c.allocs, c.frees, c.live
+        )?;
+    }
+    Ok(())
+}
+
+impl core::fmt::Display for Stats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write_table(f, self)
+    }
+}
+
+/// The `atexit` hook behind `TIERALLOC_SHOW_STATS=1`.
+pub(crate) extern "C" fn print_at_exit() {
+    // Building the snapshot allocates a small Vec; at exit that is fine (the allocator is
+    // fully working), and the text itself goes through a stack buffer.
+    let s = stats();
+    let mut buf = os::StackBuf::<16384>::new();
+    let _ = write_table(&mut buf, &s);
+    os::write_stderr(buf.as_bytes());
+}

@@ -1,0 +1,99 @@
+//! Atomics and the one spin lock, from `std` normally and from `loom` under `--cfg loom`.
+//!
+//! Owns: nothing but re-exports and [`SpinLock`]. Every lock-free structure in the crate takes
+//! its atomics from here, so the loom model checks in `tests/loom.rs` exercise the same code
+//! that runs in the allocator.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Spin-wait hint (a loom yield under the model checker, so spinning threads let others run).
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
+/// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
+/// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
+/// every platform, and it is never taken on an allocation or free fast path.
+pub(crate) struct SpinLock {
+    locked: AtomicBool,
+}
+
+impl SpinLock {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        SpinLock {
+            locked: AtomicBool::new(false),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        SpinLock {
+            locked: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the lock, spinning (and after a while yielding the CPU) until it is free.
+    pub(crate) fn lock(&self) -> SpinGuard<'_> {
+        let mut spins = 0u32;
+        loop {
+            if !self.locked.load(Ordering::Relaxed)
+                && self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return SpinGuard { lock: self };
+            }
+            spins = spins.wrapping_add(1);
+            if spins > 64 {
+                yield_now();
+            } else {
+                spin_hint();
+            }
+        }
+    }
+
+    /// Takes the lock if it is free right now.
+    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_>> {
+        if self
+            .locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(SpinGuard { lock: self })
+        } else {
+            None
+        }
+    }
+}
+
+/// Releases the [`SpinLock`] when dropped.
+pub(crate) struct SpinGuard<'a> {
+    lock: &'a SpinLock,
+}
+
+impl Drop for SpinGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+#[inline]
+fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    // SAFETY: sched_yield has no preconditions and touches no memory of ours.
+    unsafe {
+        libc::sched_yield();
+    }
+}

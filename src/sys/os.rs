@@ -1,0 +1,195 @@
+//! mmap, munmap, madvise, the monotonic clock, and raw writes to stderr.
+//!
+//! Owns: the process-wide byte counters for reserved (mapped) and committed memory, which are
+//! kept here because this is the only place that maps and purges. May touch: `sys::numa` (to
+//! bind a fresh mapping to a node before its first touch). Never allocates, never panics.
+
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use core::ptr;
+
+/// Bytes of address space mapped by the allocator right now.
+pub(crate) static RESERVED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes handed to pages and spans and not purged since (an upper bound on what is resident).
+pub(crate) static COMMITTED: AtomicUsize = AtomicUsize::new(0);
+/// Number of mmap calls that failed (out of memory or address space).
+pub(crate) static MAP_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Purge operations (madvise or unmap of idle memory) and the bytes they returned.
+pub(crate) static PURGES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The smallest unit the kernel maps; tieralloc assumes 4 KiB pages (checked in `global`).
+pub(crate) const OS_PAGE: usize = 4096;
+
+/// Maps `size` bytes of fresh, zeroed, read-write memory aligned to `align` (a power of two,
+/// at least `OS_PAGE`), bound to `node` when one is given and binding is on. Returns null when
+/// the kernel refuses.
+pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && align >= OS_PAGE && size % OS_PAGE == 0);
+    let Some(total) = size.checked_add(align - OS_PAGE) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+    // result is checked against MAP_FAILED before use.
+    let raw = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        MAP_FAILURES.fetch_add(1, Ordering::Relaxed);
+        return ptr::null_mut();
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = total - head - size;
+    // SAFETY: [start, start+head) and [aligned+size, start+total) lie inside the mapping we
+    // just made and nobody else knows about them yet.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    if let Some(n) = node {
+        // Binding failures are not fatal: the memory is still usable, only unplaced.
+        super::numa::bind(aligned as *mut u8, size, n);
+    }
+    RESERVED.fetch_add(size, Ordering::Relaxed);
+    aligned as *mut u8
+}
+
+/// Returns a mapping made by [`map_aligned`] to the kernel.
+///
+/// # Safety
+/// `[p, p+size)` must be a whole mapping made by `map_aligned` that nothing uses any more.
+pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: the caller hands us a whole mapping of ours that is no longer in use.
+    unsafe {
+        libc::munmap(p as *mut libc::c_void, size);
+    }
+    RESERVED.fetch_sub(size, Ordering::Relaxed);
+    PURGES.fetch_add(1, Ordering::Relaxed);
+    PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+/// Drops the physical pages behind `[p, p+size)` (MADV_DONTNEED: RSS falls now, and the next
+/// touch sees zeros). The range stays mapped.
+///
+/// # Safety
+/// `[p, p+size)` must be page-aligned memory of ours that holds no live object.
+pub(crate) unsafe fn decommit(p: *mut u8, size: usize) {
+    if size == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees the range is ours, page aligned and holds nothing live, so
+    // discarding its contents is invisible to every user.
+    unsafe {
+        libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED);
+    }
+    PURGES.fetch_add(1, Ordering::Relaxed);
+    PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+/// Milliseconds on the monotonic clock (coarse: a vDSO read, no system call).
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec on our stack.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Writes bytes to stderr without allocating or locking Rust's stderr.
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable slice for its whole length.
+        let n = unsafe { libc::write(2, rest.as_ptr() as *const libc::c_void, rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// A fixed-size text buffer on the stack, for messages written from inside the allocator
+/// (where `format!` would allocate).
+pub(crate) struct StackBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    pub(crate) const fn new() -> Self {
+        StackBuf {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> core::fmt::Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let b = s.as_bytes();
+        let n = b.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+        if n < b.len() {
+            Err(core::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_aligned_is_aligned_zeroed_and_counted() {
+        let align = 4 << 20;
+        let p = map_aligned(align, align, None);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0);
+        // Other tests map and unmap concurrently, so only a lower bound is certain.
+        assert!(RESERVED.load(Ordering::Relaxed) >= align);
+        // SAFETY: p is a fresh 4 MiB mapping of ours.
+        unsafe {
+            assert_eq!(*p.add(12345), 0);
+            *p.add(12345) = 7;
+            decommit(p, align);
+            assert_eq!(*p.add(12345), 0, "MADV_DONTNEED must give back zero pages");
+            unmap(p, align);
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_fail_cleanly() {
+        assert!(map_aligned(usize::MAX & !(OS_PAGE - 1), OS_PAGE, None).is_null());
+        assert!(map_aligned(1 << 62, 4 << 20, None).is_null());
+    }
+
+    #[test]
+    fn stack_buf_truncates_instead_of_failing_hard() {
+        use core::fmt::Write;
+        let mut b = StackBuf::<8>::new();
+        assert!(write!(b, "{}", 1234567890u64).is_err());
+        assert_eq!(b.as_bytes(), b"12345678");
+    }
+}
