@@ -18,6 +18,13 @@ pub(crate) fn bind(_p: *mut u8, _len: usize, _node: u32) -> bool {
     false
 }
 
+/// The node whose pool the calling thread's heap should draw from: the node it runs on,
+/// mapped into the set of nodes the allocator may use (TIERALLOC_NODES), and to the nearest
+/// node with memory. Must not allocate: the heap calls it from its slow path.
+pub(crate) fn home_node() -> u32 {
+    current_node()
+}
+
 /// The NUMA node the calling thread is running on (0 where the kernel cannot say).
 pub(crate) fn current_node() -> u32 {
     let mut cpu: libc::c_uint = 0;
