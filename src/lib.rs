@@ -28,7 +28,7 @@ mod sys;
 #[cfg(not(loom))]
 pub use global::TierAlloc;
 #[cfg(not(loom))]
-pub use stats::{stats, ClassStats, Stats};
+pub use stats::{stats, ClassStats, NodeStats, Stats};
 
 /// Collects remote frees and returns idle memory of the calling thread's heap to the OS now,
 /// without waiting for the purge delay.

@@ -5,7 +5,7 @@
 //! `heap::segment` and `sys::os` (process-wide counters). Counting costs the fast path one
 //! plain add to a thread-local counter; all merging happens here, on read.
 
-use crate::heap::segment::{PAGES_ABANDONED, PAGES_ADOPTED};
+use crate::heap::segment::{COMMITTED_BY_NODE, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED};
 use crate::heap::size_class::{bin_size, NBINS};
 use crate::heap::thread::{self, HeapStats, LARGE_BIN};
 use crate::sync::Ordering;
@@ -23,6 +23,19 @@ pub struct ClassStats {
     pub frees: u64,
     /// Blocks live now.
     pub live: u64,
+}
+
+/// One NUMA node in a [`Stats`] snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// The node's number.
+    pub node: u32,
+    /// Bytes in live blocks whose memory is on this node.
+    pub bytes_live: i64,
+    /// Bytes committed on this node.
+    pub bytes_committed: u64,
+    /// Frees of this node's blocks by threads running on another node.
+    pub cross_node_frees: u64,
 }
 
 /// A snapshot of the allocator's state, from [`stats`].
@@ -66,6 +79,8 @@ pub struct Stats {
     pub purged_bytes: u64,
     /// mmap calls the kernel refused.
     pub map_failures: u64,
+    /// Per NUMA node (nodes that ever held memory).
+    pub nodes: Vec<NodeStats>,
 }
 
 /// Sums kept on the stack, so the exit printer needs no allocation.
@@ -79,6 +94,7 @@ struct Totals {
     huge_alloc_bytes: u64,
     huge_free_bytes: u64,
     remote_frees: u64,
+    node_net: [i64; MAX_NODES],
 }
 
 fn totals() -> Totals {
@@ -92,9 +108,14 @@ fn totals() -> Totals {
         huge_alloc_bytes: 0,
         huge_free_bytes: 0,
         remote_frees: 0,
+        node_net: [0; MAX_NODES],
     };
     // Nothing in this closure allocates: the registry lock is held.
-    thread::for_each_stats(|s: &HeapStats| {
+    thread::for_each_stats(|s: &HeapStats, node| {
+        if let Some(n) = node {
+            let n = (n as usize).min(MAX_NODES - 1);
+            t.node_net[n] = t.node_net[n].wrapping_add(s.net_node_bytes());
+        }
         for i in 0..=NBINS {
             t.allocs[i] = t.allocs[i].wrapping_add(s.allocs[i].load(Ordering::Relaxed));
             t.frees[i] = t.frees[i].wrapping_add(s.frees[i].load(Ordering::Relaxed));
@@ -153,6 +174,20 @@ pub fn stats() -> Stats {
         });
     }
     s.bytes_live = live;
+    for n in 0..MAX_NODES {
+        let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
+        let net = t.node_net[n] + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
+            - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
+        let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
+        if n == 0 || committed != 0 || net != 0 || cross != 0 {
+            s.nodes.push(NodeStats {
+                node: n as u32,
+                bytes_live: net,
+                bytes_committed: committed,
+                cross_node_frees: cross,
+            });
+        }
+    }
     s
 }
 
@@ -208,6 +243,13 @@ fn write_table(w: &mut dyn core::fmt::Write, s: &Stats) -> core::fmt::Result {
         mib(s.purged_bytes),
         s.map_failures
     )?;
+    for n in &s.nodes {
+        writeln!(
+            w,
+            "  node {:>3}    live {:>12} B  committed {:>12} B  cross-node frees {}",
+            n.node, n.bytes_live, n.bytes_committed, n.cross_node_frees
+        )?;
+    }
     writeln!(
         w,
         "  {:>10} {:>14} {:>14} {:>12}",

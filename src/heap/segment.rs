@@ -312,7 +312,7 @@ impl Segment {
             page.next = ptr::null_mut();
             page.prev = ptr::null_mut();
             page.thread_free.force_state(super::remote::NORMAL);
-            os::COMMITTED.fetch_add(Segment::run_bytes(i, n), Ordering::Relaxed);
+            commit_add(s.node, Segment::run_bytes(i, n));
             page
         }
     }
@@ -340,7 +340,7 @@ impl Segment {
             if s.purge_at == 0 {
                 s.purge_at = now + delay;
             }
-            os::COMMITTED.fetch_sub(Segment::run_bytes(i, n), Ordering::Relaxed);
+            commit_sub(s.node, Segment::run_bytes(i, n));
             s.used_pages == 0
         }
     }
@@ -529,8 +529,28 @@ pub const MAX_NODES: usize = 64;
 const EMPTY_LIST: SegmentList = SegmentList::new();
 /// Per-node pools of empty segments.
 pub static POOLS: [SegmentList; MAX_NODES] = [EMPTY_LIST; MAX_NODES];
-/// Segments whose owner thread exited while they held live blocks.
-pub static ABANDONED: SegmentList = SegmentList::new();
+/// Per node, segments whose owner thread exited (or moved to another node) while they held
+/// live blocks. Only heaps of the same node adopt them, so adoption never misplaces memory.
+pub static ABANDONED: [SegmentList; MAX_NODES] = [EMPTY_LIST; MAX_NODES];
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_USIZE: AtomicUsize = AtomicUsize::new(0);
+/// Committed bytes per node (the per-node share of `os::COMMITTED`).
+pub static COMMITTED_BY_NODE: [AtomicUsize; MAX_NODES] = [ZERO_USIZE; MAX_NODES];
+
+/// Counts `bytes` more committed on `node`.
+#[inline]
+pub fn commit_add(node: u16, bytes: usize) {
+    os::COMMITTED.fetch_add(bytes, Ordering::Relaxed);
+    COMMITTED_BY_NODE[(node as usize).min(MAX_NODES - 1)].fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Counts `bytes` less committed on `node`.
+#[inline]
+pub fn commit_sub(node: u16, bytes: usize) {
+    os::COMMITTED.fetch_sub(bytes, Ordering::Relaxed);
+    COMMITTED_BY_NODE[(node as usize).min(MAX_NODES - 1)].fetch_sub(bytes, Ordering::Relaxed);
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,8 +20,9 @@
 use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
 use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
 use super::segment::{
-    page_of, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED, LARGE_MAX, MAX_NODES,
-    PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
+    commit_add, commit_sub, page_of, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
+    LARGE_MAX, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
+    SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
 use crate::config;
@@ -54,6 +55,8 @@ pub struct HeapStats {
     pub huge_free_bytes: AtomicU64,
     /// Frees of blocks owned by another thread.
     pub remote_frees: AtomicU64,
+    /// Bytes this thread freed that live on another node than its own.
+    pub foreign_free_bytes: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -72,6 +75,7 @@ impl HeapStats {
             huge_alloc_bytes: ZERO,
             huge_free_bytes: ZERO,
             remote_frees: ZERO,
+            foreign_free_bytes: ZERO,
         }
     }
 
@@ -88,10 +92,26 @@ impl HeapStats {
             (&self.huge_alloc_bytes, &dst.huge_alloc_bytes),
             (&self.huge_free_bytes, &dst.huge_free_bytes),
             (&self.remote_frees, &dst.remote_frees),
+            (&self.foreign_free_bytes, &dst.foreign_free_bytes),
         ];
         for (s, d) in pairs {
             d.fetch_add(s.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// Bytes allocated minus bytes freed by this heap's thread, counting only blocks of the
+    /// heap's own node: its contribution to that node's live bytes.
+    pub fn net_node_bytes(&self) -> i64 {
+        let mut net: i64 = 0;
+        for bin in 0..NBINS {
+            let n = self.allocs[bin].load(Ordering::Relaxed) as i64
+                - self.frees[bin].load(Ordering::Relaxed) as i64;
+            net += n * super::size_class::bin_size(bin) as i64;
+        }
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        net + l(&self.large_alloc_bytes) - l(&self.large_free_bytes) + l(&self.huge_alloc_bytes)
+            - l(&self.huge_free_bytes)
+            + l(&self.foreign_free_bytes)
     }
 
     fn reset(&self) {
@@ -107,6 +127,7 @@ impl HeapStats {
             &self.huge_alloc_bytes,
             &self.huge_free_bytes,
             &self.remote_frees,
+            &self.foreign_free_bytes,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -140,6 +161,8 @@ pub struct Heap {
     /// Our normal segments (linked through `Segment::next/prev`).
     segments: *mut Segment,
     state: u8,
+    /// A node heap (shared, lock-protected, fixed node) rather than a thread's.
+    shared: bool,
     node: u32,
     tick: u32,
     next_purge_ms: u64,
@@ -169,6 +192,7 @@ impl Heap {
             delayed: BlockStack::new(),
             segments: ptr::null_mut(),
             state: UNINIT,
+            shared: false,
             node: 0,
             tick: 0,
             next_purge_ms: 0,
@@ -206,19 +230,37 @@ static REGISTRY: Registry = Registry {
 /// Counters of threads that have exited.
 pub static RETIRED: HeapStats = HeapStats::new();
 
-/// Calls `f` with the counters of every live heap, then with those of exited threads.
-pub fn for_each_stats(mut f: impl FnMut(&HeapStats)) {
+/// Per node: net live bytes of heaps that have exited or moved away from the node.
+pub static RETIRED_NET_BY_NODE: [crate::sync::AtomicI64; MAX_NODES] = [ZERO_I64; MAX_NODES];
+/// Per node: bytes of its blocks freed by threads of other nodes.
+pub static CROSS_FREED_BYTES: [AtomicU64; MAX_NODES] = [ZERO; MAX_NODES];
+/// Per node: frees of its blocks by threads of other nodes.
+pub static CROSS_FREES: [AtomicU64; MAX_NODES] = [ZERO; MAX_NODES];
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_I64: crate::sync::AtomicI64 = crate::sync::AtomicI64::new(0);
+
+/// Calls `f(counters, node)` for every live heap, then `f(RETIRED, None)` for exited threads.
+pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
     let _g = REGISTRY.lock.lock();
     // SAFETY: we hold the registry lock, so listed heaps stay alive and linked; their counters
-    // are atomics, so reading them while their owners bump them is no data race.
+    // are atomics, so reading them while their owners bump them is no data race. `node` only
+    // changes under this lock (see `retire_counters`).
     unsafe {
         let mut h = *REGISTRY.head.get();
         while !h.is_null() {
-            f(&(*h).stats);
+            f(&(*h).stats, Some((*h).node));
             h = (*h).reg_next;
         }
     }
-    f(&RETIRED);
+    f(&RETIRED, None);
+}
+
+/// Folds a heap's counters into the retired totals and zeroes them (registry lock held).
+unsafe fn retire_counters(hp: &mut Heap) {
+    let node = (hp.node as usize).min(MAX_NODES - 1);
+    RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
+    hp.stats.merge_into(&RETIRED);
+    hp.stats.reset();
 }
 
 static KEY_STATE: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
@@ -268,16 +310,32 @@ extern "C" fn thread_done(arg: *mut libc::c_void) {
 /// handling of future per-heap metadata).
 #[cold]
 unsafe fn heap_init(h: *mut Heap) -> bool {
-    config::init_once();
     // SAFETY: h is the calling thread's heap.
     unsafe {
-        let hp = &mut *h;
-        if hp.state == ACTIVE {
+        if (*h).state == ACTIVE {
             return true;
         }
+        if (*h).state == LEAVING {
+            return false;
+        }
+        register(h, (numa::home_node() as usize).min(MAX_NODES - 1) as u32);
+        if let Some(k) = thread_key() {
+            libc::pthread_setspecific(k, h as *const libc::c_void);
+        }
+    }
+    true
+}
+
+/// Marks `h` active on `node` and lists it in the registry.
+unsafe fn register(h: *mut Heap, node: u32) {
+    config::init_once();
+    // SAFETY: h is a heap nobody else uses right now (this thread's, or a node heap under its
+    // lock).
+    unsafe {
+        let hp = &mut *h;
         // Mark active first: whatever the steps below allocate is served by this heap.
         hp.state = ACTIVE;
-        hp.node = (numa::current_node() as usize).min(MAX_NODES - 1) as u32;
+        hp.node = node;
         hp.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
         {
             let _g = REGISTRY.lock.lock();
@@ -289,11 +347,7 @@ unsafe fn heap_init(h: *mut Heap) -> bool {
             }
             *REGISTRY.head.get() = h;
         }
-        if let Some(k) = thread_key() {
-            libc::pthread_setspecific(k, h as *const libc::c_void);
-        }
     }
-    true
 }
 
 /// Hands everything of `h` back: called on thread exit (and by tests).
@@ -308,6 +362,38 @@ pub unsafe fn heap_done(h: *mut Heap) {
             return;
         }
         hp.state = LEAVING;
+        release_all(h);
+        // Counters, registry.
+        {
+            let _g = REGISTRY.lock.lock();
+            retire_counters(hp);
+            if hp.reg_prev.is_null() {
+                *REGISTRY.head.get() = hp.reg_next;
+            } else {
+                (*hp.reg_prev).reg_next = hp.reg_next;
+            }
+            if !hp.reg_next.is_null() {
+                (*hp.reg_next).reg_prev = hp.reg_prev;
+            }
+            hp.reg_next = ptr::null_mut();
+            hp.reg_prev = ptr::null_mut();
+        }
+        // Back to a blank heap: a later allocation on this thread (from another TLS
+        // destructor) starts over and registers again.
+        hp.state = UNINIT;
+    }
+}
+
+/// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
+/// abandoned list of their node. Leaves `h` with no pages (its state is the caller's).
+///
+/// # Safety
+/// `h` is the calling thread's heap (or a node heap under its lock), in state LEAVING or
+/// ACTIVE with no block of its queues in use by the caller.
+unsafe fn release_all(h: *mut Heap) {
+    // SAFETY: h is ours; the steps follow the module's exit invariant.
+    unsafe {
+        let hp = &mut *h;
         // 1. No more delayed frees onto us: wait out any in flight.
         let mut seg = hp.segments;
         while !seg.is_null() {
@@ -334,7 +420,7 @@ pub unsafe fn heap_done(h: *mut Heap) {
                 release_segment(seg, now);
             } else {
                 PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
-                ABANDONED.push_abandoned(seg);
+                ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
             }
             seg = next;
         }
@@ -342,31 +428,29 @@ pub unsafe fn heap_done(h: *mut Heap) {
         // 5. Huge spans we kept.
         for e in hp.huge_cache.iter_mut() {
             if !e.seg.is_null() {
+                commit_sub((*e.seg).node, (*e.seg).map_size);
                 huge::unmap(e.seg);
                 *e = EMPTY_ENTRY;
             }
         }
-        // 6. Counters, registry.
-        {
-            let _g = REGISTRY.lock.lock();
-            hp.stats.merge_into(&RETIRED);
-            hp.stats.reset();
-            if hp.reg_prev.is_null() {
-                *REGISTRY.head.get() = hp.reg_next;
-            } else {
-                (*hp.reg_prev).reg_next = hp.reg_next;
-            }
-            if !hp.reg_next.is_null() {
-                (*hp.reg_next).reg_prev = hp.reg_prev;
-            }
-            hp.reg_next = ptr::null_mut();
-            hp.reg_prev = ptr::null_mut();
-        }
-        // 7. Back to a blank heap: a later allocation on this thread (from another TLS
-        // destructor) starts over and registers again.
         hp.pages = [empty_page(); NBINS];
         hp.tails = [ptr::null_mut(); NBINS];
-        hp.state = UNINIT;
+    }
+}
+
+/// Moves the calling thread's heap to `node`: it lets go of its segments (they are adopted by
+/// heaps of their own node, or by this one if it comes back) and draws from `node`'s pool from
+/// the next allocation on.
+#[cold]
+unsafe fn rehome(h: *mut Heap, node: u32) {
+    // SAFETY: h is this thread's active heap, called from a slow path holding no page.
+    unsafe {
+        (*h).state = LEAVING;
+        release_all(h);
+        let _g = REGISTRY.lock.lock();
+        retire_counters(&mut *h);
+        (*h).node = node;
+        (*h).state = ACTIVE;
     }
 }
 
@@ -466,8 +550,17 @@ impl Heap {
 /// `bin < NBINS`.
 #[inline(always)]
 pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
-    let h = heap();
-    // SAFETY: h is this thread's heap; pages[bin] is a valid page (maybe EMPTY_PAGE, whose
+    // SAFETY: forwarded contract; heap() is this thread's heap.
+    unsafe { alloc_bin_in(heap(), bin) }
+}
+
+/// [`alloc_bin`] on heap `h`.
+///
+/// # Safety
+/// `bin < NBINS`; `h` is this thread's heap or a node heap whose lock we hold.
+#[inline(always)]
+unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
+    // SAFETY: h is usable by us (contract); pages[bin] is a valid page (maybe EMPTY_PAGE, whose
     // free is null, so we never write it).
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
@@ -488,8 +581,13 @@ pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
 /// `bin < NBINS` and `size <= bin_size(bin)`.
 #[inline]
 pub unsafe fn alloc_bin_zeroed(bin: usize, size: usize) -> *mut u8 {
-    let h = heap();
-    // SAFETY: as in alloc_bin; the block is ours to write once popped.
+    // SAFETY: forwarded contract.
+    unsafe { alloc_bin_zeroed_in(heap(), bin, size) }
+}
+
+#[inline]
+unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 {
+    // SAFETY: as in alloc_bin_in; the block is ours to write once popped.
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
         let block = (*page).free;
@@ -621,9 +719,11 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
             }
             seg = (*seg).next;
         }
-        // Adopt abandoned segments first: their free slices and live pages are reused.
-        while ABANDONED.count.load(Ordering::Relaxed) > 0 {
-            let seg = ABANDONED.pop(h as usize);
+        // Adopt abandoned segments of our node first: their free slices and live pages are
+        // reused.
+        let node = (*h).node as usize;
+        while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED[node].pop(h as usize);
             if seg.is_null() {
                 break;
             }
@@ -633,7 +733,6 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
                 return p;
             }
         }
-        let node = (*h).node as usize;
         let mut seg = POOLS[node].pop(h as usize);
         if seg.is_null() {
             seg = Segment::map_normal(node as u32, true);
@@ -729,34 +828,93 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
 /// None beyond GlobalAlloc's: `align` is a power of two.
 #[cold]
 pub unsafe fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded contract; heap() is ours.
+    unsafe { alloc_generic_in(heap(), size, align, zero) }
+}
+
+/// [`alloc_generic`] on heap `h` (this thread's, or a node heap whose lock we hold).
+unsafe fn alloc_generic_in(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
         if align <= 16 && size <= MEDIUM_MAX {
             let bin = bin_of(size.max(align));
             return if zero {
-                alloc_bin_zeroed(bin, size)
+                alloc_bin_zeroed_in(h, bin, size)
             } else {
-                alloc_bin(bin)
+                alloc_bin_in(h, bin)
             };
         }
         if align <= os::OS_PAGE && size <= MEDIUM_MAX {
             if let Some(bin) = bin_for_aligned(size, align) {
                 return if zero {
-                    alloc_bin_zeroed(bin, size)
+                    alloc_bin_zeroed_in(h, bin, size)
                 } else {
-                    alloc_bin(bin)
+                    alloc_bin_in(h, bin)
                 };
             }
         }
         if align <= SLICE_SIZE && size <= LARGE_MAX {
-            return alloc_large(size, zero);
+            return alloc_large(h, size, zero);
         }
-        alloc_huge(size, align, zero)
+        alloc_huge(h, size, align, zero)
     }
 }
 
-unsafe fn alloc_large(size: usize, zero: bool) -> *mut u8 {
-    let h = heap();
+/// A heap per node, shared by every thread under a lock, for explicit placement
+/// (`Placed::node`). Its segments come from its node's pool and are bound to that node.
+struct NodeHeap {
+    lock: SpinLock,
+    heap: UnsafeCell<Heap>,
+}
+// SAFETY: `heap` is only touched with `lock` held (remote frees touch only the atomics that
+// are meant for other threads: page `thread_free` words and the heap's `delayed` stack).
+unsafe impl Sync for NodeHeap {}
+#[allow(clippy::declare_interior_mutable_const)]
+const NODE_HEAP: NodeHeap = NodeHeap {
+    lock: SpinLock::new(),
+    heap: UnsafeCell::new(Heap::new()),
+};
+static NODE_HEAPS: [NodeHeap; MAX_NODES] = [NODE_HEAP; MAX_NODES];
+
+/// Allocates `size` bytes at `align` whose every page is on `node` (bound strictly when
+/// binding is on). The block is freed by [`free`], from any thread. Null on failure or if
+/// `node` is out of range; the caller checks that the node exists and has memory.
+///
+/// # Safety
+/// `align` is a power of two.
+#[allow(dead_code)] // used by `Placed`, which lands separately
+pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(nh) = NODE_HEAPS.get(node as usize) else {
+        return ptr::null_mut();
+    };
+    let _g = nh.lock.lock();
+    let h = nh.heap.get();
+    // SAFETY: we hold the node heap's lock, so it is ours for the duration.
+    unsafe {
+        if (*h).state != ACTIVE {
+            (*h).shared = true;
+            register(h, node);
+        }
+        alloc_generic_in(h, size, align, zero)
+    }
+}
+
+/// Collects and purges every node heap that is free right now (try-lock: never waits).
+fn collect_node_heaps(now: u64, delay: u64) {
+    for nh in NODE_HEAPS.iter() {
+        if let Some(_g) = nh.lock.try_lock() {
+            let h = nh.heap.get();
+            // SAFETY: we hold its lock.
+            unsafe {
+                if (*h).state == ACTIVE {
+                    heap_collect(h, now, delay);
+                }
+            }
+        }
+    }
+}
+
+unsafe fn alloc_large(h: *mut Heap, size: usize, zero: bool) -> *mut u8 {
     // SAFETY: h is ours; the page we get is ours.
     unsafe {
         if (*h).state != ACTIVE && !heap_init(h) {
@@ -788,11 +946,10 @@ unsafe fn alloc_large(size: usize, zero: bool) -> *mut u8 {
     }
 }
 
-unsafe fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
+unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some((offset, map_size)) = huge::layout_for(size, align) else {
         return ptr::null_mut();
     };
-    let h = heap();
     // SAFETY: h is ours; cached segments are ours alone.
     unsafe {
         if (*h).state != ACTIVE && !heap_init(h) {
@@ -821,7 +978,7 @@ unsafe fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            os::COMMITTED.fetch_add(map_size, Ordering::Relaxed);
+            commit_add(node as u16, map_size);
         }
         let obj = huge::object(seg);
         bump(&(*h).stats.huge_allocs, 1);
@@ -954,7 +1111,11 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         if (*seg).owner.load(Ordering::Acquire) == 0 {
             // Abandoned: adopt the whole segment so its memory is not stranded, then free
             // locally. (Our live block keeps the segment from being released meanwhile.)
-            if (*h).state == ACTIVE && ABANDONED.claim(seg, h as usize) {
+            // Only a heap of the segment's node takes it, so its pages stay where they are.
+            if (*h).state == ACTIVE
+                && (*seg).node as u32 == (*h).node
+                && ABANDONED[(*seg).node as usize].claim(seg, h as usize)
+            {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
                 return;
@@ -962,6 +1123,9 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         }
         bump(&(*h).stats.frees[(*page).bin as usize], 1);
         bump(&(*h).stats.remote_frees, 1);
+        if (*seg).node as u32 != (*h).node {
+            count_cross_node(h, (*seg).node, (*page).block_size as u64);
+        }
         match (*page).thread_free.push(p as *mut Block) {
             Pushed::OnPage => {}
             Pushed::Delayed => {
@@ -974,12 +1138,27 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     }
 }
 
+/// Books a free of `bytes` on `node` by a thread of another node.
+#[inline]
+unsafe fn count_cross_node(h: *mut Heap, node: u16, bytes: u64) {
+    let n = (node as usize).min(MAX_NODES - 1);
+    // SAFETY: h is ours.
+    unsafe { bump(&(*h).stats.foreign_free_bytes, bytes) };
+    CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
+    CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
+}
+
 unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
     // SAFETY: seg is a huge segment whose object is being freed by us; nobody else uses it.
     unsafe {
         bump(&(*h).stats.huge_frees, 1);
         bump(&(*h).stats.huge_free_bytes, (*seg).huge_size as u64);
-        if (*h).state == ACTIVE {
+        let same_node = (*seg).node as u32 == (*h).node;
+        if !same_node {
+            count_cross_node(h, (*seg).node, (*seg).huge_size as u64);
+        }
+        // Only a span of our own node goes in our cache: reusing it elsewhere would misplace it.
+        if (*h).state == ACTIVE && same_node {
             let now = os::now_ms();
             for e in (*h).huge_cache.iter_mut() {
                 if e.seg.is_null() {
@@ -989,7 +1168,7 @@ unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
                 }
             }
         }
-        os::COMMITTED.fetch_sub((*seg).map_size, Ordering::Relaxed);
+        commit_sub((*seg).node, (*seg).map_size);
         huge::unmap(seg);
     }
 }
@@ -1025,6 +1204,13 @@ unsafe fn heap_tick(h: *mut Heap) {
         (*h).tick = (*h).tick.wrapping_add(1);
         if (*h).tick & 15 != 0 || (*h).state != ACTIVE {
             return;
+        }
+        if !(*h).shared {
+            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            if node != (*h).node {
+                rehome(h, node);
+                return;
+            }
         }
         let now = os::now_ms();
         if now < (*h).next_purge_ms {
@@ -1072,16 +1258,20 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
         }
         for e in (*h).huge_cache.iter_mut() {
             if !e.seg.is_null() && e.freed_at + delay <= now {
-                os::COMMITTED.fetch_sub((*e.seg).map_size, Ordering::Relaxed);
+                commit_sub((*e.seg).node, (*e.seg).map_size);
                 huge::unmap(e.seg);
                 *e = EMPTY_ENTRY;
             }
         }
         POOLS[(*h).node as usize].unmap_expired(now);
+        if !(*h).shared {
+            collect_node_heaps(now, delay);
+        }
         // Segments stranded by exited threads: take one per pass, so their free memory is
         // purged and their live pages are collected even if no thread frees into them.
-        if ABANDONED.count.load(Ordering::Relaxed) > 0 {
-            let seg = ABANDONED.pop(h as usize);
+        let node = (*h).node as usize;
+        if ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED[node].pop(h as usize);
             if !seg.is_null() {
                 adopt_segment(h, seg);
                 if (*seg).used_pages == 0 {
@@ -1167,7 +1357,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 (*page).slice_count = want as u8;
                 let shrink = (n - want) * SLICE_SIZE;
                 (*page).block_size -= shrink as u32;
-                os::COMMITTED.fetch_sub(shrink, Ordering::Relaxed);
+                commit_sub((*seg).node, shrink);
                 bump(&(*h).stats.large_free_bytes, shrink as u64);
                 if (*seg).purge_at == 0 {
                     (*seg).purge_at = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
@@ -1192,7 +1382,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
         (*page).slice_count = want as u8;
         let grow = ((want - n) * SLICE_SIZE) as u64;
         (*page).block_size += grow as u32;
-        os::COMMITTED.fetch_add(grow as usize, Ordering::Relaxed);
+        commit_add((*seg).node, grow as usize);
         bump(&(*h).stats.large_alloc_bytes, grow);
         true
     }
@@ -1201,9 +1391,9 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
 /// Segments in the node pools and abandoned right now (for statistics).
 pub fn segment_counts() -> (usize, usize, usize) {
     let pooled = POOLS.iter().map(|p| p.count.load(Ordering::Relaxed)).sum();
-    (
-        SEGMENTS.load(Ordering::Relaxed),
-        pooled,
-        ABANDONED.count.load(Ordering::Relaxed),
-    )
+    let abandoned = ABANDONED
+        .iter()
+        .map(|p| p.count.load(Ordering::Relaxed))
+        .sum();
+    (SEGMENTS.load(Ordering::Relaxed), pooled, abandoned)
 }
