@@ -1,1 +1,130 @@
-fn main() {}
+//! `Pool<T>` against object-pool and opool: get + return of a 4 KiB buffer (cleared on
+//! return, keeping its capacity), on one thread and on 2 and 4 threads at once.
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+const CAP: usize = 4096;
+
+struct BufAlloc;
+impl opool::PoolAllocator<Vec<u8>> for BufAlloc {
+    #[inline]
+    fn allocate(&self) -> Vec<u8> {
+        Vec::with_capacity(CAP)
+    }
+    #[inline]
+    fn reset(&self, v: &mut Vec<u8>) {
+        v.clear();
+    }
+}
+
+/// One round trip on each of the three pools; `use_buf` touches the object.
+#[inline(always)]
+fn use_buf(v: &mut Vec<u8>) {
+    v.push(1);
+    black_box(&*v);
+}
+
+trait Contender: Send + Sync + 'static {
+    fn round_trip(&self);
+}
+
+struct Ours(tieralloc::Pool<Vec<u8>>);
+impl Contender for Ours {
+    #[inline(always)]
+    fn round_trip(&self) {
+        let mut g = self.0.get();
+        use_buf(&mut g);
+    }
+}
+
+struct ObjectPool(object_pool::Pool<Vec<u8>>);
+impl Contender for ObjectPool {
+    #[inline(always)]
+    fn round_trip(&self) {
+        let mut g = self.0.pull(|| Vec::with_capacity(CAP));
+        use_buf(&mut g);
+        g.clear(); // object-pool has no reset hook
+    }
+}
+
+struct OPool(opool::Pool<BufAlloc, Vec<u8>>);
+impl Contender for OPool {
+    #[inline(always)]
+    fn round_trip(&self) {
+        let mut g = self.0.get();
+        use_buf(&mut g);
+    }
+}
+
+fn contenders() -> Vec<(&'static str, Arc<dyn Contender>)> {
+    vec![
+        (
+            "tieralloc::Pool",
+            Arc::new(Ours(
+                tieralloc::Pool::builder(|| Vec::with_capacity(CAP))
+                    .reset(|v| v.clear())
+                    .max_idle(256)
+                    .build(),
+            )),
+        ),
+        (
+            "object_pool",
+            Arc::new(ObjectPool(object_pool::Pool::new(256, || {
+                Vec::with_capacity(CAP)
+            }))),
+        ),
+        ("opool", Arc::new(OPool(opool::Pool::new(256, BufAlloc)))),
+    ]
+}
+
+fn single(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool/get_return_1t");
+    for (name, p) in contenders() {
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| p.round_trip())
+        });
+    }
+    g.finish();
+}
+
+fn contended(c: &mut Criterion) {
+    for threads in [2usize, 4] {
+        let mut g = c.benchmark_group(format!("pool/get_return_{threads}t"));
+        g.measurement_time(Duration::from_secs(3));
+        for (name, p) in contenders() {
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Arc::new(Barrier::new(threads + 1));
+                    let hs: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (p, barrier) = (p.clone(), barrier.clone());
+                            std::thread::spawn(move || {
+                                barrier.wait();
+                                for _ in 0..iters {
+                                    p.round_trip();
+                                }
+                            })
+                        })
+                        .collect();
+                    barrier.wait();
+                    let t = Instant::now();
+                    for h in hs {
+                        h.join().unwrap();
+                    }
+                    // Wall time for `iters` round trips on every thread at once.
+                    t.elapsed()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, single, contended);
+criterion_main!(benches);

@@ -12,12 +12,16 @@ pub mod remote;
 mod sync;
 
 #[cfg(not(loom))]
+pub mod arena;
+#[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
 mod global;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod heap;
+#[cfg(not(loom))]
+pub mod pool;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
@@ -26,7 +30,14 @@ mod sync;
 mod sys;
 
 #[cfg(not(loom))]
+pub use arena::{
+    Arena, ArenaError, ArenaStats, BumpCache, BumpCacheStats, BumpGuard, Key, SlotArena,
+    TryAllocError,
+};
+#[cfg(not(loom))]
 pub use global::TierAlloc;
+#[cfg(not(loom))]
+pub use pool::{OwnedPoolGuard, Pool, PoolBuilder, PoolError, PoolGuard, PoolStats};
 #[cfg(not(loom))]
 pub use stats::{stats, ClassStats, NodeStats, Stats};
 

@@ -619,6 +619,10 @@ unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
         drain_delayed(h);
         let hp = &mut *h;
         let mut page = hp.pages[bin];
+        // Full pages met on the way stay in the queue, up to this many, before they are
+        // parked as full: a page that will get a block back soon does not flip between full
+        // and not full (each flip is two slow paths and two atomic state changes).
+        let mut retain = FULL_PAGE_RETAIN;
         while !page.is_null() && page != empty_page() {
             let next = (*page).next;
             (*page).collect();
@@ -628,6 +632,11 @@ unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
                     hp.queue_push_front(bin, page);
                 }
                 return pop_fresh(h, page, bin, zero);
+            }
+            if retain > 0 {
+                retain -= 1;
+                page = next;
+                continue;
             }
             page_to_full(h, bin, page);
             if (*page).flags & PAGE_IN_FULL == 0 {
@@ -645,6 +654,9 @@ unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
         pop_fresh(h, page, bin, zero)
     }
 }
+
+/// Full pages a queue walk leaves in place before parking further ones as full.
+const FULL_PAGE_RETAIN: usize = 2;
 
 #[inline]
 unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
@@ -676,7 +688,10 @@ unsafe fn page_to_full(h: *mut Heap, bin: usize, page: *mut Page) {
         if (*page).thread_free.has_blocks() {
             (*page).collect();
             if (*page).has_free() {
-                unfull(h, page);
+                // Back in the queue at once, at the front: the caller takes from it now.
+                (*page).flags &= !PAGE_IN_FULL;
+                (*page).thread_free.try_set_state(NORMAL, false);
+                (*h).queue_push_front(bin, page);
             }
         }
     }
@@ -688,7 +703,8 @@ unsafe fn unfull(h: *mut Heap, page: *mut Page) {
         (*page).flags &= !PAGE_IN_FULL;
         // If a delayed free is in flight it ends in NORMAL by itself.
         (*page).thread_free.try_set_state(NORMAL, false);
-        (*h).queue_push_front((*page).bin as usize, page);
+        // At the back: a page with one block back should not become the current page.
+        (*h).queue_push_back((*page).bin as usize, page);
     }
 }
 
@@ -1205,7 +1221,9 @@ unsafe fn heap_tick(h: *mut Heap) {
         if (*h).tick & 15 != 0 || (*h).state != ACTIVE {
             return;
         }
-        if !(*h).shared {
+        // Where the thread runs: every 64th tick (so every ~1000 slow paths at most), which
+        // bounds how long a moved thread keeps drawing from its old node.
+        if !(*h).shared && (*h).tick & 1023 == 0 {
             let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
                 rehome(h, node);

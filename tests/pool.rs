@@ -1,0 +1,239 @@
+//! Pool: reuse, reset hook, idle and live bounds under many threads, async use, statistics.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tieralloc::{Pool, PoolError};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+fn threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[test]
+fn reuses_and_resets() {
+    let pool = Pool::builder(|| Vec::<u8>::with_capacity(1024))
+        .reset(|v| v.clear())
+        .build();
+    let p0 = {
+        let mut v = pool.get();
+        v.extend_from_slice(b"abc");
+        v.as_ptr() as usize
+    };
+    let v = pool.get();
+    assert!(v.is_empty(), "reset hook ran");
+    assert_eq!(v.as_ptr() as usize, p0, "same buffer reused");
+    assert!(v.capacity() >= 1024);
+    drop(v);
+    let s = pool.stats();
+    assert_eq!((s.hits, s.misses, s.created, s.dropped), (1, 1, 1, 0));
+    assert_eq!(s.idle, 1);
+    assert_eq!(s.out, 0);
+    assert!(s.nodes >= 1);
+}
+
+#[test]
+fn idle_bound_drops_the_excess() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    struct D(Arc<AtomicUsize>);
+    impl Drop for D {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let d2 = drops.clone();
+    let pool = Pool::builder(move || D(d2.clone())).max_idle(5).build();
+    let guards: Vec<_> = (0..20).map(|_| pool.get()).collect();
+    drop(guards);
+    let s = pool.stats();
+    assert_eq!(s.created, 20);
+    assert_eq!(s.idle, 5);
+    assert_eq!(s.dropped, 15);
+    assert_eq!(drops.load(Ordering::Relaxed), 15);
+    drop(pool);
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        20,
+        "idle objects dropped with the pool"
+    );
+}
+
+#[test]
+fn try_get_fails_clearly_at_max_live() {
+    let pool = Pool::builder(|| 0u64).max_live(3).build();
+    let a = pool.try_get().unwrap();
+    let b = pool.try_get().unwrap();
+    let c = pool.get();
+    let e = pool.try_get().unwrap_err();
+    assert_eq!(e, PoolError::Exhausted { max_live: 3 });
+    assert!(e.to_string().contains("max_live = 3"), "{e}");
+    drop(b);
+    let d = pool.try_get().expect("room again after a return");
+    let _ = (a, c, d);
+    // into_inner takes an object out for good and frees its place.
+    let pool = Pool::builder(|| 7u64).max_live(1).build();
+    let v = pool.get().into_inner();
+    assert_eq!(v, 7);
+    assert!(pool.try_get().is_ok());
+}
+
+#[test]
+fn stress_bounds_under_many_threads() {
+    const MAX_LIVE: usize = 6;
+    const MAX_IDLE: usize = 4;
+    let made = Arc::new(AtomicUsize::new(0));
+    let alive = Arc::new(AtomicUsize::new(0));
+    struct Obj {
+        alive: Arc<AtomicUsize>,
+        buf: Vec<u8>,
+    }
+    impl Drop for Obj {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let (m, a) = (made.clone(), alive.clone());
+    let pool = Arc::new(
+        Pool::builder(move || {
+            m.fetch_add(1, Ordering::Relaxed);
+            a.fetch_add(1, Ordering::Relaxed);
+            Obj {
+                alive: a.clone(),
+                buf: Vec::with_capacity(64),
+            }
+        })
+        .reset(|o| o.buf.clear())
+        .max_idle(MAX_IDLE)
+        .max_live(MAX_LIVE)
+        .build(),
+    );
+    let out = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..threads())
+        .map(|t| {
+            let (pool, out, peak, failures) =
+                (pool.clone(), out.clone(), peak.clone(), failures.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000usize {
+                    let g = if i % 3 == 0 {
+                        match pool.try_get() {
+                            Ok(g) => g,
+                            Err(_) => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                    } else {
+                        pool.get()
+                    };
+                    let now = out.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::Relaxed);
+                    assert!(now <= MAX_LIVE, "max_live exceeded: {now}");
+                    let mut g = g;
+                    assert!(g.buf.is_empty());
+                    g.buf.extend_from_slice(&[t as u8; 16]);
+                    if i % 7 == 0 {
+                        std::thread::yield_now();
+                    }
+                    out.fetch_sub(1, Ordering::SeqCst);
+                    drop(g);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let s = pool.stats();
+    assert!(peak.load(Ordering::Relaxed) <= MAX_LIVE);
+    assert!(s.idle as usize <= MAX_IDLE, "idle bound: {s:?}");
+    assert_eq!(s.out, 0, "{s:?}");
+    // Objects alive now are exactly the idle ones.
+    assert_eq!(alive.load(Ordering::Relaxed), s.idle as usize, "{s:?}");
+    assert_eq!(
+        s.created - s.dropped,
+        s.idle,
+        "every object made is idle or dropped: {s:?}"
+    );
+    assert!(s.hits > 0);
+    eprintln!(
+        "stress: {s:?}, try_get failures {}",
+        failures.load(Ordering::Relaxed)
+    );
+    drop(pool);
+    assert_eq!(alive.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn guards_cross_threads() {
+    fn send<T: Send>(_: &T) {}
+    let pool = Pool::builder(|| String::with_capacity(32))
+        .reset(|s| s.clear())
+        .build();
+    std::thread::scope(|sc| {
+        let mut g = pool.get();
+        send(&g);
+        g.push_str("from main");
+        sc.spawn(move || {
+            assert_eq!(g.as_str(), "from main");
+            drop(g); // returned on another thread
+        });
+    });
+    assert_eq!(pool.stats().idle, 1);
+    let s = pool.stats();
+    assert_eq!(s.created, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn works_from_async_tasks() {
+    let pool = Arc::new(
+        Pool::builder(|| Vec::<u64>::with_capacity(256))
+            .reset(|v| v.clear())
+            .max_idle(32)
+            .max_live(16)
+            .build(),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0;
+            for i in 0..200u64 {
+                // Borrowed guard held across an await: the future stays Send.
+                let mut buf = loop {
+                    match pool.try_get() {
+                        Ok(b) => break b,
+                        Err(_) => tokio::task::yield_now().await,
+                    }
+                };
+                buf.extend((0..10).map(|k| k + i + t));
+                tokio::task::yield_now().await;
+                sum += buf.iter().sum::<u64>();
+                drop(buf);
+                // Owned guard moved into another task.
+                let mut owned = loop {
+                    match pool.try_get_owned() {
+                        Ok(b) => break b,
+                        Err(_) => tokio::task::yield_now().await,
+                    }
+                };
+                owned.push(1);
+                let n = tokio::spawn(async move { owned.len() }).await.unwrap();
+                assert_eq!(n, 1);
+            }
+            sum
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total > 0);
+    let s = pool.stats();
+    assert_eq!(s.out, 0, "{s:?}");
+    assert!(s.idle <= 32);
+    assert!(s.created <= s.idle + s.dropped);
+    assert!(s.hits > s.misses, "{s:?}");
+}
