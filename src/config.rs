@@ -42,6 +42,7 @@ pub(crate) fn init_once() {
         Ok(_) => {
             INIT_THREAD.store(current_thread(), Ordering::Relaxed);
             read_all();
+            crate::heap::thread::register_fork_handlers();
             STATE.store(DONE, Ordering::Release);
         }
         Err(_) => {

@@ -48,6 +48,14 @@ pub fn collect() {
     heap::thread::collect_now();
 }
 
+/// Whether `p` is a pointer tieralloc handed out (a block start, or any address in the first
+/// 4 MiB of one of its segments). Never touches `p`; O(1). For code that must accept pointers
+/// from other allocators too, such as a `malloc` drop-in.
+#[cfg(not(loom))]
+pub fn owns(p: *const u8) -> bool {
+    heap::segment::contains(p)
+}
+
 /// The usable size of a block that tieralloc returned: at least the size asked for.
 ///
 /// # Safety

@@ -80,6 +80,19 @@ impl SpinLock {
     }
 }
 
+impl SpinLock {
+    /// Takes the lock and keeps it (no guard): for `fork` preparation.
+    pub(crate) fn lock_raw(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::lock_raw`] (in the parent after `fork`, or in
+    /// the child, where the lock may have been held by a thread that no longer exists).
+    pub(crate) fn unlock_raw(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
 /// Releases the [`SpinLock`] when dropped.
 pub(crate) struct SpinGuard<'a> {
     lock: &'a SpinLock,

@@ -51,6 +51,7 @@ pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -
     let seg = p as *mut Segment;
     // SAFETY: a fresh, zeroed mapping of ours, at least HEADER_SIZE long.
     unsafe { init(seg, map_size, offset, size, node) };
+    super::segment::map_insert(seg);
     seg
 }
 
@@ -84,6 +85,7 @@ pub fn object(seg: *mut Segment) -> *mut u8 {
 /// # Safety
 /// Nobody uses `seg` or its object any more.
 pub unsafe fn unmap(seg: *mut Segment) {
+    super::segment::map_remove(seg);
     // SAFETY: per the contract; map_size is the whole mapping.
     unsafe { os::unmap(seg as *mut u8, (*seg).map_size) }
 }

@@ -16,7 +16,7 @@
 //! - A huge segment holds one object and has no owner: any thread may free it.
 
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering, SpinLock};
 use crate::sys::os;
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -254,6 +254,7 @@ impl Segment {
             (*seg).map_size = SEGMENT_SIZE;
             (*seg).free_slices = u64::MAX;
         }
+        map_insert(seg);
         SEGMENTS.fetch_add(1, Ordering::Relaxed);
         seg
     }
@@ -366,6 +367,37 @@ impl Segment {
             }
         }
     }
+}
+
+/// The address space a segment map covers: 2^47 bytes, the x86-64 and AArch64 user space.
+const MAP_BITS: usize = 1 << (47 - SEGMENT_SHIFT);
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_WORD: AtomicU64 = AtomicU64::new(0);
+/// One bit per 4 MiB of address space: set while a segment (normal or huge) starts there.
+/// 4 MiB of zero-initialised static memory, touched only where segments live.
+static SEGMENT_MAP: [AtomicU64; MAP_BITS / 64] = [ZERO_WORD; MAP_BITS / 64];
+
+/// Records that a segment starts at `seg`.
+pub fn map_insert(seg: *mut Segment) {
+    let i = seg as usize >> SEGMENT_SHIFT;
+    if i < MAP_BITS {
+        SEGMENT_MAP[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+    }
+}
+
+/// Forgets the segment at `seg` (before it is unmapped).
+pub fn map_remove(seg: *mut Segment) {
+    let i = seg as usize >> SEGMENT_SHIFT;
+    if i < MAP_BITS {
+        SEGMENT_MAP[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Release);
+    }
+}
+
+/// Whether `p` lies in the first 4 MiB of a live tieralloc segment: true for every pointer
+/// tieralloc handed out and not yet freed; false for memory that never came from it.
+pub fn contains(p: *const u8) -> bool {
+    let i = p as usize >> SEGMENT_SHIFT;
+    i < MAP_BITS && SEGMENT_MAP[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
 }
 
 /// Normal segments mapped right now.
@@ -506,6 +538,7 @@ impl SegmentList {
                 if (*seg).purge_at <= now {
                     self.unlink_locked(seg);
                     SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+                    map_remove(seg);
                     os::unmap(seg as *mut u8, SEGMENT_SIZE);
                     n += 1;
                 }
@@ -513,6 +546,17 @@ impl SegmentList {
             }
         }
         n
+    }
+}
+
+impl SegmentList {
+    /// Holds the lock across `fork` (see `heap::thread::fork_prepare`).
+    pub fn lock_for_fork(&self) {
+        self.lock.lock_raw();
+    }
+    /// Releases it after `fork`, in parent or child.
+    pub fn unlock_after_fork(&self) {
+        self.lock.unlock_raw();
     }
 }
 
