@@ -174,9 +174,9 @@ pub fn stats() -> Stats {
         });
     }
     s.bytes_live = live;
-    for n in 0..MAX_NODES {
+    for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
-        let net = t.node_net[n] + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
+        let net = own_net + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
             - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if n == 0 || committed != 0 || net != 0 || cross != 0 {
