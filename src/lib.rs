@@ -21,6 +21,8 @@ mod global;
 #[doc(hidden)]
 pub mod heap;
 #[cfg(not(loom))]
+mod placed;
+#[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
 mod stats;
@@ -28,6 +30,17 @@ mod stats;
 mod sync;
 #[cfg(not(loom))]
 mod sys;
+#[cfg(not(loom))]
+pub mod topology;
+
+/// NUMA helpers for programs and tests: pin a thread to a node, ask which node pages are on.
+#[cfg(not(loom))]
+pub mod numa {
+    pub use crate::sys::numa::{
+        current_cpu_and_node, move_to_node, pages_on_nodes, pin_current_thread_to_cpu,
+        pin_current_thread_to_node, weighted_interleave_supported,
+    };
+}
 
 #[cfg(not(loom))]
 pub use arena::{
@@ -37,9 +50,13 @@ pub use arena::{
 #[cfg(not(loom))]
 pub use global::TierAlloc;
 #[cfg(not(loom))]
+pub use placed::{Placed, PlacementError};
+#[cfg(not(loom))]
 pub use pool::{OwnedPoolGuard, Pool, PoolBuilder, PoolError, PoolGuard, PoolStats};
 #[cfg(not(loom))]
 pub use stats::{stats, ClassStats, NodeStats, Stats};
+#[cfg(not(loom))]
+pub use topology::{topology, Topology};
 
 /// Collects remote frees and returns idle memory of the calling thread's heap to the OS now,
 /// without waiting for the purge delay.

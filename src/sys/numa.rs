@@ -1,32 +1,259 @@
-//! NUMA system calls: binding a range to a node, asking which node a page is on, and which
-//! CPU and node the calling thread runs on.
+//! NUMA system calls: binding a range to a node (or interleaving it over several), asking
+//! which node a page is on, moving pages, which CPU and node the calling thread runs on, and
+//! pinning a thread to a node's CPUs.
 //!
-//! Owns: the raw syscalls (mbind, get_mempolicy, move_pages, getcpu) and the process-wide
-//! switch that turns binding off. May touch nothing above `sys`. Never allocates.
+//! Owns: the raw syscalls (mbind, get_mempolicy, move_pages, getcpu, sched_setaffinity), made
+//! with `libc::syscall` (no libnuma), and the process-wide switch that turns binding off. May
+//! touch: `crate::topology` (read-only, for `home_node` and pinning) and `crate::config`
+//! (getenv). Everything the allocator calls here is allocation-free: node masks are fixed
+//! arrays on the stack. Only [`pages_on_nodes`] and [`pin_current_thread_to_node`] (public
+//! diagnostics, never called by the allocator) may allocate.
 
 use crate::sync::{AtomicBool, Ordering};
+use crate::topology::raw as topo;
+use core::sync::atomic::AtomicU8;
+use std::io;
 
 /// Whether fresh mappings are bound to their node (TIERALLOC_NUMA=off clears it).
 pub(crate) static BIND_ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Binds `[p, p+len)` to `node` (MPOL_BIND) before its first touch. Returns false if the
-/// kernel refused (no NUMA support, node not allowed) or binding is off.
-pub(crate) fn bind(_p: *mut u8, _len: usize, _node: u32) -> bool {
-    if !BIND_ENABLED.load(Ordering::Relaxed) {
+/// Bits in a node mask handed to the kernel (more than any kernel's MAX_NUMNODES today).
+pub(crate) const MASK_BITS: usize = 1024;
+/// A node mask as the kernel reads it: `MASK_BITS` bits in unsigned longs.
+pub(crate) type NodeMask = [libc::c_ulong; MASK_BITS / 64];
+
+const MPOL_PREFERRED: libc::c_int = 1;
+const MPOL_BIND: libc::c_int = 2;
+const MPOL_INTERLEAVE: libc::c_int = 3;
+const MPOL_WEIGHTED_INTERLEAVE: libc::c_int = 6;
+/// mbind flag: move pages that are already there (used by demotion, issue 4).
+pub(crate) const MPOL_MF_MOVE: libc::c_uint = 2;
+const MPOL_F_MEMS_ALLOWED: libc::c_ulong = 4;
+
+/// A memory policy for a range.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(dead_code)] // Preferred and WeightedInterleave serve issue 4's tier policies.
+pub(crate) enum Policy {
+    /// Only the given nodes; allocation fails rather than spill elsewhere (strict).
+    Bind,
+    /// The given node first, others when it is full.
+    Preferred,
+    /// Page by page round robin over the given nodes.
+    Interleave,
+    /// Round robin weighted by /sys/kernel/mm/mempolicy/weighted_interleave (Linux 6.9+).
+    WeightedInterleave,
+}
+
+impl Policy {
+    fn mode(self) -> libc::c_int {
+        match self {
+            Policy::Bind => MPOL_BIND,
+            Policy::Preferred => MPOL_PREFERRED,
+            Policy::Interleave => MPOL_INTERLEAVE,
+            Policy::WeightedInterleave => MPOL_WEIGHTED_INTERLEAVE,
+        }
+    }
+}
+
+/// A node mask with exactly the nodes of `nodes` (a 64-bit set of node ids below 64).
+pub(crate) fn mask_of(nodes: u64) -> NodeMask {
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    m[0] = nodes as libc::c_ulong;
+    m
+}
+
+/// Applies `policy` over `nodes` to `[p, p+len)` with mbind `flags`. `Err(errno)` when the
+/// kernel refuses. Allocation-free.
+pub(crate) fn mbind(
+    p: *mut u8,
+    len: usize,
+    policy: Policy,
+    nodes: &NodeMask,
+    flags: libc::c_uint,
+) -> Result<(), i32> {
+    // SAFETY: mbind only reads `nodes` (MASK_BITS bits; the kernel reads maxnode - 1 bits)
+    // and changes the policy of a range the caller owns; it never touches memory contents.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            p as libc::c_ulong,
+            len as libc::c_ulong,
+            policy.mode() as libc::c_ulong,
+            nodes.as_ptr(),
+            (MASK_BITS + 1) as libc::c_ulong,
+            flags as libc::c_ulong,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EINVAL)
+}
+
+/// Binds `[p, p+len)` to `node` (MPOL_BIND, strict: the kernel never places these pages
+/// elsewhere) before its first touch. Returns false if the kernel refused (no NUMA support,
+/// node not allowed) or binding is off (TIERALLOC_NUMA=off).
+pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
+    if !BIND_ENABLED.load(Ordering::Relaxed) || node as usize >= MASK_BITS {
         return false;
     }
-    false
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    m[node as usize / 64] |= 1 << (node % 64);
+    mbind(p, len, Policy::Bind, &m, 0).is_ok()
 }
 
-/// The node whose pool the calling thread's heap should draw from: the node it runs on,
-/// mapped into the set of nodes the allocator may use (TIERALLOC_NODES), and to the nearest
-/// node with memory. Must not allocate: the heap calls it from its slow path.
-pub(crate) fn home_node() -> u32 {
-    current_node()
+/// Interleaves `[p, p+len)` page by page over `nodes` (node ids below 64) before its first
+/// touch. Unlike [`bind`] this ignores TIERALLOC_NUMA: it serves explicit requests only.
+/// Transparent huge pages are turned off for the range first: a 2 MiB page would put 512
+/// pages on one node.
+pub(crate) fn interleave(p: *mut u8, len: usize, nodes: u64) -> Result<(), i32> {
+    // SAFETY: advice on a range the caller owns and has not touched; MADV_NOHUGEPAGE changes
+    // only how future faults are served, never the contents.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+    mbind(p, len, Policy::Interleave, &mask_of(nodes), 0)
 }
 
-/// The NUMA node the calling thread is running on (0 where the kernel cannot say).
-pub(crate) fn current_node() -> u32 {
+const WI_UNKNOWN: u8 = 0;
+const WI_YES: u8 = 1;
+const WI_NO: u8 = 2;
+static WEIGHTED_INTERLEAVE: AtomicU8 = AtomicU8::new(WI_UNKNOWN);
+
+/// Whether the kernel has MPOL_WEIGHTED_INTERLEAVE (Linux 6.9+), found by trying it once on a
+/// scratch page and remembered. Allocation-free.
+pub fn weighted_interleave_supported() -> bool {
+    match WEIGHTED_INTERLEAVE.load(Ordering::Relaxed) {
+        WI_YES => return true,
+        WI_NO => return false,
+        _ => {}
+    }
+    let page = crate::sys::os::OS_PAGE;
+    // SAFETY: a fresh anonymous mapping with no hint; checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    let ok = mbind(
+        p as *mut u8,
+        page,
+        Policy::WeightedInterleave,
+        &mask_of(1),
+        0,
+    )
+    .is_ok();
+    // SAFETY: the page is ours, untouched, and unknown to anyone else.
+    unsafe { libc::munmap(p, page) };
+    WEIGHTED_INTERLEAVE.store(if ok { WI_YES } else { WI_NO }, Ordering::Relaxed);
+    ok
+}
+
+/// Moves the pages of `[p, p+len)` (already touched or not) to `node` keeping their addresses
+/// and contents (mbind MPOL_BIND with MPOL_MF_MOVE), and binds the range there for the future.
+/// Allocation-free.
+pub(crate) fn move_range(p: *mut u8, len: usize, node: u32) -> Result<(), i32> {
+    if node as usize >= MASK_BITS {
+        return Err(libc::EINVAL);
+    }
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    m[node as usize / 64] |= 1 << (node % 64);
+    mbind(p, len, Policy::Bind, &m, MPOL_MF_MOVE)
+}
+
+/// Moves every page of `[ptr, ptr+len)` (widened to whole pages) to NUMA node `node`, keeping
+/// addresses and contents, and binds the range to `node` from now on (demotion to a far tier,
+/// or promotion back). Pages never touched stay untouched and land on `node` when touched.
+///
+/// # Safety
+/// The whole widened range must be memory of this process that the caller owns: its pages'
+/// placement policy is replaced, which would surprise any other owner of the same pages.
+///
+/// # Errors
+/// The kernel's refusal (EINVAL for a node that does not exist, EPERM or EIO when pages could
+/// not move).
+pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> io::Result<()> {
+    let page = crate::sys::os::OS_PAGE;
+    let start = ptr as usize & !(page - 1);
+    let end = (ptr as usize)
+        .checked_add(len)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let end = end
+        .checked_add(page - 1)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
+        & !(page - 1);
+    move_range(start as *mut u8, end - start, node).map_err(io::Error::from_raw_os_error)
+}
+
+/// move_pages(2) on the calling process: with `nodes` None, writes into `status` the node of
+/// each page in `pages` (or a negative errno: -ENOENT for a page not yet touched); with
+/// `nodes`, moves each page to its node. Allocation-free.
+pub(crate) fn move_pages(
+    pages: &[*mut libc::c_void],
+    nodes: Option<&[libc::c_int]>,
+    status: &mut [libc::c_int],
+) -> Result<(), i32> {
+    if status.len() < pages.len() || nodes.is_some_and(|n| n.len() < pages.len()) {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: `pages`, `nodes` and `status` hold at least `pages.len()` entries; the kernel
+    // reads the first two and writes the third within that count.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0 as libc::pid_t,
+            pages.len() as libc::c_ulong,
+            pages.as_ptr(),
+            nodes.map_or(core::ptr::null(), |n| n.as_ptr()),
+            status.as_mut_ptr(),
+            0 as libc::c_int,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// The nodes this process may place memory on (get_mempolicy with MPOL_F_MEMS_ALLOWED: the
+/// cpuset's Mems_allowed), as a set of node ids below 64. None if the kernel cannot say
+/// (no NUMA support). Allocation-free.
+pub(crate) fn mems_allowed() -> Option<u64> {
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    // SAFETY: the kernel writes at most maxnode - 1 bits into `m`, which holds MASK_BITS.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            core::ptr::null_mut::<libc::c_int>(),
+            m.as_mut_ptr(),
+            (MASK_BITS + 1) as libc::c_ulong,
+            0 as libc::c_ulong,
+            MPOL_F_MEMS_ALLOWED,
+        )
+    };
+    if r == 0 {
+        Some(m[0] as u64)
+    } else {
+        None
+    }
+}
+
+/// The CPU and NUMA node the calling thread runs on, from getcpu(2). Allocation-free.
+pub(crate) fn getcpu() -> Option<(u32, u32)> {
     let mut cpu: libc::c_uint = 0;
     let mut node: libc::c_uint = 0;
     // SAFETY: getcpu writes two c_uints through valid pointers to our stack; the third
@@ -40,8 +267,181 @@ pub(crate) fn current_node() -> u32 {
         )
     };
     if r == 0 {
-        node
+        Some((cpu, node))
     } else {
-        0
+        None
+    }
+}
+
+/// The node whose pool the calling thread's heap should draw from: the node it runs on,
+/// mapped into the set of nodes the allocator may use (TIERALLOC_NODES, nodes with memory,
+/// the cpuset's Mems_allowed), else the nearest such node. Allocation-free, and cheap when
+/// only one node is usable (no system call at all); otherwise one vDSO/rseq read of the CPU
+/// and a table lookup. The heap calls it from its slow path.
+pub(crate) fn home_node() -> u32 {
+    let t = topo::get();
+    if t.allowed.count_ones() <= 1 {
+        return t.first_allowed();
+    }
+    // SAFETY: sched_getcpu has no preconditions (glibc reads it from rseq or the vDSO).
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu >= 0 && (cpu as usize) < topo::MAX_CPUS {
+        let h = t.cpu_home[cpu as usize];
+        if h != topo::NO_NODE {
+            return h as u32;
+        }
+    }
+    match getcpu() {
+        Some((_, node)) => t.home_of_node(node),
+        None => t.first_allowed(),
+    }
+}
+
+/// The NUMA node the calling thread is running on (0 where the kernel cannot say).
+pub(crate) fn current_node() -> u32 {
+    getcpu().map_or(0, |(_, n)| n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public diagnostics (may allocate: never called by the allocator).
+
+/// The NUMA node of every OS page of `[ptr, ptr+len)`, in order, from move_pages(2) with
+/// `nodes = NULL`. An entry is the node id, or a negative errno for a page that has no node
+/// (`-ENOENT`: never touched, `-EFAULT`: not mapped). The range is widened to whole pages.
+///
+/// This is for tests and diagnostics: it allocates its result.
+///
+/// # Errors
+/// The error move_pages(2) returned (ENOSYS on a kernel without NUMA).
+pub fn pages_on_nodes(ptr: *const u8, len: usize) -> io::Result<Vec<i32>> {
+    let page = crate::sys::os::OS_PAGE;
+    let start = ptr as usize & !(page - 1);
+    let end = (ptr as usize)
+        .checked_add(len)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = (end - start).div_ceil(page);
+    let mut out = Vec::with_capacity(n);
+    const BATCH: usize = 512;
+    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
+    let mut status = [0 as libc::c_int; BATCH];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH);
+        for (j, a) in addrs.iter_mut().take(k).enumerate() {
+            *a = (start + (i + j) * page) as *mut libc::c_void;
+        }
+        move_pages(&addrs[..k], None, &mut status[..k]).map_err(io::Error::from_raw_os_error)?;
+        out.extend_from_slice(&status[..k]);
+        i += k;
+    }
+    Ok(out)
+}
+
+/// Pins the calling thread to the CPUs of NUMA node `node` (sched_setaffinity). The heap
+/// follows: the thread's global-allocator memory comes from `node` within a bounded number of
+/// allocations.
+///
+/// # Errors
+/// `InvalidInput` if the node does not exist or has no CPUs (a memory-only node); the OS
+/// error if sched_setaffinity refuses (for example, the CPUs are outside the cpuset).
+pub fn pin_current_thread_to_node(node: u32) -> io::Result<()> {
+    let t = topo::get();
+    if node as usize >= topo::MAX_NODES || t.nodes & (1 << node) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot pin to NUMA node {node}: no such node on this machine"),
+        ));
+    }
+    let cpus = &t.cpus[node as usize];
+    if cpus.iter().all(|w| *w == 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot pin to NUMA node {node}: it has no CPUs (a memory-only node)"),
+        ));
+    }
+    pin_to_cpus(cpus)
+}
+
+/// Pins the calling thread to CPU `cpu` alone.
+///
+/// # Errors
+/// The OS error if sched_setaffinity refuses.
+pub fn pin_current_thread_to_cpu(cpu: u32) -> io::Result<()> {
+    let mut m = [0u64; topo::MASK_WORDS];
+    if cpu as usize >= topo::MAX_CPUS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cannot pin to CPU {cpu}: beyond the {} CPUs tieralloc knows",
+                topo::MAX_CPUS
+            ),
+        ));
+    }
+    m[cpu as usize / 64] |= 1 << (cpu % 64);
+    pin_to_cpus(&m)
+}
+
+fn pin_to_cpus(cpus: &[u64; topo::MASK_WORDS]) -> io::Result<()> {
+    // SAFETY: the kernel reads `size_of_val(cpus)` bytes of the mask, which is that long;
+    // pid 0 is the calling thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            0 as libc::pid_t,
+            core::mem::size_of_val(cpus),
+            cpus.as_ptr(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The node of the calling thread's CPU as the kernel reports it (getcpu), or None.
+pub fn current_cpu_and_node() -> Option<(u32, u32)> {
+    getcpu()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::os;
+
+    #[test]
+    fn bind_to_node_zero_places_every_page_there() {
+        let len = 64 * os::OS_PAGE;
+        let p = os::map_aligned(len, os::OS_PAGE, None);
+        assert!(!p.is_null());
+        assert!(
+            bind(p, len, 0),
+            "binding to node 0 must work on any Linux machine"
+        );
+        // SAFETY: p is a fresh mapping of len bytes.
+        unsafe { core::ptr::write_bytes(p, 1, len) };
+        let nodes = pages_on_nodes(p, len).unwrap();
+        assert_eq!(nodes.len(), 64);
+        assert!(nodes.iter().all(|n| *n == 0), "{nodes:?}");
+        // SAFETY: our mapping, no longer used.
+        unsafe { os::unmap(p, len) };
+    }
+
+    #[test]
+    fn untouched_pages_have_no_node_and_bad_nodes_are_refused() {
+        let len = 4 * os::OS_PAGE;
+        let p = os::map_aligned(len, os::OS_PAGE, None);
+        assert!(!bind(p, len, 1000), "node 1000 exists nowhere");
+        let nodes = pages_on_nodes(p, len).unwrap();
+        assert!(nodes.iter().all(|n| *n == -libc::ENOENT), "{nodes:?}");
+        // SAFETY: our mapping, no longer used.
+        unsafe { os::unmap(p, len) };
+    }
+
+    #[test]
+    fn home_node_is_an_allowed_node() {
+        let h = home_node();
+        assert!(topo::get().allowed & (1 << h) != 0);
+        assert!(mems_allowed().unwrap_or(1) & 1 != 0);
     }
 }

@@ -1,0 +1,310 @@
+//! The machine as the allocator sees it: fixed-size arrays, filled once, allocation-free.
+//!
+//! Owns: [`Raw`] (nodes, CPU masks, memory sizes, distances, HMAT figures, kernel memory
+//! tiers, the derived tiers and the per-CPU home node) and the process-wide instance behind
+//! [`get`]. May touch: `topology::sysfs` (to fill it), `topology::tiers` (to group nodes),
+//! `sys::numa` (Mems_allowed) and `config` (getenv, warnings). Nothing here allocates,
+//! panics or formats: the global allocator reaches it through `sys::numa::home_node`.
+
+use crate::sync::{AtomicUsize, Ordering};
+use core::cell::UnsafeCell;
+
+/// Node ids tieralloc handles (0..MAX_NODES); the heap's pools are sized the same.
+pub(crate) const MAX_NODES: usize = 64;
+/// CPU ids tieralloc handles.
+pub(crate) const MAX_CPUS: usize = 1024;
+/// u64 words in a CPU mask.
+pub(crate) const MASK_WORDS: usize = MAX_CPUS / 64;
+/// Tiers tieralloc distinguishes.
+pub(crate) const MAX_TIERS: usize = 8;
+/// "No node" in a u8 node table.
+pub(crate) const NO_NODE: u8 = u8::MAX;
+/// "Not in a kernel memory tier".
+pub(crate) const NO_TIER: u16 = u16::MAX;
+
+/// A set of CPU ids.
+pub(crate) type CpuMask = [u64; MASK_WORDS];
+
+/// Where a [`Raw`] came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RawSource {
+    /// /sys/devices/system/node.
+    Sysfs,
+    /// No NUMA information: one node 0 with every CPU.
+    Fallback,
+    /// hwloc (feature `hwloc`).
+    #[allow(dead_code)]
+    Hwloc,
+}
+
+/// How the tiers were derived.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RawTierSource {
+    /// TIERALLOC_TIERS.
+    Env,
+    /// HMAT (or hwloc memory attributes) latency and bandwidth.
+    Hmat,
+    /// The kernel's memory_tiering groups.
+    MemoryTiering,
+    /// CPU-less nodes and distances.
+    Distances,
+}
+
+/// Access performance of a target node from an initiator node (0 = unknown). Latencies in
+/// nanoseconds, bandwidths in MiB/s (the units of Linux's sysfs and of hwloc).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Perf {
+    pub read_latency: u32,
+    pub write_latency: u32,
+    pub read_bandwidth: u32,
+    pub write_bandwidth: u32,
+}
+
+impl Perf {
+    const ZERO: Perf = Perf {
+        read_latency: 0,
+        write_latency: 0,
+        read_bandwidth: 0,
+        write_bandwidth: 0,
+    };
+    /// Whether any figure is known.
+    pub fn known(&self) -> bool {
+        *self != Perf::ZERO
+    }
+    /// Latency for ranking: read latency, else write latency (0 = unknown).
+    pub fn latency(&self) -> u32 {
+        if self.read_latency != 0 {
+            self.read_latency
+        } else {
+            self.write_latency
+        }
+    }
+    /// Bandwidth for ranking: read bandwidth, else write bandwidth (0 = unknown).
+    pub fn bandwidth(&self) -> u32 {
+        if self.read_bandwidth != 0 {
+            self.read_bandwidth
+        } else {
+            self.write_bandwidth
+        }
+    }
+}
+
+/// The machine in fixed-size arrays.
+pub(crate) struct Raw {
+    pub source: RawSource,
+    /// Node ids present.
+    pub nodes: u64,
+    /// Nodes with memory.
+    pub mem_nodes: u64,
+    /// CPUs of each node.
+    pub cpus: [CpuMask; MAX_NODES],
+    /// Memory of each node in bytes (0 = unknown or none).
+    pub mem_bytes: [u64; MAX_NODES],
+    /// Distance from node i to node j (0 = unknown).
+    pub distance: [[u8; MAX_NODES]; MAX_NODES],
+    /// perf[initiator][target].
+    pub perf: [[Perf; MAX_NODES]; MAX_NODES],
+    /// The kernel memory tier (memory_tierN) of each node.
+    pub kernel_tier: [u16; MAX_NODES],
+    /// Nodes the process may place memory on (Mems_allowed).
+    pub mems_allowed: u64,
+    /// Nodes the global allocator uses (TIERALLOC_NODES ∩ nodes with memory ∩ Mems_allowed).
+    pub allowed: u64,
+    /// Tiers, fastest first, as node sets.
+    pub tiers: [u64; MAX_TIERS],
+    pub n_tiers: usize,
+    pub tier_source: RawTierSource,
+    /// Home node of each CPU (NO_NODE for CPUs in no node).
+    pub cpu_home: [u8; MAX_CPUS],
+}
+
+impl Raw {
+    /// An empty machine.
+    pub const EMPTY: Raw = Raw {
+        source: RawSource::Fallback,
+        nodes: 0,
+        mem_nodes: 0,
+        cpus: [[0; MASK_WORDS]; MAX_NODES],
+        mem_bytes: [0; MAX_NODES],
+        distance: [[0; MAX_NODES]; MAX_NODES],
+        perf: [[Perf::ZERO; MAX_NODES]; MAX_NODES],
+        kernel_tier: [NO_TIER; MAX_NODES],
+        mems_allowed: 0,
+        allowed: 0,
+        tiers: [0; MAX_TIERS],
+        n_tiers: 0,
+        tier_source: RawTierSource::Distances,
+        cpu_home: [NO_NODE; MAX_CPUS],
+    };
+
+    /// Whether node `n` has CPUs.
+    pub fn has_cpus(&self, n: usize) -> bool {
+        self.cpus[n].iter().any(|w| *w != 0)
+    }
+
+    /// Nodes with CPUs.
+    pub fn cpu_nodes(&self) -> u64 {
+        let mut m = 0;
+        for n in iter(self.nodes) {
+            if self.has_cpus(n) {
+                m |= 1 << n;
+            }
+        }
+        m
+    }
+
+    /// Distance i→j, with the kernel's defaults where unknown (10 local, 20 remote).
+    pub fn dist(&self, i: usize, j: usize) -> u32 {
+        match self.distance[i][j] {
+            0 if i == j => 10,
+            0 => 20,
+            d => d as u32,
+        }
+    }
+
+    /// The node of `set` nearest to `from` (ties: the lowest id). None if `set` is empty.
+    pub fn nearest_in(&self, set: u64, from: usize) -> Option<u32> {
+        let mut best: Option<(u32, usize)> = None;
+        for n in iter(set) {
+            let d = if from < MAX_NODES {
+                self.dist(from, n)
+            } else {
+                0
+            };
+            if best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, n));
+            }
+        }
+        best.map(|(_, n)| n as u32)
+    }
+
+    /// The first node the global allocator may use (0 if none is known).
+    pub fn first_allowed(&self) -> u32 {
+        if self.allowed == 0 {
+            0
+        } else {
+            self.allowed.trailing_zeros()
+        }
+    }
+
+    /// The allowed node a thread running on `node` draws from.
+    pub fn home_of_node(&self, node: u32) -> u32 {
+        let n = node as usize;
+        if n < MAX_NODES && self.allowed & (1 << n) != 0 {
+            return node;
+        }
+        if n >= MAX_NODES {
+            return self.first_allowed();
+        }
+        self.nearest_in(self.allowed, n)
+            .unwrap_or_else(|| self.first_allowed())
+    }
+
+    /// The tier index of node `n`, if it is in one.
+    #[allow(dead_code)] // for issue 4's tier policies
+    pub fn tier_of(&self, n: usize) -> Option<usize> {
+        (0..self.n_tiers).find(|&t| self.tiers[t] & (1 << n) != 0)
+    }
+
+    /// Fills the derived fields: `allowed` from `env_nodes` (TIERALLOC_NODES), the tiers
+    /// (TIERALLOC_TIERS in `env_tiers`), and the per-CPU home table.
+    pub fn finish(&mut self, env_nodes: Option<&[u8]>, env_tiers: Option<&[u8]>) {
+        if self.mems_allowed == 0 {
+            self.mems_allowed = self.nodes;
+        }
+        let usable = self.mem_nodes & self.mems_allowed;
+        let mut allowed = usable;
+        if let Some(v) = env_nodes {
+            let mut m = [0u64; 1];
+            if super::sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.nodes == 0
+            {
+                allowed = m[0] & usable;
+            } else {
+                crate::config::warn_bad(
+                    b"TIERALLOC_NODES\0",
+                    v,
+                    "a node list such as 0,1 or 0-1 naming nodes of this machine with memory",
+                );
+            }
+        }
+        if allowed == 0 {
+            allowed = if usable != 0 { usable } else { 1 };
+        }
+        self.allowed = allowed;
+        super::tiers::derive(self, env_tiers);
+        for n in iter(self.nodes) {
+            let home = self.home_of_node(n as u32) as u8;
+            for cpu in 0..MAX_CPUS {
+                if self.cpus[n][cpu / 64] & (1 << (cpu % 64)) != 0 {
+                    self.cpu_home[cpu] = home;
+                }
+            }
+        }
+    }
+}
+
+/// The ids in a 64-bit node set, ascending.
+pub(crate) fn iter(set: u64) -> impl Iterator<Item = usize> {
+    let mut s = set;
+    core::iter::from_fn(move || {
+        if s == 0 {
+            None
+        } else {
+            let n = s.trailing_zeros() as usize;
+            s &= s - 1;
+            Some(n)
+        }
+    })
+}
+
+struct Global {
+    raw: UnsafeCell<Raw>,
+}
+// SAFETY: `raw` is written only by the one thread that moves STATE from UNINIT to RUNNING,
+// and read only after STATE is DONE (Release/Acquire), after which nobody writes it.
+unsafe impl Sync for Global {}
+
+static GLOBAL: Global = Global {
+    raw: UnsafeCell::new(Raw::EMPTY),
+};
+const UNINIT: usize = 0;
+const RUNNING: usize = 1;
+const DONE: usize = 2;
+static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
+
+/// The machine, discovered on first call (from /sys, the environment and Mems_allowed).
+/// Allocation-free; other threads calling meanwhile wait for the first.
+pub(crate) fn get() -> &'static Raw {
+    if STATE.load(Ordering::Acquire) != DONE {
+        init();
+    }
+    // SAFETY: STATE is DONE, so the instance is complete and never written again.
+    unsafe { &*GLOBAL.raw.get() }
+}
+
+#[cold]
+fn init() {
+    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            // SAFETY: we won the UNINIT→RUNNING race: nobody else reads or writes the
+            // instance until we publish DONE.
+            let raw = unsafe { &mut *GLOBAL.raw.get() };
+            super::sysfs::discover(b"/sys", true, raw);
+            if let Some(m) = crate::sys::numa::mems_allowed() {
+                if m & raw.nodes != 0 {
+                    raw.mems_allowed = m & raw.nodes;
+                }
+            }
+            let nodes = crate::config::getenv(b"TIERALLOC_NODES\0");
+            let tiers = crate::config::getenv(b"TIERALLOC_TIERS\0");
+            raw.finish(nodes, tiers);
+            STATE.store(DONE, Ordering::Release);
+        }
+        Err(_) => {
+            // Discovery allocates nothing, so the running thread is never us re-entering.
+            while STATE.load(Ordering::Acquire) != DONE {
+                crate::sync::spin_hint();
+            }
+        }
+    }
+}
