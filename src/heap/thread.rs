@@ -1254,7 +1254,10 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
                 if (*page).thread_free.has_blocks() {
                     (*page).collect();
                 }
-                if (*page).used == 0 && (*h).pages[bin] != page {
+                // Empty pages go back to their segment, the current one too: a class that is
+                // still in use gets a page again on its next allocation (one slow path per
+                // collection), and one that is not no longer pins its page's memory.
+                if (*page).used == 0 {
                     (*h).queue_remove(bin, page);
                     retire_page(page);
                 }
