@@ -119,8 +119,6 @@ fn ten_thousand_threads_do_not_accumulate_memory() {
 
 /// The same churn; afterwards the live-byte counters of large and huge objects are back to 0.
 #[test]
-#[ignore = "bug: large_bytes_live stays > 0 after every object was freed (a large page freed \
-            by collection in adopt_segment/release_all skips large_free_bytes); fails 4 runs in 5"]
 fn ten_thousand_threads_leave_no_live_bytes_counted() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     churn(true);

@@ -225,8 +225,6 @@ fn rss_falls_after_a_spike_freed_by_its_thread() {
 }
 
 #[test]
-#[ignore = "bug: adopt_segment resets purge_at, so free dirty slices of adopted segments are \
-            never purged (RSS stays ~160 MiB); fails `cargo test` for the whole suite"]
 fn rss_falls_after_a_spike_of_an_exited_thread() {
     run_child("exited-thread");
 }

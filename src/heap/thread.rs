@@ -410,7 +410,7 @@ unsafe fn release_all(h: *mut Heap) {
             for_each_used_page(seg, |p| {
                 (*p).collect();
                 if (*p).used == 0 {
-                    Segment::free_page(p, now, 0);
+                    release_empty_page(h, p, now, 0);
                 }
             });
             // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.
@@ -419,6 +419,8 @@ unsafe fn release_all(h: *mut Heap) {
             if (*seg).used_pages == 0 {
                 release_segment(seg, now);
             } else {
+                // Nobody will purge its free slices until someone adopts it: do it now.
+                Segment::purge_free(seg);
                 PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
                 ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
             }
@@ -809,7 +811,7 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
             (*p).prev = ptr::null_mut();
             (*p).collect();
             if (*p).used == 0 {
-                Segment::free_page(p, now, config::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                release_empty_page(h, p, now, config::PURGE_DELAY_MS.load(Ordering::Relaxed));
                 return;
             }
             if (*p).kind == PageKind::Large as u8 {
@@ -835,6 +837,23 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
             }
         });
         PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
+        // Free slices it came with are due for purging like any others.
+        if (*seg).purge_at == 0 && (*seg).free_slices & (*seg).dirty != 0 {
+            (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives back a page found empty outside the free path (thread exit, adoption), keeping the
+/// large-object byte counters right.
+unsafe fn release_empty_page(h: *mut Heap, p: *mut Page, now: u64, delay: u64) {
+    // SAFETY: p is one of our pages with no live block.
+    unsafe {
+        if (*p).kind == PageKind::Large as u8 {
+            bump(&(*h).stats.large_free_bytes, (*p).block_size as u64);
+        }
+        (*p).flags = 0;
+        Segment::free_page(p, now, delay);
     }
 }
 
@@ -1221,9 +1240,10 @@ unsafe fn heap_tick(h: *mut Heap) {
         if (*h).tick & 15 != 0 || (*h).state != ACTIVE {
             return;
         }
-        // Where the thread runs: every 64th tick (so every ~1000 slow paths at most), which
-        // bounds how long a moved thread keeps drawing from its old node.
-        if !(*h).shared && (*h).tick & 1023 == 0 {
+        // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
+        // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
+        // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
+        if !(*h).shared {
             let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
                 rehome(h, node);
