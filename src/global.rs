@@ -4,7 +4,8 @@
 //! paths), `heap::size_class`. Keeps GlobalAlloc's contract exactly: null on failure (never a
 //! panic or abort), any alignment a `Layout` can express either served or refused with null.
 
-use crate::heap::size_class::{bin_of, MEDIUM_MAX};
+use crate::heap::size_class::bin_of;
+use crate::tier;
 use crate::heap::thread;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -36,8 +37,8 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= MEDIUM_MAX {
-            // SAFETY: bin_of returns a bin < NBINS for sizes up to MEDIUM_MAX.
+        if align <= 16 && size <= tier::fast_max() {
+            // SAFETY: bin_of returns a bin < NBINS for sizes up to fast_max() <= MEDIUM_MAX.
             unsafe { thread::alloc_bin(bin_of(size.max(align))) }
         } else {
             // SAFETY: align is a power of two (Layout guarantees it).
@@ -55,7 +56,7 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= MEDIUM_MAX {
+        if align <= 16 && size <= tier::fast_max() {
             // SAFETY: as in alloc; size <= the bin's block size.
             unsafe { thread::alloc_bin_zeroed(bin_of(size.max(align)), size) }
         } else {

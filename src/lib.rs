@@ -31,6 +31,8 @@ mod sync;
 #[cfg(not(loom))]
 mod sys;
 #[cfg(not(loom))]
+mod tier;
+#[cfg(not(loom))]
 pub mod topology;
 
 /// NUMA helpers for programs and tests: pin a thread to a node, ask which node pages are on.

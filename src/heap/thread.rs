@@ -751,6 +751,12 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
                 return p;
             }
         }
+        // A tier budget may send the new segment to another node (spill).
+        let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
+            (crate::tier::segment_node(node as u32) as usize).min(MAX_NODES - 1)
+        } else {
+            node
+        };
         let mut seg = POOLS[node].pop(h as usize);
         if seg.is_null() {
             seg = Segment::map_normal(node as u32, true);
@@ -871,6 +877,16 @@ pub unsafe fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
 unsafe fn alloc_generic_in(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
+        if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
+            if (*h).state != ACTIVE && !heap_init(h) {
+                return ptr::null_mut();
+            }
+            if let Some(node) = crate::tier::route(size, align, (*h).node) {
+                if node != (*h).node {
+                    return node_alloc(node, size, align, zero);
+                }
+            }
+        }
         if align <= 16 && size <= MEDIUM_MAX {
             let bin = bin_of(size.max(align));
             return if zero {
@@ -917,7 +933,6 @@ static NODE_HEAPS: [NodeHeap; MAX_NODES] = [NODE_HEAP; MAX_NODES];
 ///
 /// # Safety
 /// `align` is a power of two.
-#[allow(dead_code)] // used by `Placed`, which lands separately
 pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(nh) = NODE_HEAPS.get(node as usize) else {
         return ptr::null_mut();
