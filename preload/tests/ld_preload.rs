@@ -1,0 +1,502 @@
+//! Runs real programs under `LD_PRELOAD=libtieralloc_preload.so` and checks that they behave
+//! exactly as they do on glibc's malloc: python3, sort, sqlite3, gcc and g++ from Debian's
+//! packages, and C programs compiled here (the C API's semantics, fork from a multi-threaded
+//! parent, thread churn with late key destructors, dlopen with dynamic TLS, foreign pointers).
+//!
+//! The library is found next to this test executable (`target/<profile>/deps/..`), where
+//! `cargo test -p tieralloc-preload` builds it. Needs `cc`, `g++`, `python3`, `sort` and
+//! `sqlite3` (`apt-get install -y build-essential python3 sqlite3`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const LIB: &str = "libtieralloc_preload.so";
+
+/// The preload library of the profile this test was built with.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    let candidates = [deps.join(LIB), deps.join("..").join(LIB)];
+    for c in &candidates {
+        if c.is_file() {
+            return c
+                .canonicalize()
+                .expect("an existing file has a canonical path");
+        }
+    }
+    panic!(
+        "{LIB} not found next to the test executable (looked at {:?}); build it first with \
+         `cargo build -p tieralloc-preload --release` (same profile and target dir as the test)",
+        candidates
+    );
+}
+
+/// A scratch directory for one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d =
+            std::env::temp_dir().join(format!("tieralloc-preload-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("create a scratch directory");
+        Scratch(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+    secs: f64,
+}
+
+/// Runs `cmd` (with or without the preload library) in `dir`, stdout and stderr to files,
+/// killing it after `timeout`.
+fn run(dir: &Scratch, mut cmd: Command, preload: bool, timeout: Duration) -> Run {
+    let tag = if preload { "tieralloc" } else { "glibc" };
+    let out = dir.path(&format!("stdout-{tag}"));
+    let err = dir.path(&format!("stderr-{tag}"));
+    cmd.env_remove("LD_PRELOAD")
+        .env_remove("TIERALLOC_SHOW_STATS")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).expect("create stdout file"))
+        .stderr(fs::File::create(&err).expect("create stderr file"));
+    if preload {
+        cmd.env("LD_PRELOAD", library());
+    }
+    let desc = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the child") {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{desc} ({tag}) did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stdout: fs::read(&out).expect("read stdout"),
+        stderr: String::from_utf8_lossy(&fs::read(&err).expect("read stderr")).into_owned(),
+        secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Runs the command built by `make` without and with the library; both must succeed with the
+/// same stdout. Returns the preloaded run.
+fn same_output(dir: &Scratch, what: &str, make: impl Fn() -> Command) -> Run {
+    let base = run(dir, make(), false, Duration::from_secs(300));
+    assert!(
+        base.status.success(),
+        "{what} fails even without tieralloc: {}\n{}",
+        base.status,
+        base.stderr
+    );
+    let ours = run(dir, make(), true, Duration::from_secs(300));
+    assert!(
+        ours.status.success(),
+        "{what} under LD_PRELOAD of tieralloc: {}\n{}",
+        ours.status,
+        ours.stderr
+    );
+    assert!(
+        base.stdout == ours.stdout,
+        "{what}: output differs under tieralloc ({} vs {} bytes)",
+        ours.stdout.len(),
+        base.stdout.len()
+    );
+    assert!(!ours.stdout.is_empty(), "{what} printed nothing");
+    eprintln!(
+        "{what}: same output ({} bytes); glibc {:.2}s, tieralloc {:.2}s",
+        ours.stdout.len(),
+        base.secs,
+        ours.secs
+    );
+    ours
+}
+
+/// The path of a program, or a panic that says which package to install.
+fn tool(names: &[&str], package: &str) -> PathBuf {
+    for n in names {
+        let p = Path::new(n);
+        if p.is_absolute() && p.is_file() {
+            return p.to_path_buf();
+        }
+        if let Ok(path) = std::env::var("PATH") {
+            for d in std::env::split_paths(&path) {
+                let c = d.join(n);
+                if c.is_file() {
+                    return c;
+                }
+            }
+        }
+    }
+    panic!("none of {names:?} found; install it with `apt-get install -y {package}`");
+}
+
+/// Compiles a C file from tests/c into `dir`.
+fn compile(dir: &Scratch, name: &str, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let out = dir.path(name);
+    // -fno-builtin: the compiler must not fold malloc(SIZE_MAX) == NULL and friends away.
+    let st = Command::new(tool(&["cc"], "build-essential"))
+        .args(["-O1", "-w", "-fno-builtin", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(extra)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// Runs a compiled C test program under the library; it must exit 0 and say "<name> ok".
+fn c_test(name: &str, extra: &[&str], args: impl Fn(&Scratch) -> Vec<PathBuf>) {
+    let dir = Scratch::new(name);
+    let exe = compile(&dir, name, extra);
+    let mut cmd = Command::new(&exe);
+    cmd.args(args(&dir));
+    let r = run(&dir, cmd, true, Duration::from_secs(120));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && out.contains(&format!("{name} ok")),
+        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status,
+        r.stderr
+    );
+}
+
+#[test]
+fn c_api_semantics() {
+    c_test("api", &[], |_| vec![]);
+}
+
+#[test]
+fn fork_from_a_multithreaded_parent() {
+    c_test("fork", &[], |_| vec![]);
+}
+
+#[test]
+fn thread_churn_and_late_key_destructors() {
+    c_test("threads", &[], |_| vec![]);
+}
+
+#[test]
+fn foreign_pointers_are_left_alone() {
+    c_test("foreign", &[], |_| vec![]);
+}
+
+#[test]
+fn dlopen_and_dynamic_tls_from_threads() {
+    c_test("dlopen", &["-ldl"], |dir| {
+        let lib = dir.path("libtls.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/tlslib.c");
+        let st = Command::new(tool(&["cc"], "build-essential"))
+            .args(["-O1", "-w", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        assert!(st.success(), "cc failed on {}", src.display());
+        vec![lib]
+    });
+}
+
+const PY_WORKLOAD: &str = r#"
+import threading, hashlib
+def work(seed):
+    d = {}
+    acc = []
+    x = seed
+    for i in range(60000):
+        x = (x * 1103515245 + 12345) & 0x7fffffff
+        k = "k%d" % (x % 5000)
+        d[k] = d.get(k, "") + chr(97 + x % 26)
+        if len(d[k]) > 40:
+            acc.append(d.pop(k))
+        if i % 1000 == 0:
+            acc = [s[::-1] for s in acc if len(s) % 3 != 0]
+            lst = sorted(d.items())[:50]
+            acc.extend(v for _, v in lst)
+    h = hashlib.sha256()
+    for k in sorted(d):
+        h.update(k.encode()); h.update(d[k].encode())
+    for s in acc:
+        h.update(s.encode())
+    return h.hexdigest()
+res = [None] * 4
+def run(i):
+    res[i] = work(i + 1)
+ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+big = [bytes(range(256)) * (i % 64 + 1) for i in range(2000)]
+print(res, sum(len(b) for b in big), len({str(i): [i] * (i % 7) for i in range(100000)}))
+"#;
+
+#[test]
+fn python3_workload() {
+    let dir = Scratch::new("python");
+    let py = tool(&["/usr/bin/python3", "python3"], "python3");
+    let script = dir.path("work.py");
+    fs::write(&script, PY_WORKLOAD).expect("write the script");
+    same_output(&dir, "python3", || {
+        let mut c = Command::new(&py);
+        // Every Python object through malloc, not pymalloc's arenas.
+        c.env("PYTHONMALLOC", "malloc").arg(&script);
+        c
+    });
+}
+
+/// 200,000 deterministic pseudo-random lines.
+fn lines_file(dir: &Scratch) -> PathBuf {
+    let mut s = String::new();
+    let mut x: u64 = 88172645463325252;
+    for i in 0..200_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 60) as usize;
+        s.push_str(&format!("{:016x} {i} ", x));
+        for j in 0..len {
+            s.push((b'a' + ((x >> (j % 58)) % 26) as u8) as char);
+        }
+        s.push('\n');
+    }
+    let p = dir.path("lines.txt");
+    fs::write(&p, s).expect("write the input");
+    p
+}
+
+#[test]
+fn sort_a_large_file() {
+    let dir = Scratch::new("sort");
+    let input = lines_file(&dir);
+    let sort = tool(&["sort"], "coreutils");
+    // Two threads and a small buffer: sort spills runs to temporary files and merges them.
+    same_output(&dir, "sort", || {
+        let mut c = Command::new(&sort);
+        c.env("LC_ALL", "C")
+            .args(["--parallel=2", "-S", "4M", "-T"])
+            .arg(&dir.0)
+            .arg(&input);
+        c
+    });
+    same_output(&dir, "sort -k3 (locale)", || {
+        let mut c = Command::new(&sort);
+        c.env("LC_ALL", "C.UTF-8")
+            .args(["-k3,3", "-k2,2n"])
+            .arg(&input);
+        c
+    });
+}
+
+#[test]
+fn sqlite3_inserts_and_aggregates() {
+    let dir = Scratch::new("sqlite");
+    let sqlite = tool(&["sqlite3"], "sqlite3");
+    let script = dir.path("script.sql");
+    fs::write(
+        &script,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, grp INTEGER, name TEXT, v REAL);\n\
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)\n\
+         INSERT INTO t(grp, name, v) SELECT i % 97, printf('name-%d-%s', i, hex(i * 7919)), \
+         (i * 37 % 1000) / 7.0 FROM n;\n\
+         CREATE INDEX t_grp ON t(grp, name);\n\
+         SELECT count(*), sum(v), min(name), max(name) FROM t;\n\
+         SELECT grp, count(*), round(avg(v), 6), group_concat(substr(name, 6, 3), '') \
+         FROM t WHERE id % 11 = 0 GROUP BY grp ORDER BY grp;\n\
+         UPDATE t SET name = name || '-x' WHERE grp < 10;\n\
+         DELETE FROM t WHERE grp > 80;\n\
+         SELECT count(*), length(group_concat(name)) FROM t;\n\
+         SELECT a.grp, count(*) FROM t a JOIN t b ON a.id = b.id + 1 GROUP BY a.grp \
+         ORDER BY 2 DESC, 1 LIMIT 5;\n",
+    )
+    .expect("write the script");
+    same_output(&dir, "sqlite3", || {
+        // In-memory database: same work, no file left behind between the two runs.
+        let mut c = Command::new(&sqlite);
+        c.arg(":memory:").arg(format!(".read {}", script.display()));
+        c
+    });
+}
+
+const C_PROGRAM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct node { struct node *next; char name[24]; int v; };
+static int cmp(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+int main(void) {
+    struct node *head = NULL;
+    for (int i = 0; i < 1000; i++) {
+        struct node *n = malloc(sizeof *n);
+        n->v = (i * 7919) % 1009; snprintf(n->name, sizeof n->name, "n%d", n->v);
+        n->next = head; head = n;
+    }
+    int a[1000], k = 0; long sum = 0;
+    for (struct node *n = head; n; n = n->next) { a[k++] = n->v; sum += strlen(n->name); }
+    qsort(a, 1000, sizeof *a, cmp);
+    printf("%d %d %d %ld\n", a[0], a[500], a[999], sum);
+    return 0;
+}
+"#;
+
+const CXX_PROGRAM: &str = r#"
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+#include <memory>
+#include <algorithm>
+int main() {
+    std::map<std::string, std::vector<int>> m;
+    for (int i = 0; i < 20000; i++) m["k" + std::to_string(i % 997)].push_back(i);
+    std::vector<std::unique_ptr<std::string>> v;
+    for (auto &kv : m) v.push_back(std::make_unique<std::string>(kv.first + ":" + std::to_string(kv.second.size())));
+    std::sort(v.begin(), v.end(), [](auto &a, auto &b) { return *a < *b; });
+    std::cout << v.size() << " " << *v.front() << " " << *v.back() << std::endl;
+}
+"#;
+
+#[test]
+fn gcc_and_gxx_compile_programs() {
+    let dir = Scratch::new("gcc");
+    for (lang, src, compiler, pkg) in [
+        ("c", C_PROGRAM, "gcc", "gcc"),
+        ("cpp", CXX_PROGRAM, "g++", "g++"),
+    ] {
+        let cc = tool(&[compiler], pkg);
+        let file = dir.path(&format!("prog.{lang}"));
+        fs::write(&file, src).expect("write the source");
+        let mut outputs = Vec::new();
+        for preload in [false, true] {
+            let exe = dir.path(&format!("prog-{lang}-{preload}"));
+            let mut c = Command::new(&cc);
+            c.args(["-O2", "-o"]).arg(&exe).arg(&file);
+            let r = run(&dir, c, preload, Duration::from_secs(300));
+            assert!(
+                r.status.success(),
+                "{compiler} (preload {preload}): {}\n{}",
+                r.status,
+                r.stderr
+            );
+            // The binaries themselves run without the library: compare what they print.
+            let r = run(&dir, Command::new(&exe), false, Duration::from_secs(60));
+            assert!(r.status.success(), "the program {compiler} built fails");
+            outputs.push(r.stdout);
+        }
+        assert_eq!(
+            outputs[0], outputs[1],
+            "{compiler} under tieralloc built a program that prints something else"
+        );
+        // And the C++ program itself on tieralloc (libstdc++'s operator new calls malloc).
+        let r = run(
+            &dir,
+            Command::new(dir.path(&format!("prog-{lang}-true"))),
+            true,
+            Duration::from_secs(60),
+        );
+        assert!(r.status.success() && r.stdout == outputs[0]);
+    }
+}
+
+#[test]
+fn tieralloc_is_really_in_use() {
+    // python3 rather than a coreutils program: those close stderr in an atexit handler, before
+    // tieralloc's exit hook could print there.
+    let dir = Scratch::new("stats");
+    let py = tool(&["/usr/bin/python3", "python3"], "python3");
+    let script = "import ctypes\n\
+                  libc = ctypes.CDLL(None)\n\
+                  libc.malloc.restype = ctypes.c_void_p\n\
+                  libc.malloc_usable_size.argtypes = [ctypes.c_void_p]\n\
+                  p = libc.malloc(100)\n\
+                  print(libc.malloc_usable_size(p), libc.malloc_usable_size(None))\n\
+                  x = [str(i) * 3 for i in range(100000)]\n\
+                  print(len(x))\n";
+    let mut c = Command::new(&py);
+    c.env("PYTHONMALLOC", "malloc").args(["-c", script]);
+    let out = dir.path("stdout");
+    let err = dir.path("stderr");
+    let st = c
+        .env("TIERALLOC_SHOW_STATS", "1")
+        .env("LD_PRELOAD", library())
+        .stdout(fs::File::create(&out).expect("create stdout file"))
+        .stderr(fs::File::create(&err).expect("create stderr file"))
+        .status()
+        .expect("run python3");
+    let stdout = fs::read_to_string(out).expect("read stdout");
+    let stderr = fs::read_to_string(err).expect("read stderr");
+    assert!(st.success(), "python3: {st}\n{stderr}");
+    // malloc_usable_size answers from tieralloc: 100 bytes are served from a 16-byte multiple
+    // size class (glibc says 104), and NULL has 0.
+    let usable = |out: &str| -> Option<(u64, u64)> {
+        let mut f = out
+            .lines()
+            .next()?
+            .split(' ')
+            .map(|w| w.parse::<u64>().ok());
+        Some((f.next()??, f.next()??))
+    };
+    let (u, z) = usable(&stdout).expect("python3 printed the usable sizes");
+    assert!(
+        u >= 100 && u % 16 == 0 && z == 0,
+        "malloc_usable_size: {u} {z}"
+    );
+    assert!(
+        stderr.contains("tieralloc statistics"),
+        "no statistics: {stderr}"
+    );
+    // The class table: "  <block size> <allocs> <frees> <live>", with many allocations.
+    let allocs: u64 = stderr
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("class"))
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (f.len() == 4).then(|| f[1])
+        })
+        .sum();
+    assert!(
+        allocs > 100_000,
+        "python3 made only {allocs} allocations on tieralloc:\n{stderr}"
+    );
+    // Without the library: glibc's answer and no statistics.
+    let plain = run(
+        &dir,
+        {
+            let mut c = Command::new(&py);
+            c.env("PYTHONMALLOC", "malloc").args(["-c", script]);
+            c
+        },
+        false,
+        Duration::from_secs(60),
+    );
+    assert!(plain.status.success() && !plain.stderr.contains("tieralloc"));
+    let (u, _) = usable(&String::from_utf8_lossy(&plain.stdout)).expect("usable sizes");
+    assert_ne!(u % 16, 0, "glibc's usable size of malloc(100) is 104");
+}
