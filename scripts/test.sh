@@ -1,19 +1,48 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine: installs what the tests need, then runs
-# unit, integration, property, stress and loom tests (and, where the VM packages are present,
-# the multi-node NUMA tests inside QEMU).
+# The whole test suite, on a fresh Debian machine with a Rust toolchain: installs the Debian
+# packages the tests need, then runs formatting and lint checks, every unit, integration,
+# property, stress and drop-in test (release), the multi-node NUMA tests inside a QEMU VM,
+# the hwloc topology tests, and the loom model checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=()
-command -v cc >/dev/null || need_pkgs+=(build-essential)
-if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
+# Debian packages: a C compiler (the drop-in tests compile C), QEMU + a 6.12 kernel + busybox
+# (the NUMA VM), hwloc (the `hwloc` feature), sqlite3 and python3 (programs run under the
+# malloc drop-in).
+pkgs=(build-essential qemu-system-x86 linux-image-6.12-amd64 busybox-static cpio gzip
+      libhwloc-dev libudev-dev pkg-config sqlite3 python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "need root to install: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
 fi
 
-echo "== cargo fmt --check"; cargo fmt --check
-echo "== cargo clippy"; cargo clippy --all-targets -q -- -D warnings
-echo "== unit and integration tests (release: the stress tests want speed)"
-cargo test --release
-echo "== loom model checks"
+t0=$SECONDS
+step() { echo; echo "== $* ($((SECONDS - t0)) s)"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (workspace, all targets, with and without the hwloc feature)"
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo clippy --all-targets --features hwloc -q -- -D warnings
+
+step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
+cargo test --workspace --release
+
+step "hwloc topology tests"
+cargo test --release --features hwloc --test topology
+
+step "loom model checks"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+
+step "all tests passed"

@@ -71,6 +71,7 @@ pub fn collect() {
 /// 4 MiB of one of its segments). Never touches `p`; O(1). For code that must accept pointers
 /// from other allocators too, such as a `malloc` drop-in.
 #[cfg(not(loom))]
+#[inline]
 pub fn owns(p: *const u8) -> bool {
     heap::segment::contains(p)
 }
@@ -80,6 +81,7 @@ pub fn owns(p: *const u8) -> bool {
 /// # Safety
 /// `p` must be a live pointer returned by [`TierAlloc`].
 #[cfg(not(loom))]
+#[inline]
 pub unsafe fn usable_size(p: *const u8) -> usize {
     // SAFETY: forwarded contract.
     unsafe { heap::thread::usable_size(p) }

@@ -395,6 +395,7 @@ pub fn map_remove(seg: *mut Segment) {
 
 /// Whether `p` lies in the first 4 MiB of a live tieralloc segment: true for every pointer
 /// tieralloc handed out and not yet freed; false for memory that never came from it.
+#[inline]
 pub fn contains(p: *const u8) -> bool {
     let i = p as usize >> SEGMENT_SHIFT;
     i < MAP_BITS && SEGMENT_MAP[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
