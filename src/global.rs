@@ -5,8 +5,8 @@
 //! panic or abort), any alignment a `Layout` can express either served or refused with null.
 
 use crate::heap::size_class::bin_of;
-use crate::tier;
 use crate::heap::thread;
+use crate::tier;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
