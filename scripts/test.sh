@@ -37,6 +37,9 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --all-targets --features hwloc -q -- -D warnings
 
 step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
+# The drop-in's tests run programs under LD_PRELOAD of the .so, which `cargo test` does not
+# produce by itself (a cdylib is not linked into tests): build it first, same profile.
+cargo build -p tieralloc-preload --release
 cargo test --workspace --release
 
 step "hwloc topology tests"
