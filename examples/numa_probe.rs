@@ -9,6 +9,9 @@
 //! Build: RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --example numa_probe
 //!        --target x86_64-unknown-linux-gnu
 //! Outside the VM, `numa_probe --topology` prints the topology as JSON and exits.
+//!
+//! The tier checks (issue 4) are in tier_checks/mod.rs; policies run in children of the probe
+//! (`numa_probe --tier-child NAME`, started with the policy's environment variables).
 
 use allocator_api2::boxed::Box as PBox;
 use allocator_api2::vec::Vec as PVec;
@@ -17,6 +20,9 @@ use std::sync::mpsc;
 use tieralloc::numa::{pages_on_nodes, pin_current_thread_to_cpu};
 use tieralloc::topology::TierSource;
 use tieralloc::{topology, Placed};
+
+#[path = "tier_checks/mod.rs"]
+mod tier_checks;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -385,6 +391,10 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&topology()).unwrap());
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--tier-child") {
+        tier_checks::child(args.get(i + 1).map_or("", |s| s.as_str()));
+    }
     let mut c = Checks { failed: 0 };
     topology_checks(&mut c);
     for n in 0..3 {
@@ -398,6 +408,7 @@ fn main() {
     far(&mut c);
     let err = Placed::node(7).map(|_| ()).unwrap_err().to_string();
     c.check("placed-node-7-refused", err.contains("node 7"), err);
+    tier_checks::run(&mut c);
     if c.failed > 0 {
         println!("numa_probe: {} checks failed", c.failed);
         std::process::exit(1);

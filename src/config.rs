@@ -153,6 +153,7 @@ fn read_all() {
             None => warn_bad(b"TIERALLOC_NUMA\0", v, "on or off"),
         }
     }
+    crate::tier::init();
     if SHOW_STATS.load(Ordering::Relaxed) {
         // SAFETY: registering a plain extern "C" function with no captured state. The only
         // upward edge of this layer: the hook lives in `stats`, which formats the snapshot.

@@ -35,6 +35,16 @@ mod tier;
 #[cfg(not(loom))]
 pub mod topology;
 
+/// Memory tiers (CXL-style far memory): the global allocator's placement policies, demotion
+/// and promotion of spans, and per-tier statistics. docs/tiers.md explains them.
+#[cfg(not(loom))]
+pub mod tiers {
+    pub use crate::tier::{
+        demote, move_to_node, move_to_tier, policy, promote, set_policy, stats, MoveReport, Policy,
+        PolicyError, TierError, TierStats,
+    };
+}
+
 /// NUMA helpers for programs and tests: pin a thread to a node, ask which node pages are on.
 #[cfg(not(loom))]
 pub mod numa {

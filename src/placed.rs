@@ -1,11 +1,13 @@
 //! Explicit placement: [`Placed`], an allocator-api2 `Allocator` whose memory lands on a chosen
-//! NUMA node, on the caller's node, on a memory tier, or interleaved page by page over nodes.
+//! NUMA node, on the caller's node, on a memory tier, or interleaved page by page over nodes
+//! (evenly, or weighted across tiers).
 //!
 //! Owns: the handle, its validation and its error type. May touch: `heap::thread` (node_alloc
 //! and free: per-node heaps whose segments are bound to their node), `sys::os` (its own
-//! mappings for interleave), `sys::numa` (mbind) and `topology` (which nodes exist, have
-//! memory, are allowed). Never places memory silently elsewhere and never panics: a request
-//! that cannot be honoured is an `Err` at construction or an `AllocError` at allocation.
+//! mappings for interleave), `sys::numa` (mbind, move_pages), `topology` (which nodes exist,
+//! have memory, are allowed) and `tier` (budgets). Never places memory silently elsewhere and
+//! never panics: a request that cannot be honoured is an `Err` at construction or an
+//! `AllocError` at allocation.
 
 use crate::sys::{numa, os};
 use crate::topology::raw::{self as topo, MAX_NODES};
@@ -22,6 +24,42 @@ enum Kind {
     Local,
     /// Page by page over these nodes (its own mapping per allocation).
     Interleave(u64),
+    /// Page by page over nodes in proportion to weights (its own mapping per allocation).
+    Weighted(Weights),
+}
+
+/// Most nodes a weighted interleave spreads over.
+const MAX_WEIGHTED: usize = 8;
+/// Largest weight of a weighted interleave.
+const MAX_WEIGHT: u32 = 255;
+
+/// Nodes and their weights (the first `n` entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Weights {
+    nodes: [u8; MAX_WEIGHTED],
+    weights: [u8; MAX_WEIGHTED],
+    n: u8,
+}
+
+impl Weights {
+    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        (0..self.n as usize).map(|i| (self.nodes[i] as u32, self.weights[i] as u32))
+    }
+    fn set(&self) -> u64 {
+        self.iter().fold(0, |m, (n, _)| m | (1 << n))
+    }
+    /// The node of page `i` of a mapping: runs of `weight` pages per node, in order.
+    fn node_of_page(&self, i: usize) -> u32 {
+        let period: usize = self.iter().map(|(_, w)| w as usize).sum();
+        let mut k = i % period.max(1);
+        for (n, w) in self.iter() {
+            if k < w as usize {
+                return n;
+            }
+            k -= w as usize;
+        }
+        self.nodes[0] as u32
+    }
 }
 
 /// A placement: an allocator-api2 [`Allocator`] whose memory is on a known node or nodes.
@@ -35,8 +73,12 @@ enum Kind {
 /// ```
 ///
 /// Blocks from `node`, `local`, `tier` and `far` handles come from per-node heaps and may be
-/// freed through any handle of those kinds, from any thread. Interleaved blocks are whole
-/// mappings of their own and must be freed through an interleave handle.
+/// freed through any handle of those kinds, from any thread. Interleaved blocks (plain or
+/// weighted) are whole mappings of their own and must be freed through an interleave handle.
+///
+/// With a tier budget set (`TIERALLOC_TIER_BUDGET`, `tieralloc::tiers::set_policy`), a
+/// `node`, `local`, `tier` or `far` allocation that its node's tier cannot take within the
+/// budget fails with `AllocError` (explicit requests never spill).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Placed {
     kind: Kind,
@@ -79,6 +121,14 @@ pub enum PlacementError {
         tier: usize,
         /// How many tiers there are.
         tiers: usize,
+    },
+    /// A weighted interleave with a weight of 0 or over 255, a node listed twice, or more
+    /// than 8 nodes.
+    BadWeights {
+        /// The offending node.
+        node: u32,
+        /// Its weight.
+        weight: u32,
     },
 }
 
@@ -126,6 +176,11 @@ impl fmt::Display for PlacementError {
                 f,
                 "memory tier {tier} does not exist (this machine has {tiers} tier{})",
                 if tiers == 1 { "" } else { "s" }
+            ),
+            PlacementError::BadWeights { node, weight } => write!(
+                f,
+                "cannot interleave with weight {weight} for NUMA node {node}: weights are 1 to \
+                 {MAX_WEIGHT}, each node once, at most {MAX_WEIGHTED} nodes"
             ),
         }
     }
@@ -201,6 +256,72 @@ impl Placed {
         })
     }
 
+    /// Memory spread page by page over nodes in proportion to their weights, for
+    /// bandwidth-bound buffers across tiers: `&[(0, 1), (2, 4)]` puts one page on node 0 for
+    /// every four on node 2. Each allocation is a mapping of its own (whole pages).
+    ///
+    /// Where the kernel has MPOL_WEIGHTED_INTERLEAVE (Linux 6.9+) and its weights
+    /// (/sys/kernel/mm/mempolicy/weighted_interleave/nodeN, system-wide, set by root) are in the
+    /// same proportion, the kernel interleaves as pages are first touched. Otherwise tieralloc
+    /// places each page itself at allocation: it touches the mapping (zero-filled, as fresh
+    /// memory is) and moves every page to its node with move_pages(2), in runs of `weight`
+    /// pages per node.
+    ///
+    /// # Errors
+    /// An empty list, a weight of 0 or over 255, a node twice, more than 8 nodes, or any node
+    /// that [`Placed::node`] would refuse.
+    pub fn interleave_weighted(nodes: &[(u32, u32)]) -> Result<Placed, PlacementError> {
+        if nodes.is_empty() {
+            return Err(PlacementError::NoNodes);
+        }
+        let mut w = Weights {
+            nodes: [0; MAX_WEIGHTED],
+            weights: [0; MAX_WEIGHTED],
+            n: 0,
+        };
+        for &(node, weight) in nodes {
+            check_node(node)?;
+            let bad = PlacementError::BadWeights { node, weight };
+            if weight == 0 || weight > MAX_WEIGHT || w.n as usize == MAX_WEIGHTED {
+                return Err(bad);
+            }
+            if w.set() & (1 << node) != 0 {
+                return Err(bad);
+            }
+            w.nodes[w.n as usize] = node as u8;
+            w.weights[w.n as usize] = weight as u8;
+            w.n += 1;
+        }
+        Ok(Placed {
+            kind: Kind::Weighted(w),
+        })
+    }
+
+    /// [`Placed::interleave_weighted`] over tiers: `weights[k]` pages on tier k's node nearest
+    /// the calling thread for each round (`&[1, 4]`: one near page for four far ones). Tiers
+    /// with weight 0 are left out.
+    ///
+    /// # Errors
+    /// A tier that does not exist, all weights 0, or as [`Placed::interleave_weighted`].
+    pub fn interleave_tiers(weights: &[u32]) -> Result<Placed, PlacementError> {
+        let mut list = [(0u32, 0u32); MAX_WEIGHTED];
+        let mut n = 0;
+        for (tier, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let node = Placed::tier(tier)?
+                .node_id()
+                .ok_or(PlacementError::NoNodes)?;
+            if n == MAX_WEIGHTED {
+                return Err(PlacementError::BadWeights { node, weight: w });
+            }
+            list[n] = (node, w);
+            n += 1;
+        }
+        Placed::interleave_weighted(&list[..n])
+    }
+
     /// Memory on tier `n` (0 is the fastest; see `tieralloc::topology().tiers`): the node of
     /// that tier nearest to the calling thread's node, chosen now.
     ///
@@ -248,6 +369,7 @@ impl Placed {
     pub fn interleave_nodes(&self) -> Vec<u32> {
         match self.kind {
             Kind::Interleave(m) => topo::iter(m).map(|n| n as u32).collect(),
+            Kind::Weighted(w) => w.iter().map(|(n, _)| n).collect(),
             _ => Vec::new(),
         }
     }
@@ -260,11 +382,32 @@ impl Placed {
             return Ok(NonNull::slice_from_raw_parts(p, 0));
         }
         let (p, len) = match self.kind {
-            Kind::Node(n) => (node_alloc(n, size, layout.align(), zero), size),
-            Kind::Local => (
-                node_alloc(numa::home_node(), size, layout.align(), zero),
-                size,
-            ),
+            Kind::Node(n) => {
+                if !crate::tier::admit(n, size) {
+                    return Err(AllocError);
+                }
+                (node_alloc(n, size, layout.align(), zero), size)
+            }
+            Kind::Local => {
+                let n = numa::home_node();
+                if !crate::tier::admit(n, size) {
+                    return Err(AllocError);
+                }
+                (node_alloc(n, size, layout.align(), zero), size)
+            }
+            Kind::Weighted(w) => {
+                let len = map_len(layout).ok_or(AllocError)?;
+                let p = os::map_aligned(len, layout.align().max(os::OS_PAGE), None);
+                if p.is_null() {
+                    return Err(AllocError);
+                }
+                if place_weighted(p, len, &w).is_err() {
+                    // SAFETY: our fresh mapping of `len` bytes, never handed out.
+                    unsafe { os::unmap(p, len) };
+                    return Err(AllocError);
+                }
+                (p, len)
+            }
             Kind::Interleave(set) => {
                 let len = map_len(layout).ok_or(AllocError)?;
                 let p = os::map_aligned(len, layout.align().max(os::OS_PAGE), None);
@@ -293,6 +436,108 @@ fn map_len(layout: Layout) -> Option<usize> {
         .filter(|s| *s <= isize::MAX as usize / 2)
 }
 
+/// Whether the kernel's weighted-interleave weights for `w`'s nodes are in `w`'s proportions
+/// (read from /sys/kernel/mm/mempolicy/weighted_interleave/nodeN without allocating).
+fn kernel_weights_match(w: &Weights) -> bool {
+    let mut first: Option<(u32, u32)> = None;
+    for (node, want) in w.iter() {
+        let Some(have) = kernel_weight(node) else {
+            return false;
+        };
+        match first {
+            None => first = Some((want, have)),
+            // want/have must be the same for every node: want * have0 == want0 * have.
+            Some((w0, h0)) => {
+                if want as u64 * h0 as u64 != w0 as u64 * have as u64 {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The kernel's weighted-interleave weight of `node`, if it has one.
+fn kernel_weight(node: u32) -> Option<u32> {
+    let mut path = [0u8; 80];
+    let prefix = b"/sys/kernel/mm/mempolicy/weighted_interleave/node";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut k = digits.len();
+    let mut v = node;
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = &digits[k..];
+    path[len..len + d.len()].copy_from_slice(d);
+    len += d.len();
+    path[len] = 0;
+    // SAFETY: `path` is NUL-terminated; we read into a stack buffer of its length and close
+    // the descriptor we opened.
+    let (n, buf) = unsafe {
+        let fd = libc::open(path.as_ptr() as *const libc::c_char, libc::O_RDONLY);
+        if fd < 0 {
+            return None;
+        }
+        let mut buf = [0u8; 16];
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        (n, buf)
+    };
+    if n <= 0 {
+        return None;
+    }
+    crate::config::parse_u64(&buf[..n as usize]).map(|w| w as u32)
+}
+
+/// Places the fresh mapping `[p, p+len)` over `w`'s nodes: the kernel's weighted interleave
+/// where it has it with the same weights, else each page moved to its node now.
+fn place_weighted(p: *mut u8, len: usize, w: &Weights) -> Result<(), i32> {
+    // SAFETY: advice on our fresh, untouched mapping; it only changes how faults are served.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+    if w.n == 1 {
+        return numa::mbind(p, len, numa::Policy::Bind, &numa::mask_of(w.set()), 0);
+    }
+    if numa::weighted_interleave_supported() && kernel_weights_match(w) {
+        return numa::mbind(
+            p,
+            len,
+            numa::Policy::WeightedInterleave,
+            &numa::mask_of(w.set()),
+            0,
+        );
+    }
+    const BATCH: usize = 512;
+    let pages = len / os::OS_PAGE;
+    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
+    let mut nodes = [0 as libc::c_int; BATCH];
+    let mut status = [0 as libc::c_int; BATCH];
+    let mut i = 0;
+    while i < pages {
+        let k = (pages - i).min(BATCH);
+        for j in 0..k {
+            let a = (p as usize + (i + j) * os::OS_PAGE) as *mut u8;
+            // SAFETY: a page of our fresh mapping; writing the zero it holds faults it in
+            // without changing its contents.
+            unsafe { a.write_volatile(0) };
+            addrs[j] = a as *mut libc::c_void;
+            nodes[j] = w.node_of_page(i + j) as libc::c_int;
+        }
+        numa::move_pages(&addrs[..k], Some(&nodes[..k]), &mut status[..k])?;
+        if status[..k].iter().zip(&nodes[..k]).any(|(s, n)| s != n) {
+            return Err(libc::ENOMEM);
+        }
+        i += k;
+    }
+    Ok(())
+}
+
 /// Memory on `node` from the heap's per-node heaps (null on failure).
 fn node_alloc(node: u32, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: `align` comes from a Layout, so it is a power of two.
@@ -318,7 +563,7 @@ unsafe impl Allocator for Placed {
             return;
         }
         match self.kind {
-            Kind::Interleave(_) => {
+            Kind::Interleave(_) | Kind::Weighted(_) => {
                 if let Some(len) = map_len(layout) {
                     // SAFETY: the caller hands back a block this handle allocated with this
                     // layout: a whole mapping of ours of `len` bytes.
@@ -342,6 +587,27 @@ mod tests {
         assert!(e.to_string().contains("node 99"), "{e}");
         assert!(Placed::interleave(&[]).is_err());
         assert!(Placed::tier(40).is_err());
+        assert!(Placed::interleave_weighted(&[(0, 0)]).is_err());
+        assert!(Placed::interleave_weighted(&[(0, 1), (0, 2)]).is_err());
+    }
+
+    #[test]
+    fn weighted_pages_follow_their_weights() {
+        let w = Weights {
+            nodes: [0, 2, 0, 0, 0, 0, 0, 0],
+            weights: [1, 4, 0, 0, 0, 0, 0, 0],
+            n: 2,
+        };
+        let got: Vec<u32> = (0..10).map(|i| w.node_of_page(i)).collect();
+        assert_eq!(got, [0, 2, 2, 2, 2, 0, 2, 2, 2, 2]);
+        let p = Placed::interleave_weighted(&[(0, 3)]).unwrap();
+        let l = Layout::from_size_align(5 * os::OS_PAGE, 8).unwrap();
+        let b = p.allocate_zeroed(l).unwrap();
+        // SAFETY: a fresh block of l.size() bytes from p.
+        unsafe {
+            assert_eq!(*b.as_ptr().cast::<u8>().add(4 * os::OS_PAGE), 0);
+            p.deallocate(b.cast(), l);
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Proof of NUMA placement on a multi-node machine: builds examples/numa_probe statically and
+//! Proof of NUMA placement and memory tiers on a multi-node machine: builds examples/numa_probe statically and
 //! runs it as init of the project's QEMU VM (scripts/numa-vm.sh: two CPU nodes and a
 //! memory-only far node), asserting every check passed.
 //!
@@ -106,6 +106,26 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "interleave-[0, 1, 2]",
         "placed-far-on-node-2",
         "placed-node-7-refused",
+        // Issue 4: tiers (examples/tier_checks; policies run in children of the probe).
+        "demote-huge-to-node-2",
+        "promote-huge-to-node-0",
+        "tier-stats-demoted-promoted",
+        "demoted-block-freed-then-new-block-on-node-0",
+        "demote-own-mapping-to-node-2",
+        "demote-shared-segment-refused",
+        "weighted-interleave-1-to-4",
+        "weighted-interleave-tiers-1-to-1",
+        "tiers-node2-far-from-memory-tiering",
+        "tier-child-ignore-hmat",
+        "threshold-8MiB-on-node-2",
+        "threshold-small-on-thread-node-0",
+        "tier-child-threshold",
+        "ratio-1-to-4-within-2-percent",
+        "tier-child-ratio",
+        "budget-near-spent-spills-to-node-2",
+        "budget-far-request-beyond-refused",
+        "budget-live-objects-untouched",
+        "tier-child-budget",
     ] {
         assert!(
             stdout

@@ -114,6 +114,8 @@ pub(crate) struct Raw {
     pub tiers: [u64; MAX_TIERS],
     pub n_tiers: usize,
     pub tier_source: RawTierSource,
+    /// TIERALLOC_IGNORE_HMAT: derive tiers without the HMAT figures (they stay in the model).
+    pub ignore_hmat: bool,
     /// Home node of each CPU (NO_NODE for CPUs in no node).
     pub cpu_home: [u8; MAX_CPUS],
 }
@@ -134,6 +136,7 @@ impl Raw {
         tiers: [0; MAX_TIERS],
         n_tiers: 0,
         tier_source: RawTierSource::Distances,
+        ignore_hmat: false,
         cpu_home: [NO_NODE; MAX_CPUS],
     };
 
@@ -201,7 +204,6 @@ impl Raw {
     }
 
     /// The tier index of node `n`, if it is in one.
-    #[allow(dead_code)] // for issue 4's tier policies
     pub fn tier_of(&self, n: usize) -> Option<usize> {
         (0..self.n_tiers).find(|&t| self.tiers[t] & (1 << n) != 0)
     }
@@ -297,6 +299,12 @@ fn init() {
             }
             let nodes = crate::config::getenv(b"TIERALLOC_NODES\0");
             let tiers = crate::config::getenv(b"TIERALLOC_TIERS\0");
+            if let Some(v) = crate::config::getenv(b"TIERALLOC_IGNORE_HMAT\0") {
+                match crate::config::parse_bool(v) {
+                    Some(b) => raw.ignore_hmat = b,
+                    None => crate::config::warn_bad(b"TIERALLOC_IGNORE_HMAT\0", v, "1 or 0"),
+                }
+            }
             raw.finish(nodes, tiers);
             STATE.store(DONE, Ordering::Release);
         }

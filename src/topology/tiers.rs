@@ -6,7 +6,7 @@
 //! The rules, first that applies:
 //! 1. `TIERALLOC_TIERS` ("0,1;2": tier 0 is nodes 0 and 1, tier 1 is node 2; nodes with
 //!    memory it leaves out join the last tier).
-//! 2. HMAT figures (or hwloc memory attributes): each node's best latency and bandwidth over
+//! 2. HMAT figures (or hwloc memory attributes; skipped with `TIERALLOC_IGNORE_HMAT=1`): each node's best latency and bandwidth over
 //!    its initiators gives a score relative to the fastest node (the mean of latency / best
 //!    latency and best bandwidth / bandwidth); sorted by score, a node more than 30 % worse
 //!    than the first node of the current tier starts a new tier. A node with no figures counts
@@ -67,7 +67,7 @@ pub(crate) fn derive(raw: &mut Raw, env: Option<&[u8]>) {
     if mem == 0 {
         return;
     }
-    if from_hmat(raw) {
+    if !raw.ignore_hmat && from_hmat(raw) {
         raw.tier_source = RawTierSource::Hmat;
         return;
     }

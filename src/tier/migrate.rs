@@ -1,0 +1,291 @@
+//! Demotion and promotion: moving a span's pages to another node or tier, keeping its
+//! addresses and contents (mbind with MPOL_BIND | MPOL_MF_MOVE), and reporting what moved.
+//!
+//! Owns: [`MoveReport`], [`TierError`] and the move functions. May touch: `sys::numa`
+//! (mbind, move_pages), `topology::raw` (tiers), `placed` (node checks), `heap::segment` (a
+//! huge block's segment: its node and tier fields and the committed bytes per node, so that
+//! the heap's bookkeeping follows the move) and the `tier` counters. Allocation-free.
+//!
+//! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
+//! it has a mapping of its own, which moves whole and stays bound to its new node), and any
+//! memory that is not tieralloc's (a mapping of the caller's, an interleaved `Placed` block).
+//! Blocks inside tieralloc's shared 4 MiB segments (up to 2 MiB) are refused: their pages
+//! return to the heap when freed, which would then hand out memory on a node it does not know.
+
+use super::{DEMOTED_BYTES, PROMOTED_BYTES};
+use crate::heap::segment::{self, SegmentKind};
+use crate::placed::{Placed, PlacementError};
+use crate::sync::Ordering;
+use crate::sys::numa;
+use crate::sys::os::OS_PAGE;
+use crate::topology::raw::{self as topo, MAX_NODES, MAX_TIERS};
+use core::fmt;
+
+/// What a move did, page by page (OS pages of the span widened to whole pages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoveReport {
+    /// The node the span was moved to.
+    pub node: u32,
+    /// Pages in the span.
+    pub pages: usize,
+    /// Pages that were elsewhere and are now on `node`.
+    pub moved: usize,
+    /// Pages that were on `node` already.
+    pub already: usize,
+    /// Pages never touched (they land on `node` when first touched).
+    pub not_present: usize,
+    /// Pages that are present and still not on `node` (the kernel could not move them:
+    /// `node` is full, or they are shared with another process).
+    pub failed: usize,
+}
+
+/// Why a span could not be moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TierError {
+    /// The node cannot take placements (see [`PlacementError`]).
+    Placement(PlacementError),
+    /// The tier does not exist.
+    NoSuchTier {
+        /// The tier asked for.
+        tier: usize,
+        /// How many tiers there are.
+        tiers: usize,
+    },
+    /// The span lies in one of tieralloc's shared segments (a block of 2 MiB or less): only
+    /// huge blocks and memory that is not tieralloc's can move.
+    SharedSegment,
+    /// The span is empty or wraps around the address space.
+    BadSpan,
+    /// The kernel refused (an errno: EFAULT or ENOMEM for unmapped memory, EPERM, ENOSYS).
+    Os(i32),
+}
+
+impl fmt::Display for TierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TierError::Placement(e) => e.fmt(f),
+            TierError::NoSuchTier { tier, tiers } => write!(
+                f,
+                "memory tier {tier} does not exist (this machine has {tiers} tier{})",
+                if *tiers == 1 { "" } else { "s" }
+            ),
+            TierError::SharedSegment => f.write_str(
+                "the span is a block in one of tieralloc's shared segments (2 MiB or less); \
+                 only huge blocks and memory that is not tieralloc's can move between tiers \
+                 (allocate it with Placed::far or Placed::tier instead)",
+            ),
+            TierError::BadSpan => f.write_str("the span is empty or wraps around"),
+            TierError::Os(e) => write!(
+                f,
+                "the kernel refused to move the pages: {}",
+                std::io::Error::from_raw_os_error(*e)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TierError {}
+
+const BATCH: usize = 512;
+
+/// Calls `f(page_index, node_or_negative_errno)` for every page of `[start, end)`.
+fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(), i32> {
+    let n = (end - start) / OS_PAGE;
+    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
+    let mut status = [0 as libc::c_int; BATCH];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH);
+        for (j, a) in addrs.iter_mut().take(k).enumerate() {
+            *a = (start + (i + j) * OS_PAGE) as *mut libc::c_void;
+        }
+        numa::move_pages(&addrs[..k], None, &mut status[..k])?;
+        for (j, s) in status.iter().take(k).enumerate() {
+            f(i + j, *s);
+        }
+        i += k;
+    }
+    Ok(())
+}
+
+/// Moves every page of `[ptr, ptr+len)` (widened to whole pages) to NUMA node `node`,
+/// keeping addresses and contents, and binds it there for pages touched later. For a huge
+/// tieralloc block (pass its start), its whole mapping moves and the allocator books it on
+/// `node` from now on.
+///
+/// # Safety
+/// The span must be memory of this process that the caller owns and that nobody frees,
+/// resizes or moves while this runs; for memory that is not tieralloc's, the caller owns the
+/// whole widened page range (its placement policy is replaced).
+///
+/// # Errors
+/// [`TierError`]: the node cannot take placements, the span is in a shared segment, or the
+/// kernel refused.
+pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveReport, TierError> {
+    Placed::node(node).map_err(TierError::Placement)?;
+    if len == 0 {
+        return Err(TierError::BadSpan);
+    }
+    let end = (ptr as usize)
+        .checked_add(len)
+        .and_then(|e| e.checked_add(OS_PAGE - 1))
+        .ok_or(TierError::BadSpan)?
+        & !(OS_PAGE - 1);
+    let mut start = ptr as usize & !(OS_PAGE - 1);
+    let mut end = end;
+    let mut huge: *mut segment::Segment = core::ptr::null_mut();
+    if segment::contains(ptr) {
+        let seg = segment::segment_of(ptr);
+        // SAFETY: `ptr` lies in a live segment of ours (contains), whose header is mapped;
+        // the caller owns the block, so nobody frees or resizes it meanwhile.
+        let (kind, map_size) = unsafe { ((*seg).kind, (*seg).map_size) };
+        if kind != SegmentKind::Huge || (ptr as usize).saturating_add(len) > seg as usize + map_size
+        {
+            return Err(TierError::SharedSegment);
+        }
+        // The whole mapping: it holds this block only.
+        start = seg as usize;
+        end = seg as usize + map_size;
+        huge = seg;
+    }
+    let t = topo::get();
+    let tier_of = |n: i32| -> Option<usize> {
+        if n >= 0 && (n as usize) < MAX_NODES {
+            t.tier_of(n as usize)
+        } else {
+            None
+        }
+    };
+    let target_tier = tier_of(node as i32);
+    let pages = (end - start) / OS_PAGE;
+    let mut r = MoveReport {
+        node,
+        pages,
+        ..MoveReport::default()
+    };
+    // Where the pages are now, per source tier (for the demoted/promoted counters).
+    let mut from_tier = [0usize; MAX_TIERS];
+    census(start, end, |_, s| {
+        if s == node as i32 {
+            r.already += 1;
+        } else if s >= 0 {
+            if let Some(k) = tier_of(s) {
+                from_tier[k] += 1;
+            }
+        }
+    })
+    .map_err(TierError::Os)?;
+    match numa::move_range(start as *mut u8, end - start, node) {
+        // EIO: some pages could not move; the census below counts them.
+        Ok(()) | Err(libc::EIO) => {}
+        Err(e) => return Err(TierError::Os(e)),
+    }
+    let mut on_target = 0usize;
+    census(start, end, |_, s| {
+        if s == node as i32 {
+            on_target += 1;
+        } else if s >= 0 {
+            r.failed += 1;
+        } else {
+            r.not_present += 1;
+        }
+    })
+    .map_err(TierError::Os)?;
+    r.moved = on_target.saturating_sub(r.already);
+    // Count bytes by tier direction, scaled down if some pages failed.
+    if let Some(tt) = target_tier {
+        let total: usize = from_tier.iter().sum();
+        for (k, &c) in from_tier.iter().enumerate() {
+            if c == 0 || k == tt || total == 0 {
+                continue;
+            }
+            let moved = (c * r.moved / total) as u64 * OS_PAGE as u64;
+            if k < tt {
+                DEMOTED_BYTES[tt].fetch_add(moved, Ordering::Relaxed);
+            } else {
+                PROMOTED_BYTES[tt].fetch_add(moved, Ordering::Relaxed);
+            }
+        }
+    }
+    if !huge.is_null() && r.failed == 0 {
+        // SAFETY: the caller owns the huge block and nobody frees or resizes it while we
+        // rewrite its node: the heap reads `node` when the block is freed or resized, and
+        // books the mapping's committed bytes on it, so they move with it.
+        unsafe {
+            let old = (*huge).node;
+            if old as u32 != node {
+                let bytes = (*huge).map_size;
+                segment::commit_sub(old, bytes);
+                segment::commit_add(node as u16, bytes);
+                (*huge).node = node as u16;
+                (*huge).tier = target_tier.unwrap_or(0) as u8;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Moves the span to tier `tier`: its node nearest to the calling thread's node. See
+/// [`move_to_node`].
+///
+/// # Safety
+/// As [`move_to_node`].
+///
+/// # Errors
+/// The tier does not exist, or as [`move_to_node`].
+pub unsafe fn move_to_tier(ptr: *mut u8, len: usize, tier: usize) -> Result<MoveReport, TierError> {
+    crate::config::init_once();
+    let t = topo::get();
+    if tier >= t.n_tiers {
+        return Err(TierError::NoSuchTier {
+            tier,
+            tiers: t.n_tiers,
+        });
+    }
+    let node = Placed::tier(tier)
+        .map_err(TierError::Placement)?
+        .node_id()
+        .ok_or(TierError::NoSuchTier {
+            tier,
+            tiers: t.n_tiers,
+        })?;
+    // SAFETY: forwarded contract.
+    unsafe { move_to_node(ptr, len, node) }
+}
+
+/// Moves the span to the slowest tier (far memory), nearest the calling thread's node.
+///
+/// ```no_run
+/// // A 64 MiB buffer that has gone cold moves to far memory, and comes back later.
+/// let mut v = vec![7u8; 64 << 20];
+/// // SAFETY: our own block, not freed or resized while it moves.
+/// let r = unsafe { tieralloc::tiers::demote(v.as_mut_ptr(), v.len()) }.unwrap();
+/// assert_eq!(r.failed, 0);
+/// let _ = unsafe { tieralloc::tiers::promote(v.as_mut_ptr(), v.len()) }.unwrap();
+/// assert!(v.iter().all(|b| *b == 7));
+/// ```
+///
+/// # Safety
+/// As [`move_to_node`].
+///
+/// # Errors
+/// As [`move_to_tier`].
+pub unsafe fn demote(ptr: *mut u8, len: usize) -> Result<MoveReport, TierError> {
+    crate::config::init_once();
+    let n = topo::get().n_tiers;
+    // SAFETY: forwarded contract.
+    unsafe { move_to_tier(ptr, len, n.saturating_sub(1)) }
+}
+
+/// Moves the span to the fastest tier (tier 0), nearest the calling thread's node.
+///
+/// # Safety
+/// As [`move_to_node`].
+///
+/// # Errors
+/// As [`move_to_tier`].
+pub unsafe fn promote(ptr: *mut u8, len: usize) -> Result<MoveReport, TierError> {
+    // SAFETY: forwarded contract.
+    unsafe { move_to_tier(ptr, len, 0) }
+}
