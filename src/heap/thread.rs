@@ -149,6 +149,12 @@ pub fn bump(c: &AtomicU64, n: u64) {
 const UNINIT: u8 = 0;
 const ACTIVE: u8 = 1;
 const LEAVING: u8 = 2;
+/// Torn down at thread exit. For the rest of the thread's life (glibc still runs later key
+/// destructors and `__libc_thread_freeres`, which allocate and free) the heap is never
+/// registered again: a registered heap must be unregistered before its TLS goes away, and
+/// no destructor round is left to do that. Allocations go to the node heap, frees are
+/// remote frees counted in the retired totals.
+const DEAD: u8 = 3;
 
 /// A thread's heap.
 pub struct Heap {
@@ -209,9 +215,67 @@ thread_local! {
 }
 
 /// The calling thread's heap.
+#[cfg(not(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+)))]
 #[inline(always)]
 pub fn heap() -> *mut Heap {
     HEAP.with(|h| h.get())
+}
+
+// A shared library (the malloc drop-in) reaches `thread_local!` data through
+// `__tls_get_addr`, a call on every malloc and free. With the `initial-exec-tls` feature the
+// heap's address is cached in a TLS slot declared by hand in the static TLS block and read
+// with the initial-exec model: one load of its offset from the GOT and one %fs-relative load.
+// This is what C allocators do with `__attribute__((tls_model("initial-exec")))`; it needs
+// the library to be loaded at start-up (LD_PRELOAD, or linked), or glibc's static TLS reserve
+// when it is dlopen'ed.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+core::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".globl __tieralloc_heap_slot",
+    ".hidden __tieralloc_heap_slot",
+    ".type __tieralloc_heap_slot, @tls_object",
+    ".size __tieralloc_heap_slot, 8",
+    "__tieralloc_heap_slot:",
+    ".zero 8",
+    ".popsection",
+);
+
+/// The calling thread's heap (initial-exec TLS slot; see above).
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+#[inline(always)]
+pub fn heap() -> *mut Heap {
+    let slot: *mut *mut Heap;
+    // SAFETY: the slot is an 8-byte, 8-aligned TLS variable of this object; its offset from
+    // the thread pointer comes from the GOT (R_X86_64_TPOFF64, set by the dynamic linker), and
+    // %fs:0 holds the thread pointer on x86-64 Linux. The asm reads memory only.
+    unsafe {
+        core::arch::asm!(
+            "mov {slot}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
+            "add {slot}, qword ptr fs:0",
+            slot = out(reg) slot,
+            options(nostack, readonly, preserves_flags, pure),
+        );
+        let h = *slot;
+        if !h.is_null() {
+            return h;
+        }
+        let h = HEAP.with(|h| h.get());
+        *slot = h;
+        h
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,7 +379,7 @@ unsafe fn heap_init(h: *mut Heap) -> bool {
         if (*h).state == ACTIVE {
             return true;
         }
-        if (*h).state == LEAVING {
+        if (*h).state == LEAVING || (*h).state == DEAD {
             return false;
         }
         register(h, (numa::home_node() as usize).min(MAX_NODES - 1) as u32);
@@ -378,9 +442,7 @@ pub unsafe fn heap_done(h: *mut Heap) {
             hp.reg_next = ptr::null_mut();
             hp.reg_prev = ptr::null_mut();
         }
-        // Back to a blank heap: a later allocation on this thread (from another TLS
-        // destructor) starts over and registers again.
-        hp.state = UNINIT;
+        hp.state = DEAD;
     }
 }
 
@@ -626,15 +688,17 @@ unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
             return pop_fresh(h, page, bin, zero);
         }
         if (*h).state != ACTIVE && !heap_init(h) {
-            return ptr::null_mut();
+            let size = super::size_class::bin_size(bin);
+            let align = (1usize << size.trailing_zeros()).min(os::OS_PAGE);
+            return dead_alloc(h, size, align, zero);
         }
         heap_tick(h);
         drain_delayed(h);
         let hp = &mut *h;
         let mut page = hp.pages[bin];
         // Full pages met on the way stay in the queue, up to this many, before they are
-        // parked as full: a page that will get a block back soon does not flip between full
-        // and not full (each flip is two slow paths and two atomic state changes).
+        // parked as full: a page that will get a block back soon does not flip between
+        // full and not full (each flip is two slow paths and two atomic state changes).
         let mut retain = FULL_PAGE_RETAIN;
         while !page.is_null() && page != empty_page() {
             let next = (*page).next;
@@ -888,10 +952,10 @@ pub unsafe fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
 unsafe fn alloc_generic_in(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
-        if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
-            if (*h).state != ACTIVE && !heap_init(h) {
-                return ptr::null_mut();
-            }
+        if crate::tier::ACTIVE.load(Ordering::Relaxed)
+            && !(*h).shared
+            && ((*h).state == ACTIVE || heap_init(h))
+        {
             if let Some(node) = crate::tier::route(size, align, (*h).node) {
                 if node != (*h).node {
                     return node_alloc(node, size, align, zero);
@@ -975,11 +1039,24 @@ fn collect_node_heaps(now: u64, delay: u64) {
     }
 }
 
+/// Allocation for a thread whose heap is gone (see `DEAD`): from its node's shared heap.
+#[cold]
+unsafe fn dead_alloc(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: h is this thread's (dead) heap; we only read its node. If `h` is itself a node
+    // heap it is ACTIVE and never gets here.
+    unsafe {
+        if (*h).shared {
+            return ptr::null_mut();
+        }
+        node_alloc((*h).node, size, align, zero)
+    }
+}
+
 unsafe fn alloc_large(h: *mut Heap, size: usize, zero: bool) -> *mut u8 {
     // SAFETY: h is ours; the page we get is ours.
     unsafe {
         if (*h).state != ACTIVE && !heap_init(h) {
-            return ptr::null_mut();
+            return dead_alloc(h, size, SLICE_SIZE, zero);
         }
         heap_tick(h);
         drain_delayed(h);
@@ -1014,7 +1091,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
     // SAFETY: h is ours; cached segments are ours alone.
     unsafe {
         if (*h).state != ACTIVE && !heap_init(h) {
-            return ptr::null_mut();
+            return dead_alloc(h, size, align, zero);
         }
         heap_tick(h);
         let node = (*h).node;
@@ -1153,7 +1230,9 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if (*h).state == UNINIT {
-            // Register this thread's counters (and exit hook) before it counts anything.
+            // Register this thread's heap (counters, exit hook) at its first free, so that it
+            // can adopt what it frees into. A DEAD heap never comes back (see DEAD); one that
+            // is not active counts into the retired totals.
             heap_init(h);
         }
         if (*seg).kind == SegmentKind::Huge {
@@ -1174,11 +1253,10 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
                 return;
             }
         }
-        bump(&(*h).stats.frees[(*page).bin as usize], 1);
-        bump(&(*h).stats.remote_frees, 1);
-        if (*seg).node as u32 != (*h).node {
-            count_cross_node(h, (*seg).node, (*page).block_size as u64);
-        }
+        let (c, shared) = counters(h);
+        add(&c.frees[(*page).bin as usize], 1, shared);
+        add(&c.remote_frees, 1, shared);
+        count_node_free(h, (*seg).node, (*page).block_size as u64);
         match (*page).thread_free.push(p as *mut Block) {
             Pushed::OnPage => {}
             Pushed::Delayed => {
@@ -1191,25 +1269,59 @@ unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     }
 }
 
-/// Books a free of `bytes` on `node` by a thread of another node.
+/// The counters a free by heap `h` goes to: its own (owner-only, `shared` false), or the
+/// retired totals (atomic adds) if it is not active.
 #[inline]
-unsafe fn count_cross_node(h: *mut Heap, node: u16, bytes: u64) {
+unsafe fn counters(h: *mut Heap) -> (&'static HeapStats, bool) {
+    // SAFETY: h is this thread's heap, alive for the thread's life.
+    unsafe {
+        if (*h).state == ACTIVE {
+            (&*core::ptr::addr_of!((*h).stats), false)
+        } else {
+            (&RETIRED, true)
+        }
+    }
+}
+
+#[inline]
+fn add(c: &AtomicU64, n: u64, shared: bool) {
+    if shared {
+        c.fetch_add(n, Ordering::Relaxed);
+    } else {
+        bump(c, n);
+    }
+}
+
+/// Books a remote free of `bytes` living on `node` for the per-node totals: a free from a
+/// thread of another node (or from a heap that is not active, whose counters no longer
+/// belong to any node) lowers that node's live bytes directly.
+#[inline]
+unsafe fn count_node_free(h: *mut Heap, node: u16, bytes: u64) {
     let n = (node as usize).min(MAX_NODES - 1);
     // SAFETY: h is ours.
-    unsafe { bump(&(*h).stats.foreign_free_bytes, bytes) };
+    unsafe {
+        let active = (*h).state == ACTIVE;
+        if active && node as u32 == (*h).node {
+            return;
+        }
+        if active {
+            bump(&(*h).stats.foreign_free_bytes, bytes);
+        }
+        if node as u32 != (*h).node {
+            CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
+        }
+    }
     CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
-    CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
 }
 
 unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
     // SAFETY: seg is a huge segment whose object is being freed by us; nobody else uses it.
     unsafe {
-        bump(&(*h).stats.huge_frees, 1);
-        bump(&(*h).stats.huge_free_bytes, (*seg).huge_size as u64);
+        let (c, shared) = counters(h);
+        add(&c.huge_frees, 1, shared);
+        add(&c.huge_free_bytes, (*seg).huge_size as u64, shared);
         let same_node = (*seg).node as u32 == (*h).node;
-        if !same_node {
-            count_cross_node(h, (*seg).node, (*seg).huge_size as u64);
-        }
+        count_node_free(h, (*seg).node, (*seg).huge_size as u64);
         // Only a span of our own node goes in our cache: reusing it elsewhere would misplace it.
         if (*h).state == ACTIVE && same_node {
             let now = os::now_ms();
