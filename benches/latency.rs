@@ -1,6 +1,7 @@
-//! Per-operation latency: tieralloc vs mimalloc vs the system allocator, each called through
-//! the `GlobalAlloc` trait directly (the process's own global allocator is the default one and
-//! is not involved). Each group holds the three allocators side by side.
+//! Per-operation latency: tieralloc vs mimalloc vs jemalloc (`tikv-jemallocator`) vs numalloc
+//! vs the system allocator, each called through the `GlobalAlloc` trait directly (the process's
+//! own global allocator is the default one and is not involved). Each group holds the five
+//! allocators side by side.
 //!
 //! Groups:
 //! - `alloc_free/<size>`: one alloc immediately followed by its free, 16 B … 1 MiB.
@@ -22,10 +23,18 @@ use tieralloc::TierAlloc;
 
 static TIER: TierAlloc = TierAlloc::new();
 static MI: MiMalloc = MiMalloc;
+static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static NUMA: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
 static SYS: System = System;
 
-fn allocators() -> [(&'static str, &'static (dyn GlobalAlloc + Sync)); 3] {
-    [("tieralloc", &TIER), ("mimalloc", &MI), ("system", &SYS)]
+fn allocators() -> [(&'static str, &'static (dyn GlobalAlloc + Sync)); 5] {
+    [
+        ("tieralloc", &TIER),
+        ("mimalloc", &MI),
+        ("jemalloc", &JE),
+        ("numalloc", &NUMA),
+        ("system", &SYS),
+    ]
 }
 
 fn config() -> Criterion {

@@ -1,4 +1,5 @@
-//! Allocator comparison: tieralloc vs mimalloc vs the system allocator, one process per run.
+//! Allocator comparison: tieralloc vs mimalloc vs jemalloc vs numalloc vs the system allocator,
+//! one process per run.
 //!
 //! One binary is both the driver and the worker. The driver (what `cargo bench --bench
 //! workloads` starts) re-executes its own binary (`std::env::current_exe()`) once per
@@ -9,20 +10,31 @@
 //!
 //! The worker's `#[global_allocator]` is [`Dispatch`]: it reads the selection once, on its
 //! first call, with `libc::getenv` (which does not allocate), caches it in an atomic, and then
-//! forwards every call to `TierAlloc`, `mimalloc::MiMalloc` or `std::alloc::System`. Every
+//! forwards every call to `TierAlloc`, `mimalloc::MiMalloc`, `tikv_jemallocator::Jemalloc`,
+//! `numalloc::NumaAlloc` or `std::alloc::System`. Every
 //! call of every allocator therefore pays the same extra cost: one relaxed load and one
 //! compare-and-branch whose outcome never changes within a process (perfectly predicted).
 //!
+//! Every workload reports throughput, per-operation latency percentiles (a sample of the
+//! operations, every 16th or every one for the slow ones, timed with `Instant` = vDSO
+//! `clock_gettime(CLOCK_MONOTONIC)` and recorded in an HdrHistogram created before the timed
+//! phase), peak RSS (VmHWM), peak live bytes (requested sizes plus the workload's own arrays)
+//! and their ratio, and the RSS after everything was freed and the process idled with light
+//! traffic. The driver prints markdown tables (medians, ratios against mimalloc), writes JSON,
+//! and with `--plots DIR` draws SVG charts.
+//!
 //! Usage: `cargo bench --bench workloads -- [--quick] [--runs N] [--only pairs,larson]
-//! [--allocs tieralloc,mimalloc] [--json PATH] [--callgrind]`.
+//! [--allocs tieralloc,mimalloc] [--json PATH] [--plots [DIR]] [--callgrind]`.
 
 use clap::Parser;
+use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use std::alloc::{alloc, dealloc, GlobalAlloc, Layout, System};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -39,10 +51,14 @@ const SEL_UNSET: u8 = 0;
 const SEL_TIER: u8 = 1;
 const SEL_MI: u8 = 2;
 const SEL_SYS: u8 = 3;
+const SEL_JE: u8 = 4;
+const SEL_NUMA: u8 = 5;
 
 static SELECTED: AtomicU8 = AtomicU8::new(SEL_UNSET);
 static TIER: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static NUMA: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
 
 /// Forwards to the allocator named by `TIERALLOC_BENCH_ALLOC` (system when unset: the driver).
 struct Dispatch;
@@ -70,6 +86,8 @@ fn select_slow() -> u8 {
             match std::ffi::CStr::from_ptr(v).to_bytes() {
                 b"tieralloc" => SEL_TIER,
                 b"mimalloc" => SEL_MI,
+                b"jemalloc" => SEL_JE,
+                b"numalloc" => SEL_NUMA,
                 _ => SEL_SYS,
             }
         }
@@ -79,7 +97,7 @@ fn select_slow() -> u8 {
     s
 }
 
-// SAFETY: every call goes to the same one of three GlobalAlloc implementations for the whole
+// SAFETY: every call goes to the same one of five GlobalAlloc implementations for the whole
 // life of the process (the selection never changes once made), so pointers are always freed
 // by the allocator that returned them, with each one's contract forwarded unchanged.
 unsafe impl GlobalAlloc for Dispatch {
@@ -90,6 +108,8 @@ unsafe impl GlobalAlloc for Dispatch {
             match selected() {
                 SEL_TIER => TIER.alloc(l),
                 SEL_MI => MI.alloc(l),
+                SEL_JE => JE.alloc(l),
+                SEL_NUMA => NUMA.alloc(l),
                 _ => System.alloc(l),
             }
         }
@@ -101,6 +121,8 @@ unsafe impl GlobalAlloc for Dispatch {
             match selected() {
                 SEL_TIER => TIER.dealloc(p, l),
                 SEL_MI => MI.dealloc(p, l),
+                SEL_JE => JE.dealloc(p, l),
+                SEL_NUMA => NUMA.dealloc(p, l),
                 _ => System.dealloc(p, l),
             }
         }
@@ -112,6 +134,8 @@ unsafe impl GlobalAlloc for Dispatch {
             match selected() {
                 SEL_TIER => TIER.alloc_zeroed(l),
                 SEL_MI => MI.alloc_zeroed(l),
+                SEL_JE => JE.alloc_zeroed(l),
+                SEL_NUMA => NUMA.alloc_zeroed(l),
                 _ => System.alloc_zeroed(l),
             }
         }
@@ -123,6 +147,8 @@ unsafe impl GlobalAlloc for Dispatch {
             match selected() {
                 SEL_TIER => TIER.realloc(p, l, n),
                 SEL_MI => MI.realloc(p, l, n),
+                SEL_JE => JE.realloc(p, l, n),
+                SEL_NUMA => NUMA.realloc(p, l, n),
                 _ => System.realloc(p, l, n),
             }
         }
@@ -132,8 +158,17 @@ unsafe impl GlobalAlloc for Dispatch {
 #[global_allocator]
 static GLOBAL: Dispatch = Dispatch;
 
-const ALLOCS: [&str; 3] = ["tieralloc", "mimalloc", "system"];
-const WORKLOADS: [&str; 5] = ["pairs", "prodcons", "larson", "frag", "spike"];
+const ALLOCS: [&str; 5] = ["tieralloc", "mimalloc", "jemalloc", "numalloc", "system"];
+const WORKLOADS: [&str; 8] = [
+    "pairs",
+    "prodcons",
+    "larson",
+    "frag",
+    "spike",
+    "falseshare",
+    "churn",
+    "large",
+];
 const MIB: f64 = (1u64 << 20) as f64;
 
 // ---------------------------------------------------------------------------------------------
@@ -290,7 +325,107 @@ fn unpack(w: u64) -> (*mut u8, usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Workloads (worker side). Each returns its metrics as a JSON object.
+// Latency sampling and memory accounting shared by the workloads.
+
+/// Times every `every`-th operation with `Instant` (vDSO `clock_gettime(CLOCK_MONOTONIC)`)
+/// and records it in an HdrHistogram (2 significant digits, 1 ns – 60 s). The histogram is
+/// created before the timed phase, so recording never allocates; the cost (two clock reads per
+/// sampled operation plus a counter) is the same for every allocator.
+struct Lat {
+    n: u32,
+    every: u32,
+    h: Histogram<u64>,
+}
+
+impl Lat {
+    fn new(every: u32) -> Self {
+        Lat {
+            n: 0,
+            every: every.max(1),
+            h: Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("histogram bounds"),
+        }
+    }
+
+    #[inline(always)]
+    fn op<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        self.n += 1;
+        if self.n >= self.every {
+            self.n = 0;
+            let t = Instant::now();
+            let r = f();
+            let ns = t.elapsed().as_nanos() as u64;
+            self.h.saturating_record(ns.max(1));
+            r
+        } else {
+            f()
+        }
+    }
+
+    fn merge(&mut self, other: &Lat) {
+        self.h.add(&other.h).expect("same histogram bounds");
+    }
+}
+
+/// Median time recorded for an empty operation: what the clock reads add to every sample.
+fn timer_overhead_ns() -> u64 {
+    let mut l = Lat::new(1);
+    for _ in 0..10_000 {
+        l.op(|| std::hint::black_box(0));
+    }
+    l.h.value_at_quantile(0.5)
+}
+
+/// Adds the common metrics of a workload: throughput, latency percentiles, peak live bytes.
+fn common(m: &mut Value, ops: f64, secs: f64, lat: &Lat, peak_live: usize, op: &str) {
+    let h = &lat.h;
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    m["ops_per_s"] = json!(if secs > 0.0 { ops / secs } else { 0.0 });
+    m["op"] = json!(op);
+    m["lat_p50_ns"] = json!(q(0.5));
+    m["lat_p99_ns"] = json!(q(0.99));
+    m["lat_p999_ns"] = json!(q(0.999));
+    m["lat_max_ns"] = json!(h.max());
+    m["lat_samples"] = json!(h.len());
+    m["lat_every"] = json!(lat.every);
+    m["timer_overhead_ns"] = json!(timer_overhead_ns());
+    m["peak_live_mib"] = json!(peak_live as f64 / MIB);
+}
+
+/// Light traffic: `n` replacements of 16 B – 1 KiB objects in a small pool, one batch per ms.
+/// Allocators that return memory on a timer driven from allocation calls get their chance.
+fn light_idle(ms: u64) {
+    let mut r = Rng::new(11);
+    let mut pool: [u64; 64] = [0; 64];
+    for s in pool.iter_mut() {
+        let sz = r.range(16, 1024);
+        *s = pack(new_obj(sz), sz);
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(ms) {
+        for _ in 0..4 {
+            let i = (r.next() as usize) % pool.len();
+            let (q, sz) = unpack(pool[i]);
+            free_obj(q, sz);
+            let nsz = r.range(16, 1024);
+            pool[i] = pack(new_obj(nsz), nsz);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for w in pool {
+        let (q, sz) = unpack(w);
+        free_obj(q, sz);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads (worker side). Each returns its metrics as a JSON object and frees everything it
+// allocated before returning.
 
 struct Params {
     quick: bool,
@@ -299,9 +434,11 @@ struct Params {
 const PAIRS_RING: usize = 4096;
 const PAIRS_SIZES: usize = 1 << 16;
 
-/// Single thread: free slot i of a 4096-slot ring, allocate a new object into it.
+/// Single thread: free slot i of a 4096-slot ring, allocate a new object into it. Throughput
+/// comes from an untimed-per-operation loop (the issue-2 metric); latency from a further
+/// `iters / 8` pairs with every 16th pair timed.
 fn w_pairs(p: &Params) -> Value {
-    let iters = env_usize(ENV_ITERS).unwrap_or(if p.quick { 20_000_000 } else { 50_000_000 });
+    let iters = env_usize(ENV_ITERS).unwrap_or(if p.quick { 10_000_000 } else { 50_000_000 });
     let warmup = env_usize(ENV_WARMUP).unwrap_or(1_000_000);
     let fixed = env_usize(ENV_FIXED).unwrap_or(0);
     let mut r = Rng::new(42);
@@ -329,17 +466,46 @@ fn w_pairs(p: &Params) -> Value {
     pairs_loop(&mut slots, &sizes, i, iters);
     let ns = t.elapsed().as_nanos() as f64;
     let cpu = thread_cpu_ns() - c;
+    i += iters;
+    // Latency phase.
+    let mut lat = Lat::new(16);
+    let book = PAIRS_SIZES * 4 + PAIRS_RING * 8;
+    let mut live: usize = slots.iter().map(|&w| unpack(w).1).sum();
+    let mut peak_live = live;
+    for k in i..i + iters / 8 {
+        let slot = &mut slots[k & (PAIRS_RING - 1)];
+        let (q, old) = unpack(*slot);
+        let sz = sizes[k & (PAIRS_SIZES - 1)] as usize;
+        let q = lat.op(|| {
+            free_obj(q, old);
+            new_obj(sz)
+        });
+        // SAFETY: q holds at least one byte.
+        unsafe { q.write(k as u8) };
+        *slot = pack(q, sz);
+        live = live + sz - old;
+        peak_live = peak_live.max(live);
+    }
     for &w in slots.iter() {
         let (q, sz) = unpack(w);
         free_obj(q, sz);
     }
-    json!({
+    let mut m = json!({
         "ns_per_pair": if iters > 0 { ns / iters as f64 } else { 0.0 },
         "cpu_ns_per_pair": if iters > 0 { cpu / iters as f64 } else { 0.0 },
         "iters": iters,
         "warmup": warmup,
         "fixed_size": fixed,
-    })
+    });
+    common(
+        &mut m,
+        iters as f64,
+        ns / 1e9,
+        &lat,
+        peak_live + book,
+        "free + alloc pair",
+    );
+    m
 }
 
 #[inline(never)]
@@ -357,48 +523,70 @@ fn pairs_loop(slots: &mut [u64; PAIRS_RING], sizes: &[u32; PAIRS_SIZES], start: 
 }
 
 /// Two threads: one allocates and sends batches of 64 pointers (each object carries its size
-/// in its first word), the other frees them.
+/// in its first word), the other frees them. Live bytes = allocated minus freed, published by
+/// each side once per batch.
 fn w_prodcons(p: &Params) -> Value {
     let n_batches =
-        env_usize(ENV_ITERS).unwrap_or(if p.quick { 10_000_000 } else { 30_000_000 }) / 64;
+        env_usize(ENV_ITERS).unwrap_or(if p.quick { 4_000_000 } else { 20_000_000 }) / 64;
     let (tx, rx) = crossbeam_channel::bounded::<[usize; 64]>(256);
+    let freed_bytes = Arc::new(AtomicU64::new(0));
+    let mut plat = Lat::new(16);
+    let clat = Lat::new(16);
     let c = process_cpu_ns();
     let t = Instant::now();
+    let fb = freed_bytes.clone();
     let consumer = std::thread::spawn(move || {
+        let mut lat = clat;
         let mut freed = 0u64;
+        let mut bytes = 0u64;
         for batch in rx {
             for q in batch {
                 let q = q as *mut u8;
                 // SAFETY: the producer wrote the object's size into its first word.
                 let sz = unsafe { (q as *const usize).read() };
-                free_obj(q, sz);
+                lat.op(|| free_obj(q, sz));
+                bytes += sz as u64;
                 freed += 1;
             }
+            fb.store(bytes, Ordering::Relaxed);
         }
-        freed
+        (freed, lat)
     });
     let mut r = Rng::new(7);
+    let mut produced = 0u64;
+    let mut peak_live = 0u64;
     for _ in 0..n_batches {
         let mut batch = [0usize; 64];
         for slot in batch.iter_mut() {
             let sz = mixed_small_size(&mut r);
-            let q = new_obj(sz);
+            let q = plat.op(|| new_obj(sz));
             // SAFETY: every size is at least 8 and blocks are 8-aligned.
             unsafe { (q as *mut usize).write(sz) };
             *slot = q as usize;
+            produced += sz as u64;
         }
         tx.send(batch).expect("consumer alive");
+        peak_live = peak_live.max(produced.saturating_sub(freed_bytes.load(Ordering::Relaxed)));
     }
     drop(tx);
-    let freed = consumer.join().expect("consumer thread");
+    let (freed, clat) = consumer.join().expect("consumer thread");
     let ns = t.elapsed().as_nanos() as f64;
     let cpu = process_cpu_ns() - c;
-    json!({
+    plat.merge(&clat);
+    let mut m = json!({
         "ns_per_obj": ns / freed.max(1) as f64,
         "cpu_ns_per_obj": cpu / freed.max(1) as f64,
         "objects": freed,
-        "peak_rss_mib": peak_rss() as f64 / MIB,
-    })
+    });
+    common(
+        &mut m,
+        freed as f64,
+        ns / 1e9,
+        &plat,
+        peak_live as usize + 256 * 64 * 8,
+        "one alloc (producer) or one free (consumer)",
+    );
+    m
 }
 
 /// Larson-style server churn: `threads` threads each work on a slot array, freeing a random
@@ -411,7 +599,7 @@ fn w_larson(p: &Params) -> Value {
         .unwrap_or(2)
         .max(2);
     let (rounds, ops) = if p.quick {
-        (20usize, 300_000usize)
+        (20usize, 150_000usize)
     } else {
         (40, 600_000)
     };
@@ -431,32 +619,49 @@ fn w_larson(p: &Params) -> Value {
             )
         })
         .collect();
+    let mut lats: Vec<Option<Lat>> = (0..threads).map(|_| Some(Lat::new(16))).collect();
+    let live_of = |arrays: &[Option<Vec<u64>>]| -> usize {
+        arrays
+            .iter()
+            .flatten()
+            .map(|a| a.iter().map(|&w| unpack(w).1).sum::<usize>() + a.len() * 8)
+            .sum()
+    };
+    let mut peak_live = live_of(&arrays);
     let c0 = process_cpu_ns();
     let t0 = Instant::now();
     for round in 0..rounds {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let mut arr = arrays[(t + round + 1) % threads].take().expect("array");
+                let mut lat = lats[t].take().expect("lat");
                 std::thread::spawn(move || {
                     let mut r = Rng::new(((round as u64) << 32) ^ t as u64 ^ 0xABCD);
                     for _ in 0..ops {
                         let x = r.next();
                         let i = (x as usize) % SLOTS;
                         let (q, sz) = unpack(arr[i]);
-                        free_obj(q, sz);
-                        let sz = 16 + ((x >> 32) % 1009) as usize;
-                        let q = new_obj(sz);
-                        // SAFETY: q holds sz >= 16 bytes.
-                        unsafe { q.write(sz as u8) };
-                        arr[i] = pack(q, sz);
+                        let nsz = 16 + ((x >> 32) % 1009) as usize;
+                        let q = lat.op(|| {
+                            free_obj(q, sz);
+                            new_obj(nsz)
+                        });
+                        // SAFETY: q holds nsz >= 16 bytes.
+                        unsafe { q.write(nsz as u8) };
+                        arr[i] = pack(q, nsz);
                     }
-                    (t, arr)
+                    (t, arr, lat)
                 })
             })
             .collect();
         for h in handles {
-            let (t, arr) = h.join().expect("larson thread");
+            let (t, arr, lat) = h.join().expect("larson thread");
             arrays[t] = Some(arr);
+            lats[t] = Some(lat);
+        }
+        // Sampled at round boundaries (the live volume is stationary within a round).
+        if round % 4 == 3 {
+            peak_live = peak_live.max(live_of(&arrays));
         }
     }
     let ns = t0.elapsed().as_nanos() as f64;
@@ -469,7 +674,11 @@ fn w_larson(p: &Params) -> Value {
             free_obj(q, sz);
         }
     }
-    json!({
+    let mut lat = Lat::new(16);
+    for l in lats.iter().flatten() {
+        lat.merge(l);
+    }
+    let mut m = json!({
         // Per-thread time per operation: wall time × threads / total operations.
         "ns_per_op": ns * threads as f64 / total_ops,
         "cpu_ns_per_op": cpu / total_ops,
@@ -478,48 +687,88 @@ fn w_larson(p: &Params) -> Value {
         "threads": threads,
         "rounds": rounds,
         "ops_per_thread_round": ops,
-    })
+    });
+    common(
+        &mut m,
+        total_ops,
+        ns / 1e9,
+        &lat,
+        peak_live,
+        "free + alloc pair",
+    );
+    m
+}
+
+/// Writes one byte in every 4 KiB page of an object and its last byte, as a program that uses
+/// its memory would (an allocator that keeps its metadata outside the blocks would otherwise
+/// show untouched memory as not resident).
+#[inline(always)]
+fn touch(q: *mut u8, sz: usize) {
+    let mut off = 0;
+    while off < sz {
+        // SAFETY: off < sz.
+        unsafe { q.add(off).write(1) };
+        off += 4096;
+    }
+    // SAFETY: sz > 0.
+    unsafe { q.add(sz - 1).write(1) };
 }
 
 /// Fragmentation: fill with 16–512 B objects, free 90 % at random, refill the same volume
-/// with 2–16 KiB objects. Live bytes are requested sizes plus the workload's own pointer array.
+/// with 2–16 KiB objects (every object's pages written). Live bytes are requested sizes plus
+/// the workload's own pointer array.
 fn w_frag(p: &Params) -> Value {
     let target: usize = if p.quick { 64 << 20 } else { 200 << 20 };
     let mut r = Rng::new(99);
     let cap = target / 200; // expected count is target / 264; refill adds ~2 % more
     let mut objs: Vec<u64> = Vec::with_capacity(cap);
+    let mut lat = Lat::new(16);
     let book = cap * 8;
     let mut live = book;
     let mut peak_live = live;
+    let mut ops = 0u64;
+    let t0 = Instant::now();
     while live < target + book {
         let sz = r.range(16, 512);
-        objs.push(pack(new_obj(sz), sz));
+        let q = lat.op(|| new_obj(sz));
+        touch(q, sz);
+        objs.push(pack(q, sz));
         live += sz;
+        ops += 1;
     }
     assert_eq!(objs.capacity(), cap, "bookkeeping array grew");
     peak_live = peak_live.max(live);
+    let mut busy = t0.elapsed();
     let rss_filled = current_rss();
+    let t1 = Instant::now();
     let mut freed = 0usize;
     objs.retain(|&w| {
         if r.next() % 10 != 0 {
             let (q, sz) = unpack(w);
-            free_obj(q, sz);
+            lat.op(|| free_obj(q, sz));
             freed += sz;
+            ops += 1;
             false
         } else {
             true
         }
     });
     live -= freed;
+    busy += t1.elapsed();
     let rss_freed = current_rss();
+    let t2 = Instant::now();
     let mut refilled = 0usize;
     while refilled < freed {
         let sz = r.range(2048, 16384);
-        objs.push(pack(new_obj(sz), sz));
+        let q = lat.op(|| new_obj(sz));
+        touch(q, sz);
+        objs.push(pack(q, sz));
         refilled += sz;
         live += sz;
+        ops += 1;
         peak_live = peak_live.max(live);
     }
+    busy += t2.elapsed();
     assert_eq!(objs.capacity(), cap, "bookkeeping array grew");
     let rss_refilled = current_rss();
     let hwm = peak_rss();
@@ -527,18 +776,27 @@ fn w_frag(p: &Params) -> Value {
         let (q, sz) = unpack(w);
         free_obj(q, sz);
     }
-    json!({
+    let mut m = json!({
         "rss_over_live": hwm as f64 / peak_live as f64,
         "peak_rss_mib": hwm as f64 / MIB,
-        "peak_live_mib": peak_live as f64 / MIB,
         "rss_filled_mib": rss_filled as f64 / MIB,
         "rss_after_free_mib": rss_freed as f64 / MIB,
         "rss_refilled_mib": rss_refilled as f64 / MIB,
-    })
+    });
+    common(
+        &mut m,
+        ops as f64,
+        busy.as_secs_f64(),
+        &lat,
+        peak_live,
+        "one alloc or one free",
+    );
+    m
 }
 
 /// Spike: steady live set of 16 MiB, a 256 MiB spike of mixed sizes that is freed again, then
-/// 3 s of light traffic (4 replacements per ms) while VmRSS is sampled every 50 ms.
+/// 3 s of light traffic (4 replacements per ms) while VmRSS is sampled every 50 ms. The RSS
+/// time series (ms relative to the end of the free, negative before) also covers the spike.
 fn w_spike(_p: &Params) -> Value {
     const STEADY: usize = 16 << 20;
     const SPIKE: usize = 256 << 20;
@@ -549,10 +807,13 @@ fn w_spike(_p: &Params) -> Value {
     let mut steady_bytes = 0usize;
     while steady_bytes < STEADY {
         let sz = r.range(16, 1024);
-        steady.push(pack(new_obj(sz), sz));
+        let q = new_obj(sz);
+        touch(q, sz);
+        steady.push(pack(q, sz));
         steady_bytes += sz;
     }
-    let mut series: Vec<(f64, f64)> = Vec::with_capacity(256);
+    let mut series: Vec<(f64, f64)> = Vec::with_capacity(512);
+    let mut lat = Lat::new(1);
     let steady_book = steady.capacity() * 8 + series.capacity() * 16;
     // Light traffic: replace a few random steady objects (live volume stays about the same).
     let light = |steady: &mut Vec<u64>, steady_bytes: &mut usize, r: &mut Rng| {
@@ -561,7 +822,9 @@ fn w_spike(_p: &Params) -> Value {
             let (q, sz) = unpack(steady[i]);
             free_obj(q, sz);
             let nsz = r.range(16, 1024);
-            steady[i] = pack(new_obj(nsz), nsz);
+            let q = new_obj(nsz);
+            touch(q, nsz);
+            steady[i] = pack(q, nsz);
             *steady_bytes = *steady_bytes + nsz - sz;
         }
     };
@@ -575,8 +838,13 @@ fn w_spike(_p: &Params) -> Value {
     // The spike: log-uniform 64 B – 64 KiB, and every 64th object 1 MiB.
     // About 10 300 objects; the array is small next to the spike.
     let mut spike: Vec<(usize, usize)> = Vec::with_capacity(1 << 14);
+    let spike_book = spike.capacity() * 16;
     let mut spike_bytes = 0usize;
     let mut k = 0usize;
+    let ts = Instant::now();
+    let mut raw: Vec<(f64, f64)> = Vec::with_capacity(256);
+    raw.push((0.0, rss_steady as f64 / MIB));
+    let mut next_sample = 50u64;
     while spike_bytes < SPIKE {
         let sz = if k % 64 == 63 {
             1 << 20
@@ -585,22 +853,30 @@ fn w_spike(_p: &Params) -> Value {
             (1usize << e) + r.range(0, (1 << e) - 1)
         };
         k += 1;
-        spike.push((new_obj(sz) as usize, sz));
+        let q = lat.op(|| new_obj(sz));
+        spike.push((q as usize, sz));
         spike_bytes += sz;
         // Touch every page as a real program would.
-        let q = spike.last().expect("pushed").0 as *mut u8;
-        let mut off = 0;
-        while off < sz {
-            // SAFETY: off < sz.
-            unsafe { q.add(off).write(1) };
-            off += 4096;
+        touch(q, sz);
+        let ms = ts.elapsed().as_millis() as u64;
+        if ms >= next_sample && raw.len() < raw.capacity() {
+            raw.push((ms as f64, current_rss() as f64 / MIB));
+            next_sample += 50;
         }
     }
     let rss_spike = current_rss();
+    raw.push((ts.elapsed().as_secs_f64() * 1e3, rss_spike as f64 / MIB));
+    let build = ts.elapsed();
+    let tf = Instant::now();
     for (q, sz) in spike.drain(..) {
-        free_obj(q as *mut u8, sz);
+        lat.op(|| free_obj(q as *mut u8, sz));
     }
+    let free_time = tf.elapsed();
     drop(spike);
+    let end_ms = ts.elapsed().as_secs_f64() * 1e3;
+    for (t, v) in raw.drain(..) {
+        series.push((t - end_ms, v));
+    }
     let rss_after_free = current_rss();
     let t0 = Instant::now();
     let mut next_sample = 0u64;
@@ -625,18 +901,29 @@ fn w_spike(_p: &Params) -> Value {
             .unwrap_or(0.0)
     };
     let target_mib = (1.1 * steady_live as f64) / MIB + 8.0;
-    let out = json!({
+    let mut out = json!({
         "rss_1s_mib": at(1000.0),
         "rss_2s_mib": at(2000.0),
         "rss_3s_mib": at(3000.0),
+        "rss_idle_mib": at(3000.0),
         "target_mib": target_mib,
         "steady_live_mib": steady_live as f64 / MIB,
         "rss_steady_mib": rss_steady as f64 / MIB,
         "rss_spike_mib": rss_spike as f64 / MIB,
         "rss_after_free_mib": rss_after_free as f64 / MIB,
         "spike_objects": k,
+        "spike_build_ms": build.as_secs_f64() * 1e3,
+        "spike_free_ms": free_time.as_secs_f64() * 1e3,
         "series_ms_mib": series,
     });
+    common(
+        &mut out,
+        2.0 * k as f64,
+        (build + free_time).as_secs_f64(),
+        &lat,
+        steady_live + spike_bytes + spike_book,
+        "one spike alloc or free (every one timed; page touching not included)",
+    );
     for w in steady {
         let (q, sz) = unpack(w);
         free_obj(q, sz);
@@ -644,24 +931,281 @@ fn w_spike(_p: &Params) -> Value {
     out
 }
 
+/// False sharing (cache-scratch style, with a hand-off): `threads` threads; each round every
+/// thread allocates a small object and hands it to the next thread, which writes it `WRITES`
+/// times and frees it (a remote free); then each thread allocates, writes `WRITES` times and
+/// frees `LOCAL` small objects of its own. An allocator that puts two threads' hot objects in
+/// one cache line (for example by reusing a block another thread freed) makes the writes bounce
+/// the line between cores. Metric: wall time.
+fn w_falseshare(p: &Params) -> Value {
+    const SIZE: usize = 8;
+    const WRITES: u64 = 1000;
+    const LOCAL: usize = 4;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
+    let rounds = env_usize(ENV_ITERS).unwrap_or(if p.quick { 20_000 } else { 80_000 });
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..threads {
+        let (tx, rx) = crossbeam_channel::bounded::<usize>(1);
+        txs.push(tx);
+        rxs.push(Some(rx));
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let tx = txs[(t + 1) % threads].clone();
+            let rx = rxs[t].take().expect("rx");
+            let barrier = barrier.clone();
+            let mut lat = Lat::new(16);
+            std::thread::spawn(move || {
+                let write = |q: *mut u8| {
+                    for i in 0..WRITES {
+                        // SAFETY: q holds SIZE = 8 bytes, 8-aligned.
+                        unsafe { std::ptr::write_volatile(q as *mut u64, i) };
+                    }
+                };
+                barrier.wait();
+                for _ in 0..rounds {
+                    let mine = lat.op(|| new_obj(SIZE));
+                    // SAFETY: as above.
+                    unsafe { (mine as *mut u64).write(0) };
+                    tx.send(mine as usize).expect("next thread alive");
+                    let got = rx.recv().expect("previous thread alive") as *mut u8;
+                    write(got);
+                    lat.op(|| free_obj(got, SIZE));
+                    for _ in 0..LOCAL {
+                        let q = lat.op(|| new_obj(SIZE));
+                        write(q);
+                        lat.op(|| free_obj(q, SIZE));
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    drop(txs);
+    barrier.wait();
+    let t0 = Instant::now();
+    let mut lat = Lat::new(16);
+    for h in handles {
+        lat.merge(&h.join().expect("falseshare thread"));
+    }
+    let ns = t0.elapsed().as_nanos() as f64;
+    let objects = (rounds * threads * (1 + LOCAL)) as f64;
+    let mut m = json!({
+        "wall_ms": ns / 1e6,
+        "ns_per_object": ns / objects,
+        "threads": threads,
+        "rounds": rounds,
+        "writes_per_object": WRITES,
+    });
+    common(
+        &mut m,
+        objects,
+        ns / 1e9,
+        &lat,
+        threads * 2 * SIZE,
+        "one alloc or one free",
+    );
+    m
+}
+
+/// Thread churn: `rounds` rounds of 4 short-lived threads. Each thread allocates 1000 objects
+/// of 16 B – 1 KiB, frees three quarters of them and returns the rest; the main thread frees
+/// those while the next round runs (frees of a dead thread's memory). Metrics: wall µs per
+/// thread, RSS at the end (everything freed, threads gone).
+fn w_churn(p: &Params) -> Value {
+    const PER_ROUND: usize = 4;
+    const OBJS: usize = 1000;
+    let rounds = env_usize(ENV_ITERS).unwrap_or(if p.quick { 150 } else { 600 });
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+    let add_live = |n: usize| {
+        let v = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+        PEAK.fetch_max(v, Ordering::Relaxed);
+    };
+    let mut lats: Vec<Option<Lat>> = (0..PER_ROUND).map(|_| Some(Lat::new(16))).collect();
+    let mut main_lat = Lat::new(16);
+    let mut held: Vec<Vec<u64>> = Vec::new();
+    let t0 = Instant::now();
+    for round in 0..rounds {
+        let handles: Vec<_> = (0..PER_ROUND)
+            .map(|t| {
+                let mut lat = lats[t].take().expect("lat");
+                std::thread::spawn(move || {
+                    let mut r = Rng::new(((round as u64) << 8) ^ t as u64 ^ 0x5EED);
+                    let mut objs: Vec<u64> = Vec::with_capacity(OBJS);
+                    let mut bytes = OBJS * 8;
+                    for _ in 0..OBJS {
+                        let sz = r.range(16, 1024);
+                        let q = lat.op(|| new_obj(sz));
+                        // SAFETY: q holds sz >= 16 bytes.
+                        unsafe { q.write(1) };
+                        objs.push(pack(q, sz));
+                        bytes += sz;
+                    }
+                    add_live(bytes);
+                    let mut kept: Vec<u64> = Vec::with_capacity(OBJS / 4);
+                    let mut freed = 0usize;
+                    for (i, w) in objs.drain(..).enumerate() {
+                        if i % 4 == 0 {
+                            kept.push(w);
+                        } else {
+                            let (q, sz) = unpack(w);
+                            lat.op(|| free_obj(q, sz));
+                            freed += sz;
+                        }
+                    }
+                    LIVE.fetch_sub(freed + OBJS * 8 - OBJS / 4 * 8, Ordering::Relaxed);
+                    (t, kept, lat)
+                })
+            })
+            .collect();
+        // Free what the previous round's (now dead) threads returned.
+        for kept in held.drain(..) {
+            let mut n = kept.len() * 8;
+            for w in kept {
+                let (q, sz) = unpack(w);
+                main_lat.op(|| free_obj(q, sz));
+                n += sz;
+            }
+            LIVE.fetch_sub(n, Ordering::Relaxed);
+        }
+        for h in handles {
+            let (t, kept, lat) = h.join().expect("churn thread");
+            lats[t] = Some(lat);
+            held.push(kept);
+        }
+    }
+    for kept in held.drain(..) {
+        for w in kept {
+            let (q, sz) = unpack(w);
+            main_lat.op(|| free_obj(q, sz));
+        }
+    }
+    let ns = t0.elapsed().as_nanos() as f64;
+    let rss_end = current_rss();
+    for l in lats.iter().flatten() {
+        main_lat.merge(l);
+    }
+    let threads = rounds * PER_ROUND;
+    let mut m = json!({
+        "us_per_thread": ns / 1e3 / threads as f64,
+        "rss_end_mib": rss_end as f64 / MIB,
+        "threads": threads,
+    });
+    common(
+        &mut m,
+        (threads * OBJS * 2) as f64,
+        ns / 1e9,
+        &main_lat,
+        PEAK.load(Ordering::Relaxed),
+        "one alloc or one free",
+    );
+    m
+}
+
+/// Large allocations: 8 slots; each step frees a random slot and allocates a log-uniform
+/// 64 KiB – 8 MiB block into it, then writes one byte per 4 KiB page. Every alloc and free is
+/// timed (page touching is not, but it is in the throughput).
+fn w_large(p: &Params) -> Value {
+    const SLOTS: usize = 8;
+    let steps = env_usize(ENV_ITERS).unwrap_or(if p.quick { 1_500 } else { 5_000 });
+    let mut r = Rng::new(64);
+    let size = |r: &mut Rng| {
+        let e = r.range(16, 22);
+        (1usize << e) + r.range(0, (1 << e) - 1)
+    };
+    let mut lat = Lat::new(1);
+    let mut slots = [(0usize, 0usize); SLOTS];
+    let mut live = 0usize;
+    for s in slots.iter_mut() {
+        let sz = size(&mut r);
+        let q = new_obj(sz);
+        touch(q, sz);
+        *s = (q as usize, sz);
+        live += sz;
+    }
+    let mut peak_live = live;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let i = (r.next() as usize) % SLOTS;
+        let (q, sz) = slots[i];
+        lat.op(|| free_obj(q as *mut u8, sz));
+        live -= sz;
+        let nsz = size(&mut r);
+        let q = lat.op(|| new_obj(nsz));
+        touch(q, nsz);
+        slots[i] = (q as usize, nsz);
+        live += nsz;
+        peak_live = peak_live.max(live);
+    }
+    let ns = t0.elapsed().as_nanos() as f64;
+    let hwm = peak_rss();
+    for (q, sz) in slots {
+        free_obj(q as *mut u8, sz);
+    }
+    let mut m = json!({
+        "us_per_step": ns / 1e3 / steps as f64,
+        "peak_rss_mib": hwm as f64 / MIB,
+        "steps": steps,
+    });
+    common(
+        &mut m,
+        steps as f64,
+        ns / 1e9,
+        &lat,
+        peak_live,
+        "one alloc or one free (64 KiB – 8 MiB; page touching not included)",
+    );
+    m
+}
+
 fn worker(workload: &str) -> ! {
     let p = Params {
         quick: std::env::var(ENV_QUICK).is_ok_and(|v| v == "1"),
     };
-    let metrics = match workload {
+    let rss_start = current_rss();
+    let mut metrics = match workload {
         "pairs" => w_pairs(&p),
         "prodcons" => w_prodcons(&p),
         "larson" => w_larson(&p),
         "frag" => w_frag(&p),
         "spike" => w_spike(&p),
+        "falseshare" => w_falseshare(&p),
+        "churn" => w_churn(&p),
+        "large" => w_large(&p),
         other => {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
         }
     };
+    // Memory metrics common to all workloads.
+    let hwm = peak_rss() as f64 / MIB;
+    metrics["rss_start_mib"] = json!(rss_start as f64 / MIB);
+    metrics["peak_rss_mib"] = json!(hwm);
+    // Under 1 MiB of live data the ratio would only measure the process's own baseline.
+    if let Some(live) = metrics["peak_live_mib"].as_f64() {
+        if live >= 1.0 {
+            metrics["rss_over_live"] = json!(hwm / live);
+        }
+    }
+    if metrics.get("rss_idle_mib").is_none() {
+        // Everything is freed; idle with light traffic, then read the RSS.
+        let ms = if p.quick { 200 } else { 500 };
+        metrics["rss_freed_mib"] = json!(current_rss() as f64 / MIB);
+        light_idle(ms);
+        metrics["rss_idle_mib"] = json!(current_rss() as f64 / MIB);
+        metrics["idle_ms"] = json!(ms);
+    }
     let alloc = match selected() {
         SEL_TIER => "tieralloc",
         SEL_MI => "mimalloc",
+        SEL_JE => "jemalloc",
+        SEL_NUMA => "numalloc",
         _ => "system",
     };
     let mut out = json!({ "workload": workload, "alloc": alloc, "metrics": metrics });
@@ -687,29 +1231,39 @@ fn worker(workload: &str) -> ! {
 // ---------------------------------------------------------------------------------------------
 // Driver.
 
-/// tieralloc vs mimalloc vs system, each allocator in its own process.
+/// tieralloc vs mimalloc vs jemalloc vs numalloc vs system, each allocator in its own process.
 #[derive(Parser, Debug)]
 #[command(name = "workloads", about)]
 struct Cli {
-    /// 3 runs and smaller sizes (about 2 minutes in all).
+    /// 3 runs and smaller sizes (about 3 minutes in all on 2 cores).
     #[arg(long)]
     quick: bool,
     /// Runs per allocator and workload (default: 3 with --quick, else 5).
     #[arg(long)]
     runs: Option<usize>,
-    /// Workloads to run (comma-separated): pairs, prodcons, larson, frag, spike.
+    /// Workloads to run (comma-separated): pairs, prodcons, larson, frag, spike, falseshare,
+    /// churn, large.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Allocators to compare (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tieralloc,mimalloc,system"
+        default_value = "tieralloc,mimalloc,jemalloc,numalloc,system"
     )]
     allocs: Vec<String>,
     /// Where to write the full results (default: <target dir>/bench-results/workloads.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw SVG charts into this directory (default docs/img when given without a value).
+    #[arg(long, num_args = 0..=1, default_missing_value = "docs/img")]
+    plots: Option<PathBuf>,
+    /// Only draw the charts from an existing JSON results file (no runs).
+    #[arg(long)]
+    plots_from: Option<PathBuf>,
+    /// A worker still running after this many seconds is killed and counted as failed.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
     /// Instead of timing: count instructions per alloc+free pair of `pairs` under valgrind's
     /// callgrind (N pairs minus a 0-pair baseline).
     #[arg(long)]
@@ -744,98 +1298,151 @@ struct MetricSpec {
     show_min: bool,
 }
 
+const fn spec(
+    workload: &'static str,
+    key: &'static str,
+    label: &'static str,
+    target: Target,
+    show_min: bool,
+) -> MetricSpec {
+    MetricSpec {
+        workload,
+        key,
+        label,
+        target,
+        show_min,
+    }
+}
+
+/// The targets table: the issue-2 targets and each new workload's own metric.
 const METRICS: &[MetricSpec] = &[
-    MetricSpec {
-        workload: "pairs",
-        key: "ns_per_pair",
-        label: "wall ns per alloc+free pair",
-        target: Target::VsMimalloc(0.9),
-        show_min: true,
-    },
-    MetricSpec {
-        workload: "pairs",
-        key: "cpu_ns_per_pair",
-        label: "thread-CPU ns per pair",
-        target: Target::VsMimalloc(0.9),
-        show_min: true,
-    },
-    MetricSpec {
-        workload: "prodcons",
-        key: "ns_per_obj",
-        label: "wall ns per object (2 threads)",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "prodcons",
-        key: "cpu_ns_per_obj",
-        label: "process-CPU ns per object",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "larson",
-        key: "ns_per_op",
-        label: "wall ns per op per thread",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "larson",
-        key: "cpu_ns_per_op",
-        label: "process-CPU ns per op",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "larson",
-        key: "peak_rss_mib",
-        label: "peak RSS MiB",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "frag",
-        key: "rss_over_live",
-        label: "peak RSS / peak live",
-        target: Target::VsMimalloc(1.0),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "frag",
-        key: "peak_rss_mib",
-        label: "peak RSS MiB",
-        target: Target::Info,
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "spike",
-        key: "rss_1s_mib",
-        label: "RSS MiB 1 s after spike",
-        target: Target::Absolute("target_mib"),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "spike",
-        key: "rss_2s_mib",
-        label: "RSS MiB 2 s after spike",
-        target: Target::Absolute("target_mib"),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "spike",
-        key: "rss_3s_mib",
-        label: "RSS MiB 3 s after spike",
-        target: Target::Absolute("target_mib"),
-        show_min: false,
-    },
-    MetricSpec {
-        workload: "spike",
-        key: "rss_spike_mib",
-        label: "RSS MiB at spike peak",
-        target: Target::Info,
-        show_min: false,
-    },
+    spec(
+        "pairs",
+        "ns_per_pair",
+        "wall ns per alloc+free pair",
+        Target::VsMimalloc(0.9),
+        true,
+    ),
+    spec(
+        "pairs",
+        "cpu_ns_per_pair",
+        "thread-CPU ns per pair",
+        Target::VsMimalloc(0.9),
+        true,
+    ),
+    spec(
+        "prodcons",
+        "ns_per_obj",
+        "wall ns per object (2 threads)",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec(
+        "prodcons",
+        "cpu_ns_per_obj",
+        "process-CPU ns per object",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec(
+        "larson",
+        "ns_per_op",
+        "wall ns per op per thread",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec(
+        "larson",
+        "cpu_ns_per_op",
+        "process-CPU ns per op",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec(
+        "larson",
+        "peak_rss_mib",
+        "peak RSS MiB",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec(
+        "frag",
+        "rss_over_live",
+        "peak RSS / peak live",
+        Target::VsMimalloc(1.0),
+        false,
+    ),
+    spec("frag", "peak_rss_mib", "peak RSS MiB", Target::Info, false),
+    spec(
+        "spike",
+        "rss_1s_mib",
+        "RSS MiB 1 s after spike",
+        Target::Absolute("target_mib"),
+        false,
+    ),
+    spec(
+        "spike",
+        "rss_2s_mib",
+        "RSS MiB 2 s after spike",
+        Target::Absolute("target_mib"),
+        false,
+    ),
+    spec(
+        "spike",
+        "rss_3s_mib",
+        "RSS MiB 3 s after spike",
+        Target::Absolute("target_mib"),
+        false,
+    ),
+    spec(
+        "spike",
+        "rss_spike_mib",
+        "RSS MiB at spike peak",
+        Target::Info,
+        false,
+    ),
+    spec(
+        "falseshare",
+        "wall_ms",
+        "wall ms (2 threads)",
+        Target::Info,
+        false,
+    ),
+    spec(
+        "churn",
+        "us_per_thread",
+        "wall µs per short thread",
+        Target::Info,
+        false,
+    ),
+    spec(
+        "churn",
+        "rss_end_mib",
+        "RSS MiB at the end",
+        Target::Info,
+        false,
+    ),
+    spec(
+        "large",
+        "us_per_step",
+        "wall µs per step",
+        Target::Info,
+        false,
+    ),
+    spec("large", "peak_rss_mib", "peak RSS MiB", Target::Info, false),
+];
+
+/// The metrics every workload reports (second table, ratios against mimalloc).
+const COMMON: &[(&str, &str, f64)] = &[
+    ("ops_per_s", "throughput, M ops/s", 1e-6),
+    ("lat_p50_ns", "latency p50, ns", 1.0),
+    ("lat_p99_ns", "latency p99, ns", 1.0),
+    ("lat_p999_ns", "latency p99.9, ns", 1.0),
+    ("lat_max_ns", "latency max, µs", 1e-3),
+    ("peak_rss_mib", "peak RSS, MiB", 1.0),
+    ("peak_live_mib", "peak live, MiB", 1.0),
+    ("rss_over_live", "peak RSS / peak live", 1.0),
+    ("rss_idle_mib", "RSS after idle, MiB", 1.0),
 ];
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -872,21 +1479,58 @@ fn run_worker(
     alloc: &str,
     quick: bool,
     extra: &[(&str, String)],
+    timeout: Duration,
 ) -> Result<Value, String> {
     let mut cmd = Command::new(exe);
     cmd.env(ENV_ALLOC, alloc)
         .env(ENV_WORKLOAD, workload)
-        .env(ENV_QUICK, if quick { "1" } else { "0" });
+        .env(ENV_QUICK, if quick { "1" } else { "0" })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let out = cmd.output().map_err(|e| format!("spawn: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        return Err(format!("worker exited with {}: {tail}", out.status));
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut s);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("timed out after {} s (killed)", timeout.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    if !status.success() {
+        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Err(format!("worker exited with {status}: {tail}"));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
         .rev()
@@ -906,6 +1550,15 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn machine_info() -> Value {
@@ -929,22 +1582,239 @@ fn machine_info() -> Value {
         "mem_gib": mem_kb as f64 / (1024.0 * 1024.0),
         "kernel": sh("uname", &["-r"]),
         "rustc": sh("rustc", &["--version"]),
+        "commit": std::env::var("TIERALLOC_BENCH_COMMIT")
+            .unwrap_or_else(|_| sh("git", &["rev-parse", "--short", "HEAD"])),
     })
 }
 
+/// Three significant digits, plain notation.
 fn fmt_val(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
-        Some(x) if x.abs() >= 100.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.3}"),
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) if x.abs() >= 1.0 => format!("{x:.2}"),
+        Some(0.0) => "0".into(),
+        Some(x) => {
+            let digits = (2 - x.abs().log10().floor() as i32).clamp(3, 9) as usize;
+            format!("{x:.digits$}")
+        }
     }
 }
 
 fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
+}
+
+/// results[workload][alloc] = list of worker outputs.
+type Results = Map<String, Value>;
+
+fn values(results: &Results, w: &str, a: &str, key: &str) -> Vec<f64> {
+    results
+        .get(w)
+        .and_then(|x| x.get(a))
+        .and_then(|x| x.as_array())
+        .map(|runs| runs.iter().filter_map(|r| metric_of(r, key)).collect())
+        .unwrap_or_default()
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// The markdown tables and the JSON summary.
+fn tables(
+    results: &Results,
+    workloads: &[&str],
+    allocs: &[String],
+    mode: &str,
+    runs: usize,
+) -> (String, Vec<Value>) {
+    let others: Vec<&String> = allocs.iter().filter(|a| *a != "mimalloc").collect();
+    let mut summary: Vec<Value> = Vec::new();
+    let mut table = format!(
+        "\n## Targets: {} ({mode} mode, {runs} runs each, medians)\n\n",
+        allocs.join(" vs ")
+    );
+    let mut head = String::from("| workload | metric | target |");
+    let mut rule = String::from("|---|---|---|");
+    for a in allocs {
+        head.push_str(&format!(" {a} |"));
+        rule.push_str("---:|");
+    }
+    for a in &others {
+        head.push_str(&format!(" {}/mi |", short(a)));
+        rule.push_str("---:|");
+    }
+    head.push_str(" verdict |\n");
+    rule.push_str("---|\n");
+    table.push_str(&head);
+    table.push_str(&rule);
+    for m in METRICS.iter().filter(|m| workloads.contains(&m.workload)) {
+        for minimum_row in [false, true] {
+            if minimum_row && !m.show_min {
+                continue;
+            }
+            let stat = |a: &str| {
+                let v = values(results, m.workload, a, m.key);
+                if minimum_row {
+                    minimum(&v)
+                } else {
+                    median(&v)
+                }
+            };
+            let t = stat("tieralloc");
+            let mi = stat("mimalloc");
+            let (target_text, verdict) = match m.target {
+                Target::VsMimalloc(f) => {
+                    let text = if f == 1.0 {
+                        "≤ mimalloc".to_string()
+                    } else {
+                        format!("≤ {f} × mimalloc")
+                    };
+                    let v = match (t, mi) {
+                        (Some(t), Some(mi)) => pass(t <= f * mi),
+                        _ => "n/a",
+                    };
+                    (text, v)
+                }
+                Target::Absolute(key) => {
+                    let goal = median(&values(results, m.workload, "tieralloc", key));
+                    let v = match (t, goal) {
+                        (Some(t), Some(g)) => pass(t <= g),
+                        _ => "n/a",
+                    };
+                    (
+                        format!("≤ 1.1 × steady live + 8 MiB = {}", fmt_val(goal)),
+                        v,
+                    )
+                }
+                Target::Info => ("(info)".to_string(), ""),
+            };
+            let label = if minimum_row {
+                format!("{} (minimum)", m.label)
+            } else {
+                m.label.to_string()
+            };
+            let mut row = format!("| {} | {} | {} |", m.workload, label, target_text);
+            for a in allocs {
+                row.push_str(&format!(" {} |", fmt_val(stat(a))));
+            }
+            for a in &others {
+                row.push_str(&format!(" {} |", fmt_ratio(stat(a), mi)));
+            }
+            row.push_str(&format!(" {verdict} |\n"));
+            table.push_str(&row);
+            if minimum_row {
+                continue;
+            }
+            let mut per: Map<String, Value> = Map::new();
+            for a in allocs {
+                let vals = values(results, m.workload, a, m.key);
+                per.insert(
+                    a.clone(),
+                    json!({
+                        "median": median(&vals),
+                        "min": minimum(&vals),
+                        "over_mimalloc": match (median(&vals), mi) {
+                            (Some(x), Some(b)) if b > 0.0 => Some(x / b),
+                            _ => None,
+                        },
+                        "runs": vals,
+                    }),
+                );
+            }
+            summary.push(json!({
+                "workload": m.workload,
+                "metric": m.key,
+                "label": m.label,
+                "target": target_text,
+                "verdict": verdict,
+                "allocators": per,
+            }));
+        }
+    }
+
+    table.push_str(&format!(
+        "\n## All workloads: medians, (ratio to mimalloc) ({mode} mode, {runs} runs)\n\n\
+         Throughput: higher is better; latency and memory: lower is better. Latency: a sample \
+         of the operations (see JSON `op`, `lat_every`); peak live: requested bytes plus the \
+         workload's own arrays; RSS after idle: everything freed, then light traffic.\n\n"
+    ));
+    let mut head = String::from("| workload | metric |");
+    let mut rule = String::from("|---|---|");
+    for a in allocs {
+        head.push_str(&format!(" {a} |"));
+        rule.push_str("---:|");
+    }
+    table.push_str(&head);
+    table.push('\n');
+    table.push_str(&rule);
+    table.push('\n');
+    for &w in workloads {
+        for &(key, label, scale) in COMMON {
+            let med = |a: &str| median(&values(results, w, a, key)).map(|v| v * scale);
+            let mi = med("mimalloc");
+            let mut row = format!("| {w} | {label} |");
+            for a in allocs {
+                let v = med(a);
+                if a == "mimalloc" || mi.is_none() {
+                    row.push_str(&format!(" {} |", fmt_val(v)));
+                } else {
+                    row.push_str(&format!(" {} ({}) |", fmt_val(v), fmt_ratio(v, mi)));
+                }
+            }
+            row.push('\n');
+            table.push_str(&row);
+            let mut per: Map<String, Value> = Map::new();
+            for a in allocs {
+                let vals = values(results, w, a, key);
+                per.insert(
+                    a.clone(),
+                    json!({ "median": median(&vals), "min": minimum(&vals), "runs": vals }),
+                );
+            }
+            summary.push(json!({
+                "workload": w, "metric": key, "label": label, "target": "(info)",
+                "verdict": "", "allocators": per,
+            }));
+        }
+    }
+    (table, summary)
+}
+
+fn short(a: &str) -> &str {
+    match a {
+        "tieralloc" => "tier",
+        "jemalloc" => "je",
+        "numalloc" => "numa",
+        "system" => "sys",
+        other => other,
+    }
+}
+
+fn resolve_workloads(only: &[String]) -> Vec<&'static str> {
+    if only.is_empty() {
+        return WORKLOADS.to_vec();
+    }
+    for w in only {
+        if !WORKLOADS.contains(&w.as_str()) {
+            eprintln!("unknown workload {w}; choose from {WORKLOADS:?}");
+            std::process::exit(2);
+        }
+    }
+    WORKLOADS
+        .iter()
+        .copied()
+        .filter(|w| only.iter().any(|o| o == w))
+        .collect()
 }
 
 fn driver(cli: Cli) {
@@ -959,186 +1829,91 @@ fn driver(cli: Cli) {
         callgrind(&cli, &exe);
         return;
     }
-    let workloads: Vec<&str> = if cli.only.is_empty() {
-        WORKLOADS.to_vec()
-    } else {
-        for w in &cli.only {
-            if !WORKLOADS.contains(&w.as_str()) {
-                eprintln!("unknown workload {w}; choose from {WORKLOADS:?}");
+    if let Some(src) = &cli.plots_from {
+        let doc: Value = std::fs::read_to_string(src)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| {
+                eprintln!("cannot read results from {}", src.display());
                 std::process::exit(2);
-            }
-        }
-        WORKLOADS
-            .iter()
-            .copied()
-            .filter(|w| cli.only.iter().any(|o| o == w))
-            .collect()
-    };
+            });
+        let dir = cli
+            .plots
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("docs/img"));
+        plots::draw_all(&doc, &dir);
+        return;
+    }
+    let workloads = resolve_workloads(&cli.only);
     let runs = cli.runs.unwrap_or(if cli.quick { 3 } else { 5 }).max(1);
+    let mode = if cli.quick { "quick" } else { "full" };
     let started = Instant::now();
+    let load_before = load_average();
     eprintln!(
-        "workloads {:?} × allocators {:?} × {runs} runs ({})",
-        workloads,
-        cli.allocs,
-        if cli.quick { "quick" } else { "full" }
+        "workloads {:?} × allocators {:?} × {runs} runs ({mode}); load average {load_before}",
+        workloads, cli.allocs
     );
-    // results[workload][alloc] = list of worker outputs.
-    let mut results: Map<String, Value> = Map::new();
+    let total = (workloads.len() * cli.allocs.len() * runs) as u64;
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:32}] {pos}/{len} runs, eta {eta}  {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let timeout = Duration::from_secs(cli.timeout);
+    let mut results: Results = Map::new();
     let mut errors: Vec<String> = Vec::new();
     for &w in &workloads {
         let mut per_alloc: Map<String, Value> = Map::new();
         for a in &cli.allocs {
             per_alloc.insert(a.clone(), json!([]));
         }
+        let key = METRICS
+            .iter()
+            .find(|m| m.workload == w)
+            .map(|m| m.key)
+            .unwrap_or("ops_per_s");
         for run in 0..runs {
             for a in &cli.allocs {
+                pb.set_message(format!("{w} run {} {a}", run + 1));
                 let t = Instant::now();
-                match run_worker(&exe, w, a, cli.quick, &[]) {
+                match run_worker(&exe, w, a, cli.quick, &[], timeout) {
                     Ok(v) => {
-                        let key = METRICS
-                            .iter()
-                            .find(|m| m.workload == w)
-                            .map(|m| m.key)
-                            .unwrap_or("");
-                        eprintln!(
-                            "  {w:9} run {} {a:10} {key} = {} ({:.1} s)",
+                        let line = format!(
+                            "  {w:10} run {} {a:10} {key} = {} ({:.1} s)",
                             run + 1,
                             fmt_val(metric_of(&v, key)),
                             t.elapsed().as_secs_f64()
                         );
+                        pb.suspend(|| eprintln!("{line}"));
                         per_alloc[a].as_array_mut().expect("array").push(v);
                     }
                     Err(e) => {
-                        eprintln!("  {w:9} run {} {a:10} FAILED: {e}", run + 1);
+                        pb.suspend(|| eprintln!("  {w:10} run {} {a:10} FAILED: {e}", run + 1));
                         errors.push(format!("{w}/{a} run {}: {e}", run + 1));
                     }
                 }
+                pb.inc(1);
             }
         }
         results.insert(w.to_string(), Value::Object(per_alloc));
     }
+    pb.finish_and_clear();
+    let load_after = load_average();
 
-    // Summaries and the table.
-    let get = |w: &str, a: &str, key: &str| -> Vec<f64> {
-        results
-            .get(w)
-            .and_then(|x| x.get(a))
-            .and_then(|x| x.as_array())
-            .map(|runs| runs.iter().filter_map(|r| metric_of(r, key)).collect())
-            .unwrap_or_default()
-    };
-    let mut summary: Vec<Value> = Vec::new();
-    let mut table = String::new();
-    table.push_str(&format!(
-        "\n## tieralloc vs mimalloc vs system ({} mode, {runs} runs each, medians)\n\n",
-        if cli.quick { "quick" } else { "full" }
-    ));
-    table.push_str(
-        "| workload | metric | target | tieralloc | mimalloc | system | tier/mi | sys/mi | verdict |\n",
-    );
-    table.push_str("|---|---|---|---:|---:|---:|---:|---:|---|\n");
-    for m in METRICS.iter().filter(|m| workloads.contains(&m.workload)) {
-        let med = |a: &str| median(&get(m.workload, a, m.key));
-        let (t, mi, sy) = (med("tieralloc"), med("mimalloc"), med("system"));
-        let (target_text, verdict) = match m.target {
-            Target::VsMimalloc(f) => {
-                let text = if f == 1.0 {
-                    "≤ mimalloc".to_string()
-                } else {
-                    format!("≤ {f} × mimalloc")
-                };
-                let v = match (t, mi) {
-                    (Some(t), Some(mi)) => {
-                        if t <= f * mi {
-                            "PASS"
-                        } else {
-                            "FAIL"
-                        }
-                    }
-                    _ => "n/a",
-                };
-                (text, v)
-            }
-            Target::Absolute(key) => {
-                let goal = median(&get(m.workload, "tieralloc", key));
-                let v = match (t, goal) {
-                    (Some(t), Some(g)) => {
-                        if t <= g {
-                            "PASS"
-                        } else {
-                            "FAIL"
-                        }
-                    }
-                    _ => "n/a",
-                };
-                (
-                    format!("≤ 1.1 × steady live + 8 MiB = {}", fmt_val(goal)),
-                    v,
-                )
-            }
-            Target::Info => ("(info)".to_string(), ""),
-        };
-        table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            m.workload,
-            m.label,
-            target_text,
-            fmt_val(t),
-            fmt_val(mi),
-            fmt_val(sy),
-            fmt_ratio(t, mi),
-            fmt_ratio(sy, mi),
-            verdict
-        ));
-        if m.show_min {
-            let mn = |a: &str| minimum(&get(m.workload, a, m.key));
-            let (t2, mi2, sy2) = (mn("tieralloc"), mn("mimalloc"), mn("system"));
-            let v2 = match m.target {
-                Target::VsMimalloc(f) => match (t2, mi2) {
-                    (Some(a), Some(b)) if a <= f * b => "PASS",
-                    (Some(_), Some(_)) => "FAIL",
-                    _ => "n/a",
-                },
-                _ => "",
-            };
-            table.push_str(&format!(
-                "| {} | {} (minimum) | {} | {} | {} | {} | {} | {} | {} |\n",
-                m.workload,
-                m.label,
-                target_text,
-                fmt_val(t2),
-                fmt_val(mi2),
-                fmt_val(sy2),
-                fmt_ratio(t2, mi2),
-                fmt_ratio(sy2, mi2),
-                v2
-            ));
-        }
-        let mut per: Map<String, Value> = Map::new();
-        for a in &cli.allocs {
-            let vals = get(m.workload, a, m.key);
-            per.insert(
-                a.clone(),
-                json!({ "median": median(&vals), "min": minimum(&vals), "runs": vals }),
-            );
-        }
-        summary.push(json!({
-            "workload": m.workload,
-            "metric": m.key,
-            "label": m.label,
-            "target": target_text,
-            "verdict": verdict,
-            "tier_over_mi": match (t, mi) { (Some(a), Some(b)) if b > 0.0 => Some(a / b), _ => None },
-            "sys_over_mi": match (sy, mi) { (Some(a), Some(b)) if b > 0.0 => Some(a / b), _ => None },
-            "allocators": per,
-        }));
-    }
+    let (mut table, summary) = tables(&results, &workloads, &cli.allocs, mode, runs);
     if !errors.is_empty() {
         table.push_str("\nFailed runs:\n");
         for e in &errors {
             table.push_str(&format!("- {e}\n"));
         }
     }
+    table.push_str(&format!(
+        "\n{:.0} s in all; load average before {load_before}, after {load_after}.\n",
+        started.elapsed().as_secs_f64()
+    ));
     println!("{table}");
     let path = cli
         .json
@@ -1146,11 +1921,14 @@ fn driver(cli: Cli) {
         .unwrap_or_else(|| target_dir().join("bench-results").join("workloads.json"));
     let doc = json!({
         "machine": machine_info(),
-        "mode": if cli.quick { "quick" } else { "full" },
+        "mode": mode,
         "runs": runs,
         "allocators": cli.allocs,
+        "workloads": workloads,
         "order": "interleaved per run: allocators in the order given, one process each",
         "elapsed_s": started.elapsed().as_secs_f64(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "summary": summary,
         "errors": errors,
         "raw": results,
@@ -1169,8 +1947,412 @@ fn driver(cli: Cli) {
         ),
         Err(e) => eprintln!("could not write {}: {e}", path.display()),
     }
+    if let Some(dir) = &cli.plots {
+        plots::draw_all(&doc, dir);
+    }
     if !errors.is_empty() {
         std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Charts (plotters, SVG backend: no font or system libraries needed).
+
+mod plots {
+    use super::{median, metric_of, values, Results};
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    use serde_json::Value;
+    use std::path::Path;
+
+    type Res = Result<(), Box<dyn std::error::Error>>;
+    type Chart = fn(&Ctx, &Path) -> Res;
+
+    const PCTS: [(&str, &str); 4] = [
+        ("lat_p50_ns", "p50"),
+        ("lat_p99_ns", "p99"),
+        ("lat_p999_ns", "p99.9"),
+        ("lat_max_ns", "max"),
+    ];
+
+    fn color(a: &str) -> RGBColor {
+        match a {
+            "tieralloc" => RGBColor(214, 39, 40),
+            "mimalloc" => RGBColor(31, 119, 180),
+            "jemalloc" => RGBColor(44, 160, 44),
+            "numalloc" => RGBColor(255, 127, 14),
+            _ => RGBColor(100, 100, 100),
+        }
+    }
+
+    fn fmt_ns(v: f64) -> String {
+        if v >= 1e9 {
+            format!("{:.0} s", v / 1e9)
+        } else if v >= 1e6 {
+            format!("{:.0} ms", v / 1e6)
+        } else if v >= 1e3 {
+            format!("{:.0} µs", v / 1e3)
+        } else {
+            format!("{v:.0} ns")
+        }
+    }
+
+    struct Ctx<'a> {
+        results: &'a Results,
+        allocs: Vec<String>,
+        workloads: Vec<String>,
+        caption: String,
+    }
+
+    pub fn draw_all(doc: &Value, dir: &Path) {
+        let Some(results) = doc.get("raw").and_then(|r| r.as_object()) else {
+            eprintln!("no raw results to plot");
+            return;
+        };
+        let strs = |k: &str| -> Vec<String> {
+            doc.get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let m = &doc["machine"];
+        let ctx = Ctx {
+            results,
+            allocs: strs("allocators"),
+            workloads: strs("workloads"),
+            caption: format!(
+                "{} cores, {}, {} mode, {} runs, medians, commit {}",
+                m["cores"],
+                m["cpu"].as_str().unwrap_or(""),
+                doc["mode"].as_str().unwrap_or(""),
+                doc["runs"],
+                m["commit"].as_str().unwrap_or("?"),
+            ),
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let jobs: [(&str, Chart); 4] = [
+            ("latency.svg", latency),
+            ("spike-rss.svg", spike),
+            ("throughput-ratio.svg", throughput),
+            ("memory-ratio.svg", memory),
+        ];
+        for (name, f) in jobs {
+            let path = dir.join(name);
+            match f(&ctx, &path) {
+                Ok(()) => eprintln!("wrote {}", path.display()),
+                Err(e) => eprintln!("could not draw {}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn med(ctx: &Ctx, w: &str, a: &str, key: &str) -> Option<f64> {
+        median(&values(ctx.results, w, a, key))
+    }
+
+    /// Latency percentiles per allocator, one panel per workload (log scale).
+    fn latency(ctx: &Ctx, path: &Path) -> Res {
+        let n = ctx.workloads.len().max(1);
+        let cols = 3.min(n);
+        let rows = n.div_ceil(cols);
+        let root = SVGBackend::new(path, (1500, 60 + 380 * rows as u32)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!(
+                "Per-operation latency (sampled), log scale. {}",
+                ctx.caption
+            ),
+            ("sans-serif", 20),
+        )?;
+        let panels = root.split_evenly((rows, cols));
+        for (w, panel) in ctx.workloads.iter().zip(panels.iter()) {
+            let mut lo = f64::MAX;
+            let mut hi = 1.0f64;
+            for a in &ctx.allocs {
+                for (k, _) in PCTS {
+                    if let Some(v) = med(ctx, w, a, k) {
+                        lo = lo.min(v.max(1.0));
+                        hi = hi.max(v);
+                    }
+                }
+            }
+            if lo > hi {
+                continue;
+            }
+            let mut chart = ChartBuilder::on(panel)
+                .caption(w, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(28)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.5f64..3.5f64, (lo / 2.0..hi * 2.0).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_labels(5)
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 0.01 && (0.0..4.0).contains(&i) {
+                        PCTS[i as usize].1.to_string()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_label_formatter(&|v| fmt_ns(*v))
+                .draw()?;
+            for (ai, a) in ctx.allocs.iter().enumerate() {
+                let c = color(a);
+                let off = (ai as f64 - (ctx.allocs.len() as f64 - 1.0) / 2.0) * 0.06;
+                let pts: Vec<(f64, f64)> = PCTS
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (k, _))| med(ctx, w, a, k).map(|v| (i as f64 + off, v)))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+                    .label(a.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
+                    });
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
+
+    /// RSS over time through the spike: for each allocator the run with the median RSS at 1 s.
+    fn spike(ctx: &Ctx, path: &Path) -> Res {
+        let Some(per) = ctx.results.get("spike") else {
+            return Err("no spike results".into());
+        };
+        let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        let mut target = None;
+        for a in &ctx.allocs {
+            let Some(runs) = per.get(a).and_then(|v| v.as_array()) else {
+                continue;
+            };
+            let mut by: Vec<(f64, &Value)> = runs
+                .iter()
+                .filter_map(|r| metric_of(r, "rss_1s_mib").map(|v| (v, r)))
+                .collect();
+            if by.is_empty() {
+                continue;
+            }
+            by.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let run = by[by.len() / 2].1;
+            target = target.or(metric_of(run, "target_mib"));
+            let pts: Vec<(f64, f64)> = run["metrics"]["series_ms_mib"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|p| Some((p[0].as_f64()? / 1e3, p[1].as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            lines.push((a.clone(), pts));
+        }
+        let xmin = lines
+            .iter()
+            .flat_map(|l| l.1.iter().map(|p| p.0))
+            .fold(0.0f64, f64::min);
+        let ymax = lines
+            .iter()
+            .flat_map(|l| l.1.iter().map(|p| p.1))
+            .fold(10.0f64, f64::max);
+        let ymin = lines
+            .iter()
+            .flat_map(|l| l.1.iter().map(|p| p.1))
+            .fold(f64::MAX, f64::min)
+            .min(target.unwrap_or(f64::MAX));
+        let root = SVGBackend::new(path, (1200, 650)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "spike: RSS through a 256 MiB spike (freed at t = 0) over a 16 MiB steady set",
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                xmin - 0.05..3.1f64,
+                ((ymin * 0.8).min(10.0)..ymax * 4.0).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("seconds after the free   ({})", ctx.caption))
+            .y_desc("RSS, MiB (log scale)")
+            .y_labels(15)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
+        if let Some(t) = target {
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(xmin - 0.05, t), (3.1, t)],
+                    BLACK.mix(0.6).stroke_width(1),
+                ))?
+                .label(format!("target {t:.1} MiB (1.1 × steady live + 8 MiB)"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.6)));
+        }
+        for (a, pts) in &lines {
+            let c = color(a);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+                .label(a.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
+                });
+            // The RSS at the end, written at the line's end (the log axis has few labels).
+            if let Some(&(x, y)) = pts.last() {
+                let style = ("sans-serif", 12)
+                    .into_font()
+                    .color(&c)
+                    .pos(Pos::new(HPos::Right, VPos::Bottom));
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{y:.1} MiB"),
+                    (x, y),
+                    style,
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+
+    /// Grouped bars of value / mimalloc's value per workload, log scale around 1.
+    fn ratio_bars(
+        ctx: &Ctx,
+        path: &Path,
+        title: &str,
+        series: &[(&str, &str)],
+        ylabel: &str,
+    ) -> Res {
+        let allocs: Vec<&String> = ctx.allocs.iter().filter(|a| *a != "mimalloc").collect();
+        let n = ctx.workloads.len();
+        let root =
+            SVGBackend::new(path, (1300, 360 * series.len() as u32 + 40)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(&format!("{title}. {}", ctx.caption), ("sans-serif", 18))?;
+        let panels = root.split_evenly((series.len(), 1));
+        for ((key, name), panel) in series.iter().zip(panels.iter()) {
+            let mut bars: Vec<(usize, usize, f64)> = Vec::new();
+            for (wi, w) in ctx.workloads.iter().enumerate() {
+                let Some(mi) = med(ctx, w, "mimalloc", key) else {
+                    continue;
+                };
+                for (ai, a) in allocs.iter().enumerate() {
+                    if let Some(v) = med(ctx, w, a, key) {
+                        if mi > 0.0 && v > 0.0 {
+                            bars.push((wi, ai, v / mi));
+                        }
+                    }
+                }
+            }
+            let lo = bars.iter().map(|b| b.2).fold(1.0f64, f64::min) / 1.6;
+            let hi = bars.iter().map(|b| b.2).fold(1.0f64, f64::max) * 1.6;
+            let wl = ctx.workloads.clone();
+            let mut chart = ChartBuilder::on(panel)
+                .caption(*name, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(-0.5f64..n as f64 - 0.5, (lo..hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n + 1)
+                .x_label_formatter(&move |x| {
+                    let i = x.round();
+                    if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < wl.len() {
+                        wl[i as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc(ylabel)
+                .y_labels(5)
+                .y_label_formatter(&|v| format!("{v:.2}"))
+                .draw()?;
+            let k = allocs.len().max(1) as f64;
+            let width = 0.8 / k;
+            for (ai, a) in allocs.iter().enumerate() {
+                let c = color(a);
+                chart
+                    .draw_series(bars.iter().filter(|b| b.1 == ai).map(|&(wi, _, r)| {
+                        let x0 = wi as f64 - 0.4 + ai as f64 * width;
+                        Rectangle::new([(x0, 1.0), (x0 + width * 0.9, r)], c.filled())
+                    }))?
+                    .label(a.as_str())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled())
+                    });
+                // The value at the end of each bar (the log axis has few labels).
+                let font = ("sans-serif", 11).into_font();
+                let above = TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Bottom));
+                let below = TextStyle::from(font).pos(Pos::new(HPos::Left, VPos::Top));
+                chart.draw_series(bars.iter().filter(|b| b.1 == ai).map(|&(wi, _, r)| {
+                    let x0 = wi as f64 - 0.4 + ai as f64 * width;
+                    let style = if r >= 1.0 {
+                        above.clone()
+                    } else {
+                        below.clone()
+                    };
+                    Text::new(format!("{r:.2}"), (x0, r), style)
+                }))?;
+            }
+            chart.draw_series(LineSeries::new(
+                vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
+                BLACK.stroke_width(1),
+            ))?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
+
+    fn throughput(ctx: &Ctx, path: &Path) -> Res {
+        ratio_bars(
+            ctx,
+            path,
+            "Throughput relative to mimalloc (above 1 = faster than mimalloc)",
+            &[("ops_per_s", "throughput / mimalloc's")],
+            "ratio (log scale)",
+        )
+    }
+
+    fn memory(ctx: &Ctx, path: &Path) -> Res {
+        ratio_bars(
+            ctx,
+            path,
+            "Memory relative to mimalloc (below 1 = less than mimalloc)",
+            &[
+                ("peak_rss_mib", "peak RSS / mimalloc's"),
+                ("rss_idle_mib", "RSS after idle / mimalloc's"),
+            ],
+            "ratio (log scale)",
+        )
     }
 }
 
