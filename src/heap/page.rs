@@ -10,7 +10,7 @@ use super::size_class::bin_size;
 use core::ptr;
 
 /// How many bytes of a fresh page one extension carves at most (keeps RSS to what is used).
-const EXTEND_BYTES: usize = 16 << 10;
+const EXTEND_BYTES: usize = 8 << 10;
 
 impl Page {
     /// Sets up a page just taken from its segment to hold blocks of `bin`.
