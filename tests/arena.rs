@@ -393,3 +393,48 @@ fn slot_arena_reuses_slots_and_uses_its_allocator() {
     assert!(s.is_empty());
     assert_eq!(s.stats().bytes_used, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Placement: arenas take their chunks from a `Placed` handle.
+
+/// Node of the page holding `p`, from move_pages (None where the kernel has no NUMA support).
+fn node_of(p: *const u8) -> Option<i32> {
+    tieralloc::numa::pages_on_nodes(p, 1)
+        .ok()
+        .and_then(|v| v.first().copied())
+}
+
+#[test]
+fn arenas_place_their_chunks_with_placed() {
+    let local = tieralloc::Placed::local().expect("the local node is usable");
+    let node = tieralloc::numa::current_cpu_and_node().map_or(0, |(_, n)| n);
+    let placed = tieralloc::Placed::node(node).expect("the node this thread runs on");
+
+    let arena: Arena<[u64; 4], _> = Arena::new_in(placed);
+    let first = arena.alloc([7; 4]) as *mut [u64; 4];
+    for i in 0..10_000u64 {
+        let v = arena.alloc([i; 4]);
+        assert_eq!(v[3], i);
+    }
+    // SAFETY: `first` points into the arena, which is alive and has not been reset.
+    assert_eq!(unsafe { (*first)[0] }, 7);
+    assert!(arena.stats().bytes_held >= 10_000 * 32);
+    if let Some(n) = node_of(first as *const u8) {
+        assert_eq!(
+            n, node as i32,
+            "arena chunk memory must be on the placed node"
+        );
+    }
+
+    let mut slots: SlotArena<String, _> = SlotArena::new_in(local);
+    let k = slots.insert("placed".to_string());
+    assert_eq!(slots.get(k).map(String::as_str), Some("placed"));
+    assert_eq!(slots.remove(k).as_deref(), Some("placed"));
+    assert!(slots.get(k).is_none());
+
+    let err = tieralloc::Placed::node(999).expect_err("node 999 does not exist");
+    assert!(
+        err.to_string().contains("999"),
+        "the error names the node: {err}"
+    );
+}
