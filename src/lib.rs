@@ -40,8 +40,9 @@ pub mod topology;
 #[cfg(not(loom))]
 pub mod tiers {
     pub use crate::tier::{
-        demote, move_to_node, move_to_tier, policy, promote, set_policy, stats, MoveReport, Policy,
-        PolicyError, TierError, TierStats,
+        demote, move_to_node, move_to_tier, policy, promote, set_policy, start_auto_demotion,
+        stats, AutoDemotion, AutoDemotionReport, MoveReport, Policy, PolicyError, TierError,
+        TierStats,
     };
 }
 

@@ -77,6 +77,7 @@ impl Rng {
 /// Checks in the probe's own process (no policy), then one child per policy.
 pub fn run(c: &mut Checks) {
     demotion(c);
+    auto_demotion(c);
     weighted(c);
     for (name, env) in [
         ("ignore-hmat", "TIERALLOC_IGNORE_HMAT=1"),
@@ -222,6 +223,59 @@ fn demotion(c: &mut Checks) {
     for (name, ok, detail) in r {
         c.check(name, ok, detail);
     }
+}
+
+/// The automatic demoter: an old huge block moves to node 2 with its contents; a young one
+/// stays; huge blocks allocated and freed all the while (racing the demoter's claims) are fine.
+fn auto_demotion(c: &mut Checks) {
+    let r = std::thread::spawn(|| {
+        warm_up_on_cpu0();
+        let len = 8 << 20;
+        let mut old = vec![0u8; len];
+        fill(&mut old, 11);
+        let demoter = tiers::start_auto_demotion(
+            std::time::Duration::from_millis(300),
+            std::time::Duration::from_millis(20),
+        )
+        .expect("three tiers here");
+        let churn = std::thread::spawn(|| {
+            pin_current_thread_to_cpu(0).expect("pin to CPU 0");
+            let mut n = 0u64;
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_millis(900) {
+                let mut v = vec![0u8; 3 << 20];
+                fill(&mut v, n);
+                assert!(intact(&v, n));
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let churned = churn.join().expect("churn thread");
+        // Young: allocated 100 ms before the census, well under the 300 ms age.
+        let mut young = vec![0u8; len];
+        fill(&mut young, 12);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let old_nodes = census(&[(old.as_ptr(), len)]);
+        let young_nodes = census(&[(young.as_ptr(), len)]);
+        let report = demoter.stop();
+        let ok = all_on(&old_nodes, 2)
+            && intact(&old, 11)
+            && all_on(&young_nodes, 0)
+            && intact(&young, 12)
+            && report.blocks >= 1;
+        (
+            ok,
+            format!(
+                "after 300 ms: old 8 MiB block {old_nodes:?} (contents intact: {}), young one \
+                 {young_nodes:?}; {churned} huge blocks allocated and freed meanwhile; {report:?}",
+                intact(&old, 11)
+            ),
+        )
+    })
+    .join()
+    .expect("auto demotion thread");
+    c.check("auto-demote-old-huge-to-node-2", r.0, r.1);
 }
 
 fn weighted(c: &mut Checks) {

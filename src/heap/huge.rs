@@ -5,7 +5,7 @@
 //! May touch: `sys::os`, `heap::segment`.
 
 use super::segment::{Segment, SegmentKind, HEADER_SIZE, MAX_ALIGN, SEGMENT_SIZE};
-use crate::sync::Ordering;
+use crate::sync::{spin_hint, AtomicUsize, Ordering};
 use crate::sys::os;
 use core::ptr;
 
@@ -78,6 +78,89 @@ pub fn object(seg: *mut Segment) -> *mut u8 {
     // SAFETY: huge_offset was written when the segment was made, before the object was handed
     // out.
     unsafe { (seg as *mut u8).add((*seg).huge_offset) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry of live huge objects, for a thread that does not own them (the automatic
+// demoter) to visit them safely. A slot holds a segment's address, with the low bit set while
+// the visitor has it claimed; the object's free takes it out of its slot with a CAS and waits
+// out a claim, so a claimed header is never read after it is freed or unmapped. Fixed size, no
+// allocation: an object that finds no free slot is simply not visited.
+
+/// Slots in the huge registry.
+pub const REG_SLOTS: usize = 1024;
+/// `Segment::huge_slot` of an object that is in no slot.
+pub const NO_SLOT: u32 = u32::MAX;
+const CLAIMED: usize = 1;
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: AtomicUsize = AtomicUsize::new(0);
+static REGISTRY: [AtomicUsize; REG_SLOTS] = [EMPTY_SLOT; REG_SLOTS];
+static REG_HINT: AtomicUsize = AtomicUsize::new(0);
+
+/// Records a huge object that was just handed out (fresh or from a cache) at `now`.
+///
+/// # Safety
+/// The caller owns `seg`, a huge segment in no slot.
+pub unsafe fn register(seg: *mut Segment, now: u64) {
+    // SAFETY: owner-only header fields (per the contract).
+    unsafe {
+        (*seg).huge_born_ms = now;
+        (*seg).huge_slot = NO_SLOT;
+        let start = REG_HINT.fetch_add(1, Ordering::Relaxed);
+        for i in 0..REG_SLOTS {
+            let k = (start + i) % REG_SLOTS;
+            if REGISTRY[k].load(Ordering::Relaxed) == 0
+                && REGISTRY[k]
+                    .compare_exchange(0, seg as usize, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                (*seg).huge_slot = k as u32;
+                return;
+            }
+        }
+    }
+}
+
+/// Takes a huge object out of the registry before it is freed, waiting while a visitor has it
+/// claimed.
+///
+/// # Safety
+/// The caller owns `seg` (it is freeing its object).
+pub unsafe fn unregister(seg: *mut Segment) {
+    // SAFETY: owner-only header field.
+    let k = unsafe { (*seg).huge_slot };
+    if k == NO_SLOT {
+        return;
+    }
+    let slot = &REGISTRY[(k as usize).min(REG_SLOTS - 1)];
+    loop {
+        match slot.compare_exchange(seg as usize, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(cur) if cur == seg as usize | CLAIMED => spin_hint(),
+            Err(_) => break,
+        }
+    }
+    // SAFETY: as above.
+    unsafe { (*seg).huge_slot = NO_SLOT };
+}
+
+/// Calls `f` with every registered huge object, each claimed for the duration of its call:
+/// its header stays valid and its object is not freed meanwhile (a free waits). `f` must not
+/// free the object it is given.
+pub fn for_each_claimed(mut f: impl FnMut(*mut Segment)) {
+    for slot in REGISTRY.iter() {
+        let v = slot.load(Ordering::Acquire);
+        if v == 0 || v & CLAIMED != 0 {
+            continue;
+        }
+        if slot
+            .compare_exchange(v, v | CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            f(v as *mut Segment);
+            slot.store(v, Ordering::Release);
+        }
+    }
 }
 
 /// Unmaps a huge segment.

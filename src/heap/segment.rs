@@ -169,6 +169,10 @@ pub struct Segment {
     pub huge_offset: usize,
     /// Huge segments: usable bytes from `huge_offset`.
     pub huge_size: usize,
+    /// Huge segments: when the object was allocated (ms), for age-based demotion.
+    pub huge_born_ms: u64,
+    /// Huge segments: its slot in the huge registry (`huge::NO_SLOT` if none).
+    pub huge_slot: u32,
     /// Bit i set: slice i is in no page (owner only).
     pub free_slices: u64,
     /// Bit i set: slice i's page area may be resident (written since mapped or purged). The

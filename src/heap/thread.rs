@@ -1119,6 +1119,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
             commit_add(node as u16, map_size);
         }
         let obj = huge::object(seg);
+        huge::register(seg, os::now_ms());
         bump(&(*h).stats.huge_allocs, 1);
         bump(&(*h).stats.huge_alloc_bytes, (*seg).huge_size as u64);
         if zero && reused {
@@ -1315,8 +1316,10 @@ unsafe fn count_node_free(h: *mut Heap, node: u16, bytes: u64) {
 }
 
 unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
-    // SAFETY: seg is a huge segment whose object is being freed by us; nobody else uses it.
+    // SAFETY: seg is a huge segment whose object is being freed by us; once it is out of the
+    // registry (which waits for a demoter that has it claimed), nobody else uses it.
     unsafe {
+        huge::unregister(seg);
         let (c, shared) = counters(h);
         add(&c.huge_frees, 1, shared);
         add(&c.huge_free_bytes, (*seg).huge_size as u64, shared);

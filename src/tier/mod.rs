@@ -9,9 +9,11 @@
 //! load each, on paths that are already slow (except `fast_max`, one load on the fast path).
 //! Everything the heap calls here is allocation-free, panic-free and format-free.
 
+pub(crate) mod auto;
 pub(crate) mod migrate;
 pub(crate) mod policy;
 
+pub use auto::{start_auto_demotion, AutoDemotion, AutoDemotionReport};
 pub use migrate::{demote, move_to_node, move_to_tier, promote, MoveReport, TierError};
 pub use policy::{policy, set_policy, Policy, PolicyError};
 
