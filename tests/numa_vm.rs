@@ -108,6 +108,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "placed-node-7-refused",
         // Issue 4: tiers (examples/tier_checks; policies run in children of the probe).
         "demote-huge-to-node-2",
+        "demote-large-block-and-free-rebinds",
         "auto-demote-old-huge-to-node-2",
         "promote-huge-to-node-0",
         "tier-stats-demoted-promoted",

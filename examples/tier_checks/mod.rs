@@ -206,15 +206,38 @@ fn demotion(c: &mut Checks) {
         ));
         // SAFETY: our mapping, no longer used.
         unsafe { libc::munmap(p as *mut libc::c_void, mlen) };
-        // A block in a shared segment is refused, untouched.
-        let mut small = vec![5u8; 100 << 10];
+        // A small block shares its pages with other blocks: refused, untouched.
+        let mut small = vec![5u8; 3000];
         // SAFETY: our own live block.
         let e = unsafe { tiers::demote(small.as_mut_ptr(), small.len()) };
         let m = census(&[(small.as_ptr(), small.len())]);
         out.push((
             "demote-shared-segment-refused",
             e == Err(TierError::SharedSegment) && all_on(&m, 0),
-            format!("{e:?}, pages {m:?}"),
+            format!("3000-byte block: {e:?}, pages {m:?}"),
+        ));
+        // A large block (1 MiB: its own run of slices in a shared segment) moves, and once it
+        // is freed its slices come back bound to node 0: the next block there is on node 0.
+        let llen = 1 << 20;
+        let mut large = vec![0u8; llen];
+        fill(&mut large, 9);
+        let at = large.as_ptr() as usize;
+        // SAFETY: our own live block.
+        let d = unsafe { tiers::demote(large.as_mut_ptr(), llen) };
+        let moved = census(&[(large.as_ptr(), llen)]);
+        let ok_moved = d.is_ok_and(|r| r.failed == 0) && all_on(&moved, 2) && intact(&large, 9);
+        drop(large);
+        let mut again = vec![0u8; llen];
+        fill(&mut again, 10);
+        let reused = again.as_ptr() as usize == at;
+        let back = census(&[(again.as_ptr(), llen)]);
+        out.push((
+            "demote-large-block-and-free-rebinds",
+            ok_moved && all_on(&back, 0) && intact(&again, 10),
+            format!(
+                "1 MiB block: {d:?}, pages {moved:?}; freed, next 1 MiB block (same address: \
+                 {reused}) {back:?}"
+            ),
         ));
         out
     })

@@ -100,7 +100,10 @@ pub struct Page {
     pub free_is_zero: bool,
     /// The memory past `capacity` has never been written since it was mapped or purged.
     pub fresh: bool,
-    _pad: u8,
+    /// A large page whose pages were moved to another node (by `tiers::demote` & co.): that
+    /// node + 1; 0 when it is on its segment's node. Written by the block's owner while it is
+    /// live, read when the page is given back.
+    pub moved: u8,
     /// Blocks freed by other threads, and the delayed-free state.
     pub thread_free: RemoteFree,
     /// Queue links (owner only).
@@ -128,7 +131,7 @@ impl Page {
         back: 0,
         free_is_zero: false,
         fresh: false,
-        _pad: 0,
+        moved: 0,
         thread_free: RemoteFree::new(),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
@@ -316,6 +319,7 @@ impl Segment {
             page.flags = 0;
             page.next = ptr::null_mut();
             page.prev = ptr::null_mut();
+            page.moved = 0;
             page.thread_free.force_state(super::remote::NORMAL);
             commit_add(s.node, Segment::run_bytes(i, n));
             page
@@ -336,6 +340,18 @@ impl Segment {
             let i = (*page).slice_index();
             let n = (*page).slice_count as usize;
             debug_assert!(s.free_slices & (run_mask(n) << i) == 0, "page freed twice");
+            if (*page).moved != 0 {
+                // Its memory is on another node: drop it now and bind the range back to the
+                // segment's node, so the next page made here is placed like the rest.
+                let bytes = Segment::run_bytes(i, n);
+                let start = Segment::slice_start(seg, i);
+                os::decommit(start, bytes);
+                crate::sys::numa::bind(start, bytes, s.node as u32);
+                s.dirty &= !(run_mask(n) << i);
+                commit_sub((*page).moved as u16 - 1, bytes);
+                commit_add(s.node, bytes);
+                (*page).moved = 0;
+            }
             debug_assert!(s.owner.load(Ordering::Relaxed) != 0 || s.kind == SegmentKind::Normal);
             (*page).kind = PageKind::Free as u8;
             (*page).free = ptr::null_mut();

@@ -1511,6 +1511,10 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
             return new_size <= cap && (new_size * 2 >= cap || cap <= 32);
         }
         // Large page.
+        if (*page).moved != 0 {
+            // Its memory is on another node: no slices change hands while it is.
+            return new_size <= cap && new_size * 2 >= cap;
+        }
         let h = heap();
         let owner = (*seg).owner.load(Ordering::Relaxed) == h as usize;
         if new_size <= MEDIUM_MAX {

@@ -52,8 +52,9 @@ pub enum TierError {
         /// How many tiers there are.
         tiers: usize,
     },
-    /// The span lies in one of tieralloc's shared segments (a block of 2 MiB or less): only
-    /// huge blocks and memory that is not tieralloc's can move.
+    /// The span is a block that shares its pages with other blocks (64 KiB or less), or not a
+    /// whole block: only whole large and huge blocks, and memory that is not tieralloc's, can
+    /// move.
     SharedSegment,
     /// The span is empty or wraps around the address space.
     BadSpan,
@@ -71,9 +72,10 @@ impl fmt::Display for TierError {
                 if *tiers == 1 { "" } else { "s" }
             ),
             TierError::SharedSegment => f.write_str(
-                "the span is a block in one of tieralloc's shared segments (2 MiB or less); \
-                 only huge blocks and memory that is not tieralloc's can move between tiers \
-                 (allocate it with Placed::far or Placed::tier instead)",
+                "the span is a block of 64 KiB or less (its pages hold other blocks too) or \
+                 not a whole block; only whole large and huge blocks and memory that is not \
+                 tieralloc's can move between tiers (allocate small data with Placed::far or \
+                 Placed::tier instead)",
             ),
             TierError::BadSpan => f.write_str("the span is empty or wraps around"),
             TierError::Os(e) => write!(
@@ -135,19 +137,42 @@ pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveRe
     let mut start = ptr as usize & !(OS_PAGE - 1);
     let mut end = end;
     let mut huge: *mut segment::Segment = core::ptr::null_mut();
+    let mut large: *mut segment::Page = core::ptr::null_mut();
     if segment::contains(ptr) {
         let seg = segment::segment_of(ptr);
         // SAFETY: `ptr` lies in a live segment of ours (contains), whose header is mapped;
         // the caller owns the block, so nobody frees or resizes it meanwhile.
         let (kind, map_size) = unsafe { ((*seg).kind, (*seg).map_size) };
-        if kind != SegmentKind::Huge || (ptr as usize).saturating_add(len) > seg as usize + map_size
-        {
-            return Err(TierError::SharedSegment);
+        if kind == SegmentKind::Huge {
+            if (ptr as usize).saturating_add(len) > seg as usize + map_size {
+                return Err(TierError::SharedSegment);
+            }
+            // The whole mapping: it holds this block only.
+            start = seg as usize;
+            end = seg as usize + map_size;
+            huge = seg;
+        } else {
+            // A large block (a run of slices holding this block only) can move: the page
+            // remembers it, and when it is given back its slices are purged and bound to the
+            // segment's node again. Anything smaller shares its pages with other blocks.
+            // SAFETY: as above; `ptr` is a live block of a normal segment.
+            let page = unsafe { segment::page_of(seg, ptr) };
+            // SAFETY: the page descriptor of a live block is valid; these fields were written
+            // when the block was allocated.
+            let (pkind, pstart, bsize) = unsafe {
+                (
+                    (*page).kind,
+                    (*page).start as usize,
+                    (*page).block_size as usize,
+                )
+            };
+            if pkind != segment::PageKind::Large as u8 || ptr as usize != pstart || len > bsize {
+                return Err(TierError::SharedSegment);
+            }
+            start = pstart;
+            end = pstart + bsize;
+            large = page;
         }
-        // The whole mapping: it holds this block only.
-        start = seg as usize;
-        end = seg as usize + map_size;
-        huge = seg;
     }
     let t = topo::get();
     let tier_of = |n: i32| -> Option<usize> {
@@ -206,6 +231,29 @@ pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveRe
             } else {
                 PROMOTED_BYTES[tt].fetch_add(moved, Ordering::Relaxed);
             }
+        }
+    }
+    if !large.is_null() {
+        // SAFETY: the caller owns the large block, so its page stays live while we record
+        // where its memory is; the heap reads `moved` only when the page is given back.
+        unsafe {
+            let seg = (*large).segment();
+            let home = (*seg).node;
+            let was = if (*large).moved == 0 {
+                home
+            } else {
+                (*large).moved as u16 - 1
+            };
+            if was as u32 != node {
+                let bytes = end - start;
+                segment::commit_sub(was, bytes);
+                segment::commit_add(node as u16, bytes);
+            }
+            (*large).moved = if node == home as u32 {
+                0
+            } else {
+                node as u8 + 1
+            };
         }
     }
     if !huge.is_null() && r.failed == 0 {
