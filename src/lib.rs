@@ -57,8 +57,8 @@ pub mod numa {
 
 #[cfg(not(loom))]
 pub use arena::{
-    Arena, ArenaError, ArenaStats, BumpCache, BumpCacheStats, BumpGuard, Key, SlotArena,
-    TryAllocError,
+    Arena, ArenaError, ArenaMoveReport, ArenaStats, BumpCache, BumpCacheStats, BumpGuard, Key,
+    SlotArena, TryAllocError,
 };
 #[cfg(not(loom))]
 pub use global::TierAlloc;

@@ -109,6 +109,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         // Issue 4: tiers (examples/tier_checks; policies run in children of the probe).
         "demote-huge-to-node-2",
         "demote-large-block-and-free-rebinds",
+        "arena-demote-big-chunks-to-node-2",
         "auto-demote-old-huge-to-node-2",
         "promote-huge-to-node-0",
         "tier-stats-demoted-promoted",

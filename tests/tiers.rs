@@ -50,3 +50,25 @@ fn huge_blocks_survive_concurrent_frees_and_reuse() {
     let s = tieralloc::stats();
     assert!(s.huge_allocs >= 160, "{s}");
 }
+
+#[test]
+fn arena_moves_its_big_chunks_or_says_why() {
+    let mut arena: tieralloc::Arena<[u64; 64]> = tieralloc::Arena::new();
+    for i in 0..20_000u64 {
+        arena.alloc([i; 64]);
+    }
+    let tiers = tieralloc::topology().tiers.len();
+    match arena.demote() {
+        // One tier: the "slowest tier" is tier 0, where the chunks are already.
+        Ok(r) => {
+            assert!(r.chunks_moved >= 3, "big chunks are whole blocks: {r:?}");
+            assert!(r.chunks_skipped >= 1, "the first, small chunks stay: {r:?}");
+            assert_eq!(r.pages_failed, 0, "{r:?}");
+        }
+        Err(e) => panic!("demote on a {tiers}-tier machine: {e}"),
+    }
+    assert!(arena
+        .iter_mut()
+        .enumerate()
+        .all(|(i, v)| v[0] == i as u64 && v[63] == i as u64));
+}

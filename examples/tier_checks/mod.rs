@@ -231,6 +231,22 @@ fn demotion(c: &mut Checks) {
         fill(&mut again, 10);
         let reused = again.as_ptr() as usize == at;
         let back = census(&[(again.as_ptr(), llen)]);
+        // An arena's chunks: the big ones move, values stay put and intact.
+        let mut arena: tieralloc::Arena<[u64; 64]> = tieralloc::Arena::new();
+        let first = arena.alloc([1; 64]) as *const [u64; 64] as usize;
+        for i in 0..20_000u64 {
+            arena.alloc([i; 64]);
+        }
+        let ar = arena.demote();
+        let vals_ok = arena.iter_mut().skip(1).enumerate().all(|(i, v)| v[63] == i as u64);
+        let last = arena.iter_mut().last().map_or(0, |v| v as *const [u64; 64] as usize);
+        let moved_ok = ar.is_ok_and(|r| r.chunks_moved >= 3 && r.pages_failed == 0);
+        let tail = census(&[(last as *const u8, 512)]);
+        out.push((
+            "arena-demote-big-chunks-to-node-2",
+            moved_ok && vals_ok && all_on(&tail, 2) && first != 0,
+            format!("20001 values of 512 B: {ar:?}; newest value's page {tail:?}; values intact: {vals_ok}"),
+        ));
         out.push((
             "demote-large-block-and-free-rebinds",
             ok_moved && all_on(&back, 0) && intact(&again, 10),

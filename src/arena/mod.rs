@@ -27,4 +27,4 @@ mod typed;
 
 pub use bump::{BumpCache, BumpCacheStats, BumpGuard};
 pub use slots::{Key, SlotArena};
-pub use typed::{Arena, ArenaError, ArenaStats, IterMut, TryAllocError};
+pub use typed::{Arena, ArenaError, ArenaMoveReport, ArenaStats, IterMut, TryAllocError};

@@ -149,6 +149,21 @@ struct Chunk<T> {
     cap: usize,
 }
 
+/// What [`Arena::move_to_tier`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaMoveReport {
+    /// Chunks whose pages moved.
+    pub chunks_moved: usize,
+    /// Their bytes.
+    pub bytes_moved: usize,
+    /// Chunks left where they are (64 KiB or less, or not tieralloc's).
+    pub chunks_skipped: usize,
+    /// Their bytes.
+    pub bytes_skipped: usize,
+    /// Pages of moved chunks the kernel could not move.
+    pub pages_failed: usize,
+}
+
 /// The cold state, touched only outside the fast path.
 struct Cold<T> {
     chunks: Vec<Chunk<T>>,
@@ -483,6 +498,64 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
             chunks: cold.chunks.len(),
             resets: cold.resets,
         }
+    }
+
+    /// Moves the arena's chunk memory to memory tier `tier` (0 = fastest), keeping every
+    /// value at its address: each chunk that is a whole large or huge tieralloc block (over
+    /// 64 KiB; chunks double, so all but the first few of a big arena) moves with
+    /// `tiers::move_to_tier`; smaller chunks share their pages with other blocks and are
+    /// left where they are, and counted. Chunks from an allocator that is not tieralloc are
+    /// skipped too (the arena does not own their whole pages).
+    ///
+    /// # Errors
+    /// The tier does not exist, or the kernel refused a move (chunks already moved stay
+    /// moved).
+    pub fn move_to_tier(&mut self, tier: usize) -> Result<ArenaMoveReport, crate::tier::TierError> {
+        let mut r = ArenaMoveReport::default();
+        let cold = self.cold.get_mut();
+        for c in &cold.chunks {
+            let bytes = c.cap.saturating_mul(mem::size_of::<T>());
+            let p = c.ptr.as_ptr() as *mut u8;
+            if bytes <= crate::heap::size_class::MEDIUM_MAX || !crate::owns(p) {
+                r.chunks_skipped += 1;
+                r.bytes_skipped += bytes;
+                continue;
+            }
+            // SAFETY: the chunk is a whole block of ours (`&mut self`: no value is being
+            // allocated or dropped meanwhile), the move keeps its address and contents, and the
+            // arena frees it later through the same allocator.
+            match unsafe { crate::tier::move_to_tier(p, bytes, tier) } {
+                Ok(m) => {
+                    r.chunks_moved += 1;
+                    r.bytes_moved += bytes;
+                    r.pages_failed += m.failed;
+                }
+                Err(crate::tier::TierError::SharedSegment) => {
+                    r.chunks_skipped += 1;
+                    r.bytes_skipped += bytes;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(r)
+    }
+
+    /// [`move_to_tier`](Arena::move_to_tier) to the slowest tier (far memory): for an arena
+    /// that has gone cold but must stay.
+    ///
+    /// # Errors
+    /// As `move_to_tier`.
+    pub fn demote(&mut self) -> Result<ArenaMoveReport, crate::tier::TierError> {
+        let tiers = crate::topology::raw::get().n_tiers;
+        self.move_to_tier(tiers.saturating_sub(1))
+    }
+
+    /// [`move_to_tier`](Arena::move_to_tier) to the fastest tier.
+    ///
+    /// # Errors
+    /// As `move_to_tier`.
+    pub fn promote(&mut self) -> Result<ArenaMoveReport, crate::tier::TierError> {
+        self.move_to_tier(0)
     }
 
     /// Iterates over the values, oldest first.
