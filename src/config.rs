@@ -101,7 +101,8 @@ pub(crate) fn parse_bool(v: &[u8]) -> Option<bool> {
     }
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// `v` without leading and trailing ASCII whitespace (for environment values and sysfs text).
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let s = v
         .iter()
         .position(|c| !c.is_ascii_whitespace())

@@ -428,6 +428,44 @@ pub static PAGES_ABANDONED: AtomicUsize = AtomicUsize::new(0);
 /// Pages adopted after being abandoned.
 pub static PAGES_ADOPTED: AtomicUsize = AtomicUsize::new(0);
 
+/// Pushes `seg` at the front of the doubly linked segment list whose head is `*head`.
+///
+/// # Safety
+/// The caller has exclusive use of the list (its lock, or it owns it) and `seg` is on no list.
+pub unsafe fn list_push_front(head: *mut *mut Segment, seg: *mut Segment) {
+    // SAFETY: exclusive use of the list and of seg's links (contract).
+    unsafe {
+        let first = *head;
+        (*seg).prev = ptr::null_mut();
+        (*seg).next = first;
+        if !first.is_null() {
+            (*first).prev = seg;
+        }
+        *head = seg;
+    }
+}
+
+/// Takes `seg` out of the doubly linked segment list whose head is `*head`.
+///
+/// # Safety
+/// The caller has exclusive use of the list and `seg` is on it.
+pub unsafe fn list_unlink(head: *mut *mut Segment, seg: *mut Segment) {
+    // SAFETY: exclusive use of the list (contract); seg and its neighbours are on it.
+    unsafe {
+        let (p, n) = ((*seg).prev, (*seg).next);
+        if p.is_null() {
+            *head = n;
+        } else {
+            (*p).next = n;
+        }
+        if !n.is_null() {
+            (*n).prev = p;
+        }
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+    }
+}
+
 /// A locked list of segments with no owner.
 pub struct SegmentList {
     lock: SpinLock,
@@ -460,34 +498,14 @@ impl SegmentList {
     }
 
     unsafe fn push_locked(&self, seg: *mut Segment) {
-        // SAFETY: the caller holds the lock; see `push`.
-        unsafe {
-            let head = *self.head.get();
-            (*seg).prev = ptr::null_mut();
-            (*seg).next = head;
-            if !head.is_null() {
-                (*head).prev = seg;
-            }
-            *self.head.get() = seg;
-        }
+        // SAFETY: the caller holds the lock, which guards the head and the links; see `push`.
+        unsafe { list_push_front(self.head.get(), seg) };
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     unsafe fn unlink_locked(&self, seg: *mut Segment) {
         // SAFETY: the caller holds the lock and seg is on this list.
-        unsafe {
-            let (p, n) = ((*seg).prev, (*seg).next);
-            if p.is_null() {
-                *self.head.get() = n;
-            } else {
-                (*p).next = n;
-            }
-            if !n.is_null() {
-                (*n).prev = p;
-            }
-            (*seg).next = ptr::null_mut();
-            (*seg).prev = ptr::null_mut();
-        }
+        unsafe { list_unlink(self.head.get(), seg) };
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 

@@ -20,9 +20,9 @@
 use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
 use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
 use super::segment::{
-    commit_add, commit_sub, page_of, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
-    LARGE_MAX, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
-    SLICE_SIZE,
+    commit_add, commit_sub, list_push_front, list_unlink, page_of, segment_of, Page, PageKind,
+    Segment, SegmentKind, ABANDONED, LARGE_MAX, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED,
+    PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
 use crate::config;
@@ -847,32 +847,13 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
 }
 
 unsafe fn link_segment(h: *mut Heap, seg: *mut Segment) {
-    // SAFETY: seg is ours and on no list.
-    unsafe {
-        (*seg).prev = ptr::null_mut();
-        (*seg).next = (*h).segments;
-        if !(*h).segments.is_null() {
-            (*(*h).segments).prev = seg;
-        }
-        (*h).segments = seg;
-    }
+    // SAFETY: seg is ours and on no list; our segment list is ours alone.
+    unsafe { list_push_front(core::ptr::addr_of_mut!((*h).segments), seg) }
 }
 
 unsafe fn unlink_segment(h: *mut Heap, seg: *mut Segment) {
-    // SAFETY: seg is on our list.
-    unsafe {
-        let (p, n) = ((*seg).prev, (*seg).next);
-        if p.is_null() {
-            (*h).segments = n;
-        } else {
-            (*p).next = n;
-        }
-        if !n.is_null() {
-            (*n).prev = p;
-        }
-        (*seg).next = ptr::null_mut();
-        (*seg).prev = ptr::null_mut();
-    }
+    // SAFETY: seg is on our list, which is ours alone.
+    unsafe { list_unlink(core::ptr::addr_of_mut!((*h).segments), seg) }
 }
 
 /// Takes over an abandoned segment whose owner we just became.

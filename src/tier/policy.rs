@@ -12,7 +12,7 @@
 //! runs may mix old and new fields; blocks already placed stay where they are.
 
 use super::{ACTIVE, FAST_MAX};
-use crate::config::{getenv, warn_bad};
+use crate::config::{getenv, trim, warn_bad};
 use crate::heap::size_class::MEDIUM_MAX;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crate::topology::raw::MAX_TIERS;
@@ -197,18 +197,6 @@ fn apply(threshold: usize, ratio: (u32, u32), near: u64, far: u64, tiers: &[u64;
 
 // ---------------------------------------------------------------------------------------------
 // Environment (allocation-free parsing).
-
-fn trim(v: &[u8]) -> &[u8] {
-    let s = v
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let e = v
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |i| i + 1);
-    &v[s..e]
-}
 
 /// A byte count: digits with an optional binary suffix K, M, G or T (case-insensitive, an
 /// optional trailing "iB"/"B").

@@ -9,6 +9,7 @@
 //! a machine without NUMA `devices/system/cpu/{possible,online}` and /proc/meminfo.
 
 use super::raw::{Perf, Raw, RawSource, MAX_CPUS, MAX_NODES};
+use crate::config::trim;
 
 const PATH_MAX: usize = 512;
 
@@ -148,18 +149,6 @@ fn for_each_entry(path: &mut Path, mut f: impl FnMut(&[u8])) {
     }
     // SAFETY: fd is ours and open.
     unsafe { libc::close(fd) };
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let s = v
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let e = v
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |i| i + 1);
-    &v[s..e]
 }
 
 fn parse_num(v: &[u8]) -> Option<usize> {
