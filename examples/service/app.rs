@@ -345,10 +345,16 @@ pub fn render_metrics(st: &AppState) -> String {
     out
 }
 
-/// Node and tier section. The one place that knows how nodes and tiers are reported: until
-/// the tier work lands every node is labelled `tier="unknown"`, and a process with no per-node
-/// data (another global allocator) reports node 0 with the totals.
+/// Node and tier section. The one place that knows how nodes and tiers are reported: each
+/// node is labelled with its memory tier from `tieralloc::topology()` (0 = fastest), followed
+/// by the per-tier totals of `tieralloc::tiers::stats()`; a process with no per-node data
+/// (another global allocator) reports node 0 with the totals.
 pub fn render_node_metrics(out: &mut String, s: &tieralloc::Stats) {
+    let topo = tieralloc::topology();
+    let tier_of = |node: u32| {
+        topo.tier_of(node)
+            .map_or_else(|| "unknown".to_string(), |t| t.to_string())
+    };
     metric(
         out,
         "tieralloc_node_bytes_live",
@@ -364,9 +370,10 @@ pub fn render_node_metrics(out: &mut String, s: &tieralloc::Stats) {
             .collect()
     };
     for (node, live, _, _) in &nodes {
+        let tier = tier_of(*node);
         let _ = writeln!(
             out,
-            "tieralloc_node_bytes_live{{node=\"{node}\",tier=\"unknown\"}} {live}"
+            "tieralloc_node_bytes_live{{node=\"{node}\",tier=\"{tier}\"}} {live}"
         );
     }
     metric(
@@ -376,9 +383,10 @@ pub fn render_node_metrics(out: &mut String, s: &tieralloc::Stats) {
         "Committed bytes per NUMA node.",
     );
     for (node, _, committed, _) in &nodes {
+        let tier = tier_of(*node);
         let _ = writeln!(
             out,
-            "tieralloc_node_bytes_committed{{node=\"{node}\",tier=\"unknown\"}} {committed}"
+            "tieralloc_node_bytes_committed{{node=\"{node}\",tier=\"{tier}\"}} {committed}"
         );
     }
     metric(
@@ -392,6 +400,46 @@ pub fn render_node_metrics(out: &mut String, s: &tieralloc::Stats) {
             out,
             "tieralloc_node_cross_frees_total{{node=\"{node}\"}} {cross}"
         );
+    }
+    let tiers = tieralloc::tiers::stats();
+    for (name, help, kind) in [
+        (
+            "tieralloc_tier_bytes_live",
+            "Live bytes per memory tier.",
+            "gauge",
+        ),
+        (
+            "tieralloc_tier_bytes_committed",
+            "Committed bytes per memory tier.",
+            "gauge",
+        ),
+        (
+            "tieralloc_tier_spills_total",
+            "Allocations that spilled past the tier's budget.",
+            "counter",
+        ),
+        (
+            "tieralloc_tier_demoted_bytes_total",
+            "Bytes demoted into the tier.",
+            "counter",
+        ),
+        (
+            "tieralloc_tier_promoted_bytes_total",
+            "Bytes promoted into the tier.",
+            "counter",
+        ),
+    ] {
+        metric(out, name, kind, help);
+        for t in &tiers {
+            let v = match name {
+                "tieralloc_tier_bytes_live" => t.live_bytes,
+                "tieralloc_tier_bytes_committed" => t.committed_bytes as i64,
+                "tieralloc_tier_spills_total" => t.spills as i64,
+                "tieralloc_tier_demoted_bytes_total" => t.demoted_bytes as i64,
+                _ => t.promoted_bytes as i64,
+            };
+            let _ = writeln!(out, "{name}{{tier=\"{}\"}} {v}", t.index);
+        }
     }
 }
 
