@@ -63,6 +63,18 @@ fn census(ranges: &[(*const u8, usize)]) -> BTreeMap<i32, usize> {
     m
 }
 
+/// Each tier's nodes, sorted, fastest tier first.
+fn tier_nodes(t: &tieralloc::Topology) -> Vec<Vec<u32>> {
+    t.tiers
+        .iter()
+        .map(|t| {
+            let mut n = t.nodes.clone();
+            n.sort();
+            n
+        })
+        .collect()
+}
+
 fn all_on(m: &BTreeMap<i32, usize>, node: i32) -> bool {
     !m.is_empty() && m.keys().all(|k| *k == node)
 }
@@ -375,15 +387,7 @@ fn topology_checks(c: &mut Checks) {
         .collect();
     let kt_ok = kt.len() == 2 && kt[0].1 == [0, 1] && kt[1].1 == [2];
     c.check("topology-kernel-memory-tiers", kt_ok, format!("{kt:?}"));
-    let tiers: Vec<Vec<u32>> = t
-        .tiers
-        .iter()
-        .map(|t| {
-            let mut n = t.nodes.clone();
-            n.sort();
-            n
-        })
-        .collect();
+    let tiers = tier_nodes(&t);
     let tiers_ok = t.tier_source == TierSource::Hmat && tiers == [vec![0, 1], vec![2]];
     let figures: Vec<(Option<u32>, Option<u32>, u64)> = t
         .tiers

@@ -44,10 +44,9 @@ fn choice() -> u8 {
 
 #[cold]
 fn choose() -> u8 {
-    // SAFETY: the name is a NUL-terminated literal; getenv returns null or a NUL-terminated
-    // string owned by the environment, read before any thread could call setenv (the first
-    // allocation happens during start-up). It allocates nothing, so calling it from inside
-    // the allocator cannot recurse.
+    // SAFETY: a NUL-terminated literal; getenv returns null or a NUL-terminated string owned
+    // by the environment, read at start-up before any setenv, and it allocates nothing, so
+    // calling it from inside the allocator cannot recurse.
     let v = unsafe { libc::getenv(c"TIERALLOC_SERVICE_ALLOC".as_ptr()) };
     let c = if v.is_null() {
         TIER

@@ -3,7 +3,7 @@
 //! policy runs in a child: the probe re-executes itself (`--tier-child NAME`) with the policy's
 //! variables set, and the child prints its own ok/FAIL lines.
 
-use super::{all_on, census, touch, Checks, PAGE};
+use super::{all_on, census, tier_nodes, touch, Checks, PAGE};
 use allocator_api2::vec::Vec as PVec;
 use std::collections::{BTreeMap, HashSet};
 use tieralloc::numa::{pages_on_nodes, pin_current_thread_to_cpu};
@@ -113,15 +113,7 @@ pub fn child(name: &str) -> ! {
 
 fn ignore_hmat(c: &mut Checks) {
     let t = topology();
-    let tiers: Vec<Vec<u32>> = t
-        .tiers
-        .iter()
-        .map(|t| {
-            let mut n = t.nodes.clone();
-            n.sort();
-            n
-        })
-        .collect();
+    let tiers = tier_nodes(&t);
     c.check(
         "tiers-node2-far-from-memory-tiering",
         t.tier_source == TierSource::MemoryTiering && tiers == [vec![0, 1], vec![2]],

@@ -203,10 +203,9 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
-    // SAFETY: p is a live block of ours (it is in a live segment, and the caller's contract),
-    // so usable_size reads its descriptors; the layout (its whole usable size, our malloc
-    // alignment) is valid, so the copy in realloc stays inside the old block; size is
-    // non-zero and below MAX_SIZE.
+    // SAFETY: p is a live block of ours (live segment + caller's contract); the layout (its
+    // usable size, our malloc alignment) is valid, so realloc's copy stays inside the old
+    // block; size is non-zero and below MAX_SIZE.
     let q = unsafe {
         let old = tieralloc::usable_size(p as *const u8);
         let layout = Layout::from_size_align_unchecked(old, MALLOC_ALIGN);

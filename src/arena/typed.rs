@@ -308,10 +308,9 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
             // The value stays in registers: the cold path neither takes nor returns it.
             p = self.grow_or_panic();
         }
-        // SAFETY: `next != end` (checked, or just made so by `grow_or_panic`) means `next`
-        // points at an unused, properly aligned slot of the current chunk (invariant of
-        // `next`/`end`); one past it is at most `end`. The slot is written once and handed out
-        // exactly once, so the `&mut` is unique.
+        // SAFETY: `next != end` (checked, or made so by `grow_or_panic`): `next` is an unused,
+        // aligned slot of the current chunk and one past it is at most `end`; the slot is
+        // written once and handed out once, so the `&mut` is unique.
         unsafe {
             self.next.set(p.add(1));
             ptr::write(p, value);
