@@ -181,8 +181,13 @@ pub struct Segment {
     /// Bit i set: slice i's page area may be resident (written since mapped or purged). The
     /// header, in front of slice 0's page area, is not tracked: it is never purged.
     pub dirty: u64,
-    /// When free dirty slices are due to be purged (ms, 0 = nothing pending).
+    /// When the next purge step is due (ms, 0 = nothing pending).
     pub purge_at: u64,
+    /// Slices freed since the last purge step. The step after next purges them if they are
+    /// still free, so a slice stays resident at least one purge delay after it was freed.
+    pub purge_recent: u64,
+    /// Slices that were already free at the last purge step: the next step purges them.
+    pub purge_pending: u64,
     /// Pages in use.
     pub used_pages: u32,
     /// List links: the owner heap's segments, a pool, or the abandoned list.
@@ -293,13 +298,18 @@ impl Segment {
         unsafe {
             let s = &mut *seg;
             let from = if allow_slice0 { 0 } else { 1 };
-            let Some(i) = find_run(s.free_slices, n, from) else {
+            // Resident free slices first: a run that is still dirty costs no page faults.
+            let Some(i) = find_run(s.free_slices & s.dirty, n, from)
+                .or_else(|| find_run(s.free_slices, n, from))
+            else {
                 return ptr::null_mut();
             };
             let mask = run_mask(n) << i;
             let fresh = s.dirty & mask == 0;
             s.free_slices &= !mask;
             s.dirty |= mask;
+            s.purge_recent &= !mask;
+            s.purge_pending &= !mask;
             s.used_pages += 1;
             let pages = s.pages.as_mut_ptr();
             for j in 1..n {
@@ -358,11 +368,74 @@ impl Segment {
             (*page).local_free = ptr::null_mut();
             s.free_slices |= run_mask(n) << i;
             s.used_pages -= 1;
+            Segment::schedule_purge(seg, run_mask(n) << i, now, delay);
+            commit_sub(s.node, Segment::run_bytes(i, n));
+            s.used_pages == 0
+        }
+    }
+
+    /// Books slices `mask`, just freed, for purging no sooner than `delay` ms from `now`.
+    ///
+    /// # Safety
+    /// The caller owns `seg` and the slices of `mask` are free.
+    #[inline]
+    pub unsafe fn schedule_purge(seg: *mut Segment, mask: u64, now: u64, delay: u64) {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe {
+            let s = &mut *seg;
+            s.purge_recent |= mask;
             if s.purge_at == 0 {
                 s.purge_at = now + delay;
             }
-            commit_sub(s.node, Segment::run_bytes(i, n));
-            s.used_pages == 0
+        }
+    }
+
+    /// Whether the segment has free slices that were freed since the last purge step.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    #[inline]
+    pub unsafe fn has_recent_free(seg: *const Segment) -> bool {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe { (*seg).purge_recent & (*seg).free_slices & (*seg).dirty != 0 }
+    }
+
+    /// One purge step, due at `purge_at`: returns the slices that were already free at the
+    /// previous step (and still are) to the OS, and moves the slices freed since then up to
+    /// be purged at the next step, `delay` ms from now. Every slice is so purged between one
+    /// and two delays after it was freed (plus the collection interval), and a slice that is
+    /// freed and taken again in between never goes back to the OS: a steady churn of pages
+    /// does not fault its memory in again and again.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn purge_step(seg: *mut Segment, now: u64, delay: u64) {
+        // SAFETY: exclusive access per the contract.
+        unsafe {
+            let s = &mut *seg;
+            let due = s.purge_pending & s.free_slices & s.dirty;
+            Segment::decommit_mask(seg, due);
+            s.purge_pending = s.purge_recent & s.free_slices & s.dirty;
+            s.purge_recent = 0;
+            s.purge_at = if s.purge_pending != 0 { now + delay } else { 0 };
+        }
+    }
+
+    /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS.
+    unsafe fn decommit_mask(seg: *mut Segment, mask: u64) {
+        // SAFETY: the caller owns seg and the slices of mask hold no live block.
+        unsafe {
+            let s = &mut *seg;
+            let mut todo = mask;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                let run = (!(todo >> i)).trailing_zeros() as usize;
+                let start = Segment::slice_start(seg, i);
+                os::decommit(start, Segment::run_bytes(i, run));
+                let m = run_mask(run) << i;
+                todo &= !m;
+                s.dirty &= !m;
+            }
         }
     }
 
@@ -375,16 +448,9 @@ impl Segment {
         unsafe {
             let s = &mut *seg;
             s.purge_at = 0;
-            let mut todo = s.free_slices & s.dirty;
-            while todo != 0 {
-                let i = todo.trailing_zeros() as usize;
-                let run = (!(todo >> i)).trailing_zeros() as usize;
-                let start = Segment::slice_start(seg, i);
-                os::decommit(start, Segment::run_bytes(i, run));
-                let mask = run_mask(run) << i;
-                todo &= !mask;
-                s.dirty &= !mask;
-            }
+            s.purge_recent = 0;
+            s.purge_pending = 0;
+            Segment::decommit_mask(seg, s.free_slices & s.dirty);
         }
     }
 }
@@ -656,6 +722,47 @@ mod tests {
         assert_eq!(find_run(u64::MAX, 64, 0), Some(0));
         assert_eq!(find_run(u64::MAX << 1, 64, 0), None);
         assert_eq!(find_run(1 << 63, 1, 0), Some(63));
+    }
+
+    #[test]
+    fn purge_waits_a_full_delay_and_spares_reused_slices() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let a = Segment::take_slices(seg, 2, false); // slices 1-2
+            let b = Segment::take_slices(seg, 2, false); // slices 3-4
+            assert_eq!(((*a).slice_index(), (*b).slice_index()), (1, 3));
+            let a_mask = run_mask(2) << 1;
+            let b_mask = run_mask(2) << 3;
+            // a is freed at t=1000 with a 100 ms delay: the first step is due at 1100.
+            Segment::free_page(a, 1000, 100);
+            assert_eq!((*seg).purge_at, 1100);
+            // b is freed just before that step.
+            Segment::free_page(b, 1099, 100);
+            Segment::purge_step(seg, 1100, 100);
+            // Nothing was free at a previous step, so nothing is purged yet: a has waited only
+            // 100 ms and b 1 ms.
+            assert_eq!((*seg).dirty & (a_mask | b_mask), a_mask | b_mask);
+            assert_eq!((*seg).purge_at, 1200);
+            // Two slices are taken again before the next step: the take prefers a dirty run
+            // (the lowest, a's) over never-touched slices, and what it took must stay resident.
+            let b2 = Segment::take_slices(seg, 2, false);
+            assert_eq!(
+                (*b2).slice_index(),
+                1,
+                "the lowest dirty run is reused first"
+            );
+            assert!(!(*b2).fresh);
+            Segment::purge_step(seg, 1200, 100);
+            // Slices 1-2 are in use again; 3-4 were free at both steps: purged.
+            assert_eq!((*seg).dirty & a_mask, a_mask);
+            assert_eq!((*seg).dirty & b_mask, 0);
+            assert_eq!((*seg).purge_at, 0, "nothing left to purge");
+            Segment::free_page(b2, 1300, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     #[test]

@@ -225,6 +225,17 @@ pub fn heap() -> *mut Heap {
     HEAP.with(|h| h.get())
 }
 
+/// The calling thread's heap; never null here (the initial-exec variant may return null).
+#[cfg(not(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+)))]
+#[inline(always)]
+fn heap_or_null() -> *mut Heap {
+    heap()
+}
+
 // A shared library (the malloc drop-in) reaches `thread_local!` data through
 // `__tls_get_addr`, a call on every malloc and free. With the `initial-exec-tls` feature the
 // heap's address is cached in a TLS slot declared by hand in the static TLS block and read
@@ -257,6 +268,40 @@ core::arch::global_asm!(
 ))]
 #[inline(always)]
 pub fn heap() -> *mut Heap {
+    let slot = heap_slot();
+    // SAFETY: the slot is this thread's (see heap_slot).
+    unsafe {
+        let h = *slot;
+        if !h.is_null() {
+            return h;
+        }
+        let h = HEAP.with(|h| h.get());
+        *slot = h;
+        h
+    }
+}
+
+/// The calling thread's heap, or null if this thread has not looked it up yet: the fast
+/// paths call [`heap`] from a cold function then, so that they themselves hold no call.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+#[inline(always)]
+fn heap_or_null() -> *mut Heap {
+    // SAFETY: the slot is this thread's (see heap_slot).
+    unsafe { *heap_slot() }
+}
+
+/// The address of this thread's heap slot.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+#[inline(always)]
+fn heap_slot() -> *mut *mut Heap {
     let slot: *mut *mut Heap;
     // SAFETY: the slot is an 8-byte, 8-aligned TLS variable of this object; its offset from
     // the thread pointer comes from the GOT (R_X86_64_TPOFF64, set by the dynamic linker), and
@@ -268,14 +313,8 @@ pub fn heap() -> *mut Heap {
             slot = out(reg) slot,
             options(nostack, readonly, preserves_flags, pure),
         );
-        let h = *slot;
-        if !h.is_null() {
-            return h;
-        }
-        let h = HEAP.with(|h| h.get());
-        *slot = h;
-        h
     }
+    slot
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -614,6 +653,22 @@ impl Heap {
 /// `bin < NBINS`.
 #[inline(always)]
 pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
+    let h = heap_or_null();
+    if h.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { alloc_bin_first(bin) };
+    }
+    // SAFETY: forwarded contract; h is this thread's heap.
+    unsafe { alloc_bin_in(h, bin) }
+}
+
+/// [`alloc_bin`] on a thread's first use of its heap slot.
+///
+/// # Safety
+/// `bin < NBINS`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn alloc_bin_first(bin: usize) -> *mut u8 {
     // SAFETY: forwarded contract; heap() is this thread's heap.
     unsafe { alloc_bin_in(heap(), bin) }
 }
@@ -673,7 +728,21 @@ unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 
 
 #[cold]
 #[inline(never)]
-unsafe fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    let p = unsafe { alloc_bin_refill(h, bin, zero) };
+    if p.is_null() {
+        os::set_enomem();
+    }
+    p
+}
+
+/// The slow path of a bin allocation: refills the bin's current page or finds another.
+///
+/// # Safety
+/// `h` is this thread's heap (or a node heap whose lock we hold) and `bin < NBINS`.
+#[inline(always)]
+unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
     // SAFETY: h is this thread's heap and bin < NBINS; pages we touch are ours.
     unsafe {
         // The common refill: the current page has blocks its owner freed. Take them, except
@@ -924,9 +993,13 @@ unsafe fn release_empty_page(h: *mut Heap, p: *mut Page, now: u64, delay: u64) {
 /// # Safety
 /// None beyond GlobalAlloc's: `align` is a power of two.
 #[cold]
-pub unsafe fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: forwarded contract; heap() is ours.
-    unsafe { alloc_generic_in(heap(), size, align, zero) }
+    let p = unsafe { alloc_generic_in(heap(), size, align, zero) };
+    if p.is_null() {
+        os::set_enomem();
+    }
+    p
 }
 
 /// [`alloc_generic`] on heap `h` (this thread's, or a node heap whose lock we hold).
@@ -1120,7 +1193,11 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     let seg = segment_of(p);
-    let h = heap();
+    let h = heap_or_null();
+    if h.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { free_first(p) };
+    }
     // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
     unsafe {
         if (*seg).owner.load(Ordering::Relaxed) == h as usize {
@@ -1137,6 +1214,18 @@ pub unsafe fn free(p: *mut u8) {
             free_other(h, seg, p);
         }
     }
+}
+
+/// [`free`] on a thread's first use of its heap slot (a thread whose first call frees).
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_first(p: *mut u8) {
+    let _ = heap();
+    // SAFETY: forwarded contract; the slot is set now, so free takes its normal path.
+    unsafe { free(p) }
 }
 
 /// Frees a block of one of our own pages outside the fast path (delayed frees, adoption).
@@ -1158,7 +1247,7 @@ unsafe fn free_local(h: *mut Heap, page: *mut Page, b: *mut Block, count: bool) 
 
 #[cold]
 #[inline(never)]
-unsafe fn free_local_slow(h: *mut Heap, page: *mut Page) {
+unsafe extern "C" fn free_local_slow(h: *mut Heap, page: *mut Page) {
     // SAFETY: page is ours.
     unsafe {
         free_local_page_event(h, page);
@@ -1208,7 +1297,7 @@ unsafe fn retire_page(page: *mut Page) {
 /// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one.
 #[cold]
 #[inline(never)]
-unsafe fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if (*h).state == UNINIT {
@@ -1402,11 +1491,15 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
         while !seg.is_null() {
             let next = (*seg).next;
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
-                if (*seg).used_pages == 0 {
+                // An empty segment goes to the pool once none of its slices was freed
+                // recently (a forced collection, delay 0, does not wait).
+                if (*seg).used_pages == 0 && (delay == 0 || !Segment::has_recent_free(seg)) {
                     unlink_segment(h, seg);
                     release_segment(seg, now);
-                } else {
+                } else if delay == 0 {
                     Segment::purge_free(seg);
+                } else {
+                    Segment::purge_step(seg, now, delay);
                 }
             }
             seg = next;
@@ -1518,9 +1611,8 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 (*page).block_size -= shrink as u32;
                 commit_sub((*seg).node, shrink);
                 bump(&(*h).stats.large_free_bytes, shrink as u64);
-                if (*seg).purge_at == 0 {
-                    (*seg).purge_at = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-                }
+                let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                Segment::schedule_purge(seg, tail, os::now_ms(), delay);
             }
             return true;
         }
@@ -1533,6 +1625,8 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
         }
         (*seg).free_slices &= !extra;
         (*seg).dirty |= extra;
+        (*seg).purge_recent &= !extra;
+        (*seg).purge_pending &= !extra;
         for j in n..want {
             let d = (*seg).pages.as_mut_ptr().add(i + j);
             (*d).back = j as u8;

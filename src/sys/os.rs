@@ -17,6 +17,15 @@ pub(crate) static MAP_FAILURES: AtomicU64 = AtomicU64::new(0);
 pub(crate) static PURGES: AtomicU64 = AtomicU64::new(0);
 pub(crate) static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
 
+/// Sets the calling thread's `errno` to `ENOMEM`, as C's `malloc` does when it returns null.
+/// The allocation paths do it themselves, so that the malloc drop-in's fast path can hand
+/// their result straight back (a tail call); a Rust program never looks at it.
+#[cold]
+pub(crate) fn set_enomem() {
+    // SAFETY: __errno_location returns the calling thread's errno slot, valid for the thread.
+    unsafe { *libc::__errno_location() = libc::ENOMEM }
+}
+
 /// The smallest unit the kernel maps; tieralloc assumes 4 KiB pages (checked in `global`).
 pub(crate) const OS_PAGE: usize = 4096;
 
