@@ -104,14 +104,15 @@ pub struct Page {
     /// node + 1; 0 when it is on its segment's node. Written by the block's owner while it is
     /// live, read when the page is given back.
     pub moved: u8,
-    /// Blocks freed by other threads, and the delayed-free state.
-    pub thread_free: RemoteFree,
     /// Queue links (owner only).
     pub next: *mut Page,
     /// Queue links (owner only).
     pub prev: *mut Page,
     /// First byte of the page's blocks.
     pub start: *mut u8,
+    /// Blocks freed by other threads, and the delayed-free state (the only field other
+    /// threads write).
+    pub thread_free: RemoteFree,
 }
 
 impl Page {
@@ -294,14 +295,32 @@ impl Segment {
     /// # Safety
     /// The caller owns `seg`.
     pub unsafe fn take_slices(seg: *mut Segment, n: usize, allow_slice0: bool) -> *mut Page {
+        // SAFETY: forwarded contract.
+        unsafe { Segment::take_slices_from(seg, n, allow_slice0, false) }
+    }
+
+    /// [`Segment::take_slices`], limited to resident (dirty) slices when `dirty_only`: a
+    /// heap looks for those in all its segments before it touches new memory.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn take_slices_from(
+        seg: *mut Segment,
+        n: usize,
+        allow_slice0: bool,
+        dirty_only: bool,
+    ) -> *mut Page {
         // SAFETY: the caller owns the segment, so its bitmaps and descriptors are ours.
         unsafe {
             let s = &mut *seg;
             let from = if allow_slice0 { 0 } else { 1 };
             // Resident free slices first: a run that is still dirty costs no page faults.
-            let Some(i) = find_run(s.free_slices & s.dirty, n, from)
-                .or_else(|| find_run(s.free_slices, n, from))
-            else {
+            let dirty_run = find_run(s.free_slices & s.dirty, n, from);
+            let Some(i) = (if dirty_only {
+                dirty_run
+            } else {
+                dirty_run.or_else(|| find_run(s.free_slices, n, from))
+            }) else {
                 return ptr::null_mut();
             };
             let mask = run_mask(n) << i;
@@ -623,6 +642,33 @@ impl SegmentList {
             (*seg).abandoned = true;
             (*seg).owner.store(0, Ordering::Release);
             self.push_locked(seg);
+        }
+    }
+
+    /// Marks `seg` abandoned again after a visit and puts it at the back, so that the next
+    /// visitor tends another one first.
+    ///
+    /// # Safety
+    /// As for `push`.
+    pub unsafe fn push_abandoned_back(&self, seg: *mut Segment) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock, which guards the head and the links; seg is unlisted.
+        unsafe {
+            (*seg).abandoned = true;
+            (*seg).owner.store(0, Ordering::Release);
+            let head = self.head.get();
+            let mut last = *head;
+            if last.is_null() {
+                list_push_front(head, seg);
+            } else {
+                while !(*last).next.is_null() {
+                    last = (*last).next;
+                }
+                (*last).next = seg;
+                (*seg).prev = last;
+                (*seg).next = ptr::null_mut();
+            }
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
     }
 

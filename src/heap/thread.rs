@@ -873,13 +873,17 @@ unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
 unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
     // SAFETY: all segments on our list are ours.
     unsafe {
-        let mut seg = (*h).segments;
-        while !seg.is_null() {
-            let p = Segment::take_slices(seg, n, allow_slice0);
-            if !p.is_null() {
-                return p;
+        // Resident free slices of any of our segments first, then any free slices: new memory
+        // is touched only when no segment has a resident run that fits.
+        for dirty_only in [true, false] {
+            let mut seg = (*h).segments;
+            while !seg.is_null() {
+                let p = Segment::take_slices_from(seg, n, allow_slice0, dirty_only);
+                if !p.is_null() {
+                    return p;
+                }
+                seg = (*seg).next;
             }
-            seg = (*seg).next;
         }
         // Adopt abandoned segments of our node first: their free slices and live pages are
         // reused.
@@ -1263,12 +1267,36 @@ unsafe fn free_local_page_event(h: *mut Heap, page: *mut Page) {
             free_large_page(h, page);
             return;
         }
-        // An empty page stays in (or goes back to) its queue: the next collection retires it
-        // if it is still empty then. Retiring it at once throws away exactly the free blocks
-        // the next allocations need: in a FIFO workload the allocator would be left with one
-        // free block at a time and take the slow path on every allocation.
         if (*page).flags & PAGE_IN_FULL != 0 {
             unfull(h, page);
+        }
+        // An empty page goes back to its segment at once, unless it is its bin's current
+        // page: that one stays (the next collection retires it if it is still empty then),
+        // because retiring it would throw away exactly the free blocks the next allocations
+        // need (in a FIFO workload the allocator would be left with one free block at a time
+        // and take the slow path on every allocation).
+        let bin = (*page).bin as usize;
+        if (*page).used == 0 && (*h).pages[bin] != page {
+            (*h).queue_remove(bin, page);
+            retire_page_of(h, page);
+        }
+    }
+}
+
+/// Retires an empty page outside a collection. If that empties its segment and we have
+/// another one, the segment goes to the pool now: a thread that frees what others left behind
+/// (and adopted their segments to do it) does not hold on to them until its next collection,
+/// which may be far away if it hardly allocates.
+unsafe fn retire_page_of(h: *mut Heap, page: *mut Page) {
+    // SAFETY: page is ours, unused and in no queue; its segment is on our list.
+    unsafe {
+        let seg = (*page).segment();
+        let now = os::now_ms();
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        if Segment::free_page(page, now, delay) && ((*h).segments != seg || !(*seg).next.is_null())
+        {
+            unlink_segment(h, seg);
+            release_segment(seg, now);
         }
     }
 }
@@ -1312,9 +1340,11 @@ unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         }
         let page = page_of(seg, p);
         if (*seg).owner.load(Ordering::Acquire) == 0 {
-            // Abandoned: adopt the whole segment so its memory is not stranded, then free
-            // locally. (Our live block keeps the segment from being released meanwhile.)
-            // Only a heap of the segment's node takes it, so its pages stay where they are.
+            // Abandoned: adopt the whole segment, so that the blocks we free into it are the
+            // ones we allocate next, then free locally. (Our live block keeps the segment from
+            // being released meanwhile.) Only a heap of the segment's node takes it, so its
+            // pages stay where they are. A thread that only frees does not sit on what it
+            // takes: pages it empties are given back at once (see free_local_page_event).
             if (*h).state == ACTIVE
                 && (*seg).node as u32 == (*h).node
                 && ABANDONED[(*seg).node as usize].claim(seg, h as usize)
@@ -1515,18 +1545,42 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
         if !(*h).shared {
             collect_node_heaps(now, delay);
         }
-        // Segments stranded by exited threads: take one per pass, so their free memory is
-        // purged and their live pages are collected even if no thread frees into them.
+        // Segments stranded by exited threads: tend one per pass (see tend_abandoned).
         let node = (*h).node as usize;
         if ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
             let seg = ABANDONED[node].pop(h as usize);
             if !seg.is_null() {
-                adopt_segment(h, seg);
-                if (*seg).used_pages == 0 {
-                    unlink_segment(h, seg);
-                    release_segment(seg, now);
-                }
+                tend_abandoned(h, seg, now);
             }
+        }
+    }
+}
+
+/// Tends an abandoned segment on its absent owner's behalf: collects the frees other threads
+/// made into its pages, gives back the pages that emptied, and purges its free slices. It
+/// then goes to the pool if nothing in it is live, else back to the abandoned list (at the
+/// back, so the next visit tends another). The visitor does not keep it: a thread that only
+/// collects now and then would sit on memory it never reuses (a thread that needs space
+/// adopts abandoned segments in `take_slices`).
+///
+/// # Safety
+/// `h` is this thread's heap and `seg` was just popped from the abandoned list for it.
+unsafe fn tend_abandoned(h: *mut Heap, seg: *mut Segment, now: u64) {
+    // SAFETY: we own seg until we hand it back. Its pages are NEVER_DELAYED (set when it was
+    // abandoned), so frees by other threads meanwhile go to the pages' own lists, which
+    // `collect` takes atomically.
+    unsafe {
+        for_each_used_page(seg, |p| {
+            (*p).collect();
+            if (*p).used == 0 {
+                release_empty_page(h, p, now, 0);
+            }
+        });
+        if (*seg).used_pages == 0 {
+            release_segment(seg, now);
+        } else {
+            Segment::purge_free(seg);
+            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned_back(seg);
         }
     }
 }
