@@ -228,3 +228,51 @@ fn rss_falls_after_a_spike_freed_by_its_thread() {
 fn rss_falls_after_a_spike_of_an_exited_thread() {
     run_child("exited-thread");
 }
+
+/// Resident 4 KiB pages in `[p, p + len)` (`p` page-aligned).
+fn resident_pages(p: usize, len: usize) -> usize {
+    let mut v = vec![0u8; len / 4096];
+    // SAFETY: the range is mapped (it lies inside one of tieralloc's segments) and `v` has a
+    // byte per page.
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// A medium-class page (eight 64 KiB slices) that lands on slices other pages made resident
+/// keeps only its first slice resident: its blocks are carved one at a time, and a bin with a
+/// few blocks live must not pin 512 KiB.
+#[test]
+fn a_sparse_medium_page_does_not_pin_resident_slices() {
+    std::thread::spawn(|| {
+        // Sixteen one-slice pages of 4 KiB blocks, every byte written, then freed: their
+        // slices go back to the segment still resident (the purge delay has not passed).
+        let l = Layout::from_size_align(4096, 8).unwrap();
+        let blocks: Vec<usize> = (0..16 * 16)
+            .map(|i| {
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(l) };
+                assert!(!p.is_null());
+                // SAFETY: p holds 4096 bytes.
+                unsafe { std::ptr::write_bytes(p, i as u8, 4096) };
+                p as usize
+            })
+            .collect();
+        for p in blocks {
+            // SAFETY: allocated above with l.
+            unsafe { dealloc(p as *mut u8, l) };
+        }
+        // One 20 KiB block: the first page of its (medium) class, on those resident slices.
+        let m = Layout::from_size_align(20 << 10, 8).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { alloc(m) } as usize;
+        assert_ne!(p, 0);
+        assert_eq!(p % (64 << 10), 0, "the first block starts its page");
+        let rest = resident_pages(p + (64 << 10), 7 * (64 << 10));
+        assert_eq!(rest, 0, "{rest} resident pages past the page's first slice");
+        // SAFETY: allocated above with m.
+        unsafe { dealloc(p as *mut u8, m) };
+    })
+    .join()
+    .unwrap();
+}

@@ -864,6 +864,15 @@ unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
             return ptr::null_mut();
         }
         let bytes = Segment::run_bytes((*page).slice_index(), n);
+        if n > 1 && !(*page).fresh && (*h).pages[bin] == empty_page() {
+            // The only page of a medium bin, on resident slices: keep its first slice and give
+            // the rest back now. Its blocks are carved one extension at a time, and a bin with
+            // a few blocks live would otherwise pin the whole run (512 KiB) for as long as the
+            // page lives. (A bin that already has pages is busy: its pages come and go, and
+            // giving their memory back each time would only fault it in again.)
+            let keep = SLICE_SIZE;
+            os::decommit((*page).start.add(keep), bytes - keep);
+        }
         (*page).init_bin(bin, bytes);
         page
     }
