@@ -144,6 +144,38 @@ pub unsafe fn unregister(seg: *mut Segment) {
     unsafe { (*seg).huge_slot = NO_SLOT };
 }
 
+/// Runs `f` with `seg`'s registry slot claimed, first waiting out a visitor that has it: no
+/// visitor works on the object while `f` runs (the owner's explicit move and the automatic
+/// demoter never move the same block at once). An object in no slot runs `f` at once.
+///
+/// # Safety
+/// The caller owns `seg`'s object (so the header is valid and the object is not freed while
+/// this runs).
+pub unsafe fn with_claim<R>(seg: *mut Segment, f: impl FnOnce() -> R) -> R {
+    // SAFETY: owner-only header field (per the contract).
+    let k = unsafe { (*seg).huge_slot };
+    if k == NO_SLOT {
+        return f();
+    }
+    let slot = &REGISTRY[(k as usize).min(REG_SLOTS - 1)];
+    loop {
+        match slot.compare_exchange(
+            seg as usize,
+            seg as usize | CLAIMED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break,
+            Err(cur) if cur == seg as usize | CLAIMED => spin_hint(),
+            // Not in its slot: only its owner (us) takes it out, so this does not happen.
+            Err(_) => return f(),
+        }
+    }
+    let r = f();
+    slot.store(seg as usize, Ordering::Release);
+    r
+}
+
 /// Calls `f` with every registered huge object, each claimed for the duration of its call:
 /// its header stays valid and its object is not freed meanwhile (a free waits). `f` must not
 /// free the object it is given.
@@ -171,4 +203,62 @@ pub unsafe fn unmap(seg: *mut Segment) {
     super::segment::map_remove(seg);
     // SAFETY: per the contract; map_size is the whole mapping.
     unsafe { os::unmap(seg as *mut u8, (*seg).map_size) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicBool;
+
+    #[test]
+    fn the_owner_and_a_visitor_never_hold_an_object_at_once() {
+        // A fake header is enough: the registry only stores its address, and the fields
+        // read here are written first.
+        let seg = map(SEGMENT_SIZE * 2, MAX_ALIGN, 4096, 0, false);
+        assert!(!seg.is_null());
+        // SAFETY: a fresh huge segment of ours.
+        unsafe { register(seg, 0) };
+        // SAFETY: as above.
+        assert_ne!(unsafe { (*seg).huge_slot }, NO_SLOT);
+        static INSIDE: AtomicBool = AtomicBool::new(false);
+        static STOP: AtomicBool = AtomicBool::new(false);
+        static VISITS: AtomicUsize = AtomicUsize::new(0);
+        let addr = seg as usize;
+        let visitor = std::thread::spawn(move || {
+            while !STOP.load(Ordering::Relaxed) {
+                for_each_claimed(|s| {
+                    if s as usize == addr {
+                        assert!(!INSIDE.swap(true, Ordering::AcqRel), "owner inside");
+                        VISITS.fetch_add(1, Ordering::Relaxed);
+                        spin_hint();
+                        INSIDE.store(false, Ordering::Release);
+                    }
+                });
+            }
+        });
+        // Hold and release the claim until the visitor has had the object many times too.
+        let mut held = 0u64;
+        while (held < 20_000 || VISITS.load(Ordering::Relaxed) < 1_000) && held < 100_000_000 {
+            // SAFETY: we own the (fake) object.
+            unsafe {
+                with_claim(seg, || {
+                    assert!(!INSIDE.swap(true, Ordering::AcqRel), "visitor inside");
+                    held += 1;
+                    INSIDE.store(false, Ordering::Release);
+                })
+            };
+        }
+        STOP.store(true, Ordering::Relaxed);
+        visitor.join().unwrap();
+        assert!(
+            VISITS.load(Ordering::Relaxed) >= 1_000,
+            "the visitor got the object {} times",
+            VISITS.load(Ordering::Relaxed)
+        );
+        // SAFETY: ours, no visitor any more.
+        unsafe {
+            unregister(seg);
+            unmap(seg);
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //! live in segments shared with other blocks and are not moved (see `TierError::SharedSegment`);
 //! allocate those with `Placed::far` when they are known to be cold.
 
-use super::migrate::{move_to_node, TierError};
+use super::migrate::{move_to_node_claimed, TierError};
 use crate::heap::huge;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::topology::raw as topo;
@@ -148,7 +148,7 @@ fn run(stop: &AtomicBool, c: &[AtomicU64; 4], after_ms: u64, period: Duration) {
             };
             // SAFETY: a live huge block held still by the claim (see above); the move keeps
             // its address and contents.
-            match unsafe { move_to_node(obj, len, target) } {
+            match unsafe { move_to_node_claimed(obj, len, target) } {
                 Ok(r) => {
                     c[1].fetch_add(1, Ordering::Relaxed);
                     c[2].fetch_add(len as u64, Ordering::Relaxed);

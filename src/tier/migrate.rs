@@ -13,6 +13,7 @@
 //! return to the heap when freed, which would then hand out memory on a node it does not know.
 
 use super::{DEMOTED_BYTES, PROMOTED_BYTES};
+use crate::heap::huge;
 use crate::heap::segment::{self, SegmentKind};
 use crate::placed::{Placed, PlacementError};
 use crate::sync::Ordering;
@@ -125,6 +126,30 @@ fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(),
 /// [`TierError`]: the node cannot take placements, the span is in a shared segment, or the
 /// kernel refused.
 pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveReport, TierError> {
+    if segment::contains(ptr) {
+        let seg = segment::segment_of(ptr);
+        // SAFETY: `ptr` lies in a live segment of ours, whose header is mapped.
+        if unsafe { (*seg).kind } == SegmentKind::Huge {
+            // Hold the block's registry claim, so that the automatic demoter does not move
+            // it at the same time (both would book its bytes on their target node).
+            // SAFETY: the caller owns the block (contract), so it is not freed meanwhile.
+            return unsafe { huge::with_claim(seg, || move_to_node_claimed(ptr, len, node)) };
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { move_to_node_claimed(ptr, len, node) }
+}
+
+/// [`move_to_node`] for a caller that holds a huge block's registry claim already (the
+/// automatic demoter), or for any other span.
+///
+/// # Safety
+/// As [`move_to_node`].
+pub(crate) unsafe fn move_to_node_claimed(
+    ptr: *mut u8,
+    len: usize,
+    node: u32,
+) -> Result<MoveReport, TierError> {
     Placed::node(node).map_err(TierError::Placement)?;
     if len == 0 {
         return Err(TierError::BadSpan);
