@@ -402,6 +402,9 @@ impl Segment {
         // SAFETY: the caller owns the segment's bitmaps.
         unsafe {
             let s = &mut *seg;
+            if mask == 0 {
+                return;
+            }
             s.purge_recent |= mask;
             if s.purge_at == 0 {
                 s.purge_at = now + delay;

@@ -517,11 +517,16 @@ unsafe fn release_all(h: *mut Heap) {
             // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.
             (*seg).next = ptr::null_mut();
             (*seg).prev = ptr::null_mut();
+            // Nothing is purged here: a thread that exits should not pay for system calls
+            // (each madvise of a multi-threaded process is a TLB shootdown on every CPU), and
+            // a short-lived thread's memory is usually reused by the next one at once. The
+            // pool unmaps what nobody took after the delay; an abandoned segment's free slices
+            // are purged by the thread that adopts it or tends it (heap_collect).
             if (*seg).used_pages == 0 {
-                release_segment(seg, now);
+                release_segment_dirty(seg, now);
             } else {
-                // Nobody will purge its free slices until someone adopts it: do it now.
-                Segment::purge_free(seg);
+                let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay);
                 PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
                 ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
             }
@@ -580,6 +585,16 @@ unsafe fn release_segment(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
         Segment::purge_free(seg);
+        release_segment_dirty(seg, now);
+    }
+}
+
+/// Puts a segment that holds nothing in its node's pool as it is, resident slices and all:
+/// the next thread that needs a segment reuses them without faults, and the pool unmaps it
+/// if nobody has taken it within the purge delay.
+unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
+    // SAFETY: the caller owned seg and it has no page in use.
+    unsafe {
         (*seg).owner.store(0, Ordering::Release);
         (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
@@ -922,7 +937,11 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
             }
             (*seg).owner.store(h as usize, Ordering::Release);
         }
+        // A pooled segment may come with resident free slices: they are due for purging like
+        // any others.
         (*seg).purge_at = 0;
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, os::now_ms(), delay);
         link_segment(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
     }
@@ -982,9 +1001,8 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
         });
         PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
         // Free slices it came with are due for purging like any others.
-        if (*seg).purge_at == 0 && (*seg).free_slices & (*seg).dirty != 0 {
-            (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        }
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay);
     }
 }
 
@@ -1304,8 +1322,10 @@ unsafe fn retire_page_of(h: *mut Heap, page: *mut Page) {
         let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
         if Segment::free_page(page, now, delay) && ((*h).segments != seg || !(*seg).next.is_null())
         {
+            // Unpurged: the next thread that needs a segment takes it from the pool with its
+            // memory still resident (no faults); the pool unmaps it after the delay otherwise.
             unlink_segment(h, seg);
-            release_segment(seg, now);
+            release_segment_dirty(seg, now);
         }
     }
 }
