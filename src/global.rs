@@ -27,6 +27,40 @@ impl TierAlloc {
     pub const fn new() -> Self {
         TierAlloc { _private: () }
     }
+
+    /// C `malloc` for the drop-in library: `size` bytes (any size; 0 gives a minimal block)
+    /// aligned to 16, or null with `errno` set to `ENOMEM`. Its fast path is a bin pop with
+    /// no stack frame; everything else is one tail call.
+    ///
+    /// # Safety
+    /// None beyond `GlobalAlloc::alloc`'s: the block is freed at most once.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
+        if size <= tier::fast_max() {
+            // SAFETY: size.max(16) <= fast_max() <= MEDIUM_MAX, so bin_of gives a bin < NBINS;
+            // every bin from 16 bytes on is 16-byte aligned.
+            unsafe { thread::alloc_bin(bin_of(size.max(16))) }
+        } else {
+            // SAFETY: 16 is a power of two.
+            unsafe { c_malloc_big(size) }
+        }
+    }
+}
+
+/// [`TierAlloc::c_malloc`] above the bins: refuses sizes that could overflow once aligned.
+///
+/// # Safety
+/// None.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn c_malloc_big(size: usize) -> *mut u8 {
+    if size > isize::MAX as usize - crate::heap::segment::MAX_ALIGN {
+        crate::sys::os::set_enomem();
+        return ptr::null_mut();
+    }
+    // SAFETY: 16 is a power of two; the size is far enough below isize::MAX.
+    unsafe { thread::alloc_generic(size, 16, false) }
 }
 
 // SAFETY: every method follows GlobalAlloc's contract: memory returned is valid for the layout,

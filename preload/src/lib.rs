@@ -147,25 +147,9 @@ unsafe fn alloc_pow2(size: usize, align: usize) -> *mut c_void {
 /// None beyond C's: the result is freed at most once, with `free` or `realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
-    if size <= MAX_SIZE {
-        // Straight to the allocator, whose result is ours: it sets ENOMEM itself when it
-        // returns NULL, so nothing runs after it and the fast path needs no stack frame.
-        // SAFETY: 16 is a power of two and size.max(1) <= MAX_SIZE, so the layout is valid
-        // and non-zero-sized.
-        unsafe {
-            let layout = Layout::from_size_align_unchecked(size.max(1), MALLOC_ALIGN);
-            return GLOBAL.alloc(layout).cast();
-        }
-    }
-    enomem()
-}
-
-/// NULL with `errno` set to `ENOMEM`, out of line so the callers' fast paths need no frame.
-#[cold]
-#[inline(never)]
-fn enomem() -> *mut c_void {
-    set_errno(libc::ENOMEM);
-    ptr::null_mut()
+    // SAFETY: no precondition beyond C's (the block is freed at most once). It sets ENOMEM
+    // itself when it returns NULL, so nothing runs after it and the fast path needs no frame.
+    unsafe { GLOBAL.c_malloc(size).cast() }
 }
 
 /// Frees `p`; NULL and pointers tieralloc never handed out are ignored (see the crate docs).

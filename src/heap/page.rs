@@ -38,7 +38,7 @@ impl Page {
         }
         let size = self.block_size as usize;
         let n = left.min((EXTEND_BYTES / size).max(1));
-        let first = self.start as usize + self.capacity as usize * size;
+        let first = self.start() as usize + self.capacity as usize * size;
         // SAFETY: blocks [capacity, capacity+n) lie inside the page (n <= reserved-capacity)
         // and were never handed out, so we may write their links.
         unsafe {
@@ -127,7 +127,7 @@ mod tests {
                 page.free = (*b).next;
                 page.used += 1;
                 assert!(seen.insert(b as usize));
-                assert_eq!((b as usize - page.start as usize) % bin_size(bin), 0);
+                assert_eq!((b as usize - page.start() as usize) % bin_size(bin), 0);
                 blocks.push(b);
             }
             assert_eq!(blocks.len(), page.reserved as usize);

@@ -69,8 +69,10 @@ pub enum PageKind {
 /// Page flags.
 pub const PAGE_IN_FULL: u8 = 1;
 
-/// A page descriptor. Fields other than `thread_free` belong to the owner heap.
-#[repr(C)]
+/// A page descriptor. Fields other than `thread_free` belong to the owner heap. One cache
+/// line each (64 bytes, aligned), so finding a block's descriptor is a shift and a free
+/// touches one line of the header.
+#[repr(C, align(64))]
 pub struct Page {
     /// Blocks ready to hand out (the fast path pops here).
     pub free: *mut Block,
@@ -108,12 +110,12 @@ pub struct Page {
     pub next: *mut Page,
     /// Queue links (owner only).
     pub prev: *mut Page,
-    /// First byte of the page's blocks.
-    pub start: *mut u8,
     /// Blocks freed by other threads, and the delayed-free state (the only field other
     /// threads write).
     pub thread_free: RemoteFree,
 }
+
+const _: () = assert!(core::mem::size_of::<Page>() == 64);
 
 impl Page {
     /// An unused descriptor.
@@ -136,13 +138,18 @@ impl Page {
         thread_free: RemoteFree::new(),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
-        start: ptr::null_mut(),
     };
 
     /// The segment this descriptor lives in.
     #[inline]
     pub fn segment(&self) -> *mut Segment {
         (self as *const Page as usize & !SEGMENT_MASK) as *mut Segment
+    }
+
+    /// First byte of the page's blocks (after the header for a page at slice 0).
+    #[inline]
+    pub fn start(&self) -> *mut u8 {
+        Segment::slice_start(self.segment(), self.slice_index())
     }
 
     /// Index of this descriptor's slice.
@@ -339,7 +346,6 @@ impl Segment {
             let page = &mut *pages.add(i);
             page.back = 0;
             page.slice_count = n as u8;
-            page.start = Segment::slice_start(seg, i);
             page.fresh = fresh;
             page.free = ptr::null_mut();
             page.local_free = ptr::null_mut();
@@ -822,16 +828,16 @@ mod tests {
         unsafe {
             let p = Segment::take_slices(seg, 8, false);
             assert_eq!((*p).slice_index(), 1);
-            assert_eq!((*p).start as usize, seg as usize + SLICE_SIZE);
+            assert_eq!((*p).start() as usize, seg as usize + SLICE_SIZE);
             assert!((*p).fresh);
             for j in 1..8 {
                 // A pointer anywhere in the run finds the first descriptor.
-                let q = page_of(seg, (*p).start.add(j * SLICE_SIZE + 17));
+                let q = page_of(seg, (*p).start().add(j * SLICE_SIZE + 17));
                 assert_eq!(q, p);
             }
             let p0 = Segment::take_slices(seg, 1, true);
             assert_eq!((*p0).slice_index(), 0);
-            assert_eq!((*p0).start as usize, seg as usize + HEADER_SIZE);
+            assert_eq!((*p0).start() as usize, seg as usize + HEADER_SIZE);
             assert_eq!((*seg).used_pages, 2);
             assert!(!Segment::free_page(p, 0, 0));
             assert!(Segment::free_page(p0, 0, 0));

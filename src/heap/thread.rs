@@ -886,7 +886,7 @@ unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
             // page lives. (A bin that already has pages is busy: its pages come and go, and
             // giving their memory back each time would only fault it in again.)
             let keep = SLICE_SIZE;
-            os::decommit((*page).start.add(keep), bytes - keep);
+            os::decommit((*page).start().add(keep), bytes - keep);
         }
         (*page).init_bin(bin, bytes);
         page
@@ -1162,10 +1162,10 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, zero: bool) -> *mut u8 {
         bump(&(*h).stats.allocs[LARGE_BIN], 1);
         bump(&(*h).stats.large_alloc_bytes, p.block_size as u64);
         if zero && !p.fresh {
-            ptr::write_bytes(p.start, 0, size);
+            ptr::write_bytes(p.start(), 0, size);
         }
         p.fresh = false;
-        p.start
+        p.start()
     }
 }
 
@@ -1236,9 +1236,13 @@ pub unsafe fn free(p: *mut u8) {
             let b = p as *mut Block;
             (*b).next = (*page).local_free;
             (*page).local_free = b;
-            (*page).used -= 1;
+            // Kept in a local: the counter's store below must not make the compiler read
+            // `used` back.
+            let used = (*page).used - 1;
+            (*page).used = used;
+            let slow = used == 0 || (*page).flags != 0;
             bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
-            if (*page).used == 0 || (*page).flags != 0 {
+            if slow {
                 free_local_slow(h, page);
             }
         } else {
@@ -1644,7 +1648,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         }
         let page = page_of(seg, p);
         let bs = (*page).block_size as usize;
-        bs - ((p as usize - (*page).start as usize) % bs)
+        bs - ((p as usize - (*page).start() as usize) % bs)
     }
 }
 

@@ -187,7 +187,7 @@ pub(crate) unsafe fn move_to_node_claimed(
             let (pkind, pstart, bsize) = unsafe {
                 (
                     (*page).kind,
-                    (*page).start as usize,
+                    (*page).start() as usize,
                     (*page).block_size as usize,
                 )
             };
