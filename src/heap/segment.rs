@@ -16,7 +16,7 @@
 //! - A huge segment holds one object and has no owner: any thread may free it.
 
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering, SpinLock};
 use crate::sys::os;
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -168,8 +168,9 @@ pub struct Segment {
     pub owner: AtomicUsize,
     /// A `SegmentKind`.
     pub kind: SegmentKind,
-    /// Set while on the abandoned list (guarded by its lock).
-    pub abandoned: bool,
+    /// The tag of the abandoned list the segment is on ([`ROOM`] or [`FULL`]), 0 if none.
+    /// Written under that list's lock; a claimer reads it under its own, so it is atomic.
+    pub abandoned: AtomicU8,
     /// The NUMA node the segment's memory is bound to.
     pub node: u16,
     /// The memory tier of that node (0 = fastest).
@@ -560,12 +561,20 @@ pub unsafe fn list_unlink(head: *mut *mut Segment, seg: *mut Segment) {
     }
 }
 
+/// Tag of the abandoned lists whose segments have room to allocate from.
+pub const ROOM: u8 = 1;
+/// Tag of the abandoned lists whose segments were given up (nearly) full by a live heap
+/// (see `heap::thread::abandon_full`): taken over by a thread that frees into them.
+pub const FULL: u8 = 2;
+
 /// A locked list of segments with no owner.
 pub struct SegmentList {
     lock: SpinLock,
     head: UnsafeCell<*mut Segment>,
     /// Segments on the list (readable without the lock, as a hint).
     pub count: AtomicUsize,
+    /// What `Segment::abandoned` says of a segment on this list (0 for pools).
+    tag: u8,
 }
 
 // SAFETY: `head` and the links of listed segments are only touched with `lock` held.
@@ -574,10 +583,16 @@ unsafe impl Sync for SegmentList {}
 impl SegmentList {
     /// An empty list.
     pub const fn new() -> Self {
+        SegmentList::tagged(0)
+    }
+
+    /// An empty abandoned list whose segments carry `tag` ([`ROOM`] or [`FULL`]).
+    pub const fn tagged(tag: u8) -> Self {
         SegmentList {
             lock: SpinLock::new(),
             head: UnsafeCell::new(ptr::null_mut()),
             count: AtomicUsize::new(0),
+            tag,
         }
     }
 
@@ -614,7 +629,7 @@ impl SegmentList {
             let seg = *self.head.get();
             if !seg.is_null() {
                 self.unlink_locked(seg);
-                (*seg).abandoned = false;
+                (*seg).abandoned.store(0, Ordering::Relaxed);
                 (*seg).owner.store(owner, Ordering::Release);
             }
             seg
@@ -630,11 +645,13 @@ impl SegmentList {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock, which guards `abandoned` and the links.
         unsafe {
-            if !(*seg).abandoned || (*seg).owner.load(Ordering::Relaxed) != 0 {
+            if (*seg).abandoned.load(Ordering::Relaxed) != self.tag
+                || (*seg).owner.load(Ordering::Relaxed) != 0
+            {
                 return false;
             }
             self.unlink_locked(seg);
-            (*seg).abandoned = false;
+            (*seg).abandoned.store(0, Ordering::Relaxed);
             (*seg).owner.store(owner, Ordering::Release);
         }
         true
@@ -648,7 +665,7 @@ impl SegmentList {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock; seg is unlisted and its owner just let go of it.
         unsafe {
-            (*seg).abandoned = true;
+            (*seg).abandoned.store(self.tag, Ordering::Relaxed);
             (*seg).owner.store(0, Ordering::Release);
             self.push_locked(seg);
         }
@@ -663,7 +680,7 @@ impl SegmentList {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock, which guards the head and the links; seg is unlisted.
         unsafe {
-            (*seg).abandoned = true;
+            (*seg).abandoned.store(self.tag, Ordering::Relaxed);
             (*seg).owner.store(0, Ordering::Release);
             let head = self.head.get();
             let mut last = *head;
@@ -731,11 +748,18 @@ pub const MAX_NODES: usize = 64;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_LIST: SegmentList = SegmentList::new();
+#[allow(clippy::declare_interior_mutable_const)]
+const ROOM_LIST: SegmentList = SegmentList::tagged(ROOM);
+#[allow(clippy::declare_interior_mutable_const)]
+const FULL_LIST: SegmentList = SegmentList::tagged(FULL);
 /// Per-node pools of empty segments.
 pub static POOLS: [SegmentList; MAX_NODES] = [EMPTY_LIST; MAX_NODES];
 /// Per node, segments whose owner thread exited (or moved to another node) while they held
 /// live blocks. Only heaps of the same node adopt them, so adoption never misplaces memory.
-pub static ABANDONED: [SegmentList; MAX_NODES] = [EMPTY_LIST; MAX_NODES];
+pub static ABANDONED: [SegmentList; MAX_NODES] = [ROOM_LIST; MAX_NODES];
+
+/// Per node: segments given up (nearly) full by a live heap, until a thread frees into one.
+pub static ABANDONED_FULL: [SegmentList; MAX_NODES] = [FULL_LIST; MAX_NODES];
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO_USIZE: AtomicUsize = AtomicUsize::new(0);

@@ -21,8 +21,8 @@ use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
 use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
 use super::segment::{
     commit_add, commit_sub, list_push_front, list_unlink, page_of, segment_of, Page, PageKind,
-    Segment, SegmentKind, ABANDONED, LARGE_MAX, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED,
-    PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
+    Segment, SegmentKind, ABANDONED, ABANDONED_FULL, LARGE_MAX, MAX_NODES, PAGES_ABANDONED,
+    PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
 use crate::config;
@@ -171,6 +171,10 @@ pub struct Heap {
     shared: bool,
     node: u32,
     tick: u32,
+    /// Blocks other threads freed back to us (collected or delayed) since we last took a new
+    /// segment: 0 means nobody is returning our memory, and a full segment of ours is better
+    /// off with whoever frees into it (see abandon_full).
+    returned: u32,
     next_purge_ms: u64,
     huge_cache: [CacheEntry; CACHE_SLOTS],
     /// This thread's counters.
@@ -201,6 +205,7 @@ impl Heap {
             shared: false,
             node: 0,
             tick: 0,
+            returned: 0,
             next_purge_ms: 0,
             huge_cache: [EMPTY_ENTRY; CACHE_SLOTS],
             stats: HeapStats::new(),
@@ -786,7 +791,8 @@ unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
         let mut retain = FULL_PAGE_RETAIN;
         while !page.is_null() && page != empty_page() {
             let next = (*page).next;
-            (*page).collect();
+            let back = (*page).collect();
+            hp.returned = hp.returned.saturating_add(back);
             if (*page).has_free() || (*page).extend() {
                 if hp.pages[bin] != page {
                     hp.queue_remove(bin, page);
@@ -923,6 +929,13 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
                 return p;
             }
         }
+        // About to take a new segment: first give up those of ours that are (nearly) full,
+        // unless other threads have been freeing our blocks back to us since the last one
+        // (a producer whose consumers return its messages keeps its segments).
+        if (*h).returned == 0 {
+            abandon_full(h);
+        }
+        (*h).returned = 0;
         // A tier budget may send the new segment to another node (spill).
         let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
             (crate::tier::segment_node(node as u32) as usize).min(MAX_NODES - 1)
@@ -944,6 +957,102 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
         Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, os::now_ms(), delay);
         link_segment(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
+    }
+}
+
+/// Whether a page can give out no block without a free coming back first: nothing free,
+/// nothing left to carve, no remote free waiting to be collected (a large page always: its
+/// one block is out). A page that other threads are freeing into is not exhausted: its owner
+/// is about to reuse those blocks (a producer whose consumers free its messages).
+#[inline]
+unsafe fn page_exhausted(p: *const Page) -> bool {
+    // SAFETY: p is a descriptor of a page in use in one of our segments.
+    unsafe {
+        (*p).kind == PageKind::Large as u8
+            || ((*p).free.is_null()
+                && (*p).local_free.is_null()
+                && (*p).capacity == (*p).reserved
+                && !(*p).thread_free.has_blocks())
+    }
+}
+
+/// Whether `seg` (ours) has no free slice and at most a quarter of its pages can still give
+/// out a block.
+unsafe fn segment_nearly_full(seg: *mut Segment) -> bool {
+    // SAFETY: seg is ours (caller).
+    unsafe {
+        if (*seg).free_slices != 0 {
+            return false;
+        }
+        let (mut pages, mut open) = (0u32, 0u32);
+        for_each_used_page(seg, |p| {
+            pages += 1;
+            open += !page_exhausted(p) as u32;
+        });
+        open * 4 <= pages
+    }
+}
+
+/// Gives up our (nearly) full segments when we are about to take a new one. Such a segment
+/// is of little use to us until its blocks are freed, and whoever frees into it first takes
+/// it over (claim on free) and allocates from what it freed. This is what lets memory one
+/// thread filled be reused by others while that thread lives: a thread that builds a data
+/// set and hands it to workers (then waits for them) would otherwise keep every block they
+/// free, uncollected, until its own next slow path. If we free into it ourselves, we take it
+/// back the same way. These segments go to a list of their own, which `take_slices` does not
+/// search, so a thread that only grows does not adopt them back again and again.
+///
+/// # Safety
+/// `h` is this thread's heap, in a slow path that holds no page of it.
+unsafe fn abandon_full(h: *mut Heap) {
+    // SAFETY: h is ours; every segment looked at is on our list.
+    unsafe {
+        if (*h).shared || (*h).state != ACTIVE {
+            return;
+        }
+        // Each pass abandons one segment (or finds none): the list may change under a drain.
+        for _ in 0..64 {
+            let mut seg = (*h).segments;
+            while !seg.is_null() && !segment_nearly_full(seg) {
+                seg = (*seg).next;
+            }
+            if seg.is_null() {
+                return;
+            }
+            abandon_segment(h, seg);
+        }
+    }
+}
+
+/// Abandons one (nearly) full segment of ours, the way thread exit abandons all of them.
+unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
+    // SAFETY: seg is ours; the steps are release_all's, for one segment.
+    unsafe {
+        // 1. No more delayed frees for its pages (waits out one in flight), then take in
+        //    those already delayed, while the pages are still ours.
+        for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
+        drain_delayed(h);
+        // Draining can give pages back and even release segments: go on only if seg is still
+        // on our list.
+        let mut s = (*h).segments;
+        while !s.is_null() && s != seg {
+            s = (*s).next;
+        }
+        if s.is_null() {
+            return;
+        }
+        // 2. Out of our queues (the pages that could still give out a block go with it) and
+        //    off our list, onto the full abandoned list.
+        for_each_used_page(seg, |p| {
+            if (*p).kind == PageKind::Bin as u8 && (*p).flags & PAGE_IN_FULL == 0 {
+                (*h).queue_remove((*p).bin as usize, p);
+            }
+        });
+        unlink_segment(h, seg);
+        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, os::now_ms(), delay);
+        PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+        ABANDONED_FULL[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
     }
 }
 
@@ -1378,9 +1487,11 @@ unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
             // pages stay where they are. A thread that only frees does not sit on what it
             // takes: pages it empties are given back at once (see free_local_page_event).
+            let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if (*h).state == ACTIVE
-                && (*seg).node as u32 == (*h).node
-                && ABANDONED[(*seg).node as usize].claim(seg, h as usize)
+                && node as u32 == (*h).node
+                && (ABANDONED_FULL[node].claim(seg, h as usize)
+                    || ABANDONED[node].claim(seg, h as usize))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
@@ -1488,6 +1599,7 @@ unsafe fn drain_delayed(h: *mut Heap) {
                 (*h).delayed.push(b);
             } else {
                 // The remote thread counted the free.
+                (*h).returned = (*h).returned.saturating_add(1);
                 free_local(h, page, b, false);
             }
             b = next;
@@ -1538,7 +1650,8 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
             while !page.is_null() && page != empty_page() {
                 let next = (*page).next;
                 if (*page).thread_free.has_blocks() {
-                    (*page).collect();
+                    let back = (*page).collect();
+                    (*h).returned = (*h).returned.saturating_add(back);
                 }
                 // Empty pages go back to their segment, the current one too: a class that is
                 // still in use gets a page again on its next allocation (one slow path per
@@ -1578,12 +1691,15 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
         if !(*h).shared {
             collect_node_heaps(now, delay);
         }
-        // Segments stranded by exited threads: tend one per pass (see tend_abandoned).
+        // Segments stranded by exited threads, or given up full: tend one of each kind per
+        // pass (see tend_abandoned).
         let node = (*h).node as usize;
-        if ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
-            let seg = ABANDONED[node].pop(h as usize);
-            if !seg.is_null() {
-                tend_abandoned(h, seg, now);
+        for list in [&ABANDONED[node], &ABANDONED_FULL[node]] {
+            if list.count.load(Ordering::Relaxed) > 0 {
+                let seg = list.pop(h as usize);
+                if !seg.is_null() {
+                    tend_abandoned(h, seg, now);
+                }
             }
         }
     }
@@ -1609,11 +1725,14 @@ unsafe fn tend_abandoned(h: *mut Heap, seg: *mut Segment, now: u64) {
                 release_empty_page(h, p, now, 0);
             }
         });
+        let node = ((*seg).node as usize).min(MAX_NODES - 1);
         if (*seg).used_pages == 0 {
             release_segment(seg, now);
+        } else if segment_nearly_full(seg) {
+            ABANDONED_FULL[node].push_abandoned_back(seg);
         } else {
             Segment::purge_free(seg);
-            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned_back(seg);
+            ABANDONED[node].push_abandoned_back(seg);
         }
     }
 }
@@ -1736,13 +1855,21 @@ extern "C" fn fork_prepare() {
     for nh in NODE_HEAPS.iter() {
         nh.lock.lock_raw();
     }
-    for l in POOLS.iter().chain(ABANDONED.iter()) {
+    for l in POOLS
+        .iter()
+        .chain(ABANDONED.iter())
+        .chain(ABANDONED_FULL.iter())
+    {
         l.lock_for_fork();
     }
 }
 
 extern "C" fn fork_parent() {
-    for l in POOLS.iter().chain(ABANDONED.iter()) {
+    for l in POOLS
+        .iter()
+        .chain(ABANDONED.iter())
+        .chain(ABANDONED_FULL.iter())
+    {
         l.unlock_after_fork();
     }
     for nh in NODE_HEAPS.iter() {
@@ -1767,6 +1894,7 @@ pub fn segment_counts() -> (usize, usize, usize) {
     let pooled = POOLS.iter().map(|p| p.count.load(Ordering::Relaxed)).sum();
     let abandoned = ABANDONED
         .iter()
+        .chain(ABANDONED_FULL.iter())
         .map(|p| p.count.load(Ordering::Relaxed))
         .sum();
     (SEGMENTS.load(Ordering::Relaxed), pooled, abandoned)
