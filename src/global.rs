@@ -34,6 +34,11 @@ impl TierAlloc {
     ///
     /// # Safety
     /// None beyond `GlobalAlloc::alloc`'s: the block is freed at most once.
+    /// The largest request a C entry point passes on: rounded up to any alignment tieralloc
+    /// serves (at most 2 MiB), it still fits in an `isize`.
+    #[doc(hidden)]
+    pub const C_MAX_SIZE: usize = isize::MAX as usize - crate::heap::segment::MAX_ALIGN;
+
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
@@ -55,7 +60,7 @@ impl TierAlloc {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn c_malloc_big(size: usize) -> *mut u8 {
-    if size > isize::MAX as usize - crate::heap::segment::MAX_ALIGN {
+    if size > TierAlloc::C_MAX_SIZE {
         crate::sys::os::set_enomem();
         return ptr::null_mut();
     }

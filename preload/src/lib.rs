@@ -79,7 +79,7 @@ const MAX_ALIGN: usize = 2 << 20;
 /// The page size `valloc` and `pvalloc` align to (tieralloc assumes 4 KiB pages).
 const PAGE: usize = 4096;
 /// The largest request: rounded up to any alignment we serve it still fits in an `isize`.
-const MAX_SIZE: usize = isize::MAX as usize - MAX_ALIGN;
+const MAX_SIZE: usize = TierAlloc::C_MAX_SIZE;
 
 #[inline(always)]
 fn set_errno(e: c_int) {

@@ -530,8 +530,7 @@ unsafe fn release_all(h: *mut Heap) {
             if (*seg).used_pages == 0 {
                 release_segment_dirty(seg, now);
             } else {
-                let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-                Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay);
+                book_free_slices(seg, now);
                 PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
                 ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
             }
@@ -583,6 +582,17 @@ unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
             i += n;
         }
     }
+}
+
+/// Books every free resident slice of `seg` for purging, one purge delay from `now`: for a
+/// segment that changes hands (abandoned, adopted, taken from the pool) with such slices.
+///
+/// # Safety
+/// The caller owns `seg` (or has just taken it off a list).
+unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
+    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    // SAFETY: exclusive access per the contract.
+    unsafe { Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay) }
 }
 
 /// Purges a segment that holds nothing and puts it in its node's pool.
@@ -953,8 +963,7 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
         // A pooled segment may come with resident free slices: they are due for purging like
         // any others.
         (*seg).purge_at = 0;
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, os::now_ms(), delay);
+        book_free_slices(seg, os::now_ms());
         link_segment(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
     }
@@ -1049,8 +1058,7 @@ unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
             }
         });
         unlink_segment(h, seg);
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, os::now_ms(), delay);
+        book_free_slices(seg, os::now_ms());
         PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
         ABANDONED_FULL[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
     }
@@ -1110,8 +1118,7 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
         });
         PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
         // Free slices it came with are due for purging like any others.
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay);
+        book_free_slices(seg, now);
     }
 }
 
@@ -1431,14 +1438,11 @@ unsafe fn retire_page_of(h: *mut Heap, page: *mut Page) {
     // SAFETY: page is ours, unused and in no queue; its segment is on our list.
     unsafe {
         let seg = (*page).segment();
-        let now = os::now_ms();
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        if Segment::free_page(page, now, delay) && ((*h).segments != seg || !(*seg).next.is_null())
-        {
+        if retire_page(page) && ((*h).segments != seg || !(*seg).next.is_null()) {
             // Unpurged: the next thread that needs a segment takes it from the pool with its
             // memory still resident (no faults); the pool unmaps it after the delay otherwise.
             unlink_segment(h, seg);
-            release_segment_dirty(seg, now);
+            release_segment_dirty(seg, os::now_ms());
         }
     }
 }
@@ -1456,11 +1460,12 @@ unsafe fn free_large_page(h: *mut Heap, page: *mut Page) {
 /// Gives an unused page's slices back to its segment. A segment left empty stays on our
 /// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
 /// large object does not go through the pool each time.
-unsafe fn retire_page(page: *mut Page) {
+/// Returns true if the segment now has no page in use.
+unsafe fn retire_page(page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
         let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        Segment::free_page(page, os::now_ms(), delay);
+        Segment::free_page(page, os::now_ms(), delay)
     }
 }
 
