@@ -111,6 +111,11 @@ unsafe impl GlobalAlloc for TierAlloc {
             if thread::resize_in_place(p, new_size) {
                 return p;
             }
+            // A huge object grows by moving its pages, not its bytes.
+            let q = thread::grow_huge(p, new_size);
+            if !q.is_null() {
+                return q;
+            }
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
                 return ptr::null_mut();
             };

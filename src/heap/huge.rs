@@ -12,6 +12,20 @@ use core::ptr;
 /// Freed huge mappings a thread keeps for reuse.
 pub const CACHE_SLOTS: usize = 8;
 
+/// The most bytes of freed huge mappings one thread keeps (they stay resident while cached,
+/// so this bounds what the cache adds to RSS per thread).
+pub const CACHE_MAX_BYTES: usize = 8 << 20;
+
+/// A cached mapping serves a request that needs at least this fraction of it (as a shift: a
+/// quarter). When it serves one that needs less than half of it, the pages past the request's
+/// end go back to the OS first (see [`CACHE_TRIM_MIN`]).
+pub const CACHE_FIT_SHIFT: u32 = 2;
+
+/// The least tail worth giving back when a cached mapping serves a smaller request: one
+/// madvise, cheaper than unmapping and mapping again, and RSS stays near what the object
+/// needs.
+pub const CACHE_TRIM_MIN: usize = 256 << 10;
+
 /// One cached mapping.
 #[derive(Clone, Copy)]
 pub struct CacheEntry {
@@ -203,6 +217,54 @@ pub unsafe fn unmap(seg: *mut Segment) {
     super::segment::map_remove(seg);
     // SAFETY: per the contract; map_size is the whole mapping.
     unsafe { os::unmap(seg as *mut u8, (*seg).map_size) }
+}
+
+/// Grows the huge object of `seg` to `new_size` bytes by moving its pages into a bigger
+/// segment-aligned mapping (no copy). Returns the new segment, or null (nothing changed) if
+/// the size cannot be served or the kernel refuses. The registry slot, the segment map and
+/// the committed bytes are updated; the caller books the object's bytes.
+///
+/// # Safety
+/// The caller owns the object of huge segment `seg` (it is reallocating it).
+pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
+    // SAFETY: the object and its header are the caller's (contract); the header moves with
+    // the pages, so it is read before the move and written through the new address after.
+    unsafe {
+        let offset = (*seg).huge_offset;
+        let old_map = (*seg).map_size;
+        let Some(end) = offset
+            .checked_add(new_size)
+            .and_then(|e| e.checked_add(os::OS_PAGE - 1))
+        else {
+            return ptr::null_mut();
+        };
+        let new_map = end & !(os::OS_PAGE - 1);
+        if new_map <= old_map || new_map > isize::MAX as usize / 2 {
+            return ptr::null_mut();
+        }
+        // A segment-aligned place for it; the pages keep their node policy as they move.
+        let dst = os::map_aligned(new_map, SEGMENT_SIZE, None);
+        if dst.is_null() {
+            return ptr::null_mut();
+        }
+        let born = (*seg).huge_born_ms;
+        unregister(seg);
+        if !os::remap(seg as *mut u8, old_map, dst, new_map) {
+            os::unmap(dst, new_map);
+            register(seg, born);
+            return ptr::null_mut();
+        }
+        super::segment::map_remove(seg);
+        let new = dst as *mut Segment;
+        (*new).map_size = new_map;
+        (*new).huge_size = new_map - offset;
+        super::segment::map_insert(new);
+        register(new, born);
+        let node = (*new).node;
+        super::segment::commit_sub(node, old_map);
+        super::segment::commit_add(node, new_map);
+        new
+    }
 }
 
 #[cfg(test)]

@@ -162,8 +162,10 @@ pub struct Heap {
     pages: [*mut Page; NBINS],
     /// The last page of each bin's queue.
     tails: [*mut Page; NBINS],
-    /// Blocks freed by other threads into our full pages.
-    delayed: BlockStack,
+    /// Blocks freed by other threads into our full pages: the one field other threads write,
+    /// so it has a cache line to itself (on a line with `tick` or `pages`, every such free
+    /// would cost the owner a miss on its next allocation).
+    delayed: OwnLine<BlockStack>,
     /// Our normal segments (linked through `Segment::next/prev`).
     segments: *mut Segment,
     state: u8,
@@ -183,6 +185,10 @@ pub struct Heap {
     reg_prev: *mut Heap,
 }
 
+/// A value alone on its cache line.
+#[repr(C, align(64))]
+struct OwnLine<T>(T);
+
 struct SyncPage(Page);
 // SAFETY: EMPTY_PAGE is never written: its `free` is null, so every path that would write it
 // goes to the slow path first, which never touches it.
@@ -199,7 +205,7 @@ impl Heap {
         Heap {
             pages: [&EMPTY_PAGE.0 as *const Page as *mut Page; NBINS],
             tails: [ptr::null_mut(); NBINS],
-            delayed: BlockStack::new(),
+            delayed: OwnLine(BlockStack::new()),
             segments: ptr::null_mut(),
             state: UNINIT,
             shared: false,
@@ -1296,21 +1302,32 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
         }
         heap_tick(h);
         let node = (*h).node;
-        // A cached mapping that is big enough and not wastefully so.
-        let mut seg = ptr::null_mut();
-        for e in (*h).huge_cache.iter_mut() {
+        // The smallest cached mapping that is big enough and at most four times the need.
+        let mut best: Option<usize> = None;
+        for (i, e) in (*h).huge_cache.iter().enumerate() {
             if !e.seg.is_null() {
                 let ms = (*e.seg).map_size;
-                if ms >= map_size && ms - map_size <= map_size / 4 {
-                    seg = e.seg;
-                    *e = EMPTY_ENTRY;
-                    break;
+                if ms >= map_size
+                    && ms >> huge::CACHE_FIT_SHIFT <= map_size
+                    && best.is_none_or(|b| ms < (*(*h).huge_cache[b].seg).map_size)
+                {
+                    best = Some(i);
                 }
             }
+        }
+        let mut seg = ptr::null_mut();
+        if let Some(i) = best {
+            seg = (*h).huge_cache[i].seg;
+            (*h).huge_cache[i] = EMPTY_ENTRY;
         }
         let reused = !seg.is_null();
         if reused {
             let ms = (*seg).map_size;
+            // The tail the new object does not need may be resident from the last one: when
+            // it is at least as big as the object, it goes back to the OS.
+            if ms - map_size >= huge::CACHE_TRIM_MIN.max(map_size) {
+                os::decommit((seg as *mut u8).add(map_size), ms - map_size);
+            }
             huge::init(seg, ms, offset, size, node);
         } else {
             seg = huge::map(map_size, offset, size, node, true);
@@ -1332,6 +1349,37 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
 
 // ---------------------------------------------------------------------------------------------
 // Free.
+
+/// Grows a huge object to `new_size` bytes without copying it (its pages move to a bigger
+/// mapping). Null if `p` is not a huge object, or it cannot be grown that way; then the
+/// caller copies.
+///
+/// # Safety
+/// `p` is a live block of ours that the caller may reallocate.
+pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
+    let seg = segment_of(p);
+    // SAFETY: p is live, so its segment header is valid; a huge object is the caller's alone.
+    unsafe {
+        if (*seg).kind != SegmentKind::Huge || new_size <= (*seg).huge_size {
+            return ptr::null_mut();
+        }
+        let h = heap();
+        // The bytes are booked on this heap's counters, which must own the object's node.
+        if (*h).state != ACTIVE || (*seg).node as u32 != (*h).node {
+            return ptr::null_mut();
+        }
+        let old_size = (*seg).huge_size;
+        let new = huge::grow(seg, new_size);
+        if new.is_null() {
+            return ptr::null_mut();
+        }
+        bump(
+            &(*h).stats.huge_alloc_bytes,
+            ((*new).huge_size - old_size) as u64,
+        );
+        huge::object(new)
+    }
+}
 
 /// Frees `p` (any block tieralloc handed out, from any thread).
 ///
@@ -1512,7 +1560,7 @@ unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
             Pushed::Delayed => {
                 // The state is DELAYED_FREEING, so the owner cannot leave until we finish.
                 let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
-                (*owner).delayed.push(p as *mut Block);
+                (*owner).delayed.0.push(p as *mut Block);
                 (*page).thread_free.finish_delayed();
             }
         }
@@ -1575,14 +1623,37 @@ unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
         let same_node = (*seg).node as u32 == (*h).node;
         count_node_free(h, (*seg).node, (*seg).huge_size as u64);
         // Only a span of our own node goes in our cache: reusing it elsewhere would misplace it.
-        if (*h).state == ACTIVE && same_node {
-            let now = os::now_ms();
-            for e in (*h).huge_cache.iter_mut() {
-                if e.seg.is_null() {
-                    *e = CacheEntry { seg, freed_at: now };
-                    heap_tick(h);
-                    return;
+        let ms = (*seg).map_size;
+        if (*h).state == ACTIVE && same_node && ms <= huge::CACHE_MAX_BYTES {
+            // Make room (in slots and bytes) by unmapping the mappings cached longest.
+            let cache = &mut (*h).huge_cache;
+            loop {
+                let held: usize = cache
+                    .iter()
+                    .filter(|e| !e.seg.is_null())
+                    .map(|e| (*e.seg).map_size)
+                    .sum();
+                let free_slot = cache.iter().position(|e| e.seg.is_null());
+                if let Some(i) = free_slot {
+                    if held + ms <= huge::CACHE_MAX_BYTES {
+                        cache[i] = CacheEntry {
+                            seg,
+                            freed_at: os::now_ms(),
+                        };
+                        heap_tick(h);
+                        return;
+                    }
                 }
+                let Some(oldest) = (0..CACHE_SLOTS)
+                    .filter(|&i| !cache[i].seg.is_null())
+                    .min_by_key(|&i| cache[i].freed_at)
+                else {
+                    break;
+                };
+                let old = cache[oldest].seg;
+                cache[oldest] = EMPTY_ENTRY;
+                commit_sub((*old).node, (*old).map_size);
+                huge::unmap(old);
             }
         }
         commit_sub((*seg).node, (*seg).map_size);
@@ -1594,14 +1665,14 @@ unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
 unsafe fn drain_delayed(h: *mut Heap) {
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
     unsafe {
-        let mut b = (*h).delayed.take_all();
+        let mut b = (*h).delayed.0.take_all();
         while !b.is_null() {
             let next = (*b).next;
             let seg = segment_of(b as *const u8);
             let page = page_of(seg, b as *const u8);
             if (*page).thread_free.state() == DELAYED_FREEING {
                 // Its pusher has not finished; freeing now could retire the page under it.
-                (*h).delayed.push(b);
+                (*h).delayed.0.push(b);
             } else {
                 // The remote thread counted the free.
                 (*h).returned = (*h).returned.saturating_add(1);

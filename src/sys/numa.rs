@@ -104,6 +104,12 @@ pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
     if !BIND_ENABLED.load(Ordering::Relaxed) || node as usize >= MASK_BITS {
         return false;
     }
+    let mem = topo::get().mem_nodes;
+    if mem == 1 << node {
+        // The only node with memory: every page lands there anyway, and the system call
+        // (one per segment mapped) would only cost time.
+        return true;
+    }
     let mut m: NodeMask = [0; MASK_BITS / 64];
     m[node as usize / 64] |= 1 << (node % 64);
     mbind(p, len, Policy::Bind, &m, 0).is_ok()

@@ -89,6 +89,33 @@ pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
 }
 
+/// Moves the mapping `[old, old+old_size)` to `new`, grown to `new_size` bytes, in place of
+/// the mapping made there by [`map_aligned`]: the pages move without being copied, the grown
+/// part is fresh zeroed memory, and the old range is unmapped. Returns false (and changes
+/// nothing) if the kernel refuses.
+///
+/// # Safety
+/// `[old, old+old_size)` is a whole mapping of ours whose contents only the caller uses;
+/// `[new, new+new_size)` is a whole mapping made by `map_aligned` that nothing uses.
+pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size: usize) -> bool {
+    // SAFETY: both ranges are whole mappings of ours (contract); MREMAP_FIXED replaces the
+    // mapping at `new`, which nobody uses, and the old range is nobody else's to read.
+    let r = unsafe {
+        libc::mremap(
+            old as *mut libc::c_void,
+            old_size,
+            new_size,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            new as *mut libc::c_void,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return false;
+    }
+    RESERVED.fetch_sub(old_size, Ordering::Relaxed);
+    true
+}
+
 /// Drops the physical pages behind `[p, p+size)` (MADV_DONTNEED: RSS falls now, and the next
 /// touch sees zeros). The range stays mapped.
 ///

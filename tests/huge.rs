@@ -1,0 +1,145 @@
+//! Huge objects (over 2 MiB, one mapping each): the per-thread cache of freed mappings stays
+//! within its byte bound, hands a cached mapping to a smaller request and gives back the
+//! tail that request does not need, and `realloc` grows a huge object by moving its pages.
+//!
+//! One test running the scenarios in order on one thread: the assertions look at which
+//! addresses are mapped and resident, which a concurrently running test could change.
+
+use std::alloc::{alloc, dealloc, realloc, Layout};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+const MIB: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+/// Resident bytes of `[p, p+len)` (page-rounded); 0 for pages that are not mapped at all.
+fn resident(p: usize, len: usize) -> usize {
+    let start = p & !(PAGE - 1);
+    let pages = (p + len - start).div_ceil(PAGE);
+    let mut total = 0;
+    for i in 0..pages {
+        let mut v = 0u8;
+        // SAFETY: mincore only reads the page tables; an unmapped page gives ENOMEM.
+        let r = unsafe { libc::mincore((start + i * PAGE) as *mut libc::c_void, PAGE, &mut v) };
+        if r == 0 && v & 1 != 0 {
+            total += PAGE;
+        }
+    }
+    total
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).unwrap()
+}
+
+fn filled(size: usize, seed: u8) -> *mut u8 {
+    // SAFETY: non-zero size.
+    let p = unsafe { alloc(layout(size)) };
+    assert!(!p.is_null());
+    for i in 0..size {
+        // SAFETY: p holds size bytes.
+        unsafe { *p.add(i) = seed.wrapping_add((i / PAGE) as u8) };
+    }
+    p
+}
+
+fn check(p: *const u8, size: usize, seed: u8) {
+    for i in (0..size).step_by(PAGE / 2) {
+        // SAFETY: p holds at least size bytes.
+        assert_eq!(
+            unsafe { *p.add(i) },
+            seed.wrapping_add((i / PAGE) as u8),
+            "byte {i}"
+        );
+    }
+}
+
+/// Freed mappings beyond the cache's byte bound go back to the OS; a freed mapping that is
+/// cached serves the next request that fits it.
+fn cache_is_bounded_and_reused() {
+    let size = 3 * MIB;
+    let blocks: Vec<usize> = (0..6).map(|k| filled(size, k as u8) as usize).collect();
+    for &b in &blocks {
+        // SAFETY: live block of `size` bytes.
+        unsafe { dealloc(b as *mut u8, layout(size)) };
+    }
+    let kept: usize = blocks.iter().map(|&b| resident(b, size)).sum();
+    assert!(
+        kept <= 8 * MIB,
+        "{} MiB of freed huge objects still resident",
+        kept / MIB
+    );
+    assert!(kept >= size, "no freed mapping was kept for reuse");
+    let again = filled(size, 9) as usize;
+    assert!(blocks.contains(&again), "a cached mapping was not reused");
+    // SAFETY: live block.
+    unsafe { dealloc(again as *mut u8, layout(size)) };
+}
+
+/// A cached mapping much bigger than the request serves it, and the tail the request does
+/// not need is no longer resident.
+fn big_mapping_serves_small_request_and_tail_is_released() {
+    let big = 15 * MIB / 2;
+    let p = filled(big, 1) as usize;
+    // SAFETY: live block.
+    unsafe { dealloc(p as *mut u8, layout(big)) };
+    assert!(
+        resident(p, big) >= big / 2,
+        "the freed mapping was not kept"
+    );
+    let small = 5 * MIB / 2;
+    let q = filled(small, 2) as usize;
+    assert_eq!(q, p, "the cached mapping was not reused");
+    check(q as *const u8, small, 2);
+    let tail_start = (q + small).next_multiple_of(PAGE);
+    assert_eq!(
+        resident(tail_start, p + big - tail_start),
+        0,
+        "tail still resident"
+    );
+    // SAFETY: live block.
+    unsafe { dealloc(q as *mut u8, layout(small)) };
+}
+
+/// Growing a huge object moves its pages to a bigger mapping: contents kept, the old
+/// address no longer tieralloc's, the new one usable to its full size.
+fn realloc_grows_by_moving_pages() {
+    let mut size = 3 * MIB;
+    let mut p = filled(size, 5);
+    for next in [5 * MIB, 9 * MIB, 17 * MIB + 123] {
+        // SAFETY: p is live with layout(size); next is non-zero.
+        let q = unsafe { realloc(p, layout(size), next) };
+        assert!(!q.is_null());
+        check(q, size, 5);
+        if q != p {
+            assert!(
+                !tieralloc::owns(p),
+                "the old mapping is still ours after a move"
+            );
+        }
+        assert!(tieralloc::owns(q));
+        // SAFETY: q is live.
+        assert!(unsafe { tieralloc::usable_size(q) } >= next);
+        for i in size..next {
+            // SAFETY: q holds next bytes.
+            unsafe { *q.add(i) = 5u8.wrapping_add((i / PAGE) as u8) };
+        }
+        check(q, next, 5);
+        p = q;
+        size = next;
+    }
+    // SAFETY: live block.
+    unsafe { dealloc(p, layout(size)) };
+}
+
+#[test]
+fn huge_objects_cache_trim_and_grow() {
+    std::thread::spawn(|| {
+        cache_is_bounded_and_reused();
+        big_mapping_serves_small_request_and_tail_is_released();
+        realloc_grows_by_moving_pages();
+    })
+    .join()
+    .unwrap();
+}
