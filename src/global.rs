@@ -42,7 +42,10 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
-        if size <= tier::fast_max() {
+        if size <= tier::direct_max() {
+            // SAFETY: size <= direct_max() <= DIRECT_MAX.
+            unsafe { thread::alloc_direct((size + 15) >> 4) }
+        } else if size <= tier::fast_max() {
             // SAFETY: size.max(16) <= fast_max() <= MEDIUM_MAX, so bin_of gives a bin < NBINS;
             // every bin from 16 bytes on is 16-byte aligned.
             unsafe { thread::alloc_bin(bin_of(size.max(16))) }

@@ -16,7 +16,7 @@
 //! - A huge segment holds one object and has no owner: any thread may free it.
 
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU8, AtomicUsize, Ordering, SpinLock};
 use crate::sys::os;
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -498,27 +498,32 @@ impl Segment {
     }
 }
 
-/// The address space a segment map covers: 2^47 bytes, the x86-64 and AArch64 user space.
-const MAP_BITS: usize = 1 << (47 - SEGMENT_SHIFT);
+/// The address space the segment map covers: 2^47 bytes, the x86-64 and AArch64 user space,
+/// in 4 MiB steps.
+const MAP_ENTRIES: usize = 1 << (47 - SEGMENT_SHIFT);
 #[allow(clippy::declare_interior_mutable_const)]
-const ZERO_WORD: AtomicU64 = AtomicU64::new(0);
-/// One bit per 4 MiB of address space: set while a segment (normal or huge) starts there.
-/// 4 MiB of zero-initialised static memory, touched only where segments live.
-static SEGMENT_MAP: [AtomicU64; MAP_BITS / 64] = [ZERO_WORD; MAP_BITS / 64];
+const NO_SEGMENT: AtomicU8 = AtomicU8::new(0);
+/// One byte per 4 MiB of address space: 1 while a segment (normal or huge) starts there.
+/// 32 MiB of zero-initialised static memory (address space only: a 4 KiB page of it is
+/// touched once a segment lives in the 16 GiB it covers). A byte rather than a bit so that
+/// the drop-in's `free`, which asks this of every pointer, needs one load and one compare.
+/// Segments never share an entry (they are 4 MiB aligned), so entries are stored, not
+/// read-modified-written.
+static SEGMENT_MAP: [AtomicU8; MAP_ENTRIES] = [NO_SEGMENT; MAP_ENTRIES];
 
 /// Records that a segment starts at `seg`.
 pub fn map_insert(seg: *mut Segment) {
     let i = seg as usize >> SEGMENT_SHIFT;
-    if i < MAP_BITS {
-        SEGMENT_MAP[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+    if i < MAP_ENTRIES {
+        SEGMENT_MAP[i].store(1, Ordering::Release);
     }
 }
 
 /// Forgets the segment at `seg` (before it is unmapped).
 pub fn map_remove(seg: *mut Segment) {
     let i = seg as usize >> SEGMENT_SHIFT;
-    if i < MAP_BITS {
-        SEGMENT_MAP[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Release);
+    if i < MAP_ENTRIES {
+        SEGMENT_MAP[i].store(0, Ordering::Release);
     }
 }
 
@@ -527,7 +532,7 @@ pub fn map_remove(seg: *mut Segment) {
 #[inline]
 pub fn contains(p: *const u8) -> bool {
     let i = p as usize >> SEGMENT_SHIFT;
-    i < MAP_BITS && SEGMENT_MAP[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+    i < MAP_ENTRIES && SEGMENT_MAP[i].load(Ordering::Acquire) != 0
 }
 
 /// Normal segments mapped right now.

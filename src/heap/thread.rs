@@ -160,6 +160,10 @@ const DEAD: u8 = 3;
 pub struct Heap {
     /// The fast path's entry: the current page of each bin.
     pages: [*mut Page; NBINS],
+    /// C `malloc`'s entry for requests up to `DIRECT_MAX` bytes: the current page of the bin
+    /// of each size rounded up to 16 bytes, by size / 16 (so `malloc` needs no size-to-bin
+    /// step). Always equal to `pages` of that bin (see `set_head`).
+    direct: [*mut Page; DIRECT_SLOTS],
     /// The last page of each bin's queue.
     tails: [*mut Page; NBINS],
     /// Blocks freed by other threads into our full pages: the one field other threads write,
@@ -178,6 +182,9 @@ pub struct Heap {
     /// off with whoever frees into it (see abandon_full).
     returned: u32,
     next_purge_ms: u64,
+    /// Each bin's allocation count at the last collection: a bin that allocated since keeps
+    /// its current page through the collection even when the page is empty.
+    allocs_at_collect: [u64; NBINS],
     huge_cache: [CacheEntry; CACHE_SLOTS],
     /// This thread's counters.
     pub stats: HeapStats,
@@ -204,6 +211,7 @@ impl Heap {
     const fn new() -> Heap {
         Heap {
             pages: [&EMPTY_PAGE.0 as *const Page as *mut Page; NBINS],
+            direct: [&EMPTY_PAGE.0 as *const Page as *mut Page; DIRECT_SLOTS],
             tails: [ptr::null_mut(); NBINS],
             delayed: OwnLine(BlockStack::new()),
             segments: ptr::null_mut(),
@@ -213,6 +221,7 @@ impl Heap {
             tick: 0,
             returned: 0,
             next_purge_ms: 0,
+            allocs_at_collect: [0; NBINS],
             huge_cache: [EMPTY_ENTRY; CACHE_SLOTS],
             stats: HeapStats::new(),
             reg_next: ptr::null_mut(),
@@ -301,8 +310,18 @@ pub fn heap() -> *mut Heap {
 ))]
 #[inline(always)]
 fn heap_or_null() -> *mut Heap {
-    // SAFETY: the slot is this thread's (see heap_slot).
-    unsafe { *heap_slot() }
+    let h: *mut Heap;
+    // SAFETY: as in heap_slot; the slot is read through %fs directly (one load fewer than
+    // forming its address first). The asm reads memory only.
+    unsafe {
+        core::arch::asm!(
+            "mov {h}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
+            "mov {h}, qword ptr fs:[{h}]",
+            h = out(reg) h,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    h
 }
 
 /// The address of this thread's heap slot.
@@ -552,6 +571,7 @@ unsafe fn release_all(h: *mut Heap) {
             }
         }
         hp.pages = [empty_page(); NBINS];
+        hp.direct = [empty_page(); DIRECT_SLOTS];
         hp.tails = [ptr::null_mut(); NBINS];
     }
 }
@@ -626,7 +646,35 @@ unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
 // ---------------------------------------------------------------------------------------------
 // Bin queues.
 
+/// The largest request [`alloc_direct`] serves.
+pub const DIRECT_MAX: usize = 1024;
+/// Entries of `Heap::direct`: sizes 0..=DIRECT_MAX by 16-byte steps.
+const DIRECT_SLOTS: usize = DIRECT_MAX / 16 + 1;
+
 impl Heap {
+    /// Makes `p` the current page of `bin`, in `pages` and in the `direct` entries of the
+    /// sizes that bin serves.
+    #[inline]
+    fn set_head(&mut self, bin: usize, p: *mut Page) {
+        self.pages[bin] = p;
+        let size = super::size_class::bin_size(bin);
+        if bin == 0 || size > DIRECT_MAX {
+            // The 8-byte bin is below C's 16-byte minimum; the rest have no direct entry.
+            return;
+        }
+        // Every class from 16 B on is a multiple of 16, so the sizes of this bin, rounded up
+        // to 16, are the multiples of 16 above the previous class up to this one (and 0 for
+        // the 16-byte bin).
+        let lo = if bin == 1 {
+            0
+        } else {
+            super::size_class::bin_size(bin - 1) / 16 + 1
+        };
+        for e in &mut self.direct[lo..=size / 16] {
+            *e = p;
+        }
+    }
+
     #[inline]
     unsafe fn queue_push_front(&mut self, bin: usize, p: *mut Page) {
         // SAFETY: p is one of our bin pages in no queue; bin < NBINS.
@@ -640,7 +688,7 @@ impl Heap {
                 (*p).next = head;
                 (*head).prev = p;
             }
-            self.pages[bin] = p;
+            self.set_head(bin, p);
         }
     }
 
@@ -665,7 +713,7 @@ impl Heap {
         unsafe {
             let (prev, next) = ((*p).prev, (*p).next);
             if prev.is_null() {
-                self.pages[bin] = if next.is_null() { empty_page() } else { next };
+                self.set_head(bin, if next.is_null() { empty_page() } else { next });
             } else {
                 (*prev).next = next;
             }
@@ -696,6 +744,50 @@ pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
     }
     // SAFETY: forwarded contract; h is this thread's heap.
     unsafe { alloc_bin_in(h, bin) }
+}
+
+/// C `malloc`'s fast path for `16 * w - 15 ..= 16 * w` bytes (0 ..= 16 for `w` 0), through
+/// `Heap::direct`: a 16-byte aligned block. Null only when memory is exhausted.
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[inline(always)]
+pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
+    let h = heap_or_null();
+    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap; a page in `direct` with a
+    // free block is one of ours (EMPTY_PAGE's free is null, so it is never written).
+    unsafe {
+        if !h.is_null() {
+            let page = *(*h).direct.get_unchecked(w);
+            let block = (*page).free;
+            if !block.is_null() {
+                (*page).free = (*block).next;
+                (*page).used += 1;
+                bump((*h).stats.allocs.get_unchecked((*page).bin as usize), 1);
+                return block as *mut u8;
+            }
+        }
+        alloc_direct_slow(w)
+    }
+}
+
+/// [`alloc_direct`] when the page has no free block (or the thread has no heap yet).
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn alloc_direct_slow(w: usize) -> *mut u8 {
+    let bin = bin_of((w * 16).max(16));
+    let h = heap_or_null();
+    // SAFETY: 16 <= max(16 w, 16) <= DIRECT_MAX, so bin < NBINS; h is this thread's heap,
+    // whose current page of `bin` (the one alloc_direct looked at) has no free block.
+    unsafe {
+        if h.is_null() {
+            return alloc_bin_first(bin);
+        }
+        alloc_bin_slow(h, bin, false)
+    }
 }
 
 /// [`alloc_bin`] on a thread's first use of its heap slot.
@@ -1722,6 +1814,9 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
     unsafe {
         drain_delayed(h);
         for bin in 0..NBINS {
+            let allocs = (*h).stats.allocs[bin].load(Ordering::Relaxed);
+            let active = allocs != (*h).allocs_at_collect[bin];
+            (*h).allocs_at_collect[bin] = allocs;
             let mut page = (*h).pages[bin];
             while !page.is_null() && page != empty_page() {
                 let next = (*page).next;
@@ -1729,10 +1824,13 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
                     let back = (*page).collect();
                     (*h).returned = (*h).returned.saturating_add(back);
                 }
-                // Empty pages go back to their segment, the current one too: a class that is
-                // still in use gets a page again on its next allocation (one slow path per
-                // collection), and one that is not no longer pins its page's memory.
-                if (*page).used == 0 {
+                // Empty pages go back to their segment; the current one too if its class has
+                // not allocated since the last collection (it no longer pins its page's
+                // memory). A class that is in use keeps it: giving it back would cost a new page
+                // on its next allocation, placed wherever a resident run fits, while the old
+                // page's slice waits out the purge delay, resident and idle; done every
+                // collection to every sparsely used class, that churn is what RSS grows by.
+                if (*page).used == 0 && (page != (*h).pages[bin] || !active || delay == 0) {
                     (*h).queue_remove(bin, page);
                     retire_page(page);
                 }
@@ -1974,4 +2072,34 @@ pub fn segment_counts() -> (usize, usize, usize) {
         .map(|p| p.count.load(Ordering::Relaxed))
         .sum();
     (SEGMENTS.load(Ordering::Relaxed), pooled, abandoned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A class that allocated since the last collection keeps its empty current page through
+    /// the next one; a collection after a quiet interval gives it back.
+    #[test]
+    fn an_empty_current_page_stays_while_its_class_allocates() {
+        std::thread::spawn(|| {
+            let bin = bin_of(3000);
+            // SAFETY: this thread's heap, used only by this thread; the block is freed once.
+            unsafe {
+                let p = alloc_bin(bin);
+                assert!(!p.is_null());
+                free(p);
+                let h = heap();
+                let page = (*h).pages[bin];
+                assert_ne!(page, empty_page());
+                assert_eq!((*page).used, 0);
+                heap_collect(h, os::now_ms(), 100);
+                assert_eq!((*h).pages[bin], page, "page of an active class given back");
+                heap_collect(h, os::now_ms(), 100);
+                assert_eq!((*h).pages[bin], empty_page(), "page of a quiet class kept");
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }

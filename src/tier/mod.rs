@@ -60,6 +60,16 @@ pub(crate) fn fast_max() -> usize {
     FAST_MAX.load(Ordering::Relaxed)
 }
 
+/// The largest C request the direct path (`thread::alloc_direct`) serves: `DIRECT_MAX`, or
+/// less when `FAST_MAX` is lower.
+pub(crate) static DIRECT_MAX: AtomicUsize = AtomicUsize::new(crate::heap::thread::DIRECT_MAX);
+
+/// See `DIRECT_MAX`.
+#[inline(always)]
+pub(crate) fn direct_max() -> usize {
+    DIRECT_MAX.load(Ordering::Relaxed)
+}
+
 /// Committed bytes of tier `tier` (the sum over its nodes).
 fn tier_bytes(t: &Raw, tier: usize) -> u64 {
     let mut sum = 0u64;

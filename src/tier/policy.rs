@@ -182,6 +182,10 @@ fn apply(threshold: usize, ratio: (u32, u32), near: u64, far: u64, tiers: &[u64;
         },
         Ordering::Relaxed,
     );
+    super::DIRECT_MAX.store(
+        crate::heap::thread::DIRECT_MAX.min(super::fast_max()),
+        Ordering::Relaxed,
+    );
     RATIO_NEAR.store(ratio.0, Ordering::Relaxed);
     RATIO_FAR.store(ratio.1, Ordering::Relaxed);
     BUDGET_NEAR.store(near, Ordering::Relaxed);
