@@ -1610,9 +1610,54 @@ unsafe fn retire_page(page: *mut Page) -> bool {
 }
 
 /// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one.
-#[cold]
+///
+/// The common case, a small or large block of a live thread on our own node freed by an
+/// active heap (every free of a producer/consumer hand-off), is handled here with no call
+/// but the tail call to the rare paths, so it needs no stack frame; everything else goes to
+/// [`free_other_slow`].
 #[inline(never)]
 unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
+    unsafe {
+        if (*h).state != ACTIVE
+            || (*seg).kind == SegmentKind::Huge
+            || (*seg).owner.load(Ordering::Acquire) == 0
+            || (*seg).node as u32 != (*h).node
+        {
+            return free_other_slow(h, seg, p);
+        }
+        let page = page_of(seg, p);
+        // An active heap of the block's node: its own counters, no per-node correction (see
+        // count_node_free). A page's bin is at most LARGE_BIN = NBINS, inside the array.
+        bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
+        bump(&(*h).stats.remote_frees, 1);
+        if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
+            free_delayed(seg, page, p);
+        }
+    }
+}
+
+/// Ends a remote free that found the page in the owner's full queue: the block goes on the
+/// owner heap's delayed stack instead of the page's list.
+///
+/// # Safety
+/// `thread_free.push` of `p` on `page` (of `seg`) just returned `Pushed::Delayed`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: the state is DELAYED_FREEING, so the owner cannot leave until we finish.
+    unsafe {
+        let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
+        (*owner).delayed.0.push(p as *mut Block);
+        (*page).thread_free.finish_delayed();
+    }
+}
+
+/// [`free_other`] for everything but the common case: a heap's first free, a huge object, an
+/// abandoned segment, a block of another node, a heap that is no longer active.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if (*h).state == UNINIT {
@@ -1647,14 +1692,8 @@ unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         add(&c.frees[(*page).bin as usize], 1, shared);
         add(&c.remote_frees, 1, shared);
         count_node_free(h, (*seg).node, (*page).block_size as u64);
-        match (*page).thread_free.push(p as *mut Block) {
-            Pushed::OnPage => {}
-            Pushed::Delayed => {
-                // The state is DELAYED_FREEING, so the owner cannot leave until we finish.
-                let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
-                (*owner).delayed.0.push(p as *mut Block);
-                (*page).thread_free.finish_delayed();
-            }
+        if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
+            free_delayed(seg, page, p);
         }
     }
 }
