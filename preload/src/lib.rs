@@ -10,7 +10,8 @@
 //! libstdc++'s `operator new`): `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
 //! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`,
 //! `cfree`, the `__libc_*` aliases glibc exports, and the introspection calls `malloc_trim`,
-//! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`. Everything else
+//! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`; and C++'s
+//! replaceable `operator new` and `operator delete` (module `cxx`). Everything else
 //! (size classes, threads, fork, thread exit) belongs to the `tieralloc` crate; this crate
 //! only maps C semantics onto it. It also makes tieralloc the Rust global allocator of the
 //! library itself, so nothing here goes through another allocator.
@@ -67,6 +68,8 @@ use core::ffi::c_void;
 use core::ptr;
 use libc::{c_int, size_t};
 use tieralloc::TierAlloc;
+
+mod cxx;
 
 /// The Rust allocations of this library (statistics snapshots) come from tieralloc too.
 #[global_allocator]
@@ -158,6 +161,17 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 /// `p` is NULL, a live block from this allocator, or memory outside every tieralloc segment.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: forwarded.
+    unsafe { free_block(p) }
+}
+
+/// `free`'s body, inlined into every entry point that frees (C++'s `delete` too), so that
+/// none of them goes through the dynamic linker's table to reach `free`.
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+unsafe fn free_block(p: *mut c_void) {
     if owns(p) {
         // SAFETY: p lies in a live tieralloc segment, so (by the caller's contract) it is a
         // live block of ours; dealloc ignores the layout.

@@ -152,21 +152,28 @@ fn tool(names: &[&str], package: &str) -> PathBuf {
     panic!("none of {names:?} found; install it with `apt-get install -y {package}`");
 }
 
-/// Compiles a C file from tests/c into `dir`.
+/// Compiles a C (`<name>.c`) or C++ (`<name>.cpp`) file from tests/c into `dir`.
 fn compile(dir: &Scratch, name: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/c")
-        .join(format!("{name}.c"));
+    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let cxx = c_dir.join(format!("{name}.cpp"));
+    let (src, compiler) = if cxx.exists() {
+        (cxx, tool(&["g++"], "g++"))
+    } else {
+        (
+            c_dir.join(format!("{name}.c")),
+            tool(&["cc"], "build-essential"),
+        )
+    };
     let out = dir.path(name);
     // -fno-builtin: the compiler must not fold malloc(SIZE_MAX) == NULL and friends away.
-    let st = Command::new(tool(&["cc"], "build-essential"))
+    let st = Command::new(compiler)
         .args(["-O1", "-w", "-fno-builtin", "-pthread", "-o"])
         .arg(&out)
         .arg(&src)
         .args(extra)
         .status()
         .expect("run cc");
-    assert!(st.success(), "cc failed on {}", src.display());
+    assert!(st.success(), "compiling {} failed", src.display());
     out
 }
 
@@ -189,6 +196,11 @@ fn c_test(name: &str, extra: &[&str], args: impl Fn(&Scratch) -> Vec<PathBuf>) {
 #[test]
 fn c_api_semantics() {
     c_test("api", &[], |_| vec![]);
+}
+
+#[test]
+fn cxx_new_and_delete_are_ours() {
+    c_test("newdelete", &["-ldl"], |_| vec![]);
 }
 
 #[test]
@@ -217,7 +229,7 @@ fn dlopen_and_dynamic_tls_from_threads() {
             .arg(&src)
             .status()
             .expect("run cc");
-        assert!(st.success(), "cc failed on {}", src.display());
+        assert!(st.success(), "compiling {} failed", src.display());
         vec![lib]
     });
 }
