@@ -245,15 +245,28 @@ pub fn heap() -> *mut Heap {
     HEAP.with(|h| h.get())
 }
 
-/// The calling thread's heap; never null here (the initial-exec variant may return null).
+/// The calling thread's heap; never the unset heap here (the initial-exec variant may return
+/// it: see [`is_unset`]).
 #[cfg(not(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
     target_os = "linux"
 )))]
 #[inline(always)]
-fn heap_or_null() -> *mut Heap {
+fn heap_or_unset() -> *mut Heap {
     heap()
+}
+
+/// Whether `h` (from [`heap_or_unset`]) is the placeholder of a thread that has not looked
+/// its heap up yet. Never here.
+#[cfg(not(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+)))]
+#[inline(always)]
+fn is_unset(_h: *mut Heap) -> bool {
+    false
 }
 
 // A shared library (the malloc drop-in) reaches `thread_local!` data through
@@ -263,22 +276,66 @@ fn heap_or_null() -> *mut Heap {
 // This is what C allocators do with `__attribute__((tls_model("initial-exec")))`; it needs
 // the library to be loaded at start-up (LD_PRELOAD, or linked), or glibc's static TLS reserve
 // when it is dlopen'ed.
+//
+// A new thread's slot holds the address of UNSET_HEAP (the TLS image is initialised data, not
+// zeros), a heap that owns nothing and whose pages have no free block: the fast paths need no
+// null check, since with it `malloc` finds no block and `free` finds no segment of its own,
+// and the slow paths they fall into look the real heap up (`is_unset`).
 #[cfg(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
     target_os = "linux"
 ))]
 core::arch::global_asm!(
-    ".pushsection .tbss,\"awT\",@nobits",
+    ".pushsection .tdata,\"awT\",@progbits",
     ".p2align 3",
     ".globl __tieralloc_heap_slot",
     ".hidden __tieralloc_heap_slot",
     ".type __tieralloc_heap_slot, @tls_object",
     ".size __tieralloc_heap_slot, 8",
     "__tieralloc_heap_slot:",
-    ".zero 8",
+    ".quad {unset}",
     ".popsection",
+    unset = sym UNSET_HEAP,
 );
+
+/// The heap every thread's slot points at until the thread looks its own up. Never written:
+/// it owns no segment, its `pages` and `direct` entries are `EMPTY_PAGE` (no free block), and
+/// every path that would change a heap checks `is_unset` first.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+static UNSET_HEAP: UnsetHeap = UnsetHeap(Heap::new());
+
+/// [`UNSET_HEAP`]'s type.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+struct UnsetHeap(Heap);
+
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+// SAFETY: UNSET_HEAP is only ever read (see its comment), so sharing it is sound.
+unsafe impl Sync for UnsetHeap {}
+
+/// Whether `h` (from [`heap_or_unset`]) is [`UNSET_HEAP`]: this thread has not looked its
+/// heap up yet.
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux"
+))]
+#[inline(always)]
+fn is_unset(h: *mut Heap) -> bool {
+    ptr::eq(h, &UNSET_HEAP.0)
+}
 
 /// The calling thread's heap (initial-exec TLS slot; see above).
 #[cfg(all(
@@ -292,7 +349,7 @@ pub fn heap() -> *mut Heap {
     // SAFETY: the slot is this thread's (see heap_slot).
     unsafe {
         let h = *slot;
-        if !h.is_null() {
+        if !is_unset(h) {
             return h;
         }
         let h = HEAP.with(|h| h.get());
@@ -301,15 +358,16 @@ pub fn heap() -> *mut Heap {
     }
 }
 
-/// The calling thread's heap, or null if this thread has not looked it up yet: the fast
-/// paths call [`heap`] from a cold function then, so that they themselves hold no call.
+/// The calling thread's heap, or [`UNSET_HEAP`] if this thread has not looked it up yet: the
+/// fast paths find nothing in that one and call [`heap`] from their cold paths, so that they
+/// themselves hold no call and no check.
 #[cfg(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
     target_os = "linux"
 ))]
 #[inline(always)]
-fn heap_or_null() -> *mut Heap {
+fn heap_or_unset() -> *mut Heap {
     let h: *mut Heap;
     // SAFETY: as in heap_slot; the slot is read through %fs directly (one load fewer than
     // forming its address first). The asm reads memory only.
@@ -737,12 +795,9 @@ impl Heap {
 /// `bin < NBINS`.
 #[inline(always)]
 pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
-    let h = heap_or_null();
-    if h.is_null() {
-        // SAFETY: forwarded contract.
-        return unsafe { alloc_bin_first(bin) };
-    }
-    // SAFETY: forwarded contract; h is this thread's heap.
+    let h = heap_or_unset();
+    // SAFETY: forwarded contract; h is this thread's heap, or the unset heap, whose pages
+    // have no free block, so that alloc_bin_slow (which looks the real heap up) runs.
     unsafe { alloc_bin_in(h, bin) }
 }
 
@@ -753,19 +808,18 @@ pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
 /// `w <= DIRECT_MAX / 16`.
 #[inline(always)]
 pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
-    let h = heap_or_null();
-    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap; a page in `direct` with a
-    // free block is one of ours (EMPTY_PAGE's free is null, so it is never written).
+    let h = heap_or_unset();
+    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap or the unset one; a page in
+    // `direct` with a free block is one of ours (EMPTY_PAGE's free is null, so it is never
+    // written, and the unset heap's entries are all EMPTY_PAGE).
     unsafe {
-        if !h.is_null() {
-            let page = *(*h).direct.get_unchecked(w);
-            let block = (*page).free;
-            if !block.is_null() {
-                (*page).free = (*block).next;
-                (*page).used += 1;
-                bump((*h).stats.allocs.get_unchecked((*page).bin as usize), 1);
-                return block as *mut u8;
-            }
+        let page = *(*h).direct.get_unchecked(w);
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = (*block).next;
+            (*page).used += 1;
+            bump((*h).stats.allocs.get_unchecked((*page).bin as usize), 1);
+            return block as *mut u8;
         }
         alloc_direct_slow(w)
     }
@@ -779,11 +833,11 @@ pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
 #[inline(never)]
 unsafe extern "C" fn alloc_direct_slow(w: usize) -> *mut u8 {
     let bin = bin_of((w * 16).max(16));
-    let h = heap_or_null();
+    let h = heap_or_unset();
     // SAFETY: 16 <= max(16 w, 16) <= DIRECT_MAX, so bin < NBINS; h is this thread's heap,
     // whose current page of `bin` (the one alloc_direct looked at) has no free block.
     unsafe {
-        if h.is_null() {
+        if is_unset(h) {
             return alloc_bin_first(bin);
         }
         alloc_bin_slow(h, bin, false)
@@ -857,6 +911,8 @@ unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+    // The fast path ran on the unset heap: this thread's first allocation of this kind.
+    let h = if is_unset(h) { heap() } else { h };
     // SAFETY: forwarded contract.
     let p = unsafe { alloc_bin_refill(h, bin, zero) };
     if p.is_null() {
@@ -1480,11 +1536,9 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     let seg = segment_of(p);
-    let h = heap_or_null();
-    if h.is_null() {
-        // SAFETY: forwarded contract.
-        return unsafe { free_first(p) };
-    }
+    // The unset heap owns no segment, so a thread's first free goes to free_other, which
+    // looks the real heap up.
+    let h = heap_or_unset();
     // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
     unsafe {
         if (*seg).owner.load(Ordering::Relaxed) == h as usize {
@@ -1658,6 +1712,10 @@ unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page, p: *mut u8
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    if is_unset(h) {
+        // SAFETY: forwarded contract.
+        return unsafe { free_first(p) };
+    }
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if (*h).state == UNINIT {

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 static _Atomic(void *) handoff[64];
-static atomic_int detached_done, key_dtor_ok, key_dtor_runs;
+static atomic_int detached_done, key_dtor_ok, key_dtor_runs, free_first_ok;
 static pthread_key_t late_key;
 static __thread char tls_buf[4096];
 
@@ -42,6 +42,20 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* A thread whose first call into the allocator is a free (of the main thread's block). */
+static void *free_first(void *arg) {
+    free(arg);
+    char *q = malloc(64);
+    char *r = calloc(8, 8);
+    if (q && r && r[63] == 0) {
+        memset(q, 7, 64);
+        if (q[63] == 7) atomic_fetch_add(&free_first_ok, 1);
+    }
+    free(q);
+    free(r);
+    return NULL;
+}
+
 static void *detached(void *arg) {
     worker(arg);
     atomic_fetch_add(&detached_done, 1);
@@ -62,6 +76,15 @@ int main(void) {
         pthread_t d;
         pthread_create(&d, &a, detached, (void *)(size_t)(1000 + round));
         pthread_attr_destroy(&a);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, free_first, malloc(100 + i * 1000));
+        pthread_join(t, NULL);
+    }
+    if (atomic_load(&free_first_ok) != 8) {
+        fprintf(stderr, "free-first threads: %d of 8 ok\n", atomic_load(&free_first_ok));
+        return 1;
     }
     for (int w = 0; w < 500 && atomic_load(&detached_done) < 20; w++) usleep(10000);
     usleep(20000); /* let the last detached thread's destructors finish */
