@@ -36,6 +36,14 @@ fn walk(mut b: *mut Block) -> Vec<usize> {
     v
 }
 
+/// Takes a page's remote list, checking that its count is its length.
+fn take_page_list(page: &RemoteFree) -> Vec<usize> {
+    let (head, n) = page.take_counted();
+    let v = walk(head);
+    assert_eq!(v.len(), n as usize, "a remote list's count is its length");
+    v
+}
+
 /// Every block in `blocks` seen exactly once in `seen`, and nothing else.
 fn exactly_once(blocks: &[usize], seen: &[usize]) {
     let mut count: HashMap<usize, usize> = HashMap::new();
@@ -55,7 +63,8 @@ fn builder() -> loom::model::Builder {
 }
 
 /// (a) Two threads push blocks onto a page's RemoteFree while the owner takes the list
-/// concurrently: every block is collected exactly once, and the state bits are untouched.
+/// concurrently: every block is collected exactly once, each take's count is the length of
+/// its list, and the state bits are untouched.
 #[test]
 fn remote_free_pushes_race_with_take_all() {
     builder().check(|| {
@@ -74,11 +83,17 @@ fn remote_free_pushes_race_with_take_all() {
                 })
             })
             .collect();
-        let mut seen = walk(rf.take_all());
+        // Each take's count is the length of the list it took.
+        let (first, n1) = rf.take_counted();
+        let mut seen = walk(first);
+        assert_eq!(seen.len(), n1 as usize, "count of the first take");
         for p in pushers {
             p.join().unwrap();
         }
-        seen.extend(walk(rf.take_all()));
+        let (rest, n2) = rf.take_counted();
+        let rest = walk(rest);
+        assert_eq!(rest.len(), n2 as usize, "count of the second take");
+        seen.extend(rest);
         exactly_once(&blocks, &seen);
         assert!(rf.take_all().is_null());
         assert!(!rf.has_blocks());
@@ -123,7 +138,7 @@ fn delayed_free_races_with_owner_leaving() {
         page.set_never_delayed();
         assert_eq!(page.state(), NEVER_DELAYED);
         let mut seen = walk(stack.take_all());
-        seen.extend(walk(page.take_all()));
+        seen.extend(take_page_list(&page));
         let delayed = remote.join().unwrap();
         // After the owner drained its stack, nothing may arrive there any more.
         assert!(
@@ -131,7 +146,7 @@ fn delayed_free_races_with_owner_leaving() {
             "a delayed free reached the stack of an owner that had left"
         );
         // A free that came after the owner left is on the page list (for the adopter).
-        seen.extend(walk(page.take_all()));
+        seen.extend(take_page_list(&page));
         exactly_once(&[block], &seen);
         if delayed {
             // A delayed free can only have happened before the owner's state change.
@@ -171,11 +186,11 @@ fn two_remote_frees_on_a_full_page() {
             })
             .collect();
         let mut seen = walk(stack.take_all());
-        seen.extend(walk(page.take_all()));
+        seen.extend(take_page_list(&page));
         let delayed: usize = remotes.into_iter().map(|r| r.join().unwrap()).sum();
         assert_eq!(delayed, 1, "exactly one free sees USE_DELAYED");
         seen.extend(walk(stack.take_all()));
-        seen.extend(walk(page.take_all()));
+        seen.extend(take_page_list(&page));
         exactly_once(&blocks, &seen);
         assert_eq!(page.state(), tieralloc::remote::NORMAL);
         for b in blocks {

@@ -56,28 +56,36 @@ impl Page {
 
     /// Moves remote frees and local frees onto `free` if `free` is empty. Returns the number
     /// of remote frees collected.
+    ///
+    /// The remote list comes with its length, and goes on whichever of `free` and
+    /// `local_free` is empty as it is: its blocks are not touched here (they were just written
+    /// by the threads that freed them, so each would be a cache miss), only when handed out.
+    /// Only when both lists hold blocks is it walked, to link its tail to `local_free`.
     #[inline]
     pub fn collect(&mut self) -> u32 {
         let mut remote = 0;
         if self.thread_free.has_blocks() {
-            let mut list = self.thread_free.take_all();
+            let (list, n) = self.thread_free.take_counted();
             if !list.is_null() {
-                // Count and find the tail.
-                let head = list;
-                let mut tail = list;
-                remote = 1;
-                // SAFETY: the list was built by `RemoteFree::push` from blocks of this page;
-                // the acquire in `take_all` makes their links visible.
-                unsafe {
-                    while !(*tail).next.is_null() {
-                        tail = (*tail).next;
-                        remote += 1;
+                remote = n;
+                self.used -= n;
+                if self.free.is_null() {
+                    self.free = list;
+                    self.free_is_zero = false;
+                } else if self.local_free.is_null() {
+                    self.local_free = list;
+                } else {
+                    let mut tail = list;
+                    // SAFETY: the list was built by `RemoteFree::push` from blocks of this
+                    // page; the acquire in `take_counted` makes their links visible.
+                    unsafe {
+                        while !(*tail).next.is_null() {
+                            tail = (*tail).next;
+                        }
+                        (*tail).next = self.local_free;
                     }
-                    (*tail).next = self.local_free;
+                    self.local_free = list;
                 }
-                list = head;
-                self.local_free = list;
-                self.used -= remote;
             }
         }
         if self.free.is_null() && !self.local_free.is_null() {
@@ -141,16 +149,28 @@ mod tests {
                     page.thread_free.push(b);
                 }
             }
+            let local_head = page.local_free;
             let remote = page.collect();
             assert_eq!(remote as usize, blocks.len() / 2);
             assert_eq!(page.used, 0);
-            let mut n = 0;
-            let mut b = page.free;
-            while !b.is_null() {
-                n += 1;
-                b = (*b).next;
+            // `free` was empty: the remote list became it as it was (head: the last block
+            // pushed), and the local list stayed where it was.
+            let last_odd = if blocks.len() % 2 == 0 {
+                blocks.len() - 1
+            } else {
+                blocks.len() - 2
+            };
+            assert_eq!(page.free, blocks[last_odd]);
+            assert_eq!(page.local_free, local_head);
+            let mut back = std::collections::HashSet::new();
+            for head in [page.free, page.local_free] {
+                let mut b = head;
+                while !b.is_null() {
+                    assert!(back.insert(b as usize), "a block on two lists");
+                    b = (*b).next;
+                }
             }
-            assert_eq!(n, blocks.len());
+            assert_eq!(back, seen);
             crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
