@@ -47,7 +47,8 @@ pub fn layout_for(size: usize, align: usize) -> Option<(usize, usize)> {
     if align > MAX_ALIGN {
         return None;
     }
-    let offset = HEADER_SIZE.max(align);
+    // The header rounded up to the alignment (align is a power of two).
+    let offset = (HEADER_SIZE + align - 1) & !(align - 1);
     let end = offset.checked_add(size)?.checked_add(os::OS_PAGE - 1)? & !(os::OS_PAGE - 1);
     if end > isize::MAX as usize / 2 {
         return None;

@@ -17,7 +17,7 @@ impl Page {
     pub fn init_bin(&mut self, bin: usize, bytes: usize) {
         let size = bin_size(bin);
         self.kind = PageKind::Bin as u8;
-        self.bin = bin as u8;
+        self.set_bin(bin as u8);
         self.block_size = size as u32;
         self.reserved = (bytes / size) as u32;
         self.capacity = 0;

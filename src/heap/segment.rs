@@ -111,12 +111,21 @@ pub struct Page {
     pub next: *mut Page,
     /// Queue links (owner only).
     pub prev: *mut Page,
+    /// Ends the owner's line: everything above is what the owner's `malloc` and `free` read
+    /// and write; everything below is what another thread's `free` reads and writes. On one
+    /// line, a producer/consumer hand-off moved the line between the two cores twice per block.
+    pub _remote_line: LineBreak,
     /// Blocks freed by other threads, and the delayed-free state (the only field other
     /// threads write).
     pub thread_free: RemoteFree,
+    /// `back`, for other threads' frees (written with it, by [`Page::set_back`]).
+    pub remote_back: u8,
+    /// `bin`, for other threads' frees (written with it, by [`Page::set_bin`]).
+    pub remote_bin: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<Page>() == 64);
+const _: () = assert!(core::mem::size_of::<Page>() == 128);
+const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
 
 impl Page {
     /// An unused descriptor.
@@ -136,10 +145,27 @@ impl Page {
         free_is_zero: false,
         fresh: false,
         moved: 0,
-        thread_free: RemoteFree::new(),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
+        _remote_line: LineBreak,
+        thread_free: RemoteFree::new(),
+        remote_back: 0,
+        remote_bin: 0,
     };
+
+    /// Sets `back` and its copy for other threads.
+    #[inline]
+    pub fn set_back(&mut self, back: u8) {
+        self.back = back;
+        self.remote_back = back;
+    }
+
+    /// Sets `bin` and its copy for other threads.
+    #[inline]
+    pub fn set_bin(&mut self, bin: u8) {
+        self.bin = bin;
+        self.remote_bin = bin;
+    }
 
     /// The segment this descriptor lives in.
     #[inline]
@@ -239,6 +265,22 @@ pub unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
     unsafe {
         let d = (*seg).pages.as_mut_ptr().add(idx);
         d.sub((*d).back as usize)
+    }
+}
+
+/// [`page_of`] for a thread that does not own the segment: it reads the remote line of the
+/// slice's descriptor (`remote_back`), not the owner's, so that a remote free does not pull
+/// the line the owner is writing.
+///
+/// # Safety
+/// As [`page_of`].
+#[inline(always)]
+pub unsafe fn page_of_remote(seg: *mut Segment, p: *const u8) -> *mut Page {
+    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
+    // SAFETY: as in page_of; remote_back is written together with back.
+    unsafe {
+        let d = (*seg).pages.as_mut_ptr().add(idx);
+        d.sub((*d).remote_back as usize)
     }
 }
 
@@ -355,11 +397,11 @@ impl Segment {
             let pages = s.pages.as_mut_ptr();
             for j in 1..n {
                 let d = &mut *pages.add(i + j);
-                d.back = j as u8;
+                d.set_back(j as u8);
                 d.kind = PageKind::Free as u8;
             }
             let page = &mut *pages.add(i);
-            page.back = 0;
+            page.set_back(0);
             page.slice_count = n as u8;
             page.fresh = fresh;
             page.free = ptr::null_mut();

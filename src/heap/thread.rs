@@ -20,9 +20,9 @@
 use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
 use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
 use super::segment::{
-    commit_add, commit_sub, list_push_front, list_unlink, page_of, segment_of, Page, PageKind,
-    Segment, SegmentKind, ABANDONED, ABANDONED_FULL, LARGE_MAX, MAX_NODES, PAGES_ABANDONED,
-    PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
+    commit_add, commit_sub, list_push_front, list_unlink, page_of, page_of_remote, segment_of,
+    Page, PageKind, Segment, SegmentKind, ABANDONED, ABANDONED_FULL, LARGE_MAX, MAX_NODES,
+    PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
 use crate::config;
@@ -1422,7 +1422,7 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, zero: bool) -> *mut u8 {
         }
         let p = &mut *page;
         p.kind = PageKind::Large as u8;
-        p.bin = LARGE_BIN as u8;
+        p.set_bin(LARGE_BIN as u8);
         p.block_size = (n * SLICE_SIZE) as u32;
         p.reserved = 1;
         p.capacity = 1;
@@ -1680,10 +1680,14 @@ unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         {
             return free_other_slow(h, seg, p);
         }
-        let page = page_of(seg, p);
+        // Only the descriptor's remote line is read or written here (see Page).
+        let page = page_of_remote(seg, p);
         // An active heap of the block's node: its own counters, no per-node correction (see
         // count_node_free). A page's bin is at most LARGE_BIN = NBINS, inside the array.
-        bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
+        bump(
+            (*h).stats.frees.get_unchecked((*page).remote_bin as usize),
+            1,
+        );
         bump(&(*h).stats.remote_frees, 1);
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
@@ -2081,7 +2085,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 (*seg).free_slices |= tail;
                 for j in want..n {
                     let d = (*seg).pages.as_mut_ptr().add(i + j);
-                    (*d).back = 0;
+                    (*d).set_back(0);
                 }
                 (*page).slice_count = want as u8;
                 let shrink = (n - want) * SLICE_SIZE;
@@ -2106,7 +2110,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
         (*seg).purge_pending &= !extra;
         for j in n..want {
             let d = (*seg).pages.as_mut_ptr().add(i + j);
-            (*d).back = j as u8;
+            (*d).set_back(j as u8);
             (*d).kind = PageKind::Free as u8;
         }
         (*page).slice_count = want as u8;
@@ -2194,6 +2198,52 @@ mod tests {
                 assert_eq!((*h).pages[bin], page, "page of an active class given back");
                 heap_collect(h, os::now_ms(), 100);
                 assert_eq!((*h).pages[bin], empty_page(), "page of a quiet class kept");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Every slice of a page in use leads to the same page and bin from the owner's line of
+    /// its descriptor and from the remote line: small, medium and large pages, slices given
+    /// back when a large object shrinks in place and taken when it grows.
+    #[test]
+    fn both_lines_of_a_descriptor_agree() {
+        std::thread::spawn(|| {
+            let check = |p: *mut u8, len: usize| {
+                let seg = segment_of(p);
+                // SAFETY: p is a live block of ours of at least len bytes.
+                unsafe {
+                    for off in (0..len).step_by(SLICE_SIZE / 2).chain([len - 1]) {
+                        let q = p.add(off);
+                        let page = page_of(seg, q);
+                        assert_eq!(page, page_of_remote(seg, q), "offset {off} of {len}");
+                        assert_eq!((*page).bin, (*page).remote_bin);
+                    }
+                }
+            };
+            let sizes = [16, 100, 3000, 20_000, 60_000, 100_000, 700_000, 1_500_000];
+            // SAFETY: blocks of this thread's heap, each freed once.
+            unsafe {
+                let mut live = vec![];
+                for &n in &sizes {
+                    for _ in 0..3 {
+                        let p = alloc_generic(n, 16, false);
+                        assert!(!p.is_null());
+                        check(p, n);
+                        live.push((p, n));
+                    }
+                }
+                // A large object shrinks in place, then grows in place again.
+                let (p, n) = live[live.len() - 1];
+                assert!(resize_in_place(p, n / 3));
+                check(p, n / 3);
+                if resize_in_place(p, n) {
+                    check(p, n);
+                }
+                for (p, _) in live {
+                    free(p);
+                }
             }
         })
         .join()
