@@ -908,9 +908,45 @@ unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 
     }
 }
 
+/// The fast path found the bin's current page empty. The most common refill — blocks this
+/// thread freed back to that page — is done here, in a function small enough to need no stack
+/// frame; everything else tail-calls [`alloc_bin_slow_long`].
+///
+/// # Safety
+/// `h` is this thread's heap, the unset heap, or a node heap whose lock we hold; `bin < NBINS`.
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+    if !zero && !is_unset(h) {
+        // SAFETY: h is a real heap usable by us and bin < NBINS (contract); its current page
+        // of `bin` is ours (or EMPTY_PAGE, whose local_free is null).
+        unsafe {
+            let page = *(*h).pages.get_unchecked(bin);
+            let b = (*page).local_free;
+            // Every 16th tick goes the long way instead (collect remote frees, drain delayed
+            // frees, purge): the heartbeat that keeps that work going stays deterministic.
+            if !b.is_null() && (*h).tick & 15 != 15 {
+                (*h).tick = (*h).tick.wrapping_add(1);
+                (*page).free = (*b).next;
+                (*page).local_free = ptr::null_mut();
+                (*page).free_is_zero = false;
+                (*page).used += 1;
+                bump((*h).stats.allocs.get_unchecked(bin), 1);
+                return b as *mut u8;
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_bin_slow_long(h, bin, zero) }
+}
+
+/// [`alloc_bin_slow`] the long way: refill, collect, new page.
+///
+/// # Safety
+/// As [`alloc_bin_slow`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn alloc_bin_slow_long(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
     // The fast path ran on the unset heap: this thread's first allocation of this kind.
     let h = if is_unset(h) { heap() } else { h };
     // SAFETY: forwarded contract.
