@@ -259,13 +259,23 @@ pub fn segment_of(p: *const u8) -> *mut Segment {
 /// `p` must point into a live block of a normal segment.
 #[inline(always)]
 pub unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
-    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
-    // SAFETY: idx < SLICES because p is inside the segment; the slice's descriptor was written
-    // when the block's page was made, which happened before the block was handed out.
+    // SAFETY: forwarded contract; the slice's descriptor was written when the block's page
+    // was made, which happened before the block was handed out.
     unsafe {
-        let d = (*seg).pages.as_mut_ptr().add(idx);
+        let d = slice_desc(seg, p);
         d.sub((*d).back as usize)
     }
+}
+
+/// The descriptor of the slice holding `p`.
+///
+/// # Safety
+/// `p` lies in `seg`'s first 4 MiB.
+#[inline(always)]
+unsafe fn slice_desc(seg: *mut Segment, p: *const u8) -> *mut Page {
+    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
+    // SAFETY: idx < SLICES because p is inside the segment.
+    unsafe { (*seg).pages.as_mut_ptr().add(idx) }
 }
 
 /// [`page_of`] for a thread that does not own the segment: it reads the remote line of the
@@ -276,10 +286,9 @@ pub unsafe fn page_of(seg: *mut Segment, p: *const u8) -> *mut Page {
 /// As [`page_of`].
 #[inline(always)]
 pub unsafe fn page_of_remote(seg: *mut Segment, p: *const u8) -> *mut Page {
-    let idx = (p as usize - seg as usize) >> SLICE_SHIFT;
     // SAFETY: as in page_of; remote_back is written together with back.
     unsafe {
-        let d = (*seg).pages.as_mut_ptr().add(idx);
+        let d = slice_desc(seg, p);
         d.sub((*d).remote_back as usize)
     }
 }

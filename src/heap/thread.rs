@@ -922,17 +922,8 @@ unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mu
         // of `bin` is ours (or EMPTY_PAGE, whose local_free is null).
         unsafe {
             let page = *(*h).pages.get_unchecked(bin);
-            let b = (*page).local_free;
-            // Every 16th tick goes the long way instead (collect remote frees, drain delayed
-            // frees, purge): the heartbeat that keeps that work going stays deterministic.
-            if !b.is_null() && (*h).tick & 15 != 15 {
-                (*h).tick = (*h).tick.wrapping_add(1);
-                (*page).free = (*b).next;
-                (*page).local_free = ptr::null_mut();
-                (*page).free_is_zero = false;
-                (*page).used += 1;
-                bump((*h).stats.allocs.get_unchecked(bin), 1);
-                return b as *mut u8;
+            if refill_from_local(h, page) {
+                return pop_fresh(h, page, bin, false);
             }
         }
     }
@@ -965,15 +956,10 @@ unsafe extern "C" fn alloc_bin_slow_long(h: *mut Heap, bin: usize, zero: bool) -
 unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
     // SAFETY: h is this thread's heap and bin < NBINS; pages we touch are ours.
     unsafe {
-        // The common refill: the current page has blocks its owner freed. Take them, except
-        // on every 16th tick, which goes the long way (collect remote frees, drain delayed
-        // frees, purge): the heartbeat that keeps that work going stays deterministic.
+        // The common refill (alloc_bin_slow tries it first, but not for zeroed blocks nor on
+        // a thread's first allocation).
         let page = (*h).pages[bin];
-        if !(*page).local_free.is_null() && (*h).tick & 15 != 15 {
-            (*h).tick = (*h).tick.wrapping_add(1);
-            (*page).free = (*page).local_free;
-            (*page).local_free = ptr::null_mut();
-            (*page).free_is_zero = false;
+        if refill_from_local(h, page) {
             return pop_fresh(h, page, bin, zero);
         }
         if (*h).state != ACTIVE && !heap_init(h) {
@@ -1022,17 +1008,39 @@ unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
     }
 }
 
+/// The common refill: `page`, the current page of its bin, has blocks its owner freed; they
+/// become its free list. Not on every 16th tick, which goes the long way instead (collect
+/// remote frees, drain delayed frees, purge): the heartbeat that keeps that work going stays
+/// deterministic. Returns whether `page` now has a free block.
+///
+/// # Safety
+/// `h` is a heap usable by us and `page` is its current page of some bin (or EMPTY_PAGE).
+#[inline(always)]
+unsafe fn refill_from_local(h: *mut Heap, page: *mut Page) -> bool {
+    // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
+    unsafe {
+        if (*page).local_free.is_null() || (*h).tick & 15 == 15 {
+            return false;
+        }
+        (*h).tick = (*h).tick.wrapping_add(1);
+        (*page).free = (*page).local_free;
+        (*page).local_free = ptr::null_mut();
+        (*page).free_is_zero = false;
+        true
+    }
+}
+
 /// Full pages a queue walk leaves in place before parking further ones as full.
 const FULL_PAGE_RETAIN: usize = 2;
 
 #[inline]
 unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
-    // SAFETY: page is ours, in bin's queue, and has a free block.
+    // SAFETY: page is ours, in bin's queue (so bin < NBINS), and has a free block.
     unsafe {
         let block = (*page).free;
         (*page).free = (*block).next;
         (*page).used += 1;
-        bump(&(*h).stats.allocs[bin], 1);
+        bump((*h).stats.allocs.get_unchecked(bin), 1);
         if zero {
             if (*page).free_is_zero {
                 (*block).next = ptr::null_mut();
