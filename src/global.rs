@@ -28,17 +28,31 @@ impl TierAlloc {
         TierAlloc { _private: () }
     }
 
+    /// The largest request a C entry point passes on: rounded up to any alignment tieralloc
+    /// serves (at most 2 MiB), it still fits in an `isize`.
+    #[doc(hidden)]
+    pub const C_MAX_SIZE: usize = isize::MAX as usize - crate::heap::segment::MAX_ALIGN;
+
+    /// C `free` for the drop-in library: frees `p` if tieralloc handed it out; null and
+    /// pointers into memory that is not tieralloc's are ignored. Its fast path (a block of a
+    /// segment the calling thread owns) has no stack frame.
+    ///
+    /// # Safety
+    /// `p` is null, outside every tieralloc segment, or a live block of this allocator that
+    /// is freed once.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn c_free(&self, p: *mut u8) {
+        // SAFETY: forwarded contract.
+        unsafe { thread::free_c(p) }
+    }
+
     /// C `malloc` for the drop-in library: `size` bytes (any size; 0 gives a minimal block)
     /// aligned to 16, or null with `errno` set to `ENOMEM`. Its fast path is a bin pop with
     /// no stack frame; everything else is one tail call.
     ///
     /// # Safety
     /// None beyond `GlobalAlloc::alloc`'s: the block is freed at most once.
-    /// The largest request a C entry point passes on: rounded up to any alignment tieralloc
-    /// serves (at most 2 MiB), it still fits in an `isize`.
-    #[doc(hidden)]
-    pub const C_MAX_SIZE: usize = isize::MAX as usize - crate::heap::segment::MAX_ALIGN;
-
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {

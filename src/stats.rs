@@ -116,9 +116,11 @@ fn totals() -> Totals {
             let n = (n as usize).min(MAX_NODES - 1);
             t.node_net[n] = t.node_net[n].wrapping_add(s.net_node_bytes());
         }
-        for i in 0..=NBINS {
-            t.allocs[i] = t.allocs[i].wrapping_add(s.allocs[i].load(Ordering::Relaxed));
-            t.frees[i] = t.frees[i].wrapping_add(s.frees[i].load(Ordering::Relaxed));
+        for (d, a) in t.allocs.iter_mut().zip(s.alloc_counts()) {
+            *d = d.wrapping_add(a);
+        }
+        for (d, f) in t.frees.iter_mut().zip(&s.frees) {
+            *d = d.wrapping_add(f.load(Ordering::Relaxed));
         }
         let add = |d: &mut u64, c: &crate::sync::AtomicU64| {
             *d = d.wrapping_add(c.load(Ordering::Relaxed))

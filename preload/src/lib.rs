@@ -172,11 +172,8 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// As [`free`].
 #[inline(always)]
 unsafe fn free_block(p: *mut c_void) {
-    if owns(p) {
-        // SAFETY: p lies in a live tieralloc segment, so (by the caller's contract) it is a
-        // live block of ours; dealloc ignores the layout.
-        unsafe { GLOBAL.dealloc(p.cast(), Layout::new::<u8>()) }
-    }
+    // SAFETY: forwarded contract; c_free ignores NULL and pointers outside our segments.
+    unsafe { GLOBAL.c_free(p.cast()) }
 }
 
 /// `n * size` zeroed bytes; NULL with `ENOMEM` if the product overflows.

@@ -14,9 +14,13 @@
 //!   pooled or abandoned). Only the owner changes its pages' lists and the slice bitmaps;
 //!   without an owner, only the holder of the pool or abandoned lock does.
 //! - A huge segment holds one object and has no owner: any thread may free it.
+//! - The segment map's entry of a segment is its owner's tag (see [`set_owner`]) or
+//!   [`MAP_UNOWNED`]; an entry equal to a heap's tag means that heap owns the segment. Only a
+//!   thread taking or letting go of a segment writes its entry, and a heap's tag is given to
+//!   another heap only after every entry holding it has been rewritten.
 
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicU8, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU16, AtomicU8, AtomicUsize, Ordering, SpinLock};
 use crate::sys::os;
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -553,20 +557,77 @@ impl Segment {
 /// in 4 MiB steps.
 const MAP_ENTRIES: usize = 1 << (47 - SEGMENT_SHIFT);
 #[allow(clippy::declare_interior_mutable_const)]
-const NO_SEGMENT: AtomicU8 = AtomicU8::new(0);
-/// One byte per 4 MiB of address space: 1 while a segment (normal or huge) starts there.
-/// 32 MiB of zero-initialised static memory (address space only: a 4 KiB page of it is
-/// touched once a segment lives in the 16 GiB it covers). A byte rather than a bit so that
-/// the drop-in's `free`, which asks this of every pointer, needs one load and one compare.
+const NO_SEGMENT: AtomicU16 = AtomicU16::new(0);
+/// The segment map's entry of a segment that no heap owns through its tag: pooled,
+/// abandoned, huge, or owned by a heap without a tag ([`NO_TAG`]).
+pub const MAP_UNOWNED: u16 = 1;
+/// The tag of a heap that has none (more heaps than tags, a heap not yet registered, a dead
+/// one). No map entry ever holds it, so such a heap never takes the tag fast path.
+pub const NO_TAG: u16 = u16::MAX;
+/// The tags heaps can have: `MAP_UNOWNED + 1 ..= NO_TAG - 1`.
+pub const FIRST_TAG: u16 = MAP_UNOWNED + 1;
+
+/// Two bytes per 4 MiB of address space: 0 where no segment starts; for a segment (normal or
+/// huge) its owner heap's tag, or [`MAP_UNOWNED`]. 64 MiB of zero-initialised static memory
+/// (address space only: a 4 KiB page of it is touched once a segment lives in the 8 GiB it
+/// covers). The drop-in's `free` asks this of every pointer: one load says both whether the
+/// pointer is ours and whether the calling thread owns its segment (compared with its heap's
+/// tag), where a byte map would need a second load, of the segment header's owner.
 /// Segments never share an entry (they are 4 MiB aligned), so entries are stored, not
 /// read-modified-written.
-static SEGMENT_MAP: [AtomicU8; MAP_ENTRIES] = [NO_SEGMENT; MAP_ENTRIES];
+static SEGMENT_MAP: [AtomicU16; MAP_ENTRIES] = [NO_SEGMENT; MAP_ENTRIES];
 
-/// Records that a segment starts at `seg`.
+/// Records that a segment starts at `seg` (with no owner yet).
 pub fn map_insert(seg: *mut Segment) {
     let i = seg as usize >> SEGMENT_SHIFT;
     if i < MAP_ENTRIES {
-        SEGMENT_MAP[i].store(1, Ordering::Release);
+        SEGMENT_MAP[i].store(MAP_UNOWNED, Ordering::Release);
+    }
+}
+
+/// The segment map's entry for the 4 MiB holding `p`: 0 if no tieralloc segment starts there
+/// (memory that is not ours), else the owner's tag or [`MAP_UNOWNED`].
+#[inline(always)]
+pub fn map_tag(p: *const u8) -> u16 {
+    let i = p as usize >> SEGMENT_SHIFT;
+    if i < MAP_ENTRIES {
+        // Relaxed: a thread compares the entry with its own tag, and the only entries equal to
+        // it are ones it wrote itself (see the module's invariants).
+        SEGMENT_MAP[i].load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// Gives the normal segment `seg` to the heap at `owner` whose tag is `tag` (0 and any tag:
+/// no owner), in the header and in the segment map.
+///
+/// # Safety
+/// The caller is taking `seg` (fresh from `map_normal`, or off a list under its lock) or
+/// letting go of it as its owner; `tag` is `owner`'s tag, [`NO_TAG`] if it has none.
+#[inline]
+pub unsafe fn set_owner(seg: *mut Segment, owner: usize, tag: u16) {
+    let entry = if owner == 0 || tag == NO_TAG {
+        MAP_UNOWNED
+    } else {
+        tag
+    };
+    // The entry goes first when letting go, last when taking: it never names a heap that does
+    // not own the segment (a stale entry of ours could only make us take the slow path).
+    let i = seg as usize >> SEGMENT_SHIFT;
+    // SAFETY: per the contract, seg is a live normal segment header.
+    unsafe {
+        if owner == 0 {
+            if i < MAP_ENTRIES {
+                SEGMENT_MAP[i].store(entry, Ordering::Relaxed);
+            }
+            (*seg).owner.store(0, Ordering::Release);
+        } else {
+            (*seg).owner.store(owner, Ordering::Release);
+            if i < MAP_ENTRIES {
+                SEGMENT_MAP[i].store(entry, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -688,8 +749,8 @@ impl SegmentList {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Pops the front segment, giving it to `owner`.
-    pub fn pop(&self, owner: usize) -> *mut Segment {
+    /// Pops the front segment, giving it to the heap at `owner`, whose tag is `tag`.
+    pub fn pop(&self, owner: usize, tag: u16) -> *mut Segment {
         if self.count.load(Ordering::Relaxed) == 0 {
             return ptr::null_mut();
         }
@@ -700,18 +761,18 @@ impl SegmentList {
             if !seg.is_null() {
                 self.unlink_locked(seg);
                 (*seg).abandoned.store(0, Ordering::Relaxed);
-                (*seg).owner.store(owner, Ordering::Release);
+                set_owner(seg, owner, tag);
             }
             seg
         }
     }
 
-    /// Takes `seg` off the list for `owner` if it is still on it.
+    /// Takes `seg` off the list for the heap at `owner` (tag `tag`) if it is still on it.
     ///
     /// # Safety
     /// `seg` must be a normal segment that cannot be unmapped while we look at it (the caller
     /// holds a live block in it).
-    pub unsafe fn claim(&self, seg: *mut Segment, owner: usize) -> bool {
+    pub unsafe fn claim(&self, seg: *mut Segment, owner: usize, tag: u16) -> bool {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock, which guards `abandoned` and the links.
         unsafe {
@@ -722,7 +783,7 @@ impl SegmentList {
             }
             self.unlink_locked(seg);
             (*seg).abandoned.store(0, Ordering::Relaxed);
-            (*seg).owner.store(owner, Ordering::Release);
+            set_owner(seg, owner, tag);
         }
         true
     }
@@ -736,7 +797,7 @@ impl SegmentList {
         // SAFETY: we hold the lock; seg is unlisted and its owner just let go of it.
         unsafe {
             (*seg).abandoned.store(self.tag, Ordering::Relaxed);
-            (*seg).owner.store(0, Ordering::Release);
+            set_owner(seg, 0, NO_TAG);
             self.push_locked(seg);
         }
     }
@@ -751,7 +812,7 @@ impl SegmentList {
         // SAFETY: we hold the lock, which guards the head and the links; seg is unlisted.
         unsafe {
             (*seg).abandoned.store(self.tag, Ordering::Relaxed);
-            (*seg).owner.store(0, Ordering::Release);
+            set_owner(seg, 0, NO_TAG);
             let head = self.head.get();
             let mut last = *head;
             if last.is_null() {

@@ -20,9 +20,10 @@
 use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
 use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
 use super::segment::{
-    commit_add, commit_sub, list_push_front, list_unlink, page_of, page_of_remote, segment_of,
-    Page, PageKind, Segment, SegmentKind, ABANDONED, ABANDONED_FULL, LARGE_MAX, MAX_NODES,
-    PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES, SLICE_SIZE,
+    commit_add, commit_sub, list_push_front, list_unlink, map_tag, page_of, page_of_remote,
+    segment_of, set_owner, Page, PageKind, Segment, SegmentKind, ABANDONED, ABANDONED_FULL,
+    FIRST_TAG, LARGE_MAX, MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS,
+    SEGMENTS, SLICES, SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
 use crate::config;
@@ -37,8 +38,13 @@ pub const LARGE_BIN: usize = NBINS;
 /// Per-thread counters. The owner bumps them with a relaxed load and store (no read-modify-
 /// write); readers merge them under the registry lock.
 pub struct HeapStats {
-    /// Blocks handed out per bin (and large pages at `LARGE_BIN`).
+    /// Blocks handed out per bin (and large pages at `LARGE_BIN`), except those C `malloc`'s
+    /// direct path handed out: see [`HeapStats::alloc_counts`] for the totals.
     pub allocs: [AtomicU64; NBINS + 1],
+    /// Blocks C `malloc`'s direct path handed out, by `Heap::direct` slot (size / 16): the
+    /// fast path adds to the slot it already has in a register instead of looking the page's
+    /// bin up first; readers fold the slots into their bins.
+    pub direct_allocs: [AtomicU64; DIRECT_SLOTS],
     /// Blocks freed per bin by this thread (whoever allocated them).
     pub frees: [AtomicU64; NBINS + 1],
     /// Bytes of large pages allocated and freed.
@@ -67,6 +73,7 @@ impl HeapStats {
     pub const fn new() -> Self {
         HeapStats {
             allocs: [ZERO; NBINS + 1],
+            direct_allocs: [ZERO; DIRECT_SLOTS],
             frees: [ZERO; NBINS + 1],
             large_alloc_bytes: ZERO,
             large_free_bytes: ZERO,
@@ -79,10 +86,27 @@ impl HeapStats {
         }
     }
 
+    /// Blocks handed out per bin (large pages at `LARGE_BIN`), by both paths.
+    pub fn alloc_counts(&self) -> [u64; NBINS + 1] {
+        let mut n = [0u64; NBINS + 1];
+        for (d, c) in n.iter_mut().zip(&self.allocs) {
+            *d = c.load(Ordering::Relaxed);
+        }
+        for (w, c) in self.direct_allocs.iter().enumerate() {
+            // Slot w serves sizes up to 16 w (w = 0 and 1 both the 16-byte bin).
+            let bin = bin_of((w * 16).max(16));
+            n[bin] = n[bin].wrapping_add(c.load(Ordering::Relaxed));
+        }
+        n
+    }
+
     fn merge_into(&self, dst: &HeapStats) {
         for i in 0..=NBINS {
             dst.allocs[i].fetch_add(self.allocs[i].load(Ordering::Relaxed), Ordering::Relaxed);
             dst.frees[i].fetch_add(self.frees[i].load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (d, c) in dst.direct_allocs.iter().zip(&self.direct_allocs) {
+            d.fetch_add(c.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         let pairs = [
             (&self.large_alloc_bytes, &dst.large_alloc_bytes),
@@ -103,9 +127,9 @@ impl HeapStats {
     /// heap's own node: its contribution to that node's live bytes.
     pub fn net_node_bytes(&self) -> i64 {
         let mut net: i64 = 0;
-        for bin in 0..NBINS {
-            let n = self.allocs[bin].load(Ordering::Relaxed) as i64
-                - self.frees[bin].load(Ordering::Relaxed) as i64;
+        let allocs = self.alloc_counts();
+        for (bin, (&a, f)) in allocs.iter().zip(&self.frees).enumerate().take(NBINS) {
+            let n = a as i64 - f.load(Ordering::Relaxed) as i64;
             net += n * super::size_class::bin_size(bin) as i64;
         }
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
@@ -118,6 +142,9 @@ impl HeapStats {
         for i in 0..=NBINS {
             self.allocs[i].store(0, Ordering::Relaxed);
             self.frees[i].store(0, Ordering::Relaxed);
+        }
+        for c in &self.direct_allocs {
+            c.store(0, Ordering::Relaxed);
         }
         for c in [
             &self.large_alloc_bytes,
@@ -173,6 +200,9 @@ pub struct Heap {
     /// Our normal segments (linked through `Segment::next/prev`).
     segments: *mut Segment,
     state: u8,
+    /// What the segment map holds for our segments (see `segment::set_owner`): unique among
+    /// registered heaps, [`NO_TAG`] while unregistered or when all tags are taken.
+    tag: u16,
     /// A node heap (shared, lock-protected, fixed node) rather than a thread's.
     shared: bool,
     node: u32,
@@ -216,6 +246,7 @@ impl Heap {
             delayed: OwnLine(BlockStack::new()),
             segments: ptr::null_mut(),
             state: UNINIT,
+            tag: NO_TAG,
             shared: false,
             node: 0,
             tick: 0,
@@ -411,13 +442,59 @@ fn heap_slot() -> *mut *mut Heap {
 struct Registry {
     lock: SpinLock,
     head: UnsafeCell<*mut Heap>,
+    /// Heap tags in use, one bit each; 0, `MAP_UNOWNED` and `NO_TAG` are never handed out.
+    tags: UnsafeCell<[u64; TAG_WORDS]>,
+    /// The word of `tags` the next search starts at.
+    tag_cursor: UnsafeCell<usize>,
 }
-// SAFETY: `head` and the heaps' reg links are only touched with `lock` held.
+// SAFETY: `head`, the heaps' reg links and the tag bitmap are only touched with `lock` held.
 unsafe impl Sync for Registry {}
+const TAG_WORDS: usize = (NO_TAG as usize + 1) / 64;
 static REGISTRY: Registry = Registry {
     lock: SpinLock::new(),
     head: UnsafeCell::new(ptr::null_mut()),
+    tags: UnsafeCell::new({
+        let mut t = [0u64; TAG_WORDS];
+        t[0] = (1 << FIRST_TAG) - 1;
+        t[TAG_WORDS - 1] = 1 << 63;
+        t
+    }),
+    tag_cursor: UnsafeCell::new(0),
 };
+
+/// A tag no registered heap has, or [`NO_TAG`] if all are taken.
+///
+/// # Safety
+/// The caller holds the registry lock.
+unsafe fn take_tag() -> u16 {
+    // SAFETY: the registry lock guards the bitmap and the cursor (contract).
+    unsafe {
+        let tags = &mut *REGISTRY.tags.get();
+        let cursor = &mut *REGISTRY.tag_cursor.get();
+        for k in 0..TAG_WORDS {
+            let w = (*cursor + k) % TAG_WORDS;
+            if tags[w] != u64::MAX {
+                let bit = (!tags[w]).trailing_zeros() as usize;
+                tags[w] |= 1 << bit;
+                *cursor = w;
+                return (w * 64 + bit) as u16;
+            }
+        }
+    }
+    NO_TAG
+}
+
+/// Hands `tag` (from [`take_tag`]) back.
+///
+/// # Safety
+/// The caller holds the registry lock, and no segment map entry holds `tag` any more.
+unsafe fn give_tag(tag: u16) {
+    if tag == NO_TAG {
+        return;
+    }
+    // SAFETY: the registry lock guards the bitmap (contract).
+    unsafe { (*REGISTRY.tags.get())[tag as usize / 64] &= !(1 << (tag % 64)) };
+}
 /// Counters of threads that have exited.
 pub static RETIRED: HeapStats = HeapStats::new();
 
@@ -530,6 +607,9 @@ unsafe fn register(h: *mut Heap, node: u32) {
         hp.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
         {
             let _g = REGISTRY.lock.lock();
+            if hp.tag == NO_TAG {
+                hp.tag = take_tag();
+            }
             let head = *REGISTRY.head.get();
             hp.reg_prev = ptr::null_mut();
             hp.reg_next = head;
@@ -554,10 +634,12 @@ pub unsafe fn heap_done(h: *mut Heap) {
         }
         hp.state = LEAVING;
         release_all(h);
-        // Counters, registry.
+        // Counters, registry, tag (release_all rewrote the map entries that held it).
         {
             let _g = REGISTRY.lock.lock();
             retire_counters(hp);
+            give_tag(hp.tag);
+            hp.tag = NO_TAG;
             if hp.reg_prev.is_null() {
                 *REGISTRY.head.get() = hp.reg_next;
             } else {
@@ -694,7 +776,7 @@ unsafe fn release_segment(seg: *mut Segment, now: u64) {
 unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
-        (*seg).owner.store(0, Ordering::Release);
+        set_owner(seg, 0, NO_TAG);
         (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         POOLS[node].push(seg);
@@ -818,7 +900,7 @@ pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
         if !block.is_null() {
             (*page).free = (*block).next;
             (*page).used += 1;
-            bump((*h).stats.allocs.get_unchecked((*page).bin as usize), 1);
+            bump((*h).stats.direct_allocs.get_unchecked(w), 1);
             return block as *mut u8;
         }
         alloc_direct_slow(w)
@@ -1127,7 +1209,7 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
         // reused.
         let node = (*h).node as usize;
         while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
-            let seg = ABANDONED[node].pop(h as usize);
+            let seg = ABANDONED[node].pop(h as usize, (*h).tag);
             if seg.is_null() {
                 break;
             }
@@ -1150,13 +1232,13 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
         } else {
             node
         };
-        let mut seg = POOLS[node].pop(h as usize);
+        let mut seg = POOLS[node].pop(h as usize, (*h).tag);
         if seg.is_null() {
             seg = Segment::map_normal(node as u32, true);
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            (*seg).owner.store(h as usize, Ordering::Release);
+            set_owner(seg, h as usize, (*h).tag);
         }
         // A pooled segment may come with resident free slices: they are due for purging like
         // any others.
@@ -1586,21 +1668,54 @@ pub unsafe fn free(p: *mut u8) {
     // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
     unsafe {
         if (*seg).owner.load(Ordering::Relaxed) == h as usize {
-            let page = page_of(seg, p);
-            let b = p as *mut Block;
-            (*b).next = (*page).local_free;
-            (*page).local_free = b;
-            // Kept in a local: the counter's store below must not make the compiler read
-            // `used` back.
-            let used = (*page).used - 1;
-            (*page).used = used;
-            let slow = used == 0 || (*page).flags != 0;
-            bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
-            if slow {
-                free_local_slow(h, page);
-            }
+            free_owned(h, seg, p);
         } else {
             free_other(h, seg, p);
+        }
+    }
+}
+
+/// C's `free`: like [`free`], but `p` may also be null or memory tieralloc never handed out
+/// (ignored). One load of the segment map answers both "is it ours" and "do we own it".
+///
+/// # Safety
+/// `p` is null, memory outside every tieralloc segment, or a live block of ours.
+#[inline(always)]
+pub unsafe fn free_c(p: *mut u8) {
+    let tag = map_tag(p);
+    // The unset heap's tag is NO_TAG, which no entry holds: a thread's first free goes to
+    // free_other like any other, which looks the real heap up.
+    let h = heap_or_unset();
+    // SAFETY: an entry equal to our tag means we own p's segment (segment::set_owner), and a
+    // non-zero one that p lies in a segment of ours, so (contract) p is a live block of it.
+    unsafe {
+        if tag == (*h).tag {
+            free_owned(h, segment_of(p), p);
+        } else if tag != 0 {
+            free_other(h, segment_of(p), p);
+        }
+    }
+}
+
+/// [`free`] of a block of a segment `h` owns.
+///
+/// # Safety
+/// `h` is this thread's heap, owner of `seg`, and `p` a live block of `seg`.
+#[inline(always)]
+unsafe fn free_owned(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: the page is ours (contract), so its owner line is ours to write.
+    unsafe {
+        let page = page_of(seg, p);
+        let b = p as *mut Block;
+        (*b).next = (*page).local_free;
+        (*page).local_free = b;
+        // Counted before `used` drops, so that the branch tests the flags the decrement sets
+        // (no compare, no flag kept in a register across the counter's add).
+        bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
+        let used = (*page).used - 1;
+        (*page).used = used;
+        if used == 0 || (*page).flags != 0 {
+            free_local_slow(h, page);
         }
     }
 }
@@ -1707,7 +1822,8 @@ unsafe fn retire_page(page: *mut Page) -> bool {
     }
 }
 
-/// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one.
+/// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one
+/// (or, from [`free_c`], one of our own when we have no tag: left to [`free_other_slow`]).
 ///
 /// The common case, a small or large block of a live thread on our own node freed by an
 /// active heap (every free of a producer/consumer hand-off), is handled here with no call
@@ -1717,9 +1833,11 @@ unsafe fn retire_page(page: *mut Page) -> bool {
 unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
+        let owner = (*seg).owner.load(Ordering::Acquire);
         if (*h).state != ACTIVE
             || (*seg).kind == SegmentKind::Huge
-            || (*seg).owner.load(Ordering::Acquire) == 0
+            || owner == 0
+            || owner == h as usize
             || (*seg).node as u32 != (*h).node
         {
             return free_other_slow(h, seg, p);
@@ -1777,7 +1895,14 @@ unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8
             return;
         }
         let page = page_of(seg, p);
-        if (*seg).owner.load(Ordering::Acquire) == 0 {
+        let owner = (*seg).owner.load(Ordering::Acquire);
+        if owner == h as usize {
+            // Our own block, reaching here from C's free because we have no tag (see
+            // free_c): an ordinary local free.
+            free_owned(h, seg, p);
+            return;
+        }
+        if owner == 0 {
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
@@ -1786,8 +1911,8 @@ unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if (*h).state == ACTIVE
                 && node as u32 == (*h).node
-                && (ABANDONED_FULL[node].claim(seg, h as usize)
-                    || ABANDONED[node].claim(seg, h as usize))
+                && (ABANDONED_FULL[node].claim(seg, h as usize, (*h).tag)
+                    || ABANDONED[node].claim(seg, h as usize, (*h).tag))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
@@ -1958,8 +2083,8 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
     // SAFETY: h is ours; all pages and segments touched are ours.
     unsafe {
         drain_delayed(h);
-        for bin in 0..NBINS {
-            let allocs = (*h).stats.allocs[bin].load(Ordering::Relaxed);
+        let counts = (*h).stats.alloc_counts();
+        for (bin, &allocs) in counts.iter().enumerate().take(NBINS) {
             let active = allocs != (*h).allocs_at_collect[bin];
             (*h).allocs_at_collect[bin] = allocs;
             let mut page = (*h).pages[bin];
@@ -2015,7 +2140,7 @@ unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
         let node = (*h).node as usize;
         for list in [&ABANDONED[node], &ABANDONED_FULL[node]] {
             if list.count.load(Ordering::Relaxed) > 0 {
-                let seg = list.pop(h as usize);
+                let seg = list.pop(h as usize, (*h).tag);
                 if !seg.is_null() {
                     tend_abandoned(h, seg, now);
                 }
@@ -2287,6 +2412,136 @@ mod tests {
                 }
                 for (p, _) in live {
                     free(p);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The tag tests change what tags are left; they run one at a time.
+    static TAG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Tags are handed out once each, never 0, `MAP_UNOWNED` or `NO_TAG`; when none is left
+    /// the answer is `NO_TAG`; given back, they are handed out again.
+    #[test]
+    fn heap_tags_are_unique_until_they_run_out() {
+        let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let take = || {
+            let _g = REGISTRY.lock.lock();
+            // SAFETY: we hold the registry lock.
+            unsafe { take_tag() }
+        };
+        let mut taken = vec![];
+        loop {
+            let t = take();
+            if t == NO_TAG {
+                break;
+            }
+            taken.push(t);
+        }
+        // Heaps of other tests' threads hold a few.
+        assert!(taken.len() > 65_000, "only {} tags", taken.len());
+        let mut sorted = taken.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), taken.len(), "a tag handed out twice");
+        assert!(sorted[0] >= FIRST_TAG && sorted[sorted.len() - 1] < NO_TAG);
+        {
+            let _g = REGISTRY.lock.lock();
+            for &t in &taken {
+                // SAFETY: we hold the registry lock; these tags are in no map entry.
+                unsafe { give_tag(t) };
+            }
+        }
+        let again = take();
+        assert_ne!(again, NO_TAG);
+        let _g = REGISTRY.lock.lock();
+        // SAFETY: as above.
+        unsafe { give_tag(again) };
+    }
+
+    /// A heap's segments carry its tag in the segment map while it owns them; when it lets
+    /// go (thread exit) the entry no longer names it, and the block is still known as ours.
+    /// Memory that is not ours maps to 0, and C's free ignores it.
+    #[test]
+    fn the_segment_map_names_the_owner_while_it_owns() {
+        let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::spawn(|| {
+            // SAFETY: this thread's heap; heap_done runs with no block of it in use by us
+            // but p, which stays live across it and is freed once, after.
+            unsafe {
+                let p = alloc_bin(bin_of(64));
+                let h = heap();
+                let tag = (*h).tag;
+                assert!((FIRST_TAG..NO_TAG).contains(&tag));
+                assert_eq!(map_tag(p), tag);
+                let seg = segment_of(p);
+                heap_done(h);
+                assert_eq!((*h).tag, NO_TAG);
+                assert_ne!((*seg).owner.load(Ordering::Relaxed), h as usize);
+                assert_ne!(map_tag(p), 0, "a live block's segment left the map");
+                free_c(p);
+            }
+        })
+        .join()
+        .unwrap();
+        let local = 7u64;
+        let boxed = Box::new(7u64);
+        assert_eq!(map_tag(&local as *const u64 as *const u8), 0);
+        assert_eq!(map_tag(&*boxed as *const u64 as *const u8), 0);
+        assert_eq!(map_tag(usize::MAX as *const u8), 0);
+        // SAFETY: null and memory outside every tieralloc segment, which free_c ignores.
+        unsafe {
+            free_c(ptr::null_mut());
+            free_c(&*boxed as *const u64 as *mut u8);
+        }
+        assert_eq!(*boxed, 7);
+    }
+
+    /// A heap with no tag (all were taken when it started) still frees its own blocks through
+    /// C's free as local frees: each counted once, as a free of its class, none as remote;
+    /// and the blocks come back to it.
+    #[test]
+    fn a_heap_without_a_tag_frees_its_own_blocks_locally() {
+        let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::spawn(|| {
+            // SAFETY: this thread's heap and blocks, each freed once; set_owner on segments
+            // we own, as taking them with no tag would have done.
+            unsafe {
+                let bin = bin_of(48);
+                let first = alloc_bin(bin);
+                let h = heap();
+                // Become a heap that got no tag.
+                {
+                    let _g = REGISTRY.lock.lock();
+                    let mut seg = (*h).segments;
+                    while !seg.is_null() {
+                        set_owner(seg, h as usize, NO_TAG);
+                        seg = (*seg).next;
+                    }
+                    give_tag((*h).tag);
+                    (*h).tag = NO_TAG;
+                }
+                assert_eq!(map_tag(first), super::super::segment::MAP_UNOWNED);
+                let frees = (*h).stats.frees[bin].load(Ordering::Relaxed);
+                let remote = (*h).stats.remote_frees.load(Ordering::Relaxed);
+                let blocks: Vec<*mut u8> = (0..1000).map(|_| alloc_bin(bin)).collect();
+                assert!(blocks.iter().all(|p| !p.is_null()));
+                free_c(first);
+                for &p in &blocks {
+                    free_c(p);
+                }
+                assert_eq!((*h).stats.frees[bin].load(Ordering::Relaxed), frees + 1001);
+                assert_eq!((*h).stats.remote_frees.load(Ordering::Relaxed), remote);
+                // Freed locally: no page of the class has a block out (a remote free would
+                // leave them counted as used until collected).
+                let mut page = (*h).pages[bin];
+                assert_ne!(page, empty_page());
+                while !page.is_null() {
+                    assert_eq!((*page).used, 0);
+                    assert!(!(*page).thread_free.has_blocks());
+                    page = (*page).next;
                 }
             }
         })
