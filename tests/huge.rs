@@ -1,11 +1,13 @@
 //! Huge objects (over 2 MiB, one mapping each): the per-thread cache of freed mappings stays
 //! within its byte bound, hands a cached mapping to a smaller request and gives back the
-//! tail that request does not need, and `realloc` grows a huge object by moving its pages.
+//! tail that request does not need, moves a cached mapping too small for a request into one
+//! big enough (its resident pages serve the request), and `realloc` grows a huge object by
+//! moving its pages.
 //!
 //! One test running the scenarios in order on one thread: the assertions look at which
 //! addresses are mapped and resident, which a concurrently running test could change.
 
-use std::alloc::{alloc, dealloc, realloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -133,6 +135,56 @@ fn realloc_grows_by_moving_pages() {
     unsafe { dealloc(p, layout(size)) };
 }
 
+/// On a fresh thread (empty cache): a request bigger than every cached mapping takes over the
+/// biggest one, moved into a mapping of the size needed. Its pages come along, resident and
+/// with their contents (a fresh mapping would be all zeros and not resident), and the old
+/// address is no longer tieralloc's. A zeroed request served the same way reads zeros.
+fn small_cached_mapping_grows_into_a_bigger_request() {
+    let small = 5 * MIB / 2;
+    let p = filled(small, 3) as usize;
+    // SAFETY: live block.
+    unsafe { dealloc(p as *mut u8, layout(small)) };
+    assert!(
+        resident(p, small) >= small / 2,
+        "the freed mapping was not kept"
+    );
+    let big = 7 * MIB / 2;
+    // SAFETY: non-zero size.
+    let q = unsafe { alloc(layout(big)) };
+    assert!(!q.is_null());
+    check(q, small, 3);
+    assert!(
+        resident(q as usize, small) >= small - PAGE,
+        "the moved pages are not resident"
+    );
+    if q as usize != p {
+        assert!(
+            !tieralloc::owns(p as *const u8),
+            "the old mapping is still ours"
+        );
+    }
+    for i in (0..big).step_by(PAGE) {
+        // SAFETY: q holds big bytes.
+        unsafe { *q.add(i) = 0xAB };
+    }
+    // SAFETY: live block.
+    unsafe { dealloc(q, layout(big)) };
+    let bigger = 9 * MIB / 2;
+    // SAFETY: non-zero size.
+    let z = unsafe { alloc_zeroed(layout(bigger)) };
+    assert!(!z.is_null());
+    assert!(
+        resident(z as usize, big) >= big / 2,
+        "the cached mapping was not moved into the zeroed request"
+    );
+    for i in (0..bigger).step_by(PAGE / 4) {
+        // SAFETY: z holds bigger bytes.
+        assert_eq!(unsafe { *z.add(i) }, 0, "byte {i} of a zeroed request");
+    }
+    // SAFETY: live block.
+    unsafe { dealloc(z, layout(bigger)) };
+}
+
 #[test]
 fn huge_objects_cache_trim_and_grow() {
     std::thread::spawn(|| {
@@ -142,4 +194,7 @@ fn huge_objects_cache_trim_and_grow() {
     })
     .join()
     .unwrap();
+    std::thread::spawn(small_cached_mapping_grows_into_a_bigger_request)
+        .join()
+        .unwrap();
 }

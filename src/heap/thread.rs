@@ -1593,6 +1593,21 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
         if let Some(i) = best {
             seg = (*h).huge_cache[i].seg;
             (*h).huge_cache[i] = EMPTY_ENTRY;
+        } else if let Some(i) = (0..CACHE_SLOTS)
+            .filter(|&i| !(*h).huge_cache[i].seg.is_null())
+            .max_by_key(|&i| (*(*h).huge_cache[i].seg).map_size)
+        {
+            // Nothing big enough: the biggest cached mapping is moved into a mapping of the
+            // size needed, so that its resident pages serve the object instead of fresh ones
+            // (each a page fault). Every cached mapping is smaller than map_size here.
+            let old = (*h).huge_cache[i].seg;
+            let old_map = (*old).map_size;
+            let grown = huge::enlarge(old, map_size);
+            if !grown.is_null() {
+                (*h).huge_cache[i] = EMPTY_ENTRY;
+                commit_add((*grown).node, map_size - old_map);
+                seg = grown;
+            }
         }
         let reused = !seg.is_null();
         if reused {
