@@ -206,7 +206,11 @@ fn cross_node_free(c: &mut Checks) {
         for _ in 0..ROUNDS {
             from_a_tx.send(alloc_all()).unwrap();
             a_rx.recv().unwrap();
-            tieralloc::collect();
+            // No `tieralloc::collect()` here: the blocks must come back by themselves, when
+            // the next round's allocations find the pages empty. (A collection would also
+            // purge and unmap the segments they empty at once, and the kernel then picks new
+            // addresses for the next round's segments: a count of distinct addresses would
+            // measure the kernel's choice, which varied by a third between runs.)
         }
     });
     let b = std::thread::spawn(move || {
@@ -241,10 +245,20 @@ fn cross_node_free(c: &mut Checks) {
     b.join().unwrap();
     let per_round = SIZES.len() * PER;
     let distinct: std::collections::HashSet<usize> = a_all.iter().copied().collect();
+    // Per size: how many distinct addresses node 0's thread got over the rounds.
+    let by_size: Vec<usize> = (0..SIZES.len())
+        .map(|k| {
+            a_all
+                .chunks(per_round)
+                .flat_map(|r| r[k * PER..(k + 1) * PER].iter().copied())
+                .collect::<std::collections::HashSet<usize>>()
+                .len()
+        })
+        .collect();
     let stolen = b_all.iter().filter(|p| distinct.contains(p)).count();
     let mb = census(&ranges(&b_all[b_all.len() - per_round..]));
     // An address node 1's thread got that node 0's thread had used is fine only if it is node
-    // 1's memory now: `tieralloc::collect()` on thread A unmaps its empty segments at once,
+    // 1's memory now: thread A unmaps segments it emptied once the purge delay has passed,
     // and the kernel may give the same addresses to B's next (node 1) mapping. What must not
     // happen is B being handed node 0's memory.
     let reused: Vec<(*const u8, usize)> = b_all
@@ -261,7 +275,8 @@ fn cross_node_free(c: &mut Checks) {
             && all_on(&mb, 1),
         format!(
             "{ROUNDS} rounds of {per_round} blocks ({SIZES:?} bytes) made on node 0, freed on \
-             node 1: {} distinct addresses on node 0's thread (no reuse would be {}), {stolen} \
+             node 1: {} distinct addresses on node 0's thread (no reuse would be {}; by size \
+             {by_size:?}), {stolen} \
              addresses reused by node 1's thread (their pages now: {mr:?}); node 0's pages \
              {ma:?}, node 1's {mb:?}",
             distinct.len(),
