@@ -24,6 +24,7 @@ impl Page {
         self.used = 0;
         self.free = ptr::null_mut();
         self.local_free = ptr::null_mut();
+        self.remote_fed = false;
         self.free_is_zero = self.fresh;
     }
 
@@ -92,6 +93,10 @@ impl Page {
             self.free = self.local_free;
             self.local_free = ptr::null_mut();
             self.free_is_zero = false;
+            self.remote_fed = false;
+        }
+        if remote > 0 {
+            self.remote_fed = true;
         }
         remote
     }

@@ -111,6 +111,11 @@ pub struct Page {
     /// node + 1; 0 when it is on its segment's node. Written by the block's owner while it is
     /// live, read when the page is given back.
     pub moved: u8,
+    /// The page's last refill came from other threads' frees (collected remote frees), not
+    /// from its owner's: when it runs out, more are likely on their way, so a queue walk
+    /// leaves it in the queue for a while instead of parking it as full (see
+    /// `FULL_PAGE_RETAIN` in `heap::thread`).
+    pub remote_fed: bool,
     /// Queue links (owner only).
     pub next: *mut Page,
     /// Queue links (owner only).
@@ -149,6 +154,7 @@ impl Page {
         free_is_zero: false,
         fresh: false,
         moved: 0,
+        remote_fed: false,
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
         _remote_line: LineBreak,

@@ -1053,9 +1053,12 @@ unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
         drain_delayed(h);
         let hp = &mut *h;
         let mut page = hp.pages[bin];
-        // Full pages met on the way stay in the queue, up to this many, before they are
-        // parked as full: a page that will get a block back soon does not flip between
-        // full and not full (each flip is two slow paths and two atomic state changes).
+        // Full pages that other threads' frees refill (`remote_fed`) stay in the queue, up to
+        // this many, before they are parked as full: a page that will get a block back soon
+        // does not flip between full and not full (each flip is two slow paths and two atomic
+        // state changes). A page its owner's frees refill is parked at once: left in the
+        // queue, each walk would take the one or two blocks freed into it since the last,
+        // and refills that small are a slow path every few allocations.
         let mut retain = FULL_PAGE_RETAIN;
         while !page.is_null() && page != empty_page() {
             let next = (*page).next;
@@ -1068,7 +1071,7 @@ unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
                 }
                 return pop_fresh(h, page, bin, zero);
             }
-            if retain > 0 {
+            if retain > 0 && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS) {
                 retain -= 1;
                 page = next;
                 continue;
@@ -1108,12 +1111,17 @@ unsafe fn refill_from_local(h: *mut Heap, page: *mut Page) -> bool {
         (*page).free = (*page).local_free;
         (*page).local_free = ptr::null_mut();
         (*page).free_is_zero = false;
+        (*page).remote_fed = false;
         true
     }
 }
 
-/// Full pages a queue walk leaves in place before parking further ones as full.
+/// Full, remote-fed pages a queue walk leaves in place before parking further ones as full.
 const FULL_PAGE_RETAIN: usize = 2;
+/// Pages of fewer blocks than this are left in the queue like remote-fed ones: each block is
+/// a large share of the page, so one freed block is a worthwhile refill, and parking and
+/// unparking such pages on every block would cost more than the walk.
+const FEW_BLOCKS: u32 = 64;
 
 #[inline]
 unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
@@ -2557,6 +2565,98 @@ mod tests {
                     assert_eq!((*page).used, 0);
                     assert!(!(*page).thread_free.has_blocks());
                     page = (*page).next;
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Which exhausted pages a queue walk parks as full: one its owner's frees (or nobody's)
+    /// refilled last is parked at once; one that other threads' frees refilled last stays in
+    /// the queue, and so does a page of few (big) blocks.
+    #[test]
+    fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
+        /// Allocates blocks of `bin` from `page`, the current page, until it has nothing left
+        /// to hand out (the next allocation takes the slow path).
+        ///
+        /// # Safety
+        /// `page` is the current page of `bin` in this thread's heap.
+        unsafe fn exhaust(bin: usize, page: *mut Page, out: &mut Vec<usize>) {
+            // SAFETY: the page is ours (contract); its owner reads its fields.
+            unsafe {
+                while !((*page).free.is_null()
+                    && (*page).local_free.is_null()
+                    && (*page).capacity == (*page).reserved)
+                {
+                    let p = alloc_bin(bin);
+                    assert_eq!(page_of(segment_of(p), p), page);
+                    out.push(p as usize);
+                }
+            }
+        }
+        std::thread::spawn(|| {
+            // SAFETY: this thread's heap; every block is freed once, by one thread.
+            unsafe {
+                let parked = |page: *mut Page| (*page).flags & PAGE_IN_FULL != 0;
+                let page_of_addr = |p: usize| page_of(segment_of(p as *const u8), p as *const u8);
+                let mut live = vec![];
+                // A page nobody refilled, of many blocks: parked when it runs out.
+                let bin = bin_of(64);
+                let first = alloc_bin(bin);
+                live.push(first as usize);
+                let a = page_of_addr(first as usize);
+                assert!((*a).reserved >= FEW_BLOCKS);
+                exhaust(bin, a, &mut live);
+                live.push(alloc_bin(bin) as usize);
+                let b = page_of_addr(*live.last().unwrap());
+                assert_ne!(b, a);
+                assert!(
+                    parked(a),
+                    "an exhausted page its owner refills stayed in the queue"
+                );
+                // A page that other threads' frees refilled: stays in the queue.
+                exhaust(bin, b, &mut live);
+                let of_b: Vec<usize> = live
+                    .iter()
+                    .copied()
+                    .filter(|&p| page_of_addr(p) == b)
+                    .take(2)
+                    .collect();
+                live.retain(|p| !of_b.contains(p));
+                std::thread::spawn(move || {
+                    // Live blocks handed to this thread, freed once (the outer SAFETY).
+                    for p in of_b {
+                        free(p as *mut u8);
+                    }
+                })
+                .join()
+                .unwrap();
+                for _ in 0..2 {
+                    let p = alloc_bin(bin);
+                    assert_eq!(
+                        page_of_addr(p as usize),
+                        b,
+                        "the remote frees were not reused"
+                    );
+                    live.push(p as usize);
+                }
+                assert!((*b).remote_fed);
+                live.push(alloc_bin(bin) as usize);
+                assert_ne!(page_of_addr(*live.last().unwrap()), b);
+                assert!(!parked(b), "an exhausted remote-fed page was parked");
+                // A page of few blocks: stays in the queue.
+                let big = bin_of(8000);
+                let first = alloc_bin(big);
+                live.push(first as usize);
+                let f = page_of_addr(first as usize);
+                assert!((*f).reserved < FEW_BLOCKS);
+                exhaust(big, f, &mut live);
+                live.push(alloc_bin(big) as usize);
+                assert_ne!(page_of_addr(*live.last().unwrap()), f);
+                assert!(!parked(f), "an exhausted page of few blocks was parked");
+                for p in live {
+                    free(p as *mut u8);
                 }
             }
         })
