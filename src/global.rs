@@ -47,6 +47,24 @@ impl TierAlloc {
         unsafe { thread::free_c(p) }
     }
 
+    /// [`TierAlloc::c_malloc`]'s fast path alone: a block for `size` bytes if the thread's
+    /// current page for it has one ready, else null (and nothing else was tried: call
+    /// `c_malloc`). Lets a caller with its own failure handling (C++'s `new`) keep its fast
+    /// path free of a stack frame.
+    ///
+    /// # Safety
+    /// As [`TierAlloc::c_malloc`].
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn c_malloc_fast(&self, size: usize) -> *mut u8 {
+        if size <= tier::direct_max() {
+            // SAFETY: size <= direct_max() <= DIRECT_MAX.
+            unsafe { thread::alloc_direct_pop((size + 15) >> 4) }
+        } else {
+            ptr::null_mut()
+        }
+    }
+
     /// C `malloc` for the drop-in library: `size` bytes (any size; 0 gives a minimal block)
     /// aligned to 16, or null with `errno` set to `ENOMEM`. Its fast path is a bin pop with
     /// no stack frame; everything else is one tail call.

@@ -70,17 +70,29 @@ macro_rules! new_pair {
         /// None beyond C++'s: the block is released once, with a matching `delete`.
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $throwing(size: size_t) -> *mut c_void {
+            // The fast path is a pop with no frame; everything else is one tail call.
             // SAFETY: C malloc has no precondition.
-            let p: *mut c_void = unsafe { GLOBAL.c_malloc(size).cast() };
+            let p: *mut c_void = unsafe { GLOBAL.c_malloc_fast(size).cast() };
             if !p.is_null() {
                 return p;
             }
-            match next($tname) {
-                // SAFETY: the next definition of this very symbol has this signature; it
-                // retries through the new-handler or throws.
-                Some(f) => unsafe { core::mem::transmute::<*mut c_void, New>(f)(size) },
-                None => no_next(),
+            #[cold]
+            #[inline(never)]
+            unsafe extern "C-unwind" fn slow(size: size_t) -> *mut c_void {
+                // SAFETY: C malloc has no precondition.
+                let p: *mut c_void = unsafe { GLOBAL.c_malloc(size).cast() };
+                if !p.is_null() {
+                    return p;
+                }
+                match next($tname) {
+                    // SAFETY: the next definition of this very symbol has this signature;
+                    // it retries through the new-handler or throws.
+                    Some(f) => unsafe { core::mem::transmute::<*mut c_void, New>(f)(size) },
+                    None => no_next(),
+                }
             }
+            // SAFETY: no precondition.
+            unsafe { slow(size) }
         }
 
         $(#[$m])*
@@ -91,15 +103,28 @@ macro_rules! new_pair {
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $nothrow(size: size_t, tag: *const c_void) -> *mut c_void {
             // SAFETY: C malloc has no precondition.
-            let p: *mut c_void = unsafe { GLOBAL.c_malloc(size).cast() };
+            let p: *mut c_void = unsafe { GLOBAL.c_malloc_fast(size).cast() };
             if !p.is_null() {
                 return p;
             }
-            match next($nname) {
-                // SAFETY: as in the throwing form; this one catches and returns null.
-                Some(f) => unsafe { core::mem::transmute::<*mut c_void, NewNothrow>(f)(size, tag) },
-                None => core::ptr::null_mut(),
+            #[cold]
+            #[inline(never)]
+            unsafe extern "C-unwind" fn slow(size: size_t, tag: *const c_void) -> *mut c_void {
+                // SAFETY: C malloc has no precondition.
+                let p: *mut c_void = unsafe { GLOBAL.c_malloc(size).cast() };
+                if !p.is_null() {
+                    return p;
+                }
+                match next($nname) {
+                    // SAFETY: as in the throwing form; this one catches and returns null.
+                    Some(f) => unsafe {
+                        core::mem::transmute::<*mut c_void, NewNothrow>(f)(size, tag)
+                    },
+                    None => core::ptr::null_mut(),
+                }
             }
+            // SAFETY: no precondition.
+            unsafe { slow(size, tag) }
         }
     };
 }

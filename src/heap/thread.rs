@@ -907,6 +907,28 @@ pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
     }
 }
 
+/// [`alloc_direct`]'s pop alone: null when the page has no free block (or the thread has no
+/// heap yet), where `alloc_direct` would take its slow path. For callers that do something
+/// of their own on failure and want a fast path with no stack frame (C++'s `new`).
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[inline(always)]
+pub unsafe fn alloc_direct_pop(w: usize) -> *mut u8 {
+    let h = heap_or_unset();
+    // SAFETY: as in alloc_direct.
+    unsafe {
+        let page = *(*h).direct.get_unchecked(w);
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = (*block).next;
+            (*page).used += 1;
+            bump((*h).stats.direct_allocs.get_unchecked(w), 1);
+        }
+        block as *mut u8
+    }
+}
+
 /// [`alloc_direct`] when the page has no free block (or the thread has no heap yet).
 ///
 /// # Safety
