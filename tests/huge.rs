@@ -57,6 +57,19 @@ fn check(p: *const u8, size: usize, seed: u8) {
     }
 }
 
+/// A huge block of `size` bytes filled from `seed`, freed: its address, after checking that
+/// the thread's cache kept the mapping (at least half of it still resident).
+fn filled_freed_and_kept(size: usize, seed: u8) -> usize {
+    let p = filled(size, seed) as usize;
+    // SAFETY: live block.
+    unsafe { dealloc(p as *mut u8, layout(size)) };
+    assert!(
+        resident(p, size) >= size / 2,
+        "the freed mapping was not kept"
+    );
+    p
+}
+
 /// Freed mappings beyond the cache's byte bound go back to the OS; a freed mapping that is
 /// cached serves the next request that fits it.
 fn cache_is_bounded_and_reused() {
@@ -83,13 +96,7 @@ fn cache_is_bounded_and_reused() {
 /// not need is no longer resident.
 fn big_mapping_serves_small_request_and_tail_is_released() {
     let big = 15 * MIB / 2;
-    let p = filled(big, 1) as usize;
-    // SAFETY: live block.
-    unsafe { dealloc(p as *mut u8, layout(big)) };
-    assert!(
-        resident(p, big) >= big / 2,
-        "the freed mapping was not kept"
-    );
+    let p = filled_freed_and_kept(big, 1);
     let small = 5 * MIB / 2;
     let q = filled(small, 2) as usize;
     assert_eq!(q, p, "the cached mapping was not reused");
@@ -141,13 +148,7 @@ fn realloc_grows_by_moving_pages() {
 /// address is no longer tieralloc's. A zeroed request served the same way reads zeros.
 fn small_cached_mapping_grows_into_a_bigger_request() {
     let small = 5 * MIB / 2;
-    let p = filled(small, 3) as usize;
-    // SAFETY: live block.
-    unsafe { dealloc(p as *mut u8, layout(small)) };
-    assert!(
-        resident(p, small) >= small / 2,
-        "the freed mapping was not kept"
-    );
+    let p = filled_freed_and_kept(small, 3);
     let big = 7 * MIB / 2;
     // SAFETY: non-zero size.
     let q = unsafe { alloc(layout(big)) };

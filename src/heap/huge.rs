@@ -243,23 +243,14 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
         if new_map <= old_map || new_map > isize::MAX as usize / 2 {
             return ptr::null_mut();
         }
-        // A segment-aligned place for it; the pages keep their node policy as they move.
-        let dst = os::map_aligned(new_map, SEGMENT_SIZE, None);
-        if dst.is_null() {
-            return ptr::null_mut();
-        }
         let born = (*seg).huge_born_ms;
         unregister(seg);
-        if !os::remap(seg as *mut u8, old_map, dst, new_map) {
-            os::unmap(dst, new_map);
+        let new = enlarge(seg, new_map);
+        if new.is_null() {
             register(seg, born);
             return ptr::null_mut();
         }
-        super::segment::map_remove(seg);
-        let new = dst as *mut Segment;
-        (*new).map_size = new_map;
         (*new).huge_size = new_map - offset;
-        super::segment::map_insert(new);
         register(new, born);
         let node = (*new).node;
         super::segment::commit_sub(node, old_map);
@@ -268,22 +259,24 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
     }
 }
 
-/// Moves the free huge mapping `seg` (a cached one: unregistered, holding no object) into a
-/// new segment-aligned mapping of `new_map` bytes, keeping its resident pages: the next object
-/// placed there touches fewer fresh pages than in a new mapping. Returns the new segment, or
-/// null (and `seg` is unchanged) if the kernel refuses. The segment map is updated; committed
-/// bytes are the caller's.
+/// Moves the huge mapping `seg` into a new segment-aligned mapping of `new_map` bytes without
+/// copying: its pages (resident ones stay resident, with their contents and node policy) come
+/// first, the rest is fresh. For a cached mapping, so that the next object touches fewer
+/// fresh pages, and for [`grow`]. Returns the new segment, or null (and `seg` is unchanged)
+/// if the kernel refuses. The segment map and `map_size` are updated; the registry and the
+/// committed bytes are the caller's.
 ///
 /// # Safety
-/// `seg` is a huge mapping of ours that nothing uses, smaller than `new_map`, which is a
-/// multiple of the OS page.
+/// `seg` is an unregistered huge mapping of ours that nobody else uses meanwhile, smaller
+/// than `new_map`, which is a multiple of the OS page.
 pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
     // SAFETY: seg is ours and unused (contract); its header moves with its pages, so it is
     // read before the move and written through the new address after.
     unsafe {
         let old_map = (*seg).map_size;
-        let node = (*seg).node as u32;
-        let dst = os::map_aligned(new_map, SEGMENT_SIZE, Some(node));
+        // A segment-aligned place for it; the moved pages keep their mapping's node policy
+        // (the remap replaces the placeholder mapping, binding and all).
+        let dst = os::map_aligned(new_map, SEGMENT_SIZE, None);
         if dst.is_null() {
             return ptr::null_mut();
         }

@@ -583,12 +583,19 @@ pub const FIRST_TAG: u16 = MAP_UNOWNED + 1;
 /// read-modified-written.
 static SEGMENT_MAP: [AtomicU16; MAP_ENTRIES] = [NO_SEGMENT; MAP_ENTRIES];
 
-/// Records that a segment starts at `seg` (with no owner yet).
-pub fn map_insert(seg: *mut Segment) {
+/// Writes the segment map's entry of the segment at `seg` (nothing for a segment above the
+/// 47 bits the map covers).
+#[inline]
+fn map_store(seg: *mut Segment, entry: u16, order: Ordering) {
     let i = seg as usize >> SEGMENT_SHIFT;
     if i < MAP_ENTRIES {
-        SEGMENT_MAP[i].store(MAP_UNOWNED, Ordering::Release);
+        SEGMENT_MAP[i].store(entry, order);
     }
+}
+
+/// Records that a segment starts at `seg` (with no owner yet).
+pub fn map_insert(seg: *mut Segment) {
+    map_store(seg, MAP_UNOWNED, Ordering::Release);
 }
 
 /// The segment map's entry for the 4 MiB holding `p`: 0 if no tieralloc segment starts there
@@ -620,29 +627,21 @@ pub unsafe fn set_owner(seg: *mut Segment, owner: usize, tag: u16) {
     };
     // The entry goes first when letting go, last when taking: it never names a heap that does
     // not own the segment (a stale entry of ours could only make us take the slow path).
-    let i = seg as usize >> SEGMENT_SHIFT;
     // SAFETY: per the contract, seg is a live normal segment header.
     unsafe {
         if owner == 0 {
-            if i < MAP_ENTRIES {
-                SEGMENT_MAP[i].store(entry, Ordering::Relaxed);
-            }
+            map_store(seg, entry, Ordering::Relaxed);
             (*seg).owner.store(0, Ordering::Release);
         } else {
             (*seg).owner.store(owner, Ordering::Release);
-            if i < MAP_ENTRIES {
-                SEGMENT_MAP[i].store(entry, Ordering::Relaxed);
-            }
+            map_store(seg, entry, Ordering::Relaxed);
         }
     }
 }
 
 /// Forgets the segment at `seg` (before it is unmapped).
 pub fn map_remove(seg: *mut Segment) {
-    let i = seg as usize >> SEGMENT_SHIFT;
-    if i < MAP_ENTRIES {
-        SEGMENT_MAP[i].store(0, Ordering::Release);
-    }
+    map_store(seg, 0, Ordering::Release);
 }
 
 /// Whether `p` lies in the first 4 MiB of a live tieralloc segment: true for every pointer

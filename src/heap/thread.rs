@@ -890,18 +890,11 @@ pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
 /// `w <= DIRECT_MAX / 16`.
 #[inline(always)]
 pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
-    let h = heap_or_unset();
-    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap or the unset one; a page in
-    // `direct` with a free block is one of ours (EMPTY_PAGE's free is null, so it is never
-    // written, and the unset heap's entries are all EMPTY_PAGE).
+    // SAFETY: forwarded contract.
     unsafe {
-        let page = *(*h).direct.get_unchecked(w);
-        let block = (*page).free;
+        let block = alloc_direct_pop(w);
         if !block.is_null() {
-            (*page).free = (*block).next;
-            (*page).used += 1;
-            bump((*h).stats.direct_allocs.get_unchecked(w), 1);
-            return block as *mut u8;
+            return block;
         }
         alloc_direct_slow(w)
     }
@@ -916,7 +909,9 @@ pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn alloc_direct_pop(w: usize) -> *mut u8 {
     let h = heap_or_unset();
-    // SAFETY: as in alloc_direct.
+    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap or the unset one; a page in
+    // `direct` with a free block is one of ours (EMPTY_PAGE's free is null, so it is never
+    // written, and the unset heap's entries are all EMPTY_PAGE).
     unsafe {
         let page = *(*h).direct.get_unchecked(w);
         let block = (*page).free;
