@@ -58,7 +58,10 @@ for b in "${benches[@]}"; do
   args=${b#*|}
   ref=""
   for r in $(seq 1 "$RUNS"); do
-    for a in "${allocs[@]}"; do
+    # Alternate the order (A B C, C B A, ...): no allocator always runs after the same one.
+    order=("${allocs[@]}")
+    if [ $((r % 2)) = 0 ]; then order=(glibc mimalloc tieralloc); fi
+    for a in "${order[@]}"; do
       # shellcheck disable=SC2086
       /usr/bin/time -f "%e %M" -o "$work/t" env LD_PRELOAD="$(lib_of "$a")" "$work/$name" $args >"$work/out"
       out=$(cat "$work/out")
@@ -67,7 +70,7 @@ for b in "${benches[@]}"; do
         exit 1
       fi
       read -r secs kib <"$work/t"
-      echo "$name $a $secs $kib" >>"$results"
+      echo "$name $a $secs $kib $r" >>"$results"
       echo "  $name run $r $a: ${secs}s ${kib} KiB" >&2
     done
   done
@@ -76,16 +79,30 @@ done
 median() { sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 med() { awk -v b="$1" -v a="$2" -v f="$3" '$1==b && $2==a {print $f}' "$results" | median; }
 
+# The median over runs of tieralloc's time / mimalloc's time in the same run: the two ran
+# back to back, so a slow phase of a shared machine mostly cancels out.
+paired() {
+  awk -v b="$1" '$1==b && $2=="tieralloc" {t[$5]=$3} $1==b && $2=="mimalloc" {m[$5]=$3}
+    END {for (r in t) if (m[r] > 0) print t[r] / m[r]}' "$results" | median
+}
+# In how many runs tieralloc was faster than mimalloc.
+wins() {
+  awk -v b="$1" '$1==b && $2=="tieralloc" {t[$5]=$3} $1==b && $2=="mimalloc" {m[$5]=$3}
+    END {w=0; for (r in t) if (t[r] < m[r]) w++; print w}' "$results"
+}
+
 echo
 echo "Median of $RUNS runs (interleaved), wall seconds and peak RSS; ratios are tieralloc / mimalloc (below 1: tieralloc better)."
+echo "Paired: the median of the per-run time ratios; wins: runs in which tieralloc was faster."
 echo
-echo "| program | tieralloc s | mimalloc s | glibc s | time ratio | tieralloc MiB | mimalloc MiB | glibc MiB | RSS ratio |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| program | tieralloc s | mimalloc s | glibc s | time ratio | paired | wins | tieralloc MiB | mimalloc MiB | glibc MiB | RSS ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for b in "${benches[@]}"; do
   name=${b%%|*}
   ts=$(med "$name" tieralloc 3); ms=$(med "$name" mimalloc 3); gs=$(med "$name" glibc 3)
   tk=$(med "$name" tieralloc 4); mk=$(med "$name" mimalloc 4); gk=$(med "$name" glibc 4)
-  awk -v n="$name ${b#*|}" -v ts="$ts" -v ms="$ms" -v gs="$gs" -v tk="$tk" -v mk="$mk" -v gk="$gk" 'BEGIN {
-    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.1f | %.1f | %.1f | %.2f |\n",
-      n, ts, ms, gs, (ms > 0 ? ts / ms : 0), tk / 1024, mk / 1024, gk / 1024, (mk > 0 ? tk / mk : 0) }'
+  pr=$(paired "$name"); wn="$(wins "$name")/$RUNS"
+  awk -v n="$name ${b#*|}" -v ts="$ts" -v ms="$ms" -v gs="$gs" -v pr="$pr" -v wn="$wn" -v tk="$tk" -v mk="$mk" -v gk="$gk" 'BEGIN {
+    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.1f | %.1f | %.1f | %.2f |\n",
+      n, ts, ms, gs, (ms > 0 ? ts / ms : 0), pr, wn, tk / 1024, mk / 1024, gk / 1024, (mk > 0 ? tk / mk : 0) }'
 done
