@@ -914,13 +914,45 @@ pub unsafe fn alloc_direct_pop(w: usize) -> *mut u8 {
     // written, and the unset heap's entries are all EMPTY_PAGE).
     unsafe {
         let page = *(*h).direct.get_unchecked(w);
+        pop_block(page, (*h).stats.direct_allocs.get_unchecked(w)) as *mut u8
+    }
+}
+
+/// Takes the first block of `page`'s free list and counts it on `counter`; null if the list
+/// is empty. The one pop every allocation path goes through.
+///
+/// # Safety
+/// `page` is a page of the calling thread's heap (or EMPTY_PAGE, whose free list is always
+/// empty, so it is never written) and `counter` one of that heap's counters.
+#[inline(always)]
+unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Block {
+    // SAFETY: the page is ours (contract): its free list and counts are ours to change, and a
+    // block on the free list is free, so its link is ours to read.
+    unsafe {
         let block = (*page).free;
         if !block.is_null() {
             (*page).free = (*block).next;
             (*page).used += 1;
-            bump((*h).stats.direct_allocs.get_unchecked(w), 1);
+            bump(counter, 1);
         }
-        block as *mut u8
+        block
+    }
+}
+
+/// Clears the first `size` bytes of `block`, just popped from `page`: only its link if the
+/// page's free blocks are known to be zero.
+///
+/// # Safety
+/// `block` is a block of `page` just handed out, at least `size` bytes long.
+#[inline(always)]
+unsafe fn zero_block(page: *const Page, block: *mut Block, size: usize) {
+    // SAFETY: the block is ours to write (contract).
+    unsafe {
+        if (*page).free_is_zero {
+            (*block).next = ptr::null_mut();
+        } else {
+            ptr::write_bytes(block as *mut u8, 0, size);
+        }
     }
 }
 
@@ -964,11 +996,8 @@ unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
     // free is null, so we never write it).
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
-        let block = (*page).free;
+        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
         if !block.is_null() {
-            (*page).free = (*block).next;
-            (*page).used += 1;
-            bump((*h).stats.allocs.get_unchecked(bin), 1);
             return block as *mut u8;
         }
         alloc_bin_slow(h, bin, false)
@@ -990,16 +1019,9 @@ unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 
     // SAFETY: as in alloc_bin_in; the block is ours to write once popped.
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
-        let block = (*page).free;
+        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
         if !block.is_null() {
-            (*page).free = (*block).next;
-            (*page).used += 1;
-            bump((*h).stats.allocs.get_unchecked(bin), 1);
-            if (*page).free_is_zero {
-                (*block).next = ptr::null_mut();
-            } else {
-                ptr::write_bytes(block as *mut u8, 0, size);
-            }
+            zero_block(page, block, size);
             return block as *mut u8;
         }
         // The slow path clears what needs clearing when asked to.
@@ -1144,16 +1166,9 @@ const FEW_BLOCKS: u32 = 64;
 unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
     // SAFETY: page is ours, in bin's queue (so bin < NBINS), and has a free block.
     unsafe {
-        let block = (*page).free;
-        (*page).free = (*block).next;
-        (*page).used += 1;
-        bump((*h).stats.allocs.get_unchecked(bin), 1);
+        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
         if zero {
-            if (*page).free_is_zero {
-                (*block).next = ptr::null_mut();
-            } else {
-                ptr::write_bytes(block as *mut u8, 0, (*page).block_size as usize);
-            }
+            zero_block(page, block, (*page).block_size as usize);
         }
         block as *mut u8
     }
