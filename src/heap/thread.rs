@@ -93,8 +93,7 @@ impl HeapStats {
             *d = c.load(Ordering::Relaxed);
         }
         for (w, c) in self.direct_allocs.iter().enumerate() {
-            // Slot w serves sizes up to 16 w (w = 0 and 1 both the 16-byte bin).
-            let bin = bin_of((w * 16).max(16));
+            let bin = direct_bin(w);
             n[bin] = n[bin].wrapping_add(c.load(Ordering::Relaxed));
         }
         n
@@ -956,6 +955,13 @@ unsafe fn zero_block(page: *const Page, block: *mut Block, size: usize) {
     }
 }
 
+/// The bin whose current page `Heap::direct` slot `w` holds: slot `w` serves sizes up to
+/// `16 w`, and slots 0 and 1 both the 16-byte bin.
+#[inline(always)]
+fn direct_bin(w: usize) -> usize {
+    bin_of((w * 16).max(16))
+}
+
 /// [`alloc_direct`] when the page has no free block (or the thread has no heap yet).
 ///
 /// # Safety
@@ -963,7 +969,7 @@ unsafe fn zero_block(page: *const Page, block: *mut Block, size: usize) {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn alloc_direct_slow(w: usize) -> *mut u8 {
-    let bin = bin_of((w * 16).max(16));
+    let bin = direct_bin(w);
     let h = heap_or_unset();
     // SAFETY: 16 <= max(16 w, 16) <= DIRECT_MAX, so bin < NBINS; h is this thread's heap,
     // whose current page of `bin` (the one alloc_direct looked at) has no free block.
