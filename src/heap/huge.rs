@@ -210,6 +210,19 @@ pub fn for_each_claimed(mut f: impl FnMut(*mut Segment)) {
     }
 }
 
+/// In a fork child: drops every claim. The child's one thread is the one that forked, which
+/// holds none (fork is not called from inside a visit or a move), so each claim belongs to a
+/// visitor that does not exist there (the demoter), and the object's free would wait for it
+/// forever.
+pub fn clear_claims_after_fork() {
+    for slot in REGISTRY.iter() {
+        let v = slot.load(Ordering::Relaxed);
+        if v & CLAIMED != 0 {
+            slot.store(v & !CLAIMED, Ordering::Release);
+        }
+    }
+}
+
 /// Unmaps a huge segment.
 ///
 /// # Safety

@@ -2362,46 +2362,11 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fork: no lock may be held by a thread that does not exist in the child.
+// fork: no lock may be held by a thread that does not exist in the child, and no heap of one
+// may stay listed or own segments there (see fork.rs).
 
-extern "C" fn fork_prepare() {
-    REGISTRY.lock.lock_raw();
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.lock_raw();
-    }
-    for l in POOLS
-        .iter()
-        .chain(ABANDONED.iter())
-        .chain(ABANDONED_FULL.iter())
-    {
-        l.lock_for_fork();
-    }
-}
-
-extern "C" fn fork_parent() {
-    for l in POOLS
-        .iter()
-        .chain(ABANDONED.iter())
-        .chain(ABANDONED_FULL.iter())
-    {
-        l.unlock_after_fork();
-    }
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.unlock_raw();
-    }
-    REGISTRY.lock.unlock_raw();
-}
-
-/// Registers the fork handlers (once, from process initialisation). In the child, only the
-/// forking thread lives on: blocks other threads owned stay valid and can be freed (their
-/// frees become remote frees that nobody collects: memory, not correctness, is lost).
-pub(crate) fn register_fork_handlers() {
-    // SAFETY: three extern "C" functions with no preconditions; the child handler is the
-    // parent one (every lock was taken by the forking thread, so releasing is right in both).
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_parent));
-    }
-}
+mod fork;
+pub(crate) use fork::register_fork_handlers;
 
 /// Segments in the node pools and abandoned right now (for statistics).
 pub fn segment_counts() -> (usize, usize, usize) {
