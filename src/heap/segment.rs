@@ -672,10 +672,14 @@ pub fn contains(p: *const u8) -> bool {
 pub fn for_each_tagged(mut want: impl FnMut(u16) -> bool, mut f: impl FnMut(*mut Segment, u16)) {
     let lo = MAP_LO.load(Ordering::Relaxed);
     let hi = MAP_HI.load(Ordering::Relaxed).min(MAP_ENTRIES - 1);
-    for i in lo..=hi {
-        let e = SEGMENT_MAP[i].load(Ordering::Relaxed);
+    // None while no entry was ever inserted (lo > hi).
+    let Some(span) = SEGMENT_MAP.get(lo..=hi) else {
+        return;
+    };
+    for (k, entry) in span.iter().enumerate() {
+        let e = entry.load(Ordering::Relaxed);
         if e > MAP_UNOWNED && e != NO_TAG && want(e) {
-            f((i << SEGMENT_SHIFT) as *mut Segment, e);
+            f(((lo + k) << SEGMENT_SHIFT) as *mut Segment, e);
         }
     }
 }

@@ -489,21 +489,40 @@ mod tests {
                 }
                 let p = blocks[0] as *mut u8;
                 let seg = segment_of(p);
-                let owner = (*seg).owner.load(Ordering::Relaxed);
-                if owner == dead {
+                if (*seg).owner.load(Ordering::Relaxed) == dead {
                     return 4;
                 }
                 if map_tag(p) != MAP_UNOWNED {
                     return 5;
                 }
-                for &b in &blocks {
-                    free(b as *mut u8);
-                }
-                if (*seg).owner.load(Ordering::Relaxed) != me as usize {
-                    return 6; // not adopted by its freer
-                }
             }
-            0
+            // A new thread (glibc may well give it the dead thread's stack, and so its heap's
+            // address) frees the blocks: it adopts their segment, which is then on its list.
+            let blocks = blocks.clone();
+            std::thread::spawn(move || {
+                // SAFETY: live blocks of the dead thread, each freed once; our own heap's
+                // segment list is read by us.
+                unsafe {
+                    for &b in &blocks {
+                        free(b as *mut u8);
+                    }
+                    let seg = segment_of(blocks[0] as *const u8);
+                    let me = heap();
+                    if (*seg).owner.load(Ordering::Relaxed) != me as usize {
+                        return 6;
+                    }
+                    let mut s = (*me).segments;
+                    while !s.is_null() && s != seg {
+                        s = (*s).next;
+                    }
+                    if s.is_null() {
+                        return 7;
+                    }
+                }
+                0
+            })
+            .join()
+            .unwrap_or(8)
         });
         barrier.wait();
         other.join().unwrap();
@@ -514,8 +533,9 @@ mod tests {
         assert_eq!(
             child,
             Ok(0),
-            "2: a dead heap in the registry; 3: its tag taken; \
-                   4: its segment still names it; 5: its map entry names a tag; 6: not adopted"
+            "2: a dead heap in the registry; 3: its tag taken; 4: its segment still names it; \
+             5: its map entry names a tag; 6: not adopted by its freer; 7: owned but not on the \
+             owner's list; 8: the thread panicked"
         );
     }
 }
