@@ -27,298 +27,18 @@
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::thread;
+
+#[path = "stress_mi/support.rs"]
+mod support;
+use support::*;
 
 #[global_allocator]
 static A: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 /// The largest alignment tieralloc serves; above it a request may be refused (null).
 const MAX_ALIGN: usize = 2 << 20;
-
-// ---------------------------------------------------------------------------------------------
-// Randomness: splitmix64, seeded per run, round and thread, so a failure names its seed.
-
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x6A09_E667_F3BC_C909)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below((hi - lo + 1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Blocks and their cookies.
-
-/// A block the test owns: where, how big, its alignment, and its serial number (unique per
-/// allocation, so a block handed out twice at the same address and size still differs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Blk {
-    addr: usize,
-    size: usize,
-    align: usize,
-    serial: u64,
-    /// The worker that allocated (or last resized) it.
-    owner: u32,
-}
-
-impl Blk {
-    fn layout(&self) -> Layout {
-        Layout::from_size_align(self.size, self.align).unwrap()
-    }
-    fn cookie(&self) -> u64 {
-        mix((self.addr as u64) ^ (self.size as u64).rotate_left(40) ^ mix(self.serial))
-    }
-}
-
-/// Blocks up to this many words are written and checked whole; bigger ones at probes.
-const FULL_WORDS: usize = 8 << 10;
-/// Head and tail words probed in a big block.
-const EDGE_WORDS: usize = 512;
-/// One word in this many is probed in the middle of a big block (prime, so probes wander
-/// across OS pages and cache lines).
-const STRIDE: usize = 509;
-
-/// Calls `f` on each word index of a block of `words` words that carries the cookie.
-fn for_each_probe(words: usize, mut f: impl FnMut(usize) -> bool) -> bool {
-    if words <= FULL_WORDS {
-        return (0..words).all(f);
-    }
-    (0..EDGE_WORDS).all(&mut f)
-        && (EDGE_WORDS..words - EDGE_WORDS).step_by(STRIDE).all(&mut f)
-        && (words - EDGE_WORDS..words).all(f)
-}
-
-fn word_val(cookie: u64, i: usize) -> u64 {
-    cookie ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
-}
-
-fn byte_val(cookie: u64, j: usize) -> u8 {
-    (cookie >> (8 * (j % 8))) as u8 ^ (j as u8)
-}
-
-/// Writes `b`'s cookie into the block.
-fn fill(b: &Blk) {
-    let (c, p, words) = (b.cookie(), b.addr as *mut u8, b.size / 8);
-    for_each_probe(words, |i| {
-        // SAFETY: word i lies inside the live block (8 * i + 8 <= size).
-        unsafe { (p.add(8 * i) as *mut u64).write_unaligned(word_val(c, i)) };
-        true
-    });
-    for j in words * 8..b.size {
-        // SAFETY: j < size.
-        unsafe { *p.add(j) = byte_val(c, j) };
-    }
-}
-
-/// Checks the cookie of `b` in the block's first `limit` bytes (all of it when limit >= size),
-/// reading from `at` (the block itself, or where realloc moved it). Returns the first bad
-/// byte offset.
-fn check_at(b: &Blk, at: usize, limit: usize) -> Result<(), usize> {
-    let (c, p, words) = (b.cookie(), at as *const u8, b.size / 8);
-    let limit = limit.min(b.size);
-    let mut bad = None;
-    for_each_probe(words, |i| {
-        if 8 * i + 8 > limit {
-            return true;
-        }
-        // SAFETY: word i lies inside the live block.
-        let v = unsafe { (p.add(8 * i) as *const u64).read_unaligned() };
-        if v != word_val(c, i) {
-            bad = Some(8 * i + (v ^ word_val(c, i)).trailing_zeros() as usize / 8);
-            return false;
-        }
-        true
-    });
-    if let Some(o) = bad {
-        return Err(o);
-    }
-    for j in words * 8..limit {
-        // SAFETY: j < size.
-        if unsafe { *p.add(j) } != byte_val(c, j) {
-            return Err(j);
-        }
-    }
-    Ok(())
-}
-
-/// Checks that the whole block is zero (alloc_zeroed). Returns the first non-zero offset.
-fn check_zero(b: &Blk) -> Result<(), usize> {
-    // SAFETY: the block is live and `size` bytes long.
-    let s = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.size) };
-    let (head, mid, tail) = {
-        // SAFETY: reading initialised bytes as u64 at any alignment u64 allows.
-        unsafe { s.align_to::<u64>() }
-    };
-    if let Some(i) = head.iter().position(|&x| x != 0) {
-        return Err(i);
-    }
-    if let Some(i) = mid.iter().position(|&x| x != 0) {
-        return Err(head.len() + 8 * i);
-    }
-    match tail.iter().position(|&x| x != 0) {
-        Some(i) => Err(head.len() + 8 * mid.len() + i),
-        None => Ok(()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The index of live blocks.
-
-/// start → (end, serial, align, owner) of every live block. One lock: the test's bookkeeping
-/// serialises here, the allocator calls do not (they happen outside the lock).
-struct Index(Mutex<BTreeMap<usize, Entry>>);
-
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    end: usize,
-    align: usize,
-    serial: u64,
-    owner: u32,
-}
-
-impl Index {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<usize, Entry>> {
-        // A failed thread may have poisoned it; the others fail on their own evidence.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Enters a block the allocator has just returned. Fails if it overlaps a live block.
-    fn insert(&self, b: &Blk) -> Result<(), Fault> {
-        let end = b.addr + b.size;
-        let mut m = self.lock();
-        let below = m.range(..=b.addr).next_back().map(|(&s, e)| (s, *e));
-        let above = m.range(b.addr..end).next().map(|(&s, e)| (s, *e));
-        for (s, e) in below.into_iter().chain(above) {
-            if s < end && b.addr < e.end {
-                return Err(Fault::Overlap(*b, s, e));
-            }
-        }
-        m.insert(
-            b.addr,
-            Entry {
-                end,
-                align: b.align,
-                serial: b.serial,
-                owner: b.owner,
-            },
-        );
-        Ok(())
-    }
-
-    /// Removes a block about to be freed (or resized); it must be in the index as it is.
-    fn remove(&self, b: &Blk) -> Result<(), Fault> {
-        let got = self.lock().remove(&b.addr);
-        match got {
-            Some(e) if e.end == b.addr + b.size && e.serial == b.serial => Ok(()),
-            other => Err(Fault::NotLive(*b, other)),
-        }
-    }
-
-    /// The block that starts at `addr` (taken out of the transfer array).
-    fn get(&self, addr: usize) -> Result<Blk, Fault> {
-        match self.lock().get(&addr) {
-            Some(e) => Ok(Blk {
-                addr,
-                size: e.end - addr,
-                align: e.align,
-                serial: e.serial,
-                owner: e.owner,
-            }),
-            None => Err(Fault::NotInIndex(addr)),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-}
-
-/// What a check found. Plain data, so it can be reported without allocating: after a block
-/// was handed out twice the allocator's lists may be broken, and the report must get out
-/// before anything else allocates.
-#[derive(Debug)]
-enum Fault {
-    /// A new block overlaps the live block starting at .1.
-    Overlap(Blk, usize, Entry),
-    /// A block to be freed or resized is not in the index as it should be.
-    NotLive(Blk, Option<Entry>),
-    /// An address taken out of the transfer array is not live.
-    NotInIndex(usize),
-    /// A block's cookie is broken at this byte (read at the given address).
-    Cookie(Blk, usize, usize, &'static str),
-    /// alloc_zeroed returned a non-zero byte at this offset.
-    NotZero(Blk, usize),
-    /// An allocation or realloc failed or was misaligned: (size, align, result, what).
-    Bad(usize, usize, usize, &'static str),
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fault::Overlap(b, s, e) => write!(
-                f,
-                "block handed out twice: new {b:x?} overlaps live block {s:#x}..{:#x} \
-                 (serial {:#x}, align {:#x}, worker {:#x})",
-                e.end, e.serial, e.align, e.owner
-            ),
-            Fault::NotLive(b, e) => write!(f, "index entry of {b:x?} is {e:x?}"),
-            Fault::NotInIndex(a) => write!(f, "{a:#x} from the transfer array is not live"),
-            Fault::Cookie(b, at, o, when) => write!(
-                f,
-                "{when}: cookie of {b:x?} (read at {at:#x}) broken at byte {o}: corrupted, \
-                 or handed to someone else while live"
-            ),
-            Fault::NotZero(b, o) => write!(f, "alloc_zeroed {b:x?}: byte {o} is not zero"),
-            Fault::Bad(size, align, p, what) => {
-                write!(f, "{what}: size {size}, align {align}: returned {p:#x}")
-            }
-        }
-    }
-}
-
-/// A fixed buffer to format a report into without allocating.
-struct Buf {
-    b: [u8; 1024],
-    n: usize,
-}
-
-impl std::fmt::Write for Buf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let k = s.len().min(self.b.len() - self.n);
-        self.b[self.n..self.n + k].copy_from_slice(&s.as_bytes()[..k]);
-        self.n += k;
-        Ok(())
-    }
-}
-
-/// Writes the report straight to stderr (past the test harness's capture) and aborts: the
-/// allocator cannot be trusted to unwind a panic once it has handed a block out twice.
-fn die(args: std::fmt::Arguments<'_>) -> ! {
-    let mut buf = Buf { b: [0; 1024], n: 0 };
-    let _ = std::fmt::Write::write_fmt(&mut buf, format_args!("\nstress_mi FAILED: {args}\n"));
-    // SAFETY: writes initialised bytes of our buffer to fd 2.
-    unsafe { libc::write(2, buf.b.as_ptr().cast(), buf.n) };
-    std::process::abort();
-}
 
 static INDEX: Index = Index(Mutex::new(BTreeMap::new()));
 
@@ -395,39 +115,6 @@ fn random_align(r: &mut Rng) -> usize {
         90..=97 => 1 << r.range(13, 20), // 8 KiB .. 1 MiB
         _ => 1 << r.range(21, 23),       // 2, 4, 8 MiB (above 2 MiB may be refused)
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// CPU moves.
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
-            return vec![0];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Pins the calling thread to `cpu`. Under simulated nodes this changes its home node
-/// whenever `cpu % N` changes; the heap notices within 16 slow paths.
-fn pin(cpu: usize) -> bool {
-    // SAFETY: cpu_set_t is plain data; the call reads it for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0
-    }
-}
-
-fn current_cpu() -> i32 {
-    // SAFETY: no preconditions.
-    unsafe { libc::sched_getcpu() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,7 +384,7 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 /// One run: `cfg.rounds` rounds of `cfg.threads` workers; then everything is freed and the
 /// allocator's counters are checked against the baseline taken before the run.
 fn run(seed: u64, cfg: &Cfg) {
-    let base = settle();
+    let base = settle(&cfg.cpus);
     let cpus_now = allowed_cpus();
     let mut live_peak = 0;
     for round in 0..cfg.rounds {
@@ -768,7 +455,10 @@ fn run(seed: u64, cfg: &Cfg) {
         }
     }
     assert_eq!(INDEX.len(), 0, "seed {seed:#x}: blocks still live");
-    let end = settle();
+    // The empty map may still hold a root node a worker allocated: free it, so that nothing
+    // of the test stays live in a segment an exited worker abandoned.
+    drop(std::mem::take(&mut *INDEX.lock()));
+    let end = settle(&cfg.cpus);
     check_leaks(seed, &base, &end);
     eprintln!(
         "seed {seed:#x}: ok; up to {live_peak} blocks live between rounds; live bytes {} -> {}, \
@@ -784,21 +474,33 @@ fn run(seed: u64, cfg: &Cfg) {
     );
 }
 
-/// Collects on this thread, lets a fresh thread tend what exited threads left (it adopts and
-/// gives back emptied abandoned segments), collects again, and takes a snapshot.
-fn settle() -> tieralloc::Stats {
+/// Collects on this thread, lets a fresh thread on each CPU tend what exited threads left (it
+/// adopts and gives back emptied abandoned segments of its node: under simulated nodes a
+/// node's segments wait for a thread of that node), collects again, and takes a snapshot.
+fn settle(cpus: &[usize]) -> tieralloc::Stats {
     for _ in 0..2 {
         tieralloc::collect();
     }
-    thread::spawn(|| {
-        let v = std::hint::black_box(vec![1u8; 64]);
-        for _ in 0..4 {
-            tieralloc::collect();
-        }
-        drop(v);
-    })
-    .join()
-    .unwrap();
+    for &cpu in cpus {
+        thread::spawn(move || {
+            pin(cpu);
+            // The heap takes its node when the thread first allocates (maybe before the pin)
+            // and follows the CPU every 16 slow paths, not in collect(): freeing a large
+            // block is a slow path, so 64 of them bring it home.
+            for _ in 0..64 {
+                drop(std::hint::black_box(vec![1u8; 100 << 10]));
+            }
+            let v = std::hint::black_box(vec![1u8; 64]);
+            // A collection tends one abandoned segment (of each kind) of its node: enough
+            // passes to visit every one.
+            for _ in 0..tieralloc::stats().segments_abandoned + 4 {
+                tieralloc::collect();
+            }
+            drop(v);
+        })
+        .join()
+        .unwrap();
+    }
     for _ in 0..2 {
         tieralloc::collect();
     }
@@ -811,29 +513,47 @@ fn check_leaks(seed: u64, base: &tieralloc::Stats, end: &tieralloc::Stats) {
     // Large and huge blocks are only ever the test's: exactly back.
     assert_eq!(end.huge_bytes_live, base.huge_bytes_live, "{}", ctx());
     assert_eq!(end.large_bytes_live, base.large_bytes_live, "{}", ctx());
-    // Small blocks: the index's B-tree nodes come and go; it is empty again, so at most its
-    // root (a few hundred bytes) differs; measured: under 3 KiB. 8 KiB is half of one leaked
-    // 128-byte block per worker.
+    // Small blocks: what the harness and this thread hold, nothing of the run (the index is
+    // dropped). Measured: +1.2 KiB, the same in every run. 4 KiB is one leaked 32-byte block
+    // per worker of a single round.
     let diff = end.bytes_live.abs_diff(base.bytes_live);
-    assert!(diff <= 8 << 10, "live bytes differ by {diff}: {}", ctx());
+    assert!(diff <= 4 << 10, "live bytes differ by {diff}: {}", ctx());
     // Segments in use (not pooled) and abandoned: the heaps of the threads still alive keep
     // the current page of each class they used, which may sit in segments adopted from
-    // exited workers. Measured: +1. 4 is far below one leaked segment per round.
+    // exited workers. Measured: +0 in use, +0 abandoned; one leaked segment per round would
+    // add 4 (10 in the long runs).
     let used = |s: &tieralloc::Stats| s.segments - s.segments_pooled;
-    assert!(used(end) <= used(base) + 4, "segments leaked: {}", ctx());
+    assert!(used(end) <= used(base) + 2, "segments leaked: {}", ctx());
     assert!(
-        end.segments_abandoned <= base.segments_abandoned + 2,
+        end.segments_abandoned <= base.segments_abandoned + 1,
         "abandoned segments left: {}",
         ctx()
     );
     // Committed bytes: collect() purged what was free, so what stays is those current pages
-    // (64 KiB each for small classes). 4 MiB is below one leaked huge block in every run
-    // (each run frees hundreds of them) and below a leaked page per worker.
+    // (64 KiB each for small classes). Measured: +0. 1 MiB is below one leaked huge block
+    // (each run frees hundreds) and one leaked 64 KiB page per worker of a single round.
     assert!(
-        end.bytes_committed <= base.bytes_committed + (4 << 20),
+        end.bytes_committed <= base.bytes_committed + (1 << 20),
         "committed bytes grew: {}",
         ctx()
     );
+    // Per node: each node's live bytes back where they were. Off unless asked for
+    // (TIERALLOC_STRESS_NODE_LIVE=1): today a large block freed by a thread of another node is
+    // booked as live on the freeing thread's node and freed twice on its own (see
+    // docs/correctness/stress.md), so under simulated nodes this fails by tens of MiB.
+    if std::env::var_os("TIERALLOC_STRESS_NODE_LIVE").is_some() {
+        for n in &end.nodes {
+            let was = base.nodes.iter().find(|b| b.node == n.node);
+            let was = was.map_or(0, |b| b.bytes_live);
+            assert!(
+                n.bytes_live.abs_diff(was) <= 64 << 10,
+                "node {}: live bytes {was} -> {}: {}",
+                n.node,
+                n.bytes_live,
+                ctx()
+            );
+        }
+    }
 }
 
 fn env_num(name: &str) -> Option<u64> {
@@ -892,6 +612,12 @@ fn stress_threads_transfer_move_and_exit() {
         get(&c.moves),
         get(&c.collects),
     );
+    let topo = tieralloc::topology();
+    eprintln!(
+        "topology {:?}, {} nodes\n{after}",
+        topo.source,
+        topo.nodes.len()
+    );
     // The run did what it claims.
     let allocs = get(&c.allocs);
     assert!(allocs >= 100_000 * runs, "only {allocs} allocations");
@@ -902,10 +628,10 @@ fn stress_threads_transfer_move_and_exit() {
     assert!(get(&c.foreign_reallocs) > 0 && get(&c.zeroed) > 0 && get(&c.huge) > 0);
     assert!(get(&c.aligned) > 0 && get(&c.collects) > 0);
     if cfg.cpus.len() > 1 {
-        assert!(get(&c.moves) > 1000 * runs, "only {} moves", get(&c.moves));
+        // Every worker does at least 2000 operations and moves at least every 400.
+        let min = 4 * (cfg.threads * cfg.rounds) as u64 * runs;
+        assert!(get(&c.moves) >= min, "only {} moves", get(&c.moves));
     }
     assert!(after.remote_frees > before.remote_frees, "{after}");
     assert!(after.pages_abandoned > before.pages_abandoned, "{after}");
-    let topo = tieralloc::topology();
-    eprintln!("{topo:?}\n{after}");
 }
