@@ -36,7 +36,10 @@ fn large_block_freed_from_another_node_leaves_both_nodes_balanced() {
     let cpus = support::allowed_cpus();
     let by_node = |node: u32| {
         let n = topo.nodes.iter().find(|n| n.id == node)?;
-        n.cpus.iter().map(|&c| c as usize).find(|c| cpus.contains(c))
+        n.cpus
+            .iter()
+            .map(|&c| c as usize)
+            .find(|c| cpus.contains(c))
     };
     let (Some(cpu0), Some(cpu1)) = (by_node(0), by_node(1)) else {
         eprintln!("skipped: needs CPUs on two nodes (try TIERALLOC_SIMULATE_NODES=2)");
@@ -50,7 +53,9 @@ fn large_block_freed_from_another_node_leaves_both_nodes_balanced() {
     let owner = thread::spawn(move || {
         go_to(cpu0);
         let v: Vec<u8> = vec![7u8; SIZE];
-        to_main.send(Box::into_raw(v.into_boxed_slice()) as *mut u8 as usize).unwrap();
+        to_main
+            .send(Box::into_raw(v.into_boxed_slice()) as *mut u8 as usize)
+            .unwrap();
         owner_rx.recv().unwrap();
         // Collects the remote free: the page empties and goes back.
         tieralloc::collect();
