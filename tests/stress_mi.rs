@@ -65,6 +65,7 @@ struct Counts {
     checks: AtomicU64,
     moves: AtomicU64,
     collects: AtomicU64,
+    bursts: AtomicU64,
     huge: AtomicU64,
 }
 
@@ -81,6 +82,7 @@ static COUNTS: Counts = Counts {
     checks: AtomicU64::new(0),
     moves: AtomicU64::new(0),
     collects: AtomicU64::new(0),
+    bursts: AtomicU64::new(0),
     huge: AtomicU64::new(0),
 };
 
@@ -168,7 +170,10 @@ impl Worker<'_> {
         } else {
             [1, 2, 8, 16][self.r.below(4) as usize]
         };
-        let zeroed = (15..27).contains(&kind);
+        self.alloc_with(size, align, (15..27).contains(&kind))
+    }
+
+    fn alloc_with(&mut self, size: usize, align: usize, zeroed: bool) -> Option<Blk> {
         let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: size > 0.
         let p = unsafe {
@@ -282,6 +287,19 @@ impl Worker<'_> {
         }
     }
 
+    /// Many blocks of one small size, all handed over: fills whole pages, which go on the
+    /// full list, so the other threads' frees into them take the delayed path (the owner
+    /// drains them later, perhaps just after a move to another node).
+    fn burst(&mut self) {
+        let size = self.r.range(16, 2048);
+        for _ in 0..self.r.range(32, 256) {
+            if let Some(b) = self.alloc_with(size, 8, false) {
+                self.transfer(b);
+            }
+        }
+        bump(&COUNTS.bursts);
+    }
+
     fn take_mine(&mut self) -> Option<Blk> {
         if self.mine.is_empty() {
             return None;
@@ -358,6 +376,8 @@ impl Worker<'_> {
                     if self.r.chance(25) {
                         tieralloc::collect();
                         bump(&COUNTS.collects);
+                    } else if self.r.chance(20) {
+                        self.burst();
                     }
                 }
             }
@@ -514,18 +534,19 @@ fn check_leaks(seed: u64, base: &tieralloc::Stats, end: &tieralloc::Stats) {
     assert_eq!(end.huge_bytes_live, base.huge_bytes_live, "{}", ctx());
     assert_eq!(end.large_bytes_live, base.large_bytes_live, "{}", ctx());
     // Small blocks: what the harness and this thread hold, nothing of the run (the index is
-    // dropped). Measured: +1.2 KiB, the same in every run. 4 KiB is one leaked 32-byte block
+    // dropped). Measured: +1.2 to +2.2 KiB. 4 KiB is one leaked 32-byte block
     // per worker of a single round.
     let diff = end.bytes_live.abs_diff(base.bytes_live);
     assert!(diff <= 4 << 10, "live bytes differ by {diff}: {}", ctx());
     // Segments in use (not pooled) and abandoned: the heaps of the threads still alive keep
     // the current page of each class they used, which may sit in segments adopted from
-    // exited workers. Measured: +0 in use, +0 abandoned; one leaked segment per round would
-    // add 4 (10 in the long runs).
+    // exited workers; and under simulated nodes this thread too changes node now and then,
+    // leaving segments that hold its own live blocks abandoned. Measured: +0 or +1 of each
+    // (long runs); one leaked segment per round would add 4 (10 in the long runs).
     let used = |s: &tieralloc::Stats| s.segments - s.segments_pooled;
-    assert!(used(end) <= used(base) + 2, "segments leaked: {}", ctx());
+    assert!(used(end) <= used(base) + 3, "segments leaked: {}", ctx());
     assert!(
-        end.segments_abandoned <= base.segments_abandoned + 1,
+        end.segments_abandoned <= base.segments_abandoned + 2,
         "abandoned segments left: {}",
         ctx()
     );
@@ -594,7 +615,7 @@ fn stress_threads_transfer_move_and_exit() {
     eprintln!(
         "{runs} runs, {} threads x {} rounds, cpus {:?}: allocs {} (zeroed {}, aligned {}, \
          huge {}, refused over-aligned {}), frees {} (by another thread {}), reallocs {} \
-         (of another thread's block {}), transfers {}, checks {}, cpu moves {}, collects {}",
+         (of another thread's block {}), transfers {}, checks {}, cpu moves {}, collects {}, bursts {}",
         cfg.threads,
         cfg.rounds,
         cfg.cpus,
@@ -611,6 +632,7 @@ fn stress_threads_transfer_move_and_exit() {
         get(&c.checks),
         get(&c.moves),
         get(&c.collects),
+        get(&c.bursts),
     );
     let topo = tieralloc::topology();
     eprintln!(
@@ -626,7 +648,7 @@ fn stress_threads_transfer_move_and_exit() {
         "few cross-thread frees"
     );
     assert!(get(&c.foreign_reallocs) > 0 && get(&c.zeroed) > 0 && get(&c.huge) > 0);
-    assert!(get(&c.aligned) > 0 && get(&c.collects) > 0);
+    assert!(get(&c.aligned) > 0 && get(&c.collects) > 0 && get(&c.bursts) > 0);
     if cfg.cpus.len() > 1 {
         // Every worker does at least 2000 operations and moves at least every 400.
         let min = 4 * (cfg.threads * cfg.rounds) as u64 * runs;
