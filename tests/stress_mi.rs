@@ -407,7 +407,9 @@ fn run(seed: u64, cfg: &Cfg) {
     let base = settle(&cfg.cpus);
     let cpus_now = allowed_cpus();
     let mut live_peak = 0;
+    NOW_SEED.store(seed, Ordering::Relaxed);
     for round in 0..cfg.rounds {
+        NOW_ROUND.store(round as u64, Ordering::Relaxed);
         let mut failure = None;
         thread::scope(|s| {
             let handles: Vec<_> = (0..cfg.threads)
@@ -588,6 +590,7 @@ fn env_num(name: &str) -> Option<u64> {
 
 #[test]
 fn stress_threads_transfer_move_and_exit() {
+    install_crash_report();
     let cpus = allowed_cpus();
     let threads = env_num("TIERALLOC_STRESS_THREADS").map_or(32, |t| t.max(2) as usize);
     let secs = env_num("TIERALLOC_STRESS_SECS");
