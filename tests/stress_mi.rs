@@ -21,7 +21,8 @@
 //!   use, abandoned segments and committed bytes within tight bounds.
 //!
 //! Knobs (environment): `TIERALLOC_STRESS_SECS=N` repeats runs with new seeds for N seconds;
-//! `TIERALLOC_STRESS_SEED=S` replays seed S; `TIERALLOC_STRESS_THREADS=T` (default 32).
+//! `TIERALLOC_STRESS_SEED=S` replays seed S; `TIERALLOC_STRESS_THREADS=T` (default 32);
+//! `TIERALLOC_STRESS_ROUNDS=R` (default 4, or 10 with `TIERALLOC_STRESS_SECS`).
 //! Without them the test is one short deterministic-seed run (a few seconds in release).
 
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
@@ -596,7 +597,8 @@ fn stress_threads_transfer_move_and_exit() {
     let secs = env_num("TIERALLOC_STRESS_SECS");
     let cfg = Cfg {
         threads,
-        rounds: if secs.is_some() { 10 } else { 4 },
+        rounds: env_num("TIERALLOC_STRESS_ROUNDS")
+            .map_or(if secs.is_some() { 10 } else { 4 }, |r| r.max(1) as usize),
         ops: 4000,
         keep: 64,
         cpus,
