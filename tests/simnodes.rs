@@ -138,6 +138,9 @@ fn inner_topology_far_tier() {
     let tiers = tieralloc::tiers::stats();
     assert_eq!(tiers.len(), 2);
     assert_eq!(tiers[1].nodes, [2]);
+    // The object pool keeps a store per simulated node.
+    let pool = tieralloc::Pool::builder(|| 0u64).build();
+    assert_eq!(pool.stats().nodes, 3);
 }
 
 #[test]
