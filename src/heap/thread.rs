@@ -204,6 +204,10 @@ pub struct Heap {
     tag: u16,
     /// A node heap (shared, lock-protected, fixed node) rather than a thread's.
     shared: bool,
+    /// A walk over a list of blocks that point into our pages is in progress (a drain of
+    /// `delayed`): the heap must keep every segment until it ends, so a home-node change
+    /// seen meanwhile waits (see `heap_tick`).
+    walking: bool,
     node: u32,
     tick: u32,
     /// Blocks other threads freed back to us (collected or delayed) since we last took a new
@@ -247,6 +251,7 @@ impl Heap {
             state: UNINIT,
             tag: NO_TAG,
             shared: false,
+            walking: false,
             node: 0,
             tick: 0,
             returned: 0,
@@ -729,6 +734,13 @@ unsafe fn rehome(h: *mut Heap, node: u32) {
         (*h).node = node;
         (*h).state = ACTIVE;
     }
+}
+
+/// The node the calling thread's heap draws from (for `heap::probe`).
+pub(crate) fn heap_node() -> u32 {
+    // SAFETY: our own heap; `node` is written only by this thread (and read under the
+    // registry lock by others).
+    unsafe { (*heap()).node }
 }
 
 /// Runs `f` on every page in use in `seg` (owner only).
@@ -2098,6 +2110,14 @@ unsafe fn drain_delayed(h: *mut Heap) {
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
     unsafe {
         let mut b = (*h).delayed.0.take_all();
+        if b.is_null() {
+            return;
+        }
+        // The blocks still on `b` are counted as used by their pages, which must stay ours
+        // until they are freed: no rehome (which gives every segment away) until the walk
+        // is over. Drains nest (a free's tick may collect, which drains), hence the save.
+        let was_walking = (*h).walking;
+        (*h).walking = true;
         while !b.is_null() {
             let next = (*b).next;
             let seg = segment_of(b as *const u8);
@@ -2112,6 +2132,7 @@ unsafe fn drain_delayed(h: *mut Heap) {
             }
             b = next;
         }
+        (*h).walking = was_walking;
     }
 }
 
@@ -2132,6 +2153,14 @@ unsafe fn heap_tick(h: *mut Heap) {
         if !(*h).shared {
             let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
+                if (*h).walking {
+                    // In the middle of a drain (this tick is one of its frees): moving now
+                    // would abandon the pages the rest of its list points into, and the walk
+                    // would go on freeing into pages another thread may adopt. The tick is
+                    // left one short, so the next tick (after the walk) looks again.
+                    (*h).tick = (*h).tick.wrapping_sub(1);
+                    return;
+                }
                 rehome(h, node);
                 return;
             }
