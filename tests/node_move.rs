@@ -8,6 +8,8 @@
 //! - A thread moves to another node just before it drains its delayed frees: the drain must
 //!   not hand its segments away while the rest of the list still points into them (issue 14,
 //!   defect 1: one block handed to two threads).
+//! - A thread frees a huge block, moves to the other node, and allocates one: it gets memory
+//!   of its new node, not the mapping its cache kept from the old one (issue 14, defect 3).
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::BTreeMap;
@@ -262,4 +264,76 @@ fn a_drain_cut_short_by_a_node_move_hands_no_block_twice() {
         return;
     }
     run_child("child_drain_then_move");
+}
+
+const MIB: usize = 1 << 20;
+
+/// Resident bytes of `[p, p+len)` (page-rounded).
+fn resident(p: usize, len: usize) -> usize {
+    let page = 4096;
+    let start = p & !(page - 1);
+    let pages = (p + len - start).div_ceil(page);
+    let mut v = vec![0u8; pages];
+    // SAFETY: mincore reads the page tables of a range we own and writes one byte per page
+    // into v, which holds that many.
+    let r = unsafe { libc::mincore(start as *mut libc::c_void, pages * page, v.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    v.iter().filter(|&&b| b & 1 != 0).count() * page
+}
+
+#[test]
+fn child_huge_after_move() {
+    if !in_child() {
+        return;
+    }
+    std::thread::spawn(|| {
+        // Small enough for the cache (at most 8 MiB of mappings, headers included).
+        let big = Layout::from_size_align(6 * MIB, 16).unwrap();
+        for i in 0..4u32 {
+            let (from, to) = (i % 2, 1 - i % 2);
+            settle_on(from);
+            // SAFETY: a non-zero size; each block is freed once, and read only while live.
+            unsafe {
+                let p = alloc(big);
+                assert!(!p.is_null() && probe::is_huge(p));
+                assert_eq!(probe::block_node(p), from);
+                std::ptr::write_bytes(p, 0x5A, big.size());
+                // Keep the writes (memory freed right after is fair game for the optimiser).
+                dealloc(std::hint::black_box(p), big);
+                // Moved, but no slow path since: the heap has not looked at its node yet.
+                tieralloc::numa::pin_current_thread_to_cpu(to).unwrap();
+                let q = alloc(big);
+                assert!(!q.is_null());
+                let node = probe::block_node(q);
+                // The cached mapping was filled, so every page of it is resident; a fresh
+                // one has only its header's pages (2 MiB at most with transparent huge
+                // pages) until written.
+                let reused = resident(q as usize + 3 * MIB, 3 * MIB);
+                dealloc(q, big);
+                assert_eq!(
+                    node, to,
+                    "round {i}: a huge block of node {from} for a thread on node {to}"
+                );
+                assert_eq!(
+                    reused, 0,
+                    "round {i}: the mapping cached on node {from} was reused"
+                );
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    println!("{DONE}");
+}
+
+/// Issue 14, defect 3. A thread's cache of freed huge mappings holds mappings of its heap's
+/// node; a thread that moved to another node went on being served from it (and mapping
+/// fresh huge blocks on its old node) until its heap noticed the move, up to 16 slow paths
+/// later. A huge allocation now checks the node first.
+#[test]
+fn a_moved_thread_gets_huge_blocks_of_its_new_node() {
+    if in_child() {
+        return;
+    }
+    run_child("child_huge_after_move");
 }

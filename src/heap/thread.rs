@@ -1642,11 +1642,23 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
             return dead_alloc(h, size, align, zero);
         }
         heap_tick(h);
+        // The node the thread runs on now: a huge block is served from the cache (which
+        // holds mappings of the heap's node) or mapped on the heap's node, so a move must be
+        // noticed here rather than within 16 slow paths, or the block lands on the old node.
+        // Cheap next to a huge allocation (no system call on one node, else a CPU lookup).
+        if !(*h).shared && !(*h).walking {
+            let home = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            if home != (*h).node {
+                rehome(h, home);
+            }
+        }
         let node = (*h).node;
-        // The smallest cached mapping that is big enough and at most four times the need.
+        // The smallest cached mapping of our node that is big enough and at most four times
+        // the need (all are of our node: a move empties the cache, and free_huge keeps only
+        // mappings of our node).
         let mut best: Option<usize> = None;
         for (i, e) in (*h).huge_cache.iter().enumerate() {
-            if !e.seg.is_null() {
+            if !e.seg.is_null() && (*e.seg).node as u32 == node {
                 let ms = (*e.seg).map_size;
                 if ms >= map_size
                     && ms >> huge::CACHE_FIT_SHIFT <= map_size
@@ -1661,7 +1673,10 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
             seg = (*h).huge_cache[i].seg;
             (*h).huge_cache[i] = EMPTY_ENTRY;
         } else if let Some(i) = (0..CACHE_SLOTS)
-            .filter(|&i| !(*h).huge_cache[i].seg.is_null())
+            .filter(|&i| {
+                let c = (*h).huge_cache[i].seg;
+                !c.is_null() && (*c).node as u32 == node
+            })
             .max_by_key(|&i| (*(*h).huge_cache[i].seg).map_size)
         {
             // Nothing big enough: the biggest cached mapping is moved into a mapping of the
