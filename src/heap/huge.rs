@@ -280,11 +280,22 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         if dst.is_null() {
             return ptr::null_mut();
         }
+        // Out of the segment map while the old range is still ours: once the kernel has
+        // moved it, any thread's next mmap may get that address and insert its own entry,
+        // which a removal after the move would erase. Nobody looks the entry up meanwhile:
+        // the mapping holds no object, or only the caller's (it is reallocating it).
+        super::segment::map_remove(seg);
         if !os::remap(seg as *mut u8, old_map, dst, new_map) {
+            super::segment::map_insert(seg);
             os::unmap(dst, new_map);
             return ptr::null_mut();
         }
-        super::segment::map_remove(seg);
+        #[cfg(test)]
+        tests::AFTER_REMAP.with(|f| {
+            if let Some(f) = f.get() {
+                f(seg as *mut u8)
+            }
+        });
         let new = dst as *mut Segment;
         (*new).map_size = new_map;
         super::segment::map_insert(new);
@@ -296,6 +307,59 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
 mod tests {
     use super::*;
     use crate::sync::AtomicBool;
+    use core::cell::Cell;
+
+    thread_local! {
+        /// Runs inside [`enlarge`] right after the kernel has released the old range (with
+        /// its address): what another thread may do at that moment.
+        pub(super) static AFTER_REMAP: Cell<Option<fn(*mut u8)>> = const { Cell::new(None) };
+    }
+
+    /// Issue 14, item 4: `enlarge` moved the mapping away (the old range is free for any
+    /// thread's next mmap) and only then removed the old address from the segment map; a
+    /// segment another thread mapped there in between lost its entry (its blocks would no
+    /// longer be known as tieralloc's: leaked frees, a usable size of 0 in the drop-in).
+    #[test]
+    fn a_segment_mapped_where_a_moved_mapping_was_keeps_its_map_entry() {
+        fn squat(old: *mut u8) {
+            // SAFETY: an anonymous mapping at an address nobody maps (the move has just
+            // released it); MAP_FIXED_NOREPLACE fails rather than replace anything.
+            let p = unsafe {
+                libc::mmap(
+                    old as *mut libc::c_void,
+                    SEGMENT_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            assert_eq!(p as *mut u8, old, "the released range was taken meanwhile");
+            super::super::segment::map_insert(old as *mut Segment);
+        }
+        let (offset, map_size) = layout_for(3 << 20, 16).unwrap();
+        let seg = map(map_size, offset, 3 << 20, 0, false);
+        assert!(!seg.is_null());
+        let old = seg as *mut u8;
+        AFTER_REMAP.with(|f| f.set(Some(squat)));
+        // SAFETY: a huge mapping of ours, unregistered and used by nobody else.
+        let new = unsafe { enlarge(seg, 2 * SEGMENT_SIZE) };
+        AFTER_REMAP.with(|f| f.set(None));
+        assert!(!new.is_null());
+        let kept = super::super::segment::contains(old);
+        let moved = super::super::segment::contains(new as *const u8);
+        // SAFETY: the squatter's mapping and the moved one are ours and hold nothing.
+        unsafe {
+            super::super::segment::map_remove(old as *mut Segment);
+            libc::munmap(old as *mut libc::c_void, SEGMENT_SIZE);
+            unmap(new);
+        }
+        assert!(moved, "the moved mapping is not in the segment map");
+        assert!(
+            kept,
+            "the segment mapped at the old address lost its map entry"
+        );
+    }
 
     #[test]
     fn the_owner_and_a_visitor_never_hold_an_object_at_once() {
