@@ -151,7 +151,15 @@ pub unsafe fn unregister(seg: *mut Segment) {
     loop {
         match slot.compare_exchange(seg as usize, 0, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => break,
-            Err(cur) if cur == seg as usize | CLAIMED => spin_hint(),
+            Err(cur) if cur == seg as usize | CLAIMED => {
+                #[cfg(test)]
+                tests::WHILE_CLAIMED.with(|f| {
+                    if let Some(f) = f.get() {
+                        f()
+                    }
+                });
+                spin_hint()
+            }
             Err(_) => break,
         }
     }
@@ -221,13 +229,18 @@ pub unsafe fn unmap(seg: *mut Segment) {
 }
 
 /// Grows the huge object of `seg` to `new_size` bytes by moving its pages into a bigger
-/// segment-aligned mapping (no copy). Returns the new segment, or null (nothing changed) if
-/// the size cannot be served or the kernel refuses. The registry slot, the segment map and
-/// the committed bytes are updated; the caller books the object's bytes.
+/// segment-aligned mapping (no copy), if the object is on `node`. Returns the new segment,
+/// or null (nothing changed) if the object is on another node, the size cannot be served or
+/// the kernel refuses. The registry slot, the segment map and the committed bytes are
+/// updated; the caller books the object's bytes (on `node`).
+///
+/// The node is read once the object is out of the registry: until then the automatic
+/// demoter may move the object and rewrite it (under its claim, which `unregister` waits
+/// out), and a caller that checked it earlier could book the growth on the wrong node.
 ///
 /// # Safety
 /// The caller owns the object of huge segment `seg` (it is reallocating it).
-pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
+pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segment {
     // SAFETY: the object and its header are the caller's (contract); the header moves with
     // the pages, so it is read before the move and written through the new address after.
     unsafe {
@@ -245,6 +258,11 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
         }
         let born = (*seg).huge_born_ms;
         unregister(seg);
+        // No visitor has it now: its node is settled.
+        if (*seg).node != node {
+            register(seg, born);
+            return ptr::null_mut();
+        }
         let new = enlarge(seg, new_map);
         if new.is_null() {
             register(seg, born);
@@ -304,7 +322,7 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sync::AtomicBool;
     use core::cell::Cell;
@@ -313,6 +331,9 @@ mod tests {
         /// Runs inside [`enlarge`] right after the kernel has released the old range (with
         /// its address): what another thread may do at that moment.
         pub(super) static AFTER_REMAP: Cell<Option<fn(*mut u8)>> = const { Cell::new(None) };
+        /// Runs inside [`unregister`] while it waits for a visitor that has the object
+        /// claimed (each time it looks).
+        pub(crate) static WHILE_CLAIMED: Cell<Option<fn()>> = const { Cell::new(None) };
     }
 
     /// Issue 14, item 4: `enlarge` moved the mapping away (the old range is free for any

@@ -1735,12 +1735,13 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let h = heap();
-        // The bytes are booked on this heap's counters, which must own the object's node.
-        if (*h).state != ACTIVE || (*seg).node as u32 != (*h).node {
+        if (*h).state != ACTIVE {
             return ptr::null_mut();
         }
         let old_size = (*seg).huge_size;
-        let new = huge::grow(seg, new_size);
+        // The bytes are booked on this heap's counters, which must own the object's node:
+        // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
+        let new = huge::grow(seg, new_size, (*h).node as u16);
         if new.is_null() {
             return ptr::null_mut();
         }
@@ -2575,6 +2576,74 @@ mod tests {
                 for (p, _) in live {
                     free(p);
                 }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Issue 14, item 4: the automatic demoter rewrites a huge block's `node` while it holds
+    /// the block's registry claim; `grow_huge` read it before taking the block out of the
+    /// registry (no claim), so it could check the old node, then grow a block that had just
+    /// moved to another node and book the growth on a heap of the old one. Here a stand-in
+    /// demoter claims the block, waits until the owner's realloc is waiting for the claim,
+    /// moves it (as `migrate` books a move) and lets go: the owner must not grow it.
+    #[test]
+    fn a_huge_block_moved_during_its_realloc_is_not_grown_on_the_old_node() {
+        use crate::sync::AtomicBool;
+        static CLAIMED: AtomicBool = AtomicBool::new(false);
+        static OWNER_WAITS: AtomicBool = AtomicBool::new(false);
+        std::thread::spawn(|| {
+            // SAFETY: a huge block of this thread's heap, freed once; the stand-in demoter
+            // touches its header only while it holds the claim, as the real one does.
+            unsafe {
+                let p = alloc_generic(3 << 20, 16, false);
+                assert!(!p.is_null());
+                let seg = segment_of(p);
+                assert_eq!((*seg).kind, SegmentKind::Huge);
+                let home = (*heap()).node;
+                assert_eq!((*seg).node as u32, home);
+                let far = (home as u16 + 1) % MAX_NODES as u16;
+                let addr = seg as usize;
+                let demoter = std::thread::spawn(move || {
+                    let mut done = false;
+                    while !done {
+                        huge::for_each_claimed(|s| {
+                            if s as usize != addr {
+                                return;
+                            }
+                            CLAIMED.store(true, Ordering::Release);
+                            while !OWNER_WAITS.load(Ordering::Acquire) {
+                                crate::sync::spin_hint();
+                            }
+                            // SAFETY: we hold the claim (see the outer SAFETY).
+                            unsafe {
+                                commit_sub((*s).node, (*s).map_size);
+                                commit_add(far, (*s).map_size);
+                                (*s).node = far;
+                            }
+                            done = true;
+                        });
+                    }
+                });
+                while !CLAIMED.load(Ordering::Acquire) {
+                    crate::sync::spin_hint();
+                }
+                huge::tests::WHILE_CLAIMED
+                    .with(|f| f.set(Some(|| OWNER_WAITS.store(true, Ordering::Release))));
+                let q = grow_huge(p, 5 << 20);
+                huge::tests::WHILE_CLAIMED.with(|f| f.set(None));
+                demoter.join().unwrap();
+                let grown_on = if q.is_null() {
+                    None
+                } else {
+                    Some((*segment_of(q)).node)
+                };
+                free(if q.is_null() { p } else { q });
+                assert_eq!(
+                    grown_on, None,
+                    "a block moved to node {far} was grown and booked on node {home}"
+                );
             }
         })
         .join()
