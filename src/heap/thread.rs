@@ -605,6 +605,12 @@ unsafe fn register(h: *mut Heap, node: u32) {
     // lock).
     unsafe {
         let hp = &mut *h;
+        if hp.state == ACTIVE {
+            // Registered already, by an allocation init_once made on this thread (in the
+            // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
+            // linking it again would make the registry a loop.
+            return;
+        }
         // Mark active first: whatever the steps below allocate is served by this heap.
         hp.state = ACTIVE;
         hp.node = node;
