@@ -344,12 +344,14 @@ pub(crate) mod tests {
     fn a_segment_mapped_where_a_moved_mapping_was_keeps_its_map_entry() {
         static SQUATTED: AtomicBool = AtomicBool::new(false);
         fn squat(old: *mut u8) {
+            // One page is enough to stand for another thread's segment there (the map is
+            // keyed by the segment's start; a whole segment could run into a neighbour).
             // SAFETY: an anonymous mapping at an address nobody maps (the move has just
             // released it); MAP_FIXED_NOREPLACE fails rather than replace anything.
             let p = unsafe {
                 libc::mmap(
                     old as *mut libc::c_void,
-                    SEGMENT_SIZE,
+                    os::OS_PAGE,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
                     -1,
@@ -363,7 +365,7 @@ pub(crate) mod tests {
                 super::super::segment::map_insert(old as *mut Segment);
             } else if p != libc::MAP_FAILED {
                 // SAFETY: a mapping we just made elsewhere (an old kernel ignoring the flag).
-                unsafe { libc::munmap(p, SEGMENT_SIZE) };
+                unsafe { libc::munmap(p, os::OS_PAGE) };
             }
             SQUATTED.store(ok, Ordering::Relaxed);
         }
@@ -385,7 +387,7 @@ pub(crate) mod tests {
             unsafe {
                 if squatted {
                     super::super::segment::map_remove(old as *mut Segment);
-                    libc::munmap(old as *mut libc::c_void, SEGMENT_SIZE);
+                    libc::munmap(old as *mut libc::c_void, os::OS_PAGE);
                 }
                 unmap(new);
             }
