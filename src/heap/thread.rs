@@ -749,6 +749,22 @@ pub(crate) fn heap_node() -> u32 {
     unsafe { (*heap()).node }
 }
 
+/// [`rehome`] from a tick, unless the tick is one of a drain's frees: moving then would
+/// abandon the pages the rest of the drained list points into, and the walk would go on
+/// freeing into pages another thread may adopt. The tick is then left one short, so the
+/// next tick (after the walk) looks again.
+#[cold]
+unsafe fn rehome_when_safe(h: *mut Heap, node: u32) {
+    // SAFETY: h is this thread's active heap (heap_tick's caller holds no page).
+    unsafe {
+        if (*h).walking {
+            (*h).tick = (*h).tick.wrapping_sub(1);
+            return;
+        }
+        rehome(h, node);
+    }
+}
+
 /// Runs `f` on every page in use in `seg` (owner only).
 unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
     // SAFETY: the caller owns seg; descriptors of pages in use are valid.
@@ -2175,15 +2191,7 @@ unsafe fn heap_tick(h: *mut Heap) {
         if !(*h).shared {
             let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
-                if (*h).walking {
-                    // In the middle of a drain (this tick is one of its frees): moving now
-                    // would abandon the pages the rest of its list points into, and the walk
-                    // would go on freeing into pages another thread may adopt. The tick is
-                    // left one short, so the next tick (after the walk) looks again.
-                    (*h).tick = (*h).tick.wrapping_sub(1);
-                    return;
-                }
-                rehome(h, node);
+                rehome_when_safe(h, node);
                 return;
             }
         }
