@@ -280,12 +280,64 @@ fn inner_cross_node_free() {
     b.join().unwrap();
 }
 
+/// Large blocks (over 64 KiB, a page of their own) freed across nodes: the bytes leave the
+/// block's node once, and the freeing thread's node is not credited with them.
+#[test]
+fn inner_cross_node_free_large() {
+    if !child() {
+        return;
+    }
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("skipped: one CPU allowed ({cpus:?})");
+        return;
+    }
+    let even = *cpus.iter().find(|c| *c % 2 == 0).unwrap();
+    let odd = *cpus.iter().find(|c| *c % 2 == 1).unwrap();
+    const K: usize = 8;
+    const SIZE: usize = 256 << 10;
+    let (to_b, from_a) = mpsc::channel::<Vec<Vec<u8>>>();
+    let (done_b, wait_b) = mpsc::channel::<()>();
+    let (ready_b, wait_ready) = mpsc::channel::<()>();
+    let b = std::thread::spawn(move || {
+        pin_and_settle(even);
+        ready_b.send(()).unwrap();
+        let v = from_a.recv().unwrap();
+        assert!(v.iter().all(|x| x[0] == 4 && x[SIZE - 1] == 4));
+        drop(v);
+        done_b.send(()).unwrap();
+    });
+    let a = std::thread::spawn(move || {
+        pin_and_settle(odd);
+        wait_ready.recv().unwrap();
+        let (n1, n0) = (node_stats(1), node_stats(0));
+        let v: Vec<Vec<u8>> = (0..K).map(|_| vec![4u8; SIZE]).collect();
+        let m1 = node_stats(1);
+        assert!(m1.bytes_live - n1.bytes_live >= (K * SIZE) as i64);
+        to_b.send(v).unwrap();
+        wait_b.recv().unwrap();
+        // The owner takes the emptied pages back (and books their bytes) when it collects.
+        tieralloc::collect();
+        let (e1, e0) = (node_stats(1), node_stats(0));
+        assert!(e1.cross_node_frees - n1.cross_node_frees >= K as u64);
+        let d1 = e1.bytes_live - n1.bytes_live;
+        let d0 = e0.bytes_live - n0.bytes_live;
+        assert!(
+            d1.abs() < 64 << 10 && d0.abs() < 64 << 10,
+            "after node 0 freed node 1's {K} large blocks: node 1 changed by {d1}, node 0 by {d0}"
+        );
+    });
+    a.join().unwrap();
+    b.join().unwrap();
+}
+
 #[test]
 fn a_block_freed_by_another_node_is_a_cross_node_free() {
     if child() {
         return;
     }
     run_child("inner_cross_node_free", "2");
+    run_child("inner_cross_node_free_large", "2");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2042,7 +2042,14 @@ unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8
         let (c, shared) = counters(h);
         add(&c.frees[(*page).bin as usize], 1, shared);
         add(&c.remote_frees, 1, shared);
-        count_node_free(h, (*seg).node, (*page).block_size as u64);
+        // A large block's bytes are booked off its node by the heap that takes the emptied
+        // page back (`free_large_page`, `release_empty_page`); here only the free counts.
+        let bytes = if (*page).bin as usize == LARGE_BIN {
+            0
+        } else {
+            (*page).block_size as u64
+        };
+        count_node_free(h, (*seg).node, bytes);
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
