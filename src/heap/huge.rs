@@ -322,7 +322,8 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::super::thread;
     use super::*;
     use crate::sync::AtomicBool;
     use core::cell::Cell;
@@ -333,7 +334,7 @@ pub(crate) mod tests {
         pub(super) static AFTER_REMAP: Cell<Option<fn(*mut u8)>> = const { Cell::new(None) };
         /// Runs inside [`unregister`] while it waits for a visitor that has the object
         /// claimed (each time it looks).
-        pub(crate) static WHILE_CLAIMED: Cell<Option<fn()>> = const { Cell::new(None) };
+        pub(super) static WHILE_CLAIMED: Cell<Option<fn()>> = const { Cell::new(None) };
     }
 
     /// Issue 14, item 4: `enlarge` moved the mapping away (the old range is free for any
@@ -402,6 +403,71 @@ pub(crate) mod tests {
             return;
         }
         panic!("other threads took the released address every time");
+    }
+
+    /// Issue 14, item 4: the automatic demoter rewrites a huge block's `node` while it holds
+    /// the block's registry claim; `grow_huge` read it before taking the block out of the
+    /// registry (no claim), so it could check the old node, then grow a block that had just
+    /// moved to another node and book the growth on a heap of the old one. Here a stand-in
+    /// demoter claims the block, waits until the owner's realloc is waiting for the claim,
+    /// moves it (as `migrate` books a move) and lets go: the owner must not grow it.
+    #[test]
+    fn a_huge_block_moved_during_its_realloc_is_not_grown_on_the_old_node() {
+        static CLAIMED: AtomicBool = AtomicBool::new(false);
+        static OWNER_WAITS: AtomicBool = AtomicBool::new(false);
+        std::thread::spawn(|| {
+            // SAFETY: a huge block of this thread's heap, freed once; the stand-in demoter
+            // touches its header only while it holds the claim, as the real one does.
+            unsafe {
+                let p = thread::alloc_generic(3 << 20, 16, false);
+                assert!(!p.is_null());
+                let seg = super::super::segment::segment_of(p);
+                assert_eq!((*seg).kind, SegmentKind::Huge);
+                let home = thread::heap_node();
+                assert_eq!((*seg).node as u32, home);
+                let far = (home as u16 + 1) % super::super::segment::MAX_NODES as u16;
+                let addr = seg as usize;
+                let demoter = std::thread::spawn(move || {
+                    let mut done = false;
+                    while !done {
+                        for_each_claimed(|s| {
+                            if s as usize != addr {
+                                return;
+                            }
+                            CLAIMED.store(true, Ordering::Release);
+                            while !OWNER_WAITS.load(Ordering::Acquire) {
+                                crate::sync::spin_hint();
+                            }
+                            // We hold the claim (see the outer SAFETY): the header is
+                            // ours to rewrite, as migrate books a move.
+                            super::super::segment::commit_sub((*s).node, (*s).map_size);
+                            super::super::segment::commit_add(far, (*s).map_size);
+                            (*s).node = far;
+                            done = true;
+                        });
+                    }
+                });
+                while !CLAIMED.load(Ordering::Acquire) {
+                    crate::sync::spin_hint();
+                }
+                WHILE_CLAIMED.with(|f| f.set(Some(|| OWNER_WAITS.store(true, Ordering::Release))));
+                let q = thread::grow_huge(p, 5 << 20);
+                WHILE_CLAIMED.with(|f| f.set(None));
+                demoter.join().unwrap();
+                let grown_on = if q.is_null() {
+                    None
+                } else {
+                    Some((*super::super::segment::segment_of(q)).node)
+                };
+                thread::free(if q.is_null() { p } else { q });
+                assert_eq!(
+                    grown_on, None,
+                    "a block moved to node {far} was grown and booked on node {home}"
+                );
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
