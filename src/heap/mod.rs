@@ -8,6 +8,8 @@
 
 pub(crate) mod huge;
 pub(crate) mod page;
+#[doc(hidden)]
+pub mod probe;
 pub mod remote;
 pub(crate) mod segment;
 pub mod size_class;
