@@ -7,7 +7,9 @@
 //! run (bumpalo is left out there: it would leak them).
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
+
+mod verdict;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -158,5 +160,74 @@ fn slots(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, alloc_fresh, alloc_reset, alloc_reset_drop, slots);
-criterion_main!(benches);
+/// Runs the cases, then prints the verdict table of docs/benchmarks.md from the medians
+/// measured now (targets: `Arena` within 1.10 × bumpalo and faster than typed-arena).
+fn main() {
+    let dir = verdict::output_dir();
+    let results = verdict::Results::new(&dir);
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .configure_from_args();
+    alloc_fresh(&mut c);
+    alloc_reset(&mut c);
+    alloc_reset_drop(&mut c);
+    slots(&mut c);
+    c.final_summary();
+
+    let mut out = String::from(
+        "\n| case | tieralloc::Arena | typed-arena | bumpalo | vs bumpalo (target ≤ 1.10) \
+         | vs typed-arena (target < 1) |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for (case, group, bump) in [
+        (
+            "allocate 10k into a fresh arena",
+            "arena/alloc_fresh_10k",
+            true,
+        ),
+        (
+            "allocate 10k then reset (typed-arena: new arena)",
+            "arena/alloc_reset_10k",
+            true,
+        ),
+        (
+            "1k strings then reset (Drop runs)",
+            "arena/alloc_reset_strings_1k",
+            false,
+        ),
+    ] {
+        let (Some(t), Some(ta)) = (
+            results.median_ns(group, "tieralloc::Arena"),
+            results.median_ns(group, "typed_arena"),
+        ) else {
+            continue;
+        };
+        any = true;
+        let b = bump.then(|| results.median_ns(group, "bumpalo")).flatten();
+        out.push_str(&format!(
+            "| {case} | {} | {} | {} | {} | {} |\n",
+            verdict::fmt_ns(t),
+            verdict::fmt_ns(ta),
+            b.map_or("—".into(), verdict::fmt_ns),
+            b.map_or("—".into(), |b| verdict::verdict(t, b, |r| r <= 1.10)),
+            verdict::verdict(t, ta, |r| r < 1.0),
+        ));
+    }
+    let g = "slots/insert_get_remove_10k";
+    if let (Some(t), Some(s)) = (
+        results.median_ns(g, "tieralloc::SlotArena"),
+        results.median_ns(g, "slotmap::SlotMap"),
+    ) {
+        any = true;
+        out.push_str(&format!(
+            "\n| case | tieralloc::SlotArena | slotmap::SlotMap | ratio (no target) |\n\
+             |---|---:|---:|---:|\n| insert 10k, get all, remove all | {} | {} | {:.2} |\n",
+            verdict::fmt_ns(t),
+            verdict::fmt_ns(s),
+            t / s
+        ));
+    }
+    if any {
+        println!("{out}");
+    }
+}

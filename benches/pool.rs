@@ -4,7 +4,9 @@ use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion};
+
+mod verdict;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -126,5 +128,49 @@ fn contended(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, single, contended);
-criterion_main!(benches);
+/// Runs the cases, then prints the verdict table of docs/benchmarks.md from the medians
+/// measured now (target: `Pool` faster than both object-pool and opool).
+fn main() {
+    let dir = verdict::output_dir();
+    let results = verdict::Results::new(&dir);
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .configure_from_args();
+    single(&mut c);
+    contended(&mut c);
+    c.final_summary();
+
+    let mut out = String::from(
+        "\n| case | tieralloc::Pool | object-pool | opool | vs object-pool | vs opool \
+         | target (faster than both) |\n|---|---:|---:|---:|---:|---:|---|\n",
+    );
+    let mut any = false;
+    for (case, threads) in [
+        ("1 thread", 1),
+        ("2 threads", 2),
+        ("4 threads (on 2 cores)", 4),
+    ] {
+        let g = format!("pool/get_return_{threads}t");
+        let (Some(t), Some(op), Some(o)) = (
+            results.median_ns(&g, "tieralloc::Pool"),
+            results.median_ns(&g, "object_pool"),
+            results.median_ns(&g, "opool"),
+        ) else {
+            continue;
+        };
+        any = true;
+        let pass = t < op && t < o;
+        out.push_str(&format!(
+            "| {case} | {} | {} | {} | {:.2} | {:.2} | {} |\n",
+            verdict::fmt_ns(t),
+            verdict::fmt_ns(op),
+            verdict::fmt_ns(o),
+            t / op,
+            t / o,
+            if pass { "PASS" } else { "FAIL" }
+        ));
+    }
+    if any {
+        println!("{out}");
+    }
+}

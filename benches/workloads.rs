@@ -1876,7 +1876,11 @@ fn driver(cli: Cli) {
             .map(|m| m.key)
             .unwrap_or("ops_per_s");
         for run in 0..runs {
-            for a in &cli.allocs {
+            // The order rotates by one allocator per run, so that no allocator always runs
+            // first (on a cold machine) or right after the same neighbour: over as many runs
+            // as allocators, each runs once in every position.
+            let n = cli.allocs.len();
+            for a in (0..n).map(|k| &cli.allocs[(k + run) % n]) {
                 pb.set_message(format!("{w} run {} {a}", run + 1));
                 let t = Instant::now();
                 match run_worker(&exe, w, a, cli.quick, &[], timeout) {

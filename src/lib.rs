@@ -87,6 +87,58 @@ pub fn owns(p: *const u8) -> bool {
     heap::segment::contains(p)
 }
 
+/// Where a live block sits, for test and probe diagnostics: its segment's address, the first
+/// slice and slice count of its page (0 and 0 for a huge segment), the node the segment is
+/// booked on, whether the page's memory was moved to another node (demotion), whether the
+/// segment is huge, and the address of the heap owning the segment (0: none).
+#[doc(hidden)]
+#[cfg(not(loom))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPlace {
+    pub segment: usize,
+    pub slice: usize,
+    pub slices: usize,
+    pub segment_node: u16,
+    pub moved: bool,
+    pub huge: bool,
+    pub owner: usize,
+}
+
+/// See [`BlockPlace`].
+///
+/// # Safety
+/// `p` must be a live pointer returned by [`TierAlloc`], not freed while this runs.
+#[doc(hidden)]
+#[cfg(not(loom))]
+pub unsafe fn block_place(p: *const u8) -> BlockPlace {
+    use heap::segment::{page_of, segment_of, SegmentKind};
+    let seg = segment_of(p);
+    // SAFETY: p is live (contract), so its segment header and, for a normal segment, its
+    // page's descriptor were written before p was handed out; only plain reads.
+    unsafe {
+        let huge = (*seg).kind == SegmentKind::Huge;
+        let (slice, slices, moved) = if huge {
+            (0, 0, false)
+        } else {
+            let page = page_of(seg, p);
+            (
+                (*page).slice_index(),
+                (*page).slice_count as usize,
+                (*page).moved != 0,
+            )
+        };
+        BlockPlace {
+            segment: seg as usize,
+            slice,
+            slices,
+            segment_node: (*seg).node,
+            moved,
+            huge,
+            owner: (*seg).owner.load(core::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// The usable size of a block that tieralloc returned: at least the size asked for.
 ///
 /// # Safety

@@ -78,6 +78,51 @@ fn malformed_environment_warns_once_per_variable_and_stats_print_at_exit() {
     assert!(!stderr.contains("purge delay"), "stderr:\n{stderr}");
 }
 
+/// Every variable of README's table (but `TIERALLOC_SIMULATE_NODES`, tested with the
+/// simulated nodes): a malformed value, alone in the environment, gives exactly one warning
+/// line, which names that variable and quotes the value, and the program runs on.
+#[test]
+fn each_variable_warns_about_a_malformed_value() {
+    const VARS: [(&str, &str); 10] = [
+        ("TIERALLOC_PURGE_DELAY_MS", "soon"),
+        ("TIERALLOC_SHOW_STATS", "maybe"),
+        ("TIERALLOC_VERBOSE", "loud"),
+        ("TIERALLOC_NUMA", "sometimes"),
+        ("TIERALLOC_NODES", "0,x"),
+        ("TIERALLOC_TIERS", "0;zz"),
+        ("TIERALLOC_IGNORE_HMAT", "perhaps"),
+        ("TIERALLOC_FAR_THRESHOLD", "lots"),
+        ("TIERALLOC_TIER_RATIO", "1:0"),
+        ("TIERALLOC_TIER_BUDGET", "near:plenty"),
+    ];
+    let mut failures = Vec::new();
+    for (var, bad) in VARS {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "child_allocates_a_bit",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1");
+        for (v, _) in VARS {
+            cmd.env_remove(v);
+        }
+        let out = cmd.env(var, bad).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+        let ok = out.status.success()
+            && warnings.len() == 1
+            && warnings[0].contains(var)
+            && warnings[0].contains(bad)
+            && warnings[0].starts_with("tieralloc: warning");
+        if !ok {
+            failures.push(format!("{var}={bad}: {:?}\n{stderr}", out.status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
 #[test]
 fn stats_round_trip_through_json_and_display_the_class_table() {
     let keep: Vec<Box<[u8; 3000]>> = (0..1000).map(|_| Box::new([7u8; 3000])).collect();

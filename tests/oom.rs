@@ -171,14 +171,15 @@ fn oom_child_scenario() {
     let r = unsafe { GLOBAL.realloc(p0, l0, isize::MAX as usize - 7) };
     let realloc_ok = r.is_null();
     let _ = realloc_layout;
-    // Alignments beyond what tieralloc serves: null, or a correctly aligned block.
+    // Alignments beyond what tieralloc serves (over 2 MiB): null, never a block, aligned or
+    // not (tests/align.rs checks the same with memory to spare).
     let mut align_ok = true;
     for shift in 22..=62 {
         let l = Layout::from_size_align(64, 1usize << shift).unwrap();
         // SAFETY: non-zero size.
         let p = unsafe { GLOBAL.alloc(l) };
         if !p.is_null() {
-            align_ok &= p as usize % (1usize << shift) == 0;
+            align_ok = false;
             // SAFETY: p was just allocated with l.
             unsafe { GLOBAL.dealloc(p, l) };
         }
@@ -189,10 +190,7 @@ fn oom_child_scenario() {
     println!("oom child: huge {nh}, large {nl}, small {ns} blocks before null");
     assert!(impossible_ok, "an impossible request returned a block");
     assert!(realloc_ok, "realloc to an impossible size returned a block");
-    assert!(
-        align_ok,
-        "an over-aligned request returned a misaligned block"
-    );
+    assert!(align_ok, "a request aligned over 2 MiB returned a block");
     assert!(
         nh * (64 << 20) < 256 << 20,
         "{nh} huge blocks under a 256 MiB cap"

@@ -32,6 +32,29 @@ fn warm_up_on_cpu0() {
     }
 }
 
+const MPOL_BIND: i32 = 2;
+
+/// The memory policy of the mapping at `addr` (get_mempolicy with MPOL_F_ADDR): its mode and
+/// the first 64 bits of its node mask. Touches nothing.
+fn policy_at(addr: usize) -> Option<(i32, u64)> {
+    const MPOL_F_ADDR: libc::c_ulong = 2;
+    let mut mode: libc::c_int = -1;
+    let mut mask = [0u64; 16];
+    // SAFETY: get_mempolicy writes one int and a node mask of 1024 bits (16 words) that we
+    // own; MPOL_F_ADDR only looks the address up.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            mask.as_mut_ptr(),
+            1024 as libc::c_ulong,
+            addr as *mut libc::c_void,
+            MPOL_F_ADDR,
+        )
+    };
+    (r == 0).then_some((mode, mask[0]))
+}
+
 /// Pages per node of the distinct pages holding `ranges` (each page counted once).
 fn page_census(ranges: &[(*const u8, usize)]) -> BTreeMap<i32, usize> {
     let mut pages: Vec<usize> = ranges
@@ -161,15 +184,19 @@ fn demotion(c: &mut Checks) {
         // Demoted and freed: the heap books it on node 2, so it is not reused as node-0
         // memory.
         // SAFETY: as above.
-        let _ = unsafe { tiers::demote(v.as_mut_ptr(), len) };
+        let d2 = unsafe { tiers::demote(v.as_mut_ptr(), len) };
+        let down_again = census(&[(v.as_ptr(), len)]);
+        let d2_ok = d2.is_ok_and(|r| r.failed == 0 && r.moved > 0)
+            && all_on(&down_again, 2)
+            && intact(&v, 7);
         drop(v);
         let mut w = vec![1u8; len];
         touch(w.as_mut_ptr(), len);
         let m = census(&[(w.as_ptr(), len)]);
         out.push((
             "demoted-block-freed-then-new-block-on-node-0",
-            all_on(&m, 0),
-            format!("{m:?}"),
+            d2_ok && all_on(&m, 0),
+            format!("demoted again: {d2:?}, pages {down_again:?}; freed, new block {m:?}"),
         ));
         // Memory that is not tieralloc's: a mapping of our own.
         let mlen = 4 << 20;
@@ -214,37 +241,66 @@ fn demotion(c: &mut Checks) {
         let mut large = vec![0u8; llen];
         fill(&mut large, 9);
         let at = large.as_ptr() as usize;
+        // SAFETY: a live block of the global allocator.
+        let place_before = unsafe { tieralloc::block_place(large.as_ptr()) };
         // SAFETY: our own live block.
         let d = unsafe { tiers::demote(large.as_mut_ptr(), llen) };
         let moved = census(&[(large.as_ptr(), llen)]);
         let ok_moved = d.is_ok_and(|r| r.failed == 0) && all_on(&moved, 2) && intact(&large, 9);
         drop(large);
+        // Freed: its range is bound back to node 0 (its pages were dropped, so there is
+        // nothing to count; the mapping's policy says where the next pages will come from).
+        let rebound = policy_at(at);
         let mut again = vec![0u8; llen];
         fill(&mut again, 10);
         let reused = again.as_ptr() as usize == at;
         let back = census(&[(again.as_ptr(), llen)]);
+        // SAFETY: a live block of the global allocator.
+        let place_after = unsafe { tieralloc::block_place(again.as_ptr()) };
         // An arena's chunks: the big ones move, values stay put and intact.
         let mut arena: tieralloc::Arena<[u64; 64]> = tieralloc::Arena::new();
         let first = arena.alloc([1; 64]) as *const [u64; 64] as usize;
+        // The first chunk is small: it stays. Values never move, whatever chunk moved.
         for i in 0..20_000u64 {
             arena.alloc([i; 64]);
         }
         let ar = arena.demote();
-        let vals_ok = arena.iter_mut().skip(1).enumerate().all(|(i, v)| v[63] == i as u64);
-        let last = arena.iter_mut().last().map_or(0, |v| v as *const [u64; 64] as usize);
+        let vals_ok = arena
+            .iter_mut()
+            .skip(1)
+            .enumerate()
+            .all(|(i, v)| v[63] == i as u64);
+        let last = arena
+            .iter_mut()
+            .last()
+            .map_or(0, |v| v as *const [u64; 64] as usize);
+        let first_now = arena
+            .iter_mut()
+            .next()
+            .map(|v| (v as *const [u64; 64] as usize, *v));
+        let first_ok = first_now == Some((first, [1; 64]));
         let moved_ok = ar.is_ok_and(|r| r.chunks_moved >= 3 && r.pages_failed == 0);
         let tail = census(&[(last as *const u8, 512)]);
         out.push((
             "arena-demote-big-chunks-to-node-2",
-            moved_ok && vals_ok && all_on(&tail, 2) && first != 0,
-            format!("20001 values of 512 B: {ar:?}; newest value's page {tail:?}; values intact: {vals_ok}"),
+            moved_ok && vals_ok && all_on(&tail, 2) && first_ok,
+            format!(
+                "20001 values of 512 B: {ar:?}; newest value's page {tail:?}; values intact: \
+                 {vals_ok}; first value in place and intact: {first_ok}"
+            ),
         ));
+        // The freed slices are bound back to node 0 (MPOL_BIND to node 0 on their range), and
+        // the next 1 MiB block, wherever it lands, is on node 0.
         out.push((
             "demote-large-block-and-free-rebinds",
-            ok_moved && all_on(&back, 0) && intact(&again, 10),
+            ok_moved
+                && rebound == Some((MPOL_BIND, 1 << 0))
+                && all_on(&back, 0)
+                && intact(&again, 10),
             format!(
-                "1 MiB block: {d:?}, pages {moved:?}; freed, next 1 MiB block (same address: \
-                 {reused}) {back:?}"
+                "1 MiB block: {d:?}, pages {moved:?}, at {place_before:x?}; freed, its range's \
+                 policy (mode, nodes) {rebound:?}; next 1 MiB block (same address: {reused}) \
+                 {back:?}, at {place_after:x?}"
             ),
         ));
         out

@@ -3,34 +3,130 @@
 //! packages, and C programs compiled here (the C API's semantics, fork from a multi-threaded
 //! parent, thread churn with late key destructors, dlopen with dynamic TLS, foreign pointers).
 //!
-//! The library is found next to this test executable (`target/<profile>/deps/..`), where
-//! `cargo test -p tieralloc-preload` builds it. Needs `cc`, `g++`, `python3`, `sort` and
+//! The library is built by the tests themselves (`cargo build -p tieralloc-preload`, same
+//! profile and target directory as this test executable), because `cargo test -p
+//! tieralloc-preload` rebuilds the test but not the cdylib: without that, a source change
+//! would be tested against the old library. Cargo does not hold its build lock while tests
+//! run, so the inner build does not wait on the outer one. Then the library must be newer
+//! than every source file of both crates, or the test stops saying so. Set
+//! `TIERALLOC_PRELOAD_NO_BUILD=1` to skip the build (the freshness check still runs).
+//!
+//! Every preloaded run has `TIERALLOC_VERBOSE=1` and must print tieralloc's start-up line on
+//! stderr: a comparison with glibc proves nothing if the library was not in effect.
+//!
+//! Needs `cc`, `g++`, `python3`, `sort` and
 //! `sqlite3` (`apt-get install -y build-essential python3 sqlite3`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const LIB: &str = "libtieralloc_preload.so";
 
-/// The preload library of the profile this test was built with.
+/// The preload library of the profile this test was built with, built now if it is older
+/// than its sources (once per test process).
 fn library() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(fresh_library).clone()
+}
+
+/// What tieralloc prints at start-up under `TIERALLOC_VERBOSE=1`.
+const STARTUP_LINE: &str = "tieralloc: purge delay";
+
+fn fresh_library() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let deps = exe.parent().expect("the test executable is in a directory");
-    let candidates = [deps.join(LIB), deps.join("..").join(LIB)];
-    for c in &candidates {
-        if c.is_file() {
-            return c
-                .canonicalize()
-                .expect("an existing file has a canonical path");
+    // <target>/[<triple>/]<profile>/deps/<test>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in <target>/<profile>/deps");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a profile directory name");
+    let mut target_dir = profile_dir.parent().expect("a target directory");
+    let mut triple = None;
+    if !target_dir.join("CACHEDIR.TAG").exists() {
+        if let Some(up) = target_dir.parent() {
+            if up.join("CACHEDIR.TAG").exists() {
+                triple = target_dir.file_name().and_then(|n| n.to_str());
+                target_dir = up;
+            }
         }
     }
-    panic!(
-        "{LIB} not found next to the test executable (looked at {:?}); build it first with \
-         `cargo build -p tieralloc-preload --release` (same profile and target dir as the test)",
-        candidates
+    if std::env::var_os("TIERALLOC_PRELOAD_NO_BUILD").is_none() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", "tieralloc-preload", "--profile"])
+            .arg(if profile == "debug" { "dev" } else { profile })
+            .arg("--target-dir")
+            .arg(target_dir);
+        if let Some(t) = triple {
+            c.args(["--target", t]);
+        }
+        let out = c.output().expect("run cargo to build the preload library");
+        assert!(
+            out.status.success(),
+            "building {LIB} failed: {:?}\n{}",
+            c,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let lib = profile_dir.join(LIB);
+    assert!(
+        lib.is_file(),
+        "{LIB} not found at {}; build it with `cargo build -p tieralloc-preload` (same profile \
+         and target dir as the test)",
+        lib.display()
     );
+    let built = modified(&lib);
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("the preload crate sits in the workspace");
+    let mut newest = (std::time::UNIX_EPOCH, PathBuf::new());
+    for dir in [root.join("src"), manifest.join("src")] {
+        newest_file(&dir, &mut newest);
+    }
+    for f in [root.join("Cargo.toml"), manifest.join("Cargo.toml")] {
+        let m = modified(&f);
+        if m > newest.0 {
+            newest = (m, f);
+        }
+    }
+    assert!(
+        built >= newest.0,
+        "{} is older than {}: a stale library would be tested. Rebuild it with \
+         `cargo build -p tieralloc-preload` (same profile and target dir as the test)",
+        lib.display(),
+        newest.1.display()
+    );
+    lib.canonicalize()
+        .expect("an existing file has a canonical path")
+}
+
+fn modified(p: &Path) -> std::time::SystemTime {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("no modification time for {}: {e}", p.display()))
+}
+
+/// The newest modification time of the files under `dir`, with the file's path.
+fn newest_file(dir: &Path, newest: &mut (std::time::SystemTime, PathBuf)) {
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let p = e.expect("a directory entry").path();
+        if p.is_dir() {
+            newest_file(&p, newest);
+        } else {
+            let m = modified(&p);
+            if m > newest.0 {
+                *newest = (m, p);
+            }
+        }
+    }
 }
 
 /// A scratch directory for one test, removed when dropped.
@@ -70,11 +166,14 @@ fn run(dir: &Scratch, mut cmd: Command, preload: bool, timeout: Duration) -> Run
     let err = dir.path(&format!("stderr-{tag}"));
     cmd.env_remove("LD_PRELOAD")
         .env_remove("TIERALLOC_SHOW_STATS")
+        .env_remove("TIERALLOC_VERBOSE")
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).expect("create stdout file"))
         .stderr(fs::File::create(&err).expect("create stderr file"));
     if preload {
-        cmd.env("LD_PRELOAD", library());
+        // The start-up line proves the library was in effect (checked below).
+        cmd.env("LD_PRELOAD", library())
+            .env("TIERALLOC_VERBOSE", "1");
     }
     let desc = format!("{cmd:?}");
     let start = Instant::now();
@@ -92,12 +191,22 @@ fn run(dir: &Scratch, mut cmd: Command, preload: bool, timeout: Duration) -> Run
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Run {
+    let r = Run {
         status,
         stdout: fs::read(&out).expect("read stdout"),
         stderr: String::from_utf8_lossy(&fs::read(&err).expect("read stderr")).into_owned(),
         secs: start.elapsed().as_secs_f64(),
-    }
+    };
+    assert_eq!(
+        r.stderr.contains(STARTUP_LINE),
+        preload,
+        "{desc} ({tag}): tieralloc's start-up line is {} on stderr, so the library was {} \
+         in effect:\n{}",
+        if preload { "missing" } else { "present" },
+        if preload { "not" } else { "" },
+        r.stderr
+    );
+    r
 }
 
 /// Runs the command built by `make` without and with the library; both must succeed with the
@@ -216,6 +325,20 @@ fn thread_churn_and_late_key_destructors() {
 #[test]
 fn foreign_pointers_are_left_alone() {
     c_test("foreign", &[], |_| vec![]);
+}
+
+/// Under RLIMIT_AS: NULL with ENOMEM from every C entry point, `std::bad_alloc` from `new`,
+/// no crash, everything intact once the cap is lifted (tests/c/oom.cpp).
+#[test]
+fn out_of_memory_under_rlimit_as() {
+    c_test("oom", &[], |_| vec![]);
+}
+
+/// posix_memalign/aligned_alloc/memalign blocks aligned 8 KiB to 1 MiB, freed on another
+/// thread: aligned, intact, and their memory reused (tests/c/alignfree.c).
+#[test]
+fn aligned_blocks_freed_on_another_thread() {
+    c_test("alignfree", &[], |_| vec![]);
 }
 
 #[test]
