@@ -69,14 +69,23 @@ fn exactly_once(blocks: &[usize], seen: &[usize]) {
     assert!(count.is_empty(), "unknown blocks {count:x?}");
 }
 
-/// A model checker bounded to `preemptions` preemptions, unless `LOOM_MAX_PREEMPTIONS` says
-/// otherwise (scripts/test.sh keeps the defaults, which finish in about a minute).
-fn builder(preemptions: usize) -> loom::model::Builder {
-    let mut b = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        b.preemption_bound = Some(preemptions);
+/// Checks `model` with loom, bounded to `preemptions` preemptions unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise, twice: once as written, once with the model's main
+/// thread yielding before its first step against the threads it spawned (`model(true)`).
+///
+/// Both are needed. Under a preemption bound loom does not get every schedule: without the
+/// yield it never ran a spawned thread before the main thread's first step of the first
+/// model below (its take always found the list empty); with it, the main thread's loads after
+/// the yield no longer return values older than the yield (loom's rule to make spinning
+/// progress), which hides the stale reads that a missing release or acquire allows.
+fn check(preemptions: usize, model: fn(bool)) {
+    for yield_first in [false, true] {
+        let mut b = loom::model::Builder::new();
+        if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+            b.preemption_bound = Some(preemptions);
+        }
+        b.check(move || model(yield_first));
     }
-    b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,7 +98,7 @@ fn builder(preemptions: usize) -> loom::model::Builder {
 /// untouched.
 #[test]
 fn remote_free_pushes_race_with_take_all() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let rf = Arc::new(RemoteFree::new());
         let blocks: Vec<usize> = (0..3).map(|_| new_block()).collect();
         let pushers: Vec<_> = [vec![blocks[0], blocks[1]], vec![blocks[2]]]
@@ -105,6 +114,9 @@ fn remote_free_pushes_race_with_take_all() {
                 })
             })
             .collect();
+        if yield_first {
+            thread::yield_now();
+        }
         let mut seen = take_page_list(&rf);
         for p in pushers {
             p.join().unwrap();
@@ -143,8 +155,17 @@ fn drain_into(stack: &BlockStack, page: &RemoteFree, local: &UnsafeCell<Vec<usiz
         delayed::drain(
             stack,
             |_| ((), page),
-            // SAFETY: the page's local list is the owner's (the caller).
-            |b, ()| local.with_mut(|l| (*l).push(b as usize)),
+            |b, ()| {
+                // Freeing may retire the page (free_local): never while a remote thread is
+                // still between its push and finish_delayed on it.
+                assert_ne!(
+                    page.state(),
+                    DELAYED_FREEING,
+                    "drained under a delayed free"
+                );
+                // SAFETY: the page's local list is the owner's (the caller).
+                local.with_mut(|l| (*l).push(b as usize))
+            },
         )
     };
 }
@@ -157,7 +178,7 @@ fn drain_into(stack: &BlockStack, page: &RemoteFree, local: &UnsafeCell<Vec<usiz
 /// stack after it left, and the final state is NEVER_DELAYED.
 #[test]
 fn delayed_free_races_with_owner_leaving() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let page = Arc::new(RemoteFree::new());
         let stack = Arc::new(BlockStack::new());
         let local = UnsafeCell::new(Vec::new());
@@ -167,6 +188,9 @@ fn delayed_free_races_with_owner_leaving() {
             let (page, stack) = (page.clone(), stack.clone());
             thread::spawn(move || remote_free(&page, &stack, block))
         };
+        if yield_first {
+            thread::yield_now();
+        }
         // The owner leaves.
         page.set_never_delayed();
         assert_eq!(page.state(), NEVER_DELAYED);
@@ -196,7 +220,7 @@ fn delayed_free_races_with_owner_leaving() {
 /// finished); at the end both blocks are found exactly once and the state is back to NORMAL.
 #[test]
 fn two_remote_frees_on_a_full_page() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let page = Arc::new(RemoteFree::new());
         let stack = Arc::new(BlockStack::new());
         let local = UnsafeCell::new(Vec::new());
@@ -209,6 +233,9 @@ fn two_remote_frees_on_a_full_page() {
                 thread::spawn(move || remote_free(&page, &stack, b) as usize)
             })
             .collect();
+        if yield_first {
+            thread::yield_now();
+        }
         drain_into(&stack, &page, &local);
         let mut seen = take_page_list(&page);
         let delayed: usize = remotes.into_iter().map(|r| r.join().unwrap()).sum();
@@ -228,7 +255,7 @@ fn two_remote_frees_on_a_full_page() {
 /// every block: nothing lost, nothing duplicated, every link read after it was written.
 #[test]
 fn block_stack_two_pushers_one_consumer() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let stack = Arc::new(BlockStack::new());
         let blocks: Vec<usize> = (0..4).map(|_| new_block()).collect();
         let pushers: Vec<_> = blocks
@@ -244,6 +271,9 @@ fn block_stack_two_pushers_one_consumer() {
                 })
             })
             .collect();
+        if yield_first {
+            thread::yield_now();
+        }
         let mut seen = Vec::new();
         while seen.len() < blocks.len() {
             let got = walk(stack.take_all());
@@ -389,7 +419,7 @@ fn free_into(
 /// before the next one's).
 #[test]
 fn drain_races_with_abandon_and_claim_on_free() {
-    builder(2).check(|| {
+    check(2, |yield_first| {
         let seg = Arc::new(Seg::new(1));
         seg.page.force_state(USE_DELAYED);
         let list = Arc::new(LockedList::<Seg>::tagged(1));
@@ -403,6 +433,9 @@ fn drain_races_with_abandon_and_claim_on_free() {
                 thread::spawn(move || free_into(&seg, &list, &stacks[..], me, same_node, b))
             })
             .collect();
+        if yield_first {
+            thread::yield_now();
+        }
         // Heap 1 abandons the segment.
         seg.page.set_never_delayed();
         drain_into(&stacks[1], &seg.page, &seg.local);
@@ -442,16 +475,19 @@ fn drain_races_with_abandon_and_claim_on_free() {
     });
 }
 
-/// The abandoned list, abandonment against claim on free: heap 1 writes its segment and
-/// abandons it (`push_abandoned`) while heap 2, holding a block of it, tries to claim it and
-/// writes it if it did. The segment's contents pass from one to the other only through the
-/// list (loom checks heap 1's write happens before heap 2's); the list's count is its
-/// length; at the end the segment is either on the list, unowned, or heap 2's.
+/// The abandoned lists, abandonment against claim on free: heap 1 writes its segment and
+/// abandons it (`push_abandoned` onto the list of segments with room) while heap 2, holding a
+/// block of it, tries to claim it as `free_other_slow` does, from the full list first, then
+/// from the other, and writes it if it got it. The segment's contents pass from one to the
+/// other only through the list (loom checks heap 1's write happens before heap 2's); a claim
+/// on the list the segment is not on fails and leaves both lists whole; each list's count is
+/// its length; at the end the segment is either on its list, unowned, or heap 2's.
 #[test]
 fn abandoned_list_abandon_against_claim() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let seg = Arc::new(Seg::new(1));
         let list = Arc::new(LockedList::<Seg>::tagged(1));
+        let full = LockedList::<Seg>::tagged(2);
         let owner = {
             let (seg, list) = (seg.clone(), list.clone());
             thread::spawn(move || {
@@ -461,8 +497,11 @@ fn abandoned_list_abandon_against_claim() {
                 unsafe { list.push_abandoned(seg.ptr()) };
             })
         };
+        if yield_first {
+            thread::yield_now();
+        }
         // SAFETY: the model's Arc keeps the segment alive.
-        let claimed = unsafe { list.claim(seg.ptr(), 2, 2) };
+        let claimed = unsafe { full.claim(seg.ptr(), 2, 2) || list.claim(seg.ptr(), 2, 2) };
         if claimed {
             // SAFETY: claimed: ours.
             seg.data.with_mut(|d| unsafe { *d += 100 });
@@ -471,6 +510,9 @@ fn abandoned_list_abandon_against_claim() {
         let mut len = 0;
         list.for_each(|_| len += 1);
         assert_eq!(len, list.count.load(Ordering::Relaxed), "count is length");
+        let mut full_len = 0;
+        full.for_each(|_| full_len += 1);
+        assert_eq!((full_len, full.count.load(Ordering::Relaxed)), (0, 0));
         let data = seg.data.with(|d| unsafe { *d });
         assert_eq!(data, 1 + 100 * claimed as u32);
         let state = (seg.owner.load(Ordering::Relaxed), len);
@@ -486,7 +528,7 @@ fn abandoned_list_abandon_against_claim() {
 /// (unowned) or with the claimer.
 #[test]
 fn abandoned_list_visit_against_claim() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let seg = Arc::new(Seg::new(1));
         let list = Arc::new(LockedList::<Seg>::tagged(1));
         // SAFETY: heap 1's; it abandons it before the others start.
@@ -507,6 +549,9 @@ fn abandoned_list_visit_against_claim() {
                 true
             })
         };
+        if yield_first {
+            thread::yield_now();
+        }
         // SAFETY: the model's Arc keeps the segment alive.
         let claimed = unsafe { list.claim(seg.ptr(), 2, 2) };
         if claimed {
@@ -532,7 +577,7 @@ fn abandoned_list_visit_against_claim() {
 /// against the popper's write); count is length.
 #[test]
 fn pool_push_pop_and_expiry() {
-    builder(2).check(|| {
+    check(2, |yield_first| {
         let segs = [Arc::new(Seg::new(0)), Arc::new(Seg::new(0))];
         let pool = Arc::new(LockedList::<Seg>::new());
         let pusher = {
@@ -555,6 +600,9 @@ fn pool_push_pop_and_expiry() {
                 s as usize
             })
         };
+        if yield_first {
+            thread::yield_now();
+        }
         let mut gone = Vec::new();
         pool.remove_if(
             |_| true,
@@ -593,7 +641,7 @@ fn pool_push_pop_and_expiry() {
 /// agree, loom checks the links were written before), and lets go (`unlock_after_fork`).
 #[test]
 fn fork_sees_lists_whole() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let segs = [Arc::new(Seg::new(1)), Arc::new(Seg::new(1))];
         let list = Arc::new(LockedList::<Seg>::tagged(1));
         let worker = {
@@ -607,6 +655,9 @@ fn fork_sees_lists_whole() {
                 assert!(!s.is_null());
             })
         };
+        if yield_first {
+            thread::yield_now();
+        }
         list.lock_for_fork();
         let mut len = 0;
         // SAFETY: we hold the lock (lock_for_fork).
@@ -641,21 +692,20 @@ unsafe impl Sync for Huge {}
 // SAFETY: as above.
 unsafe impl Send for Huge {}
 
-/// The owner of a huge object works on it under its claim (`with_claim`: an explicit move or
-/// grow_huge), then frees it (`unregister`, then unmap), while the automatic demoter visits
+/// The owner of a huge object registers it (`register`), works on it under its claim
+/// (`with_claim`: an explicit move or grow_huge), then frees it (`unregister`, then unmap), while the automatic demoter visits
 /// the registry (`for_each_claimed`) and moves it. Never both at once (loom checks every
 /// header access happens before the other side's); the demoter never touches the object
 /// after the owner took it out of its slot.
 #[test]
 fn huge_claim_owner_visitor_and_free() {
-    builder(3).check(|| {
+    check(3, |yield_first| {
         let obj = Arc::new(Huge {
             node: UnsafeCell::new(0),
             freed: UnsafeCell::new(false),
         });
         let slot = Arc::new(ClaimSlot::new());
         let addr = Arc::as_ptr(&obj) as usize;
-        assert!(slot.try_fill(addr));
         let visitor = {
             let slot = slot.clone();
             thread::spawn(move || {
@@ -670,6 +720,14 @@ fn huge_claim_owner_visitor_and_free() {
                 }
             })
         };
+        if yield_first {
+            thread::yield_now();
+        }
+        // The owner hands the object out: writes its header (register sets huge_born_ms),
+        // then puts it in the registry, where the visitor may find it at once.
+        // SAFETY: not registered yet: ours alone.
+        unsafe { obj.node.with_mut(|n| *n = 5) };
+        assert!(slot.try_fill(addr));
         // The owner: an explicit move under its claim.
         assert!(slot.claim_own(addr), "the owner's object is in its slot");
         // SAFETY: claimed.
