@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with a Rust toolchain: installs the Debian
 # packages the tests need, then runs formatting and lint checks, every unit, integration,
-# property, stress and drop-in test (release), the multi-node NUMA tests inside a QEMU VM,
+# property, stress and drop-in test (release), a second run of the stress-type tests under
+# simulated NUMA nodes (TIERALLOC_SIMULATE_NODES), the multi-node NUMA tests inside a QEMU VM,
 # the hwloc topology tests, and the loom model checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,23 @@ step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
 # produce by itself (a cdylib is not linked into tests): build it first, same profile.
 cargo build -p tieralloc-preload --release
 cargo test --workspace --release
+
+step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=1)"
+# The multi-node paths (per-node heaps and pools, home-node moves, cross-node frees, tier
+# policies, demotion bookkeeping) on this machine's one node: CPU c is node c % 2, and with
+# far=1 node 2 is a memory-only far tier. The test binaries are built above: this only runs
+# them. Left out for now:
+# - tests/stress.rs: under simulation it crashes in free_delayed about one run in five (issue
+#   14 defect 1: a rehome during drain_delayed gives away segments the walk still frees into;
+#   the heapfix branch fixes it). Add `--test stress` below once that fix is merged.
+# - churn's ten_thousand_threads_* : their end-of-run bounds (at most 2 abandoned segments,
+#   large live bytes back to 0) fail in about one run in four under simulation, with or
+#   without defect 1's fix (docs/correctness/simnodes.md, "open"). Add them back when fixed.
+for sim in 2 2,far=1; do
+  echo "-- TIERALLOC_SIMULATE_NODES=$sim"
+  TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test churn --test model \
+    --test pool --test arena -- --skip ten_thousand_threads
+done
 
 step "hwloc topology tests"
 cargo test --release --features hwloc --test topology

@@ -10,6 +10,10 @@
 //! | `TIERALLOC_SHOW_STATS` | `1`: print statistics to stderr at exit | off |
 //! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
 //! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
+//!
+//! The topology's variables (`TIERALLOC_NODES`, `TIERALLOC_TIERS`, `TIERALLOC_IGNORE_HMAT`,
+//! `TIERALLOC_SIMULATE_NODES`) are read by `topology::raw` when it discovers the machine,
+//! and the tier policies' by `tier::policy`.
 
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sys::os;
@@ -164,8 +168,9 @@ fn read_all() {
     }
     if VERBOSE.load(Ordering::Relaxed) {
         use core::fmt::Write;
-        let mut b = os::StackBuf::<160>::new();
-        let _ = writeln!(
+        let mut b = os::StackBuf::<200>::new();
+        let t = crate::topology::raw::get();
+        let _ = write!(
             b,
             "tieralloc: purge delay {} ms, numa binding {}",
             PURGE_DELAY_MS.load(Ordering::Relaxed),
@@ -175,6 +180,15 @@ fn read_all() {
                 "off"
             }
         );
+        if t.simulated() {
+            let _ = write!(
+                b,
+                ", simulated nodes: {} CPU nodes, {} far (binding calls skipped)",
+                t.sim_nodes,
+                t.sim_far.count_ones()
+            );
+        }
+        let _ = writeln!(b);
         os::write_stderr(b.as_bytes());
     }
 }

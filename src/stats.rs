@@ -176,12 +176,15 @@ pub fn stats() -> Stats {
         });
     }
     s.bytes_live = live;
+    // Simulated nodes (TIERALLOC_SIMULATE_NODES) are all shown, used or not.
+    let topo = crate::topology::raw::get();
+    let always = if topo.simulated() { topo.nodes } else { 1 };
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
         let net = own_net + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
             - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
-        if n == 0 || committed != 0 || net != 0 || cross != 0 {
+        if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {
             s.nodes.push(NodeStats {
                 node: n as u32,
                 bytes_live: net,

@@ -111,6 +111,16 @@ fn settled_segments() -> u64 {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The nodes with CPUs.
+fn cpu_nodes() -> Vec<u32> {
+    tieralloc::topology()
+        .nodes
+        .iter()
+        .filter(|n| !n.cpus.is_empty())
+        .map(|n| n.id)
+        .collect()
+}
+
 #[test]
 fn ten_thousand_threads_do_not_accumulate_memory() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,16 +205,23 @@ fn churn(check_live_counters: bool) {
         tieralloc::collect();
     }
     // A fresh thread, once its heap exists, tends what is still stranded: collects the frees
-    // made into it and gives back what emptied.
-    thread::spawn(|| {
-        let v = vec![1u8; 100];
-        for _ in 0..8 {
-            tieralloc::collect();
-        }
-        drop(v);
-    })
-    .join()
-    .unwrap();
+    // made into it and gives back what emptied. A heap tends only its own node's abandoned
+    // segments, so one such thread runs on each node with CPUs (several under
+    // TIERALLOC_SIMULATE_NODES, where the churned threads ran on every node).
+    for node in cpu_nodes() {
+        thread::spawn(move || {
+            if tieralloc::numa::pin_current_thread_to_node(node).is_err() {
+                return; // its CPUs are outside this process's cpuset
+            }
+            let v = vec![1u8; 100];
+            for _ in 0..8 {
+                tieralloc::collect();
+            }
+            drop(v);
+        })
+        .join()
+        .unwrap();
+    }
     for _ in 0..4 {
         tieralloc::collect();
     }
@@ -298,6 +315,19 @@ fn a_thread_that_frees_what_exited_threads_left_does_not_hoard() {
 #[test]
 fn a_waiting_thread_does_not_keep_the_blocks_a_worker_freed() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Both threads on one node (the worker inherits the affinity): a thread of another node
+    // rightly allocates from its own node and cannot reuse these blocks (that is what happens
+    // under TIERALLOC_SIMULATE_NODES, or on a NUMA machine, if they run apart).
+    thread::spawn(|| {
+        // (Not possible if node 0's CPUs are outside our cpuset: then they run where they may.)
+        let _ = tieralloc::numa::pin_current_thread_to_node(0);
+        waiting_thread_and_worker();
+    })
+    .join()
+    .unwrap();
+}
+
+fn waiting_thread_and_worker() {
     const N: usize = 40_000; // 40 000 x 400 B: 16 MB, four segments and more
     let c0 = tieralloc::stats().bytes_committed;
     let filled: Vec<Obj> = (0..N as u64).map(|k| Obj::new(400, k)).collect();

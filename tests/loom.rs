@@ -737,7 +737,7 @@ fn huge_claim_owner_visitor_and_free() {
         }
         slot.release(addr);
         // Its free: out of the registry, then gone.
-        slot.take(addr);
+        slot.take(addr, || {});
         // SAFETY: no visitor reaches it any more.
         unsafe {
             obj.freed.with_mut(|f| *f = true);

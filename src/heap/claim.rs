@@ -39,15 +39,20 @@ impl ClaimSlot {
     }
 
     /// The owner takes its object `v` out of the slot, waiting while a visitor has it
-    /// claimed. Afterwards no visitor touches the object.
-    pub fn take(&self, v: usize) {
+    /// claimed (calling `waiting` each time it finds it so: a test's hook, `|| {}` otherwise).
+    /// Afterwards no visitor touches the object.
+    #[inline]
+    pub fn take(&self, v: usize, mut waiting: impl FnMut()) {
         loop {
             match self
                 .0
                 .compare_exchange(v, 0, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return,
-                Err(cur) if cur == v | CLAIMED => spin_hint(),
+                Err(cur) if cur == v | CLAIMED => {
+                    waiting();
+                    spin_hint()
+                }
                 Err(_) => return,
             }
         }
@@ -85,6 +90,16 @@ impl ClaimSlot {
     /// Ends a claim on object `v`.
     pub fn release(&self, v: usize) {
         self.0.store(v, Ordering::Release);
+    }
+
+    /// In a fork child: drops the slot's claim, if any. Its holder was a thread that does not
+    /// exist in the child (see `heap::huge::clear_claims_after_fork`), so the object's owner
+    /// would otherwise wait for it forever. No other thread runs meanwhile.
+    pub fn clear_claim_after_fork(&self) {
+        let v = self.0.load(Ordering::Relaxed);
+        if v & CLAIMED != 0 {
+            self.0.store(v & !CLAIMED, Ordering::Release);
+        }
     }
 }
 

@@ -143,7 +143,14 @@ pub unsafe fn unregister(seg: *mut Segment) {
     if k == NO_SLOT {
         return;
     }
-    REGISTRY[(k as usize).min(REG_SLOTS - 1)].take(seg as usize);
+    REGISTRY[(k as usize).min(REG_SLOTS - 1)].take(seg as usize, || {
+        #[cfg(test)]
+        tests::WHILE_CLAIMED.with(|f| {
+            if let Some(f) = f.get() {
+                f()
+            }
+        });
+    });
     // SAFETY: as above.
     unsafe { (*seg).huge_slot = NO_SLOT };
 }
@@ -183,6 +190,16 @@ pub fn for_each_claimed(mut f: impl FnMut(*mut Segment)) {
     }
 }
 
+/// In a fork child: drops every claim. The child's one thread is the one that forked, which
+/// holds none (fork is not called from inside a visit or a move), so each claim belongs to a
+/// visitor that does not exist there (the demoter), and the object's free would wait for it
+/// forever.
+pub fn clear_claims_after_fork() {
+    for slot in REGISTRY.iter() {
+        slot.clear_claim_after_fork();
+    }
+}
+
 /// Unmaps a huge segment.
 ///
 /// # Safety
@@ -194,13 +211,18 @@ pub unsafe fn unmap(seg: *mut Segment) {
 }
 
 /// Grows the huge object of `seg` to `new_size` bytes by moving its pages into a bigger
-/// segment-aligned mapping (no copy). Returns the new segment, or null (nothing changed) if
-/// the size cannot be served or the kernel refuses. The registry slot, the segment map and
-/// the committed bytes are updated; the caller books the object's bytes.
+/// segment-aligned mapping (no copy), if the object is on `node`. Returns the new segment,
+/// or null (nothing changed) if the object is on another node, the size cannot be served or
+/// the kernel refuses. The registry slot, the segment map and the committed bytes are
+/// updated; the caller books the object's bytes (on `node`).
+///
+/// The node is read once the object is out of the registry: until then the automatic
+/// demoter may move the object and rewrite it (under its claim, which `unregister` waits
+/// out), and a caller that checked it earlier could book the growth on the wrong node.
 ///
 /// # Safety
 /// The caller owns the object of huge segment `seg` (it is reallocating it).
-pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
+pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segment {
     // SAFETY: the object and its header are the caller's (contract); the header moves with
     // the pages, so it is read before the move and written through the new address after.
     unsafe {
@@ -218,6 +240,11 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize) -> *mut Segment {
         }
         let born = (*seg).huge_born_ms;
         unregister(seg);
+        // No visitor has it now: its node is settled.
+        if (*seg).node != node {
+            register(seg, born);
+            return ptr::null_mut();
+        }
         let new = enlarge(seg, new_map);
         if new.is_null() {
             register(seg, born);
@@ -253,11 +280,22 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         if dst.is_null() {
             return ptr::null_mut();
         }
+        // Out of the segment map while the old range is still ours: once the kernel has
+        // moved it, any thread's next mmap may get that address and insert its own entry,
+        // which a removal after the move would erase. Nobody looks the entry up meanwhile:
+        // the mapping holds no object, or only the caller's (it is reallocating it).
+        super::segment::map_remove(seg);
         if !os::remap(seg as *mut u8, old_map, dst, new_map) {
+            super::segment::map_insert(seg);
             os::unmap(dst, new_map);
             return ptr::null_mut();
         }
-        super::segment::map_remove(seg);
+        #[cfg(test)]
+        tests::AFTER_REMAP.with(|f| {
+            if let Some(f) = f.get() {
+                f(seg as *mut u8)
+            }
+        });
         let new = dst as *mut Segment;
         (*new).map_size = new_map;
         super::segment::map_insert(new);
@@ -267,8 +305,152 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
 
 #[cfg(test)]
 mod tests {
+    use super::super::thread;
     use super::*;
     use crate::sync::{spin_hint, AtomicBool};
+    use core::cell::Cell;
+
+    thread_local! {
+        /// Runs inside [`enlarge`] right after the kernel has released the old range (with
+        /// its address): what another thread may do at that moment.
+        pub(super) static AFTER_REMAP: Cell<Option<fn(*mut u8)>> = const { Cell::new(None) };
+        /// Runs inside [`unregister`] while it waits for a visitor that has the object
+        /// claimed (each time it looks).
+        pub(super) static WHILE_CLAIMED: Cell<Option<fn()>> = const { Cell::new(None) };
+    }
+
+    /// Issue 14, item 4: `enlarge` moved the mapping away (the old range is free for any
+    /// thread's next mmap) and only then removed the old address from the segment map; a
+    /// segment another thread mapped there in between lost its entry (its blocks would no
+    /// longer be known as tieralloc's: leaked frees, a usable size of 0 in the drop-in).
+    #[test]
+    fn a_segment_mapped_where_a_moved_mapping_was_keeps_its_map_entry() {
+        static SQUATTED: AtomicBool = AtomicBool::new(false);
+        fn squat(old: *mut u8) {
+            // One page is enough to stand for another thread's segment there (the map is
+            // keyed by the segment's start; a whole segment could run into a neighbour).
+            // SAFETY: an anonymous mapping at an address nobody maps (the move has just
+            // released it); MAP_FIXED_NOREPLACE fails rather than replace anything.
+            let p = unsafe {
+                libc::mmap(
+                    old as *mut libc::c_void,
+                    os::OS_PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            // Another test's thread may have got there first (just what this is about): the
+            // caller tries again.
+            let ok = p as *mut u8 == old;
+            if ok {
+                super::super::segment::map_insert(old as *mut Segment);
+            } else if p != libc::MAP_FAILED {
+                // SAFETY: a mapping we just made elsewhere (an old kernel ignoring the flag).
+                unsafe { libc::munmap(p, os::OS_PAGE) };
+            }
+            SQUATTED.store(ok, Ordering::Relaxed);
+        }
+        for _ in 0..20 {
+            let (offset, map_size) = layout_for(3 << 20, 16).unwrap();
+            let seg = map(map_size, offset, 3 << 20, 0, false);
+            assert!(!seg.is_null());
+            let old = seg as *mut u8;
+            AFTER_REMAP.with(|f| f.set(Some(squat)));
+            // SAFETY: a huge mapping of ours, unregistered and used by nobody else.
+            let new = unsafe { enlarge(seg, 2 * SEGMENT_SIZE) };
+            AFTER_REMAP.with(|f| f.set(None));
+            assert!(!new.is_null());
+            let squatted = SQUATTED.load(Ordering::Relaxed);
+            let kept = super::super::segment::contains(old);
+            let moved = super::super::segment::contains(new as *const u8);
+            // SAFETY: the squatter's mapping (if made) and the moved one are ours and hold
+            // nothing.
+            unsafe {
+                if squatted {
+                    super::super::segment::map_remove(old as *mut Segment);
+                    libc::munmap(old as *mut libc::c_void, os::OS_PAGE);
+                }
+                unmap(new);
+            }
+            if !squatted {
+                continue;
+            }
+            assert!(moved, "the moved mapping is not in the segment map");
+            assert!(
+                kept,
+                "the segment mapped at the old address lost its map entry"
+            );
+            return;
+        }
+        panic!("other threads took the released address every time");
+    }
+
+    /// Issue 14, item 4: the automatic demoter rewrites a huge block's `node` while it holds
+    /// the block's registry claim; `grow_huge` read it before taking the block out of the
+    /// registry (no claim), so it could check the old node, then grow a block that had just
+    /// moved to another node and book the growth on a heap of the old one. Here a stand-in
+    /// demoter claims the block, waits until the owner's realloc is waiting for the claim,
+    /// moves it (as `migrate` books a move) and lets go: the owner must not grow it.
+    #[test]
+    fn a_huge_block_moved_during_its_realloc_is_not_grown_on_the_old_node() {
+        static CLAIMED: AtomicBool = AtomicBool::new(false);
+        static OWNER_WAITS: AtomicBool = AtomicBool::new(false);
+        std::thread::spawn(|| {
+            // SAFETY: a huge block of this thread's heap, freed once; the stand-in demoter
+            // touches its header only while it holds the claim, as the real one does.
+            unsafe {
+                let p = thread::alloc_generic(3 << 20, 16, false);
+                assert!(!p.is_null());
+                let seg = super::super::segment::segment_of(p);
+                assert_eq!((*seg).kind, SegmentKind::Huge);
+                let home = thread::heap_node();
+                assert_eq!((*seg).node as u32, home);
+                let far = (home as u16 + 1) % super::super::segment::MAX_NODES as u16;
+                let addr = seg as usize;
+                let demoter = std::thread::spawn(move || {
+                    let mut done = false;
+                    while !done {
+                        for_each_claimed(|s| {
+                            if s as usize != addr {
+                                return;
+                            }
+                            CLAIMED.store(true, Ordering::Release);
+                            while !OWNER_WAITS.load(Ordering::Acquire) {
+                                crate::sync::spin_hint();
+                            }
+                            // We hold the claim (see the outer SAFETY): the header is
+                            // ours to rewrite, as migrate books a move.
+                            super::super::segment::commit_sub((*s).node, (*s).map_size);
+                            super::super::segment::commit_add(far, (*s).map_size);
+                            (*s).node = far;
+                            done = true;
+                        });
+                    }
+                });
+                while !CLAIMED.load(Ordering::Acquire) {
+                    crate::sync::spin_hint();
+                }
+                WHILE_CLAIMED.with(|f| f.set(Some(|| OWNER_WAITS.store(true, Ordering::Release))));
+                let q = thread::grow_huge(p, 5 << 20);
+                WHILE_CLAIMED.with(|f| f.set(None));
+                demoter.join().unwrap();
+                let grown_on = if q.is_null() {
+                    None
+                } else {
+                    Some((*super::super::segment::segment_of(q)).node)
+                };
+                thread::free(if q.is_null() { p } else { q });
+                assert_eq!(
+                    grown_on, None,
+                    "a block moved to node {far} was grown and booked on node {home}"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn the_owner_and_a_visitor_never_hold_an_object_at_once() {

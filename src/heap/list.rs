@@ -308,7 +308,7 @@ impl<N: ListNode> LockedList<N> {
         }
     }
 
-    /// Holds the lock across `fork` (see `heap::thread::fork_prepare`).
+    /// Holds the lock across `fork` (see `heap::thread::fork`).
     pub fn lock_for_fork(&self) {
         self.lock.lock_raw();
     }

@@ -13,6 +13,8 @@ pub(crate) mod delayed;
 pub(crate) mod huge;
 pub(crate) mod list;
 pub(crate) mod page;
+#[doc(hidden)]
+pub mod probe;
 pub mod remote;
 pub(crate) mod segment;
 pub mod size_class;

@@ -320,6 +320,12 @@ impl BlockStack {
         }
     }
 
+    /// Whether the stack looks empty (a relaxed look: a push may land right after).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.load(Ordering::Relaxed).is_null()
+    }
+
     /// Takes every block (consumer only).
     #[inline]
     pub fn take_all(&self) -> *mut Block {

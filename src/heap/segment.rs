@@ -594,8 +594,20 @@ fn map_store(seg: *mut Segment, entry: u16, order: Ordering) {
     }
 }
 
+/// The lowest and highest map entries ever inserted (`MAP_LO > MAP_HI` while none was).
+static MAP_LO: AtomicUsize = AtomicUsize::new(usize::MAX);
+static MAP_HI: AtomicUsize = AtomicUsize::new(0);
+
 /// Records that a segment starts at `seg` (with no owner yet).
 pub fn map_insert(seg: *mut Segment) {
+    let i = seg as usize >> SEGMENT_SHIFT;
+    // Widening the span is rare (most new segments land inside it): load before the RMW.
+    if i < MAP_LO.load(Ordering::Relaxed) {
+        MAP_LO.fetch_min(i, Ordering::Relaxed);
+    }
+    if i > MAP_HI.load(Ordering::Relaxed) {
+        MAP_HI.fetch_max(i, Ordering::Relaxed);
+    }
     map_store(seg, MAP_UNOWNED, Ordering::Release);
 }
 
@@ -651,6 +663,26 @@ pub fn map_remove(seg: *mut Segment) {
 pub fn contains(p: *const u8) -> bool {
     let i = p as usize >> SEGMENT_SHIFT;
     i < MAP_ENTRIES && SEGMENT_MAP[i].load(Ordering::Acquire) != 0
+}
+
+/// Calls `f(segment, entry)` for every segment whose map entry is a heap's tag for which
+/// `want(tag)` holds. Reads the map only between the lowest and highest entries ever inserted
+/// (segments come from mmap, so that span is about the size of what was mapped). For a fork
+/// child (see `heap::thread::fork`), which finds the segments of heaps that died with the
+/// fork through their tags; no entry may change while it runs.
+pub fn for_each_tagged(mut want: impl FnMut(u16) -> bool, mut f: impl FnMut(*mut Segment, u16)) {
+    let lo = MAP_LO.load(Ordering::Relaxed);
+    let hi = MAP_HI.load(Ordering::Relaxed).min(MAP_ENTRIES - 1);
+    // None while no entry was ever inserted (lo > hi).
+    let Some(span) = SEGMENT_MAP.get(lo..=hi) else {
+        return;
+    };
+    for (k, entry) in span.iter().enumerate() {
+        let e = entry.load(Ordering::Relaxed);
+        if e > MAP_UNOWNED && e != NO_TAG && want(e) {
+            f(((lo + k) << SEGMENT_SHIFT) as *mut Segment, e);
+        }
+    }
 }
 
 /// Normal segments mapped right now.

@@ -205,6 +205,10 @@ pub struct Heap {
     tag: u16,
     /// A node heap (shared, lock-protected, fixed node) rather than a thread's.
     shared: bool,
+    /// A walk over a list of blocks that point into our pages is in progress (a drain of
+    /// `delayed`): the heap must keep every segment until it ends, so a home-node change
+    /// seen meanwhile waits (see `heap_tick`).
+    walking: bool,
     node: u32,
     tick: u32,
     /// Blocks other threads freed back to us (collected or delayed) since we last took a new
@@ -248,6 +252,7 @@ impl Heap {
             state: UNINIT,
             tag: NO_TAG,
             shared: false,
+            walking: false,
             node: 0,
             tick: 0,
             returned: 0,
@@ -601,6 +606,12 @@ unsafe fn register(h: *mut Heap, node: u32) {
     // lock).
     unsafe {
         let hp = &mut *h;
+        if hp.state == ACTIVE {
+            // Registered already, by an allocation init_once made on this thread (in the
+            // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
+            // linking it again would make the registry a loop.
+            return;
+        }
         // Mark active first: whatever the steps below allocate is served by this heap.
         hp.state = ACTIVE;
         hp.node = node;
@@ -729,6 +740,29 @@ unsafe fn rehome(h: *mut Heap, node: u32) {
         retire_counters(&mut *h);
         (*h).node = node;
         (*h).state = ACTIVE;
+    }
+}
+
+/// The node the calling thread's heap draws from (for `heap::probe`).
+pub(crate) fn heap_node() -> u32 {
+    // SAFETY: our own heap; `node` is written only by this thread (and read under the
+    // registry lock by others).
+    unsafe { (*heap()).node }
+}
+
+/// [`rehome`] from a tick, unless the tick is one of a drain's frees: moving then would
+/// abandon the pages the rest of the drained list points into, and the walk would go on
+/// freeing into pages another thread may adopt. The tick is then left one short, so the
+/// next tick (after the walk) looks again.
+#[cold]
+unsafe fn rehome_when_safe(h: *mut Heap, node: u32) {
+    // SAFETY: h is this thread's active heap (heap_tick's caller holds no page).
+    unsafe {
+        if (*h).walking {
+            (*h).tick = (*h).tick.wrapping_sub(1);
+            return;
+        }
+        rehome(h, node);
     }
 }
 
@@ -1631,11 +1665,23 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
             return dead_alloc(h, size, align, zero);
         }
         heap_tick(h);
+        // The node the thread runs on now: a huge block is served from the cache (which
+        // holds mappings of the heap's node) or mapped on the heap's node, so a move must be
+        // noticed here rather than within 16 slow paths, or the block lands on the old node.
+        // Cheap next to a huge allocation (no system call on one node, else a CPU lookup).
+        if !(*h).shared && !(*h).walking {
+            let home = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            if home != (*h).node {
+                rehome(h, home);
+            }
+        }
         let node = (*h).node;
-        // The smallest cached mapping that is big enough and at most four times the need.
+        // The smallest cached mapping of our node that is big enough and at most four times
+        // the need (all are of our node: a move empties the cache, and free_huge keeps only
+        // mappings of our node).
         let mut best: Option<usize> = None;
         for (i, e) in (*h).huge_cache.iter().enumerate() {
-            if !e.seg.is_null() {
+            if !e.seg.is_null() && (*e.seg).node as u32 == node {
                 let ms = (*e.seg).map_size;
                 if ms >= map_size
                     && ms >> huge::CACHE_FIT_SHIFT <= map_size
@@ -1650,7 +1696,10 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
             seg = (*h).huge_cache[i].seg;
             (*h).huge_cache[i] = EMPTY_ENTRY;
         } else if let Some(i) = (0..CACHE_SLOTS)
-            .filter(|&i| !(*h).huge_cache[i].seg.is_null())
+            .filter(|&i| {
+                let c = (*h).huge_cache[i].seg;
+                !c.is_null() && (*c).node as u32 == node
+            })
             .max_by_key(|&i| (*(*h).huge_cache[i].seg).map_size)
         {
             // Nothing big enough: the biggest cached mapping is moved into a mapping of the
@@ -1709,12 +1758,13 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let h = heap();
-        // The bytes are booked on this heap's counters, which must own the object's node.
-        if (*h).state != ACTIVE || (*seg).node as u32 != (*h).node {
+        if (*h).state != ACTIVE {
             return ptr::null_mut();
         }
         let old_size = (*seg).huge_size;
-        let new = huge::grow(seg, new_size);
+        // The bytes are booked on this heap's counters, which must own the object's node:
+        // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
+        let new = huge::grow(seg, new_size, (*h).node as u16);
         if new.is_null() {
             return ptr::null_mut();
         }
@@ -1992,7 +2042,14 @@ unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8
         let (c, shared) = counters(h);
         add(&c.frees[(*page).bin as usize], 1, shared);
         add(&c.remote_frees, 1, shared);
-        count_node_free(h, (*seg).node, (*page).block_size as u64);
+        // A large block's bytes are booked off its node by the heap that takes the emptied
+        // page back (`free_large_page`, `release_empty_page`); here only the free counts.
+        let bytes = if (*page).bin as usize == LARGE_BIN {
+            0
+        } else {
+            (*page).block_size as u64
+        };
+        count_node_free(h, (*seg).node, bytes);
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
@@ -2097,6 +2154,14 @@ unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
 unsafe fn drain_delayed(h: *mut Heap) {
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
     unsafe {
+        if (*h).delayed.0.is_empty() {
+            return;
+        }
+        // The blocks still on the stack are counted as used by their pages, which must stay
+        // ours until they are freed: no rehome (which gives every segment away) until the
+        // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
+        let was_walking = (*h).walking;
+        (*h).walking = true;
         delayed::drain(
             &(*h).delayed.0,
             |b| {
@@ -2109,6 +2174,7 @@ unsafe fn drain_delayed(h: *mut Heap) {
                 free_local(h, page, b, false);
             },
         );
+        (*h).walking = was_walking;
     }
 }
 
@@ -2129,7 +2195,7 @@ unsafe fn heap_tick(h: *mut Heap) {
         if !(*h).shared {
             let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
-                rehome(h, node);
+                rehome_when_safe(h, node);
                 return;
             }
         }
@@ -2359,46 +2425,11 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fork: no lock may be held by a thread that does not exist in the child.
+// fork: no lock may be held by a thread that does not exist in the child, and no heap of one
+// may stay listed or own segments there (see fork.rs).
 
-extern "C" fn fork_prepare() {
-    REGISTRY.lock.lock_raw();
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.lock_raw();
-    }
-    for l in POOLS
-        .iter()
-        .chain(ABANDONED.iter())
-        .chain(ABANDONED_FULL.iter())
-    {
-        l.lock_for_fork();
-    }
-}
-
-extern "C" fn fork_parent() {
-    for l in POOLS
-        .iter()
-        .chain(ABANDONED.iter())
-        .chain(ABANDONED_FULL.iter())
-    {
-        l.unlock_after_fork();
-    }
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.unlock_raw();
-    }
-    REGISTRY.lock.unlock_raw();
-}
-
-/// Registers the fork handlers (once, from process initialisation). In the child, only the
-/// forking thread lives on: blocks other threads owned stay valid and can be freed (their
-/// frees become remote frees that nobody collects: memory, not correctness, is lost).
-pub(crate) fn register_fork_handlers() {
-    // SAFETY: three extern "C" functions with no preconditions; the child handler is the
-    // parent one (every lock was taken by the forking thread, so releasing is right in both).
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_parent));
-    }
-}
+mod fork;
+pub(crate) use fork::register_fork_handlers;
 
 /// Segments in the node pools and abandoned right now (for statistics).
 pub fn segment_counts() -> (usize, usize, usize) {

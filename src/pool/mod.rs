@@ -440,18 +440,23 @@ impl<T: Send> Pool<T> {
     #[inline(never)]
     fn give_back_slow(&self, v: T) {
         if take_place(&self.budget, 1) == 1 {
-            let home = node::current_node() % self.shards.len();
-            match self.shards[home].push(v) {
-                Ok(()) => return,
-                Err(v) => {
-                    // Cannot happen (a place guarantees room in total, and each store holds a
-                    // share of max_idle rounded up), but stay correct if it does.
-                    self.budget.fetch_add(1, Relaxed);
-                    self.dropped.fetch_add(1, Relaxed);
-                    drop(v);
-                    return;
+            // The node's own store first; when it is full (its share of max_idle, while the
+            // other nodes' stores have room), the next store with room: a place guarantees
+            // room in total, and `take` looks in every store.
+            let n = self.shards.len();
+            let home = node::current_node() % n;
+            let mut v = v;
+            for i in 0..n {
+                match self.shards[(home + i) % n].push(v) {
+                    Ok(()) => return,
+                    Err(back) => v = back,
                 }
             }
+            // Cannot happen (see above), but stay correct if it does.
+            self.budget.fetch_add(1, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            drop(v);
+            return;
         }
         self.dropped.fetch_add(1, Relaxed);
         drop(v);

@@ -3,7 +3,10 @@
 //! Owns: a CPU-to-node table read once from `/sys/devices/system/node/node*/cpulist`.
 //! May touch: sysfs (read once, lazily) and `sched_getcpu` (a vDSO call on Linux); the table is
 //! built with the global allocator. Deliberately independent of the allocator core's topology
-//! code: the pool is a client of the allocator and must work on any global allocator.
+//! code: the pool is a client of the allocator and must work on any global allocator. The one
+//! exception: with simulated nodes (`TIERALLOC_SIMULATE_NODES`, `topology::sim`, which
+//! allocates nothing and needs no particular global allocator) the pool has one store per
+//! simulated node and a thread's node is its CPU modulo the CPU nodes, as in the heap.
 
 use std::sync::OnceLock;
 
@@ -63,11 +66,18 @@ pub(crate) fn parse_cpulist(s: &str) -> Vec<usize> {
 
 /// Number of NUMA nodes (at least 1).
 pub(crate) fn node_count() -> usize {
+    let raw = crate::topology::raw::get();
+    if raw.simulated() {
+        return raw.nodes.count_ones() as usize;
+    }
     table().nodes
 }
 
 /// The node of the CPU the calling thread runs on now (0 if unknown).
 pub(crate) fn current_node() -> usize {
+    if crate::topology::raw::get().simulated() {
+        return crate::sys::numa::current_node() as usize;
+    }
     let t = table();
     if t.nodes == 1 {
         return 0;

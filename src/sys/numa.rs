@@ -62,9 +62,31 @@ pub(crate) fn mask_of(nodes: u64) -> NodeMask {
     m
 }
 
+/// Whether the nodes are simulated (TIERALLOC_SIMULATE_NODES): the kernel's binding calls are
+/// then skipped and treated as successful.
+#[inline]
+pub(crate) fn simulated() -> bool {
+    topo::get().simulated()
+}
+
 /// Applies `policy` over `nodes` to `[p, p+len)` with mbind `flags`. `Err(errno)` when the
-/// kernel refuses. Allocation-free.
+/// kernel refuses. Allocation-free. With simulated nodes the call is skipped and succeeds
+/// (memory stays where the kernel puts it: the machine's one real node).
 pub(crate) fn mbind(
+    p: *mut u8,
+    len: usize,
+    policy: Policy,
+    nodes: &NodeMask,
+    flags: libc::c_uint,
+) -> Result<(), i32> {
+    if simulated() {
+        return Ok(());
+    }
+    mbind_raw(p, len, policy, nodes, flags)
+}
+
+/// [`mbind`] made even with simulated nodes.
+fn mbind_raw(
     p: *mut u8,
     len: usize,
     policy: Policy,
@@ -154,7 +176,8 @@ pub fn weighted_interleave_supported() -> bool {
     if p == libc::MAP_FAILED {
         return false;
     }
-    let ok = mbind(
+    // The real kernel's answer, also with simulated nodes.
+    let ok = mbind_raw(
         p as *mut u8,
         page,
         Policy::WeightedInterleave,
@@ -206,7 +229,9 @@ pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> io::Result<()
 
 /// move_pages(2) on the calling process: with `nodes` None, writes into `status` the node of
 /// each page in `pages` (or a negative errno: -ENOENT for a page not yet touched); with
-/// `nodes`, moves each page to its node. Allocation-free.
+/// `nodes`, moves each page to its node. Allocation-free. With simulated nodes a move is
+/// skipped and reported done (each status is the node asked for); a query still asks the
+/// kernel, so it reports the real node.
 pub(crate) fn move_pages(
     pages: &[*mut libc::c_void],
     nodes: Option<&[libc::c_int]>,
@@ -214,6 +239,12 @@ pub(crate) fn move_pages(
 ) -> Result<(), i32> {
     if status.len() < pages.len() || nodes.is_some_and(|n| n.len() < pages.len()) {
         return Err(libc::EINVAL);
+    }
+    if let Some(n) = nodes {
+        if simulated() {
+            status[..pages.len()].copy_from_slice(&n[..pages.len()]);
+            return Ok(());
+        }
     }
     // SAFETY: `pages`, `nodes` and `status` hold at least `pages.len()` entries; the kernel
     // reads the first two and writes the third within that count.
@@ -303,9 +334,10 @@ pub(crate) fn home_node() -> u32 {
     }
 }
 
-/// The NUMA node the calling thread is running on (0 where the kernel cannot say).
+/// The NUMA node the calling thread is running on (0 where the kernel cannot say; with
+/// simulated nodes, its CPU modulo their number).
 pub(crate) fn current_node() -> u32 {
-    getcpu().map_or(0, |(_, n)| n)
+    current_cpu_and_node().map_or(0, |(_, n)| n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,6 +346,10 @@ pub(crate) fn current_node() -> u32 {
 /// The NUMA node of every OS page of `[ptr, ptr+len)`, in order, from move_pages(2) with
 /// `nodes = NULL`. An entry is the node id, or a negative errno for a page that has no node
 /// (`-ENOENT`: never touched, `-EFAULT`: not mapped). The range is widened to whole pages.
+///
+/// With simulated nodes (`TIERALLOC_SIMULATE_NODES`) this still reports where the kernel
+/// put the pages (the machine's real node), not the simulated node the allocator booked
+/// them on: nothing was bound. `tieralloc::stats()` shows the simulated placement.
 ///
 /// This is for tests and diagnostics: it allocates its result.
 ///
@@ -405,9 +441,16 @@ fn pin_to_cpus(cpus: &[u64; topo::MASK_WORDS]) -> io::Result<()> {
     }
 }
 
-/// The node of the calling thread's CPU as the kernel reports it (getcpu), or None.
+/// The CPU the calling thread runs on and its node, as the kernel reports them (getcpu), or
+/// None. With simulated nodes (`TIERALLOC_SIMULATE_NODES=N`) the node is the CPU modulo N.
+/// Allocation-free.
 pub fn current_cpu_and_node() -> Option<(u32, u32)> {
-    getcpu()
+    let (cpu, node) = getcpu()?;
+    let t = topo::get();
+    if t.simulated() {
+        return Some((cpu, cpu % t.sim_nodes as u32));
+    }
+    Some((cpu, node))
 }
 
 #[cfg(test)]

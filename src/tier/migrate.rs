@@ -214,9 +214,36 @@ pub(crate) unsafe fn move_to_node_claimed(
         pages,
         ..MoveReport::default()
     };
+    // With simulated nodes nothing was ever bound, so the kernel reports the real node: a
+    // page that is present counts as on the node the allocator booked it on (a huge block's
+    // node, a large block's current node), and after the move as on `node`.
+    let sim = numa::simulated();
+    let booked: Option<i32> = if !huge.is_null() {
+        // SAFETY: the caller owns the huge block (and holds its claim), so its header is live.
+        Some(unsafe { (*huge).node } as i32)
+    } else if !large.is_null() {
+        // SAFETY: the caller owns the large block, so its page and segment are live.
+        Some(unsafe {
+            match (*large).moved {
+                0 => (*(*large).segment()).node as i32,
+                m => m as i32 - 1,
+            }
+        })
+    } else {
+        None
+    };
+    let before = |s: i32| {
+        if sim && s >= 0 {
+            booked.unwrap_or(s)
+        } else {
+            s
+        }
+    };
+    let after = |s: i32| if sim && s >= 0 { node as i32 } else { s };
     // Where the pages are now, per source tier (for the demoted/promoted counters).
     let mut from_tier = [0usize; MAX_TIERS];
     census(start, end, |_, s| {
+        let s = before(s);
         if s == node as i32 {
             r.already += 1;
         } else if s >= 0 {
@@ -233,6 +260,7 @@ pub(crate) unsafe fn move_to_node_claimed(
     }
     let mut on_target = 0usize;
     census(start, end, |_, s| {
+        let s = after(s);
         if s == node as i32 {
             on_target += 1;
         } else if s >= 0 {

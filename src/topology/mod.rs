@@ -12,6 +12,7 @@
 #[cfg(feature = "hwloc")]
 mod hwloc;
 pub(crate) mod raw;
+pub(crate) mod sim;
 pub(crate) mod sysfs;
 pub(crate) mod tiers;
 
@@ -32,6 +33,9 @@ pub enum TopologySource {
     SingleNode,
     /// hwloc (the `hwloc` feature): the running machine, a synthetic description or XML.
     Hwloc,
+    /// Simulated nodes (`TIERALLOC_SIMULATE_NODES`): CPU `c` is on node `c % N`, far nodes
+    /// have memory and no CPUs, and the kernel's binding calls are skipped.
+    Simulated,
 }
 
 /// How [`Topology::tiers`] were derived.
@@ -134,7 +138,7 @@ pub struct Topology {
 /// Tiers are seen from the node the calling thread runs on.
 pub fn topology() -> Topology {
     let r = raw::get();
-    let viewer = crate::sys::numa::getcpu().map(|(_, n)| n);
+    let viewer = crate::sys::numa::current_cpu_and_node().map(|(_, n)| n);
     Topology::from_raw(r, viewer)
 }
 
@@ -155,6 +159,7 @@ impl Topology {
                     .map(|c| c as u32)
                     .collect::<Vec<_>>();
                 let has_memory = r.mem_nodes & (1 << n) != 0;
+                let cpu_node = r.cpu_nodes() & (1 << n) != 0;
                 let access = iter(r.nodes)
                     .filter(|&i| r.perf[i][n].known())
                     .map(|i| {
@@ -170,7 +175,7 @@ impl Topology {
                     .collect();
                 Node {
                     id: n as u32,
-                    memory_only: has_memory && cpus.is_empty(),
+                    memory_only: has_memory && !cpu_node,
                     cpus,
                     memory_bytes: r.mem_bytes[n],
                     has_memory,
@@ -202,6 +207,7 @@ impl Topology {
                 RawSource::Sysfs => TopologySource::Sysfs,
                 RawSource::Fallback => TopologySource::SingleNode,
                 RawSource::Hwloc => TopologySource::Hwloc,
+                RawSource::Simulated => TopologySource::Simulated,
             },
             memory_only: nodes
                 .iter()

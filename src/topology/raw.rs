@@ -35,6 +35,8 @@ pub(crate) enum RawSource {
     /// hwloc (feature `hwloc`).
     #[allow(dead_code)]
     Hwloc,
+    /// TIERALLOC_SIMULATE_NODES (`topology::sim`).
+    Simulated,
 }
 
 /// How the tiers were derived.
@@ -118,6 +120,11 @@ pub(crate) struct Raw {
     pub ignore_hmat: bool,
     /// Home node of each CPU (NO_NODE for CPUs in no node).
     pub cpu_home: [u8; MAX_CPUS],
+    /// Simulated CPU nodes (TIERALLOC_SIMULATE_NODES; 0: the machine is real). Nodes
+    /// 0..sim_nodes are CPU nodes, and `sys::numa` skips the kernel's binding calls.
+    pub sim_nodes: u8,
+    /// The simulated far (memory-only) nodes.
+    pub sim_far: u64,
 }
 
 impl Raw {
@@ -138,15 +145,27 @@ impl Raw {
         tier_source: RawTierSource::Distances,
         ignore_hmat: false,
         cpu_home: [NO_NODE; MAX_CPUS],
+        sim_nodes: 0,
+        sim_far: 0,
     };
+
+    /// Whether the nodes are simulated (TIERALLOC_SIMULATE_NODES).
+    #[inline]
+    pub fn simulated(&self) -> bool {
+        self.sim_nodes != 0
+    }
 
     /// Whether node `n` has CPUs.
     pub fn has_cpus(&self, n: usize) -> bool {
         self.cpus[n].iter().any(|w| *w != 0)
     }
 
-    /// Nodes with CPUs.
+    /// Nodes with CPUs (simulated: the simulated CPU nodes, even one that no CPU of the
+    /// machine maps to).
     pub fn cpu_nodes(&self) -> u64 {
+        if self.simulated() {
+            return (1u64 << self.sim_nodes) - 1;
+        }
         let mut m = 0;
         for n in iter(self.nodes) {
             if self.has_cpus(n) {
@@ -295,6 +314,16 @@ fn init() {
             if let Some(m) = crate::sys::numa::mems_allowed() {
                 if m & raw.nodes != 0 {
                     raw.mems_allowed = m & raw.nodes;
+                }
+            }
+            if let Some(v) = crate::config::getenv(b"TIERALLOC_SIMULATE_NODES\0") {
+                match super::sim::parse(v) {
+                    Some(spec) => super::sim::apply(raw, spec),
+                    None => crate::config::warn_bad(
+                        b"TIERALLOC_SIMULATE_NODES\0",
+                        v,
+                        super::sim::EXPECTED,
+                    ),
                 }
             }
             let nodes = crate::config::getenv(b"TIERALLOC_NODES\0");

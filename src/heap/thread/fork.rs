@@ -1,0 +1,541 @@
+//! fork: the `pthread_atfork` handlers that keep the allocator whole in a child process.
+//!
+//! Owns: the handlers and the child's reset. May touch everything of `heap::thread` (it is a
+//! child module, for the registry and the heaps' fields), `heap::segment` (the map, the lists)
+//! and `heap::huge` (the registry's claims).
+//!
+//! In the child only the thread that forked exists. Every other thread's heap is dead, but it
+//! is still listed in the registry, its segments still name it as their owner (the header's
+//! `owner` is the heap's address, the segment map's entry its tag), and other dead threads may
+//! have been halfway through a delayed free (a page left in `DELAYED_FREEING`) or through a
+//! visit of a huge object (its registry slot left claimed). glibc gives the dead threads'
+//! stacks, and the TLS blocks on them where the heaps live, to the threads the child creates:
+//! a new thread's heap lands at a dead heap's address, so a stale registry link makes the
+//! list a cycle, and a stale owner makes its frees take blocks of pages that are not on its
+//! queues for its own. The child handler therefore, before `fork` returns:
+//! - keeps in the registry only the forking thread's heap and the node heaps;
+//! - abandons every segment a dead heap owned (found through the segment map by the dead
+//!   heaps' tags, which catches a segment in transit between the heap's list and another list
+//!   too), so that the threads of the child adopt it when they free into it; the blocks on a
+//!   dead heap's delayed stack go to their pages' own lists; its counters go to the retired
+//!   totals and its tag is free again;
+//! - puts every page of a live heap left in `DELAYED_FREEING` back to the state the dead
+//!   freer found it in, and drops every claim on a huge object.
+//!
+//! What a dead thread was holding in its hands is lost (memory, never correctness): a block it
+//! was freeing, a segment it was handing to a pool, the huge mappings it had cached.
+//!
+//! Lock order, everywhere in the allocator: a node heap's lock, then the registry's, then the
+//! segment lists' (`node_alloc` registers its heap under the node heap's lock). `fork_prepare`
+//! takes them in that order, so no thread holds one of them across the fork.
+
+use super::{
+    book_free_slices, for_each_used_page, free_delayed, give_tag, heap, release_segment_dirty,
+    retire_counters, Heap, DEAD, NODE_HEAPS, REGISTRY,
+};
+use crate::heap::huge;
+use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED};
+use crate::heap::segment::{
+    self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
+    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGE_IN_FULL, POOLS,
+};
+use crate::sync::Ordering;
+use crate::sys::os;
+use core::ptr;
+
+/// Every segment list, in the order `fork_prepare` locks them.
+fn lists() -> impl Iterator<Item = &'static SegmentList> {
+    POOLS
+        .iter()
+        .chain(ABANDONED.iter())
+        .chain(ABANDONED_FULL.iter())
+}
+
+extern "C" fn fork_prepare() {
+    for nh in NODE_HEAPS.iter() {
+        nh.lock.lock_raw();
+    }
+    REGISTRY.lock.lock_raw();
+    for l in lists() {
+        l.lock_for_fork();
+    }
+}
+
+extern "C" fn fork_parent() {
+    for l in lists() {
+        l.unlock_after_fork();
+    }
+    REGISTRY.lock.unlock_raw();
+    for nh in NODE_HEAPS.iter() {
+        nh.lock.unlock_raw();
+    }
+}
+
+extern "C" fn fork_child() {
+    // The child has one thread: the locks only keep it from itself now. The lists' and the
+    // node heaps' go first (the reset pushes segments); the registry's stays held, since the
+    // reset rewrites the registry.
+    for l in lists() {
+        l.unlock_after_fork();
+    }
+    for nh in NODE_HEAPS.iter() {
+        nh.lock.unlock_raw();
+    }
+    // SAFETY: we are the child's only thread and hold the registry lock; every lock a dead
+    // thread could have held was taken by fork_prepare before the fork.
+    unsafe { reset_after_fork() };
+    REGISTRY.lock.unlock_raw();
+}
+
+/// Registers the fork handlers (once, from process initialisation).
+pub(crate) fn register_fork_handlers() {
+    // SAFETY: three extern "C" functions with no preconditions.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+    }
+}
+
+/// Tags of the heaps that died with the fork (a bit per tag; only the child touches it).
+struct DeadTags(core::cell::UnsafeCell<[u64; (NO_TAG as usize + 1) / 64]>);
+// SAFETY: only the child's single thread, inside fork_child, touches it.
+unsafe impl Sync for DeadTags {}
+static DEAD_TAGS: DeadTags = DeadTags(core::cell::UnsafeCell::new([0; (NO_TAG as usize + 1) / 64]));
+
+/// The child's reset (see the module's comment).
+///
+/// # Safety
+/// Called only from `fork_child`: the calling thread is the process's only one, and it holds
+/// the registry lock.
+unsafe fn reset_after_fork() {
+    huge::clear_claims_after_fork();
+    let me = heap();
+    // SAFETY: single-threaded (contract): every heap in the registry stays where it is, and
+    // the dead ones' fields are ours to rewrite; the registry lock is held.
+    unsafe {
+        let dead_tags = &mut *DEAD_TAGS.0.get();
+        // 1. Split the registry: the live heaps stay, the dead ones go on a list of their own
+        //    (through the same links).
+        let mut live: *mut Heap = ptr::null_mut();
+        let mut dead: *mut Heap = ptr::null_mut();
+        let mut h = *REGISTRY.head.get();
+        while !h.is_null() {
+            let next = (*h).reg_next;
+            let list = if h == me || (*h).shared {
+                &mut live
+            } else {
+                if (*h).tag != NO_TAG {
+                    dead_tags[(*h).tag as usize / 64] |= 1 << ((*h).tag % 64);
+                }
+                &mut dead
+            };
+            (*h).reg_prev = ptr::null_mut();
+            (*h).reg_next = *list;
+            if !(*list).is_null() {
+                (**list).reg_prev = h;
+            }
+            *list = h;
+            h = next;
+        }
+        *REGISTRY.head.get() = live;
+        // 2. Live heaps: no remote free is in flight any more.
+        let mut h = live;
+        while !h.is_null() {
+            unstick_delayed_frees(h);
+            h = (*h).reg_next;
+        }
+        if dead.is_null() {
+            return;
+        }
+        // 3. Dead heaps' segments: through the map by tag; those of a heap without a tag
+        //    (only when every tag is taken) through its own list, as far as it is intact.
+        let now = os::now_ms();
+        segment::for_each_tagged(
+            |tag| dead_tags[tag as usize / 64] & (1 << (tag % 64)) != 0,
+            |seg, _| abandon_dead(seg, now),
+        );
+        let mut d = dead;
+        while !d.is_null() {
+            if (*d).tag == NO_TAG {
+                let mut seg = (*d).segments;
+                let mut n = segment::SEGMENTS.load(Ordering::Relaxed);
+                while !seg.is_null() && n > 0 {
+                    let next = (*seg).next;
+                    if (*seg).owner.load(Ordering::Relaxed) == d as usize {
+                        abandon_dead(seg, now);
+                    }
+                    seg = next;
+                    n -= 1;
+                }
+            }
+            d = (*d).reg_next;
+        }
+        // 4. Their delayed blocks, counters and tags; then they are dead for good.
+        let mut d = dead;
+        while !d.is_null() {
+            let next = (*d).reg_next;
+            return_delayed(d);
+            retire_counters(&mut *d);
+            if (*d).tag != NO_TAG {
+                dead_tags[(*d).tag as usize / 64] &= !(1 << ((*d).tag % 64));
+            }
+            give_tag((*d).tag);
+            let hp = &mut *d;
+            hp.tag = NO_TAG;
+            hp.segments = ptr::null_mut();
+            hp.reg_next = ptr::null_mut();
+            hp.reg_prev = ptr::null_mut();
+            hp.state = DEAD;
+            d = next;
+        }
+    }
+}
+
+/// Puts every page of live heap `h` that a dead thread left in `DELAYED_FREEING` back in the
+/// state that thread found it in: `USE_DELAYED` if the page is still full, else `NORMAL` (where
+/// the delayed free would have ended). The block that thread was freeing stays counted as
+/// used (lost, as a block freed by nobody).
+///
+/// # Safety
+/// Single-threaded child; `h` is a live heap (ours or a node heap).
+unsafe fn unstick_delayed_frees(h: *mut Heap) {
+    // SAFETY: per the contract, h's segments and pages are ours to rewrite.
+    unsafe {
+        let mut seg = (*h).segments;
+        while !seg.is_null() {
+            for_each_used_page(seg, |p| {
+                if (*p).thread_free.state() == DELAYED_FREEING {
+                    let to = if (*p).flags & PAGE_IN_FULL != 0 {
+                        USE_DELAYED
+                    } else {
+                        NORMAL
+                    };
+                    (*p).thread_free.force_state(to);
+                }
+            });
+            seg = (*seg).next;
+        }
+    }
+}
+
+/// Abandons `seg`, found owned by a heap that died with the fork, as its exit would have: its
+/// pages take remote frees on their own lists (`NEVER_DELAYED`), and it goes to its node's
+/// abandoned list (or to the pool if it holds nothing), owner 0 and map entry `MAP_UNOWNED`.
+/// The queue links of its pages are the dead heap's; adoption resets them.
+///
+/// # Safety
+/// Single-threaded child; `seg` is a normal segment whose map entry is a dead heap's tag.
+unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
+    // SAFETY: per the contract nobody else uses seg; the owner was a dead heap (an owner
+    // writes the entry with its tag only after naming itself in the header, and lets go of the
+    // entry first, so an entry holding a dead heap's tag means the header names that heap).
+    unsafe {
+        if (*seg).kind != SegmentKind::Normal || (*seg).owner.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for_each_used_page(seg, |p| (*p).thread_free.force_state(NEVER_DELAYED));
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+        if (*seg).used_pages == 0 {
+            release_segment_dirty(seg, now);
+        } else {
+            book_free_slices(seg, now);
+            PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
+        }
+    }
+}
+
+/// Hands the blocks on dead heap `d`'s delayed stack to their pages' own lists (their pages
+/// are `NEVER_DELAYED` now), where whoever adopts or tends the segment collects them.
+///
+/// # Safety
+/// Single-threaded child, after `abandon_dead` ran on `d`'s segments.
+unsafe fn return_delayed(d: *mut Heap) {
+    // SAFETY: every block on a heap's delayed stack is a block of a page of a segment that
+    // heap owned, still counted as used there, so its segment is mapped.
+    unsafe {
+        let mut b: *mut Block = (*d).delayed.0.take_all();
+        while !b.is_null() {
+            let next = Block::next(b);
+            let seg = segment_of(b as *const u8);
+            let page = page_of(seg, b as *const u8);
+            if let Pushed::Delayed = (*page).thread_free.push(b) {
+                // Only if the page were a live heap's, full: the way any remote free ends.
+                free_delayed(seg, page, b as *mut u8);
+            }
+            b = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{alloc_bin, alloc_generic, free, heap_done, FIRST_TAG};
+    use super::*;
+    use crate::heap::segment::{map_tag, page_of, PageKind, MAP_UNOWNED};
+    use crate::heap::size_class::bin_of;
+    use crate::sync::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, Barrier, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// The fork tests run one at a time (one of them holds fork_prepare's locks).
+    static FORK_TESTS: Mutex<()> = Mutex::new(());
+
+    /// Forks; the child runs `child` and exits with what it returns (101 if it panics). The
+    /// parent waits for it and returns its exit code, or what else became of it: killed after
+    /// a minute (a hang is the failure these tests look for), or ended by a signal.
+    fn in_child(child: impl FnOnce() -> i32) -> Result<i32, String> {
+        // SAFETY: fork has no preconditions; the child only runs `child` and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+            // SAFETY: _exit ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(code.unwrap_or(101)) };
+        }
+        let start = Instant::now();
+        loop {
+            let mut st = 0;
+            // SAFETY: pid is our child; st is a valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+            if r == pid {
+                return if libc::WIFEXITED(st) {
+                    Ok(libc::WEXITSTATUS(st))
+                } else {
+                    Err(format!("the child died of signal {}", libc::WTERMSIG(st)))
+                };
+            }
+            assert_eq!(r, 0, "waitpid failed");
+            if start.elapsed() > Duration::from_secs(60) {
+                // SAFETY: pid is our child, not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut st, 0);
+                }
+                return Err("the child hung (killed after 60 s)".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// `node_alloc` registers a node heap's first use while it holds that node heap's lock, so
+    /// it takes the registry lock after a node heap's. `fork_prepare` must take them in the
+    /// same order: if it held the registry lock while waiting for a node heap's, a fork during
+    /// a thread's first placed allocation would deadlock both threads.
+    #[test]
+    fn fork_prepare_takes_the_node_heap_locks_before_the_registry_lock() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        // We are a thread inside node_alloc: the last node heap's lock held, about to register.
+        let held = NODE_HEAPS[MAX_NODES - 1].lock.lock();
+        let forker = std::thread::spawn(|| {
+            fork_prepare();
+            fork_parent();
+        });
+        // Wait until the forker has taken every lock it takes before that node heap's and is
+        // waiting for it (node heap MAX_NODES - 2 is used by nobody else).
+        while let Some(g) = NODE_HEAPS[MAX_NODES - 2].lock.try_lock() {
+            drop(g);
+            std::thread::yield_now();
+        }
+        // Now register, as node_alloc would: the registry lock must be free (other threads take
+        // it only for a moment).
+        let mut registered = false;
+        for _ in 0..1_000_000 {
+            if let Some(g) = REGISTRY.lock.try_lock() {
+                drop(g);
+                registered = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        drop(held);
+        forker.join().unwrap();
+        assert!(
+            registered,
+            "fork_prepare held the registry lock while waiting for a node heap's lock: a thread \
+             registering that node heap would wait for it forever"
+        );
+    }
+
+    /// A remote free that found a full page of ours flipped it to DELAYED_FREEING, and its
+    /// thread did not get to end it before another thread forked: in the child, that thread
+    /// does not exist. The forking thread's exit in the child (which waits out delayed frees
+    /// in flight on its pages) must not wait for it forever.
+    #[test]
+    fn a_delayed_free_in_flight_at_fork_does_not_hold_up_the_child() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::spawn(|| {
+            // SAFETY: this thread's heap and block; the block is freed once: by the simulated
+            // remote free, which the parent ends below (and the child's heap_done only
+            // touches the child's copy).
+            unsafe {
+                let p = alloc_generic(200_000, 16, false);
+                assert!(!p.is_null());
+                let seg = segment_of(p);
+                let page = page_of(seg, p);
+                assert_eq!((*page).kind, PageKind::Large as u8);
+                assert_eq!((*page).thread_free.state(), USE_DELAYED);
+                // Another thread frees p and stops between its two steps.
+                let (pa, pg) = (p as usize, page as usize);
+                std::thread::spawn(move || {
+                    let page = pg as *mut crate::heap::segment::Page;
+                    assert_eq!((*page).thread_free.push(pa as *mut Block), Pushed::Delayed);
+                })
+                .join()
+                .unwrap();
+                assert_eq!((*page).thread_free.state(), DELAYED_FREEING);
+                let child = in_child(|| {
+                    heap_done(heap());
+                    0
+                });
+                // The remote free ends here, in the parent.
+                free_delayed(seg, page, p);
+                assert_eq!(child, Ok(0));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The automatic demoter (or any visitor of the huge registry) had a huge block claimed
+    /// when another thread forked: in the child, no thread will ever release that claim, and
+    /// the block's free, which waits out a claim, must not wait forever.
+    #[test]
+    fn a_huge_block_claimed_at_fork_can_be_freed_in_the_child() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        static INSIDE: AtomicBool = AtomicBool::new(false);
+        static GO: AtomicBool = AtomicBool::new(false);
+        static TARGET: AtomicUsize = AtomicUsize::new(0);
+        INSIDE.store(false, Ordering::Relaxed);
+        GO.store(false, Ordering::Relaxed);
+        std::thread::spawn(|| {
+            // SAFETY: this thread's block, freed once (in the parent, after the visit; the
+            // child frees its own copy).
+            unsafe {
+                let p = alloc_generic(8 << 20, 16, false);
+                assert!(!p.is_null());
+                let seg = segment_of(p);
+                assert_eq!((*seg).kind, SegmentKind::Huge);
+                TARGET.store(seg as usize, Ordering::Relaxed);
+                let visitor = std::thread::spawn(|| {
+                    // Other visitors may hold the slot for a moment: visit until we had it.
+                    while !INSIDE.load(Ordering::Acquire) {
+                        huge::for_each_claimed(|s| {
+                            if s as usize == TARGET.load(Ordering::Relaxed) {
+                                INSIDE.store(true, Ordering::Release);
+                                while !GO.load(Ordering::Acquire) {
+                                    std::thread::yield_now();
+                                }
+                            }
+                        });
+                    }
+                });
+                while !INSIDE.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                let child = in_child(|| {
+                    free(p);
+                    0
+                });
+                GO.store(true, Ordering::Release);
+                visitor.join().unwrap();
+                free(p);
+                assert_eq!(child, Ok(0));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A thread alive in the parent at fork is dead in the child: the registry keeps only the
+    /// forking thread's heap (and node heaps), the dead heap's segments have no owner and no
+    /// tag in the map, its tag is free, and the child adopts its segment by freeing into it.
+    #[test]
+    fn in_the_child_the_heaps_of_the_other_threads_are_gone() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let bin = bin_of(64);
+            // SAFETY: this thread's heap; the blocks are freed once each, by the forking
+            // thread (which keeps them in the parent until this thread has sent them).
+            unsafe {
+                let blocks: Vec<usize> = (0..100).map(|_| alloc_bin(bin) as usize).collect();
+                tx.send((blocks, heap() as usize, (*heap()).tag)).unwrap();
+            }
+            b2.wait(); // alive until the fork is over
+        });
+        let (blocks, dead, dead_tag) = rx.recv().unwrap();
+        assert!((FIRST_TAG..NO_TAG).contains(&dead_tag));
+        let child = in_child(|| {
+            let me = heap();
+            // SAFETY: the child's only thread; the registry is read under its lock; the
+            // blocks are live blocks of the dead thread, each freed once.
+            unsafe {
+                {
+                    let _g = REGISTRY.lock.lock();
+                    let mut h = *REGISTRY.head.get();
+                    while !h.is_null() {
+                        if h != me && !(*h).shared {
+                            return 2; // a heap of a thread the child does not have
+                        }
+                        h = (*h).reg_next;
+                    }
+                    let tags = &*REGISTRY.tags.get();
+                    if tags[dead_tag as usize / 64] & (1 << (dead_tag % 64)) != 0 {
+                        return 3; // the dead heap's tag is still taken
+                    }
+                }
+                let p = blocks[0] as *mut u8;
+                let seg = segment_of(p);
+                if (*seg).owner.load(Ordering::Relaxed) == dead {
+                    return 4;
+                }
+                if map_tag(p) != MAP_UNOWNED {
+                    return 5;
+                }
+            }
+            // A new thread (glibc may well give it the dead thread's stack, and so its heap's
+            // address) frees the blocks: it adopts their segment, which is then on its list.
+            let blocks = blocks.clone();
+            std::thread::spawn(move || {
+                // SAFETY: live blocks of the dead thread, each freed once; our own heap's
+                // segment list is read by us.
+                unsafe {
+                    for &b in &blocks {
+                        free(b as *mut u8);
+                    }
+                    let seg = segment_of(blocks[0] as *const u8);
+                    let me = heap();
+                    if (*seg).owner.load(Ordering::Relaxed) != me as usize {
+                        return 6;
+                    }
+                    let mut s = (*me).segments;
+                    while !s.is_null() && s != seg {
+                        s = (*s).next;
+                    }
+                    if s.is_null() {
+                        return 7;
+                    }
+                }
+                0
+            })
+            .join()
+            .unwrap_or(8)
+        });
+        barrier.wait();
+        other.join().unwrap();
+        for &b in &blocks {
+            // SAFETY: live blocks of the other (now exited) thread, freed once here.
+            unsafe { free(b as *mut u8) };
+        }
+        assert_eq!(
+            child,
+            Ok(0),
+            "2: a dead heap in the registry; 3: its tag taken; 4: its segment still names it; \
+             5: its map entry names a tag; 6: not adopted by its freer; 7: owned but not on the \
+             owner's list; 8: the thread panicked"
+        );
+    }
+}
