@@ -3,7 +3,20 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-// Under `--cfg loom` only the lock-free pieces are built, for tests/loom.rs.
+// Under `--cfg loom` only the lock-free and lock-protected cores of the heap are built, for
+// the model checks in tests/loom.rs: the same files the heap is made of (see heap/mod.rs).
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/claim.rs"]
+pub mod claim;
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/delayed.rs"]
+pub mod delayed;
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/list.rs"]
+pub mod list;
 #[cfg(loom)]
 #[doc(hidden)]
 #[path = "heap/remote.rs"]

@@ -1,10 +1,15 @@
-//! Atomics and the one spin lock, from `std` normally and from `loom` under `--cfg loom`.
+//! Atomics, `UnsafeCell` and the one spin lock, from `std` normally and from `loom` under
+//! `--cfg loom`.
 //!
-//! Owns: nothing but re-exports and [`SpinLock`]. Every lock-free structure in the crate takes
-//! its atomics from here, so the loom model checks in `tests/loom.rs` exercise the same code
-//! that runs in the allocator.
+//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`]. Every lock-free structure in
+//! the crate takes its atomics from here, and the plain memory those structures publish (the
+//! free-list links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the
+//! loom model checks in `tests/loom.rs` exercise the same code that runs in the allocator and
+//! see every access to shared memory, not only the atomic ones.
 
+// Under loom only the modelled cores are built, which need some of these.
 #[cfg(loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{
     AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
@@ -13,6 +18,39 @@ pub(crate) use loom::sync::atomic::{
 pub(crate) use core::sync::atomic::{
     AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// `core::cell::UnsafeCell` with loom's interface: the value is reached only inside
+/// [`with`](UnsafeCell::with) (to read) and [`with_mut`](UnsafeCell::with_mut) (to write), so
+/// under `--cfg loom`, where this is `loom::cell::UnsafeCell`, every access is checked against
+/// the happens-before order the atomics set up. Here both are a plain `get()`: the same
+/// layout (`repr(transparent)`) and the same machine code as the bare cell.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    /// A cell holding `v`.
+    #[inline(always)]
+    pub(crate) const fn new(v: T) -> Self {
+        UnsafeCell(core::cell::UnsafeCell::new(v))
+    }
+
+    /// Calls `f` with a pointer to read the value through.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer to write the value through.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 
 /// Spin-wait hint (a loom yield under the model checker, so spinning threads let others run).
 #[inline]

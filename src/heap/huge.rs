@@ -4,8 +4,9 @@
 //! Owns: the huge segment header fields and the per-thread cache of freed huge mappings.
 //! May touch: `sys::os`, `heap::segment`.
 
+use super::claim::ClaimSlot;
 use super::segment::{Segment, SegmentKind, HEADER_SIZE, MAX_ALIGN, SEGMENT_SIZE};
-use crate::sync::{spin_hint, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use crate::sys::os;
 use core::ptr;
 
@@ -106,10 +107,9 @@ pub fn object(seg: *mut Segment) -> *mut u8 {
 pub const REG_SLOTS: usize = 1024;
 /// `Segment::huge_slot` of an object that is in no slot.
 pub const NO_SLOT: u32 = u32::MAX;
-const CLAIMED: usize = 1;
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_SLOT: AtomicUsize = AtomicUsize::new(0);
-static REGISTRY: [AtomicUsize; REG_SLOTS] = [EMPTY_SLOT; REG_SLOTS];
+const EMPTY_SLOT: ClaimSlot = ClaimSlot::new();
+static REGISTRY: [ClaimSlot; REG_SLOTS] = [EMPTY_SLOT; REG_SLOTS];
 static REG_HINT: AtomicUsize = AtomicUsize::new(0);
 
 /// Records a huge object that was just handed out (fresh or from a cache) at `now`.
@@ -124,11 +124,7 @@ pub unsafe fn register(seg: *mut Segment, now: u64) {
         let start = REG_HINT.fetch_add(1, Ordering::Relaxed);
         for i in 0..REG_SLOTS {
             let k = (start + i) % REG_SLOTS;
-            if REGISTRY[k].load(Ordering::Relaxed) == 0
-                && REGISTRY[k]
-                    .compare_exchange(0, seg as usize, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if REGISTRY[k].try_fill(seg as usize) {
                 (*seg).huge_slot = k as u32;
                 return;
             }
@@ -147,22 +143,14 @@ pub unsafe fn unregister(seg: *mut Segment) {
     if k == NO_SLOT {
         return;
     }
-    let slot = &REGISTRY[(k as usize).min(REG_SLOTS - 1)];
-    loop {
-        match slot.compare_exchange(seg as usize, 0, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => break,
-            Err(cur) if cur == seg as usize | CLAIMED => {
-                #[cfg(test)]
-                tests::WHILE_CLAIMED.with(|f| {
-                    if let Some(f) = f.get() {
-                        f()
-                    }
-                });
-                spin_hint()
+    REGISTRY[(k as usize).min(REG_SLOTS - 1)].take(seg as usize, || {
+        #[cfg(test)]
+        tests::WHILE_CLAIMED.with(|f| {
+            if let Some(f) = f.get() {
+                f()
             }
-            Err(_) => break,
-        }
-    }
+        });
+    });
     // SAFETY: as above.
     unsafe { (*seg).huge_slot = NO_SLOT };
 }
@@ -181,21 +169,12 @@ pub unsafe fn with_claim<R>(seg: *mut Segment, f: impl FnOnce() -> R) -> R {
         return f();
     }
     let slot = &REGISTRY[(k as usize).min(REG_SLOTS - 1)];
-    loop {
-        match slot.compare_exchange(
-            seg as usize,
-            seg as usize | CLAIMED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => break,
-            Err(cur) if cur == seg as usize | CLAIMED => spin_hint(),
-            // Not in its slot: only its owner (us) takes it out, so this does not happen.
-            Err(_) => return f(),
-        }
+    // Not in its slot: only its owner (us) takes it out, so this does not happen.
+    if !slot.claim_own(seg as usize) {
+        return f();
     }
     let r = f();
-    slot.store(seg as usize, Ordering::Release);
+    slot.release(seg as usize);
     r
 }
 
@@ -204,16 +183,9 @@ pub unsafe fn with_claim<R>(seg: *mut Segment, f: impl FnOnce() -> R) -> R {
 /// free the object it is given.
 pub fn for_each_claimed(mut f: impl FnMut(*mut Segment)) {
     for slot in REGISTRY.iter() {
-        let v = slot.load(Ordering::Acquire);
-        if v == 0 || v & CLAIMED != 0 {
-            continue;
-        }
-        if slot
-            .compare_exchange(v, v | CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
+        if let Some(v) = slot.try_claim() {
             f(v as *mut Segment);
-            slot.store(v, Ordering::Release);
+            slot.release(v);
         }
     }
 }
@@ -224,10 +196,7 @@ pub fn for_each_claimed(mut f: impl FnMut(*mut Segment)) {
 /// forever.
 pub fn clear_claims_after_fork() {
     for slot in REGISTRY.iter() {
-        let v = slot.load(Ordering::Relaxed);
-        if v & CLAIMED != 0 {
-            slot.store(v & !CLAIMED, Ordering::Release);
-        }
+        slot.clear_claim_after_fork();
     }
 }
 
@@ -338,7 +307,7 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
 mod tests {
     use super::super::thread;
     use super::*;
-    use crate::sync::AtomicBool;
+    use crate::sync::{spin_hint, AtomicBool};
     use core::cell::Cell;
 
     thread_local! {

@@ -45,9 +45,9 @@ impl Page {
         unsafe {
             for i in 0..n - 1 {
                 let b = (first + i * size) as *mut Block;
-                (*b).next = (first + (i + 1) * size) as *mut Block;
+                Block::set_next(b, (first + (i + 1) * size) as *mut Block);
             }
-            (*((first + (n - 1) * size) as *mut Block)).next = ptr::null_mut();
+            Block::set_next((first + (n - 1) * size) as *mut Block, ptr::null_mut());
         }
         self.free = first as *mut Block;
         self.capacity += n as u32;
@@ -80,10 +80,10 @@ impl Page {
                     // SAFETY: the list was built by `RemoteFree::push` from blocks of this
                     // page; the acquire in `take_counted` makes their links visible.
                     unsafe {
-                        while !(*tail).next.is_null() {
-                            tail = (*tail).next;
+                        while !Block::next(tail).is_null() {
+                            tail = Block::next(tail);
                         }
-                        (*tail).next = self.local_free;
+                        Block::set_next(tail, self.local_free);
                     }
                     self.local_free = list;
                 }
@@ -137,7 +137,7 @@ mod tests {
                     break;
                 }
                 let b = page.free;
-                page.free = (*b).next;
+                page.free = Block::next(b);
                 page.used += 1;
                 assert!(seen.insert(b as usize));
                 assert_eq!((b as usize - page.start() as usize) % bin_size(bin), 0);
@@ -147,7 +147,7 @@ mod tests {
             // Half freed locally, half "remotely".
             for (i, &b) in blocks.iter().enumerate() {
                 if i % 2 == 0 {
-                    (*b).next = page.local_free;
+                    Block::set_next(b, page.local_free);
                     page.local_free = b;
                     page.used -= 1;
                 } else {
@@ -172,7 +172,7 @@ mod tests {
                 let mut b = head;
                 while !b.is_null() {
                     assert!(back.insert(b as usize), "a block on two lists");
-                    b = (*b).next;
+                    b = Block::next(b);
                 }
             }
             assert_eq!(back, seen);

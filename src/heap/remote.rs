@@ -24,14 +24,63 @@
 //! block is on the list at most once, so 16 bits never overflow; blocks lie below 2^47
 //! (segments are only mapped there), so the pointer bits never reach the count.
 
-use crate::sync::{spin_hint, AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::{spin_hint, AtomicPtr, AtomicUsize, Ordering, UnsafeCell};
 use core::ptr;
 
 /// A free block: only its first word, the link, has meaning.
+///
+/// The link is plain memory that one thread writes and another reads after an atomic hands
+/// the block over, so it sits in a [`crate::sync::UnsafeCell`]: one word here, a cell whose
+/// every access loom checks under `--cfg loom`. It is reached through [`Block::next`] and
+/// [`Block::set_next`] only.
 #[repr(C)]
 pub struct Block {
-    /// The next block in whatever list this block is on.
-    pub next: *mut Block,
+    next: UnsafeCell<*mut Block>,
+}
+
+impl Block {
+    /// A block on no list. The allocator never makes one (its blocks are page memory seen as a
+    /// `Block`); tests and models do.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Block {
+            next: UnsafeCell::new(ptr::null_mut()),
+        }
+    }
+    /// A block on no list (see above).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Block {
+            next: UnsafeCell::new(ptr::null_mut()),
+        }
+    }
+
+    /// The block after `b` on its list.
+    ///
+    /// # Safety
+    /// `b` is a block the caller may read: one it owns, or one it took from a list after the
+    /// atomic operation that published it (the link was written before that).
+    #[inline(always)]
+    pub unsafe fn next(b: *const Block) -> *mut Block {
+        // SAFETY: b is valid to read (contract); the cell is the block's first word.
+        unsafe { (*b).next.with(|p| *p) }
+    }
+
+    /// Sets the block after `b`.
+    ///
+    /// # Safety
+    /// The caller owns `b` (no other thread reads or writes it until the caller publishes it).
+    #[inline(always)]
+    pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
+        // SAFETY: b is ours alone (contract).
+        unsafe { (*b).next.with_mut(|p| *p = next) }
+    }
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The page's delayed-free state (the low two bits of [`RemoteFree`]).
@@ -98,7 +147,7 @@ impl RemoteFree {
                 debug_assert!(block as usize & !PTR_MASK == 0);
                 // SAFETY: the caller owns `block`; writing its link before publishing it with
                 // the release CAS below is what makes the list readable by the owner.
-                unsafe { (*block).next = (old & PTR_MASK) as *mut Block };
+                unsafe { Block::set_next(block, (old & PTR_MASK) as *mut Block) };
                 let count = (old & !(PTR_MASK | STATE_MASK)).wrapping_add(COUNT_ONE);
                 (
                     (block as usize) | count | (old & STATE_MASK),
@@ -260,7 +309,7 @@ impl BlockStack {
         let mut old = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: we own `block`; its link is published by the release CAS.
-            unsafe { (*block).next = old };
+            unsafe { Block::set_next(block, old) };
             match self
                 .head
                 .compare_exchange_weak(old, block, Ordering::Release, Ordering::Relaxed)
@@ -269,6 +318,12 @@ impl BlockStack {
                 Err(cur) => old = cur,
             }
         }
+    }
+
+    /// Whether the stack looks empty (a relaxed look: a push may land right after).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.load(Ordering::Relaxed).is_null()
     }
 
     /// Takes every block (consumer only).

@@ -19,10 +19,11 @@
 //!   thread taking or letting go of a segment writes its entry, and a heap's tag is given to
 //!   another heap only after every entry holding it has been rewritten.
 
+pub use super::list::{list_push_front, list_unlink};
+use super::list::{ListNode, LockedList};
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicU16, AtomicU8, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use crate::sys::os;
-use core::cell::UnsafeCell;
 use core::ptr;
 
 /// log2 of the segment size.
@@ -691,223 +692,72 @@ pub static PAGES_ABANDONED: AtomicUsize = AtomicUsize::new(0);
 /// Pages adopted after being abandoned.
 pub static PAGES_ADOPTED: AtomicUsize = AtomicUsize::new(0);
 
-/// Pushes `seg` at the front of the doubly linked segment list whose head is `*head`.
-///
-/// # Safety
-/// The caller has exclusive use of the list (its lock, or it owns it) and `seg` is on no list.
-pub unsafe fn list_push_front(head: *mut *mut Segment, seg: *mut Segment) {
-    // SAFETY: exclusive use of the list and of seg's links (contract).
-    unsafe {
-        let first = *head;
-        (*seg).prev = ptr::null_mut();
-        (*seg).next = first;
-        if !first.is_null() {
-            (*first).prev = seg;
-        }
-        *head = seg;
-    }
-}
-
-/// Takes `seg` out of the doubly linked segment list whose head is `*head`.
-///
-/// # Safety
-/// The caller has exclusive use of the list and `seg` is on it.
-pub unsafe fn list_unlink(head: *mut *mut Segment, seg: *mut Segment) {
-    // SAFETY: exclusive use of the list (contract); seg and its neighbours are on it.
-    unsafe {
-        let (p, n) = ((*seg).prev, (*seg).next);
-        if p.is_null() {
-            *head = n;
-        } else {
-            (*p).next = n;
-        }
-        if !n.is_null() {
-            (*n).prev = p;
-        }
-        (*seg).next = ptr::null_mut();
-        (*seg).prev = ptr::null_mut();
-    }
-}
-
 /// Tag of the abandoned lists whose segments have room to allocate from.
 pub const ROOM: u8 = 1;
 /// Tag of the abandoned lists whose segments were given up (nearly) full by a live heap
 /// (see `heap::thread::abandon_full`): taken over by a thread that frees into them.
 pub const FULL: u8 = 2;
 
-/// A locked list of segments with no owner.
-pub struct SegmentList {
-    lock: SpinLock,
-    head: UnsafeCell<*mut Segment>,
-    /// Segments on the list (readable without the lock, as a hint).
-    pub count: AtomicUsize,
-    /// What `Segment::abandoned` says of a segment on this list (0 for pools).
-    tag: u8,
+/// A locked list of segments with no owner: a pool, or an abandoned list (see `heap::list`).
+pub type SegmentList = LockedList<Segment>;
+
+impl ListNode for Segment {
+    #[inline]
+    unsafe fn next(n: *mut Self) -> *mut Self {
+        // SAFETY: n is valid and its list is the caller's (trait contract).
+        unsafe { (*n).next }
+    }
+    #[inline]
+    unsafe fn set_next(n: *mut Self, next: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).next = next }
+    }
+    #[inline]
+    unsafe fn prev(n: *mut Self) -> *mut Self {
+        // SAFETY: as above.
+        unsafe { (*n).prev }
+    }
+    #[inline]
+    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).prev = prev }
+    }
+    #[inline]
+    unsafe fn list_tag(n: *mut Self) -> u8 {
+        // SAFETY: n is a valid segment header (trait contract).
+        unsafe { (*n).abandoned.load(Ordering::Relaxed) }
+    }
+    #[inline]
+    unsafe fn set_list_tag(n: *mut Self, tag: u8) {
+        // SAFETY: as above.
+        unsafe { (*n).abandoned.store(tag, Ordering::Relaxed) }
+    }
+    #[inline]
+    unsafe fn owner(n: *mut Self) -> usize {
+        // SAFETY: as above.
+        unsafe { (*n).owner.load(Ordering::Relaxed) }
+    }
+    #[inline]
+    unsafe fn set_owner(n: *mut Self, owner: usize, tag: u16) {
+        // SAFETY: a normal segment being taken off or put on a list (trait contract).
+        unsafe { set_owner(n, owner, if owner == 0 { NO_TAG } else { tag }) }
+    }
 }
 
-// SAFETY: `head` and the links of listed segments are only touched with `lock` held.
-unsafe impl Sync for SegmentList {}
-
-impl SegmentList {
-    /// An empty list.
-    pub const fn new() -> Self {
-        SegmentList::tagged(0)
-    }
-
-    /// An empty abandoned list whose segments carry `tag` ([`ROOM`] or [`FULL`]).
-    pub const fn tagged(tag: u8) -> Self {
-        SegmentList {
-            lock: SpinLock::new(),
-            head: UnsafeCell::new(ptr::null_mut()),
-            count: AtomicUsize::new(0),
-            tag,
-        }
-    }
-
-    /// Pushes `seg` (which nobody owns) at the front.
-    ///
-    /// # Safety
-    /// `seg` is a normal segment with owner 0 that is on no list.
-    pub unsafe fn push(&self, seg: *mut Segment) {
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock; seg is unlisted and unowned.
-        unsafe { self.push_locked(seg) }
-    }
-
-    unsafe fn push_locked(&self, seg: *mut Segment) {
-        // SAFETY: the caller holds the lock, which guards the head and the links; see `push`.
-        unsafe { list_push_front(self.head.get(), seg) };
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    unsafe fn unlink_locked(&self, seg: *mut Segment) {
-        // SAFETY: the caller holds the lock and seg is on this list.
-        unsafe { list_unlink(self.head.get(), seg) };
-        self.count.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Pops the front segment, giving it to the heap at `owner`, whose tag is `tag`.
-    pub fn pop(&self, owner: usize, tag: u16) -> *mut Segment {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return ptr::null_mut();
-        }
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock.
-        unsafe {
-            let seg = *self.head.get();
-            if !seg.is_null() {
-                self.unlink_locked(seg);
-                (*seg).abandoned.store(0, Ordering::Relaxed);
-                set_owner(seg, owner, tag);
-            }
-            seg
-        }
-    }
-
-    /// Takes `seg` off the list for the heap at `owner` (tag `tag`) if it is still on it.
-    ///
-    /// # Safety
-    /// `seg` must be a normal segment that cannot be unmapped while we look at it (the caller
-    /// holds a live block in it).
-    pub unsafe fn claim(&self, seg: *mut Segment, owner: usize, tag: u16) -> bool {
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock, which guards `abandoned` and the links.
-        unsafe {
-            if (*seg).abandoned.load(Ordering::Relaxed) != self.tag
-                || (*seg).owner.load(Ordering::Relaxed) != 0
-            {
-                return false;
-            }
-            self.unlink_locked(seg);
-            (*seg).abandoned.store(0, Ordering::Relaxed);
-            set_owner(seg, owner, tag);
-        }
-        true
-    }
-
-    /// Marks `seg` abandoned and pushes it.
-    ///
-    /// # Safety
-    /// As for `push`.
-    pub unsafe fn push_abandoned(&self, seg: *mut Segment) {
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock; seg is unlisted and its owner just let go of it.
-        unsafe {
-            (*seg).abandoned.store(self.tag, Ordering::Relaxed);
-            set_owner(seg, 0, NO_TAG);
-            self.push_locked(seg);
-        }
-    }
-
-    /// Marks `seg` abandoned again after a visit and puts it at the back, so that the next
-    /// visitor tends another one first.
-    ///
-    /// # Safety
-    /// As for `push`.
-    pub unsafe fn push_abandoned_back(&self, seg: *mut Segment) {
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock, which guards the head and the links; seg is unlisted.
-        unsafe {
-            (*seg).abandoned.store(self.tag, Ordering::Relaxed);
-            set_owner(seg, 0, NO_TAG);
-            let head = self.head.get();
-            let mut last = *head;
-            if last.is_null() {
-                list_push_front(head, seg);
-            } else {
-                while !(*last).next.is_null() {
-                    last = (*last).next;
-                }
-                (*last).next = seg;
-                (*seg).prev = last;
-                (*seg).next = ptr::null_mut();
-            }
-            self.count.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
+impl LockedList<Segment> {
     /// Unmaps every segment whose purge time has passed (pool only). Returns how many.
     pub fn unmap_expired(&self, now: u64) -> usize {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let Some(_g) = self.lock.try_lock() else {
-            return 0;
-        };
-        let mut n = 0;
-        // SAFETY: we hold the lock; pooled segments have no owner and no live block.
-        unsafe {
-            let mut seg = *self.head.get();
-            while !seg.is_null() {
-                let next = (*seg).next;
-                if (*seg).purge_at <= now {
-                    self.unlink_locked(seg);
-                    SEGMENTS.fetch_sub(1, Ordering::Relaxed);
-                    map_remove(seg);
-                    os::unmap(seg as *mut u8, SEGMENT_SIZE);
-                    n += 1;
-                }
-                seg = next;
-            }
-        }
-        n
-    }
-}
-
-impl SegmentList {
-    /// Holds the lock across `fork` (see `heap::thread::fork`).
-    pub fn lock_for_fork(&self) {
-        self.lock.lock_raw();
-    }
-    /// Releases it after `fork`, in parent or child.
-    pub fn unlock_after_fork(&self) {
-        self.lock.unlock_raw();
-    }
-}
-
-impl Default for SegmentList {
-    fn default() -> Self {
-        Self::new()
+        self.remove_if(
+            // SAFETY: pooled segments are valid headers with no owner and no live block.
+            |seg| unsafe { (*seg).purge_at <= now },
+            |seg| {
+                SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+                map_remove(seg);
+                // SAFETY: the segment is off the pool, unowned and holds no live block, so
+                // nobody uses its memory any more.
+                unsafe { os::unmap(seg as *mut u8, SEGMENT_SIZE) };
+            },
+        )
     }
 }
 

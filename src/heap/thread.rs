@@ -17,8 +17,9 @@
 //!   before the heap lets go of its segments, so no thread can push onto `delayed` after the
 //!   heap is gone.
 
+use super::delayed;
 use super::huge::{self, CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
-use super::remote::{Block, BlockStack, Pushed, DELAYED_FREEING, NORMAL, USE_DELAYED};
+use super::remote::{Block, BlockStack, Pushed, NORMAL, USE_DELAYED};
 use super::segment::{
     commit_add, commit_sub, list_push_front, list_unlink, map_tag, page_of, page_of_remote,
     segment_of, set_owner, Page, PageKind, Segment, SegmentKind, ABANDONED, ABANDONED_FULL,
@@ -964,7 +965,7 @@ unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Block {
     unsafe {
         let block = (*page).free;
         if !block.is_null() {
-            (*page).free = (*block).next;
+            (*page).free = Block::next(block);
             (*page).used += 1;
             bump(counter, 1);
         }
@@ -982,7 +983,7 @@ unsafe fn zero_block(page: *const Page, block: *mut Block, size: usize) {
     // SAFETY: the block is ours to write (contract).
     unsafe {
         if (*page).free_is_zero {
-            (*block).next = ptr::null_mut();
+            Block::set_next(block, ptr::null_mut());
         } else {
             ptr::write_bytes(block as *mut u8, 0, size);
         }
@@ -1827,7 +1828,7 @@ unsafe fn free_owned(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
     unsafe {
         let page = page_of(seg, p);
         let b = p as *mut Block;
-        (*b).next = (*page).local_free;
+        Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
         // (no compare, no flag kept in a register across the counter's add).
@@ -1857,7 +1858,7 @@ unsafe extern "C" fn free_first(p: *mut u8) {
 unsafe fn free_local(h: *mut Heap, page: *mut Page, b: *mut Block, count: bool) {
     // SAFETY: page is ours and b is a live block of it.
     unsafe {
-        (*b).next = (*page).local_free;
+        Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
         (*page).used -= 1;
         if count {
@@ -1988,8 +1989,7 @@ unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page, p: *mut u8
     // SAFETY: the state is DELAYED_FREEING, so the owner cannot leave until we finish.
     unsafe {
         let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
-        (*owner).delayed.0.push(p as *mut Block);
-        (*page).thread_free.finish_delayed();
+        delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
     }
 }
 
@@ -2154,29 +2154,26 @@ unsafe fn free_huge(h: *mut Heap, seg: *mut Segment) {
 unsafe fn drain_delayed(h: *mut Heap) {
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
     unsafe {
-        let mut b = (*h).delayed.0.take_all();
-        if b.is_null() {
+        if (*h).delayed.0.is_empty() {
             return;
         }
-        // The blocks still on `b` are counted as used by their pages, which must stay ours
-        // until they are freed: no rehome (which gives every segment away) until the walk
-        // is over. Drains nest (a free's tick may collect, which drains), hence the save.
+        // The blocks still on the stack are counted as used by their pages, which must stay
+        // ours until they are freed: no rehome (which gives every segment away) until the
+        // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
         let was_walking = (*h).walking;
         (*h).walking = true;
-        while !b.is_null() {
-            let next = (*b).next;
-            let seg = segment_of(b as *const u8);
-            let page = page_of(seg, b as *const u8);
-            if (*page).thread_free.state() == DELAYED_FREEING {
-                // Its pusher has not finished; freeing now could retire the page under it.
-                (*h).delayed.0.push(b);
-            } else {
+        delayed::drain(
+            &(*h).delayed.0,
+            |b| {
+                let page = page_of(segment_of(b as *const u8), b as *const u8);
+                (page, &(*page).thread_free)
+            },
+            |b, page| {
                 // The remote thread counted the free.
                 (*h).returned = (*h).returned.saturating_add(1);
                 free_local(h, page, b, false);
-            }
-            b = next;
-        }
+            },
+        );
         (*h).walking = was_walking;
     }
 }

@@ -256,7 +256,7 @@ unsafe fn return_delayed(d: *mut Heap) {
     unsafe {
         let mut b: *mut Block = (*d).delayed.0.take_all();
         while !b.is_null() {
-            let next = (*b).next;
+            let next = Block::next(b);
             let seg = segment_of(b as *const u8);
             let page = page_of(seg, b as *const u8);
             if let Pushed::Delayed = (*page).thread_free.push(b) {

@@ -1,0 +1,325 @@
+//! Locked, doubly linked lists of nodes nobody owns: the per-node segment pools and abandoned
+//! lists (`heap::segment`), kept apart from the segments themselves so that loom can check
+//! them on their own (tests/loom.rs), with test nodes whose links it tracks.
+//!
+//! Owns: [`LockedList`] (a [`SpinLock`], the head and a count) and the two list primitives
+//! [`list_push_front`] and [`list_unlink`], which a heap also uses for its own segment list.
+//! A node says how to reach its links, its list tag and its owner through [`ListNode`].
+//!
+//! Protocol: a node on a list has no owner (owner 0). Putting it on (`push_abandoned`) stores
+//! the list's tag in the node and lets go of it (the owner store is a release, after every
+//! write its last owner made); taking it off (`pop`, `claim`) clears the tag and gives it to
+//! the taker. Both happen under the list's lock, whose acquire/release orders them, so the
+//! taker sees everything the last owner wrote. `claim` takes a node only if it is still on
+//! this very list, so two threads that race to claim the same node never both get it.
+
+use crate::sync::{AtomicUsize, Ordering, SpinLock, UnsafeCell};
+use core::ptr;
+
+/// A node of a [`LockedList`]. The link accessors are only called by the holder of the list
+/// (its lock, or the owner of an unlocked list such as a heap's own segments).
+pub trait ListNode: Sized {
+    /// The node after `n`.
+    ///
+    /// # Safety
+    /// `n` is a valid node and the caller has exclusive use of the list it is on.
+    unsafe fn next(n: *mut Self) -> *mut Self;
+    /// Sets the node after `n`.
+    ///
+    /// # Safety
+    /// As [`ListNode::next`].
+    unsafe fn set_next(n: *mut Self, next: *mut Self);
+    /// The node before `n`.
+    ///
+    /// # Safety
+    /// As [`ListNode::next`].
+    unsafe fn prev(n: *mut Self) -> *mut Self;
+    /// Sets the node before `n`.
+    ///
+    /// # Safety
+    /// As [`ListNode::next`].
+    unsafe fn set_prev(n: *mut Self, prev: *mut Self);
+    /// The tag of the list `n` is on (0: none). Read and written under that list's lock, but
+    /// read by a claimer holding another list's lock, so it is atomic in the node.
+    ///
+    /// # Safety
+    /// `n` is a valid node.
+    unsafe fn list_tag(n: *mut Self) -> u8;
+    /// Sets `n`'s list tag.
+    ///
+    /// # Safety
+    /// `n` is a valid node and the caller holds the lock of the list it goes on or comes off.
+    unsafe fn set_list_tag(n: *mut Self, tag: u8);
+    /// `n`'s owner (0: none).
+    ///
+    /// # Safety
+    /// `n` is a valid node.
+    unsafe fn owner(n: *mut Self) -> usize;
+    /// Gives `n` to `owner` (whose tag is `tag`), or lets go of it (`owner` 0): a release
+    /// store, after which the new owner (or the next taker) sees the old one's writes.
+    ///
+    /// # Safety
+    /// The caller is taking `n` off a list under its lock, or letting go of it as its owner.
+    unsafe fn set_owner(n: *mut Self, owner: usize, tag: u16);
+}
+
+/// Pushes `n` at the front of the doubly linked list whose head is `*head`.
+///
+/// # Safety
+/// The caller has exclusive use of the list (its lock, or it owns it) and `n` is on no list.
+#[inline]
+pub unsafe fn list_push_front<N: ListNode>(head: *mut *mut N, n: *mut N) {
+    // SAFETY: exclusive use of the list and of n's links (contract).
+    unsafe {
+        let first = *head;
+        N::set_prev(n, ptr::null_mut());
+        N::set_next(n, first);
+        if !first.is_null() {
+            N::set_prev(first, n);
+        }
+        *head = n;
+    }
+}
+
+/// Takes `n` out of the doubly linked list whose head is `*head`.
+///
+/// # Safety
+/// The caller has exclusive use of the list and `n` is on it.
+#[inline]
+pub unsafe fn list_unlink<N: ListNode>(head: *mut *mut N, n: *mut N) {
+    // SAFETY: exclusive use of the list (contract); n and its neighbours are on it.
+    unsafe {
+        let (p, nx) = (N::prev(n), N::next(n));
+        if p.is_null() {
+            *head = nx;
+        } else {
+            N::set_next(p, nx);
+        }
+        if !nx.is_null() {
+            N::set_prev(nx, p);
+        }
+        N::set_next(n, ptr::null_mut());
+        N::set_prev(n, ptr::null_mut());
+    }
+}
+
+/// A locked list of nodes with no owner (a pool, or an abandoned list).
+pub struct LockedList<N> {
+    lock: SpinLock,
+    head: UnsafeCell<*mut N>,
+    /// Nodes on the list (readable without the lock, as a hint).
+    pub count: AtomicUsize,
+    /// What [`ListNode::list_tag`] says of a node on this list (0 for pools).
+    tag: u8,
+}
+
+// SAFETY: `head` and the links of listed nodes are only touched with `lock` held; the nodes
+// are only reached through raw pointers, handed between threads by the lock.
+unsafe impl<N> Sync for LockedList<N> {}
+// SAFETY: as above; the list holds nothing tied to a thread.
+unsafe impl<N> Send for LockedList<N> {}
+
+impl<N: ListNode> LockedList<N> {
+    /// An empty list.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self::tagged(0)
+    }
+    /// An empty list.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self::tagged(0)
+    }
+
+    /// An empty abandoned list whose nodes carry `tag` (not 0).
+    #[cfg(not(loom))]
+    pub const fn tagged(tag: u8) -> Self {
+        LockedList {
+            lock: SpinLock::new(),
+            head: UnsafeCell::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+            tag,
+        }
+    }
+    /// An empty abandoned list whose nodes carry `tag` (not 0).
+    #[cfg(loom)]
+    pub fn tagged(tag: u8) -> Self {
+        LockedList {
+            lock: SpinLock::new(),
+            head: UnsafeCell::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+            tag,
+        }
+    }
+
+    /// Pushes `n` (which nobody owns) at the front.
+    ///
+    /// # Safety
+    /// `n` is a node with owner 0 that is on no list.
+    pub unsafe fn push(&self, n: *mut N) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock; n is unlisted and unowned.
+        unsafe { self.push_locked(n) }
+    }
+
+    unsafe fn push_locked(&self, n: *mut N) {
+        // SAFETY: the caller holds the lock, which guards the head and the links; see `push`.
+        self.head.with_mut(|h| unsafe { list_push_front(h, n) });
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    unsafe fn unlink_locked(&self, n: *mut N) {
+        // SAFETY: the caller holds the lock and n is on this list.
+        self.head.with_mut(|h| unsafe { list_unlink(h, n) });
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Pops the front node, giving it to `owner`, whose tag is `tag`.
+    pub fn pop(&self, owner: usize, tag: u16) -> *mut N {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return ptr::null_mut();
+        }
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock, so the head and the listed nodes are ours to change.
+        unsafe {
+            let n = self.head.with(|h| *h);
+            if !n.is_null() {
+                self.unlink_locked(n);
+                N::set_list_tag(n, 0);
+                N::set_owner(n, owner, tag);
+            }
+            n
+        }
+    }
+
+    /// Takes `n` off the list for `owner` (tag `tag`) if it is still on it.
+    ///
+    /// # Safety
+    /// `n` must be a node that cannot go away while we look at it (for a segment: the caller
+    /// holds a live block in it).
+    pub unsafe fn claim(&self, n: *mut N, owner: usize, tag: u16) -> bool {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock, which guards the tags of this list's nodes and the links.
+        unsafe {
+            if N::list_tag(n) != self.tag || N::owner(n) != 0 {
+                return false;
+            }
+            self.unlink_locked(n);
+            N::set_list_tag(n, 0);
+            N::set_owner(n, owner, tag);
+        }
+        true
+    }
+
+    /// Lets go of `n` (its owner's last step) and pushes it, marked as on this list.
+    ///
+    /// # Safety
+    /// The caller owns `n`, which is on no list.
+    pub unsafe fn push_abandoned(&self, n: *mut N) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock; n is unlisted and its owner (us) lets go of it here.
+        unsafe {
+            N::set_list_tag(n, self.tag);
+            N::set_owner(n, 0, 0);
+            self.push_locked(n);
+        }
+    }
+
+    /// [`push_abandoned`](Self::push_abandoned), at the back: after a visit, so that the next
+    /// visitor tends another node first.
+    ///
+    /// # Safety
+    /// As for `push_abandoned`.
+    pub unsafe fn push_abandoned_back(&self, n: *mut N) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock, which guards the head and the links; n is unlisted.
+        unsafe {
+            N::set_list_tag(n, self.tag);
+            N::set_owner(n, 0, 0);
+            let last = self.head.with(|h| *h);
+            if last.is_null() {
+                self.head.with_mut(|h| list_push_front(h, n));
+            } else {
+                let mut last = last;
+                while !N::next(last).is_null() {
+                    last = N::next(last);
+                }
+                N::set_next(last, n);
+                N::set_prev(n, last);
+                N::set_next(n, ptr::null_mut());
+            }
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// If the lock is free right now, unlinks every node `expired` says yes to and hands it
+    /// to `gone` (after it is off the list). Returns how many went, 0 if the lock was busy.
+    pub fn remove_if(
+        &self,
+        mut expired: impl FnMut(*mut N) -> bool,
+        mut gone: impl FnMut(*mut N),
+    ) -> usize {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let Some(_g) = self.lock.try_lock() else {
+            return 0;
+        };
+        let mut k = 0;
+        // SAFETY: we hold the lock, so the listed nodes and their links are ours to change.
+        unsafe {
+            let mut n = self.head.with(|h| *h);
+            while !n.is_null() {
+                let next = N::next(n);
+                if expired(n) {
+                    self.unlink_locked(n);
+                    gone(n);
+                    k += 1;
+                }
+                n = next;
+            }
+        }
+        k
+    }
+
+    /// Calls `f` on every node, front to back, with the lock held (`f` must not touch this
+    /// list). For the models' checks.
+    #[cfg(loom)]
+    pub fn for_each(&self, f: impl FnMut(*mut N)) {
+        let _g = self.lock.lock();
+        // SAFETY: we hold the lock.
+        unsafe { self.for_each_held(f) }
+    }
+
+    /// [`for_each`](Self::for_each) by a thread that already holds the lock (taken with
+    /// [`lock_for_fork`](Self::lock_for_fork)).
+    ///
+    /// # Safety
+    /// The caller holds the lock.
+    #[cfg(loom)]
+    pub unsafe fn for_each_held(&self, mut f: impl FnMut(*mut N)) {
+        // SAFETY: the caller holds the lock, so the links are stable.
+        unsafe {
+            let mut n = self.head.with(|h| *h);
+            while !n.is_null() {
+                f(n);
+                n = N::next(n);
+            }
+        }
+    }
+
+    /// Holds the lock across `fork` (see `heap::thread::fork`).
+    pub fn lock_for_fork(&self) {
+        self.lock.lock_raw();
+    }
+    /// Releases it after `fork`, in parent or child.
+    pub fn unlock_after_fork(&self) {
+        self.lock.unlock_raw();
+    }
+}
+
+impl<N: ListNode> Default for LockedList<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
