@@ -30,8 +30,14 @@ mod slot_arena;
 /// Runs `f` on every file of `fuzz/corpus/<target>/` (sorted, so a failure names the same
 /// file every time); the corpus must not be empty.
 fn replay(target: &str, f: fn(&[u8])) {
+    replay_dir("corpus", target, f, 10);
+}
+
+/// Runs `f` on every file of `fuzz/<set>/<target>/`; there must be at least `min`.
+fn replay_dir(set: &str, target: &str, f: fn(&[u8]), min: usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("fuzz")
+        .join(set)
         .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -39,7 +45,7 @@ fn replay(target: &str, f: fn(&[u8])) {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 10,
+        files.len() >= min,
         "{}: only {} inputs",
         dir.display(),
         files.len()
@@ -88,4 +94,15 @@ fn pool_corpus() {
 #[test]
 fn placed_corpus() {
     replay("placed", placed::run);
+}
+
+/// Inputs that find a bug not fixed yet (fuzz/known/<target>/, see docs/correctness/fuzz.md):
+/// `huge-cache-shrink` panics with "attempt to subtract with overflow" in `alloc_huge` when
+/// debug assertions are on (`cargo test` without `--release`); a release build computes the
+/// same wrapped value and stays consistent, so it passes there. Once fixed, move the file to
+/// fuzz/corpus/<target>/ and drop the `ignore`.
+#[test]
+#[ignore = "known bug: alloc_huge's cache shrink overflows under debug assertions"]
+fn known_bugs() {
+    replay_dir("known", "tieralloc", global::run, 1);
 }

@@ -168,14 +168,21 @@ impl Model {
                     let new = Layout::from_size_align(b.size + add, b.align).unwrap();
                     let p = NonNull::new(b.addr as *mut u8).unwrap();
                     // SAFETY: a live block of this handle's kind with layout `old`; new >= old.
-                    let q = unsafe {
+                    let r = unsafe {
                         if zeroed {
                             h.grow_zeroed(p, old, new)
                         } else {
                             h.grow(p, old, new)
                         }
-                    }
-                    .expect("grow");
+                    };
+                    let Ok(q) = r else {
+                        // Only a node kind may refuse, and only an alignment above 2 MiB (a
+                        // zero-sized block had one); the old block stays as it was.
+                        assert!(b.node_kind && b.align > 2 << 20, "{h:?}: grow refused");
+                        let old = NonNull::slice_from_raw_parts(p, b.size);
+                        self.add(old, b.size, b.align, b.seed, true);
+                        continue;
+                    };
                     let a = q.as_ptr() as *mut u8;
                     // SAFETY: q holds at least new.size() bytes.
                     unsafe {
