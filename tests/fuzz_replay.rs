@@ -95,14 +95,3 @@ fn pool_corpus() {
 fn placed_corpus() {
     replay("placed", placed::run);
 }
-
-/// Inputs that find a bug not fixed yet (fuzz/known/<target>/, see docs/correctness/fuzz.md):
-/// `huge-cache-shrink` panics with "attempt to subtract with overflow" in `alloc_huge` when
-/// debug assertions are on (`cargo test` without `--release`); a release build computes the
-/// same wrapped value and stays consistent, so it passes there. Once fixed, move the file to
-/// fuzz/corpus/<target>/ and drop the `ignore`.
-#[test]
-#[ignore = "known bug: alloc_huge's cache shrink overflows under debug assertions"]
-fn known_bugs() {
-    replay_dir("known", "tieralloc", global::run, 1);
-}

@@ -16,14 +16,6 @@ fn dropin_corpus() {
     replay("corpus", 10);
 }
 
-/// An input that finds a bug not fixed yet (fuzz/known/dropin/, see tests/fuzz_replay.rs's
-/// `known_bugs` and docs/correctness/fuzz.md): the huge-cache overflow under debug assertions.
-#[test]
-#[ignore = "known bug: alloc_huge's cache shrink overflows under debug assertions"]
-fn known_bugs() {
-    replay("known", 1);
-}
-
 /// Runs the target on every file of `fuzz/<set>/dropin/` (sorted); there must be `min`.
 fn replay(set: &str, min: usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1698,13 +1698,15 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
         } else if let Some(i) = (0..CACHE_SLOTS)
             .filter(|&i| {
                 let c = (*h).huge_cache[i].seg;
-                !c.is_null() && (*c).node as u32 == node
+                // Only smaller ones: a mapping more than CACHE_FIT_SHIFT times too big was
+                // passed over above and stays cached (enlarging it would shrink it).
+                !c.is_null() && (*c).node as u32 == node && (*c).map_size < map_size
             })
             .max_by_key(|&i| (*(*h).huge_cache[i].seg).map_size)
         {
             // Nothing big enough: the biggest cached mapping is moved into a mapping of the
             // size needed, so that its resident pages serve the object instead of fresh ones
-            // (each a page fault). Every cached mapping is smaller than map_size here.
+            // (each a page fault). The filter above makes it smaller than map_size.
             let old = (*h).huge_cache[i].seg;
             let old_map = (*old).map_size;
             let grown = huge::enlarge(old, map_size);
@@ -2445,6 +2447,46 @@ pub fn segment_counts() -> (usize, usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached huge mapping more than `CACHE_FIT_SHIFT` times bigger than a request is not
+    /// taken by the "nothing big enough, enlarge the biggest" fallback: that fallback only
+    /// grows. It took it before (found by the `tieralloc` fuzz target: `map_size - old_map`
+    /// underflowed, a panic in the allocator under debug assertions, and the cached mapping
+    /// was shrunk under the request).
+    #[test]
+    fn a_far_too_big_cached_mapping_is_not_shrunk_for_a_small_huge_request() {
+        std::thread::spawn(|| {
+            // SAFETY: this thread's heap, used only by this thread; each block freed once.
+            unsafe {
+                let h = heap();
+                let big = alloc_huge(h, 7 << 20, 16, false);
+                assert!(!big.is_null());
+                free(big);
+                let cached = |h: *mut Heap| {
+                    (*h).huge_cache
+                        .iter()
+                        .filter(|e| !e.seg.is_null())
+                        .map(|e| (*e.seg).map_size)
+                        .max()
+                };
+                let before = cached(h).expect("a freed 7 MiB block is cached");
+                assert!(before >= 7 << 20);
+                // A 1-byte block aligned to 128 KiB takes the huge path with a small mapping.
+                let (_, need) = huge::layout_for(1, 128 << 10).expect("a huge layout");
+                assert!(
+                    need << huge::CACHE_FIT_SHIFT < before,
+                    "request not small enough"
+                );
+                let small = alloc_huge(h, 1, 128 << 10, false);
+                assert!(!small.is_null());
+                assert_eq!(small as usize % (128 << 10), 0);
+                assert_eq!(cached(h), Some(before), "the big cached mapping was taken");
+                free(small);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     /// A class that allocated since the last collection keeps its empty current page through
     /// the next one; a collection after a quiet interval gives it back.
