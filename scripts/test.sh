@@ -47,17 +47,11 @@ step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=
 # The multi-node paths (per-node heaps and pools, home-node moves, cross-node frees, tier
 # policies, demotion bookkeeping) on this machine's one node: CPU c is node c % 2, and with
 # far=1 node 2 is a memory-only far tier. The test binaries are built above: this only runs
-# them. Left out for now:
-# - tests/stress.rs: under simulation it crashes in free_delayed about one run in five (issue
-#   14 defect 1: a rehome during drain_delayed gives away segments the walk still frees into;
-#   the heapfix branch fixes it). Add `--test stress` below once that fix is merged.
-# - churn's ten_thousand_threads_* : their end-of-run bounds (at most 2 abandoned segments,
-#   large live bytes back to 0) fail in about one run in four under simulation, with or
-#   without defect 1's fix (docs/correctness/simnodes.md, "open"). Add them back when fixed.
+# them.
 for sim in 2 2,far=1; do
   echo "-- TIERALLOC_SIMULATE_NODES=$sim"
   TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test churn --test model \
-    --test pool --test arena -- --skip ten_thousand_threads
+    --test pool --test arena --test stress --test stress_mi --test stress_nodes
 done
 
 step "hwloc topology tests"

@@ -387,3 +387,75 @@ fn a_moved_thread_gets_huge_blocks_of_its_new_node() {
     }
     run_child("child_huge_after_move");
 }
+
+#[test]
+fn child_collect_after_move() {
+    if !in_child() {
+        return;
+    }
+    if !can_move() {
+        println!("{DONE}");
+        return;
+    }
+    // A large block (a page of its own) left live in a segment of node 1 by a thread that
+    // exited: the segment is abandoned on node 1.
+    let big = Layout::from_size_align(MIB, 16).unwrap();
+    let live_at_start = tieralloc::stats().large_bytes_live;
+    let left = std::thread::spawn(move || {
+        settle_on(1);
+        // SAFETY: a non-zero size; freed once, by the thread below.
+        let p = unsafe { alloc(big) };
+        assert!(!p.is_null());
+        // SAFETY: p is live.
+        assert_eq!(unsafe { probe::block_node(p) }, 1);
+        p as usize
+    })
+    .join()
+    .unwrap();
+    std::thread::spawn(move || {
+        settle_on(0);
+        // Moved, but no slow path since: the heap has not looked at its node yet. The free
+        // is a cross-node free into an abandoned segment: it goes on the page's remote list,
+        // for a heap of node 1 to collect when it tends the segment.
+        pin_node(1);
+        // SAFETY: allocated above with this layout, freed once.
+        unsafe { dealloc(left as *mut u8, big) };
+        tieralloc::collect();
+        assert_eq!(
+            probe::heap_node(),
+            1,
+            "collect() ran for the node the thread left"
+        );
+        // Each collection tends one segment of each abandoned list of its node (round
+        // robin); the child holds only a few.
+        let mut live = 0;
+        for _ in 0..32 {
+            live = tieralloc::stats().large_bytes_live;
+            if live == live_at_start {
+                break;
+            }
+            tieralloc::collect();
+        }
+        assert_eq!(
+            live, live_at_start,
+            "the large block freed into node 1's abandoned segment stays counted live"
+        );
+    })
+    .join()
+    .unwrap();
+    println!("{DONE}");
+}
+
+/// `tieralloc::collect()` on a thread that moved to another node (and has not taken the 16
+/// slow paths after which its heap notices) collected for the node it left: it tended that
+/// node's abandoned segments, never those of the node it runs on. Tests that free what
+/// exited threads left and then collect on a thread of each node (churn.rs) left frees
+/// uncollected in the other node's abandoned segments (large bytes counted live, segments
+/// stranded). A collection now moves the heap first.
+#[test]
+fn collect_on_a_moved_thread_tends_its_new_node() {
+    if in_child() {
+        return;
+    }
+    run_child("child_collect_after_move");
+}

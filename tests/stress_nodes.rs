@@ -100,7 +100,6 @@ fn allocate_on_0_free_on_1(size: usize, count: usize) {
 }
 
 #[test]
-#[ignore = "known defect: a large block freed from another node is booked on the wrong node"]
 fn large_block_freed_from_another_node_leaves_both_nodes_balanced() {
     allocate_on_0_free_on_1(1 << 20, 1);
 }

@@ -2317,12 +2317,23 @@ unsafe fn tend_abandoned(h: *mut Heap, seg: *mut Segment, now: u64) {
 }
 
 /// Forces a collection and purge of the calling thread's heap now, whatever the delay.
+///
+/// A heap that has not yet noticed its thread's move to another node (ticks look only every
+/// 16 slow paths) moves first: the collection then tends the abandoned segments, pool and
+/// node heaps of the node the thread runs on, not of the one it left. (A user's call holds
+/// no page and walks no list: a safe point for `rehome`.)
 pub fn collect_now() {
     let h = heap();
     // SAFETY: h is ours.
     unsafe {
         if (*h).state != ACTIVE {
             return;
+        }
+        if !(*h).shared {
+            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            if node != (*h).node {
+                rehome_when_safe(h, node);
+            }
         }
         let now = os::now_ms();
         let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
