@@ -195,6 +195,7 @@ fn delayed_free_races_with_owner_leaving() {
         page.set_never_delayed();
         assert_eq!(page.state(), NEVER_DELAYED);
         drain_into(&stack, &page, &local);
+        // SAFETY: every other thread of the model has been joined: nothing else reaches the cell now.
         let mut seen = local.with(|l| unsafe { (*l).clone() });
         seen.extend(take_page_list(&page));
         let delayed = remote.join().unwrap();
@@ -207,6 +208,7 @@ fn delayed_free_races_with_owner_leaving() {
         seen.extend(take_page_list(&page));
         exactly_once(&[block], &seen);
         if delayed {
+            // SAFETY: every other thread of the model has been joined: nothing else reaches the cell now.
             assert!(local.with(|l| unsafe { (*l).len() }) == 1);
         }
         assert_eq!(page.state(), NEVER_DELAYED);
@@ -242,6 +244,7 @@ fn two_remote_frees_on_a_full_page() {
         assert_eq!(delayed, 1, "exactly one free sees USE_DELAYED");
         drain_into(&stack, &page, &local);
         seen.extend(take_page_list(&page));
+        // SAFETY: the remote threads are joined: the owner's list is read by its only user.
         seen.extend(local.with(|l| unsafe { (*l).clone() }));
         exactly_once(&blocks, &seen);
         assert_eq!(page.state(), NORMAL);
@@ -466,6 +469,7 @@ fn drain_races_with_abandon_and_claim_on_free() {
             assert_eq!(owner, 0);
             assert_eq!(on_list, 1);
         }
+        // SAFETY: both threads are joined: the segment's owner-side list has no other reader or writer.
         let mut seen = seg.local.with(|l| unsafe { (*l).clone() });
         seen.extend(take_page_list(&seg.page));
         exactly_once(&blocks, &seen);
@@ -513,6 +517,7 @@ fn abandoned_list_abandon_against_claim() {
         let mut full_len = 0;
         full.for_each(|_| full_len += 1);
         assert_eq!((full_len, full.count.load(Ordering::Relaxed)), (0, 0));
+        // SAFETY: the threads that wrote the data are joined: this read races with nothing.
         let data = seg.data.with(|d| unsafe { *d });
         assert_eq!(data, 1 + 100 * claimed as u32);
         let state = (seg.owner.load(Ordering::Relaxed), len);
@@ -562,6 +567,7 @@ fn abandoned_list_visit_against_claim() {
         let mut len = 0;
         list.for_each(|_| len += 1);
         assert_eq!(len, list.count.load(Ordering::Relaxed), "count is length");
+        // SAFETY: the threads that wrote the data are joined: this read races with nothing.
         let data = seg.data.with(|d| unsafe { *d });
         assert_eq!(data, 10 * tended as u32 + 100 * claimed as u32);
         assert!(tended || claimed, "one of them got it");
@@ -625,6 +631,7 @@ fn pool_push_pop_and_expiry() {
         let all: Vec<usize> = segs.iter().map(|s| s.ptr() as usize).collect();
         exactly_once(&all, &seen);
         for s in &segs {
+            // SAFETY: the pusher and popper are joined: nothing else reads or writes the data.
             let d = s.data.with(|d| unsafe { *d });
             assert!(
                 d == 0 || d == 1 || d == 100,
