@@ -12,27 +12,10 @@ use std::thread;
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-/// xorshift64*: a small deterministic generator, so failures can be replayed by seed.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below((hi - lo + 1) as u64) as usize
-    }
-}
+/// xorshift64*, seeded, so failures can be replayed by seed (shared with the benchmarks).
+#[path = "../benches/shared/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn threads() -> usize {
     let cores = thread::available_parallelism().map_or(2, |n| n.get());

@@ -1,0 +1,190 @@
+//! A `#[global_allocator]` that forwards every call to one allocator chosen at run time by an
+//! environment variable: tieralloc, mimalloc, jemalloc (tikv-jemallocator), numalloc or the
+//! system allocator.
+//!
+//! Owns: the choice (read once, on the first call, with `libc::getenv`, which does not
+//! allocate, then cached in an atomic) and the forwarding of the four `GlobalAlloc` calls.
+//! May touch: the environment (read only) and the five allocators; nothing else.
+//!
+//! Shared, with `#[path = ...] mod dispatch;`, by benches/workloads (`TIERALLOC_BENCH_ALLOC`,
+//! system when unset) and examples/service.rs (`TIERALLOC_SERVICE_ALLOC`, tieralloc when
+//! unset), so it uses only the crate and its dev-dependencies. After the first call every
+//! call pays one relaxed load and one compare-and-branch whose outcome never changes within a
+//! process (perfectly predicted), the same for every allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The allocators a [`Dispatch`] can forward to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Choice {
+    TierAlloc = 1,
+    Mimalloc = 2,
+    System = 3,
+    Jemalloc = 4,
+    Numalloc = 5,
+}
+
+// The hot path matches on these bytes; anything else (`Choice::System`) is the system allocator.
+const UNSET: u8 = 0;
+const TIER: u8 = Choice::TierAlloc as u8;
+const MI: u8 = Choice::Mimalloc as u8;
+const JE: u8 = Choice::Jemalloc as u8;
+const NUMA: u8 = Choice::Numalloc as u8;
+
+impl Choice {
+    /// The name the environment variable gives it (and reports print).
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::TierAlloc => "tieralloc",
+            Choice::Mimalloc => "mimalloc",
+            Choice::System => "system",
+            Choice::Jemalloc => "jemalloc",
+            Choice::Numalloc => "numalloc",
+        }
+    }
+
+    fn from_name(name: &[u8]) -> Option<Choice> {
+        Some(match name {
+            b"tieralloc" => Choice::TierAlloc,
+            b"mimalloc" => Choice::Mimalloc,
+            b"system" => Choice::System,
+            b"jemalloc" => Choice::Jemalloc,
+            b"numalloc" => Choice::Numalloc,
+            _ => return None,
+        })
+    }
+
+    fn from_u8(v: u8) -> Choice {
+        match v {
+            TIER => Choice::TierAlloc,
+            MI => Choice::Mimalloc,
+            JE => Choice::Jemalloc,
+            NUMA => Choice::Numalloc,
+            _ => Choice::System,
+        }
+    }
+}
+
+static TIERALLOC: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static NUMALLOC: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
+
+/// Forwards to the allocator named by the environment variable `var` if it is one of
+/// `offered`, else to `default`; chosen once per process.
+pub struct Dispatch {
+    var: &'static CStr,
+    default: Choice,
+    offered: &'static [Choice],
+    chosen: AtomicU8,
+}
+
+impl Dispatch {
+    /// A dispatcher reading `var` (unset, or a name not in `offered`: `default`).
+    pub const fn new(var: &'static CStr, default: Choice, offered: &'static [Choice]) -> Self {
+        Dispatch {
+            var,
+            default,
+            offered,
+            chosen: AtomicU8::new(UNSET),
+        }
+    }
+
+    /// The allocator every call goes to (choosing it now if no call has yet).
+    pub fn choice(&self) -> Choice {
+        Choice::from_u8(self.chosen())
+    }
+
+    #[inline(always)]
+    fn chosen(&self) -> u8 {
+        let c = self.chosen.load(Ordering::Relaxed);
+        if c != UNSET {
+            c
+        } else {
+            self.choose()
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn choose(&self) -> u8 {
+        // SAFETY: `var` is NUL-terminated; getenv does not allocate (so calling it from inside
+        // the allocator cannot recurse) and returns null or a NUL-terminated string in the
+        // environment block, which nobody modifies in these programs.
+        let v = unsafe { libc::getenv(self.var.as_ptr()) };
+        let named = if v.is_null() {
+            None
+        } else {
+            // SAFETY: a non-null result of getenv is a valid C string (see above).
+            Choice::from_name(unsafe { CStr::from_ptr(v) }.to_bytes())
+        };
+        let c = named
+            .filter(|c| self.offered.contains(c))
+            .unwrap_or(self.default) as u8;
+        // Racing first calls all compute the same value from the same environment, so a plain
+        // store is enough.
+        self.chosen.store(c, Ordering::Relaxed);
+        c
+    }
+}
+
+// SAFETY: every call goes to the same one of five GlobalAlloc implementations for the whole
+// life of the process (the choice never changes once made), so pointers are always freed by
+// the allocator that returned them, with each one's contract forwarded unchanged.
+unsafe impl GlobalAlloc for Dispatch {
+    #[inline(always)]
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self.chosen() {
+                TIER => TIERALLOC.alloc(l),
+                MI => MIMALLOC.alloc(l),
+                JE => JEMALLOC.alloc(l),
+                NUMA => NUMALLOC.alloc(l),
+                _ => System.alloc(l),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded contract; `p` came from the same allocator (fixed choice).
+        unsafe {
+            match self.chosen() {
+                TIER => TIERALLOC.dealloc(p, l),
+                MI => MIMALLOC.dealloc(p, l),
+                JE => JEMALLOC.dealloc(p, l),
+                NUMA => NUMALLOC.dealloc(p, l),
+                _ => System.dealloc(p, l),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self.chosen() {
+                TIER => TIERALLOC.alloc_zeroed(l),
+                MI => MIMALLOC.alloc_zeroed(l),
+                JE => JEMALLOC.alloc_zeroed(l),
+                NUMA => NUMALLOC.alloc_zeroed(l),
+                _ => System.alloc_zeroed(l),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        // SAFETY: forwarded contract; `p` came from the same allocator (fixed choice).
+        unsafe {
+            match self.chosen() {
+                TIER => TIERALLOC.realloc(p, l, n),
+                MI => MIMALLOC.realloc(p, l, n),
+                JE => JEMALLOC.realloc(p, l, n),
+                NUMA => NUMALLOC.realloc(p, l, n),
+                _ => System.realloc(p, l, n),
+            }
+        }
+    }
+}
