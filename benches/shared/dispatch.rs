@@ -131,6 +131,34 @@ impl Dispatch {
     }
 }
 
+/// `$a` bound to the chosen allocator (a `&'static` of its type), then `$call`.
+macro_rules! forward {
+    ($self:ident, $a:ident => $call:expr) => {
+        match $self.chosen() {
+            TIER => {
+                let $a = &TIERALLOC;
+                $call
+            }
+            MI => {
+                let $a = &MIMALLOC;
+                $call
+            }
+            JE => {
+                let $a = &JEMALLOC;
+                $call
+            }
+            NUMA => {
+                let $a = &NUMALLOC;
+                $call
+            }
+            _ => {
+                let $a = &System;
+                $call
+            }
+        }
+    };
+}
+
 // SAFETY: every call goes to the same one of five GlobalAlloc implementations for the whole
 // life of the process (the choice never changes once made), so pointers are always freed by
 // the allocator that returned them, with each one's contract forwarded unchanged.
@@ -138,53 +166,21 @@ unsafe impl GlobalAlloc for Dispatch {
     #[inline(always)]
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe {
-            match self.chosen() {
-                TIER => TIERALLOC.alloc(l),
-                MI => MIMALLOC.alloc(l),
-                JE => JEMALLOC.alloc(l),
-                NUMA => NUMALLOC.alloc(l),
-                _ => System.alloc(l),
-            }
-        }
+        forward!(self, a => unsafe { a.alloc(l) })
     }
     #[inline(always)]
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         // SAFETY: forwarded contract; `p` came from the same allocator (fixed choice).
-        unsafe {
-            match self.chosen() {
-                TIER => TIERALLOC.dealloc(p, l),
-                MI => MIMALLOC.dealloc(p, l),
-                JE => JEMALLOC.dealloc(p, l),
-                NUMA => NUMALLOC.dealloc(p, l),
-                _ => System.dealloc(p, l),
-            }
-        }
+        forward!(self, a => unsafe { a.dealloc(p, l) })
     }
     #[inline(always)]
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe {
-            match self.chosen() {
-                TIER => TIERALLOC.alloc_zeroed(l),
-                MI => MIMALLOC.alloc_zeroed(l),
-                JE => JEMALLOC.alloc_zeroed(l),
-                NUMA => NUMALLOC.alloc_zeroed(l),
-                _ => System.alloc_zeroed(l),
-            }
-        }
+        forward!(self, a => unsafe { a.alloc_zeroed(l) })
     }
     #[inline(always)]
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         // SAFETY: forwarded contract; `p` came from the same allocator (fixed choice).
-        unsafe {
-            match self.chosen() {
-                TIER => TIERALLOC.realloc(p, l, n),
-                MI => MIMALLOC.realloc(p, l, n),
-                JE => JEMALLOC.realloc(p, l, n),
-                NUMA => NUMALLOC.realloc(p, l, n),
-                _ => System.realloc(p, l, n),
-            }
-        }
+        forward!(self, a => unsafe { a.realloc(p, l, n) })
     }
 }

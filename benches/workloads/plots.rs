@@ -93,6 +93,23 @@ pub fn draw_all(doc: &Value, dir: &Path) {
     }
 }
 
+/// The legend box of every chart: series labels at `pos` in `size`-point type on a light
+/// background with a black border.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    pos: SeriesLabelPosition,
+    size: u32,
+) -> Res {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", size))
+        .draw()?;
+    Ok(())
+}
+
 fn med(ctx: &Ctx, w: &str, a: &str, key: &str) -> Option<f64> {
     median(&values(ctx.results, w, a, key))
 }
@@ -161,13 +178,7 @@ fn latency(ctx: &Ctx, path: &Path) -> Res {
                 });
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, 13)?;
     }
     root.present()?;
     Ok(())
@@ -266,13 +277,7 @@ fn spike(ctx: &Ctx, path: &Path) -> Res {
             )))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
     root.present()?;
     Ok(())
 }
@@ -353,13 +358,7 @@ fn ratio_bars(ctx: &Ctx, path: &Path, title: &str, series: &[(&str, &str)], ylab
             vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
             BLACK.stroke_width(1),
         ))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
     }
     root.present()?;
     Ok(())
