@@ -134,23 +134,15 @@ impl Dispatch {
 /// `$a` bound to the chosen allocator (a `&'static` of its type), then `$call`.
 macro_rules! forward {
     ($self:ident, $a:ident => $call:expr) => {
+        forward!(@arms $self, $a => $call;
+            TIER: TIERALLOC, MI: MIMALLOC, JE: JEMALLOC, NUMA: NUMALLOC)
+    };
+    (@arms $self:ident, $a:ident => $call:expr; $($k:ident: $alloc:ident),*) => {
         match $self.chosen() {
-            TIER => {
-                let $a = &TIERALLOC;
+            $($k => {
+                let $a = &$alloc;
                 $call
-            }
-            MI => {
-                let $a = &MIMALLOC;
-                $call
-            }
-            JE => {
-                let $a = &JEMALLOC;
-                $call
-            }
-            NUMA => {
-                let $a = &NUMALLOC;
-                $call
-            }
+            })*
             _ => {
                 let $a = &System;
                 $call
