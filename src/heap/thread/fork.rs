@@ -29,10 +29,12 @@
 //! segment lists' (`node_alloc` registers its heap under the node heap's lock). `fork_prepare`
 //! takes them in that order, so no thread holds one of them across the fork.
 
-use super::{
-    book_free_slices, for_each_used_page, free_delayed, give_tag, heap, release_segment_dirty,
-    retire_counters, Heap, DEAD, NODE_HEAPS, REGISTRY,
-};
+use super::free::free_delayed;
+use super::node::NODE_HEAPS;
+use super::registry::{give_tag, retire_counters, REGISTRY};
+use super::slices::{book_free_slices, for_each_used_page, release_segment_dirty};
+use super::tls::heap;
+use super::{Heap, DEAD};
 use crate::heap::huge;
 use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
@@ -270,8 +272,10 @@ unsafe fn return_delayed(d: *mut Heap) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{alloc_bin, alloc_generic, free, heap_done, FIRST_TAG};
+    use super::super::registry::heap_done;
+    use super::super::{alloc_bin, alloc_generic, free};
     use super::*;
+    use crate::heap::segment::FIRST_TAG;
     use crate::heap::segment::{map_tag, page_of, PageKind, MAP_UNOWNED};
     use crate::heap::size_class::bin_of;
     use crate::sync::{AtomicBool, AtomicUsize};
