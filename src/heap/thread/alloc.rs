@@ -1,4 +1,13 @@
-//! TODO alloc
+//! Allocation: the fast paths, the refill behind them, and the dispatch of every request that
+//! is not a plain bin one.
+//!
+//! Owns: the pop every allocation goes through (`pop_block`), `alloc_bin`, `alloc_direct`
+//! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
+//! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
+//! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
+//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `free` (the drain),
+//! `heap::{page, segment, size_class, remote}`, `sys::os`, and `tier` (the routing call in
+//! `alloc_generic_in`).
 
 use super::bins::{direct_bin, page_to_full};
 use super::counters::bump;
@@ -8,16 +17,14 @@ use super::node::{dead_alloc, node_alloc};
 use super::registry::heap_init;
 use super::slices::take_slices;
 use super::tick::heap_tick;
-use super::tls::{heap, heap_or_unset, is_unset};
-use super::{empty_page, Heap, ACTIVE};
+use super::tls::{heap, heap_or_unset, is_unset, own};
+use super::{empty_page, Heap, HeapRef, ACTIVE};
 use crate::heap::remote::Block;
 use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
 use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
 use crate::sync::{AtomicU64, Ordering};
 use crate::sys::os;
 use core::ptr;
-
-// Allocation.
 
 /// Pops a block of `bin` (the fast path). Null only when memory is exhausted.
 ///
@@ -137,7 +144,8 @@ pub(super) unsafe extern "C" fn alloc_bin_first(bin: usize) -> *mut u8 {
 /// [`alloc_bin`] on heap `h`.
 ///
 /// # Safety
-/// `bin < NBINS`; `h` is this thread's heap or a node heap whose lock we hold.
+/// `bin < NBINS`; `h` is this thread's heap, the unset heap, or a node heap whose lock we
+/// hold (a [`HeapRef`]'s, or the unset placeholder: only read here).
 #[inline(always)]
 pub(super) unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
     // SAFETY: h is usable by us (contract); pages[bin] is a valid page (maybe EMPTY_PAGE, whose
@@ -159,21 +167,25 @@ pub(super) unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
 #[inline]
 pub unsafe fn alloc_bin_zeroed(bin: usize, size: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
-    unsafe { alloc_bin_zeroed_in(heap(), bin, size) }
+    unsafe { alloc_bin_zeroed_in(own(), bin, size) }
 }
 
+/// [`alloc_bin_zeroed`] on heap `h`.
+///
+/// # Safety
+/// `bin < NBINS` and `size <= bin_size(bin)`.
 #[inline]
-pub(super) unsafe fn alloc_bin_zeroed_in(h: *mut Heap, bin: usize, size: usize) -> *mut u8 {
+pub(super) unsafe fn alloc_bin_zeroed_in(h: HeapRef, bin: usize, size: usize) -> *mut u8 {
     // SAFETY: as in alloc_bin_in; the block is ours to write once popped.
     unsafe {
-        let page = *(*h).pages.get_unchecked(bin);
-        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
+        let page = *h.pages.get_unchecked(bin);
+        let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
         if !block.is_null() {
             zero_block(page, block, size);
             return block as *mut u8;
         }
         // The slow path clears what needs clearing when asked to.
-        alloc_bin_slow(h, bin, true)
+        alloc_bin_slow(h.as_ptr(), bin, true)
     }
 }
 
@@ -190,7 +202,8 @@ pub(super) unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: b
         // SAFETY: h is a real heap usable by us and bin < NBINS (contract); its current page
         // of `bin` is ours (or EMPTY_PAGE, whose local_free is null).
         unsafe {
-            let page = *(*h).pages.get_unchecked(bin);
+            let h = HeapRef::new(h);
+            let page = *h.pages.get_unchecked(bin);
             if refill_from_local(h, page) {
                 return pop_fresh(h, page, bin, false);
             }
@@ -212,7 +225,12 @@ pub(super) unsafe extern "C" fn alloc_bin_slow_long(
     zero: bool,
 ) -> *mut u8 {
     // The fast path ran on the unset heap: this thread's first allocation of this kind.
-    let h = if is_unset(h) { heap() } else { h };
+    let h = if is_unset(h) {
+        own()
+    } else {
+        // SAFETY: not the unset heap, so this thread's or a locked node heap (contract).
+        unsafe { HeapRef::new(h) }
+    };
     // SAFETY: forwarded contract.
     let p = unsafe { alloc_bin_refill(h, bin, zero) };
     if p.is_null() {
@@ -224,26 +242,25 @@ pub(super) unsafe extern "C" fn alloc_bin_slow_long(
 /// The slow path of a bin allocation: refills the bin's current page or finds another.
 ///
 /// # Safety
-/// `h` is this thread's heap (or a node heap whose lock we hold) and `bin < NBINS`.
+/// `bin < NBINS`.
 #[inline(always)]
-pub(super) unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
-    // SAFETY: h is this thread's heap and bin < NBINS; pages we touch are ours.
+pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: bin < NBINS (contract); the pages in h's queues are h's, so ours.
     unsafe {
         // The common refill (alloc_bin_slow tries it first, but not for zeroed blocks nor on
         // a thread's first allocation).
-        let page = (*h).pages[bin];
+        let page = h.pages[bin];
         if refill_from_local(h, page) {
             return pop_fresh(h, page, bin, zero);
         }
-        if (*h).state != ACTIVE && !heap_init(h) {
+        if h.state != ACTIVE && !heap_init(h) {
             let size = crate::heap::size_class::bin_size(bin);
             let align = (1usize << size.trailing_zeros()).min(os::OS_PAGE);
             return dead_alloc(h, size, align, zero);
         }
         heap_tick(h);
         drain_delayed(h);
-        let hp = &mut *h;
-        let mut page = hp.pages[bin];
+        let mut page = h.pages[bin];
         // Full pages that other threads' frees refill (`remote_fed`) stay in the queue, up to
         // this many, before they are parked as full: a page that will get a block back soon
         // does not flip between full and not full (each flip is two slow paths and two atomic
@@ -254,11 +271,11 @@ pub(super) unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *
         while !page.is_null() && page != empty_page() {
             let next = (*page).next;
             let back = (*page).collect();
-            hp.returned = hp.returned.saturating_add(back);
+            h.returned = h.returned.saturating_add(back);
             if (*page).has_free() || (*page).extend() {
-                if hp.pages[bin] != page {
-                    hp.queue_remove(bin, page);
-                    hp.queue_push_front(bin, page);
+                if h.pages[bin] != page {
+                    h.queue_remove(bin, page);
+                    h.queue_push_front(bin, page);
                 }
                 return pop_fresh(h, page, bin, zero);
             }
@@ -278,7 +295,7 @@ pub(super) unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *
         if page.is_null() {
             return ptr::null_mut();
         }
-        hp.queue_push_front(bin, page);
+        h.queue_push_front(bin, page);
         (*page).extend();
         pop_fresh(h, page, bin, zero)
     }
@@ -290,15 +307,15 @@ pub(super) unsafe fn alloc_bin_refill(h: *mut Heap, bin: usize, zero: bool) -> *
 /// deterministic. Returns whether `page` now has a free block.
 ///
 /// # Safety
-/// `h` is a heap usable by us and `page` is its current page of some bin (or EMPTY_PAGE).
+/// `page` is `h`'s current page of some bin (or EMPTY_PAGE).
 #[inline(always)]
-pub(super) unsafe fn refill_from_local(h: *mut Heap, page: *mut Page) -> bool {
+pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
     unsafe {
-        if (*page).local_free.is_null() || (*h).tick & 15 == 15 {
+        if (*page).local_free.is_null() || h.tick & 15 == 15 {
             return false;
         }
-        (*h).tick = (*h).tick.wrapping_add(1);
+        h.tick = h.tick.wrapping_add(1);
         (*page).free = (*page).local_free;
         (*page).local_free = ptr::null_mut();
         (*page).free_is_zero = false;
@@ -314,11 +331,15 @@ pub(super) const FULL_PAGE_RETAIN: usize = 2;
 /// unparking such pages on every block would cost more than the walk.
 pub(super) const FEW_BLOCKS: u32 = 64;
 
+/// Pops a block of `page`, which has one, counting it on `bin`; clears it if `zero`.
+///
+/// # Safety
+/// `page` is a page of `h` in `bin`'s queue (so `bin < NBINS`) with a free block.
 #[inline]
-pub(super) unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
+pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
     // SAFETY: page is ours, in bin's queue (so bin < NBINS), and has a free block.
     unsafe {
-        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
+        let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
         if zero {
             zero_block(page, block, (*page).block_size as usize);
         }
@@ -327,16 +348,22 @@ pub(super) unsafe fn pop_fresh(h: *mut Heap, page: *mut Page, bin: usize, zero: 
 }
 
 /// A fresh page for `bin` from our segments, an adopted one, the pool, or the OS.
-pub(super) unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
+///
+/// # Safety
+/// `bin < NBINS`.
+pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
     let n = page_slices(bin);
-    // SAFETY: h is ours; take_slices is called on our own segments.
+    // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
+    // frees), and no page of our queues looked at before is used after this.
+    let page = unsafe { take_slices(h, n, n == 1) };
+    // SAFETY: the page take_slices hands out is a free run of one of our segments; bin <
+    // NBINS (contract).
     unsafe {
-        let page = take_slices(h, n, n == 1);
         if page.is_null() {
             return ptr::null_mut();
         }
         let bytes = Segment::run_bytes((*page).slice_index(), n);
-        if n > 1 && !(*page).fresh && (*h).pages[bin] == empty_page() {
+        if n > 1 && !(*page).fresh && h.pages[bin] == empty_page() {
             // The only page of a medium bin, on resident slices: keep its first slice and give
             // the rest back now. Its blocks are carved one extension at a time, and a bin with
             // a few blocks live would otherwise pin the whole run (512 KiB) for as long as the
@@ -356,8 +383,8 @@ pub(super) unsafe fn new_bin_page(h: *mut Heap, bin: usize) -> *mut Page {
 /// None beyond GlobalAlloc's: `align` is a power of two.
 #[cold]
 pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
-    // SAFETY: forwarded contract; heap() is ours.
-    let p = unsafe { alloc_generic_in(heap(), size, align, zero) };
+    // SAFETY: forwarded contract.
+    let p = unsafe { alloc_generic_in(own(), size, align, zero) };
     if p.is_null() {
         os::set_enomem();
     }
@@ -365,8 +392,11 @@ pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) ->
 }
 
 /// [`alloc_generic`] on heap `h` (this thread's, or a node heap whose lock we hold).
+///
+/// # Safety
+/// `align` is a power of two.
 pub(super) unsafe fn alloc_generic_in(
-    h: *mut Heap,
+    h: HeapRef,
     size: usize,
     align: usize,
     zero: bool,
@@ -374,11 +404,11 @@ pub(super) unsafe fn alloc_generic_in(
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
         if crate::tier::ACTIVE.load(Ordering::Relaxed)
-            && !(*h).shared
-            && ((*h).state == ACTIVE || heap_init(h))
+            && !h.shared
+            && (h.state == ACTIVE || heap_init(h))
         {
-            if let Some(node) = crate::tier::route(size, align, (*h).node) {
-                if node != (*h).node {
+            if let Some(node) = crate::tier::route(size, align, h.node) {
+                if node != h.node {
                     return node_alloc(node, size, align, zero);
                 }
             }
@@ -388,7 +418,7 @@ pub(super) unsafe fn alloc_generic_in(
             return if zero {
                 alloc_bin_zeroed_in(h, bin, size)
             } else {
-                alloc_bin_in(h, bin)
+                alloc_bin_in(h.as_ptr(), bin)
             };
         }
         if align <= os::OS_PAGE && size <= MEDIUM_MAX {
@@ -396,7 +426,7 @@ pub(super) unsafe fn alloc_generic_in(
                 return if zero {
                     alloc_bin_zeroed_in(h, bin, size)
                 } else {
-                    alloc_bin_in(h, bin)
+                    alloc_bin_in(h.as_ptr(), bin)
                 };
             }
         }

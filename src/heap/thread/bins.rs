@@ -1,15 +1,18 @@
-//! TODO bins
+//! Bin queues and the direct table.
+//!
+//! Owns: each bin's queue of pages (`pages`, `tails`, linked through the pages' `next/prev`),
+//! the direct table (`direct`: C `malloc`'s current page per 16-byte size step, always equal
+//! to `pages` of that size's bin), and moving a page in and out of its queue as it goes full
+//! and gets room again. May touch: the `Heap` fields (`super`), the page descriptors and
+//! their remote-free state (`heap::{segment, remote}`), `heap::size_class`.
 
-use super::{empty_page, Heap};
+use super::{empty_page, Heap, HeapRef};
 use crate::heap::remote::{NORMAL, USE_DELAYED};
 use crate::heap::segment::{Page, PAGE_IN_FULL};
 use crate::heap::size_class::bin_of;
 use core::ptr;
 
-// ---------------------------------------------------------------------------------------------
-// Bin queues.
-
-/// The largest request [`alloc_direct`] serves.
+/// The largest request `alloc_direct` serves.
 pub const DIRECT_MAX: usize = 1024;
 /// Entries of `Heap::direct`: sizes 0..=DIRECT_MAX by 16-byte steps.
 pub(super) const DIRECT_SLOTS: usize = DIRECT_MAX / 16 + 1;
@@ -38,6 +41,10 @@ impl Heap {
         }
     }
 
+    /// Puts `p` at the front of `bin`'s queue: it becomes the bin's current page.
+    ///
+    /// # Safety
+    /// `p` is one of this heap's bin pages of `bin`, in no queue; `bin < NBINS`.
     #[inline]
     pub(super) unsafe fn queue_push_front(&mut self, bin: usize, p: *mut Page) {
         // SAFETY: p is one of our bin pages in no queue; bin < NBINS.
@@ -55,6 +62,10 @@ impl Heap {
         }
     }
 
+    /// Puts `p` at the back of `bin`'s queue.
+    ///
+    /// # Safety
+    /// As for [`Heap::queue_push_front`].
     #[inline]
     pub(super) unsafe fn queue_push_back(&mut self, bin: usize, p: *mut Page) {
         // SAFETY: as for push_front.
@@ -70,6 +81,10 @@ impl Heap {
         }
     }
 
+    /// Takes `p` out of `bin`'s queue.
+    ///
+    /// # Safety
+    /// `p` is in `bin`'s queue of this heap.
     #[inline]
     pub(super) unsafe fn queue_remove(&mut self, bin: usize, p: *mut Page) {
         // SAFETY: p is in bin's queue.
@@ -99,10 +114,13 @@ pub(super) fn direct_bin(w: usize) -> usize {
 }
 
 /// Takes `page` (which has no free block) out of its queue and marks it full.
-pub(super) unsafe fn page_to_full(h: *mut Heap, bin: usize, page: *mut Page) {
+///
+/// # Safety
+/// `page` is a page of `h` in `bin`'s queue.
+pub(super) unsafe fn page_to_full(mut h: HeapRef, bin: usize, page: *mut Page) {
     // SAFETY: page is ours and in bin's queue.
     unsafe {
-        (*h).queue_remove(bin, page);
+        h.queue_remove(bin, page);
         (*page).flags |= PAGE_IN_FULL;
         (*page).thread_free.try_set_state(USE_DELAYED, false);
         // A remote free may have landed before the state changed: look once more.
@@ -112,19 +130,23 @@ pub(super) unsafe fn page_to_full(h: *mut Heap, bin: usize, page: *mut Page) {
                 // Back in the queue at once, at the front: the caller takes from it now.
                 (*page).flags &= !PAGE_IN_FULL;
                 (*page).thread_free.try_set_state(NORMAL, false);
-                (*h).queue_push_front(bin, page);
+                h.queue_push_front(bin, page);
             }
         }
     }
 }
 
-pub(super) unsafe fn unfull(h: *mut Heap, page: *mut Page) {
+/// Puts a full page that has room again back in its bin's queue (at the back).
+///
+/// # Safety
+/// `page` is one of `h`'s full bin pages (`PAGE_IN_FULL`, in no queue).
+pub(super) unsafe fn unfull(mut h: HeapRef, page: *mut Page) {
     // SAFETY: page is one of our full bin pages.
     unsafe {
         (*page).flags &= !PAGE_IN_FULL;
         // If a delayed free is in flight it ends in NORMAL by itself.
         (*page).thread_free.try_set_state(NORMAL, false);
         // At the back: a page with one block back should not become the current page.
-        (*h).queue_push_back((*page).bin as usize, page);
+        h.queue_push_back((*page).bin as usize, page);
     }
 }

@@ -1,7 +1,13 @@
-//! TODO counters
+//! Statistics counters: each heap's own, the retired totals of heaps that are gone, and the
+//! per-node cross-free totals.
+//!
+//! Owns: `HeapStats` (bumped by its owner with a plain load and store, read by anyone), the
+//! `RETIRED*` and `CROSS_*` statics, and the choice of which counters a free goes to. May
+//! touch: the `Heap` type (`super`, for its state and its own counters), `bins` (which bin a
+//! direct-table slot serves), `heap::{segment, size_class}`, `sync`.
 
 use super::bins::{direct_bin, DIRECT_SLOTS};
-use super::{Heap, ACTIVE};
+use super::{HeapRef, ACTIVE};
 use crate::heap::segment::MAX_NODES;
 use crate::heap::size_class::NBINS;
 use crate::sync::{AtomicU64, Ordering};
@@ -161,17 +167,18 @@ pub(super) const ZERO_I64: crate::sync::AtomicI64 = crate::sync::AtomicI64::new(
 /// The counters a free by heap `h` goes to: its own (owner-only, `shared` false), or the
 /// retired totals (atomic adds) if it is not active.
 #[inline]
-pub(super) unsafe fn counters(h: *mut Heap) -> (&'static HeapStats, bool) {
-    // SAFETY: h is this thread's heap, alive for the thread's life.
-    unsafe {
-        if (*h).state == ACTIVE {
-            (&*core::ptr::addr_of!((*h).stats), false)
-        } else {
-            (&RETIRED, true)
-        }
+pub(super) fn counters(h: HeapRef) -> (&'static HeapStats, bool) {
+    if h.state == ACTIVE {
+        // SAFETY: a thread's heap lives as long as its thread and a node heap for good; the
+        // counters are atomics, and the caller uses them only within the free it is doing.
+        (unsafe { &*core::ptr::addr_of!((*h.as_ptr()).stats) }, false)
+    } else {
+        (&RETIRED, true)
     }
 }
 
+/// Adds `n` to `c`: with a plain load and store when the counter is its owner's (`shared`
+/// false), with an atomic add when other threads add to it too.
 #[inline]
 pub(super) fn add(c: &AtomicU64, n: u64, shared: bool) {
     if shared {

@@ -32,14 +32,14 @@
 use super::free::free_delayed;
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
-use super::slices::{book_free_slices, for_each_used_page, release_segment_dirty};
+use super::slices::{for_each_used_page, let_go};
 use super::tls::heap;
 use super::{Heap, DEAD};
 use crate::heap::huge;
 use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
-    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGE_IN_FULL, POOLS,
+    NO_TAG, PAGE_IN_FULL, POOLS,
 };
 use crate::sync::Ordering;
 use crate::sys::os;
@@ -235,15 +235,7 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
             return;
         }
         for_each_used_page(seg, |p| (*p).thread_free.force_state(NEVER_DELAYED));
-        (*seg).next = ptr::null_mut();
-        (*seg).prev = ptr::null_mut();
-        if (*seg).used_pages == 0 {
-            release_segment_dirty(seg, now);
-        } else {
-            book_free_slices(seg, now);
-            PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
-            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
-        }
+        let_go(seg, now);
     }
 }
 
@@ -275,8 +267,7 @@ mod tests {
     use super::super::registry::heap_done;
     use super::super::{alloc_bin, alloc_generic, free};
     use super::*;
-    use crate::heap::segment::FIRST_TAG;
-    use crate::heap::segment::{map_tag, page_of, PageKind, MAP_UNOWNED};
+    use crate::heap::segment::{map_tag, page_of, PageKind, FIRST_TAG, MAP_UNOWNED, MAX_NODES};
     use crate::heap::size_class::bin_of;
     use crate::sync::{AtomicBool, AtomicUsize};
     use std::sync::{Arc, Barrier, Mutex};

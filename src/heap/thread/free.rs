@@ -1,4 +1,11 @@
-//! TODO free
+//! Frees: the fast paths, the local and remote slow paths, and delayed frees.
+//!
+//! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
+//! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
+//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
+//! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
+//! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
+//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `config`.
 
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
@@ -7,7 +14,7 @@ use super::registry::heap_init;
 use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
 use super::tick::heap_tick;
 use super::tls::{heap, heap_or_unset, is_unset};
-use super::{Heap, ACTIVE, UNINIT};
+use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::config;
 use crate::heap::delayed;
 use crate::heap::remote::{Block, Pushed, NORMAL};
@@ -31,7 +38,8 @@ pub unsafe fn free(p: *mut u8) {
     // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
     unsafe {
         if (*seg).owner.load(Ordering::Relaxed) == h as usize {
-            free_owned(h, seg, p);
+            // We own seg, so h is not the unset heap (which owns nothing): this thread's.
+            free_owned(HeapRef::new(h), seg, p);
         } else {
             free_other(h, seg, p);
         }
@@ -49,11 +57,12 @@ pub unsafe fn free_c(p: *mut u8) {
     // The unset heap's tag is NO_TAG, which no entry holds: a thread's first free goes to
     // free_other like any other, which looks the real heap up.
     let h = heap_or_unset();
-    // SAFETY: an entry equal to our tag means we own p's segment (segment::set_owner), and a
-    // non-zero one that p lies in a segment of ours, so (contract) p is a live block of it.
+    // SAFETY: an entry equal to our tag means we own p's segment (segment::set_owner), so h
+    // is this thread's heap (the unset one owns nothing), and a non-zero one that p lies in a
+    // segment of ours, so (contract) p is a live block of it.
     unsafe {
         if tag == (*h).tag {
-            free_owned(h, segment_of(p), p);
+            free_owned(HeapRef::new(h), segment_of(p), p);
         } else if tag != 0 {
             free_other(h, segment_of(p), p);
         }
@@ -63,9 +72,9 @@ pub unsafe fn free_c(p: *mut u8) {
 /// [`free`] of a block of a segment `h` owns.
 ///
 /// # Safety
-/// `h` is this thread's heap, owner of `seg`, and `p` a live block of `seg`.
+/// `h` owns `seg`, and `p` is a live block of `seg`.
 #[inline(always)]
-pub(super) unsafe fn free_owned(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         let page = page_of(seg, p);
@@ -74,7 +83,7 @@ pub(super) unsafe fn free_owned(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
         (*page).local_free = b;
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
         // (no compare, no flag kept in a register across the counter's add).
-        bump((*h).stats.frees.get_unchecked((*page).bin as usize), 1);
+        bump(h.stats.frees.get_unchecked((*page).bin as usize), 1);
         let used = (*page).used - 1;
         (*page).used = used;
         if used == 0 || (*page).flags != 0 {
@@ -97,14 +106,17 @@ pub(super) unsafe extern "C" fn free_first(p: *mut u8) {
 
 /// Frees a block of one of our own pages outside the fast path (delayed frees, adoption).
 /// `count`: whether this free is counted here (false when the remote thread counted it).
-pub(super) unsafe fn free_local(h: *mut Heap, page: *mut Page, b: *mut Block, count: bool) {
+///
+/// # Safety
+/// `page` is a page of `h` in use and `b` a live block of it.
+pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, count: bool) {
     // SAFETY: page is ours and b is a live block of it.
     unsafe {
         Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
         (*page).used -= 1;
         if count {
-            bump(&(*h).stats.frees[(*page).bin as usize], 1);
+            bump(&h.stats.frees[(*page).bin as usize], 1);
         }
         if (*page).used == 0 || (*page).flags != 0 {
             free_local_slow(h, page);
@@ -112,9 +124,14 @@ pub(super) unsafe fn free_local(h: *mut Heap, page: *mut Page, b: *mut Block, co
     }
 }
 
+/// A local free left `page` empty or changed a page that is full or large: the page event,
+/// then a tick.
+///
+/// # Safety
+/// `page` is a page of `h` in use, whose block the caller has just freed.
 #[cold]
 #[inline(never)]
-pub(super) unsafe extern "C" fn free_local_slow(h: *mut Heap, page: *mut Page) {
+pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
     // SAFETY: page is ours.
     unsafe {
         free_local_page_event(h, page);
@@ -123,7 +140,12 @@ pub(super) unsafe extern "C" fn free_local_slow(h: *mut Heap, page: *mut Page) {
     }
 }
 
-pub(super) unsafe fn free_local_page_event(h: *mut Heap, page: *mut Page) {
+/// What a local free sets off on `page`: a large page goes back to its segment, a full one
+/// back in its queue, an empty one (not its bin's current page) back to its segment.
+///
+/// # Safety
+/// As for [`free_local_slow`].
+pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
     // SAFETY: page is ours.
     unsafe {
         if (*page).kind == PageKind::Large as u8 {
@@ -139,8 +161,8 @@ pub(super) unsafe fn free_local_page_event(h: *mut Heap, page: *mut Page) {
         // need (in a FIFO workload the allocator would be left with one free block at a time
         // and take the slow path on every allocation).
         let bin = (*page).bin as usize;
-        if (*page).used == 0 && (*h).pages[bin] != page {
-            (*h).queue_remove(bin, page);
+        if (*page).used == 0 && h.pages[bin] != page {
+            h.queue_remove(bin, page);
             retire_page_of(h, page);
         }
     }
@@ -150,11 +172,14 @@ pub(super) unsafe fn free_local_page_event(h: *mut Heap, page: *mut Page) {
 /// another one, the segment goes to the pool now: a thread that frees what others left behind
 /// (and adopted their segments to do it) does not hold on to them until its next collection,
 /// which may be far away if it hardly allocates.
-pub(super) unsafe fn retire_page_of(h: *mut Heap, page: *mut Page) {
+///
+/// # Safety
+/// `page` is a page of `h` with no live block, in no queue.
+pub(super) unsafe fn retire_page_of(h: HeapRef, page: *mut Page) {
     // SAFETY: page is ours, unused and in no queue; its segment is on our list.
     unsafe {
         let seg = (*page).segment();
-        if retire_page(page) && ((*h).segments != seg || !(*seg).next.is_null()) {
+        if retire_page(page) && (h.segments != seg || !(*seg).next.is_null()) {
             // Unpurged: the next thread that needs a segment takes it from the pool with its
             // memory still resident (no faults); the pool unmaps it after the delay otherwise.
             unlink_segment(h, seg);
@@ -163,10 +188,14 @@ pub(super) unsafe fn retire_page_of(h: *mut Heap, page: *mut Page) {
     }
 }
 
-pub(super) unsafe fn free_large_page(h: *mut Heap, page: *mut Page) {
+/// Gives back a large page of `h` whose block was freed, booking its bytes off.
+///
+/// # Safety
+/// `page` is a large page of `h` with no live block.
+pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
     // SAFETY: page is one of our large pages, now unused.
     unsafe {
-        bump(&(*h).stats.large_free_bytes, (*page).block_size as u64);
+        bump(&h.stats.large_free_bytes, (*page).block_size as u64);
         (*page).flags = 0;
         (*page).thread_free.force_state(NORMAL);
         retire_page(page);
@@ -177,6 +206,9 @@ pub(super) unsafe fn free_large_page(h: *mut Heap, page: *mut Page) {
 /// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
 /// large object does not go through the pool each time.
 /// Returns true if the segment now has no page in use.
+///
+/// # Safety
+/// `page` is a page of one of our segments with no live block, in no queue.
 pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
@@ -192,9 +224,14 @@ pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
 /// active heap (every free of a producer/consumer hand-off), is handled here with no call
 /// but the tail call to the rare paths, so it needs no stack frame; everything else goes to
 /// [`free_other_slow`].
+///
+/// # Safety
+/// `h` is this thread's heap or the unset one (from `tls::heap_or_unset`); `p` is a live
+/// block of `seg`.
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
-    // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
+    // SAFETY: p is live, so seg is valid until we push p; we read what we need before. An
+    // active heap is not the unset one (never active), so it is this thread's.
     unsafe {
         let owner = (*seg).owner.load(Ordering::Acquire);
         if (*h).state != ACTIVE
@@ -205,15 +242,13 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         {
             return free_other_slow(h, seg, p);
         }
+        let h = HeapRef::new(h);
         // Only the descriptor's remote line is read or written here (see Page).
         let page = page_of_remote(seg, p);
         // An active heap of the block's node: its own counters, no per-node correction (see
         // count_node_free). A page's bin is at most LARGE_BIN = NBINS, inside the array.
-        bump(
-            (*h).stats.frees.get_unchecked((*page).remote_bin as usize),
-            1,
-        );
-        bump(&(*h).stats.remote_frees, 1);
+        bump(h.stats.frees.get_unchecked((*page).remote_bin as usize), 1);
+        bump(&h.stats.remote_frees, 1);
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
@@ -237,6 +272,9 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
 
 /// [`free_other`] for everything but the common case: a heap's first free, a huge object, an
 /// abandoned segment, a block of another node, a heap that is no longer active.
+///
+/// # Safety
+/// As for [`free_other`].
 #[cold]
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
@@ -244,9 +282,11 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
         // SAFETY: forwarded contract.
         return unsafe { free_first(p) };
     }
+    // SAFETY: not the unset heap, so this thread's (contract).
+    let h = unsafe { HeapRef::new(h) };
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
-        if (*h).state == UNINIT {
+        if h.state == UNINIT {
             // Register this thread's heap (counters, exit hook) at its first free, so that it
             // can adopt what it frees into. A DEAD heap never comes back (see DEAD); one that
             // is not active counts into the retired totals.
@@ -258,7 +298,7 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
         }
         let page = page_of(seg, p);
         let owner = (*seg).owner.load(Ordering::Acquire);
-        if owner == h as usize {
+        if owner == h.addr() {
             // Our own block, reaching here from C's free because we have no tag (see
             // free_c): an ordinary local free.
             free_owned(h, seg, p);
@@ -271,10 +311,10 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // pages stay where they are. A thread that only frees does not sit on what it
             // takes: pages it empties are given back at once (see free_local_page_event).
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
-            if (*h).state == ACTIVE
-                && node as u32 == (*h).node
-                && (ABANDONED_FULL[node].claim(seg, h as usize, (*h).tag)
-                    || ABANDONED[node].claim(seg, h as usize, (*h).tag))
+            if h.state == ACTIVE
+                && node as u32 == h.node
+                && (ABANDONED_FULL[node].claim(seg, h.addr(), h.tag)
+                    || ABANDONED[node].claim(seg, h.addr(), h.tag))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
@@ -302,48 +342,48 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
 /// thread of another node (or from a heap that is not active, whose counters no longer
 /// belong to any node) lowers that node's live bytes directly.
 #[inline]
-pub(super) unsafe fn count_node_free(h: *mut Heap, node: u16, bytes: u64) {
+pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
     let n = (node as usize).min(MAX_NODES - 1);
-    // SAFETY: h is ours.
-    unsafe {
-        let active = (*h).state == ACTIVE;
-        if active && node as u32 == (*h).node {
-            return;
-        }
-        if active {
-            bump(&(*h).stats.foreign_free_bytes, bytes);
-        }
-        if node as u32 != (*h).node {
-            CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
-        }
+    let active = h.state == ACTIVE;
+    if active && node as u32 == h.node {
+        return;
+    }
+    if active {
+        bump(&h.stats.foreign_free_bytes, bytes);
+    }
+    if node as u32 != h.node {
+        CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
     }
     CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
 }
 
 /// Takes in blocks that other threads freed into our full pages.
-pub(super) unsafe fn drain_delayed(h: *mut Heap) {
+pub(super) fn drain_delayed(mut h: HeapRef) {
+    if h.delayed.0.is_empty() {
+        return;
+    }
+    // The blocks still on the stack are counted as used by their pages, which must stay
+    // ours until they are freed: no rehome (which gives every segment away) until the
+    // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
+    let was_walking = h.walking;
+    h.walking = true;
+    let hp = h.as_ptr();
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
+    // The stack is borrowed through the raw pointer, and the walk writes `returned` through
+    // it too, so no `&mut Heap` overlaps the borrow of the stack.
     unsafe {
-        if (*h).delayed.0.is_empty() {
-            return;
-        }
-        // The blocks still on the stack are counted as used by their pages, which must stay
-        // ours until they are freed: no rehome (which gives every segment away) until the
-        // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
-        let was_walking = (*h).walking;
-        (*h).walking = true;
         delayed::drain(
-            &(*h).delayed.0,
+            &(*hp).delayed.0,
             |b| {
                 let page = page_of(segment_of(b as *const u8), b as *const u8);
                 (page, &(*page).thread_free)
             },
             |b, page| {
                 // The remote thread counted the free.
-                (*h).returned = (*h).returned.saturating_add(1);
+                (*hp).returned = (*hp).returned.saturating_add(1);
                 free_local(h, page, b, false);
             },
         );
-        (*h).walking = was_walking;
     }
+    h.walking = was_walking;
 }

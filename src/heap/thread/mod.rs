@@ -49,11 +49,12 @@ pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
 pub(crate) use tls::heap;
 
-use crate::heap::huge::{CacheEntry, CACHE_SLOTS, EMPTY_ENTRY};
+use crate::heap::huge::HugeCache;
 use crate::heap::remote::BlockStack;
 use crate::heap::segment::{Page, Segment, NO_TAG};
 use crate::heap::size_class::NBINS;
 use bins::DIRECT_SLOTS;
+use core::ops::{Deref, DerefMut};
 use core::ptr;
 use counters::HeapStats as Stats;
 
@@ -103,7 +104,7 @@ pub struct Heap {
     /// Each bin's allocation count at the last collection: a bin that allocated since keeps
     /// its current page through the collection even when the page is empty.
     allocs_at_collect: [u64; NBINS],
-    huge_cache: [CacheEntry; CACHE_SLOTS],
+    huge_cache: HugeCache,
     /// This thread's counters.
     pub stats: Stats,
     reg_next: *mut Heap,
@@ -142,10 +143,67 @@ impl Heap {
             returned: 0,
             next_purge_ms: 0,
             allocs_at_collect: [0; NBINS],
-            huge_cache: [EMPTY_ENTRY; CACHE_SLOTS],
+            huge_cache: HugeCache::new(),
             stats: Stats::new(),
             reg_next: ptr::null_mut(),
             reg_prev: ptr::null_mut(),
         }
+    }
+}
+
+/// A heap the calling thread may use as its own: the thread's registered (or registering, or
+/// leaving) heap, or a heap it holds exclusively — a node heap whose lock it holds, a heap
+/// being torn down. Obtained once at each entry point (`tls::own`, `node_alloc`, a drain's
+/// owner...), so that the functions inside take it safely: holding one is the proof that the
+/// heap's owner-only fields are ours to read and write.
+///
+/// It gives `&Heap`/`&mut Heap` for the length of one expression or statement: other threads
+/// only ever touch a heap's atomics (`delayed`, the counters) and, under the registry lock, its
+/// registry links and `node`, which its owner writes under that lock too. Never the unset heap
+/// of `tls` (read-only): the fast paths that may meet it keep a raw pointer.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(super) struct HeapRef(*mut Heap);
+
+impl HeapRef {
+    /// Wraps `h`.
+    ///
+    /// # Safety
+    /// `h` is the calling thread's own heap (from `tls::heap`, not the unset placeholder), or
+    /// a heap the calling thread holds exclusively for as long as the `HeapRef` is used (a
+    /// node heap whose lock it holds, a heap it is tearing down that no other thread uses).
+    #[inline(always)]
+    pub(super) unsafe fn new(h: *mut Heap) -> HeapRef {
+        HeapRef(h)
+    }
+
+    /// The heap's address.
+    #[inline(always)]
+    pub(super) fn as_ptr(self) -> *mut Heap {
+        self.0
+    }
+
+    /// The heap's address as an owner id (what segment headers and lists hold).
+    #[inline(always)]
+    pub(super) fn addr(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl Deref for HeapRef {
+    type Target = Heap;
+    #[inline(always)]
+    fn deref(&self) -> &Heap {
+        // SAFETY: the heap is ours to use (type invariant).
+        unsafe { &*self.0 }
+    }
+}
+
+impl DerefMut for HeapRef {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Heap {
+        // SAFETY: the heap is ours to use (type invariant); other threads touch only its
+        // atomics (see the type's comment).
+        unsafe { &mut *self.0 }
     }
 }

@@ -1,9 +1,15 @@
-//! TODO node
+//! Node heaps: one shared heap per NUMA node, for explicit placement.
+//!
+//! Owns: `NODE_HEAPS` (each behind its own lock; a thread that holds the lock uses the heap
+//! as its own), `NODE_HEAPS_USED`, `node_alloc`, and their collection from other threads'
+//! ticks. Lock order: a node heap's lock before the registry's (see `fork`). May touch: the
+//! `Heap` type (`super`), `alloc` (the allocation itself), `registry` (a node heap's first
+//! use), `tick` (collections), `heap::segment`, `sync`.
 
 use super::alloc::alloc_generic_in;
 use super::registry::register;
 use super::tick::heap_collect;
-use super::{Heap, ACTIVE};
+use super::{Heap, HeapRef, ACTIVE};
 use crate::heap::segment::MAX_NODES;
 use crate::sync::{AtomicU64, Ordering, SpinLock};
 use core::cell::UnsafeCell;
@@ -41,16 +47,15 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
         return ptr::null_mut();
     };
     let _g = nh.lock.lock();
-    let h = nh.heap.get();
     // SAFETY: we hold the node heap's lock, so it is ours for the duration.
-    unsafe {
-        if (*h).state != ACTIVE {
-            (*h).shared = true;
-            register(h, node);
-            NODE_HEAPS_USED.fetch_or(1 << node, Ordering::Relaxed);
-        }
-        alloc_generic_in(h, size, align, zero)
+    let mut h = unsafe { HeapRef::new(nh.heap.get()) };
+    if h.state != ACTIVE {
+        h.shared = true;
+        register(h, node);
+        NODE_HEAPS_USED.fetch_or(1 << node, Ordering::Relaxed);
     }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_generic_in(h, size, align, zero) }
 }
 
 /// Collects and purges every node heap that is free right now (try-lock: never waits).
@@ -60,26 +65,25 @@ pub(super) fn collect_node_heaps(now: u64, delay: u64) {
         let nh = &NODE_HEAPS[used.trailing_zeros() as usize];
         used &= used - 1;
         if let Some(_g) = nh.lock.try_lock() {
-            let h = nh.heap.get();
-            // SAFETY: we hold its lock.
-            unsafe {
-                if (*h).state == ACTIVE {
-                    heap_collect(h, now, delay);
-                }
+            // SAFETY: we hold its lock, so it is ours for the duration.
+            let h = unsafe { HeapRef::new(nh.heap.get()) };
+            if h.state == ACTIVE {
+                heap_collect(h, now, delay);
             }
         }
     }
 }
 
 /// Allocation for a thread whose heap is gone (see `DEAD`): from its node's shared heap.
+///
+/// # Safety
+/// `align` is a power of two.
 #[cold]
-pub(super) unsafe fn dead_alloc(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    // SAFETY: h is this thread's (dead) heap; we only read its node. If `h` is itself a node
-    // heap it is ACTIVE and never gets here.
-    unsafe {
-        if (*h).shared {
-            return ptr::null_mut();
-        }
-        node_alloc((*h).node, size, align, zero)
+pub(super) unsafe fn dead_alloc(h: HeapRef, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // A node heap is ACTIVE and never gets here; a thread's (dead) heap is only read.
+    if h.shared {
+        return ptr::null_mut();
     }
+    // SAFETY: forwarded contract.
+    unsafe { node_alloc(h.node, size, align, zero) }
 }

@@ -1,17 +1,21 @@
-//! TODO registry
+//! The registry of live heaps, heap tags, the pthread key whose destructor is the thread-exit
+//! hook, and a heap's life: init, register, tear-down, moving to another node.
+//!
+//! Owns: `REGISTRY` (the list of live heaps and the tag bitmap, under its lock), the pthread
+//! key, the heap states' transitions, and which node a heap draws from (`current_home`,
+//! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
+//! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
+//! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
+//! `sys::{numa, os}`, `config`.
 
 use super::bins::DIRECT_SLOTS;
 use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};
 use super::free::drain_delayed;
-use super::slices::{
-    book_free_slices, for_each_used_page, release_empty_page, release_segment_dirty,
-};
-use super::tls::heap;
-use super::{empty_page, Heap, ACTIVE, DEAD, LEAVING};
+use super::slices::{for_each_used_page, let_go, release_empty_page};
+use super::tls::own;
+use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
 use crate::config;
-use crate::heap::huge;
-use crate::heap::huge::EMPTY_ENTRY;
-use crate::heap::segment::{commit_sub, ABANDONED, FIRST_TAG, MAX_NODES, NO_TAG, PAGES_ABANDONED};
+use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
 use crate::sync::{Ordering, SpinLock};
 use crate::sys::{numa, os};
@@ -94,8 +98,9 @@ pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
     f(&RETIRED, None);
 }
 
-/// Folds a heap's counters into the retired totals and zeroes them (registry lock held).
-pub(super) unsafe fn retire_counters(hp: &mut Heap) {
+/// Folds a heap's counters into the retired totals and zeroes them. The caller holds the
+/// registry lock (readers of the totals and of `node` take it).
+pub(super) fn retire_counters(hp: &mut Heap) {
     let node = (hp.node as usize).min(MAX_NODES - 1);
     RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
     hp.stats.merge_into(&RETIRED);
@@ -148,53 +153,70 @@ pub(super) extern "C" fn thread_done(arg: *mut libc::c_void) {
 /// Makes `h` ready for use. Returns false if it cannot be (never, today; kept for OOM
 /// handling of future per-heap metadata).
 #[cold]
-pub(super) unsafe fn heap_init(h: *mut Heap) -> bool {
-    // SAFETY: h is the calling thread's heap.
-    unsafe {
-        if (*h).state == ACTIVE {
-            return true;
-        }
-        if (*h).state == LEAVING || (*h).state == DEAD {
-            return false;
-        }
-        register(h, (numa::home_node() as usize).min(MAX_NODES - 1) as u32);
-        if let Some(k) = thread_key() {
-            libc::pthread_setspecific(k, h as *const libc::c_void);
-        }
+pub(super) fn heap_init(h: HeapRef) -> bool {
+    if h.state == ACTIVE {
+        return true;
+    }
+    if h.state == LEAVING || h.state == DEAD {
+        return false;
+    }
+    register(h, current_home());
+    if let Some(k) = thread_key() {
+        // SAFETY: k is a key we made; the value is the calling thread's own heap (heap_init
+        // runs only on a thread's own heap: a node heap is registered by node_alloc).
+        unsafe { libc::pthread_setspecific(k, h.as_ptr() as *const libc::c_void) };
     }
     true
 }
 
+/// The node the calling thread runs on now, as an index of the per-node arrays.
+#[inline]
+pub(super) fn current_home() -> u32 {
+    (numa::home_node() as usize).min(MAX_NODES - 1) as u32
+}
+
+/// Moves a thread's heap to the node the thread runs on now, if that changed (a node heap
+/// never moves): through [`rehome_when_safe`], so not during a drain's walk. Returns whether
+/// the home had changed.
+#[inline]
+pub(super) fn follow_home(h: HeapRef) -> bool {
+    if !h.shared {
+        let node = current_home();
+        if node != h.node {
+            rehome_when_safe(h, node);
+            return true;
+        }
+    }
+    false
+}
+
 /// Marks `h` active on `node` and lists it in the registry.
-pub(super) unsafe fn register(h: *mut Heap, node: u32) {
+pub(super) fn register(mut h: HeapRef, node: u32) {
     config::init_once();
-    // SAFETY: h is a heap nobody else uses right now (this thread's, or a node heap under its
-    // lock).
+    if h.state == ACTIVE {
+        // Registered already, by an allocation init_once made on this thread (in the
+        // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
+        // linking it again would make the registry a loop.
+        return;
+    }
+    // Mark active first: whatever the steps below allocate is served by this heap.
+    h.state = ACTIVE;
+    h.node = node;
+    h.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let _g = REGISTRY.lock.lock();
+    if h.tag == NO_TAG {
+        // SAFETY: we hold the registry lock.
+        h.tag = unsafe { take_tag() };
+    }
+    // SAFETY: the registry lock guards the list head and every listed heap's links.
     unsafe {
-        let hp = &mut *h;
-        if hp.state == ACTIVE {
-            // Registered already, by an allocation init_once made on this thread (in the
-            // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
-            // linking it again would make the registry a loop.
-            return;
+        let head = *REGISTRY.head.get();
+        h.reg_prev = ptr::null_mut();
+        h.reg_next = head;
+        if !head.is_null() {
+            (*head).reg_prev = h.as_ptr();
         }
-        // Mark active first: whatever the steps below allocate is served by this heap.
-        hp.state = ACTIVE;
-        hp.node = node;
-        hp.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        {
-            let _g = REGISTRY.lock.lock();
-            if hp.tag == NO_TAG {
-                hp.tag = take_tag();
-            }
-            let head = *REGISTRY.head.get();
-            hp.reg_prev = ptr::null_mut();
-            hp.reg_next = head;
-            if !head.is_null() {
-                (*head).reg_prev = h;
-            }
-            *REGISTRY.head.get() = h;
-        }
+        *REGISTRY.head.get() = h.as_ptr();
     }
 }
 
@@ -203,47 +225,50 @@ pub(super) unsafe fn register(h: *mut Heap, node: u32) {
 /// # Safety
 /// `h` is the calling thread's heap, and nothing of it is in use by this thread's code.
 pub unsafe fn heap_done(h: *mut Heap) {
-    // SAFETY: h is ours (see contract); the steps follow the module's exit invariant.
-    unsafe {
-        let hp = &mut *h;
-        if hp.state != ACTIVE {
-            return;
-        }
-        hp.state = LEAVING;
-        release_all(h);
-        // Counters, registry, tag (release_all rewrote the map entries that held it).
-        {
-            let _g = REGISTRY.lock.lock();
-            retire_counters(hp);
-            give_tag(hp.tag);
-            hp.tag = NO_TAG;
-            if hp.reg_prev.is_null() {
-                *REGISTRY.head.get() = hp.reg_next;
-            } else {
-                (*hp.reg_prev).reg_next = hp.reg_next;
-            }
-            if !hp.reg_next.is_null() {
-                (*hp.reg_next).reg_prev = hp.reg_prev;
-            }
-            hp.reg_next = ptr::null_mut();
-            hp.reg_prev = ptr::null_mut();
-        }
-        hp.state = DEAD;
+    // SAFETY: h is ours (contract).
+    let mut h = unsafe { HeapRef::new(h) };
+    if h.state != ACTIVE {
+        return;
     }
+    h.state = LEAVING;
+    // SAFETY: nothing of h is in use (contract), so no walk over its blocks is in progress.
+    unsafe { release_all(h) };
+    // Counters, registry, tag (release_all rewrote the map entries that held it).
+    {
+        let _g = REGISTRY.lock.lock();
+        retire_counters(&mut h);
+        // SAFETY: we hold the registry lock, and no map entry holds our tag any more.
+        unsafe { give_tag(h.tag) };
+        h.tag = NO_TAG;
+        // SAFETY: the registry lock guards the list head and every listed heap's links.
+        unsafe {
+            if h.reg_prev.is_null() {
+                *REGISTRY.head.get() = h.reg_next;
+            } else {
+                (*h.reg_prev).reg_next = h.reg_next;
+            }
+            if !h.reg_next.is_null() {
+                (*h.reg_next).reg_prev = h.reg_prev;
+            }
+        }
+        h.reg_next = ptr::null_mut();
+        h.reg_prev = ptr::null_mut();
+    }
+    h.state = DEAD;
 }
 
 /// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
 /// abandoned list of their node. Leaves `h` with no pages (its state is the caller's).
 ///
 /// # Safety
-/// `h` is the calling thread's heap (or a node heap under its lock), in state LEAVING or
-/// ACTIVE with no block of its queues in use by the caller.
-pub(super) unsafe fn release_all(h: *mut Heap) {
-    // SAFETY: h is ours; the steps follow the module's exit invariant.
+/// `h` is in state LEAVING or ACTIVE, the caller uses no page or block of its queues after
+/// this, and no walk over blocks of its pages is in progress (`walking` is false): every
+/// page it had may belong to another thread when this returns.
+pub(super) unsafe fn release_all(mut h: HeapRef) {
+    // SAFETY: the segments on h's list are h's; the steps follow the module's exit invariant.
     unsafe {
-        let hp = &mut *h;
         // 1. No more delayed frees onto us: wait out any in flight.
-        let mut seg = hp.segments;
+        let mut seg = h.segments;
         while !seg.is_null() {
             for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
             seg = (*seg).next;
@@ -252,7 +277,7 @@ pub(super) unsafe fn release_all(h: *mut Heap) {
         drain_delayed(h);
         // 3. Collect remote frees and give back empty pages.
         let now = os::now_ms();
-        let mut seg = hp.segments;
+        let mut seg = h.segments;
         while !seg.is_null() {
             let next = (*seg).next;
             for_each_used_page(seg, |p| {
@@ -262,72 +287,59 @@ pub(super) unsafe fn release_all(h: *mut Heap) {
                 }
             });
             // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.
-            (*seg).next = ptr::null_mut();
-            (*seg).prev = ptr::null_mut();
             // Nothing is purged here: a thread that exits should not pay for system calls
             // (each madvise of a multi-threaded process is a TLB shootdown on every CPU), and
             // a short-lived thread's memory is usually reused by the next one at once. The
             // pool unmaps what nobody took after the delay; an abandoned segment's free slices
             // are purged by the thread that adopts it or tends it (heap_collect).
-            if (*seg).used_pages == 0 {
-                release_segment_dirty(seg, now);
-            } else {
-                book_free_slices(seg, now);
-                PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
-                ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
-            }
+            let_go(seg, now);
             seg = next;
         }
-        hp.segments = ptr::null_mut();
-        // 5. Huge spans we kept.
-        for e in hp.huge_cache.iter_mut() {
-            if !e.seg.is_null() {
-                commit_sub((*e.seg).node, (*e.seg).map_size);
-                huge::unmap(e.seg);
-                *e = EMPTY_ENTRY;
-            }
-        }
-        hp.pages = [empty_page(); NBINS];
-        hp.direct = [empty_page(); DIRECT_SLOTS];
-        hp.tails = [ptr::null_mut(); NBINS];
     }
+    h.segments = ptr::null_mut();
+    // 5. Huge spans we kept.
+    h.huge_cache.clear();
+    h.pages = [empty_page(); NBINS];
+    h.direct = [empty_page(); DIRECT_SLOTS];
+    h.tails = [ptr::null_mut(); NBINS];
 }
 
 /// Moves the calling thread's heap to `node`: it lets go of its segments (they are adopted by
 /// heaps of their own node, or by this one if it comes back) and draws from `node`'s pool from
 /// the next allocation on.
+///
+/// # Safety
+/// `h` is active, and as for [`release_all`]: the caller (a slow path) uses no page of it
+/// after this, and no walk over blocks of its pages is in progress.
 #[cold]
-pub(super) unsafe fn rehome(h: *mut Heap, node: u32) {
-    // SAFETY: h is this thread's active heap, called from a slow path holding no page.
-    unsafe {
-        (*h).state = LEAVING;
-        release_all(h);
-        let _g = REGISTRY.lock.lock();
-        retire_counters(&mut *h);
-        (*h).node = node;
-        (*h).state = ACTIVE;
-    }
+pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
+    h.state = LEAVING;
+    // SAFETY: forwarded contract.
+    unsafe { release_all(h) };
+    let _g = REGISTRY.lock.lock();
+    retire_counters(&mut h);
+    h.node = node;
+    h.state = ACTIVE;
 }
 
 /// The node the calling thread's heap draws from (for `heap::probe`).
 pub(crate) fn heap_node() -> u32 {
-    // SAFETY: our own heap; `node` is written only by this thread (and read under the
-    // registry lock by others).
-    unsafe { (*heap()).node }
+    // `node` is written only by this thread (and read under the registry lock by others).
+    own().node
 }
 
 /// [`rehome`] from a tick, unless the tick is one of a drain's frees: moving then would
 /// abandon the pages the rest of the drained list points into, and the walk would go on
 /// freeing into pages another thread may adopt. The tick is then left one short, so the
-/// next tick (after the walk) looks again.
+/// next tick (after the walk) looks again. Ticks and collections run from slow paths that
+/// use no page of the heap after them.
 #[cold]
-pub(super) unsafe fn rehome_when_safe(h: *mut Heap, node: u32) {
-    // SAFETY: h is this thread's active heap (heap_tick's caller holds no page).
-    unsafe {
-        if (*h).walking {
-            (*h).tick = (*h).tick.wrapping_sub(1);
-            return;
-        }
-        rehome(h, node);
+pub(super) fn rehome_when_safe(mut h: HeapRef, node: u32) {
+    if h.walking {
+        h.tick = h.tick.wrapping_sub(1);
+        return;
     }
+    // SAFETY: no walk is in progress (just checked), h is active (ticks and collections
+    // look only at active heaps), and the caller uses no page of h after this.
+    unsafe { rehome(h, node) }
 }

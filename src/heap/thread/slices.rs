@@ -1,9 +1,18 @@
-//! TODO slices
+//! A heap's segments: taking slices for a new page, abandoning, adopting and releasing
+//! segments.
+//!
+//! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
+//! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
+//! through `tier::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
+//! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
+//! changes of adopted pages), `counters`, `free` (the drain, large-page release),
+//! `heap::{segment, remote}`, `sys::os`, `config`, and `tier` (the spill call in
+//! `take_slices`).
 
 use super::bins::unfull;
 use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
-use super::{Heap, ACTIVE};
+use super::{HeapRef, ACTIVE};
 use crate::config;
 use crate::heap::remote::{NORMAL, USE_DELAYED};
 use crate::heap::segment::{
@@ -15,6 +24,9 @@ use crate::sys::os;
 use core::ptr;
 
 /// Runs `f` on every page in use in `seg` (owner only).
+///
+/// # Safety
+/// The caller owns `seg` (or holds it off every list).
 pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
     // SAFETY: the caller owns seg; descriptors of pages in use are valid.
     unsafe {
@@ -44,6 +56,9 @@ pub(super) unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
 }
 
 /// Purges a segment that holds nothing and puts it in its node's pool.
+///
+/// # Safety
+/// The caller owns `seg`, which is on no list and has no page in use.
 pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
@@ -55,6 +70,9 @@ pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
 /// Puts a segment that holds nothing in its node's pool as it is, resident slices and all:
 /// the next thread that needs a segment reuses them without faults, and the pool unmaps it
 /// if nobody has taken it within the purge delay.
+///
+/// # Safety
+/// As for [`release_segment`].
 pub(super) unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
@@ -65,14 +83,40 @@ pub(super) unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
     }
 }
 
+/// Lets go of a segment its owner keeps no more (thread exit, a dead heap's in a fork child):
+/// as it is to its node's pool if nothing in it is live, else onto its node's abandoned list
+/// for others to adopt. Its list links are cleared first.
+///
+/// # Safety
+/// The caller owns `seg` or acts for its dead owner, has taken it off its owner's list, and
+/// no thread can start a delayed free on its pages any more (`NEVER_DELAYED`).
+pub(super) unsafe fn let_go(seg: *mut Segment, now: u64) {
+    // SAFETY: exclusive use per the contract.
+    unsafe {
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+        if (*seg).used_pages == 0 {
+            release_segment_dirty(seg, now);
+        } else {
+            book_free_slices(seg, now);
+            PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
+        }
+    }
+}
+
 /// `n` slices from one of our segments, adopting or mapping a segment if none has room.
-pub(super) unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
-    // SAFETY: all segments on our list are ours.
+///
+/// # Safety
+/// As for [`abandon_full`], which this may call: no page of `h` in use by the caller, no walk
+/// over blocks of its pages in progress.
+pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut Page {
+    // SAFETY: all segments on our list are ours; the rest per the contract.
     unsafe {
         // Resident free slices of any of our segments first, then any free slices: new memory
         // is touched only when no segment has a resident run that fits.
         for dirty_only in [true, false] {
-            let mut seg = (*h).segments;
+            let mut seg = h.segments;
             while !seg.is_null() {
                 let p = Segment::take_slices_from(seg, n, allow_slice0, dirty_only);
                 if !p.is_null() {
@@ -83,9 +127,9 @@ pub(super) unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> 
         }
         // Adopt abandoned segments of our node first: their free slices and live pages are
         // reused.
-        let node = (*h).node as usize;
+        let node = h.node as usize;
         while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
-            let seg = ABANDONED[node].pop(h as usize, (*h).tag);
+            let seg = ABANDONED[node].pop(h.addr(), h.tag);
             if seg.is_null() {
                 break;
             }
@@ -98,23 +142,23 @@ pub(super) unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> 
         // About to take a new segment: first give up those of ours that are (nearly) full,
         // unless other threads have been freeing our blocks back to us since the last one
         // (a producer whose consumers return its messages keeps its segments).
-        if (*h).returned == 0 {
+        if h.returned == 0 {
             abandon_full(h);
         }
-        (*h).returned = 0;
+        h.returned = 0;
         // A tier budget may send the new segment to another node (spill).
-        let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
+        let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !h.shared {
             (crate::tier::segment_node(node as u32) as usize).min(MAX_NODES - 1)
         } else {
             node
         };
-        let mut seg = POOLS[node].pop(h as usize, (*h).tag);
+        let mut seg = POOLS[node].pop(h.addr(), h.tag);
         if seg.is_null() {
             seg = Segment::map_normal(node as u32, true);
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            set_owner(seg, h as usize, (*h).tag);
+            set_owner(seg, h.addr(), h.tag);
         }
         // A pooled segment may come with resident free slices: they are due for purging like
         // any others.
@@ -129,6 +173,9 @@ pub(super) unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> 
 /// nothing left to carve, no remote free waiting to be collected (a large page always: its
 /// one block is out). A page that other threads are freeing into is not exhausted: its owner
 /// is about to reuse those blocks (a producer whose consumers free its messages).
+///
+/// # Safety
+/// `p` is the descriptor of a page in use in a segment the caller owns.
 #[inline]
 pub(super) unsafe fn page_exhausted(p: *const Page) -> bool {
     // SAFETY: p is a descriptor of a page in use in one of our segments.
@@ -143,6 +190,9 @@ pub(super) unsafe fn page_exhausted(p: *const Page) -> bool {
 
 /// Whether `seg` (ours) has no free slice and at most a quarter of its pages can still give
 /// out a block.
+///
+/// # Safety
+/// The caller owns `seg`.
 pub(super) unsafe fn segment_nearly_full(seg: *mut Segment) -> bool {
     // SAFETY: seg is ours (caller).
     unsafe {
@@ -168,16 +218,17 @@ pub(super) unsafe fn segment_nearly_full(seg: *mut Segment) -> bool {
 /// search, so a thread that only grows does not adopt them back again and again.
 ///
 /// # Safety
-/// `h` is this thread's heap, in a slow path that holds no page of it.
-pub(super) unsafe fn abandon_full(h: *mut Heap) {
-    // SAFETY: h is ours; every segment looked at is on our list.
+/// `h` is in a slow path that uses no page of it afterwards, and no walk over blocks of its
+/// pages is in progress (the segments given up may be adopted by another thread at once).
+pub(super) unsafe fn abandon_full(h: HeapRef) {
+    // SAFETY: every segment looked at is on our list; the rest per the contract.
     unsafe {
-        if (*h).shared || (*h).state != ACTIVE {
+        if h.shared || h.state != ACTIVE {
             return;
         }
         // Each pass abandons one segment (or finds none): the list may change under a drain.
         for _ in 0..64 {
-            let mut seg = (*h).segments;
+            let mut seg = h.segments;
             while !seg.is_null() && !segment_nearly_full(seg) {
                 seg = (*seg).next;
             }
@@ -190,7 +241,10 @@ pub(super) unsafe fn abandon_full(h: *mut Heap) {
 }
 
 /// Abandons one (nearly) full segment of ours, the way thread exit abandons all of them.
-pub(super) unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
+///
+/// # Safety
+/// `seg` is on `h`'s list, and as for [`abandon_full`].
+pub(super) unsafe fn abandon_segment(mut h: HeapRef, seg: *mut Segment) {
     // SAFETY: seg is ours; the steps are release_all's, for one segment.
     unsafe {
         // 1. No more delayed frees for its pages (waits out one in flight), then take in
@@ -199,7 +253,7 @@ pub(super) unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
         drain_delayed(h);
         // Draining can give pages back and even release segments: go on only if seg is still
         // on our list.
-        let mut s = (*h).segments;
+        let mut s = h.segments;
         while !s.is_null() && s != seg {
             s = (*s).next;
         }
@@ -210,7 +264,7 @@ pub(super) unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
         //    off our list, onto the full abandoned list.
         for_each_used_page(seg, |p| {
             if (*p).kind == PageKind::Bin as u8 && (*p).flags & PAGE_IN_FULL == 0 {
-                (*h).queue_remove((*p).bin as usize, p);
+                h.queue_remove((*p).bin as usize, p);
             }
         });
         unlink_segment(h, seg);
@@ -220,18 +274,30 @@ pub(super) unsafe fn abandon_segment(h: *mut Heap, seg: *mut Segment) {
     }
 }
 
-pub(super) unsafe fn link_segment(h: *mut Heap, seg: *mut Segment) {
+/// Puts `seg` on `h`'s segment list.
+///
+/// # Safety
+/// `h` owns `seg`, which is on no list.
+pub(super) unsafe fn link_segment(mut h: HeapRef, seg: *mut Segment) {
     // SAFETY: seg is ours and on no list; our segment list is ours alone.
-    unsafe { list_push_front(core::ptr::addr_of_mut!((*h).segments), seg) }
+    unsafe { list_push_front(core::ptr::addr_of_mut!(h.segments), seg) }
 }
 
-pub(super) unsafe fn unlink_segment(h: *mut Heap, seg: *mut Segment) {
+/// Takes `seg` off `h`'s segment list.
+///
+/// # Safety
+/// `seg` is on `h`'s list.
+pub(super) unsafe fn unlink_segment(mut h: HeapRef, seg: *mut Segment) {
     // SAFETY: seg is on our list, which is ours alone.
-    unsafe { list_unlink(core::ptr::addr_of_mut!((*h).segments), seg) }
+    unsafe { list_unlink(core::ptr::addr_of_mut!(h.segments), seg) }
 }
 
 /// Takes over an abandoned segment whose owner we just became.
-pub(super) unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
+///
+/// # Safety
+/// `h` has just become `seg`'s owner (claimed it, or popped it off an abandoned list for
+/// `h`), and `seg` is on no list.
+pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
     // SAFETY: we own seg now (its owner field holds our address); its pages are NEVER_DELAYED,
     // so no thread is in a delayed free on them.
     unsafe {
@@ -260,7 +326,7 @@ pub(super) unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
                     }
                 }
             } else if (*p).has_room() {
-                (*h).queue_push_back((*p).bin as usize, p);
+                h.queue_push_back((*p).bin as usize, p);
             } else {
                 (*p).flags = PAGE_IN_FULL;
                 (*p).thread_free.try_set_state(USE_DELAYED, false);
@@ -280,11 +346,14 @@ pub(super) unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
 
 /// Gives back a page found empty outside the free path (thread exit, adoption), keeping the
 /// large-object byte counters right.
-pub(super) unsafe fn release_empty_page(h: *mut Heap, p: *mut Page, now: u64, delay: u64) {
+///
+/// # Safety
+/// `p` is a page of a segment `h` owns, with no live block, in no queue.
+pub(super) unsafe fn release_empty_page(h: HeapRef, p: *mut Page, now: u64, delay: u64) {
     // SAFETY: p is one of our pages with no live block.
     unsafe {
         if (*p).kind == PageKind::Large as u8 {
-            bump(&(*h).stats.large_free_bytes, (*p).block_size as u64);
+            bump(&h.stats.large_free_bytes, (*p).block_size as u64);
         }
         (*p).flags = 0;
         Segment::free_page(p, now, delay);

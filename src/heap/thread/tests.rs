@@ -1,4 +1,6 @@
-//! TODO tests
+//! Tests of the thread heap's internals: the huge cache's fit, page retirement by
+//! collections, node heaps, descriptors, tags, the segment map's owner entries, and the
+//! parking of exhausted pages. May touch everything of `heap::thread` (a child module).
 
 use super::alloc::{alloc_bin, alloc_generic, FEW_BLOCKS};
 use super::free::{free, free_c};
@@ -6,8 +8,8 @@ use super::large::{alloc_huge, resize_in_place};
 use super::node::{node_alloc, NODE_HEAPS, NODE_HEAPS_USED};
 use super::registry::{give_tag, heap_done, take_tag, REGISTRY};
 use super::tick::{collect_now, heap_collect};
-use super::tls::heap;
-use super::{empty_page, Heap};
+use super::tls::{heap, own};
+use super::{empty_page, HeapRef};
 use crate::heap::huge;
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, set_owner, Page, FIRST_TAG, NO_TAG, PAGE_IN_FULL,
@@ -28,17 +30,11 @@ fn a_far_too_big_cached_mapping_is_not_shrunk_for_a_small_huge_request() {
     std::thread::spawn(|| {
         // SAFETY: this thread's heap, used only by this thread; each block freed once.
         unsafe {
-            let h = heap();
+            let h = own();
             let big = alloc_huge(h, 7 << 20, 16, false);
             assert!(!big.is_null());
             free(big);
-            let cached = |h: *mut Heap| {
-                (*h).huge_cache
-                    .iter()
-                    .filter(|e| !e.seg.is_null())
-                    .map(|e| (*e.seg).map_size)
-                    .max()
-            };
+            let cached = |h: HeapRef| h.huge_cache.largest();
             let before = cached(h).expect("a freed 7 MiB block is cached");
             assert!(before >= 7 << 20);
             // A 1-byte block aligned to 128 KiB takes the huge path with a small mapping.
@@ -73,9 +69,9 @@ fn an_empty_current_page_stays_while_its_class_allocates() {
             let page = (*h).pages[bin];
             assert_ne!(page, empty_page());
             assert_eq!((*page).used, 0);
-            heap_collect(h, os::now_ms(), 100);
+            heap_collect(HeapRef::new(h), os::now_ms(), 100);
             assert_eq!((*h).pages[bin], page, "page of an active class given back");
-            heap_collect(h, os::now_ms(), 100);
+            heap_collect(HeapRef::new(h), os::now_ms(), 100);
             assert_eq!((*h).pages[bin], empty_page(), "page of a quiet class kept");
         }
     })

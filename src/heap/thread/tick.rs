@@ -1,69 +1,65 @@
-//! TODO tick
+//! Ticks and collections: the heartbeat of the slow paths that gives memory back.
+//!
+//! Owns: `heap_tick` (every slow path; every 16th looks where the thread runs and whether a
+//! collection is due), `heap_collect` (remote frees, empty pages, purging, the huge cache's
+//! expiry, the pool, the node heaps, tending abandoned segments), and `collect_now`. May
+//! touch: the `Heap` fields (`super`), `free` (the drain, page retirement), `node`,
+//! `registry` (following the thread's home node), `slices`, `tls`, `heap::{segment,
+//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `config`.
 
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
-use super::registry::rehome_when_safe;
+use super::registry::follow_home;
 use super::slices::{
     for_each_used_page, release_empty_page, release_segment, segment_nearly_full, unlink_segment,
 };
-use super::tls::heap;
-use super::{empty_page, Heap, ACTIVE};
+use super::tls::own;
+use super::{empty_page, HeapRef, ACTIVE};
 use crate::config;
-use crate::heap::huge;
-use crate::heap::huge::EMPTY_ENTRY;
-use crate::heap::segment::{commit_sub, Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
+use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
 use crate::heap::size_class::NBINS;
 use crate::sync::Ordering;
-use crate::sys::{numa, os};
+use crate::sys::os;
 
-// ---------------------------------------------------------------------------------------------
-// Purging: memory goes back to the OS after the delay, driven from slow paths.
-
+/// One slow path's tick: every 16th follows the thread's home node and, when due, collects.
 #[inline]
-pub(super) unsafe fn heap_tick(h: *mut Heap) {
-    // SAFETY: h is ours.
-    unsafe {
-        (*h).tick = (*h).tick.wrapping_add(1);
-        if (*h).tick & 15 != 0 || (*h).state != ACTIVE {
-            return;
-        }
-        // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
-        // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
-        // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
-        if !(*h).shared {
-            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
-            if node != (*h).node {
-                rehome_when_safe(h, node);
-                return;
-            }
-        }
-        let now = os::now_ms();
-        if now < (*h).next_purge_ms {
-            return;
-        }
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        (*h).next_purge_ms = now + (delay / 4).max(1);
-        heap_collect(h, now, delay);
+pub(super) fn heap_tick(mut h: HeapRef) {
+    h.tick = h.tick.wrapping_add(1);
+    if h.tick & 15 != 0 || h.state != ACTIVE {
+        return;
     }
+    // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
+    // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
+    // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
+    if follow_home(h) {
+        return;
+    }
+    let now = os::now_ms();
+    if now < h.next_purge_ms {
+        return;
+    }
+    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    h.next_purge_ms = now + (delay / 4).max(1);
+    heap_collect(h, now, delay);
 }
 
 /// Collects remote frees, retires empty pages, purges what has waited long enough, adopts
 /// stranded segments. Cost: one pass over our pages; runs at most every delay/4 ms.
 #[cold]
-pub(super) unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
-    // SAFETY: h is ours; all pages and segments touched are ours.
+pub(super) fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
+    drain_delayed(h);
+    // SAFETY: the pages in h's queues and the segments on its list are h's, so ours.
     unsafe {
-        drain_delayed(h);
-        let counts = (*h).stats.alloc_counts();
+        let counts = h.stats.alloc_counts();
         for (bin, &allocs) in counts.iter().enumerate().take(NBINS) {
-            let active = allocs != (*h).allocs_at_collect[bin];
-            (*h).allocs_at_collect[bin] = allocs;
-            let mut page = (*h).pages[bin];
+            let active = allocs != h.allocs_at_collect[bin];
+            h.allocs_at_collect[bin] = allocs;
+            let mut page = h.pages[bin];
             while !page.is_null() && page != empty_page() {
                 let next = (*page).next;
                 if (*page).thread_free.has_blocks() {
                     let back = (*page).collect();
-                    (*h).returned = (*h).returned.saturating_add(back);
+                    h.returned = h.returned.saturating_add(back);
                 }
                 // Empty pages go back to their segment; the current one too if its class has
                 // not allocated since the last collection (it no longer pins its page's
@@ -71,14 +67,14 @@ pub(super) unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
                 // on its next allocation, placed wherever a resident run fits, while the old
                 // page's slice waits out the purge delay, resident and idle; done every
                 // collection to every sparsely used class, that churn is what RSS grows by.
-                if (*page).used == 0 && (page != (*h).pages[bin] || !active || delay == 0) {
-                    (*h).queue_remove(bin, page);
+                if (*page).used == 0 && (page != h.pages[bin] || !active || delay == 0) {
+                    h.queue_remove(bin, page);
                     retire_page(page);
                 }
                 page = next;
             }
         }
-        let mut seg = (*h).segments;
+        let mut seg = h.segments;
         while !seg.is_null() {
             let next = (*seg).next;
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
@@ -95,23 +91,17 @@ pub(super) unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
             }
             seg = next;
         }
-        for e in (*h).huge_cache.iter_mut() {
-            if !e.seg.is_null() && e.freed_at + delay <= now {
-                commit_sub((*e.seg).node, (*e.seg).map_size);
-                huge::unmap(e.seg);
-                *e = EMPTY_ENTRY;
-            }
-        }
-        POOLS[(*h).node as usize].unmap_expired(now);
-        if !(*h).shared {
+        h.huge_cache.expire(now, delay);
+        POOLS[h.node as usize].unmap_expired(now);
+        if !h.shared {
             collect_node_heaps(now, delay);
         }
         // Segments stranded by exited threads, or given up full: tend one of each kind per
         // pass (see tend_abandoned).
-        let node = (*h).node as usize;
+        let node = h.node as usize;
         for list in [&ABANDONED[node], &ABANDONED_FULL[node]] {
             if list.count.load(Ordering::Relaxed) > 0 {
-                let seg = list.pop(h as usize, (*h).tag);
+                let seg = list.pop(h.addr(), h.tag);
                 if !seg.is_null() {
                     tend_abandoned(h, seg, now);
                 }
@@ -128,8 +118,8 @@ pub(super) unsafe fn heap_collect(h: *mut Heap, now: u64, delay: u64) {
 /// adopts abandoned segments in `take_slices`).
 ///
 /// # Safety
-/// `h` is this thread's heap and `seg` was just popped from the abandoned list for it.
-pub(super) unsafe fn tend_abandoned(h: *mut Heap, seg: *mut Segment, now: u64) {
+/// `seg` was just popped from an abandoned list for `h`.
+pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
     // SAFETY: we own seg until we hand it back. Its pages are NEVER_DELAYED (set when it was
     // abandoned), so frees by other threads meanwhile go to the pages' own lists, which
     // `collect` takes atomically.
@@ -159,20 +149,12 @@ pub(super) unsafe fn tend_abandoned(h: *mut Heap, seg: *mut Segment, now: u64) {
 /// node heaps of the node the thread runs on, not of the one it left. (A user's call holds
 /// no page and walks no list: a safe point for `rehome`.)
 pub fn collect_now() {
-    let h = heap();
-    // SAFETY: h is ours.
-    unsafe {
-        if (*h).state != ACTIVE {
-            return;
-        }
-        if !(*h).shared {
-            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
-            if node != (*h).node {
-                rehome_when_safe(h, node);
-            }
-        }
-        let now = os::now_ms();
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+    let h = own();
+    if h.state != ACTIVE {
+        return;
     }
+    follow_home(h);
+    let now = os::now_ms();
+    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
 }

@@ -1,45 +1,58 @@
-//! TODO tls
+//! Per-thread heap access: where a thread finds its `Heap`.
+//!
+//! Owns: the `thread_local!` heap, and with the `initial-exec-tls` feature on x86-64 Linux the
+//! hand-made initial-exec TLS slot that caches its address and the `UNSET_HEAP` placeholder a
+//! new thread's slot points at. The feature's condition is written once: the two ways of
+//! reaching the heap are the two versions of the inner module `imp`. May touch: the `Heap`
+//! type (`super`), `core::arch` (the slot's assembly). Nothing here allocates or registers.
 
-use super::Heap;
+use super::{Heap, HeapRef};
 use core::cell::UnsafeCell;
 
 thread_local! {
     static HEAP: UnsafeCell<Heap> = const { UnsafeCell::new(Heap::new()) };
 }
 
-/// The calling thread's heap.
-#[cfg(not(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-)))]
+pub(crate) use imp::heap;
+pub(super) use imp::{heap_or_unset, is_unset};
+
+/// The calling thread's heap as a [`HeapRef`]: for the entry points that are not on the fast
+/// paths (and for the fast paths' cold paths, once they know the thread has looked it up).
 #[inline(always)]
-pub fn heap() -> *mut Heap {
-    HEAP.with(|h| h.get())
+pub(super) fn own() -> HeapRef {
+    // SAFETY: heap() is the calling thread's own heap, never the unset one.
+    unsafe { HeapRef::new(heap()) }
 }
 
-/// The calling thread's heap; never the unset heap here (the initial-exec variant may return
-/// it: see [`is_unset`]).
+/// The plain `thread_local!`: the heap's address is `HEAP.with`, a TLS offset (no lazy-init
+/// check: the heap is `const`-initialised).
 #[cfg(not(all(
     feature = "initial-exec-tls",
     target_arch = "x86_64",
     target_os = "linux"
 )))]
-#[inline(always)]
-pub(super) fn heap_or_unset() -> *mut Heap {
-    heap()
-}
+mod imp {
+    use super::{Heap, HEAP};
 
-/// Whether `h` (from [`heap_or_unset`]) is the placeholder of a thread that has not looked
-/// its heap up yet. Never here.
-#[cfg(not(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-)))]
-#[inline(always)]
-pub(super) fn is_unset(_h: *mut Heap) -> bool {
-    false
+    /// The calling thread's heap.
+    #[inline(always)]
+    pub(crate) fn heap() -> *mut Heap {
+        HEAP.with(|h| h.get())
+    }
+
+    /// The calling thread's heap; never the unset heap here (the initial-exec variant may
+    /// return it: see [`is_unset`]).
+    #[inline(always)]
+    pub(crate) fn heap_or_unset() -> *mut Heap {
+        heap()
+    }
+
+    /// Whether `h` (from [`heap_or_unset`]) is the placeholder of a thread that has not
+    /// looked its heap up yet. Never here.
+    #[inline(always)]
+    pub(crate) fn is_unset(_h: *mut Heap) -> bool {
+        false
+    }
 }
 
 // A shared library (the malloc drop-in) reaches `thread_local!` data through
@@ -59,121 +72,91 @@ pub(super) fn is_unset(_h: *mut Heap) -> bool {
     target_arch = "x86_64",
     target_os = "linux"
 ))]
-core::arch::global_asm!(
-    ".pushsection .tdata,\"awT\",@progbits",
-    ".p2align 3",
-    ".globl __tieralloc_heap_slot",
-    ".hidden __tieralloc_heap_slot",
-    ".type __tieralloc_heap_slot, @tls_object",
-    ".size __tieralloc_heap_slot, 8",
-    "__tieralloc_heap_slot:",
-    ".quad {unset}",
-    ".popsection",
-    unset = sym UNSET_HEAP,
-);
+mod imp {
+    use super::{Heap, HEAP};
+    use core::ptr;
 
-/// The heap every thread's slot points at until the thread looks its own up. Never written:
-/// it owns no segment, its `pages` and `direct` entries are `EMPTY_PAGE` (no free block), and
-/// every path that would change a heap checks `is_unset` first.
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-pub(super) static UNSET_HEAP: UnsetHeap = UnsetHeap(Heap::new());
+    core::arch::global_asm!(
+        ".pushsection .tdata,\"awT\",@progbits",
+        ".p2align 3",
+        ".globl __tieralloc_heap_slot",
+        ".hidden __tieralloc_heap_slot",
+        ".type __tieralloc_heap_slot, @tls_object",
+        ".size __tieralloc_heap_slot, 8",
+        "__tieralloc_heap_slot:",
+        ".quad {unset}",
+        ".popsection",
+        unset = sym UNSET_HEAP,
+    );
 
-/// [`UNSET_HEAP`]'s type.
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-pub(super) struct UnsetHeap(Heap);
+    /// The heap every thread's slot points at until the thread looks its own up. Never
+    /// written: it owns no segment, its `pages` and `direct` entries are `EMPTY_PAGE` (no free
+    /// block), and every path that would change a heap checks `is_unset` first.
+    static UNSET_HEAP: UnsetHeap = UnsetHeap(Heap::new());
 
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-// SAFETY: UNSET_HEAP is only ever read (see its comment), so sharing it is sound.
-unsafe impl Sync for UnsetHeap {}
+    /// [`UNSET_HEAP`]'s type.
+    struct UnsetHeap(Heap);
 
-/// Whether `h` (from [`heap_or_unset`]) is [`UNSET_HEAP`]: this thread has not looked its
-/// heap up yet.
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-#[inline(always)]
-pub(super) fn is_unset(h: *mut Heap) -> bool {
-    ptr::eq(h, &UNSET_HEAP.0)
-}
+    // SAFETY: UNSET_HEAP is only ever read (see its comment), so sharing it is sound.
+    unsafe impl Sync for UnsetHeap {}
 
-/// The calling thread's heap (initial-exec TLS slot; see above).
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-#[inline(always)]
-pub fn heap() -> *mut Heap {
-    let slot = heap_slot();
-    // SAFETY: the slot is this thread's (see heap_slot).
-    unsafe {
-        let h = *slot;
-        if !is_unset(h) {
-            return h;
+    /// Whether `h` (from [`heap_or_unset`]) is [`UNSET_HEAP`]: this thread has not looked its
+    /// heap up yet.
+    #[inline(always)]
+    pub(crate) fn is_unset(h: *mut Heap) -> bool {
+        ptr::eq(h, &UNSET_HEAP.0)
+    }
+
+    /// The calling thread's heap (initial-exec TLS slot; see above).
+    #[inline(always)]
+    pub(crate) fn heap() -> *mut Heap {
+        let slot = heap_slot();
+        // SAFETY: the slot is this thread's (see heap_slot).
+        unsafe {
+            let h = *slot;
+            if !is_unset(h) {
+                return h;
+            }
+            let h = HEAP.with(|h| h.get());
+            *slot = h;
+            h
         }
-        let h = HEAP.with(|h| h.get());
-        *slot = h;
+    }
+
+    /// The calling thread's heap, or [`UNSET_HEAP`] if this thread has not looked it up yet:
+    /// the fast paths find nothing in that one and call [`heap`] from their cold paths, so
+    /// that they themselves hold no call and no check.
+    #[inline(always)]
+    pub(crate) fn heap_or_unset() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: as in heap_slot; the slot is read through %fs directly (one load fewer than
+        // forming its address first). The asm reads memory only.
+        unsafe {
+            core::arch::asm!(
+                "mov {h}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
         h
     }
-}
 
-/// The calling thread's heap, or [`UNSET_HEAP`] if this thread has not looked it up yet: the
-/// fast paths find nothing in that one and call [`heap`] from their cold paths, so that they
-/// themselves hold no call and no check.
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-#[inline(always)]
-pub(super) fn heap_or_unset() -> *mut Heap {
-    let h: *mut Heap;
-    // SAFETY: as in heap_slot; the slot is read through %fs directly (one load fewer than
-    // forming its address first). The asm reads memory only.
-    unsafe {
-        core::arch::asm!(
-            "mov {h}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
-            "mov {h}, qword ptr fs:[{h}]",
-            h = out(reg) h,
-            options(nostack, readonly, preserves_flags),
-        );
+    /// The address of this thread's heap slot.
+    #[inline(always)]
+    fn heap_slot() -> *mut *mut Heap {
+        let slot: *mut *mut Heap;
+        // SAFETY: the slot is an 8-byte, 8-aligned TLS variable of this object; its offset
+        // from the thread pointer comes from the GOT (R_X86_64_TPOFF64, set by the dynamic
+        // linker), %fs:0 holds the thread pointer on x86-64 Linux; the asm only reads memory.
+        unsafe {
+            core::arch::asm!(
+                "mov {slot}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
+                "add {slot}, qword ptr fs:0",
+                slot = out(reg) slot,
+                options(nostack, readonly, preserves_flags, pure),
+            );
+        }
+        slot
     }
-    h
-}
-
-/// The address of this thread's heap slot.
-#[cfg(all(
-    feature = "initial-exec-tls",
-    target_arch = "x86_64",
-    target_os = "linux"
-))]
-#[inline(always)]
-pub(super) fn heap_slot() -> *mut *mut Heap {
-    let slot: *mut *mut Heap;
-    // SAFETY: the slot is an 8-byte, 8-aligned TLS variable of this object; its offset from
-    // the thread pointer comes from the GOT (R_X86_64_TPOFF64, set by the dynamic linker), and
-    // %fs:0 holds the thread pointer on x86-64 Linux. The asm reads memory only.
-    unsafe {
-        core::arch::asm!(
-            "mov {slot}, qword ptr [rip + __tieralloc_heap_slot@GOTTPOFF]",
-            "add {slot}, qword ptr fs:0",
-            slot = out(reg) slot,
-            options(nostack, readonly, preserves_flags, pure),
-        );
-    }
-    slot
 }
