@@ -1,8 +1,15 @@
-//! The thread-local heap: the `Heap` struct and its states; the rest lives in the files below.
+//! The thread-local heap: fast paths, slow paths, thread exit, purging, one file per job.
 //!
-//! Owns: one `Heap` per thread (reached through `tls`), and the static `EMPTY_PAGE` every
-//! empty bin points at. May touch: its own child modules, `heap::{page, segment, remote,
-//! huge, size_class, delayed}`, `sys`, `config`, and `tier` (the two node-choice calls).
+//! Owns, here: the `Heap` struct and its states, the static `EMPTY_PAGE` every empty bin
+//! points at, and [`HeapRef`], the proof that a heap is the caller's to use. The jobs:
+//! `tls` (finding the thread's heap), `registry` (init, registration, thread exit, tags,
+//! moving to another node), `bins` (bin queues, the direct table), `alloc` (fast paths,
+//! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
+//! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
+//! `tick` (collect, purge), `counters` (statistics), `fork` (the atfork handlers). The
+//! crate sees only what is re-exported below. May touch (the folder as a whole):
+//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `config`, and `tier`
+//! (the node-choice calls in `alloc::alloc_generic_in` and `slices::take_slices`).
 //!
 //! Invariants:
 //! - `pages[bin]` is the first page of bin `bin`'s queue, or the static `EMPTY_PAGE`, whose
