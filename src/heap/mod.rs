@@ -16,6 +16,7 @@ pub(crate) mod page;
 #[doc(hidden)]
 pub mod probe;
 pub mod remote;
+pub(crate) mod route;
 pub(crate) mod segment;
 pub mod size_class;
 pub(crate) mod thread;

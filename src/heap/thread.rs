@@ -27,9 +27,10 @@ use super::segment::{
     SEGMENTS, SLICES, SLICE_SIZE,
 };
 use super::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, NBINS};
-use crate::config;
+use crate::init;
 use crate::sync::{AtomicU64, Ordering, SpinLock};
-use crate::sys::{numa, os};
+use crate::sys::os;
+use crate::topology::home;
 use core::cell::UnsafeCell;
 use core::ptr;
 
@@ -591,7 +592,7 @@ unsafe fn heap_init(h: *mut Heap) -> bool {
         if (*h).state == LEAVING || (*h).state == DEAD {
             return false;
         }
-        register(h, (numa::home_node() as usize).min(MAX_NODES - 1) as u32);
+        register(h, (home::home_node() as usize).min(MAX_NODES - 1) as u32);
         if let Some(k) = thread_key() {
             libc::pthread_setspecific(k, h as *const libc::c_void);
         }
@@ -601,7 +602,7 @@ unsafe fn heap_init(h: *mut Heap) -> bool {
 
 /// Marks `h` active on `node` and lists it in the registry.
 unsafe fn register(h: *mut Heap, node: u32) {
-    config::init_once();
+    init::init_once();
     // SAFETY: h is a heap nobody else uses right now (this thread's, or a node heap under its
     // lock).
     unsafe {
@@ -615,7 +616,7 @@ unsafe fn register(h: *mut Heap, node: u32) {
         // Mark active first: whatever the steps below allocate is served by this heap.
         hp.state = ACTIVE;
         hp.node = node;
-        hp.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        hp.next_purge_ms = os::now_ms() + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         {
             let _g = REGISTRY.lock.lock();
             if hp.tag == NO_TAG {
@@ -790,7 +791,7 @@ unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
 /// # Safety
 /// The caller owns `seg` (or has just taken it off a list).
 unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
-    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     // SAFETY: exclusive access per the contract.
     unsafe { Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay) }
 }
@@ -811,7 +812,7 @@ unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
         set_owner(seg, 0, NO_TAG);
-        (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        (*seg).purge_at = now + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         POOLS[node].push(seg);
     }
@@ -1308,8 +1309,8 @@ unsafe fn take_slices(h: *mut Heap, n: usize, allow_slice0: bool) -> *mut Page {
         }
         (*h).returned = 0;
         // A tier budget may send the new segment to another node (spill).
-        let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
-            (crate::tier::segment_node(node as u32) as usize).min(MAX_NODES - 1)
+        let node = if super::route::ACTIVE.load(Ordering::Relaxed) && !(*h).shared {
+            (super::route::segment_node(node as u32) as usize).min(MAX_NODES - 1)
         } else {
             node
         };
@@ -1452,7 +1453,7 @@ unsafe fn adopt_segment(h: *mut Heap, seg: *mut Segment) {
             (*p).prev = ptr::null_mut();
             (*p).collect();
             if (*p).used == 0 {
-                release_empty_page(h, p, now, config::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                release_empty_page(h, p, now, init::PURGE_DELAY_MS.load(Ordering::Relaxed));
                 return;
             }
             if (*p).kind == PageKind::Large as u8 {
@@ -1514,11 +1515,11 @@ pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) ->
 unsafe fn alloc_generic_in(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
-        if crate::tier::ACTIVE.load(Ordering::Relaxed)
+        if super::route::ACTIVE.load(Ordering::Relaxed)
             && !(*h).shared
             && ((*h).state == ACTIVE || heap_init(h))
         {
-            if let Some(node) = crate::tier::route(size, align, (*h).node) {
+            if let Some(node) = super::route::route(size, align, (*h).node) {
                 if node != (*h).node {
                     return node_alloc(node, size, align, zero);
                 }
@@ -1670,7 +1671,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, align: usize, zero: bool) -> *mu
         // noticed here rather than within 16 slow paths, or the block lands on the old node.
         // Cheap next to a huge allocation (no system call on one node, else a CPU lookup).
         if !(*h).shared && !(*h).walking {
-            let home = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            let home = (home::home_node() as usize).min(MAX_NODES - 1) as u32;
             if home != (*h).node {
                 rehome(h, home);
             }
@@ -1940,7 +1941,7 @@ unsafe fn free_large_page(h: *mut Heap, page: *mut Page) {
 unsafe fn retire_page(page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         Segment::free_page(page, os::now_ms(), delay)
     }
 }
@@ -2195,7 +2196,7 @@ unsafe fn heap_tick(h: *mut Heap) {
         // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
         // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
         if !(*h).shared {
-            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            let node = (home::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
                 rehome_when_safe(h, node);
                 return;
@@ -2205,7 +2206,7 @@ unsafe fn heap_tick(h: *mut Heap) {
         if now < (*h).next_purge_ms {
             return;
         }
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         (*h).next_purge_ms = now + (delay / 4).max(1);
         heap_collect(h, now, delay);
     }
@@ -2330,13 +2331,13 @@ pub fn collect_now() {
             return;
         }
         if !(*h).shared {
-            let node = (numa::home_node() as usize).min(MAX_NODES - 1) as u32;
+            let node = (home::home_node() as usize).min(MAX_NODES - 1) as u32;
             if node != (*h).node {
                 rehome_when_safe(h, node);
             }
         }
         let now = os::now_ms();
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
     }
 }
@@ -2407,7 +2408,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 (*page).block_size -= shrink as u32;
                 commit_sub((*seg).node, shrink);
                 bump(&(*h).stats.large_free_bytes, shrink as u64);
-                let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
                 Segment::schedule_purge(seg, tail, os::now_ms(), delay);
             }
             return true;
