@@ -6,7 +6,7 @@
 //! and free: per-node heaps whose segments are bound to their node), `heap::route` (tier
 //! budgets), `init` (start-up), `sys::os` (its own mappings for interleave, madvise),
 //! `sys::numa` (mbind, move_pages), `topology` (which nodes exist, have memory, are allowed;
-//! the kernel's interleave weights) and `sync`. Never places memory silently elsewhere and
+//! the kernel's interleave weights). Never places memory silently elsewhere and
 //! never panics: a request that cannot be honoured is an `Err` at construction or an
 //! `AllocError` at allocation.
 

@@ -3,8 +3,8 @@
 //! a node (the public `tieralloc::numa` helpers that need the machine's model).
 //!
 //! Owns: the mapping from the running CPU to a home node and the public pinning helpers.
-//! May touch: `topology::{raw, discover}` (the model) and `sys::numa` (getcpu,
-//! sched_setaffinity, mbind). [`home_node`] and [`current_node`] are allocation-free (the heap
+//! May touch: `topology::{raw, discover}` (the model), `sys::numa` (getcpu,
+//! sched_setaffinity, mbind) and `sys::os` (the page size). [`home_node`] and [`current_node`] are allocation-free (the heap
 //! calls `home_node` from its slow path); the pinning helpers allocate only their error
 //! messages.
 
