@@ -435,6 +435,29 @@ fn no_module_imports_a_layer_above_its_own() {
     );
 }
 
+#[test]
+fn docs_design_lists_the_same_order() {
+    // docs/design.md states the order in one bold line after "The layers, from the bottom:";
+    // each layer's first module must appear there, in this file's order.
+    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/design.md"))
+        .expect("docs/design.md");
+    let at = doc
+        .find("The layers, from the bottom:")
+        .expect("docs/design.md says \"The layers, from the bottom:\"");
+    let rest = &doc[at..];
+    let a = rest.find("**").expect("the order in bold") + 2;
+    let b = a + rest[a..].find("**").expect("the end of the bold order");
+    let line = &rest[a..b];
+    let mut from = 0;
+    for (name, modules) in LAYERS {
+        let m = modules[0];
+        let k = line[from..].find(m).unwrap_or_else(|| {
+            panic!("docs/design.md's order `{line}` lacks `{m}` ({name}) after position {from}")
+        });
+        from += k + m.len();
+    }
+}
+
 // The checker itself, on sources written here.
 
 fn mods(names: &[&str]) -> BTreeSet<String> {
