@@ -162,12 +162,20 @@ impl<N: ListNode> LockedList<N> {
         unsafe { self.push_locked(n) }
     }
 
+    /// [`push`](Self::push) with the lock already held.
+    ///
+    /// # Safety
+    /// The caller holds `lock`; `n` is a node with owner 0 that is on no list.
     unsafe fn push_locked(&self, n: *mut N) {
         // SAFETY: the caller holds the lock, which guards the head and the links; see `push`.
         self.head.with_mut(|h| unsafe { list_push_front(h, n) });
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes `n` off this list, with the lock already held.
+    ///
+    /// # Safety
+    /// The caller holds `lock` and `n` is on this list.
     unsafe fn unlink_locked(&self, n: *mut N) {
         // SAFETY: the caller holds the lock and n is on this list.
         self.head.with_mut(|h| unsafe { list_unlink(h, n) });

@@ -1,8 +1,10 @@
 //! Segments: 4 MiB, 4 MiB-aligned pieces of address space, and the pages carved from them.
 //!
 //! Owns: the segment header (which lives in the segment's first bytes), the page descriptors
-//! inside it, the slice bitmaps, the per-node pools of empty segments and the list of
-//! abandoned segments. May touch: `sys::os` (map, purge), `heap::remote`, `heap::size_class`.
+//! inside it, the slice bitmaps (a large page growing or shrinking in place included), the
+//! per-node pools of empty segments and the lists of abandoned segments; the segment map
+//! (address to owner tag) is its child `map`. May touch: `sys::{os, numa}` (map, purge,
+//! bind), `heap::list`, `heap::remote`, `heap::size_class`, `topology::raw` (`MAX_NODES`).
 //!
 //! Invariants:
 //! - Every pointer tieralloc hands out lies in the first 4 MiB of the mapping it came from,
@@ -22,7 +24,7 @@
 pub use super::list::{list_push_front, list_unlink};
 use super::list::{ListNode, LockedList};
 use super::remote::{Block, RemoteFree};
-use crate::sync::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicU8, AtomicUsize, Ordering};
 use crate::sys::os;
 use core::ptr;
 
@@ -476,6 +478,76 @@ impl Segment {
         }
     }
 
+    /// Shrinks the large page `page` of `seg` to its first `want` slices: the others go back
+    /// to the segment as free slices, due for purging no sooner than `delay` ms from `now`.
+    /// Returns the bytes given back.
+    ///
+    /// # Safety
+    /// The caller owns `seg`; `page` is a large page of it in use, of more than `want` slices,
+    /// with its memory on the segment's node (`moved` is 0).
+    pub unsafe fn shrink_large(
+        seg: *mut Segment,
+        page: *mut Page,
+        want: usize,
+        now: u64,
+        delay: u64,
+    ) -> usize {
+        // SAFETY: the caller owns seg and page (contract); the descriptors of its slices are
+        // in the segment's header.
+        unsafe {
+            let i = (*page).slice_index();
+            let n = (*page).slice_count as usize;
+            let tail = run_mask(n - want) << (i + want);
+            (*seg).free_slices |= tail;
+            for j in want..n {
+                let d = (*seg).pages.as_mut_ptr().add(i + j);
+                (*d).set_back(0);
+            }
+            (*page).slice_count = want as u8;
+            let shrink = (n - want) * SLICE_SIZE;
+            (*page).block_size -= shrink as u32;
+            commit_sub((*seg).node, shrink);
+            Segment::schedule_purge(seg, tail, now, delay);
+            shrink
+        }
+    }
+
+    /// Grows the large page `page` of `seg` to `want` slices over the free slices that follow
+    /// it, if they all are free (and inside the segment). Returns the bytes added, or 0 if it
+    /// could not grow (nothing changed).
+    ///
+    /// # Safety
+    /// The caller owns `seg`; `page` is a large page of it in use, of fewer than `want`
+    /// slices, with its memory on the segment's node (`moved` is 0).
+    pub unsafe fn grow_large(seg: *mut Segment, page: *mut Page, want: usize) -> usize {
+        // SAFETY: as in shrink_large.
+        unsafe {
+            let i = (*page).slice_index();
+            let n = (*page).slice_count as usize;
+            if i + want > SLICES {
+                return 0;
+            }
+            let extra = run_mask(want - n) << (i + n);
+            if (*seg).free_slices & extra != extra {
+                return 0;
+            }
+            (*seg).free_slices &= !extra;
+            (*seg).dirty |= extra;
+            (*seg).purge_recent &= !extra;
+            (*seg).purge_pending &= !extra;
+            for j in n..want {
+                let d = (*seg).pages.as_mut_ptr().add(i + j);
+                (*d).set_back(j as u8);
+                (*d).kind = PageKind::Free as u8;
+            }
+            (*page).slice_count = want as u8;
+            let grow = (want - n) * SLICE_SIZE;
+            (*page).block_size += grow as u32;
+            commit_add((*seg).node, grow);
+            grow
+        }
+    }
+
     /// Books slices `mask`, just freed, for purging no sooner than `delay` ms from `now`.
     ///
     /// # Safety
@@ -527,6 +599,9 @@ impl Segment {
     }
 
     /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS.
+    ///
+    /// # Safety
+    /// The caller owns `seg` and the slices of `mask` hold no live block.
     unsafe fn decommit_mask(seg: *mut Segment, mask: u64) {
         // SAFETY: the caller owns seg and the slices of mask hold no live block.
         unsafe {
@@ -560,130 +635,12 @@ impl Segment {
     }
 }
 
-/// The address space the segment map covers: 2^47 bytes, the x86-64 and AArch64 user space,
-/// in 4 MiB steps.
-const MAP_ENTRIES: usize = 1 << (47 - SEGMENT_SHIFT);
-#[allow(clippy::declare_interior_mutable_const)]
-const NO_SEGMENT: AtomicU16 = AtomicU16::new(0);
-/// The segment map's entry of a segment that no heap owns through its tag: pooled,
-/// abandoned, huge, or owned by a heap without a tag ([`NO_TAG`]).
-pub const MAP_UNOWNED: u16 = 1;
-/// The tag of a heap that has none (more heaps than tags, a heap not yet registered, a dead
-/// one). No map entry ever holds it, so such a heap never takes the tag fast path.
-pub const NO_TAG: u16 = u16::MAX;
-/// The tags heaps can have: `MAP_UNOWNED + 1 ..= NO_TAG - 1`.
-pub const FIRST_TAG: u16 = MAP_UNOWNED + 1;
-
-/// Two bytes per 4 MiB of address space: 0 where no segment starts; for a segment (normal or
-/// huge) its owner heap's tag, or [`MAP_UNOWNED`]. 64 MiB of zero-initialised static memory
-/// (address space only: a 4 KiB page of it is touched once a segment lives in the 8 GiB it
-/// covers). The drop-in's `free` asks this of every pointer: one load says both whether the
-/// pointer is ours and whether the calling thread owns its segment (compared with its heap's
-/// tag), where a byte map would need a second load, of the segment header's owner.
-/// Segments never share an entry (they are 4 MiB aligned), so entries are stored, not
-/// read-modified-written.
-static SEGMENT_MAP: [AtomicU16; MAP_ENTRIES] = [NO_SEGMENT; MAP_ENTRIES];
-
-/// Writes the segment map's entry of the segment at `seg` (nothing for a segment above the
-/// 47 bits the map covers).
-#[inline]
-fn map_store(seg: *mut Segment, entry: u16, order: Ordering) {
-    let i = seg as usize >> SEGMENT_SHIFT;
-    if i < MAP_ENTRIES {
-        SEGMENT_MAP[i].store(entry, order);
-    }
-}
-
-/// The lowest and highest map entries ever inserted (`MAP_LO > MAP_HI` while none was).
-static MAP_LO: AtomicUsize = AtomicUsize::new(usize::MAX);
-static MAP_HI: AtomicUsize = AtomicUsize::new(0);
-
-/// Records that a segment starts at `seg` (with no owner yet).
-pub fn map_insert(seg: *mut Segment) {
-    let i = seg as usize >> SEGMENT_SHIFT;
-    // Widening the span is rare (most new segments land inside it): load before the RMW.
-    if i < MAP_LO.load(Ordering::Relaxed) {
-        MAP_LO.fetch_min(i, Ordering::Relaxed);
-    }
-    if i > MAP_HI.load(Ordering::Relaxed) {
-        MAP_HI.fetch_max(i, Ordering::Relaxed);
-    }
-    map_store(seg, MAP_UNOWNED, Ordering::Release);
-}
-
-/// The segment map's entry for the 4 MiB holding `p`: 0 if no tieralloc segment starts there
-/// (memory that is not ours), else the owner's tag or [`MAP_UNOWNED`].
-#[inline(always)]
-pub fn map_tag(p: *const u8) -> u16 {
-    let i = p as usize >> SEGMENT_SHIFT;
-    if i < MAP_ENTRIES {
-        // Relaxed: a thread compares the entry with its own tag, and the only entries equal to
-        // it are ones it wrote itself (see the module's invariants).
-        SEGMENT_MAP[i].load(Ordering::Relaxed)
-    } else {
-        0
-    }
-}
-
-/// Gives the normal segment `seg` to the heap at `owner` whose tag is `tag` (0 and any tag:
-/// no owner), in the header and in the segment map.
-///
-/// # Safety
-/// The caller is taking `seg` (fresh from `map_normal`, or off a list under its lock) or
-/// letting go of it as its owner; `tag` is `owner`'s tag, [`NO_TAG`] if it has none.
-#[inline]
-pub unsafe fn set_owner(seg: *mut Segment, owner: usize, tag: u16) {
-    let entry = if owner == 0 || tag == NO_TAG {
-        MAP_UNOWNED
-    } else {
-        tag
-    };
-    // The entry goes first when letting go, last when taking: it never names a heap that does
-    // not own the segment (a stale entry of ours could only make us take the slow path).
-    // SAFETY: per the contract, seg is a live normal segment header.
-    unsafe {
-        if owner == 0 {
-            map_store(seg, entry, Ordering::Relaxed);
-            (*seg).owner.store(0, Ordering::Release);
-        } else {
-            (*seg).owner.store(owner, Ordering::Release);
-            map_store(seg, entry, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Forgets the segment at `seg` (before it is unmapped).
-pub fn map_remove(seg: *mut Segment) {
-    map_store(seg, 0, Ordering::Release);
-}
-
-/// Whether `p` lies in the first 4 MiB of a live tieralloc segment: true for every pointer
-/// tieralloc handed out and not yet freed; false for memory that never came from it.
-#[inline]
-pub fn contains(p: *const u8) -> bool {
-    let i = p as usize >> SEGMENT_SHIFT;
-    i < MAP_ENTRIES && SEGMENT_MAP[i].load(Ordering::Acquire) != 0
-}
-
-/// Calls `f(segment, entry)` for every segment whose map entry is a heap's tag for which
-/// `want(tag)` holds. Reads the map only between the lowest and highest entries ever inserted
-/// (segments come from mmap, so that span is about the size of what was mapped). For a fork
-/// child (see `heap::thread::fork`), which finds the segments of heaps that died with the
-/// fork through their tags; no entry may change while it runs.
-pub fn for_each_tagged(mut want: impl FnMut(u16) -> bool, mut f: impl FnMut(*mut Segment, u16)) {
-    let lo = MAP_LO.load(Ordering::Relaxed);
-    let hi = MAP_HI.load(Ordering::Relaxed).min(MAP_ENTRIES - 1);
-    // None while no entry was ever inserted (lo > hi).
-    let Some(span) = SEGMENT_MAP.get(lo..=hi) else {
-        return;
-    };
-    for (k, entry) in span.iter().enumerate() {
-        let e = entry.load(Ordering::Relaxed);
-        if e > MAP_UNOWNED && e != NO_TAG && want(e) {
-            f(((lo + k) << SEGMENT_SHIFT) as *mut Segment, e);
-        }
-    }
-}
+mod map;
+#[cfg(test)]
+pub use map::MAP_UNOWNED;
+pub use map::{
+    contains, for_each_tagged, map_insert, map_remove, map_tag, set_owner, FIRST_TAG, NO_TAG,
+};
 
 /// Normal segments mapped right now.
 pub static SEGMENTS: AtomicUsize = AtomicUsize::new(0);
@@ -702,41 +659,57 @@ pub const FULL: u8 = 2;
 pub type SegmentList = LockedList<Segment>;
 
 impl ListNode for Segment {
+    /// # Safety
+    /// As [`ListNode::next`].
     #[inline]
     unsafe fn next(n: *mut Self) -> *mut Self {
         // SAFETY: n is valid and its list is the caller's (trait contract).
         unsafe { (*n).next }
     }
+    /// # Safety
+    /// As [`ListNode::set_next`].
     #[inline]
     unsafe fn set_next(n: *mut Self, next: *mut Self) {
         // SAFETY: as above.
         unsafe { (*n).next = next }
     }
+    /// # Safety
+    /// As [`ListNode::prev`].
     #[inline]
     unsafe fn prev(n: *mut Self) -> *mut Self {
         // SAFETY: as above.
         unsafe { (*n).prev }
     }
+    /// # Safety
+    /// As [`ListNode::set_prev`].
     #[inline]
     unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
         // SAFETY: as above.
         unsafe { (*n).prev = prev }
     }
+    /// # Safety
+    /// As [`ListNode::list_tag`].
     #[inline]
     unsafe fn list_tag(n: *mut Self) -> u8 {
         // SAFETY: n is a valid segment header (trait contract).
         unsafe { (*n).abandoned.load(Ordering::Relaxed) }
     }
+    /// # Safety
+    /// As [`ListNode::set_list_tag`].
     #[inline]
     unsafe fn set_list_tag(n: *mut Self, tag: u8) {
         // SAFETY: as above.
         unsafe { (*n).abandoned.store(tag, Ordering::Relaxed) }
     }
+    /// # Safety
+    /// As [`ListNode::owner`].
     #[inline]
     unsafe fn owner(n: *mut Self) -> usize {
         // SAFETY: as above.
         unsafe { (*n).owner.load(Ordering::Relaxed) }
     }
+    /// # Safety
+    /// As [`ListNode::set_owner`].
     #[inline]
     unsafe fn set_owner(n: *mut Self, owner: usize, tag: u16) {
         // SAFETY: a normal segment being taken off or put on a list (trait contract).
@@ -762,7 +735,7 @@ impl LockedList<Segment> {
 }
 
 /// The most NUMA nodes the allocator keeps separate pools for.
-pub const MAX_NODES: usize = 64;
+pub(crate) use crate::topology::raw::MAX_NODES;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_LIST: SegmentList = SegmentList::new();

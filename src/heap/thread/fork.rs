@@ -29,15 +29,17 @@
 //! segment lists' (`node_alloc` registers its heap under the node heap's lock). `fork_prepare`
 //! takes them in that order, so no thread holds one of them across the fork.
 
-use super::{
-    book_free_slices, for_each_used_page, free_delayed, give_tag, heap, release_segment_dirty,
-    retire_counters, Heap, DEAD, NODE_HEAPS, REGISTRY,
-};
+use super::free::free_delayed;
+use super::node::NODE_HEAPS;
+use super::registry::{give_tag, retire_counters, REGISTRY};
+use super::slices::{for_each_used_page, let_go};
+use super::tls::heap;
+use super::{Heap, DEAD};
 use crate::heap::huge;
 use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
-    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGE_IN_FULL, POOLS,
+    NO_TAG, PAGE_IN_FULL, POOLS,
 };
 use crate::sync::Ordering;
 use crate::sys::os;
@@ -233,15 +235,7 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
             return;
         }
         for_each_used_page(seg, |p| (*p).thread_free.force_state(NEVER_DELAYED));
-        (*seg).next = ptr::null_mut();
-        (*seg).prev = ptr::null_mut();
-        if (*seg).used_pages == 0 {
-            release_segment_dirty(seg, now);
-        } else {
-            book_free_slices(seg, now);
-            PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
-            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
-        }
+        let_go(seg, now);
     }
 }
 
@@ -270,9 +264,10 @@ unsafe fn return_delayed(d: *mut Heap) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{alloc_bin, alloc_generic, free, heap_done, FIRST_TAG};
+    use super::super::registry::heap_done;
+    use super::super::{alloc_bin, alloc_generic, free};
     use super::*;
-    use crate::heap::segment::{map_tag, page_of, PageKind, MAP_UNOWNED};
+    use crate::heap::segment::{map_tag, page_of, PageKind, FIRST_TAG, MAP_UNOWNED, MAX_NODES};
     use crate::heap::size_class::bin_of;
     use crate::sync::{AtomicBool, AtomicUsize};
     use std::sync::{Arc, Barrier, Mutex};

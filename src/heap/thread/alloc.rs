@@ -1,0 +1,438 @@
+//! Allocation: the fast paths, the refill behind them, and the dispatch of every request that
+//! is not a plain bin one.
+//!
+//! Owns: the pop every allocation goes through (`pop_block`), `alloc_bin`, `alloc_direct`
+//! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
+//! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
+//! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
+//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `free` (the drain),
+//! `heap::{page, segment, size_class, remote}`, `sys::os`, and `heap::route` (the routing
+//! call in `alloc_generic_in`).
+
+use super::bins::{direct_bin, page_to_full};
+use super::counters::bump;
+use super::free::drain_delayed;
+use super::large::{alloc_huge, alloc_large};
+use super::node::{dead_alloc, node_alloc};
+use super::registry::heap_init;
+use super::slices::take_slices;
+use super::tick::heap_tick;
+use super::tls::{heap, heap_or_unset, is_unset, own};
+use super::{empty_page, Heap, HeapRef, ACTIVE};
+use crate::heap::remote::Block;
+use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
+use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
+use crate::sync::{AtomicU64, Ordering};
+use crate::sys::os;
+use core::ptr;
+
+/// Pops a block of `bin` (the fast path). Null only when memory is exhausted.
+///
+/// # Safety
+/// `bin < NBINS`.
+#[inline(always)]
+pub unsafe fn alloc_bin(bin: usize) -> *mut u8 {
+    let h = heap_or_unset();
+    // SAFETY: forwarded contract; h is this thread's heap, or the unset heap, whose pages
+    // have no free block, so that alloc_bin_slow (which looks the real heap up) runs.
+    unsafe { alloc_bin_in(h, bin) }
+}
+
+/// C `malloc`'s fast path for `16 * w - 15 ..= 16 * w` bytes (0 ..= 16 for `w` 0), through
+/// `Heap::direct`: a 16-byte aligned block. Null only when memory is exhausted.
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[inline(always)]
+pub unsafe fn alloc_direct(w: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let block = alloc_direct_pop(w);
+        if !block.is_null() {
+            return block;
+        }
+        alloc_direct_slow(w)
+    }
+}
+
+/// [`alloc_direct`]'s pop alone: null when the page has no free block (or the thread has no
+/// heap yet), where `alloc_direct` would take its slow path. For callers that do something
+/// of their own on failure and want a fast path with no stack frame (C++'s `new`).
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[inline(always)]
+pub unsafe fn alloc_direct_pop(w: usize) -> *mut u8 {
+    let h = heap_or_unset();
+    // SAFETY: w < DIRECT_SLOTS (contract); h is this thread's heap or the unset one; a page in
+    // `direct` with a free block is one of ours (EMPTY_PAGE's free is null, so it is never
+    // written, and the unset heap's entries are all EMPTY_PAGE).
+    unsafe {
+        let page = *(*h).direct.get_unchecked(w);
+        pop_block(page, (*h).stats.direct_allocs.get_unchecked(w)) as *mut u8
+    }
+}
+
+/// Takes the first block of `page`'s free list and counts it on `counter`; null if the list
+/// is empty. The one pop every allocation path goes through.
+///
+/// # Safety
+/// `page` is a page of the calling thread's heap (or EMPTY_PAGE, whose free list is always
+/// empty, so it is never written) and `counter` one of that heap's counters.
+#[inline(always)]
+pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Block {
+    // SAFETY: the page is ours (contract): its free list and counts are ours to change, and a
+    // block on the free list is free, so its link is ours to read.
+    unsafe {
+        let block = (*page).free;
+        if !block.is_null() {
+            (*page).free = Block::next(block);
+            (*page).used += 1;
+            bump(counter, 1);
+        }
+        block
+    }
+}
+
+/// Clears the first `size` bytes of `block`, just popped from `page`: only its link if the
+/// page's free blocks are known to be zero.
+///
+/// # Safety
+/// `block` is a block of `page` just handed out, at least `size` bytes long.
+#[inline(always)]
+pub(super) unsafe fn zero_block(page: *const Page, block: *mut Block, size: usize) {
+    // SAFETY: the block is ours to write (contract).
+    unsafe {
+        if (*page).free_is_zero {
+            Block::set_next(block, ptr::null_mut());
+        } else {
+            ptr::write_bytes(block as *mut u8, 0, size);
+        }
+    }
+}
+
+/// [`alloc_direct`] when the page has no free block (or the thread has no heap yet).
+///
+/// # Safety
+/// `w <= DIRECT_MAX / 16`.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn alloc_direct_slow(w: usize) -> *mut u8 {
+    let bin = direct_bin(w);
+    let h = heap_or_unset();
+    // SAFETY: 16 <= max(16 w, 16) <= DIRECT_MAX, so bin < NBINS; h is this thread's heap,
+    // whose current page of `bin` (the one alloc_direct looked at) has no free block.
+    unsafe {
+        if is_unset(h) {
+            return alloc_bin_first(bin);
+        }
+        alloc_bin_slow(h, bin, false)
+    }
+}
+
+/// [`alloc_bin`] on a thread's first use of its heap slot.
+///
+/// # Safety
+/// `bin < NBINS`.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn alloc_bin_first(bin: usize) -> *mut u8 {
+    // SAFETY: forwarded contract; heap() is this thread's heap.
+    unsafe { alloc_bin_in(heap(), bin) }
+}
+
+/// [`alloc_bin`] on heap `h`.
+///
+/// # Safety
+/// `bin < NBINS`; `h` is this thread's heap, the unset heap, or a node heap whose lock we
+/// hold (a [`HeapRef`]'s, or the unset placeholder: only read here).
+#[inline(always)]
+pub(super) unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
+    // SAFETY: h is usable by us (contract); pages[bin] is a valid page (maybe EMPTY_PAGE, whose
+    // free is null, so we never write it).
+    unsafe {
+        let page = *(*h).pages.get_unchecked(bin);
+        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin));
+        if !block.is_null() {
+            return block as *mut u8;
+        }
+        alloc_bin_slow(h, bin, false)
+    }
+}
+
+/// Like [`alloc_bin`], but the first `size` bytes are zero.
+///
+/// # Safety
+/// `bin < NBINS` and `size <= bin_size(bin)`.
+#[inline]
+pub unsafe fn alloc_bin_zeroed(bin: usize, size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { alloc_bin_zeroed_in(own(), bin, size) }
+}
+
+/// [`alloc_bin_zeroed`] on heap `h`.
+///
+/// # Safety
+/// `bin < NBINS` and `size <= bin_size(bin)`.
+#[inline]
+pub(super) unsafe fn alloc_bin_zeroed_in(h: HeapRef, bin: usize, size: usize) -> *mut u8 {
+    // SAFETY: as in alloc_bin_in; the block is ours to write once popped.
+    unsafe {
+        let page = *h.pages.get_unchecked(bin);
+        let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
+        if !block.is_null() {
+            zero_block(page, block, size);
+            return block as *mut u8;
+        }
+        // The slow path clears what needs clearing when asked to.
+        alloc_bin_slow(h.as_ptr(), bin, true)
+    }
+}
+
+/// The fast path found the bin's current page empty. The most common refill — blocks this
+/// thread freed back to that page — is done here, in a function small enough to need no stack
+/// frame; everything else tail-calls [`alloc_bin_slow_long`].
+///
+/// # Safety
+/// `h` is this thread's heap, the unset heap, or a node heap whose lock we hold; `bin < NBINS`.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: bool) -> *mut u8 {
+    if !zero && !is_unset(h) {
+        // SAFETY: h is a real heap usable by us and bin < NBINS (contract); its current page
+        // of `bin` is ours (or EMPTY_PAGE, whose local_free is null).
+        unsafe {
+            let h = HeapRef::new(h);
+            let page = *h.pages.get_unchecked(bin);
+            if refill_from_local(h, page) {
+                return pop_fresh(h, page, bin, false);
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_bin_slow_long(h, bin, zero) }
+}
+
+/// [`alloc_bin_slow`] the long way: refill, collect, new page.
+///
+/// # Safety
+/// As [`alloc_bin_slow`].
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn alloc_bin_slow_long(
+    h: *mut Heap,
+    bin: usize,
+    zero: bool,
+) -> *mut u8 {
+    // The fast path ran on the unset heap: this thread's first allocation of this kind.
+    let h = if is_unset(h) {
+        own()
+    } else {
+        // SAFETY: not the unset heap, so this thread's or a locked node heap (contract).
+        unsafe { HeapRef::new(h) }
+    };
+    // SAFETY: forwarded contract.
+    let p = unsafe { alloc_bin_refill(h, bin, zero) };
+    if p.is_null() {
+        os::set_enomem();
+    }
+    p
+}
+
+/// The slow path of a bin allocation: refills the bin's current page or finds another.
+///
+/// # Safety
+/// `bin < NBINS`.
+#[inline(always)]
+pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: bin < NBINS (contract); the pages in h's queues are h's, so ours.
+    unsafe {
+        // The common refill (alloc_bin_slow tries it first, but not for zeroed blocks nor on
+        // a thread's first allocation).
+        let page = h.pages[bin];
+        if refill_from_local(h, page) {
+            return pop_fresh(h, page, bin, zero);
+        }
+        if h.state != ACTIVE && !heap_init(h) {
+            let size = crate::heap::size_class::bin_size(bin);
+            let align = (1usize << size.trailing_zeros()).min(os::OS_PAGE);
+            return dead_alloc(h, size, align, zero);
+        }
+        heap_tick(h);
+        drain_delayed(h);
+        let mut page = h.pages[bin];
+        // Full pages that other threads' frees refill (`remote_fed`) stay in the queue, up to
+        // this many, before they are parked as full: a page that will get a block back soon
+        // does not flip between full and not full (each flip is two slow paths and two atomic
+        // state changes). A page its owner's frees refill is parked at once: left in the
+        // queue, each walk would take the one or two blocks freed into it since the last,
+        // and refills that small are a slow path every few allocations.
+        let mut retain = FULL_PAGE_RETAIN;
+        while !page.is_null() && page != empty_page() {
+            let next = (*page).next;
+            let back = (*page).collect();
+            h.returned = h.returned.saturating_add(back);
+            if (*page).has_free() || (*page).extend() {
+                if h.pages[bin] != page {
+                    h.queue_remove(bin, page);
+                    h.queue_push_front(bin, page);
+                }
+                return pop_fresh(h, page, bin, zero);
+            }
+            if retain > 0 && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS) {
+                retain -= 1;
+                page = next;
+                continue;
+            }
+            page_to_full(h, bin, page);
+            if (*page).flags & PAGE_IN_FULL == 0 {
+                // A remote free slipped in while it went full: it is back at the front.
+                return pop_fresh(h, page, bin, zero);
+            }
+            page = next;
+        }
+        let page = new_bin_page(h, bin);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        h.queue_push_front(bin, page);
+        (*page).extend();
+        pop_fresh(h, page, bin, zero)
+    }
+}
+
+/// The common refill: `page`, the current page of its bin, has blocks its owner freed; they
+/// become its free list. Not on every 16th tick, which goes the long way instead (collect
+/// remote frees, drain delayed frees, purge): the heartbeat that keeps that work going stays
+/// deterministic. Returns whether `page` now has a free block.
+///
+/// # Safety
+/// `page` is `h`'s current page of some bin (or EMPTY_PAGE).
+#[inline(always)]
+pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool {
+    // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
+    unsafe {
+        if (*page).local_free.is_null() || h.tick & 15 == 15 {
+            return false;
+        }
+        h.tick = h.tick.wrapping_add(1);
+        (*page).free = (*page).local_free;
+        (*page).local_free = ptr::null_mut();
+        (*page).free_is_zero = false;
+        (*page).remote_fed = false;
+        true
+    }
+}
+
+/// Full, remote-fed pages a queue walk leaves in place before parking further ones as full.
+pub(super) const FULL_PAGE_RETAIN: usize = 2;
+/// Pages of fewer blocks than this are left in the queue like remote-fed ones: each block is
+/// a large share of the page, so one freed block is a worthwhile refill, and parking and
+/// unparking such pages on every block would cost more than the walk.
+pub(super) const FEW_BLOCKS: u32 = 64;
+
+/// Pops a block of `page`, which has one, counting it on `bin`; clears it if `zero`.
+///
+/// # Safety
+/// `page` is a page of `h` in `bin`'s queue (so `bin < NBINS`) with a free block.
+#[inline]
+pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bool) -> *mut u8 {
+    // SAFETY: page is ours, in bin's queue (so bin < NBINS), and has a free block.
+    unsafe {
+        let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
+        if zero {
+            zero_block(page, block, (*page).block_size as usize);
+        }
+        block as *mut u8
+    }
+}
+
+/// A fresh page for `bin` from our segments, an adopted one, the pool, or the OS.
+///
+/// # Safety
+/// `bin < NBINS`.
+pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
+    let n = page_slices(bin);
+    // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
+    // frees), and no page of our queues looked at before is used after this.
+    let page = unsafe { take_slices(h, n, n == 1) };
+    // SAFETY: the page take_slices hands out is a free run of one of our segments; bin <
+    // NBINS (contract).
+    unsafe {
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        let bytes = Segment::run_bytes((*page).slice_index(), n);
+        if n > 1 && !(*page).fresh && h.pages[bin] == empty_page() {
+            // The only page of a medium bin, on resident slices: keep its first slice and give
+            // the rest back now. Its blocks are carved one extension at a time, and a bin with
+            // a few blocks live would otherwise pin the whole run (512 KiB) for as long as the
+            // page lives. (A bin that already has pages is busy: its pages come and go, and
+            // giving their memory back each time would only fault it in again.)
+            let keep = SLICE_SIZE;
+            os::decommit((*page).start().add(keep), bytes - keep);
+        }
+        (*page).init_bin(bin, bytes);
+        page
+    }
+}
+
+/// Allocation of anything that is not a plain bin request: aligned, large, huge.
+///
+/// # Safety
+/// None beyond GlobalAlloc's: `align` is a power of two.
+#[cold]
+pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    let p = unsafe { alloc_generic_in(own(), size, align, zero) };
+    if p.is_null() {
+        os::set_enomem();
+    }
+    p
+}
+
+/// [`alloc_generic`] on heap `h` (this thread's, or a node heap whose lock we hold).
+///
+/// # Safety
+/// `align` is a power of two.
+pub(super) unsafe fn alloc_generic_in(
+    h: HeapRef,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> *mut u8 {
+    // SAFETY: each branch keeps to its callee's contract.
+    unsafe {
+        if crate::heap::route::ACTIVE.load(Ordering::Relaxed)
+            && !h.shared
+            && (h.state == ACTIVE || heap_init(h))
+        {
+            if let Some(node) = crate::heap::route::route(size, align, h.node) {
+                if node != h.node {
+                    return node_alloc(node, size, align, zero);
+                }
+            }
+        }
+        if align <= 16 && size <= MEDIUM_MAX {
+            let bin = bin_of(size.max(align));
+            return if zero {
+                alloc_bin_zeroed_in(h, bin, size)
+            } else {
+                alloc_bin_in(h.as_ptr(), bin)
+            };
+        }
+        if align <= os::OS_PAGE && size <= MEDIUM_MAX {
+            if let Some(bin) = bin_for_aligned(size, align) {
+                return if zero {
+                    alloc_bin_zeroed_in(h, bin, size)
+                } else {
+                    alloc_bin_in(h.as_ptr(), bin)
+                };
+            }
+        }
+        if align <= SLICE_SIZE && size <= LARGE_MAX {
+            return alloc_large(h, size, zero);
+        }
+        alloc_huge(h, size, align, zero)
+    }
+}

@@ -1,0 +1,389 @@
+//! Frees: the fast paths, the local and remote slow paths, and delayed frees.
+//!
+//! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
+//! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
+//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
+//! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
+//! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
+//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `init` (the purge delay).
+
+use super::bins::unfull;
+use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
+use super::large::free_huge;
+use super::registry::heap_init;
+use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
+use super::tick::heap_tick;
+use super::tls::{heap, heap_or_unset, is_unset};
+use super::{Heap, HeapRef, ACTIVE, UNINIT};
+use crate::heap::delayed;
+use crate::heap::remote::{Block, Pushed, NORMAL};
+use crate::heap::segment::{
+    map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
+    ABANDONED_FULL, MAX_NODES, PAGE_IN_FULL,
+};
+use crate::init;
+use crate::sync::Ordering;
+use crate::sys::os;
+
+/// Frees `p` (any block tieralloc handed out, from any thread).
+///
+/// # Safety
+/// `p` was returned by this allocator and is not freed yet.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    let seg = segment_of(p);
+    // The unset heap owns no segment, so a thread's first free goes to free_other, which
+    // looks the real heap up.
+    let h = heap_or_unset();
+    // SAFETY: p is a live block of ours, so its segment header is mapped and valid.
+    unsafe {
+        if (*seg).owner.load(Ordering::Relaxed) == h as usize {
+            // We own seg, so h is not the unset heap (which owns nothing): this thread's.
+            free_owned(HeapRef::new(h), seg, p);
+        } else {
+            free_other(h, seg, p);
+        }
+    }
+}
+
+/// C's `free`: like [`free`], but `p` may also be null or memory tieralloc never handed out
+/// (ignored). One load of the segment map answers both "is it ours" and "do we own it".
+///
+/// # Safety
+/// `p` is null, memory outside every tieralloc segment, or a live block of ours.
+#[inline(always)]
+pub unsafe fn free_c(p: *mut u8) {
+    let tag = map_tag(p);
+    // The unset heap's tag is NO_TAG, which no entry holds: a thread's first free goes to
+    // free_other like any other, which looks the real heap up.
+    let h = heap_or_unset();
+    // SAFETY: an entry equal to our tag means we own p's segment (segment::set_owner), so h
+    // is this thread's heap (the unset one owns nothing), and a non-zero one that p lies in a
+    // segment of ours, so (contract) p is a live block of it.
+    unsafe {
+        if tag == (*h).tag {
+            free_owned(HeapRef::new(h), segment_of(p), p);
+        } else if tag != 0 {
+            free_other(h, segment_of(p), p);
+        }
+    }
+}
+
+/// [`free`] of a block of a segment `h` owns.
+///
+/// # Safety
+/// `h` owns `seg`, and `p` is a live block of `seg`.
+#[inline(always)]
+pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: the page is ours (contract), so its owner line is ours to write.
+    unsafe {
+        let page = page_of(seg, p);
+        let b = p as *mut Block;
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+        // Counted before `used` drops, so that the branch tests the flags the decrement sets
+        // (no compare, no flag kept in a register across the counter's add).
+        bump(h.stats.frees.get_unchecked((*page).bin as usize), 1);
+        let used = (*page).used - 1;
+        (*page).used = used;
+        if used == 0 || (*page).flags != 0 {
+            free_local_slow(h, page);
+        }
+    }
+}
+
+/// [`free`] on a thread's first use of its heap slot (a thread whose first call frees).
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_first(p: *mut u8) {
+    let _ = heap();
+    // SAFETY: forwarded contract; the slot is set now, so free takes its normal path.
+    unsafe { free(p) }
+}
+
+/// Frees a block of one of our own pages outside the fast path (delayed frees, adoption).
+/// `count`: whether this free is counted here (false when the remote thread counted it).
+///
+/// # Safety
+/// `page` is a page of `h` in use and `b` a live block of it.
+pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, count: bool) {
+    // SAFETY: page is ours and b is a live block of it.
+    unsafe {
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+        (*page).used -= 1;
+        if count {
+            bump(&h.stats.frees[(*page).bin as usize], 1);
+        }
+        if (*page).used == 0 || (*page).flags != 0 {
+            free_local_slow(h, page);
+        }
+    }
+}
+
+/// A local free left `page` empty or changed a page that is full or large: the page event,
+/// then a tick.
+///
+/// # Safety
+/// `page` is a page of `h` in use, whose block the caller has just freed.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
+    // SAFETY: page is ours.
+    unsafe {
+        free_local_page_event(h, page);
+        // Last: the tick may collect and retire pages, including this one.
+        heap_tick(h);
+    }
+}
+
+/// What a local free sets off on `page`: a large page goes back to its segment, a full one
+/// back in its queue, an empty one (not its bin's current page) back to its segment.
+///
+/// # Safety
+/// As for [`free_local_slow`].
+pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
+    // SAFETY: page is ours.
+    unsafe {
+        if (*page).kind == PageKind::Large as u8 {
+            free_large_page(h, page);
+            return;
+        }
+        if (*page).flags & PAGE_IN_FULL != 0 {
+            unfull(h, page);
+        }
+        // An empty page goes back to its segment at once, unless it is its bin's current
+        // page: that one stays (the next collection retires it if it is still empty then),
+        // because retiring it would throw away exactly the free blocks the next allocations
+        // need (in a FIFO workload the allocator would be left with one free block at a time
+        // and take the slow path on every allocation).
+        let bin = (*page).bin as usize;
+        if (*page).used == 0 && h.pages[bin] != page {
+            h.queue_remove(bin, page);
+            retire_page_of(h, page);
+        }
+    }
+}
+
+/// Retires an empty page outside a collection. If that empties its segment and we have
+/// another one, the segment goes to the pool now: a thread that frees what others left behind
+/// (and adopted their segments to do it) does not hold on to them until its next collection,
+/// which may be far away if it hardly allocates.
+///
+/// # Safety
+/// `page` is a page of `h` with no live block, in no queue.
+pub(super) unsafe fn retire_page_of(h: HeapRef, page: *mut Page) {
+    // SAFETY: page is ours, unused and in no queue; its segment is on our list.
+    unsafe {
+        let seg = (*page).segment();
+        if retire_page(page) && (h.segments != seg || !(*seg).next.is_null()) {
+            // Unpurged: the next thread that needs a segment takes it from the pool with its
+            // memory still resident (no faults); the pool unmaps it after the delay otherwise.
+            unlink_segment(h, seg);
+            release_segment_dirty(seg, os::now_ms());
+        }
+    }
+}
+
+/// Gives back a large page of `h` whose block was freed, booking its bytes off.
+///
+/// # Safety
+/// `page` is a large page of `h` with no live block.
+pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
+    // SAFETY: page is one of our large pages, now unused.
+    unsafe {
+        bump(&h.stats.large_free_bytes, (*page).block_size as u64);
+        (*page).flags = 0;
+        (*page).thread_free.force_state(NORMAL);
+        retire_page(page);
+    }
+}
+
+/// Gives an unused page's slices back to its segment. A segment left empty stays on our
+/// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
+/// large object does not go through the pool each time.
+/// Returns true if the segment now has no page in use.
+///
+/// # Safety
+/// `page` is a page of one of our segments with no live block, in no queue.
+pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
+    // SAFETY: page is ours, unused and in no queue.
+    unsafe {
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        Segment::free_page(page, os::now_ms(), delay)
+    }
+}
+
+/// A free of a block we do not own: another thread's, an abandoned segment's, or a huge one
+/// (or, from [`free_c`], one of our own when we have no tag: left to [`free_other_slow`]).
+///
+/// The common case, a small or large block of a live thread on our own node freed by an
+/// active heap (every free of a producer/consumer hand-off), is handled here with no call
+/// but the tail call to the rare paths, so it needs no stack frame; everything else goes to
+/// [`free_other_slow`].
+///
+/// # Safety
+/// `h` is this thread's heap or the unset one (from `tls::heap_or_unset`); `p` is a live
+/// block of `seg`.
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: p is live, so seg is valid until we push p; we read what we need before. An
+    // active heap is not the unset one (never active), so it is this thread's.
+    unsafe {
+        let owner = (*seg).owner.load(Ordering::Acquire);
+        if (*h).state != ACTIVE
+            || (*seg).kind == SegmentKind::Huge
+            || owner == 0
+            || owner == h as usize
+            || (*seg).node as u32 != (*h).node
+        {
+            return free_other_slow(h, seg, p);
+        }
+        let h = HeapRef::new(h);
+        // Only the descriptor's remote line is read or written here (see Page).
+        let page = page_of_remote(seg, p);
+        // An active heap of the block's node: its own counters, no per-node correction (see
+        // count_node_free). A page's bin is at most LARGE_BIN = NBINS, inside the array.
+        bump(h.stats.frees.get_unchecked((*page).remote_bin as usize), 1);
+        bump(&h.stats.remote_frees, 1);
+        if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
+            free_delayed(seg, page, p);
+        }
+    }
+}
+
+/// Ends a remote free that found the page in the owner's full queue: the block goes on the
+/// owner heap's delayed stack instead of the page's list.
+///
+/// # Safety
+/// `thread_free.push` of `p` on `page` (of `seg`) just returned `Pushed::Delayed`.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: the state is DELAYED_FREEING, so the owner cannot leave until we finish.
+    unsafe {
+        let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
+        delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
+    }
+}
+
+/// [`free_other`] for everything but the common case: a heap's first free, a huge object, an
+/// abandoned segment, a block of another node, a heap that is no longer active.
+///
+/// # Safety
+/// As for [`free_other`].
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    if is_unset(h) {
+        // SAFETY: forwarded contract.
+        return unsafe { free_first(p) };
+    }
+    // SAFETY: not the unset heap, so this thread's (contract).
+    let h = unsafe { HeapRef::new(h) };
+    // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
+    unsafe {
+        if h.state == UNINIT {
+            // Register this thread's heap (counters, exit hook) at its first free, so that it
+            // can adopt what it frees into. A DEAD heap never comes back (see DEAD); one that
+            // is not active counts into the retired totals.
+            heap_init(h);
+        }
+        if (*seg).kind == SegmentKind::Huge {
+            free_huge(h, seg);
+            return;
+        }
+        let page = page_of(seg, p);
+        let owner = (*seg).owner.load(Ordering::Acquire);
+        if owner == h.addr() {
+            // Our own block, reaching here from C's free because we have no tag (see
+            // free_c): an ordinary local free.
+            free_owned(h, seg, p);
+            return;
+        }
+        if owner == 0 {
+            // Abandoned: adopt the whole segment, so that the blocks we free into it are the
+            // ones we allocate next, then free locally. (Our live block keeps the segment from
+            // being released meanwhile.) Only a heap of the segment's node takes it, so its
+            // pages stay where they are. A thread that only frees does not sit on what it
+            // takes: pages it empties are given back at once (see free_local_page_event).
+            let node = ((*seg).node as usize).min(MAX_NODES - 1);
+            if h.state == ACTIVE
+                && node as u32 == h.node
+                && (ABANDONED_FULL[node].claim(seg, h.addr(), h.tag)
+                    || ABANDONED[node].claim(seg, h.addr(), h.tag))
+            {
+                adopt_segment(h, seg);
+                free_local(h, page, p as *mut Block, true);
+                return;
+            }
+        }
+        let (c, shared) = counters(h);
+        add(&c.frees[(*page).bin as usize], 1, shared);
+        add(&c.remote_frees, 1, shared);
+        // A large block's bytes are booked off its node by the heap that takes the emptied
+        // page back (`free_large_page`, `release_empty_page`); here only the free counts.
+        let bytes = if (*page).bin as usize == LARGE_BIN {
+            0
+        } else {
+            (*page).block_size as u64
+        };
+        count_node_free(h, (*seg).node, bytes);
+        if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
+            free_delayed(seg, page, p);
+        }
+    }
+}
+
+/// Books a remote free of `bytes` living on `node` for the per-node totals: a free from a
+/// thread of another node (or from a heap that is not active, whose counters no longer
+/// belong to any node) lowers that node's live bytes directly.
+#[inline]
+pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
+    let n = (node as usize).min(MAX_NODES - 1);
+    let active = h.state == ACTIVE;
+    if active && node as u32 == h.node {
+        return;
+    }
+    if active {
+        bump(&h.stats.foreign_free_bytes, bytes);
+    }
+    if node as u32 != h.node {
+        CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
+    }
+    CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Takes in blocks that other threads freed into our full pages.
+pub(super) fn drain_delayed(mut h: HeapRef) {
+    if h.delayed.0.is_empty() {
+        return;
+    }
+    // The blocks still on the stack are counted as used by their pages, which must stay
+    // ours until they are freed: no rehome (which gives every segment away) until the
+    // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
+    let was_walking = h.walking;
+    h.walking = true;
+    let hp = h.as_ptr();
+    // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
+    // The stack is borrowed through the raw pointer, and the walk writes `returned` through
+    // it too, so no `&mut Heap` overlaps the borrow of the stack.
+    unsafe {
+        delayed::drain(
+            &(*hp).delayed.0,
+            |b| {
+                let page = page_of(segment_of(b as *const u8), b as *const u8);
+                (page, &(*page).thread_free)
+            },
+            |b, page| {
+                // The remote thread counted the free.
+                (*hp).returned = (*hp).returned.saturating_add(1);
+                free_local(h, page, b, false);
+            },
+        );
+    }
+    h.walking = was_walking;
+}

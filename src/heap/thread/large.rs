@@ -1,0 +1,250 @@
+//! Large and huge objects on a thread's heap, and resizing a block in place.
+//!
+//! Owns: large allocation (a page of whole slices from one of our segments), the heap's side
+//! of huge allocation and free (which heap books the bytes, when the heap follows its thread
+//! to another node first), growing a huge object in place, and the usable size and in-place
+//! resize of any block. What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
+//! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
+//! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `node` (dead heaps),
+//! `registry` (init, rehome), `slices`, `tick`, `tls`, `heap::{huge, segment, remote,
+//! size_class}`,
+//! `sys::os`, `init` (the purge delay).
+
+use super::counters::{add, bump, counters, LARGE_BIN};
+use super::free::{count_node_free, drain_delayed};
+use super::node::dead_alloc;
+use super::registry::{current_home, heap_init, rehome};
+use super::slices::take_slices;
+use super::tick::heap_tick;
+use super::tls::own;
+use super::{HeapRef, ACTIVE};
+use crate::heap::huge;
+use crate::heap::remote::USE_DELAYED;
+use crate::heap::segment::{
+    commit_add, commit_sub, page_of, segment_of, PageKind, Segment, SegmentKind, LARGE_MAX,
+    PAGE_IN_FULL, SLICE_SIZE,
+};
+use crate::heap::size_class::MEDIUM_MAX;
+use crate::init;
+use crate::sync::Ordering;
+use crate::sys::os;
+use core::ptr;
+
+/// A large block of `size` bytes: a page of whole slices.
+///
+/// # Safety
+/// `size <= LARGE_MAX`.
+pub(super) unsafe fn alloc_large(h: HeapRef, size: usize, zero: bool) -> *mut u8 {
+    if h.state != ACTIVE && !heap_init(h) {
+        // SAFETY: SLICE_SIZE is a power of two.
+        return unsafe { dead_alloc(h, size, SLICE_SIZE, zero) };
+    }
+    heap_tick(h);
+    drain_delayed(h);
+    let n = size.div_ceil(SLICE_SIZE).max(1);
+    // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
+    // frees), and we hold no page of ours.
+    let page = unsafe { take_slices(h, n, false) };
+    if page.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the page take_slices hands out is a free run of n slices of one of our
+    // segments, at least size bytes (size <= LARGE_MAX, contract).
+    unsafe {
+        let p = &mut *page;
+        p.kind = PageKind::Large as u8;
+        p.set_bin(LARGE_BIN as u8);
+        p.block_size = (n * SLICE_SIZE) as u32;
+        p.reserved = 1;
+        p.capacity = 1;
+        p.used = 1;
+        p.flags = PAGE_IN_FULL;
+        p.thread_free.force_state(USE_DELAYED);
+        bump(&h.stats.allocs[LARGE_BIN], 1);
+        bump(&h.stats.large_alloc_bytes, p.block_size as u64);
+        if zero && !p.fresh {
+            ptr::write_bytes(p.start(), 0, size);
+        }
+        p.fresh = false;
+        p.start()
+    }
+}
+
+/// A huge object: a mapping of its own, from the heap's cache of freed ones or the OS.
+///
+/// # Safety
+/// `align` is a power of two.
+pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some((offset, map_size)) = huge::layout_for(size, align) else {
+        return ptr::null_mut();
+    };
+    if h.state != ACTIVE && !heap_init(h) {
+        // SAFETY: forwarded contract.
+        return unsafe { dead_alloc(h, size, align, zero) };
+    }
+    heap_tick(h);
+    // The node the thread runs on now: a huge block is served from the cache (which
+    // holds mappings of the heap's node) or mapped on the heap's node, so a move must be
+    // noticed here rather than within 16 slow paths, or the block lands on the old node.
+    // Cheap next to a huge allocation (no system call on one node, else a CPU lookup).
+    if !h.shared && !h.walking {
+        let home = current_home();
+        if home != h.node {
+            // SAFETY: h is active and no walk is in progress (both just checked); we hold no
+            // page of it.
+            unsafe { rehome(h, home) };
+        }
+    }
+    let node = h.node;
+    // A cached mapping of our node (all are: a move empties the cache, and free_huge keeps
+    // only mappings of our node), or a fresh one.
+    let mut seg = h.huge_cache.take(node, map_size);
+    let reused = !seg.is_null();
+    // SAFETY: seg is a huge mapping of ours that holds no object yet (from the cache, which
+    // gave it up, or fresh), at least map_size bytes, laid out for size at align.
+    unsafe {
+        if reused {
+            huge::init(seg, (*seg).map_size, offset, size, node);
+        } else {
+            seg = huge::map(map_size, offset, size, node, true);
+            if seg.is_null() {
+                return ptr::null_mut();
+            }
+            commit_add(node as u16, map_size);
+        }
+        let obj = huge::object(seg);
+        huge::register(seg, os::now_ms());
+        bump(&h.stats.huge_allocs, 1);
+        bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
+        if zero && reused {
+            ptr::write_bytes(obj, 0, size);
+        }
+        obj
+    }
+}
+
+/// Grows a huge object to `new_size` bytes without copying it (its pages move to a bigger
+/// mapping). Null if `p` is not a huge object, or it cannot be grown that way; then the
+/// caller copies.
+///
+/// # Safety
+/// `p` is a live block of ours that the caller may reallocate.
+pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
+    let seg = segment_of(p);
+    // SAFETY: p is live, so its segment header is valid; a huge object is the caller's alone.
+    unsafe {
+        if (*seg).kind != SegmentKind::Huge || new_size <= (*seg).huge_size {
+            return ptr::null_mut();
+        }
+        let h = own();
+        if h.state != ACTIVE {
+            return ptr::null_mut();
+        }
+        let old_size = (*seg).huge_size;
+        // The bytes are booked on this heap's counters, which must own the object's node:
+        // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
+        let new = huge::grow(seg, new_size, h.node as u16);
+        if new.is_null() {
+            return ptr::null_mut();
+        }
+        bump(
+            &h.stats.huge_alloc_bytes,
+            ((*new).huge_size - old_size) as u64,
+        );
+        huge::object(new)
+    }
+}
+
+/// Frees the huge object of `seg`: into our cache if the heap is active and the mapping is
+/// of its node and fits, else back to the OS.
+///
+/// # Safety
+/// `seg` is a huge segment whose object the caller is freeing (its last use).
+pub(super) unsafe fn free_huge(mut h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is a huge segment whose object is being freed by us; once it is out of the
+    // registry (which waits for a demoter that has it claimed), nobody else uses it.
+    unsafe {
+        huge::unregister(seg);
+        let (c, shared) = counters(h);
+        add(&c.huge_frees, 1, shared);
+        add(&c.huge_free_bytes, (*seg).huge_size as u64, shared);
+        let same_node = (*seg).node as u32 == h.node;
+        count_node_free(h, (*seg).node, (*seg).huge_size as u64);
+        // Only a span of our own node goes in our cache: reusing it elsewhere would misplace it.
+        if h.state == ACTIVE && same_node && h.huge_cache.put(seg) {
+            heap_tick(h);
+            return;
+        }
+        commit_sub((*seg).node, (*seg).map_size);
+        huge::unmap(seg);
+    }
+}
+
+/// The usable size of the block at `p`.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    let seg = segment_of(p);
+    // SAFETY: p is live, so its segment and page descriptors are valid.
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            return (*seg).huge_size - (p as usize - huge::object(seg) as usize);
+        }
+        let page = page_of(seg, p);
+        let bs = (*page).block_size as usize;
+        bs - ((p as usize - (*page).start() as usize) % bs)
+    }
+}
+
+/// Tries to make the block at `p` hold `new_size` bytes without moving it. Returns true if it
+/// now does.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+    let seg = segment_of(p);
+    // SAFETY: p is live; we only change pages we own.
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            let cap = (*seg).huge_size;
+            return new_size <= cap && new_size > LARGE_MAX && new_size >= cap / 2;
+        }
+        let page = page_of(seg, p);
+        let cap = (*page).block_size as usize;
+        if (*page).kind == PageKind::Bin as u8 {
+            // Shrinking by more than half moves, so a small object does not pin a big block.
+            return new_size <= cap && (new_size * 2 >= cap || cap <= 32);
+        }
+        // Large page.
+        if (*page).moved != 0 {
+            // Its memory is on another node: no slices change hands while it is.
+            return new_size <= cap && new_size * 2 >= cap;
+        }
+        let h = own();
+        let owner = (*seg).owner.load(Ordering::Relaxed) == h.addr();
+        if new_size <= MEDIUM_MAX {
+            return new_size <= cap && new_size * 2 >= cap;
+        }
+        let n = (*page).slice_count as usize;
+        let want = new_size.div_ceil(SLICE_SIZE);
+        if want <= n {
+            if want < n && owner {
+                // Give the tail slices back to the segment.
+                let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                let shrink = Segment::shrink_large(seg, page, want, os::now_ms(), delay);
+                bump(&h.stats.large_free_bytes, shrink as u64);
+            }
+            return true;
+        }
+        if new_size > LARGE_MAX || !owner {
+            return false;
+        }
+        let grow = Segment::grow_large(seg, page, want);
+        if grow == 0 {
+            return false;
+        }
+        bump(&h.stats.large_alloc_bytes, grow as u64);
+        true
+    }
+}

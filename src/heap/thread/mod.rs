@@ -1,0 +1,217 @@
+//! The thread-local heap: fast paths, slow paths, thread exit, purging, one file per job.
+//!
+//! Owns, here: the `Heap` struct and its states, the static `EMPTY_PAGE` every empty bin
+//! points at, and [`HeapRef`], the proof that a heap is the caller's to use. The jobs:
+//! `tls` (finding the thread's heap), `registry` (init, registration, thread exit, tags,
+//! moving to another node), `bins` (bin queues, the direct table), `alloc` (fast paths,
+//! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
+//! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
+//! `tick` (collect, purge), `counters` (statistics), `fork` (the atfork handlers). The
+//! crate sees only what is re-exported below. May touch (the folder as a whole):
+//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
+//! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
+//! `slices::take_slices`).
+//!
+//! Invariants:
+//! - `pages[bin]` is the first page of bin `bin`'s queue, or the static `EMPTY_PAGE`, whose
+//!   `free` is null, so the fast path needs no "is there a page" branch.
+//! - A page is in its bin's queue exactly when it is a bin page without `PAGE_IN_FULL`.
+//!   Full pages and large pages sit in no queue; their delayed-free state is `USE_DELAYED`,
+//!   so the first remote free tells us (through `delayed`) that they have room again.
+//! - Only the owner thread touches anything but `delayed` and the stats counters (which other
+//!   threads only read).
+//! - On thread exit every page is set `NEVER_DELAYED` (waiting out delayed frees in flight)
+//!   before the heap lets go of its segments, so no thread can push onto `delayed` after the
+//!   heap is gone.
+
+mod alloc;
+mod bins;
+mod counters;
+mod free;
+mod large;
+mod node;
+mod registry;
+mod slices;
+mod tick;
+mod tls;
+
+// fork: no lock may be held by a thread that does not exist in the child, and no heap of one
+// may stay listed or own segments there (see fork.rs).
+mod fork;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use alloc::{
+    alloc_bin, alloc_bin_zeroed, alloc_direct, alloc_direct_pop, alloc_generic,
+};
+pub(crate) use bins::DIRECT_MAX;
+pub(crate) use counters::{
+    HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
+};
+pub(crate) use fork::register_fork_handlers;
+pub(crate) use free::{free, free_c};
+pub(crate) use large::{grow_huge, resize_in_place, usable_size};
+pub(crate) use node::node_alloc;
+pub(crate) use registry::{for_each_stats, heap_node};
+pub(crate) use slices::segment_counts;
+pub(crate) use tick::collect_now;
+pub(crate) use tls::heap;
+
+use crate::heap::huge::HugeCache;
+use crate::heap::remote::BlockStack;
+use crate::heap::segment::{Page, Segment, NO_TAG};
+use crate::heap::size_class::NBINS;
+use bins::DIRECT_SLOTS;
+use core::ops::{Deref, DerefMut};
+use core::ptr;
+use counters::HeapStats as Stats;
+
+pub(super) const UNINIT: u8 = 0;
+pub(super) const ACTIVE: u8 = 1;
+pub(super) const LEAVING: u8 = 2;
+/// Torn down at thread exit. For the rest of the thread's life (glibc still runs later key
+/// destructors and `__libc_thread_freeres`, which allocate and free) the heap is never
+/// registered again: a registered heap must be unregistered before its TLS goes away, and
+/// no destructor round is left to do that. Allocations go to the node heap, frees are
+/// remote frees counted in the retired totals.
+pub(super) const DEAD: u8 = 3;
+
+/// A thread's heap.
+pub struct Heap {
+    /// The fast path's entry: the current page of each bin.
+    pages: [*mut Page; NBINS],
+    /// C `malloc`'s entry for requests up to `DIRECT_MAX` bytes: the current page of the bin
+    /// of each size rounded up to 16 bytes, by size / 16 (so `malloc` needs no size-to-bin
+    /// step). Always equal to `pages` of that bin (see `set_head`).
+    direct: [*mut Page; DIRECT_SLOTS],
+    /// The last page of each bin's queue.
+    tails: [*mut Page; NBINS],
+    /// Blocks freed by other threads into our full pages: the one field other threads write,
+    /// so it has a cache line to itself (on a line with `tick` or `pages`, every such free
+    /// would cost the owner a miss on its next allocation).
+    delayed: OwnLine<BlockStack>,
+    /// Our normal segments (linked through `Segment::next/prev`).
+    segments: *mut Segment,
+    state: u8,
+    /// What the segment map holds for our segments (see `segment::set_owner`): unique among
+    /// registered heaps, [`NO_TAG`] while unregistered or when all tags are taken.
+    tag: u16,
+    /// A node heap (shared, lock-protected, fixed node) rather than a thread's.
+    shared: bool,
+    /// A walk over a list of blocks that point into our pages is in progress (a drain of
+    /// `delayed`): the heap must keep every segment until it ends, so a home-node change
+    /// seen meanwhile waits (see `heap_tick`).
+    walking: bool,
+    node: u32,
+    tick: u32,
+    /// Blocks other threads freed back to us (collected or delayed) since we last took a new
+    /// segment: 0 means nobody is returning our memory, and a full segment of ours is better
+    /// off with whoever frees into it (see abandon_full).
+    returned: u32,
+    next_purge_ms: u64,
+    /// Each bin's allocation count at the last collection: a bin that allocated since keeps
+    /// its current page through the collection even when the page is empty.
+    allocs_at_collect: [u64; NBINS],
+    huge_cache: HugeCache,
+    /// This thread's counters.
+    pub stats: Stats,
+    reg_next: *mut Heap,
+    reg_prev: *mut Heap,
+}
+
+/// A value alone on its cache line.
+#[repr(C, align(64))]
+pub(super) struct OwnLine<T>(T);
+
+pub(super) struct SyncPage(Page);
+// SAFETY: EMPTY_PAGE is never written: its `free` is null, so every path that would write it
+// goes to the slow path first, which never touches it.
+unsafe impl Sync for SyncPage {}
+pub(super) static EMPTY_PAGE: SyncPage = SyncPage(Page::EMPTY);
+
+#[inline(always)]
+pub(super) fn empty_page() -> *mut Page {
+    &EMPTY_PAGE.0 as *const Page as *mut Page
+}
+
+impl Heap {
+    pub(super) const fn new() -> Heap {
+        Heap {
+            pages: [&EMPTY_PAGE.0 as *const Page as *mut Page; NBINS],
+            direct: [&EMPTY_PAGE.0 as *const Page as *mut Page; DIRECT_SLOTS],
+            tails: [ptr::null_mut(); NBINS],
+            delayed: OwnLine(BlockStack::new()),
+            segments: ptr::null_mut(),
+            state: UNINIT,
+            tag: NO_TAG,
+            shared: false,
+            walking: false,
+            node: 0,
+            tick: 0,
+            returned: 0,
+            next_purge_ms: 0,
+            allocs_at_collect: [0; NBINS],
+            huge_cache: HugeCache::new(),
+            stats: Stats::new(),
+            reg_next: ptr::null_mut(),
+            reg_prev: ptr::null_mut(),
+        }
+    }
+}
+
+/// A heap the calling thread may use as its own: the thread's registered (or registering, or
+/// leaving) heap, or a heap it holds exclusively — a node heap whose lock it holds, a heap
+/// being torn down. Obtained once at each entry point (`tls::own`, `node_alloc`, a drain's
+/// owner...), so that the functions inside take it safely: holding one is the proof that the
+/// heap's owner-only fields are ours to read and write.
+///
+/// It gives `&Heap`/`&mut Heap` for the length of one expression or statement: other threads
+/// only ever touch a heap's atomics (`delayed`, the counters) and, under the registry lock, its
+/// registry links and `node`, which its owner writes under that lock too. Never the unset heap
+/// of `tls` (read-only): the fast paths that may meet it keep a raw pointer.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(super) struct HeapRef(*mut Heap);
+
+impl HeapRef {
+    /// Wraps `h`.
+    ///
+    /// # Safety
+    /// `h` is the calling thread's own heap (from `tls::heap`, not the unset placeholder), or
+    /// a heap the calling thread holds exclusively for as long as the `HeapRef` is used (a
+    /// node heap whose lock it holds, a heap it is tearing down that no other thread uses).
+    #[inline(always)]
+    pub(super) unsafe fn new(h: *mut Heap) -> HeapRef {
+        HeapRef(h)
+    }
+
+    /// The heap's address.
+    #[inline(always)]
+    pub(super) fn as_ptr(self) -> *mut Heap {
+        self.0
+    }
+
+    /// The heap's address as an owner id (what segment headers and lists hold).
+    #[inline(always)]
+    pub(super) fn addr(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl Deref for HeapRef {
+    type Target = Heap;
+    #[inline(always)]
+    fn deref(&self) -> &Heap {
+        // SAFETY: the heap is ours to use (type invariant).
+        unsafe { &*self.0 }
+    }
+}
+
+impl DerefMut for HeapRef {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Heap {
+        // SAFETY: the heap is ours to use (type invariant); other threads touch only its
+        // atomics (see the type's comment).
+        unsafe { &mut *self.0 }
+    }
+}

@@ -1,0 +1,89 @@
+//! Node heaps: one shared heap per NUMA node, for explicit placement.
+//!
+//! Owns: `NODE_HEAPS` (each behind its own lock; a thread that holds the lock uses the heap
+//! as its own), `NODE_HEAPS_USED`, `node_alloc`, and their collection from other threads'
+//! ticks. Lock order: a node heap's lock before the registry's (see `fork`). May touch: the
+//! `Heap` type (`super`), `alloc` (the allocation itself), `registry` (a node heap's first
+//! use), `tick` (collections), `heap::segment`, `sync`.
+
+use super::alloc::alloc_generic_in;
+use super::registry::register;
+use super::tick::heap_collect;
+use super::{Heap, HeapRef, ACTIVE};
+use crate::heap::segment::MAX_NODES;
+use crate::sync::{AtomicU64, Ordering, SpinLock};
+use core::cell::UnsafeCell;
+use core::ptr;
+
+/// A heap per node, shared by every thread under a lock, for explicit placement
+/// (`Placed::node`). Its segments come from its node's pool and are bound to that node.
+pub(super) struct NodeHeap {
+    pub(super) lock: SpinLock,
+    pub(super) heap: UnsafeCell<Heap>,
+}
+// SAFETY: `heap` is only touched with `lock` held (remote frees touch only the atomics that
+// are meant for other threads: page `thread_free` words and the heap's `delayed` stack).
+unsafe impl Sync for NodeHeap {}
+#[allow(clippy::declare_interior_mutable_const)]
+pub(super) const NODE_HEAP: NodeHeap = NodeHeap {
+    lock: SpinLock::new(),
+    heap: UnsafeCell::new(Heap::new()),
+};
+pub(super) static NODE_HEAPS: [NodeHeap; MAX_NODES] = [NODE_HEAP; MAX_NODES];
+/// Bit `n` is set once node `n`'s heap has been set up (it never goes back to unused), so
+/// that a collection locks only the node heaps that were ever used: one shared load instead
+/// of a compare-and-swap on each of `MAX_NODES` lines that every thread's collections write.
+pub(super) static NODE_HEAPS_USED: AtomicU64 = AtomicU64::new(0);
+const _: () = assert!(MAX_NODES <= 64, "NODE_HEAPS_USED has a bit per node");
+
+/// Allocates `size` bytes at `align` whose every page is on `node` (bound strictly when
+/// binding is on). The block is freed by [`free`], from any thread. Null on failure or if
+/// `node` is out of range; the caller checks that the node exists and has memory.
+///
+/// # Safety
+/// `align` is a power of two.
+pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(nh) = NODE_HEAPS.get(node as usize) else {
+        return ptr::null_mut();
+    };
+    let _g = nh.lock.lock();
+    // SAFETY: we hold the node heap's lock, so it is ours for the duration.
+    let mut h = unsafe { HeapRef::new(nh.heap.get()) };
+    if h.state != ACTIVE {
+        h.shared = true;
+        register(h, node);
+        NODE_HEAPS_USED.fetch_or(1 << node, Ordering::Relaxed);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_generic_in(h, size, align, zero) }
+}
+
+/// Collects and purges every node heap that is free right now (try-lock: never waits).
+pub(super) fn collect_node_heaps(now: u64, delay: u64) {
+    let mut used = NODE_HEAPS_USED.load(Ordering::Relaxed);
+    while used != 0 {
+        let nh = &NODE_HEAPS[used.trailing_zeros() as usize];
+        used &= used - 1;
+        if let Some(_g) = nh.lock.try_lock() {
+            // SAFETY: we hold its lock, so it is ours for the duration.
+            let h = unsafe { HeapRef::new(nh.heap.get()) };
+            if h.state == ACTIVE {
+                heap_collect(h, now, delay);
+            }
+        }
+    }
+}
+
+/// Allocation for a thread whose heap is gone (see `DEAD`): from its node's shared heap.
+///
+/// # Safety
+/// `align` is a power of two.
+#[cold]
+pub(super) unsafe fn dead_alloc(h: HeapRef, size: usize, align: usize, zero: bool) -> *mut u8 {
+    // A node heap is ACTIVE and never gets here; a thread's (dead) heap is only read.
+    if h.shared {
+        return ptr::null_mut();
+    }
+    // SAFETY: forwarded contract.
+    unsafe { node_alloc(h.node, size, align, zero) }
+}

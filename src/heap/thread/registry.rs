@@ -1,0 +1,346 @@
+//! The registry of live heaps, heap tags, the pthread key whose destructor is the thread-exit
+//! hook, and a heap's life: init, register, tear-down, moving to another node.
+//!
+//! Owns: `REGISTRY` (the list of live heaps and the tag bitmap, under its lock), the pthread
+//! key, the heap states' transitions, and which node a heap draws from (`current_home`,
+//! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
+//! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
+//! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
+//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay).
+
+use super::bins::DIRECT_SLOTS;
+use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};
+use super::free::drain_delayed;
+use super::slices::{for_each_used_page, let_go, release_empty_page};
+use super::tls::own;
+use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
+use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
+use crate::heap::size_class::NBINS;
+use crate::init;
+use crate::sync::{Ordering, SpinLock};
+use crate::sys::os;
+use crate::topology::home;
+use core::cell::UnsafeCell;
+use core::ptr;
+
+// ---------------------------------------------------------------------------------------------
+// Registry of live heaps (for statistics) and the thread-exit hook.
+
+pub(super) struct Registry {
+    pub(super) lock: SpinLock,
+    pub(super) head: UnsafeCell<*mut Heap>,
+    /// Heap tags in use, one bit each; 0, `MAP_UNOWNED` and `NO_TAG` are never handed out.
+    pub(super) tags: UnsafeCell<[u64; TAG_WORDS]>,
+    /// The word of `tags` the next search starts at.
+    pub(super) tag_cursor: UnsafeCell<usize>,
+}
+// SAFETY: `head`, the heaps' reg links and the tag bitmap are only touched with `lock` held.
+unsafe impl Sync for Registry {}
+pub(super) const TAG_WORDS: usize = (NO_TAG as usize + 1) / 64;
+pub(super) static REGISTRY: Registry = Registry {
+    lock: SpinLock::new(),
+    head: UnsafeCell::new(ptr::null_mut()),
+    tags: UnsafeCell::new({
+        let mut t = [0u64; TAG_WORDS];
+        t[0] = (1 << FIRST_TAG) - 1;
+        t[TAG_WORDS - 1] = 1 << 63;
+        t
+    }),
+    tag_cursor: UnsafeCell::new(0),
+};
+
+/// A tag no registered heap has, or [`NO_TAG`] if all are taken.
+///
+/// # Safety
+/// The caller holds the registry lock.
+pub(super) unsafe fn take_tag() -> u16 {
+    // SAFETY: the registry lock guards the bitmap and the cursor (contract).
+    unsafe {
+        let tags = &mut *REGISTRY.tags.get();
+        let cursor = &mut *REGISTRY.tag_cursor.get();
+        for k in 0..TAG_WORDS {
+            let w = (*cursor + k) % TAG_WORDS;
+            if tags[w] != u64::MAX {
+                let bit = (!tags[w]).trailing_zeros() as usize;
+                tags[w] |= 1 << bit;
+                *cursor = w;
+                return (w * 64 + bit) as u16;
+            }
+        }
+    }
+    NO_TAG
+}
+
+/// Hands `tag` (from [`take_tag`]) back.
+///
+/// # Safety
+/// The caller holds the registry lock, and no segment map entry holds `tag` any more.
+pub(super) unsafe fn give_tag(tag: u16) {
+    if tag == NO_TAG {
+        return;
+    }
+    // SAFETY: the registry lock guards the bitmap (contract).
+    unsafe { (*REGISTRY.tags.get())[tag as usize / 64] &= !(1 << (tag % 64)) };
+}
+
+/// Calls `f(counters, node)` for every live heap, then `f(RETIRED, None)` for exited threads.
+pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
+    let _g = REGISTRY.lock.lock();
+    // SAFETY: we hold the registry lock, so listed heaps stay alive and linked; their counters
+    // are atomics, so reading them while their owners bump them is no data race. `node` only
+    // changes under this lock (see `retire_counters`).
+    unsafe {
+        let mut h = *REGISTRY.head.get();
+        while !h.is_null() {
+            f(&(*h).stats, Some((*h).node));
+            h = (*h).reg_next;
+        }
+    }
+    f(&RETIRED, None);
+}
+
+/// Folds a heap's counters into the retired totals and zeroes them. The caller holds the
+/// registry lock (readers of the totals and of `node` take it).
+pub(super) fn retire_counters(hp: &mut Heap) {
+    let node = (hp.node as usize).min(MAX_NODES - 1);
+    RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
+    hp.stats.merge_into(&RETIRED);
+    hp.stats.reset();
+}
+
+pub(super) static KEY_STATE: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+pub(super) static mut KEY: libc::pthread_key_t = 0;
+
+pub(super) fn thread_key() -> Option<libc::pthread_key_t> {
+    // 0: not made, 1: being made, 2: made, 3: failed.
+    loop {
+        match KEY_STATE.load(Ordering::Acquire) {
+            2 => {
+                // SAFETY: KEY was written before KEY_STATE became 2 (release/acquire).
+                return Some(unsafe { KEY });
+            }
+            3 => return None,
+            0 => {
+                if KEY_STATE
+                    .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    let mut k: libc::pthread_key_t = 0;
+                    // SAFETY: k is a valid out-pointer; the destructor is an extern "C" fn
+                    // that lives for the whole program.
+                    let r = unsafe { libc::pthread_key_create(&mut k, Some(thread_done)) };
+                    if r == 0 {
+                        // SAFETY: only the thread that won the CAS writes KEY, before
+                        // publishing it.
+                        unsafe { KEY = k };
+                        KEY_STATE.store(2, Ordering::Release);
+                    } else {
+                        KEY_STATE.store(3, Ordering::Release);
+                    }
+                }
+            }
+            _ => crate::sync::spin_hint(),
+        }
+    }
+}
+
+pub(super) extern "C" fn thread_done(arg: *mut libc::c_void) {
+    let h = arg as *mut Heap;
+    // SAFETY: the key's value is only ever set to the calling thread's own heap, and glibc runs
+    // key destructors on that thread before its TLS is released.
+    unsafe { heap_done(h) };
+}
+
+/// Makes `h` ready for use. Returns false if it cannot be (never, today; kept for OOM
+/// handling of future per-heap metadata).
+#[cold]
+pub(super) fn heap_init(h: HeapRef) -> bool {
+    if h.state == ACTIVE {
+        return true;
+    }
+    if h.state == LEAVING || h.state == DEAD {
+        return false;
+    }
+    register(h, current_home());
+    if let Some(k) = thread_key() {
+        // SAFETY: k is a key we made; the value is the calling thread's own heap (heap_init
+        // runs only on a thread's own heap: a node heap is registered by node_alloc).
+        unsafe { libc::pthread_setspecific(k, h.as_ptr() as *const libc::c_void) };
+    }
+    true
+}
+
+/// The node the calling thread runs on now, as an index of the per-node arrays.
+#[inline]
+pub(super) fn current_home() -> u32 {
+    (home::home_node() as usize).min(MAX_NODES - 1) as u32
+}
+
+/// Moves a thread's heap to the node the thread runs on now, if that changed (a node heap
+/// never moves): through [`rehome_when_safe`], so not during a drain's walk. Returns whether
+/// the home had changed.
+#[inline]
+pub(super) fn follow_home(h: HeapRef) -> bool {
+    if !h.shared {
+        let node = current_home();
+        if node != h.node {
+            rehome_when_safe(h, node);
+            return true;
+        }
+    }
+    false
+}
+
+/// Marks `h` active on `node` and lists it in the registry.
+pub(super) fn register(mut h: HeapRef, node: u32) {
+    init::init_once();
+    if h.state == ACTIVE {
+        // Registered already, by an allocation init_once made on this thread (in the
+        // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
+        // linking it again would make the registry a loop.
+        return;
+    }
+    // Mark active first: whatever the steps below allocate is served by this heap.
+    h.state = ACTIVE;
+    h.node = node;
+    h.next_purge_ms = os::now_ms() + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let _g = REGISTRY.lock.lock();
+    if h.tag == NO_TAG {
+        // SAFETY: we hold the registry lock.
+        h.tag = unsafe { take_tag() };
+    }
+    // SAFETY: the registry lock guards the list head and every listed heap's links.
+    unsafe {
+        let head = *REGISTRY.head.get();
+        h.reg_prev = ptr::null_mut();
+        h.reg_next = head;
+        if !head.is_null() {
+            (*head).reg_prev = h.as_ptr();
+        }
+        *REGISTRY.head.get() = h.as_ptr();
+    }
+}
+
+/// Hands everything of `h` back: called on thread exit (and by tests).
+///
+/// # Safety
+/// `h` is the calling thread's heap, and nothing of it is in use by this thread's code.
+pub unsafe fn heap_done(h: *mut Heap) {
+    // SAFETY: h is ours (contract).
+    let mut h = unsafe { HeapRef::new(h) };
+    if h.state != ACTIVE {
+        return;
+    }
+    h.state = LEAVING;
+    // SAFETY: nothing of h is in use (contract), so no walk over its blocks is in progress.
+    unsafe { release_all(h) };
+    // Counters, registry, tag (release_all rewrote the map entries that held it).
+    {
+        let _g = REGISTRY.lock.lock();
+        retire_counters(&mut h);
+        // SAFETY: we hold the registry lock, and no map entry holds our tag any more.
+        unsafe { give_tag(h.tag) };
+        h.tag = NO_TAG;
+        // SAFETY: the registry lock guards the list head and every listed heap's links.
+        unsafe {
+            if h.reg_prev.is_null() {
+                *REGISTRY.head.get() = h.reg_next;
+            } else {
+                (*h.reg_prev).reg_next = h.reg_next;
+            }
+            if !h.reg_next.is_null() {
+                (*h.reg_next).reg_prev = h.reg_prev;
+            }
+        }
+        h.reg_next = ptr::null_mut();
+        h.reg_prev = ptr::null_mut();
+    }
+    h.state = DEAD;
+}
+
+/// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
+/// abandoned list of their node. Leaves `h` with no pages (its state is the caller's).
+///
+/// # Safety
+/// `h` is in state LEAVING or ACTIVE, the caller uses no page or block of its queues after
+/// this, and no walk over blocks of its pages is in progress (`walking` is false): every
+/// page it had may belong to another thread when this returns.
+pub(super) unsafe fn release_all(mut h: HeapRef) {
+    // SAFETY: the segments on h's list are h's; the steps follow the module's exit invariant.
+    unsafe {
+        // 1. No more delayed frees onto us: wait out any in flight.
+        let mut seg = h.segments;
+        while !seg.is_null() {
+            for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
+            seg = (*seg).next;
+        }
+        // 2. Take in what was delayed; it is all ours.
+        drain_delayed(h);
+        // 3. Collect remote frees and give back empty pages.
+        let now = os::now_ms();
+        let mut seg = h.segments;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            for_each_used_page(seg, |p| {
+                (*p).collect();
+                if (*p).used == 0 {
+                    release_empty_page(h, p, now, 0);
+                }
+            });
+            // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.
+            // Nothing is purged here: a thread that exits should not pay for system calls
+            // (each madvise of a multi-threaded process is a TLB shootdown on every CPU), and
+            // a short-lived thread's memory is usually reused by the next one at once. The
+            // pool unmaps what nobody took after the delay; an abandoned segment's free slices
+            // are purged by the thread that adopts it or tends it (heap_collect).
+            let_go(seg, now);
+            seg = next;
+        }
+    }
+    h.segments = ptr::null_mut();
+    // 5. Huge spans we kept.
+    h.huge_cache.clear();
+    h.pages = [empty_page(); NBINS];
+    h.direct = [empty_page(); DIRECT_SLOTS];
+    h.tails = [ptr::null_mut(); NBINS];
+}
+
+/// Moves the calling thread's heap to `node`: it lets go of its segments (they are adopted by
+/// heaps of their own node, or by this one if it comes back) and draws from `node`'s pool from
+/// the next allocation on.
+///
+/// # Safety
+/// `h` is active, and as for [`release_all`]: the caller (a slow path) uses no page of it
+/// after this, and no walk over blocks of its pages is in progress.
+#[cold]
+pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
+    h.state = LEAVING;
+    // SAFETY: forwarded contract.
+    unsafe { release_all(h) };
+    let _g = REGISTRY.lock.lock();
+    retire_counters(&mut h);
+    h.node = node;
+    h.state = ACTIVE;
+}
+
+/// The node the calling thread's heap draws from (for `heap::probe`).
+pub(crate) fn heap_node() -> u32 {
+    // `node` is written only by this thread (and read under the registry lock by others).
+    own().node
+}
+
+/// [`rehome`] from a tick, unless the tick is one of a drain's frees: moving then would
+/// abandon the pages the rest of the drained list points into, and the walk would go on
+/// freeing into pages another thread may adopt. The tick is then left one short, so the
+/// next tick (after the walk) looks again. Ticks and collections run from slow paths that
+/// use no page of the heap after them.
+#[cold]
+pub(super) fn rehome_when_safe(mut h: HeapRef, node: u32) {
+    if h.walking {
+        h.tick = h.tick.wrapping_sub(1);
+        return;
+    }
+    // SAFETY: no walk is in progress (just checked), h is active (ticks and collections
+    // look only at active heaps), and the caller uses no page of h after this.
+    unsafe { rehome(h, node) }
+}

@@ -1,0 +1,372 @@
+//! A heap's segments: taking slices for a new page, abandoning, adopting and releasing
+//! segments.
+//!
+//! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
+//! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
+//! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
+//! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
+//! changes of adopted pages), `counters`, `free` (the drain, large-page release),
+//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! spill call in `take_slices`).
+
+use super::bins::unfull;
+use super::counters::bump;
+use super::free::{drain_delayed, free_large_page};
+use super::{HeapRef, ACTIVE};
+use crate::heap::remote::{NORMAL, USE_DELAYED};
+use crate::heap::segment::{
+    list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
+    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
+};
+use crate::init;
+use crate::sync::Ordering;
+use crate::sys::os;
+use core::ptr;
+
+/// Runs `f` on every page in use in `seg` (owner only).
+///
+/// # Safety
+/// The caller owns `seg` (or holds it off every list).
+pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mut Page)) {
+    // SAFETY: the caller owns seg; descriptors of pages in use are valid.
+    unsafe {
+        let mut i = 0;
+        while i < SLICES {
+            if (*seg).free_slices & (1u64 << i) != 0 {
+                i += 1;
+                continue;
+            }
+            let p = (*seg).pages.as_mut_ptr().add(i);
+            let n = ((*p).slice_count as usize).max(1);
+            f(p);
+            i += n;
+        }
+    }
+}
+
+/// Books every free resident slice of `seg` for purging, one purge delay from `now`: for a
+/// segment that changes hands (abandoned, adopted, taken from the pool) with such slices.
+///
+/// # Safety
+/// The caller owns `seg` (or has just taken it off a list).
+pub(super) unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    // SAFETY: exclusive access per the contract.
+    unsafe { Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay) }
+}
+
+/// Purges a segment that holds nothing and puts it in its node's pool.
+///
+/// # Safety
+/// The caller owns `seg`, which is on no list and has no page in use.
+pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
+    // SAFETY: the caller owned seg and it has no page in use.
+    unsafe {
+        Segment::purge_free(seg);
+        release_segment_dirty(seg, now);
+    }
+}
+
+/// Puts a segment that holds nothing in its node's pool as it is, resident slices and all:
+/// the next thread that needs a segment reuses them without faults, and the pool unmaps it
+/// if nobody has taken it within the purge delay.
+///
+/// # Safety
+/// As for [`release_segment`].
+pub(super) unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
+    // SAFETY: the caller owned seg and it has no page in use.
+    unsafe {
+        set_owner(seg, 0, NO_TAG);
+        (*seg).purge_at = now + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let node = ((*seg).node as usize).min(MAX_NODES - 1);
+        POOLS[node].push(seg);
+    }
+}
+
+/// Lets go of a segment its owner keeps no more (thread exit, a dead heap's in a fork child):
+/// as it is to its node's pool if nothing in it is live, else onto its node's abandoned list
+/// for others to adopt. Its list links are cleared first.
+///
+/// # Safety
+/// The caller owns `seg` or acts for its dead owner, has taken it off its owner's list, and
+/// no thread can start a delayed free on its pages any more (`NEVER_DELAYED`).
+pub(super) unsafe fn let_go(seg: *mut Segment, now: u64) {
+    // SAFETY: exclusive use per the contract.
+    unsafe {
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+        if (*seg).used_pages == 0 {
+            release_segment_dirty(seg, now);
+        } else {
+            book_free_slices(seg, now);
+            PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+            ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
+        }
+    }
+}
+
+/// `n` slices from one of our segments, adopting or mapping a segment if none has room.
+///
+/// # Safety
+/// As for [`abandon_full`], which this may call: no page of `h` in use by the caller, no walk
+/// over blocks of its pages in progress.
+pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut Page {
+    // SAFETY: all segments on our list are ours; the rest per the contract.
+    unsafe {
+        // Resident free slices of any of our segments first, then any free slices: new memory
+        // is touched only when no segment has a resident run that fits.
+        for dirty_only in [true, false] {
+            let mut seg = h.segments;
+            while !seg.is_null() {
+                let p = Segment::take_slices_from(seg, n, allow_slice0, dirty_only);
+                if !p.is_null() {
+                    return p;
+                }
+                seg = (*seg).next;
+            }
+        }
+        // Adopt abandoned segments of our node first: their free slices and live pages are
+        // reused.
+        let node = h.node as usize;
+        while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED[node].pop(h.addr(), h.tag);
+            if seg.is_null() {
+                break;
+            }
+            adopt_segment(h, seg);
+            let p = Segment::take_slices(seg, n, allow_slice0);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        // About to take a new segment: first give up those of ours that are (nearly) full,
+        // unless other threads have been freeing our blocks back to us since the last one
+        // (a producer whose consumers return its messages keeps its segments).
+        if h.returned == 0 {
+            abandon_full(h);
+        }
+        h.returned = 0;
+        // A tier budget may send the new segment to another node (spill).
+        let node = if crate::heap::route::ACTIVE.load(Ordering::Relaxed) && !h.shared {
+            (crate::heap::route::segment_node(node as u32) as usize).min(MAX_NODES - 1)
+        } else {
+            node
+        };
+        let mut seg = POOLS[node].pop(h.addr(), h.tag);
+        if seg.is_null() {
+            seg = Segment::map_normal(node as u32, true);
+            if seg.is_null() {
+                return ptr::null_mut();
+            }
+            set_owner(seg, h.addr(), h.tag);
+        }
+        // A pooled segment may come with resident free slices: they are due for purging like
+        // any others.
+        (*seg).purge_at = 0;
+        book_free_slices(seg, os::now_ms());
+        link_segment(h, seg);
+        Segment::take_slices(seg, n, allow_slice0)
+    }
+}
+
+/// Whether a page can give out no block without a free coming back first: nothing free,
+/// nothing left to carve, no remote free waiting to be collected (a large page always: its
+/// one block is out). A page that other threads are freeing into is not exhausted: its owner
+/// is about to reuse those blocks (a producer whose consumers free its messages).
+///
+/// # Safety
+/// `p` is the descriptor of a page in use in a segment the caller owns.
+#[inline]
+pub(super) unsafe fn page_exhausted(p: *const Page) -> bool {
+    // SAFETY: p is a descriptor of a page in use in one of our segments.
+    unsafe {
+        (*p).kind == PageKind::Large as u8
+            || ((*p).free.is_null()
+                && (*p).local_free.is_null()
+                && (*p).capacity == (*p).reserved
+                && !(*p).thread_free.has_blocks())
+    }
+}
+
+/// Whether `seg` (ours) has no free slice and at most a quarter of its pages can still give
+/// out a block.
+///
+/// # Safety
+/// The caller owns `seg`.
+pub(super) unsafe fn segment_nearly_full(seg: *mut Segment) -> bool {
+    // SAFETY: seg is ours (caller).
+    unsafe {
+        if (*seg).free_slices != 0 {
+            return false;
+        }
+        let (mut pages, mut open) = (0u32, 0u32);
+        for_each_used_page(seg, |p| {
+            pages += 1;
+            open += !page_exhausted(p) as u32;
+        });
+        open * 4 <= pages
+    }
+}
+
+/// Gives up our (nearly) full segments when we are about to take a new one. Such a segment
+/// is of little use to us until its blocks are freed, and whoever frees into it first takes
+/// it over (claim on free) and allocates from what it freed. This is what lets memory one
+/// thread filled be reused by others while that thread lives: a thread that builds a data
+/// set and hands it to workers (then waits for them) would otherwise keep every block they
+/// free, uncollected, until its own next slow path. If we free into it ourselves, we take it
+/// back the same way. These segments go to a list of their own, which `take_slices` does not
+/// search, so a thread that only grows does not adopt them back again and again.
+///
+/// # Safety
+/// `h` is in a slow path that uses no page of it afterwards, and no walk over blocks of its
+/// pages is in progress (the segments given up may be adopted by another thread at once).
+pub(super) unsafe fn abandon_full(h: HeapRef) {
+    // SAFETY: every segment looked at is on our list; the rest per the contract.
+    unsafe {
+        if h.shared || h.state != ACTIVE {
+            return;
+        }
+        // Each pass abandons one segment (or finds none): the list may change under a drain.
+        for _ in 0..64 {
+            let mut seg = h.segments;
+            while !seg.is_null() && !segment_nearly_full(seg) {
+                seg = (*seg).next;
+            }
+            if seg.is_null() {
+                return;
+            }
+            abandon_segment(h, seg);
+        }
+    }
+}
+
+/// Abandons one (nearly) full segment of ours, the way thread exit abandons all of them.
+///
+/// # Safety
+/// `seg` is on `h`'s list, and as for [`abandon_full`].
+pub(super) unsafe fn abandon_segment(mut h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is ours; the steps are release_all's, for one segment.
+    unsafe {
+        // 1. No more delayed frees for its pages (waits out one in flight), then take in
+        //    those already delayed, while the pages are still ours.
+        for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
+        drain_delayed(h);
+        // Draining can give pages back and even release segments: go on only if seg is still
+        // on our list.
+        let mut s = h.segments;
+        while !s.is_null() && s != seg {
+            s = (*s).next;
+        }
+        if s.is_null() {
+            return;
+        }
+        // 2. Out of our queues (the pages that could still give out a block go with it) and
+        //    off our list, onto the full abandoned list.
+        for_each_used_page(seg, |p| {
+            if (*p).kind == PageKind::Bin as u8 && (*p).flags & PAGE_IN_FULL == 0 {
+                h.queue_remove((*p).bin as usize, p);
+            }
+        });
+        unlink_segment(h, seg);
+        book_free_slices(seg, os::now_ms());
+        PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+        ABANDONED_FULL[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
+    }
+}
+
+/// Puts `seg` on `h`'s segment list.
+///
+/// # Safety
+/// `h` owns `seg`, which is on no list.
+pub(super) unsafe fn link_segment(mut h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is ours and on no list; our segment list is ours alone.
+    unsafe { list_push_front(core::ptr::addr_of_mut!(h.segments), seg) }
+}
+
+/// Takes `seg` off `h`'s segment list.
+///
+/// # Safety
+/// `seg` is on `h`'s list.
+pub(super) unsafe fn unlink_segment(mut h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is on our list, which is ours alone.
+    unsafe { list_unlink(core::ptr::addr_of_mut!(h.segments), seg) }
+}
+
+/// Takes over an abandoned segment whose owner we just became.
+///
+/// # Safety
+/// `h` has just become `seg`'s owner (claimed it, or popped it off an abandoned list for
+/// `h`), and `seg` is on no list.
+pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
+    // SAFETY: we own seg now (its owner field holds our address); its pages are NEVER_DELAYED,
+    // so no thread is in a delayed free on them.
+    unsafe {
+        link_segment(h, seg);
+        (*seg).purge_at = 0;
+        let now = os::now_ms();
+        let mut adopted = 0usize;
+        for_each_used_page(seg, |p| {
+            adopted += 1;
+            (*p).thread_free.force_state(NORMAL);
+            (*p).flags = 0;
+            (*p).next = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+            (*p).collect();
+            if (*p).used == 0 {
+                release_empty_page(h, p, now, init::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                return;
+            }
+            if (*p).kind == PageKind::Large as u8 {
+                (*p).flags = PAGE_IN_FULL;
+                (*p).thread_free.try_set_state(USE_DELAYED, false);
+                if (*p).thread_free.has_blocks() {
+                    (*p).collect();
+                    if (*p).used == 0 {
+                        free_large_page(h, p);
+                    }
+                }
+            } else if (*p).has_room() {
+                h.queue_push_back((*p).bin as usize, p);
+            } else {
+                (*p).flags = PAGE_IN_FULL;
+                (*p).thread_free.try_set_state(USE_DELAYED, false);
+                if (*p).thread_free.has_blocks() {
+                    (*p).collect();
+                    if (*p).has_free() {
+                        unfull(h, p);
+                    }
+                }
+            }
+        });
+        PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
+        // Free slices it came with are due for purging like any others.
+        book_free_slices(seg, now);
+    }
+}
+
+/// Gives back a page found empty outside the free path (thread exit, adoption), keeping the
+/// large-object byte counters right.
+///
+/// # Safety
+/// `p` is a page of a segment `h` owns, with no live block, in no queue.
+pub(super) unsafe fn release_empty_page(h: HeapRef, p: *mut Page, now: u64, delay: u64) {
+    // SAFETY: p is one of our pages with no live block.
+    unsafe {
+        if (*p).kind == PageKind::Large as u8 {
+            bump(&h.stats.large_free_bytes, (*p).block_size as u64);
+        }
+        (*p).flags = 0;
+        Segment::free_page(p, now, delay);
+    }
+}
+
+/// Segments in the node pools and abandoned right now (for statistics).
+pub fn segment_counts() -> (usize, usize, usize) {
+    let pooled = POOLS.iter().map(|p| p.count.load(Ordering::Relaxed)).sum();
+    let abandoned = ABANDONED
+        .iter()
+        .chain(ABANDONED_FULL.iter())
+        .map(|p| p.count.load(Ordering::Relaxed))
+        .sum();
+    (SEGMENTS.load(Ordering::Relaxed), pooled, abandoned)
+}

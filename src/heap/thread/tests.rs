@@ -1,0 +1,396 @@
+//! Tests of the thread heap's internals: the huge cache's fit, page retirement by
+//! collections, node heaps, descriptors, tags, the segment map's owner entries, and the
+//! parking of exhausted pages. May touch everything of `heap::thread` (a child module).
+
+use super::alloc::{alloc_bin, alloc_generic, FEW_BLOCKS};
+use super::free::{free, free_c};
+use super::large::{alloc_huge, resize_in_place};
+use super::node::{node_alloc, NODE_HEAPS, NODE_HEAPS_USED};
+use super::registry::{give_tag, heap_done, take_tag, REGISTRY};
+use super::tick::{collect_now, heap_collect};
+use super::tls::{heap, own};
+use super::{empty_page, HeapRef};
+use crate::heap::huge;
+use crate::heap::segment::{
+    map_tag, page_of, page_of_remote, segment_of, set_owner, Page, FIRST_TAG, NO_TAG, PAGE_IN_FULL,
+    SLICE_SIZE,
+};
+use crate::heap::size_class::bin_of;
+use crate::sync::Ordering;
+use crate::sys::os;
+use core::ptr;
+
+/// A cached huge mapping more than `CACHE_FIT_SHIFT` times bigger than a request is not
+/// taken by the "nothing big enough, enlarge the biggest" fallback: that fallback only
+/// grows. It took it before (found by the `tieralloc` fuzz target: `map_size - old_map`
+/// underflowed, a panic in the allocator under debug assertions, and the cached mapping
+/// was shrunk under the request).
+#[test]
+fn a_far_too_big_cached_mapping_is_not_shrunk_for_a_small_huge_request() {
+    std::thread::spawn(|| {
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            let h = own();
+            let big = alloc_huge(h, 7 << 20, 16, false);
+            assert!(!big.is_null());
+            free(big);
+            let cached = |h: HeapRef| h.huge_cache.largest();
+            let before = cached(h).expect("a freed 7 MiB block is cached");
+            assert!(before >= 7 << 20);
+            // A 1-byte block aligned to 128 KiB takes the huge path with a small mapping.
+            let (_, need) = huge::layout_for(1, 128 << 10).expect("a huge layout");
+            assert!(
+                need << huge::CACHE_FIT_SHIFT < before,
+                "request not small enough"
+            );
+            let small = alloc_huge(h, 1, 128 << 10, false);
+            assert!(!small.is_null());
+            assert_eq!(small as usize % (128 << 10), 0);
+            assert_eq!(cached(h), Some(before), "the big cached mapping was taken");
+            free(small);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A class that allocated since the last collection keeps its empty current page through
+/// the next one; a collection after a quiet interval gives it back.
+#[test]
+fn an_empty_current_page_stays_while_its_class_allocates() {
+    std::thread::spawn(|| {
+        let bin = bin_of(3000);
+        // SAFETY: this thread's heap, used only by this thread; the block is freed once.
+        unsafe {
+            let p = alloc_bin(bin);
+            assert!(!p.is_null());
+            free(p);
+            let h = heap();
+            let page = (*h).pages[bin];
+            assert_ne!(page, empty_page());
+            assert_eq!((*page).used, 0);
+            heap_collect(HeapRef::new(h), os::now_ms(), 100);
+            assert_eq!((*h).pages[bin], page, "page of an active class given back");
+            heap_collect(HeapRef::new(h), os::now_ms(), 100);
+            assert_eq!((*h).pages[bin], empty_page(), "page of a quiet class kept");
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A node heap that was used is marked so, and a collection run by any thread reaches it:
+/// a block freed into it from here is taken back into its page by our collection.
+#[test]
+fn collections_reach_the_node_heaps_that_were_used() {
+    std::thread::spawn(|| {
+        // SAFETY: blocks from node_alloc, each freed once; b stays live until the end, so
+        // the page of a and b stays in use and its descriptor valid; the node heap's page
+        // is read only under its lock.
+        unsafe {
+            let b = node_alloc(0, 1000, 16, false);
+            let mut a = node_alloc(0, 1000, 16, false);
+            assert!(!a.is_null() && !b.is_null());
+            assert_ne!(NODE_HEAPS_USED.load(Ordering::Relaxed) & 1, 0);
+            // b may have been the last block of its page: then a and a second block
+            // share the next one.
+            let (b, spare) = if page_of(segment_of(a), a) == page_of(segment_of(b), b) {
+                (b, ptr::null_mut())
+            } else {
+                let next = a;
+                a = node_alloc(0, 1000, 16, false);
+                assert!(!a.is_null());
+                (next, b)
+            };
+            let page = page_of(segment_of(a), a);
+            assert_eq!(
+                page,
+                page_of(segment_of(b), b),
+                "a fresh page held one block"
+            );
+            let used = {
+                let _g = NODE_HEAPS[0].lock.lock();
+                (*page).used
+            };
+            free(a); // a remote free: the node heap owns the page
+            collect_now();
+            let _g = NODE_HEAPS[0].lock.lock();
+            assert_eq!((*page).used, used - 1, "the node heap was not collected");
+            drop(_g);
+            free(b);
+            if !spare.is_null() {
+                free(spare);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Every slice of a page in use leads to the same page and bin from the owner's line of
+/// its descriptor and from the remote line: small, medium and large pages, slices given
+/// back when a large object shrinks in place and taken when it grows.
+#[test]
+fn both_lines_of_a_descriptor_agree() {
+    std::thread::spawn(|| {
+        let check = |p: *mut u8, len: usize| {
+            let seg = segment_of(p);
+            // SAFETY: p is a live block of ours of at least len bytes.
+            unsafe {
+                for off in (0..len).step_by(SLICE_SIZE / 2).chain([len - 1]) {
+                    let q = p.add(off);
+                    let page = page_of(seg, q);
+                    assert_eq!(page, page_of_remote(seg, q), "offset {off} of {len}");
+                    assert_eq!((*page).bin, (*page).remote_bin);
+                }
+            }
+        };
+        let sizes = [16, 100, 3000, 20_000, 60_000, 100_000, 700_000, 1_500_000];
+        // SAFETY: blocks of this thread's heap, each freed once.
+        unsafe {
+            let mut live = vec![];
+            for &n in &sizes {
+                for _ in 0..3 {
+                    let p = alloc_generic(n, 16, false);
+                    assert!(!p.is_null());
+                    check(p, n);
+                    live.push((p, n));
+                }
+            }
+            // A large object shrinks in place, then grows in place again.
+            let (p, n) = live[live.len() - 1];
+            assert!(resize_in_place(p, n / 3));
+            check(p, n / 3);
+            if resize_in_place(p, n) {
+                check(p, n);
+            }
+            for (p, _) in live {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// The tag tests change what tags are left; they run one at a time.
+static TAG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Tags are handed out once each, never 0, `MAP_UNOWNED` or `NO_TAG`; when none is left
+/// the answer is `NO_TAG`; given back, they are handed out again.
+#[test]
+fn heap_tags_are_unique_until_they_run_out() {
+    let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let take = || {
+        let _g = REGISTRY.lock.lock();
+        // SAFETY: we hold the registry lock.
+        unsafe { take_tag() }
+    };
+    let mut taken = vec![];
+    loop {
+        let t = take();
+        if t == NO_TAG {
+            break;
+        }
+        taken.push(t);
+    }
+    // Heaps of other tests' threads hold a few.
+    assert!(taken.len() > 65_000, "only {} tags", taken.len());
+    let mut sorted = taken.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), taken.len(), "a tag handed out twice");
+    assert!(sorted[0] >= FIRST_TAG && sorted[sorted.len() - 1] < NO_TAG);
+    {
+        let _g = REGISTRY.lock.lock();
+        for &t in &taken {
+            // SAFETY: we hold the registry lock; these tags are in no map entry.
+            unsafe { give_tag(t) };
+        }
+    }
+    let again = take();
+    assert_ne!(again, NO_TAG);
+    let _g = REGISTRY.lock.lock();
+    // SAFETY: as above.
+    unsafe { give_tag(again) };
+}
+
+/// A heap's segments carry its tag in the segment map while it owns them; when it lets
+/// go (thread exit) the entry no longer names it, and the block is still known as ours.
+/// Memory that is not ours maps to 0, and C's free ignores it.
+#[test]
+fn the_segment_map_names_the_owner_while_it_owns() {
+    let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::spawn(|| {
+        // SAFETY: this thread's heap; heap_done runs with no block of it in use by us
+        // but p, which stays live across it and is freed once, after.
+        unsafe {
+            let p = alloc_bin(bin_of(64));
+            let h = heap();
+            let tag = (*h).tag;
+            assert!((FIRST_TAG..NO_TAG).contains(&tag));
+            assert_eq!(map_tag(p), tag);
+            let seg = segment_of(p);
+            heap_done(h);
+            assert_eq!((*h).tag, NO_TAG);
+            assert_ne!((*seg).owner.load(Ordering::Relaxed), h as usize);
+            assert_ne!(map_tag(p), 0, "a live block's segment left the map");
+            free_c(p);
+        }
+    })
+    .join()
+    .unwrap();
+    let local = 7u64;
+    let boxed = Box::new(7u64);
+    assert_eq!(map_tag(&local as *const u64 as *const u8), 0);
+    assert_eq!(map_tag(&*boxed as *const u64 as *const u8), 0);
+    assert_eq!(map_tag(usize::MAX as *const u8), 0);
+    // SAFETY: null and memory outside every tieralloc segment, which free_c ignores.
+    unsafe {
+        free_c(ptr::null_mut());
+        free_c(&*boxed as *const u64 as *mut u8);
+    }
+    assert_eq!(*boxed, 7);
+}
+
+/// A heap with no tag (all were taken when it started) still frees its own blocks through
+/// C's free as local frees: each counted once, as a free of its class, none as remote;
+/// and the blocks come back to it.
+#[test]
+fn a_heap_without_a_tag_frees_its_own_blocks_locally() {
+    let _t = TAG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::spawn(|| {
+        // SAFETY: this thread's heap and blocks, each freed once; set_owner on segments
+        // we own, as taking them with no tag would have done.
+        unsafe {
+            let bin = bin_of(48);
+            let first = alloc_bin(bin);
+            let h = heap();
+            // Become a heap that got no tag.
+            {
+                let _g = REGISTRY.lock.lock();
+                let mut seg = (*h).segments;
+                while !seg.is_null() {
+                    set_owner(seg, h as usize, NO_TAG);
+                    seg = (*seg).next;
+                }
+                give_tag((*h).tag);
+                (*h).tag = NO_TAG;
+            }
+            assert_eq!(map_tag(first), crate::heap::segment::MAP_UNOWNED);
+            let frees = (*h).stats.frees[bin].load(Ordering::Relaxed);
+            let remote = (*h).stats.remote_frees.load(Ordering::Relaxed);
+            let blocks: Vec<*mut u8> = (0..1000).map(|_| alloc_bin(bin)).collect();
+            assert!(blocks.iter().all(|p| !p.is_null()));
+            free_c(first);
+            for &p in &blocks {
+                free_c(p);
+            }
+            assert_eq!((*h).stats.frees[bin].load(Ordering::Relaxed), frees + 1001);
+            assert_eq!((*h).stats.remote_frees.load(Ordering::Relaxed), remote);
+            // Freed locally: no page of the class has a block out (a remote free would
+            // leave them counted as used until collected).
+            let mut page = (*h).pages[bin];
+            assert_ne!(page, empty_page());
+            while !page.is_null() {
+                assert_eq!((*page).used, 0);
+                assert!(!(*page).thread_free.has_blocks());
+                page = (*page).next;
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Which exhausted pages a queue walk parks as full: one its owner's frees (or nobody's)
+/// refilled last is parked at once; one that other threads' frees refilled last stays in
+/// the queue, and so does a page of few (big) blocks.
+#[test]
+fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
+    /// Allocates blocks of `bin` from `page`, the current page, until it has nothing left
+    /// to hand out (the next allocation takes the slow path).
+    ///
+    /// # Safety
+    /// `page` is the current page of `bin` in this thread's heap.
+    unsafe fn exhaust(bin: usize, page: *mut Page, out: &mut Vec<usize>) {
+        // SAFETY: the page is ours (contract); its owner reads its fields.
+        unsafe {
+            while !((*page).free.is_null()
+                && (*page).local_free.is_null()
+                && (*page).capacity == (*page).reserved)
+            {
+                let p = alloc_bin(bin);
+                assert_eq!(page_of(segment_of(p), p), page);
+                out.push(p as usize);
+            }
+        }
+    }
+    std::thread::spawn(|| {
+        // SAFETY: this thread's heap; every block is freed once, by one thread.
+        unsafe {
+            let parked = |page: *mut Page| (*page).flags & PAGE_IN_FULL != 0;
+            let page_of_addr = |p: usize| page_of(segment_of(p as *const u8), p as *const u8);
+            let mut live = vec![];
+            // A page nobody refilled, of many blocks: parked when it runs out.
+            let bin = bin_of(64);
+            let first = alloc_bin(bin);
+            live.push(first as usize);
+            let a = page_of_addr(first as usize);
+            assert!((*a).reserved >= FEW_BLOCKS);
+            exhaust(bin, a, &mut live);
+            live.push(alloc_bin(bin) as usize);
+            let b = page_of_addr(*live.last().unwrap());
+            assert_ne!(b, a);
+            assert!(
+                parked(a),
+                "an exhausted page its owner refills stayed in the queue"
+            );
+            // A page that other threads' frees refilled: stays in the queue.
+            exhaust(bin, b, &mut live);
+            let of_b: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|&p| page_of_addr(p) == b)
+                .take(2)
+                .collect();
+            live.retain(|p| !of_b.contains(p));
+            std::thread::spawn(move || {
+                // Live blocks handed to this thread, freed once (the outer SAFETY).
+                for p in of_b {
+                    free(p as *mut u8);
+                }
+            })
+            .join()
+            .unwrap();
+            for _ in 0..2 {
+                let p = alloc_bin(bin);
+                assert_eq!(
+                    page_of_addr(p as usize),
+                    b,
+                    "the remote frees were not reused"
+                );
+                live.push(p as usize);
+            }
+            assert!((*b).remote_fed);
+            live.push(alloc_bin(bin) as usize);
+            assert_ne!(page_of_addr(*live.last().unwrap()), b);
+            assert!(!parked(b), "an exhausted remote-fed page was parked");
+            // A page of few blocks: stays in the queue.
+            let big = bin_of(8000);
+            let first = alloc_bin(big);
+            live.push(first as usize);
+            let f = page_of_addr(first as usize);
+            assert!((*f).reserved < FEW_BLOCKS);
+            exhaust(big, f, &mut live);
+            live.push(alloc_bin(big) as usize);
+            assert_ne!(page_of_addr(*live.last().unwrap()), f);
+            assert!(!parked(f), "an exhausted page of few blocks was parked");
+            for p in live {
+                free(p as *mut u8);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}

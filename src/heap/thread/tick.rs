@@ -1,0 +1,160 @@
+//! Ticks and collections: the heartbeat of the slow paths that gives memory back.
+//!
+//! Owns: `heap_tick` (every slow path; every 16th looks where the thread runs and whether a
+//! collection is due), `heap_collect` (remote frees, empty pages, purging, the huge cache's
+//! expiry, the pool, the node heaps, tending abandoned segments), and `collect_now`. May
+//! touch: the `Heap` fields (`super`), `free` (the drain, page retirement), `node`,
+//! `registry` (following the thread's home node), `slices`, `tls`, `heap::{segment,
+//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `init` (the purge delay).
+
+use super::free::{drain_delayed, retire_page};
+use super::node::collect_node_heaps;
+use super::registry::follow_home;
+use super::slices::{
+    for_each_used_page, release_empty_page, release_segment, segment_nearly_full, unlink_segment,
+};
+use super::tls::own;
+use super::{empty_page, HeapRef, ACTIVE};
+use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
+use crate::heap::size_class::NBINS;
+use crate::init;
+use crate::sync::Ordering;
+use crate::sys::os;
+
+/// One slow path's tick: every 16th follows the thread's home node and, when due, collects.
+#[inline]
+pub(super) fn heap_tick(mut h: HeapRef) {
+    h.tick = h.tick.wrapping_add(1);
+    if h.tick & 15 != 0 || h.state != ACTIVE {
+        return;
+    }
+    // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
+    // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
+    // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
+    if follow_home(h) {
+        return;
+    }
+    let now = os::now_ms();
+    if now < h.next_purge_ms {
+        return;
+    }
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    h.next_purge_ms = now + (delay / 4).max(1);
+    heap_collect(h, now, delay);
+}
+
+/// Collects remote frees, retires empty pages, purges what has waited long enough, adopts
+/// stranded segments. Cost: one pass over our pages; runs at most every delay/4 ms.
+#[cold]
+pub(super) fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
+    drain_delayed(h);
+    // SAFETY: the pages in h's queues and the segments on its list are h's, so ours.
+    unsafe {
+        let counts = h.stats.alloc_counts();
+        for (bin, &allocs) in counts.iter().enumerate().take(NBINS) {
+            let active = allocs != h.allocs_at_collect[bin];
+            h.allocs_at_collect[bin] = allocs;
+            let mut page = h.pages[bin];
+            while !page.is_null() && page != empty_page() {
+                let next = (*page).next;
+                if (*page).thread_free.has_blocks() {
+                    let back = (*page).collect();
+                    h.returned = h.returned.saturating_add(back);
+                }
+                // Empty pages go back to their segment; the current one too if its class has
+                // not allocated since the last collection (it no longer pins its page's
+                // memory). A class that is in use keeps it: giving it back would cost a new page
+                // on its next allocation, placed wherever a resident run fits, while the old
+                // page's slice waits out the purge delay, resident and idle; done every
+                // collection to every sparsely used class, that churn is what RSS grows by.
+                if (*page).used == 0 && (page != h.pages[bin] || !active || delay == 0) {
+                    h.queue_remove(bin, page);
+                    retire_page(page);
+                }
+                page = next;
+            }
+        }
+        let mut seg = h.segments;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            if (*seg).purge_at != 0 && now >= (*seg).purge_at {
+                // An empty segment goes to the pool once none of its slices was freed
+                // recently (a forced collection, delay 0, does not wait).
+                if (*seg).used_pages == 0 && (delay == 0 || !Segment::has_recent_free(seg)) {
+                    unlink_segment(h, seg);
+                    release_segment(seg, now);
+                } else if delay == 0 {
+                    Segment::purge_free(seg);
+                } else {
+                    Segment::purge_step(seg, now, delay);
+                }
+            }
+            seg = next;
+        }
+        h.huge_cache.expire(now, delay);
+        POOLS[h.node as usize].unmap_expired(now);
+        if !h.shared {
+            collect_node_heaps(now, delay);
+        }
+        // Segments stranded by exited threads, or given up full: tend one of each kind per
+        // pass (see tend_abandoned).
+        let node = h.node as usize;
+        for list in [&ABANDONED[node], &ABANDONED_FULL[node]] {
+            if list.count.load(Ordering::Relaxed) > 0 {
+                let seg = list.pop(h.addr(), h.tag);
+                if !seg.is_null() {
+                    tend_abandoned(h, seg, now);
+                }
+            }
+        }
+    }
+}
+
+/// Tends an abandoned segment on its absent owner's behalf: collects the frees other threads
+/// made into its pages, gives back the pages that emptied, and purges its free slices. It
+/// then goes to the pool if nothing in it is live, else back to the abandoned list (at the
+/// back, so the next visit tends another). The visitor does not keep it: a thread that only
+/// collects now and then would sit on memory it never reuses (a thread that needs space
+/// adopts abandoned segments in `take_slices`).
+///
+/// # Safety
+/// `seg` was just popped from an abandoned list for `h`.
+pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
+    // SAFETY: we own seg until we hand it back. Its pages are NEVER_DELAYED (set when it was
+    // abandoned), so frees by other threads meanwhile go to the pages' own lists, which
+    // `collect` takes atomically.
+    unsafe {
+        for_each_used_page(seg, |p| {
+            (*p).collect();
+            if (*p).used == 0 {
+                release_empty_page(h, p, now, 0);
+            }
+        });
+        let node = ((*seg).node as usize).min(MAX_NODES - 1);
+        if (*seg).used_pages == 0 {
+            release_segment(seg, now);
+        } else if segment_nearly_full(seg) {
+            ABANDONED_FULL[node].push_abandoned_back(seg);
+        } else {
+            Segment::purge_free(seg);
+            ABANDONED[node].push_abandoned_back(seg);
+        }
+    }
+}
+
+/// Forces a collection and purge of the calling thread's heap now, whatever the delay.
+///
+/// A heap that has not yet noticed its thread's move to another node (ticks look only every
+/// 16 slow paths) moves first: the collection then tends the abandoned segments, pool and
+/// node heaps of the node the thread runs on, not of the one it left. (A user's call holds
+/// no page and walks no list: a safe point for `rehome`.)
+pub fn collect_now() {
+    let h = own();
+    if h.state != ACTIVE {
+        return;
+    }
+    follow_home(h);
+    let now = os::now_ms();
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+}
