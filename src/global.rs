@@ -1,12 +1,14 @@
 //! `TierAlloc`: the `GlobalAlloc` entry points.
 //!
-//! Owns: the mapping from `Layout` requests to heap calls. May touch: `heap::thread` (the
-//! paths), `heap::size_class`. Keeps GlobalAlloc's contract exactly: null on failure (never a
-//! panic or abort), any alignment a `Layout` can express either served or refused with null.
+//! Owns: the mapping from `Layout` requests to heap calls, and [`owns`]. May touch:
+//! `heap::thread` (the paths), `heap::{size_class, segment}`, `heap::route` (the sizes the
+//! inline paths serve under a tier policy) and `sys::os` (errno). Keeps GlobalAlloc's
+//! contract exactly: null on failure (never a panic or abort), any alignment a `Layout` can
+//! express either served or refused with null.
 
+use crate::heap::route;
 use crate::heap::size_class::bin_of;
 use crate::heap::thread;
-use crate::tier;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
@@ -57,7 +59,7 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc_fast(&self, size: usize) -> *mut u8 {
-        if size <= tier::direct_max() {
+        if size <= route::direct_max() {
             // SAFETY: size <= direct_max() <= DIRECT_MAX.
             unsafe { thread::alloc_direct_pop((size + 15) >> 4) }
         } else {
@@ -74,10 +76,10 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
-        if size <= tier::direct_max() {
+        if size <= route::direct_max() {
             // SAFETY: size <= direct_max() <= DIRECT_MAX.
             unsafe { thread::alloc_direct((size + 15) >> 4) }
-        } else if size <= tier::fast_max() {
+        } else if size <= route::fast_max() {
             // SAFETY: size.max(16) <= fast_max() <= MEDIUM_MAX, so bin_of gives a bin < NBINS;
             // every bin from 16 bytes on is 16-byte aligned.
             unsafe { thread::alloc_bin(bin_of(size.max(16))) }
@@ -111,7 +113,7 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= tier::fast_max() {
+        if align <= 16 && size <= route::fast_max() {
             // SAFETY: bin_of returns a bin < NBINS for sizes up to fast_max() <= MEDIUM_MAX.
             unsafe { thread::alloc_bin(bin_of(size.max(align))) }
         } else {
@@ -130,7 +132,7 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= tier::fast_max() {
+        if align <= 16 && size <= route::fast_max() {
             // SAFETY: as in alloc; size <= the bin's block size.
             unsafe { thread::alloc_bin_zeroed(bin_of(size.max(align)), size) }
         } else {
@@ -162,4 +164,12 @@ unsafe impl GlobalAlloc for TierAlloc {
             q
         }
     }
+}
+
+/// Whether `p` is a pointer tieralloc handed out (a block start, or any address in the first
+/// 4 MiB of one of its segments). Never touches `p`; O(1). For code that must accept pointers
+/// from other allocators too, such as a `malloc` drop-in.
+#[inline]
+pub fn owns(p: *const u8) -> bool {
+    crate::heap::segment::contains(p)
 }

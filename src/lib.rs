@@ -24,15 +24,17 @@ pub mod remote;
 #[cfg(loom)]
 mod sync;
 
+// The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
+// that no module imports one above it; docs/design.md draws it): sync → sys → topology →
+// heap (with init and stats) → placed → tier → global → arena, pool → this file.
 #[cfg(not(loom))]
 pub mod arena;
 #[cfg(not(loom))]
-mod config;
-#[cfg(not(loom))]
 mod global;
 #[cfg(not(loom))]
-#[doc(hidden)]
-pub mod heap;
+mod heap;
+#[cfg(not(loom))]
+mod init;
 #[cfg(not(loom))]
 mod placed;
 #[cfg(not(loom))]
@@ -62,10 +64,18 @@ pub mod tiers {
 /// NUMA helpers for programs and tests: pin a thread to a node, ask which node pages are on.
 #[cfg(not(loom))]
 pub mod numa {
-    pub use crate::sys::numa::{
-        current_cpu_and_node, move_to_node, pages_on_nodes, pin_current_thread_to_cpu,
-        pin_current_thread_to_node, weighted_interleave_supported,
+    pub use crate::sys::numa::{pages_on_nodes, weighted_interleave_supported};
+    pub use crate::topology::home::{
+        current_cpu_and_node, move_to_node, pin_current_thread_to_cpu, pin_current_thread_to_node,
     };
+}
+
+/// Queries for tests (hidden from the docs): how the allocator books a block, and which node
+/// the calling thread's heap draws from.
+#[doc(hidden)]
+#[cfg(not(loom))]
+pub mod probe {
+    pub use crate::heap::probe::{block_node, heap_node, is_huge, owned_by_caller};
 }
 
 #[cfg(not(loom))]
@@ -74,7 +84,7 @@ pub use arena::{
     SlotArena, TryAllocError,
 };
 #[cfg(not(loom))]
-pub use global::TierAlloc;
+pub use global::{owns, TierAlloc};
 #[cfg(not(loom))]
 pub use placed::{Placed, PlacementError};
 #[cfg(not(loom))]
@@ -89,15 +99,6 @@ pub use topology::{topology, Topology};
 #[cfg(not(loom))]
 pub fn collect() {
     heap::thread::collect_now();
-}
-
-/// Whether `p` is a pointer tieralloc handed out (a block start, or any address in the first
-/// 4 MiB of one of its segments). Never touches `p`; O(1). For code that must accept pointers
-/// from other allocators too, such as a `malloc` drop-in.
-#[cfg(not(loom))]
-#[inline]
-pub fn owns(p: *const u8) -> bool {
-    heap::segment::contains(p)
 }
 
 /// Where a live block sits, for test and probe diagnostics: its segment's address, the first

@@ -3,13 +3,16 @@
 //! (evenly, or weighted across tiers).
 //!
 //! Owns: the handle, its validation and its error type. May touch: `heap::thread` (node_alloc
-//! and free: per-node heaps whose segments are bound to their node), `sys::os` (its own
-//! mappings for interleave), `sys::numa` (mbind, move_pages), `topology` (which nodes exist,
-//! have memory, are allowed) and `tier` (budgets). Never places memory silently elsewhere and
+//! and free: per-node heaps whose segments are bound to their node), `heap::route` (tier
+//! budgets), `init` (start-up), `sys::os` (its own mappings for interleave, madvise),
+//! `sys::numa` (mbind, move_pages), `topology` (which nodes exist, have memory, are allowed;
+//! the kernel's interleave weights). Never places memory silently elsewhere and
 //! never panics: a request that cannot be honoured is an `Err` at construction or an
 //! `AllocError` at allocation.
 
 use crate::sys::{numa, os};
+use crate::topology::discover;
+use crate::topology::home::{current_node, home_node};
 use crate::topology::raw::{self as topo, MAX_NODES};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
@@ -189,8 +192,8 @@ impl fmt::Display for PlacementError {
 impl std::error::Error for PlacementError {}
 
 fn check_node(node: u32) -> Result<(), PlacementError> {
-    crate::config::init_once();
-    let t = topo::get();
+    crate::init::init_once();
+    let t = discover::get();
     if node as usize >= MAX_NODES || t.nodes & (1 << node) == 0 {
         return Err(PlacementError::NoSuchNode {
             node,
@@ -232,7 +235,7 @@ impl Placed {
     /// # Errors
     /// Binding is off on a multi-node machine.
     pub fn local() -> Result<Placed, PlacementError> {
-        check_node(numa::home_node())?;
+        check_node(home_node())?;
         Ok(Placed { kind: Kind::Local })
     }
 
@@ -328,15 +331,15 @@ impl Placed {
     /// # Errors
     /// The tier does not exist, or its nearest node is refused as by [`Placed::node`].
     pub fn tier(n: usize) -> Result<Placed, PlacementError> {
-        crate::config::init_once();
-        let t = topo::get();
+        crate::init::init_once();
+        let t = discover::get();
         if n >= t.n_tiers {
             return Err(PlacementError::NoSuchTier {
                 tier: n,
                 tiers: t.n_tiers,
             });
         }
-        let here = numa::current_node() as usize;
+        let here = current_node() as usize;
         let set = t.tiers[n] & t.mems_allowed;
         let node = t
             .nearest_in(if set != 0 { set } else { t.tiers[n] }, here)
@@ -353,7 +356,7 @@ impl Placed {
     /// # Errors
     /// As [`Placed::tier`].
     pub fn far() -> Result<Placed, PlacementError> {
-        let n = topo::get().n_tiers;
+        let n = discover::get().n_tiers;
         Placed::tier(n.saturating_sub(1))
     }
 
@@ -383,14 +386,14 @@ impl Placed {
         }
         let (p, len) = match self.kind {
             Kind::Node(n) => {
-                if !crate::tier::admit(n, size) {
+                if !crate::heap::route::admit(n, size) {
                     return Err(AllocError);
                 }
                 (node_alloc(n, size, layout.align(), zero), size)
             }
             Kind::Local => {
-                let n = numa::home_node();
-                if !crate::tier::admit(n, size) {
+                let n = home_node();
+                if !crate::heap::route::admit(n, size) {
                     return Err(AllocError);
                 }
                 (node_alloc(n, size, layout.align(), zero), size)
@@ -441,7 +444,7 @@ fn map_len(layout: Layout) -> Option<usize> {
 fn kernel_weights_match(w: &Weights) -> bool {
     let mut first: Option<(u32, u32)> = None;
     for (node, want) in w.iter() {
-        let Some(have) = kernel_weight(node) else {
+        let Some(have) = crate::topology::sysfs::weighted_interleave_weight(node) else {
             return false;
         };
         match first {
@@ -457,50 +460,10 @@ fn kernel_weights_match(w: &Weights) -> bool {
     true
 }
 
-/// The kernel's weighted-interleave weight of `node`, if it has one.
-fn kernel_weight(node: u32) -> Option<u32> {
-    let mut path = [0u8; 80];
-    let prefix = b"/sys/kernel/mm/mempolicy/weighted_interleave/node";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut len = prefix.len();
-    let mut digits = [0u8; 10];
-    let mut k = digits.len();
-    let mut v = node;
-    loop {
-        k -= 1;
-        digits[k] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let d = &digits[k..];
-    path[len..len + d.len()].copy_from_slice(d);
-    len += d.len();
-    path[len] = 0;
-    // SAFETY: `path` is NUL-terminated; we read into a stack buffer of its length and close
-    // the descriptor we opened.
-    let (n, buf) = unsafe {
-        let fd = libc::open(path.as_ptr() as *const libc::c_char, libc::O_RDONLY);
-        if fd < 0 {
-            return None;
-        }
-        let mut buf = [0u8; 16];
-        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        libc::close(fd);
-        (n, buf)
-    };
-    if n <= 0 {
-        return None;
-    }
-    crate::config::parse_u64(&buf[..n as usize]).map(|w| w as u32)
-}
-
 /// Places the fresh mapping `[p, p+len)` over `w`'s nodes: the kernel's weighted interleave
 /// where it has it with the same weights, else each page moved to its node now.
 fn place_weighted(p: *mut u8, len: usize, w: &Weights) -> Result<(), i32> {
-    // SAFETY: advice on our fresh, untouched mapping; it only changes how faults are served.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+    os::no_huge_pages(p, len);
     if w.n == 1 {
         return numa::mbind(p, len, numa::Policy::Bind, &numa::mask_of(w.set()), 0);
     }
@@ -513,29 +476,20 @@ fn place_weighted(p: *mut u8, len: usize, w: &Weights) -> Result<(), i32> {
             0,
         );
     }
-    const BATCH: usize = 512;
     let pages = len / os::OS_PAGE;
-    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
-    let mut nodes = [0 as libc::c_int; BATCH];
-    let mut status = [0 as libc::c_int; BATCH];
-    let mut i = 0;
-    while i < pages {
-        let k = (pages - i).min(BATCH);
-        for j in 0..k {
-            let a = (p as usize + (i + j) * os::OS_PAGE) as *mut u8;
-            // SAFETY: a page of our fresh mapping; writing the zero it holds faults it in
-            // without changing its contents.
-            unsafe { a.write_volatile(0) };
-            addrs[j] = a as *mut libc::c_void;
-            nodes[j] = w.node_of_page(i + j) as libc::c_int;
-        }
-        numa::move_pages(&addrs[..k], Some(&nodes[..k]), &mut status[..k])?;
-        if status[..k].iter().zip(&nodes[..k]).any(|(s, n)| s != n) {
+    let mut node_of = |i: usize| {
+        let a = (p as usize + i * os::OS_PAGE) as *mut u8;
+        // SAFETY: a page of our fresh mapping; writing the zero it holds faults it in
+        // without changing its contents.
+        unsafe { a.write_volatile(0) };
+        w.node_of_page(i) as libc::c_int
+    };
+    numa::move_pages_batched(p as usize, pages, Some(&mut node_of), |i, s| {
+        if s != w.node_of_page(i) as libc::c_int {
             return Err(libc::ENOMEM);
         }
-        i += k;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Memory on `node` from the heap's per-node heaps (null on failure).

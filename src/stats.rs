@@ -2,14 +2,17 @@
 //!
 //! Owns: the public [`Stats`] snapshot and its table form, and the exit-time printer.
 //! May touch: `heap::thread` (to read every heap's counters under the registry lock),
-//! `heap::segment` and `sys::os` (process-wide counters). Counting costs the fast path one
-//! plain add to a thread-local counter; all merging happens here, on read.
+//! `heap::{segment, size_class}` and `sys::os` (process-wide counters), `topology` (which
+//! nodes to show) and `sync`. Counting costs the fast path one plain add to a thread-local
+//! counter; all merging happens here, on read. Part of the heap's layer (it reads nothing
+//! above the heap), so that start-up (`init`) can register its printer.
 
-use crate::heap::segment::{COMMITTED_BY_NODE, MAX_NODES, PAGES_ABANDONED, PAGES_ADOPTED};
+use crate::heap::segment::{COMMITTED_BY_NODE, PAGES_ABANDONED, PAGES_ADOPTED};
 use crate::heap::size_class::{bin_size, NBINS};
 use crate::heap::thread::{self, HeapStats, LARGE_BIN};
 use crate::sync::Ordering;
 use crate::sys::os;
+use crate::topology::raw::MAX_NODES;
 use serde::{Deserialize, Serialize};
 
 /// One size class in a [`Stats`] snapshot.
@@ -177,7 +180,7 @@ pub fn stats() -> Stats {
     }
     s.bytes_live = live;
     // Simulated nodes (TIERALLOC_SIMULATE_NODES) are all shown, used or not.
-    let topo = crate::topology::raw::get();
+    let topo = crate::topology::discover::get();
     let always = if topo.simulated() { topo.nodes } else { 1 };
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;

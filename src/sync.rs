@@ -1,7 +1,8 @@
 //! Atomics, `UnsafeCell` and the one spin lock, from `std` normally and from `loom` under
 //! `--cfg loom`.
 //!
-//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`]. Every lock-free structure in
+//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`]. May touch: nothing in the
+//! crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in
 //! the crate takes its atomics from here, and the plain memory those structures publish (the
 //! free-list links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the
 //! loom model checks in `tests/loom.rs` exercise the same code that runs in the allocator and

@@ -17,7 +17,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Barrier};
 use std::time::{Duration, Instant};
-use tieralloc::heap::probe;
+use tieralloc::probe;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();

@@ -3,9 +3,10 @@
 //! (generational keys).
 //!
 //! Owns: the three arena kinds and their statistics.
-//! May touch: only the allocator-api2 `Allocator` each arena is given, the global allocator, and
-//! the arenas' own data. Nothing in the allocator core: an arena is a client of an allocator,
-//! never part of one, so it works the same on tieralloc, mimalloc or the system allocator.
+//! May touch: only the allocator-api2 `Allocator` each arena is given, the global allocator, the
+//! arenas' own data, and the public tier API (`tier`, `global::owns`) for `Arena::move_to_tier`.
+//! Nothing in the allocator core: an arena is a client of an allocator, never part of one, so
+//! it works the same on tieralloc, mimalloc or the system allocator.
 //!
 //! # Which one
 //!

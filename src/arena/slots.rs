@@ -2,7 +2,8 @@
 //! plugin boundaries where a borrow cannot go.
 //!
 //! Owns: its slot vector and the values in it.
-//! May touch: only the allocator `A` it was given (the slot vector lives there).
+//! May touch: only the allocator `A` it was given (the slot vector lives there), and
+//! `arena::typed` (its statistics type).
 //!
 //! # Design
 //!

@@ -2,8 +2,10 @@
 //! allocator-api2 `Allocator`.
 //!
 //! Owns: the chunk list of one arena and the values in it.
-//! May touch: only the allocator `A` it was given (chunk memory) and the global allocator (the
-//! small `Vec` of chunk descriptors). Nothing in the allocator core.
+//! May touch: only the allocator `A` it was given (chunk memory), the global allocator (the
+//! small `Vec` of chunk descriptors) and, to move chunks between tiers, the public tier API
+//! (`tier`: `move_to_tier`, the tier count, the size up to which blocks share pages) and
+//! [`owns`](crate::owns) (`global`). Nothing in the allocator core.
 //!
 //! # Design
 //!
@@ -515,7 +517,7 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
         for c in &cold.chunks {
             let bytes = c.cap.saturating_mul(mem::size_of::<T>());
             let p = c.ptr.as_ptr() as *mut u8;
-            if bytes <= crate::heap::size_class::MEDIUM_MAX || !crate::owns(p) {
+            if bytes <= crate::tier::SHARED_MAX || !crate::global::owns(p) {
                 r.chunks_skipped += 1;
                 r.bytes_skipped += bytes;
                 continue;
@@ -545,7 +547,7 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
     /// # Errors
     /// As `move_to_tier`.
     pub fn demote(&mut self) -> Result<ArenaMoveReport, crate::tier::TierError> {
-        let tiers = crate::topology::raw::get().n_tiers;
+        let tiers = crate::tier::tier_count();
         self.move_to_tier(tiers.saturating_sub(1))
     }
 

@@ -5,10 +5,13 @@
 //! free), `list` (locked segment lists: pools, abandoned lists), `claim` (the huge registry's
 //! claimable slots), `segment` (4 MiB segments, slices, pages, pools; `segment/map.rs` the
 //! segment map), `page` (free lists inside a page), `huge` (objects with a segment of their
-//! own, and the per-thread cache of freed ones) and `thread` (the thread-local heap, one file
-//! per job in `thread/`: `tls`, `registry`, `bins`, `alloc`, `slices`, `large`, `node`,
-//! `free`, `tick`, `counters`, `fork`). Nothing here allocates through the global allocator;
-//! everything comes from `sys::os`.
+//! own, and the per-thread cache of freed ones), `route` (the tier routing state and node
+//! choice, which `tier` sets) and `thread` (the thread-local heap, one file per job in
+//! `thread/`: `tls`, `registry`, `bins`, `alloc`, `slices`, `large`, `node`, `free`, `tick`,
+//! `counters`, `fork`). Nothing here allocates through the global allocator; everything comes
+//! from `sys::os`. In the crate's layers (tests/layers.rs) the heap sits above `sync`, `sys`
+//! and `topology`, which it may touch, with `init` (start-up, run from `thread::registry`)
+//! and `stats` in its layer; nothing here touches `placed`, `tier` or anything above.
 
 pub(crate) mod claim;
 pub(crate) mod delayed;
@@ -18,6 +21,7 @@ pub(crate) mod page;
 #[doc(hidden)]
 pub mod probe;
 pub mod remote;
+pub(crate) mod route;
 pub(crate) mod segment;
 pub mod size_class;
 pub(crate) mod thread;

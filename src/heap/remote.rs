@@ -183,6 +183,7 @@ impl RemoteFree {
     /// Takes every block pushed so far (owner only), leaving the state as it is. Returns the
     /// head of the taken list (null if none).
     #[inline]
+    #[cfg_attr(not(loom), allow(dead_code))] // the allocator takes counted; tests/loom.rs this
     pub fn take_all(&self) -> *mut Block {
         self.take_counted().0
     }

@@ -4,7 +4,7 @@
 //! inside it, the slice bitmaps (a large page growing or shrinking in place included), the
 //! per-node pools of empty segments and the lists of abandoned segments; the segment map
 //! (address to owner tag) is its child `map`. May touch: `sys::{os, numa}` (map, purge,
-//! bind), `heap::list`, `heap::remote`, `heap::size_class`.
+//! bind), `heap::list`, `heap::remote`, `heap::size_class`, `topology::raw` (`MAX_NODES`).
 //!
 //! Invariants:
 //! - Every pointer tieralloc hands out lies in the first 4 MiB of the mapping it came from,
@@ -735,7 +735,7 @@ impl LockedList<Segment> {
 }
 
 /// The most NUMA nodes the allocator keeps separate pools for.
-pub const MAX_NODES: usize = 64;
+pub(crate) use crate::topology::raw::MAX_NODES;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_LIST: SegmentList = SegmentList::new();

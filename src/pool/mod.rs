@@ -1,8 +1,9 @@
 //! `Pool<T>`: an object pool with per-thread caches in front of per-node shared stores.
 //!
 //! Owns: the idle objects of each pool, its counters, and the CPU-to-node table (`node`).
-//! May touch: the global allocator (objects, caches) and its own data. Nothing in the
-//! allocator core: the pool is an ordinary client of whatever global allocator the process has.
+//! May touch: the global allocator (objects, caches), its own data and, through `node`, the
+//! topology's model of the machine. Nothing in the allocator core: the pool is an ordinary
+//! client of whatever global allocator the process has.
 //!
 //! # Design
 //!

@@ -1,13 +1,16 @@
 //! Which NUMA node the calling thread runs on, for the pool's per-node shards.
 //!
-//! Owns: a CPU-to-node table read once from `/sys/devices/system/node/node*/cpulist`.
-//! May touch: sysfs (read once, lazily) and `sched_getcpu` (a vDSO call on Linux); the table is
-//! built with the global allocator. Deliberately independent of the allocator core's topology
-//! code: the pool is a client of the allocator and must work on any global allocator. The one
-//! exception: with simulated nodes (`TIERALLOC_SIMULATE_NODES`, `topology::sim`, which
-//! allocates nothing and needs no particular global allocator) the pool has one store per
-//! simulated node and a thread's node is its CPU modulo the CPU nodes, as in the heap.
+//! Owns: a CPU-to-node table built once from the topology's model of the machine.
+//! May touch: `topology` (the model, discovered allocation-free and shared with the rest of
+//! the crate; it reads sysfs, so this module does not) and `sched_getcpu` (a vDSO call on
+//! Linux); the table is built with the global allocator. Nothing in the allocator core: the
+//! pool is a client of the allocator and works on any global allocator (the topology's
+//! discovery allocates nothing and needs no particular one). With simulated nodes
+//! (`TIERALLOC_SIMULATE_NODES`) the pool has one store per simulated node and a thread's node
+//! is its CPU modulo the CPU nodes, as in the heap.
 
+use crate::topology::discover;
+use crate::topology::raw::{iter, MAX_CPUS};
 use std::sync::OnceLock;
 
 struct Table {
@@ -19,54 +22,26 @@ struct Table {
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
+        let raw = discover::get();
         let mut cpu_node = Vec::new();
         let mut nodes = 1;
-        if let Ok(dir) = std::fs::read_dir("/sys/devices/system/node") {
-            for e in dir.flatten() {
-                let name = e.file_name();
-                let Some(n) = name.to_str().and_then(|s| s.strip_prefix("node")) else {
-                    continue;
-                };
-                let Ok(node) = n.parse::<u16>() else { continue };
-                let Ok(list) = std::fs::read_to_string(e.path().join("cpulist")) else {
-                    continue;
-                };
-                nodes = nodes.max(node as usize + 1);
-                for cpu in parse_cpulist(&list) {
-                    if cpu_node.len() <= cpu {
-                        cpu_node.resize(cpu + 1, 0);
-                    }
-                    cpu_node[cpu] = node;
+        // Every node counts, memory-only ones too (their CPU list is empty).
+        for node in iter(raw.nodes) {
+            nodes = nodes.max(node + 1);
+            for cpu in (0..MAX_CPUS).filter(|c| raw.cpus[node][c / 64] & (1 << (c % 64)) != 0) {
+                if cpu_node.len() <= cpu {
+                    cpu_node.resize(cpu + 1, 0);
                 }
+                cpu_node[cpu] = node as u16;
             }
         }
         Table { cpu_node, nodes }
     })
 }
 
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
-pub(crate) fn parse_cpulist(s: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
-                    out.extend(a..=b);
-                }
-            }
-            None => {
-                if let Ok(a) = part.trim().parse() {
-                    out.push(a);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Number of NUMA nodes (at least 1).
 pub(crate) fn node_count() -> usize {
-    let raw = crate::topology::raw::get();
+    let raw = discover::get();
     if raw.simulated() {
         return raw.nodes.count_ones() as usize;
     }
@@ -75,8 +50,8 @@ pub(crate) fn node_count() -> usize {
 
 /// The node of the CPU the calling thread runs on now (0 if unknown).
 pub(crate) fn current_node() -> usize {
-    if crate::topology::raw::get().simulated() {
-        return crate::sys::numa::current_node() as usize;
+    if discover::get().simulated() {
+        return crate::topology::home::current_node() as usize;
     }
     let t = table();
     if t.nodes == 1 {
@@ -93,12 +68,16 @@ pub(crate) fn current_node() -> usize {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn cpulist() {
-        assert_eq!(
-            super::parse_cpulist("0-3,8,10-11\n"),
-            [0, 1, 2, 3, 8, 10, 11]
-        );
-        assert_eq!(super::parse_cpulist(""), Vec::<usize>::new());
+    fn every_cpu_of_the_machine_maps_to_its_node() {
+        let raw = super::discover::get();
+        let t = super::table();
+        for node in super::iter(raw.nodes) {
+            for cpu in 0..super::MAX_CPUS {
+                if raw.cpus[node][cpu / 64] & (1 << (cpu % 64)) != 0 {
+                    assert_eq!(t.cpu_node[cpu] as usize, node, "cpu {cpu}");
+                }
+            }
+        }
         assert!(super::current_node() < super::node_count());
     }
 }

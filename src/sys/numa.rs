@@ -1,21 +1,35 @@
 //! NUMA system calls: binding a range to a node (or interleaving it over several), asking
-//! which node a page is on, moving pages, which CPU and node the calling thread runs on, and
-//! pinning a thread to a node's CPUs.
+//! which node a page is on, moving pages (one batched helper for every caller), which CPU and
+//! node the calling thread runs on, and setting a thread's CPU affinity.
 //!
 //! Owns: the raw syscalls (mbind, get_mempolicy, move_pages, getcpu, sched_setaffinity), made
-//! with `libc::syscall` (no libnuma), and the process-wide switch that turns binding off. May
-//! touch: `crate::topology` (read-only, for `home_node` and pinning) and `crate::config`
-//! (getenv). Everything the allocator calls here is allocation-free: node masks are fixed
-//! arrays on the stack. Only [`pages_on_nodes`] and [`pin_current_thread_to_node`] (public
-//! diagnostics, never called by the allocator) may allocate.
+//! with `libc::syscall` (no libnuma), the process-wide switch that turns binding off, and the
+//! two facts of the machine the calls need, which `topology::discover` hands down once it
+//! has discovered the machine ([`set_machine`]): whether the nodes are simulated, and which
+//! nodes have memory. May touch: `sys::os` (the page size, madvise) and `sync`. Everything
+//! the allocator calls here is allocation-free: node masks are fixed arrays on the stack.
+//! Only [`pages_on_nodes`] (a public diagnostic, never called by the allocator) allocates.
 
 use crate::sync::{AtomicBool, Ordering};
-use crate::topology::raw as topo;
-use core::sync::atomic::AtomicU8;
+use core::sync::atomic::{AtomicU64, AtomicU8};
 use std::io;
 
 /// Whether fresh mappings are bound to their node (TIERALLOC_NUMA=off clears it).
 pub(crate) static BIND_ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the nodes are simulated (TIERALLOC_SIMULATE_NODES), as `topology::discover` found.
+static SIMULATED: AtomicBool = AtomicBool::new(false);
+/// The nodes with memory, as `topology::discover` found (0 until then: unknown).
+static MEM_NODES: AtomicU64 = AtomicU64::new(0);
+
+/// Tells this layer what the topology discovered: whether the nodes are simulated and which
+/// nodes have memory. Called once, by `topology::discover`, before it publishes the machine;
+/// every caller that binds or moves memory to a node has asked the topology for that node
+/// first, so it sees these.
+pub(crate) fn set_machine(simulated: bool, mem_nodes: u64) {
+    SIMULATED.store(simulated, Ordering::Relaxed);
+    MEM_NODES.store(mem_nodes, Ordering::Relaxed);
+}
 
 /// Bits in a node mask handed to the kernel (more than any kernel's MAX_NUMNODES today).
 pub(crate) const MASK_BITS: usize = 1024;
@@ -66,7 +80,7 @@ pub(crate) fn mask_of(nodes: u64) -> NodeMask {
 /// then skipped and treated as successful.
 #[inline]
 pub(crate) fn simulated() -> bool {
-    topo::get().simulated()
+    SIMULATED.load(Ordering::Relaxed)
 }
 
 /// Applies `policy` over `nodes` to `[p, p+len)` with mbind `flags`. `Err(errno)` when the
@@ -126,7 +140,7 @@ pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
     if !BIND_ENABLED.load(Ordering::Relaxed) || node as usize >= MASK_BITS {
         return false;
     }
-    let mem = topo::get().mem_nodes;
+    let mem = MEM_NODES.load(Ordering::Relaxed);
     if mem == 1 << node {
         // The only node with memory: every page lands there anyway, and the system call
         // (one per segment mapped) would only cost time.
@@ -142,9 +156,7 @@ pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
 /// Transparent huge pages are turned off for the range first: a 2 MiB page would put 512
 /// pages on one node.
 pub(crate) fn interleave(p: *mut u8, len: usize, nodes: u64) -> Result<(), i32> {
-    // SAFETY: advice on a range the caller owns and has not touched; MADV_NOHUGEPAGE changes
-    // only how future faults are served, never the contents.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+    super::os::no_huge_pages(p, len);
     mbind(p, len, Policy::Interleave, &mask_of(nodes), 0)
 }
 
@@ -203,30 +215,6 @@ pub(crate) fn move_range(p: *mut u8, len: usize, node: u32) -> Result<(), i32> {
     mbind(p, len, Policy::Bind, &m, MPOL_MF_MOVE)
 }
 
-/// Moves every page of `[ptr, ptr+len)` (widened to whole pages) to NUMA node `node`, keeping
-/// addresses and contents, and binds the range to `node` from now on (demotion to a far tier,
-/// or promotion back). Pages never touched stay untouched and land on `node` when touched.
-///
-/// # Safety
-/// The whole widened range must be memory of this process that the caller owns: its pages'
-/// placement policy is replaced, which would surprise any other owner of the same pages.
-///
-/// # Errors
-/// The kernel's refusal (EINVAL for a node that does not exist, EPERM or EIO when pages could
-/// not move).
-pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> io::Result<()> {
-    let page = crate::sys::os::OS_PAGE;
-    let start = ptr as usize & !(page - 1);
-    let end = (ptr as usize)
-        .checked_add(len)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let end = end
-        .checked_add(page - 1)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
-        & !(page - 1);
-    move_range(start as *mut u8, end - start, node).map_err(io::Error::from_raw_os_error)
-}
-
 /// move_pages(2) on the calling process: with `nodes` None, writes into `status` the node of
 /// each page in `pages` (or a negative errno: -ENOENT for a page not yet touched); with
 /// `nodes`, moves each page to its node. Allocation-free. With simulated nodes a move is
@@ -264,6 +252,44 @@ pub(crate) fn move_pages(
     } else {
         Ok(())
     }
+}
+
+/// Pages per move_pages(2) call in [`move_pages_batched`] (the arrays live on the stack).
+const BATCH: usize = 512;
+
+/// move_pages(2) over the `pages` OS pages from `start`, in batches of arrays on the stack
+/// (allocation-free): with `node_of` None, asks where each page is; with `node_of`, moves
+/// page `i` to `node_of(i)` (called once per page, in order, just before the batch holding
+/// it is moved: a caller may touch the page there). Then calls `each(i, status)` for every
+/// page of the batch, in order: the page's node, or a negative errno (-ENOENT: never
+/// touched). The first error, of the kernel or of `each`, ends the walk.
+pub(crate) fn move_pages_batched(
+    start: usize,
+    pages: usize,
+    mut node_of: Option<&mut dyn FnMut(usize) -> libc::c_int>,
+    mut each: impl FnMut(usize, libc::c_int) -> Result<(), i32>,
+) -> Result<(), i32> {
+    let page = super::os::OS_PAGE;
+    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
+    let mut nodes = [0 as libc::c_int; BATCH];
+    let mut status = [0 as libc::c_int; BATCH];
+    let mut i = 0;
+    while i < pages {
+        let k = (pages - i).min(BATCH);
+        for j in 0..k {
+            addrs[j] = (start + (i + j) * page) as *mut libc::c_void;
+            if let Some(f) = node_of.as_mut() {
+                nodes[j] = f(i + j);
+            }
+        }
+        let to = node_of.is_some().then_some(&nodes[..k]);
+        move_pages(&addrs[..k], to, &mut status[..k])?;
+        for (j, s) in status.iter().take(k).enumerate() {
+            each(i + j, *s)?;
+        }
+        i += k;
+    }
+    Ok(())
 }
 
 /// The nodes this process may place memory on (get_mempolicy with MPOL_F_MEMS_ALLOWED: the
@@ -310,36 +336,6 @@ pub(crate) fn getcpu() -> Option<(u32, u32)> {
     }
 }
 
-/// The node whose pool the calling thread's heap should draw from: the node it runs on,
-/// mapped into the set of nodes the allocator may use (TIERALLOC_NODES, nodes with memory,
-/// the cpuset's Mems_allowed), else the nearest such node. Allocation-free, and cheap when
-/// only one node is usable (no system call at all); otherwise one vDSO/rseq read of the CPU
-/// and a table lookup. The heap calls it from its slow path.
-pub(crate) fn home_node() -> u32 {
-    let t = topo::get();
-    if t.allowed.count_ones() <= 1 {
-        return t.first_allowed();
-    }
-    // SAFETY: sched_getcpu has no preconditions (glibc reads it from rseq or the vDSO).
-    let cpu = unsafe { libc::sched_getcpu() };
-    if cpu >= 0 && (cpu as usize) < topo::MAX_CPUS {
-        let h = t.cpu_home[cpu as usize];
-        if h != topo::NO_NODE {
-            return h as u32;
-        }
-    }
-    match getcpu() {
-        Some((_, node)) => t.home_of_node(node),
-        None => t.first_allowed(),
-    }
-}
-
-/// The NUMA node the calling thread is running on (0 where the kernel cannot say; with
-/// simulated nodes, its CPU modulo their number).
-pub(crate) fn current_node() -> u32 {
-    current_cpu_and_node().map_or(0, |(_, n)| n)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Public diagnostics (may allocate: never called by the allocator).
 
@@ -363,67 +359,19 @@ pub fn pages_on_nodes(ptr: *const u8, len: usize) -> io::Result<Vec<i32>> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     let n = (end - start).div_ceil(page);
     let mut out = Vec::with_capacity(n);
-    const BATCH: usize = 512;
-    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
-    let mut status = [0 as libc::c_int; BATCH];
-    let mut i = 0;
-    while i < n {
-        let k = (n - i).min(BATCH);
-        for (j, a) in addrs.iter_mut().take(k).enumerate() {
-            *a = (start + (i + j) * page) as *mut libc::c_void;
-        }
-        move_pages(&addrs[..k], None, &mut status[..k]).map_err(io::Error::from_raw_os_error)?;
-        out.extend_from_slice(&status[..k]);
-        i += k;
-    }
+    move_pages_batched(start, n, None, |_, s| {
+        out.push(s);
+        Ok(())
+    })
+    .map_err(io::Error::from_raw_os_error)?;
     Ok(out)
 }
 
-/// Pins the calling thread to the CPUs of NUMA node `node` (sched_setaffinity). The heap
-/// follows: the thread's global-allocator memory comes from `node` within a bounded number of
-/// allocations.
-///
-/// # Errors
-/// `InvalidInput` if the node does not exist or has no CPUs (a memory-only node); the OS
-/// error if sched_setaffinity refuses (for example, the CPUs are outside the cpuset).
-pub fn pin_current_thread_to_node(node: u32) -> io::Result<()> {
-    let t = topo::get();
-    if node as usize >= topo::MAX_NODES || t.nodes & (1 << node) == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("cannot pin to NUMA node {node}: no such node on this machine"),
-        ));
-    }
-    let cpus = &t.cpus[node as usize];
-    if cpus.iter().all(|w| *w == 0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("cannot pin to NUMA node {node}: it has no CPUs (a memory-only node)"),
-        ));
-    }
-    pin_to_cpus(cpus)
-}
-
-/// Pins the calling thread to CPU `cpu` alone.
+/// Sets the calling thread's CPU affinity to the CPUs in `cpus` (a bit per CPU id).
 ///
 /// # Errors
 /// The OS error if sched_setaffinity refuses.
-pub fn pin_current_thread_to_cpu(cpu: u32) -> io::Result<()> {
-    let mut m = [0u64; topo::MASK_WORDS];
-    if cpu as usize >= topo::MAX_CPUS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "cannot pin to CPU {cpu}: beyond the {} CPUs tieralloc knows",
-                topo::MAX_CPUS
-            ),
-        ));
-    }
-    m[cpu as usize / 64] |= 1 << (cpu % 64);
-    pin_to_cpus(&m)
-}
-
-fn pin_to_cpus(cpus: &[u64; topo::MASK_WORDS]) -> io::Result<()> {
+pub(crate) fn set_affinity(cpus: &[u64]) -> io::Result<()> {
     // SAFETY: the kernel reads `size_of_val(cpus)` bytes of the mask, which is that long;
     // pid 0 is the calling thread.
     let r = unsafe {
@@ -439,18 +387,6 @@ fn pin_to_cpus(cpus: &[u64; topo::MASK_WORDS]) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// The CPU the calling thread runs on and its node, as the kernel reports them (getcpu), or
-/// None. With simulated nodes (`TIERALLOC_SIMULATE_NODES=N`) the node is the CPU modulo N.
-/// Allocation-free.
-pub fn current_cpu_and_node() -> Option<(u32, u32)> {
-    let (cpu, node) = getcpu()?;
-    let t = topo::get();
-    if t.simulated() {
-        return Some((cpu, cpu % t.sim_nodes as u32));
-    }
-    Some((cpu, node))
 }
 
 #[cfg(test)]
@@ -488,9 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn home_node_is_an_allowed_node() {
-        let h = home_node();
-        assert!(topo::get().allowed & (1 << h) != 0);
+    fn mems_allowed_holds_node_zero() {
         assert!(mems_allowed().unwrap_or(1) & 1 != 0);
     }
 }

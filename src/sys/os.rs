@@ -1,8 +1,9 @@
 //! mmap, munmap, madvise, the monotonic clock, and raw writes to stderr.
 //!
 //! Owns: the process-wide byte counters for reserved (mapped) and committed memory, which are
-//! kept here because this is the only place that maps and purges. May touch: `sys::numa` (to
-//! bind a fresh mapping to a node before its first touch). Never allocates, never panics.
+//! kept here because this is the only place that maps and purges, and every `madvise` of the
+//! crate. May touch: `sys::numa` (to bind a fresh mapping to a node before its first touch)
+//! and `sync`. Never allocates, never panics.
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use core::ptr;
@@ -87,6 +88,15 @@ pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     RESERVED.fetch_sub(size, Ordering::Relaxed);
     PURGES.fetch_add(1, Ordering::Relaxed);
     PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+/// Turns transparent huge pages off for `[p, p+len)` (MADV_NOHUGEPAGE), before a range is
+/// spread over nodes page by page: a 2 MiB page would put 512 pages on one node.
+pub(crate) fn no_huge_pages(p: *mut u8, len: usize) {
+    // SAFETY: advice that changes only how future faults of the range are served, never the
+    // contents of any page; on a range that is not mapped the kernel refuses (ENOMEM) and
+    // nothing changes.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
 /// Moves the mapping `[old, old+old_size)` to `new`, grown to `new_size` bytes, in place of

@@ -3,7 +3,7 @@
 //!
 //! Owns: the demoter thread and its handle. May touch: `heap::huge` (the registry of live huge
 //! objects, visited one claimed object at a time), `tier::migrate` (the move itself),
-//! `topology` (which tier is far). It is started only by an explicit call, never from inside
+//! `topology` (which tier is far), `sys::os` (the clock), `init` (start-up) and `sync`. It is started only by an explicit call, never from inside
 //! the allocator (spawning a thread there would allocate through it); it is off by default.
 //!
 //! What "untouched" means here: Linux tells a process which of its pages were accessed only
@@ -16,7 +16,7 @@
 use super::migrate::{move_to_node_claimed, TierError};
 use crate::heap::huge;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
-use crate::topology::raw as topo;
+use crate::topology::discover;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -63,8 +63,8 @@ pub struct AutoDemotion {
 /// # Errors
 /// `TierError::NoSuchTier` when the machine has a single tier: there is nowhere to demote to.
 pub fn start_auto_demotion(after: Duration, period: Duration) -> Result<AutoDemotion, TierError> {
-    crate::config::init_once();
-    let t = topo::get();
+    crate::init::init_once();
+    let t = discover::get();
     if t.n_tiers < 2 {
         return Err(TierError::NoSuchTier {
             tier: 1,
@@ -121,7 +121,7 @@ impl Drop for AutoDemotion {
 }
 
 fn run(stop: &AtomicBool, c: &[AtomicU64; 4], after_ms: u64, period: Duration) {
-    let t = topo::get();
+    let t = discover::get();
     let far = t.n_tiers - 1;
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(period);

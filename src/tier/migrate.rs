@@ -2,9 +2,11 @@
 //! addresses and contents (mbind with MPOL_BIND | MPOL_MF_MOVE), and reporting what moved.
 //!
 //! Owns: [`MoveReport`], [`TierError`] and the move functions. May touch: `sys::numa`
-//! (mbind, move_pages), `topology::raw` (tiers), `placed` (node checks), `heap::segment` (a
-//! huge block's segment: its node and tier fields and the committed bytes per node, so that
-//! the heap's bookkeeping follows the move) and the `tier` counters. Allocation-free.
+//! (mbind, move_pages), `sys::os` (the page size), `topology` (tiers), `placed` (node
+//! checks), `heap::{segment, huge}` (a huge block's segment: its node and tier fields and the
+//! committed bytes per node, so that the heap's bookkeeping follows the move; the claim that
+//! keeps it from being freed meanwhile), `init` (start-up) and the `tier` counters.
+//! Allocation-free.
 //!
 //! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
 //! it has a mapping of its own, which moves whole and stays bound to its new node), and any
@@ -19,7 +21,8 @@ use crate::placed::{Placed, PlacementError};
 use crate::sync::Ordering;
 use crate::sys::numa;
 use crate::sys::os::OS_PAGE;
-use crate::topology::raw::{self as topo, MAX_NODES, MAX_TIERS};
+use crate::topology::discover;
+use crate::topology::raw::{MAX_NODES, MAX_TIERS};
 use core::fmt;
 
 /// What a move did, page by page (OS pages of the span widened to whole pages).
@@ -90,26 +93,16 @@ impl fmt::Display for TierError {
 
 impl std::error::Error for TierError {}
 
-const BATCH: usize = 512;
+/// Blocks up to this size share their pages with other blocks: a move refuses them
+/// ([`TierError::SharedSegment`]).
+pub(crate) const SHARED_MAX: usize = crate::heap::size_class::MEDIUM_MAX;
 
 /// Calls `f(page_index, node_or_negative_errno)` for every page of `[start, end)`.
 fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(), i32> {
-    let n = (end - start) / OS_PAGE;
-    let mut addrs = [core::ptr::null_mut::<libc::c_void>(); BATCH];
-    let mut status = [0 as libc::c_int; BATCH];
-    let mut i = 0;
-    while i < n {
-        let k = (n - i).min(BATCH);
-        for (j, a) in addrs.iter_mut().take(k).enumerate() {
-            *a = (start + (i + j) * OS_PAGE) as *mut libc::c_void;
-        }
-        numa::move_pages(&addrs[..k], None, &mut status[..k])?;
-        for (j, s) in status.iter().take(k).enumerate() {
-            f(i + j, *s);
-        }
-        i += k;
-    }
-    Ok(())
+    numa::move_pages_batched(start, (end - start) / OS_PAGE, None, |i, s| {
+        f(i, s);
+        Ok(())
+    })
 }
 
 /// Moves every page of `[ptr, ptr+len)` (widened to whole pages) to NUMA node `node`,
@@ -199,7 +192,7 @@ pub(crate) unsafe fn move_to_node_claimed(
             large = page;
         }
     }
-    let t = topo::get();
+    let t = discover::get();
     let tier_of = |n: i32| -> Option<usize> {
         if n >= 0 && (n as usize) < MAX_NODES {
             t.tier_of(n as usize)
@@ -336,8 +329,8 @@ pub(crate) unsafe fn move_to_node_claimed(
 /// # Errors
 /// The tier does not exist, or as [`move_to_node`].
 pub unsafe fn move_to_tier(ptr: *mut u8, len: usize, tier: usize) -> Result<MoveReport, TierError> {
-    crate::config::init_once();
-    let t = topo::get();
+    crate::init::init_once();
+    let t = discover::get();
     if tier >= t.n_tiers {
         return Err(TierError::NoSuchTier {
             tier,
@@ -373,8 +366,8 @@ pub unsafe fn move_to_tier(ptr: *mut u8, len: usize, tier: usize) -> Result<Move
 /// # Errors
 /// As [`move_to_tier`].
 pub unsafe fn demote(ptr: *mut u8, len: usize) -> Result<MoveReport, TierError> {
-    crate::config::init_once();
-    let n = topo::get().n_tiers;
+    crate::init::init_once();
+    let n = discover::get().n_tiers;
     // SAFETY: forwarded contract.
     unsafe { move_to_tier(ptr, len, n.saturating_sub(1)) }
 }

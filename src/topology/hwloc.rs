@@ -3,7 +3,8 @@
 //! against machines no test machine is (eight nodes, CXL expanders).
 //!
 //! Owns: the translation of an hwloc topology into a [`Raw`] (then into [`Topology`] like
-//! sysfs's). May touch: `topology::raw` and the `hwlocality` crate. Never used by the
+//! sysfs's). May touch: `topology::{raw, discover}` (the model and its derived
+//! fields), the public model in `topology` and the `hwlocality` crate. Never used by the
 //! allocator itself (hwloc allocates); only on request.
 //!
 //! Mapping: each hwloc NUMANode is a node (its OS index is the id, below 64); each PU belongs

@@ -1,14 +1,18 @@
 //! The machine's NUMA topology and memory tiers, as an owned, serialisable model.
 //!
 //! Owns: the public model ([`Topology`] and its parts), built on request from the
-//! allocation-free discovery in `raw` (which the global allocator uses), from a sysfs tree
-//! (`sysfs`), or from hwloc (`hwloc`, feature `hwloc`). May touch: `sys::numa`
-//! (getcpu, Mems_allowed) and `config` (environment). Discovery of the running machine runs
-//! once per process; the public functions here allocate freely (they are never called by the
-//! allocator).
+//! allocation-free model in `raw` (which the global allocator uses): the running machine's
+//! (`discover`), a sysfs tree's (`sysfs`) or hwloc's (`hwloc`, feature `hwloc`). Layers
+//! inside, from the bottom: `raw` (the fixed-size model), `sysfs` and `sim` (fill it),
+//! `tiers` (groups nodes into tiers), `discover` (the process-wide instance), `home` (the
+//! calling thread's node, pinning), then this file and `hwloc`. May touch: `sys` (numa,
+//! env) and `sync`, nothing above. Discovery of the running machine runs once per process;
+//! the public functions here allocate freely (they are never called by the allocator).
 //!
 //! docs/tiers.md describes what is read and how tiers are derived.
 
+pub(crate) mod discover;
+pub(crate) mod home;
 #[cfg(feature = "hwloc")]
 mod hwloc;
 pub(crate) mod raw;
@@ -137,8 +141,8 @@ pub struct Topology {
 /// The running machine, discovered once per process (sysfs on Linux; one node elsewhere).
 /// Tiers are seen from the node the calling thread runs on.
 pub fn topology() -> Topology {
-    let r = raw::get();
-    let viewer = crate::sys::numa::current_cpu_and_node().map(|(_, n)| n);
+    let r = discover::get();
+    let viewer = home::current_cpu_and_node().map(|(_, n)| n);
     Topology::from_raw(r, viewer)
 }
 

@@ -1,13 +1,10 @@
-//! The machine as the allocator sees it: fixed-size arrays, filled once, allocation-free.
+//! The machine as the allocator sees it: fixed-size arrays, allocation-free.
 //!
-//! Owns: [`Raw`] (nodes, CPU masks, memory sizes, distances, HMAT figures, kernel memory
-//! tiers, the derived tiers and the per-CPU home node) and the process-wide instance behind
-//! [`get`]. May touch: `topology::sysfs` (to fill it), `topology::tiers` (to group nodes),
-//! `sys::numa` (Mems_allowed) and `config` (getenv, warnings). Nothing here allocates,
-//! panics or formats: the global allocator reaches it through `sys::numa::home_node`.
-
-use crate::sync::{AtomicUsize, Ordering};
-use core::cell::UnsafeCell;
+//! Owns: the model [`Raw`] (nodes, CPU masks, memory sizes, distances, HMAT figures, kernel
+//! memory tiers, the derived tiers and the per-CPU home node), its limits (`MAX_NODES`, the
+//! one definition the heap's per-node tables use too) and the queries on it. May touch:
+//! nothing (the bottom of the topology: `sysfs`, `sim`, `tiers` and `discover` fill it;
+//! `discover` holds the process-wide instance). Nothing here allocates, panics or formats.
 
 /// Node ids tieralloc handles (0..MAX_NODES); the heap's pools are sized the same.
 pub(crate) const MAX_NODES: usize = 64;
@@ -226,42 +223,6 @@ impl Raw {
     pub fn tier_of(&self, n: usize) -> Option<usize> {
         (0..self.n_tiers).find(|&t| self.tiers[t] & (1 << n) != 0)
     }
-
-    /// Fills the derived fields: `allowed` from `env_nodes` (TIERALLOC_NODES), the tiers
-    /// (TIERALLOC_TIERS in `env_tiers`), and the per-CPU home table.
-    pub fn finish(&mut self, env_nodes: Option<&[u8]>, env_tiers: Option<&[u8]>) {
-        if self.mems_allowed == 0 {
-            self.mems_allowed = self.nodes;
-        }
-        let usable = self.mem_nodes & self.mems_allowed;
-        let mut allowed = usable;
-        if let Some(v) = env_nodes {
-            let mut m = [0u64; 1];
-            if super::sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.nodes == 0
-            {
-                allowed = m[0] & usable;
-            } else {
-                crate::config::warn_bad(
-                    b"TIERALLOC_NODES\0",
-                    v,
-                    "a node list such as 0,1 or 0-1 naming nodes of this machine with memory",
-                );
-            }
-        }
-        if allowed == 0 {
-            allowed = if usable != 0 { usable } else { 1 };
-        }
-        self.allowed = allowed;
-        super::tiers::derive(self, env_tiers);
-        for n in iter(self.nodes) {
-            let home = self.home_of_node(n as u32) as u8;
-            for cpu in 0..MAX_CPUS {
-                if self.cpus[n][cpu / 64] & (1 << (cpu % 64)) != 0 {
-                    self.cpu_home[cpu] = home;
-                }
-            }
-        }
-    }
 }
 
 /// The ids in a 64-bit node set, ascending.
@@ -276,72 +237,4 @@ pub(crate) fn iter(set: u64) -> impl Iterator<Item = usize> {
             Some(n)
         }
     })
-}
-
-struct Global {
-    raw: UnsafeCell<Raw>,
-}
-// SAFETY: `raw` is written only by the one thread that moves STATE from UNINIT to RUNNING,
-// and read only after STATE is DONE (Release/Acquire), after which nobody writes it.
-unsafe impl Sync for Global {}
-
-static GLOBAL: Global = Global {
-    raw: UnsafeCell::new(Raw::EMPTY),
-};
-const UNINIT: usize = 0;
-const RUNNING: usize = 1;
-const DONE: usize = 2;
-static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
-
-/// The machine, discovered on first call (from /sys, the environment and Mems_allowed).
-/// Allocation-free; other threads calling meanwhile wait for the first.
-pub(crate) fn get() -> &'static Raw {
-    if STATE.load(Ordering::Acquire) != DONE {
-        init();
-    }
-    // SAFETY: STATE is DONE, so the instance is complete and never written again.
-    unsafe { &*GLOBAL.raw.get() }
-}
-
-#[cold]
-fn init() {
-    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            // SAFETY: we won the UNINIT→RUNNING race: nobody else reads or writes the
-            // instance until we publish DONE.
-            let raw = unsafe { &mut *GLOBAL.raw.get() };
-            super::sysfs::discover(b"/sys", true, raw);
-            if let Some(m) = crate::sys::numa::mems_allowed() {
-                if m & raw.nodes != 0 {
-                    raw.mems_allowed = m & raw.nodes;
-                }
-            }
-            if let Some(v) = crate::config::getenv(b"TIERALLOC_SIMULATE_NODES\0") {
-                match super::sim::parse(v) {
-                    Some(spec) => super::sim::apply(raw, spec),
-                    None => crate::config::warn_bad(
-                        b"TIERALLOC_SIMULATE_NODES\0",
-                        v,
-                        super::sim::EXPECTED,
-                    ),
-                }
-            }
-            let nodes = crate::config::getenv(b"TIERALLOC_NODES\0");
-            let tiers = crate::config::getenv(b"TIERALLOC_TIERS\0");
-            if let Some(v) = crate::config::getenv(b"TIERALLOC_IGNORE_HMAT\0") {
-                match crate::config::parse_bool(v) {
-                    Some(b) => raw.ignore_hmat = b,
-                    None => crate::config::warn_bad(b"TIERALLOC_IGNORE_HMAT\0", v, "1 or 0"),
-                }
-            }
-            raw.finish(nodes, tiers);
-            STATE.store(DONE, Ordering::Release);
-        }
-        Err(_) => {
-            // Discovery allocates nothing, so the running thread is never us re-entering.
-            while STATE.load(Ordering::Acquire) != DONE {
-                crate::sync::spin_hint();
-            }
-        }
-    }
 }

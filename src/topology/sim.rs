@@ -4,8 +4,8 @@
 //! policies, demotion bookkeeping) runs on any machine.
 //!
 //! Owns: the variable's syntax and the simulated [`Raw`]. May touch: `topology::raw` (rewrites
-//! it before its derived fields are filled) and `config` (warnings). Allocation-free: it runs
-//! inside the allocator's first call.
+//! it before its derived fields are filled) and `sys::env` (number parsing). Allocation-free:
+//! it runs inside the allocator's first call.
 //!
 //! What is simulated and what is real:
 //! - CPU `c` belongs to node `c % N`, so a thread's home node is the CPU it runs on modulo N
@@ -19,7 +19,7 @@
 //!   reports them successful; move_pages as a query still reports the real node.
 
 use super::raw::{iter, Raw, RawSource, MAX_CPUS, MAX_NODES};
-use crate::config::{parse_u64, trim};
+use crate::sys::env::{parse_u64, trim};
 
 /// The most CPU nodes that can be simulated.
 pub(crate) const MAX_SIM_NODES: u32 = 8;

@@ -1,15 +1,17 @@
 //! Reading Linux's sysfs into a [`Raw`], allocation-free: raw `open`/`read`/`getdents64` into
 //! stack buffers, and hand-written parsers for the list format ("0-3,8,10-11").
 //!
-//! Owns: the sysfs paths and formats tieralloc understands and the list parser. May touch:
-//! `topology::raw` (fills it). Reads, below a root (`/sys`, or a fixture tree in tests):
+//! Owns: the sysfs paths and formats tieralloc understands (every sysfs read of the crate is
+//! here) and the list parser. May touch: `topology::raw` (fills it) and `sys::env` (trim).
+//! Reads, below a root (`/sys`, or a fixture tree in tests):
 //! `devices/system/node/{online,possible}`, `nodeN/cpulist`, `nodeN/meminfo` (MemTotal),
 //! `nodeN/distance`, `nodeN/access0/initiators/{read,write}_{latency,bandwidth}` and the
 //! `nodeM` links beside them, `devices/virtual/memory_tiering/memory_tierK/nodelist`, and for
-//! a machine without NUMA `devices/system/cpu/{possible,online}` and /proc/meminfo.
+//! a machine without NUMA `devices/system/cpu/{possible,online}` and /proc/meminfo; and, for
+//! `Placed`'s weighted interleave, `/sys/kernel/mm/mempolicy/weighted_interleave/nodeN`.
 
 use super::raw::{Perf, Raw, RawSource, MAX_CPUS, MAX_NODES};
-use crate::config::trim;
+use crate::sys::env::trim;
 
 const PATH_MAX: usize = 512;
 
@@ -163,6 +165,20 @@ fn parse_num(v: &[u8]) -> Option<usize> {
         n = n * 10 + (c - b'0') as usize;
     }
     Some(n)
+}
+
+/// The kernel's weighted-interleave weight of `node`
+/// (/sys/kernel/mm/mempolicy/weighted_interleave/nodeN, system-wide, set by root), if it has
+/// one. Allocation-free.
+pub(crate) fn weighted_interleave_weight(node: u32) -> Option<u32> {
+    let mut path = Path::new(b"/sys/kernel/mm/mempolicy/weighted_interleave/node");
+    path.push_num(node as usize);
+    let mut buf = [0u8; 16];
+    let n = read_file(&mut path, &mut buf)?;
+    if n == 0 {
+        return None;
+    }
+    crate::sys::env::parse_u64(&buf[..n]).map(|w| w as u32)
 }
 
 /// Parses a Linux list ("0-3,8,10-11"; empty means none; surrounding whitespace allowed)

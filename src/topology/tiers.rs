@@ -1,7 +1,8 @@
 //! Memory tiers: nodes with memory grouped by speed, fastest first (issue 4's groundwork).
 //!
 //! Owns: the grouping rules and the TIERALLOC_TIERS override. May touch: `topology::raw`
-//! (reads the machine, writes its tier fields) and `config` (warnings). Allocation-free.
+//! (reads the machine, writes its tier fields), `topology::sysfs` (the list parser) and
+//! `sys::env` (warnings). Allocation-free.
 //!
 //! The rules, first that applies:
 //! 1. `TIERALLOC_TIERS` ("0,1;2": tier 0 is nodes 0 and 1, tier 1 is node 2; nodes with
@@ -57,7 +58,7 @@ pub(crate) fn derive(raw: &mut Raw, env: Option<&[u8]>) {
                 raw.tier_source = RawTierSource::Env;
                 return;
             }
-            None => crate::config::warn_bad(
+            None => crate::sys::env::warn_bad(
                 b"TIERALLOC_TIERS\0",
                 v,
                 "node lists of nodes with memory separated by ';', fastest first, e.g. 0,1;2",

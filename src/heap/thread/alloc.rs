@@ -6,8 +6,8 @@
 //! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
 //! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `free` (the drain),
-//! `heap::{page, segment, size_class, remote}`, `sys::os`, and `tier` (the routing call in
-//! `alloc_generic_in`).
+//! `heap::{page, segment, size_class, remote}`, `sys::os`, and `heap::route` (the routing
+//! call in `alloc_generic_in`).
 
 use super::bins::{direct_bin, page_to_full};
 use super::counters::bump;
@@ -403,11 +403,11 @@ pub(super) unsafe fn alloc_generic_in(
 ) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
-        if crate::tier::ACTIVE.load(Ordering::Relaxed)
+        if crate::heap::route::ACTIVE.load(Ordering::Relaxed)
             && !h.shared
             && (h.state == ACTIVE || heap_init(h))
         {
-            if let Some(node) = crate::tier::route(size, align, h.node) {
+            if let Some(node) = crate::heap::route::route(size, align, h.node) {
                 if node != h.node {
                     return node_alloc(node, size, align, zero);
                 }

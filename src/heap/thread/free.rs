@@ -5,7 +5,7 @@
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
 //! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
 //! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
-//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `config`.
+//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `init` (the purge delay).
 
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
@@ -15,13 +15,13 @@ use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
 use super::tick::heap_tick;
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
-use crate::config;
 use crate::heap::delayed;
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
     ABANDONED_FULL, MAX_NODES, PAGE_IN_FULL,
 };
+use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 
@@ -212,7 +212,7 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
 pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
-        let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         Segment::free_page(page, os::now_ms(), delay)
     }
 }

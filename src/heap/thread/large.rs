@@ -8,7 +8,7 @@
 //! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `node` (dead heaps),
 //! `registry` (init, rehome), `slices`, `tick`, `tls`, `heap::{huge, segment, remote,
 //! size_class}`,
-//! `sys::os`, `config`.
+//! `sys::os`, `init` (the purge delay).
 
 use super::counters::{add, bump, counters, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
@@ -18,7 +18,6 @@ use super::slices::take_slices;
 use super::tick::heap_tick;
 use super::tls::own;
 use super::{HeapRef, ACTIVE};
-use crate::config;
 use crate::heap::huge;
 use crate::heap::remote::USE_DELAYED;
 use crate::heap::segment::{
@@ -26,6 +25,7 @@ use crate::heap::segment::{
     PAGE_IN_FULL, SLICE_SIZE,
 };
 use crate::heap::size_class::MEDIUM_MAX;
+use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 use core::ptr;
@@ -231,7 +231,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
         if want <= n {
             if want < n && owner {
                 // Give the tail slices back to the segment.
-                let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+                let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
                 let shrink = Segment::shrink_large(seg, page, want, os::now_ms(), delay);
                 bump(&h.stats.large_free_bytes, shrink as u64);
             }

@@ -8,8 +8,9 @@
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `counters` (statistics), `fork` (the atfork handlers). The
 //! crate sees only what is re-exported below. May touch (the folder as a whole):
-//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `config`, and `tier`
-//! (the node-choice calls in `alloc::alloc_generic_in` and `slices::take_slices`).
+//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
+//! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
+//! `slices::take_slices`).
 //!
 //! Invariants:
 //! - `pages[bin]` is the first page of bin `bin`'s queue, or the static `EMPTY_PAGE`, whose

@@ -6,7 +6,7 @@
 //! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
 //! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
 //! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
-//! `sys::{numa, os}`, `config`.
+//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay).
 
 use super::bins::DIRECT_SLOTS;
 use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};
@@ -14,11 +14,12 @@ use super::free::drain_delayed;
 use super::slices::{for_each_used_page, let_go, release_empty_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
-use crate::config;
 use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
+use crate::init;
 use crate::sync::{Ordering, SpinLock};
-use crate::sys::{numa, os};
+use crate::sys::os;
+use crate::topology::home;
 use core::cell::UnsafeCell;
 use core::ptr;
 
@@ -172,7 +173,7 @@ pub(super) fn heap_init(h: HeapRef) -> bool {
 /// The node the calling thread runs on now, as an index of the per-node arrays.
 #[inline]
 pub(super) fn current_home() -> u32 {
-    (numa::home_node() as usize).min(MAX_NODES - 1) as u32
+    (home::home_node() as usize).min(MAX_NODES - 1) as u32
 }
 
 /// Moves a thread's heap to the node the thread runs on now, if that changed (a node heap
@@ -192,7 +193,7 @@ pub(super) fn follow_home(h: HeapRef) -> bool {
 
 /// Marks `h` active on `node` and lists it in the registry.
 pub(super) fn register(mut h: HeapRef, node: u32) {
-    config::init_once();
+    init::init_once();
     if h.state == ACTIVE {
         // Registered already, by an allocation init_once made on this thread (in the
         // drop-in, glibc's pthread_atfork or atexit mallocs when its table grows):
@@ -202,7 +203,7 @@ pub(super) fn register(mut h: HeapRef, node: u32) {
     // Mark active first: whatever the steps below allocate is served by this heap.
     h.state = ACTIVE;
     h.node = node;
-    h.next_purge_ms = os::now_ms() + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    h.next_purge_ms = os::now_ms() + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     let _g = REGISTRY.lock.lock();
     if h.tag == NO_TAG {
         // SAFETY: we hold the registry lock.

@@ -3,22 +3,22 @@
 //!
 //! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
 //! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
-//! through `tier::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
+//! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
 //! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
 //! changes of adopted pages), `counters`, `free` (the drain, large-page release),
-//! `heap::{segment, remote}`, `sys::os`, `config`, and `tier` (the spill call in
-//! `take_slices`).
+//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! spill call in `take_slices`).
 
 use super::bins::unfull;
 use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
 use super::{HeapRef, ACTIVE};
-use crate::config;
 use crate::heap::remote::{NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
     MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
 };
+use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 use core::ptr;
@@ -50,7 +50,7 @@ pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mu
 /// # Safety
 /// The caller owns `seg` (or has just taken it off a list).
 pub(super) unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
-    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     // SAFETY: exclusive access per the contract.
     unsafe { Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay) }
 }
@@ -77,7 +77,7 @@ pub(super) unsafe fn release_segment_dirty(seg: *mut Segment, now: u64) {
     // SAFETY: the caller owned seg and it has no page in use.
     unsafe {
         set_owner(seg, 0, NO_TAG);
-        (*seg).purge_at = now + config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        (*seg).purge_at = now + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         POOLS[node].push(seg);
     }
@@ -147,8 +147,8 @@ pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -
         }
         h.returned = 0;
         // A tier budget may send the new segment to another node (spill).
-        let node = if crate::tier::ACTIVE.load(Ordering::Relaxed) && !h.shared {
-            (crate::tier::segment_node(node as u32) as usize).min(MAX_NODES - 1)
+        let node = if crate::heap::route::ACTIVE.load(Ordering::Relaxed) && !h.shared {
+            (crate::heap::route::segment_node(node as u32) as usize).min(MAX_NODES - 1)
         } else {
             node
         };
@@ -313,7 +313,7 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
             (*p).prev = ptr::null_mut();
             (*p).collect();
             if (*p).used == 0 {
-                release_empty_page(h, p, now, config::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                release_empty_page(h, p, now, init::PURGE_DELAY_MS.load(Ordering::Relaxed));
                 return;
             }
             if (*p).kind == PageKind::Large as u8 {

@@ -5,7 +5,7 @@
 //! expiry, the pool, the node heaps, tending abandoned segments), and `collect_now`. May
 //! touch: the `Heap` fields (`super`), `free` (the drain, page retirement), `node`,
 //! `registry` (following the thread's home node), `slices`, `tls`, `heap::{segment,
-//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `config`.
+//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `init` (the purge delay).
 
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
@@ -15,9 +15,9 @@ use super::slices::{
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
-use crate::config;
 use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
 use crate::heap::size_class::NBINS;
+use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 
@@ -38,7 +38,7 @@ pub(super) fn heap_tick(mut h: HeapRef) {
     if now < h.next_purge_ms {
         return;
     }
-    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     h.next_purge_ms = now + (delay / 4).max(1);
     heap_collect(h, now, delay);
 }
@@ -155,6 +155,6 @@ pub fn collect_now() {
     }
     follow_home(h);
     let now = os::now_ms();
-    let delay = config::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
 }

@@ -1,0 +1,225 @@
+//! Process start-up: the settings read from the environment, once, without allocating, and
+//! everything the allocator sets up on its first use.
+//!
+//! Owns: the process-wide settings and the start-up sequence ([`init_once`]): it reads the
+//! environment (the table below, and the tier policy into `heap::route`), registers the heap's
+//! fork handlers and, with `TIERALLOC_SHOW_STATS`, the exit-time printer of `stats`.
+//! May touch: `sys` (env, numa, os), `topology` (the machine, for the verbose line), `heap`
+//! (fork handlers, the routing state) and `stats` (the printer). It is part of the heap's
+//! layer, not above it: the heap runs it from its first registration of a thread heap (there
+//! is no `main` to run it from), and the layers above call it before reading a setting.
+//! A malformed value produces one warning on stderr that names the variable, and the default
+//! stays in force; nothing here panics.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `TIERALLOC_PURGE_DELAY_MS` | how long empty memory waits before it goes back to the OS | 100 |
+//! | `TIERALLOC_SHOW_STATS` | `1`: print statistics to stderr at exit | off |
+//! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
+//! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
+//! | `TIERALLOC_FAR_THRESHOLD`, `TIERALLOC_TIER_RATIO`, `TIERALLOC_TIER_BUDGET` | the tier policy (docs/tiers.md) | off |
+//!
+//! The topology's variables (`TIERALLOC_NODES`, `TIERALLOC_TIERS`, `TIERALLOC_IGNORE_HMAT`,
+//! `TIERALLOC_SIMULATE_NODES`) are read by `topology::discover` when it discovers the machine.
+
+use crate::heap::route;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sys::env::{getenv, parse_bool, parse_ratio, parse_size, parse_u64, warn_bad};
+use crate::sys::os;
+use crate::topology::raw::MAX_TIERS;
+
+/// Purge delay in milliseconds.
+pub(crate) static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(100);
+/// Print statistics at exit.
+pub(crate) static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+/// Say what we do.
+pub(crate) static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+const UNINIT: usize = 0;
+const RUNNING: usize = 1;
+const DONE: usize = 2;
+static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
+static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+fn current_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// Reads the environment once. Safe to call from any thread at any time; a thread that
+/// re-enters while it is itself initialising returns at once (and sees defaults).
+pub(crate) fn init_once() {
+    if STATE.load(Ordering::Acquire) == DONE {
+        return;
+    }
+    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            INIT_THREAD.store(current_thread(), Ordering::Relaxed);
+            read_all();
+            crate::heap::thread::register_fork_handlers();
+            STATE.store(DONE, Ordering::Release);
+        }
+        Err(_) => {
+            if INIT_THREAD.load(Ordering::Relaxed) == current_thread() {
+                return; // re-entered from our own initialisation
+            }
+            while STATE.load(Ordering::Acquire) != DONE {
+                crate::sync::spin_hint();
+            }
+        }
+    }
+}
+
+fn read_u64(name: &'static [u8], dst: &AtomicU64, max: u64) {
+    if let Some(v) = getenv(name) {
+        match parse_u64(v) {
+            Some(n) if n <= max => dst.store(n, Ordering::Relaxed),
+            _ => warn_bad(name, v, "a whole number of milliseconds up to 1 hour"),
+        }
+    }
+}
+
+fn read_bool(name: &'static [u8], dst: &AtomicBool) {
+    if let Some(v) = getenv(name) {
+        match parse_bool(v) {
+            Some(b) => dst.store(b, Ordering::Relaxed),
+            None => warn_bad(name, v, "1 or 0, on or off"),
+        }
+    }
+}
+
+fn read_all() {
+    read_u64(b"TIERALLOC_PURGE_DELAY_MS\0", &PURGE_DELAY_MS, 3_600_000);
+    read_bool(b"TIERALLOC_SHOW_STATS\0", &SHOW_STATS);
+    read_bool(b"TIERALLOC_VERBOSE\0", &VERBOSE);
+    if let Some(v) = getenv(b"TIERALLOC_NUMA\0") {
+        match parse_bool(v) {
+            Some(b) => crate::sys::numa::BIND_ENABLED.store(b, Ordering::Relaxed),
+            None => warn_bad(b"TIERALLOC_NUMA\0", v, "on or off"),
+        }
+    }
+    read_tier_policy();
+    if SHOW_STATS.load(Ordering::Relaxed) {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(crate::stats::print_at_exit);
+        }
+    }
+    if VERBOSE.load(Ordering::Relaxed) {
+        use core::fmt::Write;
+        let mut b = os::StackBuf::<200>::new();
+        let t = crate::topology::discover::get();
+        let _ = write!(
+            b,
+            "tieralloc: purge delay {} ms, numa binding {}",
+            PURGE_DELAY_MS.load(Ordering::Relaxed),
+            if crate::sys::numa::BIND_ENABLED.load(Ordering::Relaxed) {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        if t.simulated() {
+            let _ = write!(
+                b,
+                ", simulated nodes: {} CPU nodes, {} far (binding calls skipped)",
+                t.sim_nodes,
+                t.sim_far.count_ones()
+            );
+        }
+        let _ = writeln!(b);
+        os::write_stderr(b.as_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tier policy's variables (allocation-free parsing; `tier::policy` documents them).
+
+/// Parsed budgets: near, far, by index (`route::NONE`: no budget).
+pub(crate) type Budgets = (u64, u64, [u64; MAX_TIERS]);
+
+/// "near:2G,far:8G" or "0:2G,1:8G" (any mix, at least one entry).
+pub(crate) fn parse_budgets(v: &[u8]) -> Option<Budgets> {
+    use crate::sys::env::trim;
+    let none = route::NONE;
+    let v = trim(v);
+    if v.is_empty() {
+        return None;
+    }
+    let (mut near, mut far, mut tiers) = (none, none, [none; MAX_TIERS]);
+    for item in v.split(|&c| c == b',') {
+        let item = trim(item);
+        let i = item.iter().position(|&c| c == b':')?;
+        let (key, val) = (trim(&item[..i]), parse_size(&item[i + 1..])?);
+        if key.eq_ignore_ascii_case(b"near") {
+            near = val;
+        } else if key.eq_ignore_ascii_case(b"far") {
+            far = val;
+        } else {
+            let t = parse_u64(key)? as usize;
+            if t >= MAX_TIERS {
+                return None;
+            }
+            tiers[t] = val;
+        }
+    }
+    Some((near, far, tiers))
+}
+
+/// Reads the three tier-policy variables into the routing state; a malformed one gives one
+/// warning and stays off.
+fn read_tier_policy() {
+    let none = route::NONE;
+    let mut threshold = 0usize;
+    if let Some(v) = getenv(b"TIERALLOC_FAR_THRESHOLD\0") {
+        match parse_size(v) {
+            Some(n) if n >= 1 && n <= isize::MAX as u64 => threshold = n as usize,
+            _ => warn_bad(
+                b"TIERALLOC_FAR_THRESHOLD\0",
+                v,
+                "a size in bytes of at least 1, such as 1048576 or 1M",
+            ),
+        }
+    }
+    let mut ratio = (0, 0);
+    if let Some(v) = getenv(b"TIERALLOC_TIER_RATIO\0") {
+        match parse_ratio(v) {
+            Some(r) => ratio = r,
+            None => warn_bad(
+                b"TIERALLOC_TIER_RATIO\0",
+                v,
+                "near:far weights such as 1:4, far at least 1",
+            ),
+        }
+    }
+    let (mut near, mut far, mut tiers) = (none, none, [none; MAX_TIERS]);
+    if let Some(v) = getenv(b"TIERALLOC_TIER_BUDGET\0") {
+        match parse_budgets(v) {
+            Some(b) => (near, far, tiers) = b,
+            None => warn_bad(
+                b"TIERALLOC_TIER_BUDGET\0",
+                v,
+                "tier:size pairs such as near:2G,far:8G or 0:2G,1:8G",
+            ),
+        }
+    }
+    route::apply(threshold, ratio, near, far, &tiers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        let none = route::NONE;
+        let (n, f, t) = parse_budgets(b"near:2G,far:8G").unwrap();
+        assert_eq!((n, f), (2 << 30, 8 << 30));
+        assert!(t.iter().all(|b| *b == none));
+        let (n, _, t) = parse_budgets(b"0:1M, 1:3M").unwrap();
+        assert_eq!((n, t[0], t[1]), (none, 1 << 20, 3 << 20));
+        assert!(parse_budgets(b"mid:1G").is_none());
+        assert!(parse_budgets(b"9:1G").is_none());
+        assert!(parse_budgets(b"").is_none());
+    }
+}

@@ -1,0 +1,120 @@
+//! Discovery of the running machine, once per process: the sysfs tree under /sys, the
+//! cpuset's Mems_allowed, the environment's overrides (`TIERALLOC_SIMULATE_NODES`,
+//! `TIERALLOC_NODES`, `TIERALLOC_TIERS`, `TIERALLOC_IGNORE_HMAT`), then the derived fields.
+//!
+//! Owns: the process-wide [`Raw`] behind [`get`] and [`Raw::finish`] (the derived fields of
+//! any `Raw`, also one built from a fixture tree or hwloc). May touch: `topology::{raw,
+//! sysfs, sim, tiers}` (to fill it), `sys::numa` (Mems_allowed; and it tells `sys::numa`
+//! whether the nodes are simulated and which have memory), `sys::env` (getenv, warnings) and
+//! `sync`. Nothing here allocates, panics or formats: the heap reaches it through
+//! `topology::home::home_node`.
+
+use super::raw::{iter, Raw, MAX_CPUS};
+use super::{sim, sysfs, tiers};
+use crate::sync::{spin_hint, AtomicUsize, Ordering};
+use crate::sys::env::{getenv, parse_bool, warn_bad};
+use crate::sys::numa;
+use core::cell::UnsafeCell;
+
+impl Raw {
+    /// Fills the derived fields: `allowed` from `env_nodes` (TIERALLOC_NODES), the tiers
+    /// (TIERALLOC_TIERS in `env_tiers`), and the per-CPU home table.
+    pub fn finish(&mut self, env_nodes: Option<&[u8]>, env_tiers: Option<&[u8]>) {
+        if self.mems_allowed == 0 {
+            self.mems_allowed = self.nodes;
+        }
+        let usable = self.mem_nodes & self.mems_allowed;
+        let mut allowed = usable;
+        if let Some(v) = env_nodes {
+            let mut m = [0u64; 1];
+            if sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.nodes == 0 {
+                allowed = m[0] & usable;
+            } else {
+                warn_bad(
+                    b"TIERALLOC_NODES\0",
+                    v,
+                    "a node list such as 0,1 or 0-1 naming nodes of this machine with memory",
+                );
+            }
+        }
+        if allowed == 0 {
+            allowed = if usable != 0 { usable } else { 1 };
+        }
+        self.allowed = allowed;
+        tiers::derive(self, env_tiers);
+        for n in iter(self.nodes) {
+            let home = self.home_of_node(n as u32) as u8;
+            for cpu in 0..MAX_CPUS {
+                if self.cpus[n][cpu / 64] & (1 << (cpu % 64)) != 0 {
+                    self.cpu_home[cpu] = home;
+                }
+            }
+        }
+    }
+}
+
+struct Global {
+    raw: UnsafeCell<Raw>,
+}
+// SAFETY: `raw` is written only by the one thread that moves STATE from UNINIT to RUNNING,
+// and read only after STATE is DONE (Release/Acquire), after which nobody writes it.
+unsafe impl Sync for Global {}
+
+static GLOBAL: Global = Global {
+    raw: UnsafeCell::new(Raw::EMPTY),
+};
+const UNINIT: usize = 0;
+const RUNNING: usize = 1;
+const DONE: usize = 2;
+static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
+
+/// The machine, discovered on first call (from /sys, the environment and Mems_allowed).
+/// Allocation-free; other threads calling meanwhile wait for the first.
+pub(crate) fn get() -> &'static Raw {
+    if STATE.load(Ordering::Acquire) != DONE {
+        init();
+    }
+    // SAFETY: STATE is DONE, so the instance is complete and never written again.
+    unsafe { &*GLOBAL.raw.get() }
+}
+
+#[cold]
+fn init() {
+    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            // SAFETY: we won the UNINIT→RUNNING race: nobody else reads or writes the
+            // instance until we publish DONE.
+            let raw = unsafe { &mut *GLOBAL.raw.get() };
+            sysfs::discover(b"/sys", true, raw);
+            if let Some(m) = numa::mems_allowed() {
+                if m & raw.nodes != 0 {
+                    raw.mems_allowed = m & raw.nodes;
+                }
+            }
+            if let Some(v) = getenv(b"TIERALLOC_SIMULATE_NODES\0") {
+                match sim::parse(v) {
+                    Some(spec) => sim::apply(raw, spec),
+                    None => warn_bad(b"TIERALLOC_SIMULATE_NODES\0", v, sim::EXPECTED),
+                }
+            }
+            let nodes = getenv(b"TIERALLOC_NODES\0");
+            let tiers = getenv(b"TIERALLOC_TIERS\0");
+            if let Some(v) = getenv(b"TIERALLOC_IGNORE_HMAT\0") {
+                match parse_bool(v) {
+                    Some(b) => raw.ignore_hmat = b,
+                    None => warn_bad(b"TIERALLOC_IGNORE_HMAT\0", v, "1 or 0"),
+                }
+            }
+            raw.finish(nodes, tiers);
+            // Before DONE: whoever binds or moves memory has called `get` for its node first.
+            numa::set_machine(raw.simulated(), raw.mem_nodes);
+            STATE.store(DONE, Ordering::Release);
+        }
+        Err(_) => {
+            // Discovery allocates nothing, so the running thread is never us re-entering.
+            while STATE.load(Ordering::Acquire) != DONE {
+                spin_hint();
+            }
+        }
+    }
+}
