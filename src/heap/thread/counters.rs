@@ -166,8 +166,12 @@ pub(super) const ZERO_I64: crate::sync::AtomicI64 = crate::sync::AtomicI64::new(
 
 /// The counters a free by heap `h` goes to: its own (owner-only, `shared` false), or the
 /// retired totals (atomic adds) if it is not active.
+///
+/// # Safety
+/// The caller uses the returned counters only within the free it is doing, while the heap
+/// cannot exit (the `'static` is a lie for the heap's own counters: they live in the heap).
 #[inline]
-pub(super) fn counters(h: HeapRef) -> (&'static HeapStats, bool) {
+pub(super) unsafe fn counters(h: HeapRef) -> (&'static HeapStats, bool) {
     if h.state == ACTIVE {
         // SAFETY: a thread's heap lives as long as its thread and a node heap for good; the
         // counters are atomics, and the caller uses them only within the free it is doing.

@@ -358,7 +358,11 @@ pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
 }
 
 /// Takes in blocks that other threads freed into our full pages.
-pub(super) fn drain_delayed(mut h: HeapRef) {
+///
+/// # Safety
+/// The caller uses no page of `h` it looked up before the drain after it returns: a freed
+/// block can empty a page, which is then retired (and a tick inside may collect).
+pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
     if h.delayed.0.is_empty() {
         return;
     }
@@ -369,8 +373,10 @@ pub(super) fn drain_delayed(mut h: HeapRef) {
     h.walking = true;
     let hp = h.as_ptr();
     // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
-    // The stack is borrowed through the raw pointer, and the walk writes `returned` through
-    // it too, so no `&mut Heap` overlaps the borrow of the stack.
+    // The stack is borrowed shared through the raw pointer while the walk's frees form short
+    // `&mut Heap`s (free_local, its tick, a nested drain): sound because the stack is
+    // interior-mutable (its head is an atomic), so a `&mut Heap` elsewhere does not assert
+    // exclusive access to it. `walking` keeps the frees from giving any page away.
     unsafe {
         delayed::drain(
             &(*hp).delayed.0,

@@ -39,8 +39,11 @@ pub(super) unsafe fn alloc_large(h: HeapRef, size: usize, zero: bool) -> *mut u8
         // SAFETY: SLICE_SIZE is a power of two.
         return unsafe { dead_alloc(h, size, SLICE_SIZE, zero) };
     }
-    heap_tick(h);
-    drain_delayed(h);
+    // SAFETY: an allocation's slow path, before it looks up any page.
+    unsafe {
+        heap_tick(h);
+        drain_delayed(h);
+    }
     let n = size.div_ceil(SLICE_SIZE).max(1);
     // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
     // frees), and we hold no page of ours.
@@ -82,7 +85,8 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
         // SAFETY: forwarded contract.
         return unsafe { dead_alloc(h, size, align, zero) };
     }
-    heap_tick(h);
+    // SAFETY: an allocation's slow path, before it looks up any page or segment.
+    unsafe { heap_tick(h) };
     // The node the thread runs on now: a huge block is served from the cache (which
     // holds mappings of the heap's node) or mapped on the heap's node, so a move must be
     // noticed here rather than within 16 slow paths, or the block lands on the old node.

@@ -165,10 +165,18 @@ impl Heap {
 /// owner...), so that the functions inside take it safely: holding one is the proof that the
 /// heap's owner-only fields are ours to read and write.
 ///
-/// It gives `&Heap`/`&mut Heap` for the length of one expression or statement: other threads
-/// only ever touch a heap's atomics (`delayed`, the counters) and, under the registry lock, its
-/// registry links and `node`, which its owner writes under that lock too. Never the unset heap
-/// of `tls` (read-only): the fast paths that may meet it keep a raw pointer.
+/// It gives `&Heap`/`&mut Heap` for the length of one expression or statement, and the code
+/// keeps it so: a `&mut Heap` from `DerefMut` is never held across a call that takes the
+/// `HeapRef` again (it is `Copy`, so the compiler does not check this; two live `&mut Heap`
+/// would alias). Never the unset heap of `tls` (read-only): the fast paths that may meet it
+/// keep a raw pointer.
+///
+/// Other threads touch a heap's `delayed` stack and counters (atomics, interior-mutable)
+/// and, under the registry lock, its registry links and `node`, which its owner writes only
+/// under that lock too. A `&mut Heap` formed while another thread reads the registry links is
+/// formally an aliasing violation even though no access races (the links are not read or
+/// written through it); the clean cut is to split `Heap` into an owner-only part, which
+/// `DerefMut` would reach, and a shared part (docs/design.md, "Known limits").
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 pub(super) struct HeapRef(*mut Heap);

@@ -51,7 +51,9 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
     let mut h = unsafe { HeapRef::new(nh.heap.get()) };
     if h.state != ACTIVE {
         h.shared = true;
-        register(h, node);
+        // SAFETY: a node heap is never unregistered, so one that is not ACTIVE was never
+        // listed.
+        unsafe { register(h, node) };
         NODE_HEAPS_USED.fetch_or(1 << node, Ordering::Relaxed);
     }
     // SAFETY: forwarded contract.
@@ -68,7 +70,8 @@ pub(super) fn collect_node_heaps(now: u64, delay: u64) {
             // SAFETY: we hold its lock, so it is ours for the duration.
             let h = unsafe { HeapRef::new(nh.heap.get()) };
             if h.state == ACTIVE {
-                heap_collect(h, now, delay);
+                // SAFETY: we hold no page of the node heap (we only took its lock).
+                unsafe { heap_collect(h, now, delay) };
             }
         }
     }

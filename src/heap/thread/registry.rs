@@ -101,7 +101,12 @@ pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
 
 /// Folds a heap's counters into the retired totals and zeroes them. The caller holds the
 /// registry lock (readers of the totals and of `node` take it).
-pub(super) fn retire_counters(hp: &mut Heap) {
+///
+/// # Safety
+/// The caller holds the registry lock, and `hp` is a heap no thread allocates with any more
+/// (it is leaving, dead, or being moved with its thread stopped in `rehome`): its counters
+/// are folded into the totals once.
+pub(super) unsafe fn retire_counters(hp: &mut Heap) {
     let node = (hp.node as usize).min(MAX_NODES - 1);
     RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
     hp.stats.merge_into(&RETIRED);
@@ -161,7 +166,8 @@ pub(super) fn heap_init(h: HeapRef) -> bool {
     if h.state == LEAVING || h.state == DEAD {
         return false;
     }
-    register(h, current_home());
+    // SAFETY: neither ACTIVE, LEAVING nor DEAD: the heap was never registered.
+    unsafe { register(h, current_home()) };
     if let Some(k) = thread_key() {
         // SAFETY: k is a key we made; the value is the calling thread's own heap (heap_init
         // runs only on a thread's own heap: a node heap is registered by node_alloc).
@@ -179,12 +185,16 @@ pub(super) fn current_home() -> u32 {
 /// Moves a thread's heap to the node the thread runs on now, if that changed (a node heap
 /// never moves): through [`rehome_when_safe`], so not during a drain's walk. Returns whether
 /// the home had changed.
+///
+/// # Safety
+/// As for [`rehome_when_safe`]: `h` is active and the caller uses no page of `h` after this.
 #[inline]
-pub(super) fn follow_home(h: HeapRef) -> bool {
+pub(super) unsafe fn follow_home(h: HeapRef) -> bool {
     if !h.shared {
         let node = current_home();
         if node != h.node {
-            rehome_when_safe(h, node);
+            // SAFETY: forwarded contract.
+            unsafe { rehome_when_safe(h, node) };
             return true;
         }
     }
@@ -192,7 +202,11 @@ pub(super) fn follow_home(h: HeapRef) -> bool {
 }
 
 /// Marks `h` active on `node` and lists it in the registry.
-pub(super) fn register(mut h: HeapRef, node: u32) {
+///
+/// # Safety
+/// `h` is not linked in the registry, or is already ACTIVE (then this does nothing): a heap
+/// that is listed but not ACTIVE (leaving, dead) would be linked twice and make a loop.
+pub(super) unsafe fn register(mut h: HeapRef, node: u32) {
     init::init_once();
     if h.state == ACTIVE {
         // Registered already, by an allocation init_once made on this thread (in the
@@ -237,7 +251,8 @@ pub unsafe fn heap_done(h: *mut Heap) {
     // Counters, registry, tag (release_all rewrote the map entries that held it).
     {
         let _g = REGISTRY.lock.lock();
-        retire_counters(&mut h);
+        // SAFETY: we hold the registry lock; h is LEAVING, no longer allocated with.
+        unsafe { retire_counters(&mut h) };
         // SAFETY: we hold the registry lock, and no map entry holds our tag any more.
         unsafe { give_tag(h.tag) };
         h.tag = NO_TAG;
@@ -318,7 +333,8 @@ pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
     // SAFETY: forwarded contract.
     unsafe { release_all(h) };
     let _g = REGISTRY.lock.lock();
-    retire_counters(&mut h);
+    // SAFETY: we hold the registry lock; h is LEAVING until the move is done.
+    unsafe { retire_counters(&mut h) };
     h.node = node;
     h.state = ACTIVE;
 }
@@ -334,13 +350,18 @@ pub(crate) fn heap_node() -> u32 {
 /// freeing into pages another thread may adopt. The tick is then left one short, so the
 /// next tick (after the walk) looks again. Ticks and collections run from slow paths that
 /// use no page of the heap after them.
+///
+/// # Safety
+/// `h` is active (ticks and collections look only at active heaps) and the caller uses no
+/// page, block or segment of `h` it looked up before the call after it returns: the move gives
+/// every segment away.
 #[cold]
-pub(super) fn rehome_when_safe(mut h: HeapRef, node: u32) {
+pub(super) unsafe fn rehome_when_safe(mut h: HeapRef, node: u32) {
     if h.walking {
         h.tick = h.tick.wrapping_sub(1);
         return;
     }
-    // SAFETY: no walk is in progress (just checked), h is active (ticks and collections
-    // look only at active heaps), and the caller uses no page of h after this.
+    // SAFETY: no walk is in progress (just checked); h is active and the caller uses no page
+    // of h after this (this function's contract).
     unsafe { rehome(h, node) }
 }

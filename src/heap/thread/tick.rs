@@ -22,8 +22,13 @@ use crate::sync::Ordering;
 use crate::sys::os;
 
 /// One slow path's tick: every 16th follows the thread's home node and, when due, collects.
+///
+/// # Safety
+/// The caller uses no page, block or segment of `h` it looked up before the tick after it
+/// returns: the tick may move the heap to another node (giving every segment away) or retire
+/// and purge empty pages.
 #[inline]
-pub(super) fn heap_tick(mut h: HeapRef) {
+pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     h.tick = h.tick.wrapping_add(1);
     if h.tick & 15 != 0 || h.state != ACTIVE {
         return;
@@ -31,7 +36,9 @@ pub(super) fn heap_tick(mut h: HeapRef) {
     // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
     // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
     // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
-    if follow_home(h) {
+    // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
+    // (contract).
+    if unsafe { follow_home(h) } {
         return;
     }
     let now = os::now_ms();
@@ -40,14 +47,20 @@ pub(super) fn heap_tick(mut h: HeapRef) {
     }
     let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     h.next_purge_ms = now + (delay / 4).max(1);
-    heap_collect(h, now, delay);
+    // SAFETY: forwarded contract.
+    unsafe { heap_collect(h, now, delay) };
 }
 
 /// Collects remote frees, retires empty pages, purges what has waited long enough, adopts
 /// stranded segments. Cost: one pass over our pages; runs at most every delay/4 ms.
+///
+/// # Safety
+/// As for [`heap_tick`]: the caller uses no page, block or segment of `h` it looked up before
+/// the collection after it returns (empty pages are retired and purged, segments released).
 #[cold]
-pub(super) fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
-    drain_delayed(h);
+pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
+    // SAFETY: forwarded contract.
+    unsafe { drain_delayed(h) };
     // SAFETY: the pages in h's queues and the segments on its list are h's, so ours.
     unsafe {
         let counts = h.stats.alloc_counts();
@@ -153,8 +166,11 @@ pub fn collect_now() {
     if h.state != ACTIVE {
         return;
     }
-    follow_home(h);
-    let now = os::now_ms();
-    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
-    heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+    // SAFETY: h is ACTIVE (checked above) and a user's call holds no page of it.
+    unsafe {
+        follow_home(h);
+        let now = os::now_ms();
+        let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+    }
 }
