@@ -371,12 +371,12 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
     // walk is over. Drains nest (a free's tick may collect, which drains), hence the save.
     let was_walking = h.walking;
     h.walking = true;
-    let hp = h.as_ptr();
-    // SAFETY: every block on our delayed stack belongs to a page we own (module invariant).
     // The stack is borrowed shared through the raw pointer while the walk's frees form short
-    // `&mut Heap`s (free_local, its tick, a nested drain): sound because the stack is
-    // interior-mutable (its head is an atomic), so a `&mut Heap` elsewhere does not assert
-    // exclusive access to it. `walking` keeps the frees from giving any page away.
+    // `&mut Heap`s (free_local, its tick, a nested drain): allowed because the stack is
+    // interior-mutable (its head is an atomic). `walking` keeps the frees from giving pages away.
+    let hp = h.as_ptr();
+    // SAFETY: every block on our delayed stack belongs to a page we own (module invariant);
+    // the shared borrow of the stack may overlap `&mut Heap`s (interior mutability, above).
     unsafe {
         delayed::drain(
             &(*hp).delayed.0,
