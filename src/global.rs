@@ -109,6 +109,8 @@ unsafe extern "C" fn c_malloc_big(size: usize) -> *mut u8 {
 // unique until freed, and freeing accepts exactly what was returned (the heap finds the block's
 // owner from its address, so any thread may free).
 unsafe impl GlobalAlloc for TierAlloc {
+    /// # Safety
+    /// [`GlobalAlloc::alloc`]\'s contract.
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
@@ -122,12 +124,16 @@ unsafe impl GlobalAlloc for TierAlloc {
         }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::dealloc`]\'s contract.
     #[inline(always)]
     unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
         // SAFETY: p came from this allocator and is freed once (caller's contract).
         unsafe { thread::free(p) }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::alloc_zeroed`]\'s contract.
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
@@ -141,6 +147,8 @@ unsafe impl GlobalAlloc for TierAlloc {
         }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::realloc`]\'s contract.
     #[inline]
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: p is a live block of ours with `layout` (caller's contract).

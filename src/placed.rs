@@ -512,6 +512,8 @@ unsafe impl Allocator for Placed {
         self.alloc(layout, true)
     }
 
+    /// # Safety
+    /// [`Allocator::deallocate`]'s contract.
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() == 0 {
             return;
