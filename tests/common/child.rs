@@ -8,6 +8,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,22 @@ pub fn wait_for<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Opti
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The drop-in library of the profile this test was built with, next to the test executable
+/// (where `cargo build -p tieralloc-preload --release` puts it; build it first).
+pub fn preload_library() -> PathBuf {
+    const LIB: &str = "libtieralloc_preload.so";
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    for c in [deps.join(LIB), deps.join("..").join(LIB)] {
+        if c.is_file() {
+            return c
+                .canonicalize()
+                .expect("an existing file has a canonical path");
+        }
+    }
+    panic!("{LIB} not found next to {exe:?}; run `cargo build -p tieralloc-preload --release`");
 }
 
 /// How a child run ended.
