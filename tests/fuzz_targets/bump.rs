@@ -9,7 +9,7 @@
 //! `checkouts = hits + misses` and `returns = idle + hits + dropped`, with `checkouts` and
 //! `returns` counted by the model.
 
-use crate::common::{align_of, check, fill, in_thread, Affinity, Ranges};
+use crate::common::{align_of, check, fill, in_thread, thread_op, Affinity, Ranges};
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::Layout;
 use tieralloc::{BumpCache, BumpGuard};
@@ -176,15 +176,9 @@ impl<'c> Model<'c> {
                         Self::check_blocks(h);
                     }
                 }
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
             }
             let s = self.cache.stats();

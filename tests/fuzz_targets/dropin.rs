@@ -17,7 +17,9 @@
 //! Linking the preload crate makes its `malloc` the process's malloc (and tieralloc its Rust
 //! allocator), as under LD_PRELOAD.
 
-use crate::common::{check, check_zero, fill, in_thread, pat, size_of, Affinity, Ranges};
+use crate::common::{
+    check, check_zero, fill, in_thread, pat, size_of, thread_op, Affinity, Ranges,
+};
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
 
@@ -610,15 +612,9 @@ impl Model {
                     }
                 }
             }
-            Op::Thread(n) => {
-                let inner = &ops[*next..(*next + n as usize % 32).min(ops.len())];
-                *next += inner.len();
-                if depth < 2 {
-                    in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                } else {
-                    self.run(inner, aff, depth);
-                }
-            }
+            Op::Thread(n) => thread_op(ops, next, n, aff, depth, |inner, aff, d| {
+                self.run(inner, aff, d)
+            }),
             Op::MoveCpu(k) => aff.move_to(k),
         }
     }
