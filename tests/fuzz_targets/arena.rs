@@ -12,7 +12,7 @@
 //! the arena moved to a new thread (Arena is Send), which exits; `MoveCpu` changes the
 //! thread's CPU (its node under simulated nodes).
 
-use crate::common::{in_thread, thread_op, Affinity, Ranges};
+use crate::common::{in_thread, next_op, thread_op, Affinity, Ranges};
 use allocator_api2::alloc::{Allocator, Global};
 use arbitrary::{Arbitrary, Unstructured};
 use std::sync::{Arc, Mutex};
@@ -195,12 +195,7 @@ impl<const N: usize> Model<N> {
         depth: u32,
     ) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             let mut expect_drops = Vec::new();
             match *op {
                 Op::Alloc { seed, owned } | Op::TryAllocWith { seed, owned } => {

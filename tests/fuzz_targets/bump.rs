@@ -9,7 +9,7 @@
 //! `checkouts = hits + misses` and `returns = idle + hits + dropped`, with `checkouts` and
 //! `returns` counted by the model.
 
-use crate::common::{align_of, check, fill, in_thread, thread_op, Affinity, Ranges};
+use crate::common::{align_of, check, fill, in_thread, next_op, thread_op, Affinity, Ranges};
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::Layout;
 use tieralloc::{BumpCache, BumpGuard};
@@ -102,12 +102,7 @@ impl<'c> Model<'c> {
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let main = depth == 0;
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Checkout => {
                     if self.held.len() < 8 {

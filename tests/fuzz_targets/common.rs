@@ -182,6 +182,21 @@ pub fn in_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// The op of `ops` at `*next` (which then points past it), counted in `count`; `None` at the
+/// end of `ops`, or once `count` passes `budget` (the ops of an input in all its threads, so
+/// that no input runs long).
+pub fn next_op<'o, O>(
+    ops: &'o [O],
+    next: &mut usize,
+    count: &mut usize,
+    budget: usize,
+) -> Option<&'o O> {
+    let op = ops.get(*next)?;
+    *next += 1;
+    *count += 1;
+    (*count <= budget).then_some(op)
+}
+
 /// Runs a `Thread(n)` op: the next `n % 32` ops of `ops` after `*next` (which then points
 /// past them) go to `run(inner, affinity, depth)` on a new thread, which exits afterwards.
 /// Two levels deep at most: deeper, they run on the calling thread, with its `aff`.

@@ -18,7 +18,7 @@
 //! allocator), as under LD_PRELOAD.
 
 use crate::common::{
-    check, check_zero, fill, in_thread, pat, size_of, thread_op, Affinity, Ranges,
+    check, check_zero, fill, in_thread, next_op, pat, size_of, thread_op, Affinity, Ranges,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
@@ -302,12 +302,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 500 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 500) {
             self.step(op, ops, &mut next, aff, depth);
         }
     }

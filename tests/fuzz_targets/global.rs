@@ -11,7 +11,7 @@
 //! runs on a thread of its own (its "main" thread), so it starts from a fresh thread heap.
 
 use crate::common::{
-    align_of, check, check_zero, fill, in_thread, size_of, thread_op, Affinity, Ranges,
+    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::{GlobalAlloc, Layout};
@@ -154,12 +154,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > MAX_OPS {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, MAX_OPS) {
             match *op {
                 Op::Alloc {
                     kind,

@@ -10,7 +10,7 @@
 //! skipped.
 
 use crate::common::{
-    align_of, check, check_zero, fill, in_thread, size_of, thread_op, Affinity, Ranges,
+    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
 };
 use allocator_api2::alloc::Allocator;
 use arbitrary::{Arbitrary, Unstructured};
@@ -108,12 +108,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Alloc {
                     handle,

@@ -9,7 +9,7 @@
 //! when `max_live` objects are out; the counters agree with the model (`created`, `out`,
 //! `idle <= max_idle`); an object the pool drops is one that was idle (returned).
 
-use crate::common::{in_thread, pat, thread_op, Affinity};
+use crate::common::{in_thread, next_op, pat, thread_op, Affinity};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -152,12 +152,7 @@ impl<'p> Model<'p> {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Get | Op::GetOwned | Op::TryGet => {
                     let full = self.max_live.is_some_and(|m| self.out.len() >= m);

@@ -8,7 +8,7 @@
 //! `Key::to_bits`/`from_bits` round-trip. The arena runs on `Global` or `Placed::node(0)`;
 //! `Thread` runs ops with the arena moved to a new thread, which exits.
 
-use crate::common::{in_thread, pat, thread_op, Affinity};
+use crate::common::{in_thread, next_op, pat, thread_op, Affinity};
 use allocator_api2::alloc::{Allocator, Global};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::BTreeMap;
@@ -91,12 +91,7 @@ impl Model {
         depth: u32,
     ) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 500 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 500) {
             match *op {
                 Op::Insert { seed, len } => {
                     self.next_id += 1;
