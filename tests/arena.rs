@@ -454,6 +454,9 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert_eq!(a.limit(), None);
     assert_eq!(Arena::<u64>::with_limit(4096).limit(), Some(4096));
     assert_eq!(Arena::<u64>::new().capacity(), 0);
+    // Nothing to hold: no chunk.
+    assert_eq!(Arena::<u64>::with_capacity(0).stats().chunks, 0);
+    assert_eq!(Arena::<()>::with_capacity(10).stats().chunks, 0);
 
     // clear_and_shrink keeps the high-water mark of the values it dropped.
     let mut a: Arena<u64> = Arena::new();
@@ -486,7 +489,15 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert!(st.bytes_held >= 100 * 8, "{st:?}");
     assert_eq!(SlotArena::<u64>::new().stats().chunks, 0);
     let k = s.insert(1);
+    let one = s.stats().bytes_used;
+    assert!(one > 0, "{:?}", s.stats());
+    let k3 = s.insert(3);
+    let st = s.stats();
+    assert_eq!((st.bytes_used, st.high_water), (2 * one, 2 * one), "{st:?}");
+    s.remove(k3);
     s.remove(k);
+    let st = s.stats();
+    assert_eq!((st.bytes_used, st.high_water), (0, 2 * one), "{st:?}");
     let k2 = s.insert(2);
     assert_eq!(k2.index(), k.index());
     assert_ne!(k2.generation(), k.generation());
