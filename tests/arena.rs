@@ -458,7 +458,15 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert_eq!(Arena::<u64>::with_capacity(0).stats().chunks, 0);
     assert_eq!(Arena::<()>::with_capacity(10).stats().chunks, 0);
 
-    // clear_and_shrink keeps the high-water mark of the values it dropped.
+    // drain_to_vec and clear_and_shrink keep the high-water mark of the values they took.
+    let mut a: Arena<u64> = Arena::new();
+    assert!(a.is_empty());
+    for i in 0..1000 {
+        a.alloc(i);
+    }
+    assert!(!a.is_empty());
+    assert_eq!(a.drain_to_vec().len(), 1000);
+    assert_eq!(a.stats().high_water, 8000, "{:?}", a.stats());
     let mut a: Arena<u64> = Arena::new();
     for i in 0..1000 {
         a.alloc(i);
@@ -481,6 +489,9 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert!(r.bytes_moved > 64 << 10 && r.bytes_skipped > 0, "{r:?}");
     assert_eq!(r.pages_failed, 0, "{r:?}");
     assert!(a.iter_mut().map(|v| *v).eq(0..100_000));
+    let p = a.promote().expect("tier 0 exists");
+    assert_eq!(p.chunks_moved + p.chunks_skipped, s.chunks, "{p:?} {s:?}");
+    assert!(p.chunks_moved >= 1, "{p:?}");
 
     // SlotArena: with_capacity reserves the slots; stats count values and slots.
     let mut s: SlotArena<u64> = SlotArena::with_capacity(100);
@@ -489,6 +500,7 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert!(st.bytes_held >= 100 * 8, "{st:?}");
     assert_eq!(SlotArena::<u64>::new().stats().chunks, 0);
     let k = s.insert(1);
+    assert_eq!(k.index(), 0);
     let one = s.stats().bytes_used;
     assert!(one > 0, "{:?}", s.stats());
     let k3 = s.insert(3);
@@ -499,6 +511,7 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     let st = s.stats();
     assert_eq!((st.bytes_used, st.high_water), (0, 2 * one), "{st:?}");
     let k2 = s.insert(2);
+    assert_eq!(k3.index(), 1);
     assert_eq!(k2.index(), k.index());
     assert_ne!(k2.generation(), k.generation());
     assert_eq!(Key::from_bits(k2.to_bits()), k2);
