@@ -499,7 +499,9 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert_eq!((st.chunks, st.bytes_used), (1, 0), "{st:?}");
     assert!(st.bytes_held >= 100 * 8, "{st:?}");
     assert_eq!(SlotArena::<u64>::new().stats().chunks, 0);
+    assert!(s.is_empty());
     let k = s.insert(1);
+    assert!(!s.is_empty());
     assert_eq!(k.index(), 0);
     let one = s.stats().bytes_used;
     assert!(one > 0, "{:?}", s.stats());
