@@ -441,3 +441,80 @@ fn arenas_place_their_chunks_with_placed() {
         "the error names the node: {err}"
     );
 }
+
+/// The arenas' sizes, statistics and reports say exactly what was done. Each check here kills
+/// a mutant that the other arena tests and the fuzz corpus let live (docs/correctness/mutants.md).
+#[test]
+fn arena_capacity_statistics_and_move_reports_are_exact() {
+    // with_capacity takes its chunk at once: room for n values before any allocation.
+    let a: Arena<u64> = Arena::with_capacity(1000);
+    assert_eq!(a.stats().chunks, 1, "{:?}", a.stats());
+    assert!(a.capacity() >= 1000, "capacity {}", a.capacity());
+    assert!(a.stats().bytes_held >= 8000, "{:?}", a.stats());
+    assert_eq!(a.limit(), None);
+    assert_eq!(Arena::<u64>::with_limit(4096).limit(), Some(4096));
+    assert_eq!(Arena::<u64>::new().capacity(), 0);
+    // Nothing to hold: no chunk.
+    assert_eq!(Arena::<u64>::with_capacity(0).stats().chunks, 0);
+    assert_eq!(Arena::<()>::with_capacity(10).stats().chunks, 0);
+
+    // drain_to_vec and clear_and_shrink keep the high-water mark of the values they took.
+    let mut a: Arena<u64> = Arena::new();
+    assert!(a.is_empty());
+    for i in 0..1000 {
+        a.alloc(i);
+    }
+    assert!(!a.is_empty());
+    assert_eq!(a.drain_to_vec().len(), 1000);
+    assert_eq!(a.stats().high_water, 8000, "{:?}", a.stats());
+    let mut a: Arena<u64> = Arena::new();
+    for i in 0..1000 {
+        a.alloc(i);
+    }
+    a.clear_and_shrink();
+    let s = a.stats();
+    assert_eq!((s.bytes_used, s.chunks, s.bytes_held), (0, 0, 0), "{s:?}");
+    assert_eq!(s.high_water, 8000, "{s:?}");
+
+    // move_to_tier counts every chunk once, as moved (over 64 KiB) or skipped.
+    let mut a: Arena<u64> = Arena::new();
+    for i in 0..100_000 {
+        a.alloc(i);
+    }
+    let s = a.stats();
+    let r = a.move_to_tier(0).expect("tier 0 exists");
+    assert_eq!(r.chunks_moved + r.chunks_skipped, s.chunks, "{r:?} {s:?}");
+    assert_eq!(r.bytes_moved + r.bytes_skipped, s.bytes_held, "{r:?} {s:?}");
+    assert!(r.chunks_moved >= 1 && r.chunks_skipped >= 1, "{r:?}");
+    assert!(r.bytes_moved > 64 << 10 && r.bytes_skipped > 0, "{r:?}");
+    assert_eq!(r.pages_failed, 0, "{r:?}");
+    assert!(a.iter_mut().map(|v| *v).eq(0..100_000));
+    let p = a.promote().expect("tier 0 exists");
+    assert_eq!(p.chunks_moved + p.chunks_skipped, s.chunks, "{p:?} {s:?}");
+    assert!(p.chunks_moved >= 1, "{p:?}");
+
+    // SlotArena: with_capacity reserves the slots; stats count values and slots.
+    let mut s: SlotArena<u64> = SlotArena::with_capacity(100);
+    let st = s.stats();
+    assert_eq!((st.chunks, st.bytes_used), (1, 0), "{st:?}");
+    assert!(st.bytes_held >= 100 * 8, "{st:?}");
+    assert_eq!(SlotArena::<u64>::new().stats().chunks, 0);
+    assert!(s.is_empty());
+    let k = s.insert(1);
+    assert!(!s.is_empty());
+    assert_eq!(k.index(), 0);
+    let one = s.stats().bytes_used;
+    assert!(one > 0, "{:?}", s.stats());
+    let k3 = s.insert(3);
+    let st = s.stats();
+    assert_eq!((st.bytes_used, st.high_water), (2 * one, 2 * one), "{st:?}");
+    s.remove(k3);
+    s.remove(k);
+    let st = s.stats();
+    assert_eq!((st.bytes_used, st.high_water), (0, 2 * one), "{st:?}");
+    let k2 = s.insert(2);
+    assert_eq!(k3.index(), 1);
+    assert_eq!(k2.index(), k.index());
+    assert_ne!(k2.generation(), k.generation());
+    assert_eq!(Key::from_bits(k2.to_bits()), k2);
+}

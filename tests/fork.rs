@@ -6,45 +6,44 @@
 //! minute is killed and the test fails.
 
 use std::sync::{mpsc, Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-/// Forks; the child runs `child` and exits with what it returns (101 if it panics), without
+#[path = "common/child.rs"]
+mod child;
+
+/// Forks; the child runs `body` and exits with what it returns (101 if it panics), without
 /// running anything of the parent's (no atexit, no destructors). The parent waits at most a
 /// minute and returns the exit code, or what else became of the child.
-fn in_child(child: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: fork has no preconditions; the child runs `child` and _exits.
+fn in_child(body: impl FnOnce() -> i32) -> Result<i32, String> {
+    // SAFETY: fork has no preconditions; the child runs `body` and _exits.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
         // SAFETY: ends the child at once.
         unsafe { libc::_exit(code.unwrap_or(101)) };
     }
-    let start = Instant::now();
-    loop {
-        let mut st = 0;
+    let mut st = 0;
+    let waited = child::wait_for(Duration::from_secs(60), || {
         // SAFETY: pid is our child; st is a valid out-pointer.
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-        if r == pid {
-            return if libc::WIFEXITED(st) {
-                Ok(libc::WEXITSTATUS(st))
-            } else {
-                Err(format!("the child died of signal {}", libc::WTERMSIG(st)))
-            };
-        }
-        assert_eq!(r, 0, "waitpid failed");
-        if start.elapsed() > Duration::from_secs(60) {
+        assert!(r == pid || r == 0, "waitpid failed");
+        (r == pid).then_some(st)
+    });
+    match waited {
+        Some(st) if libc::WIFEXITED(st) => Ok(libc::WEXITSTATUS(st)),
+        Some(st) => Err(format!("the child died of signal {}", libc::WTERMSIG(st))),
+        None => {
             // SAFETY: pid is our child, not reaped yet.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, &mut st, 0);
             }
-            return Err("the child hung (killed after 60 s)".into());
+            Err("the child hung (killed after 60 s)".into())
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -216,17 +215,28 @@ fn fork_with_live_threads_then_threads_in_the_child() {
     }
 }
 
-/// fork while the automatic demoter visits the huge blocks (holding each one's registry
-/// claim while it looks at it or moves it): every child frees every huge block, allocates and
-/// frees new ones, and ends. Needs a second tier (a far-memory node, real or simulated); on a
-/// machine with one the demoter cannot start and the test says so and stops (the lib test
-/// `a_huge_block_claimed_at_fork_can_be_freed_in_the_child` covers the claim everywhere).
+/// fork while the automatic demoter moves huge blocks to the far tier, holding each one's
+/// registry claim for the whole move: before every fork the parent brings its 24 blocks back
+/// to the near tier, so the demoter (woken every millisecond) is busy moving them when the
+/// fork comes. Every child frees every block (contents checked: a claim left over from the
+/// demoter, which does not exist in the child, would make the free wait forever), allocates
+/// and frees new ones, and ends. Then the demoter must have moved the blocks: it put every
+/// one back on the far tier after the last promotion, and counted at least 24 moves.
+///
+/// Needs a second tier. On a machine with one the test runs itself again in a child process
+/// under `TIERALLOC_SIMULATE_NODES=2,far=1` (a simulated far node), so it runs everywhere.
 #[test]
 fn fork_while_auto_demotion_runs() {
-    let demoter = match tieralloc::tiers::start_auto_demotion(Duration::ZERO, Duration::ZERO) {
+    use tieralloc::tiers;
+    let demoter = match tiers::start_auto_demotion(Duration::ZERO, Duration::ZERO) {
         Ok(d) => d,
-        Err(tieralloc::tiers::TierError::NoSuchTier { .. }) => {
-            eprintln!("one memory tier: no automatic demotion to fork under");
+        Err(tiers::TierError::NoSuchTier { .. }) if !child::is_child() => {
+            let mut cmd = child::this_test("fork_while_auto_demotion_runs");
+            cmd.env("TIERALLOC_SIMULATE_NODES", "2,far=1");
+            for v in ["TIERALLOC_NUMA", "TIERALLOC_NODES", "TIERALLOC_TIERS"] {
+                cmd.env_remove(v);
+            }
+            child::run(&mut cmd, Duration::from_secs(600)).expect_test_passed();
             return;
         }
         Err(e) => panic!("start_auto_demotion: {e:?}"),
@@ -238,7 +248,13 @@ fn fork_while_auto_demotion_runs() {
             Raw(Box::into_raw(b) as *mut u8 as usize, len, i)
         })
         .collect();
+    let total: usize = blocks.iter().map(|r| r.1).sum();
     for round in 0..40 {
+        for r in &blocks {
+            // SAFETY: a live block of ours, not freed or resized while it moves (the
+            // demoter's moves of it wait for the claim this takes).
+            unsafe { tiers::promote(r.0 as *mut u8, r.1) }.expect("promote a huge block");
+        }
         let mine = blocks.clone();
         let child = in_child(move || {
             for r in mine {
@@ -256,10 +272,29 @@ fn fork_while_auto_demotion_runs() {
             }
             0
         });
-        assert_eq!(child, Ok(0), "fork {round}: 2/3: a huge block corrupt");
+        assert_eq!(
+            child,
+            Ok(0),
+            "fork {round}: (exit 2 or 3: a huge block corrupt)"
+        );
     }
+    // The demoter takes every block back to the far tier, whose committed bytes then hold
+    // them all (a move books a huge block's mapping on its new node). A hang guard, not a
+    // timing: the demoter looks every millisecond.
+    let far = tiers::stats().len() - 1;
+    let on_far = child::wait_for(Duration::from_secs(120), || {
+        (tiers::stats()[far].committed_bytes >= total as u64).then_some(())
+    });
     let report = demoter.stop();
-    assert!(report.passes > 0, "the demoter never ran: {report:?}");
+    assert!(
+        on_far.is_some(),
+        "the demoter did not take the blocks ({total} bytes) back to the far tier: {:?}, {report:?}",
+        tiers::stats()[far]
+    );
+    assert!(
+        report.blocks >= 24,
+        "the demoter moved too little: {report:?}"
+    );
     for r in blocks {
         // SAFETY: live, freed once.
         assert!(unsafe { r.free() });

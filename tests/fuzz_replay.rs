@@ -13,6 +13,8 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "fuzz_targets/common.rs"]
 mod common;
+#[path = "common/corpus.rs"]
+mod corpus;
 
 #[path = "fuzz_targets/arena.rs"]
 mod arena;
@@ -27,43 +29,12 @@ mod pool;
 #[path = "fuzz_targets/slot_arena.rs"]
 mod slot_arena;
 
-/// Runs `f` on every file of `fuzz/corpus/<target>/` (sorted, so a failure names the same
-/// file every time); the corpus must not be empty.
+/// Runs `f` on every file of `fuzz/corpus/<target>/`; the corpus must not be empty.
 fn replay(target: &str, f: fn(&[u8])) {
-    replay_dir("corpus", target, f, 10);
-}
-
-/// Runs `f` on every file of `fuzz/<set>/<target>/`; there must be at least `min`.
-fn replay_dir(set: &str, target: &str, f: fn(&[u8]), min: usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz")
-        .join(set)
+        .join("fuzz/corpus")
         .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= min,
-        "{}: only {} inputs",
-        dir.display(),
-        files.len()
-    );
-    for path in files {
-        let data = std::fs::read(&path).unwrap();
-        // Name the input if it fails.
-        struct Name<'a>(&'a Path);
-        impl Drop for Name<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    eprintln!("fuzz input that failed: {}", self.0.display());
-                }
-            }
-        }
-        let _name = Name(&path);
-        f(&data);
-    }
+    corpus::replay(&dir, 10, f);
 }
 
 #[test]

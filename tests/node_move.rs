@@ -13,66 +13,31 @@
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::{mpsc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tieralloc::probe;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-const CHILD_ENV: &str = "TIERALLOC_TEST_NODE_MOVE_CHILD";
+#[path = "common/child.rs"]
+mod child;
+
 /// Printed by a child scenario that ran to its end.
 const DONE: &str = "node-move scenario done";
 
 /// Runs the test `name` of this binary in a child process with two simulated nodes, and
-/// fails with its output if it fails or does not finish.
+/// fails with its output if it fails or does not finish (a hang guard: the scenario takes
+/// well under a second).
 fn run_child(name: &str) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env("TIERALLOC_SIMULATE_NODES", "2")
-        .env_remove("TIERALLOC_NUMA")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A hang guard, not a measurement: the scenario takes well under a second.
-    let limit = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = status.unwrap_or_else(|| panic!("{name} hung\nstdout:\n{out}\nstderr:\n{err}"));
-    assert!(
-        status.success() && out.contains(DONE),
-        "{name}: {status:?}\nstdout:\n{out}\nstderr:\n{err}"
-    );
+    let mut cmd = child::this_test(name);
+    cmd.env("TIERALLOC_SIMULATE_NODES", "2")
+        .env_remove("TIERALLOC_NUMA");
+    child::run(&mut cmd, Duration::from_secs(120)).expect_success(DONE);
 }
 
 fn in_child() -> bool {
-    std::env::var_os(CHILD_ENV).is_some()
+    child::is_child()
 }
 
 /// A CPU of simulated node 0 and one of node 1 (CPU c is on node c % 2) that this process

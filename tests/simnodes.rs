@@ -9,47 +9,36 @@
 //! interleaving, the far threshold and budgets, and demotion land on the right node as
 //! `stats()` counts them; malformed values warn once and leave the machine real.
 
-use std::process::Command;
 use std::sync::mpsc;
+use std::time::Duration;
 use tieralloc::topology::TopologySource;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-const CHILD: &str = "TIERALLOC_TEST_SIMNODES_CHILD";
+#[path = "common/child.rs"]
+mod child;
+
 const VAR: &str = "TIERALLOC_SIMULATE_NODES";
 
-/// Runs `inner` in a child with `TIERALLOC_SIMULATE_NODES=value`; returns its stderr.
+/// Runs `inner` in a child with `TIERALLOC_SIMULATE_NODES=value` (and none of the variables
+/// that would change the topology it makes); returns its stderr.
 fn run_child(inner: &str, value: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([inner, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env(VAR, value)
-        .env_remove("TIERALLOC_NODES")
-        .env_remove("TIERALLOC_TIERS")
-        .env_remove("TIERALLOC_NUMA")
-        .env_remove("TIERALLOC_FAR_THRESHOLD")
-        .env_remove("TIERALLOC_TIER_RATIO")
-        .env_remove("TIERALLOC_TIER_BUDGET")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{inner} with {VAR}={value}: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{inner} did not run:\n{stdout}"
-    );
-    stderr
-}
-
-/// Whether this process is a child started by `run_child`.
-fn child() -> bool {
-    std::env::var_os(CHILD).is_some()
+    let mut cmd = child::this_test(inner);
+    cmd.env(VAR, value);
+    for v in [
+        "TIERALLOC_NODES",
+        "TIERALLOC_TIERS",
+        "TIERALLOC_NUMA",
+        "TIERALLOC_FAR_THRESHOLD",
+        "TIERALLOC_TIER_RATIO",
+        "TIERALLOC_TIER_BUDGET",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = child::run(&mut cmd, Duration::from_secs(300));
+    out.expect_test_passed();
+    out.stderr
 }
 
 /// The CPUs this process may run on (from sched_getaffinity).
@@ -93,7 +82,7 @@ fn pin_and_settle(cpu: u32) {
 
 #[test]
 fn inner_topology_two_nodes() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     let t = tieralloc::topology();
@@ -114,7 +103,7 @@ fn inner_topology_two_nodes() {
 
 #[test]
 fn inner_topology_far_tier() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     let t = tieralloc::topology();
@@ -145,7 +134,7 @@ fn inner_topology_far_tier() {
 
 #[test]
 fn topology_shows_the_simulated_nodes() {
-    if child() {
+    if child::is_child() {
         return;
     }
     run_child("inner_topology_two_nodes", "2");
@@ -182,7 +171,7 @@ fn allocate_pinned(cpu: u32, nodes: u32) {
 
 #[test]
 fn inner_home_is_cpu_modulo_n() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     let cpus = allowed_cpus();
@@ -216,7 +205,7 @@ fn inner_home_is_cpu_modulo_n() {
 
 #[test]
 fn a_thread_pinned_to_a_cpu_allocates_on_its_node() {
-    if child() {
+    if child::is_child() {
         return;
     }
     run_child("inner_home_is_cpu_modulo_n", "2");
@@ -227,7 +216,7 @@ fn a_thread_pinned_to_a_cpu_allocates_on_its_node() {
 
 #[test]
 fn inner_cross_node_free() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     let cpus = allowed_cpus();
@@ -287,7 +276,7 @@ fn inner_cross_node_free() {
 /// block's node once, and the freeing thread's node is not credited with them.
 #[test]
 fn inner_cross_node_free_large() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     let cpus = allowed_cpus();
@@ -336,7 +325,7 @@ fn inner_cross_node_free_large() {
 
 #[test]
 fn a_block_freed_by_another_node_is_a_cross_node_free() {
-    if child() {
+    if child::is_child() {
         return;
     }
     run_child("inner_cross_node_free", "2");
@@ -353,7 +342,7 @@ fn committed_live(node: u32) -> (u64, i64) {
 
 #[test]
 fn inner_placement_and_tiers() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     use allocator_api2::alloc::Allocator;
@@ -462,7 +451,7 @@ fn inner_placement_and_tiers() {
 
 #[test]
 fn placement_and_tier_policies_land_on_the_simulated_nodes() {
-    if child() {
+    if child::is_child() {
         return;
     }
     run_child("inner_placement_and_tiers", "2,far=1");
@@ -473,7 +462,7 @@ fn placement_and_tier_policies_land_on_the_simulated_nodes() {
 
 #[test]
 fn inner_not_simulated() {
-    if !child() {
+    if !child::is_child() {
         return;
     }
     assert_ne!(tieralloc::topology().source, TopologySource::Simulated);
@@ -483,7 +472,7 @@ fn inner_not_simulated() {
 
 #[test]
 fn malformed_values_warn_once_and_leave_the_machine_real() {
-    if child() {
+    if child::is_child() {
         return;
     }
     for bad in ["1", "9", "2,far=x", "abc", "2,far=0", "8,far=57", ""] {

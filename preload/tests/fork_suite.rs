@@ -9,26 +9,12 @@
 //! next to this test executable), `cc` and `python3`.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const LIB: &str = "libtieralloc_preload.so";
-
-/// The preload library of the profile this test was built with.
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let deps = exe.parent().expect("the test executable is in a directory");
-    for c in [deps.join(LIB), deps.join("..").join(LIB)] {
-        if c.is_file() {
-            return c
-                .canonicalize()
-                .expect("an existing file has a canonical path");
-        }
-    }
-    panic!("{LIB} not found next to {exe:?}; run `cargo build -p tieralloc-preload --release`");
-}
+#[path = "../../tests/common/child.rs"]
+mod child;
 
 /// A scratch directory for one test, removed when dropped.
 struct Scratch(PathBuf);
@@ -75,73 +61,35 @@ fn compile(dir: &Scratch, name: &str) -> PathBuf {
     out
 }
 
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` in a process group of its own, with or without the library, stdout and stderr
-/// to files; after `timeout` the whole group (forked children included) is killed and the
-/// test fails.
-fn run(dir: &Scratch, mut cmd: Command, preload: bool, timeout: Duration) -> Run {
+/// Runs `cmd` (in a process group of its own) with or without the library; after `timeout`
+/// the whole group (forked children included) is killed and the test fails.
+fn run(mut cmd: Command, preload: bool, timeout: Duration) -> child::Outcome {
     let tag = if preload { "tieralloc" } else { "glibc" };
-    let (out, err) = (
-        dir.path(&format!("stdout-{tag}")),
-        dir.path(&format!("stderr-{tag}")),
-    );
-    cmd.env_remove("LD_PRELOAD")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out).expect("create stdout file"))
-        .stderr(fs::File::create(&err).expect("create stderr file"))
-        .process_group(0);
+    cmd.env_remove("LD_PRELOAD");
     if preload {
-        cmd.env("LD_PRELOAD", library());
+        cmd.env("LD_PRELOAD", child::preload_library());
     }
-    let desc = format!("{cmd:?}");
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for the child") {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            // SAFETY: kill has no memory preconditions; the group is the child's own.
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-            let _ = child.wait();
-            let stderr = fs::read_to_string(&err).unwrap_or_default();
-            let tail: String = stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-            panic!("{desc} ({tag}) hung: killed after {timeout:?}\nlast stderr lines:\n{tail}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Children the program forked and left behind (none should): not ours to wait for.
-    // SAFETY: as above.
-    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-    Run {
-        status,
-        stdout: fs::read_to_string(&out).expect("read stdout"),
-        stderr: fs::read_to_string(&err).expect("read stderr"),
+    let r = child::run(&mut cmd, timeout);
+    if r.status.is_none() {
+        let tail: Vec<&str> = r.stderr.lines().rev().take(20).collect();
+        panic!(
+            "{} ({tag}) hung: killed after {timeout:?}\nlast stderr lines:\n{}",
+            r.what,
+            tail.join("\n")
+        );
     }
+    r
 }
 
 /// Runs tests/c/<name>.c under the library; it must exit 0 and print "<name> ok".
-fn c_test(name: &str, env: &[(&str, &str)]) -> Run {
+fn c_test(name: &str, env: &[(&str, &str)]) -> child::Outcome {
     let dir = Scratch::new(name);
     let exe = compile(&dir, name);
     let mut cmd = Command::new(&exe);
     cmd.env_remove("TIERALLOC_SHOW_STATS");
     cmd.envs(env.iter().copied());
-    let r = run(&dir, cmd, true, Duration::from_secs(120));
-    assert!(
-        r.status.success() && r.stdout.contains(&format!("{name} ok")),
-        "{name} under tieralloc: {}\nstdout: {}\nstderr: {}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
+    let r = run(cmd, true, Duration::from_secs(120));
+    r.expect_success(&format!("{name} ok"));
     r
 }
 
@@ -295,20 +243,10 @@ fn python3_multiprocessing_fork_after_a_thread_pool() {
             .arg(&script);
         c
     };
-    let base = run(&dir, make(), false, Duration::from_secs(120));
-    assert!(
-        base.status.success(),
-        "without tieralloc: {}\n{}",
-        base.status,
-        base.stderr
-    );
-    let ours = run(&dir, make(), true, Duration::from_secs(120));
-    assert!(
-        ours.status.success(),
-        "under tieralloc: {}\n{}",
-        ours.status,
-        ours.stderr
-    );
+    let base = run(make(), false, Duration::from_secs(120));
+    base.require(base.success(), "without tieralloc");
+    let ours = run(make(), true, Duration::from_secs(120));
+    ours.require(ours.success(), "under tieralloc");
     assert_eq!(ours.stdout, base.stdout, "output differs under tieralloc");
     assert_eq!(ours.stdout.lines().count(), 4, "{}", ours.stdout);
     // The children's statistics came from tieralloc: 12 pool children and 4 forked ones,

@@ -12,7 +12,7 @@
 //! the arena moved to a new thread (Arena is Send), which exits; `MoveCpu` changes the
 //! thread's CPU (its node under simulated nodes).
 
-use crate::common::{in_thread, Affinity, Ranges};
+use crate::common::{in_thread, next_op, thread_op, Affinity, Ranges};
 use allocator_api2::alloc::{Allocator, Global};
 use arbitrary::{Arbitrary, Unstructured};
 use std::sync::{Arc, Mutex};
@@ -195,12 +195,7 @@ impl<const N: usize> Model<N> {
         depth: u32,
     ) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             let mut expect_drops = Vec::new();
             match *op {
                 Op::Alloc { seed, owned } | Op::TryAllocWith { seed, owned } => {
@@ -308,15 +303,9 @@ impl<const N: usize> Model<N> {
                     };
                     self.check_all(arena);
                 }
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(arena, make, inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(arena, make, inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(arena, make, inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
                 Op::Recreate => {
                     expect_drops = self.live.iter().map(|l| l.id).collect();

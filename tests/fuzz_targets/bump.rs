@@ -9,7 +9,7 @@
 //! `checkouts = hits + misses` and `returns = idle + hits + dropped`, with `checkouts` and
 //! `returns` counted by the model.
 
-use crate::common::{align_of, check, fill, in_thread, Affinity, Ranges};
+use crate::common::{align_of, check, fill, in_thread, next_op, thread_op, Affinity, Ranges};
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::Layout;
 use tieralloc::{BumpCache, BumpGuard};
@@ -102,12 +102,7 @@ impl<'c> Model<'c> {
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let main = depth == 0;
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Checkout => {
                     if self.held.len() < 8 {
@@ -176,15 +171,9 @@ impl<'c> Model<'c> {
                         Self::check_blocks(h);
                     }
                 }
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
             }
             let s = self.cache.stats();

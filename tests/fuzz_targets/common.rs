@@ -1,6 +1,6 @@
 //! Helpers shared by the fuzz targets in this folder: byte patterns, a set of live address
 //! ranges that refuses overlaps, thread moves between CPUs, and running ops in a thread that
-//! then exits.
+//! then exits (`thread_op`).
 //!
 //! Each target is a `pub fn run(data: &[u8])` in its own file here; it decodes `data` into
 //! operations with `arbitrary` and checks every result against a shadow model, panicking on
@@ -180,6 +180,41 @@ pub fn in_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e),
     })
+}
+
+/// The op of `ops` at `*next` (which then points past it), counted in `count`; `None` at the
+/// end of `ops`, or once `count` passes `budget` (the ops of an input in all its threads, so
+/// that no input runs long).
+pub fn next_op<'o, O>(
+    ops: &'o [O],
+    next: &mut usize,
+    count: &mut usize,
+    budget: usize,
+) -> Option<&'o O> {
+    let op = ops.get(*next)?;
+    *next += 1;
+    *count += 1;
+    (*count <= budget).then_some(op)
+}
+
+/// Runs a `Thread(n)` op: the next `n % 32` ops of `ops` after `*next` (which then points
+/// past them) go to `run(inner, affinity, depth)` on a new thread, which exits afterwards.
+/// Two levels deep at most: deeper, they run on the calling thread, with its `aff`.
+pub fn thread_op<'o, O: Sync>(
+    ops: &'o [O],
+    next: &mut usize,
+    n: u8,
+    aff: &Affinity,
+    depth: u32,
+    run: impl FnOnce(&'o [O], &Affinity, u32) + Send,
+) {
+    let inner = &ops[*next..(*next + n as usize % 32).min(ops.len())];
+    *next += inner.len();
+    if depth < 2 {
+        in_thread(|| run(inner, &Affinity::save(), depth + 1));
+    } else {
+        run(inner, aff, depth);
+    }
 }
 
 /// A size drawn from `kind` and `raw`: mostly small, sometimes medium or large, rarely huge

@@ -17,7 +17,9 @@
 //! Linking the preload crate makes its `malloc` the process's malloc (and tieralloc its Rust
 //! allocator), as under LD_PRELOAD.
 
-use crate::common::{check, check_zero, fill, in_thread, pat, size_of, Affinity, Ranges};
+use crate::common::{
+    check, check_zero, fill, in_thread, next_op, pat, size_of, thread_op, Affinity, Ranges,
+};
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
 
@@ -300,12 +302,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 500 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 500) {
             self.step(op, ops, &mut next, aff, depth);
         }
     }
@@ -610,15 +607,9 @@ impl Model {
                     }
                 }
             }
-            Op::Thread(n) => {
-                let inner = &ops[*next..(*next + n as usize % 32).min(ops.len())];
-                *next += inner.len();
-                if depth < 2 {
-                    in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                } else {
-                    self.run(inner, aff, depth);
-                }
-            }
+            Op::Thread(n) => thread_op(ops, next, n, aff, depth, |inner, aff, d| {
+                self.run(inner, aff, d)
+            }),
             Op::MoveCpu(k) => aff.move_to(k),
         }
     }

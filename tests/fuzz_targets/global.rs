@@ -10,7 +10,9 @@
 //! own blocks still live (the main thread frees them later, from abandoned pages). Each input
 //! runs on a thread of its own (its "main" thread), so it starts from a fresh thread heap.
 
-use crate::common::{align_of, check, check_zero, fill, in_thread, size_of, Affinity, Ranges};
+use crate::common::{
+    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
+};
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::{GlobalAlloc, Layout};
 use tieralloc::TierAlloc;
@@ -152,12 +154,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > MAX_OPS {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, MAX_OPS) {
             match *op {
                 Op::Alloc {
                     kind,
@@ -209,15 +206,9 @@ impl Model {
                     }
                 }
                 Op::Collect => tieralloc::collect(),
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
                 Op::CheckAll => {
                     for b in &self.live {

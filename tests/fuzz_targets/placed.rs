@@ -9,7 +9,9 @@
 //! misaligned block). Handles that this machine cannot make (a second node on one node) are
 //! skipped.
 
-use crate::common::{align_of, check, check_zero, fill, in_thread, size_of, Affinity, Ranges};
+use crate::common::{
+    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
+};
 use allocator_api2::alloc::Allocator;
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::Layout;
@@ -106,12 +108,7 @@ impl Model {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Alloc {
                     handle,
@@ -230,15 +227,9 @@ impl Model {
                     }
                 }
                 Op::Collect => tieralloc::collect(),
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
             }
         }

@@ -9,7 +9,7 @@
 //! when `max_live` objects are out; the counters agree with the model (`created`, `out`,
 //! `idle <= max_idle`); an object the pool drops is one that was idle (returned).
 
-use crate::common::{in_thread, pat, Affinity};
+use crate::common::{in_thread, next_op, pat, thread_op, Affinity};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -152,12 +152,7 @@ impl<'p> Model<'p> {
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 400 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 400) {
             match *op {
                 Op::Get | Op::GetOwned | Op::TryGet => {
                     let full = self.max_live.is_some_and(|m| self.out.len() >= m);
@@ -218,15 +213,9 @@ impl<'p> Model<'p> {
                         assert_eq!(g.obj().data, data(self.content[id]), "object {id}");
                     }
                 }
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
             }
             let s = self.pool.stats();

@@ -8,7 +8,7 @@
 //! `Key::to_bits`/`from_bits` round-trip. The arena runs on `Global` or `Placed::node(0)`;
 //! `Thread` runs ops with the arena moved to a new thread, which exits.
 
-use crate::common::{in_thread, pat, Affinity};
+use crate::common::{in_thread, next_op, pat, thread_op, Affinity};
 use allocator_api2::alloc::{Allocator, Global};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::BTreeMap;
@@ -91,12 +91,7 @@ impl Model {
         depth: u32,
     ) {
         let mut next = 0;
-        while let Some(op) = ops.get(next) {
-            next += 1;
-            self.ops += 1;
-            if self.ops > 500 {
-                return;
-            }
+        while let Some(op) = next_op(ops, &mut next, &mut self.ops, 500) {
             match *op {
                 Op::Insert { seed, len } => {
                     self.next_id += 1;
@@ -188,15 +183,9 @@ impl Model {
                     let n = a.iter_mut().count();
                     assert_eq!(n, self.live.len(), "iter_mut count");
                 }
-                Op::Thread(n) => {
-                    let inner = &ops[next..(next + n as usize % 32).min(ops.len())];
-                    next += inner.len();
-                    if depth < 2 {
-                        in_thread(|| self.run(a, inner, &Affinity::save(), depth + 1));
-                    } else {
-                        self.run(a, inner, aff, depth);
-                    }
-                }
+                Op::Thread(n) => thread_op(ops, &mut next, n, aff, depth, |inner, aff, d| {
+                    self.run(a, inner, aff, d)
+                }),
                 Op::MoveCpu(k) => aff.move_to(k),
             }
             assert_eq!(a.len(), self.live.len(), "len after {op:?}");

@@ -1,0 +1,148 @@
+//! Child processes for the tests that need a process of their own (an environment variable
+//! read once at start-up, a program under the drop-in, a child that may hang): start one,
+//! capture its output, and kill it (with everything it forked) if it outlives a hang guard.
+//!
+//! Shared by several test crates with `#[path = "common/child.rs"] mod child;` (the drop-in's
+//! tests: `#[path = "../../tests/common/child.rs"]`); each uses part of it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set in the environment of a child started by [`this_test`], to the name of its test.
+pub const MARKER: &str = "TIERALLOC_TEST_CHILD";
+
+/// Whether this process is a child started by [`this_test`].
+pub fn is_child() -> bool {
+    std::env::var_os(MARKER).is_some()
+}
+
+/// A command that runs this test binary again with only its test `name` (exact match, one
+/// test thread, output not captured), [`MARKER`] set. The test tells the two apart with
+/// [`is_child`]: in the parent it starts the child, in the child it does the work.
+pub fn this_test(name: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test knows its own path"));
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(MARKER, name);
+    cmd
+}
+
+/// Calls `poll` every few milliseconds until it returns `Some`, or `limit` has passed (then
+/// `None`). A hang guard, not a measurement: `limit` is far above what the awaited thing
+/// takes on a loaded machine.
+pub fn wait_for<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The drop-in library of the profile this test was built with, next to the test executable
+/// (where `cargo build -p tieralloc-preload --release` puts it; build it first).
+pub fn preload_library() -> PathBuf {
+    const LIB: &str = "libtieralloc_preload.so";
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    for c in [deps.join(LIB), deps.join("..").join(LIB)] {
+        if c.is_file() {
+            return c
+                .canonicalize()
+                .expect("an existing file has a canonical path");
+        }
+    }
+    panic!("{LIB} not found next to {exe:?}; run `cargo build -p tieralloc-preload --release`");
+}
+
+/// How a child run ended.
+pub struct Outcome {
+    /// What the command was, for messages.
+    pub what: String,
+    /// Its exit status; `None` if it was killed at the hang guard.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Whether it exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Panics, with the command and its output, unless `ok` holds.
+    #[track_caller]
+    pub fn require(&self, ok: bool, why: &str) {
+        assert!(ok, "{why}\n{self}");
+    }
+
+    /// Panics unless the child exited 0 and printed `marker` on stdout.
+    #[track_caller]
+    pub fn expect_success(&self, marker: &str) {
+        self.require(
+            self.success() && self.stdout.contains(marker),
+            &format!("expected exit 0 and {marker:?} on stdout"),
+        );
+    }
+
+    /// Panics unless the child started by [`this_test`] ran its one test, and it passed.
+    #[track_caller]
+    pub fn expect_test_passed(&self) {
+        self.expect_success("test result: ok. 1 passed");
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => writeln!(f, "{}: {s}", self.what)?,
+            None => writeln!(f, "{}: hung, killed", self.what)?,
+        }
+        write!(f, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` (stdin empty, stdout and stderr captured) in a process group of its own. If
+/// it has not exited after `limit` the whole group is killed, and the outcome says so; once
+/// it has exited, whatever it forked and left behind is killed too.
+pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    // Read on threads, so that a child that writes more than a pipe holds does not block.
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let status = wait_for(limit, || child.try_wait().expect("wait for the child"));
+    // SAFETY: kill has no memory preconditions; the group is the child's own (its id is the
+    // child's pid, not reaped while it is running; after that, at worst nobody is left in it).
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    if status.is_none() {
+        let _ = child.wait();
+    }
+    Outcome {
+        what,
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
