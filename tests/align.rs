@@ -168,3 +168,63 @@ fn interleave_placed_serves_any_alignment() {
         }
     }
 }
+
+/// Whether the page at `q` is free address space: a one-page probe mapping with
+/// `MAP_FIXED_NOREPLACE` lands there (and is removed again) only if nothing is mapped at `q`.
+fn page_is_free(q: usize) -> bool {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; we unmap only our probe.
+    unsafe {
+        let m = libc::mmap(
+            q as *mut libc::c_void,
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        if m == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(m, 4096);
+        m as usize == q
+    }
+}
+
+/// A block aligned beyond 64 KiB gets a mapping of its own that is smaller than the 4 MiB one
+/// segment-map entry stands for (as does an object of 2-4 MiB). The rest of those 4 MiB must
+/// not be left to the kernel: another mapping there (in the fuzzer: a new thread's stack) was
+/// taken for tieralloc's by `owns`, and the drop-in's `free` and `malloc_usable_size` then
+/// read a segment header that was not one (an overflow panic in a debug build). Every address
+/// `owns` claims must be tieralloc's, so none of it may be free address space.
+#[test]
+fn owns_claims_no_address_another_mapping_could_take() {
+    let cases = [
+        (100 << 10, 128 << 10),
+        (300 << 10, 1 << 20),
+        (1 << 20, 2 * MIB),
+        (3 * MIB, 16),
+    ];
+    for (size, align) in cases {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { GLOBAL.alloc(layout) };
+        assert!(!p.is_null());
+        assert!(tieralloc::owns(p));
+        let chunk = p as usize & !(4 * MIB - 1);
+        let mut claimed_but_free = Vec::new();
+        for q in (chunk..chunk + 4 * MIB).step_by(64 << 10) {
+            if tieralloc::owns(q as *const u8) && page_is_free(q) {
+                claimed_but_free.push(q - chunk);
+            }
+        }
+        // SAFETY: allocated above with this layout.
+        unsafe { GLOBAL.dealloc(p, layout) };
+        assert!(
+            claimed_but_free.is_empty(),
+            "size {size} align {align}: owns() is true at {} free offsets of the block's 4 MiB, \
+             first {:#x}",
+            claimed_but_free.len(),
+            claimed_but_free[0]
+        );
+    }
+}

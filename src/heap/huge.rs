@@ -59,10 +59,26 @@ pub fn layout_for(size: usize, align: usize) -> Option<(usize, usize)> {
     Some((offset, end))
 }
 
+/// The address range a huge mapping of `map_size` bytes holds: the mapping, and at least the
+/// whole 4 MiB of its first segment-map entry. The map says "ours" for every address of that
+/// 4 MiB; if a mapping smaller than 4 MiB (an object of 2-4 MiB, or a small one aligned beyond
+/// 64 KiB) left the rest of it to the kernel, another mapping (a thread stack, a C library's
+/// buffer) could land there and `owns`, `free` and `malloc_usable_size` would take its
+/// addresses for ours. The bytes past `map_size` are reserved, never touched: address space,
+/// not memory.
+#[inline]
+pub fn reservation(map_size: usize) -> usize {
+    map_size.max(SEGMENT_SIZE)
+}
+
 /// Maps a new huge segment holding an object of `size` at `offset`. Null when the kernel
 /// refuses.
 pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -> *mut Segment {
-    let p = os::map_aligned(map_size, SEGMENT_SIZE, if bind { Some(node) } else { None });
+    let p = os::map_aligned(
+        reservation(map_size),
+        SEGMENT_SIZE,
+        if bind { Some(node) } else { None },
+    );
     if p.is_null() {
         return ptr::null_mut();
     }
@@ -208,8 +224,8 @@ pub fn clear_claims_after_fork() {
 /// Nobody uses `seg` or its object any more.
 pub unsafe fn unmap(seg: *mut Segment) {
     super::segment::map_remove(seg);
-    // SAFETY: per the contract; map_size is the whole mapping.
-    unsafe { os::unmap(seg as *mut u8, (*seg).map_size) }
+    // SAFETY: per the contract; the reservation of map_size is the whole mapping.
+    unsafe { os::unmap(seg as *mut u8, reservation((*seg).map_size)) }
 }
 
 /// Grows the huge object of `seg` to `new_size` bytes by moving its pages into a bigger
@@ -278,7 +294,7 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         let old_map = (*seg).map_size;
         // A segment-aligned place for it; the moved pages keep their mapping's node policy
         // (the remap replaces the placeholder mapping, binding and all).
-        let dst = os::map_aligned(new_map, SEGMENT_SIZE, None);
+        let dst = os::map_aligned(reservation(new_map), SEGMENT_SIZE, None);
         if dst.is_null() {
             return ptr::null_mut();
         }
@@ -289,8 +305,14 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         super::segment::map_remove(seg);
         if !os::remap(seg as *mut u8, old_map, dst, new_map) {
             super::segment::map_insert(seg);
-            os::unmap(dst, new_map);
+            os::unmap(dst, reservation(new_map));
             return ptr::null_mut();
+        }
+        // The remap moved the first old_map bytes; the rest of the old reservation is still
+        // mapped (and its map entry already gone).
+        let old_res = reservation(old_map);
+        if old_res > old_map {
+            os::unmap((seg as *mut u8).add(old_map), old_res - old_map);
         }
         #[cfg(test)]
         tests::AFTER_REMAP.with(|f| {

@@ -79,7 +79,8 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
 /// Returns a mapping made by [`map_aligned`] to the kernel.
 ///
 /// # Safety
-/// `[p, p+size)` must be a whole mapping made by `map_aligned` that nothing uses any more.
+/// `[p, p+size)` must be a mapping made by `map_aligned`, or the tail of one, that nothing
+/// uses any more.
 pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     // SAFETY: the caller hands us a whole mapping of ours that is no longer in use.
     unsafe {
