@@ -11,7 +11,7 @@
 //!
 //! The global allocator is chosen by `TIERALLOC_SERVICE_ALLOC` (`tieralloc`, the default,
 //! `mimalloc` or `system`), read once on the first allocation with `libc::getenv`, which does
-//! not allocate (the dispatcher is benches/shared/dispatch.rs, shared with the benchmarks).
+//! not allocate (the dispatcher is benches/support/dispatch.rs, shared with the benchmarks).
 //! The first line on stdout is `listening on 127.0.0.1:PORT`. SIGTERM or Ctrl-C shut it down
 //! gracefully.
 
@@ -19,7 +19,7 @@ use std::io::Write as _;
 
 #[path = "service/app.rs"]
 mod app;
-#[path = "../benches/shared/dispatch.rs"]
+#[path = "../benches/support/dispatch.rs"]
 mod dispatch;
 
 use dispatch::{Choice, Dispatch};

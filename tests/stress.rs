@@ -13,7 +13,7 @@ use std::thread;
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 /// xorshift64*, seeded, so failures can be replayed by seed (shared with the benchmarks).
-#[path = "../benches/shared/rng.rs"]
+#[path = "../benches/support/rng.rs"]
 mod rng;
 use rng::Rng;
 

@@ -8,7 +8,7 @@
 //! stdout. Allocators are interleaved (A B C A B C ...) so that drifts of a noisy, shared
 //! machine hit all of them alike, and the driver reports medians (and, for `pairs`, minima).
 //!
-//! The worker's `#[global_allocator]` is `Dispatch` (benches/shared/dispatch.rs, shared with
+//! The worker's `#[global_allocator]` is `Dispatch` (benches/support/dispatch.rs, shared with
 //! examples/service.rs): it reads the selection once, on its first call, with `libc::getenv`
 //! (which does not allocate), caches it in an atomic, and then forwards every call to
 //! `TierAlloc`, `mimalloc::MiMalloc`, `tikv_jemallocator::Jemalloc`, `numalloc::NumaAlloc` or
@@ -38,14 +38,14 @@
 //!   (`pairs.rs`, `prodcons.rs`, `larson.rs`, `frag.rs`, `spike.rs`, `falseshare.rs`,
 //!   `churn.rs`, `large.rs`), `objects.rs` (sizes, alloc/free, packing, touching) and
 //!   `measure.rs` (RSS, CPU time, latency samples, common metrics);
-//! - shared with other targets: `../shared/dispatch.rs` (the dispatching allocator, also in
-//!   examples/service.rs) and `../shared/rng.rs` (xorshift64*, also in tests/stress.rs).
+//! - shared with other targets: `../support/dispatch.rs` (the dispatching allocator, also in
+//!   examples/service.rs) and `../support/rng.rs` (xorshift64*, also in tests/stress.rs).
 
 use clap::Parser;
 
-#[path = "../shared/dispatch.rs"]
+#[path = "../support/dispatch.rs"]
 mod dispatch;
-#[path = "../shared/rng.rs"]
+#[path = "../support/rng.rs"]
 mod rng;
 
 mod callgrind;
