@@ -7,12 +7,20 @@
 // the model checks in tests/loom.rs: the same files the heap is made of (see heap/mod.rs).
 #[cfg(loom)]
 #[doc(hidden)]
+#[path = "heap/atfork.rs"]
+pub mod atfork;
+#[cfg(loom)]
+#[doc(hidden)]
 #[path = "heap/claim.rs"]
 pub mod claim;
 #[cfg(loom)]
 #[doc(hidden)]
 #[path = "heap/delayed.rs"]
 pub mod delayed;
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/heaps.rs"]
+pub mod heaps;
 #[cfg(loom)]
 #[doc(hidden)]
 #[path = "heap/list.rs"]
@@ -22,7 +30,8 @@ pub mod list;
 #[path = "heap/remote.rs"]
 pub mod remote;
 #[cfg(loom)]
-mod sync;
+#[doc(hidden)]
+pub mod sync;
 
 // The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
 // that no module imports one above it; docs/design.md draws it): sync → sys → topology →
