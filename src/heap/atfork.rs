@@ -3,8 +3,8 @@
 //! the child's resets of the lock-free words that a thread gone with the fork may have left
 //! half-changed.
 //!
-//! Owns: [`prepare`], [`parent`], [`child`] (the locks), [`unstick`] (a page's delayed-free
-//! state) and [`return_delayed`] (a dead heap's delayed stack). May touch: `sync`, and
+//! Owns: [`prepare`], [`parent`], [`child`] (the locks), [`unstick`] and [`abandon`] (a
+//! page's delayed-free state) and [`return_delayed`] (a dead heap's delayed stack). May touch: `sync`, and
 //! `heap::remote` and `heap::list` (the words and lists it resets or locks).
 //!
 //! Lock order, everywhere in the allocator: a node heap's lock, then the registry's, then the
@@ -12,7 +12,9 @@
 //! fork and no thread waits for one `prepare` holds while holding one `prepare` waits for.
 
 use super::list::{ListNode, LockedList};
-use super::remote::{Block, BlockStack, Pushed, RemoteFree, DELAYED_FREEING, NORMAL, USE_DELAYED};
+use super::remote::{
+    Block, BlockStack, Pushed, RemoteFree, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED,
+};
 use crate::sync::SpinLock;
 
 /// Before `fork`: takes every node heap's lock, then the registry's, then every segment
@@ -72,6 +74,15 @@ pub fn unstick(tf: &RemoteFree, full: bool) {
     if tf.state() == DELAYED_FREEING {
         tf.force_state(if full { USE_DELAYED } else { NORMAL });
     }
+}
+
+/// In a fork child, on a page of a heap that died with the fork, as that heap's exit would
+/// have: remote frees go onto the page's own list from now on, for whoever adopts it.
+///
+/// Single-threaded child: nobody else touches the word.
+#[inline]
+pub fn abandon(tf: &RemoteFree) {
+    tf.force_state(NEVER_DELAYED);
 }
 
 /// In a fork child, for a heap that died with the fork: every block on its delayed stack

@@ -92,6 +92,14 @@ impl ClaimSlot {
         self.0.store(v, Ordering::Release);
     }
 
+    /// For the loom models of fork: the slot's object and whether it is claimed, as a fork
+    /// would copy them (a read-modify-write that changes nothing reads the latest value).
+    #[cfg(loom)]
+    pub fn fork_copy(&self) -> (usize, bool) {
+        let v = self.0.fetch_add(0, Ordering::SeqCst);
+        (v & !CLAIMED, v & CLAIMED != 0)
+    }
+
     /// In a fork child: drops the slot's claim, if any. Its holder was a thread that does not
     /// exist in the child (see `heap::huge::clear_claims_after_fork`), so the object's owner
     /// would otherwise wait for it forever. No other thread runs meanwhile.

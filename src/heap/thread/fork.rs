@@ -39,7 +39,6 @@ use super::tls::heap;
 use super::{Heap, DEAD};
 use crate::heap::atfork;
 use crate::heap::huge;
-use crate::heap::remote::NEVER_DELAYED;
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
@@ -200,7 +199,7 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
         if (*seg).kind != SegmentKind::Normal || (*seg).owner.load(Ordering::Relaxed) == 0 {
             return;
         }
-        for_each_used_page(seg, |p| (*p).thread_free.force_state(NEVER_DELAYED));
+        for_each_used_page(seg, |p| atfork::abandon(&(*p).thread_free));
         let_go(seg, now);
     }
 }
@@ -437,7 +436,9 @@ mod tests {
                 {
                     let _g = REGISTRY.lock.lock();
                     let mut stranger = false;
-                    REGISTRY.heaps.for_each(|h| stranger |= h != me && !(*h).shared);
+                    REGISTRY
+                        .heaps
+                        .for_each(|h| stranger |= h != me && !(*h).shared);
                     if stranger {
                         return 2; // a heap of a thread the child does not have
                     }
