@@ -15,11 +15,12 @@
 //! takes one value twice, so then no word changed in between). loom runs every schedule, so
 //! every instant is copied in some of them.
 
+use super::registry::{whole, Registry, H};
 use super::remote::{drain_into, remote_free};
 use super::segments::Seg;
 use super::*;
 use tieralloc::atfork;
-use tieralloc::heaps::{HeapList, Linked};
+use tieralloc::heaps::HeapList;
 use tieralloc::sync::SpinLock;
 
 // ---------------------------------------------------------------------------------------------
@@ -244,82 +245,8 @@ fn fork_during_a_huge_claim() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The registry of live heaps and the handlers' lock order (`heap::heaps`, `atfork::prepare`,
-// `parent`, `child`).
-
-/// A heap as the registry sees it: an id, whether it is a node heap, and its links.
-struct H {
-    id: usize,
-    shared: bool,
-    next: UnsafeCell<*mut H>,
-    prev: UnsafeCell<*mut H>,
-}
-
-// SAFETY: the links are only touched under the registry lock (Linked's contract).
-unsafe impl Send for H {}
-// SAFETY: as above.
-unsafe impl Sync for H {}
-
-impl H {
-    fn new(id: usize, shared: bool) -> H {
-        H {
-            id,
-            shared,
-            next: UnsafeCell::new(std::ptr::null_mut()),
-            prev: UnsafeCell::new(std::ptr::null_mut()),
-        }
-    }
-    fn ptr(&self) -> *mut H {
-        self as *const H as *mut H
-    }
-}
-
-impl Linked for H {
-    unsafe fn next(n: *mut Self) -> *mut Self {
-        // SAFETY: n is a live H (the model keeps them all).
-        unsafe { (*n).next.with(|p| *p) }
-    }
-    unsafe fn set_next(n: *mut Self, next: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).next.with_mut(|p| *p = next) }
-    }
-    unsafe fn prev(n: *mut Self) -> *mut Self {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with(|p| *p) }
-    }
-    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with_mut(|p| *p = prev) }
-    }
-}
-
-/// The registry: its lock and its list.
-struct Registry {
-    lock: SpinLock,
-    heaps: HeapList<H>,
-}
-
-/// The ids of the heaps on the list starting at `first`, checking it is whole: each heap's
-/// `prev` is the one before it, and no heap comes twice.
-///
-/// # Safety
-/// The caller holds the list's lock (or is the child's only thread).
-unsafe fn whole(first: *mut H) -> Vec<usize> {
-    let mut ids: Vec<usize> = Vec::new();
-    let mut prev = std::ptr::null_mut();
-    let mut h = first;
-    while !h.is_null() {
-        // SAFETY: a listed heap, its links guarded by the caller's lock.
-        unsafe {
-            assert_eq!(H::prev(h), prev, "a heap's prev is not the heap before it");
-            assert!(!ids.contains(&(*h).id), "the registry is a cycle: {ids:?}");
-            ids.push((*h).id);
-            prev = h;
-            h = H::next(h);
-        }
-    }
-    ids
-}
+// The registry of live heaps at fork and the handlers' lock order (`heap::heaps`,
+// `atfork::prepare`, `parent`, `child`).
 
 const ME: usize = 0;
 const NODE: usize = 1;

@@ -4,7 +4,7 @@
 //! segment pools and abandoned lists, with `claim`), `tieralloc::claim` (the huge
 //! registry's slots), `tieralloc::heaps` (the registry of live heaps) and `tieralloc::atfork`
 //! (the fork handlers' lock order and the child's resets). One module per part: `remote`,
-//! `segments`, `huge`, `fork`; the helpers shared by them are here. Under `--cfg loom` the crate builds only these, with atomics and
+//! `segments`, `huge`, `registry`, `fork`; the helpers shared by them are here. Under `--cfg loom` the crate builds only these, with atomics and
 //! `UnsafeCell` from loom, so loom sees every access to shared memory, free-list links
 //! included. Run with (scripts/test.sh):
 //!
@@ -18,6 +18,7 @@
 
 mod fork;
 mod huge;
+mod registry;
 mod remote;
 mod segments;
 
