@@ -70,6 +70,7 @@ impl<N: Linked> HeapList<N> {
     /// The caller holds the registry lock.
     #[inline]
     pub unsafe fn first(&self) -> *mut N {
+        // SAFETY: the registry lock guards the head (contract).
         self.head.with(|h| unsafe { *h })
     }
 
