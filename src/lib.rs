@@ -4,7 +4,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // Under `--cfg loom` only the lock-free and lock-protected cores of the heap are built, for
-// the model checks in tests/loom.rs: the same files the heap is made of (see heap/mod.rs).
+// the model checks in tests/loom/: the same files the heap is made of (see heap/mod.rs).
 #[cfg(loom)]
 #[doc(hidden)]
 #[path = "heap/atfork.rs"]

@@ -1,13 +1,13 @@
 //! Atomics, `UnsafeCell` and the one spin lock, from `std` normally and from `loom` under
 //! `--cfg loom`.
 //!
-//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`] (public for the loom
-//! models, which take the fork handlers' locks; the module is private outside `--cfg loom`).
-//! May touch: nothing in the crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in
-//! the crate takes its atomics from here, and the plain memory those structures publish (the
-//! free-list links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the
-//! loom model checks in `tests/loom.rs` exercise the same code that runs in the allocator and
-//! see every access to shared memory, not only the atomic ones.
+//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`] (public for the loom models, which
+//! take the fork handlers' locks; the module is private outside `--cfg loom`). May touch: nothing
+//! in the crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in the
+//! crate takes its atomics from here, and the plain memory those structures publish (the free-list
+//! links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the loom model
+//! checks in `tests/loom/` exercise the same code that runs in the allocator and see every access
+//! to shared memory, not only the atomic ones.
 
 // Under loom only the modelled cores are built, which need some of these.
 #[cfg(loom)]

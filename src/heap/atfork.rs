@@ -1,10 +1,10 @@
 //! The parts of the fork handlers (`heap::thread::fork`) that loom can check with the real
-//! code (tests/loom.rs): the order the handlers take and drop the allocator's locks in, and
+//! code (tests/loom/): the order the handlers take and drop the allocator's locks in, and
 //! the child's resets of the lock-free words that a thread gone with the fork may have left
 //! half-changed.
 //!
-//! Owns: [`prepare`], [`parent`], [`child`] (the locks), [`unstick`] and [`abandon`] (a
-//! page's delayed-free state) and [`return_delayed`] (a dead heap's delayed stack). May touch: `sync`, and
+//! Owns: [`prepare`], [`parent`], [`child`] (the locks), [`unstick`] and [`abandon`] (a page's
+//! delayed-free state) and [`return_delayed`] (a dead heap's delayed stack). May touch: `sync`, and
 //! `heap::remote` and `heap::list` (the words and lists it resets or locks).
 //!
 //! Lock order, everywhere in the allocator: a node heap's lock, then the registry's, then the

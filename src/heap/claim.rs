@@ -1,5 +1,5 @@
 //! A registry slot with a claim bit: the huge-object registry's one word per object
-//! (`heap::huge`), kept apart so that loom can check it on its own (tests/loom.rs).
+//! (`heap::huge`), kept apart so that loom can check it on its own (tests/loom/).
 //!
 //! Owns: [`ClaimSlot`]. A slot holds 0 (free) or an object's address (at least 2-aligned),
 //! with the low bit, `CLAIMED`, set while a visitor (the automatic demoter) or the owner

@@ -1,5 +1,5 @@
 //! The list of live heaps behind the heap registry (`heap::thread::registry`), kept apart
-//! from the thread heap so that loom can check it with the real code (tests/loom.rs).
+//! from the thread heap so that loom can check it with the real code (tests/loom/).
 //!
 //! Owns: [`HeapList`], the head of a doubly linked list, and [`Linked`], how a heap reaches
 //! its links. May touch: `sync` only. The lock that guards the list is the registry's (the

@@ -1,5 +1,5 @@
 //! The lock-free pieces of cross-thread freeing, kept apart from the rest of the heap so that
-//! loom can check them on their own (tests/loom.rs).
+//! loom can check them on their own (tests/loom/).
 //!
 //! Owns: [`RemoteFree`], a page's list of blocks freed by other threads, with a two-bit
 //! delayed-free state in its low bits and the length of the list in its top 16 bits; and
@@ -183,7 +183,7 @@ impl RemoteFree {
     /// Takes every block pushed so far (owner only), leaving the state as it is. Returns the
     /// head of the taken list (null if none).
     #[inline]
-    #[cfg_attr(not(loom), allow(dead_code))] // the allocator takes counted; tests/loom.rs this
+    #[cfg_attr(not(loom), allow(dead_code))] // the allocator takes counted; tests/loom/ this
     pub fn take_all(&self) -> *mut Block {
         self.take_counted().0
     }

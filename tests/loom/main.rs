@@ -1,12 +1,12 @@
-//! Loom model checks of the heap's concurrent cores, run on the real code: `tieralloc::remote`
-//! (a page's remote-free list and delayed-free state, a heap's delayed stack),
-//! `tieralloc::delayed` (the two ends of a delayed free), `tieralloc::list` (the locked
-//! segment pools and abandoned lists, with `claim`), `tieralloc::claim` (the huge
-//! registry's slots), `tieralloc::heaps` (the registry of live heaps) and `tieralloc::atfork`
-//! (the fork handlers' lock order and the child's resets). One module per part: `remote`,
-//! `segments`, `huge`, `registry`, `fork`; the helpers shared by them are here. Under `--cfg loom` the crate builds only these, with atomics and
-//! `UnsafeCell` from loom, so loom sees every access to shared memory, free-list links
-//! included. Run with (scripts/test.sh):
+//! Loom model checks of the heap's concurrent cores, run on the real code: `tieralloc::remote` (a
+//! page's remote-free list and delayed-free state, a heap's delayed stack), `tieralloc::delayed`
+//! (the two ends of a delayed free), `tieralloc::list` (the locked segment pools and abandoned
+//! lists, with `claim`), `tieralloc::claim` (the huge registry's slots), `tieralloc::heaps` (the
+//! registry of live heaps) and `tieralloc::atfork` (the fork handlers' lock order and the child's
+//! resets). One module per part: `remote`, `segments`, `huge`, `registry`, `fork`; the helpers
+//! shared by them are here. Under `--cfg loom` the crate builds only these, with atomics and
+//! `UnsafeCell` from loom, so loom sees every access to shared memory, free-list links included.
+//! Run with (scripts/test.sh):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --profile loom --test loom
