@@ -28,7 +28,7 @@ PROGRAMS=(
   "prodcons|prodcons.c|2 5000000|2 500000"
   "sizes|sizes.c|4 1000000 500|4 100000 500"
   "cxxchurn|cxxchurn.cpp|4 300|4 30"
-  "bigbufs|bigbufs.c|16 1000 1 32|16 150 1 32"
+  "bigbufs|bigbufs.c|16 400 1 32|16 60 1 32"
 )
 
 need=()
