@@ -204,10 +204,7 @@ impl HugeCache {
                 return (ptr::null_mut(), 0);
             }
             let (mut off, mut freed_at) = (0usize, u64::MAX);
-            for i in 0..CACHE_SLOTS {
-                if !picked[i] {
-                    continue;
-                }
+            for (i, _) in picked.iter().enumerate().filter(|(_, &p)| p) {
                 let piece = self.entries[i].seg;
                 let ms = (*piece).map_size;
                 // Out of the segment map while its range is still ours (as in `enlarge`).
