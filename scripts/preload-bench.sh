@@ -1,32 +1,52 @@
 #!/usr/bin/env bash
-# Runs the multi-threaded C/C++ allocator stress programs of preload/bench/ under
-#   LD_PRELOAD=libtieralloc_preload.so   (tieralloc's malloc drop-in)
-#   LD_PRELOAD=libmimalloc.so.2          (Debian's libmimalloc2.0)
-#   no preload                           (glibc's malloc)
-# interleaved (A B C, A B C, ...), RUNS times each (default 5), and prints a markdown table of
-# the median wall time and median peak RSS, with ratios against mimalloc.
+# Runs the C/C++ allocator programs of preload/bench/ under each allocator, in a process of its
+# own, interleaved (A B C D E, E D C B A, ...), RUNS times each (default 5), and prints markdown
+# tables of the median wall time and median peak RSS, with tieralloc's ratio to the best peer:
+#   tieralloc   LD_PRELOAD=libtieralloc_preload.so   (tieralloc's malloc drop-in)
+#   glibc       no preload
+#   mimalloc    LD_PRELOAD=libmimalloc.so.2          (Debian libmimalloc2.0)
+#   jemalloc    LD_PRELOAD=libjemalloc.so.2          (Debian libjemalloc2)
+#   tcmalloc    LD_PRELOAD=libtcmalloc_minimal.so.4  (Debian libtcmalloc-minimal4)
 #
-#   scripts/preload-bench.sh            # RUNS=5 by default; QUICK=1 for short runs
+#   scripts/preload-bench.sh                    # every program, RUNS=5; QUICK=1 for short runs
+#   ONLY="bigbufs larson" scripts/preload-bench.sh      # some programs
+#   ALLOCS="tieralloc glibc" scripts/preload-bench.sh   # some allocators
 #
-# Needs cc, g++, GNU time and libmimalloc2.0; as root it installs what is missing
-# (apt-get install -y libmimalloc2.0 time build-essential).
+# Needs cc, g++, GNU time and the three Debian libraries; run as root, it installs what is
+# missing with apt-get (and says so), else it names the packages and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-5}
+
+# The programs: name|source in preload/bench/|arguments|arguments with QUICK=1 (about a tenth
+# of the work). One line per program; add a line to add one (C or C++, by the extension).
+# Every program prints the same line under every allocator (checked) and its results only
+# through its run time and peak RSS.
+PROGRAMS=(
+  "larson|larson.c|4 200 100000 2000|4 20 100000 2000"
+  "prodcons|prodcons.c|2 5000000|2 500000"
+  "sizes|sizes.c|4 1000000 500|4 100000 500"
+  "cxxchurn|cxxchurn.cpp|4 300|4 30"
+  "bigbufs|bigbufs.c|16 400 1 32|16 60 1 32"
+)
+
 need=()
 command -v cc >/dev/null && command -v g++ >/dev/null || need+=(build-essential)
 [ -x /usr/bin/time ] || need+=(time)
-ls /usr/lib/*/libmimalloc.so.2* >/dev/null 2>&1 || need+=(libmimalloc2.0)
+lib() { ls /usr/lib/*/"$1" 2>/dev/null | head -1; }
+[ -n "$(lib libmimalloc.so.2)" ] || need+=(libmimalloc2.0)
+[ -n "$(lib libjemalloc.so.2)" ] || need+=(libjemalloc2)
+[ -n "$(lib libtcmalloc_minimal.so.4)" ] || need+=(libtcmalloc-minimal4)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq "${need[@]}"
+    echo "installing ${need[*]} (apt-get install -y ${need[*]})" >&2
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >&2
   else
-    echo "missing: ${need[*]} (apt-get install -y ${need[*]})" >&2
+    echo "missing: ${need[*]} (as root: apt-get install -y ${need[*]})" >&2
     exit 1
   fi
 fi
-MI=$(ls /usr/lib/*/libmimalloc.so.2* | head -1)
 
 echo "building libtieralloc_preload.so (release)" >&2
 cargo build -q -p tieralloc-preload --release
@@ -35,23 +55,34 @@ case $tdir in /*) ;; *) tdir="$(pwd)/$tdir" ;; esac
 TA="$tdir/release/libtieralloc_preload.so"
 [ -f "$TA" ] || { echo "no $TA" >&2; exit 1; }
 
+read -r -a allocs <<<"${ALLOCS:-tieralloc glibc mimalloc jemalloc tcmalloc}"
+lib_of() {
+  case $1 in
+    tieralloc) echo "$TA" ;;
+    glibc) echo "" ;;
+    mimalloc) lib libmimalloc.so.2 ;;
+    jemalloc) lib libjemalloc.so.2 ;;
+    tcmalloc) lib libtcmalloc_minimal.so.4 ;;
+    *) echo "unknown allocator $1" >&2; exit 1 ;;
+  esac
+}
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for p in larson prodcons sizes; do
-  cc -O2 -pthread -o "$work/$p" "preload/bench/$p.c"
+benches=()
+for line in "${PROGRAMS[@]}"; do
+  IFS='|' read -r name src args qargs <<<"$line"
+  if [ -n "${ONLY:-}" ] && ! [[ " $ONLY " == *" $name "* ]]; then continue; fi
+  case $src in
+    *.c) cc -O2 -pthread -o "$work/$name" "preload/bench/$src" ;;
+    *) g++ -O2 -pthread -o "$work/$name" "preload/bench/$src" ;;
+  esac
+  if [ "${QUICK:-0}" = 1 ]; then args=$qargs; fi
+  benches+=("$name|$args")
 done
-g++ -O2 -pthread -o "$work/cxxchurn" preload/bench/cxxchurn.cpp
 
-# name|arguments (threads first); QUICK=1 divides the work by about 10.
-if [ "${QUICK:-0}" = 1 ]; then
-  benches=("larson|4 20 100000 2000" "prodcons|2 500000" "sizes|4 100000 500" "cxxchurn|4 30")
-else
-  benches=("larson|4 200 100000 2000" "prodcons|2 5000000" "sizes|4 1000000 500" "cxxchurn|4 300")
-fi
-allocs=(tieralloc mimalloc glibc)
-lib_of() { case $1 in tieralloc) echo "$TA" ;; mimalloc) echo "$MI" ;; glibc) echo "" ;; esac; }
-
-results="$work/results"   # bench alloc seconds kib
+echo "load before: $(uptime)" >&2
+results="$work/results"   # program alloc seconds kib run
 : >"$results"
 for b in "${benches[@]}"; do
   name=${b%%|*}
@@ -60,10 +91,13 @@ for b in "${benches[@]}"; do
   for r in $(seq 1 "$RUNS"); do
     # Alternate the order (A B C, C B A, ...): no allocator always runs after the same one.
     order=("${allocs[@]}")
-    if [ $((r % 2)) = 0 ]; then order=(glibc mimalloc tieralloc); fi
+    if [ $((r % 2)) = 0 ]; then
+      order=()
+      for ((i = ${#allocs[@]} - 1; i >= 0; i--)); do order+=("${allocs[$i]}"); done
+    fi
     for a in "${order[@]}"; do
       # shellcheck disable=SC2086
-      /usr/bin/time -f "%e %M" -o "$work/t" env LD_PRELOAD="$(lib_of "$a")" "$work/$name" $args >"$work/out"
+      /usr/bin/time -f "%e %M" -o "$work/t" env LD_PRELOAD="$(lib_of "$a")" "$work/$name" $args >"$work/out" 2>"$work/err"
       out=$(cat "$work/out")
       if [ -z "$ref" ]; then ref=$out; elif [ "$out" != "$ref" ]; then
         echo "$name under $a printed '$out', expected '$ref'" >&2
@@ -75,34 +109,58 @@ for b in "${benches[@]}"; do
     done
   done
 done
+echo "load after: $(uptime)" >&2
 
 median() { sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 med() { awk -v b="$1" -v a="$2" -v f="$3" '$1==b && $2==a {print $f}' "$results" | median; }
-
-# The median over runs of tieralloc's time / mimalloc's time in the same run: the two ran
-# back to back, so a slow phase of a shared machine mostly cancels out.
+# The median over runs of tieralloc's / the peer's value in the same run (field 3: time,
+# 4: RSS): the two ran back to back, so a slow phase of a shared machine mostly cancels out.
 paired() {
-  awk -v b="$1" '$1==b && $2=="tieralloc" {t[$5]=$3} $1==b && $2=="mimalloc" {m[$5]=$3}
+  awk -v b="$1" -v p="$2" -v f="$3" '$1==b && $2=="tieralloc" {t[$5]=$f} $1==b && $2==p {m[$5]=$f}
     END {for (r in t) if (m[r] > 0) print t[r] / m[r]}' "$results" | median
 }
-# In how many runs tieralloc was faster than mimalloc.
-wins() {
-  awk -v b="$1" '$1==b && $2=="tieralloc" {t[$5]=$3} $1==b && $2=="mimalloc" {m[$5]=$3}
-    END {w=0; for (r in t) if (t[r] < m[r]) w++; print w}' "$results"
+# The peer (not tieralloc) with the lowest median of field $2.
+best() {
+  local b=$1 f=$2 bestv="" bestp="" v
+  for a in "${allocs[@]}"; do
+    [ "$a" = tieralloc ] && continue
+    v=$(med "$b" "$a" "$f")
+    if [ -z "$bestv" ] || awk -v x="$v" -v y="$bestv" 'BEGIN {exit !(x < y)}'; then
+      bestv=$v bestp=$a
+    fi
+  done
+  echo "$bestp"
+}
+
+table() { # field, title, unit conversion (awk expression of v), format
+  local f=$1 title=$2 conv=$3 fmt=$4 head="| program |" sep="|---|" row
+  for a in "${allocs[@]}"; do head+=" $a |"; sep+="---:|"; done
+  echo
+  echo "$title"
+  echo
+  echo "$head best peer | tieralloc / best | paired |"
+  echo "$sep---|---:|---:|"
+  for b in "${benches[@]}"; do
+    name=${b%%|*}
+    row="| $name ${b#*|} |"
+    for a in "${allocs[@]}"; do
+      row+=" $(awk -v v="$(med "$name" "$a" "$f")" "BEGIN {printf \"$fmt\", $conv}") |"
+    done
+    if [[ " ${allocs[*]} " == *" tieralloc "* ]] && [ ${#allocs[@]} -gt 1 ]; then
+      bp=$(best "$name" "$f")
+      row+=" $bp | $(awk -v t="$(med "$name" tieralloc "$f")" -v p="$(med "$name" "$bp" "$f")" \
+        'BEGIN {printf "%.2f", (p > 0 ? t / p : 0)}') | $(awk -v v="$(paired "$name" "$bp" "$f")" \
+        'BEGIN {printf "%.2f", v}') |"
+    else
+      row+=" | | |"
+    fi
+    echo "$row"
+  done
 }
 
 echo
-echo "Median of $RUNS runs (interleaved), wall seconds and peak RSS; ratios are tieralloc / mimalloc (below 1: tieralloc better)."
-echo "Paired: the median of the per-run time ratios; wins: runs in which tieralloc was faster."
-echo
-echo "| program | tieralloc s | mimalloc s | glibc s | time ratio | paired | wins | tieralloc MiB | mimalloc MiB | glibc MiB | RSS ratio |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for b in "${benches[@]}"; do
-  name=${b%%|*}
-  ts=$(med "$name" tieralloc 3); ms=$(med "$name" mimalloc 3); gs=$(med "$name" glibc 3)
-  tk=$(med "$name" tieralloc 4); mk=$(med "$name" mimalloc 4); gk=$(med "$name" glibc 4)
-  pr=$(paired "$name"); wn="$(wins "$name")/$RUNS"
-  awk -v n="$name ${b#*|}" -v ts="$ts" -v ms="$ms" -v gs="$gs" -v pr="$pr" -v wn="$wn" -v tk="$tk" -v mk="$mk" -v gk="$gk" 'BEGIN {
-    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.1f | %.1f | %.1f | %.2f |\n",
-      n, ts, ms, gs, (ms > 0 ? ts / ms : 0), pr, wn, tk / 1024, mk / 1024, gk / 1024, (mk > 0 ? tk / mk : 0) }'
-done
+echo "Medians of $RUNS interleaved runs, each allocator in a process of its own. \"tieralloc / best\""
+echo "is tieralloc's median over the best peer's median (below 1: tieralloc better); \"paired\" is"
+echo "the median of the per-run ratios to that peer."
+table 3 "Wall time, seconds" "v" "%.2f"
+table 4 "Peak RSS, MiB" "v / 1024" "%.1f"

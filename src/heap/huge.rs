@@ -1,48 +1,22 @@
 //! Huge objects: one object per segment-aligned mapping, for requests over `LARGE_MAX` or
 //! aligned beyond a slice.
 //!
-//! Owns: the huge segment header fields, the registry of live huge objects, and the
-//! per-thread cache of freed huge mappings ([`HugeCache`]: what it keeps, which mapping serves
+//! Owns: the huge segment header fields, the registry of live huge objects, moving a huge
+//! mapping's pages into a bigger mapping (`enlarge`, `grow`), and, in its child `cache`, the
+//! per-thread cache of freed huge mappings ([`HugeCache`]: what it keeps, which mappings serve
 //! a request, when one goes back to the OS). May touch: `sys::os`, `heap::segment`,
 //! `heap::claim`.
+
+mod cache;
 
 use super::claim::ClaimSlot;
 use super::segment::{Segment, SegmentKind, HEADER_SIZE, MAX_ALIGN, SEGMENT_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::sys::os;
+pub use cache::HugeCache;
+#[cfg(test)]
+pub use cache::{CACHE_MAX_BYTES, SPLIT_MIN};
 use core::ptr;
-
-/// Freed huge mappings a thread keeps for reuse.
-pub const CACHE_SLOTS: usize = 8;
-
-/// The most bytes of freed huge mappings one thread keeps (they stay resident while cached,
-/// so this bounds what the cache adds to RSS per thread).
-pub const CACHE_MAX_BYTES: usize = 8 << 20;
-
-/// A cached mapping serves a request that needs at least this fraction of it (as a shift: a
-/// quarter). When it serves one that needs less than half of it, the pages past the request's
-/// end go back to the OS first (see [`CACHE_TRIM_MIN`]).
-pub const CACHE_FIT_SHIFT: u32 = 2;
-
-/// The least tail worth giving back when a cached mapping serves a smaller request: one
-/// madvise, cheaper than unmapping and mapping again, and RSS stays near what the object
-/// needs.
-pub const CACHE_TRIM_MIN: usize = 256 << 10;
-
-/// One cached mapping.
-#[derive(Clone, Copy)]
-struct CacheEntry {
-    /// The mapping (a huge segment header), or null.
-    seg: *mut Segment,
-    /// When it was freed (ms).
-    freed_at: u64,
-}
-
-/// An empty cache entry.
-const EMPTY_ENTRY: CacheEntry = CacheEntry {
-    seg: ptr::null_mut(),
-    freed_at: 0,
-};
 
 /// Where the object goes in its segment, and how many bytes to map, for `size` at `align`.
 /// None if it cannot be served (alignment over `MAX_ALIGN`, or sizes near the address space).
@@ -324,164 +298,6 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         (*new).map_size = new_map;
         super::segment::map_insert(new);
         new
-    }
-}
-
-/// A thread's cache of freed huge mappings (a field of its heap, touched by its owner only).
-/// Every mapping in it is unregistered, holds no object, and is the cache's alone: [`put`]
-/// takes it over, and it leaves only through [`take`] (to the caller) or an unmap.
-///
-/// [`put`]: HugeCache::put
-/// [`take`]: HugeCache::take
-pub struct HugeCache {
-    entries: [CacheEntry; CACHE_SLOTS],
-}
-
-impl HugeCache {
-    /// No mapping cached.
-    pub const fn new() -> HugeCache {
-        HugeCache {
-            entries: [EMPTY_ENTRY; CACHE_SLOTS],
-        }
-    }
-
-    /// A cached mapping of `node` to serve an object that needs `map_size` bytes, taken out of
-    /// the cache (null if none fits): the smallest that is big enough and at most
-    /// `1 << CACHE_FIT_SHIFT` times the need; else the biggest smaller one, moved into a
-    /// mapping of the size needed, so that its resident pages serve the object instead of
-    /// fresh ones (each a page fault). A tail the object does not need that is at least as big
-    /// as the object goes back to the OS first. The caller initialises the mapping (`init`)
-    /// and registers it.
-    pub fn take(&mut self, node: u32, map_size: usize) -> *mut Segment {
-        let cache = &mut self.entries;
-        // SAFETY: every non-null entry is a mapping of the cache's alone (type invariant).
-        unsafe {
-            let mut best: Option<usize> = None;
-            for (i, e) in cache.iter().enumerate() {
-                if !e.seg.is_null() && (*e.seg).node as u32 == node {
-                    let ms = (*e.seg).map_size;
-                    if ms >= map_size
-                        && ms >> CACHE_FIT_SHIFT <= map_size
-                        && best.is_none_or(|b| ms < (*cache[b].seg).map_size)
-                    {
-                        best = Some(i);
-                    }
-                }
-            }
-            let mut seg = ptr::null_mut();
-            if let Some(i) = best {
-                seg = cache[i].seg;
-                cache[i] = EMPTY_ENTRY;
-            } else if let Some(i) = (0..CACHE_SLOTS)
-                .filter(|&i| {
-                    let c = cache[i].seg;
-                    // Only smaller ones: a mapping more than CACHE_FIT_SHIFT times too big was
-                    // passed over above and stays cached (enlarging it would shrink it).
-                    !c.is_null() && (*c).node as u32 == node && (*c).map_size < map_size
-                })
-                .max_by_key(|&i| (*cache[i].seg).map_size)
-            {
-                // The filter above makes it smaller than map_size.
-                let old = cache[i].seg;
-                let old_map = (*old).map_size;
-                let grown = enlarge(old, map_size);
-                if !grown.is_null() {
-                    cache[i] = EMPTY_ENTRY;
-                    super::segment::commit_add((*grown).node, map_size - old_map);
-                    seg = grown;
-                }
-            }
-            if !seg.is_null() {
-                let ms = (*seg).map_size;
-                // The tail the new object does not need may be resident from the last one:
-                // when it is at least as big as the object, it goes back to the OS.
-                if ms - map_size >= CACHE_TRIM_MIN.max(map_size) {
-                    os::decommit((seg as *mut u8).add(map_size), ms - map_size);
-                }
-            }
-            seg
-        }
-    }
-
-    /// Keeps the freed mapping `seg` for reuse, making room (in slots and bytes) by unmapping
-    /// the mappings cached longest. False, and `seg` is left to the caller, if it is bigger
-    /// than the cache may hold.
-    ///
-    /// # Safety
-    /// `seg` is an unregistered huge mapping whose object is freed, which nobody else uses:
-    /// the cache takes it over when it returns true.
-    pub unsafe fn put(&mut self, seg: *mut Segment) -> bool {
-        let cache = &mut self.entries;
-        // SAFETY: seg is ours to keep (contract); the entries are the cache's alone.
-        unsafe {
-            let ms = (*seg).map_size;
-            if ms > CACHE_MAX_BYTES {
-                return false;
-            }
-            loop {
-                let held: usize = cache
-                    .iter()
-                    .filter(|e| !e.seg.is_null())
-                    .map(|e| (*e.seg).map_size)
-                    .sum();
-                let free_slot = cache.iter().position(|e| e.seg.is_null());
-                if let Some(i) = free_slot {
-                    if held + ms <= CACHE_MAX_BYTES {
-                        cache[i] = CacheEntry {
-                            seg,
-                            freed_at: os::now_ms(),
-                        };
-                        return true;
-                    }
-                }
-                let Some(oldest) = (0..CACHE_SLOTS)
-                    .filter(|&i| !cache[i].seg.is_null())
-                    .min_by_key(|&i| cache[i].freed_at)
-                else {
-                    return false;
-                };
-                let old = cache[oldest].seg;
-                cache[oldest] = EMPTY_ENTRY;
-                super::segment::commit_sub((*old).node, (*old).map_size);
-                unmap(old);
-            }
-        }
-    }
-
-    /// Unmaps the mappings cached for `delay` ms or longer by `now`.
-    pub fn expire(&mut self, now: u64, delay: u64) {
-        for e in self.entries.iter_mut() {
-            if !e.seg.is_null() && e.freed_at + delay <= now {
-                // SAFETY: the mapping is the cache's alone (type invariant).
-                unsafe {
-                    super::segment::commit_sub((*e.seg).node, (*e.seg).map_size);
-                    unmap(e.seg);
-                }
-                *e = EMPTY_ENTRY;
-            }
-        }
-    }
-
-    /// Unmaps every cached mapping (the heap is letting go of everything).
-    pub fn clear(&mut self) {
-        self.expire(u64::MAX, 0);
-    }
-
-    /// The size of the biggest cached mapping, if any (for tests).
-    #[cfg(test)]
-    pub fn largest(&self) -> Option<usize> {
-        self.entries
-            .iter()
-            .filter(|e| !e.seg.is_null())
-            // SAFETY: the mapping is the cache's alone (type invariant).
-            .map(|e| unsafe { (*e.seg).map_size })
-            .max()
-    }
-}
-
-impl Default for HugeCache {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

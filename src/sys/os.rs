@@ -106,11 +106,12 @@ pub(crate) fn no_huge_pages(p: *mut u8, len: usize) {
 /// nothing) if the kernel refuses.
 ///
 /// # Safety
-/// `[old, old+old_size)` is a whole mapping of ours whose contents only the caller uses;
-/// `[new, new+new_size)` is a whole mapping made by `map_aligned` that nothing uses.
+/// `[old, old+old_size)` is a mapping of ours (or a page-aligned part of one) whose contents
+/// only the caller uses; `[new, new+new_size)` is a mapping made by `map_aligned` (or a
+/// page-aligned part of one) that nothing uses.
 pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size: usize) -> bool {
-    // SAFETY: both ranges are whole mappings of ours (contract); MREMAP_FIXED replaces the
-    // mapping at `new`, which nobody uses, and the old range is nobody else's to read.
+    // SAFETY: both ranges are (parts of) mappings of ours (contract); MREMAP_FIXED replaces
+    // the mapping at `new`, which nobody uses, and the old range is nobody else's to read.
     let r = unsafe {
         libc::mremap(
             old as *mut libc::c_void,

@@ -12,21 +12,21 @@ use super::tls::{heap, own};
 use super::{empty_page, HeapRef};
 use crate::heap::huge;
 use crate::heap::segment::{
-    map_tag, page_of, page_of_remote, segment_of, set_owner, Page, FIRST_TAG, NO_TAG, PAGE_IN_FULL,
-    SLICE_SIZE,
+    map_tag, page_of, page_of_remote, segment_of, set_owner, Page, FIRST_TAG, HEADER_SIZE, NO_TAG,
+    PAGE_IN_FULL, SLICE_SIZE,
 };
 use crate::heap::size_class::bin_of;
 use crate::sync::Ordering;
 use crate::sys::os;
 use core::ptr;
 
-/// A cached huge mapping more than `CACHE_FIT_SHIFT` times bigger than a request is not
-/// taken by the "nothing big enough, enlarge the biggest" fallback: that fallback only
-/// grows. It took it before (found by the `tieralloc` fuzz target: `map_size - old_map`
-/// underflowed, a panic in the allocator under debug assertions, and the cached mapping
-/// was shrunk under the request).
+/// A cached huge mapping far bigger than a small huge request (1 byte aligned to 128 KiB)
+/// serves it from its first 4 MiB, and its tail moves into a mapping of its own that stays
+/// cached. (The fallback that enlarged the biggest cached mapping once took a bigger one
+/// and shrank it under the request: `map_size - old_map` underflowed, found by the
+/// `tieralloc` fuzz target.)
 #[test]
-fn a_far_too_big_cached_mapping_is_not_shrunk_for_a_small_huge_request() {
+fn a_far_too_big_cached_mapping_serves_a_small_request_and_keeps_its_tail() {
     std::thread::spawn(|| {
         // SAFETY: this thread's heap, used only by this thread; each block freed once.
         unsafe {
@@ -37,21 +37,199 @@ fn a_far_too_big_cached_mapping_is_not_shrunk_for_a_small_huge_request() {
             let cached = |h: HeapRef| h.huge_cache.largest();
             let before = cached(h).expect("a freed 7 MiB block is cached");
             assert!(before >= 7 << 20);
-            // A 1-byte block aligned to 128 KiB takes the huge path with a small mapping.
-            let (_, need) = huge::layout_for(1, 128 << 10).expect("a huge layout");
-            assert!(
-                need << huge::CACHE_FIT_SHIFT < before,
-                "request not small enough"
-            );
             let small = alloc_huge(h, 1, 128 << 10, false);
             assert!(!small.is_null());
             assert_eq!(small as usize % (128 << 10), 0);
-            assert_eq!(cached(h), Some(before), "the big cached mapping was taken");
+            assert_eq!(
+                segment_of(small),
+                segment_of(big),
+                "not served from the cache"
+            );
+            assert_eq!(
+                cached(h),
+                Some(before - crate::heap::segment::SEGMENT_SIZE),
+                "the tail past the first 4 MiB is not cached"
+            );
             free(small);
         }
     })
     .join()
     .unwrap();
+}
+
+/// Runs `f` on a fresh thread (an empty huge cache) until a run takes less than half the
+/// purge delay: the cache gives back what has waited that long, and a loaded machine may
+/// stall a run. `f` returns what went wrong, if anything.
+fn huge_cache_case(f: fn(HeapRef) -> Result<(), String>) {
+    std::thread::spawn(move || {
+        let delay = crate::init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        for _ in 0..5 {
+            let t0 = os::now_ms();
+            let r = f(own());
+            if os::now_ms() - t0 < delay / 2 {
+                return r.unwrap();
+            }
+        }
+        panic!("every run took longer than half the purge delay");
+    })
+    .join()
+    .unwrap();
+}
+
+/// Fills `len` bytes at `p` with `v`.
+///
+/// # Safety
+/// `p` is a live block of at least `len` bytes.
+unsafe fn fill(p: *mut u8, len: usize, v: u8) {
+    // SAFETY: forwarded contract.
+    unsafe { ptr::write_bytes(p, v, len) }
+}
+
+/// The first offset (a page's first byte, or the last byte) of `len` bytes at `p` that is
+/// 0: a page that was faulted in afresh, not moved from a freed buffer.
+///
+/// # Safety
+/// `p` is a live block of at least `len` bytes.
+unsafe fn fresh_page(p: *const u8, len: usize) -> Option<usize> {
+    // SAFETY: forwarded contract.
+    (0..len)
+        .step_by(os::OS_PAGE)
+        .chain([len - 1])
+        .find(|&o| unsafe { *p.add(o) } == 0)
+}
+
+/// The offsets (from `p`) of the pages of the `len` bytes at `p` that are not resident
+/// (`mincore`), outside `[skip.0, skip.1)`.
+///
+/// # Safety
+/// `p` is a live block of at least `len` bytes.
+unsafe fn absent_page(p: *const u8, len: usize, skip: (usize, usize)) -> Option<usize> {
+    let start = p as usize & !(os::OS_PAGE - 1);
+    let pages = (p as usize + len - start).div_ceil(os::OS_PAGE);
+    let mut v = vec![0u8; pages];
+    // SAFETY: [start, start + pages pages) is mapped (it holds the live block), and v has one
+    // byte per page.
+    let r = unsafe {
+        libc::mincore(
+            start as *mut libc::c_void,
+            pages * os::OS_PAGE,
+            v.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "mincore failed");
+    (0..pages)
+        .filter(|&i| v[i] & 1 == 0)
+        .map(|i| (start + i * os::OS_PAGE).saturating_sub(p as usize))
+        .find(|&o| o < skip.0 || o >= skip.1)
+}
+
+/// Issue 16: a freed 20 MiB buffer (more than the 8 MiB the cache used to keep) serves the
+/// next one of that size: same mapping, its pages still resident (their old contents show:
+/// no page was faulted in afresh).
+#[test]
+fn a_freed_20_mib_buffer_serves_the_next_one_with_its_pages() {
+    huge_cache_case(|h| {
+        let n = 20 << 20;
+        // SAFETY: this thread's heap; each block freed once, used within its size.
+        unsafe {
+            let a = alloc_huge(h, n, 16, false);
+            assert!(!a.is_null());
+            fill(a, n, 0x5a);
+            free(a);
+            let b = alloc_huge(h, n, 16, false);
+            assert!(!b.is_null());
+            let fresh = fresh_page(b, n);
+            free(b);
+            if b != a {
+                return Err(format!("a new mapping at {b:?}, not {a:?}"));
+            }
+            match fresh {
+                Some(o) => Err(format!("fresh page at offset {o}")),
+                None => Ok(()),
+            }
+        }
+    });
+}
+
+/// Issue 16: a request bigger than every cached mapping gets several of them moved together
+/// into one mapping (biggest first): every page of the new block comes from the freed ones
+/// (resident before it is touched), the biggest first.
+#[test]
+fn freed_buffers_are_moved_together_to_serve_a_bigger_one() {
+    huge_cache_case(|h| {
+        // SAFETY: this thread's heap; each block freed once, used within its size.
+        unsafe {
+            let a = alloc_huge(h, 6 << 20, 16, false);
+            let b = alloc_huge(h, 5 << 20, 16, false);
+            assert!(!a.is_null() && !b.is_null());
+            fill(a, 6 << 20, 0xa1);
+            fill(b, 5 << 20, 0xb2);
+            free(a);
+            free(b);
+            let n = 10 << 20;
+            let c = alloc_huge(h, n, 16, false);
+            assert!(!c.is_null());
+            // Before any read (a read of a fresh page maps the zero page). The second piece's
+            // header pages were never written (only the header's first lines are): skipped.
+            let (off, ma) = huge::layout_for(6 << 20, 16).unwrap();
+            let fresh = absent_page(c, n, (ma - off, ma - off + HEADER_SIZE));
+            let (first, last) = (*c, *c.add(n - 1));
+            let held = h.huge_cache.held_count();
+            free(c);
+            if let Some(o) = fresh {
+                return Err(format!("fresh page at offset {o}"));
+            }
+            if (first, last) != (0xa1, 0xb2) {
+                return Err(format!("first byte {first:#x}, last {last:#x}"));
+            }
+            // 6 + 5 MiB (plus two headers) hold 10 MiB (plus one): the rest, over 1 MiB,
+            // stays cached as a mapping of its own.
+            let (_, mb) = huge::layout_for(5 << 20, 16).unwrap();
+            let (_, mc) = huge::layout_for(n, 16).unwrap();
+            assert!(ma + mb - mc >= huge::SPLIT_MIN);
+            if held != (ma + mb - mc, 1) {
+                return Err(format!("cache holds {held:?}, not the 1 MiB tail"));
+            }
+            Ok(())
+        }
+    });
+}
+
+/// Issue 16: the cache keeps at most `CACHE_MAX_BYTES`, as much of it as the freed mappings
+/// fill, and gives all of it back once the purge delay has passed since they were freed.
+#[test]
+fn the_huge_cache_keeps_its_bytes_and_gives_them_back_after_the_delay() {
+    huge_cache_case(|mut h| {
+        let n = 20 << 20;
+        let (_, ms) = huge::layout_for(n, 16).unwrap();
+        // SAFETY: this thread's heap; each block freed once, used within its size.
+        unsafe {
+            let mut live = [ptr::null_mut(); 6];
+            for p in live.iter_mut() {
+                *p = alloc_huge(h, n, 16, false);
+                assert!(!p.is_null());
+                **p = 1;
+            }
+            for p in live {
+                free(p);
+            }
+            let freed = os::now_ms();
+            let held = h.huge_cache.held_count();
+            let fits = huge::CACHE_MAX_BYTES / ms;
+            if held != (fits * ms, fits) {
+                return Err(format!("cache holds {held:?}, not {fits} x {ms} bytes"));
+            }
+            let delay = crate::init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+            h.huge_cache.expire(freed, delay.max(1));
+            let kept = h.huge_cache.held_count();
+            h.huge_cache.expire(freed + delay, delay);
+            let after = h.huge_cache.held_count();
+            if kept != held || after != (0, 0) {
+                return Err(format!("before the delay {kept:?}, after it {after:?}"));
+            }
+            Ok(())
+        }
+    });
 }
 
 /// A class that allocated since the last collection keeps its empty current page through

@@ -1,0 +1,338 @@
+//! The per-thread cache of freed huge mappings: what it keeps (bounded by bytes), which
+//! mappings serve a request (the best fit, the tail of a too-big one split off and kept, or
+//! several smaller ones moved together into one), and when one goes back to the OS.
+//!
+//! Owns: [`HugeCache`] and the two page-moving steps it serves requests with (`split_tail`,
+//! `assemble`). May touch: `sys::os` (map, remap, unmap, decommit), `heap::segment` (the
+//! segment map, committed bytes, the header), and the parent `huge` (reservation, unmap).
+//!
+//! Why: a program that replaces buffers of several MiB would otherwise fault every buffer in
+//! afresh (a page fault per 4 KiB, most of its time). The cache keeps the resident pages of
+//! freed mappings and hands them to the next requests, whatever their sizes, by moving pages
+//! with `mremap` (page tables move, nothing is copied or faulted), for at most the purge
+//! delay.
+
+use super::{reservation, unmap, NO_SLOT};
+use crate::heap::segment::{self, Segment, SegmentKind, SEGMENT_SIZE};
+use crate::sys::os;
+use core::ptr;
+
+/// Freed huge mappings a thread keeps for reuse (at most).
+pub const CACHE_SLOTS: usize = 32;
+
+/// The most bytes of freed huge mappings one thread keeps (they stay resident while cached,
+/// so this bounds what the cache adds to RSS per thread, for at most the purge delay).
+pub const CACHE_MAX_BYTES: usize = 64 << 20;
+
+/// The least tail worth splitting off a cached mapping that serves a smaller request: it moves
+/// (with its resident pages) into a mapping of its own and stays cached. A smaller tail stays
+/// with the object.
+pub const SPLIT_MIN: usize = 1 << 20;
+
+/// The least unused part of a served mapping worth giving back (one madvise): when it is at
+/// least this and at least as big as the object (a small object, aligned beyond a slice, in
+/// the 4 MiB every huge mapping holds), it goes back to the OS, so that RSS stays near what
+/// the object needs.
+pub const CACHE_TRIM_MIN: usize = 256 << 10;
+
+/// One cached mapping.
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    /// The mapping (a huge segment header), or null.
+    seg: *mut Segment,
+    /// When it was freed (ms).
+    freed_at: u64,
+}
+
+/// An empty cache entry.
+const EMPTY_ENTRY: CacheEntry = CacheEntry {
+    seg: ptr::null_mut(),
+    freed_at: 0,
+};
+
+/// Writes a cached huge mapping's header afresh: zero, then kind, node and size (what a fresh,
+/// zeroed mapping's header holds after `huge::map`, less the object's fields, which
+/// `huge::init` writes when it is handed out).
+///
+/// # Safety
+/// `seg` is the start of a huge mapping of `map_size` bytes that nobody else uses.
+unsafe fn fresh_header(seg: *mut Segment, node: u16, map_size: usize) {
+    // SAFETY: the header is in the mapping's first bytes, ours alone (contract).
+    unsafe {
+        ptr::write_bytes(seg as *mut u8, 0, core::mem::size_of::<Segment>());
+        (*seg).kind = SegmentKind::Huge;
+        (*seg).node = node;
+        (*seg).map_size = map_size;
+        (*seg).huge_slot = NO_SLOT;
+    }
+}
+
+/// Moves the bytes of `seg` from `keep` on (resident pages and all) into a segment-aligned
+/// mapping of their own, which becomes a huge mapping of the same node; `seg` keeps its first
+/// `keep` bytes. Returns the new mapping, or null (nothing changed) if the kernel refuses.
+/// Committed bytes do not change (the same pages, the same node).
+///
+/// # Safety
+/// `seg` is an unregistered huge mapping of ours holding no object, that nobody else uses,
+/// and `SEGMENT_SIZE <= keep < map_size`, `keep` a multiple of the OS page: the part moved
+/// lies past the 4 MiB of `seg`'s segment-map entry, so the hole it leaves is nobody's
+/// concern (no entry claims it).
+unsafe fn split_tail(seg: *mut Segment, keep: usize) -> *mut Segment {
+    // SAFETY: seg is ours and unused (contract); the tail is a page-aligned part of it.
+    unsafe {
+        let ms = (*seg).map_size;
+        let len = ms - keep;
+        // No binding for the placeholder: the moved pages keep their own policy.
+        let dst = os::map_aligned(reservation(len), SEGMENT_SIZE, None);
+        if dst.is_null() {
+            return ptr::null_mut();
+        }
+        if !os::remap((seg as *mut u8).add(keep), len, dst, len) {
+            os::unmap(dst, reservation(len));
+            return ptr::null_mut();
+        }
+        (*seg).map_size = keep;
+        let tail = dst as *mut Segment;
+        fresh_header(tail, (*seg).node, len);
+        segment::map_insert(tail);
+        tail
+    }
+}
+
+/// A thread's cache of freed huge mappings (a field of its heap, touched by its owner only).
+/// Every mapping in it is unregistered, holds no object, and is the cache's alone: [`put`]
+/// takes it over, and it leaves only through [`take`] (to the caller) or an unmap. Its
+/// mappings' map sizes add up to at most [`CACHE_MAX_BYTES`].
+///
+/// [`put`]: HugeCache::put
+/// [`take`]: HugeCache::take
+pub struct HugeCache {
+    entries: [CacheEntry; CACHE_SLOTS],
+}
+
+impl HugeCache {
+    /// No mapping cached.
+    pub const fn new() -> HugeCache {
+        HugeCache {
+            entries: [EMPTY_ENTRY; CACHE_SLOTS],
+        }
+    }
+
+    /// A mapping of `node` built from cached ones to serve an object that needs `map_size`
+    /// bytes, taken out of the cache (null if none is cached): the smallest cached mapping
+    /// that is big enough; else the biggest ones, moved together (`assemble`) until they hold
+    /// the need, the rest fresh. Of a mapping bigger than needed, a tail of at least
+    /// [`SPLIT_MIN`] past the need (and past the mapping's first 4 MiB) moves into a mapping
+    /// of its own that stays cached; an unused part left at least as big as the object goes
+    /// back to the OS. The caller initialises the mapping (`init`) and registers it.
+    pub fn take(&mut self, node: u32, map_size: usize) -> *mut Segment {
+        // SAFETY: every non-null entry is a mapping of the cache's alone (type invariant).
+        unsafe {
+            let mut best: Option<usize> = None;
+            for (i, e) in self.entries.iter().enumerate() {
+                if !e.seg.is_null() && (*e.seg).node as u32 == node {
+                    let ms = (*e.seg).map_size;
+                    if ms >= map_size && best.is_none_or(|b| ms < (*self.entries[b].seg).map_size) {
+                        best = Some(i);
+                    }
+                }
+            }
+            let (seg, freed_at) = match best {
+                Some(i) => {
+                    let e = self.entries[i];
+                    self.entries[i] = EMPTY_ENTRY;
+                    (e.seg, e.freed_at)
+                }
+                None => self.assemble(node, map_size),
+            };
+            if seg.is_null() {
+                return seg;
+            }
+            let keep = map_size.max(SEGMENT_SIZE);
+            let ms = (*seg).map_size;
+            if ms > keep && ms - keep >= SPLIT_MIN {
+                let tail = split_tail(seg, keep);
+                if !tail.is_null() {
+                    // A slot was freed above (the mapping taken, or the pieces assembled).
+                    self.insert(tail, freed_at);
+                }
+            }
+            let ms = (*seg).map_size;
+            // What the new object does not need may be resident from the last one: when it is
+            // at least as big as the object, it goes back to the OS.
+            if ms - map_size >= CACHE_TRIM_MIN.max(map_size) {
+                os::decommit((seg as *mut u8).add(map_size), ms - map_size);
+            }
+            seg
+        }
+    }
+
+    /// Moves the biggest cached mappings of `node` one after another into one new
+    /// segment-aligned mapping, until they hold `need` bytes (or none is left); past them the
+    /// new mapping is fresh, bound to `node`. The pieces leave the cache. Returns the mapping
+    /// (its header written afresh, in the segment map, its fresh bytes counted as committed)
+    /// and the oldest piece's free time; null if no mapping of `node` is cached or the kernel
+    /// refuses (then every piece not moved stays cached).
+    ///
+    /// # Safety
+    /// As for every method: the entries are the cache's alone.
+    unsafe fn assemble(&mut self, node: u32, need: usize) -> (*mut Segment, u64) {
+        let mut picked = [false; CACHE_SLOTS];
+        let mut sum = 0usize;
+        // SAFETY: every non-null entry is a mapping of the cache's alone (type invariant);
+        // a piece leaves the cache only once its pages are in the new mapping.
+        unsafe {
+            while sum < need {
+                let Some(i) = (0..CACHE_SLOTS)
+                    .filter(|&i| {
+                        let s = self.entries[i].seg;
+                        !picked[i] && !s.is_null() && (*s).node as u32 == node
+                    })
+                    .max_by_key(|&i| (*self.entries[i].seg).map_size)
+                else {
+                    break;
+                };
+                picked[i] = true;
+                sum += (*self.entries[i].seg).map_size;
+            }
+            if sum == 0 {
+                return (ptr::null_mut(), 0);
+            }
+            let total = sum.max(need);
+            let dst = os::map_aligned(reservation(total), SEGMENT_SIZE, Some(node));
+            if dst.is_null() {
+                return (ptr::null_mut(), 0);
+            }
+            let (mut off, mut freed_at) = (0usize, u64::MAX);
+            for (i, _) in picked.iter().enumerate().filter(|(_, &p)| p) {
+                let piece = self.entries[i].seg;
+                let ms = (*piece).map_size;
+                // Out of the segment map while its range is still ours (as in `enlarge`).
+                segment::map_remove(piece);
+                if !os::remap(piece as *mut u8, ms, dst.add(off), ms) {
+                    segment::map_insert(piece);
+                    continue;
+                }
+                let res = reservation(ms);
+                if res > ms {
+                    os::unmap((piece as *mut u8).add(ms), res - ms);
+                }
+                freed_at = freed_at.min(self.entries[i].freed_at);
+                self.entries[i] = EMPTY_ENTRY;
+                off += ms;
+            }
+            if off == 0 {
+                os::unmap(dst, reservation(total));
+                return (ptr::null_mut(), 0);
+            }
+            let seg = dst as *mut Segment;
+            fresh_header(seg, node as u16, total);
+            segment::map_insert(seg);
+            segment::commit_add(node as u16, total - off);
+            (seg, freed_at)
+        }
+    }
+
+    /// Puts `seg` in a free slot with free time `freed_at`; unmaps it if there is none.
+    ///
+    /// # Safety
+    /// As for [`HugeCache::put`] (the byte bound is the caller's).
+    unsafe fn insert(&mut self, seg: *mut Segment, freed_at: u64) {
+        // SAFETY: seg is ours to keep (contract).
+        unsafe {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.seg.is_null()) {
+                *e = CacheEntry { seg, freed_at };
+            } else {
+                segment::commit_sub((*seg).node, (*seg).map_size);
+                unmap(seg);
+            }
+        }
+    }
+
+    /// Bytes held (the map sizes of the cached mappings).
+    fn held(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| !e.seg.is_null())
+            // SAFETY: the mapping is the cache's alone (type invariant).
+            .map(|e| unsafe { (*e.seg).map_size })
+            .sum()
+    }
+
+    /// Keeps the freed mapping `seg` for reuse, making room (in slots and bytes) by unmapping
+    /// the mappings cached longest. False, and `seg` is left to the caller, if it is bigger
+    /// than the cache may hold.
+    ///
+    /// # Safety
+    /// `seg` is an unregistered huge mapping whose object is freed, which nobody else uses:
+    /// the cache takes it over when it returns true.
+    pub unsafe fn put(&mut self, seg: *mut Segment) -> bool {
+        // SAFETY: seg is ours to keep (contract); the entries are the cache's alone.
+        unsafe {
+            let ms = (*seg).map_size;
+            if ms > CACHE_MAX_BYTES {
+                return false;
+            }
+            loop {
+                let free_slot = self.entries.iter().position(|e| e.seg.is_null());
+                if free_slot.is_some() && self.held() + ms <= CACHE_MAX_BYTES {
+                    self.insert(seg, os::now_ms());
+                    return true;
+                }
+                let Some(oldest) = (0..CACHE_SLOTS)
+                    .filter(|&i| !self.entries[i].seg.is_null())
+                    .min_by_key(|&i| self.entries[i].freed_at)
+                else {
+                    return false;
+                };
+                let old = self.entries[oldest].seg;
+                self.entries[oldest] = EMPTY_ENTRY;
+                segment::commit_sub((*old).node, (*old).map_size);
+                unmap(old);
+            }
+        }
+    }
+
+    /// Unmaps the mappings cached for `delay` ms or longer by `now`.
+    pub fn expire(&mut self, now: u64, delay: u64) {
+        for e in self.entries.iter_mut() {
+            if !e.seg.is_null() && e.freed_at.saturating_add(delay) <= now {
+                // SAFETY: the mapping is the cache's alone (type invariant).
+                unsafe {
+                    segment::commit_sub((*e.seg).node, (*e.seg).map_size);
+                    unmap(e.seg);
+                }
+                *e = EMPTY_ENTRY;
+            }
+        }
+    }
+
+    /// Unmaps every cached mapping (the heap is letting go of everything).
+    pub fn clear(&mut self) {
+        self.expire(u64::MAX, 0);
+    }
+
+    /// The size of the biggest cached mapping, if any (for tests).
+    #[cfg(test)]
+    pub fn largest(&self) -> Option<usize> {
+        self.entries
+            .iter()
+            .filter(|e| !e.seg.is_null())
+            // SAFETY: the mapping is the cache's alone (type invariant).
+            .map(|e| unsafe { (*e.seg).map_size })
+            .max()
+    }
+
+    /// Bytes held, and how many mappings (for tests).
+    #[cfg(test)]
+    pub fn held_count(&self) -> (usize, usize) {
+        let n = self.entries.iter().filter(|e| !e.seg.is_null()).count();
+        (self.held(), n)
+    }
+}
+
+impl Default for HugeCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
