@@ -300,6 +300,10 @@ fn blocks_freed_remotely_into_full_pages_are_reused_by_their_owner() {
     const SIZE: usize = 200;
     const N: usize = 2_000;
     let owner = thread::spawn(|| {
+        // Owner and freer (which inherits the affinity) stay on one node: an owner that moved
+        // (under TIERALLOC_SIMULATE_NODES, to the other CPU) would rightly allocate from its
+        // new node. (If node 0's CPUs are outside our cpuset, they run where they may.)
+        nodes::move_to_node(nodes::cpu_nodes()[0]);
         let first: Vec<Raw> = (0..N).map(|i| alloc_filled(SIZE, i as u8)).collect();
         let addrs: std::collections::HashSet<usize> = first.iter().map(|r| r.0 as usize).collect();
         // Every block, all pages but the last full, freed by another thread.
