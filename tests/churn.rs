@@ -10,6 +10,10 @@ use std::alloc::{alloc, dealloc, Layout};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+#[path = "common/nodes.rs"]
+mod nodes;
+use nodes::cpu_nodes;
+
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
@@ -111,16 +115,6 @@ fn settled_segments() -> u64 {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The nodes with CPUs.
-fn cpu_nodes() -> Vec<u32> {
-    tieralloc::topology()
-        .nodes
-        .iter()
-        .filter(|n| !n.cpus.is_empty())
-        .map(|n| n.id)
-        .collect()
-}
-
 #[test]
 fn ten_thousand_threads_do_not_accumulate_memory() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,30 +211,15 @@ fn churn(check_live_counters: bool) {
     for o in std::mem::take(&mut *shared.lock().unwrap()) {
         o.free();
     }
-    for _ in 0..4 {
-        tieralloc::collect();
-    }
+    nodes::collect_passes(4);
     // A fresh thread, once its heap exists, tends what is still stranded: collects the frees
     // made into it and gives back what emptied. A heap tends only its own node's abandoned
     // segments, so one such thread runs on each node with CPUs (several under
     // TIERALLOC_SIMULATE_NODES, where the churned threads ran on every node).
     for node in cpu_nodes() {
-        thread::spawn(move || {
-            if tieralloc::numa::pin_current_thread_to_node(node).is_err() {
-                return; // its CPUs are outside this process's cpuset
-            }
-            let v = vec![1u8; 100];
-            for _ in 0..8 {
-                tieralloc::collect();
-            }
-            drop(v);
-        })
-        .join()
-        .unwrap();
+        nodes::tend_from_fresh_thread(Some(node));
     }
-    for _ in 0..4 {
-        tieralloc::collect();
-    }
+    nodes::collect_passes(4);
     let end = tieralloc::stats();
     eprintln!("{end}");
     eprintln!(

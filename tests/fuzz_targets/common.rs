@@ -1,5 +1,5 @@
 //! Helpers shared by the fuzz targets in this folder: byte patterns, a set of live address
-//! ranges that refuses overlaps, thread moves between CPUs, and running ops in a thread that
+//! ranges that refuses overlaps, the live blocks of a shadow model, thread moves between CPUs, and running ops in a thread that
 //! then exits (`thread_op`).
 //!
 //! Each target is a `pub fn run(data: &[u8])` in its own file here; it decodes `data` into
@@ -119,6 +119,128 @@ impl Ranges {
     /// Number of live ranges.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+/// A live block of a target's shadow model: where it is, how many bytes were asked, the seed
+/// of the pattern it holds, and what else the target needs to free it (`extra`: its
+/// alignment, the kind of handle that allocated it, or nothing).
+pub struct Live<T> {
+    pub addr: usize,
+    pub size: usize,
+    pub seed: u8,
+    pub extra: T,
+}
+
+/// The live blocks of a target's shadow model, each filled with its pattern: their address
+/// ranges (a new block that overlaps a live one panics) and their total size.
+pub struct LiveBlocks<T> {
+    blocks: Vec<Live<T>>,
+    ranges: Ranges,
+    bytes: usize,
+    /// Whether a zero-size block takes a (one-byte) range: not where one dangling address
+    /// may serve every zero-size block (`Allocator::allocate`).
+    empty_takes_a_byte: bool,
+}
+
+impl<T> Default for LiveBlocks<T> {
+    fn default() -> Self {
+        LiveBlocks::new()
+    }
+}
+
+impl<T> LiveBlocks<T> {
+    /// None live; a zero-size block counts as one byte, so it overlaps no other block.
+    pub fn new() -> Self {
+        LiveBlocks {
+            blocks: Vec::new(),
+            ranges: Ranges::default(),
+            bytes: 0,
+            empty_takes_a_byte: true,
+        }
+    }
+
+    /// None live; zero-size blocks take no range (they may all share one address).
+    pub fn sharing_empty() -> Self {
+        LiveBlocks {
+            empty_takes_a_byte: false,
+            ..LiveBlocks::new()
+        }
+    }
+
+    /// Records the fresh block of `size` bytes at `p` (panicking if it overlaps a live one)
+    /// and fills it with the pattern of `seed`.
+    ///
+    /// # Safety
+    /// `p` is valid for writes of `size` bytes, the caller's alone until it is taken back.
+    pub unsafe fn add(&mut self, p: *mut u8, size: usize, seed: u8, extra: T, what: &str) {
+        if size > 0 || self.empty_takes_a_byte {
+            self.ranges.insert(p as usize, size, what);
+        }
+        // SAFETY: the block has `size` bytes, ours alone (caller's contract).
+        unsafe { fill(p, 0, size, seed) };
+        self.bytes += size;
+        self.blocks.push(Live {
+            addr: p as usize,
+            size,
+            seed,
+            extra,
+        });
+    }
+
+    /// Takes block `i` out (the last one takes its place), panicking unless it still holds
+    /// its pattern.
+    pub fn take(&mut self, i: usize, what: &str) -> Live<T> {
+        let b = self.blocks.swap_remove(i);
+        // SAFETY: a live block of b.size bytes (`add`'s contract holds until it is taken).
+        unsafe { check(b.addr as *const u8, 0, b.size, b.seed, what) };
+        if b.size > 0 || self.empty_takes_a_byte {
+            self.ranges.remove(b.addr);
+        }
+        self.bytes -= b.size;
+        b
+    }
+
+    /// The index of a live block drawn from `idx`, if any is live.
+    pub fn pick(&self, idx: u16) -> Option<usize> {
+        (!self.blocks.is_empty()).then(|| idx as usize % self.blocks.len())
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// The bytes asked for by the live blocks.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The number of live ranges (of every block, or of the non-empty ones).
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Live<T>> {
+        self.blocks.iter()
+    }
+}
+
+impl<T> std::ops::Index<usize> for LiveBlocks<T> {
+    type Output = Live<T>;
+    fn index(&self, i: usize) -> &Live<T> {
+        &self.blocks[i]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a LiveBlocks<T> {
+    type Item = &'a Live<T>;
+    type IntoIter = std::slice::Iter<'a, Live<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.blocks.iter()
     }
 }
 

@@ -18,7 +18,8 @@
 //! allocator), as under LD_PRELOAD.
 
 use crate::common::{
-    check, check_zero, fill, in_thread, next_op, pat, size_of, thread_op, Affinity, Ranges,
+    check, check_zero, fill, in_thread, next_op, pat, size_of, thread_op, Affinity, Live,
+    LiveBlocks,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
@@ -161,17 +162,9 @@ enum Op {
     MoveCpu(u8),
 }
 
-struct Block {
-    addr: usize,
-    size: usize,
-    seed: u8,
-}
-
 #[derive(Default)]
 struct Model {
-    live: Vec<Block>,
-    ranges: Ranges,
-    bytes: usize,
+    live: LiveBlocks<()>,
     ops: usize,
 }
 
@@ -238,32 +231,20 @@ impl Model {
         // SAFETY: a live block of ours.
         let usable = unsafe { c::malloc_usable_size(p.cast()) };
         assert!(usable >= size, "{what}: usable size {usable} < {size}");
-        self.ranges.insert(p as usize, size, what);
-        // SAFETY: the block has `size` bytes, ours alone.
-        unsafe { fill(p, 0, size, seed) };
-        self.bytes += size;
-        self.live.push(Block {
-            addr: p as usize,
-            size,
-            seed,
-        });
+        // SAFETY: the block has `size` bytes, ours alone until it is freed.
+        unsafe { self.live.add(p, size, seed, (), what) };
     }
 
-    fn take(&mut self, i: usize) -> Block {
-        let b = self.live.swap_remove(i);
-        // SAFETY: a live block of b.size bytes.
-        unsafe { check(b.addr as *const u8, 0, b.size, b.seed, "free") };
-        self.ranges.remove(b.addr);
-        self.bytes -= b.size;
-        b
+    fn take(&mut self, i: usize) -> Live<()> {
+        self.live.take(i, "free")
     }
 
     fn room(&self, size: usize) -> bool {
-        self.bytes + size <= MAX_LIVE_BYTES && self.live.len() < 400
+        self.live.bytes() + size <= MAX_LIVE_BYTES && self.live.len() < 400
     }
 
     fn pick(&self, idx: u16) -> Option<usize> {
-        (!self.live.is_empty()).then(|| idx as usize % self.live.len())
+        self.live.pick(idx)
     }
 
     /// realloc of the foreign pointer `p`, of which exactly `readable` bytes can be read, to

@@ -11,7 +11,7 @@
 //! runs on a thread of its own (its "main" thread), so it starts from a fresh thread heap.
 
 use crate::common::{
-    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
+    align_of, check, check_zero, in_thread, next_op, size_of, thread_op, Affinity, Live, LiveBlocks,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use std::alloc::{GlobalAlloc, Layout};
@@ -62,18 +62,10 @@ enum Op {
     CheckAll,
 }
 
-struct Block {
-    addr: usize,
-    size: usize,
-    align: usize,
-    seed: u8,
-}
-
 #[derive(Default)]
 struct Model {
-    live: Vec<Block>,
-    ranges: Ranges,
-    bytes: usize,
+    /// Each block with its alignment.
+    live: LiveBlocks<usize>,
     ops: usize,
 }
 
@@ -97,31 +89,18 @@ impl Model {
             // SAFETY: the block has `size` bytes.
             unsafe { check_zero(p, size, "alloc_zeroed") };
         }
-        self.ranges.insert(p as usize, size, what);
-        // SAFETY: the block has `size` bytes and is ours alone.
-        unsafe { fill(p, 0, size, seed) };
-        self.bytes += size;
-        self.live.push(Block {
-            addr: p as usize,
-            size,
-            align,
-            seed,
-        });
+        // SAFETY: the block has `size` bytes and is ours alone until it is freed.
+        unsafe { self.live.add(p, size, seed, align, what) };
     }
 
-    fn take(&mut self, i: usize) -> Block {
-        let b = self.live.swap_remove(i);
-        // SAFETY: a live block of b.size bytes.
-        unsafe { check(b.addr as *const u8, 0, b.size, b.seed, "free") };
-        self.ranges.remove(b.addr);
-        self.bytes -= b.size;
-        b
+    fn take(&mut self, i: usize) -> Live<usize> {
+        self.live.take(i, "free")
     }
 
     fn free(&mut self, i: usize) {
         let b = self.take(i);
         // SAFETY: a live block allocated with this layout, freed once.
-        unsafe { A.dealloc(b.addr as *mut u8, layout(b.size, b.align)) };
+        unsafe { A.dealloc(b.addr as *mut u8, layout(b.size, b.extra)) };
     }
 
     fn alloc(&mut self, size: usize, align: usize, seed: u8, zeroed: bool) {
@@ -138,7 +117,7 @@ impl Model {
             assert!(p.is_null(), "alignment {align} > 2 MiB served at {p:p}");
             return;
         }
-        if self.bytes + size > MAX_LIVE_BYTES || self.live.len() >= MAX_LIVE {
+        if self.live.bytes() + size > MAX_LIVE_BYTES || self.live.len() >= MAX_LIVE {
             return;
         }
         // SAFETY: a valid layout (size 0 is served as 1 byte by tieralloc).
@@ -179,18 +158,18 @@ impl Model {
                     }
                     let i = idx as usize % self.live.len();
                     let new = size_of(kind, raw, usize::MAX).max(1);
-                    if self.bytes + new > MAX_LIVE_BYTES {
+                    if self.live.bytes() + new > MAX_LIVE_BYTES {
                         continue;
                     }
                     let b = self.take(i);
                     // SAFETY: a live block with this layout; new > 0 and far below isize::MAX.
-                    let q = unsafe { A.realloc(b.addr as *mut u8, layout(b.size, b.align), new) };
+                    let q = unsafe { A.realloc(b.addr as *mut u8, layout(b.size, b.extra), new) };
                     assert!(!q.is_null(), "realloc {} -> {new} failed", b.size);
                     let keep = b.size.min(new);
                     // SAFETY: q has at least `new` >= keep bytes.
                     unsafe { check(q, 0, keep, b.seed, "realloc kept") };
                     // Re-pattern with the new seed below (add fills all of it).
-                    self.add(q, new, b.align, seed, false);
+                    self.add(q, new, b.extra, seed, false);
                 }
                 Op::Free { idx } => {
                     if !self.live.is_empty() {
@@ -239,6 +218,6 @@ pub fn run(data: &[u8]) {
         while !m.live.is_empty() {
             m.free(m.live.len() - 1);
         }
-        assert_eq!(m.ranges.len(), 0);
+        assert_eq!(m.live.ranges(), 0);
     });
 }

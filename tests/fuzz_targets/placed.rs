@@ -10,7 +10,7 @@
 //! skipped.
 
 use crate::common::{
-    align_of, check, check_zero, fill, in_thread, next_op, size_of, thread_op, Affinity, Ranges,
+    align_of, check, check_zero, in_thread, next_op, size_of, thread_op, Affinity, Live, LiveBlocks,
 };
 use allocator_api2::alloc::Allocator;
 use arbitrary::{Arbitrary, Unstructured};
@@ -52,21 +52,17 @@ enum Op {
     MoveCpu(u8),
 }
 
-struct Block {
-    addr: usize,
-    size: usize,
+/// What a block needs to be freed: its alignment, and whether its handle was one of the
+/// node kinds (else an interleave mapping).
+struct Kind {
     align: usize,
-    seed: u8,
-    /// Whether the handle was one of the node kinds (else an interleave mapping).
     node_kind: bool,
 }
 
 struct Model {
     /// (handle, is a node kind)
     handles: Vec<(Placed, bool)>,
-    live: Vec<Block>,
-    ranges: Ranges,
-    bytes: usize,
+    live: LiveBlocks<Kind>,
     ops: usize,
 }
 
@@ -80,30 +76,13 @@ impl Model {
         let a = p.as_ptr() as *mut u8;
         assert!(p.len() >= size, "block of {} bytes for {size}", p.len());
         assert_eq!(a as usize % align, 0, "{a:p} not aligned to {align}");
-        if size > 0 {
-            self.ranges.insert(a as usize, size, "placed block");
-        }
-        // SAFETY: a block of at least `size` bytes, ours alone.
-        unsafe { fill(a, 0, size, seed) };
-        self.bytes += size;
-        self.live.push(Block {
-            addr: a as usize,
-            size,
-            align,
-            seed,
-            node_kind,
-        });
+        let kind = Kind { align, node_kind };
+        // SAFETY: a block of at least `size` bytes, ours alone until it is freed.
+        unsafe { self.live.add(a, size, seed, kind, "placed block") };
     }
 
-    fn take(&mut self, i: usize) -> Block {
-        let b = self.live.swap_remove(i);
-        // SAFETY: a live block of b.size bytes.
-        unsafe { check(b.addr as *const u8, 0, b.size, b.seed, "placed free") };
-        if b.size > 0 {
-            self.ranges.remove(b.addr);
-        }
-        self.bytes -= b.size;
-        b
+    fn take(&mut self, i: usize) -> Live<Kind> {
+        self.live.take(i, "placed free")
     }
 
     fn run(&mut self, ops: &[Op], aff: &Affinity, depth: u32) {
@@ -121,7 +100,7 @@ impl Model {
                     let (h, node_kind) = self.handles[handle as usize % self.handles.len()];
                     let size = size_of(kind, raw, 8 << 20);
                     let align = align_of(align);
-                    if self.bytes + size > MAX_LIVE_BYTES || self.live.len() > 300 {
+                    if self.live.bytes() + size > MAX_LIVE_BYTES || self.live.len() > 300 {
                         continue;
                     }
                     let l = Layout::from_size_align(size, align).unwrap();
@@ -156,13 +135,13 @@ impl Model {
                     }
                     let i = idx as usize % self.live.len();
                     let add = size_of(kind, raw, 4 << 20);
-                    if self.bytes + add > MAX_LIVE_BYTES {
+                    if self.live.bytes() + add > MAX_LIVE_BYTES {
                         continue;
                     }
                     let b = self.take(i);
-                    let h = self.handle(seed, b.node_kind);
-                    let old = Layout::from_size_align(b.size, b.align).unwrap();
-                    let new = Layout::from_size_align(b.size + add, b.align).unwrap();
+                    let h = self.handle(seed, b.extra.node_kind);
+                    let old = Layout::from_size_align(b.size, b.extra.align).unwrap();
+                    let new = Layout::from_size_align(b.size + add, b.extra.align).unwrap();
                     let p = NonNull::new(b.addr as *mut u8).unwrap();
                     // SAFETY: a live block of this handle's kind with layout `old`; new >= old.
                     let r = unsafe {
@@ -175,9 +154,12 @@ impl Model {
                     let Ok(q) = r else {
                         // Only a node kind may refuse, and only an alignment above 2 MiB (a
                         // zero-sized block had one); the old block stays as it was.
-                        assert!(b.node_kind && b.align > 2 << 20, "{h:?}: grow refused");
+                        assert!(
+                            b.extra.node_kind && b.extra.align > 2 << 20,
+                            "{h:?}: grow refused"
+                        );
                         let old = NonNull::slice_from_raw_parts(p, b.size);
-                        self.add(old, b.size, b.align, b.seed, true);
+                        self.add(old, b.size, b.extra.align, b.seed, true);
                         continue;
                     };
                     let a = q.as_ptr() as *mut u8;
@@ -188,7 +170,7 @@ impl Model {
                             check_zero(a.add(b.size), add, "grow_zeroed tail");
                         }
                     }
-                    self.add(q, new.size(), b.align, seed, b.node_kind);
+                    self.add(q, new.size(), b.extra.align, seed, b.extra.node_kind);
                 }
                 Op::Shrink { idx, raw, seed } => {
                     if self.live.is_empty() {
@@ -196,26 +178,26 @@ impl Model {
                     }
                     let i = idx as usize % self.live.len();
                     let b = self.take(i);
-                    let h = self.handle(seed, b.node_kind);
+                    let h = self.handle(seed, b.extra.node_kind);
                     let size = if b.size == 0 {
                         0
                     } else {
                         raw as usize % (b.size + 1)
                     };
-                    let old = Layout::from_size_align(b.size, b.align).unwrap();
-                    let new = Layout::from_size_align(size, b.align).unwrap();
+                    let old = Layout::from_size_align(b.size, b.extra.align).unwrap();
+                    let new = Layout::from_size_align(size, b.extra.align).unwrap();
                     let p = NonNull::new(b.addr as *mut u8).unwrap();
                     // SAFETY: a live block of this handle's kind with layout `old`; new <= old.
                     let q = unsafe { h.shrink(p, old, new) }.expect("shrink");
                     // SAFETY: q holds at least `size` bytes.
                     unsafe { check(q.as_ptr() as *const u8, 0, size, b.seed, "shrink kept") };
-                    self.add(q, size, b.align, seed, b.node_kind);
+                    self.add(q, size, b.extra.align, seed, b.extra.node_kind);
                 }
                 Op::Free { idx, via } => {
                     if !self.live.is_empty() {
                         let b = self.take(idx as usize % self.live.len());
-                        let h = self.handle(via, b.node_kind);
-                        let l = Layout::from_size_align(b.size, b.align).unwrap();
+                        let h = self.handle(via, b.extra.node_kind);
+                        let l = Layout::from_size_align(b.size, b.extra.align).unwrap();
                         // SAFETY: a live block of this handle's kind with this layout.
                         unsafe { h.deallocate(NonNull::new(b.addr as *mut u8).unwrap(), l) };
                     }
@@ -260,17 +242,16 @@ pub fn run(data: &[u8]) {
         assert!(handles.iter().any(|h| h.1) && handles.iter().any(|h| !h.1));
         let mut m = Model {
             handles,
-            live: Vec::new(),
-            ranges: Ranges::default(),
-            bytes: 0,
+            // A zero-size block may be a dangling pointer shared with others.
+            live: LiveBlocks::sharing_empty(),
             ops: 0,
         };
         let aff = Affinity::save();
         m.run(&ops, &aff, 0);
         while !m.live.is_empty() {
             let b = m.take(m.live.len() - 1);
-            let h = m.handle(0, b.node_kind);
-            let l = Layout::from_size_align(b.size, b.align).unwrap();
+            let h = m.handle(0, b.extra.node_kind);
+            let l = Layout::from_size_align(b.size, b.extra.align).unwrap();
             // SAFETY: a live block of this handle's kind with this layout.
             unsafe { h.deallocate(NonNull::new(b.addr as *mut u8).unwrap(), l) };
         }
