@@ -467,8 +467,8 @@ impl HugeCache {
         self.expire(u64::MAX, 0);
     }
 
-    /// The size of the biggest cached mapping, if any (for tests).
-    #[cfg(test)]
+    /// The size of the biggest cached mapping, if any (for tests, and for a collection to
+    /// know whether the cache still waits to be purged).
     pub fn largest(&self) -> Option<usize> {
         self.entries
             .iter()

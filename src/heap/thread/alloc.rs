@@ -277,6 +277,9 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
                     h.queue_remove(bin, page);
                     h.queue_push_front(bin, page);
                 }
+                if h.waiting {
+                    bound_free(page);
+                }
                 return pop_fresh(h, page, bin, zero);
             }
             if retain > 0 && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS) {
@@ -304,7 +307,9 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 /// The common refill: `page`, the current page of its bin, has blocks its owner freed; they
 /// become its free list. Not on every 16th tick, which goes the long way instead (collect
 /// remote frees, drain delayed frees, purge): the heartbeat that keeps that work going stays
-/// deterministic. Returns whether `page` now has a free block.
+/// deterministic. Nor while the heap is `waiting` (memory waits to be purged): then every
+/// refill goes the long way, which reads the clock and bounds what it hands out (see
+/// [`WAIT_REFILL`]). Returns whether `page` now has a free block.
 ///
 /// # Safety
 /// `page` is `h`'s current page of some bin (or EMPTY_PAGE).
@@ -312,7 +317,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
     unsafe {
-        if (*page).local_free.is_null() || h.tick & 15 == 15 {
+        if (*page).local_free.is_null() || h.tick & 15 == 15 || h.waiting {
             return false;
         }
         h.tick = h.tick.wrapping_add(1);
@@ -321,6 +326,46 @@ pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool 
         (*page).free_is_zero = false;
         (*page).remote_fed = false;
         true
+    }
+}
+
+/// The most blocks a refill hands to the fast path while the heap is `waiting`: the next
+/// slow path, and with it a look at the clock (and a collection when one is due), comes at
+/// the latest this many allocations later, whatever the traffic. A loop that allocates and
+/// frees one size over and over (which never empties its page, nor fills it) would
+/// otherwise run a whole page of blocks, a thousand 64-byte ones, between two slow paths.
+/// The price, only while memory waits to be purged: one more slow path per this many
+/// allocations of a bin, and the walk of this many links.
+pub(super) const WAIT_REFILL: usize = 64;
+
+/// Cuts `page`'s free list after [`WAIT_REFILL`] blocks; the rest becomes its `local_free`
+/// (which a refill has just emptied; if it has not, the list is left whole).
+///
+/// # Safety
+/// `page` is a page of the calling thread's heap.
+#[cold]
+unsafe fn bound_free(page: *mut Page) {
+    // SAFETY: the page is ours, and the blocks on its free list are free: their links are
+    // ours to read and write.
+    unsafe {
+        if !(*page).local_free.is_null() {
+            return;
+        }
+        let mut b = (*page).free;
+        for _ in 1..WAIT_REFILL {
+            if b.is_null() {
+                return;
+            }
+            b = Block::next(b);
+        }
+        if b.is_null() {
+            return;
+        }
+        let rest = Block::next(b);
+        if !rest.is_null() {
+            Block::set_next(b, ptr::null_mut());
+            (*page).local_free = rest;
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE
 use super::large::free_huge;
 use super::registry::heap_init;
 use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
-use super::tick::heap_tick;
+use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
@@ -179,7 +179,7 @@ pub(super) unsafe fn retire_page_of(h: HeapRef, page: *mut Page) {
     // SAFETY: page is ours, unused and in no queue; its segment is on our list.
     unsafe {
         let seg = (*page).segment();
-        if retire_page(page) && (h.segments != seg || !(*seg).next.is_null()) {
+        if retire_page(h, page) && (h.segments != seg || !(*seg).next.is_null()) {
             // Unpurged: the next thread that needs a segment takes it from the pool with its
             // memory still resident (no faults); the pool unmaps it after the delay otherwise.
             unlink_segment(h, seg);
@@ -198,21 +198,26 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
         bump(&h.stats.large_free_bytes, (*page).block_size as u64);
         (*page).flags = 0;
         (*page).thread_free.force_state(NORMAL);
-        retire_page(page);
+        retire_page(h, page);
     }
 }
 
-/// Gives an unused page's slices back to its segment. A segment left empty stays on our
-/// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
-/// large object does not go through the pool each time.
+/// Gives an unused page's slices back to its segment, booking their bytes as waiting to be
+/// purged (see `note_idle`). A segment left empty stays on our list until its purge time
+/// (see `heap_collect`), so a thread that frees and reallocates a large object does not go
+/// through the pool each time.
 /// Returns true if the segment now has no page in use.
 ///
 /// # Safety
-/// `page` is a page of one of our segments with no live block, in no queue.
-pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
+/// `page` is a page of one of `h`'s segments with no live block, in no queue.
+pub(super) unsafe fn retire_page(h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        note_idle(
+            h,
+            Segment::run_bytes((*page).slice_index(), (*page).slice_count as usize),
+        );
         Segment::free_page(page, os::now_ms(), delay)
     }
 }
@@ -293,6 +298,8 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             heap_init(h);
         }
         if (*seg).kind == SegmentKind::Huge {
+            // It may stay in our huge cache, resident, until the delay has passed.
+            note_idle(h, (*seg).map_size);
             free_huge(h, seg);
             return;
         }

@@ -102,6 +102,12 @@ pub struct Heap {
     /// `delayed`): the heap must keep every segment until it ends, so a home-node change
     /// seen meanwhile waits (see `heap_tick`).
     walking: bool,
+    /// Memory this heap could give back is waiting out the purge delay (more than
+    /// `tick::WAIT_BYTES` of it, estimated): while set, every slow path reads the clock and a
+    /// refill hands the fast path at most `alloc::WAIT_REFILL` blocks, so that even a loop
+    /// that allocates and frees one size over and over reaches the clock every few dozen
+    /// allocations (see `heap_tick`).
+    waiting: bool,
     node: u32,
     tick: u32,
     /// Blocks other threads freed back to us (collected or delayed) since we last took a new
@@ -109,6 +115,10 @@ pub struct Heap {
     /// off with whoever frees into it (see abandon_full).
     returned: u32,
     next_purge_ms: u64,
+    /// Resident bytes given back to our segments (or the pool, or the huge cache) since the
+    /// last collection: an over-estimate of what waits to be purged, which sets `waiting`
+    /// once it passes `tick::WAIT_BYTES` (a collection recounts it exactly).
+    idle_bytes: usize,
     /// Each bin's allocation count at the last collection: a bin that allocated since keeps
     /// its current page through the collection even when the page is empty.
     allocs_at_collect: [u64; NBINS],
@@ -146,10 +156,12 @@ impl Heap {
             tag: NO_TAG,
             shared: false,
             walking: false,
+            waiting: false,
             node: 0,
             tick: 0,
             returned: 0,
             next_purge_ms: 0,
+            idle_bytes: 0,
             allocs_at_collect: [0; NBINS],
             huge_cache: HugeCache::new(),
             stats: Stats::new(),

@@ -15,13 +15,32 @@ use super::slices::{
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
-use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
+use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS, SEGMENT_SIZE};
 use crate::heap::size_class::NBINS;
 use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 
-/// One slow path's tick: every 16th follows the thread's home node and, when due, collects.
+/// Resident bytes waiting to be purged past which a heap is `waiting`: its slow paths then
+/// read the clock every time, and its refills are bounded, so that light traffic of any
+/// kind still reaches a collection within a few hundred allocations. Below it, ticks read
+/// the clock every 16th slow path as usual: what is left then is within the idle slack
+/// (README: live set + 10 % + 8 MiB).
+pub(super) const WAIT_BYTES: usize = 4 << 20;
+
+/// Books `bytes` given back (resident) to our segments, the pool or the huge cache: past
+/// [`WAIT_BYTES`] since the last collection, the heap is `waiting` until a collection finds
+/// less than that left to purge.
+#[inline]
+pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
+    h.idle_bytes = h.idle_bytes.saturating_add(bytes);
+    if h.idle_bytes > WAIT_BYTES {
+        h.waiting = true;
+    }
+}
+
+/// One slow path's tick: every 16th follows the thread's home node; every 16th, or every
+/// one while memory waits to be purged (`waiting`), reads the clock and collects when due.
 ///
 /// # Safety
 /// The caller uses no page, block or segment of `h` it looked up before the tick after it
@@ -30,15 +49,19 @@ use crate::sys::os;
 #[inline]
 pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     h.tick = h.tick.wrapping_add(1);
-    if h.tick & 15 != 0 || h.state != ACTIVE {
+    if h.state != ACTIVE {
         return;
     }
-    // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
-    // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
-    // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
-    // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
-    // (contract).
-    if unsafe { follow_home(h) } {
+    if h.tick & 15 == 0 {
+        // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
+        // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
+        // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
+        // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
+        // (contract).
+        if unsafe { follow_home(h) } {
+            return;
+        }
+    } else if !h.waiting {
         return;
     }
     let now = os::now_ms();
@@ -82,11 +105,14 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 // collection to every sparsely used class, that churn is what RSS grows by.
                 if (*page).used == 0 && (page != h.pages[bin] || !active || delay == 0) {
                     h.queue_remove(bin, page);
-                    retire_page(page);
+                    retire_page(h, page);
                 }
                 page = next;
             }
         }
+        // What is left to purge after this pass (resident free slices of our segments, the
+        // pool, the huge cache) decides whether the heap goes on `waiting`.
+        let mut left = 0usize;
         let mut seg = h.segments;
         while !seg.is_null() {
             let next = (*seg).next;
@@ -96,16 +122,24 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 if (*seg).used_pages == 0 && (delay == 0 || !Segment::has_recent_free(seg)) {
                     unlink_segment(h, seg);
                     release_segment(seg, now);
+                    // In the pool now (counted below), no longer ours to read.
+                    seg = next;
+                    continue;
                 } else if delay == 0 {
                     Segment::purge_free(seg);
                 } else {
                     Segment::purge_step(seg, now, delay);
                 }
             }
+            left += Segment::resident_free_bytes(seg);
             seg = next;
         }
         h.huge_cache.expire(now, delay);
         POOLS[h.node as usize].unmap_expired(now);
+        left += h.huge_cache.largest().unwrap_or(0);
+        left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
+        h.idle_bytes = left;
+        h.waiting = left > WAIT_BYTES;
         if !h.shared {
             collect_node_heaps(now, delay);
         }
