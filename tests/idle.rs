@@ -25,6 +25,47 @@ fn rss() -> usize {
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
+/// RSS read without allocating (for the scenarios that must make no allocator call).
+fn rss_raw() -> usize {
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0);
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0);
+    let mut fields = buf[..n as usize].split(|&c| c == b' ');
+    fields.next();
+    let pages = fields
+        .next()
+        .unwrap()
+        .iter()
+        .fold(0usize, |a, &c| a * 10 + (c - b'0') as usize);
+    pages * 4096
+}
+
+/// Sleeps 10 ms at a time, without calling the allocator, until RSS is at most `bound` or
+/// `max_sleeps` have passed; returns the last RSS.
+fn idle_until(bound: usize, max_sleeps: usize) -> usize {
+    let mut r = rss_raw();
+    for _ in 0..max_sleeps {
+        if r <= bound {
+            break;
+        }
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        // SAFETY: a valid timespec.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        r = rss_raw();
+    }
+    r
+}
+
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
@@ -150,6 +191,68 @@ fn child_one_size_loop() {
     }
 }
 
+/// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
+/// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
+#[test]
+fn child_no_calls() {
+    if !child("no-calls") {
+        return;
+    }
+    let baseline = rss();
+    let (live, live_bytes) = spike_with_live_set();
+    let b = bound(baseline, live_bytes);
+    // No allocator call from here to the assertion (at most 4 s of sleeps).
+    let r = idle_until(b, 400);
+    report("no allocator call, background purger", r, b, live_bytes);
+    for (p, size) in live {
+        drop_block(p, size, 0xA5);
+    }
+}
+
+/// With the purger on, a fork keeps it in the parent and gives the child its own: both
+/// spike, go idle, and see RSS fall; neither hangs.
+#[test]
+fn child_fork_with_purger() {
+    if !child("fork") {
+        return;
+    }
+    let baseline = rss();
+    let (live, live_bytes) = spike_with_live_set();
+    let b = bound(baseline, live_bytes);
+    // SAFETY: fork; the child only allocates, frees and calls libc, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // The child: its parent's memory is its own now; a spike of its own, then idle.
+        let (more, more_bytes) = spike_with_live_set();
+        let cb = b + more_bytes + more_bytes / 10;
+        let r = idle_until(cb, 400);
+        // SAFETY: _exit ends the child without running the parent's atexit or test code.
+        unsafe { libc::_exit(if r <= cb { 0 } else { 3 }) };
+    }
+    let r = idle_until(b, 400);
+    let mut status = 0;
+    let mut waited = 0;
+    // SAFETY: waitpid on our child, without blocking.
+    while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+        waited += 1;
+        if waited > 1000 {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's RSS did not fall (status {status:#x})"
+    );
+    report("parent after fork, background purger", r, b, live_bytes);
+    for (p, size) in live {
+        drop_block(p, size, 0xA5);
+    }
+}
+
 fn run_child(test: &str, scenario: &str, env: &[(&str, &str)]) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -172,4 +275,22 @@ fn run_child(test: &str, scenario: &str, env: &[(&str, &str)]) {
 #[test]
 fn rss_falls_under_a_one_size_alloc_free_loop() {
     run_child("child_one_size_loop", "one-size", &[]);
+}
+
+#[test]
+fn background_purger_purges_without_calls() {
+    run_child(
+        "child_no_calls",
+        "no-calls",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}
+
+#[test]
+fn background_purger_survives_fork() {
+    run_child(
+        "child_fork_with_purger",
+        "fork",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
 }

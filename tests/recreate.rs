@@ -55,7 +55,11 @@ fn drop_obj(p: usize) {
     // SAFETY: p is a live object made by `make`.
     unsafe {
         let size = q.read() as usize;
-        assert_eq!(q.add(1).read(), p as u64 ^ 0x5A5A, "object {p:#x} overwritten");
+        assert_eq!(
+            q.add(1).read(),
+            p as u64 ^ 0x5A5A,
+            "object {p:#x} overwritten"
+        );
         assert_eq!((q as *mut u8).add(size - 1).read(), p as u8 ^ 0x5A);
         dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap());
     }
@@ -63,7 +67,8 @@ fn drop_obj(p: usize) {
 
 #[test]
 fn recreated_threads_reuse_what_their_predecessors_left() {
-    let shared: Arc<Vec<AtomicUsize>> = Arc::new((0..SHARED).map(|_| AtomicUsize::new(0)).collect());
+    let shared: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..SHARED).map(|_| AtomicUsize::new(0)).collect());
     let mut peak = 0u64;
     let mut s = 42u64;
     for round in 0..ROUNDS {

@@ -14,6 +14,7 @@ use super::counters::bump;
 use super::free::drain_delayed;
 use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
+use super::purger;
 use super::registry::heap_init;
 use super::slices::take_slices;
 use super::tick::heap_tick;
@@ -231,6 +232,7 @@ pub(super) unsafe extern "C" fn alloc_bin_slow_long(
         // SAFETY: not the unset heap, so this thread's or a locked node heap (contract).
         unsafe { HeapRef::new(h) }
     };
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: forwarded contract.
     let p = unsafe { alloc_bin_refill(h, bin, zero) };
     if p.is_null() {
@@ -277,7 +279,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
                     h.queue_remove(bin, page);
                     h.queue_push_front(bin, page);
                 }
-                if h.waiting {
+                if h.waiting.load(Ordering::Relaxed) {
                     bound_free(page);
                 }
                 return pop_fresh(h, page, bin, zero);
@@ -317,7 +319,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
     unsafe {
-        if (*page).local_free.is_null() || h.tick & 15 == 15 || h.waiting {
+        if (*page).local_free.is_null() || h.tick & 15 == 15 || h.waiting.load(Ordering::Relaxed) {
             return false;
         }
         h.tick = h.tick.wrapping_add(1);
@@ -428,8 +430,10 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
 /// None beyond GlobalAlloc's: `align` is a power of two.
 #[cold]
 pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let h = own();
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: forwarded contract.
-    let p = unsafe { alloc_generic_in(own(), size, align, zero) };
+    let p = unsafe { alloc_generic_in(h, size, align, zero) };
     if p.is_null() {
         os::set_enomem();
     }

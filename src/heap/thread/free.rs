@@ -10,6 +10,7 @@
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
 use super::large::free_huge;
+use super::purger;
 use super::registry::heap_init;
 use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
 use super::tick::{heap_tick, note_idle};
@@ -132,6 +133,7 @@ pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, coun
 #[cold]
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: page is ours.
     unsafe {
         free_local_page_event(h, page);
@@ -289,6 +291,7 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
     }
     // SAFETY: not the unset heap, so this thread's (contract).
     let h = unsafe { HeapRef::new(h) };
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if h.state == UNINIT {
@@ -315,19 +318,21 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
-            // pages stay where they are, and only one that has no room of its own: a thread
-            // with free slices does not need the segment's, and keeping them would hide them
-            // from the threads that do (a thread that joins workers and frees what they left
-            // would hold every segment it frees into, and the next workers would take new
-            // memory instead). Its free then goes on the page's list like any remote free,
-            // and the next thread that needs a page adopts the segment (`take_slices`).
+            // pages stay where they are. A segment its owner left at exit (the room list) is
+            // taken only by a heap with no room of its own: a thread with free slices does
+            // not need the segment's, and keeping them would hide them from the threads that
+            // do (a thread that joins workers and frees what they left would hold every
+            // segment it frees into, and the next workers would take new memory instead).
+            // Its free then goes on the page's list like any remote free, and the next thread
+            // that needs a page adopts the segment (`take_slices`). A segment given up
+            // (nearly) full by a live heap is taken by whoever frees into it first, as that
+            // list is meant for (see `abandon_full`).
             // Pages an adopter empties are given back at once (see free_local_page_event).
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if h.state == ACTIVE
                 && node as u32 == h.node
-                && !has_room(h)
                 && (ABANDONED_FULL[node].claim(seg, h.addr(), h.tag)
-                    || ABANDONED[node].claim(seg, h.addr(), h.tag))
+                    || (!has_room(h) && ABANDONED[node].claim(seg, h.addr(), h.tag)))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);

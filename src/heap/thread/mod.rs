@@ -30,6 +30,7 @@ mod counters;
 mod free;
 mod large;
 mod node;
+mod purger;
 mod registry;
 mod slices;
 mod tick;
@@ -50,8 +51,9 @@ pub(crate) use counters::{
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c};
-pub(crate) use large::{grow_huge, resize_in_place, usable_size};
+pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
+pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
 pub(crate) use registry::{for_each_stats, heap_node};
 pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
@@ -61,6 +63,7 @@ use crate::heap::huge::HugeCache;
 use crate::heap::remote::BlockStack;
 use crate::heap::segment::{Page, Segment, NO_TAG};
 use crate::heap::size_class::NBINS;
+use crate::sync::{AtomicBool, AtomicU8};
 use bins::DIRECT_SLOTS;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
@@ -107,7 +110,13 @@ pub struct Heap {
     /// refill hands the fast path at most `alloc::WAIT_REFILL` blocks, so that even a loop
     /// that allocates and frees one size over and over reaches the clock every few dozen
     /// allocations (see `heap_tick`).
-    waiting: bool,
+    waiting: AtomicBool,
+    /// Who may touch the heap's segments (slice bitmaps, purge state, list) and huge cache
+    /// right now when the background purger is on (see `purger`): free, the owner, or the
+    /// purger.
+    gate: AtomicU8,
+    /// How deep the owner is in gated slow paths (owner only).
+    gate_depth: u32,
     node: u32,
     tick: u32,
     /// Blocks other threads freed back to us (collected or delayed) since we last took a new
@@ -127,6 +136,26 @@ pub struct Heap {
     pub stats: Stats,
     reg_next: *mut Heap,
     reg_prev: *mut Heap,
+}
+
+/// [`large::grow_huge`] inside the purger's gate (see `purger`).
+///
+/// # Safety
+/// As for [`large::grow_huge`].
+pub(crate) unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
+    let _gate = purger::enter(tls::heap_or_unset());
+    // SAFETY: forwarded contract.
+    unsafe { large::grow_huge(p, new_size) }
+}
+
+/// [`large::resize_in_place`] inside the purger's gate (see `purger`).
+///
+/// # Safety
+/// As for [`large::resize_in_place`].
+pub(crate) unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+    let _gate = purger::enter(tls::heap_or_unset());
+    // SAFETY: forwarded contract.
+    unsafe { large::resize_in_place(p, new_size) }
 }
 
 /// A value alone on its cache line.
@@ -156,7 +185,9 @@ impl Heap {
             tag: NO_TAG,
             shared: false,
             walking: false,
-            waiting: false,
+            waiting: AtomicBool::new(false),
+            gate: AtomicU8::new(0),
+            gate_depth: 0,
             node: 0,
             tick: 0,
             returned: 0,

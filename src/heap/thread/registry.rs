@@ -242,6 +242,8 @@ pub(super) unsafe fn register(mut h: HeapRef, node: u32) {
 pub unsafe fn heap_done(h: *mut Heap) {
     // SAFETY: h is ours (contract).
     let mut h = unsafe { HeapRef::new(h) };
+    // The background purger stays out while the heap lets go (see `purger`).
+    let _gate = super::purger::enter(h.as_ptr());
     if h.state != ACTIVE {
         return;
     }

@@ -120,7 +120,7 @@ pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -
         // Resident slices reused: that much less waits to be purged (see `note_idle`).
         h.idle_bytes = h.idle_bytes.saturating_sub(n * SLICE_SIZE);
         if h.idle_bytes <= WAIT_BYTES {
-            h.waiting = false;
+            h.waiting.store(false, Ordering::Relaxed);
         }
     }
     p

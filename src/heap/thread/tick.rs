@@ -9,6 +9,7 @@
 
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
+use super::purger;
 use super::registry::follow_home;
 use super::slices::{
     for_each_used_page, release_empty_page, release_segment, segment_nearly_full, unlink_segment,
@@ -35,7 +36,7 @@ pub(super) const WAIT_BYTES: usize = 4 << 20;
 pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if h.idle_bytes > WAIT_BYTES {
-        h.waiting = true;
+        h.waiting.store(true, Ordering::Relaxed);
     }
 }
 
@@ -52,6 +53,11 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     if h.state != ACTIVE {
         return;
     }
+    if purger::wanted() && h.waiting.load(Ordering::Relaxed) && !h.walking && !h.shared {
+        // SAFETY: an active heap's slow path, outside any walk over its blocks (the
+        // thread's creation may allocate); the caller re-reads everything after the tick.
+        unsafe { purger::maybe_start() };
+    }
     if h.tick & 15 == 0 {
         // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
         // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
@@ -61,7 +67,7 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
         if unsafe { follow_home(h) } {
             return;
         }
-    } else if !h.waiting {
+    } else if !h.waiting.load(Ordering::Relaxed) {
         return;
     }
     let now = os::now_ms();
@@ -139,7 +145,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         left += h.huge_cache.largest().unwrap_or(0);
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
-        h.waiting = left > WAIT_BYTES;
+        h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
         if !h.shared {
             collect_node_heaps(now, delay);
         }
@@ -197,6 +203,7 @@ pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
 /// no page and walks no list: a safe point for `rehome`.)
 pub fn collect_now() {
     let h = own();
+    let _gate = purger::enter(h.as_ptr());
     if h.state != ACTIVE {
         return;
     }
