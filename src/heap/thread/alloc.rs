@@ -5,7 +5,8 @@
 //! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
 //! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
-//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `free` (the drain),
+//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `purger` (its gate),
+//! `free` (the drain),
 //! `heap::{page, segment, size_class, remote}`, `sys::os`, and `heap::route` (the routing
 //! call in `alloc_generic_in`).
 
@@ -309,9 +310,10 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 /// The common refill: `page`, the current page of its bin, has blocks its owner freed; they
 /// become its free list. Not on every 16th tick, which goes the long way instead (collect
 /// remote frees, drain delayed frees, purge): the heartbeat that keeps that work going stays
-/// deterministic. Nor while the heap is `waiting` (memory waits to be purged): then every
-/// refill goes the long way, which reads the clock and bounds what it hands out (see
-/// [`WAIT_REFILL`]). Returns whether `page` now has a free block.
+/// deterministic. While the heap is `waiting` (memory waits to be purged) its tick is kept at
+/// 15 mod 16 (see `heap_tick`), so every refill goes the long way, which reads the clock and
+/// bounds what it hands out (see [`WAIT_REFILL`]), at no cost here. Returns whether `page`
+/// now has a free block.
 ///
 /// # Safety
 /// `page` is `h`'s current page of some bin (or EMPTY_PAGE).
@@ -319,7 +321,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: the page is ours (EMPTY_PAGE's local_free is null, so it is never written).
     unsafe {
-        if (*page).local_free.is_null() || h.tick & 15 == 15 || h.waiting.load(Ordering::Relaxed) {
+        if (*page).local_free.is_null() || h.tick & 15 == 15 {
             return false;
         }
         h.tick = h.tick.wrapping_add(1);

@@ -5,7 +5,8 @@
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
 //! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
 //! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
-//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `init` (the purge delay).
+//! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
+//! `init` (the purge delay).
 
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};

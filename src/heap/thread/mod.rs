@@ -6,7 +6,9 @@
 //! moving to another node), `bins` (bin queues, the direct table), `alloc` (fast paths,
 //! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
-//! `tick` (collect, purge), `counters` (statistics), `fork` (the atfork handlers). The
+//! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
+//! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `fork` (the
+//! atfork handlers). The
 //! crate sees only what is re-exported below. May touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and

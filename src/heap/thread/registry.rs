@@ -6,7 +6,8 @@
 //! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
 //! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
 //! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
-//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay).
+//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay), `purger`
+//! (its gate, held while a heap lets go).
 
 use super::bins::DIRECT_SLOTS;
 use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};

@@ -5,8 +5,8 @@
 //! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
 //! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
 //! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
-//! changes of adopted pages), `counters`, `free` (the drain, large-page release),
-//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! changes of adopted pages), `counters`, `free` (the drain, large-page release), `tick` (the
+//! `waiting` threshold), `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
 //! spill call in `take_slices`).
 
 use super::bins::unfull;

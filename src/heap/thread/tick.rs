@@ -1,11 +1,13 @@
 //! Ticks and collections: the heartbeat of the slow paths that gives memory back.
 //!
-//! Owns: `heap_tick` (every slow path; every 16th looks where the thread runs and whether a
-//! collection is due), `heap_collect` (remote frees, empty pages, purging, the huge cache's
-//! expiry, the pool, the node heaps, tending abandoned segments), and `collect_now`. May
-//! touch: the `Heap` fields (`super`), `free` (the drain, page retirement), `node`,
-//! `registry` (following the thread's home node), `slices`, `tls`, `heap::{segment,
-//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `init` (the purge delay).
+//! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
+//! purged, looks where the thread runs and whether a collection is due), the `waiting`
+//! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
+//! the huge cache's expiry, the pool, the node heaps, tending abandoned segments), and
+//! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
+//! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
+//! `purger` (starting it, its gate), `heap::{segment, size_class, huge}` (the huge cache
+//! through `HugeCache`), `sys::os`, `init` (the purge delay).
 
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
@@ -37,6 +39,8 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if h.idle_bytes > WAIT_BYTES {
         h.waiting.store(true, Ordering::Relaxed);
+        // The next refill goes the long way (see `heap_tick`).
+        h.tick |= 15;
     }
 }
 
@@ -53,21 +57,25 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     if h.state != ACTIVE {
         return;
     }
-    if purger::wanted() && h.waiting.load(Ordering::Relaxed) && !h.walking && !h.shared {
-        // SAFETY: an active heap's slow path, outside any walk over its blocks (the
-        // thread's creation may allocate); the caller re-reads everything after the tick.
-        unsafe { purger::maybe_start() };
-    }
-    if h.tick & 15 == 0 {
-        // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
-        // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
-        // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
-        // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
-        // (contract).
-        if unsafe { follow_home(h) } {
-            return;
+    if h.waiting.load(Ordering::Relaxed) {
+        // Keeps the next refill on the long way (see `refill_from_local`), so that it reads
+        // the clock and bounds what it hands out.
+        h.tick |= 15;
+        if purger::wanted() && !h.walking && !h.shared {
+            // SAFETY: an active heap's slow path, outside any walk over its blocks (the
+            // thread's creation may allocate); the caller re-reads everything after the tick.
+            unsafe { purger::maybe_start() };
         }
-    } else if !h.waiting.load(Ordering::Relaxed) {
+    } else if h.tick & 15 != 0 {
+        return;
+    }
+    // Where the thread runs, every 16 slow paths (every one while waiting): a moved thread
+    // stops drawing from its old node within 16 slow paths (so within 16 pages' worth of
+    // allocations). Cheap: no call at all on one node, else sched_getcpu (rseq/vDSO) and a
+    // table lookup.
+    // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
+    // (contract).
+    if unsafe { follow_home(h) } {
         return;
     }
     let now = os::now_ms();
