@@ -169,6 +169,7 @@ fn child_one_size_loop() {
     let mut r = rss();
     assert!(r > b, "the spike left nothing to purge: {r} <= {b}");
     let mut ops = 0;
+    let start = std::time::Instant::now();
     for _ in 0..800 {
         ops += 1;
         // SAFETY: non-zero size; freed right away.
@@ -184,7 +185,7 @@ fn child_one_size_loop() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    println!("{ops} operations");
+    println!("{ops} operations, {:?}", start.elapsed());
     report("one 64-byte alloc/free every 5 ms", r, b, live_bytes);
     for (p, size) in live {
         drop_block(p, size, 0xA5);
@@ -202,7 +203,9 @@ fn child_no_calls() {
     let (live, live_bytes) = spike_with_live_set();
     let b = bound(baseline, live_bytes);
     // No allocator call from here to the assertion (at most 4 s of sleeps).
+    let start = std::time::Instant::now();
     let r = idle_until(b, 400);
+    println!("fell in {:?}", start.elapsed());
     report("no allocator call, background purger", r, b, live_bytes);
     for (p, size) in live {
         drop_block(p, size, 0xA5);

@@ -60,7 +60,10 @@ pub(super) struct Gate(*mut Heap);
 /// or the unset placeholder (then nothing is taken: it owns no segment).
 #[inline]
 pub(super) fn enter(h: *mut Heap) -> Gate {
-    if !BACKGROUND_PURGE.load(Ordering::Relaxed) || super::tls::is_unset(h) {
+    if !BACKGROUND_PURGE.load(Ordering::Relaxed) {
+        return Gate(core::ptr::null_mut());
+    }
+    if super::tls::is_unset(h) {
         return Gate(core::ptr::null_mut());
     }
     // SAFETY: h is the calling thread's heap (contract); `gate_depth` is the owner's alone,

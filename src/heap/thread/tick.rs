@@ -54,20 +54,19 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
 #[inline]
 pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     h.tick = h.tick.wrapping_add(1);
-    if h.state != ACTIVE {
+    if h.tick & 15 != 0 || h.state != ACTIVE {
         return;
     }
     if h.waiting.load(Ordering::Relaxed) {
-        // Keeps the next refill on the long way (see `refill_from_local`), so that it reads
-        // the clock and bounds what it hands out.
+        // Keeps the tick at 15 mod 16 while memory waits: the next tick passes the check
+        // above, and the next refill goes the long way (see `refill_from_local`), reads the
+        // clock and bounds what it hands out.
         h.tick |= 15;
         if purger::wanted() && !h.walking && !h.shared {
             // SAFETY: an active heap's slow path, outside any walk over its blocks (the
             // thread's creation may allocate); the caller re-reads everything after the tick.
             unsafe { purger::maybe_start() };
         }
-    } else if h.tick & 15 != 0 {
-        return;
     }
     // Where the thread runs, every 16 slow paths (every one while waiting): a moved thread
     // stops drawing from its old node within 16 slow paths (so within 16 pages' worth of
