@@ -227,7 +227,7 @@ fn child_fork_with_purger() {
     assert!(pid >= 0);
     if pid == 0 {
         // The child: its parent's memory is its own now; a spike of its own, then idle.
-        let (more, more_bytes) = spike_with_live_set();
+        let (_more, more_bytes) = spike_with_live_set();
         let cb = b + more_bytes + more_bytes / 10;
         let r = idle_until(cb, 400);
         // SAFETY: _exit ends the child without running the parent's atexit or test code.
