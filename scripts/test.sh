@@ -60,7 +60,7 @@ cargo test --release --features hwloc --test topology
 step "loom model checks"
 # The heap's concurrent cores (remote frees, delayed frees, segment lists, huge claims) under
 # loom, with debug assertions on (the `loom` profile). The models' preemption bounds keep this
-# near 30 s once built (the first build, of loom alone, takes about 3 minutes on 2 cores);
+# near 45 s once built (the first build, of loom alone, takes about 3 minutes on 2 cores);
 # LOOM_MAX_PREEMPTIONS=N raises them all for a deeper run.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --profile loom --test loom
 

@@ -4,7 +4,11 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // Under `--cfg loom` only the lock-free and lock-protected cores of the heap are built, for
-// the model checks in tests/loom.rs: the same files the heap is made of (see heap/mod.rs).
+// the model checks in tests/loom/: the same files the heap is made of (see heap/mod.rs).
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/atfork.rs"]
+pub mod atfork;
 #[cfg(loom)]
 #[doc(hidden)]
 #[path = "heap/claim.rs"]
@@ -15,6 +19,10 @@ pub mod claim;
 pub mod delayed;
 #[cfg(loom)]
 #[doc(hidden)]
+#[path = "heap/heaps.rs"]
+pub mod heaps;
+#[cfg(loom)]
+#[doc(hidden)]
 #[path = "heap/list.rs"]
 pub mod list;
 #[cfg(loom)]
@@ -22,7 +30,8 @@ pub mod list;
 #[path = "heap/remote.rs"]
 pub mod remote;
 #[cfg(loom)]
-mod sync;
+#[doc(hidden)]
+pub mod sync;
 
 // The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
 // that no module imports one above it; docs/design.md draws it): sync → sys → topology →

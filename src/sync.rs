@@ -1,12 +1,13 @@
 //! Atomics, `UnsafeCell` and the one spin lock, from `std` normally and from `loom` under
 //! `--cfg loom`.
 //!
-//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`]. May touch: nothing in the
-//! crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in
-//! the crate takes its atomics from here, and the plain memory those structures publish (the
-//! free-list links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the
-//! loom model checks in `tests/loom.rs` exercise the same code that runs in the allocator and
-//! see every access to shared memory, not only the atomic ones.
+//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`] (public for the loom models, which
+//! take the fork handlers' locks; the module is private outside `--cfg loom`). May touch: nothing
+//! in the crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in the
+//! crate takes its atomics from here, and the plain memory those structures publish (the free-list
+//! links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the loom model
+//! checks in `tests/loom/` exercise the same code that runs in the allocator and see every access
+//! to shared memory, not only the atomic ones.
 
 // Under loom only the modelled cores are built, which need some of these.
 #[cfg(loom)]
@@ -65,27 +66,29 @@ pub(crate) fn spin_hint() {
 /// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
 /// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
 /// every platform, and it is never taken on an allocation or free fast path.
-pub(crate) struct SpinLock {
+pub struct SpinLock {
     locked: AtomicBool,
 }
 
 impl SpinLock {
+    /// A free lock.
     #[cfg(not(loom))]
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
         }
     }
 
+    /// A free lock.
     #[cfg(loom)]
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
         }
     }
 
     /// Takes the lock, spinning (and after a while yielding the CPU) until it is free.
-    pub(crate) fn lock(&self) -> SpinGuard<'_> {
+    pub fn lock(&self) -> SpinGuard<'_> {
         let mut spins = 0u32;
         loop {
             if !self.locked.load(Ordering::Relaxed)
@@ -106,7 +109,7 @@ impl SpinLock {
     }
 
     /// Takes the lock if it is free right now.
-    pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_>> {
+    pub fn try_lock(&self) -> Option<SpinGuard<'_>> {
         if self
             .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -121,19 +124,19 @@ impl SpinLock {
 
 impl SpinLock {
     /// Takes the lock and keeps it (no guard): for `fork` preparation.
-    pub(crate) fn lock_raw(&self) {
+    pub fn lock_raw(&self) {
         core::mem::forget(self.lock());
     }
 
     /// Releases a lock taken with [`SpinLock::lock_raw`] (in the parent after `fork`, or in
     /// the child, where the lock may have been held by a thread that no longer exists).
-    pub(crate) fn unlock_raw(&self) {
+    pub fn unlock_raw(&self) {
         self.locked.store(false, Ordering::Release);
     }
 }
 
 /// Releases the [`SpinLock`] when dropped.
-pub(crate) struct SpinGuard<'a> {
+pub struct SpinGuard<'a> {
     lock: &'a SpinLock,
 }
 

@@ -1,5 +1,5 @@
 //! A registry slot with a claim bit: the huge-object registry's one word per object
-//! (`heap::huge`), kept apart so that loom can check it on its own (tests/loom.rs).
+//! (`heap::huge`), kept apart so that loom can check it on its own (tests/loom/).
 //!
 //! Owns: [`ClaimSlot`]. A slot holds 0 (free) or an object's address (at least 2-aligned),
 //! with the low bit, `CLAIMED`, set while a visitor (the automatic demoter) or the owner
@@ -90,6 +90,14 @@ impl ClaimSlot {
     /// Ends a claim on object `v`.
     pub fn release(&self, v: usize) {
         self.0.store(v, Ordering::Release);
+    }
+
+    /// For the loom models of fork: the slot's object and whether it is claimed, as a fork
+    /// would copy them (a read-modify-write that changes nothing reads the latest value).
+    #[cfg(loom)]
+    pub fn fork_copy(&self) -> (usize, bool) {
+        let v = self.0.fetch_add(0, Ordering::SeqCst);
+        (v & !CLAIMED, v & CLAIMED != 0)
     }
 
     /// In a fork child: drops the slot's claim, if any. Its holder was a thread that does not

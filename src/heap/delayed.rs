@@ -1,5 +1,5 @@
 //! The two halves of a delayed free that run outside `heap::remote`'s atomics, kept apart
-//! from the thread heap so that loom can check them with the real code (tests/loom.rs).
+//! from the thread heap so that loom can check them with the real code (tests/loom/).
 //!
 //! Owns: [`finish`] (the remote thread's end of a delayed free) and [`drain`] (the owner
 //! taking in its delayed stack). The protocol is described in `heap::remote`; the invariant

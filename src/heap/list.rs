@@ -1,6 +1,6 @@
 //! Locked, doubly linked lists of nodes nobody owns: the per-node segment pools and abandoned
 //! lists (`heap::segment`), kept apart from the segments themselves so that loom can check
-//! them on their own (tests/loom.rs), with test nodes whose links it tracks.
+//! them on their own (tests/loom/), with test nodes whose links it tracks.
 //!
 //! Owns: [`LockedList`] (a [`SpinLock`], the head and a count) and the two list primitives
 //! [`list_push_front`] and [`list_unlink`], which a heap also uses for its own segment list.

@@ -1,5 +1,5 @@
 //! The lock-free pieces of cross-thread freeing, kept apart from the rest of the heap so that
-//! loom can check them on their own (tests/loom.rs).
+//! loom can check them on their own (tests/loom/).
 //!
 //! Owns: [`RemoteFree`], a page's list of blocks freed by other threads, with a two-bit
 //! delayed-free state in its low bits and the length of the list in its top 16 bits; and
@@ -183,7 +183,7 @@ impl RemoteFree {
     /// Takes every block pushed so far (owner only), leaving the state as it is. Returns the
     /// head of the taken list (null if none).
     #[inline]
-    #[cfg_attr(not(loom), allow(dead_code))] // the allocator takes counted; tests/loom.rs this
+    #[cfg_attr(not(loom), allow(dead_code))] // the allocator takes counted; tests/loom/ this
     pub fn take_all(&self) -> *mut Block {
         self.take_counted().0
     }
@@ -256,6 +256,20 @@ impl RemoteFree {
         }
     }
 
+    /// For the loom models of fork: the state, list head and count as a fork would copy
+    /// them. A read-modify-write that changes nothing, so it reads the latest value (a plain
+    /// load could return an older one) and orders the list's links before the caller's reads
+    /// of them, as the copy a fork makes does.
+    #[cfg(loom)]
+    pub fn fork_copy(&self) -> (DelayState, *mut Block, u32) {
+        let w = self.word.fetch_add(0, Ordering::SeqCst);
+        (
+            w & STATE_MASK,
+            (w & PTR_MASK) as *mut Block,
+            (w >> COUNT_SHIFT) as u32,
+        )
+    }
+
     /// Owner only, when adopting or reinitialising a page that no thread can be freeing into
     /// with a delayed free: forces the state, keeping the list.
     pub fn force_state(&self, to: DelayState) {
@@ -325,6 +339,22 @@ impl BlockStack {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.head.load(Ordering::Relaxed).is_null()
+    }
+
+    /// For the loom models of fork: the head as a fork would copy it (see
+    /// [`RemoteFree::fork_copy`]: a compare-exchange that changes nothing).
+    #[cfg(loom)]
+    pub fn fork_copy(&self) -> *mut Block {
+        loop {
+            let h = self.head.load(Ordering::Relaxed);
+            if self
+                .head
+                .compare_exchange(h, h, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                return h;
+            }
+        }
     }
 
     /// Takes every block (consumer only).

@@ -1,8 +1,10 @@
 //! fork: the `pthread_atfork` handlers that keep the allocator whole in a child process.
 //!
 //! Owns: the handlers and the child's reset. May touch everything of `heap::thread` (it is a
-//! child module, for the registry and the heaps' fields), `heap::segment` (the map, the lists)
-//! and `heap::huge` (the registry's claims).
+//! child module, for the registry and the heaps' fields), `heap::segment` (the map, the lists),
+//! `heap::huge` (the registry's claims) and `heap::atfork` (the handlers' lock order and the
+//! resets of a page's delayed-free word and of a dead heap's delayed stack, kept there for the
+//! loom models).
 //!
 //! In the child only the thread that forked exists. Every other thread's heap is dead, but it
 //! is still listed in the registry, its segments still name it as their owner (the header's
@@ -35,13 +37,13 @@ use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, let_go};
 use super::tls::heap;
 use super::{Heap, DEAD};
+use crate::heap::atfork;
 use crate::heap::huge;
-use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
-use crate::sync::Ordering;
+use crate::sync::{Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr;
 
@@ -53,36 +55,23 @@ fn lists() -> impl Iterator<Item = &'static SegmentList> {
         .chain(ABANDONED_FULL.iter())
 }
 
+fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
+    NODE_HEAPS.iter().map(|nh| &nh.lock)
+}
+
 extern "C" fn fork_prepare() {
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.lock_raw();
-    }
-    REGISTRY.lock.lock_raw();
-    for l in lists() {
-        l.lock_for_fork();
-    }
+    atfork::prepare(node_heap_locks(), &REGISTRY.lock, lists());
 }
 
 extern "C" fn fork_parent() {
-    for l in lists() {
-        l.unlock_after_fork();
-    }
-    REGISTRY.lock.unlock_raw();
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.unlock_raw();
-    }
+    atfork::parent(node_heap_locks(), &REGISTRY.lock, lists());
 }
 
 extern "C" fn fork_child() {
     // The child has one thread: the locks only keep it from itself now. The lists' and the
     // node heaps' go first (the reset pushes segments); the registry's stays held, since the
     // reset rewrites the registry.
-    for l in lists() {
-        l.unlock_after_fork();
-    }
-    for nh in NODE_HEAPS.iter() {
-        nh.lock.unlock_raw();
-    }
+    atfork::child(node_heap_locks(), lists());
     // SAFETY: we are the child's only thread and hold the registry lock; every lock a dead
     // thread could have held was taken by fork_prepare before the fork.
     unsafe { reset_after_fork() };
@@ -117,34 +106,17 @@ unsafe fn reset_after_fork() {
         let dead_tags = &mut *DEAD_TAGS.0.get();
         // 1. Split the registry: the live heaps stay, the dead ones go on a list of their own
         //    (through the same links).
-        let mut live: *mut Heap = ptr::null_mut();
-        let mut dead: *mut Heap = ptr::null_mut();
-        let mut h = *REGISTRY.head.get();
-        while !h.is_null() {
-            let next = (*h).reg_next;
-            let list = if h == me || (*h).shared {
-                &mut live
-            } else {
-                if (*h).tag != NO_TAG {
-                    dead_tags[(*h).tag as usize / 64] |= 1 << ((*h).tag % 64);
-                }
-                &mut dead
-            };
-            (*h).reg_prev = ptr::null_mut();
-            (*h).reg_next = *list;
-            if !(*list).is_null() {
-                (**list).reg_prev = h;
+        let dead = REGISTRY.heaps.split_after_fork(|h| {
+            if h == me || (*h).shared {
+                return true;
             }
-            *list = h;
-            h = next;
-        }
-        *REGISTRY.head.get() = live;
+            if (*h).tag != NO_TAG {
+                dead_tags[(*h).tag as usize / 64] |= 1 << ((*h).tag % 64);
+            }
+            false
+        });
         // 2. Live heaps: no remote free is in flight any more.
-        let mut h = live;
-        while !h.is_null() {
-            unstick_delayed_frees(h);
-            h = (*h).reg_next;
-        }
+        REGISTRY.heaps.for_each(|h| unstick_delayed_frees(h));
         if dead.is_null() {
             return;
         }
@@ -205,14 +177,7 @@ unsafe fn unstick_delayed_frees(h: *mut Heap) {
         let mut seg = (*h).segments;
         while !seg.is_null() {
             for_each_used_page(seg, |p| {
-                if (*p).thread_free.state() == DELAYED_FREEING {
-                    let to = if (*p).flags & PAGE_IN_FULL != 0 {
-                        USE_DELAYED
-                    } else {
-                        NORMAL
-                    };
-                    (*p).thread_free.force_state(to);
-                }
+                atfork::unstick(&(*p).thread_free, (*p).flags & PAGE_IN_FULL != 0)
             });
             seg = (*seg).next;
         }
@@ -234,7 +199,7 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
         if (*seg).kind != SegmentKind::Normal || (*seg).owner.load(Ordering::Relaxed) == 0 {
             return;
         }
-        for_each_used_page(seg, |p| (*p).thread_free.force_state(NEVER_DELAYED));
+        for_each_used_page(seg, |p| atfork::abandon(&(*p).thread_free));
         let_go(seg, now);
     }
 }
@@ -248,17 +213,16 @@ unsafe fn return_delayed(d: *mut Heap) {
     // SAFETY: every block on a heap's delayed stack is a block of a page of a segment that
     // heap owned, still counted as used there, so its segment is mapped.
     unsafe {
-        let mut b: *mut Block = (*d).delayed.0.take_all();
-        while !b.is_null() {
-            let next = Block::next(b);
-            let seg = segment_of(b as *const u8);
-            let page = page_of(seg, b as *const u8);
-            if let Pushed::Delayed = (*page).thread_free.push(b) {
-                // Only if the page were a live heap's, full: the way any remote free ends.
-                free_delayed(seg, page, b as *mut u8);
-            }
-            b = next;
-        }
+        atfork::return_delayed(
+            &(*d).delayed.0,
+            |b| {
+                let seg = segment_of(b as *const u8);
+                let page = page_of(seg, b as *const u8);
+                ((seg, page), &(*page).thread_free)
+            },
+            // Only if the page were a live heap's, full: the way any remote free ends.
+            |b, (seg, page)| free_delayed(seg, page, b as *mut u8),
+        )
     }
 }
 
@@ -267,6 +231,7 @@ mod tests {
     use super::super::registry::heap_done;
     use super::super::{alloc_bin, alloc_generic, free};
     use super::*;
+    use crate::heap::remote::{Block, Pushed, DELAYED_FREEING, USE_DELAYED};
     use crate::heap::segment::{map_tag, page_of, PageKind, FIRST_TAG, MAP_UNOWNED, MAX_NODES};
     use crate::heap::size_class::bin_of;
     use crate::sync::{AtomicBool, AtomicUsize};
@@ -470,12 +435,12 @@ mod tests {
             unsafe {
                 {
                     let _g = REGISTRY.lock.lock();
-                    let mut h = *REGISTRY.head.get();
-                    while !h.is_null() {
-                        if h != me && !(*h).shared {
-                            return 2; // a heap of a thread the child does not have
-                        }
-                        h = (*h).reg_next;
+                    let mut stranger = false;
+                    REGISTRY
+                        .heaps
+                        .for_each(|h| stranger |= h != me && !(*h).shared);
+                    if stranger {
+                        return 2; // a heap of a thread the child does not have
                     }
                     let tags = &*REGISTRY.tags.get();
                     if tags[dead_tag as usize / 64] & (1 << (dead_tag % 64)) != 0 {

@@ -172,23 +172,21 @@ unsafe fn pass(now: u64, delay: u64) {
     // of a heap is atomic (`waiting`, `gate`) or, once it holds the gate, the owner's
     // segment state, which no fast path touches (module comment).
     unsafe {
-        let mut h = *REGISTRY.head.get();
-        while !h.is_null() {
-            let next = (*h).reg_next;
-            if !(*h).shared && (*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
-                let gate = &*addr_of!((*h).gate);
-                if gate
-                    .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    if (*h).state == super::ACTIVE {
-                        purge_heap(h, now, delay);
-                    }
-                    gate.store(FREE, Ordering::Release);
-                }
+        REGISTRY.heaps.for_each(|h| {
+            if (*h).shared || !(*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
+                return;
             }
-            h = next;
-        }
+            let gate = &*addr_of!((*h).gate);
+            if gate
+                .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                if (*h).state == super::ACTIVE {
+                    purge_heap(h, now, delay);
+                }
+                gate.store(FREE, Ordering::Release);
+            }
+        });
     }
 }
 

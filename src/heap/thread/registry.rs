@@ -6,7 +6,8 @@
 //! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
 //! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
 //! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
-//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay), `purger`
+//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay),
+//! `heap::heaps` (the list's links and walk, kept there for the loom models), and `purger`
 //! (its gate, held while a heap lets go).
 
 use super::bins::DIRECT_SLOTS;
@@ -15,6 +16,7 @@ use super::free::drain_delayed;
 use super::slices::{for_each_used_page, let_go, release_empty_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
+use crate::heap::heaps::{HeapList, Linked};
 use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
 use crate::init;
@@ -29,18 +31,19 @@ use core::ptr;
 
 pub(super) struct Registry {
     pub(super) lock: SpinLock,
-    pub(super) head: UnsafeCell<*mut Heap>,
+    /// The live heaps (`heap::heaps`: the list is loom-checked there).
+    pub(super) heaps: HeapList<Heap>,
     /// Heap tags in use, one bit each; 0, `MAP_UNOWNED` and `NO_TAG` are never handed out.
     pub(super) tags: UnsafeCell<[u64; TAG_WORDS]>,
     /// The word of `tags` the next search starts at.
     pub(super) tag_cursor: UnsafeCell<usize>,
 }
-// SAFETY: `head`, the heaps' reg links and the tag bitmap are only touched with `lock` held.
+// SAFETY: `heaps`, the heaps' reg links and the tag bitmap are only touched with `lock` held.
 unsafe impl Sync for Registry {}
 pub(super) const TAG_WORDS: usize = (NO_TAG as usize + 1) / 64;
 pub(super) static REGISTRY: Registry = Registry {
     lock: SpinLock::new(),
-    head: UnsafeCell::new(ptr::null_mut()),
+    heaps: HeapList::new(),
     tags: UnsafeCell::new({
         let mut t = [0u64; TAG_WORDS];
         t[0] = (1 << FIRST_TAG) - 1;
@@ -84,19 +87,36 @@ pub(super) unsafe fn give_tag(tag: u16) {
     unsafe { (*REGISTRY.tags.get())[tag as usize / 64] &= !(1 << (tag % 64)) };
 }
 
+impl Linked for Heap {
+    #[inline(always)]
+    unsafe fn next(n: *mut Self) -> *mut Self {
+        // SAFETY: n is a valid heap (contract).
+        unsafe { (*n).reg_next }
+    }
+    #[inline(always)]
+    unsafe fn set_next(n: *mut Self, next: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).reg_next = next }
+    }
+    #[inline(always)]
+    unsafe fn prev(n: *mut Self) -> *mut Self {
+        // SAFETY: as above.
+        unsafe { (*n).reg_prev }
+    }
+    #[inline(always)]
+    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).reg_prev = prev }
+    }
+}
+
 /// Calls `f(counters, node)` for every live heap, then `f(RETIRED, None)` for exited threads.
 pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
     let _g = REGISTRY.lock.lock();
     // SAFETY: we hold the registry lock, so listed heaps stay alive and linked; their counters
     // are atomics, so reading them while their owners bump them is no data race. `node` only
     // changes under this lock (see `retire_counters`).
-    unsafe {
-        let mut h = *REGISTRY.head.get();
-        while !h.is_null() {
-            f(&(*h).stats, Some((*h).node));
-            h = (*h).reg_next;
-        }
-    }
+    unsafe { REGISTRY.heaps.for_each(|h| f(&(*h).stats, Some((*h).node))) };
     f(&RETIRED, None);
 }
 
@@ -224,16 +244,9 @@ pub(super) unsafe fn register(mut h: HeapRef, node: u32) {
         // SAFETY: we hold the registry lock.
         h.tag = unsafe { take_tag() };
     }
-    // SAFETY: the registry lock guards the list head and every listed heap's links.
-    unsafe {
-        let head = *REGISTRY.head.get();
-        h.reg_prev = ptr::null_mut();
-        h.reg_next = head;
-        if !head.is_null() {
-            (*head).reg_prev = h.as_ptr();
-        }
-        *REGISTRY.head.get() = h.as_ptr();
-    }
+    // SAFETY: the registry lock guards the list head and every listed heap's links; h was
+    // not ACTIVE, so it is on no list (this function's contract).
+    unsafe { REGISTRY.heaps.link(h.as_ptr()) };
 }
 
 /// Hands everything of `h` back: called on thread exit (and by tests).
@@ -259,19 +272,9 @@ pub unsafe fn heap_done(h: *mut Heap) {
         // SAFETY: we hold the registry lock, and no map entry holds our tag any more.
         unsafe { give_tag(h.tag) };
         h.tag = NO_TAG;
-        // SAFETY: the registry lock guards the list head and every listed heap's links.
-        unsafe {
-            if h.reg_prev.is_null() {
-                *REGISTRY.head.get() = h.reg_next;
-            } else {
-                (*h.reg_prev).reg_next = h.reg_next;
-            }
-            if !h.reg_next.is_null() {
-                (*h.reg_next).reg_prev = h.reg_prev;
-            }
-        }
-        h.reg_next = ptr::null_mut();
-        h.reg_prev = ptr::null_mut();
+        // SAFETY: the registry lock guards the list head and every listed heap's links; h
+        // was ACTIVE, so it is listed.
+        unsafe { REGISTRY.heaps.unlink(h.as_ptr()) };
     }
     h.state = DEAD;
 }

@@ -1,0 +1,168 @@
+//! The list of live heaps behind the heap registry (`heap::thread::registry`), kept apart
+//! from the thread heap so that loom can check it with the real code (tests/loom/).
+//!
+//! Owns: [`HeapList`], the head of a doubly linked list, and [`Linked`], how a heap reaches
+//! its links. May touch: `sync` only. The lock that guards the list is the registry's (the
+//! caller's): every method but `new` is for a thread that holds it, or for the fork child's
+//! single thread. Invariants: a heap is on the list at most once, `prev` and `next` agree, the
+//! list has no cycle; after [`HeapList::split_after_fork`] the list holds exactly the heaps
+//! its `keep` said yes to, so a dead heap's address, which glibc gives a new thread of the
+//! child, is linked again only after it was taken off.
+
+use crate::sync::UnsafeCell;
+use core::ptr;
+
+/// A heap as the registry's list sees it: its two links. They are touched only under the
+/// registry lock (or by the fork child's single thread).
+pub trait Linked: Sized {
+    /// The heap after `n`.
+    ///
+    /// # Safety
+    /// `n` is a valid heap and the caller holds the lock of the list it is on.
+    unsafe fn next(n: *mut Self) -> *mut Self;
+    /// Sets the heap after `n`.
+    ///
+    /// # Safety
+    /// As [`Linked::next`].
+    unsafe fn set_next(n: *mut Self, next: *mut Self);
+    /// The heap before `n`.
+    ///
+    /// # Safety
+    /// As [`Linked::next`].
+    unsafe fn prev(n: *mut Self) -> *mut Self;
+    /// Sets the heap before `n`.
+    ///
+    /// # Safety
+    /// As [`Linked::next`].
+    unsafe fn set_prev(n: *mut Self, prev: *mut Self);
+}
+
+/// The head of the list of live heaps.
+pub struct HeapList<N> {
+    head: UnsafeCell<*mut N>,
+}
+
+// SAFETY: the head and the listed heaps' links are only touched with the registry lock held
+// (every method's contract); the heaps are reached through raw pointers only.
+unsafe impl<N> Sync for HeapList<N> {}
+// SAFETY: as above; the list holds nothing tied to a thread.
+unsafe impl<N> Send for HeapList<N> {}
+
+impl<N: Linked> HeapList<N> {
+    /// An empty list.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        HeapList {
+            head: UnsafeCell::new(ptr::null_mut()),
+        }
+    }
+    /// An empty list.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        HeapList {
+            head: UnsafeCell::new(ptr::null_mut()),
+        }
+    }
+
+    /// The first heap (null if none).
+    ///
+    /// # Safety
+    /// The caller holds the registry lock.
+    #[inline]
+    pub unsafe fn first(&self) -> *mut N {
+        // SAFETY: the registry lock guards the head (contract).
+        self.head.with(|h| unsafe { *h })
+    }
+
+    /// Links `n` at the front.
+    ///
+    /// # Safety
+    /// The caller holds the registry lock and `n` is on no list (linking a listed heap again
+    /// would make a cycle).
+    #[inline]
+    pub unsafe fn link(&self, n: *mut N) {
+        // SAFETY: the lock guards the head and every listed heap's links (contract).
+        unsafe {
+            let head = self.first();
+            N::set_prev(n, ptr::null_mut());
+            N::set_next(n, head);
+            if !head.is_null() {
+                N::set_prev(head, n);
+            }
+            self.head.with_mut(|h| *h = n);
+        }
+    }
+
+    /// Takes `n` off the list and clears its links.
+    ///
+    /// # Safety
+    /// The caller holds the registry lock and `n` is on this list.
+    #[inline]
+    pub unsafe fn unlink(&self, n: *mut N) {
+        // SAFETY: the lock guards the head and the links; n and its neighbours are listed.
+        unsafe {
+            let (p, nx) = (N::prev(n), N::next(n));
+            if p.is_null() {
+                self.head.with_mut(|h| *h = nx);
+            } else {
+                N::set_next(p, nx);
+            }
+            if !nx.is_null() {
+                N::set_prev(nx, p);
+            }
+            N::set_next(n, ptr::null_mut());
+            N::set_prev(n, ptr::null_mut());
+        }
+    }
+
+    /// Calls `f` on every heap, front to back (`f` must not change the list).
+    ///
+    /// # Safety
+    /// The caller holds the registry lock.
+    #[inline]
+    pub unsafe fn for_each(&self, mut f: impl FnMut(*mut N)) {
+        // SAFETY: the lock keeps the listed heaps alive and their links stable (contract).
+        unsafe {
+            let mut h = self.first();
+            while !h.is_null() {
+                f(h);
+                h = N::next(h);
+            }
+        }
+    }
+
+    /// In a fork child: keeps on the list only the heaps `keep` says yes to (each asked once,
+    /// front to back) and returns the others, linked through the same links into a list of
+    /// their own (null if none). Both lists come out whole, in reverse order.
+    ///
+    /// # Safety
+    /// The caller holds the registry lock and is the process's only thread; `keep` does not
+    /// touch the links.
+    pub unsafe fn split_after_fork(&self, mut keep: impl FnMut(*mut N) -> bool) -> *mut N {
+        let mut live: *mut N = ptr::null_mut();
+        let mut dead: *mut N = ptr::null_mut();
+        // SAFETY: single-threaded with the lock held (contract): the links are ours.
+        unsafe {
+            let mut h = self.first();
+            while !h.is_null() {
+                let next = N::next(h);
+                let list = if keep(h) { &mut live } else { &mut dead };
+                N::set_prev(h, ptr::null_mut());
+                N::set_next(h, *list);
+                if !(*list).is_null() {
+                    N::set_prev(*list, h);
+                }
+                *list = h;
+                h = next;
+            }
+            self.head.with_mut(|h| *h = live);
+        }
+        dead
+    }
+}
+
+impl<N: Linked> Default for HeapList<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

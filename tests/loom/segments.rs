@@ -1,0 +1,347 @@
+//! Segments: ownership, the abandoned lists, the pools (`heap::list`), with the delayed
+//! frees.
+
+use super::remote::drain_into;
+use super::*;
+
+/// A segment with one page, as the models need it: an owner word, the list tag and links
+/// (`ListNode`), the page's remote-free word, and the page's owner-side free list and a
+/// payload as loom cells (only the segment's owner, or the holder of its list's lock,
+/// touches them).
+pub(super) struct Seg {
+    owner: AtomicUsize,
+    tag: AtomicU8,
+    next: UnsafeCell<*mut Seg>,
+    prev: UnsafeCell<*mut Seg>,
+    page: RemoteFree,
+    local: UnsafeCell<Vec<usize>>,
+    data: UnsafeCell<u32>,
+}
+
+// SAFETY: the raw links are only followed under a list's lock (ListNode's contract).
+unsafe impl Send for Seg {}
+// SAFETY: as above; every other field is an atomic or a loom cell.
+unsafe impl Sync for Seg {}
+
+impl Seg {
+    pub(super) fn new(owner: usize) -> Seg {
+        Seg {
+            owner: AtomicUsize::new(owner),
+            tag: AtomicU8::new(0),
+            next: UnsafeCell::new(std::ptr::null_mut()),
+            prev: UnsafeCell::new(std::ptr::null_mut()),
+            page: RemoteFree::new(),
+            local: UnsafeCell::new(Vec::new()),
+            data: UnsafeCell::new(0),
+        }
+    }
+    pub(super) fn ptr(&self) -> *mut Seg {
+        self as *const Seg as *mut Seg
+    }
+}
+
+impl ListNode for Seg {
+    unsafe fn next(n: *mut Self) -> *mut Self {
+        // SAFETY: n is a live Seg (the Arcs outlive the model's threads).
+        unsafe { (*n).next.with(|p| *p) }
+    }
+    unsafe fn set_next(n: *mut Self, next: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).next.with_mut(|p| *p = next) }
+    }
+    unsafe fn prev(n: *mut Self) -> *mut Self {
+        // SAFETY: as above.
+        unsafe { (*n).prev.with(|p| *p) }
+    }
+    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*n).prev.with_mut(|p| *p = prev) }
+    }
+    unsafe fn list_tag(n: *mut Self) -> u8 {
+        // SAFETY: as above.
+        unsafe { (*n).tag.load(Ordering::Relaxed) }
+    }
+    unsafe fn set_list_tag(n: *mut Self, tag: u8) {
+        // SAFETY: as above.
+        unsafe { (*n).tag.store(tag, Ordering::Relaxed) }
+    }
+    unsafe fn owner(n: *mut Self) -> usize {
+        // SAFETY: as above.
+        unsafe { (*n).owner.load(Ordering::Relaxed) }
+    }
+    unsafe fn set_owner(n: *mut Self, owner: usize, _tag: u16) {
+        // As segment::set_owner: a release store.
+        // SAFETY: as above.
+        unsafe { (*n).owner.store(owner, Ordering::Release) }
+    }
+}
+
+/// A thread with heap id `me` frees block `b` of `seg`'s page, as `free_other` and
+/// `free_other_slow` do: if the segment is abandoned and `same_node`, it tries to claim it
+/// from `list` and, having adopted it, frees locally; else it pushes (and finishes a delayed
+/// free onto the owner's stack in `stacks`). Returns whether it adopted the segment.
+fn free_into(
+    seg: &Seg,
+    list: &LockedList<Seg>,
+    stacks: &[BlockStack],
+    me: usize,
+    same_node: bool,
+    b: usize,
+) -> bool {
+    let owner = seg.owner.load(Ordering::Acquire);
+    // SAFETY: our live block keeps the segment alive.
+    if owner == 0 && same_node && unsafe { list.claim(seg.ptr(), me, me as u16) } {
+        // Adopted (adopt_segment): no delayed free is in flight on its pages, so the state
+        // can be forced; take in the remote frees; then free our block locally.
+        seg.page.force_state(NORMAL);
+        let got = take_page_list(&seg.page);
+        // SAFETY: the segment is ours now; its page's free list is ours.
+        seg.local.with_mut(|l| unsafe {
+            (*l).extend(got);
+            (*l).push(b);
+        });
+        return true;
+    }
+    // SAFETY: we own b.
+    if let Pushed::Delayed = unsafe { seg.page.push(b as *mut Block) } {
+        // free_delayed: the owner cannot have left while the page is DELAYED_FREEING.
+        let o = seg.owner.load(Ordering::Acquire);
+        assert_ne!(o, 0, "a delayed free found no owner");
+        // SAFETY: push said Delayed.
+        unsafe { delayed::finish(&stacks[o], &seg.page, b as *mut Block) };
+    }
+    false
+}
+
+/// The drain of the delayed stack against abandonment and claim on free. Heap 1 owns a
+/// segment whose page is full (USE_DELAYED) and gives it up (abandon_segment / thread exit:
+/// set_never_delayed, `delayed::drain`, take in the page's remote frees, push it on the
+/// abandoned list). Heaps 2 and 3 each free a block of that page meanwhile: through the
+/// delayed path, onto the page, or (heap 2, of the segment's node), finding it abandoned, by
+/// claiming and adopting it. (Heap 3 is of another node and never claims: loom's scheduler
+/// cannot get through three threads spinning on one lock.)
+/// Whatever the interleaving: each block is freed exactly once (into the page's free list by
+/// whoever owned it, or left on the page's remote list), at most one heap adopts, nothing is
+/// left on a delayed stack (above all not on heap 1's after it left), and the page's free
+/// list is only written by its owner of the moment (loom checks each owner's writes happen
+/// before the next one's).
+#[test]
+fn drain_races_with_abandon_and_claim_on_free() {
+    check(2, |yield_first| {
+        let seg = Arc::new(Seg::new(1));
+        seg.page.force_state(USE_DELAYED);
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        let stacks: Arc<[BlockStack; 4]> = Arc::new(Default::default());
+        let blocks = [new_block(), new_block()];
+        let freers: Vec<_> = [(2, true), (3, false)]
+            .into_iter()
+            .zip(blocks)
+            .map(|((me, same_node), b)| {
+                let (seg, list, stacks) = (seg.clone(), list.clone(), stacks.clone());
+                thread::spawn(move || free_into(&seg, &list, &stacks[..], me, same_node, b))
+            })
+            .collect();
+        if yield_first {
+            thread::yield_now();
+        }
+        // Heap 1 abandons the segment.
+        seg.page.set_never_delayed();
+        drain_into(&stacks[1], &seg.page, &seg.local);
+        let got = take_page_list(&seg.page);
+        // SAFETY: still ours.
+        seg.local.with_mut(|l| unsafe { (*l).extend(got) });
+        // SAFETY: ours, on no list.
+        unsafe { list.push_abandoned(seg.ptr()) };
+        let adopted: usize = freers.into_iter().map(|t| t.join().unwrap() as usize).sum();
+        assert!(adopted <= 1, "two heaps adopted one segment");
+        for (i, s) in stacks.iter().enumerate() {
+            assert!(
+                s.take_all().is_null(),
+                "a block left on heap {i}'s delayed stack"
+            );
+        }
+        let owner = seg.owner.load(Ordering::Relaxed);
+        let mut on_list = 0;
+        list.for_each(|s| {
+            assert_eq!(s, seg.ptr());
+            on_list += 1;
+        });
+        assert_eq!(on_list, list.count.load(Ordering::Relaxed));
+        if adopted == 1 {
+            assert_eq!(owner, 2);
+            assert_eq!(on_list, 0, "an adopted segment is off the list");
+        } else {
+            assert_eq!(owner, 0);
+            assert_eq!(on_list, 1);
+        }
+        // SAFETY: both threads are joined: the segment's owner-side list has no other reader or writer.
+        let mut seen = seg.local.with(|l| unsafe { (*l).clone() });
+        seen.extend(take_page_list(&seg.page));
+        exactly_once(&blocks, &seen);
+        for b in blocks {
+            free_block(b);
+        }
+    });
+}
+
+/// The abandoned lists, abandonment against claim on free: heap 1 writes its segment and
+/// abandons it (`push_abandoned` onto the list of segments with room) while heap 2, holding a
+/// block of it, tries to claim it as `free_other_slow` does, from the full list first, then
+/// from the other, and writes it if it got it. The segment's contents pass from one to the
+/// other only through the list (loom checks heap 1's write happens before heap 2's); a claim
+/// on the list the segment is not on fails and leaves both lists whole; each list's count is
+/// its length; at the end the segment is either on its list, unowned, or heap 2's.
+#[test]
+fn abandoned_list_abandon_against_claim() {
+    check(3, |yield_first| {
+        let seg = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        let full = LockedList::<Seg>::tagged(2);
+        let owner = {
+            let (seg, list) = (seg.clone(), list.clone());
+            thread::spawn(move || {
+                // SAFETY: the segment is heap 1's until it lets go of it.
+                seg.data.with_mut(|d| unsafe { *d = 1 });
+                // SAFETY: ours, on no list.
+                unsafe { list.push_abandoned(seg.ptr()) };
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // SAFETY: the model's Arc keeps the segment alive.
+        let claimed = unsafe { full.claim(seg.ptr(), 2, 2) || list.claim(seg.ptr(), 2, 2) };
+        if claimed {
+            // SAFETY: claimed: ours.
+            seg.data.with_mut(|d| unsafe { *d += 100 });
+        }
+        owner.join().unwrap();
+        let mut len = 0;
+        list.for_each(|_| len += 1);
+        assert_eq!(len, list.count.load(Ordering::Relaxed), "count is length");
+        let mut full_len = 0;
+        full.for_each(|_| full_len += 1);
+        assert_eq!((full_len, full.count.load(Ordering::Relaxed)), (0, 0));
+        // SAFETY: the threads that wrote the data are joined: this read races with nothing.
+        let data = seg.data.with(|d| unsafe { *d });
+        assert_eq!(data, 1 + 100 * claimed as u32);
+        let state = (seg.owner.load(Ordering::Relaxed), len);
+        assert_eq!(state, if claimed { (2, 0) } else { (0, 1) });
+    });
+}
+
+/// The abandoned list, a visit against claim on free: a thread tending abandoned segments
+/// pops one, writes it and puts it back at the end (heap_collect / tend_abandoned), while a
+/// freeing thread claims it and writes it. At most one holds it at a time (loom checks each
+/// write happens before the other's access); a claim fails while the visitor holds it (it
+/// is on no list then); the list's count is its length; the segment ends on the list
+/// (unowned) or with the claimer.
+#[test]
+fn abandoned_list_visit_against_claim() {
+    check(3, |yield_first| {
+        let seg = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's; it abandons it before the others start.
+        unsafe { list.push_abandoned(seg.ptr()) };
+        let tender = {
+            let list = list.clone();
+            thread::spawn(move || {
+                let s = list.pop(3, 3);
+                if s.is_null() {
+                    return false;
+                }
+                // SAFETY: popped: ours until we push it back.
+                unsafe {
+                    assert_eq!((*s).owner.load(Ordering::Relaxed), 3);
+                    (*s).data.with_mut(|d| *d += 10);
+                    list.push_abandoned_back(s);
+                }
+                true
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // SAFETY: the model's Arc keeps the segment alive.
+        let claimed = unsafe { list.claim(seg.ptr(), 2, 2) };
+        if claimed {
+            // SAFETY: claimed: ours.
+            seg.data.with_mut(|d| unsafe { *d += 100 });
+        }
+        let tended = tender.join().unwrap();
+        let mut len = 0;
+        list.for_each(|_| len += 1);
+        assert_eq!(len, list.count.load(Ordering::Relaxed), "count is length");
+        // SAFETY: the threads that wrote the data are joined: this read races with nothing.
+        let data = seg.data.with(|d| unsafe { *d });
+        assert_eq!(data, 10 * tended as u32 + 100 * claimed as u32);
+        assert!(tended || claimed, "one of them got it");
+        let state = (seg.owner.load(Ordering::Relaxed), len);
+        assert_eq!(state, if claimed { (2, 0) } else { (0, 1) });
+    });
+}
+
+/// A pool: two segments pushed by one thread, one popped by another, while a third unmaps
+/// the expired ones (`remove_if`, the core of `unmap_expired`, which gives up if the lock is
+/// busy). Each segment ends up exactly once: popped, unmapped, or still pooled; the unmapper
+/// and the popper never get the same one (the "unmap" writes the segment, which loom checks
+/// against the popper's write); count is length.
+#[test]
+fn pool_push_pop_and_expiry() {
+    check(2, |yield_first| {
+        let segs = [Arc::new(Seg::new(0)), Arc::new(Seg::new(0))];
+        let pool = Arc::new(LockedList::<Seg>::new());
+        let pusher = {
+            let (segs, pool) = (segs.clone(), pool.clone());
+            thread::spawn(move || {
+                for s in &segs {
+                    // SAFETY: unowned, on no list.
+                    unsafe { pool.push(s.ptr()) };
+                }
+            })
+        };
+        let popper = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let s = pool.pop(7, 7);
+                if !s.is_null() {
+                    // SAFETY: popped: ours.
+                    unsafe { (*s).data.with_mut(|d| *d += 1) };
+                }
+                s as usize
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        let mut gone = Vec::new();
+        pool.remove_if(
+            |_| true,
+            |s| {
+                // SAFETY: off the list: ours to unmap.
+                unsafe { (*s).data.with_mut(|d| *d += 100) };
+                gone.push(s as usize);
+            },
+        );
+        pusher.join().unwrap();
+        let popped = popper.join().unwrap();
+        let mut pooled = Vec::new();
+        pool.for_each(|s| pooled.push(s as usize));
+        assert_eq!(pooled.len(), pool.count.load(Ordering::Relaxed));
+        let mut seen = gone.clone();
+        seen.extend(pooled);
+        if popped != 0 {
+            seen.push(popped);
+        }
+        let all: Vec<usize> = segs.iter().map(|s| s.ptr() as usize).collect();
+        exactly_once(&all, &seen);
+        for s in &segs {
+            // SAFETY: the pusher and popper are joined: nothing else reads or writes the data.
+            let d = s.data.with(|d| unsafe { *d });
+            assert!(
+                d == 0 || d == 1 || d == 100,
+                "a segment popped and unmapped: {d}"
+            );
+        }
+    });
+}
