@@ -207,6 +207,23 @@ fn child_no_calls() {
     let r = idle_until(b, 400);
     println!("fell in {:?}", start.elapsed());
     report("no allocator call, background purger", r, b, live_bytes);
+    // The purger runs with every signal blocked (a handler that allocates must never run on
+    // it): exactly one thread of this process blocks SIGINT and SIGCHLD (no other thread of
+    // the test blocks any).
+    let blocking = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let status = std::fs::read_to_string(t.as_ref().unwrap().path().join("status"))
+                .unwrap_or_default();
+            let blk = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(0);
+            blk & (1 << (libc::SIGINT - 1)) != 0 && blk & (1 << (libc::SIGCHLD - 1)) != 0
+        })
+        .count();
+    assert_eq!(blocking, 1, "threads blocking SIGINT and SIGCHLD (the purger: 1)");
     for (p, size) in live {
         drop_block(p, size, 0xA5);
     }

@@ -319,21 +319,16 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
-            // pages stay where they are. A segment its owner left at exit (the room list) is
-            // taken only by a heap with no room of its own: a thread with free slices does
-            // not need the segment's, and keeping them would hide them from the threads that
-            // do (a thread that joins workers and frees what they left would hold every
-            // segment it frees into, and the next workers would take new memory instead).
-            // Its free then goes on the page's list like any remote free, and the next thread
-            // that needs a page adopts the segment (`take_slices`). A segment given up
-            // (nearly) full by a live heap is taken by whoever frees into it first, as that
-            // list is meant for (see `abandon_full`).
-            // Pages an adopter empties are given back at once (see free_local_page_event).
+            // pages stay where they are. A thread that only frees does not sit on what it
+            // takes: pages it empties are given back at once (see free_local_page_event).
+            // (Taking a segment left at exit only when the heap has no room of its own lowers
+            // the peak RSS of xthread.c, but leaves fully freed segments abandoned until
+            // tended: tests/churn.rs's bounds fail. Not done: docs/benchmarks.md, issue 16.)
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if h.state == ACTIVE
                 && node as u32 == h.node
                 && (ABANDONED_FULL[node].claim(seg, h.addr(), h.tag)
-                    || (!has_room(h) && ABANDONED[node].claim(seg, h.addr(), h.tag)))
+                    || ABANDONED[node].claim(seg, h.addr(), h.tag))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
@@ -355,23 +350,6 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             free_delayed(seg, page, p);
         }
     }
-}
-
-/// Whether one of `h`'s segments has a free slice (so its next page needs no other
-/// segment): such a heap does not adopt the abandoned segments it frees into (see
-/// `free_other_slow`).
-fn has_room(h: HeapRef) -> bool {
-    let mut seg = h.segments;
-    // SAFETY: the segments on our list are ours.
-    unsafe {
-        while !seg.is_null() {
-            if (*seg).free_slices != 0 {
-                return true;
-            }
-            seg = (*seg).next;
-        }
-    }
-    false
 }
 
 /// Books a remote free of `bytes` living on `node` for the per-node totals: a free from a

@@ -46,6 +46,9 @@ const PURGER: u8 = 2;
 const OFF: u8 = 0;
 const STARTING: u8 = 1;
 const RUNNING: u8 = 2;
+/// `pthread_create` refused (thread limit, seccomp, memory): not tried again in this process
+/// (a fork child tries once more), so a waiting heap does not call it on every slow path.
+const FAILED: u8 = 3;
 /// Whether the purger thread exists.
 static THREAD: AtomicU8 = AtomicU8::new(OFF);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
@@ -104,9 +107,13 @@ impl Drop for Gate {
 /// from `heap_tick`, at a point where the owner may allocate again (`pthread_create` may
 /// call `malloc`): not inside a walk over its blocks.
 ///
+/// The thread starts with every signal blocked (the creating thread's mask is put back after),
+/// so no process-directed signal is handled on its small stack by a handler that might
+/// allocate (it has no heap, and must never get one).
+///
 /// # Safety
-/// `h` is the calling thread's active heap, in a slow path that uses nothing of it looked up
-/// before (as for `heap_tick`).
+/// Called from a slow path of the calling thread's active heap that uses nothing of it looked
+/// up before (as for `heap_tick`).
 #[cold]
 pub(super) unsafe fn maybe_start() {
     if THREAD
@@ -115,9 +122,13 @@ pub(super) unsafe fn maybe_start() {
     {
         return;
     }
-    // SAFETY: plain pthread calls on a zeroed attribute object we initialise first; `run`
-    // matches the start routine's signature and uses no argument.
+    // SAFETY: plain pthread calls on a zeroed attribute object and signal sets we initialise
+    // first; `run` matches the start routine's signature and uses no argument.
     let ok = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
@@ -125,9 +136,10 @@ pub(super) unsafe fn maybe_start() {
         let mut t: libc::pthread_t = 0;
         let r = libc::pthread_create(&mut t, &attr, run, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         r == 0
     };
-    THREAD.store(if ok { RUNNING } else { OFF }, Ordering::Release);
+    THREAD.store(if ok { RUNNING } else { FAILED }, Ordering::Release);
 }
 
 /// Whether the purger should be started now (on, not started).
