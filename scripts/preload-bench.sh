@@ -29,6 +29,7 @@ PROGRAMS=(
   "sizes|sizes.c|4 1000000 500|4 100000 500"
   "cxxchurn|cxxchurn.cpp|4 300|4 30"
   "bigbufs|bigbufs.c|16 400 1 32|16 60 1 32"
+  "xthread|xthread.c|4 30 1000|4 10 1000"
 )
 
 need=()

@@ -14,6 +14,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `TIERALLOC_PURGE_DELAY_MS` | how long empty memory waits before it goes back to the OS | 100 |
+//! | `TIERALLOC_BACKGROUND_PURGE` | `1`: a thread purges idle memory even when no allocator call comes (started when memory first waits to be purged) | off |
 //! | `TIERALLOC_SHOW_STATS` | `1`: print statistics to stderr at exit | off |
 //! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
 //! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
@@ -57,6 +58,10 @@ pub(crate) fn init_once() {
             INIT_THREAD.store(current_thread(), Ordering::Relaxed);
             read_all();
             crate::heap::thread::register_fork_handlers();
+            if crate::heap::thread::BACKGROUND_PURGE.load(Ordering::Relaxed) {
+                // After the heap's: its prepare handler runs first (see `purger`).
+                crate::heap::thread::register_purger_fork_handlers();
+            }
             STATE.store(DONE, Ordering::Release);
         }
         Err(_) => {
@@ -92,6 +97,10 @@ fn read_all() {
     read_u64(b"TIERALLOC_PURGE_DELAY_MS\0", &PURGE_DELAY_MS, 3_600_000);
     read_bool(b"TIERALLOC_SHOW_STATS\0", &SHOW_STATS);
     read_bool(b"TIERALLOC_VERBOSE\0", &VERBOSE);
+    read_bool(
+        b"TIERALLOC_BACKGROUND_PURGE\0",
+        &crate::heap::thread::BACKGROUND_PURGE,
+    );
     if let Some(v) = getenv(b"TIERALLOC_NUMA\0") {
         match parse_bool(v) {
             Some(b) => crate::sys::numa::BIND_ENABLED.store(b, Ordering::Relaxed),

@@ -246,6 +246,10 @@ pub struct Segment {
     pub purge_recent: u64,
     /// Slices that were already free at the last purge step: the next step purges them.
     pub purge_pending: u64,
+    /// When a slice was last added to `purge_recent` (ms): once a full delay has passed since,
+    /// every slice of `purge_recent` has waited the delay out, and a step purges it with the
+    /// pending ones (steps may be far apart when the heap is seldom on a slow path).
+    pub purge_recent_ms: u64,
     /// Pages in use.
     pub used_pages: u32,
     /// List links: the owner heap's segments, a pool, or the abandoned list.
@@ -561,6 +565,7 @@ impl Segment {
                 return;
             }
             s.purge_recent |= mask;
+            s.purge_recent_ms = now;
             if s.purge_at == 0 {
                 s.purge_at = now + delay;
             }
@@ -582,7 +587,8 @@ impl Segment {
     /// be purged at the next step, `delay` ms from now. Every slice is so purged between one
     /// and two delays after it was freed (plus the collection interval), and a slice that is
     /// freed and taken again in between never goes back to the OS: a steady churn of pages
-    /// does not fault its memory in again and again.
+    /// does not fault its memory in again and again. When the last slice freed since the
+    /// previous step was freed a full delay ago (a step long overdue), those go too.
     ///
     /// # Safety
     /// The caller owns `seg`.
@@ -590,12 +596,27 @@ impl Segment {
         // SAFETY: exclusive access per the contract.
         unsafe {
             let s = &mut *seg;
-            let due = s.purge_pending & s.free_slices & s.dirty;
+            let mut due = s.purge_pending & s.free_slices & s.dirty;
+            let mut recent = s.purge_recent & s.free_slices & s.dirty;
+            if now >= s.purge_recent_ms.saturating_add(delay) {
+                due |= recent;
+                recent = 0;
+            }
             Segment::decommit_mask(seg, due);
-            s.purge_pending = s.purge_recent & s.free_slices & s.dirty;
+            s.purge_pending = recent;
             s.purge_recent = 0;
             s.purge_at = if s.purge_pending != 0 { now + delay } else { 0 };
         }
+    }
+
+    /// Bytes of free slices that may be resident (what purging would give back).
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    #[inline]
+    pub unsafe fn resident_free_bytes(seg: *const Segment) -> usize {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe { ((*seg).free_slices & (*seg).dirty).count_ones() as usize * SLICE_SIZE }
     }
 
     /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS.

@@ -250,7 +250,7 @@ impl HugeCache {
     }
 
     /// Bytes held (the map sizes of the cached mappings).
-    fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.entries
             .iter()
             .filter(|e| !e.seg.is_null())

@@ -5,7 +5,8 @@
 //! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
 //! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
-//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `free` (the drain),
+//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `purger` (its gate),
+//! `free` (the drain),
 //! `heap::{page, segment, size_class, remote}`, `sys::os`, and `heap::route` (the routing
 //! call in `alloc_generic_in`).
 
@@ -14,6 +15,7 @@ use super::counters::bump;
 use super::free::drain_delayed;
 use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
+use super::purger;
 use super::registry::heap_init;
 use super::slices::take_slices;
 use super::tick::heap_tick;
@@ -231,6 +233,7 @@ pub(super) unsafe extern "C" fn alloc_bin_slow_long(
         // SAFETY: not the unset heap, so this thread's or a locked node heap (contract).
         unsafe { HeapRef::new(h) }
     };
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: forwarded contract.
     let p = unsafe { alloc_bin_refill(h, bin, zero) };
     if p.is_null() {
@@ -277,6 +280,9 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
                     h.queue_remove(bin, page);
                     h.queue_push_front(bin, page);
                 }
+                if h.waiting.load(Ordering::Relaxed) {
+                    bound_free(page);
+                }
                 return pop_fresh(h, page, bin, zero);
             }
             if retain > 0 && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS) {
@@ -304,7 +310,10 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
 /// The common refill: `page`, the current page of its bin, has blocks its owner freed; they
 /// become its free list. Not on every 16th tick, which goes the long way instead (collect
 /// remote frees, drain delayed frees, purge): the heartbeat that keeps that work going stays
-/// deterministic. Returns whether `page` now has a free block.
+/// deterministic. While the heap is `waiting` (memory waits to be purged) its tick is kept at
+/// 15 mod 16 (see `heap_tick`), so every refill goes the long way, which reads the clock and
+/// bounds what it hands out (see [`WAIT_REFILL`]), at no cost here. Returns whether `page`
+/// now has a free block.
 ///
 /// # Safety
 /// `page` is `h`'s current page of some bin (or EMPTY_PAGE).
@@ -321,6 +330,46 @@ pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool 
         (*page).free_is_zero = false;
         (*page).remote_fed = false;
         true
+    }
+}
+
+/// The most blocks a refill hands to the fast path while the heap is `waiting`: the next
+/// slow path, and with it a look at the clock (and a collection when one is due), comes at
+/// the latest this many allocations later, whatever the traffic. A loop that allocates and
+/// frees one size over and over (which never empties its page, nor fills it) would
+/// otherwise run a whole page of blocks, a thousand 64-byte ones, between two slow paths.
+/// The price, only while memory waits to be purged: one more slow path per this many
+/// allocations of a bin, and the walk of this many links.
+pub(super) const WAIT_REFILL: usize = 64;
+
+/// Cuts `page`'s free list after [`WAIT_REFILL`] blocks; the rest becomes its `local_free`
+/// (which a refill has just emptied; if it has not, the list is left whole).
+///
+/// # Safety
+/// `page` is a page of the calling thread's heap.
+#[cold]
+unsafe fn bound_free(page: *mut Page) {
+    // SAFETY: the page is ours, and the blocks on its free list are free: their links are
+    // ours to read and write.
+    unsafe {
+        if !(*page).local_free.is_null() {
+            return;
+        }
+        let mut b = (*page).free;
+        for _ in 1..WAIT_REFILL {
+            if b.is_null() {
+                return;
+            }
+            b = Block::next(b);
+        }
+        if b.is_null() {
+            return;
+        }
+        let rest = Block::next(b);
+        if !rest.is_null() {
+            Block::set_next(b, ptr::null_mut());
+            (*page).local_free = rest;
+        }
     }
 }
 
@@ -383,8 +432,10 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
 /// None beyond GlobalAlloc's: `align` is a power of two.
 #[cold]
 pub unsafe extern "C" fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let h = own();
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: forwarded contract.
-    let p = unsafe { alloc_generic_in(own(), size, align, zero) };
+    let p = unsafe { alloc_generic_in(h, size, align, zero) };
     if p.is_null() {
         os::set_enomem();
     }

@@ -5,14 +5,16 @@
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
 //! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
 //! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
-//! (huge frees), `tick`, `heap::{segment, remote, delayed}`, `sys::os`, `init` (the purge delay).
+//! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
+//! `init` (the purge delay).
 
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
 use super::large::free_huge;
+use super::purger;
 use super::registry::heap_init;
 use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
-use super::tick::heap_tick;
+use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
@@ -132,6 +134,7 @@ pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, coun
 #[cold]
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: page is ours.
     unsafe {
         free_local_page_event(h, page);
@@ -179,7 +182,7 @@ pub(super) unsafe fn retire_page_of(h: HeapRef, page: *mut Page) {
     // SAFETY: page is ours, unused and in no queue; its segment is on our list.
     unsafe {
         let seg = (*page).segment();
-        if retire_page(page) && (h.segments != seg || !(*seg).next.is_null()) {
+        if retire_page(h, page) && (h.segments != seg || !(*seg).next.is_null()) {
             // Unpurged: the next thread that needs a segment takes it from the pool with its
             // memory still resident (no faults); the pool unmaps it after the delay otherwise.
             unlink_segment(h, seg);
@@ -198,21 +201,26 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
         bump(&h.stats.large_free_bytes, (*page).block_size as u64);
         (*page).flags = 0;
         (*page).thread_free.force_state(NORMAL);
-        retire_page(page);
+        retire_page(h, page);
     }
 }
 
-/// Gives an unused page's slices back to its segment. A segment left empty stays on our
-/// list until its purge time (see `heap_collect`), so a thread that frees and reallocates a
-/// large object does not go through the pool each time.
+/// Gives an unused page's slices back to its segment, booking their bytes as waiting to be
+/// purged (see `note_idle`). A segment left empty stays on our list until its purge time
+/// (see `heap_collect`), so a thread that frees and reallocates a large object does not go
+/// through the pool each time.
 /// Returns true if the segment now has no page in use.
 ///
 /// # Safety
-/// `page` is a page of one of our segments with no live block, in no queue.
-pub(super) unsafe fn retire_page(page: *mut Page) -> bool {
+/// `page` is a page of one of `h`'s segments with no live block, in no queue.
+pub(super) unsafe fn retire_page(h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        note_idle(
+            h,
+            Segment::run_bytes((*page).slice_index(), (*page).slice_count as usize),
+        );
         Segment::free_page(page, os::now_ms(), delay)
     }
 }
@@ -284,6 +292,7 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
     }
     // SAFETY: not the unset heap, so this thread's (contract).
     let h = unsafe { HeapRef::new(h) };
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: p is live, so seg is valid until we push p; we read what we need before.
     unsafe {
         if h.state == UNINIT {
@@ -293,6 +302,8 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             heap_init(h);
         }
         if (*seg).kind == SegmentKind::Huge {
+            // It may stay in our huge cache, resident, until the delay has passed.
+            note_idle(h, (*seg).map_size);
             free_huge(h, seg);
             return;
         }
@@ -310,6 +321,9 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
             // pages stay where they are. A thread that only frees does not sit on what it
             // takes: pages it empties are given back at once (see free_local_page_event).
+            // (Taking a segment left at exit only when the heap has no room of its own lowers
+            // the peak RSS of xthread.c, but leaves fully freed segments abandoned until
+            // tended: tests/churn.rs's bounds fail. Not done: docs/benchmarks.md, issue 16.)
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if h.state == ACTIVE
                 && node as u32 == h.node

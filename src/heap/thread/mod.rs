@@ -6,7 +6,9 @@
 //! moving to another node), `bins` (bin queues, the direct table), `alloc` (fast paths,
 //! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
-//! `tick` (collect, purge), `counters` (statistics), `fork` (the atfork handlers). The
+//! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
+//! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `fork` (the
+//! atfork handlers). The
 //! crate sees only what is re-exported below. May touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
@@ -30,6 +32,7 @@ mod counters;
 mod free;
 mod large;
 mod node;
+mod purger;
 mod registry;
 mod slices;
 mod tick;
@@ -50,8 +53,9 @@ pub(crate) use counters::{
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c};
-pub(crate) use large::{grow_huge, resize_in_place, usable_size};
+pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
+pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
 pub(crate) use registry::{for_each_stats, heap_node};
 pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
@@ -61,6 +65,7 @@ use crate::heap::huge::HugeCache;
 use crate::heap::remote::BlockStack;
 use crate::heap::segment::{Page, Segment, NO_TAG};
 use crate::heap::size_class::NBINS;
+use crate::sync::{AtomicBool, AtomicU8};
 use bins::DIRECT_SLOTS;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
@@ -102,6 +107,18 @@ pub struct Heap {
     /// `delayed`): the heap must keep every segment until it ends, so a home-node change
     /// seen meanwhile waits (see `heap_tick`).
     walking: bool,
+    /// Memory this heap could give back is waiting out the purge delay (more than
+    /// `tick::WAIT_BYTES` of it, estimated): while set, every slow path reads the clock and a
+    /// refill hands the fast path at most `alloc::WAIT_REFILL` blocks, so that even a loop
+    /// that allocates and frees one size over and over reaches the clock every few dozen
+    /// allocations (see `heap_tick`).
+    waiting: AtomicBool,
+    /// Who may touch the heap's segments (slice bitmaps, purge state, list) and huge cache
+    /// right now when the background purger is on (see `purger`): free, the owner, or the
+    /// purger.
+    gate: AtomicU8,
+    /// How deep the owner is in gated slow paths (owner only).
+    gate_depth: u32,
     node: u32,
     tick: u32,
     /// Blocks other threads freed back to us (collected or delayed) since we last took a new
@@ -109,6 +126,10 @@ pub struct Heap {
     /// off with whoever frees into it (see abandon_full).
     returned: u32,
     next_purge_ms: u64,
+    /// Resident bytes given back to our segments (or the pool, or the huge cache) since the
+    /// last collection: an over-estimate of what waits to be purged, which sets `waiting`
+    /// once it passes `tick::WAIT_BYTES` (a collection recounts it exactly).
+    idle_bytes: usize,
     /// Each bin's allocation count at the last collection: a bin that allocated since keeps
     /// its current page through the collection even when the page is empty.
     allocs_at_collect: [u64; NBINS],
@@ -117,6 +138,26 @@ pub struct Heap {
     pub stats: Stats,
     reg_next: *mut Heap,
     reg_prev: *mut Heap,
+}
+
+/// [`large::grow_huge`] inside the purger's gate (see `purger`).
+///
+/// # Safety
+/// As for [`large::grow_huge`].
+pub(crate) unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
+    let _gate = purger::enter(tls::heap_or_unset());
+    // SAFETY: forwarded contract.
+    unsafe { large::grow_huge(p, new_size) }
+}
+
+/// [`large::resize_in_place`] inside the purger's gate (see `purger`).
+///
+/// # Safety
+/// As for [`large::resize_in_place`].
+pub(crate) unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
+    let _gate = purger::enter(tls::heap_or_unset());
+    // SAFETY: forwarded contract.
+    unsafe { large::resize_in_place(p, new_size) }
 }
 
 /// A value alone on its cache line.
@@ -146,10 +187,14 @@ impl Heap {
             tag: NO_TAG,
             shared: false,
             walking: false,
+            waiting: AtomicBool::new(false),
+            gate: AtomicU8::new(0),
+            gate_depth: 0,
             node: 0,
             tick: 0,
             returned: 0,
             next_purge_ms: 0,
+            idle_bytes: 0,
             allocs_at_collect: [0; NBINS],
             huge_cache: HugeCache::new(),
             stats: Stats::new(),

@@ -6,8 +6,9 @@
 //! `follow_home`, `rehome`). May touch: the `Heap` fields (`super`), `counters` (retiring a
 //! heap's), `slices` (letting go of segments), `free` (the last drain), `bins` (emptying the
 //! queues), `tls`, the segment lists and tags of `heap::segment`, the huge cache,
-//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay), and
-//! `heap::heaps` (the list's links and walk, kept there for the loom models).
+//! `sys::os`, `topology::home` (the home node), `init` (start-up, the purge delay),
+//! `heap::heaps` (the list's links and walk, kept there for the loom models), and `purger`
+//! (its gate, held while a heap lets go).
 
 use super::bins::DIRECT_SLOTS;
 use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};
@@ -255,6 +256,8 @@ pub(super) unsafe fn register(mut h: HeapRef, node: u32) {
 pub unsafe fn heap_done(h: *mut Heap) {
     // SAFETY: h is ours (contract).
     let mut h = unsafe { HeapRef::new(h) };
+    // The background purger stays out while the heap lets go (see `purger`).
+    let _gate = super::purger::enter(h.as_ptr());
     if h.state != ACTIVE {
         return;
     }

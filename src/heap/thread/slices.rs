@@ -5,18 +5,20 @@
 //! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
 //! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
 //! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
-//! changes of adopted pages), `counters`, `free` (the drain, large-page release),
-//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! changes of adopted pages), `counters`, `free` (the drain, large-page release), `tick` (the
+//! `waiting` threshold), `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
 //! spill call in `take_slices`).
 
 use super::bins::unfull;
 use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
+use super::tick::WAIT_BYTES;
 use super::{HeapRef, ACTIVE};
 use crate::heap::remote::{NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
     MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
+    SLICE_SIZE,
 };
 use crate::init;
 use crate::sync::Ordering;
@@ -111,6 +113,24 @@ pub(super) unsafe fn let_go(seg: *mut Segment, now: u64) {
 /// As for [`abandon_full`], which this may call: no page of `h` in use by the caller, no walk
 /// over blocks of its pages in progress.
 pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut Page {
+    // SAFETY: forwarded contract.
+    let p = unsafe { take_slices_in(h, n, allow_slice0) };
+    // SAFETY: a page take_slices_in hands out is a run of one of our segments.
+    if !p.is_null() && !unsafe { (*p).fresh } {
+        // Resident slices reused: that much less waits to be purged (see `note_idle`).
+        h.idle_bytes = h.idle_bytes.saturating_sub(n * SLICE_SIZE);
+        if h.idle_bytes <= WAIT_BYTES {
+            h.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+    p
+}
+
+/// [`take_slices`]'s search.
+///
+/// # Safety
+/// As for [`take_slices`].
+unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut Page {
     // SAFETY: all segments on our list are ours; the rest per the contract.
     unsafe {
         // Resident free slices of any of our segments first, then any free slices: new memory

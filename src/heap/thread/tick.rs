@@ -1,27 +1,51 @@
 //! Ticks and collections: the heartbeat of the slow paths that gives memory back.
 //!
-//! Owns: `heap_tick` (every slow path; every 16th looks where the thread runs and whether a
-//! collection is due), `heap_collect` (remote frees, empty pages, purging, the huge cache's
-//! expiry, the pool, the node heaps, tending abandoned segments), and `collect_now`. May
-//! touch: the `Heap` fields (`super`), `free` (the drain, page retirement), `node`,
-//! `registry` (following the thread's home node), `slices`, `tls`, `heap::{segment,
-//! size_class, huge}` (the huge cache through `HugeCache`), `sys::os`, `init` (the purge delay).
+//! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
+//! purged, looks where the thread runs and whether a collection is due), the `waiting`
+//! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
+//! the huge cache's expiry, the pool, the node heaps, tending abandoned segments), and
+//! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
+//! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
+//! `purger` (starting it, its gate), `heap::{segment, size_class, huge}` (the huge cache
+//! through `HugeCache`), `sys::os`, `init` (the purge delay).
 
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
+use super::purger;
 use super::registry::follow_home;
 use super::slices::{
     for_each_used_page, release_empty_page, release_segment, segment_nearly_full, unlink_segment,
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
-use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
+use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS, SEGMENT_SIZE};
 use crate::heap::size_class::NBINS;
 use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
 
-/// One slow path's tick: every 16th follows the thread's home node and, when due, collects.
+/// Resident bytes waiting to be purged past which a heap is `waiting`: its slow paths then
+/// read the clock every time, and its refills are bounded, so that light traffic of any
+/// kind still reaches a collection within a few hundred allocations. Below it, ticks read
+/// the clock every 16th slow path as usual: what is left then is within the idle slack
+/// (README: live set + 10 % + 8 MiB).
+pub(super) const WAIT_BYTES: usize = 4 << 20;
+
+/// Books `bytes` given back (resident) to our segments, the pool or the huge cache: past
+/// [`WAIT_BYTES`] since the last collection, the heap is `waiting` until a collection finds
+/// less than that left to purge.
+#[inline]
+pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
+    h.idle_bytes = h.idle_bytes.saturating_add(bytes);
+    if h.idle_bytes > WAIT_BYTES {
+        h.waiting.store(true, Ordering::Relaxed);
+        // The next refill goes the long way (see `heap_tick`).
+        h.tick |= 15;
+    }
+}
+
+/// One slow path's tick: every 16th follows the thread's home node; every 16th, or every
+/// one while memory waits to be purged (`waiting`), reads the clock and collects when due.
 ///
 /// # Safety
 /// The caller uses no page, block or segment of `h` it looked up before the tick after it
@@ -33,9 +57,21 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     if h.tick & 15 != 0 || h.state != ACTIVE {
         return;
     }
-    // Where the thread runs, every 16 slow paths: a moved thread stops drawing from its
-    // old node within 16 slow paths (so within 16 pages' worth of allocations). Cheap:
-    // no call at all on one node, else sched_getcpu (rseq/vDSO) and a table lookup.
+    if h.waiting.load(Ordering::Relaxed) {
+        // Keeps the tick at 15 mod 16 while memory waits: the next tick passes the check
+        // above, and the next refill goes the long way (see `refill_from_local`), reads the
+        // clock and bounds what it hands out.
+        h.tick |= 15;
+        if purger::wanted() && !h.walking && !h.shared {
+            // SAFETY: an active heap's slow path, outside any walk over its blocks (the
+            // thread's creation may allocate); the caller re-reads everything after the tick.
+            unsafe { purger::maybe_start() };
+        }
+    }
+    // Where the thread runs, every 16 slow paths (every one while waiting): a moved thread
+    // stops drawing from its old node within 16 slow paths (so within 16 pages' worth of
+    // allocations). Cheap: no call at all on one node, else sched_getcpu (rseq/vDSO) and a
+    // table lookup.
     // SAFETY: h is ACTIVE (checked above); the caller uses no page of h after the tick
     // (contract).
     if unsafe { follow_home(h) } {
@@ -82,11 +118,14 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 // collection to every sparsely used class, that churn is what RSS grows by.
                 if (*page).used == 0 && (page != h.pages[bin] || !active || delay == 0) {
                     h.queue_remove(bin, page);
-                    retire_page(page);
+                    retire_page(h, page);
                 }
                 page = next;
             }
         }
+        // What is left to purge after this pass (resident free slices of our segments, the
+        // pool, the huge cache) decides whether the heap goes on `waiting`.
+        let mut left = 0usize;
         let mut seg = h.segments;
         while !seg.is_null() {
             let next = (*seg).next;
@@ -96,16 +135,24 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 if (*seg).used_pages == 0 && (delay == 0 || !Segment::has_recent_free(seg)) {
                     unlink_segment(h, seg);
                     release_segment(seg, now);
+                    // In the pool now (counted below), no longer ours to read.
+                    seg = next;
+                    continue;
                 } else if delay == 0 {
                     Segment::purge_free(seg);
                 } else {
                     Segment::purge_step(seg, now, delay);
                 }
             }
+            left += Segment::resident_free_bytes(seg);
             seg = next;
         }
         h.huge_cache.expire(now, delay);
         POOLS[h.node as usize].unmap_expired(now);
+        left += h.huge_cache.held();
+        left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
+        h.idle_bytes = left;
+        h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
         if !h.shared {
             collect_node_heaps(now, delay);
         }
@@ -163,6 +210,7 @@ pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
 /// no page and walks no list: a safe point for `rehome`.)
 pub fn collect_now() {
     let h = own();
+    let _gate = purger::enter(h.as_ptr());
     if h.state != ACTIVE {
         return;
     }
