@@ -223,7 +223,10 @@ fn child_no_calls() {
             blk & (1 << (libc::SIGINT - 1)) != 0 && blk & (1 << (libc::SIGCHLD - 1)) != 0
         })
         .count();
-    assert_eq!(blocking, 1, "threads blocking SIGINT and SIGCHLD (the purger: 1)");
+    assert_eq!(
+        blocking, 1,
+        "threads blocking SIGINT and SIGCHLD (the purger: 1)"
+    );
     for (p, size) in live {
         drop_block(p, size, 0xA5);
     }
