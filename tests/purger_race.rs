@@ -138,14 +138,17 @@ fn child_purger_race() {
     }
     let owners: Vec<_> = (0..3).map(|t| thread::spawn(move || owner(t))).collect();
     let churn = thread::spawn(short_lived);
-    let bad: usize = owners
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .sum::<usize>()
-        + churn.join().unwrap();
+    let bad: usize =
+        owners.into_iter().map(|h| h.join().unwrap()).sum::<usize>() + churn.join().unwrap();
     let s = tieralloc::stats();
-    println!("damaged pages {bad}, purges {}, purged bytes {}", s.purges, s.purged_bytes);
-    assert_eq!(bad, 0, "pages of live blocks lost their contents (purged while in use)");
+    println!(
+        "damaged pages {bad}, purges {}, purged bytes {}",
+        s.purges, s.purged_bytes
+    );
+    assert_eq!(
+        bad, 0,
+        "pages of live blocks lost their contents (purged while in use)"
+    );
     // The purger did work while the owners ran (a test in which it never ran proves nothing).
     assert!(s.purges > 0, "no purge at all");
 }
