@@ -31,6 +31,7 @@ fn blocks_freed_into_full_pages_by_their_owner_are_reused() {
                 p as usize
             })
             .collect();
+        // SAFETY: a layout of non-zero size.
         let again: Vec<*mut u8> = (0..N / 2).map(|_| unsafe { A.alloc(l) }).collect();
         let reused = again
             .iter()

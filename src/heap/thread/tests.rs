@@ -95,6 +95,7 @@ unsafe fn fresh_page(p: *const u8, len: usize) -> Option<usize> {
     (0..len)
         .step_by(os::OS_PAGE)
         .chain([len - 1])
+        // SAFETY: o < len, inside the live block (contract).
         .find(|&o| unsafe { *p.add(o) } == 0)
 }
 
