@@ -8,8 +8,10 @@
 //! operations, spaced by sleeps, and asserts the bound; the sleeps only give the purge delay
 //! time to pass, and a loaded machine only makes them longer.
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::alloc::{alloc, dealloc, Layout};
-use std::process::Command;
 use std::time::Duration;
 
 #[global_allocator]
@@ -276,23 +278,17 @@ fn child_fork_with_purger() {
     }
 }
 
+/// Runs this binary's test `test` in a child with `CHILD_ENV=scenario` and `env` (the purge
+/// settings are read once at start-up), killed if it outlives a hang guard far above its run.
 fn run_child(test: &str, scenario: &str, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, scenario)
+    let mut cmd = child::this_test(test);
+    cmd.env(CHILD_ENV, scenario)
         .env_remove("TIERALLOC_PURGE_DELAY_MS")
         .env_remove("TIERALLOC_BACKGROUND_PURGE");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "child {scenario} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
 }
 
 #[test]

@@ -7,8 +7,10 @@
 //! `TIERALLOC_PURGE_DELAY_MS=50`), so no other test disturbs its RSS. Not a timing test: the
 //! child polls RSS under light traffic up to a generous deadline and asserts the bound.
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::alloc::{alloc, dealloc, Layout};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -196,27 +198,14 @@ fn child_spike_on_exited_thread() {
 }
 
 fn run_child(scenario: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            match scenario {
-                "this-thread" => "child_spike_on_this_thread",
-                _ => "child_spike_on_exited_thread",
-            },
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, scenario)
-        .env("TIERALLOC_PURGE_DELAY_MS", "50")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "child {scenario} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    let test = match scenario {
+        "this-thread" => "child_spike_on_this_thread",
+        _ => "child_spike_on_exited_thread",
+    };
+    let mut cmd = child::this_test(test);
+    cmd.env(CHILD_ENV, scenario)
+        .env("TIERALLOC_PURGE_DELAY_MS", "50");
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
 }
 
 #[test]
