@@ -593,19 +593,21 @@ impl Segment {
     /// # Safety
     /// The caller owns `seg`.
     pub unsafe fn purge_step(seg: *mut Segment, now: u64, delay: u64) {
-        // SAFETY: exclusive access per the contract.
+        // SAFETY: exclusive access to the header's purge fields per the contract. Field by
+        // field through the raw pointer, never a `&mut Segment`: the background purger calls
+        // this while the owner's fast path writes the same segment's `pages`.
         unsafe {
-            let s = &mut *seg;
-            let mut due = s.purge_pending & s.free_slices & s.dirty;
-            let mut recent = s.purge_recent & s.free_slices & s.dirty;
-            if now >= s.purge_recent_ms.saturating_add(delay) {
+            let free_dirty = (*seg).free_slices & (*seg).dirty;
+            let mut due = (*seg).purge_pending & free_dirty;
+            let mut recent = (*seg).purge_recent & free_dirty;
+            if now >= (*seg).purge_recent_ms.saturating_add(delay) {
                 due |= recent;
                 recent = 0;
             }
             Segment::decommit_mask(seg, due);
-            s.purge_pending = recent;
-            s.purge_recent = 0;
-            s.purge_at = if s.purge_pending != 0 { now + delay } else { 0 };
+            (*seg).purge_pending = recent;
+            (*seg).purge_recent = 0;
+            (*seg).purge_at = if recent != 0 { now + delay } else { 0 };
         }
     }
 
@@ -624,9 +626,9 @@ impl Segment {
     /// # Safety
     /// The caller owns `seg` and the slices of `mask` hold no live block.
     unsafe fn decommit_mask(seg: *mut Segment, mask: u64) {
-        // SAFETY: the caller owns seg and the slices of mask hold no live block.
+        // SAFETY: the caller owns seg and the slices of mask hold no live block. `dirty` is
+        // written through the raw pointer, never a `&mut Segment` (see purge_step).
         unsafe {
-            let s = &mut *seg;
             let mut todo = mask;
             while todo != 0 {
                 let i = todo.trailing_zeros() as usize;
@@ -635,7 +637,7 @@ impl Segment {
                 os::decommit(start, Segment::run_bytes(i, run));
                 let m = run_mask(run) << i;
                 todo &= !m;
-                s.dirty &= !m;
+                (*seg).dirty &= !m;
             }
         }
     }
@@ -645,13 +647,13 @@ impl Segment {
     /// # Safety
     /// The caller owns `seg` (or holds the lock of the list it is on).
     pub unsafe fn purge_free(seg: *mut Segment) {
-        // SAFETY: exclusive access per the contract; free slices hold no live block.
+        // SAFETY: exclusive access to the header's purge fields per the contract (field by
+        // field, never a `&mut Segment`: see purge_step); free slices hold no live block.
         unsafe {
-            let s = &mut *seg;
-            s.purge_at = 0;
-            s.purge_recent = 0;
-            s.purge_pending = 0;
-            Segment::decommit_mask(seg, s.free_slices & s.dirty);
+            (*seg).purge_at = 0;
+            (*seg).purge_recent = 0;
+            (*seg).purge_pending = 0;
+            Segment::decommit_mask(seg, (*seg).free_slices & (*seg).dirty);
         }
     }
 }
