@@ -178,11 +178,11 @@ unsafe fn pass(now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
     }
+    // The registry lock guards the list of heaps; a listed heap stays valid while it is held
+    // (a heap leaves the list under it).
     let _g = REGISTRY.lock.lock();
-    // SAFETY: the registry lock guards the list of heaps, and a listed heap stays valid
-    // while it is held (a heap leaves the list under it). What the purger reads and writes
-    // of a heap is atomic (`waiting`, `gate`) or, once it holds the gate, the owner's
-    // segment state, which no fast path touches (module comment).
+    // SAFETY: listed heaps are valid (lock held). The purger reads and writes only atomics
+    // (`waiting`, `gate`) or, holding the gate, segment state no fast path touches.
     unsafe {
         REGISTRY.heaps.for_each(|h| {
             if (*h).shared || !(*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
