@@ -1,0 +1,132 @@
+//! Scoped placement, the heap's side: what a thread's scope asks for (a [`Scope`]), setting it
+//! on the calling thread's heap, and the diverted allocation that serves every request of the
+//! global allocator while a scope is active.
+//!
+//! Owns: the `Scope` type, the heap's `scope` and `fast_gate` fields (the owner thread alone
+//! writes them, through [`set_scope`]), [`alloc_in_scope`]. May touch: the `Heap` fields
+//! (`super`), `tls` (the calling thread's heap), `node` (`node_alloc`), `registry`
+//! (`heap_init`: a scope's node may be the thread's own), `heap::route` (the gates, `admit`).
+//! Nothing here allocates, panics or formats.
+//!
+//! The cost when no scope is active: none on the fast path. Its size gate reads the limit
+//! through the heap's `fast_gate` (one load the gate made anyway, from the heap instead of a
+//! static), which points at `route::FAST_MAX` normally and at `route::SCOPED_GATE` (0) while
+//! a scope is active, so that every request falls to `alloc_generic`, which calls
+//! [`alloc_in_scope`] first.
+
+use super::node::node_alloc;
+use super::registry::heap_init;
+use super::tls::own;
+use super::{HeapRef, ACTIVE};
+use crate::heap::route;
+use crate::heap::segment::MAX_NODES;
+use crate::sync::Ordering;
+
+/// Where a scope puts the allocations it sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// No scope: the thread's heap and the tier policies decide.
+    None,
+    /// Every allocation on this node (its node heap).
+    Node(u32),
+    /// On the thread's home node, decided at each allocation.
+    Local,
+    /// Allocations spread over nodes in proportion to their weights, by bytes.
+    Spread(Spread),
+}
+
+/// The nodes and weights of a spreading scope, and how far it has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spread {
+    /// The nodes, `n` of them.
+    pub(crate) nodes: [u8; MAX_NODES],
+    /// Their weights (1 to 255).
+    pub(crate) weights: [u8; MAX_NODES],
+    /// How many nodes.
+    pub(crate) n: u8,
+    /// Bytes placed so far in this scope, in units of [`SPREAD_QUANTUM`] (rounded up).
+    pub(crate) cursor: u64,
+}
+
+/// The unit of a spreading scope's rotation: the next allocation goes to the node that quantum
+/// `cursor` falls on, in runs of `weight` quanta per node (as pages of a weighted interleave).
+pub(crate) const SPREAD_QUANTUM: usize = 4096;
+
+impl Spread {
+    /// The node the next allocation goes to.
+    fn node(&self) -> u32 {
+        let n = (self.n as usize).min(MAX_NODES);
+        let period: u64 = self.weights[..n].iter().map(|&w| w as u64).sum();
+        let mut k = self.cursor % period.max(1);
+        for i in 0..n {
+            let w = self.weights[i] as u64;
+            if k < w {
+                return self.nodes[i] as u32;
+            }
+            k -= w;
+        }
+        self.nodes[0] as u32
+    }
+}
+
+/// Makes `scope` the calling thread's scope: from now on every allocation of the global
+/// allocator on this thread follows it (`Scope::None`: the inline paths serve again).
+pub(crate) fn set_scope(scope: Scope) {
+    let mut h = own();
+    h.scope = scope;
+    h.fast_gate = if scope == Scope::None {
+        &route::FAST_MAX
+    } else {
+        &route::SCOPED_GATE
+    };
+}
+
+/// The calling thread's scope.
+pub(crate) fn scope() -> Scope {
+    own().scope
+}
+
+/// An allocation while `h`'s scope is active: on the scope's node, or null to let the caller
+/// serve it as if no scope were active — the scope is for the calling thread's own heap's
+/// node and no tier policy could have put that heap's memory elsewhere, or the node's tier
+/// budget is spent, or the node has no memory left (a scope never makes the global allocator
+/// fail where it would have succeeded).
+///
+/// # Safety
+/// `h` is the calling thread's own heap (not a node heap) and its scope is not `None`;
+/// `align` is a power of two.
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn alloc_in_scope(
+    mut h: HeapRef,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> *mut u8 {
+    let node = match h.scope {
+        Scope::None => return core::ptr::null_mut(),
+        Scope::Node(n) => n,
+        Scope::Local => {
+            if h.state != ACTIVE && !heap_init(h) {
+                return core::ptr::null_mut();
+            }
+            if !route::ACTIVE.load(Ordering::Relaxed) {
+                // The thread's own heap is on its node.
+                return core::ptr::null_mut();
+            }
+            h.node
+        }
+        Scope::Spread(ref mut s) => {
+            let node = s.node();
+            s.cursor = s
+                .cursor
+                .wrapping_add(size.div_ceil(SPREAD_QUANTUM).max(1) as u64);
+            node
+        }
+    };
+    if !route::admit(node, size) {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: forwarded contract (align a power of two); the node heap is not `h`.
+    unsafe { node_alloc(node, size, align, zero) }
+}
