@@ -156,7 +156,7 @@ fn the_closure_form_ends_its_scope_on_unwind() {
     });
     assert!(r.is_err());
     assert!(own(&*fresh()), "the scope ended with the unwinding closure");
-    let n = with_placement(node0(), || fresh());
+    let n = with_placement(node0(), fresh);
     assert!(!own(&*n));
 }
 
@@ -198,6 +198,7 @@ impl Wake for Noop {
 
 /// A future that allocates a block on each poll (and yields once between): what each poll
 /// allocated is sent back.
+#[allow(clippy::vec_box)] // the boxes are the blocks whose placement is checked
 struct Allocating {
     polls: usize,
     blocks: Vec<Box<[u8; 100]>>,
