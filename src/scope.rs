@@ -54,9 +54,18 @@ thread_local! {
 #[derive(Debug)]
 pub struct PlacementGuard {
     /// The guard's entry in the thread's stack.
-    index: usize,
+    index: Slot,
     /// `!Send`, `!Sync`.
     _thread: PhantomData<*const ()>,
+}
+
+/// Where a guard's scope is recorded.
+#[derive(Debug)]
+enum Slot {
+    /// Entry `n` of the thread's stack.
+    Stacked(usize),
+    /// Nowhere (the stack was gone): the scope to restore.
+    Unstacked(Scope),
 }
 
 /// Enters a placement scope on the calling thread: until the returned guard is dropped, every
@@ -100,11 +109,15 @@ pub struct PlacementGuard {
 /// `mem::forget` leaves its scope in force (below any later one) until the thread ends.
 pub fn place(placement: Placed) -> PlacementGuard {
     let scope = placement.scope();
-    let index = STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        s.push(Entry { scope, alive: true });
-        s.len() - 1
-    });
+    // At thread exit, once the stack is gone (a thread-local destructor that allocates), the
+    // guard restores what it found instead (strictly nested use only, as there).
+    let index = STACK
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            s.push(Entry { scope, alive: true });
+            Slot::Stacked(s.len() - 1)
+        })
+        .unwrap_or_else(|_| Slot::Unstacked(thread::scope()));
     thread::set_scope(scope);
     PlacementGuard {
         index,
@@ -132,10 +145,14 @@ pub fn with_placement<R>(placement: Placed, f: impl FnOnce() -> R) -> R {
 
 impl Drop for PlacementGuard {
     fn drop(&mut self) {
-        // At thread exit the stack may already be gone; so is every scope then.
-        let _ = STACK.try_with(|s| {
+        let index = match self.index {
+            Slot::Stacked(i) => i,
+            Slot::Unstacked(prev) => return thread::set_scope(prev),
+        };
+        // At thread exit the stack may be gone by now: then no scope is in force any more.
+        let done = STACK.try_with(|s| {
             let mut s = s.borrow_mut();
-            if let Some(e) = s.get_mut(self.index) {
+            if let Some(e) = s.get_mut(index) {
                 e.alive = false;
             }
             while s.last().is_some_and(|e| !e.alive) {
@@ -146,6 +163,9 @@ impl Drop for PlacementGuard {
                 thread::set_scope(top);
             }
         });
+        if done.is_err() {
+            thread::set_scope(Scope::None);
+        }
     }
 }
 

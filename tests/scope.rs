@@ -347,6 +347,22 @@ fn inner_far_scope_on_simulated_nodes() {
     }
     assert_eq!(node_of(&*fresh()), home);
 
+    // The far tier's budget spent: a far scope's allocation is served as if no scope were
+    // active (never a failure), and counted as refused.
+    use tieralloc::tiers::{self, Policy};
+    let far_now = tiers::stats()[1].committed_bytes;
+    tiers::set_policy(&Policy {
+        far_budget: Some(far_now),
+        ..Policy::default()
+    })
+    .unwrap();
+    let refused = tiers::stats()[1].refused;
+    let v = with_placement(far, || vec![3u8; 100_000]);
+    assert_eq!(node_of(v.as_ptr()), home, "over the far budget");
+    assert!(tiers::stats()[1].refused > refused);
+    tiers::set_policy(&Policy::default()).unwrap();
+    drop(v);
+
     // Freed from another thread: the far node's live bytes go back.
     std::thread::spawn(move || drop(map)).join().unwrap();
     // The node heap books remotely freed pages when it is collected (a collection of any
