@@ -35,7 +35,7 @@ enum Kind {
 }
 
 /// Most nodes a weighted interleave spreads over.
-const MAX_WEIGHTED: usize = 8;
+const MAX_WEIGHTED: usize = crate::heap::thread::MAX_SPREAD;
 /// Largest weight of a weighted interleave.
 const MAX_WEIGHT: u32 = 255;
 
@@ -412,31 +412,13 @@ impl Placed {
         match self.kind {
             Kind::Node(n) => Scope::Node(n),
             Kind::Local => Scope::Local,
-            Kind::Interleave(m) => {
-                let mut s = Spread {
-                    nodes: [0; MAX_NODES],
-                    weights: [0; MAX_NODES],
-                    n: 0,
-                    cursor: 0,
-                };
-                for node in topo::iter(m) {
-                    s.nodes[s.n as usize] = node as u8;
-                    s.weights[s.n as usize] = 1;
-                    s.n += 1;
-                }
-                Scope::Spread(s)
-            }
-            Kind::Weighted(w) => {
-                let mut s = Spread {
-                    nodes: [0; MAX_NODES],
-                    weights: [0; MAX_NODES],
-                    n: w.n,
-                    cursor: 0,
-                };
-                s.nodes[..MAX_WEIGHTED].copy_from_slice(&w.nodes);
-                s.weights[..MAX_WEIGHTED].copy_from_slice(&w.weights);
-                Scope::Spread(s)
-            }
+            Kind::Interleave(m) => Scope::Even { set: m, cursor: 0 },
+            Kind::Weighted(w) => Scope::Weighted(Spread {
+                nodes: w.nodes,
+                weights: w.weights,
+                n: w.n,
+                cursor: 0,
+            }),
         }
     }
 

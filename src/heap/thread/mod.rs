@@ -58,7 +58,7 @@ pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
 pub(crate) use registry::{for_each_stats, heap_node};
-pub(crate) use scoped::{scope, set_scope, Scope, Spread};
+pub(crate) use scoped::{scope, set_scope, Scope, Spread, MAX_SPREAD};
 pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
 pub(crate) use tls::heap;

@@ -19,10 +19,10 @@ use super::registry::heap_init;
 use super::tls::own;
 use super::{HeapRef, ACTIVE};
 use crate::heap::route;
-use crate::heap::segment::MAX_NODES;
 use crate::sync::Ordering;
 
-/// Where a scope puts the allocations it sees.
+/// Where a scope puts the allocations it sees. Small (it is copied on every scope entry and
+/// exit, which a placed future makes on every poll).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scope {
     /// No scope: the thread's heap and the tier policies decide.
@@ -31,31 +31,42 @@ pub(crate) enum Scope {
     Node(u32),
     /// On the thread's home node, decided at each allocation.
     Local,
+    /// Allocations spread evenly over a set of nodes, by bytes.
+    Even {
+        /// The nodes (bit n: node n).
+        set: u64,
+        /// Quanta placed so far in this scope (see [`SPREAD_QUANTUM`]).
+        cursor: u64,
+    },
     /// Allocations spread over nodes in proportion to their weights, by bytes.
-    Spread(Spread),
+    Weighted(Spread),
 }
 
-/// The nodes and weights of a spreading scope, and how far it has got.
+/// The nodes and weights of a weighted spreading scope, and how far it has got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Spread {
     /// The nodes, `n` of them.
-    pub(crate) nodes: [u8; MAX_NODES],
+    pub(crate) nodes: [u8; MAX_SPREAD],
     /// Their weights (1 to 255).
-    pub(crate) weights: [u8; MAX_NODES],
+    pub(crate) weights: [u8; MAX_SPREAD],
     /// How many nodes.
     pub(crate) n: u8,
-    /// Bytes placed so far in this scope, in units of [`SPREAD_QUANTUM`] (rounded up).
+    /// Quanta placed so far in this scope (see [`SPREAD_QUANTUM`]).
     pub(crate) cursor: u64,
 }
 
+/// Most nodes of a weighted spread (as of a weighted interleave handle).
+pub(crate) const MAX_SPREAD: usize = 8;
+
 /// The unit of a spreading scope's rotation: the next allocation goes to the node that quantum
-/// `cursor` falls on, in runs of `weight` quanta per node (as pages of a weighted interleave).
+/// `cursor` falls on (in runs of `weight` quanta per node for a weighted one, as pages of a
+/// weighted interleave), and advances `cursor` by its size in quanta (rounded up).
 pub(crate) const SPREAD_QUANTUM: usize = 4096;
 
 impl Spread {
-    /// The node the next allocation goes to.
+    /// The node quantum `cursor` falls on.
     fn node(&self) -> u32 {
-        let n = (self.n as usize).min(MAX_NODES);
+        let n = (self.n as usize).min(MAX_SPREAD);
         let period: u64 = self.weights[..n].iter().map(|&w| w as u64).sum();
         let mut k = self.cursor % period.max(1);
         for i in 0..n {
@@ -67,6 +78,22 @@ impl Spread {
         }
         self.nodes[0] as u32
     }
+}
+
+/// The node quantum `cursor` falls on in an even spread over `set` (not empty).
+fn even_node(set: u64, cursor: u64) -> u32 {
+    let mut k = cursor % (set.count_ones().max(1) as u64);
+    let mut m = set;
+    while k > 0 && m != 0 {
+        m &= m - 1;
+        k -= 1;
+    }
+    m.trailing_zeros().min(63)
+}
+
+/// Quanta an allocation of `size` bytes takes from a spreading scope's rotation.
+fn quanta(size: usize) -> u64 {
+    size.div_ceil(SPREAD_QUANTUM).max(1) as u64
 }
 
 /// Makes `scope` the calling thread's scope: from now on every allocation of the global
@@ -116,11 +143,17 @@ pub(super) unsafe fn alloc_in_scope(
             }
             h.node
         }
-        Scope::Spread(ref mut s) => {
+        Scope::Even {
+            set,
+            ref mut cursor,
+        } => {
+            let node = even_node(set, *cursor);
+            *cursor = cursor.wrapping_add(quanta(size));
+            node
+        }
+        Scope::Weighted(ref mut s) => {
             let node = s.node();
-            s.cursor = s
-                .cursor
-                .wrapping_add(size.div_ceil(SPREAD_QUANTUM).max(1) as u64);
+            s.cursor = s.cursor.wrapping_add(quanta(size));
             node
         }
     };
