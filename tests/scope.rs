@@ -347,9 +347,30 @@ fn inner_far_scope_on_simulated_nodes() {
     }
     assert_eq!(node_of(&*fresh()), home);
 
+    use tieralloc::tiers::{self, Policy};
+    // A local scope under a ratio policy that sends segments far: still the thread's node.
+    tiers::set_policy(&Policy {
+        ratio: Some((1, 4)),
+        ..Policy::default()
+    })
+    .unwrap();
+    let near: Vec<Box<[u8; 100]>> = with_placement(Placed::local().unwrap(), || {
+        (0..40_000).map(|_| fresh()).collect()
+    });
+    assert!(
+        near.iter().all(|b| node_of(&**b) == home),
+        "a local scope placed blocks off the thread's node under a ratio policy"
+    );
+    let routed: Vec<Box<[u8; 100]>> = (0..40_000).map(|_| fresh()).collect();
+    assert!(
+        routed.iter().any(|b| node_of(&**b) == 2),
+        "without the scope the ratio policy sends some segments far"
+    );
+    tiers::set_policy(&Policy::default()).unwrap();
+    drop((near, routed));
+
     // The far tier's budget spent: a far scope's allocation is served as if no scope were
     // active (never a failure), and counted as refused.
-    use tieralloc::tiers::{self, Policy};
     let far_now = tiers::stats()[1].committed_bytes;
     tiers::set_policy(&Policy {
         far_budget: Some(far_now),

@@ -101,7 +101,16 @@ fn quanta(size: usize) -> u64 {
 pub(crate) fn set_scope(scope: Scope) {
     let mut h = own();
     h.scope = scope;
-    h.fast_gate = if scope == Scope::None {
+    // A local scope with no tier policy asks for what the inline paths do anyway (the
+    // thread's heap is on its node): they stay open, so `Placed::local()` scopes, and
+    // `hot()`/`cold()` ones on a one-tier machine, cost nothing. (A policy set while such a
+    // scope is active reaches its small allocations until the scope is entered again.)
+    let open = match scope {
+        Scope::None => true,
+        Scope::Local => !route::ACTIVE.load(Ordering::Relaxed),
+        _ => false,
+    };
+    h.fast_gate = if open {
         &route::FAST_MAX
     } else {
         &route::SCOPED_GATE
