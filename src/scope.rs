@@ -94,7 +94,8 @@ enum Slot {
 /// What each kind of handle does in a scope: `node`, `tier`, `far` and `cold`/`hot` (when they
 /// name a node) put every allocation on that node, through the node's shared heap (each
 /// allocation takes that heap's lock: a scope is for building data, not for a hot loop);
-/// `local` (and `cold`/`hot` on a one-tier machine) keeps allocations on the thread's node;
+/// `local` (and `cold`/`hot` on a one-tier machine) keeps allocations on the thread's node
+/// (with no tier policy set, exactly as without a scope, at no cost);
 /// `interleave` and `interleave_weighted` spread allocations (each whole on one node) over
 /// their nodes in proportion to their weights, by bytes.
 ///
