@@ -8,10 +8,11 @@
 //! (`heap_init`: a scope's node may be the thread's own), `heap::route` (the gates, `admit`).
 //! Nothing here allocates, panics or formats.
 //!
-//! The cost when no scope is active: none on the fast path. Its size gate reads the limit
-//! through the heap's `fast_gate` (one load the gate made anyway, from the heap instead of a
-//! static), which points at `route::FAST_MAX` normally and at `route::SCOPED_GATE` (0) while
-//! a scope is active, so that every request falls to `alloc_generic`, which calls
+//! The cost when no scope is active: one load on the fast path. Its size gate reads the limit
+//! through the heap's `fast_gate` instead of from the static directly (callgrind: 136.2
+//! instead of 135.1 instructions per alloc+free pair of mixed sizes, 164.9 and 165.0 for 64
+//! bytes), which points at `route::FAST_MAX` normally and at `route::SCOPED_GATE` (0) while a
+//! scope that diverts is active, so that every request falls to `alloc_generic`, which calls
 //! [`alloc_in_scope`] first.
 
 use super::node::node_alloc;
