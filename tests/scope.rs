@@ -291,6 +291,7 @@ fn tier_live(tier: usize) -> i64 {
 
 #[test]
 fn inner_far_scope_on_simulated_nodes() {
+    use tieralloc::tiers::{self, Policy};
     if !child::is_child() {
         return;
     }
@@ -347,8 +348,27 @@ fn inner_far_scope_on_simulated_nodes() {
     }
     assert_eq!(node_of(&*fresh()), home);
 
-    use tieralloc::tiers::{self, Policy};
+    // The far tier's budget spent: a far scope's allocation is served as if no scope were
+    // active (never a failure), and counted as refused.
+    // (1 byte: spent whatever purges meanwhile give back, since the map lives there.)
+    tiers::set_policy(&Policy {
+        far_budget: Some(1),
+        ..Policy::default()
+    })
+    .unwrap();
+    let refused = tiers::stats()[1].refused;
+    let v = with_placement(far, || vec![3u8; 100_000]);
+    assert!(
+        own(v.as_ptr()),
+        "over the far budget: the thread's heap serves"
+    );
+    assert_eq!(node_of(v.as_ptr()), home, "over the far budget");
+    assert!(tiers::stats()[1].refused > refused);
+    tiers::set_policy(&Policy::default()).unwrap();
+    drop(v);
+
     // A local scope under a ratio policy that sends segments far: still the thread's node.
+    // (From here on the thread's heap holds segments on the far node.)
     tiers::set_policy(&Policy {
         ratio: Some((1, 4)),
         ..Policy::default()
@@ -368,21 +388,6 @@ fn inner_far_scope_on_simulated_nodes() {
     );
     tiers::set_policy(&Policy::default()).unwrap();
     drop((near, routed));
-
-    // The far tier's budget spent: a far scope's allocation is served as if no scope were
-    // active (never a failure), and counted as refused.
-    let far_now = tiers::stats()[1].committed_bytes;
-    tiers::set_policy(&Policy {
-        far_budget: Some(far_now),
-        ..Policy::default()
-    })
-    .unwrap();
-    let refused = tiers::stats()[1].refused;
-    let v = with_placement(far, || vec![3u8; 100_000]);
-    assert_eq!(node_of(v.as_ptr()), home, "over the far budget");
-    assert!(tiers::stats()[1].refused > refused);
-    tiers::set_policy(&Policy::default()).unwrap();
-    drop(v);
 
     // Freed from another thread: the far node's live bytes go back.
     std::thread::spawn(move || drop(map)).join().unwrap();

@@ -35,7 +35,7 @@ use core::ptr;
 /// bin's current page (the fast path) when the size is within the heap's inline gate, else
 /// [`alloc_generic`]. The gate is `route::FAST_MAX` (lowered by a size threshold policy) read
 /// through the heap, or 0 while a placement scope is active (see `scoped`): the one load
-/// that tells both apart, so no scope costs the fast path nothing. Null only when memory is
+/// that tells both apart (one load more than reading the static). Null only when memory is
 /// exhausted.
 ///
 /// # Safety
