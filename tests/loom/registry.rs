@@ -3,18 +3,17 @@
 //! statistics walk (`for_each_stats`). The fork models (`fork.rs`) use the same heaps.
 
 use super::*;
-use tieralloc::heaps::{HeapList, Linked};
+use tieralloc::heaps::HeapList;
 use tieralloc::sync::SpinLock;
 
 /// A heap as the registry sees it: an id, whether it is a node heap, and its links.
 pub(super) struct H {
     pub(super) id: usize,
     pub(super) shared: bool,
-    next: UnsafeCell<*mut H>,
-    prev: UnsafeCell<*mut H>,
+    link: Link<H>,
 }
 
-// SAFETY: the links are only touched under the registry lock (Linked's contract).
+// SAFETY: the links are only touched under the registry lock (Links' contract).
 unsafe impl Send for H {}
 // SAFETY: as above.
 unsafe impl Sync for H {}
@@ -24,8 +23,7 @@ impl H {
         H {
             id,
             shared,
-            next: UnsafeCell::new(std::ptr::null_mut()),
-            prev: UnsafeCell::new(std::ptr::null_mut()),
+            link: Link::new(),
         }
     }
     pub(super) fn ptr(&self) -> *mut H {
@@ -33,24 +31,7 @@ impl H {
     }
 }
 
-impl Linked for H {
-    unsafe fn next(n: *mut Self) -> *mut Self {
-        // SAFETY: n is a live H (the model keeps them all).
-        unsafe { (*n).next.with(|p| *p) }
-    }
-    unsafe fn set_next(n: *mut Self, next: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).next.with_mut(|p| *p = next) }
-    }
-    unsafe fn prev(n: *mut Self) -> *mut Self {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with(|p| *p) }
-    }
-    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with_mut(|p| *p = prev) }
-    }
-}
+links_through_field!(H);
 
 /// The registry: its lock and its list.
 pub(super) struct Registry {

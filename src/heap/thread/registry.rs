@@ -16,7 +16,8 @@ use super::free::drain_delayed;
 use super::slices::{for_each_used_page, let_go, release_empty_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
-use crate::heap::heaps::{HeapList, Linked};
+use crate::heap::heaps::HeapList;
+use crate::heap::list::Links;
 use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
 use crate::init;
@@ -87,7 +88,7 @@ pub(super) unsafe fn give_tag(tag: u16) {
     unsafe { (*REGISTRY.tags.get())[tag as usize / 64] &= !(1 << (tag % 64)) };
 }
 
-impl Linked for Heap {
+impl Links for Heap {
     #[inline(always)]
     unsafe fn next(n: *mut Self) -> *mut Self {
         // SAFETY: n is a valid heap (contract).
