@@ -201,6 +201,80 @@ fn child_no_calls() {
     }
 }
 
+/// The purger's thread (named `tieralloc-purge`): its id and its voluntary context switches
+/// so far (one per sleep it woke from).
+fn purger_switches() -> (String, u64) {
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "tieralloc-purge" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let n = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            return (dir.file_name().unwrap().to_string_lossy().into_owned(), n);
+        }
+    }
+    panic!("no thread named tieralloc-purge");
+}
+
+/// With `TIERALLOC_BACKGROUND_PURGE=1`: once the spike is purged and nothing waits (the test
+/// thread's heap not `waiting`, the pools empty once their segments expire), the purger
+/// sleeps without a timer: its voluntary context switches stop (broken copy: the old purger,
+/// a pass every 25 ms forever, never stops). A second spike freed wakes it (a heap turning
+/// `waiting` notifies it), and RSS falls again without any further allocator call.
+#[test]
+fn child_purger_sleeps_until_needed() {
+    if !is_scenario("sleeps") {
+        return;
+    }
+    let baseline = rss();
+    let (live, live_bytes) = spike_with_live_set();
+    let r = idle_until(bound(baseline, live_bytes), 400);
+    report("first spike, background purger", r, baseline, live_bytes);
+    // At most 40 looks, 300 ms apart: the purger goes to sleep once the pools' segments
+    // expire (100 ms) and its pass finds nothing waiting.
+    let (tid, mut before) = purger_switches();
+    let mut still = false;
+    for _ in 0..40 {
+        sleep_raw(300);
+        let (t, now) = purger_switches();
+        assert_eq!(t, tid, "one purger thread");
+        if now == before {
+            still = true;
+            break;
+        }
+        before = now;
+    }
+    assert!(
+        still,
+        "the purger kept waking with nothing to purge ({before} switches)"
+    );
+    sleep_raw(1000);
+    assert_eq!(
+        purger_switches().1,
+        before,
+        "the purger woke with nothing to purge"
+    );
+    // Woken by a second spike: it purges again, with no allocator call after the frees.
+    let (more, more_bytes) = spike_with_live_set();
+    let r = idle_until(bound(baseline, live_bytes + more_bytes), 400);
+    assert!(purger_switches().1 > before, "the purger did not wake");
+    report(
+        "second spike, background purger woken",
+        r,
+        baseline,
+        live_bytes + more_bytes,
+    );
+    for (p, size) in live.into_iter().chain(more) {
+        drop_block(p, size, 0xA5);
+    }
+}
+
 /// With the purger on, a fork keeps it in the parent and gives the child its own: both
 /// spike, go idle, and see RSS fall; neither hangs.
 #[test]
@@ -269,6 +343,15 @@ fn background_purger_purges_without_calls() {
     run_scenario(
         "child_no_calls",
         "no-calls",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}
+
+#[test]
+fn background_purger_sleeps_until_needed() {
+    run_scenario(
+        "child_purger_sleeps_until_needed",
+        "sleeps",
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],
     );
 }

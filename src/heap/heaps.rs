@@ -4,14 +4,15 @@
 //! Owns: [`HeapList`], the head of a doubly linked list of heaps, linked through
 //! `heap::list`'s [`Links`] and list functions (the segment lists' own). May touch: `sync`,
 //! `heap::list` (the link trait and the list primitives). The lock that guards the list is
-//! the registry's (the caller's): every method but `new` is for a thread that holds it, or
-//! for the fork child's single thread. Invariants: a heap is on the list at most once, `prev`
-//! and `next` agree, the list has no cycle; after [`HeapList::split_after_fork`] the list
-//! holds exactly the heaps its `keep` said yes to, so a dead heap's address, which glibc
-//! gives a new thread of the child, is linked again only after it was taken off.
+//! the registry's (the caller's): every method but `new` and `for_each_pinned` (which takes
+//! and releases it) is for a thread that holds it, or for the fork child's single thread.
+//! Invariants: a heap is on the list at most once, `prev` and `next` agree, the list has no
+//! cycle; after [`HeapList::split_after_fork`] the list holds exactly the heaps its `keep`
+//! said yes to, so a dead heap's address, which glibc gives a new thread of the child, is
+//! linked again only after it was taken off.
 
 use super::list::{list_for_each, list_push_front, list_unlink, Links};
-use crate::sync::UnsafeCell;
+use crate::sync::{SpinLock, UnsafeCell};
 use core::ptr;
 
 /// The head of the list of live heaps.
@@ -80,6 +81,46 @@ impl<N: Links> HeapList<N> {
     pub unsafe fn for_each(&self, f: impl FnMut(*mut N)) {
         // SAFETY: the lock keeps the listed heaps alive and their links stable (contract).
         unsafe { list_for_each(self.first(), f) }
+    }
+
+    /// Visits, front to back, each heap that `pin` pins, with `lock` (this list's) released
+    /// during the visit: `pin(h)` runs with the lock held and says whether it pinned `h`;
+    /// `visit(h)` runs without the lock; `unpin(h)` runs with the lock held again, once the
+    /// heap after `h` has been read. A heap put on the list meanwhile may be missed (it goes
+    /// in at the front); one taken off is not visited.
+    ///
+    /// # Safety
+    /// `lock` guards this list and the caller does not hold it. A pinned heap stays on the
+    /// list (so valid, and its links are this list's) until it is unpinned: whoever takes it
+    /// off waits for the pin first. And nobody waits for a pin while holding `lock` (the
+    /// walk takes the lock again while it holds one).
+    pub unsafe fn for_each_pinned(
+        &self,
+        lock: &SpinLock,
+        mut pin: impl FnMut(*mut N) -> bool,
+        mut visit: impl FnMut(*mut N),
+        mut unpin: impl FnMut(*mut N),
+    ) {
+        let mut g = lock.lock();
+        // SAFETY: with the lock held the listed heaps are valid and their links stable; a
+        // pinned heap stays listed while the lock is released (contract), so its `next`,
+        // read with the lock held again, is a listed heap or null.
+        unsafe {
+            let mut h = self.first();
+            while !h.is_null() {
+                if !pin(h) {
+                    h = N::next(h);
+                    continue;
+                }
+                drop(g);
+                visit(h);
+                g = lock.lock();
+                let next = N::next(h);
+                unpin(h);
+                h = next;
+            }
+        }
+        drop(g);
     }
 
     /// In a fork child: keeps on the list only the heaps `keep` says yes to (each asked once,

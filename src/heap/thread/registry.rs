@@ -278,6 +278,8 @@ pub unsafe fn heap_done(h: *mut Heap) {
         unsafe { REGISTRY.heaps.unlink(h.as_ptr()) };
     }
     h.state = DEAD;
+    // Empty segments went to a pool: a sleeping purger unmaps them once they expire.
+    super::purger::notify();
 }
 
 /// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
@@ -344,6 +346,8 @@ pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
     unsafe { retire_counters(&mut h) };
     h.node = node;
     h.state = ACTIVE;
+    drop(_g);
+    super::purger::notify();
 }
 
 /// The node the calling thread's heap draws from (for `heap::probe`).
