@@ -64,31 +64,51 @@ fn spike_with_live_set() -> (Vec<(usize, usize)>, usize) {
     (live, bytes)
 }
 
+/// A scenario's start, in its child only: the baseline RSS, then the spike; returns the
+/// baseline, the live blocks and their bytes.
+fn start(scenario: &str) -> Option<(usize, Vec<(usize, usize)>, usize)> {
+    if !is_scenario(scenario) {
+        return None;
+    }
+    let baseline = rss();
+    let (live, live_bytes) = spike_with_live_set();
+    Some((baseline, live, live_bytes))
+}
+
+/// Checks and frees the live set.
+fn free_live(live: Vec<(usize, usize)>) {
+    free_live(live);
+}
+
+/// One 64-byte allocation, written and freed at once; returns its address.
+fn one_64() -> usize {
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: non-zero size; freed right away.
+    unsafe {
+        let p = alloc(l);
+        assert!(!p.is_null());
+        p.write(1);
+        dealloc(p, l);
+        p as usize
+    }
+}
+
 /// The program: after the spike, one 64-byte allocation and free every 5 ms, from a
 /// page that holds live blocks (so neither the allocation nor the free ever finds its page
 /// empty or full). At most 800 of them (4 s of sleeps).
 #[test]
 fn child_one_size_loop() {
-    if !is_scenario("one-size") {
+    let Some((baseline, live, live_bytes)) = start("one-size") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
-    let l = Layout::from_size_align(64, 8).unwrap();
     let mut r = rss();
     assert!(r > b, "the spike left nothing to purge: {r} <= {b}");
     let mut ops = 0;
     let start = std::time::Instant::now();
     for _ in 0..800 {
         ops += 1;
-        // SAFETY: non-zero size; freed right away.
-        unsafe {
-            let p = alloc(l);
-            assert!(!p.is_null());
-            p.write(1);
-            dealloc(p, l);
-        }
+        one_64();
         r = rss();
         if r <= b {
             break;
@@ -97,9 +117,7 @@ fn child_one_size_loop() {
     }
     println!("{ops} operations, {:?}", start.elapsed());
     report("one 64-byte alloc/free every 5 ms", r, baseline, live_bytes);
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
-    }
+    free_live(live);
 }
 
 /// The bound on what a refill hands the fast path while memory waits (`alloc::WAIT_REFILL`,
@@ -113,26 +131,13 @@ fn child_one_size_loop() {
 /// spike's); bounded, a slow path comes every 64, and the first after the delay purges.
 #[test]
 fn child_one_size_after_a_refill() {
-    if !is_scenario("after-refill") {
+    let Some((baseline, live, live_bytes)) = start("after-refill") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
-    let b = bound(baseline, live_bytes);
-    let l = Layout::from_size_align(64, 8).unwrap();
-    let one = || {
-        // SAFETY: non-zero size; freed right away.
-        unsafe {
-            let p = alloc(l);
-            assert!(!p.is_null());
-            p.write(1);
-            dealloc(p, l);
-            p as usize
-        }
     };
-    let mut last = one();
+    let b = bound(baseline, live_bytes);
+    let mut last = one_64();
     let refill = (0..5000).position(|_| {
-        let p = one();
+        let p = one_64();
         std::mem::replace(&mut last, p) == p
     });
     assert!(refill.is_some(), "no refill in 5000 allocations");
@@ -140,7 +145,7 @@ fn child_one_size_after_a_refill() {
     let mut ops = 0;
     while ops < 600 && r > b {
         ops += 1;
-        one();
+        one_64();
         sleep_raw(5);
         r = rss_raw();
     }
@@ -151,20 +156,16 @@ fn child_one_size_after_a_refill() {
         baseline,
         live_bytes,
     );
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
-    }
+    free_live(live);
 }
 
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
 /// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
 #[test]
 fn child_no_calls() {
-    if !is_scenario("no-calls") {
+    let Some((baseline, live, live_bytes)) = start("no-calls") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
     // No allocator call from here to the assertion (at most 4 s of sleeps).
     let start = std::time::Instant::now();
@@ -196,9 +197,7 @@ fn child_no_calls() {
         blocking, 1,
         "threads blocking SIGINT and SIGCHLD (the purger: 1)"
     );
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
-    }
+    free_live(live);
 }
 
 /// The purger's thread (named `tieralloc-purge`): its id and its voluntary context switches
@@ -229,11 +228,9 @@ fn purger_switches() -> (String, u64) {
 /// `waiting` notifies it), and RSS falls again without any further allocator call.
 #[test]
 fn child_purger_sleeps_until_needed() {
-    if !is_scenario("sleeps") {
+    let Some((baseline, live, live_bytes)) = start("sleeps") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let r = idle_until(bound(baseline, live_bytes), 400);
     report("first spike, background purger", r, baseline, live_bytes);
     // At most 40 looks, 300 ms apart: the purger goes to sleep once the pools' segments
@@ -270,20 +267,17 @@ fn child_purger_sleeps_until_needed() {
         baseline,
         live_bytes + more_bytes,
     );
-    for (p, size) in live.into_iter().chain(more) {
-        drop_block(p, size, 0xA5);
-    }
+    free_live(live);
+    free_live(more);
 }
 
 /// With the purger on, a fork keeps it in the parent and gives the child its own: both
 /// spike, go idle, and see RSS fall; neither hangs.
 #[test]
 fn child_fork_with_purger() {
-    if !is_scenario("fork") {
+    let Some((baseline, live, live_bytes)) = start("fork") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
     // SAFETY: fork; the child only allocates, frees and calls libc, then _exits.
     let pid = unsafe { libc::fork() };
@@ -319,9 +313,7 @@ fn child_fork_with_purger() {
         baseline,
         live_bytes,
     );
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
-    }
+    free_live(live);
 }
 
 #[test]
