@@ -175,7 +175,7 @@ fn yield_now() {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{backoff, SPINS_BEFORE_YIELD};
+    use crate::sync::{backoff, SPINS_BEFORE_YIELD};
 
     /// A waiter spins a bounded number of times, then yields on every step (the spin lock's
     /// and the purger gate's waits).
