@@ -23,12 +23,15 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
+/// Live blocks: address and size.
+type Live = Vec<(usize, usize)>;
+
 /// A 16 MiB live set of 64-byte, 4 KiB, 200 KiB and 3 MiB objects, then a ~256 MiB spike of
 /// the same sizes interleaved, freed but for its last sixteen 64-byte blocks: those keep the
 /// 64-byte bin's current page in use, with about a thousand free blocks, so that a loop that
 /// allocates and frees one 64-byte block neither empties nor fills it (and so, by itself,
 /// never reaches a slow path). Returns the live blocks and their bytes.
-fn spike_with_live_set() -> (Vec<(usize, usize)>, usize) {
+fn spike_with_live_set() -> (Live, usize) {
     let mut live = Vec::new();
     let mut spike = Vec::new();
     for (target, out) in [(16 * MIB, &mut live), (256 * MIB, &mut spike)] {
@@ -66,7 +69,7 @@ fn spike_with_live_set() -> (Vec<(usize, usize)>, usize) {
 
 /// A scenario's start, in its child only: the baseline RSS, then the spike; returns the
 /// baseline, the live blocks and their bytes.
-fn start(scenario: &str) -> Option<(usize, Vec<(usize, usize)>, usize)> {
+fn start(scenario: &str) -> Option<(usize, Live, usize)> {
     if !is_scenario(scenario) {
         return None;
     }
@@ -76,7 +79,7 @@ fn start(scenario: &str) -> Option<(usize, Vec<(usize, usize)>, usize)> {
 }
 
 /// Checks and frees the live set.
-fn free_live(live: Vec<(usize, usize)>) {
+fn free_live(live: Live) {
     for (p, size) in live {
         drop_block(p, size, 0xA5);
     }

@@ -148,7 +148,7 @@ fn registry_start_exit_and_stats_walk() {
 }
 
 /// The background purger's walk (`purger::pass` through `HeapList::for_each_pinned`): it
-/// pins a `waiting` heap by taking its gate with the registry lock held, purges it (writes
+/// pins a heap by taking its gate with the registry lock held, purges it (writes
 /// its segment state, `data`) with the lock released, and reads the next heap with the lock
 /// held again before letting go of the gate.
 fn purge_walk(reg: &Registry, purged: &mut Vec<usize>, mut during: impl FnMut(usize)) {
@@ -191,6 +191,7 @@ fn exit(reg: &Registry, h: &H) {
     {
         thread::yield_now();
     }
+    // SAFETY: we hold the gate: the purger is not in this heap (loom checks it).
     h.data.with_mut(|d| unsafe { *d += 100 });
     reg.unregister(h);
     h.gate.store(FREE, Ordering::Release);
@@ -200,6 +201,8 @@ fn exit(reg: &Registry, h: &H) {
         H::set_next(h.ptr(), std::ptr::null_mut());
         H::set_prev(h.ptr(), std::ptr::null_mut());
     }
+    // SAFETY: the heap is gone: nobody may touch it any more (loom checks the purger's last
+    // access happened before this).
     h.data.with_mut(|d| unsafe { *d = 0xdead });
 }
 
