@@ -205,25 +205,42 @@ fn child_no_calls() {
     free_live(live);
 }
 
-/// The purger's thread (named `tieralloc-purge`): its id and its voluntary context switches
-/// so far (one per sleep it woke from).
-fn purger_switches() -> (String, u64) {
+/// The path of the purger thread's (named `tieralloc-purge`) status file.
+fn purger_status() -> std::ffi::CString {
     for t in std::fs::read_dir("/proc/self/task").unwrap() {
         let dir = t.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim() == "tieralloc-purge" {
-            let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let n = status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            return (dir.file_name().unwrap().to_string_lossy().into_owned(), n);
+            let path = dir.join("status").into_os_string().into_string().unwrap();
+            return std::ffi::CString::new(path).unwrap();
         }
     }
     panic!("no thread named tieralloc-purge");
+}
+
+/// The voluntary context switches (one per sleep it woke from) of the thread whose status
+/// file is `status`, read without allocating (no allocator call can wake the purger).
+fn switches(status: &std::ffi::CStr) -> u64 {
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
+    let n = unsafe {
+        let fd = libc::open(status.as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "the purger thread is gone");
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0);
+    let key = b"voluntary_ctxt_switches:";
+    let at = buf[..n as usize]
+        .windows(key.len())
+        .position(|w| w == key)
+        .unwrap();
+    buf[at + key.len()..n as usize]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
 }
 
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: once the spike is purged and nothing waits (the test
@@ -240,12 +257,12 @@ fn child_purger_sleeps_until_needed() {
     report("first spike, background purger", r, baseline, live_bytes);
     // At most 40 looks, 300 ms apart: the purger goes to sleep once the pools' segments
     // expire (100 ms) and its pass finds nothing waiting.
-    let (tid, mut before) = purger_switches();
+    let status = purger_status();
+    let mut before = switches(&status);
     let mut still = false;
     for _ in 0..40 {
         sleep_raw(300);
-        let (t, now) = purger_switches();
-        assert_eq!(t, tid, "one purger thread");
+        let now = switches(&status);
         if now == before {
             still = true;
             break;
@@ -258,14 +275,14 @@ fn child_purger_sleeps_until_needed() {
     );
     sleep_raw(1000);
     assert_eq!(
-        purger_switches().1,
+        switches(&status),
         before,
         "the purger woke with nothing to purge"
     );
     // Woken by a second spike: it purges again, with no allocator call after the frees.
     let (more, more_bytes) = spike_with_live_set();
     let r = idle_until(bound(baseline, live_bytes + more_bytes), 400);
-    assert!(purger_switches().1 > before, "the purger did not wake");
+    assert!(switches(&status) > before, "the purger did not wake");
     report(
         "second spike, background purger woken",
         r,
