@@ -14,7 +14,7 @@ use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
 use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::{HeapRef, ACTIVE};
-use crate::heap::remote::{NORMAL, USE_DELAYED};
+use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
     MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
@@ -156,11 +156,12 @@ pub(super) unsafe fn reclaim_emptied(
         {
             return false;
         }
-        // Its pages are NEVER_DELAYED (abandoned), so the push goes on the page's own list,
-        // which the tending collects with the rest.
-        let _ = (*page)
-            .thread_free
-            .push(p as *mut crate::heap::remote::Block);
+        // Ours now: the block goes on the page's local list (the caller counted the free),
+        // and the tending collects the rest and gives back what is empty.
+        let b = p as *mut Block;
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+        (*page).used -= 1;
         tend_abandoned(h, seg, os::now_ms(), false);
         true
     }
