@@ -2,9 +2,10 @@
 //!
 //! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
 //! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
-//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
-//! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
-//! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
+//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments (and
+//! the count-down of their live hint), and the owner's drain of its delayed stack. May touch:
+//! the `Heap` fields (`super`), `bins`, `counters`, `tls`, `registry` (init on a first free),
+//! `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
 //! `init` (the purge delay).
 

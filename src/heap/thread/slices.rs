@@ -4,9 +4,11 @@
 //! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
 //! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
 //! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
-//! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
-//! changes of adopted pages), `counters`, `free` (the drain, large-page release), `tick` (the
-//! `waiting` threshold), `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! the live hint of an abandoned segment and reclaiming one that other threads' frees emptied
+//! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
+//! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
+//! large-page release), `tick` (the `waiting` threshold, tending a reclaimed segment),
+//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
 //! spill call in `take_slices`).
 
 use super::bins::unfull;
@@ -136,8 +138,8 @@ pub(super) unsafe fn set_live_hint(seg: *mut Segment) {
 /// by other threads' frees goes to the pool now, resident (the next thread that needs a
 /// segment reuses it without faults), instead of waiting abandoned until a collection tends
 /// it. A segment found not empty after all (the hint is only a hint) goes back to its list.
-/// Returns false, having done nothing, if the segment was no longer abandoned: the caller
-/// frees `p` as any remote free.
+/// Returns false, having done nothing, if the segment is of another node than `h` or was no
+/// longer abandoned: the caller frees `p` as any remote free.
 ///
 /// # Safety
 /// `h` is this thread's active heap; `p` is a live block of `page`, a page of `seg` in use,
@@ -150,6 +152,12 @@ pub(super) unsafe fn reclaim_emptied(
 ) -> bool {
     // SAFETY: our live block keeps seg mapped; once claimed, seg is ours until tended back.
     unsafe {
+        // Only a heap of its node, like every other tending: the large blocks of the pages
+        // it gives back are booked off the tender's node (`release_empty_page`), which is
+        // theirs only then. A segment of another node waits for its own node's threads.
+        if (*seg).node as u32 != h.node {
+            return false;
+        }
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         if !(ABANDONED[node].claim(seg, h.addr(), h.tag)
             || ABANDONED_FULL[node].claim(seg, h.addr(), h.tag))

@@ -3,7 +3,7 @@
 //! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
 //! purged, looks where the thread runs and whether a collection is due), the `waiting`
 //! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
-//! the huge cache's expiry, the pool, the node heaps, tending abandoned segments), and
+//! the huge cache's expiry, every node's pool, the node heaps, tending abandoned segments), and
 //! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
 //! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
 //! `purger` (starting it, its gate), `heap::{segment, size_class, huge}` (the huge cache
@@ -149,7 +149,13 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             seg = next;
         }
         h.huge_cache.expire(now, delay);
-        POOLS[h.node as usize].unmap_expired(now);
+        // Every node's pool, not only ours: a node whose threads are gone or seldom collect
+        // does not keep its pooled segments mapped past their time. Only unmapping: nothing
+        // is taken from another node. (A look at the count, and a try-lock, per node with
+        // segments pooled.)
+        for pool in POOLS.iter() {
+            pool.unmap_expired(now);
+        }
         left += h.huge_cache.held();
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
