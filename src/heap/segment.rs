@@ -252,9 +252,8 @@ pub struct Segment {
     pub purge_recent_ms: u64,
     /// Pages in use.
     pub used_pages: u32,
-    /// While abandoned, a hint of the blocks still out: set when it goes on an abandoned list
-    /// (`used` less the remote frees waiting, over its pages), one less at each free into it
-    /// since. Only a hint: the free that takes it to 0 claims the segment and checks.
+    /// While abandoned: the blocks its last owner left out, less the frees since (a hint; the
+    /// free that takes it to 0 claims the segment and checks: `heap::thread::reclaim_emptied`).
     pub live_hint: AtomicUsize,
     /// List links: the owner heap's segments, a pool, or the abandoned list.
     pub next: *mut Segment,
