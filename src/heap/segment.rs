@@ -253,7 +253,7 @@ pub struct Segment {
     /// Pages in use.
     pub used_pages: u32,
     /// While abandoned: the blocks its last owner left out, less the frees since (a hint; the
-    /// free that takes it to 0 claims the segment and checks: `heap::thread::reclaim_emptied`).
+    /// free that takes it to 0 claims the segment and checks: `thread::slices::reclaim_emptied`).
     pub live_hint: AtomicUsize,
     /// List links: the owner heap's segments, a pool, or the abandoned list.
     pub next: *mut Segment,
