@@ -186,8 +186,9 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
 /// segments in `take_slices`).
 ///
 /// # Safety
-/// `seg` was just taken off an abandoned list for `h` (popped or claimed), and `h` is this
-/// thread's active heap (its counters take the large bytes of emptied pages).
+/// `seg` was just taken off an abandoned list for `h` (popped or claimed), and `h` is an
+/// active heap the caller may use (this thread's, or a node heap under its lock): its
+/// counters take the large bytes of emptied pages.
 pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64, purge: bool) {
     // SAFETY: we own seg until we hand it back. Its pages are NEVER_DELAYED (set when it was
     // abandoned), so frees by other threads meanwhile go to the pages' own lists, which
