@@ -214,6 +214,12 @@ impl RemoteFree {
         self.word.load(Ordering::Relaxed) & PTR_MASK != 0
     }
 
+    /// How many blocks are waiting (a relaxed look: a push may land right after).
+    #[inline]
+    pub fn pending(&self) -> u32 {
+        (self.word.load(Ordering::Relaxed) >> COUNT_SHIFT) as u32
+    }
+
     /// The current state.
     pub fn state(&self) -> DelayState {
         self.word.load(Ordering::Acquire) & STATE_MASK

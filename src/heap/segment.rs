@@ -252,6 +252,9 @@ pub struct Segment {
     pub purge_recent_ms: u64,
     /// Pages in use.
     pub used_pages: u32,
+    /// While abandoned: the blocks its last owner left out, less the frees since (a hint; the
+    /// free that takes it to 0 claims the segment and checks: `thread::slices::reclaim_emptied`).
+    pub live_hint: AtomicUsize,
     /// List links: the owner heap's segments, a pool, or the abandoned list.
     pub next: *mut Segment,
     /// List links.

@@ -2,9 +2,10 @@
 //!
 //! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
 //! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
-//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments, and
-//! the owner's drain of its delayed stack. May touch: the `Heap` fields (`super`), `bins`,
-//! `counters`, `tls`, `registry` (init on a first free), `slices` (adopt, release), `large`
+//! owner's delayed stack when the page is full), adoption-on-free of abandoned segments (and
+//! the count-down of their live hint), and the owner's drain of its delayed stack. May touch:
+//! the `Heap` fields (`super`), `bins`, `counters`, `tls`, `registry` (init on a first free),
+//! `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
 //! `init` (the purge delay).
 
@@ -13,7 +14,7 @@ use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE
 use super::large::free_huge;
 use super::purger;
 use super::registry::heap_init;
-use super::slices::{adopt_segment, release_segment_dirty, unlink_segment};
+use super::slices::{adopt_segment, reclaim_emptied, release_segment_dirty, unlink_segment};
 use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
@@ -309,6 +310,7 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
         }
         let page = page_of(seg, p);
         let owner = (*seg).owner.load(Ordering::Acquire);
+        let mut last = false;
         if owner == h.addr() {
             // Our own block, reaching here from C's free because we have no tag (see
             // free_c): an ordinary local free.
@@ -319,21 +321,26 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from
             // being released meanwhile.) Only a heap of the segment's node takes it, so its
-            // pages stay where they are. A thread that only frees does not sit on what it
-            // takes: pages it empties are given back at once (see free_local_page_event).
-            // (Taking a segment left at exit only when the heap has no room of its own lowers
-            // the peak RSS of xthread.c, but leaves fully freed segments abandoned until
-            // tended: tests/churn.rs's bounds fail. Not done: docs/benchmarks.md, issue 16.)
+            // pages stay where they are. A segment its owner left at exit (the room list) is
+            // taken only by a heap with no room of its own: a thread with free slices does
+            // not need it, and keeping it would hide its memory from the threads that do (a
+            // thread that joins workers and frees what they left would hold every segment it
+            // frees into while the next workers map new ones). A segment given up (nearly)
+            // full by a live heap is taken by whoever frees into it first, as that list is
+            // meant for (see `abandon_full`). Pages an adopter empties are given back at once
+            // (see free_local_page_event).
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if h.state == ACTIVE
                 && node as u32 == h.node
                 && (ABANDONED_FULL[node].claim(seg, h.addr(), h.tag)
-                    || ABANDONED[node].claim(seg, h.addr(), h.tag))
+                    || (!has_room(h) && ABANDONED[node].claim(seg, h.addr(), h.tag)))
             {
                 adopt_segment(h, seg);
                 free_local(h, page, p as *mut Block, true);
                 return;
             }
+            // Left abandoned: the free that brings its live hint to 0 gives it back (below).
+            last = (*seg).live_hint.fetch_sub(1, Ordering::AcqRel) == 1;
         }
         let (c, shared) = counters(h);
         add(&c.frees[(*page).bin as usize], 1, shared);
@@ -346,10 +353,30 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             (*page).block_size as u64
         };
         count_node_free(h, (*seg).node, bytes);
+        if last && h.state == ACTIVE && reclaim_emptied(h, seg, page, p) {
+            return;
+        }
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
     }
+}
+
+/// Whether one of `h`'s segments has a free slice (so its next page needs no other
+/// segment): such a heap does not adopt the segments left at exit that it frees into (see
+/// `free_other_slow`).
+fn has_room(h: HeapRef) -> bool {
+    let mut seg = h.segments;
+    // SAFETY: the segments on our list are ours.
+    unsafe {
+        while !seg.is_null() {
+            if (*seg).free_slices != 0 {
+                return true;
+            }
+            seg = (*seg).next;
+        }
+    }
+    false
 }
 
 /// Books a remote free of `bytes` living on `node` for the per-node totals: a free from a

@@ -4,17 +4,19 @@
 //! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
 //! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
 //! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
-//! and handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
-//! changes of adopted pages), `counters`, `free` (the drain, large-page release), `tick` (the
-//! `waiting` threshold), `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
+//! the live hint of an abandoned segment and reclaiming one that other threads' frees emptied
+//! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
+//! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
+//! large-page release), `tick` (the `waiting` threshold, tending a reclaimed segment),
+//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
 //! spill call in `take_slices`).
 
 use super::bins::unfull;
 use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
-use super::tick::WAIT_BYTES;
+use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::{HeapRef, ACTIVE};
-use crate::heap::remote::{NORMAL, USE_DELAYED};
+use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
     MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
@@ -102,8 +104,74 @@ pub(super) unsafe fn let_go(seg: *mut Segment, now: u64) {
         } else {
             book_free_slices(seg, now);
             PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+            set_live_hint(seg);
             ABANDONED[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
         }
+    }
+}
+
+/// Counts the blocks of `seg` still out (`used` less the remote frees waiting on each page)
+/// into its `live_hint`, just before it goes on an abandoned list (whose release store
+/// publishes it). Every free into it from then on takes one off (`free_other_slow`), and the
+/// one that takes it to 0 claims the segment and gives it back if it is empty
+/// ([`reclaim_emptied`]). A free that read the owner before the segment was let go takes
+/// nothing off (its block counts as out), so the hint may stay above 0 with nothing live:
+/// then the collections' tending finds it. It is only ever acted on after a claim and a check.
+///
+/// # Safety
+/// The caller owns `seg` (or acts for its dead owner) and is about to put it on an abandoned
+/// list; its pages are `NEVER_DELAYED`.
+pub(super) unsafe fn set_live_hint(seg: *mut Segment) {
+    // SAFETY: exclusive use per the contract; a page's `used` is its owner's to read.
+    unsafe {
+        let mut out = 0usize;
+        for_each_used_page(seg, |p| {
+            out += (*p).used.saturating_sub((*p).thread_free.pending()) as usize;
+        });
+        (*seg).live_hint.store(out, Ordering::Relaxed);
+    }
+}
+
+/// The free of `p` (a block of `page` in `seg`, abandoned) took `seg`'s live hint to 0: if
+/// this thread can claim `seg` off its abandoned list, frees `p` into it and tends it at once
+/// (every page's remote frees collected, empty pages given back), so that a segment emptied
+/// by other threads' frees goes to the pool now, resident (the next thread that needs a
+/// segment reuses it without faults), instead of waiting abandoned until a collection tends
+/// it. A segment found not empty after all (the hint is only a hint) goes back to its list.
+/// Returns false, having done nothing, if the segment is of another node than `h` or was no
+/// longer abandoned: the caller frees `p` as any remote free.
+///
+/// # Safety
+/// `h` is this thread's active heap; `p` is a live block of `page`, a page of `seg` in use,
+/// and the caller has counted its free.
+pub(super) unsafe fn reclaim_emptied(
+    h: HeapRef,
+    seg: *mut Segment,
+    page: *mut Page,
+    p: *mut u8,
+) -> bool {
+    // SAFETY: our live block keeps seg mapped; once claimed, seg is ours until tended back.
+    unsafe {
+        // Only a heap of its node, like every other tending: the large blocks of the pages
+        // it gives back are booked off the tender's node (`release_empty_page`), which is
+        // theirs only then. A segment of another node waits for its own node's threads.
+        if (*seg).node as u32 != h.node {
+            return false;
+        }
+        let node = ((*seg).node as usize).min(MAX_NODES - 1);
+        if !(ABANDONED[node].claim(seg, h.addr(), h.tag)
+            || ABANDONED_FULL[node].claim(seg, h.addr(), h.tag))
+        {
+            return false;
+        }
+        // Ours now: the block goes on the page's local list (the caller counted the free),
+        // and the tending collects the rest and gives back what is empty.
+        let b = p as *mut Block;
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+        (*page).used -= 1;
+        tend_abandoned(h, seg, os::now_ms(), false);
+        true
     }
 }
 
@@ -290,6 +358,7 @@ pub(super) unsafe fn abandon_segment(mut h: HeapRef, seg: *mut Segment) {
         unlink_segment(h, seg);
         book_free_slices(seg, os::now_ms());
         PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);
+        set_live_hint(seg);
         ABANDONED_FULL[((*seg).node as usize).min(MAX_NODES - 1)].push_abandoned(seg);
     }
 }

@@ -3,7 +3,7 @@
 //! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
 //! purged, looks where the thread runs and whether a collection is due), the `waiting`
 //! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
-//! the huge cache's expiry, the pool, the node heaps, tending abandoned segments), and
+//! the huge cache's expiry, every node's pool, the node heaps, tending abandoned segments), and
 //! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
 //! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
 //! `purger` (starting it, its gate), `heap::{segment, size_class, huge}` (the huge cache
@@ -14,7 +14,8 @@ use super::node::collect_node_heaps;
 use super::purger;
 use super::registry::follow_home;
 use super::slices::{
-    for_each_used_page, release_empty_page, release_segment, segment_nearly_full, unlink_segment,
+    for_each_used_page, release_empty_page, release_segment, release_segment_dirty,
+    segment_nearly_full, set_live_hint, unlink_segment,
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
@@ -149,7 +150,13 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             seg = next;
         }
         h.huge_cache.expire(now, delay);
-        POOLS[h.node as usize].unmap_expired(now);
+        // Every node's pool, not only ours: a node whose threads are gone or seldom collect
+        // does not keep its pooled segments mapped past their time. Only unmapping: nothing
+        // is taken from another node. (A look at the count, and a try-lock, per node with
+        // segments pooled.)
+        for pool in POOLS.iter() {
+            pool.unmap_expired(now);
+        }
         left += h.huge_cache.held();
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
@@ -164,7 +171,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             if list.count.load(Ordering::Relaxed) > 0 {
                 let seg = list.pop(h.addr(), h.tag);
                 if !seg.is_null() {
-                    tend_abandoned(h, seg, now);
+                    tend_abandoned(h, seg, now, true);
                 }
             }
         }
@@ -172,15 +179,18 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
 }
 
 /// Tends an abandoned segment on its absent owner's behalf: collects the frees other threads
-/// made into its pages, gives back the pages that emptied, and purges its free slices. It
-/// then goes to the pool if nothing in it is live, else back to the abandoned list (at the
-/// back, so the next visit tends another). The visitor does not keep it: a thread that only
-/// collects now and then would sit on memory it never reuses (a thread that needs space
-/// adopts abandoned segments in `take_slices`).
+/// made into its pages, gives back the pages that emptied, and (`purge`) purges its free
+/// slices. It then goes to the pool if nothing in it is live (purged first if `purge`, else
+/// as it is), else back to the abandoned list (at the back, so the next visit tends another),
+/// its live hint recounted. The visitor does not keep it: a thread that only collects now and
+/// then would sit on memory it never reuses (a thread that needs space adopts abandoned
+/// segments in `take_slices`).
 ///
 /// # Safety
-/// `seg` was just popped from an abandoned list for `h`.
-pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
+/// `seg` was just taken off an abandoned list for `h` (popped or claimed), and `h` is an
+/// active heap the caller may use (this thread's, or a node heap under its lock): its
+/// counters take the large bytes of emptied pages.
+pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64, purge: bool) {
     // SAFETY: we own seg until we hand it back. Its pages are NEVER_DELAYED (set when it was
     // abandoned), so frees by other threads meanwhile go to the pages' own lists, which
     // `collect` takes atomically.
@@ -193,11 +203,20 @@ pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64) {
         });
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         if (*seg).used_pages == 0 {
-            release_segment(seg, now);
-        } else if segment_nearly_full(seg) {
+            if purge {
+                release_segment(seg, now);
+            } else {
+                release_segment_dirty(seg, now);
+            }
+            return;
+        }
+        set_live_hint(seg);
+        if segment_nearly_full(seg) {
             ABANDONED_FULL[node].push_abandoned_back(seg);
         } else {
-            Segment::purge_free(seg);
+            if purge {
+                Segment::purge_free(seg);
+            }
             ABANDONED[node].push_abandoned_back(seg);
         }
     }
