@@ -1,11 +1,15 @@
 //! Pages: carving blocks, and gathering the blocks freed into a page back into its free list.
 //!
 //! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
-//! `thread_free` list. May touch: the page descriptor (from `heap::segment`) and
-//! `heap::remote`. Only the page's owner heap calls these.
+//! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
+//! when the lists are collected: see docs/security.md), and what a block start of a page is
+//! ([`check_block`]). May touch: the page descriptor (from `heap::segment`), `heap::remote`
+//! and `heap::error` (the report). Only the page's owner heap calls these, but
+//! [`check_block`], which another thread's free may call.
 
+use super::error::{report, HeapError};
 use super::remote::Block;
-use super::segment::{Page, PageKind};
+use super::segment::{Page, PageKind, PAGE_CHECK_FREE};
 use super::size_class::bin_size;
 use core::ptr;
 
@@ -62,14 +66,25 @@ impl Page {
     /// `local_free` is empty as it is: its blocks are not touched here (they were just written
     /// by the threads that freed them, so each would be a cache miss), only when handed out.
     /// Only when both lists hold blocks is it walked, to link its tail to `local_free`.
+    ///
+    /// Checks, at no cost beyond a compare: more remote frees than live blocks (a block freed
+    /// twice by other threads), and a list about to become `free` whose first block links to
+    /// itself (a block freed twice in a row). Either is reported (`heap::error`); if the report
+    /// returns, that list is leaked (left off every list, its blocks still counted as used).
     #[inline]
     pub fn collect(&mut self) -> u32 {
         let mut remote = 0;
         if self.thread_free.has_blocks() {
             let (list, n) = self.thread_free.take_counted();
-            if !list.is_null() {
+            if n > self.used || (self.free.is_null() && links_to_itself(list)) {
+                remote_list_error(list, n > self.used);
+            } else if !list.is_null() {
                 remote = n;
                 self.used -= n;
+                if self.used == 0 {
+                    // No live block: the next local free is checked (see PAGE_CHECK_FREE).
+                    self.flags |= PAGE_CHECK_FREE;
+                }
                 if self.free.is_null() {
                     self.free = list;
                     self.free_is_zero = false;
@@ -89,16 +104,29 @@ impl Page {
                 }
             }
         }
-        if self.free.is_null() && !self.local_free.is_null() {
-            self.free = self.local_free;
-            self.local_free = ptr::null_mut();
-            self.free_is_zero = false;
-            self.remote_fed = false;
+        if self.free.is_null() && !self.local_free.is_null() && !self.local_to_free() {
+            return remote;
         }
         if remote > 0 {
             self.remote_fed = true;
         }
         remote
+    }
+
+    /// Makes `local_free` (not empty) the free list (which is empty). Returns false, having
+    /// dropped the list, if its first block links to itself (a block freed twice in a row,
+    /// reported: see [`links_to_itself`]).
+    #[inline(always)]
+    pub fn local_to_free(&mut self) -> bool {
+        if links_to_itself(self.local_free) {
+            self.local_list_error();
+            return false;
+        }
+        self.free = self.local_free;
+        self.local_free = ptr::null_mut();
+        self.free_is_zero = false;
+        self.remote_fed = false;
+        true
     }
 
     /// Whether the page has a block to hand out without carving.
@@ -111,6 +139,87 @@ impl Page {
     #[inline]
     pub fn has_room(&self) -> bool {
         !self.free.is_null() || !self.local_free.is_null() || self.capacity < self.reserved
+    }
+}
+
+/// Whether the first block of `list` links to itself: a block pushed twice in a row onto a
+/// free list (freed twice with no other free of its page in between). The block is the next
+/// one handed out, so its line is read here a moment early, not in addition.
+///
+/// # Safety
+/// (Not an `unsafe fn` so that `collect` stays one.) `list` is null or a block of a list the
+/// caller owns: its link is the caller's to read.
+#[inline(always)]
+pub(super) fn links_to_itself(list: *mut Block) -> bool {
+    // SAFETY: per the note above; a null list is not read.
+    !list.is_null() && unsafe { Block::next(list) } == list
+}
+
+/// A remote list found corrupt by [`Page::collect`]: reports it; if the report returns, the
+/// list is dropped (its blocks leak).
+#[cold]
+#[inline(never)]
+fn remote_list_error(list: *mut Block, too_many: bool) {
+    let e = if too_many {
+        HeapError::RemoteDoubleFree
+    } else {
+        HeapError::FreeListLoop
+    };
+    report(e, list as *const u8);
+}
+
+/// Added to `used` of a page whose count a wrong free has made wrong, when the report
+/// returns (`TIERALLOC_ON_ERROR=warn|ignore`): the page never looks empty again, so it is
+/// never given back while a block of it may still be live (it leaks instead). Far above any
+/// page's block count, far below where the signed check of a free would see it.
+pub const LEAKED: u32 = 1 << 30;
+
+impl Page {
+    /// `local_free` links its first block to itself: that block was pushed twice, the second
+    /// time on the fast path, which counted it twice and lost what followed its first push.
+    /// Reports it; if the report returns, the list is dropped and the page leaks (`LEAKED`).
+    #[cold]
+    #[inline(never)]
+    fn local_list_error(&mut self) {
+        report(HeapError::FreeListLoop, self.local_free as *const u8);
+        self.local_free = ptr::null_mut();
+        self.used = self.used.wrapping_add(LEAKED);
+    }
+}
+
+/// Whether `p` is the start of a block in use that `page` holds: for a bin page, a multiple
+/// of the block size from the page's start, among the blocks carved so far; for a large page,
+/// its start; a free descriptor holds none. What a free checks on its slow paths.
+///
+/// # Safety
+/// `page` is a descriptor of a live normal segment of ours (any thread may call this: the
+/// fields read do not change while a block of the page is live, but for `capacity`, which
+/// only grows then).
+pub unsafe fn check_block(page: *const Page, p: *const u8) -> Result<(), HeapError> {
+    // SAFETY: a descriptor of a live segment is readable (contract); racing reads of a page
+    // that holds no live block (a stray pointer) only decide which error is reported.
+    unsafe {
+        let kind = ptr::read_volatile(&raw const (*page).kind);
+        let start = (*page).start() as usize;
+        let p = p as usize;
+        if kind == PageKind::Bin as u8 {
+            let size = ptr::read_volatile(&raw const (*page).block_size) as usize;
+            let cap = ptr::read_volatile(&raw const (*page).capacity) as usize;
+            if size == 0 {
+                return Err(HeapError::NotInUse);
+            }
+            if p < start || (p - start) % size != 0 || (p - start) / size >= cap {
+                return Err(HeapError::NotABlock);
+            }
+            Ok(())
+        } else if kind == PageKind::Large as u8 {
+            if p != start {
+                return Err(HeapError::NotABlock);
+            }
+            Ok(())
+        } else {
+            Err(HeapError::NotInUse)
+        }
     }
 }
 
