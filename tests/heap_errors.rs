@@ -30,6 +30,9 @@ const LARGE: usize = 200 << 10;
 /// A huge block (a mapping of its own).
 const HUGE: usize = 8 << 20;
 
+/// The report of a block found free already (not only a count gone wrong).
+const DOUBLE_FREE: &str = "tieralloc: error: double free (pointer";
+
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 16).unwrap()
 }
@@ -150,10 +153,10 @@ macro_rules! heap_error_test {
 
 heap_error_test!(
     /// The same thread frees a small block twice: the second free finds the page with no
-    /// live block (`PAGE_CHECK_FREE`) and the block heading `local_free`.
+    /// live block (`PAGE_CHECK_FREE`), and the block on its `local_free`.
     double_free_small_same_thread,
     child_double_free_small_same_thread,
-    Some("double free"),
+    Some(DOUBLE_FREE),
     {
         let p = alloc(SMALL);
         dealloc(p, SMALL);
@@ -164,10 +167,10 @@ heap_error_test!(
 
 heap_error_test!(
     /// Two small blocks freed, then the first again (a delayed double free): the page's
-    /// count of live blocks would go below zero.
+    /// count of live blocks would go below zero, and the block is found on `local_free`.
     double_free_small_delayed,
     child_double_free_small_delayed,
-    Some("double free"),
+    Some(DOUBLE_FREE),
     {
         let a = alloc(SMALL);
         let b = alloc(SMALL);
@@ -175,6 +178,22 @@ heap_error_test!(
         dealloc(b, SMALL);
         announce(a);
         dealloc(a, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// Another thread frees a small block, then its owner frees it again: the page says it
+    /// has no live block while its remote list holds one.
+    double_free_small_across_threads,
+    child_double_free_small_across_threads,
+    Some(DOUBLE_FREE),
+    {
+        let p = alloc(SMALL) as usize;
+        std::thread::spawn(move || dealloc(p as *mut u8, SMALL))
+            .join()
+            .unwrap();
+        announce(p as *const u8);
+        dealloc(p as *mut u8, SMALL);
     }
 );
 

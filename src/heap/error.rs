@@ -28,9 +28,12 @@ pub(crate) static ON_ERROR: AtomicU8 = AtomicU8::new(ABORT);
 /// A wrong free, as far as the allocator can tell which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeapError {
-    /// A block freed again while it was still free (the page's count of live blocks would
-    /// go below zero, or the block heads the free list it is being put on).
+    /// A block freed again while it was still free (found on one of its page's lists, or on
+    /// the remote list of a page that says it has no live block).
     DoubleFree,
+    /// A free that takes a page's count of live blocks below zero: this block, or one of the
+    /// page's freed twice before it.
+    NoLiveBlock,
     /// A pointer inside a page in use that is not the start of one of its blocks.
     NotABlock,
     /// A pointer into our memory where no block is in use: a slice of a segment that holds no
@@ -53,6 +56,7 @@ impl HeapError {
     fn text(self) -> &'static [u8] {
         match self {
             HeapError::DoubleFree => b"double free",
+            HeapError::NoLiveBlock => b"double free: the page has no live block (this one, or one of its blocks freed twice before)",
             HeapError::NotABlock => b"invalid free: not the start of a block (interior or unaligned pointer)",
             HeapError::NotInUse => b"invalid free: no block is in use there (double free of a large block, or a stray pointer)",
             HeapError::HugeFreed => b"double free of a huge block",
@@ -140,6 +144,7 @@ mod tests {
     fn every_line_fits() {
         for e in [
             HeapError::DoubleFree,
+            HeapError::NoLiveBlock,
             HeapError::NotABlock,
             HeapError::NotInUse,
             HeapError::HugeFreed,

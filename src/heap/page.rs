@@ -174,7 +174,46 @@ fn remote_list_error(list: *mut Block, too_many: bool) {
 /// page's block count, far below where the signed check of a free would see it.
 pub const LEAKED: u32 = 1 << 30;
 
+/// How many free blocks a free that empties a page looks through for the block it frees.
+pub const WALK_MAX: usize = 64;
+
 impl Page {
+    /// Whether the owner's free of `b` (whose block start `check_block` has checked, and for
+    /// which `used` was just lowered) is a double free, as far as it costs nothing on the
+    /// fast path to tell: the error, and whether the page's count is wrong (not only this
+    /// free). Only called on a free's slow path:
+    /// - a page left with no live block (it says it is all free) must have `b` on none of its
+    ///   lists: the first [`WALK_MAX`] blocks of `local_free` and `free` are looked through,
+    ///   and its remote list must be empty (a block there is still counted live);
+    /// - a count gone below zero is more frees than blocks handed out: this block, if found
+    ///   on a list, else one freed twice before it (the count cannot tell which);
+    /// - otherwise (a full or large page) `b` must not head `local_free` (freed twice in a row).
+    pub fn find_double_free(&self, b: *mut Block) -> Option<(HeapError, bool)> {
+        if (self.used as i32) > 0 {
+            return (self.local_free == b).then_some((HeapError::DoubleFree, false));
+        }
+        let mut left = WALK_MAX;
+        for head in [self.local_free, self.free] {
+            let mut x = head;
+            while !x.is_null() && left > 0 {
+                if x == b {
+                    return Some((HeapError::DoubleFree, false));
+                }
+                // SAFETY: x is on one of the page's free lists, which the owner (the caller)
+                // may read; a list made circular by a double free ends at the bound.
+                x = unsafe { Block::next(x) };
+                left -= 1;
+            }
+        }
+        if self.used != 0 {
+            Some((HeapError::NoLiveBlock, true))
+        } else if self.thread_free.has_blocks() {
+            Some((HeapError::DoubleFree, true))
+        } else {
+            None
+        }
+    }
+
     /// `local_free` links its first block to itself: that block was pushed twice, the second
     /// time on the fast path, which counted it twice and lost what followed its first push.
     /// Reports it; if the report returns, the list is dropped and the page leaks (`LEAKED`).

@@ -21,7 +21,7 @@ use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
 use crate::heap::error::{report, HeapError};
 use crate::heap::huge;
-use crate::heap::page::check_block;
+use crate::heap::page::{check_block, LEAKED};
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
@@ -119,15 +119,16 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
     // SAFETY: page is ours; nothing is written before the checks pass.
     unsafe {
         let err = match check_block(page, p) {
-            Err(e) => Some(e),
-            // The block heads `local_free`: it was the last block freed, and is freed again.
-            Ok(()) if ((*page).used as i32) < 0 || (*page).local_free == p as *mut Block => {
-                Some(HeapError::DoubleFree)
-            }
-            Ok(()) => None,
+            Err(e) => Some((e, false)),
+            Ok(()) => (*page).find_double_free(p as *mut Block),
         };
-        if let Some(e) = err {
+        if let Some((e, counts_wrong)) = err {
             (*page).used = (*page).used.wrapping_add(1);
+            if counts_wrong {
+                // The page's count is off by an earlier wrong free: it must never look empty
+                // again while a block of it may be live (it leaks instead).
+                (*page).used = (*page).used.wrapping_add(LEAKED);
+            }
             // Not a free after all: the count taken back (adding u64::MAX subtracts one).
             bump(
                 &h.stats.frees[((*page).bin as usize).min(LARGE_BIN)],
