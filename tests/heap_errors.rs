@@ -198,12 +198,36 @@ heap_error_test!(
 );
 
 heap_error_test!(
-    /// Another thread frees the owner's block twice: the owner's collection finds more remote
-    /// frees than live blocks on the page.
+    /// Another thread frees one of the owner's blocks twice, another block in between: the
+    /// owner's collection finds more remote frees than live blocks on the page.
     double_free_small_other_thread,
     child_double_free_small_other_thread,
     Some("double free: more blocks freed from other threads than the page has live"),
     {
+        let p = alloc(MEDIUM) as usize;
+        let q = alloc(MEDIUM) as usize;
+        std::thread::spawn(move || {
+            dealloc(p as *mut u8, MEDIUM);
+            dealloc(q as *mut u8, MEDIUM);
+            dealloc(p as *mut u8, MEDIUM);
+        })
+        .join()
+        .unwrap();
+        // The report names the list's first block: the last one freed.
+        announce(p as *const u8);
+        tieralloc::collect();
+    }
+);
+
+heap_error_test!(
+    /// Another thread frees a block twice in a row while other blocks of the page stay live
+    /// (so the count cannot tell): the owner's collection finds the block linked to itself
+    /// on the list it is about to allocate from.
+    double_free_small_other_thread_in_a_row,
+    child_double_free_small_other_thread_in_a_row,
+    Some("double free: a free list links a block to itself"),
+    {
+        let keep = [alloc(MEDIUM), alloc(MEDIUM)];
         let p = alloc(MEDIUM) as usize;
         std::thread::spawn(move || {
             dealloc(p as *mut u8, MEDIUM);
@@ -211,9 +235,9 @@ heap_error_test!(
         })
         .join()
         .unwrap();
-        // The report names the list's first block, the one freed twice.
         announce(p as *const u8);
         tieralloc::collect();
+        std::hint::black_box(keep);
     }
 );
 

@@ -328,4 +328,49 @@ mod tests {
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
     }
+
+    /// The collection's checks: a block pushed twice in a row onto `local_free` while other
+    /// blocks stay live (both frees on the fast path, so nothing else sees it), and more
+    /// remote frees than live blocks. Under `ignore` (the abort of the default would end the
+    /// test process) the list is dropped and the page can no longer look empty.
+    #[test]
+    fn collect_drops_a_list_a_double_free_broke() {
+        use super::super::error::{ABORT, IGNORE, ON_ERROR};
+        let seg = Segment::map_normal(0, false);
+        ON_ERROR.store(IGNORE, Ordering::Relaxed);
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let page = &mut *Segment::take_slices(seg, 1, false);
+            page.init_bin(bin_of(1000), Segment::run_bytes(1, 1));
+            assert!(page.extend());
+            let mut pop = || {
+                let b = page.free;
+                page.free = Block::next(b);
+                page.used += 1;
+                b
+            };
+            let blocks: Vec<*mut Block> = (0..3).map(|_| pop()).collect();
+            page.free = ptr::null_mut();
+            // blocks[2] freed twice in a row by the owner (as free_owned pushes).
+            for _ in 0..2 {
+                Block::set_next(blocks[2], page.local_free);
+                page.local_free = blocks[2];
+                page.used -= 1;
+            }
+            assert_eq!(page.collect(), 0);
+            assert!(page.free.is_null() && page.local_free.is_null());
+            assert!(page.used >= LEAKED, "the page must never look empty again");
+            // A fresh count: blocks[0] freed twice by other threads, blocks[1] once.
+            page.used = 2;
+            for b in [blocks[0], blocks[1], blocks[0]] {
+                page.thread_free.push(b);
+            }
+            assert_eq!(page.collect(), 0);
+            assert!(page.free.is_null() && !page.thread_free.has_blocks());
+            assert_eq!(page.used, 2, "the dropped blocks stay counted as live");
+            crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+        ON_ERROR.store(ABORT, Ordering::Relaxed);
+    }
 }
