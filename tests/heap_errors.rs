@@ -182,6 +182,25 @@ heap_error_test!(
 );
 
 heap_error_test!(
+    /// The owner frees a block twice in a row while other blocks of the page are live (both
+    /// frees on the fast path, the count one too low since): found when the page looks
+    /// empty one free early, its `local_free` linking that block to itself.
+    double_free_in_a_row_found_when_the_page_empties,
+    child_double_free_in_a_row_found_when_the_page_empties,
+    Some("double free: a free list links a block to itself"),
+    {
+        let a = alloc(MEDIUM);
+        let b = alloc(MEDIUM);
+        let p = alloc(MEDIUM);
+        dealloc(p, MEDIUM);
+        announce(p);
+        dealloc(p, MEDIUM);
+        dealloc(a, MEDIUM);
+        std::hint::black_box(b);
+    }
+);
+
+heap_error_test!(
     /// Another thread frees a small block, then its owner frees it again: the page says it
     /// has no live block while its remote list holds one.
     double_free_small_across_threads,

@@ -175,40 +175,48 @@ fn remote_list_error(list: *mut Block, too_many: bool) {
 pub const LEAKED: u32 = 1 << 30;
 
 /// How many free blocks a free that empties a page looks through for the block it frees.
-pub const WALK_MAX: usize = 64;
+pub const WALK_MAX: usize = 32;
 
 impl Page {
     /// Whether the owner's free of `b` (whose block start `check_block` has checked, and for
     /// which `used` was just lowered) is a double free, as far as it costs nothing on the
-    /// fast path to tell: the error, and whether the page's count is wrong (not only this
-    /// free). Only called on a free's slow path:
+    /// fast path to tell: the error, the pointer to report, and whether the page's count is
+    /// wrong (not only this free). Only called on a free's slow path:
     /// - a page left with no live block (it says it is all free) must have `b` on none of its
-    ///   lists: the first [`WALK_MAX`] blocks of `local_free` and `free` are looked through,
-    ///   and its remote list must be empty (a block there is still counted live);
+    ///   lists, and no block of them linked to itself: the first [`WALK_MAX`] blocks of
+    ///   `local_free` and `free` are looked through; and its remote list must be empty (a
+    ///   block there is still counted live);
     /// - a count gone below zero is more frees than blocks handed out: this block, if found
     ///   on a list, else one freed twice before it (the count cannot tell which);
     /// - otherwise (a full or large page) `b` must not head `local_free` (freed twice in a row).
-    pub fn find_double_free(&self, b: *mut Block) -> Option<(HeapError, bool)> {
+    pub fn find_double_free(&self, b: *mut Block) -> Option<(HeapError, *const u8, bool)> {
+        let at = b as *const u8;
         if (self.used as i32) > 0 {
-            return (self.local_free == b).then_some((HeapError::DoubleFree, false));
+            return (self.local_free == b).then_some((HeapError::DoubleFree, at, false));
         }
         let mut left = WALK_MAX;
         for head in [self.local_free, self.free] {
             let mut x = head;
             while !x.is_null() && left > 0 {
                 if x == b {
-                    return Some((HeapError::DoubleFree, false));
+                    return Some((HeapError::DoubleFree, at, false));
                 }
                 // SAFETY: x is on one of the page's free lists, which the owner (the caller)
                 // may read; a list made circular by a double free ends at the bound.
-                x = unsafe { Block::next(x) };
+                let next = unsafe { Block::next(x) };
+                if next == x {
+                    // Freed twice in a row on the fast path, another block live then: the
+                    // count was one too low since, which is why the page looks empty now.
+                    return Some((HeapError::FreeListLoop, x as *const u8, true));
+                }
+                x = next;
                 left -= 1;
             }
         }
         if self.used != 0 {
-            Some((HeapError::NoLiveBlock, true))
+            Some((HeapError::NoLiveBlock, at, true))
         } else if self.thread_free.has_blocks() {
-            Some((HeapError::DoubleFree, true))
+            Some((HeapError::DoubleFree, at, true))
         } else {
             None
         }

@@ -30,6 +30,7 @@ use crate::heap::segment::{
 use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
+use core::ptr;
 
 /// Frees `p` (any block tieralloc handed out, from any thread).
 ///
@@ -119,22 +120,28 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
     // SAFETY: page is ours; nothing is written before the checks pass.
     unsafe {
         let err = match check_block(page, p) {
-            Err(e) => Some((e, false)),
+            Err(e) => Some((e, p as *const u8, false)),
             Ok(()) => (*page).find_double_free(p as *mut Block),
         };
-        if let Some((e, counts_wrong)) = err {
+        if let Some((e, at, counts_wrong)) = err {
+            report(e, at);
+            // Only under TIERALLOC_ON_ERROR=warn|ignore: this free is not done.
             (*page).used = (*page).used.wrapping_add(1);
             if counts_wrong {
                 // The page's count is off by an earlier wrong free: it must never look empty
                 // again while a block of it may be live (it leaks instead).
                 (*page).used = (*page).used.wrapping_add(LEAKED);
             }
+            if e == HeapError::FreeListLoop {
+                // A list that would hand its looping block out again and again: dropped.
+                (*page).free = ptr::null_mut();
+                (*page).local_free = ptr::null_mut();
+            }
             // Not a free after all: the count taken back (adding u64::MAX subtracts one).
             bump(
                 &h.stats.frees[((*page).bin as usize).min(LARGE_BIN)],
                 u64::MAX,
             );
-            report(e, p);
             return;
         }
         let b = p as *mut Block;
