@@ -9,7 +9,7 @@
 
 use super::error::{report, HeapError};
 use super::remote::Block;
-use super::segment::{Page, PageKind, PAGE_CHECK_FREE};
+use super::segment::{Page, PageKind, PAGE_IN_FULL};
 use super::size_class::bin_size;
 use core::ptr;
 
@@ -76,7 +76,9 @@ impl Page {
         let mut remote = 0;
         if self.thread_free.has_blocks() {
             let (list, n) = self.thread_free.take_counted();
-            if n > self.used || (self.free.is_null() && links_to_itself(list)) {
+            // SAFETY: the list just taken is ours; `take_counted`'s acquire made its links
+            // visible.
+            if n > self.used || (self.free.is_null() && unsafe { links_to_itself(list) }) {
                 remote_list_error(list, n > self.used);
             } else if !list.is_null() {
                 remote = n;
@@ -118,7 +120,8 @@ impl Page {
     /// reported: see [`links_to_itself`]).
     #[inline(always)]
     pub fn local_to_free(&mut self) -> bool {
-        if links_to_itself(self.local_free) {
+        // SAFETY: `local_free` is the owner's list (only the owner calls this).
+        if unsafe { links_to_itself(self.local_free) } {
             self.local_list_error();
             return false;
         }
@@ -147,11 +150,11 @@ impl Page {
 /// one handed out, so its line is read here a moment early, not in addition.
 ///
 /// # Safety
-/// (Not an `unsafe fn` so that `collect` stays one.) `list` is null or a block of a list the
-/// caller owns: its link is the caller's to read.
+/// `list` is null or the first block of a free list the caller owns (its link is the
+/// caller's to read).
 #[inline(always)]
-pub(super) fn links_to_itself(list: *mut Block) -> bool {
-    // SAFETY: per the note above; a null list is not read.
+pub(super) unsafe fn links_to_itself(list: *mut Block) -> bool {
+    // SAFETY: per the contract; a null list is not read.
     !list.is_null() && unsafe { Block::next(list) } == list
 }
 
@@ -173,6 +176,14 @@ fn remote_list_error(list: *mut Block, too_many: bool) {
 /// never given back while a block of it may still be live (it leaks instead). Far above any
 /// page's block count, far below where the signed check of a free would see it.
 pub const LEAKED: u32 = 1 << 30;
+
+/// A bit of `Page::flags` beside `PAGE_IN_FULL` (heap::segment): the page had no live block
+/// at its last free, or is free; its next local free takes the slow path, which checks that
+/// it is not a double free (docs/security.md). Set when a free or a collection leaves the
+/// page empty and it stays, and on every page given back; cleared by a checked free and when
+/// the slices are taken for a new page.
+pub const PAGE_CHECK_FREE: u8 = 2;
+const _: () = assert!(PAGE_CHECK_FREE & PAGE_IN_FULL == 0);
 
 /// How many free blocks a free that empties a page looks through for the block it frees.
 pub const WALK_MAX: usize = 32;

@@ -75,9 +75,6 @@ pub enum PageKind {
 
 /// Page flags.
 pub const PAGE_IN_FULL: u8 = 1;
-/// The page had no live block at its last free, or is free: its next local free takes the
-/// slow path, which checks that it is not a double free (docs/security.md).
-pub const PAGE_CHECK_FREE: u8 = 2;
 
 /// A page descriptor. Fields other than `thread_free` belong to the owner heap. One cache
 /// line each (64 bytes, aligned), so finding a block's descriptor is a shift and a free
@@ -101,7 +98,6 @@ pub struct Page {
     /// The bin (for bin pages).
     pub bin: u8,
     /// `PAGE_IN_FULL`: the page is in no queue (full bin page, or any large page).
-    /// `PAGE_CHECK_FREE`: the next local free goes the slow way, to be checked.
     pub flags: u8,
     /// A `PageKind`.
     pub kind: u8,

@@ -21,11 +21,11 @@ use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
 use crate::heap::error::{report, HeapError};
 use crate::heap::huge;
-use crate::heap::page::{check_block, LEAKED};
+use crate::heap::page::{check_block, LEAKED, PAGE_CHECK_FREE};
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
-    ABANDONED_FULL, MAX_NODES, PAGE_CHECK_FREE, PAGE_IN_FULL,
+    ABANDONED_FULL, MAX_NODES, PAGE_IN_FULL,
 };
 use crate::init;
 use crate::sync::Ordering;
