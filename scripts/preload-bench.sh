@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the C/C++ allocator programs of preload/bench/ under each allocator, in a process of its
 # own, interleaved (A B C D E, E D C B A, ...), RUNS times each (default 5), and prints markdown
-# tables of the median wall time and median peak RSS, with tieralloc's ratio to the best peer:
+# tables of the median wall time, CPU time (user + sys) and peak RSS, with tieralloc's ratio to the best peer:
 #   tieralloc   LD_PRELOAD=libtieralloc_preload.so   (tieralloc's malloc drop-in)
 #   glibc       no preload
 #   mimalloc    LD_PRELOAD=libmimalloc.so.2          (Debian libmimalloc2.0)
@@ -22,7 +22,7 @@ RUNS=${RUNS:-5}
 # The programs: name|source in preload/bench/|arguments|arguments with QUICK=1 (about a tenth
 # of the work). One line per program; add a line to add one (C or C++, by the extension).
 # Every program prints the same line under every allocator (checked) and its results only
-# through its run time and peak RSS.
+# through its run time, CPU time and peak RSS.
 PROGRAMS=(
   "larson|larson.c|4 200 100000 2000|4 20 100000 2000"
   "prodcons|prodcons.c|2 5000000|2 500000"
@@ -30,6 +30,8 @@ PROGRAMS=(
   "cxxchurn|cxxchurn.cpp|4 300|4 30"
   "bigbufs|bigbufs.c|16 400 1 32|16 60 1 32"
   "xthread|xthread.c|4 30 1000|4 10 1000"
+  "linear|linear.c|2 1000000 20000|2 100000 20000"
+  "threadlife|threadlife.c|5000 48|1000 48"
 )
 
 need=()
@@ -83,7 +85,7 @@ for line in "${PROGRAMS[@]}"; do
 done
 
 echo "load before: $(uptime)" >&2
-results="$work/results"   # program alloc seconds kib run
+results="$work/results"   # program alloc seconds kib run cpu-seconds
 : >"$results"
 for b in "${benches[@]}"; do
   name=${b%%|*}
@@ -98,15 +100,16 @@ for b in "${benches[@]}"; do
     fi
     for a in "${order[@]}"; do
       # shellcheck disable=SC2086
-      /usr/bin/time -f "%e %M" -o "$work/t" env LD_PRELOAD="$(lib_of "$a")" "$work/$name" $args >"$work/out" 2>"$work/err"
+      /usr/bin/time -f "%e %M %U %S" -o "$work/t" env LD_PRELOAD="$(lib_of "$a")" "$work/$name" $args >"$work/out" 2>"$work/err"
       out=$(cat "$work/out")
       if [ -z "$ref" ]; then ref=$out; elif [ "$out" != "$ref" ]; then
         echo "$name under $a printed '$out', expected '$ref'" >&2
         exit 1
       fi
-      read -r secs kib <"$work/t"
-      echo "$name $a $secs $kib $r" >>"$results"
-      echo "  $name run $r $a: ${secs}s ${kib} KiB" >&2
+      read -r secs kib usr sys <"$work/t"
+      cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
+      echo "$name $a $secs $kib $r $cpu" >>"$results"
+      echo "  $name run $r $a: ${secs}s (CPU ${cpu}s) ${kib} KiB" >&2
     done
   done
 done
@@ -115,7 +118,7 @@ echo "load after: $(uptime)" >&2
 median() { sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 med() { awk -v b="$1" -v a="$2" -v f="$3" '$1==b && $2==a {print $f}' "$results" | median; }
 # The median over runs of tieralloc's / the peer's value in the same run (field 3: time,
-# 4: RSS): the two ran back to back, so a slow phase of a shared machine mostly cancels out.
+# 4: RSS, 6: CPU time): the two ran back to back, so a slow phase of a shared machine mostly cancels out.
 paired() {
   awk -v b="$1" -v p="$2" -v f="$3" '$1==b && $2=="tieralloc" {t[$5]=$f} $1==b && $2==p {m[$5]=$f}
     END {for (r in t) if (m[r] > 0) print t[r] / m[r]}' "$results" | median
@@ -164,4 +167,5 @@ echo "Medians of $RUNS interleaved runs, each allocator in a process of its own.
 echo "is tieralloc's median over the best peer's median (below 1: tieralloc better); \"paired\" is"
 echo "the median of the per-run ratios to that peer."
 table 3 "Wall time, seconds" "v" "%.2f"
+table 6 "CPU time (user + sys), seconds" "v" "%.2f"
 table 4 "Peak RSS, MiB" "v / 1024" "%.1f"

@@ -1,8 +1,10 @@
 //! `TierAlloc`: the `GlobalAlloc` entry points.
 //!
 //! Owns: the mapping from `Layout` requests to heap calls, and [`owns`]. May touch:
-//! `heap::thread` (the paths), `heap::{size_class, segment}`, `heap::route` (the sizes the
-//! inline paths serve under a tier policy) and `sys::os` (errno). Keeps GlobalAlloc's
+//! `heap::thread` (the paths; `alloc_small` applies the inline size gate, which a tier
+//! policy lowers and a placement scope closes), `heap::{size_class, segment}`, `heap::route`
+//! (the sizes the C inline paths serve under a tier policy) and `sys::os` (errno). The C
+//! entry points (the drop-in's `malloc`) do not follow placement scopes. Keeps GlobalAlloc's
 //! contract exactly: null on failure (never a panic or abort), any alignment a `Layout` can
 //! express either served or refused with null.
 
@@ -115,9 +117,9 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= route::fast_max() {
-            // SAFETY: bin_of returns a bin < NBINS for sizes up to fast_max() <= MEDIUM_MAX.
-            unsafe { thread::alloc_bin(bin_of(size.max(align))) }
+        if align <= 16 {
+            // SAFETY: align is a power of two (Layout guarantees it) and at most 16.
+            unsafe { thread::alloc_small(size, align) }
         } else {
             // SAFETY: align is a power of two (Layout guarantees it).
             unsafe { thread::alloc_generic(size, align, false) }
@@ -138,9 +140,9 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
         let align = layout.align();
-        if align <= 16 && size <= route::fast_max() {
-            // SAFETY: as in alloc; size <= the bin's block size.
-            unsafe { thread::alloc_bin_zeroed(bin_of(size.max(align)), size) }
+        if align <= 16 {
+            // SAFETY: as in alloc.
+            unsafe { thread::alloc_small_zeroed(size, align) }
         } else {
             // SAFETY: as in alloc.
             unsafe { thread::alloc_generic(size, align, true) }

@@ -35,7 +35,7 @@ pub mod sync;
 
 // The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
 // that no module imports one above it; docs/design.md draws it): sync → sys → topology →
-// heap (with init and stats) → placed → tier → global → arena, pool → this file.
+// heap (with init and stats) → placed (with scope) → tier → global → arena, pool → this file.
 #[cfg(not(loom))]
 pub mod arena;
 #[cfg(not(loom))]
@@ -48,6 +48,8 @@ mod init;
 mod placed;
 #[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+mod scope;
 #[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
@@ -98,6 +100,8 @@ pub use global::{owns, TierAlloc};
 pub use placed::{Placed, PlacementError};
 #[cfg(not(loom))]
 pub use pool::{OwnedPoolGuard, Pool, PoolBuilder, PoolError, PoolGuard, PoolStats};
+#[cfg(not(loom))]
+pub use scope::{place, with_placement, PlacedFuture, PlacedFutureExt, PlacementGuard};
 #[cfg(not(loom))]
 pub use stats::{stats, ClassStats, NodeStats, Stats};
 #[cfg(not(loom))]

@@ -2,14 +2,17 @@
 //! NUMA node, on the caller's node, on a memory tier, or interleaved page by page over nodes
 //! (evenly, or weighted across tiers).
 //!
-//! Owns: the handle, its validation and its error type. May touch: `heap::thread` (node_alloc
-//! and free: per-node heaps whose segments are bound to their node), `heap::route` (tier
+//! Owns: the handle, its validation and its error type, the hot/cold hints, and what a
+//! placement scope on a handle asks of the heap (`Placed::scope`). May touch: `heap::thread`
+//! (node_alloc and free: per-node heaps whose segments are bound to their node; the `Scope`
+//! type), `heap::route` (tier
 //! budgets), `init` (start-up), `sys::os` (its own mappings for interleave, madvise),
 //! `sys::numa` (mbind, move_pages), `topology` (which nodes exist, have memory, are allowed;
 //! the kernel's interleave weights). Never places memory silently elsewhere and
 //! never panics: a request that cannot be honoured is an `Err` at construction or an
 //! `AllocError` at allocation.
 
+use crate::heap::thread::{Scope, Spread};
 use crate::sys::{numa, os};
 use crate::topology::discover;
 use crate::topology::home::{current_node, home_node};
@@ -32,7 +35,7 @@ enum Kind {
 }
 
 /// Most nodes a weighted interleave spreads over.
-const MAX_WEIGHTED: usize = 8;
+const MAX_WEIGHTED: usize = crate::heap::thread::MAX_SPREAD;
 /// Largest weight of a weighted interleave.
 const MAX_WEIGHT: u32 = 255;
 
@@ -358,6 +361,65 @@ impl Placed {
     pub fn far() -> Result<Placed, PlacementError> {
         let n = discover::get().n_tiers;
         Placed::tier(n.saturating_sub(1))
+    }
+
+    /// Memory for data that is rarely touched: the slowest tier (far memory, such as a CXL
+    /// expander), its node nearest to the calling thread, when the machine has more than one
+    /// tier; the calling thread's node otherwise. Never an error, so that code written for a
+    /// machine with far memory runs unchanged on one without: where the far node cannot be
+    /// used (outside the allowed nodes, binding off), this is [`Placed::local`]'s placement.
+    ///
+    /// ```
+    /// let cold = tieralloc::Placed::cold();
+    /// let _g = tieralloc::place(cold);
+    /// let archive: Vec<u64> = (0..1000).collect(); // on the far tier, if there is one
+    /// # assert_eq!(archive.len(), 1000);
+    /// ```
+    pub fn cold() -> Placed {
+        crate::init::init_once();
+        let n = discover::get().n_tiers;
+        if n > 1 {
+            if let Ok(p) = Placed::tier(n - 1) {
+                return p;
+            }
+        }
+        Placed { kind: Kind::Local }
+    }
+
+    /// Memory for data that is touched often: the fastest tier's node nearest to the calling
+    /// thread when the machine has tiers (on a machine whose threads all run on near nodes,
+    /// the thread's own node), the calling thread's node otherwise. Never an error (see
+    /// [`Placed::cold`]).
+    pub fn hot() -> Placed {
+        crate::init::init_once();
+        let t = discover::get();
+        if t.n_tiers > 1 {
+            let home = home_node();
+            if t.tier_of(home as usize) == Some(0) {
+                return Placed { kind: Kind::Local };
+            }
+            if let Ok(p) = Placed::tier(0) {
+                return p;
+            }
+        }
+        Placed { kind: Kind::Local }
+    }
+
+    /// What a placement scope on this handle asks of the thread's heap (see `scope`): the
+    /// node for node, tier and far handles, the thread's node for local ones, a spread over
+    /// the nodes in proportion to their weights (1 each for a plain interleave) otherwise.
+    pub(crate) fn scope(&self) -> Scope {
+        match self.kind {
+            Kind::Node(n) => Scope::Node(n),
+            Kind::Local => Scope::Local,
+            Kind::Interleave(m) => Scope::Even { set: m, cursor: 0 },
+            Kind::Weighted(w) => Scope::Weighted(Spread {
+                nodes: w.nodes,
+                weights: w.weights,
+                n: w.n,
+                cursor: 0,
+            }),
+        }
     }
 
     /// The node this handle places on, if it is a single fixed node.

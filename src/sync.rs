@@ -13,12 +13,14 @@
 #[cfg(loom)]
 #[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering,
 };
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering,
 };
 
 #[cfg(loom)]
@@ -63,6 +65,25 @@ pub(crate) fn spin_hint() {
     core::hint::spin_loop();
 }
 
+/// Spins waited before [`backoff`] yields the CPU.
+pub(crate) const SPINS_BEFORE_YIELD: u32 = 64;
+
+/// One step of a wait for another thread (`spins` counts the steps, from 0): a spin-wait hint
+/// for the first [`SPINS_BEFORE_YIELD`] steps, then `sched_yield` (a loom yield under the
+/// model checker), so that a waiter does not keep the CPU from the thread it waits for.
+/// Returns whether it yielded.
+#[inline]
+pub(crate) fn backoff(spins: &mut u32) -> bool {
+    *spins = spins.saturating_add(1);
+    if *spins > SPINS_BEFORE_YIELD {
+        yield_now();
+        true
+    } else {
+        spin_hint();
+        false
+    }
+}
+
 /// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
 /// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
 /// every platform, and it is never taken on an allocation or free fast path.
@@ -99,12 +120,7 @@ impl SpinLock {
             {
                 return SpinGuard { lock: self };
             }
-            spins = spins.wrapping_add(1);
-            if spins > 64 {
-                yield_now();
-            } else {
-                spin_hint();
-            }
+            backoff(&mut spins);
         }
     }
 
@@ -154,5 +170,23 @@ fn yield_now() {
     // SAFETY: sched_yield has no preconditions and touches no memory of ours.
     unsafe {
         libc::sched_yield();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::sync::{backoff, SPINS_BEFORE_YIELD};
+
+    /// A waiter spins a bounded number of times, then yields on every step (the spin lock's
+    /// and the purger gate's waits).
+    #[test]
+    fn backoff_spins_then_yields() {
+        let mut spins = 0;
+        let yielded: Vec<bool> = (0..SPINS_BEFORE_YIELD + 3)
+            .map(|_| backoff(&mut spins))
+            .collect();
+        let first = yielded.iter().position(|&y| y);
+        assert_eq!(first, Some(SPINS_BEFORE_YIELD as usize));
+        assert!(yielded[SPINS_BEFORE_YIELD as usize..].iter().all(|&y| y));
     }
 }

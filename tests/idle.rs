@@ -10,93 +10,28 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rss.rs"]
+mod rss;
 
+use rss::{
+    bound, drop_block, idle_until, is_scenario, new_block, report, rss, rss_raw, run_scenario,
+    sleep_raw, MIB,
+};
 use std::alloc::{alloc, dealloc, Layout};
 use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-const CHILD_ENV: &str = "TIERALLOC_TEST_IDLE_CHILD";
-const MIB: usize = 1 << 20;
-
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
-/// RSS read without allocating (for the scenarios that must make no allocator call).
-fn rss_raw() -> usize {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let mut fields = buf[..n as usize].split(|&c| c == b' ');
-    fields.next();
-    let pages = fields
-        .next()
-        .unwrap()
-        .iter()
-        .fold(0usize, |a, &c| a * 10 + (c - b'0') as usize);
-    pages * 4096
-}
-
-/// Sleeps 10 ms at a time, without calling the allocator, until RSS is at most `bound` or
-/// `max_sleeps` have passed; returns the last RSS.
-fn idle_until(bound: usize, max_sleeps: usize) -> usize {
-    let mut r = rss_raw();
-    for _ in 0..max_sleeps {
-        if r <= bound {
-            break;
-        }
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 10_000_000,
-        };
-        // SAFETY: a valid timespec.
-        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
-        r = rss_raw();
-    }
-    r
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-fn new_block(size: usize, byte: u8) -> usize {
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc(layout(size)) };
-    assert!(!p.is_null());
-    // SAFETY: p holds size bytes; every byte written, so every page is resident.
-    unsafe { std::ptr::write_bytes(p, byte, size) };
-    p as usize
-}
-
-fn drop_block(p: usize, size: usize, byte: u8) {
-    let q = p as *mut u8;
-    // SAFETY: q is a live block of `size` bytes allocated with align 8.
-    unsafe {
-        assert_eq!(*q, byte);
-        assert_eq!(*q.add(size - 1), byte);
-        dealloc(q, layout(size));
-    }
-}
+/// Live blocks: address and size.
+type Live = Vec<(usize, usize)>;
 
 /// A 16 MiB live set of 64-byte, 4 KiB, 200 KiB and 3 MiB objects, then a ~256 MiB spike of
 /// the same sizes interleaved, freed but for its last sixteen 64-byte blocks: those keep the
 /// 64-byte bin's current page in use, with about a thousand free blocks, so that a loop that
 /// allocates and frees one 64-byte block neither empties nor fills it (and so, by itself,
 /// never reaches a slow path). Returns the live blocks and their bytes.
-fn spike_with_live_set() -> (Vec<(usize, usize)>, usize) {
+fn spike_with_live_set() -> (Live, usize) {
     let mut live = Vec::new();
     let mut spike = Vec::new();
     for (target, out) in [(16 * MIB, &mut live), (256 * MIB, &mut spike)] {
@@ -132,28 +67,35 @@ fn spike_with_live_set() -> (Vec<(usize, usize)>, usize) {
     (live, bytes)
 }
 
-fn bound(baseline: usize, live: usize) -> usize {
-    baseline + live + live / 10 + 8 * MIB
+/// A scenario's start, in its child only: the baseline RSS, then the spike; returns the
+/// baseline, the live blocks and their bytes.
+fn start(scenario: &str) -> Option<(usize, Live, usize)> {
+    if !is_scenario(scenario) {
+        return None;
+    }
+    let baseline = rss();
+    let (live, live_bytes) = spike_with_live_set();
+    Some((baseline, live, live_bytes))
 }
 
-fn child(scenario: &str) -> bool {
-    std::env::var(CHILD_ENV).is_ok_and(|v| v == scenario)
+/// Checks and frees the live set.
+fn free_live(live: Live) {
+    for (p, size) in live {
+        drop_block(p, size, 0xA5);
+    }
 }
 
-fn report(what: &str, r: usize, b: usize, live: usize) {
-    assert!(
-        r <= b,
-        "{what}: RSS stayed at {:.1} MiB; bound {:.1} MiB (live {:.1} MiB)\n{}",
-        r as f64 / MIB as f64,
-        b as f64 / MIB as f64,
-        live as f64 / MIB as f64,
-        tieralloc::stats()
-    );
-    println!(
-        "{what}: RSS {:.1} MiB <= bound {:.1} MiB",
-        r as f64 / MIB as f64,
-        b as f64 / MIB as f64
-    );
+/// One 64-byte allocation, written and freed at once; returns its address.
+fn one_64() -> usize {
+    let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: non-zero size; freed right away.
+    unsafe {
+        let p = alloc(l);
+        assert!(!p.is_null());
+        p.write(1);
+        dealloc(p, l);
+        p as usize
+    }
 }
 
 /// The program: after the spike, one 64-byte allocation and free every 5 ms, from a
@@ -161,26 +103,17 @@ fn report(what: &str, r: usize, b: usize, live: usize) {
 /// empty or full). At most 800 of them (4 s of sleeps).
 #[test]
 fn child_one_size_loop() {
-    if !child("one-size") {
+    let Some((baseline, live, live_bytes)) = start("one-size") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
-    let l = layout(64);
     let mut r = rss();
     assert!(r > b, "the spike left nothing to purge: {r} <= {b}");
     let mut ops = 0;
     let start = std::time::Instant::now();
     for _ in 0..800 {
         ops += 1;
-        // SAFETY: non-zero size; freed right away.
-        unsafe {
-            let p = alloc(l);
-            assert!(!p.is_null());
-            p.write(1);
-            dealloc(p, l);
-        }
+        one_64();
         r = rss();
         if r <= b {
             break;
@@ -188,27 +121,67 @@ fn child_one_size_loop() {
         std::thread::sleep(Duration::from_millis(5));
     }
     println!("{ops} operations, {:?}", start.elapsed());
-    report("one 64-byte alloc/free every 5 ms", r, b, live_bytes);
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
+    report("one 64-byte alloc/free every 5 ms", r, baseline, live_bytes);
+    free_live(live);
+}
+
+/// The bound on what a refill hands the fast path while memory waits (`alloc::WAIT_REFILL`,
+/// 64 blocks): right after the spike (long before its 500 ms purge delay has passed), one
+/// 64-byte block is allocated and freed until a slow path refills the page: the allocation
+/// that returns the block just freed (a refill takes the blocks freed since the last one,
+/// the last freed first). Then the same, one every 5 ms, at most 600 times, reading RSS
+/// without allocating (so nothing else takes blocks of the page). The page has about a
+/// thousand free blocks: a refill that handed them all out would reach no slow path, and
+/// so no collection, in those 600 (broken copy: with the bound removed, RSS stays at the
+/// spike's); bounded, a slow path comes every 64, and the first after the delay purges.
+#[test]
+fn child_one_size_after_a_refill() {
+    let Some((baseline, live, live_bytes)) = start("after-refill") else {
+        return;
+    };
+    let b = bound(baseline, live_bytes);
+    let mut last = one_64();
+    let refill = (0..5000).position(|_| {
+        let p = one_64();
+        std::mem::replace(&mut last, p) == p
+    });
+    assert!(refill.is_some(), "no refill in 5000 allocations");
+    let mut r = rss_raw();
+    let mut ops = 0;
+    while ops < 600 && r > b {
+        ops += 1;
+        one_64();
+        sleep_raw(5);
+        r = rss_raw();
     }
+    println!("refill after {refill:?}; then {ops} operations");
+    report(
+        "one 64-byte alloc/free every 5 ms after a refill",
+        r,
+        baseline,
+        live_bytes,
+    );
+    free_live(live);
 }
 
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
 /// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
 #[test]
 fn child_no_calls() {
-    if !child("no-calls") {
+    let Some((baseline, live, live_bytes)) = start("no-calls") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
     // No allocator call from here to the assertion (at most 4 s of sleeps).
     let start = std::time::Instant::now();
     let r = idle_until(b, 400);
     println!("fell in {:?}", start.elapsed());
-    report("no allocator call, background purger", r, b, live_bytes);
+    report(
+        "no allocator call, background purger",
+        r,
+        baseline,
+        live_bytes,
+    );
     // The purger runs with every signal blocked (a handler that allocates must never run on
     // it): exactly one thread of this process blocks SIGINT and SIGCHLD (no other thread of
     // the test blocks any).
@@ -229,20 +202,104 @@ fn child_no_calls() {
         blocking, 1,
         "threads blocking SIGINT and SIGCHLD (the purger: 1)"
     );
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
+    free_live(live);
+}
+
+/// The path of the purger thread's (named `tieralloc-purge`) status file.
+fn purger_status() -> std::ffi::CString {
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "tieralloc-purge" {
+            let path = dir.join("status").into_os_string().into_string().unwrap();
+            return std::ffi::CString::new(path).unwrap();
+        }
     }
+    panic!("no thread named tieralloc-purge");
+}
+
+/// The voluntary context switches (one per sleep it woke from) of the thread whose status
+/// file is `status`, read without allocating (no allocator call can wake the purger).
+fn switches(status: &std::ffi::CStr) -> u64 {
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
+    let n = unsafe {
+        let fd = libc::open(status.as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "the purger thread is gone");
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0);
+    let key = b"voluntary_ctxt_switches:";
+    let at = buf[..n as usize]
+        .windows(key.len())
+        .position(|w| w == key)
+        .unwrap();
+    buf[at + key.len()..n as usize]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
+}
+
+/// With `TIERALLOC_BACKGROUND_PURGE=1`: once the spike is purged and nothing waits (the test
+/// thread's heap not `waiting`, the pools empty once their segments expire), the purger
+/// sleeps without a timer: its voluntary context switches stop (broken copy: the old purger,
+/// a pass every 25 ms forever, never stops). A second spike freed wakes it (a heap turning
+/// `waiting` notifies it), and RSS falls again without any further allocator call.
+#[test]
+fn child_purger_sleeps_until_needed() {
+    let Some((baseline, live, live_bytes)) = start("sleeps") else {
+        return;
+    };
+    let r = idle_until(bound(baseline, live_bytes), 400);
+    report("first spike, background purger", r, baseline, live_bytes);
+    // At most 40 looks, 300 ms apart: the purger goes to sleep once the pools' segments
+    // expire (100 ms) and its pass finds nothing waiting.
+    let status = purger_status();
+    let mut before = switches(&status);
+    let mut still = false;
+    for _ in 0..40 {
+        sleep_raw(300);
+        let now = switches(&status);
+        if now == before {
+            still = true;
+            break;
+        }
+        before = now;
+    }
+    assert!(
+        still,
+        "the purger kept waking with nothing to purge ({before} switches)"
+    );
+    sleep_raw(1000);
+    assert_eq!(
+        switches(&status),
+        before,
+        "the purger woke with nothing to purge"
+    );
+    // Woken by a second spike: it purges again, with no allocator call after the frees.
+    let (more, more_bytes) = spike_with_live_set();
+    let r = idle_until(bound(baseline, live_bytes + more_bytes), 400);
+    assert!(switches(&status) > before, "the purger did not wake");
+    report(
+        "second spike, background purger woken",
+        r,
+        baseline,
+        live_bytes + more_bytes,
+    );
+    free_live(live);
+    free_live(more);
 }
 
 /// With the purger on, a fork keeps it in the parent and gives the child its own: both
 /// spike, go idle, and see RSS fall; neither hangs.
 #[test]
 fn child_fork_with_purger() {
-    if !child("fork") {
+    let Some((baseline, live, live_bytes)) = start("fork") else {
         return;
-    }
-    let baseline = rss();
-    let (live, live_bytes) = spike_with_live_set();
+    };
     let b = bound(baseline, live_bytes);
     // SAFETY: fork; the child only allocates, frees and calls libc, then _exits.
     let pid = unsafe { libc::fork() };
@@ -272,33 +329,32 @@ fn child_fork_with_purger() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "the child's RSS did not fall (status {status:#x})"
     );
-    report("parent after fork, background purger", r, b, live_bytes);
-    for (p, size) in live {
-        drop_block(p, size, 0xA5);
-    }
-}
-
-/// Runs this binary's test `test` in a child with `CHILD_ENV=scenario` and `env` (the purge
-/// settings are read once at start-up), killed if it outlives a hang guard far above its run.
-fn run_child(test: &str, scenario: &str, env: &[(&str, &str)]) {
-    let mut cmd = child::this_test(test);
-    cmd.env(CHILD_ENV, scenario)
-        .env_remove("TIERALLOC_PURGE_DELAY_MS")
-        .env_remove("TIERALLOC_BACKGROUND_PURGE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    report(
+        "parent after fork, background purger",
+        r,
+        baseline,
+        live_bytes,
+    );
+    free_live(live);
 }
 
 #[test]
 fn rss_falls_under_a_one_size_alloc_free_loop() {
-    run_child("child_one_size_loop", "one-size", &[]);
+    run_scenario("child_one_size_loop", "one-size", &[]);
+}
+
+#[test]
+fn rss_falls_under_a_one_size_loop_after_a_refill() {
+    run_scenario(
+        "child_one_size_after_a_refill",
+        "after-refill",
+        &[("TIERALLOC_PURGE_DELAY_MS", "500")],
+    );
 }
 
 #[test]
 fn background_purger_purges_without_calls() {
-    run_child(
+    run_scenario(
         "child_no_calls",
         "no-calls",
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],
@@ -306,8 +362,17 @@ fn background_purger_purges_without_calls() {
 }
 
 #[test]
+fn background_purger_sleeps_until_needed() {
+    run_scenario(
+        "child_purger_sleeps_until_needed",
+        "sleeps",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}
+
+#[test]
 fn background_purger_survives_fork() {
-    run_child(
+    run_scenario(
         "child_fork_with_purger",
         "fork",
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],

@@ -30,8 +30,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // that its first thread registration runs (`init`), and the statistics of its counters
     // (`stats`, whose exit-time printer the start-up registers).
     ("heap", &["heap", "init", "stats"]),
-    // Explicit placement on nodes and tiers.
-    ("placed", &["placed"]),
+    // Explicit placement on nodes and tiers, and placement scopes on them.
+    ("placed", &["placed", "scope"]),
     // The tier API: policy setting, migration, auto-demotion, per-tier statistics.
     ("tier", &["tier"]),
     // The global allocator.

@@ -9,23 +9,17 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rss.rs"]
+mod rss;
 
+use rss::{drop_block, is_scenario, new_block, report, rss, run_scenario, MIB};
 use std::alloc::{alloc, dealloc, Layout};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
-const CHILD_ENV: &str = "TIERALLOC_TEST_PURGE_CHILD";
 const DEADLINE: Duration = Duration::from_secs(10);
-const MIB: usize = 1 << 20;
-
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
 
 /// A block of the spike, as plain numbers so it can cross threads.
 #[derive(Clone, Copy)]
@@ -35,27 +29,14 @@ struct Block {
 }
 
 fn alloc_block(size: usize, byte: u8) -> Block {
-    let l = Layout::from_size_align(size, 8).unwrap();
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc(l) };
-    assert!(!p.is_null());
-    // Every byte written, so every page is resident.
-    // SAFETY: p holds size bytes.
-    unsafe { std::ptr::write_bytes(p, byte, size) };
     Block {
-        addr: p as usize,
+        addr: new_block(size, byte),
         size,
     }
 }
 
 fn free_block(b: Block, byte: u8) {
-    let p = b.addr as *mut u8;
-    // SAFETY: b is a live block of b.size bytes, allocated with align 8.
-    unsafe {
-        assert_eq!(*p, byte);
-        assert_eq!(*p.add(b.size - 1), byte);
-        dealloc(p, Layout::from_size_align(b.size, 8).unwrap());
-    }
+    drop_block(b.addr, b.size, byte);
 }
 
 /// ~256 MiB in small, medium, large and huge objects, interleaved (so the small pages and
@@ -115,37 +96,19 @@ fn light_traffic_until(bound: usize) -> usize {
     }
 }
 
-fn bound(baseline: usize, live: usize) -> usize {
-    baseline + live + live / 10 + 8 * MIB
-}
-
 fn assert_falls(what: &str, baseline: usize, live: usize) {
-    let b = bound(baseline, live);
-    let r = light_traffic_until(b);
-    assert!(
-        r <= b,
-        "{what}: RSS stayed at {:.1} MiB after {DEADLINE:?} of light traffic; bound {:.1} MiB \
-         (baseline {:.1} MiB, live {:.1} MiB)\n{}",
-        r as f64 / MIB as f64,
-        b as f64 / MIB as f64,
-        baseline as f64 / MIB as f64,
-        live as f64 / MIB as f64,
-        tieralloc::stats()
+    let r = light_traffic_until(rss::bound(baseline, live));
+    report(
+        &format!("{what}, after at most {DEADLINE:?} of light traffic"),
+        r,
+        baseline,
+        live,
     );
-    println!(
-        "{what}: RSS {:.1} MiB <= bound {:.1} MiB",
-        r as f64 / MIB as f64,
-        b as f64 / MIB as f64
-    );
-}
-
-fn child(scenario: &str) -> bool {
-    std::env::var(CHILD_ENV).is_ok_and(|v| v == scenario)
 }
 
 #[test]
 fn child_spike_on_this_thread() {
-    if !child("this-thread") {
+    if !is_scenario("this-thread") {
         return;
     }
     let baseline = rss();
@@ -163,7 +126,7 @@ fn child_spike_on_this_thread() {
 
 #[test]
 fn child_spike_on_exited_thread() {
-    if !child("exited-thread") {
+    if !is_scenario("exited-thread") {
         return;
     }
     let baseline = rss();
@@ -202,10 +165,7 @@ fn run_child(scenario: &str) {
         "this-thread" => "child_spike_on_this_thread",
         _ => "child_spike_on_exited_thread",
     };
-    let mut cmd = child::this_test(test);
-    cmd.env(CHILD_ENV, scenario)
-        .env("TIERALLOC_PURGE_DELAY_MS", "50");
-    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    run_scenario(test, scenario, &[("TIERALLOC_PURGE_DELAY_MS", "50")]);
 }
 
 #[test]

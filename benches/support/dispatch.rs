@@ -1,6 +1,7 @@
 //! A `#[global_allocator]` that forwards every call to one allocator chosen at run time by an
-//! environment variable: tieralloc, mimalloc, jemalloc (tikv-jemallocator), numalloc or the
-//! system allocator.
+//! environment variable: tieralloc, mimalloc, jemalloc (tikv-jemallocator), numalloc, the
+//! system allocator, or TCMalloc (`tcmalloc-better`, only with the `bench-tcmalloc` feature;
+//! without it the name is refused and the default serves).
 //!
 //! Owns: the choice (read once, on the first call, with `libc::getenv`, which does not
 //! allocate, then cached in an atomic) and the forwarding of the four `GlobalAlloc` calls.
@@ -25,6 +26,11 @@ pub enum Choice {
     System = 3,
     Jemalloc = 4,
     Numalloc = 5,
+    #[allow(
+        dead_code,
+        reason = "only targets that offer it (benches/workloads) name it"
+    )]
+    Tcmalloc = 6,
 }
 
 // The hot path matches on these bytes; anything else (`Choice::System`) is the system allocator.
@@ -33,6 +39,8 @@ const TIER: u8 = Choice::TierAlloc as u8;
 const MI: u8 = Choice::Mimalloc as u8;
 const JE: u8 = Choice::Jemalloc as u8;
 const NUMA: u8 = Choice::Numalloc as u8;
+#[cfg(feature = "bench-tcmalloc")]
+const TC: u8 = Choice::Tcmalloc as u8;
 
 impl Choice {
     /// The name the environment variable gives it (and reports print).
@@ -43,6 +51,7 @@ impl Choice {
             Choice::System => "system",
             Choice::Jemalloc => "jemalloc",
             Choice::Numalloc => "numalloc",
+            Choice::Tcmalloc => "tcmalloc",
         }
     }
 
@@ -53,6 +62,8 @@ impl Choice {
             b"system" => Choice::System,
             b"jemalloc" => Choice::Jemalloc,
             b"numalloc" => Choice::Numalloc,
+            #[cfg(feature = "bench-tcmalloc")]
+            b"tcmalloc" => Choice::Tcmalloc,
             _ => return None,
         })
     }
@@ -63,6 +74,8 @@ impl Choice {
             MI => Choice::Mimalloc,
             JE => Choice::Jemalloc,
             NUMA => Choice::Numalloc,
+            #[cfg(feature = "bench-tcmalloc")]
+            TC => Choice::Tcmalloc,
             _ => Choice::System,
         }
     }
@@ -72,6 +85,8 @@ static TIERALLOC: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static NUMALLOC: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
+#[cfg(feature = "bench-tcmalloc")]
+static TCMALLOC: tcmalloc_better::TCMalloc = tcmalloc_better::TCMalloc;
 
 /// Forwards to the allocator named by the environment variable `var` if it is one of
 /// `offered`, else to `default`; chosen once per process.
@@ -132,12 +147,22 @@ impl Dispatch {
 }
 
 /// `$a` bound to the chosen allocator (a `&'static` of its type), then `$call`.
+#[cfg(not(feature = "bench-tcmalloc"))]
 macro_rules! forward {
     ($self:ident, $a:ident => $call:expr) => {
-        forward!(@arms $self, $a => $call;
+        forward_arms!($self, $a => $call;
             TIER: TIERALLOC, MI: MIMALLOC, JE: JEMALLOC, NUMA: NUMALLOC)
     };
-    (@arms $self:ident, $a:ident => $call:expr; $($k:ident: $alloc:ident),*) => {
+}
+#[cfg(feature = "bench-tcmalloc")]
+macro_rules! forward {
+    ($self:ident, $a:ident => $call:expr) => {
+        forward_arms!($self, $a => $call;
+            TIER: TIERALLOC, MI: MIMALLOC, JE: JEMALLOC, NUMA: NUMALLOC, TC: TCMALLOC)
+    };
+}
+macro_rules! forward_arms {
+    ($self:ident, $a:ident => $call:expr; $($k:ident: $alloc:ident),*) => {
         match $self.chosen() {
             $($k => {
                 let $a = &$alloc;
@@ -151,7 +176,7 @@ macro_rules! forward {
     };
 }
 
-// SAFETY: every call goes to the same one of five GlobalAlloc implementations for the whole
+// SAFETY: every call goes to the same one of the GlobalAlloc implementations for the whole
 // life of the process (the choice never changes once made), so pointers are always freed by
 // the allocator that returned them, with each one's contract forwarded unchanged.
 unsafe impl GlobalAlloc for Dispatch {

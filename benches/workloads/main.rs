@@ -11,8 +11,10 @@
 //! The worker's `#[global_allocator]` is `Dispatch` (benches/support/dispatch.rs, shared with
 //! examples/service.rs): it reads the selection once, on its first call, with `libc::getenv`
 //! (which does not allocate), caches it in an atomic, and then forwards every call to
-//! `TierAlloc`, `mimalloc::MiMalloc`, `tikv_jemallocator::Jemalloc`, `numalloc::NumaAlloc` or
-//! `std::alloc::System`. Every call of every allocator therefore pays the same extra cost: one
+//! `TierAlloc`, `mimalloc::MiMalloc`, `tikv_jemallocator::Jemalloc`, `numalloc::NumaAlloc`,
+//! `std::alloc::System` or, in a build with the `bench-tcmalloc` feature, TCMalloc
+//! (`tcmalloc_better::TCMalloc`, Google's TCMalloc compiled from source; off by default
+//! because it takes minutes to build). Every call of every allocator therefore pays the same extra cost: one
 //! relaxed load and one compare-and-branch whose outcome never changes within a process
 //! (perfectly predicted).
 //!
@@ -86,10 +88,29 @@ static GLOBAL: Dispatch = Dispatch::new(
         Choice::Jemalloc,
         Choice::Numalloc,
         Choice::System,
+        Choice::Tcmalloc,
     ],
 );
 
-const ALLOCS: [&str; 5] = ["tieralloc", "mimalloc", "jemalloc", "numalloc", "system"];
+/// The allocators `--allocs` may name; `tcmalloc` only in a build with the `bench-tcmalloc`
+/// feature (see [`ALLOC_NEEDS`]).
+const ALLOCS: [&str; 6] = [
+    "tieralloc",
+    "mimalloc",
+    "jemalloc",
+    "numalloc",
+    "system",
+    "tcmalloc",
+];
+/// Allocators this build cannot run, with what it takes to run them.
+const ALLOC_NEEDS: &[(&str, &str)] = if cfg!(feature = "bench-tcmalloc") {
+    &[]
+} else {
+    &[(
+        "tcmalloc",
+        "build with `cargo bench --features bench-tcmalloc --bench workloads`",
+    )]
+};
 const WORKLOADS: [&str; 8] = [
     "pairs",
     "prodcons",

@@ -25,6 +25,7 @@ fn color(a: &str) -> RGBColor {
         "mimalloc" => RGBColor(31, 119, 180),
         "jemalloc" => RGBColor(44, 160, 44),
         "numalloc" => RGBColor(255, 127, 14),
+        "tcmalloc" => RGBColor(148, 103, 189),
         _ => RGBColor(100, 100, 100),
     }
 }

@@ -237,6 +237,7 @@ fn short(a: &str) -> &str {
         "tieralloc" => "tier",
         "jemalloc" => "je",
         "numalloc" => "numa",
+        "tcmalloc" => "tc",
         "system" => "sys",
         other => other,
     }

@@ -1,41 +1,19 @@
 //! The list of live heaps behind the heap registry (`heap::thread::registry`), kept apart
 //! from the thread heap so that loom can check it with the real code (tests/loom/).
 //!
-//! Owns: [`HeapList`], the head of a doubly linked list, and [`Linked`], how a heap reaches
-//! its links. May touch: `sync` only. The lock that guards the list is the registry's (the
-//! caller's): every method but `new` is for a thread that holds it, or for the fork child's
-//! single thread. Invariants: a heap is on the list at most once, `prev` and `next` agree, the
-//! list has no cycle; after [`HeapList::split_after_fork`] the list holds exactly the heaps
-//! its `keep` said yes to, so a dead heap's address, which glibc gives a new thread of the
-//! child, is linked again only after it was taken off.
+//! Owns: [`HeapList`], the head of a doubly linked list of heaps, linked through
+//! `heap::list`'s [`Links`] and list functions (the segment lists' own). May touch: `sync`,
+//! `heap::list` (the link trait and the list primitives). The lock that guards the list is
+//! the registry's (the caller's): every method but `new` and `for_each_pinned` (which takes
+//! and releases it) is for a thread that holds it, or for the fork child's single thread.
+//! Invariants: a heap is on the list at most once, `prev` and `next` agree, the list has no
+//! cycle; after [`HeapList::split_after_fork`] the list holds exactly the heaps its `keep`
+//! said yes to, so a dead heap's address, which glibc gives a new thread of the child, is
+//! linked again only after it was taken off.
 
-use crate::sync::UnsafeCell;
+use super::list::{list_for_each, list_push_front, list_unlink, Links};
+use crate::sync::{SpinLock, UnsafeCell};
 use core::ptr;
-
-/// A heap as the registry's list sees it: its two links. They are touched only under the
-/// registry lock (or by the fork child's single thread).
-pub trait Linked: Sized {
-    /// The heap after `n`.
-    ///
-    /// # Safety
-    /// `n` is a valid heap and the caller holds the lock of the list it is on.
-    unsafe fn next(n: *mut Self) -> *mut Self;
-    /// Sets the heap after `n`.
-    ///
-    /// # Safety
-    /// As [`Linked::next`].
-    unsafe fn set_next(n: *mut Self, next: *mut Self);
-    /// The heap before `n`.
-    ///
-    /// # Safety
-    /// As [`Linked::next`].
-    unsafe fn prev(n: *mut Self) -> *mut Self;
-    /// Sets the heap before `n`.
-    ///
-    /// # Safety
-    /// As [`Linked::next`].
-    unsafe fn set_prev(n: *mut Self, prev: *mut Self);
-}
 
 /// The head of the list of live heaps.
 pub struct HeapList<N> {
@@ -48,7 +26,7 @@ unsafe impl<N> Sync for HeapList<N> {}
 // SAFETY: as above; the list holds nothing tied to a thread.
 unsafe impl<N> Send for HeapList<N> {}
 
-impl<N: Linked> HeapList<N> {
+impl<N: Links> HeapList<N> {
     /// An empty list.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
@@ -82,15 +60,7 @@ impl<N: Linked> HeapList<N> {
     #[inline]
     pub unsafe fn link(&self, n: *mut N) {
         // SAFETY: the lock guards the head and every listed heap's links (contract).
-        unsafe {
-            let head = self.first();
-            N::set_prev(n, ptr::null_mut());
-            N::set_next(n, head);
-            if !head.is_null() {
-                N::set_prev(head, n);
-            }
-            self.head.with_mut(|h| *h = n);
-        }
+        self.head.with_mut(|h| unsafe { list_push_front(h, n) });
     }
 
     /// Takes `n` off the list and clears its links.
@@ -100,19 +70,7 @@ impl<N: Linked> HeapList<N> {
     #[inline]
     pub unsafe fn unlink(&self, n: *mut N) {
         // SAFETY: the lock guards the head and the links; n and its neighbours are listed.
-        unsafe {
-            let (p, nx) = (N::prev(n), N::next(n));
-            if p.is_null() {
-                self.head.with_mut(|h| *h = nx);
-            } else {
-                N::set_next(p, nx);
-            }
-            if !nx.is_null() {
-                N::set_prev(nx, p);
-            }
-            N::set_next(n, ptr::null_mut());
-            N::set_prev(n, ptr::null_mut());
-        }
+        self.head.with_mut(|h| unsafe { list_unlink(h, n) });
     }
 
     /// Calls `f` on every heap, front to back (`f` must not change the list).
@@ -120,15 +78,49 @@ impl<N: Linked> HeapList<N> {
     /// # Safety
     /// The caller holds the registry lock.
     #[inline]
-    pub unsafe fn for_each(&self, mut f: impl FnMut(*mut N)) {
+    pub unsafe fn for_each(&self, f: impl FnMut(*mut N)) {
         // SAFETY: the lock keeps the listed heaps alive and their links stable (contract).
+        unsafe { list_for_each(self.first(), f) }
+    }
+
+    /// Visits, front to back, each heap that `pin` pins, with `lock` (this list's) released
+    /// during the visit: `pin(h)` runs with the lock held and says whether it pinned `h`;
+    /// `visit(h)` runs without the lock; `unpin(h)` runs with the lock held again, once the
+    /// heap after `h` has been read. A heap put on the list meanwhile may be missed (it goes
+    /// in at the front); one taken off is not visited.
+    ///
+    /// # Safety
+    /// `lock` guards this list and the caller does not hold it. A pinned heap stays on the
+    /// list (so valid, and its links are this list's) until it is unpinned: whoever takes it
+    /// off waits for the pin first. And nobody waits for a pin while holding `lock` (the
+    /// walk takes the lock again while it holds one).
+    pub unsafe fn for_each_pinned(
+        &self,
+        lock: &SpinLock,
+        mut pin: impl FnMut(*mut N) -> bool,
+        mut visit: impl FnMut(*mut N),
+        mut unpin: impl FnMut(*mut N),
+    ) {
+        let mut g = lock.lock();
+        // SAFETY: with the lock held the listed heaps are valid and their links stable; a
+        // pinned heap stays listed while the lock is released (contract), so its `next`,
+        // read with the lock held again, is a listed heap or null.
         unsafe {
             let mut h = self.first();
             while !h.is_null() {
-                f(h);
-                h = N::next(h);
+                if !pin(h) {
+                    h = N::next(h);
+                    continue;
+                }
+                drop(g);
+                visit(h);
+                g = lock.lock();
+                let next = N::next(h);
+                unpin(h);
+                h = next;
             }
         }
+        drop(g);
     }
 
     /// In a fork child: keeps on the list only the heaps `keep` says yes to (each asked once,
@@ -147,12 +139,7 @@ impl<N: Linked> HeapList<N> {
             while !h.is_null() {
                 let next = N::next(h);
                 let list = if keep(h) { &mut live } else { &mut dead };
-                N::set_prev(h, ptr::null_mut());
-                N::set_next(h, *list);
-                if !(*list).is_null() {
-                    N::set_prev(*list, h);
-                }
-                *list = h;
+                list_push_front(list, h);
                 h = next;
             }
             self.head.with_mut(|h| *h = live);
@@ -161,7 +148,7 @@ impl<N: Linked> HeapList<N> {
     }
 }
 
-impl<N: Linked> Default for HeapList<N> {
+impl<N: Links> Default for HeapList<N> {
     fn default() -> Self {
         Self::new()
     }

@@ -2,9 +2,11 @@
 //! lists (`heap::segment`), kept apart from the segments themselves so that loom can check
 //! them on their own (tests/loom/), with test nodes whose links it tracks.
 //!
-//! Owns: [`LockedList`] (a [`SpinLock`], the head and a count) and the two list primitives
-//! [`list_push_front`] and [`list_unlink`], which a heap also uses for its own segment list.
-//! A node says how to reach its links, its list tag and its owner through [`ListNode`].
+//! Owns: [`LockedList`] (a [`SpinLock`], the head and a count) and the intrusive list
+//! primitives [`list_push_front`], [`list_unlink`] and [`list_for_each`], which a heap also
+//! uses for its own segment list and the registry for its list of heaps (`heap::heaps`). A
+//! node says how to reach its links through [`Links`], and its list tag and owner through
+//! [`ListNode`].
 //!
 //! Protocol: a node on a list has no owner (owner 0). Putting it on (`push_abandoned`) stores
 //! the list's tag in the node and lets go of it (the owner store is a release, after every
@@ -16,9 +18,12 @@
 use crate::sync::{AtomicUsize, Ordering, SpinLock, UnsafeCell};
 use core::ptr;
 
-/// A node of a [`LockedList`]. The link accessors are only called by the holder of the list
-/// (its lock, or the owner of an unlocked list such as a heap's own segments).
-pub trait ListNode: Sized {
+/// A node of an intrusive doubly linked list: how to reach its two links. The accessors are
+/// only called by the holder of the list (its lock, or the owner of an unlocked list such as
+/// a heap's own segments). Segments ([`ListNode`]) and the registry's heaps
+/// (`heap::heaps::HeapList`) are both linked through it, with the same functions
+/// ([`list_push_front`], [`list_unlink`], [`list_for_each`]).
+pub trait Links: Sized {
     /// The node after `n`.
     ///
     /// # Safety
@@ -27,18 +32,22 @@ pub trait ListNode: Sized {
     /// Sets the node after `n`.
     ///
     /// # Safety
-    /// As [`ListNode::next`].
+    /// As [`Links::next`].
     unsafe fn set_next(n: *mut Self, next: *mut Self);
     /// The node before `n`.
     ///
     /// # Safety
-    /// As [`ListNode::next`].
+    /// As [`Links::next`].
     unsafe fn prev(n: *mut Self) -> *mut Self;
     /// Sets the node before `n`.
     ///
     /// # Safety
-    /// As [`ListNode::next`].
+    /// As [`Links::next`].
     unsafe fn set_prev(n: *mut Self, prev: *mut Self);
+}
+
+/// A node of a [`LockedList`]: its links, and its list tag and owner.
+pub trait ListNode: Links {
     /// The tag of the list `n` is on (0: none). Read and written under that list's lock, but
     /// read by a claimer holding another list's lock, so it is atomic in the node.
     ///
@@ -68,7 +77,7 @@ pub trait ListNode: Sized {
 /// # Safety
 /// The caller has exclusive use of the list (its lock, or it owns it) and `n` is on no list.
 #[inline]
-pub unsafe fn list_push_front<N: ListNode>(head: *mut *mut N, n: *mut N) {
+pub unsafe fn list_push_front<N: Links>(head: *mut *mut N, n: *mut N) {
     // SAFETY: exclusive use of the list and of n's links (contract).
     unsafe {
         let first = *head;
@@ -86,7 +95,7 @@ pub unsafe fn list_push_front<N: ListNode>(head: *mut *mut N, n: *mut N) {
 /// # Safety
 /// The caller has exclusive use of the list and `n` is on it.
 #[inline]
-pub unsafe fn list_unlink<N: ListNode>(head: *mut *mut N, n: *mut N) {
+pub unsafe fn list_unlink<N: Links>(head: *mut *mut N, n: *mut N) {
     // SAFETY: exclusive use of the list (contract); n and its neighbours are on it.
     unsafe {
         let (p, nx) = (N::prev(n), N::next(n));
@@ -100,6 +109,21 @@ pub unsafe fn list_unlink<N: ListNode>(head: *mut *mut N, n: *mut N) {
         }
         N::set_next(n, ptr::null_mut());
         N::set_prev(n, ptr::null_mut());
+    }
+}
+
+/// Calls `f` on every node of the list that starts at `first`, front to back (`f` must not
+/// change the list).
+///
+/// # Safety
+/// The caller has exclusive use of the list (its lock, or it owns it).
+#[inline]
+pub unsafe fn list_for_each<N: Links>(first: *mut N, mut f: impl FnMut(*mut N)) {
+    let mut n = first;
+    while !n.is_null() {
+        f(n);
+        // SAFETY: exclusive use of the list (contract): its links are stable.
+        n = unsafe { N::next(n) };
     }
 }
 
@@ -305,15 +329,9 @@ impl<N: ListNode> LockedList<N> {
     /// # Safety
     /// The caller holds the lock.
     #[cfg(loom)]
-    pub unsafe fn for_each_held(&self, mut f: impl FnMut(*mut N)) {
+    pub unsafe fn for_each_held(&self, f: impl FnMut(*mut N)) {
         // SAFETY: the caller holds the lock, so the links are stable.
-        unsafe {
-            let mut n = self.head.with(|h| *h);
-            while !n.is_null() {
-                f(n);
-                n = N::next(n);
-            }
-        }
+        unsafe { list_for_each(self.head.with(|h| *h), f) }
     }
 
     /// Holds the lock across `fork` (see `heap::thread::fork`).

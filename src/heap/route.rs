@@ -2,7 +2,8 @@
 //! no policy is set) and the allocation-free node choice made from it.
 //!
 //! Owns: the policy's atomics (threshold, near:far ratio, per-tier budgets, and the derived
-//! `ACTIVE`, `FAST_MAX`, `DIRECT_MAX`), [`apply`] (the only writer: `tier::policy` and the
+//! `ACTIVE`, `FAST_MAX`, `DIRECT_MAX`; and `SCOPED_GATE`, the constant 0 a scoped thread's
+//! inline gate reads instead of `FAST_MAX`), [`apply`] (the only writer: `tier::policy` and the
 //! start-up in `init` call it), the choice of node for a request or a segment ([`route`],
 //! [`segment_node`], [`admit`]) and the counters of that choice (spills, refusals, routed
 //! bytes). May touch: `heap::{segment, size_class}` (committed bytes per node, sizes), the
@@ -27,6 +28,9 @@ pub(crate) static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The largest request the inline bin path serves; lowered below `MEDIUM_MAX` by a size
 /// threshold policy so that requests at or over the threshold reach `route`.
 pub(crate) static FAST_MAX: AtomicUsize = AtomicUsize::new(MEDIUM_MAX);
+/// The inline gate of a thread heap with a placement scope active (see
+/// `thread::scoped`): 0, so that every request goes to `alloc_generic`. Never written.
+pub(crate) static SCOPED_GATE: AtomicUsize = AtomicUsize::new(0);
 /// The largest C request the direct path (`thread::alloc_direct`) serves: `DIRECT_MAX`, or
 /// less when `FAST_MAX` is lower.
 pub(crate) static DIRECT_MAX: AtomicUsize = AtomicUsize::new(super::thread::DIRECT_MAX);

@@ -22,7 +22,7 @@
 //!   another heap only after every entry holding it has been rewritten.
 
 pub use super::list::{list_push_front, list_unlink};
-use super::list::{ListNode, LockedList};
+use super::list::{Links, ListNode, LockedList};
 use super::remote::{Block, RemoteFree};
 use crate::sync::{AtomicU8, AtomicUsize, Ordering};
 use crate::sys::os;
@@ -681,35 +681,38 @@ pub const FULL: u8 = 2;
 /// A locked list of segments with no owner: a pool, or an abandoned list (see `heap::list`).
 pub type SegmentList = LockedList<Segment>;
 
-impl ListNode for Segment {
+impl Links for Segment {
     /// # Safety
-    /// As [`ListNode::next`].
+    /// As [`Links::next`].
     #[inline]
     unsafe fn next(n: *mut Self) -> *mut Self {
         // SAFETY: n is valid and its list is the caller's (trait contract).
         unsafe { (*n).next }
     }
     /// # Safety
-    /// As [`ListNode::set_next`].
+    /// As [`Links::set_next`].
     #[inline]
     unsafe fn set_next(n: *mut Self, next: *mut Self) {
         // SAFETY: as above.
         unsafe { (*n).next = next }
     }
     /// # Safety
-    /// As [`ListNode::prev`].
+    /// As [`Links::prev`].
     #[inline]
     unsafe fn prev(n: *mut Self) -> *mut Self {
         // SAFETY: as above.
         unsafe { (*n).prev }
     }
     /// # Safety
-    /// As [`ListNode::set_prev`].
+    /// As [`Links::set_prev`].
     #[inline]
     unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
         // SAFETY: as above.
         unsafe { (*n).prev = prev }
     }
+}
+
+impl ListNode for Segment {
     /// # Safety
     /// As [`ListNode::list_tag`].
     #[inline]

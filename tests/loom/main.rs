@@ -29,10 +29,52 @@ use loom::thread;
 use std::collections::HashMap;
 use tieralloc::claim::ClaimSlot;
 use tieralloc::delayed;
-use tieralloc::list::{ListNode, LockedList};
+use tieralloc::list::{Links, ListNode, LockedList};
 use tieralloc::remote::{
     Block, BlockStack, Pushed, RemoteFree, DELAYED_FREEING, NEVER_DELAYED, NORMAL, USE_DELAYED,
 };
+
+/// The two links of a model's list node (a heap of the registry, a segment), as loom cells:
+/// only the holder of the node's list touches them, and loom checks that.
+pub(crate) struct Link<T> {
+    next: UnsafeCell<*mut T>,
+    prev: UnsafeCell<*mut T>,
+}
+
+impl<T> Link<T> {
+    pub(crate) fn new() -> Link<T> {
+        Link {
+            next: UnsafeCell::new(std::ptr::null_mut()),
+            prev: UnsafeCell::new(std::ptr::null_mut()),
+        }
+    }
+}
+
+/// `impl Links for $node` through its `link: Link<$node>` field (one implementation for
+/// every model's nodes; a foreign trait cannot be implemented for all of them at once).
+macro_rules! links_through_field {
+    ($node:ty) => {
+        impl Links for $node {
+            unsafe fn next(n: *mut Self) -> *mut Self {
+                // SAFETY: n is a live node (the model keeps them all until it ends).
+                unsafe { (*n).link.next.with(|p| *p) }
+            }
+            unsafe fn set_next(n: *mut Self, next: *mut Self) {
+                // SAFETY: as above.
+                unsafe { (*n).link.next.with_mut(|p| *p = next) }
+            }
+            unsafe fn prev(n: *mut Self) -> *mut Self {
+                // SAFETY: as above.
+                unsafe { (*n).link.prev.with(|p| *p) }
+            }
+            unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
+                // SAFETY: as above.
+                unsafe { (*n).link.prev.with_mut(|p| *p = prev) }
+            }
+        }
+    };
+}
+use links_through_field;
 
 /// A block the test owns, passed between threads as an address (8-byte aligned: the low bits
 /// of the list word carry the page state).

@@ -1,20 +1,27 @@
 //! The registry of live heaps (`heap::heaps`, under the registry's `SpinLock`): threads
 //! starting (`register` links the heap) and exiting (`heap_done` unlinks it) against a
-//! statistics walk (`for_each_stats`). The fork models (`fork.rs`) use the same heaps.
+//! statistics walk (`for_each_stats`), and against the background purger's walk
+//! (`purger::pass`, `HeapList::for_each_pinned`). The fork models (`fork.rs`) use the same
+//! heaps.
 
 use super::*;
-use tieralloc::heaps::{HeapList, Linked};
+use tieralloc::heaps::HeapList;
 use tieralloc::sync::SpinLock;
 
 /// A heap as the registry sees it: an id, whether it is a node heap, and its links.
 pub(super) struct H {
     pub(super) id: usize,
     pub(super) shared: bool,
-    next: UnsafeCell<*mut H>,
-    prev: UnsafeCell<*mut H>,
+    link: Link<H>,
+    /// The purger's gate (`purger::enter`): free, the owner's or the purger's.
+    gate: AtomicU8,
+    /// What the purger and the owner write under the gate (the heap's segment state).
+    data: UnsafeCell<u32>,
+    /// The thread has exited and its heap's memory is gone.
+    gone: loom::sync::atomic::AtomicBool,
 }
 
-// SAFETY: the links are only touched under the registry lock (Linked's contract).
+// SAFETY: the links are only touched under the registry lock (Links' contract).
 unsafe impl Send for H {}
 // SAFETY: as above.
 unsafe impl Sync for H {}
@@ -24,8 +31,10 @@ impl H {
         H {
             id,
             shared,
-            next: UnsafeCell::new(std::ptr::null_mut()),
-            prev: UnsafeCell::new(std::ptr::null_mut()),
+            link: Link::new(),
+            gate: AtomicU8::new(FREE),
+            data: UnsafeCell::new(0),
+            gone: loom::sync::atomic::AtomicBool::new(false),
         }
     }
     pub(super) fn ptr(&self) -> *mut H {
@@ -33,24 +42,7 @@ impl H {
     }
 }
 
-impl Linked for H {
-    unsafe fn next(n: *mut Self) -> *mut Self {
-        // SAFETY: n is a live H (the model keeps them all).
-        unsafe { (*n).next.with(|p| *p) }
-    }
-    unsafe fn set_next(n: *mut Self, next: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).next.with_mut(|p| *p = next) }
-    }
-    unsafe fn prev(n: *mut Self) -> *mut Self {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with(|p| *p) }
-    }
-    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with_mut(|p| *p = prev) }
-    }
-}
+links_through_field!(H);
 
 /// The registry: its lock and its list.
 pub(super) struct Registry {
@@ -152,5 +144,134 @@ fn registry_start_exit_and_stats_walk() {
         // A new thread whose heap lands at heap 2's address.
         reg.register(&heaps[2]);
         assert_eq!(reg.walk(), [2, 0]);
+    });
+}
+
+/// The background purger's walk (`purger::pass` through `HeapList::for_each_pinned`): it
+/// pins a heap by taking its gate with the registry lock held, purges it (writes
+/// its segment state, `data`) with the lock released, and reads the next heap with the lock
+/// held again before letting go of the gate.
+fn purge_walk(reg: &Registry, purged: &mut Vec<usize>, mut during: impl FnMut(usize)) {
+    // SAFETY: the lock is this list's and not held here; a pinned heap's owner takes its gate
+    // before unlinking it (`exit`), and nobody holding the lock waits for a gate.
+    unsafe {
+        reg.heaps.for_each_pinned(
+            &reg.lock,
+            |h| {
+                (*h).gate
+                    .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            },
+            |h| {
+                assert!(
+                    !(*h).gone.load(Ordering::Relaxed),
+                    "purged a heap that is gone"
+                );
+                (*h).data.with_mut(|d| *d += 1);
+                purged.push((*h).id);
+                during((*h).id);
+            },
+            |h| (*h).gate.store(FREE, Ordering::Release),
+        )
+    };
+}
+
+pub(super) const FREE: u8 = 0;
+const OWNER: u8 = 1;
+const PURGER: u8 = 2;
+
+/// A thread's exit as `heap_done` does it: take the heap's gate (waiting for the purger to
+/// leave), let go of its memory (writes `data`), unlink it under the lock, and then its
+/// memory goes (glibc frees the thread's TLS): `gone`, and its links and data rewritten.
+fn exit(reg: &Registry, h: &H) {
+    while h
+        .gate
+        .compare_exchange(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        thread::yield_now();
+    }
+    // SAFETY: we hold the gate: the purger is not in this heap (loom checks it).
+    h.data.with_mut(|d| unsafe { *d += 100 });
+    reg.unregister(h);
+    h.gate.store(FREE, Ordering::Release);
+    h.gone.store(true, Ordering::Relaxed);
+    // SAFETY: off the list; the model's stand-in for the memory's next use.
+    unsafe {
+        H::set_next(h.ptr(), std::ptr::null_mut());
+        H::set_prev(h.ptr(), std::ptr::null_mut());
+    }
+    // SAFETY: the heap is gone: nobody may touch it any more (loom checks the purger's last
+    // access happened before this).
+    h.data.with_mut(|d| unsafe { *d = 0xdead });
+}
+
+/// The purger walks while heap 1's thread exits (heap 0's lives on, listed after heap 1):
+/// the purger never touches heap 1 after its exit let go of it (loom checks every access to
+/// its links and data happens before the exit's rewrite, and `gone` is never seen while
+/// pinned), it visits heap 0 whatever heap 1 does, and heap 1 at most once.
+#[test]
+fn purger_walk_against_a_thread_exit() {
+    check(3, |yield_first| {
+        let reg = Arc::new(Registry::new());
+        let heaps = Arc::new([H::new(0, false), H::new(1, false)]);
+        reg.register(&heaps[0]);
+        reg.register(&heaps[1]);
+        let purger = {
+            let reg = reg.clone();
+            thread::spawn(move || {
+                let mut purged = Vec::new();
+                purge_walk(&reg, &mut purged, |_| {});
+                purged
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        exit(&reg, &heaps[1]);
+        let purged = purger.join().unwrap();
+        assert!(
+            purged == [1, 0] || purged == [0],
+            "the purger visited {purged:?}"
+        );
+        assert_eq!(reg.walk(), [0]);
+        // SAFETY: both threads are joined.
+        let d0 = heaps[0].data.with(|d| unsafe { *d });
+        assert_eq!(d0, 1, "heap 0 purged once");
+    });
+}
+
+/// A thread starts and exits while the purger is inside a heap's purge: the registry lock is
+/// free then (the purge of heap 0 waits until the other thread has registered heap 2 and
+/// exited; were the lock held across the purge, neither could go on: broken copy, the walk
+/// holding the lock through `visit`, and loom finds the two threads spinning for ever).
+/// The purger visits heap 2 only if it was listed first, and heap 0 once.
+#[test]
+fn thread_start_and_exit_during_a_purge() {
+    check(3, |_| {
+        let reg = Arc::new(Registry::new());
+        let heaps = Arc::new([H::new(0, false), H::new(2, false)]);
+        reg.register(&heaps[0]);
+        let done = Arc::new(AtomicUsize::new(0));
+        let other = {
+            let (reg, heaps, done) = (reg.clone(), heaps.clone(), done.clone());
+            thread::spawn(move || {
+                reg.register(&heaps[1]);
+                exit(&reg, &heaps[1]);
+                done.store(1, Ordering::Release);
+            })
+        };
+        let mut purged = Vec::new();
+        purge_walk(&reg, &mut purged, |id| {
+            while id == 0 && done.load(Ordering::Acquire) == 0 {
+                thread::yield_now();
+            }
+        });
+        other.join().unwrap();
+        assert!(
+            purged == [0] || purged == [2, 0],
+            "the purger visited {purged:?}"
+        );
+        assert_eq!(reg.walk(), [0]);
     });
 }

@@ -11,8 +11,7 @@ use super::*;
 pub(super) struct Seg {
     owner: AtomicUsize,
     tag: AtomicU8,
-    next: UnsafeCell<*mut Seg>,
-    prev: UnsafeCell<*mut Seg>,
+    link: Link<Seg>,
     page: RemoteFree,
     local: UnsafeCell<Vec<usize>>,
     data: UnsafeCell<u32>,
@@ -28,8 +27,7 @@ impl Seg {
         Seg {
             owner: AtomicUsize::new(owner),
             tag: AtomicU8::new(0),
-            next: UnsafeCell::new(std::ptr::null_mut()),
-            prev: UnsafeCell::new(std::ptr::null_mut()),
+            link: Link::new(),
             page: RemoteFree::new(),
             local: UnsafeCell::new(Vec::new()),
             data: UnsafeCell::new(0),
@@ -40,25 +38,11 @@ impl Seg {
     }
 }
 
+links_through_field!(Seg);
+
 impl ListNode for Seg {
-    unsafe fn next(n: *mut Self) -> *mut Self {
-        // SAFETY: n is a live Seg (the Arcs outlive the model's threads).
-        unsafe { (*n).next.with(|p| *p) }
-    }
-    unsafe fn set_next(n: *mut Self, next: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).next.with_mut(|p| *p = next) }
-    }
-    unsafe fn prev(n: *mut Self) -> *mut Self {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with(|p| *p) }
-    }
-    unsafe fn set_prev(n: *mut Self, prev: *mut Self) {
-        // SAFETY: as above.
-        unsafe { (*n).prev.with_mut(|p| *p = prev) }
-    }
     unsafe fn list_tag(n: *mut Self) -> u8 {
-        // SAFETY: as above.
+        // SAFETY: n is a live Seg (the Arcs outlive the model's threads).
         unsafe { (*n).tag.load(Ordering::Relaxed) }
     }
     unsafe fn set_list_tag(n: *mut Self, tag: u8) {

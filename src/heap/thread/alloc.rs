@@ -1,14 +1,16 @@
 //! Allocation: the fast paths, the refill behind them, and the dispatch of every request that
 //! is not a plain bin one.
 //!
-//! Owns: the pop every allocation goes through (`pop_block`), `alloc_bin`, `alloc_direct`
+//! Owns: the pop every allocation goes through (`pop_block`), `alloc_small` (the global
+//! allocator's inline path and its size gate), `alloc_bin`, `alloc_direct`
 //! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
 //! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
 //! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `purger` (its gate),
 //! `free` (the drain),
-//! `heap::{page, segment, size_class, remote}`, `sys::os`, and `heap::route` (the routing
-//! call in `alloc_generic_in`).
+//! `heap::{page, segment, size_class, remote}`, `sys::os`, `heap::route` (the routing
+//! call in `alloc_generic_in`), and `scoped` (a placement scope's diversion, first in
+//! `alloc_generic_in`).
 
 use super::bins::{direct_bin, page_to_full};
 use super::counters::bump;
@@ -17,6 +19,7 @@ use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
 use super::purger;
 use super::registry::heap_init;
+use super::scoped::{alloc_in_scope, Scope};
 use super::slices::take_slices;
 use super::tick::heap_tick;
 use super::tls::{heap, heap_or_unset, is_unset, own};
@@ -27,6 +30,51 @@ use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
 use crate::sync::{AtomicU64, Ordering};
 use crate::sys::os;
 use core::ptr;
+
+/// `GlobalAlloc::alloc` for `align <= 16`: a block of `size.max(align)` bytes popped from its
+/// bin's current page (the fast path) when the size is within the heap's inline gate, else
+/// [`alloc_generic`]. The gate is `route::FAST_MAX` (lowered by a size threshold policy) read
+/// through the heap, or 0 while a placement scope is active (see `scoped`): the one load
+/// that tells both apart (one load more than reading the static). Null only when memory is
+/// exhausted.
+///
+/// # Safety
+/// `align <= 16` is a power of two.
+#[inline(always)]
+pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
+    let h = heap_or_unset();
+    let s = size.max(align);
+    // SAFETY: h is this thread's heap or the unset heap (both readable, and the unset heap's
+    // pages have no free block, so alloc_bin_slow, which looks the real heap up, runs);
+    // s <= the gate <= FAST_MAX <= MEDIUM_MAX, so bin_of gives a bin < NBINS; align is a
+    // power of two (contract).
+    unsafe {
+        if s <= (*h).fast_gate.load(Ordering::Relaxed) {
+            alloc_bin_in(h, bin_of(s))
+        } else {
+            alloc_generic(size, align, false)
+        }
+    }
+}
+
+/// `GlobalAlloc::alloc_zeroed` for `align <= 16`: as [`alloc_small`], the first `size` bytes
+/// zero.
+///
+/// # Safety
+/// `align <= 16` is a power of two.
+#[inline]
+pub unsafe fn alloc_small_zeroed(size: usize, align: usize) -> *mut u8 {
+    let h = own();
+    let s = size.max(align);
+    // SAFETY: as in alloc_small; size <= s <= the bin's block size.
+    unsafe {
+        if s <= h.fast_gate.load(Ordering::Relaxed) {
+            alloc_bin_zeroed_in(h, bin_of(s), size)
+        } else {
+            alloc_generic(size, align, true)
+        }
+    }
+}
 
 /// Pops a block of `bin` (the fast path). Null only when memory is exhausted.
 ///
@@ -160,16 +208,6 @@ pub(super) unsafe fn alloc_bin_in(h: *mut Heap, bin: usize) -> *mut u8 {
         }
         alloc_bin_slow(h, bin, false)
     }
-}
-
-/// Like [`alloc_bin`], but the first `size` bytes are zero.
-///
-/// # Safety
-/// `bin < NBINS` and `size <= bin_size(bin)`.
-#[inline]
-pub unsafe fn alloc_bin_zeroed(bin: usize, size: usize) -> *mut u8 {
-    // SAFETY: forwarded contract.
-    unsafe { alloc_bin_zeroed_in(own(), bin, size) }
 }
 
 /// [`alloc_bin_zeroed`] on heap `h`.
@@ -457,6 +495,13 @@ pub(super) unsafe fn alloc_generic_in(
 ) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
+        if h.scope != Scope::None && !h.shared {
+            // The scope decides, before any tier policy; null: serve here as usual.
+            let p = alloc_in_scope(h, size, align, zero);
+            if !p.is_null() {
+                return p;
+            }
+        }
         if crate::heap::route::ACTIVE.load(Ordering::Relaxed)
             && !h.shared
             && (h.state == ACTIVE || heap_init(h))

@@ -8,7 +8,7 @@
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
 //! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `fork` (the
-//! atfork handlers). The
+//! atfork handlers), `scoped` (a thread's placement scope and the allocations it diverts). The
 //! crate sees only what is re-exported below. May touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
@@ -34,6 +34,7 @@ mod large;
 mod node;
 mod purger;
 mod registry;
+mod scoped;
 mod slices;
 mod tick;
 mod tls;
@@ -45,7 +46,7 @@ mod fork;
 mod tests;
 
 pub(crate) use alloc::{
-    alloc_bin, alloc_bin_zeroed, alloc_direct, alloc_direct_pop, alloc_generic,
+    alloc_bin, alloc_direct, alloc_direct_pop, alloc_generic, alloc_small, alloc_small_zeroed,
 };
 pub(crate) use bins::DIRECT_MAX;
 pub(crate) use counters::{
@@ -57,6 +58,7 @@ pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
 pub(crate) use registry::{for_each_stats, heap_node};
+pub(crate) use scoped::{scope, set_scope, Scope, Spread, MAX_SPREAD};
 pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
 pub(crate) use tls::heap;
@@ -136,6 +138,12 @@ pub struct Heap {
     huge_cache: HugeCache,
     /// This thread's counters.
     pub stats: Stats,
+    /// The limit of the global allocator's inline size gate on this heap: `route::FAST_MAX`,
+    /// or `route::SCOPED_GATE` (0, so that every request reaches `alloc_generic`) while a
+    /// placement scope is active (see `scoped`). Owner only.
+    fast_gate: &'static crate::sync::AtomicUsize,
+    /// The placement scope in force on this thread (`Scope::None` on node heaps). Owner only.
+    scope: scoped::Scope,
     reg_next: *mut Heap,
     reg_prev: *mut Heap,
 }
@@ -198,6 +206,8 @@ impl Heap {
             allocs_at_collect: [0; NBINS],
             huge_cache: HugeCache::new(),
             stats: Stats::new(),
+            fast_gate: &crate::heap::route::FAST_MAX,
+            scope: scoped::Scope::None,
             reg_next: ptr::null_mut(),
             reg_prev: ptr::null_mut(),
         }

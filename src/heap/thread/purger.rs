@@ -3,12 +3,14 @@
 //! that lets it touch a live thread's heap safely.
 //!
 //! Owns: [`BACKGROUND_PURGE`], the purger thread (started from a slow path the first time a
-//! heap is `waiting` with something to purge, never before), its pass, its fork handlers,
-//! and the per-heap gate protocol ([`enter`], `Heap::gate`). May touch: the `Heap` fields
-//! `gate`, `gate_depth`, `waiting`, `idle_bytes`, `segments`, `huge_cache`, `state`,
-//! `shared` (`super`), `registry` (the heap list, under its lock), `tick` (`WAIT_BYTES`),
-//! `heap::{segment, huge}` (purge steps, pool unmapping, the huge cache's expiry), `sync`,
-//! `sys::os`, `init` (the purge delay).
+//! heap is `waiting` with something to purge, never before), its pass, its sleep and the
+//! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, and the per-heap gate
+//! protocol ([`enter`], `Heap::gate`). May touch: the `Heap` fields `gate`, `gate_depth`,
+//! `waiting`, `idle_bytes`, `segments`, `huge_cache`, `state`, `shared` (`super`),
+//! `registry` (the heap list: walked and pinned under its lock, through
+//! `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `heap::{segment, huge}`
+//! (purge steps, pool unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the
+//! purge delay).
 //!
 //! The gate: a heap's segments (slice bitmaps, purge state, list) and its huge cache belong
 //! to its owner thread, and only its slow paths change them; the fast paths touch only the
@@ -16,25 +18,31 @@
 //! So every owner slow path that may change them ([`enter`]: the refill, the generic
 //! allocation, the local and remote free slow paths, resizing, `collect`, thread exit) holds
 //! the gate (`OWNER`), and the purger visits a heap only if it can take the gate (`PURGER`)
-//! at once; it never waits for one. An owner that finds the purger in its heap spins until
-//! it leaves: the purger holds one heap at a time, for a walk of its segment list and the
-//! `madvise` of what is due. With the purger off (the default) the gate costs one relaxed
-//! load per slow path and nothing on the fast paths.
+//! at once; it never waits for one. An owner that finds the purger in its heap waits until
+//! it leaves (a bounded spin, then `sched_yield`): the purger holds one heap at a time, for
+//! a walk of its segment list and the `madvise` of what is due, without the registry lock
+//! (see [`pass`]). With the purger off (the default) the gate costs one relaxed load per
+//! slow path and nothing on the fast paths.
+//!
+//! The thread runs a pass every quarter of the purge delay while anything waits (a heap is
+//! `waiting`, a pool holds a segment), and otherwise sleeps on a futex until [`notify`]
+//! (a heap turning `waiting`, a thread exit) wakes it: an idle program has no timer firing.
 //!
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
-//! takes spin locks and calls `madvise`/`munmap`), so it cannot recurse into the allocator.
-//! Across `fork`, the prepare handler takes `PASS` (no pass is in progress while the
-//! allocator's locks are taken), and the child, where the thread does not exist, marks it not
-//! started: the child's first slow path that finds memory waiting starts its own.
+//! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
+//! allocator. Across `fork`, the prepare handler takes `PASS` (no pass is in progress while
+//! the allocator's locks are taken), and the child, where the thread does not exist, marks
+//! it not started: the child's first slow path that finds memory waiting starts its own.
 
 use super::registry::REGISTRY;
 use super::tick::WAIT_BYTES;
 use super::Heap;
 use crate::heap::segment::{Segment, MAX_NODES, POOLS};
 use crate::init;
-use crate::sync::{AtomicBool, AtomicU8, Ordering, SpinLock};
+use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::fence;
 
 /// `TIERALLOC_BACKGROUND_PURGE`: whether the purger may run (set once, at start-up).
 pub(crate) static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
@@ -49,8 +57,12 @@ const RUNNING: u8 = 2;
 /// `pthread_create` refused (thread limit, seccomp, memory): not tried again in this process
 /// (a fork child tries once more), so a waiting heap does not call it on every slow path.
 const FAILED: u8 = 3;
+/// Running, but asleep until [`notify`] wakes it: nothing waited at its last look.
+const ASLEEP: u8 = 4;
 /// Whether the purger thread exists.
 static THREAD: AtomicU8 = AtomicU8::new(OFF);
+/// The futex word the sleeping purger waits on: [`notify`] bumps it when it wakes it.
+static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
 static PASS: SpinLock = SpinLock::new();
 /// Passes completed (for tests, through `stats`).
@@ -74,16 +86,30 @@ pub(super) fn enter(h: *mut Heap) -> Gate {
     unsafe {
         if (*h).gate_depth == 0 {
             let gate = &*addr_of!((*h).gate);
-            while gate
-                .compare_exchange_weak(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
+            if gate
+                .compare_exchange(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
             {
-                crate::sync::spin_hint();
+                take_for_owner(gate);
             }
         }
         (*h).gate_depth += 1;
     }
     Gate(h)
+}
+
+/// Takes a heap's gate for its owner, waiting for the purger to leave: a bounded spin, then
+/// `sched_yield` (`sync::backoff`), so that on a busy CPU the owner does not keep the purger
+/// (which holds the gate for one heap's walk and `madvise`) from finishing.
+#[cold]
+fn take_for_owner(gate: &AtomicU8) {
+    let mut spins = 0u32;
+    while gate
+        .compare_exchange_weak(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        backoff(&mut spins);
+    }
 }
 
 impl Drop for Gate {
@@ -139,7 +165,13 @@ pub(super) unsafe fn maybe_start() {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         r == 0
     };
-    THREAD.store(if ok { RUNNING } else { FAILED }, Ordering::Release);
+    if ok {
+        // Unless the new thread has already gone to sleep (ASLEEP must stay, or no
+        // `notify` would wake it).
+        let _ = THREAD.compare_exchange(STARTING, RUNNING, Ordering::AcqRel, Ordering::Relaxed);
+    } else {
+        THREAD.store(FAILED, Ordering::Release);
+    }
 }
 
 /// Whether the purger should be started now (on, not started).
@@ -148,8 +180,12 @@ pub(super) fn wanted() -> bool {
     BACKGROUND_PURGE.load(Ordering::Relaxed) && THREAD.load(Ordering::Relaxed) == OFF
 }
 
-/// The purger thread: a pass every quarter of the purge delay (at least 5 ms), forever.
+/// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
+/// waits to be purged; asleep (no timer) from a pass after which nothing waits until
+/// [`notify`] wakes it.
 extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: a NUL-terminated name of at most 15 bytes, for the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"tieralloc-purge".as_ptr()) };
     loop {
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         let ms = (delay / 4).clamp(5, 1000);
@@ -164,11 +200,115 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
             unsafe { pass(os::now_ms(), delay) };
             PASSES.fetch_add(1, Ordering::Relaxed);
         }
+        sleep_while_nothing_waits();
+    }
+}
+
+/// Whether anything waits for the purger: a pool's segment (unmapped once expired) or a
+/// thread heap that is `waiting`.
+fn anything_waits() -> bool {
+    if POOLS
+        .iter()
+        .take(MAX_NODES)
+        .any(|p| p.count.load(Ordering::Relaxed) > 0)
+    {
+        return true;
+    }
+    let _g = REGISTRY.lock.lock();
+    let mut any = false;
+    // SAFETY: we hold the registry lock, so the listed heaps are valid; `shared` never
+    // changes after registration and `waiting` is atomic.
+    unsafe {
+        REGISTRY
+            .heaps
+            .for_each(|h| any |= !(*h).shared && (*addr_of!((*h).waiting)).load(Ordering::Relaxed))
+    };
+    any
+}
+
+/// Sleeps on [`WAKE`] until [`notify`] says something waits, unless something waits now.
+///
+/// With the waker this is a Dekker handshake, so no wake-up is lost: the purger stores
+/// `ASLEEP`, fences, then looks at every `waiting` flag and pool; a waker stores its
+/// `waiting` flag (or pool push), fences, then loads `THREAD`. Of two stores each followed
+/// by a sequentially consistent fence, at least one is seen by the other side's load: the
+/// purger sees the work, or the waker sees `ASLEEP` and wakes it. The wait itself is a futex
+/// on `WAKE`, read before `THREAD` is looked at again: a waker that switched `THREAD` back
+/// to `RUNNING` after that look has bumped `WAKE` before its `FUTEX_WAKE`, so the wait
+/// either returns at once (the word changed) or is woken.
+fn sleep_while_nothing_waits() {
+    THREAD.store(ASLEEP, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    if anything_waits() {
+        // A waker may have set RUNNING already; either way we run.
+        THREAD.store(RUNNING, Ordering::Relaxed);
+        return;
+    }
+    loop {
+        let seq = WAKE.load(Ordering::Acquire);
+        if THREAD.load(Ordering::Acquire) != ASLEEP {
+            return;
+        }
+        // SAFETY: a futex wait on a static word, private to the process, with no timeout;
+        // it returns at once if the word is no longer `seq`, and on a signal (all blocked).
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seq,
+                core::ptr::null::<libc::timespec>(),
+            )
+        };
+    }
+}
+
+/// Wakes the purger if it sleeps: to be called after a heap became `waiting`, or a segment
+/// went to a pool, with the flag (or push) already stored. One relaxed load when the purger
+/// is off (the default).
+#[inline]
+pub(super) fn notify() {
+    if BACKGROUND_PURGE.load(Ordering::Relaxed) {
+        wake();
+    }
+}
+
+/// [`notify`]'s side of the handshake (see [`sleep_while_nothing_waits`]). No allocation,
+/// no lock: a fence, a load, and when the purger sleeps a CAS, an add and `FUTEX_WAKE`.
+#[cold]
+fn wake() {
+    fence(Ordering::SeqCst);
+    if THREAD.load(Ordering::Relaxed) == ASLEEP
+        && THREAD
+            .compare_exchange(ASLEEP, RUNNING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        WAKE.fetch_add(1, Ordering::Release);
+        // SAFETY: a futex wake of the static word the purger waits on; wakes at most one.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                WAKE.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            )
+        };
     }
 }
 
 /// One pass: unmap the pools' expired segments, then, for every registered thread heap that
 /// is `waiting` and whose gate is free, run its due purge steps and expire its huge cache.
+///
+/// The registry lock is held only to walk the list and pin a heap, never across a purge: a
+/// heap is pinned by taking its gate (`PURGER`) with the lock held while it is listed. Its
+/// owner takes the gate before anything else on thread exit (`heap_done`) and keeps it until
+/// the heap is off the list, so a pinned heap stays listed, and its memory (the thread's
+/// TLS) valid, until the purger lets go of the gate; the purger reads the next heap with the
+/// lock held again before it does. While the purger holds a gate it waits for the registry
+/// lock, which no holder keeps while it waits for a gate: nothing under the registry lock
+/// allocates or takes a gate (`register`, `heap_done`'s unlinking, the statistics walk, the
+/// fork handlers, which first wait for `PASS`). tests/loom/registry.rs models this walk
+/// (`HeapList::for_each_pinned`) against a thread that exits.
 ///
 /// # Safety
 /// Called by the purger thread holding `PASS`.
@@ -178,27 +318,27 @@ unsafe fn pass(now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
     }
-    // The registry lock guards the list of heaps; a listed heap stays valid while it is held
-    // (a heap leaves the list under it).
-    let _g = REGISTRY.lock.lock();
-    // SAFETY: listed heaps are valid (lock held). The purger reads and writes only atomics
-    // (`waiting`, `gate`) or, holding the gate, segment state no fast path touches.
+    // SAFETY: `pin` runs with the registry lock held, so the heap it looks at is valid; a heap
+    // pinned (gate taken) stays listed until unpinned (above). The purger reads and writes
+    // only atomics (`waiting`, `gate`) or, holding the gate, segment state no fast path
+    // touches. The registry lock is not held by this thread here.
     unsafe {
-        REGISTRY.heaps.for_each(|h| {
-            if (*h).shared || !(*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
-                return;
-            }
-            let gate = &*addr_of!((*h).gate);
-            if gate
-                .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
+        REGISTRY.heaps.for_each_pinned(
+            &REGISTRY.lock,
+            |h| {
+                !(*h).shared
+                    && (*addr_of!((*h).waiting)).load(Ordering::Relaxed)
+                    && (*addr_of!((*h).gate))
+                        .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+            },
+            |h| {
                 if (*h).state == super::ACTIVE {
                     purge_heap(h, now, delay);
                 }
-                gate.store(FREE, Ordering::Release);
-            }
-        });
+            },
+            |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
+        );
     }
 }
 

@@ -16,7 +16,8 @@ use super::free::drain_delayed;
 use super::slices::{for_each_used_page, let_go, release_empty_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
-use crate::heap::heaps::{HeapList, Linked};
+use crate::heap::heaps::HeapList;
+use crate::heap::list::Links;
 use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
 use crate::init;
@@ -87,7 +88,7 @@ pub(super) unsafe fn give_tag(tag: u16) {
     unsafe { (*REGISTRY.tags.get())[tag as usize / 64] &= !(1 << (tag % 64)) };
 }
 
-impl Linked for Heap {
+impl Links for Heap {
     #[inline(always)]
     unsafe fn next(n: *mut Self) -> *mut Self {
         // SAFETY: n is a valid heap (contract).
@@ -277,6 +278,8 @@ pub unsafe fn heap_done(h: *mut Heap) {
         unsafe { REGISTRY.heaps.unlink(h.as_ptr()) };
     }
     h.state = DEAD;
+    // Empty segments went to a pool: a sleeping purger unmaps them once they expire.
+    super::purger::notify();
 }
 
 /// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
@@ -343,6 +346,8 @@ pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
     unsafe { retire_counters(&mut h) };
     h.node = node;
     h.state = ACTIVE;
+    drop(_g);
+    super::purger::notify();
 }
 
 /// The node the calling thread's heap draws from (for `heap::probe`).

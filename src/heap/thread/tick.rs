@@ -41,6 +41,7 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
         h.waiting.store(true, Ordering::Relaxed);
         // The next refill goes the long way (see `heap_tick`).
         h.tick |= 15;
+        purger::notify();
     }
 }
 

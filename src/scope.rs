@@ -1,0 +1,234 @@
+//! Placement scopes: the program decides where the global allocator's memory goes, for a
+//! stretch of a thread's code ([`place`], [`with_placement`]) or of an async task's
+//! ([`PlacedFutureExt::placed`]).
+//!
+//! Owns: the calling thread's stack of scopes (a thread-local `Vec`, never touched by the
+//! allocator's paths), the guard, the closure form and the future adaptor. May touch:
+//! `placed` (a handle's `Scope`), `heap::thread` (`set_scope`, `scope`: the heap's side, which
+//! diverts the allocations). In the `placed` layer: it sits on the handles and the heap.
+//!
+//! The scope in force on a thread is always that of the most recently entered scope that is
+//! still alive. Guards normally drop in reverse order of entry (the borrow checker sees to it
+//! for `let` bindings in nested blocks); a guard dropped out of order (kept in a struct, moved
+//! into a `Vec`, dropped with `drop`) ends its own scope only: if it was the innermost, the
+//! next live one below it takes over; if not, nothing changes until the scopes above it end.
+//! So the state never depends on drop order beyond that rule, and can never be corrupted.
+
+use crate::heap::thread::{self, Scope};
+use crate::placed::Placed;
+use core::cell::RefCell;
+use core::future::Future;
+use core::marker::PhantomData;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+/// One entered scope: what it asks and whether its guard is still alive.
+#[derive(Clone, Copy)]
+struct Entry {
+    scope: Scope,
+    alive: bool,
+}
+
+thread_local! {
+    /// The calling thread's scopes, outermost first. Dead entries stay until every entry
+    /// above them is dead too.
+    static STACK: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The guard of a placement scope, from [`place`]: while it lives, every allocation of the
+/// global [`TierAlloc`](crate::TierAlloc) on this thread goes to its placement (unless a
+/// scope entered later, still alive, says otherwise); dropping it ends the scope.
+///
+/// It is `!Send` and `!Sync`: a scope belongs to the thread that entered it.
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>(_: T) {}
+/// needs_send(tieralloc::place(tieralloc::Placed::cold()));
+/// ```
+///
+/// ```compile_fail
+/// let g = tieralloc::place(tieralloc::Placed::cold());
+/// std::thread::spawn(move || drop(g));
+/// ```
+#[must_use = "the scope ends when the guard is dropped: bind it with `let _g = ...`"]
+#[derive(Debug)]
+pub struct PlacementGuard {
+    /// The guard's entry in the thread's stack.
+    index: Slot,
+    /// `!Send`, `!Sync`.
+    _thread: PhantomData<*const ()>,
+}
+
+/// Where a guard's scope is recorded.
+#[derive(Debug)]
+enum Slot {
+    /// Entry `n` of the thread's stack.
+    Stacked(usize),
+    /// Nowhere (the stack was gone): the scope to restore.
+    Unstacked(Scope),
+}
+
+/// Enters a placement scope on the calling thread: until the returned guard is dropped, every
+/// allocation the global [`TierAlloc`](crate::TierAlloc) serves on this thread goes to
+/// `placement` — `Vec`s, `String`s, `HashMap`s, third-party types, anything that allocates
+/// through the global allocator. Frees and reallocations work as always, from any thread;
+/// a reallocation that moves its block inside the scope places the new block by the scope
+/// (one that can grow or shrink in place keeps its block, and its node).
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// # fn main() -> Result<(), tieralloc::PlacementError> {
+/// use std::collections::HashMap;
+/// use tieralloc::Placed;
+///
+/// let cache: HashMap<String, Vec<u8>> = {
+///     let _g = tieralloc::place(Placed::far()?);
+///     (0..100).map(|i| (i.to_string(), vec![0u8; 1000])).collect()
+/// }; // the scope ends here: the map, its keys and values are on the far tier
+/// let scratch = vec![1u8; 1000]; // local again
+/// # assert_eq!(cache.len(), 100); assert_eq!(scratch.len(), 1000);
+/// # Ok(()) }
+/// ```
+///
+/// What each kind of handle does in a scope: `node`, `tier`, `far` and `cold`/`hot` (when they
+/// name a node) put every allocation on that node, through the node's shared heap (each
+/// allocation takes that heap's lock: a scope is for building data, not for a hot loop);
+/// `local` (and `cold`/`hot` on a one-tier machine) keeps allocations on the thread's node
+/// (with no tier policy set, exactly as without a scope, at no cost);
+/// `interleave` and `interleave_weighted` spread allocations (each whole on one node) over
+/// their nodes in proportion to their weights, by bytes.
+///
+/// A scope never makes the global allocator fail where it would have succeeded: an allocation
+/// that the scope's node cannot take (its tier budget spent, the node out of memory) is served
+/// as if no scope were active (a spent budget counts in the tier's `refused`). Scopes apply
+/// to the Rust global allocator only, not to the drop-in's C `malloc`; under another global
+/// allocator they do nothing.
+///
+/// Scopes nest: the innermost live one is in force, and when it ends the one around it is
+/// again. See the module notes for guards dropped out of order. A guard forgotten with
+/// `mem::forget` leaves its scope in force (below any later one) until the thread ends.
+pub fn place(placement: Placed) -> PlacementGuard {
+    let scope = placement.scope();
+    // At thread exit, once the stack is gone (a thread-local destructor that allocates), the
+    // guard restores what it found instead (strictly nested use only, as there).
+    let index = STACK
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            s.push(Entry { scope, alive: true });
+            Slot::Stacked(s.len() - 1)
+        })
+        .unwrap_or_else(|_| Slot::Unstacked(thread::scope()));
+    thread::set_scope(scope);
+    PlacementGuard {
+        index,
+        _thread: PhantomData,
+    }
+}
+
+/// Runs `f` inside a placement scope on `placement` (see [`place`]) and returns what it
+/// returns; the scope ends when `f` returns or unwinds.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// # fn main() -> Result<(), tieralloc::PlacementError> {
+/// use tieralloc::Placed;
+/// let table: Vec<String> =
+///     tieralloc::with_placement(Placed::node(0)?, || (0..10).map(|i| i.to_string()).collect());
+/// # assert_eq!(table.len(), 10);
+/// # Ok(()) }
+/// ```
+pub fn with_placement<R>(placement: Placed, f: impl FnOnce() -> R) -> R {
+    let _g = place(placement);
+    f()
+}
+
+impl Drop for PlacementGuard {
+    fn drop(&mut self) {
+        let index = match self.index {
+            Slot::Stacked(i) => i,
+            Slot::Unstacked(prev) => return thread::set_scope(prev),
+        };
+        // At thread exit the stack may be gone by now: then no scope is in force any more.
+        let done = STACK.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if let Some(e) = s.get_mut(index) {
+                e.alive = false;
+            }
+            while s.last().is_some_and(|e| !e.alive) {
+                s.pop();
+            }
+            let top = s.last().map_or(Scope::None, |e| e.scope);
+            if thread::scope() != top {
+                thread::set_scope(top);
+            }
+        });
+        if done.is_err() {
+            thread::set_scope(Scope::None);
+        }
+    }
+}
+
+/// A future that runs inside a placement scope each time it is polled: see
+/// [`PlacedFutureExt::placed`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct PlacedFuture<F> {
+    inner: F,
+    placement: Placed,
+}
+
+/// Placement for async code: [`placed`](PlacedFutureExt::placed) wraps a future so that
+/// each `poll` runs inside a placement scope (entered before the inner future is polled,
+/// ended before `poll` returns), in the spirit of `tracing::Instrument`. A task's allocations
+/// then follow its placement whichever worker thread polls it, and other tasks on the same
+/// workers are not affected.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// use tieralloc::{Placed, PlacedFutureExt};
+/// async fn build_report() -> String { "x".repeat(1000) }
+/// let fut = build_report().placed(Placed::cold());
+/// # let _ = fut;
+/// ```
+pub trait PlacedFutureExt: Future + Sized {
+    /// This future, polled inside a scope on `placement` (see [`place`]).
+    fn placed(self, placement: Placed) -> PlacedFuture<Self> {
+        PlacedFuture {
+            inner: self,
+            placement,
+        }
+    }
+}
+
+impl<F: Future> PlacedFutureExt for F {}
+
+impl<F> PlacedFuture<F> {
+    /// The placement each poll runs in.
+    pub fn placement(&self) -> Placed {
+        self.placement
+    }
+
+    /// The inner future.
+    pub fn into_inner(self) -> F {
+        self.inner
+    }
+}
+
+impl<F: Future> Future for PlacedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: structural pinning of `inner`: it is never moved out of a pinned
+        // PlacedFuture (`into_inner` takes the future by value, so only when unpinned), and
+        // PlacedFuture has no Drop of its own nor an Unpin impl that would not hold for F.
+        let (inner, placement) = unsafe {
+            let this = self.get_unchecked_mut();
+            (Pin::new_unchecked(&mut this.inner), this.placement)
+        };
+        let _g = place(placement);
+        inner.poll(cx)
+    }
+}
