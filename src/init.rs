@@ -17,6 +17,7 @@
 //! | `TIERALLOC_BACKGROUND_PURGE` | `1`: a thread purges idle memory even when no allocator call comes (started when memory first waits to be purged) | off |
 //! | `TIERALLOC_SHOW_STATS` | `1`: print statistics to stderr at exit | off |
 //! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
+//! | `TIERALLOC_ON_ERROR` | `abort`, `warn` or `ignore`: what a free proven wrong does (docs/security.md) | abort |
 //! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
 //! | `TIERALLOC_FAR_THRESHOLD`, `TIERALLOC_TIER_RATIO`, `TIERALLOC_TIER_BUDGET` | the tier policy (docs/tiers.md) | off |
 //!
@@ -25,7 +26,9 @@
 
 use crate::heap::route;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use crate::sys::env::{getenv, parse_bool, parse_ratio, parse_size, parse_u64, warn_bad};
+use crate::sys::env::{
+    getenv, parse_bool, parse_choice, parse_ratio, parse_size, parse_u64, warn_bad,
+};
 use crate::sys::os;
 use crate::topology::raw::MAX_TIERS;
 
@@ -101,6 +104,19 @@ fn read_all() {
         b"TIERALLOC_BACKGROUND_PURGE\0",
         &crate::heap::thread::BACKGROUND_PURGE,
     );
+    if let Some(v) = getenv(b"TIERALLOC_ON_ERROR\0") {
+        use crate::heap::error::{ABORT, IGNORE, ON_ERROR, WARN};
+        let mode = match parse_choice(v, &[b"abort", b"warn", b"ignore"]) {
+            Some(0) => ABORT,
+            Some(1) => WARN,
+            Some(_) => IGNORE,
+            None => {
+                warn_bad(b"TIERALLOC_ON_ERROR\0", v, "abort, warn or ignore");
+                ABORT
+            }
+        };
+        ON_ERROR.store(mode, Ordering::Relaxed);
+    }
     if let Some(v) = getenv(b"TIERALLOC_NUMA\0") {
         match parse_bool(v) {
             Some(b) => crate::sys::numa::BIND_ENABLED.store(b, Ordering::Relaxed),

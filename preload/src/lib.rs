@@ -52,7 +52,8 @@
 //!   filter), only the bytes up to the end of the old block's 4 KiB page are copied.
 //!
 //! A pointer inside a live tieralloc segment that is not the start of a live block (an
-//! interior pointer, a double free) is undefined behaviour here as with every allocator.
+//! interior pointer, a double free) is undefined behaviour; tieralloc reports and aborts on
+//! the ones its free paths can prove at no cost (`TIERALLOC_ON_ERROR`, docs/security.md).
 //!
 //! # Where a preloaded malloc is called
 //! The library has no constructor: the first call, wherever it comes from (the dynamic

@@ -1,7 +1,8 @@
 //! The heap: everything between a size and a pointer.
 //!
 //! Layers inside, from the bottom: `size_class` (sizes to bins), `remote` (the lock-free lists for
-//! cross-thread frees), `delayed` (the owner's and the remote thread's ends of a delayed free),
+//! cross-thread frees), `delayed` (the owner's and the remote thread's ends of a delayed free), `error` (the report of
+//! a free proven wrong, and `TIERALLOC_ON_ERROR`),
 //! `list` (locked segment lists: pools, abandoned lists), `claim` (the huge registry's claimable
 //! slots), `heaps` (the registry's list of live heaps), `atfork` (the fork handlers' lock order and
 //! the child's resets of the lock-free words), `segment` (4 MiB segments, slices, pages, pools;
@@ -17,6 +18,7 @@
 pub(crate) mod atfork;
 pub(crate) mod claim;
 pub(crate) mod delayed;
+pub(crate) mod error;
 pub(crate) mod heaps;
 pub(crate) mod huge;
 pub(crate) mod list;

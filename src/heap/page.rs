@@ -1,11 +1,15 @@
 //! Pages: carving blocks, and gathering the blocks freed into a page back into its free list.
 //!
 //! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
-//! `thread_free` list. May touch: the page descriptor (from `heap::segment`) and
-//! `heap::remote`. Only the page's owner heap calls these.
+//! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
+//! when the lists are collected: see docs/security.md), and what a block start of a page is
+//! ([`check_block`]). May touch: the page descriptor (from `heap::segment`), `heap::remote`
+//! and `heap::error` (the report). Only the page's owner heap calls these, but
+//! [`check_block`], which another thread's free may call.
 
+use super::error::{report, HeapError};
 use super::remote::Block;
-use super::segment::{Page, PageKind};
+use super::segment::{Page, PageKind, PAGE_IN_FULL};
 use super::size_class::bin_size;
 use core::ptr;
 
@@ -62,14 +66,27 @@ impl Page {
     /// `local_free` is empty as it is: its blocks are not touched here (they were just written
     /// by the threads that freed them, so each would be a cache miss), only when handed out.
     /// Only when both lists hold blocks is it walked, to link its tail to `local_free`.
+    ///
+    /// Checks, at no cost beyond a compare: more remote frees than live blocks (a block freed
+    /// twice by other threads), and a list about to become `free` whose first block links to
+    /// itself (a block freed twice in a row). Either is reported (`heap::error`); if the report
+    /// returns, that list is leaked (left off every list, its blocks still counted as used).
     #[inline]
     pub fn collect(&mut self) -> u32 {
         let mut remote = 0;
         if self.thread_free.has_blocks() {
             let (list, n) = self.thread_free.take_counted();
-            if !list.is_null() {
+            // SAFETY: the list just taken is ours; `take_counted`'s acquire made its links
+            // visible.
+            if n > self.used || (self.free.is_null() && unsafe { links_to_itself(list) }) {
+                remote_list_error(list, n > self.used);
+            } else if !list.is_null() {
                 remote = n;
                 self.used -= n;
+                if self.used == 0 {
+                    // No live block: the next local free is checked (see PAGE_CHECK_FREE).
+                    self.flags |= PAGE_CHECK_FREE;
+                }
                 if self.free.is_null() {
                     self.free = list;
                     self.free_is_zero = false;
@@ -89,16 +106,30 @@ impl Page {
                 }
             }
         }
-        if self.free.is_null() && !self.local_free.is_null() {
-            self.free = self.local_free;
-            self.local_free = ptr::null_mut();
-            self.free_is_zero = false;
-            self.remote_fed = false;
+        if self.free.is_null() && !self.local_free.is_null() && !self.local_to_free() {
+            return remote;
         }
         if remote > 0 {
             self.remote_fed = true;
         }
         remote
+    }
+
+    /// Makes `local_free` (not empty) the free list (which is empty). Returns false, having
+    /// dropped the list, if its first block links to itself (a block freed twice in a row,
+    /// reported: see [`links_to_itself`]).
+    #[inline(always)]
+    pub fn local_to_free(&mut self) -> bool {
+        // SAFETY: `local_free` is the owner's list (only the owner calls this).
+        if unsafe { links_to_itself(self.local_free) } {
+            self.local_list_error();
+            return false;
+        }
+        self.free = self.local_free;
+        self.local_free = ptr::null_mut();
+        self.free_is_zero = false;
+        self.remote_fed = false;
+        true
     }
 
     /// Whether the page has a block to hand out without carving.
@@ -111,6 +142,142 @@ impl Page {
     #[inline]
     pub fn has_room(&self) -> bool {
         !self.free.is_null() || !self.local_free.is_null() || self.capacity < self.reserved
+    }
+}
+
+/// Whether the first block of `list` links to itself: a block pushed twice in a row onto a
+/// free list (freed twice with no other free of its page in between). The block is the next
+/// one handed out, so its line is read here a moment early, not in addition.
+///
+/// # Safety
+/// `list` is null or the first block of a free list the caller owns (its link is the
+/// caller's to read).
+#[inline(always)]
+pub(super) unsafe fn links_to_itself(list: *mut Block) -> bool {
+    // SAFETY: per the contract; a null list is not read.
+    !list.is_null() && unsafe { Block::next(list) } == list
+}
+
+/// A remote list found corrupt by [`Page::collect`]: reports it; if the report returns, the
+/// list is dropped (its blocks leak).
+#[cold]
+#[inline(never)]
+fn remote_list_error(list: *mut Block, too_many: bool) {
+    let e = if too_many {
+        HeapError::RemoteDoubleFree
+    } else {
+        HeapError::FreeListLoop
+    };
+    report(e, list as *const u8);
+}
+
+/// Added to `used` of a page whose count a wrong free has made wrong, when the report
+/// returns (`TIERALLOC_ON_ERROR=warn|ignore`): the page never looks empty again, so it is
+/// never given back while a block of it may still be live (it leaks instead). Far above any
+/// page's block count, far below where the signed check of a free would see it.
+pub const LEAKED: u32 = 1 << 30;
+
+/// A bit of `Page::flags` beside `PAGE_IN_FULL` (heap::segment): the page had no live block
+/// at its last free, or is free; its next local free takes the slow path, which checks that
+/// it is not a double free (docs/security.md). Set when a free or a collection leaves the
+/// page empty and it stays, and on every page given back; cleared by a checked free and when
+/// the slices are taken for a new page.
+pub const PAGE_CHECK_FREE: u8 = 2;
+const _: () = assert!(PAGE_CHECK_FREE & PAGE_IN_FULL == 0);
+
+/// How many free blocks a free that empties a page looks through for the block it frees.
+pub const WALK_MAX: usize = 32;
+
+impl Page {
+    /// Whether the owner's free of `b` (whose block start `check_block` has checked, and for
+    /// which `used` was just lowered) is a double free, as far as it costs nothing on the
+    /// fast path to tell: the error, the pointer to report, and whether the page's count is
+    /// wrong (not only this free). Only called on a free's slow path:
+    /// - a page left with no live block (it says it is all free) must have `b` on none of its
+    ///   lists, and no block of them linked to itself: the first [`WALK_MAX`] blocks of
+    ///   `local_free` and `free` are looked through; and its remote list must be empty (a
+    ///   block there is still counted live);
+    /// - a count gone below zero is more frees than blocks handed out: this block, if found
+    ///   on a list, else one freed twice before it (the count cannot tell which);
+    /// - otherwise (a full or large page) `b` must not head `local_free` (freed twice in a row).
+    pub fn find_double_free(&self, b: *mut Block) -> Option<(HeapError, *const u8, bool)> {
+        let at = b as *const u8;
+        if (self.used as i32) > 0 {
+            return (self.local_free == b).then_some((HeapError::DoubleFree, at, false));
+        }
+        let mut left = WALK_MAX;
+        for head in [self.local_free, self.free] {
+            let mut x = head;
+            while !x.is_null() && left > 0 {
+                if x == b {
+                    return Some((HeapError::DoubleFree, at, false));
+                }
+                // SAFETY: x is on one of the page's free lists, which the owner (the caller)
+                // may read; a list made circular by a double free ends at the bound.
+                let next = unsafe { Block::next(x) };
+                if next == x {
+                    // Freed twice in a row on the fast path, another block live then: the
+                    // count was one too low since, which is why the page looks empty now.
+                    return Some((HeapError::FreeListLoop, x as *const u8, true));
+                }
+                x = next;
+                left -= 1;
+            }
+        }
+        if self.used != 0 {
+            Some((HeapError::NoLiveBlock, at, true))
+        } else if self.thread_free.has_blocks() {
+            Some((HeapError::DoubleFree, at, true))
+        } else {
+            None
+        }
+    }
+
+    /// `local_free` links its first block to itself: that block was pushed twice, the second
+    /// time on the fast path, which counted it twice and lost what followed its first push.
+    /// Reports it; if the report returns, the list is dropped and the page leaks (`LEAKED`).
+    #[cold]
+    #[inline(never)]
+    fn local_list_error(&mut self) {
+        report(HeapError::FreeListLoop, self.local_free as *const u8);
+        self.local_free = ptr::null_mut();
+        self.used = self.used.wrapping_add(LEAKED);
+    }
+}
+
+/// Whether `p` is the start of a block in use that `page` holds: for a bin page, a multiple
+/// of the block size from the page's start, among the blocks carved so far; for a large page,
+/// its start; a free descriptor holds none. What a free checks on its slow paths.
+///
+/// # Safety
+/// `page` is a descriptor of a live normal segment of ours (any thread may call this: the
+/// fields read do not change while a block of the page is live, but for `capacity`, which
+/// only grows then).
+pub unsafe fn check_block(page: *const Page, p: *const u8) -> Result<(), HeapError> {
+    // SAFETY: a descriptor of a live segment is readable (contract); racing reads of a page
+    // that holds no live block (a stray pointer) only decide which error is reported.
+    unsafe {
+        let kind = ptr::read_volatile(&raw const (*page).kind);
+        let start = (*page).start() as usize;
+        let p = p as usize;
+        if kind == PageKind::Bin as u8 {
+            let size = ptr::read_volatile(&raw const (*page).block_size) as usize;
+            let cap = ptr::read_volatile(&raw const (*page).capacity) as usize;
+            if size == 0 {
+                return Err(HeapError::NotInUse);
+            }
+            if p < start || (p - start) % size != 0 || (p - start) / size >= cap {
+                return Err(HeapError::NotABlock);
+            }
+            Ok(())
+        } else if kind == PageKind::Large as u8 {
+            if p != start {
+                return Err(HeapError::NotABlock);
+            }
+            Ok(())
+        } else {
+            Err(HeapError::NotInUse)
+        }
     }
 }
 
@@ -179,5 +346,50 @@ mod tests {
             crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// The collection's checks: a block pushed twice in a row onto `local_free` while other
+    /// blocks stay live (both frees on the fast path, so nothing else sees it), and more
+    /// remote frees than live blocks. Under `ignore` (the abort of the default would end the
+    /// test process) the list is dropped and the page can no longer look empty.
+    #[test]
+    fn collect_drops_a_list_a_double_free_broke() {
+        use super::super::error::{ABORT, IGNORE, ON_ERROR};
+        let seg = Segment::map_normal(0, false);
+        ON_ERROR.store(IGNORE, Ordering::Relaxed);
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let page = &mut *Segment::take_slices(seg, 1, false);
+            page.init_bin(bin_of(1000), Segment::run_bytes(1, 1));
+            assert!(page.extend());
+            let mut pop = || {
+                let b = page.free;
+                page.free = Block::next(b);
+                page.used += 1;
+                b
+            };
+            let blocks: Vec<*mut Block> = (0..3).map(|_| pop()).collect();
+            page.free = ptr::null_mut();
+            // blocks[2] freed twice in a row by the owner (as free_owned pushes).
+            for _ in 0..2 {
+                Block::set_next(blocks[2], page.local_free);
+                page.local_free = blocks[2];
+                page.used -= 1;
+            }
+            assert_eq!(page.collect(), 0);
+            assert!(page.free.is_null() && page.local_free.is_null());
+            assert!(page.used >= LEAKED, "the page must never look empty again");
+            // A fresh count: blocks[0] freed twice by other threads, blocks[1] once.
+            page.used = 2;
+            for b in [blocks[0], blocks[1], blocks[0]] {
+                page.thread_free.push(b);
+            }
+            assert_eq!(page.collect(), 0);
+            assert!(page.free.is_null() && !page.thread_free.has_blocks());
+            assert_eq!(page.used, 2, "the dropped blocks stay counted as live");
+            crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+        ON_ERROR.store(ABORT, Ordering::Relaxed);
     }
 }

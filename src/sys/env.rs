@@ -2,7 +2,7 @@
 //! the values tieralloc accepts (numbers, booleans, sizes, ratios) and the one-line warning
 //! for a malformed value.
 //!
-//! Owns: `getenv` and the value parsers. May touch: `sys::os` (stderr, for the warning).
+//! Owns: `getenv` and the value parsers (numbers, booleans, sizes, ratios, a word from a list). May touch: `sys::os` (stderr, for the warning).
 //! Which variables exist and what they set belongs to their readers: `init` (the process
 //! settings and the tier policy) and `topology::discover` (the machine). Nothing here
 //! allocates or panics.
@@ -80,6 +80,12 @@ pub(crate) fn parse_size(v: &[u8]) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
+/// The index in `choices` of the word `v` is (case-insensitive, surrounding spaces allowed).
+pub(crate) fn parse_choice(v: &[u8], choices: &[&[u8]]) -> Option<usize> {
+    let v = trim(v);
+    choices.iter().position(|c| v.eq_ignore_ascii_case(c))
+}
+
 /// "near:far" weights, far at least 1.
 pub(crate) fn parse_ratio(v: &[u8]) -> Option<(u32, u32)> {
     let v = trim(v);
@@ -136,6 +142,16 @@ mod tests {
         assert_eq!(parse_bool(b"1"), Some(true));
         assert_eq!(parse_bool(b"OFF"), Some(false));
         assert_eq!(parse_bool(b"maybe"), None);
+    }
+
+    #[test]
+    fn choices_parse() {
+        let c: &[&[u8]] = &[b"abort", b"warn", b"ignore"];
+        assert_eq!(parse_choice(b"abort", c), Some(0));
+        assert_eq!(parse_choice(b" WARN ", c), Some(1));
+        assert_eq!(parse_choice(b"ignore", c), Some(2));
+        assert_eq!(parse_choice(b"", c), None);
+        assert_eq!(parse_choice(b"warning", c), None);
     }
 
     #[test]

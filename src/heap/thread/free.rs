@@ -7,7 +7,8 @@
 //! the `Heap` fields (`super`), `bins`, `counters`, `tls`, `registry` (init on a first free),
 //! `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
-//! `init` (the purge delay).
+//! `init` (the purge delay), `heap::{error, page, huge}` (checking a free and reporting a
+//! wrong one: docs/security.md).
 
 use super::bins::unfull;
 use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
@@ -19,6 +20,9 @@ use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
+use crate::heap::error::{report, HeapError};
+use crate::heap::huge;
+use crate::heap::page::{check_block, LEAKED, PAGE_CHECK_FREE};
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
@@ -27,6 +31,7 @@ use crate::heap::segment::{
 use crate::init;
 use crate::sync::Ordering;
 use crate::sys::os;
+use core::ptr;
 
 /// Frees `p` (any block tieralloc handed out, from any thread).
 ///
@@ -74,24 +79,78 @@ pub unsafe fn free_c(p: *mut u8) {
 
 /// [`free`] of a block of a segment `h` owns.
 ///
+/// The count of live blocks drops first and the block is pushed only on the fast path, so
+/// that the slow path (`free_owned_slow`) can check the pointer before anything is written.
+/// A page that had no live block left at its last free, or holds no block at all, carries
+/// `PAGE_CHECK_FREE`: a free into it (which would take its count below zero: a double free,
+/// or a stray pointer) takes the slow path through the same flags test as a full page. The
+/// fast path costs no instruction more for it.
+///
 /// # Safety
-/// `h` owns `seg`, and `p` is a live block of `seg`.
+/// `h` owns `seg`, and `p` is a live block of `seg` (or a wrong free, which the slow path
+/// reports when it can tell: docs/security.md).
 #[inline(always)]
 pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         let page = page_of(seg, p);
-        let b = p as *mut Block;
-        Block::set_next(b, (*page).local_free);
-        (*page).local_free = b;
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
         // (no compare, no flag kept in a register across the counter's add).
         bump(h.stats.frees.get_unchecked((*page).bin as usize), 1);
-        let used = (*page).used - 1;
+        let used = (*page).used.wrapping_sub(1);
         (*page).used = used;
         if used == 0 || (*page).flags != 0 {
-            free_local_slow(h, page);
+            return free_owned_slow(h, page, p);
         }
+        let b = p as *mut Block;
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+    }
+}
+
+/// [`free_owned`] when the page empties, is full or large, or its count went below zero:
+/// checks that `p` is a block of the page in use and not free already, then pushes it and
+/// sets off the page event. A wrong free is reported (`heap::error`); if the report returns,
+/// the page is left as it was before this free (the block leaks).
+///
+/// # Safety
+/// `page` is a page of `h` whose `used` [`free_owned`] has just lowered for `p`.
+#[cold]
+#[inline(never)]
+pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: *mut u8) {
+    // SAFETY: page is ours; nothing is written before the checks pass.
+    unsafe {
+        let err = match check_block(page, p) {
+            Err(e) => Some((e, p as *const u8, false)),
+            Ok(()) => (*page).find_double_free(p as *mut Block),
+        };
+        if let Some((e, at, counts_wrong)) = err {
+            report(e, at);
+            // Only under TIERALLOC_ON_ERROR=warn|ignore: this free is not done.
+            (*page).used = (*page).used.wrapping_add(1);
+            if counts_wrong {
+                // The page's count is off by an earlier wrong free: it must never look empty
+                // again while a block of it may be live (it leaks instead).
+                (*page).used = (*page).used.wrapping_add(LEAKED);
+            }
+            if e == HeapError::FreeListLoop {
+                // A list that would hand its looping block out again and again: dropped.
+                (*page).free = ptr::null_mut();
+                (*page).local_free = ptr::null_mut();
+            }
+            // Not a free after all: the count taken back (adding u64::MAX subtracts one).
+            bump(
+                &h.stats.frees[((*page).bin as usize).min(LARGE_BIN)],
+                u64::MAX,
+            );
+            return;
+        }
+        let b = p as *mut Block;
+        Block::set_next(b, (*page).local_free);
+        (*page).local_free = b;
+        // Checked; set again below if the page is left with no live block.
+        (*page).flags &= !PAGE_CHECK_FREE;
+        free_local_slow(h, page);
     }
 }
 
@@ -109,12 +168,18 @@ pub(super) unsafe extern "C" fn free_first(p: *mut u8) {
 
 /// Frees a block of one of our own pages outside the fast path (delayed frees, adoption).
 /// `count`: whether this free is counted here (false when the remote thread counted it).
+/// A page with no live block left (a block freed twice) is reported, and the block left
+/// alone if the report returns.
 ///
 /// # Safety
 /// `page` is a page of `h` in use and `b` a live block of it.
 pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, count: bool) {
     // SAFETY: page is ours and b is a live block of it.
     unsafe {
+        if (*page).used == 0 {
+            report(HeapError::DoubleFree, b as *const u8);
+            return;
+        }
         Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
         (*page).used -= 1;
@@ -165,9 +230,14 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
         // need (in a FIFO workload the allocator would be left with one free block at a time
         // and take the slow path on every allocation).
         let bin = (*page).bin as usize;
-        if (*page).used == 0 && h.pages[bin] != page {
-            h.queue_remove(bin, page);
-            retire_page_of(h, page);
+        if (*page).used == 0 {
+            if h.pages[bin] != page {
+                h.queue_remove(bin, page);
+                retire_page_of(h, page);
+            } else {
+                // No live block: a free into it before the next allocation is a wrong one.
+                (*page).flags |= PAGE_CHECK_FREE;
+            }
         }
     }
 }
@@ -217,6 +287,8 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
 pub(super) unsafe fn retire_page(h: HeapRef, page: *mut Page) -> bool {
     // SAFETY: page is ours, unused and in no queue.
     unsafe {
+        // A free into a page that holds no block takes the slow path, which reports it.
+        (*page).flags = PAGE_CHECK_FREE;
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
         note_idle(
             h,
@@ -254,6 +326,11 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         let h = HeapRef::new(h);
         // Only the descriptor's remote line is read or written here (see Page).
         let page = page_of_remote(seg, p);
+        // A large block (rare: the slow path reads the owner's line to check it) or a pointer
+        // no block can start at: checked there.
+        if (*page).remote_bin as usize == LARGE_BIN || p as usize & 7 != 0 {
+            return free_other_slow(h.as_ptr(), seg, p);
+        }
         // An active heap of the block's node: its own counters, no per-node correction (see
         // count_node_free). A page's bin is at most LARGE_BIN = NBINS, inside the array.
         bump(h.stats.frees.get_unchecked((*page).remote_bin as usize), 1);
@@ -303,12 +380,30 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             heap_init(h);
         }
         if (*seg).kind == SegmentKind::Huge {
+            // A huge mapping holding no object (cached after a free) has huge_offset 0, so
+            // its "object" is its header, which no pointer handed out is.
+            if p != huge::object(seg) {
+                let e = if (*seg).huge_offset == 0 {
+                    HeapError::HugeFreed
+                } else {
+                    HeapError::HugeInterior
+                };
+                report(e, p);
+                return;
+            }
             // It may stay in our huge cache, resident, until the delay has passed.
             note_idle(h, (*seg).map_size);
             free_huge(h, seg);
             return;
         }
         let page = page_of(seg, p);
+        // Every free that is not the owner's fast path or the common remote one comes here
+        // (large blocks, unaligned pointers, other nodes, abandoned segments, a first free):
+        // the block must be one its page holds.
+        if let Err(e) = check_block(page, p) {
+            report(e, p);
+            return;
+        }
         let owner = (*seg).owner.load(Ordering::Acquire);
         let mut last = false;
         if owner == h.addr() {

@@ -170,6 +170,10 @@ pub(super) unsafe fn free_huge(mut h: HeapRef, seg: *mut Segment) {
     unsafe {
         huge::unregister(seg);
         let (c, shared) = counters(h);
+        // It holds no object any more: offset 0 (no object starts in the header) until
+        // `huge::init` gives it one again, which is what a second free of it finds
+        // (`free_other_slow`). Nothing reads the offset of a mapping that holds no object.
+        (*seg).huge_offset = 0;
         add(&c.huge_frees, 1, shared);
         add(&c.huge_free_bytes, (*seg).huge_size as u64, shared);
         let same_node = (*seg).node as u32 == h.node;

@@ -1,0 +1,360 @@
+//! Heap errors through `GlobalAlloc`: each test commits one wrong free in a child process
+//! (tests/common/child.rs) and checks what the default build does with it under each
+//! `TIERALLOC_ON_ERROR`: `abort` (the default: one line on stderr naming the reason and the
+//! pointer, then SIGABRT), `warn` (the same line, and the child goes on: the block is leaked
+//! and the heap still works), `ignore` (nothing printed, the child goes on). A pointer outside
+//! every segment given to C's `free` (`TierAlloc::c_free`) is left alone in every mode.
+//! docs/security.md lists what is caught.
+//!
+//! The blocks are of size classes nothing else in the child uses (3 KiB, 10 KiB), so that the
+//! page holds only the test's blocks: which checks fire depends on the page's count of live
+//! blocks (docs/security.md says why).
+
+#[path = "common/child.rs"]
+mod child;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+use tieralloc::TierAlloc;
+
+#[global_allocator]
+static GLOBAL: TierAlloc = TierAlloc::new();
+
+/// A 3 KiB block (its class holds two blocks per 8 KiB carved).
+const SMALL: usize = 3 << 10;
+/// A 10 KiB block: a medium class, one block carved at a time.
+const MEDIUM: usize = 10 << 10;
+/// A large block (a page of whole slices).
+const LARGE: usize = 200 << 10;
+/// A huge block (a mapping of its own).
+const HUGE: usize = 8 << 20;
+
+/// The report of a block found free already (not only a count gone wrong).
+const DOUBLE_FREE: &str = "tieralloc: error: double free (pointer";
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).unwrap()
+}
+
+fn alloc(size: usize) -> *mut u8 {
+    // SAFETY: a non-zero size.
+    let p = unsafe { GLOBAL.alloc(layout(size)) };
+    assert!(!p.is_null());
+    p
+}
+
+/// Frees `p` as if it were a block of `size` bytes (whether it is one is the test's point).
+fn dealloc(p: *mut u8, size: usize) {
+    // SAFETY: none: these tests break the contract on purpose, in a child process.
+    unsafe { GLOBAL.dealloc(p, layout(size)) }
+}
+
+/// Says (on stderr, before the error) which pointer the wrong free passes, for the parent to
+/// find in the report.
+fn announce(p: *const u8) {
+    eprintln!("wrong free of {:#018x}", p as usize);
+}
+
+/// After a wrong free in `warn` or `ignore` mode: the heap still works (blocks of every kind,
+/// distinct, written and read back), and the child says so.
+fn heap_still_works() {
+    let mut v: Vec<Vec<u8>> = Vec::new();
+    for (i, size) in [8, 100, SMALL, MEDIUM, LARGE, HUGE].into_iter().enumerate() {
+        for k in 0..4 {
+            v.push(vec![(i * 4 + k) as u8; size]);
+        }
+    }
+    for (j, b) in v.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == j as u8), "block {j} corrupted");
+    }
+    let mut starts: Vec<usize> = v.iter().map(|b| b.as_ptr() as usize).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    assert_eq!(starts.len(), v.len(), "a block handed out twice");
+    eprintln!("heap still works");
+}
+
+/// Runs `test` in a child under each mode and checks the outcome; `reason` is the report's
+/// text (`None`: the wrong free is one that is left alone in every mode).
+fn check(test: &str, reason: Option<&str>) {
+    for mode in ["abort", "warn", "ignore"] {
+        let mut cmd = child::this_test(test);
+        cmd.env("TIERALLOC_ON_ERROR", mode)
+            .env_remove("TIERALLOC_VERBOSE")
+            .env_remove("TIERALLOC_SHOW_STATS");
+        if mode == "abort" {
+            // The default: the variable unset must behave as `abort`.
+            cmd.env_remove("TIERALLOC_ON_ERROR");
+        }
+        let out = child::run(&mut cmd, Duration::from_secs(120));
+        let pointer = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("wrong free of "))
+            .unwrap_or_else(|| panic!("the child did not announce its pointer\n{out}"))
+            .to_string();
+        let reports: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("tieralloc: error: "))
+            .collect();
+        match (reason, mode) {
+            (Some(reason), "abort") => {
+                out.require(
+                    out.status.and_then(|s| s.signal()) == Some(libc::SIGABRT),
+                    "expected SIGABRT",
+                );
+                out.require(
+                    reports.len() == 1
+                        && reports[0].contains(reason)
+                        && reports[0].ends_with(&format!("(pointer {pointer})")),
+                    &format!("expected one report of {reason:?} about {pointer}"),
+                );
+                out.require(!out.stderr.contains("heap still works"), "went on");
+            }
+            (Some(reason), "warn") => {
+                out.expect_test_passed();
+                out.require(
+                    reports.len() == 1
+                        && reports[0].contains(reason)
+                        && reports[0].ends_with(&format!("(pointer {pointer})")),
+                    &format!("expected one report of {reason:?} about {pointer}"),
+                );
+                out.require(out.stderr.contains("heap still works"), "did not go on");
+            }
+            _ => {
+                out.expect_test_passed();
+                out.require(reports.is_empty(), "expected no report");
+                out.require(out.stderr.contains("heap still works"), "did not go on");
+            }
+        }
+    }
+}
+
+macro_rules! heap_error_test {
+    ($(#[$doc:meta])* $name:ident, $child:ident, $reason:expr, $body:block) => {
+        $(#[$doc])*
+        #[test]
+        fn $name() {
+            check(stringify!($child), $reason);
+        }
+
+        #[test]
+        fn $child() {
+            if !child::is_child() {
+                return;
+            }
+            $body
+            heap_still_works();
+        }
+    };
+}
+
+heap_error_test!(
+    /// The same thread frees a small block twice: the second free finds the page with no
+    /// live block (`PAGE_CHECK_FREE`), and the block on its `local_free`.
+    double_free_small_same_thread,
+    child_double_free_small_same_thread,
+    Some(DOUBLE_FREE),
+    {
+        let p = alloc(SMALL);
+        dealloc(p, SMALL);
+        announce(p);
+        dealloc(p, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// Two small blocks freed, then the first again (a delayed double free): the page's
+    /// count of live blocks would go below zero, and the block is found on `local_free`.
+    double_free_small_delayed,
+    child_double_free_small_delayed,
+    Some(DOUBLE_FREE),
+    {
+        let a = alloc(SMALL);
+        let b = alloc(SMALL);
+        dealloc(a, SMALL);
+        dealloc(b, SMALL);
+        announce(a);
+        dealloc(a, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// The owner frees a block twice in a row while other blocks of the page are live (both
+    /// frees on the fast path, the count one too low since): found when the page looks
+    /// empty one free early, its `local_free` linking that block to itself.
+    double_free_in_a_row_found_when_the_page_empties,
+    child_double_free_in_a_row_found_when_the_page_empties,
+    Some("double free: a free list links a block to itself"),
+    {
+        let a = alloc(MEDIUM);
+        let b = alloc(MEDIUM);
+        let p = alloc(MEDIUM);
+        dealloc(p, MEDIUM);
+        announce(p);
+        dealloc(p, MEDIUM);
+        dealloc(a, MEDIUM);
+        std::hint::black_box(b);
+    }
+);
+
+heap_error_test!(
+    /// Another thread frees a small block, then its owner frees it again: the page says it
+    /// has no live block while its remote list holds one.
+    double_free_small_across_threads,
+    child_double_free_small_across_threads,
+    Some(DOUBLE_FREE),
+    {
+        let p = alloc(SMALL) as usize;
+        std::thread::spawn(move || dealloc(p as *mut u8, SMALL))
+            .join()
+            .unwrap();
+        announce(p as *const u8);
+        dealloc(p as *mut u8, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// Another thread frees one of the owner's blocks twice, another block in between: the
+    /// owner's collection finds more remote frees than live blocks on the page.
+    double_free_small_other_thread,
+    child_double_free_small_other_thread,
+    Some("double free: more blocks freed from other threads than the page has live"),
+    {
+        let p = alloc(MEDIUM) as usize;
+        let q = alloc(MEDIUM) as usize;
+        std::thread::spawn(move || {
+            dealloc(p as *mut u8, MEDIUM);
+            dealloc(q as *mut u8, MEDIUM);
+            dealloc(p as *mut u8, MEDIUM);
+        })
+        .join()
+        .unwrap();
+        // The report names the list's first block: the last one freed.
+        announce(p as *const u8);
+        tieralloc::collect();
+    }
+);
+
+heap_error_test!(
+    /// Another thread frees a block twice in a row while other blocks of the page stay live
+    /// (so the count cannot tell): the owner's collection finds the block linked to itself
+    /// on the list it is about to allocate from.
+    double_free_small_other_thread_in_a_row,
+    child_double_free_small_other_thread_in_a_row,
+    Some("double free: a free list links a block to itself"),
+    {
+        let keep = [alloc(MEDIUM), alloc(MEDIUM)];
+        let p = alloc(MEDIUM) as usize;
+        std::thread::spawn(move || {
+            dealloc(p as *mut u8, MEDIUM);
+            dealloc(p as *mut u8, MEDIUM);
+        })
+        .join()
+        .unwrap();
+        announce(p as *const u8);
+        tieralloc::collect();
+        std::hint::black_box(keep);
+    }
+);
+
+heap_error_test!(
+    /// A pointer 16 bytes into a small block.
+    free_of_interior_pointer,
+    child_free_of_interior_pointer,
+    Some("not the start of a block"),
+    {
+        let p = alloc(SMALL);
+        let q = p.wrapping_add(16);
+        announce(q);
+        dealloc(q, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// A pointer one byte into a small block.
+    free_of_unaligned_pointer,
+    child_free_of_unaligned_pointer,
+    Some("not the start of a block"),
+    {
+        let p = alloc(SMALL);
+        let q = p.wrapping_add(1);
+        announce(q);
+        dealloc(q, SMALL);
+    }
+);
+
+heap_error_test!(
+    /// The same, freed by another thread (the remote path sends a pointer no block can start
+    /// at to the slow path, which checks it).
+    free_of_unaligned_pointer_from_other_thread,
+    child_free_of_unaligned_pointer_from_other_thread,
+    Some("not the start of a block"),
+    {
+        let q = alloc(SMALL).wrapping_add(3) as usize;
+        announce(q as *const u8);
+        std::thread::spawn(move || dealloc(q as *mut u8, SMALL))
+            .join()
+            .unwrap();
+    }
+);
+
+heap_error_test!(
+    /// A large block freed twice: its slices hold no page any more.
+    double_free_large,
+    child_double_free_large,
+    Some("no block is in use there"),
+    {
+        let p = alloc(LARGE);
+        dealloc(p, LARGE);
+        announce(p);
+        dealloc(p, LARGE);
+    }
+);
+
+heap_error_test!(
+    /// A huge block freed twice: its mapping sits in the thread's cache, holding no object.
+    double_free_huge,
+    child_double_free_huge,
+    Some("double free of a huge block"),
+    {
+        let p = alloc(HUGE);
+        dealloc(p, HUGE);
+        announce(p);
+        dealloc(p, HUGE);
+    }
+);
+
+heap_error_test!(
+    /// A pointer 4 KiB into a huge block.
+    free_of_huge_interior_pointer,
+    child_free_of_huge_interior_pointer,
+    Some("not the start of a huge block"),
+    {
+        let p = alloc(HUGE);
+        let q = p.wrapping_add(4096);
+        announce(q);
+        dealloc(q, HUGE);
+    }
+);
+
+heap_error_test!(
+    /// A stack address, outside every segment, through C's `free` (the drop-in's path): left
+    /// alone in every mode, as glibc-compatible programs may pass such pointers (the dynamic
+    /// loader's early blocks). (`GlobalAlloc::dealloc` reads the header of the pointer's
+    /// segment without asking the segment map first: a foreign pointer there is undefined
+    /// behaviour, not checked.)
+    free_of_stack_pointer_is_left_alone,
+    child_free_of_stack_pointer_is_left_alone,
+    None,
+    {
+        let mut on_stack = [7u8; 64];
+        let q = std::hint::black_box(on_stack.as_mut_ptr());
+        announce(q);
+        // SAFETY: c_free ignores pointers outside every tieralloc segment.
+        unsafe { GLOBAL.c_free(q) };
+        assert!(on_stack.iter().all(|&x| x == 7));
+    }
+);
