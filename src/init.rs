@@ -19,6 +19,7 @@
 //! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
 //! | `TIERALLOC_ON_ERROR` | `abort`, `warn` or `ignore`: what a free proven wrong does (docs/security.md) | abort |
 //! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
+//! | `TIERALLOC_FAR_POLICY` | `bind`: far tiers' memory bound strictly (MPOL_BIND); `preferred`: with MPOL_PREFERRED, so the kernel may move it (docs/tiers.md) | bind |
 //! | `TIERALLOC_FAR_THRESHOLD`, `TIERALLOC_TIER_RATIO`, `TIERALLOC_TIER_BUDGET` | the tier policy (docs/tiers.md) | off |
 //!
 //! The topology's variables (`TIERALLOC_NODES`, `TIERALLOC_TIERS`, `TIERALLOC_IGNORE_HMAT`,
@@ -27,7 +28,8 @@
 use crate::heap::route;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sys::env::{
-    getenv, parse_bool, parse_choice, parse_ratio, parse_size, parse_u64, warn_bad,
+    getenv, parse_bool, parse_choice, parse_far_policy, parse_ratio, parse_size, parse_u64,
+    warn_bad,
 };
 use crate::sys::os;
 use crate::topology::raw::MAX_TIERS;
@@ -123,6 +125,7 @@ fn read_all() {
             None => warn_bad(b"TIERALLOC_NUMA\0", v, "on or off"),
         }
     }
+    read_far_policy();
     read_tier_policy();
     if SHOW_STATS.load(Ordering::Relaxed) {
         // SAFETY: registering a plain extern "C" function with no captured state.
@@ -136,12 +139,17 @@ fn read_all() {
         let t = crate::topology::discover::get();
         let _ = write!(
             b,
-            "tieralloc: purge delay {} ms, numa binding {}",
+            "tieralloc: purge delay {} ms, numa binding {}, far policy {}",
             PURGE_DELAY_MS.load(Ordering::Relaxed),
             if crate::sys::numa::BIND_ENABLED.load(Ordering::Relaxed) {
                 "on"
             } else {
                 "off"
+            },
+            if crate::sys::numa::far_preferred() {
+                "preferred"
+            } else {
+                "bind"
             }
         );
         if t.simulated() {
@@ -154,6 +162,23 @@ fn read_all() {
         }
         let _ = writeln!(b);
         os::write_stderr(b.as_bytes());
+    }
+}
+
+/// TIERALLOC_FAR_POLICY: with `preferred`, the nodes of every tier but the fastest are bound
+/// with MPOL_PREFERRED (`sys::numa::set_far_policy`).
+fn read_far_policy() {
+    const NAME: &[u8] = b"TIERALLOC_FAR_POLICY\0";
+    if let Some(v) = getenv(NAME) {
+        match parse_far_policy(v) {
+            Some(true) => {
+                let t = crate::topology::discover::get();
+                let far = t.tiers.iter().take(t.n_tiers).skip(1).fold(0, |m, s| m | s);
+                crate::sys::numa::set_far_policy(true, far);
+            }
+            Some(false) => {}
+            None => warn_bad(NAME, v, "bind or preferred"),
+        }
     }
 }
 

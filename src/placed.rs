@@ -2,7 +2,8 @@
 //! NUMA node, on the caller's node, on a memory tier, or interleaved page by page over nodes
 //! (evenly, or weighted across tiers).
 //!
-//! Owns: the handle, its validation and its error type, the hot/cold hints, and what a
+//! Owns: the handle, its validation and its error type, the hot/cold hints, the per-handle
+//! choice of the kernel's memory policy (`preferred`, `bound`), and what a
 //! placement scope on a handle asks of the heap (`Placed::scope`). May touch: `heap::thread`
 //! (node_alloc and free: per-node heaps whose segments are bound to their node; the `Scope`
 //! type), `heap::route` (tier
@@ -32,6 +33,9 @@ enum Kind {
     Interleave(u64),
     /// Page by page over nodes in proportion to weights (its own mapping per allocation).
     Weighted(Weights),
+    /// Every page on this node, with this memory policy whatever the far policy (its own
+    /// mapping per allocation): `preferred()`, `bound()`.
+    Mapped { node: u32, preferred: bool },
 }
 
 /// Most nodes a weighted interleave spreads over.
@@ -405,12 +409,70 @@ impl Placed {
         Placed { kind: Kind::Local }
     }
 
+    /// This placement with the kernel free to move its memory: every allocation is a mapping
+    /// of its own (whole pages, so for big buffers only, as an interleave), placed on the
+    /// handle's node with MPOL_PREFERRED. The pages are put on that node while it has room
+    /// (on another node when it is full, instead of failing), and the kernel may migrate them
+    /// later: `move_pages(2)`, `migratepages`, the kernel's memory tiering. Use it for far
+    /// buffers that the kernel may promote when they turn hot (see docs/tiers.md, "Deciding
+    /// placement in code"); [`Placed::bound`] is the strict form.
+    ///
+    /// Only single-node handles (`node`, `tier`, `far`, and `cold`/`hot` when they name a node)
+    /// change; others are returned as they are (a local handle follows the thread, an
+    /// interleave has its own policy). In a placement scope ([`crate::place`]) the handle acts
+    /// as its node's handle: scoped allocations come from the node's heap, whose memory
+    /// follows the process-wide `TIERALLOC_FAR_POLICY`. These blocks are not counted in
+    /// `stats()` nor in tier budgets, and must be freed through a handle made by `preferred`
+    /// or `bound` (as interleaved blocks through an interleave handle).
+    ///
+    /// ```
+    /// use allocator_api2::vec::Vec;
+    /// let far = tieralloc::Placed::far().expect("a far tier, or the local one").preferred();
+    /// assert!(far.is_preferred());
+    /// let mut v: Vec<u8, _> = Vec::with_capacity_in(1 << 20, far);
+    /// v.resize(1 << 20, 7);
+    /// ```
+    #[must_use]
+    pub fn preferred(self) -> Placed {
+        self.mapped(true)
+    }
+
+    /// This placement bound strictly (MPOL_BIND): every allocation is a mapping of its own
+    /// (whole pages), whose pages the kernel puts on the handle's node only (an allocation the
+    /// node cannot back fails when touched rather than spills) and never moves on its own,
+    /// whatever `TIERALLOC_FAR_POLICY` says. The counterpart of [`Placed::preferred`], with
+    /// the same rules.
+    #[must_use]
+    pub fn bound(self) -> Placed {
+        self.mapped(false)
+    }
+
+    fn mapped(self, preferred: bool) -> Placed {
+        match self.kind {
+            Kind::Node(node) | Kind::Mapped { node, .. } => Placed {
+                kind: Kind::Mapped { node, preferred },
+            },
+            _ => self,
+        }
+    }
+
+    /// Whether the handle is a [`Placed::preferred`] one.
+    pub fn is_preferred(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Mapped {
+                preferred: true,
+                ..
+            }
+        )
+    }
+
     /// What a placement scope on this handle asks of the thread's heap (see `scope`): the
     /// node for node, tier and far handles, the thread's node for local ones, a spread over
     /// the nodes in proportion to their weights (1 each for a plain interleave) otherwise.
     pub(crate) fn scope(&self) -> Scope {
         match self.kind {
-            Kind::Node(n) => Scope::Node(n),
+            Kind::Node(n) | Kind::Mapped { node: n, .. } => Scope::Node(n),
             Kind::Local => Scope::Local,
             Kind::Interleave(m) => Scope::Even { set: m, cursor: 0 },
             Kind::Weighted(w) => Scope::Weighted(Spread {
@@ -425,7 +487,7 @@ impl Placed {
     /// The node this handle places on, if it is a single fixed node.
     pub fn node_id(&self) -> Option<u32> {
         match self.kind {
-            Kind::Node(n) => Some(n),
+            Kind::Node(n) | Kind::Mapped { node: n, .. } => Some(n),
             _ => None,
         }
     }
@@ -467,6 +529,24 @@ impl Placed {
                     return Err(AllocError);
                 }
                 if place_weighted(p, len, &w).is_err() {
+                    // SAFETY: our fresh mapping of `len` bytes, never handed out.
+                    unsafe { os::unmap(p, len) };
+                    return Err(AllocError);
+                }
+                (p, len)
+            }
+            Kind::Mapped { node, preferred } => {
+                let len = map_len(layout).ok_or(AllocError)?;
+                let p = os::map_aligned(len, layout.align().max(os::OS_PAGE), None);
+                if p.is_null() {
+                    return Err(AllocError);
+                }
+                let policy = if preferred {
+                    numa::Policy::Preferred
+                } else {
+                    numa::Policy::Bind
+                };
+                if numa::bind_with(p, len, node, policy).is_err() {
                     // SAFETY: our fresh mapping of `len` bytes, never handed out.
                     unsafe { os::unmap(p, len) };
                     return Err(AllocError);
@@ -581,7 +661,7 @@ unsafe impl Allocator for Placed {
             return;
         }
         match self.kind {
-            Kind::Interleave(_) | Kind::Weighted(_) => {
+            Kind::Interleave(_) | Kind::Weighted(_) | Kind::Mapped { .. } => {
                 if let Some(len) = map_len(layout) {
                     // SAFETY: the caller hands back a block this handle allocated with this
                     // layout: a whole mapping of ours of `len` bytes.
@@ -643,5 +723,39 @@ mod tests {
         let b = p.allocate(z).unwrap();
         // SAFETY: zero-sized block from this handle.
         unsafe { p.deallocate(b.cast(), z) };
+    }
+
+    #[test]
+    fn preferred_and_bound_handles_map_with_their_policy() {
+        let node = Placed::node(0).unwrap();
+        assert!(!node.is_preferred());
+        let pref = node.preferred();
+        assert!(pref.is_preferred() && pref.node_id() == Some(0));
+        assert_eq!(pref.bound(), node.bound());
+        assert!(!node.bound().is_preferred());
+        // Kinds that are not one node are left alone.
+        let il = Placed::interleave(&[0]).unwrap();
+        assert_eq!(il.preferred(), il);
+        assert_eq!(
+            Placed::local().unwrap().preferred(),
+            Placed::local().unwrap()
+        );
+        let l = Layout::from_size_align(3 * os::OS_PAGE + 5, 64).unwrap();
+        // (handle, the mode get_mempolicy reports: MPOL_PREFERRED 1, MPOL_BIND 2)
+        for (h, mode) in [(pref, 1), (node.bound(), 2)] {
+            let b = h.allocate_zeroed(l).unwrap();
+            assert_eq!(b.len(), 4 * os::OS_PAGE);
+            let p = b.as_ptr().cast::<u8>();
+            assert_eq!(numa::policy_at(p), Ok(mode), "{h:?}");
+            // SAFETY: a fresh block of b.len() bytes from h.
+            unsafe {
+                assert_eq!(*p.add(3 * os::OS_PAGE), 0);
+                p.write_bytes(9, b.len());
+            }
+            let nodes = numa::pages_on_nodes(p, b.len()).unwrap();
+            assert!(nodes.iter().all(|&n| n == 0), "{nodes:?}");
+            // SAFETY: the block from h with layout l.
+            unsafe { h.deallocate(NonNull::new(p).unwrap(), l) };
+        }
     }
 }

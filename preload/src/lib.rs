@@ -11,7 +11,10 @@
 //! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`,
 //! `cfree`, the `__libc_*` aliases glibc exports, and the introspection calls `malloc_trim`,
 //! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`; and C++'s
-//! replaceable `operator new` and `operator delete` (module `cxx`). Everything else
+//! replaceable `operator new` and `operator delete` (module `cxx`); and the hot/cold hints
+//! (module `hotcold`: tcmalloc's `operator new(size, __hot_cold_t)` family and
+//! `tieralloc_malloc_hinted`, declared for C and C++ in `preload/include/tieralloc.h`).
+//! Everything else
 //! (size classes, threads, fork, thread exit) belongs to the `tieralloc` crate; this crate
 //! only maps C semantics onto it. It also makes tieralloc the Rust global allocator of the
 //! library itself, so nothing here goes through another allocator.
@@ -71,6 +74,7 @@ use libc::{c_int, size_t};
 use tieralloc::TierAlloc;
 
 mod cxx;
+mod hotcold;
 
 /// The Rust allocations of this library (statistics snapshots) come from tieralloc too.
 #[global_allocator]

@@ -98,6 +98,11 @@ pub(crate) fn parse_ratio(v: &[u8]) -> Option<(u32, u32)> {
     Some((n as u32, f as u32))
 }
 
+/// TIERALLOC_FAR_POLICY: `bind` (false) or `preferred` (true), in any case.
+pub(crate) fn parse_far_policy(v: &[u8]) -> Option<bool> {
+    parse_choice(v, &[b"bind", b"preferred"]).map(|i| i == 1)
+}
+
 /// `v` without leading and trailing ASCII whitespace (for environment values and sysfs text).
 pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let s = v
@@ -169,5 +174,13 @@ mod tests {
         assert_eq!(parse_ratio(b"0:1"), Some((0, 1)));
         assert_eq!(parse_ratio(b"1:0"), None);
         assert_eq!(parse_ratio(b"14"), None);
+    }
+
+    #[test]
+    fn far_policies_parse() {
+        assert_eq!(parse_far_policy(b"bind"), Some(false));
+        assert_eq!(parse_far_policy(b" Preferred "), Some(true));
+        assert_eq!(parse_far_policy(b"prefer"), None);
+        assert_eq!(parse_far_policy(b""), None);
     }
 }

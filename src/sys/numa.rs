@@ -3,7 +3,8 @@
 //! node the calling thread runs on, and setting a thread's CPU affinity.
 //!
 //! Owns: the raw syscalls (mbind, get_mempolicy, move_pages, getcpu, sched_setaffinity), made
-//! with `libc::syscall` (no libnuma), the process-wide switch that turns binding off, and the
+//! with `libc::syscall` (no libnuma), the process-wide switch that turns binding off, the far
+//! policy (TIERALLOC_FAR_POLICY: which memory policy binds the far tiers' nodes), and the
 //! two facts of the machine the calls need, which `topology::discover` hands down once it
 //! has discovered the machine ([`set_machine`]): whether the nodes are simulated, and which
 //! nodes have memory. May touch: `sys::os` (the page size, madvise) and `sync`. Everything
@@ -16,6 +17,45 @@ use std::io;
 
 /// Whether fresh mappings are bound to their node (TIERALLOC_NUMA=off clears it).
 pub(crate) static BIND_ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the far tiers' memory is placed with MPOL_PREFERRED (TIERALLOC_FAR_POLICY=preferred:
+/// the kernel may move it) instead of MPOL_BIND (the default: strict). Set by `init`.
+static FAR_PREFERRED: AtomicBool = AtomicBool::new(false);
+/// The nodes of the tiers slower than the fastest (bit n: node n) that the far policy applies
+/// to; set by `init` with the policy.
+static FAR_NODES: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the far policy: with `preferred`, the nodes of `far_nodes` (bit n: node n) are bound
+/// with MPOL_PREFERRED from now on (segments, huge objects and moves made later), the others
+/// with MPOL_BIND as always. Called once by `init` at start-up, before any segment is mapped.
+pub(crate) fn set_far_policy(preferred: bool, far_nodes: u64) {
+    FAR_NODES.store(far_nodes, Ordering::Relaxed);
+    FAR_PREFERRED.store(preferred, Ordering::Relaxed);
+}
+
+/// Whether the far policy is `preferred`.
+pub(crate) fn far_preferred() -> bool {
+    FAR_PREFERRED.load(Ordering::Relaxed)
+}
+
+/// The policy that binds memory to `node`: MPOL_PREFERRED for a far node under the
+/// `preferred` far policy, MPOL_BIND otherwise.
+fn policy_for(node: u32, far_nodes: u64, preferred: bool) -> Policy {
+    if preferred && node < 64 && far_nodes & (1 << node) != 0 {
+        Policy::Preferred
+    } else {
+        Policy::Bind
+    }
+}
+
+/// [`policy_for`] under the process's far policy.
+fn node_policy(node: u32) -> Policy {
+    policy_for(
+        node,
+        FAR_NODES.load(Ordering::Relaxed),
+        FAR_PREFERRED.load(Ordering::Relaxed),
+    )
+}
 
 /// Whether the nodes are simulated (TIERALLOC_SIMULATE_NODES), as `topology::discover` found.
 static SIMULATED: AtomicBool = AtomicBool::new(false);
@@ -43,14 +83,17 @@ const MPOL_WEIGHTED_INTERLEAVE: libc::c_int = 6;
 /// mbind flag: move pages that are already there (used by demotion, issue 4).
 pub(crate) const MPOL_MF_MOVE: libc::c_uint = 2;
 const MPOL_F_MEMS_ALLOWED: libc::c_ulong = 4;
+/// get_mempolicy flag: the policy of the mapping at an address.
+#[cfg(test)]
+const MPOL_F_ADDR: libc::c_ulong = 2;
 
 /// A memory policy for a range.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[allow(dead_code)] // Preferred and WeightedInterleave serve issue 4's tier policies.
 pub(crate) enum Policy {
     /// Only the given nodes; allocation fails rather than spill elsewhere (strict).
     Bind,
-    /// The given node first, others when it is full.
+    /// The given node first, others when it is full; the kernel may move the pages (the far
+    /// policy `preferred`, `Placed::preferred`).
     Preferred,
     /// Page by page round robin over the given nodes.
     Interleave,
@@ -133,9 +176,10 @@ fn errno() -> i32 {
         .unwrap_or(libc::EINVAL)
 }
 
-/// Binds `[p, p+len)` to `node` (MPOL_BIND, strict: the kernel never places these pages
-/// elsewhere) before its first touch. Returns false if the kernel refused (no NUMA support,
-/// node not allowed) or binding is off (TIERALLOC_NUMA=off).
+/// Binds `[p, p+len)` to `node` before its first touch: MPOL_BIND (strict: the kernel never
+/// places these pages elsewhere), or MPOL_PREFERRED for a far node under the far policy
+/// `preferred`. Returns false if the kernel refused (no NUMA support, node not allowed) or
+/// binding is off (TIERALLOC_NUMA=off).
 pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
     if !BIND_ENABLED.load(Ordering::Relaxed) || node as usize >= MASK_BITS {
         return false;
@@ -148,7 +192,44 @@ pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
     }
     let mut m: NodeMask = [0; MASK_BITS / 64];
     m[node as usize / 64] |= 1 << (node % 64);
-    mbind(p, len, Policy::Bind, &m, 0).is_ok()
+    mbind(p, len, node_policy(node), &m, 0).is_ok()
+}
+
+/// Places `[p, p+len)` (a fresh mapping of the caller's) on `node` with `policy` (Bind or
+/// Preferred), whatever the far policy: `Placed::bound` and `Placed::preferred` mappings.
+/// Unlike [`bind`] this ignores TIERALLOC_NUMA: it serves explicit requests only.
+pub(crate) fn bind_with(p: *mut u8, len: usize, node: u32, policy: Policy) -> Result<(), i32> {
+    if node as usize >= MASK_BITS {
+        return Err(libc::EINVAL);
+    }
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    m[node as usize / 64] |= 1 << (node % 64);
+    mbind(p, len, policy, &m, 0)
+}
+
+/// The memory policy mode of the page at `p` (get_mempolicy with MPOL_F_ADDR: MPOL_BIND is
+/// 2, MPOL_PREFERRED 1, the default 0), or the kernel's errno. Allocation-free.
+#[cfg(test)]
+pub(crate) fn policy_at(p: *const u8) -> Result<i32, i32> {
+    let mut mode: libc::c_int = -1;
+    let mut m: NodeMask = [0; MASK_BITS / 64];
+    // SAFETY: the kernel writes one int into `mode` and at most maxnode - 1 bits into `m`;
+    // with MPOL_F_ADDR it only looks up the policy of the mapping holding `p`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            m.as_mut_ptr(),
+            (MASK_BITS + 1) as libc::c_ulong,
+            p as libc::c_ulong,
+            MPOL_F_ADDR,
+        )
+    };
+    if r == 0 {
+        Ok(mode)
+    } else {
+        Err(errno())
+    }
 }
 
 /// Interleaves `[p, p+len)` page by page over `nodes` (node ids below 64) before its first
@@ -204,15 +285,16 @@ pub fn weighted_interleave_supported() -> bool {
 }
 
 /// Moves the pages of `[p, p+len)` (already touched or not) to `node` keeping their addresses
-/// and contents (mbind MPOL_BIND with MPOL_MF_MOVE), and binds the range there for the future.
-/// Allocation-free.
+/// and contents (mbind with MPOL_MF_MOVE), and binds the range there for the future, with the
+/// policy [`bind`] gives that node (MPOL_BIND, or MPOL_PREFERRED for a far node under the far
+/// policy `preferred`). Allocation-free.
 pub(crate) fn move_range(p: *mut u8, len: usize, node: u32) -> Result<(), i32> {
     if node as usize >= MASK_BITS {
         return Err(libc::EINVAL);
     }
     let mut m: NodeMask = [0; MASK_BITS / 64];
     m[node as usize / 64] |= 1 << (node % 64);
-    mbind(p, len, Policy::Bind, &m, MPOL_MF_MOVE)
+    mbind(p, len, node_policy(node), &m, MPOL_MF_MOVE)
 }
 
 /// move_pages(2) on the calling process: with `nodes` None, writes into `status` the node of
@@ -421,6 +503,36 @@ mod tests {
         assert!(nodes.iter().all(|n| *n == -libc::ENOENT), "{nodes:?}");
         // SAFETY: our mapping, no longer used.
         unsafe { os::unmap(p, len) };
+    }
+
+    #[test]
+    fn the_far_policy_picks_the_mode_passed_to_mbind() {
+        // Node 2 far, nodes 0 and 1 near.
+        let far = 1 << 2;
+        assert_eq!(policy_for(2, far, false), Policy::Bind);
+        assert_eq!(policy_for(2, far, true), Policy::Preferred);
+        assert_eq!(
+            policy_for(0, far, true),
+            Policy::Bind,
+            "near nodes stay bound"
+        );
+        assert_eq!(policy_for(70, far, true), Policy::Bind);
+        // The modes the kernel reads (linux/mempolicy.h).
+        assert_eq!(Policy::Bind.mode(), 2);
+        assert_eq!(Policy::Preferred.mode(), 1);
+    }
+
+    #[test]
+    fn bind_with_sets_the_policy_the_kernel_reports() {
+        for (policy, mode) in [(Policy::Preferred, 1), (Policy::Bind, 2)] {
+            let len = 4 * os::OS_PAGE;
+            let p = os::map_aligned(len, os::OS_PAGE, None);
+            assert!(!p.is_null());
+            assert_eq!(bind_with(p, len, 0, policy), Ok(()));
+            assert_eq!(policy_at(p), Ok(mode), "{policy:?}");
+            // SAFETY: our mapping, no longer used.
+            unsafe { os::unmap(p, len) };
+        }
     }
 
     #[test]
