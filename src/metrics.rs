@@ -58,12 +58,15 @@
 //!   `tieralloc_pool_idle`, `tieralloc_pool_out`.
 
 use crate::{ArenaStats, BumpCacheStats, PoolStats};
+use prometheus_client::collector::Collector as PromCollector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use prometheus_client::collector::Collector as CollectorTrait;
+/// The `prometheus-client` crate this collector is built for (so that a program can name the
+/// same version).
+pub use prometheus_client;
 
 type Source<S> = (String, Box<dyn Fn() -> S + Send + Sync>);
 
@@ -604,7 +607,7 @@ impl Collector {
     }
 }
 
-impl CollectorTrait for Collector {
+impl PromCollector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), core::fmt::Error> {
         let s = crate::stats();
         Self::encode_process(&mut enc, &s)?;
