@@ -124,9 +124,18 @@ async fn serves_good_and_bad_requests_and_shuts_down() {
         t.await.unwrap();
     }
 
+    // The far report works on any machine (`Placed::cold()` is the local node without a far
+    // tier): valid JSON with the allocator's statistics.
+    let (status, body) = request(addr, "GET", "/report/far", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["requests"]["ok"], 81, "{body}");
+    assert!(v["allocator"]["bytes_live"].as_u64().unwrap() > 0, "{body}");
+
     let (status, metrics) = request(addr, "GET", "/metrics", b"").await;
     assert_eq!(status, 200);
     for name in [
+        "service_reports_total 1",
         "tieralloc_live_bytes ",
         "tieralloc_committed_bytes ",
         "tieralloc_remote_frees_total ",
