@@ -7,7 +7,7 @@
 //! May touch: loopback networking only; bounded request count and time.
 //!
 //! ```text
-//! cargo build --release --example service --example loadgen
+//! cargo build --release --features prometheus --example service --example loadgen
 //! target/release/examples/loadgen --quick
 //! target/release/examples/loadgen --requests 200000 --connections 64
 //! ```
@@ -109,7 +109,7 @@ fn start_service(path: &PathBuf, allocator: &str, workers: Option<usize>) -> (Ch
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| {
         panic!(
-            "cannot start {} ({e}); build it with `cargo build --release --example service`",
+            "cannot start {} ({e}); build it with `cargo build --release --features prometheus --example service`",
             path.display()
         )
     });

@@ -1,12 +1,13 @@
 //! The example HTTP service: JSON work requests answered with per-request arenas and pooled
-//! buffers, and `/metrics` in Prometheus text format. See `service/app.rs` for the API.
+//! buffers, a report built on the far tier, and `/metrics` from tieralloc's Prometheus
+//! collector (feature `prometheus`). See `service/app.rs` for the API.
 //!
 //! Owns: the process: global allocator choice, runtime, listener, graceful shutdown.
 //! May touch: loopback networking only.
 //!
 //! ```text
-//! cargo run --release --example service -- --port 0
-//! TIERALLOC_SERVICE_ALLOC=mimalloc cargo run --release --example service
+//! cargo run --release --features prometheus --example service -- --port 0
+//! TIERALLOC_SERVICE_ALLOC=mimalloc cargo run --release --features prometheus --example service
 //! ```
 //!
 //! The global allocator is chosen by `TIERALLOC_SERVICE_ALLOC` (`tieralloc`, the default,

@@ -33,15 +33,18 @@ step() { echo; echo "== $* ($((SECONDS - t0)) s)"; }
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy (workspace, all targets, with and without the hwloc feature)"
+step "cargo clippy (workspace, all targets, with and without the hwloc and prometheus features)"
 cargo clippy --workspace --all-targets -q -- -D warnings
-cargo clippy --all-targets --features hwloc -q -- -D warnings
+cargo clippy --all-targets --features hwloc,prometheus -q -- -D warnings
 
 step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
 # The drop-in's tests run programs under LD_PRELOAD of the .so, which `cargo test` does not
 # produce by itself (a cdylib is not linked into tests): build it first, same profile.
 cargo build -p tieralloc-preload --release
 cargo test --workspace --release
+# The `prometheus` feature: its collector's tests and the example service's (which needs it; the
+# feature's clippy run above checks the example itself).
+cargo test --release --features prometheus --test metrics --test service
 
 step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=1)"
 # The multi-node paths (per-node heaps and pools, home-node moves, cross-node frees, tier

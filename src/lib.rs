@@ -35,7 +35,8 @@ pub mod sync;
 
 // The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
 // that no module imports one above it; docs/design.md draws it): sync → sys → topology →
-// heap (with init and stats) → placed (with scope) → tier → global → arena, pool → this file.
+// heap (with init and stats) → placed (with scope) → tier → global → arena, pool → this file
+// (with metrics, the optional Prometheus collector over the public statistics).
 #[cfg(not(loom))]
 pub mod arena;
 #[cfg(not(loom))]
@@ -44,6 +45,8 @@ mod global;
 mod heap;
 #[cfg(not(loom))]
 mod init;
+#[cfg(all(feature = "prometheus", not(loom)))]
+pub mod metrics;
 #[cfg(not(loom))]
 mod placed;
 #[cfg(not(loom))]

@@ -38,8 +38,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("global", &["global"]),
     // Clients of any allocator.
     ("arena, pool", &["arena", "pool"]),
-    // The crate root: the public API.
-    ("lib", &["lib"]),
+    // The crate root: the public API, and the Prometheus collector over its statistics
+    // (feature `prometheus`).
+    ("lib", &["lib", "metrics"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

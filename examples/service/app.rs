@@ -1,15 +1,21 @@
-//! The service's router, handlers and Prometheus metrics, shared by `examples/service.rs` (the
-//! binary) and `tests/service.rs` (which runs the router in-process).
+//! The service's router, handlers and metrics, shared by `examples/service.rs` (the binary)
+//! and `tests/service.rs` (which runs the router in-process).
 //!
-//! Owns: the HTTP API of the example service and the rendering of its metrics.
-//! May touch: tieralloc's public API (stats, Arena, BumpCache, Pool) and its own state.
+//! Owns: the HTTP API of the example service, its own counters and its metrics registry.
+//! May touch: tieralloc's public API (stats, placement, Arena, BumpCache, Pool, and the
+//! `metrics` collector of the `prometheus` feature) and its own state.
 //!
 //! API:
 //! - `POST /work` with `{"items": [{"id": 1, "name": "a", "values": [1.0, 2.5]}, ...]}`:
 //!   answers per-item statistics (sum, mean, median, min, max, an upper-cased label) and
 //!   totals. Malformed JSON gets 400 with a message, bodies over [`BODY_LIMIT`] get 413.
-//! - `GET /metrics`: Prometheus text format: allocator, node/tier, arena, bump-cache and pool
-//!   statistics, and the process's RSS.
+//! - `GET /report/far`: a JSON report of the service's counters and the allocator's
+//!   statistics, built on the far tier (`Placed::cold()`: the local node on a machine without
+//!   one) by wrapping the handler's work in `.placed(..)`; the latest [`REPORTS_KEPT`] reports
+//!   are kept there, as cold data, so `/metrics` shows the far tier's bytes grow.
+//! - `GET /metrics`: the registry in the OpenMetrics text format of `prometheus-client`:
+//!   tieralloc's collector (allocator, node, tier, size class, and the service's arenas, bump
+//!   cache and pools), the service's counters, and the process's RSS.
 //! - `GET /health`: `ok`.
 //!
 //! Per request: the results are built in a typed [`Arena`] taken from a pool of arenas (reset,
@@ -18,9 +24,9 @@
 //! request thus allocates little beyond what serde_json's parser needs.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,8 +34,15 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
-use tieralloc::{Arena, BumpCache, Pool};
+use tieralloc::{Arena, BumpCache, Placed, PlacedFutureExt, Pool};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -74,47 +87,62 @@ struct WorkResponse<'a> {
     results: &'a [&'a Summary],
 }
 
-/// Service-wide counters.
+/// Outcome label of `service_requests_total`.
+type Outcome = [(&'static str, &'static str); 1];
+
+/// Service-wide counters, registered in [`AppState::registry`].
 #[derive(Default)]
 pub struct Counters {
-    /// Requests to `/work` answered with 200.
-    pub ok: AtomicU64,
-    /// Requests to `/work` rejected as malformed.
-    pub bad_json: AtomicU64,
-    /// Requests to `/work` rejected for too many items or an arena limit.
-    pub too_large: AtomicU64,
+    /// Requests to `/work` by outcome: `ok` (200), `bad_json` (malformed), `too_large` (too
+    /// many items or an arena limit).
+    pub requests: Family<Outcome, Counter>,
     /// Items processed.
-    pub items: AtomicU64,
+    pub items: Counter,
     /// Sum of the per-request arena bytes used.
-    pub arena_bytes_used: AtomicU64,
+    pub arena_bytes_used: Counter,
     /// Largest per-request arena bytes used.
-    pub arena_high_water: AtomicU64,
+    pub arena_high_water: Gauge,
+    /// Reports built by `/report/far`.
+    pub reports: Counter,
 }
+
+impl Counters {
+    fn outcome(&self, outcome: &'static str) {
+        self.requests.get_or_create(&[("outcome", outcome)]).inc();
+    }
+}
+
+/// How many `/report/far` reports the service keeps.
+pub const REPORTS_KEPT: usize = 64;
 
 /// Everything the handlers share.
 pub struct AppState {
-    /// Name of the global allocator in use (a label in `/metrics`).
-    pub allocator: &'static str,
     /// Per-request typed arenas, reset on return.
-    pub arenas: Pool<Arena<Summary>>,
+    pub arenas: Arc<Pool<Arena<Summary>>>,
     /// Response buffers, cleared on return.
-    pub buffers: Pool<Vec<u8>>,
+    pub buffers: Arc<Pool<Vec<u8>>>,
     /// Per-worker bumps for scratch data.
-    pub bumps: BumpCache,
+    pub bumps: Arc<BumpCache>,
     /// Counters.
     pub counters: Counters,
+    /// The latest reports of `/report/far`, oldest first: cold data, on the far tier.
+    pub reports: Mutex<VecDeque<Box<str>>>,
+    /// What `/metrics` serves.
+    pub registry: Registry,
 }
 
 impl AppState {
-    /// The state with default bounds.
+    /// The state with default bounds; `allocator` (the global allocator's name) is the label
+    /// of `service_allocator_info`.
     pub fn new(allocator: &'static str) -> Arc<Self> {
-        Arc::new(AppState {
-            allocator,
-            arenas: Pool::builder(|| Arena::with_limit(ARENA_LIMIT))
+        let arenas = Arc::new(
+            Pool::builder(|| Arena::with_limit(ARENA_LIMIT))
                 .reset(|a: &mut Arena<Summary>| a.reset())
                 .max_idle(256)
                 .build(),
-            buffers: Pool::builder(|| Vec::with_capacity(16 << 10))
+        );
+        let buffers = Arc::new(
+            Pool::builder(|| Vec::with_capacity(16 << 10))
                 .reset(|v: &mut Vec<u8>| {
                     v.clear();
                     // Do not keep a buffer that one huge answer blew up.
@@ -124,16 +152,63 @@ impl AppState {
                 })
                 .max_idle(256)
                 .build(),
-            bumps: BumpCache::new(),
-            counters: Counters::default(),
+        );
+        let bumps = Arc::new(BumpCache::new());
+        let counters = Counters::default();
+        let mut registry = Registry::default();
+        // tieralloc's statistics, and the service's pools and bump cache, read at each scrape.
+        let (a, b, c) = (arenas.clone(), buffers.clone(), bumps.clone());
+        registry.register_collector(Box::new(
+            tieralloc::metrics::Collector::new()
+                .pool("arenas", move || a.stats())
+                .pool("buffers", move || b.stats())
+                .bump_cache("scratch", move || c.stats()),
+        ));
+        registry.register_collector(Box::new(ProcessCollector));
+        registry.register(
+            "service_allocator",
+            "Global allocator in use.",
+            Info::new([("allocator", allocator)]),
+        );
+        registry.register(
+            "service_requests",
+            "Requests to /work by outcome.",
+            counters.requests.clone(),
+        );
+        registry.register("service_items", "Items processed.", counters.items.clone());
+        registry.register(
+            "service_reports",
+            "Reports built on the far tier by /report/far.",
+            counters.reports.clone(),
+        );
+        registry.register_with_unit(
+            "service_arena_used",
+            "Per-request arena bytes used, summed.",
+            Unit::Bytes,
+            counters.arena_bytes_used.clone(),
+        );
+        registry.register_with_unit(
+            "service_arena_high_water",
+            "Largest per-request arena use.",
+            Unit::Bytes,
+            counters.arena_high_water.clone(),
+        );
+        Arc::new(AppState {
+            arenas,
+            buffers,
+            bumps,
+            counters,
+            reports: Mutex::new(VecDeque::new()),
+            registry,
         })
     }
 }
 
-/// The router: `/work`, `/metrics`, `/health`, with the body limit.
+/// The router: `/work`, `/report/far`, `/metrics`, `/health`, with the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/work", post(work))
+        .route("/report/far", get(report_far))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -151,12 +226,12 @@ async fn work(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let req: WorkRequest<'_> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            st.counters.bad_json.fetch_add(1, Relaxed);
+            st.counters.outcome("bad_json");
             return error(StatusCode::BAD_REQUEST, format_args!("invalid JSON: {e}"));
         }
     };
     if req.items.len() > MAX_ITEMS {
-        st.counters.too_large.fetch_add(1, Relaxed);
+        st.counters.outcome("too_large");
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format_args!("too many items: {} (at most {MAX_ITEMS})", req.items.len()),
@@ -192,15 +267,18 @@ async fn work(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         match arena.try_alloc(summary) {
             Ok(s) => results.push(&*s),
             Err(e) => {
-                st.counters.too_large.fetch_add(1, Relaxed);
+                st.counters.outcome("too_large");
                 return error(StatusCode::PAYLOAD_TOO_LARGE, e);
             }
         }
     }
     let used = arena.stats().bytes_used as u64;
-    st.counters.arena_bytes_used.fetch_add(used, Relaxed);
-    st.counters.arena_high_water.fetch_max(used, Relaxed);
-    st.counters.items.fetch_add(req.items.len() as u64, Relaxed);
+    st.counters.arena_bytes_used.inc_by(used);
+    st.counters
+        .arena_high_water
+        .inner()
+        .fetch_max(used as i64, Relaxed);
+    st.counters.items.inc_by(req.items.len() as u64);
     let resp = WorkResponse {
         count: results.len(),
         total,
@@ -212,7 +290,56 @@ async fn work(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     }
     buf.push(b'\n');
     let body = Bytes::copy_from_slice(&buf);
-    st.counters.ok.fetch_add(1, Relaxed);
+    st.counters.outcome("ok");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// `/report/far`: the report is built inside a placement scope on the far tier, entered on
+/// each poll of the wrapped future (whichever worker thread polls it) and left before the
+/// poll returns; so are the kept copy and the response body. `Placed::cold()` never fails:
+/// without a far tier it is the local node.
+async fn report_far(State(st): State<Arc<AppState>>) -> Response {
+    async move { far_report(&st) }.placed(Placed::cold()).await
+}
+
+fn far_report(st: &AppState) -> Response {
+    let c = &st.counters;
+    let outcome = |o| c.requests.get_or_create(&[("outcome", o)]).get();
+    let report = serde_json::json!({
+        "requests": {
+            "ok": outcome("ok"),
+            "bad_json": outcome("bad_json"),
+            "too_large": outcome("too_large"),
+        },
+        "items": c.items.get(),
+        "arena_high_water_bytes": c.arena_high_water.get(),
+        "allocator": tieralloc::stats(),
+        "tiers": tieralloc::tiers::stats().iter().map(|t| serde_json::json!({
+            "tier": t.index,
+            "nodes": t.nodes,
+            "live_bytes": t.live_bytes,
+            "committed_bytes": t.committed_bytes,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string();
+    c.reports.inc();
+    let mut body = String::with_capacity(report.len() + 1);
+    body.push_str(&report);
+    body.push('\n');
+    {
+        let mut kept = st.reports.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == REPORTS_KEPT {
+            kept.pop_front();
+        }
+        // A copy of its exact length: the serialiser's buffer grew by doubling, and a
+        // shrinking realloc keeps its block.
+        kept.push_back(Box::from(report.as_str()));
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -222,354 +349,51 @@ async fn work(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut text = String::with_capacity(16 << 10);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &st.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&st),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
     )
         .into_response()
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+/// The process's resident set size now and its peak, from /proc/self/status (Linux), as
+/// `process_resident_memory_bytes` and `process_resident_memory_peak_bytes`.
+#[derive(Debug)]
+struct ProcessCollector;
 
-/// All metrics, in Prometheus text format.
-pub fn render_metrics(st: &AppState) -> String {
-    let mut out = String::with_capacity(8192);
-    let s = tieralloc::stats();
-    metric(
-        &mut out,
-        "tieralloc_info",
-        "gauge",
-        "Global allocator in use.",
-    );
-    let _ = writeln!(out, "tieralloc_info{{allocator=\"{}\"}} 1", st.allocator);
-    for (name, help, v) in [
-        (
-            "tieralloc_bytes_live",
-            "Bytes in live blocks.",
-            s.bytes_live,
-        ),
-        (
-            "tieralloc_bytes_committed",
-            "Bytes committed.",
-            s.bytes_committed,
-        ),
-        (
-            "tieralloc_bytes_reserved",
-            "Bytes of address space mapped.",
-            s.bytes_reserved,
-        ),
-        ("tieralloc_segments", "Segments mapped.", s.segments),
-        (
-            "tieralloc_segments_pooled",
-            "Empty segments pooled.",
-            s.segments_pooled,
-        ),
-        (
-            "tieralloc_large_bytes_live",
-            "Bytes of live large objects.",
-            s.large_bytes_live,
-        ),
-        (
-            "tieralloc_huge_bytes_live",
-            "Bytes of live huge objects.",
-            s.huge_bytes_live,
-        ),
-    ] {
-        metric(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {v}");
-    }
-    for (name, help, v) in [
-        (
-            "tieralloc_remote_frees_total",
-            "Frees of blocks another thread owned.",
-            s.remote_frees,
-        ),
-        ("tieralloc_purges_total", "Purges of idle memory.", s.purges),
-        (
-            "tieralloc_purged_bytes_total",
-            "Bytes purged.",
-            s.purged_bytes,
-        ),
-        (
-            "tieralloc_large_allocs_total",
-            "Large objects allocated.",
-            s.large_allocs,
-        ),
-        (
-            "tieralloc_huge_allocs_total",
-            "Huge objects allocated.",
-            s.huge_allocs,
-        ),
-        (
-            "tieralloc_map_failures_total",
-            "mmap calls refused.",
-            s.map_failures,
-        ),
-    ] {
-        metric(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {v}");
-    }
-    metric(
-        &mut out,
-        "tieralloc_class_allocs_total",
-        "counter",
-        "Allocations per size class.",
-    );
-    for c in &s.classes {
-        let _ = writeln!(
-            out,
-            "tieralloc_class_allocs_total{{size=\"{}\"}} {}",
-            c.block_size, c.allocs
-        );
-    }
-    metric(
-        &mut out,
-        "tieralloc_class_live_blocks",
-        "gauge",
-        "Live blocks per size class.",
-    );
-    for c in &s.classes {
-        let _ = writeln!(
-            out,
-            "tieralloc_class_live_blocks{{size=\"{}\"}} {}",
-            c.block_size, c.live
-        );
-    }
-    render_node_metrics(&mut out, &s);
-    render_arena_pool_metrics(&mut out, st);
-    render_process_metrics(&mut out);
-    out
-}
-
-/// Node and tier section. The one place that knows how nodes and tiers are reported: each
-/// node is labelled with its memory tier from `tieralloc::topology()` (0 = fastest), followed
-/// by the per-tier totals of `tieralloc::tiers::stats()`; a process with no per-node data
-/// (another global allocator) reports node 0 with the totals.
-pub fn render_node_metrics(out: &mut String, s: &tieralloc::Stats) {
-    let topo = tieralloc::topology();
-    let tier_of = |node: u32| {
-        topo.tier_of(node)
-            .map_or_else(|| "unknown".to_string(), |t| t.to_string())
-    };
-    metric(
-        out,
-        "tieralloc_node_bytes_live",
-        "gauge",
-        "Live bytes per NUMA node.",
-    );
-    let nodes: Vec<(u32, i64, u64, u64)> = if s.nodes.is_empty() {
-        vec![(0, s.bytes_live as i64, s.bytes_committed, 0)]
-    } else {
-        s.nodes
-            .iter()
-            .map(|n| (n.node, n.bytes_live, n.bytes_committed, n.cross_node_frees))
-            .collect()
-    };
-    for (node, live, _, _) in &nodes {
-        let tier = tier_of(*node);
-        let _ = writeln!(
-            out,
-            "tieralloc_node_bytes_live{{node=\"{node}\",tier=\"{tier}\"}} {live}"
-        );
-    }
-    metric(
-        out,
-        "tieralloc_node_bytes_committed",
-        "gauge",
-        "Committed bytes per NUMA node.",
-    );
-    for (node, _, committed, _) in &nodes {
-        let tier = tier_of(*node);
-        let _ = writeln!(
-            out,
-            "tieralloc_node_bytes_committed{{node=\"{node}\",tier=\"{tier}\"}} {committed}"
-        );
-    }
-    metric(
-        out,
-        "tieralloc_node_cross_frees_total",
-        "counter",
-        "Frees from another node.",
-    );
-    for (node, _, _, cross) in &nodes {
-        let _ = writeln!(
-            out,
-            "tieralloc_node_cross_frees_total{{node=\"{node}\"}} {cross}"
-        );
-    }
-    let tiers = tieralloc::tiers::stats();
-    for (name, help, kind) in [
-        (
-            "tieralloc_tier_bytes_live",
-            "Live bytes per memory tier.",
-            "gauge",
-        ),
-        (
-            "tieralloc_tier_bytes_committed",
-            "Committed bytes per memory tier.",
-            "gauge",
-        ),
-        (
-            "tieralloc_tier_spills_total",
-            "Allocations that spilled past the tier's budget.",
-            "counter",
-        ),
-        (
-            "tieralloc_tier_demoted_bytes_total",
-            "Bytes demoted into the tier.",
-            "counter",
-        ),
-        (
-            "tieralloc_tier_promoted_bytes_total",
-            "Bytes promoted into the tier.",
-            "counter",
-        ),
-    ] {
-        metric(out, name, kind, help);
-        for t in &tiers {
-            let v = match name {
-                "tieralloc_tier_bytes_live" => t.live_bytes,
-                "tieralloc_tier_bytes_committed" => t.committed_bytes as i64,
-                "tieralloc_tier_spills_total" => t.spills as i64,
-                "tieralloc_tier_demoted_bytes_total" => t.demoted_bytes as i64,
-                _ => t.promoted_bytes as i64,
-            };
-            let _ = writeln!(out, "{name}{{tier=\"{}\"}} {v}", t.index);
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        for (key, name, help) in [
+            ("VmRSS:", "process_resident_memory", "Resident set size."),
+            (
+                "VmHWM:",
+                "process_resident_memory_peak",
+                "Peak resident set size.",
+            ),
+        ] {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            if let Some(kib) = kib {
+                let g = ConstGauge::new(kib * 1024);
+                g.encode(enc.encode_descriptor(
+                    name,
+                    help,
+                    Some(&Unit::Bytes),
+                    g.metric_type(),
+                )?)?;
+            }
         }
-    }
-}
-
-fn render_arena_pool_metrics(out: &mut String, st: &AppState) {
-    let c = &st.counters;
-    metric(
-        out,
-        "service_requests_total",
-        "counter",
-        "Requests to /work by outcome.",
-    );
-    let _ = writeln!(
-        out,
-        "service_requests_total{{outcome=\"ok\"}} {}",
-        c.ok.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "service_requests_total{{outcome=\"bad_json\"}} {}",
-        c.bad_json.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "service_requests_total{{outcome=\"too_large\"}} {}",
-        c.too_large.load(Relaxed)
-    );
-    metric(out, "service_items_total", "counter", "Items processed.");
-    let _ = writeln!(out, "service_items_total {}", c.items.load(Relaxed));
-    metric(
-        out,
-        "arena_bytes_used_total",
-        "counter",
-        "Per-request arena bytes used, summed.",
-    );
-    let _ = writeln!(
-        out,
-        "arena_bytes_used_total {}",
-        c.arena_bytes_used.load(Relaxed)
-    );
-    metric(
-        out,
-        "arena_high_water_bytes",
-        "gauge",
-        "Largest per-request arena use.",
-    );
-    let _ = writeln!(
-        out,
-        "arena_high_water_bytes {}",
-        c.arena_high_water.load(Relaxed)
-    );
-    let b = st.bumps.stats();
-    metric(
-        out,
-        "bump_cache_checkouts_total",
-        "counter",
-        "Bump checkouts by outcome.",
-    );
-    let _ = writeln!(
-        out,
-        "bump_cache_checkouts_total{{outcome=\"hit\"}} {}",
-        b.hits
-    );
-    let _ = writeln!(
-        out,
-        "bump_cache_checkouts_total{{outcome=\"miss\"}} {}",
-        b.misses
-    );
-    metric(out, "bump_cache_idle", "gauge", "Idle bumps cached.");
-    let _ = writeln!(out, "bump_cache_idle {}", b.idle);
-    metric(
-        out,
-        "bump_cache_idle_bytes",
-        "gauge",
-        "Chunk bytes held by idle bumps.",
-    );
-    let _ = writeln!(out, "bump_cache_idle_bytes {}", b.idle_bytes);
-    let pools = [
-        ("arenas", st.arenas.stats()),
-        ("buffers", st.buffers.stats()),
-    ];
-    for (field, help) in [
-        ("hits", "Gets served by an idle object."),
-        ("misses", "Gets that made a new object."),
-        ("created", "Objects made."),
-        ("dropped", "Objects dropped on return."),
-    ] {
-        let name = format!("pool_{field}_total");
-        metric(out, &name, "counter", help);
-        for (pool, p) in &pools {
-            let v = match field {
-                "hits" => p.hits,
-                "misses" => p.misses,
-                "created" => p.created,
-                _ => p.dropped,
-            };
-            let _ = writeln!(out, "{name}{{pool=\"{pool}\"}} {v}");
-        }
-    }
-    metric(out, "pool_idle", "gauge", "Idle objects.");
-    for (pool, p) in &pools {
-        let _ = writeln!(out, "pool_idle{{pool=\"{pool}\"}} {}", p.idle);
-    }
-    metric(out, "pool_out", "gauge", "Objects out now.");
-    for (pool, p) in &pools {
-        let _ = writeln!(out, "pool_out{{pool=\"{pool}\"}} {}", p.out);
-    }
-}
-
-/// Resident set size now and its peak, from /proc/self/status (Linux).
-fn render_process_metrics(out: &mut String) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    for (key, name, help) in [
-        (
-            "VmRSS:",
-            "process_resident_memory_bytes",
-            "Resident set size.",
-        ),
-        (
-            "VmHWM:",
-            "process_resident_memory_peak_bytes",
-            "Peak resident set size.",
-        ),
-    ] {
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            metric(out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {}", kb * 1024);
-        }
+        Ok(())
     }
 }
