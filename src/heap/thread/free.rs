@@ -435,7 +435,12 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
                 return;
             }
             // Left abandoned: the free that brings its live hint to 0 gives it back (below).
-            last = (*seg).live_hint.fetch_sub(1, Ordering::AcqRel) == 1;
+            // Never below 0: a hint a missed reclaim left at 0 stays there (the segment
+            // waits for its node's tending) instead of wrapping to usize::MAX.
+            last = (*seg)
+                .live_hint
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+                == Ok(1);
         }
         let (c, shared) = counters(h);
         add(&c.frees[(*page).bin as usize], 1, shared);

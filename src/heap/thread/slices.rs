@@ -7,15 +7,18 @@
 //! the live hint of an abandoned segment and reclaiming one that other threads' frees emptied
 //! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
 //! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
-//! large-page release), `tick` (the `waiting` threshold, tending a reclaimed segment),
+//! large-page release), `purger` (waking it), `heap::error` (a double free found by a
+//! reclaim), `tick` (the `waiting` threshold, tending a reclaimed segment),
 //! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
 //! spill call in `take_slices`).
 
 use super::bins::unfull;
 use super::counters::bump;
 use super::free::{drain_delayed, free_large_page};
+use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::{HeapRef, ACTIVE};
+use crate::heap::error::{report, HeapError};
 use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
@@ -165,12 +168,20 @@ pub(super) unsafe fn reclaim_emptied(
             return false;
         }
         // Ours now: the block goes on the page's local list (the caller counted the free),
-        // and the tending collects the rest and gives back what is empty.
+        // and the tending collects the rest and gives back what is empty. A page with no
+        // live block left was sent a block twice: reported, and the block left alone.
         let b = p as *mut Block;
-        Block::set_next(b, (*page).local_free);
-        (*page).local_free = b;
-        (*page).used -= 1;
+        if (*page).used == 0 {
+            report(HeapError::DoubleFree, p);
+        } else {
+            Block::set_next(b, (*page).local_free);
+            (*page).local_free = b;
+            (*page).used -= 1;
+        }
         tend_abandoned(h, seg, os::now_ms(), false);
+        // The segment may have gone to the pool: a sleeping background purger must hear of
+        // it, or the pooled memory waits for the next collection of some heap.
+        purger::notify();
         true
     }
 }
