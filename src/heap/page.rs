@@ -177,6 +177,16 @@ fn remote_list_error(list: *mut Block, too_many: bool) {
 /// page's block count, far below where the signed check of a free would see it.
 pub const LEAKED: u32 = 1 << 30;
 
+/// Marks `used` as wrong (adds [`LEAKED`]) once: a second mark would take the count past
+/// where a free's signed check reads it as negative, and a fourth back to small values,
+/// where the page could look empty with blocks live.
+#[inline]
+pub fn mark_leaked(used: &mut u32) {
+    if *used < LEAKED {
+        *used = used.wrapping_add(LEAKED);
+    }
+}
+
 /// A bit of `Page::flags` beside `PAGE_IN_FULL` (heap::segment): the page had no live block
 /// at its last free, or is free; its next local free takes the slow path, which checks that
 /// it is not a double free (docs/security.md). Set when a free or a collection leaves the
@@ -241,7 +251,7 @@ impl Page {
     fn local_list_error(&mut self) {
         report(HeapError::FreeListLoop, self.local_free as *const u8);
         self.local_free = ptr::null_mut();
-        self.used = self.used.wrapping_add(LEAKED);
+        mark_leaked(&mut self.used);
     }
 }
 
@@ -286,6 +296,18 @@ mod tests {
     use super::super::segment::{Segment, SEGMENTS, SEGMENT_SIZE};
     use super::super::size_class::bin_of;
     use super::*;
+
+    #[test]
+    fn a_count_is_marked_leaked_once_whatever_the_errors() {
+        let mut used = 5u32;
+        for _ in 0..4 {
+            mark_leaked(&mut used);
+        }
+        // Four marks of a page hit by four wrong frees: still far above any block count,
+        // and still below where a free's signed check reads it as negative.
+        assert_eq!(used, 5 + LEAKED);
+        assert!((used as i32) > 0);
+    }
     use crate::sync::Ordering;
 
     #[test]

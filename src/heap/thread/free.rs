@@ -22,7 +22,7 @@ use super::{Heap, HeapRef, ACTIVE, UNINIT};
 use crate::heap::delayed;
 use crate::heap::error::{report, HeapError};
 use crate::heap::huge;
-use crate::heap::page::{check_block, LEAKED, PAGE_CHECK_FREE};
+use crate::heap::page::{check_block, mark_leaked, PAGE_CHECK_FREE};
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
@@ -131,7 +131,7 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
             if counts_wrong {
                 // The page's count is off by an earlier wrong free: it must never look empty
                 // again while a block of it may be live (it leaks instead).
-                (*page).used = (*page).used.wrapping_add(LEAKED);
+                mark_leaked(&mut (*page).used);
             }
             if e == HeapError::FreeListLoop {
                 // A list that would hand its looping block out again and again: dropped.

@@ -19,6 +19,7 @@ use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::{HeapRef, ACTIVE};
 use crate::heap::error::{report, HeapError};
+use crate::heap::page::PAGE_CHECK_FREE;
 use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
@@ -455,7 +456,9 @@ pub(super) unsafe fn release_empty_page(h: HeapRef, p: *mut Page, now: u64, dela
         if (*p).kind == PageKind::Large as u8 {
             bump(&h.stats.large_free_bytes, (*p).block_size as u64);
         }
-        (*p).flags = 0;
+        // As `retire_page`: a free into the given-back page (a double free of its block) is
+        // checked on the slow path.
+        (*p).flags = PAGE_CHECK_FREE;
         Segment::free_page(p, now, delay);
     }
 }
