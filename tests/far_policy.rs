@@ -21,20 +21,8 @@ mod child;
 /// Runs the inner check in a child with `TIERALLOC_FAR_POLICY=policy` (unset for None);
 /// returns its stderr.
 fn run_child(policy: Option<&str>) -> String {
-    let mut cmd = child::this_test("inner_far_memory_lands_on_the_far_node");
-    cmd.env("TIERALLOC_SIMULATE_NODES", "2,far=1")
-        .env("TIERALLOC_VERBOSE", "1");
-    for v in [
-        "TIERALLOC_FAR_POLICY",
-        "TIERALLOC_NODES",
-        "TIERALLOC_TIERS",
-        "TIERALLOC_NUMA",
-        "TIERALLOC_FAR_THRESHOLD",
-        "TIERALLOC_TIER_RATIO",
-        "TIERALLOC_TIER_BUDGET",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = child::on_simulated_nodes("inner_far_memory_lands_on_the_far_node", "2,far=1");
+    cmd.env("TIERALLOC_VERBOSE", "1");
     if let Some(p) = policy {
         cmd.env("TIERALLOC_FAR_POLICY", p);
     }

@@ -258,21 +258,8 @@ fn a_placed_future_runs_each_poll_in_its_scope_on_whichever_thread_polls_it() {
 // ---------------------------------------------------------------------------------------------
 // Simulated nodes: 2 CPU nodes and far node 2.
 
-const VAR: &str = "TIERALLOC_SIMULATE_NODES";
-
 fn run_child(inner: &str, value: &str) {
-    let mut cmd = child::this_test(inner);
-    cmd.env(VAR, value);
-    for v in [
-        "TIERALLOC_NODES",
-        "TIERALLOC_TIERS",
-        "TIERALLOC_NUMA",
-        "TIERALLOC_FAR_THRESHOLD",
-        "TIERALLOC_TIER_RATIO",
-        "TIERALLOC_TIER_BUDGET",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = child::on_simulated_nodes(inner, value);
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
 }
 

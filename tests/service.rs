@@ -180,18 +180,7 @@ async fn serves_good_and_bad_requests_and_shuts_down() {
 fn the_far_report_moves_the_far_tiers_bytes_in_metrics() {
     const NAME: &str = "the_far_report_moves_the_far_tiers_bytes_in_metrics";
     if !child::is_child() {
-        let mut cmd = child::this_test(NAME);
-        cmd.env("TIERALLOC_SIMULATE_NODES", "2,far=1");
-        for v in [
-            "TIERALLOC_NODES",
-            "TIERALLOC_TIERS",
-            "TIERALLOC_NUMA",
-            "TIERALLOC_FAR_THRESHOLD",
-            "TIERALLOC_TIER_RATIO",
-            "TIERALLOC_TIER_BUDGET",
-        ] {
-            cmd.env_remove(v);
-        }
+        let mut cmd = child::on_simulated_nodes(NAME, "2,far=1");
         child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
         return;
     }

@@ -24,18 +24,7 @@ const VAR: &str = "TIERALLOC_SIMULATE_NODES";
 /// Runs `inner` in a child with `TIERALLOC_SIMULATE_NODES=value` (and none of the variables
 /// that would change the topology it makes); returns its stderr.
 fn run_child(inner: &str, value: &str) -> String {
-    let mut cmd = child::this_test(inner);
-    cmd.env(VAR, value);
-    for v in [
-        "TIERALLOC_NODES",
-        "TIERALLOC_TIERS",
-        "TIERALLOC_NUMA",
-        "TIERALLOC_FAR_THRESHOLD",
-        "TIERALLOC_TIER_RATIO",
-        "TIERALLOC_TIER_BUDGET",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = child::on_simulated_nodes(inner, value);
     let out = child::run(&mut cmd, Duration::from_secs(300));
     out.expect_test_passed();
     out.stderr

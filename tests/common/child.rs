@@ -30,6 +30,25 @@ pub fn this_test(name: &str) -> Command {
     cmd
 }
 
+/// [`this_test`] for `name` on simulated nodes: `TIERALLOC_SIMULATE_NODES=value`, and none of
+/// the inherited variables that would change the topology it makes or the placement on it.
+pub fn on_simulated_nodes(name: &str, value: &str) -> Command {
+    let mut cmd = this_test(name);
+    cmd.env("TIERALLOC_SIMULATE_NODES", value);
+    for v in [
+        "TIERALLOC_NODES",
+        "TIERALLOC_TIERS",
+        "TIERALLOC_NUMA",
+        "TIERALLOC_FAR_POLICY",
+        "TIERALLOC_FAR_THRESHOLD",
+        "TIERALLOC_TIER_RATIO",
+        "TIERALLOC_TIER_BUDGET",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// Calls `poll` every few milliseconds until it returns `Some`, or `limit` has passed (then
 /// `None`). A hang guard, not a measurement: `limit` is far above what the awaited thing
 /// takes on a loaded machine.
