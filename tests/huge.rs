@@ -1,6 +1,6 @@
 //! Huge objects (over 2 MiB, one mapping each): the per-thread cache of freed mappings stays
-//! within its byte bound, hands a cached mapping to a smaller request and gives back the
-//! tail that request does not need, moves a cached mapping too small for a request into one
+//! within its byte bound, hands a cached mapping to a smaller request and keeps the tail
+//! past the request's 4 MiB boundary cached where it is (no page moved), moves a cached mapping too small for a request into one
 //! big enough (its resident pages serve the request), and `realloc` grows a huge object by
 //! moving its pages.
 //!
@@ -94,30 +94,42 @@ fn cache_is_bounded_and_reused() {
     unsafe { dealloc(again as *mut u8, layout(size)) };
 }
 
-/// A cached mapping much bigger than the request serves it, and the tail past the object's
-/// mapping is no longer at that address.
-fn big_mapping_serves_small_request_and_tail_is_released() {
+/// A cached mapping much bigger than the request serves it from its first 4 MiB; the tail
+/// past that boundary stays where it is, resident (no page moved, none given back), cached
+/// as a mapping of its own, and serves the next request that fits it at that address.
+fn big_mapping_serves_small_request_and_tail_stays_cached() {
     let big = 15 * MIB / 2;
     let p = filled_freed_and_kept(big, 1);
     let small = 5 * MIB / 2;
     let q = filled(small, 2) as usize;
     assert_eq!(q, p, "the cached mapping was not reused");
     check(q as *const u8, small, 2);
-    // The object keeps the cached mapping's first segment-aligned part (its usable size; the
-    // pages past `small` in it stay resident, for a realloc that grows). Past that, nothing
-    // is left at this address: the tail was moved into a mapping of its own (cached) or
-    // given back.
+    // The object keeps the cached mapping's first 4 MiB (its usable size; the pages past
+    // `small` in it stay resident, for a realloc that grows).
     // SAFETY: q is live.
     let usable = unsafe { tieralloc::usable_size(q as *const u8) };
-    assert!((small..big).contains(&usable), "usable size {usable}");
-    let tail_start = (q + usable).next_multiple_of(PAGE);
+    let seg = q & !(4 * MIB - 1);
+    assert_eq!(seg + 4 * MIB, q + usable, "usable size {usable}");
+    let tail = seg + 4 * MIB;
+    let tail_len = p + big - tail;
     assert_eq!(
-        resident(tail_start, p + big - tail_start),
-        0,
-        "tail still resident"
+        resident(tail, tail_len),
+        tail_len,
+        "the tail was moved or given back"
     );
-    // SAFETY: live block.
-    unsafe { dealloc(q as *mut u8, layout(small)) };
+    // The tail (3.5 MiB and a bit) serves a 3 MiB request in place: its pages, not fresh.
+    let r = filled(3 * MIB, 3) as usize;
+    assert_eq!(
+        r & !(4 * MIB - 1),
+        tail,
+        "the tail did not serve the next request"
+    );
+    check(r as *const u8, 3 * MIB, 3);
+    // SAFETY: live blocks.
+    unsafe {
+        dealloc(r as *mut u8, layout(3 * MIB));
+        dealloc(q as *mut u8, layout(small));
+    }
 }
 
 /// Growing a huge object moves its pages to a bigger mapping: contents kept, the old
@@ -201,7 +213,7 @@ fn huge_objects_cache_trim_and_grow() {
     // serves best fit: what one part leaves cached would serve the next part's requests).
     let parts: [fn(); 4] = [
         cache_is_bounded_and_reused,
-        big_mapping_serves_small_request_and_tail_is_released,
+        big_mapping_serves_small_request_and_tail_stays_cached,
         realloc_grows_by_moving_pages,
         small_cached_mapping_grows_into_a_bigger_request,
     ];

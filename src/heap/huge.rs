@@ -33,16 +33,19 @@ pub fn layout_for(size: usize, align: usize) -> Option<(usize, usize)> {
     Some((offset, end))
 }
 
-/// The address range a huge mapping of `map_size` bytes holds: the mapping, and at least the
-/// whole 4 MiB of its first segment-map entry. The map says "ours" for every address of that
-/// 4 MiB; if a mapping smaller than 4 MiB (an object of 2-4 MiB, or a small one aligned beyond
-/// 64 KiB) left the rest of it to the kernel, another mapping (a thread stack, a C library's
-/// buffer) could land there and `owns`, `free` and `malloc_usable_size` would take its
-/// addresses for ours. The bytes past `map_size` are reserved, never touched: address space,
-/// not memory.
+/// The address range a huge mapping of `map_size` bytes holds: the mapping rounded up to a
+/// whole number of 4 MiB segments (at least one). The map says "ours" for every address of
+/// the 4 MiB of a mapping's first segment-map entry; if a mapping smaller than 4 MiB (an
+/// object of 2-4 MiB, or a small one aligned beyond 64 KiB) left the rest of it to the
+/// kernel, another mapping (a thread stack, a C library's buffer) could land there and
+/// `owns`, `free` and `malloc_usable_size` would take its addresses for ours. Past 4 MiB the
+/// rounding lets the huge cache split a mapping at any 4 MiB boundary of it without a system
+/// call (the tail's reservation is then exactly the rest of the range), and grow a cached
+/// mapping inside its range. The bytes past `map_size` are reserved, never touched (zero, not
+/// resident): address space, not memory.
 #[inline]
 pub fn reservation(map_size: usize) -> usize {
-    map_size.max(SEGMENT_SIZE)
+    map_size.max(1).div_ceil(SEGMENT_SIZE) * SEGMENT_SIZE
 }
 
 /// Maps a new huge segment holding an object of `size` at `offset`. Null when the kernel

@@ -24,9 +24,9 @@ pub const CACHE_SLOTS: usize = 32;
 /// so this bounds what the cache adds to RSS per thread, for at most the purge delay).
 pub const CACHE_MAX_BYTES: usize = 64 << 20;
 
-/// The least tail worth splitting off a cached mapping that serves a smaller request: it moves
-/// (with its resident pages) into a mapping of its own and stays cached. A smaller tail stays
-/// with the object.
+/// The least tail worth splitting off a cached mapping that serves a smaller request (at a
+/// 4 MiB boundary of the mapping, in place): it becomes a mapping of its own and stays
+/// cached. A smaller tail stays with the object.
 pub const SPLIT_MIN: usize = 1 << 20;
 
 /// The least unused part of a served mapping worth giving back (one madvise): when it is at
@@ -67,34 +67,27 @@ unsafe fn fresh_header(seg: *mut Segment, node: u16, map_size: usize) {
     }
 }
 
-/// Moves the bytes of `seg` from `keep` on (resident pages and all) into a segment-aligned
-/// mapping of their own, which becomes a huge mapping of the same node; `seg` keeps its first
-/// `keep` bytes. Returns the new mapping, or null (nothing changed) if the kernel refuses.
+/// Splits `seg` at its 4 MiB boundary `keep` without a system call: the bytes from `keep` on
+/// (resident pages and all, and the rest of `seg`'s reservation) become a huge mapping of
+/// their own, of the same node, with its own header and segment-map entry; `seg` keeps its
+/// first `keep` bytes. The tail's reservation is exactly the rest of `seg`'s (both are
+/// rounded up to 4 MiB and `keep` is a multiple of it), so each unmaps only its own range.
 /// Committed bytes do not change (the same pages, the same node).
 ///
 /// # Safety
 /// `seg` is an unregistered huge mapping of ours holding no object, that nobody else uses,
-/// and `SEGMENT_SIZE <= keep < map_size`, `keep` a multiple of the OS page: the part moved
-/// lies past the 4 MiB of `seg`'s segment-map entry, so the hole it leaves is nobody's
-/// concern (no entry claims it).
-unsafe fn split_tail(seg: *mut Segment, keep: usize) -> *mut Segment {
-    // SAFETY: seg is ours and unused (contract); the tail is a page-aligned part of it.
+/// and `keep` is a non-zero multiple of `SEGMENT_SIZE` below its map size.
+unsafe fn split_in_place(seg: *mut Segment, keep: usize) -> *mut Segment {
+    // SAFETY: seg is ours and unused (contract); the tail starts at a segment boundary inside
+    // it, where no segment-map entry is yet (only a mapping's first 4 MiB has one).
     unsafe {
         let ms = (*seg).map_size;
-        let len = ms - keep;
-        // No binding for the placeholder: the moved pages keep their own policy.
-        let dst = os::map_aligned(reservation(len), SEGMENT_SIZE, None);
-        if dst.is_null() {
-            return ptr::null_mut();
-        }
-        if !os::remap((seg as *mut u8).add(keep), len, dst, len) {
-            os::unmap(dst, reservation(len));
-            return ptr::null_mut();
-        }
         (*seg).map_size = keep;
-        let tail = dst as *mut Segment;
-        fresh_header(tail, (*seg).node, len);
+        let tail = (seg as *mut u8).add(keep) as *mut Segment;
+        fresh_header(tail, (*seg).node, ms - keep);
         segment::map_insert(tail);
+        #[cfg(test)]
+        tests::SPLITS.with(|n| n.set(n.get() + 1));
         tail
     }
 }
@@ -119,25 +112,35 @@ impl HugeCache {
     }
 
     /// A mapping of `node` built from cached ones to serve an object that needs `map_size`
-    /// bytes, taken out of the cache (null if none is cached): the smallest cached mapping
-    /// that is big enough; else the biggest ones, moved together (`assemble`) until they hold
-    /// the need, the rest fresh. Of a mapping bigger than needed, a tail of at least
-    /// [`SPLIT_MIN`] past the need (and past the mapping's first 4 MiB) moves into a mapping
-    /// of its own that stays cached; an unused part left at least as big as the object goes
-    /// back to the OS. The caller initialises the mapping (`init`) and registers it.
+    /// bytes, taken out of the cache (null if none is cached), without a system call when one
+    /// fits: the smallest cached mapping that is big enough; else the biggest whose
+    /// reservation holds the need (it grows inside it: the bytes past its map size are
+    /// mapped, never touched); else the biggest ones, moved together (`assemble`) until they
+    /// hold the need, the rest fresh. Of a mapping bigger than needed, the part past the
+    /// need's 4 MiB boundary, if at least [`SPLIT_MIN`], becomes a mapping of its own that
+    /// stays cached (`split_in_place`); what is left under that boundary stays with the
+    /// object, and goes back to the OS if it is at least as big as the object. The caller
+    /// initialises the mapping (`init`) and registers it.
     pub fn take(&mut self, node: u32, map_size: usize) -> *mut Segment {
         // SAFETY: every non-null entry is a mapping of the cache's alone (type invariant).
         unsafe {
             let mut best: Option<usize> = None;
+            let mut inside: Option<usize> = None;
             for (i, e) in self.entries.iter().enumerate() {
                 if !e.seg.is_null() && (*e.seg).node as u32 == node {
                     let ms = (*e.seg).map_size;
-                    if ms >= map_size && best.is_none_or(|b| ms < (*self.entries[b].seg).map_size) {
-                        best = Some(i);
+                    if ms >= map_size {
+                        if best.is_none_or(|b| ms < (*self.entries[b].seg).map_size) {
+                            best = Some(i);
+                        }
+                    } else if reservation(ms) >= map_size
+                        && inside.is_none_or(|b| ms > (*self.entries[b].seg).map_size)
+                    {
+                        inside = Some(i);
                     }
                 }
             }
-            let (seg, freed_at) = match best {
+            let (seg, freed_at) = match best.or(inside) {
                 Some(i) => {
                     let e = self.entries[i];
                     self.entries[i] = EMPTY_ENTRY;
@@ -148,14 +151,18 @@ impl HugeCache {
             if seg.is_null() {
                 return seg;
             }
-            let keep = map_size.max(SEGMENT_SIZE);
             let ms = (*seg).map_size;
+            if ms < map_size {
+                // Grows inside its reservation: the new bytes are fresh (never touched).
+                (*seg).map_size = map_size;
+                segment::commit_add((*seg).node, map_size - ms);
+                return seg;
+            }
+            let keep = reservation(map_size);
             if ms > keep && ms - keep >= SPLIT_MIN {
-                let tail = split_tail(seg, keep);
-                if !tail.is_null() {
-                    // A slot was freed above (the mapping taken, or the pieces assembled).
-                    self.insert(tail, freed_at);
-                }
+                let tail = split_in_place(seg, keep);
+                // A slot was freed above (the mapping taken, or the pieces assembled).
+                self.insert(tail, freed_at);
             }
             let ms = (*seg).map_size;
             // What the new object does not need may be resident from the last one: when it is
@@ -213,6 +220,8 @@ impl HugeCache {
                     segment::map_insert(piece);
                     continue;
                 }
+                #[cfg(test)]
+                tests::MOVES.with(|n| n.set(n.get() + 1));
                 let res = reservation(ms);
                 if res > ms {
                     os::unmap((piece as *mut u8).add(ms), res - ms);
@@ -334,5 +343,123 @@ impl HugeCache {
 impl Default for HugeCache {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::map;
+    use super::*;
+    use crate::heap::segment::HEADER_SIZE;
+    use core::cell::Cell;
+
+    thread_local! {
+        /// In-place splits made by this thread.
+        pub(super) static SPLITS: Cell<usize> = const { Cell::new(0) };
+        /// Pieces `assemble` moved (one `mremap` each) on this thread.
+        pub(super) static MOVES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    const MIB: usize = 1 << 20;
+
+    /// A freed huge mapping of `ms` bytes on node 0, counted as committed, as `free_huge`
+    /// hands one to the cache.
+    fn freed(ms: usize) -> *mut Segment {
+        let seg = map(ms, HEADER_SIZE, ms - HEADER_SIZE, 0, false);
+        assert!(!seg.is_null());
+        segment::commit_add(0, ms);
+        seg
+    }
+
+    #[test]
+    fn the_reservation_is_the_map_size_rounded_up_to_whole_segments() {
+        assert_eq!(reservation(1), SEGMENT_SIZE);
+        assert_eq!(reservation(SEGMENT_SIZE), SEGMENT_SIZE);
+        assert_eq!(reservation(SEGMENT_SIZE + 4096), 2 * SEGMENT_SIZE);
+        assert_eq!(reservation(5 * MIB), 8 * MIB);
+    }
+
+    /// Issue 16: a too-big cached mapping was split by moving its tail into a new mapping
+    /// (mmap + mremap, most of `large`'s system-call time). At a 4 MiB boundary the tail stays
+    /// where it is: same address, same pages, cached as a mapping of its own; and the two
+    /// reserve exactly the original range between them.
+    #[test]
+    fn a_cached_12_mib_mapping_serving_5_mib_splits_in_place() {
+        let mut c = HugeCache::new();
+        let ms = 12 * MIB + HEADER_SIZE;
+        let seg = freed(ms);
+        let base = seg as *mut u8;
+        // SAFETY: the mapping is ours, ms bytes long; 9 MiB is inside it.
+        unsafe { *base.add(9 * MIB) = 0x5a };
+        // SAFETY: a freed, unregistered mapping nobody else uses.
+        assert!(unsafe { c.put(seg) });
+        let (splits, moves) = (SPLITS.with(Cell::get), MOVES.with(Cell::get));
+        let got = c.take(0, 5 * MIB);
+        assert_eq!(got, seg, "not the cached mapping");
+        // SAFETY: the mapping is ours again (taken); the tail is the cache's, read only.
+        unsafe {
+            assert_eq!((*got).map_size, 8 * MIB);
+            let tail = base.add(8 * MIB) as *mut Segment;
+            assert_eq!(c.held_count(), (ms - 8 * MIB, 1), "the tail is not cached");
+            assert_eq!((*tail).map_size, ms - 8 * MIB);
+            assert_eq!(*base.add(9 * MIB), 0x5a, "the tail's pages moved");
+            assert_eq!(SPLITS.with(Cell::get), splits + 1);
+            assert_eq!(MOVES.with(Cell::get), moves, "pages were moved");
+            // The tail serves a 4 MiB request whole, at its own address.
+            assert_eq!(c.take(0, 4 * MIB), tail);
+            assert!(c.put(tail));
+            assert!(c.put(got));
+        }
+        // Head and tail unmap exactly the original range between them.
+        assert_eq!(
+            reservation(8 * MIB) + reservation(ms - 8 * MIB),
+            reservation(ms)
+        );
+        c.clear();
+    }
+
+    /// Issue 16: a request a little bigger than every cached mapping used to move cached
+    /// pages into a new mapping; one whose reservation holds the request now grows inside it
+    /// (the bytes past its map size were never touched), at its own address, counted.
+    #[test]
+    fn a_cached_mapping_grows_inside_its_reservation() {
+        let mut c = HugeCache::new();
+        let seg = freed(5 * MIB / 2);
+        // SAFETY: a freed, unregistered mapping nobody else uses.
+        assert!(unsafe { c.put(seg) });
+        let moves = MOVES.with(Cell::get);
+        let got = c.take(0, 7 * MIB / 2);
+        assert_eq!(got, seg);
+        // SAFETY: the mapping is ours again; 3.5 MiB is its map size now.
+        unsafe {
+            assert_eq!((*got).map_size, 7 * MIB / 2);
+            *(got as *mut u8).add(7 * MIB / 2 - 1) = 1;
+        }
+        assert_eq!(MOVES.with(Cell::get), moves);
+        assert_eq!(c.held_count(), (0, 0));
+        // SAFETY: ours, holding no object.
+        assert!(unsafe { c.put(got) });
+        c.clear();
+    }
+
+    /// Issue 16: a tail that does not reach past the request's 4 MiB boundary stays with
+    /// the object (splitting it would need a move); nothing is cached or moved.
+    #[test]
+    fn a_tail_under_the_requests_boundary_stays_with_the_object() {
+        let mut c = HugeCache::new();
+        let seg = freed(15 * MIB / 2);
+        // SAFETY: a freed, unregistered mapping nobody else uses.
+        assert!(unsafe { c.put(seg) });
+        let (splits, moves) = (SPLITS.with(Cell::get), MOVES.with(Cell::get));
+        let got = c.take(0, 9 * MIB / 2);
+        assert_eq!(got, seg);
+        // SAFETY: the mapping is ours again.
+        assert_eq!(unsafe { (*got).map_size }, 15 * MIB / 2);
+        assert_eq!(c.held_count(), (0, 0));
+        assert_eq!(SPLITS.with(Cell::get), splits);
+        assert_eq!(MOVES.with(Cell::get), moves);
+        // SAFETY: ours, holding no object.
+        assert!(unsafe { c.put(got) });
+        c.clear();
     }
 }
