@@ -11,7 +11,9 @@
 //! wrong one: docs/security.md).
 
 use super::bins::unfull;
-use super::counters::{add, bump, counters, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN};
+use super::counters::{
+    add, bump, counters, note_far_collected, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN,
+};
 use super::large::free_huge;
 use super::purger;
 use super::registry::heap_init;
@@ -526,8 +528,10 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
                 (page, &(*page).thread_free)
             },
             |b, page| {
-                // The remote thread counted the free.
+                // The remote thread counted the free (on the block's node: see
+                // note_far_collected).
                 (*hp).returned = (*hp).returned.saturating_add(1);
+                note_far_collected(h, page, 1);
                 free_local(h, page, b, false);
             },
         );
