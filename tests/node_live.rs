@@ -56,6 +56,9 @@ fn node_of<T: ?Sized>(p: *const T) -> u32 {
     unsafe { tieralloc::probe::block_node(p as *const u8) }
 }
 
+/// The test's blocks, each freed in place (the vector outlives the checks).
+type Blocks = Vec<Option<Box<[u8; SIZE]>>>;
+
 /// Blocks of this many bytes (one bin of 112-byte blocks at most).
 const SIZE: usize = 100;
 /// Enough blocks for several segments, so that a ratio of 1:4 sends some far.
@@ -66,10 +69,10 @@ const SLACK: i64 = 64 << 10;
 /// Pinned to node 0, a ratio policy on: `N` blocks, some of them on the far node 2. Checks
 /// that node 2's live bytes hold the far ones. Returns the blocks and the baseline. (The
 /// vector holding them is allocated before the baseline and outlives the checks.)
-fn allocate_routed() -> (Vec<Option<Box<[u8; SIZE]>>>, [i64; 3]) {
+fn allocate_routed() -> (Blocks, [i64; 3]) {
     assert!(nodes::move_to_node(0), "pin to simulated node 0");
     assert_eq!(tieralloc::probe::heap_node(), 0);
-    let mut blocks: Vec<Option<Box<[u8; SIZE]>>> = Vec::with_capacity(N);
+    let mut blocks: Blocks = Vec::with_capacity(N);
     tieralloc::collect();
     let base = live();
     assert!(base.iter().all(|&b| b >= 0), "baseline {base:?}");
