@@ -244,11 +244,22 @@ unsafe fn far_node(h: HeapRef, seg: *const Segment) -> Option<usize> {
 ///
 /// # Safety
 /// `page` is a page of `h` in use.
-#[inline]
+#[inline(always)]
 pub(super) unsafe fn note_far_collected(h: HeapRef, page: *const Page, blocks: u32) {
-    if blocks == 0 {
-        return;
+    if blocks != 0 {
+        // SAFETY: forwarded contract.
+        unsafe { book_far_collected(h, page, blocks) }
     }
+}
+
+/// [`note_far_collected`] when something was taken back: out of line, so that the refill
+/// paths it sits in keep their shape.
+///
+/// # Safety
+/// As for [`note_far_collected`].
+#[cold]
+#[inline(never)]
+unsafe fn book_far_collected(h: HeapRef, page: *const Page, blocks: u32) {
     // SAFETY: page is ours (contract).
     unsafe {
         if (*page).kind != PageKind::Bin as u8 {
