@@ -118,6 +118,10 @@ fn totals() -> Totals {
         if let Some(n) = node {
             let n = (n as usize).min(MAX_NODES - 1);
             t.node_net[n] = t.node_net[n].wrapping_add(s.net_node_bytes());
+            // Its far pages' blocks, on their own nodes (net_node_bytes left them out).
+            for (d, f) in t.node_net.iter_mut().zip(&s.far_net) {
+                *d = d.wrapping_add(f.load(Ordering::Relaxed));
+            }
         }
         for (d, a) in t.allocs.iter_mut().zip(s.alloc_counts()) {
             *d = d.wrapping_add(a);

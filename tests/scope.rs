@@ -282,13 +282,9 @@ fn inner_far_scope_on_simulated_nodes() {
     if !child::is_child() {
         return;
     }
-    // Pinned: a thread that moves between the simulated nodes mid-test frees its own blocks
-    // from its new node's heap, and the per-node live bytes then book the far-routed ones of
-    // the ratio step below on the far node at their free but on the old node at their
-    // allocation (a known gap of the per-node counts, docs/correctness.md "Not covered"; seen
-    // here as the far node 1.9-4.2 MB below zero, 5 runs in 30 beside a CPU burner).
-    tieralloc::numa::pin_current_thread_to_node(0).expect("pin to simulated node 0");
-    tieralloc::collect();
+    // Not pinned: the thread may move between the simulated nodes mid-test (the far-routed
+    // blocks of the ratio step below are booked on the far node whichever node frees them:
+    // tests/node_live.rs).
     let far = Placed::far().unwrap();
     assert_eq!(far.node_id(), Some(2));
     assert_eq!(Placed::cold().node_id(), Some(2), "cold is the far node");

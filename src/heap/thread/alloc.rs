@@ -13,7 +13,7 @@
 //! `alloc_generic_in`).
 
 use super::bins::{direct_bin, page_to_full};
-use super::counters::bump;
+use super::counters::{bump, note_far_collected};
 use super::free::drain_delayed;
 use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
@@ -313,6 +313,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
             let next = (*page).next;
             let back = (*page).collect();
             h.returned = h.returned.saturating_add(back);
+            note_far_collected(h, page, back);
             if (*page).has_free() || (*page).extend() {
                 if h.pages[bin] != page {
                     h.queue_remove(bin, page);

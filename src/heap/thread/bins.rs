@@ -4,8 +4,10 @@
 //! the direct table (`direct`: C `malloc`'s current page per 16-byte size step, always equal
 //! to `pages` of that size's bin), and moving a page in and out of its queue as it goes full
 //! and gets room again. May touch: the `Heap` fields (`super`), the page descriptors and
-//! their remote-free state (`heap::{segment, remote}`), `heap::size_class`.
+//! their remote-free state (`heap::{segment, remote}`), `heap::size_class`, `counters` (the
+//! far-page booking of what a collect takes back).
 
+use super::counters::note_far_collected;
 use super::{empty_page, Heap, HeapRef};
 use crate::heap::remote::{NORMAL, USE_DELAYED};
 use crate::heap::segment::{Page, PAGE_IN_FULL};
@@ -125,7 +127,8 @@ pub(super) unsafe fn page_to_full(mut h: HeapRef, bin: usize, page: *mut Page) {
         (*page).thread_free.try_set_state(USE_DELAYED, false);
         // A remote free may have landed before the state changed: look once more.
         if (*page).thread_free.has_blocks() {
-            (*page).collect();
+            let back = (*page).collect();
+            note_far_collected(h, page, back);
             if (*page).has_free() {
                 // Back in the queue at once, at the front: the caller takes from it now.
                 (*page).flags &= !PAGE_IN_FULL;

@@ -2,15 +2,20 @@
 //! per-node cross-free totals.
 //!
 //! Owns: `HeapStats` (bumped by its owner with a plain load and store, read by anyone), the
-//! `RETIRED*` and `CROSS_*` statics, and the choice of which counters a free goes to. May
-//! touch: the `Heap` type (`super`, for its state and its own counters), `bins` (which bin a
-//! direct-table slot serves), `heap::{segment, size_class}`, `sync`.
+//! `RETIRED*` and `CROSS_*` statics, the choice of which counters a free goes to, and the
+//! booking of a heap's far pages (bin pages of its segments on another node than its own, which
+//! a tier policy gave it) on their node: [`note_far_collected`], [`note_far_abandoned`],
+//! [`settle_far`]. May touch: the `Heap` type (`super`, for its state, its segment list and
+//! its own counters), `bins` (which bin a direct-table slot serves), `slices` (the walk of a
+//! segment's pages), `heap::{segment, size_class}`, `sync`.
 
 use super::bins::{direct_bin, DIRECT_SLOTS};
+use super::slices::for_each_used_page;
 use super::{HeapRef, ACTIVE};
 use crate::heap::segment::MAX_NODES;
+use crate::heap::segment::{Page, PageKind, Segment};
 use crate::heap::size_class::NBINS;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Ordering};
 
 /// Bin index used for large pages in the statistics arrays.
 pub const LARGE_BIN: usize = NBINS;
@@ -43,6 +48,14 @@ pub struct HeapStats {
     pub remote_frees: AtomicU64,
     /// Bytes this thread freed that live on another node than its own.
     pub foreign_free_bytes: AtomicU64,
+    /// Per node other than the heap's: bytes of blocks of the heap's far pages on that node
+    /// that its per-bin counts hold as live (its pops minus its own frees of them), as of the
+    /// last [`settle_far`]. `stats()` books them on that node instead of the heap's.
+    pub far_net: [AtomicI64; MAX_NODES],
+    /// The part of `far_net` no page of the heap holds any more: blocks of its far pages that
+    /// other threads freed (booked on the far node by the freer, taken back into circulation
+    /// by a collect or a drain of the owner), and the live blocks of far segments given up.
+    pub far_fixed: [AtomicI64; MAX_NODES],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -63,6 +76,8 @@ impl HeapStats {
             huge_free_bytes: ZERO,
             remote_frees: ZERO,
             foreign_free_bytes: ZERO,
+            far_net: [ZERO_I64; MAX_NODES],
+            far_fixed: [ZERO_I64; MAX_NODES],
         }
     }
 
@@ -103,7 +118,8 @@ impl HeapStats {
     }
 
     /// Bytes allocated minus bytes freed by this heap's thread, counting only blocks of the
-    /// heap's own node: its contribution to that node's live bytes.
+    /// heap's own node: its contribution to that node's live bytes (its far pages' blocks
+    /// are booked on their own nodes: `far_net`).
     pub fn net_node_bytes(&self) -> i64 {
         let mut net: i64 = 0;
         let allocs = self.alloc_counts();
@@ -115,6 +131,15 @@ impl HeapStats {
         net + l(&self.large_alloc_bytes) - l(&self.large_free_bytes) + l(&self.huge_alloc_bytes)
             - l(&self.huge_free_bytes)
             + l(&self.foreign_free_bytes)
+            - self.far_net_total()
+    }
+
+    /// The sum of `far_net` over the nodes.
+    pub fn far_net_total(&self) -> i64 {
+        self.far_net
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0i64, i64::wrapping_add)
     }
 
     pub(super) fn reset(&self) {
@@ -135,6 +160,9 @@ impl HeapStats {
             &self.remote_frees,
             &self.foreign_free_bytes,
         ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for c in self.far_net.iter().chain(&self.far_fixed) {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -189,5 +217,119 @@ pub(super) fn add(c: &AtomicU64, n: u64, shared: bool) {
         c.fetch_add(n, Ordering::Relaxed);
     } else {
         bump(c, n);
+    }
+}
+
+/// Adds `n` to an owner-only signed counter without a read-modify-write instruction.
+#[inline]
+fn bump_i64(c: &AtomicI64, n: i64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// The node of `seg` if it is a far segment of `h` (on another node than `h`'s).
+///
+/// # Safety
+/// `seg` is a segment of `h`.
+#[inline]
+unsafe fn far_node(h: HeapRef, seg: *const Segment) -> Option<usize> {
+    // SAFETY: seg is ours (contract).
+    let node = unsafe { (*seg).node } as u32;
+    (node != h.node).then(|| (node as usize).min(MAX_NODES - 1))
+}
+
+/// The owner took `blocks` blocks that other threads freed back into `page` (a collect, a
+/// drain of its delayed stack): if the page is a far bin page, they leave its `used` but
+/// stay in the heap's per-bin counts (the freer booked them off the far node already), so
+/// they go to `far_fixed`.
+///
+/// # Safety
+/// `page` is a page of `h` in use.
+#[inline(always)]
+pub(super) unsafe fn note_far_collected(h: HeapRef, page: *const Page, blocks: u32) {
+    if blocks != 0 {
+        // SAFETY: forwarded contract.
+        unsafe { book_far_collected(h, page, blocks) }
+    }
+}
+
+/// [`note_far_collected`] when something was taken back: out of line, so that the refill
+/// paths it sits in keep their shape.
+///
+/// # Safety
+/// As for [`note_far_collected`].
+#[cold]
+#[inline(never)]
+unsafe fn book_far_collected(h: HeapRef, page: *const Page, blocks: u32) {
+    // SAFETY: page is ours (contract).
+    unsafe {
+        if (*page).kind != PageKind::Bin as u8 {
+            return;
+        }
+        if let Some(n) = far_node(h, (*page).segment()) {
+            let bytes = blocks as i64 * (*page).block_size as i64;
+            bump_i64(&h.stats.far_fixed[n], bytes);
+        }
+    }
+}
+
+/// `h` gives up `seg` with blocks live in it: if it is a far segment, its bin pages' live
+/// blocks (frees still to collect included: their freers booked them off already) stay in
+/// the heap's per-bin counts for good, so they go to `far_fixed`.
+///
+/// # Safety
+/// `seg` is a segment of `h`, still on its list, whose pages no walk is using.
+pub(super) unsafe fn note_far_abandoned(h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is ours (contract).
+    unsafe {
+        if let Some(n) = far_node(h, seg) {
+            let mut bytes = 0i64;
+            for_each_used_page(seg, |p| bytes += bin_page_bytes(p));
+            bump_i64(&h.stats.far_fixed[n], bytes);
+        }
+    }
+}
+
+/// Bytes of the blocks a bin page counts as used (0 for another kind of page).
+///
+/// # Safety
+/// `p` is a page in use of a segment the caller owns.
+unsafe fn bin_page_bytes(p: *const Page) -> i64 {
+    // SAFETY: per the contract.
+    unsafe {
+        if (*p).kind == PageKind::Bin as u8 {
+            (*p).used as i64 * (*p).block_size as i64
+        } else {
+            0
+        }
+    }
+}
+
+/// Recomputes `h`'s `far_net`: per far node, `far_fixed` plus the used blocks of the far
+/// bin pages `h` holds now. Exact when it returns (the heap's thread is the caller); between
+/// two settles, off by what the fast path popped and freed on far pages since.
+///
+/// # Safety
+/// `h` is the calling thread's heap (or one no thread uses), and no walk over its pages is
+/// in progress that this could disturb (it only reads them).
+pub(super) unsafe fn settle_far(h: HeapRef) {
+    let mut held = [0i64; MAX_NODES];
+    let mut any = false;
+    let mut seg = h.segments;
+    // SAFETY: the segments on h's list are h's (contract), and their pages in use valid.
+    unsafe {
+        while !seg.is_null() {
+            if let Some(n) = far_node(h, seg) {
+                for_each_used_page(seg, |p| held[n] += bin_page_bytes(p));
+                any = true;
+            }
+            seg = (*seg).next;
+        }
+    }
+    for (n, (net, fixed)) in h.stats.far_net.iter().zip(&h.stats.far_fixed).enumerate() {
+        let f = fixed.load(Ordering::Relaxed);
+        if !any && f == 0 && net.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        net.store(f.wrapping_add(held[n]), Ordering::Relaxed);
     }
 }

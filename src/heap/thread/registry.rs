@@ -11,7 +11,7 @@
 //! (its gate, held while a heap lets go).
 
 use super::bins::DIRECT_SLOTS;
-use super::counters::{HeapStats, RETIRED, RETIRED_NET_BY_NODE};
+use super::counters::{settle_far, HeapStats, RETIRED, RETIRED_NET_BY_NODE};
 use super::free::drain_delayed;
 use super::slices::{for_each_used_page, let_go, release_empty_page};
 use super::tls::own;
@@ -131,6 +131,13 @@ pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
 pub(super) unsafe fn retire_counters(hp: &mut Heap) {
     let node = (hp.node as usize).min(MAX_NODES - 1);
     RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
+    // Its far pages' blocks (as of its last settle_far) stay live on their nodes.
+    for (r, f) in RETIRED_NET_BY_NODE.iter().zip(&hp.stats.far_net) {
+        let f = f.load(Ordering::Relaxed);
+        if f != 0 {
+            r.fetch_add(f, Ordering::Relaxed);
+        }
+    }
     hp.stats.merge_into(&RETIRED);
     hp.stats.reset();
 }
@@ -262,6 +269,8 @@ pub unsafe fn heap_done(h: *mut Heap) {
     if h.state != ACTIVE {
         return;
     }
+    // SAFETY: nothing of h is in use (contract): its far pages' blocks as they are now.
+    unsafe { settle_far(h) };
     h.state = LEAVING;
     // SAFETY: nothing of h is in use (contract), so no walk over its blocks is in progress.
     unsafe { release_all(h) };
@@ -338,6 +347,8 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
 /// after this, and no walk over blocks of its pages is in progress.
 #[cold]
 pub(super) unsafe fn rehome(mut h: HeapRef, node: u32) {
+    // SAFETY: forwarded contract (no page of h in use): its far pages' blocks as they are.
+    unsafe { settle_far(h) };
     h.state = LEAVING;
     // SAFETY: forwarded contract.
     unsafe { release_all(h) };

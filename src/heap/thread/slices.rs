@@ -13,7 +13,7 @@
 //! spill call in `take_slices`).
 
 use super::bins::unfull;
-use super::counters::bump;
+use super::counters::{bump, note_far_abandoned};
 use super::free::{drain_delayed, free_large_page};
 use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
@@ -367,6 +367,7 @@ pub(super) unsafe fn abandon_segment(mut h: HeapRef, seg: *mut Segment) {
                 h.queue_remove((*p).bin as usize, p);
             }
         });
+        note_far_abandoned(h, seg);
         unlink_segment(h, seg);
         book_free_slices(seg, os::now_ms());
         PAGES_ABANDONED.fetch_add((*seg).used_pages as usize, Ordering::Relaxed);

@@ -6,9 +6,11 @@
 //! the huge cache's expiry, every node's pool, the node heaps, tending abandoned segments), and
 //! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
 //! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
-//! `purger` (starting it, its gate), `heap::{segment, size_class, huge}` (the huge cache
+//! `purger` (starting it, its gate), `counters` (settling the far pages' booking),
+//! `heap::{segment, size_class, huge}` (the huge cache
 //! through `HugeCache`), `sys::os`, `init` (the purge delay).
 
+use super::counters::{note_far_collected, settle_far};
 use super::free::{drain_delayed, retire_page};
 use super::node::collect_node_heaps;
 use super::purger;
@@ -111,6 +113,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 if (*page).thread_free.has_blocks() {
                     let back = (*page).collect();
                     h.returned = h.returned.saturating_add(back);
+                    note_far_collected(h, page, back);
                 }
                 // Empty pages go back to their segment; the current one too if its class has
                 // not allocated since the last collection (it no longer pins its page's
@@ -125,6 +128,8 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 page = next;
             }
         }
+        // The far pages' blocks, booked on their nodes as they are now.
+        settle_far(h);
         // What is left to purge after this pass (resident free slices of our segments, the
         // pool, the huge cache) decides whether the heap goes on `waiting`.
         let mut left = 0usize;
