@@ -358,3 +358,43 @@ heap_error_test!(
         assert!(on_stack.iter().all(|&x| x == 7));
     }
 );
+
+heap_error_test!(
+    /// A pointer 64 bytes into a large block, freed by another thread: the remote fast path
+    /// sends every large block to the slow path, which checks the pointer against the page
+    /// (the fast path would push it onto the page's list unchecked).
+    free_of_large_interior_pointer_from_other_thread,
+    child_free_of_large_interior_pointer_from_other_thread,
+    Some("not the start of a block"),
+    {
+        let q = alloc(LARGE).wrapping_add(64) as usize;
+        announce(q as *const u8);
+        std::thread::spawn(move || dealloc(q as *mut u8, LARGE))
+            .join()
+            .unwrap();
+    }
+);
+
+heap_error_test!(
+    /// A block of a full page freed by another thread (it goes to the owner's delayed stack,
+    /// the page being in the full queue), then by its owner, who also frees every other block
+    /// of the page: when the owner drains its delayed stack the page has no live block left,
+    /// which `free_local` reports.
+    double_free_through_the_delayed_stack,
+    child_double_free_through_the_delayed_stack,
+    Some(DOUBLE_FREE),
+    {
+        // Enough 3 KiB blocks that the first page fills and the allocator moves past it
+        // (which puts it in the full queue: remote frees into it go to the delayed stack).
+        let v: Vec<usize> = (0..100).map(|_| alloc(SMALL) as usize).collect();
+        let p = v[0];
+        std::thread::spawn(move || dealloc(p as *mut u8, SMALL))
+            .join()
+            .unwrap();
+        announce(p as *const u8);
+        for &b in &v {
+            dealloc(b as *mut u8, SMALL);
+        }
+        tieralloc::collect();
+    }
+);
