@@ -398,3 +398,73 @@ heap_error_test!(
         tieralloc::collect();
     }
 );
+
+#[cfg(feature = "secure")]
+heap_error_test!(
+    /// The secure build: a freed block's link overwritten (a use after free) with the
+    /// address of a live block, the classic way to have the allocator hand that block out
+    /// again. The link decodes to no block of the page: reported when the block is handed
+    /// out, and not followed (the next allocation is not the live block).
+    forged_link_is_reported_not_followed,
+    child_forged_link_is_reported_not_followed,
+    Some("free list corrupted: a freed block was overwritten"),
+    {
+        let a = alloc(SMALL);
+        let b = alloc(SMALL);
+        let live = alloc(SMALL);
+        dealloc(a, SMALL);
+        dealloc(b, SMALL);
+        announce(b);
+        // SAFETY: none: a write after free, on purpose (b is free, its page still mapped).
+        unsafe { (b as *mut usize).write_volatile(live as usize) };
+        let x = alloc(SMALL);
+        let y = alloc(SMALL);
+        assert!(x != live && y != live, "the forged link was followed");
+        std::hint::black_box((live, x, y));
+    }
+);
+
+/// The secure build with `TIERALLOC_FILL_FREED=1`: a small block freed by its owner, and one
+/// freed by another thread, read back filled with 0xdf past their link word; without the
+/// option they keep what was written.
+#[cfg(feature = "secure")]
+#[test]
+fn fill_freed_fills_freed_small_blocks() {
+    for (fill, byte) in [("1", 0xdfu8), ("0", 0x5a)] {
+        let mut cmd = child::this_test("child_fill_freed_fills_freed_small_blocks");
+        cmd.env("TIERALLOC_FILL_FREED", fill)
+            .env("EXPECT_BYTE", byte.to_string());
+        let out = child::run(&mut cmd, Duration::from_secs(120));
+        out.expect_test_passed();
+    }
+}
+
+#[cfg(feature = "secure")]
+#[test]
+fn child_fill_freed_fills_freed_small_blocks() {
+    if !child::is_child() {
+        return;
+    }
+    let want: u8 = std::env::var("EXPECT_BYTE").unwrap().parse().unwrap();
+    let keep = alloc(SMALL);
+    let p = alloc(SMALL);
+    let q = alloc(SMALL) as usize;
+    // SAFETY: p and q are SMALL-byte blocks of ours.
+    unsafe {
+        p.write_bytes(0x5a, SMALL);
+        (q as *mut u8).write_bytes(0x5a, SMALL);
+    }
+    dealloc(p, SMALL);
+    std::thread::spawn(move || dealloc(q as *mut u8, SMALL))
+        .join()
+        .unwrap();
+    for b in [p as usize, q] {
+        for i in 8..SMALL {
+            // SAFETY: none needed for the allocator: a read after free of a page that
+            // stays mapped (`keep` holds it), on purpose.
+            let v = unsafe { ((b + i) as *const u8).read_volatile() };
+            assert_eq!(v, want, "byte {i} of a freed block");
+        }
+    }
+    std::hint::black_box(keep);
+}
