@@ -3,8 +3,9 @@
 //! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
 //! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
 //! when the lists are collected: see docs/security.md), and what a block start of a page is
-//! ([`check_block`]). May touch: the page descriptor (from `heap::segment`), `heap::remote`
-//! and `heap::error` (the report). Only the page's owner heap calls these, but
+//! ([`check_block`]); in the `secure` build, the check of a decoded link (`Page::link_ok`)
+//! and `TIERALLOC_FILL_FREED` (`fill_freed`). May touch: the page descriptor (from
+//! `heap::segment`), `heap::remote`, `heap::size_class` and `heap::error` (the report). Only the page's owner heap calls these, but
 //! [`check_block`], which another thread's free may call.
 
 use super::error::{report, HeapError};

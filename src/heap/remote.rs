@@ -5,7 +5,7 @@
 //! delayed-free state in its low bits and the length of the list in its top 16 bits; and
 //! [`BlockStack`], a heap's list of "delayed" blocks.
 //! Touches only the first word of the blocks pushed onto them (the intrusive link), encoded
-//! in the `secure` build (`link_key`).
+//! in the `secure` build (`link_key`, whose secret comes from `libc::getrandom`).
 //!
 //! Protocol (after mimalloc's delayed free, written anew):
 //! - `NORMAL`: a remote free is one CAS that pushes the block onto the page's list; the owner
