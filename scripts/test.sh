@@ -36,12 +36,20 @@ cargo fmt --all --check
 step "cargo clippy (workspace, all targets, with and without the hwloc and prometheus features)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy --all-targets --features hwloc,prometheus -q -- -D warnings
+# The `secure` feature's hunks (docs/security.md).
+cargo clippy --all-targets --features secure -q -- -D warnings
 
 step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
 # The drop-in's tests run programs under LD_PRELOAD of the .so, which `cargo test` does not
 # produce by itself (a cdylib is not linked into tests): build it first, same profile.
 cargo build -p tieralloc-preload --release
-cargo test --workspace --release
+# The secure drop-in, in a target directory of its own (the feature would otherwise rebuild
+# the default one), under the name preload/tests/heap_errors.rs looks for.
+cargo build -p tieralloc-preload --release --features secure --target-dir target/secure
+cp target/secure/release/libtieralloc_preload.so target/release/libtieralloc_preload_secure.so
+TIERALLOC_REQUIRE_SECURE=1 cargo test --workspace --release
+# The secure build's own tests: its lib tests and the heap errors (encoded links, fill).
+cargo test --release --features secure --lib --test heap_errors
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service

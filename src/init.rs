@@ -17,6 +17,7 @@
 //! | `TIERALLOC_BACKGROUND_PURGE` | `1`: a thread purges idle memory even when no allocator call comes (started when memory first waits to be purged) | off |
 //! | `TIERALLOC_SHOW_STATS` | `1`: print statistics to stderr at exit | off |
 //! | `TIERALLOC_VERBOSE` | `1`: report configuration and notable events on stderr | off |
+//! | `TIERALLOC_FILL_FREED` | `1` or `0`: the `secure` build fills freed small blocks with `0xdf` past their link word (docs/security.md); ignored otherwise | 0 |
 //! | `TIERALLOC_ON_ERROR` | `abort`, `warn` or `ignore`: what a free proven wrong does (docs/security.md) | abort |
 //! | `TIERALLOC_NUMA` | `off`: do not bind memory to nodes | on |
 //! | `TIERALLOC_FAR_POLICY` | `bind`: far tiers' memory bound strictly (MPOL_BIND); `preferred`: with MPOL_PREFERRED, so the kernel may move it (docs/tiers.md) | bind |
@@ -106,6 +107,8 @@ fn read_all() {
         b"TIERALLOC_BACKGROUND_PURGE\0",
         &crate::heap::thread::BACKGROUND_PURGE,
     );
+    #[cfg(feature = "secure")]
+    read_bool(b"TIERALLOC_FILL_FREED\0", &crate::heap::page::FILL_FREED);
     if let Some(v) = getenv(b"TIERALLOC_ON_ERROR\0") {
         use crate::heap::error::{ABORT, IGNORE, ON_ERROR, WARN};
         let mode = match parse_choice(v, &[b"abort", b"warn", b"ignore"]) {

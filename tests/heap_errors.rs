@@ -358,3 +358,113 @@ heap_error_test!(
         assert!(on_stack.iter().all(|&x| x == 7));
     }
 );
+
+heap_error_test!(
+    /// A pointer 64 bytes into a large block, freed by another thread: the remote fast path
+    /// sends every large block to the slow path, which checks the pointer against the page
+    /// (the fast path would push it onto the page's list unchecked).
+    free_of_large_interior_pointer_from_other_thread,
+    child_free_of_large_interior_pointer_from_other_thread,
+    Some("not the start of a block"),
+    {
+        let q = alloc(LARGE).wrapping_add(64) as usize;
+        announce(q as *const u8);
+        std::thread::spawn(move || dealloc(q as *mut u8, LARGE))
+            .join()
+            .unwrap();
+    }
+);
+
+heap_error_test!(
+    /// A block of a full page freed by another thread (it goes to the owner's delayed stack,
+    /// the page being in the full queue), then by its owner, who also frees every other block
+    /// of the page: when the owner drains its delayed stack the page has no live block left,
+    /// which `free_local` reports.
+    double_free_through_the_delayed_stack,
+    child_double_free_through_the_delayed_stack,
+    Some(DOUBLE_FREE),
+    {
+        // Enough 3 KiB blocks that the first page fills and the allocator moves past it
+        // (which puts it in the full queue: remote frees into it go to the delayed stack).
+        let v: Vec<usize> = (0..100).map(|_| alloc(SMALL) as usize).collect();
+        let p = v[0];
+        std::thread::spawn(move || dealloc(p as *mut u8, SMALL))
+            .join()
+            .unwrap();
+        announce(p as *const u8);
+        for &b in &v {
+            dealloc(b as *mut u8, SMALL);
+        }
+        tieralloc::collect();
+    }
+);
+
+#[cfg(feature = "secure")]
+heap_error_test!(
+    /// The secure build: a freed block's link overwritten (a use after free) with the
+    /// address of a live block, the classic way to have the allocator hand that block out
+    /// again. The link decodes to no block of the page: reported when the block is handed
+    /// out, and not followed (the next allocation is not the live block).
+    forged_link_is_reported_not_followed,
+    child_forged_link_is_reported_not_followed,
+    Some("free list corrupted: a freed block was overwritten"),
+    {
+        let a = alloc(SMALL);
+        let b = alloc(SMALL);
+        let live = alloc(SMALL);
+        dealloc(a, SMALL);
+        dealloc(b, SMALL);
+        announce(b);
+        // SAFETY: none: a write after free, on purpose (b is free, its page still mapped).
+        unsafe { (b as *mut usize).write_volatile(live as usize) };
+        let x = alloc(SMALL);
+        let y = alloc(SMALL);
+        assert!(x != live && y != live, "the forged link was followed");
+        std::hint::black_box((live, x, y));
+    }
+);
+
+/// The secure build with `TIERALLOC_FILL_FREED=1`: a small block freed by its owner, and one
+/// freed by another thread, read back filled with 0xdf past their link word; without the
+/// option they keep what was written.
+#[cfg(feature = "secure")]
+#[test]
+fn fill_freed_fills_freed_small_blocks() {
+    for (fill, byte) in [("1", 0xdfu8), ("0", 0x5a)] {
+        let mut cmd = child::this_test("child_fill_freed_fills_freed_small_blocks");
+        cmd.env("TIERALLOC_FILL_FREED", fill)
+            .env("EXPECT_BYTE", byte.to_string());
+        let out = child::run(&mut cmd, Duration::from_secs(120));
+        out.expect_test_passed();
+    }
+}
+
+#[cfg(feature = "secure")]
+#[test]
+fn child_fill_freed_fills_freed_small_blocks() {
+    if !child::is_child() {
+        return;
+    }
+    let want: u8 = std::env::var("EXPECT_BYTE").unwrap().parse().unwrap();
+    let keep = alloc(SMALL);
+    let p = alloc(SMALL);
+    let q = alloc(SMALL) as usize;
+    // SAFETY: p and q are SMALL-byte blocks of ours.
+    unsafe {
+        p.write_bytes(0x5a, SMALL);
+        (q as *mut u8).write_bytes(0x5a, SMALL);
+    }
+    dealloc(p, SMALL);
+    std::thread::spawn(move || dealloc(q as *mut u8, SMALL))
+        .join()
+        .unwrap();
+    for b in [p as usize, q] {
+        for i in 8..SMALL {
+            // SAFETY: none needed for the allocator: a read after free of a page that
+            // stays mapped (`keep` holds it), on purpose.
+            let v = unsafe { ((b + i) as *const u8).read_volatile() };
+            assert_eq!(v, want, "byte {i} of a freed block");
+        }
+    }
+    std::hint::black_box(keep);
+}

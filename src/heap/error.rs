@@ -49,6 +49,11 @@ pub enum HeapError {
     /// A page's free list links a block to itself: a block freed twice in a row (found when
     /// the list is handed to the allocation path).
     FreeListLoop,
+    /// A free block's link decodes to an address that is not a block of its page: the block
+    /// was written after it was freed (a use after free, an overflow from the block before).
+    /// Only the `secure` build, whose links are encoded, can tell.
+    #[cfg(feature = "secure")]
+    CorruptLink,
 }
 
 impl HeapError {
@@ -63,6 +68,8 @@ impl HeapError {
             HeapError::HugeInterior => b"invalid free: not the start of a huge block (interior pointer)",
             HeapError::RemoteDoubleFree => b"double free: more blocks freed from other threads than the page has live",
             HeapError::FreeListLoop => b"double free: a free list links a block to itself",
+            #[cfg(feature = "secure")]
+            HeapError::CorruptLink => b"free list corrupted: a freed block was overwritten (use after free or overflow)",
         }
     }
 }
@@ -151,6 +158,8 @@ mod tests {
             HeapError::HugeInterior,
             HeapError::RemoteDoubleFree,
             HeapError::FreeListLoop,
+            #[cfg(feature = "secure")]
+            HeapError::CorruptLink,
         ] {
             let mut buf = [0u8; 192];
             let n = line(e, core::ptr::null(), &mut buf);

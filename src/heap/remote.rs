@@ -4,7 +4,8 @@
 //! Owns: [`RemoteFree`], a page's list of blocks freed by other threads, with a two-bit
 //! delayed-free state in its low bits and the length of the list in its top 16 bits; and
 //! [`BlockStack`], a heap's list of "delayed" blocks.
-//! Touches only the first word of the blocks pushed onto them (the intrusive link).
+//! Touches only the first word of the blocks pushed onto them (the intrusive link), encoded
+//! in the `secure` build (`link_key`, whose secret comes from `libc::getrandom`).
 //!
 //! Protocol (after mimalloc's delayed free, written anew):
 //! - `NORMAL`: a remote free is one CAS that pushes the block onto the page's list; the owner
@@ -60,10 +61,22 @@ impl Block {
     /// # Safety
     /// `b` is a block the caller may read: one it owns, or one it took from a list after the
     /// atomic operation that published it (the link was written before that).
+    #[cfg(not(all(feature = "secure", not(loom))))]
     #[inline(always)]
     pub unsafe fn next(b: *const Block) -> *mut Block {
         // SAFETY: b is valid to read (contract); the cell is the block's first word.
         unsafe { (*b).next.with(|p| *p) }
+    }
+
+    /// The block after `b` on its list, decoded (the `secure` build: [`link_key`]).
+    ///
+    /// # Safety
+    /// As the default build's `next`.
+    #[cfg(all(feature = "secure", not(loom)))]
+    #[inline(always)]
+    pub unsafe fn next(b: *const Block) -> *mut Block {
+        // SAFETY: b is valid to read (contract); the cell is the block's first word.
+        link_key::decode(b, unsafe { (*b).next.with(|p| *p) })
     }
 
     /// Sets the block after `b`.
@@ -72,8 +85,119 @@ impl Block {
     /// The caller owns `b` (no other thread reads or writes it until the caller publishes it).
     #[inline(always)]
     pub unsafe fn set_next(b: *mut Block, next: *mut Block) {
+        #[cfg(all(feature = "secure", not(loom)))]
+        let next = link_key::encode(b, next);
         // SAFETY: b is ours alone (contract).
         unsafe { (*b).next.with_mut(|p| *p = next) }
+    }
+}
+
+/// The `secure` build's encoding of free-list links (docs/security.md): a block's first word
+/// holds its successor XORed with a key derived from the block's own address and a
+/// per-process secret (read once, with `getrandom`, before the first link is written), so a
+/// link overwritten after the free (a use after free, an overflow from the block before)
+/// decodes to an address outside the page, which the owner's pop checks
+/// (`Page::link_ok`) instead of following. The end of a list stays 0 (an overwrite with
+/// zeros cuts a list short: its blocks leak, none is handed out twice). Every list that
+/// links blocks (a page's `free`, `local_free` and remote list, a heap's delayed stack, the
+/// fork's walk) goes through [`Block::next`] and [`Block::set_next`], so all are encoded.
+#[cfg(all(feature = "secure", not(loom)))]
+pub(crate) mod link_key {
+    use super::Block;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The per-process secret; 0 until the first link is encoded.
+    static SECRET: AtomicUsize = AtomicUsize::new(0);
+
+    /// The secret, read (and made, the first time) without a lock.
+    #[inline(always)]
+    fn secret() -> usize {
+        let k = SECRET.load(Ordering::Relaxed);
+        if k != 0 {
+            return k;
+        }
+        make_secret()
+    }
+
+    /// Reads the secret from the kernel once; the first thread's value wins a race.
+    #[cold]
+    #[inline(never)]
+    fn make_secret() -> usize {
+        let mut k: usize = 0;
+        // SAFETY: getrandom writes at most the 8 bytes of `k`, a local it may write.
+        let n = unsafe {
+            libc::getrandom(
+                (&mut k as *mut usize).cast(),
+                core::mem::size_of::<usize>(),
+                0,
+            )
+        };
+        if n != core::mem::size_of::<usize>() as isize {
+            // No getrandom (a very old kernel): the stack's address and the clock, which
+            // at least differ from run to run.
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            k = (&k as *const usize as usize) ^ (ts.tv_nsec as usize).rotate_left(32);
+        }
+        k |= 1;
+        match SECRET.compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => k,
+            Err(won) => won,
+        }
+    }
+
+    /// The key of the link stored in block `b`: the block's address mixed with the secret
+    /// (an odd multiplier from the secret's other half), so that each block's key differs.
+    #[inline(always)]
+    fn key(b: *const Block) -> usize {
+        let k = secret();
+        ((b as usize) ^ k).wrapping_mul(k.rotate_left(29) | 1)
+    }
+
+    /// The word stored in `b` for link `next` (0 stays 0: the end of a list).
+    #[inline(always)]
+    pub fn encode(b: *const Block, next: *mut Block) -> *mut Block {
+        if next.is_null() {
+            next
+        } else {
+            ((next as usize) ^ key(b)) as *mut Block
+        }
+    }
+
+    /// The link held by word `raw` of block `b`.
+    #[inline(always)]
+    pub fn decode(b: *const Block, raw: *mut Block) -> *mut Block {
+        encode(b, raw)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_link_is_stored_encoded_and_read_back() {
+            let mut blocks = [Block::new(), Block::new()];
+            let b: *mut Block = &mut blocks[0];
+            let next: *mut Block = &mut blocks[1];
+            // SAFETY: both blocks are ours.
+            unsafe {
+                Block::set_next(b, next);
+                let raw = (*b).next.with(|p| *p);
+                assert_ne!(raw, next, "stored in the clear");
+                assert_eq!(Block::next(b), next);
+                // The end of a list stays 0; a forged word decodes to another address.
+                Block::set_next(b, core::ptr::null_mut());
+                assert!((*b).next.with(|p| *p).is_null());
+                (*b).next.with_mut(|p| *p = next);
+                assert_ne!(Block::next(b), next);
+            }
+            // Another block's key differs: the same link is stored differently.
+            assert_ne!(encode(next, b), encode(b, b));
+        }
     }
 }
 

@@ -136,7 +136,16 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
     unsafe {
         let block = (*page).free;
         if !block.is_null() {
-            (*page).free = Block::next(block);
+            let next = Block::next(block);
+            // The secure build: a link that is not a block of the page is not followed.
+            #[cfg(feature = "secure")]
+            let next = if (*page).link_ok(next) {
+                next
+            } else {
+                crate::heap::page::link_error(block);
+                ptr::null_mut()
+            };
+            (*page).free = next;
             (*page).used += 1;
             bump(counter, 1);
         }
@@ -400,6 +409,11 @@ unsafe fn bound_free(page: *mut Page) {
         let mut b = (*page).free;
         for _ in 1..WAIT_REFILL {
             if b.is_null() {
+                return;
+            }
+            #[cfg(feature = "secure")]
+            if !(*page).link_ok(Block::next(b)) {
+                // Left for the pop that reaches it, which reports it.
                 return;
             }
             b = Block::next(b);
