@@ -269,9 +269,11 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
     // read before the move and written through the new address after.
     unsafe {
         let old_map = (*seg).map_size;
-        // A segment-aligned place for it; the moved pages keep their mapping's node policy
-        // (the remap replaces the placeholder mapping, binding and all).
-        let dst = os::map_aligned(reservation(new_map), SEGMENT_SIZE, None);
+        // A segment-aligned place for it, bound to the mapping's node: the moved pages keep
+        // their own policy (the remap replaces that part of the placeholder, binding and
+        // all), and the reservation past `new_map`, which the huge cache may later grow the
+        // mapping into, faults in on the same node.
+        let dst = os::map_aligned(reservation(new_map), SEGMENT_SIZE, Some((*seg).node as u32));
         if dst.is_null() {
             return ptr::null_mut();
         }

@@ -314,6 +314,14 @@ pub(crate) unsafe fn move_to_node_claimed(
                 segment::commit_add(node as u16, bytes);
                 (*huge).node = node as u16;
                 (*huge).tier = target_tier.unwrap_or(0) as u8;
+                // The rest of the reservation, past the map size (never touched, nothing
+                // resident): the huge cache may grow the mapping into it in place once the
+                // block is freed (it is then cached as a mapping of `node`), so it must fault
+                // in on `node` too. A refusal leaves those bytes on their old policy only.
+                let res = huge::reservation(bytes);
+                if res > bytes {
+                    numa::bind((huge as *mut u8).add(bytes), res - bytes, node);
+                }
             }
         }
     }

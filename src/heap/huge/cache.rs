@@ -1,16 +1,18 @@
 //! The per-thread cache of freed huge mappings: what it keeps (bounded by bytes), which
-//! mappings serve a request (the best fit, the tail of a too-big one split off and kept, or
-//! several smaller ones moved together into one), and when one goes back to the OS.
+//! mappings serve a request (the best fit, split in place at the request's 4 MiB boundary
+//! when the tail is worth keeping; else one grown inside its reservation; else several
+//! smaller ones moved together into one), and when one goes back to the OS.
 //!
-//! Owns: [`HugeCache`] and the two page-moving steps it serves requests with (`split_tail`,
-//! `assemble`). May touch: `sys::os` (map, remap, unmap, decommit), `heap::segment` (the
-//! segment map, committed bytes, the header), and the parent `huge` (reservation, unmap).
+//! Owns: [`HugeCache`], the in-place split (`split_in_place`: a header and a segment-map
+//! entry at a 4 MiB boundary, no system call) and the one page-moving step (`assemble`).
+//! May touch: `sys::os` (map, remap, unmap, decommit), `heap::segment` (the segment map,
+//! committed bytes, the header), and the parent `huge` (reservation, unmap).
 //!
 //! Why: a program that replaces buffers of several MiB would otherwise fault every buffer in
 //! afresh (a page fault per 4 KiB, most of its time). The cache keeps the resident pages of
-//! freed mappings and hands them to the next requests, whatever their sizes, by moving pages
-//! with `mremap` (page tables move, nothing is copied or faulted), for at most the purge
-//! delay.
+//! freed mappings and hands them to the next requests, whatever their sizes: split where
+//! they stand, grown into their reserved range, or moved together with `mremap` (page
+//! tables move, nothing is copied or faulted), for at most the purge delay.
 
 use super::{reservation, unmap, NO_SLOT};
 use crate::heap::segment::{self, Segment, SegmentKind, SEGMENT_SIZE};
@@ -401,6 +403,12 @@ mod tests {
             assert_eq!((*got).map_size, 8 * MIB);
             let tail = base.add(8 * MIB) as *mut Segment;
             assert_eq!(c.held_count(), (ms - 8 * MIB, 1), "the tail is not cached");
+            // In the segment map: a block served from the tail is ours to `free`, `owns`
+            // and `malloc_usable_size`.
+            assert!(
+                segment::contains(tail as *const u8),
+                "the tail has no map entry"
+            );
             assert_eq!((*tail).map_size, ms - 8 * MIB);
             assert_eq!(*base.add(9 * MIB), 0x5a, "the tail's pages moved");
             assert_eq!(SPLITS.with(Cell::get), splits + 1);

@@ -7,11 +7,12 @@
 //! a tier policy gave it) on their node: [`note_far_collected`], [`note_far_abandoned`],
 //! [`settle_far`]. May touch: the `Heap` type (`super`, for its state, its segment list and
 //! its own counters), `bins` (which bin a direct-table slot serves), `slices` (the walk of a
-//! segment's pages), `heap::{segment, size_class}`, `sync`.
+//! segment's pages), `heap::{segment, size_class}`, `heap::page` (`LEAKED`), `sync`.
 
 use super::bins::{direct_bin, DIRECT_SLOTS};
 use super::slices::for_each_used_page;
 use super::{HeapRef, ACTIVE};
+use crate::heap::page::LEAKED;
 use crate::heap::segment::MAX_NODES;
 use crate::heap::segment::{Page, PageKind, Segment};
 use crate::heap::size_class::NBINS;
@@ -297,7 +298,14 @@ unsafe fn bin_page_bytes(p: *const Page) -> i64 {
     // SAFETY: per the contract.
     unsafe {
         if (*p).kind == PageKind::Bin as u8 {
-            (*p).used as i64 * (*p).block_size as i64
+            // A count marked leaked by a wrong free (`page::mark_leaked`, warn/ignore only)
+            // is booked without the mark: the mark is not blocks.
+            let used = if (*p).used >= LEAKED {
+                (*p).used - LEAKED
+            } else {
+                (*p).used
+            };
+            used as i64 * (*p).block_size as i64
         } else {
             0
         }
