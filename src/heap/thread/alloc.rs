@@ -44,10 +44,9 @@ use core::ptr;
 pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
     let h = heap_or_unset();
     let s = size.max(align);
-    // SAFETY: h is this thread's heap or the unset heap (both readable, and the unset heap's
-    // pages have no free block, so alloc_bin_slow, which looks the real heap up, runs);
-    // s <= the gate <= FAST_MAX <= MEDIUM_MAX, so bin_of gives a bin < NBINS; align is a
-    // power of two (contract).
+    // SAFETY: h is this thread's heap or the unset heap (readable; the unset heap's pages have
+    // no free block, so alloc_bin_slow, which looks the real heap up, runs); s <= the gate <=
+    // FAST_MAX <= MEDIUM_MAX, so bin_of gives a bin < NBINS; align: a power of two (contract).
     unsafe {
         if s <= (*h).fast_gate.load(Ordering::Relaxed) {
             alloc_bin_in(h, bin_of(s))

@@ -318,10 +318,10 @@ unsafe fn pass(now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
     }
-    // SAFETY: `pin` runs with the registry lock held, so the heap it looks at is valid; a heap
-    // pinned (gate taken) stays listed until unpinned (above). The purger reads and writes
-    // only atomics (`waiting`, `gate`) or, holding the gate, segment state no fast path
-    // touches. The registry lock is not held by this thread here.
+    // The registry lock is not held by this thread here.
+    // SAFETY: `pin` runs under the registry lock, so its heap is valid; a pinned heap (gate
+    // taken) stays listed until unpinned; the purger touches only atomics (`waiting`, `gate`)
+    // or, holding the gate, segment state no fast path touches.
     unsafe {
         REGISTRY.heaps.for_each_pinned(
             &REGISTRY.lock,
