@@ -142,6 +142,10 @@ fn touch_loop(ranges: &[(usize, usize)], rounds: u64) -> u64 {
     rounds
 }
 
+/// Blocks checked together: a name, their ranges, and the policy mode they should have (-1:
+/// not checked).
+type Group = (&'static str, Vec<(*const u8, usize)>, i32);
+
 /// The child of one far policy (`policy`: "bind" or "preferred", as TIERALLOC_FAR_POLICY).
 pub fn far_policy(c: &mut Checks, policy: &str) {
     warm_up_on_cpu0();
@@ -163,7 +167,7 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     pref.resize(1 << 20, 0x70);
     let mut bound: PVec<u8, Placed> = PVec::with_capacity_in(1 << 20, far.bound());
     bound.resize(1 << 20, 0xB0);
-    let mut groups: Vec<(&str, Vec<(*const u8, usize)>, i32)> = vec![
+    let mut groups: Vec<Group> = vec![
         (
             "scope",
             scoped.iter().map(|v| (v.as_ptr(), v.len())).collect(),
