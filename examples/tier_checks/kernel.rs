@@ -158,7 +158,7 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     // The heap's far memory: a far scope's blocks and cold blocks (what hints allocate).
     let scoped: Vec<Vec<u8>> = {
         let _g = tieralloc::place(far);
-        (0..8).map(|i| vec![i as u8; 256 << 10]).collect()
+        (0..8).map(|i| vec![i as u8 + 1; 256 << 10]).collect()
     };
     let mut cold: PVec<u8, Placed> = PVec::with_capacity_in(1 << 20, Placed::cold());
     cold.resize(1 << 20, 0xC0);
@@ -249,6 +249,8 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
         .flat_map(|(_, r, _)| r.iter().map(|&(p, l)| (p as usize, l)))
         .collect();
     let control = &groups[4].1;
+    // The control must start on node 2, or its "promotion" proves nothing.
+    let control_far = all_on(&page_census(control), 2);
     let seq0 = scan_seq();
     let t0 = Instant::now();
     let mut rounds = 0;
@@ -273,10 +275,11 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     }
     c.check(
         &format!("far-policy-{policy}-kernel-tiering-leaves-it-on-node-2"),
-        nb && promoted && passes >= 2 && stayed,
+        nb && control_far && promoted && passes >= 2 && stayed,
         format!(
             "numa_balancing 2 ({nb}), {rounds} rounds of touches on node 0 in {took:.1?}, \
-             {passes} scan passes, control (default policy) promoted: {promoted}: \
+             {passes} scan passes, control (default policy) on node 2 before: {control_far}, \
+             promoted: {promoted}: \
              {detail}{}",
             vmstat()
         ),
