@@ -12,6 +12,8 @@
 #        VM_KERNEL=path     the kernel (default: the newest /boot/vmlinuz-6.12*)
 #        VM_TIMEOUT=secs    give up after this long (default 300)
 #        VM_LOG=path        keep the whole console output there
+#        VM_FILES="HOST:GUEST ..."  more files to put in the VM (GUEST: an absolute path); a
+#                           dynamically linked one brings the libraries ldd names (same paths)
 #
 # Needs the Debian packages qemu-system-x86 linux-image-6.12-amd64 busybox-static, and
 # cpio and gzip. Build PROGRAM statically, e.g.
@@ -55,12 +57,27 @@ root=$work/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp "$busybox" "$root/bin/busybox"
 cp "$prog" "$root/bin/prog"
+# Copies host file $1 to $root$2, with the libraries it needs when it is dynamically linked.
+add_file() {
+  mkdir -p "$root$(dirname "$2")"
+  cp -L "$1" "$root$2"
+  if ! is_static "$1"; then
+    local lib
+    for lib in $(ldd "$1" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
+      [ -e "$root$lib" ] && continue
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+  fi
+}
+for f in ${VM_FILES:-}; do add_file "${f%%:*}" "${f#*:}"; done
 {
   echo '#!/bin/busybox sh'
   echo '/bin/busybox --install -s /bin'
   echo 'mount -t proc proc /proc'
   echo 'mount -t sysfs sysfs /sys'
   echo 'mount -t devtmpfs dev /dev'
+  echo 'mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null'
   for kv in ${VM_ENV:-}; do printf 'export %q\n' "$kv"; done
   echo 'echo; echo NUMA-VM-START'
   printf '/bin/prog'

@@ -2,15 +2,21 @@
 //! runs it as init of the project's QEMU VM (scripts/numa-vm.sh: two CPU nodes and a
 //! memory-only far node), asserting every check passed.
 //!
-//! Needs the Debian packages qemu-system-x86, linux-image-6.12-amd64, busybox-static (and cpio,
-//! gzip). Without them it fails saying which to install. Takes about 10 to 20 s once the probe
-//! is built (its first build, with the dev-dependencies, takes a few minutes).
+//! The drop-in's hinted C++ `new` is checked in the VM too: the test builds the drop-in
+//! (`tieralloc-preload`, in the same target dir as the probe) and the C++ program
+//! examples/tier_checks/hotcold_vm.cpp with g++, and the script puts both in the VM with the
+//! libraries they need.
+//!
+//! Needs the Debian packages qemu-system-x86, linux-image-6.12-amd64, busybox-static, g++ (and
+//! cpio, gzip). Without them it fails saying which to install. Takes about 30 to 40 s once the
+//! probe is built (its first build, with the dev-dependencies, and the drop-in's take a few
+//! minutes).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const APT: &str =
-    "apt-get install -y qemu-system-x86 linux-image-6.12-amd64 busybox-static cpio gzip";
+    "apt-get install -y qemu-system-x86 linux-image-6.12-amd64 busybox-static g++ cpio gzip";
 
 fn have_kernel() -> bool {
     std::fs::read_dir("/boot").is_ok_and(|d| {
@@ -42,6 +48,9 @@ fn numa_placement_holds_in_a_three_node_vm() {
     if !have("cpio") {
         missing.push("cpio");
     }
+    if !have("g++") {
+        missing.push("g++");
+    }
     assert!(
         missing.is_empty(),
         "the NUMA VM test needs {}; install with: {APT}",
@@ -55,7 +64,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         .unwrap_or_else(|| root.join("target"))
         .join("vm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(&cargo)
         .current_dir(&root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -71,11 +80,38 @@ fn numa_placement_holds_in_a_three_node_vm() {
         .expect("running cargo");
     assert!(status.success(), "building the static numa_probe failed");
     let probe = target_dir.join("x86_64-unknown-linux-gnu/release/examples/numa_probe");
+    let status = Command::new(&cargo)
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["build", "--release", "-p", "tieralloc-preload"])
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building the drop-in failed");
+    let lib_dir = target_dir.join("release");
+    let cxx = target_dir.join("hotcold_vm");
+    let status = Command::new("g++")
+        .args(["-std=c++17", "-O1", "-Wall", "-fno-builtin", "-I"])
+        .arg(root.join("preload/include"))
+        .arg("-o")
+        .arg(&cxx)
+        .arg(root.join("examples/tier_checks/hotcold_vm.cpp"))
+        .arg("-L")
+        .arg(&lib_dir)
+        .args(["-ltieralloc_preload", "-Wl,-rpath,/lib/tieralloc"])
+        .status()
+        .expect("running g++");
+    assert!(status.success(), "compiling hotcold_vm.cpp failed");
+    let files = format!(
+        "{}:/lib/tieralloc/libtieralloc_preload.so {}:/bin/hotcold_vm",
+        lib_dir.join("libtieralloc_preload.so").display(),
+        cxx.display()
+    );
 
     let out = Command::new("bash")
         .arg(root.join("scripts/numa-vm.sh"))
         .arg(&probe)
         .env("VM_TIMEOUT", "240")
+        .env("VM_FILES", files)
         .output()
         .expect("running scripts/numa-vm.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -129,6 +165,22 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "budget-far-request-beyond-refused",
         "budget-live-objects-untouched",
         "tier-child-budget",
+        // Issue 17: placement decided in code, and the far policy under the kernel's tiering.
+        "scope-far-hashmap-100-percent-on-node-2",
+        "scope-ended-allocations-on-node-0",
+        "tokio-task-on-node-2-and-task-on-node-0-same-workers",
+        "hint-cold-on-node-2-hot-on-node-0",
+        "cxx-hint-0-on-node-2",
+        "cxx-hint-255-on-node-0",
+        "cxx-hints-child",
+        "far-policy-bind-on-node-2",
+        "far-policy-bind-kernel-tiering-leaves-it-on-node-2",
+        "far-policy-bind-move-pages-moves-it-to-node-0",
+        "tier-child-far-bind",
+        "far-policy-preferred-on-node-2",
+        "far-policy-preferred-kernel-tiering-leaves-it-on-node-2",
+        "far-policy-preferred-move-pages-moves-it-to-node-0",
+        "tier-child-far-preferred",
     ] {
         assert!(
             stdout

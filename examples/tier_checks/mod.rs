@@ -11,6 +11,9 @@ use tieralloc::tiers::{self, TierError};
 use tieralloc::topology::TierSource;
 use tieralloc::{topology, Placed};
 
+mod kernel;
+mod scope;
+
 /// Writes a pattern derived from `seed` into every 8th byte of `v`.
 fn fill(v: &mut [u8], seed: u64) {
     for (i, b) in v.iter_mut().enumerate().step_by(8) {
@@ -99,14 +102,22 @@ impl Rng {
 
 /// Checks in the probe's own process (no policy), then one child per policy.
 pub fn run(c: &mut Checks) {
+    // Before the demotion checks (see scope::residue).
+    scope::scope_far(c);
+    scope::tasks(c);
+    scope::hints(c);
+    scope::cxx_hints(c);
     demotion(c);
     auto_demotion(c);
     weighted(c);
+    scope::residue();
     for (name, env) in [
         ("ignore-hmat", "TIERALLOC_IGNORE_HMAT=1"),
         ("threshold", "TIERALLOC_FAR_THRESHOLD=1048576"),
         ("ratio", "TIERALLOC_TIER_RATIO=1:4"),
         ("budget", "TIERALLOC_TIER_BUDGET=near:48M,far:80M"),
+        ("far-bind", "TIERALLOC_FAR_POLICY=bind"),
+        ("far-preferred", "TIERALLOC_FAR_POLICY=preferred"),
     ] {
         let (k, v) = env.split_once('=').unwrap();
         let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -129,6 +140,8 @@ pub fn child(name: &str) -> ! {
         "threshold" => threshold(&mut c),
         "ratio" => ratio(&mut c),
         "budget" => budget(&mut c),
+        "far-bind" => kernel::far_policy(&mut c, "bind"),
+        "far-preferred" => kernel::far_policy(&mut c, "preferred"),
         _ => c.check("tier-child", false, format!("unknown child {name}")),
     }
     std::process::exit(if c.failed == 0 { 0 } else { 1 });
