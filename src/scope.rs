@@ -6,7 +6,8 @@
 //! Owns: the calling thread's stack of scopes (a thread-local `Vec`, never touched by the
 //! allocator's paths), the guard, the closure form and the future adaptor. May touch:
 //! `placed` (a handle's `Scope`), `heap::thread` (`set_scope`, `scope`, `scope_label`: the
-//! heap's side, which diverts the allocations; `label_id`: a label's slot). In the `placed` layer: it sits on the handles and the heap.
+//! heap's side, which diverts the allocations; `label_id`: a label's slot). In the `placed`
+//! layer: it sits on the handles and the heap.
 //!
 //! The scope in force on a thread is always that of the most recently entered scope that is
 //! still alive. Guards normally drop in reverse order of entry (the borrow checker sees to it

@@ -29,8 +29,8 @@
 //!
 //! Lock order, everywhere in the allocator: the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
-//! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock). `fork_prepare`
-//! takes them in that order, so no thread holds one of them across the fork.
+//! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
+//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork.
 
 use super::free::free_delayed;
 use super::labels::{label_heaps, CREATE};

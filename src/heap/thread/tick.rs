@@ -3,10 +3,10 @@
 //! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
 //! purged, looks where the thread runs and whether a collection is due), the `waiting`
 //! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
-//! the huge cache's expiry, every node's pool, the node and label heaps, tending abandoned segments), and
-//! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
-//! retirement), `node`, `labels` (collecting the label heaps), `registry` (following the thread's home node), `slices`, `tls`,
-//! `purger` (starting it, its gate), `counters` (settling the far pages' booking),
+//! the huge cache's expiry, every node's pool, the node and label heaps, tending abandoned
+//! segments), and `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain,
+//! page retirement), `node`, `labels` (collecting the label heaps), `registry` (following the
+//! thread's home node), `slices`, `tls`, `purger` (starting it, its gate), `counters` (settling the far pages' booking),
 //! `heap::{segment, size_class, huge}` (the huge cache
 //! through `HugeCache`), `sys::os`, `init` (the purge delay).
 
