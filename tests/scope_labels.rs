@@ -74,8 +74,9 @@ fn node0() -> Placed {
 }
 
 /// Blocks of every kind: small, medium, large (own page) and huge (own mapping).
-#[allow(clippy::type_complexity)]
-fn blocks() -> (Box<[u8; 100]>, Vec<u64>, Vec<u8>, Vec<u8>) {
+type Blocks = (Box<[u8; 100]>, Vec<u64>, Vec<u8>, Vec<u8>);
+
+fn blocks() -> Blocks {
     (
         Box::new([3u8; 100]),
         vec![1u64; 1000],
@@ -84,7 +85,7 @@ fn blocks() -> (Box<[u8; 100]>, Vec<u64>, Vec<u8>, Vec<u8>) {
     )
 }
 
-fn bytes_of(b: &(Box<[u8; 100]>, Vec<u64>, Vec<u8>, Vec<u8>)) -> i64 {
+fn bytes_of(b: &Blocks) -> i64 {
     usable(&*b.0) + usable(b.1.as_ptr()) + usable(b.2.as_ptr()) + usable(b.3.as_ptr())
 }
 
