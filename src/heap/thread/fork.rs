@@ -328,6 +328,37 @@ mod tests {
         );
     }
 
+    /// A label heap is made under `CREATE` and used under its own lock, like a node heap: once
+    /// `fork_prepare` has returned, both are held, so no thread is inside one across the fork
+    /// (a child would wait forever for a lock held by a thread it does not have).
+    #[test]
+    fn fork_prepare_holds_the_label_heaps_locks() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = super::super::labels::label_id("fork-prepare-test");
+        // SAFETY: a block of the label heap, freed once below.
+        let p = unsafe { super::super::labels::label_alloc(id, 0, 64, 8, false) };
+        assert!(!p.is_null());
+        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (pr, ch) = (prepared.clone(), checked.clone());
+        let forker = std::thread::spawn(move || {
+            fork_prepare();
+            pr.wait();
+            ch.wait();
+            fork_parent();
+        });
+        prepared.wait();
+        let create_held = CREATE.try_lock().is_none();
+        let all_held = label_heaps().all(|lh| lh.lock.try_lock().is_none());
+        let some = label_heaps().count();
+        checked.wait();
+        forker.join().unwrap();
+        assert!(some > 0, "the label heap exists");
+        assert!(create_held, "fork_prepare left the label heaps' creation lock free");
+        assert!(all_held, "fork_prepare left a label heap's lock free");
+        // SAFETY: the block from label_alloc above, live until now.
+        unsafe { free(p) };
+    }
+
     /// A remote free that found a full page of ours flipped it to DELAYED_FREEING, and its
     /// thread did not get to end it before another thread forked: in the child, that thread
     /// does not exist. The forking thread's exit in the child (which waits out delayed frees
