@@ -353,7 +353,10 @@ mod tests {
         checked.wait();
         forker.join().unwrap();
         assert!(some > 0, "the label heap exists");
-        assert!(create_held, "fork_prepare left the label heaps' creation lock free");
+        assert!(
+            create_held,
+            "fork_prepare left the label heaps' creation lock free"
+        );
         assert!(all_held, "fork_prepare left a label heap's lock free");
         // SAFETY: the block from label_alloc above, live until now.
         unsafe { free(p) };
