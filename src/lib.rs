@@ -104,9 +104,12 @@ pub use placed::{Placed, PlacementError};
 #[cfg(not(loom))]
 pub use pool::{OwnedPoolGuard, Pool, PoolBuilder, PoolError, PoolGuard, PoolStats};
 #[cfg(not(loom))]
-pub use scope::{place, with_placement, PlacedFuture, PlacedFutureExt, PlacementGuard};
+pub use scope::{
+    place, place_labeled, with_placement, with_placement_labeled, PlacedFuture, PlacedFutureExt,
+    PlacementGuard,
+};
 #[cfg(not(loom))]
-pub use stats::{stats, ClassStats, NodeStats, Stats};
+pub use stats::{stats, ClassStats, LabelNodeStats, LabelStats, NodeStats, Stats};
 #[cfg(not(loom))]
 pub use topology::{topology, Topology};
 

@@ -43,6 +43,9 @@
 //! - per NUMA node (`node`, and `tier`: the node's tier, 0 the fastest):
 //!   `tieralloc_node_live_bytes`, `tieralloc_node_committed_bytes`,
 //!   `tieralloc_node_cross_frees_total`;
+//! - per scope label (`scope`: the label of [`place_labeled`](crate::place_labeled) and its
+//!   kin): `tieralloc_scope_live_bytes`, and per node (`scope`, `node`, `tier`)
+//!   `tieralloc_scope_node_live_bytes`;
 //! - per tier (`tier`): `tieralloc_tier_live_bytes`, `tieralloc_tier_committed_bytes`,
 //!   `tieralloc_tier_budget_bytes` (tiers with a budget), and the counters
 //!   `tieralloc_tier_spills_total`, `tieralloc_tier_spilled_bytes_total`,
@@ -187,6 +190,7 @@ const BYTES: Option<&Unit> = Some(&Unit::Bytes);
 
 type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
+type L3 = [(&'static str, String); 3];
 
 impl Collector {
     fn encode_process(enc: &mut DescriptorEncoder, s: &crate::Stats) -> Res {
@@ -328,6 +332,48 @@ impl Collector {
             "Bytes in live blocks per size class.",
             BYTES,
             &per(|c| c.live * c.block_size as u64),
+            gauge,
+        )
+    }
+
+    fn encode_scopes(enc: &mut DescriptorEncoder, s: &crate::Stats) -> Res {
+        let live: Vec<(L1, i64)> = s
+            .labels
+            .iter()
+            .map(|l| ([("scope", l.label.clone())], l.bytes_live))
+            .collect();
+        family(
+            enc,
+            "tieralloc_scope_live",
+            "Bytes in live blocks allocated in placement scopes with this label.",
+            BYTES,
+            &live,
+            gauge,
+        )?;
+        let topo = crate::topology();
+        let per_node: Vec<(L3, i64)> = s
+            .labels
+            .iter()
+            .flat_map(|l| {
+                l.nodes.iter().map(|n| {
+                    let tier = topo
+                        .tier_of(n.node)
+                        .map_or_else(|| "unknown".to_string(), |t| t.to_string());
+                    let set = [
+                        ("scope", l.label.clone()),
+                        ("node", n.node.to_string()),
+                        ("tier", tier),
+                    ];
+                    (set, n.bytes_live)
+                })
+            })
+            .collect();
+        family(
+            enc,
+            "tieralloc_scope_node_live",
+            "Bytes in live blocks allocated in scopes with this label, on the node.",
+            BYTES,
+            &per_node,
             gauge,
         )
     }
@@ -613,6 +659,7 @@ impl PromCollector for Collector {
         Self::encode_process(&mut enc, &s)?;
         Self::encode_classes(&mut enc, &s)?;
         Self::encode_nodes_and_tiers(&mut enc, &s)?;
+        Self::encode_scopes(&mut enc, &s)?;
         self.encode_arenas(&mut enc)?;
         self.encode_bump_caches(&mut enc)?;
         self.encode_pools(&mut enc)

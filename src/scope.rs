@@ -1,11 +1,13 @@
 //! Placement scopes: the program decides where the global allocator's memory goes, for a
 //! stretch of a thread's code ([`place`], [`with_placement`]) or of an async task's
-//! ([`PlacedFutureExt::placed`]).
+//! ([`PlacedFutureExt::placed`]), and may label it so that the statistics say what went where
+//! ([`place_labeled`], [`with_placement_labeled`], [`PlacedFutureExt::placed_labeled`]).
 //!
 //! Owns: the calling thread's stack of scopes (a thread-local `Vec`, never touched by the
 //! allocator's paths), the guard, the closure form and the future adaptor. May touch:
-//! `placed` (a handle's `Scope`), `heap::thread` (`set_scope`, `scope`: the heap's side, which
-//! diverts the allocations). In the `placed` layer: it sits on the handles and the heap.
+//! `placed` (a handle's `Scope`), `heap::thread` (`set_scope`, `scope`, `scope_label`: the
+//! heap's side, which diverts the allocations; `label_id`: a label's slot). In the `placed`
+//! layer: it sits on the handles and the heap.
 //!
 //! The scope in force on a thread is always that of the most recently entered scope that is
 //! still alive. Guards normally drop in reverse order of entry (the borrow checker sees to it
@@ -22,10 +24,12 @@ use core::marker::PhantomData;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-/// One entered scope: what it asks and whether its guard is still alive.
+/// One entered scope: what it asks, its label id (0: none), and whether its guard is still
+/// alive.
 #[derive(Clone, Copy)]
 struct Entry {
     scope: Scope,
+    label: u8,
     alive: bool,
 }
 
@@ -64,8 +68,8 @@ pub struct PlacementGuard {
 enum Slot {
     /// Entry `n` of the thread's stack.
     Stacked(usize),
-    /// Nowhere (the stack was gone): the scope to restore.
-    Unstacked(Scope),
+    /// Nowhere (the stack was gone): the scope and label to restore.
+    Unstacked(Scope, u8),
 }
 
 /// Enters a placement scope on the calling thread: until the returned guard is dropped, every
@@ -109,17 +113,55 @@ enum Slot {
 /// again. See the module notes for guards dropped out of order. A guard forgotten with
 /// `mem::forget` leaves its scope in force (below any later one) until the thread ends.
 pub fn place(placement: Placed) -> PlacementGuard {
-    let scope = placement.scope();
+    enter(placement.scope(), 0)
+}
+
+/// Enters a labelled placement scope: as [`place`], and the scope's allocations count to
+/// `label` in [`stats()`](crate::stats())`.labels` (and in the `prometheus` collector's
+/// `scope` label), wherever and whenever they are freed, so that an operator can see what
+/// went where and why. Live bytes count to the innermost scope's label: a scope with no label
+/// inside a labelled one counts to none.
+///
+/// Labels are `&'static str`s, compared by pointer, then by contents (two scopes with equal
+/// names share a label). The process keeps up to 31 of them; past that, a new name counts to
+/// the shared label `"other"` (never an error). A labelled scope serves its allocations from
+/// heaps of its own, one per label and node, each behind a lock: like a node scope, it is for
+/// building data, not for a hot loop (a labelled `Placed::local()` scope diverts too, to its
+/// label's heap on the thread's node).
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// use tieralloc::Placed;
+/// let cache: Vec<String> = {
+///     let _g = tieralloc::place_labeled(Placed::cold(), "cache");
+///     (0..100).map(|i| i.to_string()).collect()
+/// };
+/// let s = tieralloc::stats();
+/// let label = s.labels.iter().find(|l| l.label == "cache").unwrap();
+/// assert!(label.bytes_live >= 100 * 16);
+/// # drop(cache);
+/// ```
+pub fn place_labeled(placement: Placed, label: &'static str) -> PlacementGuard {
+    enter(placement.scope(), thread::label_id(label))
+}
+
+/// Enters `scope` labelled `label` (an id, 0 for none) on the calling thread.
+fn enter(scope: Scope, label: u8) -> PlacementGuard {
     // At thread exit, once the stack is gone (a thread-local destructor that allocates), the
     // guard restores what it found instead (strictly nested use only, as there).
     let index = STACK
         .try_with(|s| {
             let mut s = s.borrow_mut();
-            s.push(Entry { scope, alive: true });
+            s.push(Entry {
+                scope,
+                label,
+                alive: true,
+            });
             Slot::Stacked(s.len() - 1)
         })
-        .unwrap_or_else(|_| Slot::Unstacked(thread::scope()));
-    thread::set_scope(scope);
+        .unwrap_or_else(|_| Slot::Unstacked(thread::scope(), thread::scope_label()));
+    thread::set_scope(scope, label);
     PlacementGuard {
         index,
         _thread: PhantomData,
@@ -144,11 +186,32 @@ pub fn with_placement<R>(placement: Placed, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` inside a placement scope on `placement` labelled `label` (see [`place_labeled`])
+/// and returns what it returns.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+/// use tieralloc::Placed;
+/// let index: Vec<u64> = tieralloc::with_placement_labeled(Placed::cold(), "index", || {
+///     (0..1000).collect()
+/// });
+/// # assert_eq!(index.len(), 1000);
+/// ```
+pub fn with_placement_labeled<R>(
+    placement: Placed,
+    label: &'static str,
+    f: impl FnOnce() -> R,
+) -> R {
+    let _g = place_labeled(placement, label);
+    f()
+}
+
 impl Drop for PlacementGuard {
     fn drop(&mut self) {
         let index = match self.index {
             Slot::Stacked(i) => i,
-            Slot::Unstacked(prev) => return thread::set_scope(prev),
+            Slot::Unstacked(prev, label) => return thread::set_scope(prev, label),
         };
         // At thread exit the stack may be gone by now: then no scope is in force any more.
         let done = STACK.try_with(|s| {
@@ -159,13 +222,13 @@ impl Drop for PlacementGuard {
             while s.last().is_some_and(|e| !e.alive) {
                 s.pop();
             }
-            let top = s.last().map_or(Scope::None, |e| e.scope);
-            if thread::scope() != top {
-                thread::set_scope(top);
+            let (top, label) = s.last().map_or((Scope::None, 0), |e| (e.scope, e.label));
+            if thread::scope() != top || thread::scope_label() != label {
+                thread::set_scope(top, label);
             }
         });
         if done.is_err() {
-            thread::set_scope(Scope::None);
+            thread::set_scope(Scope::None, 0);
         }
     }
 }
@@ -177,6 +240,8 @@ impl Drop for PlacementGuard {
 pub struct PlacedFuture<F> {
     inner: F,
     placement: Placed,
+    /// The label and its id (looked up once, not at each poll).
+    label: Option<(&'static str, u8)>,
 }
 
 /// Placement for async code: [`placed`](PlacedFutureExt::placed) wraps a future so that
@@ -199,6 +264,26 @@ pub trait PlacedFutureExt: Future + Sized {
         PlacedFuture {
             inner: self,
             placement,
+            label: None,
+        }
+    }
+
+    /// This future, polled inside a scope on `placement` labelled `label` (see
+    /// [`place_labeled`]): its allocations count to `label`, whichever thread polls it.
+    ///
+    /// ```
+    /// # #[global_allocator]
+    /// # static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+    /// use tieralloc::{Placed, PlacedFutureExt};
+    /// async fn build_report() -> String { "x".repeat(1000) }
+    /// let fut = build_report().placed_labeled(Placed::cold(), "report");
+    /// assert_eq!(fut.label(), Some("report"));
+    /// ```
+    fn placed_labeled(self, placement: Placed, label: &'static str) -> PlacedFuture<Self> {
+        PlacedFuture {
+            inner: self,
+            placement,
+            label: Some((label, thread::label_id(label))),
         }
     }
 }
@@ -209,6 +294,11 @@ impl<F> PlacedFuture<F> {
     /// The placement each poll runs in.
     pub fn placement(&self) -> Placed {
         self.placement
+    }
+
+    /// The label each poll's scope carries, if any.
+    pub fn label(&self) -> Option<&'static str> {
+        self.label.map(|(l, _)| l)
     }
 
     /// The inner future.
@@ -224,11 +314,15 @@ impl<F: Future> Future for PlacedFuture<F> {
         // SAFETY: structural pinning of `inner`: it is never moved out of a pinned
         // PlacedFuture (`into_inner` takes the future by value, so only when unpinned), and
         // PlacedFuture has no Drop of its own nor an Unpin impl that would not hold for F.
-        let (inner, placement) = unsafe {
+        let (inner, placement, label) = unsafe {
             let this = self.get_unchecked_mut();
-            (Pin::new_unchecked(&mut this.inner), this.placement)
+            (
+                Pin::new_unchecked(&mut this.inner),
+                this.placement,
+                this.label.map_or(0, |(_, id)| id),
+            )
         };
-        let _g = place(placement);
+        let _g = enter(placement.scope(), label);
         inner.poll(cx)
     }
 }

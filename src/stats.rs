@@ -1,6 +1,7 @@
 //! Statistics: snapshots merged from the per-thread counters and the process-wide ones.
 //!
-//! Owns: the public [`Stats`] snapshot and its table form, and the exit-time printer.
+//! Owns: the public [`Stats`] snapshot (with its per-label part, [`LabelStats`]) and its table
+//! form, and the exit-time printer.
 //! May touch: `heap::thread` (to read every heap's counters under the registry lock),
 //! `heap::{segment, size_class}` and `sys::os` (process-wide counters), `topology` (which
 //! nodes to show) and `sync`. Counting costs the fast path one plain add to a thread-local
@@ -39,6 +40,27 @@ pub struct NodeStats {
     pub bytes_committed: u64,
     /// Frees of this node's blocks by threads running on another node.
     pub cross_node_frees: u64,
+}
+
+/// One scope label in a [`Stats`] snapshot (see [`place_labeled`](crate::place_labeled)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelStats {
+    /// The label (`"other"`: the labels past the table's size).
+    pub label: String,
+    /// Bytes in live blocks allocated in scopes with this label (block sizes, as
+    /// [`Stats::bytes_live`]), wherever and whenever they were freed.
+    pub bytes_live: i64,
+    /// The same per NUMA node the label's scopes placed them on (nodes it used).
+    pub nodes: Vec<LabelNodeStats>,
+}
+
+/// One node of a [`LabelStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelNodeStats {
+    /// The node's number.
+    pub node: u32,
+    /// Bytes in live blocks of the label on this node.
+    pub bytes_live: i64,
 }
 
 /// A snapshot of the allocator's state, from [`stats`].
@@ -84,6 +106,10 @@ pub struct Stats {
     pub map_failures: u64,
     /// Per NUMA node (nodes that ever held memory).
     pub nodes: Vec<NodeStats>,
+    /// Per scope label (labels that ever allocated), in the order they were first used.
+    /// Their blocks count in `bytes_live` and `nodes` too.
+    #[serde(default)]
+    pub labels: Vec<LabelStats>,
 }
 
 /// Sums kept on the stack, so the exit printer needs no allocation.
@@ -200,7 +226,33 @@ pub fn stats() -> Stats {
             });
         }
     }
+    s.labels = labels();
     s
+}
+
+/// The live bytes of every scope label, per node (each label heap locked and collected in
+/// turn: see `heap::thread::labels`).
+fn labels() -> Vec<LabelStats> {
+    let mut out: Vec<LabelStats> = Vec::new();
+    let mut at = [usize::MAX; thread::MAX_LABELS];
+    thread::for_each_label_live(|slot, node, bytes| {
+        let i = if at[slot] == usize::MAX {
+            at[slot] = out.len();
+            out.push(LabelStats {
+                label: thread::label_name(slot).unwrap_or("").to_string(),
+                ..Default::default()
+            });
+            out.len() - 1
+        } else {
+            at[slot]
+        };
+        out[i].bytes_live += bytes;
+        out[i].nodes.push(LabelNodeStats {
+            node,
+            bytes_live: bytes,
+        });
+    });
+    out
 }
 
 fn mib(b: u64) -> f64 {
@@ -261,6 +313,9 @@ fn write_table(w: &mut dyn core::fmt::Write, s: &Stats) -> core::fmt::Result {
             "  node {:>3}    live {:>12} B  committed {:>12} B  cross-node frees {}",
             n.node, n.bytes_live, n.bytes_committed, n.cross_node_frees
         )?;
+    }
+    for l in &s.labels {
+        writeln!(w, "  scope {:<16} live {:>12} B", l.label, l.bytes_live)?;
     }
     writeln!(
         w,

@@ -1,5 +1,6 @@
 //! The Prometheus collector (feature `prometheus`, src/metrics.rs): the families a scrape
-//! encodes, the live bytes of a known allocation, and the arenas, bump caches and pools a
+//! encodes, the live bytes of a known allocation, a labelled scope's `scope` series, and the
+//! arenas, bump caches and pools a
 //! program hands in. Run with `cargo test --release --features prometheus --test metrics`.
 
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,49 @@ fn a_scrape_has_every_family_and_the_live_bytes_of_a_placed_vector() {
     let freed = scrape(&registry);
     let d = moved("tieralloc_node_live_bytes", &before, &freed);
     assert!(d.abs() < slack, "after the free: {d}");
+}
+
+/// A labelled scope's blocks: the `scope` series carry exactly their usable sizes, in total
+/// and on their node, and drop back to 0 once they are freed (on another thread).
+#[test]
+fn a_labelled_scopes_bytes_are_its_scope_series() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut registry = Registry::default();
+    register(&mut registry);
+    let node = Placed::node(0).unwrap();
+    let blocks: Vec<Vec<u8>> = tieralloc::with_placement_labeled(node, "m-cache", || {
+        (0..10).map(|i| vec![i as u8; 1000 * (i + 1)]).collect()
+    });
+    // SAFETY: live blocks of the global allocator.
+    let usable = |p: *const u8| unsafe { tieralloc::usable_size(p) } as i64;
+    let want = blocks.iter().map(|b| usable(b.as_ptr())).sum::<i64>()
+        + usable(blocks.as_ptr() as *const u8);
+    let text = scrape(&registry);
+    assert!(
+        text.contains("# TYPE tieralloc_scope_live_bytes gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# UNIT tieralloc_scope_node_live_bytes bytes"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "tieralloc_scope_live_bytes{scope=\"m-cache\"}"),
+        want
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tieralloc_scope_node_live_bytes{scope=\"m-cache\",node=\"0\",tier=\"0\"}"
+        ),
+        want
+    );
+    std::thread::spawn(move || drop(blocks)).join().unwrap();
+    let text = scrape(&registry);
+    assert_eq!(
+        value(&text, "tieralloc_scope_live_bytes{scope=\"m-cache\"}"),
+        0
+    );
 }
 
 #[test]

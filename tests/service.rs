@@ -220,6 +220,20 @@ fn the_far_report_moves_the_far_tiers_bytes_in_metrics() {
             (kept..kept + kept / 4 + (4 << 10)).contains(&moved),
             "the far tier's live bytes moved by {moved}; the reports kept are {kept} bytes"
         );
+        // All of it was allocated in the route's scope, labelled "report": its series carry
+        // exactly what the far tier gained, all on the far node.
+        assert_eq!(
+            value(&after, "tieralloc_scope_live_bytes{scope=\"report\"}"),
+            moved,
+            "{after}"
+        );
+        assert_eq!(
+            value(
+                &after,
+                "tieralloc_scope_node_live_bytes{scope=\"report\",node=\"2\",tier=\"1\"}"
+            ),
+            moved
+        );
         stop_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server)
             .await

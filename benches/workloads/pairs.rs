@@ -21,14 +21,19 @@ pub fn run(p: &Params) -> Value {
     let iters = env_usize(ENV_ITERS).unwrap_or(if p.quick { 10_000_000 } else { 50_000_000 });
     let warmup = env_usize(ENV_WARMUP).unwrap_or(1_000_000);
     let fixed = env_usize(ENV_FIXED).unwrap_or(0);
-    // TIERALLOC_BENCH_SCOPE=local|node0: the whole run inside a tieralloc placement scope
-    // (the cost of the scoped path; tieralloc only).
-    let _scope = std::env::var("TIERALLOC_BENCH_SCOPE").ok().map(|v| {
-        tieralloc::place(match v.as_str() {
-            "local" => tieralloc::Placed::local().expect("local placement"),
-            _ => tieralloc::Placed::node(0).expect("node 0"),
-        })
-    });
+    // TIERALLOC_BENCH_SCOPE=local|node0|label: the whole run inside a tieralloc placement
+    // scope (the cost of the scoped path; tieralloc only); `label`: a local scope labelled
+    // "bench" (served by its label's heap).
+    let _scope = std::env::var("TIERALLOC_BENCH_SCOPE")
+        .ok()
+        .map(|v| match v.as_str() {
+            "local" => tieralloc::place(tieralloc::Placed::local().expect("local placement")),
+            "label" => tieralloc::place_labeled(
+                tieralloc::Placed::local().expect("local placement"),
+                "bench",
+            ),
+            _ => tieralloc::place(tieralloc::Placed::node(0).expect("node 0")),
+        });
     let mut r = Rng::new(42);
     let sizes: Box<[u32; PAIRS_SIZES]> = {
         let mut v = Box::new([0u32; PAIRS_SIZES]);

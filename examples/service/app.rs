@@ -11,11 +11,12 @@
 //!   totals. Malformed JSON gets 400 with a message, bodies over [`BODY_LIMIT`] get 413.
 //! - `GET /report/far`: a JSON report of the service's counters and the allocator's
 //!   statistics, built on the far tier (`Placed::cold()`: the local node on a machine without
-//!   one) by wrapping the handler's work in `.placed(..)`; the latest [`REPORTS_KEPT`] reports
-//!   are kept there, as cold data, so `/metrics` shows the far tier's bytes grow.
+//!   one) by wrapping the handler's work in `.placed_labeled(.., "report")`; the latest
+//!   [`REPORTS_KEPT`] reports are kept there, as cold data, so `/metrics` shows the far tier's
+//!   bytes grow, and the `report` scope label's bytes with them.
 //! - `GET /metrics`: the registry in the OpenMetrics text format of `prometheus-client`:
-//!   tieralloc's collector (allocator, node, tier, size class, and the service's arenas, bump
-//!   cache and pools), the service's counters, and the process's RSS.
+//!   tieralloc's collector (allocator, node, tier, size class, scope label, and the service's
+//!   arenas, bump cache and pools), the service's counters, and the process's RSS.
 //! - `GET /health`: `ok`.
 //!
 //! Per request: the results are built in a typed [`Arena`] taken from a pool of arenas (reset,
@@ -301,10 +302,14 @@ async fn work(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
 
 /// `/report/far`: the report is built inside a placement scope on the far tier, entered on
 /// each poll of the wrapped future (whichever worker thread polls it) and left before the
-/// poll returns; so are the kept copy and the response body. `Placed::cold()` never fails:
+/// poll returns; so are the kept copy and the response body. The scope is labelled
+/// `report`, so /metrics shows its live bytes as `tieralloc_scope_live_bytes{scope="report"}`
+/// (and per node). `Placed::cold()` never fails:
 /// without a far tier it is the local node.
 async fn report_far(State(st): State<Arc<AppState>>) -> Response {
-    async move { far_report(&st) }.placed(Placed::cold()).await
+    async move { far_report(&st) }
+        .placed_labeled(Placed::cold(), "report")
+        .await
 }
 
 fn far_report(st: &AppState) -> Response {

@@ -7,9 +7,11 @@
 //! delayed-free state) and [`return_delayed`] (a dead heap's delayed stack). May touch: `sync`, and
 //! `heap::remote` and `heap::list` (the words and lists it resets or locks).
 //!
-//! Lock order, everywhere in the allocator: a node heap's lock, then the registry's, then the
-//! segment lists'. `prepare` takes them in that order, so no thread holds one across the
-//! fork and no thread waits for one `prepare` holds while holding one `prepare` waits for.
+//! Lock order, everywhere in the allocator: a node (or label) heap's lock, then the
+//! registry's, then the segment lists'. `prepare` takes them in that order, so no thread holds
+//! one across the fork and no thread waits for one `prepare` holds while holding one `prepare`
+//! waits for. (The label heaps' `CREATE` lock comes before all of them: `heap::thread::fork`
+//! takes it around these.)
 
 use super::list::{ListNode, LockedList};
 use super::remote::{

@@ -79,6 +79,7 @@ pub unsafe fn init(seg: *mut Segment, map_size: usize, offset: usize, size: usiz
         (*seg).map_size = map_size;
         (*seg).huge_offset = offset;
         (*seg).huge_size = map_size - offset;
+        (*seg).huge_label = 0;
         let _ = size;
     }
 }

@@ -85,6 +85,11 @@ pub struct Segment {
     pub huge_born_ms: u64,
     /// Huge segments: its slot in the huge registry (`huge::NO_SLOT` if none).
     pub huge_slot: u32,
+    /// Huge segments: the label id of the label heap that made the object (0: none), and
+    /// that heap's node (see `heap::thread::labels`): its free books it off that label.
+    pub huge_label: u8,
+    /// Huge segments: the node of the label heap that made the object.
+    pub huge_label_node: u8,
     /// Ends the cache line of fields that every free reads (`owner`, `kind`, `node`) and
     /// that rarely change: the owner writes the fields below whenever it takes or gives back
     /// a page, and on the same line they would make other threads' frees miss.

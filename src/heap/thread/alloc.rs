@@ -509,7 +509,7 @@ pub(super) unsafe fn alloc_generic_in(
 ) -> *mut u8 {
     // SAFETY: each branch keeps to its callee's contract.
     unsafe {
-        if h.scope != Scope::None && !h.shared {
+        if (h.scope != Scope::None || h.scope_label != 0) && !h.shared {
             // The scope decides, before any tier policy; null: serve here as usual.
             let p = alloc_in_scope(h, size, align, zero);
             if !p.is_null() {

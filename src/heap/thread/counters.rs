@@ -294,7 +294,7 @@ pub(super) unsafe fn note_far_abandoned(h: HeapRef, seg: *mut Segment) {
 ///
 /// # Safety
 /// `p` is a page in use of a segment the caller owns.
-unsafe fn bin_page_bytes(p: *const Page) -> i64 {
+pub(super) unsafe fn bin_page_bytes(p: *const Page) -> i64 {
     // SAFETY: per the contract.
     unsafe {
         if (*p).kind == PageKind::Bin as u8 {

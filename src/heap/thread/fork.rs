@@ -27,11 +27,13 @@
 //! What a dead thread was holding in its hands is lost (memory, never correctness): a block it
 //! was freeing, a segment it was handing to a pool, the huge mappings it had cached.
 //!
-//! Lock order, everywhere in the allocator: a node heap's lock, then the registry's, then the
-//! segment lists' (`node_alloc` registers its heap under the node heap's lock). `fork_prepare`
-//! takes them in that order, so no thread holds one of them across the fork.
+//! Lock order, everywhere in the allocator: the label heaps' `CREATE` lock (held only to make
+//! one, with no other lock), a node or label heap's lock, then the registry's, then the
+//! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
+//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork.
 
 use super::free::free_delayed;
+use super::labels::{label_heaps, CREATE};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, let_go};
@@ -55,16 +57,24 @@ fn lists() -> impl Iterator<Item = &'static SegmentList> {
         .chain(ABANDONED_FULL.iter())
 }
 
+/// The node heaps' locks, then the label heaps' (those made so far: a fixed set while the
+/// label heaps' `CREATE` lock is held, which the handlers take before and drop after).
 fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
-    NODE_HEAPS.iter().map(|nh| &nh.lock)
+    NODE_HEAPS
+        .iter()
+        .map(|nh| &nh.lock)
+        .chain(label_heaps().map(|lh| &lh.lock))
 }
 
 extern "C" fn fork_prepare() {
+    // First: no label heap is made (and locked by its maker) once the set is read below.
+    CREATE.lock_raw();
     atfork::prepare(node_heap_locks(), &REGISTRY.lock, lists());
 }
 
 extern "C" fn fork_parent() {
     atfork::parent(node_heap_locks(), &REGISTRY.lock, lists());
+    CREATE.unlock_raw();
 }
 
 extern "C" fn fork_child() {
@@ -76,6 +86,7 @@ extern "C" fn fork_child() {
     // thread could have held was taken by fork_prepare before the fork.
     unsafe { reset_after_fork() };
     REGISTRY.lock.unlock_raw();
+    CREATE.unlock_raw();
 }
 
 /// Registers the fork handlers (once, from process initialisation).
@@ -315,6 +326,40 @@ mod tests {
             "fork_prepare held the registry lock while waiting for a node heap's lock: a thread \
              registering that node heap would wait for it forever"
         );
+    }
+
+    /// A label heap is made under `CREATE` and used under its own lock, like a node heap: once
+    /// `fork_prepare` has returned, both are held, so no thread is inside one across the fork
+    /// (a child would wait forever for a lock held by a thread it does not have).
+    #[test]
+    fn fork_prepare_holds_the_label_heaps_locks() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = super::super::labels::label_id("fork-prepare-test");
+        // SAFETY: a block of the label heap, freed once below.
+        let p = unsafe { super::super::labels::label_alloc(id, 0, 64, 8, false) };
+        assert!(!p.is_null());
+        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (pr, ch) = (prepared.clone(), checked.clone());
+        let forker = std::thread::spawn(move || {
+            fork_prepare();
+            pr.wait();
+            ch.wait();
+            fork_parent();
+        });
+        prepared.wait();
+        let create_held = CREATE.try_lock().is_none();
+        let all_held = label_heaps().all(|lh| lh.lock.try_lock().is_none());
+        let some = label_heaps().count();
+        checked.wait();
+        forker.join().unwrap();
+        assert!(some > 0, "the label heap exists");
+        assert!(
+            create_held,
+            "fork_prepare left the label heaps' creation lock free"
+        );
+        assert!(all_held, "fork_prepare left a label heap's lock free");
+        // SAFETY: the block from label_alloc above, live until now.
+        unsafe { free(p) };
     }
 
     /// A remote free that found a full page of ours flipped it to DELAYED_FREEING, and its

@@ -5,13 +5,15 @@
 //! to another node first), growing a huge object in place, and the usable size and in-place
 //! resize of any block. What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
 //! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
-//! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `node` (dead heaps),
+//! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `labels` (a labelled
+//! huge object's bytes), `node` (dead heaps),
 //! `registry` (init, rehome), `slices`, `tick`, `tls`, `heap::{huge, segment, remote,
 //! size_class}`,
 //! `sys::os`, `init` (the purge delay).
 
 use super::counters::{add, bump, counters, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
+use super::labels::book_huge;
 use super::node::dead_alloc;
 use super::registry::{current_home, heap_init, rehome};
 use super::slices::take_slices;
@@ -120,6 +122,11 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
         huge::register(seg, os::now_ms());
         bump(&h.stats.huge_allocs, 1);
         bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
+        if h.label != 0 {
+            (*seg).huge_label = h.label;
+            (*seg).huge_label_node = node as u8;
+            book_huge(h.label, node as u16, (*seg).huge_size as i64);
+        }
         if zero && reused {
             ptr::write_bytes(obj, 0, size);
         }
@@ -155,6 +162,10 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             &h.stats.huge_alloc_bytes,
             ((*new).huge_size - old_size) as u64,
         );
+        if (*new).huge_label != 0 {
+            let grown = ((*new).huge_size - old_size) as i64;
+            book_huge((*new).huge_label, (*new).huge_label_node as u16, grown);
+        }
         huge::object(new)
     }
 }
@@ -174,6 +185,11 @@ pub(super) unsafe fn free_huge(mut h: HeapRef, seg: *mut Segment) {
         // `huge::init` gives it one again, which is what a second free of it finds
         // (`free_other_slow`). Nothing reads the offset of a mapping that holds no object.
         (*seg).huge_offset = 0;
+        if (*seg).huge_label != 0 {
+            let bytes = -((*seg).huge_size as i64);
+            book_huge((*seg).huge_label, (*seg).huge_label_node as u16, bytes);
+            (*seg).huge_label = 0;
+        }
         add(&c.huge_frees, 1, shared);
         add(&c.huge_free_bytes, (*seg).huge_size as u64, shared);
         let same_node = (*seg).node as u32 == h.node;

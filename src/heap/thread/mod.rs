@@ -8,7 +8,8 @@
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
 //! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `fork` (the
-//! atfork handlers), `scoped` (a thread's placement scope and the allocations it diverts). The
+//! atfork handlers), `scoped` (a thread's placement scope and the allocations it diverts),
+//! `labels` (scope labels: a shared heap per label and node, and their live bytes). The
 //! crate sees only what is re-exported below. May touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
@@ -30,6 +31,7 @@ mod alloc;
 mod bins;
 mod counters;
 mod free;
+mod labels;
 mod large;
 mod node;
 mod purger;
@@ -54,11 +56,12 @@ pub(crate) use counters::{
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c};
+pub(crate) use labels::{for_each_label_live, label_id, label_name, MAX_LABELS};
 pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
 pub(crate) use registry::{for_each_stats, heap_node};
-pub(crate) use scoped::{scope, set_scope, Scope, Spread, MAX_SPREAD};
+pub(crate) use scoped::{scope, scope_label, set_scope, Scope, Spread, MAX_SPREAD};
 pub(crate) use slices::segment_counts;
 pub(crate) use tick::collect_now;
 pub(crate) use tls::heap;
@@ -109,6 +112,8 @@ pub struct Heap {
     /// `delayed`): the heap must keep every segment until it ends, so a home-node change
     /// seen meanwhile waits (see `heap_tick`).
     walking: bool,
+    /// A label heap (see `labels`): its label id (slot + 1); 0 for every other heap.
+    label: u8,
     /// Memory this heap could give back is waiting out the purge delay (more than
     /// `tick::WAIT_BYTES` of it, estimated): while set, every slow path reads the clock and a
     /// refill hands the fast path at most `alloc::WAIT_REFILL` blocks, so that even a loop
@@ -144,6 +149,8 @@ pub struct Heap {
     fast_gate: &'static crate::sync::AtomicUsize,
     /// The placement scope in force on this thread (`Scope::None` on node heaps). Owner only.
     scope: scoped::Scope,
+    /// The label id of the scope in force on this thread (0: none). Owner only.
+    scope_label: u8,
     reg_next: *mut Heap,
     reg_prev: *mut Heap,
 }
@@ -195,6 +202,7 @@ impl Heap {
             tag: NO_TAG,
             shared: false,
             walking: false,
+            label: 0,
             waiting: AtomicBool::new(false),
             gate: AtomicU8::new(0),
             gate_depth: 0,
@@ -208,6 +216,7 @@ impl Heap {
             stats: Stats::new(),
             fast_gate: &crate::heap::route::FAST_MAX,
             scope: scoped::Scope::None,
+            scope_label: 0,
             reg_next: ptr::null_mut(),
             reg_prev: ptr::null_mut(),
         }

@@ -2,9 +2,10 @@
 //! on the calling thread's heap, and the diverted allocation that serves every request of the
 //! global allocator while a scope is active.
 //!
-//! Owns: the `Scope` type, the heap's `scope` and `fast_gate` fields (the owner thread alone
-//! writes them, through [`set_scope`]), [`alloc_in_scope`]. May touch: the `Heap` fields
-//! (`super`), `tls` (the calling thread's heap), `node` (`node_alloc`), `registry`
+//! Owns: the `Scope` type, the heap's `scope`, `scope_label` and `fast_gate` fields (the owner
+//! thread alone writes them, through [`set_scope`]), [`alloc_in_scope`]. May touch: the `Heap`
+//! fields (`super`), `tls` (the calling thread's heap), `node` (`node_alloc`), `labels`
+//! (`label_alloc`: a labelled scope's allocations), `registry`
 //! (`heap_init`: a scope's node may be the thread's own), `heap::route` (the gates, `admit`).
 //! Nothing here allocates, panics or formats.
 //!
@@ -15,6 +16,7 @@
 //! scope that diverts is active, so that every request falls to `alloc_generic`, which calls
 //! [`alloc_in_scope`] first.
 
+use super::labels::label_alloc;
 use super::node::node_alloc;
 use super::registry::heap_init;
 use super::tls::own;
@@ -97,20 +99,24 @@ fn quanta(size: usize) -> u64 {
     size.div_ceil(SPREAD_QUANTUM).max(1) as u64
 }
 
-/// Makes `scope` the calling thread's scope: from now on every allocation of the global
-/// allocator on this thread follows it (`Scope::None`: the inline paths serve again).
-pub(crate) fn set_scope(scope: Scope) {
+/// Makes `scope`, labelled `label` (a label id, 0 for none: see `labels`), the calling
+/// thread's scope: from now on every allocation of the global allocator on this thread
+/// follows it (`Scope::None` with no label: the inline paths serve again).
+pub(crate) fn set_scope(scope: Scope, label: u8) {
     let mut h = own();
     h.scope = scope;
+    h.scope_label = label;
     // A local scope with no tier policy asks for what the inline paths do anyway (the
     // thread's heap is on its node): they stay open, so `Placed::local()` scopes, and
     // `hot()`/`cold()` ones on a one-tier machine, cost nothing. (A policy set while such a
-    // scope is active reaches its small allocations until the scope is entered again.)
-    let open = match scope {
-        Scope::None => true,
-        Scope::Local => !route::ACTIVE.load(Ordering::Relaxed),
-        _ => false,
-    };
+    // scope is active reaches its small allocations until the scope is entered again.) A
+    // labelled scope diverts every allocation to its label's heaps.
+    let open = label == 0
+        && match scope {
+            Scope::None => true,
+            Scope::Local => !route::ACTIVE.load(Ordering::Relaxed),
+            _ => false,
+        };
     h.fast_gate = if open {
         &route::FAST_MAX
     } else {
@@ -123,7 +129,13 @@ pub(crate) fn scope() -> Scope {
     own().scope
 }
 
-/// An allocation while `h`'s scope is active: on the scope's node, or null to let the caller
+/// The label id of the calling thread's scope (0: none).
+pub(crate) fn scope_label() -> u8 {
+    own().scope_label
+}
+
+/// An allocation while `h`'s scope is active: on the scope's node (from its label's heap
+/// there when the scope is labelled), or null to let the caller
 /// serve it as if no scope were active — the scope is for the calling thread's own heap's
 /// node and no tier policy could have put that heap's memory elsewhere, or the node's tier
 /// budget is spent, or the node has no memory left (a scope never makes the global allocator
@@ -140,19 +152,22 @@ pub(super) unsafe fn alloc_in_scope(
     align: usize,
     zero: bool,
 ) -> *mut u8 {
+    let label = h.scope_label;
     let node = match h.scope {
-        Scope::None => return core::ptr::null_mut(),
-        Scope::Node(n) => n,
-        Scope::Local => {
+        Scope::None | Scope::Local => {
+            if h.scope == Scope::None && label == 0 {
+                return core::ptr::null_mut();
+            }
             if h.state != ACTIVE && !heap_init(h) {
                 return core::ptr::null_mut();
             }
-            if !route::ACTIVE.load(Ordering::Relaxed) {
+            if label == 0 && !route::ACTIVE.load(Ordering::Relaxed) {
                 // The thread's own heap is on its node.
                 return core::ptr::null_mut();
             }
             h.node
         }
+        Scope::Node(n) => n,
         Scope::Even {
             set,
             ref mut cursor,
@@ -169,6 +184,10 @@ pub(super) unsafe fn alloc_in_scope(
     };
     if !route::admit(node, size) {
         return core::ptr::null_mut();
+    }
+    if label != 0 {
+        // SAFETY: forwarded contract (align a power of two); the label heap is not `h`.
+        return unsafe { label_alloc(label, node, size, align, zero) };
     }
     // SAFETY: forwarded contract (align a power of two); the node heap is not `h`.
     unsafe { node_alloc(node, size, align, zero) }

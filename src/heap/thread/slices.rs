@@ -226,9 +226,10 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
             }
         }
         // Adopt abandoned segments of our node first: their free slices and live pages are
-        // reused.
+        // reused. Not by a label heap: its pages must hold its label's blocks only (see
+        // `labels`).
         let node = h.node as usize;
-        while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+        while h.label == 0 && ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
             let seg = ABANDONED[node].pop(h.addr(), h.tag);
             if seg.is_null() {
                 break;

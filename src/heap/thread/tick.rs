@@ -3,15 +3,16 @@
 //! Owns: `heap_tick` (every slow path; every 16th, or every one while memory waits to be
 //! purged, looks where the thread runs and whether a collection is due), the `waiting`
 //! estimate (`note_idle`, `WAIT_BYTES`), `heap_collect` (remote frees, empty pages, purging,
-//! the huge cache's expiry, every node's pool, the node heaps, tending abandoned segments), and
-//! `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain, page
-//! retirement), `node`, `registry` (following the thread's home node), `slices`, `tls`,
-//! `purger` (starting it, its gate), `counters` (settling the far pages' booking),
+//! the huge cache's expiry, every node's pool, the node and label heaps, tending abandoned
+//! segments), and `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain,
+//! page retirement), `node`, `labels` (collecting the label heaps), `registry` (following the
+//! thread's home node), `slices`, `tls`, `purger` (starting it, its gate), `counters` (settling the far pages' booking),
 //! `heap::{segment, size_class, huge}` (the huge cache
 //! through `HugeCache`), `sys::os`, `init` (the purge delay).
 
 use super::counters::{note_far_collected, settle_far};
 use super::free::{drain_delayed, retire_page};
+use super::labels::collect_label_heaps;
 use super::node::collect_node_heaps;
 use super::purger;
 use super::registry::follow_home;
@@ -168,6 +169,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
         if !h.shared {
             collect_node_heaps(now, delay);
+            collect_label_heaps(now, delay);
         }
         // Segments stranded by exited threads, or given up full: tend one of each kind per
         // pass (see tend_abandoned).
