@@ -154,6 +154,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "demote-shared-segment-refused",
         "weighted-interleave-1-to-4",
         "weighted-interleave-tiers-1-to-1",
+        "map-after-demotions-100-percent-on-node-0",
         "tiers-node2-far-from-memory-tiering",
         "tier-child-ignore-hmat",
         "threshold-8MiB-on-node-2",

@@ -110,7 +110,7 @@ pub fn run(c: &mut Checks) {
     demotion(c);
     auto_demotion(c);
     weighted(c);
-    scope::residue();
+    scope::residue(c);
     for (name, env) in [
         ("ignore-hmat", "TIERALLOC_IGNORE_HMAT=1"),
         ("threshold", "TIERALLOC_FAR_THRESHOLD=1048576"),

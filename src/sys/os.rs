@@ -100,6 +100,23 @@ pub(crate) fn no_huge_pages(p: *mut u8, len: usize) {
     unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
 }
 
+/// The size of a transparent huge page (PMD-mapped) on x86-64 and aarch64 with 4 KiB pages.
+pub(crate) const THP_SIZE: usize = 2 << 20;
+
+/// Splits the transparent huge page (or large folio) holding the OS page at `p`, if any, into
+/// OS pages: MADV_COLD over that one page, which the kernel can only apply to part of a large
+/// folio by splitting it first (Linux 5.4+; it also marks that one page as a candidate for
+/// reclaim). Before pages are moved between nodes: the kernel moves a large folio whole, so a
+/// move of a range that shares one with other memory would move that memory too. The kernel
+/// may decline (older kernels, a folio shared with another process or busy): callers check.
+pub(crate) fn split_huge_page_at(p: *mut u8) {
+    let page = (p as usize & !(OS_PAGE - 1)) as *mut libc::c_void;
+    // SAFETY: advice about one page of a mapping of ours; it changes no page's contents (only
+    // how the page is backed and how soon it may be reclaimed); on a range that is not mapped
+    // the kernel refuses (ENOMEM) and nothing changes.
+    unsafe { libc::madvise(page, OS_PAGE, libc::MADV_COLD) };
+}
+
 /// Moves the mapping `[old, old+old_size)` to `new`, grown to `new_size` bytes, in place of
 /// the mapping made there by [`map_aligned`]: the pages move without being copied, the grown
 /// part is fresh zeroed memory, and the old range is unmapped. Returns false (and changes

@@ -2,17 +2,25 @@
 //! addresses and contents (mbind with MPOL_BIND | MPOL_MF_MOVE), and reporting what moved.
 //!
 //! Owns: [`MoveReport`], [`TierError`] and the move functions. May touch: `sys::numa`
-//! (mbind, move_pages), `sys::os` (the page size), `topology` (tiers), `placed` (node
-//! checks), `heap::{segment, huge}` (a huge block's segment: its node and tier fields and the
-//! committed bytes per node, so that the heap's bookkeeping follows the move; the claim that
-//! keeps it from being freed meanwhile), `init` (start-up) and the `tier` counters.
+//! (mbind, move_pages), `sys::os` (the page size, splitting a transparent huge page),
+//! `topology` (tiers), `placed` (node checks), `heap::{segment, huge}` (a huge block's
+//! segment: its node and tier fields and the committed bytes per node, so that the heap's
+//! bookkeeping follows the move; the claim that keeps it from being freed meanwhile; a large
+//! block's page: where its memory is, `moved`), `init` (start-up) and the `tier` counters.
 //! Allocation-free.
 //!
 //! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
-//! it has a mapping of its own, which moves whole and stays bound to its new node), and any
-//! memory that is not tieralloc's (a mapping of the caller's, an interleaved `Placed` block).
-//! Blocks inside tieralloc's shared 4 MiB segments (up to 2 MiB) are refused: their pages
-//! return to the heap when freed, which would then hand out memory on a node it does not know.
+//! it has a mapping of its own, which moves whole and stays bound to its new node), a large
+//! block (its own run of slices in a shared segment: its page remembers the node, and the
+//! heap drops and rebinds the slices when they are given back), and any memory that is not
+//! tieralloc's (a mapping of the caller's, an interleaved `Placed` block). Smaller blocks
+//! share their pages with other blocks and are refused.
+//!
+//! Invariant: a move changes the node of the span's pages only. The kernel moves a
+//! transparent huge page whole, so a huge page that the span shares with other memory (a
+//! large block's neighbours in its segment) is split first, and a large block's neighbours
+//! that went along anyway are moved back ([`Neighbours`]); tests/tier_thp.rs, and the VM's
+//! `map-after-demotions-100-percent-on-node-0`.
 
 use super::{DEMOTED_BYTES, PROMOTED_BYTES};
 use crate::heap::huge;
@@ -20,7 +28,7 @@ use crate::heap::segment::{self, SegmentKind};
 use crate::placed::{Placed, PlacementError};
 use crate::sync::Ordering;
 use crate::sys::numa;
-use crate::sys::os::OS_PAGE;
+use crate::sys::os::{self, OS_PAGE, THP_SIZE};
 use crate::topology::discover;
 use crate::topology::raw::{MAX_NODES, MAX_TIERS};
 use core::fmt;
@@ -97,6 +105,70 @@ impl std::error::Error for TierError {}
 /// ([`TierError::SharedSegment`]).
 pub(crate) const SHARED_MAX: usize = crate::heap::size_class::MEDIUM_MAX;
 
+/// Pages of a transparent huge page: at most this many of a large block's neighbours share
+/// one with its first or last page.
+const SIDE: usize = THP_SIZE / OS_PAGE;
+
+/// The pages of a large block's segment that share a transparent huge page with the block's
+/// first or last page (the rest of the 2 MiB units its edges fall in), and the node of each
+/// before the block moved: the kernel moves a huge page whole, so if it could not split one
+/// (`os::split_huge_page_at`), a move of the block takes these pages along, other blocks and
+/// free slices that the heap books on the segment's node. [`Neighbours::restore`] moves them
+/// back. Allocation-free (on the stack).
+struct Neighbours {
+    /// Per side: first page, number of pages, each page's node (or a negative errno).
+    sides: [(usize, usize, [i32; SIDE]); 2],
+}
+
+impl Neighbours {
+    /// Where the neighbours of the block `[start, end)` of the segment at `seg` are now.
+    fn record(seg: usize, start: usize, end: usize) -> Self {
+        let lo = (start & !(THP_SIZE - 1)).max(seg);
+        let hi = ((end + THP_SIZE - 1) & !(THP_SIZE - 1)).min(seg + segment::SEGMENT_SIZE);
+        let mut n = Neighbours {
+            sides: [
+                (lo, (start - lo) / OS_PAGE, [-1; SIDE]),
+                (end, (hi - end) / OS_PAGE, [-1; SIDE]),
+            ],
+        };
+        for (first, count, was) in &mut n.sides {
+            if *count > 0 && census(*first, *first + *count * OS_PAGE, |i, s| was[i] = s).is_err() {
+                *count = 0;
+            }
+        }
+        n
+    }
+
+    /// Moves every neighbour that was elsewhere and is now on `node` (taken along by the move
+    /// of the block) back where it was. If the block still shares a huge page with it, the
+    /// block's pages there go back too, and its census counts them as failed.
+    fn restore(&self, node: i32) {
+        for (first, count, was) in &self.sides {
+            let mut now = [-1; SIDE];
+            if *count == 0 || census(*first, *first + *count * OS_PAGE, |i, s| now[i] = s).is_err()
+            {
+                continue;
+            }
+            let taken = |i: usize| was[i] >= 0 && was[i] != node && now[i] == node;
+            if !(0..*count).any(taken) {
+                continue;
+            }
+            // Pages not taken along stay where they are (one that is not present has no node
+            // to stay on: any valid node leaves it alone).
+            let mut to = |i: usize| {
+                if taken(i) {
+                    was[i]
+                } else if now[i] >= 0 {
+                    now[i]
+                } else {
+                    node
+                }
+            };
+            let _ = numa::move_pages_batched(*first, *count, Some(&mut to), |_, _| Ok(()));
+        }
+    }
+}
+
 /// Calls `f(page_index, node_or_negative_errno)` for every page of `[start, end)`.
 fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(), i32> {
     numa::move_pages_batched(start, (end - start) / OS_PAGE, None, |i, s| {
@@ -156,6 +228,7 @@ pub(crate) unsafe fn move_to_node_claimed(
     let mut end = end;
     let mut huge: *mut segment::Segment = core::ptr::null_mut();
     let mut large: *mut segment::Page = core::ptr::null_mut();
+    let mut large_seg = 0usize;
     if segment::contains(ptr) {
         let seg = segment::segment_of(ptr);
         // SAFETY: `ptr` lies in a live segment of ours (contains), whose header is mapped;
@@ -190,6 +263,7 @@ pub(crate) unsafe fn move_to_node_claimed(
             start = pstart;
             end = pstart + bsize;
             large = page;
+            large_seg = seg as usize;
         }
     }
     let t = discover::get();
@@ -246,10 +320,27 @@ pub(crate) unsafe fn move_to_node_claimed(
         }
     })
     .map_err(TierError::Os)?;
+    // The kernel moves a transparent huge page whole: one that holds the span's first or last
+    // page and memory outside it would take that memory along (for a large block: other
+    // blocks and free slices of its segment, which the heap books on the segment's node and
+    // hands out as such). Split those first. A huge block's mapping is all its own.
+    if huge.is_null() {
+        if start % THP_SIZE != 0 {
+            os::split_huge_page_at(start as *mut u8);
+        }
+        if end % THP_SIZE != 0 {
+            os::split_huge_page_at((end - OS_PAGE) as *mut u8);
+        }
+    }
+    // In case the kernel would not split one: where the block's neighbours are before.
+    let neighbours = (!large.is_null() && !sim).then(|| Neighbours::record(large_seg, start, end));
     match numa::move_range(start as *mut u8, end - start, node) {
         // EIO: some pages could not move; the census below counts them.
         Ok(()) | Err(libc::EIO) => {}
         Err(e) => return Err(TierError::Os(e)),
+    }
+    if let Some(n) = &neighbours {
+        n.restore(node as i32);
     }
     let mut on_target = 0usize;
     census(start, end, |_, s| {
