@@ -284,6 +284,7 @@ pub(super) unsafe fn page_exhausted(p: *const Page) -> bool {
             || ((*p).free.is_null()
                 && (*p).local_free.is_null()
                 && (*p).capacity == (*p).reserved
+                && (*p).parked == 0
                 && !(*p).thread_free.has_blocks())
     }
 }
