@@ -104,7 +104,10 @@ fn freeing_most_small_objects_at_random_gives_their_os_pages_back() {
     for (i, p, l) in kept {
         // SAFETY: a live block of l.size() bytes.
         let s = unsafe { std::slice::from_raw_parts(p, l.size()) };
-        assert!(s.iter().all(|&b| b == i as u8), "object {i} lost its contents");
+        assert!(
+            s.iter().all(|&b| b == i as u8),
+            "object {i} lost its contents"
+        );
         // SAFETY: allocated above with l.
         unsafe { dealloc(p, l) };
     }

@@ -46,7 +46,7 @@ impl Page {
     pub fn worth_trimming(&self) -> bool {
         let cap = self.capacity as usize;
         let used = self.used as usize;
-        if self.kind != PageKind::Bin as u8 || cap < 2 || cap > TRIM_MAX_BLOCKS {
+        if self.kind != PageKind::Bin as u8 || !(2..=TRIM_MAX_BLOCKS).contains(&cap) {
             return false;
         }
         let per_os_page = (OS_PAGE / self.block_size as usize).max(1);
@@ -427,11 +427,8 @@ mod tests {
         page.used += 1;
         push(page, twice);
         // SAFETY: the page's owner.
-        assert_eq!(
-            unsafe { page.trim() },
-            0,
-            "a list with a parked block is not trimmed"
-        );
+        let back = unsafe { page.trim() };
+        assert_eq!(back, 0, "a list with a parked block is not trimmed");
         // What a `warn` run leaves (the report returned): the list without the block, whose
         // link, written by the second free, the unpark finds too.
         page.local_free = list;
