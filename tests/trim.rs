@@ -43,7 +43,7 @@ impl Rng {
 }
 
 /// 48 MiB of 384–512 B objects (every byte written), 90 % freed at random: RSS barely moves
-/// (no page empties). Then 4 MiB of 8 KiB objects, whose new pages trim the sparse ones
+/// (no page empties). Then 16 MiB of 8 KiB objects, whose new segments trim the sparse pages
 /// first: for these sizes about a third of the small pages' bytes lie in OS pages with no
 /// live block, so RSS must fall by at least a fifth of the filled volume below what the
 /// new objects add. The objects left live keep their contents.
@@ -53,6 +53,9 @@ fn freeing_most_small_objects_at_random_gives_their_os_pages_back() {
         return;
     }
     const FILL: usize = 48 * MIB;
+    // New objects: four new segments, the first two of which look at every sparse page
+    // (the first look only notes a page's count, the second trims it).
+    const NEW: usize = 16 * MIB;
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let mut objs: Vec<(*mut u8, Layout)> = Vec::with_capacity(FILL / 384 + 1);
     let mut filled = 0;
@@ -79,7 +82,7 @@ fn freeing_most_small_objects_at_random_gives_their_os_pages_back() {
     let freed = rss();
     let big = Layout::from_size_align(8 << 10, 8).unwrap();
     let mut fresh = vec![];
-    for _ in 0..(4 * MIB / big.size()) {
+    for _ in 0..(NEW / big.size()) {
         // SAFETY: a non-zero size.
         let p = unsafe { alloc(big) };
         assert!(!p.is_null());
@@ -88,9 +91,9 @@ fn freeing_most_small_objects_at_random_gives_their_os_pages_back() {
         fresh.push(p);
     }
     let after = rss();
-    let drop = (freed + 4 * MIB).saturating_sub(after);
+    let drop = (freed + NEW).saturating_sub(after);
     eprintln!(
-        "rss after the frees {} MiB, after 4 MiB of new objects {} MiB: {} MiB given back",
+        "rss after the frees {} MiB, after 16 MiB of new objects {} MiB: {} MiB given back",
         freed / MIB,
         after / MIB,
         drop / MIB

@@ -25,6 +25,8 @@ use core::ptr;
 
 /// The most blocks a trimmed page may hold (the walk's bitmap is this many bits, on the stack).
 pub const TRIM_MAX_BLOCKS: usize = 4096;
+/// In `trim_mark`: the page was trimmed at the count the rest of the mark holds.
+const TRIMMED: u32 = 1 << 31;
 /// Bytes given back by trims (also counted in `os::PURGED_BYTES`).
 pub static TRIMMED_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Pages trimmed (at least one OS page given back).
@@ -38,22 +40,27 @@ impl Page {
         self.trim_mark = 0;
     }
 
-    /// Whether the page is worth a trim now: a bin page of at most 64 OS pages and
-    /// [`TRIM_MAX_BLOCKS`] blocks, at most a quarter of its carved blocks live, few enough
-    /// live blocks per OS page (two on average) that some OS pages are likely all free, and
-    /// not looked at since its count last fell by an eighth of its capacity.
+    /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page
+    /// of at most [`TRIM_MAX_BLOCKS`] blocks, at most a quarter of its carved blocks live and
+    /// few enough live blocks per OS page (two on average) that some OS pages are likely all
+    /// free, whose count has not risen since the previous look (a page being allocated from
+    /// would fault its memory back in at once: the first look only notes the count) and has
+    /// changed since its last trim.
     #[inline]
-    pub fn worth_trimming(&self) -> bool {
+    pub fn worth_trimming(&mut self) -> bool {
         let cap = self.capacity as usize;
         let used = self.used as usize;
         if self.kind != PageKind::Bin as u8 || !(2..=TRIM_MAX_BLOCKS).contains(&cap) {
             return false;
         }
         let per_os_page = (OS_PAGE / self.block_size as usize).max(1);
-        if used * 4 > cap || used * per_os_page > cap * 2 {
+        let now = self.used + 1;
+        let (last, trimmed) = (self.trim_mark & !TRIMMED, self.trim_mark & TRIMMED != 0);
+        if used * 4 > cap || used * per_os_page > cap * 2 || last == 0 || now > last {
+            self.trim_mark = now;
             return false;
         }
-        self.trim_mark == 0 || used + cap / 8 < self.trim_mark as usize - 1
+        !(trimmed && now == last)
     }
 
     /// The page's first unit's address (its start rounded down to an OS page).
@@ -88,7 +95,7 @@ impl Page {
     pub unsafe fn trim(&mut self) -> usize {
         let cap = self.capacity as usize;
         let size = self.block_size as usize;
-        self.trim_mark = self.used.saturating_add(1);
+        self.trim_mark = self.used.saturating_add(1) | TRIMMED;
         if self.kind != PageKind::Bin as u8 || cap == 0 || cap > TRIM_MAX_BLOCKS {
             return 0;
         }

@@ -67,8 +67,8 @@ pub struct Page {
     /// leaves it in the queue for a while instead of parking it as full (see
     /// `FULL_PAGE_RETAIN` in `heap::thread`).
     pub remote_fed: bool,
-    /// `used` + 1 when the page was last looked at for trimming, 0 if never (see `heap::trim`;
-    /// owner only; fills the line's padding).
+    /// `used` + 1 when the page was last looked at for trimming (and whether it was trimmed
+    /// then), 0 if never (see `heap::trim`; owner only; fills the line's padding).
     pub trim_mark: u32,
     /// Queue links (owner only).
     pub next: *mut Page,

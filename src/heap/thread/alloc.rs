@@ -6,7 +6,7 @@
 //! (C `malloc`'s path through the direct table), their cold paths and the bin refill (local
 //! frees, the queue walk, a new page), and `alloc_generic` (aligned, large, huge, routed by
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
-//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `trim` (before a new page), `purger` (its gate),
+//! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `purger` (its gate),
 //! `free` (the drain),
 //! `heap::{page, segment, size_class, remote}`, `sys::os`, `heap::route` (the routing
 //! call in `alloc_generic_in`), and `scoped` (a placement scope's diversion, first in
@@ -23,7 +23,6 @@ use super::scoped::{alloc_in_scope, Scope};
 use super::slices::take_slices;
 use super::tick::heap_tick;
 use super::tls::{heap, heap_or_unset, is_unset, own};
-use super::trim::trim_sparse;
 use super::{empty_page, Heap, HeapRef, ACTIVE};
 use crate::heap::remote::Block;
 use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
@@ -460,10 +459,7 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
     let n = page_slices(bin);
     // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
     // frees), and no page of our queues looked at before is used after this.
-    let page = unsafe {
-        trim_sparse(h);
-        take_slices(h, n, n == 1)
-    };
+    let page = unsafe { take_slices(h, n, n == 1) };
     // SAFETY: the page take_slices hands out is a free run of one of our segments; bin <
     // NBINS (contract).
     unsafe {

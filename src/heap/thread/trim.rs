@@ -1,8 +1,10 @@
 //! When and which sparse pages are trimmed (their all-free OS pages given back: `heap::trim`).
 //!
 //! Owns: the heap's trim cursor (`trim_at`, `trim_bin`) and [`trim_sparse`], the bounded walk
-//! over the bin queues run before the heap takes a new page: memory that a program freed at
-//! random, leaving each page a few live blocks, goes back to the OS before more is taken.
+//! over the bin queues run before the heap takes a new segment (`slices::take_slices_in`):
+//! memory that a program freed at random, leaving each page a few live blocks, goes back to
+//! the OS before more is mapped. Not before every new page: a program whose pages come and
+//! go in resident slices (`pairs`) would pay the walk often for nothing.
 //! May touch: the `Heap` fields (`super`), the page descriptors of our queues
 //! (`heap::{segment, trim}`), `heap::size_class`.
 
@@ -11,11 +13,12 @@ use crate::heap::size_class::NBINS;
 use core::ptr;
 
 /// Pages looked at per call (each a read of its descriptor's line).
-pub(super) const TRIM_VISITS: usize = 64;
-/// Blocks the trims of one call may walk (the work per call stays a few tens of µs).
-pub(super) const TRIM_BLOCKS: usize = 16 << 10;
+pub(super) const TRIM_VISITS: usize = 1024;
+/// Blocks the trims of one call may walk (the work per call stays well under what mapping
+/// and faulting in the new 4 MiB segment costs).
+pub(super) const TRIM_BLOCKS: usize = 128 << 10;
 
-/// Trims the sparse pages among the next [`TRIM_VISITS`] pages of our bin queues from the
+/// Trims the sparse pages (other than each bin's current page) among the next [`TRIM_VISITS`] pages of our bin queues from the
 /// cursor on, walking at most about [`TRIM_BLOCKS`] blocks, and moves the cursor past them.
 ///
 /// # Safety
@@ -44,7 +47,8 @@ pub(super) unsafe fn trim_sparse(mut h: HeapRef) {
                 continue;
             }
             visits -= 1;
-            if (*p).worth_trimming() {
+            // Not a bin's current page: the fast path is taking its blocks.
+            if p != h.pages[bin] && (*p).worth_trimming() {
                 blocks = blocks.saturating_sub((*p).capacity as usize);
                 (*p).trim();
             }
