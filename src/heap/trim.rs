@@ -251,9 +251,9 @@ impl Page {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::super::segment::{Segment, SEGMENTS, SEGMENT_SIZE};
-    use super::super::size_class::{bin_of, bin_size};
     use super::*;
+    use crate::heap::segment::{Segment, SEGMENTS, SEGMENT_SIZE};
+    use crate::heap::size_class::{bin_of, bin_size};
     use proptest::prelude::*;
     use std::collections::HashSet;
 
@@ -414,7 +414,7 @@ mod tests {
     /// list, by the unpark otherwise. Under `ignore` (an abort would end the test process).
     #[test]
     fn a_write_into_a_parked_block_is_reported_and_the_block_kept_out() {
-        use super::super::error::{ABORT, IGNORE, ON_ERROR};
+        use crate::heap::error::{ABORT, IGNORE, ON_ERROR};
         let bin = bin_of(512);
         let (seg, page) = page_of(bin, false);
         let mut blocks = vec![];
