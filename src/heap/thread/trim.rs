@@ -18,8 +18,9 @@ pub(super) const TRIM_VISITS: usize = 1024;
 /// and faulting in the new 4 MiB segment costs).
 pub(super) const TRIM_BLOCKS: usize = 128 << 10;
 
-/// Trims the sparse pages (other than each bin's current page) among the next [`TRIM_VISITS`] pages of our bin queues from the
-/// cursor on, walking at most about [`TRIM_BLOCKS`] blocks, and moves the cursor past them.
+/// Trims the sparse pages (other than each bin's current page) among the next
+/// [`TRIM_VISITS`] pages of our bin queues from the cursor on, walking at most about
+/// [`TRIM_BLOCKS`] blocks, and moves the cursor past them.
 ///
 /// # Safety
 /// `h` is the caller's heap, on an allocation's slow path (no block of its pages is being
