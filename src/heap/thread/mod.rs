@@ -8,8 +8,9 @@
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
 //! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `trim`
-//! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's placement scope and the allocations it diverts). The
-//! crate sees only what is re-exported below. May touch (the folder as a whole):
+//! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
+//! placement scope and the allocations it diverts). The crate sees only what is re-exported
+//! below. May touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
 //! `slices::take_slices`).
