@@ -11,7 +11,7 @@
 //! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
 //! placement scope and the allocations it diverts). The crate sees only what is re-exported
 //! below. May touch (the folder as a whole):
-//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
+//! `heap::{page, segment, remote, huge, size_class, delayed, trim}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
 //! `slices::take_slices`).
 //!
