@@ -6,7 +6,8 @@
 //! `list` (locked segment lists: pools, abandoned lists), `claim` (the huge registry's claimable
 //! slots), `heaps` (the registry's list of live heaps), `atfork` (the fork handlers' lock order and
 //! the child's resets of the lock-free words), `segment` (4 MiB segments, slices, pages, pools;
-//! `segment/map.rs` the segment map), `page` (free lists inside a page), `huge` (objects with a
+//! `segment/map.rs` the segment map), `page` (free lists inside a page), `trim` (giving back the
+//! all-free OS pages of sparse pages), `huge` (objects with a
 //! segment of their own, and the per-thread cache of freed ones), `route` (the tier routing state
 //! and node choice, which `tier` sets) and `thread` (the thread-local heap, one file per job in
 //! `thread/`: `tls`, `registry`, `bins`, `alloc`, `slices`, `large`, `node`, `free`, `tick`,
@@ -30,3 +31,4 @@ pub(crate) mod route;
 pub(crate) mod segment;
 pub mod size_class;
 pub(crate) mod thread;
+pub(crate) mod trim;

@@ -31,16 +31,18 @@ impl Page {
         self.local_free = ptr::null_mut();
         self.remote_fed = false;
         self.free_is_zero = self.fresh;
+        self.clear_trim();
     }
 
-    /// Carves more blocks from the untouched part of the page onto `free` (which is empty).
-    /// Returns false if the page has no room left.
+    /// Carves more blocks from the untouched part of the page onto `free` (which is empty);
+    /// with nothing left to carve, brings back parked blocks (`heap::trim`). Returns false if
+    /// the page has no room left.
     #[inline]
     pub fn extend(&mut self) -> bool {
         debug_assert!(self.free.is_null());
         let left = (self.reserved - self.capacity) as usize;
         if left == 0 {
-            return false;
+            return self.parked != 0 && self.unpark();
         }
         let size = self.block_size as usize;
         let n = left.min((EXTEND_BYTES / size).max(1));
@@ -149,7 +151,10 @@ impl Page {
     /// Whether the page can still hand out a block (now, or by carving).
     #[inline]
     pub fn has_room(&self) -> bool {
-        !self.free.is_null() || !self.local_free.is_null() || self.capacity < self.reserved
+        !self.free.is_null()
+            || !self.local_free.is_null()
+            || self.capacity < self.reserved
+            || self.parked != 0
     }
 }
 

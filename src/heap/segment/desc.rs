@@ -67,6 +67,9 @@ pub struct Page {
     /// leaves it in the queue for a while instead of parking it as full (see
     /// `FULL_PAGE_RETAIN` in `heap::thread`).
     pub remote_fed: bool,
+    /// `used` + 1 when the page was last looked at for trimming (and whether it was trimmed
+    /// then), 0 if never (see `heap::trim`; owner only; fills the line's padding).
+    pub trim_mark: u32,
     /// Queue links (owner only).
     pub next: *mut Page,
     /// Queue links (owner only).
@@ -82,10 +85,15 @@ pub struct Page {
     pub remote_back: u8,
     /// `bin`, for other threads' frees (written with it, by [`Page::set_bin`]).
     pub remote_bin: u8,
+    /// The OS pages of a bin page given back to the OS while the page is in use, one bit per
+    /// OS page counted from the OS page holding the page's start (see `heap::trim`). Owner
+    /// only, and read on slow paths only: it sits on the remote line, where there is room.
+    pub parked: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
 const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
+const _: () = assert!(core::mem::offset_of!(Page, trim_mark) < 48);
 
 impl Page {
     /// An unused descriptor.
@@ -106,12 +114,14 @@ impl Page {
         fresh: false,
         moved: 0,
         remote_fed: false,
+        trim_mark: 0,
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
         _remote_line: LineBreak,
         thread_free: RemoteFree::new(),
         remote_back: 0,
         remote_bin: 0,
+        parked: 0,
     };
 
     /// Sets `back` and its copy for other threads.

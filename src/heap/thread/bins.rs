@@ -92,6 +92,9 @@ impl Heap {
         // SAFETY: p is in bin's queue.
         unsafe {
             let (prev, next) = ((*p).prev, (*p).next);
+            if self.trim_at == p {
+                self.trim_at = next;
+            }
             if prev.is_null() {
                 self.set_head(bin, if next.is_null() { empty_page() } else { next });
             } else {

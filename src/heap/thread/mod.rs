@@ -7,11 +7,12 @@
 //! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
-//! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `fork` (the
-//! atfork handlers), `scoped` (a thread's placement scope and the allocations it diverts),
-//! `labels` (scope labels: a shared heap per label and node, and their live bytes). The
-//! crate sees only what is re-exported below. May touch (the folder as a whole):
-//! `heap::{page, segment, remote, huge, size_class, delayed}`, `sys`, `topology::home`,
+//! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `trim`
+//! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
+//! placement scope and the allocations it diverts), `labels` (scope labels: a shared heap per
+//! label and node, and their live bytes). The crate sees only what is re-exported below. May
+//! touch (the folder as a whole):
+//! `heap::{page, segment, remote, huge, size_class, delayed, trim}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
 //! `slices::take_slices`).
 //!
@@ -40,6 +41,7 @@ mod scoped;
 mod slices;
 mod tick;
 mod tls;
+mod trim;
 
 // fork: no lock may be held by a thread that does not exist in the child, and no heap of one
 // may stay listed or own segments there (see fork.rs).
@@ -140,6 +142,11 @@ pub struct Heap {
     /// Each bin's allocation count at the last collection: a bin that allocated since keeps
     /// its current page through the collection even when the page is empty.
     allocs_at_collect: [u64; NBINS],
+    /// Where the next trim of sparse pages goes on (see `trim`): a page in `trim_bin`'s
+    /// queue, or null (the next bin's head). `queue_remove` moves it on from a page it takes
+    /// out.
+    trim_at: *mut Page,
+    trim_bin: u8,
     huge_cache: HugeCache,
     /// This thread's counters.
     pub stats: Stats,
@@ -212,6 +219,8 @@ impl Heap {
             next_purge_ms: 0,
             idle_bytes: 0,
             allocs_at_collect: [0; NBINS],
+            trim_at: ptr::null_mut(),
+            trim_bin: 0,
             huge_cache: HugeCache::new(),
             stats: Stats::new(),
             fast_gate: &crate::heap::route::FAST_MAX,

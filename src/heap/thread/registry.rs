@@ -336,6 +336,7 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
     h.pages = [empty_page(); NBINS];
     h.direct = [empty_page(); DIRECT_SLOTS];
     h.tails = [ptr::null_mut(); NBINS];
+    h.trim_at = ptr::null_mut();
 }
 
 /// Moves the calling thread's heap to `node`: it lets go of its segments (they are adopted by

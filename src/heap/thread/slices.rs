@@ -8,15 +8,16 @@
 //! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
 //! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
 //! large-page release), `purger` (waking it), `heap::error` (a double free found by a
-//! reclaim), `tick` (the `waiting` threshold, tending a reclaimed segment),
-//! `heap::{segment, remote}`, `sys::os`, `init` (the purge delay), and `heap::route` (the
-//! spill call in `take_slices`).
+//! reclaim), `tick` (the `waiting` threshold, tending a reclaimed segment), `trim` (the
+//! trim of sparse pages before a new segment), `heap::{segment, remote}`, `sys::os`, `init`
+//! (the purge delay), and `heap::route` (the spill call in `take_slices`).
 
 use super::bins::unfull;
 use super::counters::{bump, note_far_abandoned};
 use super::free::{drain_delayed, free_large_page};
 use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
+use super::trim::trim_sparse;
 use super::{HeapRef, ACTIVE};
 use crate::heap::error::{report, HeapError};
 use crate::heap::page::PAGE_CHECK_FREE;
@@ -240,7 +241,9 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
                 return p;
             }
         }
-        // About to take a new segment: first give up those of ours that are (nearly) full,
+        // About to take a new segment: first give back the all-free OS pages of sparse pages.
+        trim_sparse(h);
+        // Then give up the segments of ours that are (nearly) full,
         // unless other threads have been freeing our blocks back to us since the last one
         // (a producer whose consumers return its messages keeps its segments).
         if h.returned == 0 {
@@ -285,6 +288,7 @@ pub(super) unsafe fn page_exhausted(p: *const Page) -> bool {
             || ((*p).free.is_null()
                 && (*p).local_free.is_null()
                 && (*p).capacity == (*p).reserved
+                && (*p).parked == 0
                 && !(*p).thread_free.has_blocks())
     }
 }

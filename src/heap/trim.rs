@@ -1,0 +1,530 @@
+//! Trimming sparse pages: the OS pages inside a bin page in use whose every block is free go
+//! back to the OS, and their blocks ("parked": free, on no list, not counted in `used`) come
+//! back when the page has nothing else to hand out.
+//!
+//! Owns: the page descriptor's `parked` (the OS pages given back) and `trim_mark` (when the
+//! page was last looked at), the trim of one page ([`Page::trim`]), the return of parked
+//! blocks ([`Page::unpark`]) and the trim counters. May touch: the page descriptor and its
+//! owner-only free lists (`free`, `local_free`; never `thread_free`, which other threads push
+//! to), `heap::remote::Block` (links, only through `Block::next/set_next`), `heap::error`
+//! (the report of a write into a parked block) and `sys::os` (`decommit`). Only the page's
+//! owner calls these, on slow paths.
+//!
+//! Units: OS pages counted from the one holding the page's first block; only pages of up to
+//! 64 of them are trimmed (one bit each in `parked`), and only units that lie wholly inside
+//! the carved blocks (so never the segment header's OS page at slice 0). A block is parked
+//! while any unit it overlaps is parked; `unpark` clears one unit at a time and re-adds each
+//! block overlapping it whose other units are not parked, so every block comes back once.
+
+use super::error::{report, HeapError};
+use super::remote::Block;
+use super::segment::{Page, PageKind};
+use crate::sync::{AtomicU64, Ordering};
+use crate::sys::os::{self, OS_PAGE};
+use core::ptr;
+
+/// The most blocks a trimmed page may hold (the walk's bitmap is this many bits, on the stack).
+pub const TRIM_MAX_BLOCKS: usize = 4096;
+/// In `trim_mark`: the page was trimmed at the count the rest of the mark holds.
+const TRIMMED: u32 = 1 << 31;
+/// Bytes given back by trims (also counted in `os::PURGED_BYTES`).
+pub static TRIMMED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Pages trimmed (at least one OS page given back).
+pub static TRIMS: AtomicU64 = AtomicU64::new(0);
+
+impl Page {
+    /// Forgets any trim: for a page being set up (`init_bin`), whose memory holds no block.
+    #[inline]
+    pub fn clear_trim(&mut self) {
+        self.parked = 0;
+        self.trim_mark = 0;
+    }
+
+    /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page
+    /// of at most [`TRIM_MAX_BLOCKS`] blocks, at most a quarter of its carved blocks live and
+    /// few enough live blocks per OS page (two on average) that some OS pages are likely all
+    /// free, whose count has not risen since the previous look (a page being allocated from
+    /// would fault its memory back in at once: the first look only notes the count) and has
+    /// changed since its last trim.
+    #[inline]
+    pub fn worth_trimming(&mut self) -> bool {
+        let cap = self.capacity as usize;
+        let used = self.used as usize;
+        if self.kind != PageKind::Bin as u8 || !(2..=TRIM_MAX_BLOCKS).contains(&cap) {
+            return false;
+        }
+        let per_os_page = (OS_PAGE / self.block_size as usize).max(1);
+        let now = self.used + 1;
+        let (last, trimmed) = (self.trim_mark & !TRIMMED, self.trim_mark & TRIMMED != 0);
+        if used * 4 > cap || used * per_os_page > cap * 2 || last == 0 || now > last {
+            self.trim_mark = now;
+            return false;
+        }
+        !(trimmed && now == last)
+    }
+
+    /// The page's first unit's address (its start rounded down to an OS page).
+    #[inline]
+    fn unit_base(&self) -> usize {
+        self.start() as usize & !(OS_PAGE - 1)
+    }
+
+    /// The units block `i` overlaps, as a mask.
+    #[inline]
+    fn units_of(&self, i: usize) -> u64 {
+        let size = self.block_size as usize;
+        let off = self.start() as usize - self.unit_base() + i * size;
+        let (a, b) = (off / OS_PAGE, (off + size - 1) / OS_PAGE);
+        (u64::MAX >> (63 - (b - a))) << a
+    }
+
+    /// Index of block `b` of this page.
+    #[inline]
+    fn index_of(&self, b: *mut Block) -> usize {
+        (b as usize).wrapping_sub(self.start() as usize) / self.block_size as usize
+    }
+
+    /// Gives back the OS pages every overlapping block of which is free, taking their blocks
+    /// off the free lists (they are parked). Returns the bytes given back (0 when the page is
+    /// not eligible, nothing is all free, or a list is found broken: a loop, a bad link in the
+    /// `secure` build, left for the pop that reaches it to report; or a block of a parked OS
+    /// page on a list, a free of a parked block, reported here).
+    ///
+    /// # Safety
+    /// The caller is the page's owner, on a slow path (no block of the page is being popped).
+    pub unsafe fn trim(&mut self) -> usize {
+        let cap = self.capacity as usize;
+        let size = self.block_size as usize;
+        self.trim_mark = self.used.saturating_add(1) | TRIMMED;
+        if self.kind != PageKind::Bin as u8 || cap == 0 || cap > TRIM_MAX_BLOCKS {
+            return 0;
+        }
+        let base = self.unit_base();
+        let lo = self.start() as usize;
+        let end = lo + self.reserved as usize * size;
+        if (end - base).div_ceil(OS_PAGE) > 64 {
+            return 0;
+        }
+        // Units wholly inside the carved blocks.
+        let first = (lo - base).div_ceil(OS_PAGE);
+        let last = (lo + cap * size - base) / OS_PAGE;
+        if last <= first {
+            return 0;
+        }
+        let carved = (u64::MAX >> (64 - (last - first))) << first;
+        let mut free = [0u64; TRIM_MAX_BLOCKS / 64];
+        for head in [self.free, self.local_free] {
+            let mut x = head;
+            while !x.is_null() {
+                let i = self.index_of(x);
+                if i >= cap {
+                    // Not a block of ours: left for the pop that reaches it.
+                    return 0;
+                }
+                if free[i / 64] & (1 << (i % 64)) != 0 {
+                    // On a list twice: a loop, which a pop reports.
+                    return 0;
+                }
+                if self.units_of(i) & self.parked != 0 {
+                    report(HeapError::DoubleFree, x as *const u8);
+                    return 0;
+                }
+                free[i / 64] |= 1 << (i % 64);
+                // SAFETY: x is on one of the page's free lists, which the owner may read.
+                let next = unsafe { Block::next(x) };
+                #[cfg(feature = "secure")]
+                if !self.link_ok(next) {
+                    return 0;
+                }
+                x = next;
+            }
+        }
+        let mut live = 0u64;
+        for i in 0..cap {
+            if free[i / 64] & (1 << (i % 64)) == 0 {
+                let u = self.units_of(i);
+                if u & self.parked == 0 {
+                    live |= u;
+                }
+            }
+        }
+        let take = carved & !live & !self.parked;
+        if take == 0 {
+            return 0;
+        }
+        // Off the lists first: the links of the blocks kept are written, those of the blocks
+        // parked never again (their memory goes).
+        // SAFETY: the owner's lists; every block on them was just walked.
+        unsafe {
+            self.free = self.filter(self.free, take);
+            self.local_free = self.filter(self.local_free, take);
+        }
+        let mut todo = take;
+        while todo != 0 {
+            let u = todo.trailing_zeros() as usize;
+            let run = (!(todo >> u)).trailing_zeros() as usize;
+            // SAFETY: units of `take` lie inside the page's carved blocks, and every block
+            // overlapping them is free and now on no list: nothing live is in the range.
+            unsafe { os::decommit((base + u * OS_PAGE) as *mut u8, run * OS_PAGE) };
+            todo &= !((u64::MAX >> (64 - run)) << u);
+        }
+        self.parked |= take;
+        let bytes = take.count_ones() as usize * OS_PAGE;
+        TRIMS.fetch_add(1, Ordering::Relaxed);
+        TRIMMED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+        bytes
+    }
+
+    /// `list` without the blocks overlapping units of `drop`, in the same order.
+    ///
+    /// # Safety
+    /// `list` is one of the owner's free lists of this page, walked whole just before.
+    unsafe fn filter(&self, list: *mut Block, drop: u64) -> *mut Block {
+        let mut head = ptr::null_mut();
+        let mut tail: *mut Block = ptr::null_mut();
+        let mut x = list;
+        // SAFETY: the blocks are free blocks of the list (contract): their links are ours.
+        unsafe {
+            while !x.is_null() {
+                let next = Block::next(x);
+                if self.units_of(self.index_of(x)) & drop == 0 {
+                    if tail.is_null() {
+                        head = x;
+                    } else {
+                        Block::set_next(tail, x);
+                    }
+                    tail = x;
+                }
+                x = next;
+            }
+            if !tail.is_null() {
+                Block::set_next(tail, ptr::null_mut());
+            }
+        }
+        head
+    }
+
+    /// Brings parked blocks back onto `free` (which is empty), one unit at a time (its memory
+    /// faults in, zero, as the blocks are written). Returns whether `free` has a block. A
+    /// block whose first word lies in the unit and is not zero was written after it was
+    /// parked (freed again, or used after its free): reported; if the report returns, the
+    /// block is left out (it may be live elsewhere).
+    #[cold]
+    #[inline(never)]
+    pub fn unpark(&mut self) -> bool {
+        let size = self.block_size as usize;
+        let lo = self.start() as usize;
+        let base = self.unit_base();
+        let cap = self.capacity as usize;
+        while self.parked != 0 {
+            let u = self.parked.trailing_zeros() as usize;
+            self.parked &= !(1 << u);
+            let (ustart, uend) = (base + u * OS_PAGE, base + (u + 1) * OS_PAGE);
+            let first = ustart.saturating_sub(lo) / size;
+            let last = ((uend - lo).div_ceil(size)).min(cap);
+            for i in (first..last).rev() {
+                if self.units_of(i) & self.parked != 0 {
+                    continue;
+                }
+                let b = (lo + i * size) as *mut Block;
+                if b as usize >= ustart {
+                    // SAFETY: the block is in the page and free (parked); reading its first
+                    // word faults in at most the zero page.
+                    let word = unsafe { ptr::read(b as *const usize) };
+                    if word != 0 {
+                        report(HeapError::DoubleFree, b as *const u8);
+                        continue;
+                    }
+                }
+                // SAFETY: a parked block is free and on no list: its link is ours to write.
+                unsafe { Block::set_next(b, self.free) };
+                self.free = b;
+            }
+            if !self.free.is_null() {
+                self.free_is_zero = false;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::segment::{Segment, SEGMENTS, SEGMENT_SIZE};
+    use crate::heap::size_class::{bin_of, bin_size};
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    /// A page of `bin` in a fresh segment of its own (not at slice 0 when `slice0` is false).
+    fn page_of(bin: usize, slice0: bool) -> (*mut Segment, &'static mut Page) {
+        let seg = Segment::map_normal(0, false);
+        // SAFETY: the segment is fresh and ours alone.
+        let page = unsafe { &mut *Segment::take_slices(seg, 1, slice0) };
+        let i = page.slice_index();
+        page.init_bin(bin, Segment::run_bytes(i, 1));
+        (seg, page)
+    }
+
+    fn drop_segment(seg: *mut Segment) {
+        // SAFETY: the test's own segment, no block of it used after this.
+        unsafe { crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE) };
+        SEGMENTS.fetch_sub(1, crate::sync::Ordering::Relaxed);
+    }
+
+    /// A block as the heap hands it out: `free`, else `local_free`, else carve or unpark.
+    fn pop(page: &mut Page) -> Option<*mut Block> {
+        if page.free.is_null() && !page.local_free.is_null() {
+            assert!(page.local_to_free());
+        }
+        if page.free.is_null() && !page.extend() {
+            return None;
+        }
+        let b = page.free;
+        // SAFETY: b heads the page's free list.
+        page.free = unsafe { Block::next(b) };
+        page.used += 1;
+        Some(b)
+    }
+
+    /// The owner's free of `b`, as `free_owned` pushes it.
+    fn push(page: &mut Page, b: *mut Block) {
+        // SAFETY: b is a live block of the page, freed now.
+        unsafe { Block::set_next(b, page.local_free) };
+        page.local_free = b;
+        page.used -= 1;
+    }
+
+    fn fill(b: *mut Block, size: usize, tag: u8) {
+        // SAFETY: a live block of `size` bytes, ours to write.
+        unsafe { ptr::write_bytes(b as *mut u8, tag, size) };
+    }
+
+    fn check(b: *mut Block, size: usize, tag: u8) {
+        // SAFETY: a live block of `size` bytes, ours to read.
+        let s = unsafe { core::slice::from_raw_parts(b as *const u8, size) };
+        assert!(s.iter().all(|&x| x == tag), "block {b:p} lost its contents");
+    }
+
+    /// Which OS pages of `[p, p + len)` are resident.
+    fn resident(p: usize, len: usize) -> Vec<bool> {
+        let mut v = vec![0u8; len / OS_PAGE];
+        // SAFETY: a mapped, page-aligned range and a vector of one byte per OS page.
+        let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        v.iter().map(|&x| x & 1 != 0).collect()
+    }
+
+    /// Fills a page, frees all but about 1 in 10 blocks (some onto `free`, the rest onto
+    /// `local_free`), trims it: exactly the OS pages with no live block go back (not
+    /// resident afterwards), the live blocks keep their contents, and allocating until the
+    /// page is full again hands out every free block exactly once.
+    #[test]
+    fn trim_gives_back_the_all_free_os_pages_and_every_block_comes_back_once() {
+        for (bin, slice0) in [
+            (bin_of(512), false),
+            (bin_of(384), false),
+            (bin_of(512), true),
+        ] {
+            let size = bin_size(bin);
+            let (seg, page) = page_of(bin, slice0);
+            let mut blocks = vec![];
+            while let Some(b) = pop(page) {
+                fill(b, size, 0xa5);
+                blocks.push(b);
+            }
+            assert_eq!(blocks.len(), page.reserved as usize);
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut live = vec![];
+            let mut freed = vec![];
+            for &b in &blocks {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 10 == 0 {
+                    live.push(b)
+                } else {
+                    freed.push(b)
+                }
+            }
+            for (k, &b) in freed.iter().enumerate() {
+                push(page, b);
+                if k == freed.len() / 2 {
+                    assert!(page.local_to_free());
+                }
+            }
+            // The OS pages wholly inside the page's blocks with no live block.
+            let base = page.start() as usize & !(OS_PAGE - 1);
+            let lo = page.start() as usize;
+            let hi = lo + blocks.len() * size;
+            let mut want = 0u64;
+            for u in 0..64 {
+                let (a, e) = (base + u * OS_PAGE, base + (u + 1) * OS_PAGE);
+                if a >= lo
+                    && e <= hi
+                    && live
+                        .iter()
+                        .all(|&b| b as usize + size <= a || b as usize >= e)
+                {
+                    want |= 1 << u;
+                }
+            }
+            assert!(
+                want.count_ones() >= 2,
+                "bin {bin}: few all-free OS pages: {want:x}"
+            );
+            // SAFETY: the page's owner, no pop in progress.
+            let bytes = unsafe { page.trim() };
+            assert_eq!(bytes, want.count_ones() as usize * OS_PAGE);
+            assert_eq!(page.parked, want);
+            let units = (hi - base) / OS_PAGE;
+            let res = resident(base, units * OS_PAGE);
+            for (u, &r) in res.iter().enumerate() {
+                assert_eq!(r, want & (1 << u) == 0, "OS page {u} of bin {bin}");
+            }
+            // SAFETY: as above; nothing changed, so a second trim gives back nothing.
+            assert_eq!(unsafe { page.trim() }, 0);
+            for &b in &live {
+                check(b, size, 0xa5);
+            }
+            let mut seen: HashSet<usize> = live.iter().map(|&b| b as usize).collect();
+            let mut again = 0;
+            while let Some(b) = pop(page) {
+                assert!(seen.insert(b as usize), "block {b:p} handed out twice");
+                assert_eq!((b as usize - lo) % size, 0);
+                fill(b, size, 0x3c);
+                again += 1;
+            }
+            assert_eq!(again, freed.len(), "every free block once, parked or not");
+            assert_eq!(page.used, page.reserved);
+            assert_eq!(page.parked, 0);
+            for &b in &live {
+                check(b, size, 0xa5);
+            }
+            for &b in &freed {
+                check(b, size, 0x3c);
+            }
+            drop_segment(seg);
+        }
+    }
+
+    /// A block of a parked OS page written after the trim (freed a second time, or used after
+    /// its free) is found, reported and not handed out: by the next trim if it went onto a
+    /// list, by the unpark otherwise. Under `ignore` (an abort would end the test process).
+    #[test]
+    fn a_write_into_a_parked_block_is_reported_and_the_block_kept_out() {
+        use crate::heap::error::{ABORT, IGNORE, ON_ERROR};
+        let bin = bin_of(512);
+        let (seg, page) = page_of(bin, false);
+        let mut blocks = vec![];
+        while let Some(b) = pop(page) {
+            blocks.push(b);
+        }
+        // Only the first block stays live: every OS page but the first is all free.
+        for &b in &blocks[1..] {
+            push(page, b);
+        }
+        // SAFETY: the page's owner.
+        assert_eq!(unsafe { page.trim() }, 15 * OS_PAGE);
+        ON_ERROR.store(IGNORE, crate::sync::Ordering::Relaxed);
+        // A second free of a parked block: found by the next trim.
+        let twice = blocks[20];
+        let list = page.local_free;
+        page.used += 1;
+        push(page, twice);
+        // SAFETY: the page's owner.
+        let back = unsafe { page.trim() };
+        assert_eq!(back, 0, "a list with a parked block is not trimmed");
+        // What a `warn` run leaves (the report returned): the list without the block, whose
+        // link, written by the second free, the unpark finds too.
+        page.local_free = list;
+        // A use after free of another parked block: found when its OS page comes back.
+        let stale = blocks[40];
+        fill(stale, 16, 0x77);
+        let mut seen = HashSet::new();
+        seen.insert(blocks[0] as usize);
+        let mut n = 0;
+        while let Some(b) = pop(page) {
+            assert!(seen.insert(b as usize));
+            n += 1;
+        }
+        ON_ERROR.store(ABORT, crate::sync::Ordering::Relaxed);
+        assert!(
+            !seen.contains(&(stale as usize)),
+            "the written block was handed out"
+        );
+        assert!(
+            !seen.contains(&(twice as usize)),
+            "the block freed twice was handed out"
+        );
+        // All but the live block and the two written ones.
+        assert_eq!(n, blocks.len() - 3);
+        drop_segment(seg);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc,
+        Free(usize),
+        Trim,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Alloc),
+            4 => any::<usize>().prop_map(Op::Free),
+            1 => Just(Op::Trim),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Random allocations, frees and trims of one page against a shadow set of the live
+        /// blocks: no block is handed out while live, live blocks keep their contents, and
+        /// at the end the page fills up to exactly its block count.
+        #[test]
+        fn trims_never_hand_out_a_block_twice(
+            which in 0usize..4,
+            ops in proptest::collection::vec(op(), 1..600),
+        ) {
+            let bin = bin_of([128, 256, 448, 1024][which]);
+            let size = bin_size(bin);
+            let (seg, page) = page_of(bin, which == 1);
+            let mut live: Vec<(*mut Block, u8)> = vec![];
+            let mut tag = 0u8;
+            for op in ops {
+                match op {
+                    Op::Alloc => {
+                        if let Some(b) = pop(page) {
+                            prop_assert!(live.iter().all(|&(l, _)| l != b));
+                            tag = tag.wrapping_add(1);
+                            fill(b, size, tag);
+                            live.push((b, tag));
+                        }
+                    }
+                    Op::Free(k) if !live.is_empty() => {
+                        let (b, t) = live.swap_remove(k % live.len());
+                        check(b, size, t);
+                        push(page, b);
+                    }
+                    Op::Free(_) => {}
+                    // SAFETY: the page's owner, between pops.
+                    Op::Trim => { unsafe { page.trim() }; }
+                }
+            }
+            for &(b, t) in &live {
+                check(b, size, t);
+            }
+            let mut n = live.len();
+            while let Some(b) = pop(page) {
+                prop_assert!(live.iter().all(|&(l, _)| l != b));
+                fill(b, size, 0);
+                live.push((b, 0));
+                n += 1;
+            }
+            prop_assert_eq!(n, page.reserved as usize);
+            drop_segment(seg);
+        }
+    }
+}
