@@ -1,6 +1,8 @@
 //! Pages: carving blocks, and gathering the blocks freed into a page back into its free list.
 //!
-//! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
+//! Owns: the carving of a page's fresh blocks (strided for blocks under a 64-byte line, so
+//! consecutive ones do not share a line), the free lists inside a page (`free`, `local_free`)
+//! and the collection of its
 //! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
 //! when the lists are collected: see docs/security.md), and what a block start of a page is
 //! ([`check_block`]); in the `secure` build, the check of a decoded link (`Page::link_ok`)
