@@ -317,7 +317,10 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
         // queue, each walk would take the one or two blocks freed into it since the last,
         // and refills that small are a slow path every few allocations.
         let mut retain = FULL_PAGE_RETAIN;
-        while !page.is_null() && page != empty_page() {
+        // The first page the walk sent to the back: meeting it again, the walk has seen them
+        // all.
+        let mut wrapped: *mut Page = ptr::null_mut();
+        while !page.is_null() && page != empty_page() && page != wrapped {
             let next = (*page).next;
             let back = (*page).collect();
             h.returned = h.returned.saturating_add(back);
@@ -334,6 +337,16 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
             }
             if retain > 0 && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS) {
                 retain -= 1;
+                // To the back of the queue: the next walks look first at the pages that
+                // have waited longest for frees, not at this one again (`linear` in
+                // preload/bench: each walk met the same two empty pages first).
+                if !next.is_null() {
+                    h.queue_remove(bin, page);
+                    h.queue_push_back(bin, page);
+                    if wrapped.is_null() {
+                        wrapped = page;
+                    }
+                }
                 page = next;
                 continue;
             }

@@ -566,6 +566,43 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
             live.push(alloc_bin(big) as usize);
             assert_ne!(page_of_addr(*live.last().unwrap()), f);
             assert!(!parked(f), "an exhausted page of few blocks was parked");
+            // A second one exhausted: the walk passes both (each sent to the back of the
+            // queue) and does not come round to them again, which would park them.
+            let g = page_of_addr(*live.last().unwrap());
+            exhaust(big, g, &mut live);
+            live.push(alloc_bin(big) as usize);
+            let k = page_of_addr(*live.last().unwrap());
+            assert!(k != f && k != g);
+            assert!(
+                !parked(f) && !parked(g),
+                "a walk came round to the pages it passed"
+            );
+            let h = own();
+            let order = |h: HeapRef| {
+                let mut v = vec![];
+                let mut p = h.pages[big];
+                while !p.is_null() {
+                    v.push(p);
+                    p = (*p).next;
+                }
+                assert_eq!(*v.last().unwrap(), h.tails[big]);
+                v
+            };
+            assert_eq!(order(h), [k, g, f]);
+            // A block of each of g and f freed; k exhausted: the walk passes k, sending it
+            // to the back, and takes g, so f (which waited longer than k) comes next.
+            for pg in [g, f] {
+                let i = live.iter().position(|&p| page_of_addr(p) == pg).unwrap();
+                free(live.swap_remove(i) as *mut u8);
+            }
+            exhaust(big, k, &mut live);
+            live.push(alloc_bin(big) as usize);
+            assert_eq!(page_of_addr(*live.last().unwrap()), g);
+            assert_eq!(
+                order(h),
+                [g, f, k],
+                "a page the walk passed stayed before others"
+            );
             for p in live {
                 free(p as *mut u8);
             }
