@@ -82,6 +82,10 @@ pub struct Page {
     pub remote_back: u8,
     /// `bin`, for other threads' frees (written with it, by [`Page::set_bin`]).
     pub remote_bin: u8,
+    /// The `secure` build: what the owner's check of a decoded free-list link reads
+    /// (`heap::secure`). On the remote line, which has room: the owner's line is full.
+    #[cfg(feature = "secure")]
+    pub keys: crate::heap::secure::PageKeys,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
@@ -112,6 +116,8 @@ impl Page {
         thread_free: RemoteFree::new(),
         remote_back: 0,
         remote_bin: 0,
+        #[cfg(feature = "secure")]
+        keys: crate::heap::secure::PageKeys::EMPTY,
     };
 
     /// Sets `back` and its copy for other threads.

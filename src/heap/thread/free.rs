@@ -105,9 +105,12 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
             return free_owned_slow(h, page, p);
         }
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
+        crate::heap::secure::fill_freed(page, p, (*page).bin as usize);
         let b = p as *mut Block;
+        #[cfg(not(feature = "secure"))]
         Block::set_next(b, (*page).local_free);
+        #[cfg(feature = "secure")]
+        Block::set_next_keyed(b, (*page).local_free, (*page).keys.secret());
         (*page).local_free = b;
     }
 }
@@ -150,7 +153,7 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
             return;
         }
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
+        crate::heap::secure::fill_freed(page, p, (*page).bin as usize);
         let b = p as *mut Block;
         Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
@@ -342,7 +345,7 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         bump(h.stats.frees.get_unchecked((*page).remote_bin as usize), 1);
         bump(&h.stats.remote_frees, 1);
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).remote_bin as usize);
+        crate::heap::secure::fill_freed(page, p, (*page).remote_bin as usize);
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
@@ -421,7 +424,7 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             return;
         }
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
+        crate::heap::secure::fill_freed(page, p, (*page).bin as usize);
         if owner == 0 {
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from

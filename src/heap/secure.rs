@@ -1,0 +1,162 @@
+//! The `secure` build's checks on small blocks (docs/security.md; compiled only with the
+//! `secure` feature).
+//!
+//! Owns: [`PageKeys`] (what a page keeps for the check of a decoded free-list link, kept up
+//! to date when the page is set up and when blocks are carved), the check itself
+//! (`Page::link_ok`) and its report, and `TIERALLOC_FILL_FREED` ([`fill_freed`]). The
+//! encoding of the links is `heap::remote::link_key`. May touch: the page descriptor (from
+//! `heap::segment`), `heap::remote`, `heap::size_class` and `heap::error` (the report). Only
+//! the page's owner calls what changes a page; [`fill_freed`] is called by any thread that
+//! frees a block it owns.
+
+use super::error::{report, HeapError};
+use super::remote::Block;
+use super::segment::Page;
+use super::size_class::{bin_size, NBINS};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// What the owner's check of a decoded link reads, kept in the page descriptor so that the
+/// check costs a subtraction, a multiplication and two compares: no division, no look-up of
+/// the page's start from its segment.
+#[derive(Clone, Copy, Debug)]
+pub struct PageKeys {
+    /// The address of the page's first block.
+    lo: usize,
+    /// The bytes of the blocks carved so far (`capacity * block_size`).
+    span: usize,
+    /// `u64::MAX / block_size + 1`: an offset `o < 2^32` is a multiple of the block size
+    /// exactly when `o * div` (wrapping) is below `div` (Lemire, Kaser and Kurz's
+    /// divisibility test).
+    div: u64,
+    /// The links' secret (`remote::link_key`), copied: read with the fields above.
+    secret: usize,
+    /// `TIERALLOC_FILL_FREED`, copied when the page was set up.
+    fill: bool,
+}
+
+impl PageKeys {
+    /// A page that holds no block: no link passes but null.
+    pub const EMPTY: PageKeys = PageKeys {
+        lo: 0,
+        span: 0,
+        div: 0,
+        secret: 0,
+        fill: false,
+    };
+
+    /// The links' secret (`remote::link_key::get`).
+    #[inline(always)]
+    pub fn secret(&self) -> usize {
+        self.secret
+    }
+}
+
+/// Sets up a bin page's keys (from `Page::init_bin`): no block carved yet.
+#[inline]
+pub fn init_page(page: &mut Page) {
+    super::remote::link_key::ensure();
+    let size = (page.block_size as u64).max(1);
+    page.keys = PageKeys {
+        lo: page.start() as usize,
+        span: 0,
+        div: (u64::MAX / size).wrapping_add(1),
+        secret: super::remote::link_key::get(),
+        fill: FILL_FREED.load(Ordering::Relaxed),
+    };
+}
+
+/// Blocks were carved (from `Page::extend`): the span of the blocks a link may point at
+/// grows to the page's new capacity.
+#[inline]
+pub fn carved(page: &mut Page) {
+    page.keys.span = page.capacity as usize * page.block_size as usize;
+}
+
+impl Page {
+    /// Whether `next`, a link just decoded from a free block of this page, may be followed:
+    /// null (the end of the list), or the start of a block carved from this page. A link
+    /// overwritten after the free decodes to an address that is neither (but for a chance of
+    /// one in many millions, the key being unknown to whoever wrote it).
+    #[inline(always)]
+    pub fn link_ok(&self, next: *mut Block) -> bool {
+        let k = &self.keys;
+        let off = (next as usize).wrapping_sub(k.lo);
+        // A page spans at most 512 KiB, so an offset below the span is below 2^32, as the
+        // divisibility test needs.
+        next.is_null() | ((off < k.span) & ((off as u64).wrapping_mul(k.div) < k.div))
+    }
+}
+
+/// A free block of a page whose link does not pass `Page::link_ok`: reports it. If the
+/// report returns, the caller cuts its list at `b` (the blocks after it leak; `b` itself is
+/// free and may be handed out).
+#[cold]
+#[inline(never)]
+pub fn link_error(b: *mut Block) {
+    report(HeapError::CorruptLink, b as *const u8);
+}
+
+/// The owner's pop (`thread::alloc::pop_block`) of `block`, whose link fails
+/// `Page::link_ok`: reports it; if that returns, hands `block` out (it is free) and cuts the
+/// list after it (the blocks after it leak).
+///
+/// # Safety
+/// As `pop_block`'s: `page` is the calling thread's, `block` the first block of its free list.
+#[cold]
+#[inline(never)]
+pub unsafe fn pop_bad_link(
+    page: *mut Page,
+    block: *mut Block,
+    counter: &crate::sync::AtomicU64,
+) -> *mut Block {
+    link_error(block);
+    // SAFETY: the page is ours (contract).
+    unsafe {
+        (*page).free = ptr::null_mut();
+        (*page).used += 1;
+    }
+    // Only the owner writes its counters (as `thread::counters::bump`).
+    let n = counter.load(crate::sync::Ordering::Relaxed);
+    counter.store(n.wrapping_add(1), crate::sync::Ordering::Relaxed);
+    block
+}
+
+/// `TIERALLOC_FILL_FREED=1` (set by `init`): freed small blocks are filled with
+/// [`FREED_PATTERN`] past their link word.
+pub static FILL_FREED: AtomicBool = AtomicBool::new(false);
+
+/// What `TIERALLOC_FILL_FREED=1` writes over a freed block (past its link word).
+pub const FREED_PATTERN: u8 = 0xdf;
+
+/// Fills block `p` of bin `bin` of `page` (a large page's block, `bin == NBINS`, is left
+/// alone) with [`FREED_PATTERN`] past its link word, if `TIERALLOC_FILL_FREED` was on when
+/// the page was set up.
+///
+/// # Safety
+/// `p` is the start of a block of `bin`'s size that the caller is freeing (checked, or on a
+/// path that writes its link anyway); `page` is its page (only its remote line is read).
+#[inline(always)]
+pub unsafe fn fill_freed(page: *const Page, p: *mut u8, bin: usize) {
+    // SAFETY: the page of a block being freed is readable (contract); `keys` does not change
+    // while a block of the page is live.
+    if unsafe { (*page).keys.fill } && bin < NBINS {
+        // SAFETY: forwarded contract.
+        unsafe { fill_freed_slow(p, bin) };
+    }
+}
+
+/// [`fill_freed`]'s write, out of the free paths.
+///
+/// # Safety
+/// As [`fill_freed`].
+#[cold]
+#[inline(never)]
+unsafe fn fill_freed_slow(p: *mut u8, bin: usize) {
+    let size = bin_size(bin);
+    if size > 8 {
+        // SAFETY: the block is `size` bytes long and the caller's to write (fill_freed's
+        // contract).
+        unsafe { ptr::write_bytes(p.add(8), FREED_PATTERN, size - 8) };
+    }
+}
