@@ -183,16 +183,10 @@ pub(crate) mod link_key {
         }
     }
 
-    /// The key of the link stored in block `b`: the block's address mixed with the secret
-    /// (XORed, then multiplied by the secret, which is odd), so that each block's key
-    /// differs. Three instructions past the secret's load.
-    #[inline(always)]
-    pub fn key(b: *const Block) -> usize {
-        key_with(b, secret())
-    }
-
-    /// [`key`] with the secret given (the copy a page keeps, `heap::secure::PageKeys`,
-    /// which saves the hot paths the load of the static through the GOT).
+    /// The key of the link stored in block `b`, for secret `k`: the block's address mixed
+    /// with the secret (XORed, then multiplied by the secret, which is odd), so that each
+    /// block's key differs. Three instructions past the secret's load (hot paths use the
+    /// copy a page keeps, `heap::secure::PageKeys`, and save the load through the GOT).
     #[inline(always)]
     pub fn key_with(b: *const Block, k: usize) -> usize {
         ((b as usize) ^ k).wrapping_mul(k)

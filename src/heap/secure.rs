@@ -115,6 +115,7 @@ pub unsafe fn pop_bad_link(
     unsafe {
         (*page).free = ptr::null_mut();
         (*page).used += 1;
+        clear_freed(block);
     }
     // Only the owner writes its counters (as `thread::counters::bump`).
     let n = counter.load(crate::sync::Ordering::Relaxed);
@@ -123,14 +124,14 @@ pub unsafe fn pop_bad_link(
 }
 
 /// `TIERALLOC_FILL_FREED=1` (set by `init`): freed small blocks are filled with
-/// [`FREED_PATTERN`] past their link word.
+/// [`FREED_PATTERN`] past their link word and freed marker.
 pub static FILL_FREED: AtomicBool = AtomicBool::new(false);
 
-/// What `TIERALLOC_FILL_FREED=1` writes over a freed block (past its link word).
+/// What `TIERALLOC_FILL_FREED=1` writes over a freed block (past its first 16 bytes).
 pub const FREED_PATTERN: u8 = 0xdf;
 
 /// Fills block `p` of bin `bin` of `page` (a large page's block, `bin == NBINS`, is left
-/// alone) with [`FREED_PATTERN`] past its link word, if `TIERALLOC_FILL_FREED` was on when
+/// alone) with [`FREED_PATTERN`] past its link word and freed marker, if `TIERALLOC_FILL_FREED` was on when
 /// the page was set up.
 ///
 /// # Safety
@@ -154,9 +155,84 @@ pub unsafe fn fill_freed(page: *const Page, p: *mut u8, bin: usize) {
 #[inline(never)]
 unsafe fn fill_freed_slow(p: *mut u8, bin: usize) {
     let size = bin_size(bin);
-    if size > 8 {
-        // SAFETY: the block is `size` bytes long and the caller's to write (fill_freed's
-        // contract).
-        unsafe { ptr::write_bytes(p.add(8), FREED_PATTERN, size - 8) };
+    // Past the link and the freed marker (a secure build's block is at least 16 bytes).
+    // SAFETY: the block is `size` bytes long and the caller's to write (fill_freed's
+    // contract).
+    unsafe { ptr::write_bytes(p.add(16), FREED_PATTERN, size - 16) };
+}
+
+/// XORed into a block's key to make its freed marker, so that the marker never equals the
+/// block's encoded link.
+const FREED_SALT: usize = 0x9e37_79b9_7f4a_7c15;
+
+/// The freed marker of block `p`: what its second word holds while it is free. Made from the
+/// secret and the block's address, so a program that never read freed memory cannot write
+/// it by chance (one in 2^64), and a marker copied elsewhere does not match there.
+#[inline(always)]
+fn freed_marker(p: *const u8, secret: usize) -> usize {
+    super::remote::link_key::key_with(p as *const Block, secret) ^ FREED_SALT
+}
+
+/// Whether `p`'s second word holds its freed marker: `p` was freed and not handed out
+/// since (every block handed out goes through the owner's pop, which clears the word), or
+/// the program wrote that exact value there.
+///
+/// # Safety
+/// `p` is an 8-aligned pointer into a block of `page`, with 16 bytes readable (a bin page's
+/// block start, or any pointer into a segment's mapped pages); `page` is readable.
+#[inline(always)]
+pub unsafe fn is_marked_freed(page: *const Page, p: *mut u8) -> bool {
+    // SAFETY: per the contract.
+    unsafe { *(p as *const usize).add(1) == freed_marker(p, (*page).keys.secret) }
+}
+
+/// Writes `p`'s freed marker (a free of a small block that passed its checks).
+///
+/// # Safety
+/// `p` is a block of bin page `page` that the caller is freeing.
+#[inline(always)]
+pub unsafe fn mark_freed(page: *const Page, p: *mut u8) {
+    // SAFETY: the block is at least 16 bytes and the caller's (contract).
+    unsafe { *(p as *mut usize).add(1) = freed_marker(p, (*page).keys.secret) };
+}
+
+/// Clears the freed marker of `block`, just handed out (the owner's pop).
+///
+/// # Safety
+/// `block` is a block of at least 16 bytes the caller is handing out.
+#[inline(always)]
+pub unsafe fn clear_freed(block: *mut Block) {
+    // SAFETY: per the contract.
+    unsafe { *(block as *mut usize).add(1) = 0 };
+}
+
+/// Whether `b` is on one of the lists of free blocks of bin page `page`: its remote list
+/// (collected first, onto the others), `free` and `local_free`. The confirmation of a
+/// freed marker before a double free is reported, so that a program's data never causes a
+/// report. Walks at most the page's capacity of links, each checked (`Page::link_ok`).
+///
+/// # Safety
+/// The caller owns `page` (a bin page of its heap).
+#[cold]
+pub unsafe fn on_free_lists(page: *mut Page, b: *mut Block) -> bool {
+    // SAFETY: the page is ours (contract): its lists are ours to read.
+    unsafe {
+        (*page).collect();
+        let mut left = (*page).capacity as usize;
+        for head in [(*page).free, (*page).local_free] {
+            let mut x = head;
+            while !x.is_null() && left > 0 {
+                if x == b {
+                    return true;
+                }
+                let next = Block::next(x);
+                if !(*page).link_ok(next) {
+                    break;
+                }
+                x = next;
+                left -= 1;
+            }
+        }
+        false
     }
 }

@@ -148,6 +148,9 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
             (*page).free = next;
             (*page).used += 1;
             bump(counter, 1);
+            // The secure build: no longer free (see heap::secure::mark_freed).
+            #[cfg(feature = "secure")]
+            crate::heap::secure::clear_freed(block);
         }
         block
     }
