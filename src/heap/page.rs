@@ -3,9 +3,10 @@
 //! Owns: the free lists inside a page (`free`, `local_free`) and the collection of its
 //! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
 //! when the lists are collected: see docs/security.md), and what a block start of a page is
-//! ([`check_block`]); the `secure` build's additions are in `heap::secure`. May touch: the page descriptor (from
-//! `heap::segment`), `heap::remote`, `heap::size_class` and `heap::error` (the report). Only the page's owner heap calls these, but
-//! [`check_block`], which another thread's free may call.
+//! ([`check_block`]); the `secure` build's additions are in `heap::secure`, which these
+//! call. May touch: the page descriptor (from `heap::segment`), `heap::remote`,
+//! `heap::size_class`, `heap::error` (the report) and `heap::secure`. Only the page's owner
+//! heap calls these, but [`check_block`], which another thread's free may call.
 
 use super::error::{report, HeapError};
 use super::remote::Block;

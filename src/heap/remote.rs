@@ -91,14 +91,19 @@ impl Block {
         link_key::encode_with(b, unsafe { (*b).next.with(|p| *p) }, k)
     }
 
-    /// [`Block::set_next`] with the secret given (see [`Block::next_keyed`]).
+    /// [`Block::set_next`] with `b`'s key given (`link_key::key_with`): the owner's free,
+    /// which computes it once for the link and the freed marker (`heap::secure`).
     ///
     /// # Safety
-    /// As `set_next`; `k` is the secret (`link_key::get`).
+    /// As `set_next`; `key` is `b`'s key.
     #[cfg(all(feature = "secure", not(loom)))]
     #[inline(always)]
-    pub unsafe fn set_next_keyed(b: *mut Block, next: *mut Block, k: usize) {
-        let next = link_key::encode_with(b, next, k);
+    pub unsafe fn set_next_with_key(b: *mut Block, next: *mut Block, key: usize) {
+        let next = if next.is_null() {
+            next
+        } else {
+            ((next as usize) ^ key) as *mut Block
+        };
         // SAFETY: b is ours alone (contract).
         unsafe { (*b).next.with_mut(|p| *p = next) }
     }

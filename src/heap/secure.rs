@@ -1,14 +1,17 @@
 //! The `secure` build's checks on small blocks (docs/security.md; compiled only with the
 //! `secure` feature).
 //!
-//! Owns: [`PageKeys`] (what a page keeps for the check of a decoded free-list link, kept up
-//! to date when the page is set up and when blocks are carved), the check itself
-//! (`Page::link_ok`) and its report, and `TIERALLOC_FILL_FREED` ([`fill_freed`]). The
-//! encoding of the links is `heap::remote::link_key`. May touch: the page descriptor (from
-//! `heap::segment`), `heap::remote`, `heap::size_class` and `heap::error` (the report). Only
-//! the page's owner calls what changes a page; [`fill_freed`] is called by any thread that
+//! Owns: [`PageKeys`] (what a page keeps for the checks: its start, the span of its carved
+//! blocks, a divisibility multiplier, copies of the links' secret and of
+//! `TIERALLOC_FILL_FREED`; set when the page is set up and when blocks are carved), the
+//! check of a decoded free-list link (`Page::link_ok`) and its report, the freed marker of a
+//! free block (its second word: [`mark_freed`], [`clear_freed`], [`is_marked_freed`], and
+//! the confirmation walk [`on_free_lists`]) and `TIERALLOC_FILL_FREED` ([`fill_freed`]).
+//! The encoding of the links is `heap::remote::link_key`. May touch: the page descriptor
+//! (from `heap::segment`), `heap::page` (the collection before a walk), `heap::remote`,
+//! `heap::size_class` and `heap::error` (the report). Only the page's owner calls what
+//! changes a page's lists or keys; the marker and the fill are written by any thread that
 //! frees a block it owns.
-
 use super::error::{report, HeapError};
 use super::remote::Block;
 use super::segment::Page;
@@ -171,6 +174,38 @@ const FREED_SALT: usize = 0x9e37_79b9_7f4a_7c15;
 #[inline(always)]
 fn freed_marker(p: *const u8, secret: usize) -> usize {
     super::remote::link_key::key_with(p as *const Block, secret) ^ FREED_SALT
+}
+
+/// The key of block `p` of `page` (`remote::link_key::key_with`, with the page's copy of
+/// the secret): computed once by the owner's free for both the marker and the link.
+///
+/// # Safety
+/// `page` is readable.
+#[inline(always)]
+pub unsafe fn block_key(page: *const Page, p: *mut u8) -> usize {
+    // SAFETY: per the contract.
+    super::remote::link_key::key_with(p as *const Block, unsafe { (*page).keys.secret })
+}
+
+/// [`is_marked_freed`] with the block's key at hand ([`block_key`]). An unaligned read: a
+/// wrong free may pass any pointer (its second word lies inside the segment's mapping).
+///
+/// # Safety
+/// `p` points into a block of a segment of ours, 16 bytes readable from it.
+#[inline(always)]
+pub unsafe fn has_marker(p: *mut u8, key: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
+}
+
+/// [`mark_freed`] with the block's key at hand.
+///
+/// # Safety
+/// As [`mark_freed`].
+#[inline(always)]
+pub unsafe fn set_marker(p: *mut u8, key: usize) {
+    // SAFETY: the block is at least 16 bytes and the caller's (contract).
+    unsafe { *(p as *mut usize).add(1) = key ^ FREED_SALT };
 }
 
 /// Whether `p`'s second word holds its freed marker: `p` was freed and not handed out

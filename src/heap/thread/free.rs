@@ -96,22 +96,34 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         let page = page_of(seg, p);
-        // The secure build: a block whose freed marker is set is checked before anything.
+        // The secure build: the block's key, for its marker and its link; a block whose
+        // freed marker is set is checked before anything.
         #[cfg(feature = "secure")]
-        if p as usize & 7 == 0 && crate::heap::secure::is_marked_freed(page, p) {
-            return free_marked(h, page, p);
+        let key = crate::heap::secure::block_key(page, p);
+        #[cfg(feature = "secure")]
+        if crate::heap::secure::has_marker(p, key) {
+            return free_marked(h, page, p, key);
         }
-        free_owned_in(h, page, p)
+        #[cfg(not(feature = "secure"))]
+        let key = ();
+        free_owned_in(h, page, p, key)
     }
 }
+
+/// The secure build's key of the block being freed (`heap::secure::block_key`); nothing in
+/// the default build.
+#[cfg(feature = "secure")]
+type FreeKey = usize;
+#[cfg(not(feature = "secure"))]
+type FreeKey = ();
 
 /// [`free_owned`] once its page is found (and, in the secure build, the freed marker
 /// looked at).
 ///
 /// # Safety
-/// As [`free_owned`]; `page` is `p`'s page.
+/// As [`free_owned`]; `page` is `p`'s page, `key` its key.
 #[inline(always)]
-unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8) {
+unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
@@ -122,15 +134,19 @@ unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8) {
         if used == 0 || (*page).flags != 0 {
             return free_owned_slow(h, page, p);
         }
-        #[cfg(feature = "secure")]
-        crate::heap::secure::fill_freed(page, p, (*page).bin as usize);
-        #[cfg(feature = "secure")]
-        crate::heap::secure::mark_freed(page, p);
         let b = p as *mut Block;
         #[cfg(not(feature = "secure"))]
-        Block::set_next(b, (*page).local_free);
+        {
+            let () = key;
+            Block::set_next(b, (*page).local_free);
+        }
         #[cfg(feature = "secure")]
-        Block::set_next_keyed(b, (*page).local_free, (*page).keys.secret());
+        {
+            use crate::heap::secure::{fill_freed, set_marker};
+            fill_freed(page, p, (*page).bin as usize);
+            set_marker(p, key);
+            Block::set_next_with_key(b, (*page).local_free, key);
+        }
         (*page).local_free = b;
     }
 }
@@ -197,7 +213,7 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
-unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8) {
+unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     // SAFETY: the page is ours (contract); only a bin page's lists are walked.
     unsafe {
         if (*page).kind == PageKind::Bin as u8
@@ -207,7 +223,7 @@ unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8) {
             report(HeapError::DoubleFree, p);
             return;
         }
-        free_owned_in(h, page, p)
+        free_owned_in(h, page, p, key)
     }
 }
 
