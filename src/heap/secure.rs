@@ -69,11 +69,61 @@ pub fn init_page(page: &mut Page) {
     };
 }
 
-/// Blocks were carved (from `Page::extend`): the span of the blocks a link may point at
-/// grows to the page's new capacity.
+/// Blocks were carved (from `Page::extend`, which has just linked them onto `free`, which
+/// was empty, in address order): the span of the blocks a link may point at grows to the
+/// page's new capacity, and the new blocks are linked again in a random order
+/// ([`shuffle_carved`]).
 #[inline]
 pub fn carved(page: &mut Page) {
-    page.keys.span = page.capacity as usize * page.block_size as usize;
+    let size = page.block_size as usize;
+    let old = page.keys.span / size.max(1);
+    page.keys.span = page.capacity as usize * size;
+    shuffle_carved(page, old, page.capacity as usize - old);
+}
+
+/// Links blocks `[first, first + n)` of `page` (just carved, all on `free` and nowhere else)
+/// onto `free` in a random order: a walk with a random start and a random step coprime to
+/// `n` (neither 1 nor, where another exists, `n - 1`: never the address order), both
+/// drawn from a hash of the secret, the page and its capacity. Where the next block handed
+/// out lies is then not the address after the last one: an overflow from one block reaches
+/// a neighbour that is not the next allocation, and heap layouts are harder to groom.
+#[cold]
+fn shuffle_carved(page: &mut Page, first: usize, n: usize) {
+    if n < 3 {
+        return;
+    }
+    let size = page.block_size as usize;
+    let base = page.keys.lo + first * size;
+    let h = (base ^ page.keys.secret ^ (page.capacity as usize).rotate_left(40))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = h ^ (h >> 29);
+    let start = h % n;
+    // A step coprime to n, not 1 nor (if another exists) n - 1: found within n tries.
+    let mut step = n - 1;
+    for k in 0..n {
+        let s = ((h >> 32) + k) % n;
+        if s >= 2 && s != n - 1 && gcd(s, n) == 1 {
+            step = s;
+            break;
+        }
+    }
+    let block = |i: usize| (base + ((start + i * step) % n) * size) as *mut Block;
+    for i in 0..n - 1 {
+        // SAFETY: both are blocks just carved from this page (inside its span), on no list
+        // but `free`, which is rebuilt here: ours to write.
+        unsafe { Block::set_next(block(i), block(i + 1)) };
+    }
+    // SAFETY: as above.
+    unsafe { Block::set_next(block(n - 1), ptr::null_mut()) };
+    page.free = block(0);
+}
+
+/// The greatest common divisor.
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 impl Page {
