@@ -108,7 +108,7 @@ fn read_all() {
         &crate::heap::thread::BACKGROUND_PURGE,
     );
     #[cfg(feature = "secure")]
-    read_bool(b"TIERALLOC_FILL_FREED\0", &crate::heap::page::FILL_FREED);
+    read_bool(b"TIERALLOC_FILL_FREED\0", &crate::heap::secure::FILL_FREED);
     if let Some(v) = getenv(b"TIERALLOC_ON_ERROR\0") {
         use crate::heap::error::{ABORT, IGNORE, ON_ERROR, WARN};
         let mode = match parse_choice(v, &[b"abort", b"warn", b"ignore"]) {

@@ -28,6 +28,8 @@ pub(crate) mod page;
 pub mod probe;
 pub mod remote;
 pub(crate) mod route;
+#[cfg(feature = "secure")]
+pub(crate) mod secure;
 pub(crate) mod segment;
 pub mod size_class;
 pub(crate) mod thread;

@@ -5,10 +5,10 @@
 //! and the collection of its
 //! `thread_free` list, with the checks that cost nothing there (a block freed twice, found
 //! when the lists are collected: see docs/security.md), and what a block start of a page is
-//! ([`check_block`]); in the `secure` build, the check of a decoded link (`Page::link_ok`)
-//! and `TIERALLOC_FILL_FREED` (`fill_freed`). May touch: the page descriptor (from
-//! `heap::segment`), `heap::remote`, `heap::size_class` and `heap::error` (the report). Only the page's owner heap calls these, but
-//! [`check_block`], which another thread's free may call.
+//! ([`check_block`]); the `secure` build's additions are in `heap::secure`, which these
+//! call. May touch: the page descriptor (from `heap::segment`), `heap::remote`,
+//! `heap::size_class`, `heap::error` (the report) and `heap::secure`. Only the page's owner
+//! heap calls these, but [`check_block`], which another thread's free may call.
 
 use super::error::{report, HeapError};
 use super::remote::Block;
@@ -34,6 +34,8 @@ impl Page {
         self.remote_fed = false;
         self.free_is_zero = self.fresh;
         self.clear_trim();
+        #[cfg(feature = "secure")]
+        super::secure::init_page(self);
     }
 
     /// Carves more blocks from the untouched part of the page onto `free` (which is empty);
@@ -83,6 +85,8 @@ impl Page {
         }
         self.capacity += n as u32;
         self.free_is_zero = self.fresh;
+        #[cfg(feature = "secure")]
+        super::secure::carved(self);
         true
     }
 
@@ -128,7 +132,7 @@ impl Page {
                             #[cfg(feature = "secure")]
                             if !self.link_ok(Block::next(tail)) {
                                 // Reported; if that returns, the rest is cut off (leaked).
-                                link_error(tail);
+                                super::secure::link_error(tail);
                                 Block::set_next(tail, ptr::null_mut());
                                 break;
                             }
@@ -346,60 +350,6 @@ impl Page {
         report(HeapError::FreeListLoop, self.local_free as *const u8);
         self.local_free = ptr::null_mut();
         mark_leaked(&mut self.used);
-    }
-}
-
-/// The `secure` build: the checks of decoded free-list links (the encoding is
-/// `remote::link_key`) and `TIERALLOC_FILL_FREED` (docs/security.md).
-#[cfg(feature = "secure")]
-impl Page {
-    /// Whether `next`, a link just decoded from a free block of this page, may be followed:
-    /// null (the end of the list), or the start of a block carved from this page. A link
-    /// overwritten after the free decodes to an address that is neither (but for a chance of
-    /// one in many millions, the key being unknown to whoever wrote it).
-    #[inline(always)]
-    pub fn link_ok(&self, next: *mut Block) -> bool {
-        let size = self.block_size as usize;
-        let off = (next as usize).wrapping_sub(self.start() as usize);
-        next.is_null() || (off < self.capacity as usize * size && off % size == 0)
-    }
-}
-
-/// A free block of a page whose link does not pass `Page::link_ok`: reports it (`secure`
-/// build). If the report returns, the caller cuts its list at `b` (the blocks after it leak;
-/// `b` itself is free and may be handed out).
-#[cfg(feature = "secure")]
-#[cold]
-#[inline(never)]
-pub fn link_error(b: *mut Block) {
-    report(HeapError::CorruptLink, b as *const u8);
-}
-
-/// `TIERALLOC_FILL_FREED=1` (`secure` build, set by `init`): freed small blocks are filled
-/// with [`FREED_PATTERN`] past their link word.
-#[cfg(feature = "secure")]
-pub static FILL_FREED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// What `TIERALLOC_FILL_FREED=1` writes over a freed block (past its link word).
-#[cfg(feature = "secure")]
-pub const FREED_PATTERN: u8 = 0xdf;
-
-/// Fills block `p` of bin `bin` (a large page's block, `bin == NBINS`, is left alone) with
-/// [`FREED_PATTERN`] past its link word, if `TIERALLOC_FILL_FREED` is on.
-///
-/// # Safety
-/// `p` is the start of a block of `bin`'s size that the caller is freeing (checked, or on a
-/// path that writes its link anyway).
-#[cfg(feature = "secure")]
-#[inline(always)]
-pub unsafe fn fill_freed(p: *mut u8, bin: usize) {
-    use super::size_class::NBINS;
-    if bin < NBINS && FILL_FREED.load(core::sync::atomic::Ordering::Relaxed) {
-        let size = bin_size(bin);
-        if size > 8 {
-            // SAFETY: the block is `size` bytes long and the caller's to write (contract).
-            unsafe { ptr::write_bytes(p.add(8), FREED_PATTERN, size - 8) };
-        }
     }
 }
 

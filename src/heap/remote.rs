@@ -79,6 +79,35 @@ impl Block {
         link_key::decode(b, unsafe { (*b).next.with(|p| *p) })
     }
 
+    /// [`Block::next`] with the secret given: the owner's pop, which has the page's copy of
+    /// it at hand (`heap::secure::PageKeys`).
+    ///
+    /// # Safety
+    /// As `next`; `k` is the secret (`link_key::get`).
+    #[cfg(all(feature = "secure", not(loom)))]
+    #[inline(always)]
+    pub unsafe fn next_keyed(b: *const Block, k: usize) -> *mut Block {
+        // SAFETY: b is valid to read (contract); the cell is the block's first word.
+        link_key::encode_with(b, unsafe { (*b).next.with(|p| *p) }, k)
+    }
+
+    /// [`Block::set_next`] with `b`'s key given (`link_key::key_with`): the owner's free,
+    /// which computes it once for the link and the freed marker (`heap::secure`).
+    ///
+    /// # Safety
+    /// As `set_next`; `key` is `b`'s key.
+    #[cfg(all(feature = "secure", not(loom)))]
+    #[inline(always)]
+    pub unsafe fn set_next_with_key(b: *mut Block, next: *mut Block, key: usize) {
+        let next = if next.is_null() {
+            next
+        } else {
+            ((next as usize) ^ key) as *mut Block
+        };
+        // SAFETY: b is ours alone (contract).
+        unsafe { (*b).next.with_mut(|p| *p = next) }
+    }
+
     /// Sets the block after `b`.
     ///
     /// # Safety
@@ -94,7 +123,7 @@ impl Block {
 
 /// The `secure` build's encoding of free-list links (docs/security.md): a block's first word
 /// holds its successor XORed with a key derived from the block's own address and a
-/// per-process secret (read once, with `getrandom`, before the first link is written), so a
+/// per-process secret (read once, with `getrandom`, before the first link is written: `ensure`), so a
 /// link overwritten after the free (a use after free, an overflow from the block before)
 /// decodes to an address outside the page, which the owner's pop checks
 /// (`Page::link_ok`) instead of following. The end of a list stays 0 (an overwrite with
@@ -109,14 +138,23 @@ pub(crate) mod link_key {
     /// The per-process secret; 0 until the first link is encoded.
     static SECRET: AtomicUsize = AtomicUsize::new(0);
 
-    /// The secret, read (and made, the first time) without a lock.
+    /// The secret. One load, no test: [`ensure`] has made it before the first link is
+    /// written (a block is on a list only after its page was set up, `heap::secure::
+    /// init_page`, which calls it). The thread that set a page up, or any thread that frees
+    /// one of its blocks after the block was handed to it, sees the value made then: the
+    /// secret is written once.
     #[inline(always)]
     fn secret() -> usize {
-        let k = SECRET.load(Ordering::Relaxed);
-        if k != 0 {
-            return k;
+        SECRET.load(Ordering::Relaxed)
+    }
+
+    /// Makes the secret if it is not made yet: before a page's first block is carved, and
+    /// by tests that link blocks of their own.
+    #[inline]
+    pub fn ensure() {
+        if SECRET.load(Ordering::Relaxed) == 0 {
+            make_secret();
         }
-        make_secret()
     }
 
     /// Reads the secret from the kernel once; the first thread's value wins a race.
@@ -150,21 +188,34 @@ pub(crate) mod link_key {
         }
     }
 
-    /// The key of the link stored in block `b`: the block's address mixed with the secret
-    /// (an odd multiplier from the secret's other half), so that each block's key differs.
+    /// The key of the link stored in block `b`, for secret `k`: the block's address mixed
+    /// with the secret (XORed, then multiplied by the secret, which is odd), so that each
+    /// block's key differs. Three instructions past the secret's load (hot paths use the
+    /// copy a page keeps, `heap::secure::PageKeys`, and save the load through the GOT).
     #[inline(always)]
-    fn key(b: *const Block) -> usize {
-        let k = secret();
-        ((b as usize) ^ k).wrapping_mul(k.rotate_left(29) | 1)
+    pub fn key_with(b: *const Block, k: usize) -> usize {
+        ((b as usize) ^ k).wrapping_mul(k)
+    }
+
+    /// The secret, for a page's copy of it.
+    #[inline]
+    pub fn get() -> usize {
+        secret()
     }
 
     /// The word stored in `b` for link `next` (0 stays 0: the end of a list).
     #[inline(always)]
     pub fn encode(b: *const Block, next: *mut Block) -> *mut Block {
+        encode_with(b, next, secret())
+    }
+
+    /// [`encode`] with the secret given (see [`key_with`]); also the decode.
+    #[inline(always)]
+    pub fn encode_with(b: *const Block, next: *mut Block, k: usize) -> *mut Block {
         if next.is_null() {
             next
         } else {
-            ((next as usize) ^ key(b)) as *mut Block
+            ((next as usize) ^ key_with(b, k)) as *mut Block
         }
     }
 
@@ -180,6 +231,7 @@ pub(crate) mod link_key {
 
         #[test]
         fn a_link_is_stored_encoded_and_read_back() {
+            ensure();
             let mut blocks = [Block::new(), Block::new()];
             let b: *mut Block = &mut blocks[0];
             let next: *mut Block = &mut blocks[1];

@@ -3,7 +3,8 @@
 //! Owns: the mapping from a request size to a bin, each bin's block size and page shape.
 //! Touches nothing else. Pure arithmetic, so the fast path can inline it.
 //!
-//! The classes: 8 B, then multiples of 16 B up to 128 B, then four classes per power of two
+//! The classes: 8 B (16 B in the `secure` build, whose blocks hold a freed marker in their
+//! second word), then multiples of 16 B up to 128 B, then four classes per power of two
 //! (128·1.25, 128·1.5, 128·1.75, 256, 320, ...) up to 64 KiB. Every class from 16 B on is a
 //! multiple of 16, so every block is 16-byte aligned. Internal waste is bounded: a request of
 //! more than 128 B gets a block less than 1.25 × its size (under 20 % of the block is slack);
@@ -20,7 +21,12 @@ pub const MEDIUM_PAGE_SLICES: usize = 8;
 
 const fn compute_size(bin: usize) -> usize {
     if bin == 0 {
-        8
+        // The secure build's blocks hold a freed marker in their second word (heap::secure).
+        if cfg!(feature = "secure") {
+            16
+        } else {
+            8
+        }
     } else if bin <= 8 {
         bin * 16
     } else {
@@ -126,11 +132,13 @@ mod tests {
 
     #[test]
     fn classes_are_increasing_and_end_at_medium_max() {
-        for b in 1..NBINS {
+        // The secure build's first two bins are both 16 bytes (heap::secure's freed marker).
+        let first = if cfg!(feature = "secure") { 2 } else { 1 };
+        for b in first..NBINS {
             assert!(bin_size(b) > bin_size(b - 1), "bin {b}");
         }
         assert_eq!(bin_size(NBINS - 1), MEDIUM_MAX);
-        assert_eq!(bin_size(0), 8);
+        assert_eq!(bin_size(0), if cfg!(feature = "secure") { 16 } else { 8 });
         assert_eq!(bin_size(8), 128);
         assert_eq!(bin_size(9), 160);
         assert_eq!(bin_size(12), 256);
@@ -141,7 +149,7 @@ mod tests {
         for size in 1..=MEDIUM_MAX {
             let b = bin_of(size);
             assert!(bin_size(b) >= size, "size {size} bin {b}");
-            if b > 0 {
+            if b > 0 && !(cfg!(feature = "secure") && b == 1) {
                 assert!(
                     bin_size(b - 1) < size,
                     "size {size} could use bin {}",
@@ -157,7 +165,10 @@ mod tests {
             assert_eq!(bin_of(size), bin_of_arith(size), "size {size}");
         }
         assert_eq!(bin_of(TABLE_MAX), bin_of_arith(TABLE_MAX));
-        assert_eq!(bin_size(bin_of(1)), 8);
+        assert_eq!(
+            bin_size(bin_of(1)),
+            if cfg!(feature = "secure") { 16 } else { 8 }
+        );
         assert_eq!(bin_size(bin_of(1000)), 1024);
     }
 

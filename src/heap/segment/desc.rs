@@ -89,6 +89,10 @@ pub struct Page {
     /// OS page counted from the OS page holding the page's start (see `heap::trim`). Owner
     /// only, and read on slow paths only: it sits on the remote line, where there is room.
     pub parked: u64,
+    /// The `secure` build: what the owner's check of a decoded free-list link reads
+    /// (`heap::secure`). On the remote line, which has room: the owner's line is full.
+    #[cfg(feature = "secure")]
+    pub keys: crate::heap::secure::PageKeys,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 128);
@@ -122,6 +126,8 @@ impl Page {
         remote_back: 0,
         remote_bin: 0,
         parked: 0,
+        #[cfg(feature = "secure")]
+        keys: crate::heap::secure::PageKeys::EMPTY,
     };
 
     /// Sets `back` and its copy for other threads.

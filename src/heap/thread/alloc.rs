@@ -135,18 +135,22 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
     unsafe {
         let block = (*page).free;
         if !block.is_null() {
+            #[cfg(not(feature = "secure"))]
             let next = Block::next(block);
-            // The secure build: a link that is not a block of the page is not followed.
             #[cfg(feature = "secure")]
-            let next = if (*page).link_ok(next) {
-                next
-            } else {
-                crate::heap::page::link_error(block);
-                ptr::null_mut()
-            };
+            let next = Block::next_keyed(block, (*page).keys.secret());
+            // The secure build: a link that is not a block of the page is not followed (a
+            // tail call, so that the paths the pop is inlined into need no stack frame).
+            #[cfg(feature = "secure")]
+            if !(*page).link_ok(next) {
+                return crate::heap::secure::pop_bad_link(page, block, counter);
+            }
             (*page).free = next;
             (*page).used += 1;
             bump(counter, 1);
+            // The secure build: no longer free (see heap::secure::mark_freed).
+            #[cfg(feature = "secure")]
+            crate::heap::secure::clear_freed(block);
         }
         block
     }

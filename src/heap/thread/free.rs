@@ -96,6 +96,36 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         let page = page_of(seg, p);
+        // The secure build: the block's key, for its marker and its link; a block whose
+        // freed marker is set is checked before anything.
+        #[cfg(feature = "secure")]
+        let key = crate::heap::secure::block_key(page, p);
+        #[cfg(feature = "secure")]
+        if crate::heap::secure::has_marker(p, key) {
+            return free_marked(h, page, p, key);
+        }
+        #[cfg(not(feature = "secure"))]
+        let key = ();
+        free_owned_in(h, page, p, key)
+    }
+}
+
+/// The secure build's key of the block being freed (`heap::secure::block_key`); nothing in
+/// the default build.
+#[cfg(feature = "secure")]
+type FreeKey = usize;
+#[cfg(not(feature = "secure"))]
+type FreeKey = ();
+
+/// [`free_owned`] once its page is found (and, in the secure build, the freed marker
+/// looked at).
+///
+/// # Safety
+/// As [`free_owned`]; `page` is `p`'s page, `key` its key.
+#[inline(always)]
+unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+    // SAFETY: the page is ours (contract), so its owner line is ours to write.
+    unsafe {
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
         // (no compare, no flag kept in a register across the counter's add).
         bump(h.stats.frees.get_unchecked((*page).bin as usize), 1);
@@ -104,10 +134,19 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
         if used == 0 || (*page).flags != 0 {
             return free_owned_slow(h, page, p);
         }
-        #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
         let b = p as *mut Block;
-        Block::set_next(b, (*page).local_free);
+        #[cfg(not(feature = "secure"))]
+        {
+            let () = key;
+            Block::set_next(b, (*page).local_free);
+        }
+        #[cfg(feature = "secure")]
+        {
+            use crate::heap::secure::{fill_freed, set_marker};
+            fill_freed(page, p, (*page).bin as usize);
+            set_marker(p, key);
+            Block::set_next_with_key(b, (*page).local_free, key);
+        }
         (*page).local_free = b;
     }
 }
@@ -150,13 +189,41 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
             return;
         }
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
+        crate::heap::secure::fill_freed(page, p, (*page).bin as usize);
+        #[cfg(feature = "secure")]
+        if (*page).kind == PageKind::Bin as u8 {
+            crate::heap::secure::mark_freed(page, p);
+        }
         let b = p as *mut Block;
         Block::set_next(b, (*page).local_free);
         (*page).local_free = b;
         // Checked; set again below if the page is left with no live block.
         (*page).flags &= !PAGE_CHECK_FREE;
         free_local_slow(h, page);
+    }
+}
+
+/// The secure build: [`free_owned`] of a block whose freed marker is set. Reported as a
+/// double free if the block is on one of its page's free lists (which the walk confirms, so
+/// that a program's own data never causes a report); otherwise freed as usual. If the report
+/// returns, the free is not done (nothing was changed).
+///
+/// # Safety
+/// As [`free_owned_in`].
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+    // SAFETY: the page is ours (contract); only a bin page's lists are walked.
+    unsafe {
+        if (*page).kind == PageKind::Bin as u8
+            && check_block(page, p).is_ok()
+            && crate::heap::secure::on_free_lists(page, p as *mut Block)
+        {
+            report(HeapError::DoubleFree, p);
+            return;
+        }
+        free_owned_in(h, page, p, key)
     }
 }
 
@@ -342,7 +409,16 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         bump(h.stats.frees.get_unchecked((*page).remote_bin as usize), 1);
         bump(&h.stats.remote_frees, 1);
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).remote_bin as usize);
+        {
+            use crate::heap::secure::{fill_freed, is_marked_freed, mark_freed};
+            // Another thread's block, whose lists are not ours to walk: the marker alone
+            // (see is_marked_freed) is reported.
+            if is_marked_freed(page, p) {
+                return report(HeapError::DoubleFree, p);
+            }
+            fill_freed(page, p, (*page).remote_bin as usize);
+            mark_freed(page, p);
+        }
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
         }
@@ -421,7 +497,15 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             return;
         }
         #[cfg(feature = "secure")]
-        crate::heap::page::fill_freed(p, (*page).bin as usize);
+        if (*page).kind == PageKind::Bin as u8 {
+            use crate::heap::secure::{fill_freed, is_marked_freed, mark_freed};
+            // As on the fast remote path: another heap's (or no heap's) lists.
+            if is_marked_freed(page, p) {
+                return report(HeapError::DoubleFree, p);
+            }
+            fill_freed(page, p, (*page).bin as usize);
+            mark_freed(page, p);
+        }
         if owner == 0 {
             // Abandoned: adopt the whole segment, so that the blocks we free into it are the
             // ones we allocate next, then free locally. (Our live block keeps the segment from
