@@ -199,29 +199,34 @@ pub(crate) unsafe fn label_alloc(
     unsafe { alloc_generic_in(h, size, align, zero) }
 }
 
-/// Collects and purges every label heap that is free right now (try-lock: never waits).
-pub(super) fn collect_label_heaps(now: u64, delay: u64) {
+/// Calls `f(slot, node, heap)` for every label heap published so far.
+fn for_each_label_heap(mut f: impl FnMut(usize, usize, &LabelHeap)) {
     for (slot, used) in LABEL_HEAPS_USED.iter().enumerate() {
         let mut used = used.load(Ordering::Relaxed);
         while used != 0 {
             let node = used.trailing_zeros() as usize;
             used &= used - 1;
             let p = LABEL_HEAPS[slot][node].load(Ordering::Acquire);
-            if p.is_null() {
-                continue;
-            }
-            // SAFETY: a published label heap is never freed.
-            let lh = unsafe { &*p };
-            if let Some(_g) = lh.lock.try_lock() {
-                // SAFETY: we hold its lock, so it is ours for the duration.
-                let h = unsafe { HeapRef::new(lh.heap.get()) };
-                if h.state == ACTIVE {
-                    // SAFETY: we hold no page of the label heap (we only took its lock).
-                    unsafe { heap_collect(h, now, delay) };
-                }
+            if !p.is_null() {
+                // SAFETY: a published label heap is never freed.
+                f(slot, node, unsafe { &*p });
             }
         }
     }
+}
+
+/// Collects and purges every label heap that is free right now (try-lock: never waits).
+pub(super) fn collect_label_heaps(now: u64, delay: u64) {
+    for_each_label_heap(|_, _, lh| {
+        if let Some(_g) = lh.lock.try_lock() {
+            // SAFETY: we hold its lock, so it is ours for the duration.
+            let h = unsafe { HeapRef::new(lh.heap.get()) };
+            if h.state == ACTIVE {
+                // SAFETY: we hold no page of the label heap (we only took its lock).
+                unsafe { heap_collect(h, now, delay) };
+            }
+        }
+    });
 }
 
 /// Calls `f(slot, node, bytes)` with the live bytes of every label heap: each is locked in
@@ -230,39 +235,28 @@ pub(super) fn collect_label_heaps(now: u64, delay: u64) {
 /// large pages: the page's block), plus its huge objects. Exact for the heap when it is read.
 pub(crate) fn for_each_label_live(mut f: impl FnMut(usize, u32, i64)) {
     let delay = crate::init::PURGE_DELAY_MS.load(Ordering::Relaxed);
-    for (slot, used) in LABEL_HEAPS_USED.iter().enumerate() {
-        let mut used = used.load(Ordering::Relaxed);
-        while used != 0 {
-            let node = used.trailing_zeros() as usize;
-            used &= used - 1;
-            let p = LABEL_HEAPS[slot][node].load(Ordering::Acquire);
-            if p.is_null() {
-                continue;
-            }
-            // SAFETY: a published label heap is never freed.
-            let lh = unsafe { &*p };
-            let mut bytes = HUGE_NET[slot][node].load(Ordering::Relaxed);
-            {
-                let _g = lh.lock.lock();
-                // SAFETY: we hold its lock, so it is ours for the duration.
-                let h = unsafe { HeapRef::new(lh.heap.get()) };
-                if h.state == ACTIVE {
-                    // SAFETY: we hold no page of the heap; its segments are its own (a label
-                    // heap adopts none and gives none away) and stay so while we hold the
-                    // lock.
-                    unsafe {
-                        heap_collect(h, crate::sys::os::now_ms(), delay);
-                        let mut seg: *mut Segment = h.segments;
-                        while !seg.is_null() {
-                            for_each_used_page(seg, |p| bytes += page_live_bytes(p));
-                            seg = (*seg).next;
-                        }
+    for_each_label_heap(|slot, node, lh| {
+        let mut bytes = HUGE_NET[slot][node].load(Ordering::Relaxed);
+        {
+            let _g = lh.lock.lock();
+            // SAFETY: we hold its lock, so it is ours for the duration.
+            let h = unsafe { HeapRef::new(lh.heap.get()) };
+            if h.state == ACTIVE {
+                // SAFETY: we hold no page of the heap; its segments are its own (a label
+                // heap adopts none and gives none away) and stay so while we hold the
+                // lock.
+                unsafe {
+                    heap_collect(h, crate::sys::os::now_ms(), delay);
+                    let mut seg: *mut Segment = h.segments;
+                    while !seg.is_null() {
+                        for_each_used_page(seg, |p| bytes += page_live_bytes(p));
+                        seg = (*seg).next;
                     }
                 }
             }
-            f(slot, node as u32, bytes);
         }
-    }
+        f(slot, node as u32, bytes);
+    });
 }
 
 /// Bytes of the live blocks of a page in use: a bin page's used blocks, a large page's block.
