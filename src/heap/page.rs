@@ -12,6 +12,7 @@
 
 use super::error::{report, HeapError};
 use super::remote::Block;
+pub use super::segment::PAGE_CHECK_FREE;
 use super::segment::{Page, PageKind, PAGE_IN_FULL};
 use super::size_class::bin_size;
 use core::ptr;
@@ -280,13 +281,14 @@ pub fn mark_leaked(used: &mut u32) {
     }
 }
 
-/// A bit of `Page::flags` beside `PAGE_IN_FULL` (heap::segment): the page had no live block
-/// at its last free, or is free; its next local free takes the slow path, which checks that
-/// it is not a double free (docs/security.md). Set when a free or a collection leaves the
-/// page empty and it stays, and on every page given back; cleared by a checked free and when
-/// the slices are taken for a new page.
-pub const PAGE_CHECK_FREE: u8 = 2;
 const _: () = assert!(PAGE_CHECK_FREE & PAGE_IN_FULL == 0);
+
+/// Page flag: some of the page's OS pages are given back (`parked`, see `heap::trim`); its
+/// owner's frees take the slow path, which reports a free of a parked block (a block freed
+/// twice, the second time after the trim). Set by a trim, cleared when the last parked unit
+/// comes back or the page is set up again.
+pub const PAGE_PARKED: u8 = 4;
+const _: () = assert!(PAGE_PARKED & (PAGE_CHECK_FREE | PAGE_IN_FULL) == 0);
 
 /// How many free blocks a free that empties a page looks through for the block it frees.
 pub const WALK_MAX: usize = 32;

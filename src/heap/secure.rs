@@ -238,14 +238,27 @@ pub unsafe fn block_key(page: *const Page, p: *mut u8) -> usize {
 }
 
 /// [`is_marked_freed`] with the block's key at hand ([`block_key`]). An unaligned read: a
-/// wrong free may pass any pointer (its second word lies inside the segment's mapping).
+/// wrong free may pass any pointer (read only if its second word lies inside the segment).
 ///
 /// # Safety
-/// `p` points into a block of a segment of ours, 16 bytes readable from it.
+/// `p` points into a normal segment of ours (whose 4 MiB are all mapped).
 #[inline(always)]
 pub unsafe fn has_marker(p: *mut u8, key: usize) -> bool {
-    // SAFETY: per the contract.
+    // A wrong free's pointer in the segment's last 16 bytes: its second word would lie past
+    // the mapping (no block starts there; the checks of the free report it).
+    if !second_word_inside(p) {
+        return false;
+    }
+    // SAFETY: per the contract; the word lies inside the segment (checked above).
     unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
+}
+
+/// Whether `p`'s second word lies inside `p`'s 4 MiB segment (a wrong free may name any
+/// pointer of it, up to its last byte).
+#[inline(always)]
+fn second_word_inside(p: *mut u8) -> bool {
+    use super::segment::{SEGMENT_MASK, SEGMENT_SIZE};
+    p as usize & SEGMENT_MASK <= SEGMENT_SIZE - 16
 }
 
 /// [`mark_freed`] with the block's key at hand.
@@ -263,11 +276,14 @@ pub unsafe fn set_marker(p: *mut u8, key: usize) {
 /// the program wrote that exact value there.
 ///
 /// # Safety
-/// `p` is an 8-aligned pointer into a block of `page`, with 16 bytes readable (a bin page's
+/// `p` is an 8-aligned pointer into a normal segment of ours, `page` its page (a bin page's
 /// block start, or any pointer into a segment's mapped pages); `page` is readable.
 #[inline(always)]
 pub unsafe fn is_marked_freed(page: *const Page, p: *mut u8) -> bool {
-    // SAFETY: per the contract.
+    if !second_word_inside(p) {
+        return false;
+    }
+    // SAFETY: per the contract; the word lies inside the segment (checked above).
     unsafe { *(p as *const usize).add(1) == freed_marker(p, (*page).keys.secret) }
 }
 

@@ -219,6 +219,11 @@ impl Segment {
             (*seg).node = node as u16;
             (*seg).map_size = SEGMENT_SIZE;
             (*seg).free_slices = u64::MAX;
+            // A free into a slice no page was ever made of (a stray pointer) takes the
+            // owner's slow path, which reports it.
+            for d in (*seg).pages.iter_mut() {
+                d.flags = PAGE_CHECK_FREE;
+            }
         }
         map_insert(seg);
         SEGMENTS.fetch_add(1, Ordering::Relaxed);
@@ -523,7 +528,7 @@ impl Segment {
 
 mod desc;
 mod map;
-pub use desc::{LineBreak, Page, PageKind, PAGE_IN_FULL};
+pub use desc::{LineBreak, Page, PageKind, PAGE_CHECK_FREE, PAGE_IN_FULL};
 #[cfg(test)]
 pub use map::MAP_UNOWNED;
 pub use map::{

@@ -17,6 +17,7 @@
 //! block overlapping it whose other units are not parked, so every block comes back once.
 
 use super::error::{report, HeapError};
+use super::page::PAGE_PARKED;
 use super::remote::Block;
 use super::segment::{Page, PageKind};
 use crate::sync::{AtomicU64, Ordering};
@@ -38,6 +39,14 @@ impl Page {
     pub fn clear_trim(&mut self) {
         self.parked = 0;
         self.trim_mark = 0;
+        self.flags &= !PAGE_PARKED;
+    }
+
+    /// Whether block `p` (a block start of this page, inside its carved blocks) overlaps a
+    /// parked OS page: it is free and on no list, so a free of it is a double free.
+    #[inline]
+    pub fn holds_parked(&self, p: *const u8) -> bool {
+        self.parked != 0 && self.units_of(self.index_of(p as *mut Block)) & self.parked != 0
     }
 
     /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page
@@ -169,6 +178,8 @@ impl Page {
             todo &= !((u64::MAX >> (64 - run)) << u);
         }
         self.parked |= take;
+        // The owner's frees into the page now take the slow path (a free of a parked block).
+        self.flags |= PAGE_PARKED;
         let bytes = take.count_ones() as usize * OS_PAGE;
         TRIMS.fetch_add(1, Ordering::Relaxed);
         TRIMMED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -194,6 +205,10 @@ impl Page {
                         Block::set_next(tail, x);
                     }
                     tail = x;
+                } else {
+                    // Parked: its first word zero even if the OS keeps the page (madvise
+                    // refused, e.g. under mlockall), so `unpark` can tell a later write.
+                    ptr::write(x as *mut usize, 0);
                 }
                 x = next;
             }
@@ -219,6 +234,9 @@ impl Page {
         while self.parked != 0 {
             let u = self.parked.trailing_zeros() as usize;
             self.parked &= !(1 << u);
+            if self.parked == 0 {
+                self.flags &= !PAGE_PARKED;
+            }
             let (ustart, uend) = (base + u * OS_PAGE, base + (u + 1) * OS_PAGE);
             let first = ustart.saturating_sub(lo) / size;
             let last = ((uend - lo).div_ceil(size)).min(cap);

@@ -24,6 +24,14 @@ pub enum PageKind {
 /// Page flags.
 pub const PAGE_IN_FULL: u8 = 1;
 
+/// A bit of `Page::flags` beside `PAGE_IN_FULL` (heap::segment): the page had no live block
+/// at its last free, or is free; its next local free takes the slow path, which checks that
+/// it is not a double free (docs/security.md). Set when a free or a collection leaves the
+/// page empty and it stays, on every page given back and on every descriptor of a new
+/// segment; cleared by a checked free and when
+/// the slices are taken for a new page.
+pub const PAGE_CHECK_FREE: u8 = 2;
+
 /// A page descriptor. Fields other than `thread_free` belong to the owner heap. One cache
 /// line each (64 bytes, aligned), so finding a block's descriptor is a shift and a free
 /// touches one line of the header. (`thread_free` stays on this line: a remote free reads

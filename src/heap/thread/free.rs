@@ -165,6 +165,10 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
     unsafe {
         let err = match check_block(page, p) {
             Err(e) => Some((e, p as *const u8, false)),
+            // A block of an OS page a trim gave back is free and on no list.
+            Ok(()) if (*page).holds_parked(p) => {
+                Some((HeapError::DoubleFree, p as *const u8, false))
+            }
             Ok(()) => (*page).find_double_free(p as *mut Block),
         };
         if let Some((e, at, counts_wrong)) = err {

@@ -20,7 +20,7 @@ use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::trim::trim_sparse;
 use super::{HeapRef, ACTIVE};
 use crate::heap::error::{report, HeapError};
-use crate::heap::page::PAGE_CHECK_FREE;
+use crate::heap::page::{PAGE_CHECK_FREE, PAGE_PARKED};
 use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
@@ -415,7 +415,8 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
         for_each_used_page(seg, |p| {
             adopted += 1;
             (*p).thread_free.force_state(NORMAL);
-            (*p).flags = 0;
+            // Only a trim's mark stays (see PAGE_PARKED).
+            (*p).flags &= PAGE_PARKED;
             (*p).next = ptr::null_mut();
             (*p).prev = ptr::null_mut();
             (*p).collect();
@@ -424,7 +425,7 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
                 return;
             }
             if (*p).kind == PageKind::Large as u8 {
-                (*p).flags = PAGE_IN_FULL;
+                (*p).flags |= PAGE_IN_FULL;
                 (*p).thread_free.try_set_state(USE_DELAYED, false);
                 if (*p).thread_free.has_blocks() {
                     (*p).collect();
@@ -435,7 +436,7 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
             } else if (*p).has_room() {
                 h.queue_push_back((*p).bin as usize, p);
             } else {
-                (*p).flags = PAGE_IN_FULL;
+                (*p).flags |= PAGE_IN_FULL;
                 (*p).thread_free.try_set_state(USE_DELAYED, false);
                 if (*p).thread_free.has_blocks() {
                     (*p).collect();
