@@ -3,7 +3,8 @@
 //!
 //! Owns: [`MoveReport`], [`TierError`] and the move functions. May touch: `sys::numa`
 //! (mbind, move_pages), `sys::os` (the page size, splitting a transparent huge page),
-//! `topology` (tiers), `placed` (node checks), `heap::{segment, huge}` (a huge block's
+//! `topology` (tiers), `placed` (node checks), `sync` (the lock that lets one large block
+//! move at a time, and its fork handlers), `heap::{segment, huge}` (a huge block's
 //! segment: its node and tier fields and the committed bytes per node, so that the heap's
 //! bookkeeping follows the move; the claim that keeps it from being freed meanwhile; a large
 //! block's page: where its memory is, `moved`), `init` (start-up) and the `tier` counters.
@@ -19,14 +20,15 @@
 //! Invariant: a move changes the node of the span's pages only. The kernel moves a
 //! transparent huge page whole, so a huge page that the span shares with other memory (a
 //! large block's neighbours in its segment) is split first, and a large block's neighbours
-//! that went along anyway are moved back ([`Neighbours`]); tests/tier_thp.rs, and the VM's
-//! `map-after-demotions-100-percent-on-node-0`.
+//! that went along anyway are moved back, each to the node it was on ([`Neighbours`]; one
+//! large-block move at a time, [`LARGE_MOVES`]); tests/tier_thp.rs, the unit tests below, and
+//! the VM's `map-after-demotions-100-percent-on-node-0`.
 
 use super::{DEMOTED_BYTES, PROMOTED_BYTES};
 use crate::heap::huge;
 use crate::heap::segment::{self, SegmentKind};
 use crate::placed::{Placed, PlacementError};
-use crate::sync::Ordering;
+use crate::sync::{Ordering, SpinGuard, SpinLock};
 use crate::sys::numa;
 use crate::sys::os::{self, OS_PAGE, THP_SIZE};
 use crate::topology::discover;
@@ -140,8 +142,9 @@ impl Neighbours {
     }
 
     /// Moves every neighbour that was elsewhere and is now on `node` (taken along by the move
-    /// of the block) back where it was. If the block still shares a huge page with it, the
-    /// block's pages there go back too, and its census counts them as failed.
+    /// of the block) back where it was, and no other page: one not present at the record, or
+    /// first touched since, stays where it is. If the block still shares a huge page with it,
+    /// the block's pages there go back too, and its census counts them as failed.
     fn restore(&self, node: i32) {
         for (first, count, was) in &self.sides {
             let mut now = [-1; SIDE];
@@ -149,24 +152,61 @@ impl Neighbours {
             {
                 continue;
             }
-            let taken = |i: usize| was[i] >= 0 && was[i] != node && now[i] == node;
-            if !(0..*count).any(taken) {
-                continue;
+            let mut addrs = [core::ptr::null_mut::<libc::c_void>(); SIDE];
+            let mut to = [0; SIDE];
+            let mut k = 0;
+            for (i, w) in taken_along(&was[..*count], &now[..*count], node) {
+                addrs[k] = (*first + i * OS_PAGE) as *mut libc::c_void;
+                to[k] = w;
+                k += 1;
             }
-            // Pages not taken along stay where they are (one that is not present has no node
-            // to stay on: any valid node leaves it alone).
-            let mut to = |i: usize| {
-                if taken(i) {
-                    was[i]
-                } else if now[i] >= 0 {
-                    now[i]
-                } else {
-                    node
-                }
-            };
-            let _ = numa::move_pages_batched(*first, *count, Some(&mut to), |_, _| Ok(()));
+            if k > 0 {
+                let mut status = [0; SIDE];
+                let _ = numa::move_pages(&addrs[..k], Some(&to[..k]), &mut status[..k]);
+            }
         }
     }
+}
+
+/// The neighbours a move to `node` took along, from their nodes at the record (`was`) and
+/// now (`now`), each with the node to send it back to: the pages that were present on
+/// another node and are on `node` now. Pages not present at the record (or not now), and
+/// pages that did not come to `node`, are left out.
+fn taken_along<'a>(
+    was: &'a [i32],
+    now: &'a [i32],
+    node: i32,
+) -> impl Iterator<Item = (usize, i32)> + 'a {
+    was.iter()
+        .zip(now)
+        .enumerate()
+        .filter(move |&(_, (&w, &n))| w >= 0 && w != node && n == node)
+        .map(|(i, (&w, _))| (i, w))
+}
+
+/// One large-block move at a time, from the record of its neighbours through their restore:
+/// otherwise a move could record a neighbour that another move is moving (a large block of
+/// the same segment) and then "restore" it to where it was before that move, leaving its
+/// memory where its page no longer says. Held across system calls only (nothing under it
+/// allocates); the tiers API, never the allocation path, takes it.
+static LARGE_MOVES: SpinLock = SpinLock::new();
+
+/// Takes [`LARGE_MOVES`], after registering (once, before anyone takes it) fork handlers that
+/// hold it across a `fork`, so that a child never inherits it held by a thread it lacks.
+fn lock_large_moves() -> SpinGuard<'static> {
+    extern "C" fn prepare() {
+        LARGE_MOVES.lock_raw();
+    }
+    extern "C" fn release() {
+        LARGE_MOVES.unlock_raw();
+    }
+    static FORK_HANDLERS: std::sync::Once = std::sync::Once::new();
+    FORK_HANDLERS.call_once(|| {
+        // SAFETY: two extern "C" functions with no preconditions; registering may allocate,
+        // which is fine here (the tiers API, no lock held).
+        unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+    });
+    LARGE_MOVES.lock()
 }
 
 /// Calls `f(page_index, node_or_negative_errno)` for every page of `[start, end)`.
@@ -332,15 +372,24 @@ pub(crate) unsafe fn move_to_node_claimed(
             os::split_huge_page_at((end - OS_PAGE) as *mut u8);
         }
     }
-    // In case the kernel would not split one: where the block's neighbours are before.
-    let neighbours = (!large.is_null() && !sim).then(|| Neighbours::record(large_seg, start, end));
-    match numa::move_range(start as *mut u8, end - start, node) {
+    // In case the kernel would not split one: where the block's neighbours are before, to
+    // move back those that went along (whether or not the move succeeded), all under the
+    // large-move lock (the guard in `neighbours`).
+    let neighbours = (!large.is_null() && !sim).then(|| {
+        (
+            lock_large_moves(),
+            Neighbours::record(large_seg, start, end),
+        )
+    });
+    let moved = numa::move_range(start as *mut u8, end - start, node);
+    if let Some((_, n)) = &neighbours {
+        n.restore(node as i32);
+    }
+    drop(neighbours);
+    match moved {
         // EIO: some pages could not move; the census below counts them.
         Ok(()) | Err(libc::EIO) => {}
         Err(e) => return Err(TierError::Os(e)),
-    }
-    if let Some(n) = &neighbours {
-        n.restore(node as i32);
     }
     let mut on_target = 0usize;
     census(start, end, |_, s| {
@@ -481,4 +530,53 @@ pub unsafe fn demote(ptr: *mut u8, len: usize) -> Result<MoveReport, TierError> 
 pub unsafe fn promote(ptr: *mut u8, len: usize) -> Result<MoveReport, TierError> {
     // SAFETY: forwarded contract.
     unsafe { move_to_tier(ptr, len, 0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{taken_along, LARGE_MOVES};
+
+    /// Only the pages that were present on another node at the record and are on the target
+    /// now go back, each to the node it was on; pages not present then (first touched since),
+    /// not present now, already on the target, or elsewhere still, are left alone.
+    #[test]
+    fn only_pages_taken_along_go_back_each_to_its_node() {
+        const ENOENT: i32 = -libc::ENOENT;
+        let node = 2;
+        // index:      0  1       2       3  4  5  6
+        let was = [0, 1, ENOENT, ENOENT, 2, 0, 1];
+        let now = [2, 2, 2, ENOENT, 2, 0, 1];
+        let back: Vec<(usize, i32)> = taken_along(&was, &now, node).collect();
+        assert_eq!(back, [(0, 0), (1, 1)]);
+        // Nothing moved: nothing goes back.
+        assert_eq!(taken_along(&was, &was, node).count(), 0);
+    }
+
+    /// A large block's move (here to the node its memory is on: any machine) goes through
+    /// the large-move lock and leaves it free again.
+    #[test]
+    fn a_large_block_move_lets_go_of_the_lock() {
+        use core::alloc::{GlobalAlloc, Layout};
+        static A: crate::TierAlloc = crate::TierAlloc::new();
+        let layout = Layout::from_size_align(1 << 20, 8).unwrap();
+        // SAFETY: a non-zero size.
+        let p = unsafe { A.alloc(layout) };
+        assert!(!p.is_null());
+        // SAFETY: our own block of `layout.size()` bytes, written before it moves, freed after.
+        let r = unsafe {
+            p.write_bytes(7, layout.size());
+            let node = u32::from(crate::block_place(p).segment_node);
+            super::move_to_node(p, layout.size(), node)
+        };
+        assert_eq!(
+            r.map(|r| r.pages),
+            Ok(layout.size() / crate::sys::os::OS_PAGE)
+        );
+        assert!(LARGE_MOVES.try_lock().is_some());
+        // SAFETY: our own block, read in bounds, then freed once with its layout.
+        unsafe {
+            assert!((0..layout.size()).all(|i| *p.add(i) == 7));
+            A.dealloc(p, layout);
+        }
+    }
 }
