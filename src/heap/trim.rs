@@ -463,6 +463,102 @@ mod tests {
         drop_segment(seg);
     }
 
+    /// Review (rev1): a trim whose `MADV_DONTNEED` the kernel refuses (the range is locked:
+    /// `mlock`/`mlockall`, which real-time programs use) leaves the parked blocks' memory as
+    /// it was, stale links in their first words; the unpark must not take those for writes
+    /// after the free. Under `ignore`, a report leaves the block out: every freed block must
+    /// still come back.
+    #[test]
+    fn review_a_refused_decommit_does_not_make_parked_blocks_look_written() {
+        use crate::heap::error::{ABORT, IGNORE, ON_ERROR};
+        let bin = bin_of(512);
+        let (seg, page) = page_of(bin, false);
+        let mut blocks = vec![];
+        while let Some(b) = pop(page) {
+            blocks.push(b);
+        }
+        for &b in &blocks[1..] {
+            push(page, b);
+        }
+        let base = page.start() as usize;
+        let len = page.reserved as usize * page.block_size as usize;
+        // SAFETY: a mapped range of the test's own segment.
+        assert_eq!(unsafe { libc::mlock(base as *const libc::c_void, len) }, 0);
+        // SAFETY: the page's owner.
+        let bytes = unsafe { page.trim() };
+        // SAFETY: as above.
+        unsafe { libc::munlock(base as *const libc::c_void, len) };
+        assert!(bytes > 0);
+        ON_ERROR.store(IGNORE, crate::sync::Ordering::Relaxed);
+        let mut n = 0;
+        while pop(page).is_some() {
+            n += 1;
+        }
+        ON_ERROR.store(ABORT, crate::sync::Ordering::Relaxed);
+        assert_eq!(n, blocks.len() - 1, "freed blocks lost to false reports");
+        drop_segment(seg);
+    }
+
+    /// Review (rev1), the same root cause outside the trim (older than it): a purge whose
+    /// `MADV_DONTNEED` the kernel refuses (locked memory) still clears the slices' `dirty`
+    /// bits, so the next page there is `fresh` and says its blocks are zero (`free_is_zero`:
+    /// a `calloc` would skip zeroing) while they hold what was written before.
+    #[test]
+    fn review_a_refused_purge_does_not_make_written_slices_fresh() {
+        let seg = Segment::map_normal(0, false);
+        // SAFETY: the segment is fresh and ours alone; the ranges are inside it.
+        unsafe {
+            let p = Segment::take_slices(seg, 1, false);
+            let start = (*p).start();
+            ptr::write_bytes(start, 0xab, OS_PAGE);
+            let _ = Segment::free_page(p, 0, 0);
+            let len = crate::heap::segment::SLICE_SIZE;
+            assert_eq!(libc::mlock(start as *const libc::c_void, len), 0);
+            Segment::purge_free(seg);
+            libc::munlock(start as *const libc::c_void, len);
+            let again = Segment::take_slices(seg, 1, false);
+            assert_eq!((*again).start(), start);
+            let zero = *start == 0;
+            assert!(!(*again).fresh || zero, "fresh slices holding old data");
+        }
+        drop_segment(seg);
+    }
+
+    /// Review (rev1), the `secure` build: a block freed (its freed marker written), parked
+    /// and brought back by `unpark` is free again, on `free`, so a second free of it must
+    /// find its marker (invariant 22: the marker is there exactly while the block is free;
+    /// the owner's free takes the double-free check only when it sees it). The decommit
+    /// zeroed the marker and `unpark` does not write it back: the second free would push the
+    /// block onto `local_free` while it is on `free`, and it would be handed out twice.
+    #[cfg(feature = "secure")]
+    #[test]
+    fn review_an_unparked_block_keeps_its_freed_marker() {
+        use crate::heap::secure::{is_marked_freed, mark_freed};
+        let bin = bin_of(512);
+        let (seg, page) = page_of(bin, false);
+        let mut blocks = vec![];
+        while let Some(b) = pop(page) {
+            blocks.push(b);
+        }
+        for &b in &blocks[1..] {
+            // SAFETY: a block of the page being freed, as free_owned marks it.
+            unsafe { mark_freed(page, b as *mut u8) };
+            push(page, b);
+        }
+        // SAFETY: the page's owner.
+        assert!(unsafe { page.trim() } > 0);
+        page.free = ptr::null_mut();
+        page.local_free = ptr::null_mut();
+        assert!(page.extend(), "unparked blocks on free");
+        let b = page.free;
+        assert!(
+            // SAFETY: b is a block of the page, free.
+            unsafe { is_marked_freed(page, b as *mut u8) },
+            "an unparked free block without its freed marker"
+        );
+        drop_segment(seg);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Alloc,
