@@ -527,7 +527,10 @@ mod tests {
                 while !x.is_null() {
                     let i = (x as usize - first) / size;
                     assert_eq!((x as usize - first) % size, 0);
-                    assert!(i < n && !seen[i], "size {size} n {n}: block {i} twice or out");
+                    assert!(
+                        i < n && !seen[i],
+                        "size {size} n {n}: block {i} twice or out"
+                    );
                     seen[i] = true;
                     k += 1;
                     // SAFETY: x is a block of `mem` on the list.
