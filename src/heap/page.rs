@@ -513,6 +513,36 @@ mod tests {
         }
     }
 
+    /// Review (rev1): `carve_strided` links every block of `0..n` exactly once, for every
+    /// size under 64 (multiples of 8) and every n up to a few groups.
+    #[test]
+    fn review_strided_carve_is_a_permutation_for_every_size_and_length() {
+        for size in (8..64).step_by(8) {
+            let stride = carve_stride(size);
+            for n in 2 * stride..(3 * stride * CARVE_GROUP_LINES + 7) {
+                let mut mem = vec![0u64; n * size / 8 + 1];
+                let first = mem.as_mut_ptr() as usize;
+                // SAFETY: the n blocks lie inside `mem`.
+                let mut x = unsafe { carve_strided(first, size, n, stride) };
+                let mut seen = vec![false; n];
+                let mut k = 0;
+                while !x.is_null() {
+                    let i = (x as usize - first) / size;
+                    assert_eq!((x as usize - first) % size, 0);
+                    assert!(
+                        i < n && !seen[i],
+                        "size {size} n {n}: block {i} twice or out"
+                    );
+                    seen[i] = true;
+                    k += 1;
+                    // SAFETY: x is a block of `mem` on the list.
+                    x = unsafe { Block::next(x) };
+                }
+                assert_eq!(k, n, "size {size} n {n}");
+            }
+        }
+    }
+
     /// The collection's checks: a block pushed twice in a row onto `local_free` while other
     /// blocks stay live (both frees on the fast path, so nothing else sees it), and more
     /// remote frees than live blocks. Under `ignore` (the abort of the default would end the
