@@ -127,6 +127,24 @@ pub fn report(err: HeapError, p: *const u8) {
     unsafe { libc::abort() }
 }
 
+/// For unit tests that provoke reports: holds a lock that every such test takes (tests run
+/// in parallel, and `ON_ERROR` is process-wide: one test's restore to `abort` would end the
+/// process while another expects its report to return), sets `ignore` and restores `abort`
+/// when dropped.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn ignore_errors_for_test() -> impl Drop {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    struct Restore(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_ERROR.store(ABORT, crate::sync::Ordering::Relaxed);
+        }
+    }
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    ON_ERROR.store(IGNORE, crate::sync::Ordering::Relaxed);
+    Restore(g)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,7 +307,7 @@ pub unsafe fn clear_freed(block: *mut Block) {
     unsafe { *(block as *mut usize).add(1) = 0 };
 }
 
-/// Whether `b` is on one of the lists of free blocks of bin page `page`: its remote list
+/// Whether `b` is a free block of bin page `page`: parked (`heap::trim`) or on its remote list
 /// (collected first, onto the others), `free` and `local_free`. The confirmation of a
 /// freed marker before a double free is reported, so that a program's data never causes a
 /// report. Walks at most the page's capacity of links, each checked (`Page::link_ok`).
@@ -318,6 +318,10 @@ pub unsafe fn clear_freed(block: *mut Block) {
 pub unsafe fn on_free_lists(page: *mut Page, b: *mut Block) -> bool {
     // SAFETY: the page is ours (contract): its lists are ours to read.
     unsafe {
+        // Parked (its OS page given back by a trim, `heap::trim`): free, on no list.
+        if (*page).holds_parked(b as *const u8) {
+            return true;
+        }
         (*page).collect();
         let mut left = (*page).capacity as usize;
         for head in [(*page).free, (*page).local_free] {

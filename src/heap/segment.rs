@@ -331,9 +331,11 @@ impl Segment {
                 // segment's node, so the next page made here is placed like the rest.
                 let bytes = Segment::run_bytes(i, n);
                 let start = Segment::slice_start(seg, i);
-                os::decommit(start, bytes);
+                let dropped = os::decommit(start, bytes);
                 crate::sys::numa::bind(start, bytes, s.node as u32);
-                s.dirty &= !(run_mask(n) << i);
+                if dropped {
+                    s.dirty &= !(run_mask(n) << i);
+                }
                 commit_sub((*page).moved as u16 - 1, bytes);
                 commit_add(s.node, bytes);
                 (*page).moved = 0;
@@ -502,10 +504,13 @@ impl Segment {
                 let i = todo.trailing_zeros() as usize;
                 let run = (!(todo >> i)).trailing_zeros() as usize;
                 let start = Segment::slice_start(seg, i);
-                os::decommit(start, Segment::run_bytes(i, run));
                 let m = run_mask(run) << i;
                 todo &= !m;
-                (*seg).dirty &= !m;
+                // Refused (locked memory: mlock, mlockall): the slices keep their contents,
+                // so they stay dirty (a page made there must not count as zeroed).
+                if os::decommit(start, Segment::run_bytes(i, run)) {
+                    (*seg).dirty &= !m;
+                }
             }
         }
     }

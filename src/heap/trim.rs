@@ -438,7 +438,6 @@ mod tests {
     /// list, by the unpark otherwise. Under `ignore` (an abort would end the test process).
     #[test]
     fn a_write_into_a_parked_block_is_reported_and_the_block_kept_out() {
-        use crate::heap::error::{ABORT, IGNORE, ON_ERROR};
         let bin = bin_of(512);
         let (seg, page) = page_of(bin, false);
         let mut blocks = vec![];
@@ -451,7 +450,7 @@ mod tests {
         }
         // SAFETY: the page's owner.
         assert_eq!(unsafe { page.trim() }, 15 * OS_PAGE);
-        ON_ERROR.store(IGNORE, crate::sync::Ordering::Relaxed);
+        let ignoring = crate::heap::error::ignore_errors_for_test();
         // A second free of a parked block: found by the next trim.
         let twice = blocks[20];
         let list = page.local_free;
@@ -473,7 +472,7 @@ mod tests {
             assert!(seen.insert(b as usize));
             n += 1;
         }
-        ON_ERROR.store(ABORT, crate::sync::Ordering::Relaxed);
+        drop(ignoring);
         assert!(
             !seen.contains(&(stale as usize)),
             "the written block was handed out"
@@ -493,9 +492,7 @@ mod tests {
     /// after the free. Under `ignore`, a report leaves the block out: every freed block must
     /// still come back.
     #[test]
-    #[ignore = "fails on main: trim ignores madvise's refusal (rev1 review)"]
     fn review_a_refused_decommit_does_not_make_parked_blocks_look_written() {
-        use crate::heap::error::{ABORT, IGNORE, ON_ERROR};
         let bin = bin_of(512);
         let (seg, page) = page_of(bin, false);
         let mut blocks = vec![];
@@ -514,12 +511,12 @@ mod tests {
         // SAFETY: as above.
         unsafe { libc::munlock(base as *const libc::c_void, len) };
         assert!(bytes > 0);
-        ON_ERROR.store(IGNORE, crate::sync::Ordering::Relaxed);
+        let ignoring = crate::heap::error::ignore_errors_for_test();
         let mut n = 0;
         while pop(page).is_some() {
             n += 1;
         }
-        ON_ERROR.store(ABORT, crate::sync::Ordering::Relaxed);
+        drop(ignoring);
         assert_eq!(n, blocks.len() - 1, "freed blocks lost to false reports");
         drop_segment(seg);
     }
@@ -529,7 +526,6 @@ mod tests {
     /// bits, so the next page there is `fresh` and says its blocks are zero (`free_is_zero`:
     /// a `calloc` would skip zeroing) while they hold what was written before.
     #[test]
-    #[ignore = "fails on main: purge ignores madvise's refusal (rev1 review)"]
     fn review_a_refused_purge_does_not_make_written_slices_fresh() {
         let seg = Segment::map_normal(0, false);
         // SAFETY: the segment is fresh and ours alone; the ranges are inside it.
@@ -659,7 +655,6 @@ mod tests {
     /// page that stayed, is not checked). A double free the secure build claims to catch.
     #[cfg(feature = "secure")]
     #[test]
-    #[ignore = "fails on main: a second free of a parked block is accepted (rev1 review)"]
     fn review_a_second_free_of_a_parked_straddling_block_is_reported() {
         use crate::heap::secure::{is_marked_freed, mark_freed, on_free_lists};
         let bin = bin_of(1280);

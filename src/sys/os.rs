@@ -146,21 +146,23 @@ pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size
 }
 
 /// Drops the physical pages behind `[p, p+size)` (MADV_DONTNEED: RSS falls now, and the next
-/// touch sees zeros). The range stays mapped.
+/// touch sees zeros). The range stays mapped. Returns false if the kernel refused (locked
+/// memory: `mlock`, `mlockall`): the contents are then still there, and counted nowhere.
 ///
 /// # Safety
 /// `[p, p+size)` must be page-aligned memory of ours that holds no live object.
-pub(crate) unsafe fn decommit(p: *mut u8, size: usize) {
+pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
     if size == 0 {
-        return;
+        return true;
     }
     // SAFETY: the caller guarantees the range is ours, page aligned and holds nothing live, so
     // discarding its contents is invisible to every user.
-    unsafe {
-        libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED);
+    let done = unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED) } == 0;
+    if done {
+        PURGES.fetch_add(1, Ordering::Relaxed);
+        PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
     }
-    PURGES.fetch_add(1, Ordering::Relaxed);
-    PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    done
 }
 
 /// Milliseconds on the monotonic clock (coarse: a vDSO read, no system call).
