@@ -143,10 +143,11 @@ fn totals() -> Totals {
     thread::for_each_stats(|s: &HeapStats, node| {
         if let Some(n) = node {
             let n = (n as usize).min(MAX_NODES - 1);
-            t.node_net[n] = t.node_net[n].wrapping_add(s.net_node_bytes());
-            // Its far pages' blocks, on their own nodes (net_node_bytes left them out).
-            for (d, f) in t.node_net.iter_mut().zip(&s.far_net) {
-                *d = d.wrapping_add(f.load(Ordering::Relaxed));
+            let (net, far) = s.net_and_far();
+            t.node_net[n] = t.node_net[n].wrapping_add(net);
+            // Its far pages' blocks, on their own nodes (the same read of `far_net`).
+            for (d, f) in t.node_net.iter_mut().zip(far) {
+                *d = d.wrapping_add(f);
             }
         }
         for (d, a) in t.allocs.iter_mut().zip(s.alloc_counts()) {

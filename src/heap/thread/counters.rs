@@ -120,8 +120,15 @@ impl HeapStats {
 
     /// Bytes allocated minus bytes freed by this heap's thread, counting only blocks of the
     /// heap's own node: its contribution to that node's live bytes (its far pages' blocks
-    /// are booked on their own nodes: `far_net`).
-    pub fn net_node_bytes(&self) -> i64 {
+    /// are booked on their own nodes: `far_net`). Returned with the `far_net` it left out, per node, from one read of `far_net` (a
+    /// settle between two reads would shift bytes between the heap's node and its far nodes
+    /// in a snapshot).
+    pub fn net_and_far(&self) -> (i64, [i64; MAX_NODES]) {
+        let mut far = [0i64; MAX_NODES];
+        for (d, c) in far.iter_mut().zip(&self.far_net) {
+            *d = c.load(Ordering::Relaxed);
+        }
+        let far_total = far.iter().fold(0i64, |a, &b| a.wrapping_add(b));
         let mut net: i64 = 0;
         let allocs = self.alloc_counts();
         for (bin, (&a, f)) in allocs.iter().zip(&self.frees).enumerate().take(NBINS) {
@@ -129,18 +136,12 @@ impl HeapStats {
             net += n * crate::heap::size_class::bin_size(bin) as i64;
         }
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
-        net + l(&self.large_alloc_bytes) - l(&self.large_free_bytes) + l(&self.huge_alloc_bytes)
+        let net = net + l(&self.large_alloc_bytes) - l(&self.large_free_bytes)
+            + l(&self.huge_alloc_bytes)
             - l(&self.huge_free_bytes)
             + l(&self.foreign_free_bytes)
-            - self.far_net_total()
-    }
-
-    /// The sum of `far_net` over the nodes.
-    pub fn far_net_total(&self) -> i64 {
-        self.far_net
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .fold(0i64, i64::wrapping_add)
+            - far_total;
+        (net, far)
     }
 
     pub(super) fn reset(&self) {

@@ -130,10 +130,10 @@ pub fn for_each_stats(mut f: impl FnMut(&HeapStats, Option<u32>)) {
 /// are folded into the totals once.
 pub(super) unsafe fn retire_counters(hp: &mut Heap) {
     let node = (hp.node as usize).min(MAX_NODES - 1);
-    RETIRED_NET_BY_NODE[node].fetch_add(hp.stats.net_node_bytes(), Ordering::Relaxed);
+    let (net, far) = hp.stats.net_and_far();
+    RETIRED_NET_BY_NODE[node].fetch_add(net, Ordering::Relaxed);
     // Its far pages' blocks (as of its last settle_far) stay live on their nodes.
-    for (r, f) in RETIRED_NET_BY_NODE.iter().zip(&hp.stats.far_net) {
-        let f = f.load(Ordering::Relaxed);
+    for (r, f) in RETIRED_NET_BY_NODE.iter().zip(far) {
         if f != 0 {
             r.fetch_add(f, Ordering::Relaxed);
         }
