@@ -169,7 +169,8 @@ fn read_all() {
 }
 
 /// TIERALLOC_FAR_POLICY: with `preferred`, the nodes of every tier but the fastest are bound
-/// with MPOL_PREFERRED (`sys::numa::set_far_policy`).
+/// with MPOL_PREFERRED, and fresh far segments and huge blocks are faulted in there and then
+/// left on the default policy (`sys::numa::set_far_policy`, `let_kernel_promote`).
 fn read_far_policy() {
     const NAME: &[u8] = b"TIERALLOC_FAR_POLICY\0";
     if let Some(v) = getenv(NAME) {

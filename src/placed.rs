@@ -412,10 +412,12 @@ impl Placed {
     /// This placement with the kernel free to move its memory: every allocation is a mapping
     /// of its own (whole pages, so for big buffers only, as an interleave), placed on the
     /// handle's node with MPOL_PREFERRED. The pages are put on that node while it has room
-    /// (on another node when it is full, instead of failing), and the kernel may migrate them
-    /// later: `move_pages(2)`, `migratepages`, the kernel's memory tiering. Use it for far
-    /// buffers that the kernel may promote when they turn hot (see docs/tiers.md, "Deciding
-    /// placement in code"); [`Placed::bound`] is the strict form.
+    /// (on another node when it is full, instead of failing), and they can be moved later
+    /// (`move_pages(2)`, `migratepages`). The kernel's own tiering (NUMA balancing) does not
+    /// promote them: it promotes pages of ranges with the default policy only, which the
+    /// process-wide `TIERALLOC_FAR_POLICY=preferred` gives the heap's far memory (see
+    /// docs/tiers.md, "Living with the kernel's tiering"). Use it for far buffers that may
+    /// spill when the far node is full; [`Placed::bound`] is the strict form.
     ///
     /// Only single-node handles (`node`, `tier`, `far`, and `cold`/`hot` when they name a node)
     /// change; others are returned as they are (a local handle follows the thread, an

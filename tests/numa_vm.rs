@@ -179,7 +179,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "far-policy-bind-move-pages-moves-it-to-node-0",
         "tier-child-far-bind",
         "far-policy-preferred-on-node-2",
-        "far-policy-preferred-kernel-tiering-leaves-it-on-node-2",
+        "far-policy-preferred-kernel-tiering-promotes-it",
         "far-policy-preferred-move-pages-moves-it-to-node-0",
         "tier-child-far-preferred",
     ] {

@@ -1,9 +1,11 @@
 //! The far policy in the VM (issue 17 item 4), in children of the probe started with
 //! `TIERALLOC_FAR_POLICY=bind` and `=preferred`: far memory (a far scope's blocks, cold blocks,
 //! `Placed::far().preferred()` and `.bound()` mappings) is on node 2 with the memory policy
-//! get_mempolicy reports; then the kernel's NUMA balancing in its memory-tiering mode runs while
-//! a thread on node 0 touches every block, and move_pages(2) moves each to node 0: what moved is
-//! counted, by census.
+//! get_mempolicy reports (the default, 0, for the heap's far memory under `preferred`); then the
+//! kernel's NUMA balancing in its memory-tiering mode runs while a thread on node 0 touches every
+//! block (under `preferred` at least half of the heap's far memory must be promoted to node 0,
+//! under `bind` none of it), and move_pages(2) moves each to node 0: what moved is counted, by
+//! census.
 
 use super::{page_census, policy_at, warm_up_on_cpu0};
 use crate::{all_on, Checks, PAGE};
@@ -12,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tieralloc::Placed;
 
+const MPOL_DEFAULT: i32 = 0;
 const MPOL_PREFERRED: i32 = 1;
 const MPOL_BIND: i32 = 2;
 const MPOL_PREFERRED_MANY: i32 = 5;
@@ -116,6 +119,28 @@ fn raw(name: &'static str, len: usize, mode: Option<i32>) -> Raw {
     let p = p as *mut u8;
     // SAFETY: our mapping of `len` bytes: first touch.
     unsafe { std::ptr::write_bytes(p, 0x11, len) };
+    let mbind = if name == "raw-preferred-then-default" {
+        let mask = [0 as libc::c_ulong; 16];
+        // SAFETY: mbind sets our mapping's policy back to the default; no flags: nothing moves.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                p,
+                len as libc::c_ulong,
+                0 as libc::c_ulong,
+                mask.as_ptr(),
+                1025 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if r == 0 {
+            mbind
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    } else {
+        mbind
+    };
     Raw {
         name,
         p,
@@ -149,11 +174,10 @@ type Group = (&'static str, Vec<(*const u8, usize)>, i32);
 /// The child of one far policy (`policy`: "bind" or "preferred", as TIERALLOC_FAR_POLICY).
 pub fn far_policy(c: &mut Checks, policy: &str) {
     warm_up_on_cpu0();
-    let env_mode = if policy == "preferred" {
-        MPOL_PREFERRED
-    } else {
-        MPOL_BIND
-    };
+    let preferred = policy == "preferred";
+    // Under `preferred` the heap's far memory is faulted in on the far node and then given
+    // the default policy back (so that the kernel's tiering may promote it).
+    let env_mode = if preferred { MPOL_DEFAULT } else { MPOL_BIND };
     let far = Placed::far().expect("a far tier");
     // The heap's far memory: a far scope's blocks and cold blocks (what hints allocate).
     let scoped: Vec<Vec<u8>> = {
@@ -203,6 +227,7 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
             Some(MPOL_BIND | MPOL_F_NUMA_BALANCING),
         ),
         raw("raw-preferred-many", 1 << 20, Some(MPOL_PREFERRED_MANY)),
+        raw("raw-preferred-then-default", 1 << 20, Some(MPOL_PREFERRED)),
     ];
     let moved = move_to(&[(raws[0].p, raws[0].len)], 2);
     println!("info raw-default moved to node 2: {moved:?}");
@@ -255,9 +280,24 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     let t0 = Instant::now();
     let mut rounds = 0;
     let mut promoted = false;
+    // The heap's far memory (a far scope's blocks and cold blocks): under `preferred` at
+    // least half of its pages must be promoted to node 0, under `bind` none.
+    let heap_far: Vec<(*const u8, usize)> = groups[..2]
+        .iter()
+        .flat_map(|(_, r, _)| r.iter().copied())
+        .collect();
+    let heap_share = |m: &BTreeMap<i32, usize>| {
+        let all: usize = m.values().sum();
+        m.get(&0).copied().unwrap_or(0) * 100 / all.max(1)
+    };
     // Until the control is promoted and the scanner has been over the whole address space
-    // twice since (so it has seen every range, and passed over those it leaves alone).
-    while !(promoted && scan_seq() >= seq0 + 2) && t0.elapsed() < Duration::from_secs(60) {
+    // twice since (so it has seen every range, and passed over those it leaves alone); under
+    // `preferred` also until half of the heap's far memory is promoted.
+    while !(promoted
+        && scan_seq() >= seq0 + 2
+        && (!preferred || heap_share(&page_census(&heap_far)) >= 50))
+        && t0.elapsed() < Duration::from_secs(60)
+    {
         rounds += touch_loop(&flat, 500);
         promoted = all_on(&page_census(control), 0);
     }
@@ -266,20 +306,35 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     write("/proc/sys/kernel/numa_balancing", &nb_before);
     let mut stayed = true;
     let mut detail = String::new();
-    for (name, ranges, _) in &groups {
+    for (i, (name, ranges, _)) in groups.iter().enumerate() {
         let m = page_census(ranges);
-        if !name.starts_with("raw-") {
+        // The heap's far memory under `preferred` is checked by share below; the handle's
+        // own mappings (MPOL_PREFERRED, MPOL_BIND) stay on node 2 under either policy.
+        let heap_preferred = preferred && i < 2;
+        if !name.starts_with("raw-") && !heap_preferred {
             stayed &= all_on(&m, 2);
         }
         detail += &format!("{name} {m:?}; ");
     }
+    let heap_census = page_census(&heap_far);
+    let share = heap_share(&heap_census);
+    let heap_ok = if preferred {
+        share >= 50
+    } else {
+        all_on(&heap_census, 2)
+    };
+    let name = if preferred {
+        "far-policy-preferred-kernel-tiering-promotes-it"
+    } else {
+        "far-policy-bind-kernel-tiering-leaves-it-on-node-2"
+    };
     c.check(
-        &format!("far-policy-{policy}-kernel-tiering-leaves-it-on-node-2"),
-        nb && control_far && promoted && passes >= 2 && stayed,
+        name,
+        nb && control_far && promoted && passes >= 2 && stayed && heap_ok,
         format!(
             "numa_balancing 2 ({nb}), {rounds} rounds of touches on node 0 in {took:.1?}, \
              {passes} scan passes, control (default policy) on node 2 before: {control_far}, \
-             promoted: {promoted}: \
+             promoted: {promoted}, heap's far memory on node 0: {share} % {heap_census:?}: \
              {detail}{}",
             vmstat()
         ),

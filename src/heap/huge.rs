@@ -59,6 +59,12 @@ pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -
     if p.is_null() {
         return ptr::null_mut();
     }
+    if bind {
+        // Under the far policy `preferred`: the object's pages faulted in on the far node now,
+        // then left to the kernel's tiering (see `numa::let_kernel_promote`); the reservation
+        // past `map_size` keeps MPOL_PREFERRED (faults there land far, not promotable).
+        crate::sys::numa::let_kernel_promote(p, map_size, node);
+    }
     let seg = p as *mut Segment;
     // SAFETY: a fresh, zeroed mapping of ours, at least HEADER_SIZE long.
     unsafe { init(seg, map_size, offset, size, node) };

@@ -210,6 +210,11 @@ impl Segment {
         if p.is_null() {
             return ptr::null_mut();
         }
+        if bind {
+            // Under the far policy `preferred`: faulted in on the far node now, then left to
+            // the kernel's tiering (see `numa::let_kernel_promote`).
+            crate::sys::numa::let_kernel_promote(p, SEGMENT_SIZE, node);
+        }
         let seg = p as *mut Segment;
         // SAFETY: p is a fresh, zeroed, SEGMENT_SIZE mapping of ours; the header fits in its
         // first HEADER_SIZE bytes. Zero is a valid Page::EMPTY except for `kind` (Free = 0)

@@ -4,7 +4,8 @@
 //!
 //! Owns: the raw syscalls (mbind, get_mempolicy, move_pages, getcpu, sched_setaffinity), made
 //! with `libc::syscall` (no libnuma), the process-wide switch that turns binding off, the far
-//! policy (TIERALLOC_FAR_POLICY: which memory policy binds the far tiers' nodes), and the
+//! policy (TIERALLOC_FAR_POLICY: which memory policy binds the far tiers' nodes, and, under
+//! `preferred`, handing fresh far mappings back to the default policy once faulted in), and the
 //! two facts of the machine the calls need, which `topology::discover` hands down once it
 //! has discovered the machine ([`set_machine`]): whether the nodes are simulated, and which
 //! nodes have memory. May touch: `sys::os` (the page size, madvise) and `sync`. Everything
@@ -18,8 +19,10 @@ use std::io;
 /// Whether fresh mappings are bound to their node (TIERALLOC_NUMA=off clears it).
 pub(crate) static BIND_ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Whether the far tiers' memory is placed with MPOL_PREFERRED (TIERALLOC_FAR_POLICY=preferred:
-/// the kernel may move it) instead of MPOL_BIND (the default: strict). Set by `init`.
+/// Whether the far tiers' memory is placed with MPOL_PREFERRED and, for fresh segments and huge
+/// blocks, then left on the default policy (TIERALLOC_FAR_POLICY=preferred: the kernel may
+/// move and promote it, [`let_kernel_promote`]) instead of MPOL_BIND (the default: strict).
+/// Set by `init`.
 static FAR_PREFERRED: AtomicBool = AtomicBool::new(false);
 /// The nodes of the tiers slower than the fastest (bit n: node n) that the far policy applies
 /// to; set by `init` with the policy.
@@ -76,6 +79,7 @@ pub(crate) const MASK_BITS: usize = 1024;
 /// A node mask as the kernel reads it: `MASK_BITS` bits in unsigned longs.
 pub(crate) type NodeMask = [libc::c_ulong; MASK_BITS / 64];
 
+const MPOL_DEFAULT: libc::c_int = 0;
 const MPOL_PREFERRED: libc::c_int = 1;
 const MPOL_BIND: libc::c_int = 2;
 const MPOL_INTERLEAVE: libc::c_int = 3;
@@ -99,6 +103,9 @@ pub(crate) enum Policy {
     Interleave,
     /// Round robin weighted by /sys/kernel/mm/mempolicy/weighted_interleave (Linux 6.9+).
     WeightedInterleave,
+    /// No policy of the range's own (the thread's, by default the local node); the only one
+    /// under which NUMA balancing promotes pages from a slower tier ([`let_kernel_promote`]).
+    Default,
 }
 
 impl Policy {
@@ -108,6 +115,7 @@ impl Policy {
             Policy::Preferred => MPOL_PREFERRED,
             Policy::Interleave => MPOL_INTERLEAVE,
             Policy::WeightedInterleave => MPOL_WEIGHTED_INTERLEAVE,
+            Policy::Default => MPOL_DEFAULT,
         }
     }
 }
@@ -193,6 +201,38 @@ pub(crate) fn bind(p: *mut u8, len: usize, node: u32) -> bool {
     let mut m: NodeMask = [0; MASK_BITS / 64];
     m[node as usize / 64] |= 1 << (node % 64);
     mbind(p, len, node_policy(node), &m, 0).is_ok()
+}
+
+/// madvise advice: fault every page of a range in, writable (Linux 5.14+).
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Under the far policy `preferred`, makes the far memory of a fresh mapping `[p, p+len)`
+/// (just bound to `node` by [`bind`], untouched) one the kernel's tiering may promote: its
+/// pages are faulted in now, on `node` (MADV_POPULATE_WRITE under the MPOL_PREFERRED that
+/// `bind` set), and the range then gets the default policy back, without MPOL_MF_MOVE, so
+/// the pages stay where they are. NUMA balancing promotes pages of default-policy ranges
+/// only: a range whose policy names the far node alone gives `mpol_misplaced` no other
+/// target. Returns true when that was done; false (nothing changed) for any other node or
+/// policy, with simulated nodes, or when the kernel refused the populate (before 5.14, or
+/// no memory): the range then keeps MPOL_PREFERRED (placed far, not promotable). Costs the
+/// range's pages in resident memory at once. Pages faulted in later inside the range (after
+/// a purge gave them back) land where the faulting thread runs. Allocation-free; called at
+/// mapping time only (segments and huge blocks), never on the allocation fast path.
+pub(crate) fn let_kernel_promote(p: *mut u8, len: usize, node: u32) -> bool {
+    if !BIND_ENABLED.load(Ordering::Relaxed)
+        || simulated()
+        || node_policy(node) != Policy::Preferred
+        || MEM_NODES.load(Ordering::Relaxed) == 1 << node
+    {
+        return false;
+    }
+    // SAFETY: advice on a fresh private mapping of the caller's: it only faults in zeroed
+    // pages (contents unchanged); a refusal changes nothing.
+    let r = unsafe { libc::madvise(p as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
+    if r != 0 {
+        return false;
+    }
+    mbind(p, len, Policy::Default, &[0; MASK_BITS / 64], 0).is_ok()
 }
 
 /// Places `[p, p+len)` (a fresh mapping of the caller's) on `node` with `policy` (Bind or
