@@ -311,6 +311,9 @@ impl Segment {
             page.next = ptr::null_mut();
             page.prev = ptr::null_mut();
             page.moved = 0;
+            // A trim's marks of the page these slices last held (`heap::trim`).
+            page.parked = 0;
+            page.trim_mark = 0;
             page.thread_free.force_state(super::remote::NORMAL);
             commit_add(s.node, Segment::run_bytes(i, n));
             page

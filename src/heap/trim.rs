@@ -46,7 +46,9 @@ impl Page {
     /// parked OS page: it is free and on no list, so a free of it is a double free.
     #[inline]
     pub fn holds_parked(&self, p: *const u8) -> bool {
-        self.parked != 0 && self.units_of(self.index_of(p as *mut Block)) & self.parked != 0
+        self.parked != 0
+            && self.kind == PageKind::Bin as u8
+            && self.units_of(self.index_of(p as *mut Block)) & self.parked != 0
     }
 
     /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page
@@ -694,6 +696,38 @@ mod tests {
             seen,
             "a second free of a parked block (size {size}) would be accepted"
         );
+        drop_segment(seg);
+    }
+
+    /// A trimmed page given back, and its slices taken for a large page: the large page
+    /// carries no parked OS page, and a free of its block is no free of a parked block (a
+    /// stale `parked` made every free of such a large block a reported double free: found by
+    /// tests/stress.rs in CI).
+    #[test]
+    fn slices_of_a_trimmed_page_taken_again_carry_no_parked_marks() {
+        let bin = bin_of(512);
+        let (seg, page) = page_of(bin, false);
+        let i = page.slice_index();
+        let mut blocks = vec![];
+        while let Some(b) = pop(page) {
+            blocks.push(b);
+        }
+        for &b in &blocks[1..] {
+            push(page, b);
+        }
+        // SAFETY: the page's owner.
+        assert!(unsafe { page.trim() } > 0);
+        assert!(page.parked != 0);
+        push(page, blocks[0]);
+        // SAFETY: the test owns the segment; the page holds no live block.
+        unsafe { Segment::free_page(page, 0, 0) };
+        // SAFETY: as above.
+        let large = unsafe { &mut *Segment::take_slices(seg, 1, false) };
+        assert_eq!(large.slice_index(), i, "the same slice is taken again");
+        large.kind = PageKind::Large as u8;
+        large.block_size = Segment::run_bytes(i, 1) as u32;
+        assert_eq!(large.parked, 0);
+        assert!(!large.holds_parked(large.start()));
         drop_segment(seg);
     }
 
