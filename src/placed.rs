@@ -410,14 +410,16 @@ impl Placed {
     }
 
     /// This placement with the kernel free to move its memory: every allocation is a mapping
-    /// of its own (whole pages, so for big buffers only, as an interleave), placed on the
-    /// handle's node with MPOL_PREFERRED. The pages are put on that node while it has room
-    /// (on another node when it is full, instead of failing), and they can be moved later
-    /// (`move_pages(2)`, `migratepages`). The kernel's own tiering (NUMA balancing) does not
-    /// promote them: it promotes pages of ranges with the default policy only, which the
-    /// process-wide `TIERALLOC_FAR_POLICY=preferred` gives the heap's far memory (see
-    /// docs/tiers.md, "Living with the kernel's tiering"). Use it for far buffers that may
-    /// spill when the far node is full; [`Placed::bound`] is the strict form.
+    /// of its own (whole pages, so for big buffers only, as an interleave), faulted in at
+    /// once on the handle's node under MPOL_PREFERRED (on another node when it is full,
+    /// instead of failing) and then given the default policy back, pages left where they
+    /// are: the kernel's own tiering (NUMA balancing in its memory-tiering mode), which
+    /// promotes pages of default-policy ranges only, may move hot pages to a faster node, and
+    /// `move_pages(2)` or `migratepages` may move them too (see docs/tiers.md, "Living with
+    /// the kernel's tiering"). The whole allocation is resident from the start. On a machine
+    /// whose memory is all on the handle's node, or with binding off, it stays a plain
+    /// MPOL_PREFERRED mapping. Use it for far buffers that may spill when the far node is full
+    /// or that the kernel may promote; [`Placed::bound`] is the strict form.
     ///
     /// Only single-node handles (`node`, `tier`, `far`, and `cold`/`hot` when they name a node)
     /// change; others are returned as they are (a local handle follows the thread, an
@@ -552,6 +554,12 @@ impl Placed {
                     // SAFETY: our fresh mapping of `len` bytes, never handed out.
                     unsafe { os::unmap(p, len) };
                     return Err(AllocError);
+                }
+                if preferred {
+                    // Faulted in on the node, then the default policy: the kernel's tiering
+                    // may promote it (a refusal leaves it MPOL_PREFERRED: placed, not
+                    // promotable).
+                    numa::populate_then_default(p, len, node);
                 }
                 (p, len)
             }

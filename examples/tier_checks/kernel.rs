@@ -1,11 +1,12 @@
 //! The far policy in the VM (issue 17 item 4), in children of the probe started with
 //! `TIERALLOC_FAR_POLICY=bind` and `=preferred`: far memory (a far scope's blocks, cold blocks,
 //! `Placed::far().preferred()` and `.bound()` mappings) is on node 2 with the memory policy
-//! get_mempolicy reports (the default, 0, for the heap's far memory under `preferred`); then the
-//! kernel's NUMA balancing in its memory-tiering mode runs while a thread on node 0 touches every
-//! block (under `preferred` at least half of the heap's far memory must be promoted to node 0,
-//! under `bind` none of it), and move_pages(2) moves each to node 0: what moved is counted, by
-//! census.
+//! get_mempolicy reports (the default, 0, for the heap's far memory under `preferred` and for
+//! the `preferred()` mapping); then the kernel's NUMA balancing in its memory-tiering mode runs
+//! while a thread on node 0 touches every block (under `preferred` at least half of the heap's
+//! far memory must be promoted to node 0, under `bind` none of it; at least half of the
+//! `preferred()` mapping under either, none of the `bound()` one), and move_pages(2) moves
+//! each to node 0: what moved is counted, by census.
 
 use super::{page_census, policy_at, warm_up_on_cpu0};
 use crate::{all_on, Checks, PAGE};
@@ -201,7 +202,7 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
         (
             "preferred()",
             vec![(pref.as_ptr(), pref.len())],
-            MPOL_PREFERRED,
+            MPOL_DEFAULT,
         ),
         ("bound()", vec![(bound.as_ptr(), bound.len())], MPOL_BIND),
     ];
@@ -293,9 +294,13 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     // Until the control is promoted and the scanner has been over the whole address space
     // twice since (so it has seen every range, and passed over those it leaves alone); under
     // `preferred` also until half of the heap's far memory is promoted.
+    // The `preferred()` handle's mapping (populated, then the default policy) under either
+    // policy: at least half of it promoted too.
+    let pref_map = groups[2].1.clone();
     while !(promoted
         && scan_seq() >= seq0 + 2
-        && (!preferred || heap_share(&page_census(&heap_far)) >= 50))
+        && (!preferred || heap_share(&page_census(&heap_far)) >= 50)
+        && heap_share(&page_census(&pref_map)) >= 50)
         && t0.elapsed() < Duration::from_secs(60)
     {
         rounds += touch_loop(&flat, 500);
@@ -308,9 +313,10 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     let mut detail = String::new();
     for (i, (name, ranges, _)) in groups.iter().enumerate() {
         let m = page_census(ranges);
-        // The heap's far memory under `preferred` is checked by share below; the handle's
-        // own mappings (MPOL_PREFERRED, MPOL_BIND) stay on node 2 under either policy.
-        let heap_preferred = preferred && i < 2;
+        // The heap's far memory under `preferred`, and the `preferred()` handle's mapping
+        // (default policy once populated) under either, are checked by share below; the
+        // `bound()` mapping (MPOL_BIND) stays on node 2 under either policy.
+        let heap_preferred = (preferred && i < 2) || i == 2;
         if !name.starts_with("raw-") && !heap_preferred {
             stayed &= all_on(&m, 2);
         }
@@ -323,6 +329,8 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     } else {
         all_on(&heap_census, 2)
     };
+    let pref_census = page_census(&pref_map);
+    let pref_ok = heap_share(&pref_census) >= 50;
     let name = if preferred {
         "far-policy-preferred-kernel-tiering-promotes-it"
     } else {
@@ -330,12 +338,12 @@ pub fn far_policy(c: &mut Checks, policy: &str) {
     };
     c.check(
         name,
-        nb && control_far && promoted && passes >= 2 && stayed && heap_ok,
+        nb && control_far && promoted && passes >= 2 && stayed && heap_ok && pref_ok,
         format!(
             "numa_balancing 2 ({nb}), {rounds} rounds of touches on node 0 in {took:.1?}, \
              {passes} scan passes, control (default policy) on node 2 before: {control_far}, \
-             promoted: {promoted}, heap's far memory on node 0: {share} % {heap_census:?}: \
-             {detail}{}",
+             promoted: {promoted}, heap's far memory on node 0: {share} % {heap_census:?}, \
+             preferred() mapping {pref_census:?}: {detail}{}",
             vmstat()
         ),
     );

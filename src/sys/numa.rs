@@ -219,9 +219,16 @@ const MADV_POPULATE_WRITE: libc::c_int = 23;
 /// a purge gave them back) land where the faulting thread runs. Allocation-free; called at
 /// mapping time only (segments and huge blocks), never on the allocation fast path.
 pub(crate) fn let_kernel_promote(p: *mut u8, len: usize, node: u32) -> bool {
+    node_policy(node) == Policy::Preferred && populate_then_default(p, len, node)
+}
+
+/// The second half of [`let_kernel_promote`], whatever the far policy (`Placed::preferred`
+/// mappings, bound to `node` with MPOL_PREFERRED by [`bind_with`]): fault the range in, then
+/// give it the default policy back. False (nothing changed) with binding off, simulated
+/// nodes, a machine whose memory is all on `node`, or a refused populate.
+pub(crate) fn populate_then_default(p: *mut u8, len: usize, node: u32) -> bool {
     if !BIND_ENABLED.load(Ordering::Relaxed)
         || simulated()
-        || node_policy(node) != Policy::Preferred
         || MEM_NODES.load(Ordering::Relaxed) == 1 << node
     {
         return false;
