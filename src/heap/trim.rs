@@ -293,6 +293,21 @@ mod tests {
         (seg, page)
     }
 
+    /// A page of `size`-byte blocks in a fresh segment, every block carved and handed out,
+    /// then all but the first freed (as the owner frees them); the blocks in the order they
+    /// were handed out.
+    fn all_freed_but_the_first(size: usize) -> (*mut Segment, &'static mut Page, Vec<*mut Block>) {
+        let (seg, page) = page_of(bin_of(size), false);
+        let mut blocks = vec![];
+        while let Some(b) = pop(page) {
+            blocks.push(b);
+        }
+        for &b in &blocks[1..] {
+            push(page, b);
+        }
+        (seg, page, blocks)
+    }
+
     fn drop_segment(seg: *mut Segment) {
         // SAFETY: the test's own segment, no block of it used after this.
         unsafe { crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE) };
@@ -440,16 +455,8 @@ mod tests {
     /// list, by the unpark otherwise. Under `ignore` (an abort would end the test process).
     #[test]
     fn a_write_into_a_parked_block_is_reported_and_the_block_kept_out() {
-        let bin = bin_of(512);
-        let (seg, page) = page_of(bin, false);
-        let mut blocks = vec![];
-        while let Some(b) = pop(page) {
-            blocks.push(b);
-        }
         // Only the first block stays live: every OS page but the first is all free.
-        for &b in &blocks[1..] {
-            push(page, b);
-        }
+        let (seg, page, blocks) = all_freed_but_the_first(512);
         // SAFETY: the page's owner.
         assert_eq!(unsafe { page.trim() }, 15 * OS_PAGE);
         let ignoring = crate::heap::error::ignore_errors_for_test();
@@ -495,15 +502,7 @@ mod tests {
     /// still come back.
     #[test]
     fn review_a_refused_decommit_does_not_make_parked_blocks_look_written() {
-        let bin = bin_of(512);
-        let (seg, page) = page_of(bin, false);
-        let mut blocks = vec![];
-        while let Some(b) = pop(page) {
-            blocks.push(b);
-        }
-        for &b in &blocks[1..] {
-            push(page, b);
-        }
+        let (seg, page, blocks) = all_freed_but_the_first(512);
         let base = page.start() as usize;
         let len = page.reserved as usize * page.block_size as usize;
         // SAFETY: a mapped range of the test's own segment.
@@ -705,16 +704,8 @@ mod tests {
     /// tests/stress.rs in CI).
     #[test]
     fn slices_of_a_trimmed_page_taken_again_carry_no_parked_marks() {
-        let bin = bin_of(512);
-        let (seg, page) = page_of(bin, false);
+        let (seg, page, blocks) = all_freed_but_the_first(512);
         let i = page.slice_index();
-        let mut blocks = vec![];
-        while let Some(b) = pop(page) {
-            blocks.push(b);
-        }
-        for &b in &blocks[1..] {
-            push(page, b);
-        }
         // SAFETY: the page's owner.
         assert!(unsafe { page.trim() } > 0);
         assert!(page.parked != 0);
