@@ -18,9 +18,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tieralloc::{place, with_placement, Placed, PlacedFutureExt};
 
@@ -29,6 +27,10 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/polls.rs"]
+mod polls;
+
+use polls::{noop_waker, Allocating};
 
 /// Whether the calling thread's own heap serves the live block at `p`.
 fn own<T: ?Sized>(p: *const T) -> bool {
@@ -190,52 +192,17 @@ fn hot_and_cold_never_fail() {
     assert!(v.iter().all(|&b| b == 5));
 }
 
-/// A waker that does nothing: the futures below are polled by hand.
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// A future that allocates a block on each poll (and yields once between): what each poll
-/// allocated is sent back.
-#[allow(clippy::vec_box)] // the boxes are the blocks whose placement is checked
-struct Allocating {
-    polls: usize,
-    blocks: Vec<Box<[u8; 100]>>,
-}
-
-impl Future for Allocating {
-    type Output = Vec<Box<[u8; 100]>>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let b = fresh();
-        self.blocks.push(b);
-        self.polls += 1;
-        if self.polls < 2 {
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        } else {
-            Poll::Ready(std::mem::take(&mut self.blocks))
-        }
-    }
-}
-
 #[test]
 fn a_placed_future_runs_each_poll_in_its_scope_on_whichever_thread_polls_it() {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut fut = Box::pin(
-        Allocating {
-            polls: 0,
-            blocks: Vec::with_capacity(4),
-        }
-        .placed(node0()),
-    );
+    let waker = noop_waker();
+    let mut fut = Box::pin(Allocating::new(Vec::with_capacity(4)).placed(node0()));
     // First poll here.
     let mut cx = Context::from_waker(&waker);
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     assert!(own(&*fresh()), "the scope ended when poll returned");
     // Second poll on another thread.
     let blocks = std::thread::spawn(move || {
-        let waker = Waker::from(Arc::new(Noop));
+        let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         let Poll::Ready(blocks) = fut.as_mut().poll(&mut cx) else {
             panic!("ready on the second poll")

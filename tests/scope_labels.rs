@@ -15,9 +15,7 @@
 //! as the blocks lie.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tieralloc::{place, place_labeled, with_placement_labeled, Placed, PlacedFutureExt};
 
@@ -26,6 +24,10 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/polls.rs"]
+mod polls;
+
+use polls::{noop_waker, Allocating};
 
 /// The usable size of the live block at `p`.
 fn usable<T: ?Sized>(p: *const T) -> i64 {
@@ -175,49 +177,15 @@ fn equal_names_are_one_label() {
     );
 }
 
-/// A waker that does nothing: the future below is polled by hand.
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// A future that allocates a block on each of its two polls.
-#[allow(clippy::vec_box)] // the boxes are the blocks whose label is checked
-struct Allocating {
-    polls: usize,
-    blocks: Vec<Box<[u8; 100]>>,
-}
-
-impl Future for Allocating {
-    type Output = Vec<Box<[u8; 100]>>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let b = Box::new([8u8; 100]);
-        self.blocks.push(b);
-        self.polls += 1;
-        if self.polls < 2 {
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        } else {
-            Poll::Ready(std::mem::take(&mut self.blocks))
-        }
-    }
-}
-
 #[test]
 fn a_labelled_future_counts_every_poll_to_its_label_whichever_thread_polls_it() {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut fut = Box::pin(
-        Allocating {
-            polls: 0,
-            blocks: Vec::new(),
-        }
-        .placed_labeled(node0(), "t-future"),
-    );
+    let waker = noop_waker();
+    let mut fut = Box::pin(Allocating::new(Vec::new()).placed_labeled(node0(), "t-future"));
     assert_eq!(fut.label(), Some("t-future"));
     let mut cx = Context::from_waker(&waker);
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     let blocks = std::thread::spawn(move || {
-        let waker = Waker::from(Arc::new(Noop));
+        let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         let Poll::Ready(blocks) = fut.as_mut().poll(&mut cx) else {
             panic!("ready on the second poll")
