@@ -99,11 +99,7 @@ impl Block {
     #[cfg(all(feature = "secure", not(loom)))]
     #[inline(always)]
     pub unsafe fn set_next_with_key(b: *mut Block, next: *mut Block, key: usize) {
-        let next = if next.is_null() {
-            next
-        } else {
-            ((next as usize) ^ key) as *mut Block
-        };
+        let next = link_key::with_key(next, key);
         // SAFETY: b is ours alone (contract).
         unsafe { (*b).next.with_mut(|p| *p = next) }
     }
@@ -212,10 +208,16 @@ pub(crate) mod link_key {
     /// [`encode`] with the secret given (see [`key_with`]); also the decode.
     #[inline(always)]
     pub fn encode_with(b: *const Block, next: *mut Block, k: usize) -> *mut Block {
+        with_key(next, key_with(b, k))
+    }
+
+    /// Link `next` XORed with a block's `key` (its encoding and its decoding); 0 stays 0.
+    #[inline(always)]
+    pub fn with_key(next: *mut Block, key: usize) -> *mut Block {
         if next.is_null() {
             next
         } else {
-            ((next as usize) ^ key_with(b, k)) as *mut Block
+            ((next as usize) ^ key) as *mut Block
         }
     }
 
