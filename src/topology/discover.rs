@@ -15,6 +15,7 @@ use crate::sync::{spin_hint, AtomicUsize, Ordering};
 use crate::sys::env::{getenv, parse_bool, warn_bad};
 use crate::sys::numa;
 use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 
 impl Raw {
     /// Fills the derived fields: `allowed` from `env_nodes` (TIERALLOC_NODES), the tiers
@@ -53,15 +54,18 @@ impl Raw {
     }
 }
 
+/// The instance: zero bytes until discovery makes it [`Raw::EMPTY`] and fills it
+/// ([`Raw::empty_in_zeroed`]), so that it sits in `.bss` and only the pages discovery
+/// writes are ever resident.
 struct Global {
-    raw: UnsafeCell<Raw>,
+    raw: UnsafeCell<MaybeUninit<Raw>>,
 }
 // SAFETY: `raw` is written only by the one thread that moves STATE from UNINIT to RUNNING,
 // and read only after STATE is DONE (Release/Acquire), after which nobody writes it.
 unsafe impl Sync for Global {}
 
 static GLOBAL: Global = Global {
-    raw: UnsafeCell::new(Raw::EMPTY),
+    raw: UnsafeCell::new(MaybeUninit::zeroed()),
 };
 const UNINIT: usize = 0;
 const RUNNING: usize = 1;
@@ -75,7 +79,7 @@ pub(crate) fn get() -> &'static Raw {
         init();
     }
     // SAFETY: STATE is DONE, so the instance is complete and never written again.
-    unsafe { &*GLOBAL.raw.get() }
+    unsafe { (*GLOBAL.raw.get()).assume_init_ref() }
 }
 
 #[cold]
@@ -83,8 +87,9 @@ fn init() {
     match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             // SAFETY: we won the UNINIT→RUNNING race: nobody else reads or writes the
-            // instance until we publish DONE.
-            let raw = unsafe { &mut *GLOBAL.raw.get() };
+            // instance until we publish DONE, and it is still the zero bytes of its
+            // initialiser (this is the one time it is set up).
+            let raw = unsafe { Raw::empty_in_zeroed((*GLOBAL.raw.get()).as_mut_ptr()) };
             sysfs::discover(b"/sys", true, raw);
             if let Some(m) = numa::mems_allowed() {
                 if m & raw.nodes != 0 {

@@ -6,6 +6,8 @@
 //! nothing (the bottom of the topology: `sysfs`, `sim`, `tiers` and `discover` fill it;
 //! `discover` holds the process-wide instance). Nothing here allocates, panics or formats.
 
+use core::ptr;
+
 /// Node ids tieralloc handles (0..MAX_NODES); the heap's pools are sized the same.
 pub(crate) const MAX_NODES: usize = 64;
 /// CPU ids tieralloc handles.
@@ -146,6 +148,29 @@ impl Raw {
         sim_far: 0,
     };
 
+    /// Makes the zeroed memory at `p` [`Raw::EMPTY`] by writing only the fields whose empty
+    /// value is not zero bytes, and returns it. The discovered machine lives in zeroed static
+    /// memory (`.bss`) set up this way, so that the pages of its 80 KiB (mostly the `perf`
+    /// table) that discovery never writes are never resident: written whole, or kept as an
+    /// initialised static in `.data`, every page of it counted in each process's RSS.
+    ///
+    /// # Safety
+    /// `p` is valid for writes of a `Raw`, aligned, and every byte of it is zero; nothing
+    /// else reads or writes it while the returned reference lives.
+    pub(crate) unsafe fn empty_in_zeroed<'a>(p: *mut Raw) -> &'a mut Raw {
+        // SAFETY: p is valid, aligned and zeroed (contract). Zero bytes are a valid value for
+        // every field but the two enums (whose first variants are zero only by chance), so
+        // those and the fields whose empty value is not zero are written before the
+        // reference is made.
+        unsafe {
+            ptr::addr_of_mut!((*p).source).write(RawSource::Fallback);
+            ptr::addr_of_mut!((*p).tier_source).write(RawTierSource::Distances);
+            ptr::addr_of_mut!((*p).kernel_tier).write([NO_TIER; MAX_NODES]);
+            ptr::addr_of_mut!((*p).cpu_home).write([NO_NODE; MAX_CPUS]);
+            &mut *p
+        }
+    }
+
     /// Whether the nodes are simulated (TIERALLOC_SIMULATE_NODES).
     #[inline]
     pub fn simulated(&self) -> bool {
@@ -237,4 +262,39 @@ pub(crate) fn iter(set: u64) -> impl Iterator<Item = usize> {
             Some(n)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    /// The process-wide instance is made from zero bytes: it must be `Raw::EMPTY` in every
+    /// field, or discovery starts from another machine than a fixture's `Raw::EMPTY`.
+    #[test]
+    fn empty_in_zeroed_memory_is_empty() {
+        let layout = Layout::new::<Raw>();
+        // SAFETY: Raw has a non-zero size; the memory is zeroed, aligned for Raw, and freed
+        // below with the same layout after the last use of the reference.
+        unsafe {
+            let p = alloc_zeroed(layout).cast::<Raw>();
+            assert!(!p.is_null());
+            let r = Raw::empty_in_zeroed(p);
+            let e = Raw::EMPTY;
+            assert_eq!(r.source, e.source);
+            assert_eq!(r.tier_source, e.tier_source);
+            assert_eq!((r.nodes, r.mem_nodes), (e.nodes, e.mem_nodes));
+            assert_eq!(r.cpus, e.cpus);
+            assert_eq!(r.mem_bytes, e.mem_bytes);
+            assert_eq!(r.distance, e.distance);
+            assert_eq!(r.perf, e.perf);
+            assert_eq!(r.kernel_tier, e.kernel_tier);
+            assert_eq!((r.mems_allowed, r.allowed), (e.mems_allowed, e.allowed));
+            assert_eq!((r.tiers, r.n_tiers), (e.tiers, e.n_tiers));
+            assert_eq!(r.ignore_hmat, e.ignore_hmat);
+            assert_eq!(r.cpu_home, e.cpu_home);
+            assert_eq!((r.sim_nodes, r.sim_far), (e.sim_nodes, e.sim_far));
+            dealloc(p.cast(), layout);
+        }
+    }
 }

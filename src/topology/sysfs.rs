@@ -239,8 +239,10 @@ fn read_u32(path: &mut Path) -> u32 {
 /// Fills `raw` from the sysfs tree below `root` (`/sys` for the real machine). `real`: this
 /// is the running machine (so /proc/meminfo and the affinity mask may stand in for missing
 /// files). Never fails: a machine without NUMA information is one node 0 with every CPU.
+/// `raw` is [`Raw::EMPTY`] (as made, or as `Raw::empty_in_zeroed` makes it): it is not
+/// reset here, so that the pages of the process-wide instance discovery has no figure for
+/// are never written.
 pub(crate) fn discover(root: &[u8], real: bool, raw: &mut Raw) {
-    *raw = Raw::EMPTY;
     let mut base = Path::new(root);
     base.push(b"/devices/system/node/");
     let base_len = base.len;

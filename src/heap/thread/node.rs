@@ -13,23 +13,53 @@ use super::{Heap, HeapRef, ACTIVE};
 use crate::heap::segment::MAX_NODES;
 use crate::sync::{AtomicU64, Ordering, SpinLock};
 use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr;
 
 /// A heap per node, shared by every thread under a lock, for explicit placement
 /// (`Placed::node`). Its segments come from its node's pool and are bound to that node.
+///
+/// Its `Heap` is written on first use, not by the static's initialiser: a `Heap` points at
+/// `EMPTY_PAGE` from each of its queue and direct slots, so `MAX_NODES` set-up heaps made
+/// the library's writable data 296 KiB and gave the dynamic loader over 8 000 relocations
+/// to apply at start-up (both resident in every process, used nodes or not). All-zero
+/// bytes instead sit in `.bss`, which costs nothing until a node heap is used.
 pub(super) struct NodeHeap {
     pub(super) lock: SpinLock,
-    pub(super) heap: UnsafeCell<Heap>,
+    /// Whether `heap` holds a `Heap` yet; read and written only with `lock` held.
+    ready: UnsafeCell<bool>,
+    heap: UnsafeCell<MaybeUninit<Heap>>,
 }
-// SAFETY: `heap` is only touched with `lock` held (remote frees touch only the atomics that
-// are meant for other threads: page `thread_free` words and the heap's `delayed` stack).
+// SAFETY: `heap` and `ready` are only touched with `lock` held (remote frees touch only the
+// atomics that are meant for other threads: page `thread_free` words and the heap's
+// `delayed` stack).
 unsafe impl Sync for NodeHeap {}
 #[allow(clippy::declare_interior_mutable_const)]
 pub(super) const NODE_HEAP: NodeHeap = NodeHeap {
     lock: SpinLock::new(),
-    heap: UnsafeCell::new(Heap::new()),
+    ready: UnsafeCell::new(false),
+    heap: UnsafeCell::new(MaybeUninit::zeroed()),
 };
 pub(super) static NODE_HEAPS: [NodeHeap; MAX_NODES] = [NODE_HEAP; MAX_NODES];
+
+impl NodeHeap {
+    /// The node heap, set up (not yet registered) if this is its first use.
+    ///
+    /// # Safety
+    /// The caller holds `self.lock`, and keeps holding it while it uses the heap.
+    pub(super) unsafe fn heap(&self) -> HeapRef {
+        let heap = self.heap.get().cast::<Heap>();
+        // SAFETY: `ready` and `heap` are ours while we hold the lock (contract); once `ready`
+        // is set, `heap` holds an initialised `Heap` that only lock holders touch.
+        unsafe {
+            if !*self.ready.get() {
+                heap.write(Heap::new());
+                *self.ready.get() = true;
+            }
+            HeapRef::new(heap)
+        }
+    }
+}
 /// Bit `n` is set once node `n`'s heap has been set up (it never goes back to unused), so
 /// that a collection locks only the node heaps that were ever used: one shared load instead
 /// of a compare-and-swap on each of `MAX_NODES` lines that every thread's collections write.
@@ -48,7 +78,7 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
     };
     let _g = nh.lock.lock();
     // SAFETY: we hold the node heap's lock, so it is ours for the duration.
-    let mut h = unsafe { HeapRef::new(nh.heap.get()) };
+    let mut h = unsafe { nh.heap() };
     if h.state != ACTIVE {
         h.shared = true;
         // SAFETY: a node heap is never unregistered, so one that is not ACTIVE was never
@@ -68,7 +98,7 @@ pub(super) fn collect_node_heaps(now: u64, delay: u64) {
         used &= used - 1;
         if let Some(_g) = nh.lock.try_lock() {
             // SAFETY: we hold its lock, so it is ours for the duration.
-            let h = unsafe { HeapRef::new(nh.heap.get()) };
+            let h = unsafe { nh.heap() };
             if h.state == ACTIVE {
                 // SAFETY: we hold no page of the node heap (we only took its lock).
                 unsafe { heap_collect(h, now, delay) };
