@@ -13,7 +13,8 @@
 //! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`; and C++'s
 //! replaceable `operator new` and `operator delete` (module `cxx`); and the hot/cold hints
 //! (module `hotcold`: tcmalloc's `operator new(size, __hot_cold_t)` family and
-//! `tieralloc_malloc_hinted`, declared for C and C++ in `preload/include/tieralloc.h`).
+//! `tieralloc_malloc_hinted`, declared for C and C++ in `preload/include/tieralloc.h`); and,
+//! in the secure build, the check of freed pointers outside every segment (module `foreign`).
 //! Everything else
 //! (size classes, threads, fork, thread exit) belongs to the `tieralloc` crate; this crate
 //! only maps C semantics onto it. It also makes tieralloc the Rust global allocator of the
@@ -59,8 +60,8 @@
 //! pointer that provably lies on the calling thread's stack or the main thread's, or in a
 //! loaded object's image other than the dynamic loader's (module `foreign`); everything else
 //! outside our segments (the loader's blocks, `mmap`ed memory, other allocators' memory) is
-//! left alone as above. `malloc_usable_size` is not checked: it frees nothing (glibc's does
-//! not report either), and 0 is a safe answer.
+//! left alone as above. `malloc_usable_size` is not checked: it frees nothing, and 0 is a safe
+//! answer (glibc's has no check for it either).
 //!
 //! A pointer inside a live tieralloc segment that is not the start of a live block (an
 //! interior pointer, a double free) is undefined behaviour; tieralloc reports and aborts on
