@@ -81,8 +81,7 @@ const CASES: &[(&str, Expect)] = &[
     ("overflow_small_1", Survives),
     ("overflow_small_32", Survives),
     ("underflow_small_8", Survives),
-    // The free, which empties the page, walks its free list to look for the block (a double
-    // free check) and follows a link the write replaced.
+    // An allocation after it follows a free block's link the write replaced.
     ("overflow_small_1mib", Crashes),
     // The byte past the huge block lies in the rest of its mapping.
     ("overflow_huge_1", Survives),

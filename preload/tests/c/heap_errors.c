@@ -173,8 +173,14 @@ static int run(const char *c) {
         free(q);
     } else if (!strcmp(c, "overflow_small_1mib")) {
         /* 1 MiB past a 64-byte block, then more blocks of its size: the allocator meets what
-         * the write left on its free lists (if it keeps them in the blocks) within the page. */
-        char *p = malloc(64);
+         * the write left on its free lists (if it keeps them in the blocks) within the page.
+         * The block is the lowest of 16 (the others stay live), so that free blocks of its
+         * page lie after it whatever order the blocks come in. */
+        static char *b[16];
+        char *p = b[0] = malloc(64);
+        for (int i = 1; i < 16; i++)
+            if ((b[i] = malloc(64)) < p) p = b[i];
+        sink = b;
         memset(p + 64, 'A', 1 << 20);
         free(p);
         for (int i = 0; i < 4096; i++) sink = malloc(64);
