@@ -3,7 +3,8 @@
 //! Owns: the mapping from `Layout` requests to heap calls, and [`owns`]. May touch:
 //! `heap::thread` (the paths; `alloc_small` applies the inline size gate, which a tier
 //! policy lowers and a placement scope closes), `heap::{size_class, segment}`, `heap::route`
-//! (the sizes the C inline paths serve under a tier policy) and `sys::os` (errno). The C
+//! (the sizes the C inline paths serve under a tier policy), `heap::error` (the secure
+//! drop-in's report of a foreign pointer it proved wrong) and `sys::os` (errno). The C
 //! entry points (the drop-in's `malloc`) do not follow placement scopes. Keeps GlobalAlloc's
 //! contract exactly: null on failure (never a panic or abort), any alignment a `Layout` can
 //! express either served or refused with null.
@@ -49,6 +50,19 @@ impl TierAlloc {
     pub unsafe fn c_free(&self, p: *mut u8) {
         // SAFETY: forwarded contract.
         unsafe { thread::free_c(p) }
+    }
+
+    /// [`TierAlloc::c_free`], but a non-null `p` outside every tieralloc segment goes to
+    /// `foreign` instead of being ignored (the secure drop-in checks it there). The paths of
+    /// our own blocks are `c_free`'s, with no instruction more.
+    ///
+    /// # Safety
+    /// As [`TierAlloc::c_free`].
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn c_free_or(&self, p: *mut u8, foreign: impl FnOnce(*mut u8)) {
+        // SAFETY: forwarded contract.
+        unsafe { thread::free_c_or(p, foreign) }
     }
 
     /// [`TierAlloc::c_malloc`]'s fast path alone: a block for `size` bytes if the thread's
@@ -174,6 +188,35 @@ unsafe impl GlobalAlloc for TierAlloc {
             q
         }
     }
+}
+
+/// What the secure drop-in proved a pointer given to C's `free` or `realloc`, outside every
+/// tieralloc segment, to be (preload/src/foreign.rs).
+#[cfg(feature = "secure")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignFree {
+    /// An address on the calling thread's stack (or the main thread's).
+    Stack,
+    /// An address inside a loaded object's image other than the dynamic loader's.
+    Static,
+}
+
+/// Reports a free of `p` proven wrong by the secure drop-in, as every heap error is reported
+/// (`TIERALLOC_ON_ERROR`: abort by default). When it returns (`warn`, `ignore`), the caller
+/// leaves `p` alone, as it does every pointer outside our segments.
+#[cfg(feature = "secure")]
+#[doc(hidden)]
+#[cold]
+pub fn report_foreign_free(kind: ForeignFree, p: *const u8) {
+    use crate::heap::error::{report, HeapError};
+    report(
+        match kind {
+            ForeignFree::Stack => HeapError::FreeOfStack,
+            ForeignFree::Static => HeapError::FreeOfStatic,
+        },
+        p,
+    );
 }
 
 /// Whether `p` is a pointer tieralloc handed out (a block start, or any address in the first

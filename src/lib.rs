@@ -99,6 +99,9 @@ pub use arena::{
 };
 #[cfg(not(loom))]
 pub use global::{owns, TierAlloc};
+#[cfg(all(feature = "secure", not(loom)))]
+#[doc(hidden)]
+pub use global::{report_foreign_free, ForeignFree};
 #[cfg(not(loom))]
 pub use placed::{Placed, PlacementError};
 #[cfg(not(loom))]

@@ -13,7 +13,8 @@
 //! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`; and C++'s
 //! replaceable `operator new` and `operator delete` (module `cxx`); and the hot/cold hints
 //! (module `hotcold`: tcmalloc's `operator new(size, __hot_cold_t)` family and
-//! `tieralloc_malloc_hinted`, declared for C and C++ in `preload/include/tieralloc.h`).
+//! `tieralloc_malloc_hinted`, declared for C and C++ in `preload/include/tieralloc.h`); and,
+//! in the secure build, the check of freed pointers outside every segment (module `foreign`).
 //! Everything else
 //! (size classes, threads, fork, thread exit) belongs to the `tieralloc` crate; this crate
 //! only maps C semantics onto it. It also makes tieralloc the Rust global allocator of the
@@ -54,6 +55,14 @@
 //!   they would be indeterminate anyway. If the kernel refuses `process_vm_readv` (a seccomp
 //!   filter), only the bytes up to the end of the old block's 4 KiB page are copied.
 //!
+//! The secure build (`--features secure`, `libtieralloc_preload_secure.so`) reports instead
+//! (`TIERALLOC_ON_ERROR`, abort by default) a `free`, `cfree`, `delete` or `realloc` of such a
+//! pointer that provably lies on the calling thread's stack or the main thread's, or in a
+//! loaded object's image other than the dynamic loader's (module `foreign`); everything else
+//! outside our segments (the loader's blocks, `mmap`ed memory, other allocators' memory) is
+//! left alone as above. `malloc_usable_size` is not checked: it frees nothing, and 0 is a safe
+//! answer (glibc's has no check for it either).
+//!
 //! A pointer inside a live tieralloc segment that is not the start of a live block (an
 //! interior pointer, a double free) is undefined behaviour; tieralloc reports and aborts on
 //! the ones its free paths can prove at no cost (`TIERALLOC_ON_ERROR`, docs/security.md).
@@ -74,6 +83,8 @@ use libc::{c_int, size_t};
 use tieralloc::TierAlloc;
 
 mod cxx;
+#[cfg(feature = "secure")]
+mod foreign;
 mod hotcold;
 
 /// The Rust allocations of this library (statistics snapshots) come from tieralloc too.
@@ -178,7 +189,16 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[inline(always)]
 unsafe fn free_block(p: *mut c_void) {
     // SAFETY: forwarded contract; c_free ignores NULL and pointers outside our segments.
-    unsafe { GLOBAL.c_free(p.cast()) }
+    #[cfg(not(feature = "secure"))]
+    unsafe {
+        GLOBAL.c_free(p.cast())
+    }
+    // SAFETY: as above; a non-null pointer outside our segments goes to foreign::check,
+    // which never touches the memory it points to.
+    #[cfg(feature = "secure")]
+    unsafe {
+        GLOBAL.c_free_or(p.cast(), |q| foreign::check(q.cast()))
+    }
 }
 
 /// `n * size` zeroed bytes; NULL with `ENOMEM` if the product overflows.
@@ -242,6 +262,9 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
 /// where that call is refused, within `p`'s own page, which the caller claims is readable).
 #[cold]
 unsafe fn realloc_foreign(p: *mut c_void, size: usize) -> *mut c_void {
+    // The secure build reports a stack or static `p` (and, if the report returns, goes on).
+    #[cfg(feature = "secure")]
+    foreign::check(p);
     // SAFETY: forwarded.
     let q = unsafe { malloc(size) };
     if q.is_null() {

@@ -1,11 +1,15 @@
 //! Heap errors in C programs under the drop-in: tests/c/heap_errors.c commits one error per
-//! run (double frees of every kind, frees of interior, unaligned, stack and static pointers,
-//! of large and huge blocks), each run under `LD_PRELOAD` with a timeout. The table below says
-//! which the default build catches: a caught one ends with SIGABRT and one report line naming
-//! the error and the pointer; one not caught (or left alone on purpose: pointers outside
-//! every segment, which `free` ignores) runs on and prints "survived". The caught ones are
-//! run again with `TIERALLOC_ON_ERROR=warn` (the report, and the program survives) and
-//! `ignore` (no report, and it survives). docs/security.md keeps the same table.
+//! run (double frees of every kind; frees of interior, unaligned, stack, static, loader and
+//! `mmap`ed pointers; of large and huge blocks; overflows, an underflow, a write after free),
+//! each run under `LD_PRELOAD` with a timeout. The table below says what the default build
+//! does with each, and [`SECURE_CASES`] where the secure build differs: a caught one ends with
+//! SIGABRT and one report line naming the error and the pointer (or, for an overflow, with
+//! SIGSEGV: the write, or the allocator meeting what it broke); one not caught (or left alone
+//! on purpose: pointers outside every segment that are not provably a stack or a loaded
+//! object's data) runs on and prints "survived". The reported ones are run again with
+//! `TIERALLOC_ON_ERROR=warn` (the report, and the program survives) and `ignore` (no report,
+//! and it survives). docs/security.md keeps the same table, with what glibc, mimalloc,
+//! jemalloc and tcmalloc do.
 //!
 //! Needs the library built first (`cargo build -p tieralloc-preload --release`; it is found
 //! next to this test executable) and `cc`.
@@ -19,55 +23,101 @@ use std::time::Duration;
 #[path = "../../tests/common/child.rs"]
 mod child;
 
-/// Each case of tests/c/heap_errors.c and the report the default build gives (`None`: not
-/// caught: the program survives).
-const CASES: &[(&str, Option<&str>)] = &[
-    ("double_free_immediate", Some("double free (pointer")),
-    ("double_free_delayed", Some("double free (pointer")),
-    ("double_free_interleaved", Some("double free (pointer")),
-    ("double_free_after_reuse", Some("double free (pointer")),
+/// What a case's run must end with.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Not caught: the program runs on, prints "survived" and exits 0, with no report.
+    Survives,
+    /// SIGABRT after exactly one report line that holds this text and the pointer.
+    Reports(&'static str),
+    /// Killed by SIGSEGV, with no report (an overflow's write or what it broke).
+    Crashes,
+}
+
+use Expect::{Crashes, Reports, Survives};
+
+/// Each case of tests/c/heap_errors.c and what the default build does with it.
+const CASES: &[(&str, Expect)] = &[
+    ("double_free_immediate", Reports("double free (pointer")),
+    ("double_free_delayed", Reports("double free (pointer")),
+    ("double_free_interleaved", Reports("double free (pointer")),
+    ("double_free_after_reuse", Reports("double free (pointer")),
     // Other blocks of the page stay live, and the block is not the last one freed: only the
     // secure build tells (SECURE_CASES).
-    ("double_free_with_live_neighbours", None),
+    ("double_free_with_live_neighbours", Survives),
     (
         "double_free_other_thread",
-        Some("more blocks freed from other threads than the page has live"),
+        Reports("more blocks freed from other threads than the page has live"),
     ),
-    ("double_free_across_threads", Some("double free (pointer")),
-    ("free_interior", Some("not the start of a block")),
-    ("free_unaligned", Some("not the start of a block")),
+    (
+        "double_free_across_threads",
+        Reports("double free (pointer"),
+    ),
+    ("free_interior", Reports("not the start of a block")),
+    ("free_unaligned", Reports("not the start of a block")),
     (
         "free_unaligned_other_thread",
-        Some("not the start of a block"),
+        Reports("not the start of a block"),
     ),
-    // Outside every segment: free leaves such pointers alone (preload/src/lib.rs).
-    ("free_stack", None),
-    ("free_static", None),
-    ("double_free_large", Some("no block is in use there")),
-    ("free_large_interior", Some("not the start of a block")),
-    ("double_free_huge", Some("double free of a huge block")),
-    ("free_huge_interior", Some("not the start of a huge block")),
+    // Outside every segment: the default build's free leaves such pointers alone
+    // (preload/src/lib.rs); the secure one reports the stack and static ones.
+    ("free_stack", Survives),
+    ("free_static", Survives),
+    ("free_stack_thread", Survives),
+    // realloc copies what it can read and leaves the old address alone.
+    ("realloc_stack", Survives),
+    // Left alone by both builds: the loader's early blocks and image, and mmap'ed memory.
+    ("free_loader_block", Survives),
+    ("free_loader_image", Survives),
+    ("free_mmap", Survives),
+    ("double_free_large", Reports("no block is in use there")),
+    ("free_large_interior", Reports("not the start of a block")),
+    ("double_free_huge", Reports("double free of a huge block")),
+    (
+        "free_huge_interior",
+        Reports("not the start of a huge block"),
+    ),
+    // Into a live neighbour (or the block's slack): nothing of the allocator's is there.
+    ("overflow_small_1", Survives),
+    ("overflow_small_32", Survives),
+    ("underflow_small_8", Survives),
+    // An allocation after it follows a free block's link the write replaced.
+    ("overflow_small_1mib", Crashes),
+    // The byte past the huge block lies in the rest of its mapping.
+    ("overflow_huge_1", Survives),
+    // The freed block is not handed out by the next two allocations.
+    ("use_after_free_write", Survives),
 ];
 
-/// Where the secure build's report differs from [`CASES`]: its freed marker (src/heap/
-/// secure.rs) catches every double free of a small block at the second free.
-const SECURE_CASES: &[(&str, Option<&str>)] = &[
+/// Where the secure build differs from [`CASES`]: its freed marker (src/heap/secure.rs)
+/// catches every double free of a small block at the second free, its check of pointers
+/// outside every segment (preload/src/foreign.rs) the stack and static ones, and its checked
+/// links the free list the 1 MiB overflow wrote over.
+const SECURE_CASES: &[(&str, Expect)] = &[
     (
         "double_free_with_live_neighbours",
-        Some("double free (pointer"),
+        Reports("double free (pointer"),
     ),
-    ("double_free_other_thread", Some("double free (pointer")),
+    ("double_free_other_thread", Reports("double free (pointer")),
+    ("free_stack", Reports("free of a stack address")),
+    ("free_static", Reports("free of a static address")),
+    ("free_stack_thread", Reports("free of a stack address")),
+    ("realloc_stack", Reports("free of a stack address")),
+    (
+        "overflow_small_1mib",
+        Reports("free list corrupted: a freed block was overwritten"),
+    ),
 ];
 
 /// The table for the secure build (`secure`) or the default one.
-fn table(secure: bool) -> Vec<(&'static str, Option<&'static str>)> {
+fn table(secure: bool) -> Vec<(&'static str, Expect)> {
     CASES
         .iter()
-        .map(|&(case, reason)| {
+        .map(|&(case, expect)| {
             let over = SECURE_CASES.iter().find(|&&(c, _)| c == case);
             match over {
-                Some(&(_, r)) if secure => (case, r),
-                _ => (case, reason),
+                Some(&(_, e)) if secure => (case, e),
+                _ => (case, expect),
             }
         })
         .collect()
@@ -86,17 +136,13 @@ fn program() -> PathBuf {
             .args(["-O1", "-w", "-fno-builtin", "-pthread", "-o"])
             .arg(&out)
             .arg(&src)
+            .arg("-ldl")
             .status()
             .expect("run cc (apt-get install -y build-essential)");
         assert!(st.success(), "compiling {} failed", src.display());
         out
     })
     .clone()
-}
-
-/// Runs one case under the drop-in with `TIERALLOC_ON_ERROR=mode` (`None`: unset).
-fn run(case: &str, mode: Option<&str>) -> child::Outcome {
-    run_with(&child::preload_library(), case, mode)
 }
 
 /// The secure drop-in, `libtieralloc_preload_secure.so`, next to the default one (scripts/
@@ -149,10 +195,11 @@ fn the_default_build_catches_what_the_table_says() {
     catches_what_the_table_says(&child::preload_library(), false);
 }
 
-/// The secure drop-in catches what the default one does and every double free of a small
-/// block (SECURE_CASES: 14 of the 16 cases, glibc 15; the two it leaves are the pointers
-/// outside every segment, left alone by design), reported the same way. The cases it adds
-/// beyond the table, use after free through a forged link, are in tests/heap_errors.rs.
+/// The secure drop-in catches what the default one does, every double free of a small block,
+/// the frees of stack and static addresses and the free list the 1 MiB overflow broke
+/// (SECURE_CASES: 19 of the 27 cases; glibc 22), reported the same way, and leaves the
+/// loader's blocks and image and `mmap`ed memory alone. The cases it adds beyond the table,
+/// use after free through a forged link, are in tests/heap_errors.rs.
 #[test]
 fn the_secure_build_catches_at_least_what_the_default_does() {
     if let Some(lib) = secure_library() {
@@ -162,13 +209,14 @@ fn the_secure_build_catches_at_least_what_the_default_does() {
 
 fn catches_what_the_table_says(lib: &Path, secure: bool) {
     let mut caught = 0;
-    for (case, reason) in table(secure) {
+    for (case, expect) in table(secure) {
         let out = run_with(lib, case, None);
-        match reason {
-            Some(reason) => {
+        let signal = out.status.and_then(|s| s.signal());
+        match expect {
+            Reports(reason) => {
                 let r = reports(&out);
                 out.require(
-                    out.status.and_then(|s| s.signal()) == Some(libc::SIGABRT)
+                    signal == Some(libc::SIGABRT)
                         && r.len() == 1
                         && r[0].contains(reason)
                         && r[0].contains("(pointer 0x"),
@@ -176,27 +224,48 @@ fn catches_what_the_table_says(lib: &Path, secure: bool) {
                 );
                 caught += 1;
             }
-            None => {
+            Crashes => {
+                out.require(
+                    signal == Some(libc::SIGSEGV) && reports(&out).is_empty(),
+                    &format!("{case}: expected SIGSEGV and no report"),
+                );
+                caught += 1;
+            }
+            Survives => {
                 out.expect_success("survived");
                 out.require(reports(&out).is_empty(), &format!("{case}: no report"));
             }
         }
     }
-    assert_eq!(caught, if secure { 14 } else { 13 });
+    assert_eq!(caught, if secure { 19 } else { 14 });
 }
 
 #[test]
 fn warn_reports_and_goes_on_ignore_goes_on_silently() {
-    for &(case, reason) in CASES {
-        let Some(reason) = reason else { continue };
-        let out = run(case, Some("warn"));
+    warn_and_ignore(&child::preload_library(), false);
+}
+
+/// As the default build's: `warn` and `ignore` leave the pointer (or block) alone and go on,
+/// for the secure build's own reports too (a stack or static address given to `free` or
+/// `realloc` is left alone as the default build does).
+#[test]
+fn the_secure_build_warns_and_ignores_as_the_default_does() {
+    if let Some(lib) = secure_library() {
+        warn_and_ignore(&lib, true);
+    }
+}
+
+fn warn_and_ignore(lib: &Path, secure: bool) {
+    for (case, expect) in table(secure) {
+        let Reports(reason) = expect else { continue };
+        let out = run_with(lib, case, Some("warn"));
         out.expect_success("survived");
         let r = reports(&out);
         out.require(
             r.len() == 1 && r[0].contains(reason),
             &format!("{case}: one report of {reason:?}"),
         );
-        let out = run(case, Some("ignore"));
+        let out = run_with(lib, case, Some("ignore"));
         out.expect_success("survived");
         out.require(reports(&out).is_empty(), &format!("{case}: no report"));
     }

@@ -54,6 +54,16 @@ pub enum HeapError {
     /// Only the `secure` build, whose links are encoded, can tell.
     #[cfg(feature = "secure")]
     CorruptLink,
+    /// C's `free` (or `realloc`) of an address on the calling thread's stack, or on the main
+    /// thread's: outside every segment. Only the `secure` drop-in looks (preload/src/
+    /// foreign.rs); the default build leaves every pointer outside its segments alone.
+    #[cfg(feature = "secure")]
+    FreeOfStack,
+    /// C's `free` (or `realloc`) of an address inside a loaded object's image (the program's
+    /// or a library's data, bss or read-only data), not the dynamic loader's. The `secure`
+    /// drop-in only, as [`HeapError::FreeOfStack`].
+    #[cfg(feature = "secure")]
+    FreeOfStatic,
 }
 
 impl HeapError {
@@ -70,6 +80,10 @@ impl HeapError {
             HeapError::FreeListLoop => b"double free: a free list links a block to itself",
             #[cfg(feature = "secure")]
             HeapError::CorruptLink => b"free list corrupted: a freed block was overwritten (use after free or overflow)",
+            #[cfg(feature = "secure")]
+            HeapError::FreeOfStack => b"invalid free: free of a stack address",
+            #[cfg(feature = "secure")]
+            HeapError::FreeOfStatic => b"invalid free: free of a static address",
         }
     }
 }
@@ -178,6 +192,10 @@ mod tests {
             HeapError::FreeListLoop,
             #[cfg(feature = "secure")]
             HeapError::CorruptLink,
+            #[cfg(feature = "secure")]
+            HeapError::FreeOfStack,
+            #[cfg(feature = "secure")]
+            HeapError::FreeOfStatic,
         ] {
             let mut buf = [0u8; 192];
             let n = line(e, core::ptr::null(), &mut buf);

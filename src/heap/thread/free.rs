@@ -63,6 +63,18 @@ pub unsafe fn free(p: *mut u8) {
 /// `p` is null, memory outside every tieralloc segment, or a live block of ours.
 #[inline(always)]
 pub unsafe fn free_c(p: *mut u8) {
+    // SAFETY: forwarded contract; the empty hook compiles to nothing.
+    unsafe { free_c_or(p, |_| ()) }
+}
+
+/// [`free_c`], handing a non-null pointer outside every tieralloc segment to `foreign`
+/// instead of ignoring it (the secure drop-in's check of stack and static pointers,
+/// docs/security.md). Only that path runs `foreign`: the others are [`free_c`]'s.
+///
+/// # Safety
+/// As [`free_c`].
+#[inline(always)]
+pub unsafe fn free_c_or(p: *mut u8, foreign: impl FnOnce(*mut u8)) {
     let tag = map_tag(p);
     // The unset heap's tag is NO_TAG, which no entry holds: a thread's first free goes to
     // free_other like any other, which looks the real heap up.
@@ -75,6 +87,8 @@ pub unsafe fn free_c(p: *mut u8) {
             free_owned(HeapRef::new(h), segment_of(p), p);
         } else if tag != 0 {
             free_other(h, segment_of(p), p);
+        } else if !p.is_null() {
+            foreign(p);
         }
     }
 }
