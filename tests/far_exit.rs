@@ -12,6 +12,7 @@
 //!
 //! Each check runs in a child process (the variable is read once, at start-up).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tieralloc::tiers::{self, Policy};
 
@@ -63,6 +64,26 @@ fn snapshot() -> Snapshot {
     }
 }
 
+/// The addresses of the blocks the last thread freed before its exit (0: none), kept without
+/// allocating (a block the thread allocated would keep its far segment abandoned).
+static FREED: [AtomicUsize; N] = [const { AtomicUsize::new(0) }; N];
+
+/// How many of the pages of the blocks of `SIZE` bytes at `addrs` (page-aligned: large
+/// blocks start at a slice) are resident (mincore).
+fn resident(addrs: &[usize]) -> usize {
+    let pages = SIZE / 4096;
+    let mut v = vec![0u8; pages];
+    let mut n = 0;
+    for &a in addrs {
+        // SAFETY: [a, a + SIZE) is in a segment that stays mapped (abandoned, with a block
+        // live); mincore only reads residency into v, which has a byte per page.
+        let r = unsafe { libc::mincore(a as *mut libc::c_void, SIZE, v.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        n += v.iter().filter(|&&b| b & 1 != 0).count();
+    }
+    n
+}
+
 fn node_of(p: *const u8) -> u32 {
     // SAFETY: p is a live block of ours.
     unsafe { tieralloc::probe::block_node(p) }
@@ -70,9 +91,9 @@ fn node_of(p: *const u8) -> u32 {
 
 /// On a fresh thread pinned to node 0: a segment of node 2 for its heap (one small block
 /// allocated while the near budget is spent), then `N` blocks of `SIZE` bytes carved from it.
-/// The blocks are freed on the thread before it exits if `free_here`, else handed back,
-/// with node 2's live bytes while they were the thread's.
-fn far_blocks_from_a_thread(free_here: bool) -> (Vec<Vec<u8>>, i64) {
+/// All but the first `keep` blocks are freed on the thread before it exits; those are handed
+/// back, with node 2's live bytes while all were the thread's.
+fn far_blocks_from_a_thread(keep: usize) -> (Vec<Vec<u8>>, i64) {
     let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(N);
     std::thread::spawn(move || {
         assert!(nodes::move_to_node(0), "pin to simulated node 0");
@@ -90,12 +111,21 @@ fn far_blocks_from_a_thread(free_here: bool) -> (Vec<Vec<u8>>, i64) {
         }
         drop(small);
         for b in &blocks {
-            assert_eq!(node_of(b.as_ptr()), FAR, "a large block not on the far segment");
+            assert_eq!(
+                node_of(b.as_ptr()),
+                FAR,
+                "a large block not on the far segment"
+            );
         }
         let far_live = snapshot().nodes[FAR as usize];
-        if free_here {
-            blocks.clear();
+        for (i, f) in FREED.iter().enumerate() {
+            let a = blocks
+                .get(i)
+                .filter(|_| i >= keep)
+                .map_or(0, |b| b.as_ptr() as usize);
+            f.store(a, Ordering::Relaxed);
         }
+        blocks.truncate(keep);
         (blocks, far_live)
     })
     .join()
@@ -113,10 +143,10 @@ fn check(free_here: bool) {
     // The threads start on node 0 (they inherit the affinity). Warm-up: the spawn, the
     // pinning and the snapshots allocate what they keep for good before the baseline.
     assert!(nodes::move_to_node(0), "pin to simulated node 0");
-    drop(far_blocks_from_a_thread(true).0);
+    drop(far_blocks_from_a_thread(0).0);
     nodes::collect_passes(4);
     let base = snapshot();
-    let (blocks, owned) = far_blocks_from_a_thread(free_here);
+    let (blocks, owned) = far_blocks_from_a_thread(if free_here { 0 } else { N });
     for (i, b) in blocks.iter().enumerate() {
         assert!(b.iter().all(|&x| x == i as u8 + 1));
     }
@@ -138,13 +168,83 @@ fn check(free_here: bool) {
     nodes::collect_passes(4);
     let now = snapshot();
     let how = format!("after the frees (free_here: {free_here}): {now:?} vs {base:?}");
-    assert!((now.live - base.live).abs() < STD_SLACK, "total live: {how}");
-    assert!((now.nodes[0] - base.nodes[0]).abs() < STD_SLACK, "node 0 live: {how}");
+    assert!(
+        (now.live - base.live).abs() < STD_SLACK,
+        "total live: {how}"
+    );
+    assert!(
+        (now.nodes[0] - base.nodes[0]).abs() < STD_SLACK,
+        "node 0 live: {how}"
+    );
     assert_eq!(now.nodes[1], base.nodes[1], "node 1 live: {how}");
     assert_eq!(now.nodes[2], base.nodes[2], "far node live: {how}");
-    assert_eq!(now.far_committed, base.far_committed, "far node committed: {how}");
+    assert_eq!(
+        now.far_committed, base.far_committed,
+        "far node committed: {how}"
+    );
     assert_eq!(now.segments, base.segments, "segments: {how}");
     assert_eq!(now.abandoned, base.abandoned, "segments abandoned: {how}");
+}
+
+/// A far segment left with one block live: the thread frees two of its three blocks and
+/// exits. Nobody frees into the segment, so only a collection's tending reaches it: the next
+/// collections (of the main thread, on node 0) purge its free slices (node 2's committed bytes
+/// drop by the two blocks' slices at least) and leave the live block booked on node 2; the
+/// last free then gives the segment back.
+fn check_tended() {
+    assert!(nodes::move_to_node(0), "pin to simulated node 0");
+    drop(far_blocks_from_a_thread(0).0);
+    nodes::collect_passes(4);
+    let base = snapshot();
+    let (mut blocks, _) = far_blocks_from_a_thread(1);
+    let exited = snapshot();
+    let freed: Vec<usize> = FREED
+        .iter()
+        .map(|f| f.load(Ordering::Relaxed))
+        .filter(|&a| a != 0)
+        .collect();
+    assert_eq!(freed.len(), N - 1);
+    assert_eq!(
+        resident(&freed),
+        (N - 1) * SIZE / 4096,
+        "pages of the blocks freed before the exit resident"
+    );
+    assert_eq!(
+        exited.abandoned,
+        base.abandoned + 1,
+        "{exited:?} vs {base:?}"
+    );
+    nodes::collect_passes(4);
+    let tended = snapshot();
+    let slice = 64 << 10;
+    let block = SIZE.div_ceil(slice) * slice;
+    assert_eq!(
+        resident(&freed),
+        0,
+        "pages of the blocks freed before the exit resident after four collections"
+    );
+    assert_eq!(
+        tended.nodes[FAR as usize] - base.nodes[FAR as usize],
+        block as i64,
+        "far node live, one block left: {tended:?} vs {base:?}"
+    );
+    assert!(blocks[0].iter().all(|&x| x == 1));
+    blocks.clear();
+    nodes::collect_passes(4);
+    let now = snapshot();
+    assert_eq!(
+        now.nodes[FAR as usize], base.nodes[FAR as usize],
+        "{now:?} vs {base:?}"
+    );
+    assert_eq!(now.far_committed, base.far_committed, "{now:?} vs {base:?}");
+    assert_eq!(now.abandoned, base.abandoned, "{now:?} vs {base:?}");
+}
+
+#[test]
+fn inner_one_left_after_the_thread_exits() {
+    if child::is_child() {
+        check_tended();
+    }
 }
 
 #[test]
@@ -165,6 +265,13 @@ fn inner_freed_before_the_thread_exits() {
 fn far_large_blocks_freed_before_their_thread_exits_leave_nothing() {
     if !child::is_child() {
         run_child("inner_freed_before_the_thread_exits");
+    }
+}
+
+#[test]
+fn a_far_segment_left_with_a_live_block_is_tended_by_collections() {
+    if !child::is_child() {
+        run_child("inner_one_left_after_the_thread_exits");
     }
 }
 
