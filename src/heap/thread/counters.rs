@@ -4,9 +4,10 @@
 //! Owns: `HeapStats` (bumped by its owner with a plain load and store, read by anyone), the
 //! `RETIRED*` and `CROSS_*` statics, the choice of which counters a free goes to, and the
 //! booking of a heap's far pages (bin pages of its segments on another node than its own, which
-//! a tier policy gave it) on their node: [`note_far_collected`], [`note_far_abandoned`],
-//! [`settle_far`]. May touch: the `Heap` type (`super`, for its state, its segment list and
-//! its own counters), `bins` (which bin a direct-table slot serves), `slices` (the walk of a
+//! a tier policy gave it) and of its large pages on such segments on their node:
+//! [`note_far_collected`], [`note_far_abandoned`], [`note_far_large`], [`settle_far`], and
+//! of a large page a tender of another node takes back ([`book_tended_large`]). May touch:
+//! the `Heap` type (`super`, for its state, its segment list and its own counters), `bins` (which bin a direct-table slot serves), `slices` (the walk of a
 //! segment's pages), `heap::{segment, size_class}`, `heap::page` (`LEAKED`), `sync`.
 
 use super::bins::{direct_bin, DIRECT_SLOTS};
@@ -53,9 +54,11 @@ pub struct HeapStats {
     /// that its per-bin counts hold as live (its pops minus its own frees of them), as of the
     /// last [`settle_far`]. `stats()` books them on that node instead of the heap's.
     pub far_net: [AtomicI64; MAX_NODES],
-    /// The part of `far_net` no page of the heap holds any more: blocks of its far pages that
-    /// other threads freed (booked on the far node by the freer, taken back into circulation
-    /// by a collect or a drain of the owner), and the live blocks of far segments given up.
+    /// The part of `far_net` that no walk of the heap's far bin pages finds: blocks of its far
+    /// pages that other threads freed (booked on the far node by the freer, taken back into
+    /// circulation by a collect or a drain of the owner), the live blocks of far segments
+    /// given up, and its large pages on far segments (booked at their allocation, taken off
+    /// when the heap takes the page back: [`note_far_large`]).
     pub far_fixed: [AtomicI64; MAX_NODES],
 }
 
@@ -288,6 +291,41 @@ pub(super) unsafe fn note_far_abandoned(h: HeapRef, seg: *mut Segment) {
             for_each_used_page(seg, |p| bytes += bin_page_bytes(p));
             bump_i64(&h.stats.far_fixed[n], bytes);
         }
+    }
+}
+
+/// A large page of `h` on `seg` grew by `bytes` (its allocation, a resize in place) or shrank
+/// (negative: a resize, its free taken back by `h` while `seg` is on `h`'s list): if `seg` is
+/// a far segment of `h`, the bytes go to `far_fixed` and `far_net` at once, so that they are
+/// live on their node while `h` holds the page, and stay there (in the retired totals) when
+/// `h` exits or gives `seg` up with the page live. Whoever takes such a page back after that
+/// books it off that node ([`book_tended_large`]).
+///
+/// # Safety
+/// `seg` is a segment of `h`, and `h` is the calling thread's heap (or a node heap whose lock
+/// the caller holds).
+#[inline]
+pub(super) unsafe fn note_far_large(h: HeapRef, seg: *const Segment, bytes: i64) {
+    // SAFETY: seg is ours (contract).
+    if let Some(n) = unsafe { far_node(h, seg) } {
+        bump_i64(&h.stats.far_fixed[n], bytes);
+        bump_i64(&h.stats.far_net[n], bytes);
+    }
+}
+
+/// `h` took back a large page of `bytes` that it found empty in `seg`, a segment it tends
+/// or adopted from an abandoned list (its `large_free_bytes` take the bytes): if `seg` is of
+/// another node than `h`'s, the bytes leave that node (where the heap that allocated the page
+/// booked them: its own node, or its far node through [`note_far_large`]) rather than `h`'s,
+/// as a free of a block of another node does.
+///
+/// # Safety
+/// `seg` was taken off an abandoned list for `h`, an active heap the caller may use.
+pub(super) unsafe fn book_tended_large(h: HeapRef, seg: *const Segment, bytes: u64) {
+    // SAFETY: seg is ours for now (contract).
+    if let Some(n) = unsafe { far_node(h, seg) } {
+        bump(&h.stats.foreign_free_bytes, bytes);
+        CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
     }
 }
 

@@ -12,7 +12,8 @@
 
 use super::bins::unfull;
 use super::counters::{
-    add, bump, counters, note_far_collected, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN,
+    add, bump, counters, note_far_collected, note_far_large, CROSS_FREED_BYTES, CROSS_FREES,
+    LARGE_BIN,
 };
 use super::large::free_huge;
 use super::purger;
@@ -361,6 +362,8 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
     // SAFETY: page is one of our large pages, now unused.
     unsafe {
         bump(&h.stats.large_free_bytes, (*page).block_size as u64);
+        // A page on a far segment of h's (its own: h adopts only segments of its node).
+        note_far_large(h, (*page).segment(), -((*page).block_size as i64));
         (*page).flags = 0;
         (*page).thread_free.force_state(NORMAL);
         retire_page(h, page);

@@ -11,7 +11,7 @@
 //! size_class}`,
 //! `sys::os`, `init` (the purge delay).
 
-use super::counters::{add, bump, counters, LARGE_BIN};
+use super::counters::{add, bump, counters, note_far_large, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
 use super::labels::book_huge;
 use super::node::dead_alloc;
@@ -67,6 +67,8 @@ pub(super) unsafe fn alloc_large(h: HeapRef, size: usize, zero: bool) -> *mut u8
         p.thread_free.force_state(USE_DELAYED);
         bump(&h.stats.allocs[LARGE_BIN], 1);
         bump(&h.stats.large_alloc_bytes, p.block_size as u64);
+        // On a far segment (a tier policy's): live on the segment's node.
+        note_far_large(h, p.segment(), p.block_size as i64);
         if zero && !p.fresh {
             ptr::write_bytes(p.start(), 0, size);
         }
@@ -258,6 +260,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
                 let shrink = Segment::shrink_large(seg, page, want, os::now_ms(), delay);
                 bump(&h.stats.large_free_bytes, shrink as u64);
+                note_far_large(h, seg, -(shrink as i64));
             }
             return true;
         }
@@ -269,6 +272,7 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
             return false;
         }
         bump(&h.stats.large_alloc_bytes, grow as u64);
+        note_far_large(h, seg, grow as i64);
         true
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! Owns: `NODE_HEAPS` (each behind its own lock; a thread that holds the lock uses the heap
 //! as its own), `NODE_HEAPS_USED`, `node_alloc`, and their collection from other threads'
-//! ticks. Lock order: a node heap's lock before the registry's (see `fork`). May touch: the
-//! `Heap` type (`super`), `alloc` (the allocation itself), `registry` (a node heap's first
-//! use), `tick` (collections), `heap::segment`, `sync`.
+//! ticks, which also sets up and collects the heap of a node without CPUs that has abandoned
+//! segments (so that they are tended). Lock order: a node heap's lock before the registry's
+//! (see `fork`). May touch: the `Heap` type (`super`), `alloc` (the allocation itself),
+//! `registry` (a node heap's first use), `tick` (collections), `heap::segment` (the abandoned
+//! lists' counts), `topology::discover` (which nodes have no CPU), `sync`.
 
 use super::alloc::alloc_generic_in;
 use super::registry::register;
 use super::tick::heap_collect;
 use super::{Heap, HeapRef, ACTIVE};
-use crate::heap::segment::MAX_NODES;
+use crate::heap::segment::{ABANDONED, ABANDONED_FULL, MAX_NODES};
 use crate::sync::{AtomicU64, Ordering, SpinLock};
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
@@ -78,7 +80,18 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
     };
     let _g = nh.lock.lock();
     // SAFETY: we hold the node heap's lock, so it is ours for the duration.
-    let mut h = unsafe { nh.heap() };
+    let h = unsafe { nh.heap() };
+    // SAFETY: we hold its lock (above).
+    unsafe { activate(h, node) };
+    // SAFETY: forwarded contract.
+    unsafe { alloc_generic_in(h, size, align, zero) }
+}
+
+/// Registers node `node`'s heap `h` on its first use.
+///
+/// # Safety
+/// `h` is `NODE_HEAPS[node]`'s heap, whose lock the caller holds.
+unsafe fn activate(mut h: HeapRef, node: u32) {
     if h.state != ACTIVE {
         h.shared = true;
         // SAFETY: a node heap is never unregistered, so one that is not ACTIVE was never
@@ -86,25 +99,61 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
         unsafe { register(h, node) };
         NODE_HEAPS_USED.fetch_or(1 << node, Ordering::Relaxed);
     }
-    // SAFETY: forwarded contract.
-    unsafe { alloc_generic_in(h, size, align, zero) }
 }
 
-/// Collects and purges every node heap that is free right now (try-lock: never waits).
+/// Collects and purges every node heap that is free right now (try-lock: never waits), and
+/// that of every node without CPUs that has abandoned segments ([`stranded_nodes`]), set up
+/// for it if it was never used: its collection tends them (a heap tends only its own node's
+/// abandoned segments, and no thread runs on such a node).
 pub(super) fn collect_node_heaps(now: u64, delay: u64) {
-    let mut used = NODE_HEAPS_USED.load(Ordering::Relaxed);
+    let stranded = stranded_nodes();
+    let mut used = NODE_HEAPS_USED.load(Ordering::Relaxed) | stranded;
     while used != 0 {
-        let nh = &NODE_HEAPS[used.trailing_zeros() as usize];
+        let node = used.trailing_zeros();
+        let nh = &NODE_HEAPS[node as usize];
         used &= used - 1;
         if let Some(_g) = nh.lock.try_lock() {
             // SAFETY: we hold its lock, so it is ours for the duration.
             let h = unsafe { nh.heap() };
+            if stranded & (1 << node) != 0 {
+                // SAFETY: we hold its lock.
+                unsafe { activate(h, node) };
+            }
             if h.state == ACTIVE {
                 // SAFETY: we hold no page of the node heap (we only took its lock).
                 unsafe { heap_collect(h, now, delay) };
             }
         }
     }
+}
+
+/// The nodes with memory but no CPU (a far tier's, such as a CXL expander's), as found once;
+/// `u64::MAX` until then.
+static CPULESS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The nodes without CPUs that have segments on an abandoned list: left by threads whose
+/// heaps a tier policy gave segments there (far pages), which no thread of theirs will tend.
+/// A load of each such node's two list counts (none on a machine whose nodes all have CPUs).
+fn stranded_nodes() -> u64 {
+    let mut cpuless = CPULESS.load(Ordering::Relaxed);
+    if cpuless == u64::MAX {
+        let t = crate::topology::discover::get();
+        cpuless = t.mem_nodes & t.nodes & !t.cpu_nodes();
+        CPULESS.store(cpuless, Ordering::Relaxed);
+    }
+    let mut stranded = 0u64;
+    let mut m = cpuless;
+    while m != 0 {
+        let n = m.trailing_zeros() as usize;
+        m &= m - 1;
+        if n < MAX_NODES
+            && (ABANDONED[n].count.load(Ordering::Relaxed) != 0
+                || ABANDONED_FULL[n].count.load(Ordering::Relaxed) != 0)
+        {
+            stranded |= 1 << n;
+        }
+    }
+    stranded
 }
 
 /// Allocation for a thread whose heap is gone (see `DEAD`): from its node's shared heap.

@@ -13,7 +13,7 @@
 use super::bins::DIRECT_SLOTS;
 use super::counters::{settle_far, HeapStats, RETIRED, RETIRED_NET_BY_NODE};
 use super::free::drain_delayed;
-use super::slices::{for_each_used_page, let_go, release_empty_page};
+use super::slices::{for_each_used_page, let_go, release_own_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
 use crate::heap::heaps::HeapList;
@@ -317,7 +317,7 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
             for_each_used_page(seg, |p| {
                 (*p).collect();
                 if (*p).used == 0 {
-                    release_empty_page(h, p, now, 0);
+                    release_own_page(h, p, now, 0);
                 }
             });
             // 4. Empty segments go to the pool; the rest are abandoned for others to adopt.

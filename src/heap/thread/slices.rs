@@ -13,7 +13,7 @@
 //! (the purge delay), and `heap::route` (the spill call in `take_slices`).
 
 use super::bins::unfull;
-use super::counters::{bump, note_far_abandoned};
+use super::counters::{book_tended_large, bump, note_far_abandoned, note_far_large};
 use super::free::{drain_delayed, free_large_page};
 use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
@@ -143,8 +143,12 @@ pub(super) unsafe fn set_live_hint(seg: *mut Segment) {
 /// by other threads' frees goes to the pool now, resident (the next thread that needs a
 /// segment reuses it without faults), instead of waiting abandoned until a collection tends
 /// it. A segment found not empty after all (the hint is only a hint) goes back to its list.
-/// Returns false, having done nothing, if the segment is of another node than `h` or was no
-/// longer abandoned: the caller frees `p` as any remote free.
+/// Any active heap may do this, of whatever node: nothing moves (a segment emptied goes to its
+/// own node's pool, one that is not back to its node's list) and the large pages it gives back
+/// are booked off the segment's node (`release_empty_page`). So a segment of a node no thread
+/// runs on (a CPU-less far node's, left by a thread whose heap a tier policy gave it) does not
+/// wait, emptied, for a collection of its node. Returns false, having done nothing, if the
+/// segment was no longer abandoned: the caller frees `p` as any remote free.
 ///
 /// # Safety
 /// `h` is this thread's active heap; `p` is a live block of `page`, a page of `seg` in use,
@@ -157,12 +161,6 @@ pub(super) unsafe fn reclaim_emptied(
 ) -> bool {
     // SAFETY: our live block keeps seg mapped; once claimed, seg is ours until tended back.
     unsafe {
-        // Only a heap of its node, like every other tending: the large blocks of the pages
-        // it gives back are booked off the tender's node (`release_empty_page`), which is
-        // theirs only then. A segment of another node waits for its own node's threads.
-        if (*seg).node as u32 != h.node {
-            return false;
-        }
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         if !(ABANDONED[node].claim(seg, h.addr(), h.tag)
             || ABANDONED_FULL[node].claim(seg, h.addr(), h.tag))
@@ -452,16 +450,45 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
     }
 }
 
-/// Gives back a page found empty outside the free path (thread exit, adoption), keeping the
-/// large-object byte counters right.
+/// Gives back a page found empty outside the free path in a segment `h` took from an
+/// abandoned list (adoption, tending, a reclaim), keeping the large-object byte counters
+/// right: a large page's bytes leave the segment's node (`book_tended_large`), wherever `h`
+/// runs.
 ///
 /// # Safety
-/// `p` is a page of a segment `h` owns, with no live block, in no queue.
+/// `p` is a page of a segment `h` owns, taken off an abandoned list for `h` (an active heap),
+/// with no live block, in no queue.
 pub(super) unsafe fn release_empty_page(h: HeapRef, p: *mut Page, now: u64, delay: u64) {
+    // SAFETY: forwarded contract.
+    unsafe { release_page(h, p, now, delay, false) }
+}
+
+/// [`release_empty_page`] for a page of a segment on `h`'s own list (thread exit): a large
+/// page on a far segment of `h` was booked on its node by `h` (`note_far_large`), which takes
+/// that back.
+///
+/// # Safety
+/// `p` is a page of a segment on `h`'s list, with no live block, in no queue.
+pub(super) unsafe fn release_own_page(h: HeapRef, p: *mut Page, now: u64, delay: u64) {
+    // SAFETY: forwarded contract.
+    unsafe { release_page(h, p, now, delay, true) }
+}
+
+/// [`release_empty_page`] (`own` false) and [`release_own_page`] (`own` true).
+///
+/// # Safety
+/// As for the one called.
+unsafe fn release_page(h: HeapRef, p: *mut Page, now: u64, delay: u64, own: bool) {
     // SAFETY: p is one of our pages with no live block.
     unsafe {
         if (*p).kind == PageKind::Large as u8 {
-            bump(&h.stats.large_free_bytes, (*p).block_size as u64);
+            let bytes = (*p).block_size as u64;
+            bump(&h.stats.large_free_bytes, bytes);
+            if own {
+                note_far_large(h, (*p).segment(), -(bytes as i64));
+            } else {
+                book_tended_large(h, (*p).segment(), bytes);
+            }
         }
         // As `retire_page`: a free into the given-back page (a double free of its block) is
         // checked on the slow path.
