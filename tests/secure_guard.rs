@@ -134,18 +134,20 @@ fn child_a_write_one_byte_past_a_huge_block_faults() {
     eprintln!("the write past the end did not fault");
 }
 
-/// Blocks of the first page of `seg` (the one from `BLOCKS_START`): 64-byte blocks taken in
-/// a fresh thread until one lands on its first byte, that is right after the guard page
-/// (found in /proc/self/maps: the one `---p` page in the segment's first slice). Returns the
-/// guard's end and the blocks, which the caller frees.
+/// Blocks of the first page of a segment (the one from `BLOCKS_START`): 64-byte blocks taken
+/// in a fresh thread until one lands on its first byte, that is right after the guard page
+/// (found in /proc/self/maps). Up to 19 MiB of them: a heap may first fill segments it
+/// adopted, whose first page holds another class; a segment it maps gives its first page to
+/// the class that needs one. Returns the guard's end and the blocks, which the caller frees.
 fn first_page_blocks() -> (usize, Vec<usize>) {
     on_new_thread(|| {
         let mut got = Vec::new();
-        for _ in 0..20_000 {
+        for _ in 0..300_000 {
             let p = alloc(64) as usize;
             got.push(p);
             let seg = p & !(SEGMENT - 1);
-            if p - seg < SLICE && prot_at(p - 1) == "---p" {
+            // The first block is within the first quarter slice (the header is smaller).
+            if p - seg <= SLICE / 4 && prot_at(p - 1) == "---p" {
                 let guard = p - PAGE;
                 assert_eq!(prot_at(guard - 1), "rw-p", "the guard is one page");
                 assert_eq!(prot_at(seg), "rw-p", "the header");
@@ -247,5 +249,66 @@ fn a_huge_block_reused_at_another_size_moves_its_guard() {
         assert_eq!(prot_at(t as usize - 1), "---p", "no guard before the block");
         fill_and_check(t, usable(t), 4);
         dealloc(t, nine);
+    });
+}
+
+/// A cached huge mapping that served a block aligned to 1 MiB (its front guard just under
+/// 1 MiB) serves one aligned to 16 bytes: the old front guard, inside the new block now, is
+/// read-write again (every byte written), and the new one is right before the block.
+#[test]
+fn a_reused_huge_mapping_moves_its_front_guard_to_the_new_start() {
+    on_new_thread(|| {
+        let n = 6 * MIB;
+        let wide = Layout::from_size_align(n, MIB).unwrap();
+        // SAFETY: a non-zero size.
+        let p = unsafe { GLOBAL.alloc(wide) };
+        assert!(!p.is_null());
+        assert_eq!(
+            p as usize % SEGMENT,
+            MIB,
+            "the block is not at 1 MiB of its mapping"
+        );
+        assert_eq!(prot_at(p as usize - 1), "---p", "no guard before the block");
+        // SAFETY: p is a live block of this layout.
+        unsafe { GLOBAL.dealloc(p, wide) };
+        let q = alloc(n);
+        let seg = p as usize & !(SEGMENT - 1);
+        assert_eq!(
+            q as usize & !(SEGMENT - 1),
+            seg,
+            "not served from the cache"
+        );
+        assert!(q < p, "the block does not start before the old one");
+        assert_eq!(prot_at(q as usize - 1), "---p", "no guard before the block");
+        assert_writable_then_guard(q as usize, q as usize + usable(q));
+        fill_and_check(q, usable(q), 5);
+        dealloc(q, n);
+    });
+}
+
+/// Two cached huge mappings moved together (`mremap`) to serve a bigger block: neither
+/// piece's guards are left inside it, and the assembled mapping's guard follows its end.
+#[test]
+fn huge_mappings_moved_together_leave_no_guard_inside_the_block() {
+    on_new_thread(|| {
+        let (a, b) = (alloc(6 * MIB), alloc(5 * MIB));
+        fill_and_check(a, 6 * MIB, 0xa1);
+        fill_and_check(b, 5 * MIB, 0xb2);
+        dealloc(a, 6 * MIB);
+        dealloc(b, 5 * MIB);
+        let n = 10 * MIB;
+        let c = alloc(n);
+        let (ca, cb) = (c as usize, c as usize + usable(c));
+        // SAFETY: c is a live block of n bytes (not zeroed: the moved pages keep their bytes).
+        let (first, last) = unsafe { (*c, *c.add(n - 1)) };
+        assert_eq!(
+            (first, last),
+            (0xa1, 0xb2),
+            "not assembled from the cached pieces"
+        );
+        assert_writable_then_guard(ca, cb);
+        assert_eq!(prot_at(ca - 1), "---p", "no guard before the block");
+        fill_and_check(c, usable(c), 6);
+        dealloc(c, n);
     });
 }
