@@ -4,13 +4,21 @@
 //! Owns: the huge segment header fields, the registry of live huge objects, moving a huge
 //! mapping's pages into a bigger mapping (`enlarge`, `grow`), and, in its child `cache`, the
 //! per-thread cache of freed huge mappings ([`HugeCache`]: what it keeps, which mappings serve
-//! a request, when one goes back to the OS). May touch: `sys::os`, `heap::segment`,
-//! `heap::claim`.
+//! a request, when one goes back to the OS), and the `secure` build's guard pages of a huge
+//! mapping. May touch: `sys::os`, `heap::segment`, `heap::claim`.
+//!
+//! The `secure` build: the last OS page of every huge mapping (live or cached) is a
+//! `PROT_NONE` guard (`TAIL_GUARD`, inside `map_size`, counted like the rest of it), and an
+//! object has another right before its start (`Segment::huge_guard`), between it and the
+//! header: a write one byte past the object's usable end, or just before its start, faults.
+//! Whatever changes a mapping's size or moves its pages moves the guards with it (`map`,
+//! `init`, `enlarge`, and the cache's grow, split and assemble); `mremap` moves one mapping
+//! (VMA) only, so the guards are made read-write before a move and placed again after.
 
 mod cache;
 
 use super::claim::ClaimSlot;
-use super::segment::{Segment, SegmentKind, HEADER_SIZE, MAX_ALIGN, SEGMENT_SIZE};
+use super::segment::{Segment, SegmentKind, BLOCKS_START, GUARD_SIZE, MAX_ALIGN, SEGMENT_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
 use crate::sys::os;
 pub use cache::HugeCache;
@@ -18,19 +26,93 @@ pub use cache::HugeCache;
 pub use cache::{CACHE_MAX_BYTES, SPLIT_MIN};
 use core::ptr;
 
+/// Bytes at the end of every huge mapping that are its guard page (`secure` build: one OS
+/// page, `PROT_NONE`; none otherwise). Part of `map_size`, never of the object.
+pub const TAIL_GUARD: usize = GUARD_SIZE;
+
 /// Where the object goes in its segment, and how many bytes to map, for `size` at `align`.
 /// None if it cannot be served (alignment over `MAX_ALIGN`, or sizes near the address space).
 pub fn layout_for(size: usize, align: usize) -> Option<(usize, usize)> {
     if align > MAX_ALIGN {
         return None;
     }
-    // The header rounded up to the alignment (align is a power of two).
-    let offset = (HEADER_SIZE + align - 1) & !(align - 1);
+    // The header (and its guard page) rounded up to the alignment (a power of two).
+    let offset = (BLOCKS_START + align - 1) & !(align - 1);
     let end = offset.checked_add(size)?.checked_add(os::OS_PAGE - 1)? & !(os::OS_PAGE - 1);
+    let end = end.checked_add(TAIL_GUARD)?;
     if end > isize::MAX as usize / 2 {
         return None;
     }
     Some((offset, end))
+}
+
+/// The usable bytes of an object at `offset` of a huge mapping of `map_size` bytes: up to the
+/// mapping's end, less its tail guard.
+#[inline]
+pub fn usable(map_size: usize, offset: usize) -> usize {
+    map_size - offset - TAIL_GUARD
+}
+
+/// `secure` build: makes the last OS page of the huge mapping at `base`, of `map_size` bytes,
+/// its tail guard. Nothing otherwise.
+///
+/// # Safety
+/// The mapping is ours and that page holds no live object.
+#[inline]
+pub(super) unsafe fn set_tail_guard(base: *mut u8, map_size: usize) {
+    #[cfg(feature = "secure")]
+    // SAFETY: the last page of the mapping is ours and unused (contract). Refused (too many
+    // mappings): the object is only unguarded.
+    unsafe {
+        os::protect_none(base.add(map_size - TAIL_GUARD), TAIL_GUARD);
+    }
+    let _ = (base, map_size);
+}
+
+/// `secure` build: makes the tail guard of the huge mapping at `base`, of `map_size` bytes,
+/// read-write again (it is about to lie inside an object, or the mapping to move). Nothing
+/// otherwise.
+///
+/// # Safety
+/// The mapping is ours.
+#[inline]
+pub(super) unsafe fn drop_tail_guard(base: *mut u8, map_size: usize) {
+    #[cfg(feature = "secure")]
+    // SAFETY: the last page of a mapping of ours (contract); giving access changes nothing.
+    unsafe {
+        os::protect_rw(base.add(map_size - TAIL_GUARD), TAIL_GUARD);
+    }
+    let _ = (base, map_size);
+}
+
+/// `secure` build: places the front guard of an object at `offset` of `seg` (the page right
+/// before it), making the last object's front guard read-write if it was elsewhere; with
+/// `offset` 0, only drops the old one (before a move). Nothing otherwise.
+///
+/// # Safety
+/// `seg` is a huge mapping of ours that no other thread uses, holding no live object (or
+/// the caller's, at `offset`); `offset` is 0 or at least `BLOCKS_START`.
+#[inline]
+pub(super) unsafe fn place_front_guard(seg: *mut Segment, offset: usize) {
+    #[cfg(feature = "secure")]
+    // SAFETY: the header is ours (contract); the old guard page lies in the mapping, and the
+    // new one (after the header: offset >= BLOCKS_START) holds no object.
+    unsafe {
+        let base = seg as *mut u8;
+        let old = (*seg).huge_guard as usize;
+        let new = offset.saturating_sub(GUARD_SIZE);
+        if old == new {
+            return;
+        }
+        if old != 0 {
+            os::protect_rw(base.add(old), GUARD_SIZE);
+        }
+        (*seg).huge_guard = 0;
+        if new != 0 && os::protect_none(base.add(new), GUARD_SIZE) {
+            (*seg).huge_guard = new as u32;
+        }
+    }
+    let _ = (seg, offset);
 }
 
 /// The address range a huge mapping of `map_size` bytes holds: the mapping rounded up to a
@@ -66,16 +148,22 @@ pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -
         crate::sys::numa::let_kernel_promote(p, map_size, node);
     }
     let seg = p as *mut Segment;
-    // SAFETY: a fresh, zeroed mapping of ours, at least HEADER_SIZE long.
-    unsafe { init(seg, map_size, offset, size, node) };
+    // SAFETY: a fresh, zeroed mapping of ours, at least BLOCKS_START long; its last page
+    // holds no object.
+    unsafe {
+        init(seg, map_size, offset, size, node);
+        set_tail_guard(p, map_size);
+    }
     super::segment::map_insert(seg);
     seg
 }
 
-/// (Re)writes a huge segment's header.
+/// (Re)writes a huge segment's header for an object at `offset`, and (`secure` build) puts
+/// the object's front guard right before it.
 ///
 /// # Safety
-/// `seg` is a huge mapping of `map_size` bytes that no other thread uses.
+/// `seg` is a huge mapping of `map_size` bytes that no other thread uses, holding no object;
+/// `offset` is at least `BLOCKS_START`.
 pub unsafe fn init(seg: *mut Segment, map_size: usize, offset: usize, size: usize, node: u32) {
     // SAFETY: exclusive use per the contract.
     unsafe {
@@ -84,8 +172,9 @@ pub unsafe fn init(seg: *mut Segment, map_size: usize, offset: usize, size: usiz
         (*seg).node = node as u16;
         (*seg).map_size = map_size;
         (*seg).huge_offset = offset;
-        (*seg).huge_size = map_size - offset;
+        (*seg).huge_size = usable(map_size, offset);
         (*seg).huge_label = 0;
+        place_front_guard(seg, offset);
         let _ = size;
     }
 }
@@ -236,7 +325,9 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segmen
         else {
             return ptr::null_mut();
         };
-        let new_map = end & !(os::OS_PAGE - 1);
+        let Some(new_map) = (end & !(os::OS_PAGE - 1)).checked_add(TAIL_GUARD) else {
+            return ptr::null_mut();
+        };
         if new_map <= old_map || new_map > isize::MAX as usize / 2 {
             return ptr::null_mut();
         }
@@ -252,7 +343,7 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segmen
             register(seg, born);
             return ptr::null_mut();
         }
-        (*new).huge_size = new_map - offset;
+        (*new).huge_size = usable(new_map, offset);
         register(new, born);
         let node = (*new).node;
         super::segment::commit_sub(node, old_map);
@@ -289,7 +380,16 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         // which a removal after the move would erase. Nobody looks the entry up meanwhile:
         // the mapping holds no object, or only the caller's (it is reallocating it).
         super::segment::map_remove(seg);
+        // The `secure` build's guards split the mapping, and `mremap` moves one piece only:
+        // read-write for the move (the tail guard for good: it ends up inside the mapping).
+        #[cfg(feature = "secure")]
+        let front = (*seg).huge_guard as usize;
+        place_front_guard(seg, 0);
+        drop_tail_guard(seg as *mut u8, old_map);
         if !os::remap(seg as *mut u8, old_map, dst, new_map) {
+            set_tail_guard(seg as *mut u8, old_map);
+            #[cfg(feature = "secure")]
+            place_front_guard(seg, front + GUARD_SIZE);
             super::segment::map_insert(seg);
             os::unmap(dst, reservation(new_map));
             return ptr::null_mut();
@@ -308,6 +408,13 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         });
         let new = dst as *mut Segment;
         (*new).map_size = new_map;
+        set_tail_guard(dst, new_map);
+        #[cfg(feature = "secure")]
+        {
+            if front != 0 {
+                place_front_guard(new, front + GUARD_SIZE);
+            }
+        }
         super::segment::map_insert(new);
         new
     }

@@ -12,7 +12,14 @@
 //!   so `ptr & !SEGMENT_MASK` is its segment header: O(1), no lock, no search.
 //! - A normal segment is 64 slices of 64 KiB. A page is a run of slices; the descriptor of its
 //!   first slice is the page, and every other slice's descriptor holds `back`, the distance
-//!   to it. Slice 0 begins with the header, so its page starts at `HEADER_SIZE`.
+//!   to it. Slice 0 begins with the header, so its page starts at `BLOCKS_START`
+//!   (`HEADER_SIZE`, plus the guard page of the `secure` build).
+//! - The `secure` build: every segment has a `PROT_NONE` guard page (`GUARD_SIZE`) between
+//!   its header and slice 0's page, and every normal segment's last slice is a guard too
+//!   (never free, never in a page: `ALL_SLICES_FREE`), so an underflow from the first blocks
+//!   or an overflow from the previous segment's last ones faults before it reaches a header.
+//!   No purge, trim or re-commit touches a guard (they work on page areas only); a pooled
+//!   segment keeps its guards (it stays mapped); a fork child inherits them.
 //! - A normal segment has exactly one owner heap (`owner`, the heap's address) or none (0:
 //!   pooled or abandoned). Only the owner changes its pages' lists and the slice bitmaps;
 //!   without an owner, only the holder of the pool or abandoned lock does.
@@ -43,13 +50,33 @@ pub const SLICES: usize = SEGMENT_SIZE / SLICE_SIZE;
 /// Bytes at the start of a segment taken by its header.
 pub const HEADER_SIZE: usize =
     (core::mem::size_of::<Segment>() + os::OS_PAGE - 1) & !(os::OS_PAGE - 1);
+/// Bytes of the guard page between a segment's header and its first block: one OS page in
+/// the `secure` build (`PROT_NONE`), none otherwise.
+pub const GUARD_SIZE: usize = if cfg!(feature = "secure") {
+    os::OS_PAGE
+} else {
+    0
+};
+/// Offset from a segment's start of the first byte any block can occupy: past the header and
+/// its guard page.
+pub const BLOCKS_START: usize = HEADER_SIZE + GUARD_SIZE;
+/// `free_slices` of a segment with no page in use: every slice, but in the `secure` build the
+/// last one, which is the segment's end guard (`PROT_NONE`, never handed out).
+pub const ALL_SLICES_FREE: u64 = if cfg!(feature = "secure") {
+    u64::MAX >> 1
+} else {
+    u64::MAX
+};
+/// Slices from the first that can be in a page (a walk over a segment's pages stops here):
+/// all but the `secure` build's end guard.
+pub const PAGE_SLICES: usize = ALL_SLICES_FREE.count_ones() as usize;
 /// The largest object that gets a page of its own inside a segment; anything bigger (or more
 /// aligned than a slice) gets a huge segment.
 pub const LARGE_MAX: usize = SEGMENT_SIZE / 2;
 /// The largest alignment tieralloc serves (a huge object sits at this offset of its segment).
 pub const MAX_ALIGN: usize = SEGMENT_SIZE / 2;
 
-const _: () = assert!(HEADER_SIZE <= SLICE_SIZE / 4);
+const _: () = assert!(BLOCKS_START <= SLICE_SIZE / 4);
 
 /// What a segment holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,6 +117,10 @@ pub struct Segment {
     pub huge_label: u8,
     /// Huge segments: the node of the label heap that made the object.
     pub huge_label_node: u8,
+    /// Huge segments, `secure` build: the offset of the object's front guard page (the
+    /// `PROT_NONE` page right before where the object starts, or started last), 0 if none.
+    #[cfg(feature = "secure")]
+    pub huge_guard: u32,
     /// Ends the cache line of fields that every free reads (`owner`, `kind`, `node`) and
     /// that rarely change: the owner writes the fields below whenever it takes or gives back
     /// a page, and on the same line they would make other threads' frees miss.
@@ -97,7 +128,7 @@ pub struct Segment {
     /// Bit i set: slice i is in no page (owner only).
     pub free_slices: u64,
     /// Bit i set: slice i's page area may be resident (written since mapped or purged). The
-    /// header, in front of slice 0's page area, is not tracked: it is never purged.
+    /// header (and its guard), in front of slice 0's page area, is not tracked: never purged.
     pub dirty: u64,
     /// When the next purge step is due (ms, 0 = nothing pending).
     pub purge_at: u64,
@@ -223,12 +254,20 @@ impl Segment {
             (*seg).kind = SegmentKind::Normal;
             (*seg).node = node as u16;
             (*seg).map_size = SEGMENT_SIZE;
-            (*seg).free_slices = u64::MAX;
+            (*seg).free_slices = ALL_SLICES_FREE;
             // A free into a slice no page was ever made of (a stray pointer) takes the
             // owner's slow path, which reports it.
             for d in (*seg).pages.iter_mut() {
                 d.flags = PAGE_CHECK_FREE;
             }
+        }
+        #[cfg(feature = "secure")]
+        // Refused (too many mappings, vm.max_map_count): the segment is only unguarded.
+        // SAFETY: both ranges are ours and never hold a block: slice 0's page starts past
+        // the guard (BLOCKS_START) and the last slice is never free (ALL_SLICES_FREE).
+        unsafe {
+            os::protect_none(p.add(HEADER_SIZE), GUARD_SIZE);
+            os::protect_none(p.add(SEGMENT_SIZE - SLICE_SIZE), SLICE_SIZE);
         }
         map_insert(seg);
         SEGMENTS.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +278,7 @@ impl Segment {
     #[inline]
     pub fn slice_start(seg: *mut Segment, i: usize) -> *mut u8 {
         let off = if i == 0 {
-            HEADER_SIZE
+            BLOCKS_START
         } else {
             i << SLICE_SHIFT
         };
@@ -249,7 +288,7 @@ impl Segment {
     /// Bytes a page of `n` slices from slice `i` can hold.
     #[inline]
     pub fn run_bytes(i: usize, n: usize) -> usize {
-        (n << SLICE_SHIFT) - if i == 0 { HEADER_SIZE } else { 0 }
+        (n << SLICE_SHIFT) - if i == 0 { BLOCKS_START } else { 0 }
     }
 
     /// Takes `n` free slices (owner only) and returns the first one's descriptor, set up as
@@ -761,11 +800,11 @@ mod tests {
             }
             let p0 = Segment::take_slices(seg, 1, true);
             assert_eq!((*p0).slice_index(), 0);
-            assert_eq!((*p0).start() as usize, seg as usize + HEADER_SIZE);
+            assert_eq!((*p0).start() as usize, seg as usize + BLOCKS_START);
             assert_eq!((*seg).used_pages, 2);
             assert!(!Segment::free_page(p, 0, 0));
             assert!(Segment::free_page(p0, 0, 0));
-            assert_eq!((*seg).free_slices, u64::MAX);
+            assert_eq!((*seg).free_slices, ALL_SLICES_FREE);
             Segment::purge_free(seg);
             assert_eq!((*seg).dirty, 0);
             let again = Segment::take_slices(seg, 8, false);

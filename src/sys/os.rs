@@ -1,8 +1,9 @@
-//! mmap, munmap, madvise, the monotonic clock, and raw writes to stderr.
+//! mmap, munmap, madvise, mprotect (the `secure` build's guard pages), the monotonic clock,
+//! and raw writes to stderr.
 //!
 //! Owns: the process-wide byte counters for reserved (mapped) and committed memory, which are
-//! kept here because this is the only place that maps and purges, and every `madvise` of the
-//! crate. May touch: `sys::numa` (to bind a fresh mapping to a node before its first touch)
+//! kept here because this is the only place that maps and purges, and every `madvise` and
+//! `mprotect` of the crate. May touch: `sys::numa` (to bind a fresh mapping to a node before its first touch)
 //! and `sync`. Never allocates, never panics.
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -163,6 +164,37 @@ pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
         PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
     }
     done
+}
+
+/// Makes `[p, p+len)` inaccessible (`PROT_NONE`): a guard that any read or write faults on
+/// (SIGSEGV). The pages stay mapped (reserved), so nothing else is placed there. Returns false
+/// if the kernel refused (ENOMEM: too many mappings, `vm.max_map_count`): the range then stays
+/// read-write, only unguarded.
+///
+/// # Safety
+/// `[p, p+len)` is page-aligned memory of ours that holds no live object and that nothing
+/// reads or writes until [`protect_rw`] gives it back.
+#[cfg(feature = "secure")]
+pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
+    // SAFETY: the range is ours and unused (contract); taking access away changes no contents.
+    unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) == 0 }
+}
+
+/// Makes `[p, p+len)` read-write again (a guard page that becomes part of a block). Contents
+/// are kept (a guard page was never written: zero). Returns false if the kernel refused.
+///
+/// # Safety
+/// `[p, p+len)` is page-aligned memory of ours.
+#[cfg(feature = "secure")]
+pub(crate) unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
+    // SAFETY: the range is ours (contract); giving access changes no contents.
+    unsafe {
+        libc::mprotect(
+            p as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ) == 0
+    }
 }
 
 /// Milliseconds on the monotonic clock (coarse: a vDSO read, no system call).

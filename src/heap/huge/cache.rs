@@ -4,7 +4,9 @@
 //! smaller ones moved together into one), and when one goes back to the OS.
 //!
 //! Owns: [`HugeCache`], the in-place split (`split_in_place`: a header and a segment-map
-//! entry at a 4 MiB boundary, no system call) and the one page-moving step (`assemble`).
+//! entry at a 4 MiB boundary, no system call but the `secure` build's guard page) and the one
+//! page-moving step (`assemble`). In the `secure` build every cached mapping keeps its tail
+//! guard (`huge::TAIL_GUARD`) on its last page, wherever a split, grow or assembly put its end.
 //! May touch: `sys::os` (map, remap, unmap, decommit), `heap::segment` (the segment map,
 //! committed bytes, the header), and the parent `huge` (reservation, unmap).
 //!
@@ -14,7 +16,7 @@
 //! they stand, grown into their reserved range, or moved together with `mremap` (page
 //! tables move, nothing is copied or faulted), for at most the purge delay.
 
-use super::{reservation, unmap, NO_SLOT};
+use super::{drop_tail_guard, place_front_guard, reservation, set_tail_guard, unmap, NO_SLOT};
 use crate::heap::segment::{self, Segment, SegmentKind, SEGMENT_SIZE};
 use crate::sys::os;
 use core::ptr;
@@ -85,6 +87,9 @@ unsafe fn split_in_place(seg: *mut Segment, keep: usize) -> *mut Segment {
     unsafe {
         let ms = (*seg).map_size;
         (*seg).map_size = keep;
+        // The head's new last page, which held no object: its tail guard. The tail keeps the
+        // mapping's.
+        set_tail_guard(seg as *mut u8, keep);
         let tail = (seg as *mut u8).add(keep) as *mut Segment;
         fresh_header(tail, (*seg).node, ms - keep);
         segment::map_insert(tail);
@@ -155,7 +160,10 @@ impl HugeCache {
             }
             let ms = (*seg).map_size;
             if ms < map_size {
-                // Grows inside its reservation: the new bytes are fresh (never touched).
+                // Grows inside its reservation: the new bytes are fresh (never touched). Its
+                // tail guard moves to the new end.
+                drop_tail_guard(seg as *mut u8, ms);
+                set_tail_guard(seg as *mut u8, map_size);
                 (*seg).map_size = map_size;
                 segment::commit_add((*seg).node, map_size - ms);
                 return seg;
@@ -218,7 +226,11 @@ impl HugeCache {
                 let ms = (*piece).map_size;
                 // Out of the segment map while its range is still ours (as in `enlarge`).
                 segment::map_remove(piece);
+                // Guards read-write: `mremap` moves one mapping (VMA), and they end up inside.
+                place_front_guard(piece, 0);
+                drop_tail_guard(piece as *mut u8, ms);
                 if !os::remap(piece as *mut u8, ms, dst.add(off), ms) {
+                    set_tail_guard(piece as *mut u8, ms);
                     segment::map_insert(piece);
                     continue;
                 }
@@ -238,6 +250,7 @@ impl HugeCache {
             }
             let seg = dst as *mut Segment;
             fresh_header(seg, node as u16, total);
+            set_tail_guard(dst, total);
             segment::map_insert(seg);
             segment::commit_add(node as u16, total - off);
             (seg, freed_at)
@@ -352,7 +365,8 @@ impl Default for HugeCache {
 mod tests {
     use super::super::map;
     use super::*;
-    use crate::heap::segment::HEADER_SIZE;
+    use crate::heap::huge::TAIL_GUARD;
+    use crate::heap::segment::BLOCKS_START;
     use core::cell::Cell;
 
     thread_local! {
@@ -367,7 +381,7 @@ mod tests {
     /// A freed huge mapping of `ms` bytes on node 0, counted as committed, as `free_huge`
     /// hands one to the cache.
     fn freed(ms: usize) -> *mut Segment {
-        let seg = map(ms, HEADER_SIZE, ms - HEADER_SIZE, 0, false);
+        let seg = map(ms, BLOCKS_START, ms - BLOCKS_START - TAIL_GUARD, 0, false);
         assert!(!seg.is_null());
         segment::commit_add(0, ms);
         seg
@@ -388,7 +402,7 @@ mod tests {
     #[test]
     fn a_cached_12_mib_mapping_serving_5_mib_splits_in_place() {
         let mut c = HugeCache::new();
-        let ms = 12 * MIB + HEADER_SIZE;
+        let ms = 12 * MIB + BLOCKS_START;
         let seg = freed(ms);
         let base = seg as *mut u8;
         // SAFETY: the mapping is ours, ms bytes long; 9 MiB is inside it.
@@ -441,7 +455,7 @@ mod tests {
         // SAFETY: the mapping is ours again; 3.5 MiB is its map size now.
         unsafe {
             assert_eq!((*got).map_size, 7 * MIB / 2);
-            *(got as *mut u8).add(7 * MIB / 2 - 1) = 1;
+            *(got as *mut u8).add(7 * MIB / 2 - TAIL_GUARD - 1) = 1;
         }
         assert_eq!(MOVES.with(Cell::get), moves);
         assert_eq!(c.held_count(), (0, 0));

@@ -24,7 +24,7 @@ use crate::heap::page::{PAGE_CHECK_FREE, PAGE_PARKED};
 use crate::heap::remote::{Block, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     list_push_front, list_unlink, set_owner, Page, PageKind, Segment, ABANDONED, ABANDONED_FULL,
-    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, POOLS, SEGMENTS, SLICES,
+    MAX_NODES, NO_TAG, PAGES_ABANDONED, PAGES_ADOPTED, PAGE_IN_FULL, PAGE_SLICES, POOLS, SEGMENTS,
     SLICE_SIZE,
 };
 use crate::init;
@@ -40,7 +40,8 @@ pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mu
     // SAFETY: the caller owns seg; descriptors of pages in use are valid.
     unsafe {
         let mut i = 0;
-        while i < SLICES {
+        // Not past the `secure` build's end guard: it is in no free run, yet no page.
+        while i < PAGE_SLICES {
             if (*seg).free_slices & (1u64 << i) != 0 {
                 i += 1;
                 continue;

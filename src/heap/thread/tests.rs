@@ -12,7 +12,7 @@ use super::tls::{heap, own};
 use super::{empty_page, HeapRef};
 use crate::heap::huge;
 use crate::heap::segment::{
-    map_tag, page_of, page_of_remote, segment_of, set_owner, Page, FIRST_TAG, HEADER_SIZE, NO_TAG,
+    map_tag, page_of, page_of_remote, segment_of, set_owner, Page, BLOCKS_START, FIRST_TAG, NO_TAG,
     PAGE_IN_FULL, SLICE_SIZE,
 };
 use crate::heap::size_class::bin_of;
@@ -171,9 +171,11 @@ fn freed_buffers_are_moved_together_to_serve_a_bigger_one() {
             let c = alloc_huge(h, n, 16, false);
             assert!(!c.is_null());
             // Before any read (a read of a fresh page maps the zero page). The second piece's
-            // header pages were never written (only the header's first lines are): skipped.
+            // header pages were never written (only the header's first lines are), nor (the
+            // secure build) the first piece's tail guard and the second's front guard: skipped.
             let (off, ma) = huge::layout_for(6 << 20, 16).unwrap();
-            let fresh = absent_page(c, n, (ma - off, ma - off + HEADER_SIZE));
+            let skip = (ma - off - huge::TAIL_GUARD, ma - off + BLOCKS_START);
+            let fresh = absent_page(c, n, skip);
             let (first, last) = (*c, *c.add(n - 1));
             let held = h.huge_cache.held_count();
             free(c);
