@@ -91,8 +91,9 @@ const CASES: &[(&str, Expect)] = &[
 
 /// Where the secure build differs from [`CASES`]: its freed marker (src/heap/secure.rs)
 /// catches every double free of a small block at the second free, its check of pointers
-/// outside every segment (preload/src/foreign.rs) the stack and static ones, and its checked
-/// links the free list the 1 MiB overflow wrote over.
+/// outside every segment (preload/src/foreign.rs) the stack and static ones, its checked
+/// links the free list the 1 MiB overflow wrote over, and the guard page after a huge block
+/// the write one byte past it.
 const SECURE_CASES: &[(&str, Expect)] = &[
     (
         "double_free_with_live_neighbours",
@@ -107,6 +108,8 @@ const SECURE_CASES: &[(&str, Expect)] = &[
         "overflow_small_1mib",
         Reports("free list corrupted: a freed block was overwritten"),
     ),
+    // The guard page right after every huge block (src/heap/huge.rs).
+    ("overflow_huge_1", Crashes),
 ];
 
 /// The table for the secure build (`secure`) or the default one.
@@ -197,7 +200,7 @@ fn the_default_build_catches_what_the_table_says() {
 
 /// The secure drop-in catches what the default one does, every double free of a small block,
 /// the frees of stack and static addresses and the free list the 1 MiB overflow broke
-/// (SECURE_CASES: 19 of the 27 cases; glibc 22), reported the same way, and leaves the
+/// (SECURE_CASES: 20 of the 27 cases; glibc 22), reported the same way, and leaves the
 /// loader's blocks and image and `mmap`ed memory alone. The cases it adds beyond the table,
 /// use after free through a forged link, are in tests/heap_errors.rs.
 #[test]
@@ -237,7 +240,7 @@ fn catches_what_the_table_says(lib: &Path, secure: bool) {
             }
         }
     }
-    assert_eq!(caught, if secure { 19 } else { 14 });
+    assert_eq!(caught, if secure { 20 } else { 14 });
 }
 
 #[test]
