@@ -9,7 +9,8 @@
 //! panics or takes a lock: it runs inside `free`, possibly on a corrupted heap.
 //!
 //! The checks themselves live where the heap already looks at the segment and page (the free
-//! paths in `thread/free.rs`, the collection in `page.rs`, huge frees in `thread/large.rs`);
+//! paths in `thread/free.rs`, the collection in `page.rs`, huge frees in `thread/large.rs`,
+//! the `secure` build's in `heap::secure`);
 //! docs/security.md lists what they catch and what they do not.
 
 use crate::sync::{AtomicU8, Ordering};
@@ -54,6 +55,11 @@ pub enum HeapError {
     /// Only the `secure` build, whose links are encoded, can tell.
     #[cfg(feature = "secure")]
     CorruptLink,
+    /// A freed (or resized) block whose canary, past the size the program asked for, was
+    /// overwritten: a write past the block's end. Only the `secure` build, whose blocks carry
+    /// a canary (`heap::secure::canary`), can tell.
+    #[cfg(feature = "secure")]
+    Overflow,
 }
 
 impl HeapError {
@@ -70,6 +76,8 @@ impl HeapError {
             HeapError::FreeListLoop => b"double free: a free list links a block to itself",
             #[cfg(feature = "secure")]
             HeapError::CorruptLink => b"free list corrupted: a freed block was overwritten (use after free or overflow)",
+            #[cfg(feature = "secure")]
+            HeapError::Overflow => b"heap overflow: canary overwritten (a write past the size asked for)",
         }
     }
 }
@@ -178,6 +186,8 @@ mod tests {
             HeapError::FreeListLoop,
             #[cfg(feature = "secure")]
             HeapError::CorruptLink,
+            #[cfg(feature = "secure")]
+            HeapError::Overflow,
         ] {
             let mut buf = [0u8; 192];
             let n = line(e, core::ptr::null(), &mut buf);
