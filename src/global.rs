@@ -92,18 +92,20 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
+        // The secure build: the same paths for size + TRAILER (the block holds the request
+        // and its canary's trailer; c_malloc_big's path writes the canary in alloc_generic).
         #[cfg(feature = "secure")]
-        // SAFETY: as below, for size + TRAILER (the block holds the request and its trailer;
-        // c_malloc_big's path writes the canary in alloc_generic).
-        unsafe {
-            return if size <= route::direct_max().saturating_sub(TRAILER) {
-                thread::alloc_direct_sized((size + TRAILER + 15) >> 4, size)
-            } else if size <= route::fast_max().saturating_sub(TRAILER) {
-                thread::alloc_bin_sized(bin_of((size + TRAILER).max(16)), size)
-            } else {
-                c_malloc_big(size)
-            };
-        }
+        return if size <= route::direct_max().saturating_sub(TRAILER) {
+            // SAFETY: size + TRAILER <= direct_max() <= DIRECT_MAX.
+            unsafe { thread::alloc_direct_sized((size + TRAILER + 15) >> 4, size) }
+        } else if size <= route::fast_max().saturating_sub(TRAILER) {
+            // SAFETY: (size + TRAILER).max(16) <= fast_max() <= MEDIUM_MAX, so the bin is <
+            // NBINS, 16-byte aligned, and holds the request and its trailer.
+            unsafe { thread::alloc_bin_sized(bin_of((size + TRAILER).max(16)), size) }
+        } else {
+            // SAFETY: 16 is a power of two.
+            unsafe { c_malloc_big(size) }
+        };
         #[cfg(not(feature = "secure"))]
         if size <= route::direct_max() {
             // SAFETY: size <= direct_max() <= DIRECT_MAX.
