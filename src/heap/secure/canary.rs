@@ -91,14 +91,30 @@ unsafe fn key_of(page: *const Page, p: *const u8) -> usize {
 /// request's size still frees cleanly.
 ///
 /// # Safety
-/// `p` is a block of bin page `page` the caller is handing out.
+/// `p` is a block of bin page `page` the caller is handing out, `key` its key.
 #[inline(always)]
-pub unsafe fn arm_any(page: *const Page, p: *mut u8) {
+pub unsafe fn arm_any(page: *const Page, p: *mut u8, key: usize) {
     // SAFETY: the block is the caller's and `size` bytes long (contract), at least 16.
     unsafe {
         let size = (*page).keys.size();
-        let key = key_of(page, p);
         *(p.add(size - TRAILER) as *mut usize) = base(key);
+    }
+}
+
+/// [`fit`] for a block [`arm_any`] has just armed (the fast paths, right after the pop):
+/// the trailer holds `base(key)`, so the slack is XORed in without the key.
+///
+/// # Safety
+/// `p` is a block of bin page `page` just handed out by the pop (its trailer as
+/// [`arm_any`] wrote it), and `n + TRAILER <= size`.
+#[inline(always)]
+pub unsafe fn fit_popped(page: *const Page, p: *mut u8, n: usize) {
+    // SAFETY: the block is the caller's and holds n + TRAILER bytes (contract).
+    unsafe {
+        let size = (*page).keys.size();
+        debug_assert!(n + TRAILER <= size);
+        *(p.add(size - TRAILER) as *mut usize) ^= (size - TRAILER - n) << SLACK_SHIFT;
+        *p.add(n) = PATTERN;
     }
 }
 
@@ -120,6 +136,26 @@ pub unsafe fn fit(page: *const Page, p: *mut u8, n: usize) {
         let key = key_of(page, p);
         *t = trailer(key, size - TRAILER - n);
         *p.add(n) = PATTERN;
+    }
+}
+
+/// [`fit`] for block `p` (or null) that a slow path handed out, `page` the page the caller
+/// expects it from (its bin's current page after the slow path: where the common refill,
+/// and a new page, hand blocks out from): if `p` lies in that page's carved blocks, the
+/// pop armed it ([`fit_popped`]); else [`arm_found`] looks its page up. Returns `p`.
+///
+/// # Safety
+/// As [`arm_found`]'s; `page` is a readable descriptor (or the empty page), of the caller's
+/// heap.
+#[inline(always)]
+pub unsafe fn fit_slow(page: *const Page, p: *mut u8, n: usize) -> *mut u8 {
+    // SAFETY: the descriptor is readable (contract).
+    unsafe {
+        if (*page).keys.holds(p) {
+            fit_popped(page, p, n);
+            return p;
+        }
+        arm_found(p, n)
     }
 }
 
@@ -171,13 +207,13 @@ pub unsafe fn intact(page: *const Page, p: *const u8, key: usize) -> bool {
     if at > SEGMENT_SIZE - TRAILER {
         return false;
     }
-    let t_at = p.wrapping_add(size - TRAILER);
+    let last = size - TRAILER;
     // SAFETY: inside the segment (above), which is mapped; unaligned for a wrong pointer.
-    let t = unsafe { ptr::read_unaligned(t_at as *const usize) };
-    let slack = slack_of(t, key);
-    // slack + TRAILER <= size: the byte checked lies between p and the trailer.
-    // SAFETY: as above, and t_at - slack >= p.
-    slack + TRAILER <= size && unsafe { *t_at.sub(slack) } == PATTERN
+    let t = unsafe { ptr::read_unaligned(p.add(last) as *const usize) };
+    // The request's size as the trailer says; above `last` (wrapped) if it is not intact.
+    let n = last.wrapping_sub(slack_of(t, key));
+    // SAFETY: n <= last: the byte lies between p and the trailer, inside the segment.
+    n <= last && unsafe { *p.add(n) } == PATTERN
 }
 
 /// The size asked for by the request block `p` of bin page `page` serves (as its canary

@@ -63,6 +63,13 @@ impl PageKeys {
         self.secret
     }
 
+    /// Whether `p` lies in the page's carved blocks (never for null, nor on a page that
+    /// holds no block).
+    #[inline(always)]
+    pub fn holds(&self, p: *const u8) -> bool {
+        (p as usize).wrapping_sub(self.lo) < self.span as usize
+    }
+
     /// The page's block size (0 on a page that never held blocks).
     #[inline(always)]
     pub fn size(&self) -> usize {
@@ -184,7 +191,7 @@ pub unsafe fn pop_bad_link(
     unsafe {
         (*page).free = ptr::null_mut();
         (*page).used += 1;
-        handed_out(page, block);
+        handed_out(page, block, (*page).keys.secret);
     }
     // Only the owner writes its counters (as `thread::counters::bump`).
     let n = counter.load(crate::sync::Ordering::Relaxed);
@@ -313,19 +320,21 @@ pub unsafe fn mark_freed(page: *const Page, p: *mut u8) {
     unsafe { *(p as *mut usize).add(1) = freed_marker(p, (*page).keys.secret) };
 }
 
-/// `block`, a block of bin page `page`, is handed out (the owner's pop): its freed marker
-/// is cleared and its canary written for the largest request it serves (`canary::arm_any`;
-/// the paths that know the request's size write it again for that size, `canary::fit`).
-/// Every block handed out goes through here, so every live block has its canary.
+/// `block`, a block of bin page `page` whose secret is `secret`, is handed out (the owner's
+/// pop): its freed marker is cleared and its canary written for the largest request it
+/// serves (`canary::arm_any`; the paths that know the request's size set it for that size,
+/// `canary::fit_popped`). Every block handed out goes through here, so every live block has
+/// its canary.
 ///
 /// # Safety
 /// `block` is a block of `page` the caller is handing out.
 #[inline(always)]
-pub unsafe fn handed_out(page: *const Page, block: *mut Block) {
+pub unsafe fn handed_out(page: *const Page, block: *mut Block, secret: usize) {
     // SAFETY: per the contract (a block is at least 16 bytes in the secure build).
     unsafe {
         clear_freed(block);
-        canary::arm_any(page, block as *mut u8);
+        let key = super::remote::link_key::key_with(block, secret);
+        canary::arm_any(page, block as *mut u8, key);
     }
 }
 

@@ -137,8 +137,11 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
         if !block.is_null() {
             #[cfg(not(feature = "secure"))]
             let next = Block::next(block);
+            // The secure build: the secret read once, for the link and the block's key.
             #[cfg(feature = "secure")]
-            let next = Block::next_keyed(block, (*page).keys.secret());
+            let secret = (*page).keys.secret();
+            #[cfg(feature = "secure")]
+            let next = Block::next_keyed(block, secret);
             // The secure build: a link that is not a block of the page is not followed (a
             // tail call, so that the paths the pop is inlined into need no stack frame).
             #[cfg(feature = "secure")]
@@ -151,7 +154,7 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
             // The secure build: no longer free (its freed marker cleared), and its canary
             // written (heap::secure::handed_out).
             #[cfg(feature = "secure")]
-            crate::heap::secure::handed_out(page, block);
+            crate::heap::secure::handed_out(page, block, secret);
         }
         block
     }

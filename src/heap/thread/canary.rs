@@ -13,7 +13,9 @@
 use super::alloc::{alloc_bin_slow, alloc_direct_slow, alloc_generic, pop_block, zero_block};
 use super::tls::{heap_or_unset, own};
 use super::Heap;
-use crate::heap::secure::canary::{arm_found, fit, intact, report_bad, requested, TRAILER};
+use crate::heap::secure::canary::{
+    arm_found, fit, fit_popped, fit_slow, intact, report_bad, requested, TRAILER,
+};
 use crate::heap::segment::{page_of, segment_of, PageKind, SegmentKind};
 use crate::heap::size_class::bin_of;
 use crate::sync::Ordering;
@@ -36,7 +38,7 @@ pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
             let page = *(*h).pages.get_unchecked(bin);
             let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin)) as *mut u8;
             if !block.is_null() {
-                fit(page, block, size);
+                fit_popped(page, block, size);
                 return block;
             }
             return bin_slow(h, bin, size);
@@ -54,8 +56,13 @@ pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
 #[inline(never)]
 unsafe extern "C" fn bin_slow(h: *mut Heap, bin: usize, n: usize) -> *mut u8 {
     // SAFETY: forwarded contract; the block (a bin's, or from a dead heap's node heap,
-    // which wrote a canary for a request at least this big) holds n + TRAILER bytes.
-    unsafe { arm_found(alloc_bin_slow(h, bin, false), n) }
+    // which wrote a canary for a request at least this big) holds n + TRAILER bytes. The
+    // slow path leaves the page it took the block from (if it is ours) at the front of the
+    // bin's queue; a thread's first allocation ran on the unset heap, whose pages hold none.
+    unsafe {
+        let p = alloc_bin_slow(h, bin, false);
+        fit_slow(*(*h).pages.get_unchecked(bin), p, n)
+    }
 }
 
 /// `GlobalAlloc::alloc_zeroed` for `align <= 16`: as [`alloc_small`], the first `size`
@@ -75,10 +82,11 @@ pub unsafe fn alloc_small_zeroed(size: usize, align: usize) -> *mut u8 {
             let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
             if !block.is_null() {
                 zero_block(page, block, size);
-                fit(page, block as *mut u8, size);
+                fit_popped(page, block as *mut u8, size);
                 return block as *mut u8;
             }
-            // The slow path clears the whole block, trailer too: written again after.
+            // The slow path clears the whole block, trailer too: written again after (the
+            // full write, not fit_slow's).
             return arm_found(alloc_bin_slow(h.as_ptr(), bin, true), size);
         }
         alloc_generic(size, align, true)
@@ -97,7 +105,7 @@ pub unsafe fn alloc_bin(bin: usize, n: usize) -> *mut u8 {
         let page = *(*h).pages.get_unchecked(bin);
         let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin)) as *mut u8;
         if !block.is_null() {
-            fit(page, block, n);
+            fit_popped(page, block, n);
             return block;
         }
         bin_slow(h, bin, n)
@@ -134,7 +142,7 @@ pub unsafe fn alloc_direct_pop(w: usize, n: usize) -> *mut u8 {
         let page = *(*h).direct.get_unchecked(w);
         let block = pop_block(page, (*h).stats.direct_allocs.get_unchecked(w)) as *mut u8;
         if !block.is_null() {
-            fit(page, block, n);
+            fit_popped(page, block, n);
         }
         block
     }
@@ -147,8 +155,12 @@ pub unsafe fn alloc_direct_pop(w: usize, n: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn direct_slow(w: usize, n: usize) -> *mut u8 {
-    // SAFETY: forwarded contract.
-    unsafe { arm_found(alloc_direct_slow(w), n) }
+    // SAFETY: forwarded contract; as in bin_slow (the direct slot of w is its bin's current
+    // page).
+    unsafe {
+        let p = alloc_direct_slow(w);
+        fit_slow(*(*heap_or_unset()).direct.get_unchecked(w), p, n)
+    }
 }
 
 /// The usable size of the block at `p`: for a bin block, the size its request asked for
