@@ -84,23 +84,24 @@ fn class_sizes() -> Vec<usize> {
     v
 }
 
-/// Runs `f` on a block of `n` bytes whose neighbour in memory (the next block of its page) is
-/// a live block of the test's: an overflow of up to 32 bytes past the request then writes
-/// over the canary and, if the slack is short, the neighbour's first bytes, never anything
-/// else's. The neighbours are freed after (no report: their canaries are at their ends).
-fn with_live_neighbour(n: usize, f: impl FnOnce(*mut u8)) {
-    let blocks: Vec<usize> = (0..64).map(|_| alloc(n) as usize).collect();
-    let mut sorted = blocks.clone();
-    sorted.sort_unstable();
-    let step = sorted.windows(2).map(|w| w[1] - w[0]).min().unwrap();
-    let i = sorted
-        .windows(2)
-        .position(|w| w[1] - w[0] == step)
-        .expect("two neighbours among 64 blocks");
-    let victim = sorted[i];
-    f(victim as *mut u8);
+/// Runs `f` on a block of `n` bytes and its next neighbour in memory, with the neighbour after
+/// that live too, all blocks of the test's: an overflow of up to 32 bytes past the request
+/// then writes over the canary and, if the slack is short, the neighbours' first bytes (at
+/// most 24 bytes past the block), never anything else's. Enough blocks are allocated to use
+/// whole carves (whose order is random). `f` frees the block and the neighbour; the others
+/// are freed after (no report: their canaries are at their ends, out of reach).
+fn with_live_neighbours(n: usize, f: impl FnOnce(*mut u8, *mut u8)) {
+    let size = class_sizes().into_iter().find(|&c| c >= n + 8).unwrap();
+    let count = (4 * 8192 / size).max(64);
+    let blocks: Vec<usize> = (0..count).map(|_| alloc(n) as usize).collect();
+    let set: std::collections::HashSet<usize> = blocks.iter().copied().collect();
+    let victim = *blocks
+        .iter()
+        .find(|&&b| set.contains(&(b + size)) && set.contains(&(b + 2 * size)))
+        .expect("a block with two live neighbours");
+    f(victim as *mut u8, (victim + size) as *mut u8);
     for b in blocks {
-        if b != victim {
+        if b != victim && b != victim + size {
             dealloc(b as *mut u8, n);
         }
     }
@@ -188,17 +189,23 @@ canary_test!(
 
 canary_test!(
     /// 32 bytes past the request: the slack's first byte and, when the slack is shorter, the
-    /// trailer (and the neighbour's first bytes: a live block of the test's).
+    /// trailer (and the neighbour's first bytes: a live block of the test's). From a 16-byte
+    /// block (a request of up to 8 bytes) the write covers the neighbour's canary too (its
+    /// last 8 bytes): reported when the neighbour is freed.
     overflow_by_32_is_reported,
     child_overflow_by_32_is_reported,
-    SIZES.len(),
+    SIZES.len() + 3,
     {
         for n in SIZES {
-            with_live_neighbour(n, |p| {
+            with_live_neighbours(n, |p, next| {
                 write(p, 0, n, 0x22);
                 announce(p);
                 write(p, n, 32, 0x5a);
                 dealloc(p, n);
+                if n + 8 <= 16 {
+                    announce(next);
+                }
+                dealloc(next, n);
             });
         }
     }
@@ -239,13 +246,14 @@ canary_test!(
             std::thread::spawn(move || dealloc(p as *mut u8, n))
                 .join()
                 .unwrap();
-            with_live_neighbour(n, |p| {
+            with_live_neighbours(n, |p, next| {
                 announce(p);
                 write(p, n, 32, 0x44);
                 let p = p as usize;
                 std::thread::spawn(move || dealloc(p as *mut u8, n))
                     .join()
                     .unwrap();
+                dealloc(next, n);
             });
             let p = std::thread::spawn(move || {
                 let p = alloc(n);
