@@ -3,8 +3,8 @@
 //! (docs/security.md).
 //!
 //! Owns: the layout of a live bin block's tail ([`TRAILER`], [`PATTERN`]), its writing
-//! ([`arm_any`] for every block handed out, [`fit`] and [`arm_found`] for the size the
-//! request asked for), its check ([`intact`]), the size asked for read back from it
+//! ([`arm_any`] for every block handed out; [`fit_popped`], [`fit_slow`], [`fit`] and
+//! [`arm_found`] for the size the request asked for), its check ([`intact`]), the size asked for read back from it
 //! ([`requested`]) and the report of a block found overwritten ([`report_bad`]). May touch:
 //! the page descriptor (its `keys`, `kind`; `heap::segment`), `heap::remote::link_key` (the
 //! block's key), `heap::page::check_block` and `heap::error` (the report). Large and huge
