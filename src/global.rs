@@ -7,9 +7,14 @@
 //! drop-in's report of a foreign pointer it proved wrong) and `sys::os` (errno). The C
 //! entry points (the drop-in's `malloc`) do not follow placement scopes. Keeps GlobalAlloc's
 //! contract exactly: null on failure (never a panic or abort), any alignment a `Layout` can
-//! express either served or refused with null.
+//! express either served or refused with null. In the `secure` build the bin paths are
+//! `heap::thread`'s sized ones, which ask for room for a canary past the request and write
+//! it (`heap::secure::canary`), and `realloc` checks the canary first; the default build's
+//! paths are compiled exactly as without the feature.
 
 use crate::heap::route;
+#[cfg(feature = "secure")]
+use crate::heap::secure::canary::TRAILER;
 use crate::heap::size_class::bin_of;
 use crate::heap::thread;
 use core::alloc::{GlobalAlloc, Layout};
@@ -75,6 +80,15 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc_fast(&self, size: usize) -> *mut u8 {
+        #[cfg(feature = "secure")]
+        return if size <= route::direct_max().saturating_sub(TRAILER) {
+            // SAFETY: size + TRAILER <= direct_max() <= DIRECT_MAX: w is a direct slot whose
+            // blocks hold the request and its trailer.
+            unsafe { thread::alloc_direct_pop_sized((size + TRAILER + 15) >> 4, size) }
+        } else {
+            ptr::null_mut()
+        };
+        #[cfg(not(feature = "secure"))]
         if size <= route::direct_max() {
             // SAFETY: size <= direct_max() <= DIRECT_MAX.
             unsafe { thread::alloc_direct_pop((size + 15) >> 4) }
@@ -92,6 +106,21 @@ impl TierAlloc {
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn c_malloc(&self, size: usize) -> *mut u8 {
+        // The secure build: the same paths for size + TRAILER (the block holds the request
+        // and its canary's trailer; c_malloc_big's path writes the canary in alloc_generic).
+        #[cfg(feature = "secure")]
+        return if size <= route::direct_max().saturating_sub(TRAILER) {
+            // SAFETY: size + TRAILER <= direct_max() <= DIRECT_MAX.
+            unsafe { thread::alloc_direct_sized((size + TRAILER + 15) >> 4, size) }
+        } else if size <= route::fast_max().saturating_sub(TRAILER) {
+            // SAFETY: (size + TRAILER).max(16) <= fast_max() <= MEDIUM_MAX, so the bin is <
+            // NBINS, 16-byte aligned, and holds the request and its trailer.
+            unsafe { thread::alloc_bin_sized(bin_of((size + TRAILER).max(16)), size) }
+        } else {
+            // SAFETY: 16 is a power of two.
+            unsafe { c_malloc_big(size) }
+        };
+        #[cfg(not(feature = "secure"))]
         if size <= route::direct_max() {
             // SAFETY: size <= direct_max() <= DIRECT_MAX.
             unsafe { thread::alloc_direct((size + 15) >> 4) }
@@ -132,8 +161,15 @@ unsafe impl GlobalAlloc for TierAlloc {
         let size = layout.size();
         let align = layout.align();
         if align <= 16 {
+            // SAFETY: align is a power of two (Layout guarantees it) and at most 16; a
+            // Layout's size is at most isize::MAX.
+            #[cfg(feature = "secure")]
+            return unsafe { thread::alloc_small_sized(size, align) };
             // SAFETY: align is a power of two (Layout guarantees it) and at most 16.
-            unsafe { thread::alloc_small(size, align) }
+            #[cfg(not(feature = "secure"))]
+            unsafe {
+                thread::alloc_small(size, align)
+            }
         } else {
             // SAFETY: align is a power of two (Layout guarantees it).
             unsafe { thread::alloc_generic(size, align, false) }
@@ -156,7 +192,13 @@ unsafe impl GlobalAlloc for TierAlloc {
         let align = layout.align();
         if align <= 16 {
             // SAFETY: as in alloc.
-            unsafe { thread::alloc_small_zeroed(size, align) }
+            #[cfg(feature = "secure")]
+            return unsafe { thread::alloc_small_zeroed_sized(size, align) };
+            // SAFETY: as in alloc.
+            #[cfg(not(feature = "secure"))]
+            unsafe {
+                thread::alloc_small_zeroed(size, align)
+            }
         } else {
             // SAFETY: as in alloc.
             unsafe { thread::alloc_generic(size, align, true) }
@@ -169,6 +211,18 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: p is a live block of ours with `layout` (caller's contract).
         unsafe {
+            // The secure build: a bin block's canary is checked, and written again for the
+            // new size if the block stays; one found overwritten is left alone (leaked)
+            // once reported, if the report returns.
+            #[cfg(feature = "secure")]
+            let keep_old = match thread::resize_checked(p, new_size) {
+                thread::Resize::InPlace => return p,
+                thread::Resize::Move => false,
+                thread::Resize::Leak => true,
+            };
+            #[cfg(not(feature = "secure"))]
+            let keep_old = false;
+            #[cfg(not(feature = "secure"))]
             if thread::resize_in_place(p, new_size) {
                 return p;
             }
@@ -183,7 +237,9 @@ unsafe impl GlobalAlloc for TierAlloc {
             let q = self.alloc(new_layout);
             if !q.is_null() {
                 ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                thread::free(p);
+                if !keep_old {
+                    thread::free(p);
+                }
             }
             q
         }

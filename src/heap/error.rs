@@ -9,7 +9,8 @@
 //! panics or takes a lock: it runs inside `free`, possibly on a corrupted heap.
 //!
 //! The checks themselves live where the heap already looks at the segment and page (the free
-//! paths in `thread/free.rs`, the collection in `page.rs`, huge frees in `thread/large.rs`);
+//! paths in `thread/free.rs`, the collection in `page.rs`, huge frees in `thread/large.rs`,
+//! the `secure` build's in `heap::secure`);
 //! docs/security.md lists what they catch and what they do not.
 
 use crate::sync::{AtomicU8, Ordering};
@@ -64,6 +65,11 @@ pub enum HeapError {
     /// drop-in only, as [`HeapError::FreeOfStack`].
     #[cfg(feature = "secure")]
     FreeOfStatic,
+    /// A freed (or resized) block whose canary, past the size the program asked for, was
+    /// overwritten: a write past the block's end. Only the `secure` build, whose blocks carry
+    /// a canary (`heap::secure::canary`), can tell.
+    #[cfg(feature = "secure")]
+    Overflow,
 }
 
 impl HeapError {
@@ -84,6 +90,8 @@ impl HeapError {
             HeapError::FreeOfStack => b"invalid free: free of a stack address",
             #[cfg(feature = "secure")]
             HeapError::FreeOfStatic => b"invalid free: free of a static address",
+            #[cfg(feature = "secure")]
+            HeapError::Overflow => b"heap overflow: canary overwritten (a write past the size asked for)",
         }
     }
 }
@@ -196,6 +204,8 @@ mod tests {
             HeapError::FreeOfStack,
             #[cfg(feature = "secure")]
             HeapError::FreeOfStatic,
+            #[cfg(feature = "secure")]
+            HeapError::Overflow,
         ] {
             let mut buf = [0u8; 192];
             let n = line(e, core::ptr::null(), &mut buf);

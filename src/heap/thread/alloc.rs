@@ -137,8 +137,11 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
         if !block.is_null() {
             #[cfg(not(feature = "secure"))]
             let next = Block::next(block);
+            // The secure build: the secret read once, for the link and the block's key.
             #[cfg(feature = "secure")]
-            let next = Block::next_keyed(block, (*page).keys.secret());
+            let secret = (*page).keys.secret();
+            #[cfg(feature = "secure")]
+            let next = Block::next_keyed(block, secret);
             // The secure build: a link that is not a block of the page is not followed (a
             // tail call, so that the paths the pop is inlined into need no stack frame).
             #[cfg(feature = "secure")]
@@ -148,9 +151,10 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
             (*page).free = next;
             (*page).used += 1;
             bump(counter, 1);
-            // The secure build: no longer free (see heap::secure::mark_freed).
+            // The secure build: no longer free (its freed marker cleared), and its canary
+            // written (heap::secure::handed_out).
             #[cfg(feature = "secure")]
-            crate::heap::secure::clear_freed(block);
+            crate::heap::secure::handed_out(page, block, secret);
         }
         block
     }
@@ -543,21 +547,33 @@ pub(super) unsafe fn alloc_generic_in(
                 }
             }
         }
-        if align <= 16 && size <= MEDIUM_MAX {
-            let bin = bin_of(size.max(align));
-            return if zero {
+        // The secure build: a bin block holds the request and its canary's trailer, written
+        // for the request's size (heap::secure::canary).
+        #[cfg(feature = "secure")]
+        let room = size.saturating_add(crate::heap::secure::canary::TRAILER);
+        #[cfg(not(feature = "secure"))]
+        let room = size;
+        if align <= 16 && room <= MEDIUM_MAX {
+            let bin = bin_of(room.max(align));
+            let p = if zero {
                 alloc_bin_zeroed_in(h, bin, size)
             } else {
                 alloc_bin_in(h.as_ptr(), bin)
             };
+            #[cfg(feature = "secure")]
+            let p = crate::heap::secure::canary::arm_found(p, size);
+            return p;
         }
-        if align <= os::OS_PAGE && size <= MEDIUM_MAX {
-            if let Some(bin) = bin_for_aligned(size, align) {
-                return if zero {
+        if align <= os::OS_PAGE && room <= MEDIUM_MAX {
+            if let Some(bin) = bin_for_aligned(room, align) {
+                let p = if zero {
                     alloc_bin_zeroed_in(h, bin, size)
                 } else {
                     alloc_bin_in(h.as_ptr(), bin)
                 };
+                #[cfg(feature = "secure")]
+                let p = crate::heap::secure::canary::arm_found(p, size);
+                return p;
             }
         }
         if align <= SLICE_SIZE && size <= LARGE_MAX {

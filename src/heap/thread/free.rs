@@ -8,7 +8,8 @@
 //! `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
 //! `init` (the purge delay), `heap::{error, page, huge}` (checking a free and reporting a
-//! wrong one: docs/security.md).
+//! wrong one: docs/security.md) and, in the `secure` build, `heap::secure` (the freed marker
+//! and the canary).
 
 use super::bins::unfull;
 use super::counters::{
@@ -111,13 +112,17 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
     // SAFETY: the page is ours (contract), so its owner line is ours to write.
     unsafe {
         let page = page_of(seg, p);
-        // The secure build: the block's key, for its marker and its link; a block whose
-        // freed marker is set is checked before anything.
+        // The secure build: the block's key, for its marker, its canary and its link; a
+        // block whose freed marker is set, or whose canary is not intact, or of a page that
+        // is not a bin page (no canary), is looked at more closely before anything.
         #[cfg(feature = "secure")]
         let key = crate::heap::secure::block_key(page, p);
         #[cfg(feature = "secure")]
-        if crate::heap::secure::has_marker(p, key) {
-            return free_marked(h, page, p, key);
+        if (*page).kind != PageKind::Bin as u8
+            || crate::heap::secure::has_marker(p, key)
+            || !crate::heap::secure::canary::intact(page, p, key)
+        {
+            return free_suspect(h, page, p, key);
         }
         #[cfg(not(feature = "secure"))]
         let key = ();
@@ -242,7 +247,38 @@ unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
             report(HeapError::DoubleFree, p);
             return;
         }
+        // Not free after all (the program's data matched the marker): a live block, whose
+        // canary is checked as on the fast path.
+        if (*page).kind == PageKind::Bin as u8 && !crate::heap::secure::canary::intact(page, p, key)
+        {
+            return crate::heap::secure::canary::report_bad(page, p);
+        }
         free_owned_in(h, page, p, key)
+    }
+}
+
+/// The secure build: [`free_owned`] of a block that did not pass its quick look: a block of a
+/// page that is not a bin page (a large block, which has no canary, or a wrong pointer: the
+/// usual path checks it), a block whose freed marker is set ([`free_marked`]), or a block
+/// of a bin page whose canary is not intact (reported: a pointer that is not a block start,
+/// or a write past the request, `heap::secure::canary::report_bad`). If the report returns,
+/// nothing was changed (the block leaks).
+///
+/// # Safety
+/// As [`free_owned_in`].
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn free_suspect(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+    // SAFETY: forwarded contract; the page is ours.
+    unsafe {
+        if (*page).kind != PageKind::Bin as u8 {
+            return free_owned_in(h, page, p, key);
+        }
+        if crate::heap::secure::has_marker(p, key) {
+            return free_marked(h, page, p, key);
+        }
+        crate::heap::secure::canary::report_bad(page, p);
     }
 }
 
@@ -431,14 +467,19 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         bump(&h.stats.remote_frees, 1);
         #[cfg(feature = "secure")]
         {
-            use crate::heap::secure::{fill_freed, is_marked_freed, mark_freed};
+            use crate::heap::secure::{block_key, canary, fill_freed, has_marker, set_marker};
+            let key = block_key(page, p);
             // Another thread's block, whose lists are not ours to walk: the marker alone
             // (see is_marked_freed) is reported.
-            if is_marked_freed(page, p) {
+            if has_marker(p, key) {
                 return report(HeapError::DoubleFree, p);
             }
+            // Its canary: only the page's keys (this line) and the block are read.
+            if !canary::intact(page, p, key) {
+                return canary::report_bad(page, p);
+            }
             fill_freed(page, p, (*page).remote_bin as usize);
-            mark_freed(page, p);
+            set_marker(p, key);
         }
         if let Pushed::Delayed = (*page).thread_free.push(p as *mut Block) {
             free_delayed(seg, page, p);
@@ -519,10 +560,13 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
         }
         #[cfg(feature = "secure")]
         if (*page).kind == PageKind::Bin as u8 {
-            use crate::heap::secure::{fill_freed, is_marked_freed, mark_freed};
+            use crate::heap::secure::{canary, fill_freed, is_marked_freed, mark_freed};
             // As on the fast remote path: another heap's (or no heap's) lists.
             if is_marked_freed(page, p) {
                 return report(HeapError::DoubleFree, p);
+            }
+            if !canary::intact(page, p, crate::heap::secure::block_key(page, p)) {
+                return canary::report_bad(page, p);
             }
             fill_freed(page, p, (*page).bin as usize);
             mark_freed(page, p);

@@ -10,7 +10,8 @@
 //! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `trim`
 //! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
 //! placement scope and the allocations it diverts), `labels` (scope labels: a shared heap per
-//! label and node, and their live bytes). The crate sees only what is re-exported below. May
+//! label and node, and their live bytes), and in the `secure` build `canary` (the paths that
+//! write a block's canary for the request's size). The crate sees only what is re-exported below. May
 //! touch (the folder as a whole):
 //! `heap::{page, segment, remote, huge, size_class, delayed, trim}`, `sys`, `topology::home`,
 //! `init`, and `heap::route` (the node-choice calls in `alloc::alloc_generic_in` and
@@ -28,8 +29,14 @@
 //!   before the heap lets go of its segments, so no thread can push onto `delayed` after the
 //!   heap is gone.
 
+// The secure build's global allocator goes through `canary` instead of `alloc`'s plain
+// inline paths, which only the crate's tests call then.
+#[cfg_attr(feature = "secure", allow(dead_code))]
 mod alloc;
 mod bins;
+// The secure build's allocation paths that write a block's canary for the request's size.
+#[cfg(feature = "secure")]
+mod canary;
 mod counters;
 mod free;
 mod labels;
@@ -49,16 +56,26 @@ mod fork;
 #[cfg(test)]
 mod tests;
 
+// The secure build's global allocator calls `canary`'s paths instead (below); these stay for
+// the crate's tests (the blocks they hand out have a canary for the largest request).
+#[cfg_attr(feature = "secure", allow(unused_imports))]
 pub(crate) use alloc::{
     alloc_bin, alloc_direct, alloc_direct_pop, alloc_generic, alloc_small, alloc_small_zeroed,
 };
 pub(crate) use bins::DIRECT_MAX;
+#[cfg(feature = "secure")]
+pub(crate) use canary::{
+    alloc_bin as alloc_bin_sized, alloc_direct as alloc_direct_sized,
+    alloc_direct_pop as alloc_direct_pop_sized, alloc_small as alloc_small_sized,
+    alloc_small_zeroed as alloc_small_zeroed_sized, resize as resize_checked, usable_size, Resize,
+};
 pub(crate) use counters::{
     HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c, free_c_or};
 pub(crate) use labels::{for_each_label_live, label_id, label_name, MAX_LABELS};
+#[cfg(not(feature = "secure"))]
 pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};

@@ -2,16 +2,20 @@
 //! `secure` feature).
 //!
 //! Owns: [`PageKeys`] (what a page keeps for the checks: its start, the span of its carved
-//! blocks, a divisibility multiplier, copies of the links' secret and of
+//! blocks, its block size, a divisibility multiplier, copies of the links' secret and of
 //! `TIERALLOC_FILL_FREED`; set when the page is set up and when blocks are carved), the
 //! check of a decoded free-list link (`Page::link_ok`) and its report, the freed marker of a
 //! free block (its second word: [`mark_freed`], [`clear_freed`], [`is_marked_freed`], and
-//! the confirmation walk [`on_free_lists`]) and `TIERALLOC_FILL_FREED` ([`fill_freed`]).
-//! The encoding of the links is `heap::remote::link_key`. May touch: the page descriptor
-//! (from `heap::segment`), `heap::page` (the collection before a walk), `heap::remote`,
+//! the confirmation walk [`on_free_lists`]), what a block handed out gets ([`handed_out`]:
+//! its marker cleared, its canary written) and `TIERALLOC_FILL_FREED` ([`fill_freed`]);
+//! the canary at the end of each block is [`canary`]'s. The encoding of the links is
+//! `heap::remote::link_key`. May touch: the page descriptor (from `heap::segment`),
+//! `heap::page` (the collection before a walk, `check_block`), `heap::remote`,
 //! `heap::size_class` and `heap::error` (the report). Only the page's owner calls what
-//! changes a page's lists or keys; the marker and the fill are written by any thread that
-//! frees a block it owns.
+//! changes a page's lists or keys; the marker, the canary and the fill are written by any
+//! thread that frees (or resizes) a block it owns.
+pub mod canary;
+
 use super::error::{report, HeapError};
 use super::remote::Block;
 use super::segment::Page;
@@ -26,8 +30,12 @@ use core::sync::atomic::{AtomicBool, Ordering};
 pub struct PageKeys {
     /// The address of the page's first block.
     lo: usize,
-    /// The bytes of the blocks carved so far (`capacity * block_size`).
-    span: usize,
+    /// The bytes of the blocks carved so far (`capacity * block_size`; a page spans at most
+    /// 512 KiB).
+    span: u32,
+    /// The page's block size (`Page::block_size`, copied here for other threads' frees,
+    /// which read only the descriptor's remote line: the canary, [`canary`]).
+    size: u32,
     /// `u64::MAX / block_size + 1`: an offset `o < 2^32` is a multiple of the block size
     /// exactly when `o * div` (wrapping) is below `div` (Lemire, Kaser and Kurz's
     /// divisibility test).
@@ -43,6 +51,7 @@ impl PageKeys {
     pub const EMPTY: PageKeys = PageKeys {
         lo: 0,
         span: 0,
+        size: 0,
         div: 0,
         secret: 0,
         fill: false,
@@ -52,6 +61,19 @@ impl PageKeys {
     #[inline(always)]
     pub fn secret(&self) -> usize {
         self.secret
+    }
+
+    /// Whether `p` lies in the page's carved blocks (never for null, nor on a page that
+    /// holds no block).
+    #[inline(always)]
+    pub fn holds(&self, p: *const u8) -> bool {
+        (p as usize).wrapping_sub(self.lo) < self.span as usize
+    }
+
+    /// The page's block size (0 on a page that never held blocks).
+    #[inline(always)]
+    pub fn size(&self) -> usize {
+        self.size as usize
     }
 }
 
@@ -63,6 +85,7 @@ pub fn init_page(page: &mut Page) {
     page.keys = PageKeys {
         lo: page.start() as usize,
         span: 0,
+        size: page.block_size,
         div: (u64::MAX / size).wrapping_add(1),
         secret: super::remote::link_key::get(),
         fill: FILL_FREED.load(Ordering::Relaxed),
@@ -76,8 +99,8 @@ pub fn init_page(page: &mut Page) {
 #[inline]
 pub fn carved(page: &mut Page) {
     let size = page.block_size as usize;
-    let old = page.keys.span / size.max(1);
-    page.keys.span = page.capacity as usize * size;
+    let old = page.keys.span as usize / size.max(1);
+    page.keys.span = (page.capacity as usize * size) as u32;
     shuffle_carved(page, old, page.capacity as usize - old);
 }
 
@@ -137,7 +160,7 @@ impl Page {
         let off = (next as usize).wrapping_sub(k.lo);
         // A page spans at most 512 KiB, so an offset below the span is below 2^32, as the
         // divisibility test needs.
-        next.is_null() | ((off < k.span) & ((off as u64).wrapping_mul(k.div) < k.div))
+        next.is_null() | ((off < k.span as usize) & ((off as u64).wrapping_mul(k.div) < k.div))
     }
 }
 
@@ -168,7 +191,7 @@ pub unsafe fn pop_bad_link(
     unsafe {
         (*page).free = ptr::null_mut();
         (*page).used += 1;
-        clear_freed(block);
+        handed_out(page, block, (*page).keys.secret);
     }
     // Only the owner writes its counters (as `thread::counters::bump`).
     let n = counter.load(crate::sync::Ordering::Relaxed);
@@ -295,6 +318,24 @@ pub unsafe fn is_marked_freed(page: *const Page, p: *mut u8) -> bool {
 pub unsafe fn mark_freed(page: *const Page, p: *mut u8) {
     // SAFETY: the block is at least 16 bytes and the caller's (contract).
     unsafe { *(p as *mut usize).add(1) = freed_marker(p, (*page).keys.secret) };
+}
+
+/// `block`, a block of bin page `page` whose secret is `secret`, is handed out (the owner's
+/// pop): its freed marker is cleared and its canary written for the largest request it
+/// serves (`canary::arm_any`; the paths that know the request's size set it for that size,
+/// `canary::fit_popped`). Every block handed out goes through here, so every live block has
+/// its canary.
+///
+/// # Safety
+/// `block` is a block of `page` the caller is handing out.
+#[inline(always)]
+pub unsafe fn handed_out(page: *const Page, block: *mut Block, secret: usize) {
+    // SAFETY: per the contract (a block is at least 16 bytes in the secure build).
+    unsafe {
+        clear_freed(block);
+        let key = super::remote::link_key::key_with(block, secret);
+        canary::arm_any(page, block as *mut u8, key);
+    }
 }
 
 /// Clears the freed marker of `block`, just handed out (the owner's pop).
