@@ -521,7 +521,7 @@ unsafe fn bound_free(page: *mut Page) {
 /// # Safety
 /// `page` is a page of the calling thread's heap (or EMPTY_PAGE).
 #[inline(always)]
-unsafe fn is_scant(page: *const Page) -> bool {
+pub(super) unsafe fn is_scant(page: *const Page) -> bool {
     // SAFETY: the page is ours (contract); its counts are ours to read. A count off by a
     // wrong free (`mark_leaked`: used above reserved) wraps to a large room: not scant.
     unsafe {
@@ -666,8 +666,74 @@ pub(super) unsafe fn alloc_generic_in(
 mod tests {
     use super::super::free::free;
     use super::super::tls::heap;
-    use super::{alloc_bin, SLOW_CALLS};
+    use super::{alloc_bin, is_scant, SLOW_CALLS};
+    use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
     use crate::heap::size_class::bin_of;
+
+    /// A page emptied while its bin's current page is nearly full becomes the current page,
+    /// its blocks kept for the next allocations (which would otherwise take and carve a new
+    /// page); the nearly full page stays in the queue. Before, the emptied page went back to
+    /// its segment at once and the next allocations came from the nearly full page.
+    #[test]
+    fn a_page_emptied_while_the_current_one_is_nearly_full_becomes_current() {
+        std::thread::spawn(|| {
+            let bin = bin_of(64);
+            // SAFETY: this thread's heap, used only by this thread; each block freed once;
+            // the pointers looked up are live blocks of ours.
+            unsafe {
+                let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+                let mut of_a = vec![alloc_bin(bin)];
+                let a = page_of_ptr(of_a[0]);
+                let mut of_b = vec![];
+                // A filled; B, the next page, filled but for a few blocks.
+                loop {
+                    let p = alloc_bin(bin);
+                    if page_of_ptr(p) == a {
+                        of_a.push(p);
+                        continue;
+                    }
+                    of_b.push(p);
+                    if is_scant(page_of_ptr(p)) {
+                        break;
+                    }
+                }
+                let b = page_of_ptr(of_b[0]);
+                assert_eq!((*heap()).pages[bin], b);
+                assert!(
+                    (*a).flags & PAGE_IN_FULL != 0,
+                    "the exhausted page was not parked"
+                );
+                assert_eq!((*a).used as usize, of_a.len());
+                for &p in &of_a {
+                    free(p);
+                }
+                assert_eq!(
+                    (*heap()).pages[bin],
+                    a,
+                    "the emptied page did not become current"
+                );
+                assert_eq!((*a).used, 0);
+                assert_eq!(
+                    (*a).capacity,
+                    (*a).reserved,
+                    "the emptied page was given back"
+                );
+                assert_eq!((*a).next, b, "the nearly full page left the queue");
+                // The next allocations reuse its blocks.
+                of_a.clear();
+                for _ in 0..2 {
+                    let p = alloc_bin(bin);
+                    assert_eq!(page_of_ptr(p), a);
+                    of_a.push(p);
+                }
+                for p in of_a.into_iter().chain(of_b) {
+                    free(p);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     /// A ring of 64-byte blocks that fills its pages exactly, freed oldest first and
     /// allocated again into the freed slot (the `pairs` benchmark at a fixed size), refills
