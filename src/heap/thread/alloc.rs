@@ -506,14 +506,14 @@ unsafe fn bound_free(page: *mut Page) {
     }
 }
 
-/// Whether `page` has room for at most 1/64 of its blocks (free, freed and not yet gathered,
+/// Whether `page` has room for at most 1/128 of its blocks (free, freed and not yet gathered,
 /// or never carved): a refill from it would serve that few allocations before the next slow
 /// path. A workload whose live blocks fill its pages exactly (a ring of 4096 64-byte blocks:
 /// four 1024-block pages) otherwise finds one free block at a time, the one just freed, and
 /// takes a slow path on every allocation. Such a page is passed over for one with more room,
 /// or a new page when the queue has none: the bin then has a page of room, and pages wait to
-/// gather frees, which bounds what waits on passed pages to 1/64 of the bin's blocks. Always
-/// false for pages of fewer than 64 blocks (each block is a worthwhile refill there), and
+/// gather frees, which bounds what waits on passed pages to 1/128 of their blocks. Always
+/// false for pages of fewer than 128 blocks (each block is a worthwhile refill there), and
 /// for a page whose last refill came from other threads' frees (`remote_fed`): those are
 /// reused at once, so that what other threads give back is not left waiting while this one
 /// takes new memory (issue 16 item 2).
@@ -525,7 +525,7 @@ pub(super) unsafe fn is_scant(page: *const Page) -> bool {
     // SAFETY: the page is ours (contract); its counts are ours to read. A count off by a
     // wrong free (`mark_leaked`: used above reserved) wraps to a large room: not scant.
     unsafe {
-        (*page).reserved.wrapping_sub((*page).used) <= (*page).reserved >> 6 && !(*page).remote_fed
+        (*page).reserved.wrapping_sub((*page).used) <= (*page).reserved >> 7 && !(*page).remote_fed
     }
 }
 
