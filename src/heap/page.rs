@@ -103,7 +103,11 @@ impl Page {
     /// twice by other threads), and a list about to become `free` whose first block links to
     /// itself (a block freed twice in a row). Either is reported (`heap::error`); if the report
     /// returns, that list is leaked (left off every list, its blocks still counted as used).
-    #[inline]
+    ///
+    /// Always inlined: the queue walks call it once per page they look at, and the `secure`
+    /// build's larger body, left out of line once a second walk called it, cost 0.6
+    /// instructions per pair on `pairs` with mixed sizes.
+    #[inline(always)]
     pub fn collect(&mut self) -> u32 {
         let mut remote = 0;
         if self.thread_free.has_blocks() {

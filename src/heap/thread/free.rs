@@ -4,13 +4,14 @@
 //! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments (and
 //! the count-down of their live hint), and the owner's drain of its delayed stack. May touch:
-//! the `Heap` fields (`super`), `bins`, `counters`, `tls`, `registry` (init on a first free),
-//! `slices` (adopt, reclaim, release), `large`
+//! the `Heap` fields (`super`), `alloc` (whether a page is nearly full), `bins`, `counters`,
+//! `tls`, `registry` (init on a first free), `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
 //! `init` (the purge delay), `heap::{error, page, huge}` (checking a free and reporting a
 //! wrong one: docs/security.md) and, in the `secure` build, `heap::secure` (the freed marker
 //! and the canary).
 
+use super::alloc::is_scant;
 use super::bins::unfull;
 use super::counters::{
     add, bump, counters, note_far_collected, note_far_large, CROSS_FREED_BYTES, CROSS_FREES,
@@ -356,13 +357,21 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
         // page: that one stays (the next collection retires it if it is still empty then),
         // because retiring it would throw away exactly the free blocks the next allocations
         // need (in a FIFO workload the allocator would be left with one free block at a time
-        // and take the slow path on every allocation).
+        // and take the slow path on every allocation). For the same reason, an empty page
+        // becomes the current page instead when the current one is nearly full (`is_scant`):
+        // its blocks serve the next allocations, which would otherwise take and carve a new
+        // page (a ring of blocks that fills its pages all but one: every page's worth of
+        // allocations, one page emptied and retired, one new page carved).
         let bin = (*page).bin as usize;
         if (*page).used == 0 {
-            if h.pages[bin] != page {
+            if h.pages[bin] != page && !is_scant(h.pages[bin]) {
                 h.queue_remove(bin, page);
                 retire_page_of(h, page);
             } else {
+                if h.pages[bin] != page {
+                    h.queue_remove(bin, page);
+                    h.queue_push_front(bin, page);
+                }
                 // No live block: a free into it before the next allocation is a wrong one.
                 (*page).flags |= PAGE_CHECK_FREE;
             }
