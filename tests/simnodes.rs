@@ -377,7 +377,7 @@ fn inner_placement_and_tiers() {
     .unwrap();
     let (_, l2) = committed_live(2);
     let routed = tiers::stats()[1].routed_bytes;
-    // black_box (as below): a Vec nobody reads may be optimised away with its allocator
+    // black_box (here and below): a Vec nobody reads may be optimised away with its allocator
     // calls (seen in the `secure` build: no allocation, "far node live +0").
     let big = std::hint::black_box(vec![5u8; 4 << 20]);
     let (_, l2b) = committed_live(2);
