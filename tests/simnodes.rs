@@ -377,7 +377,9 @@ fn inner_placement_and_tiers() {
     .unwrap();
     let (_, l2) = committed_live(2);
     let routed = tiers::stats()[1].routed_bytes;
-    let big = vec![5u8; 4 << 20];
+    // black_box (here and below): a Vec nobody reads may be optimised away with its allocator
+    // calls (seen in the `secure` build: no allocation, "far node live +0").
+    let big = std::hint::black_box(vec![5u8; 4 << 20]);
     let (_, l2b) = committed_live(2);
     assert!(l2b - l2 >= 4 << 20, "far node live +{}", l2b - l2);
     assert!(tiers::stats()[1].routed_bytes - routed >= 4 << 20);
@@ -406,7 +408,7 @@ fn inner_placement_and_tiers() {
     .unwrap();
     let spills = tiers::stats()[0].spills;
     let (_, l2) = committed_live(2);
-    let big = vec![6u8; 16 << 20];
+    let big = std::hint::black_box(vec![6u8; 16 << 20]);
     let (_, l2b) = committed_live(2);
     assert!(
         tiers::stats()[0].spills > spills,
