@@ -49,8 +49,12 @@ cargo build -p tieralloc-preload --release --features secure --target-dir target
 cp target/secure/release/libtieralloc_preload.so target/release/libtieralloc_preload_secure.so
 TIERALLOC_REQUIRE_SECURE=1 cargo test --workspace --release
 # The secure build's own tests: its lib tests and the heap errors (encoded links, the freed
-# marker's double frees, fill, the guard pages).
-cargo test --release --features secure --lib --test heap_errors --test secure_guard --test secure_canary
+# marker's double frees, fill, the guard pages, the canaries), and the integration tests whose
+# paths the secure build changes (purging and RSS, huge blocks, routing, the free paths).
+cargo test --release --features secure --lib --test heap_errors --test secure_guard --test secure_canary \
+  --test idle --test purge --test trim --test churn --test tiers --test simnodes --test huge \
+  --test fork --test cross_thread --test free_reuse --test recreate --test wrong_free_edges \
+  --test align --test oom --test arena --test pool --test stress
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service
