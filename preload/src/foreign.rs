@@ -2,18 +2,17 @@
 //! `cfree`, `delete`, `realloc`): reported when it provably lies on a stack or in a loaded
 //! object's image, left alone otherwise (docs/security.md, "The `secure` build").
 //!
-//! Owns: [`check`] and the two tests behind it. May touch: libc's `dl_iterate_phdr`, `getauxval`,
+//! Owns: [`check`] and the two tests behind it. May touch: libc's `dladdr`, `getauxval`,
 //! `pthread_self`, `sigaltstack`, and `open`/`read`/`close` of /proc/self/maps (plain system
 //! calls); `tieralloc::report_foreign_free`. Compiled only with the `secure` feature; the
 //! default drop-in ignores every such pointer.
 //!
 //! Nothing here allocates or takes a lock of ours, and `errno` comes back as it was:
-//! - **Static**: a walk of the loaded objects (`dl_iterate_phdr`) finds the one whose loaded
-//!   segments (data, bss, read-only data, code) hold the address. It takes only the loader's
-//!   recursive `dl_load_write_lock` (a `free` from the loader or from another walk's
-//!   callback, which may hold it, re-enters without deadlock; no lock of ours is held;
-//!   `dladdr`, which takes `dl_load_lock`, would deadlock there against a `dlopen`: see
-//!   [`in_object_image`]), and allocates nothing. The dynamic loader's own image is exempt:
+//! - **Static**: `dladdr` names the object whose loaded segments (data, bss, read-only data,
+//!   code) hold the address. In glibc 2.36 it takes the loader's recursive lock
+//!   (`dl_load_lock`, so a `free` from the loader itself, which may hold it, re-enters
+//!   without deadlock; no lock of ours is held) and only walks the loaded objects and the
+//!   found object's symbol table: no allocation. The dynamic loader's own image is exempt:
 //!   its private early allocator hands out the rest of the loader's last data page, and the
 //!   loader may free those blocks through `free`. The loader is the object at
 //!   `getauxval(AT_BASE)`, or (when ld.so was run as a command, AT_BASE 0) the one that
@@ -29,7 +28,7 @@
 //!   affinity mask; for the main thread it reads /proc/self/maps through `fopen`).
 //!
 //! Cost: none on any path of our own blocks (tieralloc's `c_free_or` calls [`check`] only for
-//! a non-null pointer outside every segment); on that path a walk of the loaded objects, and the read of
+//! a non-null pointer outside every segment); on that path a `dladdr`, and the read of
 //! /proc/self/maps when the pointer is above the stack pointer.
 
 use core::ffi::c_void;
@@ -65,81 +64,34 @@ fn classify(p: usize) -> Option<ForeignFree> {
 }
 
 extern "C" {
-    /// Defined by the dynamic loader (every glibc's ld.so exports it): the object whose
-    /// loaded segments hold its address is the loader, when AT_BASE does not tell.
+    /// Defined by the dynamic loader (every glibc's ld.so exports it): its address tells
+    /// which loaded object is the loader when AT_BASE does not.
     fn __tls_get_addr();
 }
 
-/// What [`in_object_image`]'s walk looks for and finds.
-struct ImageQuery {
-    p: usize,
-    /// The loader's load address (AT_BASE), 0 if unknown.
-    at_base: usize,
-    /// The address of `__tls_get_addr` (in the loader's code).
-    tls_get_addr: usize,
-    /// The object holding `p`, once found: whether it is the loader.
-    found: Option<bool>,
-}
-
-/// Whether `info` describes an object one of whose loaded segments holds `addr`.
-///
-/// # Safety
-/// `info` is a valid `dl_phdr_info` given by `dl_iterate_phdr`.
-unsafe fn holds(info: &libc::dl_phdr_info, addr: usize) -> bool {
-    let phdrs = if info.dlpi_phdr.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: the loader's program headers of this object: `dlpi_phnum` of them.
-        unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
-    };
-    phdrs.iter().any(|ph| {
-        let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
-        ph.p_type == libc::PT_LOAD && addr.wrapping_sub(start) < ph.p_memsz as usize
-    })
-}
-
-/// `dl_iterate_phdr`'s callback for [`in_object_image`]: stops (1) at the object holding `p`.
-///
-/// # Safety
-/// `info` is valid, and `data` is the `ImageQuery` `in_object_image` passed.
-unsafe extern "C" fn find_image(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> libc::c_int {
-    // SAFETY: both come from dl_iterate_phdr, as the contract says.
-    let (info, q) = unsafe { (&*info, &mut *data.cast::<ImageQuery>()) };
-    // SAFETY: info is valid (contract).
-    if !unsafe { holds(info, q.p) } {
-        return 0;
-    }
-    // SAFETY: as above.
-    let loader = (q.at_base != 0 && info.dlpi_addr as usize == q.at_base)
-        || unsafe { holds(info, q.tls_get_addr) };
-    q.found = Some(loader);
-    1
+/// The base address of the object holding `p`, if `dladdr` knows one.
+fn object_base(p: usize) -> Option<usize> {
+    // SAFETY: Dl_info is plain data (pointers), for which all-zero is a valid value.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and writes `info`, a valid local; it
+    // never dereferences `p`.
+    let found = unsafe { libc::dladdr(p as *const c_void, &mut info) };
+    (found != 0 && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
 }
 
 /// Whether `p` lies in a loaded object's image (its loaded segments) other than the loader's.
-///
-/// The walk is `dl_iterate_phdr`'s, not `dladdr`'s: `dladdr` takes the loader's
-/// `dl_load_lock`, and a `free` from a `dl_iterate_phdr` callback (which holds
-/// `dl_load_write_lock`) would then take the two in the order opposite to `dlopen`'s, which
-/// holds the first while it waits for the second: both threads hang
-/// (preload/tests/foreign_locks.rs). `dl_iterate_phdr` takes only `dl_load_write_lock`,
-/// recursively, and glibc takes it after `dl_load_lock` wherever it takes both.
 fn in_object_image(p: usize) -> bool {
-    let mut q = ImageQuery {
-        p,
-        // SAFETY: getauxval reads the process's auxiliary vector; no precondition.
-        at_base: unsafe { libc::getauxval(libc::AT_BASE) } as usize,
-        tls_get_addr: __tls_get_addr as *const c_void as usize,
-        found: None,
+    let Some(base) = object_base(p) else {
+        return false;
     };
-    // SAFETY: find_image only reads the headers it is given and writes `q`, a live local
-    // whose address it gets as `data`; dl_iterate_phdr allocates nothing.
-    unsafe { libc::dl_iterate_phdr(Some(find_image), (&mut q as *mut ImageQuery).cast()) };
-    q.found == Some(false)
+    // SAFETY: getauxval reads the process's auxiliary vector; no precondition.
+    let at_base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
+    let by_symbol = object_base(__tls_get_addr as *const c_void as usize);
+    if at_base == 0 && by_symbol.is_none() {
+        // The loader cannot be told apart: report nothing rather than its blocks.
+        return false;
+    }
+    base != at_base && Some(base) != by_symbol
 }
 
 /// Whether `p` (at or above the current stack pointer `sp`) lies on the main thread's stack

@@ -4,7 +4,11 @@
  * dl_load_lock (dladdr does): that is the opposite order, and both threads would hang.
  * The callback waits until the other thread is blocked in a futex wait (its dlopen waiting
  * for the lock the callback holds), read from /proc/self/task/TID/syscall, so that the free
- * always meets the held lock. Prints "survived" when both are through. */
+ * always meets the held lock. Prints "survived" when both are through.
+ * With "fork": a thread stays inside a dl_iterate_phdr callback while the main thread forks;
+ * the child frees the mmap'ed pointer (a lock the walking thread held in the parent stays
+ * held in the child: glibc resets dl_load_lock there, not dl_load_write_lock) and prints
+ * "survived" if it gets through. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void *volatile sink;
@@ -60,9 +65,41 @@ static int first_object(struct dl_phdr_info *info, size_t size, void *data) {
     return 0;
 }
 
-int main(void) {
+static volatile int walking;
+
+static int stay(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)info;
+    (void)size;
+    (void)data;
+    walking = 1;
+    for (;;) pause();
+    return 0;
+}
+
+static void *walk_and_stay(void *arg) {
+    dl_iterate_phdr(stay, NULL);
+    return arg;
+}
+
+int main(int argc, char **argv) {
     sink = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (sink == MAP_FAILED) return 2;
+    if (argc > 1 && !strcmp(argv[1], "fork")) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, walk_and_stay, NULL) != 0) return 2;
+        while (!walking) sched_yield();
+        pid_t c = fork();
+        if (c < 0) return 2;
+        if (c == 0) {
+            free(sink);
+            _exit(0);
+        }
+        int st;
+        if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return 3;
+        puts("survived");
+        fflush(stdout);
+        _exit(0);
+    }
     int first = 1;
     dl_iterate_phdr(first_object, &first);
     if (pthread_join(opener, NULL) != 0) return 2;
