@@ -2,20 +2,19 @@
 //! `cfree`, `delete`, `realloc`): reported when it provably lies on a stack or in a loaded
 //! object's image, left alone otherwise (docs/security.md, "The `secure` build").
 //!
-//! Owns: [`check`] and the two tests behind it. May touch: libc's `dladdr`, `getauxval`,
+//! Owns: [`check`] and the two tests behind it. May touch: glibc's `_dl_find_object`, `getauxval`,
 //! `pthread_self`, `sigaltstack`, and `open`/`read`/`close` of /proc/self/maps (plain system
 //! calls); `tieralloc::report_foreign_free`. Compiled only with the `secure` feature; the
 //! default drop-in ignores every such pointer.
 //!
 //! Nothing here allocates or takes a lock of ours, and `errno` comes back as it was:
-//! - **Static**: `dladdr` names the object whose loaded segments (data, bss, read-only data,
-//!   code) hold the address. In glibc 2.36 it takes the loader's recursive lock
-//!   (`dl_load_lock`, so a `free` from the loader itself, which may hold it, re-enters
-//!   without deadlock; no lock of ours is held) and only walks the loaded objects and the
-//!   found object's symbol table: no allocation. The dynamic loader's own image is exempt:
-//!   its private early allocator hands out the rest of the loader's last data page, and the
-//!   loader may free those blocks through `free`. The loader is the object at
-//!   `getauxval(AT_BASE)`, or (when ld.so was run as a command, AT_BASE 0) the one that
+//! - **Static**: `_dl_find_object` (glibc 2.35+) names the object whose loaded segments (data,
+//!   bss, read-only data, code) hold the address. It takes no lock and allocates nothing
+//!   (`dladdr`, used first, takes the loader's `dl_load_lock`: a deadlock with a `dlopen`
+//!   when the `free` comes from inside a `dl_iterate_phdr` callback). The dynamic loader's
+//!   own image is exempt: its private early allocator hands out the rest of the loader's last
+//!   data page, and the loader may free those blocks through `free`. The loader is the object
+//!   at `getauxval(AT_BASE)`, or (when ld.so was run as a command, AT_BASE 0) the one that
 //!   holds `__tls_get_addr`. Its other blocks are `mmap`ed: in no object.
 //! - **Stack**: the address is at or above the current stack pointer (a live frame of this
 //!   thread, or the main thread's stack seen from any thread: thread stacks are `mmap`ed
@@ -28,7 +27,7 @@
 //!   affinity mask; for the main thread it reads /proc/self/maps through `fopen`).
 //!
 //! Cost: none on any path of our own blocks (tieralloc's `c_free_or` calls [`check`] only for
-//! a non-null pointer outside every segment); on that path a `dladdr`, and the read of
+//! a non-null pointer outside every segment); on that path two `_dl_find_object` calls, and the read of
 //! /proc/self/maps when the pointer is above the stack pointer.
 
 use core::ffi::c_void;
@@ -63,35 +62,60 @@ fn classify(p: usize) -> Option<ForeignFree> {
     None
 }
 
+/// glibc's `struct dl_find_object` (dlfcn.h, 2.35+): on x86_64 and aarch64 five words and
+/// seven reserved ones; more reserved room here costs nothing and covers a port with the
+/// optional fields.
+#[repr(C)]
+struct DlFindObject {
+    flags: u64,
+    map_start: *mut c_void,
+    map_end: *mut c_void,
+    link_map: *mut c_void,
+    eh_frame: *mut c_void,
+    reserved: [u64; 12],
+}
+
 extern "C" {
     /// Defined by the dynamic loader (every glibc's ld.so exports it): its address tells
     /// which loaded object is the loader when AT_BASE does not.
     fn __tls_get_addr();
+    /// glibc 2.35+: the loaded object whose mapping holds `address` (0), or -1. Takes no
+    /// lock and allocates nothing (it reads a copy of the object list that `dlopen` and
+    /// `dlclose` publish with a version counter, for unwinders).
+    fn _dl_find_object(address: *mut c_void, result: *mut DlFindObject) -> libc::c_int;
 }
 
-/// The base address of the object holding `p`, if `dladdr` knows one.
-fn object_base(p: usize) -> Option<usize> {
-    // SAFETY: Dl_info is plain data (pointers), for which all-zero is a valid value.
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: dladdr only reads the loader's tables and writes `info`, a valid local; it
-    // never dereferences `p`.
-    let found = unsafe { libc::dladdr(p as *const c_void, &mut info) };
-    (found != 0 && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
+/// The link map of the loaded object whose mapping (code, read-only data, data, bss) holds
+/// `p`, if any.
+///
+/// Not `dladdr`: that takes the loader's `dl_load_lock`, and a `free` inside a
+/// `dl_iterate_phdr` callback (which holds `dl_load_write_lock`) while another thread's
+/// `dlopen` holds `dl_load_lock` and waits for the other deadlocked both threads
+/// (preload/tests/foreign_locks.rs). Nor a `dl_iterate_phdr` walk of our own: a fork child
+/// of a process that had a thread inside one inherits `dl_load_write_lock` held.
+fn object_of(p: usize) -> Option<usize> {
+    // SAFETY: DlFindObject is plain data (integers and pointers): all-zero is valid.
+    let mut found: DlFindObject = unsafe { core::mem::zeroed() };
+    // SAFETY: _dl_find_object only reads the loader's published object list and writes
+    // `found`, a valid local at least as large as glibc's struct; it never dereferences `p`.
+    let r = unsafe { _dl_find_object(p as *mut c_void, &mut found) };
+    (r == 0 && !found.link_map.is_null()).then_some(found.link_map as usize)
 }
 
 /// Whether `p` lies in a loaded object's image (its loaded segments) other than the loader's.
 fn in_object_image(p: usize) -> bool {
-    let Some(base) = object_base(p) else {
+    let Some(object) = object_of(p) else {
         return false;
     };
     // SAFETY: getauxval reads the process's auxiliary vector; no precondition.
     let at_base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
-    let by_symbol = object_base(__tls_get_addr as *const c_void as usize);
-    if at_base == 0 && by_symbol.is_none() {
-        // The loader cannot be told apart: report nothing rather than its blocks.
-        return false;
-    }
-    base != at_base && Some(base) != by_symbol
+    let loader = if at_base != 0 {
+        object_of(at_base)
+    } else {
+        object_of(__tls_get_addr as *const c_void as usize)
+    };
+    // The loader cannot be told apart: report nothing rather than its blocks.
+    loader.is_some_and(|loader| object != loader)
 }
 
 /// Whether `p` (at or above the current stack pointer `sp`) lies on the main thread's stack

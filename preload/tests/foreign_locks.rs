@@ -4,13 +4,13 @@
 //! `dl_load_lock` and waits for the write lock. Both builds leave such a pointer alone, so the
 //! program must finish; the hang guard of 60 s is not a measurement.
 //!
-//! Defect (review of 1446afe, not fixed): the secure build hangs there in every run. Its
-//! `dladdr` takes `dl_load_lock` while the callback's thread holds `dl_load_write_lock`, the
-//! order opposite to `dlopen`'s. A walk with `dl_iterate_phdr` instead (only the recursive
-//! write lock) passes this test but hangs a fork child whose parent had another thread inside
-//! a `dl_iterate_phdr` walk at the fork (glibc 2.36 resets `dl_load_lock` in the child, not
-//! `dl_load_write_lock`), so it is no drop-in fix; `_dl_find_object` (lock-free, glibc 2.35)
-//! would avoid both, or `dl_iterate_phdr` outside fork children with `dladdr` in them.
+//! Found by a review of 1446afe: the secure build hung there in every run. Its `dladdr`
+//! took `dl_load_lock` while the callback's thread held `dl_load_write_lock`, the order
+//! opposite to `dlopen`'s. A walk with `dl_iterate_phdr` instead (only the recursive write
+//! lock) passes that test but hangs a fork child whose parent had another thread inside a
+//! `dl_iterate_phdr` walk at the fork (glibc 2.36 resets `dl_load_lock` in the child, not
+//! `dl_load_write_lock`). Fixed with `_dl_find_object` (lock-free, glibc 2.35), which passes
+//! both.
 //!
 //! Needs the libraries built first (`cargo build -p tieralloc-preload --release`, and the
 //! secure one: scripts/test.sh) and `cc`.
@@ -84,9 +84,6 @@ fn a_free_inside_a_phdr_walk_during_a_dlopen_finishes_under_the_default_build() 
 }
 
 #[test]
-#[ignore = "defect: the secure build's dladdr takes dl_load_lock inside a dl_iterate_phdr \
-            callback (dl_load_write_lock held) while a dlopen holds dl_load_lock and waits \
-            for the write lock: both threads hang (see the module's docs)"]
 fn a_free_inside_a_phdr_walk_during_a_dlopen_finishes_under_the_secure_build() {
     if let Some(lib) = secure_library() {
         finishes_under(&lib, &[]);
@@ -95,7 +92,7 @@ fn a_free_inside_a_phdr_walk_during_a_dlopen_finishes_under_the_secure_build() {
 
 /// A fork child's free of a foreign pointer while another thread of the parent was inside a
 /// `dl_iterate_phdr` walk at the fork: passes with `dladdr` (whose lock glibc resets in the
-/// child); a fix that walks with `dl_iterate_phdr` in the child hangs here.
+/// child) and with `_dl_find_object` (no lock); a walk with `dl_iterate_phdr` hangs here.
 #[test]
 fn a_fork_child_frees_a_foreign_pointer_while_a_parent_thread_walked_the_objects() {
     finishes_under(&child::preload_library(), &["fork"]);
