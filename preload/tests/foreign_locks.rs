@@ -26,44 +26,19 @@ mod child;
 fn program() -> PathBuf {
     static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tieralloc-phdr-walk-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/free_in_phdr_walk.c");
-        let out = dir.join("free_in_phdr_walk");
-        let st = Command::new("cc")
-            .args(["-O1", "-w", "-pthread", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .expect("run cc (apt-get install -y build-essential)");
-        assert!(st.success(), "compiling {} failed", src.display());
-        out
+        child::compile_c(&src, "free_in_phdr_walk", &[])
     })
     .clone()
 }
 
-/// The secure drop-in next to the default one, as in tests/heap_errors.rs (`None`, with a
-/// note, if it is not built, unless `TIERALLOC_REQUIRE_SECURE` is set).
+/// The secure drop-in (`child::secure_preload_library`).
 fn secure_library() -> Option<PathBuf> {
-    const LIB: &str = "libtieralloc_preload_secure.so";
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let lib = exe.parent().expect("a directory").join("..").join(LIB);
-    if lib.is_file() {
-        return Some(lib);
-    }
-    assert!(
-        std::env::var_os("TIERALLOC_REQUIRE_SECURE").is_none(),
-        "{} not built (scripts/test.sh builds it)",
-        lib.display()
-    );
-    eprintln!(
-        "{} not built: the secure build's run skipped",
-        lib.display()
-    );
-    None
+    child::secure_preload_library()
 }
 
+/// Runs the program with `args` under the drop-in `lib`: it must finish (60 s hang guard),
+/// leaving the `mmap`ed pointer alone.
 fn finishes_under(lib: &Path, args: &[&str]) {
     let mut cmd = Command::new(program());
     cmd.args(args)

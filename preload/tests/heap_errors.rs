@@ -14,7 +14,6 @@
 //! Needs the library built first (`cargo build -p tieralloc-preload --release`; it is found
 //! next to this test executable) and `cc`.
 
-use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,46 +141,15 @@ fn table(secure: bool) -> Vec<(&'static str, Expect)> {
 fn program() -> PathBuf {
     static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("tieralloc-heap-errors-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("create a scratch directory");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/heap_errors.c");
-        let out = dir.join("heap_errors");
-        let st = Command::new("cc")
-            .args(["-O1", "-w", "-fno-builtin", "-pthread", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .expect("run cc (apt-get install -y build-essential)");
-        assert!(st.success(), "compiling {} failed", src.display());
-        out
+        child::compile_c(&src, "heap_errors", &["-fno-builtin"])
     })
     .clone()
 }
 
-/// The secure drop-in, `libtieralloc_preload_secure.so`, next to the default one (scripts/
-/// test.sh builds it: `cargo build -p tieralloc-preload --release --features secure
-/// --target-dir target/secure`, copied under that name into target/release/). `None` if it
-/// is not built, unless `TIERALLOC_REQUIRE_SECURE=1` (CI), which makes that a failure.
+/// The secure drop-in (`child::secure_preload_library`).
 fn secure_library() -> Option<PathBuf> {
-    const LIB: &str = "libtieralloc_preload_secure.so";
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let deps = exe.parent().expect("the test executable is in a directory");
-    let lib = deps.join("..").join(LIB);
-    if lib.is_file() {
-        return Some(lib);
-    }
-    assert!(
-        std::env::var_os("TIERALLOC_REQUIRE_SECURE").is_none(),
-        "{} not built (scripts/test.sh builds it)",
-        lib.display()
-    );
-    eprintln!(
-        "{} not built: the secure build's run skipped",
-        lib.display()
-    );
-    None
+    child::secure_preload_library()
 }
 
 /// Runs one case under the drop-in `lib` with `TIERALLOC_ON_ERROR=mode` (`None`: unset).

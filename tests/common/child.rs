@@ -81,6 +81,49 @@ pub fn preload_library() -> PathBuf {
     panic!("{LIB} not found next to {exe:?}; run `cargo build -p tieralloc-preload --release`");
 }
 
+/// The secure drop-in, `libtieralloc_preload_secure.so`, next to the default one (scripts/
+/// test.sh builds it: `cargo build -p tieralloc-preload --release --features secure
+/// --target-dir target/secure`, copied under that name into target/release/). `None` if it
+/// is not built, unless `TIERALLOC_REQUIRE_SECURE=1` (CI), which makes that a failure.
+pub fn secure_preload_library() -> Option<PathBuf> {
+    const LIB: &str = "libtieralloc_preload_secure.so";
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    let lib = deps.join("..").join(LIB);
+    if lib.is_file() {
+        return Some(lib);
+    }
+    assert!(
+        std::env::var_os("TIERALLOC_REQUIRE_SECURE").is_none(),
+        "{} not built (scripts/test.sh builds it)",
+        lib.display()
+    );
+    eprintln!(
+        "{} not built: the secure build's run skipped",
+        lib.display()
+    );
+    None
+}
+
+/// Compiles the C program `src` (with `-O1 -w -pthread`, the extra `flags`, and `-ldl`) into
+/// a scratch directory of this process named after `name`, and returns the executable.
+pub fn compile_c(src: &std::path::Path, name: &str, flags: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tieralloc-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    let out = dir.join(name);
+    let st = Command::new("cc")
+        .args(["-O1", "-w", "-pthread"])
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc (apt-get install -y build-essential)");
+    assert!(st.success(), "compiling {} failed", src.display());
+    out
+}
+
 /// How a child run ended.
 pub struct Outcome {
     /// What the command was, for messages.
