@@ -227,3 +227,65 @@ fn child_a_free_into_a_guard_page_is_reported() {
         eprintln!("remote free returned");
     }
 }
+
+/// A second free of a block whose OS page a trim gave back (parked: its freed marker and
+/// trailer zero now) is a double free, reported as one, not as an overflow (review rev4: the
+/// canary's check came first and called it a write past the request).
+#[test]
+fn a_double_free_of_a_parked_block_is_reported_as_one() {
+    let mut cmd = child::this_test("child_a_double_free_of_a_parked_block_is_reported_as_one");
+    cmd.env("TIERALLOC_ON_ERROR", "warn");
+    let out = child::run(&mut cmd, Duration::from_secs(120));
+    out.expect_test_passed();
+    let reports: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("tieralloc: error: "))
+        .collect();
+    out.require(reports.len() == 1, "expected one report");
+    out.require(
+        reports[0].starts_with("tieralloc: error: double free"),
+        &format!("expected a double free, got {:?}", reports[0]),
+    );
+}
+
+#[test]
+fn child_a_double_free_of_a_parked_block_is_reported_as_one() {
+    if !child::is_child() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let small = Layout::from_size_align(48, 8).unwrap();
+        let big = Layout::from_size_align(3000, 8).unwrap();
+        // SAFETY: GlobalAlloc's contract throughout; each block freed once, but the one the
+        // test frees twice.
+        unsafe {
+            let mut blocks: Vec<usize> =
+                (0..40_000).map(|_| GLOBAL.alloc(small) as usize).collect();
+            blocks.sort_unstable();
+            // One live block in 128 by address: most OS pages of the pages all free.
+            let mut live = vec![];
+            for (i, &b) in blocks.iter().enumerate() {
+                if i % 128 == 0 {
+                    live.push(b);
+                } else {
+                    GLOBAL.dealloc(b as *mut u8, small);
+                }
+            }
+            // New segments, twice over: the heap looks at its sparse pages before each (the
+            // first look notes them, the next trims).
+            let more: Vec<usize> = (0..4_000).map(|_| GLOBAL.alloc(big) as usize).collect();
+            let twice = blocks[64];
+            GLOBAL.dealloc(twice as *mut u8, small);
+            eprintln!("freed {twice:#x} twice");
+            for b in more {
+                GLOBAL.dealloc(b as *mut u8, big);
+            }
+            for b in live {
+                GLOBAL.dealloc(b as *mut u8, small);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
