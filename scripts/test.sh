@@ -50,7 +50,7 @@ cp target/secure/release/libtieralloc_preload.so target/release/libtieralloc_pre
 TIERALLOC_REQUIRE_SECURE=1 cargo test --workspace --release
 # The secure build's own tests: its lib tests and the heap errors (encoded links, the freed
 # marker's double frees, fill, the guard pages).
-cargo test --release --features secure --lib --test heap_errors --test secure_guard --test secure_canary
+cargo test --release --features secure --lib --test heap_errors --test secure_guard --test secure_canary --test secure_review
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service
