@@ -52,6 +52,7 @@ TIERALLOC_REQUIRE_SECURE=1 cargo test --workspace --release
 # marker's double frees, fill, the guard pages, the canaries), and the integration tests whose
 # paths the secure build changes (purging and RSS, huge blocks, routing, the free paths).
 cargo test --release --features secure --lib --test heap_errors --test secure_guard --test secure_canary \
+  --test secure_review --test scope --test scope_labels \
   --test idle --test purge --test trim --test churn --test tiers --test simnodes --test huge \
   --test fork --test cross_thread --test free_reuse --test recreate --test wrong_free_edges \
   --test align --test oom --test arena --test pool --test stress

@@ -29,10 +29,23 @@ mod polls;
 
 use polls::{noop_waker, Allocating};
 
-/// The usable size of the live block at `p`.
+/// The bytes of the live block at `p`, as a label counts them (block sizes): its usable
+/// size, but in the `secure` build a bin block's usable size is the size asked for, and its
+/// block that plus the canary's 8-byte trailer, rounded up to its class.
 fn usable<T: ?Sized>(p: *const T) -> i64 {
     // SAFETY: callers pass live blocks of the global allocator.
-    unsafe { tieralloc::usable_size(p as *const u8) as i64 }
+    let u = unsafe { tieralloc::usable_size(p as *const u8) };
+    #[cfg(feature = "secure")]
+    if u + 8 <= 64 << 10 {
+        let class = tieralloc::stats()
+            .classes
+            .iter()
+            .map(|c| c.block_size)
+            .filter(|&b| b >= u + 8)
+            .min();
+        return class.expect("a class holds every bin block") as i64;
+    }
+    u as i64
 }
 
 /// Whether the calling thread's own heap serves the live block at `p`.

@@ -70,6 +70,10 @@ pub const ALL_SLICES_FREE: u64 = if cfg!(feature = "secure") {
 /// Slices from the first that can be in a page (a walk over a segment's pages stops here):
 /// all but the `secure` build's end guard.
 pub const PAGE_SLICES: usize = ALL_SLICES_FREE.count_ones() as usize;
+/// Offset from a normal segment's start of the end of the bytes any block can occupy: the
+/// `secure` build's end guard (its last slice) starts here.
+#[cfg(feature = "secure")]
+pub const BLOCKS_END: usize = PAGE_SLICES * SLICE_SIZE;
 /// The largest object that gets a page of its own inside a segment; anything bigger (or more
 /// aligned than a slice) gets a huge segment.
 pub const LARGE_MAX: usize = SEGMENT_SIZE / 2;

@@ -40,7 +40,7 @@ use crate::heap::error::{report, HeapError};
 use crate::heap::page::check_block;
 use crate::heap::remote::{link_key, Block};
 use crate::heap::segment::{
-    page_of, segment_of, Page, PageKind, SegmentKind, SEGMENT_MASK, SEGMENT_SIZE,
+    page_of, segment_of, Page, PageKind, SegmentKind, BLOCKS_END, BLOCKS_START, SEGMENT_MASK,
 };
 use core::ptr;
 
@@ -193,26 +193,27 @@ pub unsafe fn arm_found(p: *mut u8, n: usize) -> *mut u8 {
 /// remote line) and the block.
 ///
 /// # Safety
-/// `p` points into a normal segment of ours (all of whose 4 MiB are mapped) and `page` is
-/// its page's descriptor, of a bin page (its keys set).
+/// `p` points into a normal segment of ours (all of whose 4 MiB are mapped, its guard pages
+/// `PROT_NONE`) and `page` is its page's descriptor, of a bin page (its keys set).
 #[inline(always)]
 pub unsafe fn intact(page: *const Page, p: *const u8, key: usize) -> bool {
     // SAFETY: the descriptor is readable (contract).
     let size = unsafe { (*page).keys.size() };
-    // The trailer's 8 bytes lie inside p's segment (a wrong free's pointer may lie anywhere
-    // in it, up to its last byte; a page that never held blocks has size 0).
-    let at = (p as usize & SEGMENT_MASK)
-        .wrapping_add(size)
-        .wrapping_sub(TRAILER);
-    if at > SEGMENT_SIZE - TRAILER {
+    // The block from p to its trailer's end lies where blocks do, between the segment's
+    // guard pages (a wrong free's pointer may lie anywhere in the segment, in a guard page
+    // too, whose read would fault). A descriptor that never held blocks (size 0, which the
+    // remote free's fast path may read for a wrong pointer) has no canary.
+    let off = p as usize & SEGMENT_MASK;
+    let at = off.wrapping_add(size).wrapping_sub(TRAILER);
+    if off < BLOCKS_START || at > BLOCKS_END - TRAILER || size < 2 * TRAILER {
         return false;
     }
     let last = size - TRAILER;
-    // SAFETY: inside the segment (above), which is mapped; unaligned for a wrong pointer.
+    // SAFETY: between the guards (above), so readable; unaligned for a wrong pointer.
     let t = unsafe { ptr::read_unaligned(p.add(last) as *const usize) };
     // The request's size as the trailer says; above `last` (wrapped) if it is not intact.
     let n = last.wrapping_sub(slack_of(t, key));
-    // SAFETY: n <= last: the byte lies between p and the trailer, inside the segment.
+    // SAFETY: n <= last: the byte lies between p and the trailer, between the guards.
     n <= last && unsafe { *p.add(n) } == PATTERN
 }
 

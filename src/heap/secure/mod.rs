@@ -261,27 +261,29 @@ pub unsafe fn block_key(page: *const Page, p: *mut u8) -> usize {
 }
 
 /// [`is_marked_freed`] with the block's key at hand ([`block_key`]). An unaligned read: a
-/// wrong free may pass any pointer (read only if its second word lies inside the segment).
+/// wrong free may pass any pointer (read only if its first two words lie where blocks do).
 ///
 /// # Safety
-/// `p` points into a normal segment of ours (whose 4 MiB are all mapped).
+/// `p` points into a normal segment of ours (whose 4 MiB are all mapped, its guard pages
+/// `PROT_NONE`).
 #[inline(always)]
 pub unsafe fn has_marker(p: *mut u8, key: usize) -> bool {
-    // A wrong free's pointer in the segment's last 16 bytes: its second word would lie past
-    // the mapping (no block starts there; the checks of the free report it).
+    // A wrong free's pointer into the header, its guard page, or the end guard: no block
+    // starts there (the checks of the free report it), and a read of a guard would fault.
     if !second_word_inside(p) {
         return false;
     }
-    // SAFETY: per the contract; the word lies inside the segment (checked above).
+    // SAFETY: per the contract; the word lies in the blocks' area (checked above).
     unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
 }
 
-/// Whether `p`'s second word lies inside `p`'s 4 MiB segment (a wrong free may name any
-/// pointer of it, up to its last byte).
+/// Whether `p`'s first 16 bytes lie in the part of its normal segment that blocks occupy
+/// (`BLOCKS_START` to the end guard, `segment::BLOCKS_END`): a wrong free may name any
+/// pointer of the segment, in its guard pages too, which no read may touch.
 #[inline(always)]
 fn second_word_inside(p: *mut u8) -> bool {
-    use super::segment::{SEGMENT_MASK, SEGMENT_SIZE};
-    p as usize & SEGMENT_MASK <= SEGMENT_SIZE - 16
+    use super::segment::{BLOCKS_END, BLOCKS_START, SEGMENT_MASK};
+    (p as usize & SEGMENT_MASK).wrapping_sub(BLOCKS_START) <= BLOCKS_END - BLOCKS_START - 16
 }
 
 /// [`mark_freed`] with the block's key at hand.

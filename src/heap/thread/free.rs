@@ -261,9 +261,10 @@ unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
 /// The secure build: [`free_owned`] of a block that did not pass its quick look: a block of a
 /// page that is not a bin page (a large block, which has no canary, or a wrong pointer: the
 /// usual path checks it), a block whose freed marker is set ([`free_marked`]), or a block
-/// of a bin page whose canary is not intact (reported: a pointer that is not a block start,
-/// or a write past the request, `heap::secure::canary::report_bad`). If the report returns,
-/// nothing was changed (the block leaks).
+/// of a bin page whose canary is not intact (reported: a block of a parked OS page, freed
+/// again; a pointer that is not a block start; or a write past the request,
+/// `heap::secure::canary::report_bad`). If the report returns, nothing was changed (the
+/// block leaks).
 ///
 /// # Safety
 /// As [`free_owned_in`].
@@ -278,6 +279,11 @@ unsafe fn free_suspect(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
         }
         if crate::heap::secure::has_marker(p, key) {
             return free_marked(h, page, p, key);
+        }
+        // A block of an OS page a trim gave back (free, its marker and trailer zero now): a
+        // double free, not an overflow (the owner's own fields, read on its thread).
+        if check_block(page, p).is_ok() && (*page).holds_parked(p) {
+            return report(HeapError::DoubleFree, p);
         }
         crate::heap::secure::canary::report_bad(page, p);
     }
