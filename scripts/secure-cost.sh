@@ -7,8 +7,10 @@
 #   exactly whatever else the machine does. Every workload here does a fixed amount of work
 #   (no run-for-a-duration loop), so the counts compare like for like. Threads are run one at
 #   a time by valgrind, so contention (falseshare) costs nothing here: see the time measure.
-# - time (MODE=time): CPU time (user + sys) and wall time of RUNS interleaved runs per build,
-#   medians. On a shared machine this is noisy; the instructions are the reliable figure.
+# - time (MODE=time): each workload's own time per operation (1e9 / its `ops_per_s`: wall
+#   time of the measured loop, without start-up and idle phases) over RUNS interleaved runs
+#   per build, medians. On a shared machine this is noisy; the instructions are the reliable
+#   figure.
 #
 # Prints a markdown table with the ratio secure/default per workload and their geometric
 # mean. Usage: scripts/secure-cost.sh            (instructions)
@@ -69,18 +71,14 @@ for w in $ONLY; do
       order="default secure"; [ $((r % 2)) = 1 ] && order="secure default"
       for b in $order; do
         exe=$DEFAULT; [ $b = secure ] && exe=$SECURE
-        /usr/bin/time -f "%U %S %e" -o "$OUT/t" \
-          env TIERALLOC_BENCH_ALLOC=tieralloc TIERALLOC_BENCH_WORKLOAD="$w" TIERALLOC_BENCH_QUICK=1 \
-          "$exe" >/dev/null 2>&1
-        awk '{print $1 + $2, $3}' "$OUT/t" >>"$OUT/$w-$b.t"
+        env TIERALLOC_BENCH_ALLOC=tieralloc TIERALLOC_BENCH_WORKLOAD="$w" TIERALLOC_BENCH_QUICK=1 \
+          "$exe" 2>/dev/null | python3 -c 'import json,sys; print(1e9 / json.loads(sys.stdin.readline())["metrics"]["ops_per_s"])' >>"$OUT/$w-$b.t"
       done
     done
-    d=$(awk '{print $1}' "$OUT/$w-default.t" | median)
-    s=$(awk '{print $1}' "$OUT/$w-secure.t" | median)
-    dw=$(awk '{print $2}' "$OUT/$w-default.t" | median)
-    sw=$(awk '{print $2}' "$OUT/$w-secure.t" | median)
-    rows+=("$w $d $s $dw $sw")
-    echo "  $w: CPU s default $d, secure $s; wall s $dw, $sw" >&2
+    d=$(median <"$OUT/$w-default.t")
+    s=$(median <"$OUT/$w-secure.t")
+    rows+=("$w $d $s")
+    echo "  $w: ns per operation default $d, secure $s" >&2
   fi
 done
 
@@ -88,12 +86,11 @@ if [ "$MODE" = instructions ]; then
   echo "| workload | default (instructions) | secure | secure / default |"
   echo "|---|---:|---:|---:|"
 else
-  echo "| workload | default CPU s | secure CPU s | ratio | default wall s | secure wall s | ratio |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| workload | default ns per operation | secure | secure / default |"
+  echo "|---|---:|---:|---:|"
 fi
 printf '%s\n' "${rows[@]}" | awk -v mode="$MODE" '
   { r = $3 / $2; g += log(r); n++
     if (mode == "instructions") printf "| `%s` | %.0f | %.0f | %.3f |\n", $1, $2, $3, r
-    else { r2 = $5 / $4; g2 += log(r2); printf "| `%s` | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", $1, $2, $3, r, $4, $5, r2 } }
-  END { if (mode == "instructions") printf "| **geometric mean** | | | **%.3f** |\n", exp(g / n)
-        else printf "| **geometric mean** | | | **%.3f** | | | **%.3f** |\n", exp(g / n), exp(g2 / n) }'
+    else printf "| `%s` | %.2f | %.2f | %.3f |\n", $1, $2, $3, r }
+  END { printf "| **geometric mean** | | | **%.3f** |\n", exp(g / n) }'
