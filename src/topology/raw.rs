@@ -158,10 +158,8 @@ impl Raw {
     /// `p` is valid for writes of a `Raw`, aligned, and every byte of it is zero; nothing
     /// else reads or writes it while the returned reference lives.
     pub(crate) unsafe fn empty_in_zeroed<'a>(p: *mut Raw) -> &'a mut Raw {
-        // SAFETY: p is valid, aligned and zeroed (contract). Zero bytes are a valid value for
-        // every field but the two enums (whose first variants are zero only by chance), so
-        // those and the fields whose empty value is not zero are written before the
-        // reference is made.
+        // SAFETY: p is valid, aligned and zeroed (contract); zero bytes are valid for every
+        // field but the two enums, which are written (with the non-zero empty fields) first.
         unsafe {
             ptr::addr_of_mut!((*p).source).write(RawSource::Fallback);
             ptr::addr_of_mut!((*p).tier_source).write(RawTierSource::Distances);

@@ -55,10 +55,10 @@ pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn bin_slow(h: *mut Heap, bin: usize, n: usize) -> *mut u8 {
-    // SAFETY: forwarded contract; the block (a bin's, or from a dead heap's node heap,
-    // which wrote a canary for a request at least this big) holds n + TRAILER bytes. The
-    // slow path leaves the page it took the block from (if it is ours) at the front of the
-    // bin's queue; a thread's first allocation ran on the unset heap, whose pages hold none.
+    // The slow path leaves the page it took the block from (if it is ours) at the front of
+    // the bin's queue; a thread's first allocation ran on the unset heap, whose pages hold none.
+    // SAFETY: forwarded contract; the block (a bin's, or from a dead heap's node heap, which
+    // wrote a canary for a request at least this big) holds n + TRAILER bytes.
     unsafe {
         let p = alloc_bin_slow(h, bin, false);
         fit_slow(*(*h).pages.get_unchecked(bin), p, n)
