@@ -11,6 +11,7 @@
 #   scripts/preload-bench.sh                    # every program, RUNS=5; QUICK=1 for short runs
 #   ONLY="bigbufs larson" scripts/preload-bench.sh      # some programs
 #   ALLOCS="tieralloc glibc" scripts/preload-bench.sh   # some allocators
+#   ALLOCS="tieralloc tieralloc-secure" ...             # the secure drop-in's cost
 #
 # Needs cc, g++, GNU time and the three Debian libraries; run as root, it installs what is
 # missing with apt-get (and says so), else it names the packages and stops.
@@ -59,9 +60,17 @@ TA="$tdir/release/libtieralloc_preload.so"
 [ -f "$TA" ] || { echo "no $TA" >&2; exit 1; }
 
 read -r -a allocs <<<"${ALLOCS:-tieralloc glibc mimalloc jemalloc tcmalloc}"
+# `tieralloc-secure`: the drop-in of the `secure` build (issue 18), only when asked for:
+#   ALLOCS="tieralloc tieralloc-secure" scripts/preload-bench.sh
+TAS="$tdir/secure/release/libtieralloc_preload.so"
+if [[ " ${allocs[*]} " == *" tieralloc-secure "* ]]; then
+  echo "building the secure libtieralloc_preload.so (release)" >&2
+  cargo build -q -p tieralloc-preload --release --features secure --target-dir "$tdir/secure"
+fi
 lib_of() {
   case $1 in
     tieralloc) echo "$TA" ;;
+    tieralloc-secure) echo "$TAS" ;;
     glibc) echo "" ;;
     mimalloc) lib libmimalloc.so.2 ;;
     jemalloc) lib libjemalloc.so.2 ;;
