@@ -114,8 +114,14 @@ const SECURE_CASES: &[(&str, Expect)] = &[
     // The guard page right after every huge block (src/heap/huge.rs).
     ("overflow_huge_1", Crashes),
     // The canary past the 64 bytes asked for (src/heap/secure/canary.rs), checked at the free.
-    ("overflow_small_1", Reports("heap overflow: canary overwritten")),
-    ("overflow_small_32", Reports("heap overflow: canary overwritten")),
+    (
+        "overflow_small_1",
+        Reports("heap overflow: canary overwritten"),
+    ),
+    (
+        "overflow_small_32",
+        Reports("heap overflow: canary overwritten"),
+    ),
 ];
 
 /// The table for the secure build (`secure`) or the default one.

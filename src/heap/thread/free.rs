@@ -339,7 +339,8 @@ pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
 }
 
 /// What a local free sets off on `page`: a large page goes back to its segment, a full one
-/// back in its queue, an empty one (not its bin's current page) back to its segment.
+/// back in its queue, an empty one (not its bin's current page, nor kept as the current
+/// page or the bin's spare) back to its segment.
 ///
 /// # Safety
 /// As for [`free_local_slow`].
@@ -362,20 +363,51 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
         // its blocks serve the next allocations, which would otherwise take and carve a new
         // page (a ring of blocks that fills its pages all but one: every page's worth of
         // allocations, one page emptied and retired, one new page carved).
+        //
+        // Otherwise the page stays as the bin's spare, right behind the current page, if the
+        // bin has none (the page there is not empty): the next walk, when the current page
+        // runs out, meets it first and takes its blocks instead of carving a new page; the
+        // next collection retires it if it is still empty then (`heap_collect`). A FIFO ring
+        // whose live blocks do not fill their pages exactly (4096 blocks of 80 bytes: 5
+        // pages and a block) empties its oldest page while the current one still has room,
+        // and the page that would serve next has only the few blocks freed into it since:
+        // without the spare, every page's worth of allocations retired one page and carved
+        // a new one (and in the secure build shuffled its blocks and armed their keys).
         let bin = (*page).bin as usize;
         if (*page).used == 0 {
-            if h.pages[bin] != page && !is_scant(h.pages[bin]) {
+            let current = h.pages[bin];
+            if current == page {
+                // Stays the current page.
+            } else if is_scant(current) {
+                h.queue_remove(bin, page);
+                h.queue_push_front(bin, page);
+            } else if !has_spare(current) {
+                h.queue_remove(bin, page);
+                h.queue_remove(bin, current);
+                h.queue_push_front(bin, page);
+                h.queue_push_front(bin, current);
+            } else {
                 h.queue_remove(bin, page);
                 retire_page_of(h, page);
-            } else {
-                if h.pages[bin] != page {
-                    h.queue_remove(bin, page);
-                    h.queue_push_front(bin, page);
-                }
-                // No live block: a free into it before the next allocation is a wrong one.
-                (*page).flags |= PAGE_CHECK_FREE;
+                return;
             }
+            // No live block: a free into it before the next allocation is a wrong one.
+            (*page).flags |= PAGE_CHECK_FREE;
         }
+    }
+}
+
+/// Whether the page behind `current` (a bin's current page) in its queue is the bin's
+/// spare: a page with no live block, kept there by [`free_local_page_event`].
+///
+/// # Safety
+/// `current` is a page of the calling thread's heap, the front of its bin's queue.
+#[inline]
+unsafe fn has_spare(current: *const Page) -> bool {
+    // SAFETY: the queue's pages are ours (contract).
+    unsafe {
+        let next = (*current).next;
+        !next.is_null() && (*next).used == 0
     }
 }
 
