@@ -276,6 +276,18 @@ pub unsafe fn has_marker(p: *mut u8, key: usize) -> bool {
     unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
 }
 
+/// [`has_marker`] without its bounds test, for a block whose canary was just found intact
+/// (`canary::intact` has checked that the block's trailer, at or past its second word,
+/// lies inside the segment): the owner's free, one compare and branch fewer.
+///
+/// # Safety
+/// `p` points into a normal segment of ours, and its second word lies inside it.
+#[inline(always)]
+pub unsafe fn has_marker_inside(p: *mut u8, key: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
+}
+
 /// Whether `p`'s second word lies inside `p`'s 4 MiB segment (a wrong free may name any
 /// pointer of it, up to its last byte).
 #[inline(always)]

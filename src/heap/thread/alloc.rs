@@ -160,6 +160,37 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
     }
 }
 
+/// The secure build's [`pop_block`] for the paths that know the request's size
+/// (`thread::canary`): the block's freed marker is cleared, but its canary is left for the
+/// caller to write for the request (`canary::arm_popped`) in one store, not written for
+/// the largest request first and then patched; returns the block's key with it (the key
+/// decode computed). Null and an unspecified key if the list is empty.
+///
+/// # Safety
+/// As [`pop_block`]'s; the caller writes the canary of the block it gets.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub(super) unsafe fn pop_block_keyed(page: *mut Page, counter: &AtomicU64) -> (*mut Block, usize) {
+    // SAFETY: as in pop_block.
+    unsafe {
+        let block = (*page).free;
+        let secret = (*page).keys.secret();
+        let key = crate::heap::remote::link_key::key_with(block, secret);
+        if !block.is_null() {
+            let next = Block::next_keyed(block, secret);
+            if !(*page).link_ok(next) {
+                // Armed for the largest request there; the caller writes it again.
+                return (crate::heap::secure::pop_bad_link(page, block, counter), key);
+            }
+            (*page).free = next;
+            (*page).used += 1;
+            bump(counter, 1);
+            crate::heap::secure::clear_freed(block);
+        }
+        (block, key)
+    }
+}
+
 /// Clears the first `size` bytes of `block`, just popped from `page`: only its link if the
 /// page's free blocks are known to be zero.
 ///
@@ -170,7 +201,9 @@ pub(super) unsafe fn zero_block(page: *const Page, block: *mut Block, size: usiz
     // SAFETY: the block is ours to write (contract).
     unsafe {
         if (*page).free_is_zero {
-            Block::set_next(block, ptr::null_mut());
+            // The link word itself: in the secure build `set_next(block, null)` would store
+            // the block's key there (`remote::link_key::with_key`).
+            *(block as *mut usize) = 0;
         } else {
             ptr::write_bytes(block as *mut u8, 0, size);
         }

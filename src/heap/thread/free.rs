@@ -119,9 +119,11 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
         #[cfg(feature = "secure")]
         let key = crate::heap::secure::block_key(page, p);
         #[cfg(feature = "secure")]
+        // The canary first: its bounds test (the trailer inside the segment; a block is at
+        // least 16 bytes) covers the marker's word too.
         if (*page).kind != PageKind::Bin as u8
-            || crate::heap::secure::has_marker(p, key)
             || !crate::heap::secure::canary::intact(page, p, key)
+            || crate::heap::secure::has_marker_inside(p, key)
         {
             return free_suspect(h, page, p, key);
         }
