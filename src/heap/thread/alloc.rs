@@ -576,7 +576,7 @@ std::thread_local! {
     /// pattern of allocations and frees costs).
     static SLOW_CALLS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
     /// The calling thread's count of [`new_bin_page`] calls (tests only).
-    static NEW_PAGES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    pub(super) static NEW_PAGES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 /// Full, remote-fed pages a queue walk leaves in place before parking further ones as full.

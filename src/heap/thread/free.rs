@@ -383,7 +383,7 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
             } else if is_scant(current) {
                 h.queue_remove(bin, page);
                 h.queue_push_front(bin, page);
-            } else if !has_spare(current) {
+            } else if !has_spare(current, page) {
                 h.queue_remove(bin, page);
                 h.queue_remove(bin, current);
                 h.queue_push_front(bin, page);
@@ -400,16 +400,17 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
 }
 
 /// Whether the page behind `current` (a bin's current page) in its queue is the bin's
-/// spare: a page with no live block, kept there by [`free_local_page_event`].
+/// spare: a page with no live block, kept there by [`free_local_page_event`], other than
+/// `page` (the one just emptied, which may already sit there).
 ///
 /// # Safety
 /// `current` is a page of the calling thread's heap, the front of its bin's queue.
 #[inline]
-unsafe fn has_spare(current: *const Page) -> bool {
+unsafe fn has_spare(current: *const Page, page: *const Page) -> bool {
     // SAFETY: the queue's pages are ours (contract).
     unsafe {
         let next = (*current).next;
-        !next.is_null() && (*next).used == 0
+        !next.is_null() && next as *const Page != page && (*next).used == 0
     }
 }
 
@@ -740,4 +741,72 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
         );
     }
     h.walking = was_walking;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::alloc::{alloc_bin, NEW_PAGES};
+    use super::super::tls::heap;
+    use super::free;
+    use crate::heap::segment::{page_of, segment_of, Page};
+    use crate::heap::size_class::bin_of;
+
+    /// A page that empties while its bin's current page still has room stays behind the
+    /// current page as the bin's spare (`free_local_page_event`), and serves when the
+    /// current page runs out: no new page is carved. Before, it went back to its segment at
+    /// once and the bin took a new page.
+    #[test]
+    fn an_emptied_page_waits_behind_the_current_one_and_serves_next() {
+        std::thread::spawn(|| {
+            let bin = bin_of(256);
+            // SAFETY: called on live blocks of ours only: their descriptors are valid.
+            let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) } as *mut Page;
+            // SAFETY: this thread's heap, used only by this thread; each block freed once.
+            unsafe {
+                // No clock-driven collection during the test (it would retire the spare).
+                (*heap()).next_purge_ms = u64::MAX;
+                // Page A, filled; the next block opens page B.
+                let mut a = vec![alloc_bin(bin)];
+                let pa = page(a[0]);
+                let first_b = loop {
+                    let p = alloc_bin(bin);
+                    assert!(!p.is_null());
+                    if page(p) != pa {
+                        break p;
+                    }
+                    a.push(p);
+                };
+                let pb = page(first_b);
+                for p in a {
+                    free(p);
+                }
+                let h = heap();
+                assert_eq!((*h).pages[bin], pb);
+                assert_eq!(
+                    (*pb).next,
+                    pa,
+                    "the emptied page is not behind the current one"
+                );
+                assert_eq!((*pa).used, 0);
+                // B runs out: A serves next.
+                let before = NEW_PAGES.with(|c| c.get());
+                let mut b = vec![first_b];
+                let next = loop {
+                    let p = alloc_bin(bin);
+                    if page(p) != pb {
+                        break p;
+                    }
+                    b.push(p);
+                };
+                assert_eq!(page(next), pa, "the spare did not serve");
+                assert_eq!(NEW_PAGES.with(|c| c.get()), before);
+                free(next);
+                for p in b {
+                    free(p);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
