@@ -410,7 +410,7 @@ unsafe fn has_spare(current: *const Page, page: *const Page) -> bool {
     // SAFETY: the queue's pages are ours (contract).
     unsafe {
         let next = (*current).next;
-        !next.is_null() && next as *const Page != page && (*next).used == 0
+        !next.is_null() && !ptr::eq(next, page) && (*next).used == 0
     }
 }
 
@@ -748,7 +748,7 @@ mod tests {
     use super::super::alloc::{alloc_bin, NEW_PAGES};
     use super::super::tls::heap;
     use super::free;
-    use crate::heap::segment::{page_of, segment_of, Page};
+    use crate::heap::segment::{page_of, segment_of};
     use crate::heap::size_class::bin_of;
 
     /// A page that empties while its bin's current page still has room stays behind the
@@ -760,7 +760,7 @@ mod tests {
         std::thread::spawn(|| {
             let bin = bin_of(256);
             // SAFETY: called on live blocks of ours only: their descriptors are valid.
-            let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) } as *mut Page;
+            let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
             // SAFETY: this thread's heap, used only by this thread; each block freed once.
             unsafe {
                 // No clock-driven collection during the test (it would retire the spare).
