@@ -67,7 +67,15 @@ impl Page {
     fn carve(&mut self) -> bool {
         let left = (self.reserved - self.capacity) as usize;
         let size = self.block_size as usize;
-        let n = left.min((EXTEND_BYTES / size).max(1));
+        let mut n = left.min((EXTEND_BYTES / size).max(1));
+        // The last few blocks go with this extension rather than make one of their own: a
+        // page whose last extension held at most 1/128 of its blocks (3 of 819 80-byte ones)
+        // would be nearly full (`thread::alloc::is_scant`) with free blocks, and the queue
+        // walks pass such pages over, kept in the queue, for a new page: a FIFO ring
+        // that spans a few of them took a new page each time its current one ran out.
+        if left - n <= (self.reserved >> 7) as usize {
+            n = left;
+        }
         let first = self.start() as usize + self.capacity as usize * size;
         let stride = carve_stride(size);
         // SAFETY: blocks [capacity, capacity+n) lie inside the page (n <= reserved-capacity)
@@ -471,6 +479,36 @@ mod tests {
             assert_eq!(back, seen);
             crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// No extension leaves a page nearly full (`thread::alloc::is_scant`: room for at most
+    /// 1/128 of its blocks) with nothing left to carve: the last few blocks go with the
+    /// extension before them. An 80-byte page of 64 KiB (819 blocks, extensions of 102)
+    /// made a last extension of 3 blocks, and the queue walks passed such pages over for
+    /// new ones (`a_fifo_ring_that_does_not_fill_its_pages_reuses_them` in thread::alloc).
+    #[test]
+    fn no_extension_leaves_a_page_nearly_full() {
+        for bin in (0..).take_while(|&b| bin_size(b) <= 1024) {
+            let seg = Segment::map_normal(0, false);
+            // SAFETY: the segment is fresh and ours alone.
+            unsafe {
+                let page = &mut *Segment::take_slices(seg, 1, false);
+                page.init_bin(bin, Segment::run_bytes(1, 1));
+                while page.extend() {
+                    let left = page.reserved - page.capacity;
+                    assert!(
+                        left == 0 || left > page.reserved >> 7,
+                        "{}: {left} of {} blocks left to carve",
+                        bin_size(bin),
+                        page.reserved
+                    );
+                    page.free = ptr::null_mut();
+                }
+                assert_eq!(page.capacity, page.reserved);
+                crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
+                SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 

@@ -3,8 +3,9 @@
 //! (docs/security.md).
 //!
 //! Owns: the layout of a live bin block's tail ([`TRAILER`], [`PATTERN`]), its writing
-//! ([`arm_any`] for every block handed out; [`fit_popped`], [`fit_slow`], [`fit`] and
-//! [`arm_found`] for the size the request asked for), its check ([`intact`]), the size asked for read back from it
+//! ([`arm_any`] for every block handed out by the plain pop; [`arm_popped`] for one the
+//! keyed pop hands out; [`fit_popped`], [`fit_slow`], [`fit`] and [`arm_found`] for the size
+//! the request asked for), its check ([`intact`]), the size asked for read back from it
 //! ([`requested`]) and the report of a block found overwritten ([`report_bad`]). May touch:
 //! the page descriptor (its `keys`, `kind`; `heap::segment`), `heap::remote::link_key` (the
 //! block's key), `heap::page::check_block` and `heap::error` (the report). Large and huge
@@ -114,6 +115,24 @@ pub unsafe fn fit_popped(page: *const Page, p: *mut u8, n: usize) {
         let size = (*page).keys.size();
         debug_assert!(n + TRAILER <= size);
         *(p.add(size - TRAILER) as *mut usize) ^= (size - TRAILER - n) << SLACK_SHIFT;
+        *p.add(n) = PATTERN;
+    }
+}
+
+/// Writes the canary of block `p` of bin page `page`, whose key is `key`, for a request of
+/// `n` bytes: the trailer with the slack, and PATTERN at `n`. For a block just popped by
+/// `thread::alloc::pop_block_keyed` (whose trailer nothing has written yet): two stores.
+///
+/// # Safety
+/// `p` is a block of bin page `page` the caller is handing out, `key` its key, and
+/// `n + TRAILER <= size`.
+#[inline(always)]
+pub unsafe fn arm_popped(page: *const Page, p: *mut u8, key: usize, n: usize) {
+    // SAFETY: the block is the caller's and holds n + TRAILER bytes (contract).
+    unsafe {
+        let size = (*page).keys.size();
+        debug_assert!(n + TRAILER <= size);
+        *(p.add(size - TRAILER) as *mut usize) = trailer(key, size - TRAILER - n);
         *p.add(n) = PATTERN;
     }
 }

@@ -277,6 +277,18 @@ pub unsafe fn has_marker(p: *mut u8, key: usize) -> bool {
     unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
 }
 
+/// [`has_marker`] without its bounds test, for a block whose canary was just found intact
+/// (`canary::intact` has checked that the block's trailer, at or past its second word,
+/// lies inside the segment): the owner's free, one compare and branch fewer.
+///
+/// # Safety
+/// `p` points into a normal segment of ours, and its second word lies inside it.
+#[inline(always)]
+pub unsafe fn has_marker_inside(p: *mut u8, key: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { ptr::read_unaligned((p as *const usize).add(1)) == key ^ FREED_SALT }
+}
+
 /// Whether `p`'s first 16 bytes lie in the part of its normal segment that blocks occupy
 /// (`BLOCKS_START` to the end guard, `segment::BLOCKS_END`): a wrong free may name any
 /// pointer of the segment, in its guard pages too, which no read may touch.

@@ -160,6 +160,37 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
     }
 }
 
+/// The secure build's [`pop_block`] for the paths that know the request's size
+/// (`thread::canary`): the block's freed marker is cleared, but its canary is left for the
+/// caller to write for the request (`canary::arm_popped`) in one store, not written for
+/// the largest request first and then patched; returns the block's key with it (the key
+/// decode computed). Null and an unspecified key if the list is empty.
+///
+/// # Safety
+/// As [`pop_block`]'s; the caller writes the canary of the block it gets.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub(super) unsafe fn pop_block_keyed(page: *mut Page, counter: &AtomicU64) -> (*mut Block, usize) {
+    // SAFETY: as in pop_block.
+    unsafe {
+        let block = (*page).free;
+        let secret = (*page).keys.secret();
+        let key = crate::heap::remote::link_key::key_with(block, secret);
+        if !block.is_null() {
+            let next = Block::next_keyed(block, secret);
+            if !(*page).link_ok(next) {
+                // Armed for the largest request there; the caller writes it again.
+                return (crate::heap::secure::pop_bad_link(page, block, counter), key);
+            }
+            (*page).free = next;
+            (*page).used += 1;
+            bump(counter, 1);
+            crate::heap::secure::clear_freed(block);
+        }
+        (block, key)
+    }
+}
+
 /// Clears the first `size` bytes of `block`, just popped from `page`: only its link if the
 /// page's free blocks are known to be zero.
 ///
@@ -170,7 +201,9 @@ pub(super) unsafe fn zero_block(page: *const Page, block: *mut Block, size: usiz
     // SAFETY: the block is ours to write (contract).
     unsafe {
         if (*page).free_is_zero {
-            Block::set_next(block, ptr::null_mut());
+            // The link word itself: in the secure build `set_next(block, null)` would store
+            // the block's key there (`remote::link_key::with_key`).
+            *(block as *mut usize) = 0;
         } else {
             ptr::write_bytes(block as *mut u8, 0, size);
         }
@@ -542,6 +575,8 @@ std::thread_local! {
     /// The calling thread's count of [`alloc_bin_slow`] calls (tests only: the refills a
     /// pattern of allocations and frees costs).
     static SLOW_CALLS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    /// The calling thread's count of [`new_bin_page`] calls (tests only).
+    pub(super) static NEW_PAGES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 /// Full, remote-fed pages a queue walk leaves in place before parking further ones as full.
@@ -572,6 +607,8 @@ pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bo
 /// # Safety
 /// `bin < NBINS`.
 pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
+    #[cfg(test)]
+    NEW_PAGES.with(|c| c.set(c.get() + 1));
     let n = page_slices(bin);
     // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
     // frees), and no page of our queues looked at before is used after this.
@@ -682,7 +719,7 @@ pub(super) unsafe fn alloc_generic_in(
 mod tests {
     use super::super::free::free;
     use super::super::tls::heap;
-    use super::{alloc_bin, is_scant, SLOW_CALLS};
+    use super::{alloc_bin, is_scant, NEW_PAGES, SLOW_CALLS};
     use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
     use crate::heap::size_class::bin_of;
 
@@ -788,6 +825,41 @@ mod tests {
                     slow <= pairs as u64 / 32,
                     "{slow} slow paths for {pairs} pairs on a ring of {n} blocks"
                 );
+                for p in ring {
+                    free(p);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A FIFO ring whose live blocks do not fill their pages exactly (4096 blocks of 80
+    /// bytes: five 819-block pages and a block) reuses its pages: its oldest page empties
+    /// while the current one still has room, and stays as the bin's spare
+    /// (`free::free_local_page_event`) until the current page runs out. Without the spare,
+    /// each page's worth of allocations retired the emptied page and carved a new one (61
+    /// new pages for 50 000 pairs).
+    #[test]
+    fn a_fifo_ring_that_does_not_fill_its_pages_reuses_them() {
+        std::thread::spawn(|| {
+            const RING: usize = 8192;
+            let bin = bin_of(80);
+            assert_eq!(crate::heap::size_class::bin_size(bin), 80);
+            // SAFETY: this thread's heap, used only by this thread; each block freed once.
+            unsafe {
+                let mut ring: Vec<*mut u8> = (0..RING).map(|_| alloc_bin(bin)).collect();
+                let pairs = 50_000;
+                let before = NEW_PAGES.with(|c| c.get());
+                for k in 0..pairs {
+                    let slot = &mut ring[k % RING];
+                    free(*slot);
+                    *slot = alloc_bin(bin);
+                    assert!(!slot.is_null());
+                    slot.write(k as u8);
+                }
+                let new = NEW_PAGES.with(|c| c.get()) - before;
+                assert!(new <= 4, "{new} new pages for {pairs} pairs");
                 for p in ring {
                     free(p);
                 }

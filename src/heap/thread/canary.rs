@@ -10,11 +10,11 @@
 //! `alloc_generic`, which writes the canary itself), `tls`, `large` (the plain usable size
 //! and resize), `heap::{secure, segment, size_class, error}`.
 
-use super::alloc::{alloc_bin_slow, alloc_direct_slow, alloc_generic, pop_block, zero_block};
+use super::alloc::{alloc_bin_slow, alloc_direct_slow, alloc_generic, pop_block_keyed, zero_block};
 use super::tls::{heap_or_unset, own};
 use super::Heap;
 use crate::heap::secure::canary::{
-    arm_found, fit, fit_popped, fit_slow, intact, report_bad, requested, TRAILER,
+    arm_found, arm_popped, fit, fit_slow, intact, report_bad, requested, TRAILER,
 };
 use crate::heap::segment::{page_of, segment_of, PageKind, SegmentKind};
 use crate::heap::size_class::bin_of;
@@ -36,10 +36,10 @@ pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
         if s <= (*h).fast_gate.load(Ordering::Relaxed) {
             let bin = bin_of(s);
             let page = *(*h).pages.get_unchecked(bin);
-            let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin)) as *mut u8;
+            let (block, key) = pop_block_keyed(page, (*h).stats.allocs.get_unchecked(bin));
             if !block.is_null() {
-                fit_popped(page, block, size);
-                return block;
+                arm_popped(page, block as *mut u8, key, size);
+                return block as *mut u8;
             }
             return bin_slow(h, bin, size);
         }
@@ -79,10 +79,10 @@ pub unsafe fn alloc_small_zeroed(size: usize, align: usize) -> *mut u8 {
         if s <= h.fast_gate.load(Ordering::Relaxed) {
             let bin = bin_of(s);
             let page = *h.pages.get_unchecked(bin);
-            let block = pop_block(page, h.stats.allocs.get_unchecked(bin));
+            let (block, key) = pop_block_keyed(page, h.stats.allocs.get_unchecked(bin));
             if !block.is_null() {
                 zero_block(page, block, size);
-                fit_popped(page, block as *mut u8, size);
+                arm_popped(page, block as *mut u8, key, size);
                 return block as *mut u8;
             }
             // The slow path clears the whole block, trailer too: written again after (the
@@ -103,10 +103,10 @@ pub unsafe fn alloc_bin(bin: usize, n: usize) -> *mut u8 {
     // SAFETY: as in alloc::alloc_bin_in (the unset heap's pages have no free block).
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
-        let block = pop_block(page, (*h).stats.allocs.get_unchecked(bin)) as *mut u8;
+        let (block, key) = pop_block_keyed(page, (*h).stats.allocs.get_unchecked(bin));
         if !block.is_null() {
-            fit_popped(page, block, n);
-            return block;
+            arm_popped(page, block as *mut u8, key, n);
+            return block as *mut u8;
         }
         bin_slow(h, bin, n)
     }
@@ -140,11 +140,11 @@ pub unsafe fn alloc_direct_pop(w: usize, n: usize) -> *mut u8 {
     // SAFETY: as in alloc::alloc_direct_pop; the block is 16 w >= n + TRAILER bytes.
     unsafe {
         let page = *(*h).direct.get_unchecked(w);
-        let block = pop_block(page, (*h).stats.direct_allocs.get_unchecked(w)) as *mut u8;
+        let (block, key) = pop_block_keyed(page, (*h).stats.direct_allocs.get_unchecked(w));
         if !block.is_null() {
-            fit_popped(page, block, n);
+            arm_popped(page, block as *mut u8, key, n);
         }
-        block
+        block as *mut u8
     }
 }
 

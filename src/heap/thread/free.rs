@@ -119,9 +119,11 @@ pub(super) unsafe fn free_owned(h: HeapRef, seg: *mut Segment, p: *mut u8) {
         #[cfg(feature = "secure")]
         let key = crate::heap::secure::block_key(page, p);
         #[cfg(feature = "secure")]
+        // The canary first: its bounds test (the trailer inside the segment; a block is at
+        // least 16 bytes) covers the marker's word too.
         if (*page).kind != PageKind::Bin as u8
-            || crate::heap::secure::has_marker(p, key)
             || !crate::heap::secure::canary::intact(page, p, key)
+            || crate::heap::secure::has_marker_inside(p, key)
         {
             return free_suspect(h, page, p, key);
         }
@@ -345,7 +347,8 @@ pub(super) unsafe extern "C" fn free_local_slow(h: HeapRef, page: *mut Page) {
 }
 
 /// What a local free sets off on `page`: a large page goes back to its segment, a full one
-/// back in its queue, an empty one (not its bin's current page) back to its segment.
+/// back in its queue, an empty one (not its bin's current page, nor kept as the current
+/// page or the bin's spare) back to its segment.
 ///
 /// # Safety
 /// As for [`free_local_slow`].
@@ -368,20 +371,52 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
         // its blocks serve the next allocations, which would otherwise take and carve a new
         // page (a ring of blocks that fills its pages all but one: every page's worth of
         // allocations, one page emptied and retired, one new page carved).
+        //
+        // Otherwise the page stays as the bin's spare, right behind the current page, if the
+        // bin has none (the page there is not empty): the next walk, when the current page
+        // runs out, meets it first and takes its blocks instead of carving a new page; the
+        // next collection retires it if it is still empty then (`heap_collect`). A FIFO ring
+        // whose live blocks do not fill their pages exactly (4096 blocks of 80 bytes: 5
+        // pages and a block) empties its oldest page while the current one still has room,
+        // and the page that would serve next has only the few blocks freed into it since:
+        // without the spare, every page's worth of allocations retired one page and carved
+        // a new one (and in the secure build shuffled its blocks and armed their keys).
         let bin = (*page).bin as usize;
         if (*page).used == 0 {
-            if h.pages[bin] != page && !is_scant(h.pages[bin]) {
+            let current = h.pages[bin];
+            if current == page {
+                // Stays the current page.
+            } else if is_scant(current) {
+                h.queue_remove(bin, page);
+                h.queue_push_front(bin, page);
+            } else if !has_spare(current, page) {
+                h.queue_remove(bin, page);
+                h.queue_remove(bin, current);
+                h.queue_push_front(bin, page);
+                h.queue_push_front(bin, current);
+            } else {
                 h.queue_remove(bin, page);
                 retire_page_of(h, page);
-            } else {
-                if h.pages[bin] != page {
-                    h.queue_remove(bin, page);
-                    h.queue_push_front(bin, page);
-                }
-                // No live block: a free into it before the next allocation is a wrong one.
-                (*page).flags |= PAGE_CHECK_FREE;
+                return;
             }
+            // No live block: a free into it before the next allocation is a wrong one.
+            (*page).flags |= PAGE_CHECK_FREE;
         }
+    }
+}
+
+/// Whether the page behind `current` (a bin's current page) in its queue is the bin's
+/// spare: a page with no live block, kept there by [`free_local_page_event`], other than
+/// `page` (the one just emptied, which may already sit there).
+///
+/// # Safety
+/// `current` is a page of the calling thread's heap, the front of its bin's queue.
+#[inline]
+unsafe fn has_spare(current: *const Page, page: *const Page) -> bool {
+    // SAFETY: the queue's pages are ours (contract).
+    unsafe {
+        let next = (*current).next;
+        !next.is_null() && !ptr::eq(next, page) && (*next).used == 0
     }
 }
 
@@ -712,4 +747,72 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
         );
     }
     h.walking = was_walking;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::alloc::{alloc_bin, NEW_PAGES};
+    use super::super::tls::heap;
+    use super::free;
+    use crate::heap::segment::{page_of, segment_of};
+    use crate::heap::size_class::bin_of;
+
+    /// A page that empties while its bin's current page still has room stays behind the
+    /// current page as the bin's spare (`free_local_page_event`), and serves when the
+    /// current page runs out: no new page is carved. Before, it went back to its segment at
+    /// once and the bin took a new page.
+    #[test]
+    fn an_emptied_page_waits_behind_the_current_one_and_serves_next() {
+        std::thread::spawn(|| {
+            let bin = bin_of(256);
+            // SAFETY: called on live blocks of ours only: their descriptors are valid.
+            let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
+            // SAFETY: this thread's heap, used only by this thread; each block freed once.
+            unsafe {
+                // No clock-driven collection during the test (it would retire the spare).
+                (*heap()).next_purge_ms = u64::MAX;
+                // Page A, filled; the next block opens page B.
+                let mut a = vec![alloc_bin(bin)];
+                let pa = page(a[0]);
+                let first_b = loop {
+                    let p = alloc_bin(bin);
+                    assert!(!p.is_null());
+                    if page(p) != pa {
+                        break p;
+                    }
+                    a.push(p);
+                };
+                let pb = page(first_b);
+                for p in a {
+                    free(p);
+                }
+                let h = heap();
+                assert_eq!((*h).pages[bin], pb);
+                assert_eq!(
+                    (*pb).next,
+                    pa,
+                    "the emptied page is not behind the current one"
+                );
+                assert_eq!((*pa).used, 0);
+                // B runs out: A serves next.
+                let before = NEW_PAGES.with(|c| c.get());
+                let mut b = vec![first_b];
+                let next = loop {
+                    let p = alloc_bin(bin);
+                    if page(p) != pb {
+                        break p;
+                    }
+                    b.push(p);
+                };
+                assert_eq!(page(next), pa, "the spare did not serve");
+                assert_eq!(NEW_PAGES.with(|c| c.get()), before);
+                free(next);
+                for p in b {
+                    free(p);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
