@@ -1,12 +1,13 @@
 //! Tests of the thread heap's internals: the huge cache's fit, page retirement by
-//! collections, node heaps, descriptors, tags, the segment map's owner entries, and the
-//! parking of exhausted pages. May touch everything of `heap::thread` (a child module).
+//! collections, node heaps, descriptors, tags, the segment map's owner entries, the
+//! parking of exhausted pages, and a refill that finds no new page. May touch everything of `heap::thread` (a child module).
 
-use super::alloc::{alloc_bin, alloc_generic, FEW_BLOCKS};
+use super::alloc::{alloc_bin, alloc_generic, is_scant, FEW_BLOCKS};
 use super::free::{free, free_c};
 use super::large::{alloc_huge, resize_in_place};
 use super::node::{node_alloc, NODE_HEAPS, NODE_HEAPS_USED};
 use super::registry::{give_tag, heap_done, take_tag, REGISTRY};
+use super::slices::NO_NEW_SEGMENT;
 use super::tick::{collect_now, heap_collect};
 use super::tls::{heap, own};
 use super::{empty_page, HeapRef};
@@ -607,6 +608,78 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
             );
             for p in live {
                 free(p as *mut u8);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A refill that found only a nearly full page (`is_scant`) and could get no new one
+/// serves from that page only if it is still ours: taking slices gives up our nearly full
+/// segments first (`abandon_full`), the nearly full page's among them, out of our queue
+/// and onto the abandoned list, where any thread may adopt it. Before, the refill took the
+/// page back to the front of its queue from the abandoned segment (and `queue_remove` of
+/// a page in no queue emptied the bin's queue): two heaps would allocate from one page.
+#[test]
+fn a_refill_with_no_new_page_does_not_take_a_nearly_full_page_it_gave_up() {
+    std::thread::spawn(|| {
+        let bin = bin_of(64);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once;
+        // the pointers looked up are live blocks of ours.
+        unsafe {
+            let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+            // Page A filled; the next block opens page B; four blocks of A freed, so A
+            // is nearly full (in the queue behind B, its blocks freed).
+            let mut small = vec![alloc_bin(bin)];
+            let a = page_of_ptr(small[0]);
+            let first_b = loop {
+                let p = alloc_bin(bin);
+                if page_of_ptr(p) != a {
+                    break p;
+                }
+                small.push(p);
+            };
+            for p in small.drain(..4) {
+                free(p);
+            }
+            assert!(is_scant(a));
+            small.push(first_b);
+            // No new segment to be had, and every free slice of ours taken by pages of
+            // 1 KiB blocks, filled; meanwhile no segment is given up (as if other threads
+            // had been returning our blocks).
+            NO_NEW_SEGMENT.with(|c| c.set(true));
+            let mut filler = vec![];
+            loop {
+                (*heap()).returned = 1;
+                let p = alloc_bin(bin_of(1024));
+                if p.is_null() {
+                    break;
+                }
+                filler.push(p);
+            }
+            assert_eq!((*heap()).pages[bin], page_of_ptr(first_b));
+            (*heap()).returned = 0;
+            // B runs out; the refill finds only A, nearly full, gives the (nearly full)
+            // segments up and finds no new page.
+            let mut got = vec![];
+            loop {
+                let p = alloc_bin(bin);
+                if p.is_null() {
+                    break;
+                }
+                let owner = (*segment_of(p)).owner.load(Ordering::Relaxed);
+                assert_eq!(
+                    owner,
+                    heap() as usize,
+                    "a block handed out from a segment the heap gave up"
+                );
+                got.push(p);
+                assert!(got.len() <= 4096);
+            }
+            NO_NEW_SEGMENT.with(|c| c.set(false));
+            for p in small.into_iter().chain(got).chain(filler) {
+                free(p);
             }
         }
     })
