@@ -2,7 +2,7 @@
 //! collections, node heaps, descriptors, tags, the segment map's owner entries, the
 //! parking of exhausted pages, and a refill that finds no new page. May touch everything of `heap::thread` (a child module).
 
-use super::alloc::{alloc_bin, alloc_generic, is_scant, FEW_BLOCKS};
+use super::alloc::{alloc_bin, alloc_generic, is_scant, FEW_BLOCKS, NEW_PAGES};
 use super::free::{free, free_c};
 use super::large::{alloc_huge, resize_in_place};
 use super::node::{node_alloc, NODE_HEAPS, NODE_HEAPS_USED};
@@ -680,6 +680,120 @@ fn a_refill_with_no_new_page_does_not_take_a_nearly_full_page_it_gave_up() {
             NO_NEW_SEGMENT.with(|c| c.set(false));
             for p in small.into_iter().chain(got).chain(filler) {
                 free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A page kept as its bin's spare (emptied behind the current page) that a trim finds
+/// sparse (all its OS pages free: all parked) serves next all the same, every block once:
+/// its parked blocks come back when the walk reaches it, and no new page is carved.
+#[test]
+fn a_trimmed_spare_serves_every_block_once() {
+    std::thread::spawn(|| {
+        let bin = bin_of(256);
+        // SAFETY: called on live blocks of ours only: their descriptors are valid.
+        let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            // No clock-driven collection during the test (it would retire the spare).
+            (*heap()).next_purge_ms = u64::MAX;
+            let mut a = vec![alloc_bin(bin)];
+            let pa = page(a[0]);
+            let first_b = loop {
+                let p = alloc_bin(bin);
+                if page(p) != pa {
+                    break p;
+                }
+                a.push(p);
+            };
+            let pb = page(first_b);
+            let blocks_a = a.len();
+            for p in a {
+                free(p);
+            }
+            assert_eq!((*pb).next, pa, "the emptied page is not the spare");
+            // A trim's two looks (the first notes the count).
+            assert!(!(*pa).worth_trimming());
+            assert!((*pa).worth_trimming());
+            assert!((*pa).trim() > 0, "nothing parked");
+            let before = NEW_PAGES.with(|c| c.get());
+            let mut live = std::collections::HashSet::new();
+            assert!(live.insert(first_b as usize));
+            let mut from_a = 0;
+            while from_a < blocks_a {
+                let p = alloc_bin(bin);
+                assert!(live.insert(p as usize), "a block handed out twice");
+                if page(p) == pa {
+                    from_a += 1;
+                } else {
+                    assert_eq!(page(p), pb, "a new page before the spare was used up");
+                }
+            }
+            assert_eq!(NEW_PAGES.with(|c| c.get()), before);
+            assert_eq!((*pa).used as usize, blocks_a);
+            for p in live {
+                free(p as *mut u8);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// FIFO rings of a few sizes whose live counts change as they go (pages emptied behind the
+/// current one, nearly full pages passed over, spares), with trims of sparse pages and
+/// collections in between: every block handed out is distinct from the live ones and keeps
+/// what was written into it until freed.
+#[test]
+fn rings_with_trims_and_collections_keep_every_block_once() {
+    std::thread::spawn(|| {
+        let sizes = [64usize, 80, 256, 1024];
+        let mut rings: Vec<std::collections::VecDeque<(usize, u8)>> = vec![Default::default(); 4];
+        let mut live = std::collections::HashSet::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // SAFETY: this thread's heap, used only by this thread; each block freed once, and
+        // only the bytes of a block handed out are written or read.
+        unsafe {
+            for step in 0..200_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % 4) as usize;
+                let size = sizes[k];
+                // Each ring's target length drifts: 0..4096 blocks.
+                let target = ((step / 1000 + k as u32 * 7) % 9) as usize * 512;
+                if rings[k].len() < target || (x >> 8) % 3 == 0 && rings[k].len() < 4096 {
+                    let p = alloc_bin(bin_of(size));
+                    assert!(!p.is_null());
+                    assert!(live.insert(p as usize), "a block handed out twice");
+                    let tag = (x >> 16) as u8;
+                    ptr::write_bytes(p, tag, size);
+                    rings[k].push_back((p as usize, tag));
+                } else if let Some((p, tag)) = rings[k].pop_front() {
+                    let b = p as *mut u8;
+                    assert!(
+                        (0..size).all(|i| *b.add(i) == tag),
+                        "a live block overwritten"
+                    );
+                    live.remove(&p);
+                    free(b);
+                }
+                if step % 5000 == 0 {
+                    super::trim::trim_sparse(HeapRef::new(heap()));
+                }
+                if step % 20000 == 0 {
+                    heap_collect(HeapRef::new(heap()), os::now_ms(), 100);
+                }
+            }
+            for (k, ring) in rings.into_iter().enumerate() {
+                for (p, tag) in ring {
+                    let b = p as *mut u8;
+                    assert!((0..sizes[k]).all(|i| *b.add(i) == tag));
+                    free(b);
+                }
             }
         }
     })
