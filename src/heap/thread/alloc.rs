@@ -413,8 +413,11 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
         }
         let page = new_bin_page(h, bin);
         if page.is_null() {
-            if !scant.is_null() {
-                // No memory for a new page: the nearly full one serves.
+            // No memory for a new page: the nearly full one serves, if it is still in our
+            // queue: taking slices gives up our nearly full segments first (`abandon_full`),
+            // its own among them perhaps, out of our queue and onto an abandoned list, where
+            // another thread may adopt it.
+            if !scant.is_null() && in_queue(h, bin, scant) {
                 h.queue_remove(bin, scant);
                 h.queue_push_front(bin, scant);
                 return pop_fresh(h, scant, bin, zero);
@@ -425,6 +428,26 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
         (*page).extend();
         pop_fresh(h, page, bin, zero)
     }
+}
+
+/// Whether `page` is in `bin`'s queue of `h` (a walk: only for a refill that found no new
+/// page).
+///
+/// # Safety
+/// `bin < NBINS`.
+#[cold]
+unsafe fn in_queue(h: HeapRef, bin: usize, page: *mut Page) -> bool {
+    let mut p = h.pages[bin];
+    // SAFETY: the pages in h's queue of `bin` are h's, so ours (contract).
+    unsafe {
+        while !p.is_null() && p != empty_page() {
+            if p == page {
+                return true;
+            }
+            p = (*p).next;
+        }
+    }
+    false
 }
 
 /// [`alloc_bin_refill`]'s walk found `scant` (see [`is_scant`]): it goes to the back of the

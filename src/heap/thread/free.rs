@@ -631,8 +631,9 @@ pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment,
             // thread that joins workers and frees what they left would hold every segment it
             // frees into while the next workers map new ones). A segment given up (nearly)
             // full by a live heap is taken by whoever frees into it first, as that list is
-            // meant for (see `abandon_full`). Pages an adopter empties are given back at once
-            // (see free_local_page_event).
+            // meant for (see `abandon_full`). Pages an adopter empties are given back at once,
+            // but for one per bin kept as the current page or the spare until the next
+            // collection (see free_local_page_event).
             let node = ((*seg).node as usize).min(MAX_NODES - 1);
             if h.state == ACTIVE
                 && node as u32 == h.node

@@ -187,6 +187,13 @@ pub(super) unsafe fn reclaim_emptied(
     }
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// Tests: the calling thread's [`take_slices`] adopts no segment and maps none (as if
+    /// the OS refused the mapping), after trimming and giving up its full segments as usual.
+    pub(super) static NO_NEW_SEGMENT: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// `n` slices from one of our segments, adopting or mapping a segment if none has room.
 ///
 /// # Safety
@@ -229,7 +236,11 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         // reused. Not by a label heap: its pages must hold its label's blocks only (see
         // `labels`).
         let node = h.node as usize;
-        while h.label == 0 && ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+        #[cfg(test)]
+        let no_new = NO_NEW_SEGMENT.with(|c| c.get());
+        #[cfg(not(test))]
+        let no_new = false;
+        while h.label == 0 && !no_new && ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
             let seg = ABANDONED[node].pop(h.addr(), h.tag);
             if seg.is_null() {
                 break;
@@ -249,6 +260,10 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
             abandon_full(h);
         }
         h.returned = 0;
+        if no_new {
+            // Tests: as if the pool were empty and the OS refused a new segment.
+            return ptr::null_mut();
+        }
         // A tier budget may send the new segment to another node (spill).
         let node = if crate::heap::route::ACTIVE.load(Ordering::Relaxed) && !h.shared {
             (crate::heap::route::segment_node(node as u32) as usize).min(MAX_NODES - 1)

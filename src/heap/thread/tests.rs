@@ -1,12 +1,13 @@
 //! Tests of the thread heap's internals: the huge cache's fit, page retirement by
-//! collections, node heaps, descriptors, tags, the segment map's owner entries, and the
-//! parking of exhausted pages. May touch everything of `heap::thread` (a child module).
+//! collections, node heaps, descriptors, tags, the segment map's owner entries, the
+//! parking of exhausted pages, and a refill that finds no new page. May touch everything of `heap::thread` (a child module).
 
-use super::alloc::{alloc_bin, alloc_generic, FEW_BLOCKS};
+use super::alloc::{alloc_bin, alloc_generic, is_scant, FEW_BLOCKS, NEW_PAGES};
 use super::free::{free, free_c};
 use super::large::{alloc_huge, resize_in_place};
 use super::node::{node_alloc, NODE_HEAPS, NODE_HEAPS_USED};
 use super::registry::{give_tag, heap_done, take_tag, REGISTRY};
+use super::slices::NO_NEW_SEGMENT;
 use super::tick::{collect_now, heap_collect};
 use super::tls::{heap, own};
 use super::{empty_page, HeapRef};
@@ -607,6 +608,193 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
             );
             for p in live {
                 free(p as *mut u8);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A refill that found only a nearly full page (`is_scant`) and could get no new one
+/// serves from that page only if it is still ours: taking slices gives up our nearly full
+/// segments first (`abandon_full`), the nearly full page's among them, out of our queue
+/// and onto the abandoned list, where any thread may adopt it. Before, the refill took the
+/// page back to the front of its queue from the abandoned segment (and `queue_remove` of
+/// a page in no queue emptied the bin's queue): two heaps would allocate from one page.
+#[test]
+fn a_refill_with_no_new_page_does_not_take_a_nearly_full_page_it_gave_up() {
+    std::thread::spawn(|| {
+        let bin = bin_of(64);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once;
+        // the pointers looked up are live blocks of ours.
+        unsafe {
+            let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+            // Page A filled; the next block opens page B; four blocks of A freed, so A
+            // is nearly full (in the queue behind B, its blocks freed).
+            let mut small = vec![alloc_bin(bin)];
+            let a = page_of_ptr(small[0]);
+            let first_b = loop {
+                let p = alloc_bin(bin);
+                if page_of_ptr(p) != a {
+                    break p;
+                }
+                small.push(p);
+            };
+            for p in small.drain(..4) {
+                free(p);
+            }
+            assert!(is_scant(a));
+            small.push(first_b);
+            // No new segment to be had, and every free slice of ours taken by pages of
+            // 1 KiB blocks, filled; meanwhile no segment is given up (as if other threads
+            // had been returning our blocks).
+            NO_NEW_SEGMENT.with(|c| c.set(true));
+            let mut filler = vec![];
+            loop {
+                (*heap()).returned = 1;
+                let p = alloc_bin(bin_of(1024));
+                if p.is_null() {
+                    break;
+                }
+                filler.push(p);
+            }
+            assert_eq!((*heap()).pages[bin], page_of_ptr(first_b));
+            (*heap()).returned = 0;
+            // B runs out; the refill finds only A, nearly full, gives the (nearly full)
+            // segments up and finds no new page.
+            let mut got = vec![];
+            loop {
+                let p = alloc_bin(bin);
+                if p.is_null() {
+                    break;
+                }
+                let owner = (*segment_of(p)).owner.load(Ordering::Relaxed);
+                assert_eq!(
+                    owner,
+                    heap() as usize,
+                    "a block handed out from a segment the heap gave up"
+                );
+                got.push(p);
+                assert!(got.len() <= 4096);
+            }
+            NO_NEW_SEGMENT.with(|c| c.set(false));
+            for p in small.into_iter().chain(got).chain(filler) {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A page kept as its bin's spare (emptied behind the current page) that a trim finds
+/// sparse (all its OS pages free: all parked) serves next all the same, every block once:
+/// its parked blocks come back when the walk reaches it, and no new page is carved.
+#[test]
+fn a_trimmed_spare_serves_every_block_once() {
+    std::thread::spawn(|| {
+        let bin = bin_of(256);
+        // SAFETY: called on live blocks of ours only: their descriptors are valid.
+        let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            // No clock-driven collection during the test (it would retire the spare).
+            (*heap()).next_purge_ms = u64::MAX;
+            let mut a = vec![alloc_bin(bin)];
+            let pa = page(a[0]);
+            let first_b = loop {
+                let p = alloc_bin(bin);
+                if page(p) != pa {
+                    break p;
+                }
+                a.push(p);
+            };
+            let pb = page(first_b);
+            let blocks_a = a.len();
+            for p in a {
+                free(p);
+            }
+            assert_eq!((*pb).next, pa, "the emptied page is not the spare");
+            // A trim's two looks (the first notes the count).
+            assert!(!(*pa).worth_trimming());
+            assert!((*pa).worth_trimming());
+            assert!((*pa).trim() > 0, "nothing parked");
+            let before = NEW_PAGES.with(|c| c.get());
+            let mut live = std::collections::HashSet::new();
+            assert!(live.insert(first_b as usize));
+            let mut from_a = 0;
+            while from_a < blocks_a {
+                let p = alloc_bin(bin);
+                assert!(live.insert(p as usize), "a block handed out twice");
+                if page(p) == pa {
+                    from_a += 1;
+                } else {
+                    assert_eq!(page(p), pb, "a new page before the spare was used up");
+                }
+            }
+            assert_eq!(NEW_PAGES.with(|c| c.get()), before);
+            assert_eq!((*pa).used as usize, blocks_a);
+            for p in live {
+                free(p as *mut u8);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// FIFO rings of a few sizes whose live counts change as they go (pages emptied behind the
+/// current one, nearly full pages passed over, spares), with trims of sparse pages and
+/// collections in between: every block handed out is distinct from the live ones and keeps
+/// what was written into it until freed.
+#[test]
+fn rings_with_trims_and_collections_keep_every_block_once() {
+    std::thread::spawn(|| {
+        let sizes = [64usize, 80, 256, 1024];
+        let mut rings: Vec<std::collections::VecDeque<(usize, u8)>> = vec![Default::default(); 4];
+        let mut live = std::collections::HashSet::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // SAFETY: this thread's heap, used only by this thread; each block freed once, and
+        // only the bytes of a block handed out are written or read.
+        unsafe {
+            for step in 0..200_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % 4) as usize;
+                let size = sizes[k];
+                // Each ring's target length drifts: 0..4096 blocks.
+                let target = ((step / 1000 + k as u32 * 7) % 9) as usize * 512;
+                if rings[k].len() < target || (x >> 8) % 3 == 0 && rings[k].len() < 4096 {
+                    let p = alloc_bin(bin_of(size));
+                    assert!(!p.is_null());
+                    assert!(live.insert(p as usize), "a block handed out twice");
+                    let tag = (x >> 16) as u8;
+                    // Half the block: the secure build's canary lies at its end.
+                    ptr::write_bytes(p, tag, size / 2);
+                    rings[k].push_back((p as usize, tag));
+                } else if let Some((p, tag)) = rings[k].pop_front() {
+                    let b = p as *mut u8;
+                    assert!(
+                        (0..size / 2).all(|i| *b.add(i) == tag),
+                        "a live block overwritten"
+                    );
+                    live.remove(&p);
+                    free(b);
+                }
+                if step % 5000 == 0 {
+                    super::trim::trim_sparse(HeapRef::new(heap()));
+                }
+                if step % 20000 == 0 {
+                    heap_collect(HeapRef::new(heap()), os::now_ms(), 100);
+                }
+            }
+            for (k, ring) in rings.into_iter().enumerate() {
+                for (p, tag) in ring {
+                    let b = p as *mut u8;
+                    assert!((0..sizes[k] / 2).all(|i| *b.add(i) == tag));
+                    free(b);
+                }
             }
         }
     })
