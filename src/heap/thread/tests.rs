@@ -687,6 +687,79 @@ fn a_refill_with_no_new_page_does_not_take_a_nearly_full_page_it_gave_up() {
     .unwrap();
 }
 
+/// Fills a page of `bin` (page A) and opens the next (page B) with one block: the blocks of
+/// A, A, B's first block and B. On this thread's heap.
+///
+/// # Safety
+/// The calling thread's heap, used only by this thread.
+unsafe fn fill_a_page_and_open_the_next(
+    bin: usize,
+) -> (Vec<*mut u8>, *mut Page, *mut u8, *mut Page) {
+    // SAFETY: called on live blocks of ours only: their descriptors are valid.
+    let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
+    // SAFETY: the calling thread's heap (contract).
+    let mut a = vec![unsafe { alloc_bin(bin) }];
+    let pa = page(a[0]);
+    let first_b = loop {
+        // SAFETY: as above.
+        let p = unsafe { alloc_bin(bin) };
+        assert!(!p.is_null());
+        if page(p) != pa {
+            break p;
+        }
+        a.push(p);
+    };
+    (a, pa, first_b, page(first_b))
+}
+
+/// A page that empties while its bin's current page still has room stays behind the
+/// current page as the bin's spare (`free_local_page_event`), and serves when the
+/// current page runs out: no new page is carved. Before, it went back to its segment at
+/// once and the bin took a new page.
+#[test]
+fn an_emptied_page_waits_behind_the_current_one_and_serves_next() {
+    std::thread::spawn(|| {
+        let bin = bin_of(256);
+        // SAFETY: called on live blocks of ours only: their descriptors are valid.
+        let page = |p: *mut u8| unsafe { page_of(segment_of(p), p) };
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            // No clock-driven collection during the test (it would retire the spare).
+            (*heap()).next_purge_ms = u64::MAX;
+            let (a, pa, first_b, pb) = fill_a_page_and_open_the_next(bin);
+            for p in a {
+                free(p);
+            }
+            let h = heap();
+            assert_eq!((*h).pages[bin], pb);
+            assert_eq!(
+                (*pb).next,
+                pa,
+                "the emptied page is not behind the current one"
+            );
+            assert_eq!((*pa).used, 0);
+            // B runs out: A serves next.
+            let before = NEW_PAGES.with(|c| c.get());
+            let mut b = vec![first_b];
+            let next = loop {
+                let p = alloc_bin(bin);
+                if page(p) != pb {
+                    break p;
+                }
+                b.push(p);
+            };
+            assert_eq!(page(next), pa, "the spare did not serve");
+            assert_eq!(NEW_PAGES.with(|c| c.get()), before);
+            free(next);
+            for p in b {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// A page kept as its bin's spare (emptied behind the current page) that a trim finds
 /// sparse (all its OS pages free: all parked) serves next all the same, every block once:
 /// its parked blocks come back when the walk reaches it, and no new page is carved.
@@ -700,16 +773,7 @@ fn a_trimmed_spare_serves_every_block_once() {
         unsafe {
             // No clock-driven collection during the test (it would retire the spare).
             (*heap()).next_purge_ms = u64::MAX;
-            let mut a = vec![alloc_bin(bin)];
-            let pa = page(a[0]);
-            let first_b = loop {
-                let p = alloc_bin(bin);
-                if page(p) != pa {
-                    break p;
-                }
-                a.push(p);
-            };
-            let pb = page(first_b);
+            let (a, pa, first_b, pb) = fill_a_page_and_open_the_next(bin);
             let blocks_a = a.len();
             for p in a {
                 free(p);
