@@ -298,6 +298,9 @@ pub(super) unsafe extern "C" fn alloc_bin_slow(h: *mut Heap, bin: usize, zero: b
             if refill_from_local(h, page) {
                 return pop_fresh(h, page, bin, false);
             }
+            if refill_from_next(h, bin, page) {
+                return pop_fresh(h, *h.pages.get_unchecked(bin), bin, false);
+            }
         }
     }
     // SAFETY: forwarded contract.
@@ -315,6 +318,8 @@ pub(super) unsafe extern "C" fn alloc_bin_slow_long(
     bin: usize,
     zero: bool,
 ) -> *mut u8 {
+    #[cfg(test)]
+    LONG_CALLS.with(|c| c.set(c.get() + 1));
     // The fast path ran on the unset heap: this thread's first allocation of this kind.
     let h = if is_unset(h) {
         own()
@@ -521,6 +526,49 @@ pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool 
     }
 }
 
+/// The next common refill, when the current page `page` of `bin` has nothing its owner freed
+/// and nothing left to carve: the page behind it in the queue has free blocks, or blocks its owner freed (which become
+/// its free list); it becomes the current page, and `page` goes to the back of the queue,
+/// where the next queue walk collects its remote frees or parks it as full. A workload that
+/// frees at random across many pages of a class (`linear` in preload/bench: blocks of up to
+/// 16 KiB replaced at random, a slow path on nearly every other allocation) finds the block
+/// its last free gave back without the long way's tick, drain and walk (266 instructions a
+/// time there). Not on the ticks `refill_from_local` leaves to the long way, nor while the
+/// heap is `waiting` (the same test). Returns whether the bin's current page (now the one
+/// that was behind `page`) has a free block.
+///
+/// # Safety
+/// `page` is `h`'s current page of `bin` (or EMPTY_PAGE, whose `next` is null); `bin < NBINS`.
+#[inline(always)]
+pub(super) unsafe fn refill_from_next(mut h: HeapRef, bin: usize, page: *mut Page) -> bool {
+    // SAFETY: the pages of h's queue of `bin` are ours (contract).
+    unsafe {
+        let next = (*page).next;
+        // A current page with blocks left to carve (or parked blocks to bring back) carves
+        // them on the long way first.
+        if next.is_null()
+            || h.tick & 15 == 15
+            || (*page).capacity != (*page).reserved
+            || (*page).parked != 0
+        {
+            return false;
+        }
+        if (*next).free.is_null() {
+            if (*next).local_free.is_null() {
+                return false;
+            }
+            (*next).free = (*next).local_free;
+            (*next).local_free = ptr::null_mut();
+            (*next).free_is_zero = false;
+            (*next).remote_fed = false;
+        }
+        h.tick = h.tick.wrapping_add(1);
+        h.queue_remove(bin, page);
+        h.queue_push_back(bin, page);
+        true
+    }
+}
+
 /// The most blocks a refill hands to the fast path while the heap is `waiting`: the next
 /// slow path, and with it a look at the clock (and a collection when one is due), comes at
 /// the latest this many allocations later, whatever the traffic. A loop that allocates and
@@ -600,6 +648,8 @@ std::thread_local! {
     static SLOW_CALLS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
     /// The calling thread's count of [`new_bin_page`] calls (tests only).
     pub(super) static NEW_PAGES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    /// The calling thread's count of [`alloc_bin_slow_long`] calls (tests only).
+    static LONG_CALLS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
 /// Full, remote-fed pages a queue walk leaves in place before parking further ones as full.
@@ -739,156 +789,4 @@ pub(super) unsafe fn alloc_generic_in(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::free::free;
-    use super::super::tls::heap;
-    use super::{alloc_bin, is_scant, NEW_PAGES, SLOW_CALLS};
-    use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
-    use crate::heap::size_class::bin_of;
-
-    /// A page emptied while its bin's current page is nearly full becomes the current page,
-    /// its blocks kept for the next allocations (which would otherwise take and carve a new
-    /// page); the nearly full page stays in the queue. Before, the emptied page went back to
-    /// its segment at once and the next allocations came from the nearly full page.
-    #[test]
-    fn a_page_emptied_while_the_current_one_is_nearly_full_becomes_current() {
-        std::thread::spawn(|| {
-            let bin = bin_of(64);
-            // SAFETY: this thread's heap, used only by this thread; each block freed once;
-            // the pointers looked up are live blocks of ours.
-            unsafe {
-                let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
-                let mut of_a = vec![alloc_bin(bin)];
-                let a = page_of_ptr(of_a[0]);
-                let mut of_b = vec![];
-                // A filled; B, the next page, filled but for a few blocks.
-                loop {
-                    let p = alloc_bin(bin);
-                    if page_of_ptr(p) == a {
-                        of_a.push(p);
-                        continue;
-                    }
-                    of_b.push(p);
-                    if is_scant(page_of_ptr(p)) {
-                        break;
-                    }
-                }
-                let b = page_of_ptr(of_b[0]);
-                assert_eq!((*heap()).pages[bin], b);
-                assert!(
-                    (*a).flags & PAGE_IN_FULL != 0,
-                    "the exhausted page was not parked"
-                );
-                assert_eq!((*a).used as usize, of_a.len());
-                for &p in &of_a {
-                    free(p);
-                }
-                assert_eq!(
-                    (*heap()).pages[bin],
-                    a,
-                    "the emptied page did not become current"
-                );
-                assert_eq!((*a).used, 0);
-                assert_eq!(
-                    (*a).capacity,
-                    (*a).reserved,
-                    "the emptied page was given back"
-                );
-                assert_eq!((*a).next, b, "the nearly full page left the queue");
-                // The next allocations reuse its blocks.
-                of_a.clear();
-                for _ in 0..2 {
-                    let p = alloc_bin(bin);
-                    assert_eq!(page_of_ptr(p), a);
-                    of_a.push(p);
-                }
-                for p in of_a.into_iter().chain(of_b) {
-                    free(p);
-                }
-            }
-        })
-        .join()
-        .unwrap();
-    }
-
-    /// A ring of 64-byte blocks that fills its pages exactly, freed oldest first and
-    /// allocated again into the freed slot (the `pairs` benchmark at a fixed size), refills
-    /// in bulk: at most one slow path per 32 allocations. Without the pass over nearly full
-    /// pages, the only free block is the one just freed, and every allocation takes the slow
-    /// path (20 000 slow paths for 20 000 pairs).
-    #[test]
-    fn a_ring_that_fills_its_pages_exactly_refills_in_bulk() {
-        std::thread::spawn(|| {
-            let bin = bin_of(64);
-            let mut ring = Vec::with_capacity(8192);
-            // SAFETY: this thread's heap, used only by this thread; each block freed once.
-            unsafe {
-                // Until the bin's current page is full: every page of the ring is then full.
-                loop {
-                    let p = alloc_bin(bin);
-                    assert!(!p.is_null());
-                    ring.push(p);
-                    let page = (*heap()).pages[bin];
-                    if ring.len() >= 2048 && (*page).used == (*page).reserved {
-                        break;
-                    }
-                }
-                let n = ring.len();
-                let pairs = 20_000;
-                let before = SLOW_CALLS.with(|c| c.get());
-                for k in 0..pairs {
-                    let slot = &mut ring[k % n];
-                    free(*slot);
-                    *slot = alloc_bin(bin);
-                    assert!(!slot.is_null());
-                    slot.write(k as u8);
-                }
-                let slow = SLOW_CALLS.with(|c| c.get()) - before;
-                assert!(
-                    slow <= pairs as u64 / 32,
-                    "{slow} slow paths for {pairs} pairs on a ring of {n} blocks"
-                );
-                for p in ring {
-                    free(p);
-                }
-            }
-        })
-        .join()
-        .unwrap();
-    }
-
-    /// A FIFO ring whose live blocks do not fill their pages exactly (4096 blocks of 80
-    /// bytes: five 819-block pages and a block) reuses its pages: its oldest page empties
-    /// while the current one still has room, and stays as the bin's spare
-    /// (`free::free_local_page_event`) until the current page runs out. Without the spare,
-    /// each page's worth of allocations retired the emptied page and carved a new one (61
-    /// new pages for 50 000 pairs).
-    #[test]
-    fn a_fifo_ring_that_does_not_fill_its_pages_reuses_them() {
-        std::thread::spawn(|| {
-            const RING: usize = 8192;
-            let bin = bin_of(80);
-            assert_eq!(crate::heap::size_class::bin_size(bin), 80);
-            // SAFETY: this thread's heap, used only by this thread; each block freed once.
-            unsafe {
-                let mut ring: Vec<*mut u8> = (0..RING).map(|_| alloc_bin(bin)).collect();
-                let pairs = 50_000;
-                let before = NEW_PAGES.with(|c| c.get());
-                for k in 0..pairs {
-                    let slot = &mut ring[k % RING];
-                    free(*slot);
-                    *slot = alloc_bin(bin);
-                    assert!(!slot.is_null());
-                    slot.write(k as u8);
-                }
-                let new = NEW_PAGES.with(|c| c.get()) - before;
-                assert!(new <= 4, "{new} new pages for {pairs} pairs");
-                for p in ring {
-                    free(p);
-                }
-            }
-        })
-        .join()
-        .unwrap();
-    }
-}
+mod tests;

@@ -1,0 +1,221 @@
+//! The refill's tests: which pages a bin's refill takes, passes over or keeps, counted in
+//! slow paths and new pages.
+
+use super::super::free::free;
+use super::super::tls::heap;
+use super::super::tls::own;
+use super::{alloc_bin, is_scant, FEW_BLOCKS, LONG_CALLS, NEW_PAGES, SLOW_CALLS};
+use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
+use crate::heap::size_class::bin_of;
+
+/// A page emptied while its bin's current page is nearly full becomes the current page,
+/// its blocks kept for the next allocations (which would otherwise take and carve a new
+/// page); the nearly full page stays in the queue. Before, the emptied page went back to
+/// its segment at once and the next allocations came from the nearly full page.
+#[test]
+fn a_page_emptied_while_the_current_one_is_nearly_full_becomes_current() {
+    std::thread::spawn(|| {
+        let bin = bin_of(64);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once;
+        // the pointers looked up are live blocks of ours.
+        unsafe {
+            let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+            let mut of_a = vec![alloc_bin(bin)];
+            let a = page_of_ptr(of_a[0]);
+            let mut of_b = vec![];
+            // A filled; B, the next page, filled but for a few blocks.
+            loop {
+                let p = alloc_bin(bin);
+                if page_of_ptr(p) == a {
+                    of_a.push(p);
+                    continue;
+                }
+                of_b.push(p);
+                if is_scant(page_of_ptr(p)) {
+                    break;
+                }
+            }
+            let b = page_of_ptr(of_b[0]);
+            assert_eq!((*heap()).pages[bin], b);
+            assert!(
+                (*a).flags & PAGE_IN_FULL != 0,
+                "the exhausted page was not parked"
+            );
+            assert_eq!((*a).used as usize, of_a.len());
+            for &p in &of_a {
+                free(p);
+            }
+            assert_eq!(
+                (*heap()).pages[bin],
+                a,
+                "the emptied page did not become current"
+            );
+            assert_eq!((*a).used, 0);
+            assert_eq!(
+                (*a).capacity,
+                (*a).reserved,
+                "the emptied page was given back"
+            );
+            assert_eq!((*a).next, b, "the nearly full page left the queue");
+            // The next allocations reuse its blocks.
+            of_a.clear();
+            for _ in 0..2 {
+                let p = alloc_bin(bin);
+                assert_eq!(page_of_ptr(p), a);
+                of_a.push(p);
+            }
+            for p in of_a.into_iter().chain(of_b) {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A ring of 64-byte blocks that fills its pages exactly, freed oldest first and
+/// allocated again into the freed slot (the `pairs` benchmark at a fixed size), refills
+/// in bulk: at most one slow path per 32 allocations. Without the pass over nearly full
+/// pages, the only free block is the one just freed, and every allocation takes the slow
+/// path (20 000 slow paths for 20 000 pairs).
+#[test]
+fn a_ring_that_fills_its_pages_exactly_refills_in_bulk() {
+    std::thread::spawn(|| {
+        let bin = bin_of(64);
+        let mut ring = Vec::with_capacity(8192);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            // Until the bin's current page is full: every page of the ring is then full.
+            loop {
+                let p = alloc_bin(bin);
+                assert!(!p.is_null());
+                ring.push(p);
+                let page = (*heap()).pages[bin];
+                if ring.len() >= 2048 && (*page).used == (*page).reserved {
+                    break;
+                }
+            }
+            let n = ring.len();
+            let pairs = 20_000;
+            let before = SLOW_CALLS.with(|c| c.get());
+            for k in 0..pairs {
+                let slot = &mut ring[k % n];
+                free(*slot);
+                *slot = alloc_bin(bin);
+                assert!(!slot.is_null());
+                slot.write(k as u8);
+            }
+            let slow = SLOW_CALLS.with(|c| c.get()) - before;
+            assert!(
+                slow <= pairs as u64 / 32,
+                "{slow} slow paths for {pairs} pairs on a ring of {n} blocks"
+            );
+            for p in ring {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A FIFO ring whose live blocks do not fill their pages exactly (4096 blocks of 80
+/// bytes: five 819-block pages and a block) reuses its pages: its oldest page empties
+/// while the current one still has room, and stays as the bin's spare
+/// (`free::free_local_page_event`) until the current page runs out. Without the spare,
+/// each page's worth of allocations retired the emptied page and carved a new one (61
+/// new pages for 50 000 pairs).
+#[test]
+fn a_fifo_ring_that_does_not_fill_its_pages_reuses_them() {
+    std::thread::spawn(|| {
+        const RING: usize = 8192;
+        let bin = bin_of(80);
+        assert_eq!(crate::heap::size_class::bin_size(bin), 80);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            let mut ring: Vec<*mut u8> = (0..RING).map(|_| alloc_bin(bin)).collect();
+            let pairs = 50_000;
+            let before = NEW_PAGES.with(|c| c.get());
+            for k in 0..pairs {
+                let slot = &mut ring[k % RING];
+                free(*slot);
+                *slot = alloc_bin(bin);
+                assert!(!slot.is_null());
+                slot.write(k as u8);
+            }
+            let new = NEW_PAGES.with(|c| c.get()) - before;
+            assert!(new <= 4, "{new} new pages for {pairs} pairs");
+            for p in ring {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A block freed into the page behind the bin's exhausted current page is handed out from
+/// there without the long way (no tick, drain or queue walk): that page becomes current,
+/// the exhausted one goes to the back of the queue. `linear` in preload/bench frees at
+/// random across many pages of few blocks, and took the long way on 44 % of its
+/// allocations. A current page that still has blocks to carve carves them first
+/// (`exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks` met a page taken
+/// before its own carve when this refill did not check).
+#[test]
+fn a_free_into_the_page_behind_the_current_one_refills_without_the_long_way() {
+    std::thread::spawn(|| {
+        let bin = bin_of(8000);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once;
+        // the pointers looked up are live blocks of ours.
+        unsafe {
+            let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+            let exhausted = |pg: *mut crate::heap::segment::Page| {
+                (*pg).free.is_null()
+                    && (*pg).local_free.is_null()
+                    && (*pg).capacity == (*pg).reserved
+            };
+            let mut live = vec![alloc_bin(bin)];
+            let f = page_of_ptr(live[0]);
+            assert!((*f).reserved < FEW_BLOCKS);
+            while !exhausted(f) {
+                live.push(alloc_bin(bin));
+            }
+            // The next page, g, exhausted too, in front of f.
+            live.push(alloc_bin(bin));
+            let g = page_of_ptr(*live.last().unwrap());
+            assert_ne!(g, f);
+            while !exhausted(g) {
+                let p = alloc_bin(bin);
+                assert_eq!(page_of_ptr(p), g, "g did not carve its own blocks first");
+                live.push(p);
+            }
+            let h = own();
+            assert_eq!(h.pages[bin], g);
+            assert_eq!((*g).next, f);
+            // A block of f freed: f's local list.
+            let i = live.iter().position(|&p| page_of_ptr(p) == f).unwrap();
+            let freed = live.swap_remove(i);
+            free(freed);
+            // Not on a tick the common refills leave to the long way.
+            let mut h = own();
+            h.tick = 0;
+            let long = LONG_CALLS.with(|c| c.get());
+            let p = alloc_bin(bin);
+            assert_eq!(p, freed, "the freed block was not handed out");
+            assert_eq!(
+                LONG_CALLS.with(|c| c.get()),
+                long,
+                "the refill took the long way"
+            );
+            assert_eq!(own().pages[bin], f);
+            assert_eq!((*f).next, g, "the exhausted page did not go to the back");
+            assert_eq!((*g).next, core::ptr::null_mut());
+            live.push(p);
+            for p in live {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
