@@ -24,6 +24,7 @@ use super::slices::take_slices;
 use super::tick::heap_tick;
 use super::tls::{heap, heap_or_unset, is_unset, own};
 use super::{empty_page, Heap, HeapRef, ACTIVE};
+use crate::heap::page::links_to_itself;
 use crate::heap::remote::Block;
 use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
 use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
@@ -541,7 +542,8 @@ pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool 
 /// `page` is `h`'s current page of `bin` (or EMPTY_PAGE, whose `next` is null); `bin < NBINS`.
 #[inline(always)]
 pub(super) unsafe fn refill_from_next(mut h: HeapRef, bin: usize, page: *mut Page) -> bool {
-    // SAFETY: the pages of h's queue of `bin` are ours (contract).
+    // SAFETY: the pages of h's queue of `bin` are ours (contract), and the blocks on their
+    // `local_free` are free: their links are ours to read.
     unsafe {
         let next = (*page).next;
         // A current page with blocks left to carve (or parked blocks to bring back) carves
@@ -554,10 +556,16 @@ pub(super) unsafe fn refill_from_next(mut h: HeapRef, bin: usize, page: *mut Pag
             return false;
         }
         if (*next).free.is_null() {
-            if (*next).local_free.is_null() {
+            let list = (*next).local_free;
+            // A list whose first block links to itself (freed twice in a row, other blocks
+            // of the page live) is left to the long way, whose collection of the page
+            // reports it (`Page::local_to_free`): taken as it is, that block would be handed
+            // out twice. `refill_from_local` leaves the check out for its cost on `pairs`;
+            // here it is a compare of the link the pop reads next anyway.
+            if list.is_null() || links_to_itself(list) {
                 return false;
             }
-            (*next).free = (*next).local_free;
+            (*next).free = list;
             (*next).local_free = ptr::null_mut();
             (*next).free_is_zero = false;
             (*next).remote_fed = false;
