@@ -167,6 +167,10 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
+        if left > WAIT_BYTES {
+            // The next refill goes the long way, as after `note_idle`.
+            h.tick |= 15;
+        }
         if !h.shared {
             collect_node_heaps(now, delay);
             collect_label_heaps(now, delay);

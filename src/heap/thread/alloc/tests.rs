@@ -2,11 +2,16 @@
 //! slow paths and new pages.
 
 use super::super::free::free;
+use super::super::large::alloc_huge;
+use super::super::tick::heap_collect;
 use super::super::tls::heap;
 use super::super::tls::own;
+use super::refill_from_local;
 use super::{alloc_bin, is_scant, FEW_BLOCKS, LONG_CALLS, NEW_PAGES, SLOW_CALLS};
 use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
 use crate::heap::size_class::bin_of;
+use crate::sync::Ordering;
+use crate::sys::os;
 
 /// A page emptied while its bin's current page is nearly full becomes the current page,
 /// its blocks kept for the next allocations (which would otherwise take and carve a new
@@ -277,6 +282,48 @@ fn a_block_freed_twice_in_a_row_behind_the_current_page_is_not_handed_out_twice(
             for p in live {
                 free(p);
             }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A collection that leaves the heap `waiting` (more than `tick::WAIT_BYTES` resident and
+/// waiting to be purged: here an 8 MiB block in the huge cache) sends the next refill the
+/// long way, which reads the clock and bounds what it hands out, as `note_idle` does: the
+/// common refills skip the ticks set to 15 mod 16. Before, a collection on a tick at 0 mod
+/// 16 let up to 15 short refills (each up to a page of blocks, unbounded) run first (found
+/// by the review of the refill from the page behind the current one).
+#[test]
+fn a_collection_that_leaves_memory_waiting_sends_the_next_refill_the_long_way() {
+    std::thread::spawn(|| {
+        let bin = bin_of(64);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once.
+        unsafe {
+            let a = alloc_bin(bin);
+            let b = alloc_bin(bin);
+            let big = alloc_huge(own(), 8 << 20, 16, false);
+            assert!(!big.is_null());
+            free(big);
+            assert!(
+                own().huge_cache.held() >= 8 << 20,
+                "the block was not cached"
+            );
+            let mut h = own();
+            h.tick = 0;
+            h.waiting.store(false, Ordering::Relaxed);
+            // A long delay: nothing is purged, so the 8 MiB stay waiting.
+            heap_collect(own(), os::now_ms(), 10_000);
+            assert!(own().waiting.load(Ordering::Relaxed));
+            free(a);
+            let page = own().pages[bin];
+            assert_eq!(page, page_of(segment_of(b), b));
+            assert!(!(*page).local_free.is_null());
+            assert!(
+                !refill_from_local(own(), page),
+                "a short refill while memory waits to be purged"
+            );
+            free(b);
         }
     })
     .join()
