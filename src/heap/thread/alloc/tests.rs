@@ -8,7 +8,7 @@ use super::super::tls::heap;
 use super::super::tls::own;
 use super::refill_from_local;
 use super::{alloc_bin, is_scant, FEW_BLOCKS, LONG_CALLS, NEW_PAGES, SLOW_CALLS};
-use crate::heap::segment::{page_of, segment_of, PAGE_IN_FULL};
+use crate::heap::segment::{page_of, segment_of, Page, PAGE_IN_FULL};
 use crate::heap::size_class::bin_of;
 use crate::sync::Ordering;
 use crate::sys::os;
@@ -159,6 +159,40 @@ fn a_fifo_ring_that_does_not_fill_its_pages_reuses_them() {
     .unwrap();
 }
 
+/// Fills two pages of `bin` (a class of few blocks a page) until neither has anything left
+/// to hand out: `f` first, then `g`, which is the bin's current page with `f` right behind it.
+/// Returns `(f, g, every block allocated)`.
+///
+/// # Safety
+/// Called on a thread of its own (the bin's queue holds no other page), whose blocks the
+/// caller frees.
+unsafe fn two_exhausted_pages(bin: usize) -> (*mut Page, *mut Page, Vec<*mut u8>) {
+    // SAFETY: this thread's heap; the pointers looked up are live blocks of ours.
+    unsafe {
+        let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
+        let exhausted = |pg: *mut Page| {
+            (*pg).free.is_null() && (*pg).local_free.is_null() && (*pg).capacity == (*pg).reserved
+        };
+        let mut live = vec![alloc_bin(bin)];
+        let f = page_of_ptr(live[0]);
+        assert!((*f).reserved < FEW_BLOCKS);
+        while !exhausted(f) {
+            live.push(alloc_bin(bin));
+        }
+        live.push(alloc_bin(bin));
+        let g = page_of_ptr(*live.last().unwrap());
+        assert_ne!(g, f);
+        while !exhausted(g) {
+            let p = alloc_bin(bin);
+            assert_eq!(page_of_ptr(p), g, "g did not carve its own blocks first");
+            live.push(p);
+        }
+        assert_eq!(own().pages[bin], g);
+        assert_eq!((*g).next, f);
+        (f, g, live)
+    }
+}
+
 /// A block freed into the page behind the bin's exhausted current page is handed out from
 /// there without the long way (no tick, drain or queue walk): that page becomes current,
 /// the exhausted one goes to the back of the queue. `linear` in preload/bench frees at
@@ -174,29 +208,8 @@ fn a_free_into_the_page_behind_the_current_one_refills_without_the_long_way() {
         // the pointers looked up are live blocks of ours.
         unsafe {
             let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
-            let exhausted = |pg: *mut crate::heap::segment::Page| {
-                (*pg).free.is_null()
-                    && (*pg).local_free.is_null()
-                    && (*pg).capacity == (*pg).reserved
-            };
-            let mut live = vec![alloc_bin(bin)];
-            let f = page_of_ptr(live[0]);
-            assert!((*f).reserved < FEW_BLOCKS);
-            while !exhausted(f) {
-                live.push(alloc_bin(bin));
-            }
-            // The next page, g, exhausted too, in front of f.
-            live.push(alloc_bin(bin));
-            let g = page_of_ptr(*live.last().unwrap());
-            assert_ne!(g, f);
-            while !exhausted(g) {
-                let p = alloc_bin(bin);
-                assert_eq!(page_of_ptr(p), g, "g did not carve its own blocks first");
-                live.push(p);
-            }
-            let h = own();
-            assert_eq!(h.pages[bin], g);
-            assert_eq!((*g).next, f);
+            // Two exhausted pages: g current, f behind it.
+            let (f, g, mut live) = two_exhausted_pages(bin);
             // A block of f freed: f's local list.
             let i = live.iter().position(|&p| page_of_ptr(p) == f).unwrap();
             let freed = live.swap_remove(i);
@@ -241,23 +254,7 @@ fn a_block_freed_twice_in_a_row_behind_the_current_page_is_not_handed_out_twice(
         // the one freed twice on purpose (the report returns: errors ignored).
         unsafe {
             let page_of_ptr = |p: *mut u8| page_of(segment_of(p), p);
-            let exhausted = |pg: *mut crate::heap::segment::Page| {
-                (*pg).free.is_null()
-                    && (*pg).local_free.is_null()
-                    && (*pg).capacity == (*pg).reserved
-            };
-            let mut live = vec![alloc_bin(bin)];
-            let f = page_of_ptr(live[0]);
-            while !exhausted(f) {
-                live.push(alloc_bin(bin));
-            }
-            live.push(alloc_bin(bin));
-            let g = page_of_ptr(*live.last().unwrap());
-            while !exhausted(g) {
-                live.push(alloc_bin(bin));
-            }
-            assert_eq!(own().pages[bin], g);
-            assert_eq!((*g).next, f);
+            let (f, _g, mut live) = two_exhausted_pages(bin);
             // A block of f freed twice in a row, other blocks of f live.
             let i = live.iter().position(|&p| page_of_ptr(p) == f).unwrap();
             let twice = live.swap_remove(i);
