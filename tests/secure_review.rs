@@ -233,28 +233,35 @@ fn child_a_free_into_a_guard_page_is_reported() {
 /// canary's check came first and called it a write past the request).
 #[test]
 fn a_double_free_of_a_parked_block_is_reported_as_one() {
-    let mut cmd = child::this_test("child_a_double_free_of_a_parked_block_is_reported_as_one");
-    cmd.env("TIERALLOC_ON_ERROR", "warn");
-    let out = child::run(&mut cmd, Duration::from_secs(120));
-    out.expect_test_passed();
-    let reports: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("tieralloc: error: "))
-        .collect();
-    out.require(reports.len() == 1, "expected one report");
-    out.require(
-        reports[0].starts_with("tieralloc: error: double free"),
-        &format!("expected a double free, got {:?}", reports[0]),
-    );
+    expect_one_double_free("child_a_double_free_of_a_parked_block_is_reported_as_one");
 }
 
 #[test]
 fn child_a_double_free_of_a_parked_block_is_reported_as_one() {
-    if !child::is_child() {
-        return;
+    if child::is_child() {
+        free_a_parked_block_twice(false);
     }
-    std::thread::spawn(|| {
+}
+
+/// The same second free of a parked block, made by another thread: a double free too, not
+/// an overflow (the remote free checks the canary first, whose trailer reads zero once the
+/// trim gave the block's OS page back; its report now asks whether the block is parked).
+#[test]
+fn a_remote_double_free_of_a_parked_block_is_reported_as_one() {
+    expect_one_double_free("child_a_remote_double_free_of_a_parked_block_is_reported_as_one");
+}
+
+#[test]
+fn child_a_remote_double_free_of_a_parked_block_is_reported_as_one() {
+    if child::is_child() {
+        free_a_parked_block_twice(true);
+    }
+}
+
+/// The children of the two parked-block tests: a sparse class whose OS pages a trim gives
+/// back, then one of its free blocks freed again, by this thread or (`remote`) another one.
+fn free_a_parked_block_twice(remote: bool) {
+    std::thread::spawn(move || {
         let small = Layout::from_size_align(48, 8).unwrap();
         let big = Layout::from_size_align(3000, 8).unwrap();
         // SAFETY: GlobalAlloc's contract throughout; each block freed once, but the one the
@@ -276,8 +283,17 @@ fn child_a_double_free_of_a_parked_block_is_reported_as_one() {
             // first look notes them, the next trims).
             let more: Vec<usize> = (0..4_000).map(|_| GLOBAL.alloc(big) as usize).collect();
             let twice = blocks[64];
-            GLOBAL.dealloc(twice as *mut u8, small);
-            eprintln!("freed {twice:#x} twice");
+            if remote {
+                std::thread::spawn(move || {
+                    // SAFETY: as above: the test's one wrong free.
+                    GLOBAL.dealloc(twice as *mut u8, small);
+                })
+                .join()
+                .unwrap();
+            } else {
+                GLOBAL.dealloc(twice as *mut u8, small);
+            }
+            eprintln!("freed {twice:#x} twice (remote: {remote})");
             for b in more {
                 GLOBAL.dealloc(b as *mut u8, big);
             }
@@ -288,4 +304,23 @@ fn child_a_double_free_of_a_parked_block_is_reported_as_one() {
     })
     .join()
     .unwrap();
+}
+
+/// Runs the child test `name` with errors reported as warnings, and checks that it passed and
+/// reported exactly one error, a double free.
+fn expect_one_double_free(name: &str) {
+    let mut cmd = child::this_test(name);
+    cmd.env("TIERALLOC_ON_ERROR", "warn");
+    let out = child::run(&mut cmd, Duration::from_secs(120));
+    out.expect_test_passed();
+    let reports: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("tieralloc: error: "))
+        .collect();
+    out.require(reports.len() == 1, "expected one report");
+    out.require(
+        reports[0].starts_with("tieralloc: error: double free"),
+        &format!("expected a double free, got {:?}", reports[0]),
+    );
 }

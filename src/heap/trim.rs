@@ -8,7 +8,8 @@
 //! owner-only free lists (`free`, `local_free`; never `thread_free`, which other threads push
 //! to), `heap::remote::Block` (links, only through `Block::next/set_next`), `heap::error`
 //! (the report of a write into a parked block) and `sys::os` (`decommit`). Only the page's
-//! owner calls these, on slow paths.
+//! owner calls these, on slow paths, but `Page::holds_parked_racy` (the `secure` build's
+//! report of a wrong free from another thread).
 //!
 //! Units: OS pages counted from the one holding the page's first block; only pages of up to
 //! 64 of them are trimmed (one bit each in `parked`), and only units that lie wholly inside
@@ -49,6 +50,25 @@ impl Page {
         self.parked != 0
             && self.kind == PageKind::Bin as u8
             && self.units_of(self.index_of(p as *mut Block)) & self.parked != 0
+    }
+
+    /// [`Page::holds_parked`] asked by a thread that does not own the page (the `secure`
+    /// build's report of another thread's free whose canary reads wrong): `parked` read once,
+    /// volatile, racing with the owner's trims and unparks, so the answer only decides which
+    /// error is reported.
+    ///
+    /// # Safety
+    /// `page` is a descriptor of a live normal segment and `p` a block start of its page.
+    #[cfg(feature = "secure")]
+    pub unsafe fn holds_parked_racy(page: *const Page, p: *const u8) -> bool {
+        // SAFETY: a live segment's descriptor is readable (contract); `kind`, `block_size`
+        // and the page's start do not change while it holds a block.
+        unsafe {
+            let parked = ptr::read_volatile(&raw const (*page).parked);
+            parked != 0
+                && (*page).kind == PageKind::Bin as u8
+                && (*page).units_of((*page).index_of(p as *mut Block)) & parked != 0
+        }
     }
 
     /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page

@@ -8,8 +8,8 @@
 //! the request asked for), its check ([`intact`]), the size asked for read back from it
 //! ([`requested`]) and the report of a block found overwritten ([`report_bad`]). May touch:
 //! the page descriptor (its `keys`, `kind`; `heap::segment`), `heap::remote::link_key` (the
-//! block's key), `heap::page::check_block` and `heap::error` (the report). Large and huge
-//! blocks have no canary.
+//! block's key), `heap::page::check_block`, `heap::trim` (whether a block is parked) and
+//! `heap::error` (the report). Large and huge blocks have no canary.
 //!
 //! A live block of `size` bytes holding a request of `n` bytes (every path asks its bin for
 //! `n + TRAILER` bytes) is laid out as
@@ -267,6 +267,10 @@ pub unsafe fn report_bad(page: *const Page, p: *const u8) {
     // SAFETY: per the contract (check_block reads what any thread may read).
     let e = match unsafe { check_block(page, p) } {
         Err(e) => e,
+        // A block of an OS page a trim gave back reads zero: it is free, so this is its
+        // second free, not a write past its end.
+        // SAFETY: check_block found p a block start of the page (contract: a live segment).
+        Ok(()) if unsafe { Page::holds_parked_racy(page, p) } => HeapError::DoubleFree,
         Ok(()) => HeapError::Overflow,
     };
     report(e, p);
