@@ -253,3 +253,114 @@ fn out_of_memory_returns_null_and_recovers() {
         "no marker line\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
 }
+
+const CACHE_CHILD_ENV: &str = "TIERALLOC_TEST_OOM_CACHE_CHILD";
+const MIB: usize = 1 << 20;
+
+/// Frees `n` huge blocks of 3 MiB, so that the thread's huge cache keeps them (each holds 4
+/// MiB of address space: its reservation), and caps the address space at what the process
+/// uses then plus 16 MiB. Returns the old limit.
+fn cache_full_then_cap(n: usize) -> libc::rlimit {
+    let l = Layout::from_size_align(3 * MIB, 8).unwrap();
+    let mut blocks = [ptr::null_mut::<u8>(); 30];
+    for b in blocks.iter_mut().take(n) {
+        // SAFETY: non-zero size.
+        *b = unsafe { GLOBAL.alloc(l) };
+        assert!(!b.is_null());
+    }
+    for &b in blocks.iter().take(n) {
+        // SAFETY: allocated above with l, freed once.
+        unsafe { GLOBAL.dealloc(b, l) };
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+    let cap = (vm_size() + 16 * MIB) as libc::rlim_t;
+    assert!(
+        old.rlim_max == libc::RLIM_INFINITY || old.rlim_max > cap,
+        "hard limit too low"
+    );
+    set_as_limit(cap, old.rlim_max);
+    old
+}
+
+/// The child of `a_full_huge_cache_gives_way_to_new_mappings`: 30 freed 3 MiB blocks in the
+/// thread's huge cache (120 MiB of address space, which the 128 MiB bound keeps), the
+/// address space capped 16 MiB above what is in use; then 48 MiB of 1 MiB (large) blocks,
+/// which need new segments, and one 48 MiB huge block, which no cached mapping holds and
+/// whose assembly needs a new mapping of its size. Each fits once the cache is given back.
+#[test]
+fn oom_cache_child_scenario() {
+    if std::env::var_os(CACHE_CHILD_ENV).is_none() {
+        return; // only runs in the child process
+    }
+    println!("oom cache child: start");
+    let large = Layout::from_size_align(MIB, 8).unwrap();
+    let huge = Layout::from_size_align(48 * MIB, 8).unwrap();
+    let mut got = [ptr::null_mut::<u8>(); 48];
+
+    // ---- Until the cap is lifted, nothing may allocate through std.
+    let old = cache_full_then_cap(30);
+    for g in got.iter_mut() {
+        // SAFETY: non-zero size.
+        *g = unsafe { GLOBAL.alloc(large) };
+    }
+    let large_ok = got.iter().filter(|g| !g.is_null()).count();
+    set_as_limit(old.rlim_cur, old.rlim_max);
+    for g in got.iter_mut().filter(|g| !g.is_null()) {
+        // SAFETY: allocated above with `large`.
+        unsafe { GLOBAL.dealloc(*g, large) };
+    }
+
+    let old = cache_full_then_cap(30);
+    // SAFETY: non-zero size.
+    let h = unsafe { GLOBAL.alloc(huge) };
+    set_as_limit(old.rlim_cur, old.rlim_max);
+    println!("oom cache child: {large_ok} of 48 large blocks, huge {h:?}");
+    assert_eq!(
+        large_ok, 48,
+        "large blocks failed with freed huge mappings cached"
+    );
+    assert!(
+        !h.is_null(),
+        "a huge block failed with freed huge mappings cached"
+    );
+    // SAFETY: allocated above with `huge`.
+    unsafe { GLOBAL.dealloc(h, huge) };
+    println!("{MARKER}");
+}
+
+/// Out of address space, an allocation whose mapping fails gives the thread's cached huge
+/// mappings back and tries again: the cache (up to 128 MiB a thread) never turns a request
+/// that fits once the cache is empty into a null (review rev7: it did, for new segments and
+/// for huge blocks alike).
+#[test]
+fn a_full_huge_cache_gives_way_to_new_mappings() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "oom_cache_child_scenario",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CACHE_CHILD_ENV, "1")
+        // Nothing expires from the cache while the scenario runs, however slowly.
+        .env("TIERALLOC_PURGE_DELAY_MS", "600000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == MARKER),
+        "no marker line\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}

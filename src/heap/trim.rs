@@ -53,22 +53,34 @@ impl Page {
     }
 
     /// [`Page::holds_parked`] asked by a thread that does not own the page (the `secure`
-    /// build's report of another thread's free whose canary reads wrong): `parked` read once,
-    /// volatile, racing with the owner's trims and unparks, so the answer only decides which
-    /// error is reported.
+    /// build's report of another thread's free whose canary reads wrong): each field read
+    /// once, volatile, racing with the owner's trims and unparks (and with a retirement and a
+    /// new page on the same slices, whose shape need not match the `parked` read), so the
+    /// answer only decides which error is reported; whatever the reads, it never divides by
+    /// zero or shifts by 64 or more (a block past the 64 units a trim can park is not parked).
     ///
     /// # Safety
     /// `page` is a descriptor of a live normal segment and `p` a block start of its page.
     #[cfg(feature = "secure")]
     pub unsafe fn holds_parked_racy(page: *const Page, p: *const u8) -> bool {
-        // SAFETY: a live segment's descriptor is readable (contract); `kind`, `block_size`
-        // and the page's start do not change while it holds a block.
-        unsafe {
-            let parked = ptr::read_volatile(&raw const (*page).parked);
-            parked != 0
-                && (*page).kind == PageKind::Bin as u8
-                && (*page).units_of((*page).index_of(p as *mut Block)) & parked != 0
+        // SAFETY: a live segment's descriptor is readable (contract); `start` is the
+        // descriptor's slice, fixed by its address.
+        let (parked, kind, size, start) = unsafe {
+            (
+                ptr::read_volatile(&raw const (*page).parked),
+                ptr::read_volatile(&raw const (*page).kind),
+                ptr::read_volatile(&raw const (*page).block_size) as usize,
+                (*page).start() as usize,
+            )
+        };
+        let p = p as usize;
+        if parked == 0 || kind != PageKind::Bin as u8 || size == 0 || p < start {
+            return false;
         }
+        // As `units_of(index_of(p))`, from the values read once.
+        let off = (start & (OS_PAGE - 1)) + (p - start) / size * size;
+        let (a, b) = (off / OS_PAGE, (off + size - 1) / OS_PAGE);
+        b < 64 && ((u64::MAX >> (63 - (b - a))) << a) & parked != 0
     }
 
     /// Whether the page is worth a trim now, noting what it saw in `trim_mark`: a bin page
@@ -719,6 +731,37 @@ mod tests {
             seen,
             "a second free of a parked block (size {size}) would be accepted"
         );
+        drop_segment(seg);
+    }
+
+    /// Review rev7: `holds_parked_racy` (another thread's report, racing with the owner) may
+    /// read `parked` of a trimmed page and the shape of the page made on its slices since (a
+    /// page of 8 slices here): a block past the 64 units a trim can park shifted the unit
+    /// mask by 64 or more (a panic with overflow checks on, a wrong answer without), and a
+    /// block size read as 0 divided by zero. Neither is parked.
+    #[cfg(feature = "secure")]
+    #[test]
+    fn review_a_racy_parked_read_of_a_page_made_again_is_bounded() {
+        let seg = Segment::map_normal(0, false);
+        // SAFETY: the segment is fresh and ours alone.
+        let page = unsafe { &mut *Segment::take_slices(seg, 8, false) };
+        let i = page.slice_index();
+        let bin = bin_of(20_000);
+        page.init_bin(bin, Segment::run_bytes(i, 8));
+        // The stale bits of the page that was trimmed there before.
+        page.parked = u64::MAX;
+        let far = page.start().wrapping_add(20 * bin_size(bin));
+        let near = page.start();
+        // SAFETY: a descriptor of a live segment; both are block starts of its page.
+        unsafe {
+            assert!(Page::holds_parked_racy(page, near));
+            assert!(
+                !Page::holds_parked_racy(page, far),
+                "a block past the 64 units is never parked"
+            );
+            page.block_size = 0;
+            assert!(!Page::holds_parked_racy(page, near));
+        }
         drop_segment(seg);
     }
 

@@ -3,7 +3,8 @@
 //! Owns: large allocation (a page of whole slices from one of our segments), the heap's side
 //! of huge allocation and free (which heap books the bytes, when the heap follows its thread
 //! to another node first), growing a huge object in place, and the usable size and in-place
-//! resize of any block. What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
+//! resize of any block, and giving the huge cache back when a new mapping is refused
+//! (`give_back_huge_cache`). What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
 //! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
 //! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `labels` (a labelled
 //! huge object's bytes), `node` (dead heaps),
@@ -115,6 +116,11 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
             huge::init(seg, (*seg).map_size, offset, size, node);
         } else {
             seg = huge::map(map_size, offset, size, node, true);
+            // Out of address space (or refused), the cache's mappings (the assembly above
+            // may have found them too small, or had no room to move them) make way.
+            if seg.is_null() && give_back_huge_cache(h) {
+                seg = huge::map(map_size, offset, size, node, true);
+            }
             if seg.is_null() {
                 return ptr::null_mut();
             }
@@ -134,6 +140,23 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
         }
         obj
     }
+}
+
+/// Gives every mapping of `h`'s huge cache back to the OS, for a caller whose new mapping
+/// the kernel just refused (out of address space under `RLIMIT_AS`, or out of memory), so
+/// that it can try once more: the cache keeps up to `huge::CACHE_MAX_BYTES` of freed
+/// mappings (and their reservations' address space), which must never turn a request that
+/// fits without them into a null. Returns whether it held any (only then is a retry worth
+/// it). Only `h`'s own cache: another thread's is its owner's alone.
+pub(super) fn give_back_huge_cache(mut h: HeapRef) -> bool {
+    let held = h.huge_cache.held();
+    if held == 0 {
+        return false;
+    }
+    h.huge_cache.clear();
+    // No longer waiting to be purged (the next collection counts afresh).
+    h.idle_bytes = h.idle_bytes.saturating_sub(held);
+    true
 }
 
 /// Grows a huge object to `new_size` bytes without copying it (its pages move to a bigger
