@@ -230,17 +230,19 @@ fn oom_child_scenario() {
 
 #[test]
 fn out_of_memory_returns_null_and_recovers() {
+    run_child("oom_child_scenario", &[(CHILD_ENV, "1")]);
+}
+
+/// Runs the test `name` of this binary in a child process with `env` set, and checks that it
+/// passed and printed the marker line (its last step).
+fn run_child(name: &str, env: &[(&str, &str)]) {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "oom_child_scenario",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]);
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -339,28 +341,12 @@ fn oom_cache_child_scenario() {
 /// for huge blocks alike).
 #[test]
 fn a_full_huge_cache_gives_way_to_new_mappings() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "oom_cache_child_scenario",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CACHE_CHILD_ENV, "1")
-        // Nothing expires from the cache while the scenario runs, however slowly.
-        .env("TIERALLOC_PURGE_DELAY_MS", "600000")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.lines().any(|l| l.trim() == MARKER),
-        "no marker line\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    // Nothing expires from the cache while the scenario runs, however slowly.
+    run_child(
+        "oom_cache_child_scenario",
+        &[
+            (CACHE_CHILD_ENV, "1"),
+            ("TIERALLOC_PURGE_DELAY_MS", "600000"),
+        ],
     );
 }
