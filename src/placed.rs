@@ -6,8 +6,8 @@
 //! choice of the kernel's memory policy (`preferred`, `bound`), and what a
 //! placement scope on a handle asks of the heap (`Placed::scope`). May touch: `heap::thread`
 //! (node_alloc and free: per-node heaps whose segments are bound to their node; the `Scope`
-//! type), `heap::route` (tier
-//! budgets), `init` (start-up), `sys::os` (its own mappings for interleave, madvise),
+//! type; `admit_making_room`: the tier budgets, after the thread's huge cache made way),
+//! `heap::route` (tier budgets), `init` (start-up), `sys::os` (its own mappings for interleave, madvise),
 //! `sys::numa` (mbind, move_pages), `topology` (which nodes exist, have memory, are allowed;
 //! the kernel's interleave weights). Never places memory silently elsewhere and
 //! never panics: a request that cannot be honoured is an `Err` at construction or an
@@ -514,14 +514,14 @@ impl Placed {
         }
         let (p, len) = match self.kind {
             Kind::Node(n) => {
-                if !crate::heap::route::admit(n, size) {
+                if !crate::heap::thread::admit_making_room(n, size) {
                     return Err(AllocError);
                 }
                 (node_alloc(n, size, layout.align(), zero), size)
             }
             Kind::Local => {
                 let n = home_node();
-                if !crate::heap::route::admit(n, size) {
+                if !crate::heap::thread::admit_making_room(n, size) {
                     return Err(AllocError);
                 }
                 (node_alloc(n, size, layout.align(), zero), size)

@@ -5,7 +5,7 @@
 //! `ACTIVE`, `FAST_MAX`, `DIRECT_MAX`; and `SCOPED_GATE`, the constant 0 a scoped thread's
 //! inline gate reads instead of `FAST_MAX`), [`apply`] (the only writer: `tier::policy` and the
 //! start-up in `init` call it), the choice of node for a request or a segment ([`route`],
-//! [`segment_node`], [`admit`]) and the counters of that choice (spills, refusals, routed
+//! [`segment_node`], [`admit`], [`fits`]) and the counters of that choice (spills, refusals, routed
 //! bytes). May touch: `heap::{segment, size_class}` (committed bytes per node, sizes), the
 //! `DIRECT_MAX` constant of `heap::thread`, `topology::{raw, discover}` (the tiers) and
 //! `sync`. A leaf of the heap: nothing here calls into the thread heap. Everything here is
@@ -270,15 +270,24 @@ pub(crate) fn segment_node(home: u32) -> u32 {
 /// Whether an explicit request (a `Placed` handle) for `size` bytes on `node` fits its tier's
 /// budget; counts a refusal if not. Explicit requests never spill.
 pub(crate) fn admit(node: u32, size: usize) -> bool {
+    if fits(node, size) {
+        return true;
+    }
+    if let Some(tier) = discover::get().tier_of(node as usize) {
+        REFUSED[tier].fetch_add(1, Ordering::Relaxed);
+    }
+    false
+}
+
+/// [`admit`]'s test, with no refusal counted: whether `size` more bytes on `node` fit its
+/// tier's budget (always, with no budget set).
+pub(crate) fn fits(node: u32, size: usize) -> bool {
     if !any_budget() {
         return true;
     }
     let t = discover::get();
     match t.tier_of(node as usize) {
-        Some(tier) if !has_room(t, tier, size) => {
-            REFUSED[tier].fetch_add(1, Ordering::Relaxed);
-            false
-        }
-        _ => true,
+        Some(tier) => has_room(t, tier, size),
+        None => true,
     }
 }

@@ -4,7 +4,8 @@
 //! of huge allocation and free (which heap books the bytes, when the heap follows its thread
 //! to another node first), growing a huge object in place, and the usable size and in-place
 //! resize of any block, and giving the huge cache back when a new mapping is refused
-//! (`give_back_huge_cache`). What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
+//! (`give_back_huge_cache`) or an explicit request does not fit its tier's budget
+//! (`admit_making_room`). What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
 //! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
 //! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `labels` (a labelled
 //! huge object's bytes), `node` (dead heaps),
@@ -157,6 +158,21 @@ pub(super) fn give_back_huge_cache(mut h: HeapRef) -> bool {
     // No longer waiting to be purged (the next collection counts afresh).
     h.idle_bytes = h.idle_bytes.saturating_sub(held);
     true
+}
+
+/// [`route::admit`](crate::heap::route::admit) for an explicit request of the calling
+/// thread (a `Placed` handle, a placement scope): when the request does not fit its tier's
+/// budget, the thread's huge cache is given back first (its freed mappings count as
+/// committed on their node until the purge delay, and must not be what refuses the request),
+/// then the budget is asked. Counts a refusal if it still does not fit.
+pub(crate) fn admit_making_room(node: u32, size: usize) -> bool {
+    use crate::heap::route;
+    if !route::fits(node, size) {
+        let h = own();
+        let _gate = super::purger::enter(h.as_ptr());
+        give_back_huge_cache(h);
+    }
+    route::admit(node, size)
 }
 
 /// Grows a huge object to `new_size` bytes without copying it (its pages move to a bigger

@@ -6,7 +6,8 @@
 //! thread alone writes them, through [`set_scope`]), [`alloc_in_scope`]. May touch: the `Heap`
 //! fields (`super`), `tls` (the calling thread's heap), `node` (`node_alloc`), `labels`
 //! (`label_alloc`: a labelled scope's allocations), `registry`
-//! (`heap_init`: a scope's node may be the thread's own), `heap::route` (the gates, `admit`).
+//! (`heap_init`: a scope's node may be the thread's own), `large` (`admit_making_room`: the
+//! tier budget, after the thread's huge cache made way), `heap::route` (the gates).
 //! Nothing here allocates, panics or formats.
 //!
 //! The cost when no scope is active: one load on the fast path. Its size gate reads the limit
@@ -182,7 +183,7 @@ pub(super) unsafe fn alloc_in_scope(
             node
         }
     };
-    if !route::admit(node, size) {
+    if !super::large::admit_making_room(node, size) {
         return core::ptr::null_mut();
     }
     if label != 0 {
