@@ -176,11 +176,19 @@ impl Page {
             self.local_list_error();
             return false;
         }
+        self.move_local_to_free();
+        true
+    }
+
+    /// Makes `local_free` the free list, as it is (no check of its links: the callers that
+    /// skip [`Page::local_to_free`]'s check say why), and the page's last refill its owner's.
+    /// `free` is empty.
+    #[inline(always)]
+    pub fn move_local_to_free(&mut self) {
         self.free = self.local_free;
         self.local_free = ptr::null_mut();
         self.free_is_zero = false;
         self.remote_fed = false;
-        true
     }
 
     /// Whether the page has a block to hand out without carving.

@@ -519,10 +519,7 @@ pub(super) unsafe fn refill_from_local(mut h: HeapRef, page: *mut Page) -> bool 
         // Not `local_to_free`: its check of the list's first block cost 12 instructions per
         // pair (+7 %) on `pairs` with 64-byte blocks, which refills a block or two at a time
         // (docs/security.md); the collection on the long way checks.
-        (*page).free = (*page).local_free;
-        (*page).local_free = ptr::null_mut();
-        (*page).free_is_zero = false;
-        (*page).remote_fed = false;
+        (*page).move_local_to_free();
         true
     }
 }
@@ -565,10 +562,7 @@ pub(super) unsafe fn refill_from_next(mut h: HeapRef, bin: usize, page: *mut Pag
             if list.is_null() || links_to_itself(list) {
                 return false;
             }
-            (*next).free = list;
-            (*next).local_free = ptr::null_mut();
-            (*next).free_is_zero = false;
-            (*next).remote_fed = false;
+            (*next).move_local_to_free();
         }
         h.tick = h.tick.wrapping_add(1);
         h.queue_remove(bin, page);
