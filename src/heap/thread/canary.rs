@@ -16,9 +16,9 @@ use super::Heap;
 use crate::heap::secure::canary::{
     arm_found, arm_popped, fit, fit_slow, intact, report_bad, requested, TRAILER,
 };
-use crate::heap::segment::{page_of, segment_of, PageKind, SegmentKind};
+use crate::heap::segment::{page_of, segment_of, Page, PageKind, SegmentKind};
 use crate::heap::size_class::bin_of;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 
 /// `GlobalAlloc::alloc` for `align <= 16` (`alloc::alloc_small` with room for the canary's
 /// trailer past `size` bytes).
@@ -36,14 +36,30 @@ pub unsafe fn alloc_small(size: usize, align: usize) -> *mut u8 {
         if s <= (*h).fast_gate.load(Ordering::Relaxed) {
             let bin = bin_of(s);
             let page = *(*h).pages.get_unchecked(bin);
-            let (block, key) = pop_block_keyed(page, (*h).stats.allocs.get_unchecked(bin));
+            let block = pop_armed(page, (*h).stats.allocs.get_unchecked(bin), size);
             if !block.is_null() {
-                arm_popped(page, block as *mut u8, key, size);
-                return block as *mut u8;
+                return block;
             }
             return bin_slow(h, bin, size);
         }
         alloc_generic(size, align, false)
+    }
+}
+
+/// A block of `page`'s free list with its canary written for a request of `n` bytes,
+/// counted on `counter`; null if the list is empty (the caller's slow path).
+///
+/// # Safety
+/// As `alloc::pop_block_keyed`'s; the page's blocks hold at least `n + TRAILER` bytes.
+#[inline(always)]
+unsafe fn pop_armed(page: *mut Page, counter: &AtomicU64, n: usize) -> *mut u8 {
+    // SAFETY: forwarded contract: a popped block is ours, big enough for n + TRAILER.
+    unsafe {
+        let (block, key) = pop_block_keyed(page, counter);
+        if !block.is_null() {
+            arm_popped(page, block as *mut u8, key, n);
+        }
+        block as *mut u8
     }
 }
 
@@ -103,10 +119,9 @@ pub unsafe fn alloc_bin(bin: usize, n: usize) -> *mut u8 {
     // SAFETY: as in alloc::alloc_bin_in (the unset heap's pages have no free block).
     unsafe {
         let page = *(*h).pages.get_unchecked(bin);
-        let (block, key) = pop_block_keyed(page, (*h).stats.allocs.get_unchecked(bin));
+        let block = pop_armed(page, (*h).stats.allocs.get_unchecked(bin), n);
         if !block.is_null() {
-            arm_popped(page, block as *mut u8, key, n);
-            return block as *mut u8;
+            return block;
         }
         bin_slow(h, bin, n)
     }
@@ -140,11 +155,7 @@ pub unsafe fn alloc_direct_pop(w: usize, n: usize) -> *mut u8 {
     // SAFETY: as in alloc::alloc_direct_pop; the block is 16 w >= n + TRAILER bytes.
     unsafe {
         let page = *(*h).direct.get_unchecked(w);
-        let (block, key) = pop_block_keyed(page, (*h).stats.direct_allocs.get_unchecked(w));
-        if !block.is_null() {
-            arm_popped(page, block as *mut u8, key, n);
-        }
-        block as *mut u8
+        pop_armed(page, (*h).stats.direct_allocs.get_unchecked(w), n)
     }
 }
 
