@@ -167,11 +167,12 @@ pub(super) fn give_back_huge_cache(mut h: HeapRef) -> bool {
 /// then the budget is asked. Counts a refusal if it still does not fit.
 pub(crate) fn admit_making_room(node: u32, size: usize) -> bool {
     use crate::heap::route;
-    if !route::fits(node, size) {
-        let h = own();
-        let _gate = super::purger::enter(h.as_ptr());
-        give_back_huge_cache(h);
+    if route::fits(node, size) {
+        return true;
     }
+    let h = own();
+    let _gate = super::purger::enter(h.as_ptr());
+    give_back_huge_cache(h);
     route::admit(node, size)
 }
 
