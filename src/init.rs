@@ -64,10 +64,9 @@ pub(crate) fn init_once() {
             INIT_THREAD.store(current_thread(), Ordering::Relaxed);
             read_all();
             crate::heap::thread::register_fork_handlers();
-            if crate::heap::thread::BACKGROUND_PURGE.load(Ordering::Relaxed) {
-                // After the heap's: its prepare handler runs first (see `purger`).
-                crate::heap::thread::register_purger_fork_handlers();
-            }
+            // After the heap's: its prepare handler runs first (see `purger`). Whether the
+            // purger is on or not: collections run its pass too (`purger::help`).
+            crate::heap::thread::register_purger_fork_handlers();
             STATE.store(DONE, Ordering::Release);
         }
         Err(_) => {

@@ -102,6 +102,10 @@ pub struct Stats {
     pub purges: u64,
     /// Bytes those purges returned.
     pub purged_bytes: u64,
+    /// Purges of a thread heap's due memory done on its owner's behalf (between its slow
+    /// paths) by the background purger, or by another thread's collection (the default
+    /// configuration): a thread that frees memory and then waits does not keep it.
+    pub purges_for_others: u64,
     /// mmap calls the kernel refused.
     pub map_failures: u64,
     /// Per NUMA node (nodes that ever held memory).
@@ -192,6 +196,7 @@ pub fn stats() -> Stats {
         pages_adopted: PAGES_ADOPTED.load(Ordering::Relaxed) as u64,
         purges: os::PURGES.load(Ordering::Relaxed),
         purged_bytes: os::PURGED_BYTES.load(Ordering::Relaxed),
+        purges_for_others: thread::PASS_PURGES.load(Ordering::Relaxed),
         map_failures: os::MAP_FAILURES.load(Ordering::Relaxed),
         ..Default::default()
     };

@@ -168,6 +168,55 @@ fn child_one_size_after_a_refill() {
     free_live(live);
 }
 
+/// The spike is another thread's: a worker frees it and then waits (blocked, no allocator
+/// call), while the main thread goes on with ordinary traffic (512 blocks of 4 KiB
+/// allocated and freed every 5 ms, which reaches slow paths and collections of its own heap,
+/// below `WAIT_BYTES`, so its own heap never waits). In the default configuration the
+/// worker's free slices and huge cache are purged by the main thread's collections
+/// (`purger::help`); before, they stayed resident until the worker's next allocator call
+/// (about 290 MiB here, for ever).
+#[test]
+fn child_idle_thread() {
+    if !is_scenario("idle-thread") {
+        return;
+    }
+    let baseline = rss();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (live, live_bytes) = spike_with_live_set();
+        tx.send(live_bytes).unwrap();
+        done_rx.recv().unwrap();
+        free_live(live);
+    });
+    let live_bytes = rx.recv().unwrap();
+    let b = bound(baseline, live_bytes);
+    let mut r = rss_raw();
+    assert!(r > b, "the spike left nothing to purge: {r} <= {b}");
+    let mut blocks: Vec<usize> = Vec::with_capacity(512);
+    let mut rounds = 0;
+    while rounds < 600 && r > b {
+        rounds += 1;
+        for _ in 0..512 {
+            blocks.push(new_block(4096, 0x5A));
+        }
+        for p in blocks.drain(..) {
+            drop_block(p, 4096, 0x5A);
+        }
+        sleep_raw(5);
+        r = rss_raw();
+    }
+    println!("{rounds} rounds");
+    report(
+        "a worker's spike, traffic on another thread",
+        r,
+        baseline,
+        live_bytes,
+    );
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
+
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
 /// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
 #[test]
@@ -354,6 +403,11 @@ fn rss_falls_under_a_one_size_loop_after_a_refill() {
         "after-refill",
         &[("TIERALLOC_PURGE_DELAY_MS", "500")],
     );
+}
+
+#[test]
+fn rss_falls_when_the_spike_was_an_idle_threads() {
+    run_scenario("child_idle_thread", "idle-thread", &[]);
 }
 
 #[test]

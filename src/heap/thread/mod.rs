@@ -79,7 +79,7 @@ pub(crate) use large::admit_making_room;
 #[cfg(not(feature = "secure"))]
 pub(crate) use large::usable_size;
 pub(crate) use node::node_alloc;
-pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE};
+pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE, PASS_PURGES};
 pub(crate) use registry::{for_each_stats, heap_node};
 pub(crate) use scoped::{scope, scope_label, set_scope, Scope, Spread, MAX_SPREAD};
 pub(crate) use slices::segment_counts;

@@ -4,8 +4,9 @@
 //!
 //! Owns: [`BACKGROUND_PURGE`], the purger thread (started from a slow path the first time a
 //! heap is `waiting` with something to purge, never before), its pass, its sleep and the
-//! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, and the per-heap gate
-//! protocol ([`enter`], `Heap::gate`). May touch: the `Heap` fields `gate`, `gate_depth`,
+//! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
+//! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
+//! ([`help`], the default configuration's purging of other threads' idle heaps). May touch: the `Heap` fields `gate`, `gate_depth`,
 //! `waiting`, `idle_bytes`, `segments`, `huge_cache`, `state`, `shared` (`super`),
 //! `registry` (the heap list: walked and pinned under its lock, through
 //! `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `heap::{segment, huge}`
@@ -21,8 +22,16 @@
 //! at once; it never waits for one. An owner that finds the purger in its heap waits until
 //! it leaves (a bounded spin, then `sched_yield`): the purger holds one heap at a time, for
 //! a walk of its segment list and the `madvise` of what is due, without the registry lock
-//! (see [`pass`]). With the purger off (the default) the gate costs one relaxed load per
-//! slow path and nothing on the fast paths.
+//! (see [`pass`]). The gate is always taken, purger or not (a compare-exchange and a store
+//! on the owner's own line per slow path, nothing on the fast paths), because the pass also
+//! runs without the purger:
+//!
+//! **Helping** (the default configuration, [`help`]): a thread's collection, once it has
+//! purged its own heap, runs the same pass over the other heaps (at most one pass per
+//! quarter of the purge delay in the whole process), so that a thread that freed a spike and
+//! then stopped calling the allocator (a worker waiting for its next job) has it purged by
+//! whichever thread allocates next, not kept until its own next call. The calling heap is
+//! passed over (its slow path holds its gate).
 //!
 //! The thread runs a pass every quarter of the purge delay while anything waits (a heap is
 //! `waiting`, a pool holds a segment), and otherwise sleeps on a futex until [`notify`]
@@ -39,7 +48,7 @@ use super::tick::WAIT_BYTES;
 use super::Heap;
 use crate::heap::segment::{Segment, MAX_NODES, POOLS};
 use crate::init;
-use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU8, Ordering, SpinLock};
+use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::fence;
@@ -67,17 +76,20 @@ static WAKE: AtomicU32 = AtomicU32::new(0);
 static PASS: SpinLock = SpinLock::new();
 /// Passes completed (for tests, through `stats`).
 pub(crate) static PASSES: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+/// Heaps a pass (the purger's, or a collection's [`help`]) found waiting, pinned and purged
+/// for their owner (for `stats`).
+pub(crate) static PASS_PURGES: AtomicU64 = AtomicU64::new(0);
+/// When a collection last ran the pass for other heaps ([`help`]), in ms: at most one such
+/// pass a quarter delay in the whole process.
+static HELPED_AT: AtomicU64 = AtomicU64::new(0);
 
-/// The owner's hold on its heap's gate (released when dropped); empty when the purger is off.
+/// The owner's hold on its heap's gate (released when dropped); empty on the unset heap.
 pub(super) struct Gate(*mut Heap);
 
 /// Takes `h`'s gate for its owner (nested holds only count). `h` is the calling thread's heap
 /// or the unset placeholder (then nothing is taken: it owns no segment).
 #[inline]
 pub(super) fn enter(h: *mut Heap) -> Gate {
-    if !BACKGROUND_PURGE.load(Ordering::Relaxed) {
-        return Gate(core::ptr::null_mut());
-    }
     if super::tls::is_unset(h) {
         return Gate(core::ptr::null_mut());
     }
@@ -178,6 +190,38 @@ pub(super) unsafe fn maybe_start() {
 #[inline]
 pub(super) fn wanted() -> bool {
     BACKGROUND_PURGE.load(Ordering::Relaxed) && THREAD.load(Ordering::Relaxed) == OFF
+}
+
+/// A thread's collection helps the purge of the other heaps: unless the purger thread runs
+/// (or is being started), at most once a quarter of the purge delay (at least 5 ms) in the
+/// whole process, the purger's pass: the pools' expired segments, and every thread heap that
+/// is `waiting` and whose gate is free has its due purge steps run and its huge cache
+/// expired. The caller's own heap is passed over (its slow path holds its gate); a heap whose
+/// owner is in a slow path too. Bounded by what is due: the same work the owners' own
+/// collections would do.
+///
+/// # Safety
+/// Called from a thread heap's collection (`heap_tick`), holding its gate, no lock, outside a
+/// walk over its blocks.
+#[cold]
+pub(super) unsafe fn help(now: u64, delay: u64) {
+    if BACKGROUND_PURGE.load(Ordering::Relaxed) && THREAD.load(Ordering::Relaxed) != FAILED {
+        return;
+    }
+    let last = HELPED_AT.load(Ordering::Relaxed);
+    if now < last.saturating_add((delay / 4).max(5))
+        || HELPED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    if let Some(_g) = PASS.try_lock() {
+        // SAFETY: we hold PASS; the caller holds no lock and its heap's gate, so the pass
+        // passes its heap over (the gate is not free) and waits for no gate.
+        unsafe { pass(now, delay) };
+        PASSES.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
@@ -311,7 +355,8 @@ fn wake() {
 /// (`HeapList::for_each_pinned`) against a thread that exits.
 ///
 /// # Safety
-/// Called by the purger thread holding `PASS`.
+/// Called holding `PASS`, by the purger thread or by [`help`] (a thread heap's collection
+/// that holds its own gate and no lock).
 unsafe fn pass(now: u64, delay: u64) {
     for pool in POOLS.iter().take(MAX_NODES) {
         if pool.count.load(Ordering::Relaxed) > 0 {
@@ -335,6 +380,7 @@ unsafe fn pass(now: u64, delay: u64) {
             |h| {
                 if (*h).state == super::ACTIVE {
                     purge_heap(h, now, delay);
+                    PASS_PURGES.fetch_add(1, Ordering::Relaxed);
                 }
             },
             |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
@@ -389,8 +435,8 @@ extern "C" fn fork_child() {
 }
 
 /// Registers the purger's fork handlers (after the heap's, so that its prepare runs first:
-/// it waits out a pass, which takes the registry lock, before the heap's handler takes every
-/// allocator lock).
+/// it waits out a pass, the purger's or a collection's [`help`], which takes the registry
+/// lock, before the heap's handler takes every allocator lock).
 pub(crate) fn register_purger_fork_handlers() {
     // SAFETY: three extern "C" functions with no preconditions.
     unsafe {

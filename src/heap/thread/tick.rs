@@ -90,6 +90,11 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
     h.next_purge_ms = now + (delay / 4).max(1);
     // SAFETY: forwarded contract.
     unsafe { heap_collect(h, now, delay) };
+    if !h.walking && !h.shared {
+        // SAFETY: a thread heap's slow path, which holds its gate (every caller of the tick
+        // is inside `purger::enter`) and no lock, outside a walk over its blocks.
+        unsafe { purger::help(now, delay) };
+    }
 }
 
 /// Collects remote frees, retires empty pages, purges what has waited long enough, adopts
