@@ -132,8 +132,14 @@ mod tests {
         let (v, w) = (0x1000usize, 0x2000usize);
         assert!(slot.try_fill(v));
         assert!(slot.claim_own(v));
-        assert!(!slot.try_fill(w), "another object registered in a claimed slot");
-        assert!(slot.try_claim().is_none(), "a visitor claimed a claimed slot");
+        assert!(
+            !slot.try_fill(w),
+            "another object registered in a claimed slot"
+        );
+        assert!(
+            slot.try_claim().is_none(),
+            "a visitor claimed a claimed slot"
+        );
         slot.release(v);
         assert_eq!(slot.try_claim(), Some(v), "the object is back, unclaimed");
         slot.release(v);
