@@ -94,7 +94,11 @@ fn huge_claim_leaves_the_slot_to_its_object() {
         slot.release(v);
         let filled = registrar.join().unwrap();
         assert!(!filled, "another object was registered in an occupied slot");
-        assert_eq!(slot.try_claim(), Some(v), "the owner's object is in its slot");
+        assert_eq!(
+            slot.try_claim(),
+            Some(v),
+            "the owner's object is in its slot"
+        );
         slot.release(v);
         slot.take(v, || {});
     });
