@@ -4,7 +4,9 @@
 //! resized blocks written up to their usable size) free without a report, and a wrong free
 //! of a pointer into a guard page is reported, not a fault. Each case that must not report
 //! runs in this process under the default error mode (a false report aborts the test
-//! binary); the wrong free runs in a child under `TIERALLOC_ON_ERROR=warn`.
+//! binary); the wrong free runs in a child under `TIERALLOC_ON_ERROR=warn`. And a double free
+//! caught by the freed marker on a far page leaves the far node's live bytes exact (a child on
+//! simulated nodes).
 
 #![cfg(feature = "secure")]
 
