@@ -6,8 +6,11 @@
 //! scope ended they take exactly that off again; nested scopes count to the innermost label,
 //! an unlabelled scope inside a labelled one and code outside any scope count to no label; two
 //! `&'static str`s with the same contents are one label; a labelled future polled on two
-//! threads counts every poll's allocations to its label. In a child process of its own (the
-//! label table is process-wide): past the table's size, labels count to the shared `"other"`.
+//! threads counts every poll's allocations to its label; a labelled huge block grown by
+//! `realloc` (outside the scope, on another thread) counts its grown bytes. In a child process
+//! of its own (the label table and the abandoned segments are process-wide): past the table's
+//! size, labels count to the shared `"other"`; a label heap adopts no abandoned segment and
+//! abandons none of its own.
 //!
 //! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child pinned to node 0): a labelled far scope's
 //! blocks count on node 2 for the label, node 2's live bytes and tier 1's move by exactly as
@@ -24,6 +27,8 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/nodes.rs"]
+mod nodes;
 #[path = "common/polls.rs"]
 mod polls;
 
@@ -339,5 +344,166 @@ fn labelled_scopes_on_simulated_nodes() {
     run_child(
         "inner_labelled_far_scope_on_simulated_nodes",
         Some("2,far=1"),
+    );
+}
+
+/// A huge block of a labelled scope grown by `realloc` without copying (`large::grow_huge`:
+/// its pages move to a bigger mapping, the label in its header goes with them) counts its
+/// grown usable size to its label, wherever the realloc runs: outside the scope (an
+/// unlabelled allocation and copy would count nothing to the label), and on another thread.
+/// A realloc that fits the mapping changes nothing; the free on a third thread takes all of
+/// it off. The threads that grow it run on the block's node 0 (a heap of another node does
+/// not grow it: it copies it, outside the scope, into a block of no label).
+#[test]
+fn a_labelled_huge_block_grown_in_place_counts_its_grown_bytes() {
+    assert!(nodes::move_to_node(0), "pin to node 0");
+    assert_eq!(label_live("t-grow"), 0);
+    let mut v = with_placement_labeled(node0(), "t-grow", || vec![7u8; 5 << 20]);
+    // SAFETY: a live block of the global allocator.
+    assert!(unsafe { tieralloc::probe::is_huge(v.as_ptr()) });
+    let first = usable(v.as_ptr());
+    assert_eq!(label_live("t-grow"), first);
+    // Grown outside the scope, on this thread.
+    v.reserve_exact((12 << 20) - v.len());
+    let grown = usable(v.as_ptr());
+    assert!(grown >= 12 << 20 && grown > first, "{grown} after {first}");
+    assert_eq!(
+        label_live("t-grow"),
+        grown,
+        "the grown bytes count to the block's label"
+    );
+    assert_eq!(label_nodes("t-grow"), vec![(0, grown)]);
+    // Grown again on another thread, then resized within its mapping (no change).
+    let v = std::thread::spawn(move || {
+        assert!(nodes::move_to_node(0), "pin to node 0");
+        v.reserve_exact((20 << 20) - v.len());
+        v
+    })
+    .join()
+    .unwrap();
+    let again = usable(v.as_ptr());
+    assert!(again >= 20 << 20, "{again}");
+    assert_eq!(label_live("t-grow"), again);
+    assert!(
+        v.iter().all(|&x| x == 7),
+        "the contents moved with the pages"
+    );
+    let mut v = v;
+    v.shrink_to(again as usize - 4096);
+    assert_eq!(
+        usable(v.as_ptr()),
+        again,
+        "a realloc inside the mapping stays"
+    );
+    assert_eq!(label_live("t-grow"), again);
+    // Freed on a third thread: nothing left.
+    std::thread::spawn(move || drop(v)).join().unwrap();
+    assert_eq!(label_live("t-grow"), 0);
+    assert_eq!(label_nodes("t-grow"), vec![]);
+}
+
+/// Segments are this big and aligned (`heap::segment::SEGMENT_SIZE`).
+const SEGMENT: usize = 4 << 20;
+
+fn segment_of(p: usize) -> usize {
+    p & !(SEGMENT - 1)
+}
+
+/// docs/correctness.md invariant 20: a label heap adopts no abandoned segment (its pages hold
+/// its label's blocks only) and gives none of its own away. A thread exits with live blocks,
+/// which leaves its segment abandoned with free slices; a labelled scope then allocates
+/// blocks of every kind, several segments' worth (a label heap that gave up its full
+/// segments would abandon them): none lands in the abandoned segment, and
+/// the abandoned count does not move. A thread of a plain heap that then needs slices adopts
+/// that segment (the check above could fail).
+#[test]
+fn inner_a_label_heap_adopts_no_abandoned_segment_and_abandons_none() {
+    if !child::is_child() {
+        return;
+    }
+    assert!(nodes::move_to_node(0), "pin to node 0");
+    // (A move gives up the segments the thread had on another node: counted from here.)
+    let start = tieralloc::stats().segments_abandoned;
+    let left: Vec<usize> = std::thread::spawn(|| {
+        assert!(nodes::move_to_node(0), "pin to node 0");
+        (0..64)
+            .map(|i| Box::into_raw(Box::new([i as u8; 100])) as usize)
+            .collect()
+    })
+    .join()
+    .unwrap();
+    let abandoned = segment_of(left[0]);
+    assert!(left.iter().all(|&p| segment_of(p) == abandoned));
+    let before = tieralloc::stats();
+    assert_eq!(
+        before.segments_abandoned,
+        start + 1,
+        "the exited thread's segment is abandoned"
+    );
+    let (small, medium, large) = {
+        let _g = place_labeled(node0(), "t-adopt");
+        // About 7 MB of small blocks: the first segment fills up (its pages all full, no free
+        // slice), which is when a thread's heap gives one up.
+        let small: Vec<Box<[u8; 100]>> = (0..60_000).map(|i| Box::new([i as u8; 100])).collect();
+        let medium: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 10 << 10]).collect();
+        // 40 pages of four slices: two and a half segments.
+        let large: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 200 << 10]).collect();
+        (small, medium, large)
+    };
+    // The blocks and the three vectors' own (all allocated inside the scope).
+    let mut starts: Vec<usize> = small.iter().map(|b| &**b as *const _ as usize).collect();
+    starts.extend(medium.iter().chain(&large).map(|v| v.as_ptr() as usize));
+    starts.extend([
+        small.as_ptr() as usize,
+        medium.as_ptr() as usize,
+        large.as_ptr() as usize,
+    ]);
+    let mut want = 0;
+    for &p in &starts {
+        assert_ne!(
+            segment_of(p),
+            abandoned,
+            "a label heap's block {p:#x} in the abandoned segment"
+        );
+        want += usable(p as *const u8);
+    }
+    let during = tieralloc::stats();
+    assert_eq!(during.pages_adopted, before.pages_adopted, "adopted pages");
+    assert_eq!(
+        during.segments_abandoned, before.segments_abandoned,
+        "a label heap gave up a segment, or took the abandoned one"
+    );
+    assert_eq!(label_live("t-adopt"), want);
+    // A plain heap that needs slices takes the abandoned segment (before its own new one).
+    let adopted = std::thread::spawn(|| {
+        assert!(nodes::move_to_node(0), "pin to node 0");
+        let v = vec![1u8; 200 << 10];
+        let at = segment_of(v.as_ptr() as usize);
+        drop(v);
+        at
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        adopted, abandoned,
+        "a plain heap adopts the abandoned segment"
+    );
+    assert!(tieralloc::stats().pages_adopted > before.pages_adopted);
+    drop((small, medium, large));
+    assert_eq!(label_live("t-adopt"), 0);
+    for p in left {
+        // SAFETY: the blocks the exited thread leaked above, each freed once.
+        drop(unsafe { Box::from_raw(p as *mut [u8; 100]) });
+    }
+}
+
+#[test]
+fn a_label_heap_adopts_no_abandoned_segment_and_abandons_none() {
+    if child::is_child() {
+        return;
+    }
+    run_child(
+        "inner_a_label_heap_adopts_no_abandoned_segment_and_abandons_none",
+        None,
     );
 }

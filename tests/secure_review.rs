@@ -4,7 +4,9 @@
 //! resized blocks written up to their usable size) free without a report, and a wrong free
 //! of a pointer into a guard page is reported, not a fault. Each case that must not report
 //! runs in this process under the default error mode (a false report aborts the test
-//! binary); the wrong free runs in a child under `TIERALLOC_ON_ERROR=warn`.
+//! binary); the wrong free runs in a child under `TIERALLOC_ON_ERROR=warn`. And a double free
+//! caught by the freed marker on a far page leaves the far node's live bytes exact (a child on
+//! simulated nodes).
 
 #![cfg(feature = "secure")]
 
@@ -309,7 +311,11 @@ fn free_a_parked_block_twice(remote: bool) {
 /// Runs the child test `name` with errors reported as warnings, and checks that it passed and
 /// reported exactly one error, a double free.
 fn expect_one_double_free(name: &str) {
-    let mut cmd = child::this_test(name);
+    expect_one_double_free_in(child::this_test(name));
+}
+
+/// [`expect_one_double_free`] for the child `cmd`.
+fn expect_one_double_free_in(mut cmd: std::process::Command) {
     cmd.env("TIERALLOC_ON_ERROR", "warn");
     let out = child::run(&mut cmd, Duration::from_secs(120));
     out.expect_test_passed();
@@ -323,4 +329,145 @@ fn expect_one_double_free(name: &str) {
         reports[0].starts_with("tieralloc: error: double free"),
         &format!("expected a double free, got {:?}", reports[0]),
     );
+}
+
+/// A double free caught by its freed marker (`free::free_marked`, under `warn`) on a bin page
+/// of another node than its heap's (a tier policy's far segment), while other threads' frees
+/// wait on that page's remote list: the confirmation walk collects them, and they are booked
+/// as every collection books them (`counters::note_far_collected`). Before, the collected
+/// count was dropped, and the far node's live bytes ended short by those blocks (they left
+/// the page's count, and their freer had booked them off the node too).
+#[test]
+fn a_double_free_found_by_its_marker_keeps_the_far_node_booking_exact() {
+    let mut cmd = child::on_simulated_nodes(
+        "child_a_double_free_found_by_its_marker_keeps_the_far_node_booking_exact",
+        "2,far=1",
+    );
+    cmd.env("TIERALLOC_ON_ERROR", "warn");
+    expect_one_double_free_in(cmd);
+}
+
+/// Blocks freed remotely into the far page before the double free.
+const REMOTE: usize = 4;
+
+#[test]
+fn child_a_double_free_found_by_its_marker_keeps_the_far_node_booking_exact() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tieralloc::tiers::{set_policy, Policy};
+    static TO_FREE: [AtomicUsize; REMOTE] = [const { AtomicUsize::new(0) }; REMOTE];
+    static GO: AtomicBool = AtomicBool::new(false);
+    static DONE: AtomicBool = AtomicBool::new(false);
+    const SIZE: usize = 1000;
+    const ROUND: usize = 4000;
+    const ROUNDS: usize = 16;
+    if !child::is_child() {
+        return;
+    }
+    let l = Layout::from_size_align(SIZE, 8).unwrap();
+    let pin = |node: u32| {
+        tieralloc::numa::pin_current_thread_to_node(node).expect("pin to a simulated node");
+        tieralloc::collect();
+        assert_eq!(tieralloc::probe::heap_node(), node);
+    };
+    let far_live = || {
+        tieralloc::collect();
+        tieralloc::stats()
+            .nodes
+            .iter()
+            .find(|n| n.node == 2)
+            .expect("stats() shows node 2")
+            .bytes_live
+    };
+    pin(0);
+    // The remote freer, on node 1, made before the policy (its own blocks stay near); it
+    // allocates nothing once it waits.
+    let freer = std::thread::spawn(move || {
+        pin(1);
+        while !GO.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        for a in &TO_FREE {
+            // SAFETY: live blocks of layout `l` handed over by their owner, each freed once.
+            unsafe { GLOBAL.dealloc(a.load(Ordering::Relaxed) as *mut u8, l) };
+        }
+        DONE.store(true, Ordering::Release);
+    });
+    // Far blocks of a page this heap still owns: it gives up segments that fill up when it
+    // takes new ones (a free into those is a remote free). Allocated in rounds until the
+    // policy's last far segment has six blocks in one 64 KiB slice (so of one page): the one
+    // freed twice and those the freer frees.
+    let window = |p: usize| p >> 16;
+    let mut blocks: Vec<usize> = Vec::with_capacity(ROUND * ROUNDS);
+    set_policy(&Policy {
+        ratio: Some((1, 4)),
+        ..Policy::default()
+    })
+    .unwrap();
+    let mut found = None;
+    for _ in 0..ROUNDS {
+        for _ in 0..ROUND {
+            // SAFETY: a non-zero size.
+            let p = unsafe { GLOBAL.alloc(l) };
+            assert!(!p.is_null());
+            blocks.push(p as usize);
+        }
+        // SAFETY (the probes): live blocks of this thread's.
+        let far: Vec<usize> = blocks
+            .iter()
+            .copied()
+            .filter(|&p| unsafe {
+                tieralloc::probe::block_node(p as *const u8) == 2
+                    && tieralloc::probe::owned_by_caller(p as *const u8)
+            })
+            .collect();
+        found = far
+            .windows(REMOTE + 1)
+            .find(|w| w.iter().all(|&q| window(q) == window(w[0])))
+            .map(|w| w.to_vec());
+        if found.is_some() {
+            break;
+        }
+    }
+    set_policy(&Policy::default()).unwrap();
+    let found = found.expect("six far blocks on one page of this heap");
+    let (twice, remote) = (found[0], &found[1..]);
+    // One block's bytes on the far node, as booked: a far block of another page freed.
+    // SAFETY (block_node): live blocks of this thread's.
+    let spare = *blocks
+        .iter()
+        .find(|&&p| {
+            window(p) != window(twice)
+                && unsafe { tieralloc::probe::block_node(p as *const u8) } == 2
+        })
+        .expect("far blocks on another page");
+    let before = far_live();
+    // SAFETY: a live block of layout `l`, freed once.
+    unsafe { GLOBAL.dealloc(spare as *mut u8, l) };
+    let block = before - far_live();
+    assert!(block >= SIZE as i64, "one far block books {block} B");
+    // SAFETY: the first free of `twice`, a live block of ours.
+    unsafe { GLOBAL.dealloc(twice as *mut u8, l) };
+    let base = far_live();
+    for (a, &q) in TO_FREE.iter().zip(remote) {
+        a.store(q, Ordering::Relaxed);
+    }
+    GO.store(true, Ordering::Release);
+    while !DONE.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    // The remote frees wait on the page's list; no collection of this heap has run since.
+    // SAFETY: none: the test's one wrong free (reported, then left alone under `warn`).
+    unsafe { GLOBAL.dealloc(twice as *mut u8, l) };
+    freer.join().unwrap();
+    assert_eq!(
+        far_live(),
+        base - REMOTE as i64 * block,
+        "node 2's live bytes after {REMOTE} remote frees ({block} B each) and a double free"
+    );
+    for p in blocks {
+        if p != twice && p != spare && !remote.contains(&p) {
+            // SAFETY: the rest of the blocks, live, each freed once.
+            unsafe { GLOBAL.dealloc(p as *mut u8, l) };
+        }
+    }
 }

@@ -341,6 +341,14 @@ fn aligned_blocks_freed_on_another_thread() {
     c_test("alignfree", &[], |_| vec![]);
 }
 
+/// A thread whose first allocator call frees another thread's block (`free::free_first`, only
+/// reached with the drop-in's initial-exec TLS slot): the block is reused by its owner
+/// (tests/c/firstfree.c; the block was lost with `free_first` doing nothing).
+#[test]
+fn a_threads_first_call_frees_a_block_for_good() {
+    c_test("firstfree", &[], |_| vec![]);
+}
+
 #[test]
 fn dlopen_and_dynamic_tls_from_threads() {
     c_test("dlopen", &["-ldl"], |dir| {

@@ -116,3 +116,34 @@ impl Default for ClaimSlot {
         Self::new()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::ClaimSlot;
+
+    /// The owner's claim keeps its object in the slot (marked), so that no other object is
+    /// registered there meanwhile: the release would overwrite that entry, and the demoter
+    /// would never visit it (a mutant that stored `v & CLAIMED`, an empty slot, survived
+    /// every other test). The loom model `huge_claim_leaves_the_slot_to_its_object` checks the
+    /// same with the registering thread running concurrently.
+    #[test]
+    fn an_owners_claim_leaves_no_room_for_another_object() {
+        let slot = ClaimSlot::new();
+        let (v, w) = (0x1000usize, 0x2000usize);
+        assert!(slot.try_fill(v));
+        assert!(slot.claim_own(v));
+        assert!(
+            !slot.try_fill(w),
+            "another object registered in a claimed slot"
+        );
+        assert!(
+            slot.try_claim().is_none(),
+            "a visitor claimed a claimed slot"
+        );
+        slot.release(v);
+        assert_eq!(slot.try_claim(), Some(v), "the object is back, unclaimed");
+        slot.release(v);
+        slot.take(v, || {});
+        assert!(slot.try_fill(w), "a slot taken out is free");
+    }
+}

@@ -70,3 +70,36 @@ fn huge_claim_owner_visitor_and_free() {
         visitor.join().unwrap();
     });
 }
+
+/// While the owner has its object claimed (`with_claim`), another thread registers a huge
+/// object of its own (`register`: `try_fill` on every slot in turn). The claimed slot must
+/// not take it: the owner's release would overwrite it, and that object would never be
+/// visited. (The registering thread the model above lacks: a claim that emptied the slot
+/// instead of marking it survived it; docs/correctness/mutants.md.)
+#[test]
+fn huge_claim_leaves_the_slot_to_its_object() {
+    check(3, |yield_first| {
+        let slot = Arc::new(ClaimSlot::new());
+        // Objects are never touched here: addresses with the claim bit clear.
+        let (v, w) = (0x1000usize, 0x2000usize);
+        assert!(slot.try_fill(v));
+        let registrar = {
+            let slot = slot.clone();
+            thread::spawn(move || slot.try_fill(w))
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        assert!(slot.claim_own(v), "the owner's object is in its slot");
+        slot.release(v);
+        let filled = registrar.join().unwrap();
+        assert!(!filled, "another object was registered in an occupied slot");
+        assert_eq!(
+            slot.try_claim(),
+            Some(v),
+            "the owner's object is in its slot"
+        );
+        slot.release(v);
+        slot.take(v, || {});
+    });
+}

@@ -10,7 +10,7 @@
 //! its marker cleared, its canary written) and `TIERALLOC_FILL_FREED` ([`fill_freed`]);
 //! the canary at the end of each block is [`canary`]'s. The encoding of the links is
 //! `heap::remote::link_key`. May touch: the page descriptor (from `heap::segment`),
-//! `heap::page` (the collection before a walk, `check_block`), `heap::remote`,
+//! `heap::page` (`check_block`; the walk's caller collects the page first), `heap::remote`,
 //! `heap::size_class` and `heap::error` (the report). Only the page's owner calls what
 //! changes a page's lists or keys; the marker, the canary and the fill are written by any
 //! thread that frees (or resizes) a block it owns.
@@ -362,10 +362,11 @@ pub unsafe fn clear_freed(block: *mut Block) {
     unsafe { *(block as *mut usize).add(1) = 0 };
 }
 
-/// Whether `b` is a free block of bin page `page`: parked (`heap::trim`) or on its remote list
-/// (collected first, onto the others), `free` and `local_free`. The confirmation of a
-/// freed marker before a double free is reported, so that a program's data never causes a
-/// report. Walks at most the page's capacity of links, each checked (`Page::link_ok`).
+/// Whether `b` is a free block of bin page `page`: parked (`heap::trim`) or on its lists
+/// `free` and `local_free`. The caller collects the page's remote list onto those first (and
+/// books what it took back, as every collection does). The confirmation of a freed marker
+/// before a double free is reported, so that a program's data never causes a report. Walks at
+/// most the page's capacity of links, each checked (`Page::link_ok`).
 ///
 /// # Safety
 /// The caller owns `page` (a bin page of its heap).
@@ -377,7 +378,6 @@ pub unsafe fn on_free_lists(page: *mut Page, b: *mut Block) -> bool {
         if (*page).holds_parked(b as *const u8) {
             return true;
         }
-        (*page).collect();
         let mut left = (*page).capacity as usize;
         for head in [(*page).free, (*page).local_free] {
             let mut x = head;

@@ -240,15 +240,20 @@ pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: 
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
-unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+unsafe fn free_marked(mut h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     // SAFETY: the page is ours (contract); only a bin page's lists are walked.
     unsafe {
-        if (*page).kind == PageKind::Bin as u8
-            && check_block(page, p).is_ok()
-            && crate::heap::secure::on_free_lists(page, p as *mut Block)
-        {
-            report(HeapError::DoubleFree, p);
-            return;
+        if (*page).kind == PageKind::Bin as u8 && check_block(page, p).is_ok() {
+            // The remote frees waiting on the page first, onto the lists the walk reads,
+            // booked as every collection books them (a far page's blocks leave its count,
+            // and their freers booked them off the far node already).
+            let back = (*page).collect();
+            h.returned = h.returned.saturating_add(back);
+            note_far_collected(h, page, back);
+            if crate::heap::secure::on_free_lists(page, p as *mut Block) {
+                report(HeapError::DoubleFree, p);
+                return;
+            }
         }
         // Not free after all (the program's data matched the marker): a live block, whose
         // canary is checked as on the fast path.
