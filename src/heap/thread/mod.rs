@@ -53,6 +53,9 @@ mod trim;
 // fork: no lock may be held by a thread that does not exist in the child, and no heap of one
 // may stay listed or own segments there (see fork.rs).
 mod fork;
+// A shadow model of the bin pages across thread exits (in a process of its own).
+#[cfg(test)]
+mod exit_tests;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,13 @@ pub(super) const TRIM_VISITS: usize = 1024;
 /// and faulting in the new 4 MiB segment costs).
 pub(super) const TRIM_BLOCKS: usize = 128 << 10;
 
+#[cfg(test)]
+std::thread_local! {
+    /// Tests: the pages one call of the calling thread's [`trim_sparse`] looks at, if not 0
+    /// (then the cursor stops inside a queue after a few pages).
+    pub(super) static TRIM_VISITS_TEST: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
 /// Trims the sparse pages (other than each bin's current page) among the next
 /// [`TRIM_VISITS`] pages of our bin queues from the cursor on, walking at most about
 /// [`TRIM_BLOCKS`] blocks, and moves the cursor past them.
@@ -27,6 +34,10 @@ pub(super) const TRIM_BLOCKS: usize = 128 << 10;
 /// popped, no list of them walked).
 pub(super) unsafe fn trim_sparse(mut h: HeapRef) {
     let mut visits = TRIM_VISITS;
+    #[cfg(test)]
+    if let v @ 1.. = TRIM_VISITS_TEST.with(|c| c.get()) {
+        visits = v;
+    }
     let mut blocks = TRIM_BLOCKS;
     let mut bin = h.trim_bin as usize;
     let mut p = h.trim_at;
