@@ -411,10 +411,10 @@ fn child_a_double_free_found_by_its_marker_keeps_the_far_node_booking_exact() {
             assert!(!p.is_null());
             blocks.push(p as usize);
         }
-        // SAFETY (the probes): live blocks of this thread's.
         let far: Vec<usize> = blocks
             .iter()
             .copied()
+            // SAFETY (the probes): live blocks of this thread's.
             .filter(|&p| unsafe {
                 tieralloc::probe::block_node(p as *const u8) == 2
                     && tieralloc::probe::owned_by_caller(p as *const u8)
@@ -432,10 +432,10 @@ fn child_a_double_free_found_by_its_marker_keeps_the_far_node_booking_exact() {
     let found = found.expect("six far blocks on one page of this heap");
     let (twice, remote) = (found[0], &found[1..]);
     // One block's bytes on the far node, as booked: a far block of another page freed.
-    // SAFETY (block_node): live blocks of this thread's.
     let spare = *blocks
         .iter()
         .find(|&&p| {
+            // SAFETY (block_node): live blocks of this thread's.
             window(p) != window(twice)
                 && unsafe { tieralloc::probe::block_node(p as *const u8) } == 2
         })
