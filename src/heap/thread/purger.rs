@@ -199,7 +199,7 @@ pub(super) fn wanted() -> bool {
 /// is `waiting` and whose gate is free has its due purge steps run and its huge cache
 /// expired. The caller's own heap is passed over (its slow path holds its gate); a heap whose
 /// owner is in a slow path too. Bounded by what is due: the same work the owners' own
-/// collections would do.
+/// collections would do. The pass runs with every signal blocked.
 ///
 /// # Safety
 /// Called from a thread heap's collection (`heap_tick`), holding its gate, no lock, outside a
@@ -217,12 +217,29 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
     {
         return;
     }
+    // Every signal blocked for the pass (as the purger thread runs): a handler that stopped
+    // this thread inside it (a stop-the-world handler waiting for another thread) would keep
+    // another heap's gate, so its owner's next slow path would wait for the handler, which may
+    // be waiting for that owner (tests/help_signals.rs: 8 of 8 runs deadlocked without the
+    // mask); nor can a handler's own allocation, or `fork` (whose prepare handler takes
+    // `PASS`), meet the pass's locks on this thread. Two system calls a pass, at most one
+    // pass a quarter delay in the process.
+    // SAFETY: signal sets we initialise before use; the old mask is put back below.
+    let old = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
     if let Some(_g) = PASS.try_lock() {
         // SAFETY: we hold PASS; the caller holds no lock and its heap's gate, so the pass
         // passes its heap over (the gate is not free) and waits for no gate.
         unsafe { pass(now, delay) };
         PASSES.fetch_add(1, Ordering::Relaxed);
     }
+    // SAFETY: the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
 }
 
 /// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
