@@ -217,6 +217,129 @@ fn child_idle_thread() {
     worker.join().unwrap();
 }
 
+/// Normal segments owned by a heap (neither pooled nor abandoned).
+fn owned_segments() -> u64 {
+    let s = tieralloc::stats();
+    s.segments - s.segments_pooled - s.segments_abandoned
+}
+
+/// Light traffic on the calling thread (512 blocks of 4 KiB allocated and freed, then 5 ms
+/// of sleep, a round) until RSS is at most `bound`, then as many rounds again (at least 10:
+/// the purge steps that follow the fall); at most 1200 rounds. Returns the round RSS fell in
+/// and the rounds run.
+fn traffic_until_purged(bound: usize) -> (usize, usize) {
+    let mut blocks: Vec<usize> = Vec::with_capacity(512);
+    let mut rounds = 0;
+    let mut fell_at: Option<usize> = None;
+    while rounds < 1200 && fell_at.is_none_or(|f| rounds < 2 * f.max(10)) {
+        rounds += 1;
+        for _ in 0..512 {
+            blocks.push(new_block(4096, 0x5A));
+        }
+        for p in blocks.drain(..) {
+            drop_block(p, 4096, 0x5A);
+        }
+        sleep_raw(5);
+        if fell_at.is_none() && rss_raw() <= bound {
+            fell_at = Some(rounds);
+        }
+    }
+    let Some(fell_at) = fell_at else {
+        panic!(
+            "the spike was not purged in {rounds} rounds\n{}",
+            tieralloc::stats()
+        );
+    };
+    (fell_at, rounds)
+}
+
+/// A thread that fills sixteen segments with 1 MiB blocks, frees them and goes on with light
+/// traffic has its emptied segments back in the pool once its own collections have purged
+/// them. A segment's last free slices, freed a full delay before the step that purged them,
+/// were still "recent" to the check that pools an empty segment, and that step left it
+/// nothing due, so no collection looked at it again: all sixteen stayed the thread's,
+/// mapped, for as long as it lived (`Segment::has_recent_free`).
+#[test]
+fn child_own_segments() {
+    if !is_scenario("own-segments") {
+        return;
+    }
+    let baseline = rss();
+    let before = owned_segments();
+    let blocks: Vec<usize> = (0..48).map(|_| new_block(MIB, 0x3C)).collect();
+    let peak = owned_segments();
+    assert!(
+        peak >= before + 12,
+        "48 MiB took {before} -> {peak} segments"
+    );
+    for p in blocks {
+        drop_block(p, MIB, 0x3C);
+    }
+    let (fell_at, rounds) = traffic_until_purged(bound(baseline, 0));
+    let after = owned_segments();
+    println!(
+        "purged after {fell_at} rounds of {rounds}; owned segments: {before} before, {peak} \
+         at the peak, {after} after"
+    );
+    assert!(
+        after <= before + 3,
+        "the thread kept its emptied segments: {before} before, {peak} at the peak, {after} \
+         after its collections\n{}",
+        tieralloc::stats()
+    );
+}
+
+/// The emptied segments of a worker that waits go back to the pool through the other
+/// threads' collections (`purger::help`), as its own collections would give them back: a
+/// worker fills sixteen segments with 1 MiB blocks, frees them and blocks; once the main
+/// thread's traffic has purged them, no heap owns them. The pass ran the due purge steps
+/// only, never pooling an empty segment, and the last step left it nothing due (nor did the
+/// owner's collections pool it: `child_own_segments`): the worker kept all sixteen, mapped,
+/// unusable by any other thread, for as long as it lived.
+#[test]
+fn child_idle_thread_segments() {
+    if !is_scenario("idle-thread-segments") {
+        return;
+    }
+    let baseline = rss();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let before = owned_segments();
+        let blocks: Vec<usize> = (0..48).map(|_| new_block(MIB, 0x3C)).collect();
+        let peak = owned_segments();
+        for p in blocks {
+            drop_block(p, MIB, 0x3C);
+        }
+        tx.send((before, peak)).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let (before, peak) = rx.recv().unwrap();
+    assert!(
+        peak >= before + 12,
+        "48 MiB took {before} -> {peak} segments"
+    );
+    let helped = tieralloc::stats().purges_for_others;
+    let (fell_at, rounds) = traffic_until_purged(bound(baseline, 0));
+    assert!(
+        tieralloc::stats().purges_for_others > helped,
+        "purged, but not by a pass"
+    );
+    let after = owned_segments();
+    println!(
+        "purged after {fell_at} rounds of {rounds}; owned segments: {before} before, {peak} \
+         at the peak, {after} after"
+    );
+    assert!(
+        after <= before + 3,
+        "the idle worker kept its emptied segments: {before} before, {peak} at the peak, \
+         {after} after\n{}",
+        tieralloc::stats()
+    );
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
+
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
 /// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
 #[test]
@@ -408,6 +531,24 @@ fn rss_falls_under_a_one_size_loop_after_a_refill() {
 #[test]
 fn rss_falls_when_the_spike_was_an_idle_threads() {
     run_scenario("child_idle_thread", "idle-thread", &[]);
+}
+
+#[test]
+fn a_threads_emptied_segments_go_back_after_its_own_collections() {
+    run_scenario(
+        "child_own_segments",
+        "own-segments",
+        &[("TIERALLOC_PURGE_DELAY_MS", "20")],
+    );
+}
+
+#[test]
+fn an_idle_threads_segments_purged_by_others_still_go_back() {
+    run_scenario(
+        "child_idle_thread_segments",
+        "idle-thread-segments",
+        &[("TIERALLOC_PURGE_DELAY_MS", "20")],
+    );
 }
 
 #[test]

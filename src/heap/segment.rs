@@ -493,14 +493,22 @@ impl Segment {
         }
     }
 
-    /// Whether the segment has free slices that were freed since the last purge step.
+    /// Whether the segment has resident free slices that were freed since the last purge
+    /// step, the last of them less than `delay` ms before `now`. Slices freed a full delay
+    /// ago are not recent, whether a step has run since or not: the step due now purges them
+    /// all ([`purge_step`](Segment::purge_step)) and leaves nothing due, so an empty segment
+    /// that waited for them to age would never be looked at again (it stayed its owner's,
+    /// mapped, for good: tests/idle.rs `a_threads_emptied_segments_go_back_after_its_own_collections`).
     ///
     /// # Safety
     /// The caller owns `seg`.
     #[inline]
-    pub unsafe fn has_recent_free(seg: *const Segment) -> bool {
+    pub unsafe fn has_recent_free(seg: *const Segment, now: u64, delay: u64) -> bool {
         // SAFETY: the caller owns the segment's bitmaps.
-        unsafe { (*seg).purge_recent & (*seg).free_slices & (*seg).dirty != 0 }
+        unsafe {
+            (*seg).purge_recent & (*seg).free_slices & (*seg).dirty != 0
+                && now < (*seg).purge_recent_ms.saturating_add(delay)
+        }
     }
 
     /// One purge step, due at `purge_at`: returns the slices that were already free at the

@@ -9,9 +9,9 @@
 //! ([`help`], the default configuration's purging of other threads' idle heaps). May touch: the `Heap` fields `gate`, `gate_depth`,
 //! `waiting`, `idle_bytes`, `segments`, `huge_cache`, `state`, `shared` (`super`),
 //! `registry` (the heap list: walked and pinned under its lock, through
-//! `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `heap::{segment, huge}`
-//! (purge steps, pool unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the
-//! purge delay).
+//! `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `slices` (an empty
+//! segment to the pool), `heap::{segment, huge}` (purge steps, the segment list's unlink, pool
+//! unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the purge delay).
 //!
 //! The gate: a heap's segments (slice bitmaps, purge state, list) and its huge cache belong
 //! to its owner thread, and only its slow paths change them; the fast paths touch only the
@@ -44,9 +44,10 @@
 //! it not started: the child's first slow path that finds memory waiting starts its own.
 
 use super::registry::REGISTRY;
+use super::slices::release_segment;
 use super::tick::WAIT_BYTES;
 use super::Heap;
-use crate::heap::segment::{Segment, MAX_NODES, POOLS};
+use crate::heap::segment::{list_unlink, Segment, MAX_NODES, POOLS};
 use crate::init;
 use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
@@ -198,7 +199,7 @@ pub(super) fn wanted() -> bool {
 /// is `waiting` and whose gate is free has its due purge steps run and its huge cache
 /// expired. The caller's own heap is passed over (its slow path holds its gate); a heap whose
 /// owner is in a slow path too. Bounded by what is due: the same work the owners' own
-/// collections would do.
+/// collections would do. The pass runs with every signal blocked.
 ///
 /// # Safety
 /// Called from a thread heap's collection (`heap_tick`), holding its gate, no lock, outside a
@@ -216,12 +217,29 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
     {
         return;
     }
+    // Every signal blocked for the pass (as the purger thread runs): a handler that stopped
+    // this thread inside it (a stop-the-world handler waiting for another thread) would keep
+    // another heap's gate, so its owner's next slow path would wait for the handler, which may
+    // be waiting for that owner (tests/help_signals.rs: 8 of 8 runs deadlocked without the
+    // mask); nor can a handler's own allocation, or `fork` (whose prepare handler takes
+    // `PASS`), meet the pass's locks on this thread. Two system calls a pass, at most one
+    // pass a quarter delay in the process.
+    // SAFETY: signal sets we initialise before use; the old mask is put back below.
+    let old = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
     if let Some(_g) = PASS.try_lock() {
         // SAFETY: we hold PASS; the caller holds no lock and its heap's gate, so the pass
         // passes its heap over (the gate is not free) and waits for no gate.
         unsafe { pass(now, delay) };
         PASSES.fetch_add(1, Ordering::Relaxed);
     }
+    // SAFETY: the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
 }
 
 /// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
@@ -341,7 +359,8 @@ fn wake() {
 }
 
 /// One pass: unmap the pools' expired segments, then, for every registered thread heap that
-/// is `waiting` and whose gate is free, run its due purge steps and expire its huge cache.
+/// is `waiting` and whose gate is free, run its due purge steps, pool its empty segments
+/// whose time has come, and expire its huge cache ([`purge_heap`]).
 ///
 /// The registry lock is held only to walk the list and pin a heap, never across a purge: a
 /// heap is pinned by taking its gate (`PURGER`) with the lock held while it is listed. Its
@@ -388,28 +407,41 @@ unsafe fn pass(now: u64, delay: u64) {
     }
 }
 
-/// What the owner's collection would purge of `h`: the purge steps that are due, and the
-/// huge cache's expired mappings; then whether it still waits.
+/// What the owner's collection would purge of `h`: the purge steps that are due, an empty
+/// segment whose time has come to the pool (as `heap_collect` does: purged, and the pool
+/// unmaps it after the delay), and the huge cache's expired mappings; then whether it still
+/// waits. An empty segment must go here, not be purged step by step: its last step leaves it
+/// nothing due (`purge_at` 0), and the owner's collections, forced or not, look only at
+/// segments with something due, so it would stay the owner's, mapped, for good
+/// (tests/idle.rs `an_idle_threads_segments_purged_by_others_still_go_back`).
 ///
 /// # Safety
 /// The purger holds `h`'s gate, and `h` is a registered, active thread heap.
 unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
     // SAFETY: with the gate held, the owner runs no slow path, so its segment list, their
     // bitmaps and its huge cache are ours for now; only their fields are touched, through
-    // raw places (no reference to the whole heap, whose fast-path fields the owner uses).
+    // raw places (no reference to the whole heap, whose fast-path fields the owner uses). An
+    // empty segment has no page in use, so none of the owner's fast-path pointers (its bins'
+    // pages) points into it.
     unsafe {
         let mut left = 0usize;
         let mut seg = *addr_of!((*h).segments);
         while !seg.is_null() {
+            let next = (*seg).next;
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
-                if delay == 0 {
+                if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
+                    list_unlink(addr_of_mut!((*h).segments), seg);
+                    release_segment(seg, now);
+                    seg = next;
+                    continue;
+                } else if delay == 0 {
                     Segment::purge_free(seg);
                 } else {
                     Segment::purge_step(seg, now, delay);
                 }
             }
             left += Segment::resident_free_bytes(seg);
-            seg = (*seg).next;
+            seg = next;
         }
         let cache = &mut *addr_of_mut!((*h).huge_cache);
         cache.expire(now, delay);

@@ -144,8 +144,9 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             let next = (*seg).next;
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
                 // An empty segment goes to the pool once none of its slices was freed
-                // recently (a forced collection, delay 0, does not wait).
-                if (*seg).used_pages == 0 && (delay == 0 || !Segment::has_recent_free(seg)) {
+                // recently: since the last step and less than a delay ago (a forced
+                // collection, delay 0, does not wait).
+                if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
                     unlink_segment(h, seg);
                     release_segment(seg, now);
                     // In the pool now (counted below), no longer ours to read.
