@@ -93,7 +93,7 @@ use crate::heap::huge::HugeCache;
 use crate::heap::remote::BlockStack;
 use crate::heap::segment::{Page, Segment, NO_TAG};
 use crate::heap::size_class::NBINS;
-use crate::sync::{AtomicBool, AtomicU8};
+use crate::sync::{AtomicBool, AtomicU64, AtomicU8};
 use bins::DIRECT_SLOTS;
 use core::ops::{Deref, DerefMut};
 use core::ptr;
@@ -143,6 +143,11 @@ pub struct Heap {
     /// that allocates and frees one size over and over reaches the clock every few dozen
     /// allocations (see `heap_tick`).
     waiting: AtomicBool,
+    /// When the owner last collected (ms; written by the owner at each collection, read by
+    /// other threads' [`purger::help`] passes, which visit only a heap whose owner has not
+    /// collected for a whole purge delay: a worker that went quiet, not an owner busy with
+    /// its own purging, which would then wait for them at its gate).
+    collected_ms: AtomicU64,
     /// Who may touch the heap's segments (slice bitmaps, purge state, list) and huge cache
     /// right now when the background purger is on (see `purger`): free, the owner, or the
     /// purger.
@@ -232,6 +237,7 @@ impl Heap {
             walking: false,
             label: 0,
             waiting: AtomicBool::new(false),
+            collected_ms: AtomicU64::new(0),
             gate: AtomicU8::new(0),
             gate_depth: 0,
             node: 0,

@@ -6,10 +6,10 @@
 //! heap is `waiting` with something to purge, never before), its pass, its sleep and the
 //! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
 //! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
-//! ([`help`], the default configuration's purging of other threads' idle heaps). May touch: the `Heap` fields `gate`, `gate_depth`,
-//! `waiting`, `idle_bytes`, `segments`, `huge_cache`, `state`, `shared` (`super`),
-//! `registry` (the heap list: walked and pinned under its lock, through
-//! `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `slices` (an empty
+//! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
+//! the `Heap` fields `gate`, `gate_depth`, `waiting`, `collected_ms` (read), `idle_bytes`,
+//! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
+//! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `slices` (an empty
 //! segment to the pool), `heap::{segment, huge}` (purge steps, the segment list's unlink, pool
 //! unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the purge delay).
 //!
@@ -30,8 +30,10 @@
 //! purged its own heap, runs the same pass over the other heaps (at most one pass per
 //! quarter of the purge delay in the whole process), so that a thread that freed a spike and
 //! then stopped calling the allocator (a worker waiting for its next job) has it purged by
-//! whichever thread allocates next, not kept until its own next call. The calling heap is
-//! passed over (its slow path holds its gate).
+//! whichever thread allocates next, not kept until its own next call. It visits only heaps
+//! whose owner has not collected for a whole delay (a busy owner purges for itself and never
+//! finds a helper at its gate); the calling heap is passed over (its slow path holds its
+//! gate). It runs with every signal blocked and leaves errno as it found it.
 //!
 //! The thread runs a pass every quarter of the purge delay while anything waits (a heap is
 //! `waiting`, a pool holds a segment), and otherwise sleeps on a futex until [`notify`]
@@ -196,9 +198,10 @@ pub(super) fn wanted() -> bool {
 /// A thread's collection helps the purge of the other heaps: unless the purger thread runs
 /// (or is being started), at most once a quarter of the purge delay (at least 5 ms) in the
 /// whole process, the purger's pass: the pools' expired segments, and every thread heap that
-/// is `waiting` and whose gate is free has its due purge steps run and its huge cache
-/// expired. The caller's own heap is passed over (its slow path holds its gate); a heap whose
-/// owner is in a slow path too. Bounded by what is due: the same work the owners' own
+/// is `waiting`, whose owner has not collected for a whole delay (it has gone quiet: an
+/// owner that collects purges for itself) and whose gate is free has its due purge steps run
+/// and its huge cache expired. The caller's own heap is passed over (its slow path holds its
+/// gate, and it has just collected); a heap whose owner is in a slow path too. Bounded by what is due: the same work the owners' own
 /// collections would do. The pass runs with every signal blocked.
 ///
 /// # Safety
@@ -232,14 +235,21 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
         old
     };
+    // The pass's system calls (`madvise`, `munmap`) may set errno: the caller's `free` or
+    // `malloc` must not change it for another thread's memory.
+    // SAFETY: the calling thread's errno location, always valid.
+    let errno = unsafe { *libc::__errno_location() };
     if let Some(_g) = PASS.try_lock() {
         // SAFETY: we hold PASS; the caller holds no lock and its heap's gate, so the pass
         // passes its heap over (the gate is not free) and waits for no gate.
-        unsafe { pass(now, delay) };
+        unsafe { pass(now, delay, true) };
         PASSES.fetch_add(1, Ordering::Relaxed);
     }
-    // SAFETY: the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+    // SAFETY: the mask saved above; the errno location as above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        *libc::__errno_location() = errno;
+    }
 }
 
 /// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
@@ -259,7 +269,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
         if let Some(_g) = PASS.try_lock() {
             // SAFETY: we hold PASS; pass touches only what the gate and the locks give us.
-            unsafe { pass(os::now_ms(), delay) };
+            unsafe { pass(os::now_ms(), delay, false) };
             PASSES.fetch_add(1, Ordering::Relaxed);
         }
         sleep_while_nothing_waits();
@@ -375,8 +385,10 @@ fn wake() {
 ///
 /// # Safety
 /// Called holding `PASS`, by the purger thread or by [`help`] (a thread heap's collection
-/// that holds its own gate and no lock).
-unsafe fn pass(now: u64, delay: u64) {
+/// that holds its own gate and no lock), which sets `quiet_only`: then only heaps whose
+/// owner has not collected for a whole delay are visited (`Heap::collected_ms`), so that an
+/// owner busy with its own collections never finds a helper at its gate.
+unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
     for pool in POOLS.iter().take(MAX_NODES) {
         if pool.count.load(Ordering::Relaxed) > 0 {
             pool.unmap_expired(now);
@@ -392,6 +404,11 @@ unsafe fn pass(now: u64, delay: u64) {
             |h| {
                 !(*h).shared
                     && (*addr_of!((*h).waiting)).load(Ordering::Relaxed)
+                    && (!quiet_only
+                        || now
+                            >= (*addr_of!((*h).collected_ms))
+                                .load(Ordering::Relaxed)
+                                .saturating_add(delay))
                     && (*addr_of!((*h).gate))
                         .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()

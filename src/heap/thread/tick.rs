@@ -105,6 +105,8 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
 /// the collection after it returns (empty pages are retired and purged, segments released).
 #[cold]
 pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
+    // Not quiet: other threads' passes leave this heap to us for a delay (`purger::help`).
+    h.collected_ms.store(now, Ordering::Relaxed);
     // SAFETY: forwarded contract.
     unsafe { drain_delayed(h) };
     // SAFETY: the pages in h's queues and the segments on its list are h's, so ours.
