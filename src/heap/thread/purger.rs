@@ -9,9 +9,10 @@
 //! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
 //! the `Heap` fields `gate`, `gate_depth`, `waiting`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
-//! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick` (`WAIT_BYTES`), `slices` (an empty
-//! segment to the pool), `heap::{segment, huge}` (purge steps, the segment list's unlink, pool
-//! unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the purge delay).
+//! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
+//! (`WAIT_BYTES`), `slices` (an empty segment to the pool), `heap::{segment, huge}` (purge
+//! steps, the segment list's unlink, pool unmapping, the huge cache's expiry), `sync`,
+//! `sys::os`, `init` (the purge delay).
 //!
 //! The gate: a heap's segments (slice bitmaps, purge state, list) and its huge cache belong
 //! to its owner thread, and only its slow paths change them; the fast paths touch only the
