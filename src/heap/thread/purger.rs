@@ -202,8 +202,9 @@ pub(super) fn wanted() -> bool {
 /// is `waiting`, whose owner has not collected for a whole delay (it has gone quiet: an
 /// owner that collects purges for itself) and whose gate is free has its due purge steps run
 /// and its huge cache expired. The caller's own heap is passed over (its slow path holds its
-/// gate, and it has just collected); a heap whose owner is in a slow path too. Bounded by what is due: the same work the owners' own
-/// collections would do. The pass runs with every signal blocked.
+/// gate, and it has just collected); a heap whose owner is in a slow path too. Bounded by
+/// what is due: the same work the owners' own collections would do. The pass runs with every
+/// signal blocked, and errno is left as it was.
 ///
 /// # Safety
 /// Called from a thread heap's collection (`heap_tick`), holding its gate, no lock, outside a

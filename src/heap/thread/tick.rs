@@ -6,9 +6,10 @@
 //! the huge cache's expiry, every node's pool, the node and label heaps, tending abandoned
 //! segments), and `collect_now`. May touch: the `Heap` fields (`super`), `free` (the drain,
 //! page retirement), `node`, `labels` (collecting the label heaps), `registry` (following the
-//! thread's home node), `slices`, `tls`, `purger` (starting it, its gate), `counters` (settling the far pages' booking),
-//! `heap::{segment, size_class, huge}` (the huge cache
-//! through `HugeCache`), `sys::os`, `init` (the purge delay).
+//! thread's home node), `slices`, `tls`, `purger` (starting it, its gate, its pass over
+//! other threads' quiet heaps after a collection: `purger::help`), `counters` (settling the
+//! far pages' booking), `heap::{segment, size_class, huge}` (the huge cache through
+//! `HugeCache`), `sys::os`, `init` (the purge delay).
 
 use super::counters::{note_far_collected, settle_far};
 use super::free::{drain_delayed, retire_page};
