@@ -181,40 +181,47 @@ fn child_idle_thread() {
         return;
     }
     let baseline = rss();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let (live, live_bytes) = spike_with_live_set();
-        tx.send(live_bytes).unwrap();
-        done_rx.recv().unwrap();
-        free_live(live);
-    });
-    let live_bytes = rx.recv().unwrap();
+    let (live_bytes, finish) = quiet_worker(
+        || {
+            let (live, live_bytes) = spike_with_live_set();
+            (live_bytes, live)
+        },
+        free_live,
+    );
     let b = bound(baseline, live_bytes);
-    let mut r = rss_raw();
+    let r = rss_raw();
     assert!(r > b, "the spike left nothing to purge: {r} <= {b}");
-    let mut blocks: Vec<usize> = Vec::with_capacity(512);
-    let mut rounds = 0;
-    while rounds < 600 && r > b {
-        rounds += 1;
-        for _ in 0..512 {
-            blocks.push(new_block(4096, 0x5A));
-        }
-        for p in blocks.drain(..) {
-            drop_block(p, 4096, 0x5A);
-        }
-        sleep_raw(5);
-        r = rss_raw();
-    }
-    println!("{rounds} rounds");
+    let (fell_at, rounds) = traffic_until_purged(b);
+    println!("purged after {fell_at} rounds of {rounds}");
     report(
         "a worker's spike, traffic on another thread",
-        r,
+        rss_raw(),
         baseline,
         live_bytes,
     );
-    done_tx.send(()).unwrap();
-    worker.join().unwrap();
+    finish();
+}
+
+/// A worker thread that runs `work` (its allocations and frees), hands its first result back
+/// and keeps the second, then waits, blocked, with no allocator call, until the returned
+/// closure is called: the worker then runs `finish` on what it kept and exits (joined).
+fn quiet_worker<R: Send + 'static, K: 'static>(
+    work: impl FnOnce() -> (R, K) + Send + 'static,
+    finish: impl FnOnce(K) + Send + 'static,
+) -> (R, impl FnOnce()) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (r, kept) = work();
+        tx.send(r).unwrap();
+        done_rx.recv().unwrap();
+        finish(kept);
+    });
+    let r = rx.recv().unwrap();
+    (r, move || {
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+    })
 }
 
 /// Normal segments owned by a heap (neither pooled nor abandoned).
@@ -302,19 +309,18 @@ fn child_idle_thread_segments() {
         return;
     }
     let baseline = rss();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let before = owned_segments();
-        let blocks: Vec<usize> = (0..48).map(|_| new_block(MIB, 0x3C)).collect();
-        let peak = owned_segments();
-        for p in blocks {
-            drop_block(p, MIB, 0x3C);
-        }
-        tx.send((before, peak)).unwrap();
-        done_rx.recv().unwrap();
-    });
-    let (before, peak) = rx.recv().unwrap();
+    let ((before, peak), finish) = quiet_worker(
+        || {
+            let before = owned_segments();
+            let blocks: Vec<usize> = (0..48).map(|_| new_block(MIB, 0x3C)).collect();
+            let peak = owned_segments();
+            for p in blocks {
+                drop_block(p, MIB, 0x3C);
+            }
+            ((before, peak), ())
+        },
+        |()| (),
+    );
     assert!(
         peak >= before + 12,
         "48 MiB took {before} -> {peak} segments"
@@ -336,8 +342,7 @@ fn child_idle_thread_segments() {
          {after} after\n{}",
         tieralloc::stats()
     );
-    done_tx.send(()).unwrap();
-    worker.join().unwrap();
+    finish();
 }
 
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call

@@ -400,6 +400,17 @@ impl World {
     }
 
     /// Thread `t` frees `blocks` (live ones, each once).
+    /// The live blocks of `SIZES[s]`'s bin, in address order: thread `t`'s own, or anyone's.
+    fn blocks_of(&self, t: usize, s: usize, any: bool) -> Vec<usize> {
+        let id = self.slot(t).id;
+        let size = bin_size(bin_of(SIZES[s]));
+        self.live
+            .iter()
+            .filter(|(_, b)| b.size == size && (any || b.owner == id))
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
     fn free(&mut self, t: usize, blocks: Vec<usize>) -> Result<(), String> {
         for p in &blocks {
             let b = self
@@ -444,14 +455,7 @@ impl World {
                 }
             }
             Op::FreeRun { t, s, k, len, any } => {
-                let id = self.slot(t).id;
-                let size = bin_size(bin_of(SIZES[s]));
-                let v: Vec<usize> = self
-                    .live
-                    .iter()
-                    .filter(|(_, b)| b.size == size && (any || b.owner == id))
-                    .map(|(&p, _)| p)
-                    .collect();
+                let v = self.blocks_of(t, s, any);
                 if !v.is_empty() {
                     let from = k % v.len();
                     let run = v[from..(from + len).min(v.len())].to_vec();
@@ -459,15 +463,12 @@ impl World {
                 }
             }
             Op::Thin { t, s, keep, any } => {
-                let id = self.slot(t).id;
-                let size = bin_size(bin_of(SIZES[s]));
                 let v: Vec<usize> = self
-                    .live
-                    .iter()
-                    .filter(|(_, b)| b.size == size && (any || b.owner == id))
+                    .blocks_of(t, s, any)
+                    .into_iter()
                     .enumerate()
                     .filter(|&(i, _)| i % keep != 0)
-                    .map(|(_, (&p, _))| p)
+                    .map(|(_, p)| p)
                     .collect();
                 if !v.is_empty() {
                     self.free(t, v)?;

@@ -164,13 +164,10 @@ pub(super) unsafe fn maybe_start() {
     {
         return;
     }
-    // SAFETY: plain pthread calls on a zeroed attribute object and signal sets we initialise
-    // first; `run` matches the start routine's signature and uses no argument.
+    let old = block_all_signals();
+    // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
+    // routine's signature and uses no argument; the mask saved above.
     let ok = unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
@@ -187,6 +184,19 @@ pub(super) unsafe fn maybe_start() {
         let _ = THREAD.compare_exchange(STARTING, RUNNING, Ordering::AcqRel, Ordering::Relaxed);
     } else {
         THREAD.store(FAILED, Ordering::Release);
+    }
+}
+
+/// Blocks every signal on the calling thread; returns the mask it had, for the caller to put
+/// back (`pthread_sigmask(SIG_SETMASK, ...)`).
+fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: signal sets we initialise before use; the calling thread's own mask.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
     }
 }
 
@@ -229,14 +239,8 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
     // mask); nor can a handler's own allocation, or `fork` (whose prepare handler takes
     // `PASS`), meet the pass's locks on this thread. Two system calls a pass, at most one
     // pass a quarter delay in the process.
-    // SAFETY: signal sets we initialise before use; the old mask is put back below.
-    let old = unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        old
-    };
+    // The old mask is put back below.
+    let old = block_all_signals();
     // The pass's system calls (`madvise`, `munmap`) may set errno: the caller's `free` or
     // `malloc` must not change it for another thread's memory.
     // SAFETY: the calling thread's errno location, always valid.
