@@ -283,6 +283,14 @@ fn child_own_segments() {
         drop_block(p, MIB, 0x3C);
     }
     let (fell_at, rounds) = traffic_until_purged(bound(baseline, 0));
+    expect_segments_back("the thread", before, peak, (fell_at, rounds));
+}
+
+/// After a fall in `fell_rounds` (the round RSS fell in, the rounds run): at most three more
+/// segments owned than `before` the spike (which took them to `peak`), else `who` kept its
+/// emptied segments.
+fn expect_segments_back(who: &str, before: u64, peak: u64, fell_rounds: (usize, usize)) {
+    let (fell_at, rounds) = fell_rounds;
     let after = owned_segments();
     println!(
         "purged after {fell_at} rounds of {rounds}; owned segments: {before} before, {peak} \
@@ -290,8 +298,8 @@ fn child_own_segments() {
     );
     assert!(
         after <= before + 3,
-        "the thread kept its emptied segments: {before} before, {peak} at the peak, {after} \
-         after its collections\n{}",
+        "{who} kept its emptied segments: {before} before, {peak} at the peak, {after} \
+         after\n{}",
         tieralloc::stats()
     );
 }
@@ -326,22 +334,12 @@ fn child_idle_thread_segments() {
         "48 MiB took {before} -> {peak} segments"
     );
     let helped = tieralloc::stats().purges_for_others;
-    let (fell_at, rounds) = traffic_until_purged(bound(baseline, 0));
+    let fell_rounds = traffic_until_purged(bound(baseline, 0));
     assert!(
         tieralloc::stats().purges_for_others > helped,
         "purged, but not by a pass"
     );
-    let after = owned_segments();
-    println!(
-        "purged after {fell_at} rounds of {rounds}; owned segments: {before} before, {peak} \
-         at the peak, {after} after"
-    );
-    assert!(
-        after <= before + 3,
-        "the idle worker kept its emptied segments: {before} before, {peak} at the peak, \
-         {after} after\n{}",
-        tieralloc::stats()
-    );
+    expect_segments_back("the idle worker", before, peak, fell_rounds);
     finish();
 }
 
