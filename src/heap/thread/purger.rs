@@ -441,11 +441,12 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
 /// # Safety
 /// The purger holds `h`'s gate, and `h` is a registered, active thread heap.
 unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
-    // SAFETY: with the gate held, the owner runs no slow path, so its segment list, their
-    // bitmaps and its huge cache are ours for now; only their fields are touched, through
-    // raw places (no reference to the whole heap, whose fast-path fields the owner uses). An
-    // empty segment has no page in use, so none of the owner's fast-path pointers (its bins'
-    // pages) points into it.
+    // With the gate held, the owner runs no slow path, so its segment list, their bitmaps
+    // and its huge cache are ours for now; only their fields are touched, through raw places
+    // (no reference to the whole heap, whose fast-path fields the owner uses). An empty
+    // segment has no page in use, so none of the owner's fast-path pointers (its bins' pages)
+    // points into it.
+    // SAFETY: the gate is held (contract), which makes those ours (above).
     unsafe {
         let mut left = 0usize;
         let mut seg = *addr_of!((*h).segments);
