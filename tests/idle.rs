@@ -343,6 +343,69 @@ fn child_idle_thread_segments() {
     finish();
 }
 
+/// A busy owner is left to itself: a worker that keeps freeing memory (so its heap waits to
+/// be purged) and keeps allocating (so its own collections run every quarter delay) is not
+/// visited by the other threads' passes, which visit only heaps whose owner has not collected
+/// for a whole delay (`purger::help`); an owner visited between its slow paths would wait at
+/// its gate for the helper. With a 1 s delay, the worker would have to be kept off the CPU
+/// for most of a second to look quiet. Once it blocks, the passes purge it within a few
+/// delays: the count read in the first half does move when they visit.
+#[test]
+fn child_busy_owner() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !is_scenario("busy-owner") {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let (waits_tx, waits_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // 8 MiB of 64 KiB blocks (medium pages of 8 blocks), allocated, written and freed
+        // over and over: every round's pages empty and wait to be purged.
+        let mut blocks: Vec<usize> = Vec::with_capacity(128);
+        while !stop_w.load(Ordering::Relaxed) {
+            blocks.extend((0..128).map(|_| new_block(64 << 10, 0x77)));
+            for p in blocks.drain(..) {
+                drop_block(p, 64 << 10, 0x77);
+            }
+        }
+        waits_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let traffic = |ms: u64| {
+        let start = std::time::Instant::now();
+        let mut blocks: Vec<usize> = Vec::with_capacity(512);
+        while start.elapsed() < Duration::from_millis(ms) {
+            blocks.extend((0..512).map(|_| new_block(4096, 0x5A)));
+            for p in blocks.drain(..) {
+                drop_block(p, 4096, 0x5A);
+            }
+            sleep_raw(5);
+        }
+    };
+    // Past the worker's first collection (a delay after its start).
+    traffic(1500);
+    let before = tieralloc::stats().purges_for_others;
+    traffic(2000);
+    let busy = tieralloc::stats().purges_for_others - before;
+    stop.store(true, Ordering::Relaxed);
+    waits_rx.recv().unwrap();
+    let quiet_from = tieralloc::stats().purges_for_others;
+    let mut waited = 0;
+    while tieralloc::stats().purges_for_others == quiet_from && waited < 8000 {
+        traffic(100);
+        waited += 100;
+    }
+    let quiet = tieralloc::stats().purges_for_others - quiet_from;
+    println!("purges for others: {busy} while the worker was busy, {quiet} once it waited");
+    assert_eq!(busy, 0, "a pass purged a busy owner's heap");
+    assert!(quiet > 0, "no pass purged the waiting worker's heap in 8 s");
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
+
 /// With `TIERALLOC_BACKGROUND_PURGE=1`: after the spike the program makes no allocator call
 /// at all, and RSS still falls (the purger purges the thread's free slices and huge cache).
 #[test]
@@ -551,6 +614,15 @@ fn an_idle_threads_segments_purged_by_others_still_go_back() {
         "child_idle_thread_segments",
         "idle-thread-segments",
         &[("TIERALLOC_PURGE_DELAY_MS", "20")],
+    );
+}
+
+#[test]
+fn helping_passes_leave_a_busy_owner_alone() {
+    run_scenario(
+        "child_busy_owner",
+        "busy-owner",
+        &[("TIERALLOC_PURGE_DELAY_MS", "1000")],
     );
 }
 

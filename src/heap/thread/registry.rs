@@ -246,7 +246,11 @@ pub(super) unsafe fn register(mut h: HeapRef, node: u32) {
     // Mark active first: whatever the steps below allocate is served by this heap.
     h.state = ACTIVE;
     h.node = node;
-    h.next_purge_ms = os::now_ms() + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let now = os::now_ms();
+    h.next_purge_ms = now + init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    // A new heap is not quiet: other threads' passes leave it alone for a delay, as after a
+    // collection (`purger::help`).
+    h.collected_ms.store(now, Ordering::Relaxed);
     let _g = REGISTRY.lock.lock();
     if h.tag == NO_TAG {
         // SAFETY: we hold the registry lock.
