@@ -10,9 +10,9 @@
 //! the `Heap` fields `gate`, `gate_depth`, `waiting`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
-//! (`WAIT_BYTES`), `slices` (an empty segment to the pool), `heap::{segment, huge}` (purge
-//! steps, the segment list's unlink, pool unmapping, the huge cache's expiry), `sync`,
-//! `sys::os`, `init` (the purge delay).
+//! (`WAIT_BYTES`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
+//! huge}` (pool unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the purge
+//! delay).
 //!
 //! The gate: a heap's segments (slice bitmaps, purge state, list) and its huge cache belong
 //! to its owner thread, and only its slow paths change them; the fast paths touch only the
@@ -47,10 +47,10 @@
 //! it not started: the child's first slow path that finds memory waiting starts its own.
 
 use super::registry::REGISTRY;
-use super::slices::release_segment;
+use super::slices::purge_segments;
 use super::tick::WAIT_BYTES;
 use super::Heap;
-use crate::heap::segment::{list_unlink, Segment, MAX_NODES, POOLS};
+use crate::heap::segment::{MAX_NODES, POOLS};
 use crate::init;
 use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
@@ -430,13 +430,9 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
     }
 }
 
-/// What the owner's collection would purge of `h`: the purge steps that are due, an empty
-/// segment whose time has come to the pool (as `heap_collect` does: purged, and the pool
-/// unmaps it after the delay), and the huge cache's expired mappings; then whether it still
-/// waits. An empty segment must go here, not be purged step by step: its last step leaves it
-/// nothing due (`purge_at` 0), and the owner's collections, forced or not, look only at
-/// segments with something due, so it would stay the owner's, mapped, for good
-/// (tests/idle.rs `an_idle_threads_segments_purged_by_others_still_go_back`).
+/// What the owner's collection would purge of `h`: its segments' due purge steps and empty
+/// segments whose time has come ([`purge_segments`], the owner's own walk), and the huge
+/// cache's expired mappings; then whether it still waits.
 ///
 /// # Safety
 /// The purger holds `h`'s gate, and `h` is a registered, active thread heap.
@@ -448,25 +444,7 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
     // points into it.
     // SAFETY: the gate is held (contract), which makes those ours (above).
     unsafe {
-        let mut left = 0usize;
-        let mut seg = *addr_of!((*h).segments);
-        while !seg.is_null() {
-            let next = (*seg).next;
-            if (*seg).purge_at != 0 && now >= (*seg).purge_at {
-                if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
-                    list_unlink(addr_of_mut!((*h).segments), seg);
-                    release_segment(seg, now);
-                    seg = next;
-                    continue;
-                } else if delay == 0 {
-                    Segment::purge_free(seg);
-                } else {
-                    Segment::purge_step(seg, now, delay);
-                }
-            }
-            left += Segment::resident_free_bytes(seg);
-            seg = next;
-        }
+        let mut left = purge_segments(addr_of_mut!((*h).segments), now, delay);
         let cache = &mut *addr_of_mut!((*h).huge_cache);
         cache.expire(now, delay);
         left += cache.held();

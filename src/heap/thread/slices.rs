@@ -79,6 +79,48 @@ pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
     }
 }
 
+/// The purge steps that are due in the segment list `list` (a heap's `segments`), by `now`
+/// with a purge delay of `delay` ms (0: everything, now): an empty segment none of whose
+/// slices was freed recently (since its last step and less than a delay ago) goes to its
+/// node's pool ([`release_segment`]); the others have their due slices purged. Returns the
+/// resident free bytes left in the segments that stay. The one walk of the owner's collection
+/// (`tick::heap_collect`) and of a pass over another heap (`purger`'s `purge_heap`): an empty
+/// segment must leave here, not be purged step by step, for its last step leaves it nothing
+/// due (`purge_at` 0), and no collection looks at a segment with nothing due, so it would stay
+/// its owner's, mapped, for good (tests/idle.rs
+/// `an_idle_threads_segments_purged_by_others_still_go_back`).
+///
+/// # Safety
+/// The caller owns the list and its segments (their owner, or a pass holding the owner's
+/// gate), and uses none it released after this returns.
+pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u64) -> usize {
+    // SAFETY: the list and its segments are ours (contract); a segment is read before it is
+    // released, never after.
+    unsafe {
+        let mut left = 0usize;
+        let mut seg = *list;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            if (*seg).purge_at != 0 && now >= (*seg).purge_at {
+                if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
+                    list_unlink(list, seg);
+                    release_segment(seg, now);
+                    // In the pool now, no longer ours to read.
+                    seg = next;
+                    continue;
+                } else if delay == 0 {
+                    Segment::purge_free(seg);
+                } else {
+                    Segment::purge_step(seg, now, delay);
+                }
+            }
+            left += Segment::resident_free_bytes(seg);
+            seg = next;
+        }
+        left
+    }
+}
+
 /// Puts a segment that holds nothing in its node's pool as it is, resident slices and all:
 /// the next thread that needs a segment reuses them without faults, and the pool unmaps it
 /// if nobody has taken it within the purge delay.

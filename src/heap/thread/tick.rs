@@ -18,8 +18,8 @@ use super::node::collect_node_heaps;
 use super::purger;
 use super::registry::follow_home;
 use super::slices::{
-    for_each_used_page, release_empty_page, release_segment, release_segment_dirty,
-    segment_nearly_full, set_live_hint, unlink_segment,
+    for_each_used_page, purge_segments, release_empty_page, release_segment, release_segment_dirty,
+    segment_nearly_full, set_live_hint,
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
@@ -141,29 +141,8 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         settle_far(h);
         // What is left to purge after this pass (resident free slices of our segments, the
         // pool, the huge cache) decides whether the heap goes on `waiting`.
-        let mut left = 0usize;
-        let mut seg = h.segments;
-        while !seg.is_null() {
-            let next = (*seg).next;
-            if (*seg).purge_at != 0 && now >= (*seg).purge_at {
-                // An empty segment goes to the pool once none of its slices was freed
-                // recently: since the last step and less than a delay ago (a forced
-                // collection, delay 0, does not wait).
-                if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
-                    unlink_segment(h, seg);
-                    release_segment(seg, now);
-                    // In the pool now (counted below), no longer ours to read.
-                    seg = next;
-                    continue;
-                } else if delay == 0 {
-                    Segment::purge_free(seg);
-                } else {
-                    Segment::purge_step(seg, now, delay);
-                }
-            }
-            left += Segment::resident_free_bytes(seg);
-            seg = next;
-        }
+        // Empty segments go to the pool (counted below), the others' due slices are purged.
+        let mut left = purge_segments(core::ptr::addr_of_mut!(h.segments), now, delay);
         h.huge_cache.expire(now, delay);
         // Every node's pool, not only ours: a node whose threads are gone or seldom collect
         // does not keep its pooled segments mapped past their time. Only unmapping: nothing
