@@ -230,23 +230,26 @@ fn owned_segments() -> u64 {
     s.segments - s.segments_pooled - s.segments_abandoned
 }
 
-/// Light traffic on the calling thread (512 blocks of 4 KiB allocated and freed, then 5 ms
-/// of sleep, a round) until RSS is at most `bound`, then as many rounds again (at least 10:
-/// the purge steps that follow the fall); at most 1200 rounds. Returns the round RSS fell in
-/// and the rounds run.
+/// One round of light traffic on the calling thread: 512 blocks of 4 KiB allocated, written
+/// and freed (slow paths and collections of its own heap, below `WAIT_BYTES`), then 5 ms of
+/// sleep.
+fn traffic_round() {
+    let blocks: Vec<usize> = (0..512).map(|_| new_block(4096, 0x5A)).collect();
+    for p in blocks {
+        drop_block(p, 4096, 0x5A);
+    }
+    sleep_raw(5);
+}
+
+/// Light traffic on the calling thread ([`traffic_round`]s) until RSS is at most `bound`,
+/// then as many rounds again (at least 10: the purge steps that follow the fall); at most
+/// 1200 rounds. Returns the round RSS fell in and the rounds run.
 fn traffic_until_purged(bound: usize) -> (usize, usize) {
-    let mut blocks: Vec<usize> = Vec::with_capacity(512);
     let mut rounds = 0;
     let mut fell_at: Option<usize> = None;
     while rounds < 1200 && fell_at.is_none_or(|f| rounds < 2 * f.max(10)) {
         rounds += 1;
-        for _ in 0..512 {
-            blocks.push(new_block(4096, 0x5A));
-        }
-        for p in blocks.drain(..) {
-            drop_block(p, 4096, 0x5A);
-        }
-        sleep_raw(5);
+        traffic_round();
         if fell_at.is_none() && rss_raw() <= bound {
             fell_at = Some(rounds);
         }
@@ -376,13 +379,8 @@ fn child_busy_owner() {
     });
     let traffic = |ms: u64| {
         let start = std::time::Instant::now();
-        let mut blocks: Vec<usize> = Vec::with_capacity(512);
         while start.elapsed() < Duration::from_millis(ms) {
-            blocks.extend((0..512).map(|_| new_block(4096, 0x5A)));
-            for p in blocks.drain(..) {
-                drop_block(p, 4096, 0x5A);
-            }
-            sleep_raw(5);
+            traffic_round();
         }
     };
     // Past the worker's first collection (a delay after its start).
