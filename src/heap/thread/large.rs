@@ -4,7 +4,7 @@
 //! of huge allocation and free (which heap books the bytes, when the heap follows its thread
 //! to another node first), growing a huge object in place, and the usable size and in-place
 //! resize of any block, and giving the huge cache back when a new mapping is refused
-//! (`give_back_huge_cache`) or an explicit request does not fit its tier's budget
+//! (`map_making_room`) or an explicit request does not fit its tier's budget
 //! (`admit_making_room`). What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
 //! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
 //! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `labels` (a labelled
@@ -116,12 +116,9 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
         if reused {
             huge::init(seg, (*seg).map_size, offset, size, node);
         } else {
-            seg = huge::map(map_size, offset, size, node, true);
-            // Out of address space (or refused), the cache's mappings (the assembly above
-            // may have found them too small, or had no room to move them) make way.
-            if seg.is_null() && give_back_huge_cache(h) {
-                seg = huge::map(map_size, offset, size, node, true);
-            }
+            // The cache's mappings (the assembly above may have found them too small, or had
+            // no room to move them) make way if the mapping is refused.
+            seg = map_making_room(h, || huge::map(map_size, offset, size, node, true));
             if seg.is_null() {
                 return ptr::null_mut();
             }
@@ -149,7 +146,7 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
 /// mappings (and their reservations' address space), which must never turn a request that
 /// fits without them into a null. Returns whether it held any (only then is a retry worth
 /// it). Only `h`'s own cache: another thread's is its owner's alone.
-pub(super) fn give_back_huge_cache(mut h: HeapRef) -> bool {
+fn give_back_huge_cache(mut h: HeapRef) -> bool {
     let held = h.huge_cache.held();
     if held == 0 {
         return false;
@@ -158,6 +155,18 @@ pub(super) fn give_back_huge_cache(mut h: HeapRef) -> bool {
     // No longer waiting to be purged (the next collection counts afresh).
     h.idle_bytes = h.idle_bytes.saturating_sub(held);
     true
+}
+
+/// `map()`, and if the kernel refuses it (null: out of address space under `RLIMIT_AS`, or
+/// out of memory) while `h`'s huge cache holds mappings, `map()` once more after giving them
+/// back ([`give_back_huge_cache`]): the cache must never turn a mapping that fits without it
+/// into a null (a new segment's, a huge block's).
+pub(super) fn map_making_room<T>(h: HeapRef, mut map: impl FnMut() -> *mut T) -> *mut T {
+    let p = map();
+    if p.is_null() && give_back_huge_cache(h) {
+        return map();
+    }
+    p
 }
 
 /// [`route::admit`](crate::heap::route::admit) for an explicit request of the calling

@@ -11,12 +11,12 @@
 //! reclaim), `tick` (the `waiting` threshold, tending a reclaimed segment), `trim` (the
 //! trim of sparse pages before a new segment), `heap::{segment, remote}`, `sys::os`, `init`
 //! (the purge delay), `heap::route` (the spill call in `take_slices`) and `large` (the huge
-//! cache given back when a new segment's mapping is refused).
+//! cache given back when a new segment's mapping is refused: `map_making_room`).
 
 use super::bins::unfull;
 use super::counters::{book_tended_large, bump, note_far_abandoned, note_far_large};
 use super::free::{drain_delayed, free_large_page};
-use super::large::give_back_huge_cache;
+use super::large::map_making_room;
 use super::purger;
 use super::tick::{tend_abandoned, WAIT_BYTES};
 use super::trim::trim_sparse;
@@ -316,11 +316,8 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         };
         let mut seg = POOLS[node].pop(h.addr(), h.tag);
         if seg.is_null() {
-            seg = Segment::map_normal(node as u32, true);
             // Refused (out of address space): the huge cache's mappings make way.
-            if seg.is_null() && give_back_huge_cache(h) {
-                seg = Segment::map_normal(node as u32, true);
-            }
+            seg = map_making_room(h, || Segment::map_normal(node as u32, true));
             if seg.is_null() {
                 return ptr::null_mut();
             }
