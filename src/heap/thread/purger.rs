@@ -78,8 +78,6 @@ static THREAD: AtomicU8 = AtomicU8::new(OFF);
 static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
 static PASS: SpinLock = SpinLock::new();
-/// Passes completed (for tests, through `stats`).
-pub(crate) static PASSES: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
 /// Heaps a pass (the purger's, or a collection's [`help`]) found waiting, pinned and purged
 /// for their owner (for `stats`).
 pub(crate) static PASS_PURGES: AtomicU64 = AtomicU64::new(0);
@@ -249,7 +247,6 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
         // SAFETY: we hold PASS; the caller holds no lock and its heap's gate, so the pass
         // passes its heap over (the gate is not free) and waits for no gate.
         unsafe { pass(now, delay, true) };
-        PASSES.fetch_add(1, Ordering::Relaxed);
     }
     // SAFETY: the mask saved above; the errno location as above.
     unsafe {
@@ -276,7 +273,6 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         if let Some(_g) = PASS.try_lock() {
             // SAFETY: we hold PASS; pass touches only what the gate and the locks give us.
             unsafe { pass(os::now_ms(), delay, false) };
-            PASSES.fetch_add(1, Ordering::Relaxed);
         }
         sleep_while_nothing_waits();
     }
