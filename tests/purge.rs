@@ -189,39 +189,78 @@ fn resident_pages(p: usize, len: usize) -> usize {
 }
 
 /// A medium-class page (eight 64 KiB slices) that lands on slices other pages made resident
-/// keeps only its first slice resident: its blocks are carved one at a time, and a bin with a
-/// few blocks live must not pin 512 KiB.
+/// keeps them resident while its bin may still carve them (a thread that fills the page
+/// within the purge delay must not fault every byte in again), and gives back what is still
+/// uncarved after a delay or two: its blocks are carved one at a time, and a bin with a few
+/// blocks live must not pin 512 KiB. Run in a child with a purge delay of 200 ms.
 #[test]
-fn a_sparse_medium_page_does_not_pin_resident_slices() {
+fn child_sparse_medium_page() {
+    if !is_scenario("sparse-medium") {
+        return;
+    }
     std::thread::spawn(|| {
         // Sixteen one-slice pages of 4 KiB blocks, every byte written, then freed: their
         // slices go back to the segment still resident (the purge delay has not passed).
-        let l = Layout::from_size_align(4096, 8).unwrap();
-        let blocks: Vec<usize> = (0..16 * 16)
-            .map(|i| {
-                // SAFETY: non-zero size.
-                let p = unsafe { alloc(l) };
-                assert!(!p.is_null());
-                // SAFETY: p holds 4096 bytes.
-                unsafe { std::ptr::write_bytes(p, i as u8, 4096) };
-                p as usize
-            })
-            .collect();
-        for p in blocks {
-            // SAFETY: allocated above with l.
-            unsafe { dealloc(p as *mut u8, l) };
+        let blocks: Vec<usize> = (0..16 * 16).map(|i| new_block(4096, i as u8)).collect();
+        for (i, p) in blocks.into_iter().enumerate() {
+            drop_block(p, 4096, i as u8);
         }
-        // One 20 KiB block: the first page of its (medium) class, on those resident slices.
-        let m = Layout::from_size_align(20 << 10, 8).unwrap();
-        // SAFETY: non-zero size.
-        let p = unsafe { alloc(m) } as usize;
-        assert_ne!(p, 0);
+        // Five 20 KiB blocks: the first page of their (medium) class, on those resident
+        // slices, carved one block at a time.
+        let m: Vec<usize> = (0..5)
+            .map(|i| new_block(20 << 10, 0xB0 + i as u8))
+            .collect();
+        let p = m[0];
         assert_eq!(p % (64 << 10), 0, "the first block starts its page");
-        let rest = resident_pages(p + (64 << 10), 7 * (64 << 10));
-        assert_eq!(rest, 0, "{rest} resident pages past the page's first slice");
-        // SAFETY: allocated above with m.
-        unsafe { dealloc(p as *mut u8, m) };
+        let size = m[1] - m[0];
+        assert!(
+            m.windows(2).all(|w| w[1] - w[0] == size),
+            "carved in address order"
+        );
+        let end = p + 8 * (64 << 10);
+        let carved = (p + 5 * size + 4095) & !4095;
+        let rest = resident_pages(carved, end - carved);
+        assert_eq!(
+            rest,
+            (end - carved) / 4096,
+            "the uncarved memory of the page was given back at once"
+        );
+        // Slow paths (4 KiB blocks allocated and freed a page at a time), with short sleeps,
+        // until a collection gives the uncarved memory back.
+        let start = Instant::now();
+        let mut rest = rest;
+        while rest > 0 && start.elapsed() < DEADLINE {
+            let ps: Vec<usize> = (0..64).map(|_| new_block(4096, 7)).collect();
+            for q in ps {
+                drop_block(q, 4096, 7);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            rest = resident_pages(carved, end - carved);
+        }
+        assert_eq!(
+            rest, 0,
+            "{rest} uncarved pages still resident after {DEADLINE:?}"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(150),
+            "given back after {:?}, before the purge delay",
+            start.elapsed()
+        );
+        // What was carved stays, with its contents.
+        assert_eq!(resident_pages(p, carved - p), (carved - p) / 4096);
+        for (i, q) in m.into_iter().enumerate() {
+            drop_block(q, 20 << 10, 0xB0 + i as u8);
+        }
     })
     .join()
     .unwrap();
+}
+
+#[test]
+fn a_sparse_medium_page_gives_back_its_uncarved_memory_after_the_delay() {
+    run_scenario(
+        "child_sparse_medium_page",
+        "sparse-medium",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
 }

@@ -3,7 +3,8 @@
 //! Owns: the segment header (which lives in the segment's first bytes), the page descriptors
 //! inside it, the slice bitmaps (a large page growing or shrinking in place included), the
 //! per-node pools of empty segments and the lists of abandoned segments; the segment map
-//! (address to owner tag) is its child `map`, the page descriptor's layout its child `desc`.
+//! (address to owner tag) is its child `map`, the page descriptor's layout its child `desc`,
+//! the uncarved memory a new medium page keeps resident for a delay its child `tail`.
 //! May touch: `sys::{os, numa}` (map, purge, bind), `heap::list`, `heap::remote`,
 //! `heap::size_class`, `topology::raw` (`MAX_NODES`).
 //!
@@ -134,6 +135,15 @@ pub struct Segment {
     /// Bit i set: slice i's page area may be resident (written since mapped or purged). The
     /// header (and its guard), in front of slice 0's page area, is not tracked: never purged.
     pub dirty: u64,
+    /// Bit i set: the bin page at slice i keeps its uncarved memory resident for a purge delay
+    /// or two (see [`Segment::tend_tails`]); cleared when the slices are taken or freed (owner
+    /// only).
+    pub tails: u64,
+    /// The bits of `tails` set while a tail step was already set (maybe sooner than a purge
+    /// delay away): they wait for the step after it, so each waits at least a delay.
+    pub tails_new: u64,
+    /// When the next tail step is due (ms, 0 = no tail waits).
+    pub tails_at: u64,
     /// When the next purge step is due (ms, 0 = nothing pending).
     pub purge_at: u64,
     /// Slices freed since the last purge step. The step after next purges them if they are
@@ -335,6 +345,8 @@ impl Segment {
             s.dirty |= mask;
             s.purge_recent &= !mask;
             s.purge_pending &= !mask;
+            s.tails &= !(1u64 << i);
+            s.tails_new &= !(1u64 << i);
             s.used_pages += 1;
             let pages = s.pages.as_mut_ptr();
             for j in 1..n {
@@ -396,6 +408,8 @@ impl Segment {
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
             s.free_slices |= run_mask(n) << i;
+            s.tails &= !(1u64 << i);
+            s.tails_new &= !(1u64 << i);
             s.used_pages -= 1;
             Segment::schedule_purge(seg, run_mask(n) << i, now, delay);
             commit_sub(s.node, Segment::run_bytes(i, n));
@@ -592,6 +606,7 @@ impl Segment {
 
 mod desc;
 mod map;
+mod tail;
 pub use desc::{LineBreak, Page, PageKind, PAGE_CHECK_FREE, PAGE_IN_FULL};
 #[cfg(test)]
 pub use map::MAP_UNOWNED;

@@ -8,7 +8,8 @@
 //! the tiers). May touch: the `Heap` fields (`super`), `bins`, `counters`, `tls`, `slices`
 //! (a new page's slices), `large`, `node`, `registry` (init), `tick`, `purger` (its gate),
 //! `free` (the drain),
-//! `heap::{page, segment, size_class, remote}`, `sys::os`, `heap::route` (the routing
+//! `heap::{page, segment, size_class, remote}`, `sys::os`, `init` (the purge delay a medium
+//! bin's first page waits out before its uncarved memory goes back), `heap::route` (the routing
 //! call in `alloc_generic_in`), and `scoped` (a placement scope's diversion, first in
 //! `alloc_generic_in`).
 
@@ -28,6 +29,7 @@ use crate::heap::page::links_to_itself;
 use crate::heap::remote::Block;
 use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
 use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
+use crate::init;
 use crate::sync::{AtomicU64, Ordering};
 use crate::sys::os;
 use core::ptr;
@@ -696,13 +698,27 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
         }
         let bytes = Segment::run_bytes((*page).slice_index(), n);
         if n > 1 && !(*page).fresh && h.pages[bin] == empty_page() {
-            // The only page of a medium bin, on resident slices: keep its first slice and give
-            // the rest back now. Its blocks are carved one extension at a time, and a bin with
-            // a few blocks live would otherwise pin the whole run (512 KiB) for as long as the
-            // page lives. (A bin that already has pages is busy: its pages come and go, and
-            // giving their memory back each time would only fault it in again.)
+            // The only page of a medium bin, on resident slices. Its blocks are carved one
+            // extension at a time, and a bin with a few blocks live must not pin the whole
+            // run (512 KiB) for as long as the page lives: what is still uncarved one purge
+            // delay from now goes back to the OS then (`Segment::tend_tails`, from the
+            // collections' walk over our segments). Not now: a thread that carves the page
+            // within the delay (a short-lived one that fills a few medium bins) would fault
+            // every byte of it in again (`xthread` in preload/bench: 52 thousand faults
+            // against 15 thousand). (A bin that already has pages is busy: its pages come and
+            // go, and their memory is left as it is.)
+            let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
             let keep = SLICE_SIZE;
-            os::decommit((*page).start().add(keep), bytes - keep);
+            if delay == 0 {
+                os::decommit((*page).start().add(keep), bytes - keep);
+            } else {
+                Segment::book_tail(
+                    (*page).segment(),
+                    (*page).slice_index(),
+                    os::now_ms(),
+                    delay,
+                );
+            }
         }
         (*page).init_bin(bin, bytes);
         page

@@ -82,8 +82,9 @@ pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
 /// The purge steps that are due in the segment list `list` (a heap's `segments`), by `now`
 /// with a purge delay of `delay` ms (0: everything, now): an empty segment none of whose
 /// slices was freed recently (since its last step and less than a delay ago) goes to its
-/// node's pool ([`release_segment`]); the others have their due slices purged. Returns the
-/// resident free bytes left in the segments that stay. The one walk of the owner's collection
+/// node's pool ([`release_segment`]); the others have their due slices purged, and the
+/// uncarved memory of their pages whose time has come given back ([`Segment::tend_tails`]).
+/// Returns the resident free bytes left in the segments that stay, uncarved tails included. The one walk of the owner's collection
 /// (`tick::heap_collect`) and of a pass over another heap (`purger`'s `purge_heap`): an empty
 /// segment must leave here, not be purged step by step, for its last step leaves it nothing
 /// due (`purge_at` 0), and no collection looks at a segment with nothing due, so it would stay
@@ -101,6 +102,9 @@ pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u6
         let mut seg = *list;
         while !seg.is_null() {
             let next = (*seg).next;
+            if (*seg).tails != 0 {
+                left += Segment::tend_tails(seg, now, delay, delay == 0);
+            }
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
                 if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
                     list_unlink(list, seg);

@@ -200,6 +200,16 @@ pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64, pur
                 release_empty_page(h, p, now, 0);
             }
         });
+        // Its pages' uncarved memory whose time has come (`new_bin_page`): nobody carves it
+        // while it is abandoned, and its adopter's collections take the rest.
+        if (*seg).tails != 0 {
+            Segment::tend_tails(
+                seg,
+                now,
+                init::PURGE_DELAY_MS.load(Ordering::Relaxed),
+                false,
+            );
+        }
         let node = ((*seg).node as usize).min(MAX_NODES - 1);
         if (*seg).used_pages == 0 {
             if purge {

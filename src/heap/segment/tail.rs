@@ -1,0 +1,174 @@
+//! The uncarved memory of a bin page made on resident slices: kept resident for a purge
+//! delay or two (a thread that carves the page meanwhile faults none of it in again), then
+//! given back if it is still uncarved (a bin with a few blocks live does not pin the run).
+//!
+//! Owns: the `tails`, `tails_new` and `tails_at` fields of the segment header and the tail
+//! steps over them. May touch: the page descriptors' carve extent (`capacity`, `block_size`,
+//! `slice_count`, read only), `sys::os` (the give-back).
+
+use super::{Page, Segment};
+use crate::sys::os;
+use core::ptr;
+
+impl Segment {
+    /// Books the bin page at slice `i` of `seg` as keeping its uncarved memory resident: the
+    /// next [tail step](Segment::tend_tails) gives it back if it is set for a delay from now
+    /// (no step was set), else the one after; so it stays at least `delay` ms.
+    ///
+    /// # Safety
+    /// The caller owns `seg`, and `i` is the first slice of one of its bin pages.
+    pub unsafe fn book_tail(seg: *mut Segment, i: usize, now: u64, delay: u64) {
+        // SAFETY: the caller owns the segment's bitmaps (contract).
+        unsafe {
+            (*seg).tails |= 1u64 << i;
+            if (*seg).tails_at == 0 {
+                // No step is set: the first, a delay from now, gives this one back.
+                (*seg).tails_at = now.saturating_add(delay);
+            } else {
+                // The step set may be sooner than a delay from now: this one waits for the
+                // step after it.
+                (*seg).tails_new |= 1u64 << i;
+            }
+        }
+    }
+
+    /// One tail step, when it is due by `now` (or every tail at once if `all`): gives back
+    /// the uncarved memory of the pages booked by [`book_tail`](Segment::book_tail) before
+    /// the previous step, from the OS page past each one's last carved block to its end
+    /// (`MADV_DONTNEED`: blocks carved there later fault it in again, zeroed); those booked
+    /// since wait for the next step, `delay` ms later. So a page keeps it between one and two
+    /// delays (plus the interval of the caller's visits). Returns the uncarved bytes the
+    /// pages left waiting keep resident.
+    ///
+    /// # Safety
+    /// The caller owns `seg`'s pages' slow-path fields: its owner on a slow path, a holder of
+    /// the owner's gate, or the holder of the segment taken off a list; so no page of it is
+    /// carved meanwhile.
+    pub unsafe fn tend_tails(seg: *mut Segment, now: u64, delay: u64, all: bool) -> usize {
+        // SAFETY: the contract makes the tail fields and the pages' `capacity` (changed only
+        // by a carve), `block_size` and `slice_count` stable and ours; they are read field by
+        // field through raw places, never a reference to a page or the header: the owner's
+        // fast path may be writing the same pages' free lists (see purge_step). The range
+        // given back is past every carved block, so it holds nothing live.
+        unsafe {
+            let step = all || now >= (*seg).tails_at;
+            let keep = if all {
+                0
+            } else if step {
+                (*seg).tails_new
+            } else {
+                (*seg).tails
+            };
+            let mut left = 0usize;
+            let mut todo = (*seg).tails;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+                let start = Segment::slice_start(seg, i) as usize;
+                let carved = *ptr::addr_of!((*page).capacity) as usize
+                    * *ptr::addr_of!((*page).block_size) as usize;
+                let from = (start + carved + os::OS_PAGE - 1) & !(os::OS_PAGE - 1);
+                let n = *ptr::addr_of!((*page).slice_count) as usize;
+                let end = start + Segment::run_bytes(i, n);
+                if keep & (1u64 << i) != 0 {
+                    left += end.saturating_sub(from);
+                    continue;
+                }
+                if from < end {
+                    // Refused (locked memory): the bytes stay, zero or not; nothing counts
+                    // them as zero (the page's `fresh` is false), so nothing is wrong.
+                    os::decommit(from as *mut u8, end - from);
+                }
+                (*seg).tails &= !(1u64 << i);
+            }
+            if step {
+                (*seg).tails_new = 0;
+                (*seg).tails_at = if (*seg).tails != 0 {
+                    now.saturating_add(delay)
+                } else {
+                    0
+                };
+            }
+            left
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SEGMENTS, SEGMENT_SIZE, SLICE_SIZE};
+    use super::*;
+    use crate::sync::Ordering;
+
+    /// Resident 4 KiB pages of `[p, p + len)`.
+    fn resident(p: usize, len: usize) -> usize {
+        let mut v = vec![0u8; len / os::OS_PAGE];
+        // SAFETY: the range is mapped (inside the test's segment) and `v` has a byte per page.
+        assert_eq!(
+            unsafe { libc::mincore(p as *mut _, len, v.as_mut_ptr()) },
+            0
+        );
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    /// A tail booked before a step waits for the next one; one booked after a step's time
+    /// was set waits for the one after; each gives back only what is past its carved blocks.
+    #[test]
+    fn a_tail_waits_one_to_two_delays_and_keeps_what_is_carved() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the writes are inside its pages.
+        unsafe {
+            let a = Segment::take_slices(seg, 8, false); // slices 1-8
+            let b = Segment::take_slices(seg, 8, false); // slices 9-16
+            for p in [a, b] {
+                (*p).init_bin(crate::heap::size_class::bin_of(20 << 10), 8 * SLICE_SIZE);
+                core::ptr::write_bytes((*p).start(), 1, 8 * SLICE_SIZE);
+                (*p).capacity = 3;
+            }
+            let size = (*a).block_size as usize;
+            let carved = |p: *mut Page| {
+                let s = (*p).start() as usize;
+                let c = (s + 3 * size + os::OS_PAGE - 1) & !(os::OS_PAGE - 1);
+                (c, s + 8 * SLICE_SIZE - c)
+            };
+            let (ai, bi) = ((*a).slice_index(), (*b).slice_index());
+            Segment::book_tail(seg, ai, 1000, 100);
+            assert_eq!((*seg).tails_at, 1100);
+            let (ac, an) = carved(a);
+            let (bc, bn) = carved(b);
+            // Not due: all kept, all counted.
+            assert_eq!(Segment::tend_tails(seg, 1050, 100, false), an);
+            assert_eq!(resident(ac, an), an / os::OS_PAGE);
+            Segment::book_tail(seg, bi, 1099, 100);
+            // The first step gives back a, for which it was set; b, booked when the step was
+            // already set (1 ms before it), waits for the next.
+            assert_eq!(Segment::tend_tails(seg, 1100, 100, false), bn);
+            assert_eq!(resident(ac, an), 0, "a's uncarved memory given back");
+            assert_eq!(
+                resident((*a).start() as usize, ac - (*a).start() as usize),
+                (ac - (*a).start() as usize) / os::OS_PAGE,
+                "a's carved blocks kept"
+            );
+            assert_eq!(
+                resident(bc, bn),
+                bn / os::OS_PAGE,
+                "b waits for the next step"
+            );
+            assert_eq!(((*seg).tails, (*seg).tails_at), (1u64 << bi, 1200));
+            assert_eq!(Segment::tend_tails(seg, 1199, 100, false), bn);
+            assert_eq!(Segment::tend_tails(seg, 1200, 100, false), 0);
+            assert_eq!(resident(bc, bn), 0, "b's uncarved memory given back");
+            assert_eq!(((*seg).tails, (*seg).tails_new, (*seg).tails_at), (0, 0, 0));
+            // A page freed with its tail booked takes its bit with it.
+            Segment::book_tail(seg, ai, 1300, 100);
+            Segment::free_page(a, 1300, 100);
+            assert_eq!((*seg).tails & (1u64 << ai), 0);
+            assert_eq!(Segment::tend_tails(seg, 1300, 100, true), 0);
+            Segment::free_page(b, 1300, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
