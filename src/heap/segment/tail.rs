@@ -105,10 +105,8 @@ mod tests {
     fn resident(p: usize, len: usize) -> usize {
         let mut v = vec![0u8; len / os::OS_PAGE];
         // SAFETY: the range is mapped (inside the test's segment) and `v` has a byte per page.
-        assert_eq!(
-            unsafe { libc::mincore(p as *mut _, len, v.as_mut_ptr()) },
-            0
-        );
+        let r = unsafe { libc::mincore(p as *mut _, len, v.as_mut_ptr()) };
+        assert_eq!(r, 0);
         v.iter().filter(|&&b| b & 1 != 0).count()
     }
 
