@@ -264,3 +264,112 @@ fn a_sparse_medium_page_gives_back_its_uncarved_memory_after_the_delay() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review (rev9): the tails a quiet thread books are never given back when its heap is not
+/// `waiting`. `take_slices` takes the whole run (512 KiB) off `idle_bytes` when a page lands
+/// on resident slices, and `new_bin_page` books its uncarved ~450 KiB as a tail without
+/// counting it anywhere; so a thread that freed a spike and then made one block in each
+/// medium class (here ~4 MiB of tails past the pages' first slices, up to ~5.5 MiB with all
+/// 12 classes booked) drops out of `waiting`, and no helping pass (or background purger)
+/// visits it again: the tails stay resident for as long as the thread is quiet. Before the
+/// change that memory went back at once (passes on 8bab17e, fails on f60b541). Run in a
+/// child with a 500 ms purge delay.
+#[test]
+fn child_quiet_thread_tails() {
+    if !is_scenario("quiet-tails") {
+        return;
+    }
+    // Medium request sizes, one per medium class (bins of 10, 12, 14, 16, 20, ..., 64 KiB).
+    let sizes: Vec<usize> = [10usize, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+        .iter()
+        .map(|k| k << 10)
+        .collect();
+    let (to_main, from_worker) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
+    let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // 12 MiB of 4 KiB blocks, every byte written, then freed but every 256th (one
+        // page in 16 stays in use, so no segment empties and goes to the pool): their slices
+        // go back to the segments still resident, in runs of 15.
+        let blocks: Vec<usize> = (0..3072).map(|i| new_block(4096, i as u8)).collect();
+        let mut kept = Vec::new();
+        for (i, p) in blocks.into_iter().enumerate() {
+            if i % 256 == 255 {
+                kept.push((p, i as u8));
+            } else {
+                drop_block(p, 4096, i as u8);
+            }
+        }
+        // One block of each medium class: each the first page of its class, on those
+        // resident slices (booked tails).
+        let m: Vec<(usize, usize)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (new_block(s, 0xC0 + i as u8), s))
+            .collect();
+        // 4 MiB of 4 KiB blocks kept live: they take resident slices too, so that what the
+        // heap books as waiting to be purged falls below `WAIT_BYTES` (not `waiting`).
+        let live: Vec<usize> = (0..1024).map(|_| new_block(4096, 0x5A)).collect();
+        to_main.send(m.clone()).unwrap();
+        // Quiet: no allocator call until told.
+        from_main.recv().unwrap();
+        for (i, (p, s)) in m.into_iter().enumerate() {
+            drop_block(p, s, 0xC0 + i as u8);
+        }
+        for q in live {
+            drop_block(q, 4096, 0x5A);
+        }
+        for (q, b) in kept {
+            drop_block(q, 4096, b);
+        }
+    });
+    let m = from_worker.recv().unwrap();
+    // The uncarved part of each page past its first slice (booked or not: a page made on
+    // fresh slices has none of it resident, and before the change a page on resident slices
+    // gave it back at once).
+    let mut tails = Vec::new();
+    for &(p, s) in &m {
+        // Only pages whose one block starts them (the first block of a new page).
+        if p % (64 << 10) != 0 {
+            continue;
+        }
+        let end = p + 8 * (64 << 10);
+        // Past the page's first slice (which the code before the change kept resident) and
+        // past its carved block.
+        let from = ((p + s + 4095) & !4095).max(p + (64 << 10));
+        tails.push((from, end - from));
+    }
+    let booked: usize = tails.iter().map(|&(c, n)| resident_pages(c, n) * 4096).sum();
+    eprintln!("{booked} bytes of uncarved medium pages resident after the allocations");
+    // This thread's slow paths, with short sleeps, for ten purge delays: its collections
+    // run the helping pass over the other heaps.
+    let start = Instant::now();
+    let mut rest = booked;
+    while rest > 0 && start.elapsed() < Duration::from_secs(5) {
+        let ps: Vec<usize> = (0..64).map(|_| new_block(4096, 7)).collect();
+        for q in ps {
+            drop_block(q, 4096, 7);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        rest = tails.iter().map(|&(c, n)| resident_pages(c, n) * 4096).sum();
+    }
+    to_worker.send(()).unwrap();
+    worker.join().unwrap();
+    assert_eq!(
+        rest,
+        0,
+        "{:.1} MiB of a quiet thread's uncarved medium pages (of {:.1} MiB booked) still \
+         resident after {:?} of other threads' traffic",
+        rest as f64 / MIB as f64,
+        booked as f64 / MIB as f64,
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_quiet_threads_sparse_medium_pages_give_back_their_uncarved_memory() {
+    run_scenario(
+        "child_quiet_thread_tails",
+        "quiet-tails",
+        &[("TIERALLOC_PURGE_DELAY_MS", "500")],
+    );
+}
