@@ -279,24 +279,27 @@ fn child_quiet_thread_tails() {
     if !is_scenario("quiet-tails") {
         return;
     }
-    // Medium request sizes, one per medium class (bins of 10, 12, 14, 16, 20, ..., 64 KiB).
+    // Medium request sizes, one per medium class (bins of 10, 12, 14, 16, 20, ..., 64 KiB),
+    // 64 bytes short of the class so that the secure build's trailer fits too.
     let sizes: Vec<usize> = [10usize, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
         .iter()
-        .map(|k| k << 10)
+        .map(|k| (k << 10) - 64)
         .collect();
+    // Blocks of the 4 KiB class in both builds.
+    const SMALL: usize = 4096 - 64;
     let (to_main, from_worker) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
     let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
         // 12 MiB of 4 KiB blocks, every byte written, then freed but every 256th (one
         // page in 16 stays in use, so no segment empties and goes to the pool): their slices
         // go back to the segments still resident, in runs of 15.
-        let blocks: Vec<usize> = (0..3072).map(|i| new_block(4096, i as u8)).collect();
+        let blocks: Vec<usize> = (0..3072).map(|i| new_block(SMALL, i as u8)).collect();
         let mut kept = Vec::new();
         for (i, p) in blocks.into_iter().enumerate() {
             if i % 256 == 255 {
                 kept.push((p, i as u8));
             } else {
-                drop_block(p, 4096, i as u8);
+                drop_block(p, SMALL, i as u8);
             }
         }
         // One block of each medium class: each the first page of its class, on those
@@ -308,7 +311,7 @@ fn child_quiet_thread_tails() {
             .collect();
         // 4 MiB of 4 KiB blocks kept live: they take resident slices too, so that what the
         // heap books as waiting to be purged falls below `WAIT_BYTES` (not `waiting`).
-        let live: Vec<usize> = (0..1024).map(|_| new_block(4096, 0x5A)).collect();
+        let live: Vec<usize> = (0..1024).map(|_| new_block(SMALL, 0x5A)).collect();
         to_main.send(m.clone()).unwrap();
         // Quiet: no allocator call until told.
         from_main.recv().unwrap();
@@ -316,10 +319,10 @@ fn child_quiet_thread_tails() {
             drop_block(p, s, 0xC0 + i as u8);
         }
         for q in live {
-            drop_block(q, 4096, 0x5A);
+            drop_block(q, SMALL, 0x5A);
         }
         for (q, b) in kept {
-            drop_block(q, 4096, b);
+            drop_block(q, SMALL, b);
         }
     });
     let m = from_worker.recv().unwrap();
