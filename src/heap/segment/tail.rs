@@ -169,4 +169,31 @@ mod tests {
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
     }
+
+    /// Review (rev9): a carved extent that ends inside an OS page (10 KiB blocks: three end
+    /// 2 KiB into the eighth page) keeps that page and every carved byte; the test above uses
+    /// 20 KiB blocks, whose carved extent always ends on a page boundary, so it passes as
+    /// well with the give-back rounded down (over the last carved block).
+    #[test]
+    fn a_tail_keeps_the_os_page_its_last_carved_block_ends_in() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the writes are inside its page.
+        unsafe {
+            let a = Segment::take_slices(seg, 8, false);
+            (*a).init_bin(crate::heap::size_class::bin_of(10 << 10), 8 * SLICE_SIZE);
+            let size = (*a).block_size as usize;
+            assert_eq!(size % os::OS_PAGE, 2048, "a block size that is not whole pages");
+            core::ptr::write_bytes((*a).start(), 0x5A, 8 * SLICE_SIZE);
+            (*a).capacity = 3;
+            let s = (*a).start();
+            Segment::book_tail(seg, (*a).slice_index(), 1000, 100);
+            Segment::tend_tails(seg, 1100, 100, false);
+            let bad = (0..3 * size).filter(|&k| *s.add(k) != 0x5A).count();
+            assert_eq!(bad, 0, "{bad} bytes of the carved blocks lost");
+            Segment::free_page(a, 1300, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
