@@ -376,3 +376,86 @@ fn a_quiet_threads_sparse_medium_pages_give_back_their_uncarved_memory() {
         &[("TIERALLOC_PURGE_DELAY_MS", "500")],
     );
 }
+
+/// Review (rev9): the README's idle bound (live + 10 % + 8 MiB over the baseline) with three
+/// quiet threads that each did what [`child_quiet_thread_tails`]'s worker does. Fails on
+/// f60b541 (RSS 39.7 MiB, bound 25.4: the booked tails, about 4 MiB a thread, are never
+/// given back) and also on 8bab17e (28.1 MiB, bound 25.6: pre-existing, each quiet heap
+/// below `WAIT_BYTES` is never `waiting`, so never visited, and keeps its ~2 MiB of
+/// resident free slices; the per-heap slack adds up over quiet threads). Run in a child
+/// with a 500 ms purge delay.
+#[test]
+fn child_quiet_threads_rss() {
+    if !is_scenario("quiet-rss") {
+        return;
+    }
+    const SMALL: usize = 4096 - 64;
+    let sizes: Vec<usize> = [10usize, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+        .iter()
+        .map(|k| (k << 10) - 64)
+        .collect();
+    let baseline = rss();
+    let (to_main, from_workers) = std::sync::mpsc::channel::<usize>();
+    let mut stops = Vec::new();
+    let mut workers = Vec::new();
+    let mut live = 0usize;
+    for _ in 0..3 {
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        stops.push(stop);
+        let to_main = to_main.clone();
+        let sizes = sizes.clone();
+        workers.push(std::thread::spawn(move || {
+            let blocks: Vec<usize> = (0..3072).map(|i| new_block(SMALL, i as u8)).collect();
+            let mut kept = Vec::new();
+            for (i, p) in blocks.into_iter().enumerate() {
+                if i % 256 == 255 {
+                    kept.push((p, i as u8));
+                } else {
+                    drop_block(p, SMALL, i as u8);
+                }
+            }
+            let m: Vec<(usize, usize)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (new_block(s, 0xC0 + i as u8), s))
+                .collect();
+            let live: Vec<usize> = (0..1024).map(|_| new_block(SMALL, 0x5A)).collect();
+            let bytes = m.iter().map(|b| b.1).sum::<usize>() + (1024 + kept.len()) * SMALL;
+            to_main.send(bytes).unwrap();
+            wait.recv().unwrap();
+            for (i, (p, s)) in m.into_iter().enumerate() {
+                drop_block(p, s, 0xC0 + i as u8);
+            }
+            for q in live {
+                drop_block(q, SMALL, 0x5A);
+            }
+            for (q, b) in kept {
+                drop_block(q, SMALL, b);
+            }
+        }));
+        // One at a time: each worker's spike and medium pages in a quiet moment.
+        live += from_workers.recv().unwrap();
+    }
+    let r = light_traffic_until(rss::bound(baseline, live));
+    for s in stops {
+        s.send(()).unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    report(
+        "three quiet threads with sparse medium pages, after other threads' traffic",
+        r,
+        baseline,
+        live,
+    );
+}
+
+#[test]
+fn rss_falls_with_quiet_threads_holding_sparse_medium_pages() {
+    run_scenario(
+        "child_quiet_threads_rss",
+        "quiet-rss",
+        &[("TIERALLOC_PURGE_DELAY_MS", "500")],
+    );
+}
