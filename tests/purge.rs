@@ -459,3 +459,51 @@ fn rss_falls_with_quiet_threads_holding_sparse_medium_pages() {
         &[("TIERALLOC_PURGE_DELAY_MS", "500")],
     );
 }
+
+/// Review (rev9): the tails of a thread that exits with its medium block live are given back
+/// from the abandoned segment (`tick::tend_abandoned`) or by its adopter. Passes on f60b541,
+/// and fails with the `tend_abandoned` hook removed, which no other test notices (the
+/// sparse-medium test's thread tends its own tails).
+#[test]
+fn child_exited_thread_tails() {
+    if !is_scenario("exited-tails") {
+        return;
+    }
+    const SMALL: usize = 4096 - 64;
+    let (p, s) = std::thread::spawn(|| {
+        let blocks: Vec<usize> = (0..16 * 16).map(|i| new_block(SMALL, i as u8)).collect();
+        for (i, p) in blocks.into_iter().enumerate() {
+            drop_block(p, SMALL, i as u8);
+        }
+        let s = (20 << 10) - 64;
+        (new_block(s, 0xD1), s)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(p % (64 << 10), 0, "the first block starts its page");
+    let from = ((p + s + 4095) & !4095).max(p + (64 << 10));
+    let end = p + 8 * (64 << 10);
+    let booked = resident_pages(from, end - from);
+    assert_eq!(booked, (end - from) / 4096, "the tail was not booked");
+    let start = Instant::now();
+    let mut rest = booked;
+    while rest > 0 && start.elapsed() < DEADLINE {
+        let ps: Vec<usize> = (0..64).map(|_| new_block(4096, 7)).collect();
+        for q in ps {
+            drop_block(q, 4096, 7);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        rest = resident_pages(from, end - from);
+    }
+    assert_eq!(rest, 0, "{rest} pages of an exited thread's tail still resident");
+    drop_block(p, s, 0xD1);
+}
+
+#[test]
+fn an_exited_threads_sparse_medium_page_gives_back_its_tail() {
+    run_scenario(
+        "child_exited_thread_tails",
+        "exited-tails",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
