@@ -196,4 +196,41 @@ mod tests {
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
     }
+
+    /// Review (rev9), a simulated state: `free_page` sets the run free before it clears the
+    /// page's `tails` bit, so a fork child whose dead thread stopped between the two (or a
+    /// compiler that reorders them) has a free run with a bit set. The run is then taken for
+    /// a page that starts elsewhere (`take_slices_from` clears only its own first bit), and
+    /// `tend_tails` trusts the stale bit: it reads the old page's carve extent from what is
+    /// now a continuation descriptor and gives back the live page's memory. `tend_tails`
+    /// does not check that a booked slice still starts a bin page in use.
+    #[test]
+    fn a_stale_tail_bit_over_a_new_page_is_not_given_back() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the writes are inside its pages.
+        unsafe {
+            let x = Segment::take_slices(seg, 8, false); // slices 1-8
+            let a = Segment::take_slices(seg, 8, false); // slices 9-16
+            (*a).init_bin(crate::heap::size_class::bin_of(20 << 10), 8 * SLICE_SIZE);
+            (*a).capacity = 1;
+            let ai = (*a).slice_index();
+            Segment::book_tail(seg, ai, 1000, 100);
+            Segment::free_page(x, 1000, 100);
+            // `free_page(a)` cut short after its `free_slices` store (a fork snapshot).
+            (*seg).free_slices |= super::super::run_mask(8) << ai;
+            (*seg).used_pages -= 1;
+            // A 16-slice page over slices 1-16, every byte written.
+            let b = Segment::take_slices(seg, 16, false);
+            assert_eq!((*b).slice_index(), 1);
+            core::ptr::write_bytes((*b).start(), 0x77, 16 * SLICE_SIZE);
+            Segment::tend_tails(seg, 1100, 100, true);
+            let s = (*b).start();
+            let lost = (0..16 * SLICE_SIZE).filter(|&k| *s.add(k) != 0x77).count();
+            assert_eq!(lost, 0, "{lost} bytes of a live page given back by a stale tail bit");
+            Segment::free_page(b, 1300, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
