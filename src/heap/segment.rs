@@ -407,9 +407,10 @@ impl Segment {
             (*page).kind = PageKind::Free as u8;
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
-            s.free_slices |= run_mask(n) << i;
+            // The tail bit first: a bit over a free slice would name whatever page takes it.
             s.tails &= !(1u64 << i);
             s.tails_new &= !(1u64 << i);
+            s.free_slices |= run_mask(n) << i;
             s.used_pages -= 1;
             Segment::schedule_purge(seg, run_mask(n) << i, now, delay);
             commit_sub(s.node, Segment::run_bytes(i, n));

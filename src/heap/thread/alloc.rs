@@ -22,7 +22,7 @@ use super::purger;
 use super::registry::heap_init;
 use super::scoped::{alloc_in_scope, Scope};
 use super::slices::take_slices;
-use super::tick::heap_tick;
+use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset, own};
 use super::{empty_page, Heap, HeapRef, ACTIVE};
 use crate::heap::page::links_to_itself;
@@ -700,9 +700,10 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
         if n > 1 && !(*page).fresh && h.pages[bin] == empty_page() {
             // The only page of a medium bin, on resident slices. Its blocks are carved one
             // extension at a time, and a bin with a few blocks live must not pin the whole
-            // run (512 KiB) for as long as the page lives: what is still uncarved one purge
-            // delay from now goes back to the OS then (`Segment::tend_tails`, from the
-            // collections' walk over our segments). Not now: a thread that carves the page
+            // run (512 KiB) for as long as the page lives: what is still uncarved one to two
+            // purge delays from now goes back to the OS then (`Segment::tend_tails`, from our
+            // collections' walk over our segments, or another thread's pass if we have gone
+            // quiet). Not now: a thread that carves the page
             // within the delay (a short-lived one that fills a few medium bins) would fault
             // every byte of it in again (`xthread` in preload/bench: 52 thousand faults
             // against 15 thousand). (A bin that already has pages is busy: its pages come and
@@ -718,6 +719,11 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
                     os::now_ms(),
                     delay,
                 );
+                // Resident, and to be given back: counted like free slices (`take_slices` just
+                // took the whole run off). So the heap is `holding`, and other threads' passes
+                // give the tail back if we go quiet, even before our first collection (the
+                // slices may come from a segment just adopted, counted nowhere yet).
+                note_idle(h, bytes - keep);
             }
         }
         (*page).init_bin(bin, bytes);

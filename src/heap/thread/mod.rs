@@ -143,6 +143,12 @@ pub struct Heap {
     /// that allocates and frees one size over and over reaches the clock every few dozen
     /// allocations (see `heap_tick`).
     waiting: AtomicBool,
+    /// Some memory this heap could give back is waiting out the purge delay (as last counted:
+    /// any amount, where `waiting` needs more than `tick::WAIT_BYTES`): other threads'
+    /// passes visit a quiet heap that is `holding` (see [`purger::help`]), so a thread that
+    /// went quiet below `WAIT_BYTES` does not keep it resident, each such thread adding its
+    /// slack to the process's.
+    holding: AtomicBool,
     /// When the owner last collected (ms; written by the owner at each collection, read by
     /// other threads' [`purger::help`] passes, which visit only a heap whose owner has not
     /// collected for a whole purge delay: a worker that went quiet, not an owner busy with
@@ -237,6 +243,7 @@ impl Heap {
             walking: false,
             label: 0,
             waiting: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
             collected_ms: AtomicU64::new(0),
             gate: AtomicU8::new(0),
             gate_depth: 0,

@@ -207,9 +207,11 @@ pub(super) fn wanted() -> bool {
 /// A thread's collection helps the purge of the other heaps: unless the purger thread runs
 /// (or is being started), at most once a quarter of the purge delay (at least 5 ms) in the
 /// whole process, the purger's pass: the pools' expired segments, and every thread heap that
-/// is `waiting`, whose owner has not collected for a whole delay (it has gone quiet: an
-/// owner that collects purges for itself) and whose gate is free has its due purge steps run
-/// and its huge cache expired. The caller's own heap is passed over (its slow path holds its
+/// is `holding` anything to purge (not only `waiting`: a quiet thread's slack below
+/// `WAIT_BYTES` would stay, and many quiet threads' slack adds up), whose owner has not
+/// collected for a whole delay (it has gone quiet: an owner that collects purges for itself)
+/// and whose gate is free has its due purge steps run, its medium pages' uncarved tails given
+/// back when due, and its huge cache expired. The caller's own heap is passed over (its slow path holds its
 /// gate, and it has just collected); a heap whose owner is in a slow path too. Bounded by
 /// what is due: the same work the owners' own collections would do. The pass runs with every
 /// signal blocked, and errno is left as it was.
@@ -371,8 +373,9 @@ fn wake() {
 }
 
 /// One pass: unmap the pools' expired segments, then, for every registered thread heap that
-/// is `waiting` and whose gate is free, run its due purge steps, pool its empty segments
-/// whose time has come, and expire its huge cache ([`purge_heap`]).
+/// is `waiting` (the purger thread), or `holding` with an owner quiet for a whole delay
+/// (either), and whose gate is free, run its due purge steps and tail steps, pool its empty
+/// segments whose time has come, and expire its huge cache ([`purge_heap`]).
 ///
 /// The registry lock is held only to walk the list and pin a heap, never across a purge: a
 /// heap is pinned by taking its gate (`PURGER`) with the lock held while it is listed. Its
@@ -404,13 +407,19 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
         REGISTRY.heaps.for_each_pinned(
             &REGISTRY.lock,
             |h| {
+                // A quiet owner's heap that holds anything; the purger also visits a busy
+                // owner's that holds more than `WAIT_BYTES`.
+                let quiet = || {
+                    now >= (*addr_of!((*h).collected_ms))
+                        .load(Ordering::Relaxed)
+                        .saturating_add(delay)
+                };
                 !(*h).shared
-                    && (*addr_of!((*h).waiting)).load(Ordering::Relaxed)
-                    && (!quiet_only
-                        || now
-                            >= (*addr_of!((*h).collected_ms))
-                                .load(Ordering::Relaxed)
-                                .saturating_add(delay))
+                    && if (*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
+                        !quiet_only || quiet()
+                    } else {
+                        (*addr_of!((*h).holding)).load(Ordering::Relaxed) && quiet()
+                    }
                     && (*addr_of!((*h).gate))
                         .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
@@ -446,6 +455,7 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
         left += cache.held();
         *addr_of_mut!((*h).idle_bytes) = left;
         (*addr_of!((*h).waiting)).store(left > WAIT_BYTES, Ordering::Relaxed);
+        (*addr_of!((*h).holding)).store(left > 0, Ordering::Relaxed);
     }
 }
 

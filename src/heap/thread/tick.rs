@@ -42,6 +42,9 @@ pub(super) const WAIT_BYTES: usize = 4 << 20;
 #[inline]
 pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
+    if bytes > 0 && !h.holding.load(Ordering::Relaxed) {
+        h.holding.store(true, Ordering::Relaxed);
+    }
     if h.idle_bytes > WAIT_BYTES {
         h.waiting.store(true, Ordering::Relaxed);
         // The next refill goes the long way (see `heap_tick`).
@@ -152,6 +155,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
         left += h.huge_cache.held();
+        h.holding.store(left > 0, Ordering::Relaxed);
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
