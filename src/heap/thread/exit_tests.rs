@@ -144,7 +144,8 @@ fn probes(size: usize) -> impl Iterator<Item = usize> {
 /// page's `prev` is the page before it, `tails` the last), hold pages of their bin that are
 /// not full, of segments on its list that it owns; every bin page in use of those segments
 /// is in its queue exactly when not full; the direct table equals `pages`; the trim cursor is
-/// null or a page of `trim_bin`'s queue.
+/// null or a page of `trim_bin`'s queue; every tail bit of its segments names the start of a
+/// bin page in use.
 ///
 /// # Safety
 /// `h` is the calling thread's heap, between two of its allocator calls.
@@ -207,6 +208,28 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
         for w in 0..DIRECT_SLOTS {
             if h.direct[w] != h.pages[direct_bin(w)] {
                 return Err(format!("direct slot {w} is not its bin's current page"));
+            }
+        }
+        // Every tail bit names the first slice of a bin page in use (invariant 25), and the
+        // bits booked since the last step are among them.
+        for &s in &segs {
+            let seg = s as *mut Segment;
+            if (*seg).tails_new & !(*seg).tails != 0 {
+                return Err(format!("segment {seg:p}: tails_new outside tails"));
+            }
+            let mut todo = (*seg).tails;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let p = (*seg).pages.as_ptr().add(i);
+                if (*seg).free_slices & (1u64 << i) != 0
+                    || (*p).kind != PageKind::Bin as u8
+                    || (*p).back != 0
+                {
+                    return Err(format!(
+                        "segment {seg:p}: tail bit {i} is not the start of a bin page in use"
+                    ));
+                }
             }
         }
         let mut wrong = None;
