@@ -364,3 +364,69 @@ fn a_quiet_adopters_sparse_medium_page_gives_back_its_tail() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review rev10: the passes visit a quiet heap only if it is `holding` (or `waiting`), and
+/// only `note_idle` and collections set those; resident free slices a heap comes by without
+/// either are never counted. A thread that takes a segment from the pool as its previous
+/// owner left it (`release_segment_dirty`: an exited thread's emptied segment, resident) and
+/// goes quiet before its first collection (fewer than 16 slow paths) holds its other 63
+/// free slices, resident, with `holding` false: nobody visits it. Four such threads (a
+/// thread pool whose workers got one small job each) keep ~16 MiB resident, past the
+/// README's bound. The same goes for `adopt_segment`'s segments and a large block shrunk in
+/// place (`Segment::shrink_large`). Delay 200 ms.
+#[test]
+fn child_quiet_threads_on_pooled_segments() {
+    if !is_scenario("pooled-quiet") {
+        return;
+    }
+    // This thread's own segment first, so its traffic below takes no pooled one.
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let baseline = rss();
+    // An exited thread's spike: 5 segments of 4 KiB blocks, written, freed, then the thread
+    // exits: its emptied segments go to the pool resident.
+    std::thread::spawn(|| {
+        let blocks: Vec<usize> = (0..5000).map(|i| new_block(SMALL, i as u8)).collect();
+        for (i, p) in blocks.into_iter().enumerate() {
+            drop_block(p, SMALL, i as u8);
+        }
+    })
+    .join()
+    .unwrap();
+    // Four workers, one block each (a pooled segment each), then quiet.
+    let mut workers = Vec::new();
+    for k in 0..4u8 {
+        let (to_main, from_worker) = channel::<()>();
+        let (stop, wait) = channel::<()>();
+        let t = std::thread::spawn(move || {
+            let p = new_block(SMALL, 0x70 + k);
+            to_main.send(()).unwrap();
+            wait.recv().unwrap();
+            drop_block(p, SMALL, 0x70 + k);
+        });
+        from_worker.recv().unwrap();
+        workers.push((t, stop));
+    }
+    let live = 4 * SMALL;
+    let bound = rss::bound(baseline, live);
+    let (_, _) = slow_traffic_until(DEADLINE, || rss().saturating_sub(bound));
+    let r = rss();
+    for (t, stop) in workers {
+        stop.send(()).unwrap();
+        t.join().unwrap();
+    }
+    report(
+        "four quiet threads on pooled resident segments, after other threads' traffic",
+        r,
+        baseline,
+        live,
+    );
+}
+
+#[test]
+fn rss_falls_with_quiet_threads_on_pooled_segments() {
+    run_scenario(
+        "child_quiet_threads_on_pooled_segments",
+        "pooled-quiet",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
