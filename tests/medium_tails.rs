@@ -430,3 +430,65 @@ fn rss_falls_with_quiet_threads_on_pooled_segments() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review rev10: as `child_quiet_threads_on_pooled_segments`, with the resident free slices
+/// from a large block shrunk in place (`large::resize_in_place`, `Segment::shrink_large`),
+/// which books them for purging but not in `idle_bytes`/`holding`: six threads that each
+/// write a 2 MiB block, shrink it to 100 KiB and go quiet keep ~11 MiB resident. Delay
+/// 200 ms.
+#[test]
+fn child_quiet_threads_after_a_large_shrink() {
+    if !is_scenario("shrunk-quiet") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let baseline = rss();
+    const BIG: usize = (2 << 20) - 4096;
+    const SMALLER: usize = 100 << 10;
+    let mut workers = Vec::new();
+    for k in 0..6u8 {
+        let (to_main, from_worker) = channel::<()>();
+        let (stop, wait) = channel::<()>();
+        let t = std::thread::spawn(move || {
+            let layout = std::alloc::Layout::from_size_align(BIG, 8).unwrap();
+            // SAFETY: a non-zero layout; the block is written whole, then shrunk in place
+            // (a large block over 64 KiB keeps its address) and freed with its new size.
+            let q = unsafe {
+                let p = std::alloc::alloc(layout);
+                assert!(!p.is_null());
+                std::ptr::write_bytes(p, 0x60 + k, BIG);
+                let q = std::alloc::realloc(p, layout, SMALLER);
+                assert_eq!(q, p, "shrunk in place");
+                q as usize
+            };
+            to_main.send(()).unwrap();
+            wait.recv().unwrap();
+            drop_block(q, SMALLER, 0x60 + k);
+        });
+        from_worker.recv().unwrap();
+        workers.push((t, stop));
+    }
+    let live = 6 * SMALLER;
+    let bound = rss::bound(baseline, live);
+    let (_, _) = slow_traffic_until(DEADLINE, || rss().saturating_sub(bound));
+    let r = rss();
+    for (t, stop) in workers {
+        stop.send(()).unwrap();
+        t.join().unwrap();
+    }
+    report(
+        "six quiet threads after shrinking a large block in place, after other threads' traffic",
+        r,
+        baseline,
+        live,
+    );
+}
+
+#[test]
+fn rss_falls_with_quiet_threads_after_a_large_shrink() {
+    run_scenario(
+        "child_quiet_threads_after_a_large_shrink",
+        "shrunk-quiet",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
