@@ -492,3 +492,60 @@ fn rss_falls_with_quiet_threads_after_a_large_shrink() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review rev10: `holding` is "resident free bytes left > 0", not "a step is due": free
+/// slices whose `MADV_DONTNEED` the kernel refuses (locked memory: `mlock`, `mlockall` in a
+/// real-time program) stay dirty for good, so a quiet heap holding them is `holding` for
+/// good and every pass (one a quarter delay, in some thread's `malloc`) takes its gate and
+/// walks its segments, with nothing ever due. Before f5a22eb only a heap past 4 MiB
+/// (`waiting`) was so visited. One quiet thread, 15 locked free slices (~1 MiB, under the
+/// default 8 MiB `RLIMIT_MEMLOCK`); once the first visits are done, 2 s of other threads'
+/// traffic should visit it no more (it was visited every 50 ms). Delay 200 ms.
+#[test]
+fn child_quiet_thread_with_locked_free_slices() {
+    if !is_scenario("locked-quiet") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let (to_main, from_worker) = channel::<()>();
+    let (stop, wait) = channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let blocks: Vec<usize> = (0..256).map(|i| new_block(SMALL, i as u8)).collect();
+        let lo = blocks[16..].iter().min().unwrap() & !4095;
+        let hi = (blocks[16..].iter().max().unwrap() + SMALL + 4095) & !4095;
+        // SAFETY: a range of this process's mapped, written memory; only its residency
+        // changes.
+        let r = unsafe { libc::mlock(lo as *const libc::c_void, hi - lo) };
+        assert_eq!(r, 0, "mlock {} KiB", (hi - lo) >> 10);
+        for (i, &p) in blocks.iter().enumerate().skip(1) {
+            drop_block(p, SMALL, i as u8);
+        }
+        to_main.send(()).unwrap();
+        wait.recv().unwrap();
+        drop_block(blocks[0], SMALL, 0);
+        // SAFETY: as above.
+        unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
+    });
+    from_worker.recv().unwrap();
+    // The worker's slices come due (one to two delays) and the refused purge is tried.
+    let (_, _) = slow_traffic_until(Duration::from_secs(1), || 1);
+    let before = tieralloc::stats().purges_for_others;
+    let (_, _) = slow_traffic_until(Duration::from_secs(2), || 1);
+    let visits = tieralloc::stats().purges_for_others - before;
+    stop.send(()).unwrap();
+    worker.join().unwrap();
+    assert!(
+        visits <= 4,
+        "{visits} visits of quiet heaps in 2 s with nothing due (every pass takes the quiet \
+         owner's gate and walks its segments)"
+    );
+}
+
+#[test]
+fn passes_stop_visiting_a_quiet_heap_whose_purge_was_refused() {
+    run_scenario(
+        "child_quiet_thread_with_locked_free_slices",
+        "locked-quiet",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
