@@ -549,3 +549,34 @@ fn passes_stop_visiting_a_quiet_heap_whose_purge_was_refused() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review rev10: with the background purger on, `purger::help` runs no pass (the purger
+/// thread does them), and the purger sleeps as soon as nothing is `waiting` and no pool
+/// holds a segment (`anything_waits` looks at `waiting` only, and `note_idle` wakes it only
+/// past `WAIT_BYTES`): a quiet heap that is only `holding` is visited by nobody. The same
+/// three quiet threads as `rss_falls_with_quiet_threads_holding_sparse_medium_pages`.
+#[test]
+fn rss_falls_with_quiet_threads_holding_sparse_medium_pages_and_the_purger_on() {
+    run_scenario(
+        "child_quiet_threads_rss",
+        "quiet-rss",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "500"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
+    );
+}
+
+/// As `a_quiet_threads_sparse_medium_pages_give_back_their_uncarved_memory`, with the
+/// background purger on (see above).
+#[test]
+fn a_quiet_threads_sparse_medium_pages_give_back_their_uncarved_memory_with_the_purger_on() {
+    run_scenario(
+        "child_quiet_thread_tails",
+        "quiet-tails",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "500"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
+    );
+}
