@@ -19,7 +19,7 @@ use super::labels::book_huge;
 use super::node::dead_alloc;
 use super::registry::{current_home, heap_init, rehome};
 use super::slices::take_slices;
-use super::tick::heap_tick;
+use super::tick::{heap_tick, note_idle};
 use super::tls::own;
 use super::{HeapRef, ACTIVE};
 use crate::heap::huge;
@@ -308,6 +308,9 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
                 // Give the tail slices back to the segment.
                 let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
                 let shrink = Segment::shrink_large(seg, page, want, os::now_ms(), delay);
+                // Resident free slices now, to be purged (review rev10: a quiet thread kept
+                // them when nothing else had marked its heap as holding).
+                note_idle(h, shrink);
                 bump(&h.stats.large_free_bytes, shrink as u64);
                 note_far_large(h, seg, -(shrink as i64));
             }

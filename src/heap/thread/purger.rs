@@ -7,7 +7,7 @@
 //! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
 //! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
 //! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
-//! the `Heap` fields `gate`, `gate_depth`, `waiting`, `collected_ms` (read), `idle_bytes`,
+//! the `Heap` fields `gate`, `gate_depth`, `waiting`, `holding`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
 //! (`WAIT_BYTES`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
@@ -33,12 +33,15 @@
 //! then stopped calling the allocator (a worker waiting for its next job) has it purged by
 //! whichever thread allocates next, not kept until its own next call. It visits only heaps
 //! whose owner has not collected for a whole delay (a busy owner purges for itself and never
-//! finds a helper at its gate); the calling heap is passed over (its slow path holds its
+//! finds a helper at its gate) and that hold anything to purge (`holding`, not only
+//! `waiting`: each quiet thread's slack would add up); the calling heap is passed over (its slow path holds its
 //! gate). It runs with every signal blocked and leaves errno as it found it.
 //!
 //! The thread runs a pass every quarter of the purge delay while anything waits (a heap is
-//! `waiting`, a pool holds a segment), and otherwise sleeps on a futex until [`notify`]
-//! (a heap turning `waiting`, a thread exit) wakes it: an idle program has no timer firing.
+//! `waiting` or `holding`, a pool holds a segment), and otherwise sleeps on a futex until
+//! [`notify`] (a heap turning `waiting` or `holding`, a thread exit) wakes it: an idle program
+//! has no timer firing. It visits heaps that are `waiting`, and quiet ones that are
+//! `holding`.
 //!
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
 //! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
@@ -281,7 +284,9 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 }
 
 /// Whether anything waits for the purger: a pool's segment (unmapped once expired) or a
-/// thread heap that is `waiting`.
+/// thread heap that is `waiting` or `holding` (a busy owner's heap holds something most of
+/// the time, so the purger then runs a pass every quarter delay, visiting only the heaps
+/// that are waiting or quiet; a heap that goes quiet sends no wake-up of its own).
 fn anything_waits() -> bool {
     if POOLS
         .iter()
@@ -293,11 +298,13 @@ fn anything_waits() -> bool {
     let _g = REGISTRY.lock.lock();
     let mut any = false;
     // SAFETY: we hold the registry lock, so the listed heaps are valid; `shared` never
-    // changes after registration and `waiting` is atomic.
+    // changes after registration, and `waiting` and `holding` are atomic.
     unsafe {
-        REGISTRY
-            .heaps
-            .for_each(|h| any |= !(*h).shared && (*addr_of!((*h).waiting)).load(Ordering::Relaxed))
+        REGISTRY.heaps.for_each(|h| {
+            any |= !(*h).shared
+                && ((*addr_of!((*h).waiting)).load(Ordering::Relaxed)
+                    || (*addr_of!((*h).holding)).load(Ordering::Relaxed))
+        })
     };
     any
 }
@@ -305,8 +312,8 @@ fn anything_waits() -> bool {
 /// Sleeps on [`WAKE`] until [`notify`] says something waits, unless something waits now.
 ///
 /// With the waker this is a Dekker handshake, so no wake-up is lost: the purger stores
-/// `ASLEEP`, fences, then looks at every `waiting` flag and pool; a waker stores its
-/// `waiting` flag (or pool push), fences, then loads `THREAD`. Of two stores each followed
+/// `ASLEEP`, fences, then looks at every `waiting` and `holding` flag and pool; a waker
+/// stores its flag (or pool push), fences, then loads `THREAD`. Of two stores each followed
 /// by a sequentially consistent fence, at least one is seen by the other side's load: the
 /// purger sees the work, or the waker sees `ASLEEP` and wakes it. The wait itself is a futex
 /// on `WAKE`, read before `THREAD` is looked at again: a waker that switched `THREAD` back

@@ -8,7 +8,7 @@
 //! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
 //! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
 //! large-page release), `purger` (waking it), `heap::error` (a double free found by a
-//! reclaim), `tick` (the `waiting` threshold, tending a reclaimed segment), `trim` (the
+//! reclaim), `tick` (the `waiting` threshold and `note_idle`, tending a reclaimed segment), `trim` (the
 //! trim of sparse pages before a new segment), `heap::{segment, remote}`, `sys::os`, `init`
 //! (the purge delay), `heap::route` (the spill call in `take_slices`) and `large` (the huge
 //! cache given back when a new segment's mapping is refused: `map_making_room`).
@@ -18,7 +18,7 @@ use super::counters::{book_tended_large, bump, note_far_abandoned, note_far_larg
 use super::free::{drain_delayed, free_large_page};
 use super::large::map_making_room;
 use super::purger;
-use super::tick::{tend_abandoned, WAIT_BYTES};
+use super::tick::{note_idle, tend_abandoned, WAIT_BYTES};
 use super::trim::trim_sparse;
 use super::{HeapRef, ACTIVE};
 use crate::heap::error::{report, HeapError};
@@ -84,7 +84,8 @@ pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
 /// slices was freed recently (since its last step and less than a delay ago) goes to its
 /// node's pool ([`release_segment`]); the others have their due slices purged, and the
 /// uncarved memory of their pages whose time has come given back ([`Segment::tend_tails`]).
-/// Returns the resident free bytes left in the segments that stay, uncarved tails included. The one walk of the owner's collection
+/// Returns the resident free bytes left in the segments that stay with a purge step due,
+/// uncarved tails included. The one walk of the owner's collection
 /// (`tick::heap_collect`) and of a pass over another heap (`purger`'s `purge_heap`): an empty
 /// segment must leave here, not be purged step by step, for its last step leaves it nothing
 /// due (`purge_at` 0), and no collection looks at a segment with nothing due, so it would stay
@@ -118,7 +119,13 @@ pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u6
                     Segment::purge_step(seg, now, delay);
                 }
             }
-            left += Segment::resident_free_bytes(seg);
+            // Only while a step is due: free slices that stay resident with none due are those
+            // the kernel refused to drop (locked memory), which no later step drops either;
+            // counted, they kept the heap `holding` and every pass visiting it for nothing
+            // (review rev10).
+            if (*seg).purge_at != 0 {
+                left += Segment::resident_free_bytes(seg);
+            }
             seg = next;
         }
         left
@@ -332,6 +339,7 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         (*seg).purge_at = 0;
         book_free_slices(seg, os::now_ms());
         link_segment(h, seg);
+        note_segment_idle(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
     }
 }
@@ -512,6 +520,25 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
         PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
         // Free slices it came with are due for purging like any others.
         book_free_slices(seg, now);
+        note_segment_idle(h, seg);
+    }
+}
+
+/// Books what a segment `h` has just taken over (from the pool, or adopted) holds to purge:
+/// its resident free slices, and its pages' booked tails (at most 7 slices each, an
+/// over-estimate the next collection corrects). So the heap is `holding` from now on, and
+/// other threads' passes purge it if it goes quiet before its first collection (review
+/// rev10: a thread that took a resident pooled segment and went quiet kept it for good).
+///
+/// # Safety
+/// `h` owns `seg`.
+unsafe fn note_segment_idle(h: HeapRef, seg: *mut Segment) {
+    // SAFETY: we own seg (contract).
+    let bytes = unsafe {
+        Segment::resident_free_bytes(seg) + (*seg).tails.count_ones() as usize * 7 * SLICE_SIZE
+    };
+    if bytes > 0 {
+        note_idle(h, bytes);
     }
 }
 

@@ -44,6 +44,9 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if bytes > 0 && !h.holding.load(Ordering::Relaxed) {
         h.holding.store(true, Ordering::Relaxed);
+        // A sleeping purger looks at `holding` too (review rev10: with it on, a quiet heap
+        // that was only holding was visited by nobody).
+        purger::notify();
     }
     if h.idle_bytes > WAIT_BYTES {
         h.waiting.store(true, Ordering::Relaxed);
@@ -155,7 +158,10 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
         left += h.huge_cache.held();
-        h.holding.store(left > 0, Ordering::Relaxed);
+        let was_holding = h.holding.swap(left > 0, Ordering::Relaxed);
+        if left > 0 && !was_holding {
+            purger::notify();
+        }
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
