@@ -75,15 +75,58 @@ fn resident_free_slices(n: usize) -> usize {
     blocks[0]
 }
 
-/// A worker that frees a 12 MiB spike of 4 KiB blocks (every 256th kept, so no segment
+/// A thread that has done its work and now makes no allocator call until [`Quiet::finish`],
+/// which runs what it left to undo (its frees) and ends it.
+struct Quiet {
+    thread: JoinHandle<()>,
+    stop: Sender<()>,
+}
+
+impl Quiet {
+    /// Starts a thread that runs `work`, hands its result back, then waits quietly; `work`
+    /// also returns what the thread does when told to finish.
+    fn start<R: Send + 'static>(
+        work: impl FnOnce() -> (R, Box<dyn FnOnce() + Send>) + Send + 'static,
+    ) -> (Quiet, R) {
+        let (to_main, from_worker) = channel();
+        let (stop, wait) = channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let (r, undo) = work();
+            to_main.send(r).unwrap();
+            wait.recv().unwrap();
+            undo();
+        });
+        let r = from_worker.recv().unwrap();
+        (Quiet { thread, stop }, r)
+    }
+
+    /// Lets the thread undo its work and end.
+    fn finish(self) {
+        self.stop.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
+/// This thread's slow paths until RSS is within the README's bound over `baseline` for
+/// `live` bytes (at most `limit`), then the quiet threads finish, then the bound is asserted.
+fn assert_rss_falls(what: &str, baseline: usize, live: usize, limit: Duration, quiet: Vec<Quiet>) {
+    let bound = rss::bound(baseline, live);
+    let (_, _) = slow_traffic_until(limit, || rss().saturating_sub(bound));
+    let r = rss();
+    for q in quiet {
+        q.finish();
+    }
+    report(what, r, baseline, live);
+}
+
+/// A thread that frees a 12 MiB spike of 4 KiB blocks (every 256th kept, so no segment
 /// empties), makes one block of each medium class (each its class's first page, on the
 /// spike's resident slices: a booked tail), keeps 4 MiB of 4 KiB blocks live (taking
 /// resident slices too, so that what its heap holds to purge falls below 4 MiB: not
-/// `waiting`), then makes no allocator call until told.
-fn quiet_worker() -> QuietWorker {
-    let (to_main, from_worker) = channel();
-    let (stop, wait) = channel::<()>();
-    let worker = std::thread::spawn(move || {
+/// `waiting`), then goes quiet. Returns it, its medium blocks (address, size) and the bytes
+/// it keeps live.
+fn quiet_worker() -> (Quiet, (Vec<(usize, usize)>, usize)) {
+    Quiet::start(|| {
         let blocks: Vec<usize> = (0..3072).map(|i| new_block(SMALL, i as u8)).collect();
         let mut kept = Vec::new();
         for (i, p) in blocks.into_iter().enumerate() {
@@ -100,42 +143,20 @@ fn quiet_worker() -> QuietWorker {
             .collect();
         let live: Vec<usize> = (0..1024).map(|_| new_block(SMALL, 0x5A)).collect();
         let bytes = m.iter().map(|b| b.1).sum::<usize>() + (1024 + kept.len()) * SMALL;
-        to_main.send((m.clone(), bytes)).unwrap();
-        wait.recv().unwrap();
-        for (i, (p, s)) in m.into_iter().enumerate() {
-            drop_block(p, s, 0xC0 + i as u8);
-        }
-        for q in live {
-            drop_block(q, SMALL, 0x5A);
-        }
-        for (q, b) in kept {
-            drop_block(q, SMALL, b);
-        }
-    });
-    let (medium, live) = from_worker.recv().unwrap();
-    QuietWorker {
-        worker,
-        stop,
-        medium,
-        live,
-    }
-}
-
-/// A [`quiet_worker`]: the thread, its stop signal, its medium blocks (address, size) and the
-/// bytes it keeps live.
-struct QuietWorker {
-    worker: JoinHandle<()>,
-    stop: Sender<()>,
-    medium: Vec<(usize, usize)>,
-    live: usize,
-}
-
-impl QuietWorker {
-    /// Lets the worker free everything and end.
-    fn finish(self) {
-        self.stop.send(()).unwrap();
-        self.worker.join().unwrap();
-    }
+        let medium = m.clone();
+        let undo = move || {
+            for (i, (p, s)) in m.into_iter().enumerate() {
+                drop_block(p, s, 0xC0 + i as u8);
+            }
+            for q in live {
+                drop_block(q, SMALL, 0x5A);
+            }
+            for (q, b) in kept {
+                drop_block(q, SMALL, b);
+            }
+        };
+        ((medium, bytes), Box::new(undo) as Box<dyn FnOnce() + Send>)
+    })
 }
 
 /// A page made on resident slices keeps them while its bin may still carve them, and gives
@@ -204,10 +225,9 @@ fn child_quiet_thread_tails() {
     if !is_scenario("quiet-tails") {
         return;
     }
-    let w = quiet_worker();
+    let (w, (medium, _)) = quiet_worker();
     // Only pages whose one block starts them (each its class's new page).
-    let tails: Vec<(usize, usize)> = w
-        .medium
+    let tails: Vec<(usize, usize)> = medium
         .iter()
         .filter(|&&(p, _)| p % SLICE == 0)
         .map(|&(p, s)| tail_of(p, s))
@@ -252,21 +272,16 @@ fn child_quiet_threads_rss() {
     let mut live = 0usize;
     // One at a time: each worker's spike and medium pages in a quiet moment.
     for _ in 0..3 {
-        let w = quiet_worker();
-        live += w.live;
+        let (w, (_, bytes)) = quiet_worker();
+        live += bytes;
         workers.push(w);
     }
-    let bound = rss::bound(baseline, live);
-    let (_, _) = slow_traffic_until(Duration::from_secs(10), || rss().saturating_sub(bound));
-    let r = rss();
-    for w in workers {
-        w.finish();
-    }
-    report(
+    assert_rss_falls(
         "three quiet threads with sparse medium pages, after other threads' traffic",
-        r,
         baseline,
         live,
+        Duration::from_secs(10),
+        workers,
     );
 }
 
@@ -330,14 +345,13 @@ fn child_adopted_tails() {
     let kept = std::thread::spawn(|| resident_free_slices(16 * 16))
         .join()
         .unwrap();
-    let (to_main, from_worker) = channel::<(usize, usize)>();
-    let (stop, wait) = channel::<()>();
-    let worker = std::thread::spawn(move || {
+    let (worker, (p, s)) = Quiet::start(|| {
         let s = (20 << 10) - 64;
-        to_main.send((new_block(s, 0xE1), s)).unwrap();
-        wait.recv().unwrap();
+        (
+            (new_block(s, 0xE1), s),
+            Box::new(|| ()) as Box<dyn FnOnce() + Send>,
+        )
     });
-    let (p, s) = from_worker.recv().unwrap();
     assert_eq!(p % SLICE, 0, "the first block starts its page");
     let (from, len) = tail_of(p, s);
     assert_eq!(
@@ -346,8 +360,7 @@ fn child_adopted_tails() {
         "the tail was not booked on resident slices"
     );
     let (rest, took) = slow_traffic_until(DEADLINE, || resident_pages(from, len));
-    stop.send(()).unwrap();
-    worker.join().unwrap();
+    worker.finish();
     assert_eq!(
         rest, 0,
         "{rest} pages of a quiet adopter's tail resident after {took:?}"
@@ -365,15 +378,14 @@ fn a_quiet_adopters_sparse_medium_page_gives_back_its_tail() {
     );
 }
 
-/// Review rev10: the passes visit a quiet heap only if it is `holding` (or `waiting`), and
-/// only `note_idle` and collections set those; resident free slices a heap comes by without
-/// either are never counted. A thread that takes a segment from the pool as its previous
-/// owner left it (`release_segment_dirty`: an exited thread's emptied segment, resident) and
-/// goes quiet before its first collection (fewer than 16 slow paths) holds its other 63
-/// free slices, resident, with `holding` false: nobody visits it. Four such threads (a
-/// thread pool whose workers got one small job each) keep ~16 MiB resident, past the
-/// README's bound. The same goes for `adopt_segment`'s segments and a large block shrunk in
-/// place (`Segment::shrink_large`). Delay 200 ms.
+/// Review rev10: the passes visit a quiet heap only if it is `holding` (or `waiting`), which
+/// only `note_idle` and collections set; a segment taken from the pool as its previous owner
+/// left it (`release_segment_dirty`: an exited thread's emptied segment, resident) was booked
+/// by neither. A thread that took one and went quiet before its first collection (fewer
+/// than 16 slow paths) kept its other 63 free slices resident with `holding` false, visited
+/// by nobody: four such threads (a thread pool whose workers got one small job each) kept
+/// 15.5 MiB against an 11.5 MiB bound. Now `note_segment_idle` books them (and an adopted
+/// segment's). Delay 200 ms.
 #[test]
 fn child_quiet_threads_on_pooled_segments() {
     if !is_scenario("pooled-quiet") {
@@ -393,32 +405,24 @@ fn child_quiet_threads_on_pooled_segments() {
     .join()
     .unwrap();
     // Four workers, one block each (a pooled segment each), then quiet.
-    let mut workers = Vec::new();
-    for k in 0..4u8 {
-        let (to_main, from_worker) = channel::<()>();
-        let (stop, wait) = channel::<()>();
-        let t = std::thread::spawn(move || {
-            let p = new_block(SMALL, 0x70 + k);
-            to_main.send(()).unwrap();
-            wait.recv().unwrap();
-            drop_block(p, SMALL, 0x70 + k);
-        });
-        from_worker.recv().unwrap();
-        workers.push((t, stop));
-    }
-    let live = 4 * SMALL;
-    let bound = rss::bound(baseline, live);
-    let (_, _) = slow_traffic_until(DEADLINE, || rss().saturating_sub(bound));
-    let r = rss();
-    for (t, stop) in workers {
-        stop.send(()).unwrap();
-        t.join().unwrap();
-    }
-    report(
+    let workers = (0..4u8)
+        .map(|k| {
+            Quiet::start(move || {
+                let p = new_block(SMALL, 0x70 + k);
+                (
+                    (),
+                    Box::new(move || drop_block(p, SMALL, 0x70 + k)) as Box<dyn FnOnce() + Send>,
+                )
+            })
+            .0
+        })
+        .collect();
+    assert_rss_falls(
         "four quiet threads on pooled resident segments, after other threads' traffic",
-        r,
         baseline,
-        live,
+        4 * SMALL,
+        DEADLINE,
+        workers,
     );
 }
 
@@ -432,10 +436,10 @@ fn rss_falls_with_quiet_threads_on_pooled_segments() {
 }
 
 /// Review rev10: as `child_quiet_threads_on_pooled_segments`, with the resident free slices
-/// from a large block shrunk in place (`large::resize_in_place`, `Segment::shrink_large`),
-/// which books them for purging but not in `idle_bytes`/`holding`: six threads that each
-/// write a 2 MiB block, shrink it to 100 KiB and go quiet keep ~11 MiB resident. Delay
-/// 200 ms.
+/// of a large block shrunk in place (`large::resize_in_place`, `Segment::shrink_large`),
+/// which were booked for purging but not in `idle_bytes`/`holding`: six threads that each
+/// wrote a 2 MiB block, shrank it to 100 KiB and went quiet kept 15.7 MiB against a 12.1 MiB
+/// bound. Delay 200 ms.
 #[test]
 fn child_quiet_threads_after_a_large_shrink() {
     if !is_scenario("shrunk-quiet") {
@@ -445,42 +449,34 @@ fn child_quiet_threads_after_a_large_shrink() {
     let baseline = rss();
     const BIG: usize = (2 << 20) - 4096;
     const SMALLER: usize = 100 << 10;
-    let mut workers = Vec::new();
-    for k in 0..6u8 {
-        let (to_main, from_worker) = channel::<()>();
-        let (stop, wait) = channel::<()>();
-        let t = std::thread::spawn(move || {
-            let layout = std::alloc::Layout::from_size_align(BIG, 8).unwrap();
-            // SAFETY: a non-zero layout; the block is written whole, then shrunk in place
-            // (a large block over 64 KiB keeps its address) and freed with its new size.
-            let q = unsafe {
-                let p = std::alloc::alloc(layout);
-                assert!(!p.is_null());
-                std::ptr::write_bytes(p, 0x60 + k, BIG);
-                let q = std::alloc::realloc(p, layout, SMALLER);
-                assert_eq!(q, p, "shrunk in place");
-                q as usize
-            };
-            to_main.send(()).unwrap();
-            wait.recv().unwrap();
-            drop_block(q, SMALLER, 0x60 + k);
-        });
-        from_worker.recv().unwrap();
-        workers.push((t, stop));
-    }
-    let live = 6 * SMALLER;
-    let bound = rss::bound(baseline, live);
-    let (_, _) = slow_traffic_until(DEADLINE, || rss().saturating_sub(bound));
-    let r = rss();
-    for (t, stop) in workers {
-        stop.send(()).unwrap();
-        t.join().unwrap();
-    }
-    report(
+    let workers = (0..6u8)
+        .map(|k| {
+            Quiet::start(move || {
+                let layout = std::alloc::Layout::from_size_align(BIG, 8).unwrap();
+                // SAFETY: a non-zero layout; the block is written whole, then shrunk in place
+                // (a large block over 64 KiB keeps its address) and freed with its new size.
+                let q = unsafe {
+                    let p = std::alloc::alloc(layout);
+                    assert!(!p.is_null());
+                    std::ptr::write_bytes(p, 0x60 + k, BIG);
+                    let q = std::alloc::realloc(p, layout, SMALLER);
+                    assert_eq!(q, p, "shrunk in place");
+                    q as usize
+                };
+                (
+                    (),
+                    Box::new(move || drop_block(q, SMALLER, 0x60 + k)) as Box<dyn FnOnce() + Send>,
+                )
+            })
+            .0
+        })
+        .collect();
+    assert_rss_falls(
         "six quiet threads after shrinking a large block in place, after other threads' traffic",
-        r,
         baseline,
-        live,
+        6 * SMALLER,
+        DEADLINE,
+        workers,
     );
 }
 
@@ -493,23 +489,20 @@ fn rss_falls_with_quiet_threads_after_a_large_shrink() {
     );
 }
 
-/// Review rev10: `holding` is "resident free bytes left > 0", not "a step is due": free
-/// slices whose `MADV_DONTNEED` the kernel refuses (locked memory: `mlock`, `mlockall` in a
-/// real-time program) stay dirty for good, so a quiet heap holding them is `holding` for
-/// good and every pass (one a quarter delay, in some thread's `malloc`) takes its gate and
-/// walks its segments, with nothing ever due. Before f5a22eb only a heap past 4 MiB
-/// (`waiting`) was so visited. One quiet thread, 15 locked free slices (~1 MiB, under the
-/// default 8 MiB `RLIMIT_MEMLOCK`); once the first visits are done, 2 s of other threads'
-/// traffic should visit it no more (it was visited every 50 ms). Delay 200 ms.
+/// Review rev10: `holding` counted every resident free byte, not only what a step is due to
+/// purge: free slices whose `MADV_DONTNEED` the kernel refuses (locked memory: `mlock`,
+/// `mlockall` in a real-time program) stay resident for good, so a quiet heap holding them
+/// stayed `holding`, and every pass (one a quarter delay, in some thread's `malloc`) took its
+/// gate and walked its segments with nothing due: 37 visits in 2 s. One quiet thread, 15
+/// locked free slices (~1 MiB, under the default 8 MiB `RLIMIT_MEMLOCK`); once the first
+/// visits are done, 2 s of other threads' traffic visit it no more. Delay 200 ms.
 #[test]
 fn child_quiet_thread_with_locked_free_slices() {
     if !is_scenario("locked-quiet") {
         return;
     }
     let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
-    let (to_main, from_worker) = channel::<()>();
-    let (stop, wait) = channel::<()>();
-    let worker = std::thread::spawn(move || {
+    let (worker, ()) = Quiet::start(|| {
         let blocks: Vec<usize> = (0..256).map(|i| new_block(SMALL, i as u8)).collect();
         let lo = blocks[16..].iter().min().unwrap() & !4095;
         let hi = (blocks[16..].iter().max().unwrap() + SMALL + 4095) & !4095;
@@ -520,20 +513,19 @@ fn child_quiet_thread_with_locked_free_slices() {
         for (i, &p) in blocks.iter().enumerate().skip(1) {
             drop_block(p, SMALL, i as u8);
         }
-        to_main.send(()).unwrap();
-        wait.recv().unwrap();
-        drop_block(blocks[0], SMALL, 0);
-        // SAFETY: as above.
-        unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
+        let undo = move || {
+            drop_block(blocks[0], SMALL, 0);
+            // SAFETY: as above.
+            unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
+        };
+        ((), Box::new(undo) as Box<dyn FnOnce() + Send>)
     });
-    from_worker.recv().unwrap();
     // The worker's slices come due (one to two delays) and the refused purge is tried.
     let (_, _) = slow_traffic_until(Duration::from_secs(1), || 1);
     let before = tieralloc::stats().purges_for_others;
     let (_, _) = slow_traffic_until(Duration::from_secs(2), || 1);
     let visits = tieralloc::stats().purges_for_others - before;
-    stop.send(()).unwrap();
-    worker.join().unwrap();
+    worker.finish();
     assert!(
         visits <= 4,
         "{visits} visits of quiet heaps in 2 s with nothing due (every pass takes the quiet \
@@ -551,10 +543,11 @@ fn passes_stop_visiting_a_quiet_heap_whose_purge_was_refused() {
 }
 
 /// Review rev10: with the background purger on, `purger::help` runs no pass (the purger
-/// thread does them), and the purger sleeps as soon as nothing is `waiting` and no pool
-/// holds a segment (`anything_waits` looks at `waiting` only, and `note_idle` wakes it only
-/// past `WAIT_BYTES`): a quiet heap that is only `holding` is visited by nobody. The same
-/// three quiet threads as `rss_falls_with_quiet_threads_holding_sparse_medium_pages`.
+/// thread does them), and the purger slept as soon as nothing was `waiting` and no pool held
+/// a segment (`anything_waits` looked at `waiting` only, and `note_idle` woke it only past
+/// `WAIT_BYTES`): a quiet heap that was only `holding` was visited by nobody (26.8 MiB
+/// against 25.5). The same three quiet threads as
+/// `rss_falls_with_quiet_threads_holding_sparse_medium_pages`.
 #[test]
 fn rss_falls_with_quiet_threads_holding_sparse_medium_pages_and_the_purger_on() {
     run_scenario(
