@@ -573,3 +573,60 @@ fn a_quiet_threads_sparse_medium_pages_give_back_their_uncarved_memory_with_the_
         ],
     );
 }
+
+/// Review rev11: with `TIERALLOC_BACKGROUND_PURGE=1`, `purger::help` runs no pass unless the
+/// purger thread has FAILED to start (`OFF` included), and the purger thread is started only
+/// by a slow path of a heap that is `waiting` (more than 4 MiB to purge: `heap_tick`'s
+/// `maybe_start`). Five threads that each free 3.5 MiB of resident slices (`holding`, never
+/// `waiting`) and go quiet are then visited by nobody: no purger exists to be notified, and
+/// the other threads' collections do not help. The default configuration (helping) purges
+/// them. Delay 200 ms.
+#[test]
+fn child_quiet_threads_holding_under_the_wait_threshold() {
+    if !is_scenario("holding-under-wait") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let baseline = rss();
+    let workers = (0..5u8)
+        .map(|k| {
+            Quiet::start(move || {
+                // 56 pages of the 4 KiB class: 3.5 MiB of slices, all but the first freed.
+                let p = resident_free_slices(56 * 16);
+                (
+                    (),
+                    Box::new(move || drop_block(p, SMALL, 0)) as Box<dyn FnOnce() + Send>,
+                )
+            })
+            .0
+        })
+        .collect();
+    assert_rss_falls(
+        "five quiet threads each holding 3.5 MiB (under WAIT_BYTES), background purger on",
+        baseline,
+        5 * SMALL,
+        DEADLINE,
+        workers,
+    );
+}
+
+#[test]
+fn rss_falls_with_quiet_threads_holding_under_the_wait_threshold() {
+    run_scenario(
+        "child_quiet_threads_holding_under_the_wait_threshold",
+        "holding-under-wait",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
+
+#[test]
+fn rss_falls_with_quiet_threads_holding_under_the_wait_threshold_and_the_purger_on() {
+    run_scenario(
+        "child_quiet_threads_holding_under_the_wait_threshold",
+        "holding-under-wait",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "200"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
+    );
+}
