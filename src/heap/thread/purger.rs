@@ -3,7 +3,7 @@
 //! that lets it touch a live thread's heap safely.
 //!
 //! Owns: [`BACKGROUND_PURGE`], the purger thread (started from a slow path the first time a
-//! heap is `waiting` with something to purge, never before), its pass, its sleep and the
+//! heap is `waiting` or `holding` something to purge, never before), its pass, its sleep and the
 //! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
 //! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
 //! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
