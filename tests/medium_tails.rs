@@ -2,9 +2,11 @@
 //! slices: kept resident for one to two purge delays (a thread that carves the page meanwhile
 //! faults none of it in again), then given back if still uncarved, whoever holds the page:
 //! its owner's collections, other threads' passes once the owner has gone quiet (also
-//! before its first collection), the tending of an exited owner's segment. Also the idle
-//! bound with several quiet threads, which the passes' visits of every quiet heap holding
-//! memory keep (before, only heaps holding more than 4 MiB were visited).
+//! before its first collection), the tending of an exited owner's segment. And what the
+//! passes need to find quiet heaps (`Heap::holding`): the idle bound with several quiet
+//! threads, each under 4 MiB to purge (by sparse medium pages, a pooled or adopted
+//! segment, a large block shrunk in place), with and without the background purger; no
+//! endless visits of a heap whose purge the kernel refused (`mlock`).
 //!
 //! Each scenario runs in a child process with its own purge delay; RSS and residency
 //! (`mincore`) are read there. Not timing tests: each polls up to a generous deadline,
