@@ -45,11 +45,11 @@ impl Segment {
     /// the owner's gate, or the holder of the segment taken off a list; so no page of it is
     /// carved meanwhile.
     pub unsafe fn tend_tails(seg: *mut Segment, now: u64, delay: u64, all: bool) -> usize {
+        // Read field by field through raw places, never a reference to a page or the
+        // header: the owner's fast path may be writing the same pages' free lists.
         // SAFETY: the contract makes the tail fields and the pages' `capacity` (changed only
-        // by a carve), `block_size` and `slice_count` stable and ours; they are read field by
-        // field through raw places, never a reference to a page or the header: the owner's
-        // fast path may be writing the same pages' free lists (see purge_step). The range
-        // given back is past every carved block, so it holds nothing live.
+        // by a carve), `block_size` and `slice_count` stable and ours; the range given back
+        // is past every carved block, so it holds nothing live.
         unsafe {
             let step = all || now >= (*seg).tails_at;
             let keep = if all {
