@@ -32,6 +32,10 @@ pub mod remote;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod sync;
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "heap/wake.rs"]
+pub mod wake;
 
 // The modules, in their layers from the bottom (tests/layers.rs holds the order and checks
 // that no module imports one above it; docs/design.md draws it): sync → sys → topology →

@@ -26,6 +26,12 @@ pub(crate) use core::sync::atomic::{
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::fence;
+#[cfg(loom)]
+#[allow(unused_imports)]
+pub(crate) use loom::sync::atomic::fence;
+
 /// `core::cell::UnsafeCell` with loom's interface: the value is reached only inside
 /// [`with`](UnsafeCell::with) (to read) and [`with_mut`](UnsafeCell::with_mut) (to write), so
 /// under `--cfg loom`, where this is `loom::cell::UnsafeCell`, every access is checked against

@@ -5,7 +5,8 @@
 //! a free proven wrong, and `TIERALLOC_ON_ERROR`),
 //! `list` (locked segment lists: pools, abandoned lists), `claim` (the huge registry's claimable
 //! slots), `heaps` (the registry's list of live heaps), `atfork` (the fork handlers' lock order and
-//! the child's resets of the lock-free words), `segment` (4 MiB segments, slices, pages, pools;
+//! the child's resets of the lock-free words), `wake` (the purger's sleep and wake-up handshake),
+//! `segment` (4 MiB segments, slices, pages, pools;
 //! `segment/map.rs` the segment map), `page` (free lists inside a page), `trim` (giving back the
 //! all-free OS pages of sparse pages), `huge` (objects with a
 //! segment of their own, and the per-thread cache of freed ones), `route` (the tier routing state
@@ -34,3 +35,4 @@ pub(crate) mod segment;
 pub mod size_class;
 pub(crate) mod thread;
 pub(crate) mod trim;
+pub(crate) mod wake;

@@ -2,8 +2,9 @@
 //! page's remote-free list and delayed-free state, a heap's delayed stack), `tieralloc::delayed`
 //! (the two ends of a delayed free), `tieralloc::list` (the locked segment pools and abandoned
 //! lists, with `claim`), `tieralloc::claim` (the huge registry's slots), `tieralloc::heaps` (the
-//! registry of live heaps) and `tieralloc::atfork` (the fork handlers' lock order and the child's
-//! resets). One module per part: `remote`, `segments`, `huge`, `registry`, `fork`; the helpers
+//! registry of live heaps), `tieralloc::atfork` (the fork handlers' lock order and the child's
+//! resets) and `tieralloc::wake` (the background purger's sleep and wake-up). One module per
+//! part: `remote`, `segments`, `huge`, `registry`, `fork`, `wake`; the helpers
 //! shared by them are here. Under `--cfg loom` the crate builds only these, with atomics and
 //! `UnsafeCell` from loom, so loom sees every access to shared memory, free-list links included.
 //! Run with (scripts/test.sh):
@@ -21,6 +22,7 @@ mod huge;
 mod registry;
 mod remote;
 mod segments;
+mod wake;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

@@ -11,8 +11,8 @@
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
 //! (`WAIT_BYTES`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
-//! huge}` (pool unmapping, the huge cache's expiry), `sync`, `sys::os`, `init` (the purge
-//! delay).
+//! huge}` (pool unmapping, the huge cache's expiry), `heap::wake` (the sleep and wake-up
+//! handshake), `sync`, `sys::os`, `init` (the purge delay).
 //!
 //! The gate: a heap's segments (slice bitmaps, purge state, list) and its huge cache belong
 //! to its owner thread, and only its slow paths change them; the fast paths touch only the
@@ -54,11 +54,11 @@ use super::slices::purge_segments;
 use super::tick::WAIT_BYTES;
 use super::Heap;
 use crate::heap::segment::{MAX_NODES, POOLS};
+use crate::heap::wake::Sleep;
 use crate::init;
 use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr::{addr_of, addr_of_mut};
-use core::sync::atomic::fence;
 
 /// `TIERALLOC_BACKGROUND_PURGE`: whether the purger may run (set once, at start-up).
 pub(crate) static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
@@ -79,6 +79,13 @@ const ASLEEP: u8 = 4;
 static THREAD: AtomicU8 = AtomicU8::new(OFF);
 /// The futex word the sleeping purger waits on: [`notify`] bumps it when it wakes it.
 static WAKE: AtomicU32 = AtomicU32::new(0);
+/// The purger's sleep and its wake-ups, on [`THREAD`] and [`WAKE`].
+static SLEEP: Sleep<'static> = Sleep {
+    state: &THREAD,
+    word: &WAKE,
+    asleep: ASLEEP,
+    running: RUNNING,
+};
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
 static PASS: SpinLock = SpinLock::new();
 /// Heaps a pass (the purger's, or a collection's [`help`]) found waiting, pinned and purged
@@ -309,41 +316,10 @@ fn anything_waits() -> bool {
     any
 }
 
-/// Sleeps on [`WAKE`] until [`notify`] says something waits, unless something waits now.
-///
-/// With the waker this is a Dekker handshake, so no wake-up is lost: the purger stores
-/// `ASLEEP`, fences, then looks at every `waiting` and `holding` flag and pool; a waker
-/// stores its flag (or pool push), fences, then loads `THREAD`. Of two stores each followed
-/// by a sequentially consistent fence, at least one is seen by the other side's load: the
-/// purger sees the work, or the waker sees `ASLEEP` and wakes it. The wait itself is a futex
-/// on `WAKE`, read before `THREAD` is looked at again: a waker that switched `THREAD` back
-/// to `RUNNING` after that look has bumped `WAKE` before its `FUTEX_WAKE`, so the wait
-/// either returns at once (the word changed) or is woken.
+/// Sleeps on [`WAKE`] until [`notify`] says something waits, unless something waits now
+/// ([`SLEEP`]'s handshake: `heap::wake`, which tests/loom/wake.rs checks).
 fn sleep_while_nothing_waits() {
-    THREAD.store(ASLEEP, Ordering::Relaxed);
-    fence(Ordering::SeqCst);
-    if anything_waits() {
-        // A waker may have set RUNNING already; either way we run.
-        THREAD.store(RUNNING, Ordering::Relaxed);
-        return;
-    }
-    loop {
-        let seq = WAKE.load(Ordering::Acquire);
-        if THREAD.load(Ordering::Acquire) != ASLEEP {
-            return;
-        }
-        // SAFETY: a futex wait on a static word, private to the process, with no timeout;
-        // it returns at once if the word is no longer `seq`, and on a signal (all blocked).
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                WAKE.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seq,
-                core::ptr::null::<libc::timespec>(),
-            )
-        };
-    }
+    SLEEP.sleep_unless(anything_waits);
 }
 
 /// Wakes the purger if it sleeps: to be called after a heap became `waiting`, or a segment
@@ -356,27 +332,10 @@ pub(super) fn notify() {
     }
 }
 
-/// [`notify`]'s side of the handshake (see [`sleep_while_nothing_waits`]). No allocation,
-/// no lock: a fence, a load, and when the purger sleeps a CAS, an add and `FUTEX_WAKE`.
+/// [`notify`]'s side of the handshake (see [`sleep_while_nothing_waits`]).
 #[cold]
 fn wake() {
-    fence(Ordering::SeqCst);
-    if THREAD.load(Ordering::Relaxed) == ASLEEP
-        && THREAD
-            .compare_exchange(ASLEEP, RUNNING, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        WAKE.fetch_add(1, Ordering::Release);
-        // SAFETY: a futex wake of the static word the purger waits on; wakes at most one.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                WAKE.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                1,
-            )
-        };
-    }
+    SLEEP.wake();
 }
 
 /// One pass: unmap the pools' expired segments, then, for every registered thread heap that
