@@ -345,8 +345,7 @@ impl Segment {
             s.dirty |= mask;
             s.purge_recent &= !mask;
             s.purge_pending &= !mask;
-            s.tails &= !(1u64 << i);
-            s.tails_new &= !(1u64 << i);
+            Segment::drop_tail(s, i);
             s.used_pages += 1;
             let pages = s.pages.as_mut_ptr();
             for j in 1..n {
@@ -408,8 +407,7 @@ impl Segment {
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
             // The tail bit first: a bit over a free slice would name whatever page takes it.
-            s.tails &= !(1u64 << i);
-            s.tails_new &= !(1u64 << i);
+            Segment::drop_tail(s, i);
             s.free_slices |= run_mask(n) << i;
             s.used_pages -= 1;
             Segment::schedule_purge(seg, run_mask(n) << i, now, delay);

@@ -32,6 +32,35 @@ impl Segment {
         }
     }
 
+    /// Takes slice `i` out of the tail bitmaps (its page was given back, taken, or its tail
+    /// is done).
+    ///
+    /// # Safety
+    /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps.
+    #[inline]
+    pub unsafe fn drop_tail(seg: *mut Segment, i: usize) {
+        // SAFETY: the caller owns the bitmaps (contract); raw places, as in tend_tails.
+        unsafe {
+            (*seg).tails &= !(1u64 << i);
+            (*seg).tails_new &= !(1u64 << i);
+        }
+    }
+
+    /// Whether slice `i` of `seg` starts a bin page in use: what every `tails` bit must name
+    /// (invariant 25 of docs/correctness.md); a bit that does not is dropped unread.
+    ///
+    /// # Safety
+    /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s slow-path fields.
+    pub unsafe fn starts_bin_page(seg: *mut Segment, i: usize) -> bool {
+        // SAFETY: the caller owns the fields read (contract), read through raw places.
+        unsafe {
+            let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+            (*seg).free_slices & (1u64 << i) == 0
+                && *ptr::addr_of!((*page).kind) == PageKind::Bin as u8
+                && *ptr::addr_of!((*page).back) == 0
+        }
+    }
+
     /// One tail step, when it is due by `now` (or every tail at once if `all`): gives back
     /// the uncarved memory of the pages booked by [`book_tail`](Segment::book_tail) before
     /// the previous step, from the OS page past each one's last carved block to its end
@@ -64,17 +93,13 @@ impl Segment {
             while todo != 0 {
                 let i = todo.trailing_zeros() as usize;
                 todo &= todo - 1;
-                let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
                 // Not the first slice of a bin page in use (a fork child's dead thread stopped
                 // inside `free_page`, between its bitmaps' stores): dropped, never given back.
-                if (*seg).free_slices & (1u64 << i) != 0
-                    || *ptr::addr_of!((*page).kind) != PageKind::Bin as u8
-                    || *ptr::addr_of!((*page).back) != 0
-                {
-                    (*seg).tails &= !(1u64 << i);
-                    (*seg).tails_new &= !(1u64 << i);
+                if !Segment::starts_bin_page(seg, i) {
+                    Segment::drop_tail(seg, i);
                     continue;
                 }
+                let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
                 let start = Segment::slice_start(seg, i) as usize;
                 let carved = *ptr::addr_of!((*page).capacity) as usize
                     * *ptr::addr_of!((*page).block_size) as usize;

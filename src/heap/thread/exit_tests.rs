@@ -221,11 +221,7 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
             while todo != 0 {
                 let i = todo.trailing_zeros() as usize;
                 todo &= todo - 1;
-                let p = (*seg).pages.as_ptr().add(i);
-                if (*seg).free_slices & (1u64 << i) != 0
-                    || (*p).kind != PageKind::Bin as u8
-                    || (*p).back != 0
-                {
+                if !Segment::starts_bin_page(seg, i) {
                     return Err(format!(
                         "segment {seg:p}: tail bit {i} is not the start of a bin page in use"
                     ));
