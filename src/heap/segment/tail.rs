@@ -115,7 +115,7 @@ impl Segment {
                     // them as zero (the page's `fresh` is false), so nothing is wrong.
                     os::decommit(from as *mut u8, end - from);
                 }
-                (*seg).tails &= !(1u64 << i);
+                Segment::drop_tail(seg, i);
             }
             if step {
                 (*seg).tails_new = 0;

@@ -10,7 +10,7 @@
 //! the `Heap` fields `gate`, `gate_depth`, `waiting`, `holding`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
-//! (`WAIT_BYTES`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
+//! (`WAIT_BYTES`, `set_holding`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
 //! huge}` (pool unmapping, the huge cache's expiry), `heap::wake` (the sleep and wake-up
 //! handshake), `sync`, `sys::os`, `init` (the purge delay).
 //!
@@ -51,7 +51,7 @@
 
 use super::registry::REGISTRY;
 use super::slices::purge_segments;
-use super::tick::WAIT_BYTES;
+use super::tick::{set_holding, WAIT_BYTES};
 use super::Heap;
 use crate::heap::segment::{MAX_NODES, POOLS};
 use crate::heap::wake::Sleep;
@@ -421,7 +421,7 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
         left += cache.held();
         *addr_of_mut!((*h).idle_bytes) = left;
         (*addr_of!((*h).waiting)).store(left > WAIT_BYTES, Ordering::Relaxed);
-        (*addr_of!((*h).holding)).store(left > 0, Ordering::Relaxed);
+        set_holding(&*addr_of!((*h).holding), left > 0);
     }
 }
 

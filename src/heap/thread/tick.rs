@@ -26,7 +26,7 @@ use super::{empty_page, HeapRef, ACTIVE};
 use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS, SEGMENT_SIZE};
 use crate::heap::size_class::NBINS;
 use crate::init;
-use crate::sync::Ordering;
+use crate::sync::{AtomicBool, Ordering};
 use crate::sys::os;
 
 /// Resident bytes waiting to be purged past which a heap is `waiting`: its slow paths then
@@ -36,17 +36,29 @@ use crate::sys::os;
 /// (README: live set + 10 % + 8 MiB).
 pub(super) const WAIT_BYTES: usize = 4 << 20;
 
+/// Stores a heap's `holding` flag, written only when it changes (no store on the heap's
+/// line for every page given back); a heap turning holding wakes a sleeping purger, which
+/// looks at `holding` too (review rev10: with it on, a quiet heap that was only holding was
+/// visited by nobody). For the owner and for a pass holding its gate.
+#[inline]
+pub(super) fn set_holding(flag: &AtomicBool, holding: bool) {
+    if flag.load(Ordering::Relaxed) == holding {
+        return;
+    }
+    let was = flag.swap(holding, Ordering::Relaxed);
+    if holding && !was {
+        purger::notify();
+    }
+}
+
 /// Books `bytes` given back (resident) to our segments, the pool or the huge cache: past
 /// [`WAIT_BYTES`] since the last collection, the heap is `waiting` until a collection finds
 /// less than that left to purge.
 #[inline]
 pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
-    if bytes > 0 && !h.holding.load(Ordering::Relaxed) {
-        h.holding.store(true, Ordering::Relaxed);
-        // A sleeping purger looks at `holding` too (review rev10: with it on, a quiet heap
-        // that was only holding was visited by nobody).
-        purger::notify();
+    if bytes > 0 {
+        set_holding(&h.holding, true);
     }
     if h.idle_bytes > WAIT_BYTES {
         h.waiting.store(true, Ordering::Relaxed);
@@ -166,10 +178,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             pool.unmap_expired(now);
         }
         left += h.huge_cache.held();
-        let was_holding = h.holding.swap(left > 0, Ordering::Relaxed);
-        if left > 0 && !was_holding {
-            purger::notify();
-        }
+        set_holding(&h.holding, left > 0);
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
