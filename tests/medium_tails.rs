@@ -49,6 +49,21 @@ fn tail_of(p: usize, s: usize) -> (usize, usize) {
     (from, p + 8 * SLICE - from)
 }
 
+/// For the block `p` of `s` bytes that starts its medium page on resident slices: checks
+/// that the page's tail is booked (all of it resident), then runs this thread's slow paths
+/// until it is given back or [`DEADLINE`] passes. Returns the tail's resident pages left and
+/// the time taken.
+fn booked_tail_traffic(p: usize, s: usize) -> (usize, Duration) {
+    assert_eq!(p % SLICE, 0, "the first block starts its page");
+    let (from, len) = tail_of(p, s);
+    assert_eq!(
+        resident_pages(from, len),
+        len / 4096,
+        "the tail was not booked on resident slices"
+    );
+    slow_traffic_until(DEADLINE, || resident_pages(from, len))
+}
+
 /// This thread's slow paths (4 KiB blocks allocated and freed a page at a time, so its
 /// collections run, and with them the passes over other heaps), with short sleeps, until
 /// `left()` is 0 or `limit` has passed. Returns the last `left()` and the time taken.
@@ -310,14 +325,7 @@ fn child_exited_thread_tails() {
     })
     .join()
     .unwrap();
-    assert_eq!(p % SLICE, 0, "the first block starts its page");
-    let (from, len) = tail_of(p, s);
-    assert_eq!(
-        resident_pages(from, len),
-        len / 4096,
-        "the tail was not booked"
-    );
-    let (rest, took) = slow_traffic_until(DEADLINE, || resident_pages(from, len));
+    let (rest, took) = booked_tail_traffic(p, s);
     assert_eq!(
         rest, 0,
         "{rest} pages of an exited thread's tail resident after {took:?}"
@@ -354,14 +362,7 @@ fn child_adopted_tails() {
             Box::new(|| ()) as Box<dyn FnOnce() + Send>,
         )
     });
-    assert_eq!(p % SLICE, 0, "the first block starts its page");
-    let (from, len) = tail_of(p, s);
-    assert_eq!(
-        resident_pages(from, len),
-        len / 4096,
-        "the tail was not booked on resident slices"
-    );
-    let (rest, took) = slow_traffic_until(DEADLINE, || resident_pages(from, len));
+    let (rest, took) = booked_tail_traffic(p, s);
     worker.finish();
     assert_eq!(
         rest, 0,
