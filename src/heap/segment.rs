@@ -4,7 +4,8 @@
 //! inside it, the slice bitmaps (a large page growing or shrinking in place included), the
 //! per-node pools of empty segments and the lists of abandoned segments; the segment map
 //! (address to owner tag) is its child `map`, the page descriptor's layout its child `desc`,
-//! the uncarved memory a new medium page keeps resident for a delay its child `tail`.
+//! the uncarved memory a new medium page keeps resident for a delay its child `tail`, the
+//! purge schedule of free slices (delay steps, retries of refused purges) its child `purge`.
 //! May touch: `sys::{os, numa}` (map, purge, bind), `heap::list`, `heap::remote`,
 //! `heap::size_class`, `topology::raw` (`MAX_NODES`).
 //!
@@ -155,6 +156,16 @@ pub struct Segment {
     /// every slice of `purge_recent` has waited the delay out, and a step purges it with the
     /// pending ones (steps may be far apart when the heap is seldom on a slow path).
     pub purge_recent_ms: u64,
+    /// Free slices whose purge the kernel refused (locked memory: `mlock`, `mlockall`): left
+    /// off the delay's schedule above, they are tried again at `purge_retry_at`, each refusal
+    /// doubling the wait (`purge_backoff`), so that memory unlocked later still goes back
+    /// while memory that stays locked costs a system call ever more seldom.
+    pub purge_refused: u64,
+    /// When the refused slices are next tried (ms; meaningful while `purge_refused` is not 0).
+    pub purge_retry_at: u64,
+    /// The wait before that try (ms): `purge::PURGE_RETRY_MIN_MS` or the delay after a first
+    /// refusal, doubled after each up to `PURGE_RETRY_MAX_MS`; 0 once a try succeeds.
+    pub purge_backoff: u64,
     /// Pages in use.
     pub used_pages: u32,
     /// While abandoned: the blocks its last owner left out, less the frees since (a hint; the
@@ -485,126 +496,11 @@ impl Segment {
             grow
         }
     }
-
-    /// Books slices `mask`, just freed, for purging no sooner than `delay` ms from `now`.
-    ///
-    /// # Safety
-    /// The caller owns `seg` and the slices of `mask` are free.
-    #[inline]
-    pub unsafe fn schedule_purge(seg: *mut Segment, mask: u64, now: u64, delay: u64) {
-        // SAFETY: the caller owns the segment's bitmaps.
-        unsafe {
-            let s = &mut *seg;
-            if mask == 0 {
-                return;
-            }
-            s.purge_recent |= mask;
-            s.purge_recent_ms = now;
-            if s.purge_at == 0 {
-                s.purge_at = now + delay;
-            }
-        }
-    }
-
-    /// Whether the segment has resident free slices that were freed since the last purge
-    /// step, the last of them less than `delay` ms before `now`. Slices freed a full delay
-    /// ago are not recent, whether a step has run since or not: the step due now purges them
-    /// all ([`purge_step`](Segment::purge_step)) and leaves nothing due, so an empty segment
-    /// that waited for them to age would never be looked at again (it stayed its owner's,
-    /// mapped, for good: tests/idle.rs `a_threads_emptied_segments_go_back_after_its_own_collections`).
-    ///
-    /// # Safety
-    /// The caller owns `seg`.
-    #[inline]
-    pub unsafe fn has_recent_free(seg: *const Segment, now: u64, delay: u64) -> bool {
-        // SAFETY: the caller owns the segment's bitmaps.
-        unsafe {
-            (*seg).purge_recent & (*seg).free_slices & (*seg).dirty != 0
-                && now < (*seg).purge_recent_ms.saturating_add(delay)
-        }
-    }
-
-    /// One purge step, due at `purge_at`: returns the slices that were already free at the
-    /// previous step (and still are) to the OS, and moves the slices freed since then up to
-    /// be purged at the next step, `delay` ms from now. Every slice is so purged between one
-    /// and two delays after it was freed (plus the collection interval), and a slice that is
-    /// freed and taken again in between never goes back to the OS: a steady churn of pages
-    /// does not fault its memory in again and again. When the last slice freed since the
-    /// previous step was freed a full delay ago (a step long overdue), those go too.
-    ///
-    /// # Safety
-    /// The caller owns `seg`.
-    pub unsafe fn purge_step(seg: *mut Segment, now: u64, delay: u64) {
-        // SAFETY: exclusive access to the header's purge fields per the contract. Field by
-        // field through the raw pointer, never a `&mut Segment`: the background purger calls
-        // this while the owner's fast path writes the same segment's `pages`.
-        unsafe {
-            let free_dirty = (*seg).free_slices & (*seg).dirty;
-            let mut due = (*seg).purge_pending & free_dirty;
-            let mut recent = (*seg).purge_recent & free_dirty;
-            if now >= (*seg).purge_recent_ms.saturating_add(delay) {
-                due |= recent;
-                recent = 0;
-            }
-            Segment::decommit_mask(seg, due);
-            (*seg).purge_pending = recent;
-            (*seg).purge_recent = 0;
-            (*seg).purge_at = if recent != 0 { now + delay } else { 0 };
-        }
-    }
-
-    /// Bytes of free slices that may be resident (what purging would give back).
-    ///
-    /// # Safety
-    /// The caller owns `seg`.
-    #[inline]
-    pub unsafe fn resident_free_bytes(seg: *const Segment) -> usize {
-        // SAFETY: the caller owns the segment's bitmaps.
-        unsafe { ((*seg).free_slices & (*seg).dirty).count_ones() as usize * SLICE_SIZE }
-    }
-
-    /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS.
-    ///
-    /// # Safety
-    /// The caller owns `seg` and the slices of `mask` hold no live block.
-    unsafe fn decommit_mask(seg: *mut Segment, mask: u64) {
-        // SAFETY: the caller owns seg and the slices of mask hold no live block. `dirty` is
-        // written through the raw pointer, never a `&mut Segment` (see purge_step).
-        unsafe {
-            let mut todo = mask;
-            while todo != 0 {
-                let i = todo.trailing_zeros() as usize;
-                let run = (!(todo >> i)).trailing_zeros() as usize;
-                let start = Segment::slice_start(seg, i);
-                let m = run_mask(run) << i;
-                todo &= !m;
-                // Refused (locked memory: mlock, mlockall): the slices keep their contents,
-                // so they stay dirty (a page made there must not count as zeroed).
-                if os::decommit(start, Segment::run_bytes(i, run)) {
-                    (*seg).dirty &= !m;
-                }
-            }
-        }
-    }
-
-    /// Returns the physical memory of free, dirty slices to the OS (owner or lock holder).
-    ///
-    /// # Safety
-    /// The caller owns `seg` (or holds the lock of the list it is on).
-    pub unsafe fn purge_free(seg: *mut Segment) {
-        // SAFETY: exclusive access to the header's purge fields per the contract (field by
-        // field, never a `&mut Segment`: see purge_step); free slices hold no live block.
-        unsafe {
-            (*seg).purge_at = 0;
-            (*seg).purge_recent = 0;
-            (*seg).purge_pending = 0;
-            Segment::decommit_mask(seg, (*seg).free_slices & (*seg).dirty);
-        }
-    }
 }
 
 mod desc;
 mod map;
+mod purge;
 mod tail;
 pub use desc::{LineBreak, Page, PageKind, PAGE_CHECK_FREE, PAGE_IN_FULL};
 #[cfg(test)]

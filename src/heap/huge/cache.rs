@@ -322,6 +322,16 @@ impl HugeCache {
         }
     }
 
+    /// When the next cached mapping expires with a purge delay of `delay` ms (0: none cached).
+    pub fn next_expiry(&self, delay: u64) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| !e.seg.is_null())
+            .map(|e| e.freed_at.saturating_add(delay).max(1))
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Unmaps the mappings cached for `delay` ms or longer by `now`.
     pub fn expire(&mut self, now: u64, delay: u64) {
         for e in self.entries.iter_mut() {

@@ -149,6 +149,12 @@ pub struct Heap {
     /// went quiet below `WAIT_BYTES` does not keep it resident, each such thread adding its
     /// slack to the process's.
     holding: AtomicBool,
+    /// When anything of a `holding` heap is next due (ms: the earliest purge step, tail step,
+    /// retry of a refused purge or huge cache expiry, as its last collection or pass found
+    /// them), 0 if not known (memory given back since: `tick::note_idle`). A pass visits a
+    /// quiet holding heap only once that time has come, not every quarter delay with nothing
+    /// to do.
+    due_ms: AtomicU64,
     /// When the owner last collected (ms; written by the owner at each collection, read by
     /// other threads' [`purger::help`] passes, which visit only a heap whose owner has not
     /// collected for a whole purge delay: a worker that went quiet, not an owner busy with
@@ -244,6 +250,7 @@ impl Heap {
             label: 0,
             waiting: AtomicBool::new(false),
             holding: AtomicBool::new(false),
+            due_ms: AtomicU64::new(0),
             collected_ms: AtomicU64::new(0),
             gate: AtomicU8::new(0),
             gate_depth: 0,

@@ -7,10 +7,10 @@
 //! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
 //! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
 //! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
-//! the `Heap` fields `gate`, `gate_depth`, `waiting`, `holding`, `collected_ms` (read), `idle_bytes`,
+//! the `Heap` fields `gate`, `gate_depth`, `waiting`, `holding`, `due_ms`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
-//! (`WAIT_BYTES`, `set_holding`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
+//! (`WAIT_BYTES`, `book_left`), `slices` (the segment list's purge walk, `purge_segments`), `heap::{segment,
 //! huge}` (pool unmapping, the huge cache's expiry), `heap::wake` (the sleep and wake-up
 //! handshake), `sync`, `sys::os`, `init` (the purge delay).
 //!
@@ -51,7 +51,7 @@
 
 use super::registry::REGISTRY;
 use super::slices::purge_segments;
-use super::tick::{set_holding, WAIT_BYTES};
+use super::tick::{book_left, WAIT_BYTES};
 use super::Heap;
 use crate::heap::segment::{MAX_NODES, POOLS};
 use crate::heap::wake::Sleep;
@@ -384,7 +384,12 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
                     && if (*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
                         !quiet_only || quiet()
                     } else {
-                        (*addr_of!((*h).holding)).load(Ordering::Relaxed) && quiet()
+                        // Once something is due: a quiet heap whose next step is not yet
+                        // due has nothing for the pass (0: not known, visit).
+                        let due = (*addr_of!((*h).due_ms)).load(Ordering::Relaxed);
+                        (*addr_of!((*h).holding)).load(Ordering::Relaxed)
+                            && (due == 0 || now >= due)
+                            && quiet()
                     }
                     && (*addr_of!((*h).gate))
                         .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
@@ -415,13 +420,18 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
     // points into it.
     // SAFETY: the gate is held (contract), which makes those ours (above).
     unsafe {
-        let mut left = purge_segments(addr_of_mut!((*h).segments), now, delay);
+        let segs = purge_segments(addr_of_mut!((*h).segments), now, delay);
         let cache = &mut *addr_of_mut!((*h).huge_cache);
         cache.expire(now, delay);
-        left += cache.held();
+        let left = book_left(
+            &*addr_of!((*h).holding),
+            &*addr_of!((*h).due_ms),
+            segs,
+            cache,
+            delay,
+        );
         *addr_of_mut!((*h).idle_bytes) = left;
         (*addr_of!((*h).waiting)).store(left > WAIT_BYTES, Ordering::Relaxed);
-        set_holding(&*addr_of!((*h).holding), left > 0);
     }
 }
 

@@ -79,32 +79,58 @@ pub(super) unsafe fn release_segment(seg: *mut Segment, now: u64) {
     }
 }
 
+/// What a walk over a heap's segments leaves to purge ([`purge_segments`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Left {
+    /// Resident free bytes with a purge step due, uncarved tails included.
+    pub bytes: usize,
+    /// When the next step, tail step or retry of a refused purge is due (ms; 0: none).
+    pub due: u64,
+}
+
+impl Left {
+    /// Whether any step waits, due or not: the heap is `holding`.
+    pub fn any(self) -> bool {
+        self.bytes > 0 || self.due != 0
+    }
+}
+
+/// The earlier of two due times, 0 meaning none.
+#[inline]
+pub(super) fn earlier(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (x, y) => x.min(y),
+    }
+}
+
 /// The purge steps that are due in the segment list `list` (a heap's `segments`), by `now`
 /// with a purge delay of `delay` ms (0: everything, now): an empty segment none of whose
 /// slices was freed recently (since its last step and less than a delay ago) goes to its
-/// node's pool ([`release_segment`]); the others have their due slices purged, and the
-/// uncarved memory of their pages whose time has come given back ([`Segment::tend_tails`]).
-/// Returns the resident free bytes left in the segments that stay with a purge step due,
-/// uncarved tails included. The one walk of the owner's collection
-/// (`tick::heap_collect`) and of a pass over another heap (`purger`'s `purge_heap`): an empty
-/// segment must leave here, not be purged step by step, for its last step leaves it nothing
-/// due (`purge_at` 0), and no collection looks at a segment with nothing due, so it would stay
-/// its owner's, mapped, for good (tests/idle.rs
-/// `an_idle_threads_segments_purged_by_others_still_go_back`).
+/// node's pool ([`release_segment`]); the others have their due slices purged, the uncarved
+/// memory of their pages whose time has come given back ([`Segment::tend_tails`]), and the
+/// slices whose purge the kernel refused tried again once their backoff is over
+/// ([`Segment::retry_refused`]). Returns the resident free bytes left in the segments that
+/// stay with a purge step due, uncarved tails included, and when the next step of any kind
+/// is due. The one walk of the owner's collection (`tick::heap_collect`) and of a pass over
+/// another heap (`purger`'s `purge_heap`): an empty segment must leave here, not be purged
+/// step by step, for its last step leaves it nothing due (`purge_at` 0), and no collection
+/// looks at a segment with nothing due, so it would stay its owner's, mapped, for good
+/// (tests/idle.rs `an_idle_threads_segments_purged_by_others_still_go_back`).
 ///
 /// # Safety
 /// The caller owns the list and its segments (their owner, or a pass holding the owner's
 /// gate), and uses none it released after this returns.
-pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u64) -> usize {
+pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u64) -> Left {
     // SAFETY: the list and its segments are ours (contract); a segment is read before it is
     // released, never after.
     unsafe {
-        let mut left = 0usize;
+        let mut left = Left::default();
         let mut seg = *list;
         while !seg.is_null() {
             let next = (*seg).next;
             if (*seg).tails != 0 {
-                left += Segment::tend_tails(seg, now, delay, delay == 0);
+                left.bytes += Segment::tend_tails(seg, now, delay, delay == 0);
             }
             if (*seg).purge_at != 0 && now >= (*seg).purge_at {
                 if (*seg).used_pages == 0 && !Segment::has_recent_free(seg, now, delay) {
@@ -114,18 +140,21 @@ pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u6
                     seg = next;
                     continue;
                 } else if delay == 0 {
-                    Segment::purge_free(seg);
+                    let refused = Segment::purge_free(seg);
+                    Segment::note_refused(seg, refused, now, delay);
                 } else {
                     Segment::purge_step(seg, now, delay);
                 }
             }
+            left.due = earlier(left.due, Segment::retry_refused(seg, now, delay));
             // Only while a step is due: free slices that stay resident with none due are those
-            // the kernel refused to drop (locked memory), which no later step drops either;
-            // counted, they kept the heap `holding` and every pass visiting it for nothing
-            // (review rev10).
+            // the kernel refused to drop (locked memory), which only the backoff's retries
+            // look at; counted, they kept the heap `holding` and every pass visiting it
+            // (review rev10), and under `mlockall` `waiting` for good.
             if (*seg).purge_at != 0 {
-                left += Segment::resident_free_bytes(seg);
+                left.bytes += Segment::resident_free_bytes(seg);
             }
+            left.due = earlier(left.due, earlier((*seg).purge_at, (*seg).tails_at));
             seg = next;
         }
         left

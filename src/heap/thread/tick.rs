@@ -18,15 +18,16 @@ use super::node::collect_node_heaps;
 use super::purger;
 use super::registry::follow_home;
 use super::slices::{
-    for_each_used_page, purge_segments, release_empty_page, release_segment, release_segment_dirty,
-    segment_nearly_full, set_live_hint,
+    earlier, for_each_used_page, purge_segments, release_empty_page, release_segment,
+    release_segment_dirty, segment_nearly_full, set_live_hint, Left,
 };
 use super::tls::own;
 use super::{empty_page, HeapRef, ACTIVE};
+use crate::heap::huge::HugeCache;
 use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS, SEGMENT_SIZE};
 use crate::heap::size_class::NBINS;
 use crate::init;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::sys::os;
 
 /// Resident bytes waiting to be purged past which a heap is `waiting`: its slow paths then
@@ -51,6 +52,31 @@ pub(super) fn set_holding(flag: &AtomicBool, holding: bool) {
     }
 }
 
+/// Stores a heap's `due_ms`, written only when it changes (see [`set_holding`]).
+#[inline]
+pub(super) fn set_due(due_ms: &AtomicU64, due: u64) {
+    if due_ms.load(Ordering::Relaxed) != due {
+        due_ms.store(due, Ordering::Relaxed);
+    }
+}
+
+/// Books what a collection or a pass found left to purge in a heap's segments (`left`) and
+/// its huge cache (`cache`): the heap is `holding` while anything waits, due or not, and
+/// `due_ms` says when the first of it is due. Returns the resident bytes waiting (for
+/// `idle_bytes` and `waiting`). For the owner and for a pass holding its gate.
+pub(super) fn book_left(
+    holding: &AtomicBool,
+    due_ms: &AtomicU64,
+    left: Left,
+    cache: &HugeCache,
+    delay: u64,
+) -> usize {
+    let held = cache.held();
+    set_due(due_ms, earlier(left.due, cache.next_expiry(delay)));
+    set_holding(holding, left.any() || held > 0);
+    left.bytes + held
+}
+
 /// Books `bytes` given back (resident) to our segments, the pool or the huge cache: past
 /// [`WAIT_BYTES`] since the last collection, the heap is `waiting` until a collection finds
 /// less than that left to purge.
@@ -58,6 +84,8 @@ pub(super) fn set_holding(flag: &AtomicBool, holding: bool) {
 pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if bytes > 0 {
+        // Due at once, as far as passes know, until the next collection or pass counts it.
+        set_due(&h.due_ms, 0);
         set_holding(&h.holding, true);
     }
     if h.idle_bytes > WAIT_BYTES {
@@ -168,7 +196,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         // What is left to purge after this pass (resident free slices of our segments, the
         // pool, the huge cache) decides whether the heap goes on `waiting`.
         // Empty segments go to the pool (counted below), the others' due slices are purged.
-        let mut left = purge_segments(core::ptr::addr_of_mut!(h.segments), now, delay);
+        let segs = purge_segments(core::ptr::addr_of_mut!(h.segments), now, delay);
         h.huge_cache.expire(now, delay);
         // Every node's pool, not only ours: a node whose threads are gone or seldom collect
         // does not keep its pooled segments mapped past their time. Only unmapping: nothing
@@ -177,8 +205,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         for pool in POOLS.iter() {
             pool.unmap_expired(now);
         }
-        left += h.huge_cache.held();
-        set_holding(&h.holding, left > 0);
+        let mut left = book_left(&h.holding, &h.due_ms, segs, &h.huge_cache, delay);
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);

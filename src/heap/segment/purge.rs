@@ -1,0 +1,285 @@
+//! The purge schedule of a segment's free slices: each freed slice waits one to two purge
+//! delays resident (a page taken there meanwhile faults nothing in), then goes back to the
+//! OS; slices whose purge the kernel refused (locked memory) are tried again on a doubling
+//! backoff.
+//!
+//! Owns: the `purge_*` fields of the segment header and the steps over them. May touch: the
+//! `free_slices` (read) and `dirty` bitmaps, `sys::os` (the decommit).
+
+use super::{run_mask, Segment, SLICE_SIZE};
+use crate::sys::os;
+
+/// The shortest wait before free slices whose purge the kernel refused are tried again (ms;
+/// the purge delay if longer): see [`Segment::note_refused`].
+pub const PURGE_RETRY_MIN_MS: u64 = 10;
+/// The longest wait between two tries (ms): slices locked for good cost one `madvise` a
+/// minute, slices unlocked at last go back within a minute.
+pub const PURGE_RETRY_MAX_MS: u64 = 60_000;
+
+impl Segment {
+    /// Books slices `mask`, just freed, for purging no sooner than `delay` ms from `now`.
+    ///
+    /// # Safety
+    /// The caller owns `seg` and the slices of `mask` are free.
+    #[inline]
+    pub unsafe fn schedule_purge(seg: *mut Segment, mask: u64, now: u64, delay: u64) {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe {
+            let s = &mut *seg;
+            if mask == 0 {
+                return;
+            }
+            s.purge_recent |= mask;
+            s.purge_recent_ms = now;
+            if s.purge_at == 0 {
+                s.purge_at = now + delay;
+            }
+        }
+    }
+
+    /// Whether the segment has resident free slices that were freed since the last purge
+    /// step, the last of them less than `delay` ms before `now`. Slices freed a full delay
+    /// ago are not recent, whether a step has run since or not: the step due now purges them
+    /// all ([`purge_step`](Segment::purge_step)) and leaves nothing due, so an empty segment
+    /// that waited for them to age would never be looked at again (it stayed its owner's,
+    /// mapped, for good: tests/idle.rs `a_threads_emptied_segments_go_back_after_its_own_collections`).
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    #[inline]
+    pub unsafe fn has_recent_free(seg: *const Segment, now: u64, delay: u64) -> bool {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe {
+            (*seg).purge_recent & (*seg).free_slices & (*seg).dirty != 0
+                && now < (*seg).purge_recent_ms.saturating_add(delay)
+        }
+    }
+
+    /// One purge step, due at `purge_at`: returns the slices that were already free at the
+    /// previous step (and still are) to the OS, and moves the slices freed since then up to
+    /// be purged at the next step, `delay` ms from now. Every slice is so purged between one
+    /// and two delays after it was freed (plus the collection interval), and a slice that is
+    /// freed and taken again in between never goes back to the OS: a steady churn of pages
+    /// does not fault its memory in again and again. When the last slice freed since the
+    /// previous step was freed a full delay ago (a step long overdue), those go too.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn purge_step(seg: *mut Segment, now: u64, delay: u64) {
+        // SAFETY: exclusive access to the header's purge fields per the contract. Field by
+        // field through the raw pointer, never a `&mut Segment`: the background purger calls
+        // this while the owner's fast path writes the same segment's `pages`.
+        unsafe {
+            let free_dirty = (*seg).free_slices & (*seg).dirty;
+            let mut due = (*seg).purge_pending & free_dirty;
+            let mut recent = (*seg).purge_recent & free_dirty;
+            if now >= (*seg).purge_recent_ms.saturating_add(delay) {
+                due |= recent;
+                recent = 0;
+            }
+            let refused = Segment::decommit_mask(seg, due);
+            (*seg).purge_pending = recent;
+            (*seg).purge_recent = 0;
+            (*seg).purge_at = if recent != 0 { now + delay } else { 0 };
+            Segment::note_refused(seg, refused, now, delay);
+        }
+    }
+
+    /// Books `refused` (slices whose purge the kernel just refused) for a try after the
+    /// backoff, which doubles with every refusal: the first try waits the purge delay (at
+    /// least [`PURGE_RETRY_MIN_MS`]), later ones up to [`PURGE_RETRY_MAX_MS`]. Nothing if
+    /// `refused` is 0.
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn note_refused(seg: *mut Segment, refused: u64, now: u64, delay: u64) {
+        if refused == 0 {
+            return;
+        }
+        // SAFETY: the caller owns the segment's purge fields; through the raw pointer, field
+        // by field (see purge_step).
+        unsafe {
+            let b = (*seg).purge_backoff;
+            let b = if b == 0 {
+                delay.max(PURGE_RETRY_MIN_MS)
+            } else {
+                b.saturating_mul(2)
+            }
+            .min(PURGE_RETRY_MAX_MS);
+            (*seg).purge_backoff = b;
+            (*seg).purge_refused |= refused;
+            (*seg).purge_retry_at = now.saturating_add(b);
+        }
+    }
+
+    /// Tries again the purge of the slices the kernel refused, when their backoff is over:
+    /// those still free and resident go back to the OS, or, refused again, wait twice as
+    /// long. Returns when the next try is due (0: none).
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    pub unsafe fn retry_refused(seg: *mut Segment, now: u64, delay: u64) -> u64 {
+        // SAFETY: the caller owns the segment's bitmaps; free slices hold no live block.
+        unsafe {
+            if (*seg).purge_refused == 0 {
+                return 0;
+            }
+            if now < (*seg).purge_retry_at {
+                return (*seg).purge_retry_at;
+            }
+            let m = (*seg).purge_refused & (*seg).free_slices & (*seg).dirty;
+            (*seg).purge_refused = 0;
+            let refused = Segment::decommit_mask(seg, m);
+            if refused == 0 {
+                (*seg).purge_backoff = 0;
+                return 0;
+            }
+            Segment::note_refused(seg, refused, now, delay);
+            (*seg).purge_retry_at
+        }
+    }
+
+    /// Bytes of free slices that may be resident (what purging would give back).
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    #[inline]
+    pub unsafe fn resident_free_bytes(seg: *const Segment) -> usize {
+        // SAFETY: the caller owns the segment's bitmaps.
+        unsafe { ((*seg).free_slices & (*seg).dirty).count_ones() as usize * SLICE_SIZE }
+    }
+
+    /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS. Returns
+    /// the slices whose purge the kernel refused (they stay dirty).
+    ///
+    /// # Safety
+    /// The caller owns `seg` and the slices of `mask` hold no live block.
+    unsafe fn decommit_mask(seg: *mut Segment, mask: u64) -> u64 {
+        // SAFETY: the caller owns seg and the slices of mask hold no live block. `dirty` is
+        // written through the raw pointer, never a `&mut Segment` (see purge_step).
+        unsafe {
+            let mut todo = mask;
+            let mut refused = 0;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                let run = (!(todo >> i)).trailing_zeros() as usize;
+                let start = Segment::slice_start(seg, i);
+                let m = run_mask(run) << i;
+                todo &= !m;
+                // Refused (locked memory: mlock, mlockall): the slices keep their contents,
+                // so they stay dirty (a page made there must not count as zeroed).
+                if os::decommit(start, Segment::run_bytes(i, run)) {
+                    (*seg).dirty &= !m;
+                } else {
+                    refused |= m;
+                }
+            }
+            refused
+        }
+    }
+
+    /// Returns the physical memory of free, dirty slices to the OS (owner or lock holder),
+    /// and clears the purge schedule. Returns the slices whose purge the kernel refused: the
+    /// caller books them for a retry ([`note_refused`](Segment::note_refused)) if the segment
+    /// stays its own; a segment that changes hands has its free slices booked again by its
+    /// next owner.
+    ///
+    /// # Safety
+    /// The caller owns `seg` (or holds the lock of the list it is on).
+    pub unsafe fn purge_free(seg: *mut Segment) -> u64 {
+        // SAFETY: exclusive access to the header's purge fields per the contract (field by
+        // field, never a `&mut Segment`: see purge_step); free slices hold no live block.
+        unsafe {
+            (*seg).purge_at = 0;
+            (*seg).purge_recent = 0;
+            (*seg).purge_pending = 0;
+            (*seg).purge_refused = 0;
+            (*seg).purge_backoff = 0;
+            Segment::decommit_mask(seg, (*seg).free_slices & (*seg).dirty)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::segment::{SEGMENTS, SEGMENT_SIZE};
+    use core::sync::atomic::Ordering;
+
+    /// Locked free slices: refused, tried again after the delay, then after twice as long
+    /// each time (capped); once unlocked, the next try gives them back and the backoff
+    /// starts over. A try leaves alone a slice taken for a page meanwhile.
+    #[test]
+    fn refused_purges_are_tried_again_on_a_doubling_backoff() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the ranges are inside it.
+        unsafe {
+            let a = Segment::take_slices(seg, 1, false); // slice 1
+            let b = Segment::take_slices(seg, 1, false); // slice 2
+            let (sa, sb) = ((*a).start(), (*b).start());
+            core::ptr::write_bytes(sa, 0xab, SLICE_SIZE);
+            core::ptr::write_bytes(sb, 0xcd, SLICE_SIZE);
+            let (ma, mb) = (1u64 << 1, 1u64 << 2);
+            let _ = Segment::free_page(a, 1000, 100);
+            let _ = Segment::free_page(b, 1000, 100);
+            for s in [sa, sb] {
+                assert_eq!(libc::mlock(s as *const libc::c_void, SLICE_SIZE), 0);
+            }
+            // Due at 1100, a full delay after the frees: refused.
+            Segment::purge_step(seg, 1100, 100);
+            assert_eq!((*seg).purge_at, 0, "off the delay's schedule");
+            assert_eq!((*seg).purge_refused, ma | mb);
+            assert_eq!(((*seg).purge_backoff, (*seg).purge_retry_at), (100, 1200));
+            assert_eq!(
+                (*seg).dirty & (ma | mb),
+                ma | mb,
+                "refused slices stay dirty"
+            );
+            // Not yet due: nothing tried.
+            assert_eq!(Segment::retry_refused(seg, 1199, 100), 1200);
+            assert_eq!((*seg).purge_backoff, 100);
+            // Due, still locked: twice the wait.
+            assert_eq!(Segment::retry_refused(seg, 1200, 100), 1400);
+            assert_eq!(Segment::retry_refused(seg, 1400, 100), 1800);
+            (*seg).purge_backoff = 50_000;
+            assert_eq!(
+                Segment::retry_refused(seg, 1800, 100),
+                1800 + PURGE_RETRY_MAX_MS,
+                "capped"
+            );
+            // b is unlocked; a is taken for a page again: the try gives back b, leaves a.
+            libc::munlock(sb as *const libc::c_void, SLICE_SIZE);
+            let a2 = Segment::take_slices(seg, 1, false);
+            assert_eq!((*a2).start(), sa, "the lowest dirty run is reused");
+            assert_eq!(
+                Segment::retry_refused(seg, 1800 + PURGE_RETRY_MAX_MS, 100),
+                0
+            );
+            assert_eq!((*seg).dirty & mb, 0, "unlocked: given back");
+            assert_eq!(*sb, 0, "given back: reads as zero");
+            assert_eq!(*sa, 0xab, "in use again: untouched");
+            assert_eq!(((*seg).purge_refused, (*seg).purge_backoff), (0, 0));
+            libc::munlock(sa as *const libc::c_void, SLICE_SIZE);
+            let _ = Segment::free_page(a2, 2000, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// With a delay of 0 the first retry waits `PURGE_RETRY_MIN_MS`.
+    #[test]
+    fn the_first_retry_waits_at_least_the_minimum() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            Segment::note_refused(seg, 0, 5, 0);
+            assert_eq!((*seg).purge_refused, 0, "nothing refused, nothing booked");
+            Segment::note_refused(seg, 1 << 3, 5, 0);
+            assert_eq!((*seg).purge_retry_at, 5 + PURGE_RETRY_MIN_MS);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
