@@ -483,26 +483,16 @@ fn switches(status: &std::ffi::CStr) -> u64 {
         .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
 }
 
-/// With `TIERALLOC_BACKGROUND_PURGE=1`: once the spike is purged and nothing waits (the test
-/// thread's heap not `waiting`, the pools empty once their segments expire), the purger
-/// sleeps without a timer: its voluntary context switches stop (broken copy: the old purger,
-/// a pass every 25 ms forever, never stops). A second spike freed wakes it (a heap turning
-/// `waiting` notifies it), and RSS falls again without any further allocator call.
-#[test]
-fn child_purger_sleeps_until_needed() {
-    let Some((baseline, live, live_bytes)) = start("sleeps") else {
-        return;
-    };
-    let r = idle_until(bound(baseline, live_bytes), 400);
-    report("first spike, background purger", r, baseline, live_bytes);
-    // At most 40 looks, 300 ms apart: the purger goes to sleep once the pools' segments
-    // expire (100 ms) and its pass finds nothing waiting.
-    let status = purger_status();
-    let mut before = switches(&status);
+/// Waits, without calling the allocator, until the purger thread (status file `status`) sleeps:
+/// at most 40 looks, 300 ms apart (it goes to sleep once the pools' segments expire and its
+/// pass finds nothing waiting), then checks that it stays asleep for a second. Returns its
+/// voluntary context switches.
+fn purger_asleep(status: &std::ffi::CStr) -> u64 {
+    let mut before = switches(status);
     let mut still = false;
     for _ in 0..40 {
         sleep_raw(300);
-        let now = switches(&status);
+        let now = switches(status);
         if now == before {
             still = true;
             break;
@@ -515,10 +505,27 @@ fn child_purger_sleeps_until_needed() {
     );
     sleep_raw(1000);
     assert_eq!(
-        switches(&status),
+        switches(status),
         before,
         "the purger woke with nothing to purge"
     );
+    before
+}
+
+/// With `TIERALLOC_BACKGROUND_PURGE=1`: once the spike is purged and nothing waits (the test
+/// thread's heap not `waiting`, the pools empty once their segments expire), the purger
+/// sleeps without a timer: its voluntary context switches stop (broken copy: the old purger,
+/// a pass every 25 ms forever, never stops). A second spike freed wakes it (a heap turning
+/// `waiting` notifies it), and RSS falls again without any further allocator call.
+#[test]
+fn child_purger_sleeps_until_needed() {
+    let Some((baseline, live, live_bytes)) = start("sleeps") else {
+        return;
+    };
+    let r = idle_until(bound(baseline, live_bytes), 400);
+    report("first spike, background purger", r, baseline, live_bytes);
+    let status = purger_status();
+    let before = purger_asleep(&status);
     // Woken by a second spike: it purges again, with no allocator call after the frees.
     let (more, more_bytes) = spike_with_live_set();
     let r = idle_until(bound(baseline, live_bytes + more_bytes), 400);
@@ -638,6 +645,95 @@ fn background_purger_sleeps_until_needed() {
     run_scenario(
         "child_purger_sleeps_until_needed",
         "sleeps",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}
+
+/// The blocks `child_purger_woken_by_a_holding_heap`'s worker freed (written without
+/// allocating, read by the main thread after a barrier).
+static FREED: [std::sync::atomic::AtomicUsize; 16] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 16];
+
+/// With `TIERALLOC_BACKGROUND_PURGE=1` and the purger asleep (nothing waits): a worker frees
+/// 2 MiB of 128 KiB blocks (its heap `holding`, under `WAIT_BYTES`: not `waiting`) and blocks,
+/// and no thread calls the allocator after. The heap turning holding wakes the purger
+/// (`tick::set_holding`'s notify), which gives the freed slices back once their delay is over.
+/// Without that wake-up nothing does: the purger sleeps, no slow path runs a pass.
+#[test]
+fn child_purger_woken_by_a_holding_heap() {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Barrier};
+    const BIG: usize = 128 << 10;
+    let Some((baseline, live, live_bytes)) = start("wake-holding") else {
+        return;
+    };
+    let (go, done) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let worker = {
+        let (go, done) = (go.clone(), done.clone());
+        std::thread::spawn(move || {
+            // A small block kept live: the worker's segment never empties (an empty one
+            // goes to the pool, which wakes the purger by itself).
+            let keep = new_block(64, 0x3C);
+            go.wait();
+            let mut blocks = [0usize; 16];
+            for b in blocks.iter_mut() {
+                *b = new_block(BIG, 0x3C);
+            }
+            for (i, &b) in blocks.iter().enumerate() {
+                drop_block(b, BIG, 0x3C);
+                FREED[i].store(b, Ordering::Relaxed);
+            }
+            done.wait();
+            // Quiet until the main thread is done looking.
+            done.wait();
+            drop_block(keep, 64, 0x3C);
+        })
+    };
+    let r = idle_until(bound(baseline, live_bytes), 400);
+    report("spike, background purger", r, baseline, live_bytes);
+    let status = purger_status();
+    purger_asleep(&status);
+    go.wait();
+    done.wait();
+    let resident = || -> usize {
+        let mut v = [0u8; BIG / 4096];
+        FREED
+            .iter()
+            .map(|b| {
+                let p = b.load(Ordering::Relaxed) & !4095;
+                // SAFETY: the block's range lies in one of tieralloc's segments, mapped
+                // (free slices stay mapped); `v` has a byte per page of BIG bytes.
+                let r = unsafe { libc::mincore(p as *mut libc::c_void, BIG, v.as_mut_ptr()) };
+                assert_eq!(r, 0);
+                v.iter().filter(|&&b| b & 1 != 0).count()
+            })
+            .sum()
+    };
+    let at_first = resident();
+    let mut left = at_first;
+    for _ in 0..300 {
+        if left == 0 {
+            break;
+        }
+        sleep_raw(10);
+        left = resident();
+    }
+    done.wait();
+    worker.join().unwrap();
+    free_live(live);
+    assert!(at_first > 0, "the freed blocks were given back at once");
+    assert_eq!(
+        left, 0,
+        "{left} of {at_first} pages of a quiet holding heap's freed blocks still resident 3 s \
+         later: the purger slept on"
+    );
+}
+
+#[test]
+fn background_purger_is_woken_by_a_heap_turning_holding() {
+    run_scenario(
+        "child_purger_woken_by_a_holding_heap",
+        "wake-holding",
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],
     );
 }
