@@ -733,3 +733,58 @@ fn passes_visit_a_quiet_heap_only_when_a_step_is_due() {
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
+
+/// Review rev12: `purge_segments` takes every segment's `tails_at` into `Left::due`, and a
+/// `due` that is not 0 keeps the heap `holding`; but `tails_at` is reset only by a tail step
+/// (`tend_tails`), which runs only while `tails` is not 0. A medium page whose tail was booked
+/// and which is given back before its tail step (`free_page`'s `drop_tail`) leaves `tails` 0
+/// and `tails_at` set, in the past, for good: the heap stays `holding` with `due_ms` in the
+/// past, and every pass visits it forever (the background purger never sleeps either). One
+/// worker books a tail, frees its medium block, has the page retired by a collection of its
+/// own (`tieralloc::collect`) and goes quiet; once its purge steps are done (3 delays), 4
+/// delays of other threads' traffic must visit it at most once (15 and 16 visits in 2 runs:
+/// every pass). Delay 400 ms.
+#[test]
+fn child_quiet_thread_after_a_tail_given_back_early() {
+    if !is_scenario("stale-tail") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let (w, ()) = Quiet::start(|| {
+        let kept = resident_free_slices(16 * 16);
+        let s = (20 << 10) - 64;
+        let p = new_block(s, 0xE7);
+        assert_eq!(p % SLICE, 0, "the first block starts its page");
+        let (from, len) = tail_of(p, s);
+        assert_eq!(resident_pages(from, len), len / 4096, "no tail booked");
+        drop_block(p, s, 0xE7);
+        // The emptied page goes back to its segment (taking its tail bit off) before its
+        // tail step: here an explicit collection (a quarter delay's collection of a bin no
+        // longer in use does the same).
+        tieralloc::collect();
+        (
+            (),
+            Box::new(move || drop_block(kept, SMALL, 0)) as Box<dyn FnOnce() + Send>,
+        )
+    });
+    // The worker's purge steps come due and run (one to two delays).
+    let (_, _) = slow_traffic_until(Duration::from_millis(1200), || 1);
+    let before = tieralloc::stats().purges_for_others;
+    let (_, _) = slow_traffic_until(Duration::from_millis(1600), || 1);
+    let visits = tieralloc::stats().purges_for_others - before;
+    w.finish();
+    assert!(
+        visits <= 1,
+        "{visits} visits of a quiet heap with nothing to purge in 4 purge delays (passes at most \
+         every 100 ms: up to 16)"
+    );
+}
+
+#[test]
+fn passes_stop_visiting_a_quiet_heap_whose_tail_went_back_with_its_page() {
+    run_scenario(
+        "child_quiet_thread_after_a_tail_given_back_early",
+        "stale-tail",
+        &[("TIERALLOC_PURGE_DELAY_MS", "400")],
+    );
+}
