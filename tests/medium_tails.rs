@@ -702,6 +702,21 @@ fn free_slices_whose_purge_was_refused_go_back_once_unlocked() {
     );
 }
 
+/// As `free_slices_whose_purge_was_refused_go_back_once_unlocked`, with the background
+/// purger on (review rev12: it sleeps until a retry is due rather than waking every quarter
+/// delay, and must still wake for it).
+#[test]
+fn free_slices_whose_purge_was_refused_go_back_once_unlocked_with_the_purger_on() {
+    run_scenario(
+        "child_quiet_thread_with_unlocked_free_slices",
+        "unlocked-quiet",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "200"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
+    );
+}
+
 /// Passes visit a quiet heap only when something of it is due (`Heap::due_ms`), not every
 /// quarter delay while it holds anything: before, one quiet worker (`quiet_worker`: purge
 /// steps, tail steps, nothing else) was visited by every pass from the moment its owner went
