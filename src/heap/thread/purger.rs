@@ -38,10 +38,12 @@
 //! gate). It runs with every signal blocked and leaves errno as it found it.
 //!
 //! The thread runs a pass every quarter of the purge delay while anything waits (a heap is
-//! `waiting` or `holding`, a pool holds a segment), and otherwise sleeps on a futex until
-//! [`notify`] (a heap turning `waiting` or `holding`, a thread exit) wakes it: an idle program
-//! has no timer firing. It visits heaps that are `waiting`, and quiet ones that are
-//! `holding`.
+//! `waiting`, or `holding` with a step due or its due time not known, a pool holds a
+//! segment), and otherwise sleeps on a futex until [`notify`] (a heap turning `waiting` or
+//! `holding`, a heap's due time going back to "not known", a thread exit) wakes it, or until
+//! the first later step of a holding heap is due (a refused purge's retry: up to a minute
+//! away): an idle program has no timer firing but those. It visits heaps that are
+//! `waiting`, and quiet ones that are `holding` with a step due.
 //!
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
 //! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
@@ -268,8 +270,8 @@ pub(super) unsafe fn help(now: u64, delay: u64) {
 }
 
 /// The purger thread: a pass every quarter of the purge delay (at least 5 ms) while anything
-/// waits to be purged; asleep (no timer) from a pass after which nothing waits until
-/// [`notify`] wakes it.
+/// waits to be purged; asleep from a pass after which nothing waits until [`notify`] wakes it
+/// or a holding heap's next step is due (no timer if none).
 extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: a NUL-terminated name of at most 15 bytes, for the calling thread.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"tieralloc-purge".as_ptr()) };
