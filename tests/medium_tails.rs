@@ -702,6 +702,21 @@ fn free_slices_whose_purge_was_refused_go_back_once_unlocked() {
     );
 }
 
+/// As `free_slices_whose_purge_was_refused_go_back_once_unlocked`, with the background
+/// purger on (review rev12: it sleeps until a retry is due rather than waking every quarter
+/// delay, and must still wake for it).
+#[test]
+fn free_slices_whose_purge_was_refused_go_back_once_unlocked_with_the_purger_on() {
+    run_scenario(
+        "child_quiet_thread_with_unlocked_free_slices",
+        "unlocked-quiet",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "200"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
+    );
+}
+
 /// Passes visit a quiet heap only when something of it is due (`Heap::due_ms`), not every
 /// quarter delay while it holds anything: before, one quiet worker (`quiet_worker`: purge
 /// steps, tail steps, nothing else) was visited by every pass from the moment its owner went
@@ -731,5 +746,158 @@ fn passes_visit_a_quiet_heap_only_when_a_step_is_due() {
         "child_quiet_thread_visits",
         "quiet-visits",
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
+
+/// Review rev12: `purge_segments` takes every segment's `tails_at` into `Left::due`, and a
+/// `due` that is not 0 keeps the heap `holding`; but `tails_at` is reset only by a tail step
+/// (`tend_tails`), which runs only while `tails` is not 0. A medium page whose tail was booked
+/// and which is given back before its tail step (`free_page`'s `drop_tail`) leaves `tails` 0
+/// and `tails_at` set, in the past, for good: the heap stays `holding` with `due_ms` in the
+/// past, and every pass visits it forever (the background purger never sleeps either). One
+/// worker books a tail, frees its medium block, has the page retired by a collection of its
+/// own (`tieralloc::collect`) and goes quiet; once its purge steps are done (3 delays), 4
+/// delays of other threads' traffic must visit it at most once (15 and 16 visits in 2 runs:
+/// every pass). Delay 400 ms.
+#[test]
+fn child_quiet_thread_after_a_tail_given_back_early() {
+    if !is_scenario("stale-tail") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let (w, ()) = Quiet::start(|| {
+        let kept = resident_free_slices(16 * 16);
+        let s = (20 << 10) - 64;
+        let p = new_block(s, 0xE7);
+        assert_eq!(p % SLICE, 0, "the first block starts its page");
+        let (from, len) = tail_of(p, s);
+        assert_eq!(resident_pages(from, len), len / 4096, "no tail booked");
+        drop_block(p, s, 0xE7);
+        // The emptied page goes back to its segment (taking its tail bit off) before its
+        // tail step: here an explicit collection (a quarter delay's collection of a bin no
+        // longer in use does the same).
+        tieralloc::collect();
+        (
+            (),
+            Box::new(move || drop_block(kept, SMALL, 0)) as Box<dyn FnOnce() + Send>,
+        )
+    });
+    // The worker's purge steps come due and run (one to two delays).
+    let (_, _) = slow_traffic_until(Duration::from_millis(1200), || 1);
+    let before = tieralloc::stats().purges_for_others;
+    let (_, _) = slow_traffic_until(Duration::from_millis(1600), || 1);
+    let visits = tieralloc::stats().purges_for_others - before;
+    w.finish();
+    assert!(
+        visits <= 1,
+        "{visits} visits of a quiet heap with nothing to purge in 4 purge delays (passes at most \
+         every 100 ms: up to 16)"
+    );
+}
+
+#[test]
+fn passes_stop_visiting_a_quiet_heap_whose_tail_went_back_with_its_page() {
+    run_scenario(
+        "child_quiet_thread_after_a_tail_given_back_early",
+        "stale-tail",
+        &[("TIERALLOC_PURGE_DELAY_MS", "400")],
+    );
+}
+
+/// The path of the purger thread's (named `tieralloc-purge`) status file (as tests/idle.rs).
+fn purger_status() -> std::ffi::CString {
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "tieralloc-purge" {
+            let path = dir.join("status").into_os_string().into_string().unwrap();
+            return std::ffi::CString::new(path).unwrap();
+        }
+    }
+    panic!("no thread named tieralloc-purge");
+}
+
+/// The voluntary context switches (one per sleep it woke from) of the thread whose status
+/// file is `status`, read without allocating (as tests/idle.rs).
+fn switches(status: &std::ffi::CStr) -> u64 {
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
+    let n = unsafe {
+        let fd = libc::open(status.as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "the purger thread is gone");
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    assert!(n > 0);
+    let key = b"voluntary_ctxt_switches:";
+    let at = buf[..n as usize]
+        .windows(key.len())
+        .position(|w| w == key)
+        .unwrap();
+    buf[at + key.len()..n as usize]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
+}
+
+/// Review rev12: with `TIERALLOC_BACKGROUND_PURGE=1` the purger sleeps (no timer) only when
+/// no heap is `holding`, and a heap is now `holding` while any refused purge waits for its
+/// retry (`Left::due`): slices that stay locked (`mlockall` in a real-time program) are
+/// retried for good, so the purger wakes every quarter delay forever, to find nothing due
+/// (the retries back off to one a minute). Since rev10 (locked slices not counted) it slept.
+/// One quiet thread with ~1 MiB of locked free slices, the test thread idle (no allocator
+/// call) once its own steps are done: in 2 s the purger may wake for the retries due (a few),
+/// not 40 times (a pass every 50 ms). Delay 200 ms.
+#[test]
+fn child_purger_with_locked_free_slices() {
+    if !is_scenario("locked-purger") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let (worker, ()) = Quiet::start(|| {
+        let blocks: Vec<usize> = (0..256).map(|i| new_block(SMALL, i as u8)).collect();
+        let lo = blocks[16..].iter().min().unwrap() & !4095;
+        let hi = (blocks[16..].iter().max().unwrap() + SMALL + 4095) & !4095;
+        // SAFETY: a range of this process's mapped, written memory; only its residency
+        // changes.
+        let r = unsafe { libc::mlock(lo as *const libc::c_void, hi - lo) };
+        assert_eq!(r, 0, "mlock {} KiB", (hi - lo) >> 10);
+        for (i, &p) in blocks.iter().enumerate().skip(1) {
+            drop_block(p, SMALL, i as u8);
+        }
+        let undo = move || {
+            drop_block(blocks[0], SMALL, 0);
+            // SAFETY: as above.
+            unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
+        };
+        ((), Box::new(undo) as Box<dyn FnOnce() + Send>)
+    });
+    // The worker's slices come due and their purge is refused; the purger has started.
+    let (_, _) = slow_traffic_until(Duration::from_secs(1), || 1);
+    let status = purger_status();
+    // This thread idle: its own steps are done by the purger within two delays.
+    rss::sleep_raw(1000);
+    let before = switches(&status);
+    rss::sleep_raw(2000);
+    let woke = switches(&status) - before;
+    worker.finish();
+    assert!(
+        woke <= 8,
+        "the purger woke {woke} times in 2 s with only locked free slices (retries backing \
+         off) to purge"
+    );
+}
+
+#[test]
+fn the_purger_sleeps_when_only_locked_free_slices_are_left() {
+    run_scenario(
+        "child_purger_with_locked_free_slices",
+        "locked-purger",
+        &[
+            ("TIERALLOC_PURGE_DELAY_MS", "200"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+        ],
     );
 }

@@ -30,24 +30,59 @@ pub struct Sleep<'a> {
     pub running: u8,
 }
 
+/// What the sleeper's look for work found ([`Sleep::sleep_unless_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Work now: no sleep.
+    Work,
+    /// No work now, but some will be due in this many milliseconds (at least 1): a sleep
+    /// that a waker ends sooner, or that ends by itself then.
+    For(u64),
+    /// No work until a waker says so.
+    Forever,
+}
+
 impl Sleep<'_> {
     /// The sleeper: waits until a waker says there is work, unless `work()` (called once,
     /// after the sleeper has said it is asleep) finds some now. Returns with the state
-    /// `running`.
+    /// `running`. (The untimed sleep that tests/loom/wake.rs models; the purger uses
+    /// [`sleep_unless_for`](Sleep::sleep_unless_for), whose untimed path is this.)
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn sleep_unless(&self, work: impl FnOnce() -> bool) {
+        self.sleep_unless_for(|| if work() { Idle::Work } else { Idle::Forever })
+    }
+
+    /// As [`sleep_unless`](Sleep::sleep_unless), for a sleeper whose work may come due by
+    /// itself: when `work()` says [`Idle::For`], the sleep also ends after that long (the
+    /// sleeper then switches the state to `running` itself, as a waker would). Returns with
+    /// the state `running`.
+    pub fn sleep_unless_for(&self, work: impl FnOnce() -> Idle) {
         self.state.store(self.asleep, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if work() {
-            // A waker may have set `running` already; either way the sleeper runs.
-            self.state.store(self.running, Ordering::Relaxed);
-            return;
-        }
+        let timeout = match work() {
+            Idle::Work => {
+                // A waker may have set `running` already; either way the sleeper runs.
+                self.state.store(self.running, Ordering::Relaxed);
+                return;
+            }
+            Idle::For(ms) => Some(ms.max(1)),
+            Idle::Forever => None,
+        };
         loop {
             let seq = self.word.load(Ordering::Acquire);
             if self.state.load(Ordering::Acquire) != self.asleep {
                 return;
             }
-            futex_wait(self.word, seq);
+            if futex_wait(self.word, seq, timeout) {
+                // Timed out: the sleeper ends its own sleep, unless a waker just did.
+                let _ = self.state.compare_exchange(
+                    self.asleep,
+                    self.running,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                return;
+            }
         }
     }
 
@@ -73,29 +108,41 @@ impl Sleep<'_> {
     }
 }
 
-/// Waits while `word` holds `seq` (or until a signal, or spuriously).
+/// Waits while `word` holds `seq` (or until a signal, or spuriously), at most `timeout` ms
+/// if given. Returns whether the wait timed out.
 #[cfg(not(loom))]
-fn futex_wait(word: &AtomicU32, seq: u32) {
-    // SAFETY: a futex wait on a word of ours, private to the process, with no timeout; it
-    // returns at once if the word is no longer `seq`, and on a signal.
-    unsafe {
+fn futex_wait(word: &AtomicU32, seq: u32, timeout: Option<u64>) -> bool {
+    let ts = timeout.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: a futex wait on a word of ours, private to the process, with a relative timeout
+    // (a valid timespec) or none; it returns at once if the word is no longer `seq`, and on a
+    // signal.
+    let r = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             seq,
-            core::ptr::null::<libc::timespec>(),
+            tsp,
         )
     };
+    // SAFETY: the calling thread's errno location, always valid.
+    r != 0 && timeout.is_some() && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT
 }
 
 /// Under loom: a yield (a spurious wake-up, as the real wait may have), so that the caller's
-/// loop looks again.
+/// loop looks again; a timed wait times out.
 #[cfg(loom)]
-fn futex_wait(word: &AtomicU32, seq: u32) {
+fn futex_wait(word: &AtomicU32, seq: u32, timeout: Option<u64>) -> bool {
     if word.load(Ordering::Acquire) == seq {
         loom::thread::yield_now();
     }
+    timeout.is_some()
 }
 
 /// Wakes one waiter on `word`.

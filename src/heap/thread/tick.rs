@@ -85,7 +85,12 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if bytes > 0 {
         // Due at once, as far as passes know, until the next collection or pass counts it.
-        set_due(&h.due_ms, 0);
+        // A purger asleep until the old due time (a refused purge's retry, up to a minute
+        // away: `purger::anything_waits`) must hear of it, as of a heap turning holding.
+        if h.due_ms.load(Ordering::Relaxed) != 0 {
+            h.due_ms.store(0, Ordering::Relaxed);
+            purger::notify();
+        }
         set_holding(&h.holding, true);
     }
     if h.idle_bytes > WAIT_BYTES {
