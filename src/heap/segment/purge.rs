@@ -85,6 +85,23 @@ impl Segment {
         }
     }
 
+    /// Books every free resident slice for purging one delay from `now`, for a segment that
+    /// changes hands: the refusals of its last owner are forgotten, so those slices are tried
+    /// afresh on the delay's schedule and back off from the start if the kernel refuses again
+    /// (review rev12: a carried minute-long backoff, and a retry that purged freshly booked
+    /// slices before their delay).
+    ///
+    /// # Safety
+    /// The caller owns `seg` (or has just taken it off a list).
+    pub unsafe fn book_all_free(seg: *mut Segment, now: u64, delay: u64) {
+        // SAFETY: exclusive access per the contract; field by field (see purge_step).
+        unsafe {
+            (*seg).purge_refused = 0;
+            (*seg).purge_backoff = 0;
+            Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay);
+        }
+    }
+
     /// Books `refused` (slices whose purge the kernel just refused) for a try after the
     /// backoff, which doubles with every refusal: the first try waits the purge delay (at
     /// least [`PURGE_RETRY_MIN_MS`]), later ones up to [`PURGE_RETRY_MAX_MS`]. Nothing if
@@ -248,20 +265,48 @@ mod tests {
                 1800 + PURGE_RETRY_MAX_MS,
                 "capped"
             );
-            // b is unlocked; a is taken for a page again: the try gives back b, leaves a.
+            // Both unlocked; a is taken for a page again and freed at once (at 1900): its
+            // refusal is forgotten with the take, so the retry gives back b only, and a waits
+            // out its own delay (review rev12: the retry purged it early).
+            libc::munlock(sa as *const libc::c_void, SLICE_SIZE);
             libc::munlock(sb as *const libc::c_void, SLICE_SIZE);
             let a2 = Segment::take_slices(seg, 1, false);
             assert_eq!((*a2).start(), sa, "the lowest dirty run is reused");
+            assert_eq!((*seg).purge_refused, mb, "a taken: its refusal forgotten");
+            core::ptr::write_bytes(sa, 0xef, SLICE_SIZE);
+            let _ = Segment::free_page(a2, 1900, 100);
             assert_eq!(
                 Segment::retry_refused(seg, 1800 + PURGE_RETRY_MAX_MS, 100),
                 0
             );
             assert_eq!((*seg).dirty & mb, 0, "unlocked: given back");
             assert_eq!(*sb, 0, "given back: reads as zero");
-            assert_eq!(*sa, 0xab, "in use again: untouched");
+            assert_eq!(*sa, 0xef, "freed again: waits for its own step");
             assert_eq!(((*seg).purge_refused, (*seg).purge_backoff), (0, 0));
-            libc::munlock(sa as *const libc::c_void, SLICE_SIZE);
-            let _ = Segment::free_page(a2, 2000, 100);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A segment that changes hands forgets its refusals: its free resident slices wait a
+    /// delay on the new owner's schedule, not a retry due at once nor a minute's backoff.
+    #[test]
+    fn a_segment_changing_hands_forgets_its_refusals() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let p = Segment::take_slices(seg, 1, false); // slice 1
+            let _ = Segment::free_page(p, 1000, 100);
+            let m = 1u64 << 1;
+            Segment::note_refused(seg, m, 1000, 100);
+            (*seg).purge_backoff = PURGE_RETRY_MAX_MS;
+            Segment::book_all_free(seg, 5000, 100);
+            assert_eq!(((*seg).purge_refused, (*seg).purge_backoff), (0, 0));
+            assert_ne!((*seg).purge_at, 0, "a step is set");
+            assert_ne!((*seg).purge_recent & m, 0, "booked on the delay's schedule");
+            assert_eq!(Segment::retry_refused(seg, 5000, 100), 0, "no retry left");
+            assert_ne!((*seg).dirty & m, 0, "not purged before its delay");
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }

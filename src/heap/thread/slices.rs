@@ -64,7 +64,7 @@ pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mu
 pub(super) unsafe fn book_free_slices(seg: *mut Segment, now: u64) {
     let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     // SAFETY: exclusive access per the contract.
-    unsafe { Segment::schedule_purge(seg, (*seg).free_slices & (*seg).dirty, now, delay) }
+    unsafe { Segment::book_all_free(seg, now, delay) }
 }
 
 /// Purges a segment that holds nothing and puts it in its node's pool.
@@ -158,7 +158,11 @@ pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u6
             // back before its step (`free_page`'s `drop_tail`) leaves `tails` 0 and `tails_at`
             // set, in the past, and no step runs again to clear it; counted, it kept the heap
             // `holding`, due, and every pass visiting it (review rev12).
-            let tails_at = if (*seg).tails != 0 { (*seg).tails_at } else { 0 };
+            let tails_at = if (*seg).tails != 0 {
+                (*seg).tails_at
+            } else {
+                0
+            };
             left.due = earlier(left.due, earlier((*seg).purge_at, tails_at));
             seg = next;
         }
