@@ -14,8 +14,8 @@ mod child;
 mod rss;
 
 use rss::{
-    bound, drop_block, idle_until, is_scenario, new_block, report, rss, rss_raw, run_scenario,
-    sleep_raw, MIB,
+    bound, drop_block, idle_until, is_scenario, new_block, purger_status, report, rss, rss_raw,
+    run_scenario, sleep_raw, switches, MIB,
 };
 use std::alloc::{alloc, dealloc, Layout};
 use std::time::Duration;
@@ -443,44 +443,6 @@ fn child_no_calls() {
         "threads blocking SIGINT and SIGCHLD (the purger: 1)"
     );
     free_live(live);
-}
-
-/// The path of the purger thread's (named `tieralloc-purge`) status file.
-fn purger_status() -> std::ffi::CString {
-    for t in std::fs::read_dir("/proc/self/task").unwrap() {
-        let dir = t.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() == "tieralloc-purge" {
-            let path = dir.join("status").into_os_string().into_string().unwrap();
-            return std::ffi::CString::new(path).unwrap();
-        }
-    }
-    panic!("no thread named tieralloc-purge");
-}
-
-/// The voluntary context switches (one per sleep it woke from) of the thread whose status
-/// file is `status`, read without allocating (no allocator call can wake the purger).
-fn switches(status: &std::ffi::CStr) -> u64 {
-    let mut buf = [0u8; 4096];
-    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
-    let n = unsafe {
-        let fd = libc::open(status.as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0, "the purger thread is gone");
-        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let key = b"voluntary_ctxt_switches:";
-    let at = buf[..n as usize]
-        .windows(key.len())
-        .position(|w| w == key)
-        .unwrap();
-    buf[at + key.len()..n as usize]
-        .iter()
-        .skip_while(|c| c.is_ascii_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
 }
 
 /// Waits, without calling the allocator, until the purger thread (status file `status`) sleeps:

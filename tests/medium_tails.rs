@@ -17,7 +17,7 @@ mod child;
 #[path = "common/rss.rs"]
 mod rss;
 
-use rss::{drop_block, is_scenario, new_block, report, rss, run_scenario};
+use rss::{drop_block, is_scenario, new_block, purger_status, report, rss, run_scenario, switches};
 use std::sync::mpsc::{channel, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -492,20 +492,11 @@ fn rss_falls_with_quiet_threads_after_a_large_shrink() {
     );
 }
 
-/// Review rev10: `holding` counted every resident free byte, not only what a step is due to
-/// purge: free slices whose `MADV_DONTNEED` the kernel refuses (locked memory: `mlock`,
-/// `mlockall` in a real-time program) stay resident for good, so a quiet heap holding them
-/// stayed `holding`, and every pass (one a quarter delay, in some thread's `malloc`) took its
-/// gate and walked its segments with nothing due: 37 visits in 2 s. One quiet thread, 15
-/// locked free slices (~1 MiB, under the default 8 MiB `RLIMIT_MEMLOCK`); once the first
-/// visits are done, 2 s of other threads' traffic visit it no more. Delay 200 ms.
-#[test]
-fn child_quiet_thread_with_locked_free_slices() {
-    if !is_scenario("locked-quiet") {
-        return;
-    }
-    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
-    let (worker, ()) = Quiet::start(|| {
+/// A quiet thread that writes 256 blocks of 4 KiB, `mlock`s the range of all but the first
+/// 16 (~1 MiB, under the default 8 MiB `RLIMIT_MEMLOCK`) and frees all but the first: free
+/// slices whose purge the kernel refuses. Its finish frees the last block and unlocks.
+fn locked_quiet_worker() -> Quiet {
+    Quiet::start(|| {
         let blocks: Vec<usize> = (0..256).map(|i| new_block(SMALL, i as u8)).collect();
         let lo = blocks[16..].iter().min().unwrap() & !4095;
         let hi = (blocks[16..].iter().max().unwrap() + SMALL + 4095) & !4095;
@@ -522,7 +513,24 @@ fn child_quiet_thread_with_locked_free_slices() {
             unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
         };
         ((), Box::new(undo) as Box<dyn FnOnce() + Send>)
-    });
+    })
+    .0
+}
+
+/// Review rev10: `holding` counted every resident free byte, not only what a step is due to
+/// purge: free slices whose `MADV_DONTNEED` the kernel refuses (locked memory: `mlock`,
+/// `mlockall` in a real-time program) stay resident for good, so a quiet heap holding them
+/// stayed `holding`, and every pass (one a quarter delay, in some thread's `malloc`) took its
+/// gate and walked its segments with nothing due: 37 visits in 2 s. One quiet thread, 15
+/// locked free slices (~1 MiB, under the default 8 MiB `RLIMIT_MEMLOCK`); once the first
+/// visits are done, 2 s of other threads' traffic visit it no more. Delay 200 ms.
+#[test]
+fn child_quiet_thread_with_locked_free_slices() {
+    if !is_scenario("locked-quiet") {
+        return;
+    }
+    let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
+    let worker = locked_quiet_worker();
     // The worker's slices come due (one to two delays) and the refused purge is tried.
     let (_, _) = slow_traffic_until(Duration::from_secs(1), || 1);
     let before = tieralloc::stats().purges_for_others;
@@ -804,44 +812,6 @@ fn passes_stop_visiting_a_quiet_heap_whose_tail_went_back_with_its_page() {
     );
 }
 
-/// The path of the purger thread's (named `tieralloc-purge`) status file (as tests/idle.rs).
-fn purger_status() -> std::ffi::CString {
-    for t in std::fs::read_dir("/proc/self/task").unwrap() {
-        let dir = t.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() == "tieralloc-purge" {
-            let path = dir.join("status").into_os_string().into_string().unwrap();
-            return std::ffi::CString::new(path).unwrap();
-        }
-    }
-    panic!("no thread named tieralloc-purge");
-}
-
-/// The voluntary context switches (one per sleep it woke from) of the thread whose status
-/// file is `status`, read without allocating (as tests/idle.rs).
-fn switches(status: &std::ffi::CStr) -> u64 {
-    let mut buf = [0u8; 4096];
-    // SAFETY: a NUL-terminated path and a buffer of buf.len() bytes.
-    let n = unsafe {
-        let fd = libc::open(status.as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0, "the purger thread is gone");
-        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let key = b"voluntary_ctxt_switches:";
-    let at = buf[..n as usize]
-        .windows(key.len())
-        .position(|w| w == key)
-        .unwrap();
-    buf[at + key.len()..n as usize]
-        .iter()
-        .skip_while(|c| c.is_ascii_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .fold(0, |a, &c| a * 10 + (c - b'0') as u64)
-}
-
 /// Review rev12: with `TIERALLOC_BACKGROUND_PURGE=1` the purger sleeps (no timer) only when
 /// no heap is `holding`, and a heap is now `holding` while any refused purge waits for its
 /// retry (`Left::due`): slices that stay locked (`mlockall` in a real-time program) are
@@ -856,24 +826,7 @@ fn child_purger_with_locked_free_slices() {
         return;
     }
     let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
-    let (worker, ()) = Quiet::start(|| {
-        let blocks: Vec<usize> = (0..256).map(|i| new_block(SMALL, i as u8)).collect();
-        let lo = blocks[16..].iter().min().unwrap() & !4095;
-        let hi = (blocks[16..].iter().max().unwrap() + SMALL + 4095) & !4095;
-        // SAFETY: a range of this process's mapped, written memory; only its residency
-        // changes.
-        let r = unsafe { libc::mlock(lo as *const libc::c_void, hi - lo) };
-        assert_eq!(r, 0, "mlock {} KiB", (hi - lo) >> 10);
-        for (i, &p) in blocks.iter().enumerate().skip(1) {
-            drop_block(p, SMALL, i as u8);
-        }
-        let undo = move || {
-            drop_block(blocks[0], SMALL, 0);
-            // SAFETY: as above.
-            unsafe { libc::munlock(lo as *const libc::c_void, hi - lo) };
-        };
-        ((), Box::new(undo) as Box<dyn FnOnce() + Send>)
-    });
+    let worker = locked_quiet_worker();
     // The worker's slices come due and their purge is refused; the purger has started.
     let (_, _) = slow_traffic_until(Duration::from_secs(1), || 1);
     let status = purger_status();
