@@ -143,6 +143,9 @@ impl BumpCache {
             return;
         }
         bump.reset();
+        // Back to the state of a new bump: an allocation limit its user set (through `&Bump`)
+        // is that request's, not the next one's.
+        bump.set_allocation_limit(None);
         let cell = self.idle.get_or_default();
         let mut list = cell.borrow_mut();
         if list.len() < self.max_idle_per_thread {
@@ -182,7 +185,8 @@ impl fmt::Debug for BumpCache {
 }
 
 /// A bump borrowed from a [`BumpCache`]; derefs to `bumpalo::Bump`. Dropping it resets the bump
-/// (running no destructors of values in it) and returns it to the cache.
+/// (running no destructors of values in it), clears any allocation limit set on it, and returns
+/// it to the cache.
 pub struct BumpGuard<'a> {
     cache: &'a BumpCache,
     bump: Option<Bump>,
