@@ -89,7 +89,7 @@ pub struct PoolStats {
     /// Objects made.
     pub created: u64,
     /// Returned objects dropped because the idle bound was reached (or taken out with
-    /// [`PoolGuard::into_inner`]).
+    /// [`PoolGuard::into_inner`], or destroyed by a reset hook that panicked).
     pub dropped: u64,
     /// Idle objects now (thread caches and shared stores).
     pub idle: u64,
@@ -222,6 +222,15 @@ impl Drop for Release<'_> {
         if let Some(l) = self.0 {
             l.fetch_sub(1, Relaxed);
         }
+    }
+}
+
+/// Counts one object dropped when dropped: forgotten unless a reset hook unwinds.
+struct CountDropped<'a>(&'a AtomicU64);
+
+impl Drop for CountDropped<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
     }
 }
 
@@ -424,7 +433,11 @@ impl<T: Send> Pool<T> {
     fn give_back(&self, mut v: T) {
         let _release = Release(self.max_live.map(|_| &*self.live));
         if let Some(r) = &self.reset {
+            // A hook that panics destroys the object (the unwind drops `v`): count it dropped,
+            // or `stats().out` would count it out for good.
+            let undo = CountDropped(&self.dropped);
             r(&mut v);
+            core::mem::forget(undo);
         }
         let local = self.local();
         // SAFETY: as in `take`: this thread's entry, no user code runs during the borrow.
