@@ -316,6 +316,30 @@ fn bump_cache_reuses_and_resets() {
     assert_eq!(cache.stats().dropped, 4);
 }
 
+/// Review rev14: a checkout hands out a bump in the state `Bump::with_capacity` makes, so an
+/// allocation limit one request set (`Bump::set_allocation_limit` takes `&self`) does not stay
+/// on the bump for the next request of that worker, which never asked for one.
+#[test]
+fn a_checked_out_bump_carries_no_allocation_limit_of_its_last_user() {
+    let cache = BumpCache::new();
+    {
+        let b = cache.checkout();
+        b.set_allocation_limit(Some(0));
+    }
+    let b = cache.checkout();
+    assert_eq!(cache.stats().hits, 1, "the same bump came back");
+    assert_eq!(
+        b.allocation_limit(),
+        None,
+        "the last user's limit stayed on the bump"
+    );
+    let big = std::alloc::Layout::from_size_align(1 << 20, 8).unwrap();
+    assert!(
+        b.try_alloc_layout(big).is_ok(),
+        "a 1 MiB allocation in a fresh checkout failed"
+    );
+}
+
 #[test]
 fn bump_guard_is_send() {
     fn send<T: Send>(_: &T) {}

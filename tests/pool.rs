@@ -237,3 +237,28 @@ async fn works_from_async_tasks() {
     assert!(s.created <= s.idle + s.dropped);
     assert!(s.hits > s.misses, "{s:?}");
 }
+
+/// Review rev14: an object whose reset hook panics is destroyed (unwinding drops it), so it is
+/// neither idle nor out any more; the pool counts it as dropped, so that `out` (and the
+/// metrics built on it) still says how many objects are out.
+#[test]
+fn an_object_whose_reset_panics_is_not_counted_out() {
+    let pool = Pool::builder(|| vec![0u8])
+        .reset(|v: &mut Vec<u8>| assert!(v.len() < 2, "reset refuses a long vector"))
+        .build();
+    for _ in 0..10 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut g = pool.get();
+            g.push(1);
+        }));
+        assert!(
+            r.is_err(),
+            "the reset hook's panic reaches the guard's owner"
+        );
+    }
+    let kept = pool.get();
+    let s = pool.stats();
+    assert_eq!((s.created, s.dropped, s.idle), (11, 10, 0), "{s:?}");
+    assert_eq!(s.out, 1, "{s:?}");
+    drop(kept);
+}

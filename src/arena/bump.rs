@@ -2,7 +2,8 @@
 //!
 //! Owns: the cached `Bump`s and their counters.
 //! May touch: the global allocator only (bumpalo takes its chunks from it, so on a tieralloc
-//! process from the worker thread's own node). Nothing in the allocator core.
+//! process from the worker thread's own node), and `pool::exit` (whether the thread's list can
+//! still be found at thread exit). Nothing in the allocator core.
 //!
 //! # Design
 //!
@@ -120,7 +121,9 @@ impl BumpCache {
     /// Borrows a reset bump: one from this thread's cache, or a new one.
     pub fn checkout(&self) -> BumpGuard<'_> {
         self.checkouts.fetch_add(1, Relaxed);
-        let cached = self.idle.get_or_default().borrow_mut().pop();
+        // At thread exit (a guard taken in a thread-local destructor) no list: a new bump.
+        let cached = crate::pool::exit::with_thread(|| self.idle.get_or_default())
+            .and_then(|list| list.borrow_mut().pop());
         let bump = match cached {
             Some(b) => {
                 self.hits.fetch_add(1, Relaxed);
@@ -143,7 +146,14 @@ impl BumpCache {
             return;
         }
         bump.reset();
-        let cell = self.idle.get_or_default();
+        // Back to the state of a new bump: an allocation limit its user set (through `&Bump`)
+        // is that request's, not the next one's.
+        bump.set_allocation_limit(None);
+        // At thread exit (a guard dropped by a thread-local destructor) no list: dropped.
+        let Some(cell) = crate::pool::exit::with_thread(|| self.idle.get_or_default()) else {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        };
         let mut list = cell.borrow_mut();
         if list.len() < self.max_idle_per_thread {
             self.idle_count.fetch_add(1, Relaxed);
@@ -182,7 +192,8 @@ impl fmt::Debug for BumpCache {
 }
 
 /// A bump borrowed from a [`BumpCache`]; derefs to `bumpalo::Bump`. Dropping it resets the bump
-/// (running no destructors of values in it) and returns it to the cache.
+/// (running no destructors of values in it), clears any allocation limit set on it, and returns
+/// it to the cache.
 pub struct BumpGuard<'a> {
     cache: &'a BumpCache,
     bump: Option<Bump>,

@@ -1,6 +1,7 @@
 //! `Pool<T>`: an object pool with per-thread caches in front of per-node shared stores.
 //!
-//! Owns: the idle objects of each pool, its counters, and the CPU-to-node table (`node`).
+//! Owns: the idle objects of each pool, its counters, the CPU-to-node table (`node`) and the
+//! thread-exit watch (`exit`).
 //! May touch: the global allocator (objects, caches), its own data and, through `node`, the
 //! topology's model of the machine. Nothing in the allocator core: the pool is an ordinary
 //! client of whatever global allocator the process has.
@@ -36,10 +37,15 @@
 //! that thread's cache). [`OwnedPoolGuard`] holds an `Arc<Pool<T>>` for `'static` uses such as
 //! `tokio::spawn`.
 //!
+//! Thread exit: a guard dropped by a thread-local destructor (a guard kept in a thread-local),
+//! or a pool used from one, goes without the thread's cache once the thread's id in the
+//! `thread_local` crate may be gone (`exit`): its object goes to a shared store or is dropped.
+//!
 //! Caveat: objects in the cache of a thread that has exited stay there until a new thread
 //! reuses that thread's slot (the `thread_local` crate reuses ids) or the pool is dropped. They
 //! count against `max_idle`, so the memory stays bounded.
 
+pub(crate) mod exit;
 mod node;
 
 use core::cell::UnsafeCell;
@@ -89,7 +95,7 @@ pub struct PoolStats {
     /// Objects made.
     pub created: u64,
     /// Returned objects dropped because the idle bound was reached (or taken out with
-    /// [`PoolGuard::into_inner`]).
+    /// [`PoolGuard::into_inner`], or destroyed by a reset hook that panicked).
     pub dropped: u64,
     /// Idle objects now (thread caches and shared stores).
     pub idle: u64,
@@ -225,6 +231,15 @@ impl Drop for Release<'_> {
     }
 }
 
+/// Counts one object dropped when dropped: forgotten unless a reset hook unwinds.
+struct CountDropped<'a>(&'a AtomicU64);
+
+impl Drop for CountDropped<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
 #[inline(always)]
 fn bump_owned(c: &AtomicU64) {
     // Only the owning thread writes this counter: load + store is enough and avoids a locked
@@ -274,12 +289,14 @@ impl<T: Send> Pool<T> {
         self.max_live
     }
 
+    /// This thread's cache; `None` once the thread is exiting and its cache cannot be found
+    /// any more (`exit`: a guard dropped by a thread-local destructor).
     #[inline(always)]
-    fn local(&self) -> &Local<T> {
-        match self.locals.get() {
+    fn local(&self) -> Option<&Local<T>> {
+        exit::with_thread(|| match self.locals.get() {
             Some(l) => l,
             None => self.local_slow(),
-        }
+        })
     }
 
     #[cold]
@@ -389,7 +406,9 @@ impl<T: Send> Pool<T> {
     /// An idle object from this thread's cache, or the slow path.
     #[inline(always)]
     fn take(&self) -> T {
-        let local = self.local();
+        let Some(local) = self.local() else {
+            return self.take_slow();
+        };
         // SAFETY: `local` is this thread's entry, so only this thread touches `items` (see the
         // Sync impl of `Local`); the borrow ends before any user code (make, reset, Drop) runs,
         // so it cannot be re-entered.
@@ -424,9 +443,15 @@ impl<T: Send> Pool<T> {
     fn give_back(&self, mut v: T) {
         let _release = Release(self.max_live.map(|_| &*self.live));
         if let Some(r) = &self.reset {
+            // A hook that panics destroys the object (the unwind drops `v`): count it dropped,
+            // or `stats().out` would count it out for good.
+            let undo = CountDropped(&self.dropped);
             r(&mut v);
+            core::mem::forget(undo);
         }
-        let local = self.local();
+        let Some(local) = self.local() else {
+            return self.give_back_slow(v);
+        };
         // SAFETY: as in `take`: this thread's entry, no user code runs during the borrow.
         let items = unsafe { &mut *local.items.get() };
         if items.len() < local.cap {
