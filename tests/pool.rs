@@ -262,3 +262,27 @@ fn an_object_whose_reset_panics_is_not_counted_out() {
     assert_eq!(s.out, 1, "{s:?}");
     drop(kept);
 }
+
+/// Review rev14: `build` allocated every shared store's slots up front, `T` inline
+/// (`max_idle` of them), so a pool of 64 KiB buffers held 64 MiB before making one, and
+/// `max_idle(usize::MAX)` ("unbounded") panicked with "capacity overflow". Now the stores grow
+/// with what they hold: building takes almost nothing, and an unbounded pool works.
+#[test]
+fn building_a_pool_reserves_no_room_for_its_idle_objects() {
+    let before = tieralloc::stats().bytes_live;
+    let pool = Pool::new(|| [7u8; 65536]);
+    let built = tieralloc::stats().bytes_live - before;
+    // Under 4 MiB, whatever the other tests of this binary allocate meanwhile (their pools
+    // and threads are small); the old stores took 64 MiB.
+    assert!(
+        built < 4 << 20,
+        "building a pool of 64 KiB objects (max_idle 1024) took {built} bytes"
+    );
+    drop(pool);
+    let pool = Pool::builder(|| vec![1u8; 16]).max_idle(usize::MAX).build();
+    let guards: Vec<_> = (0..100).map(|_| pool.get()).collect();
+    drop(guards);
+    let s = pool.stats();
+    assert_eq!((s.created, s.idle, s.dropped), (100, 100, 0));
+    assert_eq!(pool.get()[0], 1);
+}

@@ -13,8 +13,10 @@
 //! small cache of idle objects (a `Vec`, found through the `thread_local` crate). `get` pops
 //! from it and `PoolGuard`'s drop runs the reset hook and pushes back onto it: no atomic
 //! read-modify-write, no lock. Only when the thread's cache is empty (or full) does the pool go
-//! to the shared store of the thread's NUMA node, a bounded lock-free
-//! `crossbeam_queue::ArrayQueue`; objects made on a node thus tend to be reused on that node.
+//! to the shared store of the thread's NUMA node, a lock-free `crossbeam_queue::SegQueue` that
+//! grows and shrinks with what it holds (the budget below bounds it; nothing is reserved up
+//! front, so `max_idle` may be as large as a user likes); objects made on a node thus tend to
+//! be reused on that node.
 //! A thread whose node's store is empty takes from other nodes' stores before making a new
 //! object: bounded memory matters more than locality for an idle object.
 //!
@@ -55,7 +57,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use crossbeam_utils::{Backoff, CachePadded};
 use thread_local::ThreadLocal;
 
@@ -140,7 +142,7 @@ unsafe impl<T: Send> Sync for Local<T> {}
 /// ```
 pub struct Pool<T: Send> {
     locals: ThreadLocal<Local<T>>,
-    shards: Box<[CachePadded<ArrayQueue<T>>]>,
+    shards: Box<[CachePadded<SegQueue<T>>]>,
     make: MakeFn<T>,
     reset: Option<ResetFn<T>>,
     max_idle: usize,
@@ -200,11 +202,10 @@ impl<T: Send> PoolBuilder<T> {
             .thread_cache
             .unwrap_or_else(|| (self.max_idle / (2 * cpus)).min(64))
             .min(self.max_idle);
-        let per_shard = self.max_idle.div_ceil(nodes).max(1);
         Pool {
             locals: ThreadLocal::new(),
             shards: (0..nodes)
-                .map(|_| CachePadded::new(ArrayQueue::new(per_shard)))
+                .map(|_| CachePadded::new(SegQueue::new()))
                 .collect(),
             make: self.make,
             reset: self.reset,
@@ -466,22 +467,12 @@ impl<T: Send> Pool<T> {
     #[inline(never)]
     fn give_back_slow(&self, v: T) {
         if take_place(&self.budget, 1) == 1 {
-            // The node's own store first; when it is full (its share of max_idle, while the
-            // other nodes' stores have room), the next store with room: a place guarantees
-            // room in total, and `take` looks in every store.
+            // The node's own store: the place taken is what bounds it (review rev14: fixed
+            // stores of `max_idle / nodes` slots each were allocated, and written, by `build`,
+            // 67 MB for 64 KiB objects before any was made, and `max_idle(usize::MAX)`
+            // panicked there).
             let n = self.shards.len();
-            let home = node::current_node() % n;
-            let mut v = v;
-            for i in 0..n {
-                match self.shards[(home + i) % n].push(v) {
-                    Ok(()) => return,
-                    Err(back) => v = back,
-                }
-            }
-            // Cannot happen (see above), but stay correct if it does.
-            self.budget.fetch_add(1, Relaxed);
-            self.dropped.fetch_add(1, Relaxed);
-            drop(v);
+            self.shards[node::current_node() % n].push(v);
             return;
         }
         self.dropped.fetch_add(1, Relaxed);
