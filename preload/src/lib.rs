@@ -68,10 +68,16 @@
 //! the ones its free paths can prove at no cost (`TIERALLOC_ON_ERROR`, docs/security.md).
 //!
 //! # Where a preloaded malloc is called
-//! The library has no constructor: the first call, wherever it comes from (the dynamic
-//! loader before `main`, a `dlopen`, the set-up of a thread's TLS), initialises the core,
-//! which serves allocations made during its own initialisation from the normal path. Fork
-//! handlers and the thread-exit hook (a pthread key destructor) are the core's.
+//! The first call, wherever it comes from (the dynamic loader before `main`, a `dlopen`, the
+//! set-up of a thread's TLS), initialises the core, which serves allocations made during its
+//! own initialisation from the normal path. Fork handlers and the thread-exit hook (a pthread
+//! key destructor) are the core's. The library's one constructor (`INIT_AT_LOAD`) makes that
+//! first call when the library is loaded, so that the core's fork handlers are registered
+//! before any of the program's: glibc runs prepare handlers last-registered first and parent
+//! and child handlers first-registered first, so the core's prepare handler (which takes the
+//! allocator's locks) runs after every handler of the program, and its parent and child
+//! handlers (which let go of them) before, and the program's handlers may allocate, as they
+//! may on glibc's malloc (tests/c/atfork_handlers.c).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -169,6 +175,20 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
     // SAFETY: no precondition beyond C's (the block is freed at most once). It sets ENOMEM
     // itself when it returns NULL, so nothing runs after it and the fast path needs no frame.
     unsafe { GLOBAL.c_malloc(size).cast() }
+}
+
+/// The library's constructor, run by the dynamic loader when it loads the library (before the
+/// constructors of the program and of the libraries loaded after it, and before `main`).
+#[used]
+#[link_section = ".init_array"]
+static INIT_AT_LOAD: extern "C" fn() = init_at_load;
+
+/// Initialises the core (an allocation, freed at once), which registers its fork handlers
+/// before any handler of the program is (see the crate docs, "Where a preloaded malloc is
+/// called").
+extern "C" fn init_at_load() {
+    // SAFETY: C malloc and free have no precondition; the block is freed once.
+    unsafe { free_block(GLOBAL.c_malloc(1).cast()) }
 }
 
 /// Frees `p`; NULL and pointers tieralloc never handed out are ignored (see the crate docs).

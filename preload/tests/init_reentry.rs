@@ -44,3 +44,34 @@ fn an_allocation_made_by_the_initialisation_registers_the_heap_once() {
     // malloc_stats printed the table once, with the class of the 100-byte block.
     assert_eq!(stderr.matches("class").count(), 1, "stderr: {stderr}");
 }
+
+/// Fork handlers a program registered before its first allocation (a library's constructor
+/// does so), each allocating memory that needs new segments: glibc runs them while its own
+/// malloc is unlocked, so they may allocate. tieralloc's handlers were registered at its first
+/// allocation, after them: its prepare handler ran first and held every segment list's lock
+/// through the program's prepare handler, and its parent and child handlers let go of them
+/// only after the program's. Each run hung (review rev13: killed at the guard, all three),
+/// spinning in `LockedList::push_abandoned` under `take_slices`. See tests/c/atfork_handlers.c.
+#[test]
+fn fork_handlers_registered_before_the_first_allocation_may_allocate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/atfork_handlers.c");
+    let exe = child::compile_c(&src, "atfork-handlers", &[]);
+    for which in ["prepare", "parent", "child"] {
+        // A hang guard, not a measurement: the program takes milliseconds.
+        let r = child::run(
+            Command::new(&exe)
+                .arg(which)
+                .env("LD_PRELOAD", child::preload_library())
+                .env_remove("TIERALLOC_SHOW_STATS"),
+            Duration::from_secs(30),
+        );
+        r.require(
+            r.status.is_some(),
+            &format!("the program hung allocating in its {which} fork handler"),
+        );
+        r.expect_success(&format!("atfork_handlers {which} ok"));
+    }
+    if let Some(dir) = exe.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -4,8 +4,10 @@
  * before its first malloc, that registration allocates, re-entering tieralloc in the middle
  * of setting up the thread's heap. The heap used to be linked into the registry twice (a
  * loop): malloc_stats, mallinfo2 and every thread start or exit then spun forever.
- * (A program whose own 49th registration is its first malloc deadlocks inside glibc,
- * which holds its atfork lock while it allocates: not tested here.) */
+ * (A program whose own 49th registration was its first malloc deadlocked inside glibc,
+ * which holds its atfork lock while it allocates; since review rev13 the drop-in's
+ * constructor initialises tieralloc before the program runs, and with it this test's 48
+ * registrations come after tieralloc's.) */
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
