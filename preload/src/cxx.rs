@@ -15,6 +15,10 @@
 //!   The exception unwinds through our frame, which is why these functions use the
 //!   `"C-unwind"` ABI. Without a next definition (a program that never linked libstdc++ but
 //!   calls these names) a throwing form aborts and a `nothrow` form returns null.
+//!   An alignment above 2 MiB never succeeds here (glibc's malloc serves it), so with a
+//!   `new_handler` installed that neither frees nor throws, an over-aligned `new` loops in
+//!   libstdc++ for good (review rev13: 1001 calls of the handler before the probe stopped
+//!   itself); without one it throws `std::bad_alloc` at once.
 //! - Every `delete` is `free`: NULL and pointers tieralloc did not hand out are ignored, and
 //!   the size and alignment arguments are not needed.
 #![allow(non_snake_case)]
