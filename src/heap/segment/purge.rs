@@ -220,7 +220,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heap::segment::{SEGMENTS, SEGMENT_SIZE};
+    use crate::heap::segment::{Page, SEGMENTS, SEGMENT_SIZE};
     use core::sync::atomic::Ordering;
 
     /// Locked free slices: refused, tried again after the delay, then after twice as long
@@ -309,6 +309,77 @@ mod tests {
             assert_ne!((*seg).dirty & m, 0, "not purged before its delay");
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Review rev15: refusals that keep coming do not put off the retry of slices refused
+    /// before. Slice 1 is refused and backs off to the minute's cap; it is unlocked; from
+    /// then on another locked slice is freed (and refused by its purge step) every 30 s,
+    /// while collections look every second. Slice 1 must go back within a minute of its
+    /// last refusal (`PURGE_RETRY_MAX_MS`: "slices unlocked at last go back within a
+    /// minute"); each new refusal set `purge_retry_at` a whole backoff from its own time,
+    /// later than the try already due, so slice 1 was never tried again.
+    #[test]
+    fn review_new_refusals_do_not_put_off_a_due_retry() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the ranges are inside it.
+        unsafe {
+            let a = Segment::take_slices(seg, 1, false); // slice 1
+                                                         // Slice 2 stays in use: slice 1 is a free run of its own, not one `madvise` with
+                                                         // the locked slices (which would be refused as a whole).
+            let _gap = Segment::take_slices(seg, 1, false);
+            let bs: [*mut Page; 6] = core::array::from_fn(|_| Segment::take_slices(seg, 1, false));
+            let sa = (*a).start();
+            core::ptr::write_bytes(sa, 0xab, SLICE_SIZE);
+            for &b in &bs {
+                core::ptr::write_bytes((*b).start(), 0xcd, SLICE_SIZE);
+                assert_eq!(
+                    libc::mlock((*b).start() as *const libc::c_void, SLICE_SIZE),
+                    0
+                );
+            }
+            assert_eq!(libc::mlock(sa as *const libc::c_void, SLICE_SIZE), 0);
+            let delay = 100;
+            let _ = Segment::free_page(a, 1000, delay);
+            Segment::purge_step(seg, 1000 + delay, delay);
+            // Back off to the cap, still locked.
+            let mut t = Segment::retry_refused(seg, 1000 + delay, delay);
+            while (*seg).purge_backoff < PURGE_RETRY_MAX_MS {
+                t = Segment::retry_refused(seg, t, delay);
+            }
+            let last_refusal = t - PURGE_RETRY_MAX_MS;
+            libc::munlock(sa as *const libc::c_void, SLICE_SIZE);
+            // A collection every second; a locked slice freed every 30 s.
+            let mut now = last_refusal;
+            let mut next_b = 0;
+            let mut back_at = None;
+            while now <= last_refusal + 3 * PURGE_RETRY_MAX_MS {
+                if (now - last_refusal) % 30_000 == 0 && next_b < bs.len() {
+                    let _ = Segment::free_page(bs[next_b], now, delay);
+                    next_b += 1;
+                }
+                if (*seg).purge_at != 0 && now >= (*seg).purge_at {
+                    Segment::purge_step(seg, now, delay);
+                }
+                let _ = Segment::retry_refused(seg, now, delay);
+                if back_at.is_none() && (*seg).dirty & (1 << 1) == 0 {
+                    back_at = Some(now);
+                }
+                now += 1000;
+            }
+            for &b in &bs {
+                libc::munlock((*b).start() as *const libc::c_void, SLICE_SIZE);
+            }
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+            let back_after = back_at.map(|t| t - last_refusal);
+            assert!(
+                back_after.is_some_and(|d| d <= PURGE_RETRY_MAX_MS),
+                "slice 1, unlocked, went back {back_after:?} ms after its last refusal \
+                 (None: not within {} ms)",
+                3 * PURGE_RETRY_MAX_MS
+            );
         }
     }
 
