@@ -104,8 +104,9 @@ impl Segment {
 
     /// Books `refused` (slices whose purge the kernel just refused) for a try after the
     /// backoff, which doubles with every refusal: the first try waits the purge delay (at
-    /// least [`PURGE_RETRY_MIN_MS`]), later ones up to [`PURGE_RETRY_MAX_MS`]. Nothing if
-    /// `refused` is 0.
+    /// least [`PURGE_RETRY_MIN_MS`]), later ones up to [`PURGE_RETRY_MAX_MS`]; or at the try
+    /// already booked for slices refused before, if that is sooner. Nothing if `refused` is
+    /// 0.
     ///
     /// # Safety
     /// The caller owns `seg`.
@@ -124,8 +125,18 @@ impl Segment {
             }
             .min(PURGE_RETRY_MAX_MS);
             (*seg).purge_backoff = b;
+            // Slices refused before and still waiting keep the try they were promised: a
+            // refusal that joins them does not put it off (review rev15: a locked slice
+            // refused every 30 s put it a minute off each time, and slices unlocked meanwhile
+            // never went back). The newcomers are tried then too, sooner than their own
+            // backoff: one `madvise` more.
+            let at = now.saturating_add(b);
+            (*seg).purge_retry_at = if (*seg).purge_refused != 0 {
+                (*seg).purge_retry_at.min(at)
+            } else {
+                at
+            };
             (*seg).purge_refused |= refused;
-            (*seg).purge_retry_at = now.saturating_add(b);
         }
     }
 
