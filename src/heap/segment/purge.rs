@@ -394,6 +394,45 @@ mod tests {
         }
     }
 
+    /// Review rev15: a free slice that was never locked goes back even when the free run it
+    /// lies in starts with a locked one. One `madvise` over the run stops at the locked
+    /// slice's mapping with `EINVAL`, before the slices past it, and the whole run counted as
+    /// refused: slice 2 (never locked) stayed resident and `dirty` through its purge step and
+    /// every retry for three minutes.
+    #[test]
+    fn review_a_locked_slice_does_not_keep_the_free_slices_after_it_resident() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone; the ranges are inside it.
+        unsafe {
+            let l = Segment::take_slices(seg, 1, false); // slice 1, locked
+            let u = Segment::take_slices(seg, 1, false); // slice 2, never locked
+            let (sl, su) = ((*l).start(), (*u).start());
+            core::ptr::write_bytes(sl, 0xab, SLICE_SIZE);
+            core::ptr::write_bytes(su, 0xcd, SLICE_SIZE);
+            assert_eq!(libc::mlock(sl as *const libc::c_void, SLICE_SIZE), 0);
+            let delay = 100;
+            let _ = Segment::free_page(l, 1000, delay);
+            let _ = Segment::free_page(u, 1000, delay);
+            let mu = 1u64 << 2;
+            Segment::purge_step(seg, 1000 + delay, delay);
+            let mut now = 1000 + delay;
+            while (*seg).purge_refused & mu != 0 && now <= 1000 + 3 * PURGE_RETRY_MAX_MS {
+                now = Segment::retry_refused(seg, now, delay).max(now + 1);
+            }
+            let (dirty, first) = ((*seg).dirty & mu != 0, *su);
+            libc::munlock(sl as *const libc::c_void, SLICE_SIZE);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+            assert!(
+                !dirty && first == 0,
+                "slice 2 (never locked) still dirty: {dirty}, first byte {first:#x}, \
+                 {} ms after it was freed",
+                now - 1000
+            );
+        }
+    }
+
     /// With a delay of 0 the first retry waits `PURGE_RETRY_MIN_MS`.
     #[test]
     fn the_first_retry_waits_at_least_the_minimum() {
