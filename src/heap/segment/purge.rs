@@ -198,8 +198,20 @@ impl Segment {
                 // so they stay dirty (a page made there must not count as zeroed).
                 if os::decommit(start, Segment::run_bytes(i, run)) {
                     (*seg).dirty &= !m;
-                } else {
+                } else if run == 1 {
                     refused |= m;
+                } else {
+                    // The kernel stops at the first locked mapping of the range (EINVAL):
+                    // the slices past it were not even tried, and may not be locked (review
+                    // rev15: a never-locked slice after a locked one stayed resident for
+                    // good). Slice by slice, then: each refusal is its own.
+                    for j in i..i + run {
+                        if os::decommit(Segment::slice_start(seg, j), Segment::run_bytes(j, 1)) {
+                            (*seg).dirty &= !(1u64 << j);
+                        } else {
+                            refused |= 1u64 << j;
+                        }
+                    }
                 }
             }
             refused
