@@ -708,3 +708,50 @@ fn background_purger_survives_fork() {
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],
     );
 }
+
+/// Review rev15 (a look at a documented limit): with `TIERALLOC_BACKGROUND_PURGE=1`, a worker
+/// that frees a spike, keeping one 4 KiB block in every 64th page, exits; the program then
+/// makes no allocator call. The worker's segments, abandoned with their free slices resident
+/// ("nothing is purged at exit"), are tended only by collections, and the purger's pass
+/// visits heaps and pools, not abandoned lists.
+#[test]
+fn child_exited_worker_no_calls() {
+    if !is_scenario("exited-worker-no-calls") {
+        return;
+    }
+    let baseline = rss();
+    let kept = std::thread::spawn(|| {
+        let blocks: Vec<usize> = (0..16 * 1024).map(|_| new_block(4096, 0x66)).collect();
+        let mut kept = Vec::new();
+        for (i, p) in blocks.into_iter().enumerate() {
+            if i % 1024 == 0 {
+                kept.push(p);
+            } else {
+                drop_block(p, 4096, 0x66);
+            }
+        }
+        kept
+    })
+    .join()
+    .unwrap();
+    let live = kept.len() * 4096;
+    let r = idle_until(bound(baseline, live), 400);
+    report(
+        "a worker's spike left abandoned at its exit, no allocator call, background purger",
+        r,
+        baseline,
+        live,
+    );
+    for p in kept {
+        drop_block(p, 4096, 0x66);
+    }
+}
+
+#[test]
+fn rss_falls_after_an_exited_workers_spike_without_calls() {
+    run_scenario(
+        "child_exited_worker_no_calls",
+        "exited-worker-no-calls",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}
