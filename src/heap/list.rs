@@ -314,6 +314,21 @@ impl<N: ListNode> LockedList<N> {
         k
     }
 
+    /// If the lock is free right now, calls `f` on every node, front to back, with the lock
+    /// held (`f` must not touch this list, nor take another list's lock). Returns false,
+    /// having called nothing, if the lock was busy.
+    pub fn try_for_each(&self, f: impl FnMut(*mut N)) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let Some(_g) = self.lock.try_lock() else {
+            return false;
+        };
+        // SAFETY: we hold the lock, so the listed nodes and their links are stable.
+        unsafe { list_for_each(self.head.with(|h| *h), f) };
+        true
+    }
+
     /// Calls `f` on every node, front to back, with the lock held (`f` must not touch this
     /// list). For the models' checks.
     #[cfg(loom)]

@@ -55,7 +55,7 @@ use super::registry::REGISTRY;
 use super::slices::purge_segments;
 use super::tick::{book_left, WAIT_BYTES};
 use super::Heap;
-use crate::heap::segment::{MAX_NODES, POOLS};
+use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
 use crate::heap::wake::{Idle, Sleep};
 use crate::init;
 use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
@@ -309,9 +309,28 @@ fn anything_waits() -> Idle {
         return Idle::Work;
     }
     let now = os::now_ms();
-    let _g = REGISTRY.lock.lock();
     let mut any = false;
     let mut next = u64::MAX;
+    // Abandoned segments with free slices booked for purging (see `purge_abandoned`); a
+    // list busy right now counts as work (the next pass looks again).
+    for list in ABANDONED.iter().chain(ABANDONED_FULL.iter()) {
+        // SAFETY: listed segments are valid headers, their purge fields stable under the
+        // list's lock.
+        any |= !list.try_for_each(|seg| unsafe {
+            let at = (*seg).purge_at;
+            if at != 0 {
+                if at <= now {
+                    any = true;
+                } else {
+                    next = next.min(at);
+                }
+            }
+        });
+    }
+    if any {
+        return Idle::Work;
+    }
+    let _g = REGISTRY.lock.lock();
     // SAFETY: we hold the registry lock, so the listed heaps are valid; `shared` never
     // changes after registration, and `waiting`, `holding` and `due_ms` are atomic.
     unsafe {
@@ -390,6 +409,9 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             pool.unmap_expired(now);
         }
     }
+    if !quiet_only {
+        purge_abandoned(now);
+    }
     // The registry lock is not held by this thread here.
     // SAFETY: `pin` runs under the registry lock, so its heap is valid; a pinned heap (gate
     // taken) stays listed until unpinned; the purger touches only atomics (`waiting`, `gate`)
@@ -428,6 +450,27 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             },
             |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
         );
+    }
+}
+
+/// The purger thread's share of abandoned segments (review rev15): the free slices booked
+/// for purging (at their owner's exit or give-up, `slices::book_free_slices`) of every
+/// abandoned segment whose step is due go back to the OS, under its list's lock (which makes
+/// the segment's slice bitmaps the holder's: `Segment::purge_free`'s contract), if that lock
+/// is free right now. Collections tend abandoned segments one at a time and collect their
+/// pages; without a collection (a program that makes no allocator call) nobody else would,
+/// and an exited worker's free slices stayed resident for good. Refusals are dropped: the
+/// next owner books the slices again.
+fn purge_abandoned(now: u64) {
+    for list in ABANDONED.iter().chain(ABANDONED_FULL.iter()) {
+        // SAFETY: we hold the list's lock in the closure: the listed segments are unowned
+        // and theirs to purge; free slices hold no live block.
+        list.try_for_each(|seg| unsafe {
+            let at = (*seg).purge_at;
+            if at != 0 && now >= at {
+                let _ = Segment::purge_free(seg);
+            }
+        });
     }
 }
 
