@@ -368,7 +368,11 @@ mod tests {
             Segment::purge_step(seg, 1000 + delay, delay);
             // Back off to the cap, still locked.
             let mut t = Segment::retry_refused(seg, 1000 + delay, delay);
-            while (*seg).purge_backoff < PURGE_RETRY_MAX_MS {
+            // (A `loop`: the backoff changes through `seg`, which a `while` condition hides.)
+            loop {
+                if (*seg).purge_backoff >= PURGE_RETRY_MAX_MS {
+                    break;
+                }
                 t = Segment::retry_refused(seg, t, delay);
             }
             let last_refusal = t - PURGE_RETRY_MAX_MS;
