@@ -356,7 +356,7 @@ impl Segment {
             s.dirty |= mask;
             s.purge_recent &= !mask;
             s.purge_pending &= !mask;
-            s.purge_refused &= !mask;
+            Segment::forget_refused(s, mask);
             Segment::drop_tail(s, i);
             s.used_pages += 1;
             let pages = s.pages.as_mut_ptr();
@@ -485,7 +485,7 @@ impl Segment {
             (*seg).dirty |= extra;
             (*seg).purge_recent &= !extra;
             (*seg).purge_pending &= !extra;
-            (*seg).purge_refused &= !extra;
+            Segment::forget_refused(seg, extra);
             for j in n..want {
                 let d = (*seg).pages.as_mut_ptr().add(i + j);
                 (*d).set_back(j as u8);

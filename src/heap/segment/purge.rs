@@ -167,14 +167,39 @@ impl Segment {
         }
     }
 
-    /// Bytes of free slices that may be resident (what purging would give back).
+    /// Bytes of free slices that may be resident and that a purge step may give back: not
+    /// those whose purge the kernel refused, which wait for their retry (counted, a heap
+    /// under `mlockall` with more than `WAIT_BYTES` of them stayed `waiting` for good, every
+    /// slow path reading the clock and every refill bounded: review rev15).
     ///
     /// # Safety
     /// The caller owns `seg`.
     #[inline]
     pub unsafe fn resident_free_bytes(seg: *const Segment) -> usize {
         // SAFETY: the caller owns the segment's bitmaps.
-        unsafe { ((*seg).free_slices & (*seg).dirty).count_ones() as usize * SLICE_SIZE }
+        unsafe {
+            ((*seg).free_slices & (*seg).dirty & !(*seg).purge_refused).count_ones() as usize
+                * SLICE_SIZE
+        }
+    }
+
+    /// Slices `mask` are taken for a page: their refusal, if any, is forgotten (a later free
+    /// books them afresh), and once no refused slice is left the backoff starts over, so the
+    /// next refusal waits the delay, not twice the last wait (review rev15).
+    ///
+    /// # Safety
+    /// The caller owns `seg`.
+    #[inline]
+    pub unsafe fn forget_refused(seg: *mut Segment, mask: u64) {
+        // SAFETY: the caller owns the segment's purge fields (field by field: see purge_step).
+        unsafe {
+            if (*seg).purge_refused & mask != 0 {
+                (*seg).purge_refused &= !mask;
+                if (*seg).purge_refused == 0 {
+                    (*seg).purge_backoff = 0;
+                }
+            }
+        }
     }
 
     /// Returns the physical memory of the slices of `mask` (free, dirty) to the OS. Returns
@@ -293,9 +318,15 @@ mod tests {
             // out its own delay (review rev12: the retry purged it early).
             libc::munlock(sa as *const libc::c_void, SLICE_SIZE);
             libc::munlock(sb as *const libc::c_void, SLICE_SIZE);
+            assert_eq!(
+                Segment::resident_free_bytes(seg),
+                0,
+                "refused slices wait for their retry, not a step"
+            );
             let a2 = Segment::take_slices(seg, 1, false);
             assert_eq!((*a2).start(), sa, "the lowest dirty run is reused");
             assert_eq!((*seg).purge_refused, mb, "a taken: its refusal forgotten");
+            assert_ne!((*seg).purge_backoff, 0, "b still waits: the backoff stays");
             core::ptr::write_bytes(sa, 0xef, SLICE_SIZE);
             let _ = Segment::free_page(a2, 1900, 100);
             assert_eq!(
@@ -446,6 +477,33 @@ mod tests {
                  {} ms after it was freed",
                 now - 1000
             );
+        }
+    }
+
+    /// Review rev15: once every refused slice is taken again, the backoff starts over: the
+    /// next refusal waits the delay, not twice the last (up to a minute) wait.
+    #[test]
+    fn the_backoff_starts_over_once_no_refused_slice_is_left() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let p = Segment::take_slices(seg, 1, false); // slice 1
+            let _ = Segment::free_page(p, 1000, 100);
+            Segment::note_refused(seg, 1 << 1, 1100, 100);
+            (*seg).purge_backoff = PURGE_RETRY_MAX_MS;
+            let again = Segment::take_slices(seg, 1, false);
+            assert_eq!((*again).slice_index(), 1);
+            assert_eq!(((*seg).purge_refused, (*seg).purge_backoff), (0, 0));
+            let _ = Segment::free_page(again, 2000, 100);
+            Segment::note_refused(seg, 1 << 1, 2100, 100);
+            assert_eq!(
+                (*seg).purge_retry_at,
+                2200,
+                "the delay, not a doubled minute"
+            );
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
