@@ -35,6 +35,8 @@ use allocator_api2::vec::Vec as AVec;
 use super::typed::ArenaStats;
 
 /// A key into a [`SlotArena`]: slot index and generation. 8 bytes, `Copy`, `Send`, `'static`.
+/// It does not name its arena: used with another arena it finds that arena's value at the
+/// same slot and generation, if any (as with slotmap).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     index: u32,
@@ -231,7 +233,9 @@ impl<T, A: Allocator + Clone> SlotArena<T, A> {
         self.get(key).is_some()
     }
 
-    /// The value of `key`, or `None` if it was removed (or the key is from elsewhere).
+    /// The value of `key`, or `None` if it was removed. A key is only meaningful to the arena
+    /// that made it: one from another `SlotArena` (not checked, as with slotmap) finds
+    /// whatever value this arena has at the same slot and generation, or `None`.
     #[inline]
     pub fn get(&self, key: Key) -> Option<&T> {
         match self.slots.get(key.index as usize) {
