@@ -314,6 +314,31 @@ fn collections_reach_the_node_heaps_that_were_used() {
     .unwrap();
 }
 
+/// `collect_now` books the collection at the time it ran, not at the time a delay ahead it
+/// collects with (review rev15: the heap looked busy to passes for two delays after).
+#[test]
+fn collect_now_books_the_time_it_ran() {
+    std::thread::spawn(|| {
+        // An active heap (a first allocation), which the collection runs on.
+        // SAFETY: a bin of a small size; the block is freed once.
+        unsafe {
+            let p = alloc_bin(bin_of(64));
+            assert!(!p.is_null());
+            free(p);
+        }
+        collect_now();
+        let at = own().collected_ms.load(Ordering::Relaxed);
+        assert_ne!(at, 0, "no collection ran");
+        assert!(
+            at <= os::now_ms(),
+            "collected at {at}, now {}",
+            os::now_ms()
+        );
+    })
+    .join()
+    .unwrap();
+}
+
 /// Every slice of a page in use leads to the same page and bin from the owner's line of
 /// its descriptor and from the remote line: small, medium and large pages, slices given
 /// back when a large object shrinks in place and taken when it grows.

@@ -307,6 +307,10 @@ pub fn collect_now() {
         follow_home(h);
         let now = os::now_ms();
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+        // A time a delay ahead, so that everything counts as due (pools, huge cache)...
         heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+        // ...but the heap collected now: stored a delay ahead, it looked busy to other
+        // threads' passes for two delays after (review rev15).
+        h.collected_ms.store(now, Ordering::Relaxed);
     }
 }
