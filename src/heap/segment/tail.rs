@@ -33,7 +33,9 @@ impl Segment {
     }
 
     /// Takes slice `i` out of the tail bitmaps (its page was given back, taken, or its tail
-    /// is done).
+    /// is done). With the last tail gone no step is set (`tails_at` 0, as a tail step leaves
+    /// it): a step time left behind would stay in the past for good, and the segment look due
+    /// to every walk (review rev12: a page given back before its tail step).
     ///
     /// # Safety
     /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps.
@@ -43,6 +45,9 @@ impl Segment {
         unsafe {
             (*seg).tails &= !(1u64 << i);
             (*seg).tails_new &= !(1u64 << i);
+            if (*seg).tails == 0 {
+                (*seg).tails_at = 0;
+            }
         }
     }
 

@@ -154,16 +154,8 @@ pub(super) unsafe fn purge_segments(list: *mut *mut Segment, now: u64, delay: u6
             if (*seg).purge_at != 0 {
                 left.bytes += Segment::resident_free_bytes(seg);
             }
-            // `tails_at` only while a tail is booked: a tail step resets it, but a page given
-            // back before its step (`free_page`'s `drop_tail`) leaves `tails` 0 and `tails_at`
-            // set, in the past, and no step runs again to clear it; counted, it kept the heap
-            // `holding`, due, and every pass visiting it (review rev12).
-            let tails_at = if (*seg).tails != 0 {
-                (*seg).tails_at
-            } else {
-                0
-            };
-            left.due = earlier(left.due, earlier((*seg).purge_at, tails_at));
+            // `tails_at` is 0 whenever no tail is booked (`Segment::drop_tail`).
+            left.due = earlier(left.due, earlier((*seg).purge_at, (*seg).tails_at));
             seg = next;
         }
         left
