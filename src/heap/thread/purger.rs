@@ -342,7 +342,7 @@ fn anything_waits() -> Idle {
                 any = true;
             } else if (*addr_of!((*h).holding)).load(Ordering::Relaxed) {
                 let due = (*addr_of!((*h).due_ms)).load(Ordering::Relaxed);
-                if due == 0 || due <= now {
+                if step_due(due, now) {
                     any = true;
                 } else {
                     next = next.min(due);
@@ -433,9 +433,8 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
                     } else {
                         // Once something is due: a quiet heap whose next step is not yet
                         // due has nothing for the pass (0: not known, visit).
-                        let due = (*addr_of!((*h).due_ms)).load(Ordering::Relaxed);
                         (*addr_of!((*h).holding)).load(Ordering::Relaxed)
-                            && (due == 0 || now >= due)
+                            && step_due((*addr_of!((*h).due_ms)).load(Ordering::Relaxed), now)
                             && quiet()
                     }
                     && (*addr_of!((*h).gate))
@@ -451,6 +450,13 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
         );
     }
+}
+
+/// Whether a holding heap whose `due_ms` is `due` has a step due by `now` (0: not known
+/// since memory was given back, so due).
+#[inline]
+fn step_due(due: u64, now: u64) -> bool {
+    due == 0 || now >= due
 }
 
 /// The purger thread's share of abandoned segments (review rev15): the free slices booked

@@ -52,12 +52,15 @@ pub(super) fn set_holding(flag: &AtomicBool, holding: bool) {
     }
 }
 
-/// Stores a heap's `due_ms`, written only when it changes (see [`set_holding`]).
+/// Stores a heap's `due_ms`, written only when it changes (see [`set_holding`]); returns
+/// whether it changed.
 #[inline]
-pub(super) fn set_due(due_ms: &AtomicU64, due: u64) {
-    if due_ms.load(Ordering::Relaxed) != due {
+pub(super) fn set_due(due_ms: &AtomicU64, due: u64) -> bool {
+    let changed = due_ms.load(Ordering::Relaxed) != due;
+    if changed {
         due_ms.store(due, Ordering::Relaxed);
     }
+    changed
 }
 
 /// Books what a collection or a pass found left to purge in a heap's segments (`left`) and
@@ -72,7 +75,7 @@ pub(super) fn book_left(
     delay: u64,
 ) -> usize {
     let held = cache.held();
-    set_due(due_ms, earlier(left.due, cache.next_expiry(delay)));
+    let _ = set_due(due_ms, earlier(left.due, cache.next_expiry(delay)));
     set_holding(holding, left.any() || held > 0);
     left.bytes + held
 }
@@ -87,8 +90,7 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
         // Due at once, as far as passes know, until the next collection or pass counts it.
         // A purger asleep until the old due time (a refused purge's retry, up to a minute
         // away: `purger::anything_waits`) must hear of it, as of a heap turning holding.
-        if h.due_ms.load(Ordering::Relaxed) != 0 {
-            h.due_ms.store(0, Ordering::Relaxed);
+        if set_due(&h.due_ms, 0) {
             purger::notify();
         }
         set_holding(&h.holding, true);
