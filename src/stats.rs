@@ -106,6 +106,10 @@ pub struct Stats {
     /// paths) by the background purger, or by another thread's collection (the default
     /// configuration): a thread that frees memory and then waits does not keep it.
     pub purges_for_others: u64,
+    /// Full pages of a quiet thread (one that has not collected for a purge delay) that such
+    /// a pass gave back to their segment, having taken in the frees other threads made into
+    /// them: results a waiting worker handed out and another thread freed.
+    pub full_pages_taken_in: u64,
     /// mmap calls the kernel refused.
     pub map_failures: u64,
     /// Per NUMA node (nodes that ever held memory).
@@ -197,6 +201,7 @@ pub fn stats() -> Stats {
         purges: os::PURGES.load(Ordering::Relaxed),
         purged_bytes: os::PURGED_BYTES.load(Ordering::Relaxed),
         purges_for_others: thread::PASS_PURGES.load(Ordering::Relaxed),
+        full_pages_taken_in: thread::FULL_TAKEN_IN.load(Ordering::Relaxed),
         map_failures: os::MAP_FAILURES.load(Ordering::Relaxed),
         ..Default::default()
     };
@@ -303,8 +308,8 @@ fn write_table(w: &mut dyn core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(w, "  remote frees {:>11}", s.remote_frees)?;
     writeln!(
         w,
-        "  pages       {:>12} abandoned {:>9} adopted",
-        s.pages_abandoned, s.pages_adopted
+        "  pages       {:>12} abandoned {:>9} adopted {:>9} full taken in for quiet threads",
+        s.pages_abandoned, s.pages_adopted, s.full_pages_taken_in
     )?;
     writeln!(
         w,

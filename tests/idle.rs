@@ -755,3 +755,56 @@ fn rss_falls_after_an_exited_workers_spike_without_calls() {
         &[("TIERALLOC_BACKGROUND_PURGE", "1")],
     );
 }
+
+/// Review rev15: eight workers each make 3.5 MiB of 4 KiB results (one segment each, never
+/// given up) and hand them to the main thread, then wait, quiet, for their next job; the
+/// main thread frees every result (frees into the workers' pages: their remote lists) and
+/// goes on with light traffic. Nothing is live, yet the workers' pages stay in use: only
+/// their owners collect the frees waiting on their pages, and a quiet owner does not, nor do
+/// the other threads' passes (they purge a quiet heap's free slices, never collect its
+/// pages), so its memory is neither `holding` nor free.
+#[test]
+fn child_quiet_producers() {
+    if !is_scenario("quiet-producers") {
+        return;
+    }
+    let baseline = rss();
+    let mut finishes = Vec::new();
+    let mut results = Vec::new();
+    for _ in 0..8 {
+        let (blocks, finish) = quiet_worker(
+            || {
+                let blocks: Vec<usize> = (0..896).map(|_| new_block(4096, 0x77)).collect();
+                (blocks, ())
+            },
+            |()| {},
+        );
+        results.push(blocks);
+        finishes.push(finish);
+    }
+    for p in results.into_iter().flatten() {
+        drop_block(p, 4096, 0x77);
+    }
+    let b = bound(baseline, 0);
+    let r = rss_raw();
+    assert!(r > b, "nothing to purge: {r} <= {b}");
+    let mut rounds = 0;
+    while rounds < 600 && rss_raw() > b {
+        rounds += 1;
+        traffic_round();
+    }
+    report(
+        &format!("eight quiet producers' freed results, after {rounds} rounds of traffic"),
+        rss_raw(),
+        baseline,
+        0,
+    );
+    for f in finishes {
+        f();
+    }
+}
+
+#[test]
+fn rss_falls_when_quiet_producers_results_are_freed_by_another_thread() {
+    run_scenario("child_quiet_producers", "quiet-producers", &[]);
+}

@@ -265,15 +265,56 @@ pub(super) unsafe fn note_far_collected(h: HeapRef, page: *const Page, blocks: u
 #[cold]
 #[inline(never)]
 unsafe fn book_far_collected(h: HeapRef, page: *const Page, blocks: u32) {
-    // SAFETY: page is ours (contract).
+    // SAFETY: forwarded contract.
+    unsafe { book_far_collected_in(&h.stats, h.node, page, blocks) }
+}
+
+/// [`note_far_collected`] for a heap known by its counters and node (a pass collecting a
+/// quiet heap's full pages, `quiet`, which must not form a reference to the whole heap).
+///
+/// # Safety
+/// `page` is a page in use of the heap whose counters `stats` are and whose node is `node`,
+/// and the caller may write that heap's slow-path counters (its owner, or a pass holding its
+/// gate).
+pub(super) unsafe fn book_far_collected_in(
+    stats: &HeapStats,
+    node: u32,
+    page: *const Page,
+    blocks: u32,
+) {
+    // SAFETY: page is in use (contract).
     unsafe {
-        if (*page).kind != PageKind::Bin as u8 {
+        if blocks == 0 || (*page).kind != PageKind::Bin as u8 {
             return;
         }
-        if let Some(n) = far_node(h, (*page).segment()) {
+        let seg_node = (*(*page).segment()).node as u32;
+        if seg_node != node {
+            let n = (seg_node as usize).min(MAX_NODES - 1);
             let bytes = blocks as i64 * (*page).block_size as i64;
-            bump_i64(&h.stats.far_fixed[n], bytes);
+            bump_i64(&stats.far_fixed[n], bytes);
         }
+    }
+}
+
+/// A large page of `bytes` on `seg` went back to its segment: the heap's `large_free_bytes`,
+/// and, for a far segment, its far node's counts ([`note_far_large`] with `-bytes`), for a
+/// heap known by its counters and node (see [`book_far_collected_in`]).
+///
+/// # Safety
+/// As [`book_far_collected_in`], for `seg`, a segment of that heap.
+pub(super) unsafe fn book_large_freed_in(
+    stats: &HeapStats,
+    node: u32,
+    seg: *const Segment,
+    bytes: u64,
+) {
+    bump(&stats.large_free_bytes, bytes);
+    // SAFETY: seg is in use (contract).
+    let seg_node = unsafe { (*seg).node } as u32;
+    if seg_node != node {
+        let n = (seg_node as usize).min(MAX_NODES - 1);
+        bump_i64(&stats.far_fixed[n], -(bytes as i64));
+        bump_i64(&stats.far_net[n], -(bytes as i64));
     }
 }
 

@@ -152,9 +152,16 @@ unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
         // Counted before `used` drops, so that the branch tests the flags the decrement sets
         // (no compare, no flag kept in a register across the counter's add).
         bump(h.stats.frees.get_unchecked((*page).bin as usize), 1);
+        // A flagged page (full, large, or with no live block) is not written before the slow
+        // path holds the gate: a pass may be collecting a full page for a quiet owner
+        // (`quiet`), and `used` is its to change meanwhile. The test comes first, at no cost:
+        // the decrement's own flags still make the second branch.
+        if (*page).flags != 0 {
+            return free_owned_flagged(h, page, p);
+        }
         let used = (*page).used.wrapping_sub(1);
         (*page).used = used;
-        if used == 0 || (*page).flags != 0 {
+        if used == 0 {
             return free_owned_slow(h, page, p);
         }
         let b = p as *mut Block;
@@ -174,16 +181,44 @@ unsafe fn free_owned_in(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     }
 }
 
-/// [`free_owned`] when the page empties, is full or large, or its count went below zero:
-/// checks that `p` is a block of the page in use and not free already, then pushes it and
-/// sets off the page event. A wrong free is reported (`heap::error`); if the report returns,
-/// the page is left as it was before this free (the block leaks).
+/// [`free_owned`] when the count of a page with no flag set reaches 0 (or [`free_owned_flagged`]
+/// once it has lowered a flagged page's): checks, under the gate, that `p` is a block of the
+/// page in use and not free already, then pushes it and sets off the page event. A wrong free
+/// is reported (`heap::error`); if the report returns, the page is left as it was before this
+/// free (the block leaks).
 ///
 /// # Safety
 /// `page` is a page of `h` whose `used` [`free_owned`] has just lowered for `p`.
 #[cold]
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_owned_slow(h: HeapRef, page: *mut Page, p: *mut u8) {
+    let _gate = purger::enter(h.as_ptr());
+    // SAFETY: forwarded contract.
+    unsafe { free_owned_checked(h, page, p) }
+}
+
+/// [`free_owned`] into a page with a flag set (full, large, or with no live block): its count
+/// is lowered here, under the gate (see `quiet`: a pass may be collecting the page), then as
+/// [`free_owned_slow`].
+///
+/// # Safety
+/// As [`free_owned`]; `page` is `p`'s page, whose count is not yet lowered for `p`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_owned_flagged(h: HeapRef, page: *mut Page, p: *mut u8) {
+    let _gate = purger::enter(h.as_ptr());
+    // SAFETY: page is ours (contract); with the gate held no pass touches it.
+    unsafe {
+        (*page).used = (*page).used.wrapping_sub(1);
+        free_owned_checked(h, page, p)
+    }
+}
+
+/// [`free_owned_slow`]'s work, the gate held.
+///
+/// # Safety
+/// As [`free_owned_slow`]; the caller holds `h`'s gate.
+unsafe fn free_owned_checked(h: HeapRef, page: *mut Page, p: *mut u8) {
     // SAFETY: page is ours; nothing is written before the checks pass.
     unsafe {
         let err = match check_block(page, p) {
@@ -279,6 +314,9 @@ unsafe fn free_marked(mut h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey)
 #[cold]
 #[inline(never)]
 unsafe fn free_suspect(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+    // Under the gate: the look at the page's lists (`free_marked`) collects it, and a full
+    // page's lists may be a pass's meanwhile (`quiet`).
+    let _gate = purger::enter(h.as_ptr());
     // SAFETY: forwarded contract; the page is ours.
     unsafe {
         if (*page).kind != PageKind::Bin as u8 {
@@ -555,6 +593,9 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
         let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
         delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
     }
+    // A quiet owner does not take the block in: the background purger's pass does
+    // (`quiet`), and an asleep purger must hear of it.
+    purger::notify();
 }
 
 /// [`free_other`] for everything but the common case: a heap's first free, a huge object, an

@@ -51,6 +51,7 @@
 //! the allocator's locks are taken), and the child, where the thread does not exist, marks
 //! it not started: the child's first slow path that finds memory waiting starts its own.
 
+use super::quiet::{collect_full, has_delayed};
 use super::registry::REGISTRY;
 use super::slices::purge_segments;
 use super::tick::{book_left, WAIT_BYTES};
@@ -65,9 +66,9 @@ use core::ptr::{addr_of, addr_of_mut};
 /// `TIERALLOC_BACKGROUND_PURGE`: whether the purger may run (set once, at start-up).
 pub(crate) static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
 
-const FREE: u8 = 0;
+pub(super) const FREE: u8 = 0;
 const OWNER: u8 = 1;
-const PURGER: u8 = 2;
+pub(super) const PURGER: u8 = 2;
 
 const OFF: u8 = 0;
 const STARTING: u8 = 1;
@@ -338,6 +339,18 @@ fn anything_waits() -> Idle {
             if (*h).shared {
                 return;
             }
+            if has_delayed(h) {
+                // Frees into its full pages: taken in once the owner has been quiet for a
+                // delay (`quiet`), if it has not taken them in itself by then.
+                let quiet_at = (*addr_of!((*h).collected_ms))
+                    .load(Ordering::Relaxed)
+                    .saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed));
+                if now >= quiet_at {
+                    any = true;
+                } else {
+                    next = next.min(quiet_at);
+                }
+            }
             if (*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
                 any = true;
             } else if (*addr_of!((*h).holding)).load(Ordering::Relaxed) {
@@ -432,9 +445,11 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
                         !quiet_only || quiet()
                     } else {
                         // Once something is due: a quiet heap whose next step is not yet
-                        // due has nothing for the pass (0: not known, visit).
-                        (*addr_of!((*h).holding)).load(Ordering::Relaxed)
+                        // due has nothing for the pass (0: not known, visit). A quiet heap
+                        // with frees into its full pages waiting (`quiet`) is visited too.
+                        ((*addr_of!((*h).holding)).load(Ordering::Relaxed)
                             && step_due((*addr_of!((*h).due_ms)).load(Ordering::Relaxed), now)
+                            || has_delayed(h))
                             && quiet()
                     }
                     && (*addr_of!((*h).gate))
@@ -443,6 +458,14 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             },
             |h| {
                 if (*h).state == super::ACTIVE {
+                    // A quiet owner's full pages: what others freed into them (`quiet`).
+                    let quiet = now
+                        >= (*addr_of!((*h).collected_ms))
+                            .load(Ordering::Relaxed)
+                            .saturating_add(delay);
+                    if quiet && has_delayed(h) {
+                        collect_full(h, now, delay);
+                    }
                     purge_heap(h, now, delay);
                     PASS_PURGES.fetch_add(1, Ordering::Relaxed);
                 }

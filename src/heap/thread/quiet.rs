@@ -1,0 +1,370 @@
+//! Taking in, for a quiet owner, what other threads freed into its full pages.
+//!
+//! Only a page's owner collects the frees waiting on it, and an owner collects on its slow
+//! paths. A thread that made results, handed them to another thread, and went quiet (a worker
+//! waiting for its next job) never did: the frees into its pages waited for good, and their
+//! memory was neither in use nor free (review rev15: eight quiet producers kept 33.8 MiB
+//! resident against an 11.3 MiB bound, nothing live). Such results sit in full pages, in no
+//! queue, and a remote free into one goes first to the owner's delayed stack
+//! (`heap::delayed`), which is what a pass looks for.
+//!
+//! Owns: [`collect_full`], run by a pass (`purger`) that holds a quiet heap's gate,
+//! [`has_delayed`], whether a heap has frees on its delayed stack, and the count of pages
+//! given back ([`FULL_TAKEN_IN`]). May touch: the heap's
+//! `delayed` stack, `returned` and slow-path counters (`counters`' `_in` bookings), its
+//! segment list, and its **full pages** (`PAGE_IN_FULL`: bin pages in no queue, large pages):
+//! their lists, counts, flags and delayed-free state; `slices` (the walk of a segment's
+//! pages), `heap::{segment, remote, delayed, error}`.
+//!
+//! Why a pass may touch a full page: no fast path of the owner reaches one. Allocation pops
+//! only from the pages its bins' queues start with, and a full page is in no queue; a local
+//! free into a page with any flag set (`PAGE_IN_FULL` among them) takes the gate before it
+//! writes anything (`free::free_owned_flagged`), and every other owner path that touches a
+//! full page is a gated slow path. Pages in a queue are left alone: the owner's fast paths
+//! and its ungated refills (`alloc::refill_from_next`) use them without the gate. A block on
+//! the delayed stack whose page is in a queue again (the owner took it out of full since)
+//! goes back on that page's remote list instead, as the remote free would have put it.
+
+use super::counters::{book_far_collected_in, book_large_freed_in};
+use super::slices::for_each_used_page;
+use super::Heap;
+use crate::heap::delayed;
+use crate::heap::error::{report, HeapError};
+use crate::heap::remote::{Block, Pushed, NORMAL, USE_DELAYED};
+use crate::heap::segment::{
+    page_of, segment_of, Page, PageKind, Segment, PAGE_CHECK_FREE, PAGE_IN_FULL,
+};
+use crate::sync::{AtomicU64, Ordering};
+use core::ptr::{addr_of, addr_of_mut};
+
+/// Full pages [`collect_full`] gave back to their segment (for `stats`).
+pub(crate) static FULL_TAKEN_IN: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `h` has blocks on its delayed stack (frees into its full pages that its owner has
+/// not taken in): a relaxed look, for a pass deciding whether to visit a quiet heap.
+///
+/// # Safety
+/// `h` is a registered heap, valid for the call.
+#[inline]
+pub(super) unsafe fn has_delayed(h: *const Heap) -> bool {
+    // SAFETY: the stack's head is atomic; h is valid (contract).
+    unsafe { !(*addr_of!((*h).delayed)).0.is_empty() }
+}
+
+/// Takes in the frees other threads made into `h`'s full pages, for its owner: the delayed
+/// stack's blocks go to their pages (or back on the remote list of a page that is in a queue
+/// again), every full page with frees waiting collects them, and a full page left with no
+/// live block goes back to its segment, its slices due for purging a delay from `now` like
+/// any page the owner gives back. A full page that still holds live blocks is armed again
+/// (`USE_DELAYED`), so the next remote free into it tells its owner, or the next pass, once
+/// more. Returns the bytes given back to the segments.
+///
+/// Pages stay where they are otherwise: a full page given free blocks stays full (in no
+/// queue) until its owner, at the next free into it, puts it back in its queue.
+///
+/// # Safety
+/// The caller holds `h`'s gate (`purger`, as a pass) and `h` is a registered, active thread
+/// heap whose owner is not the calling thread.
+pub(super) unsafe fn collect_full(h: *mut Heap, now: u64, delay: u64) -> usize {
+    // SAFETY: with the gate held the owner runs no slow path, and no fast path reaches a full
+    // page (module docs): the full pages, the segment list and the slow-path fields are ours
+    // for now; the rest of the heap is reached only through raw places and atomics.
+    unsafe {
+        let stats = &*addr_of!((*h).stats);
+        let node = *addr_of!((*h).node);
+        let stack = &(*addr_of!((*h).delayed)).0;
+        let mut returned = 0u32;
+        delayed::drain(
+            stack,
+            |b| {
+                let page = page_of(segment_of(b as *const u8), b as *const u8);
+                (page, &(*page).thread_free)
+            },
+            |b, page| {
+                if (*page).flags & PAGE_IN_FULL == 0 {
+                    // In a queue: its owner may be using it. Where the remote free would have
+                    // put the block; the owner's walk collects it.
+                    if let Pushed::Delayed = (*page).thread_free.push(b) {
+                        delayed::finish(stack, &(*page).thread_free, b);
+                    }
+                    return;
+                }
+                // As the owner's drain frees it (`free::free_local`), without the page
+                // event: the walk below gives back the pages left empty.
+                if (*page).used == 0 {
+                    report(HeapError::DoubleFree, b as *const u8);
+                    return;
+                }
+                Block::set_next(b, (*page).local_free);
+                (*page).local_free = b;
+                (*page).used -= 1;
+                returned = returned.saturating_add(1);
+                book_far_collected_in(stats, node, page, 1);
+            },
+        );
+        let mut given = 0usize;
+        let mut seg = *addr_of!((*h).segments);
+        while !seg.is_null() {
+            let next = (*seg).next;
+            for_each_used_page(seg, |p| {
+                if (*p).flags & PAGE_IN_FULL != 0 {
+                    given += take_in_full(stats, node, p, now, delay, &mut returned);
+                }
+            });
+            seg = next;
+        }
+        let r = addr_of_mut!((*h).returned);
+        *r = (*r).saturating_add(returned);
+        given
+    }
+}
+
+/// [`collect_full`] for one full page `p`: collects its remote frees; gives it back if it has
+/// no live block left, else arms it again. Returns the bytes given back.
+///
+/// # Safety
+/// As [`collect_full`]; `p` is a page in use of `h` with `PAGE_IN_FULL`.
+unsafe fn take_in_full(
+    stats: &super::counters::HeapStats,
+    node: u32,
+    p: *mut Page,
+    now: u64,
+    delay: u64,
+    returned: &mut u32,
+) -> usize {
+    // SAFETY: p is a full page of the heap whose gate we hold (contract): ours for now.
+    unsafe {
+        let mut collect = |p: *mut Page| {
+            if (*p).thread_free.has_blocks() {
+                let back = (*p).collect();
+                *returned = returned.saturating_add(back);
+                book_far_collected_in(stats, node, p, back);
+            }
+        };
+        collect(p);
+        if (*p).used != 0 {
+            // The remote frees from now on tell the owner again (through the delayed stack);
+            // one that landed before the state changed is collected now.
+            (*p).thread_free.try_set_state(USE_DELAYED, false);
+            collect(p);
+            if (*p).used != 0 {
+                return 0;
+            }
+        }
+        // No live block, so no remote free is in flight (its block would still count as
+        // used): the page goes back to its segment as the owner's retirement gives it back.
+        let seg = (*p).segment();
+        if (*p).kind == PageKind::Large as u8 {
+            book_large_freed_in(stats, node, seg, (*p).block_size as u64);
+        }
+        let bytes = Segment::run_bytes((*p).slice_index(), (*p).slice_count as usize);
+        (*p).flags = PAGE_CHECK_FREE;
+        (*p).thread_free.force_state(NORMAL);
+        Segment::free_page(p, now, delay);
+        FULL_TAKEN_IN.fetch_add(1, Ordering::Relaxed);
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::alloc::alloc_bin;
+    use super::super::free::free;
+    use super::super::purger::{FREE, PURGER};
+    use super::super::tls::heap;
+    use super::super::Heap;
+    use super::{collect_full, has_delayed, FULL_TAKEN_IN};
+    use crate::heap::remote::USE_DELAYED;
+    use crate::heap::segment::{page_of, segment_of, Page, PAGE_IN_FULL};
+    use crate::heap::size_class::bin_of;
+    use crate::sync::{AtomicU8, Ordering};
+    use core::ptr::addr_of;
+    use std::collections::HashSet;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A heap's address and a block's, sent between threads.
+    #[derive(Clone, Copy)]
+    struct Addr(usize);
+
+    /// Waits, with no allocator call (which would take the gate the test holds), until `go`.
+    fn wait_for(go: &std::sync::atomic::AtomicBool) {
+        while !go.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn gate(h: usize) -> &'static AtomicU8 {
+        // SAFETY: the heap of a thread the test keeps alive; the gate is atomic.
+        unsafe { &*addr_of!((*(h as *mut Heap)).gate) }
+    }
+
+    fn page(p: usize) -> *mut Page {
+        // SAFETY: p is a live block of ours, so its segment header is mapped.
+        unsafe { page_of(segment_of(p as *const u8), p as *const u8) }
+    }
+
+    /// Allocates 1 KiB blocks on the calling thread until at least `pages` pages are full;
+    /// returns them and the blocks of those pages (the rest freed).
+    fn fill(pages: usize) -> (Vec<usize>, Vec<usize>) {
+        let bin = bin_of(1024);
+        let mut blocks = Vec::new();
+        loop {
+            // SAFETY: bin < NBINS.
+            blocks.push(unsafe { alloc_bin(bin) } as usize);
+            // SAFETY: the pages of our blocks are ours; flags are read on our thread.
+            let full: HashSet<usize> = blocks
+                .iter()
+                .map(|&b| page(b))
+                .filter(|&p| unsafe { (*p).flags & PAGE_IN_FULL != 0 })
+                .map(|p| p as usize)
+                .collect();
+            if full.len() >= pages {
+                let (inside, rest): (Vec<usize>, Vec<usize>) = blocks
+                    .iter()
+                    .partition(|&&b| full.contains(&(page(b) as usize)));
+                for b in rest {
+                    // SAFETY: our block, freed once.
+                    unsafe { free(b as *mut u8) };
+                }
+                return (full.into_iter().collect(), inside);
+            }
+        }
+    }
+
+    /// The owner's free into a full page writes nothing of it before it holds its gate: with
+    /// a pass holding the gate (as `collect_full` runs), the page's count stays as it was
+    /// until the pass lets go. (Before, the fast path lowered `used` first, racing the pass's
+    /// own change of it.)
+    #[test]
+    fn a_local_free_into_a_full_page_waits_for_the_pass_before_writing() {
+        static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let (to_test, told) = mpsc::channel::<(Addr, Addr, Addr)>();
+        let owner = std::thread::spawn(move || {
+            let (pages, blocks) = fill(1);
+            let b = *blocks
+                .iter()
+                .find(|&&b| page(b) as usize == pages[0])
+                .unwrap();
+            to_test
+                .send((Addr(heap() as usize), Addr(pages[0]), Addr(b)))
+                .unwrap();
+            wait_for(&GO);
+            // SAFETY: our block, freed once (the others of the page stay live: leaked).
+            unsafe { free(b as *mut u8) };
+        });
+        let (h, p, _) = told.recv().unwrap();
+        let p = p.0 as *mut Page;
+        // SAFETY: the owner is between its sends, so the page's fields are stable.
+        let used = unsafe { (*p).used };
+        // Held as a pass holds it.
+        while gate(h.0)
+            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        GO.store(true, std::sync::atomic::Ordering::Release);
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: we hold the gate, so a correct owner has not written the full page.
+        let during = unsafe { core::ptr::read_volatile(addr_of!((*p).used)) };
+        gate(h.0).store(FREE, Ordering::Release);
+        owner.join().unwrap();
+        assert_eq!(
+            during, used,
+            "the owner wrote a full page's count without the gate"
+        );
+    }
+
+    /// A quiet owner's full pages whose blocks another thread freed all go back to their
+    /// segment when a pass takes them in; a full page with a block still live is armed again
+    /// (the next remote free goes to the delayed stack) and kept; and the blocks the owner
+    /// allocates afterwards are each handed out once.
+    #[test]
+    fn a_pass_gives_back_full_pages_freed_by_others_and_keeps_the_rest() {
+        static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let (to_test, told) = mpsc::channel::<(Addr, Vec<usize>, Vec<usize>)>();
+        let owner = std::thread::spawn(move || {
+            let (pages, blocks) = fill(3);
+            to_test
+                .send((Addr(heap() as usize), pages, blocks))
+                .unwrap();
+            // Quiet until the test is done with the pass.
+            wait_for(&GO);
+            let bin = bin_of(1024);
+            // SAFETY: bin < NBINS; each block freed once below.
+            let again: Vec<usize> = (0..600)
+                .map(|_| unsafe { alloc_bin(bin) } as usize)
+                .collect();
+            let unique: HashSet<usize> = again.iter().copied().collect();
+            assert_eq!(unique.len(), again.len(), "a block handed out twice");
+            for b in again {
+                // SAFETY: as above.
+                unsafe { free(b as *mut u8) };
+            }
+        });
+        let (h, pages, blocks) = told.recv().unwrap();
+        // Held as a pass holds it from now on, so that no other test's pass takes the pages
+        // in first (the owner makes no allocator call meanwhile).
+        while gate(h.0)
+            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        let kept_page = pages[0];
+        let kept = *blocks
+            .iter()
+            .find(|&&b| page(b) as usize == kept_page)
+            .unwrap();
+        // Another thread frees every block but one of the full pages: remote frees, the
+        // first into each page onto the owner's delayed stack.
+        let freed: Vec<usize> = blocks.iter().copied().filter(|&b| b != kept).collect();
+        std::thread::spawn(move || {
+            for b in freed {
+                // SAFETY: live blocks of the owner's, each freed once.
+                unsafe { free(b as *mut u8) };
+            }
+        })
+        .join()
+        .unwrap();
+        let hp = h.0 as *mut Heap;
+        // SAFETY: the owner is quiet (blocked in recv) and alive; the gate taken as a pass
+        // takes it makes its full pages ours.
+        unsafe {
+            assert!(has_delayed(hp));
+            let expected: usize = pages
+                .iter()
+                .filter(|&&p| p != kept_page)
+                .map(|&p| {
+                    let p = p as *mut Page;
+                    crate::heap::segment::Segment::run_bytes(
+                        (*p).slice_index(),
+                        (*p).slice_count as usize,
+                    )
+                })
+                .sum();
+            let before = FULL_TAKEN_IN.load(Ordering::Relaxed);
+            let given = collect_full(hp, crate::sys::os::now_ms(), 100);
+            let taken = FULL_TAKEN_IN.load(Ordering::Relaxed) - before;
+            assert!(!has_delayed(hp), "the delayed stack was not taken in");
+            // The kept page: still full, one block live, armed again.
+            let kp = kept_page as *mut Page;
+            assert_eq!((*kp).used, 1);
+            assert!((*kp).flags & PAGE_IN_FULL != 0);
+            assert_eq!((*kp).thread_free.state(), USE_DELAYED);
+            gate(h.0).store(FREE, Ordering::Release);
+            // Other tests' passes may count pages of their own meanwhile.
+            assert!(
+                taken >= pages.len() as u64 - 1,
+                "{taken} full pages given back"
+            );
+            assert_eq!(given, expected, "bytes given back");
+            // The kept block, freed remotely now: onto the delayed stack again.
+            free(kept as *mut u8);
+            assert!(has_delayed(hp));
+        }
+        GO.store(true, std::sync::atomic::Ordering::Release);
+        owner.join().unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! Passes that take in a quiet owner's full pages (`heap::thread::quiet`) against the owner
+//! itself: two owner threads fill pages of one size (full pages, in no queue), hand every
+//! other block to a freer thread (remote frees into the full pages: their delayed stack),
+//! then idle past the 1 ms purge delay, so that passes (the purger's, or other threads'
+//! collections) find them quiet and collect those pages, while the owner frees its own half
+//! into the same pages, some before, some after the idle. Every block carries its owner,
+//! round and index, checked at its free, and a live set shared by all threads fails the test
+//! if a block is handed out while live. Run in a child process (the delay and the purger are
+//! read once at start-up). The test also requires that passes did take full pages in.
+
+#[path = "common/child.rs"]
+mod child;
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+const SCENARIO: &str = "TIERALLOC_TEST_QUIET_FULL";
+/// Bin sizes (16 B to 8 KiB) and a large one (64 KiB: a page of its own).
+const SIZES: [usize; 7] = [16, 48, 256, 1024, 4096, 8192, 64 << 10];
+const RUN: Duration = Duration::from_secs(3);
+
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn tag(owner: u64, round: u64, i: u64) -> u64 {
+    (owner << 56) | (round << 24) | i
+}
+
+/// Allocates a block of `size`, checks it is not live, and writes `t` into its first and
+/// last words.
+fn new_block(size: usize, t: u64) -> usize {
+    // SAFETY: a non-zero size; the block is ours to write, at least 16 bytes, 8-aligned.
+    let p = unsafe { alloc(layout(size)) } as usize;
+    assert!(p != 0);
+    let fresh = LIVE
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(p);
+    assert!(fresh, "block {p:#x} handed out while live");
+    // SAFETY: as above.
+    unsafe {
+        *(p as *mut u64) = t;
+        *((p + size - 8) as *mut u64) = t;
+    }
+    p
+}
+
+/// Checks `t` in the block's first and last words, then frees it.
+fn free_block(p: usize, size: usize, t: u64) {
+    // SAFETY: p is a live block of `size` bytes we wrote `t` into.
+    unsafe {
+        let (a, b) = (*(p as *const u64), *((p + size - 8) as *const u64));
+        assert!(
+            a == t && b == t,
+            "block {p:#x} of {size} B overwritten: {a:#x} {b:#x}, expected {t:#x}"
+        );
+    }
+    assert!(LIVE.lock().unwrap().as_mut().unwrap().remove(&p));
+    // SAFETY: allocated with this layout, not freed yet.
+    unsafe { dealloc(p as *mut u8, layout(size)) };
+}
+
+type Batch = Vec<(usize, usize, u64)>;
+
+fn owner(id: u64, to_freer: mpsc::Sender<Batch>) {
+    let start = Instant::now();
+    let mut round = 0u64;
+    while start.elapsed() < RUN {
+        round += 1;
+        let size = SIZES[(round as usize + id as usize) % SIZES.len()];
+        let n = if size >= 64 << 10 {
+            24
+        } else {
+            (256 << 10) / size
+        };
+        let blocks: Vec<(usize, usize, u64)> = (0..n as u64)
+            .map(|i| {
+                let t = tag(id, round, i);
+                (new_block(size, t), size, t)
+            })
+            .collect();
+        let (theirs, mine): (Batch, Batch) = blocks.into_iter().partition(|b| b.2 & 1 == 1);
+        to_freer.send(theirs).unwrap();
+        // Some of our half before the idle, racing the freer's frees; the rest after it,
+        // racing the passes that find us quiet (no allocator call for 2 ms: twice the delay).
+        let cut = mine.len() / 3;
+        for &(p, s, t) in &mine[..cut] {
+            free_block(p, s, t);
+        }
+        thread::sleep(Duration::from_millis(2));
+        for &(p, s, t) in &mine[cut..] {
+            free_block(p, s, t);
+        }
+    }
+}
+
+#[test]
+fn child_quiet_full() {
+    if std::env::var(SCENARIO).is_err() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel::<Batch>();
+    let freer = thread::spawn(move || {
+        for batch in rx {
+            for (p, s, t) in batch {
+                free_block(p, s, t);
+            }
+        }
+    });
+    // Light traffic of its own, so that collections run passes for the other heaps when the
+    // purger thread is off.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let v: Vec<(usize, usize, u64)> = (0..64)
+                    .map(|i| {
+                        let t = tag(3, round, i);
+                        (new_block(512, t), 512, t)
+                    })
+                    .collect();
+                for (p, s, t) in v {
+                    free_block(p, s, t);
+                }
+                thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let owners: Vec<_> = (1..=2u64)
+        .map(|id| {
+            let tx = tx.clone();
+            thread::spawn(move || owner(id, tx))
+        })
+        .collect();
+    drop(tx);
+    for o in owners {
+        o.join().unwrap();
+    }
+    freer.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+    let s = tieralloc::stats();
+    eprintln!(
+        "full pages taken in for quiet threads: {}; passes for others: {}",
+        s.full_pages_taken_in, s.purges_for_others
+    );
+    assert!(
+        s.full_pages_taken_in >= 10,
+        "passes took in {} full pages",
+        s.full_pages_taken_in
+    );
+}
+
+fn run(env: &[(&str, &str)]) {
+    let mut cmd = child::this_test("child_quiet_full");
+    cmd.env(SCENARIO, "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", "1")
+        .env_remove("TIERALLOC_BACKGROUND_PURGE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+}
+
+#[test]
+fn full_pages_taken_in_by_collections_keep_every_block_once() {
+    run(&[]);
+}
+
+#[test]
+fn full_pages_taken_in_by_the_purger_keep_every_block_once() {
+    run(&[("TIERALLOC_BACKGROUND_PURGE", "1")]);
+}
