@@ -204,20 +204,28 @@ mod tests {
         unsafe { page_of(segment_of(p as *const u8), p as *const u8) }
     }
 
-    /// Allocates 1 KiB blocks on the calling thread until at least `pages` pages are full;
-    /// returns them and the blocks of those pages (the rest freed).
+    /// Allocates 1 KiB blocks on the calling thread until at least `pages` pages are full of
+    /// them; returns those pages and their blocks (the rest freed).
     fn fill(pages: usize) -> (Vec<usize>, Vec<usize>) {
         let bin = bin_of(1024);
         let mut blocks = Vec::new();
         loop {
             // SAFETY: bin < NBINS.
             blocks.push(unsafe { alloc_bin(bin) } as usize);
-            // SAFETY: the pages of our blocks are ours; flags are read on our thread.
-            let full: HashSet<usize> = blocks
+            // Full pages all of whose blocks are in `blocks` (not the test's own
+            // bookkeeping, which allocates on this thread too).
+            let mut count = std::collections::HashMap::<usize, u32>::new();
+            for &b in &blocks {
+                *count.entry(page(b) as usize).or_default() += 1;
+            }
+            // SAFETY: the pages of our blocks are ours; their fields are read on our thread.
+            let full: HashSet<usize> = count
                 .iter()
-                .map(|&b| page(b))
-                .filter(|&p| unsafe { (*p).flags & PAGE_IN_FULL != 0 })
-                .map(|p| p as usize)
+                .filter(|&(&p, &n)| unsafe {
+                    let p = p as *mut Page;
+                    (*p).flags & PAGE_IN_FULL != 0 && n == (*p).reserved
+                })
+                .map(|(&p, _)| p)
                 .collect();
             if full.len() >= pages {
                 let (inside, rest): (Vec<usize>, Vec<usize>) = blocks
