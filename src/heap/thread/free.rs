@@ -594,8 +594,20 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
         delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
     }
     // A quiet owner does not take the block in: the background purger's pass does
-    // (`quiet`), and an asleep purger must hear of it.
-    purger::notify();
+    // (`quiet`), so an asleep purger must hear of it, and one not started yet must start (a
+    // program whose last calls are these frees has no slow path left that would start it).
+    if purger::wanted() {
+        let h = heap_or_unset();
+        // SAFETY: our own heap (or the unset one, never active), read on our thread; the
+        // free is done, so nothing of it is in use while the thread's creation allocates.
+        unsafe {
+            if (*h).state == ACTIVE && !(*h).walking && !(*h).shared {
+                purger::maybe_start();
+            }
+        }
+    } else {
+        purger::notify();
+    }
 }
 
 /// [`free_other`] for everything but the common case: a heap's first free, a huge object, an
