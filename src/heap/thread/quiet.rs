@@ -10,10 +10,11 @@
 //!
 //! Owns: [`collect_full`], run by a pass (`purger`) that holds a quiet heap's gate,
 //! [`has_delayed`], whether a heap has frees on its delayed stack, and the count of pages
-//! given back ([`FULL_TAKEN_IN`]). May touch: the heap's
-//! `delayed` stack, `returned` and slow-path counters (`counters`' `_in` bookings), its
-//! segment list, and its **full pages** (`PAGE_IN_FULL`: bin pages in no queue, large pages):
-//! their lists, counts, flags and delayed-free state; `slices` (the walk of a segment's
+//! given back ([`FULL_TAKEN_IN`]). May touch: the heap's `delayed` stack, `returned`,
+//! `taken_in` (full pages left with room, which the owner's next drain puts back in their
+//! queues) and slow-path counters (`counters`' `_in` bookings), its segment list, and its
+//! **full pages** (`PAGE_IN_FULL`: bin pages in no queue, large pages): their lists,
+//! counts, flags and delayed-free state; `slices` (the walk of a segment's
 //! pages), `heap::{segment, remote, delayed, error}`.
 //!
 //! Why a pass may touch a full page: no fast path of the owner reaches one. Allocation pops
@@ -60,7 +61,8 @@ pub(super) unsafe fn has_delayed(h: *const Heap) -> bool {
 /// more. Returns the bytes given back to the segments.
 ///
 /// Pages stay where they are otherwise: a full page given free blocks stays full (in no
-/// queue) until its owner, at the next free into it, puts it back in its queue.
+/// queue, which is the owner's alone) until its owner's next drain of its delayed stack
+/// (`free::drain_delayed`), told by `Heap::taken_in`, puts it back in its queue.
 ///
 /// # Safety
 /// The caller holds `h`'s gate (`purger`, as a pass) and `h` is a registered, active thread
@@ -103,24 +105,32 @@ pub(super) unsafe fn collect_full(h: *mut Heap, now: u64, delay: u64) -> usize {
             },
         );
         let mut given = 0usize;
+        let mut room = false;
         let mut seg = *addr_of!((*h).segments);
         while !seg.is_null() {
             let next = (*seg).next;
             for_each_used_page(seg, |p| {
                 if (*p).flags & PAGE_IN_FULL != 0 {
-                    given += take_in_full(stats, node, p, now, delay, &mut returned);
+                    given += take_in_full(stats, node, p, now, delay, &mut returned, &mut room);
                 }
             });
             seg = next;
         }
         let r = addr_of_mut!((*h).returned);
         *r = (*r).saturating_add(returned);
+        if room {
+            // Full pages with free blocks, which no queue holds: the owner's next drain puts
+            // them back in their queues (review rev16: left as they were, their blocks were
+            // never handed out again while a block of theirs stayed live).
+            (*addr_of!((*h).taken_in)).store(true, Ordering::Relaxed);
+        }
         given
     }
 }
 
 /// [`collect_full`] for one full page `p`: collects its remote frees; gives it back if it has
-/// no live block left, else arms it again. Returns the bytes given back.
+/// no live block left, else arms it again (and sets `room` if it has free blocks now).
+/// Returns the bytes given back.
 ///
 /// # Safety
 /// As [`collect_full`]; `p` is a page in use of `h` with `PAGE_IN_FULL`.
@@ -131,6 +141,7 @@ unsafe fn take_in_full(
     now: u64,
     delay: u64,
     returned: &mut u32,
+    room: &mut bool,
 ) -> usize {
     // SAFETY: p is a full page of the heap whose gate we hold (contract): ours for now.
     unsafe {
@@ -148,6 +159,11 @@ unsafe fn take_in_full(
             (*p).thread_free.try_set_state(USE_DELAYED, false);
             collect(p);
             if (*p).used != 0 {
+                if (*p).kind == PageKind::Bin as u8
+                    && (!(*p).free.is_null() || !(*p).local_free.is_null())
+                {
+                    *room = true;
+                }
                 return 0;
             }
         }
