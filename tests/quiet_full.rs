@@ -185,3 +185,73 @@ fn full_pages_taken_in_by_collections_keep_every_block_once() {
 fn full_pages_taken_in_by_the_purger_keep_every_block_once() {
     run(&[("TIERALLOC_BACKGROUND_PURGE", "1")]);
 }
+
+/// Review rev16: a quiet producer whose consumer frees all but one block of each page it
+/// filled. The purger takes those frees in while the producer waits (its pages keep a live
+/// block, so they stay), and the producer's next round should reuse the blocks, not carve
+/// new pages: committed memory stays about flat from round to round.
+#[test]
+fn child_quiet_survivors() {
+    if std::env::var("TIERALLOC_TEST_QUIET_SURVIVORS").is_err() {
+        return;
+    }
+    const ROUNDS: usize = 20;
+    const BLOCKS: usize = 512;
+    let (to_freer, batches) = mpsc::channel::<Vec<usize>>();
+    let (to_owner, acks) = mpsc::channel::<()>();
+    let freer = thread::spawn(move || {
+        let mut survivors = Vec::new();
+        for batch in batches {
+            let mut pages = HashSet::new();
+            for p in batch {
+                // The first block of each 64 KiB slice stays live, for good.
+                if pages.insert(p >> 16) {
+                    survivors.push(p);
+                } else {
+                    // SAFETY: allocated by the owner with this layout, freed once.
+                    unsafe { dealloc(p as *mut u8, layout(1024)) };
+                }
+            }
+            to_owner.send(()).unwrap();
+        }
+        survivors.len()
+    });
+    let owner = thread::spawn(move || {
+        let mut committed = Vec::new();
+        for _ in 0..ROUNDS {
+            // SAFETY: a non-zero size.
+            let batch: Vec<usize> = (0..BLOCKS)
+                .map(|_| unsafe { alloc(layout(1024)) } as usize)
+                .collect();
+            to_freer.send(batch).unwrap();
+            acks.recv().unwrap();
+            // Quiet for ten purge delays: the purger takes the frees in.
+            thread::sleep(Duration::from_millis(200));
+            committed.push(tieralloc::stats().bytes_committed);
+        }
+        committed
+    });
+    let committed = owner.join().unwrap();
+    let kept = freer.join().unwrap();
+    let taken = tieralloc::stats().full_pages_taken_in;
+    let grew = committed[ROUNDS - 1] as i64 - committed[2] as i64;
+    eprintln!(
+        "committed after each round (KiB): {:?}; {kept} blocks kept; {taken} pages taken in",
+        committed.iter().map(|c| c >> 10).collect::<Vec<_>>()
+    );
+    assert!(
+        grew < 1 << 20,
+        "committed memory grew by {} KiB over {} rounds of {BLOCKS} 1 KiB blocks, {kept} kept",
+        grew >> 10,
+        ROUNDS - 3
+    );
+}
+
+#[test]
+fn a_quiet_producer_reuses_pages_the_purger_took_frees_into() {
+    let mut cmd = child::this_test("child_quiet_survivors");
+    cmd.env("TIERALLOC_TEST_QUIET_SURVIVORS", "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", "20")
+        .env("TIERALLOC_BACKGROUND_PURGE", "1");
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+}
