@@ -233,11 +233,11 @@ mod tests {
             // SAFETY: bin < NBINS.
             blocks.push(unsafe { alloc_bin(bin) } as usize);
             let ours = |p: *mut Page| blocks.iter().filter(|&&b| page(b) == p).count();
-            // SAFETY: the pages of our blocks are ours; flags and counts are read on our
-            // thread.
             let full: HashSet<usize> = blocks
                 .iter()
                 .map(|&b| page(b))
+                // SAFETY: the pages of our blocks are ours; flags and counts are read on our
+                // thread.
                 .filter(|&p| unsafe {
                     (*p).flags & PAGE_IN_FULL != 0 && (*p).used as usize == ours(p)
                 })
