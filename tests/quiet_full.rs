@@ -185,3 +185,165 @@ fn full_pages_taken_in_by_collections_keep_every_block_once() {
 fn full_pages_taken_in_by_the_purger_keep_every_block_once() {
     run(&[("TIERALLOC_BACKGROUND_PURGE", "1")]);
 }
+
+/// Review rev16: a quiet producer whose consumer frees all but one block of each page it
+/// filled. The purger takes those frees in while the producer waits (its pages keep a live
+/// block, so they stay), and the producer's next round should reuse the blocks, not carve
+/// new pages: committed memory stays about flat from round to round.
+#[test]
+fn child_quiet_survivors() {
+    if std::env::var("TIERALLOC_TEST_QUIET_SURVIVORS").is_err() {
+        return;
+    }
+    const ROUNDS: usize = 20;
+    const BLOCKS: usize = 512;
+    let (to_freer, batches) = mpsc::channel::<Vec<usize>>();
+    let (to_owner, acks) = mpsc::channel::<()>();
+    let freer = thread::spawn(move || {
+        let mut survivors = Vec::new();
+        for batch in batches {
+            let mut pages = HashSet::new();
+            for p in batch {
+                // The first block of each 64 KiB slice stays live, for good.
+                if pages.insert(p >> 16) {
+                    survivors.push(p);
+                } else {
+                    // SAFETY: allocated by the owner with this layout, freed once.
+                    unsafe { dealloc(p as *mut u8, layout(1024)) };
+                }
+            }
+            to_owner.send(()).unwrap();
+        }
+        survivors.len()
+    });
+    let owner = thread::spawn(move || {
+        let mut committed = Vec::new();
+        for _ in 0..ROUNDS {
+            // SAFETY: a non-zero size.
+            let batch: Vec<usize> = (0..BLOCKS)
+                .map(|_| unsafe { alloc(layout(1024)) } as usize)
+                .collect();
+            to_freer.send(batch).unwrap();
+            acks.recv().unwrap();
+            // Quiet for ten purge delays: the purger takes the frees in.
+            thread::sleep(Duration::from_millis(200));
+            committed.push(tieralloc::stats().bytes_committed);
+        }
+        committed
+    });
+    let committed = owner.join().unwrap();
+    let kept = freer.join().unwrap();
+    let taken = tieralloc::stats().full_pages_taken_in;
+    let grew = committed[ROUNDS - 1] as i64 - committed[2] as i64;
+    eprintln!(
+        "committed after each round (KiB): {:?}; {kept} blocks kept; {taken} pages taken in",
+        committed.iter().map(|c| c >> 10).collect::<Vec<_>>()
+    );
+    assert!(
+        grew < 1 << 20,
+        "committed memory grew by {} KiB over {} rounds of {BLOCKS} 1 KiB blocks, {kept} kept",
+        grew >> 10,
+        ROUNDS - 3
+    );
+}
+
+#[test]
+fn a_quiet_producer_reuses_pages_the_purger_took_frees_into() {
+    let mut cmd = child::this_test("child_quiet_survivors");
+    cmd.env("TIERALLOC_TEST_QUIET_SURVIVORS", "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", "20")
+        .env("TIERALLOC_BACKGROUND_PURGE", "1");
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+}
+
+/// Review rev16: a quiet producer's results, freed by another thread; a third thread's light
+/// traffic collects now and then but never has memory to give back (no heap `holding`). The
+/// passes those collections run take the frees into the producer's full pages in, and give
+/// the pages back: in the default configuration, and with `TIERALLOC_BACKGROUND_PURGE=1`
+/// too (the purger, or until it runs, the same passes).
+#[test]
+fn child_quiet_producer_light_traffic() {
+    if std::env::var("TIERALLOC_TEST_QUIET_LIGHT").is_err() {
+        return;
+    }
+    let (to_main, results) = mpsc::channel::<Vec<usize>>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let producer = thread::spawn(move || {
+        // SAFETY: a non-zero size.
+        let batch: Vec<usize> = (0..2048)
+            .map(|_| unsafe { alloc(layout(1024)) } as usize)
+            .collect();
+        to_main.send(batch).unwrap();
+        // Quiet from here on.
+        stop_rx.recv().unwrap();
+    });
+    let batch = results.recv().unwrap();
+    thread::spawn(move || {
+        for p in batch {
+            // SAFETY: allocated by the producer with this layout, freed once.
+            unsafe { dealloc(p as *mut u8, layout(1024)) };
+        }
+    })
+    .join()
+    .unwrap();
+    // Light traffic on a thread of its own: one 64-byte block kept, 32 more allocated and
+    // freed a round, so that its page never empties (nothing to give back) while its
+    // refills reach a collection now and then.
+    let taken = thread::spawn(|| {
+        let l = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: a non-zero size; freed at the end.
+        let keep = unsafe { alloc(l) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1)
+            && tieralloc::stats().full_pages_taken_in == 0
+        {
+            // SAFETY: as above, each freed once.
+            let v: Vec<*mut u8> = (0..32).map(|_| unsafe { alloc(l) }).collect();
+            for p in v.into_iter().rev() {
+                // SAFETY: as above.
+                unsafe { dealloc(std::hint::black_box(p), l) };
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: as above.
+        unsafe { dealloc(keep, l) };
+        tieralloc::stats().full_pages_taken_in
+    })
+    .join()
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    producer.join().unwrap();
+    let purger = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"))
+                .is_ok_and(|c| c.trim() == "tieralloc-purge")
+        })
+        .count();
+    eprintln!("full pages taken in: {taken}; purger threads: {purger}");
+    assert!(
+        taken > 0,
+        "no pass took the quiet producer's full pages in within 1 s (purger threads: {purger})"
+    );
+}
+
+fn run_light(env: &[(&str, &str)]) {
+    let mut cmd = child::this_test("child_quiet_producer_light_traffic");
+    cmd.env("TIERALLOC_TEST_QUIET_LIGHT", "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", "20")
+        .env_remove("TIERALLOC_BACKGROUND_PURGE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+}
+
+#[test]
+fn light_traffic_takes_a_quiet_producers_pages_in() {
+    run_light(&[]);
+}
+
+#[test]
+fn light_traffic_takes_a_quiet_producers_pages_in_with_the_purger_on() {
+    run_light(&[("TIERALLOC_BACKGROUND_PURGE", "1")]);
+}

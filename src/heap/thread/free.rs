@@ -20,7 +20,9 @@ use super::counters::{
 use super::large::free_huge;
 use super::purger;
 use super::registry::heap_init;
-use super::slices::{adopt_segment, reclaim_emptied, release_segment_dirty, unlink_segment};
+use super::slices::{
+    adopt_segment, for_each_used_page, reclaim_emptied, release_segment_dirty, unlink_segment,
+};
 use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
@@ -775,6 +777,10 @@ pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
 /// `alloc_bin_slow_long` and shifted the `pairs` instruction count by 0.7 per pair).
 #[inline(never)]
 pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
+    if h.taken_in.load(Ordering::Relaxed) {
+        // SAFETY: forwarded contract.
+        unsafe { unfull_taken_in(h) };
+    }
     if h.delayed.0.is_empty() {
         return;
     }
@@ -806,4 +812,31 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
         );
     }
     h.walking = was_walking;
+}
+
+/// Puts back in their queues our full bin pages that a pass (`quiet`) took other threads'
+/// frees into while we were quiet and left full with free blocks (`Heap::taken_in`): the
+/// blocks on our delayed stack that would have told us are gone, freed into those pages.
+///
+/// # Safety
+/// As [`drain_delayed`].
+#[cold]
+#[inline(never)]
+unsafe fn unfull_taken_in(h: HeapRef) {
+    h.taken_in.store(false, Ordering::Relaxed);
+    let mut seg = h.segments;
+    // SAFETY: the segments on our list and their pages in use are ours.
+    unsafe {
+        while !seg.is_null() {
+            for_each_used_page(seg, |p| {
+                if (*p).kind == PageKind::Bin as u8
+                    && (*p).flags & PAGE_IN_FULL != 0
+                    && (!(*p).free.is_null() || !(*p).local_free.is_null())
+                {
+                    unfull(h, p);
+                }
+            });
+            seg = (*seg).next;
+        }
+    }
 }

@@ -151,6 +151,11 @@ pub struct Heap {
     /// went quiet below `WAIT_BYTES` does not keep it resident, each such thread adding its
     /// slack to the process's.
     holding: AtomicBool,
+    /// A pass (`quiet`) took other threads' frees into full pages of ours that keep a live
+    /// block: they have free blocks but sit in no queue, and no block on the delayed stack
+    /// tells us so any more. Our next drain (`free::drain_delayed`) puts them back in their
+    /// queues. Written by a pass holding our gate, read and cleared by us under it.
+    taken_in: AtomicBool,
     /// When anything of a `holding` heap is next due (ms: the earliest purge step, tail step,
     /// retry of a refused purge or huge cache expiry, as its last collection or pass found
     /// them), 0 if not known (memory given back since: `tick::note_idle`). A pass visits a
@@ -252,6 +257,7 @@ impl Heap {
             label: 0,
             waiting: AtomicBool::new(false),
             holding: AtomicBool::new(false),
+            taken_in: AtomicBool::new(false),
             due_ms: AtomicU64::new(0),
             collected_ms: AtomicU64::new(0),
             gate: AtomicU8::new(0),

@@ -234,7 +234,13 @@ pub(super) fn wanted() -> bool {
 /// walk over its blocks.
 #[cold]
 pub(super) unsafe fn help(now: u64, delay: u64) {
-    if BACKGROUND_PURGE.load(Ordering::Relaxed) && THREAD.load(Ordering::Relaxed) != FAILED {
+    // Not while the purger thread runs or starts; until it is started (nothing turned
+    // `holding` yet, which is what starts it: a quiet heap's delayed frees do not), the
+    // collections' passes are all there is (review rev16: with the purger on but never
+    // started, a quiet producer's full pages were never taken in).
+    if BACKGROUND_PURGE.load(Ordering::Relaxed)
+        && !matches!(THREAD.load(Ordering::Relaxed), OFF | FAILED)
+    {
         return;
     }
     let last = HELPED_AT.load(Ordering::Relaxed);
