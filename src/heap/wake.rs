@@ -15,7 +15,7 @@
 //! bumped the word before its `FUTEX_WAKE`, so the wait either returns at once (the word
 //! changed) or is woken.
 
-use crate::sync::{fence, AtomicU32, AtomicU8, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// The handshake over a state byte (`asleep` while the sleeper waits, `running` once a waker
 /// or the sleeper itself ends the wait) and a futex word.
@@ -28,6 +28,11 @@ pub struct Sleep<'a> {
     pub asleep: u8,
     /// The state once the wait is over.
     pub running: u8,
+    /// When (ms, the caller's clock) the sleeper's current sleep ends by itself: `u64::MAX`
+    /// for an untimed one, 0 while it looks for work (stored before its fence), so that a
+    /// waker whose work is not due before then may leave it asleep
+    /// ([`wake_unless_due_by`](Sleep::wake_unless_due_by)).
+    pub until: &'a AtomicU64,
 }
 
 /// What the sleeper's look for work found ([`Sleep::sleep_unless_for`]).
@@ -35,9 +40,14 @@ pub struct Sleep<'a> {
 pub enum Idle {
     /// Work now: no sleep.
     Work,
-    /// No work now, but some will be due in this many milliseconds (at least 1): a sleep
-    /// that a waker ends sooner, or that ends by itself then.
-    For(u64),
+    /// No work now, but some will be due in `ms` milliseconds (at least 1), at `at` on the
+    /// caller's clock: a sleep that a waker ends sooner, or that ends by itself then.
+    For {
+        /// How long the sleep lasts at most.
+        ms: u64,
+        /// When it ends by itself (published in [`Sleep::until`]).
+        at: u64,
+    },
     /// No work until a waker says so.
     Forever,
 }
@@ -56,7 +66,13 @@ impl Sleep<'_> {
     /// itself: when `work()` says [`Idle::For`], the sleep also ends after that long (the
     /// sleeper then switches the state to `running` itself, as a waker would). Returns with
     /// the state `running`.
+    ///
+    /// The end of a sleep is published in `until` after the look (0 before it, ahead of the
+    /// fence): a waker that reads a time at or before its own work's is sure that the look
+    /// it raced saw its work, or that the sleep ends by then and the next look (whose 0 it
+    /// did not read, so whose fence came after its own) sees it.
     pub fn sleep_unless_for(&self, work: impl FnOnce() -> Idle) {
+        self.until.store(0, Ordering::Relaxed);
         self.state.store(self.asleep, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let timeout = match work() {
@@ -65,8 +81,14 @@ impl Sleep<'_> {
                 self.state.store(self.running, Ordering::Relaxed);
                 return;
             }
-            Idle::For(ms) => Some(ms.max(1)),
-            Idle::Forever => None,
+            Idle::For { ms, at } => {
+                self.until.store(at, Ordering::Relaxed);
+                Some(ms.max(1))
+            }
+            Idle::Forever => {
+                self.until.store(u64::MAX, Ordering::Relaxed);
+                None
+            }
         };
         loop {
             let seq = self.word.load(Ordering::Acquire);
@@ -84,6 +106,20 @@ impl Sleep<'_> {
                 return;
             }
         }
+    }
+
+    /// The waker, after it has stored work that is not due before `t` (the caller's clock):
+    /// wakes the sleeper unless its sleep ends by itself by then (`until`, 0 while it looks:
+    /// then as [`wake`](Sleep::wake)). A fence and a load more than `wake` when it wakes.
+    /// Returns whether it left the sleeper alone.
+    pub fn wake_unless_due_by(&self, t: u64) -> bool {
+        fence(Ordering::SeqCst);
+        let until = self.until.load(Ordering::Relaxed);
+        if until != 0 && until <= t {
+            return true;
+        }
+        self.wake();
+        false
     }
 
     /// The waker, after it has stored its work: wakes the sleeper if it sleeps. A fence and a

@@ -4,7 +4,7 @@
 //! loop), which loom reports as a model that does not end.
 
 use super::*;
-use loom::sync::atomic::AtomicU32;
+use loom::sync::atomic::{AtomicU32, AtomicU64};
 use tieralloc::wake::{Idle, Sleep};
 
 const RUNNING: u8 = 2;
@@ -24,10 +24,12 @@ fn sleeper_sees_every_unit(wakers: usize, yield_first: bool) {
 fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
     let state = Arc::new(AtomicU8::new(RUNNING));
     let word = Arc::new(AtomicU32::new(0));
+    let until = Arc::new(AtomicU64::new(0));
     let work = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..wakers)
         .map(|_| {
-            let (state, word, work) = (state.clone(), word.clone(), work.clone());
+            let (state, word, until, work) =
+                (state.clone(), word.clone(), until.clone(), work.clone());
             thread::spawn(move || {
                 work.fetch_add(1, Ordering::Relaxed);
                 Sleep {
@@ -35,6 +37,7 @@ fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
                     word: &word,
                     asleep: ASLEEP,
                     running: RUNNING,
+                    until: &until,
                 }
                 .wake();
             })
@@ -48,6 +51,7 @@ fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
         word: &word,
         asleep: ASLEEP,
         running: RUNNING,
+        until: &until,
     };
     let mut seen = 0;
     while seen < wakers {
@@ -56,7 +60,7 @@ fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
                 if work.load(Ordering::Relaxed) > seen {
                     Idle::Work
                 } else {
-                    Idle::For(5)
+                    Idle::For { ms: 5, at: 5 }
                 }
             });
         } else {
@@ -82,5 +86,72 @@ fn a_wake_after_published_work_is_never_lost() {
 fn a_timed_sleep_ends_running_and_sees_the_work() {
     check(3, |yield_first| {
         sleeper_sees_every_unit_with(1, yield_first, true)
+    });
+}
+
+/// A waker whose work is due no sooner than `t` leaves the sleeper asleep only if its sleep
+/// ends by itself by then (`Sleep::wake_unless_due_by`, the purger's `notify_by`: a busy
+/// owner's page given back does not wake a purger that looks at its heap before a pass could
+/// visit it anyway). The sleeper's published end (`until`) starts at 1, as a sleep of an
+/// earlier cycle that ended early would have left it: its reset to 0 ahead of the fence is
+/// what keeps a waker from reading that stale end and skipping the wake-up while the look it
+/// raced misses the work (loom finds that interleaving with the reset taken out).
+fn a_skipped_wake_is_due_by_the_work(t: u64, yield_first: bool) {
+    const AT: u64 = 10;
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let word = Arc::new(AtomicU32::new(0));
+    let until = Arc::new(AtomicU64::new(1));
+    let work = Arc::new(AtomicUsize::new(0));
+    let waker = {
+        let (state, word, until, work) = (state.clone(), word.clone(), until.clone(), work.clone());
+        thread::spawn(move || {
+            work.store(1, Ordering::Relaxed);
+            Sleep {
+                state: &state,
+                word: &word,
+                asleep: ASLEEP,
+                running: RUNNING,
+                until: &until,
+            }
+            .wake_unless_due_by(t)
+        })
+    };
+    if yield_first {
+        thread::yield_now();
+    }
+    let sleep = Sleep {
+        state: &state,
+        word: &word,
+        asleep: ASLEEP,
+        running: RUNNING,
+        until: &until,
+    };
+    let mut saw = false;
+    sleep.sleep_unless_for(|| {
+        saw = work.load(Ordering::Relaxed) > 0;
+        if saw {
+            Idle::Work
+        } else {
+            Idle::For { ms: AT, at: AT }
+        }
+    });
+    let skipped = waker.join().unwrap();
+    // A sleep that ends by itself (loom's timed wait always runs out) before a waker that
+    // went on looks at the state is the plain handshake's case: the next look sees the work.
+    // A waker that left the sleeper alone must have done so only for a sleep that ends by
+    // its work's time, or after a look that saw it.
+    assert!(
+        !skipped || saw || AT <= t,
+        "the look missed the work and the waker left a sleep past its time alone"
+    );
+}
+
+#[test]
+fn a_wake_left_out_only_when_the_sleep_ends_by_the_work() {
+    check(3, |yield_first| {
+        a_skipped_wake_is_due_by_the_work(5, yield_first)
+    });
+    check(3, |yield_first| {
+        a_skipped_wake_is_due_by_the_work(20, yield_first)
     });
 }

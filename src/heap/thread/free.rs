@@ -591,10 +591,17 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page, p: *mut u8) {
     // SAFETY: the state is DELAYED_FREEING, so the owner cannot leave until we finish.
-    unsafe {
+    let quiet_at = unsafe {
         let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
+        // Read before the owner may leave (at `finish`): no pass visits it before it has
+        // been quiet for a delay.
+        let quiet_at = (*owner)
+            .collected_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed));
         delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
-    }
+        quiet_at
+    };
     // A quiet owner does not take the block in: the background purger's pass does
     // (`quiet`), so an asleep purger must hear of it, and one not started yet must start (a
     // program whose last calls are these frees has no slow path left that would start it).
@@ -608,7 +615,7 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
             }
         }
     } else {
-        purger::notify();
+        purger::notify_by(quiet_at);
     }
 }
 

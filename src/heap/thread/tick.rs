@@ -38,18 +38,17 @@ use crate::sys::os;
 pub(super) const WAIT_BYTES: usize = 4 << 20;
 
 /// Stores a heap's `holding` flag, written only when it changes (no store on the heap's
-/// line for every page given back); a heap turning holding wakes a sleeping purger, which
-/// looks at `holding` too (review rev10: with it on, a quiet heap that was only holding was
-/// visited by nobody). For the owner and for a pass holding its gate.
+/// line for every page given back); returns whether the heap turned holding, which the
+/// caller tells a sleeping purger (`purger::notify_by`), since it looks at `holding` too
+/// (review rev10: with it on, a quiet heap that was only holding was visited by nobody).
+/// For the owner and for a pass holding its gate.
 #[inline]
-pub(super) fn set_holding(flag: &AtomicBool, holding: bool) {
+pub(super) fn set_holding(flag: &AtomicBool, holding: bool) -> bool {
     if flag.load(Ordering::Relaxed) == holding {
-        return;
+        return false;
     }
     let was = flag.swap(holding, Ordering::Relaxed);
-    if holding && !was {
-        purger::notify();
-    }
+    holding && !was
 }
 
 /// Stores a heap's `due_ms`, written only when it changes (see [`set_holding`]); returns
@@ -66,17 +65,22 @@ pub(super) fn set_due(due_ms: &AtomicU64, due: u64) -> bool {
 /// Books what a collection or a pass found left to purge in a heap's segments (`left`) and
 /// its huge cache (`cache`): the heap is `holding` while anything waits, due or not, and
 /// `due_ms` says when the first of it is due. Returns the resident bytes waiting (for
-/// `idle_bytes` and `waiting`). For the owner and for a pass holding its gate.
+/// `idle_bytes` and `waiting`). For the owner and for a pass holding its gate; `quiet_at` is
+/// when the heap's owner will have been quiet for a delay (its last collection + the delay),
+/// before which no pass visits a heap that is only holding (`purger::notify_by`).
 pub(super) fn book_left(
     holding: &AtomicBool,
     due_ms: &AtomicU64,
     left: Left,
     cache: &HugeCache,
     delay: u64,
+    quiet_at: u64,
 ) -> usize {
     let held = cache.held();
     let _ = set_due(due_ms, earlier(left.due, cache.next_expiry(delay)));
-    set_holding(holding, left.any() || held > 0);
+    if set_holding(holding, left.any() || held > 0) {
+        purger::notify_by(quiet_at);
+    }
     left.bytes + held
 }
 
@@ -88,12 +92,13 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
     h.idle_bytes = h.idle_bytes.saturating_add(bytes);
     if bytes > 0 {
         // Due at once, as far as passes know, until the next collection or pass counts it.
-        // A purger asleep until the old due time (a refused purge's retry, up to a minute
-        // away: `purger::anything_waits`) must hear of it, as of a heap turning holding.
-        if set_due(&h.due_ms, 0) {
-            purger::notify();
+        // A purger asleep past the time a pass could visit the heap (a refused purge's retry,
+        // up to a minute away: `purger::anything_waits`) must hear of it, as of a heap
+        // turning holding; one that wakes by then looks at it anyway.
+        if set_due(&h.due_ms, 0) | set_holding(&h.holding, true) {
+            let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+            purger::notify_by(h.collected_ms.load(Ordering::Relaxed).saturating_add(delay));
         }
-        set_holding(&h.holding, true);
     }
     if h.idle_bytes > WAIT_BYTES {
         h.waiting.store(true, Ordering::Relaxed);
@@ -212,7 +217,14 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
         for pool in POOLS.iter() {
             pool.unmap_expired(now);
         }
-        let mut left = book_left(&h.holding, &h.due_ms, segs, &h.huge_cache, delay);
+        let mut left = book_left(
+            &h.holding,
+            &h.due_ms,
+            segs,
+            &h.huge_cache,
+            delay,
+            now.saturating_add(delay),
+        );
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
         h.waiting.store(left > WAIT_BYTES, Ordering::Relaxed);
