@@ -165,15 +165,21 @@ fn child_quiet_full() {
     );
 }
 
-fn run(env: &[(&str, &str)]) {
-    let mut cmd = child::this_test("child_quiet_full");
-    cmd.env(SCENARIO, "1")
-        .env("TIERALLOC_PURGE_DELAY_MS", "1")
+/// Runs this binary's test `test` in a child, with `scenario` set, the purge delay `delay_ms`
+/// and, besides, only the purge settings of `env`; fails if the child's test did not pass.
+fn run_child(test: &str, scenario: &str, delay_ms: &str, env: &[(&str, &str)]) {
+    let mut cmd = child::this_test(test);
+    cmd.env(scenario, "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", delay_ms)
         .env_remove("TIERALLOC_BACKGROUND_PURGE");
     for (k, v) in env {
         cmd.env(k, v);
     }
     child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+}
+
+fn run(env: &[(&str, &str)]) {
+    run_child("child_quiet_full", SCENARIO, "1", env);
 }
 
 #[test]
@@ -249,11 +255,12 @@ fn child_quiet_survivors() {
 
 #[test]
 fn a_quiet_producer_reuses_pages_the_purger_took_frees_into() {
-    let mut cmd = child::this_test("child_quiet_survivors");
-    cmd.env("TIERALLOC_TEST_QUIET_SURVIVORS", "1")
-        .env("TIERALLOC_PURGE_DELAY_MS", "20")
-        .env("TIERALLOC_BACKGROUND_PURGE", "1");
-    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    run_child(
+        "child_quiet_survivors",
+        "TIERALLOC_TEST_QUIET_SURVIVORS",
+        "20",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
 }
 
 /// Review rev16: a quiet producer's results, freed by another thread; a third thread's light
@@ -328,14 +335,12 @@ fn child_quiet_producer_light_traffic() {
 }
 
 fn run_light(env: &[(&str, &str)]) {
-    let mut cmd = child::this_test("child_quiet_producer_light_traffic");
-    cmd.env("TIERALLOC_TEST_QUIET_LIGHT", "1")
-        .env("TIERALLOC_PURGE_DELAY_MS", "20")
-        .env_remove("TIERALLOC_BACKGROUND_PURGE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    run_child(
+        "child_quiet_producer_light_traffic",
+        "TIERALLOC_TEST_QUIET_LIGHT",
+        "20",
+        env,
+    );
 }
 
 #[test]

@@ -191,6 +191,26 @@ impl Page {
         self.remote_fed = false;
     }
 
+    /// Takes back a block of the page that another thread freed and its owner (or a pass
+    /// holding the owner's gate) now frees locally: onto `local_free`, its count lowered.
+    /// Returns false, having changed nothing, if the page has no live block (a block freed
+    /// twice: reported, and left alone if the report returns).
+    ///
+    /// # Safety
+    /// `b` is a block of this page, on no list; the caller may write the page's lists.
+    #[inline]
+    pub unsafe fn push_local_free(&mut self, b: *mut Block) -> bool {
+        if self.used == 0 {
+            report(HeapError::DoubleFree, b as *const u8);
+            return false;
+        }
+        // SAFETY: b is a block of ours on no list (contract), so its link is ours to write.
+        unsafe { Block::set_next(b, self.local_free) };
+        self.local_free = b;
+        self.used -= 1;
+        true
+    }
+
     /// Whether the page has a block to hand out without carving.
     #[inline]
     pub fn has_free(&self) -> bool {

@@ -10,6 +10,17 @@ use tieralloc::wake::{Idle, Sleep};
 const RUNNING: u8 = 2;
 const ASLEEP: u8 = 4;
 
+/// The purger's `Sleep` over these words.
+fn sleep_on<'a>(state: &'a AtomicU8, word: &'a AtomicU32, until: &'a AtomicU64) -> Sleep<'a> {
+    Sleep {
+        state,
+        word,
+        asleep: ASLEEP,
+        running: RUNNING,
+        until,
+    }
+}
+
 /// The purger's loop against `wakers` threads that each publish one unit of work (a heap
 /// turning `holding`, a segment pooled) and wake it: the sleeper sleeps until it has seen
 /// every unit, each pass taking what it finds.
@@ -32,27 +43,14 @@ fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
                 (state.clone(), word.clone(), until.clone(), work.clone());
             thread::spawn(move || {
                 work.fetch_add(1, Ordering::Relaxed);
-                Sleep {
-                    state: &state,
-                    word: &word,
-                    asleep: ASLEEP,
-                    running: RUNNING,
-                    until: &until,
-                }
-                .wake();
+                sleep_on(&state, &word, &until).wake();
             })
         })
         .collect();
     if yield_first {
         thread::yield_now();
     }
-    let sleep = Sleep {
-        state: &state,
-        word: &word,
-        asleep: ASLEEP,
-        running: RUNNING,
-        until: &until,
-    };
+    let sleep = sleep_on(&state, &word, &until);
     let mut seen = 0;
     while seen < wakers {
         if timed {
@@ -106,26 +104,13 @@ fn a_skipped_wake_is_due_by_the_work(t: u64, yield_first: bool) {
         let (state, word, until, work) = (state.clone(), word.clone(), until.clone(), work.clone());
         thread::spawn(move || {
             work.store(1, Ordering::Relaxed);
-            Sleep {
-                state: &state,
-                word: &word,
-                asleep: ASLEEP,
-                running: RUNNING,
-                until: &until,
-            }
-            .wake_unless_due_by(t)
+            sleep_on(&state, &word, &until).wake_unless_due_by(t)
         })
     };
     if yield_first {
         thread::yield_now();
     }
-    let sleep = Sleep {
-        state: &state,
-        word: &word,
-        asleep: ASLEEP,
-        running: RUNNING,
-        until: &until,
-    };
+    let sleep = sleep_on(&state, &word, &until);
     let mut saw = false;
     sleep.sleep_unless_for(|| {
         saw = work.load(Ordering::Relaxed) > 0;

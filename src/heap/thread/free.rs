@@ -358,13 +358,9 @@ pub(super) unsafe extern "C" fn free_first(p: *mut u8) {
 pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, count: bool) {
     // SAFETY: page is ours and b is a live block of it.
     unsafe {
-        if (*page).used == 0 {
-            report(HeapError::DoubleFree, b as *const u8);
+        if !(*page).push_local_free(b) {
             return;
         }
-        Block::set_next(b, (*page).local_free);
-        (*page).local_free = b;
-        (*page).used -= 1;
         if count {
             bump(&h.stats.frees[(*page).bin as usize], 1);
         }

@@ -15,7 +15,7 @@
 //! queues) and slow-path counters (`counters`' `_in` bookings), its segment list, and its
 //! **full pages** (`PAGE_IN_FULL`: bin pages in no queue, large pages): their lists,
 //! counts, flags and delayed-free state; `slices` (the walk of a segment's
-//! pages), `heap::{segment, remote, delayed, error}`.
+//! pages), `heap::{segment, page, remote, delayed}`.
 //!
 //! Why a pass may touch a full page: no fast path of the owner reaches one. Allocation pops
 //! only from the pages its bins' queues start with, and a full page is in no queue; a local
@@ -30,8 +30,7 @@ use super::counters::{book_far_collected_in, book_large_freed_in};
 use super::slices::for_each_used_page;
 use super::Heap;
 use crate::heap::delayed;
-use crate::heap::error::{report, HeapError};
-use crate::heap::remote::{Block, Pushed, NORMAL, USE_DELAYED};
+use crate::heap::remote::{Pushed, NORMAL, USE_DELAYED};
 use crate::heap::segment::{
     page_of, segment_of, Page, PageKind, Segment, PAGE_CHECK_FREE, PAGE_IN_FULL,
 };
@@ -93,13 +92,9 @@ pub(super) unsafe fn collect_full(h: *mut Heap, now: u64, delay: u64) -> usize {
                 }
                 // As the owner's drain frees it (`free::free_local`), without the page
                 // event: the walk below gives back the pages left empty.
-                if (*page).used == 0 {
-                    report(HeapError::DoubleFree, b as *const u8);
+                if !(*page).push_local_free(b) {
                     return;
                 }
-                Block::set_next(b, (*page).local_free);
-                (*page).local_free = b;
-                (*page).used -= 1;
                 returned = returned.saturating_add(1);
                 book_far_collected_in(stats, node, page, 1);
             },
