@@ -173,7 +173,11 @@ pub(super) unsafe fn heap_tick(mut h: HeapRef) {
 #[cold]
 pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
     // Not quiet: other threads' passes leave this heap to us for a delay (`purger::help`).
-    h.collected_ms.store(now, Ordering::Relaxed);
+    // The clock's time, not `now` when that is ahead of it (`collect_now` collects a delay
+    // ahead): other threads read it while we collect, as when we will have been quiet for a
+    // delay (`purger::anything_waits` sleeps until then; review rev17: read 101 ms ahead).
+    let collected = now.min(os::now_ms());
+    h.collected_ms.store(collected, Ordering::Relaxed);
     // SAFETY: forwarded contract.
     unsafe { drain_delayed(h) };
     // SAFETY: the pages in h's queues and the segments on its list are h's, so ours.
@@ -223,7 +227,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             segs,
             &h.huge_cache,
             delay,
-            now.saturating_add(delay),
+            collected.saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed)),
         );
         left += POOLS[h.node as usize].count.load(Ordering::Relaxed) * SEGMENT_SIZE;
         h.idle_bytes = left;
