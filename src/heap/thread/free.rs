@@ -610,9 +610,11 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
                 purger::maybe_start();
             }
         }
-    } else {
-        purger::notify_by(quiet_at);
     }
+    // Also after a start (ours, or another thread's that ours lost to): the handshake's fence
+    // orders the push before a look of the new thread's (review rev17: on weak memory, a
+    // purger started then could miss it).
+    purger::notify_by(quiet_at);
 }
 
 /// [`free_other`] for everything but the common case: a heap's first free, a huge object, an

@@ -59,6 +59,8 @@ mod fork;
 mod exit_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tick_tests;
 
 // The secure build's global allocator calls `canary`'s paths instead (below); these stay for
 // the crate's tests (the blocks they hand out have a canary for the largest request).
