@@ -168,9 +168,10 @@ fn pinned_thread(c: &mut Checks, cpu: u32, node: i32) {
 }
 
 /// Blocks allocated on node 0's thread and freed by node 1's thread go back to node 0's
-/// pages: over several rounds node 0's thread keeps reusing the same addresses (instead of
-/// taking new memory), all on node 0, and node 1's thread, allocating the same sizes right
-/// after its frees, never gets one of them (they never enter node 1's free lists).
+/// pages: over several rounds node 0's thread keeps reusing its memory (node 0's committed
+/// bytes stay within a quarter round of the first round's, instead of growing a round's worth
+/// a round), all on node 0, and node 1's thread, allocating the same sizes right after its
+/// frees, never gets one of them (they never enter node 1's free lists).
 fn cross_node_free(c: &mut Checks) {
     const SIZES: [usize; 4] = [48, 1024, 20_000, 200_000];
     const PER: usize = 500;
@@ -230,8 +231,19 @@ fn cross_node_free(c: &mut Checks) {
     let mut a_all = Vec::new();
     let mut b_all = Vec::new();
     let mut ma = BTreeMap::new();
+    // Node 0's committed bytes as each round's blocks arrive (node 0's thread allocates there,
+    // node 1's thread never does).
+    let committed0 = || {
+        tieralloc::stats()
+            .nodes
+            .iter()
+            .find(|n| n.node == 0)
+            .map_or(0, |n| n.bytes_committed)
+    };
+    let mut committed = Vec::new();
     for round in 0..ROUNDS {
         let ptrs = from_a.recv().unwrap();
+        committed.push(committed0() >> 10);
         if round == ROUNDS - 1 {
             ma = census(&ranges(&ptrs));
         }
@@ -267,9 +279,18 @@ fn cross_node_free(c: &mut Checks) {
         .filter(|(p, _)| distinct.contains(&(*p as usize)))
         .collect();
     let mr = census(&reused);
+    // Node 0's thread reuses its memory: its node's committed bytes do not grow by a round's
+    // worth (110 MB: no reuse at all adds that much a round). Not its addresses: while it
+    // waits for node 1's thread, passes give the pages emptied by the remote frees back to
+    // its segments (a quiet owner's full pages: `heap::thread::quiet`), and its next round
+    // carves pages from those slices at other places (4425 distinct addresses in the VM,
+    // where 2 × 2000 was the bound while its pages waited for it; committed flat, 139432 →
+    // 139444 KiB).
+    let round_bytes: usize = SIZES.iter().map(|s| s * PER).sum();
+    let grew = committed.iter().max().unwrap() - committed[0];
     c.check(
         "remote-free-returns-to-origin-node",
-        distinct.len() <= per_round * 2
+        grew as usize <= (round_bytes >> 10) / 4
             && (stolen == 0 || all_on(&mr, 1))
             && all_on(&ma, 0)
             && all_on(&mb, 1),
@@ -278,9 +299,11 @@ fn cross_node_free(c: &mut Checks) {
              node 1: {} distinct addresses on node 0's thread (no reuse would be {}; by size \
              {by_size:?}), {stolen} \
              addresses reused by node 1's thread (their pages now: {mr:?}); node 0's pages \
-             {ma:?}, node 1's {mb:?}",
+             {ma:?}, node 1's {mb:?}; node 0 committed KiB by round {committed:?}; full pages \
+             taken in for quiet threads {}",
             distinct.len(),
-            ROUNDS * per_round
+            ROUNDS * per_round,
+            tieralloc::stats().full_pages_taken_in,
         ),
     );
 }
