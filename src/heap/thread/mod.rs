@@ -7,7 +7,8 @@
 //! refill, the generic path), `slices` (taking slices, abandon, adopt), `large` (large and
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
-//! which `grow_huge` and `resize_in_place` below take), `counters` (statistics), `trim`
+//! which `grow_huge` and `resize_in_place` below take), `quiet` (a pass taking in the frees
+//! made into a quiet owner's full pages), `counters` (statistics), `trim`
 //! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
 //! placement scope and the allocations it diverts), `labels` (scope labels: a shared heap per
 //! label and node, and their live bytes), and in the `secure` build `canary` (the paths that
@@ -24,7 +25,10 @@
 //!   Full pages and large pages sit in no queue; their delayed-free state is `USE_DELAYED`,
 //!   so the first remote free tells us (through `delayed`) that they have room again.
 //! - Only the owner thread touches anything but `delayed` and the stats counters (which other
-//!   threads only read).
+//!   threads only read), except a pass holding the heap's gate (`purger`), which the owner's
+//!   slow paths hold too: it touches the heap's segments, huge cache and full pages (`quiet`:
+//!   no fast path reaches a page in no queue, and the owner's free into a flagged page takes
+//!   the gate before it writes anything).
 //! - On thread exit every page is set `NEVER_DELAYED` (waiting out delayed frees in flight)
 //!   before the heap lets go of its segments, so no thread can push onto `delayed` after the
 //!   heap is gone.
