@@ -237,9 +237,19 @@ fn bump_i64(c: &AtomicI64, n: i64) {
 /// `seg` is a segment of `h`.
 #[inline]
 unsafe fn far_node(h: HeapRef, seg: *const Segment) -> Option<usize> {
-    // SAFETY: seg is ours (contract).
-    let node = unsafe { (*seg).node } as u32;
-    (node != h.node).then(|| (node as usize).min(MAX_NODES - 1))
+    // SAFETY: forwarded contract.
+    unsafe { far_node_of(h.node, seg) }
+}
+
+/// The node of `seg` if it is not `node` (a far segment of a heap of `node`).
+///
+/// # Safety
+/// `seg` is a segment in use, valid for the call.
+#[inline]
+unsafe fn far_node_of(node: u32, seg: *const Segment) -> Option<usize> {
+    // SAFETY: seg is valid (contract).
+    let seg_node = unsafe { (*seg).node } as u32;
+    (seg_node != node).then(|| (seg_node as usize).min(MAX_NODES - 1))
 }
 
 /// The owner took `blocks` blocks that other threads freed back into `page` (a collect, a
@@ -287,9 +297,7 @@ pub(super) unsafe fn book_far_collected_in(
         if blocks == 0 || (*page).kind != PageKind::Bin as u8 {
             return;
         }
-        let seg_node = (*(*page).segment()).node as u32;
-        if seg_node != node {
-            let n = (seg_node as usize).min(MAX_NODES - 1);
+        if let Some(n) = far_node_of(node, (*page).segment()) {
             let bytes = blocks as i64 * (*page).block_size as i64;
             bump_i64(&stats.far_fixed[n], bytes);
         }
@@ -309,13 +317,8 @@ pub(super) unsafe fn book_large_freed_in(
     bytes: u64,
 ) {
     bump(&stats.large_free_bytes, bytes);
-    // SAFETY: seg is in use (contract).
-    let seg_node = unsafe { (*seg).node } as u32;
-    if seg_node != node {
-        let n = (seg_node as usize).min(MAX_NODES - 1);
-        bump_i64(&stats.far_fixed[n], -(bytes as i64));
-        bump_i64(&stats.far_net[n], -(bytes as i64));
-    }
+    // SAFETY: forwarded contract.
+    unsafe { note_far_large_in(stats, node, seg, -(bytes as i64)) }
 }
 
 /// `h` gives up `seg` with blocks live in it: if it is a far segment, its bin pages' live
@@ -347,10 +350,20 @@ pub(super) unsafe fn note_far_abandoned(h: HeapRef, seg: *mut Segment) {
 /// the caller holds).
 #[inline]
 pub(super) unsafe fn note_far_large(h: HeapRef, seg: *const Segment, bytes: i64) {
-    // SAFETY: seg is ours (contract).
-    if let Some(n) = unsafe { far_node(h, seg) } {
-        bump_i64(&h.stats.far_fixed[n], bytes);
-        bump_i64(&h.stats.far_net[n], bytes);
+    // SAFETY: forwarded contract.
+    unsafe { note_far_large_in(&h.stats, h.node, seg, bytes) }
+}
+
+/// [`note_far_large`] for a heap known by its counters and node (see
+/// [`book_far_collected_in`]).
+///
+/// # Safety
+/// `seg` is a segment of that heap, and the caller may write its slow-path counters.
+unsafe fn note_far_large_in(stats: &HeapStats, node: u32, seg: *const Segment, bytes: i64) {
+    // SAFETY: forwarded contract.
+    if let Some(n) = unsafe { far_node_of(node, seg) } {
+        bump_i64(&stats.far_fixed[n], bytes);
+        bump_i64(&stats.far_net[n], bytes);
     }
 }
 

@@ -36,7 +36,7 @@ use super::free::free_delayed;
 use super::labels::{label_heaps, CREATE};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
-use super::slices::{for_each_used_page, let_go};
+use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
 use super::tls::heap;
 use super::{Heap, DEAD};
 use crate::heap::atfork;
@@ -185,13 +185,9 @@ unsafe fn reset_after_fork() {
 unsafe fn unstick_delayed_frees(h: *mut Heap) {
     // SAFETY: per the contract, h's segments and pages are ours to rewrite.
     unsafe {
-        let mut seg = (*h).segments;
-        while !seg.is_null() {
-            for_each_used_page(seg, |p| {
-                atfork::unstick(&(*p).thread_free, (*p).flags & PAGE_IN_FULL != 0)
-            });
-            seg = (*seg).next;
-        }
+        for_each_used_page_on((*h).segments, |p| {
+            atfork::unstick(&(*p).thread_free, (*p).flags & PAGE_IN_FULL != 0)
+        });
     }
 }
 

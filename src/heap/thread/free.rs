@@ -21,7 +21,7 @@ use super::large::free_huge;
 use super::purger;
 use super::registry::heap_init;
 use super::slices::{
-    adopt_segment, for_each_used_page, reclaim_emptied, release_segment_dirty, unlink_segment,
+    adopt_segment, for_each_used_page_on, reclaim_emptied, release_segment_dirty, unlink_segment,
 };
 use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
@@ -591,10 +591,7 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
         let owner = (*seg).owner.load(Ordering::Acquire) as *mut Heap;
         // Read before the owner may leave (at `finish`): no pass visits it before it has
         // been quiet for a delay.
-        let quiet_at = (*owner)
-            .collected_ms
-            .load(Ordering::Relaxed)
-            .saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed));
+        let quiet_at = purger::quiet_at(owner, init::PURGE_DELAY_MS.load(Ordering::Relaxed));
         delayed::finish(&(*owner).delayed.0, &(*page).thread_free, p as *mut Block);
         quiet_at
     };
@@ -829,19 +826,15 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
 #[inline(never)]
 unsafe fn unfull_taken_in(h: HeapRef) {
     h.taken_in.store(false, Ordering::Relaxed);
-    let mut seg = h.segments;
     // SAFETY: the segments on our list and their pages in use are ours.
     unsafe {
-        while !seg.is_null() {
-            for_each_used_page(seg, |p| {
-                if (*p).kind == PageKind::Bin as u8
-                    && (*p).flags & PAGE_IN_FULL != 0
-                    && (!(*p).free.is_null() || !(*p).local_free.is_null())
-                {
-                    unfull(h, p);
-                }
-            });
-            seg = (*seg).next;
-        }
+        for_each_used_page_on(h.segments, |p| {
+            if (*p).kind == PageKind::Bin as u8
+                && (*p).flags & PAGE_IN_FULL != 0
+                && (!(*p).free.is_null() || !(*p).local_free.is_null())
+            {
+                unfull(h, p);
+            }
+        });
     }
 }

@@ -23,10 +23,10 @@
 use super::alloc::alloc_generic_in;
 use super::counters::bin_page_bytes;
 use super::registry::register;
-use super::slices::for_each_used_page;
+use super::slices::for_each_used_page_on;
 use super::tick::heap_collect;
 use super::{Heap, HeapRef, ACTIVE};
-use crate::heap::segment::{PageKind, Segment, MAX_NODES};
+use crate::heap::segment::{PageKind, MAX_NODES};
 use crate::sync::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering, SpinLock};
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -247,11 +247,7 @@ pub(crate) fn for_each_label_live(mut f: impl FnMut(usize, u32, i64)) {
                 // lock.
                 unsafe {
                     heap_collect(h, crate::sys::os::now_ms(), delay);
-                    let mut seg: *mut Segment = h.segments;
-                    while !seg.is_null() {
-                        for_each_used_page(seg, |p| bytes += page_live_bytes(p));
-                        seg = (*seg).next;
-                    }
+                    for_each_used_page_on(h.segments, |p| bytes += page_live_bytes(p));
                 }
             }
         }

@@ -321,6 +321,7 @@ fn anything_waits() -> Idle {
         return Idle::Work;
     }
     let now = os::now_ms();
+    let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
     let mut any = false;
     let mut next = u64::MAX;
     // Abandoned segments with free slices booked for purging (see `purge_abandoned`); a
@@ -350,12 +351,10 @@ fn anything_waits() -> Idle {
             if (*h).shared {
                 return;
             }
+            let quiet_at = quiet_at(h, delay);
             if has_delayed(h) {
                 // Frees into its full pages: taken in once the owner has been quiet for a
                 // delay (`quiet`), if it has not taken them in itself by then.
-                let quiet_at = (*addr_of!((*h).collected_ms))
-                    .load(Ordering::Relaxed)
-                    .saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed));
                 if now >= quiet_at {
                     any = true;
                 } else {
@@ -369,9 +368,6 @@ fn anything_waits() -> Idle {
                 // for a delay and a step of it is due: not before (a busy owner's own
                 // collections purge it, review rev16: 81 wake-ups in 2 s for one busy heap).
                 let due = (*addr_of!((*h).due_ms)).load(Ordering::Relaxed);
-                let quiet_at = (*addr_of!((*h).collected_ms))
-                    .load(Ordering::Relaxed)
-                    .saturating_add(init::PURGE_DELAY_MS.load(Ordering::Relaxed));
                 let at = if step_due(due, quiet_at) {
                     quiet_at
                 } else {
@@ -478,11 +474,7 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             |h| {
                 // A quiet owner's heap that holds anything; the purger also visits a busy
                 // owner's that holds more than `WAIT_BYTES`.
-                let quiet = || {
-                    now >= (*addr_of!((*h).collected_ms))
-                        .load(Ordering::Relaxed)
-                        .saturating_add(delay)
-                };
+                let quiet = || now >= quiet_at(h, delay);
                 !(*h).shared
                     && if (*addr_of!((*h).waiting)).load(Ordering::Relaxed) {
                         !quiet_only || quiet()
@@ -502,11 +494,7 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             |h| {
                 if (*h).state == super::ACTIVE {
                     // A quiet owner's full pages: what others freed into them (`quiet`).
-                    let quiet = now
-                        >= (*addr_of!((*h).collected_ms))
-                            .load(Ordering::Relaxed)
-                            .saturating_add(delay);
-                    if quiet && has_delayed(h) {
+                    if now >= quiet_at(h, delay) && has_delayed(h) {
                         collect_full(h, now, delay);
                     }
                     purge_heap(h, now, delay);
@@ -516,6 +504,18 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
             |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
         );
     }
+}
+
+/// When the owner of `h` will have been quiet for `delay` ms, if it does not collect again:
+/// its last collection (`collected_ms`) + `delay`. A pass visits a heap that is only holding,
+/// or has frees on its delayed stack, no sooner.
+///
+/// # Safety
+/// `h` is a heap valid for the call (`collected_ms` is atomic).
+#[inline]
+pub(super) unsafe fn quiet_at(h: *const Heap, delay: u64) -> u64 {
+    // SAFETY: h is valid (contract); the field is atomic.
+    unsafe { (*addr_of!((*h).collected_ms)).load(Ordering::Relaxed) }.saturating_add(delay)
 }
 
 /// Whether a holding heap whose `due_ms` is `due` has a step due by `now` (0: not known
@@ -563,16 +563,13 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
         let segs = purge_segments(addr_of_mut!((*h).segments), now, delay);
         let cache = &mut *addr_of_mut!((*h).huge_cache);
         cache.expire(now, delay);
-        let quiet_at = (*addr_of!((*h).collected_ms))
-            .load(Ordering::Relaxed)
-            .saturating_add(delay);
         let left = book_left(
             &*addr_of!((*h).holding),
             &*addr_of!((*h).due_ms),
             segs,
             cache,
             delay,
-            quiet_at,
+            quiet_at(h, delay),
         );
         *addr_of_mut!((*h).idle_bytes) = left;
         (*addr_of!((*h).waiting)).store(left > WAIT_BYTES, Ordering::Relaxed);

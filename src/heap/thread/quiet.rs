@@ -27,7 +27,7 @@
 //! goes back on that page's remote list instead, as the remote free would have put it.
 
 use super::counters::{book_far_collected_in, book_large_freed_in};
-use super::slices::for_each_used_page;
+use super::slices::for_each_used_page_on;
 use super::Heap;
 use crate::heap::delayed;
 use crate::heap::remote::{Pushed, NORMAL, USE_DELAYED};
@@ -101,16 +101,11 @@ pub(super) unsafe fn collect_full(h: *mut Heap, now: u64, delay: u64) -> usize {
         );
         let mut given = 0usize;
         let mut room = false;
-        let mut seg = *addr_of!((*h).segments);
-        while !seg.is_null() {
-            let next = (*seg).next;
-            for_each_used_page(seg, |p| {
-                if (*p).flags & PAGE_IN_FULL != 0 {
-                    given += take_in_full(stats, node, p, now, delay, &mut returned, &mut room);
-                }
-            });
-            seg = next;
-        }
+        for_each_used_page_on(*addr_of!((*h).segments), |p| {
+            if (*p).flags & PAGE_IN_FULL != 0 {
+                given += take_in_full(stats, node, p, now, delay, &mut returned, &mut room);
+            }
+        });
         let r = addr_of_mut!((*h).returned);
         *r = (*r).saturating_add(returned);
         if room {

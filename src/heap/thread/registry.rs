@@ -13,7 +13,7 @@
 use super::bins::DIRECT_SLOTS;
 use super::counters::{settle_far, HeapStats, RETIRED, RETIRED_NET_BY_NODE};
 use super::free::drain_delayed;
-use super::slices::{for_each_used_page, let_go, release_own_page};
+use super::slices::{for_each_used_page, for_each_used_page_on, let_go, release_own_page};
 use super::tls::own;
 use super::{empty_page, Heap, HeapRef, ACTIVE, DEAD, LEAVING};
 use crate::heap::heaps::HeapList;
@@ -306,11 +306,7 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
     // SAFETY: the segments on h's list are h's; the steps follow the module's exit invariant.
     unsafe {
         // 1. No more delayed frees onto us: wait out any in flight.
-        let mut seg = h.segments;
-        while !seg.is_null() {
-            for_each_used_page(seg, |p| (*p).thread_free.set_never_delayed());
-            seg = (*seg).next;
-        }
+        for_each_used_page_on(h.segments, |p| (*p).thread_free.set_never_delayed());
         // 2. Take in what was delayed; it is all ours.
         drain_delayed(h);
         // 3. Collect remote frees and give back empty pages.

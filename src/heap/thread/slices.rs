@@ -56,6 +56,23 @@ pub(super) unsafe fn for_each_used_page(seg: *mut Segment, mut f: impl FnMut(*mu
     }
 }
 
+/// [`for_each_used_page`] over every segment of the list that starts at `first` (each
+/// segment's successor read before its pages are walked).
+///
+/// # Safety
+/// As [`for_each_used_page`], for every segment on the list; `f` takes no segment off it.
+pub(super) unsafe fn for_each_used_page_on(first: *mut Segment, mut f: impl FnMut(*mut Page)) {
+    let mut seg = first;
+    // SAFETY: forwarded contract.
+    unsafe {
+        while !seg.is_null() {
+            let next = (*seg).next;
+            for_each_used_page(seg, &mut f);
+            seg = next;
+        }
+    }
+}
+
 /// Books every free resident slice of `seg` for purging, one purge delay from `now`: for a
 /// segment that changes hands (abandoned, adopted, taken from the pool) with such slices.
 ///

@@ -97,7 +97,8 @@ pub(super) fn note_idle(mut h: HeapRef, bytes: usize) {
         // turning holding; one that wakes by then looks at it anyway.
         if set_due(&h.due_ms, 0) | set_holding(&h.holding, true) {
             let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
-            purger::notify_by(h.collected_ms.load(Ordering::Relaxed).saturating_add(delay));
+            // SAFETY: the heap we hold.
+            purger::notify_by(unsafe { purger::quiet_at(h.as_ptr(), delay) });
         }
     }
     if h.idle_bytes > WAIT_BYTES {
@@ -325,10 +326,9 @@ pub fn collect_now() {
         follow_home(h);
         let now = os::now_ms();
         let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
-        // A time a delay ahead, so that everything counts as due (pools, huge cache)...
+        // A time a delay ahead, so that everything counts as due (pools, huge cache); the
+        // collection books the clock's time as its own (review rev15: stored a delay ahead,
+        // the heap looked busy to other threads' passes for two delays after).
         heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
-        // ...but the heap collected now: stored a delay ahead, it looked busy to other
-        // threads' passes for two delays after (review rev15).
-        h.collected_ms.store(now, Ordering::Relaxed);
     }
 }
