@@ -40,12 +40,12 @@ pub struct Sleep<'a> {
 pub enum Idle {
     /// Work now: no sleep.
     Work,
-    /// No work now, but some will be due in `ms` milliseconds (at least 1), at `at` on the
-    /// caller's clock: a sleep that a waker ends sooner, or that ends by itself then.
+    /// No work now, but some will be due at `at` (ms, the caller's clock, `os::now_ms`'s
+    /// coarse monotonic one): a sleep that a waker ends sooner, or that ends by itself then.
     For {
-        /// How long the sleep lasts at most.
-        ms: u64,
-        /// When it ends by itself (published in [`Sleep::until`]).
+        /// When it ends by itself (published in [`Sleep::until`]): an absolute deadline, so
+        /// that a wait that returns early (a wake-up meant for an earlier sleep) waits only
+        /// for what is left (review rev17: it waited its whole timeout again).
         at: u64,
     },
     /// No work until a waker says so.
@@ -63,7 +63,7 @@ impl Sleep<'_> {
     }
 
     /// As [`sleep_unless`](Sleep::sleep_unless), for a sleeper whose work may come due by
-    /// itself: when `work()` says [`Idle::For`], the sleep also ends after that long (the
+    /// itself: when `work()` says [`Idle::For`], the sleep also ends at that time (the
     /// sleeper then switches the state to `running` itself, as a waker would). Returns with
     /// the state `running`.
     ///
@@ -75,15 +75,15 @@ impl Sleep<'_> {
         self.until.store(0, Ordering::Relaxed);
         self.state.store(self.asleep, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        let timeout = match work() {
+        let deadline = match work() {
             Idle::Work => {
                 // A waker may have set `running` already; either way the sleeper runs.
                 self.state.store(self.running, Ordering::Relaxed);
                 return;
             }
-            Idle::For { ms, at } => {
+            Idle::For { at } => {
                 self.until.store(at, Ordering::Relaxed);
-                Some(ms.max(1))
+                Some(at)
             }
             Idle::Forever => {
                 self.until.store(u64::MAX, Ordering::Relaxed);
@@ -95,7 +95,7 @@ impl Sleep<'_> {
             if self.state.load(Ordering::Acquire) != self.asleep {
                 return;
             }
-            if futex_wait(self.word, seq, timeout) {
+            if futex_wait(self.word, seq, deadline) {
                 // Timed out: the sleeper ends its own sleep, unless a waker just did.
                 let _ = self.state.compare_exchange(
                     self.asleep,
@@ -144,41 +144,61 @@ impl Sleep<'_> {
     }
 }
 
-/// Waits while `word` holds `seq` (or until a signal, or spuriously), at most `timeout` ms
-/// if given. Returns whether the wait timed out.
+/// Waits while `word` holds `seq` (or until a signal, or spuriously), at most until
+/// `deadline` (ms on `os::now_ms`'s clock, `CLOCK_MONOTONIC_COARSE`) if given. Returns whether
+/// the wait timed out.
+///
+/// The deadline is absolute (`FUTEX_WAIT_BITSET` on `CLOCK_MONOTONIC`), so a caller that
+/// waits again after an early return waits only for what is left. The coarse clock lags the
+/// precise one by up to its resolution, so the wait ends that much after `deadline` on the
+/// precise clock: by then the caller's clock reads at least `deadline`, and it does not wake
+/// a few times early to find its work not yet due.
 #[cfg(not(loom))]
-fn futex_wait(word: &AtomicU32, seq: u32, timeout: Option<u64>) -> bool {
-    let ts = timeout.map(|ms| libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
-        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+fn futex_wait(word: &AtomicU32, seq: u32, deadline: Option<u64>) -> bool {
+    let ts = deadline.map(|at| {
+        let mut res = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `res` is a valid, writable timespec on our stack.
+        if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+            res.tv_nsec = 10_000_000;
+        }
+        let ns = (at % 1000) * 1_000_000 + res.tv_nsec as u64;
+        libc::timespec {
+            tv_sec: (at / 1000 + res.tv_sec as u64 + ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        }
     });
     let tsp = ts
         .as_ref()
         .map_or(core::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: a futex wait on a word of ours, private to the process, with a relative timeout
-    // (a valid timespec) or none; it returns at once if the word is no longer `seq`, and on a
-    // signal.
+    // SAFETY: a futex wait on a word of ours, private to the process, with an absolute
+    // `CLOCK_MONOTONIC` deadline (a valid timespec) or none, matching any wake-up's bits; it
+    // returns at once if the word is no longer `seq`, and on a signal.
     let r = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
             seq,
             tsp,
+            core::ptr::null::<u32>(),
+            libc::FUTEX_BITSET_MATCH_ANY,
         )
     };
     // SAFETY: the calling thread's errno location, always valid.
-    r != 0 && timeout.is_some() && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT
+    r != 0 && deadline.is_some() && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT
 }
 
 /// Under loom: a yield (a spurious wake-up, as the real wait may have), so that the caller's
 /// loop looks again; a timed wait times out.
 #[cfg(loom)]
-fn futex_wait(word: &AtomicU32, seq: u32, timeout: Option<u64>) -> bool {
+fn futex_wait(word: &AtomicU32, seq: u32, deadline: Option<u64>) -> bool {
     if word.load(Ordering::Acquire) == seq {
         loom::thread::yield_now();
     }
-    timeout.is_some()
+    deadline.is_some()
 }
 
 /// Wakes one waiter on `word`.
@@ -198,3 +218,54 @@ fn futex_wake(word: &AtomicU32) {
 /// Under loom: nothing (the waiter's yield loop looks at the word).
 #[cfg(loom)]
 fn futex_wake(_: &AtomicU32) {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// Review rev17's risk: a waker that switched the state for one sleep and stalled before
+    /// its `FUTEX_WAKE` wakes the next sleep early, with the state still `asleep`. That sleep
+    /// must still end when it said (`until`), not a whole timeout after each stray wake-up.
+    #[test]
+    fn stray_wake_ups_do_not_put_off_the_end_of_a_timed_sleep() {
+        let state = AtomicU8::new(0);
+        let word = AtomicU32::new(0);
+        let until = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        let sleep = Sleep {
+            state: &state,
+            word: &word,
+            asleep: 1,
+            running: 2,
+            until: &until,
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                sleep.sleep_unless_for(|| Idle::For {
+                    at: crate::sys::os::now_ms() + 300,
+                });
+                done.store(true, Ordering::SeqCst);
+            });
+            while until.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Stray wake-ups every 50 ms for 3 s (ten times the sleep): the state stays
+            // `asleep`, so each sends the sleeper back to its wait.
+            let end = Instant::now() + Duration::from_millis(3000);
+            let mut strays = 0;
+            while Instant::now() < end && !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                word.fetch_add(1, Ordering::Release);
+                futex_wake(&word);
+                strays += 1;
+            }
+            assert!(
+                done.load(Ordering::SeqCst),
+                "a 300 ms sleep still waited after {strays} stray wake-ups over 3 s"
+            );
+            assert_eq!(state.load(Ordering::SeqCst), 2, "the sleep ended itself");
+        });
+    }
+}

@@ -58,7 +58,7 @@ fn sleeper_sees_every_unit_with(wakers: usize, yield_first: bool, timed: bool) {
                 if work.load(Ordering::Relaxed) > seen {
                     Idle::Work
                 } else {
-                    Idle::For { ms: 5, at: 5 }
+                    Idle::For { at: 5 }
                 }
             });
         } else {
@@ -117,7 +117,7 @@ fn a_skipped_wake_is_due_by_the_work(t: u64, yield_first: bool) {
         if saw {
             Idle::Work
         } else {
-            Idle::For { ms: AT, at: AT }
+            Idle::For { at: AT }
         }
     });
     let skipped = waker.join().unwrap();

@@ -384,10 +384,7 @@ fn anything_waits() -> Idle {
     if any {
         Idle::Work
     } else if next != u64::MAX {
-        Idle::For {
-            ms: next - now,
-            at: next,
-        }
+        Idle::For { at: next }
     } else {
         Idle::Forever
     }
