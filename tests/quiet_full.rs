@@ -361,3 +361,83 @@ fn light_traffic_takes_a_quiet_producers_pages_in() {
 fn light_traffic_takes_a_quiet_producers_pages_in_with_the_purger_on() {
     run_light(&[("TIERALLOC_BACKGROUND_PURGE", "1")]);
 }
+
+/// A quiet producer that heard of the first frees into its full pages (a slow path of its own
+/// drained them: a blocking `recv` that allocates, say) before the rest came, with the
+/// background purger on and no allocator call after. Before, that drain put the pages back
+/// in their queues, out of any pass's reach, and the frees after it stayed on them for good:
+/// 0 pages taken in. Now the drain keeps them full, on their bin's refilled list
+/// (`heap::thread::refilled`), and the purger's pass takes them in.
+#[test]
+fn child_quiet_producer_heard_first() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if std::env::var("TIERALLOC_TEST_QUIET_HEARD").is_err() {
+        return;
+    }
+    static HEARD: AtomicBool = AtomicBool::new(false);
+    static COLLECTED: AtomicBool = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let wait = |flag: &AtomicBool| {
+        while !flag.load(Ordering::Acquire) {
+            // SAFETY: a plain sleep, no allocation.
+            unsafe { libc::usleep(1000) };
+        }
+    };
+    let (to_main, results) = mpsc::channel::<Vec<usize>>();
+    let producer = thread::spawn(move || {
+        // SAFETY: a non-zero size.
+        let batch: Vec<usize> = (0..2048)
+            .map(|_| unsafe { alloc(layout(1024)) } as usize)
+            .collect();
+        to_main.send(batch).unwrap();
+        wait(&HEARD);
+        // A slow path that drains the frees into its full pages made so far.
+        tieralloc::collect();
+        COLLECTED.store(true, Ordering::Release);
+        wait(&STOP);
+    });
+    let batch = results.recv().unwrap();
+    // The producer's 64 KiB pages of 64 blocks: the full ones hold 64 of the batch.
+    let mut pages = std::collections::HashMap::<usize, Vec<usize>>::new();
+    for &p in &batch {
+        pages.entry(p >> 16).or_default().push(p);
+    }
+    let full = pages.values().filter(|v| v.len() == 64).count();
+    let free_all = |v: Vec<usize>| {
+        thread::spawn(move || {
+            for p in v {
+                // SAFETY: allocated by the producer with this layout, freed once.
+                unsafe { dealloc(p as *mut u8, layout(1024)) };
+            }
+        })
+        .join()
+        .unwrap()
+    };
+    let first: Vec<usize> = pages.values().map(|v| v[0]).collect();
+    let rest: Vec<usize> = pages.values().flat_map(|v| v[1..].to_vec()).collect();
+    free_all(first);
+    HEARD.store(true, Ordering::Release);
+    wait(&COLLECTED);
+    free_all(rest);
+    let before = tieralloc::stats().full_pages_taken_in;
+    // No allocator call for a second (50 delays).
+    thread::sleep(Duration::from_secs(1));
+    let taken = tieralloc::stats().full_pages_taken_in - before;
+    STOP.store(true, Ordering::Release);
+    producer.join().unwrap();
+    eprintln!("{taken} pages taken in of {full} full pages");
+    assert!(
+        taken + 1 >= full as u64,
+        "{taken} of the quiet producer's {full} full pages taken in within 1 s"
+    );
+}
+
+#[test]
+fn the_purger_takes_in_pages_their_quiet_owner_heard_of() {
+    run_child(
+        "child_quiet_producer_heard_first",
+        "TIERALLOC_TEST_QUIET_HEARD",
+        "20",
+        &[("TIERALLOC_BACKGROUND_PURGE", "1")],
+    );
+}

@@ -19,6 +19,7 @@ use super::free::drain_delayed;
 use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
 use super::purger;
+use super::refilled;
 use super::registry::heap_init;
 use super::scoped::{alloc_in_scope, Scope};
 use super::slices::take_slices;
@@ -418,6 +419,14 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
                 return pop_fresh(h, page, bin, zero);
             }
             page = next;
+        }
+        // A full page other threads' frees gave room (`refilled`), before a new page.
+        let page = refilled::take(h, bin);
+        if !page.is_null() && ((*page).has_free() || (*page).extend()) {
+            if h.waiting.load(Ordering::Relaxed) {
+                bound_free(page);
+            }
+            return pop_fresh(h, page, bin, zero);
         }
         let page = new_bin_page(h, bin);
         if page.is_null() {

@@ -143,7 +143,8 @@ fn probes(size: usize) -> impl Iterator<Item = usize> {
 /// Each step's self-check of the calling thread's heap: its queues are well linked (each
 /// page's `prev` is the page before it, `tails` the last), hold pages of their bin that are
 /// not full, of segments on its list that it owns; every bin page in use of those segments
-/// is in its queue exactly when not full; the direct table equals `pages`; the trim cursor is
+/// is in its queue exactly when not full; the refilled lists hold full pages of their bin
+/// with live and free blocks, and a full page on none has null links; the direct table equals `pages`; the trim cursor is
 /// null or a page of `trim_bin`'s queue; every tail bit of its segments names the start of a
 /// bin page in use.
 ///
@@ -199,6 +200,44 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
                 return Err(format!("bin {bin}: the tail is not the last page"));
             }
         }
+        // The refilled lists (`refilled`): well linked, of full bin pages of their bin with a
+        // live block and a free one, ours, on no other list; every other full page unlinked.
+        let mut listed = HashSet::new();
+        for bin in 0..NBINS {
+            let mut prev: *mut Page = core::ptr::null_mut();
+            let mut p = h.refilled[bin];
+            while !p.is_null() {
+                if (*p).prev != prev {
+                    return Err(format!(
+                        "refilled {bin}: page {p:p}'s prev is not the page before"
+                    ));
+                }
+                if (*p).kind != PageKind::Bin as u8
+                    || (*p).bin as usize != bin
+                    || (*p).flags & PAGE_IN_FULL == 0
+                    || (*p).used == 0
+                    || ((*p).free.is_null() && (*p).local_free.is_null())
+                {
+                    return Err(format!(
+                        "refilled {bin}: page {p:p} (flags {:#x}, used {}) is not a full page \
+                         of the bin with live and free blocks",
+                        (*p).flags,
+                        (*p).used
+                    ));
+                }
+                if !segs.contains(&((*p).segment() as usize)) {
+                    return Err(format!("refilled {bin}: page {p:p} of a segment not ours"));
+                }
+                if !listed.insert(p as usize) || queued.contains(&(p as usize)) {
+                    return Err(format!("refilled {bin}: page {p:p} listed twice"));
+                }
+                prev = p;
+                p = (*p).next;
+            }
+            if h.refilled_tail[bin] != prev {
+                return Err(format!("refilled {bin}: the tail is not the last page"));
+            }
+        }
         if !cursor_seen {
             return Err(format!(
                 "the trim cursor {:p} is in no queue of its bin",
@@ -232,7 +271,12 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
         for &s in &segs {
             for_each_used_page(s as *mut Segment, |p| {
                 let full = (*p).flags & PAGE_IN_FULL != 0;
-                if (*p).kind == PageKind::Bin as u8 && full == queued.contains(&(p as usize)) {
+                if (*p).kind == PageKind::Bin as u8
+                    && (full == queued.contains(&(p as usize))
+                        || full
+                            && !listed.contains(&(p as usize))
+                            && !((*p).next.is_null() && (*p).prev.is_null()))
+                {
                     wrong = Some(p);
                 }
             });

@@ -19,10 +19,9 @@ use super::counters::{
 };
 use super::large::free_huge;
 use super::purger;
+use super::refilled;
 use super::registry::heap_init;
-use super::slices::{
-    adopt_segment, for_each_used_page_on, reclaim_emptied, release_segment_dirty, unlink_segment,
-};
+use super::slices::{adopt_segment, reclaim_emptied, release_segment_dirty, unlink_segment};
 use super::tick::{heap_tick, note_idle};
 use super::tls::{heap, heap_or_unset, is_unset};
 use super::{Heap, HeapRef, ACTIVE, UNINIT};
@@ -365,6 +364,15 @@ pub(super) unsafe fn free_local(h: HeapRef, page: *mut Page, b: *mut Block, coun
             bump(&h.stats.frees[(*page).bin as usize], 1);
         }
         if (*page).used == 0 || (*page).flags != 0 {
+            if !count
+                && (*page).used != 0
+                && (*page).flags & PAGE_IN_FULL != 0
+                && (*page).kind == PageKind::Bin as u8
+            {
+                // Another thread's free (the drain's) gave a full page room: it stays full,
+                // on its bin's refilled list, where passes can reach it (`refilled`).
+                return refilled::keep_full(h, page);
+            }
             free_local_slow(h, page);
         }
     }
@@ -401,6 +409,7 @@ pub(super) unsafe fn free_local_page_event(mut h: HeapRef, page: *mut Page) {
             return;
         }
         if (*page).flags & PAGE_IN_FULL != 0 {
+            refilled::unlink(h.as_ptr(), page);
             unfull(h, page);
         }
         // An empty page goes back to its segment at once, unless it is its bin's current
@@ -779,10 +788,6 @@ pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
 /// `alloc_bin_slow_long` and shifted the `pairs` instruction count by 0.7 per pair).
 #[inline(never)]
 pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
-    if h.taken_in.load(Ordering::Relaxed) {
-        // SAFETY: forwarded contract.
-        unsafe { unfull_taken_in(h) };
-    }
     if h.delayed.0.is_empty() {
         return;
     }
@@ -814,27 +819,4 @@ pub(super) unsafe fn drain_delayed(mut h: HeapRef) {
         );
     }
     h.walking = was_walking;
-}
-
-/// Puts back in their queues our full bin pages that a pass (`quiet`) took other threads'
-/// frees into while we were quiet and left full with free blocks (`Heap::taken_in`): the
-/// blocks on our delayed stack that would have told us are gone, freed into those pages.
-///
-/// # Safety
-/// As [`drain_delayed`].
-#[cold]
-#[inline(never)]
-unsafe fn unfull_taken_in(h: HeapRef) {
-    h.taken_in.store(false, Ordering::Relaxed);
-    // SAFETY: the segments on our list and their pages in use are ours.
-    unsafe {
-        for_each_used_page_on(h.segments, |p| {
-            if (*p).kind == PageKind::Bin as u8
-                && (*p).flags & PAGE_IN_FULL != 0
-                && (!(*p).free.is_null() || !(*p).local_free.is_null())
-            {
-                unfull(h, p);
-            }
-        });
-    }
 }

@@ -8,7 +8,8 @@
 //! huge objects, in-place resize), `node` (node heaps), `free` (free paths, delayed frees),
 //! `tick` (collect, purge), `purger` (the opt-in background purger and its per-heap gate,
 //! which `grow_huge` and `resize_in_place` below take), `quiet` (a pass taking in the frees
-//! made into a quiet owner's full pages), `counters` (statistics), `trim`
+//! made into a quiet owner's full pages), `refilled` (full pages other threads' frees gave
+//! room, kept full until their bin needs a page), `counters` (statistics), `trim`
 //! (which sparse pages to trim, when), `fork` (the atfork handlers), `scoped` (a thread's
 //! placement scope and the allocations it diverts), `labels` (scope labels: a shared heap per
 //! label and node, and their live bytes), and in the `secure` build `canary` (the paths that
@@ -23,7 +24,8 @@
 //!   `free` is null, so the fast path needs no "is there a page" branch.
 //! - A page is in its bin's queue exactly when it is a bin page without `PAGE_IN_FULL`.
 //!   Full pages and large pages sit in no queue; their delayed-free state is `USE_DELAYED`,
-//!   so the first remote free tells us (through `delayed`) that they have room again.
+//!   so the first remote free tells us (through `delayed`) that they have room again, except
+//!   for the full pages on a refilled list (`refilled`), which have heard so already.
 //! - Only the owner thread touches anything but `delayed` and the stats counters (which other
 //!   threads only read), except a pass holding the heap's gate (`purger`), which the owner's
 //!   slow paths hold too: it touches the heap's segments, huge cache and full pages (`quiet`:
@@ -48,6 +50,7 @@ mod large;
 mod node;
 mod purger;
 mod quiet;
+mod refilled;
 mod registry;
 mod scoped;
 mod slices;
@@ -157,11 +160,17 @@ pub struct Heap {
     /// went quiet below `WAIT_BYTES` does not keep it resident, each such thread adding its
     /// slack to the process's.
     holding: AtomicBool,
-    /// A pass (`quiet`) took other threads' frees into full pages of ours that keep a live
-    /// block: they have free blocks but sit in no queue, and no block on the delayed stack
-    /// tells us so any more. Our next drain (`free::drain_delayed`) puts them back in their
-    /// queues. Written by a pass holding our gate, read and cleared by us under it.
-    taken_in: AtomicBool,
+    /// Each bin's refilled list (`refilled`): full pages with a live block that other
+    /// threads' frees gave room, oldest first, which the allocation slow path takes before
+    /// it makes a new page. Changed under our gate only (by us, or a pass holding it).
+    refilled: [*mut Page; NBINS],
+    /// The last page of each refilled list.
+    refilled_tail: [*mut Page; NBINS],
+    /// A page on a refilled list may take other threads' frees without a word to us (its
+    /// remote-free state is `NORMAL`): a pass visits the heap once we are quiet, takes them
+    /// in and arms the pages `USE_DELAYED` again (`quiet`), and clears it. Set by us, cleared
+    /// by a pass, both under our gate; read by passes deciding whether to visit.
+    refilled_silent: AtomicBool,
     /// When anything of a `holding` heap is next due (ms: the earliest purge step, tail step,
     /// retry of a refused purge or huge cache expiry, as its last collection or pass found
     /// them), 0 if not known (memory given back since: `tick::note_idle`). A pass visits a
@@ -263,7 +272,9 @@ impl Heap {
             label: 0,
             waiting: AtomicBool::new(false),
             holding: AtomicBool::new(false),
-            taken_in: AtomicBool::new(false),
+            refilled: [ptr::null_mut(); NBINS],
+            refilled_tail: [ptr::null_mut(); NBINS],
+            refilled_silent: AtomicBool::new(false),
             due_ms: AtomicU64::new(0),
             collected_ms: AtomicU64::new(0),
             gate: AtomicU8::new(0),

@@ -336,6 +336,9 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
     h.pages = [empty_page(); NBINS];
     h.direct = [empty_page(); DIRECT_SLOTS];
     h.tails = [ptr::null_mut(); NBINS];
+    h.refilled = [ptr::null_mut(); NBINS];
+    h.refilled_tail = [ptr::null_mut(); NBINS];
+    h.refilled_silent.store(false, Ordering::Relaxed);
     h.trim_at = ptr::null_mut();
 }
 

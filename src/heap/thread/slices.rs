@@ -18,6 +18,7 @@ use super::counters::{book_tended_large, bump, note_far_abandoned, note_far_larg
 use super::free::{drain_delayed, free_large_page};
 use super::large::map_making_room;
 use super::purger;
+use super::refilled;
 use super::tick::{note_idle, tend_abandoned, WAIT_BYTES};
 use super::trim::trim_sparse;
 use super::{HeapRef, ACTIVE};
@@ -486,8 +487,12 @@ pub(super) unsafe fn abandon_segment(mut h: HeapRef, seg: *mut Segment) {
         // 2. Out of our queues (the pages that could still give out a block go with it) and
         //    off our list, onto the full abandoned list.
         for_each_used_page(seg, |p| {
-            if (*p).kind == PageKind::Bin as u8 && (*p).flags & PAGE_IN_FULL == 0 {
-                h.queue_remove((*p).bin as usize, p);
+            if (*p).kind == PageKind::Bin as u8 {
+                if (*p).flags & PAGE_IN_FULL == 0 {
+                    h.queue_remove((*p).bin as usize, p);
+                } else {
+                    refilled::unlink(h.as_ptr(), p);
+                }
             }
         });
         note_far_abandoned(h, seg);

@@ -16,6 +16,7 @@ use super::free::{drain_delayed, retire_page};
 use super::labels::collect_label_heaps;
 use super::node::collect_node_heaps;
 use super::purger;
+use super::refilled;
 use super::registry::follow_home;
 use super::slices::{
     earlier, for_each_used_page, purge_segments, release_empty_page, release_segment,
@@ -208,6 +209,8 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
                 page = next;
             }
         }
+        // Full pages other threads' frees gave room: the ones emptied go back.
+        refilled::collect(h);
         // The far pages' blocks, booked on their nodes as they are now.
         settle_far(h);
         // What is left to purge after this pass (resident free slices of our segments, the
