@@ -43,7 +43,7 @@ pub(super) unsafe fn is_linked(h: *const Heap, p: *const Page) -> bool {
     // SAFETY: contract.
     unsafe {
         let bin = ((*p).bin as usize).min(NBINS - 1);
-        !(*p).prev.is_null() || *addr_of!((*h).refilled[bin]) == p as *mut Page
+        !(*p).prev.is_null() || core::ptr::eq(*addr_of!((*h).refilled[bin]), p)
     }
 }
 
