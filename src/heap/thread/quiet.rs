@@ -6,13 +6,15 @@
 //! memory was neither in use nor free (review rev15: eight quiet producers kept 33.8 MiB
 //! resident against an 11.3 MiB bound, nothing live). Such results sit in full pages, in no
 //! queue, and a remote free into one goes first to the owner's delayed stack
-//! (`heap::delayed`), which is what a pass looks for.
+//! (`heap::delayed`), which is what a pass looks for. A full page whose first frees the owner
+//! has heard of stays full too, on its bin's refilled list (`refilled`), and takes the next
+//! ones without a word: `Heap::refilled_silent` tells the passes.
 //!
 //! Owns: [`collect_full`], run by a pass (`purger`) that holds a quiet heap's gate,
-//! [`has_delayed`], whether a heap has frees on its delayed stack, and the count of pages
-//! given back ([`FULL_TAKEN_IN`]). May touch: the heap's `delayed` stack, `returned`,
-//! `taken_in` (full pages left with room, which the owner's next drain puts back in their
-//! queues) and slow-path counters (`counters`' `_in` bookings), its segment list, and its
+//! [`has_delayed`], whether a heap has frees into full pages not taken in, and the count of
+//! pages given back ([`FULL_TAKEN_IN`]). May touch: the heap's `delayed` stack, `returned`,
+//! its refilled lists and `refilled_silent` (`refilled`: full pages left with room, which
+//! the owner's allocations take before new pages) and slow-path counters (`counters`' `_in` bookings), its segment list, and its
 //! **full pages** (`PAGE_IN_FULL`: bin pages in no queue, large pages): their lists,
 //! counts, flags and delayed-free state; `slices` (the walk of a segment's
 //! pages), `heap::{segment, page, remote, delayed}`.
@@ -66,8 +68,8 @@ pub(super) unsafe fn has_delayed(h: *const Heap) -> bool {
 /// more. Returns the bytes given back to the segments.
 ///
 /// Pages stay where they are otherwise: a full page given free blocks stays full (in no
-/// queue, which is the owner's alone) until its owner's next drain of its delayed stack
-/// (`free::drain_delayed`), told by `Heap::taken_in`, puts it back in its queue.
+/// queue, which is the owner's alone), on its bin's refilled list, from which the owner's
+/// allocation slow path takes it (`refilled`).
 ///
 /// # Safety
 /// The caller holds `h`'s gate (`purger`, as a pass) and `h` is a registered, active thread
