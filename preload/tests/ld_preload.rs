@@ -349,6 +349,14 @@ fn a_threads_first_call_frees_a_block_for_good() {
     c_test("firstfree", &[], |_| vec![]);
 }
 
+/// free() leaves errno alone (glibc 2.33+, POSIX.1-2024) even when the purge it triggers is
+/// refused because the freed memory is locked (tests/c/free_errno.c: EINVAL from madvise
+/// reached the caller's errno before).
+#[test]
+fn free_keeps_errno_when_a_purge_is_refused() {
+    c_test("free_errno", &[], |_| vec![]);
+}
+
 #[test]
 fn dlopen_and_dynamic_tls_from_threads() {
     c_test("dlopen", &["-ldl"], |dir| {
