@@ -357,6 +357,13 @@ fn free_keeps_errno_when_a_purge_is_refused() {
     c_test("free_errno", &[], |_| vec![]);
 }
 
+/// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
+/// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
+#[test]
+fn errno_is_zero_at_program_start() {
+    c_test("errno_start", &[], |_| vec![]);
+}
+
 #[test]
 fn dlopen_and_dynamic_tls_from_threads() {
     c_test("dlopen", &["-ldl"], |dir| {
