@@ -36,6 +36,9 @@
 //!   does); `valloc` aligns to the 4 KiB page, `pvalloc` also rounds the size up to pages.
 //!   Alignments above 2 MiB fail with `ENOMEM`.
 //! - `malloc_usable_size(NULL)` is 0.
+//! - `free` leaves `errno` alone (as glibc's since 2.33; POSIX.1-2024), also when a purge it
+//!   triggers is refused, and `errno` is still 0 when `main` starts (C11 7.5p3), although the
+//!   library's constructor has initialised the core by then.
 //!
 //! # Pointers tieralloc did not hand out
 //! Memory can reach `free` without coming from here: the dynamic loader serves its own early
@@ -185,10 +188,14 @@ static INIT_AT_LOAD: extern "C" fn() = init_at_load;
 
 /// Initialises the core (an allocation, freed at once), which registers its fork handlers
 /// before any handler of the program is (see the crate docs, "Where a preloaded malloc is
-/// called").
+/// called"). It leaves `errno` as it found it: C promises 0 at program start (C11 7.5p3),
+/// and the core's first allocation can leave a failed probe's there (topology discovery
+/// opens sysfs files a machine may lack: `ENOENT`, review rev18).
 extern "C" fn init_at_load() {
+    let saved = errno();
     // SAFETY: C malloc and free have no precondition; the block is freed once.
     unsafe { free_block(GLOBAL.c_malloc(1).cast()) }
+    set_errno(saved);
 }
 
 /// Frees `p`; NULL and pointers tieralloc never handed out are ignored (see the crate docs).

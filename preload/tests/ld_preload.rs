@@ -349,6 +349,21 @@ fn a_threads_first_call_frees_a_block_for_good() {
     c_test("firstfree", &[], |_| vec![]);
 }
 
+/// free() leaves errno alone (glibc 2.33+, POSIX.1-2024) even when the purge it triggers is
+/// refused because the freed memory is locked (tests/c/free_errno.c: EINVAL from madvise
+/// reached the caller's errno before).
+#[test]
+fn free_keeps_errno_when_a_purge_is_refused() {
+    c_test("free_errno", &[], |_| vec![]);
+}
+
+/// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
+/// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
+#[test]
+fn errno_is_zero_at_program_start() {
+    c_test("errno_start", &[], |_| vec![]);
+}
+
 #[test]
 fn dlopen_and_dynamic_tls_from_threads() {
     c_test("dlopen", &["-ldl"], |dir| {

@@ -158,24 +158,29 @@ fn mbind_raw(
     nodes: &NodeMask,
     flags: libc::c_uint,
 ) -> Result<(), i32> {
-    // SAFETY: mbind only reads `nodes` (MASK_BITS bits; the kernel reads maxnode - 1 bits)
-    // and changes the policy of a range the caller owns; it never touches memory contents.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mbind,
-            p as libc::c_ulong,
-            len as libc::c_ulong,
-            policy.mode() as libc::c_ulong,
-            nodes.as_ptr(),
-            (MASK_BITS + 1) as libc::c_ulong,
-            flags as libc::c_ulong,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    // The refusal is returned, not left in errno: a segment's binding back to its node runs
+    // inside C's `free` (`Segment::free_page` of a moved page), which must keep errno.
+    super::os::keeping_errno(|| {
+        // SAFETY: mbind only reads `nodes` (MASK_BITS bits; the kernel reads maxnode - 1
+        // bits) and changes the policy of a range the caller owns; it never touches memory
+        // contents.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                p as libc::c_ulong,
+                len as libc::c_ulong,
+                policy.mode() as libc::c_ulong,
+                nodes.as_ptr(),
+                (MASK_BITS + 1) as libc::c_ulong,
+                flags as libc::c_ulong,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    })
 }
 
 fn errno() -> i32 {

@@ -28,6 +28,23 @@ pub(crate) fn set_enomem() {
     unsafe { *libc::__errno_location() = libc::ENOMEM }
 }
 
+/// Runs `f`, system calls whose failure the caller handles itself (a refused purge or guard,
+/// a refused mapping that the caller turns into a null), and puts the calling thread's `errno`
+/// back as it was: a C program's `free` must leave `errno` alone (glibc's has since 2.33,
+/// POSIX.1-2024 requires it), and a purge refused for locked memory (`EINVAL`) inside a free
+/// set it (review rev18). Allocation failures set `ENOMEM` themselves ([`set_enomem`]).
+#[inline(always)]
+pub(crate) fn keeping_errno<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: __errno_location returns the calling thread's errno slot, valid for the thread.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above: a valid, aligned int of this thread.
+    let saved = unsafe { *slot };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { *slot = saved };
+    r
+}
+
 /// The smallest unit the kernel maps; tieralloc assumes 4 KiB pages (checked in `global`).
 pub(crate) const OS_PAGE: usize = 4096;
 
@@ -41,7 +58,7 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     };
     // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
     // result is checked against MAP_FAILED before use.
-    let raw = unsafe {
+    let raw = keeping_errno(|| unsafe {
         libc::mmap(
             ptr::null_mut(),
             total,
@@ -50,7 +67,7 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
             -1,
             0,
         )
-    };
+    });
     if raw == libc::MAP_FAILED {
         MAP_FAILURES.fetch_add(1, Ordering::Relaxed);
         return ptr::null_mut();
@@ -61,14 +78,14 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     let tail = total - head - size;
     // SAFETY: [start, start+head) and [aligned+size, start+total) lie inside the mapping we
     // just made and nobody else knows about them yet.
-    unsafe {
+    keeping_errno(|| unsafe {
         if head > 0 {
             libc::munmap(raw, head);
         }
         if tail > 0 {
             libc::munmap((aligned + size) as *mut libc::c_void, tail);
         }
-    }
+    });
     if let Some(n) = node {
         // Binding failures are not fatal: the memory is still usable, only unplaced.
         super::numa::bind(aligned as *mut u8, size, n);
@@ -84,9 +101,9 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
 /// uses any more.
 pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     // SAFETY: the caller hands us a whole mapping of ours that is no longer in use.
-    unsafe {
+    keeping_errno(|| unsafe {
         libc::munmap(p as *mut libc::c_void, size);
-    }
+    });
     RESERVED.fetch_sub(size, Ordering::Relaxed);
     PURGES.fetch_add(1, Ordering::Relaxed);
     PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
@@ -98,7 +115,7 @@ pub(crate) fn no_huge_pages(p: *mut u8, len: usize) {
     // SAFETY: advice that changes only how future faults of the range are served, never the
     // contents of any page; on a range that is not mapped the kernel refuses (ENOMEM) and
     // nothing changes.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
+    keeping_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) });
 }
 
 /// The size of a transparent huge page (PMD-mapped) on x86-64 and aarch64 with 4 KiB pages.
@@ -115,7 +132,7 @@ pub(crate) fn split_huge_page_at(p: *mut u8) {
     // SAFETY: advice about one page of a mapping of ours; it changes no page's contents (only
     // how the page is backed and how soon it may be reclaimed); on a range that is not mapped
     // the kernel refuses (ENOMEM) and nothing changes.
-    unsafe { libc::madvise(page, OS_PAGE, libc::MADV_COLD) };
+    keeping_errno(|| unsafe { libc::madvise(page, OS_PAGE, libc::MADV_COLD) });
 }
 
 /// Moves the mapping `[old, old+old_size)` to `new`, grown to `new_size` bytes, in place of
@@ -130,7 +147,7 @@ pub(crate) fn split_huge_page_at(p: *mut u8) {
 pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size: usize) -> bool {
     // SAFETY: both ranges are (parts of) mappings of ours (contract); MREMAP_FIXED replaces
     // the mapping at `new`, which nobody uses, and the old range is nobody else's to read.
-    let r = unsafe {
+    let r = keeping_errno(|| unsafe {
         libc::mremap(
             old as *mut libc::c_void,
             old_size,
@@ -138,7 +155,7 @@ pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             new as *mut libc::c_void,
         )
-    };
+    });
     if r == libc::MAP_FAILED {
         return false;
     }
@@ -158,7 +175,9 @@ pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
     }
     // SAFETY: the caller guarantees the range is ours, page aligned and holds nothing live, so
     // discarding its contents is invisible to every user.
-    let done = unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED) } == 0;
+    let done = keeping_errno(|| unsafe {
+        libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED)
+    }) == 0;
     if done {
         PURGES.fetch_add(1, Ordering::Relaxed);
         PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
@@ -177,7 +196,7 @@ pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
 #[cfg(feature = "secure")]
 pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
     // SAFETY: the range is ours and unused (contract); taking access away changes no contents.
-    unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) == 0 }
+    keeping_errno(|| unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) }) == 0
 }
 
 /// Makes `[p, p+len)` read-write again (a guard page that becomes part of a block). Contents
@@ -188,13 +207,13 @@ pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
 #[cfg(feature = "secure")]
 pub(crate) unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
     // SAFETY: the range is ours (contract); giving access changes no contents.
-    unsafe {
+    keeping_errno(|| unsafe {
         libc::mprotect(
             p as *mut libc::c_void,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-        ) == 0
-    }
+        )
+    }) == 0
 }
 
 /// Milliseconds on the monotonic clock (coarse: a vDSO read, no system call).
