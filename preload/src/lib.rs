@@ -9,7 +9,7 @@
 //! interposes every caller in the process (the program, its libraries, glibc itself and
 //! libstdc++'s `operator new`): `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
 //! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`,
-//! `cfree`, the `__libc_*` aliases glibc exports, and the introspection calls `malloc_trim`,
+//! `cfree`, C23's `free_sized` and `free_aligned_sized`, the `__libc_*` aliases glibc exports, and the introspection calls `malloc_trim`,
 //! `mallopt`, `mallinfo`, `mallinfo2`, `malloc_stats` and `malloc_info`; and C++'s
 //! replaceable `operator new` and `operator delete` (module `cxx`); and the hot/cold hints
 //! (module `hotcold`: tcmalloc's `operator new(size, __hot_cold_t)` family and
@@ -448,6 +448,28 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> size_t {
     }
     // SAFETY: p is in a live segment, so (caller's contract) a live block of ours.
     unsafe { tieralloc::usable_size(p as *const u8) }
+}
+
+/// C23's `free_sized`: [`free`] (tieralloc finds a block's size from its address, so `size`
+/// is not needed). Exported so that a program calling it on a newer glibc, which has it,
+/// does not reach glibc's own `free` with a tieralloc block.
+///
+/// # Safety
+/// As [`free`]; `size` is the size the block was requested with (not checked).
+#[no_mangle]
+pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { free(p) }
+}
+
+/// C23's `free_aligned_sized`: [`free`], as [`free_sized`].
+///
+/// # Safety
+/// As [`free`]; `align` and `size` are those the block was requested with (not checked).
+#[no_mangle]
+pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: forwarded.
+    unsafe { free(p) }
 }
 
 /// The old name of [`free`] (still exported by glibc for binary compatibility).

@@ -357,6 +357,13 @@ fn free_keeps_errno_when_a_purge_is_refused() {
     c_test("free_errno", &[], |_| vec![]);
 }
 
+/// C23's `free_sized` and `free_aligned_sized` are ours (tests/c/free_sized.c: on a glibc
+/// that has them, a program's call would otherwise reach glibc's `free` with our block).
+#[test]
+fn c23_sized_frees_are_exported_and_free() {
+    c_test("free_sized", &["-ldl"], |_| vec![]);
+}
+
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
 /// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
 #[test]
