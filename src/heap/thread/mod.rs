@@ -80,7 +80,7 @@ pub(crate) use canary::{
     alloc_small_zeroed as alloc_small_zeroed_sized, resize as resize_checked, usable_size, Resize,
 };
 pub(crate) use counters::{
-    HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
+    book_moved_live, HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c, free_c_or};
