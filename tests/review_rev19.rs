@@ -188,3 +188,305 @@ fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
     .join()
     .unwrap();
 }
+
+/// `stats()`'s committed bytes per node (0, 1, 2).
+fn committed() -> Vec<u64> {
+    let s = tieralloc::stats();
+    (0..3)
+        .map(|n| {
+            s.nodes
+                .iter()
+                .find(|x| x.node == n)
+                .map_or(0, |x| x.bytes_committed)
+        })
+        .collect()
+}
+
+/// Large blocks (1 MiB) demoted to the far node, one freed by its thread, the rest after the
+/// thread exited (into its abandoned segments, from another node): the far node's committed
+/// bytes carry the demoted blocks while they live and are back to where they were once the
+/// exited thread's node is tended.
+#[test]
+fn demoted_large_blocks_leave_no_committed_bytes_behind() {
+    if !child::is_child() {
+        return run_child(
+            "demoted_large_blocks_leave_no_committed_bytes_behind",
+            "2,far=1",
+        );
+    }
+    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+        return;
+    };
+    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
+    let _ = (vec![1u8; 100], tieralloc::stats(), committed());
+    tieralloc::collect();
+    let before = committed();
+    let far_before = before[2];
+    let blocks = std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        tieralloc::collect();
+        let mut v: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8; 1 << 20]).collect();
+        for b in v.iter_mut().take(4) {
+            // SAFETY: our own large block, not freed or resized while it moves.
+            let r = unsafe { tieralloc::tiers::demote(b.as_mut_ptr(), b.len()) }.unwrap();
+            assert_eq!(r.failed, 0);
+        }
+        let demoted = committed();
+        assert!(
+            demoted[2] >= far_before + (4 << 20),
+            "the far node does not carry the demoted blocks: {far_before} -> {demoted:?}"
+        );
+        // One demoted and one not freed here.
+        v.remove(0);
+        v.remove(4);
+        v
+    })
+    .join()
+    .unwrap();
+    drop(blocks);
+    // The exited thread's segments are abandoned on node 0: a thread of node 0 tends them
+    // (the pages freed into them go back to their segments then).
+    std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        for _ in 0..8 {
+            tieralloc::collect();
+        }
+    })
+    .join()
+    .unwrap();
+    tieralloc::collect();
+    let after = committed();
+    assert_eq!(after[2], before[2], "node 2");
+    assert!(
+        after[0] <= before[0] + (256 << 10),
+        "node 0 {before:?} {after:?}"
+    );
+}
+
+/// Three threads at a time keep moving between the two nodes (a random node each round)
+/// while they allocate small, medium, large and huge blocks, free some of their own, hand
+/// some to the next thread and free what they are handed; each generation leaves blocks that
+/// outlive it for the next one to free (frees into exited threads' segments). Every block is
+/// handed out once (no overlap with a live block), from a segment its heap owns, with its
+/// contents intact at its free; at the end the per-bin, large and huge counts are back, and
+/// the per-node live bytes add up to the total. With `demote`, under a far node, half the
+/// large and huge blocks are demoted at once and the automatic demoter runs too: once every
+/// node is tended, the far node holds nothing (no committed bytes, no live bytes).
+fn moving_threads(demote: bool) {
+    let rounds = 120;
+    let gens = 4;
+    use std::collections::BTreeMap;
+    use std::sync::{mpsc, Arc, Mutex};
+    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+        return;
+    };
+    let live: Arc<Mutex<BTreeMap<usize, (usize, u8)>>> = Arc::default();
+    // Blocks up to this size come from the thread's own heap (larger ones are huge).
+    let own_max = 2 << 20;
+    let auto = demote.then(|| {
+        tieralloc::tiers::start_auto_demotion(Duration::from_millis(1), Duration::from_millis(1))
+            .unwrap()
+    });
+    let before = tieralloc::stats();
+    let carry: Arc<Mutex<Vec<(usize, usize, u8)>>> = Arc::default();
+    for _gen in 0..gens {
+        let mut hs = vec![];
+        let mut txs = vec![];
+        let mut rxs = vec![];
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel::<Vec<(usize, usize, u8)>>();
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        for (t, rx) in rxs.into_iter().enumerate() {
+            let live = live.clone();
+            let to = txs[(t + 1) % 3].clone();
+            let carry = carry.clone();
+            hs.push(std::thread::spawn(move || {
+                let mut seed = 0x9e3779b97f4a7c15u64 ^ (t as u64 * 7919);
+                let mut rnd = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                let mut mine: Vec<(usize, usize, u8)> = vec![];
+                let old: Vec<_> = {
+                    let mut c = carry.lock().unwrap();
+                    let k = c.len() / 3 + 1;
+                    let at = c.len().saturating_sub(k);
+                    c.split_off(at)
+                };
+                let free = |(p, size, tag): (usize, usize, u8),
+                            live: &Mutex<BTreeMap<usize, (usize, u8)>>| {
+                    // SAFETY: a live block of `size` bytes written with `tag`.
+                    let s = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                    assert!(
+                        s.iter().all(|&b| b == tag),
+                        "block {p:#x} of {size} overwritten"
+                    );
+                    assert!(live.lock().unwrap().remove(&p).is_some());
+                    // SAFETY: allocated with this layout, freed once.
+                    unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 16).unwrap()) };
+                };
+                let mut old = Some(old);
+                for r in 0..rounds {
+                    let cpu = if (rnd() % 2) == 0 { c0 } else { c1 };
+                    tieralloc::numa::pin_current_thread_to_cpu(cpu).unwrap();
+                    if rnd() % 4 == 0 {
+                        tieralloc::collect();
+                    }
+                    if let Some(o) = old.take() {
+                        for b in o {
+                            free(b, &live);
+                        }
+                    }
+                    let n = (rnd() % 200) as usize;
+                    for _ in 0..n {
+                        let size = match rnd() % 200 {
+                            0 => 2_200_000 + (rnd() % 3_000_000) as usize,
+                            1..=10 => 70_000 + (rnd() % 200_000) as usize,
+                            11..=40 => 1024 + (rnd() % 8000) as usize,
+                            _ => 8 + (rnd() % 300) as usize,
+                        };
+                        let tag = (rnd() % 255 + 1) as u8;
+                        let layout = Layout::from_size_align(size, 16).unwrap();
+                        // SAFETY: a non-zero size.
+                        let p = unsafe { alloc(layout) };
+                        assert!(!p.is_null());
+                        // SAFETY: just allocated, live.
+                        assert!(
+                            size > own_max || unsafe { tieralloc::probe::owned_by_caller(p) },
+                            "round {r}"
+                        );
+                        {
+                            let mut l = live.lock().unwrap();
+                            if let Some((&q, &(qs, _))) = l.range(..p as usize + size).next_back() {
+                                assert!(q + qs <= p as usize, "{p:?}+{size} overlaps {q:#x}+{qs}");
+                            }
+                            l.insert(p as usize, (size, tag));
+                        }
+                        // SAFETY: our block of `size` bytes.
+                        unsafe { p.write_bytes(tag, size) };
+                        if demote && size > 64 << 10 && rnd() % 2 == 0 {
+                            // SAFETY: our own block, not freed or resized while it moves.
+                            let r = unsafe { tieralloc::tiers::demote(p, size) }.unwrap();
+                            assert_eq!(r.failed, 0);
+                        }
+                        mine.push((p as usize, size, tag));
+                    }
+                    // Free some of ours, send some to the next thread, free what we got.
+                    let k = mine.len() / 2;
+                    let mut give = vec![];
+                    for b in mine.drain(..k) {
+                        if rnd() % 2 == 0 {
+                            free(b, &live);
+                        } else {
+                            give.push(b);
+                        }
+                    }
+                    let _ = to.send(give);
+                    while let Ok(v) = rx.try_recv() {
+                        for b in v {
+                            free(b, &live);
+                        }
+                    }
+                }
+                // Blocks that outlive their thread: the next generation frees them.
+                carry.lock().unwrap().extend(mine);
+                drop(to);
+                rx
+            }));
+        }
+        drop(txs);
+        let rxs: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        for rx in rxs {
+            while let Ok(v) = rx.try_recv() {
+                for (p, size, tag) in v {
+                    // SAFETY: as in `free`.
+                    let s = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                    assert!(s.iter().all(|&b| b == tag));
+                    live.lock().unwrap().remove(&p);
+                    unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 16).unwrap()) };
+                }
+            }
+        }
+    }
+    for (p, size, tag) in std::mem::take(&mut *carry.lock().unwrap()) {
+        // SAFETY: as in `free`.
+        let s = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+        assert!(s.iter().all(|&b| b == tag));
+        live.lock().unwrap().remove(&p);
+        // SAFETY: allocated with this layout, freed once.
+        unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 16).unwrap()) };
+    }
+    assert!(live.lock().unwrap().is_empty());
+    drop(live);
+    drop(auto);
+    // Every node tended through by a thread of its own.
+    for c in [c0, c1, c0, c1] {
+        std::thread::spawn(move || {
+            tieralloc::numa::pin_current_thread_to_cpu(c).unwrap();
+            for _ in 0..40 {
+                tieralloc::collect();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    tieralloc::collect();
+    let after = tieralloc::stats();
+    if demote {
+        let n2 = after.nodes.iter().find(|n| n.node == 2).unwrap();
+        assert_eq!(
+            (n2.bytes_committed, n2.bytes_live),
+            (0, 0),
+            "node 2: {after}"
+        );
+    }
+    println!("before {before}\nafter {after}");
+    let small = |s: &tieralloc::Stats| -> u64 {
+        s.classes.iter().map(|c| c.live * c.block_size as u64).sum()
+    };
+    let (b, a) = (small(&before), small(&after));
+    assert!(a <= b + (64 << 10), "small live bytes {b} -> {a}");
+    assert_eq!(
+        after.large_allocs - after.large_frees,
+        before.large_allocs - before.large_frees,
+        "large blocks live"
+    );
+    assert_eq!(
+        after.huge_bytes_live, before.huge_bytes_live,
+        "huge bytes live"
+    );
+    let nodes = |s: &tieralloc::Stats| -> Vec<(u32, i64)> {
+        s.nodes.iter().map(|n| (n.node, n.bytes_live)).collect()
+    };
+    let sum: i64 = after.nodes.iter().map(|n| n.bytes_live).sum();
+    assert_eq!(
+        sum,
+        after.bytes_live as i64,
+        "nodes {:?} -> {:?}",
+        nodes(&before),
+        nodes(&after)
+    );
+}
+
+#[test]
+fn moving_threads_hand_out_every_block_once() {
+    if !child::is_child() {
+        return run_child("moving_threads_hand_out_every_block_once", "2");
+    }
+    moving_threads(false);
+}
+
+#[test]
+fn moving_threads_with_demotions_leave_nothing_on_the_far_node() {
+    if !child::is_child() {
+        return run_child(
+            "moving_threads_with_demotions_leave_nothing_on_the_far_node",
+            "2,far=1",
+        );
+    }
+    moving_threads(true);
+}
