@@ -490,3 +490,46 @@ fn moving_threads_with_demotions_leave_nothing_on_the_far_node() {
     }
     moving_threads(true);
 }
+
+/// A labelled scope's huge block demoted to the far node: the label's live bytes per node
+/// follow it (the label's total is unchanged), and are gone from every node once it is freed.
+#[test]
+fn a_demoted_labelled_huge_block_counts_on_its_new_node() {
+    if !child::is_child() {
+        return run_child(
+            "a_demoted_labelled_huge_block_counts_on_its_new_node",
+            "2,far=1",
+        );
+    }
+    let label_nodes = || -> Vec<(u32, i64)> {
+        let s = tieralloc::stats();
+        let mut v: Vec<(u32, i64)> = s
+            .labels
+            .iter()
+            .filter(|l| l.label == "rev19-huge")
+            .flat_map(|l| l.nodes.iter().map(|n| (n.node, n.bytes_live)))
+            .filter(|&(_, b)| b != 0)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut v = {
+        let _g = place_labeled(Placed::node(0).unwrap(), "rev19-huge");
+        vec![9u8; 8 << 20]
+    };
+    // SAFETY: a live block of ours.
+    let size = unsafe { tieralloc::usable_size(v.as_ptr()) };
+    assert_eq!(node_of(v.as_ptr()), 0);
+    assert_eq!(label_nodes(), [(0, size as i64)]);
+    // SAFETY: our own huge block, not freed or resized while it moves.
+    let r = unsafe { tieralloc::tiers::demote(v.as_mut_ptr(), v.len()) }.unwrap();
+    assert_eq!((r.node, r.failed), (2, 0));
+    assert_eq!(node_of(v.as_ptr()), 2);
+    assert_eq!(
+        label_nodes(),
+        [(2, size as i64)],
+        "the label's bytes did not follow the demoted block"
+    );
+    drop(v);
+    assert_eq!(label_nodes(), [], "the label's bytes outlived the block");
+}
