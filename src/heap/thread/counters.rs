@@ -194,8 +194,8 @@ pub static RETIRED_NET_BY_NODE: [crate::sync::AtomicI64; MAX_NODES] = [ZERO_I64;
 /// a tier move took there (`tier::migrate`). Its allocation counted on its heap's node, and its
 /// free counts off whatever node its header names then (`count_node_free`), so without this
 /// the per-node live bytes would stay up on the old node and go below zero on the new one for
-/// good once it is freed (review rev19). Allocation-free.
-pub(crate) fn book_moved_live(from: u16, to: u16, bytes: u64) {
+/// good once it is freed (review rev19). Allocation-free. Through `large::book_huge_moved`.
+pub(super) fn book_moved_live(from: u16, to: u16, bytes: u64) {
     if from == to || bytes == 0 {
         return;
     }

@@ -80,14 +80,14 @@ pub(crate) use canary::{
     alloc_small_zeroed as alloc_small_zeroed_sized, resize as resize_checked, usable_size, Resize,
 };
 pub(crate) use counters::{
-    book_moved_live, HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
+    HeapStats, CROSS_FREED_BYTES, CROSS_FREES, LARGE_BIN, RETIRED_NET_BY_NODE,
 };
 pub(crate) use fork::register_fork_handlers;
 pub(crate) use free::{free, free_c, free_c_or};
 pub(crate) use labels::{for_each_label_live, label_id, label_name, MAX_LABELS};
-pub(crate) use large::admit_making_room;
 #[cfg(not(feature = "secure"))]
 pub(crate) use large::usable_size;
+pub(crate) use large::{admit_making_room, book_huge_moved};
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE, PASS_PURGES};
 pub(crate) use quiet::FULL_TAKEN_IN;
