@@ -533,3 +533,71 @@ fn a_demoted_labelled_huge_block_counts_on_its_new_node() {
     drop(v);
     assert_eq!(label_nodes(), [], "the label's bytes outlived the block");
 }
+
+/// A near budget spent by a thread on node 0 (small, large and huge blocks spill to the far
+/// node), which then moves to node 1, frees half there, moves back and exits; the rest is
+/// freed by another thread: once every node is tended, every node's committed and live bytes
+/// are back (no booking left behind by the spill, the moves, the exit or the frees).
+#[test]
+fn a_spilled_threads_memory_all_comes_back_after_moves_and_exit() {
+    if !child::is_child() {
+        return run_child(
+            "a_spilled_threads_memory_all_comes_back_after_moves_and_exit",
+            "2,far=1",
+        );
+    }
+    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+        return;
+    };
+    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
+    let _ = (vec![1u8; 100], tieralloc::stats(), committed());
+    tieralloc::collect();
+    let before = committed();
+    tieralloc::tiers::set_policy(&tieralloc::tiers::Policy {
+        near_budget: Some(before[0] + before[1] + (24 << 20)),
+        ..Default::default()
+    })
+    .unwrap();
+    let kept = std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        tieralloc::collect();
+        let mut v: Vec<Vec<u8>> = (0..1500).map(|i| vec![i as u8; 32 << 10]).collect();
+        v.extend((0..20).map(|i| vec![i as u8; 1 << 20]));
+        v.extend((0..3).map(|i| vec![i as u8; 5 << 20]));
+        let mid = committed();
+        assert!(
+            tieralloc::tiers::stats()[0].spills > 0 && mid[2] > 16 << 20,
+            "nothing spilled: {mid:?}"
+        );
+        tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
+        tieralloc::collect();
+        let kept: Vec<Vec<u8>> = v.drain(..).step_by(2).collect();
+        drop(v);
+        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        tieralloc::collect();
+        kept
+    })
+    .join()
+    .unwrap();
+    drop(kept);
+    for c in [c0, c1, c0, c1] {
+        std::thread::spawn(move || {
+            tieralloc::numa::pin_current_thread_to_cpu(c).unwrap();
+            for _ in 0..20 {
+                tieralloc::collect();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    tieralloc::collect();
+    let after = committed();
+    for n in 0..3 {
+        assert!(
+            after[n] <= before[n] + (512 << 10),
+            "node {n}: {before:?} -> {after:?}"
+        );
+    }
+    let live: Vec<i64> = (0..3).map(live_on).collect();
+    assert!(live.iter().all(|&l| l.abs() < 64 << 10), "{live:?}");
+}
