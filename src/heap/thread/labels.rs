@@ -119,8 +119,9 @@ pub(super) static CREATE: SpinLock = SpinLock::new();
 const ZERO_NET: AtomicI64 = AtomicI64::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO_NETS: [AtomicI64; MAX_NODES] = [ZERO_NET; MAX_NODES];
-/// Per label slot and node: bytes of live huge objects that label's heap on that node made
-/// (added when one is made or grows, taken off when it is freed, from any thread).
+/// Per label slot and node: bytes of the label's live huge objects on that node (added when
+/// one is made or grows, taken off when it is freed, from any thread; moved from node to node
+/// with the object by a tier move, `large::book_huge_moved`).
 pub(super) static HUGE_NET: [[AtomicI64; MAX_NODES]; MAX_LABELS] = [ZERO_NETS; MAX_LABELS];
 
 /// The heap of label `id` (not 0) on `node`, made now if it does not exist yet; None if the
