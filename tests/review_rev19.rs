@@ -407,6 +407,7 @@ fn moving_threads(demote: bool) {
                     let s = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
                     assert!(s.iter().all(|&b| b == tag));
                     live.lock().unwrap().remove(&p);
+                    // SAFETY: allocated with this layout, freed once.
                     unsafe { dealloc(p as *mut u8, Layout::from_size_align(size, 16).unwrap()) };
                 }
             }
