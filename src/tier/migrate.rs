@@ -7,7 +7,8 @@
 //! move at a time, and its fork handlers), `heap::{segment, huge}` (a huge block's
 //! segment: its node and tier fields and the committed bytes per node, so that the heap's
 //! bookkeeping follows the move; the claim that keeps it from being freed meanwhile; a large
-//! block's page: where its memory is, `moved`), `init` (start-up) and the `tier` counters.
+//! block's page: where its memory is, `moved`), `heap::thread` (a moved huge block's live
+//! bytes, and its label's, booked on its new node), `init` (start-up) and the `tier` counters.
 //! Allocation-free.
 //!
 //! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
@@ -452,6 +453,9 @@ pub(crate) unsafe fn move_to_node_claimed(
                 let bytes = (*huge).map_size;
                 segment::commit_sub(old, bytes);
                 segment::commit_add(node as u16, bytes);
+                // Its live bytes (and its label's) go with it: its free books them off `node`
+                // from now on.
+                crate::heap::thread::book_huge_moved(huge, old, node as u16);
                 (*huge).node = node as u16;
                 (*huge).tier = target_tier.unwrap_or(0) as u8;
                 // The rest of the reservation, past the map size (never touched, nothing

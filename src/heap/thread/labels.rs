@@ -119,8 +119,9 @@ pub(super) static CREATE: SpinLock = SpinLock::new();
 const ZERO_NET: AtomicI64 = AtomicI64::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO_NETS: [AtomicI64; MAX_NODES] = [ZERO_NET; MAX_NODES];
-/// Per label slot and node: bytes of live huge objects that label's heap on that node made
-/// (added when one is made or grows, taken off when it is freed, from any thread).
+/// Per label slot and node: bytes of the label's live huge objects on that node (added when
+/// one is made or grows, taken off when it is freed, from any thread; moved from node to node
+/// with the object by a tier move, `large::book_huge_moved`).
 pub(super) static HUGE_NET: [[AtomicI64; MAX_NODES]; MAX_LABELS] = [ZERO_NETS; MAX_LABELS];
 
 /// The heap of label `id` (not 0) on `node`, made now if it does not exist yet; None if the
@@ -233,9 +234,13 @@ pub(super) fn collect_label_heaps(now: u64, delay: u64) {
 /// turn (waiting for an allocation in progress), the frees other threads made into it are
 /// collected, and its pages' used blocks summed (bin pages: used blocks times the block size;
 /// large pages: the page's block), plus its huge objects. Exact for the heap when it is read.
+/// Then the huge bytes a label has on a node where it has no heap: a tier move took its huge
+/// objects there (`large::book_huge_moved`; review rev19).
 pub(crate) fn for_each_label_live(mut f: impl FnMut(usize, u32, i64)) {
     let delay = crate::init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    let mut seen = [0u64; MAX_LABELS];
     for_each_label_heap(|slot, node, lh| {
+        seen[slot] |= 1 << node;
         let mut bytes = HUGE_NET[slot][node].load(Ordering::Relaxed);
         {
             let _g = lh.lock.lock();
@@ -253,6 +258,14 @@ pub(crate) fn for_each_label_live(mut f: impl FnMut(usize, u32, i64)) {
         }
         f(slot, node as u32, bytes);
     });
+    for (slot, row) in HUGE_NET.iter().enumerate() {
+        for (node, net) in row.iter().enumerate() {
+            let bytes = net.load(Ordering::Relaxed);
+            if seen[slot] & (1 << node) == 0 && bytes != 0 {
+                f(slot, node as u32, bytes);
+            }
+        }
+    }
 }
 
 /// Bytes of the live blocks of a page in use: a bin page's used blocks, a large page's block.

@@ -13,7 +13,7 @@
 //! size_class}`,
 //! `sys::os`, `init` (the purge delay).
 
-use super::counters::{add, bump, counters, note_far_large, LARGE_BIN};
+use super::counters::{add, book_moved_live, bump, counters, note_far_large, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
 use super::labels::book_huge;
 use super::node::dead_alloc;
@@ -218,6 +218,32 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             book_huge((*new).huge_label, (*new).huge_label_node as u16, grown);
         }
         huge::object(new)
+    }
+}
+
+/// A tier move (`tier::migrate`) took the live huge object of `seg` from node `from` to node
+/// `to` (its header's `node` says `to` from now on): its bytes go with it, off `from` and on
+/// `to`, in the per-node live bytes and, for a labelled object, in its label's per-node bytes
+/// (review rev19: both stayed on `from` while it lived, and the per-node ones went below zero
+/// on `to` once it was freed, which books them off `to`). Allocation-free.
+///
+/// # Safety
+/// `seg` is a live huge object that nobody frees or resizes meanwhile (the mover holds its
+/// registry claim, which the free and the resize wait for).
+pub(crate) unsafe fn book_huge_moved(seg: *mut Segment, from: u16, to: u16) {
+    // SAFETY: the object is live and held still (contract).
+    unsafe {
+        let size = (*seg).huge_size;
+        book_moved_live(from, to, size as u64);
+        if (*seg).huge_label != 0 && (*seg).huge_label_node as u16 != to {
+            book_huge(
+                (*seg).huge_label,
+                (*seg).huge_label_node as u16,
+                -(size as i64),
+            );
+            book_huge((*seg).huge_label, to, size as i64);
+            (*seg).huge_label_node = to as u8;
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! thread alone writes them, through [`set_scope`]), [`alloc_in_scope`]. May touch: the `Heap`
 //! fields (`super`), `tls` (the calling thread's heap), `node` (`node_alloc`), `labels`
 //! (`label_alloc`: a labelled scope's allocations), `registry`
-//! (`heap_init`: a scope's node may be the thread's own), `large` (`admit_making_room`: the
+//! (`heap_init`: a scope's node may be the thread's own; `current_home`: a local scope's node), `large` (`admit_making_room`: the
 //! tier budget, after the thread's huge cache made way), `heap::route` (the gates).
 //! Nothing here allocates, panics or formats.
 //!
@@ -19,7 +19,7 @@
 
 use super::labels::label_alloc;
 use super::node::node_alloc;
-use super::registry::heap_init;
+use super::registry::{current_home, heap_init};
 use super::tls::own;
 use super::{HeapRef, ACTIVE};
 use crate::heap::route;
@@ -166,7 +166,10 @@ pub(super) unsafe fn alloc_in_scope(
                 // The thread's own heap is on its node.
                 return core::ptr::null_mut();
             }
-            h.node
+            // The node the thread runs on now, not the heap's: a scope's allocations never
+            // reach the heap's ticks, so after a move `h.node` would stay the old node for as
+            // long as the thread allocates only in the scope (review rev19).
+            current_home()
         }
         Scope::Node(n) => n,
         Scope::Even {
