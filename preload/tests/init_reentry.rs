@@ -27,10 +27,26 @@ fn an_allocation_made_by_the_initialisation_registers_the_heap_once() {
         .status()
         .expect("run cc (apt-get install -y build-essential)");
     assert!(st.success(), "compiling {} failed", src.display());
+    // The library that fills glibc's table of fork handlers before the drop-in's constructor
+    // runs (tests/c/atfork48.c): without it the drop-in initialises before the program's own
+    // 48 registrations, and nothing re-enters (with the registry's guard taken out, the
+    // program hangs with it and passes without it).
+    let lib = dir.join("libatfork48.so");
+    let lib_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/atfork48.c");
+    let st = Command::new("cc")
+        .args(["-O1", "-w", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&lib_src)
+        .status()
+        .expect("run cc (apt-get install -y build-essential)");
+    assert!(st.success(), "compiling {} failed", lib_src.display());
+    // Preloaded after the drop-in: the loader runs the constructors of preloaded libraries
+    // last-listed first.
+    let preload = format!("{} {}", child::preload_library().display(), lib.display());
     // A hang guard, not a measurement: the program takes milliseconds.
     let r = child::run(
         Command::new(&exe)
-            .env("LD_PRELOAD", child::preload_library())
+            .env("LD_PRELOAD", preload)
             .env_remove("TIERALLOC_SHOW_STATS"),
         Duration::from_secs(30),
     );

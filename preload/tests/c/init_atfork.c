@@ -6,8 +6,10 @@
  * loop): malloc_stats, mallinfo2 and every thread start or exit then spun forever.
  * (A program whose own 49th registration was its first malloc deadlocked inside glibc,
  * which holds its atfork lock while it allocates; since review rev13 the drop-in's
- * constructor initialises tieralloc before the program runs, and with it this test's 48
- * registrations come after tieralloc's.) */
+ * constructor initialises tieralloc before the program runs, and with it this program's 48
+ * registrations come after tieralloc's: tests/init_reentry.rs preloads atfork48.c's library
+ * after the drop-in, whose constructor registers 48 before the drop-in's runs, so that the
+ * initialisation's own registration allocates.) */
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
