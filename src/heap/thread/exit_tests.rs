@@ -93,6 +93,10 @@ enum Op {
     CollectNow { t: usize },
     /// Thread `t` exits (its heap lets go of its segments); a new thread takes the slot.
     Exit { t: usize },
+    /// Another thread's pass over thread `t`'s heap while `t` waits for its next step: it
+    /// holds `t`'s gate as the purger does and takes in the frees into its full pages
+    /// (`quiet::collect_full`).
+    Pass { t: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -112,7 +116,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (t.clone(), 0usize..4).prop_map(|(t, visits)| Op::Trim { t, visits }),
         1 => t.clone().prop_map(|t| Op::Collect { t }),
         1 => t.clone().prop_map(|t| Op::CollectNow { t }),
-        1 => t.prop_map(|t| Op::Exit { t }),
+        1 => t.clone().prop_map(|t| Op::Exit { t }),
+        2 => t.prop_map(|t| Op::Pass { t }),
     ]
 }
 
@@ -123,6 +128,8 @@ enum Cmd {
     Trim(usize),
     Collect,
     CollectNow,
+    /// Answers with the address of the worker's heap.
+    Heap,
 }
 
 /// The pattern byte at offset `i` of a block tagged `tag`.
@@ -326,6 +333,7 @@ fn worker(rx: Receiver<Cmd>, tx: Sender<Result<Vec<usize>, String>>) {
                 }
                 Cmd::Collect => heap_collect(own(), os::now_ms(), 100),
                 Cmd::CollectNow => collect_now(),
+                Cmd::Heap => out.push(own().as_ptr() as usize),
             }
             let r = if HEAP_CHECK.with(|c| c.get()) {
                 check_heap(own()).map(|()| out)
@@ -540,6 +548,30 @@ impl World {
             Op::Trim { t, visits } => drop(self.slot(t).run(Cmd::Trim(visits))?),
             Op::Collect { t } => drop(self.slot(t).run(Cmd::Collect)?),
             Op::CollectNow { t } => drop(self.slot(t).run(Cmd::CollectNow)?),
+            Op::Pass { t } => {
+                let h = self.slot(t).run(Cmd::Heap)?[0] as *mut super::Heap;
+                // SAFETY: the heap of a live worker that waits for its next command (it makes
+                // no allocator call meanwhile); held as a pass holds it.
+                unsafe {
+                    let gate = &*core::ptr::addr_of!((*h).gate);
+                    if gate
+                        .compare_exchange(
+                            super::purger::FREE,
+                            super::purger::PURGER,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        if (*h).state == super::ACTIVE {
+                            super::quiet::collect_full(h, os::now_ms(), 100);
+                        }
+                        gate.store(super::purger::FREE, Ordering::Release);
+                    }
+                }
+                // The heap check after the pass.
+                drop(self.slot(t).run(Cmd::Free(vec![]))?);
+            }
             Op::Exit { t } => {
                 let id = self.next_id;
                 self.next_id += 1;
