@@ -151,9 +151,9 @@ fn probes(size: usize) -> impl Iterator<Item = usize> {
 /// page's `prev` is the page before it, `tails` the last), hold pages of their bin that are
 /// not full, of segments on its list that it owns; every bin page in use of those segments
 /// is in its queue exactly when not full; the refilled lists hold full pages of their bin
-/// with live and free blocks, and a full page on none has null links; the direct table equals `pages`; the trim cursor is
-/// null or a page of `trim_bin`'s queue; every tail bit of its segments names the start of a
-/// bin page in use.
+/// with live blocks and free (or parked) ones, and a full page on none has null links; the
+/// direct table equals `pages`; the trim cursor is null or a page of `trim_bin`'s queue;
+/// every tail bit of its segments names the start of a bin page in use.
 ///
 /// # Safety
 /// `h` is the calling thread's heap, between two of its allocator calls.
@@ -208,7 +208,8 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
             }
         }
         // The refilled lists (`refilled`): well linked, of full bin pages of their bin with a
-        // live block and a free one, ours, on no other list; every other full page unlinked.
+        // live block and a free (or parked: `refilled::trim`) one, ours, on no other list;
+        // every other full page unlinked.
         let mut listed = HashSet::new();
         for bin in 0..NBINS {
             let mut prev: *mut Page = core::ptr::null_mut();
@@ -223,11 +224,11 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
                     || (*p).bin as usize != bin
                     || (*p).flags & PAGE_IN_FULL == 0
                     || (*p).used == 0
-                    || ((*p).free.is_null() && (*p).local_free.is_null())
+                    || ((*p).free.is_null() && (*p).local_free.is_null() && (*p).parked == 0)
                 {
                     return Err(format!(
                         "refilled {bin}: page {p:p} (flags {:#x}, used {}) is not a full page \
-                         of the bin with live and free blocks",
+                         of the bin with live and free or parked blocks",
                         (*p).flags,
                         (*p).used
                     ));

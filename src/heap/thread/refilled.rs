@@ -17,7 +17,8 @@
 //! pages' `next/prev`, which a page in no queue does not use otherwise), and
 //! `Heap::refilled_silent`. May touch: the listed pages' flags, lists and remote-free state,
 //! `bins` (a page taken goes to the front of its queue), `free` (retiring a page), `counters`
-//! (booking what a collect takes back), `purger` (the gate, the wake-up).
+//! (booking what a collect takes back), `purger` (the gate, the wake-up), `heap::trim`
+//! (the listed pages' trims, for `trim::trim_sparse`).
 //!
 //! Invariants: a page is on its bin's list only while it is a bin page of ours with
 //! `PAGE_IN_FULL` and a live block; a full page on no list has null links. Every path that
@@ -174,6 +175,41 @@ pub(super) unsafe fn collect(mut h: HeapRef) {
     }
 }
 
+/// Pages of the refilled lists [`trim`] looks at per call (the queues' walk has its own
+/// budget, `trim::TRIM_VISITS`).
+pub(super) const TRIM_VISITS: usize = 256;
+
+/// The trim's look at the refilled lists (`trim::trim_sparse`, before a new segment): their
+/// sparse pages' all-free OS pages go back as the queues' do (invariant 21), else a page
+/// that other threads' frees left with a few live blocks, in no queue, kept them resident
+/// for as long as its bin did not need a page. At most [`TRIM_VISITS`] pages from the
+/// lists' fronts, walking at most about `blocks` blocks (lowered by those walked). A page
+/// left with parked blocks only stays listed: `extend` brings them back when it is taken.
+///
+/// # Safety
+/// `h` is the calling thread's heap, in a gated slow path (no block of its pages is being
+/// popped, no list of them walked).
+pub(super) unsafe fn trim(h: HeapRef, blocks: &mut usize) {
+    let mut visits = TRIM_VISITS;
+    // SAFETY: the lists' pages are ours (module invariant), under our gate (contract).
+    unsafe {
+        for bin in 0..NBINS {
+            let mut p = h.refilled[bin];
+            while !p.is_null() {
+                if visits == 0 || *blocks == 0 {
+                    return;
+                }
+                visits -= 1;
+                if (*p).worth_trimming() {
+                    *blocks = blocks.saturating_sub((*p).capacity as usize);
+                    (*p).trim();
+                }
+                p = (*p).next;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::alloc::alloc_bin;
@@ -276,15 +312,47 @@ mod tests {
                 .iter()
                 .filter(|&&p| unsafe { (*(p as *mut Page)).parked != 0 })
                 .count();
+            // The pages serve again, their parked blocks among the rest (`take`, `extend`),
+            // each block once and none of the live ones.
+            let mut seen: std::collections::HashSet<usize> =
+                keep.iter().chain(&rest).copied().collect();
+            // Until every block of the pages is live again (or a bound: they never come back).
+            let full = || {
+                pages.iter().all(|&p| {
+                    let p = p as *mut Page;
+                    // SAFETY: our pages, read on our thread.
+                    unsafe { (*p).used == (*p).reserved }
+                })
+            };
+            let mut again = Vec::new();
+            while !full() && again.len() < 16 * 1024 {
+                // SAFETY: bin < NBINS.
+                again.push(unsafe { alloc_bin(bin) } as usize);
+            }
+            let twice = again.iter().filter(|&&b| !seen.insert(b)).count();
+            let reused = again
+                .iter()
+                .filter(|&&b| pages.contains(&(page(b) as usize)))
+                .count();
+            // SAFETY: as above.
+            let expected: usize = pages
+                .iter()
+                .map(|&p| unsafe { (*(p as *mut Page)).reserved } as usize - 1)
+                .sum();
             // The rest last: live until now, they keep the bin's current page (which a trim
             // passes over) from being one of the test's.
-            for b in keep.into_iter().chain(rest) {
+            for b in keep.into_iter().chain(rest).chain(again) {
                 // SAFETY: our block, freed once.
                 unsafe { free(b as *mut u8) };
             }
             assert_eq!(
                 trimmed, PAGES,
                 "pages trimmed of {PAGES} with one live 64-byte block each"
+            );
+            assert_eq!(twice, 0, "blocks handed out while live");
+            assert_eq!(
+                reused, expected,
+                "blocks of the trimmed pages handed out again (all but the kept one of each)"
             );
         })
         .join()
