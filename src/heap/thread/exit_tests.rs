@@ -93,6 +93,10 @@ enum Op {
     CollectNow { t: usize },
     /// Thread `t` exits (its heap lets go of its segments); a new thread takes the slot.
     Exit { t: usize },
+    /// Another thread's pass over thread `t`'s heap while `t` waits for its next step: it
+    /// holds `t`'s gate as the purger does and takes in the frees into its full pages
+    /// (`quiet::collect_full`).
+    Pass { t: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -112,7 +116,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (t.clone(), 0usize..4).prop_map(|(t, visits)| Op::Trim { t, visits }),
         1 => t.clone().prop_map(|t| Op::Collect { t }),
         1 => t.clone().prop_map(|t| Op::CollectNow { t }),
-        1 => t.prop_map(|t| Op::Exit { t }),
+        1 => t.clone().prop_map(|t| Op::Exit { t }),
+        2 => t.prop_map(|t| Op::Pass { t }),
     ]
 }
 
@@ -123,6 +128,8 @@ enum Cmd {
     Trim(usize),
     Collect,
     CollectNow,
+    /// Answers with the address of the worker's heap.
+    Heap,
 }
 
 /// The pattern byte at offset `i` of a block tagged `tag`.
@@ -144,9 +151,9 @@ fn probes(size: usize) -> impl Iterator<Item = usize> {
 /// page's `prev` is the page before it, `tails` the last), hold pages of their bin that are
 /// not full, of segments on its list that it owns; every bin page in use of those segments
 /// is in its queue exactly when not full; the refilled lists hold full pages of their bin
-/// with live and free blocks, and a full page on none has null links; the direct table equals `pages`; the trim cursor is
-/// null or a page of `trim_bin`'s queue; every tail bit of its segments names the start of a
-/// bin page in use.
+/// with live blocks and free (or parked) ones, and a full page on none has null links; the
+/// direct table equals `pages`; the trim cursor is null or a page of `trim_bin`'s queue;
+/// every tail bit of its segments names the start of a bin page in use.
 ///
 /// # Safety
 /// `h` is the calling thread's heap, between two of its allocator calls.
@@ -201,7 +208,8 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
             }
         }
         // The refilled lists (`refilled`): well linked, of full bin pages of their bin with a
-        // live block and a free one, ours, on no other list; every other full page unlinked.
+        // live block and a free (or parked: `refilled::trim`) one, ours, on no other list;
+        // every other full page unlinked.
         let mut listed = HashSet::new();
         for bin in 0..NBINS {
             let mut prev: *mut Page = core::ptr::null_mut();
@@ -216,11 +224,11 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
                     || (*p).bin as usize != bin
                     || (*p).flags & PAGE_IN_FULL == 0
                     || (*p).used == 0
-                    || ((*p).free.is_null() && (*p).local_free.is_null())
+                    || ((*p).free.is_null() && (*p).local_free.is_null() && (*p).parked == 0)
                 {
                     return Err(format!(
                         "refilled {bin}: page {p:p} (flags {:#x}, used {}) is not a full page \
-                         of the bin with live and free blocks",
+                         of the bin with live and free or parked blocks",
                         (*p).flags,
                         (*p).used
                     ));
@@ -326,6 +334,7 @@ fn worker(rx: Receiver<Cmd>, tx: Sender<Result<Vec<usize>, String>>) {
                 }
                 Cmd::Collect => heap_collect(own(), os::now_ms(), 100),
                 Cmd::CollectNow => collect_now(),
+                Cmd::Heap => out.push(own().as_ptr() as usize),
             }
             let r = if HEAP_CHECK.with(|c| c.get()) {
                 check_heap(own()).map(|()| out)
@@ -540,6 +549,30 @@ impl World {
             Op::Trim { t, visits } => drop(self.slot(t).run(Cmd::Trim(visits))?),
             Op::Collect { t } => drop(self.slot(t).run(Cmd::Collect)?),
             Op::CollectNow { t } => drop(self.slot(t).run(Cmd::CollectNow)?),
+            Op::Pass { t } => {
+                let h = self.slot(t).run(Cmd::Heap)?[0] as *mut super::Heap;
+                // SAFETY: the heap of a live worker that waits for its next command (it makes
+                // no allocator call meanwhile); held as a pass holds it.
+                unsafe {
+                    let gate = &*core::ptr::addr_of!((*h).gate);
+                    if gate
+                        .compare_exchange(
+                            super::purger::FREE,
+                            super::purger::PURGER,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        if (*h).state == super::ACTIVE {
+                            super::quiet::collect_full(h, os::now_ms(), 100);
+                        }
+                        gate.store(super::purger::FREE, Ordering::Release);
+                    }
+                }
+                // The heap check after the pass.
+                drop(self.slot(t).run(Cmd::Free(vec![]))?);
+            }
             Op::Exit { t } => {
                 let id = self.next_id;
                 self.next_id += 1;

@@ -17,7 +17,8 @@
 //! pages' `next/prev`, which a page in no queue does not use otherwise), and
 //! `Heap::refilled_silent`. May touch: the listed pages' flags, lists and remote-free state,
 //! `bins` (a page taken goes to the front of its queue), `free` (retiring a page), `counters`
-//! (booking what a collect takes back), `purger` (the gate, the wake-up).
+//! (booking what a collect takes back), `purger` (the gate, the wake-up), `heap::trim`
+//! (the listed pages' trims, for `trim::trim_sparse`).
 //!
 //! Invariants: a page is on its bin's list only while it is a bin page of ours with
 //! `PAGE_IN_FULL` and a live block; a full page on no list has null links. Every path that
@@ -171,5 +172,190 @@ pub(super) unsafe fn collect(mut h: HeapRef) {
                 p = next;
             }
         }
+    }
+}
+
+/// Pages of the refilled lists [`trim`] looks at per call (the queues' walk has its own
+/// budget, `trim::TRIM_VISITS`).
+pub(super) const TRIM_VISITS: usize = 256;
+
+/// The trim's look at the refilled lists (`trim::trim_sparse`, before a new segment): their
+/// sparse pages' all-free OS pages go back as the queues' do (invariant 21), else a page
+/// that other threads' frees left with a few live blocks, in no queue, kept them resident
+/// for as long as its bin did not need a page. At most [`TRIM_VISITS`] pages from the
+/// lists' fronts, walking at most about `blocks` blocks (lowered by those walked). A page
+/// left with parked blocks only stays listed: `extend` brings them back when it is taken.
+///
+/// # Safety
+/// `h` is the calling thread's heap, in a gated slow path (no block of its pages is being
+/// popped, no list of them walked).
+pub(super) unsafe fn trim(h: HeapRef, blocks: &mut usize) {
+    let mut visits = TRIM_VISITS;
+    // SAFETY: the lists' pages are ours (module invariant), under our gate (contract).
+    unsafe {
+        for bin in 0..NBINS {
+            let mut p = h.refilled[bin];
+            while !p.is_null() {
+                if visits == 0 || *blocks == 0 {
+                    return;
+                }
+                visits -= 1;
+                if (*p).worth_trimming() {
+                    *blocks = blocks.saturating_sub((*p).capacity as usize);
+                    (*p).trim();
+                }
+                p = (*p).next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::alloc::alloc_bin;
+    use super::super::free::free;
+    use super::super::tick::collect_now;
+    use super::super::tls::own;
+    use super::super::trim::trim_sparse;
+    use crate::heap::segment::{page_of, segment_of, Page, PAGE_IN_FULL};
+    use crate::heap::size_class::bin_of;
+    use std::collections::HashMap;
+
+    fn page(p: usize) -> *mut Page {
+        // SAFETY: p is a live block, so its segment header is mapped.
+        unsafe { page_of(segment_of(p as *const u8), p as *const u8) }
+    }
+
+    /// Frees `blocks` on a thread of its own (remote frees).
+    fn free_elsewhere(blocks: Vec<usize>) {
+        std::thread::spawn(move || {
+            for b in blocks {
+                // SAFETY: live blocks of another thread's, each freed once.
+                unsafe { free(b as *mut u8) };
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Pages that another thread's frees left sparse after their owner heard of the first
+    /// free are trimmed like the pages of its queues (invariant 21): the trim before a new
+    /// segment gives their all-free OS pages back. On a refilled list (in no queue) the trim
+    /// never saw them, and they stayed resident for as long as one block of each lived.
+    #[test]
+    fn sparse_pages_on_a_refilled_list_are_trimmed() {
+        const PAGES: usize = 4;
+        std::thread::spawn(|| {
+            let bin = bin_of(64);
+            // Full pages of our blocks alone (a segment adopted from another test's thread
+            // may hold blocks of its).
+            let mut blocks: Vec<usize> = Vec::new();
+            let pages: Vec<usize> = loop {
+                // SAFETY: bin < NBINS.
+                blocks.push(unsafe { alloc_bin(bin) } as usize);
+                if blocks.len() % 256 != 0 {
+                    continue;
+                }
+                let mut count = HashMap::<usize, u32>::new();
+                for &b in &blocks {
+                    *count.entry(page(b) as usize).or_default() += 1;
+                }
+                // SAFETY: our pages, read on our thread.
+                let full: Vec<usize> = count
+                    .iter()
+                    .filter(|&(&p, &n)| unsafe {
+                        let p = p as *mut Page;
+                        (*p).flags & PAGE_IN_FULL != 0 && n == (*p).reserved
+                    })
+                    .map(|(&p, _)| p)
+                    .collect();
+                if full.len() >= PAGES {
+                    break full;
+                }
+            };
+            let (mine, rest): (Vec<usize>, Vec<usize>) = blocks
+                .into_iter()
+                .partition(|&b| pages.contains(&(page(b) as usize)));
+            // The first remote free into each page, which we hear of at our next drain.
+            let first: Vec<usize> = pages
+                .iter()
+                .map(|&p| *mine.iter().find(|&&b| page(b) as usize == p).unwrap())
+                .collect();
+            free_elsewhere(first.clone());
+            collect_now();
+            // All but the last block of each page freed by another thread after that.
+            let keep: Vec<usize> = pages
+                .iter()
+                .map(|&p| {
+                    *mine
+                        .iter()
+                        .filter(|&&b| page(b) as usize == p)
+                        .max()
+                        .unwrap()
+                })
+                .collect();
+            free_elsewhere(
+                mine.iter()
+                    .copied()
+                    .filter(|b| !first.contains(b) && !keep.contains(b))
+                    .collect(),
+            );
+            collect_now();
+            // As before a new segment (the first look notes a page's count, the second trims).
+            // SAFETY: our heap, on a slow path of ours (nothing of it in use here).
+            unsafe {
+                trim_sparse(own());
+                trim_sparse(own());
+            }
+            // SAFETY: our pages, each holding its kept block.
+            let trimmed = pages
+                .iter()
+                .filter(|&&p| unsafe { (*(p as *mut Page)).parked != 0 })
+                .count();
+            // The pages serve again, their parked blocks among the rest (`take`, `extend`),
+            // each block once and none of the live ones.
+            let mut seen: std::collections::HashSet<usize> =
+                keep.iter().chain(&rest).copied().collect();
+            // Until every block of the pages is live again (or a bound: they never come back).
+            let full = || {
+                pages.iter().all(|&p| {
+                    let p = p as *mut Page;
+                    // SAFETY: our pages, read on our thread.
+                    unsafe { (*p).used == (*p).reserved }
+                })
+            };
+            let mut again = Vec::new();
+            while !full() && again.len() < 16 * 1024 {
+                // SAFETY: bin < NBINS.
+                again.push(unsafe { alloc_bin(bin) } as usize);
+            }
+            let twice = again.iter().filter(|&&b| !seen.insert(b)).count();
+            let reused = again
+                .iter()
+                .filter(|&&b| pages.contains(&(page(b) as usize)))
+                .count();
+            // SAFETY: as above.
+            let expected: usize = pages
+                .iter()
+                .map(|&p| unsafe { (*(p as *mut Page)).reserved } as usize - 1)
+                .sum();
+            // The rest last: live until now, they keep the bin's current page (which a trim
+            // passes over) from being one of the test's.
+            for b in keep.into_iter().chain(rest).chain(again) {
+                // SAFETY: our block, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            assert_eq!(
+                trimmed, PAGES,
+                "pages trimmed of {PAGES} with one live 64-byte block each"
+            );
+            assert_eq!(twice, 0, "blocks handed out while live");
+            assert_eq!(
+                reused, expected,
+                "blocks of the trimmed pages handed out again (all but the kept one of each)"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

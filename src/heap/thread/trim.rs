@@ -6,7 +6,7 @@
 //! the OS before more is mapped. Not before every new page: a program whose pages come and
 //! go in resident slices (`pairs`) would pay the walk often for nothing.
 //! May touch: the `Heap` fields (`super`), the page descriptors of our queues
-//! (`heap::{segment, trim}`), `heap::size_class`.
+//! (`heap::{segment, trim}`), `heap::size_class`, `refilled` (the trim of its lists' pages).
 
 use super::{empty_page, HeapRef};
 use crate::heap::size_class::NBINS;
@@ -25,9 +25,10 @@ std::thread_local! {
     pub(super) static TRIM_VISITS_TEST: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
-/// Trims the sparse pages (other than each bin's current page) among the next
-/// [`TRIM_VISITS`] pages of our bin queues from the cursor on, walking at most about
-/// [`TRIM_BLOCKS`] blocks, and moves the cursor past them.
+/// Trims the sparse pages of our refilled lists (`refilled::trim`), then those (other than
+/// each bin's current page) among the next [`TRIM_VISITS`] pages of our bin queues from the
+/// cursor on, walking at most about [`TRIM_BLOCKS`] blocks in all, and moves the cursor past
+/// them.
 ///
 /// # Safety
 /// `h` is the caller's heap, on an allocation's slow path (no block of its pages is being
@@ -39,6 +40,9 @@ pub(super) unsafe fn trim_sparse(mut h: HeapRef) {
         visits = v;
     }
     let mut blocks = TRIM_BLOCKS;
+    // The full pages other threads' frees gave room, in no queue (`refilled`).
+    // SAFETY: forwarded contract.
+    unsafe { super::refilled::trim(h, &mut blocks) };
     let mut bin = h.trim_bin as usize;
     let mut p = h.trim_at;
     let mut bins_left = NBINS;
