@@ -190,6 +190,22 @@ fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
 }
 
 /// `stats()`'s committed bytes per node (0, 1, 2).
+/// In the parent: runs test `name` in a child on two simulated CPU nodes and a far one, and
+/// returns None. In the child: the CPUs of nodes 0 and 1, with the calling thread on node 1,
+/// its first allocations and statistics made and collected (so that what the test measures
+/// from here on is its own); None if the machine has no CPU for one of the nodes.
+fn child_on_node_1(name: &str) -> Option<(u32, u32)> {
+    if !child::is_child() {
+        run_child(name, "2,far=1");
+        return None;
+    }
+    let (c0, c1) = (cpu_of(0)?, cpu_of(1)?);
+    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
+    let _ = (vec![1u8; 100], tieralloc::stats(), committed());
+    tieralloc::collect();
+    Some((c0, c1))
+}
+
 fn committed() -> Vec<u64> {
     let s = tieralloc::stats();
     (0..3)
@@ -208,18 +224,10 @@ fn committed() -> Vec<u64> {
 /// exited thread's node is tended.
 #[test]
 fn demoted_large_blocks_leave_no_committed_bytes_behind() {
-    if !child::is_child() {
-        return run_child(
-            "demoted_large_blocks_leave_no_committed_bytes_behind",
-            "2,far=1",
-        );
-    }
-    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+    let Some((c0, _)) = child_on_node_1("demoted_large_blocks_leave_no_committed_bytes_behind")
+    else {
         return;
     };
-    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
-    let _ = (vec![1u8; 100], tieralloc::stats(), committed());
-    tieralloc::collect();
     let before = committed();
     let far_before = before[2];
     let blocks = std::thread::spawn(move || {
@@ -541,18 +549,11 @@ fn a_demoted_labelled_huge_block_counts_on_its_new_node() {
 /// are back (no booking left behind by the spill, the moves, the exit or the frees).
 #[test]
 fn a_spilled_threads_memory_all_comes_back_after_moves_and_exit() {
-    if !child::is_child() {
-        return run_child(
-            "a_spilled_threads_memory_all_comes_back_after_moves_and_exit",
-            "2,far=1",
-        );
-    }
-    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+    let Some((c0, c1)) =
+        child_on_node_1("a_spilled_threads_memory_all_comes_back_after_moves_and_exit")
+    else {
         return;
     };
-    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
-    let _ = (vec![1u8; 100], tieralloc::stats(), committed());
-    tieralloc::collect();
     let before = committed();
     tieralloc::tiers::set_policy(&tieralloc::tiers::Policy {
         near_budget: Some(before[0] + before[1] + (24 << 20)),

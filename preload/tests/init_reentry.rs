@@ -16,30 +16,21 @@ mod child;
 
 #[test]
 fn an_allocation_made_by_the_initialisation_registers_the_heap_once() {
-    let dir = std::env::temp_dir().join(format!("tieralloc-init-reentry-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("init_atfork");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/init_atfork.c");
-    let st = Command::new("cc")
-        .args(["-O1", "-w", "-fno-builtin", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("run cc (apt-get install -y build-essential)");
-    assert!(st.success(), "compiling {} failed", src.display());
+    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let exe = child::compile_c(
+        &c_dir.join("init_atfork.c"),
+        "init_atfork",
+        &["-fno-builtin"],
+    );
     // The library that fills glibc's table of fork handlers before the drop-in's constructor
     // runs (tests/c/atfork48.c): without it the drop-in initialises before the program's own
     // 48 registrations, and nothing re-enters (with the registry's guard taken out, the
     // program hangs with it and passes without it).
-    let lib = dir.join("libatfork48.so");
-    let lib_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/atfork48.c");
-    let st = Command::new("cc")
-        .args(["-O1", "-w", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&lib_src)
-        .status()
-        .expect("run cc (apt-get install -y build-essential)");
-    assert!(st.success(), "compiling {} failed", lib_src.display());
+    let lib = child::compile_c(
+        &c_dir.join("atfork48.c"),
+        "libatfork48.so",
+        &["-shared", "-fPIC"],
+    );
     // Preloaded after the drop-in: the loader runs the constructors of preloaded libraries
     // last-listed first.
     let preload = format!("{} {}", child::preload_library().display(), lib.display());
@@ -50,7 +41,11 @@ fn an_allocation_made_by_the_initialisation_registers_the_heap_once() {
             .env_remove("TIERALLOC_SHOW_STATS"),
         Duration::from_secs(30),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    for f in [&exe, &lib] {
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     r.require(
         r.status.is_some(),
         "the program hung (a heap registered twice loops the registry)",

@@ -180,7 +180,7 @@ unsafe fn take_in_full(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::alloc::{alloc_bin, NEW_PAGES};
     use super::super::free::free;
     use super::super::purger::{FREE, PURGER};
@@ -217,18 +217,24 @@ mod tests {
         unsafe { page_of(segment_of(p as *const u8), p as *const u8) }
     }
 
-    /// Allocates 1 KiB blocks on the calling thread until at least `pages` pages are full of
-    /// its blocks alone; returns them and the blocks of those pages (the rest freed). A full
-    /// page that also holds blocks it did not allocate (of a segment adopted from a thread
-    /// that exited with blocks live: other tests leak some) is not one of them: freeing all
-    /// of ours would not empty it (review rev16: with the other `heap::thread` tests in the
-    /// process, 65 such pages, and `a_pass_gives_back_...` found 1 of its 2 pages given back).
-    fn fill(pages: usize) -> (Vec<usize>, Vec<usize>) {
-        let bin = bin_of(1024);
+    /// Allocates blocks of `bin` on the calling thread until at least `pages` pages are full
+    /// of its blocks alone; returns those pages, the blocks in them, and the rest (live). A
+    /// full page that also holds blocks it did not allocate (of a segment adopted from a
+    /// thread that exited with blocks live: other tests leak some) is not one of them: freeing
+    /// all of ours would not empty it (review rev16: with the other `heap::thread` tests in
+    /// the process, 65 such pages, and `a_pass_gives_back_...` found 1 of its 2 pages given
+    /// back). Also the refilled lists' tests.
+    pub(in crate::heap::thread) fn full_pages(
+        bin: usize,
+        pages: usize,
+    ) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
         let mut blocks = Vec::new();
         loop {
             // SAFETY: bin < NBINS.
             blocks.push(unsafe { alloc_bin(bin) } as usize);
+            if blocks.len() % 16 != 0 {
+                continue;
+            }
             // Full pages all of whose blocks are in `blocks` (not the test's own
             // bookkeeping, which allocates on this thread too).
             let mut count = std::collections::HashMap::<usize, u32>::new();
@@ -248,12 +254,41 @@ mod tests {
                 let (inside, rest): (Vec<usize>, Vec<usize>) = blocks
                     .iter()
                     .partition(|&&b| full.contains(&(page(b) as usize)));
-                for b in rest {
-                    // SAFETY: our block, freed once.
-                    unsafe { free(b as *mut u8) };
-                }
-                return (full.into_iter().collect(), inside);
+                return (full.into_iter().collect(), inside, rest);
             }
+        }
+    }
+
+    /// [`full_pages`] of 1 KiB blocks, the rest freed.
+    fn fill(pages: usize) -> (Vec<usize>, Vec<usize>) {
+        let (full, inside, rest) = full_pages(bin_of(1024), pages);
+        for b in rest {
+            // SAFETY: our block, freed once.
+            unsafe { free(b as *mut u8) };
+        }
+        (full, inside)
+    }
+
+    /// Takes `h`'s gate as a pass takes it (the owner makes no allocator call meanwhile).
+    fn hold_gate(h: usize) {
+        while gate(h)
+            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Allocates `n` 1 KiB blocks and checks that none is handed out twice; frees them.
+    fn allocate_each_once(n: usize) {
+        let bin = bin_of(1024);
+        // SAFETY: bin < NBINS; each block freed once below.
+        let again: Vec<usize> = (0..n).map(|_| unsafe { alloc_bin(bin) } as usize).collect();
+        let unique: HashSet<usize> = again.iter().copied().collect();
+        assert_eq!(unique.len(), again.len(), "a block handed out twice");
+        for b in again {
+            // SAFETY: as above.
+            unsafe { free(b as *mut u8) };
         }
     }
 
@@ -283,12 +318,7 @@ mod tests {
         // SAFETY: the owner is between its sends, so the page's fields are stable.
         let used = unsafe { (*p).used };
         // Held as a pass holds it.
-        while gate(h.0)
-            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
+        hold_gate(h.0);
         GO.store(true, std::sync::atomic::Ordering::Release);
         std::thread::sleep(Duration::from_millis(100));
         // SAFETY: we hold the gate, so a correct owner has not written the full page.
@@ -316,27 +346,12 @@ mod tests {
                 .unwrap();
             // Quiet until the test is done with the pass.
             wait_for(&GO);
-            let bin = bin_of(1024);
-            // SAFETY: bin < NBINS; each block freed once below.
-            let again: Vec<usize> = (0..600)
-                .map(|_| unsafe { alloc_bin(bin) } as usize)
-                .collect();
-            let unique: HashSet<usize> = again.iter().copied().collect();
-            assert_eq!(unique.len(), again.len(), "a block handed out twice");
-            for b in again {
-                // SAFETY: as above.
-                unsafe { free(b as *mut u8) };
-            }
+            allocate_each_once(600);
         });
         let (h, pages, blocks) = told.recv().unwrap();
         // Held as a pass holds it from now on, so that no other test's pass takes the pages
         // in first (the owner makes no allocator call meanwhile).
-        while gate(h.0)
-            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
+        hold_gate(h.0);
         let kept_page = pages[0];
         let kept = *blocks
             .iter()
@@ -429,12 +444,7 @@ mod tests {
             (n, new_pages, reused)
         });
         let (h, pages, blocks) = told.recv().unwrap();
-        while gate(h.0)
-            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
+        hold_gate(h.0);
         // One block of each page stays live; another thread frees the rest.
         let kept: HashSet<usize> = pages
             .iter()
@@ -488,17 +498,7 @@ mod tests {
             super::super::tick::collect_now();
             DRAINED.store(true, std::sync::atomic::Ordering::Release);
             wait_for(&GO);
-            let bin = bin_of(1024);
-            // SAFETY: bin < NBINS; each block freed once below.
-            let again: Vec<usize> = (0..600)
-                .map(|_| unsafe { alloc_bin(bin) } as usize)
-                .collect();
-            let unique: HashSet<usize> = again.iter().copied().collect();
-            assert_eq!(unique.len(), again.len(), "a block handed out twice");
-            for b in again {
-                // SAFETY: as above.
-                unsafe { free(b as *mut u8) };
-            }
+            allocate_each_once(600);
         });
         let (h, pages, blocks) = told.recv().unwrap();
         let hp = h.0 as *mut Heap;
@@ -521,12 +521,7 @@ mod tests {
         DRAIN.store(true, std::sync::atomic::Ordering::Release);
         wait_for(&DRAINED);
         // Held as a pass holds it from now on (the owner makes no allocator call meanwhile).
-        while gate(h.0)
-            .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
-        }
+        hold_gate(h.0);
         // The rest of the pages' blocks, freed after the owner heard of the first.
         free_all(
             blocks

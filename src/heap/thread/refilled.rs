@@ -214,12 +214,12 @@ pub(super) unsafe fn trim(h: HeapRef, blocks: &mut usize) {
 mod tests {
     use super::super::alloc::alloc_bin;
     use super::super::free::free;
+    use super::super::quiet::tests::full_pages;
     use super::super::tick::collect_now;
     use super::super::tls::own;
     use super::super::trim::trim_sparse;
-    use crate::heap::segment::{page_of, segment_of, Page, PAGE_IN_FULL};
+    use crate::heap::segment::{page_of, segment_of, Page};
     use crate::heap::size_class::bin_of;
-    use std::collections::HashMap;
 
     fn page(p: usize) -> *mut Page {
         // SAFETY: p is a live block, so its segment header is mapped.
@@ -247,35 +247,7 @@ mod tests {
         const PAGES: usize = 4;
         std::thread::spawn(|| {
             let bin = bin_of(64);
-            // Full pages of our blocks alone (a segment adopted from another test's thread
-            // may hold blocks of its).
-            let mut blocks: Vec<usize> = Vec::new();
-            let pages: Vec<usize> = loop {
-                // SAFETY: bin < NBINS.
-                blocks.push(unsafe { alloc_bin(bin) } as usize);
-                if blocks.len() % 256 != 0 {
-                    continue;
-                }
-                let mut count = HashMap::<usize, u32>::new();
-                for &b in &blocks {
-                    *count.entry(page(b) as usize).or_default() += 1;
-                }
-                // SAFETY: our pages, read on our thread.
-                let full: Vec<usize> = count
-                    .iter()
-                    .filter(|&(&p, &n)| unsafe {
-                        let p = p as *mut Page;
-                        (*p).flags & PAGE_IN_FULL != 0 && n == (*p).reserved
-                    })
-                    .map(|(&p, _)| p)
-                    .collect();
-                if full.len() >= PAGES {
-                    break full;
-                }
-            };
-            let (mine, rest): (Vec<usize>, Vec<usize>) = blocks
-                .into_iter()
-                .partition(|&b| pages.contains(&(page(b) as usize)));
+            let (pages, mine, rest) = full_pages(bin, PAGES);
             // The first remote free into each page, which we hear of at our next drain.
             let first: Vec<usize> = pages
                 .iter()
