@@ -269,6 +269,25 @@ pub(super) mod tests {
         (full, inside)
     }
 
+    /// The bytes of the slices of `pages`.
+    ///
+    /// # Safety
+    /// The pages are in use and their shape stable (their owner makes no allocator call).
+    unsafe fn bytes_of<'a>(pages: impl Iterator<Item = &'a usize>) -> usize {
+        pages
+            .map(|&p| {
+                let p = p as *mut Page;
+                // SAFETY: contract.
+                unsafe {
+                    crate::heap::segment::Segment::run_bytes(
+                        (*p).slice_index(),
+                        (*p).slice_count as usize,
+                    )
+                }
+            })
+            .sum()
+    }
+
     /// Takes `h`'s gate as a pass takes it (the owner makes no allocator call meanwhile).
     fn hold_gate(h: usize) {
         while gate(h)
@@ -373,17 +392,7 @@ pub(super) mod tests {
         // takes it makes its full pages ours.
         unsafe {
             assert!(has_delayed(hp));
-            let expected: usize = pages
-                .iter()
-                .filter(|&&p| p != kept_page)
-                .map(|&p| {
-                    let p = p as *mut Page;
-                    crate::heap::segment::Segment::run_bytes(
-                        (*p).slice_index(),
-                        (*p).slice_count as usize,
-                    )
-                })
-                .sum();
+            let expected = bytes_of(pages.iter().filter(|&&p| p != kept_page));
             let before = FULL_TAKEN_IN.load(Ordering::Relaxed);
             let given = collect_full(hp, crate::sys::os::now_ms(), 100);
             let taken = FULL_TAKEN_IN.load(Ordering::Relaxed) - before;
@@ -532,16 +541,7 @@ pub(super) mod tests {
         );
         // SAFETY: the owner is quiet and alive; we hold its gate as a pass does.
         unsafe {
-            let expected: usize = pages
-                .iter()
-                .map(|&p| {
-                    let p = p as *mut Page;
-                    crate::heap::segment::Segment::run_bytes(
-                        (*p).slice_index(),
-                        (*p).slice_count as usize,
-                    )
-                })
-                .sum();
+            let expected = bytes_of(pages.iter());
             let visit = has_delayed(hp);
             let given = collect_full(hp, crate::sys::os::now_ms(), 100);
             gate(h.0).store(FREE, Ordering::Release);
