@@ -147,7 +147,8 @@ pub(super) unsafe fn take(mut h: HeapRef, bin: usize) -> *mut Page {
 }
 
 /// The owner's collection of its refilled pages: takes in their remote frees and gives back
-/// the pages left with no live block.
+/// the pages left with no live block. With no page left on any list, no page takes frees
+/// without a word: `refilled_silent` is cleared, so passes stop visiting for it.
 ///
 /// # Safety
 /// `h` is the calling thread's heap, in a gated slow path that uses no page it looked up
@@ -172,6 +173,9 @@ pub(super) unsafe fn collect(mut h: HeapRef) {
                 p = next;
             }
         }
+    }
+    if h.refilled.iter().all(|p| p.is_null()) {
+        h.refilled_silent.store(false, Ordering::Relaxed);
     }
 }
 
@@ -218,6 +222,7 @@ mod tests {
     use super::super::tick::collect_now;
     use super::super::tls::own;
     use super::super::trim::trim_sparse;
+    use super::is_linked;
     use crate::heap::segment::{page_of, segment_of, Page};
     use crate::heap::size_class::bin_of;
 
@@ -326,6 +331,52 @@ mod tests {
                 reused, expected,
                 "blocks of the trimmed pages handed out again (all but the kept one of each)"
             );
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Once the owner's collection leaves no page on its refilled lists, no page of it takes
+    /// frees without a word, and passes no longer visit it for that: `refilled_silent` is
+    /// cleared (before, only a pass cleared it, so a busy owner's heap kept it for good).
+    #[test]
+    fn an_owner_whose_refilled_lists_empty_is_no_longer_visited_for_them() {
+        std::thread::spawn(|| {
+            let (pages, mine, rest) = full_pages(bin_of(64), 2);
+            let first: Vec<usize> = pages
+                .iter()
+                .map(|&p| *mine.iter().find(|&&b| page(b) as usize == p).unwrap())
+                .collect();
+            free_elsewhere(first.clone());
+            collect_now();
+            let silent = || own().refilled_silent.load(crate::sync::Ordering::Relaxed);
+            let linked = || {
+                pages
+                    .iter()
+                    // SAFETY: our heap and pages, read on our thread between calls.
+                    .filter(|&&p| unsafe { is_linked(own().as_ptr(), p as *mut Page) })
+                    .count()
+            };
+            let (silent_then, linked_then) = (silent(), linked());
+            free_elsewhere(
+                mine.iter()
+                    .copied()
+                    .filter(|b| !first.contains(b))
+                    .collect(),
+            );
+            collect_now();
+            let (silent_after, linked_after) = (silent(), linked());
+            for b in rest {
+                // SAFETY: our block, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            assert_eq!(linked_then, 2, "pages on the refilled list after the drain");
+            assert!(silent_then, "the heap not flagged while pages were listed");
+            assert_eq!(
+                linked_after, 0,
+                "emptied pages still listed after a collection"
+            );
+            assert!(!silent_after, "the heap still flagged with no page listed");
         })
         .join()
         .unwrap();
