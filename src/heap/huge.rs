@@ -217,10 +217,25 @@ pub unsafe fn register(seg: *mut Segment, now: u64) {
             let k = (start + i) % REG_SLOTS;
             if REGISTRY[k].try_fill(seg as usize) {
                 (*seg).huge_slot = k as u32;
+                // From here on a visitor (the automatic demoter) may claim and move it.
+                #[cfg(test)]
+                AFTER_REGISTER.with(|f| {
+                    if let Some(f) = f.get() {
+                        f(seg)
+                    }
+                });
                 return;
             }
         }
     }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Runs inside [`register`] right after the object went into its slot: what a visitor
+    /// that claims it at once (the automatic demoter, `after` 0) may do at that moment.
+    pub(crate) static AFTER_REGISTER: core::cell::Cell<Option<fn(*mut Segment)>> =
+        const { core::cell::Cell::new(None) };
 }
 
 /// Takes a huge object out of the registry before it is freed, waiting while a visitor has it

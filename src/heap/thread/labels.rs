@@ -294,3 +294,57 @@ pub(super) fn book_huge(id: u8, node: u16, bytes: i64) {
     let node = (node as usize).min(MAX_NODES - 1);
     HUGE_NET[slot][node].fetch_add(bytes, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::huge::AFTER_REGISTER;
+    use crate::heap::segment::{self, Segment};
+
+    /// Review rev21: `alloc_huge` registered a new huge object (from then on the automatic
+    /// demoter may claim and move it; with `after` 0 it does so at once) and only then
+    /// wrote its label and booked the label's bytes on the heap's node. A move in between
+    /// found no label to move (`book_huge_moved`), so the label's bytes stayed on the old
+    /// node while the block lived on the new one (and the two threads wrote and read the
+    /// header's label fields at once). Here a stand-in demoter moves the block (as `migrate`
+    /// books a move, under the claim it would hold) right as it is registered.
+    #[test]
+    fn a_labelled_huge_block_moved_as_it_is_registered_counts_on_its_new_node() {
+        const FAR: u16 = 1;
+        fn demote(s: *mut Segment) {
+            // SAFETY: the object is live and held still (its owner is inside its allocation,
+            // the demoter would hold its claim); this is what `migrate` does to the header.
+            unsafe {
+                let old = (*s).node;
+                segment::commit_sub(old, (*s).map_size);
+                segment::commit_add(FAR, (*s).map_size);
+                crate::heap::thread::book_huge_moved(s, old, FAR);
+                (*s).node = FAR;
+            }
+        }
+        std::thread::spawn(|| {
+            let id = label_id("review rev21: moved as it is registered");
+            let slot = id as usize - 1;
+            let net = |node: usize| HUGE_NET[slot][node].load(Ordering::Relaxed);
+            let size = 3 << 20;
+            AFTER_REGISTER.with(|f| f.set(Some(demote)));
+            // SAFETY: 16 is a power of two.
+            let p = unsafe { label_alloc(id, 0, size, 16, false) };
+            AFTER_REGISTER.with(|f| f.set(None));
+            assert!(!p.is_null());
+            // SAFETY: a live huge block of ours.
+            let usable = unsafe { crate::heap::thread::usable_size(p) } as i64;
+            let (home, far) = (net(0), net(FAR as usize));
+            // SAFETY: the block from label_alloc, freed once.
+            unsafe { crate::heap::thread::free(p) };
+            assert_eq!(
+                (home, far),
+                (0, usable),
+                "label bytes on node 0 and on the node the block moved to, while it lived"
+            );
+            assert_eq!((net(0), net(FAR as usize)), (0, 0), "after its free");
+        })
+        .join()
+        .unwrap();
+    }
+}
