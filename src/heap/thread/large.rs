@@ -125,14 +125,18 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
             commit_add(node as u16, map_size);
         }
         let obj = huge::object(seg);
-        huge::register(seg, os::now_ms());
-        bump(&h.stats.huge_allocs, 1);
-        bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
+        // The label before `register`: from there on the automatic demoter may claim the
+        // object and move it, label bytes and all (`book_huge_moved`), and the header is
+        // its to read and write (review rev21: a move in between found no label, and the
+        // label's bytes stayed on the old node while the block lived on the new one).
         if h.label != 0 {
             (*seg).huge_label = h.label;
             (*seg).huge_label_node = node as u8;
             book_huge(h.label, node as u16, (*seg).huge_size as i64);
         }
+        huge::register(seg, os::now_ms());
+        bump(&h.stats.huge_allocs, 1);
+        bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
         if zero && reused {
             ptr::write_bytes(obj, 0, size);
         }
