@@ -347,4 +347,54 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// Review rev21: `grow_huge` (an in-place `realloc`) registered the grown object again
+    /// (`huge::grow`, with its old birth time: the demoter takes it at its next pass) and
+    /// only then booked the label's growth on the label's node. A move in between took the
+    /// whole grown size off the old node, which had only the old size, and the growth was
+    /// then booked on the new node: the grown bytes stayed below zero on the old node and
+    /// above on the new one for good.
+    #[test]
+    fn a_labelled_huge_block_moved_as_its_growth_is_registered_leaves_no_bytes_behind() {
+        const FAR: u16 = 1;
+        fn demote(s: *mut Segment) {
+            // SAFETY: as in the test above.
+            unsafe {
+                let old = (*s).node;
+                segment::commit_sub(old, (*s).map_size);
+                segment::commit_add(FAR, (*s).map_size);
+                crate::heap::thread::book_huge_moved(s, old, FAR);
+                (*s).node = FAR;
+            }
+        }
+        std::thread::spawn(|| {
+            // The thread's own heap, which `grow_huge` books on, set up.
+            // SAFETY: 16 is a power of two; the block is freed at once.
+            unsafe { crate::heap::thread::free(crate::heap::thread::alloc_generic(64, 16, false)) };
+            let id = label_id("review rev21: moved as its growth is registered");
+            let slot = id as usize - 1;
+            let net = |node: usize| HUGE_NET[slot][node].load(Ordering::Relaxed);
+            // SAFETY: 16 is a power of two.
+            let p = unsafe { label_alloc(id, 0, 3 << 20, 16, false) };
+            assert!(!p.is_null());
+            AFTER_REGISTER.with(|f| f.set(Some(demote)));
+            // SAFETY: a live huge block of ours, ours to reallocate.
+            let q = unsafe { crate::heap::thread::grow_huge(p, 5 << 20) };
+            AFTER_REGISTER.with(|f| f.set(None));
+            assert!(!q.is_null(), "not grown in place");
+            // SAFETY: the grown block, live.
+            let usable = unsafe { crate::heap::thread::usable_size(q) } as i64;
+            let (home, far) = (net(0), net(FAR as usize));
+            // SAFETY: the grown block, freed once.
+            unsafe { crate::heap::thread::free(q) };
+            let after = (net(0), net(FAR as usize));
+            assert_eq!(
+                ((home, far), after),
+                ((0, usable), (0, 0)),
+                "label bytes on node 0 and the new node: while it lived, after its free"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }
