@@ -209,17 +209,19 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
         let old_size = (*seg).huge_size;
         // The bytes are booked on this heap's counters, which must own the object's node:
         // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
-        let new = huge::grow(seg, new_size, h.node as u16);
+        // Booked before the grown object is registered again: a move by the demoter from
+        // then on takes its whole size off its node (review rev21).
+        // The grown object's header is ours alone in the closure (out of the registry).
+        let new = huge::grow(seg, new_size, h.node as u16, |new| {
+            let (size, label, label_node) =
+                ((*new).huge_size, (*new).huge_label, (*new).huge_label_node);
+            bump(&h.stats.huge_alloc_bytes, (size - old_size) as u64);
+            if label != 0 {
+                book_huge(label, label_node as u16, (size - old_size) as i64);
+            }
+        });
         if new.is_null() {
             return ptr::null_mut();
-        }
-        bump(
-            &h.stats.huge_alloc_bytes,
-            ((*new).huge_size - old_size) as u64,
-        );
-        if (*new).huge_label != 0 {
-            let grown = ((*new).huge_size - old_size) as i64;
-            book_huge((*new).huge_label, (*new).huge_label_node as u16, grown);
         }
         huge::object(new)
     }
