@@ -22,6 +22,7 @@
 
 use super::alloc::alloc_generic_in;
 use super::counters::bin_page_bytes;
+use super::large::retry_making_room;
 use super::registry::register;
 use super::slices::for_each_used_page_on;
 use super::tick::heap_collect;
@@ -187,17 +188,21 @@ pub(crate) unsafe fn label_alloc(
     let Some(lh) = label_heap(id, node) else {
         return ptr::null_mut();
     };
-    let _g = lh.lock.lock();
-    // SAFETY: we hold the label heap's lock, so it is ours for the duration.
-    let mut h = unsafe { HeapRef::new(lh.heap.get()) };
-    if h.state != ACTIVE {
-        h.shared = true;
-        // SAFETY: a label heap is never unregistered, so one that is not ACTIVE was never
-        // listed.
-        unsafe { register(h, node) };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { alloc_generic_in(h, size, align, zero) }
+    // Refused (out of address space): the calling thread's huge cache makes way, with the
+    // label heap's lock let go (else the block would be served unlabelled).
+    retry_making_room(|| {
+        let _g = lh.lock.lock();
+        // SAFETY: we hold the label heap's lock, so it is ours for the duration.
+        let mut h = unsafe { HeapRef::new(lh.heap.get()) };
+        if h.state != ACTIVE {
+            h.shared = true;
+            // SAFETY: a label heap is never unregistered, so one that is not ACTIVE was never
+            // listed.
+            unsafe { register(h, node) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { alloc_generic_in(h, size, align, zero) }
+    })
 }
 
 /// Calls `f(slot, node, heap)` for every label heap published so far.

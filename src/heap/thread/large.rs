@@ -173,6 +173,40 @@ pub(super) fn map_making_room<T>(h: HeapRef, mut map: impl FnMut() -> *mut T) ->
     p
 }
 
+/// `map()` (or an allocation from a heap that is not the calling thread's: a node heap, a
+/// label heap, an explicit placement's own mapping), and if it comes back null while the
+/// calling thread's huge cache holds mappings, once more after giving them back (under the
+/// thread's gate): the allocating heap's own cache, which [`map_making_room`] gives back,
+/// is not the one that holds the thread's freed mappings there (a node heap's is always
+/// empty), and they must not turn a request that fits without them into a failure (review
+/// rev21: `Placed::local()` refused 39 of 48 1 MiB blocks, and a 48 MiB one, under
+/// `RLIMIT_AS` while the thread's cache held 120 MiB). The caller holds no lock a pass
+/// holding the thread's gate could wait for (passes never wait).
+pub(crate) fn retry_making_room<T>(mut map: impl FnMut() -> *mut T) -> *mut T {
+    let p = map();
+    if !p.is_null() {
+        return p;
+    }
+    let h = super::tls::heap_or_unset();
+    if super::tls::is_unset(h) {
+        return p;
+    }
+    // SAFETY: the calling thread's own heap, not the unset one (just checked).
+    let h = unsafe { HeapRef::new(h) };
+    if h.state != ACTIVE {
+        return p;
+    }
+    let held = {
+        let _gate = super::purger::enter(h.as_ptr());
+        give_back_huge_cache(h)
+    };
+    if held {
+        map()
+    } else {
+        p
+    }
+}
+
 /// [`route::admit`](crate::heap::route::admit) for an explicit request of the calling
 /// thread (a `Placed` handle, a placement scope): when the request does not fit its tier's
 /// budget, the thread's huge cache is given back first (its freed mappings count as
