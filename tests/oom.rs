@@ -350,3 +350,64 @@ fn a_full_huge_cache_gives_way_to_new_mappings() {
         ],
     );
 }
+
+const PLACED_CACHE_CHILD_ENV: &str = "TIERALLOC_TEST_OOM_PLACED_CACHE_CHILD";
+
+/// The child of `a_full_huge_cache_gives_way_to_explicit_placements`: as
+/// `oom_cache_child_scenario`, through a `Placed::local()` handle (the node heap of the
+/// thread's node, whose own huge cache is empty: the freed mappings are in the calling
+/// thread's).
+#[test]
+fn oom_placed_cache_child_scenario() {
+    use allocator_api2::alloc::Allocator;
+    if std::env::var_os(PLACED_CACHE_CHILD_ENV).is_none() {
+        return; // only runs in the child process
+    }
+    println!("oom placed cache child: start");
+    let placed = tieralloc::Placed::local().unwrap();
+    let large = Layout::from_size_align(MIB, 8).unwrap();
+    let huge = Layout::from_size_align(48 * MIB, 8).unwrap();
+    let mut got = [ptr::null_mut::<u8>(); 48];
+
+    // ---- Until the cap is lifted, nothing may allocate through std.
+    let old = cache_full_then_cap(30);
+    for g in got.iter_mut() {
+        *g = placed
+            .allocate(large)
+            .map_or(ptr::null_mut(), |b| b.as_ptr() as *mut u8);
+    }
+    let large_ok = got.iter().filter(|g| !g.is_null()).count();
+    set_as_limit(old.rlim_cur, old.rlim_max);
+    for g in got.iter().filter(|g| !g.is_null()) {
+        // SAFETY: allocated above by `placed` with `large`.
+        unsafe { placed.deallocate(ptr::NonNull::new_unchecked(*g), large) };
+    }
+
+    let old = cache_full_then_cap(30);
+    let h = placed.allocate(huge);
+    set_as_limit(old.rlim_cur, old.rlim_max);
+    println!("oom placed cache child: {large_ok} of 48 large blocks, huge {h:?}");
+    assert_eq!(
+        large_ok, 48,
+        "placed large blocks failed with freed huge mappings cached"
+    );
+    let h = h.expect("a placed huge block failed with freed huge mappings cached");
+    // SAFETY: allocated above by `placed` with `huge`.
+    unsafe { placed.deallocate(h.cast(), huge) };
+    println!("{MARKER}");
+}
+
+/// Review rev21: out of address space, an explicit placement (`Placed::node`, `local`, a
+/// placement scope's node heap) whose new mapping the kernel refused returned an error while
+/// the calling thread's huge cache held up to 128 MiB of freed mappings: only the allocating
+/// heap's cache was given back (rev7's fix), and a node heap's is always empty.
+#[test]
+fn a_full_huge_cache_gives_way_to_explicit_placements() {
+    run_child(
+        "oom_placed_cache_child_scenario",
+        &[
+            (PLACED_CACHE_CHILD_ENV, "1"),
+            ("TIERALLOC_PURGE_DELAY_MS", "600000"),
+        ],
+    );
+}

@@ -217,10 +217,25 @@ pub unsafe fn register(seg: *mut Segment, now: u64) {
             let k = (start + i) % REG_SLOTS;
             if REGISTRY[k].try_fill(seg as usize) {
                 (*seg).huge_slot = k as u32;
+                // From here on a visitor (the automatic demoter) may claim and move it.
+                #[cfg(test)]
+                AFTER_REGISTER.with(|f| {
+                    if let Some(f) = f.get() {
+                        f(seg)
+                    }
+                });
                 return;
             }
         }
     }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Runs inside [`register`] right after the object went into its slot: what a visitor
+    /// that claims it at once (the automatic demoter, `after` 0) may do at that moment.
+    pub(crate) static AFTER_REGISTER: core::cell::Cell<Option<fn(*mut Segment)>> =
+        const { core::cell::Cell::new(None) };
 }
 
 /// Takes a huge object out of the registry before it is freed, waiting while a visitor has it
@@ -305,7 +320,10 @@ pub unsafe fn unmap(seg: *mut Segment) {
 /// segment-aligned mapping (no copy), if the object is on `node`. Returns the new segment,
 /// or null (nothing changed) if the object is on another node, the size cannot be served or
 /// the kernel refuses. The registry slot, the segment map and the committed bytes are
-/// updated; the caller books the object's bytes (on `node`).
+/// updated; the caller books the object's bytes (on `node`) in `book`, which runs on the grown
+/// segment before it is registered again: from then on the automatic demoter may move it
+/// (its old birth time makes it due), and a move books its whole size off the node the
+/// caller's booking must already have reached (review rev21).
 ///
 /// The node is read once the object is out of the registry: until then the automatic
 /// demoter may move the object and rewrite it (under its claim, which `unregister` waits
@@ -313,7 +331,12 @@ pub unsafe fn unmap(seg: *mut Segment) {
 ///
 /// # Safety
 /// The caller owns the object of huge segment `seg` (it is reallocating it).
-pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segment {
+pub unsafe fn grow(
+    seg: *mut Segment,
+    new_size: usize,
+    node: u16,
+    book: impl FnOnce(*mut Segment),
+) -> *mut Segment {
     // SAFETY: the object and its header are the caller's (contract); the header moves with
     // the pages, so it is read before the move and written through the new address after.
     unsafe {
@@ -344,10 +367,11 @@ pub unsafe fn grow(seg: *mut Segment, new_size: usize, node: u16) -> *mut Segmen
             return ptr::null_mut();
         }
         (*new).huge_size = usable(new_map, offset);
-        register(new, born);
         let node = (*new).node;
         super::segment::commit_sub(node, old_map);
         super::segment::commit_add(node, new_map);
+        book(new);
+        register(new, born);
         new
     }
 }

@@ -22,6 +22,7 @@
 
 use super::alloc::alloc_generic_in;
 use super::counters::bin_page_bytes;
+use super::large::retry_making_room;
 use super::registry::register;
 use super::slices::for_each_used_page_on;
 use super::tick::heap_collect;
@@ -187,17 +188,21 @@ pub(crate) unsafe fn label_alloc(
     let Some(lh) = label_heap(id, node) else {
         return ptr::null_mut();
     };
-    let _g = lh.lock.lock();
-    // SAFETY: we hold the label heap's lock, so it is ours for the duration.
-    let mut h = unsafe { HeapRef::new(lh.heap.get()) };
-    if h.state != ACTIVE {
-        h.shared = true;
-        // SAFETY: a label heap is never unregistered, so one that is not ACTIVE was never
-        // listed.
-        unsafe { register(h, node) };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { alloc_generic_in(h, size, align, zero) }
+    // Refused (out of address space): the calling thread's huge cache makes way, with the
+    // label heap's lock let go (else the block would be served unlabelled).
+    retry_making_room(|| {
+        let _g = lh.lock.lock();
+        // SAFETY: we hold the label heap's lock, so it is ours for the duration.
+        let mut h = unsafe { HeapRef::new(lh.heap.get()) };
+        if h.state != ACTIVE {
+            h.shared = true;
+            // SAFETY: a label heap is never unregistered, so one that is not ACTIVE was never
+            // listed.
+            unsafe { register(h, node) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { alloc_generic_in(h, size, align, zero) }
+    })
 }
 
 /// Calls `f(slot, node, heap)` for every label heap published so far.
@@ -293,4 +298,108 @@ pub(super) fn book_huge(id: u8, node: u16, bytes: i64) {
     let slot = (id as usize).saturating_sub(1).min(MAX_LABELS - 1);
     let node = (node as usize).min(MAX_NODES - 1);
     HUGE_NET[slot][node].fetch_add(bytes, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::huge::AFTER_REGISTER;
+    use crate::heap::segment::{self, Segment};
+
+    /// Review rev21: `alloc_huge` registered a new huge object (from then on the automatic
+    /// demoter may claim and move it; with `after` 0 it does so at once) and only then
+    /// wrote its label and booked the label's bytes on the heap's node. A move in between
+    /// found no label to move (`book_huge_moved`), so the label's bytes stayed on the old
+    /// node while the block lived on the new one (and the two threads wrote and read the
+    /// header's label fields at once). Here a stand-in demoter moves the block (as `migrate`
+    /// books a move, under the claim it would hold) right as it is registered.
+    #[test]
+    fn a_labelled_huge_block_moved_as_it_is_registered_counts_on_its_new_node() {
+        const FAR: u16 = 1;
+        fn demote(s: *mut Segment) {
+            // SAFETY: the object is live and held still (its owner is inside its allocation,
+            // the demoter would hold its claim); this is what `migrate` does to the header.
+            unsafe {
+                let old = (*s).node;
+                segment::commit_sub(old, (*s).map_size);
+                segment::commit_add(FAR, (*s).map_size);
+                crate::heap::thread::book_huge_moved(s, old, FAR);
+                (*s).node = FAR;
+            }
+        }
+        std::thread::spawn(|| {
+            let id = label_id("review rev21: moved as it is registered");
+            let slot = id as usize - 1;
+            let net = |node: usize| HUGE_NET[slot][node].load(Ordering::Relaxed);
+            let size = 3 << 20;
+            AFTER_REGISTER.with(|f| f.set(Some(demote)));
+            // SAFETY: 16 is a power of two.
+            let p = unsafe { label_alloc(id, 0, size, 16, false) };
+            AFTER_REGISTER.with(|f| f.set(None));
+            assert!(!p.is_null());
+            // SAFETY: a live huge block of ours.
+            let usable = unsafe { crate::heap::thread::usable_size(p) } as i64;
+            let (home, far) = (net(0), net(FAR as usize));
+            // SAFETY: the block from label_alloc, freed once.
+            unsafe { crate::heap::thread::free(p) };
+            assert_eq!(
+                (home, far),
+                (0, usable),
+                "label bytes on node 0 and on the node the block moved to, while it lived"
+            );
+            assert_eq!((net(0), net(FAR as usize)), (0, 0), "after its free");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Review rev21: `grow_huge` (an in-place `realloc`) registered the grown object again
+    /// (`huge::grow`, with its old birth time: the demoter takes it at its next pass) and
+    /// only then booked the label's growth on the label's node. A move in between took the
+    /// whole grown size off the old node, which had only the old size, and the growth was
+    /// then booked on the new node: the grown bytes stayed below zero on the old node and
+    /// above on the new one for good.
+    #[test]
+    fn a_labelled_huge_block_moved_as_its_growth_is_registered_leaves_no_bytes_behind() {
+        const FAR: u16 = 1;
+        fn demote(s: *mut Segment) {
+            // SAFETY: as in the test above.
+            unsafe {
+                let old = (*s).node;
+                segment::commit_sub(old, (*s).map_size);
+                segment::commit_add(FAR, (*s).map_size);
+                crate::heap::thread::book_huge_moved(s, old, FAR);
+                (*s).node = FAR;
+            }
+        }
+        std::thread::spawn(|| {
+            // The thread's own heap, which `grow_huge` books on, set up.
+            // SAFETY: 16 is a power of two; the block is freed at once.
+            unsafe { crate::heap::thread::free(crate::heap::thread::alloc_generic(64, 16, false)) };
+            let id = label_id("review rev21: moved as its growth is registered");
+            let slot = id as usize - 1;
+            let net = |node: usize| HUGE_NET[slot][node].load(Ordering::Relaxed);
+            // SAFETY: 16 is a power of two.
+            let p = unsafe { label_alloc(id, 0, 3 << 20, 16, false) };
+            assert!(!p.is_null());
+            AFTER_REGISTER.with(|f| f.set(Some(demote)));
+            // SAFETY: a live huge block of ours, ours to reallocate.
+            let q = unsafe { crate::heap::thread::grow_huge(p, 5 << 20) };
+            AFTER_REGISTER.with(|f| f.set(None));
+            assert!(!q.is_null(), "not grown in place");
+            // SAFETY: the grown block, live.
+            let usable = unsafe { crate::heap::thread::usable_size(q) } as i64;
+            let (home, far) = (net(0), net(FAR as usize));
+            // SAFETY: the grown block, freed once.
+            unsafe { crate::heap::thread::free(q) };
+            let after = (net(0), net(FAR as usize));
+            assert_eq!(
+                ((home, far), after),
+                ((0, usable), (0, 0)),
+                "label bytes on node 0 and the new node: while it lived, after its free"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }

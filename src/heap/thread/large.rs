@@ -125,14 +125,18 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
             commit_add(node as u16, map_size);
         }
         let obj = huge::object(seg);
-        huge::register(seg, os::now_ms());
-        bump(&h.stats.huge_allocs, 1);
-        bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
+        // The label before `register`: from there on the automatic demoter may claim the
+        // object and move it, label bytes and all (`book_huge_moved`), and the header is
+        // its to read and write (review rev21: a move in between found no label, and the
+        // label's bytes stayed on the old node while the block lived on the new one).
         if h.label != 0 {
             (*seg).huge_label = h.label;
             (*seg).huge_label_node = node as u8;
             book_huge(h.label, node as u16, (*seg).huge_size as i64);
         }
+        huge::register(seg, os::now_ms());
+        bump(&h.stats.huge_allocs, 1);
+        bump(&h.stats.huge_alloc_bytes, (*seg).huge_size as u64);
         if zero && reused {
             ptr::write_bytes(obj, 0, size);
         }
@@ -167,6 +171,40 @@ pub(super) fn map_making_room<T>(h: HeapRef, mut map: impl FnMut() -> *mut T) ->
         return map();
     }
     p
+}
+
+/// `map()` (or an allocation from a heap that is not the calling thread's: a node heap, a
+/// label heap, an explicit placement's own mapping), and if it comes back null while the
+/// calling thread's huge cache holds mappings, once more after giving them back (under the
+/// thread's gate): the allocating heap's own cache, which [`map_making_room`] gives back,
+/// is not the one that holds the thread's freed mappings there (a node heap's is always
+/// empty), and they must not turn a request that fits without them into a failure (review
+/// rev21: `Placed::local()` refused 39 of 48 1 MiB blocks, and a 48 MiB one, under
+/// `RLIMIT_AS` while the thread's cache held 120 MiB). The caller holds no lock a pass
+/// holding the thread's gate could wait for (passes never wait).
+pub(crate) fn retry_making_room<T>(mut map: impl FnMut() -> *mut T) -> *mut T {
+    let p = map();
+    if !p.is_null() {
+        return p;
+    }
+    let h = super::tls::heap_or_unset();
+    if super::tls::is_unset(h) {
+        return p;
+    }
+    // SAFETY: the calling thread's own heap, not the unset one (just checked).
+    let h = unsafe { HeapRef::new(h) };
+    if h.state != ACTIVE {
+        return p;
+    }
+    let held = {
+        let _gate = super::purger::enter(h.as_ptr());
+        give_back_huge_cache(h)
+    };
+    if held {
+        map()
+    } else {
+        p
+    }
 }
 
 /// [`route::admit`](crate::heap::route::admit) for an explicit request of the calling
@@ -205,17 +243,19 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
         let old_size = (*seg).huge_size;
         // The bytes are booked on this heap's counters, which must own the object's node:
         // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
-        let new = huge::grow(seg, new_size, h.node as u16);
+        // Booked before the grown object is registered again: a move by the demoter from
+        // then on takes its whole size off its node (review rev21).
+        // The grown object's header is ours alone in the closure (out of the registry).
+        let new = huge::grow(seg, new_size, h.node as u16, |new| {
+            let (size, label, label_node) =
+                ((*new).huge_size, (*new).huge_label, (*new).huge_label_node);
+            bump(&h.stats.huge_alloc_bytes, (size - old_size) as u64);
+            if label != 0 {
+                book_huge(label, label_node as u16, (size - old_size) as i64);
+            }
+        });
         if new.is_null() {
             return ptr::null_mut();
-        }
-        bump(
-            &h.stats.huge_alloc_bytes,
-            ((*new).huge_size - old_size) as u64,
-        );
-        if (*new).huge_label != 0 {
-            let grown = ((*new).huge_size - old_size) as i64;
-            book_huge((*new).huge_label, (*new).huge_label_node as u16, grown);
         }
         huge::object(new)
     }

@@ -90,7 +90,7 @@ pub(crate) use free::{free, free_c, free_c_or};
 pub(crate) use labels::{for_each_label_live, label_id, label_name, MAX_LABELS};
 #[cfg(not(feature = "secure"))]
 pub(crate) use large::usable_size;
-pub(crate) use large::{admit_making_room, book_huge_moved};
+pub(crate) use large::{admit_making_room, book_huge_moved, retry_making_room};
 pub(crate) use node::node_alloc;
 pub(crate) use purger::{register_purger_fork_handlers, BACKGROUND_PURGE, PASS_PURGES};
 pub(crate) use quiet::FULL_TAKEN_IN;

@@ -9,6 +9,7 @@
 //! lists' counts), `topology::discover` (which nodes have no CPU), `sync`.
 
 use super::alloc::alloc_generic_in;
+use super::large::retry_making_room;
 use super::registry::register;
 use super::tick::heap_collect;
 use super::{Heap, HeapRef, ACTIVE};
@@ -78,13 +79,17 @@ pub(crate) unsafe fn node_alloc(node: u32, size: usize, align: usize, zero: bool
     let Some(nh) = NODE_HEAPS.get(node as usize) else {
         return ptr::null_mut();
     };
-    let _g = nh.lock.lock();
-    // SAFETY: we hold the node heap's lock, so it is ours for the duration.
-    let h = unsafe { nh.heap() };
-    // SAFETY: we hold its lock (above).
-    unsafe { activate(h, node) };
-    // SAFETY: forwarded contract.
-    unsafe { alloc_generic_in(h, size, align, zero) }
+    // Refused (out of address space): the calling thread's huge cache makes way, with the
+    // node heap's lock let go.
+    retry_making_room(|| {
+        let _g = nh.lock.lock();
+        // SAFETY: we hold the node heap's lock, so it is ours for the duration.
+        let h = unsafe { nh.heap() };
+        // SAFETY: we hold its lock (above).
+        unsafe { activate(h, node) };
+        // SAFETY: forwarded contract.
+        unsafe { alloc_generic_in(h, size, align, zero) }
+    })
 }
 
 /// Registers node `node`'s heap `h` on its first use.
