@@ -306,6 +306,24 @@ mod tests {
     use crate::heap::huge::AFTER_REGISTER;
     use crate::heap::segment::{self, Segment};
 
+    /// The node the stand-in demoter moves huge objects to.
+    const FAR: u16 = 1;
+
+    /// A stand-in for the automatic demoter, run right as a huge object is registered
+    /// (`AFTER_REGISTER`): books the object's move to [`FAR`] as `migrate` does.
+    fn demote(s: *mut Segment) {
+        // SAFETY: the object is live and held still (its owner is inside its allocation or
+        // growth, the demoter would hold its claim); this is what `migrate` does to the
+        // header.
+        unsafe {
+            let old = (*s).node;
+            segment::commit_sub(old, (*s).map_size);
+            segment::commit_add(FAR, (*s).map_size);
+            crate::heap::thread::book_huge_moved(s, old, FAR);
+            (*s).node = FAR;
+        }
+    }
+
     /// Review rev21: `alloc_huge` registered a new huge object (from then on the automatic
     /// demoter may claim and move it; with `after` 0 it does so at once) and only then
     /// wrote its label and booked the label's bytes on the heap's node. A move in between
@@ -315,18 +333,6 @@ mod tests {
     /// books a move, under the claim it would hold) right as it is registered.
     #[test]
     fn a_labelled_huge_block_moved_as_it_is_registered_counts_on_its_new_node() {
-        const FAR: u16 = 1;
-        fn demote(s: *mut Segment) {
-            // SAFETY: the object is live and held still (its owner is inside its allocation,
-            // the demoter would hold its claim); this is what `migrate` does to the header.
-            unsafe {
-                let old = (*s).node;
-                segment::commit_sub(old, (*s).map_size);
-                segment::commit_add(FAR, (*s).map_size);
-                crate::heap::thread::book_huge_moved(s, old, FAR);
-                (*s).node = FAR;
-            }
-        }
         std::thread::spawn(|| {
             let id = label_id("review rev21: moved as it is registered");
             let slot = id as usize - 1;
@@ -361,17 +367,6 @@ mod tests {
     /// above on the new one for good.
     #[test]
     fn a_labelled_huge_block_moved_as_its_growth_is_registered_leaves_no_bytes_behind() {
-        const FAR: u16 = 1;
-        fn demote(s: *mut Segment) {
-            // SAFETY: as in the test above.
-            unsafe {
-                let old = (*s).node;
-                segment::commit_sub(old, (*s).map_size);
-                segment::commit_add(FAR, (*s).map_size);
-                crate::heap::thread::book_huge_moved(s, old, FAR);
-                (*s).node = FAR;
-            }
-        }
         std::thread::spawn(|| {
             // The thread's own heap, which `grow_huge` books on, set up.
             // SAFETY: 16 is a power of two; the block is freed at once.

@@ -243,6 +243,19 @@ mod tests {
         .unwrap();
     }
 
+    /// Another thread frees the first of `mine` in each of `pages` (the first remote free into
+    /// each full page, onto our delayed stack), then our collection drains them: the pages go
+    /// on their refilled list. Returns the blocks freed.
+    fn hear_of_one_free_per_page(pages: &[usize], mine: &[usize]) -> Vec<usize> {
+        let first: Vec<usize> = pages
+            .iter()
+            .map(|&p| *mine.iter().find(|&&b| page(b) as usize == p).unwrap())
+            .collect();
+        free_elsewhere(first.clone());
+        collect_now();
+        first
+    }
+
     /// Pages that another thread's frees left sparse after their owner heard of the first
     /// free are trimmed like the pages of its queues (invariant 21): the trim before a new
     /// segment gives their all-free OS pages back. On a refilled list (in no queue) the trim
@@ -253,13 +266,7 @@ mod tests {
         std::thread::spawn(|| {
             let bin = bin_of(64);
             let (pages, mine, rest) = full_pages(bin, PAGES);
-            // The first remote free into each page, which we hear of at our next drain.
-            let first: Vec<usize> = pages
-                .iter()
-                .map(|&p| *mine.iter().find(|&&b| page(b) as usize == p).unwrap())
-                .collect();
-            free_elsewhere(first.clone());
-            collect_now();
+            let first = hear_of_one_free_per_page(&pages, &mine);
             // All but the last block of each page freed by another thread after that.
             let keep: Vec<usize> = pages
                 .iter()
@@ -343,12 +350,7 @@ mod tests {
     fn an_owner_whose_refilled_lists_empty_is_no_longer_visited_for_them() {
         std::thread::spawn(|| {
             let (pages, mine, rest) = full_pages(bin_of(64), 2);
-            let first: Vec<usize> = pages
-                .iter()
-                .map(|&p| *mine.iter().find(|&&b| page(b) as usize == p).unwrap())
-                .collect();
-            free_elsewhere(first.clone());
-            collect_now();
+            let first = hear_of_one_free_per_page(&pages, &mine);
             let silent = || own().refilled_silent.load(crate::sync::Ordering::Relaxed);
             let linked = || {
                 pages
