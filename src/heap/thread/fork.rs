@@ -358,6 +358,32 @@ mod tests {
         unsafe { free(p) };
     }
 
+    /// `label_id` fills a free slot of the label names' table under `NAMES_LOCK` (a scope
+    /// entry with a name not seen before). A thread inside it when another forks leaves the
+    /// lock held in the child, where that thread does not exist: the child's first scope with
+    /// a new name would spin forever. `fork_prepare` must hold it too (review rev22).
+    #[test]
+    fn fork_prepare_holds_the_label_names_lock() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (pr, ch) = (prepared.clone(), checked.clone());
+        let forker = std::thread::spawn(move || {
+            fork_prepare();
+            pr.wait();
+            ch.wait();
+            fork_parent();
+        });
+        prepared.wait();
+        let held = super::super::labels::NAMES_LOCK.try_lock().is_none();
+        checked.wait();
+        forker.join().unwrap();
+        assert!(
+            held,
+            "fork_prepare left the label names' lock free: a thread naming a new label across \
+             a fork leaves it held in the child"
+        );
+    }
+
     /// A remote free that found a full page of ours flipped it to DELAYED_FREEING, and its
     /// thread did not get to end it before another thread forked: in the child, that thread
     /// does not exist. The forking thread's exit in the child (which waits out delayed frees

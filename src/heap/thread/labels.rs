@@ -51,7 +51,7 @@ const NO_NAME: Name = Name {
 };
 static NAMES: [Name; MAX_LABELS] = [NO_NAME; MAX_LABELS];
 /// Serializes filling a slot of `NAMES` (scope entry only, never an allocation).
-static NAMES_LOCK: SpinLock = SpinLock::new();
+pub(super) static NAMES_LOCK: SpinLock = SpinLock::new();
 
 /// The name in slot `slot`, if it is filled (slot 0 is always "other").
 pub(crate) fn label_name(slot: usize) -> Option<&'static str> {
