@@ -27,13 +27,14 @@
 //! What a dead thread was holding in its hands is lost (memory, never correctness): a block it
 //! was freeing, a segment it was handing to a pool, the huge mappings it had cached.
 //!
-//! Lock order, everywhere in the allocator: the label heaps' `CREATE` lock (held only to make
+//! Lock order, everywhere in the allocator: the label names' `NAMES_LOCK` (held alone, by
+//! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
 //! `fork_prepare` takes them in that order, so no thread holds one of them across the fork.
 
 use super::free::free_delayed;
-use super::labels::{label_heaps, CREATE};
+use super::labels::{label_heaps, CREATE, NAMES_LOCK};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
@@ -67,6 +68,9 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 }
 
 extern "C" fn fork_prepare() {
+    // The label names' lock (`label_id`, which holds no other lock and takes none under it):
+    // a thread filling a name slot across the fork would leave it held in the child.
+    NAMES_LOCK.lock_raw();
     // First: no label heap is made (and locked by its maker) once the set is read below.
     CREATE.lock_raw();
     atfork::prepare(node_heap_locks(), &REGISTRY.lock, lists());
@@ -75,6 +79,7 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_parent() {
     atfork::parent(node_heap_locks(), &REGISTRY.lock, lists());
     CREATE.unlock_raw();
+    NAMES_LOCK.unlock_raw();
 }
 
 extern "C" fn fork_child() {
@@ -87,6 +92,7 @@ extern "C" fn fork_child() {
     unsafe { reset_after_fork() };
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
+    NAMES_LOCK.unlock_raw();
 }
 
 /// Registers the fork handlers (once, from process initialisation).

@@ -50,7 +50,8 @@ const NO_NAME: Name = Name {
     len: AtomicUsize::new(0),
 };
 static NAMES: [Name; MAX_LABELS] = [NO_NAME; MAX_LABELS];
-/// Serializes filling a slot of `NAMES` (scope entry only, never an allocation).
+/// Serializes filling a slot of `NAMES` (scope entry only, never an allocation); the fork
+/// handlers hold it across a `fork` (`heap::thread::fork`).
 pub(super) static NAMES_LOCK: SpinLock = SpinLock::new();
 
 /// The name in slot `slot`, if it is filled (slot 0 is always "other").
