@@ -390,6 +390,133 @@ mod tests {
         );
     }
 
+    /// Pages on refilled lists at the fork, the forking thread's and a thread's that dies with
+    /// the fork (full pages whose first remote free their owner's drain took in, and that took
+    /// more frees without a word since): in the child, every block of them is freed once, by
+    /// the forking thread and by a new thread, and allocations of their bin hand out no block
+    /// twice and none that is live (review rev22).
+    #[test]
+    fn refilled_pages_at_fork_hand_out_no_block_twice_in_the_child() {
+        use super::super::quiet::tests::full_pages;
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let bin = bin_of(64);
+        let free_elsewhere = move |blocks: Vec<usize>| {
+            std::thread::spawn(move || {
+                for b in blocks {
+                    // SAFETY: live blocks of another thread's, each freed once.
+                    unsafe { free(b as *mut u8) };
+                }
+            })
+            .join()
+            .unwrap();
+        };
+        let pg = move |b: usize| {
+            // SAFETY: b is a live block, so its segment header is mapped.
+            unsafe { page_of(segment_of(b as *const u8), b as *const u8) as usize }
+        };
+        // Full pages of this thread, their first frees heard of, then more frees silently.
+        let refill = move |pages: usize| -> (Vec<usize>, Vec<usize>) {
+            let (pages, mine, rest) = full_pages(bin, pages);
+            let first: Vec<usize> = pages
+                .iter()
+                .map(|&p| *mine.iter().find(|&&b| pg(b) == p).unwrap())
+                .collect();
+            free_elsewhere(first.clone());
+            super::super::tick::collect_now();
+            // SAFETY: our heap and pages, read on our thread between calls.
+            let linked = pages.iter().all(|&p| unsafe {
+                super::super::refilled::is_linked(heap(), p as *mut crate::heap::segment::Page)
+            });
+            assert!(
+                linked,
+                "the pages are on their refilled list before the fork"
+            );
+            let (more, live): (Vec<usize>, Vec<usize>) = mine
+                .iter()
+                .copied()
+                .filter(|b| !first.contains(b))
+                .partition(|b| b % 3 == 0);
+            free_elsewhere(more);
+            (live, rest)
+        };
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let (live, rest) = refill(6);
+            tx.send((live, rest)).unwrap();
+            b2.wait(); // alive until the fork is over
+        });
+        let (dead_live, dead_rest) = rx.recv().unwrap();
+        let (my_live, my_rest) = refill(6);
+        let all: Vec<usize> = dead_live
+            .iter()
+            .chain(&dead_rest)
+            .chain(&my_live)
+            .chain(&my_rest)
+            .copied()
+            .collect();
+        for &b in &all {
+            // SAFETY: live 64-byte blocks, ours to write.
+            unsafe { *(b as *mut usize).add(1) = b ^ 0x5a5a };
+        }
+        let child = in_child(|| {
+            // Keep every fourth block live; free the rest, half here, half on a new thread.
+            let (keep, go): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&b| b % 4 == 0);
+            let (here, there): (Vec<usize>, Vec<usize>) = go.iter().partition(|&&b| b % 8 == 2);
+            for b in here {
+                // SAFETY: a live block, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            let r = std::thread::spawn(move || {
+                for b in there {
+                    // SAFETY: a live block, freed once.
+                    unsafe { free(b as *mut u8) };
+                }
+                let mut got = Vec::new();
+                for _ in 0..20_000 {
+                    // SAFETY: bin < NBINS.
+                    got.push(unsafe { alloc_bin(bin) } as usize);
+                }
+                got
+            })
+            .join();
+            let Ok(theirs) = r else { return 8 };
+            let mut seen: std::collections::HashSet<usize> = keep.iter().copied().collect();
+            for _ in 0..20_000 {
+                // SAFETY: bin < NBINS.
+                let b = unsafe { alloc_bin(bin) } as usize;
+                if !seen.insert(b) {
+                    return 2; // handed out twice, or while live
+                }
+            }
+            for b in theirs {
+                if !seen.insert(b) {
+                    return 3;
+                }
+            }
+            for &b in &keep {
+                // SAFETY: a live block, written before the fork.
+                if unsafe { *(b as *const usize).add(1) } != b ^ 0x5a5a {
+                    return 4; // a live block overwritten
+                }
+            }
+            0
+        });
+        barrier.wait();
+        other.join().unwrap();
+        for &b in &all {
+            // SAFETY: live blocks (the other thread's, now exited, and ours), freed once.
+            unsafe { free(b as *mut u8) };
+        }
+        assert_eq!(
+            child,
+            Ok(0),
+            "2: a block handed out twice or while live (forking thread); 3: across the two \
+             threads; 4: a live block overwritten; 8: the new thread panicked"
+        );
+    }
+
     /// A remote free that found a full page of ours flipped it to DELAYED_FREEING, and its
     /// thread did not get to end it before another thread forked: in the child, that thread
     /// does not exist. The forking thread's exit in the child (which waits out delayed frees
