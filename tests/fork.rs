@@ -300,3 +300,119 @@ fn fork_while_auto_demotion_runs() {
         assert!(unsafe { r.free() });
     }
 }
+
+/// Small blocks' sizes only (bin pages, which fill and take remote frees into full pages).
+fn small(seed: usize) -> Raw {
+    let len = 16 + (seed * 37) % 500;
+    let b = pattern(seed, len);
+    Raw(Box::into_raw(b) as *mut u8 as usize, len, seed)
+}
+
+/// Forks while a ring of threads hands small blocks on, each freeing the previous thread's
+/// (remote frees into full pages: delayed frees, drains, pages on refilled lists, passes)
+/// and keeping a share live for a while, so that full pages keep live blocks. The child
+/// frees, checked, blocks the ring's threads gave the forking thread (theirs are dead
+/// heaps' blocks now), then runs threads of its own (review rev22).
+#[test]
+fn fork_while_remote_frees_refill_full_pages() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    const RING: usize = 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    let given: Arc<Mutex<Vec<Raw>>> = Arc::new(Mutex::new(Vec::new()));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..RING).map(|_| mpsc::channel::<Vec<Raw>>()).unzip();
+    let mut rxs: Vec<Option<mpsc::Receiver<Vec<Raw>>>> = rxs.into_iter().map(Some).collect();
+    let ring: Vec<_> = (0..RING)
+        .map(|t| {
+            let (stop, given, bad) = (stop.clone(), given.clone(), bad.clone());
+            let tx = txs[(t + 1) % RING].clone();
+            let rx = rxs[t].take().unwrap();
+            std::thread::spawn(move || {
+                let mut held: Vec<Raw> = Vec::new();
+                let mut round = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    let made: Vec<Raw> = (0..300)
+                        .map(|i| small(1_000_000 * (t + 1) + 1000 * (round % 997) + i))
+                        .collect();
+                    // Every 5th stays with us a while; every 50th goes to the forking thread.
+                    let (mut send, mut keep) = (Vec::new(), Vec::new());
+                    for (i, r) in made.into_iter().enumerate() {
+                        if i % 50 == 0 {
+                            given.lock().unwrap().push(r);
+                        } else if i % 5 == 0 {
+                            keep.push(r);
+                        } else {
+                            send.push(r);
+                        }
+                    }
+                    held.extend(keep);
+                    if held.len() > 2000 {
+                        let old: Vec<Raw> = held.drain(..1000).collect();
+                        send.extend(old);
+                    }
+                    if tx.send(send).is_err() {
+                        break;
+                    }
+                    while let Ok(v) = rx.try_recv() {
+                        for r in v {
+                            // SAFETY: made by the previous thread, handed to us, freed once.
+                            if !unsafe { r.free() } {
+                                bad.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                for r in held {
+                    // SAFETY: ours, freed once.
+                    unsafe { r.free() };
+                }
+                // The rest the previous thread sent is dropped by the receiver's end (leaked).
+                drop(rx);
+            })
+        })
+        .collect();
+    drop(txs);
+    for k in 0..20 {
+        std::thread::sleep(Duration::from_millis(20));
+        let mine: Vec<Raw> = std::mem::take(&mut *given.lock().unwrap());
+        let child = in_child(|| {
+            for r in &mine {
+                // SAFETY: a live block the ring gave us, freed once (in the child's copy).
+                if !unsafe { r.free() } {
+                    return 2;
+                }
+            }
+            let mut live: Vec<Raw> = (0..3000).map(|i| small(7_000_000 + i)).collect();
+            for r in live.drain(..).step_by(2) {
+                // SAFETY: ours, freed once.
+                if !unsafe { r.free() } {
+                    return 3;
+                }
+            }
+            child_threads(Vec::new())
+        });
+        assert_eq!(
+            child,
+            Ok(0),
+            "fork {k}: 2: a given block overwritten; 3: own blocks"
+        );
+        for r in mine {
+            // SAFETY: as in the child, for the parent's copy.
+            assert!(
+                unsafe { r.free() },
+                "a given block overwritten in the parent"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in ring {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "blocks overwritten in the ring"
+    );
+}
