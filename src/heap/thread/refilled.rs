@@ -383,4 +383,62 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// The secure build: blocks of pages on a refilled list, freed by another thread (onto the
+    /// page's remote list, without a word), then freed again by their owner and by a third
+    /// thread: each second free is found (nothing changes), and the pages then hand out each
+    /// of their blocks once (review rev22).
+    #[cfg(feature = "secure")]
+    #[test]
+    fn double_frees_into_refilled_pages_change_nothing() {
+        let _e = crate::heap::error::ignore_errors_for_test();
+        std::thread::spawn(|| {
+            let bin = bin_of(64);
+            let (pages, mine, rest) = full_pages(bin, 2);
+            let first = hear_of_one_free_per_page(&pages, &mine);
+            let later: Vec<usize> = mine
+                .iter()
+                .copied()
+                .filter(|b| !first.contains(b))
+                .step_by(3)
+                .collect();
+            free_elsewhere(later.clone());
+            // SAFETY: our heap and pages, read between calls.
+            let linked = pages
+                .iter()
+                .all(|&p| unsafe { is_linked(own().as_ptr(), p as *mut Page) });
+            // Freed again: by us (the owner), then by another thread.
+            for &b in later.iter().take(4) {
+                // SAFETY: the test's wrong frees (reported, ignored).
+                unsafe { free(b as *mut u8) };
+            }
+            free_elsewhere(later.iter().skip(4).take(4).copied().collect());
+            collect_now();
+            let live: std::collections::HashSet<usize> = mine
+                .iter()
+                .copied()
+                .filter(|b| !first.contains(b) && !later.contains(b))
+                .chain(rest.iter().copied())
+                .collect();
+            let mut seen = live.clone();
+            let mut twice = 0;
+            let mut again = Vec::new();
+            for _ in 0..4096 {
+                // SAFETY: bin < NBINS.
+                let b = unsafe { alloc_bin(bin) } as usize;
+                if !seen.insert(b) {
+                    twice += 1;
+                }
+                again.push(b);
+            }
+            for b in live.into_iter().chain(again) {
+                // SAFETY: our block, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            assert!(linked, "the pages were on their refilled list");
+            assert_eq!(twice, 0, "blocks handed out twice or while live");
+        })
+        .join()
+        .unwrap();
+    }
 }
