@@ -330,6 +330,24 @@ mod tests {
         );
     }
 
+    /// Runs `check` on this thread while another thread is between `fork_prepare` and
+    /// `fork_parent` (every lock the handlers take is held).
+    fn while_prepared<R>(check: impl FnOnce() -> R) -> R {
+        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (pr, ch) = (prepared.clone(), checked.clone());
+        let forker = std::thread::spawn(move || {
+            fork_prepare();
+            pr.wait();
+            ch.wait();
+            fork_parent();
+        });
+        prepared.wait();
+        let r = check();
+        checked.wait();
+        forker.join().unwrap();
+        r
+    }
+
     /// A label heap is made under `CREATE` and used under its own lock, like a node heap: once
     /// `fork_prepare` has returned, both are held, so no thread is inside one across the fork
     /// (a child would wait forever for a lock held by a thread it does not have).
@@ -340,20 +358,13 @@ mod tests {
         // SAFETY: a block of the label heap, freed once below.
         let p = unsafe { super::super::labels::label_alloc(id, 0, 64, 8, false) };
         assert!(!p.is_null());
-        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
-        let (pr, ch) = (prepared.clone(), checked.clone());
-        let forker = std::thread::spawn(move || {
-            fork_prepare();
-            pr.wait();
-            ch.wait();
-            fork_parent();
+        let (create_held, all_held, some) = while_prepared(|| {
+            (
+                CREATE.try_lock().is_none(),
+                label_heaps().all(|lh| lh.lock.try_lock().is_none()),
+                label_heaps().count(),
+            )
         });
-        prepared.wait();
-        let create_held = CREATE.try_lock().is_none();
-        let all_held = label_heaps().all(|lh| lh.lock.try_lock().is_none());
-        let some = label_heaps().count();
-        checked.wait();
-        forker.join().unwrap();
         assert!(some > 0, "the label heap exists");
         assert!(
             create_held,
@@ -371,18 +382,7 @@ mod tests {
     #[test]
     fn fork_prepare_holds_the_label_names_lock() {
         let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-        let (prepared, checked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
-        let (pr, ch) = (prepared.clone(), checked.clone());
-        let forker = std::thread::spawn(move || {
-            fork_prepare();
-            pr.wait();
-            ch.wait();
-            fork_parent();
-        });
-        prepared.wait();
-        let held = super::super::labels::NAMES_LOCK.try_lock().is_none();
-        checked.wait();
-        forker.join().unwrap();
+        let held = while_prepared(|| super::super::labels::NAMES_LOCK.try_lock().is_none());
         assert!(
             held,
             "fork_prepare left the label names' lock free: a thread naming a new label across \
