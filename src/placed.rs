@@ -528,7 +528,7 @@ impl Placed {
             }
             Kind::Weighted(w) => {
                 let len = map_len(layout).ok_or(AllocError)?;
-                let p = map_making_room(len, layout.align());
+                let p = map_for_handle(len, layout.align());
                 if p.is_null() {
                     return Err(AllocError);
                 }
@@ -541,7 +541,7 @@ impl Placed {
             }
             Kind::Mapped { node, preferred } => {
                 let len = map_len(layout).ok_or(AllocError)?;
-                let p = map_making_room(len, layout.align());
+                let p = map_for_handle(len, layout.align());
                 if p.is_null() {
                     return Err(AllocError);
                 }
@@ -565,7 +565,7 @@ impl Placed {
             }
             Kind::Interleave(set) => {
                 let len = map_len(layout).ok_or(AllocError)?;
-                let p = map_making_room(len, layout.align());
+                let p = map_for_handle(len, layout.align());
                 if p.is_null() {
                     return Err(AllocError);
                 }
@@ -647,7 +647,7 @@ fn place_weighted(p: *mut u8, len: usize, w: &Weights) -> Result<(), i32> {
 /// A fresh mapping of `len` bytes aligned to `align` (at least a page) for an interleave or
 /// mapped handle; refused (out of address space), once more after the calling thread's huge
 /// cache gave its mappings back (review rev21).
-fn map_making_room(len: usize, align: usize) -> *mut u8 {
+fn map_for_handle(len: usize, align: usize) -> *mut u8 {
     crate::heap::thread::retry_making_room(|| os::map_aligned(len, align.max(os::OS_PAGE), None))
 }
 

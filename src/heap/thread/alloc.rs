@@ -14,7 +14,7 @@
 //! `alloc_generic_in`).
 
 use super::bins::{direct_bin, page_to_full};
-use super::counters::{bump, note_far_collected};
+use super::counters::{bump, collect_remote};
 use super::free::drain_delayed;
 use super::large::{alloc_huge, alloc_large};
 use super::node::{dead_alloc, node_alloc};
@@ -377,9 +377,7 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
         let mut scant: *mut Page = ptr::null_mut();
         while !page.is_null() && page != empty_page() && page != wrapped {
             let next = (*page).next;
-            let back = (*page).collect();
-            h.returned = h.returned.saturating_add(back);
-            note_far_collected(h, page, back);
+            collect_remote(h, page);
             if (*page).has_free() || (*page).extend() {
                 if is_scant(page) {
                     let other = pass_scant(h, bin, page);
@@ -488,9 +486,7 @@ unsafe fn pass_scant(mut h: HeapRef, bin: usize, scant: *mut Page) -> *mut Page 
         let mut looked = 0;
         while looked < SCANT_PASS && !page.is_null() && page != scant {
             let next = (*page).next;
-            let back = (*page).collect();
-            h.returned = h.returned.saturating_add(back);
-            note_far_collected(h, page, back);
+            collect_remote(h, page);
             if (*page).has_free() || (*page).extend() {
                 if !is_scant(page) {
                     return page;

@@ -284,6 +284,24 @@ pub(super) unsafe fn note_far_collected(h: HeapRef, page: *const Page, blocks: u
     }
 }
 
+/// The owner takes in the blocks other threads freed into `page` ([`Page::collect`]) and
+/// books them as every collection does: in `returned` (somebody returns our memory: see
+/// `slices::abandon_full`) and, for a far page, through [`note_far_collected`]. Returns how
+/// many.
+///
+/// # Safety
+/// `page` is a page of `h` in use.
+#[inline(always)]
+pub(super) unsafe fn collect_remote(mut h: HeapRef, page: *mut Page) -> u32 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let back = (*page).collect();
+        h.returned = h.returned.saturating_add(back);
+        note_far_collected(h, page, back);
+        back
+    }
+}
+
 /// [`note_far_collected`] when something was taken back: out of line, so that the refill
 /// paths it sits in keep their shape.
 ///

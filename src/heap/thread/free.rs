@@ -276,16 +276,14 @@ unsafe fn free_owned_checked(h: HeapRef, page: *mut Page, p: *mut u8) {
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
-unsafe fn free_marked(mut h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
+unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     // SAFETY: the page is ours (contract); only a bin page's lists are walked.
     unsafe {
         if (*page).kind == PageKind::Bin as u8 && check_block(page, p).is_ok() {
             // The remote frees waiting on the page first, onto the lists the walk reads,
             // booked as every collection books them (a far page's blocks leave its count,
             // and their freers booked them off the far node already).
-            let back = (*page).collect();
-            h.returned = h.returned.saturating_add(back);
-            note_far_collected(h, page, back);
+            super::counters::collect_remote(h, page);
             if crate::heap::secure::on_free_lists(page, p as *mut Block) {
                 report(HeapError::DoubleFree, p);
                 return;

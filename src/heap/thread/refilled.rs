@@ -26,7 +26,7 @@
 //! only under the heap's gate (the owner's slow paths, or a pass holding it), since passes
 //! read and write them.
 
-use super::counters::note_far_collected;
+use super::counters::collect_remote;
 use super::free::retire_page;
 use super::{purger, Heap, HeapRef};
 use crate::heap::remote::NORMAL;
@@ -138,9 +138,7 @@ pub(super) unsafe fn take(mut h: HeapRef, bin: usize) -> *mut Page {
         unlink(h.as_ptr(), p);
         (*p).flags &= !PAGE_IN_FULL;
         (*p).thread_free.try_set_state(NORMAL, false);
-        let back = (*p).collect();
-        h.returned = h.returned.saturating_add(back);
-        note_far_collected(h, p, back);
+        collect_remote(h, p);
         h.queue_push_front(bin, p);
         p
     }
@@ -153,7 +151,7 @@ pub(super) unsafe fn take(mut h: HeapRef, bin: usize) -> *mut Page {
 /// # Safety
 /// `h` is the calling thread's heap, in a gated slow path that uses no page it looked up
 /// before.
-pub(super) unsafe fn collect(mut h: HeapRef) {
+pub(super) unsafe fn collect(h: HeapRef) {
     // SAFETY: the lists' pages are ours (module invariant), under our gate (contract).
     unsafe {
         for bin in 0..NBINS {
@@ -161,9 +159,7 @@ pub(super) unsafe fn collect(mut h: HeapRef) {
             while !p.is_null() {
                 let next = (*p).next;
                 if (*p).thread_free.has_blocks() {
-                    let back = (*p).collect();
-                    h.returned = h.returned.saturating_add(back);
-                    note_far_collected(h, p, back);
+                    collect_remote(h, p);
                     if (*p).used == 0 {
                         unlink(h.as_ptr(), p);
                         (*p).thread_free.try_set_state(NORMAL, false);

@@ -11,7 +11,7 @@
 //! far pages' booking), `heap::{segment, size_class, huge}` (the huge cache through
 //! `HugeCache`), `sys::os`, `init` (the purge delay).
 
-use super::counters::{note_far_collected, settle_far};
+use super::counters::{collect_remote, settle_far};
 use super::free::{drain_delayed, retire_page};
 use super::labels::collect_label_heaps;
 use super::node::collect_node_heaps;
@@ -192,9 +192,7 @@ pub(super) unsafe fn heap_collect(mut h: HeapRef, now: u64, delay: u64) {
             while !page.is_null() && page != empty_page() {
                 let next = (*page).next;
                 if (*page).thread_free.has_blocks() {
-                    let back = (*page).collect();
-                    h.returned = h.returned.saturating_add(back);
-                    note_far_collected(h, page, back);
+                    collect_remote(h, page);
                 }
                 // Empty pages go back to their segment; the current one too if its class has
                 // not allocated since the last collection (it no longer pins its page's
