@@ -448,15 +448,11 @@ pub(crate) unsafe fn move_to_node_claimed(
         // rewrite its node: the heap reads `node` when the block is freed or resized, and
         // books the mapping's committed bytes on it, so they move with it.
         unsafe {
-            let old = (*huge).node;
-            if old as u32 != node {
+            if (*huge).node as u32 != node {
                 let bytes = (*huge).map_size;
-                segment::commit_sub(old, bytes);
-                segment::commit_add(node as u16, bytes);
-                // Its live bytes (and its label's) go with it: its free books them off `node`
-                // from now on.
-                crate::heap::thread::book_huge_moved(huge, old, node as u16);
-                (*huge).node = node as u16;
+                // Its committed, live and label bytes go with it: its free books them off
+                // `node` from now on.
+                crate::heap::thread::book_huge_moved(huge, node as u16);
                 (*huge).tier = target_tier.unwrap_or(0) as u8;
                 // The rest of the reservation, past the map size (never touched, nothing
                 // resident): the huge cache may grow the mapping into it in place once the

@@ -305,24 +305,18 @@ pub(super) fn book_huge(id: u8, node: u16, bytes: i64) {
 mod tests {
     use super::*;
     use crate::heap::huge::AFTER_REGISTER;
-    use crate::heap::segment::{self, Segment};
+    use crate::heap::segment::Segment;
 
     /// The node the stand-in demoter moves huge objects to.
     const FAR: u16 = 1;
 
     /// A stand-in for the automatic demoter, run right as a huge object is registered
-    /// (`AFTER_REGISTER`): books the object's move to [`FAR`] as `migrate` does.
+    /// (`AFTER_REGISTER`): books the object's move to [`FAR`] as `migrate` does (its pages
+    /// stay where they are).
     fn demote(s: *mut Segment) {
         // SAFETY: the object is live and held still (its owner is inside its allocation or
-        // growth, the demoter would hold its claim); this is what `migrate` does to the
-        // header.
-        unsafe {
-            let old = (*s).node;
-            segment::commit_sub(old, (*s).map_size);
-            segment::commit_add(FAR, (*s).map_size);
-            crate::heap::thread::book_huge_moved(s, old, FAR);
-            (*s).node = FAR;
-        }
+        // growth, the demoter would hold its claim).
+        unsafe { crate::heap::thread::book_huge_moved(s, FAR) }
     }
 
     /// Review rev21: `alloc_huge` registered a new huge object (from then on the automatic

@@ -261,19 +261,27 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
     }
 }
 
-/// A tier move (`tier::migrate`) took the live huge object of `seg` from node `from` to node
-/// `to` (its header's `node` says `to` from now on): its bytes go with it, off `from` and on
-/// `to`, in the per-node live bytes and, for a labelled object, in its label's per-node bytes
-/// (review rev19: both stayed on `from` while it lived, and the per-node ones went below zero
-/// on `to` once it was freed, which books them off `to`). Allocation-free.
+/// A tier move (`tier::migrate`) of the live huge object of `seg` from the node its header
+/// names to node `to`: its bytes go with it, off that node and on `to`, in the committed
+/// bytes of its mapping, the per-node live bytes and, for a labelled object, its label's
+/// per-node bytes (review rev19: the live and label bytes stayed on the old node while it
+/// lived, and the per-node ones went below zero on `to` once it was freed, which books them
+/// off `to`); the header names `to` from then on. Nothing if it is on `to` already.
+/// Allocation-free.
 ///
 /// # Safety
 /// `seg` is a live huge object that nobody frees or resizes meanwhile (the mover holds its
 /// registry claim, which the free and the resize wait for).
-pub(crate) unsafe fn book_huge_moved(seg: *mut Segment, from: u16, to: u16) {
+pub(crate) unsafe fn book_huge_moved(seg: *mut Segment, to: u16) {
     // SAFETY: the object is live and held still (contract).
     unsafe {
-        let size = (*seg).huge_size;
+        let from = (*seg).node;
+        if from == to {
+            return;
+        }
+        let (size, map_size) = ((*seg).huge_size, (*seg).map_size);
+        crate::heap::segment::commit_sub(from, map_size);
+        crate::heap::segment::commit_add(to, map_size);
         book_moved_live(from, to, size as u64);
         if (*seg).huge_label != 0 && (*seg).huge_label_node as u16 != to {
             book_huge(
@@ -284,6 +292,7 @@ pub(crate) unsafe fn book_huge_moved(seg: *mut Segment, from: u16, to: u16) {
             book_huge((*seg).huge_label, to, size as i64);
             (*seg).huge_label_node = to as u8;
         }
+        (*seg).node = to;
     }
 }
 
