@@ -206,6 +206,21 @@ fn child_on_node_1(name: &str) -> Option<(u32, u32)> {
     Some((c0, c1))
 }
 
+/// For each CPU of `cpus` in turn, a thread pinned there collects `rounds` times (tending its
+/// node's abandoned segments) and exits.
+fn tend_from(cpus: &[u32], rounds: usize) {
+    for &c in cpus {
+        std::thread::spawn(move || {
+            tieralloc::numa::pin_current_thread_to_cpu(c).unwrap();
+            for _ in 0..rounds {
+                tieralloc::collect();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
 fn committed() -> Vec<u64> {
     let s = tieralloc::stats();
     (0..3)
@@ -254,14 +269,7 @@ fn demoted_large_blocks_leave_no_committed_bytes_behind() {
     drop(blocks);
     // The exited thread's segments are abandoned on node 0: a thread of node 0 tends them
     // (the pages freed into them go back to their segments then).
-    std::thread::spawn(move || {
-        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
-        for _ in 0..8 {
-            tieralloc::collect();
-        }
-    })
-    .join()
-    .unwrap();
+    tend_from(&[c0], 8);
     tieralloc::collect();
     let after = committed();
     assert_eq!(after[2], before[2], "node 2");
@@ -433,16 +441,7 @@ fn moving_threads(demote: bool) {
     drop(live);
     drop(auto);
     // Every node tended through by a thread of its own.
-    for c in [c0, c1, c0, c1] {
-        std::thread::spawn(move || {
-            tieralloc::numa::pin_current_thread_to_cpu(c).unwrap();
-            for _ in 0..40 {
-                tieralloc::collect();
-            }
-        })
-        .join()
-        .unwrap();
-    }
+    tend_from(&[c0, c1, c0, c1], 40);
     tieralloc::collect();
     let after = tieralloc::stats();
     if demote {
@@ -582,16 +581,7 @@ fn a_spilled_threads_memory_all_comes_back_after_moves_and_exit() {
     .join()
     .unwrap();
     drop(kept);
-    for c in [c0, c1, c0, c1] {
-        std::thread::spawn(move || {
-            tieralloc::numa::pin_current_thread_to_cpu(c).unwrap();
-            for _ in 0..20 {
-                tieralloc::collect();
-            }
-        })
-        .join()
-        .unwrap();
-    }
+    tend_from(&[c0, c1, c0, c1], 20);
     tieralloc::collect();
     let after = committed();
     for n in 0..3 {
