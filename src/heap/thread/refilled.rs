@@ -191,6 +191,10 @@ pub(super) const TRIM_VISITS: usize = 256;
 /// popped, no list of them walked).
 pub(super) unsafe fn trim(h: HeapRef, blocks: &mut usize) {
     let mut visits = TRIM_VISITS;
+    #[cfg(test)]
+    if let v @ 1.. = super::trim::TRIM_VISITS_TEST.with(|c| c.get()) {
+        visits = v;
+    }
     // SAFETY: the lists' pages are ours (module invariant), under our gate (contract).
     unsafe {
         for bin in 0..NBINS {
@@ -217,7 +221,7 @@ mod tests {
     use super::super::quiet::tests::full_pages;
     use super::super::tick::collect_now;
     use super::super::tls::own;
-    use super::super::trim::trim_sparse;
+    use super::super::trim::{trim_sparse, TRIM_VISITS_TEST};
     use super::is_linked;
     use crate::heap::segment::{page_of, segment_of, Page};
     use crate::heap::size_class::bin_of;
@@ -334,6 +338,59 @@ mod tests {
                 reused, expected,
                 "blocks of the trimmed pages handed out again (all but the kept one of each)"
             );
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// More pages on the refilled lists than one trim looks at are all trimmed over a few
+    /// calls: the look goes on where the last one stopped. It used to start at the lists'
+    /// fronts every time, so the pages past the first [`super::TRIM_VISITS`] were never
+    /// looked at (here the budget is 4 pages a call, as `TRIM_VISITS_TEST` sets it).
+    #[test]
+    fn the_trim_of_long_refilled_lists_goes_on_where_it_stopped() {
+        const PAGES: usize = 10;
+        std::thread::spawn(|| {
+            TRIM_VISITS_TEST.with(|c| c.set(4));
+            let (pages, mine, rest) = full_pages(bin_of(64), PAGES);
+            let first = hear_of_one_free_per_page(&pages, &mine);
+            // One live block per page; the rest freed by another thread after the first.
+            let keep: Vec<usize> = pages
+                .iter()
+                .map(|&p| *mine.iter().rfind(|&&b| page(b) as usize == p).unwrap())
+                .collect();
+            free_elsewhere(
+                mine.iter()
+                    .copied()
+                    .filter(|b| !first.contains(b) && !keep.contains(b))
+                    .collect(),
+            );
+            collect_now();
+            // SAFETY: our heap and pages, read on our thread between calls.
+            let linked = pages
+                .iter()
+                .filter(|&&p| unsafe { is_linked(own().as_ptr(), p as *mut Page) })
+                .count();
+            // SAFETY: as above.
+            let trimmed = || {
+                pages
+                    .iter()
+                    .filter(|&&p| unsafe { (*(p as *mut Page)).parked != 0 })
+                    .count()
+            };
+            // Each page is looked at twice (the first look notes its count): 5 calls of 4.
+            for _ in 0..6 {
+                // SAFETY: our heap, on a slow path of ours (nothing of it in use here).
+                unsafe { trim_sparse(own()) };
+            }
+            let n = trimmed();
+            TRIM_VISITS_TEST.with(|c| c.set(0));
+            for b in keep.into_iter().chain(rest) {
+                // SAFETY: our block, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            assert_eq!(linked, PAGES, "pages on the refilled list");
+            assert_eq!(n, PAGES, "pages trimmed after 6 calls of 4 looks");
         })
         .join()
         .unwrap();
