@@ -152,7 +152,8 @@ fn probes(size: usize) -> impl Iterator<Item = usize> {
 /// not full, of segments on its list that it owns; every bin page in use of those segments
 /// is in its queue exactly when not full; the refilled lists hold full pages of their bin
 /// with live blocks and free (or parked) ones, and a full page on none has null links; the
-/// direct table equals `pages`; the trim cursor is null or a page of `trim_bin`'s queue;
+/// direct table equals `pages`; the trim cursors are null or a page of their bin's queue
+/// (`trim_at`) or refilled list (`refilled_trim_at`);
 /// every tail bit of its segments names the start of a bin page in use.
 ///
 /// # Safety
@@ -211,6 +212,7 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
         // live block and a free (or parked: `refilled::trim`) one, ours, on no other list;
         // every other full page unlinked.
         let mut listed = HashSet::new();
+        let mut refilled_cursor_seen = h.refilled_trim_at.is_null();
         for bin in 0..NBINS {
             let mut prev: *mut Page = core::ptr::null_mut();
             let mut p = h.refilled[bin];
@@ -239,12 +241,21 @@ unsafe fn check_heap(h: HeapRef) -> Result<(), String> {
                 if !listed.insert(p as usize) || queued.contains(&(p as usize)) {
                     return Err(format!("refilled {bin}: page {p:p} listed twice"));
                 }
+                if p == h.refilled_trim_at && bin == h.refilled_trim_bin as usize {
+                    refilled_cursor_seen = true;
+                }
                 prev = p;
                 p = (*p).next;
             }
             if h.refilled_tail[bin] != prev {
                 return Err(format!("refilled {bin}: the tail is not the last page"));
             }
+        }
+        if !refilled_cursor_seen {
+            return Err(format!(
+                "the refilled trim cursor {:p} is on no list of its bin",
+                h.refilled_trim_at
+            ));
         }
         if !cursor_seen {
             return Err(format!(

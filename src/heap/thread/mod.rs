@@ -171,6 +171,11 @@ pub struct Heap {
     /// in and arms the pages `USE_DELAYED` again (`quiet`), and clears it. Set by us, cleared
     /// by a pass, both under our gate; read by passes deciding whether to visit.
     refilled_silent: AtomicBool,
+    /// Where the next trim of the refilled lists goes on (`refilled::trim`): a page on
+    /// `refilled_trim_bin`'s list, or null (the next bin's front). `refilled::unlink` moves it
+    /// on from a page it takes off.
+    refilled_trim_at: *mut Page,
+    refilled_trim_bin: u8,
     /// When anything of a `holding` heap is next due (ms: the earliest purge step, tail step,
     /// retry of a refused purge or huge cache expiry, as its last collection or pass found
     /// them), 0 if not known (memory given back since: `tick::note_idle`). A pass visits a
@@ -287,6 +292,8 @@ impl Heap {
             allocs_at_collect: [0; NBINS],
             trim_at: ptr::null_mut(),
             trim_bin: 0,
+            refilled_trim_at: ptr::null_mut(),
+            refilled_trim_bin: 0,
             huge_cache: HugeCache::new(),
             stats: Stats::new(),
             fast_gate: &crate::heap::route::FAST_MAX,

@@ -14,8 +14,8 @@
 //! gives back the ones left with no live block.
 //!
 //! Owns: `Heap::refilled` and `Heap::refilled_tail` (a list per bin, linked through the
-//! pages' `next/prev`, which a page in no queue does not use otherwise), and
-//! `Heap::refilled_silent`. May touch: the listed pages' flags, lists and remote-free state,
+//! pages' `next/prev`, which a page in no queue does not use otherwise),
+//! `Heap::refilled_silent`, and the trim's cursor (`refilled_trim_at`, `refilled_trim_bin`). May touch: the listed pages' flags, lists and remote-free state,
 //! `bins` (a page taken goes to the front of its queue), `free` (retiring a page), `counters`
 //! (booking what a collect takes back), `purger` (the gate, the wake-up), `heap::trim`
 //! (the listed pages' trims, for `trim::trim_sparse`).
@@ -83,6 +83,9 @@ pub(super) unsafe fn unlink(h: *mut Heap, p: *mut Page) {
         }
         let bin = ((*p).bin as usize).min(NBINS - 1);
         let (prev, next) = ((*p).prev, (*p).next);
+        if *addr_of!((*h).refilled_trim_at) == p {
+            *addr_of_mut!((*h).refilled_trim_at) = next;
+        }
         if prev.is_null() {
             *addr_of_mut!((*h).refilled[bin]) = next;
         } else {
@@ -182,36 +185,48 @@ pub(super) const TRIM_VISITS: usize = 256;
 /// The trim's look at the refilled lists (`trim::trim_sparse`, before a new segment): their
 /// sparse pages' all-free OS pages go back as the queues' do (invariant 21), else a page
 /// that other threads' frees left with a few live blocks, in no queue, kept them resident
-/// for as long as its bin did not need a page. At most [`TRIM_VISITS`] pages from the
-/// lists' fronts, walking at most about `blocks` blocks (lowered by those walked). A page
-/// left with parked blocks only stays listed: `extend` brings them back when it is taken.
+/// for as long as its bin did not need a page. At most [`TRIM_VISITS`] pages from where the
+/// last call stopped (the cursor `refilled_trim_at` in `refilled_trim_bin`'s list; null: the
+/// next bin's front), walking at most about `blocks` blocks (lowered by those walked), and
+/// the cursor moves past them. A page left with parked blocks only stays listed: `extend`
+/// brings them back when it is taken.
 ///
 /// # Safety
 /// `h` is the calling thread's heap, in a gated slow path (no block of its pages is being
 /// popped, no list of them walked).
-pub(super) unsafe fn trim(h: HeapRef, blocks: &mut usize) {
+pub(super) unsafe fn trim(mut h: HeapRef, blocks: &mut usize) {
     let mut visits = TRIM_VISITS;
     #[cfg(test)]
     if let v @ 1.. = super::trim::TRIM_VISITS_TEST.with(|c| c.get()) {
         visits = v;
     }
-    // SAFETY: the lists' pages are ours (module invariant), under our gate (contract).
+    let mut bin = (h.refilled_trim_bin as usize).min(NBINS - 1);
+    let mut p = h.refilled_trim_at;
+    // Each list once at most, the cursor's own again at the end (its front part).
+    let mut lists_left = NBINS + 1;
+    // SAFETY: the lists' pages are ours (module invariant), under our gate (contract); the
+    // cursor is null or a page of `bin`'s list (`unlink` moves it on from a page it takes off).
     unsafe {
-        for bin in 0..NBINS {
-            let mut p = h.refilled[bin];
-            while !p.is_null() {
-                if visits == 0 || *blocks == 0 {
-                    return;
+        while visits > 0 && *blocks > 0 {
+            if p.is_null() {
+                if lists_left == 0 {
+                    break;
                 }
-                visits -= 1;
-                if (*p).worth_trimming() {
-                    *blocks = blocks.saturating_sub((*p).capacity as usize);
-                    (*p).trim();
-                }
-                p = (*p).next;
+                lists_left -= 1;
+                bin = (bin + 1) % NBINS;
+                p = h.refilled[bin];
+                continue;
             }
+            visits -= 1;
+            if (*p).worth_trimming() {
+                *blocks = blocks.saturating_sub((*p).capacity as usize);
+                (*p).trim();
+            }
+            p = (*p).next;
         }
     }
+    h.refilled_trim_at = p;
+    h.refilled_trim_bin = bin as u8;
 }
 
 #[cfg(test)]

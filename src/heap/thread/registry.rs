@@ -339,6 +339,7 @@ pub(super) unsafe fn release_all(mut h: HeapRef) {
     h.refilled = [ptr::null_mut(); NBINS];
     h.refilled_tail = [ptr::null_mut(); NBINS];
     h.refilled_silent.store(false, Ordering::Relaxed);
+    h.refilled_trim_at = ptr::null_mut();
     h.trim_at = ptr::null_mut();
 }
 
