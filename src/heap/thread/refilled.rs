@@ -386,10 +386,10 @@ mod tests {
                 .iter()
                 .filter(|&&p| unsafe { is_linked(own().as_ptr(), p as *mut Page) })
                 .count();
-            // SAFETY: as above.
             let trimmed = || {
                 pages
                     .iter()
+                    // SAFETY: our pages, read on our thread between calls.
                     .filter(|&&p| unsafe { (*(p as *mut Page)).parked != 0 })
                     .count()
             };
