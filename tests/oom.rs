@@ -353,18 +353,49 @@ fn a_full_huge_cache_gives_way_to_new_mappings() {
 
 const PLACED_CACHE_CHILD_ENV: &str = "TIERALLOC_TEST_OOM_PLACED_CACHE_CHILD";
 
-/// The child of `a_full_huge_cache_gives_way_to_explicit_placements`: as
-/// `oom_cache_child_scenario`, through a `Placed::local()` handle (the node heap of the
-/// thread's node, whose own huge cache is empty: the freed mappings are in the calling
-/// thread's).
+/// The child of `a_full_huge_cache_gives_way_to_explicit_placements` and its siblings: as
+/// `oom_cache_child_scenario`, through an explicit placement whose memory does not come from
+/// the calling thread's heap, so that its own huge cache is empty while the freed mappings
+/// are in the thread's. The variable names the way: `local` (a `Placed::local()` handle: the
+/// node heap of the thread's node), `interleave` (`Placed::interleave(&[0])`: a mapping of
+/// its own per block), `mapped` (`Placed::node(0).bound()`: the same, bound) or `label` (the
+/// global allocator inside a labelled scope: the label's heap).
 #[test]
 fn oom_placed_cache_child_scenario() {
     use allocator_api2::alloc::Allocator;
-    if std::env::var_os(PLACED_CACHE_CHILD_ENV).is_none() {
+    let Some(way) = std::env::var_os(PLACED_CACHE_CHILD_ENV) else {
         return; // only runs in the child process
-    }
-    println!("oom placed cache child: start");
-    let placed = tieralloc::Placed::local().unwrap();
+    };
+    let way = way.into_string().unwrap();
+    println!("oom placed cache child ({way}): start");
+    let placed = match way.as_str() {
+        "local" | "label" => tieralloc::Placed::local().unwrap(),
+        "interleave" => tieralloc::Placed::interleave(&[0]).unwrap(),
+        "mapped" => tieralloc::Placed::node(0).unwrap().bound(),
+        other => panic!("unknown way {other}"),
+    };
+    // A labelled scope sends the global allocator's requests to its label's heap; the guard
+    // (and the label's name slot) is made before the cap.
+    let _scope = (way == "label").then(|| tieralloc::place_labeled(placed, "oom-label"));
+    let alloc = |l: Layout| -> *mut u8 {
+        if way == "label" {
+            // SAFETY: non-zero size.
+            unsafe { GLOBAL.alloc(l) }
+        } else {
+            placed
+                .allocate(l)
+                .map_or(ptr::null_mut(), |b| b.as_ptr() as *mut u8)
+        }
+    };
+    let free = |p: *mut u8, l: Layout| {
+        if way == "label" {
+            // SAFETY: allocated by `alloc` with `l`, freed once.
+            unsafe { GLOBAL.dealloc(p, l) }
+        } else {
+            // SAFETY: allocated by `placed` with `l`, freed once.
+            unsafe { placed.deallocate(ptr::NonNull::new_unchecked(p), l) }
+        }
+    };
     let large = Layout::from_size_align(MIB, 8).unwrap();
     let huge = Layout::from_size_align(48 * MIB, 8).unwrap();
     let mut got = [ptr::null_mut::<u8>(); 48];
@@ -372,28 +403,47 @@ fn oom_placed_cache_child_scenario() {
     // ---- Until the cap is lifted, nothing may allocate through std.
     let old = cache_full_then_cap(30);
     for g in got.iter_mut() {
-        *g = placed
-            .allocate(large)
-            .map_or(ptr::null_mut(), |b| b.as_ptr() as *mut u8);
+        *g = alloc(large);
     }
     let large_ok = got.iter().filter(|g| !g.is_null()).count();
     set_as_limit(old.rlim_cur, old.rlim_max);
+    // A labelled scope whose label heap is refused serves the request unlabelled from the
+    // thread's heap (which gives its own cache back): the blocks must be the label's.
+    let labelled = || {
+        tieralloc::stats()
+            .labels
+            .iter()
+            .find(|l| l.label == "oom-label")
+            .map_or(0, |l| l.bytes_live)
+    };
+    let large_labelled = labelled();
     for g in got.iter().filter(|g| !g.is_null()) {
-        // SAFETY: allocated above by `placed` with `large`.
-        unsafe { placed.deallocate(ptr::NonNull::new_unchecked(*g), large) };
+        free(*g, large);
     }
 
     let old = cache_full_then_cap(30);
-    let h = placed.allocate(huge);
+    let h = alloc(huge);
     set_as_limit(old.rlim_cur, old.rlim_max);
-    println!("oom placed cache child: {large_ok} of 48 large blocks, huge {h:?}");
+    let huge_labelled = labelled();
+    println!(
+        "oom placed cache child ({way}): {large_ok} of 48 large blocks, huge {h:?}, \
+         labelled bytes {large_labelled} then {huge_labelled}"
+    );
+    if way == "label" {
+        assert!(
+            large_labelled >= 48 * MIB as i64 && huge_labelled >= 48 * MIB as i64,
+            "blocks of a labelled scope served outside its label"
+        );
+    }
     assert_eq!(
         large_ok, 48,
         "placed large blocks failed with freed huge mappings cached"
     );
-    let h = h.expect("a placed huge block failed with freed huge mappings cached");
-    // SAFETY: allocated above by `placed` with `huge`.
-    unsafe { placed.deallocate(h.cast(), huge) };
+    assert!(
+        !h.is_null(),
+        "a placed huge block failed with freed huge mappings cached"
+    );
+    free(h, huge);
     println!("{MARKER}");
 }
 
@@ -403,10 +453,25 @@ fn oom_placed_cache_child_scenario() {
 /// heap's cache was given back (rev7's fix), and a node heap's is always empty.
 #[test]
 fn a_full_huge_cache_gives_way_to_explicit_placements() {
+    placed_cache_child("local");
+}
+
+/// As `a_full_huge_cache_gives_way_to_explicit_placements`, for the ways rev21's fix covered
+/// without a test of their own: an interleave handle and a bound one (each block a mapping of
+/// its own, `placed::map_for_handle`), and a labelled scope (its label's heap,
+/// `labels::label_alloc`).
+#[test]
+fn a_full_huge_cache_gives_way_to_interleaved_mapped_and_labelled_placements() {
+    for way in ["interleave", "mapped", "label"] {
+        placed_cache_child(way);
+    }
+}
+
+fn placed_cache_child(way: &str) {
     run_child(
         "oom_placed_cache_child_scenario",
         &[
-            (PLACED_CACHE_CHILD_ENV, "1"),
+            (PLACED_CACHE_CHILD_ENV, way),
             ("TIERALLOC_PURGE_DELAY_MS", "600000"),
         ],
     );
