@@ -68,11 +68,8 @@ step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=
 for sim in 2 2,far=1; do
   echo "-- TIERALLOC_SIMULATE_NODES=$sim"
   TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test churn --test model \
-    --test pool --test arena --test stress --test stress_mi --test stress_nodes --test budget_cache
-  # Of cross_thread, the thread-exit test only: blocks_freed_remotely_into_full_pages_... fails
-  # 2 runs in 40 under simulation (docs/correctness/simnodes.md, "Open").
-  TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test cross_thread -- --exact \
-    a_thread_exits_while_its_delayed_frees_arrive
+    --test pool --test arena --test stress --test stress_mi --test stress_nodes --test budget_cache \
+    --test cross_thread
 done
 
 step "hwloc topology tests"
