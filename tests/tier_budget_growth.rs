@@ -1,0 +1,94 @@
+//! A tier budget against memory that grows without a new allocation: a huge block that
+//! `realloc` grows in place (its pages moved to a bigger mapping on the same node) takes new
+//! committed bytes on its node as surely as a new block would, so it must not take them past
+//! the node's tier budget (docs/tiers.md, "Budgets": a cap on a tier's committed bytes, over
+//! by less than one segment per thread for small blocks). Past the budget the block moves
+//! instead, and the global allocator spills the new one to the next tier with room.
+//!
+//! Runs in a child under `TIERALLOC_SIMULATE_NODES=2,far=1` (node 2 is the far tier), on a
+//! thread pinned to a CPU of node 0.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::time::Duration;
+use tieralloc::tiers::{self, Policy};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+#[path = "common/child.rs"]
+mod child;
+
+const MIB: usize = 1 << 20;
+
+/// A CPU of simulated node 0 (of two) this process may run on.
+fn cpu_of_node_0() -> Option<u32> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: every index is below CPU_SETSIZE.
+        .find(|&c| c % 2 == 0 && unsafe { libc::CPU_ISSET(c, &set) })
+        .map(|c| c as u32)
+}
+
+#[test]
+fn a_huge_block_grown_by_realloc_keeps_its_tier_within_budget() {
+    if !child::is_child() {
+        let mut cmd = child::on_simulated_nodes(
+            "a_huge_block_grown_by_realloc_keeps_its_tier_within_budget",
+            "2,far=1",
+        );
+        return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    }
+    let Some(cpu) = cpu_of_node_0() else {
+        println!("skipped: no CPU of simulated node 0 allowed");
+        return;
+    };
+    std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(cpu).expect("pin");
+        tieralloc::collect();
+        assert_eq!(tieralloc::probe::heap_node(), 0, "the heap is on node 0");
+        let old = Layout::from_size_align(3 * MIB, 8).unwrap();
+        // SAFETY: a non-zero size; written whole below.
+        let p = unsafe { GLOBAL.alloc(old) };
+        assert!(!p.is_null());
+        // SAFETY: p holds old.size() bytes.
+        unsafe { std::ptr::write_bytes(p, 0x5a, old.size()) };
+        // SAFETY: p is a live block of ours that no other thread frees.
+        assert_eq!(unsafe { tieralloc::probe::block_node(p) }, 0);
+        let near = tiers::stats()[0].committed_bytes;
+        let budget = near + 8 * MIB as u64;
+        tiers::set_policy(&Policy {
+            near_budget: Some(budget),
+            ..Policy::default()
+        })
+        .unwrap();
+        let new_size = 64 * MIB;
+        // SAFETY: p was allocated with `old`; new_size is non-zero.
+        let q = unsafe { GLOBAL.realloc(p, old, new_size) };
+        assert!(!q.is_null());
+        let after = tiers::stats();
+        tiers::set_policy(&Policy::default()).unwrap();
+        // SAFETY: q holds new_size bytes, the first old.size() of them copied or kept.
+        let kept = unsafe { std::slice::from_raw_parts(q, old.size()) };
+        assert!(kept.iter().all(|&b| b == 0x5a), "contents lost");
+        // SAFETY: q is a live block of ours.
+        let node = unsafe { tieralloc::probe::block_node(q) };
+        // SAFETY: q was returned by realloc with new_size.
+        unsafe { GLOBAL.dealloc(q, Layout::from_size_align(new_size, 8).unwrap()) };
+        assert!(
+            after[0].committed_bytes <= budget,
+            "near tier committed {} MiB over its budget after a realloc grew a block in place \
+             (block on node {node})",
+            (after[0].committed_bytes - budget) / MIB as u64
+        );
+        assert_eq!(node, 2, "the grown block spills to the far tier");
+    })
+    .join()
+    .unwrap();
+}
