@@ -241,6 +241,13 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let old_size = (*seg).huge_size;
+        // Growth commits new bytes on the object's node (which `grow` requires to be the
+        // heap's): past the node's tier budget the caller moves the block instead, and the
+        // new one is placed (spilled) by the policies like any allocation (review rev24: a
+        // 3 MiB block grown to 64 MiB in place took the near tier 53 MiB past its budget).
+        if !crate::heap::route::fits(h.node, new_size - old_size) {
+            return ptr::null_mut();
+        }
         // The bytes are booked on this heap's counters, which must own the object's node:
         // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
         // Booked before the grown object is registered again: a move by the demoter from
