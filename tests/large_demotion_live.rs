@@ -39,9 +39,17 @@ fn cpu_of(node: usize) -> Option<u32> {
 /// Live bytes of nodes 0, 1 and 2, and of tiers 0 and 1.
 fn live() -> ([i64; 3], [i64; 2]) {
     let s = tieralloc::stats();
-    let node = |n: u32| s.nodes.iter().find(|x| x.node == n).map_or(0, |x| x.bytes_live);
+    let node = |n: u32| {
+        s.nodes
+            .iter()
+            .find(|x| x.node == n)
+            .map_or(0, |x| x.bytes_live)
+    };
     let t = tieralloc::tiers::stats();
-    ([node(0), node(1), node(2)], [t[0].live_bytes, t[1].live_bytes])
+    (
+        [node(0), node(1), node(2)],
+        [t[0].live_bytes, t[1].live_bytes],
+    )
 }
 
 fn diff(a: ([i64; 3], [i64; 2]), b: ([i64; 3], [i64; 2])) -> ([i64; 3], [i64; 2]) {

@@ -435,6 +435,8 @@ pub(crate) unsafe fn move_to_node_claimed(
                 let bytes = end - start;
                 segment::commit_sub(was, bytes);
                 segment::commit_add(node as u16, bytes);
+                // Its live bytes too (review rev24), until its page is given back.
+                segment::move_live(was, node as u16, (*large).block_size as usize);
             }
             (*large).moved = if node == home as u32 {
                 0
