@@ -8,7 +8,8 @@
 //! segment: its node and tier fields and the committed bytes per node, so that the heap's
 //! bookkeeping follows the move; the claim that keeps it from being freed meanwhile; a large
 //! block's page: where its memory is, `moved`), `heap::thread` (a moved huge block's live
-//! bytes, and its label's, booked on its new node), `init` (start-up) and the `tier` counters.
+//! bytes, and its label's, booked on its new node), `heap::route` (the target tier's budget),
+//! `init` (start-up) and the `tier` counters.
 //! Allocation-free.
 //!
 //! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
@@ -75,6 +76,12 @@ pub enum TierError {
     BadSpan,
     /// The kernel refused (an errno: EFAULT or ENOMEM for unmapped memory, EPERM, ENOSYS).
     Os(i32),
+    /// The span is a block of the allocator whose committed bytes the target node's tier
+    /// cannot take within its budget (`TIERALLOC_TIER_BUDGET`, [`Policy`](super::Policy)).
+    OverBudget {
+        /// The target tier.
+        tier: usize,
+    },
 }
 
 impl fmt::Display for TierError {
@@ -97,6 +104,10 @@ impl fmt::Display for TierError {
                 f,
                 "the kernel refused to move the pages: {}",
                 std::io::Error::from_raw_os_error(*e)
+            ),
+            TierError::OverBudget { tier } => write!(
+                f,
+                "memory tier {tier} cannot take the block within its budget"
             ),
         }
     }
@@ -340,6 +351,20 @@ pub(crate) unsafe fn move_to_node_claimed(
     } else {
         None
     };
+    // A budget caps the target tier's committed bytes, and a move of one of our blocks takes
+    // its committed bytes there (memory that is not ours is counted nowhere): refused when
+    // they do not fit (review rev24: a demotion took the far tier 7.5 MiB past its budget).
+    if let (Some(tt), Some(from)) = (target_tier, booked) {
+        let bytes = if huge.is_null() {
+            end - start
+        } else {
+            // SAFETY: as above.
+            unsafe { (*huge).map_size }
+        };
+        if tier_of(from) != Some(tt) && !crate::heap::route::fits(node, bytes) {
+            return Err(TierError::OverBudget { tier: tt });
+        }
+    }
     let before = |s: i32| {
         if sim && s >= 0 {
             booked.unwrap_or(s)
