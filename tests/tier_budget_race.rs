@@ -67,7 +67,7 @@ fn far_requests_racing_for_the_last_room_stay_within_the_budget() {
             unsafe { far.deallocate(NonNull::new(p as *mut u8).unwrap(), l) };
         }
         assert!(
-            got.len() <= 2 && committed <= budget,
+            (1..=2).contains(&got.len()) && committed <= budget,
             "round {round}: {} of {THREADS} requests of 8 MiB served against 20 MiB of room, \
              the far tier {} KiB past its budget",
             got.len(),
