@@ -275,4 +275,44 @@ mod tests {
         assert!(parse_budgets(b"9:1G").is_none());
         assert!(parse_budgets(b"").is_none());
     }
+
+    /// Review rev24: the values the rule (a clear error for bad input) names, and a
+    /// tier given two budgets (`near:1G,near:8G`: which one was meant?), are each refused
+    /// whole, so that `read_tier_policy` warns about them.
+    #[test]
+    fn malformed_tier_policy_values_are_refused() {
+        use crate::sys::env::{parse_ratio, parse_size};
+        for r in [
+            &b"0:0"[..],
+            b"1:",
+            b":4",
+            b"1:4:1",
+            b"-1:4",
+            b"1:0",
+            b"1:1000001",
+            b"",
+        ] {
+            assert_eq!(parse_ratio(r), None, "{:?}", core::str::from_utf8(r));
+        }
+        assert_eq!(parse_ratio(b" 1 : 4 "), Some((1, 4)));
+        for v in [
+            &b"near:2X"[..],
+            b"near:2GiBs",
+            b"near:1.5G",
+            b"near:",
+            b"near:2G,",
+            b"near:2G,,far:1G",
+            b"near:16777216T",
+            b"near:99999999999999999999",
+            b"mid:1G",
+            b"8:1G",
+            b"near:1G,near:8G",
+            b"far:1G,FAR:2G",
+            b"1:1G,1:2G",
+        ] {
+            assert!(parse_budgets(v).is_none(), "{:?}", core::str::from_utf8(v));
+        }
+        assert_eq!(parse_size(b"0x10"), None);
+        assert_eq!(parse_size(b"2gib"), Some(2 << 30));
+    }
 }
