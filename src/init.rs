@@ -200,21 +200,31 @@ pub(crate) fn parse_budgets(v: &[u8]) -> Option<Budgets> {
         return None;
     }
     let (mut near, mut far, mut tiers) = (none, none, [none; MAX_TIERS]);
+    // Which keys were given (bit 0 near, bit 1 far, bit 2 + t tier t): a key given twice is
+    // ambiguous, and refused (review rev24: the last one won, silently).
+    let mut seen = 0u32;
     for item in v.split(|&c| c == b',') {
         let item = trim(item);
         let i = item.iter().position(|&c| c == b':')?;
         let (key, val) = (trim(&item[..i]), parse_size(&item[i + 1..])?);
-        if key.eq_ignore_ascii_case(b"near") {
+        let bit = if key.eq_ignore_ascii_case(b"near") {
             near = val;
+            1
         } else if key.eq_ignore_ascii_case(b"far") {
             far = val;
+            2
         } else {
             let t = parse_u64(key)? as usize;
             if t >= MAX_TIERS {
                 return None;
             }
             tiers[t] = val;
+            4 << t
+        };
+        if seen & bit != 0 {
+            return None;
         }
+        seen |= bit;
     }
     Some((near, far, tiers))
 }
