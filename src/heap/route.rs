@@ -100,6 +100,15 @@ impl Drop for Reservation {
     }
 }
 
+/// Whether a block of `old` bytes reallocated to `new` crosses the size threshold upwards
+/// (from under it to it or past it): then it must not grow in place but be placed anew, as a
+/// request of `new` bytes would be. One relaxed load.
+#[inline]
+pub(crate) fn crosses_threshold(old: usize, new: usize) -> bool {
+    let th = THRESHOLD.load(Ordering::Relaxed);
+    th != 0 && old < th && new >= th
+}
+
 /// See `FAST_MAX`.
 #[inline(always)]
 pub(crate) fn fast_max() -> usize {
