@@ -3,7 +3,8 @@
 //! `tiers::stats()[k].live_bytes` count the bytes live on each node). A demoted large block's
 //! memory is on the far node (`Page::moved`, and its committed bytes follow), so its live
 //! bytes must be counted there too while it lives, and come back off that node, not off its
-//! segment's, when it is freed (by its thread or by another) or promoted back. Review rev19
+//! segment's, when it is freed (by its thread, by another, or by another after its owner
+//! exited) or promoted back. Review rev19
 //! made huge blocks do so (`book_huge_moved`); large blocks kept their live bytes on the
 //! segment's node.
 //!
@@ -117,7 +118,67 @@ fn run(name: &str, how: u8) {
         let mut cmd = child::on_simulated_nodes(name, "2,far=1");
         return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
     }
+    if how == 3 {
+        return demote_then_exit();
+    }
     demote_then(how);
+}
+
+/// The owner (node 0) demotes the block and exits with it live; a node-1 thread frees it into
+/// the exited owner's abandoned segment; threads of node 0 tend. Node 2 holds the block's
+/// bytes exactly while it lives and none after.
+fn demote_then_exit() {
+    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+        println!("skipped: no CPU of both simulated nodes");
+        return;
+    };
+    tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
+    let _ = (vec![1u8; 100], live());
+    tieralloc::collect();
+    let before = live();
+    let v = std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        let mut v = vec![7u8; BLOCK];
+        // SAFETY: our own large block, not freed or resized while it moves.
+        let r = unsafe { tieralloc::tiers::demote(v.as_mut_ptr(), v.len()) }.unwrap();
+        assert_eq!((r.node, r.failed), (2, 0));
+        v
+    })
+    .join()
+    .unwrap();
+    let during = diff(live(), before);
+    assert_eq!(
+        during.0[2], BLOCK as i64,
+        "node 2 while the owner is gone: {during:?}"
+    );
+    assert!(v.iter().all(|&x| x == 7));
+    drop(v);
+    for _ in 0..2 {
+        std::thread::spawn(move || {
+            tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+            for _ in 0..8 {
+                tieralloc::collect();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    tieralloc::collect();
+    let after = diff(live(), before);
+    assert_eq!(after.0[2], 0, "node 2 after the free: {after:?}");
+    assert_eq!(after.1[1], 0, "tier 1 after the free: {after:?}");
+    assert!(
+        after.0[0].abs() <= 4096 && after.0[1].abs() <= 4096,
+        "nodes 0 and 1 after the free: {after:?}"
+    );
+}
+
+#[test]
+fn a_demoted_large_block_freed_after_its_owner_exited_leaves_nothing_on_the_far_node() {
+    run(
+        "a_demoted_large_block_freed_after_its_owner_exited_leaves_nothing_on_the_far_node",
+        3,
+    );
 }
 
 #[test]
