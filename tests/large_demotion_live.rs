@@ -138,6 +138,10 @@ fn demote_then_exit() {
     let before = live();
     let v = std::thread::spawn(move || {
         tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
+        // The heap follows the thread to node 0 now (it started on node 1, the CPU it was
+        // spawned on).
+        tieralloc::collect();
+        assert_eq!(tieralloc::probe::heap_node(), 0);
         let mut v = vec![7u8; BLOCK];
         // SAFETY: our own large block, not freed or resized while it moves.
         let r = unsafe { tieralloc::tiers::demote(v.as_mut_ptr(), v.len()) }.unwrap();
