@@ -240,8 +240,9 @@ fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(),
 /// whole widened page range (its placement policy is replaced).
 ///
 /// # Errors
-/// [`TierError`]: the node cannot take placements, the span is in a shared segment, or the
-/// kernel refused.
+/// [`TierError`]: the node cannot take placements, the span is in a shared segment, the span
+/// is one of the allocator's blocks and the node's tier cannot take it within its budget
+/// (`OverBudget`), or the kernel refused.
 pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveReport, TierError> {
     if segment::contains(ptr) {
         let seg = segment::segment_of(ptr);
