@@ -8,7 +8,10 @@
 //!   and the global allocator spills the new one to the next tier with room;
 //! - a tier move (`tiers::demote`, the automatic demoter) of one of the allocator's blocks
 //!   takes its committed bytes to the target tier, so it must not take that tier past its
-//!   budget: it is refused (`TierError::OverBudget`), and the demoter leaves the block.
+//!   budget: it is refused (`TierError::OverBudget`), and the demoter leaves the block;
+//! - a new page in one of the thread's own segments (free slices left by earlier frees)
+//!   commits its bytes on the segment's node as a new segment would: the budget is asked
+//!   there too, not only when a new segment is taken.
 //!
 //! Runs in children under `TIERALLOC_SIMULATE_NODES=2,far=1` (node 2 is the far tier), on a
 //! thread pinned to a CPU of node 0.
@@ -172,6 +175,56 @@ fn a_demotion_does_not_take_the_far_tier_past_its_budget() {
         assert_eq!(nodes, (0, 0), "the blocks stay on node 0");
         // SAFETY: a live block of ours.
         assert_eq!(unsafe { tieralloc::probe::block_node(huge2.as_ptr()) }, 0);
+    })
+    .join()
+    .unwrap();
+}
+
+/// On a thread pinned to node 0: 64 MiB of 32 KiB blocks, then all but one block in 64 freed,
+/// so that the thread's segments (16 of them) stay its own, each with most of its slices free;
+/// then a near budget with 1 MiB of room and 64 MiB of 32 KiB blocks again. The new pages
+/// made in those segments commit bytes on node 0 as new segments would: the near tier must
+/// stay within its budget plus less than one segment (the thread's one segment in flight),
+/// the rest spilling to the far tier.
+#[test]
+fn small_blocks_in_the_threads_own_segments_keep_the_near_tier_within_budget() {
+    if !child::is_child() {
+        let mut cmd = child::on_simulated_nodes(
+            "small_blocks_in_the_threads_own_segments_keep_the_near_tier_within_budget",
+            "2,far=1",
+        );
+        return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    }
+    let Some(cpu) = cpu_of_node_0() else {
+        println!("skipped: no CPU of simulated node 0 allowed");
+        return;
+    };
+    std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(cpu).expect("pin");
+        tieralloc::collect();
+        let first: Vec<Box<[u8; 32768]>> = (0..2048).map(|_| Box::new([1u8; 32768])).collect();
+        let kept: Vec<Box<[u8; 32768]>> = first.into_iter().step_by(64).collect();
+        let near = tiers::stats()[0].committed_bytes;
+        let budget = near + MIB as u64;
+        tiers::set_policy(&Policy {
+            near_budget: Some(budget),
+            ..Policy::default()
+        })
+        .unwrap();
+        let again: Vec<Box<[u8; 32768]>> = (0..2048).map(|_| Box::new([2u8; 32768])).collect();
+        let s = tiers::stats();
+        tiers::set_policy(&Policy::default()).unwrap();
+        assert!(kept.iter().all(|b| b.iter().all(|&x| x == 1)));
+        assert!(again.iter().all(|b| b.iter().all(|&x| x == 2)));
+        drop((kept, again));
+        let over = s[0].committed_bytes as i64 - budget as i64;
+        assert!(
+            over < 4 * MIB as i64,
+            "the near tier went {} KiB past its budget (far tier {} MiB, {} spills)",
+            over >> 10,
+            s[1].committed_bytes >> 20,
+            s[0].spills
+        );
     })
     .join()
     .unwrap();
