@@ -340,6 +340,25 @@ pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
     choose(t, size, home)
 }
 
+/// Whether `size` more bytes on `node` would spill: its tier's budget cannot take them and
+/// a slower tier's can (so that [`segment_node`] sends a new segment there). A thread heap
+/// asks it before it makes a page in a segment of `node` it already holds (review rev24:
+/// pages made in the free slices of a thread's own segments took the near tier 47 MiB past
+/// its budget, only a new segment having asked). False when no budget is set (one relaxed
+/// load), and when no tier has room (the heap then uses what it holds).
+pub(crate) fn would_spill(node: u32, size: usize) -> bool {
+    if !any_budget() {
+        return false;
+    }
+    let t = discover::get();
+    match t.tier_of(node as usize) {
+        Some(tier) => {
+            !has_room(t, tier, size) && (tier + 1..t.n_tiers).any(|k| has_room(t, k, size))
+        }
+        None => false,
+    }
+}
+
 /// The node a thread heap on `home` maps its next segment on (a spilled node when `home`'s
 /// tier budget is spent, the far node when the ratio wants far). Must not allocate.
 #[inline]
