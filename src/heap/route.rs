@@ -341,7 +341,8 @@ pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
 }
 
 /// Whether `size` more bytes on `node` would spill: its tier's budget cannot take them and
-/// a slower tier's can (so that [`segment_node`] sends a new segment there). A thread heap
+/// a slower tier's can take a new segment (so that [`segment_node`] sends one there, rather
+/// than map it on `node` after all). A thread heap
 /// asks it before it makes a page in a segment of `node` it already holds (review rev24:
 /// pages made in the free slices of a thread's own segments took the near tier 47 MiB past
 /// its budget, only a new segment having asked). False when no budget is set (one relaxed
@@ -353,7 +354,8 @@ pub(crate) fn would_spill(node: u32, size: usize) -> bool {
     let t = discover::get();
     match t.tier_of(node as usize) {
         Some(tier) => {
-            !has_room(t, tier, size) && (tier + 1..t.n_tiers).any(|k| has_room(t, k, size))
+            let seg = size.max(SEGMENT_SIZE);
+            !has_room(t, tier, size) && (tier + 1..t.n_tiers).any(|k| has_room(t, k, seg))
         }
         None => false,
     }
