@@ -229,3 +229,60 @@ fn small_blocks_in_the_threads_own_segments_keep_the_near_tier_within_budget() {
     .join()
     .unwrap();
 }
+
+/// As the huge block's, for a large block grown in place over the free slices after it in
+/// its segment (512 KiB to 1.5 MiB): the slices it takes commit bytes on its node. The budget
+/// is set before the block is allocated, so that nothing else takes those slices meanwhile.
+#[test]
+fn a_large_block_grown_by_realloc_keeps_its_tier_within_budget() {
+    if !child::is_child() {
+        let mut cmd = child::on_simulated_nodes(
+            "a_large_block_grown_by_realloc_keeps_its_tier_within_budget",
+            "2,far=1",
+        );
+        return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
+    }
+    let Some(cpu) = cpu_of_node_0() else {
+        println!("skipped: no CPU of simulated node 0 allowed");
+        return;
+    };
+    std::thread::spawn(move || {
+        tieralloc::numa::pin_current_thread_to_cpu(cpu).expect("pin");
+        tieralloc::collect();
+        assert_eq!(tieralloc::probe::heap_node(), 0, "the heap is on node 0");
+        // Room for the block and 256 KiB more.
+        let budget = tiers::stats()[0].committed_bytes + (768 << 10);
+        tiers::set_policy(&Policy {
+            near_budget: Some(budget),
+            ..Policy::default()
+        })
+        .unwrap();
+        let old = Layout::from_size_align(512 << 10, 8).unwrap();
+        let new_size = 1536 << 10;
+        // SAFETY: non-zero sizes; p written whole, reallocated, the result freed once.
+        let (moved, node, committed) = unsafe {
+            let p = GLOBAL.alloc(old);
+            assert!(!p.is_null());
+            assert_eq!(tieralloc::probe::block_node(p), 0);
+            p.write_bytes(0x5b, old.size());
+            let q = GLOBAL.realloc(p, old, new_size);
+            assert!(!q.is_null());
+            let committed = tiers::stats()[0].committed_bytes;
+            assert!(std::slice::from_raw_parts(q, old.size())
+                .iter()
+                .all(|&b| b == 0x5b));
+            let node = tieralloc::probe::block_node(q);
+            GLOBAL.dealloc(q, Layout::from_size_align(new_size, 8).unwrap());
+            (q != p, node, committed)
+        };
+        tiers::set_policy(&Policy::default()).unwrap();
+        assert!(
+            committed <= budget,
+            "near tier committed {} KiB over its budget after a realloc grew a large block \
+             (moved: {moved}, node {node})",
+            (committed - budget) >> 10
+        );
+    })
+    .join()
+    .unwrap();
+}
