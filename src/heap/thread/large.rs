@@ -402,6 +402,11 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
         if new_size > LARGE_MAX || !owner {
             return false;
         }
+        // The slices it would take commit bytes on the segment's node: past the node's tier
+        // budget the block moves instead (as `grow_huge`; review rev24).
+        if !route::fits((*seg).node as u32, (want - n) * SLICE_SIZE) {
+            return false;
+        }
         let grow = Segment::grow_large(seg, page, want);
         if grow == 0 {
             return false;
