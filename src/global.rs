@@ -214,20 +214,30 @@ unsafe impl GlobalAlloc for TierAlloc {
             // The secure build: a bin block's canary is checked, and written again for the
             // new size if the block stays; one found overwritten is left alone (leaked)
             // once reported, if the report returns.
+            // A block grown from under the far threshold to it or past it is placed as the
+            // same request to `alloc` would be (the far node), not kept where it is (review
+            // rev24: a 512 KiB block grown in place to 1.5 MiB stayed near under a 1 MiB
+            // threshold). In the secure build its free below checks its canary.
+            let stay = !route::crosses_threshold(layout.size(), new_size);
             #[cfg(feature = "secure")]
-            let keep_old = match thread::resize_checked(p, new_size) {
-                thread::Resize::InPlace => return p,
-                thread::Resize::Move => false,
-                thread::Resize::Leak => true,
-            };
+            let keep_old = stay
+                && match thread::resize_checked(p, new_size) {
+                    thread::Resize::InPlace => return p,
+                    thread::Resize::Move => false,
+                    thread::Resize::Leak => true,
+                };
             #[cfg(not(feature = "secure"))]
             let keep_old = false;
             #[cfg(not(feature = "secure"))]
-            if thread::resize_in_place(p, new_size) {
+            if stay && thread::resize_in_place(p, new_size) {
                 return p;
             }
             // A huge object grows by moving its pages, not its bytes.
-            let q = thread::grow_huge(p, new_size);
+            let q = if stay {
+                thread::grow_huge(p, new_size)
+            } else {
+                ptr::null_mut()
+            };
             if !q.is_null() {
                 return q;
             }

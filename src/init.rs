@@ -200,21 +200,31 @@ pub(crate) fn parse_budgets(v: &[u8]) -> Option<Budgets> {
         return None;
     }
     let (mut near, mut far, mut tiers) = (none, none, [none; MAX_TIERS]);
+    // Which keys were given (bit 0 near, bit 1 far, bit 2 + t tier t): a key given twice is
+    // ambiguous, and refused (review rev24: the last one won, silently).
+    let mut seen = 0u32;
     for item in v.split(|&c| c == b',') {
         let item = trim(item);
         let i = item.iter().position(|&c| c == b':')?;
         let (key, val) = (trim(&item[..i]), parse_size(&item[i + 1..])?);
-        if key.eq_ignore_ascii_case(b"near") {
+        let bit = if key.eq_ignore_ascii_case(b"near") {
             near = val;
+            1
         } else if key.eq_ignore_ascii_case(b"far") {
             far = val;
+            2
         } else {
             let t = parse_u64(key)? as usize;
             if t >= MAX_TIERS {
                 return None;
             }
             tiers[t] = val;
+            4 << t
+        };
+        if seen & bit != 0 {
+            return None;
         }
+        seen |= bit;
     }
     Some((near, far, tiers))
 }
@@ -274,5 +284,45 @@ mod tests {
         assert!(parse_budgets(b"mid:1G").is_none());
         assert!(parse_budgets(b"9:1G").is_none());
         assert!(parse_budgets(b"").is_none());
+    }
+
+    /// Review rev24: the values the rule (a clear error for bad input) names, and a
+    /// tier given two budgets (`near:1G,near:8G`: which one was meant?), are each refused
+    /// whole, so that `read_tier_policy` warns about them.
+    #[test]
+    fn malformed_tier_policy_values_are_refused() {
+        use crate::sys::env::{parse_ratio, parse_size};
+        for r in [
+            &b"0:0"[..],
+            b"1:",
+            b":4",
+            b"1:4:1",
+            b"-1:4",
+            b"1:0",
+            b"1:1000001",
+            b"",
+        ] {
+            assert_eq!(parse_ratio(r), None, "{:?}", core::str::from_utf8(r));
+        }
+        assert_eq!(parse_ratio(b" 1 : 4 "), Some((1, 4)));
+        for v in [
+            &b"near:2X"[..],
+            b"near:2GiBs",
+            b"near:1.5G",
+            b"near:",
+            b"near:2G,",
+            b"near:2G,,far:1G",
+            b"near:16777216T",
+            b"near:99999999999999999999",
+            b"mid:1G",
+            b"8:1G",
+            b"near:1G,near:8G",
+            b"far:1G,FAR:2G",
+            b"1:1G,1:2G",
+        ] {
+            assert!(parse_budgets(v).is_none(), "{:?}", core::str::from_utf8(v));
+        }
+        assert_eq!(parse_size(b"0x10"), None);
+        assert_eq!(parse_size(b"2gib"), Some(2 << 30));
     }
 }

@@ -514,16 +514,16 @@ impl Placed {
         }
         let (p, len) = match self.kind {
             Kind::Node(n) => {
-                if !crate::heap::thread::admit_making_room(n, size) {
+                let Some(_room) = crate::heap::thread::admit_making_room(n, size) else {
                     return Err(AllocError);
-                }
+                };
                 (node_alloc(n, size, layout.align(), zero), size)
             }
             Kind::Local => {
                 let n = home_node();
-                if !crate::heap::thread::admit_making_room(n, size) {
+                let Some(_room) = crate::heap::thread::admit_making_room(n, size) else {
                     return Err(AllocError);
-                }
+                };
                 (node_alloc(n, size, layout.align(), zero), size)
             }
             Kind::Weighted(w) => {

@@ -225,7 +225,9 @@ pub fn stats() -> Stats {
     let always = if topo.simulated() { topo.nodes } else { 1 };
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
-        let net = own_net + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
+        let net = own_net
+            + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
+            + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
             - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {

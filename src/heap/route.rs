@@ -5,8 +5,9 @@
 //! `ACTIVE`, `FAST_MAX`, `DIRECT_MAX`; and `SCOPED_GATE`, the constant 0 a scoped thread's
 //! inline gate reads instead of `FAST_MAX`), [`apply`] (the only writer: `tier::policy` and the
 //! start-up in `init` call it), the choice of node for a request or a segment ([`route`],
-//! [`segment_node`], [`admit`], [`fits`]) and the counters of that choice (spills, refusals, routed
-//! bytes). May touch: `heap::{segment, size_class}` (committed bytes per node, sizes), the
+//! [`segment_node`], [`admit`], [`fits`]), the room explicit requests hold in a budget until
+//! their blocks are allocated ([`Reservation`]) and the counters of that choice (spills,
+//! refusals, routed bytes). May touch: `heap::{segment, size_class}` (committed bytes per node, sizes), the
 //! `DIRECT_MAX` constant of `heap::thread`, `topology::{raw, discover}` (the tiers) and
 //! `sync`. A leaf of the heap: nothing here calls into the thread heap. Everything here is
 //! allocation-free, panic-free and format-free. The public policy API and the per-tier
@@ -66,6 +67,47 @@ pub(crate) static SPILLED_BYTES: [AtomicU64; MAX_TIERS] = [ZERO64; MAX_TIERS];
 pub(crate) static REFUSED: [AtomicU64; MAX_TIERS] = [ZERO64; MAX_TIERS];
 /// Per tier: bytes the policies routed to it away from the thread's own node.
 pub(crate) static ROUTED_BYTES: [AtomicU64; MAX_TIERS] = [ZERO64; MAX_TIERS];
+/// Per tier: bytes of explicit requests admitted within its budget whose blocks are not
+/// allocated yet ([`Reservation`]): counted with the committed bytes by every budget check, so
+/// that requests checked at once cannot each take the same room (review rev24: eight threads'
+/// 8 MiB `Placed::far()` requests against 20 MiB of room were all served).
+static PENDING: [AtomicU64; MAX_TIERS] = [ZERO64; MAX_TIERS];
+
+/// An explicit request's room in its tier's budget, held from [`admit`] until its block is
+/// allocated (or has failed): dropping it gives the room back to [`PENDING`], where the
+/// block's committed bytes, booked by then, take its place.
+#[must_use]
+pub(crate) struct Reservation {
+    /// The tier (`MAX_TIERS`: nothing reserved, no budget applies).
+    tier: usize,
+    bytes: u64,
+}
+
+impl Reservation {
+    const NONE: Reservation = Reservation {
+        tier: MAX_TIERS,
+        bytes: 0,
+    };
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(p) = PENDING.get(self.tier) {
+            // Release: the block's committed bytes, booked before, are seen by whoever sees
+            // the room given back (`has_room` reads PENDING first, with Acquire).
+            p.fetch_sub(self.bytes, Ordering::Release);
+        }
+    }
+}
+
+/// Whether a block of `old` bytes reallocated to `new` crosses the size threshold upwards
+/// (from under it to it or past it): then it must not grow in place but be placed anew, as a
+/// request of `new` bytes would be. One relaxed load.
+#[inline]
+pub(crate) fn crosses_threshold(old: usize, new: usize) -> bool {
+    let th = THRESHOLD.load(Ordering::Relaxed);
+    th != 0 && old < th && new >= th
+}
 
 /// See `FAST_MAX`.
 #[inline(always)]
@@ -170,10 +212,49 @@ fn nearest(t: &Raw, tier: usize, from: u32) -> Option<u32> {
     t.nearest_in(if set != 0 { set } else { t.tiers[tier] }, from as usize)
 }
 
-/// Whether tier `tier` can take `size` more bytes within its budget.
+/// Whether tier `tier` can take `size` more bytes within its budget (the room reserved by
+/// admitted requests counted as taken).
 fn has_room(t: &Raw, tier: usize, size: usize) -> bool {
     let b = budget_of(tier, t.n_tiers);
-    b == u64::MAX || tier_bytes(t, tier).saturating_add(size as u64) <= b
+    if b == u64::MAX {
+        return true;
+    }
+    let pending = PENDING[tier].load(Ordering::Acquire);
+    tier_bytes(t, tier)
+        .saturating_add(pending)
+        .saturating_add(size as u64)
+        <= b
+}
+
+/// Reserves `size` bytes of tier `tier`'s budget if it has the room (see [`Reservation`]).
+fn reserve(t: &Raw, tier: usize, size: usize) -> Option<Reservation> {
+    let b = budget_of(tier, t.n_tiers);
+    if b == u64::MAX {
+        return Some(Reservation::NONE);
+    }
+    let mut pending = PENDING[tier].load(Ordering::Acquire);
+    loop {
+        let want = tier_bytes(t, tier)
+            .saturating_add(pending)
+            .saturating_add(size as u64);
+        if want > b {
+            return None;
+        }
+        match PENDING[tier].compare_exchange_weak(
+            pending,
+            pending + size as u64,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                return Some(Reservation {
+                    tier,
+                    bytes: size as u64,
+                })
+            }
+            Err(now) => pending = now,
+        }
+    }
 }
 
 /// The ratio rule: whether `size` more bytes should go to the far tier (the slowest) rather
@@ -259,6 +340,27 @@ pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
     choose(t, size, home)
 }
 
+/// Whether `size` more bytes on `node` would spill: its tier's budget cannot take them and
+/// a slower tier's can take a new segment (so that [`segment_node`] sends one there, rather
+/// than map it on `node` after all). A thread heap
+/// asks it before it makes a page in a segment of `node` it already holds (review rev24:
+/// pages made in the free slices of a thread's own segments took the near tier 47 MiB past
+/// its budget, only a new segment having asked). False when no budget is set (one relaxed
+/// load), and when no tier has room (the heap then uses what it holds).
+pub(crate) fn would_spill(node: u32, size: usize) -> bool {
+    if !any_budget() {
+        return false;
+    }
+    let t = discover::get();
+    match t.tier_of(node as usize) {
+        Some(tier) => {
+            let seg = size.max(SEGMENT_SIZE);
+            !has_room(t, tier, size) && (tier + 1..t.n_tiers).any(|k| has_room(t, k, seg))
+        }
+        None => false,
+    }
+}
+
 /// The node a thread heap on `home` maps its next segment on (a spilled node when `home`'s
 /// tier budget is spent, the far node when the ratio wants far). Must not allocate.
 #[inline]
@@ -268,15 +370,28 @@ pub(crate) fn segment_node(home: u32) -> u32 {
 }
 
 /// Whether an explicit request (a `Placed` handle) for `size` bytes on `node` fits its tier's
-/// budget; counts a refusal if not. Explicit requests never spill.
-pub(crate) fn admit(node: u32, size: usize) -> bool {
-    if fits(node, size) {
-        return true;
+/// budget: if so, its room, held until the returned reservation is dropped (after the block
+/// is allocated); if not, None and a refusal counted. Explicit requests never spill.
+pub(crate) fn admit(node: u32, size: usize) -> Option<Reservation> {
+    let r = try_admit(node, size);
+    if r.is_none() {
+        if let Some(tier) = discover::get().tier_of(node as usize) {
+            REFUSED[tier].fetch_add(1, Ordering::Relaxed);
+        }
     }
-    if let Some(tier) = discover::get().tier_of(node as usize) {
-        REFUSED[tier].fetch_add(1, Ordering::Relaxed);
+    r
+}
+
+/// [`admit`] with no refusal counted.
+pub(crate) fn try_admit(node: u32, size: usize) -> Option<Reservation> {
+    if !any_budget() {
+        return Some(Reservation::NONE);
     }
-    false
+    let t = discover::get();
+    match t.tier_of(node as usize) {
+        Some(tier) => reserve(t, tier, size),
+        None => Some(Reservation::NONE),
+    }
 }
 
 /// [`admit`]'s test, with no refusal counted: whether `size` more bytes on `node` fit its

@@ -33,7 +33,7 @@
 
 pub use super::list::{list_push_front, list_unlink};
 use super::list::{Links, ListNode, LockedList};
-use crate::sync::{AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use crate::sys::os;
 use core::ptr;
 
@@ -412,6 +412,12 @@ impl Segment {
                 }
                 commit_sub((*page).moved as u16 - 1, bytes);
                 commit_add(s.node, bytes);
+                // Its live bytes back on the segment's node, which its free booked them off.
+                move_live(
+                    (*page).moved as u16 - 1,
+                    s.node,
+                    (*page).block_size as usize,
+                );
                 (*page).moved = 0;
             }
             debug_assert!(s.owner.load(Ordering::Relaxed) != 0 || s.kind == SegmentKind::Normal);
@@ -641,6 +647,30 @@ pub fn commit_add(node: u16, bytes: usize) {
 pub fn commit_sub(node: u16, bytes: usize) {
     os::COMMITTED.fetch_sub(bytes, Ordering::Relaxed);
     COMMITTED_BY_NODE[(node as usize).min(MAX_NODES - 1)].fetch_sub(bytes, Ordering::Relaxed);
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_I64: AtomicI64 = AtomicI64::new(0);
+/// Per node: live bytes of large blocks that a tier move (`tier::migrate`) put on another node
+/// than the one their segment is on (`Page::moved`), added there and taken off the segment's
+/// node (where their allocation and their free book them) until the page is given back
+/// (`free_page`). `stats()` adds them to each node's live bytes (review rev24: a demoted large
+/// block counted on its segment's node, not on the far node that held it and its committed
+/// bytes).
+pub static MOVED_LIVE_BY_NODE: [AtomicI64; MAX_NODES] = [ZERO_I64; MAX_NODES];
+
+/// Books `bytes` of a live large block off node `from` and on node `to` (see
+/// [`MOVED_LIVE_BY_NODE`]).
+pub fn move_live(from: u16, to: u16, bytes: usize) {
+    if from == to {
+        return;
+    }
+    let (f, t) = (
+        (from as usize).min(MAX_NODES - 1),
+        (to as usize).min(MAX_NODES - 1),
+    );
+    MOVED_LIVE_BY_NODE[f].fetch_sub(bytes as i64, Ordering::Relaxed);
+    MOVED_LIVE_BY_NODE[t].fetch_add(bytes as i64, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! segment: its node and tier fields and the committed bytes per node, so that the heap's
 //! bookkeeping follows the move; the claim that keeps it from being freed meanwhile; a large
 //! block's page: where its memory is, `moved`), `heap::thread` (a moved huge block's live
-//! bytes, and its label's, booked on its new node), `init` (start-up) and the `tier` counters.
+//! bytes, and its label's, booked on its new node), `heap::route` (the target tier's budget),
+//! `init` (start-up) and the `tier` counters.
 //! Allocation-free.
 //!
 //! What can move: a huge block of the global allocator or of a `Placed` handle (over 2 MiB:
@@ -75,6 +76,12 @@ pub enum TierError {
     BadSpan,
     /// The kernel refused (an errno: EFAULT or ENOMEM for unmapped memory, EPERM, ENOSYS).
     Os(i32),
+    /// The span is a block of the allocator whose committed bytes the target node's tier
+    /// cannot take within its budget (`TIERALLOC_TIER_BUDGET`, [`Policy`](super::Policy)).
+    OverBudget {
+        /// The target tier.
+        tier: usize,
+    },
 }
 
 impl fmt::Display for TierError {
@@ -97,6 +104,10 @@ impl fmt::Display for TierError {
                 f,
                 "the kernel refused to move the pages: {}",
                 std::io::Error::from_raw_os_error(*e)
+            ),
+            TierError::OverBudget { tier } => write!(
+                f,
+                "memory tier {tier} cannot take the block within its budget"
             ),
         }
     }
@@ -229,8 +240,9 @@ fn census(start: usize, end: usize, mut f: impl FnMut(usize, i32)) -> Result<(),
 /// whole widened page range (its placement policy is replaced).
 ///
 /// # Errors
-/// [`TierError`]: the node cannot take placements, the span is in a shared segment, or the
-/// kernel refused.
+/// [`TierError`]: the node cannot take placements, the span is in a shared segment, the span
+/// is one of the allocator's blocks and the node's tier cannot take it within its budget
+/// (`OverBudget`), or the kernel refused.
 pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> Result<MoveReport, TierError> {
     if segment::contains(ptr) {
         let seg = segment::segment_of(ptr);
@@ -340,6 +352,20 @@ pub(crate) unsafe fn move_to_node_claimed(
     } else {
         None
     };
+    // A budget caps the target tier's committed bytes, and a move of one of our blocks takes
+    // its committed bytes there (memory that is not ours is counted nowhere): refused when
+    // they do not fit (review rev24: a demotion took the far tier 7.5 MiB past its budget).
+    if let (Some(tt), Some(from)) = (target_tier, booked) {
+        let bytes = if huge.is_null() {
+            end - start
+        } else {
+            // SAFETY: as above.
+            unsafe { (*huge).map_size }
+        };
+        if tier_of(from) != Some(tt) && !crate::heap::route::fits(node, bytes) {
+            return Err(TierError::OverBudget { tier: tt });
+        }
+    }
     let before = |s: i32| {
         if sim && s >= 0 {
             booked.unwrap_or(s)
@@ -435,6 +461,8 @@ pub(crate) unsafe fn move_to_node_claimed(
                 let bytes = end - start;
                 segment::commit_sub(was, bytes);
                 segment::commit_add(node as u16, bytes);
+                // Its live bytes too (review rev24), until its page is given back.
+                segment::move_live(was, node as u16, (*large).block_size as usize);
             }
             (*large).moved = if node == home as u32 {
                 0

@@ -24,6 +24,7 @@ use super::tls::own;
 use super::{HeapRef, ACTIVE};
 use crate::heap::huge;
 use crate::heap::remote::USE_DELAYED;
+use crate::heap::route;
 use crate::heap::segment::{
     commit_add, commit_sub, page_of, segment_of, PageKind, Segment, SegmentKind, LARGE_MAX,
     PAGE_IN_FULL, SLICE_SIZE,
@@ -211,11 +212,11 @@ pub(crate) fn retry_making_room<T>(mut map: impl FnMut() -> *mut T) -> *mut T {
 /// thread (a `Placed` handle, a placement scope): when the request does not fit its tier's
 /// budget, the thread's huge cache is given back first (its freed mappings count as
 /// committed on their node until the purge delay, and must not be what refuses the request),
-/// then the budget is asked. Counts a refusal if it still does not fit.
-pub(crate) fn admit_making_room(node: u32, size: usize) -> bool {
-    use crate::heap::route;
-    if route::fits(node, size) {
-        return true;
+/// then the budget is asked. Counts a refusal if it still does not fit. The caller holds the
+/// reservation until its block is allocated.
+pub(crate) fn admit_making_room(node: u32, size: usize) -> Option<route::Reservation> {
+    if let Some(r) = route::try_admit(node, size) {
+        return Some(r);
     }
     let h = own();
     let _gate = super::purger::enter(h.as_ptr());
@@ -241,6 +242,13 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         let old_size = (*seg).huge_size;
+        // Growth commits new bytes on the object's node (which `grow` requires to be the
+        // heap's): past the node's tier budget the caller moves the block instead, and the
+        // new one is placed (spilled) by the policies like any allocation (review rev24: a
+        // 3 MiB block grown to 64 MiB in place took the near tier 53 MiB past its budget).
+        if !route::fits(h.node, new_size - old_size) {
+            return ptr::null_mut();
+        }
         // The bytes are booked on this heap's counters, which must own the object's node:
         // `grow` checks it once the demoter can no longer change it (not here, unclaimed).
         // Booked before the grown object is registered again: a move by the demoter from
@@ -392,6 +400,11 @@ pub unsafe fn resize_in_place(p: *mut u8, new_size: usize) -> bool {
             return true;
         }
         if new_size > LARGE_MAX || !owner {
+            return false;
+        }
+        // The slices it would take commit bytes on the segment's node: past the node's tier
+        // budget the block moves instead (as `grow_huge`; review rev24).
+        if !route::fits((*seg).node as u32, (want - n) * SLICE_SIZE) {
             return false;
         }
         let grow = Segment::grow_large(seg, page, want);

@@ -186,9 +186,10 @@ pub(super) unsafe fn alloc_in_scope(
             node
         }
     };
-    if !super::large::admit_making_room(node, size) {
+    // Held until the block is allocated (dropped on return).
+    let Some(_room) = super::large::admit_making_room(node, size) else {
         return core::ptr::null_mut();
-    }
+    };
     if label != 0 {
         // SAFETY: forwarded contract (align a power of two); the label heap is not `h`.
         return unsafe { label_alloc(label, node, size, align, zero) };

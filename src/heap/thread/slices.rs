@@ -325,12 +325,18 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
     unsafe {
         // Resident free slices of any of our segments first, then any free slices: new memory
         // is touched only when no segment has a resident run that fits.
+        // A page commits its bytes on its segment's node: not in a segment whose tier's
+        // budget is spent while a slower tier has room (the new segment below spills there).
+        let budget = crate::heap::route::ACTIVE.load(Ordering::Relaxed) && !h.shared;
+        let bytes = n * SLICE_SIZE;
         for dirty_only in [true, false] {
             let mut seg = h.segments;
             while !seg.is_null() {
-                let p = Segment::take_slices_from(seg, n, allow_slice0, dirty_only);
-                if !p.is_null() {
-                    return p;
+                if !(budget && crate::heap::route::would_spill((*seg).node as u32, bytes)) {
+                    let p = Segment::take_slices_from(seg, n, allow_slice0, dirty_only);
+                    if !p.is_null() {
+                        return p;
+                    }
                 }
                 seg = (*seg).next;
             }
@@ -343,7 +349,9 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         let no_new = NO_NEW_SEGMENT.with(|c| c.get());
         #[cfg(not(test))]
         let no_new = false;
-        while h.label == 0 && !no_new && ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+        let spill = budget && crate::heap::route::would_spill(node as u32, bytes);
+        while h.label == 0 && !no_new && !spill && ABANDONED[node].count.load(Ordering::Relaxed) > 0
+        {
             let seg = ABANDONED[node].pop(h.addr(), h.tag);
             if seg.is_null() {
                 break;
