@@ -1,7 +1,8 @@
 //! A shadow model of the bin pages' life across threads: random steps of a few threads
 //! (allocations of sizes whose pages hold many or few blocks, own and remote frees, runs of
 //! frees that empty pages into spares, trims, collections, refills with no new segment, thread
-//! exits and the adoptions that follow) against a shadow of the live blocks, their owners and
+//! exits and the adoptions that follow, passes over a waiting thread's heap and, on several
+//! nodes, a heap's moves to another node) against a shadow of the live blocks, their owners and
 //! the pattern written into each. Checked at every step: no block is handed out while a live
 //! one overlaps it, every live block keeps its pattern, and each heap's queues, direct table,
 //! trim cursor and segment list agree with its pages; at the end of each sequence, with
@@ -93,6 +94,10 @@ enum Op {
     CollectNow { t: usize },
     /// Thread `t` exits (its heap lets go of its segments); a new thread takes the slot.
     Exit { t: usize },
+    /// Thread `t`'s heap moves to the next node (`rehome`, as a thread that moved: its
+    /// segments are let go to that node's abandoned lists, adopted or reclaimed later; its
+    /// ticks move it back to the node it runs on). Nothing on one node.
+    Move { t: usize },
     /// Another thread's pass over thread `t`'s heap while `t` waits for its next step: it
     /// holds `t`'s gate as the purger does and takes in the frees into its full pages
     /// (`quiet::collect_full`).
@@ -117,6 +122,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => t.clone().prop_map(|t| Op::Collect { t }),
         1 => t.clone().prop_map(|t| Op::CollectNow { t }),
         1 => t.clone().prop_map(|t| Op::Exit { t }),
+        1 => t.clone().prop_map(|t| Op::Move { t }),
         2 => t.prop_map(|t| Op::Pass { t }),
     ]
 }
@@ -128,6 +134,7 @@ enum Cmd {
     Trim(usize),
     Collect,
     CollectNow,
+    Move,
     /// Answers with the address of the worker's heap.
     Heap,
 }
@@ -345,6 +352,14 @@ fn worker(rx: Receiver<Cmd>, tx: Sender<Result<Vec<usize>, String>>) {
                 }
                 Cmd::Collect => heap_collect(own(), os::now_ms(), 100),
                 Cmd::CollectNow => collect_now(),
+                Cmd::Move => {
+                    let nodes = crate::topology().nodes.len() as u32;
+                    let h = own();
+                    let _gate = super::purger::enter(h.as_ptr());
+                    if nodes > 1 {
+                        super::registry::rehome_when_safe(h, (h.node + 1) % nodes);
+                    }
+                }
                 Cmd::Heap => out.push(own().as_ptr() as usize),
             }
             let r = if HEAP_CHECK.with(|c| c.get()) {
@@ -560,6 +575,7 @@ impl World {
             Op::Trim { t, visits } => drop(self.slot(t).run(Cmd::Trim(visits))?),
             Op::Collect { t } => drop(self.slot(t).run(Cmd::Collect)?),
             Op::CollectNow { t } => drop(self.slot(t).run(Cmd::CollectNow)?),
+            Op::Move { t } => drop(self.slot(t).run(Cmd::Move)?),
             Op::Pass { t } => {
                 let h = self.slot(t).run(Cmd::Heap)?[0] as *mut super::Heap;
                 // SAFETY: the heap of a live worker that waits for its next command (it makes
@@ -718,17 +734,41 @@ proptest! {
     }
 }
 
+/// The name [`child::this_test`] runs [`spares_and_thread_exits_hand_no_block_to_two_owners`]
+/// by.
+fn model_name() -> &'static str {
+    let name = concat!(
+        module_path!(),
+        "::spares_and_thread_exits_hand_no_block_to_two_owners"
+    );
+    name.split_once("::").map_or(name, |(_, rest)| rest)
+}
+
 /// Runs [`spares_and_thread_exits_hand_no_block_to_two_owners`] in a child process.
 #[test]
 fn spares_and_thread_exits_in_a_process_of_their_own() {
     if child::is_child() {
         return;
     }
-    let name = concat!(
-        module_path!(),
-        "::spares_and_thread_exits_hand_no_block_to_two_owners"
+    let out = child::run(
+        &mut child::this_test(model_name()),
+        Duration::from_secs(600),
     );
-    let name = name.split_once("::").map_or(name, |(_, rest)| rest);
-    let out = child::run(&mut child::this_test(name), Duration::from_secs(600));
+    out.expect_test_passed();
+}
+
+/// The model on two simulated nodes, where its `Move` steps move a heap (`rehome`: every
+/// segment let go to its node's abandoned lists, refilled lists and queues emptied, the heap
+/// back on its thread's node within 16 slow paths), between the exits, passes and trims
+/// (review rev23).
+#[test]
+fn spares_exits_and_node_moves_on_two_simulated_nodes() {
+    if child::is_child() {
+        return;
+    }
+    let out = child::run(
+        &mut child::on_simulated_nodes(model_name(), "2"),
+        Duration::from_secs(600),
+    );
     out.expect_test_passed();
 }
