@@ -142,6 +142,24 @@ mod tests {
         }
     }
 
+    /// Review rev25: `N + M` was summed unchecked, so a far count near `u64::MAX` wrapped
+    /// past the 64-node bound (a panic with overflow checks; without, `2,far=18446744073709551614`
+    /// was taken as a machine of 0 nodes, with no warning).
+    #[test]
+    fn far_counts_that_overflow_are_refused() {
+        for bad in [
+            &b"2,far=18446744073709551614"[..],
+            b"2,far=18446744073709551615",
+            b"8,far=18446744073709551608",
+            b"2,far=4294967294",
+            b"2,far=4294967295",
+            b"2,far=63",
+        ] {
+            assert_eq!(parse(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
+        assert_eq!(parse(b"2,far=62"), Some(Spec { nodes: 2, far: 62 }));
+    }
+
     #[test]
     fn the_simulated_machine_has_cpu_nodes_and_a_far_tier() {
         let mut raw = Box::new(Raw::EMPTY);
