@@ -52,7 +52,11 @@ pub(crate) fn parse(v: &[u8]) -> Option<Spec> {
         }
         None => (parse_u64(v)?, 0),
     };
-    if !(2..=MAX_SIM_NODES as u64).contains(&n) || n + far > MAX_NODES as u64 {
+    // `far` is checked on its own first: `n + far` must not wrap (review rev25).
+    if !(2..=MAX_SIM_NODES as u64).contains(&n)
+        || far > MAX_NODES as u64
+        || n + far > MAX_NODES as u64
+    {
         return None;
     }
     Some(Spec {
