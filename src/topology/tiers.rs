@@ -159,7 +159,11 @@ fn from_hmat(raw: &mut Raw) -> bool {
         ids[n] = t;
         n += 1;
     }
-    group_sorted(raw, &mut ids, &mut keys, n, |first, k| k * 10 > first * 13);
+    // Saturating: the key of a node without figures is `u64::MAX / 2`, and two of them must
+    // compare equal (one slowest tier), not wrap (review rev25).
+    group_sorted(raw, &mut ids, &mut keys, n, |first, k| {
+        k.saturating_mul(10) > first.saturating_mul(13)
+    });
     true
 }
 
