@@ -39,7 +39,19 @@ impl Raw {
             }
         }
         if allowed == 0 {
-            allowed = if usable != 0 { usable } else { 1 };
+            // Nothing usable: the lowest node (not node 0, which may not exist).
+            let any = if self.mem_nodes != 0 {
+                self.mem_nodes
+            } else {
+                self.nodes
+            };
+            allowed = if usable != 0 {
+                usable
+            } else if any != 0 {
+                any & any.wrapping_neg()
+            } else {
+                1
+            };
         }
         self.allowed = allowed;
         tiers::derive(self, env_tiers);
@@ -121,5 +133,22 @@ fn init() {
                 spin_hint();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review rev25: with no node known to have memory, the fallback was node 0 whether or
+    /// not it existed; it is the lowest node there is.
+    #[test]
+    fn with_nothing_usable_the_fallback_node_exists() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 0b110;
+        raw.cpus[1][0] = 1;
+        raw.finish(None, None);
+        assert_eq!(raw.allowed, 0b010);
+        assert_eq!(raw.cpu_home[0], 1);
     }
 }

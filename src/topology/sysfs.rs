@@ -374,7 +374,10 @@ pub(crate) fn discover(root: &[u8], real: bool, raw: &mut Raw) {
             raw.mem_nodes |= 1 << n;
         }
     }
-    if count == 1 && raw.mem_nodes == 0 {
+    // The files name no node with memory (none present, or naming no node of `online`): the
+    // memory is somewhere, so every node counts as having it (review rev25: only a one-node
+    // machine did, and several nodes got no tier and the absent node 0 as their home).
+    if raw.mem_nodes == 0 {
         raw.mem_nodes = nodes;
     }
 
