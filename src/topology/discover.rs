@@ -28,7 +28,9 @@ impl Raw {
         let mut allowed = usable;
         if let Some(v) = env_nodes {
             let mut m = [0u64; 1];
-            if sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.nodes == 0 {
+            // Every node named exists and has memory (docs/tiers.md; review rev25: a node
+            // without memory was dropped silently), and one of them is in Mems_allowed.
+            if sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.mem_nodes == 0 {
                 allowed = m[0] & usable;
             } else {
                 warn_bad(
