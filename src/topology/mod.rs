@@ -15,6 +15,8 @@ pub(crate) mod discover;
 pub(crate) mod home;
 #[cfg(feature = "hwloc")]
 mod hwloc;
+#[cfg(test)]
+mod input_tests;
 pub(crate) mod raw;
 pub(crate) mod sim;
 pub(crate) mod sysfs;
