@@ -248,3 +248,22 @@ fn tieralloc_nodes_naming_a_node_without_memory_keeps_the_default() {
     let t = tree.with_env(None, Some("0;1"));
     assert_eq!(t.tier_source, TierSource::Distances);
 }
+
+/// CPUs past the 1024 tieralloc tables hold: a node's list naming some is not refused whole
+/// (review rev25: node 1 lost CPUs 1000-1023 too, and nodes 1 and 2 became memory-only nodes,
+/// a slower tier that `Placed::far()` and the far policies would have used); a node whose CPUs
+/// are all past the tables is still a CPU node.
+#[test]
+fn cpus_past_1023_leave_their_nodes_cpu_nodes() {
+    let mut files = vec![f(format!("{N}online"), "0-2")];
+    files.extend(node(0, "0-1", Some(1 << 20), "10 20 20"));
+    files.extend(node(1, "1000-1100", Some(1 << 20), "20 10 20"));
+    files.extend(node(2, "1101-1200,2048", Some(1 << 20), "20 20 10"));
+    let t = Tree::new(&files).topology();
+    assert_eq!(t.nodes[1].cpus, (1000..1024).collect::<Vec<u32>>());
+    assert!(t.nodes[2].cpus.is_empty());
+    assert!(t.memory_only.is_empty(), "{:?}", t.memory_only);
+    assert!(!t.nodes[2].memory_only);
+    assert_eq!(t.tier_source, TierSource::Distances);
+    assert_eq!(tier_nodes(&t), [vec![0, 1, 2]]);
+}
