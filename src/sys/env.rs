@@ -41,13 +41,14 @@ pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Parses a boolean: 1/0, on/off, true/false, yes/no.
+/// Parses a boolean: 1/0, on/off, true/false, yes/no. An empty value is none of them (review
+/// rev25: read as `0`, it turned `TIERALLOC_NUMA`'s binding off without a warning).
 pub(crate) fn parse_bool(v: &[u8]) -> Option<bool> {
     let v = trim(v);
     let eq = |s: &[u8]| v.eq_ignore_ascii_case(s);
     if eq(b"1") || eq(b"on") || eq(b"true") || eq(b"yes") {
         Some(true)
-    } else if eq(b"0") || eq(b"off") || eq(b"false") || eq(b"no") || v.is_empty() {
+    } else if eq(b"0") || eq(b"off") || eq(b"false") || eq(b"no") {
         Some(false)
     } else {
         None
@@ -147,6 +148,8 @@ mod tests {
         assert_eq!(parse_bool(b"1"), Some(true));
         assert_eq!(parse_bool(b"OFF"), Some(false));
         assert_eq!(parse_bool(b"maybe"), None);
+        assert_eq!(parse_bool(b""), None);
+        assert_eq!(parse_bool(b"  "), None);
     }
 
     #[test]
