@@ -267,3 +267,21 @@ fn cpus_past_1023_leave_their_nodes_cpu_nodes() {
     assert_eq!(t.tier_source, TierSource::Distances);
     assert_eq!(tier_nodes(&t), [vec![0, 1, 2]]);
 }
+
+/// A node repeated within one list is that node once (docs/tiers.md), in TIERALLOC_NODES and
+/// in a tier of TIERALLOC_TIERS; a node in two tiers is malformed.
+#[test]
+fn a_node_repeated_within_a_list_counts_once() {
+    let mut files = vec![f(format!("{N}online"), "0-2")];
+    files.extend(node(0, "0", Some(1 << 20), "10 20 30"));
+    files.extend(node(1, "1", Some(1 << 20), "20 10 30"));
+    files.extend(node(2, "", Some(1 << 20), "30 30 10"));
+    let tree = Tree::new(&files);
+    assert_eq!(tree.with_env(Some("1,1"), None).allowed_nodes, [1]);
+    assert_eq!(tree.with_env(Some("0-1,1"), None).allowed_nodes, [0, 1]);
+    let t = tree.with_env(None, Some("0,0-1,1;2"));
+    assert_eq!(t.tier_source, TierSource::Env);
+    assert_eq!(tier_nodes(&t), [vec![0, 1], vec![2]]);
+    let t = tree.with_env(None, Some("0,1;1,2"));
+    assert_eq!(t.tier_source, TierSource::Distances);
+}

@@ -153,4 +153,26 @@ mod tests {
         assert_eq!(raw.allowed, 0b010);
         assert_eq!(raw.cpu_home[0], 1);
     }
+
+    /// A cpuset whose Mems_allowed leaves node 0 out: node 1 is the one allowed node, and
+    /// node 0's CPUs draw from it.
+    #[test]
+    fn mems_allowed_without_node_0_homes_every_cpu_on_node_1() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 0b11;
+        raw.mem_nodes = 0b11;
+        raw.cpus[0][0] = 0b0011;
+        raw.cpus[1][0] = 0b1100;
+        raw.mems_allowed = 0b10;
+        raw.finish(Some(b"0"), None);
+        assert_eq!(
+            raw.allowed, 0b10,
+            "TIERALLOC_NODES=0 is outside the cpuset: refused"
+        );
+        assert_eq!(
+            &raw.cpu_home[..5],
+            &[1, 1, 1, 1, crate::topology::raw::NO_NODE]
+        );
+        assert_eq!((raw.n_tiers, raw.tiers[0]), (1, 0b11));
+    }
 }
