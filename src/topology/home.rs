@@ -37,7 +37,13 @@ fn home_of_cpu(t: &Raw, cpu: i32, getcpu: impl FnOnce() -> Option<(u32, u32)>) -
             return h as u32;
         }
     }
+    // Simulated: the node is the CPU modulo N whatever the tables hold (review rev25).
+    let sim = t.sim_nodes as u32;
+    if sim != 0 && cpu >= 0 {
+        return t.home_of_node(cpu as u32 % sim);
+    }
     match getcpu() {
+        Some((c, _)) if sim != 0 => t.home_of_node(c % sim),
         Some((_, node)) => t.home_of_node(node),
         None => t.first_allowed(),
     }
