@@ -285,3 +285,25 @@ fn a_node_repeated_within_a_list_counts_once() {
     let t = tree.with_env(None, Some("0,1;1,2"));
     assert_eq!(t.tier_source, TierSource::Distances);
 }
+
+/// A cpulist longer than discovery's 4 KiB buffer (CPUs listed one by one past 1023): the
+/// read stops inside a number, and that number's first digits are no CPU of the node.
+/// Review rev25: "2818" cut to "28" put CPU 28, node 1's, in node 0 as well.
+#[test]
+fn a_cpulist_cut_by_the_buffer_does_not_add_a_cpu() {
+    let mut long = String::from("0,1");
+    for c in 2000..3000 {
+        long.push_str(&format!(",{c}"));
+    }
+    assert!(
+        long.len() > 4096 && &long[4093..4096] == ",28",
+        "{}",
+        &long[4090..4100]
+    );
+    let mut files = vec![f(format!("{N}online"), "0-1")];
+    files.extend(node(0, &long, Some(1 << 20), "10 20"));
+    files.extend(node(1, "2-1023", Some(1 << 20), "20 10"));
+    let t = Tree::new(&files).topology();
+    assert_eq!(t.nodes[0].cpus, [0, 1]);
+    assert_eq!(t.nodes[1].cpus, (2..1024).collect::<Vec<u32>>());
+}
