@@ -309,7 +309,12 @@ pub(crate) fn discover(root: &[u8], real: bool, raw: &mut Raw) {
         let node_len = base.len;
 
         base.push(b"cpulist");
-        if let Some(len) = read_file(&mut base, &mut buf) {
+        if let Some(mut len) = read_file(&mut base, &mut buf) {
+            if len == buf.len() && buf[len - 1] != b'\n' {
+                // Longer than the buffer (CPUs listed one by one, past the tables): the last
+                // item may be cut inside its number, so it goes (review rev25).
+                len = buf.iter().rposition(|&c| c == b',').unwrap_or(0);
+            }
             let mut cpus = [0u64; MAX_CPUS / 64];
             // CPUs past the tables are left out, their node still a CPU node (review rev25:
             // the whole list was refused, and the node read as memory-only).
