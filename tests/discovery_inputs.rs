@@ -307,3 +307,20 @@ fn a_cpulist_cut_by_the_buffer_does_not_add_a_cpu() {
     assert_eq!(t.nodes[0].cpus, [0, 1]);
     assert_eq!(t.nodes[1].cpus, (2..1024).collect::<Vec<u32>>());
 }
+
+/// HMAT figures for the memory-only node only (the CPU nodes' DRAM has none): nothing to
+/// rank the expander against, so the rule passes to the next (here the distances), which
+/// makes it the slower tier. Review rev25: the CPU nodes counted as "the fastest", which
+/// the expander, the only node with figures, was by definition: one tier of all three.
+#[test]
+fn hmat_figures_for_memory_only_nodes_alone_do_not_rank_them_with_dram() {
+    let mut files = vec![f(format!("{N}online"), "0-2")];
+    files.extend(node(0, "0", Some(1 << 20), "10 21 30"));
+    files.extend(node(1, "1", Some(1 << 20), "21 10 30"));
+    files.extend(node(2, "", Some(1 << 20), "30 30 10"));
+    files.extend(hmat(2, "300", "5120", &[0, 1]));
+    let t = Tree::new(&files).topology();
+    assert_eq!(t.nodes[2].access.len(), 2, "the figures stay in the model");
+    assert_eq!(t.tier_source, TierSource::Distances);
+    assert_eq!(tier_nodes(&t), [vec![0, 1], vec![2]]);
+}
