@@ -63,7 +63,8 @@ pub enum TierSource {
 pub struct Node {
     /// The node id (as the kernel numbers it).
     pub id: u32,
-    /// The CPUs of the node, ascending (empty for a memory-only node).
+    /// The CPUs of the node below 1024, ascending (empty for a memory-only node, and for a
+    /// node whose CPUs are all past 1023: `memory_only` tells them apart).
     pub cpus: Vec<u32>,
     /// Memory of the node in bytes (MemTotal; 0 if unknown or none).
     pub memory_bytes: u64,
