@@ -184,6 +184,31 @@ mod tests {
         assert_eq!(raw.allowed, 0b111);
     }
 
+    /// The largest machine the variable allows: 8 CPU nodes and 56 far ones, all 64 ids.
+    #[test]
+    fn sixty_four_simulated_nodes_fill_every_id() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 1;
+        raw.mem_nodes = 1;
+        raw.cpus[0] = [u64::MAX; MAX_CPUS / 64];
+        raw.mem_bytes[0] = 64 << 30;
+        apply(&mut raw, parse(b"8,far=56").unwrap());
+        raw.finish(None, None);
+        assert_eq!(
+            (raw.nodes, raw.mem_nodes, raw.allowed),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(raw.sim_far, u64::MAX << 8);
+        assert_eq!(raw.cpu_nodes(), 0xff);
+        assert_eq!(
+            (raw.n_tiers, raw.tiers[0], raw.tiers[1]),
+            (2, 0xff, u64::MAX << 8)
+        );
+        assert_eq!(raw.cpu_home[1023], 7);
+        assert_eq!(raw.mem_bytes[63], 1 << 30);
+        assert_eq!(raw.nearest_in(raw.tiers[1], 3), Some(8));
+    }
+
     #[test]
     fn more_nodes_than_cpus_still_makes_cpu_nodes() {
         let mut raw = Box::new(Raw::EMPTY);
