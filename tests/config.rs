@@ -213,3 +213,36 @@ fn an_empty_value_warns_and_keeps_the_default() {
         );
     }
 }
+
+/// A malformed value with control characters (a newline, an escape) still gives one warning
+/// line: they are written as `?`. Review rev25: the value went out raw, so `0\n1` split the
+/// warning over two lines (the second naming no variable) and an escape reached the terminal.
+#[test]
+fn a_value_with_control_characters_is_warned_about_on_one_line() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_allocates_a_bit",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env_remove("TIERALLOC_VERBOSE")
+        .env_remove("TIERALLOC_SHOW_STATS")
+        .env("TIERALLOC_PURGE_DELAY_MS", "1\n2\x1b[31m")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("tieralloc") || l.contains("2?"))
+        .collect();
+    assert_eq!(lines.len(), 1, "stderr:\n{stderr}");
+    assert!(
+        lines[0].contains("TIERALLOC_PURGE_DELAY_MS=\"1?2?[31m\""),
+        "{}",
+        lines[0]
+    );
+    assert!(!stderr.contains('\x1b'), "stderr:\n{stderr}");
+}
