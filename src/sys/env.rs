@@ -123,7 +123,14 @@ pub(crate) fn warn_bad(name: &[u8], value: &[u8], expected: &str) {
     os::write_stderr(b"tieralloc: warning: ignoring malformed ");
     os::write_stderr(name);
     os::write_stderr(b"=\"");
-    os::write_stderr(&value[..value.len().min(64)]);
+    // Control characters as `?`, so that the warning stays one line and no escape sequence
+    // reaches a terminal (review rev25).
+    let mut shown = [0u8; 64];
+    let n = value.len().min(shown.len());
+    for (d, &c) in shown.iter_mut().zip(&value[..n]) {
+        *d = if c < 0x20 || c == 0x7f { b'?' } else { c };
+    }
+    os::write_stderr(&shown[..n]);
     os::write_stderr(b"\" (expected ");
     os::write_stderr(expected.as_bytes());
     os::write_stderr(b"); using the default\n");
