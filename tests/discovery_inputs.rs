@@ -324,3 +324,18 @@ fn hmat_figures_for_memory_only_nodes_alone_do_not_rank_them_with_dram() {
     assert_eq!(t.tier_source, TierSource::Distances);
     assert_eq!(tier_nodes(&t), [vec![0, 1], vec![2]]);
 }
+
+/// MemTotal figures past what a u64 of bytes holds: each node's memory saturates, and so does
+/// its tier's capacity. Review rev25: the capacity summed them unchecked (a panic with
+/// overflow checks, `u64::MAX - 1` without).
+#[test]
+fn huge_memtotal_figures_saturate() {
+    let mut files = vec![f(format!("{N}online"), "0-1")];
+    files.extend(node(0, "0", Some(u64::MAX), "10 20"));
+    files.extend(node(1, "1", Some(1 << 60), "20 10"));
+    let t = Tree::new(&files).topology();
+    assert_eq!(t.nodes[0].memory_bytes, u64::MAX);
+    assert_eq!(t.nodes[1].memory_bytes, u64::MAX);
+    assert_eq!(tier_nodes(&t), [vec![0, 1]]);
+    assert_eq!(t.tiers[0].capacity_bytes, u64::MAX);
+}
