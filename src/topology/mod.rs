@@ -262,7 +262,7 @@ impl Topology {
                     .iter()
                     .filter_map(|&n| self.node(n))
                     .map(|n| n.memory_bytes)
-                    .sum();
+                    .fold(0u64, u64::saturating_add);
                 let (latency_ns, bandwidth_mibps) = nodes
                     .first()
                     .map_or((None, None), |&n| self.access_from(viewer, n));
