@@ -167,3 +167,82 @@ fn stats_round_trip_through_json_and_display_the_class_table() {
     assert_eq!(rows.len(), s.classes.len());
     drop(keep);
 }
+
+/// Review rev25: an empty value is no value of the variable's. `TIERALLOC_NUMA=` turned
+/// NUMA binding off without a word (the boolean parser read empty as `0`), though binding is
+/// on by default; every empty value now gives one warning and keeps the default.
+#[test]
+fn an_empty_value_warns_and_keeps_the_default() {
+    let run = |var: &str, extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "child_allocates_a_bit",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env_remove("TIERALLOC_NUMA")
+        .env_remove("TIERALLOC_VERBOSE")
+        .env_remove("TIERALLOC_SHOW_STATS")
+        .env(var, "");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{var}=: {:?}", out.status);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run("TIERALLOC_NUMA", &[("TIERALLOC_VERBOSE", "1")]);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "stderr:\n{stderr}");
+    assert!(warnings[0].contains("TIERALLOC_NUMA"), "{}", warnings[0]);
+    assert!(stderr.contains("numa binding on"), "stderr:\n{stderr}");
+    for var in [
+        "TIERALLOC_SHOW_STATS",
+        "TIERALLOC_BACKGROUND_PURGE",
+        "TIERALLOC_IGNORE_HMAT",
+        "TIERALLOC_PURGE_DELAY_MS",
+        "TIERALLOC_FAR_THRESHOLD",
+    ] {
+        let stderr = run(var, &[]);
+        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains(var),
+            "{var}=: stderr:\n{stderr}"
+        );
+    }
+}
+
+/// A malformed value with control characters (a newline, an escape) still gives one warning
+/// line: they are written as `?`. Review rev25: the value went out raw, so `0\n1` split the
+/// warning over two lines (the second naming no variable) and an escape reached the terminal.
+#[test]
+fn a_value_with_control_characters_is_warned_about_on_one_line() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_allocates_a_bit",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env_remove("TIERALLOC_VERBOSE")
+        .env_remove("TIERALLOC_SHOW_STATS")
+        .env("TIERALLOC_PURGE_DELAY_MS", "1\n2\x1b[31m")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("tieralloc") || l.contains("2?"))
+        .collect();
+    assert_eq!(lines.len(), 1, "stderr:\n{stderr}");
+    assert!(
+        lines[0].contains("TIERALLOC_PURGE_DELAY_MS=\"1?2?[31m\""),
+        "{}",
+        lines[0]
+    );
+    assert!(!stderr.contains('\x1b'), "stderr:\n{stderr}");
+}

@@ -469,7 +469,17 @@ fn malformed_values_warn_once_and_leave_the_machine_real() {
     if child::is_child() {
         return;
     }
-    for bad in ["1", "9", "2,far=x", "abc", "2,far=0", "8,far=57", ""] {
+    // The last: a far count whose sum with N wrapped (review rev25).
+    for bad in [
+        "1",
+        "9",
+        "2,far=x",
+        "abc",
+        "2,far=0",
+        "8,far=57",
+        "",
+        "2,far=18446744073709551614",
+    ] {
         let stderr = run_child("inner_not_simulated", bad);
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(VAR)).collect();
         assert_eq!(lines.len(), 1, "{VAR}={bad:?}: stderr:\n{stderr}");

@@ -41,13 +41,14 @@ pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Parses a boolean: 1/0, on/off, true/false, yes/no.
+/// Parses a boolean: 1/0, on/off, true/false, yes/no. An empty value is none of them (review
+/// rev25: read as `0`, it turned `TIERALLOC_NUMA`'s binding off without a warning).
 pub(crate) fn parse_bool(v: &[u8]) -> Option<bool> {
     let v = trim(v);
     let eq = |s: &[u8]| v.eq_ignore_ascii_case(s);
     if eq(b"1") || eq(b"on") || eq(b"true") || eq(b"yes") {
         Some(true)
-    } else if eq(b"0") || eq(b"off") || eq(b"false") || eq(b"no") || v.is_empty() {
+    } else if eq(b"0") || eq(b"off") || eq(b"false") || eq(b"no") {
         Some(false)
     } else {
         None
@@ -122,7 +123,14 @@ pub(crate) fn warn_bad(name: &[u8], value: &[u8], expected: &str) {
     os::write_stderr(b"tieralloc: warning: ignoring malformed ");
     os::write_stderr(name);
     os::write_stderr(b"=\"");
-    os::write_stderr(&value[..value.len().min(64)]);
+    // Control characters as `?`, so that the warning stays one line and no escape sequence
+    // reaches a terminal (review rev25).
+    let mut shown = [0u8; 64];
+    let n = value.len().min(shown.len());
+    for (d, &c) in shown.iter_mut().zip(&value[..n]) {
+        *d = if c < 0x20 || c == 0x7f { b'?' } else { c };
+    }
+    os::write_stderr(&shown[..n]);
     os::write_stderr(b"\" (expected ");
     os::write_stderr(expected.as_bytes());
     os::write_stderr(b"); using the default\n");
@@ -147,6 +155,8 @@ mod tests {
         assert_eq!(parse_bool(b"1"), Some(true));
         assert_eq!(parse_bool(b"OFF"), Some(false));
         assert_eq!(parse_bool(b"maybe"), None);
+        assert_eq!(parse_bool(b""), None);
+        assert_eq!(parse_bool(b"  "), None);
     }
 
     #[test]

@@ -28,7 +28,9 @@ impl Raw {
         let mut allowed = usable;
         if let Some(v) = env_nodes {
             let mut m = [0u64; 1];
-            if sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.nodes == 0 {
+            // Every node named exists and has memory (docs/tiers.md; review rev25: a node
+            // without memory was dropped silently), and one of them is in Mems_allowed.
+            if sysfs::parse_list(v, &mut m) && m[0] & usable != 0 && m[0] & !self.mem_nodes == 0 {
                 allowed = m[0] & usable;
             } else {
                 warn_bad(
@@ -39,7 +41,19 @@ impl Raw {
             }
         }
         if allowed == 0 {
-            allowed = if usable != 0 { usable } else { 1 };
+            // Nothing usable: the lowest node (not node 0, which may not exist).
+            let any = if self.mem_nodes != 0 {
+                self.mem_nodes
+            } else {
+                self.nodes
+            };
+            allowed = if usable != 0 {
+                usable
+            } else if any != 0 {
+                any & any.wrapping_neg()
+            } else {
+                1
+            };
         }
         self.allowed = allowed;
         tiers::derive(self, env_tiers);
@@ -121,5 +135,44 @@ fn init() {
                 spin_hint();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review rev25: with no node known to have memory, the fallback was node 0 whether or
+    /// not it existed; it is the lowest node there is.
+    #[test]
+    fn with_nothing_usable_the_fallback_node_exists() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 0b110;
+        raw.cpus[1][0] = 1;
+        raw.finish(None, None);
+        assert_eq!(raw.allowed, 0b010);
+        assert_eq!(raw.cpu_home[0], 1);
+    }
+
+    /// A cpuset whose Mems_allowed leaves node 0 out: node 1 is the one allowed node, and
+    /// node 0's CPUs draw from it.
+    #[test]
+    fn mems_allowed_without_node_0_homes_every_cpu_on_node_1() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 0b11;
+        raw.mem_nodes = 0b11;
+        raw.cpus[0][0] = 0b0011;
+        raw.cpus[1][0] = 0b1100;
+        raw.mems_allowed = 0b10;
+        raw.finish(Some(b"0"), None);
+        assert_eq!(
+            raw.allowed, 0b10,
+            "TIERALLOC_NODES=0 is outside the cpuset: refused"
+        );
+        assert_eq!(
+            &raw.cpu_home[..5],
+            &[1, 1, 1, 1, crate::topology::raw::NO_NODE]
+        );
+        assert_eq!((raw.n_tiers, raw.tiers[0]), (1, 0b11));
     }
 }

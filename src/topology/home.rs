@@ -9,7 +9,7 @@
 //! messages.
 
 use super::discover;
-use super::raw::{MASK_WORDS, MAX_CPUS, MAX_NODES, NO_NODE};
+use super::raw::{Raw, MASK_WORDS, MAX_CPUS, MAX_NODES, NO_NODE};
 use crate::sys::numa;
 use std::io;
 
@@ -25,13 +25,25 @@ pub(crate) fn home_node() -> u32 {
     }
     // SAFETY: sched_getcpu has no preconditions (glibc reads it from rseq or the vDSO).
     let cpu = unsafe { libc::sched_getcpu() };
+    home_of_cpu(t, cpu, numa::getcpu)
+}
+
+/// [`home_node`] for a thread on `cpu` (negative: unknown), `getcpu` asked only when the
+/// table has no home for it (a CPU offline at discovery, or past `MAX_CPUS`).
+fn home_of_cpu(t: &Raw, cpu: i32, getcpu: impl FnOnce() -> Option<(u32, u32)>) -> u32 {
     if cpu >= 0 && (cpu as usize) < MAX_CPUS {
         let h = t.cpu_home[cpu as usize];
         if h != NO_NODE {
             return h as u32;
         }
     }
-    match numa::getcpu() {
+    // Simulated: the node is the CPU modulo N whatever the tables hold (review rev25).
+    let sim = t.sim_nodes as u32;
+    if sim != 0 && cpu >= 0 {
+        return t.home_of_node(cpu as u32 % sim);
+    }
+    match getcpu() {
+        Some((c, _)) if sim != 0 => t.home_of_node(c % sim),
         Some((_, node)) => t.home_of_node(node),
         None => t.first_allowed(),
     }
@@ -125,6 +137,26 @@ pub unsafe fn move_to_node(ptr: *mut u8, len: usize, node: u32) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Simulated nodes: CPU c is on node c % N (docs/tiers.md), also a CPU the discovered
+    /// lists did not hold (offline at discovery, brought online since; or past `MAX_CPUS`).
+    /// Review rev25: such a CPU's home was the real node getcpu reports (0), while
+    /// `current_cpu_and_node` said c % N.
+    #[test]
+    fn a_simulated_cpu_missing_from_the_tables_is_on_node_c_mod_n() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 1;
+        raw.mem_nodes = 1;
+        raw.cpus[0][0] = 0b11; // CPUs 0 and 1 online at discovery
+        super::super::sim::apply(&mut raw, super::super::sim::Spec { nodes: 2, far: 1 });
+        raw.finish(None, None);
+        let real = || Some((0, 0));
+        assert_eq!(home_of_cpu(&raw, 1, real), 1);
+        assert_eq!(home_of_cpu(&raw, 3, real), 1);
+        assert_eq!(home_of_cpu(&raw, 4, real), 0);
+        assert_eq!(home_of_cpu(&raw, 2049, real), 1);
+        assert_eq!(home_of_cpu(&raw, -1, real), 0);
+    }
 
     #[test]
     fn home_node_is_an_allowed_node() {

@@ -130,16 +130,16 @@ impl Topology {
         // Each PU belongs to the first NUMA node of its nearest ancestor with memory.
         for pu in t.objects_with_type(ObjectType::PU) {
             let Some(cpu) = pu.os_index() else { continue };
-            if cpu >= MAX_CPUS {
-                continue;
-            }
             let node = pu.ancestors().find_map(|a| {
                 a.memory_children()
                     .find(|m| m.object_type() == ObjectType::NUMANode)
                     .and_then(id_of)
             });
-            if let Some(n) = node {
-                r.cpus[n][cpu / 64] |= 1 << (cpu % 64);
+            match node {
+                Some(n) if cpu < MAX_CPUS => r.cpus[n][cpu / 64] |= 1 << (cpu % 64),
+                // Past the tables: still a CPU node (as the sysfs reader says).
+                Some(n) => r.cpus_beyond |= 1 << n,
+                None => {}
             }
         }
         // Distances.

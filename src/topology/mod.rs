@@ -15,6 +15,8 @@ pub(crate) mod discover;
 pub(crate) mod home;
 #[cfg(feature = "hwloc")]
 mod hwloc;
+#[cfg(test)]
+mod input_tests;
 pub(crate) mod raw;
 pub(crate) mod sim;
 pub(crate) mod sysfs;
@@ -61,7 +63,8 @@ pub enum TierSource {
 pub struct Node {
     /// The node id (as the kernel numbers it).
     pub id: u32,
-    /// The CPUs of the node, ascending (empty for a memory-only node).
+    /// The CPUs of the node below 1024, ascending (empty for a memory-only node, and for a
+    /// node whose CPUs are all past 1023: `memory_only` tells them apart).
     pub cpus: Vec<u32>,
     /// Memory of the node in bytes (MemTotal; 0 if unknown or none).
     pub memory_bytes: u64,
@@ -259,7 +262,7 @@ impl Topology {
                     .iter()
                     .filter_map(|&n| self.node(n))
                     .map(|n| n.memory_bytes)
-                    .sum();
+                    .fold(0u64, u64::saturating_add);
                 let (latency_ns, bandwidth_mibps) = nodes
                     .first()
                     .map_or((None, None), |&n| self.access_from(viewer, n));

@@ -99,6 +99,8 @@ pub(crate) struct Raw {
     pub mem_nodes: u64,
     /// CPUs of each node.
     pub cpus: [CpuMask; MAX_NODES],
+    /// Nodes with CPUs past `MAX_CPUS`, which `cpus` cannot hold: CPU nodes all the same.
+    pub cpus_beyond: u64,
     /// Memory of each node in bytes (0 = unknown or none).
     pub mem_bytes: [u64; MAX_NODES],
     /// Distance from node i to node j (0 = unknown).
@@ -133,6 +135,7 @@ impl Raw {
         nodes: 0,
         mem_nodes: 0,
         cpus: [[0; MASK_WORDS]; MAX_NODES],
+        cpus_beyond: 0,
         mem_bytes: [0; MAX_NODES],
         distance: [[0; MAX_NODES]; MAX_NODES],
         perf: [[Perf::ZERO; MAX_NODES]; MAX_NODES],
@@ -175,9 +178,9 @@ impl Raw {
         self.sim_nodes != 0
     }
 
-    /// Whether node `n` has CPUs.
+    /// Whether node `n` has CPUs (in `cpus`, or past `MAX_CPUS`).
     pub fn has_cpus(&self, n: usize) -> bool {
-        self.cpus[n].iter().any(|w| *w != 0)
+        self.cpus[n].iter().any(|w| *w != 0) || self.cpus_beyond & (1 << n) != 0
     }
 
     /// Nodes with CPUs (simulated: the simulated CPU nodes, even one that no CPU of the
@@ -283,6 +286,7 @@ mod tests {
             assert_eq!(r.tier_source, e.tier_source);
             assert_eq!((r.nodes, r.mem_nodes), (e.nodes, e.mem_nodes));
             assert_eq!(r.cpus, e.cpus);
+            assert_eq!(r.cpus_beyond, e.cpus_beyond);
             assert_eq!(r.mem_bytes, e.mem_bytes);
             assert_eq!(r.distance, e.distance);
             assert_eq!(r.perf, e.perf);

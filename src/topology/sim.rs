@@ -52,7 +52,11 @@ pub(crate) fn parse(v: &[u8]) -> Option<Spec> {
         }
         None => (parse_u64(v)?, 0),
     };
-    if !(2..=MAX_SIM_NODES as u64).contains(&n) || n + far > MAX_NODES as u64 {
+    // `far` is checked on its own first: `n + far` must not wrap (review rev25).
+    if !(2..=MAX_SIM_NODES as u64).contains(&n)
+        || far > MAX_NODES as u64
+        || n + far > MAX_NODES as u64
+    {
         return None;
     }
     Some(Spec {
@@ -142,6 +146,24 @@ mod tests {
         }
     }
 
+    /// Review rev25: `N + M` was summed unchecked, so a far count near `u64::MAX` wrapped
+    /// past the 64-node bound (a panic with overflow checks; without, `2,far=18446744073709551614`
+    /// was taken as a machine of 0 nodes, with no warning).
+    #[test]
+    fn far_counts_that_overflow_are_refused() {
+        for bad in [
+            &b"2,far=18446744073709551614"[..],
+            b"2,far=18446744073709551615",
+            b"8,far=18446744073709551608",
+            b"2,far=4294967294",
+            b"2,far=4294967295",
+            b"2,far=63",
+        ] {
+            assert_eq!(parse(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
+        assert_eq!(parse(b"2,far=62"), Some(Spec { nodes: 2, far: 62 }));
+    }
+
     #[test]
     fn the_simulated_machine_has_cpu_nodes_and_a_far_tier() {
         let mut raw = Box::new(Raw::EMPTY);
@@ -160,6 +182,31 @@ mod tests {
         assert_eq!((raw.n_tiers, raw.tiers[0], raw.tiers[1]), (2, 0b011, 0b100));
         assert_eq!(raw.mem_bytes[2], 1 << 30);
         assert_eq!(raw.allowed, 0b111);
+    }
+
+    /// The largest machine the variable allows: 8 CPU nodes and 56 far ones, all 64 ids.
+    #[test]
+    fn sixty_four_simulated_nodes_fill_every_id() {
+        let mut raw = Box::new(Raw::EMPTY);
+        raw.nodes = 1;
+        raw.mem_nodes = 1;
+        raw.cpus[0] = [u64::MAX; MAX_CPUS / 64];
+        raw.mem_bytes[0] = 64 << 30;
+        apply(&mut raw, parse(b"8,far=56").unwrap());
+        raw.finish(None, None);
+        assert_eq!(
+            (raw.nodes, raw.mem_nodes, raw.allowed),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(raw.sim_far, u64::MAX << 8);
+        assert_eq!(raw.cpu_nodes(), 0xff);
+        assert_eq!(
+            (raw.n_tiers, raw.tiers[0], raw.tiers[1]),
+            (2, 0xff, u64::MAX << 8)
+        );
+        assert_eq!(raw.cpu_home[1023], 7);
+        assert_eq!(raw.mem_bytes[63], 1 << 30);
+        assert_eq!(raw.nearest_in(raw.tiers[1], 3), Some(8));
     }
 
     #[test]

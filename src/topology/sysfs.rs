@@ -185,12 +185,20 @@ pub(crate) fn weighted_interleave_weight(node: u32) -> Option<u32> {
 /// into the bit set `out` (which it clears first). False if malformed (a bad number, a
 /// reversed range, an empty item) or naming an id beyond `out`'s bits.
 pub(crate) fn parse_list(v: &[u8], out: &mut [u64]) -> bool {
+    parse_list_clipped(v, out, false) == Some(false)
+}
+
+/// Like [`parse_list`], but with `clip` an id beyond `out`'s bits is left out rather than
+/// refused: `Some(true)` then says some were (a CPU list of a machine past `MAX_CPUS`).
+/// None if malformed.
+pub(crate) fn parse_list_clipped(v: &[u8], out: &mut [u64], clip: bool) -> Option<bool> {
     out.iter_mut().for_each(|w| *w = 0);
     let v = trim(v);
     if v.is_empty() {
-        return true;
+        return Some(false);
     }
     let bits = out.len() * 64;
+    let mut beyond = false;
     for item in v.split(|&c| c == b',') {
         let item = trim(item);
         let (a, b) = match item.iter().position(|&c| c == b'-') {
@@ -201,16 +209,17 @@ pub(crate) fn parse_list(v: &[u8], out: &mut [u64]) -> bool {
             }
         };
         let (Some(a), Some(b)) = (a, b) else {
-            return false;
+            return None;
         };
-        if a > b || b >= bits {
-            return false;
+        if a > b || (b >= bits && !clip) {
+            return None;
         }
-        for i in a..=b {
+        beyond |= b >= bits;
+        for i in a..=b.min(bits - 1) {
             out[i / 64] |= 1 << (i % 64);
         }
     }
-    true
+    Some(beyond)
 }
 
 /// The first decimal number after `key` in `text` (e.g. "MemTotal:" in a meminfo file).
@@ -300,10 +309,20 @@ pub(crate) fn discover(root: &[u8], real: bool, raw: &mut Raw) {
         let node_len = base.len;
 
         base.push(b"cpulist");
-        if let Some(len) = read_file(&mut base, &mut buf) {
+        if let Some(mut len) = read_file(&mut base, &mut buf) {
+            if len == buf.len() && buf[len - 1] != b'\n' {
+                // Longer than the buffer (CPUs listed one by one, past the tables): the last
+                // item may be cut inside its number, so it goes (review rev25).
+                len = buf.iter().rposition(|&c| c == b',').unwrap_or(0);
+            }
             let mut cpus = [0u64; MAX_CPUS / 64];
-            if parse_list(&buf[..len], &mut cpus) {
+            // CPUs past the tables are left out, their node still a CPU node (review rev25:
+            // the whole list was refused, and the node read as memory-only).
+            if let Some(beyond) = parse_list_clipped(&buf[..len], &mut cpus, true) {
                 raw.cpus[n] = cpus;
+                if beyond {
+                    raw.cpus_beyond |= 1 << n;
+                }
             }
         }
 
@@ -374,7 +393,10 @@ pub(crate) fn discover(root: &[u8], real: bool, raw: &mut Raw) {
             raw.mem_nodes |= 1 << n;
         }
     }
-    if count == 1 && raw.mem_nodes == 0 {
+    // The files name no node with memory (none present, or naming no node of `online`): the
+    // memory is somewhere, so every node counts as having it (review rev25: only a one-node
+    // machine did, and several nodes got no tier and the absent node 0 as their home).
+    if raw.mem_nodes == 0 {
         raw.mem_nodes = nodes;
     }
 
@@ -421,7 +443,9 @@ fn fallback(root: &[u8], real: bool, raw: &mut Raw) {
         let mut p = Path::new(root);
         p.push(b"/devices/system/cpu/").push(file);
         if let Some(n) = read_file(&mut p, &mut buf) {
-            if parse_list(&buf[..n], &mut cpus) && cpus.iter().any(|w| *w != 0) {
+            if parse_list_clipped(&buf[..n], &mut cpus, true).is_some()
+                && cpus.iter().any(|w| *w != 0)
+            {
                 found = true;
                 break;
             }

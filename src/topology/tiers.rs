@@ -11,7 +11,8 @@
 //!    its initiators gives a score relative to the fastest node (the mean of latency / best
 //!    latency and best bandwidth / bandwidth); sorted by score, a node more than 30 % worse
 //!    than the first node of the current tier starts a new tier. A node with no figures counts
-//!    as the fastest if it has CPUs, else as the slowest.
+//!    as the fastest if it has CPUs, else as the slowest. Skipped when no node with CPUs and
+//!    memory has figures (nothing to rank the others against).
 //! 3. The kernel's memory tiers (memory_tierK), ordered by K.
 //! 4. Distances: nodes with CPUs form tier 0; memory-only nodes are grouped by their distance
 //!    to the nearest CPU node, nearer groups first.
@@ -129,6 +130,15 @@ fn from_hmat(raw: &mut Raw) -> bool {
     if !any {
         return false;
     }
+    // Figures for memory-only nodes alone leave nothing to rank them against: the CPU
+    // nodes' memory would count as no faster than the fastest of them, one tier with it
+    // (review rev25). Then the next rule decides.
+    let cpu_mem = iter(mem)
+        .filter(|&t| raw.has_cpus(t))
+        .fold(0u64, |m, t| m | 1 << t);
+    if cpu_mem != 0 && iter(cpu_mem).all(|t| best_lat[t] == 0 && best_bw[t] == 0) {
+        return false;
+    }
     let min_lat = iter(mem)
         .map(|t| best_lat[t])
         .filter(|l| *l != 0)
@@ -159,7 +169,11 @@ fn from_hmat(raw: &mut Raw) -> bool {
         ids[n] = t;
         n += 1;
     }
-    group_sorted(raw, &mut ids, &mut keys, n, |first, k| k * 10 > first * 13);
+    // Saturating: the key of a node without figures is `u64::MAX / 2`, and two of them must
+    // compare equal (one slowest tier), not wrap (review rev25).
+    group_sorted(raw, &mut ids, &mut keys, n, |first, k| {
+        k.saturating_mul(10) > first.saturating_mul(13)
+    });
     true
 }
 
