@@ -273,6 +273,23 @@ fn read_tier_policy() {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Random values of `TIERALLOC_TIER_BUDGET`, mostly from its own alphabet: the parser
+        /// (run in the allocator's first call) never panics (review rev25's random inputs).
+        #[test]
+        fn random_budget_values_never_panic(v in proptest::collection::vec(
+            proptest::prop_oneof![
+                8 => proptest::sample::select(b"0123456789,:nearfTGMKkiB ".to_vec()),
+                1 => proptest::prelude::any::<u8>(),
+            ],
+            0..40,
+        )) {
+            let _ = parse_budgets(&v);
+        }
+    }
+
     #[test]
     fn budgets_parse() {
         let none = route::NONE;
