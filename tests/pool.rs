@@ -289,9 +289,8 @@ fn building_a_pool_reserves_no_room_for_its_idle_objects() {
 
 /// Review rev26: a thread's first use of a pool allocated its whole cache up front, `T`
 /// inline (`thread_cache` of them), before a single object was idle in it: 64 MiB for a
-/// cache of 1024 64 KiB buffers (4 MiB per thread with the defaults' 64), booked against the
-/// near tier's budget on every thread that touched the pool. Now the cache grows with what it
-/// holds.
+/// cache of 1024 64 KiB buffers (4 MiB per thread with the defaults' 64). Now the cache grows
+/// with what it holds.
 #[test]
 fn a_threads_first_get_reserves_no_room_for_its_cache() {
     let pool = Pool::builder(|| [7u8; 65536])
