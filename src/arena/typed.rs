@@ -476,8 +476,17 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
         self.len() == 0
     }
 
-    /// Values the arena can take before it needs another chunk from the allocator (counting
-    /// kept chunks after the current one).
+    /// Values the arena's chunks hold in all, used or not (kept chunks after the current one
+    /// too; `usize::MAX` for a zero-sized `T`): it takes `capacity() - len()` more values before
+    /// it asks its allocator for another chunk.
+    ///
+    /// ```
+    /// let a: tieralloc::Arena<u64> = tieralloc::Arena::with_capacity(100);
+    /// let cap = a.capacity();
+    /// a.alloc(1);
+    /// assert_eq!(a.capacity(), cap); // the same chunk, one value fewer to come
+    /// assert_eq!(a.capacity() - a.len(), cap - 1);
+    /// ```
     pub fn capacity(&self) -> usize {
         if mem::size_of::<T>() == 0 {
             return usize::MAX;
