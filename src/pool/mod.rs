@@ -31,9 +31,9 @@
 //! uses the pool (places only: the cache's memory grows with what it holds), and a push to a
 //! shared store takes one place (given back by the pop). A returned object with no place is
 //! dropped (counted in `dropped`). `max_live` (optional) bounds objects out at once with one
-//! atomic counter, paid only by pools that set it; past it
-//! [`Pool::try_get`] fails with [`PoolError::Exhausted`] and [`Pool::get`] waits (spinning, then
-//! yielding) until a guard is dropped.
+//! atomic counter, paid only by pools that set it; past it [`Pool::try_get`] fails with
+//! [`PoolError::Exhausted`] and [`Pool::get`] waits (spinning, then yielding) until a guard is
+//! dropped.
 //!
 //! Guards. [`PoolGuard`] borrows the pool and is `Send` when `T` is, so it can be held across
 //! `.await` in a multi-threaded runtime and dropped on another thread (the object then joins
