@@ -542,3 +542,33 @@ fn arena_capacity_statistics_and_move_reports_are_exact() {
     assert_ne!(k2.generation(), k.generation());
     assert_eq!(Key::from_bits(k2.to_bits()), k2);
 }
+
+/// Review rev26: `move_to_tier` moved every chunk over 64 KiB that lay in a tieralloc block,
+/// with the whole block: an arena on a `&bumpalo::Bump` (whose chunks are pieces of the bump's
+/// one 3 MiB block) moved that block, with the bump's other data, once for each of its 3 big
+/// chunks, although the docs say chunks whose pages the arena does not own are skipped (and
+/// `tiers::move_to_tier`'s contract wants the caller to own what moves: over a `Sync`
+/// allocator of pieces, two threads' arenas could each move, and rebook, one huge block).
+#[test]
+fn an_arena_on_pieces_of_a_block_moves_none_of_them() {
+    let bump = bumpalo::Bump::with_capacity(3 << 20);
+    let neighbour: &mut [u8] = bump.alloc_slice_fill_copy(1024, 9u8);
+    let mut a: Arena<[u8; 4096], &bumpalo::Bump> = Arena::new_in(&bump);
+    for i in 0..200 {
+        a.alloc([i as u8; 4096]);
+    }
+    let s = a.stats();
+    assert!(s.chunks >= 3 && s.bytes_held > 512 << 10, "{s:?}");
+    let r = a.move_to_tier(0).expect("tier 0 exists");
+    assert_eq!((r.chunks_moved, r.bytes_moved), (0, 0), "{r:?}");
+    assert_eq!(
+        (r.chunks_skipped, r.bytes_skipped),
+        (s.chunks, s.bytes_held),
+        "{r:?}"
+    );
+    assert!(a
+        .iter_mut()
+        .enumerate()
+        .all(|(i, v)| v.iter().all(|b| *b == i as u8)));
+    assert!(neighbour.iter().all(|b| *b == 9));
+}

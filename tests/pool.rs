@@ -286,3 +286,60 @@ fn building_a_pool_reserves_no_room_for_its_idle_objects() {
     assert_eq!((s.created, s.idle, s.dropped), (100, 100, 0));
     assert_eq!(pool.get()[0], 1);
 }
+
+/// Review rev26: a thread's first use of a pool allocated its whole cache up front, `T`
+/// inline (`thread_cache` of them), before a single object was idle in it: 64 MiB for a
+/// cache of 1024 64 KiB buffers (4 MiB per thread with the defaults' 64). Now the cache grows
+/// with what it holds.
+#[test]
+fn a_threads_first_get_reserves_no_room_for_its_cache() {
+    let pool = Pool::builder(|| [7u8; 65536])
+        .max_idle(1024)
+        .thread_cache(1024)
+        .build();
+    let grew = std::thread::scope(|s| {
+        s.spawn(|| {
+            let before = tieralloc::stats().bytes_live;
+            let g = pool.get();
+            let grew = tieralloc::stats().bytes_live.saturating_sub(before);
+            assert_eq!(g[0], 7);
+            grew
+        })
+        .join()
+        .unwrap()
+    });
+    // Under 8 MiB whatever the other tests of this binary allocate meanwhile; 64 MiB before.
+    assert!(
+        grew < 8 << 20,
+        "one get from a fresh thread took {grew} bytes"
+    );
+    let s = pool.stats();
+    assert_eq!((s.created, s.idle, s.dropped), (1, 1, 0), "{s:?}");
+}
+
+/// Review rev26: with `thread_cache` past what a `Vec` can hold (`max_idle(usize::MAX)` and
+/// `thread_cache(usize::MAX)`: "unbounded"), the cache's up-front reservation panicked
+/// ("capacity overflow") inside the thread-exit check's first lookup, which took the panic
+/// for a thread exit: the object was dropped, the places taken from the budget were lost for
+/// good, and the thread used no cache again, of any pool or bump cache.
+#[test]
+fn an_unbounded_thread_cache_keeps_what_comes_back() {
+    let pool = Pool::builder(|| 5u64)
+        .max_idle(usize::MAX)
+        .thread_cache(usize::MAX)
+        .build();
+    let bumps = tieralloc::BumpCache::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            drop(pool.get());
+            let s = pool.stats();
+            assert_eq!((s.created, s.idle, s.dropped), (1, 1, 0), "{s:?}");
+            assert_eq!(*pool.get(), 5);
+            assert_eq!(pool.stats().hits, 1, "{:?}", pool.stats());
+            // The thread still has its caches: a bump comes back to it.
+            drop(bumps.checkout());
+            drop(bumps.checkout());
+            assert_eq!(bumps.stats().hits, 1, "{:?}", bumps.stats());
+        });
+    });
+}

@@ -180,7 +180,8 @@ impl<T, A: Allocator + Clone> SlotArena<T, A> {
     /// Stores `value` and returns its key. Reuses a freed slot if there is one.
     ///
     /// # Panics
-    /// If the arena already has `u32::MAX - 1` slots.
+    /// If no slot is free and the arena already has `u32::MAX` slots (indices up to
+    /// `u32::MAX - 1`; `u32::MAX` is [`Key::null`]'s).
     #[inline]
     pub fn insert(&mut self, value: T) -> Key {
         self.insert_with_key(|_| value)

@@ -4,8 +4,8 @@
 //! Owns: the chunk list of one arena and the values in it.
 //! May touch: only the allocator `A` it was given (chunk memory), the global allocator (the
 //! small `Vec` of chunk descriptors) and, to move chunks between tiers, the public tier API
-//! (`tier`: `move_to_tier`, the tier count, the size up to which blocks share pages) and
-//! [`owns`](crate::owns) (`global`). Nothing in the allocator core.
+//! (`tier`: `move_to_tier`, the tier count, the size up to which blocks share pages, whether a
+//! chunk starts a block) and [`owns`](crate::owns) (`global`). Nothing in the allocator core.
 //!
 //! # Design
 //!
@@ -476,8 +476,17 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
         self.len() == 0
     }
 
-    /// Values the arena can take before it needs another chunk from the allocator (counting
-    /// kept chunks after the current one).
+    /// Values the arena's chunks hold in all, used or not (kept chunks after the current one
+    /// too; `usize::MAX` for a zero-sized `T`): it takes `capacity() - len()` more values before
+    /// it asks its allocator for another chunk.
+    ///
+    /// ```
+    /// let a: tieralloc::Arena<u64> = tieralloc::Arena::with_capacity(100);
+    /// let cap = a.capacity();
+    /// a.alloc(1);
+    /// assert_eq!(a.capacity(), cap); // the same chunk, one value fewer to come
+    /// assert_eq!(a.capacity() - a.len(), cap - 1);
+    /// ```
     pub fn capacity(&self) -> usize {
         if mem::size_of::<T>() == 0 {
             return usize::MAX;
@@ -506,7 +515,10 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
     /// 64 KiB; chunks double, so all but the first few of a big arena) moves with
     /// `tiers::move_to_tier`; smaller chunks share their pages with other blocks and are
     /// left where they are, and counted. Chunks from an allocator that is not tieralloc are
-    /// skipped too (the arena does not own their whole pages).
+    /// skipped too (the arena does not own their whole pages), and so are chunks that do not
+    /// start a tieralloc block: pieces that an allocator such as `&bumpalo::Bump` carves out of
+    /// its blocks. (An allocator of pieces whose piece happens to start its block, with others
+    /// after it, has that block moved whole, contents and addresses kept.)
     ///
     /// # Errors
     /// The tier does not exist, or the kernel refused a move (chunks already moved stay
@@ -517,7 +529,14 @@ impl<T, A: Allocator + Clone> Arena<T, A> {
         for c in &cold.chunks {
             let bytes = c.cap.saturating_mul(mem::size_of::<T>());
             let p = c.ptr.as_ptr() as *mut u8;
-            if bytes <= crate::tier::SHARED_MAX || !crate::global::owns(p) {
+            // Only a chunk that is a block of its own moves: one that merely lies in a block
+            // (a piece an allocator such as `&bumpalo::Bump` carved out of it) would take the
+            // whole block, others' data with it (review rev26).
+            let skip = bytes <= crate::tier::SHARED_MAX
+                || !crate::global::owns(p)
+                // SAFETY: `owns(p)`: the chunk, live, lies in a live block of tieralloc's.
+                || !unsafe { crate::tier::starts_block(p) };
+            if skip {
                 r.chunks_skipped += 1;
                 r.bytes_skipped += bytes;
                 continue;

@@ -28,11 +28,12 @@
 //!
 //! Bounds. `max_idle` bounds idle objects *in total*, exactly: the pool keeps a budget of idle
 //! places; a thread's cache reserves its places from the budget once, when the thread first
-//! uses the pool, and a push to a shared store takes one place (given back by the pop). A
-//! returned object with no place is dropped (counted in `dropped`). `max_live` (optional) bounds
-//! objects out at once with one atomic counter, paid only by pools that set it; past it
-//! [`Pool::try_get`] fails with [`PoolError::Exhausted`] and [`Pool::get`] waits (spinning, then
-//! yielding) until a guard is dropped.
+//! uses the pool (places only: the cache's memory grows with what it holds), and a push to a
+//! shared store takes one place (given back by the pop). A returned object with no place is
+//! dropped (counted in `dropped`). `max_live` (optional) bounds objects out at once with one
+//! atomic counter, paid only by pools that set it; past it [`Pool::try_get`] fails with
+//! [`PoolError::Exhausted`] and [`Pool::get`] waits (spinning, then yielding) until a guard is
+//! dropped.
 //!
 //! Guards. [`PoolGuard`] borrows the pool and is `Send` when `T` is, so it can be held across
 //! `.await` in a multi-threaded runtime and dropped on another thread (the object then joins
@@ -110,7 +111,8 @@ pub struct PoolStats {
 /// One thread's cache. Its `items` are touched only by the thread that owns the entry.
 struct Local<T> {
     items: UnsafeCell<Vec<T>>,
-    /// Places reserved from the idle budget: `items` never grows past it.
+    /// Places reserved from the idle budget: `items` never holds more (its memory grows
+    /// with what it holds, nothing is reserved up front).
     cap: usize,
     /// Mirrors of `items.len()` and the hit count for `stats`, written only by the owner (plain
     /// load + store, no read-modify-write).
@@ -306,7 +308,11 @@ impl<T: Send> Pool<T> {
         self.locals.get_or(|| {
             let cap = take_place(&self.budget, self.thread_cache);
             Local {
-                items: UnsafeCell::new(Vec::with_capacity(cap)),
+                // Empty: it grows with what it holds, up to `cap` (review rev26: reserved
+                // whole here, `T` inline, 64 MiB for a cache of 1024 64 KiB buffers before one
+                // was idle, and a `cap` past what a `Vec` holds panicked in this lookup, which
+                // `exit` took for a thread exit).
+                items: UnsafeCell::new(Vec::new()),
                 cap,
                 len: AtomicUsize::new(0),
                 hits: AtomicU64::new(0),
@@ -453,7 +459,8 @@ impl<T: Send> Pool<T> {
         let Some(local) = self.local() else {
             return self.give_back_slow(v);
         };
-        // SAFETY: as in `take`: this thread's entry, no user code runs during the borrow.
+        // SAFETY: as in `take`: this thread's entry, no user code runs during the borrow (a
+        // push that grows `items` calls only the global allocator).
         let items = unsafe { &mut *local.items.get() };
         if items.len() < local.cap {
             items.push(v);

@@ -119,6 +119,27 @@ impl std::error::Error for TierError {}
 /// ([`TierError::SharedSegment`]).
 pub(crate) const SHARED_MAX: usize = crate::heap::size_class::MEDIUM_MAX;
 
+/// Whether `p` is where a large or huge block of ours starts, the span [`move_to_node`] moves
+/// whole for it (a huge block's mapping, a large block's slices). A piece of such a block that
+/// another allocator carved out of it (a `bumpalo::Bump`'s chunk) does not start it, unless it
+/// happens to be the block's first piece.
+///
+/// # Safety
+/// `p` points into a live block of ours (`segment::contains(p)`), not freed while this runs.
+pub(crate) unsafe fn starts_block(p: *const u8) -> bool {
+    let seg = segment::segment_of(p);
+    // SAFETY: `p` lies in a live block (contract), so its segment header and, for a normal
+    // segment, its page's descriptor were written before the block was handed out; plain
+    // reads of fields that do not change while it lives.
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            return core::ptr::eq(p, huge::object(seg));
+        }
+        let page = segment::page_of(seg, p);
+        (*page).kind == segment::PageKind::Large as u8 && core::ptr::eq(p, (*page).start())
+    }
+}
+
 /// Pages of a transparent huge page: at most this many of a large block's neighbours share
 /// one with its first or last page.
 const SIDE: usize = THP_SIZE / OS_PAGE;

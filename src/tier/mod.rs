@@ -14,8 +14,8 @@ pub(crate) mod migrate;
 pub(crate) mod policy;
 
 pub use auto::{start_auto_demotion, AutoDemotion, AutoDemotionReport};
-pub(crate) use migrate::SHARED_MAX;
 pub use migrate::{demote, move_to_node, move_to_tier, promote, MoveReport, TierError};
+pub(crate) use migrate::{starts_block, SHARED_MAX};
 pub use policy::{policy, set_policy, Policy, PolicyError};
 
 use crate::heap::route::{self, REFUSED, ROUTED_BYTES, SPILLED_BYTES, SPILLS};
