@@ -153,6 +153,10 @@ fn enter(scope: Scope, label: u8) -> PlacementGuard {
     let index = STACK
         .try_with(|s| {
             let mut s = s.borrow_mut();
+            // The scope in force (the top entry) is suspended: keep how far its spread got.
+            if let Some(top) = s.last_mut() {
+                top.scope = top.scope.progressed(thread::scope());
+            }
             s.push(Entry {
                 scope,
                 label,
