@@ -77,7 +77,9 @@ enum Slot {
 /// `placement` — `Vec`s, `String`s, `HashMap`s, third-party types, anything that allocates
 /// through the global allocator. Frees and reallocations work as always, from any thread;
 /// a reallocation that moves its block inside the scope places the new block by the scope
-/// (one that can grow or shrink in place keeps its block, and its node).
+/// (one that can grow or shrink in place keeps its block, and its node; a huge block grown
+/// inside a scope that would place it elsewhere is moved there). After the scope, a block
+/// built in it that a reallocation moves is placed as any allocation outside the scope.
 ///
 /// ```
 /// # #[global_allocator]
