@@ -254,7 +254,8 @@ pub struct PlacedFuture<F> {
 /// each `poll` runs inside a placement scope (entered before the inner future is polled,
 /// ended before `poll` returns), in the spirit of `tracing::Instrument`. A task's allocations
 /// then follow its placement whichever worker thread polls it, and other tasks on the same
-/// workers are not affected.
+/// workers are not affected. Only polls run in the scope: dropping a `PlacedFuture` drops the
+/// inner future outside it (what its `Drop` allocates follows the dropping thread's scope).
 ///
 /// ```
 /// # #[global_allocator]
