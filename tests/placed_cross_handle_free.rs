@@ -1,8 +1,9 @@
 //! `Placed` blocks freed through a handle of another kind. The docs let a `preferred()` or
-//! `bound()` block be freed through any handle made by `preferred` or `bound`, but those
-//! methods return a handle that is not one node (`local()`, an interleave) as it is: so
-//! `Placed::local()?.preferred()`, still a local handle, may be handed the block of
-//! `Placed::node(0)?.preferred()`, a mapping of its own, and the other way round. Such a free
+//! `bound()` block be freed through any handle made by `preferred` or `bound` (since review
+//! rev27, any `Placed` block through any handle), but those methods return a handle that is
+//! not one node (`local()`, an interleave) as it is: so `Placed::local()?.preferred()`, still
+//! a local handle, may be handed the block of `Placed::node(0)?.preferred()`, a mapping of its
+//! own, and the other way round; and so may an interleave handle and a node one. Such a free
 //! must give back exactly the block: the mapping unmapped, the heap block returned to its heap
 //! (its page left mapped).
 //!
@@ -46,14 +47,22 @@ fn inner_a_made_handle_frees_a_block_of_another_made_handle() {
     }
     let node0 = Placed::node(0).unwrap();
     let local = Placed::local().unwrap();
+    assert_eq!(
+        local.preferred(),
+        local,
+        "preferred() leaves a local handle as it is"
+    );
+    assert_eq!(
+        local.bound(),
+        local,
+        "bound() leaves a local handle as it is"
+    );
+    let interleave = Placed::interleave(&[0]).unwrap();
     for (own_map, other) in [
         (node0.preferred(), local.preferred()),
         (node0.bound(), local.bound()),
+        (interleave, node0),
     ] {
-        assert_eq!(
-            other, local,
-            "preferred()/bound() leave a local handle as it is"
-        );
         let l = Layout::from_size_align(PAGE + 5, 8).unwrap();
 
         // The mapped block, freed through the local handle made by the same method.
