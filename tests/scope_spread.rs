@@ -5,7 +5,9 @@
 //! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child process, since the variable is read at
 //! start-up): an interleave over nodes 0 and 2, with a nested scope entered and left after
 //! each of its 4 KiB blocks (one quantum each, so the rotation is exact), puts exactly half
-//! of its blocks on each node; a 1:3 weighted one, 100 and 300 of 400.
+//! of its blocks on each node; a 1:3 weighted one, 100 and 300 of 400. Guards of scopes below
+//! a spread, dropped out of order while it is in force, change nothing (the documented rule),
+//! so its rotation goes on too.
 
 use std::time::Duration;
 use tieralloc::{place, with_placement, Placed};
@@ -60,11 +62,41 @@ fn inner_an_outer_spread_goes_on_where_it_stopped() {
 }
 
 #[test]
+fn inner_a_spread_keeps_its_rotation_when_guards_below_it_drop() {
+    if !child::is_child() {
+        return;
+    }
+    let local = Placed::local().unwrap();
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    // 400 guards entered below the spread, one dropped (out of order) after each block: the
+    // scope in force does not change, so neither may its rotation.
+    let mut below: Vec<tieralloc::PlacementGuard> = (0..400).map(|_| place(local)).collect();
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(400);
+    {
+        let _g = place(even);
+        for _ in 0..400 {
+            blocks.push(vec![9u8; 4096]);
+            drop(below.pop());
+        }
+    }
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    assert_eq!(by_node, [200, 0, 200]);
+}
+
+#[test]
 fn spreads_keep_their_rotation_across_nested_scopes() {
     if child::is_child() {
         return;
     }
     let mut cmd =
         child::on_simulated_nodes("inner_an_outer_spread_goes_on_where_it_stopped", "2,far=1");
+    child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+    let mut cmd = child::on_simulated_nodes(
+        "inner_a_spread_keeps_its_rotation_when_guards_below_it_drop",
+        "2,far=1",
+    );
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
 }
