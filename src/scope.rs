@@ -222,11 +222,17 @@ impl Drop for PlacementGuard {
         // At thread exit the stack may be gone by now: then no scope is in force any more.
         let done = STACK.try_with(|s| {
             let mut s = s.borrow_mut();
+            let len = s.len();
             if let Some(e) = s.get_mut(index) {
                 e.alive = false;
             }
             while s.last().is_some_and(|e| !e.alive) {
                 s.pop();
+            }
+            if s.len() == len {
+                // Not the innermost: the scope in force stays as it is, its spread's rotation
+                // too (review rev27: it was set again as entered, its rotation started over).
+                return;
             }
             let (top, label) = s.last().map_or((Scope::None, 0), |e| (e.scope, e.label));
             if thread::scope() != top || thread::scope_label() != label {
