@@ -85,7 +85,8 @@ impl Weights {
 /// Blocks from `node`, `local`, `tier` and `far` handles come from per-node heaps; interleaved
 /// blocks (plain or weighted) and those of `preferred()` and `bound()` handles are whole
 /// mappings of their own. A block may be freed through any `Placed` handle, from any thread,
-/// with the layout it was allocated with: every handle frees by the block.
+/// with the layout it was allocated with: every handle frees by the block. Not through the
+/// global allocator (`std::alloc::dealloc`), which takes its own blocks only.
 ///
 /// With a tier budget set (`TIERALLOC_TIER_BUDGET`, `tieralloc::tiers::set_policy`), a
 /// `node`, `local`, `tier` or `far` allocation that its node's tier cannot take within the
