@@ -112,7 +112,7 @@ enum Slot {
 /// allocator they do nothing.
 ///
 /// Scopes nest: the innermost live one is in force, and when it ends the one around it is
-/// again. See the module notes for guards dropped out of order. A guard forgotten with
+/// again (a spreading one going on where it stopped). See the module notes for guards dropped out of order. A guard forgotten with
 /// `mem::forget` leaves its scope in force (below any later one) until the thread ends.
 pub fn place(placement: Placed) -> PlacementGuard {
     enter(placement.scope(), 0)
