@@ -7,7 +7,8 @@
 //! of order follow the documented rule, the closure form ends its scope on unwind, a
 //! reallocation that moves inside a scope is placed by it, and a future wrapped with
 //! `.placed()` runs each poll inside its scope whichever thread polls it (a poll that panics
-//! ends it; the inner future's `Drop` runs outside it).
+//! ends it; the inner future's `Drop` runs outside it), and a scope left active at thread
+//! exit (forgotten, or held by a thread-local) crashes nothing.
 //!
 //! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child process each, since the variable is read
 //! at start-up), through `stats()` and the tier statistics: a `HashMap<String, Vec<u8>>` built
@@ -265,6 +266,35 @@ fn a_placed_future_that_panics_ends_its_scope_and_drops_outside_it() {
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     drop(fut);
     assert!(own_heap.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+thread_local! {
+    /// A guard that lives until the thread's thread-local destructors run.
+    static HELD: std::cell::RefCell<Option<tieralloc::PlacementGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn scopes_left_active_at_thread_exit_crash_nothing() {
+    // Forgotten: in force until the thread ends (documented), its exit included.
+    std::thread::spawn(|| {
+        std::mem::forget(place(node0()));
+        assert!(!own(&*fresh()));
+    })
+    .join()
+    .unwrap();
+    // Held by a thread-local: dropped among the thread-local destructors, before or after
+    // the scopes' own stack is gone.
+    std::thread::spawn(|| {
+        HELD.with(|g| *g.borrow_mut() = Some(place(node0())));
+        assert!(!own(&*fresh()));
+    })
+    .join()
+    .unwrap();
+    assert!(
+        own(&*fresh()),
+        "other threads' scopes do not reach this one"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
