@@ -82,9 +82,11 @@ impl Weights {
 /// assert_eq!(v.iter().sum::<u64>(), 6);
 /// ```
 ///
-/// Blocks from `node`, `local`, `tier` and `far` handles come from per-node heaps and may be
-/// freed through any handle of those kinds, from any thread. Interleaved blocks (plain or
-/// weighted) are whole mappings of their own and must be freed through an interleave handle.
+/// Blocks from `node`, `local`, `tier` and `far` handles come from per-node heaps; interleaved
+/// blocks (plain or weighted) and those of `preferred()` and `bound()` handles are whole
+/// mappings of their own. A block may be freed through any `Placed` handle, from any thread,
+/// with the layout it was allocated with: every handle frees by the block. Not through the
+/// global allocator (`std::alloc::dealloc`), which takes its own blocks only.
 ///
 /// With a tier budget set (`TIERALLOC_TIER_BUDGET`, `tieralloc::tiers::set_policy`), a
 /// `node`, `local`, `tier` or `far` allocation that its node's tier cannot take within the
@@ -426,8 +428,8 @@ impl Placed {
     /// interleave has its own policy). In a placement scope ([`crate::place`]) the handle acts
     /// as its node's handle: scoped allocations come from the node's heap, whose memory
     /// follows the process-wide `TIERALLOC_FAR_POLICY`. These blocks are not counted in
-    /// `stats()` nor in tier budgets, and must be freed through a handle made by `preferred`
-    /// or `bound` (as interleaved blocks through an interleave handle).
+    /// `stats()` nor in tier budgets; like every `Placed` block they may be freed through any
+    /// handle.
     ///
     /// ```
     /// use allocator_api2::vec::Vec;
@@ -658,10 +660,10 @@ fn node_alloc(node: u32, size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 // SAFETY: blocks stay valid until deallocated (they come from the heap's per-node heaps,
-// which never reuse a block before it is freed, or from a private mapping); a handle and its
-// copies all free through the same path (node kinds through the heap's `free`, which takes
-// any of its blocks from any thread; interleave handles by unmapping their own mapping, whose
-// length the layout gives back), so a block from one copy may be freed through another.
+// which never reuse a block before it is freed, or from a private mapping); every handle
+// frees by the block (a heap block through the heap's `free`, which takes any of its blocks
+// from any thread; a mapping of its own by unmapping it, whose length the layout gives
+// back), so a block from one copy may be freed through another.
 unsafe impl Allocator for Placed {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         self.alloc(layout, false)
@@ -677,17 +679,18 @@ unsafe impl Allocator for Placed {
         if layout.size() == 0 {
             return;
         }
-        match self.kind {
-            Kind::Interleave(_) | Kind::Weighted(_) | Kind::Mapped { .. } => {
-                if let Some(len) = map_len(layout) {
-                    // SAFETY: the caller hands back a block this handle allocated with this
-                    // layout: a whole mapping of ours of `len` bytes.
-                    unsafe { os::unmap(ptr.as_ptr(), len) };
-                }
-            }
-            // SAFETY: the caller hands back a live block from node_alloc, which the heap's
-            // free takes from any thread.
-            _ => unsafe { crate::heap::thread::free(ptr.as_ptr()) },
+        // By the block, not the handle (review rev27): `preferred()` and `bound()` return a
+        // handle that is not one node as it is, so a handle made by them, which the docs let
+        // free their blocks, may be of either family. The segment map tells a heap block (in
+        // a live segment) from a mapping of its own (outside every segment).
+        if crate::heap::segment::contains(ptr.as_ptr()) {
+            // SAFETY: the caller hands back a live block of a `Placed` handle: in a segment,
+            // so from node_alloc, which the heap's free takes from any thread.
+            unsafe { crate::heap::thread::free(ptr.as_ptr()) };
+        } else if let Some(len) = map_len(layout) {
+            // SAFETY: the caller hands back a live block of a `Placed` handle with this
+            // layout: outside every segment, so a whole mapping of ours of `len` bytes.
+            unsafe { os::unmap(ptr.as_ptr(), len) };
         }
     }
 }

@@ -77,7 +77,9 @@ enum Slot {
 /// `placement` — `Vec`s, `String`s, `HashMap`s, third-party types, anything that allocates
 /// through the global allocator. Frees and reallocations work as always, from any thread;
 /// a reallocation that moves its block inside the scope places the new block by the scope
-/// (one that can grow or shrink in place keeps its block, and its node).
+/// (one that can grow or shrink in place keeps its block, and its node; a huge block grown
+/// inside a scope that would place it elsewhere is moved there). After the scope, a block
+/// built in it that a reallocation moves is placed as any allocation outside the scope.
 ///
 /// ```
 /// # #[global_allocator]
@@ -110,7 +112,7 @@ enum Slot {
 /// allocator they do nothing.
 ///
 /// Scopes nest: the innermost live one is in force, and when it ends the one around it is
-/// again. See the module notes for guards dropped out of order. A guard forgotten with
+/// again (a spreading one going on where it stopped). See the module notes for guards dropped out of order. A guard forgotten with
 /// `mem::forget` leaves its scope in force (below any later one) until the thread ends.
 pub fn place(placement: Placed) -> PlacementGuard {
     enter(placement.scope(), 0)
@@ -153,6 +155,10 @@ fn enter(scope: Scope, label: u8) -> PlacementGuard {
     let index = STACK
         .try_with(|s| {
             let mut s = s.borrow_mut();
+            // The scope in force (the top entry) is suspended: keep how far its spread got.
+            if let Some(top) = s.last_mut() {
+                top.scope = top.scope.progressed(thread::scope());
+            }
             s.push(Entry {
                 scope,
                 label,
@@ -216,11 +222,17 @@ impl Drop for PlacementGuard {
         // At thread exit the stack may be gone by now: then no scope is in force any more.
         let done = STACK.try_with(|s| {
             let mut s = s.borrow_mut();
+            let len = s.len();
             if let Some(e) = s.get_mut(index) {
                 e.alive = false;
             }
             while s.last().is_some_and(|e| !e.alive) {
                 s.pop();
+            }
+            if s.len() == len {
+                // Not the innermost: the scope in force stays as it is, its spread's rotation
+                // too (review rev27: it was set again as entered, its rotation started over).
+                return;
             }
             let (top, label) = s.last().map_or((Scope::None, 0), |e| (e.scope, e.label));
             if thread::scope() != top || thread::scope_label() != label {
@@ -248,7 +260,8 @@ pub struct PlacedFuture<F> {
 /// each `poll` runs inside a placement scope (entered before the inner future is polled,
 /// ended before `poll` returns), in the spirit of `tracing::Instrument`. A task's allocations
 /// then follow its placement whichever worker thread polls it, and other tasks on the same
-/// workers are not affected.
+/// workers are not affected. Only polls run in the scope: dropping a `PlacedFuture` drops the
+/// inner future outside it (what its `Drop` allocates follows the dropping thread's scope).
 ///
 /// ```
 /// # #[global_allocator]

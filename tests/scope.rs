@@ -6,7 +6,9 @@
 //! the scope the thread's own heap serves again; scopes nest and restore, guards dropped out
 //! of order follow the documented rule, the closure form ends its scope on unwind, a
 //! reallocation that moves inside a scope is placed by it, and a future wrapped with
-//! `.placed()` runs each poll inside its scope whichever thread polls it.
+//! `.placed()` runs each poll inside its scope whichever thread polls it (a poll that panics
+//! ends it; the inner future's `Drop` runs outside it), and a scope left active at thread
+//! exit (forgotten, or held by a thread-local) crashes nothing.
 //!
 //! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child process each, since the variable is read
 //! at start-up), through `stats()` and the tier statistics: a `HashMap<String, Vec<u8>>` built
@@ -220,6 +222,79 @@ fn a_placed_future_runs_each_poll_in_its_scope_on_whichever_thread_polls_it() {
         );
         assert_eq!(node_of(&**b), 0);
     }
+}
+
+/// A future whose poll allocates and then panics.
+struct PanicsInPoll;
+impl Future for PanicsInPoll {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        assert!(!own(&*fresh()), "the poll runs in the scope");
+        panic!("inside a placed poll")
+    }
+}
+
+/// A future that never completes and records, when dropped, whether the thread's own heap
+/// served an allocation made by its `Drop`.
+struct RecordsItsDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+impl Future for RecordsItsDrop {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+impl Drop for RecordsItsDrop {
+    fn drop(&mut self) {
+        let b = fresh();
+        self.0.store(own(&*b), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_placed_future_that_panics_ends_its_scope_and_drops_outside_it() {
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(PanicsInPoll.placed(node0()));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = fut.as_mut().poll(&mut cx);
+    }));
+    assert!(r.is_err());
+    assert!(own(&*fresh()), "the scope ended with the unwinding poll");
+    // Only polls run in the scope (docs/tiers.md): the inner future's Drop does not.
+    let own_heap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut fut = Box::pin(RecordsItsDrop(own_heap.clone()).placed(node0()));
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    drop(fut);
+    assert!(own_heap.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+thread_local! {
+    /// A guard that lives until the thread's thread-local destructors run.
+    static HELD: std::cell::RefCell<Option<tieralloc::PlacementGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn scopes_left_active_at_thread_exit_crash_nothing() {
+    // Forgotten: in force until the thread ends (documented), its exit included.
+    std::thread::spawn(|| {
+        std::mem::forget(place(node0()));
+        assert!(!own(&*fresh()));
+    })
+    .join()
+    .unwrap();
+    // Held by a thread-local: dropped among the thread-local destructors, before or after
+    // the scopes' own stack is gone.
+    std::thread::spawn(|| {
+        HELD.with(|g| *g.borrow_mut() = Some(place(node0())));
+        assert!(!own(&*fresh()));
+    })
+    .join()
+    .unwrap();
+    assert!(
+        own(&*fresh()),
+        "other threads' scopes do not reach this one"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! Fuzz target `placed`: `Placed` handles (`node(0)`, `local()`, `tier(0)`, `far()`,
-//! `node(1)`, plain and weighted interleave) used as allocator-api2 allocators: allocate,
-//! allocate_zeroed, grow, grow_zeroed, shrink, deallocate (through any handle of the same kind,
-//! on any thread), thread exit and CPU moves, against a shadow model of the live blocks.
+//! `node(1)`, plain and weighted interleave, `preferred()` and `bound()`) used as
+//! allocator-api2 allocators: allocate, allocate_zeroed, grow, grow_zeroed, shrink (through
+//! any handle of the same family), deallocate (through any handle, on any thread), thread exit
+//! and CPU moves, against a shadow model of the live blocks.
 //!
 //! Checked: every block is aligned, at least as long as asked, overlaps no live block, is zero
 //! when asked, keeps its contents through grow and shrink (a grown zeroed tail is zero) and
@@ -53,7 +54,7 @@ enum Op {
 }
 
 /// What a block needs to be freed: its alignment, and whether its handle was one of the
-/// node kinds (else an interleave mapping).
+/// node kinds (else a mapping of its own: interleave, `preferred()`, `bound()`).
 struct Kind {
     align: usize,
     node_kind: bool,
@@ -196,9 +197,10 @@ impl Model {
                 Op::Free { idx, via } => {
                     if !self.live.is_empty() {
                         let b = self.take(idx as usize % self.live.len());
-                        let h = self.handle(via, b.extra.node_kind);
+                        // Any handle frees any block (review rev27).
+                        let h = self.handles[via as usize % self.handles.len()].0;
                         let l = Layout::from_size_align(b.size, b.extra.align).unwrap();
-                        // SAFETY: a live block of this handle's kind with this layout.
+                        // SAFETY: a live `Placed` block with this layout.
                         unsafe { h.deallocate(NonNull::new(b.addr as *mut u8).unwrap(), l) };
                     }
                 }
@@ -237,6 +239,8 @@ pub fn run(data: &[u8]) {
             Placed::interleave(&[0]),
             Placed::interleave(&[0, 1]),
             Placed::interleave_weighted(&[(0, 2)]),
+            Placed::node(0).map(Placed::preferred),
+            Placed::node(0).map(Placed::bound),
         ];
         handles.extend(maps.into_iter().flatten().map(|h| (h, false)));
         assert!(handles.iter().any(|h| h.1) && handles.iter().any(|h| !h.1));

@@ -8,7 +8,8 @@
 //! (`admit_making_room`). What the huge cache keeps is `heap::huge`'s (`HugeCache`); the slice
 //! bitmaps a large page grows or shrinks over are `heap::segment`'s. May touch: the `Heap`
 //! fields (`super`), `counters`, `free` (the drain, node bookkeeping), `labels` (a labelled
-//! huge object's bytes), `node` (dead heaps),
+//! huge object's bytes), `node` (dead heaps), `scoped` (`Scope`: a scope that would place a
+//! grown huge object elsewhere),
 //! `registry` (init, rehome), `slices`, `tick`, `tls`, `heap::{huge, segment, remote,
 //! size_class}`,
 //! `sys::os`, `init` (the purge delay).
@@ -21,7 +22,7 @@ use super::registry::{current_home, heap_init, rehome};
 use super::slices::take_slices;
 use super::tick::{heap_tick, note_idle};
 use super::tls::own;
-use super::{HeapRef, ACTIVE};
+use super::{HeapRef, Scope, ACTIVE};
 use crate::heap::huge;
 use crate::heap::remote::USE_DELAYED;
 use crate::heap::route;
@@ -239,6 +240,20 @@ pub unsafe fn grow_huge(p: *mut u8, new_size: usize) -> *mut u8 {
         }
         let h = own();
         if h.state != ACTIVE {
+            return ptr::null_mut();
+        }
+        // Growth moves the object (a new address) but keeps its node and label, and a
+        // reallocation that moves its block inside a diverting scope places the new block by
+        // the scope (docs/tiers.md): only where the scope would put a new block may it grow so
+        // (review rev27: a 4 MiB block grown to 20 MiB in a far scope stayed near).
+        let label = (*seg).huge_label;
+        let as_scoped = match h.scope {
+            Scope::None => true,
+            Scope::Local => h.scope_label == 0 || h.scope_label == label,
+            Scope::Node(n) => n == h.node && h.scope_label == label,
+            Scope::Even { .. } | Scope::Weighted(_) => false,
+        };
+        if !as_scoped {
             return ptr::null_mut();
         }
         let old_size = (*seg).huge_size;

@@ -46,6 +46,24 @@ pub(crate) enum Scope {
     Weighted(Spread),
 }
 
+impl Scope {
+    /// This scope, with the rotation of `now` (the heap's scope, which its allocations have
+    /// advanced) when `now` is the same spread: what to put back in force when `now` is
+    /// suspended by a nested scope and resumed after it, so that the spread goes on where it
+    /// stopped rather than at its first node (review rev27).
+    pub(crate) fn progressed(self, now: Scope) -> Scope {
+        match (self, now) {
+            (Scope::Even { set, .. }, Scope::Even { set: s, .. }) if set == s => now,
+            (Scope::Weighted(a), Scope::Weighted(b))
+                if a.n == b.n && a.nodes == b.nodes && a.weights == b.weights =>
+            {
+                now
+            }
+            _ => self,
+        }
+    }
+}
+
 /// The nodes and weights of a weighted spreading scope, and how far it has got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Spread {

@@ -1,0 +1,102 @@
+//! Spreading scopes (`Placed::interleave`, `interleave_weighted`) keep their rotation when a
+//! nested scope ends: the outer scope, in force again, goes on where it stopped rather than
+//! starting over at its first node.
+//!
+//! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child process, since the variable is read at
+//! start-up): an interleave over nodes 0 and 2, with a nested scope entered and left after
+//! each of its 4 KiB blocks (one quantum each, so the rotation is exact), puts exactly half
+//! of its blocks on each node; a 1:3 weighted one, 100 and 300 of 400. Guards of scopes below
+//! a spread, dropped out of order while it is in force, change nothing (the documented rule),
+//! so its rotation goes on too.
+
+use std::time::Duration;
+use tieralloc::{place, with_placement, Placed};
+
+#[global_allocator]
+static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+
+#[path = "common/child.rs"]
+mod child;
+
+/// The node `stats()` books the live block at `p` on.
+fn node_of(p: *const u8) -> u32 {
+    // SAFETY: live blocks of the global allocator that no other thread frees.
+    unsafe { tieralloc::probe::block_node(p) }
+}
+
+/// 400 blocks of 4 KiB in a scope on `p`, each followed by a nested scope on `inner` entered
+/// and left (allocating nothing); how many blocks landed on each node.
+fn count_with_nested(p: Placed, inner: Placed) -> [usize; 3] {
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(400);
+    {
+        let _g = place(p);
+        for _ in 0..400 {
+            blocks.push(vec![9u8; 4096]);
+            with_placement(inner, || ());
+        }
+    }
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    by_node
+}
+
+#[test]
+fn inner_an_outer_spread_goes_on_where_it_stopped() {
+    if !child::is_child() {
+        return;
+    }
+    let local = Placed::local().unwrap();
+    let node1 = Placed::node(1).unwrap();
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
+    for inner in [local, node1] {
+        assert_eq!(count_with_nested(even, inner), [200, 0, 200], "{inner:?}");
+        assert_eq!(
+            count_with_nested(weighted, inner),
+            [100, 0, 300],
+            "{inner:?}"
+        );
+    }
+}
+
+#[test]
+fn inner_a_spread_keeps_its_rotation_when_guards_below_it_drop() {
+    if !child::is_child() {
+        return;
+    }
+    let local = Placed::local().unwrap();
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    // 400 guards entered below the spread, one dropped (out of order) after each block: the
+    // scope in force does not change, so neither may its rotation.
+    let mut below: Vec<tieralloc::PlacementGuard> = (0..400).map(|_| place(local)).collect();
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(400);
+    {
+        let _g = place(even);
+        for _ in 0..400 {
+            blocks.push(vec![9u8; 4096]);
+            drop(below.pop());
+        }
+    }
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    assert_eq!(by_node, [200, 0, 200]);
+}
+
+#[test]
+fn spreads_keep_their_rotation_across_nested_scopes() {
+    if child::is_child() {
+        return;
+    }
+    let mut cmd =
+        child::on_simulated_nodes("inner_an_outer_spread_goes_on_where_it_stopped", "2,far=1");
+    child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+    let mut cmd = child::on_simulated_nodes(
+        "inner_a_spread_keeps_its_rotation_when_guards_below_it_drop",
+        "2,far=1",
+    );
+    child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+}
