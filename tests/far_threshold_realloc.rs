@@ -22,27 +22,11 @@ mod child;
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-/// A CPU of simulated node 0 (of two) this process may run on.
-fn cpu_of_node_0() -> Option<u32> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
-            return None;
-        }
-        set
-    };
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE.
-        .find(|&c| c % 2 == 0 && unsafe { libc::CPU_ISSET(c, &set) })
-        .map(|c| c as u32)
-}
-
 /// Under a threshold of `threshold` bytes, on a thread of node 0: a block of `from` bytes
 /// (under the threshold, so on node 0) grown by `realloc` to `to` bytes (at least the
 /// threshold). Returns the node of the grown block; its contents are checked.
 fn grow_across(threshold: usize, from: usize, to: usize) -> Option<u32> {
-    let cpu = cpu_of_node_0()?;
+    let cpu = child::cpu_of_simulated_node(0)?;
     let node = std::thread::spawn(move || {
         tieralloc::numa::pin_current_thread_to_cpu(cpu).expect("pin");
         tieralloc::collect();

@@ -21,22 +21,6 @@ mod child;
 
 const BLOCK: usize = 1 << 20;
 
-/// A CPU of simulated node `node` (of two) this process may run on.
-fn cpu_of(node: usize) -> Option<u32> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
-            return None;
-        }
-        set
-    };
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE.
-        .find(|&c| c % 2 == node && unsafe { libc::CPU_ISSET(c, &set) })
-        .map(|c| c as u32)
-}
-
 /// Live bytes of nodes 0, 1 and 2, and of tiers 0 and 1.
 fn live() -> ([i64; 3], [i64; 2]) {
     let s = tieralloc::stats();
@@ -73,7 +57,10 @@ fn near(d: ([i64; 3], [i64; 2]), want: ([i64; 3], [i64; 2]), what: &str) {
 
 /// `how`: 0 freed by its thread, 1 freed by a thread of node 1, 2 promoted back and freed.
 fn demote_then(how: u8) {
-    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+    let (Some(c0), Some(c1)) = (
+        child::cpu_of_simulated_node(0),
+        child::cpu_of_simulated_node(1),
+    ) else {
         println!("skipped: no CPU of both simulated nodes");
         return;
     };
@@ -128,7 +115,10 @@ fn run(name: &str, how: u8) {
 /// the exited owner's abandoned segment; threads of node 0 tend. Node 2 holds the block's
 /// bytes exactly while it lives and none after.
 fn demote_then_exit() {
-    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+    let (Some(c0), Some(c1)) = (
+        child::cpu_of_simulated_node(0),
+        child::cpu_of_simulated_node(1),
+    ) else {
         println!("skipped: no CPU of both simulated nodes");
         return;
     };

@@ -28,22 +28,6 @@ fn run_child(name: &str, nodes: &str) {
     child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
 }
 
-/// A CPU of simulated node `node` (of two) this process may run on.
-fn cpu_of(node: u32) -> Option<u32> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
-            return None;
-        }
-        set
-    };
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE.
-        .find(|&c| c % 2 == node as usize && unsafe { libc::CPU_ISSET(c, &set) })
-        .map(|c| c as u32)
-}
-
 /// The node the allocator books the live block `p` on.
 fn node_of(p: *const u8) -> u32 {
     // SAFETY: callers pass live blocks of the global allocator that no other thread frees.
@@ -54,7 +38,10 @@ fn node_of(p: *const u8) -> u32 {
 /// allocator call outside the scope after the move), then allocate 200 small blocks inside a
 /// local scope (`labelled` or not). Returns the nodes the blocks are booked on.
 fn local_scope_after_a_move(labelled: bool) -> Option<Vec<u32>> {
-    let (c0, c1) = (cpu_of(0)?, cpu_of(1)?);
+    let (c0, c1) = (
+        child::cpu_of_simulated_node(0)?,
+        child::cpu_of_simulated_node(1)?,
+    );
     let nodes = std::thread::spawn(move || {
         tieralloc::numa::pin_current_thread_to_cpu(c0).unwrap();
         let warm = vec![1u8; 100];
@@ -142,7 +129,7 @@ fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
             "2,far=1",
         );
     }
-    let Some(c0) = cpu_of(0) else {
+    let Some(c0) = child::cpu_of_simulated_node(0) else {
         println!("skipped: no CPU of node 0");
         return;
     };
@@ -199,7 +186,10 @@ fn child_on_node_1(name: &str) -> Option<(u32, u32)> {
         run_child(name, "2,far=1");
         return None;
     }
-    let (c0, c1) = (cpu_of(0)?, cpu_of(1)?);
+    let (c0, c1) = (
+        child::cpu_of_simulated_node(0)?,
+        child::cpu_of_simulated_node(1)?,
+    );
     tieralloc::numa::pin_current_thread_to_cpu(c1).unwrap();
     let _ = (vec![1u8; 100], tieralloc::stats(), committed());
     tieralloc::collect();
@@ -293,7 +283,10 @@ fn moving_threads(demote: bool) {
     let gens = 4;
     use std::collections::BTreeMap;
     use std::sync::{mpsc, Arc, Mutex};
-    let (Some(c0), Some(c1)) = (cpu_of(0), cpu_of(1)) else {
+    let (Some(c0), Some(c1)) = (
+        child::cpu_of_simulated_node(0),
+        child::cpu_of_simulated_node(1),
+    ) else {
         return;
     };
     let live: Arc<Mutex<BTreeMap<usize, (usize, u8)>>> = Arc::default();

@@ -28,22 +28,6 @@ mod child;
 
 const MIB: usize = 1 << 20;
 
-/// A CPU of simulated node 0 (of two) this process may run on.
-fn cpu_of_node_0() -> Option<u32> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
-            return None;
-        }
-        set
-    };
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: every index is below CPU_SETSIZE.
-        .find(|&c| c % 2 == 0 && unsafe { libc::CPU_ISSET(c, &set) })
-        .map(|c| c as u32)
-}
-
 #[test]
 fn a_huge_block_grown_by_realloc_keeps_its_tier_within_budget() {
     if !child::is_child() {
@@ -53,7 +37,7 @@ fn a_huge_block_grown_by_realloc_keeps_its_tier_within_budget() {
         );
         return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
     }
-    let Some(cpu) = cpu_of_node_0() else {
+    let Some(cpu) = child::cpu_of_simulated_node(0) else {
         println!("skipped: no CPU of simulated node 0 allowed");
         return;
     };
@@ -114,7 +98,7 @@ fn a_demotion_does_not_take_the_far_tier_past_its_budget() {
         );
         return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
     }
-    let Some(cpu) = cpu_of_node_0() else {
+    let Some(cpu) = child::cpu_of_simulated_node(0) else {
         println!("skipped: no CPU of simulated node 0 allowed");
         return;
     };
@@ -195,7 +179,7 @@ fn small_blocks_in_the_threads_own_segments_keep_the_near_tier_within_budget() {
         );
         return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
     }
-    let Some(cpu) = cpu_of_node_0() else {
+    let Some(cpu) = child::cpu_of_simulated_node(0) else {
         println!("skipped: no CPU of simulated node 0 allowed");
         return;
     };
@@ -242,7 +226,7 @@ fn a_large_block_grown_by_realloc_keeps_its_tier_within_budget() {
         );
         return child::run(&mut cmd, Duration::from_secs(120)).expect_test_passed();
     }
-    let Some(cpu) = cpu_of_node_0() else {
+    let Some(cpu) = child::cpu_of_simulated_node(0) else {
         println!("skipped: no CPU of simulated node 0 allowed");
         return;
     };

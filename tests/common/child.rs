@@ -208,3 +208,20 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
         stderr: err.join().unwrap_or_default(),
     }
 }
+
+/// A CPU this process may run on that `TIERALLOC_SIMULATE_NODES=2` (or `2,far=N`) puts on
+/// simulated node `node` (CPU c is node c % 2), if the affinity mask holds one.
+pub fn cpu_of_simulated_node(node: usize) -> Option<u32> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at most its size.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of_val(&set), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: every index is below CPU_SETSIZE.
+        .find(|&c| c % 2 == node && unsafe { libc::CPU_ISSET(c, &set) })
+        .map(|c| c as u32)
+}
