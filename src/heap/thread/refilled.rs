@@ -271,6 +271,33 @@ mod tests {
         first
     }
 
+    /// `n` full pages of `bin` on our refilled list, left sparse: another thread frees one
+    /// block of each (which our drain hears of: the pages go on the list), then all but the
+    /// last block of each without a word, and our collection takes those in. Returns the
+    /// pages, the block kept live in each, and our other blocks of the bin (live too).
+    fn sparse_listed_pages(bin: usize, n: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        let (pages, mine, rest) = full_pages(bin, n);
+        let first = hear_of_one_free_per_page(&pages, &mine);
+        let keep: Vec<usize> = pages
+            .iter()
+            .map(|&p| {
+                *mine
+                    .iter()
+                    .filter(|&&b| page(b) as usize == p)
+                    .max()
+                    .unwrap()
+            })
+            .collect();
+        free_elsewhere(
+            mine.iter()
+                .copied()
+                .filter(|b| !first.contains(b) && !keep.contains(b))
+                .collect(),
+        );
+        collect_now();
+        (pages, keep, rest)
+    }
+
     /// Pages that another thread's frees left sparse after their owner heard of the first
     /// free are trimmed like the pages of its queues (invariant 21): the trim before a new
     /// segment gives their all-free OS pages back. On a refilled list (in no queue) the trim
@@ -280,26 +307,7 @@ mod tests {
         const PAGES: usize = 4;
         std::thread::spawn(|| {
             let bin = bin_of(64);
-            let (pages, mine, rest) = full_pages(bin, PAGES);
-            let first = hear_of_one_free_per_page(&pages, &mine);
-            // All but the last block of each page freed by another thread after that.
-            let keep: Vec<usize> = pages
-                .iter()
-                .map(|&p| {
-                    *mine
-                        .iter()
-                        .filter(|&&b| page(b) as usize == p)
-                        .max()
-                        .unwrap()
-                })
-                .collect();
-            free_elsewhere(
-                mine.iter()
-                    .copied()
-                    .filter(|b| !first.contains(b) && !keep.contains(b))
-                    .collect(),
-            );
-            collect_now();
+            let (pages, keep, rest) = sparse_listed_pages(bin, PAGES);
             // As before a new segment (the first look notes a page's count, the second trims).
             // SAFETY: our heap, on a slow path of ours (nothing of it in use here).
             unsafe {
@@ -367,20 +375,7 @@ mod tests {
         const PAGES: usize = 10;
         std::thread::spawn(|| {
             TRIM_VISITS_TEST.with(|c| c.set(4));
-            let (pages, mine, rest) = full_pages(bin_of(64), PAGES);
-            let first = hear_of_one_free_per_page(&pages, &mine);
-            // One live block per page; the rest freed by another thread after the first.
-            let keep: Vec<usize> = pages
-                .iter()
-                .map(|&p| *mine.iter().rfind(|&&b| page(b) as usize == p).unwrap())
-                .collect();
-            free_elsewhere(
-                mine.iter()
-                    .copied()
-                    .filter(|b| !first.contains(b) && !keep.contains(b))
-                    .collect(),
-            );
-            collect_now();
+            let (pages, keep, rest) = sparse_listed_pages(bin_of(64), PAGES);
             // SAFETY: our heap and pages, read on our thread between calls.
             let linked = pages
                 .iter()
