@@ -3,44 +3,25 @@
 //! information missing, ids past the tables. Each case checks the model exactly (review
 //! rev25); the well-formed machines are tests/topology.rs's.
 
-use std::path::PathBuf;
 use tieralloc::topology::{TierSource, TopologySource};
 use tieralloc::Topology;
 
-/// A temporary directory tree, removed on drop.
-struct Tree(PathBuf);
+#[path = "common/sysfs_tree.rs"]
+mod sysfs_tree;
+use sysfs_tree::Tree;
 
-impl Tree {
-    fn new(files: &[(String, String)]) -> Tree {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "tieralloc-inputs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        for (path, content) in files {
-            let p = root.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            if path.ends_with('/') {
-                std::fs::create_dir_all(&p).unwrap();
-            } else {
-                std::fs::write(&p, content).unwrap();
-            }
-        }
-        Tree(root)
-    }
-    fn topology(&self) -> Topology {
-        Topology::from_sysfs_root(&self.0)
-    }
-    fn with_env(&self, nodes: Option<&str>, tiers: Option<&str>) -> Topology {
-        Topology::from_sysfs_root_env(&self.0, nodes, tiers)
-    }
+/// Discovery of the tree's machine, and with the two overrides.
+trait Discover {
+    fn topology(&self) -> Topology;
+    fn with_env(&self, nodes: Option<&str>, tiers: Option<&str>) -> Topology;
 }
 
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl Discover for Tree {
+    fn topology(&self) -> Topology {
+        Topology::from_sysfs_root(self.path())
+    }
+    fn with_env(&self, nodes: Option<&str>, tiers: Option<&str>) -> Topology {
+        Topology::from_sysfs_root_env(self.path(), nodes, tiers)
     }
 }
 

@@ -4,43 +4,12 @@
 
 use allocator_api2::boxed::Box as PBox;
 use allocator_api2::vec::Vec as PVec;
-use std::path::{Path, PathBuf};
 use tieralloc::topology::{parse_list, TierSource, TopologySource};
 use tieralloc::{Placed, Topology};
 
-/// A temporary directory tree, removed on drop.
-struct Tree(PathBuf);
-
-impl Tree {
-    fn new(files: &[(&str, &str)]) -> Tree {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "tieralloc-sysfs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        for (path, content) in files {
-            let p = root.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            if path.ends_with('/') {
-                std::fs::create_dir_all(&p).unwrap();
-            } else {
-                std::fs::write(&p, content).unwrap();
-            }
-        }
-        Tree(root)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "common/sysfs_tree.rs"]
+mod sysfs_tree;
+use sysfs_tree::Tree;
 
 const N: &str = "devices/system/node/";
 
@@ -279,7 +248,8 @@ mod hwloc {
 
     #[test]
     fn eight_node_cxl_machine_from_xml_has_two_tiers() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cxl-8node.xml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cxl-8node.xml");
         let t = Topology::from_hwloc_xml(&path).unwrap();
         assert_eq!(t.source, TopologySource::Hwloc);
         assert_eq!(t.nodes.len(), 8);
