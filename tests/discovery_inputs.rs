@@ -8,7 +8,7 @@ use tieralloc::Topology;
 
 #[path = "common/sysfs_tree.rs"]
 mod sysfs_tree;
-use sysfs_tree::Tree;
+use sysfs_tree::{tier_nodes, Tree};
 
 /// Discovery of the tree's machine, and with the two overrides.
 trait Discover {
@@ -60,17 +60,6 @@ fn hmat(n: u32, lat: &str, bw: &str, initiators: &[u32]) -> Vec<(String, String)
         v.push(f(format!("{a}node{i}/"), ""));
     }
     v
-}
-
-fn tier_nodes(t: &Topology) -> Vec<Vec<u32>> {
-    t.tiers
-        .iter()
-        .map(|t| {
-            let mut n = t.nodes.clone();
-            n.sort();
-            n
-        })
-        .collect()
 }
 
 fn ids(t: &Topology) -> Vec<u32> {

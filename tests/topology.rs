@@ -9,7 +9,7 @@ use tieralloc::{Placed, Topology};
 
 #[path = "common/sysfs_tree.rs"]
 mod sysfs_tree;
-use sysfs_tree::Tree;
+use sysfs_tree::{tier_nodes, Tree};
 
 const N: &str = "devices/system/node/";
 
@@ -55,19 +55,7 @@ fn cxl_tree(hmat: bool, tiering: bool) -> Tree {
         f.push((format!("{t}memory_tier4/nodelist"), "0-1\n".into()));
         f.push((format!("{t}memory_tier67/nodelist"), "2\n".into()));
     }
-    let refs: Vec<(&str, &str)> = f.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    Tree::new(&refs)
-}
-
-fn tier_nodes(t: &Topology) -> Vec<Vec<u32>> {
-    t.tiers
-        .iter()
-        .map(|t| {
-            let mut n = t.nodes.clone();
-            n.sort();
-            n
-        })
-        .collect()
+    Tree::new(&f)
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! A temporary directory tree laid out like sysfs (`devices/system/node/...`), for topology
-//! discovery from fake machines (`Topology::from_sysfs_root`); removed on drop.
+//! discovery from fake machines (`Topology::from_sysfs_root`), removed on drop, and the
+//! tiers such a machine's model reports.
 //!
 //! Shared by the test crates that build such trees with
 //! `#[path = "common/sysfs_tree.rs"] mod sysfs_tree;`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use tieralloc::Topology;
 
 /// A temporary directory tree, removed on drop.
 pub struct Tree(PathBuf);
@@ -44,4 +46,16 @@ impl Drop for Tree {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Each tier's nodes, sorted, fastest tier first.
+pub fn tier_nodes(t: &Topology) -> Vec<Vec<u32>> {
+    t.tiers
+        .iter()
+        .map(|t| {
+            let mut n = t.nodes.clone();
+            n.sort();
+            n
+        })
+        .collect()
 }
