@@ -289,87 +289,37 @@ fn cache_full_then_cap(n: usize) -> libc::rlimit {
     old
 }
 
-/// The child of `a_full_huge_cache_gives_way_to_new_mappings`: 30 freed 3 MiB blocks in the
-/// thread's huge cache (120 MiB of address space, which the 128 MiB bound keeps), the
-/// address space capped 16 MiB above what is in use; then 48 MiB of 1 MiB (large) blocks,
-/// which need new segments, and one 48 MiB huge block, which no cached mapping holds and
-/// whose assembly needs a new mapping of its size. Each fits once the cache is given back.
-#[test]
-fn oom_cache_child_scenario() {
-    if std::env::var_os(CACHE_CHILD_ENV).is_none() {
-        return; // only runs in the child process
-    }
-    println!("oom cache child: start");
-    let large = Layout::from_size_align(MIB, 8).unwrap();
-    let huge = Layout::from_size_align(48 * MIB, 8).unwrap();
-    let mut got = [ptr::null_mut::<u8>(); 48];
-
-    // ---- Until the cap is lifted, nothing may allocate through std.
-    let old = cache_full_then_cap(30);
-    for g in got.iter_mut() {
-        // SAFETY: non-zero size.
-        *g = unsafe { GLOBAL.alloc(large) };
-    }
-    let large_ok = got.iter().filter(|g| !g.is_null()).count();
-    set_as_limit(old.rlim_cur, old.rlim_max);
-    for g in got.iter_mut().filter(|g| !g.is_null()) {
-        // SAFETY: allocated above with `large`.
-        unsafe { GLOBAL.dealloc(*g, large) };
-    }
-
-    let old = cache_full_then_cap(30);
-    // SAFETY: non-zero size.
-    let h = unsafe { GLOBAL.alloc(huge) };
-    set_as_limit(old.rlim_cur, old.rlim_max);
-    println!("oom cache child: {large_ok} of 48 large blocks, huge {h:?}");
-    assert_eq!(
-        large_ok, 48,
-        "large blocks failed with freed huge mappings cached"
-    );
-    assert!(
-        !h.is_null(),
-        "a huge block failed with freed huge mappings cached"
-    );
-    // SAFETY: allocated above with `huge`.
-    unsafe { GLOBAL.dealloc(h, huge) };
-    println!("{MARKER}");
-}
-
 /// Out of address space, an allocation whose mapping fails gives the thread's cached huge
 /// mappings back and tries again: the cache (up to 128 MiB a thread) never turns a request
 /// that fits once the cache is empty into a null (review rev7: it did, for new segments and
 /// for huge blocks alike).
 #[test]
 fn a_full_huge_cache_gives_way_to_new_mappings() {
-    // Nothing expires from the cache while the scenario runs, however slowly.
-    run_child(
-        "oom_cache_child_scenario",
-        &[
-            (CACHE_CHILD_ENV, "1"),
-            ("TIERALLOC_PURGE_DELAY_MS", "600000"),
-        ],
-    );
+    cache_child("global");
 }
 
-const PLACED_CACHE_CHILD_ENV: &str = "TIERALLOC_TEST_OOM_PLACED_CACHE_CHILD";
-
-/// The child of `a_full_huge_cache_gives_way_to_explicit_placements` and its siblings: as
-/// `oom_cache_child_scenario`, through an explicit placement whose memory does not come from
-/// the calling thread's heap, so that its own huge cache is empty while the freed mappings
-/// are in the thread's. The variable names the way: `local` (a `Placed::local()` handle: the
-/// node heap of the thread's node), `interleave` (`Placed::interleave(&[0])`: a mapping of
-/// its own per block), `mapped` (`Placed::node(0).bound()`: the same, bound) or `label` (the
-/// global allocator inside a labelled scope: the label's heap).
+/// The child of `a_full_huge_cache_gives_way_to_new_mappings` and
+/// `a_full_huge_cache_gives_way_to_explicit_placements` and its sibling: 30 freed 3 MiB blocks
+/// in the thread's huge cache (120 MiB of address space, which the 128 MiB bound keeps), the
+/// address space capped 16 MiB above what is in use; then 48 MiB of 1 MiB (large) blocks,
+/// which need new segments, and one 48 MiB huge block, which no cached mapping holds and
+/// whose assembly needs a new mapping of its size. Each fits once the cache is given back.
+/// The variable names the way: `global` (the global allocator: the thread's own heap), or an
+/// explicit placement whose memory does not come from the thread's heap, so that its own huge
+/// cache is empty while the freed mappings are in the thread's: `local` (a `Placed::local()`
+/// handle: the node heap of the thread's node), `interleave` (`Placed::interleave(&[0])`: a
+/// mapping of its own per block), `mapped` (`Placed::node(0).bound()`: the same, bound) or
+/// `label` (the global allocator inside a labelled scope: the label's heap).
 #[test]
-fn oom_placed_cache_child_scenario() {
+fn oom_cache_child_scenario() {
     use allocator_api2::alloc::Allocator;
-    let Some(way) = std::env::var_os(PLACED_CACHE_CHILD_ENV) else {
+    let Some(way) = std::env::var_os(CACHE_CHILD_ENV) else {
         return; // only runs in the child process
     };
     let way = way.into_string().unwrap();
-    println!("oom placed cache child ({way}): start");
+    println!("oom cache child ({way}): start");
     let placed = match way.as_str() {
-        "local" | "label" => tieralloc::Placed::local().unwrap(),
+        "global" | "local" | "label" => tieralloc::Placed::local().unwrap(),
         "interleave" => tieralloc::Placed::interleave(&[0]).unwrap(),
         "mapped" => tieralloc::Placed::node(0).unwrap().bound(),
         other => panic!("unknown way {other}"),
@@ -377,8 +327,9 @@ fn oom_placed_cache_child_scenario() {
     // A labelled scope sends the global allocator's requests to its label's heap; the guard
     // (and the label's name slot) is made before the cap.
     let _scope = (way == "label").then(|| tieralloc::place_labeled(placed, "oom-label"));
+    let global = way == "global" || way == "label";
     let alloc = |l: Layout| -> *mut u8 {
-        if way == "label" {
+        if global {
             // SAFETY: non-zero size.
             unsafe { GLOBAL.alloc(l) }
         } else {
@@ -388,7 +339,7 @@ fn oom_placed_cache_child_scenario() {
         }
     };
     let free = |p: *mut u8, l: Layout| {
-        if way == "label" {
+        if global {
             // SAFETY: allocated by `alloc` with `l`, freed once.
             unsafe { GLOBAL.dealloc(p, l) }
         } else {
@@ -426,7 +377,7 @@ fn oom_placed_cache_child_scenario() {
     set_as_limit(old.rlim_cur, old.rlim_max);
     let huge_labelled = labelled();
     println!(
-        "oom placed cache child ({way}): {large_ok} of 48 large blocks, huge {h:?}, \
+        "oom cache child ({way}): {large_ok} of 48 large blocks, huge {h:?}, \
          labelled bytes {large_labelled} then {huge_labelled}"
     );
     if way == "label" {
@@ -437,11 +388,11 @@ fn oom_placed_cache_child_scenario() {
     }
     assert_eq!(
         large_ok, 48,
-        "placed large blocks failed with freed huge mappings cached"
+        "{way}: large blocks failed with freed huge mappings cached"
     );
     assert!(
         !h.is_null(),
-        "a placed huge block failed with freed huge mappings cached"
+        "{way}: a huge block failed with freed huge mappings cached"
     );
     free(h, huge);
     println!("{MARKER}");
@@ -453,7 +404,7 @@ fn oom_placed_cache_child_scenario() {
 /// heap's cache was given back (rev7's fix), and a node heap's is always empty.
 #[test]
 fn a_full_huge_cache_gives_way_to_explicit_placements() {
-    placed_cache_child("local");
+    cache_child("local");
 }
 
 /// As `a_full_huge_cache_gives_way_to_explicit_placements`, for the ways rev21's fix covered
@@ -463,15 +414,16 @@ fn a_full_huge_cache_gives_way_to_explicit_placements() {
 #[test]
 fn a_full_huge_cache_gives_way_to_interleaved_mapped_and_labelled_placements() {
     for way in ["interleave", "mapped", "label"] {
-        placed_cache_child(way);
+        cache_child(way);
     }
 }
 
-fn placed_cache_child(way: &str) {
+fn cache_child(way: &str) {
+    // Nothing expires from the cache while the scenario runs, however slowly.
     run_child(
-        "oom_placed_cache_child_scenario",
+        "oom_cache_child_scenario",
         &[
-            (PLACED_CACHE_CHILD_ENV, way),
+            (CACHE_CHILD_ENV, way),
             ("TIERALLOC_PURGE_DELAY_MS", "600000"),
         ],
     );
