@@ -11,6 +11,11 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/nodes.rs"]
+mod nodes;
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::HashSet;
@@ -30,21 +35,6 @@ const RUN: Duration = Duration::from_secs(2);
 
 static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
-
-/// A small xorshift generator, one per thread (no allocation, no shared state).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
@@ -89,15 +79,6 @@ fn free_block((p, size, t): Blk) {
     unsafe { dealloc(p as *mut u8, layout(size)) };
 }
 
-fn nodes() -> Vec<u32> {
-    tieralloc::topology()
-        .nodes
-        .iter()
-        .filter(|n| !n.cpus.is_empty())
-        .map(|n| n.id)
-        .collect()
-}
-
 /// One owner generation: rounds of fill, hand-off, idle, local frees, node moves; exits with
 /// `carry` blocks still live, which go to `next`.
 /// Blocks for a freer, and whom to tell when they are freed.
@@ -105,7 +86,7 @@ type Batch = (Vec<Blk>, Option<mpsc::Sender<()>>);
 
 fn owner(seed: u64, inherit: Vec<Blk>, to_freer: mpsc::Sender<Batch>, until: Instant) -> Vec<Blk> {
     let mut rng = Rng(seed | 1);
-    let nodes = nodes();
+    let nodes = nodes::cpu_nodes();
     // The predecessor's blocks: freed by us, into segments their owner left.
     let mut inherit = inherit;
     let mut kept: Vec<Blk> = Vec::new();
@@ -349,7 +330,7 @@ fn child_refilled_busy() {
             let tx = tx.clone();
             thread::spawn(move || {
                 let mut rng = Rng(0x1234_5678_9abc_def1 ^ (id << 40));
-                let nodes = nodes();
+                let nodes = nodes::cpu_nodes();
                 let mut ring: std::collections::VecDeque<Blk> = Default::default();
                 let mut out = Vec::new();
                 let mut n = 0u64;

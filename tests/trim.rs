@@ -10,6 +10,9 @@ use std::time::Duration;
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -30,16 +33,6 @@ fn in_own_process(name: &str) -> bool {
     }
     child::run(&mut child::this_test(name), Duration::from_secs(300)).expect_test_passed();
     true
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// 48 MiB of 384–512 B objects (every byte written), 90 % freed at random: RSS barely moves
