@@ -651,16 +651,17 @@ pub fn commit_sub(node: u16, bytes: usize) {
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO_I64: AtomicI64 = AtomicI64::new(0);
-/// Per node: live bytes of large blocks that a tier move (`tier::migrate`) put on another node
-/// than the one their segment is on (`Page::moved`), added there and taken off the segment's
-/// node (where their allocation and their free book them) until the page is given back
-/// (`free_page`). `stats()` adds them to each node's live bytes (review rev24: a demoted large
-/// block counted on its segment's node, not on the far node that held it and its committed
-/// bytes).
+/// Per node: live bytes of blocks that a tier move (`tier::migrate`) put on another node than
+/// the one their allocation (and, for a large block, their free) books them on, added there
+/// and taken off that node; `stats()` adds them to each node's live bytes. A huge block's
+/// move stays booked (its free counts off the node its header names then); a large block's
+/// (`Page::moved`: its segment stays where it was) is booked back when the page is given back
+/// (`free_page`) (review rev19 for huge blocks, rev24 for large ones: a demoted large block
+/// counted on its segment's node, not on the far node that held it and its committed bytes).
 pub static MOVED_LIVE_BY_NODE: [AtomicI64; MAX_NODES] = [ZERO_I64; MAX_NODES];
 
-/// Books `bytes` of a live large block off node `from` and on node `to` (see
-/// [`MOVED_LIVE_BY_NODE`]).
+/// Books `bytes` of a live block off node `from` and on node `to` (see
+/// [`MOVED_LIVE_BY_NODE`]). Allocation-free.
 pub fn move_live(from: u16, to: u16, bytes: usize) {
     if from == to {
         return;

@@ -190,23 +190,6 @@ pub static RETIRED: HeapStats = HeapStats::new();
 
 /// Per node: net live bytes of heaps that have exited or moved away from the node.
 pub static RETIRED_NET_BY_NODE: [crate::sync::AtomicI64; MAX_NODES] = [ZERO_I64; MAX_NODES];
-/// Books `bytes` of live blocks off node `from` and on node `to`: a huge block whose mapping
-/// a tier move took there (`tier::migrate`). Its allocation counted on its heap's node, and its
-/// free counts off whatever node its header names then (`count_node_free`), so without this
-/// the per-node live bytes would stay up on the old node and go below zero on the new one for
-/// good once it is freed (review rev19). Allocation-free. Through `large::book_huge_moved`.
-pub(super) fn book_moved_live(from: u16, to: u16, bytes: u64) {
-    if from == to || bytes == 0 {
-        return;
-    }
-    let (f, t) = (
-        (from as usize).min(MAX_NODES - 1),
-        (to as usize).min(MAX_NODES - 1),
-    );
-    RETIRED_NET_BY_NODE[f].fetch_sub(bytes as i64, Ordering::Relaxed);
-    RETIRED_NET_BY_NODE[t].fetch_add(bytes as i64, Ordering::Relaxed);
-}
-
 /// Per node: bytes of its blocks freed by threads of other nodes.
 pub static CROSS_FREED_BYTES: [AtomicU64; MAX_NODES] = [ZERO; MAX_NODES];
 /// Per node: frees of its blocks by threads of other nodes.

@@ -14,7 +14,7 @@
 //! size_class}`,
 //! `sys::os`, `init` (the purge delay).
 
-use super::counters::{add, book_moved_live, bump, counters, note_far_large, LARGE_BIN};
+use super::counters::{add, bump, counters, note_far_large, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
 use super::labels::book_huge;
 use super::node::dead_alloc;
@@ -305,7 +305,11 @@ pub(crate) unsafe fn book_huge_moved(seg: *mut Segment, to: u16) {
         let (size, map_size) = ((*seg).huge_size, (*seg).map_size);
         crate::heap::segment::commit_sub(from, map_size);
         crate::heap::segment::commit_add(to, map_size);
-        book_moved_live(from, to, size as u64);
+        // Its allocation counted on its heap's node and its free counts off whatever node
+        // its header names then (`count_node_free`): without this the per-node live bytes
+        // would stay up on the old node and go below zero on the new one for good once it is
+        // freed (review rev19).
+        crate::heap::segment::move_live(from, to, size);
         if (*seg).huge_label != 0 && (*seg).huge_label_node as u16 != to {
             book_huge(
                 (*seg).huge_label,
