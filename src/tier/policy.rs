@@ -52,8 +52,11 @@ pub enum PolicyError {
     ZeroThreshold,
     /// A ratio with a far weight of 0, or weights over 1,000,000.
     BadRatio,
-    /// A budget for a tier index of 8 or more.
+    /// A budget for a tier index this machine does not have (its tiers are
+    /// `tieralloc::topology().tiers`; never more than 8).
     BadTier(usize),
+    /// A tier given two budgets in `tier_budgets`.
+    RepeatedTier(usize),
 }
 
 impl fmt::Display for PolicyError {
@@ -63,11 +66,13 @@ impl fmt::Display for PolicyError {
             PolicyError::BadRatio => f.write_str(
                 "a near:far ratio needs a far weight of at least 1 and weights up to 1000000",
             ),
-            PolicyError::BadTier(t) => write!(
-                f,
-                "tier {t} cannot have a budget: tieralloc handles tiers 0 to {}",
-                MAX_TIERS - 1
-            ),
+            PolicyError::BadTier(t) => {
+                write!(
+                    f,
+                    "tier {t} cannot have a budget: this machine has no such tier"
+                )
+            }
+            PolicyError::RepeatedTier(t) => write!(f, "tier {t} is given two budgets"),
         }
     }
 }
