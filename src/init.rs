@@ -258,6 +258,20 @@ fn read_tier_policy() {
     let (mut near, mut far, mut tiers) = (none, none, [none; MAX_TIERS]);
     if let Some(v) = getenv(b"TIERALLOC_TIER_BUDGET\0") {
         match parse_budgets(v) {
+            // Tiers this machine lacks (read only when the value names tiers by index, so a
+            // plain near/far value does not discover the machine here).
+            Some((_, _, t))
+                if t.iter().any(|&b| b != none)
+                    && t.iter()
+                        .skip(crate::topology::discover::get().n_tiers)
+                        .any(|&b| b != none) =>
+            {
+                warn_bad(
+                    b"TIERALLOC_TIER_BUDGET\0",
+                    v,
+                    "budgets for this machine's tiers only, see tieralloc::topology()",
+                )
+            }
             Some(b) => (near, far, tiers) = b,
             None => warn_bad(
                 b"TIERALLOC_TIER_BUDGET\0",

@@ -7,7 +7,8 @@
 //! (`TIERALLOC_FAR_THRESHOLD`, `TIERALLOC_TIER_RATIO`, `TIERALLOC_TIER_BUDGET`) are read at
 //! start-up by `init`. May touch: `heap::route` (writes the policy, reads it back), `init`
 //! (start-up first, so that the environment's policy never overwrites one set here) and
-//! `topology::raw` (the number of tiers tieralloc handles).
+//! `topology::raw` and `topology::discover` (the number of tiers tieralloc handles, and this
+//! machine's).
 //!
 //! Changing the policy at run time is sound: every field is one atomic, the hooks only choose
 //! a node, and any node choice is a valid allocation. A decision made while [`set_policy`]
@@ -95,12 +96,18 @@ pub fn set_policy(p: &Policy) -> Result<(), PolicyError> {
             return Err(PolicyError::BadRatio);
         }
     }
-    if let Some(&(t, _)) = p.tier_budgets.iter().find(|(t, _)| *t >= MAX_TIERS) {
-        return Err(PolicyError::BadTier(t));
-    }
+    // Only the tiers this machine has (review of the rev24 leftovers: a budget for tier 5 on
+    // two tiers applied to nothing), each once.
+    let n_tiers = crate::topology::discover::get().n_tiers.min(MAX_TIERS);
     let mut tiers = [NONE; MAX_TIERS];
     for &(t, b) in &p.tier_budgets {
-        tiers[t] = tiers[t].min(b);
+        if t >= n_tiers {
+            return Err(PolicyError::BadTier(t));
+        }
+        if tiers[t] != NONE {
+            return Err(PolicyError::RepeatedTier(t));
+        }
+        tiers[t] = b;
     }
     route::apply(
         p.far_threshold.unwrap_or(0),
