@@ -200,7 +200,9 @@ pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
 }
 
 /// Makes `[p, p+len)` read-write again (a guard page that becomes part of a block). Contents
-/// are kept (a guard page was never written: zero). Returns false if the kernel refused.
+/// are kept: not always zero (the tail guard the huge cache's split puts in a mapping lies
+/// where the last object may have written), so no caller counts them as zero. Returns false
+/// if the kernel refused.
 ///
 /// # Safety
 /// `[p, p+len)` is page-aligned memory of ours.
