@@ -90,6 +90,73 @@ pub(crate) fn backoff(spins: &mut u32) -> bool {
     }
 }
 
+#[cfg(not(loom))]
+/// A one-time initialisation's state word ([`once_begin`]): not started.
+pub(crate) const ONCE_UNINIT: usize = 0;
+#[cfg(not(loom))]
+/// A one-time initialisation's state word: done (published with `Release` by its runner).
+pub(crate) const ONCE_DONE: usize = 1;
+
+#[cfg(not(loom))]
+/// What [`once_begin`] tells its caller to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum OnceStep {
+    /// It is done: use what it made.
+    Done,
+    /// Run it now, then store [`ONCE_DONE`] (`Release`). `again`: a thread of the parent
+    /// process had begun it when this process was forked off, so what it made may be half
+    /// written.
+    Run { again: bool },
+    /// It is running on this process's runner, and `reentered` said that is the caller.
+    Reentered,
+}
+
+#[cfg(not(loom))]
+/// The state word a runner in this process stores: its pid, and bit 1 (so neither
+/// [`ONCE_UNINIT`] nor [`ONCE_DONE`]).
+fn running_here() -> usize {
+    // SAFETY: getpid has no preconditions.
+    ((unsafe { libc::getpid() } as usize) << 2) | 2
+}
+
+#[cfg(not(loom))]
+/// Begins or waits out the one-time initialisation whose state word is `state`: the first
+/// caller becomes its runner ([`OnceStep::Run`]); the others wait until it is done (or return
+/// [`OnceStep::Reentered`] if `reentered()` says the caller is the runner itself). The word
+/// names the runner's process, so that a fork child whose parent was running it (the
+/// runner's thread is not in the child, and would never finish) does not wait forever: its
+/// first caller runs it again (review rev29: a fork during another thread's first allocator
+/// call left the child spinning in `init_once`, in discovery or in making the thread key).
+/// Only until the word is done: one system call (`getpid`) per call before that.
+pub(crate) fn once_begin(state: &AtomicUsize, reentered: impl Fn() -> bool) -> OnceStep {
+    let mut here = 0;
+    loop {
+        let s = state.load(Ordering::Acquire);
+        if s == ONCE_DONE {
+            return OnceStep::Done;
+        }
+        if here == 0 {
+            here = running_here();
+        }
+        if s == here {
+            if reentered() {
+                return OnceStep::Reentered;
+            }
+            spin_hint();
+            continue;
+        }
+        // Not begun, or begun by a thread of the process this one was forked from.
+        if state
+            .compare_exchange(s, here, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return OnceStep::Run {
+                again: s != ONCE_UNINIT,
+            };
+        }
+    }
+}
+
 /// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
 /// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
 /// every platform, and it is never taken on an allocation or free fast path.

@@ -46,7 +46,7 @@ use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
-use crate::sync::{Ordering, SpinLock};
+use crate::sync::{AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr;
 
@@ -68,6 +68,8 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 }
 
 extern "C" fn fork_prepare() {
+    // Registered, as this runs (see `register_once`).
+    HANDLERS.store(REGISTERED, Ordering::Relaxed);
     // The label names' lock (`label_id`, which holds no other lock and takes none under it):
     // a thread filling a name slot across the fork would leave it held in the child.
     NAMES_LOCK.lock_raw();
@@ -95,12 +97,39 @@ extern "C" fn fork_child() {
     NAMES_LOCK.unlock_raw();
 }
 
-/// Registers the fork handlers (once, from process initialisation).
+/// Whether the heap's fork handlers are registered ([`register_once`]).
+static HANDLERS: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
+pub(super) const NOT_REGISTERED: u8 = 0;
+const REGISTERING: u8 = 1;
+pub(super) const REGISTERED: u8 = 2;
+
+/// Registers the fork handlers (once, from process initialisation, which a fork child whose
+/// parent was in the middle of it runs again: `init::init_once`).
 pub(crate) fn register_fork_handlers() {
+    register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
+}
+
+/// Registers `prepare`, `parent` and `child` with `pthread_atfork` unless `state` says they
+/// are: a second registration would run them twice at every fork (a prepare handler taking
+/// its locks twice would wait for itself). `prepare` must store [`REGISTERED`] in `state`:
+/// `pthread_atfork` and `fork` exclude each other (glibc's `atfork_lock`), so a fork child
+/// that finds the word still `REGISTERING` (its parent's thread was in here at the fork) knows
+/// the registration came after the fork, and makes it.
+pub(super) fn register_once(
+    state: &AtomicU8,
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) {
+    if state.load(Ordering::Relaxed) == REGISTERED {
+        return;
+    }
+    state.store(REGISTERING, Ordering::Relaxed);
     // SAFETY: three extern "C" functions with no preconditions.
     unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
     }
+    state.store(REGISTERED, Ordering::Relaxed);
 }
 
 /// Tags of the heaps that died with the fork (a bit per tag; only the child touches it).
