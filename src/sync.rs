@@ -248,7 +248,59 @@ fn yield_now() {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::sync::{backoff, SPINS_BEFORE_YIELD};
+    use crate::sync::{
+        backoff, once_begin, AtomicUsize, OnceStep, Ordering, ONCE_DONE, ONCE_UNINIT,
+        SPINS_BEFORE_YIELD,
+    };
+
+    /// A one-time initialisation begun by another thread when this one forks (review rev29):
+    /// in the child, whose runner is gone, the first caller runs it again (`again`), where it
+    /// used to spin forever; in the parent, callers wait for the runner as before.
+    #[test]
+    fn a_fork_child_runs_again_what_its_parents_thread_had_begun() {
+        static STATE: AtomicUsize = AtomicUsize::new(ONCE_UNINIT);
+        static GO: AtomicUsize = AtomicUsize::new(0);
+        let runner = std::thread::spawn(|| {
+            assert_eq!(once_begin(&STATE, || false), OnceStep::Run { again: false });
+            while GO.load(Ordering::Acquire) == 0 {
+                std::thread::yield_now();
+            }
+            STATE.store(ONCE_DONE, Ordering::Release);
+        });
+        while STATE.load(Ordering::Acquire) == ONCE_UNINIT {
+            std::thread::yield_now();
+        }
+        // SAFETY: fork has no preconditions; the child only calls once_begin and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = once_begin(&STATE, || false) == OnceStep::Run { again: true };
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut st = 0;
+        let mut waited = 0;
+        // SAFETY: pid is our child; st is a valid out-pointer.
+        while unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
+            waited += 1;
+            if waited == 20_000 {
+                // SAFETY: pid is our child, not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut st, 0);
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        GO.store(1, Ordering::Release);
+        runner.join().unwrap();
+        assert_eq!(once_begin(&STATE, || false), OnceStep::Done);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "the child did not take over the initialisation (status {st:#x}; killed: it spun)"
+        );
+    }
 
     /// A waiter spins a bounded number of times, then yields on every step (the spin lock's
     /// and the purger gate's waits).

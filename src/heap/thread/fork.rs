@@ -404,6 +404,35 @@ mod tests {
         unsafe { free(p) };
     }
 
+    /// The start-up run again in a fork child (`init::init_once`, review rev29) registers the
+    /// handlers again only if they were not before the fork: registered twice, a prepare
+    /// handler would run twice (the heap's would wait for its own locks).
+    #[test]
+    fn handlers_registered_once_run_once_per_fork() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        static STATE: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        extern "C" fn prepare() {
+            STATE.store(REGISTERED, Ordering::Relaxed);
+            RUNS.fetch_add(1, Ordering::Relaxed);
+        }
+        extern "C" fn nothing() {}
+        register_once(&STATE, prepare, nothing, nothing);
+        // A fork child of a start-up that was registering: the word says so, the prepare
+        // handler ran at the fork, and the child's second registration does nothing.
+        STATE.store(REGISTERING, Ordering::Relaxed);
+        assert_eq!(in_child(|| 0), Ok(0));
+        assert_eq!(STATE.load(Ordering::Relaxed), REGISTERED);
+        register_once(&STATE, prepare, nothing, nothing);
+        let before = RUNS.load(Ordering::Relaxed);
+        assert_eq!(in_child(|| 0), Ok(0));
+        assert_eq!(
+            RUNS.load(Ordering::Relaxed) - before,
+            1,
+            "the prepare handler ran more than once in one fork"
+        );
+    }
+
     /// `label_id` fills a free slot of the label names' table under `NAMES_LOCK` (a scope
     /// entry with a name not seen before). A thread inside it when another forks leaves the
     /// lock held in the child, where that thread does not exist: the child's first scope with
