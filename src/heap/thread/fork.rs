@@ -433,6 +433,39 @@ mod tests {
         );
     }
 
+    /// A thread held room in a tier's budget for an explicit request (`route::Reservation`,
+    /// from the budget check until its block is mapped) when another thread forked: in the
+    /// child that thread does not exist, and nothing would give the room back, so every later
+    /// budget check of the child counted those bytes as taken, for good (review rev29).
+    #[test]
+    fn reservations_of_threads_gone_with_the_fork_hold_no_room_in_the_child() {
+        use crate::heap::route;
+        use crate::topology::raw::MAX_TIERS;
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let tier = MAX_TIERS - 1; // a tier no other test reserves in
+        let before = route::pending(tier);
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let r = route::reserve_for_test(tier, 64 << 20);
+            tx.send(()).unwrap();
+            b2.wait(); // the reservation held across the fork
+            drop(r);
+        });
+        rx.recv().unwrap();
+        let child = in_child(|| route::pending(tier).min(100) as i32);
+        barrier.wait();
+        other.join().unwrap();
+        assert_eq!(route::pending(tier), before, "the parent's room came back");
+        assert_eq!(
+            child,
+            Ok(0),
+            "the child counts a dead thread's reservation as taken room (exit code: the \
+             pending bytes, capped at 100)"
+        );
+    }
+
     /// `label_id` fills a free slot of the label names' table under `NAMES_LOCK` (a scope
     /// entry with a name not seen before). A thread inside it when another forks leaves the
     /// lock held in the child, where that thread does not exist: the child's first scope with
