@@ -2,7 +2,7 @@
 //!
 //! Owns: the handlers and the child's reset. May touch everything of `heap::thread` (it is a
 //! child module, for the registry and the heaps' fields), `heap::segment` (the map, the lists),
-//! `heap::huge` (the registry's claims) and `heap::atfork` (the handlers' lock order and the
+//! `heap::huge` (the registry's claims), `heap::route` (the tier budgets' reservations) and `heap::atfork` (the handlers' lock order and the
 //! resets of a page's delayed-free word and of a dead heap's delayed stack, kept there for the
 //! loom models).
 //!
@@ -92,6 +92,8 @@ extern "C" fn fork_child() {
     // SAFETY: we are the child's only thread and hold the registry lock; every lock a dead
     // thread could have held was taken by fork_prepare before the fork.
     unsafe { reset_after_fork() };
+    // The tier budgets' room held by threads the child does not have.
+    crate::heap::route::forget_reservations_after_fork();
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
@@ -442,6 +444,7 @@ mod tests {
         use crate::heap::route;
         use crate::topology::raw::MAX_TIERS;
         let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::init::init_once(); // the fork handlers registered
         let tier = MAX_TIERS - 1; // a tier no other test reserves in
         let before = route::pending(tier);
         let barrier = Arc::new(Barrier::new(2));
