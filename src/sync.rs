@@ -157,6 +157,78 @@ pub(crate) fn once_begin(state: &AtomicUsize, reentered: impl Fn() -> bool) -> O
     }
 }
 
+/// A value made once, on first use, by [`once_begin`]'s rules (std's `OnceLock` would leave a
+/// fork child waiting forever for a thread of its parent's that was making it): in a fork
+/// child whose parent was making it, the first caller makes it again (the half-made one is
+/// leaked). `make` must not panic (a panic would leave the waiters waiting).
+#[cfg(not(loom))]
+pub(crate) struct ForkOnceCell<T> {
+    state: AtomicUsize,
+    value: core::cell::UnsafeCell<core::mem::MaybeUninit<T>>,
+}
+
+// SAFETY: the value is written once, by the one runner, before `state` is published done
+// (release), and only read after (acquire); `T: Send + Sync` as for std's `OnceLock`.
+#[cfg(not(loom))]
+unsafe impl<T: Send + Sync> Sync for ForkOnceCell<T> {}
+
+#[cfg(not(loom))]
+impl<T> ForkOnceCell<T> {
+    /// An empty cell.
+    pub(crate) const fn new() -> Self {
+        ForkOnceCell {
+            state: AtomicUsize::new(ONCE_UNINIT),
+            value: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+        }
+    }
+
+    /// The value, made by `make` on first use.
+    pub(crate) fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
+        if self.state.load(Ordering::Acquire) != ONCE_DONE {
+            if let OnceStep::Run { .. } = once_begin(&self.state, || false) {
+                let v = make();
+                // SAFETY: we are the runner (once_begin): nobody reads the value until we
+                // publish done; a parent's half-made value is overwritten, not dropped.
+                unsafe { (*self.value.get()).write(v) };
+                self.state.store(ONCE_DONE, Ordering::Release);
+            }
+        }
+        // SAFETY: done (the acquire load in once_begin or above): written and never again.
+        unsafe { (*self.value.get()).assume_init_ref() }
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) const NOT_REGISTERED: u8 = 0;
+#[cfg(not(loom))]
+pub(crate) const REGISTERING: u8 = 1;
+#[cfg(not(loom))]
+pub(crate) const REGISTERED: u8 = 2;
+
+#[cfg(not(loom))]
+/// Registers `prepare`, `parent` and `child` with `pthread_atfork` unless `state` says they
+/// are: a second registration would run them twice at every fork (a prepare handler taking
+/// its locks twice would wait for itself). `prepare` must store [`REGISTERED`] in `state`:
+/// `pthread_atfork` and `fork` exclude each other (glibc's `atfork_lock`), so a fork child
+/// that finds the word still `REGISTERING` (its parent's thread was in here at the fork) knows
+/// the registration came after the fork, and makes it.
+pub(crate) fn register_once(
+    state: &AtomicU8,
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) {
+    if state.load(Ordering::Relaxed) == REGISTERED {
+        return;
+    }
+    state.store(REGISTERING, Ordering::Relaxed);
+    // SAFETY: three extern "C" functions with no preconditions.
+    unsafe {
+        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+    }
+    state.store(REGISTERED, Ordering::Relaxed);
+}
+
 /// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
 /// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
 /// every platform, and it is never taken on an allocation or free fast path.

@@ -9,9 +9,9 @@
 //! (`TIERALLOC_SIMULATE_NODES`) the pool has one store per simulated node and a thread's node
 //! is its CPU modulo the CPU nodes, as in the heap.
 
+use crate::sync::ForkOnceCell;
 use crate::topology::discover;
 use crate::topology::raw::{iter, MAX_CPUS};
-use std::sync::OnceLock;
 
 struct Table {
     /// Node of each CPU (by CPU number); CPUs not listed are node 0.
@@ -19,8 +19,8 @@ struct Table {
     nodes: usize,
 }
 
-/// The cell the table is built in, once.
-type TableCell = OnceLock<Table>;
+/// The cell the table is built in, once (also in a fork child whose parent was building it).
+type TableCell = ForkOnceCell<Table>;
 
 fn table() -> &'static Table {
     static TABLE: TableCell = TableCell::new();

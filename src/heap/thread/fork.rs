@@ -46,7 +46,7 @@ use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
-use crate::sync::{AtomicU8, Ordering, SpinLock};
+use crate::sync::{register_once, AtomicU8, Ordering, SpinLock, NOT_REGISTERED, REGISTERED};
 use crate::sys::os;
 use core::ptr;
 
@@ -101,37 +101,10 @@ extern "C" fn fork_child() {
 
 /// Whether the heap's fork handlers are registered ([`register_once`]).
 static HANDLERS: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
-pub(super) const NOT_REGISTERED: u8 = 0;
-const REGISTERING: u8 = 1;
-pub(super) const REGISTERED: u8 = 2;
-
 /// Registers the fork handlers (once, from process initialisation, which a fork child whose
 /// parent was in the middle of it runs again: `init::init_once`).
 pub(crate) fn register_fork_handlers() {
     register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
-}
-
-/// Registers `prepare`, `parent` and `child` with `pthread_atfork` unless `state` says they
-/// are: a second registration would run them twice at every fork (a prepare handler taking
-/// its locks twice would wait for itself). `prepare` must store [`REGISTERED`] in `state`:
-/// `pthread_atfork` and `fork` exclude each other (glibc's `atfork_lock`), so a fork child
-/// that finds the word still `REGISTERING` (its parent's thread was in here at the fork) knows
-/// the registration came after the fork, and makes it.
-pub(super) fn register_once(
-    state: &AtomicU8,
-    prepare: extern "C" fn(),
-    parent: extern "C" fn(),
-    child: extern "C" fn(),
-) {
-    if state.load(Ordering::Relaxed) == REGISTERED {
-        return;
-    }
-    state.store(REGISTERING, Ordering::Relaxed);
-    // SAFETY: three extern "C" functions with no preconditions.
-    unsafe {
-        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
-    }
-    state.store(REGISTERED, Ordering::Relaxed);
 }
 
 /// Tags of the heaps that died with the fork (a bit per tag; only the child touches it).
@@ -411,6 +384,7 @@ mod tests {
     /// handler would run twice (the heap's would wait for its own locks).
     #[test]
     fn handlers_registered_once_run_once_per_fork() {
+        use crate::sync::REGISTERING;
         let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         static STATE: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
         static RUNS: AtomicUsize = AtomicUsize::new(0);

@@ -573,12 +573,12 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
     }
 }
 
-/// Whether the purger's fork handlers are registered (`fork::register_once`).
-static HANDLERS: AtomicU8 = AtomicU8::new(super::fork::NOT_REGISTERED);
+/// Whether the purger's fork handlers are registered (`sync::register_once`).
+static HANDLERS: AtomicU8 = AtomicU8::new(crate::sync::NOT_REGISTERED);
 
 extern "C" fn fork_prepare() {
-    // Registered, as this runs (see `fork::register_once`).
-    HANDLERS.store(super::fork::REGISTERED, Ordering::Relaxed);
+    // Registered, as this runs (see `sync::register_once`).
+    HANDLERS.store(crate::sync::REGISTERED, Ordering::Relaxed);
     PASS.lock_raw();
 }
 
@@ -597,5 +597,5 @@ extern "C" fn fork_child() {
 /// it waits out a pass, the purger's or a collection's [`help`], which takes the registry
 /// lock, before the heap's handler takes every allocator lock).
 pub(crate) fn register_purger_fork_handlers() {
-    super::fork::register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
+    crate::sync::register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
 }
