@@ -27,7 +27,9 @@
 //! `TIERALLOC_SIMULATE_NODES`) are read by `topology::discover` when it discovers the machine.
 
 use crate::heap::route;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{
+    once_begin, AtomicBool, AtomicU64, AtomicUsize, OnceStep, Ordering, ONCE_DONE, ONCE_UNINIT,
+};
 use crate::sys::env::{
     getenv, parse_bool, parse_choice, parse_far_policy, parse_ratio, parse_size, parse_u64,
     warn_bad,
@@ -42,11 +44,12 @@ pub(crate) static SHOW_STATS: AtomicBool = AtomicBool::new(false);
 /// Say what we do.
 pub(crate) static VERBOSE: AtomicBool = AtomicBool::new(false);
 
-const UNINIT: usize = 0;
-const RUNNING: usize = 1;
-const DONE: usize = 2;
-static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
+/// `sync::once_begin`'s state word for [`init_once`].
+static STATE: AtomicUsize = AtomicUsize::new(ONCE_UNINIT);
 static INIT_THREAD: AtomicUsize = AtomicUsize::new(0);
+/// Whether the exit-time printer of `stats` is registered (once, also when a fork child runs
+/// the start-up again).
+static PRINTER: AtomicBool = AtomicBool::new(false);
 
 fn current_thread() -> usize {
     // SAFETY: pthread_self has no preconditions.
@@ -54,29 +57,25 @@ fn current_thread() -> usize {
 }
 
 /// Reads the environment once. Safe to call from any thread at any time; a thread that
-/// re-enters while it is itself initialising returns at once (and sees defaults).
+/// re-enters while it is itself initialising returns at once (and sees defaults). A fork child
+/// whose parent was in the middle of it (another thread's first allocator call) runs it again
+/// (`sync::once_begin`): what it does is all idempotent, the fork handlers' registration and
+/// the printer's included.
 pub(crate) fn init_once() {
-    if STATE.load(Ordering::Acquire) == DONE {
+    if STATE.load(Ordering::Acquire) == ONCE_DONE {
         return;
     }
-    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            INIT_THREAD.store(current_thread(), Ordering::Relaxed);
-            read_all();
-            crate::heap::thread::register_fork_handlers();
-            // After the heap's: its prepare handler runs first (see `purger`). Whether the
-            // purger is on or not: collections run its pass too (`purger::help`).
-            crate::heap::thread::register_purger_fork_handlers();
-            STATE.store(DONE, Ordering::Release);
-        }
-        Err(_) => {
-            if INIT_THREAD.load(Ordering::Relaxed) == current_thread() {
-                return; // re-entered from our own initialisation
-            }
-            while STATE.load(Ordering::Acquire) != DONE {
-                crate::sync::spin_hint();
-            }
-        }
+    let step = once_begin(&STATE, || {
+        INIT_THREAD.load(Ordering::Relaxed) == current_thread()
+    });
+    if let OnceStep::Run { .. } = step {
+        INIT_THREAD.store(current_thread(), Ordering::Relaxed);
+        read_all();
+        crate::heap::thread::register_fork_handlers();
+        // After the heap's: its prepare handler runs first (see `purger`). Whether the
+        // purger is on or not: collections run its pass too (`purger::help`).
+        crate::heap::thread::register_purger_fork_handlers();
+        STATE.store(ONCE_DONE, Ordering::Release);
     }
 }
 
@@ -129,7 +128,7 @@ fn read_all() {
     }
     read_far_policy();
     read_tier_policy();
-    if SHOW_STATS.load(Ordering::Relaxed) {
+    if SHOW_STATS.load(Ordering::Relaxed) && !PRINTER.swap(true, Ordering::Relaxed) {
         // SAFETY: registering a plain extern "C" function with no captured state.
         unsafe {
             libc::atexit(crate::stats::print_at_exit);

@@ -90,6 +90,145 @@ pub(crate) fn backoff(spins: &mut u32) -> bool {
     }
 }
 
+#[cfg(not(loom))]
+/// A one-time initialisation's state word ([`once_begin`]): not started.
+pub(crate) const ONCE_UNINIT: usize = 0;
+#[cfg(not(loom))]
+/// A one-time initialisation's state word: done (published with `Release` by its runner).
+pub(crate) const ONCE_DONE: usize = 1;
+
+#[cfg(not(loom))]
+/// What [`once_begin`] tells its caller to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum OnceStep {
+    /// It is done: use what it made.
+    Done,
+    /// Run it now, then store [`ONCE_DONE`] (`Release`). `again`: a thread of the parent
+    /// process had begun it when this process was forked off, so what it made may be half
+    /// written.
+    Run { again: bool },
+    /// It is running on this process's runner, and `reentered` said that is the caller.
+    Reentered,
+}
+
+#[cfg(not(loom))]
+/// The state word a runner in this process stores: its pid, and bit 1 (so neither
+/// [`ONCE_UNINIT`] nor [`ONCE_DONE`]).
+fn running_here() -> usize {
+    // SAFETY: getpid has no preconditions.
+    ((unsafe { libc::getpid() } as usize) << 2) | 2
+}
+
+#[cfg(not(loom))]
+/// Begins or waits out the one-time initialisation whose state word is `state`: the first
+/// caller becomes its runner ([`OnceStep::Run`]); the others wait until it is done (or return
+/// [`OnceStep::Reentered`] if `reentered()` says the caller is the runner itself). The word
+/// names the runner's process, so that a fork child whose parent was running it (the
+/// runner's thread is not in the child, and would never finish) does not wait forever: its
+/// first caller runs it again (review rev29: a fork during another thread's first allocator
+/// call left the child spinning in `init_once`, in discovery or in making the thread key).
+/// Only until the word is done: one system call (`getpid`) per call before that.
+pub(crate) fn once_begin(state: &AtomicUsize, reentered: impl Fn() -> bool) -> OnceStep {
+    let mut here = 0;
+    loop {
+        let s = state.load(Ordering::Acquire);
+        if s == ONCE_DONE {
+            return OnceStep::Done;
+        }
+        if here == 0 {
+            here = running_here();
+        }
+        if s == here {
+            if reentered() {
+                return OnceStep::Reentered;
+            }
+            spin_hint();
+            continue;
+        }
+        // Not begun, or begun by a thread of the process this one was forked from.
+        if state
+            .compare_exchange(s, here, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return OnceStep::Run {
+                again: s != ONCE_UNINIT,
+            };
+        }
+    }
+}
+
+/// A value made once, on first use, by [`once_begin`]'s rules (std's `OnceLock` would leave a
+/// fork child waiting forever for a thread of its parent's that was making it): in a fork
+/// child whose parent was making it, the first caller makes it again (the half-made one is
+/// leaked). `make` must not panic (a panic would leave the waiters waiting).
+#[cfg(not(loom))]
+pub(crate) struct ForkOnceCell<T> {
+    state: AtomicUsize,
+    value: core::cell::UnsafeCell<core::mem::MaybeUninit<T>>,
+}
+
+// SAFETY: the value is written once, by the one runner, before `state` is published done
+// (release), and only read after (acquire); `T: Send + Sync` as for std's `OnceLock`.
+#[cfg(not(loom))]
+unsafe impl<T: Send + Sync> Sync for ForkOnceCell<T> {}
+
+#[cfg(not(loom))]
+impl<T> ForkOnceCell<T> {
+    /// An empty cell.
+    pub(crate) const fn new() -> Self {
+        ForkOnceCell {
+            state: AtomicUsize::new(ONCE_UNINIT),
+            value: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+        }
+    }
+
+    /// The value, made by `make` on first use.
+    pub(crate) fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
+        if self.state.load(Ordering::Acquire) != ONCE_DONE {
+            if let OnceStep::Run { .. } = once_begin(&self.state, || false) {
+                let v = make();
+                // SAFETY: we are the runner (once_begin): nobody reads the value until we
+                // publish done; a parent's half-made value is overwritten, not dropped.
+                unsafe { (*self.value.get()).write(v) };
+                self.state.store(ONCE_DONE, Ordering::Release);
+            }
+        }
+        // SAFETY: done (the acquire load in once_begin or above): written and never again.
+        unsafe { (*self.value.get()).assume_init_ref() }
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) const NOT_REGISTERED: u8 = 0;
+#[cfg(not(loom))]
+pub(crate) const REGISTERING: u8 = 1;
+#[cfg(not(loom))]
+pub(crate) const REGISTERED: u8 = 2;
+
+#[cfg(not(loom))]
+/// Registers `prepare`, `parent` and `child` with `pthread_atfork` unless `state` says they
+/// are: a second registration would run them twice at every fork (a prepare handler taking
+/// its locks twice would wait for itself). `prepare` must store [`REGISTERED`] in `state`:
+/// `pthread_atfork` and `fork` exclude each other (glibc's `atfork_lock`), so a fork child
+/// that finds the word still `REGISTERING` (its parent's thread was in here at the fork) knows
+/// the registration came after the fork, and makes it.
+pub(crate) fn register_once(
+    state: &AtomicU8,
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) {
+    if state.load(Ordering::Relaxed) == REGISTERED {
+        return;
+    }
+    state.store(REGISTERING, Ordering::Relaxed);
+    // SAFETY: three extern "C" functions with no preconditions.
+    unsafe {
+        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+    }
+    state.store(REGISTERED, Ordering::Relaxed);
+}
+
 /// A test-and-test-and-set lock for the allocator's cold paths (segment pools, the abandoned
 /// list, the heap registry). It never allocates, which `std::sync::Mutex` does not promise on
 /// every platform, and it is never taken on an allocation or free fast path.
@@ -181,7 +320,59 @@ fn yield_now() {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::sync::{backoff, SPINS_BEFORE_YIELD};
+    use crate::sync::{
+        backoff, once_begin, AtomicUsize, OnceStep, Ordering, ONCE_DONE, ONCE_UNINIT,
+        SPINS_BEFORE_YIELD,
+    };
+
+    /// A one-time initialisation begun by another thread when this one forks (review rev29):
+    /// in the child, whose runner is gone, the first caller runs it again (`again`), where it
+    /// used to spin forever; in the parent, callers wait for the runner as before.
+    #[test]
+    fn a_fork_child_runs_again_what_its_parents_thread_had_begun() {
+        static STATE: AtomicUsize = AtomicUsize::new(ONCE_UNINIT);
+        static GO: AtomicUsize = AtomicUsize::new(0);
+        let runner = std::thread::spawn(|| {
+            assert_eq!(once_begin(&STATE, || false), OnceStep::Run { again: false });
+            while GO.load(Ordering::Acquire) == 0 {
+                std::thread::yield_now();
+            }
+            STATE.store(ONCE_DONE, Ordering::Release);
+        });
+        while STATE.load(Ordering::Acquire) == ONCE_UNINIT {
+            std::thread::yield_now();
+        }
+        // SAFETY: fork has no preconditions; the child only calls once_begin and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = once_begin(&STATE, || false) == OnceStep::Run { again: true };
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut st = 0;
+        let mut waited = 0;
+        // SAFETY: pid is our child; st is a valid out-pointer.
+        while unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
+            waited += 1;
+            if waited == 20_000 {
+                // SAFETY: pid is our child, not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut st, 0);
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        GO.store(1, Ordering::Release);
+        runner.join().unwrap();
+        assert_eq!(once_begin(&STATE, || false), OnceStep::Done);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "the child did not take over the initialisation (status {st:#x}; killed: it spun)"
+        );
+    }
 
     /// A waiter spins a bounded number of times, then yields on every step (the spin lock's
     /// and the purger gate's waits).

@@ -416,3 +416,46 @@ fn fork_while_remote_frees_refill_full_pages() {
         "blocks overwritten in the ring"
     );
 }
+
+/// The automatic demoter's handle in a fork child (review rev29): the demoter thread is not
+/// in the child, so stopping (or dropping) the child's copy of the handle must not join it;
+/// before, `stop` joined a thread the child does not have, and the child panicked inside it
+/// (std's "threads should not terminate unexpectedly": a drop of the handle while unwinding
+/// aborts). The parent's demoter goes on and stops as usual.
+#[test]
+fn a_demoter_handle_stops_in_a_fork_child() {
+    use tieralloc::tiers;
+    let demoter = match tiers::start_auto_demotion(Duration::ZERO, Duration::from_millis(1)) {
+        Ok(d) => d,
+        Err(tiers::TierError::NoSuchTier { .. }) if !child::is_child() => {
+            let mut cmd = child::this_test("a_demoter_handle_stops_in_a_fork_child");
+            cmd.env("TIERALLOC_SIMULATE_NODES", "2,far=1");
+            for v in ["TIERALLOC_NUMA", "TIERALLOC_NODES", "TIERALLOC_TIERS"] {
+                cmd.env_remove(v);
+            }
+            child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+            return;
+        }
+        Err(e) => panic!("start_auto_demotion: {e:?}"),
+    };
+    // Let it run a pass or two first (a hang guard, not a timing).
+    let ran = child::wait_for(Duration::from_secs(60), || {
+        (demoter.report().passes > 0).then_some(())
+    });
+    assert!(ran.is_some(), "the demoter never ran a pass");
+    let handle = &demoter;
+    let child = in_child(move || {
+        // SAFETY: the child's own copy of the parent's handle, used once (the parent's copy
+        // is untouched: the child ends with _exit).
+        let mine = unsafe { std::ptr::read(handle) };
+        let report = mine.stop();
+        i32::from(report.passes == 0) * 2
+    });
+    let report = demoter.stop();
+    assert!(report.passes > 0);
+    assert_eq!(
+        child,
+        Ok(0),
+        "stopping the demoter's handle in a fork child (2: it reported no pass)"
+    );
+}

@@ -100,6 +100,30 @@ impl Drop for Reservation {
     }
 }
 
+/// In a fork child: the room of every reservation goes back. Only the forking thread exists,
+/// and it holds none (a reservation lives inside one allocator call); the others' are of
+/// threads the child does not have, which would never drop them (review rev29: their bytes
+/// stayed counted as taken by every budget check of the child).
+pub(crate) fn forget_reservations_after_fork() {
+    for p in PENDING.iter() {
+        p.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A reservation of `bytes` in tier `tier`'s pending room with no budget check, for the tests
+/// of what a fork child makes of a thread's reservation.
+#[cfg(test)]
+pub(crate) fn reserve_for_test(tier: usize, bytes: u64) -> Reservation {
+    PENDING[tier].fetch_add(bytes, Ordering::AcqRel);
+    Reservation { tier, bytes }
+}
+
+/// Tier `tier`'s pending room (see [`PENDING`]), for tests.
+#[cfg(test)]
+pub(crate) fn pending(tier: usize) -> u64 {
+    PENDING[tier].load(Ordering::Acquire)
+}
+
 /// Whether a block of `old` bytes reallocated to `new` crosses the size threshold upwards
 /// (from under it to it or past it): then it must not grow in place but be placed anew, as a
 /// request of `new` bytes would be. One relaxed load.

@@ -9,9 +9,9 @@
 //! (`TIERALLOC_SIMULATE_NODES`) the pool has one store per simulated node and a thread's node
 //! is its CPU modulo the CPU nodes, as in the heap.
 
+use crate::sync::ForkOnceCell;
 use crate::topology::discover;
 use crate::topology::raw::{iter, MAX_CPUS};
-use std::sync::OnceLock;
 
 struct Table {
     /// Node of each CPU (by CPU number); CPUs not listed are node 0.
@@ -19,9 +19,31 @@ struct Table {
     nodes: usize,
 }
 
+/// The cell the table is built in, once (also in a fork child whose parent was building it).
+type TableCell = ForkOnceCell<Table>;
+
 fn table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| {
+    static TABLE: TableCell = TableCell::new();
+    table_in(&TABLE)
+}
+
+/// Tests: a thread building a table waits in it while this is set, after setting `BUILDING`.
+#[cfg(test)]
+static HOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+#[cfg(test)]
+static BUILDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The table in `cell`, built on first use.
+fn table_in(cell: &'static TableCell) -> &'static Table {
+    cell.get_or_init(|| {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            BUILDING.store(true, SeqCst);
+            while HOLD.load(SeqCst) {
+                std::thread::yield_now();
+            }
+        }
         let raw = discover::get();
         let mut cpu_node = Vec::new();
         let mut nodes = 1;
@@ -67,6 +89,50 @@ pub(crate) fn current_node() -> usize {
 
 #[cfg(test)]
 mod tests {
+    /// A thread was building the table (the pool's first use in the process) when another
+    /// thread forked: in the child, whose builder is gone, the first use of a pool's node must
+    /// build its own, not wait forever for the builder (review rev29: std's `OnceLock` waited).
+    #[test]
+    fn a_fork_during_the_tables_first_build_leaves_the_child_a_table() {
+        use std::sync::atomic::Ordering::SeqCst;
+        static CELL: super::TableCell = super::TableCell::new();
+        super::HOLD.store(true, SeqCst);
+        let builder = std::thread::spawn(|| super::table_in(&CELL).nodes);
+        while !super::BUILDING.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // SAFETY: fork has no preconditions; the child builds the table and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            super::HOLD.store(false, SeqCst);
+            let ok = super::table_in(&CELL).nodes >= 1;
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut st = 0;
+        let mut polls = 0;
+        // SAFETY: pid is our child; st is a valid out-pointer.
+        while unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
+            polls += 1;
+            if polls == 20_000 {
+                // SAFETY: pid is our child, not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut st, 0);
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        super::HOLD.store(false, SeqCst);
+        assert!(builder.join().unwrap() >= 1);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "the child had no table (status {st:#x}; killed: it waited for the builder)"
+        );
+    }
+
     #[test]
     fn every_cpu_of_the_machine_maps_to_its_node() {
         let raw = super::discover::get();

@@ -36,12 +36,18 @@ pub struct AutoDemotionReport {
 
 /// A running automatic demoter; stops (and joins its thread) when dropped or on [`stop`].
 ///
+/// Its thread is not in a fork child: there the handle's copy demotes nothing, and stopping or
+/// dropping it joins nothing (its report counts what the thread did before the fork). A child
+/// that wants automatic demotion starts its own.
+///
 /// [`stop`]: AutoDemotion::stop
 #[derive(Debug)]
 pub struct AutoDemotion {
     stop: Arc<AtomicBool>,
     counters: Arc<[AtomicU64; 4]>,
     thread: Option<JoinHandle<()>>,
+    /// The process the thread runs in (a fork child's copy of the handle has none).
+    pid: libc::pid_t,
 }
 
 /// Starts a thread that, every `period`, moves every huge allocation (over 2 MiB) older than
@@ -84,6 +90,8 @@ pub fn start_auto_demotion(after: Duration, period: Duration) -> Result<AutoDemo
         stop,
         counters,
         thread: Some(thread),
+        // SAFETY: getpid has no preconditions.
+        pid: unsafe { libc::getpid() },
     })
 }
 
@@ -108,6 +116,13 @@ impl AutoDemotion {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            // SAFETY: getpid has no preconditions.
+            if self.pid != unsafe { libc::getpid() } {
+                // A fork child's copy: the thread is not in this process, so there is
+                // nothing to wake or join (std's join panicked here, review rev29).
+                core::mem::forget(t);
+                return;
+            }
             t.thread().unpark();
             let _ = t.join();
         }

@@ -30,7 +30,10 @@ use super::{DEMOTED_BYTES, PROMOTED_BYTES};
 use crate::heap::huge;
 use crate::heap::segment::{self, SegmentKind};
 use crate::placed::{Placed, PlacementError};
-use crate::sync::{Ordering, SpinGuard, SpinLock};
+use crate::sync::{
+    register_once, AtomicU8, ForkOnceCell, Ordering, SpinGuard, SpinLock, NOT_REGISTERED,
+    REGISTERED,
+};
 use crate::sys::numa;
 use crate::sys::os::{self, OS_PAGE, THP_SIZE};
 use crate::topology::discover;
@@ -228,17 +231,18 @@ static LARGE_MOVES: SpinLock = SpinLock::new();
 /// hold it across a `fork`, so that a child never inherits it held by a thread it lacks.
 fn lock_large_moves() -> SpinGuard<'static> {
     extern "C" fn prepare() {
+        // Registered, as this runs (see `sync::register_once`).
+        HANDLERS.store(REGISTERED, Ordering::Relaxed);
         LARGE_MOVES.lock_raw();
     }
     extern "C" fn release() {
         LARGE_MOVES.unlock_raw();
     }
-    static FORK_HANDLERS: std::sync::Once = std::sync::Once::new();
-    FORK_HANDLERS.call_once(|| {
-        // SAFETY: two extern "C" functions with no preconditions; registering may allocate,
-        // which is fine here (the tiers API, no lock held).
-        unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
-    });
+    static HANDLERS: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
+    // Not std's `Once`: a fork child whose parent's thread was registering them would wait
+    // for it forever (review rev29); this one registers them in the child if they were not.
+    static FORK_HANDLERS: ForkOnceCell<()> = ForkOnceCell::new();
+    FORK_HANDLERS.get_or_init(|| register_once(&HANDLERS, prepare, release, release));
     LARGE_MOVES.lock()
 }
 

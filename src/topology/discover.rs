@@ -11,11 +11,12 @@
 
 use super::raw::{iter, Raw, MAX_CPUS};
 use super::{sim, sysfs, tiers};
-use crate::sync::{spin_hint, AtomicUsize, Ordering};
+use crate::sync::{once_begin, AtomicUsize, OnceStep, Ordering, ONCE_DONE, ONCE_UNINIT};
 use crate::sys::env::{getenv, parse_bool, warn_bad};
 use crate::sys::numa;
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
+use core::ptr;
 
 impl Raw {
     /// Fills the derived fields: `allowed` from `env_nodes` (TIERALLOC_NODES), the tiers
@@ -81,15 +82,14 @@ unsafe impl Sync for Global {}
 static GLOBAL: Global = Global {
     raw: UnsafeCell::new(MaybeUninit::zeroed()),
 };
-const UNINIT: usize = 0;
-const RUNNING: usize = 1;
-const DONE: usize = 2;
-static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
+/// `sync::once_begin`'s state word for discovery.
+static STATE: AtomicUsize = AtomicUsize::new(ONCE_UNINIT);
 
 /// The machine, discovered on first call (from /sys, the environment and Mems_allowed).
-/// Allocation-free; other threads calling meanwhile wait for the first.
+/// Allocation-free; other threads calling meanwhile wait for the first (in a fork child whose
+/// parent was discovering, the child's first caller discovers again).
 pub(crate) fn get() -> &'static Raw {
-    if STATE.load(Ordering::Acquire) != DONE {
+    if STATE.load(Ordering::Acquire) != ONCE_DONE {
         init();
     }
     // SAFETY: STATE is DONE, so the instance is complete and never written again.
@@ -98,43 +98,42 @@ pub(crate) fn get() -> &'static Raw {
 
 #[cold]
 fn init() {
-    match STATE.compare_exchange(UNINIT, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            // SAFETY: we won the UNINIT→RUNNING race: nobody else reads or writes the
-            // instance until we publish DONE, and it is still the zero bytes of its
-            // initialiser (this is the one time it is set up).
-            let raw = unsafe { Raw::empty_in_zeroed((*GLOBAL.raw.get()).as_mut_ptr()) };
-            sysfs::discover(b"/sys", true, raw);
-            if let Some(m) = numa::mems_allowed() {
-                if m & raw.nodes != 0 {
-                    raw.mems_allowed = m & raw.nodes;
-                }
-            }
-            if let Some(v) = getenv(b"TIERALLOC_SIMULATE_NODES\0") {
-                match sim::parse(v) {
-                    Some(spec) => sim::apply(raw, spec),
-                    None => warn_bad(b"TIERALLOC_SIMULATE_NODES\0", v, sim::EXPECTED),
-                }
-            }
-            let nodes = getenv(b"TIERALLOC_NODES\0");
-            let tiers = getenv(b"TIERALLOC_TIERS\0");
-            if let Some(v) = getenv(b"TIERALLOC_IGNORE_HMAT\0") {
-                match parse_bool(v) {
-                    Some(b) => raw.ignore_hmat = b,
-                    None => warn_bad(b"TIERALLOC_IGNORE_HMAT\0", v, "1 or 0"),
-                }
-            }
-            raw.finish(nodes, tiers);
-            // Before DONE: whoever binds or moves memory has called `get` for its node first.
-            numa::set_machine(raw.simulated(), raw.mem_nodes);
-            STATE.store(DONE, Ordering::Release);
+    // Discovery allocates nothing, so the running thread is never us re-entering.
+    if let OnceStep::Run { again } = once_begin(&STATE, || false) {
+        let p = GLOBAL.raw.get();
+        if again {
+            // SAFETY: we are the runner (once_begin): nobody else reads or writes the
+            // instance until we publish DONE; the parent's runner may have written part
+            // of it before the fork, so it is zeroed again (all of it, this once).
+            unsafe { ptr::write_bytes(p, 0, 1) };
         }
-        Err(_) => {
-            // Discovery allocates nothing, so the running thread is never us re-entering.
-            while STATE.load(Ordering::Acquire) != DONE {
-                spin_hint();
+        // SAFETY: we are the runner: nobody else reads or writes the instance until we
+        // publish DONE, and it is zero bytes (its initialiser's, or written just above).
+        let raw = unsafe { Raw::empty_in_zeroed((*p).as_mut_ptr()) };
+        sysfs::discover(b"/sys", true, raw);
+        if let Some(m) = numa::mems_allowed() {
+            if m & raw.nodes != 0 {
+                raw.mems_allowed = m & raw.nodes;
             }
         }
+        if let Some(v) = getenv(b"TIERALLOC_SIMULATE_NODES\0") {
+            match sim::parse(v) {
+                Some(spec) => sim::apply(raw, spec),
+                None => warn_bad(b"TIERALLOC_SIMULATE_NODES\0", v, sim::EXPECTED),
+            }
+        }
+        let nodes = getenv(b"TIERALLOC_NODES\0");
+        let tiers = getenv(b"TIERALLOC_TIERS\0");
+        if let Some(v) = getenv(b"TIERALLOC_IGNORE_HMAT\0") {
+            match parse_bool(v) {
+                Some(b) => raw.ignore_hmat = b,
+                None => warn_bad(b"TIERALLOC_IGNORE_HMAT\0", v, "1 or 0"),
+            }
+        }
+        raw.finish(nodes, tiers);
+        // Before DONE: whoever binds or moves memory has called `get` for its node first.
+        numa::set_machine(raw.simulated(), raw.mem_nodes);
+        STATE.store(ONCE_DONE, Ordering::Release);
     }
 }
 

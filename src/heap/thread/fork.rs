@@ -2,7 +2,7 @@
 //!
 //! Owns: the handlers and the child's reset. May touch everything of `heap::thread` (it is a
 //! child module, for the registry and the heaps' fields), `heap::segment` (the map, the lists),
-//! `heap::huge` (the registry's claims) and `heap::atfork` (the handlers' lock order and the
+//! `heap::huge` (the registry's claims), `heap::route` (the tier budgets' reservations) and `heap::atfork` (the handlers' lock order and the
 //! resets of a page's delayed-free word and of a dead heap's delayed stack, kept there for the
 //! loom models).
 //!
@@ -46,7 +46,7 @@ use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
-use crate::sync::{Ordering, SpinLock};
+use crate::sync::{register_once, AtomicU8, Ordering, SpinLock, NOT_REGISTERED, REGISTERED};
 use crate::sys::os;
 use core::ptr;
 
@@ -68,6 +68,8 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 }
 
 extern "C" fn fork_prepare() {
+    // Registered, as this runs (see `register_once`).
+    HANDLERS.store(REGISTERED, Ordering::Relaxed);
     // The label names' lock (`label_id`, which holds no other lock and takes none under it):
     // a thread filling a name slot across the fork would leave it held in the child.
     NAMES_LOCK.lock_raw();
@@ -90,17 +92,19 @@ extern "C" fn fork_child() {
     // SAFETY: we are the child's only thread and hold the registry lock; every lock a dead
     // thread could have held was taken by fork_prepare before the fork.
     unsafe { reset_after_fork() };
+    // The tier budgets' room held by threads the child does not have.
+    crate::heap::route::forget_reservations_after_fork();
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
 }
 
-/// Registers the fork handlers (once, from process initialisation).
+/// Whether the heap's fork handlers are registered ([`register_once`]).
+static HANDLERS: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
+/// Registers the fork handlers (once, from process initialisation, which a fork child whose
+/// parent was in the middle of it runs again: `init::init_once`).
 pub(crate) fn register_fork_handlers() {
-    // SAFETY: three extern "C" functions with no preconditions.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
+    register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
 }
 
 /// Tags of the heaps that died with the fork (a bit per tag; only the child touches it).
@@ -373,6 +377,70 @@ mod tests {
         assert!(all_held, "fork_prepare left a label heap's lock free");
         // SAFETY: the block from label_alloc above, live until now.
         unsafe { free(p) };
+    }
+
+    /// The start-up run again in a fork child (`init::init_once`, review rev29) registers the
+    /// handlers again only if they were not before the fork: registered twice, a prepare
+    /// handler would run twice (the heap's would wait for its own locks).
+    #[test]
+    fn handlers_registered_once_run_once_per_fork() {
+        use crate::sync::REGISTERING;
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        static STATE: AtomicU8 = AtomicU8::new(NOT_REGISTERED);
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        extern "C" fn prepare() {
+            STATE.store(REGISTERED, Ordering::Relaxed);
+            RUNS.fetch_add(1, Ordering::Relaxed);
+        }
+        extern "C" fn nothing() {}
+        register_once(&STATE, prepare, nothing, nothing);
+        // A fork child of a start-up that was registering: the word says so, the prepare
+        // handler ran at the fork, and the child's second registration does nothing.
+        STATE.store(REGISTERING, Ordering::Relaxed);
+        assert_eq!(in_child(|| 0), Ok(0));
+        assert_eq!(STATE.load(Ordering::Relaxed), REGISTERED);
+        register_once(&STATE, prepare, nothing, nothing);
+        let before = RUNS.load(Ordering::Relaxed);
+        assert_eq!(in_child(|| 0), Ok(0));
+        assert_eq!(
+            RUNS.load(Ordering::Relaxed) - before,
+            1,
+            "the prepare handler ran more than once in one fork"
+        );
+    }
+
+    /// A thread held room in a tier's budget for an explicit request (`route::Reservation`,
+    /// from the budget check until its block is mapped) when another thread forked: in the
+    /// child that thread does not exist, and nothing would give the room back, so every later
+    /// budget check of the child counted those bytes as taken, for good (review rev29).
+    #[test]
+    fn reservations_of_threads_gone_with_the_fork_hold_no_room_in_the_child() {
+        use crate::heap::route;
+        use crate::topology::raw::MAX_TIERS;
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::init::init_once(); // the fork handlers registered
+        let tier = MAX_TIERS - 1; // a tier no other test reserves in
+        let before = route::pending(tier);
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let r = route::reserve_for_test(tier, 64 << 20);
+            tx.send(()).unwrap();
+            b2.wait(); // the reservation held across the fork
+            drop(r);
+        });
+        rx.recv().unwrap();
+        let child = in_child(|| route::pending(tier).min(100) as i32);
+        barrier.wait();
+        other.join().unwrap();
+        assert_eq!(route::pending(tier), before, "the parent's room came back");
+        assert_eq!(
+            child,
+            Ok(0),
+            "the child counts a dead thread's reservation as taken room (exit code: the \
+             pending bytes, capped at 100)"
+        );
     }
 
     /// `label_id` fills a free slot of the label names' table under `NAMES_LOCK` (a scope

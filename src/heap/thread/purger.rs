@@ -573,7 +573,12 @@ unsafe fn purge_heap(h: *mut Heap, now: u64, delay: u64) {
     }
 }
 
+/// Whether the purger's fork handlers are registered (`sync::register_once`).
+static HANDLERS: AtomicU8 = AtomicU8::new(crate::sync::NOT_REGISTERED);
+
 extern "C" fn fork_prepare() {
+    // Registered, as this runs (see `sync::register_once`).
+    HANDLERS.store(crate::sync::REGISTERED, Ordering::Relaxed);
     PASS.lock_raw();
 }
 
@@ -592,8 +597,5 @@ extern "C" fn fork_child() {
 /// it waits out a pass, the purger's or a collection's [`help`], which takes the registry
 /// lock, before the heap's handler takes every allocator lock).
 pub(crate) fn register_purger_fork_handlers() {
-    // SAFETY: three extern "C" functions with no preconditions.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
+    crate::sync::register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
 }

@@ -21,7 +21,7 @@ use crate::heap::list::Links;
 use crate::heap::segment::{FIRST_TAG, MAX_NODES, NO_TAG};
 use crate::heap::size_class::NBINS;
 use crate::init;
-use crate::sync::{Ordering, SpinLock};
+use crate::sync::{once_begin, OnceStep, Ordering, SpinLock, ONCE_DONE, ONCE_UNINIT};
 use crate::sys::os;
 use crate::topology::home;
 use core::cell::UnsafeCell;
@@ -142,40 +142,34 @@ pub(super) unsafe fn retire_counters(hp: &mut Heap) {
     hp.stats.reset();
 }
 
-pub(super) static KEY_STATE: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+/// `sync::once_begin`'s state word for the thread key (a fork child whose parent was making
+/// it makes one again).
+static KEY_STATE: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(ONCE_UNINIT);
+/// Whether the key was made (read once `KEY_STATE` is done).
+static KEY_MADE: crate::sync::AtomicBool = crate::sync::AtomicBool::new(false);
 pub(super) static mut KEY: libc::pthread_key_t = 0;
 
 pub(super) fn thread_key() -> Option<libc::pthread_key_t> {
-    // 0: not made, 1: being made, 2: made, 3: failed.
-    loop {
-        match KEY_STATE.load(Ordering::Acquire) {
-            2 => {
-                // SAFETY: KEY was written before KEY_STATE became 2 (release/acquire).
-                return Some(unsafe { KEY });
+    if KEY_STATE.load(Ordering::Acquire) != ONCE_DONE {
+        // pthread_key_create allocates nothing of ours: never re-entered.
+        if let OnceStep::Run { .. } = once_begin(&KEY_STATE, || false) {
+            let mut k: libc::pthread_key_t = 0;
+            // SAFETY: k is a valid out-pointer; the destructor is an extern "C" fn that lives
+            // for the whole program.
+            let r = unsafe { libc::pthread_key_create(&mut k, Some(thread_done)) };
+            if r == 0 {
+                // SAFETY: only the runner (once_begin) writes KEY, before publishing it.
+                unsafe { KEY = k };
             }
-            3 => return None,
-            0 => {
-                if KEY_STATE
-                    .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    let mut k: libc::pthread_key_t = 0;
-                    // SAFETY: k is a valid out-pointer; the destructor is an extern "C" fn
-                    // that lives for the whole program.
-                    let r = unsafe { libc::pthread_key_create(&mut k, Some(thread_done)) };
-                    if r == 0 {
-                        // SAFETY: only the thread that won the CAS writes KEY, before
-                        // publishing it.
-                        unsafe { KEY = k };
-                        KEY_STATE.store(2, Ordering::Release);
-                    } else {
-                        KEY_STATE.store(3, Ordering::Release);
-                    }
-                }
-            }
-            _ => crate::sync::spin_hint(),
+            KEY_MADE.store(r == 0, Ordering::Relaxed);
+            KEY_STATE.store(ONCE_DONE, Ordering::Release);
         }
     }
+    if !KEY_MADE.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: KEY was written before KEY_STATE became done (release/acquire).
+    Some(unsafe { KEY })
 }
 
 pub(super) extern "C" fn thread_done(arg: *mut libc::c_void) {
