@@ -19,6 +19,10 @@ pub mod claim;
 pub mod delayed;
 #[cfg(loom)]
 #[doc(hidden)]
+#[path = "heap/gate.rs"]
+pub mod gate;
+#[cfg(loom)]
+#[doc(hidden)]
 #[path = "heap/heaps.rs"]
 pub mod heaps;
 #[cfg(loom)]

@@ -21,6 +21,7 @@ pub(crate) mod atfork;
 pub(crate) mod claim;
 pub(crate) mod delayed;
 pub(crate) mod error;
+pub(crate) mod gate;
 pub(crate) mod heaps;
 pub(crate) mod huge;
 pub(crate) mod list;

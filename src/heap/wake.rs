@@ -191,14 +191,26 @@ fn futex_wait(word: &AtomicU32, seq: u32, deadline: Option<u64>) -> bool {
     r != 0 && deadline.is_some() && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT
 }
 
-/// Under loom: a yield (a spurious wake-up, as the real wait may have), so that the caller's
-/// loop looks again; a timed wait times out.
+/// Under loom: a timed wait times out (after a yield, if the word still holds `seq`); an
+/// untimed one waits, yielding, until the word no longer holds `seq`, as `FUTEX_WAIT` does
+/// (loom's scheduler lets the others run). It never returns spuriously: a yield that returned
+/// at once, the caller's loop then looking at the state again, would hide a wait entered on
+/// a stale state (review rev31: `word`'s acquire in `sleep_unless_for`, or the waker's
+/// release of it, weakened to relaxed, was caught by no model). A lost wake-up leaves the
+/// sleeper waiting for ever, which loom reports as a model that does not end. The load is
+/// relaxed: the kernel's compare orders nothing for the caller.
 #[cfg(loom)]
 fn futex_wait(word: &AtomicU32, seq: u32, deadline: Option<u64>) -> bool {
-    if word.load(Ordering::Acquire) == seq {
+    if deadline.is_some() {
+        if word.load(Ordering::Relaxed) == seq {
+            loom::thread::yield_now();
+        }
+        return true;
+    }
+    while word.load(Ordering::Relaxed) == seq {
         loom::thread::yield_now();
     }
-    deadline.is_some()
+    false
 }
 
 /// Wakes one waiter on `word`.

@@ -5,6 +5,7 @@
 //! heaps.
 
 use super::*;
+use tieralloc::gate;
 use tieralloc::heaps::HeapList;
 use tieralloc::sync::SpinLock;
 
@@ -148,7 +149,8 @@ fn registry_start_exit_and_stats_walk() {
 }
 
 /// The background purger's walk (`purger::pass` through `HeapList::for_each_pinned`): it
-/// pins a heap by taking its gate with the registry lock held, purges it (writes
+/// pins a heap by taking its gate with the registry lock held (`gate::try_pin`, the real
+/// code since review rev31; the owner's side is `gate::owner_enter` and `gate::leave`), purges it (writes
 /// its segment state, `data`) with the lock released, and reads the next heap with the lock
 /// held again before letting go of the gate.
 fn purge_walk(reg: &Registry, purged: &mut Vec<usize>, mut during: impl FnMut(usize)) {
@@ -157,11 +159,7 @@ fn purge_walk(reg: &Registry, purged: &mut Vec<usize>, mut during: impl FnMut(us
     unsafe {
         reg.heaps.for_each_pinned(
             &reg.lock,
-            |h| {
-                (*h).gate
-                    .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            },
+            |h| gate::try_pin(&(*h).gate),
             |h| {
                 assert!(
                     !(*h).gone.load(Ordering::Relaxed),
@@ -171,30 +169,22 @@ fn purge_walk(reg: &Registry, purged: &mut Vec<usize>, mut during: impl FnMut(us
                 purged.push((*h).id);
                 during((*h).id);
             },
-            |h| (*h).gate.store(FREE, Ordering::Release),
+            |h| gate::leave(&(*h).gate),
         )
     };
 }
 
-pub(super) const FREE: u8 = 0;
-const OWNER: u8 = 1;
-const PURGER: u8 = 2;
+pub(super) use tieralloc::gate::FREE;
 
 /// A thread's exit as `heap_done` does it: take the heap's gate (waiting for the purger to
 /// leave), let go of its memory (writes `data`), unlink it under the lock, and then its
 /// memory goes (glibc frees the thread's TLS): `gone`, and its links and data rewritten.
 fn exit(reg: &Registry, h: &H) {
-    while h
-        .gate
-        .compare_exchange(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        thread::yield_now();
-    }
+    gate::owner_enter(&h.gate);
     // SAFETY: we hold the gate: the purger is not in this heap (loom checks it).
     h.data.with_mut(|d| unsafe { *d += 100 });
     reg.unregister(h);
-    h.gate.store(FREE, Ordering::Release);
+    gate::leave(&h.gate);
     h.gone.store(true, Ordering::Relaxed);
     // SAFETY: off the list; the model's stand-in for the memory's next use.
     unsafe {
@@ -273,5 +263,46 @@ fn thread_start_and_exit_during_a_purge() {
             "the purger visited {purged:?}"
         );
         assert_eq!(reg.walk(), [0]);
+    });
+}
+
+/// The owner works in a gated slow path (`purger::enter`: `gate::owner_enter`, writes its
+/// segments' state, `gate::leave`) while a pass purges its heap, twice in a row, with no
+/// exit: neither takes any lock the other holds but the gate (the pass's registry lock is
+/// not the owner's), so the gate's acquire and release are the only edge between the
+/// owner's writes and the pass's (loom checks every access to `data`). The exit model above
+/// does not need them: the owner's unlink takes the registry lock the pin is taken under.
+/// Each side's writes all land: 2 from the passes that pinned it, 100 from the owner.
+#[test]
+fn an_owner_and_a_pass_take_turns_at_the_gate() {
+    check(3, |yield_first| {
+        let reg = Arc::new(Registry::new());
+        let heaps = Arc::new([H::new(0, false)]);
+        reg.register(&heaps[0]);
+        let owner = {
+            let heaps = heaps.clone();
+            thread::spawn(move || {
+                let h = &heaps[0];
+                gate::owner_enter(&h.gate);
+                // SAFETY: we hold the gate: the pass is not in this heap (loom checks it).
+                h.data.with_mut(|d| unsafe { *d += 100 });
+                gate::leave(&h.gate);
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        let mut purged = Vec::new();
+        for _ in 0..2 {
+            purge_walk(&reg, &mut purged, |_| {});
+        }
+        owner.join().unwrap();
+        // SAFETY: both threads are joined.
+        let d = heaps[0].data.with(|d| unsafe { *d });
+        assert_eq!(
+            d,
+            100 + purged.len() as u32,
+            "a write under the gate was lost"
+        );
     });
 }

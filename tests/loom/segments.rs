@@ -329,3 +329,91 @@ fn pool_push_pop_and_expiry() {
         }
     });
 }
+
+/// A delayed free after an adoption reaches the adopter, not the heap that left: heap 1 gives
+/// its segment up (`set_never_delayed`, `push_abandoned`), heap 2 pops it off the abandoned
+/// list and adopts it as `adopt_segment` does (`force_state(NORMAL)`, the remote frees taken
+/// in, then, the page being full, `try_set_state(USE_DELAYED)`), while heap 3 (of another
+/// node: it never claims) frees a block of the page. If its push goes the delayed way, the
+/// owner it reads next (`free_delayed`'s load) must be heap 2: the `USE_DELAYED` it found was
+/// stored by heap 2 after its owner store, and only the push's acquire (with
+/// `try_set_state`'s release) orders that owner store before heap 3's load; without it the
+/// load may still return heap 1, read before (loom finds it: the block lands on heap 1's
+/// stack, which nobody drains once heap 1 has left). Each block is freed once: on the page's
+/// list, in heap 2's page list, or on heap 2's delayed stack.
+#[test]
+fn a_delayed_free_after_an_adoption_reaches_the_adopter() {
+    check(2, |yield_first| {
+        let seg = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        let stacks: Arc<[BlockStack; 4]> = Arc::new(Default::default());
+        let b = new_block();
+        let freer = {
+            let (seg, list, stacks) = (seg.clone(), list.clone(), stacks.clone());
+            thread::spawn(move || free_into(&seg, &list, &stacks[..], 3, false, b))
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // Heap 1 leaves (abandon_segment): no delayed free after this aims at it.
+        seg.page.set_never_delayed();
+        // SAFETY: heap 1's, on no list.
+        unsafe { list.push_abandoned(seg.ptr()) };
+        // Heap 2 pops it (take_slices' pop off the abandoned list) and adopts it.
+        let s = list.pop(2, 2);
+        assert_eq!(s, seg.ptr());
+        seg.page.force_state(NORMAL);
+        let got = take_page_list(&seg.page);
+        // SAFETY: heap 2 owns the segment and so its page's free list.
+        seg.local.with_mut(|l| unsafe { (*l).extend(got) });
+        // The page is full: a remote free must announce its room (adopt_segment).
+        assert!(seg.page.try_set_state(USE_DELAYED, false));
+        assert!(!freer.join().unwrap(), "heap 3 never claims");
+        for i in [0, 1, 3] {
+            assert!(
+                stacks[i].take_all().is_null(),
+                "a delayed free reached heap {i}, not the page's owner"
+            );
+        }
+        drain_into(&stacks[2], &seg.page, &seg.local);
+        // SAFETY: the freer is joined: heap 2's list races with nothing.
+        let mut seen = seg.local.with(|l| unsafe { (*l).clone() });
+        seen.extend(take_page_list(&seg.page));
+        exactly_once(&[b], &seen);
+        free_block(b);
+    });
+}
+
+/// A claim waits for the list's lock: heap 2, freeing into segment A that heap 1 has left on
+/// the abandoned list, claims it (`free_other_slow`) while heap 3 abandons segment B onto the
+/// same list, holding its lock. The claim gets A whatever heap 3 is doing: a claim that gave
+/// up on a busy lock (`try_lock`) would leave A abandoned though its freer was there to adopt
+/// it, which no other model sees (both ends are allowed outcomes of a race with the
+/// abandoner; this one has no race on A). The list holds B alone at the end.
+#[test]
+fn a_claim_waits_for_a_lock_held_by_another_abandon() {
+    check(2, |yield_first| {
+        let a = Arc::new(Seg::new(1));
+        let b = Arc::new(Seg::new(3));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's, on no list.
+        unsafe { list.push_abandoned(a.ptr()) };
+        let other = {
+            let (b, list) = (b.clone(), list.clone());
+            // SAFETY: heap 3's, on no list.
+            thread::spawn(move || unsafe { list.push_abandoned(b.ptr()) })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // SAFETY: the model's Arc keeps A alive.
+        let claimed = unsafe { list.claim(a.ptr(), 2, 2) };
+        other.join().unwrap();
+        assert!(claimed, "a claim of a listed segment gave up");
+        let mut on_list = Vec::new();
+        list.for_each(|s| on_list.push(s));
+        assert_eq!(on_list, [b.ptr()]);
+        assert_eq!(list.count.load(Ordering::Relaxed), 1);
+        assert_eq!(a.owner.load(Ordering::Relaxed), 2);
+    });
+}

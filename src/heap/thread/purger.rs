@@ -5,8 +5,9 @@
 //! Owns: [`BACKGROUND_PURGE`], the purger thread (started from a slow path the first time a
 //! heap is `waiting` or `holding` something to purge, never before), its pass, its sleep and the
 //! wake-up ([`notify`], the futex word `WAKE`), its fork handlers, the per-heap gate
-//! protocol ([`enter`], `Heap::gate`), and the same pass run by a thread's collection
-//! ([`help`], the default configuration's purging of other threads' idle heaps). May touch:
+//! protocol ([`enter`], `Heap::gate`, its steps in `heap::gate`), and the same pass run by a
+//! thread's collection ([`help`], the default configuration's purging of other threads' idle
+//! heaps). May touch:
 //! the `Heap` fields `gate`, `gate_depth`, `waiting`, `holding`, `due_ms`, `collected_ms` (read), `idle_bytes`,
 //! `segments`, `huge_cache`, `state`, `shared` (`super`), `registry` (the heap list: walked
 //! and pinned under its lock, through `heap::heaps::HeapList::for_each_pinned`), `tick`
@@ -56,19 +57,20 @@ use super::registry::REGISTRY;
 use super::slices::purge_segments;
 use super::tick::{book_left, WAIT_BYTES};
 use super::Heap;
+use crate::heap::gate;
 use crate::heap::segment::{Segment, ABANDONED, ABANDONED_FULL, MAX_NODES, POOLS};
 use crate::heap::wake::{Idle, Sleep};
 use crate::init;
-use crate::sync::{backoff, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering, SpinLock};
 use crate::sys::os;
 use core::ptr::{addr_of, addr_of_mut};
 
 /// `TIERALLOC_BACKGROUND_PURGE`: whether the purger may run (set once, at start-up).
 pub(crate) static BACKGROUND_PURGE: AtomicBool = AtomicBool::new(false);
 
-pub(super) const FREE: u8 = 0;
-const OWNER: u8 = 1;
-pub(super) const PURGER: u8 = 2;
+/// The gate's values, for the tests that take a heap's gate as a pass does.
+#[cfg(test)]
+pub(super) use crate::heap::gate::{FREE, PURGER};
 
 const OFF: u8 = 0;
 const STARTING: u8 = 1;
@@ -115,31 +117,11 @@ pub(super) fn enter(h: *mut Heap) -> Gate {
     // and `gate` is atomic.
     unsafe {
         if (*h).gate_depth == 0 {
-            let gate = &*addr_of!((*h).gate);
-            if gate
-                .compare_exchange(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                take_for_owner(gate);
-            }
+            gate::owner_enter(&*addr_of!((*h).gate));
         }
         (*h).gate_depth += 1;
     }
     Gate(h)
-}
-
-/// Takes a heap's gate for its owner, waiting for the purger to leave: a bounded spin, then
-/// `sched_yield` (`sync::backoff`), so that on a busy CPU the owner does not keep the purger
-/// (which holds the gate for one heap's walk and `madvise`) from finishing.
-#[cold]
-fn take_for_owner(gate: &AtomicU8) {
-    let mut spins = 0u32;
-    while gate
-        .compare_exchange_weak(FREE, OWNER, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        backoff(&mut spins);
-    }
 }
 
 impl Drop for Gate {
@@ -153,7 +135,7 @@ impl Drop for Gate {
         unsafe {
             (*h).gate_depth -= 1;
             if (*h).gate_depth == 0 {
-                (*addr_of!((*h).gate)).store(FREE, Ordering::Release);
+                gate::leave(&*addr_of!((*h).gate));
             }
         }
     }
@@ -484,9 +466,7 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
                             || has_delayed(h))
                             && quiet()
                     }
-                    && (*addr_of!((*h).gate))
-                        .compare_exchange(FREE, PURGER, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
+                    && gate::try_pin(&*addr_of!((*h).gate))
             },
             |h| {
                 if (*h).state == super::ACTIVE {
@@ -498,7 +478,7 @@ unsafe fn pass(now: u64, delay: u64, quiet_only: bool) {
                     PASS_PURGES.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            |h| (*addr_of!((*h).gate)).store(FREE, Ordering::Release),
+            |h| gate::leave(&*addr_of!((*h).gate)),
         );
     }
 }
