@@ -220,12 +220,15 @@ unsafe impl GlobalAlloc for TierAlloc {
             // threshold). In the secure build its free below checks its canary.
             let stay = !route::crosses_threshold(layout.size(), new_size);
             #[cfg(feature = "secure")]
-            let keep_old = stay
-                && match thread::resize_checked(p, new_size) {
-                    thread::Resize::InPlace => return p,
-                    thread::Resize::Move => false,
-                    thread::Resize::Leak => true,
-                };
+            // Checked whether it stays or not: a freed block must not reach the move, whose
+            // new block could be that very block (review rev32).
+            let keep_old = match thread::resize_checked(p, new_size, stay) {
+                thread::Resize::InPlace => return p,
+                thread::Resize::Move => false,
+                thread::Resize::Leak => true,
+                // Not a block in use (reported): nothing to move or keep.
+                thread::Resize::Invalid => return ptr::null_mut(),
+            };
             #[cfg(not(feature = "secure"))]
             let keep_old = false;
             #[cfg(not(feature = "secure"))]

@@ -31,6 +31,7 @@ const CASES: &[(&str, usize, usize, bool)] = &[
     ("medium", 20_000, 19_000, false),
     ("medium_remote", 20_000, 19_000, true),
     ("large", 300_000, 290_000, false),
+    ("large_remote", 300_000, 290_000, true),
     ("huge", 5 << 20, (5 << 20) - 4096, false),
     ("huge_grow", 5 << 20, 9 << 20, false),
 ];
@@ -39,6 +40,7 @@ const CASES: &[(&str, usize, usize, bool)] = &[
 fn expected(name: &str) -> &'static str {
     match name {
         "large" => "invalid free: no block is in use there",
+        "large_remote" => "double free",
         "huge" | "huge_grow" => "double free of a huge block",
         _ => "double free",
     }
@@ -58,9 +60,14 @@ fn a_realloc_of_a_freed_block_is_reported_and_hands_nothing_out_twice() {
             .filter(|l| l.starts_with("tieralloc: error: "))
             .collect();
         let passed = out.stdout.contains("test result: ok. 1 passed");
+        // Another thread's free of a large block waits on the page's remote list or on the
+        // owner's delayed stack (then taken in first: the page is gone).
         let ok = passed
             && reports.len() == 1
-            && reports[0].starts_with(&format!("tieralloc: error: {}", expected(name)));
+            && (reports[0].starts_with(&format!("tieralloc: error: {}", expected(name)))
+                || name == "large_remote"
+                    && reports[0]
+                        .starts_with("tieralloc: error: invalid free: no block is in use"));
         if !ok {
             failed.push(format!(
                 "{name}: child passed {passed}, status {:?}, reports {reports:?}, stderr tail {:?}",
