@@ -301,7 +301,7 @@ unsafe fn live_elsewhere(p: *const u8) -> Result<(), crate::heap::error::HeapErr
             if (*seg).huge_offset == 0 {
                 return Err(HeapError::HugeFreed);
             }
-            if p != crate::heap::huge::object(seg) as *const u8 {
+            if !core::ptr::eq(p, crate::heap::huge::object(seg)) {
                 return Err(HeapError::HugeInterior);
             }
             return Ok(());
