@@ -28,6 +28,8 @@ static GLOBAL: TierAlloc = TierAlloc::new();
 const CASES: &[(&str, usize, usize, bool)] = &[
     ("small", 100, 92, false),
     ("small_remote", 100, 92, true),
+    // Freed by another thread into a full page: the free waits on the owner's delayed stack.
+    ("small_delayed", 100, 92, true),
     ("medium", 20_000, 19_000, false),
     ("medium_remote", 20_000, 19_000, true),
     ("large", 300_000, 290_000, false),
@@ -60,8 +62,9 @@ fn a_realloc_of_a_freed_block_is_reported_and_hands_nothing_out_twice() {
             .filter(|l| l.starts_with("tieralloc: error: "))
             .collect();
         let passed = out.stdout.contains("test result: ok. 1 passed");
-        // Another thread's free of a large block waits on the page's remote list or on the
-        // owner's delayed stack (then taken in first: the page is gone).
+        // Another thread's free of a large block (or of a full page's) waits on the page's
+        // remote list or on the owner's delayed stack (then taken in first: the page may be
+        // gone).
         let ok = passed
             && reports.len() == 1
             && (reports[0].starts_with(&format!("tieralloc: error: {}", expected(name)))
@@ -97,7 +100,18 @@ fn child_realloc_of_a_freed_block() {
     unsafe {
         // A live neighbour, so that the page stays in use.
         let keep = GLOBAL.alloc(l);
-        let p = GLOBAL.alloc(l);
+        // small_delayed: enough blocks to fill their first pages, every block live, p one
+        // of the first page's (full: another thread's free of it goes on the delayed stack).
+        let full: Vec<usize> = if case == "small_delayed" {
+            (0..2000).map(|_| GLOBAL.alloc(l) as usize).collect()
+        } else {
+            vec![]
+        };
+        let p = if full.is_empty() {
+            GLOBAL.alloc(l)
+        } else {
+            full[5] as *mut u8
+        };
         assert!(!p.is_null() && !keep.is_null());
         if remote {
             let a = p as usize;
@@ -127,5 +141,8 @@ fn child_realloc_of_a_freed_block() {
             GLOBAL.dealloc(q, Layout::from_size_align(m, 8).unwrap());
         }
         GLOBAL.dealloc(keep, l);
+        for b in full.into_iter().filter(|&b| b != p as usize) {
+            GLOBAL.dealloc(b as *mut u8, l);
+        }
     }
 }
