@@ -240,8 +240,23 @@ pub unsafe fn resize(p: *mut u8, new_size: usize, stay: bool) -> Resize {
     // SAFETY: p lies in a segment of ours (contract): its header and descriptors are
     // mapped; no page is held across the drain (looked up again below).
     unsafe {
-        if (*seg).kind == SegmentKind::Normal && (*page_of(seg, p)).kind == PageKind::Large as u8 {
-            super::free::drain_if_owner(seg);
+        if (*seg).kind == SegmentKind::Normal {
+            let page = page_of(seg, p);
+            // A large block, or a bin block marked freed: another thread's free of it may
+            // wait on the owner's delayed stack (a full or large page's), where neither the
+            // page's state nor its lists show it. The owner takes those frees in first.
+            let kind = (*page).kind;
+            if kind == PageKind::Large as u8
+                || kind == PageKind::Bin as u8
+                    && crate::heap::secure::has_marker(p, crate::heap::secure::block_key(page, p))
+            {
+                super::free::drain_if_owner(seg);
+                // The drain's tick may have given the segment back (p was free, then).
+                if !crate::heap::segment::contains(p) {
+                    crate::heap::error::report(crate::heap::error::HeapError::NotInUse, p);
+                    return Resize::Invalid;
+                }
+            }
         }
     }
     // SAFETY: forwarded contract.
