@@ -3,7 +3,8 @@
 //! a small or medium block, at the second free" covers it, and the default build's large and
 //! huge double-free checks have their say too. Each case runs in a child under
 //! `TIERALLOC_ON_ERROR=warn`: one block of each kind (small, medium, large, huge), freed by
-//! its owner or by another thread, then reallocated to a size it would keep in place (or, for
+//! its owner or by another thread (also into a full page, where the free waits on the
+//! owner's delayed stack), then reallocated to a size it would keep in place (or, for
 //! the huge one, grown); exactly one report must follow, and afterwards no block may be
 //! handed out twice (the child allocates blocks of the freed one's size and checks that none
 //! is the realloc's result or another of them).
