@@ -211,9 +211,10 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: p is a live block of ours with `layout` (caller's contract).
         unsafe {
-            // The secure build: a bin block's canary is checked, and written again for the
-            // new size if the block stays; one found overwritten is left alone (leaked)
-            // once reported, if the report returns.
+            // The secure build: the block is checked first (a freed one, or a large or huge
+            // one not in use, is reported and null returned: review rev32), and a bin
+            // block's canary, written again for the new size if the block stays; one found
+            // overwritten is left alone (leaked) once reported, if the report returns.
             // A block grown from under the far threshold to it or past it is placed as the
             // same request to `alloc` would be (the far node), not kept where it is (review
             // rev24: a 512 KiB block grown in place to 1.5 MiB stayed near under a 1 MiB

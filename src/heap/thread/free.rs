@@ -329,10 +329,11 @@ pub(super) unsafe fn marked_block_is_free(seg: *mut Segment, page: *mut Page, p:
     }
 }
 
-/// The secure build: before `realloc` (`canary::resize`) checks a large block of `seg`, the
-/// owner takes in the frees other threads left on its delayed stack (a large page counts as
-/// full, so another thread's free of its block waits there): a block freed so is then given
-/// back, and the check finds its slices not in use. Nothing for a segment we do not own.
+/// The secure build: before `realloc` (`canary::resize`) checks a large block of `seg`, or a
+/// bin block whose freed marker is set, the owner takes in the frees other threads left on
+/// its delayed stack (a large or full page's frees wait there, where neither the page's
+/// state nor its lists show them): a block freed so is then on its page's list, or its page
+/// given back, and the check sees it. Nothing for a segment we do not own.
 ///
 /// # Safety
 /// `seg` is a live normal segment of ours; the caller has looked up no page it uses after.
