@@ -55,7 +55,7 @@ cargo test --release --features secure --lib --test heap_errors --test secure_gu
   --test secure_review --test scope --test scope_labels \
   --test idle --test purge --test trim --test churn --test tiers --test simnodes --test huge \
   --test fork --test cross_thread --test free_reuse --test recreate --test wrong_free_edges \
-  --test align --test oom --test arena --test pool --test stress
+  --test align --test oom --test arena --test pool --test stress --test secure_realloc_freed
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service

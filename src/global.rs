@@ -211,21 +211,25 @@ unsafe impl GlobalAlloc for TierAlloc {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: p is a live block of ours with `layout` (caller's contract).
         unsafe {
-            // The secure build: a bin block's canary is checked, and written again for the
-            // new size if the block stays; one found overwritten is left alone (leaked)
-            // once reported, if the report returns.
+            // The secure build: the block is checked first (a freed one, or a large or huge
+            // one not in use, is reported and null returned: review rev32), and a bin
+            // block's canary, written again for the new size if the block stays; one found
+            // overwritten is left alone (leaked) once reported, if the report returns.
             // A block grown from under the far threshold to it or past it is placed as the
             // same request to `alloc` would be (the far node), not kept where it is (review
             // rev24: a 512 KiB block grown in place to 1.5 MiB stayed near under a 1 MiB
             // threshold). In the secure build its free below checks its canary.
             let stay = !route::crosses_threshold(layout.size(), new_size);
             #[cfg(feature = "secure")]
-            let keep_old = stay
-                && match thread::resize_checked(p, new_size) {
-                    thread::Resize::InPlace => return p,
-                    thread::Resize::Move => false,
-                    thread::Resize::Leak => true,
-                };
+            // Checked whether it stays or not: a freed block must not reach the move, whose
+            // new block could be that very block (review rev32).
+            let keep_old = match thread::resize_checked(p, new_size, stay) {
+                thread::Resize::InPlace => return p,
+                thread::Resize::Move => false,
+                thread::Resize::Leak => true,
+                // Not a block in use (reported): nothing to move or keep.
+                thread::Resize::Invalid => return ptr::null_mut(),
+            };
             #[cfg(not(feature = "secure"))]
             let keep_old = false;
             #[cfg(not(feature = "secure"))]

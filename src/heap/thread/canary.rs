@@ -181,6 +181,13 @@ unsafe extern "C" fn direct_slow(w: usize, n: usize) -> *mut u8 {
 /// # Safety
 /// `p` is a live block of ours.
 pub unsafe fn usable_size(p: *const u8) -> usize {
+    // A large or huge block not in use (a wrong `realloc` of a freed one, which C's
+    // `realloc` asks the size of first): none of it is the program's, and its descriptor's
+    // size is not its (`resize` reports it).
+    // SAFETY: forwarded contract (a pointer into one of our segments).
+    if unsafe { live_elsewhere(p) }.is_err() {
+        return 0;
+    }
     let seg = segment_of(p);
     // SAFETY: p is live, so its segment and (in a normal segment) page descriptors are valid.
     unsafe {
@@ -207,42 +214,123 @@ pub enum Resize {
     /// The block's canary was overwritten (reported, and the report returned): the caller
     /// moves it but leaves the old block alone (it leaks).
     Leak,
+    /// Not a block in use: a large block already freed (its page gone), a huge one already
+    /// freed (its mapping cached, holding no object) or a pointer inside one (reported, and
+    /// the report returned): the caller returns null and touches nothing.
+    Invalid,
 }
 
-/// `realloc`'s in-place step for the block at `p`: a bin block's canary is checked first
-/// (an overflow found here would be erased by the rewrite), then the block keeps its place
-/// if it holds `new_size` and its trailer and is not shrunk by more than half (as
-/// `large::resize_in_place` decides for bin blocks), with its canary written for
-/// `new_size`. Other blocks: `thread::resize_in_place`.
+/// `realloc`'s in-place step for the block at `p` (`stay`: the block may keep its place;
+/// else it moves, once checked): a bin block with its freed marker set that is free
+/// (`free::marked_block_is_free`, as its free would decide) is reported as a double free
+/// (a `realloc` of a freed block must neither hand it back nor move it: the move's new
+/// block could be that very block, taken off its free list, and the old one's free then
+/// frees the new one); a bin block's canary is checked next (an overflow found here would be erased by
+/// the rewrite), then the block keeps its place if it holds `new_size` and its trailer and
+/// is not shrunk by more than half (as `large::resize_in_place` decides for bin blocks),
+/// with its canary written for `new_size`. A large or huge block not in use (freed, or a
+/// pointer inside one: [`live_elsewhere`]) is reported as its free would report it. Other
+/// blocks: `thread::resize_in_place`.
 ///
 /// # Safety
-/// `p` is a live block of ours.
-pub unsafe fn resize(p: *mut u8, new_size: usize) -> Resize {
+/// `p` is a block of ours, or a pointer into one of our segments (a wrong `realloc`: a
+/// large or huge block freed, or not its start; a bin block freed).
+pub unsafe fn resize(p: *mut u8, new_size: usize, stay: bool) -> Resize {
     let seg = segment_of(p);
-    // SAFETY: p is live (contract): its descriptors are valid, and the block is the
-    // caller's to write.
+    // SAFETY: p lies in a segment of ours (contract): its header and descriptors are
+    // mapped; no page is held across the drain (looked up again below).
+    unsafe {
+        if (*seg).kind == SegmentKind::Normal {
+            let page = page_of(seg, p);
+            // A large block, or a bin block marked freed: another thread's free of it may
+            // wait on the owner's delayed stack (a full or large page's), where neither the
+            // page's state nor its lists show it. The owner takes those frees in first.
+            let kind = (*page).kind;
+            if kind == PageKind::Large as u8
+                || kind == PageKind::Bin as u8
+                    && crate::heap::secure::has_marker(p, crate::heap::secure::block_key(page, p))
+            {
+                super::free::drain_if_owner(seg);
+                // The drain's tick may have given the segment back (p was free, then).
+                if !crate::heap::segment::contains(p) {
+                    crate::heap::error::report(crate::heap::error::HeapError::NotInUse, p);
+                    return Resize::Invalid;
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    if let Err(e) = unsafe { live_elsewhere(p) } {
+        crate::heap::error::report(e, p);
+        return Resize::Invalid;
+    }
+    // SAFETY: p is in a segment of ours (contract): its descriptors are valid, and, a bin
+    // block's, the block is the caller's to write (or, freed, found by its marker first).
     unsafe {
         if (*seg).kind == SegmentKind::Normal {
             let page = page_of(seg, p);
             if (*page).kind == PageKind::Bin as u8 {
                 let key = crate::heap::secure::block_key(page, p);
+                if crate::heap::secure::has_marker(p, key)
+                    && super::free::marked_block_is_free(seg, page, p)
+                {
+                    crate::heap::error::report(crate::heap::error::HeapError::DoubleFree, p);
+                    return Resize::Invalid;
+                }
                 if !intact(page, p, key) {
                     report_bad(page, p);
                     return Resize::Leak;
                 }
                 let cap = (*page).keys.size();
                 let room = new_size.saturating_add(TRAILER);
-                if room <= cap && (room * 2 >= cap || cap <= 32) {
+                if stay && room <= cap && (room * 2 >= cap || cap <= 32) {
                     fit(page, p, new_size);
                     return Resize::InPlace;
                 }
                 return Resize::Move;
             }
         }
-        if super::resize_in_place(p, new_size) {
+        if stay && super::resize_in_place(p, new_size) {
             Resize::InPlace
         } else {
             Resize::Move
         }
+    }
+}
+
+/// Whether `p` may be a block in use, as far as a large or huge block can tell: Err with
+/// what the free of `p` would report when `p` lies in a huge mapping holding no object (a
+/// freed huge block, cached) or not at its object's start, or in a normal segment's slice
+/// that is not a page in use (a freed large block) or inside a large block, or is a large
+/// block another thread has freed (waiting on its page's remote list). Bin pages are
+/// Ok here (their blocks' freed markers tell, in `resize`).
+///
+/// # Safety
+/// `p` points into one of our segments (its header and descriptors mapped).
+unsafe fn live_elsewhere(p: *const u8) -> Result<(), crate::heap::error::HeapError> {
+    use crate::heap::error::HeapError;
+    let seg = segment_of(p);
+    // SAFETY: the segment's header and (normal) descriptors are mapped (contract).
+    unsafe {
+        if (*seg).kind == SegmentKind::Huge {
+            if (*seg).huge_offset == 0 {
+                return Err(HeapError::HugeFreed);
+            }
+            if !core::ptr::eq(p, crate::heap::huge::object(seg)) {
+                return Err(HeapError::HugeInterior);
+            }
+            return Ok(());
+        }
+        let page = page_of(seg, p);
+        if (*page).kind == PageKind::Bin as u8 {
+            return Ok(());
+        }
+        crate::heap::page::check_block(page, p)?;
+        // A large page holds one block: one waiting on its remote list was freed by another
+        // thread, and the owner's collection will give the page back.
+        if (*page).thread_free.has_blocks() {
+            return Err(HeapError::DoubleFree);
+        }
+        Ok(())
     }
 }

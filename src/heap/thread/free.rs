@@ -299,6 +299,60 @@ unsafe fn free_marked(h: HeapRef, page: *mut Page, p: *mut u8, key: FreeKey) {
     }
 }
 
+/// The secure build: whether `p`, a block of bin page `page` (of `seg`) whose freed marker
+/// is set, is free: as a free would decide before it reports a double free. On the page's
+/// owner thread the page's remote list is collected and its lists walked, under the gate
+/// (`free_marked`'s confirmation: a program's own data never counts); from any other
+/// thread, the marker alone (as `free_other` decides). For `realloc` (`canary::resize`),
+/// which must not resize or move a free block.
+///
+/// # Safety
+/// `page` is `p`'s page in `seg`, a live normal segment of ours.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn marked_block_is_free(seg: *mut Segment, page: *mut Page, p: *mut u8) -> bool {
+    let h = heap_or_unset();
+    // SAFETY: seg is live (contract); an owner equal to our heap makes the page ours, its
+    // lists ours to collect and walk under our gate.
+    unsafe {
+        if is_unset(h) || (*seg).owner.load(Ordering::Acquire) != h as usize {
+            return true;
+        }
+        let h = HeapRef::new(h);
+        let _gate = purger::enter(h.as_ptr());
+        if check_block(page, p).is_err() {
+            return false;
+        }
+        super::counters::collect_remote(h, page);
+        crate::heap::secure::on_free_lists(page, p as *mut Block)
+    }
+}
+
+/// The secure build: before `realloc` (`canary::resize`) checks a large block of `seg`, or a
+/// bin block whose freed marker is set, the owner takes in the frees other threads left on
+/// its delayed stack (a large or full page's frees wait there, where neither the page's
+/// state nor its lists show them): a block freed so is then on its page's list, or its page
+/// given back, and the check sees it. Nothing for a segment we do not own.
+///
+/// # Safety
+/// `seg` is a live normal segment of ours; the caller has looked up no page it uses after.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn drain_if_owner(seg: *mut Segment) {
+    let h = heap_or_unset();
+    // SAFETY: seg is live (contract); an active heap that owns it is this thread's.
+    unsafe {
+        if !is_unset(h)
+            && (*h).state == ACTIVE
+            && (*seg).owner.load(Ordering::Acquire) == h as usize
+        {
+            drain_delayed(HeapRef::new(h));
+        }
+    }
+}
+
 /// The secure build: [`free_owned`] of a block that did not pass its quick look: a block of a
 /// page that is not a bin page (a large block, which has no canary, or a wrong pointer: the
 /// usual path checks it), a block whose freed marker is set ([`free_marked`]), or a block
