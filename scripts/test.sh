@@ -68,8 +68,8 @@ step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=
 for sim in 2 2,far=1; do
   echo "-- TIERALLOC_SIMULATE_NODES=$sim"
   TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test churn --test model \
-    --test pool --test arena --test stress --test stress_mi --test stress_nodes --test budget_cache \
-    --test cross_thread
+    --test pool --test pool_fork --test arena --test stress --test stress_mi --test stress_nodes \
+    --test budget_cache --test cross_thread
 done
 
 step "hwloc topology tests"
