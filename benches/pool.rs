@@ -128,6 +128,45 @@ fn contended(c: &mut Criterion) {
     }
 }
 
+/// The shared-store path alone: `tieralloc::Pool` with no thread cache, so every get pops a
+/// node's shared store and every return pushes one (review rev33: the stores' fork-safe lock).
+fn shared_store(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("pool/shared_store_{threads}t"));
+        g.measurement_time(Duration::from_secs(3));
+        let p: Arc<dyn Contender> = Arc::new(Ours(
+            tieralloc::Pool::builder(|| Vec::with_capacity(CAP))
+                .reset(|v| v.clear())
+                .max_idle(256)
+                .thread_cache(0)
+                .build(),
+        ));
+        g.bench_function(BenchmarkId::from_parameter("tieralloc::Pool"), |b| {
+            b.iter_custom(|iters| {
+                let barrier = Arc::new(Barrier::new(threads + 1));
+                let hs: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let (p, barrier) = (p.clone(), barrier.clone());
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            for _ in 0..iters {
+                                p.round_trip();
+                            }
+                        })
+                    })
+                    .collect();
+                barrier.wait();
+                let t = Instant::now();
+                for h in hs {
+                    h.join().unwrap();
+                }
+                t.elapsed()
+            })
+        });
+        g.finish();
+    }
+}
+
 /// Runs the cases, then prints the verdict table of docs/benchmarks.md from the medians
 /// measured now (target: `Pool` faster than both object-pool and opool).
 fn main() {
@@ -138,6 +177,7 @@ fn main() {
         .configure_from_args();
     single(&mut c);
     contended(&mut c);
+    shared_store(&mut c);
     c.final_summary();
 
     let mut out = String::from(

@@ -1,7 +1,7 @@
 //! `Pool<T>`: an object pool with per-thread caches in front of per-node shared stores.
 //!
-//! Owns: the idle objects of each pool, its counters, the CPU-to-node table (`node`) and the
-//! thread-exit watch (`exit`).
+//! Owns: the idle objects of each pool, its counters, the CPU-to-node table (`node`), the
+//! shared stores and their fork handlers (`store`) and the thread-exit watch (`exit`).
 //! May touch: the global allocator (objects, caches), its own data and, through `node`, the
 //! topology's model of the machine. Nothing in the allocator core: the pool is an ordinary
 //! client of whatever global allocator the process has.
@@ -13,15 +13,26 @@
 //! small cache of idle objects (a `Vec`, found through the `thread_local` crate). `get` pops
 //! from it and `PoolGuard`'s drop runs the reset hook and pushes back onto it: no atomic
 //! read-modify-write, no lock. Only when the thread's cache is empty (or full) does the pool go
-//! to the shared store of the thread's NUMA node, a lock-free `crossbeam_queue::SegQueue` that
+//! to the shared store of the thread's NUMA node (`store`), a stack behind a spin lock that
 //! grows and shrinks with what it holds (the budget below bounds it; nothing is reserved up
 //! front, so `max_idle` may be as large as a user likes); objects made on a node thus tend to
 //! be reused on that node.
 //! A thread whose node's store is empty takes from other nodes' stores before making a new
 //! object: bounded memory matters more than locality for an idle object.
 //!
+//! Fork: a `pthread_atfork` handler takes every store's lock before a fork and releases them
+//! in the parent and the child, so a fork by any thread leaves the child every store as it
+//! was between two operations (review rev33: the stores were `crossbeam_queue::SegQueue`s,
+//! lock-free, and a fork between a push's claim of its slot and its write left a child whose
+//! pop waited on that slot forever). The thread caches need nothing: the child's thread is the
+//! forking thread, whose cache was between two operations; the other threads' caches stay
+//! counted as idle in the child, as a thread that exited leaves its cache. Not covered: the
+//! `thread_local` crate's own lock on its thread ids (a std `Mutex`) held by another thread at
+//! the fork (docs/correctness.md, review rev33).
+//!
 //! Compared with the crates users would otherwise pick: object-pool keeps one `Mutex<Vec<T>>`
-//! (every get and return locks, and threads fight over the lock), opool keeps one `ArrayQueue`
+//! (every get and return locks, and threads fight over the lock; ours locks only past the
+//! thread cache, one lock per node's store), opool keeps one `ArrayQueue`
 //! (two atomic read-modify-writes per round trip on a shared cache line, which under contention
 //! bounces between cores). Neither has per-node stores, a bound on objects out at once, or
 //! statistics.
@@ -50,6 +61,7 @@
 
 pub(crate) mod exit;
 mod node;
+mod store;
 
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -58,9 +70,10 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crossbeam_queue::SegQueue;
 use crossbeam_utils::{Backoff, CachePadded};
 use thread_local::ThreadLocal;
+
+use store::Store;
 
 type MakeFn<T> = Box<dyn Fn() -> T + Send + Sync>;
 type ResetFn<T> = Box<dyn Fn(&mut T) + Send + Sync>;
@@ -144,7 +157,7 @@ unsafe impl<T: Send> Sync for Local<T> {}
 /// ```
 pub struct Pool<T: Send> {
     locals: ThreadLocal<Local<T>>,
-    shards: Box<[CachePadded<SegQueue<T>>]>,
+    shards: Box<[CachePadded<Store<T>>]>,
     make: MakeFn<T>,
     reset: Option<ResetFn<T>>,
     max_idle: usize,
@@ -206,9 +219,7 @@ impl<T: Send> PoolBuilder<T> {
             .min(self.max_idle);
         Pool {
             locals: ThreadLocal::new(),
-            shards: (0..nodes)
-                .map(|_| CachePadded::new(SegQueue::new()))
-                .collect(),
+            shards: (0..nodes).map(|_| CachePadded::new(Store::new())).collect(),
             make: self.make,
             reset: self.reset,
             max_idle: self.max_idle,
