@@ -510,17 +510,31 @@ fn step_due(due: u64, now: u64) -> bool {
 /// pages; without a collection (a program that makes no allocator call) nobody else would,
 /// and an exited worker's free slices stayed resident for good. Refusals are dropped: the
 /// next owner books the slices again.
-fn purge_abandoned(now: u64) {
+pub(super) fn purge_abandoned(now: u64) {
     for list in ABANDONED.iter().chain(ABANDONED_FULL.iter()) {
         // SAFETY: we hold the list's lock in the closure: the listed segments are unowned
         // and theirs to purge; free slices hold no live block.
         list.try_for_each(|seg| unsafe {
             let at = (*seg).purge_at;
             if at != 0 && now >= at {
+                #[cfg(test)]
+                BEFORE_ABANDONED_PURGE.with(|f| {
+                    if let Some(f) = f.get() {
+                        f(seg)
+                    }
+                });
                 let _ = Segment::purge_free(seg);
             }
         });
     }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Runs inside [`purge_abandoned`] on the calling thread, for each due abandoned segment,
+    /// right before its purge: a test parks the purging thread there (purger_tests.rs).
+    pub(super) static BEFORE_ABANDONED_PURGE: core::cell::Cell<Option<fn(*mut Segment)>> =
+        const { core::cell::Cell::new(None) };
 }
 
 /// What the owner's collection would purge of `h`: its segments' due purge steps and empty
