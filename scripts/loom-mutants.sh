@@ -54,10 +54,13 @@ W8~src/heap/wake.rs~129~s/SeqCst/AcqRel/~loom
 W9~src/heap/wake.rs~136~s/Ordering::Release/Ordering::Relaxed/~loom
 W10~src/heap/wake.rs~141~s/Ordering::Release/Ordering::Relaxed/~loom
 X1~src/heap/claim.rs~81~s/ \|\| v & CLAIMED != 0//~loom
-X2~src/heap/list.rs~236~s/N::list_tag\(n\) != self.tag \|\| //~loom
-X3~src/heap/list.rs~236~s/ \|\| N::owner\(n\) != 0//~loom
-X4~src/heap/list.rs~233~s/let _g = self.lock.lock\(\);/let Some(_g) = self.lock.try_lock() else { return false };/~loom
-X5~src/heap/list.rs~214~s/let _g = self.lock.lock\(\);/let Some(_g) = self.lock.try_lock() else { return ptr::null_mut() };/~loom
+X2~src/heap/list.rs~270~s/N::list_tag\(n\) != self.tag \|\| //~loom
+X3~src/heap/list.rs~270~s/ \|\| N::owner\(n\) != 0//~loom
+X4~src/heap/list.rs~265~s/let _g = self.lock.lock\(\);/let Some(_g) = self.lock.try_lock() else { return false };/~loom
+X5~src/heap/list.rs~237~s/let _g = self.lock.lock\(\);/let Some(_g) = self.lock.try_lock() else { return ptr::null_mut() };/~loom
+L1~src/heap/list.rs~269~s/if n != self.busy_locked\(\) \{/if true {/~loom
+L2~src/heap/list.rs~241~s/n == self.busy_locked\(\)/false/~loom
+L3~src/heap/list.rs~417~s/g = self.lock.lock\(\);/self.busy.store(ptr::null_mut(), Ordering::Relaxed); g = self.lock.lock();/~loom
 X6~src/heap/remote.rs~340~s/match self$/match { let cur = self.word.load(Ordering::Acquire); if cur == old { self.word.store(new, Ordering::Release); Ok::<usize, usize>(cur) } else { Err(cur) } } { Ok(_) => return result, Err(cur) => { old = cur; continue } } match self/~loom
 X7~src/heap/remote.rs~517~s/match self$/match { let cur = self.head.load(Ordering::Acquire); if cur == old { self.head.store(block, Ordering::Release); Ok::<*mut Block, *mut Block>(cur) } else { Err(cur) } } { Ok(_) => return, Err(cur) => { old = cur; continue } } match self/~loom
 X8~src/heap/claim.rs~84~s/self.0$/{ let cur = self.0.load(Ordering::Acquire); if cur == v { self.0.store(v | CLAIMED, Ordering::Release); return Some(v) } else { return None } } self.0/~loom

@@ -58,6 +58,7 @@ pub fn child<'a, N: ListNode + 'a>(
     lists: impl Iterator<Item = &'a LockedList<N>>,
 ) {
     for l in lists {
+        l.forget_visit_in_child();
         l.unlock_after_fork();
     }
     for l in node_heaps {

@@ -14,8 +14,15 @@
 //! the taker. Both happen under the list's lock, whose acquire/release orders them, so the
 //! taker sees everything the last owner wrote. `claim` takes a node only if it is still on
 //! this very list, so two threads that race to claim the same node never both get it.
+//!
+//! A visit ([`LockedList::try_visit`], the background purger's `madvise` of abandoned
+//! segments) works on one listed node at a time with the lock released: the node is marked
+//! `busy` (under the lock), so it stays on the list and nobody takes it meanwhile (`claim`
+//! waits for that node alone, `pop` and `remove_if` pass it over), and its fields are the
+//! visitor's until it takes the lock again and clears the mark; the rest of the list is used
+//! as usual (review rev36: the visitor held the lock across every due node's purge).
 
-use crate::sync::{AtomicUsize, Ordering, SpinLock, UnsafeCell};
+use crate::sync::{backoff, AtomicPtr, AtomicUsize, Ordering, SpinLock, UnsafeCell};
 use core::ptr;
 
 /// A node of an intrusive doubly linked list: how to reach its two links. The accessors are
@@ -135,6 +142,10 @@ pub struct LockedList<N> {
     pub count: AtomicUsize,
     /// What [`ListNode::list_tag`] says of a node on this list (0 for pools).
     tag: u8,
+    /// The node a visit ([`try_visit`](Self::try_visit)) works on with the lock released
+    /// (null: none). Written only under the lock; read under it, or outside it by a claimer
+    /// waiting for that node (a hint: it looks again under the lock).
+    busy: AtomicPtr<N>,
 }
 
 // SAFETY: `head` and the links of listed nodes are only touched with `lock` held; the nodes
@@ -163,6 +174,7 @@ impl<N: ListNode> LockedList<N> {
             head: UnsafeCell::new(ptr::null_mut()),
             count: AtomicUsize::new(0),
             tag,
+            busy: AtomicPtr::new(ptr::null_mut()),
         }
     }
     /// An empty abandoned list whose nodes carry `tag` (not 0).
@@ -173,6 +185,7 @@ impl<N: ListNode> LockedList<N> {
             head: UnsafeCell::new(ptr::null_mut()),
             count: AtomicUsize::new(0),
             tag,
+            busy: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -206,7 +219,17 @@ impl<N: ListNode> LockedList<N> {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Pops the front node, giving it to `owner`, whose tag is `tag`.
+    /// The node a visit works on, if any (see [`busy`](Self::busy)).
+    ///
+    /// # Safety
+    /// The caller holds `lock`.
+    #[inline]
+    unsafe fn busy_locked(&self) -> *mut N {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Pops the front node, giving it to `owner`, whose tag is `tag`. A node a visit works on
+    /// is passed over (the next one is taken; null if it is the only one).
     pub fn pop(&self, owner: usize, tag: u16) -> *mut N {
         if self.count.load(Ordering::Relaxed) == 0 {
             return ptr::null_mut();
@@ -214,7 +237,10 @@ impl<N: ListNode> LockedList<N> {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock, so the head and the listed nodes are ours to change.
         unsafe {
-            let n = self.head.with(|h| *h);
+            let mut n = self.head.with(|h| *h);
+            if !n.is_null() && n == self.busy_locked() {
+                n = N::next(n);
+            }
             if !n.is_null() {
                 self.unlink_locked(n);
                 N::set_list_tag(n, 0);
@@ -224,23 +250,39 @@ impl<N: ListNode> LockedList<N> {
         }
     }
 
-    /// Takes `n` off the list for `owner` (tag `tag`) if it is still on it.
+    /// Takes `n` off the list for `owner` (tag `tag`) if it is still on it. If a visit works
+    /// on `n` right now ([`try_visit`](Self::try_visit)), waits (without the lock) until it
+    /// is done with `n`, then looks again: it waits for that node's visit only, never for a
+    /// visit of another node, and never gives up on a listed node.
     ///
     /// # Safety
     /// `n` must be a node that cannot go away while we look at it (for a segment: the caller
     /// holds a live block in it).
     pub unsafe fn claim(&self, n: *mut N, owner: usize, tag: u16) -> bool {
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock, which guards the tags of this list's nodes and the links.
-        unsafe {
-            if N::list_tag(n) != self.tag || N::owner(n) != 0 {
-                return false;
+        let mut spins = 0u32;
+        loop {
+            {
+                let _g = self.lock.lock();
+                // SAFETY: we hold the lock, which guards the tags of this list's nodes, the
+                // links and `busy`.
+                unsafe {
+                    if n != self.busy_locked() {
+                        if N::list_tag(n) != self.tag || N::owner(n) != 0 {
+                            return false;
+                        }
+                        self.unlink_locked(n);
+                        N::set_list_tag(n, 0);
+                        N::set_owner(n, owner, tag);
+                        return true;
+                    }
+                }
             }
-            self.unlink_locked(n);
-            N::set_list_tag(n, 0);
-            N::set_owner(n, owner, tag);
+            // Visited: the visitor takes the lock again to clear the mark, so we wait with
+            // it released (the read is a hint; the decision is made under the lock above).
+            while self.busy.load(Ordering::Relaxed) == n {
+                backoff(&mut spins);
+            }
         }
-        true
     }
 
     /// Lets go of `n` (its owner's last step) and pushes it, marked as on this list.
@@ -285,7 +327,8 @@ impl<N: ListNode> LockedList<N> {
     }
 
     /// If the lock is free right now, unlinks every node `expired` says yes to and hands it
-    /// to `gone` (after it is off the list). Returns how many went, 0 if the lock was busy.
+    /// to `gone` (after it is off the list); a node a visit works on is passed over. Returns
+    /// how many went, 0 if the lock was busy.
     pub fn remove_if(
         &self,
         mut expired: impl FnMut(*mut N) -> bool,
@@ -300,10 +343,11 @@ impl<N: ListNode> LockedList<N> {
         let mut k = 0;
         // SAFETY: we hold the lock, so the listed nodes and their links are ours to change.
         unsafe {
+            let busy = self.busy_locked();
             let mut n = self.head.with(|h| *h);
             while !n.is_null() {
                 let next = N::next(n);
-                if expired(n) {
+                if n != busy && expired(n) {
                     self.unlink_locked(n);
                     gone(n);
                     k += 1;
@@ -315,17 +359,69 @@ impl<N: ListNode> LockedList<N> {
     }
 
     /// If the lock is free right now, calls `f` on every node, front to back, with the lock
-    /// held (`f` must not touch this list, nor take another list's lock). Returns false,
-    /// having called nothing, if the lock was busy.
-    pub fn try_for_each(&self, f: impl FnMut(*mut N)) -> bool {
+    /// held (`f` must not touch this list, nor take another list's lock); a node a visit
+    /// works on is passed over (its fields are the visitor's). Returns false, having called
+    /// nothing, if the lock was busy.
+    pub fn try_for_each(&self, mut f: impl FnMut(*mut N)) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return true;
         }
         let Some(_g) = self.lock.try_lock() else {
             return false;
         };
-        // SAFETY: we hold the lock, so the listed nodes and their links are stable.
-        unsafe { list_for_each(self.head.with(|h| *h), f) };
+        // SAFETY: we hold the lock, so the listed nodes, their links and `busy` are stable.
+        unsafe {
+            let busy = self.busy_locked();
+            list_for_each(self.head.with(|h| *h), |n| {
+                if n != busy {
+                    f(n)
+                }
+            })
+        };
+        true
+    }
+
+    /// A visit: if the lock is free right now and no other visit is under way, walks the
+    /// list front to back and, for every node `due` says yes to (asked with the lock held),
+    /// calls `work` on it with the lock released. Meanwhile the node is marked busy: it stays
+    /// on the list, nobody takes it ([`claim`](Self::claim) waits for it, [`pop`](Self::pop)
+    /// and [`remove_if`](Self::remove_if) pass it over, [`try_for_each`](Self::try_for_each)
+    /// does not show it), so `work` has it as the lock's holder would, while the other
+    /// nodes are pushed, popped and claimed as usual. The walk goes on from that node's
+    /// successor once the lock is taken again (the node is still listed, so its link is
+    /// valid). Returns false, having called nothing, if the lock was busy or a visit is
+    /// under way. `due` must not touch this list; `work` must not take this list's lock
+    /// (nor wait for anyone who may: it holds up the claims of its node).
+    pub fn try_visit(
+        &self,
+        mut due: impl FnMut(*mut N) -> bool,
+        mut work: impl FnMut(*mut N),
+    ) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let Some(mut g) = self.lock.try_lock() else {
+            return false;
+        };
+        // SAFETY: we hold the lock.
+        if !unsafe { self.busy_locked() }.is_null() {
+            return false;
+        }
+        // SAFETY: we hold the lock, which guards the head.
+        let mut n = unsafe { self.head.with(|h| *h) };
+        while !n.is_null() {
+            if due(n) {
+                self.busy.store(n, Ordering::Relaxed);
+                drop(g);
+                work(n);
+                g = self.lock.lock();
+                self.busy.store(ptr::null_mut(), Ordering::Relaxed);
+            }
+            // SAFETY: we hold the lock; n is still on this list (nobody takes a busy node),
+            // so its link is this list's.
+            n = unsafe { N::next(n) };
+        }
+        drop(g);
         true
     }
 
@@ -356,6 +452,14 @@ impl<N: ListNode> LockedList<N> {
     /// Releases it after `fork`, in parent or child.
     pub fn unlock_after_fork(&self) {
         self.lock.unlock_raw();
+    }
+
+    /// In a fork child, with the lock held (from [`lock_for_fork`](Self::lock_for_fork)):
+    /// forgets a visit under way in the parent (its visitor does not exist here, and a claim
+    /// of its node would wait forever). The purger's own fork handler waits out its passes,
+    /// so none should be.
+    pub fn forget_visit_in_child(&self) {
+        self.busy.store(ptr::null_mut(), Ordering::Relaxed);
     }
 }
 

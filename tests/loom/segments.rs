@@ -417,3 +417,117 @@ fn a_claim_waits_for_a_lock_held_by_another_abandon() {
         assert_eq!(a.owner.load(Ordering::Relaxed), 2);
     });
 }
+
+/// A purge's visit against a claim of the same segment (review rev36): the background
+/// purger visits the abandoned list (`LockedList::try_visit`, `purger::purge_abandoned`) and
+/// purges the due segment A with the list's lock released, writing it (its slice bitmaps,
+/// its `madvise`); meanwhile a freeing thread claims A (the free that adopts it, or the one
+/// that brings its live hint to 0 and gives it back) and writes it as its new owner. The
+/// claim never gives up on A (it waits for A's visit, then takes it) and never overlaps the
+/// purge (loom checks the purge's write happens before the claimer's access, or the other
+/// way round); the other segment B stays listed and unvisited (not due); count is length.
+#[test]
+fn a_claim_never_overlaps_the_purge_of_its_segment() {
+    check(2, |yield_first| {
+        let a = Arc::new(Seg::new(1));
+        let b = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's, on no list; it abandons them before the others start.
+        unsafe {
+            list.push_abandoned(b.ptr());
+            list.push_abandoned(a.ptr());
+        }
+        let purger = {
+            let (list, a) = (list.clone(), a.clone());
+            thread::spawn(move || {
+                let mut visited = 0;
+                let ran = list.try_visit(
+                    |n| n == a.ptr(),
+                    |n| {
+                        visited += 1;
+                        // SAFETY: busy on the list: ours until the visit is done with it.
+                        unsafe { (*n).data.with_mut(|d| *d += 1) };
+                    },
+                );
+                (ran, visited)
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // SAFETY: the model's Arc keeps A alive.
+        let claimed = unsafe { list.claim(a.ptr(), 2, 2) };
+        assert!(claimed, "a claim of a listed segment gave up");
+        // SAFETY: claimed: ours.
+        a.data.with_mut(|d| unsafe { *d += 100 });
+        let (ran, visited) = purger.join().unwrap();
+        // SAFETY: the threads that wrote the data are joined.
+        let data = a.data.with(|d| unsafe { *d });
+        assert_eq!(data, 100 + visited);
+        assert!(visited <= 1 && (ran || visited == 0));
+        let mut on_list = Vec::new();
+        list.for_each(|s| on_list.push(s));
+        assert_eq!(on_list, [b.ptr()]);
+        assert_eq!(list.count.load(Ordering::Relaxed), 1);
+        assert_eq!(a.owner.load(Ordering::Relaxed), 2);
+        // SAFETY: as above.
+        assert_eq!(b.data.with(|d| unsafe { *d }), 0, "B was not due");
+    });
+}
+
+/// A purge's visit against a tending's pop and an exit's push on the same list (review
+/// rev36): the purger visits the list, purging each segment (every one is due) with the
+/// lock released, while another thread pops a segment, writes it and puts it back at the
+/// end (a tending), then abandons segment C at the back (an exit). The pop never takes the
+/// segment being purged (loom checks the writes are ordered), the walk goes on past a
+/// segment whose neighbours changed meanwhile, and every segment ends on the list once
+/// (count is length). (Two threads: loom's scheduler cannot get through three spinning on
+/// one lock.)
+#[test]
+fn a_pop_and_a_push_back_never_overlap_a_purge() {
+    check(2, |yield_first| {
+        let a = Arc::new(Seg::new(1));
+        let c = Arc::new(Seg::new(4));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's, on no list.
+        unsafe { list.push_abandoned(a.ptr()) };
+        let purger = {
+            let list = list.clone();
+            thread::spawn(move || {
+                list.try_visit(
+                    |_| true,
+                    // SAFETY: busy on the list: ours until the visit is done with it.
+                    |n| unsafe { (*n).data.with_mut(|d| *d += 1) },
+                )
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        let s = list.pop(3, 3);
+        if !s.is_null() {
+            // SAFETY: popped: ours until we push it back.
+            unsafe {
+                (*s).data.with_mut(|d| *d += 100);
+                list.push_abandoned_back(s);
+            }
+        }
+        // SAFETY: heap 4's, on no list.
+        unsafe { list.push_abandoned_back(c.ptr()) };
+        purger.join().unwrap();
+        let mut on_list = Vec::new();
+        list.for_each(|s| on_list.push(s));
+        on_list.sort();
+        let mut want = vec![a.ptr(), c.ptr()];
+        want.sort();
+        assert_eq!(on_list, want, "each segment listed once");
+        assert_eq!(list.count.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            (
+                a.owner.load(Ordering::Relaxed),
+                c.owner.load(Ordering::Relaxed)
+            ),
+            (0, 0)
+        );
+    });
+}

@@ -250,7 +250,8 @@ impl Segment {
     /// next owner.
     ///
     /// # Safety
-    /// The caller owns `seg` (or holds the lock of the list it is on).
+    /// The caller owns `seg` (or holds the lock of the list it is on, or has it busy on that
+    /// list: `LockedList::try_visit`).
     pub unsafe fn purge_free(seg: *mut Segment) -> u64 {
         // SAFETY: exclusive access to the header's purge fields per the contract (field by
         // field, never a `&mut Segment`: see purge_step); free slices hold no live block.

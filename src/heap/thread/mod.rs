@@ -65,6 +65,8 @@ mod fork;
 #[cfg(test)]
 mod exit_tests;
 #[cfg(test)]
+mod purger_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tick_tests;

@@ -504,23 +504,55 @@ fn step_due(due: u64, now: u64) -> bool {
 
 /// The purger thread's share of abandoned segments (review rev15): the free slices booked
 /// for purging (at their owner's exit or give-up, `slices::book_free_slices`) of every
-/// abandoned segment whose step is due go back to the OS, under its list's lock (which makes
-/// the segment's slice bitmaps the holder's: `Segment::purge_free`'s contract), if that lock
-/// is free right now. Collections tend abandoned segments one at a time and collect their
-/// pages; without a collection (a program that makes no allocator call) nobody else would,
-/// and an exited worker's free slices stayed resident for good. Refusals are dropped: the
-/// next owner books the slices again.
-fn purge_abandoned(now: u64) {
+/// abandoned segment whose step is due go back to the OS, if its list's lock is free right
+/// now. Collections tend abandoned segments one at a time and collect their pages; without a
+/// collection (a program that makes no allocator call) nobody else would, and an exited
+/// worker's free slices stayed resident for good. Refusals are dropped: the next owner books
+/// the slices again.
+///
+/// A visit of the list (`LockedList::try_visit`, review rev36): the lock is held to walk the
+/// list and read `purge_at`, and released around each due segment's `purge_free` (its
+/// `madvise` calls), so that a remote free's claim, a tending's or an exit's push and a
+/// refill's pop of the list's other segments do not wait for them. Meanwhile the segment is
+/// marked busy on its list, which keeps it ours, as the lock did: it stays listed and
+/// unowned, and nobody takes it. A claim (the free that adopts it, the free that brings its
+/// live hint to 0 and gives it back) waits for this segment's purge alone and then takes it
+/// as before, so no adopter carves pages in slices being purged and no give-back unmaps or
+/// pools it under the purge; a pop (tending, adoption for room) takes another; the pool's
+/// and the fork handlers' walks never see it (the pools are other lists; `fork`'s prepare
+/// handler waits for `PASS` first). Nothing else writes an unowned segment's slice bitmaps
+/// or purge fields: a remote free only pushes onto a used page's own list (atomics), which
+/// the purge (free slices only) does not touch.
+pub(super) fn purge_abandoned(now: u64) {
     for list in ABANDONED.iter().chain(ABANDONED_FULL.iter()) {
-        // SAFETY: we hold the list's lock in the closure: the listed segments are unowned
-        // and theirs to purge; free slices hold no live block.
-        list.try_for_each(|seg| unsafe {
-            let at = (*seg).purge_at;
-            if at != 0 && now >= at {
+        list.try_visit(
+            // SAFETY: called with the list's lock held: a listed segment's purge fields are
+            // stable.
+            |seg| unsafe {
+                let at = (*seg).purge_at;
+                at != 0 && now >= at
+            },
+            // SAFETY: busy on its list (`try_visit`): taken by nobody until we are done, so
+            // its slice bitmaps and purge fields are ours (`purge_free`'s contract).
+            |seg| unsafe {
+                #[cfg(test)]
+                BEFORE_ABANDONED_PURGE.with(|f| {
+                    if let Some(f) = f.get() {
+                        f(seg)
+                    }
+                });
                 let _ = Segment::purge_free(seg);
-            }
-        });
+            },
+        );
     }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Runs inside [`purge_abandoned`] on the calling thread, for each due abandoned segment,
+    /// right before its purge: a test parks the purging thread there (purger_tests.rs).
+    pub(super) static BEFORE_ABANDONED_PURGE: core::cell::Cell<Option<fn(*mut Segment)>> =
+        const { core::cell::Cell::new(None) };
 }
 
 /// What the owner's collection would purge of `h`: its segments' due purge steps and empty
