@@ -236,8 +236,7 @@ pub fn stats() -> Stats {
     // `node_net` holds the live heaps' and the retired totals' nets, read under one lock.
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
-        let net = own_net
-            + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
+        let net = own_net + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
             - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {
