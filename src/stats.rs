@@ -191,6 +191,12 @@ fn totals() -> Totals {
 /// Takes a snapshot. Counters of different threads are read one after the other, so a
 /// snapshot taken while other threads allocate is consistent only to within their activity.
 pub fn stats() -> Stats {
+    // Frees of a node's blocks by threads of other nodes, read before the heaps' counters:
+    // a free counted here came after its block's allocation, which the walk then sees. Read
+    // after it, a reader held up between the two counted frees of blocks allocated since the
+    // walk (review rev35: hundreds of MB below zero); now such a lag can only over-state.
+    let cross_freed: [u64; MAX_NODES] =
+        core::array::from_fn(|n| thread::CROSS_FREED_BYTES[n].load(Ordering::Acquire));
     let t = totals();
     let (segments, pooled, abandoned) = thread::segment_counts();
     let mut s = Stats {
@@ -237,7 +243,7 @@ pub fn stats() -> Stats {
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
         let net = own_net + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
-            - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
+            - cross_freed[n] as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {
             s.nodes.push(NodeStats {
