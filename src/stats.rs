@@ -149,6 +149,16 @@ fn totals() -> Totals {
     };
     // Nothing in this closure allocates: the registry lock is held.
     thread::for_each_stats(|s: &HeapStats, node| {
+        if node.is_none() {
+            // The retired totals (called last, still under the registry lock): a heap's
+            // exit or move (`retire_counters`) folds its net into them under that lock, so
+            // read here they hold exactly the heaps the walk did not see. Read after the
+            // lock is let go, a fold in between counted that heap's net twice (review rev35:
+            // 2 MiB below zero for a thread that had freed 2 MiB of another's blocks).
+            for (d, r) in t.node_net.iter_mut().zip(&thread::RETIRED_NET_BY_NODE) {
+                *d = d.wrapping_add(r.load(Ordering::Relaxed));
+            }
+        }
         if let Some(n) = node {
             let n = (n as usize).min(MAX_NODES - 1);
             let (net, far) = s.net_and_far();
@@ -181,6 +191,12 @@ fn totals() -> Totals {
 /// Takes a snapshot. Counters of different threads are read one after the other, so a
 /// snapshot taken while other threads allocate is consistent only to within their activity.
 pub fn stats() -> Stats {
+    // Frees of a node's blocks by threads of other nodes, read before the heaps' counters:
+    // a free counted here came after its block's allocation, which the walk then sees. Read
+    // after it, a reader held up between the two counted frees of blocks allocated since the
+    // walk (review rev35: hundreds of MB below zero); now such a lag can only over-state.
+    let cross_freed: [u64; MAX_NODES] =
+        core::array::from_fn(|n| thread::CROSS_FREED_BYTES[n].load(Ordering::Acquire));
     let t = totals();
     let (segments, pooled, abandoned) = thread::segment_counts();
     let mut s = Stats {
@@ -223,12 +239,11 @@ pub fn stats() -> Stats {
     // Simulated nodes (TIERALLOC_SIMULATE_NODES) are all shown, used or not.
     let topo = crate::topology::discover::get();
     let always = if topo.simulated() { topo.nodes } else { 1 };
+    // `node_net` holds the live heaps' and the retired totals' nets, read under one lock.
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
-        let net = own_net
-            + thread::RETIRED_NET_BY_NODE[n].load(Ordering::Relaxed)
-            + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
-            - thread::CROSS_FREED_BYTES[n].load(Ordering::Relaxed) as i64;
+        let net = own_net + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
+            - cross_freed[n] as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {
             s.nodes.push(NodeStats {
