@@ -89,7 +89,10 @@ fn a_fork_while_a_thread_grows_its_cache_leaves_the_child_no_stale_block_to_free
         .then_some(()))
     .is_some());
     let stale = STALE.load(Ordering::Relaxed);
-    assert_ne!(stale, 0, "tieralloc grew the cache in place: nothing to show");
+    assert_ne!(
+        stale, 0,
+        "tieralloc grew the cache in place: nothing to show"
+    );
     // SAFETY: fork has no preconditions; the child drops the pool and _exits.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
