@@ -73,7 +73,9 @@ static GLOBAL: Hook = Hook;
 
 #[test]
 fn a_fork_while_a_thread_grows_its_cache_leaves_the_child_no_stale_block_to_free() {
-    let pool: &'static Pool<u64> = Box::leak(Box::new(Pool::builder(|| 7u64).build()));
+    // A thread cache of 16 places, whatever the CPU count: the fifth object must stay in it.
+    let pool: &'static Pool<u64> =
+        Box::leak(Box::new(Pool::builder(|| 7u64).thread_cache(16).build()));
     let grower = std::thread::spawn(move || {
         // Four objects fill the cache's first block (4 places); the fifth grows it.
         let held: Vec<_> = (0..5).map(|_| pool.get()).collect();
