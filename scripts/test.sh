@@ -68,7 +68,7 @@ step "tests again under simulated nodes (TIERALLOC_SIMULATE_NODES=2, then 2,far=
 for sim in 2 2,far=1; do
   echo "-- TIERALLOC_SIMULATE_NODES=$sim"
   TIERALLOC_SIMULATE_NODES=$sim cargo test -q --release --test churn --test model \
-    --test pool --test pool_fork --test arena --test stress --test stress_mi --test stress_nodes \
+    --test pool --test pool_fork --test pool_fork_cache_growth --test arena --test stress --test stress_mi --test stress_nodes \
     --test budget_cache --test cross_thread
   # The secure build (encoded links, freed marker, canaries, guard pages) on the same paths:
   # the binaries of these seven that were stable under both simulations (review rev28: 0

@@ -1,8 +1,9 @@
 //! Review rev14: pool guards and bump guards dropped, and pools used, by thread-local
 //! destructors at thread exit (a per-thread cached object: a connection, a buffer). The
-//! `thread_local` crate's id of the thread may be released by then; asking it for the thread's
-//! cache then panics inside a TLS destructor, which aborts the process ("fatal runtime error:
-//! thread local panicked on drop"). Each case runs in a child process of its own, so that an
+//! thread's id may be released by then (the `thread_local` crate's then, `pool/tid.rs`'s since
+//! review rev34); asking the `thread_local` crate for the thread's cache then panicked inside a
+//! TLS destructor, which aborts the process ("fatal runtime error: thread local panicked on
+//! drop"). Each case runs in a child process of its own, so that an
 //! abort fails that case only.
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
@@ -27,7 +28,7 @@ fn in_child(name: &str) -> bool {
 
 thread_local! {
     // Touched before the thread first uses a pool: its destructor is registered first, so it
-    // runs last, after the `thread_local` crate has released the thread's id.
+    // runs last, after the thread's id was released.
     static CONN: RefCell<Option<OwnedPoolGuard<Vec<u8>>>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<Option<tieralloc::BumpGuard<'static>>> = const { RefCell::new(None) };
     static LATE: Late = const { Late };

@@ -2,8 +2,9 @@
 //!
 //! Owns: the cached `Bump`s and their counters.
 //! May touch: the global allocator only (bumpalo takes its chunks from it, so on a tieralloc
-//! process from the worker thread's own node), and `pool::exit` (whether the thread's list can
-//! still be found at thread exit). Nothing in the allocator core.
+//! process from the worker thread's own node), and `pool::slots` (the per-thread lists, found
+//! by the thread's id; none once the id was released at thread exit). Nothing in the
+//! allocator core.
 //!
 //! # Design
 //!
@@ -14,7 +15,7 @@
 //! `Allocator`), and drops the guard at the end of the request. The guard then resets the bump
 //! (bumpalo keeps its largest chunk) and puts it back in the cache of the thread it is dropped
 //! on, so the next request on that worker bumps through warm memory and makes no allocator call
-//! in the steady state. Each worker thread has its own list (the `thread_local` crate), so a
+//! in the steady state. Each worker thread has its own list (`pool::slots`, fork-safe: review rev34), so a
 //! checkout takes no lock and a bump's chunk stays on the worker's node; the list is bounded
 //! (`max_idle_per_thread`) and a bump that grew past `max_retained_bytes` on an unusually big
 //! request is dropped instead of being kept, so a cache cannot hoard memory.
@@ -39,7 +40,8 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::cell::RefCell;
 
 use bumpalo::Bump;
-use thread_local::ThreadLocal;
+
+use crate::pool::slots::PerThread;
 
 /// Statistics of a [`BumpCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,7 +75,7 @@ pub struct BumpCacheStats {
 /// assert_eq!(cache.stats().idle, 1);
 /// ```
 pub struct BumpCache {
-    idle: ThreadLocal<RefCell<Vec<Bump>>>,
+    idle: PerThread<RefCell<Vec<Bump>>>,
     max_idle_per_thread: usize,
     max_retained_bytes: usize,
     initial_capacity: usize,
@@ -106,7 +108,7 @@ impl BumpCache {
         initial_capacity: usize,
     ) -> Self {
         BumpCache {
-            idle: ThreadLocal::new(),
+            idle: PerThread::new(),
             max_idle_per_thread,
             max_retained_bytes,
             initial_capacity,
@@ -122,7 +124,9 @@ impl BumpCache {
     pub fn checkout(&self) -> BumpGuard<'_> {
         self.checkouts.fetch_add(1, Relaxed);
         // At thread exit (a guard taken in a thread-local destructor) no list: a new bump.
-        let cached = crate::pool::exit::with_thread(|| self.idle.get_or_default())
+        let cached = self
+            .idle
+            .get_or(RefCell::default)
             .and_then(|list| list.borrow_mut().pop());
         let bump = match cached {
             Some(b) => {
@@ -150,7 +154,7 @@ impl BumpCache {
         // is that request's, not the next one's.
         bump.set_allocation_limit(None);
         // At thread exit (a guard dropped by a thread-local destructor) no list: dropped.
-        let Some(cell) = crate::pool::exit::with_thread(|| self.idle.get_or_default()) else {
+        let Some(cell) = self.idle.get_or(RefCell::default) else {
             self.dropped.fetch_add(1, Relaxed);
             return;
         };

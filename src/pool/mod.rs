@@ -1,7 +1,8 @@
 //! `Pool<T>`: an object pool with per-thread caches in front of per-node shared stores.
 //!
 //! Owns: the idle objects of each pool, its counters, the CPU-to-node table (`node`), the
-//! shared stores and their fork handlers (`store`) and the thread-exit watch (`exit`).
+//! shared stores and their fork handlers (`store`), the per-thread ids and their fork
+//! handlers (`tid`) and the per-thread tables the thread caches live in (`slots`).
 //! May touch: the global allocator (objects, caches), its own data and, through `node`, the
 //! topology's model of the machine. Nothing in the allocator core: the pool is an ordinary
 //! client of whatever global allocator the process has.
@@ -10,7 +11,8 @@
 //!
 //! A pool exists to make "get an expensive object, use it, give it back" cost almost nothing,
 //! so the common case must touch no shared cache line. Each thread that uses the pool has a
-//! small cache of idle objects (a `Vec`, found through the `thread_local` crate). `get` pops
+//! small cache of idle objects (a `Vec`, found by the thread's id in a table of the pool's,
+//! `slots`, whose entries never move). `get` pops
 //! from it and `PoolGuard`'s drop runs the reset hook and pushes back onto it: no atomic
 //! read-modify-write, no lock. Only when the thread's cache is empty (or full) does the pool go
 //! to the shared store of the thread's NUMA node (`store`), a stack behind a spin lock that
@@ -24,11 +26,15 @@
 //! in the parent and the child, so a fork by any thread leaves the child every store as it
 //! was between two operations (review rev33: the stores were `crossbeam_queue::SegQueue`s,
 //! lock-free, and a fork between a push's claim of its slot and its write left a child whose
-//! pop waited on that slot forever). The thread caches need nothing: the child's thread is the
-//! forking thread, whose cache was between two operations; the other threads' caches stay
-//! counted as idle in the child, as a thread that exited leaves its cache. Not covered: the
-//! `thread_local` crate's own lock on its thread ids (a std `Mutex`) held by another thread at
-//! the fork (docs/correctness.md, review rev33).
+//! pop waited on that slot forever). The thread ids (`tid`) come from a registry of our own
+//! whose lock a fork handler holds across the fork too (review rev34: they came from the
+//! `thread_local` crate, whose private std `Mutex`, held by another thread at the fork, left
+//! the child's threads waiting forever at their first lookup). The child's thread is the
+//! forking thread, whose cache was between two operations; the other threads' ids are marked
+//! lost in the child: never handed out again, and their caches, which may have been in the
+//! middle of a change (a `Vec` growing: review rev34, its old block freed twice by the child's
+//! drop of the pool), are left alone by the drop (leaked in the child). They stay counted as
+//! idle there, and their places stay taken from `max_idle`, as an exited thread's do.
 //!
 //! Compared with the crates users would otherwise pick: object-pool keeps one `Mutex<Vec<T>>`
 //! (every get and return locks, and threads fight over the lock; ours locks only past the
@@ -52,16 +58,17 @@
 //! `tokio::spawn`.
 //!
 //! Thread exit: a guard dropped by a thread-local destructor (a guard kept in a thread-local),
-//! or a pool used from one, goes without the thread's cache once the thread's id in the
-//! `thread_local` crate may be gone (`exit`): its object goes to a shared store or is dropped.
+//! or a pool used from one, goes without the thread's cache once the thread's id was released
+//! (`tid`): its object goes to a shared store or is dropped.
 //!
 //! Caveat: objects in the cache of a thread that has exited stay there until a new thread
-//! reuses that thread's slot (the `thread_local` crate reuses ids) or the pool is dropped. They
+//! reuses that thread's slot (the id registry reuses ids) or the pool is dropped. They
 //! count against `max_idle`, so the memory stays bounded.
 
-pub(crate) mod exit;
 mod node;
+pub(crate) mod slots;
 mod store;
+mod tid;
 
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -71,8 +78,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crossbeam_utils::{Backoff, CachePadded};
-use thread_local::ThreadLocal;
-
+use slots::PerThread;
 use store::Store;
 
 type MakeFn<T> = Box<dyn Fn() -> T + Send + Sync>;
@@ -133,10 +139,10 @@ struct Local<T> {
     hits: AtomicU64,
 }
 
-// SAFETY: `items` is only accessed by the thread that `ThreadLocal::get` returned this entry to
-// (the owner); entries are handed to a new thread only after the old owner exited (the
-// thread_local crate synchronises the id reuse). Other threads only read the atomics, through
-// `ThreadLocal::iter` in `stats`. With `T: Send`, moving the objects between owners is fine.
+// SAFETY: `items` is only accessed by the thread that `PerThread::get_or` returned this entry
+// to (the owner); entries are handed to a new thread only after the old owner exited (the id
+// registry's lock orders the id's reuse, `tid`). Other threads only read the atomics, through
+// `PerThread::iter` in `stats`. With `T: Send`, moving the objects between owners is fine.
 unsafe impl<T: Send> Sync for Local<T> {}
 
 /// A bounded pool of reusable `T`s. See the module docs for the design.
@@ -156,7 +162,7 @@ unsafe impl<T: Send> Sync for Local<T> {}
 /// assert_eq!(pool.stats().hits, 1);
 /// ```
 pub struct Pool<T: Send> {
-    locals: ThreadLocal<Local<T>>,
+    locals: PerThread<Local<T>>,
     shards: Box<[CachePadded<Store<T>>]>,
     make: MakeFn<T>,
     reset: Option<ResetFn<T>>,
@@ -218,7 +224,7 @@ impl<T: Send> PoolBuilder<T> {
             .unwrap_or_else(|| (self.max_idle / (2 * cpus)).min(64))
             .min(self.max_idle);
         Pool {
-            locals: ThreadLocal::new(),
+            locals: PerThread::new(),
             shards: (0..nodes).map(|_| CachePadded::new(Store::new())).collect(),
             make: self.make,
             reset: self.reset,
@@ -304,25 +310,15 @@ impl<T: Send> Pool<T> {
     }
 
     /// This thread's cache; `None` once the thread is exiting and its cache cannot be found
-    /// any more (`exit`: a guard dropped by a thread-local destructor).
+    /// any more (`tid`: a guard dropped by a thread-local destructor).
     #[inline(always)]
     fn local(&self) -> Option<&Local<T>> {
-        exit::with_thread(|| match self.locals.get() {
-            Some(l) => l,
-            None => self.local_slow(),
-        })
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn local_slow(&self) -> &Local<T> {
         self.locals.get_or(|| {
             let cap = take_place(&self.budget, self.thread_cache);
             Local {
                 // Empty: it grows with what it holds, up to `cap` (review rev26: reserved
                 // whole here, `T` inline, 64 MiB for a cache of 1024 64 KiB buffers before one
-                // was idle, and a `cap` past what a `Vec` holds panicked in this lookup, which
-                // `exit` took for a thread exit).
+                // was idle, and a `cap` past what a `Vec` holds panicked in this lookup).
                 items: UnsafeCell::new(Vec::new()),
                 cap,
                 len: AtomicUsize::new(0),

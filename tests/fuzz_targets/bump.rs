@@ -210,8 +210,8 @@ pub fn run(data: &[u8]) {
             ops: 0,
         };
         let aff = Affinity::save();
-        // The first use gives this thread its slot in the cache's thread-local table (the
-        // `thread_local` crate reuses the ids of exited threads): take it before any thread
+        // The first use gives this thread its slot in the cache's per-thread table (the
+        // pool's id registry reuses the ids of exited threads): take it before any thread
         // of this input exits, so that its list is this thread's alone.
         m.run(&[Op::Checkout, Op::Return(0)], &aff, 0);
         m.run(&input.ops, &aff, 0);
