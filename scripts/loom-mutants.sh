@@ -61,6 +61,7 @@ X5~src/heap/list.rs~237~s/let _g = self.lock.lock\(\);/let Some(_g) = self.lock.
 L1~src/heap/list.rs~269~s/if n != self.busy_locked\(\) \{/if true {/~loom
 L2~src/heap/list.rs~241~s/n == self.busy_locked\(\)/false/~loom
 L3~src/heap/list.rs~417~s/g = self.lock.lock\(\);/self.busy.store(ptr::null_mut(), Ordering::Relaxed); g = self.lock.lock();/~loom
+L4~src/heap/list.rs~407~s/if !unsafe/if false \&\& !unsafe/~loom
 X6~src/heap/remote.rs~340~s/match self$/match { let cur = self.word.load(Ordering::Acquire); if cur == old { self.word.store(new, Ordering::Release); Ok::<usize, usize>(cur) } else { Err(cur) } } { Ok(_) => return result, Err(cur) => { old = cur; continue } } match self/~loom
 X7~src/heap/remote.rs~517~s/match self$/match { let cur = self.head.load(Ordering::Acquire); if cur == old { self.head.store(block, Ordering::Release); Ok::<*mut Block, *mut Block>(cur) } else { Err(cur) } } { Ok(_) => return, Err(cur) => { old = cur; continue } } match self/~loom
 X8~src/heap/claim.rs~84~s/self.0$/{ let cur = self.0.load(Ordering::Acquire); if cur == v { self.0.store(v | CLAIMED, Ordering::Release); return Some(v) } else { return None } } self.0/~loom

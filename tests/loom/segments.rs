@@ -531,3 +531,121 @@ fn a_pop_and_a_push_back_never_overlap_a_purge() {
         );
     });
 }
+
+/// Two visits of one list at once (review rev37: what keeps two visitors apart; the
+/// purger's pass holds `PASS`, but `try_visit` must not rely on it): both visit every
+/// segment (both due). A visit that starts while the other has a segment busy returns at
+/// once having done nothing; one that starts while the other walks with the lock held waits
+/// for nothing (`try_lock` fails: it returns at once too); otherwise they run one after the
+/// other. No segment is ever worked on by both at once (loom checks the writes are
+/// ordered), each visit that ran worked on both segments, and both stay listed.
+#[test]
+fn a_second_visit_never_overlaps_the_first() {
+    check(2, |yield_first| {
+        let a = Arc::new(Seg::new(1));
+        let b = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's, on no list.
+        unsafe {
+            list.push_abandoned(b.ptr());
+            list.push_abandoned(a.ptr());
+        }
+        let visit = |list: &LockedList<Seg>| {
+            let mut worked = 0u32;
+            let ran = list.try_visit(
+                |_| true,
+                |n| {
+                    worked += 1;
+                    // SAFETY: busy on the list: ours until the visit is done with it.
+                    unsafe { (*n).data.with_mut(|d| *d += 1) };
+                },
+            );
+            (ran, worked)
+        };
+        let other = {
+            let list = list.clone();
+            thread::spawn(move || visit(&list))
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        let (ran1, w1) = visit(&list);
+        let (ran2, w2) = other.join().unwrap();
+        assert!(ran1 || ran2, "neither visit ran");
+        assert_eq!(w1, if ran1 { 2 } else { 0 }, "a refused visit did nothing");
+        assert_eq!(w2, if ran2 { 2 } else { 0 }, "a refused visit did nothing");
+        let runs = ran1 as u32 + ran2 as u32;
+        // SAFETY: the visiting threads are joined.
+        unsafe {
+            assert_eq!(a.data.with(|d| *d), runs);
+            assert_eq!(b.data.with(|d| *d), runs);
+        }
+        let mut on_list = Vec::new();
+        list.for_each(|s| on_list.push(s));
+        assert_eq!(on_list, [a.ptr(), b.ptr()]);
+        assert_eq!(list.count.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// A visit's walk goes on from the busy segment's successor as it is when the visit takes
+/// the lock again (review rev37): the purger visits A (list A, B, C, all due) while a
+/// freeing thread claims B, A's successor at the mark, and writes it as its owner. The walk
+/// must not follow a stale link to B (claimed: its fields are its owner's now; loom checks
+/// a purge of B and the owner's write are ordered, and the assertion that B is purged only
+/// before its claim); it goes on to C, which it purges exactly once (unless the visit was
+/// refused: the claim held the lock at its `try_lock`).
+#[test]
+fn the_walk_goes_on_past_a_successor_claimed_meanwhile() {
+    check(2, |yield_first| {
+        let a = Arc::new(Seg::new(1));
+        let b = Arc::new(Seg::new(1));
+        let c = Arc::new(Seg::new(1));
+        let list = Arc::new(LockedList::<Seg>::tagged(1));
+        // SAFETY: heap 1's, on no list.
+        unsafe {
+            list.push_abandoned(c.ptr());
+            list.push_abandoned(b.ptr());
+            list.push_abandoned(a.ptr());
+        }
+        let purger = {
+            let list = list.clone();
+            thread::spawn(move || {
+                list.try_visit(
+                    |_| true,
+                    // SAFETY: busy on the list: ours until the visit is done with it.
+                    |n| unsafe { (*n).data.with_mut(|d| *d += 1) },
+                )
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // SAFETY: the model's Arc keeps B alive.
+        let claimed = unsafe { list.claim(b.ptr(), 2, 2) };
+        assert!(claimed, "a claim of a listed segment gave up");
+        // SAFETY: claimed: ours.
+        let purged_before = b.data.with_mut(|d| unsafe {
+            let was = *d;
+            *d += 100;
+            was
+        });
+        // Refused (0 visits) if the claim held the lock at its try.
+        let ran = purger.join().unwrap() as u32;
+        // SAFETY: the threads that wrote the data are joined.
+        unsafe {
+            assert_eq!(a.data.with(|d| *d), ran);
+            assert_eq!(
+                b.data.with(|d| *d),
+                100 + purged_before,
+                "B purged after its claim"
+            );
+            assert!(purged_before <= ran);
+            assert_eq!(c.data.with(|d| *d), ran, "C purged once");
+        }
+        let mut on_list = Vec::new();
+        list.for_each(|s| on_list.push(s));
+        assert_eq!(on_list, [a.ptr(), c.ptr()]);
+        assert_eq!(list.count.load(Ordering::Relaxed), 2);
+        assert_eq!(b.owner.load(Ordering::Relaxed), 2);
+    });
+}
