@@ -1,9 +1,12 @@
 //! Atomics, `UnsafeCell` and the one spin lock, from `std` normally and from `loom` under
-//! `--cfg loom`.
+//! `--cfg loom`; and the fork-aware one-time steps built on them.
 //!
-//! Owns: nothing but re-exports, [`UnsafeCell`] and [`SpinLock`] (public for the loom models, which
-//! take the fork handlers' locks; the module is private outside `--cfg loom`). May touch: nothing
-//! in the crate (the bottom layer: `std`, `core` or `loom` only). Every lock-free structure in the
+//! Owns: re-exports, [`UnsafeCell`] and [`SpinLock`] (public for the loom models, which take the
+//! fork handlers' locks; the module is private outside `--cfg loom`), and outside loom the
+//! one-time steps a fork child can take over (`once_begin`, `ForkOnceCell`, review rev29) and
+//! the registration of fork handlers once (`register_once`). May touch: nothing in the crate
+//! (the bottom layer: `std`, `core`, `loom`, and `libc` for `getpid`, `pthread_atfork` and
+//! `sched_yield`). Every lock-free structure in the
 //! crate takes its atomics from here, and the plain memory those structures publish (the free-list
 //! links, list heads guarded by a lock) sits in an [`UnsafeCell`] from here, so the loom model
 //! checks in `tests/loom/` exercise the same code that runs in the allocator and see every access
