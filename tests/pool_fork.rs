@@ -25,36 +25,10 @@ mod child;
 const OBJECT: usize = 16 * 1024;
 const FORKS: usize = 400;
 
-/// Forks; the child runs `body` and `_exit`s with its result (101 if it panics). Returns the
-/// child's exit code, or `Err` if it died of a signal or hung (killed after 20 s).
+/// Forks; the child runs `body` (see `child::fork_and_wait`); a child that hangs is killed
+/// after 20 s.
 fn in_child(body: impl FnOnce() -> i32) -> Result<i32, String> {
-    // SAFETY: fork has no preconditions; the child runs `body` and _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-        // SAFETY: ends the child at once.
-        unsafe { libc::_exit(code.unwrap_or(101)) };
-    }
-    let mut st = 0;
-    let waited = child::wait_for(Duration::from_secs(20), || {
-        // SAFETY: pid is our child; st is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-        assert!(r == pid || r == 0, "waitpid failed");
-        (r == pid).then_some(st)
-    });
-    match waited {
-        Some(st) if libc::WIFEXITED(st) => Ok(libc::WEXITSTATUS(st)),
-        Some(st) => Err(format!("the child died of signal {}", libc::WTERMSIG(st))),
-        None => {
-            // SAFETY: pid is our child, not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut st, 0);
-            }
-            Err("the child hung (killed after 20 s)".into())
-        }
-    }
+    child::fork_and_wait(Duration::from_secs(20), body)
 }
 
 #[test]

@@ -225,3 +225,40 @@ pub fn cpu_of_simulated_node(node: usize) -> Option<u32> {
         .find(|&c| c % 2 == node && unsafe { libc::CPU_ISSET(c, &set) })
         .map(|c| c as u32)
 }
+
+/// Forks; the child runs `body` and `_exit`s with what it returns (101 if it panics), running
+/// nothing of the parent's (no atexit, no destructors). The parent waits up to `limit` and
+/// returns the child's exit code, or `Err` saying it died of a signal or hung (then it is
+/// killed). For the fork tests, whose children must be real forks of a process with threads.
+pub fn fork_and_wait(limit: Duration, body: impl FnOnce() -> i32) -> Result<i32, String> {
+    // SAFETY: fork has no preconditions; the child runs `body` and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(code.unwrap_or(101)) };
+    }
+    let mut st = 0;
+    let waited = wait_for(limit, || {
+        // SAFETY: pid is our child; st is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        assert!(r == pid || r == 0, "waitpid failed");
+        (r == pid).then_some(st)
+    });
+    match waited {
+        Some(st) if libc::WIFEXITED(st) => Ok(libc::WEXITSTATUS(st)),
+        Some(st) => Err(format!("the child died of signal {}", libc::WTERMSIG(st))),
+        None => {
+            // SAFETY: pid is our child, not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut st, 0);
+            }
+            Err(format!(
+                "the child hung (killed after {} s)",
+                limit.as_secs()
+            ))
+        }
+    }
+}
