@@ -397,7 +397,8 @@ pub(super) unsafe fn book_tended_large(h: HeapRef, seg: *const Segment, bytes: u
     // SAFETY: seg is ours for now (contract).
     if let Some(n) = unsafe { far_node(h, seg) } {
         bump(&h.stats.foreign_free_bytes, bytes);
-        CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
+        // Release: see `free::count_node_free`'s add.
+        CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Release);
     }
 }
 

@@ -828,7 +828,10 @@ pub(super) fn count_node_free(h: HeapRef, node: u16, bytes: u64) {
     if node as u32 != h.node {
         CROSS_FREES[n].fetch_add(1, Ordering::Relaxed);
     }
-    CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Relaxed);
+    // Release: `stats()` reads these first (acquire) and the heaps' counters after, so a
+    // free it counts comes with the allocation that preceded it (review rev35; on x86 the
+    // same locked add as a relaxed one).
+    CROSS_FREED_BYTES[n].fetch_add(bytes, Ordering::Release);
 }
 
 /// Takes in blocks that other threads freed into our full pages.
