@@ -105,51 +105,38 @@ fn make(r: &mut Rng) -> Blk {
     let label = LABELS[r.below(3) as usize];
     let route = r.below(11);
     let mut handle = None;
-    let p = match route {
-        // SAFETY (all arms): non-zero size.
-        0..=2 => unsafe { alloc(layout) },
-        3 => {
-            let _g = place(Placed::far().unwrap());
-            unsafe { alloc(layout) }
-        }
-        4 => {
-            let _g = place(Placed::node(r.below(3) as u32).unwrap());
-            unsafe { alloc(layout) }
-        }
-        5 => {
-            let _g = place_labeled(Placed::local().unwrap(), label);
-            unsafe { alloc(layout) }
-        }
-        6 => {
-            let _g = place_labeled(Placed::far().unwrap(), label);
-            unsafe { alloc(layout) }
-        }
-        7 => {
-            let _g = place_labeled(Placed::node(r.below(2) as u32).unwrap(), label);
-            unsafe { alloc(layout) }
-        }
-        8 => {
-            let _g = if r.below(2) == 0 {
-                place_labeled(Placed::interleave(&[0, 1, 2]).unwrap(), label)
-            } else {
-                place(Placed::interleave(&[0, 1, 2]).unwrap())
-            };
-            unsafe { alloc(layout) }
-        }
-        9 => {
-            let _g = place(Placed::tier(1).unwrap());
-            unsafe { alloc(layout) }
-        }
+    // The scope the block is allocated in (routes 0-9), or a `Placed` handle (the rest).
+    let scope = match route {
+        0..=2 => None,
+        3 => Some(place(Placed::far().unwrap())),
+        4 => Some(place(Placed::node(r.below(3) as u32).unwrap())),
+        5 => Some(place_labeled(Placed::local().unwrap(), label)),
+        6 => Some(place_labeled(Placed::far().unwrap(), label)),
+        7 => Some(place_labeled(
+            Placed::node(r.below(2) as u32).unwrap(),
+            label,
+        )),
+        8 => Some(if r.below(2) == 0 {
+            place_labeled(Placed::interleave(&[0, 1, 2]).unwrap(), label)
+        } else {
+            place(Placed::interleave(&[0, 1, 2]).unwrap())
+        }),
+        9 => Some(place(Placed::tier(1).unwrap())),
         _ => {
-            let h = match r.below(3) {
+            handle = Some(match r.below(3) {
                 0 => Placed::far().unwrap(),
                 1 => Placed::node(r.below(2) as u32).unwrap(),
                 _ => Placed::local().unwrap(),
-            };
-            handle = Some(h);
-            h.allocate(layout).unwrap().as_ptr() as *mut u8
+            });
+            None
         }
     };
+    let p = match handle {
+        Some(h) => h.allocate(layout).unwrap().as_ptr() as *mut u8,
+        // SAFETY: a non-zero size.
+        None => unsafe { alloc(layout) },
+    };
+    drop(scope);
     assert!(!p.is_null());
     fill(p, size, byte);
     Blk {
@@ -191,18 +178,14 @@ fn resize(r: &mut Rng, b: &mut Blk) {
         size_of_kind(r)
     };
     let label = LABELS[r.below(3) as usize];
-    // SAFETY (all arms): a live global block with this layout; non-zero new size.
-    let p = match r.below(4) {
-        0 => {
-            let _g = place_labeled(Placed::far().unwrap(), label);
-            unsafe { realloc(b.p as *mut u8, b.layout(), new) }
-        }
-        1 => {
-            let _g = place(Placed::node(r.below(2) as u32).unwrap());
-            unsafe { realloc(b.p as *mut u8, b.layout(), new) }
-        }
-        _ => unsafe { realloc(b.p as *mut u8, b.layout(), new) },
+    let scope = match r.below(4) {
+        0 => Some(place_labeled(Placed::far().unwrap(), label)),
+        1 => Some(place(Placed::node(r.below(2) as u32).unwrap())),
+        _ => None,
     };
+    // SAFETY: a live global block with this layout; a non-zero new size.
+    let p = unsafe { realloc(b.p as *mut u8, b.layout(), new) };
+    drop(scope);
     assert!(!p.is_null());
     let keep = new.min(b.size);
     // SAFETY: the new block holds `new` bytes, the first `keep` kept from the old one.
