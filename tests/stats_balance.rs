@@ -25,24 +25,14 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rng.rs"]
+mod rng;
+
+use rng::Rng;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const LABELS: [&str; 3] = ["rev35-a", "rev35-b", "rev35-c"];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A live block: where, its layout, the handle that made it (`None`: the global allocator),
 /// and the byte it is filled with.
