@@ -17,6 +17,8 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/live.rs"]
+mod live;
 
 /// Runs the inner check in a child with `TIERALLOC_FAR_POLICY=policy` (unset for None);
 /// returns its stderr.
@@ -31,14 +33,6 @@ fn run_child(policy: Option<&str>) -> String {
     out.stderr
 }
 
-fn node_live(node: u32) -> i64 {
-    tieralloc::stats()
-        .nodes
-        .iter()
-        .find(|n| n.node == node)
-        .map_or(0, |n| n.bytes_live)
-}
-
 #[test]
 fn inner_far_memory_lands_on_the_far_node() {
     if !child::is_child() {
@@ -47,9 +41,9 @@ fn inner_far_memory_lands_on_the_far_node() {
     let far = Placed::far().unwrap();
     assert_eq!(far.node_id(), Some(2));
     // Through the far node's heap (a scope): counted on node 2.
-    let before = node_live(2);
+    let before = live::node_live(2);
     let v: Vec<u64> = tieralloc::with_placement(far, || (0..131_072).collect());
-    let grew = node_live(2) - before;
+    let grew = live::node_live(2) - before;
     assert!(
         (1 << 20..(1 << 20) + 65536).contains(&grew),
         "1 MiB on node 2: {grew}"

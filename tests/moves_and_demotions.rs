@@ -21,6 +21,8 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/live.rs"]
+mod live;
 
 /// Runs the test `name` of this binary in a child on simulated nodes `nodes`.
 fn run_child(name: &str, nodes: &str) {
@@ -112,15 +114,6 @@ fn a_local_scope_under_a_tier_policy_follows_a_moved_thread() {
     check_all_on_node_1(local_scope_after_a_move(false));
 }
 
-/// `stats()`'s live bytes on node `n`.
-fn live_on(n: u32) -> i64 {
-    tieralloc::stats()
-        .nodes
-        .iter()
-        .find(|s| s.node == n)
-        .map_or(0, |s| s.bytes_live)
-}
-
 #[test]
 fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
     if !child::is_child() {
@@ -138,7 +131,7 @@ fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
         // Warm up: the thread's heap and whatever the statistics allocate.
         let _ = (vec![1u8; 100], tieralloc::stats());
         let layout = Layout::from_size_align(8 << 20, 16).unwrap();
-        let before: Vec<i64> = (0..3).map(live_on).collect();
+        let before: Vec<i64> = (0..3).map(live::node_live).collect();
         // SAFETY: a non-zero size.
         let p = unsafe { alloc(layout) };
         assert!(!p.is_null());
@@ -151,10 +144,10 @@ fn a_demoted_huge_block_leaves_no_live_bytes_behind_once_freed() {
         .expect("demotion");
         assert_eq!((r.node, r.failed), (2, 0));
         assert_eq!(node_of(p), 2, "the block is booked on the far node");
-        let during: Vec<i64> = (0..3).map(live_on).collect();
+        let during: Vec<i64> = (0..3).map(live::node_live).collect();
         // SAFETY: the block is ours, freed once with its layout.
         unsafe { dealloc(p, layout) };
-        let after: Vec<i64> = (0..3).map(live_on).collect();
+        let after: Vec<i64> = (0..3).map(live::node_live).collect();
         let diff: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         println!("live per node: before {before:?}, while demoted {during:?}, after {after:?}");
         // Each node's live bytes back to where they were (1 KiB of slack for the statistics'
@@ -583,6 +576,6 @@ fn a_spilled_threads_memory_all_comes_back_after_moves_and_exit() {
             "node {n}: {before:?} -> {after:?}"
         );
     }
-    let live: Vec<i64> = (0..3).map(live_on).collect();
+    let live: Vec<i64> = (0..3).map(live::node_live).collect();
     assert!(live.iter().all(|&l| l.abs() < 64 << 10), "{live:?}");
 }

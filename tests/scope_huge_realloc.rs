@@ -16,20 +16,13 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/live.rs"]
+mod live;
 
 /// The node `stats()` books the live block at `p` on.
 fn node_of(p: *const u8) -> u32 {
     // SAFETY: live blocks of the global allocator that no other thread frees.
     unsafe { tieralloc::probe::block_node(p) }
-}
-
-/// The live bytes `stats()` counts to `label` (0 when it has none yet).
-fn label_live(label: &str) -> i64 {
-    tieralloc::stats()
-        .labels
-        .iter()
-        .find(|l| l.label == label)
-        .map_or(0, |l| l.bytes_live)
 }
 
 #[test]
@@ -53,9 +46,9 @@ fn inner_a_huge_block_grown_in_a_scope_is_placed_by_it() {
     let local = Placed::local().unwrap();
     with_placement_labeled(local, "grown_huge", || w.reserve_exact(16 << 20));
     assert!(
-        label_live("grown_huge") >= (20 << 20),
+        live::label_live("grown_huge") >= (20 << 20),
         "grown (moved) in a labelled scope: {} bytes to its label",
-        label_live("grown_huge")
+        live::label_live("grown_huge")
     );
     assert!(w.iter().all(|&b| b == 2));
 }

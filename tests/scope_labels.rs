@@ -27,6 +27,8 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/live.rs"]
+mod live;
 #[path = "common/nodes.rs"]
 mod nodes;
 #[path = "common/polls.rs"]
@@ -63,15 +65,6 @@ fn own<T: ?Sized>(p: *const T) -> bool {
 fn node_of<T: ?Sized>(p: *const T) -> u32 {
     // SAFETY: as in `own`.
     unsafe { tieralloc::probe::block_node(p as *const u8) }
-}
-
-/// The label's live bytes (0 if it never allocated).
-fn label_live(label: &str) -> i64 {
-    tieralloc::stats()
-        .labels
-        .iter()
-        .find(|l| l.label == label)
-        .map_or(0, |l| l.bytes_live)
 }
 
 /// The label's live bytes per node (nodes with a nonzero count only).
@@ -111,7 +104,7 @@ fn bytes_of(b: &Blocks) -> i64 {
 
 #[test]
 fn a_labelled_scope_counts_exactly_its_blocks_until_they_are_freed_anywhere() {
-    assert_eq!(label_live("t-exact"), 0);
+    assert_eq!(live::label_live("t-exact"), 0);
     let b = {
         let _g = place_labeled(node0(), "t-exact");
         blocks()
@@ -121,14 +114,14 @@ fn a_labelled_scope_counts_exactly_its_blocks_until_they_are_freed_anywhere() {
         "a labelled scope's block comes from its label's heap"
     );
     let want = bytes_of(&b);
-    assert_eq!(label_live("t-exact"), want);
+    assert_eq!(live::label_live("t-exact"), want);
     assert_eq!(label_nodes("t-exact"), vec![(0, want)]);
     // Still counted after more allocations outside the scope.
     let outside = vec![7u8; 3000];
-    assert_eq!(label_live("t-exact"), want);
+    assert_eq!(live::label_live("t-exact"), want);
     // Freed on another thread, after the scope ended: back to exactly nothing.
     std::thread::spawn(move || drop(b)).join().unwrap();
-    assert_eq!(label_live("t-exact"), 0);
+    assert_eq!(live::label_live("t-exact"), 0);
     assert_eq!(label_nodes("t-exact"), vec![]);
     drop(outside);
 }
@@ -143,9 +136,9 @@ fn a_labelled_local_scope_diverts_to_its_label() {
         label_nodes("t-local"),
         vec![(node_of(v.as_ptr()), usable(v.as_ptr()))]
     );
-    assert_eq!(label_live("t-local"), usable(v.as_ptr()));
+    assert_eq!(live::label_live("t-local"), usable(v.as_ptr()));
     drop(v);
-    assert_eq!(label_live("t-local"), 0);
+    assert_eq!(live::label_live("t-local"), 0);
 }
 
 #[test]
@@ -167,19 +160,22 @@ fn nested_scopes_count_to_the_innermost_label_and_unlabelled_ones_to_none() {
     drop(outer);
     let f = vec![6u8; 900];
     assert!(own(f.as_ptr()), "no scope: the thread's heap");
-    assert_eq!(label_live("t-outer"), usable(&*a) + usable(e.as_ptr()));
     assert_eq!(
-        label_live("t-inner"),
+        live::label_live("t-outer"),
+        usable(&*a) + usable(e.as_ptr())
+    );
+    assert_eq!(
+        live::label_live("t-inner"),
         usable(b.as_ptr()) + usable(d.as_ptr())
     );
     drop((a, e));
-    assert_eq!(label_live("t-outer"), 0);
+    assert_eq!(live::label_live("t-outer"), 0);
     assert_eq!(
-        label_live("t-inner"),
+        live::label_live("t-inner"),
         usable(b.as_ptr()) + usable(d.as_ptr())
     );
     drop((b, c, d, f));
-    assert_eq!(label_live("t-inner"), 0);
+    assert_eq!(live::label_live("t-inner"), 0);
 }
 
 #[test]
@@ -190,7 +186,7 @@ fn equal_names_are_one_label() {
     let s = tieralloc::stats();
     assert_eq!(s.labels.iter().filter(|l| l.label == "t-same").count(), 1);
     assert_eq!(
-        label_live("t-same"),
+        live::label_live("t-same"),
         usable(a.as_ptr()) + usable(b.as_ptr())
     );
 }
@@ -214,9 +210,9 @@ fn a_labelled_future_counts_every_poll_to_its_label_whichever_thread_polls_it() 
     .unwrap();
     // Two boxes, and the Vec that holds them (grown inside the polls).
     let want = blocks.iter().map(|b| usable(&**b)).sum::<i64>() + usable(blocks.as_ptr());
-    assert_eq!(label_live("t-future"), want);
+    assert_eq!(live::label_live("t-future"), want);
     drop(blocks);
-    assert_eq!(label_live("t-future"), 0);
+    assert_eq!(live::label_live("t-future"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,7 +244,7 @@ fn inner_labels_past_the_table_count_to_other() {
         if i >= 31 {
             want_other += usable(b.as_ptr());
         } else {
-            assert_eq!(label_live(name), usable(b.as_ptr()), "label {name}");
+            assert_eq!(live::label_live(name), usable(b.as_ptr()), "label {name}");
         }
         kept.push(b);
     }
@@ -261,10 +257,10 @@ fn inner_labels_past_the_table_count_to_other() {
             "{name} has no slot"
         );
     }
-    assert_eq!(label_live("other"), want_other);
+    assert_eq!(live::label_live("other"), want_other);
     // An explicit "other" is the shared slot too.
     let o = with_placement_labeled(node0(), "other", || vec![0u8; 100]);
-    assert_eq!(label_live("other"), want_other + usable(o.as_ptr()));
+    assert_eq!(live::label_live("other"), want_other + usable(o.as_ptr()));
     drop((kept, o));
     assert!(tieralloc::stats().labels.iter().all(|l| l.bytes_live == 0));
     drop((v, w));
@@ -316,7 +312,7 @@ fn inner_labelled_far_scope_on_simulated_nodes() {
     assert_eq!(tieralloc::tiers::stats()[1].live_bytes - t1, want);
     // Freed on another thread (not pinned: of either node), after the scope ended.
     std::thread::spawn(move || drop(b)).join().unwrap();
-    assert_eq!(label_live("t-far"), 0);
+    assert_eq!(live::label_live("t-far"), 0);
     assert_eq!(live(2), n2);
 
     // An interleaving labelled scope: its label's bytes per node are where its blocks are.
@@ -333,7 +329,7 @@ fn inner_labelled_far_scope_on_simulated_nodes() {
     assert!(per[0] > 0 && per[1] > 0, "spread over both nodes: {per:?}");
     assert_eq!(label_nodes("t-spread"), vec![(0, per[0]), (1, per[1])]);
     drop(vs);
-    assert_eq!(label_live("t-spread"), 0);
+    assert_eq!(live::label_live("t-spread"), 0);
 }
 
 #[test]
@@ -357,18 +353,18 @@ fn labelled_scopes_on_simulated_nodes() {
 #[test]
 fn a_labelled_huge_block_grown_in_place_counts_its_grown_bytes() {
     assert!(nodes::move_to_node(0), "pin to node 0");
-    assert_eq!(label_live("t-grow"), 0);
+    assert_eq!(live::label_live("t-grow"), 0);
     let mut v = with_placement_labeled(node0(), "t-grow", || vec![7u8; 5 << 20]);
     // SAFETY: a live block of the global allocator.
     assert!(unsafe { tieralloc::probe::is_huge(v.as_ptr()) });
     let first = usable(v.as_ptr());
-    assert_eq!(label_live("t-grow"), first);
+    assert_eq!(live::label_live("t-grow"), first);
     // Grown outside the scope, on this thread.
     v.reserve_exact((12 << 20) - v.len());
     let grown = usable(v.as_ptr());
     assert!(grown >= 12 << 20 && grown > first, "{grown} after {first}");
     assert_eq!(
-        label_live("t-grow"),
+        live::label_live("t-grow"),
         grown,
         "the grown bytes count to the block's label"
     );
@@ -383,7 +379,7 @@ fn a_labelled_huge_block_grown_in_place_counts_its_grown_bytes() {
     .unwrap();
     let again = usable(v.as_ptr());
     assert!(again >= 20 << 20, "{again}");
-    assert_eq!(label_live("t-grow"), again);
+    assert_eq!(live::label_live("t-grow"), again);
     assert!(
         v.iter().all(|&x| x == 7),
         "the contents moved with the pages"
@@ -395,10 +391,10 @@ fn a_labelled_huge_block_grown_in_place_counts_its_grown_bytes() {
         again,
         "a realloc inside the mapping stays"
     );
-    assert_eq!(label_live("t-grow"), again);
+    assert_eq!(live::label_live("t-grow"), again);
     // Freed on a third thread: nothing left.
     std::thread::spawn(move || drop(v)).join().unwrap();
-    assert_eq!(label_live("t-grow"), 0);
+    assert_eq!(live::label_live("t-grow"), 0);
     assert_eq!(label_nodes("t-grow"), vec![]);
 }
 
@@ -473,7 +469,7 @@ fn inner_a_label_heap_adopts_no_abandoned_segment_and_abandons_none() {
         during.segments_abandoned, before.segments_abandoned,
         "a label heap gave up a segment, or took the abandoned one"
     );
-    assert_eq!(label_live("t-adopt"), want);
+    assert_eq!(live::label_live("t-adopt"), want);
     // A plain heap that needs slices takes the abandoned segment (before its own new one).
     let adopted = std::thread::spawn(|| {
         assert!(nodes::move_to_node(0), "pin to node 0");
@@ -490,7 +486,7 @@ fn inner_a_label_heap_adopts_no_abandoned_segment_and_abandons_none() {
     );
     assert!(tieralloc::stats().pages_adopted > before.pages_adopted);
     drop((small, medium, large));
-    assert_eq!(label_live("t-adopt"), 0);
+    assert_eq!(live::label_live("t-adopt"), 0);
     for p in left {
         // SAFETY: the blocks the exited thread leaked above, each freed once.
         drop(unsafe { Box::from_raw(p as *mut [u8; 100]) });
