@@ -95,33 +95,36 @@ fn single(c: &mut Criterion) {
     g.finish();
 }
 
+/// Wall time for `iters` round trips on each of `threads` threads at once (started together
+/// by a barrier).
+fn round_trips_on_threads(p: &Arc<dyn Contender>, threads: usize, iters: u64) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (p, barrier) = (p.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..iters {
+                    p.round_trip();
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t = Instant::now();
+    for h in hs {
+        h.join().unwrap();
+    }
+    t.elapsed()
+}
+
 fn contended(c: &mut Criterion) {
     for threads in [2usize, 4] {
         let mut g = c.benchmark_group(format!("pool/get_return_{threads}t"));
         g.measurement_time(Duration::from_secs(3));
         for (name, p) in contenders() {
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter_custom(|iters| {
-                    let barrier = Arc::new(Barrier::new(threads + 1));
-                    let hs: Vec<_> = (0..threads)
-                        .map(|_| {
-                            let (p, barrier) = (p.clone(), barrier.clone());
-                            std::thread::spawn(move || {
-                                barrier.wait();
-                                for _ in 0..iters {
-                                    p.round_trip();
-                                }
-                            })
-                        })
-                        .collect();
-                    barrier.wait();
-                    let t = Instant::now();
-                    for h in hs {
-                        h.join().unwrap();
-                    }
-                    // Wall time for `iters` round trips on every thread at once.
-                    t.elapsed()
-                })
+                b.iter_custom(|iters| round_trips_on_threads(&p, threads, iters))
             });
         }
         g.finish();
@@ -142,26 +145,7 @@ fn shared_store(c: &mut Criterion) {
                 .build(),
         ));
         g.bench_function(BenchmarkId::from_parameter("tieralloc::Pool"), |b| {
-            b.iter_custom(|iters| {
-                let barrier = Arc::new(Barrier::new(threads + 1));
-                let hs: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let (p, barrier) = (p.clone(), barrier.clone());
-                        std::thread::spawn(move || {
-                            barrier.wait();
-                            for _ in 0..iters {
-                                p.round_trip();
-                            }
-                        })
-                    })
-                    .collect();
-                barrier.wait();
-                let t = Instant::now();
-                for h in hs {
-                    h.join().unwrap();
-                }
-                t.elapsed()
-            })
+            b.iter_custom(|iters| round_trips_on_threads(&p, threads, iters))
         });
         g.finish();
     }
