@@ -321,11 +321,56 @@ fn yield_now() {
     }
 }
 
+/// For the crate's fork tests: forks; the child runs `body` and `_exit`s with what it returns
+/// (101 if it panics), running nothing of the parent's (no atexit, no destructors). The
+/// parent waits up to `limit` and returns the child's exit code, or `Err` saying it died of
+/// a signal or hung (then it is killed: a hang is what these tests look for).
+#[cfg(all(test, not(loom)))]
+pub(crate) fn fork_and_wait(
+    limit: std::time::Duration,
+    body: impl FnOnce() -> i32,
+) -> Result<i32, String> {
+    // SAFETY: fork has no preconditions; the child only runs `body` and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        // SAFETY: _exit ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code.unwrap_or(101)) };
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let mut st = 0;
+        // SAFETY: pid is our child; st is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            return if libc::WIFEXITED(st) {
+                Ok(libc::WEXITSTATUS(st))
+            } else {
+                Err(format!("the child died of signal {}", libc::WTERMSIG(st)))
+            };
+        }
+        assert_eq!(r, 0, "waitpid failed");
+        if start.elapsed() > limit {
+            // SAFETY: pid is our child, not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut st, 0);
+            }
+            return Err(format!(
+                "the child hung (killed after {} s)",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::sync::{
-        backoff, once_begin, AtomicUsize, OnceStep, Ordering, ONCE_DONE, ONCE_UNINIT,
-        SPINS_BEFORE_YIELD,
+        backoff, fork_and_wait, once_begin, AtomicUsize, OnceStep, Ordering, ONCE_DONE,
+        ONCE_UNINIT, SPINS_BEFORE_YIELD,
     };
 
     /// A one-time initialisation begun by another thread when this one forks (review rev29):
@@ -345,35 +390,21 @@ mod tests {
         while STATE.load(Ordering::Acquire) == ONCE_UNINIT {
             std::thread::yield_now();
         }
-        // SAFETY: fork has no preconditions; the child only calls once_begin and _exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = once_begin(&STATE, || false) == OnceStep::Run { again: true };
-            // SAFETY: ends the child at once.
-            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
-        }
-        assert!(pid > 0, "fork failed");
-        let mut st = 0;
-        let mut waited = 0;
-        // SAFETY: pid is our child; st is a valid out-pointer.
-        while unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
-            waited += 1;
-            if waited == 20_000 {
-                // SAFETY: pid is our child, not reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut st, 0);
-                }
-                break;
+        // The child only calls once_begin.
+        let child = fork_and_wait(std::time::Duration::from_secs(20), || {
+            if once_begin(&STATE, || false) == (OnceStep::Run { again: true }) {
+                0
+            } else {
+                2
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        });
         GO.store(1, Ordering::Release);
         runner.join().unwrap();
         assert_eq!(once_begin(&STATE, || false), OnceStep::Done);
-        assert!(
-            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-            "the child did not take over the initialisation (status {st:#x}; killed: it spun)"
+        assert_eq!(
+            child,
+            Ok(0),
+            "the child did not take over the initialisation (hung: it spun)"
         );
     }
 

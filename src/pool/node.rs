@@ -101,35 +101,21 @@ mod tests {
         while !super::BUILDING.load(SeqCst) {
             std::thread::yield_now();
         }
-        // SAFETY: fork has no preconditions; the child builds the table and _exits.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        // The child builds the table.
+        let child = crate::sync::fork_and_wait(std::time::Duration::from_secs(20), || {
             super::HOLD.store(false, SeqCst);
-            let ok = super::table_in(&CELL).nodes >= 1;
-            // SAFETY: ends the child at once.
-            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
-        }
-        assert!(pid > 0, "fork failed");
-        let mut st = 0;
-        let mut polls = 0;
-        // SAFETY: pid is our child; st is a valid out-pointer.
-        while unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
-            polls += 1;
-            if polls == 20_000 {
-                // SAFETY: pid is our child, not reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut st, 0);
-                }
-                break;
+            if super::table_in(&CELL).nodes >= 1 {
+                0
+            } else {
+                2
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        });
         super::HOLD.store(false, SeqCst);
         assert!(builder.join().unwrap() >= 1);
-        assert!(
-            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-            "the child had no table (status {st:#x}; killed: it waited for the builder)"
+        assert_eq!(
+            child,
+            Ok(0),
+            "the child had no table (hung: it waited for the builder)"
         );
     }
 

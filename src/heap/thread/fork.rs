@@ -253,46 +253,15 @@ mod tests {
     use crate::heap::size_class::bin_of;
     use crate::sync::{AtomicBool, AtomicUsize};
     use std::sync::{Arc, Barrier, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// The fork tests run one at a time (one of them holds fork_prepare's locks).
     static FORK_TESTS: Mutex<()> = Mutex::new(());
 
-    /// Forks; the child runs `child` and exits with what it returns (101 if it panics). The
-    /// parent waits for it and returns its exit code, or what else became of it: killed after
-    /// a minute (a hang is the failure these tests look for), or ended by a signal.
+    /// Forks; the child runs `child` (see `sync::fork_and_wait`); a child that hangs (the
+    /// failure these tests look for) is killed after a minute.
     fn in_child(child: impl FnOnce() -> i32) -> Result<i32, String> {
-        // SAFETY: fork has no preconditions; the child only runs `child` and _exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
-            // SAFETY: _exit ends the child without running the parent's atexit handlers.
-            unsafe { libc::_exit(code.unwrap_or(101)) };
-        }
-        let start = Instant::now();
-        loop {
-            let mut st = 0;
-            // SAFETY: pid is our child; st is a valid out-pointer.
-            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-            if r == pid {
-                return if libc::WIFEXITED(st) {
-                    Ok(libc::WEXITSTATUS(st))
-                } else {
-                    Err(format!("the child died of signal {}", libc::WTERMSIG(st)))
-                };
-            }
-            assert_eq!(r, 0, "waitpid failed");
-            if start.elapsed() > Duration::from_secs(60) {
-                // SAFETY: pid is our child, not reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut st, 0);
-                }
-                return Err("the child hung (killed after 60 s)".into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        crate::sync::fork_and_wait(Duration::from_secs(60), child)
     }
 
     /// `node_alloc` registers a node heap's first use while it holds that node heap's lock, so
