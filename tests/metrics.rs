@@ -197,3 +197,48 @@ fn arenas_bump_caches_and_pools_handed_in_are_reported() {
         1
     );
 }
+
+#[test]
+fn a_scrapes_tier_series_add_up_to_its_node_series() {
+    // The tier series are sums over the tiers' nodes: in one scrape they must be the sums of
+    // the node series beside them, while another thread allocates and frees (each scrape
+    // took two snapshots, one for the nodes and one for the tiers, so they could differ).
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut registry = Registry::default();
+    register(&mut registry);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = std::hint::black_box(vec![1u8; 1 << 20]);
+                drop(v);
+                let w = std::hint::black_box(vec![2u8; 3000]);
+                drop(w);
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut live_off, mut committed_off) = (0, 0);
+    for _ in 0..300 {
+        let text = scrape(&registry);
+        if sum(&text, "tieralloc_tier_live_bytes") != sum(&text, "tieralloc_node_live_bytes") {
+            live_off += 1;
+        }
+        if sum(&text, "tieralloc_tier_committed_bytes")
+            != sum(&text, "tieralloc_node_committed_bytes")
+        {
+            committed_off += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    assert!(rounds > 0);
+    assert_eq!(
+        (live_off, committed_off),
+        (0, 0),
+        "scrapes (of 300) whose tier live and committed series were not their nodes' sums"
+    );
+}
