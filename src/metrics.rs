@@ -426,7 +426,8 @@ impl Collector {
             counter,
         )?;
 
-        let tiers = crate::tiers::stats();
+        // From the same snapshot as the node series, so that they add up.
+        let tiers = crate::tier::stats_of(s);
         let tier = |t: &crate::tiers::TierStats| -> L1 { [("tier", t.index.to_string())] };
         let live: Vec<(L1, i64)> = tiers.iter().map(|t| (tier(t), t.live_bytes)).collect();
         family(

@@ -67,21 +67,24 @@ pub struct TierStats {
 /// promoted bytes. Allocates its result (call it from ordinary code).
 pub fn stats() -> Vec<TierStats> {
     crate::init::init_once();
+    stats_of(&crate::stats::stats())
+}
+
+/// [`stats`] of the nodes in the snapshot `s`: each tier's live and committed bytes are the
+/// sums of its nodes' in `s` (the metrics collector reports both from one snapshot, so a
+/// scrape's tier series add up to its node series).
+pub(crate) fn stats_of(s: &crate::stats::Stats) -> Vec<TierStats> {
     let t = discover::get();
-    let s = crate::stats::stats();
     (0..t.n_tiers)
         .map(|i| {
             let nodes: Vec<u32> = topo::iter(t.tiers[i]).map(|n| n as u32).collect();
-            let live = s
-                .nodes
-                .iter()
-                .filter(|n| nodes.contains(&n.node))
-                .map(|n| n.bytes_live)
-                .sum();
+            let of_tier = || s.nodes.iter().filter(|n| nodes.contains(&n.node));
+            let live = of_tier().map(|n| n.bytes_live).sum();
+            let committed = of_tier().map(|n| n.bytes_committed).sum();
             let b = route::budget_of(i, t.n_tiers);
             TierStats {
                 index: i,
-                committed_bytes: route::tier_bytes(t, i),
+                committed_bytes: committed,
                 live_bytes: live,
                 budget_bytes: (b != u64::MAX).then_some(b),
                 spills: SPILLS[i].load(Ordering::Relaxed),
