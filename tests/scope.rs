@@ -7,7 +7,7 @@
 //! of order follow the documented rule, the closure form ends its scope on unwind, a
 //! reallocation that moves inside a scope is placed by it, and a future wrapped with
 //! `.placed()` runs each poll inside its scope whichever thread polls it (a poll that panics
-//! ends it; the inner future's `Drop` runs outside it), and a scope left active at thread
+//! ends it; the inner future's `Drop` runs inside it too), and a scope left active at thread
 //! exit (forgotten, or held by a thread-local) crashes nothing.
 //!
 //! Under `TIERALLOC_SIMULATE_NODES=2,far=1` (a child process each, since the variable is read
@@ -251,7 +251,7 @@ impl Drop for RecordsItsDrop {
 }
 
 #[test]
-fn a_placed_future_that_panics_ends_its_scope_and_drops_outside_it() {
+fn a_placed_future_that_panics_ends_its_scope_and_drops_its_inner_future_inside_it() {
     let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
     let mut fut = Box::pin(PanicsInPoll.placed(node0()));
@@ -260,12 +260,21 @@ fn a_placed_future_that_panics_ends_its_scope_and_drops_outside_it() {
     }));
     assert!(r.is_err());
     assert!(own(&*fresh()), "the scope ended with the unwinding poll");
-    // Only polls run in the scope (docs/tiers.md): the inner future's Drop does not.
-    let own_heap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut fut = Box::pin(RecordsItsDrop(own_heap.clone()).placed(node0()));
-    assert!(fut.as_mut().poll(&mut cx).is_pending());
-    drop(fut);
-    assert!(own_heap.load(std::sync::atomic::Ordering::SeqCst));
+    // A future dropped before it is ready (a cancelled task) drops its inner future inside
+    // the scope too (as `tracing::Instrumented` enters its span), with and without a poll.
+    for polled in [true, false] {
+        let own_heap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut fut = Box::pin(RecordsItsDrop(own_heap.clone()).placed(node0()));
+        if polled {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        drop(fut);
+        assert!(
+            !own_heap.load(std::sync::atomic::Ordering::SeqCst),
+            "polled {polled}"
+        );
+        assert!(own(&*fresh()), "the scope ended with the drop");
+    }
 }
 
 thread_local! {

@@ -7,10 +7,14 @@
 //! each of its 4 KiB blocks (one quantum each, so the rotation is exact), puts exactly half
 //! of its blocks on each node; a 1:3 weighted one, 100 and 300 of 400. Guards of scopes below
 //! a spread, dropped out of order while it is in force, change nothing (the documented rule),
-//! so its rotation goes on too.
+//! so its rotation goes on too. A spreading `PlacedFuture` goes on from poll to poll the same
+//! way: one 4 KiB block per poll, 400 polls, half on each node.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tieralloc::{place, with_placement, Placed};
+use tieralloc::{place, with_placement, Placed, PlacedFutureExt};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -86,6 +90,48 @@ fn inner_a_spread_keeps_its_rotation_when_guards_below_it_drop() {
     assert_eq!(by_node, [200, 0, 200]);
 }
 
+/// A future that allocates one 4 KiB block at each poll and is ready after 400.
+struct OneBlockPerPoll(Vec<Vec<u8>>);
+
+impl Future for OneBlockPerPoll {
+    type Output = Vec<Vec<u8>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.push(vec![9u8; 4096]);
+        if self.0.len() == 400 {
+            return Poll::Ready(std::mem::take(&mut self.0));
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls `OneBlockPerPoll` wrapped in `p` to the end; how many blocks landed on each node.
+fn count_over_polls(p: Placed) -> [usize; 3] {
+    let mut fut = Box::pin(OneBlockPerPoll(Vec::with_capacity(400)).placed(p));
+    let mut cx = Context::from_waker(Waker::noop());
+    let blocks = loop {
+        if let Poll::Ready(b) = fut.as_mut().poll(&mut cx) {
+            break b;
+        }
+    };
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    by_node
+}
+
+#[test]
+fn inner_a_placed_future_goes_on_with_its_spread_from_poll_to_poll() {
+    if !child::is_child() {
+        return;
+    }
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
+    assert_eq!(count_over_polls(even), [200, 0, 200]);
+    assert_eq!(count_over_polls(weighted), [100, 0, 300]);
+}
+
 #[test]
 fn spreads_keep_their_rotation_across_nested_scopes() {
     if child::is_child() {
@@ -96,6 +142,11 @@ fn spreads_keep_their_rotation_across_nested_scopes() {
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
     let mut cmd = child::on_simulated_nodes(
         "inner_a_spread_keeps_its_rotation_when_guards_below_it_drop",
+        "2,far=1",
+    );
+    child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+    let mut cmd = child::on_simulated_nodes(
+        "inner_a_placed_future_goes_on_with_its_spread_from_poll_to_poll",
         "2,far=1",
     );
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
