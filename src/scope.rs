@@ -21,6 +21,7 @@ use crate::placed::Placed;
 use core::cell::RefCell;
 use core::future::Future;
 use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
@@ -250,8 +251,12 @@ impl Drop for PlacementGuard {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct PlacedFuture<F> {
-    inner: F,
+    /// Dropped by `PlacedFuture`'s own `Drop`, inside the scope, in place (pinned).
+    inner: ManuallyDrop<F>,
     placement: Placed,
+    /// The scope each poll enters: the placement's, with a spread's rotation as far as the
+    /// polls so far have advanced it (so that the next poll goes on from there).
+    scope: Scope,
     /// The label and its id (looked up once, not at each poll).
     label: Option<(&'static str, u8)>,
 }
@@ -260,8 +265,9 @@ pub struct PlacedFuture<F> {
 /// each `poll` runs inside a placement scope (entered before the inner future is polled,
 /// ended before `poll` returns), in the spirit of `tracing::Instrument`. A task's allocations
 /// then follow its placement whichever worker thread polls it, and other tasks on the same
-/// workers are not affected. Only polls run in the scope: dropping a `PlacedFuture` drops the
-/// inner future outside it (what its `Drop` allocates follows the dropping thread's scope).
+/// workers are not affected. A spreading placement goes on from poll to poll where the last
+/// one left it. Dropping a `PlacedFuture` (a cancelled task) drops the inner future inside the
+/// scope too, as `tracing::Instrumented` enters its span.
 ///
 /// ```
 /// # #[global_allocator]
@@ -275,8 +281,9 @@ pub trait PlacedFutureExt: Future + Sized {
     /// This future, polled inside a scope on `placement` (see [`place`]).
     fn placed(self, placement: Placed) -> PlacedFuture<Self> {
         PlacedFuture {
-            inner: self,
+            inner: ManuallyDrop::new(self),
             placement,
+            scope: placement.scope(),
             label: None,
         }
     }
@@ -294,8 +301,9 @@ pub trait PlacedFutureExt: Future + Sized {
     /// ```
     fn placed_labeled(self, placement: Placed, label: &'static str) -> PlacedFuture<Self> {
         PlacedFuture {
-            inner: self,
+            inner: ManuallyDrop::new(self),
             placement,
+            scope: placement.scope(),
             label: Some((label, thread::label_id(label))),
         }
     }
@@ -316,7 +324,20 @@ impl<F> PlacedFuture<F> {
 
     /// The inner future.
     pub fn into_inner(self) -> F {
-        self.inner
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (so neither is `inner` by our `Drop`) and never used
+        // again, so `inner` is moved out exactly once; the other fields are `Copy`. Taking
+        // `self` by value means it is not pinned.
+        unsafe { ManuallyDrop::take(&mut this.inner) }
+    }
+}
+
+impl<F> Drop for PlacedFuture<F> {
+    fn drop(&mut self) {
+        let _g = enter(self.scope, self.label.map_or(0, |(_, id)| id));
+        // SAFETY: `inner` is dropped here once, in place (so a pinned inner future is never
+        // moved), and `self` is not used after; `into_inner` forgets `self` instead.
+        unsafe { ManuallyDrop::drop(&mut self.inner) }
     }
 }
 
@@ -325,17 +346,15 @@ impl<F: Future> Future for PlacedFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: structural pinning of `inner`: it is never moved out of a pinned
-        // PlacedFuture (`into_inner` takes the future by value, so only when unpinned), and
-        // PlacedFuture has no Drop of its own nor an Unpin impl that would not hold for F.
-        let (inner, placement, label) = unsafe {
-            let this = self.get_unchecked_mut();
-            (
-                Pin::new_unchecked(&mut this.inner),
-                this.placement,
-                this.label.map_or(0, |(_, id)| id),
-            )
-        };
-        let _g = enter(placement.scope(), label);
-        inner.poll(cx)
+        // PlacedFuture (`into_inner` takes the future by value, so only when unpinned; our
+        // `Drop` drops it in place), and there is no Unpin impl that would not hold for F.
+        let this = unsafe { self.get_unchecked_mut() };
+        let _g = enter(this.scope, this.label.map_or(0, |(_, id)| id));
+        // SAFETY: as above; `inner` is not dropped before `self` is.
+        let r = unsafe { Pin::new_unchecked(&mut *this.inner) }.poll(cx);
+        // Keep how far a spread got for the next poll (the thread's scope is ours again unless
+        // the poll left a scope of its own in force, which `progressed` passes over).
+        this.scope = this.scope.progressed(thread::scope());
+        r
     }
 }
