@@ -582,3 +582,33 @@ fn hot_and_cold_on_two_near_nodes() {
     }
     run_child("inner_hot_and_cold_without_far_memory", "2");
 }
+
+/// Counts its drops.
+struct CountsDrops(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+impl Future for CountsDrops {
+    type Output = u32;
+    fn poll(self: std::pin::Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<u32> {
+        Poll::Ready(7)
+    }
+}
+impl Drop for CountsDrops {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn into_inner_hands_the_future_back_whole_and_drops_it_once() {
+    let drops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fut = CountsDrops(drops.clone()).placed(node0());
+    let mut inner = fut.into_inner();
+    assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert_eq!(std::pin::Pin::new(&mut inner).poll(&mut cx), Poll::Ready(7));
+    drop(inner);
+    assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Wrapped and dropped: once, by the wrapper.
+    drop(CountsDrops(drops.clone()).placed(node0()));
+    assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
