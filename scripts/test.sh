@@ -39,6 +39,9 @@ cargo clippy --all-targets --features hwloc,prometheus -q -- -D warnings
 # The `secure` feature's hunks (docs/security.md).
 cargo clippy --all-targets --features secure -q -- -D warnings
 
+# The measurement probes behind docs/benchmarks.md (memfd-cost, mesh-sim) still build.
+for f in scripts/probes/*.c; do cc -O2 -Wall -Wextra -Werror -fsyntax-only "$f"; done
+
 step "tests: unit, integration, property, stress, drop-in, NUMA VM (release)"
 # The drop-in's tests run programs under LD_PRELOAD of the .so, which `cargo test` does not
 # produce by itself (a cdylib is not linked into tests): build it first, same profile.
