@@ -18,7 +18,7 @@ static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);retu
 #define SEG (4u<<20)
 #define NSEG 64
 int main(int argc,char**argv){
-  int mode=atoi(argv[1]); // 0 anon, 1 memfd
+  int mode=argc>1?atoi(argv[1]):0; // 0 anon, 1 memfd
   int fd=-1; char*base;
   size_t len=(size_t)SEG*NSEG;
   if(mode){fd=memfd_create("seg",MFD_CLOEXEC); if(ftruncate(fd,len))return 1;
