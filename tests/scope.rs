@@ -612,3 +612,33 @@ fn into_inner_hands_the_future_back_whole_and_drops_it_once() {
     drop(CountsDrops(drops.clone()).placed(node0()));
     assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+thread_local! {
+    /// A pending placed future that lives until the thread's thread-local destructors run
+    /// (as a runtime's tasks kept in a thread-local are dropped at its thread's exit).
+    static HELD_FUTURE: std::cell::RefCell<Option<std::pin::Pin<Box<tieralloc::PlacedFuture<RecordsItsDrop>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_placed_future_dropped_at_thread_exit_crashes_nothing() {
+    // Its drop enters the scope from a thread-local destructor, before or after the scopes'
+    // own stack is gone, and the inner future's Drop allocates there.
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let d = dropped.clone();
+    std::thread::spawn(move || {
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = Box::pin(RecordsItsDrop(d).placed(node0()));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        HELD_FUTURE.with(|f| *f.borrow_mut() = Some(fut));
+    })
+    .join()
+    .unwrap();
+    // The thread-local was dropped (the flag written by the inner future's Drop).
+    assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        own(&*fresh()),
+        "other threads' scopes do not reach this one"
+    );
+}
