@@ -82,3 +82,36 @@ fn a_panicking_drop_at_the_pools_drop_leaks_no_other_object() {
         "objects of the pool left undropped after one object's drop panicked"
     );
 }
+
+/// A checkout whose new bump cannot be allocated panics (bumpalo's "out of memory"): no bump
+/// was served, so none is counted (`checkouts`: "checkouts served", `misses`: "served by a new
+/// bump"), and the cache serves the next checkout as before.
+#[test]
+fn a_checkout_whose_bump_cannot_be_allocated_is_not_counted() {
+    // A first bump of half the address space: no allocator has it.
+    let cache = tieralloc::BumpCache::with_limits(4, 4 << 20, usize::MAX / 2);
+    let r = catch_unwind(AssertUnwindSafe(|| drop(cache.checkout())));
+    assert!(r.is_err(), "bumpalo panics when the first chunk fails");
+    let st = cache.stats();
+    assert_eq!(
+        (st.checkouts, st.misses, st.hits),
+        (0, 0, 0),
+        "a checkout that served no bump was counted: {st:?}"
+    );
+
+    // A cache whose bumps can be had: a failed checkout in between changes nothing.
+    let cache = tieralloc::BumpCache::new();
+    drop(cache.checkout());
+    let big = catch_unwind(AssertUnwindSafe(|| {
+        let b = cache.checkout();
+        b.alloc_slice_fill_copy(usize::MAX / 4, 0u8).len()
+    }));
+    assert!(big.is_err(), "a bump refuses what no allocator has");
+    drop(cache.checkout());
+    let st = cache.stats();
+    assert_eq!(
+        (st.checkouts, st.hits, st.misses, st.idle),
+        (3, 2, 1, 1),
+        "{st:?}"
+    );
+}
