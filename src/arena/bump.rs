@@ -121,8 +121,11 @@ impl BumpCache {
     }
 
     /// Borrows a reset bump: one from this thread's cache, or a new one.
+    ///
+    /// # Panics
+    /// If a new bump's first chunk (`initial_capacity` bytes) cannot be allocated (bumpalo's
+    /// "out of memory"); such a checkout is not counted in [`stats`](BumpCache::stats).
     pub fn checkout(&self) -> BumpGuard<'_> {
-        self.checkouts.fetch_add(1, Relaxed);
         // At thread exit (a guard taken in a thread-local destructor) no list: a new bump.
         let cached = self
             .idle
@@ -130,13 +133,21 @@ impl BumpCache {
             .and_then(|list| list.borrow_mut().pop());
         let bump = match cached {
             Some(b) => {
+                self.checkouts.fetch_add(1, Relaxed);
                 self.hits.fetch_add(1, Relaxed);
                 self.idle_count.fetch_sub(1, Relaxed);
                 self.idle_bytes
                     .fetch_sub(b.allocated_bytes() as u64, Relaxed);
                 b
             }
-            None => Bump::with_capacity(self.initial_capacity),
+            None => {
+                // Counted once the bump is had: bumpalo panics ("out of memory") when the
+                // first chunk cannot be allocated, and that checkout served nothing (review
+                // rev39: it was counted, a checkout and a miss).
+                let b = Bump::with_capacity(self.initial_capacity);
+                self.checkouts.fetch_add(1, Relaxed);
+                b
+            }
         };
         BumpGuard {
             cache: self,
