@@ -115,3 +115,101 @@ fn a_checkout_whose_bump_cannot_be_allocated_is_not_counted() {
         "{st:?}"
     );
 }
+
+/// Every place the pool runs user code, made to panic in turn on a pool whose every get and
+/// return goes through the shared stores (no thread cache) and the `max_live` count: `make`
+/// (in this thread, and as a new thread's first use), the reset hook, and `T::drop` of an
+/// object returned past the idle bound. Afterwards the pool serves in this thread, in another
+/// thread and in a fork child (a store's or the id registry's lock left held would hang them),
+/// every `max_live` place is back, no object is dropped twice (`live` would wrap) and the
+/// counts add up.
+#[test]
+fn the_pool_serves_on_after_each_of_its_user_code_panics() {
+    #[derive(Default)]
+    struct Faults {
+        make: AtomicBool,
+        reset: AtomicBool,
+    }
+    let w = Arc::new(Watch::default());
+    let f = Arc::new(Faults::default());
+    let pool = {
+        let (w, f) = (Arc::clone(&w), Arc::clone(&f));
+        let f2 = Arc::clone(&f);
+        Pool::builder(move || {
+            assert!(!f.make.swap(false, SeqCst), "make panics");
+            Obj::new(&w)
+        })
+        .reset(move |_| assert!(!f2.reset.swap(false, SeqCst), "reset panics"))
+        .max_idle(2)
+        .thread_cache(0)
+        .max_live(3)
+        .build()
+    };
+    // `try_get` throughout: a `max_live` place lost to a panic fails the test, where `get`
+    // would wait for it for good.
+    fn panics(what: impl FnOnce()) -> bool {
+        catch_unwind(AssertUnwindSafe(what)).is_err()
+    }
+
+    // `make`, here and as another thread's first use of the pool.
+    f.make.store(true, SeqCst);
+    assert!(panics(|| drop(pool.try_get().expect("a max_live place"))));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            f.make.store(true, SeqCst);
+            assert!(panics(|| drop(pool.try_get().expect("a max_live place"))));
+        });
+    });
+    // The reset hook: the object is destroyed, counted dropped.
+    f.reset.store(true, SeqCst);
+    assert!(panics(|| drop(pool.try_get().expect("a max_live place"))));
+    // `T::drop` of an object past the idle bound (2 places, both taken by the stores).
+    {
+        let g: Vec<_> = (0..3)
+            .map(|_| pool.try_get().expect("a max_live place"))
+            .collect();
+        w.drop_panics.store(true, SeqCst);
+        assert!(panics(|| drop(g)));
+    }
+    let st = pool.stats();
+    assert_eq!(
+        (st.created, st.dropped, st.idle, st.out),
+        (4, 2, 2, 0),
+        "{st:?}"
+    );
+    assert_eq!(w.live.load(SeqCst), 2, "objects alive: the two idle ones");
+
+    // Every `max_live` place is back.
+    let g: Vec<_> = (0..3).map(|_| pool.try_get().unwrap()).collect();
+    assert!(pool.try_get().is_err());
+    drop(g);
+    // Another thread, through the stores.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            drop(
+                (0..3)
+                    .map(|_| pool.try_get().expect("a max_live place"))
+                    .collect::<Vec<_>>(),
+            )
+        });
+    });
+    // A fork child: its gets and returns take the stores' locks and its thread's id.
+    let child = child::fork_and_wait(std::time::Duration::from_secs(20), || {
+        let g: Vec<_> = (0..3)
+            .map(|_| pool.try_get().expect("a max_live place"))
+            .collect();
+        drop(g);
+        let st = pool.stats();
+        i32::from(!(st.idle == 2 && st.out == 0))
+    });
+    assert_eq!(child, Ok(0), "the fork child's pool");
+    let st = pool.stats();
+    assert_eq!(
+        (st.created, st.dropped, st.idle, st.out),
+        (6, 4, 2, 0),
+        "{st:?}"
+    );
+    assert_eq!(w.live.load(SeqCst), 2);
+    drop(pool);
+    assert_eq!(w.live.load(SeqCst), 0, "every object dropped once");
+}
