@@ -209,6 +209,27 @@ impl fmt::Debug for BumpCache {
 /// A bump borrowed from a [`BumpCache`]; derefs to `bumpalo::Bump`. Dropping it resets the bump
 /// (running no destructors of values in it), clears any allocation limit set on it, and returns
 /// it to the cache.
+///
+/// `Send` (it may be held across `.await` and dropped on another thread, whose cache takes
+/// the bump) but not `Sync`, and what is built in the bump stays on the guard's thread
+/// (`bumpalo::Bump` is not `Sync`):
+///
+/// ```compile_fail
+/// let cache = tieralloc::BumpCache::new();
+/// let bump = cache.checkout();
+/// let v = bumpalo::collections::Vec::<u8>::new_in(&bump);
+/// std::thread::scope(|s| {
+///     s.spawn(|| v.len()); // a reference to the bump in another thread
+/// });
+/// ```
+///
+/// ```
+/// let cache = tieralloc::BumpCache::new();
+/// let bump = cache.checkout();
+/// std::thread::scope(|s| {
+///     s.spawn(move || bump.alloc(1u8).to_owned());
+/// });
+/// ```
 pub struct BumpGuard<'a> {
     cache: &'a BumpCache,
     bump: Option<Bump>,

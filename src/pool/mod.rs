@@ -161,6 +161,19 @@ unsafe impl<T: Send> Sync for Local<T> {}
 /// assert!(buf.is_empty() && buf.capacity() >= 4096);
 /// assert_eq!(pool.stats().hits, 1);
 /// ```
+///
+/// `T` must be `Send` (an object passes between threads' caches: a guard dropped on another
+/// thread puts it in that thread's); the pool is then `Send` and `Sync` whether `T` is `Sync`
+/// or not, since only its counters are read across threads:
+///
+/// ```compile_fail
+/// let pool = tieralloc::Pool::new(|| std::rc::Rc::new(0u8)); // `Rc` is not `Send`
+/// ```
+///
+/// ```
+/// fn shared<P: Send + Sync>(_: &P) {}
+/// shared(&tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
+/// ```
 pub struct Pool<T: Send> {
     locals: PerThread<Local<T>>,
     shards: Box<[CachePadded<Store<T>>]>,
@@ -528,7 +541,21 @@ impl<T: Send> fmt::Debug for Pool<T> {
 }
 
 /// An object borrowed from a [`Pool`]; derefs to `T` and goes back to the pool (through the
-/// reset hook) when dropped. `Send` when `T` is.
+/// reset hook) when dropped. `Send` when `T` is, `Sync` only when `T` is too (it derefs to
+/// `&T`):
+///
+/// ```compile_fail
+/// fn shared<G: Sync>(_: &G) {}
+/// let pool = tieralloc::Pool::new(|| std::cell::Cell::new(0u8));
+/// let guard = pool.get();
+/// shared(&guard); // `Cell` is not `Sync`
+/// ```
+///
+/// ```
+/// fn sent<G: Send>(_: G) {}
+/// let pool = tieralloc::Pool::new(|| std::cell::Cell::new(0u8));
+/// sent(pool.get());
+/// ```
 pub struct PoolGuard<'a, T: Send> {
     pool: &'a Pool<T>,
     value: ManuallyDrop<T>,
@@ -585,7 +612,19 @@ impl<T: Send + fmt::Debug> fmt::Debug for PoolGuard<'_, T> {
 }
 
 /// Like [`PoolGuard`], but owning an `Arc` of the pool, so it is `'static` (and `Send` when
-/// `T` is).
+/// `T` is; `Sync` only when `T` is too):
+///
+/// ```compile_fail
+/// fn shared<G: Sync>(_: &G) {}
+/// let pool = std::sync::Arc::new(tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
+/// shared(&pool.get_owned()); // `Cell` is not `Sync`
+/// ```
+///
+/// ```
+/// let pool = std::sync::Arc::new(tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
+/// let guard = pool.get_owned();
+/// std::thread::spawn(move || guard.set(1)).join().unwrap();
+/// ```
 pub struct OwnedPoolGuard<T: Send> {
     pool: Arc<Pool<T>>,
     value: ManuallyDrop<T>,
