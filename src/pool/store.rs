@@ -78,17 +78,11 @@ extern "C" fn release() {
 /// registration, the others in order), and one that uses a pool past its thread cache comes
 /// here (review rev39: it took a lock its own thread held, and the fork never returned). No
 /// other thread can hold or take a lock then, so that thread uses the stores without one. A
-/// free lock is taken as before (one compare-exchange); only a taken one costs a thread-local
-/// read, before the wait.
+/// free lock is taken as before; only a taken one costs a thread-local read, once, before
+/// the wait.
 #[inline]
 fn lock(lock: &'static SpinLock) -> Option<SpinGuard<'static>> {
-    if let Some(g) = lock.try_lock() {
-        return Some(g);
-    }
-    if FORKING.with(Cell::get) {
-        return None;
-    }
-    Some(lock.lock())
+    lock.lock_unless_held_here(|| FORKING.with(Cell::get))
 }
 
 /// Whether the handlers are registered ([`register_once`]).

@@ -97,15 +97,9 @@ thread_local! {
 /// handler, and one whose pool use is its thread's first lookup comes here (review rev39: it
 /// waited for the lock its own thread held, and the fork never returned); no other thread
 /// can take the lock then. A free lock is taken as before; only a taken one costs a
-/// thread-local read, before the wait.
+/// thread-local read, once, before the wait.
 fn lock() -> Option<SpinGuard<'static>> {
-    if let Some(g) = LOCK.try_lock() {
-        return Some(g);
-    }
-    if FORKING.with(Cell::get) {
-        return None;
-    }
-    Some(LOCK.lock())
+    LOCK.lock_unless_held_here(|| FORKING.with(Cell::get))
 }
 
 /// Releases the thread's id when the thread's thread-locals are destroyed.
