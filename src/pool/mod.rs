@@ -35,6 +35,9 @@
 //! middle of a change (a `Vec` growing: review rev34, its old block freed twice by the child's
 //! drop of the pool), are left alone by the drop (leaked in the child). They stay counted as
 //! idle there, and their places stay taken from `max_idle`, as an exited thread's do.
+//! Fork handlers registered before the pools' (before the first pool was built) run on the
+//! forking thread while it holds those locks; a pool used there takes none of them (review
+//! rev39: it waited for its own thread, and the fork never returned).
 //!
 //! Compared with the crates users would otherwise pick: object-pool keeps one `Mutex<Vec<T>>`
 //! (every get and return locks, and threads fight over the lock; ours locks only past the
