@@ -272,6 +272,29 @@ impl SpinLock {
         }
     }
 
+    /// Takes the lock as [`lock`](SpinLock::lock) does, or returns `None` when it is taken and
+    /// `held_here()`, asked once (at the first try that finds it taken), says the calling
+    /// thread holds it already (the pools' locks, held by a forking thread across the other
+    /// fork handlers). A free lock costs what `lock` costs.
+    pub fn lock_unless_held_here(&self, held_here: impl FnOnce() -> bool) -> Option<SpinGuard<'_>> {
+        let mut spins = 0u32;
+        let mut ask = Some(held_here);
+        loop {
+            if !self.locked.load(Ordering::Relaxed)
+                && self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(SpinGuard { lock: self });
+            }
+            if ask.take().is_some_and(|f| f()) {
+                return None;
+            }
+            backoff(&mut spins);
+        }
+    }
+
     /// Takes the lock if it is free right now.
     pub fn try_lock(&self) -> Option<SpinGuard<'_>> {
         if self

@@ -101,3 +101,108 @@ fn a_bump_guard_kept_in_a_thread_local_goes_back_at_thread_exit() {
     }
     assert_eq!(cache.stats().checkouts, 4);
 }
+
+/// Review rev39: threads exit while others start, so ids are released and taken again at once,
+/// each exiting thread's cache holding objects and its thread-locals returning guards both
+/// before its id goes (one registered after its first pool use) and after (one registered
+/// before). Every object is accounted for afterwards (alive = idle, `out` 0), none dropped
+/// twice, and the pool's drop (on the last thread to let go of it) drops every one.
+#[test]
+fn threads_exit_while_others_take_their_ids() {
+    if !in_child("threads_exit_while_others_take_their_ids") {
+        return;
+    }
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    struct Obj(Arc<AtomicUsize>);
+    impl Drop for Obj {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, SeqCst);
+        }
+    }
+    thread_local! {
+        static BEFORE: RefCell<Option<OwnedPoolGuard<Obj>>> = const { RefCell::new(None) };
+        static AFTER: RefCell<Option<OwnedPoolGuard<Obj>>> = const { RefCell::new(None) };
+    }
+    let live = Arc::new(AtomicUsize::new(0));
+    let pool = {
+        let live = Arc::clone(&live);
+        Arc::new(
+            Pool::builder(move || {
+                live.fetch_add(1, SeqCst);
+                Obj(Arc::clone(&live))
+            })
+            .max_idle(64)
+            .thread_cache(3)
+            .build(),
+        )
+    };
+    let spawners: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let workers: Vec<_> = (0..50)
+                    .map(|_| {
+                        let pool = Arc::clone(&pool);
+                        std::thread::spawn(move || {
+                            // Registered before the id's guard: dropped after the id went.
+                            BEFORE.with(|b| *b.borrow_mut() = Some(pool.get_owned()));
+                            let held: Vec<_> = (0..4).map(|_| pool.get()).collect();
+                            drop(held);
+                            // Registered after it: dropped while the id is still held.
+                            AFTER.with(|a| *a.borrow_mut() = Some(pool.get_owned()));
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join().unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in spawners {
+        s.join().unwrap();
+    }
+    let st = pool.stats();
+    assert_eq!(st.out, 0, "{st:?}");
+    assert_eq!(st.created, st.idle + st.dropped, "{st:?}");
+    assert_eq!(
+        live.load(SeqCst) as u64,
+        st.idle,
+        "objects alive against idle: {st:?}"
+    );
+    drop(pool);
+    assert_eq!(
+        live.load(SeqCst),
+        0,
+        "every object dropped once by the pool's drop"
+    );
+}
+
+/// Review rev39: a guard dropped by a thread-local destructor after the thread's id went must
+/// not touch the cache it left, which the id's next holder may be using already. With the
+/// thread's cache holding every idle place (`max_idle` = `thread_cache`), the object is
+/// dropped (the shared stores have no place): in the cache it would count idle.
+#[test]
+fn a_guard_dropped_after_the_threads_id_went_leaves_its_cache_alone() {
+    if !in_child("a_guard_dropped_after_the_threads_id_went_leaves_its_cache_alone") {
+        return;
+    }
+    let pool = Arc::new(
+        Pool::builder(|| vec![0u8; 100])
+            .max_idle(3)
+            .thread_cache(3)
+            .build(),
+    );
+    let p = Arc::clone(&pool);
+    // `CONN`'s destructor is registered before the thread's first pool use, so it runs after
+    // the id's guard.
+    std::thread::spawn(move || CONN.with(|c| *c.borrow_mut() = Some(p.get_owned())))
+        .join()
+        .unwrap();
+    let st = pool.stats();
+    assert_eq!(
+        (st.created, st.idle, st.dropped),
+        (1, 0, 1),
+        "the object went to the exited thread's cache: {st:?}"
+    );
+}

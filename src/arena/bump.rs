@@ -121,8 +121,11 @@ impl BumpCache {
     }
 
     /// Borrows a reset bump: one from this thread's cache, or a new one.
+    ///
+    /// # Panics
+    /// If a new bump's first chunk (`initial_capacity` bytes) cannot be allocated (bumpalo's
+    /// "out of memory"); such a checkout is not counted in [`stats`](BumpCache::stats).
     pub fn checkout(&self) -> BumpGuard<'_> {
-        self.checkouts.fetch_add(1, Relaxed);
         // At thread exit (a guard taken in a thread-local destructor) no list: a new bump.
         let cached = self
             .idle
@@ -130,13 +133,21 @@ impl BumpCache {
             .and_then(|list| list.borrow_mut().pop());
         let bump = match cached {
             Some(b) => {
+                self.checkouts.fetch_add(1, Relaxed);
                 self.hits.fetch_add(1, Relaxed);
                 self.idle_count.fetch_sub(1, Relaxed);
                 self.idle_bytes
                     .fetch_sub(b.allocated_bytes() as u64, Relaxed);
                 b
             }
-            None => Bump::with_capacity(self.initial_capacity),
+            None => {
+                // Counted once the bump is had: bumpalo panics ("out of memory") when the
+                // first chunk cannot be allocated, and that checkout served nothing (review
+                // rev39: it was counted, a checkout and a miss).
+                let b = Bump::with_capacity(self.initial_capacity);
+                self.checkouts.fetch_add(1, Relaxed);
+                b
+            }
         };
         BumpGuard {
             cache: self,
@@ -198,6 +209,27 @@ impl fmt::Debug for BumpCache {
 /// A bump borrowed from a [`BumpCache`]; derefs to `bumpalo::Bump`. Dropping it resets the bump
 /// (running no destructors of values in it), clears any allocation limit set on it, and returns
 /// it to the cache.
+///
+/// `Send` (it may be held across `.await` and dropped on another thread, whose cache takes
+/// the bump) but not `Sync`, and what is built in the bump stays on the guard's thread
+/// (`bumpalo::Bump` is not `Sync`):
+///
+/// ```compile_fail
+/// let cache = tieralloc::BumpCache::new();
+/// let bump = cache.checkout();
+/// let v = bumpalo::collections::Vec::<u8>::new_in(&bump);
+/// std::thread::scope(|s| {
+///     s.spawn(|| v.len()); // a reference to the bump in another thread
+/// });
+/// ```
+///
+/// ```
+/// let cache = tieralloc::BumpCache::new();
+/// let bump = cache.checkout();
+/// std::thread::scope(|s| {
+///     s.spawn(move || bump.alloc(1u8).to_owned());
+/// });
+/// ```
 pub struct BumpGuard<'a> {
     cache: &'a BumpCache,
     bump: Option<Bump>,

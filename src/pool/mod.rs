@@ -35,6 +35,9 @@
 //! middle of a change (a `Vec` growing: review rev34, its old block freed twice by the child's
 //! drop of the pool), are left alone by the drop (leaked in the child). They stay counted as
 //! idle there, and their places stay taken from `max_idle`, as an exited thread's do.
+//! Fork handlers registered before the pools' (before the first pool was built) run on the
+//! forking thread while it holds those locks; a pool used there takes none of them (review
+//! rev39: it waited for its own thread, and the fork never returned).
 //!
 //! Compared with the crates users would otherwise pick: object-pool keeps one `Mutex<Vec<T>>`
 //! (every get and return locks, and threads fight over the lock; ours locks only past the
@@ -160,6 +163,19 @@ unsafe impl<T: Send> Sync for Local<T> {}
 /// let buf = pool.get();
 /// assert!(buf.is_empty() && buf.capacity() >= 4096);
 /// assert_eq!(pool.stats().hits, 1);
+/// ```
+///
+/// `T` must be `Send` (an object passes between threads' caches: a guard dropped on another
+/// thread puts it in that thread's); the pool is then `Send` and `Sync` whether `T` is `Sync`
+/// or not, since only its counters are read across threads:
+///
+/// ```compile_fail
+/// let pool = tieralloc::Pool::new(|| std::rc::Rc::new(0u8)); // `Rc` is not `Send`
+/// ```
+///
+/// ```
+/// fn shared<P: Send + Sync>(_: &P) {}
+/// shared(&tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
 /// ```
 pub struct Pool<T: Send> {
     locals: PerThread<Local<T>>,
@@ -528,7 +544,21 @@ impl<T: Send> fmt::Debug for Pool<T> {
 }
 
 /// An object borrowed from a [`Pool`]; derefs to `T` and goes back to the pool (through the
-/// reset hook) when dropped. `Send` when `T` is.
+/// reset hook) when dropped. `Send` when `T` is, `Sync` only when `T` is too (it derefs to
+/// `&T`):
+///
+/// ```compile_fail
+/// fn shared<G: Sync>(_: &G) {}
+/// let pool = tieralloc::Pool::new(|| std::cell::Cell::new(0u8));
+/// let guard = pool.get();
+/// shared(&guard); // `Cell` is not `Sync`
+/// ```
+///
+/// ```
+/// fn sent<G: Send>(_: G) {}
+/// let pool = tieralloc::Pool::new(|| std::cell::Cell::new(0u8));
+/// sent(pool.get());
+/// ```
 pub struct PoolGuard<'a, T: Send> {
     pool: &'a Pool<T>,
     value: ManuallyDrop<T>,
@@ -585,7 +615,19 @@ impl<T: Send + fmt::Debug> fmt::Debug for PoolGuard<'_, T> {
 }
 
 /// Like [`PoolGuard`], but owning an `Arc` of the pool, so it is `'static` (and `Send` when
-/// `T` is).
+/// `T` is; `Sync` only when `T` is too):
+///
+/// ```compile_fail
+/// fn shared<G: Sync>(_: &G) {}
+/// let pool = std::sync::Arc::new(tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
+/// shared(&pool.get_owned()); // `Cell` is not `Sync`
+/// ```
+///
+/// ```
+/// let pool = std::sync::Arc::new(tieralloc::Pool::new(|| std::cell::Cell::new(0u8)));
+/// let guard = pool.get_owned();
+/// std::thread::spawn(move || guard.set(1)).join().unwrap();
+/// ```
 pub struct OwnedPoolGuard<T: Send> {
     pool: Arc<Pool<T>>,
     value: ManuallyDrop<T>,

@@ -9,7 +9,7 @@
 //! holding an id writes its entry; an entry stays when its thread exits and goes, with the id,
 //! to the next thread that takes the id. The drop of the table leaves alone the entries of
 //! ids lost at a fork (`tid::is_lost`: their thread may have been in the middle of changing
-//! them).
+//! them), and drops every other entry even if one entry's drop panics (review rev39).
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
@@ -130,6 +130,28 @@ impl<T: Send> PerThread<T> {
 
 impl<T: Send> Drop for PerThread<T> {
     fn drop(&mut self) {
+        // An entry's drop runs user code (a pooled object's `Drop`): if it unwinds, the guard
+        // drops the entries not dropped yet and frees the blocks on the way out, as a `Vec`
+        // drops its other elements (review rev39: the walk stopped at the panic, and every
+        // later entry, other threads' caches, was leaked with its block). A second panic
+        // there aborts, as it would in a `Vec`.
+        struct Rest<'a, T: Send>(&'a mut PerThread<T>);
+        impl<T: Send> Drop for Rest<'_, T> {
+            fn drop(&mut self) {
+                self.0.drop_entries();
+            }
+        }
+        let rest = Rest(self);
+        rest.0.drop_entries();
+        core::mem::forget(rest);
+    }
+}
+
+impl<T: Send> PerThread<T> {
+    /// Drops every present entry and frees every block, each once: an entry is marked absent
+    /// before its value is dropped, and a block's pointer cleared before it is freed, so a walk
+    /// cut short by a panic can be taken up again by another (`Drop`'s guard).
+    fn drop_entries(&mut self) {
         for block in 0..BLOCKS {
             let p = *self.blocks[block].get_mut();
             if p.is_null() {
@@ -140,12 +162,15 @@ impl<T: Send> Drop for PerThread<T> {
                 // SAFETY: as in `get`; `&mut self`: no other reference to the entries.
                 let e = unsafe { &mut *p.add(index) };
                 // An entry of an id lost at a fork is leaked (see the module docs).
-                if *e.present.get_mut() && !tid::is_lost(n - 1 + index) {
-                    // SAFETY: present, dropped once (the block goes right after).
+                if core::mem::replace(e.present.get_mut(), false) && !tid::is_lost(n - 1 + index) {
+                    // SAFETY: was present, and is marked absent first: dropped once, even if
+                    // this drop unwinds and the walk is taken up again.
                     unsafe { e.value.get_mut().assume_init_drop() };
                 }
             }
-            // SAFETY: made by `new_block` with length `n`; its values are dropped or leaked.
+            *self.blocks[block].get_mut() = ptr::null_mut();
+            // SAFETY: made by `new_block` with length `n`; its values are dropped or leaked,
+            // and its pointer is cleared above, so no later walk frees it again.
             unsafe { free_block(p, n) };
         }
     }

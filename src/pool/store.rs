@@ -21,18 +21,24 @@
 //! node) and of the first [`STRIPES`] stores made never share one. The handlers take the
 //! locks in table order; nothing takes two.
 //!
+//! Other fork handlers: those registered before ours (before the first pool was built) run
+//! on the forking thread while it holds every lock (their prepare after ours, their parent and
+//! child handlers before ours); a pool used there goes through the stores without the lock,
+//! which no other thread can take then (review rev39: it waited for a lock its own thread
+//! held, and the fork never returned).
+//!
 //! Handler order: the handlers are registered at the first pool's build, after the global
 //! allocator's own (its first call registers them, and building a pool allocates), so their
 //! prepare runs first: a thread that holds a store's lock while it grows the stack (an
 //! allocator call) finishes before the allocator's prepare takes the allocator's locks.
 
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{
-    register_once, AtomicU8, AtomicUsize, ForkOnceCell, Ordering, SpinLock, NOT_REGISTERED,
-    REGISTERED,
+    register_once, AtomicU8, AtomicUsize, ForkOnceCell, Ordering, SpinGuard, SpinLock,
+    NOT_REGISTERED, REGISTERED,
 };
 
 /// Number of locks shared by the stores.
@@ -44,18 +50,39 @@ static LOCKS: [CachePadded<SpinLock>; STRIPES] =
 /// The next store's lock (an index into [`LOCKS`], modulo [`STRIPES`]).
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    // No destructor: readable in a fork handler and at every point of the thread's exit.
+    static FORKING: Cell<bool> = const { Cell::new(false) };
+}
+
 extern "C" fn prepare() {
     // Registered, as this runs (see `sync::register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
     for l in LOCKS.iter() {
         l.lock_raw();
     }
+    FORKING.with(|f| f.set(true));
 }
 
 extern "C" fn release() {
+    FORKING.with(|f| f.set(false));
     for l in LOCKS.iter() {
         l.unlock_raw();
     }
+}
+
+/// `lock`'s lock, or `None` on the forking thread while it holds every lock for the fork.
+///
+/// Between the prepare handler and the parent's or child's, the fork handlers registered
+/// before ours run on the forking thread (POSIX: prepare handlers in reverse order of
+/// registration, the others in order), and one that uses a pool past its thread cache comes
+/// here (review rev39: it took a lock its own thread held, and the fork never returned). No
+/// other thread can hold or take a lock then, so that thread uses the stores without one. A
+/// free lock is taken as before; only a taken one costs a thread-local read, once, before
+/// the wait.
+#[inline]
+fn lock(lock: &'static SpinLock) -> Option<SpinGuard<'static>> {
+    lock.lock_unless_held_here(|| FORKING.with(Cell::get))
 }
 
 /// Whether the handlers are registered ([`register_once`]).
@@ -78,8 +105,8 @@ pub(crate) struct Store<T> {
     len: AtomicUsize,
 }
 
-// SAFETY: `items` is touched only under `lock` (push, pop) or through `&mut self` (drop), so
-// one thread at a time; with `T: Send` the objects may move between threads.
+// SAFETY: `items` is touched only under `lock` (push, pop; or by the forking thread while it
+// holds every lock, `lock`) or through `&mut self` (drop), so one thread at a time; with `T: Send` the objects may move between threads.
 unsafe impl<T: Send> Sync for Store<T> {}
 
 impl<T> Store<T> {
@@ -96,8 +123,9 @@ impl<T> Store<T> {
 
     /// Adds `v` (the caller holds an idle place for it: the pool's budget bounds the store).
     pub(crate) fn push(&self, v: T) {
-        let _g = self.lock.lock();
-        // SAFETY: under the lock (see the Sync impl); no user code runs during the borrow (a
+        let _g = lock(self.lock);
+        // SAFETY: under the lock, or on the forking thread holding every lock (see the Sync
+        // impl and `lock`); no user code runs during the borrow (a
         // push that grows the stack calls only the global allocator).
         let items = unsafe { &mut *self.items.get() };
         items.push(v);
@@ -110,8 +138,9 @@ impl<T> Store<T> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let _g = self.lock.lock();
-        // SAFETY: under the lock (see the Sync impl); nothing but the global allocator runs
+        let _g = lock(self.lock);
+        // SAFETY: under the lock, or on the forking thread holding every lock (see the Sync
+        // impl and `lock`); nothing but the global allocator runs
         // during the borrow.
         let items = unsafe { &mut *self.items.get() };
         let v = items.pop();

@@ -28,6 +28,11 @@
 //! (it has been called by then), so their prepare runs first: a thread that grows the words
 //! under the lock finishes before the allocator's prepare takes the allocator's locks.
 //!
+//! Other fork handlers, registered before ours, run on the forking thread while it holds the
+//! lock (their prepare after ours, their parent and child handlers before ours): a first
+//! lookup there takes and releases ids without the lock, which no other thread can take then
+//! (review rev39: it waited for the lock its own thread held, and the fork never returned).
+//!
 //! Thread exit. A guard kept in a thread-local whose destructor was registered before the
 //! thread's first lookup (`thread_local! { static CONN: RefCell<Option<OwnedPoolGuard<..>>> }`
 //! set on first use) is dropped after the id's guard, as is any pool used from such a
@@ -42,7 +47,7 @@ use core::cell::Cell;
 use core::ptr;
 
 use crate::sync::{
-    register_once, AtomicPtr, AtomicU8, AtomicUsize, ForkOnceCell, Ordering, SpinLock,
+    register_once, AtomicPtr, AtomicU8, AtomicUsize, ForkOnceCell, Ordering, SpinGuard, SpinLock,
     NOT_REGISTERED, REGISTERED,
 };
 
@@ -83,6 +88,18 @@ thread_local! {
     // No destructor, so readable at every point of the thread's exit and in a fork handler.
     static ID: Cell<usize> = const { Cell::new(NONE) };
     static GUARD: Guard = const { Guard };
+    // Set on the forking thread while it holds [`LOCK`] for a fork (no destructor either).
+    static FORKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// [`LOCK`], or `None` on the forking thread while it holds it for the fork: the fork handlers
+/// registered before ours run on that thread between our prepare and our parent's or child's
+/// handler, and one whose pool use is its thread's first lookup comes here (review rev39: it
+/// waited for the lock its own thread held, and the fork never returned); no other thread
+/// can take the lock then. A free lock is taken as before; only a taken one costs a
+/// thread-local read, once, before the wait.
+fn lock() -> Option<SpinGuard<'static>> {
+    LOCK.lock_unless_held_here(|| FORKING.with(Cell::get))
 }
 
 /// Releases the thread's id when the thread's thread-locals are destroyed.
@@ -140,7 +157,7 @@ fn first(id: usize) -> Option<usize> {
 /// A free id (the one released last) or a new one, now held.
 fn acquire() -> Option<usize> {
     register();
-    let _g = LOCK.lock();
+    let _g = lock();
     let head = HEAD.load(Ordering::Relaxed);
     let id = if head != NIL {
         let w = word(head)?;
@@ -169,7 +186,7 @@ fn acquire() -> Option<usize> {
 /// Gives `id` back (its thread's exit): the next thread to ask may take it, and with it the
 /// id's slot in every table (the caches an exited thread left).
 fn release(id: usize) {
-    let _g = LOCK.lock();
+    let _g = lock();
     if let Some(w) = word(id) {
         w.store(HEAD.load(Ordering::Relaxed), Ordering::Relaxed);
         HEAD.store(id, Ordering::Relaxed);
@@ -186,14 +203,18 @@ extern "C" fn prepare() {
     // Registered, as this runs (see `sync::register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
     LOCK.lock_raw();
+    FORKING.with(|f| f.set(true));
 }
 
 extern "C" fn parent() {
+    FORKING.with(|f| f.set(false));
     LOCK.unlock_raw();
 }
 
 extern "C" fn child() {
-    // The forking thread is this process's only thread; every other held id is lost.
+    FORKING.with(|f| f.set(false));
+    // The forking thread is this process's only thread; every other held id is lost (one it
+    // took in another handler since our prepare is its own: `me`).
     let me = ID.try_with(Cell::get).unwrap_or(NONE);
     for id in 0..NEXT.load(Ordering::Relaxed) {
         if id == me {
