@@ -132,6 +132,77 @@ fn inner_a_placed_future_goes_on_with_its_spread_from_poll_to_poll() {
     assert_eq!(count_over_polls(weighted), [100, 0, 300]);
 }
 
+/// Polls `OneBlockPerPoll` wrapped in `p` to the end, each poll on a thread of its own (the
+/// placed future moves from thread to thread between polls); the blocks by node.
+fn count_over_polls_on_new_threads(p: Placed) -> [usize; 3] {
+    let mut fut = Box::pin(OneBlockPerPoll(Vec::with_capacity(400)).placed(p));
+    let blocks = loop {
+        let r = std::thread::scope(|s| {
+            s.spawn(|| fut.as_mut().poll(&mut Context::from_waker(Waker::noop())))
+                .join()
+                .unwrap()
+        });
+        if let Poll::Ready(b) = r {
+            break b;
+        }
+    };
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    by_node
+}
+
+/// `OneBlockPerPoll` wrapped in `p`, as a task of a two-worker tokio runtime (it wakes itself
+/// at each poll, so either worker may poll it next); the blocks by node, and how many
+/// threads polled it.
+fn count_over_tokio_polls(p: Placed) -> ([usize; 3], usize) {
+    /// Records the thread of each poll of the future it wraps (outside the placement).
+    struct Threads<F>(Pin<Box<F>>, Vec<std::thread::ThreadId>);
+    impl<F: Future> Future for Threads<F> {
+        type Output = (F::Output, Vec<std::thread::ThreadId>);
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let id = std::thread::current().id();
+            if !self.1.contains(&id) {
+                self.1.push(id);
+            }
+            match self.0.as_mut().poll(cx) {
+                Poll::Ready(v) => Poll::Ready((v, std::mem::take(&mut self.1))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let task = Threads(
+        Box::pin(OneBlockPerPoll(Vec::with_capacity(400)).placed(p)),
+        Vec::with_capacity(8),
+    );
+    let (blocks, threads) = rt.block_on(async { tokio::spawn(task).await.unwrap() });
+    let mut by_node = [0usize; 3];
+    for b in &blocks {
+        by_node[node_of(b.as_ptr()) as usize] += 1;
+    }
+    (by_node, threads.len())
+}
+
+#[test]
+fn inner_a_placed_future_goes_on_with_its_spread_on_whichever_thread_polls_it() {
+    if !child::is_child() {
+        return;
+    }
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
+    assert_eq!(count_over_polls_on_new_threads(even), [200, 0, 200]);
+    assert_eq!(count_over_polls_on_new_threads(weighted), [100, 0, 300]);
+    // On a runtime: whichever workers polled it (one or both: the runtime decides), the
+    // rotation went on from poll to poll.
+    assert_eq!(count_over_tokio_polls(even).0, [200, 0, 200]);
+    assert_eq!(count_over_tokio_polls(weighted).0, [100, 0, 300]);
+}
+
 #[test]
 fn spreads_keep_their_rotation_across_nested_scopes() {
     if child::is_child() {
@@ -147,6 +218,11 @@ fn spreads_keep_their_rotation_across_nested_scopes() {
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
     let mut cmd = child::on_simulated_nodes(
         "inner_a_placed_future_goes_on_with_its_spread_from_poll_to_poll",
+        "2,far=1",
+    );
+    child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
+    let mut cmd = child::on_simulated_nodes(
+        "inner_a_placed_future_goes_on_with_its_spread_on_whichever_thread_polls_it",
         "2,far=1",
     );
     child::run(&mut cmd, Duration::from_secs(300)).expect_test_passed();
