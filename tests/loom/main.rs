@@ -19,6 +19,7 @@
 
 mod fork;
 mod huge;
+mod pool_fork_flag;
 mod registry;
 mod remote;
 mod segments;
