@@ -267,7 +267,16 @@ pub struct PlacedFuture<F> {
 /// then follow its placement whichever worker thread polls it, and other tasks on the same
 /// workers are not affected. A spreading placement goes on from poll to poll where the last
 /// one left it. Dropping a `PlacedFuture` (a cancelled task) drops the inner future inside the
-/// scope too, as `tracing::Instrumented` enters its span.
+/// scope too, as `tracing::Instrumented` enters its span; having a `Drop` of its own, it
+/// needs what the inner future borrows to outlive it (declared before it):
+///
+/// ```compile_fail,E0597
+/// use tieralloc::{Placed, PlacedFutureExt};
+/// let (fut, s);
+/// s = String::from("declared after the future, dropped before it");
+/// fut = async { s.len() }.placed(Placed::cold());
+/// # let _ = &fut;
+/// ```
 ///
 /// ```
 /// # #[global_allocator]

@@ -63,7 +63,10 @@ fn a_fork_handlers_pool_use_on_the_forking_thread_is_never_seen_half_done() {
         FORKING.with(|f| f.set(false));
         s.lock.unlock_raw();
         assert!(use_store(&s), "after the fork: the lock again");
-        assert!(other.join().unwrap(), "another thread went on without the lock");
+        assert!(
+            other.join().unwrap(),
+            "another thread went on without the lock"
+        );
         s.words.with(|w| {
             // SAFETY: every other thread is joined.
             assert_eq!(unsafe { *w }, (3, 3));
