@@ -30,7 +30,8 @@ pub enum Kind {
     Advise,
     /// `mprotect`, the `secure` build's guard pages: ENOMEM.
     Protect,
-    /// `mbind` (binding, interleaving, moving a range; also with simulated nodes): EIO.
+    /// `mbind` (binding, interleaving, moving a range; also with simulated nodes): ENOMEM
+    /// (not EIO, which a move takes for "some pages stayed" and then counts the pages).
     Bind,
     /// `move_pages`, queries and moves (also moves with simulated nodes): ENOMEM.
     MovePages,
@@ -60,7 +61,6 @@ impl Kind {
     pub fn errno(self) -> i32 {
         match self {
             Kind::Decommit | Kind::Advise => libc::EINVAL,
-            Kind::Bind => libc::EIO,
             Kind::Futex => libc::EINTR,
             _ => libc::ENOMEM,
         }
