@@ -34,7 +34,9 @@ fn a_refused_trim_leaves_no_mapping_behind() {
     let placed = tieralloc::Placed::node(0).unwrap().bound();
     let layout = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
     // Warm up (the thread's heap, the statistics, the status file's reading).
-    drop(placed.allocate(layout));
+    let p = placed.allocate(layout).expect("an 8 MiB mapping");
+    // SAFETY: a block of `placed` with this layout.
+    unsafe { placed.deallocate(p.cast(), layout) };
     let _ = (vm_size(), tieralloc::stats());
     let mut failures = Vec::new();
     for n in 1..=3u64 {

@@ -81,15 +81,33 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     let head = aligned - start;
     let tail = total - head - size;
     // SAFETY: [start, start+head) and [aligned+size, start+total) lie inside the mapping we
-    // just made and nobody else knows about them yet.
-    keeping_errno(|| unsafe {
-        if head > 0 && !fails(Kind::Unmap) {
-            libc::munmap(raw, head);
+    // just made and nobody else knows about them yet; so does the whole of it, given back
+    // when a trim is refused.
+    let trimmed = keeping_errno(|| unsafe {
+        let munmap = |p: usize, len: usize| !fails(Kind::Unmap) && libc::munmap(p as _, len) == 0;
+        if head > 0 && !munmap(start, head) {
+            // Refused (the split would pass vm.max_map_count: ENOMEM). The pieces trimmed off
+            // would stay mapped for good, reached by no unmap and counted nowhere (review
+            // rev38): the whole mapping goes back instead (which splits nothing), and this
+            // mapping fails like a refused mmap. If even that is refused, it stays, counted.
+            if !munmap(start, total) {
+                RESERVED.fetch_add(total, Ordering::Relaxed);
+            }
+            return false;
         }
-        if tail > 0 && !fails(Kind::Unmap) {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        if tail > 0 && !munmap(aligned + size, tail) {
+            // As above, for what is left of it after the head's trim.
+            if !munmap(aligned, size + tail) {
+                RESERVED.fetch_add(size + tail, Ordering::Relaxed);
+            }
+            return false;
         }
+        true
     });
+    if !trimmed {
+        MAP_FAILURES.fetch_add(1, Ordering::Relaxed);
+        return ptr::null_mut();
+    }
     if let Some(n) = node {
         // Binding failures are not fatal: the memory is still usable, only unplaced.
         super::numa::bind(aligned as *mut u8, size, n);
