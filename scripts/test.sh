@@ -61,7 +61,8 @@ cargo test --release --features secure --lib --test heap_errors --test secure_gu
 # workload, N = 1, 2, ..., in forked children, on simulated nodes; with `secure`, so the guard
 # pages' mprotect calls are swept too. About 40 s (the crate built once more, ~15 s; the
 # sweeps, ~15 s).
-cargo test --release --features secure,fault-injection --test os_faults --test secure_guard_faults
+cargo test --release --features secure,fault-injection --test os_faults --test secure_guard_faults \
+  --test map_trim_faults
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service
