@@ -3,7 +3,8 @@
 //! would pass `vm.max_map_count` (ENOMEM). Before the fix the untrimmed piece stayed mapped
 //! for good: no unmap ever reached it (the allocator's unmap covers the aligned part only) and
 //! `stats()`'s reserved bytes never counted it, so each refusal leaked up to the alignment in
-//! address space, unseen.
+//! address space, unseen. And a refused `munmap` of a whole mapping (a freed block of its
+//! own): it stays mapped, but was subtracted from the reserved bytes as if gone.
 //!
 //! Each case runs in a forked child (one thread: its address space changes only by what it
 //! does).
@@ -69,4 +70,37 @@ fn a_refused_trim_leaves_no_mapping_behind() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same mapping freed with its `munmap` refused: it stays mapped, and so it stays counted
+/// in `stats()`'s reserved bytes (it was subtracted as if gone).
+#[test]
+fn a_refused_unmap_stays_counted_as_reserved() {
+    let placed = tieralloc::Placed::node(0).unwrap().bound();
+    let layout = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
+    let p = placed.allocate(layout).expect("an 8 MiB mapping");
+    // SAFETY: a block of `placed` with this layout.
+    unsafe { placed.deallocate(p.cast(), layout) };
+    let _ = (vm_size(), tieralloc::stats());
+    let r = child::fork_and_wait(Duration::from_secs(30), || {
+        let (v0, r0) = (vm_size(), tieralloc::stats().bytes_reserved);
+        let p = placed.allocate(layout).expect("an 8 MiB mapping");
+        fault::fail_nth(Kind::Unmap, 1);
+        // SAFETY: a block of `placed` with this layout.
+        unsafe { placed.deallocate(p.cast(), layout) };
+        fault::clear();
+        let (v1, r1) = (vm_size(), tieralloc::stats().bytes_reserved);
+        if v1 - v0 != r1 - r0 {
+            eprintln!(
+                "munmap of the free refused: address space {v0} -> {v1}, reserved {r0} -> {r1}"
+            );
+            return 1;
+        }
+        0
+    });
+    assert_eq!(
+        r,
+        Ok(0),
+        "the address space and the reserved bytes differ (stderr)"
+    );
 }
