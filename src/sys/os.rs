@@ -116,18 +116,21 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     aligned as *mut u8
 }
 
-/// Returns a mapping made by [`map_aligned`] to the kernel.
+/// Returns a mapping made by [`map_aligned`] to the kernel. Refused (ENOMEM: a part of a
+/// mapping whose unmap would split it past `vm.max_map_count`), the range stays mapped and
+/// counted as reserved (review rev38: it was subtracted as if gone), lost to the allocator.
 ///
 /// # Safety
 /// `[p, p+size)` must be a mapping made by `map_aligned`, or the tail of one, that nothing
 /// uses any more.
 pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     // SAFETY: the caller hands us a whole mapping of ours that is no longer in use.
-    keeping_errno(|| unsafe {
-        if !fails(Kind::Unmap) {
-            libc::munmap(p as *mut libc::c_void, size);
-        }
+    let done = keeping_errno(|| unsafe {
+        !fails(Kind::Unmap) && libc::munmap(p as *mut libc::c_void, size) == 0
     });
+    if !done {
+        return;
+    }
     RESERVED.fetch_sub(size, Ordering::Relaxed);
     PURGES.fetch_add(1, Ordering::Relaxed);
     PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
