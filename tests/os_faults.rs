@@ -7,15 +7,17 @@
 //! either returned a writable block whose contents survive or null; no block was handed out
 //! twice (a shadow list of the live ranges); every live block's pattern is intact; errno is
 //! the same after every free as before it (C's `free` must keep it); and once the failures
-//! stop, the allocator serves every class again and `stats()`'s live bytes are back where
-//! they were.
+//! stop, the allocator serves every class again and `stats()`'s live bytes are back where a
+//! run without failures leaves them (a step whose live bytes alone are off runs once more:
+//! see `sweep`).
 //!
 //! The workload: small, medium, large and huge blocks, some over-aligned; reallocs that grow
 //! and shrink across the classes, a huge block grown in place (mremap); blocks freed by
 //! another thread; a thread that exits with blocks still live (the main thread frees them);
-//! purges (`TIERALLOC_PURGE_DELAY_MS=0`, `collect`); placement on the far tier and moves
-//! between tiers (`tiers::demote`, `promote`) on simulated nodes (`2,far=1`: the NUMA calls
-//! are then made by the allocator, and the injected failure reaches them).
+//! purges (`TIERALLOC_PURGE_DELAY_MS=0`, `collect`); placement on the far tier, and for the
+//! NUMA kinds moves between tiers (`tiers::demote`, `promote`), on simulated nodes
+//! (`2,far=1`: the NUMA calls are then made by the allocator, and the injected failure
+//! reaches them).
 //!
 //! Each kind's sweep runs in a child process of its own (this binary again, with the
 //! environment the allocator reads at start-up), which forks one grandchild per N, so a crash
