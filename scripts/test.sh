@@ -59,6 +59,13 @@ cargo test --release --features secure --lib --test heap_errors --test secure_gu
   --test idle --test purge --test trim --test churn --test tiers --test simnodes --test huge \
   --test fork --test cross_thread --test free_reuse --test recreate --test wrong_free_edges \
   --test align --test oom --test arena --test pool --test stress --test secure_realloc_freed
+# Every system call failing (review rev38): the test-only `fault-injection` feature fails the
+# Nth mmap, munmap, madvise, mprotect, mbind, move_pages, mremap or futex wait of a mixed
+# workload, N = 1, 2, ..., in forked children, on simulated nodes; with `secure`, so the guard
+# pages' mprotect calls are swept too. About 40 s (the crate built once more, ~15 s; the
+# sweeps, ~15 s).
+cargo test --release --features secure,fault-injection --test os_faults --test secure_guard_faults \
+  --test map_trim_faults
 # The `prometheus` feature: its collector's tests and the example service's (which needs it; the
 # feature's clippy run above checks the example itself).
 cargo test --release --features prometheus --test metrics --test service

@@ -92,6 +92,14 @@ pub mod numa {
     };
 }
 
+/// Test-only (feature `fault-injection`, never in a release): make the Nth system call of a
+/// kind fail, or every one from the Nth on (`src/sys/fault.rs`).
+#[doc(hidden)]
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection {
+    pub use crate::sys::fault::{calls, clear, fail_from, fail_nth, injected, Kind, KINDS};
+}
+
 /// Queries for tests (hidden from the docs): how the allocator books a block, and which node
 /// the calling thread's heap draws from.
 #[doc(hidden)]

@@ -70,30 +70,41 @@ pub(super) unsafe fn set_tail_guard(base: *mut u8, map_size: usize) {
 }
 
 /// `secure` build: makes the tail guard of the huge mapping at `base`, of `map_size` bytes,
-/// read-write again (it is about to lie inside an object, or the mapping to move). Nothing
-/// otherwise.
+/// read-write again (it is about to lie inside an object, or the mapping to move). Returns
+/// false if the kernel refused: the page is then still inaccessible, and the caller must not
+/// put an object over it or move the mapping (review rev38). Nothing otherwise (true).
 ///
 /// # Safety
 /// The mapping is ours.
 #[inline]
-pub(super) unsafe fn drop_tail_guard(base: *mut u8, map_size: usize) {
+#[must_use]
+pub(super) unsafe fn drop_tail_guard(base: *mut u8, map_size: usize) -> bool {
     #[cfg(feature = "secure")]
     // SAFETY: the last page of a mapping of ours (contract); giving access changes nothing.
     unsafe {
-        os::protect_rw(base.add(map_size - TAIL_GUARD), TAIL_GUARD);
+        os::protect_rw(base.add(map_size - TAIL_GUARD), TAIL_GUARD)
     }
-    let _ = (base, map_size);
+    #[cfg(not(feature = "secure"))]
+    {
+        let _ = (base, map_size);
+        true
+    }
 }
 
 /// `secure` build: places the front guard of an object at `offset` of `seg` (the page right
 /// before it), making the last object's front guard read-write if it was elsewhere; with
-/// `offset` 0, only drops the old one (before a move). Nothing otherwise.
+/// `offset` 0, only drops the old one (before a move). Returns false, and places nothing, if
+/// the kernel refused to make the old guard read-write: the header then still names it
+/// (`huge_guard`), since the page is still inaccessible, and the caller must not put an
+/// object over it or move the mapping (review rev38: the header forgot it, and the next
+/// object there died of SIGSEGV at its first write to it). Nothing otherwise (true).
 ///
 /// # Safety
 /// `seg` is a huge mapping of ours that no other thread uses, holding no live object (or
 /// the caller's, at `offset`); `offset` is 0 or at least `BLOCKS_START`.
 #[inline]
-pub(super) unsafe fn place_front_guard(seg: *mut Segment, offset: usize) {
+#[must_use]
+pub(super) unsafe fn place_front_guard(seg: *mut Segment, offset: usize) -> bool {
     #[cfg(feature = "secure")]
     // SAFETY: the header is ours (contract); the old guard page lies in the mapping, and the
     // new one (after the header: offset >= BLOCKS_START) holds no object.
@@ -102,17 +113,22 @@ pub(super) unsafe fn place_front_guard(seg: *mut Segment, offset: usize) {
         let old = (*seg).huge_guard as usize;
         let new = offset.saturating_sub(GUARD_SIZE);
         if old == new {
-            return;
+            return true;
         }
-        if old != 0 {
-            os::protect_rw(base.add(old), GUARD_SIZE);
+        if old != 0 && !os::protect_rw(base.add(old), GUARD_SIZE) {
+            return false;
         }
         (*seg).huge_guard = 0;
         if new != 0 && os::protect_none(base.add(new), GUARD_SIZE) {
             (*seg).huge_guard = new as u32;
         }
+        true
     }
-    let _ = (seg, offset);
+    #[cfg(not(feature = "secure"))]
+    {
+        let _ = (seg, offset);
+        true
+    }
 }
 
 /// The address range a huge mapping of `map_size` bytes holds: the mapping rounded up to a
@@ -151,7 +167,8 @@ pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -
     // SAFETY: a fresh, zeroed mapping of ours, at least BLOCKS_START long; its last page
     // holds no object.
     unsafe {
-        init(seg, map_size, offset, size, node);
+        // A fresh mapping has no old guard to drop: this cannot fail.
+        let _ = init(seg, map_size, offset, size, node);
         set_tail_guard(p, map_size);
     }
     super::segment::map_insert(seg);
@@ -159,12 +176,21 @@ pub fn map(map_size: usize, offset: usize, size: usize, node: u32, bind: bool) -
 }
 
 /// (Re)writes a huge segment's header for an object at `offset`, and (`secure` build) puts
-/// the object's front guard right before it.
+/// the object's front guard right before it. Returns false if the last object's front guard
+/// could not be made read-write again ([`place_front_guard`]): the mapping must then not
+/// serve the object (a fresh one always can: it has no old guard).
 ///
 /// # Safety
 /// `seg` is a huge mapping of `map_size` bytes that no other thread uses, holding no object;
 /// `offset` is at least `BLOCKS_START`.
-pub unsafe fn init(seg: *mut Segment, map_size: usize, offset: usize, size: usize, node: u32) {
+#[must_use]
+pub unsafe fn init(
+    seg: *mut Segment,
+    map_size: usize,
+    offset: usize,
+    size: usize,
+    node: u32,
+) -> bool {
     // SAFETY: exclusive use per the contract.
     unsafe {
         (*seg).owner.store(0, Ordering::Relaxed);
@@ -174,8 +200,8 @@ pub unsafe fn init(seg: *mut Segment, map_size: usize, offset: usize, size: usiz
         (*seg).huge_offset = offset;
         (*seg).huge_size = usable(map_size, offset);
         (*seg).huge_label = 0;
-        place_front_guard(seg, offset);
         let _ = size;
+        place_front_guard(seg, offset)
     }
 }
 
@@ -406,14 +432,18 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         super::segment::map_remove(seg);
         // The `secure` build's guards split the mapping, and `mremap` moves one piece only:
         // read-write for the move (the tail guard for good: it ends up inside the mapping).
+        // A guard the kernel would not give back stays (and the move is not tried: `mremap`
+        // would refuse the split mapping anyway).
         #[cfg(feature = "secure")]
         let front = (*seg).huge_guard as usize;
-        place_front_guard(seg, 0);
-        drop_tail_guard(seg as *mut u8, old_map);
-        if !os::remap(seg as *mut u8, old_map, dst, new_map) {
+        if !place_front_guard(seg, 0)
+            || !drop_tail_guard(seg as *mut u8, old_map)
+            || !os::remap(seg as *mut u8, old_map, dst, new_map)
+        {
             set_tail_guard(seg as *mut u8, old_map);
+            // (Back where it was, or still there: nothing to drop then.)
             #[cfg(feature = "secure")]
-            place_front_guard(seg, front + GUARD_SIZE);
+            let _ = place_front_guard(seg, front + GUARD_SIZE);
             super::segment::map_insert(seg);
             os::unmap(dst, reservation(new_map));
             return ptr::null_mut();
@@ -436,7 +466,8 @@ pub unsafe fn enlarge(seg: *mut Segment, new_map: usize) -> *mut Segment {
         #[cfg(feature = "secure")]
         {
             if front != 0 {
-                place_front_guard(new, front + GUARD_SIZE);
+                // The moved header names no guard (dropped above): nothing to refuse.
+                let _ = place_front_guard(new, front + GUARD_SIZE);
             }
         }
         super::segment::map_insert(new);

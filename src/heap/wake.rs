@@ -176,16 +176,22 @@ fn futex_wait(word: &AtomicU32, seq: u32, deadline: Option<u64>) -> bool {
     // SAFETY: a futex wait on a word of ours, private to the process, with an absolute
     // `CLOCK_MONOTONIC` deadline (a valid timespec) or none, matching any wake-up's bits; it
     // returns at once if the word is no longer `seq`, and on a signal.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
-            seq,
-            tsp,
-            core::ptr::null::<u32>(),
-            libc::FUTEX_BITSET_MATCH_ANY,
-        )
+    let r = if crate::sys::fault::fails(crate::sys::fault::Kind::Futex) {
+        // An injected early return (tests only), as on a signal: errno EINTR.
+        -1
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
+                seq,
+                tsp,
+                core::ptr::null::<u32>(),
+                libc::FUTEX_BITSET_MATCH_ANY,
+            )
+        }
     };
     // SAFETY: the calling thread's errno location, always valid.
     r != 0 && deadline.is_some() && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT

@@ -144,6 +144,11 @@ pub(crate) fn mbind(
     nodes: &NodeMask,
     flags: libc::c_uint,
 ) -> Result<(), i32> {
+    // An injected refusal (tests only) also with simulated nodes; errno kept, as for the
+    // kernel's refusal below.
+    if super::os::keeping_errno(|| super::fault::fails(super::fault::Kind::Bind)) {
+        return Err(super::fault::Kind::Bind.errno());
+    }
     if simulated() {
         return Ok(());
     }
@@ -240,6 +245,10 @@ pub(crate) fn populate_then_default(p: *mut u8, len: usize, node: u32) -> bool {
     }
     // SAFETY: advice on a fresh private mapping of the caller's: it only faults in zeroed
     // pages (contents unchanged); a refusal changes nothing.
+    if super::fault::fails(super::fault::Kind::Advise) {
+        return false;
+    }
+    // SAFETY: as above.
     let r = unsafe { libc::madvise(p as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
     if r != 0 {
         return false;
@@ -361,6 +370,10 @@ pub(crate) fn move_pages(
 ) -> Result<(), i32> {
     if status.len() < pages.len() || nodes.is_some_and(|n| n.len() < pages.len()) {
         return Err(libc::EINVAL);
+    }
+    // An injected refusal (tests only), of a query or a move, also with simulated nodes.
+    if super::fault::fails(super::fault::Kind::MovePages) {
+        return Err(super::fault::Kind::MovePages.errno());
     }
     if let Some(n) = nodes {
         if simulated() {

@@ -6,6 +6,7 @@
 //! `mprotect` of the crate. May touch: `sys::numa` (to bind a fresh mapping to a node before its first touch)
 //! and `sync`. Never allocates, never panics.
 
+use super::fault::{fails, Kind};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use core::ptr;
 
@@ -59,6 +60,9 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
     // result is checked against MAP_FAILED before use.
     let raw = keeping_errno(|| unsafe {
+        if fails(Kind::Map) {
+            return libc::MAP_FAILED;
+        }
         libc::mmap(
             ptr::null_mut(),
             total,
@@ -77,15 +81,33 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     let head = aligned - start;
     let tail = total - head - size;
     // SAFETY: [start, start+head) and [aligned+size, start+total) lie inside the mapping we
-    // just made and nobody else knows about them yet.
-    keeping_errno(|| unsafe {
-        if head > 0 {
-            libc::munmap(raw, head);
+    // just made and nobody else knows about them yet; so does the whole of it, given back
+    // when a trim is refused.
+    let trimmed = keeping_errno(|| unsafe {
+        let munmap = |p: usize, len: usize| !fails(Kind::Unmap) && libc::munmap(p as _, len) == 0;
+        if head > 0 && !munmap(start, head) {
+            // Refused (the split would pass vm.max_map_count: ENOMEM). The pieces trimmed off
+            // would stay mapped for good, reached by no unmap and counted nowhere (review
+            // rev38): the whole mapping goes back instead (which splits nothing), and this
+            // mapping fails like a refused mmap. If even that is refused, it stays, counted.
+            if !munmap(start, total) {
+                RESERVED.fetch_add(total, Ordering::Relaxed);
+            }
+            return false;
         }
-        if tail > 0 {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        if tail > 0 && !munmap(aligned + size, tail) {
+            // As above, for what is left of it after the head's trim.
+            if !munmap(aligned, size + tail) {
+                RESERVED.fetch_add(size + tail, Ordering::Relaxed);
+            }
+            return false;
         }
+        true
     });
+    if !trimmed {
+        MAP_FAILURES.fetch_add(1, Ordering::Relaxed);
+        return ptr::null_mut();
+    }
     if let Some(n) = node {
         // Binding failures are not fatal: the memory is still usable, only unplaced.
         super::numa::bind(aligned as *mut u8, size, n);
@@ -94,16 +116,21 @@ pub(crate) fn map_aligned(size: usize, align: usize, node: Option<u32>) -> *mut 
     aligned as *mut u8
 }
 
-/// Returns a mapping made by [`map_aligned`] to the kernel.
+/// Returns a mapping made by [`map_aligned`] to the kernel. Refused (ENOMEM: a part of a
+/// mapping whose unmap would split it past `vm.max_map_count`), the range stays mapped and
+/// counted as reserved (review rev38: it was subtracted as if gone), lost to the allocator.
 ///
 /// # Safety
 /// `[p, p+size)` must be a mapping made by `map_aligned`, or the tail of one, that nothing
 /// uses any more.
 pub(crate) unsafe fn unmap(p: *mut u8, size: usize) {
     // SAFETY: the caller hands us a whole mapping of ours that is no longer in use.
-    keeping_errno(|| unsafe {
-        libc::munmap(p as *mut libc::c_void, size);
+    let done = keeping_errno(|| unsafe {
+        !fails(Kind::Unmap) && libc::munmap(p as *mut libc::c_void, size) == 0
     });
+    if !done {
+        return;
+    }
     RESERVED.fetch_sub(size, Ordering::Relaxed);
     PURGES.fetch_add(1, Ordering::Relaxed);
     PURGED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
@@ -115,7 +142,11 @@ pub(crate) fn no_huge_pages(p: *mut u8, len: usize) {
     // SAFETY: advice that changes only how future faults of the range are served, never the
     // contents of any page; on a range that is not mapped the kernel refuses (ENOMEM) and
     // nothing changes.
-    keeping_errno(|| unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) });
+    keeping_errno(|| unsafe {
+        if !fails(Kind::Advise) {
+            libc::madvise(p as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE);
+        }
+    });
 }
 
 /// The size of a transparent huge page (PMD-mapped) on x86-64 and aarch64 with 4 KiB pages.
@@ -132,7 +163,11 @@ pub(crate) fn split_huge_page_at(p: *mut u8) {
     // SAFETY: advice about one page of a mapping of ours; it changes no page's contents (only
     // how the page is backed and how soon it may be reclaimed); on a range that is not mapped
     // the kernel refuses (ENOMEM) and nothing changes.
-    keeping_errno(|| unsafe { libc::madvise(page, OS_PAGE, libc::MADV_COLD) });
+    keeping_errno(|| unsafe {
+        if !fails(Kind::Advise) {
+            libc::madvise(page, OS_PAGE, libc::MADV_COLD);
+        }
+    });
 }
 
 /// Moves the mapping `[old, old+old_size)` to `new`, grown to `new_size` bytes, in place of
@@ -148,6 +183,9 @@ pub(crate) unsafe fn remap(old: *mut u8, old_size: usize, new: *mut u8, new_size
     // SAFETY: both ranges are (parts of) mappings of ours (contract); MREMAP_FIXED replaces
     // the mapping at `new`, which nobody uses, and the old range is nobody else's to read.
     let r = keeping_errno(|| unsafe {
+        if fails(Kind::Remap) {
+            return libc::MAP_FAILED;
+        }
         libc::mremap(
             old as *mut libc::c_void,
             old_size,
@@ -176,6 +214,9 @@ pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
     // SAFETY: the caller guarantees the range is ours, page aligned and holds nothing live, so
     // discarding its contents is invisible to every user.
     let done = keeping_errno(|| unsafe {
+        if fails(Kind::Decommit) {
+            return -1;
+        }
         libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED)
     }) == 0;
     if done {
@@ -196,7 +237,12 @@ pub(crate) unsafe fn decommit(p: *mut u8, size: usize) -> bool {
 #[cfg(feature = "secure")]
 pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
     // SAFETY: the range is ours and unused (contract); taking access away changes no contents.
-    keeping_errno(|| unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) }) == 0
+    keeping_errno(|| unsafe {
+        if fails(Kind::Protect) {
+            return -1;
+        }
+        libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE)
+    }) == 0
 }
 
 /// Makes `[p, p+len)` read-write again (a guard page that becomes part of a block). Contents
@@ -210,6 +256,9 @@ pub(crate) unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
 pub(crate) unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
     // SAFETY: the range is ours (contract); giving access changes no contents.
     keeping_errno(|| unsafe {
+        if fails(Kind::Protect) {
+            return -1;
+        }
         libc::mprotect(
             p as *mut libc::c_void,
             len,

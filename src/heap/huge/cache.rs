@@ -104,6 +104,26 @@ unsafe fn split_in_place(seg: *mut Segment, keep: usize) -> *mut Segment {
     }
 }
 
+/// Whether the front guard of the last object of `seg` (`secure` build) lies before `at`, or
+/// has been dropped (made read-write) so that nothing past `at` is inaccessible but the tail
+/// guard; false if it lies at or past `at` and the kernel refused to drop it. True in the
+/// default build.
+///
+/// # Safety
+/// `seg` is a huge mapping of ours holding no object, that nobody else uses.
+unsafe fn front_guard_before(seg: *mut Segment, at: usize) -> bool {
+    #[cfg(feature = "secure")]
+    // SAFETY: the header is ours (contract).
+    unsafe {
+        ((*seg).huge_guard as usize) < at || place_front_guard(seg, 0)
+    }
+    #[cfg(not(feature = "secure"))]
+    {
+        let _ = (seg, at);
+        true
+    }
+}
+
 /// A thread's cache of freed huge mappings (a field of its heap, touched by its owner only).
 /// Every mapping in it is unregistered, holds no object, and is the cache's alone: [`put`]
 /// takes it over, and it leaves only through [`take`] (to the caller) or an unmap. Its
@@ -166,15 +186,24 @@ impl HugeCache {
             let ms = (*seg).map_size;
             if ms < map_size {
                 // Grows inside its reservation: the new bytes are fresh (never touched). Its
-                // tail guard moves to the new end.
-                drop_tail_guard(seg as *mut u8, ms);
+                // tail guard moves to the new end. A tail guard the kernel will not give back
+                // would lie inside the object: the mapping goes back to the OS instead, and
+                // the caller maps a fresh one (review rev38).
+                if !drop_tail_guard(seg as *mut u8, ms) {
+                    segment::commit_sub((*seg).node, ms);
+                    unmap(seg);
+                    return ptr::null_mut();
+                }
                 set_tail_guard(seg as *mut u8, map_size);
                 (*seg).map_size = map_size;
                 segment::commit_add((*seg).node, map_size - ms);
                 return seg;
             }
             let keep = reservation(map_size);
-            if ms > keep && ms - keep >= SPLIT_MIN {
+            // The last object's front guard, if past the split, would lie in the tail, whose
+            // fresh header does not name it: dropped first, and no split if the kernel will not
+            // (the header, which keeps naming it, has `init` drop it or give the mapping up).
+            if ms > keep && ms - keep >= SPLIT_MIN && front_guard_before(seg, keep) {
                 let tail = split_in_place(seg, keep);
                 // A slot was freed above (the mapping taken, or the pieces assembled).
                 self.insert(tail, freed_at);
@@ -232,9 +261,12 @@ impl HugeCache {
                 // Out of the segment map while its range is still ours (as in `enlarge`).
                 segment::map_remove(piece);
                 // Guards read-write: `mremap` moves one mapping (VMA), and they end up inside.
-                place_front_guard(piece, 0);
-                drop_tail_guard(piece as *mut u8, ms);
-                if !os::remap(piece as *mut u8, ms, dst.add(off), ms) {
+                // A guard the kernel will not give back stays, named by the piece's header,
+                // and the piece stays cached (review rev38).
+                if !place_front_guard(piece, 0)
+                    || !drop_tail_guard(piece as *mut u8, ms)
+                    || !os::remap(piece as *mut u8, ms, dst.add(off), ms)
+                {
                     set_tail_guard(piece as *mut u8, ms);
                     segment::map_insert(piece);
                     continue;

@@ -111,13 +111,19 @@ pub(super) unsafe fn alloc_huge(mut h: HeapRef, size: usize, align: usize, zero:
     // A cached mapping of our node (all are: a move empties the cache, and free_huge keeps
     // only mappings of our node), or a fresh one.
     let mut seg = h.huge_cache.take(node, map_size);
-    let reused = !seg.is_null();
+    let mut reused = !seg.is_null();
     // SAFETY: seg is a huge mapping of ours that holds no object yet (from the cache, which
     // gave it up, or fresh), at least map_size bytes, laid out for size at align.
     unsafe {
-        if reused {
-            huge::init(seg, (*seg).map_size, offset, size, node);
-        } else {
+        // `secure` build: a cached mapping whose last front guard the kernel will not make
+        // read-write again goes back to the OS (review rev38: the guard would lie inside the
+        // object); a fresh one serves instead.
+        if reused && !huge::init(seg, (*seg).map_size, offset, size, node) {
+            commit_sub((*seg).node, (*seg).map_size);
+            huge::unmap(seg);
+            reused = false;
+        }
+        if !reused {
             // The cache's mappings (the assembly above may have found them too small, or had
             // no room to move them) make way if the mapping is refused.
             seg = map_making_room(h, || huge::map(map_size, offset, size, node, true));
