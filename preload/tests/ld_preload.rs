@@ -364,6 +364,26 @@ fn c23_sized_frees_are_exported_and_free() {
     c_test("free_sized", &["-ldl"], |_| vec![]);
 }
 
+/// A program whose main thread ends with `pthread_exit` ends (status 0) while the background
+/// purger runs (tests/c/main_pthread_exit.c, `TIERALLOC_BACKGROUND_PURGE=1`). Review rev40:
+/// the purger's thread kept the process alive for good (killed by the hang guard).
+#[test]
+fn main_thread_pthread_exit_ends_the_process_with_the_purger_running() {
+    let name = "main_pthread_exit";
+    let dir = Scratch::new(name);
+    let exe = compile(&dir, name, &[]);
+    let mut cmd = Command::new(&exe);
+    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
+    let r = run(&dir, cmd, true, Duration::from_secs(30));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && out.contains("main_pthread_exit ok"),
+        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status,
+        r.stderr
+    );
+}
+
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
 /// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
 #[test]

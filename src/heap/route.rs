@@ -340,7 +340,18 @@ fn choose(t: &Raw, size: usize, home: u32) -> Option<u32> {
 /// far tier's budget cannot take it). Ratio and budgets route only requests over `MEDIUM_MAX`
 /// one by one; smaller ones follow the segment they are carved from (`segment_node`).
 #[inline]
-pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
+pub(crate) fn route(size: usize, align: usize, home: u32) -> Option<u32> {
+    route_in(size, align, home, true)
+}
+
+/// [`route`] with no refusal counted (the caller makes room and asks again).
+#[inline]
+pub(crate) fn try_route(size: usize, align: usize, home: u32) -> Option<u32> {
+    route_in(size, align, home, false)
+}
+
+#[inline]
+fn route_in(size: usize, _align: usize, home: u32, count: bool) -> Option<u32> {
     let t = discover::get();
     if t.n_tiers == 0 {
         return None;
@@ -350,7 +361,9 @@ pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
         let last = t.n_tiers - 1;
         let node = nearest(t, last, home)?;
         if any_budget() && !has_room(t, last, size) {
-            REFUSED[last].fetch_add(1, Ordering::Relaxed);
+            if count {
+                REFUSED[last].fetch_add(1, Ordering::Relaxed);
+            }
             return Some(REFUSE);
         }
         if node != home {
@@ -362,6 +375,18 @@ pub(crate) fn route(size: usize, _align: usize, home: u32) -> Option<u32> {
         return None;
     }
     choose(t, size, home)
+}
+
+/// The nodes of the far tier (the slowest), where threshold requests go.
+pub(crate) fn far_tier_nodes() -> u64 {
+    let t = discover::get();
+    t.n_tiers.checked_sub(1).map_or(0, |last| t.tiers[last])
+}
+
+/// The nodes of `node`'s tier (none if it is in no tier).
+pub(crate) fn tier_nodes_of(node: u32) -> u64 {
+    let t = discover::get();
+    t.tier_of(node as usize).map_or(0, |k| t.tiers[k])
 }
 
 /// Whether `size` more bytes on `node` would spill: its tier's budget cannot take them and

@@ -16,7 +16,7 @@
 use super::bins::{direct_bin, page_to_full};
 use super::counters::{bump, collect_remote};
 use super::free::drain_delayed;
-use super::large::{alloc_huge, alloc_large};
+use super::large::{alloc_huge, alloc_large, make_budget_room};
 use super::node::{dead_alloc, node_alloc};
 use super::purger;
 use super::refilled;
@@ -775,7 +775,16 @@ pub(super) unsafe fn alloc_generic_in(
             && !h.shared
             && (h.state == ACTIVE || heap_init(h))
         {
-            if let Some(node) = crate::heap::route::route(size, align, h.node) {
+            use crate::heap::route;
+            let mut to = route::try_route(size, align, h.node);
+            if to == Some(route::REFUSE) {
+                // A threshold request the far tier's budget cannot take: first give back
+                // what the budget counts there though nobody holds it, then ask once more
+                // (counting a refusal if it still does not fit).
+                make_budget_room(h, route::far_tier_nodes());
+                to = route::route(size, align, h.node);
+            }
+            if let Some(node) = to {
                 if node != h.node {
                     return node_alloc(node, size, align, zero);
                 }

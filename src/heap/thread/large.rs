@@ -17,7 +17,7 @@
 use super::counters::{add, bump, counters, note_far_large, LARGE_BIN};
 use super::free::{count_node_free, drain_delayed};
 use super::labels::book_huge;
-use super::node::dead_alloc;
+use super::node::{dead_alloc, reclaim_node_heaps};
 use super::registry::{current_home, heap_init, rehome};
 use super::slices::take_slices;
 use super::tick::{heap_tick, note_idle};
@@ -217,9 +217,10 @@ pub(crate) fn retry_making_room<T>(mut map: impl FnMut() -> *mut T) -> *mut T {
 
 /// [`route::admit`](crate::heap::route::admit) for an explicit request of the calling
 /// thread (a `Placed` handle, a placement scope): when the request does not fit its tier's
-/// budget, the thread's huge cache is given back first (its freed mappings count as
-/// committed on their node until the purge delay, and must not be what refuses the request),
-/// then the budget is asked. Counts a refusal if it still does not fit. The caller holds the
+/// budget, what the budget counts there though nobody holds it is given back first (the
+/// thread's huge cache, whose freed mappings count as committed on their node until the purge
+/// delay, and the tier's node heaps' freed blocks: [`make_budget_room`]), then the budget is
+/// asked. Counts a refusal if it still does not fit. The caller holds the
 /// reservation until its block is allocated.
 pub(crate) fn admit_making_room(node: u32, size: usize) -> Option<route::Reservation> {
     if let Some(r) = route::try_admit(node, size) {
@@ -227,8 +228,27 @@ pub(crate) fn admit_making_room(node: u32, size: usize) -> Option<route::Reserva
     }
     let h = own();
     let _gate = super::purger::enter(h.as_ptr());
-    give_back_huge_cache(h);
+    // SAFETY: a user's request for a placed block: we hold no node heap's lock or page.
+    unsafe { make_budget_room(h, route::tier_nodes_of(node)) };
     route::admit(node, size)
+}
+
+/// Before a tier budget refuses a request on the tier of nodes `nodes`: gives back what the
+/// budget counts as committed there though nobody holds it, so that the caller can ask once
+/// more. That is `h`'s huge cache (its freed mappings wait out the purge delay) and the
+/// tier's node heaps, where every block a thread frees of a threshold request or a `Placed`
+/// handle waits until that heap's next collection, its memory committed (review rev40: a far
+/// budget of 3 MiB refused a 2 MiB block when the one freed before it was still counted).
+/// Returns whether there was anything to give back.
+///
+/// # Safety
+/// `h` is the calling thread's heap, whose gate the caller holds; it holds no node heap's
+/// lock and uses no page of a node heap.
+pub(super) unsafe fn make_budget_room(h: HeapRef, nodes: u64) -> bool {
+    let cache = give_back_huge_cache(h);
+    // SAFETY: forwarded contract.
+    let heaps = unsafe { reclaim_node_heaps(nodes) };
+    cache || heaps
 }
 
 /// Grows a huge object to `new_size` bytes without copying it (its pages move to a bigger

@@ -132,6 +132,36 @@ pub(super) fn collect_node_heaps(now: u64, delay: u64) {
     }
 }
 
+/// Collects and purges now, whatever the purge delay, the node heaps of `nodes` that were
+/// ever used (waiting for each one's lock), for a caller that a tier budget is about to refuse
+/// ([`super::large::make_budget_room`]): the blocks other threads freed into them (every free
+/// of a threshold or placed block by a thread is such a free: a node heap is no thread's)
+/// are taken back and the memory they held decommitted, so that a budget does not count as
+/// taken what nobody holds (review rev40). Returns whether there was a heap to collect.
+///
+/// # Safety
+/// The caller holds no node heap's lock and uses no page of a node heap.
+pub(super) unsafe fn reclaim_node_heaps(nodes: u64) -> bool {
+    let mut used = NODE_HEAPS_USED.load(Ordering::Relaxed) & nodes;
+    let any = used != 0;
+    let now = crate::sys::os::now_ms();
+    let delay = crate::init::PURGE_DELAY_MS.load(Ordering::Relaxed);
+    while used != 0 {
+        let node = used.trailing_zeros() as usize;
+        used &= used - 1;
+        let nh = &NODE_HEAPS[node];
+        let _g = nh.lock.lock();
+        // SAFETY: we hold its lock, so it is ours for the duration.
+        let h = unsafe { nh.heap() };
+        if h.state == ACTIVE {
+            // SAFETY: we hold its lock and no page of it (contract). A time a delay ahead
+            // and no delay, as `tick::collect_now`: everything free counts as due.
+            unsafe { heap_collect(h, now.saturating_add(delay).saturating_add(1), 0) };
+        }
+    }
+    any
+}
+
 /// The nodes with memory but no CPU (a far tier's, such as a CXL expander's), as found once;
 /// `u64::MAX` until then.
 static CPULESS: AtomicU64 = AtomicU64::new(u64::MAX);

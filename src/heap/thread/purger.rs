@@ -281,7 +281,75 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
             unsafe { pass(os::now_ms(), delay, false) };
         }
         sleep_while_nothing_waits();
+        if alone_in_process() {
+            // What glibc's last thread does at its end (`start_thread`, `pthread_exit`):
+            // it would have been the last but for us (review rev40).
+            // SAFETY: exit has no memory preconditions; the program's threads are all gone.
+            unsafe { libc::exit(0) };
+        }
     }
+}
+
+/// The longest the purger sleeps with nothing to do, before it looks whether it is the
+/// process's last thread ([`alone_in_process`]).
+const ALONE_CHECK_MS: u64 = 1000;
+
+/// Whether the purger is the process's one live thread: the main thread has ended with
+/// `pthread_exit` (its task a zombie until the process ends, still counted) and every other
+/// thread has ended. glibc ends the process (`exit(0)`) when its last thread ends, but it
+/// counts the purger, which never ends: without this look, a program whose main thread ends
+/// that way ran on for good once the purger had started (review rev40, `preload/tests/
+/// ld_preload.rs`: a C program's `pthread_exit` from `main`; fork_traffic.c's children).
+/// Reads `/proc/self/stat` (the main thread's state and the process's thread count) into a
+/// buffer on the stack; false if it cannot.
+fn alone_in_process() -> bool {
+    read_stat(stat_says_alone)
+}
+
+/// Whether the main thread has ended (`pthread_exit`; a zombie until the process ends).
+fn main_thread_ended() -> bool {
+    read_stat(|s| stat_field(s, 3) == Some(&b"Z"[..]))
+}
+
+/// `f` of `/proc/self/stat`'s line, read into a buffer on the stack; false if it cannot be
+/// read.
+fn read_stat(f: impl FnOnce(&[u8]) -> bool) -> bool {
+    let mut buf = [0u8; 1024];
+    // SAFETY: a NUL-terminated path; the descriptor is ours until we close it, and read
+    // writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return false;
+    }
+    f(&buf[..n as usize])
+}
+
+/// Field `k` (from 3: the fields after the command name) of a `/proc/<pid>/stat` line,
+/// counted from the last `)`, as the command name (field 2) may hold spaces and `)`.
+fn stat_field(stat: &[u8], k: usize) -> Option<&[u8]> {
+    let r = stat.iter().rposition(|&c| c == b')')?;
+    stat[r + 1..]
+        .split(|&c| c == b' ' || c == b'\n')
+        .filter(|f| !f.is_empty())
+        .nth(k.checked_sub(3)?)
+}
+
+/// [`alone_in_process`]'s reading of a `/proc/<pid>/stat` line: the state (field 3) is `Z`
+/// and the thread count (field 20) is 2 (the zombie main thread and the caller).
+pub(super) fn stat_says_alone(stat: &[u8]) -> bool {
+    stat_field(stat, 3) == Some(&b"Z"[..])
+        && stat_field(stat, 20).and_then(crate::sys::env::parse_u64) == Some(2)
 }
 
 /// Whether anything waits for the purger: a pool's segment (unmapped once expired) or a
@@ -376,7 +444,48 @@ fn anything_waits() -> Idle {
 /// holding heap has due later, unless something waits now ([`SLEEP`]'s handshake:
 /// `heap::wake`, which tests/loom/wake.rs checks).
 fn sleep_while_nothing_waits() {
-    SLEEP.sleep_unless_for(anything_waits);
+    // While the program's last thread may be ending, not for long: `run` looks after each
+    // sleep whether the purger is the last thread left. That is so while the main thread has
+    // ended (a zombie: every `ALONE_CHECK_MS`), and for a while after any thread's heap let go
+    // (`EXIT_LOOKS` looks `EXIT_LOOK_MS` apart, first: the thread is still there when it
+    // tells us).
+    // Otherwise asleep until woken, as before (tests/idle.rs: no wake-up with nothing to do).
+    let cap = if EXIT_LOOKS_LEFT
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        EXIT_LOOK_MS
+    } else if main_thread_ended() {
+        ALONE_CHECK_MS
+    } else {
+        u64::MAX
+    };
+    SLEEP.sleep_unless_for(|| match (anything_waits(), cap) {
+        (idle, u64::MAX) => idle,
+        (Idle::Forever, cap) => Idle::For {
+            at: os::now_ms().saturating_add(cap),
+        },
+        (Idle::For { at }, cap) => Idle::For {
+            at: at.min(os::now_ms().saturating_add(cap)),
+        },
+        (Idle::Work, _) => Idle::Work,
+    });
+}
+
+/// How many short sleeps the purger takes after a thread's heap let go, and how long each.
+const EXIT_LOOKS: u32 = 100;
+const EXIT_LOOK_MS: u64 = 10;
+/// The short sleeps left (see [`sleep_while_nothing_waits`]); set by [`note_thread_exit`].
+static EXIT_LOOKS_LEFT: AtomicU32 = AtomicU32::new(0);
+
+/// A thread's heap has let go (its thread is ending): the purger, if it runs, looks a while
+/// whether it is the last thread left ([`alone_in_process`]). One relaxed load when the
+/// purger is off.
+pub(super) fn note_thread_exit() {
+    if BACKGROUND_PURGE.load(Ordering::Relaxed) {
+        EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
+        wake();
+    }
 }
 
 /// Wakes the purger if it sleeps: to be called after a heap became `waiting`, or a segment

@@ -116,3 +116,26 @@ fn a_claim_and_a_push_back_do_not_wait_for_the_purge_of_another_segment() {
         "the claim of a listed segment failed: {done:?}"
     );
 }
+
+/// Review rev40: the purger ends the process only when the main thread is a zombie (ended
+/// with `pthread_exit`) and the purger is the one other thread; a command name with spaces
+/// and parentheses does not shift the fields.
+#[test]
+fn the_purger_is_alone_only_beside_a_zombie_main_thread() {
+    use super::purger::stat_says_alone;
+    let line = |state: &str, threads: u32| {
+        format!(
+            "4725 (a) b (c)) {state} 1 4725 4725 0 -1 4194560 100 0 0 0 1 0 0 0 20 0 {threads} 0 \
+             12345 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+        )
+    };
+    assert!(stat_says_alone(line("Z", 2).as_bytes()));
+    assert!(!stat_says_alone(line("Z", 3).as_bytes()));
+    assert!(!stat_says_alone(line("S", 2).as_bytes()));
+    assert!(!stat_says_alone(line("R", 1).as_bytes()));
+    assert!(!stat_says_alone(b"garbage"));
+    assert!(!stat_says_alone(b""));
+    // This process: its main thread runs the harness.
+    let own = std::fs::read("/proc/self/stat").unwrap();
+    assert!(!stat_says_alone(&own));
+}

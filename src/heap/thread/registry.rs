@@ -285,8 +285,9 @@ pub unsafe fn heap_done(h: *mut Heap) {
         unsafe { REGISTRY.heaps.unlink(h.as_ptr()) };
     }
     h.state = DEAD;
-    // Empty segments went to a pool: a sleeping purger unmaps them once they expire.
-    super::purger::notify();
+    // Empty segments went to a pool: a sleeping purger unmaps them once they expire; and
+    // this thread may be the program's last (the purger then ends the process).
+    super::purger::note_thread_exit();
 }
 
 /// Lets go of every segment and cached span of `h`: empty ones to the pool, the rest to the
