@@ -260,16 +260,22 @@ impl SpinLock {
     pub fn lock(&self) -> SpinGuard<'_> {
         let mut spins = 0u32;
         loop {
-            if !self.locked.load(Ordering::Relaxed)
-                && self
-                    .locked
-                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.acquire() {
                 return SpinGuard { lock: self };
             }
             backoff(&mut spins);
         }
+    }
+
+    /// One try at the lock: a relaxed read first, so that waiters spin on a shared line and
+    /// only a free lock is asked for with a compare-exchange. Whether it was taken.
+    #[inline]
+    fn acquire(&self) -> bool {
+        !self.locked.load(Ordering::Relaxed)
+            && self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Takes the lock as [`lock`](SpinLock::lock) does, or returns `None` when it is taken and
@@ -280,12 +286,7 @@ impl SpinLock {
         let mut spins = 0u32;
         let mut ask = Some(held_here);
         loop {
-            if !self.locked.load(Ordering::Relaxed)
-                && self
-                    .locked
-                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.acquire() {
                 return Some(SpinGuard { lock: self });
             }
             if ask.take().is_some_and(|f| f()) {

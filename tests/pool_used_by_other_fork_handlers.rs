@@ -20,11 +20,7 @@ static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
 /// Runs the test `name` in a child and requires that it passed (the parent's side).
 fn in_child(name: &str) -> bool {
-    if child::is_child() {
-        return true;
-    }
-    child::run(&mut child::this_test(name), Duration::from_secs(30)).expect_test_passed();
-    false
+    child::in_child(name, Duration::from_secs(30))
 }
 
 /// A pool with no thread cache: every get and return goes through a shared store.

@@ -28,6 +28,15 @@ fn node_of(p: *const u8) -> u32 {
     unsafe { tieralloc::probe::block_node(p) }
 }
 
+/// How many of `blocks` are on each node.
+fn by_node(blocks: &[Vec<u8>]) -> [usize; 3] {
+    let mut n = [0usize; 3];
+    for b in blocks {
+        n[node_of(b.as_ptr()) as usize] += 1;
+    }
+    n
+}
+
 /// 400 blocks of 4 KiB in a scope on `p`, each followed by a nested scope on `inner` entered
 /// and left (allocating nothing); how many blocks landed on each node.
 fn count_with_nested(p: Placed, inner: Placed) -> [usize; 3] {
@@ -39,11 +48,7 @@ fn count_with_nested(p: Placed, inner: Placed) -> [usize; 3] {
             with_placement(inner, || ());
         }
     }
-    let mut by_node = [0usize; 3];
-    for b in &blocks {
-        by_node[node_of(b.as_ptr()) as usize] += 1;
-    }
-    by_node
+    by_node(&blocks)
 }
 
 #[test]
@@ -83,11 +88,7 @@ fn inner_a_spread_keeps_its_rotation_when_guards_below_it_drop() {
             drop(below.pop());
         }
     }
-    let mut by_node = [0usize; 3];
-    for b in &blocks {
-        by_node[node_of(b.as_ptr()) as usize] += 1;
-    }
-    assert_eq!(by_node, [200, 0, 200]);
+    assert_eq!(by_node(&blocks), [200, 0, 200]);
 }
 
 /// A future that allocates one 4 KiB block at each poll and is ready after 400.
@@ -114,11 +115,7 @@ fn count_over_polls(p: Placed) -> [usize; 3] {
             break b;
         }
     };
-    let mut by_node = [0usize; 3];
-    for b in &blocks {
-        by_node[node_of(b.as_ptr()) as usize] += 1;
-    }
-    by_node
+    by_node(&blocks)
 }
 
 #[test]
@@ -146,11 +143,7 @@ fn count_over_polls_on_new_threads(p: Placed) -> [usize; 3] {
             break b;
         }
     };
-    let mut by_node = [0usize; 3];
-    for b in &blocks {
-        by_node[node_of(b.as_ptr()) as usize] += 1;
-    }
-    by_node
+    by_node(&blocks)
 }
 
 /// `OneBlockPerPoll` wrapped in `p`, as a task of a two-worker tokio runtime (it wakes itself
@@ -181,11 +174,7 @@ fn count_over_tokio_polls(p: Placed) -> ([usize; 3], usize) {
         Vec::with_capacity(8),
     );
     let (blocks, threads) = rt.block_on(async { tokio::spawn(task).await.unwrap() });
-    let mut by_node = [0usize; 3];
-    for b in &blocks {
-        by_node[node_of(b.as_ptr()) as usize] += 1;
-    }
-    (by_node, threads.len())
+    (by_node(&blocks), threads.len())
 }
 
 #[test]

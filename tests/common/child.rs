@@ -30,6 +30,17 @@ pub fn this_test(name: &str) -> Command {
     cmd
 }
 
+/// For a test whose body runs in a child of its own: in that child, true (go on with the
+/// body); in the parent, runs the test `name` in a child ([`this_test`]), requires that it
+/// passed within `limit`, and returns false.
+pub fn in_child(name: &str, limit: Duration) -> bool {
+    if is_child() {
+        return true;
+    }
+    run(&mut this_test(name), limit).expect_test_passed();
+    false
+}
+
 /// [`this_test`] for `name` on simulated nodes: `TIERALLOC_SIMULATE_NODES=value`, and none of
 /// the inherited variables that would change the topology it makes or the placement on it.
 pub fn on_simulated_nodes(name: &str, value: &str) -> Command {
