@@ -133,7 +133,8 @@ pub use stats::{stats, ClassStats, LabelNodeStats, LabelStats, NodeStats, Stats}
 pub use topology::{topology, Topology};
 
 /// Collects remote frees and returns idle memory of the calling thread's heap to the OS now,
-/// without waiting for the purge delay.
+/// without waiting for the purge delay; also takes in the frees made into the segments that
+/// exited threads left on the calling thread's node.
 #[cfg(not(loom))]
 pub fn collect() {
     heap::thread::collect_now();

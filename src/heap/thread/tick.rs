@@ -310,7 +310,9 @@ pub(super) unsafe fn tend_abandoned(h: HeapRef, seg: *mut Segment, now: u64, pur
     }
 }
 
-/// Forces a collection and purge of the calling thread's heap now, whatever the delay.
+/// Forces a collection and purge of the calling thread's heap now, whatever the delay, and
+/// tends every segment abandoned on its node (their pages' remote frees taken in, emptied
+/// pages given back).
 ///
 /// A heap that has not yet noticed its thread's move to another node (ticks look only every
 /// 16 slow paths) moves first: the collection then tends the abandoned segments, pool and
@@ -330,6 +332,26 @@ pub fn collect_now() {
         // A time a delay ahead, so that everything counts as due (pools, huge cache); the
         // collection books the clock's time as its own (review rev15: stored a delay ahead,
         // the heap looked busy to other threads' passes for two delays after).
-        heap_collect(h, now.saturating_add(delay).saturating_add(1), 0);
+        let now = now.saturating_add(delay).saturating_add(1);
+        heap_collect(h, now, 0);
+        // Then every other segment on the node's abandoned lists, not one per list as a
+        // tick's collection does (review rev42): a large block freed by another thread into
+        // an abandoned segment is booked off `large_bytes_live` only when a heap takes its
+        // emptied page back, so with several such segments a `collect()` left all but one
+        // of them counted live. Each list's count bounds the visits (a tended segment goes
+        // back at the list's end, or to the pool); one the purger is purging right now is
+        // skipped by `pop` and waits for the next collection. Not a fast path: a user's call.
+        // SAFETY (tend_abandoned): each segment was just popped for h, an active heap (checked
+        // above) that is this thread's own.
+        let node = h.node as usize;
+        for list in [&ABANDONED[node], &ABANDONED_FULL[node]] {
+            for _ in 0..list.count.load(Ordering::Relaxed) {
+                let seg = list.pop(h.addr(), h.tag);
+                if seg.is_null() {
+                    break;
+                }
+                tend_abandoned(h, seg, now, true);
+            }
+        }
     }
 }
