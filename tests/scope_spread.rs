@@ -91,6 +91,15 @@ fn inner_a_spread_keeps_its_rotation_when_guards_below_it_drop() {
     assert_eq!(by_node(&blocks), [200, 0, 200]);
 }
 
+/// `count` (400 blocks placed somehow under a placement, counted by node) puts exactly half
+/// on each node of an even interleave over nodes 0 and 2, and 100 and 300 under 1:3 weights.
+fn spreads_split_400_blocks_exactly(count: impl Fn(Placed) -> [usize; 3]) {
+    let even = Placed::interleave(&[0, 2]).unwrap();
+    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
+    assert_eq!(count(even), [200, 0, 200]);
+    assert_eq!(count(weighted), [100, 0, 300]);
+}
+
 /// A future that allocates one 4 KiB block at each poll and is ready after 400.
 struct OneBlockPerPoll(Vec<Vec<u8>>);
 
@@ -123,10 +132,7 @@ fn inner_a_placed_future_goes_on_with_its_spread_from_poll_to_poll() {
     if !child::is_child() {
         return;
     }
-    let even = Placed::interleave(&[0, 2]).unwrap();
-    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
-    assert_eq!(count_over_polls(even), [200, 0, 200]);
-    assert_eq!(count_over_polls(weighted), [100, 0, 300]);
+    spreads_split_400_blocks_exactly(count_over_polls);
 }
 
 /// Polls `OneBlockPerPoll` wrapped in `p` to the end, each poll on a thread of its own (the
@@ -182,14 +188,10 @@ fn inner_a_placed_future_goes_on_with_its_spread_on_whichever_thread_polls_it() 
     if !child::is_child() {
         return;
     }
-    let even = Placed::interleave(&[0, 2]).unwrap();
-    let weighted = Placed::interleave_weighted(&[(0, 1), (2, 3)]).unwrap();
-    assert_eq!(count_over_polls_on_new_threads(even), [200, 0, 200]);
-    assert_eq!(count_over_polls_on_new_threads(weighted), [100, 0, 300]);
+    spreads_split_400_blocks_exactly(count_over_polls_on_new_threads);
     // On a runtime: whichever workers polled it (one or both: the runtime decides), the
     // rotation went on from poll to poll.
-    assert_eq!(count_over_tokio_polls(even).0, [200, 0, 200]);
-    assert_eq!(count_over_tokio_polls(weighted).0, [100, 0, 300]);
+    spreads_split_400_blocks_exactly(|p| count_over_tokio_polls(p).0);
 }
 
 #[test]
