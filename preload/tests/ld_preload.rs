@@ -384,6 +384,33 @@ fn main_thread_pthread_exit_ends_the_process_with_the_purger_running() {
     );
 }
 
+/// The same with a thread-specific data destructor of the program's own that takes 3 s on the
+/// main thread after tieralloc's has run (tests/c/main_pthread_exit_slow_tsd.c): the process
+/// still ends with status 0, its atexit handler run and its output flushed. Review rev43: the
+/// purger's looks after the main thread's note ran out before it was a zombie, and it then
+/// slept until woken (killed by the hang guard).
+#[test]
+fn main_thread_pthread_exit_with_a_slow_destructor_ends_the_process() {
+    let name = "main_pthread_exit_slow_tsd";
+    let dir = Scratch::new(name);
+    let exe = compile(&dir, name, &[]);
+    let mut cmd = Command::new(&exe);
+    // A 1 ms delay: the purger's loop is then 5 ms + its 10 ms look, so its 100 looks end
+    // well before the destructor does (with the default 100 ms, a 25 ms nap each: 3.5 s).
+    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1")
+        .env("TIERALLOC_PURGE_DELAY_MS", "1");
+    let r = run(&dir, cmd, true, Duration::from_secs(30));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success()
+            && out.contains("main_pthread_exit_slow_tsd ok")
+            && out.contains("atexit ran"),
+        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status,
+        r.stderr
+    );
+}
+
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
 /// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
 #[test]

@@ -455,7 +455,11 @@ fn sleep_while_nothing_waits() {
         .is_ok()
     {
         EXIT_LOOK_MS
-    } else if main_thread_ended() {
+    } else if MAIN_ENDING.load(Ordering::Relaxed) || main_thread_ended() {
+        // A zombie main thread that never noted (it had no heap): the next ends look too.
+        MAIN_ENDING.store(true, Ordering::Relaxed);
+        // Ending (its heap let go: it may still be in other destructors, review rev43) or a
+        // zombie: nothing tells us when it is a zombie, or when the last other thread is gone.
         ALONE_CHECK_MS
     } else {
         u64::MAX
@@ -478,12 +482,30 @@ const EXIT_LOOK_MS: u64 = 10;
 /// The short sleeps left (see [`sleep_while_nothing_waits`]); set by [`note_thread_exit`].
 static EXIT_LOOKS_LEFT: AtomicU32 = AtomicU32::new(0);
 
+/// Whether the main thread's heap has let go (it is ending, `pthread_exit`): from then on the
+/// purger looks every [`ALONE_CHECK_MS`] at the least, as it does once the main thread is a
+/// zombie. Without it, a main thread whose other thread-specific data destructors ran longer
+/// than the purger's [`EXIT_LOOKS`] after tieralloc's became a zombie unseen, and the purger
+/// slept until woken, which nothing did (review rev43, preload's
+/// `main_thread_pthread_exit_with_a_slow_destructor_ends_the_process`).
+static MAIN_ENDING: AtomicBool = AtomicBool::new(false);
+
 /// A thread's heap has let go (its thread is ending): the purger, if it runs, looks a while
 /// whether it is the last thread left ([`alone_in_process`]). One relaxed load when the
 /// purger is off.
 pub(super) fn note_thread_exit() {
     if BACKGROUND_PURGE.load(Ordering::Relaxed) {
-        EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
+        // SAFETY: gettid and getpid have no preconditions.
+        if unsafe { libc::gettid() == libc::getpid() } {
+            MAIN_ENDING.store(true, Ordering::Relaxed);
+        }
+        // Only then can this thread be the program's last: while the main thread runs, the
+        // purger is woken once (the heap's segments went to a pool), as before review rev40,
+        // not kept looking 100 times a program that starts and ends threads all the time
+        // (tests/purger_wakeups.rs: 138 wake-ups for 20 thread ends, review rev43).
+        if MAIN_ENDING.load(Ordering::Relaxed) {
+            EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
+        }
         wake();
     }
 }
@@ -712,6 +734,9 @@ extern "C" fn fork_child() {
     // starts one.
     PASS.unlock_raw();
     THREAD.store(OFF, Ordering::Relaxed);
+    // The forking thread is this process's main thread, and it runs.
+    MAIN_ENDING.store(false, Ordering::Relaxed);
+    EXIT_LOOKS_LEFT.store(0, Ordering::Relaxed);
 }
 
 /// Registers the purger's fork handlers (after the heap's, so that its prepare runs first:

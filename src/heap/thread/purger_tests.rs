@@ -133,6 +133,11 @@ fn the_purger_is_alone_only_beside_a_zombie_main_thread() {
     assert!(!stat_says_alone(line("Z", 3).as_bytes()));
     assert!(!stat_says_alone(line("S", 2).as_bytes()));
     assert!(!stat_says_alone(line("R", 1).as_bytes()));
+    // Review rev43: a main thread stopped, traced, in a disk wait or dead-but-not-zombie is
+    // not one that ended.
+    for state in ["T", "t", "D", "X", "R"] {
+        assert!(!stat_says_alone(line(state, 2).as_bytes()), "{state}");
+    }
     assert!(!stat_says_alone(b"garbage"));
     assert!(!stat_says_alone(b""));
     // This process: its main thread runs the harness.
