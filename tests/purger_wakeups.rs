@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
 
+/// Starts the purger (a spike of 64 large blocks and its give-back), lets it settle, and
+/// returns its status file's path and its voluntary switches so far.
+fn start_the_purger() -> (std::ffi::CString, u64) {
+    let v: Vec<usize> = (0..64).map(|_| new_block(256 << 10, 0x21)).collect();
+    for p in v {
+        drop_block(p, 256 << 10, 0x21);
+    }
+    sleep_raw(300);
+    let status = purger_status();
+    let before = switches(&status);
+    (status, before)
+}
+
 /// One thread, busy for 2 s: every millisecond it allocates and frees a 256 KiB block (a large
 /// page, given back to its segment at each free: the heap `holding`, under `WAIT_BYTES`) and
 /// a few small blocks (slow paths, so it collects every quarter delay: never quiet). With a
@@ -30,14 +43,7 @@ fn child_busy_holding() {
     if !is_scenario("busy-holding") {
         return;
     }
-    // Started by a first spike and its give-back.
-    let v: Vec<usize> = (0..64).map(|_| new_block(256 << 10, 0x21)).collect();
-    for p in v {
-        drop_block(p, 256 << 10, 0x21);
-    }
-    sleep_raw(300);
-    let status = purger_status();
-    let before = switches(&status);
+    let (status, before) = start_the_purger();
     let start = Instant::now();
     let mut rounds = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
@@ -80,13 +86,7 @@ fn child_thread_churn() {
     if !is_scenario("thread-churn") {
         return;
     }
-    let v: Vec<usize> = (0..64).map(|_| new_block(256 << 10, 0x21)).collect();
-    for p in v {
-        drop_block(p, 256 << 10, 0x21);
-    }
-    sleep_raw(300);
-    let status = purger_status();
-    let before = switches(&status);
+    let (status, before) = start_the_purger();
     for _ in 0..5 {
         std::thread::spawn(|| {
             let v: Vec<usize> = (0..32).map(|_| new_block(512, 0x24)).collect();

@@ -364,51 +364,46 @@ fn c23_sized_frees_are_exported_and_free() {
     c_test("free_sized", &["-ldl"], |_| vec![]);
 }
 
-/// A program whose main thread ends with `pthread_exit` ends (status 0) while the background
-/// purger runs (tests/c/main_pthread_exit.c, `TIERALLOC_BACKGROUND_PURGE=1`). Review rev40:
-/// the purger's thread kept the process alive for good (killed by the hang guard).
-#[test]
-fn main_thread_pthread_exit_ends_the_process_with_the_purger_running() {
+/// Runs tests/c/main_pthread_exit.c (its main thread ends with `pthread_exit` while the
+/// background purger runs) with `args` and the environment `env` besides
+/// `TIERALLOC_BACKGROUND_PURGE=1`, and requires that it ended with status 0, its output
+/// flushed and its atexit handler run.
+fn main_pthread_exit_ends(args: &[&str], env: &[(&str, &str)]) {
     let name = "main_pthread_exit";
-    let dir = Scratch::new(name);
+    // A scratch directory of its own per argument list: the two tests run at once.
+    let dir = Scratch::new(&format!("{name}-{}", args.join("-")));
     let exe = compile(&dir, name, &[]);
     let mut cmd = Command::new(&exe);
-    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
+    cmd.args(args)
+        .env("TIERALLOC_BACKGROUND_PURGE", "1")
+        .envs(env.iter().copied());
     let r = run(&dir, cmd, true, Duration::from_secs(30));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
-        r.status.success() && out.contains("main_pthread_exit ok"),
-        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status.success() && out.contains("main_pthread_exit ok") && out.contains("atexit ran"),
+        "{name} {args:?} under tieralloc: {}\nstdout: {out}\nstderr: {}",
         r.status,
         r.stderr
     );
 }
 
+/// A program whose main thread ends with `pthread_exit` ends (status 0) while the background
+/// purger runs. Review rev40: the purger's thread kept the process alive for good (killed by
+/// the hang guard).
+#[test]
+fn main_thread_pthread_exit_ends_the_process_with_the_purger_running() {
+    main_pthread_exit_ends(&[], &[]);
+}
+
 /// The same with a thread-specific data destructor of the program's own that takes 3 s on the
-/// main thread after tieralloc's has run (tests/c/main_pthread_exit_slow_tsd.c): the process
-/// still ends with status 0, its atexit handler run and its output flushed. Review rev43: the
-/// purger's looks after the main thread's note ran out before it was a zombie, and it then
-/// slept until woken (killed by the hang guard).
+/// main thread after tieralloc's has run: the process still ends with status 0, its atexit
+/// handler run and its output flushed. Review rev43: the purger's looks after the main thread's
+/// note ran out before it was a zombie, and it then slept until woken (killed by the hang
+/// guard). A 1 ms delay: the purger's loop is then 5 ms + its 10 ms look, so its 100 looks end
+/// well before the destructor does (with the default 100 ms, a 25 ms nap each: 3.5 s).
 #[test]
 fn main_thread_pthread_exit_with_a_slow_destructor_ends_the_process() {
-    let name = "main_pthread_exit_slow_tsd";
-    let dir = Scratch::new(name);
-    let exe = compile(&dir, name, &[]);
-    let mut cmd = Command::new(&exe);
-    // A 1 ms delay: the purger's loop is then 5 ms + its 10 ms look, so its 100 looks end
-    // well before the destructor does (with the default 100 ms, a 25 ms nap each: 3.5 s).
-    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1")
-        .env("TIERALLOC_PURGE_DELAY_MS", "1");
-    let r = run(&dir, cmd, true, Duration::from_secs(30));
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert!(
-        r.status.success()
-            && out.contains("main_pthread_exit_slow_tsd ok")
-            && out.contains("atexit ran"),
-        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
-        r.status,
-        r.stderr
-    );
+    main_pthread_exit_ends(&["3"], &[("TIERALLOC_PURGE_DELAY_MS", "1")]);
 }
 
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc

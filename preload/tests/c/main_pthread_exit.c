@@ -1,13 +1,24 @@
 /* A program whose main thread ends with pthread_exit while the background purger runs
  * (TIERALLOC_BACKGROUND_PURGE=1, set by the test): the process must end when its last thread
- * of its own does, with status 0 (POSIX: as if exit(0) were called), whatever tieralloc's
- * purger thread is doing. Review rev40: the purger thread, an ordinary thread that never
- * ends, kept the process alive for good (fork_traffic.c's children, which end the same way,
- * hung under TIERALLOC_PURGE_DELAY_MS=1 and the purger).
+ * of its own does, with status 0, its atexit handlers run and stdout flushed (POSIX: as if
+ * exit(0) were called), whatever tieralloc's purger thread is doing. Review rev40: the purger
+ * thread, an ordinary thread that never ends, kept the process alive for good
+ * (fork_traffic.c's children, which end the same way, hung under TIERALLOC_PURGE_DELAY_MS=1
+ * and the purger).
+ *
+ * With an argument N, the main thread also has a thread-specific data destructor of the
+ * program's own that takes N seconds (a log flushed at thread exit, say). glibc runs key
+ * destructors in the order the keys were made, so tieralloc's (made at the first malloc) runs
+ * first and tells the purger the main thread is ending, and this one after it, before the main
+ * thread is a zombie. Review rev43: the purger looked for the zombie main thread 100 times
+ * 10 ms apart after the note and then, the main thread not yet a zombie, slept until woken,
+ * which nothing did: the process ran on for good, and as the purger blocks every signal,
+ * SIGTERM stayed pending: only SIGKILL ended it.
  *
  * First frees enough memory that some waits to be purged, so that the purger starts, and
  * checks that its thread ("tieralloc-purge") is there: without it the test would show
- * nothing. Prints "main_pthread_exit ok", then ends its main thread. */
+ * nothing. Prints "main_pthread_exit ok" (flushed), then ends its main thread; "atexit ran"
+ * from an atexit handler (not flushed: exit must do it). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <pthread.h>
@@ -17,6 +28,14 @@
 #include <unistd.h>
 
 static void *volatile sink;
+static unsigned slow_seconds;
+
+static void slow_destructor(void *arg) {
+    (void)arg;
+    sleep(slow_seconds);
+}
+
+static void at_exit(void) { printf("atexit ran\n"); }
 
 /* Whether a thread of this process is named `name`. */
 static int has_thread(const char *name) {
@@ -37,7 +56,8 @@ static int has_thread(const char *name) {
     return found;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    slow_seconds = argc > 1 ? (unsigned)atoi(argv[1]) : 0;
     /* Wait up to 10 s for the purger (a hang guard, not a measurement): it starts when
      * memory first waits to be purged, which these frees make happen. */
     int started = 0;
@@ -59,6 +79,14 @@ int main(void) {
         printf("the purger thread did not start\n");
         return 2;
     }
+    if (slow_seconds) {
+        pthread_key_t key;
+        if (pthread_key_create(&key, slow_destructor) != 0 || pthread_setspecific(key, &key) != 0) {
+            printf("pthread_key_create failed\n");
+            return 3;
+        }
+    }
+    atexit(at_exit);
     printf("main_pthread_exit ok\n");
     fflush(stdout);
     pthread_exit(NULL);
