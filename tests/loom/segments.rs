@@ -60,6 +60,32 @@ impl ListNode for Seg {
     }
 }
 
+/// A purger's visit of `list` (`LockedList::try_visit`, as `purger::purge_abandoned`): every
+/// segment `due` says yes to is "purged" (its payload incremented) with the list's lock
+/// released. Returns whether the visit ran and how many segments it purged.
+fn visit_purging(list: &LockedList<Seg>, due: impl FnMut(*mut Seg) -> bool) -> (bool, u32) {
+    let mut purged = 0u32;
+    let ran = list.try_visit(due, |n| {
+        purged += 1;
+        // SAFETY: busy on the list: ours until the visit is done with it.
+        unsafe { (*n).data.with_mut(|d| *d += 1) };
+    });
+    (ran, purged)
+}
+
+/// The segments on `list`, front to back.
+fn listed(list: &LockedList<Seg>) -> Vec<*mut Seg> {
+    let mut on_list = Vec::new();
+    list.for_each(|s| on_list.push(s));
+    on_list
+}
+
+/// `list` holds exactly `want`, in that order, and its count is their number.
+fn assert_listed(list: &LockedList<Seg>, want: &[*mut Seg]) {
+    assert_eq!(listed(list), want);
+    assert_eq!(list.count.load(Ordering::Relaxed), want.len());
+}
+
 /// A thread with heap id `me` frees block `b` of `seg`'s page, as `free_other` and
 /// `free_other_slow` do: if the segment is abandoned and `same_node`, it tries to claim it
 /// from `list` and, having adopted it, frees locally; else it pushes (and finishes a delayed
@@ -410,10 +436,7 @@ fn a_claim_waits_for_a_lock_held_by_another_abandon() {
         let claimed = unsafe { list.claim(a.ptr(), 2, 2) };
         other.join().unwrap();
         assert!(claimed, "a claim of a listed segment gave up");
-        let mut on_list = Vec::new();
-        list.for_each(|s| on_list.push(s));
-        assert_eq!(on_list, [b.ptr()]);
-        assert_eq!(list.count.load(Ordering::Relaxed), 1);
+        assert_listed(&list, &[b.ptr()]);
         assert_eq!(a.owner.load(Ordering::Relaxed), 2);
     });
 }
@@ -439,18 +462,7 @@ fn a_claim_never_overlaps_the_purge_of_its_segment() {
         }
         let purger = {
             let (list, a) = (list.clone(), a.clone());
-            thread::spawn(move || {
-                let mut visited = 0;
-                let ran = list.try_visit(
-                    |n| n == a.ptr(),
-                    |n| {
-                        visited += 1;
-                        // SAFETY: busy on the list: ours until the visit is done with it.
-                        unsafe { (*n).data.with_mut(|d| *d += 1) };
-                    },
-                );
-                (ran, visited)
-            })
+            thread::spawn(move || visit_purging(&list, |n| n == a.ptr()))
         };
         if yield_first {
             thread::yield_now();
@@ -465,10 +477,7 @@ fn a_claim_never_overlaps_the_purge_of_its_segment() {
         let data = a.data.with(|d| unsafe { *d });
         assert_eq!(data, 100 + visited);
         assert!(visited <= 1 && (ran || visited == 0));
-        let mut on_list = Vec::new();
-        list.for_each(|s| on_list.push(s));
-        assert_eq!(on_list, [b.ptr()]);
-        assert_eq!(list.count.load(Ordering::Relaxed), 1);
+        assert_listed(&list, &[b.ptr()]);
         assert_eq!(a.owner.load(Ordering::Relaxed), 2);
         // SAFETY: as above.
         assert_eq!(b.data.with(|d| unsafe { *d }), 0, "B was not due");
@@ -493,13 +502,7 @@ fn a_pop_and_a_push_back_never_overlap_a_purge() {
         unsafe { list.push_abandoned(a.ptr()) };
         let purger = {
             let list = list.clone();
-            thread::spawn(move || {
-                list.try_visit(
-                    |_| true,
-                    // SAFETY: busy on the list: ours until the visit is done with it.
-                    |n| unsafe { (*n).data.with_mut(|d| *d += 1) },
-                )
-            })
+            thread::spawn(move || visit_purging(&list, |_| true))
         };
         if yield_first {
             thread::yield_now();
@@ -515,8 +518,7 @@ fn a_pop_and_a_push_back_never_overlap_a_purge() {
         // SAFETY: heap 4's, on no list.
         unsafe { list.push_abandoned_back(c.ptr()) };
         purger.join().unwrap();
-        let mut on_list = Vec::new();
-        list.for_each(|s| on_list.push(s));
+        let mut on_list = listed(&list);
         on_list.sort();
         let mut want = vec![a.ptr(), c.ptr()];
         want.sort();
@@ -550,26 +552,14 @@ fn a_second_visit_never_overlaps_the_first() {
             list.push_abandoned(b.ptr());
             list.push_abandoned(a.ptr());
         }
-        let visit = |list: &LockedList<Seg>| {
-            let mut worked = 0u32;
-            let ran = list.try_visit(
-                |_| true,
-                |n| {
-                    worked += 1;
-                    // SAFETY: busy on the list: ours until the visit is done with it.
-                    unsafe { (*n).data.with_mut(|d| *d += 1) };
-                },
-            );
-            (ran, worked)
-        };
         let other = {
             let list = list.clone();
-            thread::spawn(move || visit(&list))
+            thread::spawn(move || visit_purging(&list, |_| true))
         };
         if yield_first {
             thread::yield_now();
         }
-        let (ran1, w1) = visit(&list);
+        let (ran1, w1) = visit_purging(&list, |_| true);
         let (ran2, w2) = other.join().unwrap();
         assert!(ran1 || ran2, "neither visit ran");
         assert_eq!(w1, if ran1 { 2 } else { 0 }, "a refused visit did nothing");
@@ -580,10 +570,7 @@ fn a_second_visit_never_overlaps_the_first() {
             assert_eq!(a.data.with(|d| *d), runs);
             assert_eq!(b.data.with(|d| *d), runs);
         }
-        let mut on_list = Vec::new();
-        list.for_each(|s| on_list.push(s));
-        assert_eq!(on_list, [a.ptr(), b.ptr()]);
-        assert_eq!(list.count.load(Ordering::Relaxed), 2);
+        assert_listed(&list, &[a.ptr(), b.ptr()]);
     });
 }
 
@@ -609,13 +596,7 @@ fn the_walk_goes_on_past_a_successor_claimed_meanwhile() {
         }
         let purger = {
             let list = list.clone();
-            thread::spawn(move || {
-                list.try_visit(
-                    |_| true,
-                    // SAFETY: busy on the list: ours until the visit is done with it.
-                    |n| unsafe { (*n).data.with_mut(|d| *d += 1) },
-                )
-            })
+            thread::spawn(move || visit_purging(&list, |_| true).0)
         };
         if yield_first {
             thread::yield_now();
@@ -642,10 +623,7 @@ fn the_walk_goes_on_past_a_successor_claimed_meanwhile() {
             assert!(purged_before <= ran);
             assert_eq!(c.data.with(|d| *d), ran, "C purged once");
         }
-        let mut on_list = Vec::new();
-        list.for_each(|s| on_list.push(s));
-        assert_eq!(on_list, [a.ptr(), c.ptr()]);
-        assert_eq!(list.count.load(Ordering::Relaxed), 2);
+        assert_listed(&list, &[a.ptr(), c.ptr()]);
         assert_eq!(b.owner.load(Ordering::Relaxed), 2);
     });
 }
