@@ -27,18 +27,25 @@ fn vm_size() -> u64 {
     kb * 1024
 }
 
+/// The handle and layout of the tests' mapping of its own (`Placed::node(0).bound()`, 8 MiB
+/// aligned to 2 MiB), after one such mapping was made and freed (the thread's heap, the
+/// statistics and the status file's reading warmed up).
+fn warmed_up() -> (tieralloc::Placed, Layout) {
+    let placed = tieralloc::Placed::node(0).unwrap().bound();
+    let layout = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
+    let p = placed.allocate(layout).expect("an 8 MiB mapping");
+    // SAFETY: a block of `placed` with this layout.
+    unsafe { placed.deallocate(p.cast(), layout) };
+    let _ = (vm_size(), tieralloc::stats());
+    (placed, layout)
+}
+
 /// A mapping of its own (`Placed::node(0).bound()`, 8 MiB aligned to 2 MiB: a head and a
 /// tail to trim) made with the Nth munmap failing, then freed: the address space and the
 /// reserved bytes are back where they were.
 #[test]
 fn a_refused_trim_leaves_no_mapping_behind() {
-    let placed = tieralloc::Placed::node(0).unwrap().bound();
-    let layout = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
-    // Warm up (the thread's heap, the statistics, the status file's reading).
-    let p = placed.allocate(layout).expect("an 8 MiB mapping");
-    // SAFETY: a block of `placed` with this layout.
-    unsafe { placed.deallocate(p.cast(), layout) };
-    let _ = (vm_size(), tieralloc::stats());
+    let (placed, layout) = warmed_up();
     let mut failures = Vec::new();
     for n in 1..=3u64 {
         let r = child::fork_and_wait(Duration::from_secs(30), || {
@@ -76,12 +83,7 @@ fn a_refused_trim_leaves_no_mapping_behind() {
 /// in `stats()`'s reserved bytes (it was subtracted as if gone).
 #[test]
 fn a_refused_unmap_stays_counted_as_reserved() {
-    let placed = tieralloc::Placed::node(0).unwrap().bound();
-    let layout = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
-    let p = placed.allocate(layout).expect("an 8 MiB mapping");
-    // SAFETY: a block of `placed` with this layout.
-    unsafe { placed.deallocate(p.cast(), layout) };
-    let _ = (vm_size(), tieralloc::stats());
+    let (placed, layout) = warmed_up();
     let r = child::fork_and_wait(Duration::from_secs(30), || {
         let (v0, r0) = (vm_size(), tieralloc::stats().bytes_reserved);
         let p = placed.allocate(layout).expect("an 8 MiB mapping");
