@@ -381,7 +381,9 @@ fn main_pthread_exit_ends(args: &[&str], env: &[(&str, &str)]) {
     let r = run(&dir, cmd, true, Duration::from_secs(30));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
-        r.status.success() && out.contains("main_pthread_exit ok") && out.contains("atexit ran, as main\n"),
+        r.status.success()
+            && out.contains("main_pthread_exit ok")
+            && out.contains("atexit ran, as main\n"),
         "{name} {args:?} under tieralloc: {}\nstdout: {out}\nstderr: {}",
         r.status,
         r.stderr
