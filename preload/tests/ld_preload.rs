@@ -367,7 +367,8 @@ fn c23_sized_frees_are_exported_and_free() {
 /// Runs tests/c/main_pthread_exit.c (its main thread ends with `pthread_exit` while the
 /// background purger runs) with `args` and the environment `env` besides
 /// `TIERALLOC_BACKGROUND_PURGE=1`, and requires that it ended with status 0, its output
-/// flushed and its atexit handler run.
+/// flushed and its atexit handler run as on the program's own last thread (its signal mask,
+/// a default thread's stack depth, malloc and free).
 fn main_pthread_exit_ends(args: &[&str], env: &[(&str, &str)]) {
     let name = "main_pthread_exit";
     // A scratch directory of its own per argument list: the two tests run at once.
@@ -380,7 +381,9 @@ fn main_pthread_exit_ends(args: &[&str], env: &[(&str, &str)]) {
     let r = run(&dir, cmd, true, Duration::from_secs(30));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
-        r.status.success() && out.contains("main_pthread_exit ok") && out.contains("atexit ran"),
+        r.status.success()
+            && out.contains("main_pthread_exit ok")
+            && out.contains("atexit ran, as main\n"),
         "{name} {args:?} under tieralloc: {}\nstdout: {out}\nstderr: {}",
         r.status,
         r.stderr

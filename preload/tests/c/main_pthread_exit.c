@@ -15,13 +15,22 @@
  * which nothing did: the process ran on for good, and as the purger blocks every signal,
  * SIGTERM stayed pending: only SIGKILL ended it.
  *
+ * The atexit handler runs on whichever thread ends the process, so it checks what any
+ * program's handler may take for granted on the last thread: the program's signal mask (main
+ * blocks SIGUSR2 at its start, so every thread it makes has it blocked and SIGTERM not), a
+ * stack as deep as a thread's default (it writes 1 MiB of its own frame, one byte per 4 KiB
+ * from the top down), and malloc and free. Review of the purger's exit (after rev43): the
+ * purger ran exit(0) on its own 128 KiB stack with every signal blocked, so the handler
+ * faulted past the stack's end (status 139), and with a shallower handler saw SIGTERM blocked.
+ *
  * First frees enough memory that some waits to be purged, so that the purger starts, and
  * checks that its thread ("tieralloc-purge") is there: without it the test would show
- * nothing. Prints "main_pthread_exit ok" (flushed), then ends its main thread; "atexit ran"
- * from an atexit handler (not flushed: exit must do it). */
+ * nothing. Prints "main_pthread_exit ok" (flushed), then ends its main thread; "atexit ran,
+ * as main" from the atexit handler if its checks hold (not flushed: exit must do it). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +44,27 @@ static void slow_destructor(void *arg) {
     sleep(slow_seconds);
 }
 
-static void at_exit(void) { printf("atexit ran\n"); }
+/* Writes `n` bytes of its own frame, one byte per 4 KiB from the top down (as a stack probe
+ * would), so a stack shallower than that faults here rather than in another mapping. */
+static __attribute__((noinline)) int deep(size_t n) {
+    volatile char frame[1 << 20];
+    for (size_t i = n; i > 0; i -= 4096 < i ? 4096 : i) frame[i - 1] = (char)i;
+    return frame[0] + frame[n - 1];
+}
+
+static void at_exit(void) {
+    sigset_t now;
+    int mask_ok = pthread_sigmask(SIG_BLOCK, NULL, &now) == 0 && sigismember(&now, SIGUSR2) == 1 &&
+                  sigismember(&now, SIGTERM) == 0 && sigismember(&now, SIGINT) == 0;
+    int stack_ok = deep(1 << 20) >= -256;
+    char *p = malloc(5000), *q = malloc(40);
+    int heap_ok = p && q;
+    if (heap_ok) memset(p, 2, 5000), memset(q, 3, 40);
+    free(p);
+    free(q);
+    printf("atexit ran%s%s\n", mask_ok && stack_ok && heap_ok ? ", as main" : "",
+           mask_ok ? "" : ", signal mask not the program's");
+}
 
 /* Whether a thread of this process is named `name`. */
 static int has_thread(const char *name) {
@@ -58,6 +87,13 @@ static int has_thread(const char *name) {
 
 int main(int argc, char **argv) {
     slow_seconds = argc > 1 ? (unsigned)atoi(argv[1]) : 0;
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    if (pthread_sigmask(SIG_BLOCK, &usr2, NULL) != 0) {
+        printf("pthread_sigmask failed\n");
+        return 4;
+    }
     /* Wait up to 10 s for the purger (a hang guard, not a measurement): it starts when
      * memory first waits to be purged, which these frees make happen. */
     int started = 0;

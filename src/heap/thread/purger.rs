@@ -94,6 +94,13 @@ static SLEEP: Sleep<'static> = Sleep {
     running: RUNNING,
     until: &UNTIL,
 };
+/// The signal mask of the thread that started the purger (the program's), as 64-bit words:
+/// the purger puts it on itself before it ends the process as its last thread would
+/// ([`exit_as_last_thread`]). Written before `pthread_create`, which orders it before the
+/// purger's reads.
+static START_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
+const MASK_WORDS: usize = core::mem::size_of::<libc::sigset_t>() / 8;
+const _: () = assert!(core::mem::size_of::<libc::sigset_t>() == MASK_WORDS * 8);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
 static PASS: SpinLock = SpinLock::new();
 /// Heaps a pass (the purger's, or a collection's [`help`]) found waiting, pinned and purged
@@ -146,8 +153,9 @@ impl Drop for Gate {
 /// call `malloc`): not inside a walk over its blocks.
 ///
 /// The thread starts with every signal blocked (the creating thread's mask is put back after),
-/// so no process-directed signal is handled on its small stack by a handler that might
-/// allocate (it has no heap, and must never get one).
+/// so no process-directed signal is handled on it by a handler that might
+/// allocate (it has no heap, and must never get one while it passes over the others' heaps;
+/// the program's atexit handlers may give it one once it ends the process).
 ///
 /// # Safety
 /// Called from a slow path of the calling thread's active heap that uses nothing of it looked
@@ -161,13 +169,20 @@ pub(super) unsafe fn maybe_start() {
         return;
     }
     let old = block_all_signals();
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
+    let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(&old) };
+    for (w, v) in START_MASK.iter().zip(words) {
+        w.store(v, Ordering::Relaxed);
+    }
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
-    // routine's signature and uses no argument; the mask saved above.
+    // routine's signature and uses no argument; the mask saved above. The stack is a new
+    // thread's default size (its untouched pages cost no memory): the purger may end up
+    // running the program's atexit handlers (`exit_as_last_thread`), which may be as deep as
+    // on any thread (review of rev43's exit: a 128 KiB stack faulted under a 1 MiB frame).
     let ok = unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        libc::pthread_attr_setstacksize(&mut attr, 128 << 10);
         let mut t: libc::pthread_t = 0;
         let r = libc::pthread_create(&mut t, &attr, run, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
@@ -282,11 +297,25 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         }
         sleep_while_nothing_waits();
         if alone_in_process() {
-            // What glibc's last thread does at its end (`start_thread`, `pthread_exit`):
-            // it would have been the last but for us (review rev40).
-            // SAFETY: exit has no memory preconditions; the program's threads are all gone.
-            unsafe { libc::exit(0) };
+            exit_as_last_thread();
         }
+    }
+}
+
+/// What glibc's last thread does at its end (`start_thread`, `pthread_exit`): it would have
+/// been the last but for us (review rev40). `exit` runs the program's atexit handlers and
+/// destructors on this thread, so they get the program's signal mask (that of the thread
+/// that started the purger), not the purger's all-blocked one (review of rev43's exit: a
+/// handler saw SIGTERM blocked), and a default thread's stack ([`maybe_start`]).
+fn exit_as_last_thread() -> ! {
+    let words: [u64; MASK_WORDS] = core::array::from_fn(|i| START_MASK[i].load(Ordering::Relaxed));
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start`
+    // read from `pthread_sigmask`; exit has no memory preconditions; the program's threads
+    // are all gone.
+    unsafe {
+        let mask: libc::sigset_t = core::mem::transmute_copy(&words);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, core::ptr::null_mut());
+        libc::exit(0)
     }
 }
 
