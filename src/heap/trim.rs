@@ -255,9 +255,9 @@ impl Page {
 
     /// Brings parked blocks back onto `free` (which is empty), one unit at a time (its memory
     /// faults in, zero, as the blocks are written). Returns whether `free` has a block. A
-    /// block whose first word lies in the unit and is not zero was written after it was
-    /// parked (freed again, or used after its free): reported; if the report returns, the
-    /// block is left out (it may be live elsewhere).
+    /// block whose first word is not zero (in whichever unit it lies: the trim zeroed it)
+    /// was written after it was parked (freed again, or used after its free): reported; if
+    /// the report returns, the block is left out (it may be live elsewhere).
     #[cold]
     #[inline(never)]
     pub fn unpark(&mut self) -> bool {
@@ -279,14 +279,13 @@ impl Page {
                     continue;
                 }
                 let b = (lo + i * size) as *mut Block;
-                if b as usize >= ustart {
-                    // SAFETY: the block is in the page and free (parked); reading its first
-                    // word faults in at most the zero page.
-                    let word = unsafe { ptr::read(b as *const usize) };
-                    if word != 0 {
-                        report(HeapError::DoubleFree, b as *const u8);
-                        continue;
-                    }
+                // Wherever its first word lies (this unit, one that came back before, or one
+                // never given back): the trim zeroed it, and nothing of ours writes it since.
+                // SAFETY: the block is in the page and free (parked); reading its first word
+                // faults in at most the zero page.
+                if unsafe { ptr::read(b as *const usize) } != 0 {
+                    report(HeapError::DoubleFree, b as *const u8);
+                    continue;
                 }
                 // SAFETY: a parked block is free and on no list: its link is ours to write.
                 unsafe { Block::set_next(b, self.free) };
