@@ -315,7 +315,7 @@ mod tests {
     use std::collections::HashSet;
 
     /// A page of `bin` in a fresh segment of its own (not at slice 0 when `slice0` is false).
-    fn page_of(bin: usize, slice0: bool) -> (*mut Segment, &'static mut Page) {
+    pub(super) fn page_of(bin: usize, slice0: bool) -> (*mut Segment, &'static mut Page) {
         let seg = Segment::map_normal(0, false);
         // SAFETY: the segment is fresh and ours alone.
         let page = unsafe { &mut *Segment::take_slices(seg, 1, slice0) };
@@ -339,14 +339,14 @@ mod tests {
         (seg, page, blocks)
     }
 
-    fn drop_segment(seg: *mut Segment) {
+    pub(super) fn drop_segment(seg: *mut Segment) {
         // SAFETY: the test's own segment, no block of it used after this.
         unsafe { crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE) };
         SEGMENTS.fetch_sub(1, crate::sync::Ordering::Relaxed);
     }
 
     /// A block as the heap hands it out: `free`, else `local_free`, else carve or unpark.
-    fn pop(page: &mut Page) -> Option<*mut Block> {
+    pub(super) fn pop(page: &mut Page) -> Option<*mut Block> {
         if page.free.is_null() && !page.local_free.is_null() {
             assert!(page.local_to_free());
         }
@@ -361,19 +361,19 @@ mod tests {
     }
 
     /// The owner's free of `b`, as `free_owned` pushes it.
-    fn push(page: &mut Page, b: *mut Block) {
+    pub(super) fn push(page: &mut Page, b: *mut Block) {
         // SAFETY: b is a live block of the page, freed now.
         unsafe { Block::set_next(b, page.local_free) };
         page.local_free = b;
         page.used -= 1;
     }
 
-    fn fill(b: *mut Block, size: usize, tag: u8) {
+    pub(super) fn fill(b: *mut Block, size: usize, tag: u8) {
         // SAFETY: a live block of `size` bytes, ours to write.
         unsafe { ptr::write_bytes(b as *mut u8, tag, size) };
     }
 
-    fn check(b: *mut Block, size: usize, tag: u8) {
+    pub(super) fn check(b: *mut Block, size: usize, tag: u8) {
         // SAFETY: a live block of `size` bytes, ours to read.
         let s = unsafe { core::slice::from_raw_parts(b as *const u8, size) };
         assert!(s.iter().all(|&x| x == tag), "block {b:p} lost its contents");
@@ -895,3 +895,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[path = "trim_events_tests.rs"]
+mod events_tests;
