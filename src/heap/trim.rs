@@ -537,11 +537,10 @@ mod tests {
     #[test]
     fn review_a_write_into_a_parked_block_over_two_os_pages_is_reported() {
         for size in [1280, 3072, 5120, 8192] {
-            let (seg, page, mut blocks) = all_freed_but_the_first(size);
+            let (seg, page, blocks) = all_freed_but_the_first(size);
             let live = blocks[0];
             // SAFETY: the page's owner.
             assert!(unsafe { page.trim() } > 0);
-            blocks.sort_unstable();
             let lo = page.start() as usize;
             let stale: Vec<usize> = (0..blocks.len())
                 .map(|i| lo + i * size)
@@ -549,23 +548,19 @@ mod tests {
                 .filter(|&b| b / OS_PAGE != (b + size - 1) / OS_PAGE)
                 .filter(|&b| page.holds_parked(b as *const u8))
                 .collect();
-            assert!(
-                !stale.is_empty(),
-                "size {size}: no parked block over two pages"
-            );
+            assert!(!stale.is_empty(), "size {size}: none parked over two pages");
             for &b in &stale {
                 fill(b as *mut Block, 8, 0x77);
             }
             let ignoring = crate::heap::error::ignore_errors_for_test();
-            let mut handed = vec![];
-            while let Some(b) = pop(page) {
-                handed.push(b as usize);
-            }
+            let handed: Vec<usize> = std::iter::from_fn(|| pop(page))
+                .map(|b| b as usize)
+                .collect();
             drop(ignoring);
             let bad: Vec<&usize> = handed.iter().filter(|b| stale.contains(b)).collect();
             assert!(
                 bad.is_empty(),
-                "size {size}: written blocks handed out: {bad:x?}"
+                "size {size}: written ones handed out: {bad:x?}"
             );
             assert_eq!(handed.len(), blocks.len() - 1 - stale.len(), "size {size}");
             drop_segment(seg);
