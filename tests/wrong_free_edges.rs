@@ -4,6 +4,8 @@
 //! read its freed marker past the segment's end and crashed); and a second free of a block
 //! whose OS page a trim gave back (a parked block: the first free's marker is gone with the
 //! page, and the fast path took it). Both are reported at the wrong free, in both builds.
+//! And a write after its free into such a block over two OS pages is reported when the
+//! block comes back (review rev46).
 
 #[path = "common/child.rs"]
 mod child;
@@ -135,6 +137,76 @@ fn child_double_free_of_a_parked_block() {
                 eprintln!("block {p:#x} handed out twice, both live");
                 break;
             }
+        }
+        got.push(q);
+    }
+    std::hint::black_box((kept, fresh, got));
+}
+
+/// Review rev46: a use after free of an 8 KiB block (two OS pages) whose memory a trim gave
+/// back, writing its first word, is reported when its page brings the block back (the first
+/// word lies in the block's first OS page, which comes back before its second: the unpark
+/// checked only blocks starting in the OS page it brought back, and handed this one out).
+#[test]
+fn a_write_into_a_parked_block_over_two_os_pages_is_caught_when_it_comes_back() {
+    let out = child::run(
+        &mut child::this_test("child_write_into_a_parked_block_over_two_os_pages"),
+        Duration::from_secs(120),
+    );
+    if out.stderr.contains("SKIP") {
+        eprintln!("skipped: {out}");
+        return;
+    }
+    let sig = out.status.and_then(|s| s.signal());
+    assert!(
+        sig == Some(libc::SIGABRT) && !out.stderr.contains("handed out again"),
+        "not caught when it came back: {sig:?}\n{out}"
+    );
+}
+
+#[test]
+fn child_write_into_a_parked_block_over_two_os_pages() {
+    if !child::is_child() {
+        return;
+    }
+    let l = Layout::from_size_align(8 << 10, 8).unwrap();
+    // SAFETY (each alloc): a non-zero size.
+    let objs: Vec<usize> = (0..(32 * MIB / l.size()))
+        .map(|_| unsafe { alloc(l) } as usize)
+        .collect();
+    let mut kept = vec![];
+    let mut freed = vec![];
+    for (i, p) in objs.into_iter().enumerate() {
+        // SAFETY: a live block of 8 KiB.
+        unsafe { (p as *mut u8).write_bytes(1, l.size()) };
+        if i % 10 == 0 {
+            kept.push(p);
+        } else {
+            // SAFETY: allocated above with l.
+            unsafe { dealloc(p as *mut u8, l) };
+            freed.push(p);
+        }
+    }
+    // New segments (16 KiB blocks: pages of another size): the trims before them.
+    let big = Layout::from_size_align(16 << 10, 8).unwrap();
+    // SAFETY (each alloc): a non-zero size.
+    let fresh: Vec<usize> = (0..(16 * MIB / big.size()))
+        .map(|_| unsafe { alloc(big) } as usize)
+        .collect();
+    let Some(&p) = freed.iter().find(|&&p| !resident(p) && !resident(p + 4096)) else {
+        eprintln!("SKIP: no freed block's OS pages were given back");
+        return;
+    };
+    eprintln!("use after free of {p:#018x} (its OS pages given back)");
+    // SAFETY: none: a use after free on purpose, in a child.
+    unsafe { (p as *mut u64).write_volatile(0x7777) };
+    let mut got = vec![];
+    for _ in 0..freed.len() + 1024 {
+        // SAFETY: a non-zero size.
+        let q = unsafe { alloc(l) } as usize;
+        if q == p {
+            eprintln!("block {p:#x} handed out again");
+            break;
         }
         got.push(q);
     }
