@@ -158,8 +158,9 @@ fn run_child(inner: &str, sim: &str) {
 /// without a policy. Measured (40 runs each, 2 cores shared with other builds): 4 to 7 with no
 /// policy on `2` and on `2,far=1` (each CPU node needs segments of its own), the highest that
 /// allows; 4 to 6 under the ratio and the near budget, where every thread's segments are on
-/// the one far node. Before far segments were adopted: 12 to 21, growing with the rounds (a
-/// far segment abandoned with a shared block live was adopted by nobody).
+/// the one far node (the `secure` build, 10 runs each: 6 to 7, and 4 to 6). Before far
+/// segments were adopted: 12 to 21, growing with the rounds (a far segment abandoned with a
+/// shared block live was adopted by nobody).
 const BOUND: u64 = 8;
 
 /// Runs the rounds with `policy` set (none if `None`), checks the peak against [`BOUND`]; with
