@@ -4,11 +4,12 @@
 //! Owns: `HeapStats` (bumped by its owner with a plain load and store, read by anyone), the
 //! `RETIRED*` and `CROSS_*` statics, the choice of which counters a free goes to, and the
 //! booking of a heap's far pages (bin pages of its segments on another node than its own, which
-//! a tier policy gave it) and of its large pages on such segments on their node:
-//! [`note_far_collected`], [`note_far_abandoned`], [`note_far_large`], [`settle_far`], and
-//! of a large page a tender of another node takes back ([`book_tended_large`]). May touch:
-//! the `Heap` type (`super`, for its state, its segment list and its own counters), `bins` (which bin a direct-table slot serves), `slices` (the walk of a
-//! segment's pages), `heap::{segment, size_class}`, `heap::page` (`LEAKED`), `sync`.
+//! a tier policy gave it, mapped or adopted) and of its large pages on such segments on their
+//! node: [`note_far_collected`], [`note_far_abandoned`], [`note_far_adopted`],
+//! [`note_far_large`], [`settle_far`], and of a large page a tender of another node takes back
+//! ([`book_tended_large`]). May touch: the `Heap` type (`super`, for its state, its segment
+//! list and its own counters), `bins` (which bin a direct-table slot serves), `slices` (the
+//! walk of a segment's pages), `heap::{segment, size_class}`, `heap::page` (`LEAKED`), `sync`.
 
 use super::bins::{direct_bin, DIRECT_SLOTS};
 use super::slices::for_each_used_page;
@@ -352,6 +353,28 @@ pub(super) unsafe fn note_far_abandoned(h: HeapRef, seg: *mut Segment) {
             let mut bytes = 0i64;
             for_each_used_page(seg, |p| bytes += bin_page_bytes(p));
             bump_i64(&h.stats.far_fixed[n], bytes);
+        }
+    }
+}
+
+/// `h` has just adopted `seg`, another thread's far segment (a tier policy sends `h`'s next
+/// segment to that node: `slices::take_slices`), and its pages' remote frees are collected:
+/// the blocks its bin pages count as used were booked on that node by the heap that allocated
+/// them (in its `far_fixed`, now retired), and are none of `h`'s pops, yet [`settle_far`]'s
+/// walk finds them on `h`'s far pages from now on; so they come off `h`'s `far_fixed` (the
+/// mirror of [`note_far_abandoned`]). `h`'s frees of them then book them off that node, as
+/// its frees of its own far blocks do. Its live large pages need nothing: they stay booked
+/// where they are, and `h` takes one back through [`note_far_large`] as one of its own.
+///
+/// # Safety
+/// `seg` is a segment of `h`, on its list, whose pages no walk is using.
+pub(super) unsafe fn note_far_adopted(h: HeapRef, seg: *mut Segment) {
+    // SAFETY: seg is ours (contract).
+    unsafe {
+        if let Some(n) = far_node(h, seg) {
+            let mut bytes = 0i64;
+            for_each_used_page(seg, |p| bytes += bin_page_bytes(p));
+            bump_i64(&h.stats.far_fixed[n], -bytes);
         }
     }
 }

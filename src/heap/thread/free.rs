@@ -550,7 +550,8 @@ pub(super) unsafe fn free_large_page(h: HeapRef, page: *mut Page) {
     // SAFETY: page is one of our large pages, now unused.
     unsafe {
         bump(&h.stats.large_free_bytes, (*page).block_size as u64);
-        // A page on a far segment of h's (its own: h adopts only segments of its node).
+        // A page on a far segment of h's (one it mapped or adopted, as a tier policy sent its
+        // segments there): booked off that node as one of its own (see `note_far_adopted`).
         note_far_large(h, (*page).segment(), -((*page).block_size as i64));
         (*page).flags = 0;
         (*page).thread_free.force_state(NORMAL);

@@ -2,19 +2,22 @@
 //! segments.
 //!
 //! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
-//! segments, an abandoned one of our node, the pool, a new mapping; the tier budget's spill
-//! through `route::segment_node`), giving up (nearly) full segments, adopting abandoned ones,
-//! the live hint of an abandoned segment and reclaiming one that other threads' frees emptied
-//! (`reclaim_emptied`), and handing empty ones to the pool. May touch: the `Heap` fields
-//! (`super`), `bins` (queue changes of adopted pages), `counters`, `free` (the drain,
-//! large-page release), `purger` (waking it), `heap::error` (a double free found by a
-//! reclaim), `tick` (the `waiting` threshold and `note_idle`, tending a reclaimed segment), `trim` (the
-//! trim of sparse pages before a new segment), `heap::{segment, remote}`, `sys::os`, `init`
-//! (the purge delay), `heap::route` (the spill call in `take_slices`) and `large` (the huge
-//! cache given back when a new segment's mapping is refused: `map_making_room`).
+//! segments, an abandoned one of our node, the pool, a new mapping; a tier policy's node for
+//! a new segment through `route::segment_node`, whose abandoned segments come first there),
+//! giving up (nearly) full segments, adopting abandoned ones, the live hint of an abandoned
+//! segment and reclaiming one that other threads' frees emptied (`reclaim_emptied`), and
+//! handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
+//! changes of adopted pages), `counters`, `free` (the drain, large-page release), `purger`
+//! (waking it), `heap::error` (a double free found by a reclaim), `tick` (the `waiting`
+//! threshold and `note_idle`, tending a reclaimed segment), `trim` (the trim of sparse pages
+//! before a new segment), `heap::{segment, remote}`, `sys::os`, `init` (the purge delay),
+//! `heap::route` (the spill call in `take_slices`) and `large` (the huge cache given back when
+//! a new segment's mapping is refused: `map_making_room`).
 
 use super::bins::unfull;
-use super::counters::{book_tended_large, bump, note_far_abandoned, note_far_large};
+use super::counters::{
+    book_tended_large, bump, note_far_abandoned, note_far_adopted, note_far_large,
+};
 use super::free::{drain_delayed, free_large_page};
 use super::large::map_making_room;
 use super::purger;
@@ -350,14 +353,8 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         #[cfg(not(test))]
         let no_new = false;
         let spill = budget && crate::heap::route::would_spill(node as u32, bytes);
-        while h.label == 0 && !no_new && !spill && ABANDONED[node].count.load(Ordering::Relaxed) > 0
-        {
-            let seg = ABANDONED[node].pop(h.addr(), h.tag);
-            if seg.is_null() {
-                break;
-            }
-            adopt_segment(h, seg);
-            let p = Segment::take_slices(seg, n, allow_slice0);
+        if h.label == 0 && !no_new && !spill {
+            let p = adopt_from(h, node, n, allow_slice0);
             if !p.is_null() {
                 return p;
             }
@@ -381,6 +378,16 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         } else {
             node
         };
+        // Sent to another node (a spill, a ratio): the segments exited threads left abandoned
+        // there with room come first, as our own node's do above. A CPU-less far node has no
+        // thread of its own to adopt them (review rev45: every new thread mapped a new far
+        // segment while they waited, two to four times the segments).
+        if node != h.node as usize && h.label == 0 {
+            let p = adopt_from(h, node, n, allow_slice0);
+            if !p.is_null() {
+                return p;
+            }
+        }
         let mut seg = POOLS[node].pop(h.addr(), h.tag);
         if seg.is_null() {
             // Refused (out of address space): the huge cache's mappings make way.
@@ -397,6 +404,30 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         link_segment(h, seg);
         note_segment_idle(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
+    }
+}
+
+/// Adopts the segments on `node`'s abandoned list (those left with room) for `h` until one
+/// has `n` free slices in a run, and takes them: null if none had (the ones adopted stay
+/// `h`'s).
+///
+/// # Safety
+/// As for [`take_slices`]; `h` has no label.
+unsafe fn adopt_from(h: HeapRef, node: usize, n: usize, allow_slice0: bool) -> *mut Page {
+    // SAFETY: a segment popped for h is h's (forwarded contract).
+    unsafe {
+        while ABANDONED[node].count.load(Ordering::Relaxed) > 0 {
+            let seg = ABANDONED[node].pop(h.addr(), h.tag);
+            if seg.is_null() {
+                break;
+            }
+            adopt_segment(h, seg);
+            let p = Segment::take_slices(seg, n, allow_slice0);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        ptr::null_mut()
     }
 }
 
@@ -578,6 +609,8 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
             }
         });
         PAGES_ADOPTED.fetch_add(adopted, Ordering::Relaxed);
+        // A far segment's live blocks are none of ours (see `note_far_adopted`).
+        note_far_adopted(h, seg);
         // Free slices it came with are due for purging like any others.
         book_free_slices(seg, now);
         note_segment_idle(h, seg);
