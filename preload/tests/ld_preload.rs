@@ -357,6 +357,26 @@ fn free_keeps_errno_when_a_purge_is_refused() {
     c_test("free_errno", &[], |_| vec![]);
 }
 
+/// free() leaves errno alone also when it is the call that tries to start the background
+/// purger and `pthread_create` fails (tests/c/purger_start_errno.c: a seccomp filter refuses
+/// clone; review rev47: EAGAIN reached the caller's errno).
+#[test]
+fn free_keeps_errno_when_the_purger_cannot_start() {
+    let name = "purger_start_errno";
+    let dir = Scratch::new(name);
+    let exe = compile(&dir, name, &[]);
+    let mut cmd = Command::new(&exe);
+    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
+    let r = run(&dir, cmd, true, Duration::from_secs(60));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && out.contains(&format!("{name} ok")),
+        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status,
+        r.stderr
+    );
+}
+
 /// C23's `free_sized` and `free_aligned_sized` are ours (tests/c/free_sized.c: on a glibc
 /// that has them, a program's call would otherwise reach glibc's `free` with our block).
 #[test]
