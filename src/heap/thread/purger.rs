@@ -174,12 +174,14 @@ pub(super) unsafe fn maybe_start() {
     for (w, v) in START_MASK.iter().zip(words) {
         w.store(v, Ordering::Relaxed);
     }
+    // errno is kept: a refused `clone` or stack mapping sets it, and the caller may be a
+    // `free` (review rev47: EAGAIN under a seccomp filter that refuses threads).
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
     // routine's signature and uses no argument; the mask saved above. The stack is a new
     // thread's default size (its untouched pages cost no memory): the purger may end up
     // running the program's atexit handlers (`exit_as_last_thread`), which may be as deep as
     // on any thread (review of rev43's exit: a 128 KiB stack faulted under a 1 MiB frame).
-    let ok = unsafe {
+    let ok = os::keeping_errno(|| unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
@@ -188,7 +190,7 @@ pub(super) unsafe fn maybe_start() {
         libc::pthread_attr_destroy(&mut attr);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         r == 0
-    };
+    });
     if ok {
         // Unless the new thread has already gone to sleep (ASLEEP must stay, or no
         // `notify` would wake it).
