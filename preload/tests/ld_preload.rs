@@ -357,12 +357,8 @@ fn free_keeps_errno_when_a_purge_is_refused() {
     c_test("free_errno", &[], |_| vec![]);
 }
 
-/// free() leaves errno alone also when it is the call that tries to start the background
-/// purger and `pthread_create` fails (tests/c/purger_start_errno.c: a seccomp filter refuses
-/// clone; review rev47: EAGAIN reached the caller's errno).
-#[test]
-fn free_keeps_errno_when_the_purger_cannot_start() {
-    let name = "purger_start_errno";
+/// [`c_test`] with `TIERALLOC_BACKGROUND_PURGE=1`.
+fn purger_c_test(name: &str) {
     let dir = Scratch::new(name);
     let exe = compile(&dir, name, &[]);
     let mut cmd = Command::new(&exe);
@@ -375,6 +371,23 @@ fn free_keeps_errno_when_the_purger_cannot_start() {
         r.status,
         r.stderr
     );
+}
+
+/// free() leaves errno alone also when it is the call that tries to start the background
+/// purger and `pthread_create` fails (tests/c/purger_start_errno.c: a seccomp filter refuses
+/// clone; review rev47: EAGAIN reached the caller's errno).
+#[test]
+fn free_keeps_errno_when_the_purger_cannot_start() {
+    purger_c_test("purger_start_errno");
+}
+
+/// The background purger starts in a program under RLIMIT_AS with a few MiB of room left
+/// (tests/c/purger_rlimit_as.c: half a default thread stack, at least 2 MiB). Review rev47:
+/// with a default-size stack for the purger's thread (8 MiB), `pthread_create` failed and the
+/// purger never ran.
+#[test]
+fn the_purger_starts_under_rlimit_as_with_little_room() {
+    purger_c_test("purger_rlimit_as");
 }
 
 /// C23's `free_sized` and `free_aligned_sized` are ours (tests/c/free_sized.c: on a glibc
