@@ -95,7 +95,7 @@ static SLEEP: Sleep<'static> = Sleep {
     until: &UNTIL,
 };
 /// The signal mask of the thread that started the purger (the program's), as 64-bit words:
-/// the purger puts it on itself before it ends the process as its last thread would
+/// the thread that ends the process for the purger, as its last thread would, puts it on
 /// ([`exit_as_last_thread`]). Written before `pthread_create`, which orders it before the
 /// purger's reads.
 static START_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
@@ -155,7 +155,7 @@ impl Drop for Gate {
 /// The thread starts with every signal blocked (the creating thread's mask is put back after),
 /// so no process-directed signal is handled on it by a handler that might
 /// allocate (it has no heap, and must never get one while it passes over the others' heaps;
-/// the program's atexit handlers may give it one once it ends the process).
+/// the thread it makes to end the process may give it one, past its last pass).
 ///
 /// # Safety
 /// Called from a slow path of the calling thread's active heap that uses nothing of it looked
@@ -177,14 +177,16 @@ pub(super) unsafe fn maybe_start() {
     // errno is kept: a refused `clone` or stack mapping sets it, and the caller may be a
     // `free` (review rev47: EAGAIN under a seccomp filter that refuses threads).
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
-    // routine's signature and uses no argument; the mask saved above. The stack is a new
-    // thread's default size (its untouched pages cost no memory): the purger may end up
-    // running the program's atexit handlers (`exit_as_last_thread`), which may be as deep as
-    // on any thread (review of rev43's exit: a 128 KiB stack faulted under a 1 MiB frame).
+    // routine's signature and uses no argument; the mask saved above. A small stack: the
+    // purger's own calls are shallow, and a default one (RLIMIT_STACK, 8 MiB) kept it from
+    // starting under an address-space cap with less room (review rev47); the program's
+    // atexit handlers, which may be as deep as on any thread, run on a thread of their own
+    // (`exit_as_last_thread`).
     let ok = os::keeping_errno(|| unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, STACK);
         let mut t: libc::pthread_t = 0;
         let r = libc::pthread_create(&mut t, &attr, run, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
@@ -199,6 +201,9 @@ pub(super) unsafe fn maybe_start() {
         THREAD.store(FAILED, Ordering::Release);
     }
 }
+
+/// The purger thread's stack size.
+const STACK: usize = 128 << 10;
 
 /// Blocks every signal on the calling thread; returns the mask it had, for the caller to put
 /// back (`pthread_sigmask(SIG_SETMASK, ...)`).
@@ -306,18 +311,54 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 
 /// What glibc's last thread does at its end (`start_thread`, `pthread_exit`): it would have
 /// been the last but for us (review rev40). `exit` runs the program's atexit handlers and
-/// destructors on this thread, so they get the program's signal mask (that of the thread
-/// that started the purger), not the purger's all-blocked one (review of rev43's exit: a
-/// handler saw SIGTERM blocked), and a default thread's stack ([`maybe_start`]).
+/// destructors, which may be as deep as on any thread and expect the program's signal mask:
+/// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
+/// the mask of the thread that started the purger, and the purger waits (every signal
+/// blocked) for the process to end (review of rev43's exit: on the purger's own 128 KiB stack
+/// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
+/// thread limit, an address-space cap), `exit` runs here, with the program's mask.
 fn exit_as_last_thread() -> ! {
+    // SAFETY: plain pthread calls on a zeroed attribute object; `exit_thread` matches the
+    // start routine's signature and uses no argument. Its creation may allocate (the new
+    // thread's TLS), which gives this thread a heap: it is past its last pass, and the process
+    // is ending.
+    let made = unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut t: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut t, &attr, exit_thread, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
+    };
+    if made {
+        loop {
+            // SAFETY: no preconditions; with every signal blocked it returns on none, and the
+            // process ends under it.
+            unsafe { libc::pause() };
+        }
+    }
+    put_on_start_mask();
+    // SAFETY: exit has no memory preconditions; the program's threads are all gone.
+    unsafe { libc::exit(0) }
+}
+
+/// The thread that ends the process for [`exit_as_last_thread`]: the program's mask, then
+/// `exit(0)`.
+extern "C" fn exit_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    put_on_start_mask();
+    // SAFETY: as in `exit_as_last_thread`.
+    unsafe { libc::exit(0) }
+}
+
+/// Puts the signal mask of the thread that started the purger on the calling thread.
+fn put_on_start_mask() {
     let words: [u64; MASK_WORDS] = core::array::from_fn(|i| START_MASK[i].load(Ordering::Relaxed));
     // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start`
-    // read from `pthread_sigmask`; exit has no memory preconditions; the program's threads
-    // are all gone.
+    // read from `pthread_sigmask`.
     unsafe {
         let mask: libc::sigset_t = core::mem::transmute_copy(&words);
         libc::pthread_sigmask(libc::SIG_SETMASK, &mask, core::ptr::null_mut());
-        libc::exit(0)
     }
 }
 
