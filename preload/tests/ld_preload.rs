@@ -442,6 +442,15 @@ fn main_thread_pthread_exit_with_a_slow_destructor_ends_the_process() {
     main_pthread_exit_ends(&["3"], &[("TIERALLOC_PURGE_DELAY_MS", "1")]);
 }
 
+/// The same when the purger was started from a signal handler (its frees, in a SIGUSR1
+/// handler, are the program's first): the atexit handler still sees the program's signal mask,
+/// SIGUSR1 not blocked. Review rev47: the mask put on for `exit` was that of the purger's start,
+/// with the handler's signal blocked.
+#[test]
+fn main_thread_pthread_exit_after_a_purger_start_in_a_signal_handler() {
+    main_pthread_exit_ends(&["handler"], &[]);
+}
+
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
 /// before it (tests/c/errno_start.c: ENOENT from topology discovery's sysfs reads before).
 #[test]
