@@ -94,10 +94,14 @@ static SLEEP: Sleep<'static> = Sleep {
     running: RUNNING,
     until: &UNTIL,
 };
-/// The signal mask of the thread that started the purger (the program's), as 64-bit words:
+/// The program's signal mask, as 64-bit words: that of the thread that started the purger,
+/// then, once the main thread is ending, that of the last thread whose heap let go (the
+/// thread whose end would have ended the process but for the purger, [`note_thread_exit`]):
 /// the thread that ends the process for the purger, as its last thread would, puts it on
-/// ([`exit_as_last_thread`]). Written before `pthread_create`, which orders it before the
-/// purger's reads.
+/// ([`exit_as_last_thread`]). The start's is written before `pthread_create`, which orders it
+/// before the purger's reads; a noting thread's, before its end, which the purger waits for.
+/// Review rev47: the start's alone was the mask of a signal handler's allocation when the
+/// purger started there, the handler's signal blocked.
 static START_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
 const MASK_WORDS: usize = core::mem::size_of::<libc::sigset_t>() / 8;
 const _: () = assert!(core::mem::size_of::<libc::sigset_t>() == MASK_WORDS * 8);
@@ -169,11 +173,7 @@ pub(super) unsafe fn maybe_start() {
         return;
     }
     let old = block_all_signals();
-    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
-    let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(&old) };
-    for (w, v) in START_MASK.iter().zip(words) {
-        w.store(v, Ordering::Relaxed);
-    }
+    save_mask(&old);
     // errno is kept: a refused `clone` or stack mapping sets it, and the caller may be a
     // `free` (review rev47: EAGAIN under a seccomp filter that refuses threads).
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
@@ -199,6 +199,15 @@ pub(super) unsafe fn maybe_start() {
         let _ = THREAD.compare_exchange(STARTING, RUNNING, Ordering::AcqRel, Ordering::Relaxed);
     } else {
         THREAD.store(FAILED, Ordering::Release);
+    }
+}
+
+/// Stores `mask` in [`START_MASK`].
+fn save_mask(mask: &libc::sigset_t) {
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
+    let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(mask) };
+    for (w, v) in START_MASK.iter().zip(words) {
+        w.store(v, Ordering::Relaxed);
     }
 }
 
@@ -313,7 +322,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 /// been the last but for us (review rev40). `exit` runs the program's atexit handlers and
 /// destructors, which may be as deep as on any thread and expect the program's signal mask:
 /// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
-/// the mask of the thread that started the purger, and the purger waits (every signal
+/// the program's mask ([`START_MASK`]), and the purger waits (every signal
 /// blocked) for the process to end (review of rev43's exit: on the purger's own 128 KiB stack
 /// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
 /// thread limit, an address-space cap), `exit` runs here, with the program's mask.
@@ -343,15 +352,15 @@ fn exit_as_last_thread() -> ! {
     unsafe { libc::exit(0) }
 }
 
-/// The thread that ends the process for [`exit_as_last_thread`]: the program's mask, then
-/// `exit(0)`.
+/// The thread that ends the process for [`exit_as_last_thread`]: the program's mask
+/// ([`START_MASK`]), then `exit(0)`.
 extern "C" fn exit_thread(_: *mut libc::c_void) -> *mut libc::c_void {
     put_on_start_mask();
     // SAFETY: as in `exit_as_last_thread`.
     unsafe { libc::exit(0) }
 }
 
-/// Puts the signal mask of the thread that started the purger on the calling thread.
+/// Puts the program's signal mask ([`START_MASK`]) on the calling thread.
 fn put_on_start_mask() {
     let words: [u64; MASK_WORDS] = core::array::from_fn(|i| START_MASK[i].load(Ordering::Relaxed));
     // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start`
@@ -563,8 +572,9 @@ static EXIT_LOOKS_LEFT: AtomicU32 = AtomicU32::new(0);
 static MAIN_ENDING: AtomicBool = AtomicBool::new(false);
 
 /// A thread's heap has let go (its thread is ending): the purger, if it runs, looks a while
-/// whether it is the last thread left ([`alone_in_process`]). One relaxed load when the
-/// purger is off.
+/// whether it is the last thread left ([`alone_in_process`]), and, once the main thread is
+/// ending, keeps this thread's signal mask for the process's end ([`START_MASK`]). One
+/// relaxed load when the purger is off.
 pub(super) fn note_thread_exit() {
     if BACKGROUND_PURGE.load(Ordering::Relaxed) {
         // SAFETY: gettid and getpid have no preconditions.
@@ -577,6 +587,16 @@ pub(super) fn note_thread_exit() {
         // (tests/purger_wakeups.rs: 138 wake-ups for 20 thread ends, review rev43).
         if MAIN_ENDING.load(Ordering::Relaxed) {
             EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
+            // This thread may be the program's last: its mask is the one glibc's `exit(0)`
+            // would have run with (`START_MASK`). Threads ending at once may mix their
+            // masks' words; Linux's signals are all in the first.
+            // SAFETY: a signal set we initialise; the calling thread's own mask, not changed.
+            let mask = unsafe {
+                let mut mask: libc::sigset_t = core::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut mask);
+                mask
+            };
+            save_mask(&mask);
         }
         wake();
     }
