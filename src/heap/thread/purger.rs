@@ -48,7 +48,8 @@
 //!
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
 //! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
-//! allocator. Across `fork`, the prepare handler takes `PASS` (no pass is in progress while
+//! allocator; only once it ends the process, past its last pass, may the creation of the
+//! thread that calls `exit` give it a heap. Across `fork`, the prepare handler takes `PASS` (no pass is in progress while
 //! the allocator's locks are taken), and the child, where the thread does not exist, marks
 //! it not started: the child's first slow path that finds memory waiting starts its own.
 
