@@ -49,9 +49,10 @@
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
 //! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
 //! allocator; only once it ends the process, past its last pass, may the creation of the
-//! thread that calls `exit` give it a heap. Across `fork`, the prepare handler takes `PASS` (no pass is in progress while
-//! the allocator's locks are taken), and the child, where the thread does not exist, marks
-//! it not started: the child's first slow path that finds memory waiting starts its own.
+//! thread that calls `exit` give it a heap. Across `fork`, the prepare handler takes `PASS`
+//! (no pass is in progress while the allocator's locks are taken), and the child, where the
+//! thread does not exist, marks it not started: the child's first slow path that finds memory
+//! waiting starts its own.
 
 use super::quiet::{collect_full, has_delayed};
 use super::registry::REGISTRY;
@@ -103,7 +104,7 @@ static SLEEP: Sleep<'static> = Sleep {
 /// before the purger's reads; a noting thread's, before its end, which the purger waits for.
 /// Review rev47: the start's alone was the mask of a signal handler's allocation when the
 /// purger started there, the handler's signal blocked.
-static START_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
+static EXIT_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
 const MASK_WORDS: usize = core::mem::size_of::<libc::sigset_t>() / 8;
 const _: () = assert!(core::mem::size_of::<libc::sigset_t>() == MASK_WORDS * 8);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
@@ -203,11 +204,11 @@ pub(super) unsafe fn maybe_start() {
     }
 }
 
-/// Stores `mask` in [`START_MASK`].
+/// Stores `mask` in [`EXIT_MASK`].
 fn save_mask(mask: &libc::sigset_t) {
     // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
     let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(mask) };
-    for (w, v) in START_MASK.iter().zip(words) {
+    for (w, v) in EXIT_MASK.iter().zip(words) {
         w.store(v, Ordering::Relaxed);
     }
 }
@@ -323,7 +324,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 /// been the last but for us (review rev40). `exit` runs the program's atexit handlers and
 /// destructors, which may be as deep as on any thread and expect the program's signal mask:
 /// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
-/// the program's mask ([`START_MASK`]), and the purger waits (every signal
+/// the program's mask ([`EXIT_MASK`]), and the purger waits (every signal
 /// blocked) for the process to end (review of rev43's exit: on the purger's own 128 KiB stack
 /// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
 /// thread limit, an address-space cap), `exit` runs here, with the program's mask.
@@ -348,24 +349,24 @@ fn exit_as_last_thread() -> ! {
             unsafe { libc::pause() };
         }
     }
-    put_on_start_mask();
+    put_on_exit_mask();
     // SAFETY: exit has no memory preconditions; the program's threads are all gone.
     unsafe { libc::exit(0) }
 }
 
 /// The thread that ends the process for [`exit_as_last_thread`]: the program's mask
-/// ([`START_MASK`]), then `exit(0)`.
+/// ([`EXIT_MASK`]), then `exit(0)`.
 extern "C" fn exit_thread(_: *mut libc::c_void) -> *mut libc::c_void {
-    put_on_start_mask();
+    put_on_exit_mask();
     // SAFETY: as in `exit_as_last_thread`.
     unsafe { libc::exit(0) }
 }
 
-/// Puts the program's signal mask ([`START_MASK`]) on the calling thread.
-fn put_on_start_mask() {
-    let words: [u64; MASK_WORDS] = core::array::from_fn(|i| START_MASK[i].load(Ordering::Relaxed));
-    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start`
-    // read from `pthread_sigmask`.
+/// Puts the program's signal mask ([`EXIT_MASK`]) on the calling thread.
+fn put_on_exit_mask() {
+    let words: [u64; MASK_WORDS] = core::array::from_fn(|i| EXIT_MASK[i].load(Ordering::Relaxed));
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start` or
+    // `note_thread_exit` read from `pthread_sigmask`.
     unsafe {
         let mask: libc::sigset_t = core::mem::transmute_copy(&words);
         libc::pthread_sigmask(libc::SIG_SETMASK, &mask, core::ptr::null_mut());
@@ -574,7 +575,7 @@ static MAIN_ENDING: AtomicBool = AtomicBool::new(false);
 
 /// A thread's heap has let go (its thread is ending): the purger, if it runs, looks a while
 /// whether it is the last thread left ([`alone_in_process`]), and, once the main thread is
-/// ending, keeps this thread's signal mask for the process's end ([`START_MASK`]). One
+/// ending, keeps this thread's signal mask for the process's end ([`EXIT_MASK`]). One
 /// relaxed load when the purger is off.
 pub(super) fn note_thread_exit() {
     if BACKGROUND_PURGE.load(Ordering::Relaxed) {
@@ -589,7 +590,7 @@ pub(super) fn note_thread_exit() {
         if MAIN_ENDING.load(Ordering::Relaxed) {
             EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
             // This thread may be the program's last: its mask is the one glibc's `exit(0)`
-            // would have run with (`START_MASK`). Threads ending at once may mix their
+            // would have run with (`EXIT_MASK`). Threads ending at once may mix their
             // masks' words; Linux's signals are all in the first.
             // SAFETY: a signal set we initialise; the calling thread's own mask, not changed.
             let mask = unsafe {
