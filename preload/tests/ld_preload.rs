@@ -363,7 +363,7 @@ fn purger_c_test(name: &str) {
     let exe = compile(&dir, name, &[]);
     let mut cmd = Command::new(&exe);
     cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
-    let r = run(&dir, cmd, true, Duration::from_secs(60));
+    let r = run(&dir, cmd, true, Duration::from_secs(30));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
         r.status.success() && out.contains(&format!("{name} ok")),
@@ -449,6 +449,15 @@ fn main_thread_pthread_exit_with_a_slow_destructor_ends_the_process() {
 #[test]
 fn main_thread_pthread_exit_after_a_purger_start_in_a_signal_handler() {
     main_pthread_exit_ends(&["handler"], &[]);
+}
+
+/// A program whose main thread ends with `pthread_exit` and whose atexit handler ends its own
+/// thread the same way ends (status 0), as under glibc, where that thread is the last
+/// (tests/c/atexit_pthread_exit.c). Review rev47: with the purger's `exit(0)` on a thread of
+/// its own, the purger waited for it for good (killed by the hang guard).
+#[test]
+fn an_atexit_handler_that_ends_its_thread_ends_the_process() {
+    purger_c_test("atexit_pthread_exit");
 }
 
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc
