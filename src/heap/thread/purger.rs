@@ -325,7 +325,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 /// destructors, which may be as deep as on any thread and expect the program's signal mask:
 /// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
 /// the program's mask ([`EXIT_MASK`]), and the purger waits (every signal
-/// blocked) for the process to end (review of rev43's exit: on the purger's own 128 KiB stack
+/// blocked) for the process to end, or for that thread to end without ending it (review of rev43's exit: on the purger's own 128 KiB stack
 /// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
 /// thread limit, an address-space cap), `exit` runs here, with the program's mask.
 fn exit_as_last_thread() -> ! {
@@ -343,16 +343,31 @@ fn exit_as_last_thread() -> ! {
         r == 0
     };
     if made {
+        // That thread ends the process. Should it end without doing so (an atexit handler
+        // that calls `pthread_exit`), glibc's last thread would have ended with it, and the
+        // process with status 0, nothing more run: so does it here (review rev47: the purger
+        // waited for good).
         loop {
-            // SAFETY: no preconditions; with every signal blocked it returns on none, and the
-            // process ends under it.
-            unsafe { libc::pause() };
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (EXIT_WAIT_MS * 1_000_000) as libc::c_long,
+            };
+            // SAFETY: a valid timespec; an interrupted sleep only makes the look earlier.
+            unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+            if alone_in_process() {
+                // SAFETY: `_exit` has no preconditions.
+                unsafe { libc::_exit(0) };
+            }
         }
     }
     put_on_exit_mask();
     // SAFETY: exit has no memory preconditions; the program's threads are all gone.
     unsafe { libc::exit(0) }
 }
+
+/// How often the purger looks whether the thread it made to end the process has ended
+/// without doing so.
+const EXIT_WAIT_MS: u64 = 100;
 
 /// The thread that ends the process for [`exit_as_last_thread`]: the program's mask
 /// ([`EXIT_MASK`]), then `exit(0)`.
