@@ -357,6 +357,39 @@ fn free_keeps_errno_when_a_purge_is_refused() {
     c_test("free_errno", &[], |_| vec![]);
 }
 
+/// [`c_test`] with `TIERALLOC_BACKGROUND_PURGE=1`.
+fn purger_c_test(name: &str) {
+    let dir = Scratch::new(name);
+    let exe = compile(&dir, name, &[]);
+    let mut cmd = Command::new(&exe);
+    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
+    let r = run(&dir, cmd, true, Duration::from_secs(30));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success() && out.contains(&format!("{name} ok")),
+        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
+        r.status,
+        r.stderr
+    );
+}
+
+/// free() leaves errno alone also when it is the call that tries to start the background
+/// purger and `pthread_create` fails (tests/c/purger_start_errno.c: a seccomp filter refuses
+/// clone; review rev47: EAGAIN reached the caller's errno).
+#[test]
+fn free_keeps_errno_when_the_purger_cannot_start() {
+    purger_c_test("purger_start_errno");
+}
+
+/// The background purger starts in a program under RLIMIT_AS with a few MiB of room left
+/// (tests/c/purger_rlimit_as.c: half a default thread stack, at least 2 MiB). Review rev47:
+/// with a default-size stack for the purger's thread (8 MiB), `pthread_create` failed and the
+/// purger never ran.
+#[test]
+fn the_purger_starts_under_rlimit_as_with_little_room() {
+    purger_c_test("purger_rlimit_as");
+}
+
 /// C23's `free_sized` and `free_aligned_sized` are ours (tests/c/free_sized.c: on a glibc
 /// that has them, a program's call would otherwise reach glibc's `free` with our block).
 #[test]
@@ -407,6 +440,24 @@ fn main_thread_pthread_exit_ends_the_process_with_the_purger_running() {
 #[test]
 fn main_thread_pthread_exit_with_a_slow_destructor_ends_the_process() {
     main_pthread_exit_ends(&["3"], &[("TIERALLOC_PURGE_DELAY_MS", "1")]);
+}
+
+/// The same when the purger was started from a signal handler (its frees, in a SIGUSR1
+/// handler, are the program's first): the atexit handler still sees the program's signal mask,
+/// SIGUSR1 not blocked. Review rev47: the mask put on for `exit` was that of the purger's start,
+/// with the handler's signal blocked.
+#[test]
+fn main_thread_pthread_exit_after_a_purger_start_in_a_signal_handler() {
+    main_pthread_exit_ends(&["handler"], &[]);
+}
+
+/// A program whose main thread ends with `pthread_exit` and whose atexit handler ends its own
+/// thread the same way ends (status 0), as under glibc, where that thread is the last
+/// (tests/c/atexit_pthread_exit.c). Review rev47: with the purger's `exit(0)` on a thread of
+/// its own, the purger waited for it for good (killed by the hang guard).
+#[test]
+fn an_atexit_handler_that_ends_its_thread_ends_the_process() {
+    purger_c_test("atexit_pthread_exit");
 }
 
 /// errno is zero when main starts (C11 7.5p3), although the drop-in initialised tieralloc

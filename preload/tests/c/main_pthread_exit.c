@@ -23,6 +23,11 @@
  * purger ran exit(0) on its own 128 KiB stack with every signal blocked, so the handler
  * faulted past the stack's end (status 139), and with a shallower handler saw SIGTERM blocked.
  *
+ * With the argument "handler", the frees that start the purger run in a SIGUSR1 handler (the
+ * program's first frees; raised by `raise`, so a synchronous call), where SIGUSR1 is blocked:
+ * the atexit handler checks SIGUSR1 too. Review rev47: the mask put on for exit was that of
+ * the purger's start, SIGUSR1 blocked.
+ *
  * First frees enough memory that some waits to be purged, so that the purger starts, and
  * checks that its thread ("tieralloc-purge") is there: without it the test would show
  * nothing. Prints "main_pthread_exit ok" (flushed), then ends its main thread; "atexit ran,
@@ -55,7 +60,8 @@ static __attribute__((noinline)) int deep(size_t n) {
 static void at_exit(void) {
     sigset_t now;
     int mask_ok = pthread_sigmask(SIG_BLOCK, NULL, &now) == 0 && sigismember(&now, SIGUSR2) == 1 &&
-                  sigismember(&now, SIGTERM) == 0 && sigismember(&now, SIGINT) == 0;
+                  sigismember(&now, SIGTERM) == 0 && sigismember(&now, SIGINT) == 0 &&
+                  sigismember(&now, SIGUSR1) == 0;
     int stack_ok = deep(1 << 20) >= -256;
     char *p = malloc(5000), *q = malloc(40);
     int heap_ok = p && q;
@@ -85,17 +91,9 @@ static int has_thread(const char *name) {
     return found;
 }
 
-int main(int argc, char **argv) {
-    slow_seconds = argc > 1 ? (unsigned)atoi(argv[1]) : 0;
-    sigset_t usr2;
-    sigemptyset(&usr2);
-    sigaddset(&usr2, SIGUSR2);
-    if (pthread_sigmask(SIG_BLOCK, &usr2, NULL) != 0) {
-        printf("pthread_sigmask failed\n");
-        return 4;
-    }
-    /* Wait up to 10 s for the purger (a hang guard, not a measurement): it starts when
-     * memory first waits to be purged, which these frees make happen. */
+/* Frees enough memory that some waits to be purged, so that the purger starts; whether its
+ * thread is there after up to 10 s (a hang guard, not a measurement). */
+static int start_purger(void) {
     int started = 0;
     for (int round = 0; round < 1000 && !started; round++) {
         for (int i = 0; i < 16; i++) {
@@ -110,6 +108,34 @@ int main(int argc, char **argv) {
         }
         started = has_thread("tieralloc-purge");
         if (!started) usleep(10000);
+    }
+    return started;
+}
+
+static volatile sig_atomic_t started_in_handler;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    started_in_handler = start_purger();
+}
+
+int main(int argc, char **argv) {
+    int in_handler = argc > 1 && strcmp(argv[1], "handler") == 0;
+    slow_seconds = argc > 1 && !in_handler ? (unsigned)atoi(argv[1]) : 0;
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    if (pthread_sigmask(SIG_BLOCK, &usr2, NULL) != 0) {
+        printf("pthread_sigmask failed\n");
+        return 4;
+    }
+    int started;
+    if (in_handler) {
+        signal(SIGUSR1, on_usr1);
+        raise(SIGUSR1);
+        started = started_in_handler;
+    } else {
+        started = start_purger();
     }
     if (!started) {
         printf("the purger thread did not start\n");

@@ -48,9 +48,11 @@
 //!
 //! The thread never allocates through tieralloc (it has no heap: it sleeps, reads the clock,
 //! takes spin locks and calls `madvise`/`munmap`/`futex`), so it cannot recurse into the
-//! allocator. Across `fork`, the prepare handler takes `PASS` (no pass is in progress while
-//! the allocator's locks are taken), and the child, where the thread does not exist, marks
-//! it not started: the child's first slow path that finds memory waiting starts its own.
+//! allocator; only once it ends the process, past its last pass, may the creation of the
+//! thread that calls `exit` give it a heap. Across `fork`, the prepare handler takes `PASS`
+//! (no pass is in progress while the allocator's locks are taken), and the child, where the
+//! thread does not exist, marks it not started: the child's first slow path that finds memory
+//! waiting starts its own.
 
 use super::quiet::{collect_full, has_delayed};
 use super::registry::REGISTRY;
@@ -94,11 +96,15 @@ static SLEEP: Sleep<'static> = Sleep {
     running: RUNNING,
     until: &UNTIL,
 };
-/// The signal mask of the thread that started the purger (the program's), as 64-bit words:
-/// the purger puts it on itself before it ends the process as its last thread would
-/// ([`exit_as_last_thread`]). Written before `pthread_create`, which orders it before the
-/// purger's reads.
-static START_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
+/// The program's signal mask, as 64-bit words: that of the thread that started the purger,
+/// then, once the main thread is ending, that of the last thread whose heap let go (the
+/// thread whose end would have ended the process but for the purger, [`note_thread_exit`]):
+/// the thread that ends the process for the purger, as its last thread would, puts it on
+/// ([`exit_as_last_thread`]). The start's is written before `pthread_create`, which orders it
+/// before the purger's reads; a noting thread's, before its end, which the purger waits for.
+/// Review rev47: the start's alone was the mask of a signal handler's allocation when the
+/// purger started there, the handler's signal blocked.
+static EXIT_MASK: [AtomicU64; MASK_WORDS] = [const { AtomicU64::new(0) }; MASK_WORDS];
 const MASK_WORDS: usize = core::mem::size_of::<libc::sigset_t>() / 8;
 const _: () = assert!(core::mem::size_of::<libc::sigset_t>() == MASK_WORDS * 8);
 /// Held by the purger for a pass, and by `fork`'s prepare handler.
@@ -155,7 +161,7 @@ impl Drop for Gate {
 /// The thread starts with every signal blocked (the creating thread's mask is put back after),
 /// so no process-directed signal is handled on it by a handler that might
 /// allocate (it has no heap, and must never get one while it passes over the others' heaps;
-/// the program's atexit handlers may give it one once it ends the process).
+/// the thread it makes to end the process may give it one, past its last pass).
 ///
 /// # Safety
 /// Called from a slow path of the calling thread's active heap that uses nothing of it looked
@@ -169,26 +175,26 @@ pub(super) unsafe fn maybe_start() {
         return;
     }
     let old = block_all_signals();
-    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
-    let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(&old) };
-    for (w, v) in START_MASK.iter().zip(words) {
-        w.store(v, Ordering::Relaxed);
-    }
+    save_mask(&old);
+    // errno is kept: a refused `clone` or stack mapping sets it, and the caller may be a
+    // `free` (review rev47: EAGAIN under a seccomp filter that refuses threads).
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
-    // routine's signature and uses no argument; the mask saved above. The stack is a new
-    // thread's default size (its untouched pages cost no memory): the purger may end up
-    // running the program's atexit handlers (`exit_as_last_thread`), which may be as deep as
-    // on any thread (review of rev43's exit: a 128 KiB stack faulted under a 1 MiB frame).
-    let ok = unsafe {
+    // routine's signature and uses no argument; the mask saved above. A small stack: the
+    // purger's own calls are shallow, and a default one (RLIMIT_STACK, 8 MiB) kept it from
+    // starting under an address-space cap with less room (review rev47); the program's
+    // atexit handlers, which may be as deep as on any thread, run on a thread of their own
+    // (`exit_as_last_thread`).
+    let ok = os::keeping_errno(|| unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, STACK);
         let mut t: libc::pthread_t = 0;
         let r = libc::pthread_create(&mut t, &attr, run, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         r == 0
-    };
+    });
     if ok {
         // Unless the new thread has already gone to sleep (ASLEEP must stay, or no
         // `notify` would wake it).
@@ -197,6 +203,18 @@ pub(super) unsafe fn maybe_start() {
         THREAD.store(FAILED, Ordering::Release);
     }
 }
+
+/// Stores `mask` in [`EXIT_MASK`].
+fn save_mask(mask: &libc::sigset_t) {
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words (asserted above); read as such.
+    let words: [u64; MASK_WORDS] = unsafe { core::mem::transmute_copy(mask) };
+    for (w, v) in EXIT_MASK.iter().zip(words) {
+        w.store(v, Ordering::Relaxed);
+    }
+}
+
+/// The purger thread's stack size.
+const STACK: usize = 128 << 10;
 
 /// Blocks every signal on the calling thread; returns the mask it had, for the caller to put
 /// back (`pthread_sigmask(SIG_SETMASK, ...)`).
@@ -304,18 +322,69 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 
 /// What glibc's last thread does at its end (`start_thread`, `pthread_exit`): it would have
 /// been the last but for us (review rev40). `exit` runs the program's atexit handlers and
-/// destructors on this thread, so they get the program's signal mask (that of the thread
-/// that started the purger), not the purger's all-blocked one (review of rev43's exit: a
-/// handler saw SIGTERM blocked), and a default thread's stack ([`maybe_start`]).
+/// destructors, which may be as deep as on any thread and expect the program's signal mask:
+/// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
+/// the program's mask ([`EXIT_MASK`]), and the purger waits (every signal
+/// blocked) for the process to end, or for that thread to end without ending it (review of rev43's exit: on the purger's own 128 KiB stack
+/// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
+/// thread limit, an address-space cap), `exit` runs here, with the program's mask.
 fn exit_as_last_thread() -> ! {
-    let words: [u64; MASK_WORDS] = core::array::from_fn(|i| START_MASK[i].load(Ordering::Relaxed));
-    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start`
-    // read from `pthread_sigmask`; exit has no memory preconditions; the program's threads
-    // are all gone.
+    // SAFETY: plain pthread calls on a zeroed attribute object; `exit_thread` matches the
+    // start routine's signature and uses no argument. Its creation may allocate (the new
+    // thread's TLS), which gives this thread a heap: it is past its last pass, and the process
+    // is ending.
+    let made = unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut t: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut t, &attr, exit_thread, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
+    };
+    if made {
+        // That thread ends the process. Should it end without doing so (an atexit handler
+        // that calls `pthread_exit`), glibc's last thread would have ended with it, and the
+        // process with status 0, nothing more run: so does it here (review rev47: the purger
+        // waited for good).
+        loop {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (EXIT_WAIT_MS * 1_000_000) as libc::c_long,
+            };
+            // SAFETY: a valid timespec; an interrupted sleep only makes the look earlier.
+            unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+            if alone_in_process() {
+                // SAFETY: `_exit` has no preconditions.
+                unsafe { libc::_exit(0) };
+            }
+        }
+    }
+    put_on_exit_mask();
+    // SAFETY: exit has no memory preconditions; the program's threads are all gone.
+    unsafe { libc::exit(0) }
+}
+
+/// How often the purger looks whether the thread it made to end the process has ended
+/// without doing so.
+const EXIT_WAIT_MS: u64 = 100;
+
+/// The thread that ends the process for [`exit_as_last_thread`]: the program's mask
+/// ([`EXIT_MASK`]), then `exit(0)`.
+extern "C" fn exit_thread(_: *mut libc::c_void) -> *mut libc::c_void {
+    put_on_exit_mask();
+    // SAFETY: as in `exit_as_last_thread`.
+    unsafe { libc::exit(0) }
+}
+
+/// Puts the program's signal mask ([`EXIT_MASK`]) on the calling thread.
+fn put_on_exit_mask() {
+    let words: [u64; MASK_WORDS] = core::array::from_fn(|i| EXIT_MASK[i].load(Ordering::Relaxed));
+    // SAFETY: `sigset_t` is plain data of `MASK_WORDS` words, these a mask `maybe_start` or
+    // `note_thread_exit` read from `pthread_sigmask`.
     unsafe {
         let mask: libc::sigset_t = core::mem::transmute_copy(&words);
         libc::pthread_sigmask(libc::SIG_SETMASK, &mask, core::ptr::null_mut());
-        libc::exit(0)
     }
 }
 
@@ -520,8 +589,9 @@ static EXIT_LOOKS_LEFT: AtomicU32 = AtomicU32::new(0);
 static MAIN_ENDING: AtomicBool = AtomicBool::new(false);
 
 /// A thread's heap has let go (its thread is ending): the purger, if it runs, looks a while
-/// whether it is the last thread left ([`alone_in_process`]). One relaxed load when the
-/// purger is off.
+/// whether it is the last thread left ([`alone_in_process`]), and, once the main thread is
+/// ending, keeps this thread's signal mask for the process's end ([`EXIT_MASK`]). One
+/// relaxed load when the purger is off.
 pub(super) fn note_thread_exit() {
     if BACKGROUND_PURGE.load(Ordering::Relaxed) {
         // SAFETY: gettid and getpid have no preconditions.
@@ -534,6 +604,16 @@ pub(super) fn note_thread_exit() {
         // (tests/purger_wakeups.rs: 138 wake-ups for 20 thread ends, review rev43).
         if MAIN_ENDING.load(Ordering::Relaxed) {
             EXIT_LOOKS_LEFT.store(EXIT_LOOKS, Ordering::Relaxed);
+            // This thread may be the program's last: its mask is the one glibc's `exit(0)`
+            // would have run with (`EXIT_MASK`). Threads ending at once may mix their
+            // masks' words; Linux's signals are all in the first.
+            // SAFETY: a signal set we initialise; the calling thread's own mask, not changed.
+            let mask = unsafe {
+                let mut mask: libc::sigset_t = core::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut mask);
+                mask
+            };
+            save_mask(&mask);
         }
         wake();
     }
