@@ -274,3 +274,57 @@ fn moving_threads_adopting_far_segments_keep_every_node_exact_under_a_near_budge
         run_child("inner_near_budget", "3,far=1");
     }
 }
+
+/// Fork: a thread of the parent, alive at the fork, holds far blocks; the fork child's
+/// main thread frees them all (their segment abandoned by the child's reset, reached on the
+/// far node) and every node's live bytes come back (review rev48: fork children adopting).
+#[test]
+fn inner_fork() {
+    if !child::is_child() {
+        return;
+    }
+    tiers::set_policy(&Policy {
+        ratio: Some((0, 1)),
+        ..Policy::default()
+    })
+    .unwrap();
+    std::thread::spawn(|| drop(std::hint::black_box(vec![1u8; 100])))
+        .join()
+        .unwrap();
+    let base = live_by_node();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let mut s = 7u64;
+        let v: Vec<usize> = (0..4000).map(|_| make(&mut s)).collect();
+        tx.send(v).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let blocks = rx.recv().unwrap();
+    let during = live_by_node();
+    let r = child::fork_and_wait(Duration::from_secs(60), || {
+        for p in &blocks {
+            drop_obj(*p);
+        }
+        for _ in 0..4 {
+            tieralloc::collect();
+        }
+        let end = live_by_node();
+        println!("fork child: {base:?} before, {during:?} while live, {end:?} after");
+        let ok = end.1[2] == base.1[2] && (end.0 - base.0).abs() <= STD_SLACK;
+        i32::from(!ok)
+    });
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+    assert_eq!(r, Ok(0), "the fork child's live bytes did not come back");
+    for p in blocks {
+        drop_obj(p);
+    }
+}
+
+#[test]
+fn a_fork_child_freeing_a_dead_threads_far_blocks_keeps_every_node_exact() {
+    if !child::is_child() {
+        run_child("inner_fork", "2,far=1");
+    }
+}
