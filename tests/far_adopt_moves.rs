@@ -8,6 +8,9 @@
 //! back to where they were once everything is freed, and the live total must match the sum
 //! of the nodes' at every quiet point.
 //!
+//! A fork check: a thread of the parent, alive at the fork, holds far blocks, which the fork
+//! child frees; every node's live bytes come back in the child.
+//!
 //! Each run is in a child process of its own (the counts are process-wide; the simulation
 //! is read at start-up).
 
