@@ -198,6 +198,14 @@ pub fn stats() -> Stats {
     let cross_freed: [u64; MAX_NODES] =
         core::array::from_fn(|n| thread::CROSS_FREED_BYTES[n].load(Ordering::Acquire));
     let t = totals();
+    // The live bytes moved between nodes, read with the totals, before anything here
+    // allocates: an allocation of this thread's (the classes' and nodes' vectors below) can
+    // take a slow path whose collection gives back a moved large page, which books its bytes
+    // back from the node it moved to (review rev48: read node by node between the pushes,
+    // the nodes' live bytes came out a large page above the total, 192 to 448 KiB).
+    let moved: [i64; MAX_NODES] = core::array::from_fn(|n| {
+        crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
+    });
     let (segments, pooled, abandoned) = thread::segment_counts();
     let mut s = Stats {
         bytes_committed: os::COMMITTED.load(Ordering::Relaxed) as u64,
@@ -242,8 +250,7 @@ pub fn stats() -> Stats {
     // `node_net` holds the live heaps' and the retired totals' nets, read under one lock.
     for (n, own_net) in t.node_net.iter().enumerate() {
         let committed = COMMITTED_BY_NODE[n].load(Ordering::Relaxed) as u64;
-        let net = own_net + crate::heap::segment::MOVED_LIVE_BY_NODE[n].load(Ordering::Relaxed)
-            - cross_freed[n] as i64;
+        let net = own_net + moved[n] - cross_freed[n] as i64;
         let cross = thread::CROSS_FREES[n].load(Ordering::Relaxed);
         if always & (1 << n) != 0 || committed != 0 || net != 0 || cross != 0 {
             s.nodes.push(NodeStats {

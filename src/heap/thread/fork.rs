@@ -33,13 +33,14 @@
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
 //! `fork_prepare` takes them in that order, so no thread holds one of them across the fork.
 
+use super::counters::note_far_abandoned;
 use super::free::free_delayed;
 use super::labels::{label_heaps, CREATE, NAMES_LOCK};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
 use super::tls::heap;
-use super::{Heap, DEAD};
+use super::{Heap, HeapRef, DEAD};
 use crate::heap::atfork;
 use crate::heap::huge;
 use crate::heap::segment::{
@@ -169,6 +170,7 @@ unsafe fn reset_after_fork() {
         while !d.is_null() {
             let next = (*d).reg_next;
             return_delayed(d);
+            settle_dead(d);
             retire_counters(&mut *d);
             if (*d).tag != NO_TAG {
                 dead_tags[(*d).tag as usize / 64] &= !(1 << ((*d).tag % 64));
@@ -217,7 +219,26 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
             return;
         }
         for_each_used_page(seg, |p| atfork::abandon(&(*p).thread_free));
+        // A far segment's live bin blocks stay in the dead heap's per-bin counts for good:
+        // booked on their node through its `far_fixed`, as its exit would (review rev48: its
+        // `far_net` was as of its last settle, and the blocks it had popped since stayed on
+        // its own node after the child freed them off the far node).
+        let owner = (*seg).owner.load(Ordering::Relaxed) as *mut Heap;
+        note_far_abandoned(HeapRef::new(owner), seg);
         let_go(seg, now);
+    }
+}
+
+/// A dead heap's `far_net` once all its segments are let go ([`abandon_dead`]): its
+/// `far_fixed`, as [`super::counters::settle_far`] makes it for a heap that holds no page.
+///
+/// # Safety
+/// Single-threaded child; `d` is a dead heap whose segments were all let go.
+unsafe fn settle_dead(d: *mut Heap) {
+    // SAFETY: per the contract, nobody else reads or writes d's counters now.
+    let stats = unsafe { &(*d).stats };
+    for (net, fixed) in stats.far_net.iter().zip(&stats.far_fixed) {
+        net.store(fixed.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
