@@ -16,7 +16,6 @@
 //! Each run is in a child process of its own (the counts are process-wide; the simulation
 //! is read at start-up).
 
-use std::alloc::{alloc, dealloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,13 @@ use tieralloc::tiers::{self, Policy};
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rng.rs"]
+mod rng;
+#[path = "common/tagged.rs"]
+mod tagged;
+
+use rng::Rng;
+use tagged::{churn_slots, drop_tagged, make_tagged};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -33,48 +39,12 @@ const THREADS: usize = 4;
 const ROUNDS: usize = 100;
 const STEPS: usize = 3000;
 
-fn next(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 /// An object of 24 to 2 047 bytes (bin pages only: requests over 64 KiB a policy routes one by
 /// one, to the far node's shared heap): its size and a tag in its first two words, the tag's
 /// low byte at its end.
-fn make(s: &mut u64) -> usize {
-    let r = next(s);
-    let size = 24 + (r >> 20) as usize % if r & 3 == 0 { 2024 } else { 200 };
-    let l = Layout::from_size_align(size, 8).unwrap();
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc(l) } as *mut u64;
-    assert!(!p.is_null());
-    // SAFETY: p holds `size` >= 24 bytes, 8-aligned.
-    unsafe {
-        p.write(size as u64);
-        p.add(1).write(p as u64 ^ 0x5A5A);
-        (p as *mut u8).add(size - 1).write(p as u8 ^ 0x5A);
-    }
-    p as usize
-}
-
-fn drop_obj(p: usize) {
-    if p == 0 {
-        return;
-    }
-    let q = p as *mut u64;
-    // SAFETY: p is a live object made by `make`.
-    unsafe {
-        let size = q.read() as usize;
-        assert_eq!(
-            q.add(1).read(),
-            p as u64 ^ 0x5A5A,
-            "object {p:#x} overwritten"
-        );
-        assert_eq!((q as *mut u8).add(size - 1).read(), p as u8 ^ 0x5A);
-        dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap());
-    }
+fn make(s: &mut Rng) -> usize {
+    let r = s.next();
+    make_tagged(24 + (r >> 20) as usize % if r & 3 == 0 { 2024 } else { 200 })
 }
 
 /// Committed bytes of node `n`.
@@ -100,27 +70,14 @@ fn rounds(far: u32) -> (u64, u64) {
     let shared: Arc<Vec<AtomicUsize>> =
         Arc::new((0..SHARED).map(|_| AtomicUsize::new(0)).collect());
     let (mut peak, mut far_peak) = (0u64, 0u64);
-    let mut s = 42u64;
+    let mut s = Rng(42);
     for round in 0..ROUNDS {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let shared = shared.clone();
                 std::thread::spawn(move || {
-                    let mut s = 0x2545_F491_4F6C_DD1D ^ ((round * THREADS + t + 1) as u64) << 8;
-                    let mut local = vec![0usize; 256];
-                    for _ in 0..STEPS {
-                        let r = next(&mut s);
-                        let k = r as usize % local.len();
-                        drop_obj(local[k]);
-                        local[k] = make(&mut s);
-                        if (r >> 32) % 3 == 0 {
-                            let j = (r >> 40) as usize % SHARED;
-                            local[k] = shared[j].swap(local[k], Ordering::AcqRel);
-                        }
-                    }
-                    for p in local {
-                        drop_obj(p);
-                    }
+                    let seed = 0x2545_F491_4F6C_DD1D ^ ((round * THREADS + t + 1) as u64) << 8;
+                    churn_slots(&shared, seed, STEPS, make, |_| {});
                 })
             })
             .collect();
@@ -128,8 +85,8 @@ fn rounds(far: u32) -> (u64, u64) {
             h.join().unwrap();
         }
         for slot in shared.iter() {
-            if next(&mut s) % 2 == 0 {
-                drop_obj(slot.swap(0, Ordering::AcqRel));
+            if s.next() % 2 == 0 {
+                drop_tagged(slot.swap(0, Ordering::AcqRel));
             }
         }
         let st = tieralloc::stats();
@@ -144,7 +101,7 @@ fn rounds(far: u32) -> (u64, u64) {
         far_peak = far_peak.max(committed(&st, far));
     }
     for slot in shared.iter() {
-        drop_obj(slot.swap(0, Ordering::AcqRel));
+        drop_tagged(slot.swap(0, Ordering::AcqRel));
     }
     (peak, far_peak)
 }

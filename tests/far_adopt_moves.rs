@@ -14,7 +14,6 @@
 //! Each run is in a child process of its own (the counts are process-wide; the simulation
 //! is read at start-up).
 
-use std::alloc::{alloc, dealloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,13 @@ use tieralloc::tiers::{self, Policy};
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/rng.rs"]
+mod rng;
+#[path = "common/tagged.rs"]
+mod tagged;
+
+use rng::Rng;
+use tagged::{churn_slots, drop_tagged, make_tagged, size_of_tagged};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -31,51 +37,15 @@ const THREADS: usize = 4;
 const ROUNDS: usize = 40;
 const STEPS: usize = 2000;
 
-fn next(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 /// An object of 24 to 2 047 bytes, or one time in 64 a large one (70 to 200 KiB): its size and
 /// a tag in its first two words, the tag's low byte at its end.
-fn make(s: &mut u64) -> usize {
-    let r = next(s);
-    let size = if r & 63 == 5 {
+fn make(s: &mut Rng) -> usize {
+    let r = s.next();
+    make_tagged(if r & 63 == 5 {
         (70 << 10) + (r >> 20) as usize % (130 << 10)
     } else {
         24 + (r >> 20) as usize % if r & 3 == 0 { 2024 } else { 200 }
-    };
-    let l = Layout::from_size_align(size, 8).unwrap();
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc(l) } as *mut u64;
-    assert!(!p.is_null());
-    // SAFETY: p holds `size` >= 24 bytes, 8-aligned.
-    unsafe {
-        p.write(size as u64);
-        p.add(1).write(p as u64 ^ 0x5A5A);
-        (p as *mut u8).add(size - 1).write(p as u8 ^ 0x5A);
-    }
-    p as usize
-}
-
-fn drop_obj(p: usize) {
-    if p == 0 {
-        return;
-    }
-    let q = p as *mut u64;
-    // SAFETY: p is a live object made by `make`.
-    unsafe {
-        let size = q.read() as usize;
-        assert_eq!(
-            q.add(1).read(),
-            p as u64 ^ 0x5A5A,
-            "object {p:#x} overwritten"
-        );
-        assert_eq!((q as *mut u8).add(size - 1).read(), p as u8 ^ 0x5A);
-        dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap());
-    }
+    })
 }
 
 /// Live bytes: the total, and each node's.
@@ -108,31 +78,19 @@ fn pin_node(node: usize) {
 fn rounds() {
     let shared: Arc<Vec<AtomicUsize>> =
         Arc::new((0..SHARED).map(|_| AtomicUsize::new(0)).collect());
-    let mut s = 42u64;
+    let mut s = Rng(42);
     for round in 0..ROUNDS {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let shared = shared.clone();
                 std::thread::spawn(move || {
                     pin_node(t % 2);
-                    let mut s = 0x2545_F491_4F6C_DD1D ^ ((round * THREADS + t + 1) as u64) << 8;
-                    let mut local = vec![0usize; 256];
-                    for step in 0..STEPS {
+                    let seed = 0x2545_F491_4F6C_DD1D ^ ((round * THREADS + t + 1) as u64) << 8;
+                    churn_slots(&shared, seed, STEPS, make, |step| {
                         if step == STEPS / 2 {
                             pin_node((t + 1) % 2);
                         }
-                        let r = next(&mut s);
-                        let k = r as usize % local.len();
-                        drop_obj(local[k]);
-                        local[k] = make(&mut s);
-                        if (r >> 32) % 3 == 0 {
-                            let j = (r >> 40) as usize % SHARED;
-                            local[k] = shared[j].swap(local[k], Ordering::AcqRel);
-                        }
-                    }
-                    for p in local {
-                        drop_obj(p);
-                    }
+                    });
                 })
             })
             .collect();
@@ -144,13 +102,8 @@ fn rounds() {
         // demoted onto it) while they live.
         for slot in shared.iter() {
             let p = slot.load(Ordering::Acquire);
-            // SAFETY: a live object made by `make`.
-            let size = if p == 0 {
-                0
-            } else {
-                (unsafe { (p as *const u64).read() }) as usize
-            };
-            if size >= 70 << 10 && next(&mut s) % 2 == 0 {
+            let size = if p == 0 { 0 } else { size_of_tagged(p) };
+            if size >= 70 << 10 && s.next() % 2 == 0 {
                 // SAFETY: as above.
                 let on = unsafe { tieralloc::probe::block_node(p as *const u8) };
                 let far = on as usize == FAR.load(Ordering::Relaxed);
@@ -167,8 +120,8 @@ fn rounds() {
             }
         }
         for slot in shared.iter() {
-            if next(&mut s) % 2 == 0 {
-                drop_obj(slot.swap(0, Ordering::AcqRel));
+            if s.next() % 2 == 0 {
+                drop_tagged(slot.swap(0, Ordering::AcqRel));
             }
         }
         // A few snapshots: each one allocates (its vectors), and an allocation's slow path may
@@ -188,7 +141,7 @@ fn rounds() {
         println!("round {round:3}: live {:?}", live_by_node());
     }
     for slot in shared.iter() {
-        drop_obj(slot.swap(0, Ordering::AcqRel));
+        drop_tagged(slot.swap(0, Ordering::AcqRel));
     }
 }
 
@@ -299,7 +252,7 @@ fn inner_fork() {
     static BLOCKS: AtomicUsize = AtomicUsize::new(0);
     static DONE: AtomicUsize = AtomicUsize::new(0);
     let t = std::thread::spawn(|| {
-        let mut s = 7u64;
+        let mut s = Rng(7);
         let v: Vec<usize> = (0..4000).map(|_| make(&mut s)).collect();
         BLOCKS.store(Box::into_raw(Box::new(v)) as usize, Ordering::Release);
         while DONE.load(Ordering::Acquire) == 0 {
@@ -314,7 +267,7 @@ fn inner_fork() {
         // SAFETY: the thread's box, handed over once.
         let blocks = unsafe { Box::from_raw(BLOCKS.load(Ordering::Acquire) as *mut Vec<usize>) };
         for p in blocks.iter() {
-            drop_obj(*p);
+            drop_tagged(*p);
         }
         drop(blocks);
         for _ in 0..4 {
