@@ -33,7 +33,6 @@
  * nothing. Prints "main_pthread_exit ok" (flushed), then ends its main thread; "atexit ran,
  * as main" from the atexit handler if its checks hold (not flushed: exit must do it). */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -41,7 +40,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static void *volatile sink;
+#include "purger_thread.h"
+
 static unsigned slow_seconds;
 
 static void slow_destructor(void *arg) {
@@ -72,45 +72,8 @@ static void at_exit(void) {
            mask_ok ? "" : ", signal mask not the program's");
 }
 
-/* Whether a thread of this process is named `name`. */
-static int has_thread(const char *name) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return 0;
-    struct dirent *e;
-    int found = 0;
-    while (!found && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        char path[300], comm[64] = {0};
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0) found = 1;
-        fclose(f);
-    }
-    closedir(d);
-    return found;
-}
-
-/* Frees enough memory that some waits to be purged, so that the purger starts; whether its
- * thread is there after up to 10 s (a hang guard, not a measurement). */
-static int start_purger(void) {
-    int started = 0;
-    for (int round = 0; round < 1000 && !started; round++) {
-        for (int i = 0; i < 16; i++) {
-            char *p = malloc(300 << 10);
-            memset(p, 1, 300 << 10);
-            sink = p;
-            free(p);
-        }
-        for (int i = 0; i < 1000; i++) {
-            sink = malloc(100);
-            free(sink);
-        }
-        started = has_thread("tieralloc-purge");
-        if (!started) usleep(10000);
-    }
-    return started;
-}
+/* Starts the purger: whether its thread is there after up to 10 s (purger_thread.h). */
+static int start_purger(void) { return start_purger_rounds(1000, 1); }
 
 static volatile sig_atomic_t started_in_handler;
 

@@ -9,7 +9,6 @@
  * the purger) and allocates on for up to 2 s until the purger's thread ("tieralloc-purge")
  * is there. Prints "purger_rlimit_as ok". */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,26 +16,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-static void *volatile sink;
-
-/* Whether a thread of this process is named `name`. */
-static int has_thread(const char *name) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return 0;
-    struct dirent *e;
-    int found = 0;
-    while (!found && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        char path[300], comm[64] = {0};
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0) found = 1;
-        fclose(f);
-    }
-    closedir(d);
-    return found;
-}
+#include "purger_thread.h"
 
 static long vm_size_kb(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -77,15 +57,8 @@ int main(void) {
         return 1;
     }
     for (int i = 0; i < 16; i++) free(keep[i]);
-    int started = 0;
-    for (int round = 0; round < 200 && !started; round++) {
-        for (int i = 0; i < 1000; i++) {
-            sink = malloc(100);
-            free(sink);
-        }
-        started = has_thread("tieralloc-purge");
-        if (!started) usleep(10000);
-    }
+    /* Small blocks only: the cap leaves no room for big ones. */
+    int started = start_purger_rounds(200, 0);
     if (!started) {
         printf("the purger did not start with %zu KiB of address space left (default thread "
                "stack %zu KiB)\n", room_kb, stack >> 10);
