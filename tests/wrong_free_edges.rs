@@ -67,18 +67,26 @@ fn child_wrong_free_at_segment_end() {
 
 #[test]
 fn double_free_of_a_parked_block_is_caught_at_the_second_free() {
-    let out = child::run(
-        &mut child::this_test("child_double_free_of_a_parked_block"),
-        Duration::from_secs(120),
+    expect_reported(
+        "child_double_free_of_a_parked_block",
+        "returned from the second free",
+        "not caught at the second free",
     );
+}
+
+/// Runs the test `child_test` in a child; unless it skipped, requires that it ended with the
+/// allocator's report (SIGABRT) before it printed `past` (what it prints once past the point
+/// where the report must come), else fails with `what`.
+fn expect_reported(child_test: &str, past: &str, what: &str) {
+    let out = child::run(&mut child::this_test(child_test), Duration::from_secs(120));
     if out.stderr.contains("SKIP") {
         eprintln!("skipped: {out}");
         return;
     }
     let sig = out.status.and_then(|s| s.signal());
     assert!(
-        sig == Some(libc::SIGABRT) && !out.stderr.contains("returned from the second free"),
-        "not caught at the second free: {sig:?}\n{out}"
+        sig == Some(libc::SIGABRT) && !out.stderr.contains(past),
+        "{what}: {sig:?}\n{out}"
     );
 }
 
@@ -149,18 +157,10 @@ fn child_double_free_of_a_parked_block() {
 /// checked only blocks starting in the OS page it brought back, and handed this one out).
 #[test]
 fn a_write_into_a_parked_block_over_two_os_pages_is_caught_when_it_comes_back() {
-    let out = child::run(
-        &mut child::this_test("child_write_into_a_parked_block_over_two_os_pages"),
-        Duration::from_secs(120),
-    );
-    if out.stderr.contains("SKIP") {
-        eprintln!("skipped: {out}");
-        return;
-    }
-    let sig = out.status.and_then(|s| s.signal());
-    assert!(
-        sig == Some(libc::SIGABRT) && !out.stderr.contains("handed out again"),
-        "not caught when it came back: {sig:?}\n{out}"
+    expect_reported(
+        "child_write_into_a_parked_block_over_two_os_pages",
+        "handed out again",
+        "not caught when it came back",
     );
 }
 
