@@ -288,11 +288,22 @@ fn compile(dir: &Scratch, name: &str, extra: &[&str]) -> PathBuf {
 
 /// Runs a compiled C test program under the library; it must exit 0 and say "<name> ok".
 fn c_test(name: &str, extra: &[&str], args: impl Fn(&Scratch) -> Vec<PathBuf>) {
+    c_test_with(name, extra, &[], Duration::from_secs(120), args);
+}
+
+/// [`c_test`] with the environment `env` besides, killed after `limit`.
+fn c_test_with(
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+    args: impl Fn(&Scratch) -> Vec<PathBuf>,
+) {
     let dir = Scratch::new(name);
     let exe = compile(&dir, name, extra);
     let mut cmd = Command::new(&exe);
-    cmd.args(args(&dir));
-    let r = run(&dir, cmd, true, Duration::from_secs(120));
+    cmd.args(args(&dir)).envs(env.iter().copied());
+    let r = run(&dir, cmd, true, limit);
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
         r.status.success() && out.contains(&format!("{name} ok")),
@@ -359,18 +370,8 @@ fn free_keeps_errno_when_a_purge_is_refused() {
 
 /// [`c_test`] with `TIERALLOC_BACKGROUND_PURGE=1`.
 fn purger_c_test(name: &str) {
-    let dir = Scratch::new(name);
-    let exe = compile(&dir, name, &[]);
-    let mut cmd = Command::new(&exe);
-    cmd.env("TIERALLOC_BACKGROUND_PURGE", "1");
-    let r = run(&dir, cmd, true, Duration::from_secs(30));
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert!(
-        r.status.success() && out.contains(&format!("{name} ok")),
-        "{name} under tieralloc: {}\nstdout: {out}\nstderr: {}",
-        r.status,
-        r.stderr
-    );
+    let env = [("TIERALLOC_BACKGROUND_PURGE", "1")];
+    c_test_with(name, &[], &env, Duration::from_secs(30), |_| vec![]);
 }
 
 /// free() leaves errno alone also when it is the call that tries to start the background
