@@ -191,9 +191,11 @@ fn churn(check_live_counters: bool) {
     // threads needs a segment or two each; collected, what stays is live data and the
     // segments holding this thread's current pages. Measured on the 2-core CI machine (20
     // runs, 10 of them with a CPU hog on the other core, docs/correctness/testgaps.md): 3 to
-    // 5 segments after 1 000 threads, and after 10 000 the same number or one fewer. Bounds:
-    // 8 after 1 000, and 2 more after 10 000 than after 1 000 (a leak of one segment per
-    // 1 000 threads would add 9).
+    // 5 segments after 1 000 threads, and after 10 000 the same number or one fewer; later
+    // (2026-12-07, two runs at once, 60 each of this and of the build of a day before): up to
+    // 2 more after 10 000 (1 in 60), and 3 more once in a CI run. Bounds: 8 after 1 000, and
+    // 4 more after 10 000 than after 1 000 (a leak of one segment per 1 000 threads would add
+    // 9).
     // On several nodes (TIERALLOC_SIMULATE_NODES=2, 2,far=1) the churned threads leave
     // segments on each node, and only threads of that node adopt them; but a segment freed
     // empty goes to its node's pool with the last free, and a collection (this thread's)
@@ -202,7 +204,7 @@ fn churn(check_live_counters: bool) {
     // other node's pool counted). Bounds 12 and +4 there (a leak of a segment per 1 000
     // threads still adds 9).
     let multi = cpu_nodes().len() > 1;
-    let (bound_1000, bound_growth) = if multi { (12, 4) } else { (8, 2) };
+    let (bound_1000, bound_growth) = if multi { (12, 4) } else { (8, 4) };
     assert!(
         at_1000 <= bound_1000,
         "{at_1000} segments after 1000 threads (measured 3 to 5 on one node, 3 to 6 on two)\n{mid}"
