@@ -178,12 +178,12 @@ pub(super) unsafe fn maybe_start() {
     save_mask(&old);
     // errno is kept: a refused `clone` or stack mapping sets it, and the caller may be a
     // `free` (review rev47: EAGAIN under a seccomp filter that refuses threads).
+    // A small stack: the purger's own calls are shallow, and a default one (RLIMIT_STACK,
+    // 8 MiB) kept it from starting under an address-space cap with less room (review rev47);
+    // the program's atexit handlers, which may be as deep as on any thread, run on a thread
+    // of their own (`exit_as_last_thread`).
     // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
-    // routine's signature and uses no argument; the mask saved above. A small stack: the
-    // purger's own calls are shallow, and a default one (RLIMIT_STACK, 8 MiB) kept it from
-    // starting under an address-space cap with less room (review rev47); the program's
-    // atexit handlers, which may be as deep as on any thread, run on a thread of their own
-    // (`exit_as_last_thread`).
+    // routine's signature and uses no argument; the mask saved above.
     let ok = os::keeping_errno(|| unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
@@ -325,14 +325,15 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 /// destructors, which may be as deep as on any thread and expect the program's signal mask:
 /// so it runs on a new thread with the default attributes ([`exit_thread`]), which puts on
 /// the program's mask ([`EXIT_MASK`]), and the purger waits (every signal
-/// blocked) for the process to end, or for that thread to end without ending it (review of rev43's exit: on the purger's own 128 KiB stack
-/// and mask, a 1 MiB frame faulted and SIGTERM was blocked). If that thread cannot be made (a
+/// blocked) for the process to end, or for that thread to end without ending it (review of
+/// rev43's exit: on the purger's own 128 KiB stack and mask, a 1 MiB frame faulted and SIGTERM
+/// was blocked). If that thread cannot be made (a
 /// thread limit, an address-space cap), `exit` runs here, with the program's mask.
 fn exit_as_last_thread() -> ! {
+    // The new thread's creation may allocate (its TLS), which gives this thread a heap: it
+    // is past its last pass, and the process is ending.
     // SAFETY: plain pthread calls on a zeroed attribute object; `exit_thread` matches the
-    // start routine's signature and uses no argument. Its creation may allocate (the new
-    // thread's TLS), which gives this thread a heap: it is past its last pass, and the process
-    // is ending.
+    // start routine's signature and uses no argument.
     let made = unsafe {
         let mut attr: libc::pthread_attr_t = core::mem::zeroed();
         libc::pthread_attr_init(&mut attr);
