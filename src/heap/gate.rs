@@ -1,13 +1,14 @@
 //! A heap's gate between its owner and the background purger's pass (`thread::purger`),
-//! kept apart from the thread heap so that loom can check it with the real code
-//! (tests/loom/registry.rs).
+//! and between its owner and `fork` (`thread::fork`), kept apart from the thread heap so that
+//! loom can check it with the real code (tests/loom/registry.rs, tests/loom/gate.rs).
 //!
-//! Owns: the gate's three values and its four steps. The gate is one byte in the heap
+//! Owns: the gate's four values and its steps. The gate is one byte in the heap
 //! (`Heap::gate`): [`FREE`], [`OWNER`] while the owner is in a gated slow path, [`PURGER`]
-//! while a pass purges the heap. Whoever takes it ([`owner_enter`], [`try_pin`]) acquires
-//! what the last holder wrote to the heap's segments before it let go ([`leave`]): the
-//! gate is a lock, and these two are its only edge (the owner takes no other lock the pass
-//! holds). May touch: `sync` only.
+//! while a pass purges the heap, [`FORK`] while a thread forks. Whoever takes it
+//! ([`owner_enter`], [`try_pin`], [`pin_for_fork`]) acquires what the last holder wrote to
+//! the heap's segments before it let go ([`leave`], [`unpin_after_fork`]): the gate is a
+//! lock, and these are its only edges (the owner takes no other lock the pass holds).
+//! May touch: `sync` only.
 
 use crate::sync::{backoff, AtomicU8, Ordering};
 
@@ -17,6 +18,10 @@ pub const FREE: u8 = 0;
 pub const OWNER: u8 = 1;
 /// A pass holds it.
 pub const PURGER: u8 = 2;
+/// A thread that is forking holds it (from its prepare handler to its parent handler): the
+/// owner is in no slow path, so the child finds none of the heap's segments or pages half
+/// changed.
+pub const FORK: u8 = 3;
 
 /// The owner takes the gate, waiting for a pass to leave.
 #[inline]
@@ -54,4 +59,21 @@ pub fn try_pin(gate: &AtomicU8) -> bool {
 #[inline]
 pub fn leave(gate: &AtomicU8) {
     gate.store(FREE, Ordering::Release);
+}
+
+/// The forking thread's prepare handler pins the gate if it is free, or finds it pinned by
+/// an earlier try of its own. Returns whether the gate is pinned for the fork. Never waits:
+/// an owner inside its slow path may be waiting for a lock the handler holds.
+#[inline]
+pub fn pin_for_fork(gate: &AtomicU8) -> bool {
+    match gate.compare_exchange(FREE, FORK, Ordering::Acquire, Ordering::Relaxed) {
+        Ok(_) => true,
+        Err(v) => v == FORK,
+    }
+}
+
+/// The parent handler lets go of a gate [`pin_for_fork`] pinned (any other value is left).
+#[inline]
+pub fn unpin_after_fork(gate: &AtomicU8) {
+    let _ = gate.compare_exchange(FORK, FREE, Ordering::Release, Ordering::Relaxed);
 }

@@ -306,3 +306,76 @@ fn an_owner_and_a_pass_take_turns_at_the_gate() {
         );
     });
 }
+
+/// `fork_prepare`'s pins (`gate::pin_for_fork` over the listed thread heaps, `fork::pin_gates`,
+/// the node heaps passed over) against an owner inside its slow paths, each of which takes
+/// the registry lock halfway (as a thread moving to another node does): the forking thread
+/// holds the lock while it pins, and lets go of it to try again when the owner's gate is
+/// taken. The copy a fork would take (read with every gate pinned) never sees a slow path
+/// halfway (an odd count), nobody waits for good (loom reports a deadlock), loom checks that
+/// no access to `data` races, and the owner's slow paths all go ahead once the gates are
+/// unpinned (4 writes).
+#[test]
+fn a_fork_waits_for_an_owner_inside_its_slow_path() {
+    check(3, |yield_first| {
+        let reg = Arc::new(Registry::new());
+        let heaps = Arc::new([H::new(0, false), H::new(1, true)]);
+        reg.register(&heaps[0]);
+        reg.register(&heaps[1]);
+        let owner = {
+            let (reg, heaps) = (reg.clone(), heaps.clone());
+            thread::spawn(move || {
+                let h = &heaps[0];
+                for _ in 0..2 {
+                    gate::owner_enter(&h.gate);
+                    // SAFETY: we hold the gate: nobody else touches `data` (loom checks it).
+                    h.data.with_mut(|d| unsafe { *d += 1 });
+                    drop(reg.lock.lock());
+                    // SAFETY: as above.
+                    h.data.with_mut(|d| unsafe { *d += 1 });
+                    gate::leave(&h.gate);
+                }
+            })
+        };
+        if yield_first {
+            thread::yield_now();
+        }
+        // Three tries (a schedule in which the owner holds its gate at all three has no fork:
+        // the pins are let go, and loom's paths stay bounded).
+        let mut copy = None;
+        for _ in 0..3 {
+            let g = reg.lock.lock();
+            let mut all = true;
+            // SAFETY: the registry lock is held: the listed heaps are valid.
+            unsafe {
+                reg.heaps.for_each(|h| {
+                    if !(*h).shared && !gate::pin_for_fork(&(*h).gate) {
+                        all = false;
+                    }
+                });
+            }
+            if all {
+                // SAFETY: every thread heap's gate is pinned: its owner is in no slow path.
+                copy = Some(heaps[0].data.with(|d| unsafe { *d }));
+                // SAFETY: the lock is still held.
+                unsafe { reg.heaps.for_each(|h| gate::unpin_after_fork(&(*h).gate)) };
+                break;
+            }
+            drop(g);
+            thread::yield_now();
+        }
+        if copy.is_none() {
+            let _g = reg.lock.lock();
+            // SAFETY: the lock is held.
+            unsafe { reg.heaps.for_each(|h| gate::unpin_after_fork(&(*h).gate)) };
+        }
+        owner.join().unwrap();
+        if let Some(c) = copy {
+            assert_eq!(c % 2, 0, "the fork copied a slow path halfway");
+        }
+        // SAFETY: the owner is joined.
+        let d = heaps[0].data.with(|d| unsafe { *d });
+        assert_eq!(d, 4, "a slow path did not go ahead after the fork");
+        assert_eq!(heaps[0].gate.load(Ordering::Relaxed), FREE, "a pin was left");
+    });
+}

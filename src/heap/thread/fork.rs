@@ -31,7 +31,11 @@
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork.
+//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork,
+//! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
+//! is halfway through a slow path either: what the child inherits is what a thread left
+//! between two calls, or in a fast path (a block popped but not yet counted, a free list
+//! half linked: a block lost, never a page or segment inconsistent).
 
 use super::counters::note_far_abandoned;
 use super::free::free_delayed;
@@ -39,9 +43,9 @@ use super::labels::{label_heaps, CREATE, NAMES_LOCK};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
-use super::tls::heap;
+use super::tls::{heap, heap_or_unset};
 use super::{Heap, HeapRef, DEAD};
-use crate::heap::atfork;
+use crate::heap::{atfork, gate};
 use crate::heap::huge;
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
@@ -49,7 +53,7 @@ use crate::heap::segment::{
 };
 use crate::sync::{register_once, AtomicU8, Ordering, SpinLock, NOT_REGISTERED, REGISTERED};
 use crate::sys::os;
-use core::ptr;
+use core::ptr::{self, addr_of};
 
 /// Every segment list, in the order `fork_prepare` locks them.
 fn lists() -> impl Iterator<Item = &'static SegmentList> {
@@ -71,6 +75,33 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 extern "C" fn fork_prepare() {
     // Registered, as this runs (see `register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
+    let mut spins = 0u32;
+    loop {
+        lock_all();
+        // Every lock is held: no heap is listed or unlisted meanwhile.
+        if pin_gates() {
+            return;
+        }
+        // An owner inside its slow path may be waiting for one of the locks: let it finish
+        // (the gates pinned so far stay pinned; their owners wait at their next slow path,
+        // holding no lock, see `pin_gates`).
+        unlock_all();
+        crate::sync::backoff(&mut spins);
+    }
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: the registry lock is held (fork_prepare): the listed heaps are valid.
+    unsafe {
+        REGISTRY.heaps.for_each(|h| {
+            gate::unpin_after_fork(&*addr_of!((*h).gate));
+        });
+    }
+    unlock_all();
+}
+
+/// Takes every lock of the allocator, in the order of the module's comment.
+fn lock_all() {
     // The label names' lock (`label_id`, which holds no other lock and takes none under it):
     // a thread filling a name slot across the fork would leave it held in the child.
     NAMES_LOCK.lock_raw();
@@ -79,10 +110,47 @@ extern "C" fn fork_prepare() {
     atfork::prepare(node_heap_locks(), &REGISTRY.lock, lists());
 }
 
-extern "C" fn fork_parent() {
+/// Lets go of what [`lock_all`] took.
+fn unlock_all() {
     atfork::parent(node_heap_locks(), &REGISTRY.lock, lists());
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
+}
+
+/// With every lock held: pins the gate of every listed thread heap but the forking thread's
+/// own (`gate::FORK`). Returns whether all are pinned; a gate held by its owner (inside a
+/// slow path) is not, and the caller tries again once it has let the owner go on.
+///
+/// Why: the slow paths change a heap's segments and pages (slice maps, page counts, queue
+/// links) in steps no lock covers, only the gate. Without this a thread stopped by the
+/// fork halfway through one (a segment's slices taken but not yet counted in its
+/// `used_pages`, a page's descriptors half written) left that segment inconsistent in the
+/// child, which abandoned it and handed it to the child's threads: a segment counted empty
+/// while a large block in it was live went to the pool, and the child crashed freeing that
+/// block (fork_loop.c, 3 children in about 20 000 forks on a loaded machine).
+///
+/// Not the forking thread's heap: it is in no slow path (unless `fork` was called from a
+/// signal handler that interrupted one, which then resumes in both processes), and the
+/// program's prepare handlers that run after this one may allocate through it. Not the node
+/// and label heaps (shared): their locks cover them. No pass holds a gate: the purger's
+/// prepare handler, which runs first, holds `PASS`.
+///
+/// Deadlock-free: an owner waits for its gate only when it enters a slow path, holding no
+/// lock; so a pinned owner waits for nothing this thread holds, while an owner inside a slow
+/// path may need any lock, which this thread lets go of before it tries again.
+fn pin_gates() -> bool {
+    let me = heap_or_unset();
+    let mut all = true;
+    // SAFETY: the registry lock is held (lock_all): the listed heaps are valid; `shared` is
+    // set before a heap is listed and never changes; the gate is atomic.
+    unsafe {
+        REGISTRY.heaps.for_each(|h| {
+            if h != me && !(*h).shared && !gate::pin_for_fork(&*addr_of!((*h).gate)) {
+                all = false;
+            }
+        });
+    }
+    all
 }
 
 extern "C" fn fork_child() {
@@ -182,6 +250,8 @@ unsafe fn reset_after_fork() {
             hp.reg_next = ptr::null_mut();
             hp.reg_prev = ptr::null_mut();
             hp.state = DEAD;
+            // Pinned for the fork (`pin_gates`): free, as a heap nobody holds.
+            hp.gate.store(gate::FREE, Ordering::Relaxed);
             d = next;
         }
     }
@@ -397,6 +467,51 @@ mod tests {
             1,
             "the prepare handler ran more than once in one fork"
         );
+    }
+
+    /// A thread inside a slow path (its heap's gate held by its owner) when another thread
+    /// forks: the fork waits until it has left, so the child never inherits a segment or page
+    /// that slow path had half changed (fork_loop.c: a segment counted empty while a large
+    /// block in it was live went to the pool, and the child crashed freeing the block). Once
+    /// the parent handler has run, the thread's next slow path goes ahead.
+    #[test]
+    fn fork_waits_for_other_threads_to_leave_their_slow_paths() {
+        use super::super::purger;
+        use crate::heap::segment::LARGE_MAX;
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::init::init_once(); // the fork handlers registered
+        static LEFT: AtomicBool = AtomicBool::new(false);
+        LEFT.store(false, Ordering::Relaxed);
+        let (inside, forked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (i2, f2) = (inside.clone(), forked.clone());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            // SAFETY: a block of this thread's heap (registered by it), freed at once.
+            unsafe { free(alloc_bin(bin_of(64))) };
+            {
+                // As a slow path holds it, for 200 ms.
+                let _gate = purger::enter(heap());
+                i2.wait();
+                std::thread::sleep(Duration::from_millis(200));
+                LEFT.store(true, Ordering::Relaxed);
+            }
+            f2.wait();
+            // A slow path after the fork (a large block's): its gate must be free again.
+            // SAFETY: LARGE_MAX bytes at 8-byte alignment, freed at once.
+            unsafe { free(alloc_generic(LARGE_MAX, 8, false)) };
+            done_tx.send(()).unwrap();
+        });
+        inside.wait();
+        let child = in_child(|| if LEFT.load(Ordering::Relaxed) { 0 } else { 1 });
+        forked.wait();
+        let resumed = done_rx.recv_timeout(Duration::from_secs(30)).is_ok();
+        assert_eq!(
+            child,
+            Ok(0),
+            "the fork went ahead while another thread was inside a slow path"
+        );
+        assert!(resumed, "the thread's slow path after the fork waited for good");
+        other.join().unwrap();
     }
 
     /// A thread held room in a tier's budget for an explicit request (`route::Reservation`,
