@@ -182,18 +182,11 @@ pub(super) unsafe fn maybe_start() {
     // 8 MiB) kept it from starting under an address-space cap with less room (review rev47);
     // the program's atexit handlers, which may be as deep as on any thread, run on a thread
     // of their own (`exit_as_last_thread`).
-    // SAFETY: plain pthread calls on a zeroed attribute object; `run` matches the start
-    // routine's signature and uses no argument; the mask saved above.
-    let ok = os::keeping_errno(|| unsafe {
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        libc::pthread_attr_setstacksize(&mut attr, STACK);
-        let mut t: libc::pthread_t = 0;
-        let r = libc::pthread_create(&mut t, &attr, run, core::ptr::null_mut());
-        libc::pthread_attr_destroy(&mut attr);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
-        r == 0
+    let ok = os::keeping_errno(|| {
+        let made = spawn_detached(run, STACK);
+        // SAFETY: the mask saved above, a valid sigset_t.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+        made
     });
     if ok {
         // Unless the new thread has already gone to sleep (ASLEEP must stay, or no
@@ -201,6 +194,28 @@ pub(super) unsafe fn maybe_start() {
         let _ = THREAD.compare_exchange(STARTING, RUNNING, Ordering::AcqRel, Ordering::Relaxed);
     } else {
         THREAD.store(FAILED, Ordering::Release);
+    }
+}
+
+/// Starts a detached thread running `start` (with a null argument) on a stack of `stack`
+/// bytes (0: the default, RLIMIT_STACK's). Returns whether it was made.
+fn spawn_detached(
+    start: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    stack: usize,
+) -> bool {
+    // SAFETY: plain pthread calls on a zeroed attribute object, destroyed after use; `start`
+    // has the start routine's signature and is given no argument.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        if stack != 0 {
+            libc::pthread_attr_setstacksize(&mut attr, stack);
+        }
+        let mut t: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut t, &attr, start, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
     }
 }
 
@@ -332,17 +347,7 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
 fn exit_as_last_thread() -> ! {
     // The new thread's creation may allocate (its TLS), which gives this thread a heap: it
     // is past its last pass, and the process is ending.
-    // SAFETY: plain pthread calls on a zeroed attribute object; `exit_thread` matches the
-    // start routine's signature and uses no argument.
-    let made = unsafe {
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let mut t: libc::pthread_t = 0;
-        let r = libc::pthread_create(&mut t, &attr, exit_thread, core::ptr::null_mut());
-        libc::pthread_attr_destroy(&mut attr);
-        r == 0
-    };
+    let made = spawn_detached(exit_thread, 0);
     if made {
         // That thread ends the process. Should it end without doing so (an atexit handler
         // that calls `pthread_exit`), glibc's last thread would have ended with it, and the
