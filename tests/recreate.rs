@@ -10,7 +10,6 @@
 //!
 //! The checks read process-wide counters, so the tests here run one at a time (`SERIAL`).
 
-use std::alloc::{alloc, dealloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +17,12 @@ use std::sync::{Arc, Mutex};
 mod child;
 #[path = "common/nodes.rs"]
 mod nodes;
+#[path = "common/rng.rs"]
+mod rng;
+#[path = "common/tagged.rs"]
+mod tagged;
 use std::time::Duration;
+use tagged::{drop_tagged, make_tagged};
 
 #[global_allocator]
 static GLOBAL: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
@@ -35,7 +39,7 @@ fn next(s: &mut u64) -> u64 {
     *s
 }
 
-/// An object: its size and a tag in its first two words, the tag's low byte at its end.
+/// A tagged object (`tagged::make_tagged`) of a random size, a few large: its address and size.
 fn make(s: &mut u64) -> (usize, usize) {
     let r = next(s);
     let size = if r % 400 == 0 {
@@ -43,35 +47,7 @@ fn make(s: &mut u64) -> (usize, usize) {
     } else {
         24 + (r >> 20) as usize % if r & 3 == 0 { 1000 } else { 120 }
     };
-    let l = Layout::from_size_align(size, 8).unwrap();
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc(l) } as *mut u64;
-    assert!(!p.is_null());
-    // SAFETY: p holds `size` >= 24 bytes, 8-aligned.
-    unsafe {
-        p.write(size as u64);
-        p.add(1).write(p as u64 ^ 0x5A5A);
-        (p as *mut u8).add(size - 1).write(p as u8 ^ 0x5A);
-    }
-    (p as usize, size)
-}
-
-fn drop_obj(p: usize) {
-    if p == 0 {
-        return;
-    }
-    let q = p as *mut u64;
-    // SAFETY: p is a live object made by `make`.
-    unsafe {
-        let size = q.read() as usize;
-        assert_eq!(
-            q.add(1).read(),
-            p as u64 ^ 0x5A5A,
-            "object {p:#x} overwritten"
-        );
-        assert_eq!((q as *mut u8).add(size - 1).read(), p as u8 ^ 0x5A);
-        dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap());
-    }
+    (make_tagged(size), size)
 }
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -98,7 +74,7 @@ fn recreated_threads_reuse_what_their_predecessors_left() {
                     for _ in 0..STEPS {
                         let r = next(&mut s);
                         let k = r as usize % local.len();
-                        drop_obj(local[k]);
+                        drop_tagged(local[k]);
                         local[k] = make(&mut s).0;
                         if (r >> 32) % 3 == 0 {
                             let j = (r >> 40) as usize % SHARED;
@@ -106,7 +82,7 @@ fn recreated_threads_reuse_what_their_predecessors_left() {
                         }
                     }
                     for p in local {
-                        drop_obj(p);
+                        drop_tagged(p);
                     }
                 })
             })
@@ -117,13 +93,13 @@ fn recreated_threads_reuse_what_their_predecessors_left() {
         // The main thread frees half of what the exited threads left in the shared slots.
         for slot in shared.iter() {
             if next(&mut s) % 2 == 0 {
-                drop_obj(slot.swap(0, Ordering::AcqRel));
+                drop_tagged(slot.swap(0, Ordering::AcqRel));
             }
         }
         peak = peak.max(tieralloc::stats().segments);
     }
     for slot in shared.iter() {
-        drop_obj(slot.swap(0, Ordering::AcqRel));
+        drop_tagged(slot.swap(0, Ordering::AcqRel));
     }
     let st = tieralloc::stats();
     println!("peak segments {peak}\n{st}");
@@ -174,7 +150,7 @@ fn a_segment_freed_empty_by_other_threads_goes_to_the_pool_at_once() {
                     if size <= 1024 {
                         break (p, size);
                     }
-                    drop_obj(p);
+                    drop_tagged(p);
                 })
                 .collect()
         })
@@ -191,7 +167,7 @@ fn a_segment_freed_empty_by_other_threads_goes_to_the_pool_at_once() {
             .step_by(2)
             .chain((0..left.len()).step_by(2))
         {
-            drop_obj(left[k].0);
+            drop_tagged(left[k].0);
         }
         drop(left);
         let after = tieralloc::stats();
@@ -211,5 +187,5 @@ fn a_segment_freed_empty_by_other_threads_goes_to_the_pool_at_once() {
             before.segments
         );
     }
-    drop_obj(mine.0);
+    drop_tagged(mine.0);
 }
