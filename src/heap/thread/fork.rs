@@ -79,14 +79,22 @@ extern "C" fn fork_prepare() {
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
     let mut spins = 0u32;
     loop {
+        // The gates first, with the registry lock held only for each look: an owner inside
+        // its slow path may need any other lock to finish it. The gates pinned stay pinned:
+        // their owners wait at their next slow path, holding no lock (see `pin_gates`).
+        while !{
+            let _g = REGISTRY.lock.lock();
+            pin_gates()
+        } {
+            crate::sync::backoff(&mut spins);
+        }
         lock_all();
-        // Every lock is held: no heap is listed or unlisted meanwhile.
+        // Every lock is held: no heap is listed or unlisted meanwhile. One listed since the
+        // look above is pinned now, unless its owner is inside a slow path: then that owner
+        // may be waiting for one of the locks, so they are let go until it has finished.
         if pin_gates() {
             return;
         }
-        // An owner inside its slow path may be waiting for one of the locks: let it finish
-        // (the gates pinned so far stay pinned; their owners wait at their next slow path,
-        // holding no lock, see `pin_gates`).
         unlock_all();
         crate::sync::backoff(&mut spins);
     }
@@ -119,9 +127,10 @@ fn unlock_all() {
     NAMES_LOCK.unlock_raw();
 }
 
-/// With every lock held: pins the gate of every listed thread heap but the forking thread's
-/// own (`gate::FORK`). Returns whether all are pinned; a gate held by its owner (inside a
-/// slow path) is not, and the caller tries again once it has let the owner go on.
+/// With the registry lock held: pins the gate of every listed thread heap but the forking
+/// thread's own (`gate::FORK`), or finds it pinned. Returns whether all are pinned; a gate
+/// held by its owner (inside a slow path) is not, and the caller tries again once it has let
+/// the owner go on.
 ///
 /// Why: the slow paths change a heap's segments and pages (slice maps, page counts, queue
 /// links) in steps no lock covers, only the gate. Without this a thread stopped by the
@@ -139,11 +148,12 @@ fn unlock_all() {
 ///
 /// Deadlock-free: an owner waits for its gate only when it enters a slow path, holding no
 /// lock; so a pinned owner waits for nothing this thread holds, while an owner inside a slow
-/// path may need any lock, which this thread lets go of before it tries again.
+/// path may need any lock, which this thread holds only for a look (the registry's) or lets
+/// go of before it tries again (all of them).
 fn pin_gates() -> bool {
     let me = heap_or_unset();
     let mut all = true;
-    // SAFETY: the registry lock is held (lock_all): the listed heaps are valid; `shared` is
+    // SAFETY: the registry lock is held (contract): the listed heaps are valid; `shared` is
     // set before a heap is listed and never changes; the gate is atomic.
     unsafe {
         REGISTRY.heaps.for_each(|h| {
