@@ -376,6 +376,10 @@ fn a_fork_waits_for_an_owner_inside_its_slow_path() {
         // SAFETY: the owner is joined.
         let d = heaps[0].data.with(|d| unsafe { *d });
         assert_eq!(d, 4, "a slow path did not go ahead after the fork");
-        assert_eq!(heaps[0].gate.load(Ordering::Relaxed), FREE, "a pin was left");
+        assert_eq!(
+            heaps[0].gate.load(Ordering::Relaxed),
+            FREE,
+            "a pin was left"
+        );
     });
 }

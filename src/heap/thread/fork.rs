@@ -45,12 +45,12 @@ use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
 use super::tls::{heap, heap_or_unset};
 use super::{Heap, HeapRef, DEAD};
-use crate::heap::{atfork, gate};
 use crate::heap::huge;
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
+use crate::heap::{atfork, gate};
 use crate::sync::{register_once, AtomicU8, Ordering, SpinLock, NOT_REGISTERED, REGISTERED};
 use crate::sys::os;
 use core::ptr::{self, addr_of};
@@ -510,7 +510,10 @@ mod tests {
             Ok(0),
             "the fork went ahead while another thread was inside a slow path"
         );
-        assert!(resumed, "the thread's slow path after the fork waited for good");
+        assert!(
+            resumed,
+            "the thread's slow path after the fork waited for good"
+        );
         other.join().unwrap();
     }
 
