@@ -31,7 +31,8 @@
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork,
+//! `fork_prepare` takes them in that order, after glibc's stdio list lock (`os::stdio_list_lock`,
+//! which glibc's `fork` would take later), so no thread holds one of them across the fork,
 //! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
 //! is halfway through a slow path either: what the child inherits is what a thread left
 //! between two calls, or in a fast path (a block popped but not yet counted, a free list
@@ -75,6 +76,10 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 extern "C" fn fork_prepare() {
     // Registered, as this runs (see `register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
+    // First, and kept across the tries: glibc's `fork` takes it after this handler, and a
+    // thread holding it may wait for one a pinned owner holds (review rev50: fflush(NULL)
+    // waited for a getline's stream, whose realloc waited for its gate; see `os`).
+    os::stdio_list_lock();
     let mut spins = 0u32;
     loop {
         lock_all();
@@ -98,6 +103,7 @@ extern "C" fn fork_parent() {
         });
     }
     unlock_all();
+    os::stdio_list_unlock();
 }
 
 /// Takes every lock of the allocator, in the order of the module's comment.
@@ -136,8 +142,12 @@ fn unlock_all() {
 /// prepare handler, which runs first, holds `PASS`.
 ///
 /// Deadlock-free: an owner waits for its gate only when it enters a slow path, holding no
-/// lock; so a pinned owner waits for nothing this thread holds, while an owner inside a slow
-/// path may need any lock, which this thread lets go of before it tries again.
+/// lock of the allocator; so a pinned owner waits for nothing this thread holds, while an
+/// owner inside a slow path may need any lock, which this thread lets go of before it tries
+/// again. A pinned owner may hold a lock of the program's or of libc's (a stream's, in
+/// `getline`): the forking thread must not wait for one until the parent handler, hence
+/// glibc's stdio list lock first (review rev50; glibc's other such lock, NSS's, is not
+/// reachable from here).
 fn pin_gates() -> bool {
     let me = heap_or_unset();
     let mut all = true;
@@ -166,6 +176,7 @@ extern "C" fn fork_child() {
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
+    os::stdio_list_reset();
 }
 
 /// Whether the heap's fork handlers are registered ([`register_once`]).
