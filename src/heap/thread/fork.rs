@@ -528,6 +528,84 @@ mod tests {
         other.join().unwrap();
     }
 
+    /// A thread stopped by the fork inside an ungated refill (`alloc::refill_from_local` or
+    /// `refill_from_next`: `Page::move_local_to_free`, `free` written, `local_free` not yet
+    /// emptied nor `free_is_zero` cleared): in the child its page's two lists start at the same
+    /// block. Here the cut is made by hand on a thread that dies with the fork; in the child a
+    /// new thread frees half of that thread's live blocks (adopting the segment) and allocates
+    /// from the bin: no block may be handed out twice, nor one that is live (review rev50).
+    #[test]
+    #[cfg(not(feature = "secure"))]
+    fn a_fork_that_cut_a_local_refill_halfway_hands_out_no_block_twice() {
+        let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::init::init_once();
+        let bin = bin_of(1000);
+        let (cut, forked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (c2, f2) = (cut.clone(), forked.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            // SAFETY: blocks of this thread's fresh heap; half freed here, the rest below.
+            unsafe {
+                let blocks: Vec<usize> = (0..16).map(|_| alloc_bin(bin) as usize).collect();
+                let page = page_of(segment_of(blocks[0] as *const u8), blocks[0] as *const u8);
+                let same = blocks
+                    .iter()
+                    .all(|&b| page_of(segment_of(b as *const u8), b as *const u8) == page);
+                let (live, gone): (Vec<usize>, Vec<usize>) =
+                    blocks.iter().partition(|&&b| (b / 1008) % 2 == 0);
+                for &b in &gone {
+                    free(b as *mut u8);
+                }
+                // The refill cut after its first store.
+                let (free_was, zero_was) = ((*page).free, (*page).free_is_zero);
+                let cut_made = !(*page).local_free.is_null();
+                (*page).free = (*page).local_free;
+                (*page).free_is_zero = true;
+                tx.send((live.clone(), same && cut_made)).unwrap();
+                c2.wait();
+                f2.wait();
+                (*page).free = free_was;
+                (*page).free_is_zero = zero_was;
+                for b in live {
+                    free(b as *mut u8);
+                }
+            }
+        });
+        let (live, set_up) = rx.recv().unwrap();
+        cut.wait();
+        let child = in_child(move || {
+            let (keep, go): (Vec<usize>, Vec<usize>) =
+                live.iter().partition(|&&b| (b / 1008) % 4 == 0);
+            let keep2 = keep.clone();
+            let r = std::thread::spawn(move || {
+                for b in go {
+                    // SAFETY: a live block of the dead thread, freed once.
+                    unsafe { free(b as *mut u8) };
+                }
+                let mut seen: std::collections::HashSet<usize> = keep2.into_iter().collect();
+                for _ in 0..4_000 {
+                    // SAFETY: bin < NBINS.
+                    let b = unsafe { alloc_bin(bin) } as usize;
+                    if b == 0 || !seen.insert(b) {
+                        return 2; // handed out twice, or while live
+                    }
+                }
+                0
+            })
+            .join();
+            r.unwrap_or(8)
+        });
+        forked.wait();
+        other.join().unwrap();
+        assert!(set_up, "the blocks share a page, with blocks on its local_free");
+        assert_eq!(
+            child,
+            Ok(0),
+            "a page whose refill the fork cut halfway handed out a block twice in the child \
+             (2: twice or while live)"
+        );
+    }
+
     /// A thread held room in a tier's budget for an explicit request (`route::Reservation`,
     /// from the budget check until its block is mapped) when another thread forked: in the
     /// child that thread does not exist, and nothing would give the room back, so every later
