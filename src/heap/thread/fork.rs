@@ -36,7 +36,8 @@
 //! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
 //! is halfway through a slow path either: what the child inherits is what a thread left
 //! between two calls, or in a fast path (a block popped but not yet counted, a free list
-//! half linked: a block lost, never a page or segment inconsistent).
+//! half linked: a block lost, never a page or segment inconsistent; but for a refill cut
+//! halfway, `free` and `local_free` starting at the same block, which `abandon_dead` undoes).
 
 use super::counters::note_far_abandoned;
 use super::free::free_delayed;
@@ -299,7 +300,11 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
         if (*seg).kind != SegmentKind::Normal || (*seg).owner.load(Ordering::Relaxed) == 0 {
             return;
         }
-        for_each_used_page(seg, |p| atfork::abandon(&(*p).thread_free));
+        for_each_used_page(seg, |p| {
+            atfork::abandon(&(*p).thread_free);
+            // The dead thread may have been inside an ungated refill (`Page::forget_cut_refill`).
+            (*p).forget_cut_refill();
+        });
         // A far segment's live bin blocks stay in the dead heap's per-bin counts for good:
         // booked on their node through its `far_fixed`, as its exit would (review rev48: its
         // `far_net` was as of its last settle, and the blocks it had popped since stayed on
