@@ -190,7 +190,6 @@ fn fork_waits_for_other_threads_to_leave_their_slow_paths() {
 /// new thread frees half of that thread's live blocks (adopting the segment) and allocates
 /// from the bin: no block may be handed out twice, nor one that is live (review rev50).
 #[test]
-#[cfg(not(feature = "secure"))]
 fn a_fork_that_cut_a_local_refill_halfway_hands_out_no_block_twice() {
     let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     crate::init::init_once();
