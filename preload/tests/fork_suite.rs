@@ -147,6 +147,35 @@ fn fork_in_a_loop_while_threads_churn() {
     }
 }
 
+/// fork for 8 s from the main thread while eight threads spend most of their time in the
+/// allocator's slow paths (64 KiB to 1 MiB blocks, a third freed by another thread), on two
+/// simulated nodes with the background purger at a 2 ms delay; each child allocates in the
+/// dead threads' segments, then checks and frees every block they held (review rev50).
+/// Before the prepare handler pinned the other heaps' gates (`fork::pin_gates`), 2 of 5 runs
+/// had a child crash ("double free" of a live block, SIGSEGV) in about 110 forks each.
+#[test]
+fn fork_while_threads_are_inside_slow_paths() {
+    c_test(
+        "fork_slowpaths",
+        &[
+            ("TIERALLOC_SIMULATE_NODES", "2"),
+            ("TIERALLOC_BACKGROUND_PURGE", "1"),
+            ("TIERALLOC_PURGE_DELAY_MS", "2"),
+        ],
+    );
+}
+
+/// fork for 5 s while two threads getline a 600 KiB line (glibc reallocs it under the
+/// stream's lock) and a third calls fflush(NULL) (glibc's stream list lock, then each
+/// stream's): glibc's fork takes the list lock after the prepare handlers, so a prepare
+/// handler that holds up the other threads' slow paths must take it first (review rev50: the
+/// gate pins alone hung 3 runs of 3, the reader waiting for its gate, the flusher for the
+/// reader's stream, the fork for the flusher).
+#[test]
+fn fork_while_threads_use_stdio() {
+    c_test("fork_stdio", &[]);
+}
+
 const PY_MULTIPROCESSING: &str = r#"
 import concurrent.futures as cf
 import ctypes

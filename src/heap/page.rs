@@ -191,6 +191,19 @@ impl Page {
         self.remote_fed = false;
     }
 
+    /// In a fork child, on a page of a thread that died with the fork: undoes what a refill
+    /// ([`Page::move_local_to_free`], on the owner's ungated fast paths) cut after its first
+    /// store leaves (review rev50). `free` then starts at the block `local_free` still starts
+    /// at (never so otherwise, the lists holding different blocks, but both empty), and the
+    /// list is `free`'s; `free_is_zero` may still be a fresh page's, and is cleared (a zeroed
+    /// allocation then clears its block itself).
+    pub fn forget_cut_refill(&mut self) {
+        if self.free == self.local_free {
+            self.local_free = ptr::null_mut();
+        }
+        self.free_is_zero = false;
+    }
+
     /// Takes back a block of the page that another thread freed and its owner (or a pass
     /// holding the owner's gate) now frees locally: onto `local_free`, its count lowered.
     /// Returns false, having changed nothing, if the page has no live block (a block freed

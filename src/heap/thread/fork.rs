@@ -31,13 +31,13 @@
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork,
+//! `fork_prepare` takes them in that order, after glibc's stdio list lock (`os::stdio_list_lock`,
+//! which glibc's `fork` would take later), so no thread holds one of them across the fork,
 //! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
 //! is halfway through a slow path either: what the child inherits is what a thread left
-//! between two calls, or in a fast path (the child sees the thread's writes up to where the
-//! fork stopped it: a block popped but not yet counted, or freed but not yet linked, is lost;
-//! a refill cut short leaves the same blocks on a page's two lists, which `untear_lists`
-//! mends; nothing leaves a segment inconsistent).
+//! between two calls, or in a fast path (a block popped but not yet counted, a free list
+//! half linked: a block lost, never a page or segment inconsistent; but for a refill cut
+//! halfway, `free` and `local_free` starting at the same block, which `abandon_dead` undoes).
 
 use super::counters::note_far_abandoned;
 use super::free::free_delayed;
@@ -49,7 +49,7 @@ use super::tls::{heap, heap_or_unset};
 use super::{Heap, HeapRef, DEAD};
 use crate::heap::huge;
 use crate::heap::segment::{
-    self, page_of, segment_of, Page, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
+    self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
     NO_TAG, PAGE_IN_FULL, POOLS,
 };
 use crate::heap::{atfork, gate};
@@ -77,6 +77,10 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 extern "C" fn fork_prepare() {
     // Registered, as this runs (see `register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
+    // First, and kept across the tries: glibc's `fork` takes it after this handler, and a
+    // thread holding it may wait for one a pinned owner holds (review rev50: fflush(NULL)
+    // waited for a getline's stream, whose realloc waited for its gate; see `os`).
+    os::stdio_list_lock();
     let mut spins = 0u32;
     loop {
         // The gates first, with the registry lock held only for each look: an owner inside
@@ -108,6 +112,7 @@ extern "C" fn fork_parent() {
         });
     }
     unlock_all();
+    os::stdio_list_unlock();
 }
 
 /// Takes every lock of the allocator, in the order of the module's comment.
@@ -147,9 +152,12 @@ fn unlock_all() {
 /// prepare handler, which runs first, holds `PASS`.
 ///
 /// Deadlock-free: an owner waits for its gate only when it enters a slow path, holding no
-/// lock; so a pinned owner waits for nothing this thread holds, while an owner inside a slow
-/// path may need any lock, which this thread holds only for a look (the registry's) or lets
-/// go of before it tries again (all of them).
+/// lock of the allocator; so a pinned owner waits for nothing this thread holds, while an
+/// owner inside a slow path may need any lock, which this thread holds only for a look (the
+/// registry's) or lets go of before it tries again (all of them). A pinned owner may hold a
+/// lock of the program's or of libc's (a stream's, in `getline`): the forking thread must not
+/// wait for one until the parent handler, hence glibc's stdio list lock first (review rev50;
+/// glibc's other such lock, NSS's, is not reachable from here).
 fn pin_gates() -> bool {
     let me = heap_or_unset();
     let mut all = true;
@@ -178,6 +186,7 @@ extern "C" fn fork_child() {
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
+    os::stdio_list_reset();
 }
 
 /// Whether the heap's fork handlers are registered ([`register_once`]).
@@ -302,7 +311,8 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
         }
         for_each_used_page(seg, |p| {
             atfork::abandon(&(*p).thread_free);
-            untear_lists(p);
+            // The dead thread may have been inside an ungated refill (`Page::forget_cut_refill`).
+            (*p).forget_cut_refill();
         });
         // A far segment's live bin blocks stay in the dead heap's per-bin counts for good:
         // booked on their node through its `far_fixed`, as its exit would (review rev48: its
@@ -311,24 +321,6 @@ unsafe fn abandon_dead(seg: *mut Segment, now: u64) {
         let owner = (*seg).owner.load(Ordering::Relaxed) as *mut Heap;
         note_far_abandoned(HeapRef::new(owner), seg);
         let_go(seg, now);
-    }
-}
-
-/// Mends a page of a dead heap whose thread the fork stopped inside its fast path's refill
-/// (`Page::move_local_to_free`, which no gate covers): `free` already set to the `local_free`
-/// list, `local_free` not yet emptied, so the same blocks are on both lists, and whoever
-/// adopts the page would hand each out twice. The list stays the free one. (Every other step
-/// of a fast path a fork can cut short leaves a block on no list and not counted: lost, never
-/// handed out twice.)
-///
-/// # Safety
-/// Single-threaded child; `p` is a page in use of a segment a dead heap owned.
-unsafe fn untear_lists(p: *mut Page) {
-    // SAFETY: per the contract, nobody else touches the page.
-    unsafe {
-        if !(*p).free.is_null() && (*p).free == (*p).local_free {
-            (*p).local_free = ptr::null_mut();
-        }
     }
 }
 
@@ -368,4 +360,5 @@ unsafe fn return_delayed(d: *mut Heap) {
 }
 
 #[cfg(test)]
+#[path = "fork_tests.rs"]
 mod tests;

@@ -1,5 +1,6 @@
-//! The fork handlers' tests (`heap::thread::fork`): each forks (`sync::fork_and_wait`) and
-//! checks the child, one at a time (`FORK_TESTS`).
+//! The fork handlers' unit tests (a child module of `fork`, in a file of its own for
+//! `fork.rs`'s length): each forks the test process, or holds the handlers' locks as a fork
+//! would, and checks the child's state. Owns nothing else; may touch what `fork` may.
 
 use super::super::registry::heap_done;
 use super::super::{alloc_bin, alloc_generic, free};
@@ -182,69 +183,82 @@ fn fork_waits_for_other_threads_to_leave_their_slow_paths() {
     other.join().unwrap();
 }
 
-/// A thread stopped by the fork inside its fast path's refill (`Page::move_local_to_free`: the
-/// page's `free` list set to its `local_free` list, `local_free` not yet emptied; no gate
-/// covers it, so `pin_gates` does not wait it out) leaves the same blocks on both lists: in
-/// the child, whoever adopts the page would hand each out twice. The child's reset keeps one
-/// list. (The state is made by hand, on the other thread's own page between two calls, as the
-/// fork would copy it.)
+/// A thread stopped by the fork inside an ungated refill (`alloc::refill_from_local` or
+/// `refill_from_next`: `Page::move_local_to_free`, `free` written, `local_free` not yet
+/// emptied nor `free_is_zero` cleared): in the child its page's two lists start at the same
+/// block. Here the cut is made by hand on a thread that dies with the fork; in the child a
+/// new thread frees half of that thread's live blocks (adopting the segment) and allocates
+/// from the bin: no block may be handed out twice, nor one that is live (review rev50).
 #[test]
-fn a_refill_cut_short_by_the_fork_leaves_no_block_on_two_lists_in_the_child() {
-    use super::super::quiet::tests::full_pages;
-    use crate::heap::segment::Page;
+fn a_fork_that_cut_a_local_refill_halfway_hands_out_no_block_twice() {
     let _t = FORK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-    crate::init::init_once(); // the fork handlers registered
-    let bin = bin_of(64);
+    crate::init::init_once();
+    let bin = bin_of(1000);
+    let (cut, forked) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let (c2, f2) = (cut.clone(), forked.clone());
     let (tx, rx) = std::sync::mpsc::channel();
-    let barrier = Arc::new(Barrier::new(2));
-    let b2 = barrier.clone();
     let other = std::thread::spawn(move || {
-        let (pages, inside, rest) = full_pages(bin, 1);
-        let page = pages[0] as *mut Page;
-        let mut first = Vec::new();
-        // SAFETY: live blocks of ours; the page is ours, written between two calls.
-        let torn = unsafe {
-            let mine: Vec<usize> = inside
+        // SAFETY: blocks of this thread's fresh heap; half freed here, the rest below.
+        unsafe {
+            let blocks: Vec<usize> = (0..16).map(|_| alloc_bin(bin) as usize).collect();
+            let page = page_of(segment_of(blocks[0] as *const u8), blocks[0] as *const u8);
+            let same = blocks
                 .iter()
-                .copied()
-                .filter(|&b| page_of(segment_of(b as *const u8), b as *const u8) == page)
-                .collect();
-            for &b in &mine[..3] {
+                .all(|&b| page_of(segment_of(b as *const u8), b as *const u8) == page);
+            let (live, gone): (Vec<usize>, Vec<usize>) =
+                blocks.iter().partition(|&&b| (b / 1008) % 2 == 0);
+            for &b in &gone {
                 free(b as *mut u8);
-                first.push(b);
             }
-            // The refill halfway: both lists name the same blocks.
-            if (*page).local_free.is_null() {
-                (*page).local_free = (*page).free;
-            } else {
-                (*page).free = (*page).local_free;
+            // The refill cut after its first store.
+            let (free_was, zero_was) = ((*page).free, (*page).free_is_zero);
+            let cut_made = !(*page).local_free.is_null();
+            (*page).free = (*page).local_free;
+            (*page).free_is_zero = true;
+            tx.send((live.clone(), same && cut_made)).unwrap();
+            c2.wait();
+            f2.wait();
+            (*page).free = free_was;
+            (*page).free_is_zero = zero_was;
+            for b in live {
+                free(b as *mut u8);
             }
-            !(*page).free.is_null() && (*page).free == (*page).local_free
-        };
-        tx.send((page as usize, torn)).unwrap();
-        b2.wait(); // alive until the fork is over
-                   // SAFETY: as above; the lists made whole again (the blocks stay on `free`).
-        unsafe { (*page).local_free = ptr::null_mut() };
-        for b in inside.iter().filter(|b| !first.contains(b)).chain(&rest) {
-            // SAFETY: our live blocks (not the three freed above), freed once.
-            unsafe { free(*b as *mut u8) };
         }
     });
-    let (page, torn) = rx.recv().unwrap();
-    assert!(torn, "the test did not make the state it checks");
-    let child = in_child(|| {
-        let p = page as *mut Page;
-        // SAFETY: a page of a segment of the dead thread's, which stays mapped; only this
-        // thread runs.
-        let both = unsafe { !(*p).free.is_null() && (*p).free == (*p).local_free };
-        i32::from(both)
+    let (live, set_up) = rx.recv().unwrap();
+    cut.wait();
+    let child = in_child(move || {
+        let (keep, go): (Vec<usize>, Vec<usize>) = live.iter().partition(|&&b| (b / 1008) % 4 == 0);
+        let keep2 = keep.clone();
+        let r = std::thread::spawn(move || {
+            for b in go {
+                // SAFETY: a live block of the dead thread, freed once.
+                unsafe { free(b as *mut u8) };
+            }
+            let mut seen: std::collections::HashSet<usize> = keep2.into_iter().collect();
+            for _ in 0..4_000 {
+                // SAFETY: bin < NBINS.
+                let b = unsafe { alloc_bin(bin) } as usize;
+                if b == 0 || !seen.insert(b) {
+                    return 2; // handed out twice, or while live
+                }
+            }
+            0
+        })
+        .join();
+        r.unwrap_or(8)
     });
-    barrier.wait();
+    forked.wait();
     other.join().unwrap();
+    assert!(
+        set_up,
+        "the blocks share a page, with blocks on its local_free"
+    );
     assert_eq!(
         child,
         Ok(0),
-        "in the child a dead thread's page had the same blocks on its free and local lists"
+        "a page whose refill the fork cut halfway handed out a block twice in the child \
+         (2: twice or while live)"
     );
 }
 
