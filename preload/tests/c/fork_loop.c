@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_child.h"
+
 #define WORKERS 3
 #define FORKS 100
 #define SLOTS 64
@@ -132,11 +134,7 @@ int main(void) {
         pid_t pid = fork();
         if (pid < 0) return 11;
         if (pid == 0) child(k);
-        int st;
-        if (waitpid(pid, &st, 0) != pid) return 12;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "fork %d: child %s %d\n", k, WIFEXITED(st) ? "exited" : "killed by signal",
-                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+        if (!child_ok(pid, k)) {
             failed++;
             if (failed > 3) break;
         }

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fork_child.h"
+
 #define WORKERS 8
 #define SLOTS 8
 #define XCHG 16
@@ -139,11 +141,7 @@ int main(void) {
         if (pid < 0) return 11;
         if (pid == 0) child(forks);
         forks++;
-        int st;
-        if (waitpid(pid, &st, 0) != pid) return 12;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "fork %d: child %s %d\n", forks, WIFEXITED(st) ? "exited" : "killed by signal",
-                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+        if (!child_ok(pid, forks)) {
             failed++;
             if (failed >= 5) break;
         }
