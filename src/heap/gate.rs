@@ -1,6 +1,7 @@
 //! A heap's gate between its owner and the background purger's pass (`thread::purger`),
 //! and between its owner and `fork` (`thread::fork`), kept apart from the thread heap so that
-//! loom can check it with the real code (tests/loom/registry.rs, tests/loom/gate.rs).
+//! loom can check it with the real code (tests/loom/registry.rs: the pass's walk, and the
+//! fork's pins against an owner inside its slow path).
 //!
 //! Owns: the gate's four values and its steps. The gate is one byte in the heap
 //! (`Heap::gate`): [`FREE`], [`OWNER`] while the owner is in a gated slow path, [`PURGER`]
