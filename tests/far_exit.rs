@@ -7,7 +7,7 @@
 //! they live, node 2's live bytes hold them, before and after the thread's exit. The blocks
 //! are freed by the main thread (node 0) after the thread has exited, or by the thread itself
 //! before it exits: either way, after collections, node 2's live bytes are back to their
-//! baseline exactly (the total and node 0's within 1 KiB, see `STD_SLACK`), and the far
+//! baseline exactly (the total and the CPU nodes' within 1 KiB, see `STD_SLACK`), and the far
 //! segment is gone (no segment abandoned, node 2's committed bytes and the segment count as
 //! before). A third check leaves one block live at the exit: nobody frees into the segment,
 //! yet collections tend it (the freed blocks' pages are purged).
@@ -134,9 +134,11 @@ fn far_blocks_from_a_thread(keep: usize) -> (Vec<Vec<u8>>, i64) {
     .unwrap()
 }
 
-/// Slack for the total and node 0's live bytes: the standard library's thread machinery
+/// Slack for the total and the CPU nodes' live bytes: the standard library's thread machinery
 /// allocates a 48-byte and a 96-byte block once, for good, in one round or the other
-/// (timing; seen with and without the fix). The far node and the segment counts are exact.
+/// (timing; seen with and without the fix), on the node of the main thread's heap, which may
+/// still be node 1 where the process started before the pin to node 0 (a heap moves at its
+/// next tick): a CI run saw node 1 +144 B. The far node and the segment counts are exact.
 const STD_SLACK: i64 = 1 << 10;
 
 /// The checks of both children: while the blocks live (after their thread's exit) node 2
@@ -178,7 +180,10 @@ fn check(free_here: bool) {
         (now.nodes[0] - base.nodes[0]).abs() < STD_SLACK,
         "node 0 live: {how}"
     );
-    assert_eq!(now.nodes[1], base.nodes[1], "node 1 live: {how}");
+    assert!(
+        (now.nodes[1] - base.nodes[1]).abs() < STD_SLACK,
+        "node 1 live: {how}"
+    );
     assert_eq!(now.nodes[2], base.nodes[2], "far node live: {how}");
     assert_eq!(
         now.far_committed, base.far_committed,
