@@ -17,7 +17,7 @@
 #
 # Needs the Debian packages qemu-system-x86 linux-image-6.12-amd64 busybox-static, and
 # cpio and gzip. Build PROGRAM statically, e.g.
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --example numa_probe \
+#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tieralloc-vm-probe \
 #     --target x86_64-unknown-linux-gnu
 set -euo pipefail
 

@@ -1,10 +1,10 @@
-//! Proof of NUMA placement and memory tiers on a multi-node machine: builds examples/numa_probe statically and
-//! runs it as init of the project's QEMU VM (scripts/numa-vm.sh: two CPU nodes and a
+//! Proof of NUMA placement and memory tiers on a multi-node machine: builds the `numa_probe`
+//! binary (the vm-probe/ crate) statically and runs it as init of the project's QEMU VM (scripts/numa-vm.sh: two CPU nodes and a
 //! memory-only far node), asserting every check passed.
 //!
 //! The drop-in's hinted C++ `new` is checked in the VM too: the test builds the drop-in
 //! (`tieralloc-preload`, in the same target dir as the probe) and the C++ program
-//! examples/tier_checks/hotcold_vm.cpp with g++, and the script puts both in the VM with the
+//! vm-probe/src/tier_checks/hotcold_vm.cpp with g++, and the script puts both in the VM with the
 //! libraries they need.
 //!
 //! Needs the Debian packages qemu-system-x86, linux-image-6.12-amd64, busybox-static, g++ (and
@@ -71,15 +71,15 @@ fn numa_placement_holds_in_a_three_node_vm() {
         .args([
             "build",
             "--release",
-            "--example",
-            "numa_probe",
+            "-p",
+            "tieralloc-vm-probe",
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
         .status()
         .expect("running cargo");
     assert!(status.success(), "building the static numa_probe failed");
-    let probe = target_dir.join("x86_64-unknown-linux-gnu/release/examples/numa_probe");
+    let probe = target_dir.join("x86_64-unknown-linux-gnu/release/numa_probe");
     let status = Command::new(&cargo)
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -94,7 +94,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         .arg(root.join("preload/include"))
         .arg("-o")
         .arg(&cxx)
-        .arg(root.join("examples/tier_checks/hotcold_vm.cpp"))
+        .arg(root.join("vm-probe/src/tier_checks/hotcold_vm.cpp"))
         .arg("-L")
         .arg(&lib_dir)
         .args(["-ltieralloc_preload", "-Wl,-rpath,/lib/tieralloc"])
@@ -142,7 +142,7 @@ fn numa_placement_holds_in_a_three_node_vm() {
         "interleave-[0, 1, 2]",
         "placed-far-on-node-2",
         "placed-node-7-refused",
-        // Issue 4: tiers (examples/tier_checks; policies run in children of the probe).
+        // Issue 4: tiers (vm-probe/src/tier_checks; policies run in children of the probe).
         "demote-huge-to-node-2",
         "demote-large-block-and-free-rebinds",
         "arena-demote-big-chunks-to-node-2",

@@ -6,7 +6,7 @@
 //! distances 0-1 21 and 0/1-2 30, HMAT local 80 ns / 20 GB/s, remote 140 ns / 10 GB/s,
 //! node 2 300 ns / 5 GB/s.
 //!
-//! Build: RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --example numa_probe
+//! Build: RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p tieralloc-vm-probe
 //!        --target x86_64-unknown-linux-gnu
 //! Outside the VM, `numa_probe --topology` prints the topology as JSON and exits.
 //!
@@ -21,7 +21,6 @@ use tieralloc::numa::{pages_on_nodes, pin_current_thread_to_cpu};
 use tieralloc::topology::TierSource;
 use tieralloc::{topology, Placed};
 
-#[path = "tier_checks/mod.rs"]
 mod tier_checks;
 
 #[global_allocator]

@@ -1,5 +1,5 @@
 // The drop-in's hot/cold hints in the project's NUMA VM (node 2 the far tier), run by
-// examples/numa_probe under LD_PRELOAD of the drop-in (tests/numa_vm.rs builds it with g++ and
+// numa_probe (vm-probe/) under LD_PRELOAD of the drop-in (tests/numa_vm.rs builds it with g++ and
 // puts it, the library and the libraries they need in the VM). Pinned to CPU 0 (node 0), it
 // allocates 8 blocks of 64 KiB with every hinted form (C++ `new`, `new[]`, `nothrow`, aligned,
 // `__size_returning_new_hot_cold`, `tieralloc_malloc_hinted`) with hint 0 and with hint 255,

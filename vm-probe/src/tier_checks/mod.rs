@@ -1,4 +1,4 @@
-//! The tier checks of examples/numa_probe.rs (issue 4), run inside the project's NUMA VM where
+//! The tier checks of vm-probe/src/main.rs (`numa_probe`) (issue 4), run inside the project's NUMA VM where
 //! node 2 is the far tier. Policies are read from the environment once per process, so each
 //! policy runs in a child: the probe re-executes itself (`--tier-child NAME`) with the policy's
 //! variables set, and the child prints its own ok/FAIL lines.
