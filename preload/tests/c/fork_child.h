@@ -1,7 +1,10 @@
 /* Shared by the fork suite's C programs that fork in a loop (fork_loop.c, fork_slowpaths.c):
- * the wait for one child and the report of one that did not exit 0. */
+ * the wait for one child and the report of one that did not exit 0, and the join of the
+ * parent's workers. */
 #ifndef FORK_CHILD_H
 #define FORK_CHILD_H
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -18,5 +21,17 @@ static int child_ok(pid_t pid, int k) {
     fprintf(stderr, "fork %d: child %s %d\n", k, WIFEXITED(st) ? "exited" : "killed by signal",
             WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
     return 0;
+}
+
+/* Joins the `n` workers in `w`; returns the sum of what they returned (each, the count of
+ * its blocks found overwritten). */
+static long join_workers(const pthread_t *w, int n) {
+    long bad = 0;
+    for (int i = 0; i < n; i++) {
+        void *r;
+        pthread_join(w[i], &r);
+        bad += (long)(intptr_t)r;
+    }
+    return bad;
 }
 #endif

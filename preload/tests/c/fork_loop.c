@@ -140,12 +140,7 @@ int main(void) {
         }
     }
     atomic_store(&stop, 1);
-    long bad = 0;
-    for (int i = 0; i < WORKERS; i++) {
-        void *r;
-        pthread_join(w[i], &r);
-        bad += (long)(intptr_t)r;
-    }
+    long bad = join_workers(w, WORKERS);
     if (failed || bad) {
         fprintf(stderr, "fork_loop: %d children failed, %ld blocks overwritten in the parent\n", failed, bad);
         return 1;

@@ -147,12 +147,7 @@ int main(void) {
         }
     }
     atomic_store(&stop, 1);
-    long bad = 0;
-    for (int i = 0; i < WORKERS; i++) {
-        void *r;
-        pthread_join(w[i], &r);
-        bad += (long)(intptr_t)r;
-    }
+    long bad = join_workers(w, WORKERS);
     for (unsigned k = 0; k < WORKERS * SLOTS + XCHG; k++) {
         void *p = atomic_exchange(&held[k], NULL);
         if (p) bad += !check_free(p);
