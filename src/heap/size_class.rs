@@ -232,7 +232,11 @@ mod tests {
             let n = page_slices(b);
             assert!(matches!(n, 1 | 2 | 4 | 8), "bin {b}: {n} slices");
             if bin_size(b) <= 16 << 10 {
-                assert!(n * slice / bin_size(b) >= 32, "bin {b}: {n} slices of {}", bin_size(b));
+                assert!(
+                    n * slice / bin_size(b) >= 32,
+                    "bin {b}: {n} slices of {}",
+                    bin_size(b)
+                );
             }
         }
     }
