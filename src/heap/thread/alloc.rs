@@ -703,9 +703,10 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
         }
         let bytes = Segment::run_bytes((*page).slice_index(), n);
         if n > 1 && !(*page).fresh && h.pages[bin] == empty_page() {
-            // The only page of a medium bin, on resident slices. Its blocks are carved one
-            // extension at a time, and a bin with a few blocks live must not pin the whole
-            // run (512 KiB) for as long as the page lives: what is still uncarved one to two
+            // The only page of a bin of multi-slice pages (blocks over 2 KiB), on resident
+            // slices. Its blocks are carved one extension at a time, and a bin with a few
+            // blocks live must not pin the whole run (128 to 512 KiB) for as long as the page
+            // lives: what is still uncarved one to two
             // purge delays from now goes back to the OS then (`Segment::tend_tails`, from our
             // collections' walk over our segments, or another thread's pass if we have gone
             // quiet). Not now: a thread that carves the page
