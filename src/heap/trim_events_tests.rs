@@ -10,8 +10,8 @@
 
 use super::tests::{check, drop_segment, fill, page_of, pop, push};
 use crate::heap::remote::{Block, Pushed};
-use crate::heap::segment::{Page, Segment};
-use crate::heap::size_class::{bin_of, bin_size};
+use crate::heap::segment::{Page, Segment, PAGE_SLICES};
+use crate::heap::size_class::{bin_of, bin_size, page_slices};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -95,6 +95,29 @@ fn partition(page: &Page, live: &HashMap<usize, u8>, remote: &[usize]) -> Result
     Ok(())
 }
 
+/// A page of `bin` of its real shape (`page_slices`: review rev49, 2 and 4 slices for
+/// 2049-8192 B blocks) in a fresh segment: at slice 0 (one slice only), or ending at the
+/// segment's last page slice (`at_end`: a filler run before it), or at slice 1.
+fn shaped_page(bin: usize, slice0: bool, at_end: bool) -> (*mut Segment, &'static mut Page) {
+    let n = page_slices(bin);
+    if n == 1 && !at_end {
+        return page_of(bin, slice0);
+    }
+    let seg = Segment::map_normal(0, false);
+    assert!(!seg.is_null());
+    // SAFETY: the segment is fresh and ours alone.
+    let page = unsafe {
+        if at_end {
+            assert!(!Segment::take_slices(seg, PAGE_SLICES - n - 1, false).is_null());
+        }
+        &mut *Segment::take_slices(seg, n, false)
+    };
+    let i = page.slice_index();
+    assert!(!at_end || i + n == PAGE_SLICES, "{n} slices at {i}");
+    page.init_bin(bin, Segment::run_bytes(i, n));
+    (seg, page)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Random events on one page against a shadow of its live blocks and of those freed by
@@ -103,12 +126,14 @@ proptest! {
     /// end (everything collected) the page fills up to exactly its block count.
     #[test]
     fn trims_among_remote_frees_collections_and_retirements_keep_every_block_once(
-        which in 0usize..5,
+        which in 0usize..8,
+        at_end in any::<bool>(),
         evs in proptest::collection::vec(ev(), 1..500),
     ) {
-        let bin = bin_of([64, 256, 1280, 3072, 8192][which]);
+        // 3072 and 4096 B blocks on 2-slice pages, 5120 and 8192 B ones on 4-slice pages.
+        let bin = bin_of([64, 256, 1280, 3072, 8192, 4096, 5120, 2048][which]);
         let size = bin_size(bin);
-        let (seg, page) = page_of(bin, which == 1);
+        let (seg, page) = shaped_page(bin, which == 1, at_end);
         let mut live: HashMap<usize, u8> = HashMap::new();
         let mut remote: Vec<usize> = vec![];
         let mut tag = 0u8;
@@ -160,15 +185,15 @@ proptest! {
                     unsafe { page.trim() };
                 }
                 Ev::Retire if page.used == 0 && remote.is_empty() => {
-                    let i = page.slice_index();
+                    let (i, n) = (page.slice_index(), page_slices(bin));
                     // SAFETY: the test owns the segment; the page holds no live block.
                     let again = unsafe {
                         Segment::free_page(page, 0, 0);
-                        Segment::take_slices(seg, 1, i == 0)
+                        Segment::take_slices(seg, n, i == 0)
                     };
                     prop_assert!(core::ptr::eq(again, page), "another slice taken");
                     prop_assert_eq!(page.parked, 0);
-                    page.init_bin(bin, Segment::run_bytes(i, 1));
+                    page.init_bin(bin, Segment::run_bytes(i, n));
                 }
                 Ev::Retire => {}
             }

@@ -41,9 +41,9 @@ use std::time::Duration;
 #[path = "../../../tests/common/child.rs"]
 mod child;
 
-/// Request sizes: pages of 1024, 256 and 64 blocks (one slice), 8 (one slice, `SMALL_MAX`),
-/// 12 and 8 (medium, eight slices).
-const SIZES: [usize; 6] = [64, 256, 1024, 8 << 10, 40 << 10, 64 << 10];
+/// Request sizes: pages of 1024, 256 and 64 blocks (one slice), 42 (two slices), 32 (four
+/// slices), 12 and 8 (medium, eight slices).
+const SIZES: [usize; 7] = [64, 256, 1024, 3 << 10, 8 << 10, 40 << 10, 64 << 10];
 /// Thread slots: a slot whose thread exits gets a new thread.
 const THREADS: usize = 3;
 /// Live bytes the model stops allocating at (a few segments per thread).

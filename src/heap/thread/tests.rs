@@ -563,8 +563,8 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
             live.push(alloc_bin(bin) as usize);
             assert_ne!(page_of_addr(*live.last().unwrap()), b);
             assert!(!parked(b), "an exhausted remote-fed page was parked");
-            // A page of few blocks: stays in the queue.
-            let big = bin_of(8000);
+            // A page of few blocks: stays in the queue (one slice: 32 blocks of 2 KiB).
+            let big = bin_of(2000);
             let first = alloc_bin(big);
             live.push(first as usize);
             let f = page_of_addr(first as usize);
@@ -610,6 +610,18 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
                 [g, f, k],
                 "a page the walk passed stayed before others"
             );
+            // A 2- or 4-slice page of few blocks is parked like one of many (review rev49: in
+            // the queue, a quiet owner's passes never took in other threads' frees into it).
+            for size in [3000, 8000] {
+                let m = bin_of(size);
+                let first = alloc_bin(m);
+                live.push(first as usize);
+                let e = page_of_addr(first as usize);
+                assert!((*e).reserved < FEW_BLOCKS && (*e).slice_count > 1);
+                exhaust(m, e, &mut live);
+                live.push(alloc_bin(m) as usize);
+                assert!(parked(e), "an exhausted {size} B page kept in the queue");
+            }
             for p in live {
                 free(p as *mut u8);
             }

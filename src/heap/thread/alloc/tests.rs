@@ -203,7 +203,7 @@ unsafe fn two_exhausted_pages(bin: usize) -> (*mut Page, *mut Page, Vec<*mut u8>
 #[test]
 fn a_free_into_the_page_behind_the_current_one_refills_without_the_long_way() {
     std::thread::spawn(|| {
-        let bin = bin_of(8000);
+        let bin = bin_of(2000);
         // SAFETY: this thread's heap, used only by this thread; each block freed once;
         // the pointers looked up are live blocks of ours.
         unsafe {
@@ -249,7 +249,7 @@ fn a_free_into_the_page_behind_the_current_one_refills_without_the_long_way() {
 fn a_block_freed_twice_in_a_row_behind_the_current_page_is_not_handed_out_twice() {
     std::thread::spawn(|| {
         let _ignoring = crate::heap::error::ignore_errors_for_test();
-        let bin = bin_of(8000);
+        let bin = bin_of(2000);
         // SAFETY: this thread's heap, used only by this thread; every block freed once but
         // the one freed twice on purpose (the report returns: errors ignored).
         unsafe {
