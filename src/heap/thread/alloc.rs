@@ -369,6 +369,8 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
         // queue, each walk would take the one or two blocks freed into it since the last,
         // and refills that small are a slow path every few allocations.
         let mut retain = FULL_PAGE_RETAIN;
+        // The slices of the full pages kept so far (see `keeps_fit`).
+        let mut kept_slices = 0usize;
         // The first page the walk sent to the back: meeting it again, the walk has seen them
         // all.
         let mut wrapped: *mut Page = ptr::null_mut();
@@ -397,10 +399,11 @@ pub(super) unsafe fn alloc_bin_refill(mut h: HeapRef, bin: usize, zero: bool) ->
                 return pop_fresh(h, page, bin, zero);
             }
             if retain > 0
-                && ((*page).remote_fed
-                    || ((*page).reserved < FEW_BLOCKS && !matches!((*page).slice_count, 2 | 4)))
+                && ((*page).remote_fed || (*page).reserved < FEW_BLOCKS)
+                && keeps_fit(kept_slices, (*page).slice_count)
             {
                 retain -= 1;
+                kept_slices += (*page).slice_count as usize;
                 // To the back of the queue: the next walks look first at the pages that
                 // have waited longest for frees, not at this one again (`linear` in
                 // preload/bench: each walk met the same two empty pages first).
@@ -668,14 +671,24 @@ std::thread_local! {
 pub(super) const FULL_PAGE_RETAIN: usize = 2;
 /// Pages of fewer blocks than this are left in the queue like remote-fed ones: each block is
 /// a large share of the page, so one freed block is a worthwhile refill, and parking and
-/// unparking such pages on every block would cost more than the walk. Not the 2- and 4-slice
-/// pages of 2-8 KiB blocks (32 to 51 blocks; medium pages keep it, as before them): the
-/// passes over a quiet heap (`quiet`) leave a page in a queue alone, so what other threads
-/// freed into the pages kept stayed resident, up to four times a 1-slice page each (review
-/// rev49: eight quiet producers of 4 KiB results, `tests/idle.rs` in the `secure` build,
-/// whose 8-byte trailer puts them in the 5 KiB class: 11.5 MiB resident after 600 rounds,
-/// bound 11.1 MiB; 7.4-7.7 MiB with 1-slice pages, and with this).
+/// unparking such pages on every block would cost more than the walk. The 2- and 4-slice
+/// pages of 2-8 KiB blocks (32 to 51 blocks) are among them, within [`KEEP_SLICES`].
 pub(super) const FEW_BLOCKS: u32 = 64;
+
+/// The most slices of full 2- and 4-slice pages a queue walk keeps (two 2-slice pages, or
+/// one 4-slice page): the passes over a quiet heap leave a page in a queue alone, so what
+/// other threads freed into a kept page stays resident while its owner is quiet (review
+/// rev49: two kept 4-slice pages per quiet producer, `tests/idle.rs` in the `secure` build,
+/// 11.5 MiB against its 11.1 MiB bound). 1-slice pages keep up to [`FULL_PAGE_RETAIN`];
+/// medium pages likewise, as before the multi-slice small pages.
+pub(super) const KEEP_SLICES: usize = 4;
+
+/// Whether a full page of `slices` slices may be kept in its queue after `kept` slices of
+/// full pages were (see [`KEEP_SLICES`]).
+#[inline]
+fn keeps_fit(kept: usize, slices: u8) -> bool {
+    !matches!(slices, 2 | 4) || kept + slices as usize <= KEEP_SLICES
+}
 
 /// Pops a block of `page`, which has one, counting it on `bin`; clears it if `zero`.
 ///

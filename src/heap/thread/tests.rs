@@ -610,9 +610,12 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
                 [g, f, k],
                 "a page the walk passed stayed before others"
             );
-            // A 2- or 4-slice page of few blocks is parked like one of many (review rev49: in
-            // the queue, a quiet owner's passes never took in other threads' frees into it).
-            for size in [3000, 8000] {
+            // 2- and 4-slice pages of few blocks: kept in the queue too, but at most
+            // `KEEP_SLICES` slices of them per walk (review rev49: in the queue, a quiet
+            // owner's passes never take in other threads' frees into them). Two 3000 B
+            // pages (2 slices each) are both kept; of two 8000 B pages (4 slices each) the
+            // walk keeps the one it meets first and parks the other.
+            for (size, both_kept) in [(3000, true), (8000, false)] {
                 let m = bin_of(size);
                 let first = alloc_bin(m);
                 live.push(first as usize);
@@ -620,7 +623,22 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
                 assert!((*e).reserved < FEW_BLOCKS && (*e).slice_count > 1);
                 exhaust(m, e, &mut live);
                 live.push(alloc_bin(m) as usize);
-                assert!(parked(e), "an exhausted {size} B page kept in the queue");
+                let e2 = page_of_addr(*live.last().unwrap());
+                assert_ne!(e2, e);
+                assert!(!parked(e), "an exhausted {size} B page was parked");
+                exhaust(m, e2, &mut live);
+                live.push(alloc_bin(m) as usize);
+                let e3 = page_of_addr(*live.last().unwrap());
+                assert!(e3 != e && e3 != e2);
+                assert!(
+                    !parked(e2),
+                    "the {size} B page the walk met first was parked"
+                );
+                assert_eq!(
+                    !parked(e),
+                    both_kept,
+                    "{size} B pages: the second exhausted page (kept: {both_kept})"
+                );
             }
             for p in live {
                 free(p as *mut u8);
