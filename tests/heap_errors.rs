@@ -399,7 +399,10 @@ heap_error_test!(
     {
         // Enough 3 KiB blocks that the first page fills and the allocator moves past it
         // (which puts it in the full queue: remote frees into it go to the delayed stack).
-        let v: Vec<usize> = (0..100).map(|_| alloc(SMALL) as usize).collect();
+        // Its pages (2 slices, 42 blocks) are few-block ones, which the queue walk keeps up
+        // to two of (`FEW_BLOCKS`, `KEEP_SLICES`): the first is parked at the third page's
+        // exhaustion, 127 blocks in (100 were enough with 1-slice pages of 21 blocks).
+        let v: Vec<usize> = (0..200).map(|_| alloc(SMALL) as usize).collect();
         let p = v[0];
         std::thread::spawn(move || dealloc(p as *mut u8, SMALL))
             .join()
