@@ -125,7 +125,9 @@ fn fork_does_not_wait_for_a_thread_that_holds_a_prepare_handlers_lock() {
         while !STOP.load(Ordering::Relaxed) {
             lock();
             for _ in 0..4 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let len = (64 << 10) + (x >> 33) % (960 << 10);
                 let v = vec![x as u8; len];
                 std::hint::black_box(&v);
