@@ -151,8 +151,9 @@ fn fork_in_a_loop_while_threads_churn() {
 /// allocator's slow paths (64 KiB to 1 MiB blocks, a third freed by another thread), on two
 /// simulated nodes with the background purger at a 2 ms delay; each child allocates in the
 /// dead threads' segments, then checks and frees every block they held (review rev50).
-/// Before the prepare handler pinned the other heaps' gates (`fork::pin_gates`), 2 of 5 runs
-/// had a child crash ("double free" of a live block, SIGSEGV) in about 110 forks each.
+/// Before the prepare handler pinned the other heaps' gates (ded2978), 2 of 5 runs had a
+/// child crash ("double free" of a live block, SIGSEGV) in about 110 forks each; since review
+/// rev51 the child quarantines the segments of a thread caught inside a slow path instead.
 #[test]
 fn fork_while_threads_are_inside_slow_paths() {
     c_test(

@@ -16,28 +16,46 @@
 //! list a cycle, and a stale owner makes its frees take blocks of pages that are not on its
 //! queues for its own. The child handler therefore, before `fork` returns:
 //! - keeps in the registry only the forking thread's heap and the node heaps;
-//! - abandons every segment a dead heap owned (found through the segment map by the dead
-//!   heaps' tags, which catches a segment in transit between the heap's list and another list
-//!   too), so that the threads of the child adopt it when they free into it; the blocks on a
-//!   dead heap's delayed stack go to their pages' own lists; its counters go to the retired
-//!   totals and its tag is free again;
+//! - finds every segment whose header names a dead heap, through the segment map (which
+//!   catches a segment in transit between a list and the heap's own, and one whose map entry
+//!   its taker had not written yet; at this point no thread but ours exists, so a dead
+//!   heap's address names it alone);
+//! - QUARANTINES those of a dead heap the fork caught inside a gated slow path (its copied
+//!   gate reads `OWNER`, see `gate`): that thread may have left them half changed (slices off
+//!   `free_slices` not yet in `used_pages`, a page's descriptors half written), so they are
+//!   never adopted, listed, pooled, purged or unmapped; their owner is `QUARANTINED` (no
+//!   heap's address, so a new heap that lands where the caught one was owns none of them),
+//!   their map entry `MAP_UNOWNED`, and every free into them is dropped
+//!   (`free::free_other_slow`); they are counted in `stats()` (`segments_quarantined`);
+//! - abandons those of every other dead heap, so that the threads of the child adopt them
+//!   when they free into them; the blocks on such a heap's delayed stack go to their pages'
+//!   own lists; every dead heap's counters go to the retired totals and its tag is free again;
 //! - puts every page of a live heap left in `DELAYED_FREEING` back to the state the dead
 //!   freer found it in, and drops every claim on a huge object.
 //!
 //! What a dead thread was holding in its hands is lost (memory, never correctness): a block it
-//! was freeing, a segment it was handing to a pool, the huge mappings it had cached.
+//! was freeing, a segment it was handing to a pool, the huge mappings it had cached, and the
+//! whole of every segment its heap held if it was inside a slow path (review rev51: 4 MiB a
+//! segment, mapped for the child's life).
 //!
 //! Lock order, everywhere in the allocator: the label names' `NAMES_LOCK` (held alone, by
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, after glibc's stdio list lock (`os::stdio_list_lock`,
-//! which glibc's `fork` would take later), so no thread holds one of them across the fork,
-//! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
-//! is halfway through a slow path either: what the child inherits is what a thread left
-//! between two calls, or in a fast path (a block popped but not yet counted, a free list
-//! half linked: a block lost, never a page or segment inconsistent; but for a refill cut
-//! halfway, `free` and `local_free` starting at the same block, which `abandon_dead` undoes).
+//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork,
+//! and waits for nothing else: no other thread is held up, before or after (review rev51: the
+//! gate pins of ded2978 did, and hung a program whose thread waited at its pinned gate
+//! holding a lock that a prepare handler registered before ours, or glibc's `fork` after the
+//! handlers, takes: tests/fork_atfork_lock.rs). A dead heap the fork caught between two calls
+//! left its segments consistent but for what its ungated steps leave: a block popped but
+//! not yet counted, a free list half linked (a block lost, never a page or segment
+//! inconsistent), and a refill cut halfway, `free` and `local_free` starting at the same
+//! block, which `abandon_dead` undoes (`Page::forget_cut_refill`).
+//!
+//! Assumed of the kernel: the child's copy of each other thread's memory holds that thread's
+//! stores up to a point of its program order (a thread that stores to a page already copied
+//! waits in the fault until the copy is done), so a copy that holds a change a slow path made
+//! holds that path's `OWNER` in the gate too.
 
 use super::counters::note_far_abandoned;
 use super::free::free_delayed;

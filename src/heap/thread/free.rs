@@ -3,7 +3,8 @@
 //! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
 //! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments (and
-//! the count-down of their live hint), and the owner's drain of its delayed stack. May touch:
+//! the count-down of their live hint), the dropped free into a fork child's quarantined
+//! segment (`fork`), and the owner's drain of its delayed stack. May touch:
 //! the `Heap` fields (`super`), `alloc` (whether a page is nearly full), `bins`, `counters`,
 //! `tls`, `registry` (init on a first free), `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
