@@ -125,7 +125,7 @@ fn fork_does_not_wait_for_a_thread_that_holds_a_prepare_handlers_lock() {
         // then change its own segment only, under its gate, and need no allocator lock (one
         // that does is held by tieralloc's prepare handler until the parent's: that deadlock
         // is every allocator's that locks across fork, and is not what this tests).
-        let _keep = vec![1u8; 100];
+        let _keep = std::hint::black_box(Box::new([1u8; 100]));
         let mut x = 12345usize;
         while !STOP.load(Ordering::Relaxed) {
             lock();
