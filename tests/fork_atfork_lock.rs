@@ -121,10 +121,22 @@ fn fork_does_not_wait_for_a_thread_that_holds_a_prepare_handlers_lock() {
         }
     });
     let worker = std::thread::spawn(|| {
+        // Pinned to the CPU it starts on, and its heap moved to that CPU's node now: under
+        // TIERALLOC_SIMULATE_NODES (CPU c is node c % n) a worker the scheduler moved would
+        // move its heap inside a round (`registry::rehome`), which lets go of its segments
+        // onto the node's abandoned list or pool, under that list's lock (review rev52: 5
+        // runs of 5 hung there under TIERALLOC_SIMULATE_NODES=2, the worker in
+        // `let_go` waiting for the lock tieralloc's prepare handler held, holding L).
+        // SAFETY: a plain query of the calling thread's CPU.
+        let cpu = unsafe { libc::sched_getcpu() };
+        tieralloc::numa::pin_current_thread_to_cpu(cpu.max(0) as u32).expect("pin");
+        tieralloc::collect();
+        let node = tieralloc::probe::heap_node();
         // Kept live, so that the worker's segment never empties into a pool: its slow paths
         // then change its own segment only, under its gate, and need no allocator lock (one
         // that does is held by tieralloc's prepare handler until the parent's: that deadlock
-        // is every allocator's that locks across fork, and is not what this tests).
+        // is every allocator's that locks across fork, and is not what this tests; see
+        // docs/correctness.md, review rev52).
         let _keep = std::hint::black_box(Box::new([1u8; 100]));
         let mut x = 12345usize;
         while !STOP.load(Ordering::Relaxed) {
@@ -140,6 +152,8 @@ fn fork_does_not_wait_for_a_thread_that_holds_a_prepare_handlers_lock() {
             unlock();
             ROUNDS.fetch_add(1, Ordering::Relaxed);
         }
+        // What the rounds relied on: the heap never moved.
+        node == tieralloc::probe::heap_node()
     });
     while ROUNDS.load(Ordering::Relaxed) == 0 {
         std::thread::yield_now();
@@ -163,7 +177,10 @@ fn fork_does_not_wait_for_a_thread_that_holds_a_prepare_handlers_lock() {
         FORKS.fetch_add(1, Ordering::Relaxed);
     }
     STOP.store(true, Ordering::Relaxed);
-    worker.join().unwrap();
+    assert!(
+        worker.join().unwrap(),
+        "the worker's heap moved to another node during the rounds"
+    );
     assert!(
         ROUNDS.load(Ordering::Relaxed) > before,
         "the worker ran during the forks"
