@@ -88,10 +88,11 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// The watchdog's exit code: the forks made no progress for 20 s (a hang).
 const HUNG: i32 = 75;
 
-/// 400 forks from the main thread (children `_exit` at once) while a worker loops {lock L;
-/// allocate and free 64 to 256 KiB blocks, each through a slow path; unlock L}. A
-/// watchdog thread, which does not allocate once started, `_exit`s with [`HUNG`] when the
-/// count of forks has not moved for 20 s. At the gate pins (main before review rev51) the
+/// 400 forks from the main thread (children `_exit` at once) while a worker (pinned to its
+/// CPU, its heap on that CPU's node from the start: no slow path of its rounds needs an
+/// allocator lock) loops {lock L; allocate and free 64 to 256 KiB blocks, each through a
+/// gated slow path; unlock L}. A watchdog thread, which does not allocate once started,
+/// `_exit`s with [`HUNG`] when the count of forks has not moved for 20 s. At the gate pins (main before review rev51) the
 /// first few forks hung: the worker waited at its pinned gate holding L, the program's
 /// prepare handler for L.
 #[test]

@@ -177,6 +177,19 @@ fn fork_while_threads_use_stdio() {
     c_test("fork_stdio", &[]);
 }
 
+/// fork (5 times) while a thread holding a stream's lock (`flockfile`, as `getline` holds it
+/// while it reallocs) frees a block a thread left at its exit (the free adopts its segment:
+/// a claim, under the abandoned lists' lock), and a thread in fflush(NULL) (glibc's stream
+/// list lock) waits for that stream: glibc's fork takes the list lock after the prepare
+/// handlers, so tieralloc's, which holds the allocator's locks until the parent handler,
+/// must take the list lock first (review rev52: without it, as rev51 left it, 3 runs of 3
+/// hung, SIGALRM at 30 s: the fork waiting for the flusher, the flusher for the stream, the
+/// freer for the abandoned list's lock).
+#[test]
+fn fork_while_a_stream_holder_frees_into_an_abandoned_segment() {
+    c_test("fork_stdio_free", &[]);
+}
+
 const PY_MULTIPROCESSING: &str = r#"
 import concurrent.futures as cf
 import ctypes
