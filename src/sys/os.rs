@@ -1,5 +1,5 @@
-//! mmap, munmap, madvise, mprotect (the `secure` build's guard pages), the monotonic clock
-//! and raw writes to stderr.
+//! mmap, munmap, madvise, mprotect (the `secure` build's guard pages), the monotonic clock,
+//! raw writes to stderr, and glibc's stdio list lock (for the fork handlers).
 //!
 //! Owns: the process-wide byte counters for reserved (mapped) and committed memory, which are
 //! kept here because this is the only place that maps and purges, and every `madvise` and
@@ -323,6 +323,49 @@ impl<const N: usize> core::fmt::Write for StackBuf<N> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// glibc's stdio list lock (`_IO_list_lock`, exported since GLIBC_2.2.5), for the heap's fork
+/// prepare handler, which takes it before the allocator's locks: glibc's `fork` takes it
+/// after the prepare handlers, and a thread that holds it (`fflush(NULL)`) may wait for a
+/// stream's lock that a thread holds while it allocates (`getline` reallocs under it), whose
+/// allocation may need an allocator lock (reviews rev50, rev52). A recursive lock of the
+/// forking thread's, so glibc's own take succeeds. Nothing on a libc without it.
+pub(crate) fn stdio_list_lock() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: glibc's own lock, taken and let go as its `fork` does.
+    unsafe {
+        gnu::_IO_list_lock()
+    };
+}
+
+/// Lets go of [`stdio_list_lock`] in the parent (after glibc's `fork` has let go of its own
+/// take).
+pub(crate) fn stdio_list_unlock() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: held by this thread ([`stdio_list_lock`]).
+    unsafe {
+        gnu::_IO_list_unlock()
+    };
+}
+
+/// Frees [`stdio_list_lock`] in a fork child, the process's only thread (glibc's `fork` has
+/// already done so if the parent had other threads).
+pub(crate) fn stdio_list_reset() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: glibc's reset of its lock, for a child's only thread.
+    unsafe {
+        gnu::_IO_list_resetlock()
+    };
+}
+
+#[cfg(target_env = "gnu")]
+mod gnu {
+    extern "C" {
+        pub fn _IO_list_lock();
+        pub fn _IO_list_unlock();
+        pub fn _IO_list_resetlock();
     }
 }
 

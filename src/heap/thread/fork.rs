@@ -42,8 +42,11 @@
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, so no thread holds one of them across the fork,
-//! and waits for nothing else: no other thread is held up, before or after (review rev51: the
+//! `fork_prepare` takes them in that order, after glibc's stdio list lock
+//! (`os::stdio_list_lock`, which glibc's `fork` would take after the handlers, while a
+//! thread holding it may wait for a stream whose holder allocates: review rev52), so no
+//! thread holds one of them across the fork, and waits for nothing else: no other thread is
+//! held up, before or after (review rev51: the
 //! gate pins of ded2978 did, and hung a program whose thread waited at its pinned gate
 //! holding a lock that a prepare handler registered before ours, or glibc's `fork` after the
 //! handlers, takes: tests/fork_atfork_lock.rs). A dead heap the fork caught between two calls
@@ -95,6 +98,11 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 extern "C" fn fork_prepare() {
     // Registered, as this runs (see `register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
+    // First, before any lock of ours: glibc's `fork` takes it after this handler, and a
+    // thread holding it (`fflush(NULL)`) may wait for a stream whose holder is allocating and
+    // needs one of our locks (review rev52: a `getline`'s free adopting an abandoned segment
+    // under the list's lock; see `os`).
+    os::stdio_list_lock();
     // The allocator's locks only: no thread is held up, so this waits for no thread but
     // one holding one of them (for a moment, inside the allocator). A thread inside a gated
     // slow path is not waited for: the child quarantines its segments (`reset_after_fork`).
@@ -103,6 +111,7 @@ extern "C" fn fork_prepare() {
 
 extern "C" fn fork_parent() {
     unlock_all();
+    os::stdio_list_unlock();
 }
 
 /// Takes every lock of the allocator, in the order of the module's comment.
@@ -135,6 +144,7 @@ extern "C" fn fork_child() {
     REGISTRY.lock.unlock_raw();
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
+    os::stdio_list_reset();
 }
 
 /// Whether the heap's fork handlers are registered ([`register_once`]).
