@@ -8,7 +8,10 @@
 //! counter; all merging happens here, on read. Part of the heap's layer (it reads nothing
 //! above the heap), so that start-up (`init`) can register its printer.
 
-use crate::heap::segment::{COMMITTED_BY_NODE, PAGES_ABANDONED, PAGES_ADOPTED};
+use crate::heap::segment::{
+    BYTES_QUARANTINED, COMMITTED_BY_NODE, FREES_QUARANTINED, PAGES_ABANDONED, PAGES_ADOPTED,
+    SEGMENTS_QUARANTINED,
+};
 use crate::heap::size_class::{bin_size, NBINS};
 use crate::heap::thread::{self, HeapStats, LARGE_BIN};
 use crate::sync::Ordering;
@@ -78,6 +81,16 @@ pub struct Stats {
     pub segments_pooled: u64,
     /// Of those, ones left behind by exited threads and not yet adopted.
     pub segments_abandoned: u64,
+    /// Of those, ones a fork child quarantined: held by a thread the fork stopped inside a
+    /// slow path, so possibly torn; never reused nor unmapped, frees into them dropped.
+    #[serde(default)]
+    pub segments_quarantined: u64,
+    /// Bytes those quarantined segments keep mapped.
+    #[serde(default)]
+    pub bytes_quarantined: u64,
+    /// Frees into quarantined segments (dropped: their blocks are never handed out again).
+    #[serde(default)]
+    pub frees_quarantined: u64,
     /// Per size class, smallest first (only classes ever used).
     pub classes: Vec<ClassStats>,
     /// Large objects (own page inside a segment) allocated, freed, and their live bytes.
@@ -213,6 +226,9 @@ pub fn stats() -> Stats {
         segments: segments as u64,
         segments_pooled: pooled as u64,
         segments_abandoned: abandoned as u64,
+        segments_quarantined: SEGMENTS_QUARANTINED.load(Ordering::Relaxed) as u64,
+        bytes_quarantined: BYTES_QUARANTINED.load(Ordering::Relaxed) as u64,
+        frees_quarantined: FREES_QUARANTINED.load(Ordering::Relaxed) as u64,
         large_allocs: t.allocs[LARGE_BIN],
         large_frees: t.frees[LARGE_BIN],
         large_bytes_live: t.large_alloc_bytes.saturating_sub(t.large_free_bytes),
@@ -319,6 +335,15 @@ fn write_table(w: &mut dyn core::fmt::Write, s: &Stats) -> core::fmt::Result {
         "  segments    {:>12}  ({} pooled, {} abandoned)",
         s.segments, s.segments_pooled, s.segments_abandoned
     )?;
+    if s.segments_quarantined != 0 {
+        writeln!(
+            w,
+            "  quarantined {:>12} segments ({:.1} MiB) since a fork, {} frees into them dropped",
+            s.segments_quarantined,
+            mib(s.bytes_quarantined),
+            s.frees_quarantined
+        )?;
+    }
     writeln!(
         w,
         "  large       {:>12} allocs {:>12} frees {:>12} B live",

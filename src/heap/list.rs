@@ -427,7 +427,7 @@ impl<N: ListNode> LockedList<N> {
 
     /// Calls `f` on every node, front to back, with the lock held (`f` must not touch this
     /// list). For the models' checks.
-    #[cfg(loom)]
+    #[cfg(any(loom, test))]
     pub fn for_each(&self, f: impl FnMut(*mut N)) {
         let _g = self.lock.lock();
         // SAFETY: we hold the lock.
@@ -439,7 +439,7 @@ impl<N: ListNode> LockedList<N> {
     ///
     /// # Safety
     /// The caller holds the lock.
-    #[cfg(loom)]
+    #[cfg(any(loom, test))]
     pub unsafe fn for_each_held(&self, f: impl FnMut(*mut N)) {
         // SAFETY: the caller holds the lock, so the links are stable.
         unsafe { list_for_each(self.head.with(|h| *h), f) }

@@ -25,6 +25,8 @@
 //! - A normal segment has exactly one owner heap (`owner`, the heap's address) or none (0:
 //!   pooled or abandoned). Only the owner changes its pages' lists and the slice bitmaps;
 //!   without an owner, only the holder of the pool or abandoned lock does.
+//! - A fork child's quarantined segment (owner [`QUARANTINED`], map entry [`MAP_UNOWNED`]) is
+//!   on no list and nobody changes it again: its state may be torn (`heap::thread::fork`).
 //! - A huge segment holds one object and has no owner: any thread may free it.
 //! - The segment map's entry of a segment is its owner's tag (see [`set_owner`]) or
 //!   [`MAP_UNOWNED`]; an entry equal to a heap's tag means that heap owns the segment. Only a
@@ -514,7 +516,8 @@ pub use desc::{LineBreak, Page, PageKind, PAGE_CHECK_FREE, PAGE_IN_FULL};
 #[cfg(test)]
 pub use map::MAP_UNOWNED;
 pub use map::{
-    contains, for_each_tagged, map_insert, map_remove, map_tag, set_owner, FIRST_TAG, NO_TAG,
+    contains, for_each_segment, map_insert, map_remove, map_tag, set_owner, FIRST_TAG, NO_TAG,
+    QUARANTINED,
 };
 
 /// Normal segments mapped right now.
@@ -523,6 +526,14 @@ pub static SEGMENTS: AtomicUsize = AtomicUsize::new(0);
 pub static PAGES_ABANDONED: AtomicUsize = AtomicUsize::new(0);
 /// Pages adopted after being abandoned.
 pub static PAGES_ADOPTED: AtomicUsize = AtomicUsize::new(0);
+/// Segments a fork child quarantined (owner [`QUARANTINED`]: found in the hands of a thread
+/// the fork stopped inside a slow path), and the bytes they keep mapped: never reused, never
+/// unmapped (`heap::thread::fork`).
+pub static SEGMENTS_QUARANTINED: AtomicUsize = AtomicUsize::new(0);
+/// See [`SEGMENTS_QUARANTINED`].
+pub static BYTES_QUARANTINED: AtomicUsize = AtomicUsize::new(0);
+/// Frees into quarantined segments: dropped, their blocks never handed out again.
+pub static FREES_QUARANTINED: AtomicUsize = AtomicUsize::new(0);
 
 /// Tag of the abandoned lists whose segments have room to allocate from.
 pub const ROOM: u8 = 1;

@@ -327,11 +327,11 @@ impl<const N: usize> core::fmt::Write for StackBuf<N> {
 }
 
 /// glibc's stdio list lock (`_IO_list_lock`, exported since GLIBC_2.2.5), for the heap's fork
-/// prepare handler, which takes it before it holds up the other threads' slow paths: glibc's
-/// `fork` takes it after the prepare handlers, and a thread that holds it (`fflush(NULL)`) may
-/// wait for a stream's lock that a thread in a slow path holds (`getline` reallocs under it).
-/// A recursive lock of the forking thread's, so glibc's own take succeeds. Nothing on a libc
-/// without it.
+/// prepare handler, which takes it before the allocator's locks: glibc's `fork` takes it
+/// after the prepare handlers, and a thread that holds it (`fflush(NULL)`) may wait for a
+/// stream's lock that a thread holds while it allocates (`getline` reallocs under it), whose
+/// allocation may need an allocator lock (reviews rev50, rev52). A recursive lock of the
+/// forking thread's, so glibc's own take succeeds. Nothing on a libc without it.
 pub(crate) fn stdio_list_lock() {
     #[cfg(target_env = "gnu")]
     // SAFETY: glibc's own lock, taken and let go as its `fork` does.

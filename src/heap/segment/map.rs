@@ -21,6 +21,12 @@ pub const MAP_UNOWNED: u16 = 1;
 pub const NO_TAG: u16 = u16::MAX;
 /// The tags heaps can have: `MAP_UNOWNED + 1 ..= NO_TAG - 1`.
 pub const FIRST_TAG: u16 = MAP_UNOWNED + 1;
+/// The header `owner` of a quarantined segment (no heap's address: heaps are aligned): a
+/// segment a fork child found in the hands of a thread the fork stopped inside a slow path
+/// (`heap::thread::fork`), whose state may be torn. Its map entry is [`MAP_UNOWNED`]; no list
+/// holds it and no heap ever owns it again; every free into it takes the remote slow path,
+/// which drops the block (`thread::free::free_other_slow`).
+pub const QUARANTINED: usize = 1;
 
 /// Two bytes per 4 MiB of address space: 0 where no segment starts; for a segment (normal or
 /// huge) its owner heap's tag, or [`MAP_UNOWNED`]. 64 MiB of zero-initialised static memory
@@ -113,21 +119,21 @@ pub fn contains(p: *const u8) -> bool {
     i < MAP_ENTRIES && SEGMENT_MAP[i].load(Ordering::Acquire) != 0
 }
 
-/// Calls `f(segment, entry)` for every segment whose map entry is a heap's tag for which
-/// `want(tag)` holds. Reads the map only between the lowest and highest entries ever inserted
-/// (segments come from mmap, so that span is about the size of what was mapped). For a fork
-/// child (see `heap::thread::fork`), which finds the segments of heaps that died with the
-/// fork through their tags; no entry may change while it runs.
-pub fn for_each_tagged(mut want: impl FnMut(u16) -> bool, mut f: impl FnMut(*mut Segment, u16)) {
+/// Calls `f(segment, entry)` for every segment the map knows (normal or huge, owned or not),
+/// reading the map only between the lowest and highest entries ever inserted (segments come
+/// from mmap, so that span is about the size of what was mapped). For a fork child (see
+/// `heap::thread::fork`), which reads each header's
+/// `owner`: an entry is written only once its header is (and removed before its unmap), so
+/// every segment named is mapped. No entry may change while it runs.
+pub fn for_each_segment(mut f: impl FnMut(*mut Segment, u16)) {
     let lo = MAP_LO.load(Ordering::Relaxed);
     let hi = MAP_HI.load(Ordering::Relaxed).min(MAP_ENTRIES - 1);
-    // None while no entry was ever inserted (lo > hi).
     let Some(span) = SEGMENT_MAP.get(lo..=hi) else {
         return;
     };
     for (k, entry) in span.iter().enumerate() {
-        let e = entry.load(Ordering::Relaxed);
-        if e > MAP_UNOWNED && e != NO_TAG && want(e) {
+        let e = entry.load(Ordering::Acquire);
+        if e != 0 {
             f(((lo + k) << SEGMENT_SHIFT) as *mut Segment, e);
         }
     }

@@ -16,28 +16,49 @@
 //! list a cycle, and a stale owner makes its frees take blocks of pages that are not on its
 //! queues for its own. The child handler therefore, before `fork` returns:
 //! - keeps in the registry only the forking thread's heap and the node heaps;
-//! - abandons every segment a dead heap owned (found through the segment map by the dead
-//!   heaps' tags, which catches a segment in transit between the heap's list and another list
-//!   too), so that the threads of the child adopt it when they free into it; the blocks on a
-//!   dead heap's delayed stack go to their pages' own lists; its counters go to the retired
-//!   totals and its tag is free again;
+//! - finds every segment whose header names a dead heap, through the segment map (which
+//!   catches a segment in transit between a list and the heap's own, and one whose map entry
+//!   its taker had not written yet; at this point no thread but ours exists, so a dead
+//!   heap's address names it alone);
+//! - QUARANTINES those of a dead heap the fork caught inside a gated slow path (its copied
+//!   gate reads `OWNER`, see `gate`): that thread may have left them half changed (slices off
+//!   `free_slices` not yet in `used_pages`, a page's descriptors half written), so they are
+//!   never adopted, listed, pooled, purged or unmapped; their owner is `QUARANTINED` (no
+//!   heap's address, so a new heap that lands where the caught one was owns none of them),
+//!   their map entry `MAP_UNOWNED`, and every free into them is dropped
+//!   (`free::free_other_slow`); they are counted in `stats()` (`segments_quarantined`);
+//! - abandons those of every other dead heap, so that the threads of the child adopt them
+//!   when they free into them; the blocks on such a heap's delayed stack go to their pages'
+//!   own lists; every dead heap's counters go to the retired totals and its tag is free again;
 //! - puts every page of a live heap left in `DELAYED_FREEING` back to the state the dead
 //!   freer found it in, and drops every claim on a huge object.
 //!
 //! What a dead thread was holding in its hands is lost (memory, never correctness): a block it
-//! was freeing, a segment it was handing to a pool, the huge mappings it had cached.
+//! was freeing, a segment it was handing to a pool, the huge mappings it had cached, and the
+//! whole of every segment its heap held if it was inside a slow path (review rev51: 4 MiB a
+//! segment, mapped for the child's life).
 //!
 //! Lock order, everywhere in the allocator: the label names' `NAMES_LOCK` (held alone, by
 //! `label_id`), the label heaps' `CREATE` lock (held only to make
 //! one, with no other lock), a node or label heap's lock, then the registry's, then the
 //! segment lists' (`node_alloc` and `label_alloc` register their heap under its lock).
-//! `fork_prepare` takes them in that order, after glibc's stdio list lock (`os::stdio_list_lock`,
-//! which glibc's `fork` would take later), so no thread holds one of them across the fork,
-//! and with all of them held pins every other thread heap's gate (`pin_gates`), so no thread
-//! is halfway through a slow path either: what the child inherits is what a thread left
-//! between two calls, or in a fast path (a block popped but not yet counted, a free list
-//! half linked: a block lost, never a page or segment inconsistent; but for a refill cut
-//! halfway, `free` and `local_free` starting at the same block, which `abandon_dead` undoes).
+//! `fork_prepare` takes them in that order, after glibc's stdio list lock
+//! (`os::stdio_list_lock`, which glibc's `fork` would take after the handlers, while a
+//! thread holding it may wait for a stream whose holder allocates: review rev52), so no
+//! thread holds one of them across the fork, and waits for nothing else: no other thread is
+//! held up, before or after (review rev51: the
+//! gate pins of ded2978 did, and hung a program whose thread waited at its pinned gate
+//! holding a lock that a prepare handler registered before ours, or glibc's `fork` after the
+//! handlers, takes: tests/fork_atfork_lock.rs). A dead heap the fork caught between two calls
+//! left its segments consistent but for what its ungated steps leave: a block popped but
+//! not yet counted, a free list half linked (a block lost, never a page or segment
+//! inconsistent), and a refill cut halfway, `free` and `local_free` starting at the same
+//! block, which `abandon_dead` undoes (`Page::forget_cut_refill`).
+//!
+//! Assumed of the kernel: the child's copy of each other thread's memory holds that thread's
+//! stores up to a point of its program order (a thread that stores to a page already copied
+//! waits in the fault until the copy is done), so a copy that holds a change a slow path made
+//! holds that path's `OWNER` in the gate too.
 
 use super::counters::note_far_abandoned;
 use super::free::free_delayed;
@@ -45,17 +66,17 @@ use super::labels::{label_heaps, CREATE, NAMES_LOCK};
 use super::node::NODE_HEAPS;
 use super::registry::{give_tag, retire_counters, REGISTRY};
 use super::slices::{for_each_used_page, for_each_used_page_on, let_go};
-use super::tls::{heap, heap_or_unset};
+use super::tls::heap;
 use super::{Heap, HeapRef, DEAD};
 use crate::heap::huge;
 use crate::heap::segment::{
     self, page_of, segment_of, Segment, SegmentKind, SegmentList, ABANDONED, ABANDONED_FULL,
-    NO_TAG, PAGE_IN_FULL, POOLS,
+    BYTES_QUARANTINED, NO_TAG, PAGE_IN_FULL, POOLS, QUARANTINED, SEGMENTS_QUARANTINED,
 };
 use crate::heap::{atfork, gate};
 use crate::sync::{register_once, AtomicU8, Ordering, SpinLock, NOT_REGISTERED, REGISTERED};
 use crate::sys::os;
-use core::ptr::{self, addr_of};
+use core::ptr;
 
 /// Every segment list, in the order `fork_prepare` locks them.
 fn lists() -> impl Iterator<Item = &'static SegmentList> {
@@ -77,40 +98,18 @@ fn node_heap_locks() -> impl Iterator<Item = &'static SpinLock> {
 extern "C" fn fork_prepare() {
     // Registered, as this runs (see `register_once`).
     HANDLERS.store(REGISTERED, Ordering::Relaxed);
-    // First, and kept across the tries: glibc's `fork` takes it after this handler, and a
-    // thread holding it may wait for one a pinned owner holds (review rev50: fflush(NULL)
-    // waited for a getline's stream, whose realloc waited for its gate; see `os`).
+    // First, before any lock of ours: glibc's `fork` takes it after this handler, and a
+    // thread holding it (`fflush(NULL)`) may wait for a stream whose holder is allocating and
+    // needs one of our locks (review rev52: a `getline`'s free adopting an abandoned segment
+    // under the list's lock; see `os`).
     os::stdio_list_lock();
-    let mut spins = 0u32;
-    loop {
-        // The gates first, with the registry lock held only for each look: an owner inside
-        // its slow path may need any other lock to finish it. The gates pinned stay pinned:
-        // their owners wait at their next slow path, holding no lock (see `pin_gates`).
-        while !{
-            let _g = REGISTRY.lock.lock();
-            pin_gates()
-        } {
-            crate::sync::backoff(&mut spins);
-        }
-        lock_all();
-        // Every lock is held: no heap is listed or unlisted meanwhile. One listed since the
-        // look above is pinned now, unless its owner is inside a slow path: then that owner
-        // may be waiting for one of the locks, so they are let go until it has finished.
-        if pin_gates() {
-            return;
-        }
-        unlock_all();
-        crate::sync::backoff(&mut spins);
-    }
+    // The allocator's locks only: no thread is held up, so this waits for no thread but
+    // one holding one of them (for a moment, inside the allocator). A thread inside a gated
+    // slow path is not waited for: the child quarantines its segments (`reset_after_fork`).
+    lock_all();
 }
 
 extern "C" fn fork_parent() {
-    // SAFETY: the registry lock is held (fork_prepare): the listed heaps are valid.
-    unsafe {
-        REGISTRY.heaps.for_each(|h| {
-            gate::unpin_after_fork(&*addr_of!((*h).gate));
-        });
-    }
     unlock_all();
     os::stdio_list_unlock();
 }
@@ -130,47 +129,6 @@ fn unlock_all() {
     atfork::parent(node_heap_locks(), &REGISTRY.lock, lists());
     CREATE.unlock_raw();
     NAMES_LOCK.unlock_raw();
-}
-
-/// With the registry lock held: pins the gate of every listed thread heap but the forking
-/// thread's own (`gate::FORK`), or finds it pinned. Returns whether all are pinned; a gate
-/// held by its owner (inside a slow path) is not, and the caller tries again once it has let
-/// the owner go on.
-///
-/// Why: the slow paths change a heap's segments and pages (slice maps, page counts, queue
-/// links) in steps no lock covers, only the gate. Without this a thread stopped by the
-/// fork halfway through one (a segment's slices taken but not yet counted in its
-/// `used_pages`, a page's descriptors half written) left that segment inconsistent in the
-/// child, which abandoned it and handed it to the child's threads: a segment counted empty
-/// while a large block in it was live went to the pool, and the child crashed freeing that
-/// block (fork_loop.c, 3 children in about 20 000 forks on a loaded machine).
-///
-/// Not the forking thread's heap: it is in no slow path (unless `fork` was called from a
-/// signal handler that interrupted one, which then resumes in both processes), and the
-/// program's prepare handlers that run after this one may allocate through it. Not the node
-/// and label heaps (shared): their locks cover them. No pass holds a gate: the purger's
-/// prepare handler, which runs first, holds `PASS`.
-///
-/// Deadlock-free: an owner waits for its gate only when it enters a slow path, holding no
-/// lock of the allocator; so a pinned owner waits for nothing this thread holds, while an
-/// owner inside a slow path may need any lock, which this thread holds only for a look (the
-/// registry's) or lets go of before it tries again (all of them). A pinned owner may hold a
-/// lock of the program's or of libc's (a stream's, in `getline`): the forking thread must not
-/// wait for one until the parent handler, hence glibc's stdio list lock first (review rev50;
-/// glibc's other such lock, NSS's, is not reachable from here).
-fn pin_gates() -> bool {
-    let me = heap_or_unset();
-    let mut all = true;
-    // SAFETY: the registry lock is held (contract): the listed heaps are valid; `shared` is
-    // set before a heap is listed and never changes; the gate is atomic.
-    unsafe {
-        REGISTRY.heaps.for_each(|h| {
-            if h != me && !(*h).shared && !gate::pin_for_fork(&*addr_of!((*h).gate)) {
-                all = false;
-            }
-        });
-    }
-    all
 }
 
 extern "C" fn fork_child() {
@@ -197,12 +155,6 @@ pub(crate) fn register_fork_handlers() {
     register_once(&HANDLERS, fork_prepare, fork_parent, fork_child);
 }
 
-/// Tags of the heaps that died with the fork (a bit per tag; only the child touches it).
-struct DeadTags(core::cell::UnsafeCell<[u64; (NO_TAG as usize + 1) / 64]>);
-// SAFETY: only the child's single thread, inside fork_child, touches it.
-unsafe impl Sync for DeadTags {}
-static DEAD_TAGS: DeadTags = DeadTags(core::cell::UnsafeCell::new([0; (NO_TAG as usize + 1) / 64]));
-
 /// The child's reset (see the module's comment).
 ///
 /// # Safety
@@ -214,56 +166,45 @@ unsafe fn reset_after_fork() {
     // SAFETY: single-threaded (contract): every heap in the registry stays where it is, and
     // the dead ones' fields are ours to rewrite; the registry lock is held.
     unsafe {
-        let dead_tags = &mut *DEAD_TAGS.0.get();
         // 1. Split the registry: the live heaps stay, the dead ones go on a list of their own
         //    (through the same links).
-        let dead = REGISTRY.heaps.split_after_fork(|h| {
-            if h == me || (*h).shared {
-                return true;
-            }
-            if (*h).tag != NO_TAG {
-                dead_tags[(*h).tag as usize / 64] |= 1 << ((*h).tag % 64);
-            }
-            false
-        });
+        let dead = REGISTRY.heaps.split_after_fork(|h| h == me || (*h).shared);
         // 2. Live heaps: no remote free is in flight any more.
         REGISTRY.heaps.for_each(|h| unstick_delayed_frees(h));
         if dead.is_null() {
             return;
         }
-        // 3. Dead heaps' segments: through the map by tag; those of a heap without a tag
-        //    (only when every tag is taken) through its own list, as far as it is intact.
+        // 3. Every segment whose header names a dead heap, found through the map (which
+        //    catches a segment in transit between a list and the heap's own, and one whose
+        //    map entry its taker had not written yet): quarantined if the fork caught that
+        //    heap inside a slow path (its copied gate reads OWNER), else abandoned. No thread
+        //    but ours exists yet, so a dead heap's address names it alone.
         let now = os::now_ms();
-        segment::for_each_tagged(
-            |tag| dead_tags[tag as usize / 64] & (1 << (tag % 64)) != 0,
-            |seg, _| abandon_dead(seg, now),
-        );
-        let mut d = dead;
-        while !d.is_null() {
-            if (*d).tag == NO_TAG {
-                let mut seg = (*d).segments;
-                let mut n = segment::SEGMENTS.load(Ordering::Relaxed);
-                while !seg.is_null() && n > 0 {
-                    let next = (*seg).next;
-                    if (*seg).owner.load(Ordering::Relaxed) == d as usize {
-                        abandon_dead(seg, now);
-                    }
-                    seg = next;
-                    n -= 1;
-                }
+        segment::for_each_segment(|seg, _| {
+            if (*seg).kind != SegmentKind::Normal {
+                return;
             }
-            d = (*d).reg_next;
-        }
+            let owner = (*seg).owner.load(Ordering::Relaxed);
+            if owner == 0 || owner == QUARANTINED || is_listed(owner) {
+                return;
+            }
+            match dead_heap(dead, owner) {
+                Some(d) if caught(d) => quarantine(seg),
+                Some(_) => abandon_dead(seg, now),
+                None => {}
+            }
+        });
         // 4. Their delayed blocks, counters and tags; then they are dead for good.
         let mut d = dead;
         while !d.is_null() {
             let next = (*d).reg_next;
-            return_delayed(d);
+            if !caught(d) {
+                return_delayed(d);
+            }
+            // A caught heap's stack is left as it is: its blocks are in quarantined segments
+            // (a drain it was in the middle of took them into its hands: lost either way).
             settle_dead(d);
             retire_counters(&mut *d);
-            if (*d).tag != NO_TAG {
-                dead_tags[(*d).tag as usize / 64] &= !(1 << ((*d).tag % 64));
-            }
             give_tag((*d).tag);
             let hp = &mut *d;
             hp.tag = NO_TAG;
@@ -271,10 +212,68 @@ unsafe fn reset_after_fork() {
             hp.reg_next = ptr::null_mut();
             hp.reg_prev = ptr::null_mut();
             hp.state = DEAD;
-            // Pinned for the fork (`pin_gates`): free, as a heap nobody holds.
+            // Free, as a heap nobody holds (a caught one's read OWNER).
             hp.gate.store(gate::FREE, Ordering::Relaxed);
             d = next;
         }
+    }
+}
+
+/// Whether the fork caught dead heap `d` inside a gated slow path: its gate, copied at the
+/// fork, reads `OWNER` (no pass holds a gate across a fork: the purger's prepare handler, which
+/// runs first, waits for the pass to end; see `gate`).
+///
+/// # Safety
+/// Single-threaded child; `d` is a dead heap, before `reset_after_fork` frees its gate.
+unsafe fn caught(d: *mut Heap) -> bool {
+    // SAFETY: per the contract d is a valid heap nobody else touches.
+    unsafe { (*d).gate.load(Ordering::Relaxed) == gate::OWNER }
+}
+
+/// Whether `addr` is a heap still listed in the registry (the forking thread's, a node or
+/// label heap: a handful).
+///
+/// # Safety
+/// Single-threaded child holding the registry lock.
+unsafe fn is_listed(addr: usize) -> bool {
+    let mut found = false;
+    // SAFETY: per the contract the registry is ours to read.
+    unsafe { REGISTRY.heaps.for_each(|h| found |= h as usize == addr) };
+    found
+}
+
+/// The dead heap at `addr`, if one of the list from `dead` is.
+///
+/// # Safety
+/// Single-threaded child; `dead` starts the list `split_after_fork` made.
+unsafe fn dead_heap(dead: *mut Heap, addr: usize) -> Option<*mut Heap> {
+    let mut d = dead;
+    while !d.is_null() {
+        if d as usize == addr {
+            return Some(d);
+        }
+        // SAFETY: per the contract the dead list is ours and intact.
+        d = unsafe { (*d).reg_next };
+    }
+    None
+}
+
+/// Quarantines `seg`, found in the hands of a heap the fork caught inside a slow path, whose
+/// pages' and slices' state may be torn: owner [`QUARANTINED`], map entry `MAP_UNOWNED`, on no
+/// list. Nothing of it is read again but its header's `owner`, `kind` and `map_size`: no
+/// heap takes it, no purge or unmap, every free into it is dropped (`free_other_slow`). Its
+/// far bin blocks stay booked on their node for good, as an exit's abandonment books them.
+///
+/// # Safety
+/// Single-threaded child; `seg` is a normal segment whose header names a dead heap.
+unsafe fn quarantine(seg: *mut Segment) {
+    // SAFETY: per the contract nobody else uses seg; its owner is a dead heap, a valid one.
+    unsafe {
+        let owner = (*seg).owner.load(Ordering::Relaxed) as *mut Heap;
+        note_far_abandoned(HeapRef::new(owner), seg);
+        segment::set_owner(seg, QUARANTINED, NO_TAG);
+        SEGMENTS_QUARANTINED.fetch_add(1, Ordering::Relaxed);
+        BYTES_QUARANTINED.fetch_add((*seg).map_size, Ordering::Relaxed);
     }
 }
 

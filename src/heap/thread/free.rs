@@ -3,7 +3,8 @@
 //! Owns: `free` and C's `free_c` (one segment-map load), the local free and what a page's
 //! emptying or un-filling sets off, the remote free (a push on the page's list, or on the
 //! owner's delayed stack when the page is full), adoption-on-free of abandoned segments (and
-//! the count-down of their live hint), and the owner's drain of its delayed stack. May touch:
+//! the count-down of their live hint), the dropped free into a fork child's quarantined
+//! segment (`fork`), and the owner's drain of its delayed stack. May touch:
 //! the `Heap` fields (`super`), `alloc` (whether a page is nearly full), `bins`, `counters`,
 //! `tls`, `registry` (init on a first free), `slices` (adopt, reclaim, release), `large`
 //! (huge frees), `tick`, `purger` (its gate), `heap::{segment, remote, delayed}`, `sys::os`,
@@ -32,7 +33,7 @@ use crate::heap::page::{check_block, mark_leaked, PAGE_CHECK_FREE};
 use crate::heap::remote::{Block, Pushed, NORMAL};
 use crate::heap::segment::{
     map_tag, page_of, page_of_remote, segment_of, Page, PageKind, Segment, SegmentKind, ABANDONED,
-    ABANDONED_FULL, MAX_NODES, PAGE_IN_FULL,
+    ABANDONED_FULL, FREES_QUARANTINED, MAX_NODES, PAGE_IN_FULL, QUARANTINED,
 };
 use crate::init;
 use crate::sync::Ordering;
@@ -600,7 +601,8 @@ pub(super) unsafe extern "C" fn free_other(h: *mut Heap, seg: *mut Segment, p: *
         let owner = (*seg).owner.load(Ordering::Acquire);
         if (*h).state != ACTIVE
             || (*seg).kind == SegmentKind::Huge
-            || owner == 0
+            // 0: abandoned; QUARANTINED (1): dropped by the slow path. One compare.
+            || owner <= QUARANTINED
             || owner == h as usize
             || (*seg).node as u32 != (*h).node
         {
@@ -684,6 +686,15 @@ pub(super) unsafe extern "C" fn free_delayed(seg: *mut Segment, page: *mut Page,
 #[cold]
 #[inline(never)]
 pub(super) unsafe extern "C" fn free_other_slow(h: *mut Heap, seg: *mut Segment, p: *mut u8) {
+    // SAFETY: p is live (contract), so its segment header is mapped.
+    if unsafe { (*seg).owner.load(Ordering::Relaxed) } == QUARANTINED {
+        // A segment a fork child found in the hands of a thread the fork stopped inside a
+        // slow path: its pages' state may be torn, so nothing of it is read or written, and
+        // the block is lost (`fork`). Its owner never changes again, and was written before
+        // any thread but the child's first existed.
+        FREES_QUARANTINED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if is_unset(h) {
         // SAFETY: forwarded contract.
         return unsafe { free_first(p) };
