@@ -610,11 +610,10 @@ fn exhausted_pages_are_parked_unless_remote_fed_or_of_few_blocks() {
                 [g, f, k],
                 "a page the walk passed stayed before others"
             );
-            // 2- and 4-slice pages of few blocks: kept in the queue too, but at most
-            // `KEEP_SLICES` slices of them per walk (review rev49: in the queue, a quiet
-            // owner's passes never take in other threads' frees into them). Two 3000 B
-            // pages (2 slices each) are both kept; of two 8000 B pages (4 slices each) the
-            // walk keeps the one it meets first and parks the other.
+            // 2- and 4-slice pages of few blocks: kept too, up to `KEEP_SLICES` slices per
+            // walk (review rev49: a quiet owner's passes never reach a page in a queue). Two
+            // 3000 B pages (2 slices) are both kept; of two 8000 B pages (4 slices) the walk
+            // keeps the one it meets first and parks the other.
             for (size, both_kept) in [(3000, true), (8000, false)] {
                 let m = bin_of(size);
                 let first = alloc_bin(m);
