@@ -518,6 +518,7 @@ mod tests {
                 }
             }
             assert_eq!(back, seen);
+            crate::heap::segment::map_remove(seg);
             crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -547,6 +548,7 @@ mod tests {
                     page.free = ptr::null_mut();
                 }
                 assert_eq!(page.capacity, page.reserved);
+                crate::heap::segment::map_remove(seg);
                 crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
                 SEGMENTS.fetch_sub(1, Ordering::Relaxed);
             }
@@ -592,6 +594,7 @@ mod tests {
                     same_line <= groups,
                     "{size}: {same_line} consecutive pairs share a line"
                 );
+                crate::heap::segment::map_remove(seg);
                 crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
                 SEGMENTS.fetch_sub(1, Ordering::Relaxed);
             }
@@ -666,6 +669,7 @@ mod tests {
             assert_eq!(page.collect(), 0);
             assert!(page.free.is_null() && !page.thread_free.has_blocks());
             assert_eq!(page.used, 2, "the dropped blocks stay counted as live");
+            crate::heap::segment::map_remove(seg);
             crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }

@@ -744,6 +744,7 @@ mod tests {
             assert_eq!((*seg).dirty & b_mask, 0);
             assert_eq!((*seg).purge_at, 0, "nothing left to purge");
             Segment::free_page(b2, 1300, 100);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -775,6 +776,7 @@ mod tests {
             assert_eq!((*seg).dirty, 0);
             let again = Segment::take_slices(seg, 8, false);
             assert!((*again).fresh, "purged slices count as fresh again");
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }

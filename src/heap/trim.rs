@@ -340,6 +340,9 @@ mod tests {
     }
 
     pub(super) fn drop_segment(seg: *mut Segment) {
+        // Out of the map first, as every unmap of the allocator does: a fork child reads
+        // the header of every segment the map names (`heap::thread::fork`).
+        crate::heap::segment::map_remove(seg);
         // SAFETY: the test's own segment, no block of it used after this.
         unsafe { crate::sys::os::unmap(seg as *mut u8, SEGMENT_SIZE) };
         SEGMENTS.fetch_sub(1, crate::sync::Ordering::Relaxed);

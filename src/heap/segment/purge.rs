@@ -338,6 +338,7 @@ mod tests {
             assert_eq!(*sb, 0, "given back: reads as zero");
             assert_eq!(*sa, 0xef, "freed again: waits for its own step");
             assert_eq!(((*seg).purge_refused, (*seg).purge_backoff), (0, 0));
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -362,6 +363,7 @@ mod tests {
             assert_ne!((*seg).purge_recent & m, 0, "booked on the delay's schedule");
             assert_eq!(Segment::retry_refused(seg, 5000, 100), 0, "no retry left");
             assert_ne!((*seg).dirty & m, 0, "not purged before its delay");
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -430,6 +432,7 @@ mod tests {
             for &b in &bs {
                 libc::munlock((*b).start() as *const libc::c_void, SLICE_SIZE);
             }
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
             let back_after = back_at.map(|t| t - last_refusal);
@@ -470,6 +473,7 @@ mod tests {
             }
             let (dirty, first) = ((*seg).dirty & mu != 0, *su);
             libc::munlock(sl as *const libc::c_void, SLICE_SIZE);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
             assert!(
@@ -503,6 +507,7 @@ mod tests {
                 2200,
                 "the delay, not a doubled minute"
             );
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -519,6 +524,7 @@ mod tests {
             assert_eq!((*seg).purge_refused, 0, "nothing refused, nothing booked");
             Segment::note_refused(seg, 1 << 3, 5, 0);
             assert_eq!((*seg).purge_retry_at, 5 + PURGE_RETRY_MIN_MS);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }

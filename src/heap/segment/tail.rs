@@ -205,6 +205,7 @@ mod tests {
             assert_eq!((*seg).tails & (1u64 << ai), 0);
             assert_eq!(Segment::tend_tails(seg, 1300, 100, true), 0);
             Segment::free_page(b, 1300, 100);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -236,6 +237,7 @@ mod tests {
             let bad = (0..3 * size).filter(|&k| *s.add(k) != 0x5A).count();
             assert_eq!(bad, 0, "{bad} bytes of the carved blocks lost");
             Segment::free_page(a, 1300, 100);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
@@ -276,6 +278,7 @@ mod tests {
                 "{lost} bytes of a live page given back by a stale tail bit"
             );
             Segment::free_page(b, 1300, 100);
+            crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);
             SEGMENTS.fetch_sub(1, Ordering::Relaxed);
         }
