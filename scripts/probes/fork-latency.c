@@ -1,7 +1,7 @@
 // How long fork() takes while other threads allocate (docs/benchmarks.md, "fork while threads
-// allocate"): tieralloc's prepare handler waits until no other thread is inside a slow path
-// of the allocator (it pins their heaps' gates), and every allocator's handlers take its
-// locks. THREADS threads replace blocks of 16 B to 1 MiB at random in 64 slots (a slow path
+// allocate"): from ded2978 to review rev51 tieralloc's prepare handler waited until no
+// other thread was inside a slow path of the allocator (it pinned their heaps' gates); since,
+// it only takes its locks, as every allocator's handlers do. THREADS threads replace blocks of 16 B to 1 MiB at random in 64 slots (a slow path
 // every few calls for the large ones); the main thread forks FORKS times, each child _exits
 // at once, and the parent times fork() (the call, in the parent) and prints the median, the
 // 90th percentile and the maximum in microseconds. Run it under each allocator:
