@@ -185,12 +185,13 @@ unsafe fn reset_after_fork() {
                 return;
             }
             let owner = (*seg).owner.load(Ordering::Relaxed);
-            if owner == 0 || owner == QUARANTINED || is_listed(owner) {
+            if owner == 0 || owner == QUARANTINED {
                 return;
             }
             match dead_heap(dead, owner) {
                 Some(d) if caught(d) => quarantine(seg),
                 Some(_) => abandon_dead(seg, now),
+                // A live heap's (ours, a node or label heap): left as it is.
                 None => {}
             }
         });
@@ -228,18 +229,6 @@ unsafe fn reset_after_fork() {
 unsafe fn caught(d: *mut Heap) -> bool {
     // SAFETY: per the contract d is a valid heap nobody else touches.
     unsafe { (*d).gate.load(Ordering::Relaxed) == gate::OWNER }
-}
-
-/// Whether `addr` is a heap still listed in the registry (the forking thread's, a node or
-/// label heap: a handful).
-///
-/// # Safety
-/// Single-threaded child holding the registry lock.
-unsafe fn is_listed(addr: usize) -> bool {
-    let mut found = false;
-    // SAFETY: per the contract the registry is ours to read.
-    unsafe { REGISTRY.heaps.for_each(|h| found |= h as usize == addr) };
-    found
 }
 
 /// The dead heap at `addr`, if one of the list from `dead` is.
