@@ -11,10 +11,10 @@
 //!   time = allocation time here + free time there, per object, batches of 1024 (the
 //!   hand-over between the threads is not timed).
 //!
-//! `cargo bench --bench latency [-- <filter>]`.
+//! `cargo bench --features bench-peers --bench latency [-- <filter>]` (without the feature only
+//! tieralloc and the system allocator are measured: the peers' C sources are not built).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mimalloc::MiMalloc;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -22,19 +22,26 @@ use std::time::{Duration, Instant};
 use tieralloc::TierAlloc;
 
 static TIER: TierAlloc = TierAlloc::new();
-static MI: MiMalloc = MiMalloc;
+#[cfg(feature = "bench-peers")]
+static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "bench-peers")]
 static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "bench-peers")]
 static NUMA: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
 static SYS: System = System;
 
-fn allocators() -> [(&'static str, &'static (dyn GlobalAlloc + Sync)); 5] {
-    [
-        ("tieralloc", &TIER),
-        ("mimalloc", &MI),
+/// The allocators each group compares: the peers only in a build with `bench-peers`.
+fn allocators() -> Vec<(&'static str, &'static (dyn GlobalAlloc + Sync))> {
+    let mut all: Vec<(&'static str, &'static (dyn GlobalAlloc + Sync))> =
+        vec![("tieralloc", &TIER)];
+    #[cfg(feature = "bench-peers")]
+    all.extend([
+        ("mimalloc", &MI as &'static (dyn GlobalAlloc + Sync)),
         ("jemalloc", &JE),
         ("numalloc", &NUMA),
-        ("system", &SYS),
-    ]
+    ]);
+    all.push(("system", &SYS));
+    all
 }
 
 fn config() -> Criterion {

@@ -7,11 +7,12 @@
 //!
 //! ```text
 //! cargo run --release --features prometheus --example service -- --port 0
-//! TIERALLOC_SERVICE_ALLOC=mimalloc cargo run --release --features prometheus --example service
+//! TIERALLOC_SERVICE_ALLOC=mimalloc cargo run --release --features prometheus,bench-peers --example service
 //! ```
 //!
 //! The global allocator is chosen by `TIERALLOC_SERVICE_ALLOC` (`tieralloc`, the default,
-//! `mimalloc` or `system`), read once on the first allocation with `libc::getenv`, which does
+//! `mimalloc` (builds with the `bench-peers` feature only) or `system`; any other value is
+//! refused at start-up with exit status 2), read once on the first allocation with `libc::getenv`, which does
 //! not allocate (the dispatcher is benches/support/dispatch.rs, shared with the benchmarks).
 //! The first line on stdout is `listening on 127.0.0.1:PORT`. SIGTERM or Ctrl-C shut it down
 //! gracefully.
@@ -25,8 +26,8 @@ mod dispatch;
 
 use dispatch::{Choice, Dispatch};
 
-/// Forwards to the allocator named by `TIERALLOC_SERVICE_ALLOC` (tieralloc when unset or not
-/// one of the three offered).
+/// Forwards to the allocator named by `TIERALLOC_SERVICE_ALLOC` (tieralloc when unset; `main`
+/// refuses a name that is not served).
 #[global_allocator]
 static GLOBAL: Dispatch = Dispatch::new(
     c"TIERALLOC_SERVICE_ALLOC",
@@ -74,7 +75,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// Exits with status 2 if `TIERALLOC_SERVICE_ALLOC` names an allocator this build does not
+/// serve (the dispatcher would have served tieralloc instead, silently).
+fn check_allocator_choice() {
+    let Some(asked) = std::env::var_os("TIERALLOC_SERVICE_ALLOC") else {
+        return;
+    };
+    if asked.to_str() != Some(allocator_name()) {
+        eprintln!(
+            "TIERALLOC_SERVICE_ALLOC={}: not served by this build; choose tieralloc, system or \
+             (built with --features bench-peers) mimalloc",
+            asked.to_string_lossy()
+        );
+        std::process::exit(2);
+    }
+}
+
 fn main() {
+    check_allocator_choice();
     let (port, workers) = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -15,4 +15,4 @@ if ! command -v valgrind >/dev/null; then
     exit 1
   fi
 fi
-exec cargo bench --bench workloads -- --callgrind "$@"
+exec cargo bench --features bench-peers --bench workloads -- --callgrind "$@"

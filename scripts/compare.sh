@@ -6,7 +6,7 @@
 # target/bench-results/workloads.json. Extra arguments go to the driver, e.g.
 #   scripts/compare.sh --only pairs,larson --runs 5
 #   scripts/compare.sh --plots /tmp/img        # also draw the SVG charts
-# Full sizes, 5 runs, charts into docs/img: cargo bench --bench workloads -- --plots
+# Full sizes, 5 runs, charts into docs/img: cargo bench --features bench-peers --bench workloads -- --plots
 # (see docs/benchmarks.md). jemalloc's C sources are built by its crate with cc and make.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,4 @@ if ! command -v make >/dev/null || ! command -v cc >/dev/null; then
     exit 1
   fi
 fi
-exec cargo bench --bench workloads -- --quick "$@"
+exec cargo bench --features bench-peers --bench workloads -- --quick "$@"

@@ -1,7 +1,8 @@
 //! A `#[global_allocator]` that forwards every call to one allocator chosen at run time by an
-//! environment variable: tieralloc, mimalloc, jemalloc (tikv-jemallocator), numalloc, the
-//! system allocator, or TCMalloc (`tcmalloc-better`, only with the `bench-tcmalloc` feature;
-//! without it the name is refused and the default serves).
+//! environment variable: tieralloc, the system allocator, mimalloc, jemalloc
+//! (tikv-jemallocator) and numalloc (only with the `bench-peers` feature), or TCMalloc
+//! (`tcmalloc-better`, only with the `bench-tcmalloc` feature). A name whose feature is off is
+//! refused and the default serves.
 //!
 //! Owns: the choice (read once, on the first call, with `libc::getenv`, which does not
 //! allocate, then cached in an atomic) and the forwarding of the four `GlobalAlloc` calls.
@@ -9,9 +10,10 @@
 //!
 //! Shared, with `#[path = ...] mod dispatch;`, by benches/workloads (`TIERALLOC_BENCH_ALLOC`,
 //! system when unset) and examples/service.rs (`TIERALLOC_SERVICE_ALLOC`, tieralloc when
-//! unset), so it uses only the crate and its dev-dependencies. After the first call every
-//! call pays one relaxed load and one compare-and-branch whose outcome never changes within a
-//! process (perfectly predicted), the same for every allocator.
+//! unset), so it uses only the crate, its dev-dependencies and the benchmark-only optional
+//! dependencies. After the first call every call pays one relaxed load and one
+//! compare-and-branch whose outcome never changes within a process (perfectly predicted), the
+//! same for every allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CStr;
@@ -20,24 +22,27 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// The allocators a [`Dispatch`] can forward to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[allow(
+    dead_code,
+    reason = "a target names only the choices it offers, and a peer's is made only with its feature"
+)]
 pub enum Choice {
     TierAlloc = 1,
     Mimalloc = 2,
     System = 3,
     Jemalloc = 4,
     Numalloc = 5,
-    #[allow(
-        dead_code,
-        reason = "only targets that offer it (benches/workloads) name it"
-    )]
     Tcmalloc = 6,
 }
 
 // The hot path matches on these bytes; anything else (`Choice::System`) is the system allocator.
 const UNSET: u8 = 0;
 const TIER: u8 = Choice::TierAlloc as u8;
+#[cfg(feature = "bench-peers")]
 const MI: u8 = Choice::Mimalloc as u8;
+#[cfg(feature = "bench-peers")]
 const JE: u8 = Choice::Jemalloc as u8;
+#[cfg(feature = "bench-peers")]
 const NUMA: u8 = Choice::Numalloc as u8;
 #[cfg(feature = "bench-tcmalloc")]
 const TC: u8 = Choice::Tcmalloc as u8;
@@ -58,9 +63,12 @@ impl Choice {
     fn from_name(name: &[u8]) -> Option<Choice> {
         Some(match name {
             b"tieralloc" => Choice::TierAlloc,
+            #[cfg(feature = "bench-peers")]
             b"mimalloc" => Choice::Mimalloc,
             b"system" => Choice::System,
+            #[cfg(feature = "bench-peers")]
             b"jemalloc" => Choice::Jemalloc,
+            #[cfg(feature = "bench-peers")]
             b"numalloc" => Choice::Numalloc,
             #[cfg(feature = "bench-tcmalloc")]
             b"tcmalloc" => Choice::Tcmalloc,
@@ -71,8 +79,11 @@ impl Choice {
     fn from_u8(v: u8) -> Choice {
         match v {
             TIER => Choice::TierAlloc,
+            #[cfg(feature = "bench-peers")]
             MI => Choice::Mimalloc,
+            #[cfg(feature = "bench-peers")]
             JE => Choice::Jemalloc,
+            #[cfg(feature = "bench-peers")]
             NUMA => Choice::Numalloc,
             #[cfg(feature = "bench-tcmalloc")]
             TC => Choice::Tcmalloc,
@@ -82,8 +93,11 @@ impl Choice {
 }
 
 static TIERALLOC: tieralloc::TierAlloc = tieralloc::TierAlloc::new();
+#[cfg(feature = "bench-peers")]
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "bench-peers")]
 static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "bench-peers")]
 static NUMALLOC: numalloc::NumaAlloc = numalloc::NumaAlloc::new();
 #[cfg(feature = "bench-tcmalloc")]
 static TCMALLOC: tcmalloc_better::TCMalloc = tcmalloc_better::TCMalloc;
@@ -146,28 +160,36 @@ impl Dispatch {
     }
 }
 
-/// `$a` bound to the chosen allocator (a `&'static` of its type), then `$call`.
-#[cfg(not(feature = "bench-tcmalloc"))]
+/// `$a` bound to the chosen allocator (a `&'static` of its type), then `$call`. The peers'
+/// arms exist only in builds with their feature; without it their choice never gets made
+/// (`from_name` refuses the name), so the system arm would not be reached for them either.
 macro_rules! forward {
     ($self:ident, $a:ident => $call:expr) => {
-        forward_arms!($self, $a => $call;
-            TIER: TIERALLOC, MI: MIMALLOC, JE: JEMALLOC, NUMA: NUMALLOC)
-    };
-}
-#[cfg(feature = "bench-tcmalloc")]
-macro_rules! forward {
-    ($self:ident, $a:ident => $call:expr) => {
-        forward_arms!($self, $a => $call;
-            TIER: TIERALLOC, MI: MIMALLOC, JE: JEMALLOC, NUMA: NUMALLOC, TC: TCMALLOC)
-    };
-}
-macro_rules! forward_arms {
-    ($self:ident, $a:ident => $call:expr; $($k:ident: $alloc:ident),*) => {
         match $self.chosen() {
-            $($k => {
-                let $a = &$alloc;
+            TIER => {
+                let $a = &TIERALLOC;
                 $call
-            })*
+            }
+            #[cfg(feature = "bench-peers")]
+            MI => {
+                let $a = &MIMALLOC;
+                $call
+            }
+            #[cfg(feature = "bench-peers")]
+            JE => {
+                let $a = &JEMALLOC;
+                $call
+            }
+            #[cfg(feature = "bench-peers")]
+            NUMA => {
+                let $a = &NUMALLOC;
+                $call
+            }
+            #[cfg(feature = "bench-tcmalloc")]
+            TC => {
+                let $a = &TCMALLOC;
+                $call
+            }
             _ => {
                 let $a = &System;
                 $call

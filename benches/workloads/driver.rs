@@ -8,8 +8,8 @@
 use crate::cli::Cli;
 use crate::metrics::METRICS;
 use crate::report::{fmt_val, metric_of, tables, Results};
+use crate::{alloc_needs, ALLOCS, ENV_ALLOC, ENV_QUICK, ENV_WORKLOAD, WORKLOADS};
 use crate::{callgrind, plots};
-use crate::{ALLOCS, ALLOC_NEEDS, ENV_ALLOC, ENV_QUICK, ENV_WORKLOAD, WORKLOADS};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -155,12 +155,13 @@ fn resolve_workloads(only: &[String]) -> Vec<&'static str> {
 
 pub fn driver(cli: Cli) {
     let exe = std::env::current_exe().expect("current_exe");
+    let needs = alloc_needs();
     for a in &cli.allocs {
         if !ALLOCS.contains(&a.as_str()) {
             eprintln!("unknown allocator {a}; choose from {ALLOCS:?}");
             std::process::exit(2);
         }
-        if let Some((_, how)) = ALLOC_NEEDS.iter().find(|(n, _)| n == a) {
+        if let Some((_, how)) = needs.iter().find(|(n, _)| n == a) {
             eprintln!("{a} is not in this build: {how}");
             std::process::exit(2);
         }

@@ -26,8 +26,10 @@
 //! traffic. The driver prints markdown tables (medians, ratios against mimalloc), writes JSON,
 //! and with `--plots DIR` draws SVG charts.
 //!
-//! Usage: `cargo bench --bench workloads -- [--quick] [--runs N] [--only pairs,larson]
-//! [--allocs tieralloc,mimalloc] [--json PATH] [--plots [DIR]] [--callgrind]`.
+//! Usage: `cargo bench --features bench-peers --bench workloads -- [--quick] [--runs N]
+//! [--only pairs,larson] [--allocs tieralloc,mimalloc] [--json PATH] [--plots [DIR]]
+//! [--callgrind]`. Without `bench-peers` only `--allocs tieralloc,system` runs (the peers'
+//! names are refused with the feature that builds them).
 //!
 //! This file owns the process: the global allocator, the names shared by driver and worker
 //! (environment variables, allocators, workloads) and `main`, which runs the worker when
@@ -93,7 +95,7 @@ static GLOBAL: Dispatch = Dispatch::new(
 );
 
 /// The allocators `--allocs` may name; `tcmalloc` only in a build with the `bench-tcmalloc`
-/// feature (see [`ALLOC_NEEDS`]).
+/// feature, the peers only with `bench-peers` (see [`alloc_needs`]).
 const ALLOCS: [&str; 6] = [
     "tieralloc",
     "mimalloc",
@@ -102,15 +104,27 @@ const ALLOCS: [&str; 6] = [
     "system",
     "tcmalloc",
 ];
-/// Allocators this build cannot run, with what it takes to run them.
-const ALLOC_NEEDS: &[(&str, &str)] = if cfg!(feature = "bench-tcmalloc") {
-    &[]
-} else {
-    &[(
-        "tcmalloc",
-        "build with `cargo bench --features bench-tcmalloc --bench workloads`",
-    )]
-};
+/// Allocators this build cannot run, with what it takes to run them (the peers' C and C++
+/// sources are built only with their features).
+fn alloc_needs() -> Vec<(&'static str, &'static str)> {
+    let mut needs = Vec::new();
+    if !cfg!(feature = "bench-peers") {
+        for a in ["mimalloc", "jemalloc", "numalloc"] {
+            needs.push((
+                a,
+                "build with `cargo bench --features bench-peers --bench workloads` \
+                 (scripts/compare.sh does)",
+            ));
+        }
+    }
+    if !cfg!(feature = "bench-tcmalloc") {
+        needs.push((
+            "tcmalloc",
+            "build with `cargo bench --features bench-peers,bench-tcmalloc --bench workloads`",
+        ));
+    }
+    needs
+}
 const WORKLOADS: [&str; 8] = [
     "pairs",
     "prodcons",
