@@ -153,6 +153,14 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
                 return crate::heap::secure::pop_bad_link(page, block, counter);
             }
             (*page).free = next;
+            // The next pop reads `next`'s link, and the program writes the block: a line
+            // another thread's free wrote last, or one that left the cache since its own
+            // free (`larson`: 83 % of `malloc`'s samples stalled on this read). Fetched now,
+            // while the program uses this block. A prefetch never faults (`next` may be null).
+            #[cfg(target_arch = "x86_64")]
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                next as *const i8,
+            );
             (*page).used += 1;
             bump(counter, 1);
             // The secure build: no longer free (its freed marker cleared), and its canary
