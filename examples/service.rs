@@ -78,14 +78,10 @@ async fn shutdown_signal() {
 /// Exits with status 2 if `TIERALLOC_SERVICE_ALLOC` names an allocator this build does not
 /// serve (the dispatcher would have served tieralloc instead, silently).
 fn check_allocator_choice() {
-    let Some(asked) = std::env::var_os("TIERALLOC_SERVICE_ALLOC") else {
-        return;
-    };
-    if asked.to_str() != Some(allocator_name()) {
+    if let Some(asked) = GLOBAL.refused() {
         eprintln!(
-            "TIERALLOC_SERVICE_ALLOC={}: not served by this build; choose tieralloc, system or \
-             (built with --features bench-peers) mimalloc",
-            asked.to_string_lossy()
+            "TIERALLOC_SERVICE_ALLOC={asked}: not served by this build; choose tieralloc, \
+             system or (built with --features bench-peers) mimalloc"
         );
         std::process::exit(2);
     }

@@ -127,6 +127,21 @@ impl Dispatch {
         Choice::from_u8(self.chosen())
     }
 
+    /// The value of the environment variable if it names no allocator this dispatcher serves
+    /// (a name not offered, unknown, or whose feature this build lacks): the dispatcher then
+    /// serves its default, which a program should say rather than run as if asked. Not for
+    /// the allocation path (it may allocate).
+    #[allow(
+        dead_code,
+        reason = "the service refuses such a value; the benchmark driver checks its own list"
+    )]
+    pub fn refused(&self) -> Option<String> {
+        let var = std::str::from_utf8(self.var.to_bytes()).ok()?;
+        let asked = std::env::var_os(var)?;
+        let asked = asked.to_string_lossy().into_owned();
+        (asked != self.choice().name()).then_some(asked)
+    }
+
     #[inline(always)]
     fn chosen(&self) -> u8 {
         let c = self.chosen.load(Ordering::Relaxed);
