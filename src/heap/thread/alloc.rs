@@ -153,10 +153,11 @@ pub(super) unsafe fn pop_block(page: *mut Page, counter: &AtomicU64) -> *mut Blo
                 return crate::heap::secure::pop_bad_link(page, block, counter);
             }
             (*page).free = next;
-            // The next pop reads `next`'s link, and the program writes the block: a line
-            // another thread's free wrote last, or one that left the cache since its own
-            // free (`larson`: 83 % of `malloc`'s samples stalled on this read). Fetched now,
-            // while the program uses this block. A prefetch never faults (`next` may be null).
+            // The next pop reads `next`'s link (and the program then writes the block): its
+            // line was last written by another thread's free, or left the cache since this
+            // thread's (`larson`: 83 % of `malloc`'s samples stalled on that read). Fetched
+            // now, while the program uses this block. A prefetch never faults (`next` may be
+            // null).
             #[cfg(target_arch = "x86_64")]
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                 next as *const i8,
