@@ -180,31 +180,22 @@ impl Dispatch {
 /// (`from_name` refuses the name), so the system arm would not be reached for them either.
 macro_rules! forward {
     ($self:ident, $a:ident => $call:expr) => {
+        forward_arms!($self, $a => $call;
+            TIER: TIERALLOC,
+            #[cfg(feature = "bench-peers")] MI: MIMALLOC,
+            #[cfg(feature = "bench-peers")] JE: JEMALLOC,
+            #[cfg(feature = "bench-peers")] NUMA: NUMALLOC,
+            #[cfg(feature = "bench-tcmalloc")] TC: TCMALLOC)
+    };
+}
+/// One arm per `[#[cfg]] CHOICE: STATIC`, then the system allocator's.
+macro_rules! forward_arms {
+    ($self:ident, $a:ident => $call:expr; $($(#[$m:meta])* $k:ident: $alloc:ident),*) => {
         match $self.chosen() {
-            TIER => {
-                let $a = &TIERALLOC;
+            $($(#[$m])* $k => {
+                let $a = &$alloc;
                 $call
-            }
-            #[cfg(feature = "bench-peers")]
-            MI => {
-                let $a = &MIMALLOC;
-                $call
-            }
-            #[cfg(feature = "bench-peers")]
-            JE => {
-                let $a = &JEMALLOC;
-                $call
-            }
-            #[cfg(feature = "bench-peers")]
-            NUMA => {
-                let $a = &NUMALLOC;
-                $call
-            }
-            #[cfg(feature = "bench-tcmalloc")]
-            TC => {
-                let $a = &TCMALLOC;
-                $call
-            }
+            })*
             _ => {
                 let $a = &System;
                 $call
