@@ -12,8 +12,9 @@
 //!
 //! The global allocator is chosen by `TIERALLOC_SERVICE_ALLOC` (`tieralloc`, the default,
 //! `mimalloc` (builds with the `bench-peers` feature only) or `system`; any other value is
-//! refused at start-up with exit status 2), read once on the first allocation with `libc::getenv`, which does
-//! not allocate (the dispatcher is benches/support/dispatch.rs, shared with the benchmarks).
+//! refused at start-up with exit status 2), read once on the first allocation with
+//! `libc::getenv`, which does not allocate (the dispatcher is benches/support/dispatch.rs,
+//! shared with the benchmarks).
 //! The first line on stdout is `listening on 127.0.0.1:PORT`. SIGTERM or Ctrl-C shut it down
 //! gracefully.
 

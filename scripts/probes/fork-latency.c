@@ -1,10 +1,11 @@
 // How long fork() takes while other threads allocate (docs/benchmarks.md, "fork while threads
 // allocate"): from ded2978 to review rev51 tieralloc's prepare handler waited until no
 // other thread was inside a slow path of the allocator (it pinned their heaps' gates); since,
-// it only takes its locks, as every allocator's handlers do. THREADS threads replace blocks of 16 B to 1 MiB at random in 64 slots (a slow path
-// every few calls for the large ones); the main thread forks FORKS times, each child _exits
-// at once, and the parent times fork() (the call, in the parent) and prints the median, the
-// 90th percentile and the maximum in microseconds. Run it under each allocator:
+// it only takes its locks, as every allocator's handlers do. THREADS threads replace blocks
+// of 16 B to 1 MiB at random in 64 slots (a slow path every few calls for the large ones);
+// the main thread forks FORKS times, each child _exits at once, and the parent times fork()
+// (the call, in the parent) and prints the median, the 90th percentile and the maximum in
+// microseconds. Run it under each allocator:
 //   cc -O2 -pthread scripts/probes/fork-latency.c -o /tmp/fork-latency
 //   LD_PRELOAD=target/release/libtieralloc_preload.so /tmp/fork-latency [threads] [forks]
 #define _GNU_SOURCE
