@@ -419,8 +419,9 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
 }
 
 /// A run of `n` resident free slices from a segment of our node that is not ours yet, taken
-/// before any of our segments' untouched slices: a pooled segment with such a run, else an
-/// abandoned one (those left with room), adopted. Null if none has one.
+/// before any of our segments' untouched slices: an abandoned segment (of those left with
+/// room) with such a run, adopted (its live pages' free blocks are reused too, as in
+/// `adopt_from`), else a pooled one. Null if none has one.
 ///
 /// # Safety
 /// As for [`take_slices`].
@@ -445,23 +446,22 @@ unsafe fn take_resident_elsewhere(
         let fits = |seg: *mut Segment| {
             crate::heap::segment::find_run((*seg).free_slices & (*seg).dirty, n, from).is_some()
         };
+        if h.label == 0 {
+            let seg = ABANDONED[node].pop_first(h.addr(), h.tag, fits);
+            if !seg.is_null() {
+                adopt_segment(h, seg);
+                return Segment::take_slices(seg, n, allow_slice0);
+            }
+        }
         let seg = POOLS[node].pop_first(h.addr(), h.tag, fits);
-        if !seg.is_null() {
-            (*seg).purge_at = 0;
-            book_free_slices(seg, os::now_ms());
-            link_segment(h, seg);
-            note_segment_idle(h, seg);
-            return Segment::take_slices_from(seg, n, allow_slice0, true);
-        }
-        if h.label != 0 {
-            return ptr::null_mut();
-        }
-        let seg = ABANDONED[node].pop_first(h.addr(), h.tag, fits);
         if seg.is_null() {
             return ptr::null_mut();
         }
-        adopt_segment(h, seg);
-        Segment::take_slices(seg, n, allow_slice0)
+        (*seg).purge_at = 0;
+        book_free_slices(seg, os::now_ms());
+        link_segment(h, seg);
+        note_segment_idle(h, seg);
+        Segment::take_slices_from(seg, n, allow_slice0, true)
     }
 }
 
