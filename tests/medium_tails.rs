@@ -352,10 +352,6 @@ fn child_adopted_tails() {
     if !is_scenario("adopted-tails") {
         return;
     }
-    // This thread's own resident free slices first: its allocations below (the worker's
-    // channels) take those, not the exited thread's segment, which a heap with no resident
-    // run of its own adopts for its resident ones (review rev53), leaving the worker none.
-    let mine = resident_free_slices(16 * 16);
     let kept = std::thread::spawn(|| resident_free_slices(16 * 16))
         .join()
         .unwrap();
@@ -374,7 +370,6 @@ fn child_adopted_tails() {
     );
     drop_block(p, s, 0xE1);
     drop_block(kept, SMALL, 0);
-    drop_block(mine, SMALL, 0);
 }
 
 #[test]

@@ -10,11 +10,10 @@
 //!
 //! Protocol: a node on a list has no owner (owner 0). Putting it on (`push_abandoned`) stores
 //! the list's tag in the node and lets go of it (the owner store is a release, after every
-//! write its last owner made); taking it off (`pop`, `pop_first`, `claim`) clears the tag and
-//! gives it to the taker. Both happen under the list's lock, whose acquire/release orders
-//! them, so the taker sees everything the last owner wrote. `claim` takes a node only if it
-//! is still on this very list, so two threads that race to claim the same node never both
-//! get it.
+//! write its last owner made); taking it off (`pop`, `claim`) clears the tag and gives it to
+//! the taker. Both happen under the list's lock, whose acquire/release orders them, so the
+//! taker sees everything the last owner wrote. `claim` takes a node only if it is still on
+//! this very list, so two threads that race to claim the same node never both get it.
 //!
 //! A visit ([`LockedList::try_visit`], the background purger's `madvise` of abandoned
 //! segments) works on one listed node at a time with the lock released: the node is marked
@@ -240,36 +239,6 @@ impl<N: ListNode> LockedList<N> {
         unsafe {
             let mut n = self.head.with(|h| *h);
             if !n.is_null() && n == self.busy_locked() {
-                n = N::next(n);
-            }
-            if !n.is_null() {
-                self.unlink_locked(n);
-                N::set_list_tag(n, 0);
-                N::set_owner(n, owner, tag);
-            }
-            n
-        }
-    }
-
-    /// Pops the first node (front to back) that `fits` says yes to, giving it to `owner`,
-    /// whose tag is `tag`; `fits` is asked with the lock held, and a node a visit works on is
-    /// passed over (its fields are the visitor's). Null if none fits.
-    pub fn pop_first(
-        &self,
-        owner: usize,
-        tag: u16,
-        mut fits: impl FnMut(*mut N) -> bool,
-    ) -> *mut N {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return ptr::null_mut();
-        }
-        let _g = self.lock.lock();
-        // SAFETY: we hold the lock, so the head, the links and the listed nodes' fields (but
-        // the busy node's) are ours to read and change.
-        unsafe {
-            let busy = self.busy_locked();
-            let mut n = self.head.with(|h| *h);
-            while !n.is_null() && (n == busy || !fits(n)) {
                 n = N::next(n);
             }
             if !n.is_null() {

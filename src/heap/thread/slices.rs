@@ -2,10 +2,8 @@
 //! segments.
 //!
 //! Owns: the heap's segment list (`segments`), where a new page's slices come from (our
-//! segments' resident runs, a pooled or abandoned segment of our node with a resident run,
-//! our untouched slices, an abandoned one of our node, the pool, a new mapping; a tier
-//! policy's node for a new segment through `route::segment_node`, whose abandoned segments
-//! come first there),
+//! segments, an abandoned one of our node, the pool, a new mapping; a tier policy's node for
+//! a new segment through `route::segment_node`, whose abandoned segments come first there),
 //! giving up (nearly) full segments, adopting abandoned ones, the live hint of an abandoned
 //! segment and reclaiming one that other threads' frees emptied (`reclaim_emptied`), and
 //! handing empty ones to the pool. May touch: the `Heap` fields (`super`), `bins` (queue
@@ -328,22 +326,13 @@ pub(super) unsafe fn take_slices(mut h: HeapRef, n: usize, allow_slice0: bool) -
 unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut Page {
     // SAFETY: all segments on our list are ours; the rest per the contract.
     unsafe {
-        // Resident free slices of any of our segments first, then those of a pooled or
-        // abandoned segment of our node (`take_resident_elsewhere`), then any free slices: new
-        // memory is touched only when no segment we own or may take has a resident run that
-        // fits (review rev53: freed runs that waited out the purge delay in the pool or
-        // abandoned while threads touched their own segments' untouched slices).
+        // Resident free slices of any of our segments first, then any free slices: new memory
+        // is touched only when no segment has a resident run that fits.
         // A page commits its bytes on its segment's node: not in a segment whose tier's
         // budget is spent while a slower tier has room (the new segment below spills there).
         let budget = crate::heap::route::ACTIVE.load(Ordering::Relaxed) && !h.shared;
         let bytes = n * SLICE_SIZE;
         for dirty_only in [true, false] {
-            if !dirty_only {
-                let p = take_resident_elsewhere(h, n, allow_slice0, budget);
-                if !p.is_null() {
-                    return p;
-                }
-            }
             let mut seg = h.segments;
             while !seg.is_null() {
                 if !(budget && crate::heap::route::would_spill((*seg).node as u32, bytes)) {
@@ -415,53 +404,6 @@ unsafe fn take_slices_in(mut h: HeapRef, n: usize, allow_slice0: bool) -> *mut P
         link_segment(h, seg);
         note_segment_idle(h, seg);
         Segment::take_slices(seg, n, allow_slice0)
-    }
-}
-
-/// A run of `n` resident free slices from a segment of our node that is not ours yet, taken
-/// before any of our segments' untouched slices: an abandoned segment (of those left with
-/// room) with such a run, adopted (its live pages' free blocks are reused too, as in
-/// `adopt_from`), else a pooled one. Null if none has one.
-///
-/// # Safety
-/// As for [`take_slices`].
-unsafe fn take_resident_elsewhere(
-    h: HeapRef,
-    n: usize,
-    allow_slice0: bool,
-    budget: bool,
-) -> *mut Page {
-    #[cfg(test)]
-    if NO_NEW_SEGMENT.with(|c| c.get()) {
-        return ptr::null_mut();
-    }
-    let node = h.node as usize;
-    if budget && crate::heap::route::would_spill(node as u32, n * SLICE_SIZE) {
-        return ptr::null_mut();
-    }
-    let from = if allow_slice0 { 0 } else { 1 };
-    // SAFETY: `fits` reads the bitmaps of a listed segment nobody owns, with its list's lock
-    // held (no visit works on it: passed over); a segment popped for h is h's.
-    unsafe {
-        let fits = |seg: *mut Segment| {
-            crate::heap::segment::find_run((*seg).free_slices & (*seg).dirty, n, from).is_some()
-        };
-        if h.label == 0 {
-            let seg = ABANDONED[node].pop_first(h.addr(), h.tag, fits);
-            if !seg.is_null() {
-                adopt_segment(h, seg);
-                return Segment::take_slices(seg, n, allow_slice0);
-            }
-        }
-        let seg = POOLS[node].pop_first(h.addr(), h.tag, fits);
-        if seg.is_null() {
-            return ptr::null_mut();
-        }
-        (*seg).purge_at = 0;
-        book_free_slices(seg, os::now_ms());
-        link_segment(h, seg);
-        note_segment_idle(h, seg);
-        Segment::take_slices_from(seg, n, allow_slice0, true)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use super::super::free::free;
 use super::super::large::alloc_huge;
-use super::super::slices::NO_NEW_SEGMENT;
 use super::super::tick::heap_collect;
 use super::super::tls::heap;
 use super::super::tls::own;
@@ -177,10 +176,6 @@ unsafe fn two_exhausted_pages(bin: usize) -> (*mut Page, *mut Page, Vec<*mut u8>
         let mut live = vec![alloc_bin(bin)];
         let f = page_of_ptr(live[0]);
         assert!((*f).reserved < FEW_BLOCKS);
-        // g from our own segment's room: not from a segment another test's exited thread
-        // left, adopted for a resident run with its pages of `bin` put in our queue (review
-        // rev53: `take_slices` looks there before our untouched slices).
-        NO_NEW_SEGMENT.with(|c| c.set(true));
         while !exhausted(f) {
             live.push(alloc_bin(bin));
         }
@@ -192,7 +187,6 @@ unsafe fn two_exhausted_pages(bin: usize) -> (*mut Page, *mut Page, Vec<*mut u8>
             assert_eq!(page_of_ptr(p), g, "g did not carve its own blocks first");
             live.push(p);
         }
-        NO_NEW_SEGMENT.with(|c| c.set(false));
         assert_eq!(own().pages[bin], g);
         assert_eq!((*g).next, f);
         (f, g, live)
