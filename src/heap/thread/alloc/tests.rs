@@ -326,3 +326,37 @@ fn a_collection_that_leaves_memory_waiting_sends_the_next_refill_the_long_way() 
     .join()
     .unwrap();
 }
+
+/// A thread's first blocks of a medium bin (over 8 KiB) go on pages of
+/// `SPARSE_MEDIUM_SLICES` slices, not 512 KiB ones; once it has handed out
+/// `SPARSE_MEDIUM_BLOCKS` of them, its new pages take `MEDIUM_PAGE_SLICES` (review rev53:
+/// `xthread`'s threads held a 512 KiB page for each medium bin they put one to six blocks in).
+#[test]
+fn a_sparse_medium_bin_takes_small_pages_until_it_is_busy() {
+    std::thread::spawn(|| {
+        let bin = bin_of(40 << 10);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once; the
+        // pointers looked up are live blocks of ours.
+        unsafe {
+            let slices = |p: *mut u8| (*page_of(segment_of(p), p)).slice_count as usize;
+            let mut live = Vec::new();
+            let first = alloc_bin(bin);
+            assert_eq!(slices(first), 2, "the first page of a medium bin");
+            live.push(first);
+            for _ in 0..24 {
+                live.push(alloc_bin(bin));
+            }
+            let last = *live.last().unwrap();
+            assert_eq!(
+                slices(last),
+                crate::heap::size_class::MEDIUM_PAGE_SLICES,
+                "a busy medium bin's page"
+            );
+            for p in live {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
