@@ -360,3 +360,40 @@ fn a_sparse_medium_bin_takes_small_pages_until_it_is_busy() {
     .join()
     .unwrap();
 }
+
+/// Review rev55: a sparse page of the largest medium class (64 KiB blocks on 2 slices, never
+/// slice 0, so no segment header in it) holds two blocks in both builds (the `secure`
+/// build's canary trailer lies inside the block, its keys in the page descriptor): the
+/// largest request of the class, through the global allocator, filled whole and freed (the
+/// `secure` build checks each canary on the free).
+#[test]
+fn a_sparse_page_of_the_largest_medium_class_holds_two_blocks() {
+    use crate::heap::size_class::MEDIUM_MAX;
+    use core::alloc::{GlobalAlloc, Layout};
+    std::thread::spawn(|| {
+        let a = crate::TierAlloc::new();
+        let layout = Layout::from_size_align(MEDIUM_MAX - 64, 8).unwrap();
+        // SAFETY: each block allocated with `layout`, written within it, freed once with it;
+        // the pages looked up are those of live blocks of ours.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..3).map(|_| a.alloc(layout)).collect();
+            let page = |p: *mut u8| page_of(segment_of(p), p);
+            let first = page(blocks[0]);
+            assert_eq!((*first).slice_count, 2, "a sparse medium page");
+            assert_eq!((*first).block_size as usize, MEDIUM_MAX);
+            assert_eq!((*first).reserved, 2);
+            assert_eq!(page(blocks[1]), first, "the page's second block");
+            assert_ne!(page(blocks[2]), first, "a third block on the same page");
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(!p.is_null());
+                core::ptr::write_bytes(p, 0xA0 + i as u8, layout.size());
+            }
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!((0..layout.size()).all(|k| *p.add(k) == 0xA0 + i as u8));
+                a.dealloc(p, layout);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
