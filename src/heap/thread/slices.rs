@@ -627,9 +627,7 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
 /// `h` owns `seg`.
 unsafe fn note_segment_idle(h: HeapRef, seg: *mut Segment) {
     // SAFETY: we own seg (contract).
-    let bytes = unsafe {
-        Segment::resident_free_bytes(seg) + (*seg).tails.count_ones() as usize * 7 * SLICE_SIZE
-    };
+    let bytes = unsafe { Segment::resident_free_bytes(seg) + Segment::tail_bytes(seg) };
     if bytes > 0 {
         note_idle(h, bytes);
     }
