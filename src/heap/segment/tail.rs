@@ -56,10 +56,25 @@ impl Segment {
     /// takes the segment over has to give back of them at most.
     ///
     /// # Safety
-    /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps.
+    /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps and
+    /// pages' slow-path fields.
     pub unsafe fn tail_bytes(seg: *mut Segment) -> usize {
-        // SAFETY: the caller owns the bitmaps (contract).
-        unsafe { (*seg).tails.count_ones() as usize * 7 * super::SLICE_SIZE }
+        // SAFETY: the caller owns the bitmaps and the pages' slow-path fields (contract);
+        // `slice_count` read through a raw place, as in tend_tails.
+        unsafe {
+            let mut bytes = 0usize;
+            let mut todo = (*seg).tails;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                if Segment::starts_bin_page(seg, i) {
+                    let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+                    let n = *ptr::addr_of!((*page).slice_count) as usize;
+                    bytes += Segment::run_bytes(i, n).saturating_sub(super::SLICE_SIZE);
+                }
+            }
+            bytes
+        }
     }
 
     /// Whether slice `i` of `seg` starts a bin page in use: what every `tails` bit must name
