@@ -701,7 +701,8 @@ pub(super) const FEW_BLOCKS: u32 = 64;
 /// other threads freed into a kept page stays resident while its owner is quiet (review
 /// rev49: two kept 4-slice pages per quiet producer, `tests/idle.rs` in the `secure` build,
 /// 11.5 MiB against its 11.1 MiB bound). 1-slice pages keep up to [`FULL_PAGE_RETAIN`];
-/// medium pages likewise, as before the multi-slice small pages.
+/// 8-slice medium pages likewise, as before the multi-slice small pages; a sparse medium
+/// bin's 2-slice pages ([`SPARSE_MEDIUM_SLICES`]) count as 2-slice pages.
 pub(super) const KEEP_SLICES: usize = 4;
 
 /// Whether a full page of `slices` slices may be kept in its queue after `kept` slices of
@@ -731,7 +732,7 @@ pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bo
 /// [`SPARSE_MEDIUM_BLOCKS`] of the bin's blocks: a thread with a few blocks in each of its
 /// medium bins holds 128 KiB runs for them, not 512 KiB ones (review rev53: `xthread`'s
 /// threads, one to six blocks in each of up to six medium bins, held 35 to 50 slices each,
-/// and `xthread 4 30 1000` peaked at 19.4 MiB against 15.6 with these pages).
+/// and `xthread 4 30 1000` peaked at 19.2 MiB against 15.5 with these pages, 11 runs).
 pub(super) const SPARSE_MEDIUM_SLICES: usize = 2;
 /// See [`SPARSE_MEDIUM_SLICES`]: past this many blocks a bin is busy, and its pages take
 /// `MEDIUM_PAGE_SLICES` (fewer refills).
