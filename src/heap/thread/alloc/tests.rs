@@ -365,18 +365,21 @@ fn a_sparse_medium_bin_takes_small_pages_until_it_is_busy() {
 /// slice 0, so no segment header in it) holds two blocks in both builds (the `secure`
 /// build's canary trailer lies inside the block, its keys in the page descriptor): the
 /// largest request of the class, through the global allocator, filled whole and freed (the
-/// `secure` build checks each canary on the free).
+/// `secure` build checks each canary on the free), through the paths the global allocator
+/// takes in each build.
 #[test]
 fn a_sparse_page_of_the_largest_medium_class_holds_two_blocks() {
+    #[cfg(feature = "secure")]
+    use super::super::canary::alloc_small;
+    #[cfg(not(feature = "secure"))]
+    use super::alloc_small;
     use crate::heap::size_class::MEDIUM_MAX;
-    use core::alloc::{GlobalAlloc, Layout};
     std::thread::spawn(|| {
-        let a = crate::TierAlloc::new();
-        let layout = Layout::from_size_align(MEDIUM_MAX - 64, 8).unwrap();
-        // SAFETY: each block allocated with `layout`, written within it, freed once with it;
-        // the pages looked up are those of live blocks of ours.
+        let size = MEDIUM_MAX - 64;
+        // SAFETY: each block allocated with `size` bytes (align 8), written within them,
+        // freed once; the pages looked up are those of live blocks of ours.
         unsafe {
-            let blocks: Vec<*mut u8> = (0..3).map(|_| a.alloc(layout)).collect();
+            let blocks: Vec<*mut u8> = (0..3).map(|_| alloc_small(size, 8)).collect();
             let page = |p: *mut u8| page_of(segment_of(p), p);
             let first = page(blocks[0]);
             assert_eq!((*first).slice_count, 2, "a sparse medium page");
@@ -386,11 +389,11 @@ fn a_sparse_page_of_the_largest_medium_class_holds_two_blocks() {
             assert_ne!(page(blocks[2]), first, "a third block on the same page");
             for (i, &p) in blocks.iter().enumerate() {
                 assert!(!p.is_null());
-                core::ptr::write_bytes(p, 0xA0 + i as u8, layout.size());
+                core::ptr::write_bytes(p, 0xA0 + i as u8, size);
             }
             for (i, &p) in blocks.iter().enumerate() {
-                assert!((0..layout.size()).all(|k| *p.add(k) == 0xA0 + i as u8));
-                a.dealloc(p, layout);
+                assert!((0..size).all(|k| *p.add(k) == 0xA0 + i as u8));
+                free(p);
             }
         }
     })
