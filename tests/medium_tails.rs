@@ -1,5 +1,5 @@
-//! The uncarved memory of a medium class's first page (eight 64 KiB slices) made on resident
-//! slices: kept resident for one to two purge delays (a thread that carves the page meanwhile
+//! The uncarved memory of a medium class's first page made on resident slices (two 64 KiB
+//! slices while the class is sparse, eight once it is busy: `alloc::new_bin_page`): kept resident for one to two purge delays (a thread that carves the page meanwhile
 //! faults none of it in again), then given back if still uncarved, whoever holds the page:
 //! its owner's collections, other threads' passes once the owner has gone quiet (also
 //! before its first collection), the tending of an exited owner's segment. And what the
@@ -42,20 +42,39 @@ fn resident_pages(p: usize, len: usize) -> usize {
     v.iter().filter(|&&b| b & 1 != 0).count()
 }
 
-/// The uncarved part of the page that a block `p` of `s` bytes starts, past its first slice
-/// and past the block: `(from, len)`.
-fn tail_of(p: usize, s: usize) -> (usize, usize) {
+/// Slices of a medium class's pages while the heap has handed out fewer than
+/// [`BUSY_BLOCKS`] of its blocks (`SPARSE_MEDIUM_SLICES`), and after (`MEDIUM_PAGE_SLICES`).
+const SPARSE_SLICES: usize = 2;
+const BUSY_SLICES: usize = 8;
+/// Blocks of a medium class a heap hands out before its pages take [`BUSY_SLICES`].
+const BUSY_BLOCKS: usize = 16;
+
+/// The uncarved part of the page of `slices` slices that a block `p` of `s` bytes starts,
+/// past its first slice and past the block: `(from, len)`.
+fn tail_of(p: usize, s: usize, slices: usize) -> (usize, usize) {
     let from = ((p + s + 4095) & !4095).max(p + SLICE);
-    (from, p + 8 * SLICE - from)
+    (from, p + slices * SLICE - from)
+}
+
+/// Makes this thread's heap's class of `s`-byte blocks busy ([`BUSY_BLOCKS`] blocks handed
+/// out, on sparse pages) and leaves it with no page (all freed, then a collection retires
+/// the empty pages and gives back every free slice): its next block starts an 8-slice page,
+/// the class's first again.
+fn make_busy(s: usize) {
+    let blocks: Vec<usize> = (0..BUSY_BLOCKS).map(|i| new_block(s, i as u8)).collect();
+    for (i, p) in blocks.into_iter().enumerate() {
+        drop_block(p, s, i as u8);
+    }
+    tieralloc::collect();
 }
 
 /// For the block `p` of `s` bytes that starts its medium page on resident slices: checks
 /// that the page's tail is booked (all of it resident), then runs this thread's slow paths
 /// until it is given back or [`DEADLINE`] passes. Returns the tail's resident pages left and
 /// the time taken.
-fn booked_tail_traffic(p: usize, s: usize) -> (usize, Duration) {
+fn booked_tail_traffic(p: usize, s: usize, slices: usize) -> (usize, Duration) {
     assert_eq!(p % SLICE, 0, "the first block starts its page");
-    let (from, len) = tail_of(p, s);
+    let (from, len) = tail_of(p, s, slices);
     assert_eq!(
         resident_pages(from, len),
         len / 4096,
@@ -177,19 +196,20 @@ fn quiet_worker() -> (Quiet, (Vec<(usize, usize)>, usize)) {
 }
 
 /// A page made on resident slices keeps them while its bin may still carve them, and gives
-/// back what is still uncarved after a delay or two; what was carved stays. Delay 200 ms.
-#[test]
-fn child_sparse_medium_page() {
-    if !is_scenario("sparse-medium") {
-        return;
-    }
-    std::thread::spawn(|| {
+/// back what is still uncarved after a delay or two; what was carved stays. On this
+/// thread's heap, the first page of the 20 KiB class of `slices` slices (a busy class's
+/// if [`BUSY_SLICES`]) carved `n` blocks in. Delay 200 ms.
+fn sparse_medium_page(slices: usize, n: usize) {
+    std::thread::spawn(move || {
+        let s = 20 << 10;
+        if slices == BUSY_SLICES {
+            // First: its collection gives back every free slice at once.
+            make_busy(s);
+        }
         let kept = resident_free_slices(16 * 16);
-        // Five 20 KiB blocks: the first page of their class, on those resident slices,
-        // carved one block at a time.
-        let m: Vec<usize> = (0..5)
-            .map(|i| new_block(20 << 10, 0xB0 + i as u8))
-            .collect();
+        // `n` blocks: the first page of their class, on those resident slices, carved one
+        // block at a time.
+        let m: Vec<usize> = (0..n).map(|i| new_block(s, 0xB0 + i as u8)).collect();
         let p = m[0];
         assert_eq!(p % SLICE, 0, "the first block starts its page");
         let size = m[1] - m[0];
@@ -197,8 +217,9 @@ fn child_sparse_medium_page() {
             m.windows(2).all(|w| w[1] - w[0] == size),
             "carved in address order"
         );
-        let end = p + 8 * SLICE;
-        let carved = (p + 5 * size + 4095) & !4095;
+        let end = p + slices * SLICE;
+        let carved = (p + n * size + 4095) & !4095;
+        assert!(carved < end, "{n} blocks of {size} bytes fill the page");
         let rest = resident_pages(carved, end - carved);
         assert_eq!(
             rest,
@@ -217,7 +238,7 @@ fn child_sparse_medium_page() {
         // What was carved stays, with its contents.
         assert_eq!(resident_pages(p, carved - p), (carved - p) / 4096);
         for (i, q) in m.into_iter().enumerate() {
-            drop_block(q, 20 << 10, 0xB0 + i as u8);
+            drop_block(q, s, 0xB0 + i as u8);
         }
         drop_block(kept, SMALL, 0);
     })
@@ -225,11 +246,37 @@ fn child_sparse_medium_page() {
     .unwrap();
 }
 
+/// A sparse class's first page (2 slices), 3 blocks carved.
+#[test]
+fn child_sparse_medium_page() {
+    if is_scenario("sparse-medium") {
+        sparse_medium_page(SPARSE_SLICES, 3);
+    }
+}
+
 #[test]
 fn a_sparse_medium_page_gives_back_its_uncarved_memory_after_the_delay() {
     run_scenario(
         "child_sparse_medium_page",
         "sparse-medium",
+        &[("TIERALLOC_PURGE_DELAY_MS", "200")],
+    );
+}
+
+/// A busy class's first page (8 slices: its blocks handed out, freed, its pages retired),
+/// 7 blocks carved (more than a 2-slice page holds: one page, in address order).
+#[test]
+fn child_busy_medium_page() {
+    if is_scenario("busy-medium") {
+        sparse_medium_page(BUSY_SLICES, 7);
+    }
+}
+
+#[test]
+fn a_busy_classs_new_first_page_gives_back_its_uncarved_memory_after_the_delay() {
+    run_scenario(
+        "child_busy_medium_page",
+        "busy-medium",
         &[("TIERALLOC_PURGE_DELAY_MS", "200")],
     );
 }
@@ -247,7 +294,7 @@ fn child_quiet_thread_tails() {
     let tails: Vec<(usize, usize)> = medium
         .iter()
         .filter(|&&(p, _)| p % SLICE == 0)
-        .map(|&(p, s)| tail_of(p, s))
+        .map(|&(p, s)| tail_of(p, s, SPARSE_SLICES))
         .collect();
     let resident = || -> usize {
         tails
@@ -325,7 +372,7 @@ fn child_exited_thread_tails() {
     })
     .join()
     .unwrap();
-    let (rest, took) = booked_tail_traffic(p, s);
+    let (rest, took) = booked_tail_traffic(p, s, SPARSE_SLICES);
     assert_eq!(
         rest, 0,
         "{rest} pages of an exited thread's tail resident after {took:?}"
@@ -352,7 +399,10 @@ fn child_adopted_tails() {
     if !is_scenario("adopted-tails") {
         return;
     }
-    let kept = std::thread::spawn(|| resident_free_slices(16 * 16))
+    // 248 blocks: the list of them (1984 bytes) on a 1-slice page in the `secure` build too
+    // (256, 2 KiB with its trailer, took a 2-slice page, written only in part, which the
+    // adopter's 2-slice page then took: its tail not all resident).
+    let kept = std::thread::spawn(|| resident_free_slices(16 * 16 - 8))
         .join()
         .unwrap();
     let (worker, (p, s)) = Quiet::start(|| {
@@ -362,7 +412,7 @@ fn child_adopted_tails() {
             Box::new(|| ()) as Box<dyn FnOnce() + Send>,
         )
     });
-    let (rest, took) = booked_tail_traffic(p, s);
+    let (rest, took) = booked_tail_traffic(p, s, SPARSE_SLICES);
     worker.finish();
     assert_eq!(
         rest, 0,
@@ -778,7 +828,7 @@ fn child_quiet_thread_after_a_tail_given_back_early() {
         let s = (20 << 10) - 64;
         let p = new_block(s, 0xE7);
         assert_eq!(p % SLICE, 0, "the first block starts its page");
-        let (from, len) = tail_of(p, s);
+        let (from, len) = tail_of(p, s, SPARSE_SLICES);
         assert_eq!(resident_pages(from, len), len / 4096, "no tail booked");
         drop_block(p, s, 0xE7);
         // The emptied page goes back to its segment (taking its tail bit off) before its

@@ -17,7 +17,8 @@ pub const NBINS: usize = 45;
 pub const SMALL_MAX: usize = 2 << 10;
 /// The largest block served from bins at all; bigger requests get their own span.
 pub const MEDIUM_MAX: usize = 64 << 10;
-/// Slices (64 KiB each) in a page of a medium bin.
+/// Slices (64 KiB each) in a page of a busy medium bin (a sparse one's take 2: see
+/// [`page_slices`]).
 pub const MEDIUM_PAGE_SLICES: usize = 8;
 
 const fn compute_size(bin: usize) -> usize {
@@ -109,6 +110,9 @@ pub fn bin_size(bin: usize) -> usize {
 /// page) a program of 1 B–16 KiB requests (`linear` in preload/bench) spent 20 % more
 /// instructions (callgrind: 122–126 M against 99.6–99.9 M). The pages' memory is carved as it
 /// is used, and a bin's lone multi-slice page gives back its uncarved tail (`new_bin_page`).
+/// A medium bin's pages are `MEDIUM_PAGE_SLICES` only once it is busy: until its heap has
+/// handed out 16 of its blocks they take 2 slices (`alloc::new_bin_page`, review rev53: a
+/// thread with a few blocks in each of several medium bins held 512 KiB for each).
 #[inline]
 pub fn page_slices(bin: usize) -> usize {
     let s = bin_size(bin);

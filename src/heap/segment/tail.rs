@@ -51,6 +51,32 @@ impl Segment {
         }
     }
 
+    /// The bytes of the booked tails of `seg`'s pages as booked (each page's run past its
+    /// first slice, as `alloc::new_bin_page` counts it in `note_idle`): what a heap that
+    /// takes the segment over has to give back of them at most.
+    ///
+    /// # Safety
+    /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps and
+    /// pages' slow-path fields.
+    pub unsafe fn tail_bytes(seg: *mut Segment) -> usize {
+        // SAFETY: the caller owns the bitmaps and the pages' slow-path fields (contract);
+        // `slice_count` read through a raw place, as in tend_tails.
+        unsafe {
+            let mut bytes = 0usize;
+            let mut todo = (*seg).tails;
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                if Segment::starts_bin_page(seg, i) {
+                    let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+                    let n = *ptr::addr_of!((*page).slice_count) as usize;
+                    bytes += Segment::run_bytes(i, n).saturating_sub(super::SLICE_SIZE);
+                }
+            }
+            bytes
+        }
+    }
+
     /// Whether slice `i` of `seg` starts a bin page in use: what every `tails` bit must name
     /// (invariant 25 of docs/correctness.md); a bit that does not is dropped unread.
     ///
@@ -204,6 +230,38 @@ mod tests {
             Segment::free_page(a, 1300, 100);
             assert_eq!((*seg).tails & (1u64 << ai), 0);
             assert_eq!(Segment::tend_tails(seg, 1300, 100, true), 0);
+            Segment::free_page(b, 1300, 100);
+            crate::heap::segment::map_remove(seg);
+            os::unmap(seg as *mut u8, SEGMENT_SIZE);
+            SEGMENTS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Review rev55: a segment taken over counts its booked tails by the pages' own runs: a
+    /// sparse medium page's (2 slices) is one slice, not the 7 of an 8-slice page's (which
+    /// made a heap that adopted an exited thread's segment of 12 sparse tails count 5.25 MiB
+    /// to purge against 0.75, over `WAIT_BYTES`). A stale bit (a free slice) counts nothing.
+    #[test]
+    fn booked_tails_count_by_their_pages_runs() {
+        let seg = Segment::map_normal(0, false);
+        assert!(!seg.is_null());
+        // SAFETY: the segment is fresh and ours alone.
+        unsafe {
+            let a = Segment::take_slices(seg, 2, false); // slices 1-2
+            let b = Segment::take_slices(seg, 8, false); // slices 3-10
+            let c = Segment::take_slices(seg, 2, false); // slices 11-12
+            for (p, n) in [(a, 2), (b, 8), (c, 2)] {
+                (*p).init_bin(crate::heap::size_class::bin_of(20 << 10), n * SLICE_SIZE);
+                Segment::book_tail(seg, (*p).slice_index(), 1000, 100);
+            }
+            assert_eq!(Segment::tail_bytes(seg), (1 + 7 + 1) * SLICE_SIZE);
+            // `c` freed with its bit left (as a fork child's half-done `free_page`).
+            let ci = (*c).slice_index();
+            Segment::free_page(c, 1000, 100);
+            (*seg).tails |= 1u64 << ci;
+            assert_eq!(Segment::tail_bytes(seg), (1 + 7) * SLICE_SIZE);
+            Segment::tend_tails(seg, 1000, 100, true);
+            Segment::free_page(a, 1300, 100);
             Segment::free_page(b, 1300, 100);
             crate::heap::segment::map_remove(seg);
             os::unmap(seg as *mut u8, SEGMENT_SIZE);

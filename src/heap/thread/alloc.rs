@@ -29,7 +29,9 @@ use super::{empty_page, Heap, HeapRef, ACTIVE};
 use crate::heap::page::links_to_itself;
 use crate::heap::remote::Block;
 use crate::heap::segment::{Page, Segment, LARGE_MAX, PAGE_IN_FULL, SLICE_SIZE};
-use crate::heap::size_class::{bin_for_aligned, bin_of, page_slices, MEDIUM_MAX};
+use crate::heap::size_class::{
+    bin_for_aligned, bin_of, page_slices, MEDIUM_MAX, MEDIUM_PAGE_SLICES,
+};
 use crate::init;
 use crate::sync::{AtomicU64, Ordering};
 use crate::sys::os;
@@ -699,7 +701,8 @@ pub(super) const FEW_BLOCKS: u32 = 64;
 /// other threads freed into a kept page stays resident while its owner is quiet (review
 /// rev49: two kept 4-slice pages per quiet producer, `tests/idle.rs` in the `secure` build,
 /// 11.5 MiB against its 11.1 MiB bound). 1-slice pages keep up to [`FULL_PAGE_RETAIN`];
-/// medium pages likewise, as before the multi-slice small pages.
+/// 8-slice medium pages likewise, as before the multi-slice small pages; a sparse medium
+/// bin's 2-slice pages ([`SPARSE_MEDIUM_SLICES`]) count as 2-slice pages.
 pub(super) const KEEP_SLICES: usize = 4;
 
 /// Whether a full page of `slices` slices may be kept in its queue after `kept` slices of
@@ -725,6 +728,16 @@ pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bo
     }
 }
 
+/// Slices of a medium bin's page (blocks over 8 KiB) while the heap has handed out fewer than
+/// [`SPARSE_MEDIUM_BLOCKS`] of the bin's blocks: a thread with a few blocks in each of its
+/// medium bins holds 128 KiB runs for them, not 512 KiB ones (review rev53: `xthread`'s
+/// threads, one to six blocks in each of up to six medium bins, held 35 to 50 slices each,
+/// and `xthread 4 30 1000` peaked at 19.2 MiB against 15.5 with these pages, 11 runs).
+pub(super) const SPARSE_MEDIUM_SLICES: usize = 2;
+/// See [`SPARSE_MEDIUM_SLICES`]: past this many blocks a bin is busy, and its pages take
+/// `MEDIUM_PAGE_SLICES` (fewer refills).
+const SPARSE_MEDIUM_BLOCKS: u64 = 16;
+
 /// A fresh page for `bin` from our segments, an adopted one, the pool, or the OS.
 ///
 /// # Safety
@@ -732,7 +745,14 @@ pub(super) unsafe fn pop_fresh(h: HeapRef, page: *mut Page, bin: usize, zero: bo
 pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
     #[cfg(test)]
     NEW_PAGES.with(|c| c.set(c.get() + 1));
-    let n = page_slices(bin);
+    let mut n = page_slices(bin);
+    if n == MEDIUM_PAGE_SLICES {
+        // SAFETY: bin < NBINS (contract); the counter is ours to read.
+        let handed_out = unsafe { h.stats.allocs.get_unchecked(bin) }.load(Ordering::Relaxed);
+        if handed_out < SPARSE_MEDIUM_BLOCKS {
+            n = SPARSE_MEDIUM_SLICES;
+        }
+    }
     // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
     // frees), and no page of our queues looked at before is used after this.
     let page = unsafe { take_slices(h, n, n == 1) };

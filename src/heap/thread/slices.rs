@@ -618,8 +618,10 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
 }
 
 /// Books what a segment `h` has just taken over (from the pool, or adopted) holds to purge:
-/// its resident free slices, and its pages' booked tails (at most 7 slices each, an
-/// over-estimate the next collection corrects). So the heap is `holding` from now on, and
+/// its resident free slices, and its pages' booked tails (each page's run past its first
+/// slice, as booked: an over-estimate of what is still uncarved, which the next collection
+/// corrects; review rev55: 7 slices a tail, counted before sparse medium pages of 2 slices,
+/// was 7 times theirs). So the heap is `holding` from now on, and
 /// other threads' passes purge it if it goes quiet before its first collection (review
 /// rev10: a thread that took a resident pooled segment and went quiet kept it for good).
 ///
@@ -627,9 +629,7 @@ pub(super) unsafe fn adopt_segment(mut h: HeapRef, seg: *mut Segment) {
 /// `h` owns `seg`.
 unsafe fn note_segment_idle(h: HeapRef, seg: *mut Segment) {
     // SAFETY: we own seg (contract).
-    let bytes = unsafe {
-        Segment::resident_free_bytes(seg) + (*seg).tails.count_ones() as usize * 7 * SLICE_SIZE
-    };
+    let bytes = unsafe { Segment::resident_free_bytes(seg) + Segment::tail_bytes(seg) };
     if bytes > 0 {
         note_idle(h, bytes);
     }

@@ -326,3 +326,77 @@ fn a_collection_that_leaves_memory_waiting_sends_the_next_refill_the_long_way() 
     .join()
     .unwrap();
 }
+
+/// A thread's first blocks of a medium bin (over 8 KiB) go on pages of
+/// `SPARSE_MEDIUM_SLICES` slices, not 512 KiB ones; once it has handed out
+/// `SPARSE_MEDIUM_BLOCKS` of them, its new pages take `MEDIUM_PAGE_SLICES` (review rev53:
+/// `xthread`'s threads held a 512 KiB page for each medium bin they put one to six blocks in).
+#[test]
+fn a_sparse_medium_bin_takes_small_pages_until_it_is_busy() {
+    std::thread::spawn(|| {
+        let bin = bin_of(40 << 10);
+        // SAFETY: this thread's heap, used only by this thread; each block freed once; the
+        // pointers looked up are live blocks of ours.
+        unsafe {
+            let slices = |p: *mut u8| (*page_of(segment_of(p), p)).slice_count as usize;
+            let mut live = Vec::new();
+            let first = alloc_bin(bin);
+            assert_eq!(slices(first), 2, "the first page of a medium bin");
+            live.push(first);
+            for _ in 0..24 {
+                live.push(alloc_bin(bin));
+            }
+            let last = *live.last().unwrap();
+            assert_eq!(
+                slices(last),
+                crate::heap::size_class::MEDIUM_PAGE_SLICES,
+                "a busy medium bin's page"
+            );
+            for p in live {
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Review rev55: a sparse page of the largest medium class (64 KiB blocks on 2 slices, never
+/// slice 0, so no segment header in it) holds two blocks in both builds (the `secure`
+/// build's canary trailer lies inside the block, its keys in the page descriptor): the
+/// largest request of the class, through the global allocator, filled whole and freed (the
+/// `secure` build checks each canary on the free), through the paths the global allocator
+/// takes in each build.
+#[test]
+fn a_sparse_page_of_the_largest_medium_class_holds_two_blocks() {
+    #[cfg(feature = "secure")]
+    use super::super::canary::alloc_small;
+    #[cfg(not(feature = "secure"))]
+    use super::alloc_small;
+    use crate::heap::size_class::MEDIUM_MAX;
+    std::thread::spawn(|| {
+        let size = MEDIUM_MAX - 64;
+        // SAFETY: each block allocated with `size` bytes (align 8), written within them,
+        // freed once; the pages looked up are those of live blocks of ours.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..3).map(|_| alloc_small(size, 8)).collect();
+            let page = |p: *mut u8| page_of(segment_of(p), p);
+            let first = page(blocks[0]);
+            assert_eq!((*first).slice_count, 2, "a sparse medium page");
+            assert_eq!((*first).block_size as usize, MEDIUM_MAX);
+            assert_eq!((*first).reserved, 2);
+            assert_eq!(page(blocks[1]), first, "the page's second block");
+            assert_ne!(page(blocks[2]), first, "a third block on the same page");
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(!p.is_null());
+                core::ptr::write_bytes(p, 0xA0 + i as u8, size);
+            }
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!((0..size).all(|k| *p.add(k) == 0xA0 + i as u8));
+                free(p);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
