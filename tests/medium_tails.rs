@@ -1,6 +1,7 @@
 //! The uncarved memory of a medium class's first page made on resident slices (two 64 KiB
-//! slices while the class is sparse, eight once it is busy: `alloc::new_bin_page`): kept resident for one to two purge delays (a thread that carves the page meanwhile
-//! faults none of it in again), then given back if still uncarved, whoever holds the page:
+//! slices while the class is sparse, eight once it is busy: `alloc::new_bin_page`): kept
+//! resident for one to two purge delays (a thread that carves the page meanwhile faults
+//! none of it in again), then given back if still uncarved, whoever holds the page:
 //! its owner's collections, other threads' passes once the owner has gone quiet (also
 //! before its first collection), the tending of an exited owner's segment. And what the
 //! passes need to find quiet heaps (`Heap::holding`): the idle bound with several quiet
