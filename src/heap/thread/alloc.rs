@@ -747,8 +747,10 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
     NEW_PAGES.with(|c| c.set(c.get() + 1));
     let mut n = page_slices(bin);
     // SAFETY: bin < NBINS (contract); the counter is ours to read.
-    let handed_out = unsafe { h.stats.allocs.get_unchecked(bin) }.load(Ordering::Relaxed);
-    if n == MEDIUM_PAGE_SLICES && handed_out < SPARSE_MEDIUM_BLOCKS {
+    if n == MEDIUM_PAGE_SLICES
+        && unsafe { h.stats.allocs.get_unchecked(bin) }.load(Ordering::Relaxed)
+            < SPARSE_MEDIUM_BLOCKS
+    {
         n = SPARSE_MEDIUM_SLICES;
     }
     // SAFETY: an allocation's slow path: no walk over our blocks is in progress (a drain only
