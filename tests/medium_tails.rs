@@ -102,10 +102,9 @@ fn slow_traffic_until(limit: Duration, mut left: impl FnMut() -> usize) -> (usiz
 
 /// `n` blocks of `SMALL` bytes written and freed but for the first: their slices go back to
 /// the segment still resident, and the one left live keeps the segment from the pool.
-/// Returns the live block. `blocks` holds their addresses (made by the caller's thread: in
-/// the `secure` build a list of 256 is a 2-slice page, which would go first and free).
-fn resident_free_slices(n: usize, mut blocks: Vec<usize>) -> usize {
-    blocks.extend((0..n).map(|i| new_block(SMALL, i as u8)));
+/// Returns the live block.
+fn resident_free_slices(n: usize) -> usize {
+    let blocks: Vec<usize> = (0..n).map(|i| new_block(SMALL, i as u8)).collect();
     for (i, &p) in blocks.iter().enumerate().skip(1) {
         drop_block(p, SMALL, i as u8);
     }
@@ -207,7 +206,7 @@ fn sparse_medium_page(slices: usize, n: usize) {
             // First: its collection gives back every free slice at once.
             make_busy(s);
         }
-        let kept = resident_free_slices(16 * 16, Vec::new());
+        let kept = resident_free_slices(16 * 16);
         // `n` blocks: the first page of their class, on those resident slices, carved one
         // block at a time.
         let m: Vec<usize> = (0..n).map(|i| new_block(s, 0xB0 + i as u8)).collect();
@@ -367,7 +366,7 @@ fn child_exited_thread_tails() {
         return;
     }
     let (p, s, kept) = std::thread::spawn(|| {
-        let kept = resident_free_slices(16 * 16, Vec::new());
+        let kept = resident_free_slices(16 * 16);
         let s = (20 << 10) - 64;
         (new_block(s, 0xD1), s, kept)
     })
@@ -400,8 +399,7 @@ fn child_adopted_tails() {
     if !is_scenario("adopted-tails") {
         return;
     }
-    let list = Vec::with_capacity(16 * 16);
-    let kept = std::thread::spawn(move || resident_free_slices(16 * 16, list))
+    let kept = std::thread::spawn(|| resident_free_slices(16 * 16))
         .join()
         .unwrap();
     let (worker, (p, s)) = Quiet::start(|| {
@@ -653,7 +651,7 @@ fn child_quiet_threads_holding_under_the_wait_threshold() {
         .map(|_| {
             Quiet::start(move || {
                 // 56 pages of the 4 KiB class: 3.5 MiB of slices, all but the first freed.
-                let p = resident_free_slices(56 * 16, Vec::new());
+                let p = resident_free_slices(56 * 16);
                 (
                     (),
                     Box::new(move || drop_block(p, SMALL, 0)) as Box<dyn FnOnce() + Send>,
@@ -823,7 +821,7 @@ fn child_quiet_thread_after_a_tail_given_back_early() {
     }
     let (_, _) = slow_traffic_until(Duration::from_millis(20), || 1);
     let (w, ()) = Quiet::start(|| {
-        let kept = resident_free_slices(16 * 16, Vec::new());
+        let kept = resident_free_slices(16 * 16);
         let s = (20 << 10) - 64;
         let p = new_block(s, 0xE7);
         assert_eq!(p % SLICE, 0, "the first block starts its page");
