@@ -95,11 +95,16 @@ fn partition(page: &Page, live: &HashMap<usize, u8>, remote: &[usize]) -> Result
     Ok(())
 }
 
-/// A page of `bin` of its real shape (`page_slices`: review rev49, 2 and 4 slices for
-/// 2049-8192 B blocks) in a fresh segment: at slice 0 (one slice only), or ending at the
-/// segment's last page slice (`at_end`: a filler run before it), or at slice 1.
-fn shaped_page(bin: usize, slice0: bool, at_end: bool) -> (*mut Segment, &'static mut Page) {
-    let n = page_slices(bin);
+/// A page of `bin` of `n` slices (its real shape, `page_slices`: review rev49, 2 and 4
+/// slices for 2049-8192 B blocks; or a sparse medium class's 2) in a fresh segment: at slice
+/// 0 (one slice only), or ending at the segment's last page slice (`at_end`: a filler run
+/// before it), or at slice 1.
+fn shaped_page(
+    bin: usize,
+    n: usize,
+    slice0: bool,
+    at_end: bool,
+) -> (*mut Segment, &'static mut Page) {
     if n == 1 && !at_end {
         return page_of(bin, slice0);
     }
@@ -126,14 +131,17 @@ proptest! {
     /// end (everything collected) the page fills up to exactly its block count.
     #[test]
     fn trims_among_remote_frees_collections_and_retirements_keep_every_block_once(
-        which in 0usize..8,
+        which in 0usize..12,
         at_end in any::<bool>(),
         evs in proptest::collection::vec(ev(), 1..500),
     ) {
-        // 3072 and 4096 B blocks on 2-slice pages, 5120 and 8192 B ones on 4-slice pages.
-        let bin = bin_of([64, 256, 1280, 3072, 8192, 4096, 5120, 2048][which]);
+        // 3072 and 4096 B blocks on 2-slice pages, 5120 and 8192 B ones on 4-slice pages;
+        // 10, 20, 40 and 64 KiB ones on the 2-slice pages of a sparse medium class (review
+        // rev54: 32 OS pages, so trimmed, where an 8-slice page's 128 never are).
+        let bin = bin_of([64, 256, 1280, 3072, 8192, 4096, 5120, 2048, 10 << 10, 20 << 10, 40 << 10, 64 << 10][which]);
         let size = bin_size(bin);
-        let (seg, page) = shaped_page(bin, which == 1, at_end);
+        let slices = if which >= 8 { 2 } else { page_slices(bin) };
+        let (seg, page) = shaped_page(bin, slices, which == 1, at_end);
         let mut live: HashMap<usize, u8> = HashMap::new();
         let mut remote: Vec<usize> = vec![];
         let mut tag = 0u8;
@@ -185,7 +193,7 @@ proptest! {
                     unsafe { page.trim() };
                 }
                 Ev::Retire if page.used == 0 && remote.is_empty() => {
-                    let (i, n) = (page.slice_index(), page_slices(bin));
+                    let (i, n) = (page.slice_index(), slices);
                     // SAFETY: the test owns the segment; the page holds no live block.
                     let again = unsafe {
                         Segment::free_page(page, 0, 0);

@@ -42,7 +42,7 @@ use std::time::Duration;
 mod child;
 
 /// Request sizes: pages of 1024, 256 and 64 blocks (one slice), 42 (two slices), 32 (four
-/// slices), 12 and 8 (medium, eight slices; 6 and 2 on the two-slice pages of a class the
+/// slices), 12 and 8 (medium, eight slices; 3 and 2 on the two-slice pages of a class the
 /// heap has handed out fewer than 16 blocks of).
 const SIZES: [usize; 7] = [64, 256, 1024, 3 << 10, 8 << 10, 40 << 10, 64 << 10];
 /// Thread slots: a slot whose thread exits gets a new thread.
