@@ -68,13 +68,25 @@ impl Segment {
                 let i = todo.trailing_zeros() as usize;
                 todo &= todo - 1;
                 if Segment::starts_bin_page(seg, i) {
-                    let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+                    let page = Segment::page_place(seg, i);
                     let n = *ptr::addr_of!((*page).slice_count) as usize;
                     bytes += Segment::run_bytes(i, n).saturating_sub(super::SLICE_SIZE);
                 }
             }
             bytes
         }
+    }
+
+    /// The descriptor of slice `i` of `seg`, as a raw place: the tail steps read its fields one
+    /// by one, never through a reference (the owner's fast path may be writing its free list).
+    ///
+    /// # Safety
+    /// `seg` is a mapped segment and `i` one of its slices.
+    #[inline]
+    unsafe fn page_place(seg: *mut Segment, i: usize) -> *mut Page {
+        // SAFETY: `pages` holds a descriptor per slice (contract: `i` is one); no reference
+        // is formed.
+        unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i) }
     }
 
     /// Whether slice `i` of `seg` starts a bin page in use: what every `tails` bit must name
@@ -85,7 +97,7 @@ impl Segment {
     pub unsafe fn starts_bin_page(seg: *mut Segment, i: usize) -> bool {
         // SAFETY: the caller owns the fields read (contract), read through raw places.
         unsafe {
-            let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+            let page = Segment::page_place(seg, i);
             (*seg).free_slices & (1u64 << i) == 0
                 && *ptr::addr_of!((*page).kind) == PageKind::Bin as u8
                 && *ptr::addr_of!((*page).back) == 0
@@ -130,7 +142,7 @@ impl Segment {
                     Segment::drop_tail(seg, i);
                     continue;
                 }
-                let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i);
+                let page = Segment::page_place(seg, i);
                 let start = Segment::slice_start(seg, i) as usize;
                 let carved = *ptr::addr_of!((*page).capacity) as usize
                     * *ptr::addr_of!((*page).block_size) as usize;
