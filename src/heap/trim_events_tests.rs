@@ -138,7 +138,10 @@ proptest! {
         // 3072 and 4096 B blocks on 2-slice pages, 5120 and 8192 B ones on 4-slice pages;
         // 10, 20, 40 and 64 KiB ones on the 2-slice pages of a sparse medium class (review
         // rev54: 32 OS pages, so trimmed, where an 8-slice page's 128 never are).
-        let bin = bin_of([64, 256, 1280, 3072, 8192, 4096, 5120, 2048, 10 << 10, 20 << 10, 40 << 10, 64 << 10][which]);
+        let sizes = [
+            64, 256, 1280, 3072, 8192, 4096, 5120, 2048, 10 << 10, 20 << 10, 40 << 10, 64 << 10,
+        ];
+        let bin = bin_of(sizes[which]);
         let size = bin_size(bin);
         let slices = if which >= 8 { 2 } else { page_slices(bin) };
         let (seg, page) = shaped_page(bin, slices, which == 1, at_end);
