@@ -14,9 +14,11 @@
 //! `TierAlloc`, `mimalloc::MiMalloc`, `tikv_jemallocator::Jemalloc`, `numalloc::NumaAlloc`,
 //! `std::alloc::System` or, in a build with the `bench-tcmalloc` feature, TCMalloc
 //! (`tcmalloc_better::TCMalloc`, Google's TCMalloc compiled from source; off by default
-//! because it takes minutes to build). Every call of every allocator therefore pays the same extra cost: one
-//! relaxed load and one compare-and-branch whose outcome never changes within a process
-//! (perfectly predicted).
+//! because it takes minutes to build; such a build starts every worker, whatever allocator it
+//! runs, about 8.5 MiB higher in RSS, so its memory rows are not comparable with a build
+//! without it, and the driver says so). Every call of every allocator therefore pays the
+//! same extra cost: one relaxed load and one compare-and-branch whose outcome never changes
+//! within a process (perfectly predicted).
 //!
 //! Every workload reports throughput, per-operation latency percentiles (a sample of the
 //! operations, every 16th or every one for the slow ones, timed with `Instant` = vDSO
