@@ -195,7 +195,7 @@ pub fn driver(cli: Cli) {
         workloads, cli.allocs
     );
     if cfg!(feature = "bench-tcmalloc") {
-        // Measured: every worker of such a build starts 8.3-8.5 MiB higher (VmRSS before the
+        // Measured: every worker of such a build starts 8.3-8.6 MiB higher (VmRSS before the
         // workload, whichever allocator it runs), so every RSS row carries it.
         eprintln!(
             "note: this build links TCMalloc (`bench-tcmalloc`), which adds about 8.5 MiB to \
