@@ -51,9 +51,19 @@ impl Segment {
         }
     }
 
-    /// The bytes of the booked tails of `seg`'s pages as booked (each page's run past its
-    /// first slice, as `alloc::new_bin_page` counts it in `note_idle`): what a heap that
-    /// takes the segment over has to give back of them at most.
+    /// The bytes a bin page of `n` slices starting at slice `i` books as its tail: its run
+    /// past its first slice (which it keeps). `alloc::new_bin_page` counts this in
+    /// `note_idle` when it books the tail, and [`tail_bytes`](Segment::tail_bytes) counts it
+    /// again when a heap takes the segment over: one definition, so the two cannot differ
+    /// (review rev55: they did, 7 slices against 1 for a 2-slice page).
+    #[inline]
+    pub fn tail_len(i: usize, n: usize) -> usize {
+        Segment::run_bytes(i, n).saturating_sub(super::SLICE_SIZE)
+    }
+
+    /// The bytes of the booked tails of `seg`'s pages as booked (each page's
+    /// [`tail_len`](Segment::tail_len)): what a heap that takes the segment over has to give
+    /// back of them at most.
     ///
     /// # Safety
     /// As for [`tend_tails`](Segment::tend_tails): the caller owns `seg`'s bitmaps and
@@ -70,7 +80,7 @@ impl Segment {
                 if Segment::starts_bin_page(seg, i) {
                     let page = Segment::page_place(seg, i);
                     let n = *ptr::addr_of!((*page).slice_count) as usize;
-                    bytes += Segment::run_bytes(i, n).saturating_sub(super::SLICE_SIZE);
+                    bytes += Segment::tail_len(i, n);
                 }
             }
             bytes

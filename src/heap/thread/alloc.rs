@@ -776,9 +776,9 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
             // against 15 thousand). (A bin that already has pages is busy: its pages come and
             // go, and their memory is left as it is.)
             let delay = init::PURGE_DELAY_MS.load(Ordering::Relaxed);
-            let keep = SLICE_SIZE;
+            let tail = Segment::tail_len((*page).slice_index(), n);
             if delay == 0 {
-                os::decommit((*page).start().add(keep), bytes - keep);
+                os::decommit((*page).start().add(SLICE_SIZE), tail);
             } else {
                 Segment::book_tail(
                     (*page).segment(),
@@ -790,7 +790,7 @@ pub(super) unsafe fn new_bin_page(h: HeapRef, bin: usize) -> *mut Page {
                 // took the whole run off). So the heap is `holding`, and other threads' passes
                 // give the tail back if we go quiet, even before our first collection (the
                 // slices may come from a segment just adopted, counted nowhere yet).
-                note_idle(h, bytes - keep);
+                note_idle(h, tail);
             }
         }
         (*page).init_bin(bin, bytes);
